@@ -1,0 +1,84 @@
+/**
+ * Sigil's single error hierarchy. Every error a library function raises is a
+ * {@link SigilError} with a stable string `code`; messages start with the
+ * subsystem (`spiffe id: …`, `x509svid: …`). Each code maps to exactly one gRPC
+ * status in the table at the RPC boundary (see `grpcStatusForCode`).
+ */
+
+/** Stable error codes. Switch on `err.code`, never on the message. */
+export type ErrorCode =
+  // SPIFFE ID and trust domain parsing
+  | "ERR_SPIFFE_ID_INVALID"
+  | "ERR_TRUST_DOMAIN_INVALID"
+  // X.509
+  | "ERR_X509_SVID_INVALID"
+  | "ERR_X509_CHAIN_INVALID"
+  | "ERR_X509_BUILD"
+  | "ERR_DER_INVALID"
+  // JWT
+  | "ERR_JWT_MALFORMED"
+  | "ERR_JWT_ALG_NOT_ALLOWED"
+  | "ERR_JWT_SIGNATURE_INVALID"
+  | "ERR_JWT_EXPIRED"
+  | "ERR_JWT_AUDIENCE_MISMATCH"
+  | "ERR_JWT_CLAIM_INVALID"
+  | "ERR_JWT_KEY_NOT_FOUND"
+  | "ERR_JWT_SIGN"
+  // Bundles
+  | "ERR_BUNDLE_INVALID"
+  | "ERR_BUNDLE_NOT_FOUND"
+  // Keys
+  | "ERR_KEY_UNSUPPORTED"
+  // Workload API client / endpoint
+  | "ERR_ENDPOINT_ADDRESS_INVALID"
+  | "ERR_WORKLOAD_API"
+  | "ERR_WORKLOAD_API_RESPONSE_INVALID"
+  // Generic
+  | "ERR_INVALID_ARGUMENT"
+  | "ERR_NOT_FOUND"
+  | "ERR_ALREADY_EXISTS"
+  | "ERR_PERMISSION_DENIED"
+  | "ERR_UNAVAILABLE"
+  | "ERR_INTERNAL";
+
+/** Options accepted by {@link SigilError}. */
+export interface SigilErrorOptions {
+  /** The lower-level error this one wraps. */
+  readonly cause?: unknown;
+}
+
+/**
+ * The base of every error Sigil raises.
+ *
+ * @example
+ * ```ts
+ * try { parseSpiffeId(input) } catch (e) {
+ *   if (isSigilError(e) && e.code === "ERR_SPIFFE_ID_INVALID") …
+ * }
+ * ```
+ */
+export class SigilError extends Error {
+  /** Stable, machine-readable error code. */
+  readonly code: ErrorCode;
+
+  constructor(code: ErrorCode, message: string, options?: SigilErrorOptions) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.name = "SigilError";
+  }
+}
+
+/** True when `e` is a {@link SigilError} (optionally with the given code). */
+export function isSigilError(e: unknown, code?: ErrorCode): e is SigilError {
+  return e instanceof SigilError && (code === undefined || e.code === code);
+}
+
+/**
+ * Wraps any thrown value into a {@link SigilError}, keeping SigilErrors as they
+ * are. Used at layer boundaries so nothing escapes as a bare `Error`.
+ */
+export function toSigilError(e: unknown, code: ErrorCode, prefix: string): SigilError {
+  if (e instanceof SigilError) return e;
+  const detail = e instanceof Error ? e.message : String(e);
+  return new SigilError(code, `${prefix}: ${detail}`, { cause: e });
+}
