@@ -64,10 +64,15 @@ export interface BenchResult {
   readonly pass: boolean;
 }
 
+/** Formats a figure with 3 significant digits (small latencies stay readable). */
+function fmt(x: number): string {
+  return Math.abs(x) >= 1000 ? x.toFixed(0) : x.toPrecision(3);
+}
+
 /** Prints a result in one stable, greppable line plus JSON. */
 export function report(r: BenchResult): void {
-  const base = r.baseline ? ` baseline=${r.baseline.value.toFixed(1)} ${r.baseline.unit} (${r.baseline.what})` : "";
-  const ratio = r.ratio === undefined ? "" : ` ratio=${r.ratio.toFixed(3)}`;
-  console.log(`${r.pass ? "PASS" : "FAIL"} ${r.name}: ${r.value.toFixed(1)} ${r.unit}${base}${ratio} target ${r.target}`);
+  const base = r.baseline ? ` baseline=${fmt(r.baseline.value)} ${r.baseline.unit} (${r.baseline.what})` : "";
+  const ratio = r.ratio === undefined ? "" : ` ratio=${fmt(r.ratio)}`;
+  console.log(`${r.pass ? "PASS" : "FAIL"} ${r.name}: ${fmt(r.value)} ${r.unit}${base}${ratio} target ${r.target}`);
   console.log(`BENCH_JSON ${JSON.stringify(r)}`);
 }
