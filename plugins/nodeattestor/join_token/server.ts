@@ -1,0 +1,60 @@
+/**
+ * Server half of the `join_token` node attestor. A join token is the one bearer
+ * credential Sigil accepts: single-use, expiring, consumed atomically in the
+ * datastore (two agents racing with one token: exactly one wins).
+ *
+ * The agent's ID is the operator-chosen ID stored with the token, or
+ * `spiffe://<td>/spire/agent/join_token/<token>` as in SPIRE.
+ */
+import { SigilError } from "../../../spiffe/errors.js";
+import { spiffeIdFromPath, parseSpiffeId, type TrustDomain } from "../../../spiffe/id.js";
+import type { NodeAttestationResult, ServerNodeAttestor } from "../types.js";
+
+/** The plugin name. */
+export const JOIN_TOKEN_ATTESTOR = "join_token";
+
+/** Longest token accepted; tokens become a path segment of the agent ID. */
+export const MAX_JOIN_TOKEN_LENGTH = 256;
+const TOKEN_RE = /^[A-Za-z0-9._-]+$/;
+
+/** What the plugin needs from the datastore. */
+export interface JoinTokenStore {
+  /**
+   * Deletes and returns the token in one atomic step; throws ERR_NOT_FOUND when
+   * unknown or already used and ERR_PERMISSION_DENIED (expired) when expired.
+   */
+  consumeJoinToken(token: string): Promise<{ readonly agentId?: string | undefined }>;
+}
+
+/** Checks a join token's syntax (it becomes a SPIFFE ID path segment). */
+export function checkJoinTokenSyntax(token: string): void {
+  if (token.length === 0) throw new SigilError("ERR_INVALID_ARGUMENT", "join_token: token is empty");
+  if (token.length > MAX_JOIN_TOKEN_LENGTH) {
+    throw new SigilError("ERR_INVALID_ARGUMENT", `join_token: token is longer than ${MAX_JOIN_TOKEN_LENGTH} characters`);
+  }
+  if (!TOKEN_RE.test(token)) {
+    throw new SigilError("ERR_INVALID_ARGUMENT", "join_token: token may contain only A-Z a-z 0-9 . _ -");
+  }
+}
+
+/** The default agent ID for a token. */
+export function joinTokenAgentId(td: TrustDomain, token: string): string {
+  return spiffeIdFromPath(td, `/spire/agent/join_token/${token}`).toString();
+}
+
+/** Creates the server half. */
+export function createJoinTokenServerAttestor(deps: { trustDomain: TrustDomain; store: JoinTokenStore }): ServerNodeAttestor {
+  return {
+    name: JOIN_TOKEN_ATTESTOR,
+    async attest(payload: Uint8Array): Promise<NodeAttestationResult> {
+      const token = Buffer.from(payload).toString("utf8");
+      checkJoinTokenSyntax(token);
+      const record = await deps.store.consumeJoinToken(token);
+      const agentId = parseSpiffeId(record.agentId ?? joinTokenAgentId(deps.trustDomain, token));
+      if (!agentId.memberOf(deps.trustDomain)) {
+        throw new SigilError("ERR_PERMISSION_DENIED", `join_token: agent ID ${agentId} is not in trust domain ${deps.trustDomain.name}`);
+      }
+      return { agentId, selectors: [], canReattest: false };
+    },
+  };
+}

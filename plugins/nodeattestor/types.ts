@@ -1,0 +1,43 @@
+/**
+ * The NodeAttestor plugin type, in two halves: the agent half produces
+ * attestation data (and answers challenges); the server half verifies it and
+ * decides the agent's SPIFFE ID and node selectors.
+ */
+import type { Selector } from "../../common/selector.js";
+import type { SpiffeId } from "../../spiffe/id.js";
+
+/** Asks the agent a challenge and returns its answer (TPM credential activation, …). */
+export type ChallengeFn = (challenge: Uint8Array) => Promise<Uint8Array>;
+
+/** The server half's verdict on a node. */
+export interface NodeAttestationResult {
+  /** The agent's SPIFFE ID. */
+  readonly agentId: SpiffeId;
+  /** Selectors describing the node, matched against node-alias entries. */
+  readonly selectors: readonly Selector[];
+  /**
+   * Whether the same node may attest again under the same ID (e.g. with a new
+   * token from the same TPM). Join tokens cannot: each is single-use.
+   */
+  readonly canReattest: boolean;
+}
+
+/** Server half of a node attestor. */
+export interface ServerNodeAttestor {
+  /** Plugin name; matches the agent half's `name` and AttestationData.type. */
+  readonly name: string;
+  /**
+   * Verifies the attestation payload. Throws a SigilError
+   * (ERR_PERMISSION_DENIED / ERR_INVALID_ARGUMENT) naming why it is refused.
+   */
+  attest(payload: Uint8Array, challenge: ChallengeFn): Promise<NodeAttestationResult>;
+}
+
+/** Agent half of a node attestor. */
+export interface AgentNodeAttestor {
+  readonly name: string;
+  /** The attestation payload to send (read fresh on every attestation). */
+  payload(): Promise<Uint8Array>;
+  /** Answers a server challenge; attestors without challenges omit it. */
+  answer?(challenge: Uint8Array): Promise<Uint8Array>;
+}

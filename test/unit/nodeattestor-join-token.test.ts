@@ -1,0 +1,66 @@
+import { describe, expect, it } from "vitest";
+import { createJoinTokenAgentAttestor } from "../../plugins/nodeattestor/join_token/agent.js";
+import { createJoinTokenServerAttestor, type JoinTokenStore } from "../../plugins/nodeattestor/join_token/server.js";
+import { isSigilError, SigilError } from "../../spiffe/errors.js";
+import { parseTrustDomain } from "../../spiffe/id.js";
+
+const td = parseTrustDomain("example.org");
+const noChallenge = async (): Promise<Uint8Array> => {
+  throw new Error("join_token never challenges");
+};
+
+function store(tokens: Record<string, { agentId?: string }>): JoinTokenStore & { used: string[] } {
+  const used: string[] = [];
+  return {
+    used,
+    async consumeJoinToken(token: string) {
+      const t = tokens[token];
+      if (!t) throw new SigilError("ERR_NOT_FOUND", "datastore: join token not found or already used");
+      delete tokens[token];
+      used.push(token);
+      return t;
+    },
+  };
+}
+
+describe("join_token node attestor", () => {
+  it("round trip: the agent half's payload attests to spiffe://td/spire/agent/join_token/<token>", async () => {
+    const s = store({ "tok-1": {} });
+    const server = createJoinTokenServerAttestor({ trustDomain: td, store: s });
+    const agent = createJoinTokenAgentAttestor({ join_token: "tok-1" });
+    const result = await server.attest(await agent.payload(), noChallenge);
+    expect(result.agentId.toString()).toBe("spiffe://example.org/spire/agent/join_token/tok-1");
+    expect(result.canReattest).toBe(false);
+    expect(s.used).toEqual(["tok-1"]);
+  });
+
+  it("uses the operator-chosen agent ID stored with the token", async () => {
+    const server = createJoinTokenServerAttestor({ trustDomain: td, store: store({ t: { agentId: "spiffe://example.org/node/db-1" } }) });
+    expect((await server.attest(Buffer.from("t"), noChallenge)).agentId.toString()).toBe("spiffe://example.org/node/db-1");
+  });
+
+  it("a token is single-use", async () => {
+    const server = createJoinTokenServerAttestor({ trustDomain: td, store: store({ t: {} }) });
+    await server.attest(Buffer.from("t"), noChallenge);
+    await expect(server.attest(Buffer.from("t"), noChallenge)).rejects.toThrow(/not found or already used/);
+  });
+
+  it.each([
+    ["", /token is empty/],
+    ["a/b", /may contain only/],
+    ["x".repeat(257), /longer than 256/],
+  ])("rejects a malformed token %j before touching the store", async (token, msg) => {
+    const s = store({});
+    const server = createJoinTokenServerAttestor({ trustDomain: td, store: s });
+    let caught: unknown;
+    try { await server.attest(Buffer.from(token), noChallenge); } catch (e) { caught = e; }
+    expect(isSigilError(caught, "ERR_INVALID_ARGUMENT")).toBe(true);
+    expect((caught as Error).message).toMatch(msg);
+    expect(s.used).toEqual([]);
+  });
+
+  it("refuses a stored agent ID from another trust domain", async () => {
+    const server = createJoinTokenServerAttestor({ trustDomain: td, store: store({ t: { agentId: "spiffe://other.org/node" } }) });
+    await expect(server.attest(Buffer.from("t"), noChallenge)).rejects.toThrow(/not in trust domain example.org/);
+  });
+});
