@@ -1,0 +1,157 @@
+/**
+ * PKCS#10 certificate requests, the minimum an issuer needs: build one for a
+ * key (agents, CLI), and take one in (server) with a DER walk, a signature
+ * check and a key-type allow-list. Only the public key of a CSR is ever used:
+ * SPIFFE ID, TTL and DNS names come from the registration entry.
+ */
+import { createPublicKey, sign as cryptoSign, verify as cryptoVerify, type KeyObject } from "node:crypto";
+import {
+  decodeOid,
+  encodeBitString,
+  encodeExplicit,
+  encodeNull,
+  encodeOid,
+  encodeSequence,
+  encodeUnsignedInteger,
+  expectTlv,
+  readChildren,
+  TAG,
+} from "./der.js";
+import { SigilError } from "./errors.js";
+import { keyTypeOf, type KeyType } from "./signer.js";
+
+const OID_ECDSA_SHA256 = "1.2.840.10045.4.3.2";
+const OID_ECDSA_SHA384 = "1.2.840.10045.4.3.3";
+const OID_ECDSA_SHA512 = "1.2.840.10045.4.3.4";
+const OID_RSA_SHA256 = "1.2.840.113549.1.1.11";
+const OID_RSA_SHA384 = "1.2.840.113549.1.1.12";
+const OID_RSA_SHA512 = "1.2.840.113549.1.1.13";
+
+const SIG_ALGS: Record<string, { hash: "sha256" | "sha384" | "sha512"; family: "ec" | "rsa" }> = {
+  [OID_ECDSA_SHA256]: { hash: "sha256", family: "ec" },
+  [OID_ECDSA_SHA384]: { hash: "sha384", family: "ec" },
+  [OID_ECDSA_SHA512]: { hash: "sha512", family: "ec" },
+  [OID_RSA_SHA256]: { hash: "sha256", family: "rsa" },
+  [OID_RSA_SHA384]: { hash: "sha384", family: "rsa" },
+  [OID_RSA_SHA512]: { hash: "sha512", family: "rsa" },
+};
+
+function csrError(message: string, cause?: unknown): SigilError {
+  return new SigilError("ERR_INVALID_ARGUMENT", `csr: ${message}`, cause === undefined ? undefined : { cause });
+}
+
+/**
+ * Builds a DER CSR for `privateKey` with an empty subject and no attributes
+ * (an issuer takes only the key from it).
+ */
+export function buildCsr(privateKey: KeyObject): Uint8Array {
+  const keyType = keyTypeOf(privateKey);
+  const spki = new Uint8Array(createPublicKey(privateKey).export({ format: "der", type: "spki" }));
+  const info = encodeSequence(
+    encodeUnsignedInteger(new Uint8Array([0])),
+    encodeSequence(), // empty subject Name
+    spki,
+    encodeExplicit(0), // attributes: [0] IMPLICIT SET OF, empty (0xa0 0x00)
+  );
+  const isEc = keyType.startsWith("ec");
+  const hash = keyType === "ec-p384" ? "sha384" : "sha256";
+  const algOid = isEc ? (hash === "sha384" ? OID_ECDSA_SHA384 : OID_ECDSA_SHA256) : OID_RSA_SHA256;
+  const alg = isEc ? encodeSequence(encodeOid(algOid)) : encodeSequence(encodeOid(algOid), encodeNull());
+  const sig = cryptoSign(hash, info, privateKey);
+  return encodeSequence(info, alg, encodeBitString(new Uint8Array(sig)));
+}
+
+/** What a CSR yields: its public key, checked. */
+export interface ParsedCsr {
+  readonly publicKey: KeyObject;
+  /** The SubjectPublicKeyInfo DER, to embed verbatim in a certificate. */
+  readonly publicKeyDer: Uint8Array;
+  readonly keyType: KeyType;
+}
+
+/**
+ * Parses a DER CSR with a DER walk, checks its self-signature and that its
+ * key type is allowed.
+ *
+ * @throws SigilError `ERR_INVALID_ARGUMENT` naming the problem (`csr: signature does not verify`).
+ */
+export function parseCsr(der: Uint8Array, allowedKeyTypes: readonly KeyType[]): ParsedCsr {
+  if (!(der instanceof Uint8Array) || der.length === 0) throw csrError("empty");
+  let info: Uint8Array;
+  let spkiDer: Uint8Array;
+  let algOid: string;
+  let signature: Uint8Array;
+  try {
+    const outer = expectTlv(der, 0, TAG.SEQUENCE, "CertificationRequest");
+    if (outer.end !== der.length) throw csrError(`${der.length - outer.end} trailing bytes after the request`);
+    const [cri, alg, sig] = readChildren(der, outer);
+    if (!cri || !alg || !sig || cri.tag !== TAG.SEQUENCE || alg.tag !== TAG.SEQUENCE || sig.tag !== TAG.BIT_STRING) {
+      throw csrError("not a PKCS#10 CertificationRequest (expected info, algorithm, signature)");
+    }
+    const criChildren = readChildren(der, cri);
+    const spki = criChildren[2];
+    if (!spki || spki.tag !== TAG.SEQUENCE) throw csrError("request info has no subjectPublicKeyInfo");
+    const algChildren = readChildren(der, alg);
+    const oidEl = algChildren[0];
+    if (!oidEl || oidEl.tag !== TAG.OID) throw csrError("signature algorithm has no OID");
+    info = cri.raw;
+    spkiDer = spki.raw;
+    algOid = decodeOid(oidEl.content);
+    if (sig.content[0] !== 0) throw csrError("signature BIT STRING has unused bits");
+    signature = sig.content.subarray(1);
+  } catch (e) {
+    if (e instanceof SigilError && e.message.startsWith("csr:")) throw e;
+    throw csrError(`malformed DER: ${(e as Error).message}`, e);
+  }
+  const alg = SIG_ALGS[algOid];
+  if (!alg) throw csrError(`unsupported signature algorithm ${algOid}`);
+  let publicKey: KeyObject;
+  try {
+    publicKey = createPublicKey({ key: Buffer.from(spkiDer), format: "der", type: "spki" });
+  } catch (e) {
+    throw csrError("subjectPublicKeyInfo is not a valid public key", e);
+  }
+  let keyType: KeyType;
+  try {
+    keyType = keyTypeOf(publicKey);
+  } catch (e) {
+    throw csrError(`key type is not allowed: ${(e as Error).message.replace(/^keys: /, "")}`, e);
+  }
+  if (!allowedKeyTypes.includes(keyType)) {
+    throw csrError(`key type ${keyType} is not allowed (allowed: ${allowedKeyTypes.join(", ")})`);
+  }
+  if ((alg.family === "ec") !== keyType.startsWith("ec")) throw csrError(`signature algorithm ${algOid} does not fit a ${keyType} key`);
+  let ok: boolean;
+  try {
+    ok = cryptoVerify(alg.hash, info, publicKey, signature);
+  } catch (e) {
+    throw csrError("signature is malformed", e);
+  }
+  if (!ok) throw csrError("signature does not verify");
+  return { publicKey, publicKeyDer: new Uint8Array(spkiDer), keyType };
+}
+
+/**
+ * Checks a bare SubjectPublicKeyInfo (the agent API's CSR-free form): it must
+ * parse as a public key of an allowed type.
+ */
+export function parseSubjectPublicKeyInfo(der: Uint8Array, allowedKeyTypes: readonly KeyType[]): ParsedCsr {
+  let publicKey: KeyObject;
+  try {
+    expectTlv(der, 0, TAG.SEQUENCE, "SubjectPublicKeyInfo");
+    publicKey = createPublicKey({ key: Buffer.from(der), format: "der", type: "spki" });
+  } catch (e) {
+    throw new SigilError("ERR_INVALID_ARGUMENT", "public key: not a DER SubjectPublicKeyInfo", { cause: e });
+  }
+  let keyType: KeyType;
+  try {
+    keyType = keyTypeOf(publicKey);
+  } catch (e) {
+    throw new SigilError("ERR_INVALID_ARGUMENT", `public key: ${(e as Error).message.replace(/^keys: /, "")}`, { cause: e });
+  }
+  if (!allowedKeyTypes.includes(keyType)) {
+    throw new SigilError("ERR_INVALID_ARGUMENT", `public key: key type ${keyType} is not allowed (allowed: ${allowedKeyTypes.join(", ")})`);
+  }
+  // Re-export so the certificate embeds a canonical encoding.
+  return { publicKey, publicKeyDer: new Uint8Array(publicKey.export({ format: "der", type: "spki" })), keyType };
+}

@@ -1,0 +1,68 @@
+import { execFileSync } from "node:child_process";
+import { generateKeyPairSync } from "node:crypto";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { buildCsr, parseCsr, parseSubjectPublicKeyInfo } from "../../spiffe/csr.js";
+import { isSigilError } from "../../spiffe/errors.js";
+import { requireTool } from "../support/tools.js";
+
+const ALL = ["ec-p256", "ec-p384", "rsa-2048", "rsa-4096"] as const;
+const haveOpenssl = requireTool("openssl");
+
+function expectCsrError(fn: () => unknown, msg: RegExp): void {
+  let caught: unknown;
+  try { fn(); } catch (e) { caught = e; }
+  expect(isSigilError(caught, "ERR_INVALID_ARGUMENT"), String(caught)).toBe(true);
+  expect((caught as Error).message).toMatch(msg);
+}
+
+describe("CSR intake", () => {
+  it("round-trips EC P-256, P-384 and RSA keys through buildCsr/parseCsr", () => {
+    for (const [type, opts] of [["ec", { namedCurve: "prime256v1" }], ["ec", { namedCurve: "secp384r1" }], ["rsa", { modulusLength: 2048 }]] as const) {
+      const { privateKey, publicKey } = generateKeyPairSync(type as "ec", opts as { namedCurve: string });
+      const parsed = parseCsr(buildCsr(privateKey), ALL);
+      expect(Buffer.from(parsed.publicKeyDer)).toEqual(publicKey.export({ format: "der", type: "spki" }));
+    }
+  });
+
+  it("rejects a CSR whose signature does not verify", () => {
+    const { privateKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+    const csr = buildCsr(privateKey);
+    csr[csr.length - 5] ^= 0xff;
+    expectCsrError(() => parseCsr(csr, ALL), /signature (does not verify|is malformed)/);
+  });
+
+  it("rejects a disallowed key type, naming it and the allowed ones", () => {
+    const { privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
+    expectCsrError(() => parseCsr(buildCsr(privateKey), ["ec-p256"]), /key type rsa-2048 is not allowed \(allowed: ec-p256\)/);
+  });
+
+  it("rejects garbage bytes, truncation and trailing data with a clear error", () => {
+    const { privateKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+    const csr = buildCsr(privateKey);
+    expectCsrError(() => parseCsr(new Uint8Array([1, 2, 3, 4]), ALL), /malformed DER/);
+    expectCsrError(() => parseCsr(csr.subarray(0, csr.length - 3), ALL), /malformed DER/);
+    expectCsrError(() => parseCsr(Buffer.concat([csr, Buffer.from([0])]), ALL), /trailing bytes/);
+    expectCsrError(() => parseCsr(new Uint8Array(), ALL), /empty/);
+  });
+
+  it("checks bare SubjectPublicKeyInfo keys the same way", () => {
+    const { publicKey } = generateKeyPairSync("ec", { namedCurve: "secp384r1" });
+    const der = new Uint8Array(publicKey.export({ format: "der", type: "spki" }));
+    expect(parseSubjectPublicKeyInfo(der, ALL).keyType).toBe("ec-p384");
+    expect(() => parseSubjectPublicKeyInfo(der, ["ec-p256"])).toThrow(/ec-p384 is not allowed/);
+    expect(() => parseSubjectPublicKeyInfo(new Uint8Array([0x30, 0]), ALL)).toThrow(/not a DER SubjectPublicKeyInfo/);
+  });
+
+  it.skipIf(!haveOpenssl)("interop: openssl verifies our CSR, and we accept openssl's", () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "sigil-csr-"));
+    const { privateKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+    writeFileSync(path.join(dir, "ours.der"), buildCsr(privateKey));
+    const out = execFileSync("openssl", ["req", "-inform", "DER", "-in", path.join(dir, "ours.der"), "-verify", "-noout"], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+    expect(out + "").not.toMatch(/fail/i);
+    execFileSync("openssl", ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", path.join(dir, "k.pem"), "-subj", "/CN=x", "-outform", "DER", "-out", path.join(dir, "theirs.der")], { stdio: "ignore" });
+    expect(parseCsr(readFileSync(path.join(dir, "theirs.der")), ALL).keyType).toBe("ec-p256");
+  });
+});
