@@ -30,7 +30,7 @@ describe("CSR intake", () => {
   it("rejects a CSR whose signature does not verify", () => {
     const { privateKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
     const csr = buildCsr(privateKey);
-    csr[csr.length - 5] ^= 0xff;
+    csr[csr.length - 5] = (csr[csr.length - 5] as number) ^ 0xff;
     expectCsrError(() => parseCsr(csr, ALL), /signature (does not verify|is malformed)/);
   });
 

@@ -1,0 +1,49 @@
+/**
+ * A typed, promise-returning client for the unary methods of a protobuf-es
+ * service over grpc-js (used by the CLIs and the agent's server connection).
+ */
+import { create, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
+import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
+import { Client, Metadata, type ChannelCredentials, type ChannelOptions, type ServiceError } from "@grpc/grpc-js";
+import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
+
+/** Promise-returning unary methods of a service (streaming methods are omitted). */
+export type UnaryClient<S extends GenServiceMethods> = {
+  [K in keyof S as S[K]["methodKind"] extends "unary" ? K : never]: (
+    request: MessageInitShape<S[K]["input"]>,
+    options?: { deadlineMs?: number; metadata?: Metadata },
+  ) => Promise<MessageShape<S[K]["output"]>>;
+} & { close(): void; readonly raw: Client };
+
+/** Creates a unary client for `service` at `target` (e.g. `unix:/run/sigil/api.sock`). */
+export function createUnaryClient<S extends GenServiceMethods>(
+  service: GenService<S>,
+  target: string,
+  credentials: ChannelCredentials,
+  options: ChannelOptions = {},
+): UnaryClient<S> {
+  const def = grpcServiceDefinition(service);
+  const client = new Client(target, credentials, options);
+  const out: Record<string, unknown> = {
+    close: () => client.close(),
+    raw: client,
+  };
+  for (const method of service.methods) {
+    if (method.methodKind !== "unary") continue;
+    const m = def[method.localName as keyof typeof def];
+    out[method.localName] = (request: object, opts?: { deadlineMs?: number; metadata?: Metadata }) =>
+      new Promise((resolve, reject) => {
+        const deadline = new Date(Date.now() + (opts?.deadlineMs ?? 30_000));
+        client.makeUnaryRequest(
+          m.path,
+          m.requestSerialize,
+          m.responseDeserialize,
+          create(method.input, request as never) as never,
+          opts?.metadata ?? new Metadata(),
+          { deadline },
+          (err: ServiceError | null, value?: unknown) => (err ? reject(err) : resolve(value)),
+        );
+      });
+  }
+  return out as UnaryClient<S>;
+}

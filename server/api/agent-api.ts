@@ -1,0 +1,364 @@
+/**
+ * The agent-facing API (gRPC over TLS). `AttestAgent` is open to anyone (the
+ * node attestor decides); every other call must present the caller's current
+ * agent SVID as TLS client certificate, is checked against the agent record
+ * (known, not banned, current serial), and is authorized through the entry
+ * index. SPIFFE IDs, TTLs and DNS names of issued SVIDs come from entries,
+ * never from what the agent sends: only the public key is taken from a CSR.
+ */
+import { createHash, X509Certificate } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import { status, type ServerDuplexStream, type ServerUnaryCall, type sendUnaryData } from "@grpc/grpc-js";
+import type { Logger } from "../../common/log.js";
+import { audit } from "../../common/log.js";
+import { grpcCodeName, type Metrics } from "../../common/metrics.js";
+import { toServiceError } from "../../common/rpc/status.js";
+import type { ServerNodeAttestor } from "../../plugins/nodeattestor/types.js";
+import {
+  AttestAgentResponseSchema,
+  BatchNewX509SVIDResponseSchema,
+  NewJWTSVIDResponseSchema,
+  RenewAgentResponseSchema,
+  SyncAuthorizedResponseSchema,
+  type AgentAPI,
+  type AttestAgentRequest,
+  type AttestAgentResponse,
+  type BatchNewX509SVIDRequest,
+  type BatchNewX509SVIDResponse,
+  type NewJWTSVIDRequest,
+  type NewJWTSVIDResponse,
+  type RenewAgentRequest,
+  type RenewAgentResponse,
+  type SyncAuthorizedRequest,
+  type SyncAuthorizedResponse,
+} from "../../proto/gen/sigil/agent/v1/agent_pb.js";
+import { X509SVIDSchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
+import { parseCsr, parseSubjectPublicKeyInfo } from "../../spiffe/csr.js";
+import { SigilError } from "../../spiffe/errors.js";
+import { parseSpiffeId, type SpiffeId, type TrustDomain } from "../../spiffe/id.js";
+import type { KeyType } from "../../spiffe/signer.js";
+import { verifyX509Svid } from "../../spiffe/x509/verify.js";
+import { StaticX509BundleSource } from "../../spiffe/x509/static-bundle-source.js";
+import { X509Bundle } from "../../spiffe/bundle/x509-bundle.js";
+import type { GrpcServiceImplementation } from "../../spiffe/grpc/service.js";
+import { formatSelector } from "../../common/selector.js";
+import type { CaManager } from "../ca/manager.js";
+import type { AttestedAgent, Datastore, RegistrationEntry } from "../datastore/index.js";
+import type { EntryIndex, IndexedEntry } from "../registration/entry-index.js";
+import { wireBundle, wireEntry, wireSelector, wireStatus } from "./wire.js";
+
+/** Key types the server accepts for agent and workload keys. */
+export const ALLOWED_KEY_TYPES: readonly KeyType[] = ["ec-p256", "ec-p384", "rsa-2048", "rsa-4096"];
+/** Most SVIDs one BatchNewX509SVID call may ask for. */
+export const MAX_BATCH_SIZE = 1000;
+/** Most audiences one NewJWTSVID call may ask for. */
+export const MAX_AUDIENCES = 32;
+/** How long attestation may wait for a challenge response. */
+const CHALLENGE_TIMEOUT_MS = 30_000;
+
+/** What the entry index holds per entry: its keys plus the datastore record. */
+export interface IndexedRecord extends IndexedEntry {
+  readonly record: RegistrationEntry;
+}
+
+/** Wraps a datastore entry for the index. */
+export function toIndexed(e: RegistrationEntry): IndexedRecord {
+  return { id: e.id, spiffeId: e.spiffeId, parentId: e.parentId, selectors: e.selectors.map(formatSelector), revision: e.revision, record: e };
+}
+
+/** Dependencies of the agent API. */
+export interface AgentApiDeps {
+  readonly trustDomain: TrustDomain;
+  readonly datastore: Datastore;
+  readonly ca: CaManager;
+  readonly index: EntryIndex<IndexedRecord>;
+  readonly attestors: ReadonlyMap<string, ServerNodeAttestor>;
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  readonly agentTtlMs: number;
+  readonly defaultX509TtlMs: number;
+  readonly defaultJwtTtlMs: number;
+  readonly auditEnabled: boolean;
+  readonly now: () => Date;
+}
+
+type AgentMethods = (typeof AgentAPI)["method"];
+
+interface AuthenticatedAgent {
+  readonly id: SpiffeId;
+  readonly record: AttestedAgent;
+}
+
+/** Builds the AgentAPI service implementation. */
+export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<AgentMethods> {
+  const log = deps.log;
+
+  function bundleSource(): StaticX509BundleSource {
+    const b = deps.ca.bundle();
+    return new StaticX509BundleSource([new X509Bundle(deps.trustDomain, b.x509Authorities)]);
+  }
+
+  /** Verifies the caller's TLS client certificate and its agent record. */
+  async function authenticate(call: { getAuthContext(): { sslPeerCertificate?: { raw?: Buffer } } | null }): Promise<AuthenticatedAgent> {
+    const raw = call.getAuthContext()?.sslPeerCertificate?.raw;
+    if (!raw || raw.length === 0) throw new SigilError("ERR_PERMISSION_DENIED", "agent api: no client certificate: the call needs the agent's X509-SVID");
+    // The agent's chain may need the server CA's intermediates (upstream authority).
+    const chain = [new Uint8Array(raw), ...intermediates()];
+    let id: SpiffeId;
+    try {
+      id = verifyX509Svid(chain, bundleSource(), { now: deps.now() }).id;
+    } catch (e) {
+      throw new SigilError("ERR_PERMISSION_DENIED", `agent api: client certificate is not a valid SVID of ${deps.trustDomain.name}: ${(e as Error).message}`, { cause: e });
+    }
+    const record = await deps.datastore.getAgent(id.toString());
+    if (!record) throw new SigilError("ERR_PERMISSION_DENIED", `agent api: ${id} is not an attested agent`);
+    if (record.banned) throw new SigilError("ERR_PERMISSION_DENIED", `agent api: agent ${id} is banned`);
+    const serial = certSerialHex(raw);
+    if (serial !== record.certSerial) {
+      if (serial === record.newCertSerial) {
+        // First use of a renewed SVID: it becomes the current one.
+        const promoted = await deps.datastore.updateAgent(id.toString(), { certSerial: serial, certNotAfter: record.newCertNotAfter ?? record.certNotAfter, newCertSerial: null, newCertNotAfter: null }, ["certSerial", "certNotAfter", "newCertSerial", "newCertNotAfter"]);
+        return { id, record: promoted };
+      }
+      throw new SigilError("ERR_PERMISSION_DENIED", `agent api: ${id} presented an SVID (serial ${serial}) that is not its current one`);
+    }
+    return { id, record };
+  }
+
+  function intermediates(): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    for (const a of deps.ca.x509Authorities()) for (const d of a.chainDers) if (!a.rootDers.some((r) => Buffer.from(r).equals(Buffer.from(d)))) out.push(d);
+    return out;
+  }
+
+  function authorized(agent: AuthenticatedAgent): RegistrationEntry[] {
+    const now = deps.now().getTime();
+    return deps.index
+      .authorizedEntries(agent.id.toString(), agent.record.selectors.map(formatSelector))
+      .map((i) => i.record)
+      .filter((e) => !e.expiresAt || e.expiresAt.getTime() > now);
+  }
+
+  function auditLog(method: string, caller: string, code: number, details: Record<string, unknown> = {}): void {
+    if (deps.auditEnabled) {
+      audit(log, { caller: caller.startsWith("spiffe://") ? { spiffeId: caller } : {}, method, status: code === 0 ? "success" : "error", ...(code === 0 ? {} : { statusCode: grpcCodeName(code) }), details });
+    }
+  }
+
+  function unary<Req, Res>(method: string, fn: (req: Req, call: ServerUnaryCall<Req, Res>) => Promise<{ res: Res; caller: string; details?: Record<string, unknown> }>) {
+    return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
+      fn(call.request, call).then(
+        ({ res, caller, details }) => {
+          auditLog(method, caller, 0, details);
+          callback(null, res);
+        },
+        (e: unknown) => {
+          const err = toServiceError(e);
+          auditLog(method, "unauthenticated-or-unknown", err.code, { error: err.details });
+          if (err.code === status.INTERNAL) log.error({ err: e }, `agent api: ${method} failed`);
+          callback(err);
+        },
+      );
+    };
+  }
+
+  return {
+    attestAgent(call: ServerDuplexStream<AttestAgentRequest, AttestAgentResponse>): void {
+      const queue: AttestAgentRequest[] = [];
+      let waiter: ((m: AttestAgentRequest | undefined) => void) | undefined;
+      let ended = false;
+      call.on("data", (m: AttestAgentRequest) => {
+        if (waiter) {
+          const w = waiter;
+          waiter = undefined;
+          w(m);
+        } else queue.push(m);
+      });
+      call.on("end", () => {
+        ended = true;
+        waiter?.(undefined);
+      });
+      call.on("error", () => {
+        ended = true;
+        waiter?.(undefined);
+      });
+      const next = (): Promise<AttestAgentRequest | undefined> => {
+        const m = queue.shift();
+        if (m || ended) return Promise.resolve(m);
+        return new Promise((resolve) => {
+          waiter = resolve;
+          setTimeout(() => {
+            if (waiter === resolve) {
+              waiter = undefined;
+              resolve(undefined);
+            }
+          }, CHALLENGE_TIMEOUT_MS).unref();
+        });
+      };
+      (async () => {
+        const first = await next();
+        if (!first || first.step.case !== "params") throw new SigilError("ERR_INVALID_ARGUMENT", "attest: the first message must carry attestation params");
+        const params = first.step.value;
+        const type = params.data?.type ?? "";
+        const attestor = deps.attestors.get(type);
+        if (!attestor) {
+          throw new SigilError("ERR_INVALID_ARGUMENT", `attest: unknown node attestor ${JSON.stringify(type)} (enabled: ${[...deps.attestors.keys()].join(", ") || "none"})`);
+        }
+        const csr = parseCsr(params.csr, ALLOWED_KEY_TYPES);
+        const result = await attestor.attest(params.data?.payload ?? new Uint8Array(), async (challenge) => {
+          call.write(create(AttestAgentResponseSchema, { step: { case: "challenge", value: challenge } }));
+          const answer = await next();
+          if (!answer || answer.step.case !== "challengeResponse") throw new SigilError("ERR_PERMISSION_DENIED", "attest: no answer to the challenge");
+          return answer.step.value;
+        });
+        const agentId = result.agentId.toString();
+        const existing = await deps.datastore.getAgent(agentId);
+        if (existing?.banned) throw new SigilError("ERR_PERMISSION_DENIED", `attest: agent ${agentId} is banned`);
+        if (existing && !existing.canReattest) {
+          throw new SigilError("ERR_PERMISSION_DENIED", `attest: agent ${agentId} is already attested and its attestor does not allow re-attestation; evict it first`);
+        }
+        const issued = deps.ca.signX509Svid({ spiffeId: result.agentId, publicKeyDer: csr.publicKeyDer, ttlMs: deps.agentTtlMs });
+        const record = {
+          attestationType: attestor.name,
+          selectors: result.selectors,
+          certSerial: issued.serial,
+          certNotAfter: issued.notAfter,
+          newCertSerial: null,
+          newCertNotAfter: null,
+          canReattest: result.canReattest,
+        };
+        if (existing) await deps.datastore.updateAgent(agentId, record, ["attestationType", "selectors", "certSerial", "certNotAfter", "newCertSerial", "newCertNotAfter", "canReattest"]);
+        else await deps.datastore.createAgent({ spiffeId: agentId, ...record });
+        deps.metrics.x509SvidsSigned.inc();
+        call.write(
+          create(AttestAgentResponseSchema, {
+            step: {
+              case: "result",
+              value: {
+                svid: create(X509SVIDSchema, { spiffeId: agentId, certChain: [...issued.chain], expiresAt: BigInt(Math.floor(issued.notAfter.getTime() / 1000)) }),
+                bundle: [...deps.ca.bundle().x509Authorities],
+                selectors: result.selectors.map(wireSelector),
+              },
+            },
+          }),
+        );
+        auditLog("AttestAgent", agentId, 0, { attestation_type: attestor.name, serial: issued.serial });
+        log.info({ agent_id: agentId, attestation_type: attestor.name, serial: issued.serial }, "agent attested");
+        call.end();
+      })().catch((e: unknown) => {
+        const err = toServiceError(e);
+        auditLog("AttestAgent", "unattested", err.code, { error: err.details });
+        if (err.code === status.INTERNAL) log.error({ err: e }, "agent api: AttestAgent failed");
+        call.destroy(err);
+      });
+    },
+
+    renewAgent: unary<RenewAgentRequest, RenewAgentResponse>("RenewAgent", async (req, call) => {
+      const agent = await authenticate(call);
+      const csr = parseCsr(req.csr, ALLOWED_KEY_TYPES);
+      const issued = deps.ca.signX509Svid({ spiffeId: agent.id, publicKeyDer: csr.publicKeyDer, ttlMs: deps.agentTtlMs });
+      await deps.datastore.updateAgent(agent.id.toString(), { newCertSerial: issued.serial, newCertNotAfter: issued.notAfter }, ["newCertSerial", "newCertNotAfter"]);
+      deps.metrics.x509SvidsSigned.inc();
+      return {
+        res: create(RenewAgentResponseSchema, {
+          svid: { spiffeId: agent.id.toString(), certChain: [...issued.chain], expiresAt: BigInt(Math.floor(issued.notAfter.getTime() / 1000)) },
+        }),
+        caller: agent.id.toString(),
+        details: { serial: issued.serial },
+      };
+    }),
+
+    syncAuthorized: unary<SyncAuthorizedRequest, SyncAuthorizedResponse>("SyncAuthorized", async (req, call) => {
+      const agent = await authenticate(call);
+      const entries = authorized(agent);
+      const own = await deps.datastore.getBundle(deps.trustDomain.name);
+      const federatedNames = [...new Set(entries.flatMap((e) => e.federatesWith))].sort();
+      const federated = (await Promise.all(federatedNames.map((td) => deps.datastore.getBundle(td)))).filter((b) => b !== undefined);
+      const h = createHash("sha256");
+      for (const e of [...entries].sort((a, b) => (a.id < b.id ? -1 : 1))) h.update(`${e.id}@${e.revision};`);
+      for (const b of [own, ...federated]) if (b) h.update(`${b.trustDomain}#${b.sequence};`);
+      const revision = h.digest("base64url");
+      if (req.knownRevision === revision) {
+        return { res: create(SyncAuthorizedResponseSchema, { notModified: true, revision }), caller: agent.id.toString() };
+      }
+      return {
+        res: create(SyncAuthorizedResponseSchema, {
+          revision,
+          entries: entries.map(wireEntry),
+          bundles: [own, ...federated].filter((b) => b !== undefined).map(wireBundle),
+        }),
+        caller: agent.id.toString(),
+        details: { entries: entries.length },
+      };
+    }),
+
+    batchNewX509SVID: unary<BatchNewX509SVIDRequest, BatchNewX509SVIDResponse>("BatchNewX509SVID", async (req, call) => {
+      const agent = await authenticate(call);
+      if (req.params.length === 0) throw new SigilError("ERR_INVALID_ARGUMENT", "batch new x509 svid: params is empty");
+      if (req.params.length > MAX_BATCH_SIZE) throw new SigilError("ERR_INVALID_ARGUMENT", `batch new x509 svid: ${req.params.length} params is more than the maximum ${MAX_BATCH_SIZE}`);
+      const byId = new Map(authorized(agent).map((e) => [e.id, e]));
+      let signed = 0;
+      const results = req.params.map((p, i) => {
+        try {
+          const entry = byId.get(p.entryId);
+          if (!entry) throw new SigilError("ERR_PERMISSION_DENIED", `params[${i}]: entry ${JSON.stringify(p.entryId)} is not authorized for agent ${agent.id}`);
+          let key;
+          if (p.key.case === "csr") key = parseCsr(p.key.value, ALLOWED_KEY_TYPES);
+          else if (p.key.case === "publicKey") key = parseSubjectPublicKeyInfo(p.key.value, ALLOWED_KEY_TYPES);
+          else throw new SigilError("ERR_INVALID_ARGUMENT", `params[${i}]: a csr or public_key is required`);
+          const issued = deps.ca.signX509Svid({
+            spiffeId: parseSpiffeId(entry.spiffeId),
+            publicKeyDer: key.publicKeyDer,
+            ttlMs: entry.x509SvidTtl > 0 ? entry.x509SvidTtl * 1000 : deps.defaultX509TtlMs,
+            dnsNames: entry.dnsNames,
+          });
+          signed++;
+          return {
+            status: wireStatus(),
+            svid: { spiffeId: entry.spiffeId, certChain: [...issued.chain], expiresAt: BigInt(Math.floor(issued.notAfter.getTime() / 1000)) },
+          };
+        } catch (e) {
+          const s = wireStatus(e);
+          if (e instanceof SigilError && !e.message.startsWith(`params[${i}]`)) s.message = `params[${i}]: ${s.message}`;
+          return { status: s };
+        }
+      });
+      deps.metrics.x509SvidsSigned.inc(signed);
+      return { res: create(BatchNewX509SVIDResponseSchema, { results }), caller: agent.id.toString(), details: { requested: req.params.length, signed } };
+    }),
+
+    newJWTSVID: unary<NewJWTSVIDRequest, NewJWTSVIDResponse>("NewJWTSVID", async (req, call) => {
+      const agent = await authenticate(call);
+      if (req.audience.length === 0 || req.audience.some((a) => a.length === 0)) throw new SigilError("ERR_INVALID_ARGUMENT", "new jwt svid: audience must be specified");
+      if (req.audience.length > MAX_AUDIENCES) throw new SigilError("ERR_INVALID_ARGUMENT", `new jwt svid: more than ${MAX_AUDIENCES} audiences`);
+      const entry = authorized(agent).find((e) => e.id === req.entryId);
+      if (!entry) throw new SigilError("ERR_PERMISSION_DENIED", `new jwt svid: entry ${JSON.stringify(req.entryId)} is not authorized for agent ${agent.id}`);
+      const jwt = deps.ca.signJwtSvid({
+        spiffeId: parseSpiffeId(entry.spiffeId),
+        audience: req.audience,
+        ttlMs: entry.jwtSvidTtl > 0 ? entry.jwtSvidTtl * 1000 : deps.defaultJwtTtlMs,
+      });
+      deps.metrics.jwtSvidsSigned.inc();
+      return {
+        res: create(NewJWTSVIDResponseSchema, {
+          spiffeId: entry.spiffeId,
+          token: jwt.token,
+          expiresAt: BigInt(Math.floor(jwt.expiresAt.getTime() / 1000)),
+          issuedAt: BigInt(Math.floor(jwt.issuedAt.getTime() / 1000)),
+        }),
+        caller: agent.id.toString(),
+        details: { entry_id: entry.id, key_id: jwt.keyId },
+      };
+    }),
+  };
+}
+
+/** Serial number of a DER certificate as lowercase hex without leading zeros (the form agent records keep). */
+export function certSerialHex(der: Uint8Array): string {
+  return normalizeSerial(new X509Certificate(der).serialNumber);
+}
+
+/** Lowercase hex without leading zeros, so serials from different sources compare equal. */
+export function normalizeSerial(hex: string): string {
+  return hex.toLowerCase().replace(/^0+(?=.)/, "");
+}

@@ -1,0 +1,380 @@
+/**
+ * The trust domain's CA: X.509 CA and JWT signing keys in two slots each (A/B)
+ * that move prepared → active → old. A prepared authority is published in the
+ * bundle immediately, before it signs anything (FED-1); it becomes active at
+ * 1/6 remaining lifetime of the current one (see rotation.ts). The journal of
+ * slots lives in the datastore, keys in the key manager; request handlers only
+ * reach keys through `signX509Svid` / `signJwtSvid`.
+ */
+import { createPublicKey, randomBytes, X509Certificate, type KeyObject } from "node:crypto";
+import type { Clock } from "../../common/clock.js";
+import { SigilError } from "../../spiffe/errors.js";
+import type { SpiffeId, TrustDomain } from "../../spiffe/id.js";
+import type { KeyType, Signer } from "../../spiffe/signer.js";
+import { createRootCa, createIntermediateCa } from "../../spiffe/x509/ca.js";
+import { prepareLeafTemplate, issueLeaf, type LeafTemplate } from "../../spiffe/x509/leaf.js";
+import { randomSerial } from "../../spiffe/x509/serial.js";
+import { signJwtSvid } from "../../spiffe/jwt/sign.js";
+import { parseSpiffeBundle, serializeSpiffeBundle, type SpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
+import type { KeyManager } from "../../plugins/keymanager/types.js";
+import type { UpstreamAuthority } from "../../plugins/upstreamauthority/types.js";
+import type { Datastore } from "../datastore/index.js";
+import { rotationAction } from "./rotation.js";
+
+/** Slot names, as in SPIRE. */
+export type SlotId = "A" | "B";
+/** Slot status in the journal. */
+export type SlotStatus = "prepared" | "active" | "old";
+
+/** One X.509 CA authority. */
+export interface X509Authority {
+  readonly slotId: SlotId;
+  readonly keyId: string;
+  readonly signer: Signer;
+  /** This CA's certificate, DER. */
+  readonly certDer: Uint8Array;
+  /** Certificates to send after a leaf: this CA and any upstream intermediates (not the root). */
+  readonly chainDers: readonly Uint8Array[];
+  /** Roots this authority chains to (itself when self-signed). */
+  readonly rootDers: readonly Uint8Array[];
+  readonly notBefore: Date;
+  readonly notAfter: Date;
+  status: SlotStatus;
+  template?: LeafTemplate;
+}
+
+/** One JWT signing authority. */
+export interface JwtAuthority {
+  readonly slotId: SlotId;
+  readonly keyId: string;
+  readonly signer: Signer;
+  readonly notBefore: Date;
+  readonly notAfter: Date;
+  status: SlotStatus;
+}
+
+/** What the CA needs from the datastore: its journal and the own bundle. */
+export type CaStore = Pick<Datastore, "listCaJournal" | "upsertCaJournal" | "getBundle" | "setBundle">;
+
+/** CA settings (from the server config). */
+export interface CaSettings {
+  readonly trustDomain: TrustDomain;
+  readonly caTtlMs: number;
+  readonly caKeyType: KeyType;
+  readonly jwtKeyType: KeyType;
+  readonly caSubject?: { readonly country?: string; readonly organization?: string; readonly commonName?: string } | undefined;
+  readonly jwtIssuer?: string | undefined;
+  readonly refreshHintSeconds?: number | undefined;
+}
+
+/** Dependencies of the CA manager. */
+export interface CaDeps {
+  readonly keyManager: KeyManager;
+  readonly store: CaStore;
+  readonly clock: Clock;
+  readonly upstream?: UpstreamAuthority | undefined;
+  readonly log?: { info(obj: object, msg: string): void; warn(obj: object, msg: string): void } | undefined;
+  /** Called with CA expiry timestamps when they change (metrics). */
+  readonly onAuthoritiesChanged?: ((x509: readonly X509Authority[], jwt: readonly JwtAuthority[]) => void) | undefined;
+}
+
+/** An issued X509-SVID. */
+export interface IssuedX509 {
+  /** Leaf first, then intermediates (never the root). */
+  readonly chain: readonly Uint8Array[];
+  readonly serial: string;
+  readonly notAfter: Date;
+  readonly caKeyId: string;
+}
+
+/** Certificates are backdated a little for clock skew, like SPIRE. */
+const BACKDATE_MS = 10_000;
+
+function otherSlot(s: SlotId): SlotId {
+  return s === "A" ? "B" : "A";
+}
+
+/** The CA manager; see the module comment. */
+export class CaManager {
+  readonly #s: CaSettings;
+  readonly #d: CaDeps;
+  #x509: X509Authority[] = [];
+  #jwt: JwtAuthority[] = [];
+  #bundle: SpiffeBundle | undefined;
+  /** JWT keys from the journal whose private keys are gone but whose tokens may still be live. */
+  #retiredJwt = new Map<string, { key: KeyObject; notAfter: Date }>();
+  readonly #bundleListeners = new Set<(b: SpiffeBundle) => void>();
+
+  constructor(settings: CaSettings, deps: CaDeps) {
+    this.#s = settings;
+    this.#d = deps;
+  }
+
+  /** Restores slots from the journal (where keys survived) or creates fresh ones, then publishes the bundle. */
+  async start(): Promise<void> {
+    const now = this.#d.clock.now();
+    const records = await this.#d.store.listCaJournal();
+    for (const r of records) {
+      if (r.notAfter.getTime() <= now.getTime() || (r.slotId !== "A" && r.slotId !== "B")) continue;
+      const signer = await this.#d.keyManager.getKey(r.keyId);
+      const sameKey = signer !== undefined && Buffer.from(signer.publicKey.export({ format: "der", type: "spki" })).equals(Buffer.from(r.publicKeyDer));
+      if (!signer || !sameKey) {
+        if (r.kind === "jwt") this.#retiredJwt.set(r.keyId, { key: createPublicKey({ key: Buffer.from(r.publicKeyDer), format: "der", type: "spki" }), notAfter: r.notAfter });
+        continue;
+      }
+      if (r.kind === "x509" && r.certDer) {
+        this.#x509.push({
+          slotId: r.slotId,
+          keyId: r.keyId,
+          signer,
+          certDer: r.certDer,
+          chainDers: r.chainDers.length ? r.chainDers : [r.certDer],
+          rootDers: r.rootDers.length ? r.rootDers : [r.certDer],
+          notBefore: r.notBefore,
+          notAfter: r.notAfter,
+          status: r.status,
+        });
+      } else if (r.kind === "jwt") {
+        this.#jwt.push({ slotId: r.slotId, keyId: r.keyId, signer, notBefore: r.notBefore, notAfter: r.notAfter, status: r.status });
+      }
+    }
+    const stored = await this.#d.store.getBundle(this.#s.trustDomain.name);
+    if (stored) {
+      try {
+        this.#bundle = parseSpiffeBundle(stored.document, this.#s.trustDomain).bundle;
+      } catch (e) {
+        this.#d.log?.warn({ err: (e as Error).message }, "ca: stored bundle is unreadable; rebuilding it");
+      }
+    }
+    await this.rotate();
+  }
+
+  /** One rotation step (run every few seconds): prepare, activate, prune. */
+  async rotate(): Promise<void> {
+    const now = this.#d.clock.now();
+    let changed = false;
+    changed = (await this.#rotateFamily("x509", now)) || changed;
+    changed = (await this.#rotateFamily("jwt", now)) || changed;
+    // Old authorities stay published until they expire (SVIDs they signed may still be in use).
+    const before = this.#x509.length + this.#jwt.length;
+    this.#x509 = this.#x509.filter((a) => a.notAfter.getTime() > now.getTime());
+    this.#jwt = this.#jwt.filter((a) => a.notAfter.getTime() > now.getTime());
+    if (this.#x509.length + this.#jwt.length !== before) changed = true;
+    // Always recompute: expiring authorities (also ones kept from the journal) leave the bundle.
+    await this.#publishBundle(now);
+    if (changed) this.#d.onAuthoritiesChanged?.(this.#x509, this.#jwt);
+  }
+
+  async #rotateFamily(kind: "x509" | "jwt", now: Date): Promise<boolean> {
+    const list: (X509Authority | JwtAuthority)[] = kind === "x509" ? this.#x509 : this.#jwt;
+    const active = list.find((a) => a.status === "active" && a.notAfter.getTime() > now.getTime());
+    const prepared = list.find((a) => a.status === "prepared" && a.notAfter.getTime() > now.getTime());
+    if (!active) {
+      // Nothing can sign: make (or take) an authority and activate it at once.
+      const next = prepared ?? (await this.#prepare(kind, "A", now));
+      await this.#activate(kind, next);
+      return true;
+    }
+    const action = rotationAction(active.notBefore, active.notAfter, now, prepared !== undefined);
+    if (action === "prepare") {
+      await this.#prepare(kind, otherSlot(active.slotId), now);
+      return true;
+    }
+    if (action === "activate" && prepared) {
+      active.status = "old";
+      await this.#journal(kind, active);
+      await this.#activate(kind, prepared);
+      return true;
+    }
+    return false;
+  }
+
+  async #prepare(kind: "x509" | "jwt", slotId: SlotId, now: Date): Promise<X509Authority | JwtAuthority> {
+    const keyId = `${kind}-${slotId}-${randomBytes(6).toString("hex")}`;
+    const signer = await this.#d.keyManager.generateKey(keyId, kind === "x509" ? this.#s.caKeyType : this.#s.jwtKeyType);
+    const notBefore = new Date(now.getTime() - BACKDATE_MS);
+    let notAfter = new Date(now.getTime() + this.#s.caTtlMs);
+    let authority: X509Authority | JwtAuthority;
+    if (kind === "x509") {
+      let certDer: Uint8Array;
+      let chainDers: readonly Uint8Array[];
+      let rootDers: readonly Uint8Array[];
+      if (this.#d.upstream) {
+        const minted = await this.#d.upstream.mintX509Ca({
+          trustDomain: this.#s.trustDomain,
+          publicKey: signer.publicKey,
+          notBefore,
+          notAfter,
+          subject: this.#s.caSubject,
+        });
+        certDer = minted.certDer;
+        chainDers = [minted.certDer, ...minted.intermediateDers];
+        rootDers = minted.rootDers;
+        notAfter = minted.notAfter;
+      } else {
+        certDer = createRootCa({
+          trustDomain: this.#s.trustDomain,
+          signer,
+          notBefore,
+          notAfter,
+          ...(this.#s.caSubject ? { subject: this.#s.caSubject } : {}),
+        });
+        chainDers = [certDer];
+        rootDers = [certDer];
+      }
+      authority = { slotId, keyId, signer, certDer, chainDers, rootDers, notBefore, notAfter, status: "prepared" };
+      this.#x509 = this.#x509.filter((a) => a.slotId !== slotId || a.status === "active");
+      this.#x509.push(authority);
+    } else {
+      authority = { slotId, keyId, signer, notBefore, notAfter, status: "prepared" };
+      this.#jwt = this.#jwt.filter((a) => a.slotId !== slotId || a.status === "active");
+      this.#jwt.push(authority);
+    }
+    await this.#journal(kind, authority);
+    // Publish before use (FED-1): the bundle carries the prepared authority now.
+    await this.#publishBundle(now);
+    this.#d.log?.info({ kind, slot: slotId, key_id: keyId, not_after: notAfter.toISOString() }, "ca: prepared authority");
+    return authority;
+  }
+
+  async #activate(kind: "x509" | "jwt", a: X509Authority | JwtAuthority): Promise<void> {
+    a.status = "active";
+    if (kind === "x509") {
+      const x = a as X509Authority;
+      x.template = prepareLeafTemplate({ issuerCertDer: x.certDer, issuerSigner: x.signer, trustDomain: this.#s.trustDomain });
+    }
+    await this.#journal(kind, a);
+    this.#d.log?.info({ kind, slot: a.slotId, key_id: a.keyId }, "ca: activated authority");
+  }
+
+  async #journal(kind: "x509" | "jwt", a: X509Authority | JwtAuthority): Promise<void> {
+    const x = kind === "x509" ? (a as X509Authority) : undefined;
+    await this.#d.store.upsertCaJournal({
+      kind,
+      slotId: a.slotId,
+      keyId: a.keyId,
+      status: a.status,
+      publicKeyDer: new Uint8Array(a.signer.publicKey.export({ format: "der", type: "spki" })),
+      certDer: x?.certDer ?? null,
+      chainDers: x?.chainDers ?? [],
+      rootDers: x?.rootDers ?? [],
+      notBefore: a.notBefore,
+      notAfter: a.notAfter,
+    });
+  }
+
+  async #publishBundle(now: Date): Promise<void> {
+    const roots = new Map<string, Uint8Array>();
+    const jwtKeys = new Map<string, KeyObject>();
+    // Keep still-valid authorities from the stored bundle (e.g. after a restart with a memory key manager).
+    if (this.#bundle) {
+      for (const der of this.#bundle.x509Authorities) {
+        if (certNotAfter(der) > now.getTime()) roots.set(Buffer.from(der).toString("base64"), der);
+      }
+    }
+    for (const a of this.#x509) for (const r of a.rootDers) roots.set(Buffer.from(r).toString("base64"), r);
+    for (const [kid, r] of this.#retiredJwt) {
+      if (r.notAfter.getTime() > now.getTime()) jwtKeys.set(kid, r.key);
+      else this.#retiredJwt.delete(kid);
+    }
+    for (const a of this.#jwt) jwtKeys.set(a.keyId, a.signer.publicKey);
+    const prevSeq = this.#bundle?.sequenceNumber ?? 0n;
+    const next: SpiffeBundle = {
+      trustDomain: this.#s.trustDomain,
+      x509Authorities: [...roots.values()],
+      jwtAuthorities: jwtKeys,
+      sequenceNumber: prevSeq + 1n,
+      ...(this.#s.refreshHintSeconds !== undefined ? { refreshHintSeconds: this.#s.refreshHintSeconds } : { refreshHintSeconds: 300 }),
+    };
+    if (this.#bundle && sameAuthorities(this.#bundle, next)) return;
+    this.#bundle = next;
+    await this.#d.store.setBundle({ trustDomain: this.#s.trustDomain.name, document: serializeSpiffeBundle(next), sequence: next.sequenceNumber ?? 0n });
+    for (const l of this.#bundleListeners) l(next);
+  }
+
+  /** The current own-trust-domain bundle. */
+  bundle(): SpiffeBundle {
+    if (!this.#bundle) throw new SigilError("ERR_UNAVAILABLE", "ca: not started");
+    return this.#bundle;
+  }
+
+  /** Subscribes to bundle changes; returns an unsubscribe function. */
+  onBundleChange(listener: (b: SpiffeBundle) => void): () => void {
+    this.#bundleListeners.add(listener);
+    return () => this.#bundleListeners.delete(listener);
+  }
+
+  /** All X.509 authorities (for status display and metrics). */
+  x509Authorities(): readonly X509Authority[] {
+    return this.#x509;
+  }
+
+  /** All JWT authorities. */
+  jwtAuthorities(): readonly JwtAuthority[] {
+    return this.#jwt;
+  }
+
+  #activeX509(): X509Authority {
+    const a = this.#x509.find((x) => x.status === "active");
+    if (!a?.template) throw new SigilError("ERR_UNAVAILABLE", "ca: no active X.509 authority");
+    return a;
+  }
+
+  #activeJwt(): JwtAuthority {
+    const a = this.#jwt.find((x) => x.status === "active");
+    if (!a) throw new SigilError("ERR_UNAVAILABLE", "ca: no active JWT authority");
+    return a;
+  }
+
+  /**
+   * Signs an X509-SVID for `spiffeId` with the given SubjectPublicKeyInfo. The
+   * lifetime is capped at the signing CA's notAfter: an SVID never outlives its CA.
+   */
+  signX509Svid(req: { spiffeId: SpiffeId; publicKeyDer: Uint8Array; ttlMs: number; dnsNames?: readonly string[] | undefined }): IssuedX509 {
+    const ca = this.#activeX509();
+    const now = this.#d.clock.now().getTime();
+    const notAfter = new Date(Math.min(now + req.ttlMs, ca.notAfter.getTime()));
+    const serialBytes = randomSerial();
+    const leaf = issueLeaf(ca.template as LeafTemplate, {
+      spiffeId: req.spiffeId,
+      subjectPublicKeyDer: req.publicKeyDer,
+      serial: serialBytes,
+      notBefore: new Date(now - BACKDATE_MS),
+      notAfter,
+      ...(req.dnsNames && req.dnsNames.length ? { dnsNames: req.dnsNames } : {}),
+    });
+    return { chain: [leaf, ...ca.chainDers.filter((d) => !ca.rootDers.some((r) => Buffer.from(r).equals(Buffer.from(d))))], serial: Buffer.from(serialBytes).toString("hex").replace(/^0+(?=.)/, ""), notAfter, caKeyId: ca.keyId };
+  }
+
+  /** Signs a JWT-SVID; its expiry is capped at the signing key's notAfter. */
+  signJwtSvid(req: { spiffeId: SpiffeId; audience: readonly string[]; ttlMs: number }): { token: string; expiresAt: Date; issuedAt: Date; keyId: string } {
+    const key = this.#activeJwt();
+    const now = this.#d.clock.now();
+    const expiresAt = new Date(Math.min(now.getTime() + req.ttlMs, key.notAfter.getTime()));
+    const token = signJwtSvid({
+      spiffeId: req.spiffeId,
+      audience: [...req.audience],
+      expiresAt,
+      issuedAt: now,
+      signer: key.signer,
+      ...(this.#s.jwtIssuer ? { extraClaims: { iss: this.#s.jwtIssuer } } : {}),
+    });
+    return { token, expiresAt, issuedAt: now, keyId: key.keyId };
+  }
+}
+
+function sameAuthorities(a: SpiffeBundle, b: SpiffeBundle): boolean {
+  if (a.x509Authorities.length !== b.x509Authorities.length || a.jwtAuthorities.size !== b.jwtAuthorities.size) return false;
+  const ax = new Set(a.x509Authorities.map((d) => Buffer.from(d).toString("base64")));
+  if (!b.x509Authorities.every((d) => ax.has(Buffer.from(d).toString("base64")))) return false;
+  for (const kid of b.jwtAuthorities.keys()) if (!a.jwtAuthorities.has(kid)) return false;
+  return a.refreshHintSeconds === b.refreshHintSeconds;
+}
+
+function certNotAfter(der: Uint8Array): number {
+  try {
+    return new Date(new X509Certificate(der).validTo).getTime();
+  } catch {
+    return 0;
+  }
+}

@@ -1,0 +1,196 @@
+/**
+ * The server config schema: the one definition that validates the file at
+ * startup, types {@link ServerConfig}, and generates `server/config.schema.json`
+ * and `docs/configuration.md`. Keys mirror SPIRE's server config in snake_case
+ * where SPIRE has them, so SPIRE configs translate mechanically; plugin
+ * sections are keyed by plugin type, then plugin name, as in SPIRE.
+ */
+import { z } from "zod";
+import { duration } from "../../common/config/duration.js";
+import { diskKeyManagerConfigSchema } from "../../plugins/keymanager/disk/index.js";
+import { isSigilError } from "../../spiffe/errors.js";
+import { parseTrustDomain } from "../../spiffe/id.js";
+
+/** Default admin API socket, shared with `sigil-server` CLI commands. */
+export const DEFAULT_SERVER_SOCKET_PATH = "/tmp/sigil-server/private/api.sock";
+
+/** Key types the CA and JWT signer accept (SPIRE's set). */
+export const SERVER_KEY_TYPES = ["ec-p256", "ec-p384", "rsa-2048", "rsa-4096"] as const;
+
+/** Log levels; SPIRE's upper-case spellings are accepted and lowered. */
+export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
+
+/** A log level as the logger takes it. */
+export type ConfigLogLevel = (typeof LOG_LEVELS)[number];
+
+const logLevel = z
+  .enum([...LOG_LEVELS, "DEBUG", "INFO", "WARN", "ERROR"])
+  .transform((v) => v.toLowerCase() as ConfigLogLevel);
+
+const keyType = z.enum(SERVER_KEY_TYPES);
+
+const port = z.number().int().min(0).max(65535);
+
+const host = z.string().min(1);
+
+const trustDomain = z.string().superRefine((value, ctx) => {
+  try {
+    parseTrustDomain(value);
+  } catch (e) {
+    if (!isSigilError(e)) throw e;
+    ctx.addIssue({ code: "custom", message: `invalid trust domain: ${e.message.replace(/^trust domain: /, "")}` });
+  }
+});
+
+const httpPath = z.string().regex(/^\/[^\s?#]*$/, { error: "must be an absolute URL path such as \"/ready\"" });
+
+// A plugin with no settings may be written `memory:` (YAML null) or `memory: {}`.
+function noSettings(description: string) {
+  return z
+    .strictObject({})
+    .nullable()
+    .transform((v): Record<string, never> => v ?? {})
+    .describe(description);
+}
+
+function exactlyOne<T extends object>(kind: string) {
+  return (value: T, ctx: z.RefinementCtx<T>): void => {
+    const names = Object.keys(value).filter((k) => (value as Record<string, unknown>)[k] !== undefined);
+    if (names.length !== 1) {
+      ctx.addIssue({
+        code: "custom",
+        message: names.length === 0 ? `one ${kind} plugin must be configured` : `exactly one ${kind} plugin may be configured, got ${names.length}: ${names.join(", ")}`,
+      });
+    }
+  };
+}
+
+const serverSection = z
+  .strictObject({
+    trust_domain: trustDomain.describe("The trust domain this server issues identities for, as a bare name (`example.org`). The server refuses to start if it changes."),
+    bind_address: host.default("127.0.0.1").describe("Address of the agent- and admin-facing gRPC TLS listener. SPIRE's default is 0.0.0.0; Sigil listens on loopback unless told otherwise."),
+    bind_port: port.default(8081).describe("Port of the gRPC TLS listener."),
+    socket_path: z.string().min(1).default(DEFAULT_SERVER_SOCKET_PATH).describe("Unix socket of the local admin API (used by `sigil-server` admin commands and `healthcheck`)."),
+    data_dir: z.string().min(1).default("./.sigil/server").describe("Directory for the server's runtime state."),
+    log_level: logLevel.prefault("info").describe("Minimum log level. Changeable at runtime."),
+    log_format: z.enum(["json", "text"]).default("json").describe("`json` (one JSON object per line) or `text` (logfmt-style `key=value`)."),
+    ca_ttl: duration({ minMs: 60_000 }).prefault("24h").describe("Lifetime of each X.509 CA and of each JWT signing key."),
+    default_x509_svid_ttl: duration({ minMs: 1_000 }).prefault("1h").describe("Default lifetime of X509-SVIDs when the registration entry sets none."),
+    default_jwt_svid_ttl: duration({ minMs: 1_000 }).prefault("5m").describe("Default lifetime of JWT-SVIDs when the registration entry sets none."),
+    agent_ttl: duration({ minMs: 1_000 }).optional().describe("Lifetime of agent SVIDs. Defaults to `default_x509_svid_ttl`."),
+    ca_key_type: keyType.default("ec-p256").describe("Key type of the X.509 CA (and of JWT keys unless `jwt_key_type` is set)."),
+    jwt_key_type: keyType.optional().describe("Key type of the JWT signing keys. Defaults to `ca_key_type`."),
+    ca_subject: z
+      .strictObject({
+        country: z.array(z.string()).optional().describe("Country (C) values."),
+        organization: z.array(z.string()).optional().describe("Organization (O) values."),
+        common_name: z.string().optional().describe("Common name (CN)."),
+      })
+      .optional()
+      .describe("Subject of CA certificates."),
+    jwt_issuer: z.url().optional().describe("`iss` claim of JWT-SVIDs; unset means no `iss` claim."),
+    audit_log_enabled: z.boolean().default(true).describe("Emit a `type: audit` log record for every admin and agent API call."),
+  })
+  .transform((s) => ({ ...s, agent_ttl: s.agent_ttl ?? s.default_x509_svid_ttl, jwt_key_type: s.jwt_key_type ?? s.ca_key_type }))
+  .describe("Core server settings.");
+
+const healthChecksSection = z
+  .strictObject({
+    listener_enabled: z.boolean().default(false).describe("Serve the HTTP health endpoints (for Kubernetes probes, which cannot reach a Unix socket)."),
+    bind_address: host.default("127.0.0.1").describe("Address of the HTTP health listener."),
+    bind_port: port.default(8080).describe("Port of the HTTP health listener."),
+    live_path: httpPath.default("/live").describe("Liveness path: 200 while the process is up."),
+    ready_path: httpPath.default("/ready").describe("Readiness path: 200 when the server can issue (CA active, datastore reachable), else 503 with the reasons."),
+  })
+  .describe("HTTP liveness and readiness endpoints.");
+
+const telemetrySection = z
+  .strictObject({
+    prometheus: z
+      .strictObject({
+        host: host.default("127.0.0.1").describe("Address to serve `/metrics` on."),
+        port: port.describe("Port to serve `/metrics` on."),
+      })
+      .optional()
+      .describe("Prometheus scrape endpoint."),
+  })
+  .describe("Metrics export.");
+
+const dataStorePlugins = z
+  .strictObject({
+    sql: z
+      .strictObject({
+        database_type: z.enum(["sqlite3"]).describe("Database engine."),
+        connection_string: z.string().min(1).describe("For sqlite3, the database file path."),
+      })
+      .describe("SQL datastore."),
+  })
+  .describe("Where registration entries, agents, bundles and join tokens are stored.");
+
+const keyManagerPlugins = z
+  .strictObject({
+    memory: noSettings("Keys in memory only; a restart creates a new CA. For development and tests.").optional(),
+    disk: diskKeyManagerConfigSchema.describe("Keys persisted in one file (mode 0600).").optional(),
+  })
+  .superRefine(exactlyOne("KeyManager"))
+  .meta({ minProperties: 1, maxProperties: 1 })
+  .describe("Holds the CA and JWT signing keys.");
+
+const nodeAttestorPlugins = z
+  .strictObject({
+    join_token: noSettings("Single-use join tokens created with `sigil-server token generate`.").optional(),
+  })
+  .superRefine((value, ctx) => {
+    if (Object.values(value).every((v) => v === undefined)) ctx.addIssue({ code: "custom", message: "at least one NodeAttestor plugin must be configured" });
+  })
+  .meta({ minProperties: 1 })
+  .describe("How agents prove which node they run on.");
+
+const upstreamAuthorityPlugins = z
+  .strictObject({
+    disk: z
+      .strictObject({
+        cert_file_path: z.string().min(1).describe("PEM file with the upstream CA certificate (and any intermediates)."),
+        key_file_path: z.string().min(1).describe("PEM file with the upstream CA private key."),
+        bundle_file_path: z.string().min(1).optional().describe("PEM file with the upstream root certificates. Defaults to the certificate in `cert_file_path`."),
+      })
+      .optional()
+      .describe("Upstream CA from files on disk."),
+  })
+  .superRefine(exactlyOne("UpstreamAuthority"))
+  .meta({ minProperties: 1, maxProperties: 1 })
+  .describe("Signs the server's CA with an upstream CA instead of self-signing.");
+
+const pluginsSection = z
+  .strictObject({
+    DataStore: dataStorePlugins,
+    KeyManager: keyManagerPlugins,
+    NodeAttestor: nodeAttestorPlugins,
+    UpstreamAuthority: upstreamAuthorityPlugins.optional(),
+  })
+  .describe("Plugins, keyed by plugin type and then plugin name, as in SPIRE.");
+
+/**
+ * The Sigil server config file schema. Parse with `loadServerConfig`; the
+ * result is a {@link ServerConfig}.
+ */
+export const serverConfigSchema = z
+  .strictObject({
+    $schema: z.string().optional().describe("JSON Schema reference for editors; ignored by the server."),
+    version: z.literal("v1").default("v1").describe("Config format version."),
+    server: serverSection,
+    health_checks: healthChecksSection.prefault({}),
+    telemetry: telemetrySection.optional(),
+    plugins: pluginsSection,
+  })
+  .describe("Sigil server configuration.");
+
+/**
+ * A validated server config, with defaults applied: durations are numbers of
+ * milliseconds, `log_level` is lower case, `agent_ttl` and `jwt_key_type` are
+ * resolved, and plugins without settings are `{}`.
+ */
+export type ServerConfig = z.output<typeof serverConfigSchema>;
+
+/** The server config as written in the file (before defaults and parsing). */
+export type ServerConfigInput = z.input<typeof serverConfigSchema>;

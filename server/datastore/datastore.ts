@@ -1,0 +1,176 @@
+/**
+ * The `Datastore` contract: everything the server persists. Every method is
+ * async so that network database drivers (PostgreSQL, MySQL) can implement the
+ * same interface; the SQLite driver resolves without real waiting.
+ *
+ * Errors are `SigilError`s with messages starting `datastore: `:
+ * `ERR_INVALID_ARGUMENT` (validation; nothing was written), `ERR_NOT_FOUND`,
+ * `ERR_ALREADY_EXISTS`, `ERR_PERMISSION_DENIED` (expired join token),
+ * `ERR_UNAVAILABLE` (closed, or the database stayed locked past the busy
+ * timeout), `ERR_INTERNAL` (anything else from the database).
+ */
+import type { AgentChanges, AgentField, AgentFilter, AgentInput, AttestedAgent, ListAgentsRequest } from "./agent.js";
+import type { BundleDeleteMode, BundleInput, SetBundleOptions, StoredBundle } from "./bundle.js";
+import type { CaJournalInput, CaJournalRecord, CaKeyKind } from "./ca-journal.js";
+import type { ChangeEvent, ChangeListener } from "./change-event.js";
+import type {
+  BatchItemResult,
+  EntryChanges,
+  EntryField,
+  EntryFilter,
+  EntryInput,
+  ListEntriesRequest,
+  RegistrationEntry,
+} from "./entry.js";
+import type { ConsumedJoinToken, JoinTokenInput } from "./join-token.js";
+import type { Page } from "./page.js";
+
+/** The server's persistent store. See the module comment for the error contract. */
+export interface Datastore {
+  // ── Registration entries ─────────────────────────────────────────────
+
+  /**
+   * Creates an entry (revision 0) and its `create` event.
+   *
+   * @throws `ERR_ALREADY_EXISTS` when the ID is taken, or an entry with the same
+   * SPIFFE ID, parent ID and selector set exists (the message names its ID).
+   */
+  createEntry(input: EntryInput): Promise<RegistrationEntry>;
+
+  /**
+   * Creates several entries in one transaction. Each item succeeds or fails on
+   * its own (a failed item writes nothing); the successful ones commit.
+   * Results are in input order.
+   */
+  createEntries(inputs: readonly EntryInput[]): Promise<Array<BatchItemResult<RegistrationEntry>>>;
+
+  /** The entry with this ID, or `undefined`. */
+  getEntry(id: string): Promise<RegistrationEntry | undefined>;
+
+  /**
+   * Changes the fields named in `mask` to their values in `changes` (a masked
+   * optional field absent from `changes` is reset to its zero value);
+   * increments the revision and appends an `update` event. `mask` defaults to
+   * the fields present in `changes`.
+   *
+   * @throws `ERR_NOT_FOUND`; `ERR_ALREADY_EXISTS` as for create;
+   * `ERR_INVALID_ARGUMENT` for an empty mask or invalid values.
+   */
+  updateEntry(id: string, changes: EntryChanges, mask?: readonly EntryField[]): Promise<RegistrationEntry>;
+
+  /** Deletes an entry, returning it, and appends a `delete` event. @throws `ERR_NOT_FOUND`. */
+  deleteEntry(id: string): Promise<RegistrationEntry>;
+
+  /** Lists entries in creation order, filtered and paginated. */
+  listEntries(request?: ListEntriesRequest): Promise<Page<RegistrationEntry>>;
+
+  /** Number of entries matching the filter. */
+  countEntries(filter?: EntryFilter): Promise<number>;
+
+  /** Deletes entries whose `expiresAt` is before `before` (each with its event); returns how many. */
+  pruneEntries(before: Date): Promise<number>;
+
+  // ── Attested agents ──────────────────────────────────────────────────
+
+  /** Records an attested agent and its `create` event. @throws `ERR_ALREADY_EXISTS`. */
+  createAgent(input: AgentInput): Promise<AttestedAgent>;
+
+  /** The agent with this SPIFFE ID, or `undefined`. */
+  getAgent(spiffeId: string): Promise<AttestedAgent | undefined>;
+
+  /** Lists agents in creation order, filtered and paginated. */
+  listAgents(request?: ListAgentsRequest): Promise<Page<AttestedAgent>>;
+
+  /** Number of agents matching the filter. */
+  countAgents(filter?: AgentFilter): Promise<number>;
+
+  /**
+   * Changes the masked fields (as {@link Datastore.updateEntry}) and appends an
+   * `update` event. @throws `ERR_NOT_FOUND`.
+   */
+  updateAgent(spiffeId: string, changes: AgentChanges, mask?: readonly AgentField[]): Promise<AttestedAgent>;
+
+  /**
+   * Bans an agent: sets `banned`, clears both serial numbers (so no SVID of
+   * it renews) and appends an `update` event. @throws `ERR_NOT_FOUND`.
+   */
+  banAgent(spiffeId: string): Promise<AttestedAgent>;
+
+  /** Deletes (evicts) an agent, returning it, and appends a `delete` event. @throws `ERR_NOT_FOUND`. */
+  deleteAgent(spiffeId: string): Promise<AttestedAgent>;
+
+  // ── Join tokens ──────────────────────────────────────────────────────
+
+  /** Stores a join token. @throws `ERR_ALREADY_EXISTS`. */
+  createJoinToken(input: JoinTokenInput): Promise<void>;
+
+  /**
+   * Deletes and returns the token in one atomic step: of any number of
+   * concurrent calls, in this process or others sharing the database, exactly
+   * one succeeds. `now` defaults to the datastore's clock.
+   *
+   * @throws `ERR_NOT_FOUND` "join token not found or already used";
+   * `ERR_PERMISSION_DENIED` "join token expired" (an expired token stays until
+   * pruned, so it keeps reporting as expired).
+   */
+  consumeJoinToken(token: string, now?: Date): Promise<ConsumedJoinToken>;
+
+  /** Deletes tokens that expired at or before `now`; returns how many. */
+  pruneJoinTokens(now: Date): Promise<number>;
+
+  // ── Bundles ──────────────────────────────────────────────────────────
+
+  /** The bundle of this trust domain (bare name), or `undefined`. */
+  getBundle(trustDomain: string): Promise<StoredBundle | undefined>;
+
+  /** Every stored bundle, by trust-domain name. */
+  listBundles(): Promise<StoredBundle[]>;
+
+  /**
+   * Creates or replaces a bundle document atomically.
+   *
+   * @throws `ERR_INVALID_ARGUMENT` when `expectedSequence` is given and does
+   * not match the stored one (the message names both).
+   */
+  setBundle(input: BundleInput, options?: SetBundleOptions): Promise<StoredBundle>;
+
+  /**
+   * Deletes a bundle. With mode `restrict` (default), refuses with
+   * `ERR_INVALID_ARGUMENT` while entries federate with the trust domain.
+   * @throws `ERR_NOT_FOUND`.
+   */
+  deleteBundle(trustDomain: string, mode?: BundleDeleteMode): Promise<void>;
+
+  // ── CA journal ───────────────────────────────────────────────────────
+
+  /** Creates or replaces the record of the slot (`kind`, `slotId`). */
+  upsertCaJournal(input: CaJournalInput): Promise<CaJournalRecord>;
+
+  /** Journal records, by kind then slot; only `kind` when given. */
+  listCaJournal(kind?: CaKeyKind): Promise<CaJournalRecord[]>;
+
+  // ── Change feed ──────────────────────────────────────────────────────
+
+  /** Up to `limit` (1 … 10,000) events with `eventId > afterEventId`, in order. */
+  listEvents(afterEventId: number, limit: number): Promise<ChangeEvent[]>;
+
+  /**
+   * The highest event ID written so far (0 when none). A follower reads this
+   * before its initial full listing, then applies events after it: replays
+   * are idempotent (create/update = upsert the current object).
+   */
+  lastEventId(): Promise<number>;
+
+  /** Deletes events older than `before`; returns how many. */
+  pruneEvents(before: Date): Promise<number>;
+
+  /**
+   * Registers a listener for changes committed through this instance; returns
+   * the function that unregisters it. A listener that throws does not affect
+   * the write or other listeners (the error goes to `onListenerError`).
+   */
+  subscribe(listener: ChangeListener): () => void;
+
+  /** Closes the database. Later calls fail with `ERR_UNAVAILABLE`. Idempotent. */
+  close(): Promise<void>;
+}

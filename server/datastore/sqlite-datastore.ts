@@ -1,0 +1,892 @@
+/**
+ * The SQLite datastore driver (better-sqlite3). See `index.ts` for the
+ * durability and concurrency design; this file is the implementation.
+ */
+import { randomBytes } from "node:crypto";
+import Database from "better-sqlite3";
+import type BetterSqlite3 from "better-sqlite3";
+import type { Clock } from "../../common/clock.js";
+import { Selector, compareSelectors } from "../../common/selector.js";
+import { SigilError } from "../../spiffe/errors.js";
+import { AGENT_FIELDS, type AgentChanges, type AgentField, type AgentFilter, type AgentInput, type AttestedAgent, type ListAgentsRequest } from "./agent.js";
+import type { BundleDeleteMode, BundleInput, SetBundleOptions, StoredBundle } from "./bundle.js";
+import type { CaJournalInput, CaJournalRecord, CaKeyKind } from "./ca-journal.js";
+import type { ChangeEvent, ChangeKind, ChangeListener, ChangeOp } from "./change-event.js";
+import type { Datastore } from "./datastore.js";
+import {
+  ENTRY_FIELDS,
+  type BatchItemResult,
+  type EntryChanges,
+  type EntryField,
+  type EntryFilter,
+  type EntryInput,
+  type ListEntriesRequest,
+  type RegistrationEntry,
+} from "./entry.js";
+import type { ConsumedJoinToken, JoinTokenInput } from "./join-token.js";
+import { migrate } from "./migrate.js";
+import { checkPageSize, decodePageToken, encodePageToken, MAX_PAGE_SIZE, type Page, type PageRequest } from "./page.js";
+import { agentCondition, entryCondition, type SqlCondition } from "./sqlite-filters.js";
+import { SQLITE_MIGRATIONS } from "./sqlite-migrations.js";
+import {
+  checkEntryId,
+  checkJoinToken,
+  checkSequence,
+  checkSpiffeId,
+  checkTime,
+  checkTrustDomainName,
+  invalid,
+  joinTokenKey,
+  normalizeAgent,
+  normalizeBundle,
+  normalizeCaJournal,
+  normalizeEntry,
+  normalizeJoinToken,
+  type NormalizedAgent,
+  type NormalizedEntry,
+} from "./validate.js";
+
+/** Options of {@link createSqliteDatastore}. */
+export interface SqliteDatastoreOptions {
+  /** Database file; created (with its schema) when missing. */
+  readonly path: string;
+  /** Source of every stored timestamp. */
+  readonly clock: Clock;
+  /** How long a write waits for another connection's lock before failing with `ERR_UNAVAILABLE` (default 5000 ms). */
+  readonly busyTimeoutMs?: number;
+  /** Generates entry IDs (default: 128 random bits, base64url). Must return URL-safe IDs. */
+  readonly newEntryId?: () => string;
+  /** Receives errors thrown by change listeners (default: `process.emitWarning`). */
+  readonly onListenerError?: (error: unknown, event: ChangeEvent) => void;
+}
+
+/** Default busy timeout, in milliseconds. */
+export const DEFAULT_BUSY_TIMEOUT_MS = 5000;
+
+interface EntryRow {
+  row_id: number;
+  id: string;
+  spiffe_id: string;
+  parent_id: string;
+  selectors_hash: string;
+  selector_count: number;
+  federates_with_count: number;
+  x509_svid_ttl: number;
+  jwt_svid_ttl: number;
+  dns_names: string;
+  admin: number;
+  downstream: number;
+  hint: string;
+  expires_at: number | null;
+  created_at: number;
+  updated_at: number;
+  revision: number;
+}
+
+interface AgentRow {
+  row_id: number;
+  spiffe_id: string;
+  attestation_type: string;
+  selector_count: number;
+  cert_serial: string;
+  cert_not_after: number;
+  new_cert_serial: string | null;
+  new_cert_not_after: number | null;
+  can_reattest: number;
+  banned: number;
+  created_at: number;
+  updated_at: number;
+}
+
+interface BundleRow {
+  trust_domain: string;
+  document: string;
+  sequence: string;
+  created_at: number;
+  updated_at: number;
+}
+
+interface CaJournalRow {
+  kind: CaKeyKind;
+  slot_id: string;
+  key_id: string;
+  status: CaJournalRecord["status"];
+  public_key: Buffer;
+  certificate: Buffer | null;
+  chain: string;
+  roots: string;
+  not_before: number;
+  not_after: number;
+  created_at: number;
+  updated_at: number;
+}
+
+interface EventRow {
+  event_id: number;
+  kind: ChangeKind;
+  object_id: string;
+  op: ChangeOp;
+  at: number;
+}
+
+interface MemberRow {
+  owner_row: number;
+  type: string;
+  value: string;
+}
+
+const STATEMENT_CACHE_LIMIT = 256;
+
+function defaultEntryId(): string {
+  return randomBytes(16).toString("base64url");
+}
+
+function notFound(what: string): SigilError {
+  return new SigilError("ERR_NOT_FOUND", `datastore: ${what} not found`);
+}
+
+/** Resolves a field mask: explicit, or the known fields present in `changes`. */
+function resolveMask<F extends string>(what: string, known: readonly F[], changes: object, mask: readonly F[] | undefined): F[] {
+  if (changes === null || typeof changes !== "object") throw invalid(`${what} changes must be an object`);
+  for (const key of Object.keys(changes)) {
+    if (!known.includes(key as F)) throw invalid(`${what} update: unknown field ${JSON.stringify(key)}`);
+  }
+  let fields: F[];
+  if (mask === undefined) {
+    fields = (Object.keys(changes) as F[]).filter((k) => (changes as Record<string, unknown>)[k] !== undefined);
+  } else {
+    if (!Array.isArray(mask)) throw invalid(`${what} update mask must be an array`);
+    for (const f of mask) if (!known.includes(f)) throw invalid(`${what} update mask: unknown field ${JSON.stringify(f)}`);
+    fields = [...new Set(mask)];
+  }
+  if (fields.length === 0) throw invalid(`${what} update changes nothing (empty field mask)`);
+  return fields;
+}
+
+/**
+ * Applies masked fields of `changes` onto `current`. A masked field absent
+ * from `changes` is removed (its zero value applies), except `required` ones.
+ */
+function applyMask<T extends object>(what: string, current: T, changes: object, fields: readonly string[], required: readonly string[]): T {
+  const merged: Record<string, unknown> = { ...(current as Record<string, unknown>) };
+  const src = changes as Record<string, unknown>;
+  for (const f of fields) {
+    if (src[f] !== undefined) merged[f] = src[f];
+    else if (required.includes(f)) throw invalid(`${what} update masks ${f} but gives no value for it`);
+    else delete merged[f];
+  }
+  return merged as T;
+}
+
+/**
+ * Opens (creating and migrating when needed) a SQLite datastore.
+ *
+ * @throws SigilError `ERR_INTERNAL` when the file's schema is newer than this
+ * code knows, or the database cannot be opened in WAL mode.
+ */
+export async function createSqliteDatastore(options: SqliteDatastoreOptions): Promise<Datastore> {
+  return SqliteDatastore.open(options);
+}
+
+class SqliteDatastore implements Datastore {
+  readonly #db: BetterSqlite3.Database;
+  readonly #clock: Clock;
+  readonly #busyTimeoutMs: number;
+  readonly #newEntryId: () => string;
+  readonly #onListenerError: (error: unknown, event: ChangeEvent) => void;
+  readonly #listeners = new Set<ChangeListener>();
+  readonly #statements = new Map<string, BetterSqlite3.Statement>();
+  /** Runs its argument in a transaction; nested calls become savepoints. */
+  readonly #txn: BetterSqlite3.Transaction<(fn: () => unknown) => unknown>;
+  #closed = false;
+
+  private constructor(db: BetterSqlite3.Database, options: SqliteDatastoreOptions, busyTimeoutMs: number) {
+    this.#db = db;
+    this.#clock = options.clock;
+    this.#busyTimeoutMs = busyTimeoutMs;
+    this.#newEntryId = options.newEntryId ?? defaultEntryId;
+    this.#onListenerError =
+      options.onListenerError ??
+      ((error, event) => process.emitWarning(`datastore: change listener failed on event ${event.eventId}: ${error instanceof Error ? error.message : String(error)}`));
+    this.#txn = db.transaction((fn: () => unknown): unknown => fn());
+  }
+
+  static open(options: SqliteDatastoreOptions): SqliteDatastore {
+    const busyTimeoutMs = options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS;
+    if (!Number.isInteger(busyTimeoutMs) || busyTimeoutMs < 0) throw invalid("busyTimeoutMs must be a non-negative integer");
+    if (typeof options.path !== "string" || options.path.length === 0) throw invalid("path must be a non-empty string");
+    let db: BetterSqlite3.Database;
+    try {
+      db = new Database(options.path, { timeout: busyTimeoutMs });
+    } catch (e) {
+      throw new SigilError("ERR_INTERNAL", `datastore: cannot open ${options.path}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    }
+    try {
+      const mode = db.pragma("journal_mode = WAL", { simple: true });
+      if (mode !== "wal" && options.path !== ":memory:") {
+        throw new SigilError("ERR_INTERNAL", `datastore: ${options.path} cannot use WAL journal mode (got ${String(mode)})`);
+      }
+      // Every commit is fsynced before it is reported: see the design note in index.ts.
+      db.pragma("synchronous = FULL");
+      db.pragma("foreign_keys = ON");
+      migrate(db, SQLITE_MIGRATIONS, options.clock.now());
+    } catch (e) {
+      db.close();
+      throw e instanceof SigilError ? e : new SigilError("ERR_INTERNAL", `datastore: cannot open ${options.path}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    }
+    return new SqliteDatastore(db, options, busyTimeoutMs);
+  }
+
+  // ── plumbing ───────────────────────────────────────────────────────────
+
+  /** `fn` in a transaction, or in a savepoint when one is already open. */
+  #tx<T>(fn: () => T): T {
+    return this.#txn(fn) as T;
+  }
+
+  #stmt(sql: string): BetterSqlite3.Statement {
+    let s = this.#statements.get(sql);
+    if (s === undefined) {
+      if (this.#statements.size >= STATEMENT_CACHE_LIMIT) this.#statements.clear();
+      s = this.#db.prepare(sql);
+      this.#statements.set(sql, s);
+    }
+    return s;
+  }
+
+  #get<R>(sql: string, ...params: unknown[]): R | undefined {
+    return this.#stmt(sql).get(...params) as R | undefined;
+  }
+
+  #all<R>(sql: string, ...params: unknown[]): R[] {
+    return this.#stmt(sql).all(...params) as R[];
+  }
+
+  #exec(sql: string, ...params: unknown[]): BetterSqlite3.RunResult {
+    return this.#stmt(sql).run(...params);
+  }
+
+  /** Runs a read, mapping driver errors to SigilErrors. */
+  #read<T>(fn: () => T): T {
+    if (this.#closed) throw new SigilError("ERR_UNAVAILABLE", "datastore: closed");
+    try {
+      return fn();
+    } catch (e) {
+      throw this.#wrap(e);
+    }
+  }
+
+  /**
+   * Runs a write in one IMMEDIATE transaction (the write lock is taken at
+   * BEGIN, so a transaction that reads then writes never fails on lock
+   * upgrade), then tells listeners about the events it committed.
+   */
+  #write<T>(fn: (now: number, events: ChangeEvent[]) => T): T {
+    const events: ChangeEvent[] = [];
+    const result = this.#read(() => this.#txn.immediate(() => fn(this.#clock.now().getTime(), events)) as T);
+    this.#notify(events);
+    return result;
+  }
+
+  #wrap(e: unknown): SigilError {
+    if (e instanceof SigilError) return e;
+    const code = (e as { code?: unknown } | null)?.code;
+    const message = e instanceof Error ? e.message : String(e);
+    if (code === "SQLITE_BUSY" || code === "SQLITE_LOCKED" || (typeof code === "string" && code.startsWith("SQLITE_BUSY_"))) {
+      return new SigilError("ERR_UNAVAILABLE", `datastore: database is locked (waited ${this.#busyTimeoutMs} ms): ${message}`, { cause: e });
+    }
+    return new SigilError("ERR_INTERNAL", `datastore: ${message}`, { cause: e });
+  }
+
+  #event(events: ChangeEvent[], kind: ChangeKind, objectId: string, op: ChangeOp, at: number): void {
+    const row = this.#get<{ event_id: number }>(
+      "INSERT INTO change_events (kind, object_id, op, at) VALUES (?, ?, ?, ?) RETURNING event_id",
+      kind,
+      objectId,
+      op,
+      at,
+    );
+    if (row === undefined) throw new SigilError("ERR_INTERNAL", "datastore: change event insert returned no ID");
+    events.push({ eventId: row.event_id, kind, objectId, op, at: new Date(at) });
+  }
+
+  #notify(events: readonly ChangeEvent[]): void {
+    if (events.length === 0 || this.#listeners.size === 0) return;
+    const listeners = [...this.#listeners];
+    for (const event of events) {
+      for (const l of listeners) {
+        try {
+          l(event);
+        } catch (e) {
+          this.#onListenerError(e, event);
+        }
+      }
+    }
+  }
+
+  #page<R extends { row_id: number }, T>(list: "entries" | "agents", table: string, where: SqlCondition, req: PageRequest, load: (rows: R[]) => T[]): Page<T> {
+    const size = checkPageSize(req.pageSize);
+    const after = req.pageToken === undefined ? 0 : decodePageToken(list, req.pageToken);
+    const limit = size === undefined ? "" : " LIMIT ?";
+    const params = size === undefined ? [after, ...where.params] : [after, ...where.params, size + 1];
+    const rows = this.#all<R>(`SELECT t.* FROM ${table} t WHERE t.row_id > ? AND (${where.sql}) ORDER BY t.row_id${limit}`, ...params);
+    if (size !== undefined && rows.length > size) {
+      const pageRows = rows.slice(0, size);
+      const last = pageRows[pageRows.length - 1] as R;
+      return { items: load(pageRows), nextPageToken: encodePageToken(list, last.row_id) };
+    }
+    return { items: load(rows) };
+  }
+
+  #members(table: string, column: string, rowIds: readonly number[]): Map<number, MemberRow[]> {
+    const out = new Map<number, MemberRow[]>();
+    if (rowIds.length === 0) return out;
+    const rows = this.#all<MemberRow>(
+      `SELECT owner_row, ${column} FROM ${table} WHERE owner_row IN (SELECT value FROM json_each(?))`,
+      JSON.stringify(rowIds),
+    );
+    for (const r of rows) {
+      let list = out.get(r.owner_row);
+      if (list === undefined) out.set(r.owner_row, (list = []));
+      list.push(r);
+    }
+    return out;
+  }
+
+  #selectorsOf(members: MemberRow[] | undefined): Selector[] {
+    return (members ?? []).map((m) => Selector.fromValidated(m.type, m.value)).sort(compareSelectors);
+  }
+
+  // ── entries ────────────────────────────────────────────────────────────
+
+  #loadEntries(rows: readonly EntryRow[]): RegistrationEntry[] {
+    const ids = rows.map((r) => r.row_id);
+    const selectors = this.#members("entry_selectors", "type, value", ids);
+    const federates = this.#members("entry_federates_with", "trust_domain AS value, '' AS type", ids);
+    return rows.map((r) => ({
+      id: r.id,
+      spiffeId: r.spiffe_id,
+      parentId: r.parent_id,
+      selectors: this.#selectorsOf(selectors.get(r.row_id)),
+      x509SvidTtl: r.x509_svid_ttl,
+      jwtSvidTtl: r.jwt_svid_ttl,
+      dnsNames: JSON.parse(r.dns_names) as string[],
+      federatesWith: (federates.get(r.row_id) ?? []).map((m) => m.value).sort(),
+      admin: r.admin === 1,
+      downstream: r.downstream === 1,
+      hint: r.hint,
+      expiresAt: r.expires_at === null ? null : new Date(r.expires_at),
+      createdAt: new Date(r.created_at),
+      updatedAt: new Date(r.updated_at),
+      revision: r.revision,
+    }));
+  }
+
+  #entryRow(id: string): EntryRow | undefined {
+    return this.#get<EntryRow>("SELECT * FROM registration_entries WHERE id = ?", id);
+  }
+
+  #loadEntry(row: EntryRow): RegistrationEntry {
+    return this.#loadEntries([row])[0] as RegistrationEntry;
+  }
+
+  /** Refuses a second entry with the same SPIFFE ID, parent ID and selector set. */
+  #checkEntryUnique(n: NormalizedEntry, selfRow: number | undefined): void {
+    const other = this.#get<{ id: string; row_id: number }>(
+      "SELECT id, row_id FROM registration_entries WHERE spiffe_id = ? AND parent_id = ? AND selectors_hash = ?",
+      n.spiffeId,
+      n.parentId,
+      n.selectorsHash,
+    );
+    if (other !== undefined && other.row_id !== selfRow) {
+      throw new SigilError(
+        "ERR_ALREADY_EXISTS",
+        `datastore: entry ${other.id} already has SPIFFE ID ${n.spiffeId}, parent ID ${n.parentId} and the same selectors`,
+      );
+    }
+  }
+
+  #checkBundlesExist(trustDomains: readonly string[]): void {
+    for (const td of trustDomains) {
+      if (this.#get("SELECT 1 AS one FROM bundles WHERE trust_domain = ?", td) === undefined) {
+        throw invalid(`entry federates with ${td}, which has no stored bundle`);
+      }
+    }
+  }
+
+  #writeEntryMembers(rowId: number, n: NormalizedEntry): void {
+    this.#exec("DELETE FROM entry_selectors WHERE owner_row = ?", rowId);
+    this.#exec("DELETE FROM entry_federates_with WHERE owner_row = ?", rowId);
+    for (const s of n.selectors) this.#exec("INSERT INTO entry_selectors (owner_row, type, value) VALUES (?, ?, ?)", rowId, s.type, s.value);
+    for (const td of n.federatesWith) this.#exec("INSERT INTO entry_federates_with (owner_row, trust_domain) VALUES (?, ?)", rowId, td);
+  }
+
+  #insertEntry(input: EntryInput, now: number, events: ChangeEvent[]): RegistrationEntry {
+    const n = normalizeEntry(input);
+    const id = input.id === undefined ? this.#newEntryId() : checkEntryId(input.id);
+    if (input.id === undefined) checkEntryId(id);
+    if (this.#entryRow(id) !== undefined) throw new SigilError("ERR_ALREADY_EXISTS", `datastore: entry ${id} already exists`);
+    this.#checkEntryUnique(n, undefined);
+    this.#checkBundlesExist(n.federatesWith);
+    const inserted = this.#get<{ row_id: number }>(
+      `INSERT INTO registration_entries (id, spiffe_id, parent_id, selectors_hash, selector_count, federates_with_count,
+         x509_svid_ttl, jwt_svid_ttl, dns_names, admin, downstream, hint, expires_at, created_at, updated_at, revision)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) RETURNING row_id`,
+      id,
+      n.spiffeId,
+      n.parentId,
+      n.selectorsHash,
+      n.selectors.length,
+      n.federatesWith.length,
+      n.x509SvidTtl,
+      n.jwtSvidTtl,
+      JSON.stringify(n.dnsNames),
+      n.admin ? 1 : 0,
+      n.downstream ? 1 : 0,
+      n.hint,
+      n.expiresAt,
+      now,
+      now,
+    ) as { row_id: number };
+    this.#writeEntryMembers(inserted.row_id, n);
+    this.#event(events, "entry", id, "create", now);
+    return this.#loadEntry(this.#entryRow(id) as EntryRow);
+  }
+
+  async createEntry(input: EntryInput): Promise<RegistrationEntry> {
+    normalizeEntry(input); // validate before taking the write lock
+    return this.#write((now, events) => this.#insertEntry(input, now, events));
+  }
+
+  async createEntries(inputs: readonly EntryInput[]): Promise<Array<BatchItemResult<RegistrationEntry>>> {
+    if (!Array.isArray(inputs)) throw invalid("createEntries needs an array");
+    return this.#write((now, events) =>
+      inputs.map((input): BatchItemResult<RegistrationEntry> => {
+        const itemEvents: ChangeEvent[] = [];
+        try {
+          // A savepoint per item: a failing item rolls back alone.
+          const value = this.#tx(() => this.#insertEntry(input, now, itemEvents));
+          events.push(...itemEvents);
+          return { ok: true, value };
+        } catch (e) {
+          return { ok: false, error: this.#wrap(e) };
+        }
+      }),
+    );
+  }
+
+  async getEntry(id: string): Promise<RegistrationEntry | undefined> {
+    if (typeof id !== "string") throw invalid("entry id must be a string");
+    return this.#read(() => {
+      const row = this.#entryRow(id);
+      return row === undefined ? undefined : this.#loadEntry(row);
+    });
+  }
+
+  async updateEntry(id: string, changes: EntryChanges, mask?: readonly EntryField[]): Promise<RegistrationEntry> {
+    if (typeof id !== "string") throw invalid("entry id must be a string");
+    const fields = resolveMask("entry", ENTRY_FIELDS, changes, mask);
+    return this.#write((now, events) => {
+      const row = this.#entryRow(id);
+      if (row === undefined) throw notFound(`entry ${id}`);
+      const { id: _id, createdAt: _c, updatedAt: _u, revision: _r, ...current } = this.#loadEntry(row);
+      const n = normalizeEntry(applyMask("entry", current as EntryInput, changes, fields, ["spiffeId", "parentId", "selectors"]));
+      this.#checkEntryUnique(n, row.row_id);
+      this.#checkBundlesExist(n.federatesWith);
+      this.#exec(
+        `UPDATE registration_entries SET spiffe_id = ?, parent_id = ?, selectors_hash = ?, selector_count = ?, federates_with_count = ?,
+           x509_svid_ttl = ?, jwt_svid_ttl = ?, dns_names = ?, admin = ?, downstream = ?, hint = ?, expires_at = ?,
+           updated_at = ?, revision = revision + 1
+         WHERE row_id = ?`,
+        n.spiffeId,
+        n.parentId,
+        n.selectorsHash,
+        n.selectors.length,
+        n.federatesWith.length,
+        n.x509SvidTtl,
+        n.jwtSvidTtl,
+        JSON.stringify(n.dnsNames),
+        n.admin ? 1 : 0,
+        n.downstream ? 1 : 0,
+        n.hint,
+        n.expiresAt,
+        now,
+        row.row_id,
+      );
+      if (fields.includes("selectors") || fields.includes("federatesWith")) this.#writeEntryMembers(row.row_id, n);
+      this.#event(events, "entry", id, "update", now);
+      return this.#loadEntry(this.#entryRow(id) as EntryRow);
+    });
+  }
+
+  #deleteEntryRow(row: EntryRow, now: number, events: ChangeEvent[]): RegistrationEntry {
+    const entry = this.#loadEntry(row);
+    this.#exec("DELETE FROM registration_entries WHERE row_id = ?", row.row_id);
+    this.#event(events, "entry", row.id, "delete", now);
+    return entry;
+  }
+
+  async deleteEntry(id: string): Promise<RegistrationEntry> {
+    if (typeof id !== "string") throw invalid("entry id must be a string");
+    return this.#write((now, events) => {
+      const row = this.#entryRow(id);
+      if (row === undefined) throw notFound(`entry ${id}`);
+      return this.#deleteEntryRow(row, now, events);
+    });
+  }
+
+  async listEntries(request: ListEntriesRequest = {}): Promise<Page<RegistrationEntry>> {
+    const where = entryCondition(request.filter);
+    return this.#read(() => this.#page<EntryRow, RegistrationEntry>("entries", "registration_entries", where, request, (rows) => this.#loadEntries(rows)));
+  }
+
+  async countEntries(filter?: EntryFilter): Promise<number> {
+    const where = entryCondition(filter);
+    return this.#read(() => (this.#get<{ n: number }>(`SELECT COUNT(*) AS n FROM registration_entries t WHERE ${where.sql}`, ...where.params) as { n: number }).n);
+  }
+
+  async pruneEntries(before: Date): Promise<number> {
+    const t = checkTime("prune before", before);
+    return this.#write((now, events) => {
+      const rows = this.#all<EntryRow>("SELECT * FROM registration_entries WHERE expires_at IS NOT NULL AND expires_at < ? ORDER BY row_id", t);
+      for (const row of rows) this.#deleteEntryRow(row, now, events);
+      return rows.length;
+    });
+  }
+
+  // ── agents ─────────────────────────────────────────────────────────────
+
+  #loadAgents(rows: readonly AgentRow[]): AttestedAgent[] {
+    const selectors = this.#members("agent_selectors", "type, value", rows.map((r) => r.row_id));
+    return rows.map((r) => ({
+      spiffeId: r.spiffe_id,
+      attestationType: r.attestation_type,
+      selectors: this.#selectorsOf(selectors.get(r.row_id)),
+      certSerial: r.cert_serial,
+      certNotAfter: new Date(r.cert_not_after),
+      newCertSerial: r.new_cert_serial,
+      newCertNotAfter: r.new_cert_not_after === null ? null : new Date(r.new_cert_not_after),
+      canReattest: r.can_reattest === 1,
+      banned: r.banned === 1,
+      createdAt: new Date(r.created_at),
+      updatedAt: new Date(r.updated_at),
+    }));
+  }
+
+  #agentRow(spiffeId: string): AgentRow | undefined {
+    return this.#get<AgentRow>("SELECT * FROM attested_agents WHERE spiffe_id = ?", spiffeId);
+  }
+
+  #loadAgent(row: AgentRow): AttestedAgent {
+    return this.#loadAgents([row])[0] as AttestedAgent;
+  }
+
+  #writeAgentSelectors(rowId: number, n: NormalizedAgent): void {
+    this.#exec("DELETE FROM agent_selectors WHERE owner_row = ?", rowId);
+    for (const s of n.selectors) this.#exec("INSERT INTO agent_selectors (owner_row, type, value) VALUES (?, ?, ?)", rowId, s.type, s.value);
+  }
+
+  async createAgent(input: AgentInput): Promise<AttestedAgent> {
+    const n = normalizeAgent(input);
+    return this.#write((now, events) => {
+      if (this.#agentRow(n.spiffeId) !== undefined) throw new SigilError("ERR_ALREADY_EXISTS", `datastore: agent ${n.spiffeId} already exists`);
+      const inserted = this.#get<{ row_id: number }>(
+        `INSERT INTO attested_agents (spiffe_id, attestation_type, selector_count, cert_serial, cert_not_after, new_cert_serial,
+           new_cert_not_after, can_reattest, banned, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?) RETURNING row_id`,
+        n.spiffeId,
+        n.attestationType,
+        n.selectors.length,
+        n.certSerial,
+        n.certNotAfter,
+        n.newCertSerial,
+        n.newCertNotAfter,
+        n.canReattest ? 1 : 0,
+        now,
+        now,
+      ) as { row_id: number };
+      this.#writeAgentSelectors(inserted.row_id, n);
+      this.#event(events, "agent", n.spiffeId, "create", now);
+      return this.#loadAgent(this.#agentRow(n.spiffeId) as AgentRow);
+    });
+  }
+
+  async getAgent(spiffeId: string): Promise<AttestedAgent | undefined> {
+    const id = checkSpiffeId("agent spiffeId", spiffeId);
+    return this.#read(() => {
+      const row = this.#agentRow(id);
+      return row === undefined ? undefined : this.#loadAgent(row);
+    });
+  }
+
+  async listAgents(request: ListAgentsRequest = {}): Promise<Page<AttestedAgent>> {
+    const where = agentCondition(request.filter);
+    return this.#read(() => this.#page<AgentRow, AttestedAgent>("agents", "attested_agents", where, request, (rows) => this.#loadAgents(rows)));
+  }
+
+  async countAgents(filter?: AgentFilter): Promise<number> {
+    const where = agentCondition(filter);
+    return this.#read(() => (this.#get<{ n: number }>(`SELECT COUNT(*) AS n FROM attested_agents t WHERE ${where.sql}`, ...where.params) as { n: number }).n);
+  }
+
+  #updateAgent(spiffeId: string, changes: AgentChanges, fields: readonly AgentField[]): AttestedAgent {
+    const id = checkSpiffeId("agent spiffeId", spiffeId);
+    return this.#write((now, events) => {
+      const row = this.#agentRow(id);
+      if (row === undefined) throw notFound(`agent ${id}`);
+      const { createdAt: _c, updatedAt: _u, ...current } = this.#loadAgent(row);
+      const n = normalizeAgent(applyMask("agent", current as AgentInput & { banned: boolean }, changes, fields, ["attestationType", "certSerial", "certNotAfter"]));
+      this.#exec(
+        `UPDATE attested_agents SET attestation_type = ?, selector_count = ?, cert_serial = ?, cert_not_after = ?, new_cert_serial = ?,
+           new_cert_not_after = ?, can_reattest = ?, banned = ?, updated_at = ?
+         WHERE row_id = ?`,
+        n.attestationType,
+        n.selectors.length,
+        n.certSerial,
+        n.certNotAfter,
+        n.newCertSerial,
+        n.newCertNotAfter,
+        n.canReattest ? 1 : 0,
+        n.banned ? 1 : 0,
+        now,
+        row.row_id,
+      );
+      if (fields.includes("selectors")) this.#writeAgentSelectors(row.row_id, n);
+      this.#event(events, "agent", id, "update", now);
+      return this.#loadAgent(this.#agentRow(id) as AgentRow);
+    });
+  }
+
+  async updateAgent(spiffeId: string, changes: AgentChanges, mask?: readonly AgentField[]): Promise<AttestedAgent> {
+    return this.#updateAgent(spiffeId, changes, resolveMask("agent", AGENT_FIELDS, changes, mask));
+  }
+
+  async banAgent(spiffeId: string): Promise<AttestedAgent> {
+    const changes: AgentChanges = { banned: true, certSerial: "", newCertSerial: null, newCertNotAfter: null };
+    return this.#updateAgent(spiffeId, changes, ["banned", "certSerial", "newCertSerial", "newCertNotAfter"]);
+  }
+
+  async deleteAgent(spiffeId: string): Promise<AttestedAgent> {
+    const id = checkSpiffeId("agent spiffeId", spiffeId);
+    return this.#write((now, events) => {
+      const row = this.#agentRow(id);
+      if (row === undefined) throw notFound(`agent ${id}`);
+      const agent = this.#loadAgent(row);
+      this.#exec("DELETE FROM attested_agents WHERE row_id = ?", row.row_id);
+      this.#event(events, "agent", id, "delete", now);
+      return agent;
+    });
+  }
+
+  // ── join tokens ────────────────────────────────────────────────────────
+
+  async createJoinToken(input: JoinTokenInput): Promise<void> {
+    const t = normalizeJoinToken(input);
+    this.#write((now) => {
+      const r = this.#exec(
+        "INSERT INTO join_tokens (token_hash, expires_at, agent_id, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (token_hash) DO NOTHING",
+        t.key,
+        t.expiresAt,
+        t.agentId,
+        now,
+      );
+      if (r.changes === 0) throw new SigilError("ERR_ALREADY_EXISTS", "datastore: join token already exists");
+    });
+  }
+
+  async consumeJoinToken(token: string, now?: Date): Promise<ConsumedJoinToken> {
+    const key = joinTokenKey(checkJoinToken(token));
+    const at = now === undefined ? this.#clock.now().getTime() : checkTime("consume time", now);
+    const outcome = this.#write(() => {
+      // The DELETE is the claim: whichever transaction deletes the row owns the token.
+      const row = this.#get<{ expires_at: number; agent_id: string | null }>(
+        "DELETE FROM join_tokens WHERE token_hash = ? AND expires_at > ? RETURNING expires_at, agent_id",
+        key,
+        at,
+      );
+      if (row !== undefined) return row;
+      return this.#get("SELECT 1 AS one FROM join_tokens WHERE token_hash = ?", key) === undefined ? "missing" : "expired";
+    });
+    if (outcome === "missing") throw new SigilError("ERR_NOT_FOUND", "datastore: join token not found or already used");
+    if (outcome === "expired") throw new SigilError("ERR_PERMISSION_DENIED", "datastore: join token expired");
+    return outcome.agent_id === null ? { expiresAt: new Date(outcome.expires_at) } : { expiresAt: new Date(outcome.expires_at), agentId: outcome.agent_id };
+  }
+
+  async pruneJoinTokens(now: Date): Promise<number> {
+    const t = checkTime("prune time", now);
+    return this.#write(() => this.#exec("DELETE FROM join_tokens WHERE expires_at <= ?", t).changes);
+  }
+
+  // ── bundles ────────────────────────────────────────────────────────────
+
+  #toBundle(r: BundleRow): StoredBundle {
+    return { trustDomain: r.trust_domain, document: r.document, sequence: r.sequence, createdAt: new Date(r.created_at), updatedAt: new Date(r.updated_at) };
+  }
+
+  async getBundle(trustDomain: string): Promise<StoredBundle | undefined> {
+    const td = checkTrustDomainName("bundle trustDomain", trustDomain);
+    return this.#read(() => {
+      const row = this.#get<BundleRow>("SELECT * FROM bundles WHERE trust_domain = ?", td);
+      return row === undefined ? undefined : this.#toBundle(row);
+    });
+  }
+
+  async listBundles(): Promise<StoredBundle[]> {
+    return this.#read(() => this.#all<BundleRow>("SELECT * FROM bundles ORDER BY trust_domain").map((r) => this.#toBundle(r)));
+  }
+
+  async setBundle(input: BundleInput, options: SetBundleOptions = {}): Promise<StoredBundle> {
+    const b = normalizeBundle(input);
+    const expected = options.expectedSequence === undefined || options.expectedSequence === null ? options.expectedSequence : checkSequence("expectedSequence", options.expectedSequence);
+    return this.#write((now) => {
+      const current = this.#get<BundleRow>("SELECT * FROM bundles WHERE trust_domain = ?", b.trustDomain);
+      if (expected !== undefined && (current?.sequence ?? null) !== expected) {
+        throw invalid(
+          `bundle for ${b.trustDomain} ${current === undefined ? "does not exist" : `has sequence ${current.sequence}`}, expected ${expected === null ? "no bundle" : `sequence ${expected}`}`,
+        );
+      }
+      const row = this.#get<BundleRow>(
+        `INSERT INTO bundles (trust_domain, document, sequence, created_at, updated_at) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (trust_domain) DO UPDATE SET document = excluded.document, sequence = excluded.sequence, updated_at = excluded.updated_at
+         RETURNING *`,
+        b.trustDomain,
+        b.document,
+        b.sequence,
+        now,
+        now,
+      ) as BundleRow;
+      return this.#toBundle(row);
+    });
+  }
+
+  async deleteBundle(trustDomain: string, mode: BundleDeleteMode = "restrict"): Promise<void> {
+    const td = checkTrustDomainName("bundle trustDomain", trustDomain);
+    if (mode !== "restrict" && mode !== "dissociate") throw invalid('bundle delete mode must be "restrict" or "dissociate"');
+    this.#write((now, events) => {
+      if (this.#get("SELECT 1 AS one FROM bundles WHERE trust_domain = ?", td) === undefined) throw notFound(`bundle for ${td}`);
+      const users = this.#all<{ row_id: number; id: string }>(
+        `SELECT e.row_id, e.id FROM entry_federates_with f JOIN registration_entries e ON e.row_id = f.owner_row
+         WHERE f.trust_domain = ? ORDER BY e.row_id`,
+        td,
+      );
+      if (users.length > 0 && mode === "restrict") {
+        throw invalid(`bundle for ${td} is still federated with by ${users.length} entries (first: ${(users[0] as { id: string }).id}); use mode "dissociate" or update them first`);
+      }
+      for (const u of users) {
+        this.#exec("DELETE FROM entry_federates_with WHERE owner_row = ? AND trust_domain = ?", u.row_id, td);
+        this.#exec(
+          "UPDATE registration_entries SET federates_with_count = federates_with_count - 1, revision = revision + 1, updated_at = ? WHERE row_id = ?",
+          now,
+          u.row_id,
+        );
+        this.#event(events, "entry", u.id, "update", now);
+      }
+      this.#exec("DELETE FROM bundles WHERE trust_domain = ?", td);
+    });
+  }
+
+  // ── CA journal ─────────────────────────────────────────────────────────
+
+  #toJournal(r: CaJournalRow): CaJournalRecord {
+    const ders = (json: string): Uint8Array[] => (JSON.parse(json) as string[]).map((b) => new Uint8Array(Buffer.from(b, "base64")));
+    const common = {
+      kind: r.kind,
+      slotId: r.slot_id,
+      keyId: r.key_id,
+      status: r.status,
+      publicKeyDer: new Uint8Array(r.public_key),
+      chainDers: ders(r.chain),
+      rootDers: ders(r.roots),
+      notBefore: new Date(r.not_before),
+      notAfter: new Date(r.not_after),
+      createdAt: new Date(r.created_at),
+      updatedAt: new Date(r.updated_at),
+    };
+    return r.certificate === null ? common : { ...common, certDer: new Uint8Array(r.certificate) };
+  }
+
+  async upsertCaJournal(input: CaJournalInput): Promise<CaJournalRecord> {
+    const j = normalizeCaJournal(input);
+    return this.#write((now) => {
+      const row = this.#get<CaJournalRow>(
+        `INSERT INTO ca_journal (kind, slot_id, key_id, status, public_key, certificate, chain, roots, not_before, not_after, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (kind, slot_id) DO UPDATE SET
+           key_id = excluded.key_id, status = excluded.status, public_key = excluded.public_key, certificate = excluded.certificate,
+           chain = excluded.chain, roots = excluded.roots,
+           not_before = excluded.not_before, not_after = excluded.not_after,
+           created_at = CASE WHEN ca_journal.key_id = excluded.key_id THEN ca_journal.created_at ELSE excluded.created_at END,
+           updated_at = excluded.updated_at
+         RETURNING *`,
+        j.kind,
+        j.slotId,
+        j.keyId,
+        j.status,
+        j.publicKeyDer,
+        j.certDer,
+        j.chainDers,
+        j.rootDers,
+        j.notBefore,
+        j.notAfter,
+        now,
+        now,
+      ) as CaJournalRow;
+      return this.#toJournal(row);
+    });
+  }
+
+  async listCaJournal(kind?: CaKeyKind): Promise<CaJournalRecord[]> {
+    if (kind !== undefined && kind !== "x509" && kind !== "jwt") throw invalid('ca journal kind must be "x509" or "jwt"');
+    return this.#read(() => {
+      const rows =
+        kind === undefined
+          ? this.#all<CaJournalRow>("SELECT * FROM ca_journal ORDER BY kind, slot_id")
+          : this.#all<CaJournalRow>("SELECT * FROM ca_journal WHERE kind = ? ORDER BY slot_id", kind);
+      return rows.map((r) => this.#toJournal(r));
+    });
+  }
+
+  // ── change feed ────────────────────────────────────────────────────────
+
+  async listEvents(afterEventId: number, limit: number): Promise<ChangeEvent[]> {
+    if (!Number.isSafeInteger(afterEventId) || afterEventId < 0) throw invalid("afterEventId must be a non-negative integer");
+    if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE_SIZE) throw invalid(`event limit must be an integer from 1 to ${MAX_PAGE_SIZE}`);
+    return this.#read(() =>
+      this.#all<EventRow>("SELECT * FROM change_events WHERE event_id > ? ORDER BY event_id LIMIT ?", afterEventId, limit).map((r) => ({
+        eventId: r.event_id,
+        kind: r.kind,
+        objectId: r.object_id,
+        op: r.op,
+        at: new Date(r.at),
+      })),
+    );
+  }
+
+  async lastEventId(): Promise<number> {
+    // sqlite_sequence keeps the highest ID ever assigned, even after pruning.
+    return this.#read(() => this.#get<{ seq: number }>("SELECT seq FROM sqlite_sequence WHERE name = 'change_events'")?.seq ?? 0);
+  }
+
+  async pruneEvents(before: Date): Promise<number> {
+    const t = checkTime("prune before", before);
+    return this.#write(() => this.#exec("DELETE FROM change_events WHERE at < ?", t).changes);
+  }
+
+  subscribe(listener: ChangeListener): () => void {
+    if (typeof listener !== "function") throw invalid("listener must be a function");
+    // Wrap so the same function subscribed twice is two subscriptions.
+    const wrapped: ChangeListener = (e) => listener(e);
+    this.#listeners.add(wrapped);
+    return () => {
+      this.#listeners.delete(wrapped);
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#listeners.clear();
+    this.#statements.clear();
+    this.#db.close();
+  }
+}

@@ -1,0 +1,122 @@
+/**
+ * The SQLite schema, as an ordered list of versioned migrations. A released
+ * migration is never edited: a schema change is a new migration at the end.
+ *
+ * Times are INTEGER Unix milliseconds. Child rows (selectors, federated trust
+ * domains) reference their owner's INTEGER `row_id`, which also gives lists
+ * their stable creation order for pagination.
+ */
+import type { Migration } from "./migrate.js";
+
+/** Every SQLite migration, in version order. */
+export const SQLITE_MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: "initial schema",
+    sql: `
+CREATE TABLE bundles (
+  trust_domain TEXT PRIMARY KEY,
+  document     TEXT NOT NULL,
+  sequence     TEXT NOT NULL,
+  created_at   INTEGER NOT NULL,
+  updated_at   INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE registration_entries (
+  row_id               INTEGER PRIMARY KEY AUTOINCREMENT,
+  id                   TEXT NOT NULL UNIQUE,
+  spiffe_id            TEXT NOT NULL,
+  parent_id            TEXT NOT NULL,
+  selectors_hash       TEXT NOT NULL,
+  selector_count       INTEGER NOT NULL CHECK (selector_count > 0),
+  federates_with_count INTEGER NOT NULL CHECK (federates_with_count >= 0),
+  x509_svid_ttl        INTEGER NOT NULL CHECK (x509_svid_ttl >= 0),
+  jwt_svid_ttl         INTEGER NOT NULL CHECK (jwt_svid_ttl >= 0),
+  dns_names            TEXT NOT NULL,
+  admin                INTEGER NOT NULL CHECK (admin IN (0, 1)),
+  downstream           INTEGER NOT NULL CHECK (downstream IN (0, 1)),
+  hint                 TEXT NOT NULL,
+  expires_at           INTEGER,
+  created_at           INTEGER NOT NULL,
+  updated_at           INTEGER NOT NULL,
+  revision             INTEGER NOT NULL CHECK (revision >= 0)
+) STRICT;
+CREATE UNIQUE INDEX registration_entries_identity ON registration_entries (spiffe_id, parent_id, selectors_hash);
+CREATE INDEX registration_entries_parent_id ON registration_entries (parent_id);
+CREATE INDEX registration_entries_expires_at ON registration_entries (expires_at) WHERE expires_at IS NOT NULL;
+
+CREATE TABLE entry_selectors (
+  owner_row INTEGER NOT NULL REFERENCES registration_entries (row_id) ON DELETE CASCADE,
+  type      TEXT NOT NULL,
+  value     TEXT NOT NULL,
+  PRIMARY KEY (owner_row, type, value)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX entry_selectors_type_value ON entry_selectors (type, value);
+
+CREATE TABLE entry_federates_with (
+  owner_row    INTEGER NOT NULL REFERENCES registration_entries (row_id) ON DELETE CASCADE,
+  trust_domain TEXT NOT NULL REFERENCES bundles (trust_domain),
+  PRIMARY KEY (owner_row, trust_domain)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX entry_federates_with_trust_domain ON entry_federates_with (trust_domain);
+
+CREATE TABLE attested_agents (
+  row_id             INTEGER PRIMARY KEY AUTOINCREMENT,
+  spiffe_id          TEXT NOT NULL UNIQUE,
+  attestation_type   TEXT NOT NULL,
+  selector_count     INTEGER NOT NULL CHECK (selector_count >= 0),
+  cert_serial        TEXT NOT NULL,
+  cert_not_after     INTEGER NOT NULL,
+  new_cert_serial    TEXT,
+  new_cert_not_after INTEGER,
+  can_reattest       INTEGER NOT NULL CHECK (can_reattest IN (0, 1)),
+  banned             INTEGER NOT NULL CHECK (banned IN (0, 1)),
+  created_at         INTEGER NOT NULL,
+  updated_at         INTEGER NOT NULL
+) STRICT;
+CREATE INDEX attested_agents_attestation_type ON attested_agents (attestation_type);
+CREATE INDEX attested_agents_cert_not_after ON attested_agents (cert_not_after);
+
+CREATE TABLE agent_selectors (
+  owner_row INTEGER NOT NULL REFERENCES attested_agents (row_id) ON DELETE CASCADE,
+  type      TEXT NOT NULL,
+  value     TEXT NOT NULL,
+  PRIMARY KEY (owner_row, type, value)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX agent_selectors_type_value ON agent_selectors (type, value);
+
+CREATE TABLE join_tokens (
+  token_hash TEXT PRIMARY KEY,
+  expires_at INTEGER NOT NULL,
+  agent_id   TEXT,
+  created_at INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE INDEX join_tokens_expires_at ON join_tokens (expires_at);
+
+CREATE TABLE ca_journal (
+  kind        TEXT NOT NULL CHECK (kind IN ('x509', 'jwt')),
+  slot_id     TEXT NOT NULL,
+  key_id      TEXT NOT NULL,
+  status      TEXT NOT NULL CHECK (status IN ('prepared', 'active', 'old')),
+  public_key  BLOB NOT NULL,
+  certificate BLOB,
+  chain       TEXT NOT NULL,
+  roots       TEXT NOT NULL,
+  not_before  INTEGER NOT NULL,
+  not_after   INTEGER NOT NULL,
+  created_at  INTEGER NOT NULL,
+  updated_at  INTEGER NOT NULL,
+  PRIMARY KEY (kind, slot_id)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE change_events (
+  event_id  INTEGER PRIMARY KEY AUTOINCREMENT,
+  kind      TEXT NOT NULL CHECK (kind IN ('entry', 'agent')),
+  object_id TEXT NOT NULL,
+  op        TEXT NOT NULL CHECK (op IN ('create', 'update', 'delete')),
+  at        INTEGER NOT NULL
+) STRICT;
+CREATE INDEX change_events_at ON change_events (at);
+`,
+  },
+];

@@ -1,0 +1,365 @@
+/**
+ * Input validation at the datastore boundary. The API layer validates too;
+ * this is the second line, so that no driver ever stores a malformed SPIFFE
+ * ID, selector, TTL or name whatever the caller. Every check runs before the
+ * first write, so a refused call leaves the store unchanged.
+ *
+ * The functions return normalised values (canonical order, duplicates
+ * dropped, times as Unix milliseconds) that every driver stores as they are.
+ */
+import { createHash } from "node:crypto";
+import { formatSelector, normalizeSelectors, parseSelector, type Selector } from "../../common/selector.js";
+import { SigilError } from "../../spiffe/errors.js";
+import { parseSpiffeId, parseTrustDomain } from "../../spiffe/id.js";
+import type { AgentInput } from "./agent.js";
+import type { BundleInput } from "./bundle.js";
+import type { CaJournalInput, CaKeyKind, CaSlotStatus } from "./ca-journal.js";
+import type { EntryInput } from "./entry.js";
+import type { JoinTokenInput } from "./join-token.js";
+
+/** Largest TTL accepted, in seconds (a signed 32-bit integer, as in SPIRE's API). */
+export const MAX_TTL_SECONDS = 2_147_483_647;
+/** Longest entry hint, in UTF-8 bytes. */
+export const MAX_HINT_BYTES = 1024;
+/** Longest DNS name, in bytes (RFC 1035). */
+export const MAX_DNS_NAME_BYTES = 253;
+/** Longest operator-chosen entry ID. */
+export const MAX_ENTRY_ID_LENGTH = 255;
+/** Longest join token. */
+export const MAX_JOIN_TOKEN_LENGTH = 256;
+/** Largest bundle document, in UTF-8 bytes. */
+export const MAX_BUNDLE_DOCUMENT_BYTES = 4 * 1024 * 1024;
+
+const ENTRY_ID_RE = /^[A-Za-z0-9._~-]+$/;
+const JOIN_TOKEN_RE = /^[A-Za-z0-9._-]+$/;
+const DNS_LABEL_RE = /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
+const SHORT_NAME_RE = /^[A-Za-z0-9._-]{1,128}$/;
+const SERIAL_RE = /^[A-Za-z0-9:]{1,128}$/;
+const UINT64_RE = /^(0|[1-9][0-9]{0,19})$/;
+const UINT64_MAX = (1n << 64n) - 1n;
+const CONTROL_RE = /[\u0000-\u001f\u007f-\u009f]/;
+
+/** An `ERR_INVALID_ARGUMENT` datastore error, keeping `cause`. */
+export function invalid(message: string, cause?: unknown): SigilError {
+  return new SigilError("ERR_INVALID_ARGUMENT", `datastore: ${message}`, cause === undefined ? undefined : { cause });
+}
+
+function describe(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** Parses a SPIFFE ID field, returning its canonical string. */
+export function checkSpiffeId(what: string, value: unknown): string {
+  if (typeof value !== "string") throw invalid(`${what} must be a string`);
+  try {
+    return parseSpiffeId(value).toString();
+  } catch (e) {
+    throw invalid(`${what}: ${describe(e)}`, e);
+  }
+}
+
+/** Parses a bare trust-domain name. */
+export function checkTrustDomainName(what: string, value: unknown): string {
+  if (typeof value !== "string") throw invalid(`${what} must be a string`);
+  try {
+    return parseTrustDomain(value).name;
+  } catch (e) {
+    throw invalid(`${what}: ${describe(e)}`, e);
+  }
+}
+
+/** Re-validates selectors (whatever built them) and returns them canonical and de-duplicated. */
+export function checkSelectors(what: string, value: unknown, allowEmpty: boolean): Selector[] {
+  if (!Array.isArray(value)) throw invalid(`${what} must be an array of selectors`);
+  const parsed: Selector[] = [];
+  for (const s of value as unknown[]) {
+    const obj = s as { type?: unknown; value?: unknown } | null;
+    if (obj === null || typeof obj !== "object" || typeof obj.type !== "string" || typeof obj.value !== "string") {
+      throw invalid(`${what} must contain selectors made by parseSelector`);
+    }
+    try {
+      parsed.push(parseSelector(formatSelector(obj as Selector)));
+    } catch (e) {
+      throw invalid(`${what}: ${describe(e)}`, e);
+    }
+  }
+  if (parsed.length === 0 && !allowEmpty) throw invalid(`${what} must not be empty`);
+  return normalizeSelectors(parsed);
+}
+
+/** A TTL in seconds: a non-negative integer. */
+export function checkTtl(what: string, value: unknown): number {
+  if (typeof value !== "number" || !Number.isInteger(value) || value < 0 || value > MAX_TTL_SECONDS) {
+    throw invalid(`${what} must be an integer number of seconds from 0 to ${MAX_TTL_SECONDS}, got ${String(value)}`);
+  }
+  return value;
+}
+
+/** A valid `Date`, as Unix milliseconds. */
+export function checkTime(what: string, value: unknown): number {
+  if (!(value instanceof Date) || Number.isNaN(value.getTime())) throw invalid(`${what} must be a valid Date`);
+  return value.getTime();
+}
+
+function checkBool(what: string, value: unknown): boolean {
+  if (typeof value !== "boolean") throw invalid(`${what} must be a boolean`);
+  return value;
+}
+
+function checkText(what: string, value: unknown, maxBytes: number): string {
+  if (typeof value !== "string") throw invalid(`${what} must be a string`);
+  const bytes = Buffer.byteLength(value, "utf8");
+  if (bytes > maxBytes) throw invalid(`${what} is longer than ${maxBytes} bytes (${bytes})`);
+  const ctl = CONTROL_RE.exec(value);
+  if (ctl) throw invalid(`${what} contains a control character at offset ${ctl.index}`);
+  return value;
+}
+
+/** A DNS SAN: LDH labels, an optional leading `*.` wildcard, ≤ 253 bytes, no trailing dot. */
+export function checkDnsName(what: string, value: unknown): string {
+  if (typeof value !== "string") throw invalid(`${what} must be a string`);
+  if (value.length === 0) throw invalid(`${what} is empty`);
+  if (value.length > MAX_DNS_NAME_BYTES) throw invalid(`${what} is longer than ${MAX_DNS_NAME_BYTES} bytes`);
+  const labels = value.split(".");
+  for (let i = 0; i < labels.length; i++) {
+    const label = labels[i] as string;
+    if (i === 0 && label === "*" && labels.length > 1) continue;
+    if (!DNS_LABEL_RE.test(label)) {
+      throw invalid(`${what} ${JSON.stringify(value.slice(0, 80))} is not a DNS name (label ${i + 1} ${JSON.stringify(label.slice(0, 70))})`);
+    }
+  }
+  return value;
+}
+
+function checkList<T>(what: string, value: unknown, each: (what: string, v: unknown) => T): T[] {
+  if (!Array.isArray(value)) throw invalid(`${what} must be an array`);
+  const out: T[] = [];
+  const seen = new Set<T>();
+  (value as unknown[]).forEach((v, i) => {
+    const item = each(`${what}[${i}]`, v);
+    if (!seen.has(item)) {
+      seen.add(item);
+      out.push(item);
+    }
+  });
+  return out;
+}
+
+/** Checks an operator-chosen entry ID. */
+export function checkEntryId(value: unknown): string {
+  if (typeof value !== "string") throw invalid("entry id must be a string");
+  if (value.length === 0 || value.length > MAX_ENTRY_ID_LENGTH || !ENTRY_ID_RE.test(value)) {
+    throw invalid(`entry id must be 1-${MAX_ENTRY_ID_LENGTH} characters of A-Z a-z 0-9 . _ ~ -`);
+  }
+  return value;
+}
+
+/** A registration entry's stored values, validated and normalised. */
+export interface NormalizedEntry {
+  readonly spiffeId: string;
+  readonly parentId: string;
+  readonly selectors: readonly Selector[];
+  /** Hex SHA-256 of the canonical selector set: the uniqueness key, index-friendly on every SQL engine. */
+  readonly selectorsHash: string;
+  readonly x509SvidTtl: number;
+  readonly jwtSvidTtl: number;
+  readonly dnsNames: readonly string[];
+  readonly federatesWith: readonly string[];
+  readonly admin: boolean;
+  readonly downstream: boolean;
+  readonly hint: string;
+  readonly expiresAt: number | null;
+}
+
+/** Hex SHA-256 over canonical selectors joined by newlines (selectors cannot contain one). */
+export function selectorSetHash(selectors: readonly Selector[]): string {
+  return createHash("sha256").update(selectors.map(formatSelector).join("\n")).digest("hex");
+}
+
+/** Validates and normalises an entry's fields (not its ID). */
+export function normalizeEntry(input: EntryInput): NormalizedEntry {
+  if (input === null || typeof input !== "object") throw invalid("entry must be an object");
+  const selectors = checkSelectors("entry selectors", input.selectors, false);
+  const expiresAt = input.expiresAt === undefined || input.expiresAt === null ? null : checkTime("entry expiresAt", input.expiresAt);
+  return {
+    spiffeId: checkSpiffeId("entry spiffeId", input.spiffeId),
+    parentId: checkSpiffeId("entry parentId", input.parentId),
+    selectors,
+    selectorsHash: selectorSetHash(selectors),
+    x509SvidTtl: checkTtl("entry x509SvidTtl", input.x509SvidTtl ?? 0),
+    jwtSvidTtl: checkTtl("entry jwtSvidTtl", input.jwtSvidTtl ?? 0),
+    dnsNames: checkList("entry dnsNames", input.dnsNames ?? [], checkDnsName),
+    federatesWith: checkList("entry federatesWith", input.federatesWith ?? [], checkTrustDomainName).sort(),
+    admin: checkBool("entry admin", input.admin ?? false),
+    downstream: checkBool("entry downstream", input.downstream ?? false),
+    hint: checkText("entry hint", input.hint ?? "", MAX_HINT_BYTES),
+    expiresAt,
+  };
+}
+
+/** An attested agent's stored values, validated and normalised. */
+export interface NormalizedAgent {
+  readonly spiffeId: string;
+  readonly attestationType: string;
+  readonly selectors: readonly Selector[];
+  readonly certSerial: string;
+  readonly certNotAfter: number;
+  readonly newCertSerial: string | null;
+  readonly newCertNotAfter: number | null;
+  readonly canReattest: boolean;
+  readonly banned: boolean;
+}
+
+/** Validates and normalises an agent's fields. `certSerial` may be `""` only for a banned agent. */
+export function normalizeAgent(input: AgentInput & { readonly banned?: boolean }): NormalizedAgent {
+  if (input === null || typeof input !== "object") throw invalid("agent must be an object");
+  const banned = checkBool("agent banned", input.banned ?? false);
+  const attestationType = input.attestationType;
+  if (typeof attestationType !== "string" || !SHORT_NAME_RE.test(attestationType)) {
+    throw invalid("agent attestationType must be 1-128 characters of A-Z a-z 0-9 . _ -");
+  }
+  const serial = (what: string, v: unknown, allowEmpty: boolean): string => {
+    if (typeof v !== "string" || !(SERIAL_RE.test(v) || (allowEmpty && v === ""))) {
+      throw invalid(`${what} must be 1-128 characters of A-Z a-z 0-9 :`);
+    }
+    return v;
+  };
+  const newSerial = input.newCertSerial ?? null;
+  const newNotAfter = input.newCertNotAfter ?? null;
+  return {
+    spiffeId: checkSpiffeId("agent spiffeId", input.spiffeId),
+    attestationType,
+    selectors: checkSelectors("agent selectors", input.selectors ?? [], true),
+    certSerial: serial("agent certSerial", input.certSerial, banned),
+    certNotAfter: checkTime("agent certNotAfter", input.certNotAfter),
+    newCertSerial: newSerial === null ? null : serial("agent newCertSerial", newSerial, false),
+    newCertNotAfter: newNotAfter === null ? null : checkTime("agent newCertNotAfter", newNotAfter),
+    canReattest: checkBool("agent canReattest", input.canReattest ?? false),
+    banned,
+  };
+}
+
+/** Checks a join token's syntax. */
+export function checkJoinToken(token: unknown): string {
+  if (typeof token !== "string" || token.length === 0 || token.length > MAX_JOIN_TOKEN_LENGTH || !JOIN_TOKEN_RE.test(token)) {
+    throw invalid(`join token must be 1-${MAX_JOIN_TOKEN_LENGTH} characters of A-Z a-z 0-9 . _ -`);
+  }
+  return token;
+}
+
+/**
+ * The stored key of a join token: its SHA-256. The database never holds a
+ * usable token, and lookups by hash do not depend on the secret's bytes.
+ */
+export function joinTokenKey(token: string): string {
+  return createHash("sha256").update(token, "utf8").digest("hex");
+}
+
+/** A join token's stored values. */
+export interface NormalizedJoinToken {
+  readonly key: string;
+  readonly expiresAt: number;
+  readonly agentId: string | null;
+}
+
+/** Validates a join token for storage. */
+export function normalizeJoinToken(input: JoinTokenInput): NormalizedJoinToken {
+  if (input === null || typeof input !== "object") throw invalid("join token must be an object");
+  return {
+    key: joinTokenKey(checkJoinToken(input.token)),
+    expiresAt: checkTime("join token expiresAt", input.expiresAt),
+    agentId: input.agentId === undefined ? null : checkSpiffeId("join token agentId", input.agentId),
+  };
+}
+
+/** Checks a bundle sequence (a decimal string or a bigint): an unsigned 64-bit integer, returned as decimal text. */
+export function checkSequence(what: string, value: unknown): string {
+  if (typeof value === "bigint" && value >= 0n && value <= UINT64_MAX) return value.toString();
+  if (typeof value !== "string" || !UINT64_RE.test(value) || BigInt(value) > UINT64_MAX) {
+    throw invalid(`${what} must be a decimal unsigned 64-bit integer, got ${JSON.stringify(String(value).slice(0, 40))}`);
+  }
+  return value;
+}
+
+/** Validates a bundle for storage: a bare trust-domain name and a JSON object with a `keys` array. */
+export function normalizeBundle(input: BundleInput): { readonly trustDomain: string; readonly document: string; readonly sequence: string } {
+  if (input === null || typeof input !== "object") throw invalid("bundle must be an object");
+  const trustDomain = checkTrustDomainName("bundle trustDomain", input.trustDomain);
+  const doc: unknown = input.document;
+  if (typeof doc !== "string") throw invalid("bundle document must be a string");
+  if (Buffer.byteLength(doc, "utf8") > MAX_BUNDLE_DOCUMENT_BYTES) {
+    throw invalid(`bundle document is larger than ${MAX_BUNDLE_DOCUMENT_BYTES} bytes`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(doc);
+  } catch (e) {
+    throw invalid(`bundle document for ${trustDomain} is not JSON: ${describe(e)}`, e);
+  }
+  if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed) || !Array.isArray((parsed as { keys?: unknown }).keys)) {
+    throw invalid(`bundle document for ${trustDomain} must be a JSON object with a "keys" array`);
+  }
+  return { trustDomain, document: doc, sequence: checkSequence("bundle sequence", input.sequence) };
+}
+
+const CA_KINDS: readonly CaKeyKind[] = ["x509", "jwt"];
+const CA_STATUSES: readonly CaSlotStatus[] = ["prepared", "active", "old"];
+
+/** A CA journal record's stored values. */
+export interface NormalizedCaJournal {
+  readonly kind: CaKeyKind;
+  readonly slotId: string;
+  readonly keyId: string;
+  readonly status: CaSlotStatus;
+  readonly publicKeyDer: Buffer;
+  readonly certDer: Buffer | null;
+  /** JSON array of base64 DER. */
+  readonly chainDers: string;
+  /** JSON array of base64 DER. */
+  readonly rootDers: string;
+  readonly notBefore: number;
+  readonly notAfter: number;
+}
+
+function checkDer(what: string, v: unknown): Buffer {
+  if (!(v instanceof Uint8Array) || v.length === 0) throw invalid(`${what} must be non-empty DER bytes`);
+  return Buffer.from(v);
+}
+
+function checkDerList(what: string, v: unknown): string {
+  if (v === undefined) return "[]";
+  if (!Array.isArray(v)) throw invalid(`${what} must be an array of DER byte arrays`);
+  return JSON.stringify((v as unknown[]).map((d, i) => checkDer(`${what}[${i}]`, d).toString("base64")));
+}
+
+/** Validates a CA journal record. */
+export function normalizeCaJournal(input: CaJournalInput): NormalizedCaJournal {
+  if (input === null || typeof input !== "object") throw invalid("ca journal record must be an object");
+  if (!CA_KINDS.includes(input.kind)) throw invalid(`ca journal kind must be one of ${CA_KINDS.join(", ")}`);
+  if (!CA_STATUSES.includes(input.status)) throw invalid(`ca journal status must be one of ${CA_STATUSES.join(", ")}`);
+  if (typeof input.slotId !== "string" || !/^[A-Za-z0-9_-]{1,32}$/.test(input.slotId)) {
+    throw invalid("ca journal slotId must be 1-32 characters of A-Z a-z 0-9 _ -");
+  }
+  const keyId = checkText("ca journal keyId", input.keyId, 256);
+  if (keyId.length === 0) throw invalid("ca journal keyId is empty");
+  const cert = input.certDer ?? null;
+  if (input.kind === "x509" && cert === null) throw invalid("ca journal x509 slot needs its CA certificate (certDer)");
+  if (input.kind === "jwt" && (cert !== null || (input.chainDers ?? []).length > 0 || (input.rootDers ?? []).length > 0)) {
+    throw invalid("ca journal jwt slot has no certificates");
+  }
+  const notBefore = checkTime("ca journal notBefore", input.notBefore);
+  const notAfter = checkTime("ca journal notAfter", input.notAfter);
+  if (notAfter <= notBefore) throw invalid("ca journal notAfter must be after notBefore");
+  return {
+    kind: input.kind,
+    slotId: input.slotId,
+    keyId,
+    status: input.status,
+    publicKeyDer: checkDer("ca journal publicKeyDer", input.publicKeyDer),
+    certDer: cert === null ? null : checkDer("ca journal certDer", cert),
+    chainDers: checkDerList("ca journal chainDers", input.chainDers),
+    rootDers: checkDerList("ca journal rootDers", input.rootDers),
+    notBefore,
+    notAfter,
+  };
+}

@@ -1,0 +1,43 @@
+/**
+ * Certificate serial numbers (RFC 5280 §4.1.2.2): positive, at most 20 octets.
+ */
+import { randomBytes } from "node:crypto";
+import { encodeUnsignedInteger } from "../der.js";
+import { SigilError } from "../errors.js";
+
+/** A serial as a positive bigint or as unsigned big-endian octets. */
+export type SerialNumber = bigint | Uint8Array;
+
+/** 16 random octets with the top bit clear (128 bits of entropy minus one, always positive and non-zero). */
+export function randomSerial(): Uint8Array {
+  const bytes = randomBytes(16);
+  bytes[0] = ((bytes[0] as number) & 0x7f) | 0x01;
+  return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/**
+ * Encodes a serial as an INTEGER element.
+ *
+ * @throws SigilError `ERR_X509_BUILD` for zero, negative or over-long serials.
+ */
+export function encodeSerial(serial: SerialNumber): Uint8Array {
+  let magnitude: Uint8Array;
+  if (typeof serial === "bigint") {
+    if (serial <= 0n) throw new SigilError("ERR_X509_BUILD", "x509: serial number must be positive");
+    const hex = serial.toString(16);
+    magnitude = Uint8Array.from(Buffer.from(hex.length % 2 === 0 ? hex : `0${hex}`, "hex"));
+  } else {
+    magnitude = serial;
+  }
+  const el = encodeUnsignedInteger(magnitude);
+  const contentLength = el.length - 2;
+  if (el.length < 3 || (contentLength === 1 && el[2] === 0)) throw new SigilError("ERR_X509_BUILD", "x509: serial number must be positive");
+  if (contentLength > 20) throw new SigilError("ERR_X509_BUILD", `x509: serial number is ${contentLength} octets (RFC 5280 allows 20)`);
+  return el;
+}
+
+/** Lower-case hex of an encoded serial's magnitude (the sign octet, if any, removed). */
+export function serialHexOf(serialElement: Uint8Array): string {
+  const content = serialElement.subarray(2); // serials are at most 21 octets: short-form length
+  return Buffer.from(content[0] === 0 && content.length > 1 ? content.subarray(1) : content).toString("hex");
+}
