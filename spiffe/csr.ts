@@ -131,27 +131,65 @@ export function parseCsr(der: Uint8Array, allowedKeyTypes: readonly KeyType[]): 
   return { publicKey, publicKeyDer: new Uint8Array(spkiDer), keyType };
 }
 
+const OID_EC_PUBLIC_KEY = "1.2.840.10045.2.1";
+const OID_P256 = "1.2.840.10045.3.1.7";
+const OID_P384 = "1.3.132.0.34";
+const OID_RSA = "1.2.840.113549.1.1.1";
+
+/** A public key checked by structure only: its type and its DER, to embed verbatim. */
+export interface CheckedPublicKey {
+  readonly publicKeyDer: Uint8Array;
+  readonly keyType: KeyType;
+}
+
+function spkiError(message: string, cause?: unknown): SigilError {
+  return new SigilError("ERR_INVALID_ARGUMENT", `public key: ${message}`, cause === undefined ? undefined : { cause });
+}
+
 /**
- * Checks a bare SubjectPublicKeyInfo (the agent API's CSR-free form): it must
- * parse as a public key of an allowed type.
+ * Checks a bare SubjectPublicKeyInfo (the agent API's CSR-free form) by a DER
+ * walk only: algorithm, curve or modulus size, and the exact encoding length
+ * of the key. No key import (that costs more than signing): the agent is
+ * already authenticated by mTLS, and the key is embedded verbatim in the SVID.
  */
-export function parseSubjectPublicKeyInfo(der: Uint8Array, allowedKeyTypes: readonly KeyType[]): ParsedCsr {
-  let publicKey: KeyObject;
-  try {
-    expectTlv(der, 0, TAG.SEQUENCE, "SubjectPublicKeyInfo");
-    publicKey = createPublicKey({ key: Buffer.from(der), format: "der", type: "spki" });
-  } catch (e) {
-    throw new SigilError("ERR_INVALID_ARGUMENT", "public key: not a DER SubjectPublicKeyInfo", { cause: e });
-  }
+export function parseSubjectPublicKeyInfo(der: Uint8Array, allowedKeyTypes: readonly KeyType[]): CheckedPublicKey {
   let keyType: KeyType;
   try {
-    keyType = keyTypeOf(publicKey);
+    if (!(der instanceof Uint8Array) || der.length === 0) throw spkiError("empty");
+    const outer = expectTlv(der, 0, TAG.SEQUENCE, "SubjectPublicKeyInfo");
+    if (outer.end !== der.length) throw spkiError(`${der.length - outer.end} trailing bytes after the key`);
+    const [alg, bits] = readChildren(der, outer);
+    if (!alg || !bits || alg.tag !== TAG.SEQUENCE || bits.tag !== TAG.BIT_STRING) throw spkiError("not a SubjectPublicKeyInfo (expected algorithm and key)");
+    const [oid, params] = readChildren(der, alg);
+    if (!oid || oid.tag !== TAG.OID) throw spkiError("algorithm has no OID");
+    const algOid = decodeOid(oid.content);
+    const key = bits.content;
+    if (key[0] !== 0) throw spkiError("key BIT STRING has unused bits");
+    if (algOid === OID_EC_PUBLIC_KEY) {
+      if (!params || params.tag !== TAG.OID) throw spkiError("EC key without a named curve");
+      const curve = decodeOid(params.content);
+      const pointLength = curve === OID_P256 ? 65 : curve === OID_P384 ? 97 : 0;
+      if (pointLength === 0) throw spkiError(`EC curve ${curve} is not supported`);
+      if (key.length !== pointLength + 1 || key[1] !== 0x04) throw spkiError("EC key is not an uncompressed point of the curve's size");
+      keyType = curve === OID_P256 ? "ec-p256" : "ec-p384";
+    } else if (algOid === OID_RSA) {
+      const rsa = expectTlv(key, 1, TAG.SEQUENCE, "RSAPublicKey");
+      if (rsa.end !== key.length) throw spkiError("RSA key has trailing bytes");
+      const [n, e] = readChildren(key, rsa);
+      if (!n || !e || n.tag !== TAG.INTEGER || e.tag !== TAG.INTEGER) throw spkiError("RSA key is not (modulus, exponent)");
+      let first = 0;
+      while (first < n.content.length - 1 && n.content[first] === 0) first++;
+      const bitsLength = (n.content.length - first) * 8 - Math.clz32(n.content[first] as number) + 24;
+      const t = bitsLength === 2048 ? "rsa-2048" : bitsLength === 3072 ? "rsa-3072" : bitsLength === 4096 ? "rsa-4096" : undefined;
+      if (!t) throw spkiError(`RSA modulus of ${bitsLength} bits is not supported`);
+      keyType = t;
+    } else {
+      throw spkiError(`algorithm ${algOid} is not supported`);
+    }
   } catch (e) {
-    throw new SigilError("ERR_INVALID_ARGUMENT", `public key: ${(e as Error).message.replace(/^keys: /, "")}`, { cause: e });
+    if (e instanceof SigilError && e.message.startsWith("public key:")) throw e;
+    throw spkiError(`not a DER SubjectPublicKeyInfo: ${(e as Error).message}`, e);
   }
-  if (!allowedKeyTypes.includes(keyType)) {
-    throw new SigilError("ERR_INVALID_ARGUMENT", `public key: key type ${keyType} is not allowed (allowed: ${allowedKeyTypes.join(", ")})`);
-  }
-  // Re-export so the certificate embeds a canonical encoding.
-  return { publicKey, publicKeyDer: new Uint8Array(publicKey.export({ format: "der", type: "spki" })), keyType };
+  if (!allowedKeyTypes.includes(keyType)) throw spkiError(`key type ${keyType} is not allowed (allowed: ${allowedKeyTypes.join(", ")})`);
+  return { publicKeyDer: der, keyType };
 }

@@ -8,10 +8,9 @@
  */
 import { createHash, X509Certificate } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import { status, type ServerDuplexStream, type ServerUnaryCall, type sendUnaryData } from "@grpc/grpc-js";
+import { status, type ServerDuplexStream } from "@grpc/grpc-js";
 import type { Logger } from "../../common/log.js";
-import { audit } from "../../common/log.js";
-import { grpcCodeName, type Metrics } from "../../common/metrics.js";
+import type { Metrics } from "../../common/metrics.js";
 import { toServiceError } from "../../common/rpc/status.js";
 import type { ServerNodeAttestor } from "../../plugins/nodeattestor/types.js";
 import {
@@ -45,6 +44,7 @@ import { formatSelector } from "../../common/selector.js";
 import type { CaManager } from "../ca/manager.js";
 import type { AttestedAgent, Datastore, RegistrationEntry } from "../datastore/index.js";
 import type { EntryIndex, IndexedEntry } from "../registration/entry-index.js";
+import { auditCall, createUnaryWrapper } from "./unary.js";
 import { wireBundle, wireEntry, wireSelector, wireStatus } from "./wire.js";
 
 /** Key types the server accepts for agent and workload keys. */
@@ -139,28 +139,10 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       .filter((e) => !e.expiresAt || e.expiresAt.getTime() > now);
   }
 
-  function auditLog(method: string, caller: string, code: number, details: Record<string, unknown> = {}): void {
-    if (deps.auditEnabled) {
-      audit(log, { caller: caller.startsWith("spiffe://") ? { spiffeId: caller } : {}, method, status: code === 0 ? "success" : "error", ...(code === 0 ? {} : { statusCode: grpcCodeName(code) }), details });
-    }
-  }
-
-  function unary<Req, Res>(method: string, fn: (req: Req, call: ServerUnaryCall<Req, Res>) => Promise<{ res: Res; caller: string; details?: Record<string, unknown> }>) {
-    return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
-      fn(call.request, call).then(
-        ({ res, caller, details }) => {
-          auditLog(method, caller, 0, details);
-          callback(null, res);
-        },
-        (e: unknown) => {
-          const err = toServiceError(e);
-          auditLog(method, "unauthenticated-or-unknown", err.code, { error: err.details });
-          if (err.code === status.INTERNAL) log.error({ err: e }, `agent api: ${method} failed`);
-          callback(err);
-        },
-      );
-    };
-  }
+  const auditOpts = { log, auditEnabled: deps.auditEnabled };
+  const auditLog = (method: string, caller: string, code: number, details: Record<string, unknown> = {}, message?: string): void =>
+    auditCall(auditOpts, method, caller, code, details, message);
+  const unary = createUnaryWrapper({ log, auditEnabled: deps.auditEnabled, name: "agent api" });
 
   return {
     attestAgent(call: ServerDuplexStream<AttestAgentRequest, AttestAgentResponse>): void {
@@ -247,9 +229,9 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
         call.end();
       })().catch((e: unknown) => {
         const err = toServiceError(e);
-        auditLog("AttestAgent", "unattested", err.code, { error: err.details });
+        auditLog("AttestAgent", "unattested", err.code, {}, err.details);
         if (err.code === status.INTERNAL) log.error({ err: e }, "agent api: AttestAgent failed");
-        call.destroy(err);
+        call.emit("error", err);
       });
     },
 

@@ -30,7 +30,10 @@ export class MemoryCertificateProvider implements Provider {
 
   addCaCertificateListener(listener: CaListener): void {
     this.#caListeners.add(listener);
-    if (this.#ca) listener({ caCertificate: this.#ca });
+    // Asynchronously: grpc-js registers its own watcher only after adding this listener.
+    queueMicrotask(() => {
+      if (this.#ca && this.#caListeners.has(listener)) listener({ caCertificate: this.#ca });
+    });
   }
 
   removeCaCertificateListener(listener: CaListener): void {
@@ -39,7 +42,9 @@ export class MemoryCertificateProvider implements Provider {
 
   addIdentityCertificateListener(listener: IdListener): void {
     this.#idListeners.add(listener);
-    if (this.#identity) listener(this.#identity);
+    queueMicrotask(() => {
+      if (this.#identity && this.#idListeners.has(listener)) listener(this.#identity);
+    });
   }
 
   removeIdentityCertificateListener(listener: IdListener): void {

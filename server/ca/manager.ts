@@ -133,6 +133,9 @@ export class CaManager {
           notBefore: r.notBefore,
           notAfter: r.notAfter,
           status: r.status,
+          ...(r.status === "active"
+            ? { template: prepareLeafTemplate({ issuerCertDer: r.certDer, issuerSigner: signer, trustDomain: this.#s.trustDomain }) }
+            : {}),
         });
       } else if (r.kind === "jwt") {
         this.#jwt.push({ slotId: r.slotId, keyId: r.keyId, signer, notBefore: r.notBefore, notAfter: r.notAfter, status: r.status });

@@ -53,7 +53,21 @@ describe("CSR intake", () => {
     const der = new Uint8Array(publicKey.export({ format: "der", type: "spki" }));
     expect(parseSubjectPublicKeyInfo(der, ALL).keyType).toBe("ec-p384");
     expect(() => parseSubjectPublicKeyInfo(der, ["ec-p256"])).toThrow(/ec-p384 is not allowed/);
-    expect(() => parseSubjectPublicKeyInfo(new Uint8Array([0x30, 0]), ALL)).toThrow(/not a DER SubjectPublicKeyInfo/);
+    expect(() => parseSubjectPublicKeyInfo(new Uint8Array([0x30, 0]), ALL)).toThrow(/public key: not a SubjectPublicKeyInfo/);
+  });
+
+  it("checks SubjectPublicKeyInfo by structure: key types, sizes and encodings", () => {
+    const spki = (k: import("node:crypto").KeyObject) => new Uint8Array(k.export({ format: "der", type: "spki" }));
+    expect(parseSubjectPublicKeyInfo(spki(generateKeyPairSync("ec", { namedCurve: "prime256v1" }).publicKey), ALL).keyType).toBe("ec-p256");
+    expect(parseSubjectPublicKeyInfo(spki(generateKeyPairSync("rsa", { modulusLength: 2048 }).publicKey), ALL).keyType).toBe("rsa-2048");
+    expect(() => parseSubjectPublicKeyInfo(spki(generateKeyPairSync("ec", { namedCurve: "secp521r1" }).publicKey), ALL)).toThrow(/EC curve 1\.3\.132\.0\.35 is not supported/);
+    expect(() => parseSubjectPublicKeyInfo(spki(generateKeyPairSync("rsa", { modulusLength: 1024 }).publicKey), ALL)).toThrow(/RSA modulus of 1024 bits/);
+    expect(() => parseSubjectPublicKeyInfo(spki(generateKeyPairSync("ed25519").publicKey), ALL)).toThrow(/algorithm 1\.3\.101\.112 is not supported/);
+    const p256 = spki(generateKeyPairSync("ec", { namedCurve: "prime256v1" }).publicKey);
+    expect(() => parseSubjectPublicKeyInfo(p256.subarray(0, p256.length - 1), ALL)).toThrow(/public key: /);
+    const compressed = generateKeyPairSync("ec", { namedCurve: "prime256v1" }).publicKey.export({ format: "der", type: "spki" });
+    compressed[compressed.length - 65] = 0x02; // claim a compressed point in an uncompressed-size key
+    expect(() => parseSubjectPublicKeyInfo(new Uint8Array(compressed), ALL)).toThrow(/uncompressed point/);
   });
 
   it.skipIf(!haveOpenssl)("interop: openssl verifies our CSR, and we accept openssl's", () => {

@@ -6,7 +6,7 @@
  * The agent's ID is the operator-chosen ID stored with the token, or
  * `spiffe://<td>/spire/agent/join_token/<token>` as in SPIRE.
  */
-import { SigilError } from "../../../spiffe/errors.js";
+import { isSigilError, SigilError } from "../../../spiffe/errors.js";
 import { spiffeIdFromPath, parseSpiffeId, type TrustDomain } from "../../../spiffe/id.js";
 import type { NodeAttestationResult, ServerNodeAttestor } from "../types.js";
 
@@ -49,7 +49,16 @@ export function createJoinTokenServerAttestor(deps: { trustDomain: TrustDomain; 
     async attest(payload: Uint8Array): Promise<NodeAttestationResult> {
       const token = Buffer.from(payload).toString("utf8");
       checkJoinTokenSyntax(token);
-      const record = await deps.store.consumeJoinToken(token);
+      let record: { readonly agentId?: string | undefined };
+      try {
+        record = await deps.store.consumeJoinToken(token);
+      } catch (e) {
+        // Any refusal of the credential is a denied attestation, whatever the store's reason.
+        if (isSigilError(e) && (e.code === "ERR_NOT_FOUND" || e.code === "ERR_PERMISSION_DENIED")) {
+          throw new SigilError("ERR_PERMISSION_DENIED", `join_token: ${e.message.replace(/^datastore: /, "")}`, { cause: e });
+        }
+        throw e;
+      }
       const agentId = parseSpiffeId(record.agentId ?? joinTokenAgentId(deps.trustDomain, token));
       if (!agentId.memberOf(deps.trustDomain)) {
         throw new SigilError("ERR_PERMISSION_DENIED", `join_token: agent ID ${agentId} is not in trust domain ${deps.trustDomain.name}`);

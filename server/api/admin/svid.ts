@@ -1,0 +1,72 @@
+/**
+ * `sigil.admin.v1.SvidAdmin`: one-off SVIDs for any identity in the trust
+ * domain, with no entry (SPIRE's `x509 mint` / `jwt mint`). The X.509 key
+ * stays with the caller: only the CSR's public key is used.
+ */
+import { create } from "@bufbuild/protobuf";
+import {
+  MintJWTSVIDResponseSchema,
+  MintX509SVIDResponseSchema,
+  type MintJWTSVIDRequest,
+  type MintJWTSVIDResponse,
+  type MintX509SVIDRequest,
+  type MintX509SVIDResponse,
+  type SvidAdmin,
+} from "../../../proto/gen/sigil/admin/v1/admin_pb.js";
+import { parseCsr } from "../../../spiffe/csr.js";
+import { isSigilError } from "../../../spiffe/errors.js";
+import type { GrpcServiceImplementation } from "../../../spiffe/grpc/service.js";
+import { checkDnsName } from "../../registration/entry-validation.js";
+import { ALLOWED_KEY_TYPES, MAX_AUDIENCES } from "../agent-api.js";
+import type { UnaryWrapper } from "../unary.js";
+import { invalidField, spiffeIdField, ttlField, unixSeconds, type AdminApiDeps } from "./common.js";
+
+type SvidMethods = (typeof SvidAdmin)["method"];
+
+/** Most DNS SANs one minted X509-SVID may carry. */
+export const MAX_MINT_DNS_NAMES = 100;
+
+/** Builds the SvidAdmin service implementation. */
+export function createSvidAdmin(deps: AdminApiDeps, unary: UnaryWrapper): GrpcServiceImplementation<SvidMethods> {
+  return {
+    mintX509SVID: unary<MintX509SVIDRequest, MintX509SVIDResponse>("MintX509SVID", async (req, _call, audit) => {
+      audit.details.spiffe_id = req.spiffeId;
+      const spiffeId = spiffeIdField("spiffe_id", req.spiffeId, { issuableIn: deps.trustDomain });
+      const ttlMs = ttlField("ttl", req.ttl, deps.defaultX509TtlMs, deps.maxTtlMs);
+      if (req.dnsNames.length > MAX_MINT_DNS_NAMES) throw invalidField("dns_names", `${req.dnsNames.length} names is more than the maximum ${MAX_MINT_DNS_NAMES}`);
+      req.dnsNames.forEach((d, i) => checkDnsName(d, `dns_names[${i}]`));
+      if (req.csr.length === 0) throw invalidField("csr", "is required");
+      let publicKeyDer: Uint8Array;
+      try {
+        publicKeyDer = parseCsr(req.csr, ALLOWED_KEY_TYPES).publicKeyDer;
+      } catch (e) {
+        throw invalidField("csr", isSigilError(e) ? e.message : String(e), e);
+      }
+      const issued = deps.ca.signX509Svid({ spiffeId, publicKeyDer, ttlMs, dnsNames: req.dnsNames });
+      deps.metrics?.x509SvidsSigned.inc();
+      Object.assign(audit.details, { spiffe_id: spiffeId.toString(), dns_names: [...req.dnsNames], serial: issued.serial, expires_at: issued.notAfter.toISOString() });
+      return {
+        res: create(MintX509SVIDResponseSchema, {
+          svid: { spiffeId: spiffeId.toString(), certChain: [...issued.chain], expiresAt: unixSeconds(issued.notAfter) },
+          bundle: [...deps.ca.bundle().x509Authorities],
+        }),
+      };
+    }),
+
+    mintJWTSVID: unary<MintJWTSVIDRequest, MintJWTSVIDResponse>("MintJWTSVID", async (req, _call, audit) => {
+      audit.details.spiffe_id = req.spiffeId;
+      audit.details.audience = [...req.audience];
+      const spiffeId = spiffeIdField("spiffe_id", req.spiffeId, { issuableIn: deps.trustDomain });
+      if (req.audience.length === 0) throw invalidField("audience", "at least one audience is required");
+      if (req.audience.length > MAX_AUDIENCES) throw invalidField("audience", `${req.audience.length} audiences is more than the maximum ${MAX_AUDIENCES}`);
+      req.audience.forEach((a, i) => {
+        if (a.length === 0) throw invalidField(`audience[${i}]`, "is empty");
+      });
+      const ttlMs = ttlField("ttl", req.ttl, deps.defaultJwtTtlMs, deps.maxTtlMs);
+      const jwt = deps.ca.signJwtSvid({ spiffeId, audience: req.audience, ttlMs });
+      deps.metrics?.jwtSvidsSigned.inc();
+      Object.assign(audit.details, { spiffe_id: spiffeId.toString(), key_id: jwt.keyId, expires_at: jwt.expiresAt.toISOString() });
+      return { res: create(MintJWTSVIDResponseSchema, { token: jwt.token, expiresAt: unixSeconds(jwt.expiresAt) }) };
+    }),
+  };
+}

@@ -1,0 +1,134 @@
+/**
+ * Starts a real `sigil-server run` process on a temporary data directory and
+ * runs `sigil-server` CLI commands against it, as an operator would.
+ */
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
+/** The CLI entry, run from source through tsx (tests never depend on a stale build). */
+export const SERVER_CLI = [path.join(root, "server/cli/main.ts")];
+const NODE_ARGS = ["--import", "tsx"];
+
+/** A running server process. */
+export interface ServerProcess {
+  readonly dir: string;
+  readonly configPath: string;
+  readonly socketPath: string;
+  /** `127.0.0.1:<port>` of the agent API. */
+  readonly agentApiAddress: string;
+  readonly child: ChildProcess;
+  /** Every log line written so far (parsed JSON). */
+  readonly logs: Record<string, unknown>[];
+  /** Resolves with the first log record (already read or still to come) that matches. */
+  waitForLog(match: (rec: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  /** Runs `sigil-server <args>` against this server's socket. */
+  cli(args: readonly string[]): CliResult;
+  stop(): Promise<void>;
+}
+
+/** Result of one CLI invocation. */
+export interface CliResult {
+  readonly status: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Runs the server CLI with arbitrary arguments (no socket added). */
+export function runServerCli(args: readonly string[], cwd = root): CliResult {
+  const r = spawnSync(process.execPath, [...NODE_ARGS, ...SERVER_CLI, ...args], { cwd, encoding: "utf8", timeout: 60_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Writes a config and starts `sigil-server run`; resolves when it logs "server started". */
+export async function startServerProcess(extraYaml = "", trustDomain = "example.org"): Promise<ServerProcess> {
+  const dir = mkdtempSync(path.join(tmpdir(), "sigil-it-"));
+  const socketPath = path.join(dir, "admin", "api.sock");
+  const configPath = path.join(dir, "server.yaml");
+  writeFileSync(
+    configPath,
+    `server:
+  trust_domain: ${trustDomain}
+  bind_address: 127.0.0.1
+  bind_port: 0
+  socket_path: ${socketPath}
+  data_dir: ${dir}
+  log_level: debug
+plugins:
+  DataStore:
+    sql:
+      database_type: sqlite3
+      connection_string: ${path.join(dir, "datastore.sqlite3")}
+  KeyManager:
+    disk:
+      keys_path: ${path.join(dir, "keys.json")}
+  NodeAttestor:
+    join_token: {}
+${extraYaml}`,
+  );
+  return launchServerProcess(dir, configPath, socketPath);
+}
+
+/** Starts `sigil-server run` on an existing config (e.g. to restart on the same data). */
+export async function launchServerProcess(dir: string, configPath: string, socketPath: string): Promise<ServerProcess> {
+  const child = spawn(process.execPath, [...NODE_ARGS, ...SERVER_CLI, "run", "--config", configPath], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+  const logs: Record<string, unknown>[] = [];
+  const waiters = new Set<{ match: (r: Record<string, unknown>) => boolean; resolve: (r: Record<string, unknown>) => void }>();
+  let stderr = "";
+  child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+  const started = new Promise<string>((resolve, reject) => {
+    let buf = "";
+    child.stdout?.on("data", (d: Buffer) => {
+      buf += d.toString();
+      let nl: number;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        try {
+          const rec = JSON.parse(line) as Record<string, unknown>;
+          logs.push(rec);
+          for (const w of waiters) {
+            if (w.match(rec)) {
+              waiters.delete(w);
+              w.resolve(rec);
+            }
+          }
+          if (rec.msg === "server started") resolve(String(rec.agent_api));
+        } catch {
+          // not JSON: ignore
+        }
+      }
+    });
+    child.once("exit", (code) => reject(new Error(`server exited with ${code} before starting: ${stderr}`)));
+    setTimeout(() => reject(new Error(`server did not start in 30s: ${stderr}`)), 30_000).unref();
+  });
+  const agentApiAddress = await started;
+  return {
+    dir,
+    configPath,
+    socketPath,
+    agentApiAddress,
+    child,
+    logs,
+    waitForLog: (match, timeoutMs = 10_000) =>
+      new Promise((resolve, reject) => {
+        const found = logs.find(match);
+        if (found) return resolve(found);
+        const w = { match, resolve };
+        waiters.add(w);
+        setTimeout(() => {
+          if (waiters.delete(w)) reject(new Error("expected log record did not arrive"));
+        }, timeoutMs).unref();
+      }),
+    cli: (args) => runServerCli([...args, "--socket-path", socketPath]),
+    stop: () =>
+      new Promise<void>((resolve) => {
+        if (child.exitCode !== null) return resolve();
+        child.once("exit", () => resolve());
+        child.kill("SIGTERM");
+      }),
+  };
+}

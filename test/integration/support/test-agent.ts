@@ -1,0 +1,70 @@
+/**
+ * A minimal agent-side client of the server's agent API for integration tests:
+ * attests with a join token over TLS, then calls the API with its agent SVID
+ * as client certificate (mTLS), exactly as the agent does on the wire.
+ */
+import { generateKeyPairSync, type KeyObject } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import { Client, credentials, Metadata, type ChannelCredentials, type ServiceError } from "@grpc/grpc-js";
+import { createUnaryClient, type UnaryClient } from "../../../common/rpc/unary-client.js";
+import { AgentAPI, AttestAgentRequestSchema, type AttestAgentResponse } from "../../../proto/gen/sigil/agent/v1/agent_pb.js";
+import { parseSpiffeBundle } from "../../../spiffe/bundle/spiffe-bundle.js";
+import { buildCsr } from "../../../spiffe/csr.js";
+import { parseTrustDomain } from "../../../spiffe/id.js";
+import { grpcServiceDefinition } from "../../../spiffe/grpc/service.js";
+import { encodePemCertificates } from "../../../spiffe/pem.js";
+
+type AgentMethods = (typeof AgentAPI)["method"];
+
+/** TLS credentials trusting `rootsPem`; the server's SPIFFE ID is checked by the real agent, not here. */
+export function tlsCredentials(rootsPem: string, identity?: { keyPem: string; certPem: string }): ChannelCredentials {
+  return credentials.createSsl(
+    Buffer.from(rootsPem),
+    identity ? Buffer.from(identity.keyPem) : null,
+    identity ? Buffer.from(identity.certPem) : null,
+    { checkServerIdentity: () => undefined },
+  );
+}
+
+/** The own bundle's X.509 roots as PEM, from `bundle show --output json`. */
+export function rootsPemFromBundleJson(bundleShowJson: string, td = "example.org"): string {
+  const doc = JSON.parse(bundleShowJson) as { spiffe_bundle_json: string };
+  return encodePemCertificates(parseSpiffeBundle(doc.spiffe_bundle_json, parseTrustDomain(td)).bundle.x509Authorities);
+}
+
+/** Result of an attestation. */
+export interface Attested {
+  readonly spiffeId: string;
+  readonly key: KeyObject;
+  readonly chain: Uint8Array[];
+  /** A client that authenticates with the agent SVID. */
+  readonly api: UnaryClient<AgentMethods>;
+}
+
+/** Runs AttestAgent with a join token; rejects with the server's ServiceError on refusal. */
+export async function attestWithJoinToken(address: string, rootsPem: string, token: string, csrOverride?: Uint8Array): Promise<Attested> {
+  const { privateKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+  const def = grpcServiceDefinition(AgentAPI).attestAgent;
+  const client = new Client(address, tlsCredentials(rootsPem));
+  const result = await new Promise<AttestAgentResponse>((resolve, reject) => {
+    const call = client.makeBidiStreamRequest(def.path, def.requestSerialize, def.responseDeserialize, new Metadata(), {
+      deadline: new Date(Date.now() + 30_000),
+    });
+    call.on("data", (m: AttestAgentResponse) => resolve(m));
+    call.on("error", (e: ServiceError) => reject(e));
+    call.write(
+      create(AttestAgentRequestSchema, {
+        step: { case: "params", value: { data: { type: "join_token", payload: Buffer.from(token) }, csr: csrOverride ?? buildCsr(privateKey) } },
+      }),
+    );
+  }).finally(() => client.close());
+  if (result.step.case !== "result") throw new Error("expected an attestation result");
+  const svid = result.step.value.svid;
+  const chain = svid?.certChain ?? [];
+  const api = createUnaryClient(
+    AgentAPI,
+    address,
+    tlsCredentials(rootsPem, { keyPem: privateKey.export({ format: "pem", type: "pkcs8" }).toString(), certPem: encodePemCertificates(chain) }),
+  );
+  return { spiffeId: svid?.spiffeId ?? "", key: privateKey, chain, api };
+}
