@@ -56,7 +56,8 @@ function hexTag(tag: number): string {
  *
  * @throws SigilError `ERR_DER_INVALID` naming the offset of the problem.
  */
-export function readTlv(bytes: Uint8Array, offset = 0, limit = bytes.length): DerElement {
+export function readTlv(bytes: Uint8Array, offset = 0, limit = bytes?.length): DerElement {
+  if (!(bytes instanceof Uint8Array)) throw derError("input is not a byte array (Uint8Array)");
   limit = Math.min(limit, bytes.length);
   if (offset >= limit) throw derError(`expected a tag at offset ${offset} but the input ends`);
   const tag = bytes[offset] as number;
@@ -96,7 +97,7 @@ export function readTlv(bytes: Uint8Array, offset = 0, limit = bytes.length): De
  *
  * @param what - what the element is, for the error message (`"tbsCertificate"`).
  */
-export function expectTlv(bytes: Uint8Array, offset: number, tag: number, what: string, limit = bytes.length): DerElement {
+export function expectTlv(bytes: Uint8Array, offset: number, tag: number, what: string, limit = bytes?.length): DerElement {
   const el = readTlv(bytes, offset, limit);
   if (el.tag !== tag) throw derError(`${what} at offset ${offset} has tag ${hexTag(el.tag)}, expected ${hexTag(tag)}`);
   return el;
@@ -123,6 +124,7 @@ export function readChildren(bytes: Uint8Array, parent: DerElement): DerElement[
  * SEQUENCE is found, naming its offset (e.g. PEM text or trailing garbage).
  */
 export function splitDerConcatenation(bytes: Uint8Array): Uint8Array[] {
+  if (!(bytes instanceof Uint8Array)) throw derError("input is not a byte array (Uint8Array)");
   const out: Uint8Array[] = [];
   let pos = 0;
   while (pos < bytes.length) {

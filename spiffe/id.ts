@@ -255,6 +255,7 @@ function checkPath(path: string): void {
  * the caller). The path is validated as in {@link parseSpiffeId}.
  */
 export function spiffeIdFromPath(td: TrustDomain, path: string): SpiffeId {
+  if (typeof path !== "string") throw idError("path is not a string");
   if (path !== "" && !path.startsWith("/")) throw idError("path must start with '/'");
   checkPath(path);
   const id = SpiffeId.fromValidated(td, path);

@@ -61,6 +61,14 @@ export interface IndexedRecord extends IndexedEntry {
   readonly record: RegistrationEntry;
 }
 
+// Parsed SPIFFE IDs of entry records, so the signing path never re-parses them.
+const parsedIds = new WeakMap<RegistrationEntry, SpiffeId>();
+function entrySpiffeId(e: RegistrationEntry): SpiffeId {
+  let id = parsedIds.get(e);
+  if (!id) parsedIds.set(e, (id = parseSpiffeId(e.spiffeId)));
+  return id;
+}
+
 /** Wraps a datastore entry for the index. */
 export function toIndexed(e: RegistrationEntry): IndexedRecord {
   return { id: e.id, spiffeId: e.spiffeId, parentId: e.parentId, selectors: e.selectors.map(formatSelector), revision: e.revision, record: e };
@@ -289,7 +297,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
           else if (p.key.case === "publicKey") key = parseSubjectPublicKeyInfo(p.key.value, ALLOWED_KEY_TYPES);
           else throw new SigilError("ERR_INVALID_ARGUMENT", `params[${i}]: a csr or public_key is required`);
           const issued = deps.ca.signX509Svid({
-            spiffeId: parseSpiffeId(entry.spiffeId),
+            spiffeId: entrySpiffeId(entry),
             publicKeyDer: key.publicKeyDer,
             ttlMs: entry.x509SvidTtl > 0 ? entry.x509SvidTtl * 1000 : deps.defaultX509TtlMs,
             dnsNames: entry.dnsNames,
@@ -316,7 +324,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       const entry = authorized(agent).find((e) => e.id === req.entryId);
       if (!entry) throw new SigilError("ERR_PERMISSION_DENIED", `new jwt svid: entry ${JSON.stringify(req.entryId)} is not authorized for agent ${agent.id}`);
       const jwt = deps.ca.signJwtSvid({
-        spiffeId: parseSpiffeId(entry.spiffeId),
+        spiffeId: entrySpiffeId(entry),
         audience: req.audience,
         ttlMs: entry.jwtSvidTtl > 0 ? entry.jwtSvidTtl * 1000 : deps.defaultJwtTtlMs,
       });

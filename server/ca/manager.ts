@@ -41,6 +41,8 @@ export interface X509Authority {
   readonly notAfter: Date;
   status: SlotStatus;
   template?: LeafTemplate;
+  /** `chainDers` without the roots: what follows a leaf on the wire (computed once). */
+  sendChain?: readonly Uint8Array[];
 }
 
 /** One JWT signing authority. */
@@ -346,7 +348,8 @@ export class CaManager {
       notAfter,
       ...(req.dnsNames && req.dnsNames.length ? { dnsNames: req.dnsNames } : {}),
     });
-    return { chain: [leaf, ...ca.chainDers.filter((d) => !ca.rootDers.some((r) => Buffer.from(r).equals(Buffer.from(d))))], serial: Buffer.from(serialBytes).toString("hex").replace(/^0+(?=.)/, ""), notAfter, caKeyId: ca.keyId };
+    ca.sendChain ??= ca.chainDers.filter((d) => !ca.rootDers.some((r) => Buffer.from(r).equals(Buffer.from(d))));
+    return { chain: [leaf, ...ca.sendChain], serial: Buffer.from(serialBytes).toString("hex").replace(/^0+(?=.)/, ""), notAfter, caKeyId: ca.keyId };
   }
 
   /** Signs a JWT-SVID; its expiry is capped at the signing key's notAfter. */

@@ -39,6 +39,17 @@ export function isJsonObject(v: JsonValue | undefined): v is JsonObject {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
+/**
+ * A parsed value as JSON text for messages. Integers print as their digits:
+ * this parser makes them bigints, which `JSON.stringify` refuses with a TypeError.
+ */
+export function formatJsonValue(v: JsonValue | undefined): string {
+  if (typeof v === "bigint") return v.toString();
+  if (Array.isArray(v)) return `[${v.map(formatJsonValue).join(",")}]`;
+  if (isJsonObject(v)) return `{${Object.keys(v).map((k) => `${JSON.stringify(k)}:${formatJsonValue(v[k])}`).join(",")}}`;
+  return JSON.stringify(v) ?? "undefined";
+}
+
 /** A JSON path in the form used by messages: `keys[2].x5c`, `trust_domains["example.org"]`. */
 export function formatJsonPath(path: readonly (string | number)[]): string {
   let out = "";

@@ -5,7 +5,7 @@
  */
 import { createPublicKey, type KeyObject } from "node:crypto";
 import { SigilError } from "../errors.js";
-import type { JsonObject } from "./json.js";
+import { formatJsonValue, type JsonObject } from "./json.js";
 
 /** The key members of an EC or RSA public JWK. */
 export type JwkKeyParams =
@@ -66,7 +66,7 @@ export function jwkToPublicKey(jwk: JsonObject): KeyObject | JwkKeyProblem {
     if (typeof e !== "string" || !B64URL.test(e)) return { kind: "invalid", message: "e is missing or not base64url" };
     return importJwk({ kty, n, e });
   }
-  return { kind: "unsupported", message: `kty ${JSON.stringify(kty)} is not supported` };
+  return { kind: "unsupported", message: `kty ${formatJsonValue(kty)} is not supported` };
 }
 
 /** True when the JWK has any of the key members (so they must match an `x5c` certificate). */

@@ -8,7 +8,7 @@ import type { KeyObject } from "node:crypto";
 import { SigilError } from "../errors.js";
 import type { TrustDomain } from "../id.js";
 import { jwkToPublicKey, publicKeyToJwkParams, SUPPORTED_KTYS } from "./jwk.js";
-import { formatJsonPath, isJsonObject, parseJson } from "./json.js";
+import { formatJsonPath, formatJsonValue, isJsonObject, parseJson } from "./json.js";
 import { JwtBundle } from "./jwt-bundle.js";
 
 function invalid(message: string): SigilError {
@@ -60,7 +60,7 @@ export function parseJwks(json: string | Uint8Array, trustDomain: TrustDomain, o
     if (!isJsonObject(entry)) throw invalid(`${where} is not a JSON object`);
     const kty = entry["kty"];
     if (typeof kty !== "string" || !SUPPORTED_KTYS.includes(kty)) {
-      options.onWarning?.(`bundle: ${where} has ${kty === undefined ? "no kty" : `unsupported kty ${JSON.stringify(kty)}`}; skipped`);
+      options.onWarning?.(`bundle: ${where} has ${kty === undefined ? "no kty" : `unsupported kty ${formatJsonValue(kty)}`}; skipped`);
       return;
     }
     const kid = entry["kid"];

@@ -14,7 +14,7 @@ import { X509Certificate, type KeyObject } from "node:crypto";
 import { SigilError } from "../errors.js";
 import type { TrustDomain } from "../id.js";
 import { hasKeyParams, jwkToPublicKey, publicKeyToJwkParams, samePublicKey, SUPPORTED_KTYS } from "./jwk.js";
-import { formatJsonPath, isJsonObject, parseJson, type JsonArray, type JsonObject, type JsonValue } from "./json.js";
+import { formatJsonPath, formatJsonValue, isJsonObject, parseJson, type JsonArray, type JsonObject, type JsonValue } from "./json.js";
 import { JwtBundle } from "./jwt-bundle.js";
 import { X509Bundle } from "./x509-bundle.js";
 
@@ -96,12 +96,12 @@ export function readBundleObject(obj: JsonObject, trustDomain: TrustDomain, warn
       continue;
     }
     if (use !== USE_X509_SVID && use !== USE_JWT_SVID) {
-      warnings.push(`bundle: ${where} has unsupported use ${JSON.stringify(use)}; skipped`);
+      warnings.push(`bundle: ${where} has unsupported use ${formatJsonValue(use)}; skipped`);
       continue;
     }
     const kty = entry["kty"];
     if (typeof kty !== "string" || !SUPPORTED_KTYS.includes(kty)) {
-      warnings.push(`bundle: ${where} has ${kty === undefined ? "no kty" : `unsupported kty ${JSON.stringify(kty)}`}; skipped`);
+      warnings.push(`bundle: ${where} has ${kty === undefined ? "no kty" : `unsupported kty ${formatJsonValue(kty)}`}; skipped`);
       continue;
     }
     if (use === USE_X509_SVID) {
@@ -161,7 +161,12 @@ function readX509Entry(entry: JsonObject, kty: string, where: string, warnings: 
   } catch (e) {
     throw invalid(`${where}.x5c[0] is not a DER certificate`, e);
   }
-  const certKey = cert.publicKey;
+  let certKey: KeyObject;
+  try {
+    certKey = cert.publicKey;
+  } catch (e) {
+    throw invalid(`${where}.x5c[0] holds a public key that cannot be loaded`, e);
+  }
   const certKty = certKey.asymmetricKeyType === "ec" ? "EC" : certKey.asymmetricKeyType === "rsa" ? "RSA" : String(certKey.asymmetricKeyType);
   if (certKty !== kty) throw invalid(`${where} has kty ${JSON.stringify(kty)} but its certificate holds an ${certKty} key`);
   // Key parameters that disagree with the certificate mean a corrupt or forged entry (pitfall A10).

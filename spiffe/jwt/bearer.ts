@@ -20,6 +20,7 @@ export function bearerAuthorization(token: string): string {
  * @throws SigilError `ERR_JWT_MALFORMED` when the value is not `Bearer <token>`.
  */
 export function tokenFromAuthorization(value: string): string {
+  if (typeof value !== "string") throw new SigilError("ERR_JWT_MALFORMED", "jwtsvid: authorization value is not a string");
   const m = /^([A-Za-z]+) +(\S+)\s*$/.exec(value);
   if (m === null || (m[1] as string).toLowerCase() !== "bearer") {
     throw new SigilError("ERR_JWT_MALFORMED", "jwtsvid: authorization value is not \"Bearer <token>\"");

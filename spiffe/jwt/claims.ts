@@ -63,7 +63,7 @@ export function readExpiry(claims: JwtClaims): Date {
   const exp = claims["exp"];
   if (exp === undefined) throw claimError("token has no exp claim");
   if (typeof exp !== "number" || !Number.isFinite(exp)) throw claimError("exp claim is not a number");
-  return new Date(exp * 1000);
+  return numericDate(exp, "exp");
 }
 
 /**
@@ -75,5 +75,13 @@ export function readOptionalNumericDate(claims: JwtClaims, name: "nbf" | "iat"):
   const v = claims[name];
   if (v === undefined) return undefined;
   if (typeof v !== "number" || !Number.isFinite(v)) throw claimError(`${name} claim is not a number`);
-  return new Date(v * 1000);
+  return numericDate(v, name);
+}
+
+// Beyond ±8.64e12 seconds a Date is Invalid, and every comparison with it is
+// false: an exp of -1e300 would never expire and an nbf of 1e300 never apply.
+function numericDate(seconds: number, name: string): Date {
+  const date = new Date(seconds * 1000);
+  if (!Number.isFinite(date.getTime())) throw claimError(`${name} claim ${seconds} is outside the range of dates`);
+  return date;
 }

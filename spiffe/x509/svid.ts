@@ -34,6 +34,9 @@ function errText(e: unknown): string {
 
 /** Splits and decodes a chain; shared with verification. */
 export function decodeChain(chain: Uint8Array | readonly Uint8Array[], code: "ERR_X509_SVID_INVALID" | "ERR_X509_CHAIN_INVALID"): DecodedCertificate[] {
+  if (!(chain instanceof Uint8Array) && !Array.isArray(chain)) {
+    throw new SigilError(code, "x509svid: chain is neither concatenated DER nor a list of DER certificates");
+  }
   let ders: readonly Uint8Array[];
   try {
     ders = chain instanceof Uint8Array ? splitDerConcatenation(chain) : chain;

@@ -55,6 +55,15 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(b);
 }
 
+/** A certificate's public key; Node parses some certificates whose key it cannot load, and throws a bare Error then. */
+function publicKeyOf(node: X509Certificate, what: string): KeyObject {
+  try {
+    return node.publicKey;
+  } catch (e) {
+    throw new SigilError(CODE, `x509svid: the public key of ${what} cannot be loaded: ${(e as Error).message}`, { cause: e });
+  }
+}
+
 function signedBy(child: X509Certificate, issuerKey: KeyObject): boolean {
   try {
     return child.verify(issuerKey);
@@ -89,7 +98,7 @@ function authoritiesOf(bundle: X509Bundle): Authority[] {
     }
     let key = authorityKeys.get(node);
     if (key === undefined) {
-      key = node.publicKey;
+      key = publicKeyOf(node, `authority ${i} of ${bundle.trustDomain.name}`);
       authorityKeys.set(node, key);
     }
     return { decoded, node, key };
@@ -169,7 +178,7 @@ export function verifyX509Svid(
     let next: number | undefined;
     for (let k = 1; k < decoded.length && next === undefined; k++) {
       if (path.includes(k) || !sameBytes((decoded[k] as DecodedCertificate).subject, current.issuer)) continue;
-      if (signedBy(nodeOf(currentIndex), nodeOf(k).publicKey)) next = k;
+      if (signedBy(nodeOf(currentIndex), publicKeyOf(nodeOf(k), label(k)))) next = k;
       else badSignature = `the signature of ${label(currentIndex)} does not verify with ${label(k)}`;
     }
     if (next === undefined) {

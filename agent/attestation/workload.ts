@@ -1,0 +1,150 @@
+/**
+ * Workload attestation: who is the process behind a Workload API call? Every
+ * configured attestor runs concurrently on the caller's pid, under one
+ * timeout; their selectors are unioned. Then the pid-reuse guard checks that
+ * the pid still names the process that connected: a caller that exited (and
+ * whose pid may now belong to someone else) must not receive the selectors
+ * of whatever runs under that pid now (SPIRE's peertracker does the same).
+ *
+ * Failures are explicit, never a partial selector set: an attestor that
+ * throws or does not answer in time fails the call with Unavailable
+ * (`workload attestation failed`, SPIRE's code and message, so clients retry),
+ * and a vanished caller fails it with Unauthenticated (`could not verify
+ * existence of the original caller`).
+ */
+import type { Logger } from "../../common/log.js";
+import { normalizeSelectors, type Selector } from "../../common/selector.js";
+import { SigilError } from "../../spiffe/errors.js";
+import type { WorkloadAttestor } from "../../plugins/workloadattestor/types.js";
+import { stillSameProcess, type PeerCredentials } from "../endpoints/peer.js";
+
+/** Why attestation refused a caller. */
+export type WorkloadAttestationFailure =
+  /** An attestor failed or timed out (gRPC Unavailable). */
+  | "attestation_failed"
+  /** The caller's process is gone or its pid was reused (gRPC Unauthenticated). */
+  | "caller_gone"
+  /** The call did not come through a connection with known peer credentials (gRPC Internal). */
+  | "caller_unknown";
+
+/** Message sent to the caller for each failure, as SPIRE words them. */
+export const WORKLOAD_ATTESTATION_MESSAGES: Readonly<Record<WorkloadAttestationFailure, string>> = {
+  attestation_failed: "workload attestation failed",
+  caller_gone: "could not verify existence of the original caller",
+  caller_unknown: "caller peer credentials are not available",
+};
+
+/**
+ * A refused attestation. `reason` picks the gRPC status at the Workload API
+ * boundary (see {@link WorkloadAttestationFailure}); the code is
+ * `ERR_UNAVAILABLE` for all of them, and the message is the one the caller sees.
+ */
+export class WorkloadAttestationError extends SigilError {
+  readonly reason: WorkloadAttestationFailure;
+
+  constructor(reason: WorkloadAttestationFailure, options?: { readonly cause?: unknown }) {
+    super(reason === "caller_unknown" ? "ERR_INTERNAL" : "ERR_UNAVAILABLE", WORKLOAD_ATTESTATION_MESSAGES[reason], options);
+    this.name = "WorkloadAttestationError";
+    this.reason = reason;
+  }
+}
+
+/** Options of {@link attestWorkload}. */
+export interface AttestWorkloadOptions {
+  /** How long all attestors together may take. */
+  readonly timeoutMs: number;
+  readonly log: Logger;
+}
+
+/** Default {@link AttestWorkloadOptions.timeoutMs}: generous, since k8s-style attestors poll. */
+export const DEFAULT_WORKLOAD_ATTESTATION_TIMEOUT_MS = 30_000;
+
+/**
+ * Attests the process behind `peer`: runs every attestor on its pid
+ * concurrently and returns the union of their selectors, sorted and without
+ * duplicates.
+ *
+ * @example
+ * ```ts
+ * const selectors = await attestWorkload(peerCredentials(socket), [unix], { timeoutMs: 5_000, log });
+ * ```
+ * @throws WorkloadAttestationError `attestation_failed` (an attestor failed or
+ *   the timeout passed; the log says which) or `caller_gone` (pid-reuse guard).
+ */
+export async function attestWorkload(peer: PeerCredentials, attestors: readonly WorkloadAttestor[], options: AttestWorkloadOptions): Promise<Selector[]> {
+  const { log, timeoutMs } = options;
+  const controller = new AbortController();
+  const pending = new Set(attestors.map((a) => a.name));
+  const collected: Selector[] = [];
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new SigilError("ERR_UNAVAILABLE", `timed out after ${timeoutMs} ms`)), timeoutMs);
+  });
+  try {
+    await Promise.race([
+      Promise.all(
+        attestors.map(async (a) => {
+          let selectors: Selector[];
+          try {
+            selectors = await a.attest(peer.pid, controller.signal);
+          } catch (e) {
+            log.error(
+              { pid: peer.pid, caller_uid: peer.uid, plugin: a.name, err: e },
+              `Workload attestor "${a.name}" failed; the call is refused`,
+            );
+            throw new WorkloadAttestationError("attestation_failed", { cause: e });
+          }
+          pending.delete(a.name);
+          collected.push(...selectors);
+        }),
+      ),
+      timeout,
+    ]);
+  } catch (e) {
+    controller.abort();
+    if (e instanceof WorkloadAttestationError) throw e;
+    log.error(
+      { pid: peer.pid, caller_uid: peer.uid, timeout_ms: timeoutMs, pending_plugins: [...pending], partial_selectors: normalizeSelectors(collected).map(String) },
+      "Timed out collecting workload selectors; the call is refused",
+    );
+    throw new WorkloadAttestationError("attestation_failed", { cause: e });
+  } finally {
+    clearTimeout(timer);
+  }
+  // Checked after attestation: the selectors must describe the process that connected.
+  if (!stillSameProcess(peer)) {
+    log.warn({ pid: peer.pid, caller_uid: peer.uid }, "Caller exited (or its pid was reused) during attestation; the call is refused");
+    throw new WorkloadAttestationError("caller_gone");
+  }
+  return normalizeSelectors(collected);
+}
+
+/** Options of {@link createCallerAttester}. */
+export interface CallerAttesterOptions extends AttestWorkloadOptions {
+  /** Finds the peer credentials of a call from its `call.getPeer()` string (the endpoint's PeerTracker `lookup`). */
+  readonly resolvePeer: (callPeer: string) => PeerCredentials | undefined;
+  readonly attestors: readonly WorkloadAttestor[];
+}
+
+/**
+ * The `attest(callPeer)` function a Workload API handler takes: resolves the
+ * call's peer credentials and attests them.
+ *
+ * @example
+ * ```ts
+ * const peers = createPeerTracker();
+ * const attest = createCallerAttester({ resolvePeer: (p) => peers.lookup(p), attestors: [unix], timeoutMs: 30_000, log });
+ * const handler = createWorkloadApiHandler({ cache, attest, trustDomain, log, metrics });
+ * await startWorkloadEndpoint({ socketPath, handler, peers, log });
+ * ```
+ */
+export function createCallerAttester(options: CallerAttesterOptions): (callPeer: string) => Promise<Selector[]> {
+  return async (callPeer) => {
+    const peer = options.resolvePeer(callPeer);
+    if (peer === undefined) {
+      options.log.error({ peer: callPeer }, "Workload API call without peer credentials; the call is refused");
+      throw new WorkloadAttestationError("caller_unknown");
+    }
+    return attestWorkload(peer, options.attestors, options);
+  };
+}

@@ -1,0 +1,229 @@
+/**
+ * The Workload Endpoint: a gRPC server on a Unix domain socket (WEP-1, WEP-3)
+ * that knows, for every call, the kernel credentials of the calling process
+ * (WEP-13).
+ *
+ * grpc-js handlers cannot reach their socket, and libuv does not expose
+ * SO_PEERCRED (ecosystem notes B.11). So the endpoint owns the listener: a
+ * plain `net.Server` accepts each connection, reads its peer credentials
+ * (native addon) *before* any byte of gRPC is processed, gives the socket a
+ * unique synthetic `remoteAddress` and hands it to grpc-js through
+ * `server.createConnectionInjector`. grpc-js derives `call.getPeer()` from
+ * `session.socket.remoteAddress` (`BaseServerInterceptingCall.getPeer`, and
+ * the http2 session's socket proxy forwards property reads to the real
+ * socket), so a handler's `call.getPeer()` is that synthetic address, and the
+ * {@link PeerTracker} maps it back to the credentials until the socket closes.
+ *
+ * Socket file: mode 0777, so any workload can connect (the agent identifies
+ * callers, it does not gate them; WEP-12). Put it in a directory the operator
+ * controls, mode 0755 and owned by the agent's user, so nobody else can
+ * replace the socket; SPIRE uses /tmp/spire-agent/public/api.sock. A stale
+ * socket file is removed at start; a socket another live agent listens on is
+ * left alone and the start fails.
+ */
+import { lstat, mkdir, unlink, chmod } from "node:fs/promises";
+import { connect, createServer, type Server as NetServer, type Socket } from "node:net";
+import path from "node:path";
+import { Server, ServerCredentials, type ServerInterceptor, type ServiceDefinition, type UntypedServiceImplementation } from "@grpc/grpc-js";
+import { addHealthService, type HealthService } from "../../common/health/grpc-health.js";
+import type { Logger } from "../../common/log.js";
+import { SigilError } from "../../spiffe/errors.js";
+import { peerCredentials, type PeerCredentials } from "./peer.js";
+
+/** SPIRE's default socket directory layout, under Sigil's name. */
+export const DEFAULT_WORKLOAD_API_SOCKET_PATH = "/tmp/sigil-agent/public/api.sock";
+
+/** Prefix of the synthetic peer addresses; never a real IP or path. */
+const PEER_PREFIX = "sigil-uds-peer";
+
+/**
+ * Maps the synthetic peer address of each open connection to the peer
+ * credentials read when it was accepted.
+ */
+export interface PeerTracker {
+  /**
+   * Reads the credentials of a freshly accepted socket, gives the socket a
+   * unique synthetic `remoteAddress` (what grpc-js's `call.getPeer()` reports)
+   * and remembers the mapping until the socket closes. Returns the address.
+   */
+  register(socket: Socket): string;
+  /** The credentials behind a `call.getPeer()` string, or undefined for an unknown peer. */
+  lookup(callPeer: string): PeerCredentials | undefined;
+  /** Number of connections tracked (for tests and debug output). */
+  readonly size: number;
+}
+
+/**
+ * Creates a peer tracker. Pass the same tracker to the endpoint and to the
+ * handler's attester (`createCallerAttester({ resolvePeer: (p) => peers.lookup(p) })`).
+ *
+ * @param readCredentials reads a socket's credentials; default SO_PEERCRED.
+ */
+export function createPeerTracker(readCredentials: (socket: Socket) => PeerCredentials = peerCredentials): PeerTracker {
+  const byPeer = new Map<string, PeerCredentials>();
+  let next = 0;
+  return {
+    register(socket) {
+      const cred = readCredentials(socket);
+      next += 1;
+      // Readable in logs, unique per connection; getPeer() returns it verbatim (no port).
+      const address = `${PEER_PREFIX}#${next}(pid=${cred.pid},uid=${cred.uid})`;
+      Object.defineProperty(socket, "remoteAddress", { value: address, configurable: true, enumerable: true });
+      Object.defineProperty(socket, "remotePort", { value: undefined, configurable: true, enumerable: true });
+      byPeer.set(address, cred);
+      socket.once("close", () => byPeer.delete(address));
+      return address;
+    },
+    lookup(callPeer) {
+      return byPeer.get(callPeer);
+    },
+    get size() {
+      return byPeer.size;
+    },
+  };
+}
+
+/** A gRPC service served on the endpoint. */
+export interface EndpointService {
+  readonly definition: ServiceDefinition;
+  readonly implementation: UntypedServiceImplementation;
+  /** Server-wide interceptors this service needs (e.g. RPC metrics); applied to every service. */
+  readonly interceptors?: readonly ServerInterceptor[];
+}
+
+/** Options of {@link startWorkloadEndpoint}. */
+export interface WorkloadEndpointOptions {
+  /** Absolute path of the Unix socket. Its directory is created (0755) when missing. */
+  readonly socketPath: string;
+  /** The Workload API (`createWorkloadApiHandler`). */
+  readonly handler: EndpointService;
+  /** The tracker the handler's attester resolves peers with. */
+  readonly peers: PeerTracker;
+  /** `grpc.health.v1.Health`, when given. */
+  readonly health?: HealthService;
+  /** Further services on the same socket (Envoy SDS, …), each under its own name (WEP-19). */
+  readonly extraServices?: readonly EndpointService[];
+  readonly log: Logger;
+}
+
+/** A running Workload Endpoint. */
+export interface WorkloadEndpoint {
+  /** The socket path served. */
+  readonly socketPath: string;
+  /** `unix://<socketPath>`: what `SPIFFE_ENDPOINT_SOCKET` should be set to. */
+  readonly address: string;
+  /**
+   * Stops accepting, ends open calls (streams are cancelled, clients see
+   * Unavailable and reconnect elsewhere) and removes the socket file. Idempotent.
+   */
+  close(): Promise<void>;
+}
+
+async function isLiveSocket(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(socketPath);
+    s.once("connect", () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once("error", () => resolve(false));
+  });
+}
+
+async function prepareSocketPath(socketPath: string, log: Logger): Promise<void> {
+  if (!path.isAbsolute(socketPath)) throw new SigilError("ERR_INVALID_ARGUMENT", `workload endpoint: socket path ${JSON.stringify(socketPath)} is not absolute`);
+  await mkdir(path.dirname(socketPath), { recursive: true, mode: 0o755 });
+  let st;
+  try {
+    st = await lstat(socketPath);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return;
+    throw new SigilError("ERR_INTERNAL", `workload endpoint: cannot inspect ${socketPath}: ${(e as Error).message}`, { cause: e });
+  }
+  if (!st.isSocket()) {
+    throw new SigilError("ERR_ALREADY_EXISTS", `workload endpoint: ${socketPath} exists and is not a socket; refusing to replace it`);
+  }
+  if (await isLiveSocket(socketPath)) {
+    throw new SigilError("ERR_ALREADY_EXISTS", `workload endpoint: another process is already serving on ${socketPath}`);
+  }
+  log.info({ socket_path: socketPath }, "Removing stale Workload API socket");
+  await unlink(socketPath);
+}
+
+/**
+ * Starts the Workload Endpoint on a Unix socket.
+ *
+ * @example
+ * ```ts
+ * const peers = createPeerTracker();
+ * const handler = createWorkloadApiHandler({ cache, attest: createCallerAttester({ resolvePeer: (p) => peers.lookup(p), attestors, timeoutMs, log }), trustDomain, log, metrics });
+ * const endpoint = await startWorkloadEndpoint({ socketPath: "/tmp/sigil-agent/public/api.sock", handler, peers, health, log });
+ * // … on shutdown
+ * await endpoint.close();
+ * ```
+ * @throws SigilError `ERR_ALREADY_EXISTS` when another agent serves the socket
+ *   or a non-socket file is in the way; `ERR_INVALID_ARGUMENT` for a relative path.
+ */
+export async function startWorkloadEndpoint(options: WorkloadEndpointOptions): Promise<WorkloadEndpoint> {
+  const { socketPath, log, peers } = options;
+  await prepareSocketPath(socketPath, log);
+
+  const services = [options.handler, ...(options.extraServices ?? [])];
+  const interceptors = services.flatMap((s) => [...(s.interceptors ?? [])]);
+  const grpcServer = new Server({ interceptors });
+  for (const s of services) grpcServer.addService(s.definition, s.implementation);
+  if (options.health !== undefined) addHealthService(grpcServer, options.health);
+  // WEP-7: plaintext; the caller is identified by the kernel, not by TLS.
+  const injector = grpcServer.createConnectionInjector(ServerCredentials.createInsecure());
+
+  const sockets = new Set<Socket>();
+  const netServer: NetServer = createServer((socket) => {
+    try {
+      peers.register(socket);
+    } catch (e) {
+      log.error({ err: e }, "Could not read the peer credentials of a Workload API connection; closing it");
+      socket.destroy();
+      return;
+    }
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+    injector.injectConnection(socket);
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    netServer.once("error", reject);
+    netServer.listen(socketPath, () => {
+      netServer.off("error", reject);
+      resolve();
+    });
+  });
+  netServer.on("error", (e) => log.error({ err: e }, "Workload API listener error"));
+  try {
+    await chmod(socketPath, 0o777);
+  } catch (e) {
+    netServer.close();
+    throw new SigilError("ERR_INTERNAL", `workload endpoint: cannot chmod ${socketPath}: ${(e as Error).message}`, { cause: e });
+  }
+  log.info({ socket_path: socketPath }, "Workload API listening");
+
+  let closing: Promise<void> | undefined;
+  return {
+    socketPath,
+    address: `unix://${socketPath}`,
+    close() {
+      closing ??= (async () => {
+        await new Promise<void>((resolve) => {
+          netServer.close(() => resolve());
+          options.health?.shutdown();
+          // Streams never end on their own: cancel them rather than wait.
+          grpcServer.forceShutdown();
+          injector.destroy();
+          for (const s of sockets) s.destroy();
+        });
+        await unlink(socketPath).catch(() => undefined);
+        log.info({ socket_path: socketPath }, "Workload API stopped");
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,220 @@
+/**
+ * `unix` WorkloadAttestor: selectors from the caller's process as the kernel
+ * sees it, with SPIRE's selector names and semantics
+ * (`pkg/agent/plugin/workloadattestor/unix`):
+ *
+ * - `unix:uid`, `unix:gid`: the **effective** ids (second column of `Uid:` /
+ *   `Gid:` in /proc/<pid>/status), as SPIRE takes `Uids()[1]` — the identity
+ *   the process acts with, so a setuid binary is attested as its owner.
+ * - `unix:user`, `unix:group`: names of those ids from /etc/passwd and
+ *   /etc/group, omitted when the id has no entry (files only: NSS sources such
+ *   as LDAP are not consulted).
+ * - `unix:supplementary_gid`, `unix:supplementary_group`: every id of the
+ *   `Groups:` line, with its name when known.
+ * - With `discover_workload_path`: `unix:path` (the target of
+ *   /proc/<pid>/exe) and `unix:sha256` (hex SHA-256 of the binary, read
+ *   through /proc/<pid>/exe so it works across mount namespaces).
+ *   `workload_size_limit` caps the hashing: 0 means no limit, a negative
+ *   value never hashes, and a larger binary gets no `unix:sha256` selector
+ *   (SPIRE fails the whole attestation instead; here entries that rely on the
+ *   hash simply do not match, while uid-based entries still do).
+ */
+import { createHash } from "node:crypto";
+import { open, readFile, readlink } from "node:fs/promises";
+import path from "node:path";
+import { z } from "zod";
+import type { Logger } from "../../../common/log.js";
+import { makeSelector, MAX_SELECTOR_VALUE_BYTES, type Selector } from "../../../common/selector.js";
+import { SigilError } from "../../../spiffe/errors.js";
+import type { WorkloadAttestor } from "../types.js";
+
+/** Plugin name and selector type. */
+export const UNIX_WORKLOAD_ATTESTOR = "unix";
+
+/** Configuration of the `unix` workload attestor (SPIRE's option names). */
+export const unixWorkloadAttestorConfigSchema = z.strictObject({
+  discover_workload_path: z
+    .boolean()
+    .optional()
+    .describe("Add unix:path and unix:sha256 selectors (the agent must be able to read /proc/<pid>/exe: root or CAP_SYS_PTRACE)."),
+  workload_size_limit: z
+    .number()
+    .int()
+    .optional()
+    .describe("Largest binary hashed for unix:sha256, in bytes; 0 (default) means no limit, negative never hashes."),
+});
+
+/** Parsed configuration of the `unix` workload attestor. */
+export type UnixWorkloadAttestorConfig = z.infer<typeof unixWorkloadAttestorConfigSchema>;
+
+/** Where the attestor reads from; tests and containers (SPIRE's HOST_PROC) override them. */
+export interface UnixWorkloadAttestorDeps {
+  /** The proc filesystem; default `/proc`. */
+  readonly procRoot?: string;
+  /** Default `/etc/passwd`. */
+  readonly passwdPath?: string;
+  /** Default `/etc/group`. */
+  readonly groupPath?: string;
+  /** Receives a warning when a selector is skipped (binary over the size limit, unrepresentable path). */
+  readonly log?: Logger;
+}
+
+/** What /proc/<pid>/status says about a process's credentials. */
+export interface ProcessCredentials {
+  /** Effective uid. */
+  readonly uid: number;
+  /** Effective gid. */
+  readonly gid: number;
+  /** Supplementary group ids, in the kernel's order. */
+  readonly groups: readonly number[];
+}
+
+function pluginError(message: string, cause?: unknown): SigilError {
+  return new SigilError("ERR_UNAVAILABLE", `workloadattestor(unix): ${message}`, cause === undefined ? undefined : { cause });
+}
+
+/**
+ * Reads the effective uid/gid and the supplementary groups from the text of
+ * /proc/<pid>/status.
+ *
+ * @throws SigilError `ERR_UNAVAILABLE` when a line is missing or malformed.
+ */
+export function parseProcStatus(text: string): ProcessCredentials {
+  const fields = new Map<string, string>();
+  for (const line of text.split("\n")) {
+    const colon = line.indexOf(":");
+    if (colon > 0) fields.set(line.slice(0, colon).trim().toLowerCase(), line.slice(colon + 1).trim());
+  }
+  const ids = (name: string): number[] => {
+    const v = fields.get(name);
+    if (v === undefined) throw pluginError(`/proc status has no ${name} line`);
+    const out = v.length === 0 ? [] : v.split(/\s+/).map(Number);
+    if (out.some((n) => !Number.isSafeInteger(n) || n < 0)) throw pluginError(`/proc status ${name} line is malformed: ${JSON.stringify(v)}`);
+    return out;
+  };
+  // Real, effective, saved, filesystem: the effective id is what the process acts as (SPIRE uses it too).
+  const effective = (name: string): number => {
+    const list = ids(name);
+    const id = list.length > 1 ? list[1] : list[0];
+    if (id === undefined) throw pluginError(`/proc status ${name} line is empty`);
+    return id;
+  };
+  return { uid: effective("uid"), gid: effective("gid"), groups: fields.has("groups") ? ids("groups") : [] };
+}
+
+/** Parses /etc/passwd or /etc/group text into id → name (the first name wins, as getpwuid does). */
+export function parseIdNameFile(text: string): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const line of text.split("\n")) {
+    if (line === "" || line.startsWith("#")) continue;
+    const parts = line.split(":");
+    const name = parts[0];
+    const id = Number(parts[2]);
+    if (name === undefined || name === "" || !Number.isSafeInteger(id) || parts[2] === "") continue;
+    if (!out.has(id)) out.set(id, name);
+  }
+  return out;
+}
+
+async function readIdNames(file: string): Promise<Map<number, string>> {
+  try {
+    return parseIdNameFile(await readFile(file, "utf8"));
+  } catch {
+    // No name database (minimal containers): names are simply not emitted, as when an id has no entry.
+    return new Map();
+  }
+}
+
+async function sha256OfFile(file: string, limit: number, signal: AbortSignal | undefined): Promise<{ hex: string } | { tooLarge: number }> {
+  const handle = await open(file, "r");
+  try {
+    const { size } = await handle.stat();
+    if (limit > 0 && size > limit) return { tooLarge: size };
+    const hash = createHash("sha256");
+    for await (const chunk of handle.createReadStream({ autoClose: false, ...(signal === undefined ? {} : { signal }) })) {
+      hash.update(chunk as Buffer);
+    }
+    return { hex: hash.digest("hex") };
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Creates the `unix` workload attestor.
+ *
+ * @example
+ * ```ts
+ * const unix = createUnixWorkloadAttestor({ discover_workload_path: true }, { log });
+ * await unix.attest(pid); // [unix:uid:1000, unix:user:web, unix:gid:1000, …, unix:path:/usr/bin/web, unix:sha256:…]
+ * ```
+ */
+export function createUnixWorkloadAttestor(config: UnixWorkloadAttestorConfig = {}, deps: UnixWorkloadAttestorDeps = {}): WorkloadAttestor {
+  const procRoot = deps.procRoot ?? "/proc";
+  const passwdPath = deps.passwdPath ?? "/etc/passwd";
+  const groupPath = deps.groupPath ?? "/etc/group";
+  const discoverPath = config.discover_workload_path ?? false;
+  const sizeLimit = config.workload_size_limit ?? 0;
+  const sel = (value: string): Selector => makeSelector(UNIX_WORKLOAD_ATTESTOR, value);
+
+  return {
+    name: UNIX_WORKLOAD_ATTESTOR,
+    async attest(pid: number, signal?: AbortSignal): Promise<Selector[]> {
+      if (!Number.isSafeInteger(pid) || pid <= 0) throw pluginError(`invalid pid ${pid}`);
+      const procDir = path.join(procRoot, String(pid));
+      let status: string;
+      try {
+        status = await readFile(path.join(procDir, "status"), { encoding: "utf8", ...(signal === undefined ? {} : { signal }) });
+      } catch (e) {
+        throw pluginError(`cannot read the status of pid ${pid}: ${(e as Error).message}`, e);
+      }
+      const creds = parseProcStatus(status);
+      const [users, groups] = await Promise.all([readIdNames(passwdPath), readIdNames(groupPath)]);
+
+      const out: Selector[] = [sel(`uid:${creds.uid}`)];
+      const user = users.get(creds.uid);
+      if (user !== undefined) out.push(sel(`user:${user}`));
+      out.push(sel(`gid:${creds.gid}`));
+      const group = groups.get(creds.gid);
+      if (group !== undefined) out.push(sel(`group:${group}`));
+      for (const g of creds.groups) {
+        out.push(sel(`supplementary_gid:${g}`));
+        const name = groups.get(g);
+        if (name !== undefined) out.push(sel(`supplementary_group:${name}`));
+      }
+
+      if (discoverPath) {
+        const exeLink = path.join(procDir, "exe");
+        let exe: string;
+        try {
+          exe = await readlink(exeLink);
+        } catch (e) {
+          throw pluginError(`cannot read the binary path of pid ${pid}: ${(e as Error).message}`, e);
+        }
+        const pathValue = `path:${exe}`;
+        // A path the selector grammar cannot carry gets no selector; entries cannot name it either.
+        if (Buffer.byteLength(pathValue) > MAX_SELECTOR_VALUE_BYTES || /[\u0000-\u001f\u007f-\u009f]/.test(exe)) {
+          deps.log?.warn({ pid }, "workloadattestor(unix): binary path cannot be a selector; unix:path omitted");
+        } else {
+          out.push(sel(pathValue));
+        }
+        if (sizeLimit >= 0) {
+          let digest: { hex: string } | { tooLarge: number };
+          try {
+            digest = await sha256OfFile(exeLink, sizeLimit, signal);
+          } catch (e) {
+            throw pluginError(`cannot hash the binary of pid ${pid}: ${(e as Error).message}`, e);
+          }
+          if ("hex" in digest) out.push(sel(`sha256:${digest.hex}`));
+          else {
+            deps.log?.warn(
+              { pid, path: exe, size: digest.tooLarge, workload_size_limit: sizeLimit },
+              "workloadattestor(unix): binary is larger than workload_size_limit; unix:sha256 omitted",
+            );
+          }
+        }
+      }
+      return out;
+    },
+  };
+}
