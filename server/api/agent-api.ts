@@ -41,8 +41,8 @@ import { StaticX509BundleSource } from "../../spiffe/x509/static-bundle-source.j
 import { X509Bundle } from "../../spiffe/bundle/x509-bundle.js";
 import type { GrpcServiceImplementation } from "../../spiffe/grpc/service.js";
 import { formatSelector } from "../../common/selector.js";
-import type { CaManager } from "../ca/manager.js";
-import type { AttestedAgent, Datastore, RegistrationEntry } from "../datastore/index.js";
+import type { CaManager, IssuedX509 } from "../ca/manager.js";
+import type { AttestedAgent, Datastore, IssuanceInput, RegistrationEntry } from "../datastore/index.js";
 import type { EntryIndex, IndexedEntry } from "../registration/entry-index.js";
 import { auditCall, createUnaryWrapper } from "./unary.js";
 import { wireBundle, wireEntry, wireSelector, wireStatus } from "./wire.js";
@@ -67,6 +67,28 @@ function entrySpiffeId(e: RegistrationEntry): SpiffeId {
   let id = parsedIds.get(e);
   if (!id) parsedIds.set(e, (id = parseSpiffeId(e.spiffeId)));
   return id;
+}
+
+/** The issuance-log record of an X509-SVID. */
+function x509Record(kind: "x509-svid" | "agent-svid", spiffeId: string, issued: IssuedX509, agentId: string, entry: RegistrationEntry | undefined): IssuanceInput {
+  return {
+    serial: issued.serial,
+    kind,
+    spiffeId,
+    entryId: entry?.id ?? null,
+    agentId,
+    caKeyId: issued.caKeyId,
+    notBefore: issued.notBefore,
+    notAfter: issued.notAfter,
+    issuedAt: new Date(),
+    selectors: entry ? entry.selectors.map(formatSelector) : [],
+    requestedBy: `agent:${agentId}`,
+  };
+}
+
+/** A stable identifier for a JWT-SVID in the issuance log: the first 16 bytes of its SHA-256, hex. */
+export function jwtSerial(token: string): string {
+  return createHash("sha256").update(token).digest("hex").slice(0, 32).replace(/^0+(?=.)/, "");
 }
 
 /** Wraps a datastore entry for the index. */
@@ -219,6 +241,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
         };
         if (existing) await deps.datastore.updateAgent(agentId, record, ["attestationType", "selectors", "certSerial", "certNotAfter", "newCertSerial", "newCertNotAfter", "canReattest"]);
         else await deps.datastore.createAgent({ spiffeId: agentId, ...record });
+        await deps.datastore.recordIssuances([{ ...x509Record("agent-svid", agentId, issued, agentId, undefined), requestedBy: `attestation:${attestor.name}`, selectors: result.selectors.map(formatSelector) }]);
         deps.metrics.x509SvidsSigned.inc();
         call.write(
           create(AttestAgentResponseSchema, {
@@ -248,6 +271,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       const csr = parseCsr(req.csr, ALLOWED_KEY_TYPES);
       const issued = deps.ca.signX509Svid({ spiffeId: agent.id, publicKeyDer: csr.publicKeyDer, ttlMs: deps.agentTtlMs });
       await deps.datastore.updateAgent(agent.id.toString(), { newCertSerial: issued.serial, newCertNotAfter: issued.notAfter }, ["newCertSerial", "newCertNotAfter"]);
+      await deps.datastore.recordIssuances([x509Record("agent-svid", agent.id.toString(), issued, agent.id.toString(), undefined)]);
       deps.metrics.x509SvidsSigned.inc();
       return {
         res: create(RenewAgentResponseSchema, {
@@ -287,6 +311,8 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       if (req.params.length === 0) throw new SigilError("ERR_INVALID_ARGUMENT", "batch new x509 svid: params is empty");
       if (req.params.length > MAX_BATCH_SIZE) throw new SigilError("ERR_INVALID_ARGUMENT", `batch new x509 svid: ${req.params.length} params is more than the maximum ${MAX_BATCH_SIZE}`);
       const byId = new Map(authorized(agent).map((e) => [e.id, e]));
+      const agentId = agent.id.toString();
+      const records: IssuanceInput[] = [];
       let signed = 0;
       const results = req.params.map((p, i) => {
         try {
@@ -302,6 +328,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
             ttlMs: entry.x509SvidTtl > 0 ? entry.x509SvidTtl * 1000 : deps.defaultX509TtlMs,
             dnsNames: entry.dnsNames,
           });
+          records.push(x509Record("x509-svid", entry.spiffeId, issued, agentId, entry));
           signed++;
           return {
             status: wireStatus(),
@@ -313,6 +340,8 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
           return { status: s };
         }
       });
+      // Recorded before anything leaves: an SVID that is not in the log is never handed out.
+      await deps.datastore.recordIssuances(records);
       deps.metrics.x509SvidsSigned.inc(signed);
       return { res: create(BatchNewX509SVIDResponseSchema, { results }), caller: agent.id.toString(), details: { requested: req.params.length, signed } };
     }),
@@ -328,6 +357,22 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
         audience: req.audience,
         ttlMs: entry.jwtSvidTtl > 0 ? entry.jwtSvidTtl * 1000 : deps.defaultJwtTtlMs,
       });
+      await deps.datastore.recordIssuances([
+        {
+          serial: jwtSerial(jwt.token),
+          kind: "jwt-svid",
+          spiffeId: entry.spiffeId,
+          entryId: entry.id,
+          agentId: agent.id.toString(),
+          caKeyId: jwt.keyId,
+          notBefore: jwt.issuedAt,
+          notAfter: jwt.expiresAt,
+          issuedAt: jwt.issuedAt,
+          selectors: entry.selectors.map(formatSelector),
+          requestedBy: `agent:${agent.id}`,
+          audience: [...req.audience],
+        },
+      ]);
       deps.metrics.jwtSvidsSigned.inc();
       return {
         res: create(NewJWTSVIDResponseSchema, {

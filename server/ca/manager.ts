@@ -85,6 +85,7 @@ export interface IssuedX509 {
   /** Leaf first, then intermediates (never the root). */
   readonly chain: readonly Uint8Array[];
   readonly serial: string;
+  readonly notBefore: Date;
   readonly notAfter: Date;
   readonly caKeyId: string;
 }
@@ -339,17 +340,18 @@ export class CaManager {
     const ca = this.#activeX509();
     const now = this.#d.clock.now().getTime();
     const notAfter = new Date(Math.min(now + req.ttlMs, ca.notAfter.getTime()));
+    const notBefore = new Date(now - BACKDATE_MS);
     const serialBytes = randomSerial();
     const leaf = issueLeaf(ca.template as LeafTemplate, {
       spiffeId: req.spiffeId,
       subjectPublicKeyDer: req.publicKeyDer,
       serial: serialBytes,
-      notBefore: new Date(now - BACKDATE_MS),
+      notBefore,
       notAfter,
       ...(req.dnsNames && req.dnsNames.length ? { dnsNames: req.dnsNames } : {}),
     });
     ca.sendChain ??= ca.chainDers.filter((d) => !ca.rootDers.some((r) => Buffer.from(r).equals(Buffer.from(d))));
-    return { chain: [leaf, ...ca.sendChain], serial: Buffer.from(serialBytes).toString("hex").replace(/^0+(?=.)/, ""), notAfter, caKeyId: ca.keyId };
+    return { chain: [leaf, ...ca.sendChain], serial: Buffer.from(serialBytes).toString("hex").replace(/^0+(?=.)/, ""), notBefore, notAfter, caKeyId: ca.keyId };
   }
 
   /** Signs a JWT-SVID; its expiry is capped at the signing key's notAfter. */

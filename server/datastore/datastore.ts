@@ -22,6 +22,7 @@ import type {
   ListEntriesRequest,
   RegistrationEntry,
 } from "./entry.js";
+import type { IssuanceInput, IssuanceRecord, ListIssuancesRequest } from "./issuance.js";
 import type { ConsumedJoinToken, JoinTokenInput } from "./join-token.js";
 import type { Page } from "./page.js";
 
@@ -148,6 +149,27 @@ export interface Datastore {
 
   /** Journal records, by kind then slot; only `kind` when given. */
   listCaJournal(kind?: CaKeyKind): Promise<CaJournalRecord[]>;
+
+  // ── Issuance log ─────────────────────────────────────────────────────
+
+  /**
+   * Appends issuance records, all in one transaction: either every record is
+   * stored or (on any invalid record or database error) none is. Every record
+   * is validated before the write lock is taken; an invalid one fails the call
+   * with `ERR_INVALID_ARGUMENT` naming its index. At most
+   * 10,000 records (`MAX_ISSUANCE_BATCH`) per call; an empty batch is a no-op.
+   * Writes no change events.
+   */
+  recordIssuances(records: readonly IssuanceInput[]): Promise<void>;
+
+  /**
+   * Lists issuance records, newest (most recently recorded) first, filtered
+   * and paginated.
+   */
+  listIssuances(request?: ListIssuancesRequest): Promise<Page<IssuanceRecord>>;
+
+  /** Deletes records whose `notAfter` is before `expiredBefore`; returns how many. */
+  pruneIssuances(expiredBefore: Date): Promise<number>;
 
   // ── Change feed ──────────────────────────────────────────────────────
 

@@ -1,6 +1,6 @@
 /**
  * The server's datastore: registration entries, attested agents, join tokens,
- * bundles, the CA key journal and the change feed, behind the async
+ * bundles, the CA key journal, the issuance log and the change feed, behind the async
  * {@link Datastore} interface, with SQLite (better-sqlite3) as the embedded
  * default driver.
  *
@@ -31,6 +31,11 @@
  * - **Join tokens** are stored as their SHA-256; consuming one is a single
  *   `DELETE … RETURNING` inside the write transaction, so exactly one of any
  *   number of concurrent consumers gets it.
+ * - **Issuance log** (`recordIssuances`): a batch is one transaction (one
+ *   fsync) through a statement prepared once, validated whole before the
+ *   write lock is taken, with no read-back and no change events: it sits on
+ *   the SVID-signing path. Records outlive the entries and agents they name
+ *   and are pruned only once expired (`pruneIssuances`).
  * - **Migrations** are versioned (`schema_migrations`), one transaction each;
  *   a database with a newer schema than the code knows is refused.
  *
@@ -63,6 +68,8 @@ export type {
   RegistrationEntry,
 } from "./entry.js";
 export { ENTRY_FIELDS } from "./entry.js";
+export type { IssuanceInput, IssuanceKind, IssuanceRecord, ListIssuancesRequest } from "./issuance.js";
+export { ISSUANCE_KINDS, MAX_ISSUANCE_BATCH } from "./issuance.js";
 export type { ConsumedJoinToken, JoinTokenInput } from "./join-token.js";
 export type { Migration, MigrationResult } from "./migrate.js";
 export { migrate } from "./migrate.js";

@@ -23,6 +23,7 @@ import {
   type ListEntriesRequest,
   type RegistrationEntry,
 } from "./entry.js";
+import { MAX_ISSUANCE_BATCH, type IssuanceInput, type IssuanceKind, type IssuanceRecord, type ListIssuancesRequest } from "./issuance.js";
 import type { ConsumedJoinToken, JoinTokenInput } from "./join-token.js";
 import { migrate } from "./migrate.js";
 import { checkPageSize, decodePageToken, encodePageToken, MAX_PAGE_SIZE, type Page, type PageRequest } from "./page.js";
@@ -32,6 +33,7 @@ import {
   checkEntryId,
   checkJoinToken,
   checkSequence,
+  checkSerialHex,
   checkSpiffeId,
   checkTime,
   checkTrustDomainName,
@@ -41,6 +43,7 @@ import {
   normalizeBundle,
   normalizeCaJournal,
   normalizeEntry,
+  normalizeIssuance,
   normalizeJoinToken,
   type NormalizedAgent,
   type NormalizedEntry,
@@ -129,6 +132,26 @@ interface EventRow {
   at: number;
 }
 
+interface IssuanceRow {
+  row_id: number;
+  serial: string;
+  kind: IssuanceKind;
+  spiffe_id: string;
+  entry_id: string | null;
+  agent_id: string | null;
+  ca_key_id: string;
+  not_before: number;
+  not_after: number;
+  issued_at: number;
+  selectors: string;
+  requested_by: string;
+  jwt_id: string | null;
+  audience: string | null;
+}
+
+const INSERT_ISSUANCE_SQL = `INSERT INTO issuances (serial, kind, spiffe_id, entry_id, agent_id, ca_key_id, not_before, not_after, issued_at,
+  selectors, requested_by, jwt_id, audience) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`;
+
 interface MemberRow {
   owner_row: number;
   type: string;
@@ -196,6 +219,8 @@ class SqliteDatastore implements Datastore {
   readonly #onListenerError: (error: unknown, event: ChangeEvent) => void;
   readonly #listeners = new Set<ChangeListener>();
   readonly #statements = new Map<string, BetterSqlite3.Statement>();
+  /** The issuance insert, prepared once (kept out of the bounded statement cache: it is on the hot path). */
+  #insertIssuance: BetterSqlite3.Statement | undefined;
   /** Runs its argument in a transaction; nested calls become savepoints. */
   readonly #txn: BetterSqlite3.Transaction<(fn: () => unknown) => unknown>;
   #closed = false;
@@ -846,6 +871,94 @@ class SqliteDatastore implements Datastore {
     });
   }
 
+  // ── issuance log ───────────────────────────────────────────────────────
+
+  #toIssuance(r: IssuanceRow): IssuanceRecord {
+    const record: IssuanceRecord = {
+      serial: r.serial,
+      kind: r.kind,
+      spiffeId: r.spiffe_id,
+      entryId: r.entry_id,
+      agentId: r.agent_id,
+      caKeyId: r.ca_key_id,
+      notBefore: new Date(r.not_before),
+      notAfter: new Date(r.not_after),
+      issuedAt: new Date(r.issued_at),
+      selectors: JSON.parse(r.selectors) as string[],
+      requestedBy: r.requested_by,
+    };
+    return r.kind === "jwt-svid" ? { ...record, jwtId: r.jwt_id, audience: JSON.parse(r.audience ?? "[]") as string[] } : record;
+  }
+
+  async recordIssuances(records: readonly IssuanceInput[]): Promise<void> {
+    if (!Array.isArray(records)) throw invalid("recordIssuances needs an array");
+    if (records.length > MAX_ISSUANCE_BATCH) throw invalid(`recordIssuances takes at most ${MAX_ISSUANCE_BATCH} records, got ${records.length}`);
+    // Validate the whole batch before taking the write lock: one bad record refuses all.
+    const rows = (records as readonly IssuanceInput[]).map((r, i) => normalizeIssuance(r, i));
+    if (rows.length === 0) {
+      this.#read(() => undefined); // still refuse when closed
+      return;
+    }
+    this.#write(() => {
+      const insert = (this.#insertIssuance ??= this.#db.prepare(INSERT_ISSUANCE_SQL));
+      for (const n of rows) {
+        insert.run(n.serial, n.kind, n.spiffeId, n.entryId, n.agentId, n.caKeyId, n.notBefore, n.notAfter, n.issuedAt, n.selectors, n.requestedBy, n.jwtId, n.audience);
+      }
+    });
+  }
+
+  async listIssuances(request: ListIssuancesRequest = {}): Promise<Page<IssuanceRecord>> {
+    if (request === null || typeof request !== "object") throw invalid("listIssuances request must be an object");
+    const size = checkPageSize(request.pageSize);
+    const conditions: string[] = [];
+    const params: unknown[] = [];
+    if (request.pageToken !== undefined) {
+      conditions.push("row_id < ?");
+      params.push(decodePageToken("issuances", request.pageToken));
+    }
+    if (request.spiffeId !== undefined) {
+      conditions.push("spiffe_id = ?");
+      params.push(checkSpiffeId("issuance filter spiffeId", request.spiffeId));
+    }
+    if (request.entryId !== undefined) {
+      conditions.push("entry_id = ?");
+      params.push(checkEntryId(request.entryId));
+    }
+    if (request.agentId !== undefined) {
+      conditions.push("agent_id = ?");
+      params.push(checkSpiffeId("issuance filter agentId", request.agentId));
+    }
+    if (request.serial !== undefined) {
+      conditions.push("serial = ?");
+      params.push(checkSerialHex("issuance filter serial", request.serial));
+    }
+    if (request.liveAt !== undefined) {
+      const t = checkTime("issuance filter liveAt", request.liveAt);
+      conditions.push("not_before <= ? AND not_after > ?");
+      params.push(t, t);
+    }
+    if (size !== undefined) params.push(size + 1);
+    const sql =
+      "SELECT * FROM issuances" +
+      (conditions.length === 0 ? "" : ` WHERE ${conditions.join(" AND ")}`) +
+      " ORDER BY row_id DESC" +
+      (size === undefined ? "" : " LIMIT ?");
+    return this.#read(() => {
+      const rows = this.#all<IssuanceRow>(sql, ...params);
+      if (size !== undefined && rows.length > size) {
+        const pageRows = rows.slice(0, size);
+        const last = pageRows[pageRows.length - 1] as IssuanceRow;
+        return { items: pageRows.map((r) => this.#toIssuance(r)), nextPageToken: encodePageToken("issuances", last.row_id) };
+      }
+      return { items: rows.map((r) => this.#toIssuance(r)) };
+    });
+  }
+
+  async pruneIssuances(expiredBefore: Date): Promise<number> {
+    const t = checkTime("prune expiredBefore", expiredBefore);
+    return this.#write(() => this.#exec("DELETE FROM issuances WHERE not_after < ?", t).changes);
+  }
+
   // ── change feed ────────────────────────────────────────────────────────
 
   async listEvents(afterEventId: number, limit: number): Promise<ChangeEvent[]> {
@@ -887,6 +1000,7 @@ class SqliteDatastore implements Datastore {
     this.#closed = true;
     this.#listeners.clear();
     this.#statements.clear();
+    this.#insertIssuance = undefined;
     this.#db.close();
   }
 }

@@ -119,4 +119,32 @@ CREATE TABLE change_events (
 CREATE INDEX change_events_at ON change_events (at);
 `,
   },
+  {
+    version: 2,
+    name: "issuance log",
+    // No foreign keys: a record outlives the entry and agent it names.
+    sql: `
+CREATE TABLE issuances (
+  row_id       INTEGER PRIMARY KEY AUTOINCREMENT,
+  serial       TEXT NOT NULL CHECK (serial <> ''),
+  kind         TEXT NOT NULL CHECK (kind IN ('x509-svid', 'jwt-svid', 'agent-svid')),
+  spiffe_id    TEXT NOT NULL CHECK (spiffe_id <> ''),
+  entry_id     TEXT,
+  agent_id     TEXT,
+  ca_key_id    TEXT NOT NULL CHECK (ca_key_id <> ''),
+  not_before   INTEGER NOT NULL,
+  not_after    INTEGER NOT NULL CHECK (not_after > not_before),
+  issued_at    INTEGER NOT NULL,
+  selectors    TEXT NOT NULL,
+  requested_by TEXT NOT NULL CHECK (requested_by <> ''),
+  jwt_id       TEXT,
+  audience     TEXT
+) STRICT;
+CREATE INDEX issuances_spiffe_id ON issuances (spiffe_id);
+CREATE INDEX issuances_entry_id ON issuances (entry_id);
+CREATE INDEX issuances_agent_id ON issuances (agent_id);
+CREATE INDEX issuances_serial ON issuances (serial);
+CREATE INDEX issuances_not_after ON issuances (not_after);
+`,
+  },
 ];

@@ -15,6 +15,7 @@ import type { AgentInput } from "./agent.js";
 import type { BundleInput } from "./bundle.js";
 import type { CaJournalInput, CaKeyKind, CaSlotStatus } from "./ca-journal.js";
 import type { EntryInput } from "./entry.js";
+import { ISSUANCE_KINDS, type IssuanceInput, type IssuanceKind } from "./issuance.js";
 import type { JoinTokenInput } from "./join-token.js";
 
 /** Largest TTL accepted, in seconds (a signed 32-bit integer, as in SPIRE's API). */
@@ -362,4 +363,101 @@ export function normalizeCaJournal(input: CaJournalInput): NormalizedCaJournal {
     notBefore,
     notAfter,
   };
+}
+
+const HEX_SERIAL_RE = /^[0-9A-Fa-f]{1,64}$/;
+const REQUESTED_BY_RE = /^[a-z][a-z0-9_-]{0,31}:./;
+/** Longest canonical serial, in hex digits (20 octets, RFC 5280 §4.1.2.2). */
+const MAX_SERIAL_HEX_DIGITS = 40;
+
+/**
+ * A serial number as canonical hex: lowercase, no leading zeros (`"0"` for
+ * zero). Accepts either case and leading zeros (e.g. a DER sign octet).
+ */
+export function checkSerialHex(what: string, value: unknown): string {
+  if (typeof value !== "string" || !HEX_SERIAL_RE.test(value)) throw invalid(`${what} must be 1-64 hex digits`);
+  const canonical = value.toLowerCase().replace(/^0+(?=.)/, "");
+  if (canonical.length > MAX_SERIAL_HEX_DIGITS) throw invalid(`${what} is longer than 20 octets (${MAX_SERIAL_HEX_DIGITS} hex digits)`);
+  return canonical;
+}
+
+function checkNonEmptyText(what: string, value: unknown, maxBytes: number): string {
+  const text = checkText(what, value, maxBytes);
+  if (text.length === 0) throw invalid(`${what} is empty`);
+  return text;
+}
+
+/** An issuance record's stored values. */
+export interface NormalizedIssuance {
+  readonly serial: string;
+  readonly kind: IssuanceKind;
+  readonly spiffeId: string;
+  readonly entryId: string | null;
+  readonly agentId: string | null;
+  readonly caKeyId: string;
+  readonly notBefore: number;
+  readonly notAfter: number;
+  readonly issuedAt: number;
+  /** JSON array of canonical `type:value`, sorted and de-duplicated. */
+  readonly selectors: string;
+  readonly requestedBy: string;
+  readonly jwtId: string | null;
+  /** JSON array, or `null` for non-JWT kinds. */
+  readonly audience: string | null;
+}
+
+/** Validates an issuance record; `index` (its place in a batch) is named in messages. */
+export function normalizeIssuance(input: IssuanceInput, index: number): NormalizedIssuance {
+  const at = `issuance[${index}]`;
+  if (input === null || typeof input !== "object") throw invalid(`${at} must be an object`);
+  if (!ISSUANCE_KINDS.includes(input.kind)) throw invalid(`${at} kind must be one of ${ISSUANCE_KINDS.join(", ")}`);
+  const notBefore = checkTime(`${at} notBefore`, input.notBefore);
+  const notAfter = checkTime(`${at} notAfter`, input.notAfter);
+  if (notAfter <= notBefore) throw invalid(`${at} notAfter must be after notBefore`);
+  if (!Array.isArray(input.selectors)) throw invalid(`${at} selectors must be an array of type:value strings`);
+  const selectors = normalizeSelectors(
+    (input.selectors as unknown[]).map((s, i) => {
+      if (typeof s !== "string") throw invalid(`${at} selectors[${i}] must be a type:value string`);
+      try {
+        return parseSelector(s);
+      } catch (e) {
+        throw invalid(`${at} selectors[${i}]: ${describe(e)}`, e);
+      }
+    }),
+  ).map(formatSelector);
+  const requestedBy = checkText(`${at} requestedBy`, input.requestedBy, 2048);
+  if (!REQUESTED_BY_RE.test(requestedBy)) throw invalid(`${at} requestedBy must be <kind>:<principal>, e.g. "admin:local"`);
+  let jwtId: string | null = null;
+  let audience: string | null = null;
+  if (input.kind === "jwt-svid") {
+    jwtId = input.jwtId === undefined || input.jwtId === null ? null : checkNonEmptyText(`${at} jwtId`, input.jwtId, 256);
+    const aud = checkList(`${at} audience`, input.audience ?? [], (w, v) => checkNonEmptyText(w, v, 1024));
+    if (aud.length === 0) throw invalid(`${at} jwt-svid needs a non-empty audience`);
+    audience = JSON.stringify(aud);
+  } else if ((input.jwtId !== undefined && input.jwtId !== null) || input.audience !== undefined) {
+    throw invalid(`${at} jwtId and audience apply to jwt-svid records only (kind is ${input.kind})`);
+  }
+  return {
+    serial: checkSerialHex(`${at} serial`, input.serial),
+    kind: input.kind,
+    spiffeId: checkSpiffeId(`${at} spiffeId`, input.spiffeId),
+    entryId: input.entryId === null ? null : checkEntryIdAt(`${at} entryId`, input.entryId),
+    agentId: input.agentId === null ? null : checkSpiffeId(`${at} agentId`, input.agentId),
+    caKeyId: checkNonEmptyText(`${at} caKeyId`, input.caKeyId, 256),
+    notBefore,
+    notAfter,
+    issuedAt: checkTime(`${at} issuedAt`, input.issuedAt),
+    selectors: JSON.stringify(selectors),
+    requestedBy,
+    jwtId,
+    audience,
+  };
+}
+
+function checkEntryIdAt(what: string, value: unknown): string {
+  try {
+    return checkEntryId(value);
+  } catch (e) {
+    throw invalid(`${what}: ${describe(e).replace(/^datastore: /, "")}`, e);
+  }
 }

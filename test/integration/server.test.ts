@@ -4,7 +4,7 @@
  * Every bad input gets the right gRPC status, a message naming the problem,
  * and leaves the datastore unchanged.
  */
-import { generateKeyPairSync } from "node:crypto";
+import { generateKeyPairSync, X509Certificate } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
@@ -244,6 +244,17 @@ describe("agent API over mTLS", () => {
       const v = verifyX509Svid(r.svid?.certChain ?? [], bundleSource().x509);
       expect(v.id.toString()).toBe("spiffe://example.org/workload/web");
       expect(v.verifiedChain[0]?.subjectAltName).toMatch(/DNS:web\.example\.org/);
+    }
+    // Every SVID handed out is in the issuance log: who asked, for which entry, signed by which key.
+    const ds = await createSqliteDatastore({ path: path.join(srv.dir, "datastore.sqlite3"), clock: systemClock });
+    const log = await ds.listIssuances({ entryId });
+    await ds.close();
+    const serials = res.results.map((r) => new X509Certificate(Buffer.from(r.svid?.certChain[0] ?? [])).serialNumber.toLowerCase().replace(/^0+/, ""));
+    for (const serial of serials) {
+      const rec = log.items.find((i) => i.serial === serial);
+      expect(rec?.agentId).toBe(agent.spiffeId);
+      expect(rec?.selectors).toEqual(["unix:uid:1000"]);
+      expect(rec?.kind).toBe("x509-svid");
     }
   });
 

@@ -17,7 +17,7 @@ import { parseCsr } from "../../../spiffe/csr.js";
 import { isSigilError } from "../../../spiffe/errors.js";
 import type { GrpcServiceImplementation } from "../../../spiffe/grpc/service.js";
 import { checkDnsName } from "../../registration/entry-validation.js";
-import { ALLOWED_KEY_TYPES, MAX_AUDIENCES } from "../agent-api.js";
+import { jwtSerial, ALLOWED_KEY_TYPES, MAX_AUDIENCES } from "../agent-api.js";
 import type { UnaryWrapper } from "../unary.js";
 import { invalidField, spiffeIdField, ttlField, unixSeconds, type AdminApiDeps } from "./common.js";
 
@@ -43,6 +43,9 @@ export function createSvidAdmin(deps: AdminApiDeps, unary: UnaryWrapper): GrpcSe
         throw invalidField("csr", isSigilError(e) ? e.message : String(e), e);
       }
       const issued = deps.ca.signX509Svid({ spiffeId, publicKeyDer, ttlMs, dnsNames: req.dnsNames });
+      await deps.datastore.recordIssuances([
+        { serial: issued.serial, kind: "x509-svid", spiffeId: spiffeId.toString(), entryId: null, agentId: null, caKeyId: issued.caKeyId, notBefore: issued.notBefore, notAfter: issued.notAfter, issuedAt: deps.now(), selectors: [], requestedBy: "admin:local" },
+      ]);
       deps.metrics?.x509SvidsSigned.inc();
       Object.assign(audit.details, { spiffe_id: spiffeId.toString(), dns_names: [...req.dnsNames], serial: issued.serial, expires_at: issued.notAfter.toISOString() });
       return {
@@ -64,6 +67,9 @@ export function createSvidAdmin(deps: AdminApiDeps, unary: UnaryWrapper): GrpcSe
       });
       const ttlMs = ttlField("ttl", req.ttl, deps.defaultJwtTtlMs, deps.maxTtlMs);
       const jwt = deps.ca.signJwtSvid({ spiffeId, audience: req.audience, ttlMs });
+      await deps.datastore.recordIssuances([
+        { serial: jwtSerial(jwt.token), kind: "jwt-svid", spiffeId: spiffeId.toString(), entryId: null, agentId: null, caKeyId: jwt.keyId, notBefore: jwt.issuedAt, notAfter: jwt.expiresAt, issuedAt: jwt.issuedAt, selectors: [], requestedBy: "admin:local", audience: [...req.audience] },
+      ]);
       deps.metrics?.jwtSvidsSigned.inc();
       Object.assign(audit.details, { spiffe_id: spiffeId.toString(), key_id: jwt.keyId, expires_at: jwt.expiresAt.toISOString() });
       return { res: create(MintJWTSVIDResponseSchema, { token: jwt.token, expiresAt: unixSeconds(jwt.expiresAt) }) };
