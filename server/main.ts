@@ -119,7 +119,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
 
   const dbPath = resolveDataPath(config, config.plugins.DataStore.sql.connection_string);
   mkdirSync(path.dirname(dbPath), { recursive: true, mode: 0o700 });
-  const datastore = await createSqliteDatastore({ path: dbPath, clock });
+  const datastore = await createSqliteDatastore({ path: dbPath, clock, issuanceWorker: true });
   const cleanups: (() => Promise<void> | void)[] = [() => datastore.close()];
   try {
     // The trust domain may never change under existing data.

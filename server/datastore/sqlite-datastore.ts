@@ -2,6 +2,8 @@
  * The SQLite datastore driver (better-sqlite3). See `index.ts` for the
  * durability and concurrency design; this file is the implementation.
  */
+import { INSERT_ISSUANCE_SQL } from "./sqlite-issuance-sql.js";
+import { IssuanceWriter } from "./issuance-writer.js";
 import { randomBytes } from "node:crypto";
 import Database from "better-sqlite3";
 import type BetterSqlite3 from "better-sqlite3";
@@ -59,6 +61,12 @@ export interface SqliteDatastoreOptions {
   readonly busyTimeoutMs?: number;
   /** Generates entry IDs (default: 128 random bits, base64url). Must return URL-safe IDs. */
   readonly newEntryId?: () => string;
+  /**
+   * Write issuance records from a worker thread with its own connection, so
+   * the commit does not stall the event loop (the server turns this on; it
+   * needs a file path, not `:memory:`).
+   */
+  readonly issuanceWorker?: boolean;
   /** Receives errors thrown by change listeners (default: `process.emitWarning`). */
   readonly onListenerError?: (error: unknown, event: ChangeEvent) => void;
 }
@@ -149,8 +157,7 @@ interface IssuanceRow {
   audience: string | null;
 }
 
-const INSERT_ISSUANCE_SQL = `INSERT INTO issuances (serial, kind, spiffe_id, entry_id, agent_id, ca_key_id, not_before, not_after, issued_at,
-  selectors, requested_by, jwt_id, audience) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`;
+
 
 interface MemberRow {
   owner_row: number;
@@ -234,7 +241,10 @@ class SqliteDatastore implements Datastore {
       options.onListenerError ??
       ((error, event) => process.emitWarning(`datastore: change listener failed on event ${event.eventId}: ${error instanceof Error ? error.message : String(error)}`));
     this.#txn = db.transaction((fn: () => unknown): unknown => fn());
+    if (options.issuanceWorker && options.path !== ":memory:") this.#issuanceWriter = new IssuanceWriter(options.path, busyTimeoutMs);
   }
+
+  readonly #issuanceWriter: IssuanceWriter | undefined;
 
   static open(options: SqliteDatastoreOptions): SqliteDatastore {
     const busyTimeoutMs = options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS;
@@ -894,6 +904,10 @@ class SqliteDatastore implements Datastore {
     if (!Array.isArray(records)) throw invalid("recordIssuances needs an array");
     if (records.length > MAX_ISSUANCE_BATCH) throw invalid(`recordIssuances takes at most ${MAX_ISSUANCE_BATCH} records, got ${records.length}`);
     // Validate the whole batch before taking the write lock: one bad record refuses all.
+    if (this.#issuanceWriter && records.length > 0) {
+      if (this.#closed) throw new SigilError("ERR_UNAVAILABLE", "datastore: closed");
+      return this.#issuanceWriter.write(records);
+    }
     const rows = (records as readonly IssuanceInput[]).map((r, i) => normalizeIssuance(r, i));
     if (rows.length === 0) {
       this.#read(() => undefined); // still refuse when closed
@@ -998,6 +1012,7 @@ class SqliteDatastore implements Datastore {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    await this.#issuanceWriter?.close();
     this.#listeners.clear();
     this.#statements.clear();
     this.#insertIssuance = undefined;

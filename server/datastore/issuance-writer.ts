@@ -1,0 +1,72 @@
+/**
+ * Writes issuance records from a worker thread with its own SQLite connection,
+ * so validation, index updates and the commit's fsync do not stall the event
+ * loop that signs SVIDs. Callers still await the commit: an SVID is handed out
+ * only after its record is durable.
+ */
+import { Worker } from "node:worker_threads";
+import { fileURLToPath } from "node:url";
+import { SigilError } from "../../spiffe/errors.js";
+import type { IssuanceInput } from "./issuance.js";
+
+interface Pending {
+  resolve(): void;
+  reject(e: Error): void;
+}
+
+/** A worker-backed writer for `recordIssuances`. */
+export class IssuanceWriter {
+  readonly #worker: Worker;
+  readonly #pending = new Map<number, Pending>();
+  #next = 1;
+  #closed = false;
+  #dead: Error | undefined;
+
+  constructor(dbPath: string, busyTimeoutMs: number) {
+    const here = import.meta.url;
+    const isTs = here.endsWith(".ts");
+    const script = new URL(`./issuance-writer-worker.${isTs ? "ts" : "js"}`, here);
+    // From TypeScript sources (tests, tsx) the worker registers the tsx loader
+    // itself first: Node 20 does not apply --import hooks to a worker's entry.
+    this.#worker = isTs
+      ? new Worker(`import("tsx/esm/api").then((api) => { api.register(); return import(${JSON.stringify(script.href)}); });`, {
+          eval: true,
+          workerData: { dbPath, busyTimeoutMs },
+        })
+      : new Worker(fileURLToPath(script), { workerData: { dbPath, busyTimeoutMs } });
+    this.#worker.unref();
+    this.#worker.on("message", (m: { id: number; error?: { code: string; message: string } }) => {
+      const p = this.#pending.get(m.id);
+      if (!p) return;
+      this.#pending.delete(m.id);
+      if (m.error) p.reject(new SigilError(m.error.code as "ERR_INVALID_ARGUMENT", m.error.message));
+      else p.resolve();
+    });
+    this.#worker.on("error", (e) => this.#failAll(e));
+    this.#worker.on("exit", () => this.#failAll(new Error("issuance writer exited")));
+  }
+
+  #failAll(e: Error): void {
+    this.#dead = e;
+    for (const p of this.#pending.values()) p.reject(new SigilError("ERR_UNAVAILABLE", `datastore: issuance writer failed: ${e.message}`, { cause: e }));
+    this.#pending.clear();
+  }
+
+  /** Writes the records in one transaction; resolves once committed. */
+  write(records: readonly IssuanceInput[]): Promise<void> {
+    if (this.#closed) return Promise.reject(new SigilError("ERR_UNAVAILABLE", "datastore: closed"));
+    if (this.#dead) return Promise.reject(new SigilError("ERR_UNAVAILABLE", `datastore: issuance writer failed: ${this.#dead.message}`, { cause: this.#dead }));
+    const id = this.#next++;
+    return new Promise<void>((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject });
+      this.#worker.postMessage({ id, records });
+    });
+  }
+
+  /** Stops the worker after outstanding writes. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    while (this.#pending.size > 0) await new Promise((r) => setTimeout(r, 5));
+    await this.#worker.terminate();
+  }
+}
