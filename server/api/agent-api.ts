@@ -123,9 +123,12 @@ interface AuthenticatedAgent {
 export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<AgentMethods> {
   const log = deps.log;
 
+  // One parsed source per bundle snapshot: parsing roots costs more than verifying with them.
+  let cachedSource: { bundle: unknown; source: StaticX509BundleSource } | undefined;
   function bundleSource(): StaticX509BundleSource {
     const b = deps.ca.bundle();
-    return new StaticX509BundleSource([new X509Bundle(deps.trustDomain, b.x509Authorities)]);
+    if (cachedSource?.bundle !== b) cachedSource = { bundle: b, source: new StaticX509BundleSource([new X509Bundle(deps.trustDomain, b.x509Authorities)]) };
+    return cachedSource.source;
   }
 
   /** Verifies the caller's TLS client certificate and its agent record. */
@@ -135,15 +138,17 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
     // The agent's chain may need the server CA's intermediates (upstream authority).
     const chain = [new Uint8Array(raw), ...intermediates()];
     let id: SpiffeId;
+    let serial: string;
     try {
-      id = verifyX509Svid(chain, bundleSource(), { now: deps.now() }).id;
+      const verified = verifyX509Svid(chain, bundleSource(), { now: deps.now() });
+      id = verified.id;
+      serial = normalizeSerial((verified.verifiedChain[0] as X509Certificate).serialNumber);
     } catch (e) {
       throw new SigilError("ERR_PERMISSION_DENIED", `agent api: client certificate is not a valid SVID of ${deps.trustDomain.name}: ${(e as Error).message}`, { cause: e });
     }
     const record = await deps.datastore.getAgent(id.toString());
     if (!record) throw new SigilError("ERR_PERMISSION_DENIED", `agent api: ${id} is not an attested agent`);
     if (record.banned) throw new SigilError("ERR_PERMISSION_DENIED", `agent api: agent ${id} is banned`);
-    const serial = certSerialHex(raw);
     if (serial !== record.certSerial) {
       if (serial === record.newCertSerial) {
         // First use of a renewed SVID: it becomes the current one.
@@ -386,11 +391,6 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       };
     }),
   };
-}
-
-/** Serial number of a DER certificate as lowercase hex without leading zeros (the form agent records keep). */
-export function certSerialHex(der: Uint8Array): string {
-  return normalizeSerial(new X509Certificate(der).serialNumber);
 }
 
 /** Lowercase hex without leading zeros, so serials from different sources compare equal. */

@@ -74,7 +74,7 @@ ${extraYaml}`,
 
 /** Starts `sigil-server run` on an existing config (e.g. to restart on the same data). */
 export async function launchServerProcess(dir: string, configPath: string, socketPath: string): Promise<ServerProcess> {
-  const child = spawn(process.execPath, [...NODE_ARGS, ...SERVER_CLI, "run", "--config", configPath], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, [...(process.env.SIGIL_SERVER_NODE_ARGS ?? "").split(" ").filter(Boolean), ...NODE_ARGS, ...SERVER_CLI, "run", "--config", configPath], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
   const logs: Record<string, unknown>[] = [];
   const waiters = new Set<{ match: (r: Record<string, unknown>) => boolean; resolve: (r: Record<string, unknown>) => void }>();
   let stderr = "";
