@@ -351,7 +351,12 @@ describe("JWT-SVID conformance", () => {
     expect(validate(issue(), {}, new BundleSet([asJwt])).spiffeId.equals(WEB)).toBe(true);
   });
 
-  it.skip("JWT-21: JWT-SVIDs travel only over confidential links (documentation item for operators, nothing to test in code)", () => {});
+  it("JWT-21: operators are told JWT-SVIDs are bearer tokens for confidential links only (docs/security.md)", () => {
+    const doc = readFileSync(new URL("../../docs/security.md", import.meta.url), "utf8");
+    expect(doc).toMatch(/JWT-21/);
+    expect(doc).toMatch(/bearer token/i);
+    expect(doc).toMatch(/TLS/);
+  });
 });
 
 let spareKey: KeyObject | undefined;
