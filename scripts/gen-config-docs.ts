@@ -1,6 +1,7 @@
 /**
- * Writes `server/config.schema.json` and `docs/configuration.md` from the
- * server config schema. With `--check`, writes nothing and exits 1 when either
+ * Writes `server/config.schema.json`, `docs/configuration.md`,
+ * `agent/config.schema.json` and `docs/agent-configuration.md` from the
+ * server and agent config schemas. With `--check`, writes nothing and exits 1 when either
  * committed file is out of date (for CI).
  *
  * Run: `node --import tsx scripts/gen-config-docs.ts [--check]`
@@ -14,12 +15,15 @@ import {
   SERVER_CONFIG_DOCS_PATH,
   SERVER_CONFIG_SCHEMA_PATH,
 } from "../server/config/reference.js";
+import { AGENT_CONFIG_DOCS_PATH, AGENT_CONFIG_SCHEMA_PATH, renderAgentConfigDocs, renderAgentConfigJsonSchema } from "../agent/config/reference.js";
 
 const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const check = process.argv.includes("--check");
 const outputs: ReadonlyArray<readonly [string, string]> = [
   [SERVER_CONFIG_SCHEMA_PATH, renderServerConfigJsonSchema()],
   [SERVER_CONFIG_DOCS_PATH, renderServerConfigDocs()],
+  [AGENT_CONFIG_SCHEMA_PATH, renderAgentConfigJsonSchema()],
+  [AGENT_CONFIG_DOCS_PATH, renderAgentConfigDocs()],
 ];
 
 let stale = 0;

@@ -10,6 +10,7 @@ import {
   SERVER_CONFIG_SCHEMA_PATH,
   serverConfigJsonSchema,
 } from "../../server/config/reference.js";
+import { AGENT_CONFIG_DOCS_PATH, AGENT_CONFIG_SCHEMA_PATH, renderAgentConfigDocs, renderAgentConfigJsonSchema } from "../../agent/config/reference.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 
@@ -20,6 +21,11 @@ describe("generated config reference", () => {
 
   it(`committed ${SERVER_CONFIG_DOCS_PATH} matches the schema (regenerate with: ${GEN_CONFIG_DOCS_COMMAND})`, () => {
     expect(readFileSync(path.join(root, SERVER_CONFIG_DOCS_PATH), "utf8")).toBe(renderServerConfigDocs());
+  });
+
+  it(`committed ${AGENT_CONFIG_SCHEMA_PATH} and ${AGENT_CONFIG_DOCS_PATH} match the agent schema (regenerate with: npm run gen:config-docs)`, () => {
+    expect(readFileSync(path.join(root, AGENT_CONFIG_SCHEMA_PATH), "utf8")).toBe(renderAgentConfigJsonSchema());
+    expect(readFileSync(path.join(root, AGENT_CONFIG_DOCS_PATH), "utf8")).toBe(renderAgentConfigDocs());
   });
 
   it("publishes closed objects, defaults as written and the one-plugin rule", () => {

@@ -1,0 +1,174 @@
+/**
+ * The agent's core, without its endpoints: persisted state, trust bootstrap,
+ * the server connection, node attestation, the SVID cache and the sync loop,
+ * composed with explicit dependencies. `agent/main.ts` plugs the returned
+ * cache into the Workload API endpoint.
+ *
+ * Start-up: load `data_dir` (a valid stored SVID and bundle make a restart
+ * need neither a join token nor the bootstrap source), trust the stored bundle
+ * or else the bootstrap source, attest when no valid SVID is stored, run one
+ * sync round (a failure is logged; the loop retries with backoff), then sync
+ * every `sync_interval`.
+ */
+import path from "node:path";
+import type { Clock } from "../common/clock.js";
+import { systemClock } from "../common/clock.js";
+import { subsystemLogger, type Logger } from "../common/log.js";
+import type { Metrics } from "../common/metrics.js";
+import { createJoinTokenAgentAttestor } from "../plugins/nodeattestor/join_token/agent.js";
+import type { AgentNodeAttestor } from "../plugins/nodeattestor/types.js";
+import { parseTrustDomain, type TrustDomain } from "../spiffe/id.js";
+import { NodeIdentity } from "./attestation/node.js";
+import { AgentCache } from "./cache/agent-cache.js";
+import { AgentCacheMetrics } from "./cache/cache-metrics.js";
+import type { AgentConfig } from "./config/schema.js";
+import { AgentStateStore } from "./storage/agent-state-store.js";
+import { createServerClient, type GrpcServerClient } from "./sync/server-client.js";
+import { SyncLoop } from "./sync/sync-loop.js";
+import { loadBootstrapTrust, type TrustBootstrapDeps } from "./sync/trust-bootstrap.js";
+
+/** Options of {@link startAgent}. */
+export interface StartAgentOptions {
+  readonly clock?: Clock;
+  /** The agent's logger (subsystem loggers are derived from it). */
+  readonly log: Logger;
+  /** Where the agent's metrics are registered. */
+  readonly metrics: Metrics;
+  /** Bootstrap I/O (tests inject `fetch` for `trust_bundle_url`). */
+  readonly bootstrap?: TrustBootstrapDeps;
+  /** Uniform random numbers in [0, 1] for rotation jitter (default `Math.random`). */
+  readonly random?: () => number;
+  /** Do not start the periodic loop (tests drive {@link RunningAgentCore.syncNow}). Default false. */
+  readonly manualSync?: boolean;
+}
+
+/** The running agent core. */
+export interface RunningAgentCore {
+  readonly trustDomain: TrustDomain;
+  /** The agent's SPIFFE ID. */
+  readonly agentId: string;
+  /** The cache the Workload API and SDS endpoints read. */
+  readonly cache: AgentCache;
+  readonly identity: NodeIdentity;
+  readonly syncLoop: SyncLoop;
+  readonly client: GrpcServerClient;
+  readonly store: AgentStateStore;
+  /** Runs one sync round now. */
+  syncNow: SyncLoop["syncNow"];
+  /** Stops the sync loop and closes the server connection. */
+  stop(): Promise<void>;
+}
+
+function nodeAttestorFrom(config: AgentConfig): AgentNodeAttestor | undefined {
+  if (config.plugins.NodeAttestor.join_token && config.agent.join_token !== undefined) {
+    return createJoinTokenAgentAttestor({ join_token: config.agent.join_token });
+  }
+  return undefined;
+}
+
+/**
+ * Builds and starts the agent core; resolves after attestation (or loading the
+ * stored SVID) and the first sync attempt.
+ *
+ * @throws SigilError when there is no usable agent SVID and attestation fails
+ *   (no join token, a used one, the server unreachable), or the bootstrap bundle cannot be read
+ */
+export async function startAgent(config: AgentConfig, options: StartAgentOptions): Promise<RunningAgentCore> {
+  const a = config.agent;
+  const clock = options.clock ?? systemClock;
+  const log = options.log;
+  const trustDomain = parseTrustDomain(a.trust_domain);
+  const store = new AgentStateStore(path.resolve(a.data_dir));
+  const metrics = new AgentCacheMetrics(options.metrics);
+
+  const loaded = store.load({ trustDomain, now: clock.now() });
+  for (const reason of loaded.discarded) log.warn({ data_dir: store.dataDir }, `storage: discarded ${reason}`);
+
+  let roots: readonly Uint8Array[] = loaded.bundle?.x509Authorities ?? [];
+  let insecure = false;
+  if (roots.length === 0) {
+    const trust = await loadBootstrapTrust(a, trustDomain, options.bootstrap);
+    if (trust.kind === "roots") {
+      roots = trust.roots;
+      log.info({ source: trust.source, authorities: roots.length }, "bootstrap: trusting the server with the bootstrap bundle");
+    } else {
+      insecure = true;
+      log.warn({}, "bootstrap: insecure_bootstrap is set: the server will not be authenticated on first contact (development only)");
+    }
+  }
+
+  const client = createServerClient({
+    address: `${a.server_address}:${a.server_port}`,
+    trustDomain,
+    clock,
+    roots,
+    insecureBootstrap: insecure,
+    log: subsystemLogger(log, "server_client"),
+  });
+  const cache = new AgentCache({
+    trustDomain,
+    clock,
+    mintJwtSvid: (entryId, audience) => client.newJwtSvid(entryId, audience),
+    metrics,
+    log: subsystemLogger(log, "cache"),
+  });
+  if (loaded.bundle) cache.update({ bundles: [loaded.bundle] });
+
+  const random = options.random ?? Math.random;
+  const identity = new NodeIdentity({
+    client,
+    clock,
+    attestor: nodeAttestorFrom(config),
+    store,
+    log: subsystemLogger(log, "node_attestation"),
+    rotationFraction: a.rotation_fraction,
+    rotationJitter: a.rotation_jitter,
+    random,
+    onAttested: (bundle) => {
+      client.setTrustBundle(bundle);
+      // Persisted at once, so a restart before the first sync still trusts the server.
+      if (!loaded.bundle) store.saveBundle({ trustDomain, x509Authorities: bundle, jwtAuthorities: new Map() });
+    },
+  });
+  try {
+    await identity.start(loaded.svid);
+  } catch (e) {
+    client.close();
+    throw e;
+  }
+
+  const syncLoop = new SyncLoop({
+    client,
+    cache,
+    clock,
+    identity,
+    store,
+    log: subsystemLogger(log, "sync"),
+    metrics,
+    intervalMs: a.sync_interval,
+    rotationFraction: a.rotation_fraction,
+    rotationJitter: a.rotation_jitter,
+    random,
+  });
+  await syncLoop.syncNow();
+  if (options.manualSync !== true) syncLoop.start();
+
+  const agentId = identity.current()?.spiffeId ?? "";
+  let stopped = false;
+  return {
+    trustDomain,
+    agentId,
+    cache,
+    identity,
+    syncLoop,
+    client,
+    store,
+    syncNow: () => syncLoop.syncNow(),
+    async stop(): Promise<void> {
+      if (stopped) return;
+      stopped = true;
+      await syncLoop.stop();
+      client.close();
+    },
+  };
+}

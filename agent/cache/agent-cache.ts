@@ -1,0 +1,290 @@
+/**
+ * The agent's cache: the entries this agent may speak for, one current
+ * X509-SVID per entry (keys generated on the agent, held only in memory), the
+ * trust bundles, and JWT-SVIDs per (entry, audience). The Workload API and SDS
+ * read it through {@link WorkloadCache}; the sync loop writes it with
+ * {@link AgentCache.update}. It never hands out an expired SVID, whatever the
+ * state of the server.
+ */
+import type { Clock } from "../../common/clock.js";
+import type { Logger } from "../../common/log.js";
+import { selectorsSubsetOf, type Selector } from "../../common/selector.js";
+import type { SpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
+import { SigilError } from "../../spiffe/errors.js";
+import type { TrustDomain } from "../../spiffe/id.js";
+import { shouldRenew } from "../rotation/renew-at.js";
+import type { AgentCacheMetrics } from "./cache-metrics.js";
+import type { BundleSnapshot, CachedEntry, CachedIdentity, CachedJwtSvid, CachedX509Svid, WorkloadCache } from "./types.js";
+
+/** Default hard limit of cached JWT-SVIDs (SPIRE's `jwt_svid_cache_max_size`). */
+export const DEFAULT_JWT_CACHE_MAX_SIZE = 1000;
+
+/** A JWT-SVID as the server minted it. */
+export interface JwtSvidMint {
+  readonly spiffeId: string;
+  readonly token: string;
+  readonly issuedAt: Date;
+  readonly expiresAt: Date;
+}
+
+/** The X509-SVID of one entry with what rotation needs to know about it. */
+export interface CachedSvidState {
+  readonly svid: CachedX509Svid;
+  /** The entry revision the SVID was issued for; a newer revision forces renewal. */
+  readonly entryRevision: number;
+  /** When the sync loop renews it (fraction of lifetime, jittered). */
+  readonly renewAt: Date;
+}
+
+/** A change applied atomically by {@link AgentCache.update}; subscribers are notified once. */
+export interface CacheUpdate {
+  /** The complete entry set (replaces the current one; SVIDs and JWTs of missing entries are dropped). */
+  readonly entries?: readonly CachedEntry[];
+  /** The bundles, own trust domain's first (replaces the snapshot). */
+  readonly bundles?: readonly SpiffeBundle[];
+  /** New SVIDs keyed by entry ID (ignored for entries no longer in the cache). */
+  readonly svids?: ReadonlyMap<string, CachedSvidState>;
+  /** Marks a completed sync with the server. */
+  readonly synced?: boolean;
+}
+
+/** Options of {@link AgentCache}. */
+export interface AgentCacheOptions {
+  readonly trustDomain: TrustDomain;
+  readonly clock: Clock;
+  /** Mints a JWT-SVID on the server (the agent API's NewJWTSVID). */
+  readonly mintJwtSvid: (entryId: string, audience: readonly string[]) => Promise<JwtSvidMint>;
+  readonly metrics?: AgentCacheMetrics;
+  readonly log?: Logger;
+  /** Hard limit of cached JWT-SVIDs; the oldest is evicted first. Default 1000. */
+  readonly jwtCacheMaxSize?: number;
+}
+
+interface JwtCacheItem extends JwtSvidMint {
+  readonly entryId: string;
+}
+
+function bundleKey(b: SpiffeBundle): string {
+  const x509 = b.x509Authorities.map((d) => Buffer.from(d).toString("base64")).join(",");
+  const jwt = [...b.jwtAuthorities].map(([kid, k]) => `${kid}=${k.export({ format: "der", type: "spki" }).toString("base64")}`).join(",");
+  return `${b.trustDomain.name}|${b.sequenceNumber ?? ""}|${x509}|${jwt}`;
+}
+
+function compareEntries(a: CachedEntry, b: CachedEntry): number {
+  const t = a.createdAt.getTime() - b.createdAt.getTime();
+  if (t !== 0) return t;
+  return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+}
+
+/** The JWT cache key: entry and the sorted, de-duplicated audience. */
+export function jwtCacheKey(entryId: string, audience: readonly string[]): string {
+  return JSON.stringify([entryId, ...[...new Set(audience)].sort()]);
+}
+
+/** The agent's SVID and bundle cache. */
+export class AgentCache implements WorkloadCache {
+  readonly #opts: AgentCacheOptions;
+  readonly #entries = new Map<string, CachedEntry>();
+  readonly #svids = new Map<string, CachedSvidState>();
+  readonly #jwts = new Map<string, JwtCacheItem>();
+  readonly #jwtInFlight = new Map<string, Promise<CachedJwtSvid>>();
+  readonly #listeners = new Set<() => void>();
+  #bundles: BundleSnapshot | undefined;
+  #bundlesKey = "";
+  #synced = false;
+
+  constructor(options: AgentCacheOptions) {
+    this.#opts = options;
+  }
+
+  // ---- WorkloadCache -------------------------------------------------------
+
+  identitiesFor(selectors: readonly Selector[]): CachedIdentity[] {
+    const now = this.#opts.clock.now().getTime();
+    const out: CachedIdentity[] = [];
+    for (const entry of this.#entries.values()) {
+      const state = this.#svids.get(entry.id);
+      if (!state || state.svid.notAfter.getTime() <= now) continue;
+      if (!selectorsSubsetOf(entry.selectors, selectors)) continue;
+      out.push({ entry, svid: state.svid });
+    }
+    return out.sort((a, b) => compareEntries(a.entry, b.entry));
+  }
+
+  bundles(): BundleSnapshot {
+    if (!this.#bundles) throw new SigilError("ERR_UNAVAILABLE", "cache: the agent has no trust bundle yet (not synced with the server)");
+    return this.#bundles;
+  }
+
+  ready(): boolean {
+    return this.#bundles !== undefined && this.#synced;
+  }
+
+  subscribe(listener: () => void): () => void {
+    this.#listeners.add(listener);
+    return () => {
+      this.#listeners.delete(listener);
+    };
+  }
+
+  async fetchJwtSvid(entryId: string, audience: readonly string[]): Promise<CachedJwtSvid> {
+    if (audience.length === 0 || audience.some((a) => a.length === 0)) throw new SigilError("ERR_INVALID_ARGUMENT", "cache: a JWT-SVID needs at least one non-empty audience");
+    if (!this.#entries.has(entryId)) throw new SigilError("ERR_NOT_FOUND", `cache: entry ${JSON.stringify(entryId)} is not in the agent's cache`);
+    const key = jwtCacheKey(entryId, audience);
+    const cached = this.#jwts.get(key);
+    const now = this.#opts.clock.now();
+    if (cached && !shouldRenew(now, cached.issuedAt, cached.expiresAt, 0.5)) return toCachedJwt(cached);
+    let pending = this.#jwtInFlight.get(key);
+    if (!pending) {
+      pending = this.#mintJwt(key, entryId, [...new Set(audience)].sort(), cached).finally(() => this.#jwtInFlight.delete(key));
+      this.#jwtInFlight.set(key, pending);
+    }
+    return pending;
+  }
+
+  async #mintJwt(key: string, entryId: string, audience: readonly string[], cached: JwtCacheItem | undefined): Promise<CachedJwtSvid> {
+    let minted: JwtSvidMint;
+    try {
+      minted = await this.#opts.mintJwtSvid(entryId, audience);
+    } catch (e) {
+      // Server away: a cached token for this exact audience still serves while valid (SPIRE's behaviour).
+      if (cached && cached.expiresAt.getTime() > this.#opts.clock.now().getTime()) {
+        this.#opts.log?.warn({ err: e, entry_id: entryId }, "cache: cannot mint a JWT-SVID; serving the cached one past its half life");
+        return toCachedJwt(cached);
+      }
+      throw e;
+    }
+    // The entry may have gone while the call ran.
+    if (!this.#entries.has(entryId)) return toCachedJwt(minted);
+    this.#jwts.delete(key);
+    this.#jwts.set(key, { ...minted, entryId });
+    const max = this.#opts.jwtCacheMaxSize ?? DEFAULT_JWT_CACHE_MAX_SIZE;
+    for (const k of this.#jwts.keys()) {
+      if (this.#jwts.size <= max) break;
+      this.#jwts.delete(k);
+    }
+    return toCachedJwt(minted);
+  }
+
+  // ---- What the sync loop reads and writes ---------------------------------
+
+  /** The current entries, in no particular order. */
+  entries(): CachedEntry[] {
+    return [...this.#entries.values()];
+  }
+
+  /** The SVID state of an entry, if it has one (expired ones included until {@link AgentCache.dropExpired}). */
+  svidState(entryId: string): CachedSvidState | undefined {
+    return this.#svids.get(entryId);
+  }
+
+  /** How many X509-SVIDs the cache holds. */
+  get svidCount(): number {
+    return this.#svids.size;
+  }
+
+  /** How many JWT-SVIDs the cache holds. */
+  get jwtCount(): number {
+    return this.#jwts.size;
+  }
+
+  /**
+   * Applies a change atomically and notifies subscribers once if anything a
+   * workload could see changed.
+   *
+   * @throws SigilError `ERR_BUNDLE_INVALID` when `bundles` does not start with the own trust domain's
+   */
+  update(change: CacheUpdate): void {
+    let changed = false;
+    if (change.bundles !== undefined) changed = this.#setBundles(change.bundles) || changed;
+    if (change.entries !== undefined) changed = this.#setEntries(change.entries) || changed;
+    if (change.svids !== undefined) {
+      for (const [entryId, state] of change.svids) {
+        if (!this.#entries.has(entryId)) continue;
+        this.#svids.set(entryId, state);
+        changed = true;
+      }
+    }
+    if (change.synced === true && !this.#synced) {
+      this.#synced = true;
+      changed = true;
+    }
+    if (changed) this.#changed();
+  }
+
+  /** Drops SVIDs that have expired at the clock's now; notifies when any was dropped. Returns how many. */
+  dropExpired(): number {
+    const now = this.#opts.clock.now().getTime();
+    let dropped = 0;
+    for (const [id, state] of this.#svids) {
+      if (state.svid.notAfter.getTime() <= now) {
+        this.#svids.delete(id);
+        dropped++;
+      }
+    }
+    for (const [k, jwt] of this.#jwts) if (jwt.expiresAt.getTime() <= now) this.#jwts.delete(k);
+    if (dropped > 0) {
+      this.#opts.log?.warn({ dropped }, "cache: X509-SVIDs expired before they could be renewed (is the server reachable?)");
+      this.#changed();
+    }
+    return dropped;
+  }
+
+  #setBundles(bundles: readonly SpiffeBundle[]): boolean {
+    const [own, ...rest] = bundles;
+    if (!own || own.trustDomain.name !== this.#opts.trustDomain.name) {
+      throw new SigilError("ERR_BUNDLE_INVALID", `cache: the first bundle must be the one of ${this.#opts.trustDomain.name}`);
+    }
+    const federated = new Map<string, SpiffeBundle>();
+    for (const b of rest) if (b.trustDomain.name !== own.trustDomain.name) federated.set(b.trustDomain.name, b);
+    const key = [own, ...federated.values()].map(bundleKey).join("\n");
+    if (key === this.#bundlesKey) return false;
+    this.#bundles = { own, federated };
+    this.#bundlesKey = key;
+    return true;
+  }
+
+  #setEntries(entries: readonly CachedEntry[]): boolean {
+    let changed = entries.length !== this.#entries.size;
+    const next = new Map<string, CachedEntry>();
+    for (const e of entries) {
+      next.set(e.id, e);
+      const old = this.#entries.get(e.id);
+      if (!old || old.revision !== e.revision) {
+        changed = true;
+        // A changed entry may name another SPIFFE ID: its JWTs must not be served again.
+        if (old) this.#dropJwtsOf(e.id);
+      }
+    }
+    for (const id of this.#entries.keys()) {
+      if (next.has(id)) continue;
+      this.#svids.delete(id);
+      this.#dropJwtsOf(id);
+      changed = true;
+    }
+    this.#entries.clear();
+    for (const [id, e] of next) this.#entries.set(id, e);
+    return changed;
+  }
+
+  #dropJwtsOf(entryId: string): void {
+    for (const [k, jwt] of this.#jwts) if (jwt.entryId === entryId) this.#jwts.delete(k);
+  }
+
+  #changed(): void {
+    let earliest: Date | undefined;
+    for (const s of this.#svids.values()) if (!earliest || s.svid.notAfter < earliest) earliest = s.svid.notAfter;
+    this.#opts.metrics?.recordCache(this.#svids.size, earliest);
+    for (const l of [...this.#listeners]) {
+      try {
+        l();
+      } catch (e) {
+        this.#opts.log?.error({ err: e }, "cache: a subscriber failed");
+      }
+    }
+  }
+}
+
+function toCachedJwt(j: JwtSvidMint): CachedJwtSvid {
+  return { spiffeId: j.spiffeId, token: j.token, expiresAt: j.expiresAt };
+}

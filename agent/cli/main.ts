@@ -1,0 +1,195 @@
+/**
+ * `sigil-agent`: run the agent, and talk to a Workload API as a workload
+ * would (`api fetch x509|jwt`, `api validate jwt`, `api watch`), plus
+ * `healthcheck`. Exit status: 0 success, 1 the operation failed, 2 usage.
+ */
+import { mkdirSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { pathToFileURL } from "node:url";
+import { Command, CommanderError } from "commander";
+import { isSigilError } from "../../spiffe/errors.js";
+import { encodePemCertificates } from "../../spiffe/pem.js";
+import { createWorkloadApiClient, type WorkloadApiClient } from "../../spiffe/workloadapi/client.js";
+import type { X509Context } from "../../spiffe/workloadapi/x509-context.js";
+import { DEFAULT_WORKLOAD_API_SOCKET_PATH } from "../endpoints/server.js";
+
+type Output = "json" | "pretty";
+
+class UsageError extends Error {
+  override readonly name = "UsageError";
+}
+
+function output(v: string): Output {
+  if (v !== "json" && v !== "pretty") throw new UsageError(`--output must be "json" or "pretty", got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function client(socketPath: string | undefined): WorkloadApiClient {
+  // Explicit flag first, then SPIFFE_ENDPOINT_SOCKET, then the default socket.
+  const address = socketPath
+    ? `unix://${path.resolve(socketPath)}`
+    : process.env.SPIFFE_ENDPOINT_SOCKET ?? `unix://${DEFAULT_WORKLOAD_API_SOCKET_PATH}`;
+  return createWorkloadApiClient({ address });
+}
+
+function x509Json(ctx: X509Context): unknown {
+  return {
+    svids: ctx.svids.map((s) => ({
+      spiffe_id: s.id.toString(),
+      hint: s.hint,
+      expires_at: new Date(s.leaf.validTo).toISOString(),
+      chain_pem: encodePemCertificates(s.certificateDers),
+    })),
+    bundles: Object.fromEntries([...ctx.bundles].map(([td, b]) => [td, encodePemCertificates(b.authorityDers)])),
+  };
+}
+
+/** Writes svid.N.pem / svid.N.key / bundle.N.pem like `spire-agent api fetch x509 -write`. */
+function writeX509(dir: string, ctx: X509Context): string[] {
+  mkdirSync(dir, { recursive: true });
+  const written: string[] = [];
+  ctx.svids.forEach((s, i) => {
+    const files: [string, string, number][] = [
+      [`svid.${i}.pem`, encodePemCertificates(s.certificateDers), 0o644],
+      [`svid.${i}.key`, s.privateKey.export({ format: "pem", type: "pkcs8" }).toString(), 0o600],
+      [`bundle.${i}.pem`, encodePemCertificates(ctx.bundles.get(s.id.trustDomain.name)?.authorityDers ?? []), 0o644],
+    ];
+    for (const [name, body, mode] of files) {
+      writeFileSync(path.join(dir, name), body, { mode });
+      written.push(path.join(dir, name));
+    }
+  });
+  return written;
+}
+
+/** Builds the command tree (exported for tests). */
+export function buildProgram(): Command {
+  const program = new Command("sigil-agent").description("Sigil agent: node attestation, SVID cache and the SPIFFE Workload API").exitOverride();
+
+  program
+    .command("run")
+    .description("run the agent")
+    .requiredOption("-c, --config <path>", "agent config file (YAML or JSON)")
+    .option("--join-token <token>", "join token for the first attestation (overrides the config)")
+    .option("--expand-env", "expand ${VAR} references in the config")
+    .action(async (o: { config: string; joinToken?: string; expandEnv?: boolean }) => {
+      const { runAgent } = await import("../main.js");
+      await runAgent(o.config, { expandEnv: Boolean(o.expandEnv), ...(o.joinToken ? { joinToken: o.joinToken } : {}) });
+    });
+
+  program
+    .command("healthcheck")
+    .description("exit 0 when the agent's Workload API socket answers and is serving")
+    .option("-s, --socket-path <path>", "Workload API socket", DEFAULT_WORKLOAD_API_SOCKET_PATH)
+    .action(async (o: { socketPath: string }) => {
+      const { checkHealthOverSocket } = await import("../../common/health/check.js");
+      if (!(await checkHealthOverSocket(o.socketPath, ""))) throw new Error("agent is unhealthy");
+      process.stdout.write("Agent is healthy.\n");
+    });
+
+  const api = program.command("api").description("call the Workload API as a workload");
+  const fetch = api.command("fetch").description("fetch SVIDs");
+  const common = (c: Command) => c.option("-s, --socket-path <path>", "Workload API socket (default: SPIFFE_ENDPOINT_SOCKET, then the agent default)").option("-o, --output <format>", "json or pretty", "pretty");
+
+  common(fetch.command("x509").description("fetch X509-SVIDs and bundles").option("-w, --write <dir>", "write PEM files to this directory")).action(
+    async (o: { socketPath?: string; output: string; write?: string }) => {
+      const out = output(o.output);
+      const c = client(o.socketPath);
+      try {
+        const ctx = await c.fetchX509Context();
+        const written = o.write ? writeX509(o.write, ctx) : [];
+        if (out === "json") process.stdout.write(`${JSON.stringify({ ...(x509Json(ctx) as object), ...(o.write ? { written } : {}) }, null, 2)}\n`);
+        else {
+          process.stdout.write(`Received ${ctx.svids.length} svid${ctx.svids.length === 1 ? "" : "s"}\n\n`);
+          for (const s of ctx.svids) {
+            process.stdout.write(`SPIFFE ID:\t\t${s.id}\nSVID Valid After:\t${new Date(s.leaf.validFrom).toISOString()}\nSVID Valid Until:\t${new Date(s.leaf.validTo).toISOString()}\n`);
+            if (s.hint) process.stdout.write(`Hint:\t\t\t${s.hint}\n`);
+            process.stdout.write("\n");
+          }
+          if (o.write) process.stdout.write(`Wrote ${written.length} files to ${o.write}\n`);
+        }
+      } finally {
+        c.close();
+      }
+    },
+  );
+
+  common(fetch.command("jwt").description("fetch JWT-SVIDs").requiredOption("-a, --audience <aud...>", "audience(s)").option("--spiffe-id <id>", "only this identity")).action(
+    async (o: { socketPath?: string; output: string; audience: string[]; spiffeId?: string }) => {
+      const out = output(o.output);
+      const c = client(o.socketPath);
+      try {
+        const svids = await c.fetchJwtSvids({ audience: o.audience, ...(o.spiffeId ? { spiffeId: o.spiffeId } : {}) });
+        if (out === "json") {
+          process.stdout.write(`${JSON.stringify({ svids: svids.map((s) => ({ spiffe_id: s.spiffeId.toString(), token: s.token, hint: s.hint, expires_at: s.expiresAt.toISOString() })) }, null, 2)}\n`);
+        } else {
+          for (const s of svids) process.stdout.write(`token(${s.spiffeId}):\n\t${s.token}\n\n`);
+        }
+      } finally {
+        c.close();
+      }
+    },
+  );
+
+  common(api.command("validate").description("validate tokens").command("jwt").description("validate a JWT-SVID through the Workload API").requiredOption("-a, --audience <aud>", "expected audience").requiredOption("--svid <token>", "the JWT-SVID")).action(
+    async (o: { socketPath?: string; output: string; audience: string; svid: string }) => {
+      const out = output(o.output);
+      const c = client(o.socketPath);
+      try {
+        const v = await c.validateJwtSvid(o.svid, o.audience);
+        if (out === "json") process.stdout.write(`${JSON.stringify({ spiffe_id: v.id.toString(), claims: v.claims }, null, 2)}\n`);
+        else process.stdout.write(`SVID is valid.\nSPIFFE ID : ${v.id}\nClaims    : ${JSON.stringify(v.claims)}\n`);
+      } finally {
+        c.close();
+      }
+    },
+  );
+
+  common(api.command("watch").description("print every X.509 update until interrupted")).action(async (o: { socketPath?: string; output: string }) => {
+    const out = output(o.output);
+    const c = client(o.socketPath);
+    await new Promise<void>((resolve, reject) => {
+      const w = c.watchX509Context(
+        (ctx) => {
+          if (out === "json") process.stdout.write(`${JSON.stringify(x509Json(ctx))}\n`);
+          else process.stdout.write(`${new Date().toISOString()} received ${ctx.svids.length} svid(s): ${ctx.svids.map((s) => s.id.toString()).join(", ")}\n`);
+        },
+        (err, info) => {
+          process.stderr.write(`watch: ${err.message}\n`);
+          if (info.terminal) reject(err);
+        },
+      );
+      const stop = () => {
+        w.close();
+        resolve();
+      };
+      process.once("SIGINT", stop);
+      process.once("SIGTERM", stop);
+    }).finally(() => c.close());
+  });
+
+  return program;
+}
+
+/** Runs the CLI with `argv` (without node and script); returns the exit status. */
+export async function main(argv: readonly string[]): Promise<number> {
+  try {
+    await buildProgram().parseAsync([...argv], { from: "user" });
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.code === "commander.helpDisplayed" || e.code === "commander.help" ? 0 : 2;
+    if (e instanceof UsageError) {
+      process.stderr.write(`error: ${e.message}\n`);
+      return 2;
+    }
+    process.stderr.write(`error: ${isSigilError(e) ? e.message : (e as Error).message}\n`);
+    return 1;
+  }
+}
+
+const isEntry = process.argv[1] !== undefined && import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href;
+if (isEntry) {
+  main(process.argv.slice(2)).then((code) => {
+    process.exitCode = code;
+  });
+}

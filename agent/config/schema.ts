@@ -1,0 +1,176 @@
+/**
+ * The agent config schema: the one definition that validates the file at
+ * startup, types {@link AgentConfig}, and renders the published JSON Schema
+ * (see `reference.ts`). Keys mirror SPIRE's agent config in snake_case, so a
+ * SPIRE config translates mechanically; plugin sections are keyed by plugin
+ * type, then plugin name, as in SPIRE.
+ */
+import { z } from "zod";
+import { duration } from "../../common/config/duration.js";
+import { unixWorkloadAttestorConfigSchema } from "../../plugins/workloadattestor/unix/index.js";
+import { isSigilError } from "../../spiffe/errors.js";
+import { parseTrustDomain } from "../../spiffe/id.js";
+
+/** Default Workload API socket (SPIRE's path with `sigil-agent`). */
+export const DEFAULT_AGENT_SOCKET_PATH = "/tmp/sigil-agent/public/api.sock";
+
+/** Default directory of the agent's persisted SVID, key and bundle. */
+export const DEFAULT_AGENT_DATA_DIR = "./.sigil/agent";
+
+/** Log levels; SPIRE's upper-case spellings are accepted and lowered. */
+export const AGENT_LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
+
+/** The three ways to trust the server on first contact; exactly one is set. */
+export const TRUST_BOOTSTRAP_KEYS = ["trust_bundle_path", "trust_bundle_url", "insecure_bootstrap"] as const;
+
+const logLevel = z
+  .enum([...AGENT_LOG_LEVELS, "DEBUG", "INFO", "WARN", "ERROR"])
+  .transform((v) => v.toLowerCase() as (typeof AGENT_LOG_LEVELS)[number]);
+
+const port = z.number().int().min(0).max(65535);
+
+const host = z.string().min(1);
+
+const trustDomain = z.string().superRefine((value, ctx) => {
+  try {
+    parseTrustDomain(value);
+  } catch (e) {
+    if (!isSigilError(e)) throw e;
+    ctx.addIssue({ code: "custom", message: `invalid trust domain: ${e.message.replace(/^trust domain: /, "")}` });
+  }
+});
+
+const httpPath = z.string().regex(/^\/[^\s?#]*$/, { error: "must be an absolute URL path such as \"/ready\"" });
+
+const fraction = (what: string) =>
+  z.number().refine((v) => v > 0 && v < 1, { error: `${what} must be strictly between 0 and 1` });
+
+// A plugin with no settings may be written `join_token:` (YAML null) or `join_token: {}`.
+function noSettings(description: string) {
+  return z
+    .strictObject({})
+    .nullable()
+    .transform((v): Record<string, never> => v ?? {})
+    .describe(description);
+}
+
+const agentSection = z
+  .strictObject({
+    trust_domain: trustDomain.describe("The trust domain the agent belongs to, as a bare name (`example.org`). Stored SVIDs and bundles of another trust domain are discarded."),
+    server_address: host.default("127.0.0.1").describe("Host name or address of the server's agent API."),
+    server_port: port.default(8081).describe("Port of the server's agent API."),
+    socket_path: z.string().min(1).default(DEFAULT_AGENT_SOCKET_PATH).describe("Unix socket the Workload API (and SDS) is served on."),
+    data_dir: z.string().min(1).default(DEFAULT_AGENT_DATA_DIR).describe("Directory where the agent keeps its SVID, key (mode 0600) and trust bundle across restarts."),
+    log_level: logLevel.prefault("info").describe("Minimum log level."),
+    log_format: z.enum(["json", "text"]).default("json").describe("`json` (one JSON object per line) or `text` (logfmt-style `key=value`)."),
+    trust_bundle_path: z.string().min(1).optional().describe("File with the server's trust bundle, used on first contact. One of `trust_bundle_path`, `trust_bundle_url`, `insecure_bootstrap`."),
+    trust_bundle_url: z
+      .url({ protocol: /^https$/, error: "must be an https:// URL" })
+      .optional()
+      .describe("https URL serving the server's trust bundle (fetched with WebPKI validation), used on first contact. One of `trust_bundle_path`, `trust_bundle_url`, `insecure_bootstrap`."),
+    trust_bundle_format: z.enum(["pem", "spiffe"]).default("pem").describe("Format of the bootstrap bundle from `trust_bundle_path` or `trust_bundle_url`: PEM certificates or a SPIFFE bundle (JWKS JSON)."),
+    insecure_bootstrap: z.boolean().optional().describe("Attest without authenticating the server on first contact. For development only. One of `trust_bundle_path`, `trust_bundle_url`, `insecure_bootstrap`."),
+    join_token: z.string().min(1).optional().describe("Single-use join token for the `join_token` node attestor; needed only when no valid agent SVID is stored in `data_dir`."),
+    sync_interval: duration({ minMs: 100 }).prefault("5s").describe("How often the agent syncs entries and bundles with the server. Failed syncs back off exponentially up to min(8m, 48 × sync_interval)."),
+    rotation_fraction: fraction("rotation_fraction").default(0.5).describe("Fraction of an SVID's lifetime after which it is renewed (0.5: at half life)."),
+    rotation_jitter: z.number().min(0).max(0.5).default(0.1).describe("Random spread of the renewal point, as a fraction of it (0.1: ±10%), so agents do not renew in lockstep."),
+    workload_attestation_timeout: duration({ minMs: 1 }).prefault("5s").describe("How long workload attestation of one Workload API caller may take."),
+    allow_unauthenticated_verifiers: z.boolean().default(false).describe("Let callers that attest to no entry read bundles and validate JWT-SVIDs."),
+  })
+  .superRefine((a, ctx) => {
+    const set = TRUST_BOOTSTRAP_KEYS.filter((k) => (k === "insecure_bootstrap" ? a.insecure_bootstrap === true : a[k] !== undefined));
+    if (set.length !== 1) {
+      ctx.addIssue({
+        code: "custom",
+        message:
+          set.length === 0
+            ? `exactly one of ${TRUST_BOOTSTRAP_KEYS.join(", ")} must be set (how the agent trusts the server on first contact)`
+            : `exactly one of ${TRUST_BOOTSTRAP_KEYS.join(", ")} may be set, got ${set.join(", ")}`,
+      });
+    }
+  })
+  .describe("Core agent settings.");
+
+const healthChecksSection = z
+  .strictObject({
+    listener_enabled: z.boolean().default(false).describe("Serve the HTTP health endpoints (for Kubernetes probes)."),
+    bind_address: host.default("127.0.0.1").describe("Address of the HTTP health listener."),
+    bind_port: port.default(8080).describe("Port of the HTTP health listener."),
+    live_path: httpPath.default("/live").describe("Liveness path: 200 while the process is up."),
+    ready_path: httpPath.default("/ready").describe("Readiness path: 200 once the agent holds its bundle and has synced, else 503 with the reasons."),
+  })
+  .describe("HTTP liveness and readiness endpoints.");
+
+const telemetrySection = z
+  .strictObject({
+    prometheus: z
+      .strictObject({
+        host: host.default("127.0.0.1").describe("Address to serve `/metrics` on."),
+        port: port.describe("Port to serve `/metrics` on."),
+      })
+      .optional()
+      .describe("Prometheus scrape endpoint."),
+  })
+  .describe("Metrics export.");
+
+const nodeAttestorPlugins = z
+  .strictObject({
+    join_token: noSettings("Attest with the single-use token in `agent.join_token`.").optional(),
+  })
+  .superRefine((value, ctx) => {
+    const names = Object.keys(value).filter((k) => (value as Record<string, unknown>)[k] !== undefined);
+    if (names.length !== 1) {
+      ctx.addIssue({
+        code: "custom",
+        message: names.length === 0 ? "one NodeAttestor plugin must be configured" : `exactly one NodeAttestor plugin may be configured, got ${names.length}: ${names.join(", ")}`,
+      });
+    }
+  })
+  .meta({ minProperties: 1, maxProperties: 1 })
+  .describe("How the agent proves which node it runs on.");
+
+const workloadAttestorPlugins = z
+  .strictObject({
+    unix: unixWorkloadAttestorConfigSchema
+      .nullable()
+      .transform((v) => v ?? {})
+      .optional()
+      .describe("Selectors from the caller's uid, gid and (optionally) binary path and hash."),
+  })
+  .superRefine((value, ctx) => {
+    if (Object.values(value).every((v) => v === undefined)) ctx.addIssue({ code: "custom", message: "at least one WorkloadAttestor plugin must be configured" });
+  })
+  .meta({ minProperties: 1 })
+  .describe("How Workload API callers are identified.");
+
+const pluginsSection = z
+  .strictObject({
+    NodeAttestor: nodeAttestorPlugins,
+    WorkloadAttestor: workloadAttestorPlugins,
+  })
+  .describe("Plugins, keyed by plugin type and then plugin name, as in SPIRE.");
+
+/**
+ * The Sigil agent config file schema. Parse with `loadAgentConfig`; the result
+ * is an {@link AgentConfig}.
+ */
+export const agentConfigSchema = z
+  .strictObject({
+    $schema: z.string().optional().describe("JSON Schema reference for editors; ignored by the agent."),
+    version: z.literal("v1").default("v1").describe("Config format version."),
+    agent: agentSection,
+    health_checks: healthChecksSection.prefault({}),
+    telemetry: telemetrySection.optional(),
+    plugins: pluginsSection,
+  })
+  .describe("Sigil agent configuration.");
+
+/**
+ * A validated agent config, with defaults applied: durations are numbers of
+ * milliseconds, `log_level` is lower case, plugins without settings are `{}`,
+ * and exactly one trust bootstrap key is set.
+ */
+export type AgentConfig = z.output<typeof agentConfigSchema>;
+
+/** The agent config as written in the file (before defaults and parsing). */
+export type AgentConfigInput = z.input<typeof agentConfigSchema>;

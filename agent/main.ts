@@ -1,0 +1,127 @@
+/**
+ * The agent's composition root: the core (storage, node attestation, sync
+ * loop, SVID cache) plus the Workload API endpoint on its Unix socket, the
+ * workload attestors, and optional HTTP health. Explicit dependencies only.
+ */
+import path from "node:path";
+import type { Clock } from "../common/clock.js";
+import { systemClock } from "../common/clock.js";
+import { createHealthService } from "../common/health/grpc-health.js";
+import { startHealthServer, startMetricsServer, type HttpListener } from "../common/health/http-server.js";
+import { createLogger, subsystemLogger, type Logger } from "../common/log.js";
+import { Metrics } from "../common/metrics.js";
+import { createUnixWorkloadAttestor } from "../plugins/workloadattestor/unix/index.js";
+import type { WorkloadAttestor } from "../plugins/workloadattestor/types.js";
+import { parseTrustDomain } from "../spiffe/id.js";
+import { startAgent, type RunningAgentCore } from "./agent.js";
+import { createCallerAttester } from "./attestation/workload.js";
+import { loadAgentConfig } from "./config/load.js";
+import type { AgentConfig } from "./config/schema.js";
+import { createPeerTracker, startWorkloadEndpoint, type WorkloadEndpoint } from "./endpoints/server.js";
+import { createWorkloadApiHandler } from "./endpoints/workload-api/handler.js";
+
+/** Options for tests, the quickstart and embedding. */
+export interface StartAgentProcessOptions {
+  readonly clock?: Clock;
+  readonly logDestination?: { write(line: string): void };
+  /** Overrides `agent.join_token`. */
+  readonly joinToken?: string;
+}
+
+/** A running agent with its Workload API. */
+export interface RunningAgent {
+  readonly core: RunningAgentCore;
+  readonly endpoint: WorkloadEndpoint;
+  readonly socketPath: string;
+  readonly log: Logger;
+  readonly health?: HttpListener | undefined;
+  stop(): Promise<void>;
+}
+
+/** Builds and starts the agent; resolves once the Workload API socket is listening. */
+export async function startAgentProcess(config: AgentConfig, options: StartAgentProcessOptions = {}): Promise<RunningAgent> {
+  const a = config.agent;
+  const clock = options.clock ?? systemClock;
+  const log = createLogger({ level: a.log_level, format: a.log_format, ...(options.logDestination ? { destination: options.logDestination } : {}) });
+  const metrics = new Metrics();
+  const trustDomain = parseTrustDomain(a.trust_domain);
+  const effective: AgentConfig = options.joinToken ? { ...config, agent: { ...a, join_token: options.joinToken } } : config;
+
+  const core = await startAgent(effective, { clock, log: subsystemLogger(log, "agent"), metrics });
+  const cleanups: (() => Promise<void> | void)[] = [() => core.stop()];
+  try {
+    const attestors: WorkloadAttestor[] = [];
+    const unix = config.plugins.WorkloadAttestor.unix;
+    if (unix) attestors.push(createUnixWorkloadAttestor(unix, { log: subsystemLogger(log, "workload_attestor") }));
+
+    const peers = createPeerTracker();
+    const attest = createCallerAttester({
+      resolvePeer: (p) => peers.lookup(p),
+      attestors,
+      timeoutMs: a.workload_attestation_timeout,
+      log: subsystemLogger(log, "workload_attestation"),
+    });
+    const handler = createWorkloadApiHandler({
+      cache: core.cache,
+      attest,
+      trustDomain,
+      log: subsystemLogger(log, "workload_api"),
+      metrics,
+      allowUnauthenticatedVerifiers: a.allow_unauthenticated_verifiers,
+      clock,
+    });
+    const grpcHealth = createHealthService({ "": "SERVING" });
+    const socketPath = path.resolve(a.socket_path);
+    const endpoint = await startWorkloadEndpoint({ socketPath, handler, peers, health: grpcHealth, log: subsystemLogger(log, "endpoints") });
+    cleanups.push(() => endpoint.close());
+    cleanups.push(() => grpcHealth.shutdown());
+
+    let health: HttpListener | undefined;
+    const hc = config.health_checks;
+    if (hc?.listener_enabled) {
+      health = await startHealthServer({
+        host: hc.bind_address,
+        port: hc.bind_port,
+        livePath: hc.live_path,
+        readyPath: hc.ready_path,
+        metrics,
+        readiness: async () => (core.cache.ready() ? { ready: true, reasons: [] } : { ready: false, reasons: ["agent: no synced bundle and entries yet"] }),
+      });
+      cleanups.push(() => health?.close());
+    }
+    const prom = config.telemetry?.prometheus;
+    if (prom) {
+      const m = await startMetricsServer({ host: prom.host, port: prom.port, metrics });
+      cleanups.push(() => m.close());
+    }
+    log.info({ trust_domain: trustDomain.name, socket_path: socketPath, health: health?.url }, "agent started");
+    let stopped = false;
+    return {
+      core,
+      endpoint,
+      socketPath,
+      log,
+      health,
+      async stop(): Promise<void> {
+        if (stopped) return;
+        stopped = true;
+        for (const c of cleanups.reverse()) await c();
+        log.info({}, "agent stopped");
+      },
+    };
+  } catch (e) {
+    for (const c of cleanups.reverse()) await c();
+    throw e;
+  }
+}
+
+/** `sigil-agent run`: runs until SIGINT/SIGTERM. */
+export async function runAgent(configPath: string, options: { expandEnv?: boolean; joinToken?: string } = {}): Promise<void> {
+  const config = loadAgentConfig(configPath, { expandEnv: Boolean(options.expandEnv) });
+  const agent = await startAgentProcess(config, options.joinToken ? { joinToken: options.joinToken } : {});
+  await new Promise<void>((resolve) => {
+    process.once("SIGINT", () => resolve());
+    process.once("SIGTERM", () => resolve());
+  });
+  await agent.stop();
+}

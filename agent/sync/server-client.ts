@@ -1,0 +1,426 @@
+/**
+ * The agent's connection to the server's agent API (gRPC over TLS).
+ *
+ * The server is authenticated as the X509-SVID `spiffe://<td>/spire/server`,
+ * verified against the agent's bundle of its own trust domain in a
+ * `checkServerIdentity` hook (OpenSSL first checks the chain against the same
+ * roots). The agent presents its agent SVID as TLS client certificate on every
+ * call but attestation; the channel is rebuilt whenever that SVID or the
+ * trusted roots change. With `insecureBootstrap` and no roots yet, attestation
+ * alone runs without authenticating the server (trust on first use); its
+ * result's bundle is trusted from then on.
+ */
+import type { KeyObject } from "node:crypto";
+import type { PeerCertificate } from "node:tls";
+import { create } from "@bufbuild/protobuf";
+import { Client, credentials, Metadata, status, type ChannelCredentials, type ChannelOptions, type ClientDuplexStream, type ServiceError } from "@grpc/grpc-js";
+import type { Clock } from "../../common/clock.js";
+import type { Logger } from "../../common/log.js";
+import { createUnaryClient, type UnaryClient } from "../../common/rpc/unary-client.js";
+import { makeSelector, type Selector } from "../../common/selector.js";
+import type { AgentNodeAttestor } from "../../plugins/nodeattestor/types.js";
+import {
+  AgentAPI,
+  AttestAgentRequestSchema,
+  type AttestAgentRequest,
+  type AttestAgentResponse,
+} from "../../proto/gen/sigil/agent/v1/agent_pb.js";
+import type { Entry as WireEntry } from "../../proto/gen/sigil/types/v1/types_pb.js";
+import { parseSpiffeBundle, type SpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
+import { X509Bundle } from "../../spiffe/bundle/x509-bundle.js";
+import { buildCsr } from "../../spiffe/csr.js";
+import { isSigilError, SigilError, type ErrorCode } from "../../spiffe/errors.js";
+import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
+import { parseSpiffeId, parseTrustDomain, spiffeIdFromPath, type TrustDomain } from "../../spiffe/id.js";
+import { encodePemCertificates, encodePemPrivateKey } from "../../spiffe/pem.js";
+import { generateKeyPair } from "../../spiffe/signer.js";
+import { StaticX509BundleSource } from "../../spiffe/x509/static-bundle-source.js";
+import { verifyX509Svid } from "../../spiffe/x509/verify.js";
+import type { CachedEntry } from "../cache/types.js";
+import { agentSvidFromChain, type AgentSvid } from "../storage/agent-svid.js";
+
+type AgentMethods = (typeof AgentAPI)["method"];
+
+/** What node attestation yields. */
+export interface AttestResult {
+  readonly svid: AgentSvid;
+  /** The own trust domain's X.509 authorities (DER) as the server sent them. */
+  readonly bundle: readonly Uint8Array[];
+  /** Selectors the attestation produced. */
+  readonly selectors: readonly Selector[];
+}
+
+/** A registration entry as synced, with the fields the agent uses beyond the endpoints' view. */
+export interface SyncedEntry extends CachedEntry {
+  readonly parentId: string;
+  readonly x509SvidTtlSeconds: number;
+  readonly dnsNames: readonly string[];
+  /** When the entry expires; undefined for never. */
+  readonly expiresAt: Date | undefined;
+}
+
+/** The answer to SyncAuthorized. */
+export interface SyncResult {
+  /** True when nothing changed since `knownRevision`; then `entries` and `bundles` are empty. */
+  readonly notModified: boolean;
+  readonly revision: string;
+  readonly entries: readonly SyncedEntry[];
+  /** Own trust domain's bundle first, then federated ones. */
+  readonly bundles: readonly SpiffeBundle[];
+}
+
+/** One X509-SVID request: an authorized entry and the SubjectPublicKeyInfo (DER) of the agent-generated key. */
+export interface X509SvidParams {
+  readonly entryId: string;
+  readonly publicKey: Uint8Array;
+}
+
+/** One X509-SVID result, in request order. */
+export type X509SvidResult =
+  | { readonly ok: true; readonly chain: readonly Uint8Array[] }
+  | { readonly ok: false; readonly code: number; readonly message: string };
+
+/** A JWT-SVID minted by the server. */
+export interface MintedJwtSvid {
+  readonly spiffeId: string;
+  readonly token: string;
+  readonly issuedAt: Date;
+  readonly expiresAt: Date;
+}
+
+/**
+ * What the agent asks of the server. {@link GrpcServerClient} talks to a real
+ * server; tests substitute a fake.
+ */
+export interface ServerClient {
+  /** Node attestation (AttestAgent) with a fresh agent key, answering challenges through the attestor. */
+  attest(attestor: AgentNodeAttestor): Promise<AttestResult>;
+  /** Renews the current agent SVID for a fresh key (RenewAgent). The caller installs it with {@link ServerClient.setIdentity}. */
+  renew(): Promise<AgentSvid>;
+  /** Entries and bundles for this agent (SyncAuthorized); `knownRevision` "" on the first call. */
+  sync(knownRevision: string): Promise<SyncResult>;
+  /** Signs X509-SVIDs for agent-generated keys (BatchNewX509SVID). */
+  batchNewX509Svid(params: readonly X509SvidParams[]): Promise<X509SvidResult[]>;
+  /** Mints a JWT-SVID (NewJWTSVID). */
+  newJwtSvid(entryId: string, audience: readonly string[]): Promise<MintedJwtSvid>;
+  /** Sets the agent SVID presented to the server (rebuilds the channel). */
+  setIdentity(svid: AgentSvid): void;
+  /** Sets the X.509 roots the server is verified against (rebuilds the channel when they change). */
+  setTrustBundle(roots: readonly Uint8Array[]): void;
+  /** Closes the channel. */
+  close(): void;
+}
+
+/** Options of {@link GrpcServerClient}. */
+export interface ServerClientOptions {
+  /** `host:port` of the agent API. */
+  readonly address: string;
+  readonly trustDomain: TrustDomain;
+  readonly clock: Clock;
+  /** X.509 roots (DER) to verify the server against; may be empty only with `insecureBootstrap`. */
+  readonly roots: readonly Uint8Array[];
+  /** Attest without authenticating the server while no roots are known. */
+  readonly insecureBootstrap?: boolean;
+  /** Per-call deadline (default 30s). */
+  readonly deadlineMs?: number;
+  readonly log?: Logger;
+}
+
+const GRPC_TO_CODE: Readonly<Partial<Record<number, ErrorCode>>> = {
+  [status.INVALID_ARGUMENT]: "ERR_INVALID_ARGUMENT",
+  [status.NOT_FOUND]: "ERR_NOT_FOUND",
+  [status.ALREADY_EXISTS]: "ERR_ALREADY_EXISTS",
+  [status.PERMISSION_DENIED]: "ERR_PERMISSION_DENIED",
+  [status.UNAUTHENTICATED]: "ERR_PERMISSION_DENIED",
+  [status.UNAVAILABLE]: "ERR_UNAVAILABLE",
+  [status.DEADLINE_EXCEEDED]: "ERR_UNAVAILABLE",
+  [status.CANCELLED]: "ERR_UNAVAILABLE",
+};
+
+/**
+ * A server RPC failure as a SigilError: `sync: SyncAuthorized: <server's message>`,
+ * the code from the gRPC status (UNAVAILABLE and DEADLINE_EXCEEDED become
+ * `ERR_UNAVAILABLE`, the "server is away" case).
+ */
+export function serverRpcError(rpc: string, e: unknown): SigilError {
+  if (isSigilError(e)) return e;
+  const se = e as Partial<ServiceError>;
+  const code = (typeof se.code === "number" ? GRPC_TO_CODE[se.code] : undefined) ?? "ERR_INTERNAL";
+  const detail = se.details || (e instanceof Error ? e.message : String(e));
+  return new SigilError(code, `sync: ${rpc}: ${detail}`, { cause: e });
+}
+
+function unixSeconds(v: bigint): Date | undefined {
+  return v === 0n ? undefined : new Date(Number(v) * 1000);
+}
+
+/** Converts a wire entry; throws on a malformed one so a bad sync is not half-applied. */
+function syncedEntry(e: WireEntry): SyncedEntry {
+  return {
+    id: e.id,
+    spiffeId: parseSpiffeId(e.spiffeId).toString(),
+    parentId: e.parentId,
+    selectors: e.selectors.map((s) => makeSelector(s.type, s.value)),
+    federatesWith: [...e.federatesWith],
+    hint: e.hint,
+    createdAt: unixSeconds(e.createdAt) ?? new Date(0),
+    revision: Number(e.revision),
+    jwtSvidTtlSeconds: e.jwtSvidTtl,
+    x509SvidTtlSeconds: e.x509SvidTtl,
+    dnsNames: [...e.dnsNames],
+    expiresAt: unixSeconds(e.expiresAt),
+  };
+}
+
+/** The issuer chain the server presented after its leaf (OpenSSL's view), without the self-loop at the root. */
+function presentedChain(cert: PeerCertificate): Uint8Array[] {
+  const out: Uint8Array[] = [new Uint8Array(cert.raw)];
+  const seen = new Set<string>([cert.fingerprint256]);
+  let c = (cert as { issuerCertificate?: PeerCertificate }).issuerCertificate;
+  while (c && c.raw && !seen.has(c.fingerprint256)) {
+    seen.add(c.fingerprint256);
+    out.push(new Uint8Array(c.raw));
+    c = (c as { issuerCertificate?: PeerCertificate }).issuerCertificate;
+  }
+  return out;
+}
+
+/** The agent API client over grpc-js. */
+export class GrpcServerClient implements ServerClient {
+  readonly #opts: ServerClientOptions;
+  readonly #serverId: string;
+  readonly #def = grpcServiceDefinition(AgentAPI);
+  #roots: readonly Uint8Array[];
+  #rootsKey: string;
+  #identity: AgentSvid | undefined;
+  #api: UnaryClient<AgentMethods> | undefined;
+
+  constructor(options: ServerClientOptions) {
+    if (options.roots.length === 0 && options.insecureBootstrap !== true) {
+      throw new SigilError("ERR_INVALID_ARGUMENT", "sync: no trust bundle to verify the server with (set trust_bundle_path, trust_bundle_url or insecure_bootstrap)");
+    }
+    this.#opts = options;
+    this.#serverId = spiffeIdFromPath(options.trustDomain, "/spire/server").toString();
+    this.#roots = [...options.roots];
+    this.#rootsKey = rootsKey(this.#roots);
+  }
+
+  /** The SPIFFE ID the server must present. */
+  get serverId(): string {
+    return this.#serverId;
+  }
+
+  setIdentity(svid: AgentSvid): void {
+    this.#identity = svid;
+    this.#dropChannel();
+  }
+
+  setTrustBundle(roots: readonly Uint8Array[]): void {
+    if (roots.length === 0) throw new SigilError("ERR_BUNDLE_INVALID", `sync: the bundle of ${this.#opts.trustDomain.name} holds no X.509 authority`);
+    const key = rootsKey(roots);
+    if (key === this.#rootsKey) return;
+    this.#roots = [...roots];
+    this.#rootsKey = key;
+    this.#dropChannel();
+  }
+
+  close(): void {
+    this.#dropChannel();
+  }
+
+  async attest(attestor: AgentNodeAttestor): Promise<AttestResult> {
+    const { privateKey } = generateKeyPair("ec-p256");
+    const payload = await attestor.payload();
+    const client = new Client(this.#opts.address, this.#credentials(undefined), this.#channelOptions());
+    let result: AttestAgentResponse["step"] & { case: "result" };
+    try {
+      result = await new Promise((resolve, reject) => {
+        const def = this.#def.attestAgent;
+        const call: ClientDuplexStream<AttestAgentRequest, AttestAgentResponse> = client.makeBidiStreamRequest(
+          def.path,
+          def.requestSerialize,
+          def.responseDeserialize,
+          new Metadata(),
+          { deadline: this.#deadline() },
+        );
+        let settled = false;
+        const fail = (e: unknown): void => {
+          if (settled) return;
+          settled = true;
+          call.cancel();
+          reject(serverRpcError("AttestAgent", e));
+        };
+        call.on("data", (m: AttestAgentResponse) => {
+          if (m.step.case === "result") {
+            settled = true;
+            call.end();
+            resolve(m.step);
+          } else if (m.step.case === "challenge") {
+            if (!attestor.answer) {
+              fail(new SigilError("ERR_PERMISSION_DENIED", `sync: AttestAgent: the server sent a challenge but the ${attestor.name} attestor answers none`));
+              return;
+            }
+            attestor.answer(m.step.value).then(
+              (answer) => call.write(create(AttestAgentRequestSchema, { step: { case: "challengeResponse", value: answer } })),
+              fail,
+            );
+          }
+        });
+        call.on("error", fail);
+        call.on("end", () => fail(new SigilError("ERR_INTERNAL", "sync: AttestAgent: the server ended the stream without a result")));
+        call.write(
+          create(AttestAgentRequestSchema, {
+            step: { case: "params", value: { data: { type: attestor.name, payload }, csr: buildCsr(privateKey) } },
+          }),
+        );
+      });
+    } finally {
+      client.close();
+    }
+    const r = result.value;
+    const svid = this.#checkedAgentSvid("AttestAgent", r.svid?.certChain ?? [], privateKey);
+    if (r.bundle.length === 0) throw new SigilError("ERR_BUNDLE_INVALID", "sync: AttestAgent: the result holds no bundle");
+    return { svid, bundle: [...r.bundle], selectors: r.selectors.map((s) => makeSelector(s.type, s.value)) };
+  }
+
+  async renew(): Promise<AgentSvid> {
+    const current = this.#identity;
+    if (!current) throw new SigilError("ERR_UNAVAILABLE", "sync: RenewAgent: the agent has no SVID yet; attest first");
+    const { privateKey } = generateKeyPair("ec-p256");
+    const res = await this.#call("RenewAgent", (api) => api.renewAgent({ csr: buildCsr(privateKey) }, { deadlineMs: this.#opts.deadlineMs ?? 30_000 }));
+    const svid = this.#checkedAgentSvid("RenewAgent", res.svid?.certChain ?? [], privateKey);
+    if (svid.spiffeId !== current.spiffeId) {
+      throw new SigilError("ERR_PERMISSION_DENIED", `sync: RenewAgent: the server renewed ${svid.spiffeId}, not ${current.spiffeId}`);
+    }
+    return svid;
+  }
+
+  async sync(knownRevision: string): Promise<SyncResult> {
+    const res = await this.#call("SyncAuthorized", (api) => api.syncAuthorized({ knownRevision }, { deadlineMs: this.#opts.deadlineMs ?? 30_000 }));
+    if (res.notModified) return { notModified: true, revision: res.revision, entries: [], bundles: [] };
+    let entries: SyncedEntry[];
+    let bundles: SpiffeBundle[];
+    try {
+      entries = res.entries.map(syncedEntry);
+      bundles = res.bundles.map((b) => parseSpiffeBundle(b.spiffeBundleJson, parseTrustDomain(b.trustDomain)).bundle);
+    } catch (e) {
+      throw new SigilError("ERR_INTERNAL", `sync: SyncAuthorized: malformed response: ${(e as Error).message}`, { cause: e });
+    }
+    const own = bundles[0];
+    if (!own || own.trustDomain.name !== this.#opts.trustDomain.name) {
+      throw new SigilError("ERR_INTERNAL", `sync: SyncAuthorized: the first bundle is not the one of ${this.#opts.trustDomain.name}`);
+    }
+    return { notModified: false, revision: res.revision, entries, bundles };
+  }
+
+  async batchNewX509Svid(params: readonly X509SvidParams[]): Promise<X509SvidResult[]> {
+    if (params.length === 0) return [];
+    const res = await this.#call("BatchNewX509SVID", (api) =>
+      api.batchNewX509SVID(
+        { params: params.map((p) => ({ entryId: p.entryId, key: { case: "publicKey" as const, value: p.publicKey } })) },
+        { deadlineMs: this.#opts.deadlineMs ?? 30_000 },
+      ),
+    );
+    if (res.results.length !== params.length) {
+      throw new SigilError("ERR_INTERNAL", `sync: BatchNewX509SVID: ${res.results.length} results for ${params.length} requests`);
+    }
+    return res.results.map((r): X509SvidResult => {
+      const code = r.status?.code ?? 0;
+      if (code !== 0 || !r.svid || r.svid.certChain.length === 0) return { ok: false, code: code || status.INTERNAL, message: r.status?.message || "no SVID in the result" };
+      return { ok: true, chain: [...r.svid.certChain] };
+    });
+  }
+
+  async newJwtSvid(entryId: string, audience: readonly string[]): Promise<MintedJwtSvid> {
+    const res = await this.#call("NewJWTSVID", (api) => api.newJWTSVID({ entryId, audience: [...audience] }, { deadlineMs: this.#opts.deadlineMs ?? 30_000 }));
+    return {
+      spiffeId: res.spiffeId,
+      token: res.token,
+      issuedAt: new Date(Number(res.issuedAt) * 1000),
+      expiresAt: new Date(Number(res.expiresAt) * 1000),
+    };
+  }
+
+  async #call<T>(rpc: string, fn: (api: UnaryClient<AgentMethods>) => Promise<T>): Promise<T> {
+    try {
+      return await fn(this.#channel());
+    } catch (e) {
+      throw serverRpcError(rpc, e);
+    }
+  }
+
+  #checkedAgentSvid(rpc: string, chain: readonly Uint8Array[], privateKey: KeyObject): AgentSvid {
+    let svid: AgentSvid;
+    try {
+      svid = agentSvidFromChain(chain, privateKey);
+    } catch (e) {
+      throw new SigilError("ERR_INTERNAL", `sync: ${rpc}: the server returned an unusable agent SVID: ${(e as Error).message}`, { cause: e });
+    }
+    if (!parseSpiffeId(svid.spiffeId).memberOf(this.#opts.trustDomain)) {
+      throw new SigilError("ERR_PERMISSION_DENIED", `sync: ${rpc}: the agent SVID ${svid.spiffeId} is not in trust domain ${this.#opts.trustDomain.name}`);
+    }
+    return svid;
+  }
+
+  #deadline(): Date {
+    // grpc-js deadlines are wall-clock; the injected clock only drives certificate checks.
+    return new Date(Date.now() + (this.#opts.deadlineMs ?? 30_000));
+  }
+
+  #channelOptions(): ChannelOptions {
+    return {
+      // SNI is the trust domain: the address is usually an IP, which SNI may not carry.
+      "grpc.ssl_target_name_override": this.#opts.trustDomain.name,
+      // Each channel gets its own connections: a rebuilt channel must not reuse the old identity's TLS session.
+      "grpc.use_local_subchannel_pool": 1,
+    };
+  }
+
+  #channel(): UnaryClient<AgentMethods> {
+    if (!this.#identity) throw new SigilError("ERR_UNAVAILABLE", "sync: the agent has no SVID yet; attest first");
+    if (this.#roots.length === 0) throw new SigilError("ERR_UNAVAILABLE", "sync: no trust bundle to verify the server with");
+    this.#api ??= createUnaryClient(AgentAPI, this.#opts.address, this.#credentials(this.#identity), this.#channelOptions());
+    return this.#api;
+  }
+
+  #dropChannel(): void {
+    // In-flight calls on the old channel finish; new calls use the new one.
+    this.#api?.close();
+    this.#api = undefined;
+  }
+
+  #credentials(identity: AgentSvid | undefined): ChannelCredentials {
+    const key = identity ? Buffer.from(encodePemPrivateKey(new Uint8Array(identity.privateKey.export({ format: "der", type: "pkcs8" })))) : null;
+    const chain = identity ? Buffer.from(encodePemCertificates(identity.chain)) : null;
+    if (this.#roots.length === 0) {
+      // Insecure bootstrap: nothing is verified; only attestation ever uses this.
+      this.#opts.log?.warn({ server: this.#opts.address }, "sync: insecure_bootstrap: the server is not authenticated for this attestation");
+      return credentials.createSsl(null, key, chain, { rejectUnauthorized: false, checkServerIdentity: () => undefined });
+    }
+    const roots = this.#roots;
+    const bundleSource = new StaticX509BundleSource([new X509Bundle(this.#opts.trustDomain, roots)]);
+    const expected = this.#serverId;
+    const clock = this.#opts.clock;
+    return credentials.createSsl(Buffer.from(encodePemCertificates(roots)), key, chain, {
+      rejectUnauthorized: true,
+      checkServerIdentity: (_host: string, cert: PeerCertificate): Error | undefined => {
+        try {
+          const { id } = verifyX509Svid(presentedChain(cert), bundleSource, { now: clock.now() });
+          if (id.toString() !== expected) return new Error(`sync: the server presented ${id.toString()}, expected ${expected}`);
+          return undefined;
+        } catch (e) {
+          return new Error(`sync: the server's certificate is not a valid SVID of ${this.#opts.trustDomain.name}: ${(e as Error).message}`);
+        }
+      },
+    });
+  }
+}
+
+function rootsKey(roots: readonly Uint8Array[]): string {
+  return roots.map((r) => Buffer.from(r).toString("base64")).join(",");
+}
+
+/** Creates the agent API client. */
+export function createServerClient(options: ServerClientOptions): GrpcServerClient {
+  return new GrpcServerClient(options);
+}

@@ -1,0 +1,300 @@
+/**
+ * The agent's one sync loop. Each round:
+ *
+ * 1. drops expired SVIDs from the cache (never served, whatever the server does);
+ * 2. keeps the agent's own SVID current (renewal, or re-attestation once expired);
+ * 3. asks the server for the authorized entries and bundles (SyncAuthorized,
+ *    with the last revision so an unchanged set costs nothing);
+ * 4. for every entry without an SVID, whose revision changed, or whose SVID
+ *    passed its renewal point, generates a P-256 key on the agent and sends
+ *    the public keys in batches to BatchNewX509SVID;
+ * 5. applies everything to the cache in one update (one notification).
+ *
+ * Rounds run every `sync_interval`; after failures the delay doubles up to
+ * min(8m, 48 × interval). While the server is away the cache keeps serving
+ * the SVIDs that are still valid.
+ */
+import type { Clock } from "../../common/clock.js";
+import type { Logger } from "../../common/log.js";
+import { isSigilError } from "../../spiffe/errors.js";
+import { generateKeyPair } from "../../spiffe/signer.js";
+import { parseX509Svid } from "../../spiffe/x509/svid.js";
+import { decodeCertificate } from "../../spiffe/x509/decode-certificate.js";
+import type { NodeIdentity } from "../attestation/node.js";
+import type { AgentCache, CachedSvidState } from "../cache/agent-cache.js";
+import type { AgentCacheMetrics } from "../cache/cache-metrics.js";
+import type { CachedEntry } from "../cache/types.js";
+import { nextSyncDelayMs } from "../rotation/backoff.js";
+import { renewAt } from "../rotation/renew-at.js";
+import type { AgentStateStore } from "../storage/agent-state-store.js";
+import type { ServerClient, X509SvidParams } from "./server-client.js";
+
+/** Most X509-SVIDs requested in one BatchNewX509SVID call (SPIRE starts at 500). */
+export const DEFAULT_SVID_BATCH_SIZE = 500;
+
+/** Options of {@link SyncLoop}. */
+export interface SyncLoopOptions {
+  readonly client: ServerClient;
+  readonly cache: AgentCache;
+  readonly clock: Clock;
+  /** Keeps the agent SVID current each round; omitted when the test drives it. */
+  readonly identity?: NodeIdentity | undefined;
+  /** Persists the own bundle whenever a sync changes it. */
+  readonly store?: AgentStateStore | undefined;
+  readonly log?: Logger | undefined;
+  readonly metrics?: AgentCacheMetrics | undefined;
+  /** Delay between successful rounds (`sync_interval`). */
+  readonly intervalMs: number;
+  /** Fraction of an SVID's lifetime after which it is renewed (default 0.5). */
+  readonly rotationFraction?: number;
+  /** Jitter of the renewal point (default 0.1). */
+  readonly rotationJitter?: number;
+  /** Uniform random numbers in [0, 1] (default `Math.random`). */
+  readonly random?: () => number;
+  /** Default {@link DEFAULT_SVID_BATCH_SIZE}. */
+  readonly batchSize?: number;
+}
+
+/** What one round did. */
+export interface SyncOutcome {
+  /** True when the server answered the sync and every batch call. */
+  readonly ok: boolean;
+  /** The round's failure, when `ok` is false. */
+  readonly error?: unknown;
+  /** The sync said nothing changed since the last revision. */
+  readonly notModified: boolean;
+  /** SVIDs obtained this round. */
+  readonly rotated: number;
+  /** SVIDs requested but not obtained this round. */
+  readonly failed: number;
+  /** What happened to the agent's own SVID. */
+  readonly agentSvid: "none" | "renewed" | "reattested" | "error";
+}
+
+/** Why an entry needs a new SVID now, or undefined when it does not. */
+export type RenewalReason = "new" | "entry-changed" | "due" | "expired";
+
+/**
+ * Whether an entry's SVID must be (re)issued at `now`: none yet, issued for an
+ * older entry revision, expired, or past its renewal point. Pure.
+ */
+export function renewalReason(entry: CachedEntry, state: CachedSvidState | undefined, now: Date): RenewalReason | undefined {
+  if (!state) return "new";
+  if (state.entryRevision !== entry.revision) return "entry-changed";
+  if (state.svid.notAfter.getTime() <= now.getTime()) return "expired";
+  if (now.getTime() >= state.renewAt.getTime()) return "due";
+  return undefined;
+}
+
+/** The agent's sync loop. */
+export class SyncLoop {
+  readonly #o: SyncLoopOptions;
+  #revision = "";
+  #failures = 0;
+  #timer: NodeJS.Timeout | undefined;
+  #running: Promise<SyncOutcome> | undefined;
+  #queued: Promise<SyncOutcome> | undefined;
+  #started = false;
+  #lastSuccess: Date | undefined;
+
+  constructor(options: SyncLoopOptions) {
+    this.#o = options;
+  }
+
+  /** Consecutive failed rounds (0 after a success). */
+  get consecutiveFailures(): number {
+    return this.#failures;
+  }
+
+  /** When the last round succeeded. */
+  get lastSuccess(): Date | undefined {
+    return this.#lastSuccess;
+  }
+
+  /** Starts periodic rounds; the first one runs at once. */
+  start(): void {
+    if (this.#started) return;
+    this.#started = true;
+    this.#schedule(0);
+  }
+
+  /** Stops the periodic rounds and waits for a running one to finish. */
+  async stop(): Promise<void> {
+    this.#started = false;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    await this.#queued?.catch(() => undefined);
+    await this.#running?.catch(() => undefined);
+  }
+
+  /**
+   * Runs a round now. Rounds never overlap: a call during a round runs one more
+   * round right after it (callers in the meantime share that one).
+   */
+  syncNow(): Promise<SyncOutcome> {
+    if (!this.#running) {
+      this.#running = this.#round().finally(() => {
+        this.#running = undefined;
+      });
+      return this.#running;
+    }
+    this.#queued ??= this.#running.then(
+      () => this.#afterQueue(),
+      () => this.#afterQueue(),
+    );
+    return this.#queued;
+  }
+
+  #afterQueue(): Promise<SyncOutcome> {
+    this.#queued = undefined;
+    return this.syncNow();
+  }
+
+  #schedule(delayMs: number): void {
+    if (!this.#started) return;
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      void this.syncNow().then(
+        () => this.#schedule(nextSyncDelayMs(this.#o.intervalMs, this.#failures)),
+        () => this.#schedule(nextSyncDelayMs(this.#o.intervalMs, this.#failures)),
+      );
+    }, delayMs);
+  }
+
+  async #round(): Promise<SyncOutcome> {
+    const { cache, client, clock, log } = this.#o;
+    cache.dropExpired();
+
+    let agentSvid: SyncOutcome["agentSvid"] = "none";
+    if (this.#o.identity) {
+      try {
+        agentSvid = await this.#o.identity.maintain();
+      } catch (e) {
+        agentSvid = "error";
+        log?.error({ err: e }, "sync: cannot renew the agent SVID");
+        // An expired agent SVID cannot sync at all; a valid one still can.
+        const current = this.#o.identity.current();
+        if (!current || current.notAfter.getTime() <= clock.now().getTime()) return this.#failed(e, agentSvid);
+      }
+    }
+
+    let res;
+    try {
+      res = await client.sync(this.#revision);
+    } catch (e) {
+      return this.#failed(e, agentSvid);
+    }
+    if (!res.notModified) {
+      const own = res.bundles[0];
+      if (own) {
+        try {
+          client.setTrustBundle(own.x509Authorities);
+        } catch (e) {
+          return this.#failed(e, agentSvid);
+        }
+      }
+      const bundlesChanged = own !== undefined && this.#ownBundleChanged(own);
+      cache.update({ entries: res.entries, bundles: res.bundles, synced: true });
+      if (own && bundlesChanged && this.#o.store) {
+        try {
+          this.#o.store.saveBundle(own);
+        } catch (e) {
+          log?.error({ err: e }, "sync: cannot persist the trust bundle");
+        }
+      }
+      this.#revision = res.revision;
+    } else {
+      cache.update({ synced: true });
+    }
+
+    const { rotated, failed, error } = await this.#rotate();
+    if (error !== undefined) return this.#failed(error, agentSvid, { rotated, failed, notModified: res.notModified });
+    this.#failures = 0;
+    this.#lastSuccess = clock.now();
+    this.#o.metrics?.syncs.inc({ result: "success" });
+    return { ok: true, notModified: res.notModified, rotated, failed, agentSvid };
+  }
+
+  #ownBundleKey = "";
+  #ownBundleChanged(own: { x509Authorities: readonly Uint8Array[]; sequenceNumber?: bigint }): boolean {
+    const key = `${own.sequenceNumber ?? ""}|${own.x509Authorities.map((d) => Buffer.from(d).toString("base64")).join(",")}`;
+    if (key === this.#ownBundleKey) return false;
+    this.#ownBundleKey = key;
+    return true;
+  }
+
+  #failed(error: unknown, agentSvid: SyncOutcome["agentSvid"], partial: { rotated?: number; failed?: number; notModified?: boolean } = {}): SyncOutcome {
+    this.#failures++;
+    this.#o.metrics?.syncs.inc({ result: "error" });
+    const away = isSigilError(error, "ERR_UNAVAILABLE");
+    const valid = this.#o.cache.svidCount;
+    this.#o.log?.[away ? "warn" : "error"](
+      { err: error, consecutive_failures: this.#failures, cached_svids: valid, next_attempt_ms: nextSyncDelayMs(this.#o.intervalMs, this.#failures) },
+      away ? "sync: the server is unreachable; serving cached SVIDs while they are valid" : "sync: round failed",
+    );
+    return { ok: false, error, notModified: partial.notModified ?? false, rotated: partial.rotated ?? 0, failed: partial.failed ?? 0, agentSvid };
+  }
+
+  async #rotate(): Promise<{ rotated: number; failed: number; error?: unknown }> {
+    const { cache, client, clock, log, metrics } = this.#o;
+    const now = clock.now();
+    const due: { entry: CachedEntry; reason: RenewalReason }[] = [];
+    for (const entry of cache.entries()) {
+      const reason = renewalReason(entry, cache.svidState(entry.id), now);
+      if (reason) due.push({ entry, reason });
+    }
+    if (due.length === 0) return { rotated: 0, failed: 0 };
+    const batchSize = this.#o.batchSize ?? DEFAULT_SVID_BATCH_SIZE;
+    let rotated = 0;
+    let failed = 0;
+    let error: unknown;
+    for (let i = 0; i < due.length; i += batchSize) {
+      const chunk = due.slice(i, i + batchSize).map((d) => ({ ...d, ...generateKeyPair("ec-p256") }));
+      const params: X509SvidParams[] = chunk.map((c) => ({
+        entryId: c.entry.id,
+        publicKey: new Uint8Array(c.publicKey.export({ format: "der", type: "spki" })),
+      }));
+      let results;
+      try {
+        results = await client.batchNewX509Svid(params);
+      } catch (e) {
+        failed += chunk.length;
+        metrics?.rotations.inc({ result: "error" }, chunk.length);
+        error = e;
+        break;
+      }
+      const svids = new Map<string, CachedSvidState>();
+      chunk.forEach((d, k) => {
+        const r = results[k];
+        const privateKey = d.privateKey;
+        if (!r) return;
+        if (!r.ok) {
+          failed++;
+          metrics?.rotations.inc({ result: "error" });
+          log?.warn({ entry_id: d.entry.id, spiffe_id: d.entry.spiffeId, code: r.code, reason: d.reason }, `sync: the server did not sign an X509-SVID: ${r.message}`);
+          return;
+        }
+        try {
+          const pkcs8 = new Uint8Array(privateKey.export({ format: "der", type: "pkcs8" }));
+          const parsed = parseX509Svid(r.chain, pkcs8);
+          if (parsed.id.toString() !== d.entry.spiffeId) throw new Error(`the SVID is for ${parsed.id.toString()}, the entry names ${d.entry.spiffeId}`);
+          const leaf = decodeCertificate(parsed.certificateDers[0] as Uint8Array);
+          svids.set(d.entry.id, {
+            svid: { chain: parsed.certificateDers, privateKey, privateKeyPkcs8: pkcs8, notBefore: leaf.notBefore, notAfter: leaf.notAfter },
+            entryRevision: d.entry.revision,
+            renewAt: renewAt(leaf.notBefore, leaf.notAfter, this.#o.rotationFraction ?? 0.5, this.#o.rotationJitter ?? 0.1, (this.#o.random ?? Math.random)()),
+          });
+          rotated++;
+          metrics?.rotations.inc({ result: "success" });
+          log?.debug({ entry_id: d.entry.id, spiffe_id: d.entry.spiffeId, reason: d.reason, expires_at: leaf.notAfter.toISOString() }, "sync: X509-SVID obtained");
+        } catch (e) {
+          failed++;
+          metrics?.rotations.inc({ result: "error" });
+          log?.error({ err: e, entry_id: d.entry.id }, "sync: the server returned an unusable X509-SVID");
+        }
+      });
+      cache.update({ svids });
+    }
+    return error === undefined ? { rotated, failed } : { rotated, failed, error };
+  }
+}

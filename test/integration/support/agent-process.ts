@@ -1,0 +1,158 @@
+/**
+ * Starts a real `sigil-agent run` process against a server process, and runs
+ * workload scripts (as other uids when root) that use the real Workload API
+ * client, as a workload would.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { chmodSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
+
+/** A running agent process. */
+export interface AgentProcess {
+  readonly dir: string;
+  readonly socketPath: string;
+  readonly logs: Record<string, unknown>[];
+  waitForLog(match: (rec: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  stop(): Promise<void>;
+}
+
+/** Starts `sigil-agent run` with a join token; resolves once the agent logs "agent started". */
+export async function startAgentProcess(opts: { serverAddress: string; bundlePem: string; joinToken: string; trustDomain?: string; extraAgentYaml?: string }): Promise<AgentProcess> {
+  const dir = mkdtempSync(path.join(tmpdir(), "sigil-agent-it-"));
+  chmodSync(dir, 0o755); // workloads running as other uids must reach the socket
+  const socketPath = path.join(dir, "public", "api.sock");
+  mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 });
+  const bundlePath = path.join(dir, "bundle.pem");
+  writeFileSync(bundlePath, opts.bundlePem);
+  const [host, port] = opts.serverAddress.split(":");
+  const configPath = path.join(dir, "agent.yaml");
+  writeFileSync(
+    configPath,
+    `agent:
+  trust_domain: ${opts.trustDomain ?? "example.org"}
+  server_address: ${host}
+  server_port: ${port}
+  socket_path: ${socketPath}
+  data_dir: ${path.join(dir, "data")}
+  trust_bundle_path: ${bundlePath}
+  sync_interval: 500ms
+  log_level: debug
+${opts.extraAgentYaml ?? ""}plugins:
+  NodeAttestor:
+    join_token: {}
+  WorkloadAttestor:
+    unix: {}
+`,
+  );
+  const child: ChildProcess = spawn(process.execPath, ["--import", "tsx", path.join(root, "agent/cli/main.ts"), "run", "--config", configPath, "--join-token", opts.joinToken], {
+    cwd: root,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const logs: Record<string, unknown>[] = [];
+  const waiters = new Set<{ match: (r: Record<string, unknown>) => boolean; resolve: (r: Record<string, unknown>) => void }>();
+  let stderr = "";
+  child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+  let buf = "";
+  child.stdout?.on("data", (d: Buffer) => {
+    buf += d.toString();
+    let nl: number;
+    while ((nl = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      try {
+        const rec = JSON.parse(line) as Record<string, unknown>;
+        logs.push(rec);
+        for (const w of waiters) {
+          if (w.match(rec)) {
+            waiters.delete(w);
+            w.resolve(rec);
+          }
+        }
+      } catch {
+        // not JSON
+      }
+    }
+  });
+  const waitForLog = (match: (r: Record<string, unknown>) => boolean, timeoutMs = 20_000) =>
+    new Promise<Record<string, unknown>>((resolve, reject) => {
+      const found = logs.find(match);
+      if (found) return resolve(found);
+      const w = { match, resolve };
+      waiters.add(w);
+      child.once("exit", (code) => {
+        if (waiters.delete(w)) reject(new Error(`agent exited with ${code}: ${stderr}`));
+      });
+      setTimeout(() => {
+        if (waiters.delete(w)) reject(new Error(`expected agent log record did not arrive; stderr: ${stderr}`));
+      }, timeoutMs).unref();
+    });
+  await waitForLog((r) => r.msg === "agent started", 30_000);
+  return {
+    dir,
+    socketPath,
+    logs,
+    waitForLog,
+    stop: () =>
+      new Promise<void>((resolve) => {
+        if (child.exitCode !== null) return resolve();
+        child.once("exit", () => resolve());
+        child.kill("SIGTERM");
+      }),
+  };
+}
+
+/** Result of a workload script. */
+export interface WorkloadResult {
+  readonly status: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/**
+ * Runs a small ESM script as a workload (optionally as another uid/gid) with
+ * SPIFFE_ENDPOINT_SOCKET set. The script gets `client` (the real Workload API
+ * client) and prints what the test should check.
+ */
+export function runWorkload(
+  socketPath: string,
+  body: string,
+  as?: { uid: number; gid: number },
+  timeoutMs = 20_000,
+  onStdout?: (chunk: string) => void,
+): Promise<WorkloadResult> {
+  const script = `
+import { createWorkloadApiClient } from ${JSON.stringify(path.join(root, "spiffe/workloadapi/client.ts"))};
+const client = createWorkloadApiClient();
+try {
+${body}
+} catch (e) {
+  console.log(JSON.stringify({ error: { code: e.grpcCode ?? null, message: e.message } }));
+} finally {
+  client.close();
+}
+`;
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+      cwd: root,
+      env: { ...process.env, SPIFFE_ENDPOINT_SOCKET: `unix://${socketPath}` },
+      stdio: ["ignore", "pipe", "pipe"],
+      ...(as ? { uid: as.uid, gid: as.gid } : {}),
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout?.on("data", (d: Buffer) => {
+      stdout += d.toString();
+      onStdout?.(stdout);
+    });
+    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+    const t = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    child.on("exit", (status) => {
+      clearTimeout(t);
+      resolve({ status, stdout, stderr });
+    });
+  });
+}
