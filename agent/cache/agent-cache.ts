@@ -8,7 +8,7 @@
  */
 import type { Clock } from "../../common/clock.js";
 import type { Logger } from "../../common/log.js";
-import { selectorsSubsetOf, type Selector } from "../../common/selector.js";
+import { formatSelector, selectorsSubsetOf, type Selector } from "../../common/selector.js";
 import type { SpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
 import { SigilError } from "../../spiffe/errors.js";
 import type { TrustDomain } from "../../spiffe/id.js";
@@ -171,6 +171,20 @@ export class AgentCache implements WorkloadCache {
   /** The current entries, in no particular order. */
   entries(): CachedEntry[] {
     return [...this.#entries.values()];
+  }
+
+  /** See {@link WorkloadCache.closestEntries}. */
+  closestEntries(selectors: readonly Selector[], limit: number): { entry: CachedEntry; missing: string[] }[] {
+    const have = new Set(selectors.map(formatSelector));
+    const scored: { entry: CachedEntry; missing: string[]; matched: number }[] = [];
+    for (const entry of this.#entries.values()) {
+      const wanted = entry.selectors.map(formatSelector);
+      const missing = wanted.filter((s) => !have.has(s));
+      const matched = wanted.length - missing.length;
+      if (matched > 0) scored.push({ entry, missing, matched });
+    }
+    scored.sort((a, b) => b.matched - a.matched || a.missing.length - b.missing.length || (a.entry.id < b.entry.id ? -1 : 1));
+    return scored.slice(0, limit).map(({ entry, missing }) => ({ entry, missing }));
   }
 
   /** The SVID state of an entry, if it has one (expired ones included until {@link AgentCache.dropExpired}). */

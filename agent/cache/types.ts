@@ -76,4 +76,10 @@ export interface WorkloadCache {
    * its lifetime remains, else freshly minted by the server.
    */
   fetchJwtSvid(entryId: string, audience: readonly string[]): Promise<CachedJwtSvid>;
+  /**
+   * For "no identity issued" diagnostics: the entries sharing the most
+   * selectors with `selectors` (at least one), best first, with the selectors
+   * each is still missing.
+   */
+  closestEntries?(selectors: readonly Selector[], limit: number): { entry: CachedEntry; missing: string[] }[];
 }

@@ -3,6 +3,9 @@
  * attested with a join token, and workloads (run as other uids when root)
  * using the real Workload API client over the agent's Unix socket.
  */
+import { chmodSync, mkdtempSync, readFileSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { credentials, status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -11,7 +14,7 @@ import { AgentAdmin, EntryAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.
 import { EntrySchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { rootsPemFromBundleJson } from "./support/test-agent.js";
 import { startServerProcess, type ServerProcess } from "./support/server-process.js";
-import { runWorkload, startAgentProcess, type AgentProcess } from "./support/agent-process.js";
+import { runAgentCli, runWorkload, startAgentProcess, type AgentProcess } from "./support/agent-process.js";
 
 const isRoot = process.getuid?.() === 0;
 if (!isRoot) {
@@ -63,11 +66,34 @@ describe.skipIf(!isRoot)("agent end to end", () => {
     expect(JSON.parse(r.stdout.trim().split("\n").pop() ?? "{}"), r.stderr).toEqual({ ids: ["spiffe://example.org/web"], bundles: ["example.org"] });
   });
 
+  it("sigil-agent api fetch x509 --write, fetch jwt and validate jwt work for the workload (exit 0), and fail with exit 1 for a stranger", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "sigil-cli-out-"));
+    chmodSync(dir, 0o777);
+    const x509 = await runAgentCli(["api", "fetch", "x509", "--socket-path", agent.socketPath, "--write", dir, "--output", "json"], WEB);
+    expect(x509.status, x509.stderr).toBe(0);
+    expect((JSON.parse(x509.stdout) as { svids: { spiffe_id: string }[] }).svids.map((s) => s.spiffe_id)).toEqual(["spiffe://example.org/web"]);
+    expect(readFileSync(path.join(dir, "svid.0.pem"), "utf8")).toMatch(/BEGIN CERTIFICATE/);
+    expect(statSync(path.join(dir, "svid.0.key")).mode & 0o777).toBe(0o600);
+    const jwt = await runAgentCli(["api", "fetch", "jwt", "--audience", "db", "--output", "json"], WEB, { SPIFFE_ENDPOINT_SOCKET: `unix://${agent.socketPath}` });
+    expect(jwt.status, jwt.stderr).toBe(0);
+    const token = (JSON.parse(jwt.stdout) as { svids: { token: string }[] }).svids[0]?.token ?? "";
+    const valid = await runAgentCli(["api", "validate", "jwt", "--audience", "db", "--svid", token, "--socket-path", agent.socketPath, "--output", "json"], WEB);
+    expect(valid.status, valid.stderr).toBe(0);
+    expect((JSON.parse(valid.stdout) as { spiffe_id: string }).spiffe_id).toBe("spiffe://example.org/web");
+    const denied = await runAgentCli(["api", "fetch", "x509", "--socket-path", agent.socketPath], STRANGER);
+    expect(denied.status).toBe(1);
+    expect(denied.stderr).toMatch(/no identity issued/);
+    expect((await runAgentCli(["api", "fetch", "x509", "--output", "yaml"])).status).toBe(2);
+  }, 60_000);
+
   it("an unregistered uid gets PermissionDenied", async () => {
     const r = await runWorkload(agent.socketPath, `await client.fetchX509Context(); console.log(JSON.stringify({ ok: true }));`, STRANGER);
     const out = JSON.parse(r.stdout.trim().split("\n").pop() ?? "{}") as { error?: { code: number; message: string } };
     expect(out.error?.code, r.stdout + r.stderr).toBe(status.PERMISSION_DENIED);
     expect(out.error?.message).toMatch(/no identity issued/);
+    // The agent log says why: the caller's selectors (and the closest entries, if any).
+    const rec = await agent.waitForLog((l) => String(l.msg).startsWith("No identity issued") && JSON.stringify(l.selectors).includes(`unix:uid:${STRANGER.uid}`));
+    expect(rec.closest_entries).toEqual([]);
   });
 
   it("a JWT-SVID validates through ValidateJWTSVID and fails for a wrong audience", async () => {

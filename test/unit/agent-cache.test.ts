@@ -228,6 +228,19 @@ describe("AgentCache with the sync loop", () => {
     expect(metricValue(text, "sigil_agent_x509_svid_expiry_timestamp_seconds")).toBe((T0.getTime() + HOUR) / 1000);
   });
 
+  it("names the closest entries and their missing selectors for a caller with no identity", async () => {
+    h.server.put("e-two", "/two", [uid(1000), gid(50)]);
+    h.server.put("e-one", "/one", [uid(1000), gid(60)]);
+    h.server.put("e-none", "/none", [uid(2000)]);
+    await h.loop.syncNow();
+    const closest = h.cache.closestEntries([uid(1000), gid(50), gid(70)], 3);
+    expect(closest.map((c) => [c.entry.id, c.missing])).toEqual([
+      ["e-two", []],
+      ["e-one", ["unix:gid:60"]],
+    ]);
+    expect(h.cache.closestEntries([uid(3000)], 3)).toEqual([]);
+  });
+
   it("renews at half life, not before, and only the SVIDs that are due", async () => {
     h.server.put("a", "/a");
     await h.loop.syncNow();

@@ -205,7 +205,16 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
   function logNoIdentity(method: string, callPeer: string, selectors: readonly Selector[]): void {
     noIdentityCounter.inc({ method });
     // Registration mistakes are the usual cause: show what the caller looks like.
-    log.warn({ method, caller: callPeer, selectors: selectors.map(formatSelector) }, "No identity issued: the caller's selectors match no registration entry");
+    const closest = cache.closestEntries?.(selectors, 3) ?? [];
+    log.warn(
+      {
+        method,
+        caller: callPeer,
+        selectors: selectors.map(formatSelector),
+        closest_entries: closest.map((c) => ({ entry_id: c.entry.id, spiffe_id: c.entry.spiffeId, missing_selectors: c.missing })),
+      },
+      "No identity issued: the caller's selectors match no registration entry",
+    );
   }
 
   function logNotes(method: string, notes: readonly ResponseNote[]): void {

@@ -156,3 +156,24 @@ ${body}
     });
   });
 }
+
+/** Runs `sigil-agent <args>` (optionally as another uid/gid); resolves with its exit status and output. */
+export function runAgentCli(args: readonly string[], as?: { uid: number; gid: number }, env: Record<string, string> = {}): Promise<WorkloadResult> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ["--import", "tsx", path.join(root, "agent/cli/main.ts"), ...args], {
+      cwd: root,
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+      ...(as ? { uid: as.uid, gid: as.gid } : {}),
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout?.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+    const t = setTimeout(() => child.kill("SIGKILL"), 30_000);
+    child.on("exit", (status) => {
+      clearTimeout(t);
+      resolve({ status, stdout, stderr });
+    });
+  });
+}
