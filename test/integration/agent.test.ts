@@ -47,13 +47,29 @@ describe.skipIf(!isRoot)("agent end to end", () => {
     });
     webEntryId = res.results[0]?.entry?.id ?? "";
     const roots = rootsPemFromBundleJson(srv.cli(["bundle", "show", "--output", "json"]).stdout);
-    agent = await startAgentProcess({ serverAddress: srv.agentApiAddress, bundlePem: roots, joinToken: tok.token });
+    agent = await startAgentProcess({
+      serverAddress: srv.agentApiAddress,
+      bundlePem: roots,
+      joinToken: tok.token,
+      extraAgentYaml: "health_checks:\n  listener_enabled: true\n  bind_port: 0\n",
+    });
   }, 90_000);
 
   afterAll(async () => {
     entryAdmin?.close();
     await agent?.stop();
     await srv?.stop();
+  });
+
+  it("serves /live, /ready once synced, and /metrics with cache size and SVID expiry (no per-ID labels)", async () => {
+    const started = await agent.waitForLog((l) => l.msg === "agent started");
+    const base = String(started.health);
+    expect((await fetch(`${base}/live`)).status).toBe(200);
+    expect((await fetch(`${base}/ready`)).status).toBe(200);
+    const metrics = await (await fetch(`${base}/metrics`)).text();
+    expect(metrics).toMatch(/sigil_agent_cache_svids 2/);
+    expect(metrics).toMatch(/sigil_agent_x509_svid_expiry_timestamp_seconds \d+/);
+    expect(metrics).not.toMatch(/spiffe:\/\//);
   });
 
   it("a workload run as another uid gets exactly its own SVID", async () => {

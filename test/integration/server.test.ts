@@ -61,7 +61,7 @@ async function newToken(extra: string[] = []): Promise<{ token: string; agentId:
 }
 
 beforeAll(async () => {
-  srv = await startServerProcess();
+  srv = await startServerProcess("health_checks:\n  listener_enabled: true\n  bind_port: 0\n");
   const target = `unix:${srv.socketPath}`;
   const creds = credentials.createInsecure();
   admin = { entry: createUnaryClient(EntryAdmin, target, creds), agent: createUnaryClient(AgentAdmin, target, creds), bundle: createUnaryClient(BundleAdmin, target, creds) };
@@ -117,6 +117,19 @@ describe("sigil-server CLI", () => {
     const again = srv.cli(["entry", "delete", "--entry-id", entry.id]);
     expect(again.status).toBe(1);
     expect(again.stderr).toMatch(/not found/i);
+  });
+
+  it("serves /live, /ready and Prometheus /metrics with RPC, CA-expiry and signing metrics", async () => {
+    const started = await srv.waitForLog((l) => l.msg === "server started");
+    const base = String(started.health);
+    expect((await fetch(`${base}/live`)).status).toBe(200);
+    const ready = await fetch(`${base}/ready`);
+    expect(ready.status).toBe(200);
+    const metrics = await (await fetch(`${base}/metrics`)).text();
+    expect(metrics).toMatch(/sigil_ca_x509_expiry_timestamp_seconds\{slot="A"\} \d+/);
+    expect(metrics).toMatch(/sigil_rpc_requests_total\{service="sigil\.admin\.v1\.\w+",method="\w+",code="OK"\} \d+/);
+    expect(metrics).toMatch(/sigil_x509_svids_signed_total \d+/);
+    expect(metrics).not.toMatch(/spiffe:\/\//); // no SPIFFE IDs as labels
   });
 
   it("every admin call leaves an audit record naming the method and outcome", async () => {
