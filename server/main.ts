@@ -239,7 +239,8 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
 
     // Admin API on the local socket.
     const adminSocketPath = resolveDataPath(config, s.socket_path);
-    mkdirSync(path.dirname(adminSocketPath), { recursive: true, mode: 0o770 });
+    // mkdir's mode is filtered by the umask: set it explicitly on a directory we create.
+    if (mkdirSync(path.dirname(adminSocketPath), { recursive: true, mode: 0o770 }) !== undefined) chmodSync(path.dirname(adminSocketPath), 0o770);
     await claimSocket(adminSocketPath);
     const admin = createAdminApi({
       trustDomain,

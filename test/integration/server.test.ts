@@ -5,7 +5,7 @@
  * and leaves the datastore unchanged.
  */
 import { generateKeyPairSync, X509Certificate } from "node:crypto";
-import { writeFileSync } from "node:fs";
+import { readFileSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { credentials, status, type ServiceError } from "@grpc/grpc-js";
@@ -130,6 +130,48 @@ describe("sigil-server CLI", () => {
     expect(metrics).toMatch(/sigil_rpc_requests_total\{service="sigil\.admin\.v1\.\w+",method="\w+",code="OK"\} \d+/);
     expect(metrics).toMatch(/sigil_x509_svids_signed_total \d+/);
     expect(metrics).not.toMatch(/spiffe:\/\//); // no SPIFFE IDs as labels
+  });
+
+  it("the admin socket is 0600 in a 0770 directory", () => {
+    expect(statSync(srv.socketPath).mode & 0o777).toBe(0o600);
+    expect(statSync(path.dirname(srv.socketPath)).mode & 0o777).toBe(0o770);
+  });
+
+  it("entry count, agent list/show, bundle set/list/delete, x509 mint --write and jwt mint through the CLI", () => {
+    const count = srv.cli(["entry", "count", "--output", "json"]);
+    expect(count.status, count.stderr).toBe(0);
+    expect(typeof (JSON.parse(count.stdout) as { count: number }).count).toBe("number");
+    expect(srv.cli(["agent", "list", "--output", "json"]).status).toBe(0);
+    const missing = srv.cli(["agent", "show", "--spiffe-id", "spiffe://example.org/spire/agent/none"]);
+    expect(missing.status).toBe(1);
+    expect(missing.stderr).toMatch(/not found/i);
+
+    // A federated bundle: another trust domain's CA, as SPIFFE bundle JSON.
+    const other = srv.cli(["bundle", "show", "--format", "spiffe"]).stdout.replaceAll("example.org", "partner.org");
+    const file = path.join(srv.dir, "partner.json");
+    writeFileSync(file, other);
+    const set = srv.cli(["bundle", "set", "--id", "partner.org", "--path", file]);
+    expect(set.status, set.stderr).toBe(0);
+    const list = JSON.parse(srv.cli(["bundle", "list", "--output", "json"]).stdout) as { bundles: { trust_domain: string }[] };
+    expect(list.bundles.map((b) => b.trust_domain)).toEqual(["partner.org"]);
+    const garbage = path.join(srv.dir, "garbage.json");
+    writeFileSync(garbage, "{not json");
+    const bad = srv.cli(["bundle", "set", "--id", "partner2.org", "--path", garbage]);
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/bundle/i);
+    expect(srv.cli(["bundle", "delete", "--id", "partner.org"]).status).toBe(0);
+
+    const out = path.join(srv.dir, "minted");
+    const x509 = srv.cli(["x509", "mint", "--spiffe-id", "spiffe://example.org/minted", "--dns", "minted.example.org", "--write", out, "--output", "json"]);
+    expect(x509.status, x509.stderr).toBe(0);
+    const pem = readFileSync(path.join(out, "svid.pem"), "utf8");
+    const leaf = new X509Certificate(pem);
+    expect(leaf.subjectAltName).toMatch(/URI:spiffe:\/\/example\.org\/minted/);
+    expect(statSync(path.join(out, "svid.key")).mode & 0o777).toBe(0o600);
+    const jwt = srv.cli(["jwt", "mint", "--spiffe-id", "spiffe://example.org/minted", "--audience", "db", "--output", "json"]);
+    expect(jwt.status, jwt.stderr).toBe(0);
+    const token = (JSON.parse(jwt.stdout) as { token: string }).token;
+    expect(validateJwtSvid(token, { getJwtBundleForTrustDomain: () => bundleSource().jwt }, { audience: "db" }).spiffeId.toString()).toBe("spiffe://example.org/minted");
   });
 
   it("every admin call leaves an audit record naming the method and outcome", async () => {
