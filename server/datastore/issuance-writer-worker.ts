@@ -18,11 +18,41 @@ const insertAll = db.transaction((rows: ReturnType<typeof normalizeIssuance>[]) 
   for (const n of rows) insert.run(n.serial, n.kind, n.spiffeId, n.entryId, n.agentId, n.caKeyId, n.notBefore, n.notAfter, n.issuedAt, n.selectors, n.requestedBy, n.jwtId, n.audience);
 });
 
-parentPort?.on("message", (m: { id: number; records: IssuanceInput[] }) => {
+// Group commit: batches that arrive while one is being written share the next
+// transaction (one fsync for all). A batch with an invalid record is refused on
+// its own and never blocks the others.
+let queue: { id: number; records: IssuanceInput[] }[] = [];
+let scheduled = false;
+
+function flush(): void {
+  scheduled = false;
+  const batches = queue;
+  queue = [];
+  const good: { id: number; rows: ReturnType<typeof normalizeIssuance>[] }[] = [];
+  for (const b of batches) {
+    try {
+      good.push({ id: b.id, rows: b.records.map((r, i) => normalizeIssuance(r, i)) });
+    } catch (e) {
+      parentPort?.postMessage({ id: b.id, error: describe(e) });
+    }
+  }
+  if (good.length === 0) return;
   try {
-    insertAll.immediate(m.records.map((r, i) => normalizeIssuance(r, i)));
-    parentPort?.postMessage({ id: m.id });
+    insertAll.immediate(good.flatMap((g) => g.rows));
+    for (const g of good) parentPort?.postMessage({ id: g.id });
   } catch (e) {
-    parentPort?.postMessage({ id: m.id, error: { code: isSigilError(e) ? e.code : "ERR_UNAVAILABLE", message: isSigilError(e) ? e.message : `datastore: cannot record issuances: ${(e as Error).message}` } });
+    for (const g of good) parentPort?.postMessage({ id: g.id, error: describe(e) });
+  }
+}
+
+function describe(e: unknown): { code: string; message: string } {
+  return isSigilError(e) ? { code: e.code, message: e.message } : { code: "ERR_UNAVAILABLE", message: `datastore: cannot record issuances: ${(e as Error).message}` };
+}
+
+parentPort?.on("message", (m: { id: number; records: IssuanceInput[] }) => {
+  queue.push(m);
+  if (!scheduled) {
+    scheduled = true;
+    setImmediate(flush);
   }
 });
