@@ -50,6 +50,7 @@ export class DatastoreParentResolver implements ParentResolver {
   async parentExists(id: string): Promise<boolean> {
     if (this.#pendingToken(id)) return true;
     if ((await this.#deps.datastore.getAgent(id)) !== undefined) return true;
+    if (await this.#deps.datastore.hasPendingJoinTokenFor(id, this.#deps.now())) return true;
     const page = await this.#deps.datastore.listEntries({ filter: { spiffeId: id }, pageSize: 1 });
     return page.items.length > 0;
   }

@@ -116,6 +116,13 @@ export interface Datastore {
    */
   consumeJoinToken(token: string, now?: Date): Promise<ConsumedJoinToken>;
 
+  /**
+   * True when an unexpired join token would give an agent this SPIFFE ID
+   * (its chosen agent ID, or the default `…/spire/agent/join_token/<token>`),
+   * so entries can name the agent before it attests.
+   */
+  hasPendingJoinTokenFor(agentId: string, now?: Date): Promise<boolean>;
+
   /** Deletes tokens that expired at or before `now`; returns how many. */
   pruneJoinTokens(now: Date): Promise<number>;
 

@@ -747,6 +747,16 @@ class SqliteDatastore implements Datastore {
     return outcome.agent_id === null ? { expiresAt: new Date(outcome.expires_at) } : { expiresAt: new Date(outcome.expires_at), agentId: outcome.agent_id };
   }
 
+  async hasPendingJoinTokenFor(agentId: string, now?: Date): Promise<boolean> {
+    const id = checkSpiffeId("agent ID", agentId);
+    const at = now === undefined ? this.#clock.now().getTime() : checkTime("query time", now);
+    // Tokens without a chosen ID yield spiffe://<td>/spire/agent/join_token/<token>: look that one up by its hash.
+    const m = /\/spire\/agent\/join_token\/([A-Za-z0-9._-]+)$/.exec(id);
+    const byDefault = m ? this.#read(() => this.#get("SELECT 1 AS one FROM join_tokens WHERE token_hash = ? AND agent_id IS NULL AND expires_at > ?", joinTokenKey(m[1] as string), at)) : undefined;
+    if (byDefault !== undefined) return true;
+    return this.#read(() => this.#get("SELECT 1 AS one FROM join_tokens WHERE agent_id = ? AND expires_at > ?", id, at)) !== undefined;
+  }
+
   async pruneJoinTokens(now: Date): Promise<number> {
     const t = checkTime("prune time", now);
     return this.#write(() => this.#exec("DELETE FROM join_tokens WHERE expires_at <= ?", t).changes);

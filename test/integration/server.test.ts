@@ -387,8 +387,13 @@ describe("restart", () => {
     const authorities = (json: string) =>
       parseSpiffeBundle((JSON.parse(json) as { spiffe_bundle_json: string }).spiffe_bundle_json, td).bundle.x509Authorities.map((d) => Buffer.from(d).toString("hex"));
     const before = authorities(srv.cli(["bundle", "show", "--output", "json"]).stdout);
+    const pending = await newToken();
+    for (const c of Object.values(admin)) c.close();
     await srv.stop();
     srv = await launchServerProcess(srv.dir, srv.configPath, srv.socketPath);
     expect(authorities(srv.cli(["bundle", "show", "--output", "json"]).stdout)).toEqual(before);
+    // A join token made before the restart still counts as a known parent.
+    const created = srv.cli(["entry", "create", "--parent-id", pending.agentId, "--spiffe-id", "spiffe://example.org/after-restart", "--selector", "unix:uid:7"]);
+    expect(created.status, created.stderr).toBe(0);
   });
 });

@@ -42,6 +42,20 @@ async function rejection(p: Promise<unknown>, code: ErrorCode): Promise<Error> {
 const inTen = () => new Date(clock.now().getTime() + 10 * MINUTE);
 
 describe("join tokens", () => {
+  it("knows which agent IDs pending tokens will give, by chosen ID or by the default token path, until used or expired", async () => {
+    await ds.createJoinToken({ token: "tok-default-1", expiresAt: new Date(T0.getTime() + 60_000) });
+    await ds.createJoinToken({ token: "tok-chosen-1", expiresAt: new Date(T0.getTime() + 60_000), agentId: "spiffe://example.org/node/db" });
+    expect(await ds.hasPendingJoinTokenFor("spiffe://example.org/spire/agent/join_token/tok-default-1")).toBe(true);
+    expect(await ds.hasPendingJoinTokenFor("spiffe://example.org/node/db")).toBe(true);
+    // A chosen ID replaces the default one.
+    expect(await ds.hasPendingJoinTokenFor("spiffe://example.org/spire/agent/join_token/tok-chosen-1")).toBe(false);
+    expect(await ds.hasPendingJoinTokenFor("spiffe://example.org/spire/agent/join_token/unknown")).toBe(false);
+    await ds.consumeJoinToken("tok-default-1");
+    expect(await ds.hasPendingJoinTokenFor("spiffe://example.org/spire/agent/join_token/tok-default-1")).toBe(false);
+    clock.advance(60_000);
+    expect(await ds.hasPendingJoinTokenFor("spiffe://example.org/node/db")).toBe(false);
+  });
+
   it("consumes a token once, returning its expiry and agent ID", async () => {
     await ds.createJoinToken({ token: "tok-1", expiresAt: inTen(), agentId: "spiffe://example.org/node/db-1" });
     await ds.createJoinToken({ token: "tok-2", expiresAt: inTen() });
