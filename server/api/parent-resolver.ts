@@ -19,7 +19,7 @@ import type { ParentResolver } from "../registration/entry-validation.js";
 
 /** Dependencies of {@link DatastoreParentResolver}. */
 export interface ParentResolverDeps {
-  readonly datastore: Pick<Datastore, "getAgent" | "listEntries">;
+  readonly datastore: Pick<Datastore, "getAgent" | "listEntries" | "hasPendingJoinTokenFor">;
   readonly now: () => Date;
 }
 
