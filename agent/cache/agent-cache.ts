@@ -85,6 +85,8 @@ export function jwtCacheKey(entryId: string, audience: readonly string[]): strin
 export class AgentCache implements WorkloadCache {
   readonly #opts: AgentCacheOptions;
   readonly #entries = new Map<string, CachedEntry>();
+  readonly #bySelector = new Map<string, { entry: CachedEntry; keys: readonly string[] }[]>();
+  #withoutSelectors: { entry: CachedEntry; keys: readonly string[] }[] = [];
   readonly #svids = new Map<string, CachedSvidState>();
   readonly #jwts = new Map<string, JwtCacheItem>();
   readonly #jwtInFlight = new Map<string, Promise<CachedJwtSvid>>();
@@ -101,13 +103,24 @@ export class AgentCache implements WorkloadCache {
 
   identitiesFor(selectors: readonly Selector[]): CachedIdentity[] {
     const now = this.#opts.clock.now().getTime();
+    const have = new Set(selectors.map(formatSelector));
     const out: CachedIdentity[] = [];
-    for (const entry of this.#entries.values()) {
+    const consider = (entry: CachedEntry, keys: readonly string[]): void => {
+      if (!keys.every((k) => have.has(k))) return;
       const state = this.#svids.get(entry.id);
-      if (!state || state.svid.notAfter.getTime() <= now) continue;
-      if (!selectorsSubsetOf(entry.selectors, selectors)) continue;
+      if (!state || state.svid.notAfter.getTime() <= now) return;
       out.push({ entry, svid: state.svid });
+    };
+    // Only entries that share a selector with the caller can match: look them up by selector.
+    const seen = new Set<string>();
+    for (const key of have) {
+      for (const indexed of this.#bySelector.get(key) ?? []) {
+        if (seen.has(indexed.entry.id)) continue;
+        seen.add(indexed.entry.id);
+        consider(indexed.entry, indexed.keys);
+      }
     }
+    for (const indexed of this.#withoutSelectors) consider(indexed.entry, indexed.keys);
     return out.sort((a, b) => compareEntries(a.entry, b.entry));
   }
 
@@ -278,7 +291,23 @@ export class AgentCache implements WorkloadCache {
     }
     this.#entries.clear();
     for (const [id, e] of next) this.#entries.set(id, e);
+    if (changed) this.#reindex();
     return changed;
+  }
+
+  /** Rebuilds the selector → entries index used by {@link identitiesFor}. */
+  #reindex(): void {
+    this.#bySelector.clear();
+    this.#withoutSelectors = [];
+    for (const entry of this.#entries.values()) {
+      const indexed = { entry, keys: entry.selectors.map(formatSelector) };
+      if (indexed.keys.length === 0) this.#withoutSelectors.push(indexed);
+      for (const k of new Set(indexed.keys)) {
+        let list = this.#bySelector.get(k);
+        if (!list) this.#bySelector.set(k, (list = []));
+        list.push(indexed);
+      }
+    }
   }
 
   #dropJwtsOf(entryId: string): void {

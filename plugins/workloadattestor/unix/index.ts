@@ -116,13 +116,18 @@ export function parseIdNameFile(text: string): Map<number, string> {
   return out;
 }
 
+/** How long a parsed /etc/passwd or /etc/group is reused: attestation runs per call, names change rarely. */
+const ID_NAMES_TTL_MS = 5_000;
+const idNamesCache = new Map<string, { at: number; names: Promise<Map<number, string>> }>();
+
 async function readIdNames(file: string): Promise<Map<number, string>> {
-  try {
-    return parseIdNameFile(await readFile(file, "utf8"));
-  } catch {
-    // No name database (minimal containers): names are simply not emitted, as when an id has no entry.
-    return new Map();
-  }
+  const now = Date.now();
+  const hit = idNamesCache.get(file);
+  if (hit && now - hit.at < ID_NAMES_TTL_MS) return hit.names;
+  const names = readFile(file, "utf8").then(parseIdNameFile, () => new Map<number, string>());
+  // No name database (minimal containers): names are simply not emitted, as when an id has no entry.
+  idNamesCache.set(file, { at: now, names });
+  return names;
 }
 
 async function sha256OfFile(file: string, limit: number, signal: AbortSignal | undefined): Promise<{ hex: string } | { tooLarge: number }> {

@@ -1,0 +1,332 @@
+/**
+ * The agent's Workload API at 1,000 workload connections: the issue's three
+ * measured targets, with the agent in a separate process
+ * (bench/support/workload-agent-child.ts: the real endpoint, SO_PEERCRED,
+ * unix attestor and handler over the real AgentCache holding 1,000 entries
+ * with real X509-SVIDs, one of them for this process's uid).
+ *
+ * 1. `workload-api-first-response-p99-1000-conns`: 1,000 grpc-js clients (one
+ *    channel and one connection each, connected beforehand) start
+ *    FetchX509SVID together; per call, the time from call start to the first
+ *    `data`. Baseline in the same run and the same child: a bare grpc-js unary
+ *    echo of 1.5 KB over a Unix socket, 1,000 clients measured the same way.
+ *    Medians over 3 rounds of the p50 and p99. Target p99 <= 3x echo p99.
+ * 2. `rotation-fanout-1000-streams`: with those 1,000 streams open, the child
+ *    replaces the bench entry's SVID in the cache; time from `update()` to the
+ *    last stream receiving the new SVID (its serial is in the message). One
+ *    clock: `performance.timeOrigin + performance.now()` in both processes.
+ *    Baseline: the child pushing a 1.5 KB message to 1,000 plain grpc-js server
+ *    streams. Target <= 150 ms (absolute).
+ * 3. `agent-rss-1000-svids`: the child's RSS after filling the cache (after
+ *    gc); baseline its RSS before. Target <= 150 MB.
+ *
+ * Run: `node --import tsx --expose-gc bench/agent-workload-api.bench.ts`.
+ */
+import { spawn } from "node:child_process";
+import path from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { create, fromBinary } from "@bufbuild/protobuf";
+import { Client, credentials, Metadata, type ClientReadableStream, type ServiceError } from "@grpc/grpc-js";
+import { SpiffeWorkloadAPI, X509SVIDRequestSchema, X509SVIDResponseSchema } from "../proto/gen/spiffe/workload_pb.js";
+import { grpcServiceDefinition } from "../spiffe/grpc/service.js";
+import { WORKLOAD_API_HEADER } from "../spiffe/workloadapi/client.js";
+import { median, percentile, report } from "./harness.js";
+
+const CONNS = 1000;
+const ROUNDS = 3;
+const PAYLOAD_BYTES = 1536;
+/** Connections opened at once while setting up (the agent listens with Node's default backlog of 511). */
+const CONNECT_BATCH = 200;
+const SETTLE_MS = 300;
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const now = (): number => performance.timeOrigin + performance.now();
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const gc = (): void => globalThis.gc?.();
+const identity = (b: Buffer): Buffer => b;
+
+// ---- the child ---------------------------------------------------------------
+interface Ready {
+  readonly agentSocket: string;
+  readonly echoSocket: string;
+  readonly rssBeforeMb: number;
+  readonly rssAfterMb: number;
+  readonly entries: number;
+  readonly svids: number;
+  readonly benchSpiffeId: string;
+}
+const uid = process.getuid?.() ?? 0;
+// SIGIL_BENCH_CHILD_ARGS: extra node options for the agent child (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
+const childArgs = (process.env.SIGIL_BENCH_CHILD_ARGS ?? "").split(" ").filter((a) => a !== "");
+const child = spawn(process.execPath, [...childArgs, "--import", "tsx", "--expose-gc", path.join(here, "support", "workload-agent-child.ts"), String(uid), String(CONNS)], {
+  stdio: ["pipe", "pipe", "inherit"],
+});
+const lines: Record<string, unknown>[] = [];
+const waiters: Array<() => void> = [];
+createInterface({ input: child.stdout }).on("line", (line) => {
+  lines.push(JSON.parse(line) as Record<string, unknown>);
+  for (const w of waiters.splice(0)) w();
+});
+child.once("exit", (code) => {
+  if (!finished) {
+    console.error(`agent child exited early (code ${code})`);
+    process.exit(1);
+  }
+});
+let finished = false;
+
+/** The next line from the child that has `key`. */
+async function nextLine(key: string, timeoutMs = 60_000): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const i = lines.findIndex((l) => key in l);
+    if (i >= 0) return lines.splice(i, 1)[0] as Record<string, unknown>;
+    if (Date.now() > deadline) throw new Error(`bench: no "${key}" line from the agent child in ${timeoutMs} ms`);
+    await new Promise<void>((r) => {
+      waiters.push(r);
+      setTimeout(r, 100);
+    });
+  }
+}
+function command(cmd: string): void {
+  child.stdin.write(`${cmd}\n`);
+}
+
+const ready = (await nextLine("ready")) as unknown as Ready;
+console.log(`agent child: ${ready.entries} entries, ${ready.svids} X509-SVIDs cached; bench workload ${ready.benchSpiffeId} (uid ${uid})`);
+
+// ---- clients -------------------------------------------------------------------
+async function connectClients(socket: string): Promise<Client[]> {
+  const clients: Client[] = [];
+  for (let i = 0; i < CONNS; i += CONNECT_BATCH) {
+    const batch = Array.from({ length: Math.min(CONNECT_BATCH, CONNS - i) }, () => new Client(`unix:${socket}`, credentials.createInsecure(), { "grpc.use_local_subchannel_pool": 1 }));
+    await Promise.all(batch.map((c) => new Promise<void>((resolve, reject) => c.waitForReady(Date.now() + 30_000, (e) => (e ? reject(e) : resolve())))));
+    clients.push(...batch);
+  }
+  return clients;
+}
+
+async function closeClients(clients: Client[]): Promise<void> {
+  for (const c of clients) c.close();
+  await sleep(200);
+  gc();
+}
+
+const WAPI = grpcServiceDefinition(SpiffeWorkloadAPI);
+const fetchPath = WAPI.fetchX509SVID.path;
+const fetchRequest = WAPI.fetchX509SVID.requestSerialize(create(X509SVIDRequestSchema));
+
+interface Stream {
+  readonly call: ClientReadableStream<Buffer>;
+  /** Every message received after the first, with its arrival time. */
+  readonly later: { at: number; data: Buffer }[];
+}
+
+/** Starts one call per client together; resolves with each call's first-response latency (ms) and the open streams. */
+async function firstResponses(clients: Client[], kind: "wapi" | "echo"): Promise<{ latencies: number[]; streams: Stream[]; first: Buffer; startMs: number }> {
+  const latencies: number[] = new Array<number>(clients.length);
+  const streams: Stream[] = [];
+  let first: Buffer | undefined;
+  const payload = Buffer.alloc(PAYLOAD_BYTES, 0x61);
+  let startMs = 0;
+  await new Promise<void>((resolve, reject) => {
+    const loopStart = performance.now();
+    let pending = clients.length;
+    const done = (): void => {
+      if (--pending === 0) resolve();
+    };
+    for (let i = 0; i < clients.length; i++) {
+      const c = clients[i] as Client;
+      if (kind === "echo") {
+        const t = performance.now();
+        c.makeUnaryRequest("/bench.Echo/Echo", identity, identity, payload, (e: ServiceError | null, v?: Buffer) => {
+          latencies[i] = performance.now() - t;
+          if (e) return reject(e);
+          first ??= v;
+          done();
+        });
+      } else {
+        const md = new Metadata();
+        md.set(WORKLOAD_API_HEADER, "true");
+        const t = performance.now();
+        const call = c.makeServerStreamRequest(fetchPath, identity, identity, fetchRequest, md);
+        const s: Stream = { call, later: [] };
+        let got = false;
+        call.on("data", (d: Buffer) => {
+          if (got) {
+            s.later.push({ at: now(), data: d });
+            return;
+          }
+          got = true;
+          latencies[i] = performance.now() - t;
+          first ??= d;
+          done();
+        });
+        call.on("error", (e: ServiceError) => {
+          if (e.code !== 1 /* CANCELLED */) reject(e);
+        });
+        streams.push(s);
+      }
+    }
+    startMs = performance.now() - loopStart;
+  });
+  return { latencies, streams, first: first as Buffer, startMs };
+}
+
+/** Opens a Watch stream per client and waits for every initial message. */
+async function openWatches(clients: Client[]): Promise<Stream[]> {
+  const streams: Stream[] = [];
+  await new Promise<void>((resolve, reject) => {
+    let pending = clients.length;
+    for (const c of clients) {
+      const call = c.makeServerStreamRequest("/bench.Echo/Watch", identity, identity, Buffer.alloc(0));
+      const s: Stream = { call, later: [] };
+      let got = false;
+      call.on("data", (d: Buffer) => {
+        if (got) return void s.later.push({ at: now(), data: d });
+        got = true;
+        if (--pending === 0) resolve();
+      });
+      call.on("error", (e: ServiceError) => {
+        if (e.code !== 1) reject(e);
+      });
+      streams.push(s);
+    }
+  });
+  return streams;
+}
+
+/** Waits until `match` holds for a later message on every stream; returns the last arrival time (or throws). */
+async function lastArrival(streams: Stream[], match: (d: Buffer) => boolean, timeoutMs = 30_000): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    let last = 0;
+    let missing = 0;
+    for (const s of streams) {
+      const hit = s.later.find((m) => match(m.data));
+      if (hit === undefined) missing++;
+      else last = Math.max(last, hit.at);
+    }
+    if (missing === 0) return last;
+    if (Date.now() > deadline) throw new Error(`bench: ${missing} of ${streams.length} streams never received the update`);
+    await sleep(20);
+  }
+}
+
+interface Round {
+  /** Fastest first response, and how long starting all the calls took on the client side. */
+  readonly min: number;
+  readonly startMs: number;
+  readonly p50: number;
+  readonly p99: number;
+  readonly fanoutMs: number;
+}
+
+async function agentRound(verbose: boolean): Promise<Round & { rssStreamsMb: number }> {
+  const clients = await connectClients(ready.agentSocket);
+  await sleep(SETTLE_MS);
+  const { latencies, streams, first, startMs } = await firstResponses(clients, "wapi");
+  if (verbose) {
+    const resp = fromBinary(X509SVIDResponseSchema, first);
+    const ids = resp.svids.map((s) => s.spiffeId);
+    if (ids.length !== 1 || ids[0] !== ready.benchSpiffeId) throw new Error(`bench: the workload got ${JSON.stringify(ids)}, expected exactly ${ready.benchSpiffeId}`);
+    console.log(`  FetchX509SVID response: ${first.length} bytes, 1 SVID (${ids[0]})`);
+  }
+  await sleep(SETTLE_MS);
+  command("rss");
+  const rssStreamsMb = (await nextLine("rssMb")).rssMb as number;
+  command("rotate");
+  const rot = await nextLine("rotated");
+  const serial = Buffer.from(rot.serialHex as string, "hex");
+  const last = await lastArrival(streams, (d) => d.includes(serial));
+  const fanoutMs = last - (rot.rotated as number);
+  for (const s of streams) s.call.cancel();
+  await closeClients(clients);
+  return { min: Math.min(...latencies), startMs, p50: percentile(latencies, 50), p99: percentile(latencies, 99), fanoutMs, rssStreamsMb };
+}
+
+async function echoRound(): Promise<Round> {
+  const clients = await connectClients(ready.echoSocket);
+  await sleep(SETTLE_MS);
+  const { latencies, startMs } = await firstResponses(clients, "echo");
+  const streams = await openWatches(clients);
+  await sleep(SETTLE_MS);
+  command("push");
+  const push = await nextLine("pushed");
+  if (push.streams !== CONNS) throw new Error(`bench: the echo child has ${String(push.streams)} watch streams, expected ${CONNS}`);
+  const seq = push.seq as number;
+  const last = await lastArrival(streams, (d) => d.readUInt32BE(0) === seq);
+  const fanoutMs = last - (push.pushed as number);
+  for (const s of streams) s.call.cancel();
+  await closeClients(clients);
+  return { min: Math.min(...latencies), startMs, p50: percentile(latencies, 50), p99: percentile(latencies, 99), fanoutMs };
+}
+
+const f = (x: number): string => x.toFixed(2);
+try {
+  // Warm-up: JIT, buffers and the thread pool on both sides.
+  await agentRound(true);
+  await echoRound();
+  const agent: (Round & { rssStreamsMb: number })[] = [];
+  const echo: Round[] = [];
+  for (let r = 0; r < ROUNDS; r++) {
+    // Interleaved, alternating which goes first.
+    if (r % 2 === 0) {
+      agent.push(await agentRound(false));
+      echo.push(await echoRound());
+    } else {
+      echo.push(await echoRound());
+      agent.push(await agentRound(false));
+    }
+    const a = agent[agent.length - 1] as Round;
+    const e = echo[echo.length - 1] as Round;
+    console.log(
+      `  round ${r + 1}: FetchX509SVID min ${f(a.min)} p50 ${f(a.p50)} p99 ${f(a.p99)} ms (calls started in ${f(a.startMs)} ms)` +
+        ` | echo min ${f(e.min)} p50 ${f(e.p50)} p99 ${f(e.p99)} ms (started in ${f(e.startMs)} ms)` +
+        ` | rotation fan-out ${f(a.fanoutMs)} ms | raw push ${f(e.fanoutMs)} ms`,
+    );
+  }
+  const m = (xs: Round[], k: keyof Round): number => median(xs.map((x) => x[k]));
+  const aP50 = m(agent, "p50");
+  const aP99 = m(agent, "p99");
+  const eP50 = m(echo, "p50");
+  const eP99 = m(echo, "p99");
+  const fan = m(agent, "fanoutMs");
+  const push = m(echo, "fanoutMs");
+  const rssStreams = median(agent.map((a) => a.rssStreamsMb));
+  console.log(`FetchX509SVID first response, ${CONNS} connections: p50 ${f(aP50)} ms (${(aP50 / eP50).toFixed(2)}x echo p50 ${f(eP50)} ms), p99 ${f(aP99)} ms`);
+  report({
+    name: "workload-api-first-response-p99-1000-conns",
+    value: aP99,
+    unit: "ms",
+    baseline: { value: eP99, unit: "ms", what: `bare grpc-js unary echo of ${PAYLOAD_BYTES} B over a Unix socket, ${CONNS} connections, p99` },
+    ratio: aP99 / eP99,
+    target: "p99 <= 3x echo",
+    pass: aP99 <= 3 * eP99,
+  });
+  report({
+    name: "rotation-fanout-1000-streams",
+    value: fan,
+    unit: "ms",
+    baseline: { value: push, unit: "ms", what: `bare grpc-js push of ${PAYLOAD_BYTES} B to ${CONNS} server streams` },
+    ratio: fan / push,
+    target: "<= 150 ms",
+    pass: fan <= 150,
+  });
+  console.log(`agent RSS with ${CONNS} open FetchX509SVID streams: ${rssStreams.toFixed(0)} MB (informational)`);
+  report({
+    name: "agent-rss-1000-svids",
+    value: ready.rssAfterMb,
+    unit: "MB",
+    baseline: { value: ready.rssBeforeMb, unit: "MB", what: `agent child RSS before filling the cache (${CONNS} SVIDs add ${(ready.rssAfterMb - ready.rssBeforeMb).toFixed(1)} MB)` },
+    ratio: ready.rssAfterMb / ready.rssBeforeMb,
+    target: "<= 150 MB",
+    pass: ready.rssAfterMb <= 150,
+  });
+} finally {
+  finished = true;
+  command("quit");
+  child.stdin.end();
+  await new Promise((r) => child.once("exit", r));
+}
