@@ -59,7 +59,13 @@ const agentSection = z
     trust_domain: trustDomain.describe("The trust domain the agent belongs to, as a bare name (`example.org`). Stored SVIDs and bundles of another trust domain are discarded."),
     server_address: host.default("127.0.0.1").describe("Host name or address of the server's agent API."),
     server_port: port.default(8081).describe("Port of the server's agent API."),
-    socket_path: z.string().min(1).default(DEFAULT_AGENT_SOCKET_PATH).describe("Unix socket the Workload API (and SDS) is served on."),
+    socket_path: z
+      .string()
+      .min(1)
+      // WEP-3/WEP-4: the endpoint listens on a Unix socket only, so a URI (tcp://…, unix://…) is refused rather than misread as a file name.
+      .regex(/^(?![A-Za-z][A-Za-z0-9+.-]*:\/\/)/, { error: "TCP listeners are not supported; give a Unix socket path (WEP-4), e.g. /tmp/sigil-agent/public/api.sock, not a URI" })
+      .default(DEFAULT_AGENT_SOCKET_PATH)
+      .describe("Unix socket the Workload API (and SDS) is served on: a file path, not a URI. TCP listeners are not supported."),
     data_dir: z.string().min(1).default(DEFAULT_AGENT_DATA_DIR).describe("Directory where the agent keeps its SVID, key (mode 0600) and trust bundle across restarts."),
     log_level: logLevel.prefault("info").describe("Minimum log level."),
     log_format: z.enum(["json", "text"]).default("json").describe("`json` (one JSON object per line) or `text` (logfmt-style `key=value`)."),

@@ -27,8 +27,11 @@ import path from "node:path";
 import { Server, ServerCredentials, type ServerInterceptor, type ServiceDefinition, type UntypedServiceImplementation } from "@grpc/grpc-js";
 import { addHealthService, type HealthService } from "../../common/health/grpc-health.js";
 import type { Logger } from "../../common/log.js";
+import { file_grpc_health_v1_health } from "../../proto/gen/grpc/health/v1/health_pb.js";
+import { file_spiffe_workload } from "../../proto/gen/spiffe/workload_pb.js";
 import { SigilError } from "../../spiffe/errors.js";
 import { peerCredentials, type PeerCredentials } from "./peer.js";
+import { addReflectionService, createReflectionService } from "./reflection.js";
 
 /** SPIRE's default socket directory layout, under Sigil's name. */
 export const DEFAULT_WORKLOAD_API_SOCKET_PATH = "/tmp/sigil-agent/public/api.sock";
@@ -173,6 +176,8 @@ export async function startWorkloadEndpoint(options: WorkloadEndpointOptions): P
   const grpcServer = new Server({ interceptors });
   for (const s of services) grpcServer.addService(s.definition, s.implementation);
   if (options.health !== undefined) addHealthService(grpcServer, options.health);
+  // WEP-21: server reflection describing the Workload API (and health, when served).
+  addReflectionService(grpcServer, createReflectionService(options.health === undefined ? [file_spiffe_workload] : [file_spiffe_workload, file_grpc_health_v1_health]));
   // WEP-7: plaintext; the caller is identified by the kernel, not by TLS.
   const injector = grpcServer.createConnectionInjector(ServerCredentials.createInsecure());
 

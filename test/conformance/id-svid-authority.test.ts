@@ -1,17 +1,24 @@
 /**
- * SPIFFE-ID §3 (SVIDs and signing authorities) for X.509: ID-14, ID-18..ID-22
+ * SPIFFE-ID §3 (SVIDs and signing authorities) for X.509: ID-14, ID-18..ID-22,
+ * and the document types validators accept, X.509 and JWT: ID-23
  * (shared/spec/spiffe-requirements.md §1.1).
  */
 import { X509Certificate } from "node:crypto";
 import { describe, expect, it } from "vitest";
+import { JwtBundle, type JwtBundleSource } from "../../spiffe/bundle/jwt-bundle.js";
+import { buildCsr } from "../../spiffe/csr.js";
+import { encodeBitString, encodeOid, encodeSequence, encodeUnsignedInteger, encodeUtcTime } from "../../spiffe/der.js";
 import { isSigilError } from "../../spiffe/errors.js";
-import { MAX_SPIFFE_ID_BYTES, parseSpiffeId } from "../../spiffe/id.js";
+import { MAX_SPIFFE_ID_BYTES, parseSpiffeId, parseTrustDomain } from "../../spiffe/id.js";
+import { encodeJsonSegment } from "../../spiffe/jwt/compact.js";
+import { signJwtSvid } from "../../spiffe/jwt/sign.js";
+import { validateJwtSvid } from "../../spiffe/jwt/validate.js";
 import { generateSigner } from "../../spiffe/signer.js";
 import { createRootCa } from "../../spiffe/x509/ca.js";
 import { decodeCertificate } from "../../spiffe/x509/decode-certificate.js";
 import { parseX509Svid } from "../../spiffe/x509/svid.js";
 import { verifyX509Svid } from "../../spiffe/x509/verify.js";
-import { CA_NOT_AFTER, CA_NOT_BEFORE, craftCertificate, makeIntermediate, makeLeaf, makeRoot, NOW, trusting } from "../fixtures/x509/pki.js";
+import { CA_NOT_AFTER, CA_NOT_BEFORE, craftCertificate, makeIntermediate, makeLeaf, makeRoot, NOW, trusting, workloadKey } from "../fixtures/x509/pki.js";
 
 function verifyError(fn: () => unknown): string {
   try {
@@ -114,5 +121,44 @@ describe("SVID signing authorities (ID-*)", () => {
     const editedSig = Uint8Array.from(leaf.der);
     editedSig[editedSig.length - 3] = (editedSig[editedSig.length - 3] as number) ^ 0x01;
     expect(verifyError(() => verifyX509Svid([editedSig], source, { now: NOW }))).toMatch(/signature of the leaf does not verify/);
+  });
+
+  it("ID-23: validators accept only SVID document types: X.509 certificates and JWS JWT-SVIDs (no CSR, CRL, WIT-SVID or JWE)", () => {
+    // X.509: a DER object that is not a certificate never verifies, even from the trust domain's own key.
+    const source = trusting(tdA);
+    const leaf = makeLeaf(tdA, "spiffe://td-a.example/web");
+    expect(verifyX509Svid(leaf.chain, source, { now: NOW }).id.toString()).toBe("spiffe://td-a.example/web");
+    const csr = buildCsr(workloadKey().privateKey);
+    const ecdsaSha256 = encodeSequence(encodeOid("1.2.840.10045.4.3.2"));
+    const crlLike = encodeSequence(
+      encodeSequence(encodeUnsignedInteger(new Uint8Array([1])), ecdsaSha256, encodeSequence(), encodeUtcTime(NOW)), // TBSCertList: version, signature, issuer, thisUpdate
+      ecdsaSha256,
+      encodeBitString(new Uint8Array(64)),
+    );
+    for (const [what, der] of [["CSR", csr], ["CRL-like SEQUENCE", crlLike]] as const) {
+      expect(verifyError(() => verifyX509Svid([der], source, { now: NOW })), what).toMatch(/certificate 0 of the chain cannot be decoded/);
+      expect(verifyError(() => verifyX509Svid(der, source, { now: NOW })), what).toMatch(/cannot be decoded/);
+    }
+
+    // JWT: a JWT-SVID passes; the same claims as a WIT-SVID (typ wit+jwt), signed by the same key, do not.
+    const td = parseTrustDomain("td-a.example");
+    const signer = generateSigner("ec-p256", "jwt-key-1");
+    const jwtSource: JwtBundleSource = { getJwtBundleForTrustDomain: (t) => (t.name === td.name ? new JwtBundle(td, [[signer.id, signer.publicKey]]) : undefined) };
+    const options = { audience: "api", now: NOW };
+    const claims = { sub: "spiffe://td-a.example/web", aud: "api", exp: NOW.getTime() / 1000 + 300, iat: NOW.getTime() / 1000 };
+    const jwtSvid = signJwtSvid({ spiffeId: parseSpiffeId(claims.sub), audience: ["api"], issuedAt: NOW, expiresAt: new Date(NOW.getTime() + 300_000), signer });
+    expect(validateJwtSvid(jwtSvid, jwtSource, options).spiffeId.toString()).toBe(claims.sub);
+    const signed = (header: object, payload: object): string => {
+      const input = `${encodeJsonSegment(header)}.${encodeJsonSegment(payload)}`;
+      return `${input}.${Buffer.from(signer.sign(Buffer.from(input), { hash: "sha256", dsaEncoding: "ieee-p1363" })).toString("base64url")}`;
+    };
+    const jwk = workloadKey().privateKey.export({ format: "jwk" });
+    const witSvid = signed({ alg: "ES256", kid: signer.id, typ: "wit+jwt" }, { ...claims, cnf: { jwk: { kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y } } });
+    expect(() => validateJwtSvid(witSvid, jwtSource, options)).toThrow(/typ "wit\+jwt" is not allowed/);
+    // The control: the same header with typ JWT validates, so only the document type was refused.
+    expect(validateJwtSvid(signed({ alg: "ES256", kid: signer.id, typ: "JWT" }, claims), jwtSource, options).spiffeId.toString()).toBe(claims.sub);
+    // A JWE (5 parts: header, encrypted key, IV, ciphertext, tag) is not a JWT-SVID.
+    const jwe = [encodeJsonSegment({ alg: "RSA-OAEP-256", enc: "A256GCM", kid: signer.id }), "a2V5", "aXY", "Y2lwaGVy", "dGFn"].join(".");
+    expect(() => validateJwtSvid(jwe, jwtSource, options)).toThrow(/5 parts, so it is a JWE/);
   });
 });

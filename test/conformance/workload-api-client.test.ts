@@ -15,9 +15,10 @@ import { validateJwtSvid } from "../../spiffe/jwt/validate.js";
 import { createWorkloadApiClient, type WatchErrorInfo, type WorkloadApiClient } from "../../spiffe/workloadapi/client.js";
 import { isWorkloadApiError } from "../../spiffe/workloadapi/errors.js";
 import type { JwtBundles } from "../../spiffe/workloadapi/jwt-context.js";
-import { parseX509SvidResponse, type X509Context } from "../../spiffe/workloadapi/x509-context.js";
+import { parseX509BundlesResponse, parseX509SvidResponse, X509Bundles, type X509Context } from "../../spiffe/workloadapi/x509-context.js";
 import { JwtSource } from "../../spiffe/workloadapi/jwt-source.js";
 import { X509Source } from "../../spiffe/workloadapi/x509-source.js";
+import { verifyX509Svid } from "../../spiffe/x509/verify.js";
 import {
   AsyncQueue,
   concatCaDers,
@@ -29,12 +30,14 @@ import {
   jwtSvidResponse,
   signTestJwtSvid,
   validateJwtSvidResponse,
+  x509BundlesResponse,
   x509SvidEntry,
   x509SvidResponse,
   type TestCa,
   type TestJwtAuthority,
   type TestX509Svid,
 } from "../fakes/fake-workload-api.js";
+import { craftCertificate, makeLeaf, makeRoot, NOW } from "../fixtures/x509/pki.js";
 import { requireTool } from "../support/tools.js";
 
 const TD_A = "a.test";
@@ -322,6 +325,40 @@ describe.skipIf(!haveOpenssl)("Workload API (client side)", () => {
     expect(source.getX509Svid().id.toString()).toBe(DB);
   });
 
+  it("WAPI-32: a JwtSource stops using a trust domain's JWT bundle once a message omits it, and recovers after PermissionDenied", async () => {
+    fake.jwtBundles.push(jwtBundlesResponse({ bundles: { [`spiffe://${TD_A}`]: jwtA.jwksBytes, [`spiffe://${TD_B}`]: jwtB.jwksBytes } }));
+    const jwt = await JwtSource.create({ client });
+    closers.push(jwt);
+    const tokenB = await signTestJwtSvid(jwtB, `spiffe://${TD_B}/web`, "api");
+    expect(validateJwtSvid(tokenB, jwt, { audience: "api" }).spiffeId.toString()).toBe(`spiffe://${TD_B}/web`);
+
+    // Redacted: td B is missing from the next message, so its keys no longer validate anything.
+    let updated = nextUpdate(jwt);
+    fake.jwtBundles.push(jwtBundlesResponse({ bundles: { [`spiffe://${TD_A}`]: jwtA.jwksBytes } }));
+    expect([...(await updated).bundles.keys()]).toEqual([TD_A]);
+    expect(jwt.getJwtBundleForTrustDomain(td(TD_B))).toBeUndefined();
+    expect(jwt.getJwtBundleForTrustDomain(td(TD_A))?.findAuthority(jwtA.kid)).toBeDefined();
+    expect(() => validateJwtSvid(tokenB, jwt, { audience: "api" })).toThrow(/no JWT bundle for trust domain "b.test"/);
+
+    // Not entitled: PermissionDenied is reported and the source retries; the next bundles are applied.
+    const errored = new Promise<{ error: SigilError; info: WatchErrorInfo }>((resolve) => {
+      const off = jwt.on("error", (error, info) => {
+        off();
+        resolve({ error, info });
+      });
+    });
+    fake.jwtBundles.clear();
+    fake.jwtBundles.endAll({ code: status.PERMISSION_DENIED, details: "no identity issued" });
+    const { error, info } = await errored;
+    expect(isWorkloadApiError(error, status.PERMISSION_DENIED)).toBe(true);
+    expect(info.terminal).toBe(false);
+    updated = nextUpdate(jwt);
+    fake.jwtBundles.push(jwtBundlesResponse({ bundles: { [`spiffe://${TD_B}`]: jwtB.jwksBytes } }));
+    expect([...(await updated).bundles.keys()]).toEqual([TD_B]);
+    expect(jwt.getJwtBundleForTrustDomain(td(TD_A))).toBeUndefined();
+    expect(validateJwtSvid(tokenB, jwt, { audience: "api" }).spiffeId.toString()).toBe(`spiffe://${TD_B}/web`);
+  });
+
   it("WAPI-36: the client validates JWT-SVIDs through ValidateJWTSVID", async () => {
     const token = await signTestJwtSvid(jwtA, WEB, "api");
     const seen: Array<{ audience: string; svid: string }> = [];
@@ -401,5 +438,37 @@ describe.skipIf(!haveOpenssl)("Workload API (client side)", () => {
     const err = await client.fetchX509Context().catch((e: unknown) => e);
     expect(isSigilError(err, "ERR_WORKLOAD_API_RESPONSE_INVALID")).toBe(true);
     expect((err as Error).message).toMatch(/svids\[0\]\.bundle/);
+  });
+});
+
+// Built with Sigil's own X.509 builders (spiffe/x509), so these need no external tool.
+describe("Workload API validator (client side)", () => {
+  it("WAPI-13: a peer is authenticated with its own trust domain's bundle only; a td-b leaf signed by td-a's CA is rejected", () => {
+    const tdA = makeRoot("td-a");
+    const tdB = makeRoot("td-b");
+    const self = makeLeaf(tdA, "spiffe://td-a/self");
+    // td-a's CA signs a leaf naming a td-b identity (Sigil's leaf builder refuses to, so it is crafted).
+    const impostor = craftCertificate(tdA, { uris: ["spiffe://td-b/x"] });
+    const genuine = makeLeaf(tdB, "spiffe://td-b/x");
+    const svid = { spiffeId: "spiffe://td-a/self", x509Svid: self.der, x509SvidKey: self.key.pkcs8, bundle: tdA.der };
+
+    // What FetchX509SVID gives a workload of td-a with no federation: td-a's bundle only.
+    const onlyA = parseX509SvidResponse(x509SvidResponse({ svids: [svid] }));
+    expect(() => verifyX509Svid([impostor.der], onlyA, { now: NOW })).toThrow(/no X.509 bundle for trust domain td-b: spiffe:\/\/td-b\/x is not trusted/);
+    expect(() => verifyX509Svid(genuine.chain, onlyA, { now: NOW })).toThrow(/no X.509 bundle for trust domain td-b/);
+    expect(verifyX509Svid(self.chain, onlyA, { now: NOW }).id.toString()).toBe("spiffe://td-a/self");
+    // The impostor's chain does verify against td-a's root: only the choice of bundle rejects it.
+    const misfiled = new X509Bundles(new Map([["td-b", new X509Bundle(td("td-b"), [tdA.der])]]));
+    expect(verifyX509Svid([impostor.der], misfiled, { now: NOW }).id.toString()).toBe("spiffe://td-b/x");
+
+    // Federated with td-b (its real root): td-b peers are checked against td-b's bundle alone.
+    const withB = parseX509SvidResponse(x509SvidResponse({ svids: [svid], federatedBundles: { "spiffe://td-b": tdB.der } }));
+    expect(() => verifyX509Svid([impostor.der], withB, { now: NOW })).toThrow(/unknown root/);
+    expect(verifyX509Svid(genuine.chain, withB, { now: NOW }).id.toString()).toBe("spiffe://td-b/x");
+
+    // The same holds for the bundles of FetchX509Bundles.
+    const bundles = parseX509BundlesResponse(x509BundlesResponse({ bundles: { "spiffe://td-a": tdA.der, "spiffe://td-b": tdB.der } }));
+    expect(() => verifyX509Svid([impostor.der], bundles, { now: NOW })).toThrow(/unknown root/);
+    expect(verifyX509Svid(genuine.chain, bundles, { now: NOW }).id.toString()).toBe("spiffe://td-b/x");
   });
 });

@@ -8,6 +8,7 @@ import { createHmac, X509Certificate, createPrivateKey, createPublicKey } from "
 import { create, type JsonObject } from "@bufbuild/protobuf";
 import { Client, credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
+import { renewAt } from "../../agent/rotation/renew-at.js";
 import {
   JWTBundlesRequestSchema,
   JWTSVIDRequestSchema,
@@ -453,6 +454,64 @@ describe("Workload API (server side)", () => {
       }
       const own = parseJwks(resp.bundles["spiffe://example.org"] ?? new Uint8Array(), parseTrustDomain("example.org"));
       expect([...own.authorities.keys()]).toEqual([cache.own.jwtSigner.id]);
+    });
+  });
+
+  describe("JWT bundles", () => {
+    it("WAPI-32: FetchJWTBundles: no identity → PermissionDenied and a retry succeeds once entitled; redacted bundles are not sent; losing the last identity ends the stream", async () => {
+      const cache = new FakeWorkloadCache();
+      cache.setFederated(FakeTrustDomain.create("td-b.org"));
+      cache.addIdentity({ spiffeId: "spiffe://example.org/other", selectors: ["unix:uid:99999"], federatesWith: ["td-b.org"] });
+      const ep = await endpoint(cache);
+      const c = raw(ep);
+      expect(await jwtBundles(c).ended).toEqual({ code: status.PERMISSION_DENIED, details: "no identity issued" });
+      const line = ep.logs.find((l) => String(l["msg"]).startsWith("No identity issued") && l["method"] === "FetchJWTBundles");
+      expect(line?.["selectors"]).toContain(ME);
+
+      // The client may retry: once an entry names the caller, the same call succeeds.
+      const a = cache.addIdentity({ spiffeId: "spiffe://example.org/a", selectors: [ME], federatesWith: ["td-b.org"] });
+      const s = jwtBundles(c);
+      expect(Object.keys((await s.messages.next()).bundles).sort()).toEqual(["spiffe://example.org", "spiffe://td-b.org"]);
+      // td-b's bundle goes away: the next message is complete without it (the client then stops using it).
+      cache.removeFederated("td-b.org");
+      expect(Object.keys((await s.messages.next()).bundles)).toEqual(["spiffe://example.org"]);
+      // No identity left: the open stream ends with PermissionDenied, not with an empty or stale message.
+      cache.removeIdentity(a.entry.id);
+      expect(await s.ended).toEqual({ code: status.PERMISSION_DENIED, details: "no identity issued" });
+      expect(s.messages.pending).toBe(0);
+      await cache.waitForListeners(0);
+    });
+  });
+
+  describe("fan-out", () => {
+    it("WAPI-8: SVID renewals are jittered, so 1,000 workloads issued together do not rotate (and push) at the same instant", () => {
+      // 1,000 SVIDs issued at the same instant with the same 1 h lifetime, renewed with the agent's defaults.
+      const notBefore = new Date("2030-01-01T00:00:00Z");
+      const notAfter = new Date(notBefore.getTime() + 3_600_000);
+      const fraction = 0.5;
+      const jitter = 0.1; // agent.rotation_jitter default
+      let seed = 0x2545f491; // xorshift32: the agent passes Math.random(); a fixed sequence keeps the test exact
+      const random = (): number => {
+        seed ^= seed << 13;
+        seed ^= seed >>> 17;
+        seed ^= seed << 5;
+        return (seed >>> 0) / 0xffffffff;
+      };
+      const offsets = Array.from({ length: 1000 }, () => renewAt(notBefore, notAfter, fraction, jitter, random()).getTime() - notBefore.getTime());
+
+      // Every renewal stays within ±10% of half-life: 27..33 min.
+      expect(Math.min(...offsets)).toBeGreaterThanOrEqual(27 * 60_000);
+      expect(Math.max(...offsets)).toBeLessThanOrEqual(33 * 60_000);
+      // Spread over (nearly) the whole 6-minute window, with nearly every instant distinct.
+      expect(Math.max(...offsets) - Math.min(...offsets)).toBeGreaterThan(5.5 * 60_000);
+      expect(new Set(offsets).size).toBeGreaterThan(990);
+      // No second carries a burst: uniform over 360 s is ~2.8 a second.
+      const perSecond = new Map<number, number>();
+      for (const o of offsets) perSecond.set(Math.floor(o / 1000), (perSecond.get(Math.floor(o / 1000)) ?? 0) + 1);
+      expect(Math.max(...perSecond.values())).toBeLessThanOrEqual(12);
+      // The same SVID with different random values gives different instants; without jitter they all coincide (the storm).
+      expect(renewAt(notBefore, notAfter, fraction, jitter, 0.2)).not.toEqual(renewAt(notBefore, notAfter, fraction, jitter, 0.8));
+      expect(new Set(Array.from({ length: 1000 }, () => renewAt(notBefore, notAfter, fraction, 0, random()).getTime())).size).toBe(1);
     });
   });
 

@@ -3,14 +3,17 @@
  * Endpoint, checklist §1.5): the real endpoint (Unix socket, SO_PEERCRED,
  * unix attestor, handler) in front of a fake cache.
  */
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
+import { statSync } from "node:fs";
 import { lstat, rename, writeFile } from "node:fs/promises";
 import { once } from "node:events";
 import { connect, createServer, type Socket } from "node:net";
 import path from "node:path";
-import { create } from "@bufbuild/protobuf";
+import { create, createFileRegistry, fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
+import { FileDescriptorProtoSchema, FileDescriptorSetSchema, type FileDescriptorProto } from "@bufbuild/protobuf/wkt";
 import { Client, credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
+import { parseAgentConfig } from "../../agent/config/load.js";
 import { createPeerTracker, DEFAULT_WORKLOAD_API_SOCKET_PATH, startWorkloadEndpoint } from "../../agent/endpoints/server.js";
 import { createWorkloadApiHandler } from "../../agent/endpoints/workload-api/handler.js";
 import { createHealthService } from "../../common/health/grpc-health.js";
@@ -18,6 +21,11 @@ import { createLogger } from "../../common/log.js";
 import { parseSelector } from "../../common/selector.js";
 import { Metrics } from "../../common/metrics.js";
 import { HealthCheckRequestSchema, Health } from "../../proto/gen/grpc/health/v1/health_pb.js";
+import {
+  ServerReflection,
+  ServerReflectionRequestSchema,
+  type ServerReflectionResponse,
+} from "../../proto/gen/grpc/reflection/v1/reflection_pb.js";
 import {
   JWTBundlesRequestSchema,
   JWTSVIDRequestSchema,
@@ -33,9 +41,13 @@ import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
 import { createWorkloadApiClient, type WorkloadApiClient } from "../../spiffe/workloadapi/client.js";
 import { isWorkloadApiError } from "../../spiffe/workloadapi/errors.js";
 import { FakeWorkloadCache, ownUidSelector, startTestAgentEndpoint, type TestAgentEndpoint } from "../fakes/fake-workload-cache.js";
+import { toolAvailable } from "../support/tools.js";
 
 const WAPI = grpcServiceDefinition(SpiffeWorkloadAPI);
 const HEALTH = grpcServiceDefinition(Health);
+const REFLECTION = grpcServiceDefinition(ServerReflection);
+const grpcurl = toolAvailable("grpcurl", ["-version"]);
+if (!grpcurl) console.warn("NOTE: grpcurl is not installed; WEP-21 checks reflection with a grpc-js client only");
 const isRoot = process.geteuid?.() === 0;
 if (!isRoot) {
   if (process.env.CI === "true") throw new Error("the other-uid Workload Endpoint tests need root; CI runs as root");
@@ -112,6 +124,34 @@ function call(c: Client, method: keyof typeof WAPI, md: Metadata, request?: unkn
       resolve({ ok: false, code: err.code, details: err.details });
     });
   });
+}
+
+/**
+ * Asks the endpoint's server reflection the given questions on one bidi stream
+ * (at `path`: the v1 service unless told) and returns the answers in order.
+ */
+function reflect(
+  c: Client,
+  requests: ReadonlyArray<MessageInitShape<typeof ServerReflectionRequestSchema>>,
+  path = REFLECTION.serverReflectionInfo.path,
+): Promise<ServerReflectionResponse[]> {
+  const def = REFLECTION.serverReflectionInfo;
+  const stream = c.makeBidiStreamRequest(path, def.requestSerialize, def.responseDeserialize, new Metadata());
+  const answers: ServerReflectionResponse[] = [];
+  return new Promise((resolve, reject) => {
+    stream.on("data", (r: ServerReflectionResponse) => answers.push(r));
+    stream.on("error", reject);
+    stream.on("end", () => resolve(answers));
+    for (const r of requests) stream.write(create(ServerReflectionRequestSchema, r));
+    stream.end();
+  });
+}
+
+/** The decoded FileDescriptorProtos of a file_descriptor_response (failing the test on any other answer). */
+function descriptors(r: ServerReflectionResponse | undefined): FileDescriptorProto[] {
+  expect(r?.messageResponse.case).toBe("fileDescriptorResponse");
+  const bytes = r?.messageResponse.case === "fileDescriptorResponse" ? r.messageResponse.value.fileDescriptorProto : [];
+  return bytes.map((b) => fromBinary(FileDescriptorProtoSchema, b));
 }
 
 /** Writes a client script that fetches X.509 context through the real client and prints the result as JSON. */
@@ -393,6 +433,109 @@ describe("Workload Endpoint (server side)", () => {
     expect(jwtBundles.bundles.has("example.org")).toBe(true);
     const validated = await c.validateJwtSvid(jwt.token, "svc");
     expect(validated.id.toString()).toBe("spiffe://example.org/web");
+  });
+
+  it("WEP-3: the endpoint is a Unix domain socket; TCP is not offered", async () => {
+    const ep = await endpoint();
+    expect(statSync(ep.socketPath).isSocket()).toBe(true);
+    expect(ep.address).toMatch(/^unix:\/\//);
+    // Only a path is accepted: a TCP address given as the socket path is refused, never bound.
+    const log = createLogger({ level: "error", destination: { write: () => undefined } });
+    const cache = new FakeWorkloadCache();
+    const handler = createWorkloadApiHandler({ cache, attest: async () => [], trustDomain: cache.own.trustDomain, log, metrics: new Metrics({ defaultMetrics: false }) });
+    await expect(startWorkloadEndpoint({ socketPath: "tcp://127.0.0.1:8000", handler, peers: createPeerTracker(), log })).rejects.toSatisfy((e) =>
+      isSigilError(e, "ERR_INVALID_ARGUMENT"),
+    );
+  });
+
+  it("WEP-4: a TCP listener address is refused by the agent config", () => {
+    const config = (socketPath: string): string =>
+      `agent:\n  trust_domain: example.org\n  insecure_bootstrap: true\n  socket_path: ${socketPath}\nplugins:\n  NodeAttestor:\n    join_token:\n  WorkloadAttestor:\n    unix:\n`;
+    // The agent has no TCP listener at all, so no TCP address (not even loopback) can be configured.
+    for (const address of ["tcp://0.0.0.0:8000", "tcp://127.0.0.1:8000", "tcp://[::1]:8000"]) {
+      expect(() => parseAgentConfig(config(address)), address).toThrow(/agent\.socket_path: TCP listeners are not supported; give a Unix socket path \(WEP-4\)/);
+    }
+    expect(parseAgentConfig(config("/run/sigil/api.sock")).agent.socket_path).toBe("/run/sigil/api.sock");
+  });
+
+  it("WEP-21: server reflection lists SpiffeWorkloadAPI and describes it with its 7 methods, plus grpc.health.v1.Health", async () => {
+    const ep = await endpoint(new FakeWorkloadCache(), { health: createHealthService() });
+    const c = rawClient(ep);
+    const [list, wapi, method, byName, health, unknown] = await reflect(c, [
+      { host: "localhost", messageRequest: { case: "listServices", value: "" } },
+      { messageRequest: { case: "fileContainingSymbol", value: "SpiffeWorkloadAPI" } },
+      { messageRequest: { case: "fileContainingSymbol", value: "SpiffeWorkloadAPI.FetchJWTSVID" } },
+      { messageRequest: { case: "fileByFilename", value: "spiffe/workload.proto" } },
+      { messageRequest: { case: "fileContainingSymbol", value: "grpc.health.v1.Health" } },
+      { messageRequest: { case: "fileContainingSymbol", value: "SpiffeWorkloadAPI2" } },
+    ]);
+
+    // Answers come in order, each naming its question.
+    expect(list?.validHost).toBe("localhost");
+    expect(list?.originalRequest?.messageRequest.case).toBe("listServices");
+    expect(list?.messageResponse.case).toBe("listServicesResponse");
+    const names = list?.messageResponse.case === "listServicesResponse" ? list.messageResponse.value.service.map((s) => s.name) : [];
+    expect(names.sort()).toEqual(["SpiffeWorkloadAPI", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]);
+
+    // The file first, then its dependencies (google.protobuf.Struct for ValidateJWTSVID claims).
+    const files = descriptors(wapi);
+    expect(files.map((f) => f.name)).toEqual(["spiffe/workload.proto", "google/protobuf/struct.proto"]);
+    const [workload] = files;
+    expect(workload?.package).toBe(""); // WAPI-2: no package, so /SpiffeWorkloadAPI/<Rpc>
+    expect(workload?.syntax).toBe("proto3");
+    expect(workload?.service.map((s) => s.name)).toEqual(["SpiffeWorkloadAPI"]);
+    expect(workload?.service[0]?.method.map((m) => m.name).sort()).toEqual(
+      ["FetchJWTBundles", "FetchJWTSVID", "FetchWITBundles", "FetchWITSVID", "FetchX509Bundles", "FetchX509SVID", "ValidateJWTSVID"].sort(),
+    );
+    // What a tool does with the answer: build a registry from the bytes alone (a set lists imports first).
+    const registry = createFileRegistry(create(FileDescriptorSetSchema, { file: [...files].reverse() }));
+    const service = registry.getService("SpiffeWorkloadAPI");
+    expect(service?.methods.map((m) => m.name)).toHaveLength(7);
+    expect(service?.method.fetchX509SVID?.methodKind).toBe("server_streaming");
+    expect(registry.getMessage("ValidateJWTSVIDResponse")?.field.claims?.message?.typeName).toBe("google.protobuf.Struct");
+
+    expect(descriptors(method).map((f) => f.name)).toEqual(["spiffe/workload.proto", "google/protobuf/struct.proto"]);
+    expect(descriptors(byName)[0]?.name).toBe("spiffe/workload.proto");
+    const [healthFile] = descriptors(health);
+    expect(healthFile?.package).toBe("grpc.health.v1");
+    expect(healthFile?.service.map((s) => s.name)).toEqual(["Health"]);
+
+    expect(unknown?.messageResponse.case).toBe("errorResponse");
+    expect(unknown?.messageResponse.value).toMatchObject({ errorCode: status.NOT_FOUND });
+
+    // Dependencies are reachable by name, and extension questions are answered (the Workload API declares none).
+    const [struct, numbers, noExtension, empty] = await reflect(c, [
+      { messageRequest: { case: "fileByFilename", value: "google/protobuf/struct.proto" } },
+      { messageRequest: { case: "allExtensionNumbersOfType", value: "X509SVIDRequest" } },
+      { messageRequest: { case: "fileContainingExtension", value: { containingType: "X509SVIDRequest", extensionNumber: 100 } } },
+      {},
+    ]);
+    expect(descriptors(struct).map((f) => f.name)).toEqual(["google/protobuf/struct.proto"]);
+    expect(numbers?.messageResponse).toMatchObject({ case: "allExtensionNumbersResponse", value: { baseTypeName: "X509SVIDRequest", extensionNumber: [] } });
+    expect(noExtension?.messageResponse).toMatchObject({ case: "errorResponse", value: { errorCode: status.NOT_FOUND } });
+    expect(empty?.messageResponse).toMatchObject({ case: "errorResponse", value: { errorCode: status.INVALID_ARGUMENT } });
+
+    // grpcurl and older clients use the v1alpha name; same messages on the wire.
+    const [alpha] = await reflect(c, [{ messageRequest: { case: "listServices", value: "" } }], "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo");
+    expect(alpha?.messageResponse.case).toBe("listServicesResponse");
+
+    if (grpcurl) {
+      const out = spawnSync("grpcurl", ["-plaintext", "-unix", ep.socketPath, "list"], { encoding: "utf8", timeout: 10_000 });
+      expect(out.status, out.stderr).toBe(0);
+      expect(out.stdout.split("\n")).toContain("SpiffeWorkloadAPI");
+    }
+  });
+
+  it("WEP-21: without a health service, reflection does not list one", async () => {
+    const ep = await endpoint();
+    const [list, health] = await reflect(rawClient(ep), [
+      { messageRequest: { case: "listServices", value: "" } },
+      { messageRequest: { case: "fileContainingSymbol", value: "grpc.health.v1.Health" } },
+    ]);
+    const names = list?.messageResponse.case === "listServicesResponse" ? list.messageResponse.value.service.map((s) => s.name) : [];
+    expect(names).toContain("SpiffeWorkloadAPI");
+    expect(names).not.toContain("grpc.health.v1.Health");
+    expect(health?.messageResponse).toMatchObject({ case: "errorResponse", value: { errorCode: status.NOT_FOUND } });
   });
 
   it("WEP-1: the socket file is removed on close", async () => {

@@ -94,8 +94,15 @@ describe("agent config", () => {
     ["trust_bundle_format: der", "agent.trust_bundle_format"],
     ["log_level: verbose", "agent.log_level"],
     ["sync_intervall: 5s", "agent.sync_intervall: unknown key (did you mean \"sync_interval\"?)"],
+    ["socket_path: tcp://127.0.0.1:8000", "agent.socket_path: TCP listeners are not supported; give a Unix socket path (WEP-4)"],
+    ["socket_path: unix:///run/sigil/api.sock", "agent.socket_path: TCP listeners are not supported; give a Unix socket path (WEP-4)"],
   ])("%s is rejected naming the key", (line, message) => {
     expect(errorOf(() => parseAgentConfig(agentWith(`trust_bundle_path: /a.pem\n${line}`)))).toContain(message);
+  });
+
+  it("takes socket_path as a file path, absolute or relative", () => {
+    expect(parseAgentConfig(agentWith("trust_bundle_path: /a.pem\nsocket_path: /run/sigil/api.sock")).agent.socket_path).toBe("/run/sigil/api.sock");
+    expect(parseAgentConfig(agentWith("trust_bundle_path: /a.pem\nsocket_path: run/api.sock")).agent.socket_path).toBe("run/api.sock");
   });
 
   it("rejects a bad trust domain and missing plugins with their paths", () => {
