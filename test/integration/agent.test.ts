@@ -3,6 +3,7 @@
  * attested with a join token, and workloads (run as other uids when root)
  * using the real Workload API client over the agent's Unix socket.
  */
+import { spawn } from "node:child_process";
 import { chmodSync, mkdtempSync, readFileSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -100,6 +101,33 @@ describe.skipIf(!isRoot)("agent end to end", () => {
     expect(denied.status).toBe(1);
     expect(denied.stderr).toMatch(/no identity issued/);
     expect((await runAgentCli(["api", "fetch", "x509", "--output", "yaml"])).status).toBe(2);
+  }, 60_000);
+
+  it("sigil-agent healthcheck exits 0 on the agent socket, and api watch prints updates until interrupted", async () => {
+    const hc = await runAgentCli(["healthcheck", "--socket-path", agent.socketPath]);
+    expect(hc.status, hc.stderr).toBe(0);
+    expect(hc.stdout).toMatch(/healthy/);
+    const watch = spawn(process.execPath, ["--import", "tsx", "agent/cli/main.ts", "api", "watch", "--socket-path", agent.socketPath, "--output", "json"], {
+      cwd: path.resolve(path.dirname(new URL(import.meta.url).pathname), "../.."),
+      uid: WEB.uid,
+      gid: WEB.gid,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const first = await new Promise<string>((resolve, reject) => {
+      let out = "";
+      watch.stdout?.on("data", (d: Buffer) => {
+        out += d.toString();
+        if (out.includes("\n")) resolve(out.split("\n")[0] as string);
+      });
+      watch.once("exit", (code) => reject(new Error(`watch exited early with ${code}`)));
+    });
+    expect((JSON.parse(first) as { svids: { spiffe_id: string }[] }).svids[0]?.spiffe_id).toBe("spiffe://example.org/web");
+    const code = await new Promise<number | null>((resolve) => {
+      watch.removeAllListeners("exit");
+      watch.once("exit", (c) => resolve(c));
+      watch.kill("SIGINT");
+    });
+    expect(code).toBe(0);
   }, 60_000);
 
   it("an unregistered uid gets PermissionDenied", async () => {
