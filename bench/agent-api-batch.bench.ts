@@ -14,7 +14,7 @@ import { EntrySchema } from "../proto/gen/sigil/types/v1/types_pb.js";
 import { buildCsr } from "../spiffe/csr.js";
 import { attestWithJoinToken, rootsPemFromBundleJson } from "../test/integration/support/test-agent.js";
 import { startServerProcess } from "../test/integration/support/server-process.js";
-import { median, rateSync, report } from "./harness.js";
+import { median, rateSync, report, threadCpuMs, threadShares } from "./harness.js";
 
 const BATCH = 100;
 const IN_FLIGHT = 4;
@@ -48,10 +48,13 @@ try {
     }),
   });
 
+  const cpu: string[] = [];
   async function issuePass(ms: number): Promise<number> {
     let signed = 0;
     const end = performance.now() + ms;
     const start = performance.now();
+    const serverBefore = threadCpuMs(srv.child.pid ?? 0);
+    const clientBefore = process.cpuUsage();
     await Promise.all(
       Array.from({ length: IN_FLIGHT }, async () => {
         while (performance.now() < end) {
@@ -60,7 +63,11 @@ try {
         }
       }),
     );
-    return (signed * 1000) / (performance.now() - start);
+    const wall = performance.now() - start;
+    const server = threadShares(serverBefore, threadCpuMs(srv.child.pid ?? 0), wall);
+    const client = process.cpuUsage(clientBefore);
+    cpu.push(`${mode}: server threads ${server.map((x) => x.toFixed(2)).join("/")} client ${((client.user + client.system) / 1000 / wall).toFixed(2)} cores`);
+    return (signed * 1000) / wall;
   }
 
   const { privateKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
@@ -78,6 +85,7 @@ try {
   }
   const r = median(raw);
   const fmt = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(",");
+  for (const c of cpu.slice(-2)) console.log(`cpu (last pass) ${c}`);
   console.log(`passes: raw=${fmt(raw)} public_key=${fmt(viaKey)} csr=${fmt(viaCsr)} (batch ${BATCH}, ${IN_FLIGHT} in flight, server in its own process)`);
   const baseline = { value: r, unit: "signs/s", what: "raw crypto.sign P-256, one core" };
   const k = median(viaKey);

@@ -3,6 +3,7 @@
  * measured in the same run (machines vary 15–35% between passes), as the median
  * of several interleaved passes.
  */
+import { readdirSync, readFileSync } from "node:fs";
 
 /** Runs `fn` repeatedly for about `ms` milliseconds; returns operations per second. */
 export function rateSync(fn: () => void, ms = 1000): number {
@@ -75,4 +76,35 @@ export function report(r: BenchResult): void {
   const ratio = r.ratio === undefined ? "" : ` ratio=${fmt(r.ratio)}`;
   console.log(`${r.pass ? "PASS" : "FAIL"} ${r.name}: ${fmt(r.value)} ${r.unit}${base}${ratio} target ${r.target}`);
   console.log(`BENCH_JSON ${JSON.stringify(r)}`);
+}
+
+/** CPU time (ms) of each thread of a process, from /proc (Linux only; empty elsewhere). */
+export function threadCpuMs(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      out.set(tid, ((Number(f[11]) + Number(f[12])) * 1000) / CLOCK_TICKS);
+    } catch {
+      // The thread ended between listing and reading.
+    }
+  }
+  return out;
+}
+const CLOCK_TICKS = 100;
+
+/** Share of one core each of the busiest threads used between two {@link threadCpuMs} readings. */
+export function threadShares(before: Map<string, number>, after: Map<string, number>, wallMs: number, top = 3): number[] {
+  return [...after]
+    .map(([tid, ms]) => (ms - (before.get(tid) ?? 0)) / wallMs)
+    .sort((a, b) => b - a)
+    .slice(0, top);
 }

@@ -1,13 +1,28 @@
 /**
  * Writes issuance records from a worker thread with its own SQLite connection,
- * so validation, index updates and the commit's fsync do not stall the event
- * loop that signs SVIDs. Callers still await the commit: an SVID is handed out
- * only after its record is durable.
+ * so index updates and the commit's fsync do not stall the event loop that
+ * signs SVIDs. Callers still await the commit: an SVID is handed out only
+ * after its record is durable. Records arrive validated; each context crosses
+ * to the worker once and is named by a small number afterwards.
  */
 import { Worker } from "node:worker_threads";
 import { fileURLToPath } from "node:url";
 import { SigilError } from "../../spiffe/errors.js";
-import type { IssuanceInput } from "./issuance.js";
+import { ISSUANCE_ROW_WIDTH, type IssuanceContext, type NormalizedIssuanceBatch } from "./issuance-batch.js";
+
+/** Most contexts the worker is told about before both sides start over. */
+const MAX_CONTEXT_REFS = 50_000;
+
+/** What the writer posts to its worker. */
+export interface WriterMessage {
+  readonly id: number;
+  /** Forget every context reference before reading `defs`. */
+  readonly reset: boolean;
+  /** Contexts the worker has not been told about yet, with their reference numbers. */
+  readonly defs: readonly (readonly [number, IssuanceContext])[];
+  /** Rows as in {@link NormalizedIssuanceBatch.rows}, with context references in place of indexes. */
+  readonly rows: readonly (string | number | null)[];
+}
 
 interface Pending {
   resolve(): void;
@@ -19,6 +34,8 @@ export class IssuanceWriter {
   readonly #worker: Worker;
   readonly #pending = new Map<number, Pending>();
   #next = 1;
+  /** Context key → the number the worker knows it by. */
+  readonly #refs = new Map<string, number>();
   #closed = false;
   #dead: Error | undefined;
 
@@ -52,14 +69,30 @@ export class IssuanceWriter {
     this.#pending.clear();
   }
 
-  /** Writes the records in one transaction; resolves once committed. */
-  write(records: readonly IssuanceInput[]): Promise<void> {
+  /** Writes a validated batch in one transaction; resolves once committed. */
+  write(batch: NormalizedIssuanceBatch): Promise<void> {
     if (this.#closed) return Promise.reject(new SigilError("ERR_UNAVAILABLE", "datastore: closed"));
     if (this.#dead) return Promise.reject(new SigilError("ERR_UNAVAILABLE", `datastore: issuance writer failed: ${this.#dead.message}`, { cause: this.#dead }));
+    // The worker's table is reset with ours, so it never grows without bound.
+    const reset = this.#refs.size + batch.contexts.length > MAX_CONTEXT_REFS;
+    if (reset) this.#refs.clear();
+    const defs: [number, IssuanceContext][] = [];
+    const refOf = batch.contexts.map((ctx) => {
+      let ref = this.#refs.get(ctx.key);
+      if (ref === undefined) {
+        ref = this.#refs.size;
+        this.#refs.set(ctx.key, ref);
+        defs.push([ref, ctx]);
+      }
+      return ref;
+    });
+    const rows = batch.rows.slice();
+    for (let i = 0; i < rows.length; i += ISSUANCE_ROW_WIDTH) rows[i] = refOf[rows[i] as number] as number;
     const id = this.#next++;
     return new Promise<void>((resolve, reject) => {
       this.#pending.set(id, { resolve, reject });
-      this.#worker.postMessage({ id, records });
+      const message: WriterMessage = { id, reset, defs, rows };
+      this.#worker.postMessage(message);
     });
   }
 

@@ -2,7 +2,8 @@
  * The SQLite datastore driver (better-sqlite3). See `index.ts` for the
  * durability and concurrency design; this file is the implementation.
  */
-import { INSERT_ISSUANCE_SQL } from "./sqlite-issuance-sql.js";
+import { IssuanceNormalizer, type IssuanceContext } from "./issuance-batch.js";
+import { insertIssuanceRows, IssuanceInserter, ISSUANCE_SELECT_SQL, PRUNE_ISSUANCES_SQL } from "./sqlite-issuance-log.js";
 import { IssuanceWriter } from "./issuance-writer.js";
 import { randomBytes } from "node:crypto";
 import Database from "better-sqlite3";
@@ -45,7 +46,6 @@ import {
   normalizeBundle,
   normalizeCaJournal,
   normalizeEntry,
-  normalizeIssuance,
   normalizeJoinToken,
   type NormalizedAgent,
   type NormalizedEntry,
@@ -145,8 +145,10 @@ interface IssuanceRow {
   serial: string;
   kind: IssuanceKind;
   spiffe_id: string;
-  entry_id: string | null;
-  agent_id: string | null;
+  /** "" when none. */
+  entry_id: string;
+  /** "" when none. */
+  agent_id: string;
   ca_key_id: string;
   not_before: number;
   not_after: number;
@@ -154,7 +156,8 @@ interface IssuanceRow {
   selectors: string;
   requested_by: string;
   jwt_id: string | null;
-  audience: string | null;
+  /** "" unless a jwt-svid. */
+  audience: string;
 }
 
 
@@ -226,8 +229,10 @@ class SqliteDatastore implements Datastore {
   readonly #onListenerError: (error: unknown, event: ChangeEvent) => void;
   readonly #listeners = new Set<ChangeListener>();
   readonly #statements = new Map<string, BetterSqlite3.Statement>();
-  /** The issuance insert, prepared once (kept out of the bounded statement cache: it is on the hot path). */
-  #insertIssuance: BetterSqlite3.Statement | undefined;
+  /** Validates issuance records, remembering contexts already checked. */
+  readonly #issuanceNormalizer = new IssuanceNormalizer();
+  /** Issuance inserts on this connection, prepared once (kept out of the bounded statement cache: they are on the hot path). */
+  #issuanceInserter: IssuanceInserter | undefined;
   /** Runs its argument in a transaction; nested calls become savepoints. */
   readonly #txn: BetterSqlite3.Transaction<(fn: () => unknown) => unknown>;
   #closed = false;
@@ -898,8 +903,8 @@ class SqliteDatastore implements Datastore {
       serial: r.serial,
       kind: r.kind,
       spiffeId: r.spiffe_id,
-      entryId: r.entry_id,
-      agentId: r.agent_id,
+      entryId: r.entry_id || null,
+      agentId: r.agent_id || null,
       caKeyId: r.ca_key_id,
       notBefore: new Date(r.not_before),
       notAfter: new Date(r.not_after),
@@ -907,27 +912,22 @@ class SqliteDatastore implements Datastore {
       selectors: JSON.parse(r.selectors) as string[],
       requestedBy: r.requested_by,
     };
-    return r.kind === "jwt-svid" ? { ...record, jwtId: r.jwt_id, audience: JSON.parse(r.audience ?? "[]") as string[] } : record;
+    return r.kind === "jwt-svid" ? { ...record, jwtId: r.jwt_id, audience: JSON.parse(r.audience || "[]") as string[] } : record;
   }
 
   async recordIssuances(records: readonly IssuanceInput[]): Promise<void> {
     if (!Array.isArray(records)) throw invalid("recordIssuances needs an array");
     if (records.length > MAX_ISSUANCE_BATCH) throw invalid(`recordIssuances takes at most ${MAX_ISSUANCE_BATCH} records, got ${records.length}`);
     // Validate the whole batch before taking the write lock: one bad record refuses all.
+    const batch = this.#issuanceNormalizer.normalize(records);
     if (this.#issuanceWriter && records.length > 0) {
       if (this.#closed) throw new SigilError("ERR_UNAVAILABLE", "datastore: closed");
-      return this.#issuanceWriter.write(records);
+      return this.#issuanceWriter.write(batch);
     }
-    const rows = (records as readonly IssuanceInput[]).map((r, i) => normalizeIssuance(r, i));
-    if (rows.length === 0) {
-      this.#read(() => undefined); // still refuse when closed
-      return;
-    }
-    this.#write(() => {
-      const insert = (this.#insertIssuance ??= this.#db.prepare(INSERT_ISSUANCE_SQL));
-      for (const n of rows) {
-        insert.run(n.serial, n.kind, n.spiffeId, n.entryId, n.agentId, n.caKeyId, n.notBefore, n.notAfter, n.issuedAt, n.selectors, n.requestedBy, n.jwtId, n.audience);
-      }
+    this.#read(() => {
+      if (batch.rows.length === 0) return; // still refuse when closed
+      const inserter = (this.#issuanceInserter ??= new IssuanceInserter(this.#db));
+      insertIssuanceRows(this.#db, inserter, () => inserter.insertRows(batch.rows, (i) => batch.contexts[i] as IssuanceContext));
     });
   }
 
@@ -937,35 +937,35 @@ class SqliteDatastore implements Datastore {
     const conditions: string[] = [];
     const params: unknown[] = [];
     if (request.pageToken !== undefined) {
-      conditions.push("row_id < ?");
+      conditions.push("i.row_id < ?");
       params.push(decodePageToken("issuances", request.pageToken));
     }
     if (request.spiffeId !== undefined) {
-      conditions.push("spiffe_id = ?");
+      conditions.push("c.spiffe_id = ?");
       params.push(checkSpiffeId("issuance filter spiffeId", request.spiffeId));
     }
     if (request.entryId !== undefined) {
-      conditions.push("entry_id = ?");
+      conditions.push("c.entry_id = ?");
       params.push(checkEntryId(request.entryId));
     }
     if (request.agentId !== undefined) {
-      conditions.push("agent_id = ?");
+      conditions.push("c.agent_id = ?");
       params.push(checkSpiffeId("issuance filter agentId", request.agentId));
     }
     if (request.serial !== undefined) {
-      conditions.push("serial = ?");
+      conditions.push("i.serial = ?");
       params.push(checkSerialHex("issuance filter serial", request.serial));
     }
     if (request.liveAt !== undefined) {
       const t = checkTime("issuance filter liveAt", request.liveAt);
-      conditions.push("not_before <= ? AND not_after > ?");
+      conditions.push("i.not_before <= ? AND i.not_after > ?");
       params.push(t, t);
     }
     if (size !== undefined) params.push(size + 1);
     const sql =
-      "SELECT * FROM issuances" +
+      ISSUANCE_SELECT_SQL +
       (conditions.length === 0 ? "" : ` WHERE ${conditions.join(" AND ")}`) +
-      " ORDER BY row_id DESC" +
+      " ORDER BY i.row_id DESC" +
       (size === undefined ? "" : " LIMIT ?");
     return this.#read(() => {
       const rows = this.#all<IssuanceRow>(sql, ...params);
@@ -980,7 +980,11 @@ class SqliteDatastore implements Datastore {
 
   async pruneIssuances(expiredBefore: Date): Promise<number> {
     const t = checkTime("prune expiredBefore", expiredBefore);
-    return this.#write(() => this.#exec("DELETE FROM issuances WHERE not_after < ?", t).changes);
+    return this.#write(() => {
+      const removed = this.#exec(PRUNE_ISSUANCES_SQL[0], t).changes;
+      this.#exec(PRUNE_ISSUANCES_SQL[1]);
+      return removed;
+    });
   }
 
   // ── change feed ────────────────────────────────────────────────────────
@@ -1025,7 +1029,7 @@ class SqliteDatastore implements Datastore {
     await this.#issuanceWriter?.close();
     this.#listeners.clear();
     this.#statements.clear();
-    this.#insertIssuance = undefined;
+    this.#issuanceInserter = undefined;
     this.#db.close();
   }
 }

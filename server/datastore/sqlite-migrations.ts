@@ -147,4 +147,50 @@ CREATE INDEX issuances_serial ON issuances (serial);
 CREATE INDEX issuances_not_after ON issuances (not_after);
 `,
   },
+  {
+    version: 3,
+    name: "issuance log: shared contexts",
+    // What credentials of one batch share (kind, IDs, CA key, selectors,
+    // requester, audience) is stored once; each credential keeps a small row.
+    // "" stands for an absent entry, agent or audience so the UNIQUE key holds.
+    sql: `
+CREATE TABLE issuance_contexts (
+  context_id   INTEGER PRIMARY KEY,
+  kind         TEXT NOT NULL CHECK (kind IN ('x509-svid', 'jwt-svid', 'agent-svid')),
+  spiffe_id    TEXT NOT NULL CHECK (spiffe_id <> ''),
+  entry_id     TEXT NOT NULL,
+  agent_id     TEXT NOT NULL,
+  ca_key_id    TEXT NOT NULL CHECK (ca_key_id <> ''),
+  selectors    TEXT NOT NULL,
+  requested_by TEXT NOT NULL CHECK (requested_by <> ''),
+  audience     TEXT NOT NULL,
+  UNIQUE (spiffe_id, entry_id, agent_id, ca_key_id, kind, selectors, requested_by, audience)
+) STRICT;
+CREATE INDEX issuance_contexts_entry_id ON issuance_contexts (entry_id);
+CREATE INDEX issuance_contexts_agent_id ON issuance_contexts (agent_id);
+INSERT INTO issuance_contexts (kind, spiffe_id, entry_id, agent_id, ca_key_id, selectors, requested_by, audience)
+  SELECT DISTINCT kind, spiffe_id, COALESCE(entry_id, ''), COALESCE(agent_id, ''), ca_key_id, selectors, requested_by, COALESCE(audience, '')
+  FROM issuances;
+CREATE TABLE issuances_v3 (
+  row_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+  context_id INTEGER NOT NULL REFERENCES issuance_contexts (context_id),
+  serial     TEXT NOT NULL CHECK (serial <> ''),
+  not_before INTEGER NOT NULL,
+  not_after  INTEGER NOT NULL CHECK (not_after > not_before),
+  issued_at  INTEGER NOT NULL,
+  jwt_id     TEXT
+) STRICT;
+INSERT INTO issuances_v3 (row_id, context_id, serial, not_before, not_after, issued_at, jwt_id)
+  SELECT i.row_id, c.context_id, i.serial, i.not_before, i.not_after, i.issued_at, i.jwt_id
+  FROM issuances i JOIN issuance_contexts c
+    ON c.spiffe_id = i.spiffe_id AND c.entry_id = COALESCE(i.entry_id, '') AND c.agent_id = COALESCE(i.agent_id, '')
+   AND c.ca_key_id = i.ca_key_id AND c.kind = i.kind AND c.selectors = i.selectors AND c.requested_by = i.requested_by
+   AND c.audience = COALESCE(i.audience, '');
+DROP TABLE issuances;
+ALTER TABLE issuances_v3 RENAME TO issuances;
+CREATE INDEX issuances_serial ON issuances (serial);
+CREATE INDEX issuances_context_id ON issuances (context_id);
+CREATE INDEX issuances_not_after ON issuances (not_after);
+`,
+  },
 ];

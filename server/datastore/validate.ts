@@ -381,7 +381,8 @@ export function checkSerialHex(what: string, value: unknown): string {
   return canonical;
 }
 
-function checkNonEmptyText(what: string, value: unknown, maxBytes: number): string {
+/** Text of at most `maxBytes` UTF-8 bytes, without control characters, not empty. */
+export function checkNonEmptyText(what: string, value: unknown, maxBytes: number): string {
   const text = checkText(what, value, maxBytes);
   if (text.length === 0) throw invalid(`${what} is empty`);
   return text;

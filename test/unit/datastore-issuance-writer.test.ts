@@ -1,6 +1,7 @@
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
 import { systemClock } from "../../common/clock.js";
 import { isSigilError } from "../../spiffe/errors.js";
@@ -27,5 +28,34 @@ describe("issuance log written from a worker thread", () => {
     expect((caught as Error).message).toMatch(/issuance\[1\]/);
     expect((await ds.listIssuances({})).items).toEqual([]);
     await ds.close();
+  });
+
+  it("keeps recording after the contexts it remembers were pruned by the main connection", async () => {
+    const ds = await createSqliteDatastore({ path: path.join(mkdtempSync(path.join(tmpdir(), "sigil-iw-")), "d.sqlite3"), clock: systemClock, issuanceWorker: true });
+    await ds.recordIssuances([rec("c1"), rec("c2")]);
+    // Everything expires: the rows and then their (now unused) context are deleted.
+    expect(await ds.pruneIssuances(new Date(Date.now() + 3_600_000))).toBe(2);
+    // The worker still remembers the context's old ID; the insert must not dangle.
+    await ds.recordIssuances([rec("c3")]);
+    const items = (await ds.listIssuances({})).items;
+    expect(items.map((i) => [i.serial, i.spiffeId, i.entryId, i.selectors])).toEqual([["c3", "spiffe://example.org/w", "e1", ["unix:uid:1"]]]);
+    await ds.close();
+  });
+
+  it("sends each context to the worker once and stores it once", async () => {
+    const file = path.join(mkdtempSync(path.join(tmpdir(), "sigil-iw-")), "d.sqlite3");
+    const ds = await createSqliteDatastore({ path: file, clock: systemClock, issuanceWorker: true });
+    for (let b = 0; b < 3; b++) await ds.recordIssuances(Array.from({ length: 50 }, (_, i) => rec(`${b}f${i}`, `spiffe://example.org/w${i % 5}`)));
+    const items = (await ds.listIssuances({})).items;
+    expect(items.length).toBe(150);
+    expect(new Set(items.map((i) => i.spiffeId)).size).toBe(5);
+    expect(items.find((i) => i.serial === "2f7")?.spiffeId).toBe("spiffe://example.org/w2");
+    await ds.close();
+    const raw = new Database(file, { readonly: true });
+    try {
+      expect((raw.prepare("SELECT COUNT(*) AS n FROM issuance_contexts").get() as { n: number }).n).toBe(5);
+    } finally {
+      raw.close();
+    }
   });
 });

@@ -247,12 +247,12 @@ describe("issuance log: validation and atomicity", () => {
     // Another connection installs a trigger failing the third insert of the batch.
     const raw = new Database(path);
     try {
-      raw.exec(`CREATE TRIGGER fail_issuance BEFORE INSERT ON issuances WHEN NEW.spiffe_id = 'spiffe://example.org/boom'
+      raw.exec(`CREATE TRIGGER fail_issuance BEFORE INSERT ON issuances WHEN NEW.serial = 'b00b'
                 BEGIN SELECT RAISE(ABORT, 'boom'); END`);
     } finally {
       raw.close();
     }
-    const err = await rejection(ds.recordIssuances([rec(), rec(), rec({ spiffeId: "spiffe://example.org/boom" }), rec()]), "ERR_INTERNAL");
+    const err = await rejection(ds.recordIssuances([rec(), rec(), rec({ serial: "b00b" }), rec()]), "ERR_INTERNAL");
     expect(err.message).toContain("boom");
     expect(rawCount()).toBe(0);
     // The datastore stays usable.
@@ -293,6 +293,48 @@ describe("issuance log: validation and atomicity", () => {
     expect(rawCount()).toBe(0);
   });
 
+  it("checks each credential's own fields also once its context is known", async () => {
+    await ds.recordIssuances([rec()]);
+    const bad: Array<[Partial<IssuanceInput>, RegExp]> = [
+      [{ serial: "" }, /issuance\[1\] serial must be 1-64 hex digits/],
+      [{ serial: "1".repeat(41) }, /issuance\[1\] serial is longer than 20 octets/],
+      [{ notAfter: T0, notBefore: T0 }, /issuance\[1\] notAfter must be after notBefore/],
+      [{ notBefore: new Date(Number.NaN) }, /issuance\[1\] notBefore must be a valid Date/],
+      [{ issuedAt: "yesterday" as never }, /issuance\[1\] issuedAt must be a valid Date/],
+      [{ jwtId: "j" }, /issuance\[1\] jwtId and audience apply to jwt-svid records only/],
+    ];
+    for (const [over, message] of bad) {
+      const e = await rejection(ds.recordIssuances([rec(), rec(over)]), "ERR_INVALID_ARGUMENT");
+      expect(e.message).toMatch(message);
+    }
+    expect(rawCount()).toBe(1);
+  });
+
+  it("stores what records share once", async () => {
+    await ds.recordIssuances([rec(), rec(), rec({ spiffeId: "spiffe://example.org/other" }), rec({ entryId: null, agentId: null, requestedBy: "admin:local" })]);
+    await ds.recordIssuances([rec(), rec({ kind: "jwt-svid", audience: ["a"], jwtId: "j1" }), rec({ kind: "jwt-svid", audience: ["a"], jwtId: "j2" })]);
+    const raw = new Database(path, { readonly: true });
+    try {
+      expect((raw.prepare("SELECT COUNT(*) AS n FROM issuance_contexts").get() as { n: number }).n).toBe(4);
+    } finally {
+      raw.close();
+    }
+    const items = await all();
+    expect(items.filter((i) => i.kind === "jwt-svid").map((i) => [i.jwtId, i.audience])).toEqual([["j2", ["a"]], ["j1", ["a"]]]);
+    expect(items.filter((i) => i.entryId === null).map((i) => [i.agentId, i.requestedBy])).toEqual([[null, "admin:local"]]);
+    // Pruning everything leaves no context behind.
+    expect(await ds.pruneIssuances(new Date(T0.getTime() + 10 * HOUR))).toBe(7);
+    const after = new Database(path, { readonly: true });
+    try {
+      expect((after.prepare("SELECT COUNT(*) AS n FROM issuance_contexts").get() as { n: number }).n).toBe(0);
+    } finally {
+      after.close();
+    }
+    // A remembered context that was pruned is stored again.
+    await ds.recordIssuances([rec()]);
+    expect((await all()).map((i) => i.spiffeId)).toEqual(["spiffe://example.org/web"]);
+  });
+
   it("fails with ERR_UNAVAILABLE once closed", async () => {
     await ds.close();
     await rejection(ds.recordIssuances([rec()]), "ERR_UNAVAILABLE");
@@ -303,7 +345,7 @@ describe("issuance log: validation and atomicity", () => {
 });
 
 describe("issuance log: migration", () => {
-  it("a version-1 database migrates forward to version 2, keeping its data", async () => {
+  it("a version-1 database migrates forward to the newest version, keeping its data", async () => {
     await ds.close();
     rmSync(dir, { recursive: true, force: true });
     dir = mkdtempSync(join(tmpdir(), "sigil-ds-issuances-v1-"));
@@ -337,22 +379,54 @@ describe("issuance log: migration", () => {
       expect(versions).toEqual([
         { version: 1, name: "initial schema" },
         { version: 2, name: "issuance log" },
+        { version: 3, name: "issuance log: shared contexts" },
       ]);
       const indexes = (raw.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'issuances' ORDER BY name").all() as Array<{ name: string }>).map(
         (r) => r.name,
       );
-      expect(indexes).toEqual(["issuances_agent_id", "issuances_entry_id", "issuances_not_after", "issuances_serial", "issuances_spiffe_id"]);
+      expect(indexes).toEqual(["issuances_context_id", "issuances_not_after", "issuances_serial"]);
     } finally {
       raw.close();
     }
   });
 
-  it("migrating the full set on a version-1 database reports 1 → 2", () => {
+  it("a version-2 issuance log moves to shared contexts with every field and page position kept", async () => {
+    await ds.close();
+    const v2path = join(dir, "v2.sqlite3");
+    const v2 = new Database(v2path);
+    try {
+      migrate(v2, SQLITE_MIGRATIONS.slice(0, 2), T0);
+      const ins = v2.prepare(`INSERT INTO issuances (row_id, serial, kind, spiffe_id, entry_id, agent_id, ca_key_id, not_before, not_after, issued_at,
+        selectors, requested_by, jwt_id, audience) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`);
+      const t = T0.getTime();
+      ins.run(5, "a1", "x509-svid", "spiffe://example.org/web", "entry-web", AGENT, "x509-ca-A", t, t + HOUR, t, '["unix:uid:1000"]', `agent:${AGENT}`, null, null);
+      ins.run(9, "a2", "x509-svid", "spiffe://example.org/web", "entry-web", AGENT, "x509-ca-A", t, t + 2 * HOUR, t, '["unix:uid:1000"]', `agent:${AGENT}`, null, null);
+      ins.run(12, "b1", "jwt-svid", "spiffe://example.org/web", "entry-web", AGENT2, "jwt-A", t, t + HOUR, t, "[]", `agent:${AGENT2}`, "jti", '["aud"]');
+      ins.run(20, "0", "agent-svid", AGENT, null, AGENT, "x509-ca-A", t, t + HOUR, t, "[]", "attestation:join_token", null, null);
+    } finally {
+      v2.close();
+    }
+    ds = await createSqliteDatastore({ path: v2path, clock });
+    const page = await ds.listIssuances({ pageSize: 2 });
+    expect(page.items.map((i) => i.serial)).toEqual(["0", "b1"]);
+    const rest = await ds.listIssuances({ pageSize: 2, ...(page.nextPageToken === undefined ? {} : { pageToken: page.nextPageToken }) });
+    expect(rest.items.map((i) => i.serial)).toEqual(["a2", "a1"]);
+    const byKind = Object.fromEntries([...page.items, ...rest.items].map((i) => [i.serial, i]));
+    expect(byKind["0"]).toMatchObject({ kind: "agent-svid", entryId: null, agentId: AGENT, requestedBy: "attestation:join_token", selectors: [] });
+    expect(byKind["b1"]).toMatchObject({ kind: "jwt-svid", jwtId: "jti", audience: ["aud"], agentId: AGENT2, caKeyId: "jwt-A" });
+    expect(byKind["a2"]).toMatchObject({ entryId: "entry-web", selectors: ["unix:uid:1000"], notAfter: new Date(T0.getTime() + 2 * HOUR) });
+    expect(serials(await all({ entryId: "entry-web", agentId: AGENT }))).toEqual(["a2", "a1"]);
+    // New records continue after the highest old row.
+    await ds.recordIssuances([rec()]);
+    expect((await ds.listIssuances({ pageSize: 1 })).items[0]?.serial).not.toBe("0");
+  });
+
+  it("migrating the full set on a version-1 database reports 1 → 3", () => {
     const raw = new Database(join(dir, "other.sqlite3"));
     try {
       migrate(raw, SQLITE_MIGRATIONS.slice(0, 1), T0);
-      expect(migrate(raw, SQLITE_MIGRATIONS, T0)).toEqual({ from: 1, to: 2 });
-      expect(migrate(raw, SQLITE_MIGRATIONS, T0)).toEqual({ from: 2, to: 2 });
+      expect(migrate(raw, SQLITE_MIGRATIONS, T0)).toEqual({ from: 1, to: 3 });
+      expect(migrate(raw, SQLITE_MIGRATIONS, T0)).toEqual({ from: 3, to: 3 });
     } finally {
       raw.close();
     }

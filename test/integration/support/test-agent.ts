@@ -65,6 +65,7 @@ export async function attestWithJoinToken(address: string, rootsPem: string, tok
     AgentAPI,
     address,
     tlsCredentials(rootsPem, { keyPem: privateKey.export({ format: "pem", type: "pkcs8" }).toString(), certPem: encodePemCertificates(chain) }),
+    { "grpc-node.flow_control_window": 4 << 20 },
   );
   return { spiffeId: svid?.spiffeId ?? "", key: privateKey, chain, api };
 }
