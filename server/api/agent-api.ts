@@ -69,6 +69,14 @@ function entrySpiffeId(e: RegistrationEntry): SpiffeId {
   return id;
 }
 
+// Canonical selector strings of entry records, formatted once per record for the issuance log.
+const selectorStrings = new WeakMap<RegistrationEntry, string[]>();
+function entrySelectors(e: RegistrationEntry): string[] {
+  let s = selectorStrings.get(e);
+  if (!s) selectorStrings.set(e, (s = e.selectors.map(formatSelector)));
+  return s;
+}
+
 /** The issuance-log record of an X509-SVID. */
 function x509Record(kind: "x509-svid" | "agent-svid", spiffeId: string, issued: IssuedX509, agentId: string, entry: RegistrationEntry | undefined): IssuanceInput {
   return {
@@ -81,7 +89,7 @@ function x509Record(kind: "x509-svid" | "agent-svid", spiffeId: string, issued: 
     notBefore: issued.notBefore,
     notAfter: issued.notAfter,
     issuedAt: new Date(),
-    selectors: entry ? entry.selectors.map(formatSelector) : [],
+    selectors: entry ? entrySelectors(entry) : [],
     requestedBy: `agent:${agentId}`,
   };
 }
@@ -114,6 +122,19 @@ export interface AgentApiDeps {
 
 type AgentMethods = (typeof AgentAPI)["method"];
 
+/** A client certificate that verified against a bundle snapshot. */
+interface VerifiedCaller {
+  readonly id: SpiffeId;
+  readonly serial: string;
+  readonly source: StaticX509BundleSource;
+  /** Latest notBefore and earliest notAfter of the verified chain (ms). */
+  readonly validFrom: number;
+  readonly validUntil: number;
+}
+
+/** Most verified client certificates remembered. */
+const MAX_VERIFIED_CERTS = 10_000;
+
 interface AuthenticatedAgent {
   readonly id: SpiffeId;
   readonly record: AttestedAgent;
@@ -131,21 +152,44 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
     return cachedSource.source;
   }
 
+  // Client certificates already verified against the current bundle, by DER:
+  // an agent presents the same SVID on every call, and verifying its chain
+  // costs more than the rest of a call's bookkeeping. A hit holds only while
+  // the bundle is the same and every certificate of the chain is still valid;
+  // the agent record (ban, current serial) is checked on every call.
+  const verifiedCerts = new Map<string, VerifiedCaller>();
+  function verifyCaller(raw: Buffer): VerifiedCaller {
+    const source = bundleSource();
+    const now = deps.now();
+    const key = raw.toString("base64");
+    const hit = verifiedCerts.get(key);
+    if (hit && hit.source === source && now.getTime() >= hit.validFrom && now.getTime() < hit.validUntil) return hit;
+    // The agent's chain may need the server CA's intermediates (upstream authority).
+    const chain = [new Uint8Array(raw), ...intermediates()];
+    try {
+      const verified = verifyX509Svid(chain, source, { now });
+      const certs = verified.verifiedChain;
+      const caller: VerifiedCaller = {
+        id: verified.id,
+        serial: normalizeSerial((certs[0] as X509Certificate).serialNumber),
+        source,
+        validFrom: Math.max(...certs.map((c) => Date.parse(c.validFrom))),
+        validUntil: Math.min(...certs.map((c) => Date.parse(c.validTo))),
+      };
+      if (verifiedCerts.size >= MAX_VERIFIED_CERTS) verifiedCerts.clear();
+      verifiedCerts.set(key, caller);
+      return caller;
+    } catch (e) {
+      verifiedCerts.delete(key);
+      throw new SigilError("ERR_PERMISSION_DENIED", `agent api: client certificate is not a valid SVID of ${deps.trustDomain.name}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
   /** Verifies the caller's TLS client certificate and its agent record. */
   async function authenticate(call: { getAuthContext(): { sslPeerCertificate?: { raw?: Buffer } } | null }): Promise<AuthenticatedAgent> {
     const raw = call.getAuthContext()?.sslPeerCertificate?.raw;
     if (!raw || raw.length === 0) throw new SigilError("ERR_PERMISSION_DENIED", "agent api: no client certificate: the call needs the agent's X509-SVID");
-    // The agent's chain may need the server CA's intermediates (upstream authority).
-    const chain = [new Uint8Array(raw), ...intermediates()];
-    let id: SpiffeId;
-    let serial: string;
-    try {
-      const verified = verifyX509Svid(chain, bundleSource(), { now: deps.now() });
-      id = verified.id;
-      serial = normalizeSerial((verified.verifiedChain[0] as X509Certificate).serialNumber);
-    } catch (e) {
-      throw new SigilError("ERR_PERMISSION_DENIED", `agent api: client certificate is not a valid SVID of ${deps.trustDomain.name}: ${(e as Error).message}`, { cause: e });
-    }
+    const { id, serial } = verifyCaller(raw);
     const record = await deps.datastore.getAgent(id.toString());
     if (!record) throw new SigilError("ERR_PERMISSION_DENIED", `agent api: ${id} is not an attested agent`);
     if (record.banned) throw new SigilError("ERR_PERMISSION_DENIED", `agent api: agent ${id} is banned`);
@@ -373,7 +417,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
           notBefore: jwt.issuedAt,
           notAfter: jwt.expiresAt,
           issuedAt: jwt.issuedAt,
-          selectors: entry.selectors.map(formatSelector),
+          selectors: entrySelectors(entry),
           requestedBy: `agent:${agent.id}`,
           audience: [...req.audience],
         },

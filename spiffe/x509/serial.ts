@@ -8,11 +8,22 @@ import { SigilError } from "../errors.js";
 /** A serial as a positive bigint or as unsigned big-endian octets. */
 export type SerialNumber = bigint | Uint8Array;
 
-/** 16 random octets with the top bit clear (128 bits of entropy minus one, always positive and non-zero). */
+const SERIAL_OCTETS = 16;
+// Serials are cut from a pool of CSPRNG output: one randomBytes call per 256
+// serials instead of one per certificate on the issuance hot path.
+const POOL_OCTETS = SERIAL_OCTETS * 256;
+let pool = Buffer.alloc(0);
+let poolOffset = 0;
+
+/** 16 random octets, the first with its top bit clear and lowest bit set: always positive and non-zero, 126 random bits. */
 export function randomSerial(): Uint8Array {
-  const bytes = randomBytes(16);
+  if (poolOffset + SERIAL_OCTETS > pool.length) {
+    pool = randomBytes(POOL_OCTETS);
+    poolOffset = 0;
+  }
+  const bytes = Uint8Array.prototype.slice.call(pool, poolOffset, (poolOffset += SERIAL_OCTETS));
   bytes[0] = ((bytes[0] as number) & 0x7f) | 0x01;
-  return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return bytes;
 }
 
 /**

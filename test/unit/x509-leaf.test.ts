@@ -114,3 +114,23 @@ describe("parseX509Svid", () => {
     expect(parseErr(() => parseX509Svid(randomSerial()))).toMatch(/chain is not concatenated DER/);
   });
 });
+
+describe("randomSerial", () => {
+  it("gives distinct, positive 16-octet serials that callers own (across pool refills)", () => {
+    const seen = new Set<string>();
+    const serials = Array.from({ length: 1000 }, () => randomSerial());
+    for (const s of serials) {
+      expect(s.length).toBe(16);
+      expect((s[0] as number) & 0x80).toBe(0);
+      expect((s[0] as number) & 0x01).toBe(1);
+      seen.add(Buffer.from(s).toString("hex"));
+    }
+    expect(seen.size).toBe(1000);
+    // Each serial is its own copy: changing one leaves the others alone.
+    const [a, b] = serials as [Uint8Array, Uint8Array];
+    const before = Buffer.from(b).toString("hex");
+    a.fill(0);
+    expect(Buffer.from(b).toString("hex")).toBe(before);
+    expect(Buffer.from(encodeSerial(b)).subarray(2).toString("hex")).toBe(before);
+  });
+});

@@ -1,0 +1,107 @@
+/**
+ * Agent API authentication over real mTLS against an in-process server on a
+ * manual clock. The server remembers client certificates it has verified; this
+ * checks that a remembered certificate never outlives what it proved: a ban,
+ * an eviction or the SVID's expiry takes effect on the very next call.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { X509Certificate } from "node:crypto";
+import { status, type ServiceError } from "@grpc/grpc-js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ManualClock } from "../../common/clock.js";
+import { parseServerConfig } from "../../server/config/load.js";
+import { startServer, type RunningServer } from "../../server/main.js";
+import { encodePemCertificates } from "../../spiffe/pem.js";
+import { attestWithJoinToken, type Attested } from "./support/test-agent.js";
+
+const TD = "example.org";
+let dir: string;
+let server: RunningServer;
+const clock = new ManualClock(new Date());
+
+beforeAll(async () => {
+  dir = mkdtempSync(path.join(tmpdir(), "sigil-agent-auth-"));
+  const config = parseServerConfig(`
+server:
+  trust_domain: ${TD}
+  bind_port: 0
+  socket_path: ${path.join(dir, "api.sock")}
+  data_dir: ${dir}
+  audit_log_enabled: false
+plugins:
+  DataStore:
+    sql:
+      database_type: sqlite3
+      connection_string: ${path.join(dir, "datastore.sqlite3")}
+  KeyManager:
+    memory: {}
+  NodeAttestor:
+    join_token: {}
+`);
+  server = await startServer(config, { clock, logDestination: { write: () => undefined } });
+}, 60_000);
+
+afterAll(async () => {
+  await server?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function attestedAgent(name: string): Promise<Attested> {
+  const token = `${name}-${Math.random().toString(36).slice(2)}`;
+  await server.datastore.createJoinToken({ token, expiresAt: new Date(clock.now().getTime() + 600_000) });
+  return attestWithJoinToken(server.agentApiAddress, encodePemCertificates(server.ca.bundle().x509Authorities), token);
+}
+
+async function refusal(p: Promise<unknown>): Promise<ServiceError> {
+  try {
+    await p;
+  } catch (e) {
+    return e as ServiceError;
+  }
+  throw new Error("expected the call to be refused");
+}
+
+describe("agent API: a verified client certificate is remembered, never trusted beyond its proof", () => {
+  it("a ban takes effect on the next call of an agent whose SVID was already verified", async () => {
+    const agent = await attestedAgent("ban");
+    try {
+      await agent.api.syncAuthorized({});
+      await agent.api.syncAuthorized({}); // served from the remembered verification
+      await server.datastore.banAgent(agent.spiffeId);
+      const e = await refusal(agent.api.syncAuthorized({}));
+      expect(e.code).toBe(status.PERMISSION_DENIED);
+      expect(e.details).toContain(`agent ${agent.spiffeId} is banned`);
+    } finally {
+      agent.api.close();
+    }
+  });
+
+  it("an evicted agent is refused although its certificate verified before", async () => {
+    const agent = await attestedAgent("evict");
+    try {
+      await agent.api.syncAuthorized({});
+      await server.datastore.deleteAgent(agent.spiffeId);
+      const e = await refusal(agent.api.syncAuthorized({}));
+      expect(e.code).toBe(status.PERMISSION_DENIED);
+      expect(e.details).toContain("is not an attested agent");
+    } finally {
+      agent.api.close();
+    }
+  });
+
+  it("a remembered SVID stops working once it expires by the server's clock", async () => {
+    const agent = await attestedAgent("expiry");
+    try {
+      await agent.api.syncAuthorized({});
+      const notAfter = Date.parse(new X509Certificate(Buffer.from(agent.chain[0] as Uint8Array)).validTo);
+      clock.set(new Date(notAfter + 1000));
+      const e = await refusal(agent.api.syncAuthorized({}));
+      expect(e.code).toBe(status.PERMISSION_DENIED);
+      expect(e.details).toContain("client certificate is not a valid SVID");
+    } finally {
+      agent.api.close();
+    }
+  });
+});
