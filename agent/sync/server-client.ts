@@ -126,6 +126,9 @@ export interface ServerClientOptions {
   readonly log?: Logger;
 }
 
+/** HTTP/2 flow-control window of the agent's channel to the server (stream and connection). */
+const FLOW_CONTROL_WINDOW = 4 << 20;
+
 const GRPC_TO_CODE: Readonly<Partial<Record<number, ErrorCode>>> = {
   [status.INVALID_ARGUMENT]: "ERR_INVALID_ARGUMENT",
   [status.NOT_FOUND]: "ERR_NOT_FOUND",
@@ -373,6 +376,9 @@ export class GrpcServerClient implements ServerClient {
       "grpc.ssl_target_name_override": this.#opts.trustDomain.name,
       // Each channel gets its own connections: a rebuilt channel must not reuse the old identity's TLS session.
       "grpc.use_local_subchannel_pool": 1,
+      // A batch of SVIDs is ~650 bytes each: HTTP/2's default 64 KiB window
+      // would stall every large BatchNewX509SVID response on window updates.
+      "grpc-node.flow_control_window": FLOW_CONTROL_WINDOW,
     };
   }
 

@@ -122,7 +122,7 @@ describe("randomSerial", () => {
     for (const s of serials) {
       expect(s.length).toBe(16);
       expect((s[0] as number) & 0x80).toBe(0);
-      expect((s[0] as number) & 0x01).toBe(1);
+      expect(s[0]).not.toBe(0);
       seen.add(Buffer.from(s).toString("hex"));
     }
     expect(seen.size).toBe(1000);
@@ -132,5 +132,22 @@ describe("randomSerial", () => {
     a.fill(0);
     expect(Buffer.from(b).toString("hex")).toBe(before);
     expect(Buffer.from(encodeSerial(b)).subarray(2).toString("hex")).toBe(before);
+  });
+
+  it("starts with the issue time, so later serials sort after earlier ones", () => {
+    const t0 = Date.now();
+    const first = Buffer.from(randomSerial());
+    const t1 = Date.now();
+    const ms = first.readUIntBE(0, 6);
+    expect(ms).toBeGreaterThanOrEqual(t0);
+    expect(ms).toBeLessThanOrEqual(t1);
+    // The random tail differs even within one millisecond.
+    const tails = new Set(Array.from({ length: 200 }, () => Buffer.from(randomSerial()).subarray(6).toString("hex")));
+    expect(tails.size).toBe(200);
+    const later = Buffer.from(randomSerial());
+    expect(later.subarray(0, 6).compare(first.subarray(0, 6))).toBeGreaterThanOrEqual(0);
+    // Canonical hex (as the issuance log stores it) keeps that order.
+    const hex = (b: Buffer) => b.toString("hex").replace(/^0+(?=.)/, "");
+    expect(hex(later).length).toBe(hex(first).length);
   });
 });
