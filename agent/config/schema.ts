@@ -7,9 +7,8 @@
  */
 import { z } from "zod";
 import { duration } from "../../common/config/duration.js";
+import { healthChecksSection as healthChecks, host, LOG_LEVELS, logLevel, noSettings, port, telemetrySection, trustDomainName as trustDomain } from "../../common/config/fields.js";
 import { unixWorkloadAttestorConfigSchema } from "../../plugins/workloadattestor/unix/index.js";
-import { isSigilError } from "../../spiffe/errors.js";
-import { parseTrustDomain } from "../../spiffe/id.js";
 
 /** Default Workload API socket (SPIRE's path with `sigil-agent`). */
 export const DEFAULT_AGENT_SOCKET_PATH = "/tmp/sigil-agent/public/api.sock";
@@ -18,41 +17,13 @@ export const DEFAULT_AGENT_SOCKET_PATH = "/tmp/sigil-agent/public/api.sock";
 export const DEFAULT_AGENT_DATA_DIR = "./.sigil/agent";
 
 /** Log levels; SPIRE's upper-case spellings are accepted and lowered. */
-export const AGENT_LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
+export const AGENT_LOG_LEVELS = LOG_LEVELS;
 
 /** The three ways to trust the server on first contact; exactly one is set. */
 export const TRUST_BOOTSTRAP_KEYS = ["trust_bundle_path", "trust_bundle_url", "insecure_bootstrap"] as const;
 
-const logLevel = z
-  .enum([...AGENT_LOG_LEVELS, "DEBUG", "INFO", "WARN", "ERROR"])
-  .transform((v) => v.toLowerCase() as (typeof AGENT_LOG_LEVELS)[number]);
-
-const port = z.number().int().min(0).max(65535);
-
-const host = z.string().min(1);
-
-const trustDomain = z.string().superRefine((value, ctx) => {
-  try {
-    parseTrustDomain(value);
-  } catch (e) {
-    if (!isSigilError(e)) throw e;
-    ctx.addIssue({ code: "custom", message: `invalid trust domain: ${e.message.replace(/^trust domain: /, "")}` });
-  }
-});
-
-const httpPath = z.string().regex(/^\/[^\s?#]*$/, { error: "must be an absolute URL path such as \"/ready\"" });
-
 const fraction = (what: string) =>
   z.number().refine((v) => v > 0 && v < 1, { error: `${what} must be strictly between 0 and 1` });
-
-// A plugin with no settings may be written `join_token:` (YAML null) or `join_token: {}`.
-function noSettings(description: string) {
-  return z
-    .strictObject({})
-    .nullable()
-    .transform((v): Record<string, never> => v ?? {})
-    .describe(description);
-}
 
 const agentSection = z
   .strictObject({
@@ -97,27 +68,10 @@ const agentSection = z
   })
   .describe("Core agent settings.");
 
-const healthChecksSection = z
-  .strictObject({
-    listener_enabled: z.boolean().default(false).describe("Serve the HTTP health endpoints (for Kubernetes probes)."),
-    bind_address: host.default("127.0.0.1").describe("Address of the HTTP health listener."),
-    bind_port: port.default(8080).describe("Port of the HTTP health listener."),
-    live_path: httpPath.default("/live").describe("Liveness path: 200 while the process is up."),
-    ready_path: httpPath.default("/ready").describe("Readiness path: 200 once the agent holds its bundle and has synced, else 503 with the reasons."),
-  })
-  .describe("HTTP liveness and readiness endpoints.");
-
-const telemetrySection = z
-  .strictObject({
-    prometheus: z
-      .strictObject({
-        host: host.default("127.0.0.1").describe("Address to serve `/metrics` on."),
-        port: port.describe("Port to serve `/metrics` on."),
-      })
-      .optional()
-      .describe("Prometheus scrape endpoint."),
-  })
-  .describe("Metrics export.");
+const healthChecksSection = healthChecks({
+  listenerEnabled: "Serve the HTTP health endpoints (for Kubernetes probes).",
+  readyPath: "Readiness path: 200 once the agent holds its bundle and has synced, else 503 with the reasons.",
+});
 
 const nodeAttestorPlugins = z
   .strictObject({

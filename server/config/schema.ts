@@ -7,9 +7,8 @@
  */
 import { z } from "zod";
 import { duration } from "../../common/config/duration.js";
+import { healthChecksSection as healthChecks, host, logLevel, noSettings, port, telemetrySection, trustDomainName as trustDomain } from "../../common/config/fields.js";
 import { diskKeyManagerConfigSchema } from "../../plugins/keymanager/disk/index.js";
-import { isSigilError } from "../../spiffe/errors.js";
-import { parseTrustDomain } from "../../spiffe/id.js";
 
 /** Default admin API socket, shared with `sigil-server` CLI commands. */
 export const DEFAULT_SERVER_SOCKET_PATH = "/tmp/sigil-server/private/api.sock";
@@ -17,41 +16,9 @@ export const DEFAULT_SERVER_SOCKET_PATH = "/tmp/sigil-server/private/api.sock";
 /** Key types the CA and JWT signer accept (SPIRE's set). */
 export const SERVER_KEY_TYPES = ["ec-p256", "ec-p384", "rsa-2048", "rsa-4096"] as const;
 
-/** Log levels; SPIRE's upper-case spellings are accepted and lowered. */
-export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
-
-/** A log level as the logger takes it. */
-export type ConfigLogLevel = (typeof LOG_LEVELS)[number];
-
-const logLevel = z
-  .enum([...LOG_LEVELS, "DEBUG", "INFO", "WARN", "ERROR"])
-  .transform((v) => v.toLowerCase() as ConfigLogLevel);
+export { LOG_LEVELS, type ConfigLogLevel } from "../../common/config/fields.js";
 
 const keyType = z.enum(SERVER_KEY_TYPES);
-
-const port = z.number().int().min(0).max(65535);
-
-const host = z.string().min(1);
-
-const trustDomain = z.string().superRefine((value, ctx) => {
-  try {
-    parseTrustDomain(value);
-  } catch (e) {
-    if (!isSigilError(e)) throw e;
-    ctx.addIssue({ code: "custom", message: `invalid trust domain: ${e.message.replace(/^trust domain: /, "")}` });
-  }
-});
-
-const httpPath = z.string().regex(/^\/[^\s?#]*$/, { error: "must be an absolute URL path such as \"/ready\"" });
-
-// A plugin with no settings may be written `memory:` (YAML null) or `memory: {}`.
-function noSettings(description: string) {
-  return z
-    .strictObject({})
-    .nullable()
-    .transform((v): Record<string, never> => v ?? {})
-    .describe(description);
-}
 
 function exactlyOne<T extends object>(kind: string) {
   return (value: T, ctx: z.RefinementCtx<T>): void => {
@@ -94,27 +61,10 @@ const serverSection = z
   .transform((s) => ({ ...s, agent_ttl: s.agent_ttl ?? s.default_x509_svid_ttl, jwt_key_type: s.jwt_key_type ?? s.ca_key_type }))
   .describe("Core server settings.");
 
-const healthChecksSection = z
-  .strictObject({
-    listener_enabled: z.boolean().default(false).describe("Serve the HTTP health endpoints (for Kubernetes probes, which cannot reach a Unix socket)."),
-    bind_address: host.default("127.0.0.1").describe("Address of the HTTP health listener."),
-    bind_port: port.default(8080).describe("Port of the HTTP health listener."),
-    live_path: httpPath.default("/live").describe("Liveness path: 200 while the process is up."),
-    ready_path: httpPath.default("/ready").describe("Readiness path: 200 when the server can issue (CA active, datastore reachable), else 503 with the reasons."),
-  })
-  .describe("HTTP liveness and readiness endpoints.");
-
-const telemetrySection = z
-  .strictObject({
-    prometheus: z
-      .strictObject({
-        host: host.default("127.0.0.1").describe("Address to serve `/metrics` on."),
-        port: port.describe("Port to serve `/metrics` on."),
-      })
-      .optional()
-      .describe("Prometheus scrape endpoint."),
-  })
-  .describe("Metrics export.");
+const healthChecksSection = healthChecks({
+  listenerEnabled: "Serve the HTTP health endpoints (for Kubernetes probes, which cannot reach a Unix socket).",
+  readyPath: "Readiness path: 200 when the server can issue (CA active, datastore reachable), else 503 with the reasons.",
+});
 
 const dataStorePlugins = z
   .strictObject({
