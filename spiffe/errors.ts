@@ -37,6 +37,8 @@ export type ErrorCode =
   | "ERR_INVALID_ARGUMENT"
   | "ERR_NOT_FOUND"
   | "ERR_ALREADY_EXISTS"
+  // The request is well formed but the current state refuses it (e.g. deleting a bundle entries still use).
+  | "ERR_FAILED_PRECONDITION"
   | "ERR_PERMISSION_DENIED"
   | "ERR_UNAVAILABLE"
   | "ERR_INTERNAL";

@@ -820,7 +820,7 @@ class SqliteDatastore implements Datastore {
         td,
       );
       if (users.length > 0 && mode === "restrict") {
-        throw invalid(`bundle for ${td} is still federated with by ${users.length} entries (first: ${(users[0] as { id: string }).id}); use mode "dissociate" or update them first`);
+        throw new SigilError("ERR_FAILED_PRECONDITION", `datastore: bundle for ${td} is still federated with by ${users.length} entries (first: ${(users[0] as { id: string }).id}); use mode "dissociate" or update them first`);
       }
       for (const u of users) {
         this.#exec("DELETE FROM entry_federates_with WHERE owner_row = ? AND trust_domain = ?", u.row_id, td);

@@ -159,6 +159,15 @@ describe("sigil-server CLI", () => {
     const bad = srv.cli(["bundle", "set", "--id", "partner2.org", "--path", garbage]);
     expect(bad.status).toBe(1);
     expect(bad.stderr).toMatch(/bundle/i);
+    // An entry federating with it keeps the bundle (FAILED_PRECONDITION over the API): exit 1, nothing changes.
+    const fed = srv.cli(["entry", "create", "--spiffe-id", "spiffe://example.org/cli/fed", "--parent-id", "spiffe://example.org/spire/server", "--selector", "unix:uid:7", "--federates-with", "partner.org", "--output", "json"]);
+    expect(fed.status, fed.stderr).toBe(0);
+    const fedId = (JSON.parse(fed.stdout) as { entries: { id: string }[] }).entries[0]!.id;
+    const refused = srv.cli(["bundle", "delete", "--id", "partner.org"]);
+    expect(refused.status).toBe(1);
+    expect(refused.stderr).toContain("1 entry federates with partner.org");
+    expect((JSON.parse(srv.cli(["bundle", "list", "--output", "json"]).stdout) as { bundles: unknown[] }).bundles.length).toBe(1);
+    expect(srv.cli(["entry", "delete", "--entry-id", fedId]).status).toBe(0);
     expect(srv.cli(["bundle", "delete", "--id", "partner.org"]).status).toBe(0);
 
     const out = path.join(srv.dir, "minted");

@@ -512,7 +512,7 @@ describe("BundleAdmin", () => {
   it("refuses to delete a bundle entries federate with, naming how many", async () => {
     await storeFederatedBundle("partner.org");
     const [e] = await createOk(entry("spiffe://example.org/web", { federatesWith: ["partner.org"] }));
-    await expectFailure(env.bundle.deleteFederatedBundle({ trustDomain: "partner.org" }), status.INVALID_ARGUMENT, "1 entry", "partner.org");
+    await expectFailure(env.bundle.deleteFederatedBundle({ trustDomain: "partner.org" }), status.FAILED_PRECONDITION, "1 entry", "partner.org");
     expect((await env.bundle.listFederatedBundles({})).bundles).toHaveLength(1);
     await env.entry.batchDeleteEntry({ ids: [e?.id ?? ""] });
     await env.bundle.deleteFederatedBundle({ trustDomain: "partner.org" });

@@ -93,7 +93,7 @@ describe("bundles", () => {
       selectors: [parseSelector("unix:uid:1")],
       federatesWith: ["partner.org", "other.org"],
     });
-    const err = await rejection(ds.deleteBundle("partner.org"), "ERR_INVALID_ARGUMENT");
+    const err = await rejection(ds.deleteBundle("partner.org"), "ERR_FAILED_PRECONDITION");
     expect(err.message).toContain(e.id);
     expect(await ds.getBundle("partner.org")).toBeDefined();
     const before = await ds.lastEventId();

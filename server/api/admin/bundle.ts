@@ -98,7 +98,7 @@ export function createBundleAdmin(deps: AdminApiDeps, unary: UnaryWrapper): Grpc
       if (!(await deps.datastore.getBundle(td.name))) throw new SigilError("ERR_NOT_FOUND", `trust_domain: no bundle is stored for ${td.name}`);
       const users = await deps.datastore.countEntries({ federatesWith: { trustDomains: [td.name], match: "superset" } });
       if (users > 0) {
-        throw invalidField("trust_domain", `${users} entr${users === 1 ? "y federates" : "ies federate"} with ${td.name}; remove it from their federates_with first`);
+        throw new SigilError("ERR_FAILED_PRECONDITION", `trust_domain: ${users} entr${users === 1 ? "y federates" : "ies federate"} with ${td.name}; remove it from their federates_with first`);
       }
       // Mode restrict: the datastore checks again inside its transaction.
       await deps.datastore.deleteBundle(td.name, "restrict");
