@@ -18,6 +18,7 @@ import {
   TAG,
 } from "./der.js";
 import { SigilError } from "./errors.js";
+import { isP256Spki } from "./x509/subject-public-key.js";
 import { keyTypeOf, type KeyType } from "./signer.js";
 
 const OID_ECDSA_SHA256 = "1.2.840.10045.4.3.2";
@@ -154,6 +155,11 @@ function spkiError(message: string, cause?: unknown): SigilError {
  */
 export function parseSubjectPublicKeyInfo(der: Uint8Array, allowedKeyTypes: readonly KeyType[]): CheckedPublicKey {
   let keyType: KeyType;
+  if (isP256Spki(der)) {
+    keyType = "ec-p256";
+    if (!allowedKeyTypes.includes(keyType)) throw spkiError(`key type ${keyType} is not allowed (allowed: ${allowedKeyTypes.join(", ")})`);
+    return { publicKeyDer: der, keyType };
+  }
   try {
     if (!(der instanceof Uint8Array) || der.length === 0) throw spkiError("empty");
     const outer = expectTlv(der, 0, TAG.SEQUENCE, "SubjectPublicKeyInfo");

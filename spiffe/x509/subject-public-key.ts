@@ -16,12 +16,34 @@ const KNOWN_ALGORITHMS: readonly Buffer[] = [
 ].map((b) => Buffer.from(b));
 
 /**
+ * Everything before the point of a P-256 SubjectPublicKeyInfo (SEQUENCE,
+ * AlgorithmIdentifier ecPublicKey + prime256v1, BIT STRING header with no
+ * unused bits, uncompressed-point marker). Every P-256 SPKI is these 27 bytes
+ * and 64 bytes of coordinates, so a byte comparison recognises one without
+ * walking the DER.
+ */
+export const P256_SPKI_PREFIX: Uint8Array = Uint8Array.from(
+  Buffer.from("3059301306072a8648ce3d020106082a8648ce3d030107034200" + "04", "hex"),
+);
+/** Length of a P-256 SubjectPublicKeyInfo. */
+export const P256_SPKI_LENGTH = P256_SPKI_PREFIX.length + 64;
+
+/** True when `spki` is a P-256 SubjectPublicKeyInfo (an exact match of its fixed bytes and length). */
+export function isP256Spki(spki: unknown): boolean {
+  if (!(spki instanceof Uint8Array) || spki.length !== P256_SPKI_LENGTH) return false;
+  for (let i = 0; i < P256_SPKI_PREFIX.length; i++) if ((spki as Uint8Array)[i] !== P256_SPKI_PREFIX[i]) return false;
+  return true;
+}
+
+/**
  * Returns the subjectPublicKey bits of an SPKI (for the key identifier).
  *
  * @throws SigilError `ERR_X509_BUILD` when `spki` is not a single SubjectPublicKeyInfo
  * for EC P-256/P-384, RSA or Ed25519.
  */
 export function checkSubjectPublicKeyInfo(spki: Uint8Array): Uint8Array {
+  // The common case, recognised by its bytes: the bits follow the BIT STRING's unused-bits octet.
+  if (isP256Spki(spki)) return spki.subarray(P256_SPKI_PREFIX.length - 1);
   let bits: Uint8Array;
   let algorithm: Uint8Array;
   try {

@@ -6,6 +6,7 @@ import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { buildCsr, parseCsr, parseSubjectPublicKeyInfo } from "../../spiffe/csr.js";
 import { isSigilError } from "../../spiffe/errors.js";
+import { checkSubjectPublicKeyInfo } from "../../spiffe/x509/subject-public-key.js";
 import { requireTool } from "../support/tools.js";
 
 const ALL = ["ec-p256", "ec-p384", "rsa-2048", "rsa-4096"] as const;
@@ -68,6 +69,13 @@ describe("CSR intake", () => {
     const compressed = generateKeyPairSync("ec", { namedCurve: "prime256v1" }).publicKey.export({ format: "der", type: "spki" });
     compressed[compressed.length - 65] = 0x02; // claim a compressed point in an uncompressed-size key
     expect(() => parseSubjectPublicKeyInfo(new Uint8Array(compressed), ALL)).toThrow(/uncompressed point/);
+    // P-256 keys are recognised by their fixed bytes; the allow-list and exact length still hold.
+    expect(() => parseSubjectPublicKeyInfo(p256, ["ec-p384"])).toThrow(/ec-p256 is not allowed/);
+    expect(() => parseSubjectPublicKeyInfo(Uint8Array.of(...p256, 0), ALL)).toThrow(/trailing bytes/);
+    expect(checkSubjectPublicKeyInfo(p256)).toEqual(p256.subarray(p256.length - 65));
+    const curveChanged = Uint8Array.from(p256);
+    curveChanged[22] = 0x06; // prime256v1's last OID byte: no longer a known curve
+    expect(() => checkSubjectPublicKeyInfo(curveChanged)).toThrow(/algorithm is not EC P-256/);
   });
 
   it.skipIf(!haveOpenssl)("interop: openssl verifies our CSR, and we accept openssl's", () => {
