@@ -12,6 +12,7 @@
  */
 import { chmodSync, existsSync, mkdirSync, rmSync } from "node:fs";
 import { connect } from "node:net";
+import { availableParallelism } from "node:os";
 import path from "node:path";
 import { Server, ServerCredentials, experimental } from "@grpc/grpc-js";
 import type { Clock } from "../common/clock.js";
@@ -22,6 +23,7 @@ import { createLogger, subsystemLogger, type Logger } from "../common/log.js";
 import { Metrics, rpcMetricsInterceptor } from "../common/metrics.js";
 import { createDiskKeyManager } from "../plugins/keymanager/disk/index.js";
 import { createMemoryKeyManager } from "../plugins/keymanager/memory/index.js";
+import { SigningPool, type KeyManagerDeps } from "../plugins/keymanager/signing-pool.js";
 import type { KeyManager } from "../plugins/keymanager/types.js";
 import { createJoinTokenServerAttestor } from "../plugins/nodeattestor/join_token/server.js";
 import type { ServerNodeAttestor } from "../plugins/nodeattestor/types.js";
@@ -76,10 +78,15 @@ function resolveDataPath(config: ServerConfig, p: string): string {
   return path.isAbsolute(p) ? p : path.resolve(p);
 }
 
-function keyManagerFrom(config: ServerConfig): KeyManager {
+function keyManagerFrom(config: ServerConfig, deps: KeyManagerDeps): KeyManager {
   const km = config.plugins.KeyManager;
-  if (km.disk) return createDiskKeyManager({ keys_path: resolveDataPath(config, km.disk.keys_path) });
-  return createMemoryKeyManager();
+  if (km.disk) return createDiskKeyManager({ keys_path: resolveDataPath(config, km.disk.keys_path) }, deps);
+  return createMemoryKeyManager(deps);
+}
+
+/** `server.signing_threads`, or its default: one less than the available cores, at most 4. */
+export function signingThreads(configured: number | undefined, cores = availableParallelism()): number {
+  return configured ?? Math.max(0, Math.min(4, cores - 1));
 }
 
 /** Checks that nothing answers on `socketPath`; removes a stale socket file. */
@@ -130,6 +137,9 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       throw new SigilError("ERR_INVALID_ARGUMENT", `server: the datastore holds a CA for another trust domain; trust_domain cannot change (config says ${trustDomain.name})`);
     }
 
+    const threads = signingThreads(s.signing_threads);
+    const signingPool = threads > 0 ? new SigningPool(threads) : undefined;
+    if (signingPool) cleanups.push(() => signingPool.close());
     const upstreamCfg = config.plugins.UpstreamAuthority?.disk;
     const ca = new CaManager(
       {
@@ -147,7 +157,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
         jwtIssuer: s.jwt_issuer,
       },
       {
-        keyManager: keyManagerFrom(config),
+        keyManager: keyManagerFrom(config, { signingPool }),
         store: datastore,
         clock,
         upstream: upstreamCfg ? createDiskUpstreamAuthority(upstreamCfg) : undefined,

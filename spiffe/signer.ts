@@ -29,6 +29,12 @@ export interface Signer {
   readonly publicKey: KeyObject;
   /** Signs `data` synchronously. Never exposes the key. */
   sign(data: Uint8Array, options: SignOptions): Uint8Array;
+  /**
+   * Signs several payloads off the calling thread, when the key manager runs
+   * signing threads; resolves with one signature per payload, in order.
+   * Absent when signing only happens in-line.
+   */
+  readonly signBatch?: (data: readonly Uint8Array[], options: SignOptions) => Promise<Uint8Array[]>;
 }
 
 /** The key type of a public or private `KeyObject`, or an error naming what it is. */
@@ -81,15 +87,23 @@ export function createKeyObjectSigner(privateKey: KeyObject, id?: string): Signe
     keyType,
     publicKey,
     sign(data: Uint8Array, options: SignOptions): Uint8Array {
-      if (isRsa) {
-        return cryptoSign(options.hash, data, {
-          key: privateKey,
-          ...(options.rsaPadding === "pss" ? { padding: 6 /* RSA_PKCS1_PSS_PADDING */, saltLength: -1 /* digest length */ } : {}),
-        });
-      }
-      return cryptoSign(options.hash, data, { key: privateKey, dsaEncoding: options.dsaEncoding ?? "der" });
+      return signWithKey(privateKey, isRsa, data, options);
     },
   });
+}
+
+/**
+ * One signature with a private `KeyObject` (the body of every Signer; also
+ * used inside key-manager signing threads).
+ */
+export function signWithKey(privateKey: KeyObject, isRsa: boolean, data: Uint8Array, options: SignOptions): Uint8Array {
+  if (isRsa) {
+    return cryptoSign(options.hash, data, {
+      key: privateKey,
+      ...(options.rsaPadding === "pss" ? { padding: 6 /* RSA_PKCS1_PSS_PADDING */, saltLength: -1 /* digest length */ } : {}),
+    });
+  }
+  return cryptoSign(options.hash, data, { key: privateKey, dsaEncoding: options.dsaEncoding ?? "der" });
 }
 
 /** Generates a key and wraps it as a Signer (memory key manager, tests, agents' workload keys). */

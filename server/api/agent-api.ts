@@ -41,7 +41,7 @@ import { StaticX509BundleSource } from "../../spiffe/x509/static-bundle-source.j
 import { X509Bundle } from "../../spiffe/bundle/x509-bundle.js";
 import type { GrpcServiceImplementation } from "../../spiffe/grpc/service.js";
 import { formatSelector } from "../../common/selector.js";
-import type { CaManager, IssuedX509 } from "../ca/manager.js";
+import type { CaManager, IssuedX509, X509SvidRequest } from "../ca/manager.js";
 import type { AttestedAgent, Datastore, IssuanceInput, RegistrationEntry } from "../datastore/index.js";
 import type { EntryIndex, IndexedEntry } from "../registration/entry-index.js";
 import { auditCall, createUnaryWrapper } from "./unary.js";
@@ -361,9 +361,8 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       if (req.params.length > MAX_BATCH_SIZE) throw new SigilError("ERR_INVALID_ARGUMENT", `batch new x509 svid: ${req.params.length} params is more than the maximum ${MAX_BATCH_SIZE}`);
       const byId = new Map(authorized(agent).map((e) => [e.id, e]));
       const agentId = agent.id.toString();
-      const records: IssuanceInput[] = [];
-      let signed = 0;
-      const results = req.params.map((p, i) => {
+      // Checked one by one; the ones that pass are signed as one batch.
+      const checked = req.params.map((p, i): { entry: RegistrationEntry; req: X509SvidRequest } | SigilError => {
         try {
           const entry = byId.get(p.entryId);
           if (!entry) throw new SigilError("ERR_PERMISSION_DENIED", `params[${i}]: entry ${JSON.stringify(p.entryId)} is not authorized for agent ${agent.id}`);
@@ -371,23 +370,40 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
           if (p.key.case === "csr") key = parseCsr(p.key.value, ALLOWED_KEY_TYPES);
           else if (p.key.case === "publicKey") key = parseSubjectPublicKeyInfo(p.key.value, ALLOWED_KEY_TYPES);
           else throw new SigilError("ERR_INVALID_ARGUMENT", `params[${i}]: a csr or public_key is required`);
-          const issued = deps.ca.signX509Svid({
-            spiffeId: entrySpiffeId(entry),
-            publicKeyDer: key.publicKeyDer,
-            ttlMs: entry.x509SvidTtl > 0 ? entry.x509SvidTtl * 1000 : deps.defaultX509TtlMs,
-            dnsNames: entry.dnsNames,
-          });
-          records.push(x509Record("x509-svid", entry.spiffeId, issued, agentId, entry));
-          signed++;
           return {
-            status: wireStatus(),
-            svid: { spiffeId: entry.spiffeId, certChain: [...issued.chain], expiresAt: BigInt(Math.floor(issued.notAfter.getTime() / 1000)) },
+            entry,
+            req: {
+              spiffeId: entrySpiffeId(entry),
+              publicKeyDer: key.publicKeyDer,
+              ttlMs: entry.x509SvidTtl > 0 ? entry.x509SvidTtl * 1000 : deps.defaultX509TtlMs,
+              dnsNames: entry.dnsNames,
+            },
           };
         } catch (e) {
-          const s = wireStatus(e);
-          if (e instanceof SigilError && !e.message.startsWith(`params[${i}]`)) s.message = `params[${i}]: ${s.message}`;
+          if (e instanceof SigilError) return e;
+          log.error({ err: e }, "agent api: BatchNewX509SVID param failed");
+          return new SigilError("ERR_INTERNAL", `params[${i}]: internal error`, { cause: e });
+        }
+      });
+      const accepted = checked.filter((c): c is { entry: RegistrationEntry; req: X509SvidRequest } => !(c instanceof SigilError));
+      const issued = await deps.ca.signX509SvidBatch(accepted.map((c) => c.req));
+      const records: IssuanceInput[] = [];
+      let signed = 0;
+      let next = 0;
+      const results = checked.map((c, i) => {
+        const outcome = c instanceof SigilError ? c : (issued[next++] as IssuedX509 | SigilError);
+        if (outcome instanceof SigilError) {
+          const s = wireStatus(outcome);
+          if (!outcome.message.startsWith(`params[${i}]`)) s.message = `params[${i}]: ${s.message}`;
           return { status: s };
         }
+        const entry = (c as { entry: RegistrationEntry }).entry;
+        records.push(x509Record("x509-svid", entry.spiffeId, outcome, agentId, entry));
+        signed++;
+        return {
+          status: wireStatus(),
+          svid: { spiffeId: entry.spiffeId, certChain: [...outcome.chain], expiresAt: BigInt(Math.floor(outcome.notAfter.getTime() / 1000)) },
+        };
       });
       // Recorded before anything leaves: an SVID that is not in the log is never handed out.
       await deps.datastore.recordIssuances(records);

@@ -12,7 +12,7 @@ import { SigilError } from "../../spiffe/errors.js";
 import type { SpiffeId, TrustDomain } from "../../spiffe/id.js";
 import type { KeyType, Signer } from "../../spiffe/signer.js";
 import { createRootCa, createIntermediateCa } from "../../spiffe/x509/ca.js";
-import { prepareLeafTemplate, issueLeaf, type LeafTemplate } from "../../spiffe/x509/leaf.js";
+import { buildLeafTbs, finishLeaf, prepareLeafTemplate, type LeafTemplate } from "../../spiffe/x509/leaf.js";
 import { randomSerial } from "../../spiffe/x509/serial.js";
 import { signJwtSvid } from "../../spiffe/jwt/sign.js";
 import { parseSpiffeBundle, serializeSpiffeBundle, type SpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
@@ -88,6 +88,26 @@ export interface IssuedX509 {
   readonly notBefore: Date;
   readonly notAfter: Date;
   readonly caKeyId: string;
+}
+
+/** What an X509-SVID is issued from: the ID, key and TTL come from the caller (an entry), never from a CSR. */
+export interface X509SvidRequest {
+  readonly spiffeId: SpiffeId;
+  /** SubjectPublicKeyInfo DER. */
+  readonly publicKeyDer: Uint8Array;
+  readonly ttlMs: number;
+  readonly dnsNames?: readonly string[] | undefined;
+}
+
+interface PreparedLeaf {
+  readonly tbs: Uint8Array;
+  done(leaf: Uint8Array): IssuedX509;
+}
+
+/** Signs a prepared leaf in-line with the authority's key. */
+function issueLeafSigned(ca: X509Authority, tbs: Uint8Array): Uint8Array {
+  const template = ca.template as LeafTemplate;
+  return template.tbs.sign(tbs, ca.signer);
 }
 
 /** Certificates are backdated a little for clock skew, like SPIRE. */
@@ -336,13 +356,50 @@ export class CaManager {
    * Signs an X509-SVID for `spiffeId` with the given SubjectPublicKeyInfo. The
    * lifetime is capped at the signing CA's notAfter: an SVID never outlives its CA.
    */
-  signX509Svid(req: { spiffeId: SpiffeId; publicKeyDer: Uint8Array; ttlMs: number; dnsNames?: readonly string[] | undefined }): IssuedX509 {
+  signX509Svid(req: X509SvidRequest): IssuedX509 {
     const ca = this.#activeX509();
+    const leaf = this.#prepareLeaf(ca, req);
+    return leaf.done(issueLeafSigned(ca, leaf.tbs));
+  }
+
+  /**
+   * Signs several X509-SVIDs with one CA authority. The signatures are made on
+   * the key manager's signing threads when it has them (in one hand-over),
+   * in-line otherwise. Each result is the SVID or the error that refused its
+   * request; a signing failure fails every SVID of the batch.
+   */
+  async signX509SvidBatch(reqs: readonly X509SvidRequest[]): Promise<(IssuedX509 | SigilError)[]> {
+    const ca = this.#activeX509();
+    const prepared = reqs.map((req) => {
+      try {
+        return this.#prepareLeaf(ca, req);
+      } catch (e) {
+        return e instanceof SigilError ? e : new SigilError("ERR_X509_BUILD", `ca: ${(e as Error).message}`, { cause: e });
+      }
+    });
+    const ready = prepared.filter((p): p is PreparedLeaf => !(p instanceof SigilError));
+    const signBatch = ca.signer.signBatch;
+    const template = ca.template as LeafTemplate;
+    let signatures: Uint8Array[];
+    if (signBatch && ready.length > 1) {
+      signatures = await signBatch(
+        ready.map((p) => p.tbs),
+        template.tbs.signatureAlgorithm.signOptions,
+      );
+    } else {
+      signatures = ready.map((p) => ca.signer.sign(p.tbs, template.tbs.signatureAlgorithm.signOptions));
+    }
+    let next = 0;
+    return prepared.map((p) => (p instanceof SigilError ? p : p.done(finishLeaf(template, p.tbs, signatures[next++] as Uint8Array))));
+  }
+
+  /** Builds a leaf's TBSCertificate; `done` turns the finished certificate into the issuance result. */
+  #prepareLeaf(ca: X509Authority, req: X509SvidRequest): PreparedLeaf {
     const now = this.#d.clock.now().getTime();
     const notAfter = new Date(Math.min(now + req.ttlMs, ca.notAfter.getTime()));
     const notBefore = new Date(now - BACKDATE_MS);
     const serialBytes = randomSerial();
-    const leaf = issueLeaf(ca.template as LeafTemplate, {
+    const tbs = buildLeafTbs(ca.template as LeafTemplate, {
       spiffeId: req.spiffeId,
       subjectPublicKeyDer: req.publicKeyDer,
       serial: serialBytes,
@@ -351,7 +408,9 @@ export class CaManager {
       ...(req.dnsNames && req.dnsNames.length ? { dnsNames: req.dnsNames } : {}),
     });
     ca.sendChain ??= ca.chainDers.filter((d) => !ca.rootDers.some((r) => Buffer.from(r).equals(Buffer.from(d))));
-    return { chain: [leaf, ...ca.sendChain], serial: Buffer.from(serialBytes).toString("hex").replace(/^0+(?=.)/, ""), notBefore, notAfter, caKeyId: ca.keyId };
+    const sendChain = ca.sendChain;
+    const serial = Buffer.from(serialBytes).toString("hex").replace(/^0+(?=.)/, "");
+    return { tbs, done: (leaf) => ({ chain: [leaf, ...sendChain], serial, notBefore, notAfter, caKeyId: ca.keyId }) };
   }
 
   /** Signs a JWT-SVID; its expiry is capped at the signing key's notAfter. */

@@ -57,6 +57,15 @@ const serverSection = z
       .describe("Subject of CA certificates."),
     jwt_issuer: z.url().optional().describe("`iss` claim of JWT-SVIDs; unset means no `iss` claim."),
     audit_log_enabled: z.boolean().default(true).describe("Emit a `type: audit` log record for every admin and agent API call."),
+    signing_threads: z
+      .number()
+      .int()
+      .min(0)
+      .max(64)
+      .optional()
+      .describe(
+        "Threads that sign batches of X509-SVIDs for agents, beside the thread serving RPCs. `0` signs in-line. Defaults to one less than the available cores, at most 4.",
+      ),
   })
   .transform((s) => ({ ...s, agent_ttl: s.agent_ttl ?? s.default_x509_svid_ttl, jwt_key_type: s.jwt_key_type ?? s.ca_key_type }))
   .describe("Core server settings.");

@@ -5,8 +5,8 @@
  * after its record is durable. Records arrive validated; each context crosses
  * to the worker once and is named by a small number afterwards.
  */
-import { Worker } from "node:worker_threads";
-import { fileURLToPath } from "node:url";
+import type { Worker } from "node:worker_threads";
+import { startModuleWorker } from "../../common/worker.js";
 import { SigilError } from "../../spiffe/errors.js";
 import { ISSUANCE_ROW_WIDTH, type IssuanceContext, type NormalizedIssuanceBatch } from "./issuance-batch.js";
 
@@ -40,18 +40,7 @@ export class IssuanceWriter {
   #dead: Error | undefined;
 
   constructor(dbPath: string, busyTimeoutMs: number) {
-    const here = import.meta.url;
-    const isTs = here.endsWith(".ts");
-    const script = new URL(`./issuance-writer-worker.${isTs ? "ts" : "js"}`, here);
-    // From TypeScript sources (tests, tsx) the worker registers the tsx loader
-    // itself first: Node 20 does not apply --import hooks to a worker's entry.
-    this.#worker = isTs
-      ? new Worker(`import("tsx/esm/api").then((api) => { api.register(); return import(${JSON.stringify(script.href)}); });`, {
-          eval: true,
-          workerData: { dbPath, busyTimeoutMs },
-        })
-      : new Worker(fileURLToPath(script), { workerData: { dbPath, busyTimeoutMs } });
-    this.#worker.unref();
+    this.#worker = startModuleWorker(import.meta.url, "issuance-writer-worker", { dbPath, busyTimeoutMs });
     this.#worker.on("message", (m: { id: number; error?: { code: string; message: string } }) => {
       const p = this.#pending.get(m.id);
       if (!p) return;

@@ -126,6 +126,21 @@ export function prepareLeafTemplate(options: LeafTemplateOptions): LeafTemplate 
  * serial, or a validity window that is empty after clamping.
  */
 export function issueLeaf(template: LeafTemplate, options: LeafOptions): Uint8Array {
+  const tbs = buildLeafTbs(template, options);
+  try {
+    return template.tbs.sign(tbs, template.issuer.signer);
+  } catch (e) {
+    throw toSigilError(e, "ERR_X509_BUILD", "x509svid: issuing the leaf failed");
+  }
+}
+
+/**
+ * The TBSCertificate {@link issueLeaf} would sign, for callers that sign
+ * elsewhere (a batch on signing threads); finish with {@link finishLeaf}.
+ *
+ * @throws SigilError `ERR_X509_BUILD` as {@link issueLeaf} does.
+ */
+export function buildLeafTbs(template: LeafTemplate, options: LeafOptions): Uint8Array {
   try {
     const id = options.spiffeId;
     if (id.isTrustDomainId()) throw buildError(`${id.toString()} has no path; a leaf SVID needs one (X509-4)`);
@@ -140,7 +155,7 @@ export function issueLeaf(template: LeafTemplate, options: LeafOptions): Uint8Ar
     const validity = clampValidity(options.notBefore, options.notAfter, template.issuerNotAfter);
     const keyBits = checkSubjectPublicKeyInfo(options.subjectPublicKeyDer);
     const subject = options.subject === undefined ? EMPTY_NAME_DER : encodeName(options.subject);
-    const tbs = template.tbs.build({
+    return template.tbs.build({
       serial,
       ...validity,
       subject,
@@ -150,8 +165,12 @@ export function issueLeaf(template: LeafTemplate, options: LeafOptions): Uint8Ar
         subjectKeyIdExtension(keyIdentifier(keyBits)),
       ],
     });
-    return template.tbs.sign(tbs, template.issuer.signer);
   } catch (e) {
     throw toSigilError(e, "ERR_X509_BUILD", "x509svid: issuing the leaf failed");
   }
+}
+
+/** The certificate DER of a TBSCertificate from {@link buildLeafTbs} and the issuer's signature over it. */
+export function finishLeaf(template: LeafTemplate, tbs: Uint8Array, signature: Uint8Array): Uint8Array {
+  return template.tbs.assemble(tbs, signature);
 }

@@ -85,6 +85,11 @@ export class TbsTemplate {
     } catch (e) {
       throw toSigilError(e, "ERR_X509_BUILD", "x509: signing the certificate failed");
     }
+    return this.assemble(tbs, signature);
+  }
+
+  /** The Certificate DER of a TBSCertificate from this template and a signature made elsewhere. */
+  assemble(tbs: Uint8Array, signature: Uint8Array): Uint8Array {
     return encodeTlv(0x30, tbs, this.signatureAlgorithm.algorithmIdentifier, encodeBitString(signature));
   }
 }

@@ -9,7 +9,8 @@ import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, wr
 import path from "node:path";
 import { z } from "zod";
 import { SigilError } from "../../../spiffe/errors.js";
-import { createKeyObjectSigner, generateKeyPair, type KeyType, type Signer } from "../../../spiffe/signer.js";
+import { generateKeyPair, type KeyType, type Signer } from "../../../spiffe/signer.js";
+import { keyManagerSigner, type KeyManagerDeps } from "../signing-pool.js";
 import type { KeyManager } from "../types.js";
 
 /** Configuration of the disk key manager. */
@@ -26,7 +27,7 @@ const fileSchema = z.strictObject({
 });
 
 /** Creates a disk key manager, loading any keys already in `keys_path`. */
-export function createDiskKeyManager(config: DiskKeyManagerConfig): KeyManager {
+export function createDiskKeyManager(config: DiskKeyManagerConfig, deps: KeyManagerDeps = {}): KeyManager {
   const file = path.resolve(config.keys_path);
   const pems = new Map<string, { key_type: string; pkcs8_pem: string }>();
   const keys = new Map<string, Signer>();
@@ -52,7 +53,7 @@ export function createDiskKeyManager(config: DiskKeyManagerConfig): KeyManager {
     }
     for (const [id, entry] of Object.entries(parsed.keys)) {
       pems.set(id, entry);
-      keys.set(id, createKeyObjectSigner(createPrivateKey(entry.pkcs8_pem), id));
+      keys.set(id, keyManagerSigner(deps, createPrivateKey(entry.pkcs8_pem), id));
     }
   }
 
@@ -85,7 +86,7 @@ export function createDiskKeyManager(config: DiskKeyManagerConfig): KeyManager {
       const pem = privateKey.export({ format: "pem", type: "pkcs8" }).toString();
       pems.set(id, { key_type: keyType, pkcs8_pem: pem });
       persist();
-      const signer = createKeyObjectSigner(privateKey, id);
+      const signer = keyManagerSigner(deps, privateKey, id);
       keys.set(id, signer);
       return signer;
     },

@@ -2,16 +2,17 @@
  * `memory` KeyManager: keys live in process memory only and are lost on
  * restart (the CA then rotates to fresh keys). For tests and ephemeral servers.
  */
-import { generateSigner, type KeyType, type Signer } from "../../../spiffe/signer.js";
+import { generateKeyPair, type KeyType, type Signer } from "../../../spiffe/signer.js";
+import { keyManagerSigner, type KeyManagerDeps } from "../signing-pool.js";
 import type { KeyManager } from "../types.js";
 
 /** Creates a memory key manager. It takes no configuration. */
-export function createMemoryKeyManager(): KeyManager {
+export function createMemoryKeyManager(deps: KeyManagerDeps = {}): KeyManager {
   const keys = new Map<string, Signer>();
   return {
     name: "memory",
     async generateKey(id: string, keyType: KeyType): Promise<Signer> {
-      const signer = generateSigner(keyType, id);
+      const signer = keyManagerSigner(deps, generateKeyPair(keyType).privateKey, id);
       keys.set(id, signer);
       return signer;
     },
