@@ -103,11 +103,20 @@ export function expectTlv(bytes: Uint8Array, offset: number, tag: number, what: 
   return el;
 }
 
+/**
+ * Most children one constructed element may have. Nothing Sigil parses comes
+ * close (a certificate's widest SEQUENCE is its SAN list); the cap keeps a
+ * hostile input of millions of empty elements from costing seconds and
+ * gigabytes before it is refused.
+ */
+export const MAX_DER_CHILDREN = 65_536;
+
 /** The child TLVs of a constructed element, in order; they must exactly fill it. */
 export function readChildren(bytes: Uint8Array, parent: DerElement): DerElement[] {
   const out: DerElement[] = [];
   let pos = parent.contentStart;
   while (pos < parent.end) {
+    if (out.length === MAX_DER_CHILDREN) throw derError(`element at offset ${parent.start} has more than ${MAX_DER_CHILDREN} children`);
     const child = readTlv(bytes, pos, parent.end);
     out.push(child);
     pos = child.end;

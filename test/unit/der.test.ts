@@ -11,6 +11,8 @@ import {
   encodeNamedBits,
   encodeOid,
   encodeSequence,
+  encodeTlv,
+  MAX_DER_CHILDREN,
   encodeTime,
   encodeUnsignedInteger,
   encodeUtf8String,
@@ -141,5 +143,28 @@ describe("der: writers", () => {
     expect(derMessage(() => decodeTime(readTlv(bad(TAG.UTC_TIME, "300101000000+0100"))))).toMatch(/not an RFC 5280/);
     expect(derMessage(() => decodeTime(readTlv(bad(TAG.GENERALIZED_TIME, "20300101000000.5Z"))))).toMatch(/not an RFC 5280/);
     expect(derMessage(() => decodeTime(readTlv(bad(TAG.UTC_TIME, "300231000000Z"))))).toMatch(/not a valid date/);
+  });
+});
+
+describe("readChildren bounds", () => {
+  const seqOfEmpty = (n: number): Uint8Array => {
+    const body = new Uint8Array(n * 2);
+    for (let i = 0; i < n; i++) body[i * 2] = 0x30;
+    return encodeTlv(0x30, body);
+  };
+
+  it(`reads up to ${MAX_DER_CHILDREN} children and refuses more, naming the cap`, () => {
+    const ok = seqOfEmpty(MAX_DER_CHILDREN);
+    expect(readChildren(ok, readTlv(ok, 0))).toHaveLength(MAX_DER_CHILDREN);
+    // A 10 MB SEQUENCE of empty SEQUENCEs is refused after the cap, not walked to the end.
+    const hostile = seqOfEmpty(5_000_000);
+    let caught: unknown;
+    try {
+      readChildren(hostile, readTlv(hostile, 0));
+    } catch (e) {
+      caught = e;
+    }
+    expect(isSigilError(caught, "ERR_DER_INVALID")).toBe(true);
+    expect((caught as Error).message).toBe(`der: element at offset 0 has more than ${MAX_DER_CHILDREN} children`);
   });
 });

@@ -109,7 +109,7 @@ describe("CaManager.signX509SvidBatch", () => {
         expect(Date.parse(cert.validTo)).toBeLessThanOrEqual(T0.getTime() + 24 * 3600_000);
         expect(cert.serialNumber.toLowerCase().replace(/^0+/, "")).toBe(issued.serial);
       }
-      expect(new X509Certificate(Buffer.from((results[1] as { chain: Uint8Array[] }).chain[0]!)).subjectAltName).toContain("DNS:b.example.org");
+      expect(new X509Certificate(Buffer.from((results[1] as { chain: readonly Uint8Array[] }).chain[0]!)).subjectAltName).toContain("DNS:b.example.org");
       await store.close();
     });
   }
