@@ -8,6 +8,7 @@ import { chmodSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { followJsonLog } from "./json-log.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 
@@ -52,49 +53,13 @@ ${opts.extraAgentYaml ?? ""}plugins:
     cwd: root,
     stdio: ["ignore", "pipe", "pipe"],
   });
-  const logs: Record<string, unknown>[] = [];
-  const waiters = new Set<{ match: (r: Record<string, unknown>) => boolean; resolve: (r: Record<string, unknown>) => void }>();
-  let stderr = "";
-  child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-  let buf = "";
-  child.stdout?.on("data", (d: Buffer) => {
-    buf += d.toString();
-    let nl: number;
-    while ((nl = buf.indexOf("\n")) >= 0) {
-      const line = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      try {
-        const rec = JSON.parse(line) as Record<string, unknown>;
-        logs.push(rec);
-        for (const w of waiters) {
-          if (w.match(rec)) {
-            waiters.delete(w);
-            w.resolve(rec);
-          }
-        }
-      } catch {
-        // not JSON
-      }
-    }
-  });
-  const waitForLog = (match: (r: Record<string, unknown>) => boolean, timeoutMs = 20_000) =>
-    new Promise<Record<string, unknown>>((resolve, reject) => {
-      const found = logs.find(match);
-      if (found) return resolve(found);
-      const w = { match, resolve };
-      waiters.add(w);
-      child.once("exit", (code) => {
-        if (waiters.delete(w)) reject(new Error(`agent exited with ${code}: ${stderr}`));
-      });
-      setTimeout(() => {
-        if (waiters.delete(w)) reject(new Error(`expected agent log record did not arrive; stderr: ${stderr}`));
-      }, timeoutMs).unref();
-    });
+  const log = followJsonLog(child);
+  const waitForLog = (match: (r: Record<string, unknown>) => boolean, timeoutMs = 20_000) => log.waitForLog(match, timeoutMs, "agent log");
   await waitForLog((r) => r.msg === "agent started", 30_000);
   return {
     dir,
     socketPath,
-    logs,
+    logs: log.logs,
     waitForLog,
     stop: () =>
       new Promise<void>((resolve) => {

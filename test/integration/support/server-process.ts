@@ -7,6 +7,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { followJsonLog } from "./json-log.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 /** The CLI entry, run from source through tsx (tests never depend on a stale build). */
@@ -75,54 +76,17 @@ ${extraYaml}`,
 /** Starts `sigil-server run` on an existing config (e.g. to restart on the same data). */
 export async function launchServerProcess(dir: string, configPath: string, socketPath: string): Promise<ServerProcess> {
   const child = spawn(process.execPath, [...(process.env.SIGIL_SERVER_NODE_ARGS ?? "").split(" ").filter(Boolean), ...NODE_ARGS, ...SERVER_CLI, "run", "--config", configPath], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
-  const logs: Record<string, unknown>[] = [];
-  const waiters = new Set<{ match: (r: Record<string, unknown>) => boolean; resolve: (r: Record<string, unknown>) => void }>();
-  let stderr = "";
-  child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
-  const started = new Promise<string>((resolve, reject) => {
-    let buf = "";
-    child.stdout?.on("data", (d: Buffer) => {
-      buf += d.toString();
-      let nl: number;
-      while ((nl = buf.indexOf("\n")) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        try {
-          const rec = JSON.parse(line) as Record<string, unknown>;
-          logs.push(rec);
-          for (const w of waiters) {
-            if (w.match(rec)) {
-              waiters.delete(w);
-              w.resolve(rec);
-            }
-          }
-          if (rec.msg === "server started") resolve(String(rec.agent_api));
-        } catch {
-          // not JSON: ignore
-        }
-      }
-    });
-    child.once("exit", (code) => reject(new Error(`server exited with ${code} before starting: ${stderr}`)));
-    setTimeout(() => reject(new Error(`server did not start in 30s: ${stderr}`)), 30_000).unref();
-  });
-  const agentApiAddress = await started;
+  const log = followJsonLog(child);
+  const started = await log.waitForLog((r) => r.msg === "server started", 30_000, "server start");
+  const agentApiAddress = String(started.agent_api);
   return {
     dir,
     configPath,
     socketPath,
     agentApiAddress,
     child,
-    logs,
-    waitForLog: (match, timeoutMs = 10_000) =>
-      new Promise((resolve, reject) => {
-        const found = logs.find(match);
-        if (found) return resolve(found);
-        const w = { match, resolve };
-        waiters.add(w);
-        setTimeout(() => {
-          if (waiters.delete(w)) reject(new Error("expected log record did not arrive"));
-        }, timeoutMs).unref();
-      }),
+    logs: log.logs,
+    waitForLog: (match, timeoutMs = 10_000) => log.waitForLog(match, timeoutMs, "server log"),
     cli: (args) => runServerCli([...args, "--socket-path", socketPath]),
     stop: () =>
       new Promise<void>((resolve) => {
