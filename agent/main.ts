@@ -6,6 +6,7 @@
 import path from "node:path";
 import type { Clock } from "../common/clock.js";
 import { systemClock } from "../common/clock.js";
+import { waitForStopSignal } from "../common/signals.js";
 import { createHealthService } from "../common/health/grpc-health.js";
 import { startHealthServer, startMetricsServer, type HttpListener } from "../common/health/http-server.js";
 import { createLogger, subsystemLogger, type Logger } from "../common/log.js";
@@ -119,9 +120,7 @@ export async function startAgentProcess(config: AgentConfig, options: StartAgent
 export async function runAgent(configPath: string, options: { expandEnv?: boolean; joinToken?: string } = {}): Promise<void> {
   const config = loadAgentConfig(configPath, { expandEnv: Boolean(options.expandEnv) });
   const agent = await startAgentProcess(config, options.joinToken ? { joinToken: options.joinToken } : {});
-  await new Promise<void>((resolve) => {
-    process.once("SIGINT", () => resolve());
-    process.once("SIGTERM", () => resolve());
-  });
+  const signal = await waitForStopSignal();
+  agent.log.info({ signal }, "agent: shutting down");
   await agent.stop();
 }

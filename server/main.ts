@@ -17,6 +17,7 @@ import path from "node:path";
 import { Server, ServerCredentials, experimental } from "@grpc/grpc-js";
 import type { Clock } from "../common/clock.js";
 import { systemClock } from "../common/clock.js";
+import { waitForStopSignal } from "../common/signals.js";
 import { createHealthService, addHealthService, type HealthService } from "../common/health/grpc-health.js";
 import { startHealthServer, startMetricsServer, type HttpListener } from "../common/health/http-server.js";
 import { createLogger, subsystemLogger, type Logger } from "../common/log.js";
@@ -353,14 +354,8 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
 /** Runs the server until SIGINT/SIGTERM (the `sigil-server run` command). */
 export async function runServer(config: ServerConfig): Promise<void> {
   const server = await startServer(config);
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string) => {
-      server.log.info({ signal }, "server: shutting down");
-      resolve();
-    };
-    process.once("SIGINT", () => stop("SIGINT"));
-    process.once("SIGTERM", () => stop("SIGTERM"));
-  });
+  const signal = await waitForStopSignal();
+  server.log.info({ signal }, "server: shutting down");
   await server.stop();
 }
 
