@@ -1,11 +1,8 @@
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ManualClock } from "../../common/clock.js";
 import { formatSelector, parseSelector } from "../../common/selector.js";
-import { createSqliteDatastore, type AgentInput, type Datastore } from "../../server/datastore/index.js";
-import { isSigilError, type ErrorCode } from "../../spiffe/errors.js";
+import type { AgentInput, Datastore } from "../../server/datastore/index.js";
+import { closeTempDatastore, openTempDatastore, rejection } from "../support/datastore.js";
 
 const T0 = new Date("2030-01-01T00:00:00Z");
 const HOUR = 3_600_000;
@@ -16,25 +13,10 @@ let clock: ManualClock;
 let ds: Datastore;
 
 beforeEach(async () => {
-  dir = mkdtempSync(join(tmpdir(), "sigil-ds-agents-"));
-  clock = new ManualClock(T0);
-  ds = await createSqliteDatastore({ path: join(dir, "ds.sqlite3"), clock });
+  ({ dir, clock, ds } = await openTempDatastore("agents", T0));
 });
 
-afterEach(async () => {
-  await ds.close();
-  rmSync(dir, { recursive: true, force: true });
-});
-
-async function rejection(p: Promise<unknown>, code: ErrorCode): Promise<Error> {
-  try {
-    await p;
-  } catch (e) {
-    if (!isSigilError(e, code)) throw new Error(`expected ${code}, got ${String(e)}`, { cause: e });
-    return e;
-  }
-  throw new Error(`expected ${code}, got success`);
-}
+afterEach(() => closeTempDatastore(ds, dir));
 
 function agent(name: string, extra: Partial<AgentInput> = {}): AgentInput {
   return {

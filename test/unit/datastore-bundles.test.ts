@@ -1,11 +1,8 @@
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ManualClock } from "../../common/clock.js";
 import { parseSelector } from "../../common/selector.js";
-import { createSqliteDatastore, type Datastore } from "../../server/datastore/index.js";
-import { isSigilError, type ErrorCode } from "../../spiffe/errors.js";
+import type { Datastore } from "../../server/datastore/index.js";
+import { closeTempDatastore, openTempDatastore, rejection } from "../support/datastore.js";
 
 const T0 = new Date("2030-01-01T00:00:00Z");
 const DOC = (n: number) => JSON.stringify({ keys: [], spiffe_sequence: n });
@@ -15,25 +12,10 @@ let clock: ManualClock;
 let ds: Datastore;
 
 beforeEach(async () => {
-  dir = mkdtempSync(join(tmpdir(), "sigil-ds-bundles-"));
-  clock = new ManualClock(T0);
-  ds = await createSqliteDatastore({ path: join(dir, "ds.sqlite3"), clock });
+  ({ dir, clock, ds } = await openTempDatastore("bundles", T0));
 });
 
-afterEach(async () => {
-  await ds.close();
-  rmSync(dir, { recursive: true, force: true });
-});
-
-async function rejection(p: Promise<unknown>, code: ErrorCode): Promise<Error> {
-  try {
-    await p;
-  } catch (e) {
-    if (!isSigilError(e, code)) throw new Error(`expected ${code}, got ${String(e)}`, { cause: e });
-    return e;
-  }
-  throw new Error(`expected ${code}, got success`);
-}
+afterEach(() => closeTempDatastore(ds, dir));
 
 describe("bundles", () => {
   it("set, get, replace and list; the document is stored byte for byte", async () => {

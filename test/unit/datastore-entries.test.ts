@@ -1,11 +1,9 @@
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ManualClock } from "../../common/clock.js";
 import { formatSelector, parseSelector } from "../../common/selector.js";
-import { createSqliteDatastore, type Datastore, type EntryInput, type RegistrationEntry } from "../../server/datastore/index.js";
-import { isSigilError, type ErrorCode } from "../../spiffe/errors.js";
+import type { Datastore, EntryInput, RegistrationEntry } from "../../server/datastore/index.js";
+import type { ErrorCode } from "../../spiffe/errors.js";
+import { closeTempDatastore, openTempDatastore, rejection as expectRejection } from "../support/datastore.js";
 
 const T0 = new Date("2030-01-01T00:00:00Z");
 const AGENT = "spiffe://example.org/spire/agent/join_token/t1";
@@ -16,26 +14,12 @@ let clock: ManualClock;
 let ds: Datastore;
 
 beforeEach(async () => {
-  dir = mkdtempSync(join(tmpdir(), "sigil-ds-entries-"));
-  clock = new ManualClock(T0);
-  ds = await createSqliteDatastore({ path: join(dir, "ds.sqlite3"), clock });
+  ({ dir, clock, ds } = await openTempDatastore("entries", T0));
 });
 
-afterEach(async () => {
-  await ds.close();
-  rmSync(dir, { recursive: true, force: true });
-});
+afterEach(() => closeTempDatastore(ds, dir));
 
-async function rejection(p: Promise<unknown>, code: ErrorCode): Promise<Error> {
-  try {
-    await p;
-  } catch (e) {
-    if (!isSigilError(e, code)) throw new Error(`expected ${code}, got ${String(e)}`, { cause: e });
-    expect(e.message.startsWith("datastore: ")).toBe(true);
-    return e;
-  }
-  throw new Error(`expected ${code}, got success`);
-}
+const rejection = (p: Promise<unknown>, code: ErrorCode) => expectRejection(p, code, "datastore: ");
 
 function entry(path: string, selectors: string[] = ["unix:uid:1000"], extra: Partial<EntryInput> = {}): EntryInput {
   return { spiffeId: `spiffe://example.org${path}`, parentId: AGENT, selectors: sels(...selectors), ...extra };

@@ -1,11 +1,9 @@
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ManualClock } from "../../common/clock.js";
 import { parseSelector } from "../../common/selector.js";
 import { createSqliteDatastore, type ChangeEvent, type Datastore, type EntryInput } from "../../server/datastore/index.js";
 import { isSigilError } from "../../spiffe/errors.js";
+import { closeTempDatastore, openTempDatastore } from "../support/datastore.js";
 
 const T0 = new Date("2030-01-01T00:00:00Z");
 
@@ -15,16 +13,10 @@ let clock: ManualClock;
 let ds: Datastore;
 
 beforeEach(async () => {
-  dir = mkdtempSync(join(tmpdir(), "sigil-ds-events-"));
-  path = join(dir, "ds.sqlite3");
-  clock = new ManualClock(T0);
-  ds = await createSqliteDatastore({ path, clock });
+  ({ dir, path, clock, ds } = await openTempDatastore("events", T0));
 });
 
-afterEach(async () => {
-  await ds.close();
-  rmSync(dir, { recursive: true, force: true });
-});
+afterEach(() => closeTempDatastore(ds, dir));
 
 const entry = (name: string, uid = 1): EntryInput => ({
   spiffeId: `spiffe://example.org/${name}`,

@@ -4,16 +4,9 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ManualClock } from "../../common/clock.js";
-import {
-  createSqliteDatastore,
-  MAX_ISSUANCE_BATCH,
-  migrate,
-  SQLITE_MIGRATIONS,
-  type Datastore,
-  type IssuanceInput,
-  type IssuanceRecord,
-} from "../../server/datastore/index.js";
-import { isSigilError, type ErrorCode } from "../../spiffe/errors.js";
+import { createSqliteDatastore, MAX_ISSUANCE_BATCH, migrate, SQLITE_MIGRATIONS, type Datastore, type IssuanceInput, type IssuanceRecord } from "../../server/datastore/index.js";
+import type { ErrorCode } from "../../spiffe/errors.js";
+import { closeTempDatastore, openTempDatastore, rejection as expectRejection } from "../support/datastore.js";
 
 const T0 = new Date("2030-01-01T00:00:00Z");
 const HOUR = 3_600_000;
@@ -26,27 +19,12 @@ let clock: ManualClock;
 let ds: Datastore;
 
 beforeEach(async () => {
-  dir = mkdtempSync(join(tmpdir(), "sigil-ds-issuances-"));
-  path = join(dir, "ds.sqlite3");
-  clock = new ManualClock(T0);
-  ds = await createSqliteDatastore({ path, clock });
+  ({ dir, path, clock, ds } = await openTempDatastore("issuances", T0));
 });
 
-afterEach(async () => {
-  await ds.close();
-  rmSync(dir, { recursive: true, force: true });
-});
+afterEach(() => closeTempDatastore(ds, dir));
 
-async function rejection(p: Promise<unknown>, code: ErrorCode): Promise<Error> {
-  try {
-    await p;
-  } catch (e) {
-    if (!isSigilError(e, code)) throw new Error(`expected ${code}, got ${String(e)}`, { cause: e });
-    expect(e.message.startsWith("datastore: ")).toBe(true);
-    return e;
-  }
-  throw new Error(`expected ${code}, got success`);
-}
+const rejection = (p: Promise<unknown>, code: ErrorCode) => expectRejection(p, code, "datastore: ");
 
 let serialCounter = 0x1000;
 

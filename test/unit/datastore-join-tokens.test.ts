@@ -1,13 +1,12 @@
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ManualClock } from "../../common/clock.js";
 import { createJoinTokenServerAttestor, type JoinTokenStore } from "../../plugins/nodeattestor/join_token/server.js";
 import { createSqliteDatastore, type Datastore } from "../../server/datastore/index.js";
-import { isSigilError, type ErrorCode } from "../../spiffe/errors.js";
+import { isSigilError } from "../../spiffe/errors.js";
 import { parseTrustDomain } from "../../spiffe/id.js";
+import { closeTempDatastore, openTempDatastore, rejection } from "../support/datastore.js";
 
 const T0 = new Date("2030-01-01T00:00:00Z");
 const MINUTE = 60_000;
@@ -18,26 +17,10 @@ let clock: ManualClock;
 let ds: Datastore;
 
 beforeEach(async () => {
-  dir = mkdtempSync(join(tmpdir(), "sigil-ds-tokens-"));
-  path = join(dir, "ds.sqlite3");
-  clock = new ManualClock(T0);
-  ds = await createSqliteDatastore({ path, clock });
+  ({ dir, path, clock, ds } = await openTempDatastore("tokens", T0));
 });
 
-afterEach(async () => {
-  await ds.close();
-  rmSync(dir, { recursive: true, force: true });
-});
-
-async function rejection(p: Promise<unknown>, code: ErrorCode): Promise<Error> {
-  try {
-    await p;
-  } catch (e) {
-    if (!isSigilError(e, code)) throw new Error(`expected ${code}, got ${String(e)}`, { cause: e });
-    return e;
-  }
-  throw new Error(`expected ${code}, got success`);
-}
+afterEach(() => closeTempDatastore(ds, dir));
 
 const inTen = () => new Date(clock.now().getTime() + 10 * MINUTE);
 
