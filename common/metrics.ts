@@ -104,6 +104,8 @@ export class Metrics {
   readonly x509SvidsSigned: Counter;
   /** `sigil_jwt_svids_signed_total`: JWT-SVIDs signed by the server. */
   readonly jwtSvidsSigned: Counter;
+  /** `sigil_issuance_log_write_seconds`: from handing issuance records to the datastore until they are committed. */
+  readonly issuanceLogWrite: Histogram;
   /** `sigil_ca_x509_expiry_timestamp_seconds{slot}`: notAfter of each X.509 CA slot. */
   readonly caX509Expiry: Gauge<"slot">;
   /** `sigil_ca_jwt_key_expiry_timestamp_seconds{slot}`: notAfter of each JWT key slot. */
@@ -125,8 +127,23 @@ export class Metrics {
     });
     this.x509SvidsSigned = this.counter({ name: "sigil_x509_svids_signed_total", help: "X509-SVIDs signed." });
     this.jwtSvidsSigned = this.counter({ name: "sigil_jwt_svids_signed_total", help: "JWT-SVIDs signed." });
+    this.issuanceLogWrite = this.histogram({
+      name: "sigil_issuance_log_write_seconds",
+      help: "Seconds from handing issuance records to the datastore until they are committed; agent API calls answer only after it.",
+      buckets: RPC_DURATION_BUCKETS,
+    });
     this.caX509Expiry = this.gauge({ name: "sigil_ca_x509_expiry_timestamp_seconds", help: "Expiry (notAfter) of the X.509 CA in each slot, as a Unix timestamp.", labelNames: ["slot"] });
     this.caJwtKeyExpiry = this.gauge({ name: "sigil_ca_jwt_key_expiry_timestamp_seconds", help: "Expiry of the JWT signing key in each slot, as a Unix timestamp.", labelNames: ["slot"] });
+  }
+
+  /** Awaits an issuance-log write, observing how long it took in `sigil_issuance_log_write_seconds`. */
+  async timeIssuanceLogWrite(write: Promise<void>): Promise<void> {
+    const start = performance.now();
+    try {
+      await write;
+    } finally {
+      this.issuanceLogWrite.observe((performance.now() - start) / 1000);
+    }
   }
 
   /** Records one finished RPC: the counter and the duration histogram. */

@@ -218,6 +218,9 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       .filter((e) => !e.expiresAt || e.expiresAt.getTime() > now);
   }
 
+  // Every issuance is recorded (and timed) before its SVID leaves.
+  const recordIssuances = (records: IssuanceInput[]): Promise<void> => deps.metrics.timeIssuanceLogWrite(deps.datastore.recordIssuances(records));
+
   const auditOpts = { log, auditEnabled: deps.auditEnabled };
   const auditLog = (method: string, caller: string, code: number, details: Record<string, unknown> = {}, message?: string): void =>
     auditCall(auditOpts, method, caller, code, details, message);
@@ -290,7 +293,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
         };
         if (existing) await deps.datastore.updateAgent(agentId, record, ["attestationType", "selectors", "certSerial", "certNotAfter", "newCertSerial", "newCertNotAfter", "canReattest"]);
         else await deps.datastore.createAgent({ spiffeId: agentId, ...record });
-        await deps.datastore.recordIssuances([{ ...x509Record("agent-svid", agentId, issued, agentId, undefined), requestedBy: `attestation:${attestor.name}`, selectors: result.selectors.map(formatSelector) }]);
+        await recordIssuances([{ ...x509Record("agent-svid", agentId, issued, agentId, undefined), requestedBy: `attestation:${attestor.name}`, selectors: result.selectors.map(formatSelector) }]);
         deps.metrics.x509SvidsSigned.inc();
         call.write(
           create(AttestAgentResponseSchema, {
@@ -320,7 +323,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       const csr = parseCsr(req.csr, ALLOWED_KEY_TYPES);
       const issued = deps.ca.signX509Svid({ spiffeId: agent.id, publicKeyDer: csr.publicKeyDer, ttlMs: deps.agentTtlMs });
       await deps.datastore.updateAgent(agent.id.toString(), { newCertSerial: issued.serial, newCertNotAfter: issued.notAfter }, ["newCertSerial", "newCertNotAfter"]);
-      await deps.datastore.recordIssuances([x509Record("agent-svid", agent.id.toString(), issued, agent.id.toString(), undefined)]);
+      await recordIssuances([x509Record("agent-svid", agent.id.toString(), issued, agent.id.toString(), undefined)]);
       deps.metrics.x509SvidsSigned.inc();
       return {
         res: create(RenewAgentResponseSchema, {
@@ -406,7 +409,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
         };
       });
       // Recorded before anything leaves: an SVID that is not in the log is never handed out.
-      await deps.datastore.recordIssuances(records);
+      await recordIssuances(records);
       deps.metrics.x509SvidsSigned.inc(signed);
       return { res: create(BatchNewX509SVIDResponseSchema, { results }), caller: agent.id.toString(), details: { requested: req.params.length, signed } };
     }),
@@ -422,7 +425,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
         audience: req.audience,
         ttlMs: entry.jwtSvidTtl > 0 ? entry.jwtSvidTtl * 1000 : deps.defaultJwtTtlMs,
       });
-      await deps.datastore.recordIssuances([
+      await recordIssuances([
         {
           serial: jwtSerial(jwt.token),
           kind: "jwt-svid",

@@ -345,6 +345,14 @@ describe("agent API over mTLS", () => {
     expect(await counts()).toEqual(before);
   });
 
+  it("exports how long issuance records take to commit (sigil_issuance_log_write_seconds)", async () => {
+    const started = await srv.waitForLog((l) => l.msg === "server started");
+    const metrics = await (await fetch(`${String(started.health)}/metrics`)).text();
+    // At least the attestation and the batches signed above were recorded, each timed once.
+    expect(Number(/^sigil_issuance_log_write_seconds_count (\d+)$/m.exec(metrics)?.[1] ?? 0)).toBeGreaterThanOrEqual(2);
+    expect(metrics).toMatch(/^sigil_issuance_log_write_seconds_bucket\{le="\+Inf"\} \d+$/m);
+  });
+
   it("an oversized batch is INVALID_ARGUMENT", async () => {
     const err = await rejection(agent.api.batchNewX509SVID({ params: Array.from({ length: 1001 }, () => ({ entryId, key: { case: "publicKey" as const, value: new Uint8Array([0]) } })) }));
     expect(err.code).toBe(status.INVALID_ARGUMENT);
