@@ -47,8 +47,26 @@ import { EntryIndex } from "./registration/entry-index.js";
 
 /** How often the CA rotator runs. */
 const ROTATE_INTERVAL_MS = 10_000;
-/** How often expired join tokens are pruned. */
+/** How often expired join tokens and long-expired issuance records are pruned. */
 const PRUNE_INTERVAL_MS = 60_000;
+
+/**
+ * Removes expired join tokens, and issuance records whose credential expired
+ * more than `retentionMs` ago. Failures are logged; the next round tries again.
+ */
+export async function pruneExpired(datastore: Datastore, now: Date, retentionMs: number, log: Logger): Promise<void> {
+  try {
+    await datastore.pruneJoinTokens(now);
+  } catch (err) {
+    log.warn({ err }, "datastore: pruning join tokens failed");
+  }
+  try {
+    const removed = await datastore.pruneIssuances(new Date(now.getTime() - retentionMs));
+    if (removed > 0) log.debug({ removed }, "issuance log: pruned records of long-expired credentials");
+  } catch (err) {
+    log.warn({ err }, "datastore: pruning the issuance log failed");
+  }
+}
 
 /** Options for tests and embedding. */
 export interface StartServerOptions {
@@ -289,9 +307,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       return rotating;
     };
     const rotateTimer = setInterval(() => void rotateNow(), ROTATE_INTERVAL_MS);
-    const pruneTimer = setInterval(() => {
-      datastore.pruneJoinTokens(clock.now()).catch((err: unknown) => log.warn({ err }, "datastore: pruning join tokens failed"));
-    }, PRUNE_INTERVAL_MS);
+    const pruneTimer = setInterval(() => void pruneExpired(datastore, clock.now(), s.issuance_log_retention, log), PRUNE_INTERVAL_MS);
     cleanups.push(() => {
       clearInterval(rotateTimer);
       clearInterval(pruneTimer);

@@ -57,6 +57,9 @@ const serverSection = z
       .describe("Subject of CA certificates."),
     jwt_issuer: z.url().optional().describe("`iss` claim of JWT-SVIDs; unset means no `iss` claim."),
     audit_log_enabled: z.boolean().default(true).describe("Emit a `type: audit` log record for every admin and agent API call."),
+    issuance_log_retention: duration({ minMs: 0 })
+      .prefault("168h")
+      .describe("How long the issuance log keeps the record of a credential after it expired (`0s`: until it expires)."),
     signing_threads: z
       .number()
       .int()
