@@ -14,6 +14,7 @@ import { ManualClock } from "../../common/clock.js";
 import { parseServerConfig } from "../../server/config/load.js";
 import { startServer, type RunningServer } from "../../server/main.js";
 import { encodePemCertificates } from "../../spiffe/pem.js";
+import { testServerConfigYaml } from "./support/server-process.js";
 import { attestWithJoinToken, type Attested } from "./support/test-agent.js";
 
 const TD = "example.org";
@@ -23,23 +24,7 @@ const clock = new ManualClock(new Date());
 
 beforeAll(async () => {
   dir = mkdtempSync(path.join(tmpdir(), "sigil-agent-auth-"));
-  const config = parseServerConfig(`
-server:
-  trust_domain: ${TD}
-  bind_port: 0
-  socket_path: ${path.join(dir, "api.sock")}
-  data_dir: ${dir}
-  audit_log_enabled: false
-plugins:
-  DataStore:
-    sql:
-      database_type: sqlite3
-      connection_string: ${path.join(dir, "datastore.sqlite3")}
-  KeyManager:
-    memory: {}
-  NodeAttestor:
-    join_token: {}
-`);
+  const config = parseServerConfig(testServerConfigYaml(dir, { keyManager: "memory", serverExtra: "  audit_log_enabled: false\n" }));
   server = await startServer(config, { clock, logDestination: { write: () => undefined } });
 }, 60_000);
 

@@ -25,6 +25,7 @@ import { generateSigner } from "../../spiffe/signer.js";
 import { createRootCa } from "../../spiffe/x509/ca.js";
 import { StaticX509BundleSource } from "../../spiffe/x509/static-bundle-source.js";
 import { verifyX509Svid } from "../../spiffe/x509/verify.js";
+import { testServerConfigYaml } from "./support/server-process.js";
 import { parseTrustDomain } from "../../spiffe/id.js";
 
 const TD = "example.org";
@@ -68,23 +69,7 @@ async function start(dataDir: string, extra: string): Promise<RunningAgentCore> 
 
 beforeAll(async () => {
   dir = mkdtempSync(path.join(tmpdir(), "sigil-agent-sync-"));
-  const config = parseServerConfig(`
-server:
-  trust_domain: ${TD}
-  bind_port: 0
-  socket_path: ${path.join(dir, "server", "api.sock")}
-  data_dir: ${path.join(dir, "server")}
-  audit_log_enabled: false
-plugins:
-  DataStore:
-    sql:
-      database_type: sqlite3
-      connection_string: ${path.join(dir, "server", "datastore.sqlite3")}
-  KeyManager:
-    memory: {}
-  NodeAttestor:
-    join_token: {}
-`);
+  const config = parseServerConfig(testServerConfigYaml(path.join(dir, "server"), { keyManager: "memory", serverExtra: "  audit_log_enabled: false\n" }));
   server = await startServer(config, { logDestination: { write: () => undefined } });
   bundlePath = path.join(dir, "bootstrap.pem");
   writeFileSync(bundlePath, encodePemCertificates(server.ca.bundle().x509Authorities));

@@ -44,32 +44,36 @@ export function runServerCli(args: readonly string[], cwd = root): CliResult {
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-/** Writes a config and starts `sigil-server run`; resolves when it logs "server started". */
-export async function startServerProcess(extraYaml = "", trustDomain = "example.org"): Promise<ServerProcess> {
-  const dir = mkdtempSync(path.join(tmpdir(), "sigil-it-"));
-  const socketPath = path.join(dir, "admin", "api.sock");
-  const configPath = path.join(dir, "server.yaml");
-  writeFileSync(
-    configPath,
-    `server:
-  trust_domain: ${trustDomain}
+/**
+ * A server config for tests: everything under `dir`, agent API on a free
+ * loopback port, join-token attestation, and `extraYaml` appended.
+ */
+export function testServerConfigYaml(dir: string, opts: { trustDomain?: string; keyManager?: "memory" | "disk"; serverExtra?: string; extraYaml?: string } = {}): string {
+  const keyManager = opts.keyManager === "memory" ? "    memory: {}" : `    disk:\n      keys_path: ${path.join(dir, "keys.json")}`;
+  return `server:
+  trust_domain: ${opts.trustDomain ?? "example.org"}
   bind_address: 127.0.0.1
   bind_port: 0
-  socket_path: ${socketPath}
+  socket_path: ${path.join(dir, "admin", "api.sock")}
   data_dir: ${dir}
-  log_level: debug
-plugins:
+${opts.serverExtra ?? ""}plugins:
   DataStore:
     sql:
       database_type: sqlite3
       connection_string: ${path.join(dir, "datastore.sqlite3")}
   KeyManager:
-    disk:
-      keys_path: ${path.join(dir, "keys.json")}
+${keyManager}
   NodeAttestor:
     join_token: {}
-${extraYaml}`,
-  );
+${opts.extraYaml ?? ""}`;
+}
+
+/** Writes a config and starts `sigil-server run`; resolves when it logs "server started". */
+export async function startServerProcess(extraYaml = "", trustDomain = "example.org"): Promise<ServerProcess> {
+  const dir = mkdtempSync(path.join(tmpdir(), "sigil-it-"));
+  const socketPath = path.join(dir, "admin", "api.sock");
+  const configPath = path.join(dir, "server.yaml");
+  writeFileSync(configPath, testServerConfigYaml(dir, { trustDomain, serverExtra: "  log_level: debug\n", extraYaml }));
   return launchServerProcess(dir, configPath, socketPath);
 }
 
