@@ -73,7 +73,7 @@ export class IssuanceNormalizer {
           requestedBy: n.requestedBy,
           audience: n.audience ?? "",
         };
-        ctx = { key: joinKey(Object.values(fields)), ...fields };
+        ctx = { key: JSON.stringify(Object.values(fields)), ...fields };
         if (raw !== undefined) {
           if (this.#contexts.size >= MAX_CACHED_CONTEXTS) this.#contexts.clear();
           this.#contexts.set(raw, ctx);
@@ -91,24 +91,20 @@ export class IssuanceNormalizer {
   }
 }
 
-const SEP = "\u0000";
-
-function joinKey(parts: readonly string[]): string {
-  return parts.join(SEP);
-}
-
-/** The record's context fields as given, or undefined when any is not plain text (such a record is always checked in full). */
+/**
+ * The record's context fields as given, unambiguously encoded (JSON, so no
+ * two different field sets share a key), or undefined when any is not plain
+ * text (such a record is always checked in full).
+ */
 function rawContextKey(r: IssuanceInput): string | undefined {
   if (r === null || typeof r !== "object") return undefined;
   const { kind, spiffeId, entryId, agentId, caKeyId, requestedBy, selectors, audience } = r;
   if (typeof kind !== "string" || typeof spiffeId !== "string" || typeof caKeyId !== "string" || typeof requestedBy !== "string") return undefined;
   if ((entryId !== null && typeof entryId !== "string") || (agentId !== null && typeof agentId !== "string")) return undefined;
   if (!Array.isArray(selectors) || !selectors.every((s) => typeof s === "string")) return undefined;
-  let aud: string;
-  if (audience === undefined) aud = SEP; // distinct from any list: a non-JWT record must not carry one
-  else if (Array.isArray(audience) && audience.every((a) => typeof a === "string")) aud = audience.join("\n");
-  else return undefined;
-  return joinKey([kind, spiffeId, entryId ?? SEP, agentId ?? SEP, caKeyId, requestedBy, selectors.join("\n"), aud]);
+  // A non-JWT record must not carry an audience: `undefined` (absent) stays distinct from any list.
+  if (audience !== undefined && !(Array.isArray(audience) && audience.every((a) => typeof a === "string"))) return undefined;
+  return JSON.stringify([kind, spiffeId, entryId, agentId, caKeyId, requestedBy, selectors, audience ?? false]);
 }
 
 /** The per-credential checks of `normalizeIssuance`, in its order. */

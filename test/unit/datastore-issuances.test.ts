@@ -5,7 +5,7 @@ import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ManualClock } from "../../common/clock.js";
 import { createSqliteDatastore, MAX_ISSUANCE_BATCH, migrate, SQLITE_MIGRATIONS, type Datastore, type IssuanceInput, type IssuanceRecord } from "../../server/datastore/index.js";
-import type { ErrorCode } from "../../spiffe/errors.js";
+import { isSigilError, type ErrorCode } from "../../spiffe/errors.js";
 import { closeTempDatastore, openTempDatastore, rejection as expectRejection } from "../support/datastore.js";
 
 const T0 = new Date("2030-01-01T00:00:00Z");
@@ -286,6 +286,26 @@ describe("issuance log: validation and atomicity", () => {
       expect(e.message).toMatch(message);
     }
     expect(rawCount()).toBe(1);
+  });
+
+  it("never mistakes one record's context for another's that would read the same if joined", async () => {
+    await ds.recordIssuances([rec({ selectors: ["unix:uid:1", "unix:gid:2"] })]);
+    // One selector whose value holds a newline: refused or stored as itself, never as the two above.
+    const joined = rec({ selectors: ["unix:uid:1\nunix:gid:2"] });
+    let stored: readonly string[] | undefined;
+    try {
+      await ds.recordIssuances([joined]);
+      stored = (await all({ serial: joined.serial }))[0]?.selectors;
+    } catch (e) {
+      expect(isSigilError(e, "ERR_INVALID_ARGUMENT")).toBe(true);
+    }
+    if (stored !== undefined) expect(stored).toEqual(["unix:uid:1\nunix:gid:2"]);
+    // IDs that would shift across a separator are told apart as well.
+    const a = rec({ entryId: null, agentId: AGENT });
+    const b = rec({ entryId: null, agentId: null });
+    await ds.recordIssuances([a, b]);
+    expect((await all({ serial: b.serial }))[0]?.agentId).toBeNull();
+    expect((await all({ serial: a.serial }))[0]?.agentId).toBe(AGENT);
   });
 
   it("stores what records share once", async () => {
