@@ -61,7 +61,8 @@ export async function pruneExpired(datastore: Datastore, now: Date, retentionMs:
     log.warn({ err }, "datastore: pruning join tokens failed");
   }
   try {
-    const removed = await datastore.pruneIssuances(new Date(now.getTime() - retentionMs));
+    // A retention longer than the epoch has lasted keeps everything.
+    const removed = await datastore.pruneIssuances(new Date(Math.max(0, now.getTime() - retentionMs)));
     if (removed > 0) log.debug({ removed }, "issuance log: pruned records of long-expired credentials");
   } catch (err) {
     log.warn({ err }, "datastore: pruning the issuance log failed");

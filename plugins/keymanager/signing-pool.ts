@@ -83,19 +83,25 @@ export class SigningPool {
       keyType: inline.keyType,
       publicKey: inline.publicKey,
       sign: inline.sign,
-      signBatch: (data: readonly Uint8Array[], options: SignOptions) => this.#sign(handle, data, options),
+      signBatch: (data: readonly Uint8Array[], options: SignOptions) => this.#sign(handle, data, options, inline),
     });
     this.#finalizer.register(signer, handle);
     return signer;
   }
 
-  #sign(handle: number, data: readonly Uint8Array[], options: SignOptions): Promise<Uint8Array[]> {
-    if (this.#closed) return Promise.reject(new SigilError("ERR_UNAVAILABLE", "keys: the signing pool is closed"));
+  #sign(handle: number, data: readonly Uint8Array[], options: SignOptions, inline: Signer): Promise<Uint8Array[]> {
     if (data.length === 0) return Promise.resolve([]);
     // The least busy live thread takes the batch.
     let thread: Thread | undefined;
-    for (const t of this.#threads) if (!t.dead && (!thread || t.pending.size < thread.pending.size)) thread = t;
-    if (!thread) return Promise.reject(new SigilError("ERR_UNAVAILABLE", "keys: every signing thread has stopped"));
+    if (!this.#closed) for (const t of this.#threads) if (!t.dead && (!thread || t.pending.size < thread.pending.size)) thread = t;
+    // With no thread left (closed, or every one stopped), sign in-line: slower, never unavailable.
+    if (!thread) {
+      try {
+        return Promise.resolve(data.map((d) => inline.sign(d, options)));
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    }
     const id = this.#nextId++;
     const chosen = thread;
     return new Promise((resolve, reject) => {
@@ -105,7 +111,7 @@ export class SigningPool {
     });
   }
 
-  /** Stops every thread; outstanding batches fail with ERR_UNAVAILABLE. */
+  /** Stops every thread; outstanding batches fail with ERR_UNAVAILABLE, later ones are signed in-line. */
   async close(): Promise<void> {
     this.#closed = true;
     await Promise.all(this.#threads.map((t) => t.worker.terminate()));

@@ -104,6 +104,11 @@ interface PreparedLeaf {
   done(leaf: Uint8Array): IssuedX509;
 }
 
+/** `e` as a SigilError; anything else becomes an `ERR_X509_BUILD` naming it. */
+function asSigilError(e: unknown): SigilError {
+  return e instanceof SigilError ? e : new SigilError("ERR_X509_BUILD", `ca: signing failed: ${(e as Error).message}`, { cause: e });
+}
+
 /** Signs a prepared leaf in-line with the authority's key. */
 function issueLeafSigned(ca: X509Authority, tbs: Uint8Array): Uint8Array {
   const template = ca.template as LeafTemplate;
@@ -365,32 +370,55 @@ export class CaManager {
   /**
    * Signs several X509-SVIDs with one CA authority. The signatures are made on
    * the key manager's signing threads when it has them (in one hand-over),
-   * in-line otherwise. Each result is the SVID or the error that refused its
-   * request; a signing failure fails every SVID of the batch.
+   * in-line otherwise. Never rejects: each result is the SVID or the error
+   * that refused its request (no active CA or a failed signature refuses
+   * every request it affects).
    */
   async signX509SvidBatch(reqs: readonly X509SvidRequest[]): Promise<(IssuedX509 | SigilError)[]> {
-    const ca = this.#activeX509();
+    if (reqs.length === 0) return [];
+    let ca: X509Authority;
+    try {
+      ca = this.#activeX509();
+    } catch (e) {
+      const err = asSigilError(e);
+      return reqs.map(() => err);
+    }
+    const template = ca.template as LeafTemplate;
+    const options = template.tbs.signatureAlgorithm.signOptions;
     const prepared = reqs.map((req) => {
       try {
         return this.#prepareLeaf(ca, req);
       } catch (e) {
-        return e instanceof SigilError ? e : new SigilError("ERR_X509_BUILD", `ca: ${(e as Error).message}`, { cause: e });
+        return asSigilError(e);
       }
     });
     const ready = prepared.filter((p): p is PreparedLeaf => !(p instanceof SigilError));
-    const signBatch = ca.signer.signBatch;
-    const template = ca.template as LeafTemplate;
-    let signatures: Uint8Array[];
-    if (signBatch && ready.length > 1) {
-      signatures = await signBatch(
-        ready.map((p) => p.tbs),
-        template.tbs.signatureAlgorithm.signOptions,
-      );
+    let signatures: (Uint8Array | SigilError)[];
+    if (ca.signer.signBatch && ready.length > 1) {
+      try {
+        signatures = await ca.signer.signBatch(
+          ready.map((p) => p.tbs),
+          options,
+        );
+      } catch (e) {
+        const err = asSigilError(e);
+        signatures = ready.map(() => err);
+      }
     } else {
-      signatures = ready.map((p) => ca.signer.sign(p.tbs, template.tbs.signatureAlgorithm.signOptions));
+      signatures = ready.map((p) => {
+        try {
+          return ca.signer.sign(p.tbs, options);
+        } catch (e) {
+          return asSigilError(e);
+        }
+      });
     }
     let next = 0;
-    return prepared.map((p) => (p instanceof SigilError ? p : p.done(finishLeaf(template, p.tbs, signatures[next++] as Uint8Array))));
+    return prepared.map((p) => {
+      if (p instanceof SigilError) return p;
+      const sig = signatures[next++] as Uint8Array | SigilError;
+      return sig instanceof SigilError ? sig : p.done(finishLeaf(template, p.tbs, sig));
+    });
   }
 
   /** Builds a leaf's TBSCertificate; `done` turns the finished certificate into the issuance result. */

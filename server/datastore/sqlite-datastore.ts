@@ -3,7 +3,14 @@
  * durability and concurrency design; this file is the implementation.
  */
 import { IssuanceNormalizer, type IssuanceContext } from "./issuance-batch.js";
-import { insertIssuanceRows, IssuanceInserter, ISSUANCE_SELECT_SQL, PRUNE_ISSUANCES_SQL } from "./sqlite-issuance-log.js";
+import {
+  insertIssuanceRows,
+  IssuanceInserter,
+  ISSUANCE_SELECT_SQL,
+  PRUNE_CHUNK_ROWS,
+  PRUNE_ISSUANCES_CHUNK_SQL,
+  PRUNE_ORPHAN_CONTEXTS_SQL,
+} from "./sqlite-issuance-log.js";
 import { IssuanceWriter } from "./issuance-writer.js";
 import { randomBytes } from "node:crypto";
 import Database from "better-sqlite3";
@@ -980,11 +987,20 @@ class SqliteDatastore implements Datastore {
 
   async pruneIssuances(expiredBefore: Date): Promise<number> {
     const t = checkTime("prune expiredBefore", expiredBefore);
-    return this.#write(() => {
-      const removed = this.#exec(PRUNE_ISSUANCES_SQL[0], t).changes;
-      this.#exec(PRUNE_ISSUANCES_SQL[1]);
-      return removed;
-    });
+    // In chunks, yielding between them: other writers (the issuance writer
+    // thread, API calls) get the lock in between, however much has expired.
+    let removed = 0;
+    for (;;) {
+      const n = this.#write(() => this.#exec(PRUNE_ISSUANCES_CHUNK_SQL, t).changes);
+      removed += n;
+      if (n < PRUNE_CHUNK_ROWS) break;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    if (removed > 0) {
+      this.#write(() => this.#exec(PRUNE_ORPHAN_CONTEXTS_SQL));
+      this.#issuanceInserter?.forget();
+    }
+    return removed;
   }
 
   // ── change feed ────────────────────────────────────────────────────────

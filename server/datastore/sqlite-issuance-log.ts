@@ -10,11 +10,16 @@ import { ISSUANCE_ROW_WIDTH, type IssuanceContext } from "./issuance-batch.js";
 export const ISSUANCE_SELECT_SQL = `SELECT i.row_id, i.serial, c.kind, c.spiffe_id, c.entry_id, c.agent_id, c.ca_key_id, i.not_before, i.not_after,
   i.issued_at, c.selectors, c.requested_by, i.jwt_id, c.audience FROM issuances i JOIN issuance_contexts c ON c.context_id = i.context_id`;
 
-/** Deletes expired credentials, then contexts no credential names any more. */
-export const PRUNE_ISSUANCES_SQL = [
-  "DELETE FROM issuances WHERE not_after < ?",
-  "DELETE FROM issuance_contexts WHERE NOT EXISTS (SELECT 1 FROM issuances i WHERE i.context_id = issuance_contexts.context_id)",
-] as const;
+/** Rows deleted per pruning transaction, so a large prune never holds the write lock for long. */
+export const PRUNE_CHUNK_ROWS = 5_000;
+
+/** Deletes up to {@link PRUNE_CHUNK_ROWS} credentials that expired before `?`. */
+export const PRUNE_ISSUANCES_CHUNK_SQL = `DELETE FROM issuances WHERE row_id IN
+  (SELECT row_id FROM issuances WHERE not_after < ? LIMIT ${PRUNE_CHUNK_ROWS})`;
+
+/** Deletes contexts no credential names any more. */
+export const PRUNE_ORPHAN_CONTEXTS_SQL =
+  "DELETE FROM issuance_contexts WHERE NOT EXISTS (SELECT 1 FROM issuances i WHERE i.context_id = issuance_contexts.context_id)";
 
 const UPSERT_CONTEXT_SQL = `INSERT INTO issuance_contexts (kind, spiffe_id, entry_id, agent_id, ca_key_id, selectors, requested_by, audience)
   VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -67,16 +72,23 @@ export class IssuanceInserter {
 
 /**
  * Runs `write` (which inserts through `inserter`) in an IMMEDIATE transaction.
- * A foreign-key failure means a remembered context was pruned by another
- * connection: the IDs are forgotten and the transaction is run once more.
+ * A failed transaction may have remembered IDs of contexts it rolled back, so
+ * they are forgotten. A foreign-key failure means a remembered context was
+ * pruned by another connection (context IDs are never reused): the
+ * transaction is run once more.
  */
 export function insertIssuanceRows(db: BetterSqlite3.Database, inserter: IssuanceInserter, write: () => void): void {
   const txn = db.transaction(write);
   try {
     txn.immediate();
   } catch (e) {
-    if ((e as { code?: string }).code !== "SQLITE_CONSTRAINT_FOREIGNKEY") throw e;
     inserter.forget();
-    txn.immediate();
+    if ((e as { code?: string }).code !== "SQLITE_CONSTRAINT_FOREIGNKEY") throw e;
+    try {
+      txn.immediate();
+    } catch (again) {
+      inserter.forget();
+      throw again;
+    }
   }
 }

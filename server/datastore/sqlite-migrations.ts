@@ -153,9 +153,10 @@ CREATE INDEX issuances_not_after ON issuances (not_after);
     // What credentials of one batch share (kind, IDs, CA key, selectors,
     // requester, audience) is stored once; each credential keeps a small row.
     // "" stands for an absent entry, agent or audience so the UNIQUE key holds.
+    // Context IDs are AUTOINCREMENT: writers remember them, so a pruned ID must never come back.
     sql: `
 CREATE TABLE issuance_contexts (
-  context_id   INTEGER PRIMARY KEY,
+  context_id   INTEGER PRIMARY KEY AUTOINCREMENT,
   kind         TEXT NOT NULL CHECK (kind IN ('x509-svid', 'jwt-svid', 'agent-svid')),
   spiffe_id    TEXT NOT NULL CHECK (spiffe_id <> ''),
   entry_id     TEXT NOT NULL,
@@ -186,8 +187,13 @@ INSERT INTO issuances_v3 (row_id, context_id, serial, not_before, not_after, iss
     ON c.spiffe_id = i.spiffe_id AND c.entry_id = COALESCE(i.entry_id, '') AND c.agent_id = COALESCE(i.agent_id, '')
    AND c.ca_key_id = i.ca_key_id AND c.kind = i.kind AND c.selectors = i.selectors AND c.requested_by = i.requested_by
    AND c.audience = COALESCE(i.audience, '');
+CREATE TEMP TABLE issuances_seq AS SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'issuances'), 0) AS seq;
 DROP TABLE issuances;
 ALTER TABLE issuances_v3 RENAME TO issuances;
+-- Row IDs (page tokens) are never reused: keep the old table's high-water mark.
+DELETE FROM sqlite_sequence WHERE name = 'issuances';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'issuances', MAX(seq, COALESCE((SELECT MAX(row_id) FROM issuances), 0)) FROM temp.issuances_seq;
+DROP TABLE temp.issuances_seq;
 CREATE INDEX issuances_serial ON issuances (serial);
 CREATE INDEX issuances_context_id ON issuances (context_id);
 CREATE INDEX issuances_not_after ON issuances (not_after);

@@ -42,6 +42,18 @@ describe("issuance log written from a worker thread", () => {
     await ds.close();
   });
 
+  it("a context pruned and then re-created never takes another context's ID", async () => {
+    const ds = await createSqliteDatastore({ path: path.join(mkdtempSync(path.join(tmpdir(), "sigil-iw-")), "d.sqlite3"), clock: systemClock, issuanceWorker: true });
+    const long = { ...rec("c1", "spiffe://example.org/keep"), notAfter: new Date(Date.now() + 10 * 3_600_000) };
+    await ds.recordIssuances([long, rec("a1", "spiffe://example.org/y")]);
+    expect(await ds.pruneIssuances(new Date(Date.now() + 3_600_000))).toBe(1);
+    await ds.recordIssuances([rec("b1", "spiffe://example.org/z")]);
+    await ds.recordIssuances([rec("a2", "spiffe://example.org/y")]);
+    const bySerial = Object.fromEntries((await ds.listIssuances({})).items.map((i) => [i.serial, i.spiffeId]));
+    expect(bySerial).toEqual({ c1: "spiffe://example.org/keep", b1: "spiffe://example.org/z", a2: "spiffe://example.org/y" });
+    await ds.close();
+  });
+
   it("sends each context to the worker once and stores it once", async () => {
     const file = path.join(mkdtempSync(path.join(tmpdir(), "sigil-iw-")), "d.sqlite3");
     const ds = await createSqliteDatastore({ path: file, clock: systemClock, issuanceWorker: true });

@@ -308,6 +308,25 @@ describe("issuance log: validation and atomicity", () => {
     expect((await all({ serial: a.serial }))[0]?.agentId).toBe(AGENT);
   });
 
+  it("a pruned context's ID is never handed to another context (a remembered ID cannot mislabel a record)", async () => {
+    await ds.recordIssuances([rec({ spiffeId: "spiffe://example.org/keep" }, 0, 100)]);
+    await ds.recordIssuances([rec({ spiffeId: "spiffe://example.org/y" })]);
+    expect(await ds.pruneIssuances(new Date(T0.getTime() + 2 * HOUR))).toBe(1); // y's record and context go
+    await ds.recordIssuances([rec({ spiffeId: "spiffe://example.org/z" })]);
+    const again = rec({ spiffeId: "spiffe://example.org/y" });
+    await ds.recordIssuances([again]);
+    expect((await all({ serial: again.serial }))[0]?.spiffeId).toBe("spiffe://example.org/y");
+    expect((await all({ spiffeId: "spiffe://example.org/z" })).length).toBe(1);
+  });
+
+  it("prunes any amount in short transactions", async () => {
+    const many = Array.from({ length: 12_001 }, () => rec());
+    for (let i = 0; i < many.length; i += MAX_ISSUANCE_BATCH) await ds.recordIssuances(many.slice(i, i + MAX_ISSUANCE_BATCH));
+    await ds.recordIssuances([rec({}, 0, 10)]);
+    expect(await ds.pruneIssuances(new Date(T0.getTime() + 2 * HOUR))).toBe(12_001);
+    expect(rawCount()).toBe(1);
+  });
+
   it("stores what records share once", async () => {
     await ds.recordIssuances([rec(), rec(), rec({ spiffeId: "spiffe://example.org/other" }), rec({ entryId: null, agentId: null, requestedBy: "admin:local" })]);
     await ds.recordIssuances([rec(), rec({ kind: "jwt-svid", audience: ["a"], jwtId: "j1" }), rec({ kind: "jwt-svid", audience: ["a"], jwtId: "j2" })]);
@@ -401,6 +420,9 @@ describe("issuance log: migration", () => {
       ins.run(9, "a2", "x509-svid", "spiffe://example.org/web", "entry-web", AGENT, "x509-ca-A", t, t + 2 * HOUR, t, '["unix:uid:1000"]', `agent:${AGENT}`, null, null);
       ins.run(12, "b1", "jwt-svid", "spiffe://example.org/web", "entry-web", AGENT2, "jwt-A", t, t + HOUR, t, "[]", `agent:${AGENT2}`, "jti", '["aud"]');
       ins.run(20, "0", "agent-svid", AGENT, null, AGENT, "x509-ca-A", t, t + HOUR, t, "[]", "attestation:join_token", null, null);
+      // Row 30 existed once and was pruned: the sequence remembers it.
+      ins.run(30, "dead", "x509-svid", "spiffe://example.org/web", "entry-web", AGENT, "x509-ca-A", t, t + HOUR, t, "[]", `agent:${AGENT}`, null, null);
+      v2.prepare("DELETE FROM issuances WHERE row_id = 30").run();
     } finally {
       v2.close();
     }
@@ -414,9 +436,14 @@ describe("issuance log: migration", () => {
     expect(byKind["b1"]).toMatchObject({ kind: "jwt-svid", jwtId: "jti", audience: ["aud"], agentId: AGENT2, caKeyId: "jwt-A" });
     expect(byKind["a2"]).toMatchObject({ entryId: "entry-web", selectors: ["unix:uid:1000"], notAfter: new Date(T0.getTime() + 2 * HOUR) });
     expect(serials(await all({ entryId: "entry-web", agentId: AGENT }))).toEqual(["a2", "a1"]);
-    // New records continue after the highest old row.
+    // New records continue after the highest row ID the old table ever gave (page tokens never repeat).
     await ds.recordIssuances([rec()]);
-    expect((await ds.listIssuances({ pageSize: 1 })).items[0]?.serial).not.toBe("0");
+    const raw = new Database(v2path, { readonly: true });
+    try {
+      expect((raw.prepare("SELECT MAX(row_id) AS m FROM issuances").get() as { m: number }).m).toBe(31);
+    } finally {
+      raw.close();
+    }
   });
 
   it("migrating the full set on a version-1 database reports 1 → 3", () => {

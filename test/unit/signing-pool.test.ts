@@ -12,11 +12,12 @@ import { ManualClock } from "../../common/clock.js";
 import { createDiskKeyManager } from "../../plugins/keymanager/disk/index.js";
 import { createMemoryKeyManager } from "../../plugins/keymanager/memory/index.js";
 import { SigningPool } from "../../plugins/keymanager/signing-pool.js";
+import type { KeyManager } from "../../plugins/keymanager/types.js";
 import { CaManager } from "../../server/ca/manager.js";
 import { createSqliteDatastore } from "../../server/datastore/index.js";
 import { signingThreads } from "../../server/main.js";
 import { toX509Bundle } from "../../spiffe/bundle/spiffe-bundle.js";
-import { isSigilError, SigilError } from "../../spiffe/errors.js";
+import { SigilError } from "../../spiffe/errors.js";
 import { parseSpiffeId, parseTrustDomain } from "../../spiffe/id.js";
 import { generateKeyPair } from "../../spiffe/signer.js";
 import { StaticX509BundleSource } from "../../spiffe/x509/static-bundle-source.js";
@@ -54,12 +55,13 @@ describe("SigningPool", () => {
     expect(verify("sha256", Buffer.from("a"), ec.publicKey, (rsaSigs[0] as Uint8Array).subarray(0, 64))).toBe(false);
   });
 
-  it("refuses to start without threads, and refuses batches once closed", async () => {
+  it("refuses to start without threads; with no thread left, signs in-line", async () => {
     expect(() => new SigningPool(0)).toThrow(/at least one thread/);
     const small = new SigningPool(1);
     const signer = small.signer(generateKeyPair("ec-p256").privateKey, "k");
     await small.close();
-    await expect(signer.signBatch!([Buffer.from("a")], { hash: "sha256" })).rejects.toSatisfy((e: unknown) => isSigilError(e, "ERR_UNAVAILABLE"));
+    const sigs = await signer.signBatch!([Buffer.from("a"), Buffer.from("b")], { hash: "sha256" });
+    expect(verify("sha256", Buffer.from("b"), signer.publicKey, sigs[1] as Uint8Array)).toBe(true);
   });
 
   it("key managers hand out pooled Signers only when given a pool", async () => {
@@ -84,6 +86,42 @@ describe("SigningPool", () => {
 describe("CaManager.signX509SvidBatch", () => {
   const td = parseTrustDomain("example.org");
   const T0 = new Date("2026-06-01T00:00:00Z");
+
+  async function caWith(keyManager: KeyManager, start = true) {
+    const clock = new ManualClock(T0);
+    const store = await createSqliteDatastore({ path: path.join(mkdtempSync(path.join(tmpdir(), "sigil-cab-")), "ds.sqlite3"), clock });
+    const ca = new CaManager({ trustDomain: td, caTtlMs: 24 * 3600_000, caKeyType: "ec-p256", jwtKeyType: "ec-p256" }, { keyManager, store, clock });
+    if (start) await ca.start();
+    return { ca, store };
+  }
+  const req = (name: string, publicKeyDer = spki()) => ({ spiffeId: parseSpiffeId(`spiffe://example.org/${name}`), publicKeyDer, ttlMs: 3600_000 });
+
+  it("never rejects: without an active CA every request gets the error", async () => {
+    const { ca, store } = await caWith(createMemoryKeyManager({ signingPool: pool }), false);
+    const results = await ca.signX509SvidBatch([req("a"), req("b")]);
+    expect(results.map((r) => (r instanceof SigilError ? r.code : "ok"))).toEqual(["ERR_UNAVAILABLE", "ERR_UNAVAILABLE"]);
+    expect(await ca.signX509SvidBatch([])).toEqual([]);
+    await store.close();
+  });
+
+  it("a failed batch signature refuses the requests it covers; refusals from before keep their own reason", async () => {
+    const inner = createMemoryKeyManager({ signingPool: pool });
+    const failing: KeyManager = {
+      ...inner,
+      generateKey: async (id, keyType) => {
+        const s = await inner.generateKey(id, keyType);
+        return { ...s, sign: s.sign, signBatch: () => Promise.reject(new Error("signing thread lost")) };
+      },
+    };
+    const { ca, store } = await caWith(failing);
+    const results = await ca.signX509SvidBatch([req("a"), req("b", Uint8Array.of(0x30, 0x00)), req("c")]);
+    expect(results.map((r) => (r instanceof SigilError ? r.message : "ok"))).toEqual([
+      "ca: signing failed: signing thread lost",
+      expect.stringContaining("subject public key"),
+      "ca: signing failed: signing thread lost",
+    ]);
+    await store.close();
+  });
 
   for (const withPool of [true, false]) {
     it(`signs every acceptable request and keeps each refusal in its place (${withPool ? "signing threads" : "in-line"})`, async () => {
