@@ -58,7 +58,10 @@ describe("server config", () => {
       ca_key_type: "ec-p256",
       jwt_key_type: "ec-p256",
       audit_log_enabled: true,
+      issuance_log_retention: 7 * 24 * 3_600_000,
     });
+    // signing_threads stays unset: the server picks one less than the cores.
+    expect(cfg.server.signing_threads).toBeUndefined();
     expect(cfg.health_checks).toEqual({ listener_enabled: false, bind_address: "127.0.0.1", bind_port: 8080, live_path: "/live", ready_path: "/ready" });
     expect(cfg.telemetry).toBeUndefined();
     expect(cfg.plugins.KeyManager).toEqual({ memory: {} });
@@ -108,6 +111,13 @@ describe("server config", () => {
     expect(errorOf(() => parseServerConfig(withServerLine("default_x509_svid_ttl: 3600")))).toContain(
       "server.default_x509_svid_ttl: a duration must be a string with a unit, got the number 3600",
     );
+  });
+
+  it("takes signing_threads from 0 to 64 and an issuance_log_retention duration, naming the key of a bad value", () => {
+    expect(parseServerConfig(withServerLine("signing_threads: 0")).server.signing_threads).toBe(0);
+    expect(parseServerConfig(withServerLine("issuance_log_retention: 0s")).server.issuance_log_retention).toBe(0);
+    for (const bad of ["-1", "1.5", "65", '"two"']) expect(errorOf(() => parseServerConfig(withServerLine(`signing_threads: ${bad}`)))).toContain("server.signing_threads:");
+    expect(errorOf(() => parseServerConfig(withServerLine("issuance_log_retention: 7")))).toContain("server.issuance_log_retention: a duration must be a string with a unit");
   });
 
   it("rejects a bad trust domain", () => {
