@@ -1,6 +1,6 @@
 /**
  * The admin noun-verb commands of `sigil-server` (entry, agent, token, bundle,
- * x509, jwt), talking to the admin API over the local Unix socket.
+ * x509, jwt, issuance), talking to the admin API over the local Unix socket.
  */
 import { readFileSync, writeFileSync, mkdirSync } from "node:fs";
 import path from "node:path";
@@ -16,6 +16,9 @@ import {
   ListEntriesResponseSchema,
   ListAgentsResponseSchema,
   ListFederatedBundlesResponseSchema,
+  IssuanceSchema,
+  ListIssuancesResponseSchema,
+  type Issuance,
 } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
 import { AgentSchema, BundleSchema, EntrySchema, type Entry, type Selector } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { SelectorSchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
@@ -28,6 +31,7 @@ import { DEFAULT_SERVER_SOCKET_PATH } from "../config/schema.js";
 import {
   agentRows,
   entryRows,
+  issuanceRows,
   messageJson,
   parseOutputFormat,
   printJson,
@@ -399,6 +403,57 @@ export function registerAdminCommands(program: Command, serverTrustDomain: () =>
       const res = await c.svid.mintJWTSVID({ spiffeId: String(o.spiffeId), audience: o.audience as string[], ttl: ttlOption("--ttl", o.ttl) });
       if (out === "json") printJson({ token: res.token, expires_at: Number(res.expiresAt) });
       else process.stdout.write(`${res.token}\n`);
+    }),
+  );
+
+  addIssuanceCommands(program);
+}
+
+/** `issuance list|show`: the issuance log, read page by page (newest first). */
+function addIssuanceCommands(program: Command): void {
+  const issuance = program.command("issuance").description("the issuance log: every credential the server signed");
+  addCommon(
+    issuance.command("list").description("list issued credentials, newest first")
+      .option("--spiffe-id <id>", "only credentials for this SPIFFE ID")
+      .option("--entry-id <id>", "only credentials issued for this entry")
+      .option("--agent-id <id>", "only credentials this agent asked for")
+      .option("--live", "only credentials valid now")
+      .option("--limit <n>", "at most this many (newest first)"),
+    true,
+  ).action(async (o: Opts) =>
+    withClients(o, async (c, out) => {
+      const limit = o.limit === undefined ? Number.POSITIVE_INFINITY : Number(o.limit);
+      if (!Number.isInteger(limit) && limit !== Number.POSITIVE_INFINITY) throw new UsageError(`--limit must be a whole number, got ${JSON.stringify(o.limit)}`);
+      if (limit < 1) throw new UsageError("--limit must be at least 1");
+      const found: Issuance[] = [];
+      let pageToken = "";
+      do {
+        const res = await c.svid.listIssuances({
+          bySpiffeId: (o.spiffeId as string | undefined) ?? "",
+          byEntryId: (o.entryId as string | undefined) ?? "",
+          byAgentId: (o.agentId as string | undefined) ?? "",
+          live: Boolean(o.live),
+          pageSize: Math.min(500, limit - found.length),
+          pageToken,
+        });
+        found.push(...res.issuances);
+        pageToken = res.nextPageToken;
+        if (out !== "json" && pageToken && found.length % 5000 < 500) process.stderr.write(`read ${found.length} records…\n`);
+      } while (pageToken && found.length < limit);
+      if (out === "json") printJson(messageJson(ListIssuancesResponseSchema, create(ListIssuancesResponseSchema, { issuances: found })));
+      else {
+        process.stdout.write(`Found ${found.length} issued credential${found.length === 1 ? "" : "s"}:\n\n`);
+        for (const i of found) printPretty(issuanceRows(i));
+      }
+    }),
+  );
+  addCommon(issuance.command("show").description("show the record of one credential").requiredOption("--serial <hex>", "its serial number (any hex spelling)"), true).action(async (o: Opts) =>
+    withClients(o, async (c, out) => {
+      const res = await c.svid.listIssuances({ bySerial: String(o.serial), pageSize: 10 });
+      const record = res.issuances[0];
+      if (!record) throw new OperationFailed(`issuance: no credential with serial ${String(o.serial)} is in the log`);
+      if (out === "json") printJson(messageJson(IssuanceSchema, record));
+      else printPretty(issuanceRows(record));
     }),
   );
 }

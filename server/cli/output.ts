@@ -5,6 +5,7 @@
  */
 import { toJson, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import type { Entry, Agent, Selector } from "../../proto/gen/sigil/types/v1/types_pb.js";
+import type { Issuance } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
 
 /** Output formats accepted by `--output`. */
 export type OutputFormat = "json" | "pretty";
@@ -74,4 +75,20 @@ export function agentRows(a: Agent): [string, string | string[]][] {
     ["Banned", String(a.banned)],
     ["Selector", a.selectors.map(fmtSelector)],
   ];
+}
+
+/** Pretty rows of an issuance-log record. */
+export function issuanceRows(i: Issuance): [string, string | string[]][] {
+  const rows: [string, string | string[]][] = [
+    ["Serial number", i.serial],
+    ["Kind", i.kind],
+    ["SPIFFE ID", i.spiffeId],
+  ];
+  if (i.entryId) rows.push(["Entry ID", i.entryId]);
+  if (i.agentId) rows.push(["Agent ID", i.agentId]);
+  rows.push(["Requested by", i.requestedBy], ["Signing key", i.caKeyId], ["Issued at", fmtTime(i.issuedAt)], ["Valid from", fmtTime(i.notBefore)], ["Valid until", fmtTime(i.notAfter)]);
+  if (i.selectors.length) rows.push(["Selector", [...i.selectors]]);
+  if (i.audience.length) rows.push(["Audience", [...i.audience]]);
+  if (i.jwtId) rows.push(["JWT ID", i.jwtId]);
+  return rows;
 }

@@ -320,6 +320,32 @@ describe("agent API over mTLS", () => {
       expect(rec?.selectors).toEqual(["unix:uid:1000"]);
       expect(rec?.kind).toBe("x509-svid");
     }
+    // The operator asks the same through the CLI: `issuance show` explains one credential, `issuance list` finds them.
+    const shown = srv.cli(["issuance", "show", "--serial", serials[0] as string, "--output", "json"]);
+    expect(shown.status, shown.stderr).toBe(0);
+    expect(JSON.parse(shown.stdout)).toMatchObject({
+      serial: serials[0],
+      kind: "x509-svid",
+      spiffe_id: "spiffe://example.org/workload/web",
+      entry_id: entryId,
+      agent_id: agent.spiffeId,
+      selectors: ["unix:uid:1000"],
+      requested_by: `agent:${agent.spiffeId}`,
+    });
+    const pretty = srv.cli(["issuance", "show", "--serial", (serials[0] as string).toUpperCase()]);
+    expect(pretty.stdout).toMatch(/Entry ID\s+: /);
+    expect(pretty.stdout).toContain("unix:uid:1000");
+    const listed = srv.cli(["issuance", "list", "--entry-id", entryId, "--live", "--output", "json"]);
+    expect(listed.status, listed.stderr).toBe(0);
+    const listedSerials = (JSON.parse(listed.stdout) as { issuances: { serial: string }[] }).issuances.map((i) => i.serial);
+    for (const serial of serials) expect(listedSerials).toContain(serial);
+    const one = JSON.parse(srv.cli(["issuance", "list", "--agent-id", agent.spiffeId, "--limit", "1", "--output", "json"]).stdout) as { issuances: { agent_id: string }[] };
+    expect(one.issuances.map((i) => i.agent_id)).toEqual([agent.spiffeId]);
+    const missing = srv.cli(["issuance", "show", "--serial", "abc123"]);
+    expect(missing.status).toBe(1);
+    expect(missing.stderr).toContain("no credential with serial abc123");
+    expect(srv.cli(["issuance", "show", "--serial", "not-hex"]).stderr).toContain("by_serial:");
+    expect(srv.cli(["issuance", "list", "--limit", "0"]).status).toBe(2);
   });
 
   it.each([

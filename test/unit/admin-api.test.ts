@@ -578,6 +578,46 @@ describe("SvidAdmin", () => {
     await expectFailure(env.svid.mintJWTSVID({ spiffeId: "nope", audience: ["a"] }), status.INVALID_ARGUMENT, "spiffe_id");
   });
 
+  it("lists the issuance log: every mint, newest first, filtered and paged; bad filters name the field", async () => {
+    const x = await env.svid.mintX509SVID({ csr: csr(), spiffeId: "spiffe://example.org/tool", ttl: 120 });
+    const serial = new X509Certificate(x.svid?.certChain[0] as Uint8Array).serialNumber;
+    await env.svid.mintJWTSVID({ spiffeId: "spiffe://example.org/tool", audience: ["db"] });
+    await env.svid.mintX509SVID({ csr: csr(), spiffeId: "spiffe://example.org/other" });
+
+    const all = await env.svid.listIssuances({});
+    expect(all.issuances.map((i) => [i.kind, i.spiffeId])).toEqual([
+      ["x509-svid", "spiffe://example.org/other"],
+      ["jwt-svid", "spiffe://example.org/tool"],
+      ["x509-svid", "spiffe://example.org/tool"],
+    ]);
+    const jwt = all.issuances[1]!;
+    expect(jwt).toMatchObject({ requestedBy: "admin:local", entryId: "", agentId: "", audience: ["db"] });
+    expect(jwt.notAfter).toBeGreaterThan(jwt.notBefore);
+    // By serial, in any hex spelling (openssl prints upper case with leading zeros).
+    const bySerial = await env.svid.listIssuances({ bySerial: `00${serial}` });
+    expect(bySerial.issuances.map((i) => i.spiffeId)).toEqual(["spiffe://example.org/tool"]);
+    expect(bySerial.issuances[0]?.caKeyId).not.toBe("");
+    expect((await env.svid.listIssuances({ bySpiffeId: "spiffe://example.org/tool" })).issuances).toHaveLength(2);
+    expect((await env.svid.listIssuances({ byAgentId: "spiffe://example.org/spire/agent/x" })).issuances).toEqual([]);
+    // Live at the server's clock (the CA runs on real time here; the admin clock is moved by hand).
+    env.clock.set(new Date(Date.now() + 1000));
+    expect((await env.svid.listIssuances({ live: true })).issuances).toHaveLength(3);
+    env.clock.set(new Date(Date.now() + 200_000)); // past the 120 s SVID, within the 5 min JWT and the 1 h default
+    expect((await env.svid.listIssuances({ live: true })).issuances.map((i) => i.kind)).toEqual(["x509-svid", "jwt-svid"]);
+    // Pages.
+    const first = await env.svid.listIssuances({ pageSize: 2 });
+    expect(first.issuances).toHaveLength(2);
+    const rest = await env.svid.listIssuances({ pageSize: 2, pageToken: first.nextPageToken });
+    expect(rest.issuances.map((i) => i.spiffeId)).toEqual(["spiffe://example.org/tool"]);
+    expect(rest.nextPageToken).toBe("");
+
+    await expectFailure(env.svid.listIssuances({ bySerial: "xyz" }), status.INVALID_ARGUMENT, "by_serial", "hex");
+    await expectFailure(env.svid.listIssuances({ bySpiffeId: "nope" }), status.INVALID_ARGUMENT, "by_spiffe_id");
+    await expectFailure(env.svid.listIssuances({ byEntryId: "has space" }), status.INVALID_ARGUMENT, "by_entry_id");
+    await expectFailure(env.svid.listIssuances({ pageToken: "garbage" }), status.INVALID_ARGUMENT, "page_token");
+    await expectFailure(env.svid.listIssuances({ pageSize: -1 }), status.INVALID_ARGUMENT, "page_size");
+  });
+
   it("caps the TTL at maxTtlMs when configured", async () => {
     await env.close();
     env = await startEnv({ maxTtlMs: 600_000 });

@@ -1,12 +1,17 @@
 /**
  * `sigil.admin.v1.SvidAdmin`: one-off SVIDs for any identity in the trust
- * domain, with no entry (SPIRE's `x509 mint` / `jwt mint`). The X.509 key
- * stays with the caller: only the CSR's public key is used.
+ * domain, with no entry (SPIRE's `x509 mint` / `jwt mint`), and the issuance
+ * log of every credential the server signed. The X.509 key stays with the
+ * caller: only the CSR's public key is used.
  */
 import { create } from "@bufbuild/protobuf";
 import {
+  IssuanceSchema,
+  ListIssuancesResponseSchema,
   MintJWTSVIDResponseSchema,
   MintX509SVIDResponseSchema,
+  type ListIssuancesRequest,
+  type ListIssuancesResponse,
   type MintJWTSVIDRequest,
   type MintJWTSVIDResponse,
   type MintX509SVIDRequest,
@@ -19,7 +24,9 @@ import type { GrpcServiceImplementation } from "../../../spiffe/grpc/service.js"
 import { checkDnsName } from "../../registration/entry-validation.js";
 import { jwtSerial, ALLOWED_KEY_TYPES, MAX_AUDIENCES } from "../agent-api.js";
 import type { UnaryWrapper } from "../unary.js";
-import { invalidField, spiffeIdField, ttlField, unixSeconds, type AdminApiDeps } from "./common.js";
+import type { IssuanceRecord, ListIssuancesRequest as IssuanceQuery } from "../../datastore/index.js";
+import { checkEntryId, checkSerialHex } from "../../datastore/validate.js";
+import { invalidField, pageRequest, spiffeIdField, ttlField, unixSeconds, withPageToken, type AdminApiDeps } from "./common.js";
 
 type SvidMethods = (typeof SvidAdmin)["method"];
 
@@ -74,5 +81,49 @@ export function createSvidAdmin(deps: AdminApiDeps, unary: UnaryWrapper): GrpcSe
       Object.assign(audit.details, { spiffe_id: spiffeId.toString(), key_id: jwt.keyId, expires_at: jwt.expiresAt.toISOString() });
       return { res: create(MintJWTSVIDResponseSchema, { token: jwt.token, expiresAt: unixSeconds(jwt.expiresAt) }) };
     }),
+
+    listIssuances: unary<ListIssuancesRequest, ListIssuancesResponse>("ListIssuances", async (req, _call, audit) => {
+      const query: IssuanceQuery = {
+        ...(req.bySpiffeId ? { spiffeId: spiffeIdField("by_spiffe_id", req.bySpiffeId).toString() } : {}),
+        ...(req.byEntryId ? { entryId: field("by_entry_id", () => checkEntryId(req.byEntryId)) } : {}),
+        ...(req.byAgentId ? { agentId: spiffeIdField("by_agent_id", req.byAgentId).toString() } : {}),
+        ...(req.bySerial ? { serial: field("by_serial", () => checkSerialHex("serial", req.bySerial)) } : {}),
+        ...(req.live ? { liveAt: deps.now() } : {}),
+        ...pageRequest(req.pageSize, req.pageToken),
+      };
+      const page = await withPageToken(req.pageToken, () => deps.datastore.listIssuances(query));
+      audit.details.returned = page.items.length;
+      return {
+        res: create(ListIssuancesResponseSchema, { issuances: page.items.map(wireIssuance), nextPageToken: page.nextPageToken ?? "" }),
+      };
+    }),
   };
+}
+
+/** Runs a datastore check, naming `name` (not the datastore's own wording) when it fails. */
+function field<T>(name: string, check: () => T): T {
+  try {
+    return check();
+  } catch (e) {
+    throw invalidField(name, (e instanceof Error ? e.message : String(e)).replace(/^datastore: (serial )?/, ""), e);
+  }
+}
+
+/** An issuance record on the wire. */
+function wireIssuance(r: IssuanceRecord) {
+  return create(IssuanceSchema, {
+    serial: r.serial,
+    kind: r.kind,
+    spiffeId: r.spiffeId,
+    entryId: r.entryId ?? "",
+    agentId: r.agentId ?? "",
+    caKeyId: r.caKeyId,
+    notBefore: unixSeconds(r.notBefore),
+    notAfter: unixSeconds(r.notAfter),
+    issuedAt: unixSeconds(r.issuedAt),
+    selectors: [...r.selectors],
+    requestedBy: r.requestedBy,
+    jwtId: r.jwtId ?? "",
+    audience: [...(r.audience ?? [])],
+  });
 }
