@@ -7,7 +7,7 @@ import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { credentials } from "@grpc/grpc-js";
 import type { Command } from "commander";
-import { generateKeyPairSync } from "node:crypto";
+import { generateKeyPairSync, X509Certificate } from "node:crypto";
 import {
   AgentAdmin,
   BundleAdmin,
@@ -25,7 +25,11 @@ import { SelectorSchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { createUnaryClient, type UnaryClient } from "../../common/rpc/unary-client.js";
 import { parseSelector } from "../../common/selector.js";
 import { buildCsr } from "../../spiffe/csr.js";
-import { toPem } from "../../spiffe/pem.js";
+import { decodePemCertificates, toPem } from "../../spiffe/pem.js";
+import { parseSpiffeBundle, toX509Bundle } from "../../spiffe/bundle/spiffe-bundle.js";
+import { parseSpiffeId } from "../../spiffe/id.js";
+import { StaticX509BundleSource } from "../../spiffe/x509/static-bundle-source.js";
+import { verifyX509Svid } from "../../spiffe/x509/verify.js";
 import { parseDuration } from "../../common/config/duration.js";
 import { DEFAULT_SERVER_SOCKET_PATH } from "../config/schema.js";
 import {
@@ -447,15 +451,67 @@ function addIssuanceCommands(program: Command): void {
       }
     }),
   );
-  addCommon(issuance.command("show").description("show the record of one credential").requiredOption("--serial <hex>", "its serial number (any hex spelling)"), true).action(async (o: Opts) =>
+  addCommon(
+    issuance.command("show").description("show the record of one credential, by serial or from its certificate")
+      .option("--serial <hex>", "its serial number (any hex spelling)")
+      .option("--cert <file>", "a PEM X509-SVID (leaf first): find its record and check that the certificate matches it and chains to the bundle"),
+    true,
+  ).action(async (o: Opts) =>
     withClients(o, async (c, out) => {
-      const res = await c.svid.listIssuances({ bySerial: String(o.serial), pageSize: 10 });
+      if ((o.serial === undefined) === (o.cert === undefined)) throw new UsageError("give exactly one of --serial or --cert");
+      let chain: Uint8Array[] = [];
+      let serial = String(o.serial ?? "");
+      if (o.cert !== undefined) {
+        chain = decodePemCertificates(readFileSync(String(o.cert), "utf8"));
+        if (chain.length === 0) throw new OperationFailed(`issuance: ${String(o.cert)} holds no PEM certificate`);
+        serial = new X509Certificate(Buffer.from(chain[0] as Uint8Array)).serialNumber;
+      }
+      const res = await c.svid.listIssuances({ bySerial: serial, pageSize: 10 });
       const record = res.issuances[0];
-      if (!record) throw new OperationFailed(`issuance: no credential with serial ${String(o.serial)} is in the log`);
-      if (out === "json") printJson(messageJson(IssuanceSchema, record));
-      else printPretty(issuanceRows(record));
+      if (!record) throw new OperationFailed(`issuance: no credential with serial ${serial} is in the log`);
+      if (chain.length === 0) {
+        if (out === "json") printJson(messageJson(IssuanceSchema, record));
+        else printPretty(issuanceRows(record));
+        return;
+      }
+      const checks = checkCertificateAgainstRecord(chain, record, (await c.bundle.getBundle({})).spiffeBundleJson);
+      const matches = checks.every((k) => k.ok);
+      if (out === "json") printJson({ issuance: messageJson(IssuanceSchema, record), matches, checks });
+      else {
+        printPretty([...issuanceRows(record), ...checks.map((k): [string, string] => [`Check ${k.check}`, `${k.ok ? "ok" : "FAILED"}: ${k.detail}`])]);
+        process.stdout.write(matches ? "The certificate matches its issuance record.\n" : "");
+      }
+      if (!matches) throw new OperationFailed(`issuance: the certificate does not match its record (${checks.filter((k) => !k.ok).map((k) => k.check).join(", ")})`);
     }),
   );
+}
+
+/** One comparison of a certificate with its issuance record. */
+interface RecordCheck {
+  readonly check: string;
+  readonly ok: boolean;
+  readonly detail: string;
+}
+
+/** Compares a presented X509-SVID with the record the server wrote when it signed it. */
+function checkCertificateAgainstRecord(chain: readonly Uint8Array[], record: Issuance, spiffeBundleJson: string): RecordCheck[] {
+  const leaf = new X509Certificate(Buffer.from(chain[0] as Uint8Array));
+  const uri = /URI:(spiffe:\/\/[^,\s]+)/.exec(leaf.subjectAltName ?? "")?.[1] ?? "";
+  const notAfter = BigInt(Math.floor(Date.parse(leaf.validTo) / 1000));
+  const checks: RecordCheck[] = [
+    { check: "spiffe_id", ok: uri === record.spiffeId, detail: `certificate ${uri || "(none)"}, record ${record.spiffeId}` },
+    { check: "not_after", ok: notAfter === record.notAfter, detail: `certificate ${leaf.validTo}, record ${new Date(Number(record.notAfter) * 1000).toUTCString()}` },
+  ];
+  // Signed by this trust domain's CA: verified as of the certificate's own notBefore, so an expired SVID still proves its origin.
+  try {
+    const id = parseSpiffeId(record.spiffeId);
+    const bundle = toX509Bundle(parseSpiffeBundle(spiffeBundleJson, id.trustDomain).bundle);
+    verifyX509Svid(chain, new StaticX509BundleSource([bundle]), { now: new Date(Date.parse(leaf.validFrom) + 1000) });
+    checks.push({ check: "signature", ok: true, detail: `chains to the current bundle of ${id.trustDomain.name}` });
+  } catch (e) {
+    checks.push({ check: "signature", ok: false, detail: `does not chain to the current bundle: ${(e as Error).message}` });
+  }
+  return checks;
 }
 
 function bundlePem(spiffeBundleJson: string): string {

@@ -22,6 +22,8 @@ import { validateJwtSvid } from "../../spiffe/jwt/validate.js";
 import { StaticX509BundleSource } from "../../spiffe/x509/static-bundle-source.js";
 import { verifyX509Svid } from "../../spiffe/x509/verify.js";
 import { createSqliteDatastore } from "../../server/datastore/index.js";
+import { makeLeaf, makeRoot } from "../fixtures/x509/pki.js";
+import { encodePemCertificates } from "../../spiffe/pem.js";
 import { attestWithJoinToken, rootsPemFromBundleJson, tlsCredentials, type Attested } from "./support/test-agent.js";
 import { launchServerProcess, runServerCli, startServerProcess, type ServerProcess } from "./support/server-process.js";
 
@@ -177,6 +179,23 @@ describe("sigil-server CLI", () => {
     const leaf = new X509Certificate(pem);
     expect(leaf.subjectAltName).toMatch(/URI:spiffe:\/\/example\.org\/minted/);
     expect(statSync(path.join(out, "svid.key")).mode & 0o777).toBe(0o600);
+    // The minted certificate proves itself against the issuance log and the bundle.
+    const proof = srv.cli(["issuance", "show", "--cert", path.join(out, "svid.pem"), "--output", "json"]);
+    expect(proof.status, proof.stderr).toBe(0);
+    const proofDoc = JSON.parse(proof.stdout) as { matches: boolean; checks: { check: string; ok: boolean }[]; issuance: { requested_by: string } };
+    expect(proofDoc.matches).toBe(true);
+    expect(proofDoc.checks.map((k) => [k.check, k.ok])).toEqual([["spiffe_id", true], ["not_after", true], ["signature", true]]);
+    expect(proofDoc.issuance.requested_by).toBe("admin:local");
+    // A forgery carrying the same serial and ID, from a CA this server never had: refused, naming what failed.
+    const forgedCa = makeRoot("example.org");
+    const forged = makeLeaf(forgedCa, "spiffe://example.org/minted", { serial: Uint8Array.from(Buffer.from(leaf.serialNumber.padStart(32, "0"), "hex")) });
+    const forgedPath = path.join(srv.dir, "forged.pem");
+    writeFileSync(forgedPath, encodePemCertificates(forged.chain));
+    const refusedProof = srv.cli(["issuance", "show", "--cert", forgedPath]);
+    expect(refusedProof.status).toBe(1);
+    expect(refusedProof.stdout).toMatch(/Check signature\s+: FAILED/);
+    expect(refusedProof.stderr).toContain("does not match its record (not_after, signature)");
+    expect(srv.cli(["issuance", "show"]).status).toBe(2);
     const jwt = srv.cli(["jwt", "mint", "--spiffe-id", "spiffe://example.org/minted", "--audience", "db", "--output", "json"]);
     expect(jwt.status, jwt.stderr).toBe(0);
     const token = (JSON.parse(jwt.stdout) as { token: string }).token;
