@@ -6,8 +6,7 @@
  * stay inside the key manager's process.
  */
 import type { KeyObject } from "node:crypto";
-import type { Worker } from "node:worker_threads";
-import { startModuleWorker } from "../../common/worker.js";
+import { Worker } from "node:worker_threads";
 import { SigilError } from "../../spiffe/errors.js";
 import { createKeyObjectSigner, type SignOptions, type Signer } from "../../spiffe/signer.js";
 
@@ -20,54 +19,100 @@ export type PoolRequest =
 /** A signing thread's answer to one `sign` request. */
 export type PoolResponse = { readonly id: number; readonly signatures: Uint8Array[] } | { readonly id: number; readonly error: string };
 
+/**
+ * The signing thread: plain JavaScript run with `eval`, so starting one loads
+ * no module through the process's loader (a TypeScript loader registering
+ * itself in a thread can deadlock against the main thread's hooks on Node 20).
+ * The signature itself is made as `signWithKey` in spiffe/signer.ts makes it.
+ */
+const THREAD_SOURCE = `
+const { parentPort } = require("node:worker_threads");
+const { sign } = require("node:crypto");
+const keys = new Map();
+function signOne(k, data, o) {
+  if (k.isRsa) return sign(o.hash, data, o.rsaPadding === "pss" ? { key: k.key, padding: 6, saltLength: -1 } : { key: k.key });
+  return sign(o.hash, data, { key: k.key, dsaEncoding: o.dsaEncoding || "der" });
+}
+parentPort.on("message", (m) => {
+  if (m.kind === "load") return void keys.set(m.handle, { key: m.key, isRsa: m.key.asymmetricKeyType === "rsa" });
+  if (m.kind === "drop") return void keys.delete(m.handle);
+  const k = keys.get(m.handle);
+  if (!k) return parentPort.postMessage({ id: m.id, error: "key " + m.handle + " is not loaded in this signing thread" });
+  try {
+    const signatures = m.data.map((d) => new Uint8Array(signOne(k, d, m.options)));
+    parentPort.postMessage({ id: m.id, signatures }, signatures.map((s) => s.buffer));
+  } catch (e) {
+    parentPort.postMessage({ id: m.id, error: String((e && e.message) || e) });
+  }
+});
+`;
+
 interface Thread {
   readonly worker: Worker;
   readonly pending: Map<number, { resolve(s: Uint8Array[]): void; reject(e: Error): void }>;
-  dead?: Error;
 }
 
-/** A fixed set of signing threads shared by a key manager's keys. */
+/**
+ * A set of signing threads shared by a key manager's keys. Threads start with
+ * the first batch (a server that never signs batches runs none), and one that
+ * stops is replaced by the next batch.
+ */
 export class SigningPool {
-  readonly #threads: Thread[];
+  readonly #size: number;
+  readonly #threads: Thread[] = [];
+  /** Keys handed out as pooled Signers, by handle: loaded into every thread, also ones started later. */
+  readonly #keys = new Map<number, KeyObject>();
   #nextId = 1;
   #nextHandle = 1;
   #closed = false;
   // A collected Signer's key is dropped from every thread.
-  readonly #finalizer = new FinalizationRegistry<number>((handle) => this.#broadcast({ kind: "drop", handle }));
+  readonly #finalizer = new FinalizationRegistry<number>((handle) => {
+    this.#keys.delete(handle);
+    this.#broadcast({ kind: "drop", handle });
+  });
 
   /** @param size number of signing threads (at least 1). */
   constructor(size: number) {
     if (!Number.isInteger(size) || size < 1) throw new SigilError("ERR_INVALID_ARGUMENT", `keys: a signing pool needs at least one thread, got ${size}`);
-    this.#threads = Array.from({ length: size }, () => this.#startThread());
+    this.#size = size;
   }
 
-  /** Number of signing threads. */
+  /** Number of signing threads the pool runs once in use. */
   get size(): number {
+    return this.#size;
+  }
+
+  /** Signing threads running now. */
+  get running(): number {
     return this.#threads.length;
   }
 
   #startThread(): Thread {
-    const thread: Thread = { worker: startModuleWorker(import.meta.url, "signing-worker", null), pending: new Map() };
-    thread.worker.on("message", (m: PoolResponse) => {
+    const worker = new Worker(THREAD_SOURCE, { eval: true });
+    worker.unref();
+    const thread: Thread = { worker, pending: new Map() };
+    worker.on("message", (m: PoolResponse) => {
       const p = thread.pending.get(m.id);
       if (!p) return;
       thread.pending.delete(m.id);
       if ("error" in m) p.reject(new SigilError("ERR_INTERNAL", `keys: signing thread failed: ${m.error}`));
-      else p.resolve(m.signatures.map((s) => new Uint8Array(s.buffer, s.byteOffset, s.byteLength)));
+      else p.resolve(m.signatures);
     });
     const fail = (e: Error): void => {
-      thread.dead = e;
+      const at = this.#threads.indexOf(thread);
+      if (at >= 0) this.#threads.splice(at, 1);
       for (const p of thread.pending.values()) p.reject(new SigilError("ERR_UNAVAILABLE", `keys: signing thread stopped: ${e.message}`, { cause: e }));
       thread.pending.clear();
     };
-    thread.worker.on("error", fail);
-    thread.worker.on("exit", () => fail(new Error("signing thread exited")));
+    worker.on("error", fail);
+    worker.on("exit", () => fail(new Error("signing thread exited")));
+    for (const [handle, key] of this.#keys) worker.postMessage({ kind: "load", handle, key } satisfies PoolRequest);
     return thread;
   }
 
   #broadcast(m: PoolRequest): void {
     if (this.#closed) return;
-    for (const t of this.#threads) if (!t.dead) t.worker.postMessage(m);
+    for (const t of this.#threads) t.worker.postMessage(m);
   }
 
   /**
@@ -77,6 +122,7 @@ export class SigningPool {
   signer(privateKey: KeyObject, id: string): Signer {
     const inline = createKeyObjectSigner(privateKey, id);
     const handle = this.#nextHandle++;
+    this.#keys.set(handle, privateKey);
     this.#broadcast({ kind: "load", handle, key: privateKey });
     const signer: Signer = Object.freeze({
       id: inline.id,
@@ -91,23 +137,22 @@ export class SigningPool {
 
   #sign(handle: number, data: readonly Uint8Array[], options: SignOptions, inline: Signer): Promise<Uint8Array[]> {
     if (data.length === 0) return Promise.resolve([]);
-    // The least busy live thread takes the batch.
-    let thread: Thread | undefined;
-    if (!this.#closed) for (const t of this.#threads) if (!t.dead && (!thread || t.pending.size < thread.pending.size)) thread = t;
-    // With no thread left (closed, or every one stopped), sign in-line: slower, never unavailable.
-    if (!thread) {
+    // Once closed, sign in-line: slower, never unavailable.
+    if (this.#closed) {
       try {
         return Promise.resolve(data.map((d) => inline.sign(d, options)));
       } catch (e) {
         return Promise.reject(e);
       }
     }
+    while (this.#threads.length < this.#size) this.#threads.push(this.#startThread());
+    // The least busy thread takes the batch.
+    let thread = this.#threads[0] as Thread;
+    for (const t of this.#threads) if (t.pending.size < thread.pending.size) thread = t;
     const id = this.#nextId++;
-    const chosen = thread;
     return new Promise((resolve, reject) => {
-      chosen.pending.set(id, { resolve, reject });
-      const m: PoolRequest = { kind: "sign", id, handle, data, options };
-      chosen.worker.postMessage(m);
+      thread.pending.set(id, { resolve, reject });
+      thread.worker.postMessage({ kind: "sign", id, handle, data, options } satisfies PoolRequest);
     });
   }
 

@@ -32,10 +32,13 @@ describe("SigningPool", () => {
   it("signs a batch off-thread: one signature per payload, in order, verifying with the key", async () => {
     const { privateKey } = generateKeyPair("ec-p256");
     const signer = pool.signer(privateKey, "k1");
+    // Threads start with the first batch, and get every key handed out before.
+    expect(pool.running).toBe(0);
     const data = Array.from({ length: 50 }, (_, i) => Buffer.from(`payload ${i}`));
     const sigs = await signer.signBatch!(data, { hash: "sha256" });
     expect(sigs).toHaveLength(50);
     sigs.forEach((sig, i) => expect(verify("sha256", data[i] as Buffer, signer.publicKey, sig)).toBe(true));
+    expect(pool.running).toBe(2);
     // Signature i is over payload i, not any other.
     expect(verify("sha256", data[1] as Buffer, signer.publicKey, sigs[0] as Uint8Array)).toBe(false);
     // The in-line path of the same Signer still works.
