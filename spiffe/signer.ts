@@ -93,10 +93,11 @@ export function createKeyObjectSigner(privateKey: KeyObject, id?: string): Signe
 }
 
 /**
- * One signature with a private `KeyObject` (the body of every Signer; also
- * used inside key-manager signing threads).
+ * One signature with a private `KeyObject`: the body of every Signer. The
+ * key managers' signing threads (plugins/keymanager/signing-pool.ts) repeat
+ * these few lines in plain JavaScript; keep the two alike.
  */
-export function signWithKey(privateKey: KeyObject, isRsa: boolean, data: Uint8Array, options: SignOptions): Uint8Array {
+function signWithKey(privateKey: KeyObject, isRsa: boolean, data: Uint8Array, options: SignOptions): Uint8Array {
   if (isRsa) {
     return cryptoSign(options.hash, data, {
       key: privateKey,
