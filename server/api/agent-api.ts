@@ -389,7 +389,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
         }
       });
       const accepted = checked.filter((c): c is { entry: RegistrationEntry; req: X509SvidRequest } => !(c instanceof SigilError));
-      const issued = accepted.length === 0 ? [] : await deps.ca.signX509SvidBatch(accepted.map((c) => c.req));
+      const issued = await deps.ca.signX509SvidBatch(accepted.map((c) => c.req));
       const records: IssuanceInput[] = [];
       let signed = 0;
       let next = 0;

@@ -109,12 +109,6 @@ function asSigilError(e: unknown): SigilError {
   return e instanceof SigilError ? e : new SigilError("ERR_X509_BUILD", `ca: signing failed: ${(e as Error).message}`, { cause: e });
 }
 
-/** Signs a prepared leaf in-line with the authority's key. */
-function issueLeafSigned(ca: X509Authority, tbs: Uint8Array): Uint8Array {
-  const template = ca.template as LeafTemplate;
-  return template.tbs.sign(tbs, ca.signer);
-}
-
 /** Certificates are backdated a little for clock skew, like SPIRE. */
 const BACKDATE_MS = 10_000;
 
@@ -364,7 +358,7 @@ export class CaManager {
   signX509Svid(req: X509SvidRequest): IssuedX509 {
     const ca = this.#activeX509();
     const leaf = this.#prepareLeaf(ca, req);
-    return leaf.done(issueLeafSigned(ca, leaf.tbs));
+    return leaf.done((ca.template as LeafTemplate).tbs.sign(leaf.tbs, ca.signer));
   }
 
   /**
