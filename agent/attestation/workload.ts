@@ -1,22 +1,26 @@
 /**
  * Workload attestation: who is the process behind a Workload API call? Every
  * configured attestor runs concurrently on the caller's pid, under one
- * timeout; their selectors are unioned. Then the pid-reuse guard checks that
- * the pid still names the process that connected: a caller that exited (and
- * whose pid may now belong to someone else) must not receive the selectors
- * of whatever runs under that pid now (SPIRE's peertracker does the same).
+ * timeout; their selectors are unioned. The caller's uid and gid are those it
+ * connected with (SO_PEERCRED); whatever the attestors read from /proc is
+ * believed only because, afterwards, {@link verifyPeer} finds the caller
+ * still the process that connected and /proc/<pid> still owned by that
+ * uid/gid. A caller that exited (its pid may now name someone else) or that
+ * exec'd a setuid binary after connecting is refused, and a stream re-checks
+ * its caller before every message it sends ({@link AttestedCaller.recheck}).
  *
  * Failures are explicit, never a partial selector set: an attestor that
  * throws or does not answer in time fails the call with Unavailable
  * (`workload attestation failed`, SPIRE's code and message, so clients retry),
- * and a vanished caller fails it with Unauthenticated (`could not verify
- * existence of the original caller`).
+ * a vanished caller fails it with Unauthenticated (`could not verify
+ * existence of the original caller`, as SPIRE), and a caller that now acts as
+ * another user with PermissionDenied; the log says which and why.
  */
 import type { Logger } from "../../common/log.js";
 import { normalizeSelectors, type Selector } from "../../common/selector.js";
 import { SigilError } from "../../spiffe/errors.js";
 import type { WorkloadAttestor } from "../../plugins/workloadattestor/types.js";
-import { stillSameProcess, type PeerCredentials } from "../endpoints/peer.js";
+import { verifyPeer, type PeerCredentials } from "../endpoints/peer.js";
 
 /** Why attestation refused a caller. */
 export type WorkloadAttestationFailure =
@@ -24,6 +28,8 @@ export type WorkloadAttestationFailure =
   | "attestation_failed"
   /** The caller's process is gone or its pid was reused (gRPC Unauthenticated). */
   | "caller_gone"
+  /** The caller now acts as another user than it connected as: a setuid exec (gRPC PermissionDenied). */
+  | "caller_changed"
   /** The call did not come through a connection with known peer credentials (gRPC Internal). */
   | "caller_unknown";
 
@@ -31,6 +37,7 @@ export type WorkloadAttestationFailure =
 export const WORKLOAD_ATTESTATION_MESSAGES: Readonly<Record<WorkloadAttestationFailure, string>> = {
   attestation_failed: "workload attestation failed",
   caller_gone: "could not verify existence of the original caller",
+  caller_changed: "caller changed credentials after connecting",
   caller_unknown: "caller peer credentials are not available",
 };
 
@@ -86,7 +93,7 @@ export async function attestWorkload(peer: PeerCredentials, attestors: readonly 
         attestors.map(async (a) => {
           let selectors: Selector[];
           try {
-            selectors = await a.attest(peer.pid, controller.signal);
+            selectors = await a.attest(peer, controller.signal);
           } catch (e) {
             log.error(
               { pid: peer.pid, caller_uid: peer.uid, plugin: a.name, err: e },
@@ -111,12 +118,41 @@ export async function attestWorkload(peer: PeerCredentials, attestors: readonly 
   } finally {
     clearTimeout(timer);
   }
-  // Checked after attestation: the selectors must describe the process that connected.
-  if (!stillSameProcess(peer)) {
-    log.warn({ pid: peer.pid, caller_uid: peer.uid }, "Caller exited (or its pid was reused) during attestation; the call is refused");
+  // Checked after attestation: the selectors must describe the process that connected, acting as it connected.
+  checkCaller(peer, log);
+  return normalizeSelectors(collected);
+}
+
+/**
+ * Throws unless the caller is still the process that connected, owned by the
+ * uid/gid it connected with (see {@link verifyPeer}); logs why.
+ *
+ * @throws WorkloadAttestationError `caller_gone` or `caller_changed`.
+ */
+export function checkCaller(peer: PeerCredentials, log: Logger): void {
+  const change = verifyPeer(peer);
+  if (change === undefined) return;
+  if (change.kind === "gone") {
+    log.warn({ pid: peer.pid, caller_uid: peer.uid, reason: change.detail }, "Caller exited (or its pid was reused); the call is refused");
     throw new WorkloadAttestationError("caller_gone");
   }
-  return normalizeSelectors(collected);
+  log.warn(
+    { pid: peer.pid, caller_uid: peer.uid, caller_gid: peer.gid, reason: change.detail },
+    "Caller changed credentials after connecting; refused",
+  );
+  throw new WorkloadAttestationError("caller_changed");
+}
+
+/** An attested caller. */
+export interface AttestedCaller {
+  /** Its selectors, sorted and without duplicates. */
+  readonly selectors: readonly Selector[];
+  /**
+   * Throws a WorkloadAttestationError (`caller_gone`, `caller_changed`) when
+   * the caller has since exited or exec'd into another owner. Streams call it
+   * before every message they send.
+   */
+  recheck(): void;
 }
 
 /** Options of {@link createCallerAttester}. */
@@ -138,13 +174,14 @@ export interface CallerAttesterOptions extends AttestWorkloadOptions {
  * await startWorkloadEndpoint({ socketPath, handler, peers, log });
  * ```
  */
-export function createCallerAttester(options: CallerAttesterOptions): (callPeer: string) => Promise<Selector[]> {
+export function createCallerAttester(options: CallerAttesterOptions): (callPeer: string) => Promise<AttestedCaller> {
   return async (callPeer) => {
     const peer = options.resolvePeer(callPeer);
     if (peer === undefined) {
       options.log.error({ peer: callPeer }, "Workload API call without peer credentials; the call is refused");
       throw new WorkloadAttestationError("caller_unknown");
     }
-    return attestWorkload(peer, options.attestors, options);
+    const selectors = await attestWorkload(peer, options.attestors, options);
+    return { selectors, recheck: () => checkCaller(peer, options.log) };
   };
 }

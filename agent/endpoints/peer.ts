@@ -1,9 +1,23 @@
 /**
- * Who is calling on a Unix socket: pid/uid/gid from SO_PEERCRED (native addon)
- * plus the process start time from /proc, so attestation can later check that
- * the pid still names the same process (pid reuse guard).
+ * Who is calling on a Unix socket, pinned at connect time.
+ *
+ * The kernel records the caller's pid, uid and gid when it calls `connect()`
+ * (SO_PEERCRED). Those are the identity: a process cannot change them after
+ * the fact, whereas everything /proc says about a pid can change (an exec of
+ * a setuid binary turns the effective uid into root; a pid is reused after
+ * its process exits). So attestation takes uid and gid from SO_PEERCRED, and
+ * anything it reads from /proc is believed only if, *after* the read, the
+ * process is still the one that connected and /proc/<pid> is still owned by
+ * the SO_PEERCRED uid/gid ({@link verifyPeer}). A setuid exec makes the
+ * process non-dumpable, which turns its /proc entry root-owned, so the check
+ * fails for it.
+ *
+ * "Still the one that connected" uses a pidfd held from accept time
+ * (SO_PEERPIDFD on Linux >= 6.5, else pidfd_open): while the process has not
+ * exited, its pid names nobody else. Kernels without pidfds fall back to the
+ * process start time (/proc/<pid>/stat field 22), as SPIRE's peertracker does.
  */
-import { readFileSync } from "node:fs";
+import { closeSync, readFileSync, statSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
 import type { Socket } from "node:net";
@@ -11,7 +25,8 @@ import { fileURLToPath } from "node:url";
 import { SigilError } from "../../spiffe/errors.js";
 
 interface Addon {
-  getPeerCred(fd: number): { pid: number; uid: number; gid: number };
+  getPeerCred(fd: number): { pid: number; uid: number; gid: number; pidfd: number };
+  pidfdExited(pidfd: number): boolean;
 }
 
 let addon: Addon | undefined;
@@ -32,26 +47,68 @@ function loadAddon(): Addon {
   throw new SigilError("ERR_INTERNAL", `peercred: native addon not built (looked in ${candidates.join(", ")}); run npm install`);
 }
 
-/** Credentials of the process on the other end of a Unix socket. */
-export interface PeerCredentials {
-  readonly pid: number;
-  readonly uid: number;
-  readonly gid: number;
-  /** Start time of `pid` in clock ticks since boot (/proc/<pid>/stat field 22). */
-  readonly startTime: bigint;
+/**
+ * An open pidfd on the process that connected. Closed with its connection;
+ * once closed it reports the process as gone, so a late check can never read
+ * a descriptor number the agent has since reused for something else.
+ */
+export class ProcessHandle {
+  #fd: number;
+
+  /** @param fd a pidfd this handle now owns. */
+  constructor(fd: number) {
+    this.#fd = fd;
+  }
+
+  /** True once the process has exited (or the handle was closed). */
+  exited(): boolean {
+    if (this.#fd < 0) return true;
+    return loadAddon().pidfdExited(this.#fd);
+  }
+
+  /** Releases the pidfd. Idempotent. */
+  close(): void {
+    if (this.#fd < 0) return;
+    const fd = this.#fd;
+    this.#fd = -1;
+    closeSync(fd);
+  }
 }
 
-/** Reads the peer's credentials from a connected Unix socket. */
+/** Credentials of the process on the other end of a Unix socket, as the kernel recorded them at connect time. */
+export interface PeerCredentials {
+  readonly pid: number;
+  /** Effective uid at connect time (SO_PEERCRED). */
+  readonly uid: number;
+  /** Effective gid at connect time (SO_PEERCRED). */
+  readonly gid: number;
+  /** Start time of `pid` in clock ticks since boot (/proc/<pid>/stat field 22), read at accept; -1n when unknown. */
+  readonly startTime: bigint;
+  /** A pidfd on the connecting process, when the kernel has pidfds. */
+  readonly process?: ProcessHandle;
+}
+
+/**
+ * Reads the peer's credentials from a connected Unix socket, with a pidfd
+ * on the connecting process where the kernel offers one. The caller owns the
+ * pidfd: {@link releasePeer} it when the connection closes.
+ */
 export function peerCredentials(socket: Socket): PeerCredentials {
   const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
   if (typeof fd !== "number" || fd < 0) throw new SigilError("ERR_INTERNAL", "peercred: socket has no file descriptor");
-  let cred: { pid: number; uid: number; gid: number };
+  let cred: { pid: number; uid: number; gid: number; pidfd: number };
   try {
     cred = loadAddon().getPeerCred(fd);
   } catch (e) {
     throw new SigilError("ERR_INTERNAL", `peercred: ${(e as Error).message}`, { cause: e });
   }
-  return { ...cred, startTime: processStartTime(cred.pid) };
+  const { pid, uid, gid, pidfd } = cred;
+  return { pid, uid, gid, startTime: processStartTime(pid), ...(pidfd >= 0 ? { process: new ProcessHandle(pidfd) } : {}) };
+}
+
+/** Closes what {@link peerCredentials} opened. */
+export function releasePeer(peer: PeerCredentials): void {
+  peer.process?.close();
 }
 
 /** Start time of a process (ticks since boot), or -1n when it has exited. */
@@ -70,5 +127,40 @@ export function processStartTime(pid: number): bigint {
 
 /** True when `pid` still names the process that connected (it has not exited and been replaced). */
 export function stillSameProcess(peer: PeerCredentials): boolean {
+  if (peer.process !== undefined) return !peer.process.exited();
   return peer.startTime >= 0n && processStartTime(peer.pid) === peer.startTime;
+}
+
+/** Why {@link verifyPeer} refused a caller. */
+export type PeerChange =
+  /** The connecting process exited (its pid may name another process now). */
+  | { readonly kind: "gone"; readonly detail: string }
+  /** The process now acts as another user (a setuid exec, or it made itself non-dumpable). */
+  | { readonly kind: "owner_changed"; readonly detail: string };
+
+/**
+ * Checks that the connecting process is still alive under the same pid and
+ * that /proc/<pid> is still owned by the uid/gid it connected with. Call it
+ * *after* reading anything from /proc about the caller: only then do those
+ * reads describe the process that connected, acting as the user it connected as.
+ *
+ * @returns undefined when the caller is unchanged, else what changed.
+ */
+export function verifyPeer(peer: PeerCredentials): PeerChange | undefined {
+  let owner: { uid: number; gid: number };
+  try {
+    const st = statSync(`/proc/${peer.pid}`);
+    owner = { uid: st.uid, gid: st.gid };
+  } catch {
+    return { kind: "gone", detail: `/proc/${peer.pid} is gone` };
+  }
+  // After the stat: if the process is still alive now, the stat was of it.
+  if (!stillSameProcess(peer)) return { kind: "gone", detail: `process ${peer.pid} exited (its pid may have been reused)` };
+  if (owner.uid !== peer.uid || owner.gid !== peer.gid) {
+    return {
+      kind: "owner_changed",
+      detail: `/proc/${peer.pid} is owned by uid ${owner.uid} gid ${owner.gid}, but the caller connected as uid ${peer.uid} gid ${peer.gid} (a setuid/setgid exec or a non-dumpable process)`,
+    };
+  }
+  return undefined;
 }

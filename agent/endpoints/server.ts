@@ -21,16 +21,16 @@
  * socket file is removed at start; a socket another live agent listens on is
  * left alone and the start fails.
  */
-import { lstat, mkdir, unlink, chmod } from "node:fs/promises";
-import { connect, createServer, type Server as NetServer, type Socket } from "node:net";
-import path from "node:path";
+import { unlink, chmod } from "node:fs/promises";
+import { createServer, type Server as NetServer, type Socket } from "node:net";
 import { Server, ServerCredentials, type ServerInterceptor, type ServiceDefinition, type UntypedServiceImplementation } from "@grpc/grpc-js";
 import { addHealthService, type HealthService } from "../../common/health/grpc-health.js";
 import type { Logger } from "../../common/log.js";
+import { prepareSocketPath as prepareUnixSocketPath } from "../../common/unix-socket.js";
 import { file_grpc_health_v1_health } from "../../proto/gen/grpc/health/v1/health_pb.js";
 import { file_spiffe_workload } from "../../proto/gen/spiffe/workload_pb.js";
 import { SigilError } from "../../spiffe/errors.js";
-import { peerCredentials, type PeerCredentials } from "./peer.js";
+import { peerCredentials, releasePeer, type PeerCredentials } from "./peer.js";
 import { addReflectionService, createReflectionService } from "./reflection.js";
 
 /** SPIRE's default socket directory layout, under Sigil's name. */
@@ -45,9 +45,10 @@ const PEER_PREFIX = "sigil-uds-peer";
  */
 export interface PeerTracker {
   /**
-   * Reads the credentials of a freshly accepted socket, gives the socket a
-   * unique synthetic `remoteAddress` (what grpc-js's `call.getPeer()` reports)
-   * and remembers the mapping until the socket closes. Returns the address.
+   * Reads the credentials of a freshly accepted socket (with a pidfd on the
+   * caller, released when the socket closes), gives the socket a unique
+   * synthetic `remoteAddress` (what grpc-js's `call.getPeer()` reports) and
+   * remembers the mapping until the socket closes. Returns the address.
    */
   register(socket: Socket): string;
   /** The credentials behind a `call.getPeer()` string, or undefined for an unknown peer. */
@@ -74,7 +75,10 @@ export function createPeerTracker(readCredentials: (socket: Socket) => PeerCrede
       Object.defineProperty(socket, "remoteAddress", { value: address, configurable: true, enumerable: true });
       Object.defineProperty(socket, "remotePort", { value: undefined, configurable: true, enumerable: true });
       byPeer.set(address, cred);
-      socket.once("close", () => byPeer.delete(address));
+      socket.once("close", () => {
+        byPeer.delete(address);
+        releasePeer(cred);
+      });
       return address;
     },
     lookup(callPeer) {
@@ -122,35 +126,9 @@ export interface WorkloadEndpoint {
   close(): Promise<void>;
 }
 
-async function isLiveSocket(socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(socketPath);
-    s.once("connect", () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
-  });
-}
-
-async function prepareSocketPath(socketPath: string, log: Logger): Promise<void> {
-  if (!path.isAbsolute(socketPath)) throw new SigilError("ERR_INVALID_ARGUMENT", `workload endpoint: socket path ${JSON.stringify(socketPath)} is not absolute`);
-  await mkdir(path.dirname(socketPath), { recursive: true, mode: 0o755 });
-  let st;
-  try {
-    st = await lstat(socketPath);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "ENOENT") return;
-    throw new SigilError("ERR_INTERNAL", `workload endpoint: cannot inspect ${socketPath}: ${(e as Error).message}`, { cause: e });
-  }
-  if (!st.isSocket()) {
-    throw new SigilError("ERR_ALREADY_EXISTS", `workload endpoint: ${socketPath} exists and is not a socket; refusing to replace it`);
-  }
-  if (await isLiveSocket(socketPath)) {
-    throw new SigilError("ERR_ALREADY_EXISTS", `workload endpoint: another process is already serving on ${socketPath}`);
-  }
-  log.info({ socket_path: socketPath }, "Removing stale Workload API socket");
-  await unlink(socketPath);
+/** The socket's directory is created 0755 (workloads must reach the socket) and must be the agent user's alone. */
+function prepareSocketPath(socketPath: string, log: Logger): Promise<void> {
+  return prepareUnixSocketPath(socketPath, { dirMode: 0o755, subsystem: "workload endpoint", log });
 }
 
 /**

@@ -6,15 +6,30 @@
  */
 import type { Selector } from "../../common/selector.js";
 
+/**
+ * The caller as the kernel recorded it when it connected (SO_PEERCRED).
+ * Attestors take uid and gid from here, never from /proc: what /proc says
+ * about a pid can change after the connection (a setuid exec), these cannot.
+ */
+export interface WorkloadCaller {
+  readonly pid: number;
+  /** Effective uid at connect time. */
+  readonly uid: number;
+  /** Effective gid at connect time. */
+  readonly gid: number;
+}
+
 /** A workload attestor plugin. */
 export interface WorkloadAttestor {
   /** Plugin name; also the type of every selector it returns (`unix`). */
   readonly name: string;
   /**
-   * Selectors describing process `pid`. Rejects (with a SigilError naming the
-   * plugin) when the process cannot be inspected; the agent then refuses the
-   * call rather than match on a partial selector set. `signal` aborts work the
-   * agent no longer waits for (attestation timeout).
+   * Selectors describing the calling process. Rejects (with a SigilError
+   * naming the plugin) when the process cannot be inspected; the agent then
+   * refuses the call rather than match on a partial selector set. Whatever is
+   * read from /proc is trusted only because the agent checks afterwards that
+   * the caller is still the process that connected, acting as the same user.
+   * `signal` aborts work the agent no longer waits for (attestation timeout).
    */
-  attest(pid: number, signal?: AbortSignal): Promise<Selector[]>;
+  attest(caller: WorkloadCaller, signal?: AbortSignal): Promise<Selector[]>;
 }

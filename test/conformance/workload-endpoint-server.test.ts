@@ -40,7 +40,7 @@ import { isSigilError } from "../../spiffe/errors.js";
 import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
 import { createWorkloadApiClient, type WorkloadApiClient } from "../../spiffe/workloadapi/client.js";
 import { isWorkloadApiError } from "../../spiffe/workloadapi/errors.js";
-import { FakeWorkloadCache, ownUidSelector, startTestAgentEndpoint, type TestAgentEndpoint } from "../fakes/fake-workload-cache.js";
+import { FakeWorkloadCache, fixedCaller, ownUidSelector, startTestAgentEndpoint, type TestAgentEndpoint } from "../fakes/fake-workload-cache.js";
 import { toolAvailable } from "../support/tools.js";
 
 const WAPI = grpcServiceDefinition(SpiffeWorkloadAPI);
@@ -214,7 +214,7 @@ describe("Workload Endpoint (server side)", () => {
   it("WEP-1: a relative socket path is refused; a missing directory is created 0755", async () => {
     const log = createLogger({ level: "error", destination: { write: () => undefined } });
     const cache = new FakeWorkloadCache();
-    const handler = createWorkloadApiHandler({ cache, attest: async () => [], trustDomain: cache.own.trustDomain, log, metrics: new Metrics({ defaultMetrics: false }) });
+    const handler = createWorkloadApiHandler({ cache, attest: async () => fixedCaller([]), trustDomain: cache.own.trustDomain, log, metrics: new Metrics({ defaultMetrics: false }) });
     await expect(startWorkloadEndpoint({ socketPath: "rel/api.sock", handler, peers: createPeerTracker(), log })).rejects.toSatisfy((e) => isSigilError(e, "ERR_INVALID_ARGUMENT"));
     const ep = await endpoint();
     const nested = path.join(ep.dir, "public", "api.sock");
@@ -227,7 +227,7 @@ describe("Workload Endpoint (server side)", () => {
     const ep = await endpoint();
     const log = createLogger({ level: "error", destination: { write: () => undefined } });
     const cache = new FakeWorkloadCache();
-    const handler = createWorkloadApiHandler({ cache, attest: async () => [parseSelector(ownUidSelector())], trustDomain: cache.own.trustDomain, log, metrics: new Metrics({ defaultMetrics: false }) });
+    const handler = createWorkloadApiHandler({ cache, attest: async () => fixedCaller([parseSelector(ownUidSelector())]), trustDomain: cache.own.trustDomain, log, metrics: new Metrics({ defaultMetrics: false }) });
 
     // Another live agent on the same path.
     await expect(startWorkloadEndpoint({ socketPath: ep.socketPath, handler, peers: createPeerTracker(), log })).rejects.toSatisfy((e) =>
@@ -442,7 +442,7 @@ describe("Workload Endpoint (server side)", () => {
     // Only a path is accepted: a TCP address given as the socket path is refused, never bound.
     const log = createLogger({ level: "error", destination: { write: () => undefined } });
     const cache = new FakeWorkloadCache();
-    const handler = createWorkloadApiHandler({ cache, attest: async () => [], trustDomain: cache.own.trustDomain, log, metrics: new Metrics({ defaultMetrics: false }) });
+    const handler = createWorkloadApiHandler({ cache, attest: async () => fixedCaller([]), trustDomain: cache.own.trustDomain, log, metrics: new Metrics({ defaultMetrics: false }) });
     await expect(startWorkloadEndpoint({ socketPath: "tcp://127.0.0.1:8000", handler, peers: createPeerTracker(), log })).rejects.toSatisfy((e) =>
       isSigilError(e, "ERR_INVALID_ARGUMENT"),
     );

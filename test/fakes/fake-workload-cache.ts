@@ -12,7 +12,7 @@ import { EventEmitter, once } from "node:events";
 import { chmod, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createCallerAttester } from "../../agent/attestation/workload.js";
+import { createCallerAttester, type AttestedCaller } from "../../agent/attestation/workload.js";
 import type { PeerCredentials } from "../../agent/endpoints/peer.js";
 import { createPeerTracker, startWorkloadEndpoint, type PeerTracker } from "../../agent/endpoints/server.js";
 import { createWorkloadApiHandler, type WorkloadApiProfiles } from "../../agent/endpoints/workload-api/handler.js";
@@ -333,10 +333,10 @@ export async function startTestAgentEndpoint(options: TestAgentEndpointOptions):
   const attestedPeers: PeerCredentials[] = [];
   const attestors = options.attestors ?? [createUnixWorkloadAttestor({})];
   const realAttest = createCallerAttester({ resolvePeer: (p) => peers.lookup(p), attestors, timeoutMs: options.attestTimeoutMs ?? 10_000, log });
-  const attest = async (callPeer: string): Promise<readonly Selector[]> => {
+  const attest = async (callPeer: string): Promise<AttestedCaller> => {
     const peer = peers.lookup(callPeer);
     if (peer !== undefined) attestedPeers.push(peer);
-    return options.attest !== undefined ? options.attest(peer) : realAttest(callPeer);
+    return options.attest !== undefined ? fixedCaller(await options.attest(peer)) : realAttest(callPeer);
   };
   const handler = createWorkloadApiHandler({
     cache: options.cache,
@@ -363,6 +363,11 @@ export async function startTestAgentEndpoint(options: TestAgentEndpointOptions):
       await rm(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** An attested caller with fixed selectors that never changes (for handler tests that replace attestation). */
+export function fixedCaller(selectors: readonly Selector[]): AttestedCaller {
+  return { selectors, recheck: () => undefined };
 }
 
 /** Selectors the unix attestor gives the current process: `unix:uid:<uid>`. */

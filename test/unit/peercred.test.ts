@@ -4,10 +4,13 @@ import { createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
-import { peerCredentials, processStartTime, stillSameProcess, type PeerCredentials } from "../../agent/endpoints/peer.js";
+import { peerCredentials, processStartTime, releasePeer, stillSameProcess, verifyPeer, type PeerCredentials } from "../../agent/endpoints/peer.js";
 
 const isRoot = process.getuid?.() === 0;
-if (!isRoot) console.warn("SKIP: the other-uid peer credential test needs root (CI runs as root)");
+if (!isRoot) {
+  if (process.env.CI === "true") throw new Error("the other-uid peer credential test needs root; CI runs as root");
+  console.warn("SKIP: the other-uid peer credential test needs root (CI runs as root)");
+}
 
 function serve(): Promise<{ sock: string; next: () => Promise<PeerCredentials>; close: () => void }> {
   const dir = mkdtempSync(path.join(tmpdir(), "sigil-peer-"));
@@ -61,7 +64,32 @@ describe("peer credentials (SO_PEERCRED)", () => {
     await connectAs(srv.sock); // the client exits right after connecting
     const c = await got;
     expect(stillSameProcess(c)).toBe(false);
-    expect(stillSameProcess({ ...c, pid: process.pid, startTime: processStartTime(process.pid) })).toBe(true);
+    expect(verifyPeer(c)?.kind).toBe("gone");
+    // Without a pidfd: the start-time fallback.
+    expect(stillSameProcess({ pid: c.pid, uid: c.uid, gid: c.gid, startTime: c.startTime })).toBe(false);
+    expect(stillSameProcess({ pid: process.pid, uid: c.uid, gid: c.gid, startTime: processStartTime(process.pid) })).toBe(true);
+    releasePeer(c);
+    srv.close();
+  });
+
+  it("holds a pidfd on the connecting process (Linux >= 5.3): alive while it runs, exited after; closed handles read as gone", async () => {
+    const [major = 0, minor = 0] = (await import("node:os")).release().split(".").map(Number);
+    const hasPidfd = major > 5 || (major === 5 && minor >= 3);
+    const srv = await serve();
+    const got = srv.next();
+    const child = spawn(process.execPath, ["-e", `const s=require("net").connect(${JSON.stringify(srv.sock)});process.stdin.on("end",()=>process.exit(0));process.stdin.resume();`], {
+      stdio: ["pipe", "ignore", "ignore"],
+    });
+    const c = await got;
+    if (hasPidfd) expect(c.process).toBeDefined();
+    expect(stillSameProcess(c)).toBe(true);
+    expect(verifyPeer(c)).toBeUndefined();
+    child.stdin.end();
+    await new Promise((r) => child.on("exit", r));
+    expect(stillSameProcess(c)).toBe(false);
+    releasePeer(c);
+    releasePeer(c); // idempotent
+    expect(c.process === undefined || c.process.exited()).toBe(true);
     srv.close();
   });
 });

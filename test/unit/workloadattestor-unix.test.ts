@@ -58,6 +58,15 @@ function fakeProc(pid: number, status: string, exeTarget?: string): string {
   return root;
 }
 
+/** A caller that connected as uid 4321, gid 4322 (what SO_PEERCRED would say). */
+function caller(pid: number): { pid: number; uid: number; gid: number } {
+  return { pid, uid: 4321, gid: 4322 };
+}
+
+function self(): { pid: number; uid: number; gid: number } {
+  return { pid: process.pid, uid: process.geteuid?.() as number, gid: process.getegid?.() as number };
+}
+
 const STATUS = ["Name:\tweb", "Uid:\t1000\t4321\t1000\t4321", "Gid:\t1001\t4322\t1001\t4322", "Groups:\t5000 5001 ", ""].join("\n");
 
 function nameFiles(): { passwdPath: string; groupPath: string } {
@@ -71,7 +80,7 @@ function nameFiles(): { passwdPath: string; groupPath: string } {
 
 describe("unix workload attestor", () => {
   it("selectors of the current process: effective uid and gid, names from /etc/passwd and /etc/group, supplementary groups", async () => {
-    const selectors = strings(await createUnixWorkloadAttestor().attest(process.pid));
+    const selectors = strings(await createUnixWorkloadAttestor().attest(self()));
     const uid = process.geteuid?.() as number;
     const gid = process.getegid?.() as number;
     expect(selectors).toContain(`unix:uid:${uid}`);
@@ -87,9 +96,15 @@ describe("unix workload attestor", () => {
     expect(selectors.some((s) => s.startsWith("unix:path:") || s.startsWith("unix:sha256:"))).toBe(false);
   });
 
-  it("uses the effective ids (SPIRE's choice), names resolved per id, supplementary groups with names", async () => {
+  it("uid and gid are those the caller connected with, never what /proc says now (a setuid exec shows euid 0 there)", async () => {
+    const procRoot = fakeProc(76, ["Name:\tpasswd", "Uid:\t4321\t0\t0\t0", "Gid:\t4322\t4322\t4322\t4322", "Groups:\t", ""].join("\n"));
+    const selectors = strings(await createUnixWorkloadAttestor({}, { procRoot, ...nameFiles() }).attest(caller(76)));
+    expect(selectors).toEqual(["unix:uid:4321", "unix:user:alice", "unix:gid:4322", "unix:group:staff"]);
+  });
+
+  it("uses the connection's ids, names resolved per id, supplementary groups with names", async () => {
     const procRoot = fakeProc(77, STATUS);
-    const selectors = strings(await createUnixWorkloadAttestor({}, { procRoot, ...nameFiles() }).attest(77));
+    const selectors = strings(await createUnixWorkloadAttestor({}, { procRoot, ...nameFiles() }).attest(caller(77)));
     expect(selectors).toEqual([
       "unix:uid:4321",
       "unix:user:alice", // the first passwd line for the id wins, as getpwuid
@@ -104,7 +119,7 @@ describe("unix workload attestor", () => {
 
   it("omits names for ids without an entry and when the name files are missing", async () => {
     const procRoot = fakeProc(78, STATUS);
-    const selectors = strings(await createUnixWorkloadAttestor({}, { procRoot, passwdPath: "/nonexistent/passwd", groupPath: "/nonexistent/group" }).attest(78));
+    const selectors = strings(await createUnixWorkloadAttestor({}, { procRoot, passwdPath: "/nonexistent/passwd", groupPath: "/nonexistent/group" }).attest(caller(78)));
     expect(selectors).toEqual(["unix:uid:4321", "unix:gid:4322", "unix:supplementary_gid:5000", "unix:supplementary_gid:5001"]);
   });
 
@@ -113,13 +128,13 @@ describe("unix workload attestor", () => {
     const bin = path.join(dir, "web-server");
     writeFileSync(bin, "#!/bin/sh\necho hello\n");
     const procRoot = fakeProc(79, STATUS, bin);
-    const selectors = strings(await createUnixWorkloadAttestor({ discover_workload_path: true }, { procRoot, ...nameFiles() }).attest(79));
+    const selectors = strings(await createUnixWorkloadAttestor({ discover_workload_path: true }, { procRoot, ...nameFiles() }).attest(caller(79)));
     expect(selectors).toContain(`unix:path:${bin}`);
     expect(selectors).toContain(`unix:sha256:${createHash("sha256").update(readFileSync(bin)).digest("hex")}`);
   });
 
   it("discover_workload_path on the current process: the node binary's real path and hash", async () => {
-    const selectors = strings(await createUnixWorkloadAttestor({ discover_workload_path: true }).attest(process.pid));
+    const selectors = strings(await createUnixWorkloadAttestor({ discover_workload_path: true }).attest(self()));
     const exe = realpathSync(process.execPath);
     expect(selectors).toContain(`unix:path:${exe}`);
     const hex = createHash("sha256").update(readFileSync(exe)).digest("hex");
@@ -132,16 +147,16 @@ describe("unix workload attestor", () => {
     writeFileSync(bin, Buffer.alloc(4096, 1));
     const procRoot = fakeProc(80, STATUS, bin);
     const { log, lines } = memoryLog();
-    const limited = strings(await createUnixWorkloadAttestor({ discover_workload_path: true, workload_size_limit: 1024 }, { procRoot, log }).attest(80));
+    const limited = strings(await createUnixWorkloadAttestor({ discover_workload_path: true, workload_size_limit: 1024 }, { procRoot, log }).attest(caller(80)));
     expect(limited).toContain(`unix:path:${bin}`);
     expect(limited.some((s) => s.startsWith("unix:sha256:"))).toBe(false);
     expect(lines.some((l) => String(l["msg"]).includes("larger than workload_size_limit") && l["size"] === 4096)).toBe(true);
 
-    const never = strings(await createUnixWorkloadAttestor({ discover_workload_path: true, workload_size_limit: -1 }, { procRoot }).attest(80));
+    const never = strings(await createUnixWorkloadAttestor({ discover_workload_path: true, workload_size_limit: -1 }, { procRoot }).attest(caller(80)));
     expect(never.some((s) => s.startsWith("unix:sha256:"))).toBe(false);
-    const unlimited = strings(await createUnixWorkloadAttestor({ discover_workload_path: true, workload_size_limit: 0 }, { procRoot }).attest(80));
+    const unlimited = strings(await createUnixWorkloadAttestor({ discover_workload_path: true, workload_size_limit: 0 }, { procRoot }).attest(caller(80)));
     expect(unlimited.some((s) => s.startsWith("unix:sha256:"))).toBe(true);
-    const roomy = strings(await createUnixWorkloadAttestor({ discover_workload_path: true, workload_size_limit: 4096 }, { procRoot }).attest(80));
+    const roomy = strings(await createUnixWorkloadAttestor({ discover_workload_path: true, workload_size_limit: 4096 }, { procRoot }).attest(caller(80)));
     expect(roomy.some((s) => s.startsWith("unix:sha256:"))).toBe(true);
   });
 
@@ -149,7 +164,7 @@ describe("unix workload attestor", () => {
     const child: ChildProcess = spawn(process.execPath, ["-e", "process.stdin.resume()"], { uid: 4321, gid: 4322, stdio: ["pipe", "ignore", "ignore"] });
     cleanups.push(() => child.kill());
     await once(child, "spawn");
-    const selectors = strings(await createUnixWorkloadAttestor().attest(child.pid as number));
+    const selectors = strings(await createUnixWorkloadAttestor().attest({ pid: child.pid as number, uid: 4321, gid: 4322 }));
     expect(selectors).toContain("unix:uid:4321");
     expect(selectors).toContain("unix:gid:4322");
     expect(selectors).not.toContain(`unix:uid:${process.geteuid?.()}`);
@@ -159,10 +174,10 @@ describe("unix workload attestor", () => {
 
   it("fails for a process that does not exist", async () => {
     const procRoot = tempDir();
-    await expect(createUnixWorkloadAttestor({}, { procRoot }).attest(12345)).rejects.toSatisfy(
+    await expect(createUnixWorkloadAttestor({}, { procRoot }).attest(caller(12345))).rejects.toSatisfy(
       (e) => isSigilError(e, "ERR_UNAVAILABLE") && (e as Error).message.startsWith("workloadattestor(unix):"),
     );
-    await expect(createUnixWorkloadAttestor().attest(0)).rejects.toSatisfy((e) => isSigilError(e, "ERR_UNAVAILABLE"));
+    await expect(createUnixWorkloadAttestor().attest(caller(0))).rejects.toSatisfy((e) => isSigilError(e, "ERR_UNAVAILABLE"));
   });
 
   it("parseProcStatus refuses a status without Uid or with malformed ids", () => {
@@ -179,7 +194,7 @@ describe("unix workload attestor", () => {
 });
 
 describe("workload attestation runner", () => {
-  const self = (): PeerCredentials => ({ pid: process.pid, uid: 0, gid: 0, startTime: processStartTime(process.pid) });
+  const self = (): PeerCredentials => ({ pid: process.pid, uid: process.geteuid?.() as number, gid: process.getegid?.() as number, startTime: processStartTime(process.pid) });
   const fixed = (name: string, values: string[]): WorkloadAttestor => ({
     name,
     attest: async () => values.map((v) => makeSelector(name, v)),
@@ -232,6 +247,33 @@ describe("workload attestation runner", () => {
     await once(child, "exit");
     const err2 = await attestWorkload(gone, [fixed("unix", ["uid:0"])], { timeoutMs: 10_000, log }).catch((e: unknown) => e);
     expect((err2 as WorkloadAttestationError).reason).toBe("caller_gone");
+  });
+
+  it("a caller whose /proc entry is now owned by another uid (setuid exec, non-dumpable) is refused: caller_changed, logged with the owners", async () => {
+    const { log, lines } = memoryLog();
+    const otherUid: PeerCredentials = { ...self(), uid: self().uid + 1 };
+    const err = await attestWorkload(otherUid, [fixed("unix", ["uid:0"])], { timeoutMs: 10_000, log }).catch((e: unknown) => e);
+    expect((err as WorkloadAttestationError).reason).toBe("caller_changed");
+    expect((err as Error).message).toBe("caller changed credentials after connecting");
+    const line = lines.find((l) => l["msg"] === "Caller changed credentials after connecting; refused");
+    expect(String(line?.["reason"])).toContain(`is owned by uid ${self().uid} gid ${self().gid}, but the caller connected as uid ${self().uid + 1}`);
+    const otherGid: PeerCredentials = { ...self(), gid: self().gid + 1 };
+    expect(((await attestWorkload(otherGid, [fixed("unix", ["uid:0"])], { timeoutMs: 10_000, log }).catch((e: unknown) => e)) as WorkloadAttestationError).reason).toBe("caller_changed");
+  });
+
+  it("an attested caller re-checks on demand: fine while it lives, caller_gone once it exited", async () => {
+    const { log } = memoryLog();
+    const child = spawn(process.execPath, ["-e", "process.stdin.resume()"], { stdio: ["pipe", "ignore", "ignore"] });
+    cleanups.push(() => child.kill());
+    await once(child, "spawn");
+    const peer: PeerCredentials = { pid: child.pid as number, uid: self().uid, gid: self().gid, startTime: processStartTime(child.pid as number) };
+    const attest = createCallerAttester({ resolvePeer: () => peer, attestors: [fixed("unix", ["uid:0"])], timeoutMs: 10_000, log });
+    const caller = await attest("peer");
+    expect(strings(caller.selectors)).toEqual(["unix:uid:0"]);
+    expect(() => caller.recheck()).not.toThrow();
+    child.stdin?.end();
+    await once(child, "exit");
+    expect(() => caller.recheck()).toThrow(WorkloadAttestationError);
   });
 
   it("createCallerAttester refuses a call whose peer is unknown", async () => {

@@ -10,6 +10,9 @@
  *   `spiffe_id`; a token ValidateJWTSVID rejects (A14).
  * - Unavailable: the agent has not synced yet (WEP-16); attestation failed.
  * - Unauthenticated: the caller vanished during attestation (pid-reuse guard).
+ * - PermissionDenied `caller changed credentials after connecting`: the
+ *   process that connected now acts as another user (a setuid exec); checked
+ *   at attestation and before every message a stream sends.
  * - PermissionDenied `no identity issued`: no identity for the caller (WAPI-22,
  *   WAPI-29); bundle streams too unless unauthenticated verifiers are allowed
  *   (A15). A stream whose last identity goes away ends with it (A20, WAPI-41).
@@ -57,7 +60,7 @@ import {
   type ValidateJWTSVIDRequest,
   type ValidateJWTSVIDResponse,
 } from "../../../proto/gen/spiffe/workload_pb.js";
-import { WorkloadAttestationError } from "../../attestation/workload.js";
+import { WorkloadAttestationError, type AttestedCaller } from "../../attestation/workload.js";
 import type { BundleSnapshot, CachedIdentity, WorkloadCache } from "../../cache/types.js";
 import type { EndpointService } from "../server.js";
 import {
@@ -99,7 +102,7 @@ export interface WorkloadApiHandlerOptions {
    * Attests the caller of a call from its `call.getPeer()` string
    * (`createCallerAttester`). Rejects with a WorkloadAttestationError.
    */
-  readonly attest: (callPeer: string) => Promise<readonly Selector[]>;
+  readonly attest: (callPeer: string) => Promise<AttestedCaller>;
   /** The agent's trust domain. */
   readonly trustDomain: TrustDomain;
   readonly log: Logger;
@@ -135,10 +138,16 @@ function securityHeaderFailure(md: Metadata): GrpcFailure | undefined {
   return failure(status.INVALID_ARGUMENT, WORKLOAD_API_MESSAGES.securityHeader);
 }
 
+const ATTESTATION_FAILURE_CODES: Readonly<Record<WorkloadAttestationError["reason"], status>> = {
+  attestation_failed: status.UNAVAILABLE,
+  caller_gone: status.UNAUTHENTICATED,
+  caller_changed: status.PERMISSION_DENIED,
+  caller_unknown: status.INTERNAL,
+};
+
 function attestationFailure(e: unknown): GrpcFailure {
   if (e instanceof WorkloadAttestationError) {
-    const code = e.reason === "caller_gone" ? status.UNAUTHENTICATED : e.reason === "caller_unknown" ? status.INTERNAL : status.UNAVAILABLE;
-    return failure(code, e.message);
+    return failure(ATTESTATION_FAILURE_CODES[e.reason], e.message);
   }
   const se = toServiceError(e);
   return failure(se.code, se.details);
@@ -167,7 +176,7 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
   const allowUnauthenticated = options.allowUnauthenticatedVerifiers ?? false;
   const attestDuration = metrics.histogram({
     name: "sigil_workload_attestation_duration_seconds",
-    help: "Time to attest a Workload API caller, by outcome (ok, failed, caller_gone, caller_unknown).",
+    help: "Time to attest a Workload API caller, by outcome (ok, failed, caller_gone, caller_changed, caller_unknown).",
     labelNames: ["outcome"],
     buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
   });
@@ -183,7 +192,7 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
     profileEnabled: boolean,
     profileName: string,
     requestCheck?: () => GrpcFailure | undefined,
-  ): Promise<{ selectors: readonly Selector[] } | { failure: GrpcFailure }> {
+  ): Promise<{ caller: AttestedCaller; selectors: readonly Selector[] } | { failure: GrpcFailure }> {
     const header = securityHeaderFailure(call.metadata);
     if (header !== undefined) return { failure: header };
     if (!profileEnabled) return { failure: failure(status.UNIMPLEMENTED, `${profileName} profile is disabled on this agent`) };
@@ -192,9 +201,9 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
     if (!cache.ready()) return { failure: failure(status.UNAVAILABLE, WORKLOAD_API_MESSAGES.notReady) };
     const start = performance.now();
     try {
-      const selectors = await options.attest(call.getPeer());
+      const caller = await options.attest(call.getPeer());
       attestDuration.observe({ outcome: "ok" }, (performance.now() - start) / 1000);
-      return { selectors };
+      return { caller, selectors: caller.selectors };
     } catch (e) {
       const outcome = e instanceof WorkloadAttestationError ? (e.reason === "attestation_failed" ? "failed" : e.reason) : "failed";
       attestDuration.observe({ outcome }, (performance.now() - start) / 1000);
@@ -225,15 +234,18 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
    * Runs a server stream: `compute` gives the current message, `undefined`
    * meaning "no identity" (the stream ends PermissionDenied), or throws (the
    * stream ends with the mapped status). Recomputed after every cache change;
-   * an identical message is not sent again.
+   * an identical message is not sent again. Before each message the caller is
+   * re-checked: one that exited or exec'd into another owner since it was
+   * attested gets its stream ended instead.
    */
   function runStream<D extends DescMessage>(
     call: ServerWritableStream<unknown, MessageShape<D>>,
     method: string,
     schema: D,
-    selectors: readonly Selector[],
+    caller: AttestedCaller,
     compute: () => MessageShape<D> | undefined,
   ): void {
+    const { selectors } = caller;
     // The client may have gone while it was being attested.
     if (call.cancelled) return;
     // Read once: the socket behind getPeer() may be gone by the time the last identity is.
@@ -266,6 +278,13 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
         return;
       }
       if (last !== undefined && equals(schema, last, msg)) return;
+      try {
+        caller.recheck();
+      } catch (e) {
+        log.warn({ method, caller: callPeer }, "Workload API stream ended: its caller changed since it was attested");
+        finish(attestationFailure(e));
+        return;
+      }
       last = msg;
       call.write(msg);
     };
@@ -315,7 +334,7 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
       const method = "FetchX509SVID";
       void admit(call, x509Enabled, "X509-SVID").then((r) => {
         if ("failure" in r) return streamFailure(call, r.failure);
-        runStream(call, method, X509SVIDResponseSchema, r.selectors, () => {
+        runStream(call, method, X509SVIDResponseSchema, r.caller, () => {
           const notes: ResponseNote[] = [];
           const identities = identitiesOf(r.selectors, notes);
           const resp = identities.length === 0 ? undefined : buildX509SvidResponse(identities, cache.bundles(), trustDomain, notes);
@@ -329,7 +348,7 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
       const method = "FetchX509Bundles";
       void admit(call, x509Enabled, "X509-SVID").then((r) => {
         if ("failure" in r) return streamFailure(call, r.failure);
-        runStream(call, method, X509BundlesResponseSchema, r.selectors, () => {
+        runStream(call, method, X509BundlesResponseSchema, r.caller, () => {
           const view = bundleView(r.selectors);
           return view === undefined ? undefined : buildX509BundlesResponse(view.identities, view.bundles, trustDomain);
         });
@@ -340,7 +359,7 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
       const method = "FetchJWTBundles";
       void admit(call, jwtEnabled, "JWT-SVID").then((r) => {
         if ("failure" in r) return streamFailure(call, r.failure);
-        runStream(call, method, JWTBundlesResponseSchema, r.selectors, () => {
+        runStream(call, method, JWTBundlesResponseSchema, r.caller, () => {
           const view = bundleView(r.selectors);
           return view === undefined ? undefined : buildJwtBundlesResponse(view.identities, view.bundles, trustDomain);
         });

@@ -1,32 +1,36 @@
 /**
- * `unix` WorkloadAttestor: selectors from the caller's process as the kernel
- * sees it, with SPIRE's selector names and semantics
- * (`pkg/agent/plugin/workloadattestor/unix`):
+ * `unix` WorkloadAttestor: selectors from the caller's process, with SPIRE's
+ * selector names (`pkg/agent/plugin/workloadattestor/unix`):
  *
- * - `unix:uid`, `unix:gid`: the **effective** ids (second column of `Uid:` /
- *   `Gid:` in /proc/<pid>/status), as SPIRE takes `Uids()[1]` — the identity
- *   the process acts with, so a setuid binary is attested as its owner.
+ * - `unix:uid`, `unix:gid`: the effective ids the caller **connected with**
+ *   (SO_PEERCRED), not what /proc says now. SPIRE reads /proc at call time,
+ *   which lets a process that connected unprivileged and then exec'd a setuid
+ *   binary be attested as root; here an exec after connecting changes nothing.
  * - `unix:user`, `unix:group`: names of those ids from /etc/passwd and
  *   /etc/group, omitted when the id has no entry (files only: NSS sources such
  *   as LDAP are not consulted).
  * - `unix:supplementary_gid`, `unix:supplementary_group`: every id of the
- *   `Groups:` line, with its name when known.
- * - With `discover_workload_path`: `unix:path` (the target of
- *   /proc/<pid>/exe) and `unix:sha256` (hex SHA-256 of the binary, read
- *   through /proc/<pid>/exe so it works across mount namespaces).
+ *   `Groups:` line of /proc/<pid>/status, with its name when known.
+ * - With `discover_workload_path`: `unix:path` and `unix:sha256` (hex SHA-256
+ *   of the binary), both from ONE open of /proc/<pid>/exe, so the path and the
+ *   hash always describe the same file (works across mount namespaces).
  *   `workload_size_limit` caps the hashing: 0 means no limit, a negative
  *   value never hashes, and a larger binary gets no `unix:sha256` selector
  *   (SPIRE fails the whole attestation instead; here entries that rely on the
  *   hash simply do not match, while uid-based entries still do).
+ *
+ * Everything read from /proc is trusted only because the agent checks, after
+ * all attestors ran, that the caller is still the process that connected and
+ * still owned by the uid/gid it connected with (`verifyPeer`).
  */
 import { createHash } from "node:crypto";
-import { open, readFile, readlink } from "node:fs/promises";
+import { open, readFile, readlink, type FileHandle } from "node:fs/promises";
 import path from "node:path";
 import { z } from "zod";
 import type { Logger } from "../../../common/log.js";
 import { makeSelector, MAX_SELECTOR_VALUE_BYTES, type Selector } from "../../../common/selector.js";
 import { SigilError } from "../../../spiffe/errors.js";
-import type { WorkloadAttestor } from "../types.js";
+import type { WorkloadAttestor, WorkloadCaller } from "../types.js";
 
 /** Plugin name and selector type. */
 export const UNIX_WORKLOAD_ATTESTOR = "unix";
@@ -130,19 +134,14 @@ async function readIdNames(file: string): Promise<Map<number, string>> {
   return names;
 }
 
-async function sha256OfFile(file: string, limit: number, signal: AbortSignal | undefined): Promise<{ hex: string } | { tooLarge: number }> {
-  const handle = await open(file, "r");
-  try {
-    const { size } = await handle.stat();
-    if (limit > 0 && size > limit) return { tooLarge: size };
-    const hash = createHash("sha256");
-    for await (const chunk of handle.createReadStream({ autoClose: false, ...(signal === undefined ? {} : { signal }) })) {
-      hash.update(chunk as Buffer);
-    }
-    return { hex: hash.digest("hex") };
-  } finally {
-    await handle.close();
+async function sha256OfHandle(handle: FileHandle, limit: number, signal: AbortSignal | undefined): Promise<{ hex: string } | { tooLarge: number }> {
+  const { size } = await handle.stat();
+  if (limit > 0 && size > limit) return { tooLarge: size };
+  const hash = createHash("sha256");
+  for await (const chunk of handle.createReadStream({ autoClose: false, start: 0, ...(signal === undefined ? {} : { signal }) })) {
+    hash.update(chunk as Buffer);
   }
+  return { hex: hash.digest("hex") };
 }
 
 /**
@@ -151,7 +150,7 @@ async function sha256OfFile(file: string, limit: number, signal: AbortSignal | u
  * @example
  * ```ts
  * const unix = createUnixWorkloadAttestor({ discover_workload_path: true }, { log });
- * await unix.attest(pid); // [unix:uid:1000, unix:user:web, unix:gid:1000, …, unix:path:/usr/bin/web, unix:sha256:…]
+ * await unix.attest({ pid, uid, gid }); // [unix:uid:1000, unix:user:web, unix:gid:1000, …, unix:path:/usr/bin/web, unix:sha256:…]
  * ```
  */
 export function createUnixWorkloadAttestor(config: UnixWorkloadAttestorConfig = {}, deps: UnixWorkloadAttestorDeps = {}): WorkloadAttestor {
@@ -162,9 +161,53 @@ export function createUnixWorkloadAttestor(config: UnixWorkloadAttestorConfig = 
   const sizeLimit = config.workload_size_limit ?? 0;
   const sel = (value: string): Selector => makeSelector(UNIX_WORKLOAD_ATTESTOR, value);
 
+  /** `unix:path` and `unix:sha256` from one open of the caller's binary, so both name the same file. */
+  async function binarySelectors(pid: number, exeLink: string, signal: AbortSignal | undefined): Promise<Selector[]> {
+    let handle: FileHandle;
+    try {
+      handle = await open(exeLink, "r");
+    } catch (e) {
+      throw pluginError(`cannot open the binary of pid ${pid}: ${(e as Error).message}`, e);
+    }
+    try {
+      const out: Selector[] = [];
+      let exe: string;
+      try {
+        exe = await readlink(`/proc/self/fd/${handle.fd}`);
+      } catch (e) {
+        throw pluginError(`cannot read the binary path of pid ${pid}: ${(e as Error).message}`, e);
+      }
+      const pathValue = `path:${exe}`;
+      // A path the selector grammar cannot carry gets no selector; entries cannot name it either.
+      if (Buffer.byteLength(pathValue) > MAX_SELECTOR_VALUE_BYTES || /[\u0000-\u001f\u007f-\u009f]/.test(exe)) {
+        deps.log?.warn({ pid }, "workloadattestor(unix): binary path cannot be a selector; unix:path omitted");
+      } else {
+        out.push(sel(pathValue));
+      }
+      if (sizeLimit < 0) return out;
+      let digest: { hex: string } | { tooLarge: number };
+      try {
+        digest = await sha256OfHandle(handle, sizeLimit, signal);
+      } catch (e) {
+        throw pluginError(`cannot hash the binary of pid ${pid}: ${(e as Error).message}`, e);
+      }
+      if ("hex" in digest) out.push(sel(`sha256:${digest.hex}`));
+      else {
+        deps.log?.warn(
+          { pid, path: exe, size: digest.tooLarge, workload_size_limit: sizeLimit },
+          "workloadattestor(unix): binary is larger than workload_size_limit; unix:sha256 omitted",
+        );
+      }
+      return out;
+    } finally {
+      await handle.close();
+    }
+  }
+
   return {
     name: UNIX_WORKLOAD_ATTESTOR,
-    async attest(pid: number, signal?: AbortSignal): Promise<Selector[]> {
+    async attest(caller: WorkloadCaller, signal?: AbortSignal): Promise<Selector[]> {
+      const { pid, uid, gid } = caller;
       if (!Number.isSafeInteger(pid) || pid <= 0) throw pluginError(`invalid pid ${pid}`);
       const procDir = path.join(procRoot, String(pid));
       let status: string;
@@ -176,49 +219,18 @@ export function createUnixWorkloadAttestor(config: UnixWorkloadAttestorConfig = 
       const creds = parseProcStatus(status);
       const [users, groups] = await Promise.all([readIdNames(passwdPath), readIdNames(groupPath)]);
 
-      const out: Selector[] = [sel(`uid:${creds.uid}`)];
-      const user = users.get(creds.uid);
+      const out: Selector[] = [sel(`uid:${uid}`)];
+      const user = users.get(uid);
       if (user !== undefined) out.push(sel(`user:${user}`));
-      out.push(sel(`gid:${creds.gid}`));
-      const group = groups.get(creds.gid);
+      out.push(sel(`gid:${gid}`));
+      const group = groups.get(gid);
       if (group !== undefined) out.push(sel(`group:${group}`));
       for (const g of creds.groups) {
         out.push(sel(`supplementary_gid:${g}`));
         const name = groups.get(g);
         if (name !== undefined) out.push(sel(`supplementary_group:${name}`));
       }
-
-      if (discoverPath) {
-        const exeLink = path.join(procDir, "exe");
-        let exe: string;
-        try {
-          exe = await readlink(exeLink);
-        } catch (e) {
-          throw pluginError(`cannot read the binary path of pid ${pid}: ${(e as Error).message}`, e);
-        }
-        const pathValue = `path:${exe}`;
-        // A path the selector grammar cannot carry gets no selector; entries cannot name it either.
-        if (Buffer.byteLength(pathValue) > MAX_SELECTOR_VALUE_BYTES || /[\u0000-\u001f\u007f-\u009f]/.test(exe)) {
-          deps.log?.warn({ pid }, "workloadattestor(unix): binary path cannot be a selector; unix:path omitted");
-        } else {
-          out.push(sel(pathValue));
-        }
-        if (sizeLimit >= 0) {
-          let digest: { hex: string } | { tooLarge: number };
-          try {
-            digest = await sha256OfFile(exeLink, sizeLimit, signal);
-          } catch (e) {
-            throw pluginError(`cannot hash the binary of pid ${pid}: ${(e as Error).message}`, e);
-          }
-          if ("hex" in digest) out.push(sel(`sha256:${digest.hex}`));
-          else {
-            deps.log?.warn(
-              { pid, path: exe, size: digest.tooLarge, workload_size_limit: sizeLimit },
-              "workloadattestor(unix): binary is larger than workload_size_limit; unix:sha256 omitted",
-            );
-          }
-        }
-      }
+      if (discoverPath) out.push(...(await binarySelectors(pid, path.join(procDir, "exe"), signal)));
       return out;
     },
   };
