@@ -8,17 +8,21 @@
  * - `bundle.json`: the own trust domain's bundle as last synced,
  *   `{"trust_domain": "<name>", "bundle": <SPIFFE bundle>}`.
  *
- * Every write is atomic (temporary file, fsync, rename, fsync of the
- * directory). On load, an SVID that has expired, belongs to another trust
+ * Every write is atomic (`writeFileAtomic`: fresh random temporary file opened
+ * `O_EXCL | O_NOFOLLOW`, fsync, rename, fsync of the directory). The directory
+ * (created 0700) must belong to the agent's user and not be writable by group
+ * or others, or the agent refuses it: whoever could write there could plant a
+ * bundle. On load, an SVID that has expired, belongs to another trust
  * domain, or cannot be read is discarded with the reason, as is a bundle of
  * another trust domain or an unreadable one.
  */
-import { createPrivateKey, randomBytes } from "node:crypto";
-import { closeSync, fchmodSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from "node:fs";
+import { createPrivateKey } from "node:crypto";
+import { existsSync, readFileSync, rmSync } from "node:fs";
 import path from "node:path";
+import { writeFileAtomic } from "../../common/atomic-file.js";
+import { checkSecureDirectory, ensureSecureDirectory } from "../../common/secure-dir.js";
 import { bundleToJson, readBundleObject, type SpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
 import { isJsonObject, parseJson } from "../../spiffe/bundle/json.js";
-import { SigilError } from "../../spiffe/errors.js";
 import { parseSpiffeId, parseTrustDomain, type TrustDomain } from "../../spiffe/id.js";
 import { decodePem, encodePemCertificates, encodePemPrivateKey } from "../../spiffe/pem.js";
 import { agentSvidFromChain, type AgentSvid } from "./agent-svid.js";
@@ -42,46 +46,12 @@ function errText(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
-/**
- * Writes `data` to `file` atomically: a crash leaves either the old or the new
- * content, never a mix. The file gets `mode` whatever the umask.
- */
-export function writeFileAtomic(file: string, data: string | Uint8Array, mode: number): void {
-  const dir = path.dirname(file);
-  const tmp = path.join(dir, `.${path.basename(file)}.${randomBytes(6).toString("hex")}.tmp`);
-  let fd: number | undefined;
-  try {
-    fd = openSync(tmp, "wx", mode);
-    fchmodSync(fd, mode);
-    const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
-    for (let off = 0; off < bytes.length; ) off += writeSync(fd, bytes, off, bytes.length - off);
-    fsyncSync(fd);
-    closeSync(fd);
-    fd = undefined;
-    renameSync(tmp, file);
-  } catch (e) {
-    if (fd !== undefined) closeSync(fd);
-    rmSync(tmp, { force: true });
-    throw new SigilError("ERR_INTERNAL", `storage: cannot write ${file}: ${errText(e)}`, { cause: e });
-  }
-  // The rename is durable only once the directory entry is.
-  let dirFd: number | undefined;
-  try {
-    dirFd = openSync(dir, "r");
-    fsyncSync(dirFd);
-  } catch {
-    // Some filesystems refuse fsync on directories; the rename itself already happened.
-  } finally {
-    if (dirFd !== undefined) closeSync(dirFd);
-  }
-}
-
 /** The agent's persisted state in one data directory. */
 export class AgentStateStore {
   /** The data directory. */
   readonly dataDir: string;
 
-  /** @param dataDir created (mode 0700) on the first write */
+  /** @param dataDir created (mode 0700) on the first write; when it exists, it must be safe (see the module comment) */
   constructor(dataDir: string) {
     this.dataDir = path.resolve(dataDir);
   }
@@ -100,8 +70,11 @@ export class AgentStateStore {
    * Reads the stored SVID and bundle, keeping only what is usable for
    * `trustDomain` at `now`. Never throws for bad content: it is reported in
    * `discarded` and the agent starts as if it were absent.
+   *
+   * @throws SigilError `ERR_PERMISSION_DENIED` when the directory is not safe (named with its owner and mode).
    */
   load(options: { readonly trustDomain: TrustDomain; readonly now: Date }): LoadedAgentState {
+    if (existsSync(this.dataDir)) checkSecureDirectory(this.dataDir, "storage");
     const discarded: string[] = [];
     const svid = this.#loadSvid(options.trustDomain, options.now, discarded);
     const bundle = this.#loadBundle(options.trustDomain, discarded);
@@ -128,7 +101,7 @@ export class AgentStateStore {
   }
 
   #ensureDir(): void {
-    mkdirSync(this.dataDir, { recursive: true, mode: 0o700 });
+    ensureSecureDirectory(this.dataDir, 0o700, "storage");
   }
 
   #read(file: string, discarded: string[]): string | undefined {

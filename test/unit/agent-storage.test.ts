@@ -6,8 +6,9 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSyn
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { AGENT_SVID_FILE, AgentStateStore, BUNDLE_FILE, writeFileAtomic } from "../../agent/storage/agent-state-store.js";
+import { AGENT_SVID_FILE, AgentStateStore, BUNDLE_FILE } from "../../agent/storage/agent-state-store.js";
 import { agentSvidFromChain, type AgentSvid } from "../../agent/storage/agent-svid.js";
+import { writeFileAtomic } from "../../common/atomic-file.js";
 import type { SpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
 import { parseSpiffeId, parseTrustDomain, type TrustDomain } from "../../spiffe/id.js";
 import { generateKeyPair, generateSigner } from "../../spiffe/signer.js";

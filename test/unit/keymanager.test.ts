@@ -1,4 +1,4 @@
-import { mkdtempSync, statSync, writeFileSync, chmodSync, readFileSync } from "node:fs";
+import { mkdtempSync, statSync, writeFileSync, chmodSync, readFileSync, readdirSync, rmSync, symlinkSync, lstatSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { verify } from "node:crypto";
@@ -64,5 +64,48 @@ describe("keymanager(disk)", () => {
     writeFileSync(keysPath, "{not json", { mode: 0o600 });
     expect(() => createDiskKeyManager({ keys_path: keysPath })).toThrow(/keys\.json is not a valid key file/);
     expect(readFileSync(keysPath, "utf8")).toBe("{not json");
+  });
+
+  it("writes through a fresh temporary name: a symlink planted at the old fixed name (keys.json.tmp-<pid>) is not followed", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "sigil-km-"));
+    try {
+      const keysPath = path.join(dir, "keys.json");
+      const victim = path.join(dir, "victim");
+      writeFileSync(victim, "precious", { mode: 0o644 });
+      const planted = `${keysPath}.tmp-${process.pid}`;
+      symlinkSync(victim, planted);
+      const km = createDiskKeyManager({ keys_path: keysPath });
+      await km.generateKey("k", "ec-p256");
+      expect(readFileSync(victim, "utf8")).toBe("precious");
+      expect(statSync(victim).mode & 0o777).toBe(0o644);
+      expect(lstatSync(planted).isSymbolicLink()).toBe(true);
+      expect(lstatSync(keysPath).isFile()).toBe(true);
+      expect(readFileSync(keysPath, "utf8")).toMatch(/"k"/);
+      // Nothing else is left in the directory: the temporary file was renamed into place.
+      expect(readdirSync(dir).sort()).toEqual(["keys.json", "keys.json.tmp-" + process.pid, "victim"].sort());
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("refuses a key directory writable by group or others, at load and before writing, naming it with its owner and mode", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "sigil-km-"));
+    try {
+      const keysPath = path.join(dir, "keys.json");
+      const km = createDiskKeyManager({ keys_path: keysPath });
+      await km.generateKey("k", "ec-p256");
+      const before = readFileSync(keysPath, "utf8");
+      chmodSync(dir, 0o777);
+      const expected = `refusing to use directory ${dir}: it is owned by uid ${process.geteuid?.()} with mode 0777`;
+      await expect(km.generateKey("k2", "ec-p256")).rejects.toSatisfy((e) => isSigilError(e, "ERR_PERMISSION_DENIED") && (e as Error).message.includes(expected));
+      expect(readFileSync(keysPath, "utf8")).toBe(before);
+      expect(() => createDiskKeyManager({ keys_path: keysPath })).toThrow(`keymanager(disk): ${expected}`);
+      chmodSync(dir, 0o775);
+      expect(() => createDiskKeyManager({ keys_path: keysPath })).toThrow(/mode 0775/);
+      chmodSync(dir, 0o700);
+      expect((await createDiskKeyManager({ keys_path: keysPath }).getKeys()).map((k) => k.id)).toEqual(["k"]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

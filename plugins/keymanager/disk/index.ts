@@ -1,13 +1,19 @@
 /**
  * `disk` KeyManager: keys survive restart in one JSON file (mode 0600) holding
- * PKCS#8 PEM per key ID. Every change is written to a temporary file, fsynced
- * and renamed over the old one, so a crash leaves either the old or the new set,
- * never a torn file. Keys are parsed once at load into KeyObjects.
+ * PKCS#8 PEM per key ID. Every change is written atomically (`writeFileAtomic`:
+ * a fresh random temporary name opened `O_EXCL | O_NOFOLLOW`, fsync, rename,
+ * fsync of the directory), so a crash leaves either the old or the new set,
+ * never a torn file. The directory (created 0700) must belong to the server's
+ * user and not be writable by group or others, checked at load and before
+ * every write: whoever could write there could swap the CA keys. Keys are
+ * parsed once at load into KeyObjects.
  */
 import { createPrivateKey } from "node:crypto";
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync, chmodSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import { z } from "zod";
+import { writeFileAtomic } from "../../../common/atomic-file.js";
+import { checkSecureDirectory, ensureSecureDirectory } from "../../../common/secure-dir.js";
 import { SigilError } from "../../../spiffe/errors.js";
 import { generateKeyPair, type KeyType, type Signer } from "../../../spiffe/signer.js";
 import { keyManagerSigner, type KeyManagerDeps } from "../signing-pool.js";
@@ -20,6 +26,8 @@ export const diskKeyManagerConfigSchema = z.strictObject({
 
 /** Parsed disk key manager configuration. */
 export type DiskKeyManagerConfig = z.infer<typeof diskKeyManagerConfigSchema>;
+
+const SUBSYSTEM = "keymanager(disk)";
 
 const fileSchema = z.strictObject({
   version: z.literal(1),
@@ -34,6 +42,7 @@ export function createDiskKeyManager(config: DiskKeyManagerConfig, deps: KeyMana
   load();
 
   function load(): void {
+    if (existsSync(path.dirname(file))) checkSecureDirectory(path.dirname(file), SUBSYSTEM);
     let text: string;
     try {
       text = readFileSync(file, "utf8");
@@ -58,25 +67,8 @@ export function createDiskKeyManager(config: DiskKeyManagerConfig, deps: KeyMana
   }
 
   function persist(): void {
-    mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-    const tmp = `${file}.tmp-${process.pid}`;
-    const body = JSON.stringify({ version: 1, keys: Object.fromEntries(pems) }, null, 2);
-    const fd = openSync(tmp, "w", 0o600);
-    try {
-      writeSync(fd, body);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    chmodSync(tmp, 0o600);
-    renameSync(tmp, file);
-    // Make the rename itself durable.
-    const dfd = openSync(path.dirname(file), "r");
-    try {
-      fsyncSync(dfd);
-    } finally {
-      closeSync(dfd);
-    }
+    ensureSecureDirectory(path.dirname(file), 0o700, SUBSYSTEM);
+    writeFileAtomic(file, JSON.stringify({ version: 1, keys: Object.fromEntries(pems) }, null, 2), 0o600, { subsystem: SUBSYSTEM });
   }
 
   return {
