@@ -109,6 +109,8 @@ export async function attestWorkload(peer: PeerCredentials, attestors: readonly 
     ]);
   } catch (e) {
     controller.abort();
+    // An attestor that could not read the caller usually failed because the caller exited or exec'd: say so.
+    checkCaller(peer, log);
     if (e instanceof WorkloadAttestationError) throw e;
     log.error(
       { pid: peer.pid, caller_uid: peer.uid, timeout_ms: timeoutMs, pending_plugins: [...pending], partial_selectors: normalizeSelectors(collected).map(String) },

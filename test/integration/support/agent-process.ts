@@ -22,7 +22,15 @@ export interface AgentProcess {
 }
 
 /** Starts `sigil-agent run` with a join token; resolves once the agent logs "agent started". */
-export async function startAgentProcess(opts: { serverAddress: string; bundlePem: string; joinToken: string; trustDomain?: string; extraAgentYaml?: string }): Promise<AgentProcess> {
+export async function startAgentProcess(opts: {
+  serverAddress: string;
+  bundlePem: string;
+  joinToken: string;
+  trustDomain?: string;
+  extraAgentYaml?: string;
+  /** The `unix` workload attestor's config, as a YAML flow mapping; default `{}`. */
+  unixAttestorYaml?: string;
+}): Promise<AgentProcess> {
   const dir = mkdtempSync(path.join(tmpdir(), "sigil-agent-it-"));
   chmodSync(dir, 0o755); // workloads running as other uids must reach the socket
   const socketPath = path.join(dir, "public", "api.sock");
@@ -46,7 +54,7 @@ ${opts.extraAgentYaml ?? ""}plugins:
   NodeAttestor:
     join_token: {}
   WorkloadAttestor:
-    unix: {}
+    unix: ${opts.unixAttestorYaml ?? "{}"}
 `,
   );
   const child: ChildProcess = spawn(process.execPath, ["--import", "tsx", path.join(root, "agent/cli/main.ts"), "run", "--config", configPath, "--join-token", opts.joinToken], {
