@@ -4,11 +4,13 @@
  * trust bundles, and JWT-SVIDs per (entry, audience). The Workload API and SDS
  * read it through {@link WorkloadCache}; the sync loop writes it with
  * {@link AgentCache.update}. It never hands out an expired SVID, whatever the
- * state of the server.
+ * state of the server, and never pairs an entry with an SVID or JWT-SVID issued
+ * under another revision of it: an edit (SPIFFE ID, selectors, TTL, DNS names,
+ * hint, federates_with) drops both at once, and callers wait for the new ones.
  */
 import type { Clock } from "../../common/clock.js";
 import type { Logger } from "../../common/log.js";
-import { formatSelector, selectorsSubsetOf, type Selector } from "../../common/selector.js";
+import { formatSelector, type Selector } from "../../common/selector.js";
 import type { SpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
 import { SigilError } from "../../spiffe/errors.js";
 import type { TrustDomain } from "../../spiffe/id.js";
@@ -62,6 +64,14 @@ export interface AgentCacheOptions {
 
 interface JwtCacheItem extends JwtSvidMint {
   readonly entryId: string;
+  /** The entry revision it was minted under; another revision never serves it. */
+  readonly entryRevision: number;
+}
+
+/** An entry with its selectors formatted once, as the selector index holds it. */
+interface IndexedEntry {
+  readonly entry: CachedEntry;
+  readonly keys: readonly string[];
 }
 
 function bundleKey(b: SpiffeBundle): string {
@@ -85,8 +95,9 @@ export function jwtCacheKey(entryId: string, audience: readonly string[]): strin
 export class AgentCache implements WorkloadCache {
   readonly #opts: AgentCacheOptions;
   readonly #entries = new Map<string, CachedEntry>();
-  readonly #bySelector = new Map<string, { entry: CachedEntry; keys: readonly string[] }[]>();
-  #withoutSelectors: { entry: CachedEntry; keys: readonly string[] }[] = [];
+  readonly #bySelector = new Map<string, IndexedEntry[]>();
+  #withoutSelectors: IndexedEntry[] = [];
+  /** Only SVIDs of entries in `#entries`, issued under their current revision ({@link AgentCache.update} keeps it so). */
   readonly #svids = new Map<string, CachedSvidState>();
   readonly #jwts = new Map<string, JwtCacheItem>();
   readonly #jwtInFlight = new Map<string, Promise<CachedJwtSvid>>();
@@ -94,6 +105,8 @@ export class AgentCache implements WorkloadCache {
   #bundles: BundleSnapshot | undefined;
   #bundlesKey = "";
   #synced = false;
+  /** Earliest notAfter (ms) in `#svids`, Infinity when empty; kept by {@link AgentCache.#changed}. */
+  #earliestNotAfter = Infinity;
 
   constructor(options: AgentCacheOptions) {
     this.#opts = options;
@@ -103,13 +116,31 @@ export class AgentCache implements WorkloadCache {
 
   identitiesFor(selectors: readonly Selector[]): CachedIdentity[] {
     const now = this.#opts.clock.now().getTime();
-    const have = new Set(selectors.map(formatSelector));
     const out: CachedIdentity[] = [];
-    const consider = (entry: CachedEntry, keys: readonly string[]): void => {
-      if (!keys.every((k) => have.has(k))) return;
-      const state = this.#svids.get(entry.id);
-      if (!state || state.svid.notAfter.getTime() <= now) return;
-      out.push({ entry, svid: state.svid });
+    this.#forMatching(selectors, (entry) => {
+      const svid = this.#currentSvid(entry, now);
+      if (svid) out.push({ entry, svid });
+    });
+    return out.sort((a, b) => compareEntries(a.entry, b.entry));
+  }
+
+  /** See {@link WorkloadCache.pendingFor}. */
+  pendingFor(selectors: readonly Selector[]): CachedEntry[] {
+    const now = this.#opts.clock.now().getTime();
+    // Steady state, checked in O(1): every entry holds an unexpired SVID of its current revision.
+    if (this.#svids.size === this.#entries.size && this.#earliestNotAfter > now) return [];
+    const out: CachedEntry[] = [];
+    this.#forMatching(selectors, (entry) => {
+      if (!this.#currentSvid(entry, now)) out.push(entry);
+    });
+    return out.sort(compareEntries);
+  }
+
+  /** Calls `visit` once for every entry whose selectors are all among `selectors`. */
+  #forMatching(selectors: readonly Selector[], visit: (entry: CachedEntry) => void): void {
+    const have = new Set(selectors.map(formatSelector));
+    const consider = (indexed: IndexedEntry): void => {
+      if (indexed.keys.every((k) => have.has(k))) visit(indexed.entry);
     };
     // Only entries that share a selector with the caller can match: look them up by selector.
     const seen = new Set<string>();
@@ -117,11 +148,17 @@ export class AgentCache implements WorkloadCache {
       for (const indexed of this.#bySelector.get(key) ?? []) {
         if (seen.has(indexed.entry.id)) continue;
         seen.add(indexed.entry.id);
-        consider(indexed.entry, indexed.keys);
+        consider(indexed);
       }
     }
-    for (const indexed of this.#withoutSelectors) consider(indexed.entry, indexed.keys);
-    return out.sort((a, b) => compareEntries(a.entry, b.entry));
+    for (const indexed of this.#withoutSelectors) consider(indexed);
+  }
+
+  /** The entry's SVID when it is unexpired at `now` and was issued under the entry's current revision. */
+  #currentSvid(entry: CachedEntry, now: number): CachedX509Svid | undefined {
+    const state = this.#svids.get(entry.id);
+    if (!state || state.entryRevision !== entry.revision || state.svid.notAfter.getTime() <= now) return undefined;
+    return state.svid;
   }
 
   bundles(): BundleSnapshot {
@@ -142,41 +179,58 @@ export class AgentCache implements WorkloadCache {
 
   async fetchJwtSvid(entryId: string, audience: readonly string[]): Promise<CachedJwtSvid> {
     if (audience.length === 0 || audience.some((a) => a.length === 0)) throw new SigilError("ERR_INVALID_ARGUMENT", "cache: a JWT-SVID needs at least one non-empty audience");
-    if (!this.#entries.has(entryId)) throw new SigilError("ERR_NOT_FOUND", `cache: entry ${JSON.stringify(entryId)} is not in the agent's cache`);
+    const entry = this.#entries.get(entryId);
+    if (!entry) throw new SigilError("ERR_NOT_FOUND", `cache: entry ${JSON.stringify(entryId)} is not in the agent's cache`);
     const key = jwtCacheKey(entryId, audience);
-    const cached = this.#jwts.get(key);
+    const found = this.#jwts.get(key);
+    const cached = found?.entryRevision === entry.revision ? found : undefined;
     const now = this.#opts.clock.now();
     if (cached && !shouldRenew(now, cached.issuedAt, cached.expiresAt, 0.5)) return toCachedJwt(cached);
-    let pending = this.#jwtInFlight.get(key);
+    // A mint started under another revision of the entry is not shared with this caller.
+    const flightKey = `${entry.revision}:${key}`;
+    let pending = this.#jwtInFlight.get(flightKey);
     if (!pending) {
-      pending = this.#mintJwt(key, entryId, [...new Set(audience)].sort(), cached).finally(() => this.#jwtInFlight.delete(key));
-      this.#jwtInFlight.set(key, pending);
+      pending = this.#mintJwt(key, entry, [...new Set(audience)].sort(), cached).finally(() => this.#jwtInFlight.delete(flightKey));
+      this.#jwtInFlight.set(flightKey, pending);
     }
     return pending;
   }
 
-  async #mintJwt(key: string, entryId: string, audience: readonly string[], cached: JwtCacheItem | undefined): Promise<CachedJwtSvid> {
+  async #mintJwt(key: string, entry: CachedEntry, audience: readonly string[], cached: JwtCacheItem | undefined): Promise<CachedJwtSvid> {
     let minted: JwtSvidMint;
     try {
-      minted = await this.#opts.mintJwtSvid(entryId, audience);
+      minted = await this.#opts.mintJwtSvid(entry.id, audience);
     } catch (e) {
+      this.#assertStillCurrent(entry);
       // Server away: a cached token for this exact audience still serves while valid (SPIRE's behaviour).
       if (cached && cached.expiresAt.getTime() > this.#opts.clock.now().getTime()) {
-        this.#opts.log?.warn({ err: e, entry_id: entryId }, "cache: cannot mint a JWT-SVID; serving the cached one past its half life");
+        this.#opts.log?.warn({ err: e, entry_id: entry.id }, "cache: cannot mint a JWT-SVID; serving the cached one past its half life");
         return toCachedJwt(cached);
       }
       throw e;
     }
-    // The entry may have gone while the call ran.
-    if (!this.#entries.has(entryId)) return toCachedJwt(minted);
+    this.#assertStillCurrent(entry);
+    if (minted.spiffeId !== entry.spiffeId) {
+      // The server already has another revision of the entry than this agent: the token is not for the identity the caller matched.
+      this.#opts.log?.warn({ entry_id: entry.id, entry_revision: entry.revision, spiffe_id: entry.spiffeId, minted_spiffe_id: minted.spiffeId }, "cache: the server minted a JWT-SVID for another SPIFFE ID than the agent's entry names; not served");
+      throw new SigilError("ERR_UNAVAILABLE", `cache: entry ${JSON.stringify(entry.id)} changed on the server (JWT-SVID minted for ${minted.spiffeId}, the agent's entry names ${entry.spiffeId}); retry once the agent has synced`);
+    }
     this.#jwts.delete(key);
-    this.#jwts.set(key, { ...minted, entryId });
+    this.#jwts.set(key, { ...minted, entryId: entry.id, entryRevision: entry.revision });
     const max = this.#opts.jwtCacheMaxSize ?? DEFAULT_JWT_CACHE_MAX_SIZE;
     for (const k of this.#jwts.keys()) {
       if (this.#jwts.size <= max) break;
       this.#jwts.delete(k);
     }
     return toCachedJwt(minted);
+  }
+
+  /** Throws ERR_UNAVAILABLE when `entry` was removed or edited while its JWT-SVID was being minted. */
+  #assertStillCurrent(entry: CachedEntry): void {
+    const current = this.#entries.get(entry.id);
+    if (current?.revision === entry.revision) return;
+    const what = current ? `changed (revision ${entry.revision} → ${current.revision})` : "was removed";
+    throw new SigilError("ERR_UNAVAILABLE", `cache: entry ${JSON.stringify(entry.id)} ${what} while its JWT-SVID was being minted; retry`);
   }
 
   // ---- What the sync loop reads and writes ---------------------------------
@@ -227,7 +281,13 @@ export class AgentCache implements WorkloadCache {
     if (change.entries !== undefined) changed = this.#setEntries(change.entries) || changed;
     if (change.svids !== undefined) {
       for (const [entryId, state] of change.svids) {
-        if (!this.#entries.has(entryId)) continue;
+        const entry = this.#entries.get(entryId);
+        if (!entry) continue;
+        if (state.entryRevision !== entry.revision) {
+          // Requested before the entry changed: never pair it with the new revision.
+          this.#opts.log?.debug({ entry_id: entryId, svid_revision: state.entryRevision, entry_revision: entry.revision }, "cache: discarding an X509-SVID issued for an older revision of its entry");
+          continue;
+        }
         this.#svids.set(entryId, state);
         changed = true;
       }
@@ -279,8 +339,15 @@ export class AgentCache implements WorkloadCache {
       const old = this.#entries.get(e.id);
       if (!old || old.revision !== e.revision) {
         changed = true;
-        // A changed entry may name another SPIFFE ID: its JWTs must not be served again.
-        if (old) this.#dropJwtsOf(e.id);
+        // An edited entry may name another SPIFFE ID or other selectors: nothing issued under the old revision is served again.
+        if (old) {
+          const hadSvid = this.#svids.delete(e.id);
+          this.#dropJwtsOf(e.id);
+          this.#opts.log?.info(
+            { entry_id: e.id, old_revision: old.revision, revision: e.revision, old_spiffe_id: old.spiffeId, spiffe_id: e.spiffeId, dropped_svid: hadSvid },
+            "cache: entry changed; its SVIDs issued under the old revision are no longer served",
+          );
+        }
       }
     }
     for (const id of this.#entries.keys()) {
@@ -300,7 +367,7 @@ export class AgentCache implements WorkloadCache {
     this.#bySelector.clear();
     this.#withoutSelectors = [];
     for (const entry of this.#entries.values()) {
-      const indexed = { entry, keys: entry.selectors.map(formatSelector) };
+      const indexed: IndexedEntry = { entry, keys: entry.selectors.map(formatSelector) };
       if (indexed.keys.length === 0) this.#withoutSelectors.push(indexed);
       for (const k of new Set(indexed.keys)) {
         let list = this.#bySelector.get(k);
@@ -317,6 +384,7 @@ export class AgentCache implements WorkloadCache {
   #changed(): void {
     let earliest: Date | undefined;
     for (const s of this.#svids.values()) if (!earliest || s.svid.notAfter < earliest) earliest = s.svid.notAfter;
+    this.#earliestNotAfter = earliest?.getTime() ?? Infinity;
     this.#opts.metrics?.recordCache(this.#svids.size, earliest);
     for (const l of [...this.#listeners]) {
       try {

@@ -57,10 +57,22 @@ export interface CachedJwtSvid {
 export interface WorkloadCache {
   /**
    * Identities whose entry selectors are all among `selectors`, with a valid
-   * SVID, ordered oldest entry first (then by entry ID). Hint de-duplication is
+   * SVID issued under the entry's current revision, ordered oldest entry first
+   * (then by entry ID). An entry that was just created or edited is left out
+   * until its new SVID arrives (see {@link WorkloadCache.pendingFor}); an SVID
+   * issued under an older revision is never returned. Hint de-duplication is
    * the endpoint's job.
    */
   identitiesFor(selectors: readonly Selector[]): CachedIdentity[];
+  /**
+   * Entries whose selectors are all among `selectors` but that have no valid
+   * SVID for their current revision yet (just created or edited, or expired
+   * before renewal), ordered as {@link WorkloadCache.identitiesFor}. While one
+   * is pending the caller's view is incomplete: a stream waits for it rather
+   * than sending a partial set, a unary call answers Unavailable rather than
+   * PermissionDenied.
+   */
+  pendingFor?(selectors: readonly Selector[]): CachedEntry[];
   /** Current bundles; throws ERR_UNAVAILABLE before the first sync. */
   bundles(): BundleSnapshot;
   /** True once the cache holds the agent's bundle and has synced at least once. */
@@ -73,7 +85,9 @@ export interface WorkloadCache {
   subscribe(listener: () => void): () => void;
   /**
    * A JWT-SVID for the entry and audience: from the cache while more than half
-   * its lifetime remains, else freshly minted by the server.
+   * its lifetime remains, else freshly minted by the server. Only tokens minted
+   * under the entry's current revision and naming its current SPIFFE ID are
+   * returned; rejects with ERR_UNAVAILABLE when the entry changes meanwhile.
    */
   fetchJwtSvid(entryId: string, audience: readonly string[]): Promise<CachedJwtSvid>;
   /**

@@ -2,10 +2,11 @@
  * The agent cache and sync loop against a fake server (real certificates from
  * a test CA, time from a ManualClock): first sync, rotation at half life,
  * forced renewal on an entry change, deletion, serving while the server is
- * away, never serving an expired SVID, the JWT cache, bundles, metrics, and
- * the agent SVID's own lifecycle.
+ * away, never serving an expired SVID, never serving an SVID or JWT-SVID of an
+ * older entry revision, the JWT cache, bundles, metrics, and the agent SVID's
+ * own lifecycle.
  */
-import type { KeyObject } from "node:crypto";
+import { X509Certificate, type KeyObject } from "node:crypto";
 import { beforeEach, describe, expect, it } from "vitest";
 import { NodeIdentity, explainAttestationFailure } from "../../agent/attestation/node.js";
 import { AgentCache, jwtCacheKey } from "../../agent/cache/agent-cache.js";
@@ -410,6 +411,167 @@ describe("JWT-SVID cache", () => {
     expect(cache.jwtCount).toBe(2);
     await cache.fetchJwtSvid("a", ["1"]);
     expect(server.jwtMints).toBe(4);
+  });
+});
+
+/** The SPIFFE ID in an identity's leaf certificate, read by Node (not by the code under test). */
+function certId(chain: readonly Uint8Array[]): string {
+  return (new X509Certificate(chain[0]!).subjectAltName ?? "").replace(/^URI:/, "");
+}
+
+/** A promise and the function that resolves it. */
+function gate(): { open: () => void; opened: Promise<void> } {
+  let open!: () => void;
+  const opened = new Promise<void>((r) => (open = r));
+  return { open, opened };
+}
+
+describe("an edited entry never serves its old certificate", () => {
+  let h: Harness;
+  /** What each selector set was offered at every notification: [entry's SPIFFE ID, certificate's SPIFFE ID]. */
+  let seen: Map<number, [string, string][]>;
+  beforeEach(async () => {
+    h = harness();
+    h.server.put("a", "/a", [uid(1000)]);
+    h.server.put("other", "/other", [uid(1000)]);
+    await h.loop.syncNow();
+    seen = new Map([
+      [1000, []],
+      [2000, []],
+    ]);
+    h.cache.subscribe(() => {
+      for (const [n, list] of seen) for (const i of h.cache.identitiesFor([uid(n)])) list.push([i.entry.spiffeId, certId(i.svid.chain)]);
+    });
+  });
+
+  it("a changed SPIFFE ID: at every notification each identity's certificate names the entry's ID; the new ID comes with a new certificate", async () => {
+    const old = h.cache.svidState("a")!.svid;
+    h.server.put("a", "/b", [uid(1000)]);
+    expect(await h.loop.syncNow()).toMatchObject({ ok: true, rotated: 1 });
+    const offered = seen.get(1000)!;
+    for (const [entryId, cert] of offered) expect(cert).toBe(entryId);
+    expect(offered.map(([id]) => id)).not.toContain("spiffe://example.org/a");
+    expect(offered.map(([id]) => id)).toContain("spiffe://example.org/b");
+    const now = h.cache.identitiesFor([uid(1000)]).find((i) => i.entry.id === "a")!;
+    expect(certId(now.svid.chain)).toBe("spiffe://example.org/b");
+    expect(now.svid.chain[0]).not.toEqual(old.chain[0]);
+  });
+
+  it("changed selectors: the SVID is dropped at once for old and new selectors alike; the entry is pending for the new ones until its new SVID arrives", async () => {
+    const old = h.cache.svidState("a")!.svid;
+    h.server.put("a", "/a", [uid(2000)]);
+    h.server.refuse.add("a"); // the new SVID does not arrive this round
+    expect(await h.loop.syncNow()).toMatchObject({ ok: true, rotated: 0, failed: 1 });
+    expect(h.cache.svidState("a")).toBeUndefined();
+    expect(h.cache.identitiesFor([uid(1000)]).map((i) => i.entry.id)).toEqual(["other"]);
+    expect(h.cache.identitiesFor([uid(2000)])).toEqual([]);
+    expect(h.cache.pendingFor([uid(2000)]).map((e) => [e.id, e.revision])).toEqual([["a", 2]]);
+    expect(h.cache.pendingFor([uid(1000)])).toEqual([]);
+    expect(seen.get(2000)).toEqual([]);
+
+    h.server.refuse.clear();
+    expect(await h.loop.syncNow()).toMatchObject({ ok: true, rotated: 1 });
+    const got = h.cache.identitiesFor([uid(2000)]);
+    expect(got.map((i) => i.entry.id)).toEqual(["a"]);
+    expect(got[0]!.svid.chain[0]).not.toEqual(old.chain[0]);
+    expect(h.cache.pendingFor([uid(2000)])).toEqual([]);
+    expect(h.cache.identitiesFor([uid(1000)]).map((i) => i.entry.id)).toEqual(["other"]);
+  });
+
+  it("an edit of any other field (TTL, DNS names, hint, federates_with) also withdraws the SVID until it is re-issued", async () => {
+    const e = h.server.entries.get("a")!;
+    h.server.entries.set("a", { ...e, hint: "new-hint", dnsNames: ["a.example"], revision: e.revision + 1 });
+    h.server.put("other", "/other", [uid(1000)]); // bumps the sync revision
+    h.server.refuse.add("a");
+    await h.loop.syncNow();
+    expect(h.cache.identitiesFor([uid(1000)]).map((i) => i.entry.id)).toEqual(["other"]);
+    expect(h.cache.pendingFor([uid(1000)]).map((x) => x.id)).toEqual(["a"]);
+  });
+
+  it("pendingFor is empty while every entry holds a current SVID, and lists an entry whose SVID expired before renewal", async () => {
+    expect(h.cache.pendingFor([uid(1000)])).toEqual([]);
+    h.server.available = false;
+    h.clock.set(new Date(T0.getTime() + HOUR));
+    expect(h.cache.pendingFor([uid(1000)]).map((e) => e.id).sort()).toEqual(["a", "other"]);
+    expect(h.cache.pendingFor([uid(2000)])).toEqual([]);
+    h.server.available = true;
+    await h.loop.syncNow();
+    expect(h.cache.pendingFor([uid(1000)])).toEqual([]);
+  });
+
+  it("an SVID issued for an older revision that arrives after the edit is discarded", async () => {
+    const stale = h.cache.svidState("a")!;
+    h.server.put("a", "/b", [uid(1000)]);
+    h.cache.update({ entries: [...h.server.entries.values()] });
+    expect(h.cache.svidState("a")).toBeUndefined();
+    h.cache.update({ svids: new Map([["a", stale]]) });
+    expect(h.cache.svidState("a")).toBeUndefined();
+    expect(h.cache.identitiesFor([uid(1000)]).map((i) => i.entry.id)).toEqual(["other"]);
+    expect(h.cache.pendingFor([uid(1000)]).map((x) => x.id)).toEqual(["a"]);
+  });
+
+  it("cached JWT-SVIDs of the old revision are dropped; the next one names the new ID", async () => {
+    expect((await h.cache.fetchJwtSvid("a", ["x"])).spiffeId).toBe("spiffe://example.org/a");
+    h.server.put("a", "/b", [uid(1000)]);
+    await h.loop.syncNow();
+    expect(h.cache.jwtCount).toBe(0);
+    const next = await h.cache.fetchJwtSvid("a", ["x"]);
+    expect(next.spiffeId).toBe("spiffe://example.org/b");
+    expect(h.server.jwtMints).toBe(2);
+  });
+
+  it("a JWT-SVID whose mint straddles the edit is neither served nor cached, and a caller after the edit does not share that mint", async () => {
+    const g = gate();
+    const cache = new AgentCache({
+      trustDomain: td,
+      clock: h.clock,
+      // The server answers for the revision it had when asked; the answer arrives after the edit.
+      mintJwtSvid: async (e, a) => {
+        const minted = await h.server.newJwtSvid(e, a);
+        await g.opened;
+        return minted;
+      },
+    });
+    const loop = new SyncLoop({ client: h.server, cache, clock: h.clock, intervalMs: 5000 });
+    await loop.syncNow();
+    const before = cache.fetchJwtSvid("a", ["x"]);
+    h.server.put("a", "/b", [uid(1000)]);
+    await loop.syncNow();
+    const after = cache.fetchJwtSvid("a", ["x"]);
+    g.open();
+    await expect(before).rejects.toMatchObject({ code: "ERR_UNAVAILABLE" });
+    expect((await after).spiffeId).toBe("spiffe://example.org/b");
+    expect(cache.jwtCount).toBe(1);
+    expect((await cache.fetchJwtSvid("a", ["x"])).spiffeId).toBe("spiffe://example.org/b");
+  });
+
+  it("a JWT-SVID the server mints for another SPIFFE ID than the agent's entry names (edit not synced yet) is refused, not cached", async () => {
+    h.server.put("a", "/b", [uid(1000)]);
+    await expect(h.cache.fetchJwtSvid("a", ["x"])).rejects.toMatchObject({ code: "ERR_UNAVAILABLE" });
+    expect(h.cache.jwtCount).toBe(0);
+    await h.loop.syncNow();
+    expect((await h.cache.fetchJwtSvid("a", ["x"])).spiffeId).toBe("spiffe://example.org/b");
+  });
+
+  it("a JWT-SVID whose entry is removed during the mint is not served", async () => {
+    const g = gate();
+    const cache = new AgentCache({
+      trustDomain: td,
+      clock: h.clock,
+      mintJwtSvid: async (e, a) => {
+        const minted = await h.server.newJwtSvid(e, a);
+        await g.opened;
+        return minted;
+      },
+    });
+    const loop = new SyncLoop({ client: h.server, cache, clock: h.clock, intervalMs: 5000 });
+    await loop.syncNow();
+    const pending = cache.fetchJwtSvid("a", ["x"]);
+    h.server.delete("a");
+    await loop.syncNow();
+    g.open();
+    await expect(pending).rejects.toMatchObject({ code: "ERR_UNAVAILABLE" });
+    expect(cache.jwtCount).toBe(0);
   });
 });
 
