@@ -6,14 +6,18 @@
  * Wire forms (WAPI-17..19, pitfalls A11, A18): certificates and bundles are
  * concatenated DER, keys PKCS#8 DER, maps keyed by the trust domain's SPIFFE
  * ID `spiffe://<td>`, JWT bundles a standard JWK Set (no `use`, A6).
+ *
+ * An X509-SVID's `spiffe_id` always equals the URI SAN of the certificate it
+ * carries: an identity whose certificate names another ID is never sent.
  */
 import { create, type JsonObject, type JsonValue } from "@bufbuild/protobuf";
-import type { BundleSnapshot, CachedIdentity } from "../../cache/types.js";
+import type { BundleSnapshot, CachedIdentity, CachedX509Svid } from "../../cache/types.js";
 import { toJwtBundle, type SpiffeBundle } from "../../../spiffe/bundle/spiffe-bundle.js";
 import { serializeJwks } from "../../../spiffe/bundle/jwks.js";
 import { concatDer } from "../../../spiffe/der.js";
 import { parseSpiffeId, type TrustDomain } from "../../../spiffe/id.js";
 import type { JwtSvid } from "../../../spiffe/jwt/jwt-svid.js";
+import { decodeCertificate } from "../../../spiffe/x509/decode-certificate.js";
 import {
   JWTBundlesResponseSchema,
   X509BundlesResponseSchema,
@@ -101,6 +105,29 @@ function bundleOfId(spiffeId: string, bundles: BundleSnapshot, trustDomain: Trus
   return td === trustDomain.name ? bundles.own : bundles.federated.get(td);
 }
 
+/** The leaf's SPIFFE ID by leaf DER: an SVID is decoded once, not on every push to every stream. */
+const leafIds = new WeakMap<Uint8Array, string | undefined>();
+
+/**
+ * The SPIFFE ID in the URI SAN of an X509-SVID's leaf, in canonical form, or
+ * undefined when the leaf cannot be decoded or does not carry exactly one
+ * SPIFFE ID URI SAN.
+ */
+export function svidSpiffeId(svid: CachedX509Svid): string | undefined {
+  const leaf = svid.chain[0];
+  if (leaf === undefined) return undefined;
+  if (leafIds.has(leaf)) return leafIds.get(leaf);
+  let id: string | undefined;
+  try {
+    const uris = decodeCertificate(leaf).subjectAltNames?.uris ?? [];
+    id = uris.length === 1 ? parseSpiffeId(uris[0] as string).toString() : undefined;
+  } catch {
+    id = undefined;
+  }
+  leafIds.set(leaf, id);
+  return id;
+}
+
 /**
  * `X509SVIDResponse` for a caller's (already selected) identities, or
  * undefined when none can be sent (the handler answers PermissionDenied).
@@ -113,6 +140,11 @@ export function buildX509SvidResponse(
 ): X509SVIDResponse | undefined {
   const svids: X509SVID[] = [];
   for (const { entry, svid } of identities) {
+    const certId = svidSpiffeId(svid);
+    if (certId !== entry.spiffeId) {
+      notes.push({ entryId: entry.id, message: `the entry names ${entry.spiffeId} but its certificate's URI SAN is ${certId ?? "not one SPIFFE ID"}; SVID not sent` });
+      continue;
+    }
     const bundle = bundleOfId(entry.spiffeId, bundles, trustDomain);
     if (bundle === undefined || bundle.x509Authorities.length === 0) {
       notes.push({ entryId: entry.id, message: `no X.509 bundle for the trust domain of ${entry.spiffeId}; SVID not sent` });
