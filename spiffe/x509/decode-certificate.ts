@@ -2,7 +2,7 @@
  * A DER walk of an X.509 certificate (RFC 5280 §4.1) that exposes exactly what
  * SVID parsing, path validation and leaf templates need: raw TBS and names for
  * byte-exact chaining, validity as Dates, and the decoded extensions of the
- * SPIFFE profile. Node's `X509Certificate` is not enough here: in Node 20 its
+ * SPIFFE profile plus nameConstraints (which verification enforces). Node's `X509Certificate` is not enough here: in Node 20 its
  * `keyUsage` returns EKU OIDs and it exposes neither BasicConstraints nor
  * extension criticality.
  */
@@ -20,6 +20,7 @@ import {
 } from "../der.js";
 import { SigilError, toSigilError } from "../errors.js";
 import { KEY_USAGE_BITS, type KeyUsage } from "./extensions.js";
+import { decodeNameConstraints, type NameConstraints } from "./name-constraints.js";
 import { EXT } from "./oids.js";
 
 /** One raw extension. */
@@ -42,7 +43,11 @@ export interface SubjectAltNames {
   readonly critical: boolean;
   readonly uris: readonly string[];
   readonly dnsNames: readonly string[];
-  /** Number of GeneralNames of other types (IP, email, …), kept only as a count. */
+  /** `rfc822Name [1]` values (checked only against name constraints). */
+  readonly emails: readonly string[];
+  /** `iPAddress [7]` values, 4 or 16 octets (checked only against name constraints). */
+  readonly ips: readonly Uint8Array[];
+  /** Number of GeneralNames of other types (otherName, directoryName, …), kept only as a count. */
   readonly otherCount: number;
 }
 
@@ -82,6 +87,8 @@ export interface DecodedCertificate {
   /** EKU purpose OIDs when the extension is present. */
   readonly extKeyUsage?: readonly string[];
   readonly subjectAltNames?: SubjectAltNames;
+  /** nameConstraints, critical or not (both are enforced on CAs during verification). */
+  readonly nameConstraints?: NameConstraints;
   readonly subjectKeyId?: Uint8Array;
   readonly authorityKeyId?: Uint8Array;
 }
@@ -139,13 +146,19 @@ function decodeSubjectAltNames(der: Uint8Array, critical: boolean): SubjectAltNa
   const seq = expectTlv(der, 0, TAG.SEQUENCE, "SubjectAltName");
   const uris: string[] = [];
   const dnsNames: string[] = [];
+  const emails: string[] = [];
+  const ips: Uint8Array[] = [];
   let otherCount = 0;
   for (const name of readChildren(der, seq)) {
     if (name.tag === 0x86) uris.push(ascii(name.content, "URI SAN"));
     else if (name.tag === 0x82) dnsNames.push(ascii(name.content, "DNS SAN"));
-    else otherCount++;
+    else if (name.tag === 0x81) emails.push(ascii(name.content, "email SAN"));
+    else if (name.tag === 0x87) {
+      if (name.content.length !== 4 && name.content.length !== 16) fail(`IP address SAN at offset ${name.start} has ${name.content.length} octets`);
+      ips.push(name.content);
+    } else otherCount++;
   }
-  return { critical, uris, dnsNames, otherCount };
+  return { critical, uris, dnsNames, emails, ips, otherCount };
 }
 
 function decodeAuthorityKeyId(der: Uint8Array): Uint8Array | undefined {
@@ -246,6 +259,7 @@ function decode(der: Uint8Array): DecodedCertificate {
   const ku = ext(EXT.keyUsage);
   const eku = ext(EXT.extKeyUsage);
   const san = ext(EXT.subjectAltName);
+  const nc = ext(EXT.nameConstraints);
   const ski = ext(EXT.subjectKeyIdentifier);
   const aki = ext(EXT.authorityKeyIdentifier);
   const akiValue = aki === undefined ? undefined : decodeAuthorityKeyId(aki.value);
@@ -269,6 +283,7 @@ function decode(der: Uint8Array): DecodedCertificate {
     ...(ku === undefined ? {} : { keyUsage: decodeKeyUsage(ku.value) }),
     ...(eku === undefined ? {} : { extKeyUsage: decodeExtKeyUsage(eku.value) }),
     ...(san === undefined ? {} : { subjectAltNames: decodeSubjectAltNames(san.value, san.critical) }),
+    ...(nc === undefined ? {} : { nameConstraints: decodeNameConstraints(nc.value, nc.critical) }),
     ...(ski === undefined ? {} : { subjectKeyId: expectTlv(ski.value, 0, TAG.OCTET_STRING, "SubjectKeyIdentifier").content }),
     ...(akiValue === undefined ? {} : { authorityKeyId: akiValue }),
   };

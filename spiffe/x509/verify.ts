@@ -7,13 +7,16 @@
  * validation: name chaining and signatures, every certificate's validity at
  * `now`, intermediates being CAs with keyCertSign (no URI SAN required, A3),
  * pathLenConstraint, matching signature algorithms, no unknown critical
- * extension. EKU is not enforced (as go-spiffe); Sigil issues both purposes.
+ * extension, and the name constraints of every CA in the path, critical or
+ * not, as Go's crypto/x509 applies them (see name-constraints.ts). EKU is not
+ * enforced (as go-spiffe); Sigil issues both purposes.
  */
 import type { KeyObject, X509Certificate } from "node:crypto";
 import type { X509Bundle, X509BundleSource } from "../bundle/x509-bundle.js";
 import { SigilError } from "../errors.js";
 import type { SpiffeId } from "../id.js";
 import { decodeCertificate, type DecodedCertificate } from "./decode-certificate.js";
+import { checkPathNameConstraints } from "./name-constraints.js";
 import { EXT } from "./oids.js";
 import { decodeChain, nodeCertificate } from "./svid.js";
 import { checkLeaf, checkSigningCertificate } from "./svid-rules.js";
@@ -41,6 +44,8 @@ const UNDERSTOOD_EXTENSIONS: ReadonlySet<string> = new Set([
   EXT.subjectAltName,
   EXT.subjectKeyIdentifier,
   EXT.authorityKeyIdentifier,
+  // Enforced by checkPathNameConstraints, which refuses a critical one holding forms it cannot process.
+  EXT.nameConstraints,
 ]);
 
 // Bundle authorities are parsed once per DER, not per verification.
@@ -124,7 +129,8 @@ function checkCriticalExtensions(c: DecodedCertificate, what: string): void {
  * leaf profile (0 or 2+ URI SANs, non-`spiffe` or root-path ID, cA=true,
  * keyCertSign, cRLSign, no digitalSignature), no bundle for the leaf's trust
  * domain, unknown root, bad signature, a certificate outside its validity,
- * a non-CA intermediate, an exceeded pathLenConstraint.
+ * a non-CA intermediate, an exceeded pathLenConstraint, a SAN name (of the
+ * leaf or an intermediate) outside the name constraints of a CA above it.
  */
 export function verifyX509Svid(
   chain: Uint8Array | readonly Uint8Array[],
@@ -206,5 +212,9 @@ export function verifyX509Svid(
   if (anchorPathLen !== undefined && path.length - 1 > anchorPathLen) {
     fail(`the ${td.name} authority has pathLenConstraint ${anchorPathLen} but ${path.length - 1} intermediates follow it`);
   }
+  checkPathNameConstraints(
+    [...path.map((index) => ({ cert: decoded[index] as DecodedCertificate, what: label(index) })), { cert: anchor.decoded, what: `the ${td.name} authority` }],
+    CODE,
+  );
   return { id, verifiedChain: [...path.map(nodeOf), anchor.node] };
 }

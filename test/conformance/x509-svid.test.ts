@@ -216,13 +216,18 @@ describe("X.509-SVID (X509-*)", () => {
     expect(decodeCertificate(inter.der).basicConstraints?.ca).toBe(true);
   });
 
-  it("X509-13: CAs carry no URI name constraints by default, and an unprocessable critical nameConstraints is refused", () => {
+  it("X509-13: CAs carry no URI name constraints by default; URI name constraints on a CA are enforced, critical or not", () => {
     for (const ca of [root, inter]) expect(decodeCertificate(ca.der).extensions.has(EXT.nameConstraints)).toBe(false);
-    // permittedSubtrees [0] { GeneralSubtree { uniformResourceIdentifier [6] "example.org" } }
-    const uriSubtree = Uint8Array.of(0x30, 0x11, 0xa0, 0x0f, 0x30, 0x0d, 0x86, 0x0b, ...Buffer.from("example.org"));
-    const constrained = craftIntermediate(root, { extraExtensions: [encodeExtension(EXT.nameConstraints, true, uriSubtree)] });
-    const err = sigilErrorOf(() => verifyX509Svid(makeLeaf(constrained, ID).chain, source, { now: NOW }));
-    expect(err.message).toMatch(/unsupported critical extension 2\.5\.29\.30/);
+    // permittedSubtrees [0] { GeneralSubtree { uniformResourceIdentifier [6] <host> } }
+    const uriSubtree = (host: string): Uint8Array =>
+      Uint8Array.of(0x30, host.length + 6, 0xa0, host.length + 4, 0x30, host.length + 2, 0x86, host.length, ...Buffer.from(host));
+    for (const critical of [true, false]) {
+      const inside = craftIntermediate(root, { extraExtensions: [encodeExtension(EXT.nameConstraints, critical, uriSubtree("example.org"))] });
+      expect(verifyX509Svid(makeLeaf(inside, ID).chain, source, { now: NOW }).id.toString()).toBe(ID);
+      const outside = craftIntermediate(root, { extraExtensions: [encodeExtension(EXT.nameConstraints, critical, uriSubtree("other.org"))] });
+      const err = sigilErrorOf(() => verifyX509Svid(makeLeaf(outside, ID).chain, source, { now: NOW }));
+      expect(err.message).toBe(`x509svid: the leaf's URI SAN "${ID}" is not permitted by the name constraints of intermediate 1`);
+    }
   });
 
   it("X509-14: KeyUsage is present and critical on root, intermediate and leaf", () => {
