@@ -40,6 +40,8 @@ export type ErrorCode =
   // The request is well formed but the current state refuses it (e.g. deleting a bundle entries still use).
   | "ERR_FAILED_PRECONDITION"
   | "ERR_PERMISSION_DENIED"
+  // A rate limit refused the call; `retryAfterMs` says when to try again.
+  | "ERR_RESOURCE_EXHAUSTED"
   | "ERR_UNAVAILABLE"
   | "ERR_INTERNAL";
 
@@ -47,6 +49,8 @@ export type ErrorCode =
 export interface SigilErrorOptions {
   /** The lower-level error this one wraps. */
   readonly cause?: unknown;
+  /** How long the caller should wait before trying again (milliseconds), e.g. after a rate limit. */
+  readonly retryAfterMs?: number | undefined;
 }
 
 /**
@@ -62,11 +66,14 @@ export interface SigilErrorOptions {
 export class SigilError extends Error {
   /** Stable, machine-readable error code. */
   readonly code: ErrorCode;
+  /** When set, the caller should wait this many milliseconds before trying again. */
+  readonly retryAfterMs: number | undefined;
 
   constructor(code: ErrorCode, message: string, options?: SigilErrorOptions) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.name = "SigilError";
+    this.retryAfterMs = options?.retryAfterMs;
   }
 }
 

@@ -32,9 +32,21 @@ const TABLE: Readonly<Record<ErrorCode, status>> = {
   ERR_ALREADY_EXISTS: status.ALREADY_EXISTS,
   ERR_FAILED_PRECONDITION: status.FAILED_PRECONDITION,
   ERR_PERMISSION_DENIED: status.PERMISSION_DENIED,
+  ERR_RESOURCE_EXHAUSTED: status.RESOURCE_EXHAUSTED,
   ERR_UNAVAILABLE: status.UNAVAILABLE,
   ERR_INTERNAL: status.INTERNAL,
 };
+
+/**
+ * Trailing-metadata key of a retry hint: whole milliseconds the caller should
+ * wait before trying again. It is gRPC's own server pushback key (gRFC A6),
+ * so a grpc client with a retry policy honours it without Sigil code.
+ */
+export const RETRY_PUSHBACK_METADATA_KEY = "grpc-retry-pushback-ms";
+
+// The same hint in a status message; see retryHintText.
+const RETRY_HINT_TEXT = /retry after (\d+)ms/;
+const wholeMs = (ms: number): number => Math.max(0, Math.ceil(ms));
 
 /** The gRPC status for an error code. */
 export function grpcStatusForCode(code: ErrorCode): status {
@@ -54,6 +66,7 @@ export function toServiceError(e: unknown): ServiceError {
     err.message = e.message;
     const md = new Metadata();
     md.set("sigil-error-code", e.code);
+    if (e.retryAfterMs !== undefined) md.set(RETRY_PUSHBACK_METADATA_KEY, String(wholeMs(e.retryAfterMs)));
     err.metadata = md;
   } else if (isServiceError(e)) {
     return e;
@@ -68,4 +81,30 @@ export function toServiceError(e: unknown): ServiceError {
 
 function isServiceError(e: unknown): e is ServiceError {
   return e instanceof Error && typeof (e as Partial<ServiceError>).code === "number" && "metadata" in e;
+}
+
+/**
+ * The retry hint of a failed call, in milliseconds: the
+ * {@link RETRY_PUSHBACK_METADATA_KEY} trailer, else `retry after <n>ms` in the
+ * status message; undefined when the server gave none.
+ *
+ * @example
+ * ```ts
+ * catch (e) { if ((e as ServiceError).code === status.RESOURCE_EXHAUSTED) delayMs = retryAfterMsOf(e) ?? backoffMs; }
+ * ```
+ */
+export function retryAfterMsOf(e: unknown): number | undefined {
+  // A client may wrap the ServiceError (e.g. the agent's `sync: <rpc>: …` errors): look inside.
+  if (isSigilError(e)) return e.retryAfterMs ?? retryAfterMsOf(e.cause);
+  if (!isServiceError(e)) return undefined;
+  const raw = e.metadata?.get(RETRY_PUSHBACK_METADATA_KEY)[0];
+  const fromMetadata = typeof raw === "string" && /^\d+$/.test(raw) ? Number(raw) : undefined;
+  if (fromMetadata !== undefined) return fromMetadata;
+  const inText = RETRY_HINT_TEXT.exec(e.details ?? "");
+  return inText ? Number(inText[1]) : undefined;
+}
+
+/** The retry hint as it ends a status message: `retry after <n>ms` (whole milliseconds, rounded up). */
+export function retryHintText(retryAfterMs: number): string {
+  return `retry after ${wholeMs(retryAfterMs)}ms`;
 }
