@@ -39,6 +39,7 @@ import { generateKeyPair } from "../spiffe/signer.js";
 import { createAdminApi } from "./api/admin-api.js";
 import { createAgentApi, toIndexed, type IndexedRecord } from "./api/agent-api.js";
 import { MemoryCertificateProvider } from "./api/cert-provider.js";
+import { agentApiRateLimits } from "./api/rate-limit.js";
 import { CaManager } from "./ca/manager.js";
 import { maxUsefulSvidTtlMs } from "./ca/rotation.js";
 import type { ServerConfig } from "./config/schema.js";
@@ -259,6 +260,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       defaultJwtTtlMs: s.default_jwt_svid_ttl,
       auditEnabled: s.audit_log_enabled,
       now: () => clock.now(),
+      rateLimits: agentApiRateLimits(s.ratelimit, clock),
     });
     const tlsServer = new Server({ interceptors: [rpcMetricsInterceptor(metrics)], "grpc.max_receive_message_length": 4 * 1024 * 1024 });
     tlsServer.addService(grpcServiceDefinition(AgentAPI), agentApi);

@@ -5,6 +5,10 @@
  * (known, not banned, current serial), and is authorized through the entry
  * index. SPIFFE IDs, TTLs and DNS names of issued SVIDs come from entries,
  * never from what the agent sends: only the public key is taken from a CSR.
+ *
+ * Rate limits (see `rate-limit.ts`) are charged before any work: attestation
+ * attempts per source address, signed credentials per agent. A refused call
+ * is ResourceExhausted with a retry hint and changes nothing.
  */
 import { createHash, X509Certificate } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
@@ -44,6 +48,7 @@ import { formatSelector } from "../../common/selector.js";
 import type { CaManager, IssuedX509, X509SvidRequest } from "../ca/manager.js";
 import type { AttestedAgent, Datastore, IssuanceInput, RegistrationEntry } from "../datastore/index.js";
 import type { EntryIndex, IndexedEntry } from "../registration/entry-index.js";
+import { rateLimitedError, sourceAddress, type AgentApiRateLimits, type RateLimiter } from "./rate-limit.js";
 import { auditCall, createUnaryWrapper } from "./unary.js";
 import { wireBundle, wireEntry, wireSelector, wireStatus } from "./wire.js";
 
@@ -118,7 +123,12 @@ export interface AgentApiDeps {
   readonly defaultJwtTtlMs: number;
   readonly auditEnabled: boolean;
   readonly now: () => Date;
+  /** Limits on attestation and signing; `{}` turns them all off. */
+  readonly rateLimits: AgentApiRateLimits;
 }
+
+/** The `limit` label of `sigil_rate_limited_requests_total`. */
+type LimitName = "attestation" | "x509_signing" | "jwt_signing";
 
 type AgentMethods = (typeof AgentAPI)["method"];
 
@@ -226,6 +236,20 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
     auditCall(auditOpts, method, caller, code, details, message);
   const unary = createUnaryWrapper({ log, auditEnabled: deps.auditEnabled, name: "agent api" });
 
+  const throttled = deps.metrics.counter<"limit">({
+    name: "sigil_rate_limited_requests_total",
+    help: "Agent API calls refused with RESOURCE_EXHAUSTED by a rate limit, by limit (attestation, x509_signing, jwt_signing).",
+    labelNames: ["limit"],
+  });
+  /** Charges `cost` to `key`, or throws ResourceExhausted: `<what>; retry after <n>ms`, with the same hint as a trailer. */
+  function charge(limit: LimitName, limiter: RateLimiter | undefined, key: string, cost: number, what: (perSecond: number) => string): void {
+    if (!limiter) return;
+    const decision = limiter.take(key, cost);
+    if (decision.allowed) return;
+    throttled.inc({ limit });
+    throw rateLimitedError(what(limiter.perSecond), decision.retryAfterMs);
+  }
+
   return {
     attestAgent(call: ServerDuplexStream<AttestAgentRequest, AttestAgentResponse>): void {
       const queue: AttestAgentRequest[] = [];
@@ -260,6 +284,8 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
         });
       };
       (async () => {
+        const source = sourceAddress(call.getPeer());
+        charge("attestation", deps.rateLimits.attestation, source, 1, (n) => `attest: rate limit: more than ${n} node attestation attempt${n === 1 ? "" : "s"} per second from ${source}`);
         const first = await next();
         if (!first || first.step.case !== "params") throw new SigilError("ERR_INVALID_ARGUMENT", "attest: the first message must carry attestation params");
         const params = first.step.value;
@@ -320,6 +346,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
 
     renewAgent: unary<RenewAgentRequest, RenewAgentResponse>("RenewAgent", async (req, call) => {
       const agent = await authenticate(call);
+      charge("x509_signing", deps.rateLimits.x509Signing, agent.id.toString(), 1, (n) => `renew agent: rate limit: agent ${agent.id} asked for more than ${n} X509-SVIDs per second`);
       const csr = parseCsr(req.csr, ALLOWED_KEY_TYPES);
       const issued = deps.ca.signX509Svid({ spiffeId: agent.id, publicKeyDer: csr.publicKeyDer, ttlMs: deps.agentTtlMs });
       await deps.datastore.updateAgent(agent.id.toString(), { newCertSerial: issued.serial, newCertNotAfter: issued.notAfter }, ["newCertSerial", "newCertNotAfter"]);
@@ -362,6 +389,15 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       const agent = await authenticate(call);
       if (req.params.length === 0) throw new SigilError("ERR_INVALID_ARGUMENT", "batch new x509 svid: params is empty");
       if (req.params.length > MAX_BATCH_SIZE) throw new SigilError("ERR_INVALID_ARGUMENT", `batch new x509 svid: ${req.params.length} params is more than the maximum ${MAX_BATCH_SIZE}`);
+      // One SVID per entry per call: repeats would only multiply issuance (and the log) past the entry count.
+      const firstIndex = new Map<string, number>();
+      req.params.forEach((p, i) => {
+        const seen = firstIndex.get(p.entryId);
+        if (seen !== undefined) throw new SigilError("ERR_INVALID_ARGUMENT", `batch new x509 svid: params[${i}] names entry ${JSON.stringify(p.entryId)} again (first at params[${seen}]); ask for each entry once`);
+        firstIndex.set(p.entryId, i);
+      });
+      // Every requested SVID counts, signed or not, so the log cannot outgrow the limit.
+      charge("x509_signing", deps.rateLimits.x509Signing, agent.id.toString(), req.params.length, (n) => `batch new x509 svid: rate limit: agent ${agent.id} asked for more than ${n} X509-SVIDs per second`);
       const byId = new Map(authorized(agent).map((e) => [e.id, e]));
       const agentId = agent.id.toString();
       // Checked one by one; the ones that pass are signed as one batch.
@@ -418,6 +454,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       const agent = await authenticate(call);
       if (req.audience.length === 0 || req.audience.some((a) => a.length === 0)) throw new SigilError("ERR_INVALID_ARGUMENT", "new jwt svid: audience must be specified");
       if (req.audience.length > MAX_AUDIENCES) throw new SigilError("ERR_INVALID_ARGUMENT", `new jwt svid: more than ${MAX_AUDIENCES} audiences`);
+      charge("jwt_signing", deps.rateLimits.jwtSigning, agent.id.toString(), 1, (n) => `new jwt svid: rate limit: agent ${agent.id} asked for more than ${n} JWT-SVIDs per second`);
       const entry = authorized(agent).find((e) => e.id === req.entryId);
       if (!entry) throw new SigilError("ERR_PERMISSION_DENIED", `new jwt svid: entry ${JSON.stringify(req.entryId)} is not authorized for agent ${agent.id}`);
       const jwt = deps.ca.signJwtSvid({

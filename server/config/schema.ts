@@ -32,6 +32,30 @@ function exactlyOne<T extends object>(kind: string) {
   };
 }
 
+/** A rate in requests per second, or a bucket size. */
+const perSecond = z.number().int().min(1);
+
+const rateLimitSection = z
+  .strictObject({
+    attestation: z.boolean().default(true).describe("Limit node attestation attempts per source address (SPIRE's `ratelimit.attestation`)."),
+    attestation_per_second: perSecond.default(1).describe("Node attestation attempts allowed per second from one source address (SPIRE: 1). Failed attempts count too."),
+    attestation_burst: perSecond
+      .default(10)
+      .describe(
+        "Attempts one source address may make back to back after a quiet period. SPIRE makes attempts beyond the rate wait; Sigil refuses them, so it allows a short burst instead (nodes behind one NAT starting together).",
+      ),
+    signing: z.boolean().default(true).describe("Limit X509-SVID and JWT-SVID signing per agent (SPIRE's `ratelimit.signing`, which counts per source address)."),
+    x509_signing_per_second: perSecond
+      .default(500)
+      .describe(
+        "X509-SVIDs signed per second for one agent: each item of a BatchNewX509SVID call counts, and so does an agent SVID renewal (SPIRE: 500). An agent may use one second's worth at once; a larger batch is admitted when its bucket is full and delays the agent's next calls until the rate catches up.",
+      ),
+    jwt_signing_per_second: perSecond.default(500).describe("JWT-SVIDs signed per second for one agent, counted apart from X509-SVIDs (SPIRE: 500). An agent may use one second's worth at once."),
+  })
+  .describe(
+    "Rate limits of the agent API. A call over a limit is refused with RESOURCE_EXHAUSTED and a retry hint: the `grpc-retry-pushback-ms` trailer and `retry after <n>ms` at the end of the message. The local admin API is not limited.",
+  );
+
 const serverSection = z
   .strictObject({
     trust_domain: trustDomain.describe("The trust domain this server issues identities for, as a bare name (`example.org`). The server refuses to start if it changes."),
@@ -69,6 +93,7 @@ const serverSection = z
       .describe(
         "Threads that sign batches of X509-SVIDs for agents, beside the thread serving RPCs. `0` signs in-line. Defaults to one less than the available cores, at most 4.",
       ),
+    ratelimit: rateLimitSection.prefault({}),
   })
   .transform((s) => ({ ...s, agent_ttl: s.agent_ttl ?? s.default_x509_svid_ttl, jwt_key_type: s.jwt_key_type ?? s.ca_key_type }))
   .describe("Core server settings.");

@@ -59,6 +59,7 @@ describe("server config", () => {
       jwt_key_type: "ec-p256",
       audit_log_enabled: true,
       issuance_log_retention: 7 * 24 * 3_600_000,
+      ratelimit: { attestation: true, attestation_per_second: 1, attestation_burst: 10, signing: true, x509_signing_per_second: 500, jwt_signing_per_second: 500 },
     });
     // signing_threads stays unset: the server picks one less than the cores.
     expect(cfg.server.signing_threads).toBeUndefined();

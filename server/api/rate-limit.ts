@@ -1,0 +1,179 @@
+/**
+ * Token-bucket rate limits of the agent API, after SPIRE's `ratelimit`: node
+ * attestation per source address, X509-SVID and JWT-SVID signing per agent.
+ *
+ * Each key (an address, an agent ID) has its own bucket, so one noisy caller
+ * never slows another. A bucket holds up to `burst` tokens and refills at
+ * `perSecond`; a request costs one token per credential it asks for. Where
+ * SPIRE makes an over-limit caller wait, Sigil refuses at once with a retry
+ * hint, so a flood holds no server resources while it waits.
+ *
+ * A request that costs more than a whole bucket (a batch larger than the
+ * burst) is admitted when the bucket is full and leaves it in debt: it is
+ * never refused forever, and later requests wait until the debt is repaid, so
+ * over any T seconds one key is admitted at most `perSecond × T` plus the
+ * larger of the burst and the largest single request. That is what bounds
+ * how fast the issuance log can grow.
+ */
+import { isIP } from "node:net";
+import type { Clock } from "../../common/clock.js";
+import { retryHintText } from "../../common/rpc/status.js";
+import { SigilError } from "../../spiffe/errors.js";
+import type { ServerConfig } from "../config/schema.js";
+
+/** Most buckets one limiter keeps; beyond it the least recently used is dropped. */
+export const DEFAULT_MAX_KEYS = 10_000;
+
+/** Options of {@link RateLimiter}. */
+export interface RateLimiterOptions {
+  /** Tokens added per second: the sustained rate allowed per key. */
+  readonly perSecond: number;
+  /** Bucket capacity: how many requests one key may make at once after a quiet period. */
+  readonly burst: number;
+  readonly clock: Clock;
+  /** Most keys tracked at once (default {@link DEFAULT_MAX_KEYS}). */
+  readonly maxKeys?: number;
+}
+
+/** The outcome of {@link RateLimiter.take}. */
+export type RateLimitDecision = { readonly allowed: true } | { readonly allowed: false; readonly retryAfterMs: number };
+
+interface Bucket {
+  tokens: number;
+  /** When `tokens` was last brought up to date (ms). */
+  at: number;
+}
+
+const ALLOWED: RateLimitDecision = { allowed: true };
+
+/**
+ * Per-key token buckets on an injected clock.
+ *
+ * Memory is bounded: a bucket that has refilled to capacity is the same as a
+ * new one and is dropped when room is needed, and at `maxKeys` the least
+ * recently used bucket goes, so a flood of distinct keys (source addresses)
+ * cannot grow the table. An evicted key starts again with a full bucket: a
+ * caller with more addresses than `maxKeys` gains one burst per eviction,
+ * no more than those addresses would get it anyway.
+ *
+ * @example
+ * ```ts
+ * const limiter = new RateLimiter({ perSecond: 500, burst: 500, clock: systemClock });
+ * const d = limiter.take(agentId, params.length);
+ * if (!d.allowed) throw rateLimitedError("batch new x509 svid: …", d.retryAfterMs);
+ * ```
+ */
+export class RateLimiter {
+  /** The sustained rate per key. */
+  readonly perSecond: number;
+  /** The bucket capacity. */
+  readonly burst: number;
+  readonly #clock: Clock;
+  readonly #maxKeys: number;
+  // Insertion order is recency: a bucket is moved to the end on every use.
+  readonly #buckets = new Map<string, Bucket>();
+
+  constructor(options: RateLimiterOptions) {
+    const maxKeys = options.maxKeys ?? DEFAULT_MAX_KEYS;
+    if (!(options.perSecond > 0) || !Number.isFinite(options.perSecond)) throw new SigilError("ERR_INVALID_ARGUMENT", `rate limit: perSecond must be a positive number, got ${options.perSecond}`);
+    if (!(options.burst >= 1) || !Number.isFinite(options.burst)) throw new SigilError("ERR_INVALID_ARGUMENT", `rate limit: burst must be at least 1, got ${options.burst}`);
+    if (!Number.isInteger(maxKeys) || maxKeys < 1) throw new SigilError("ERR_INVALID_ARGUMENT", `rate limit: maxKeys must be a positive integer, got ${maxKeys}`);
+    this.perSecond = options.perSecond;
+    this.burst = options.burst;
+    this.#clock = options.clock;
+    this.#maxKeys = maxKeys;
+  }
+
+  /** Buckets currently kept. */
+  get size(): number {
+    return this.#buckets.size;
+  }
+
+  /**
+   * Takes `cost` tokens from `key`'s bucket, or refuses and says how long to
+   * wait. A refusal takes nothing. A cost above the burst is admitted once
+   * the bucket is full (see the module comment).
+   */
+  take(key: string, cost = 1): RateLimitDecision {
+    const now = this.#clock.now().getTime();
+    let bucket = this.#buckets.get(key);
+    if (bucket) {
+      this.#buckets.delete(key);
+      this.#refill(bucket, now);
+    } else {
+      this.#makeRoom(now);
+      bucket = { tokens: this.burst, at: now };
+    }
+    this.#buckets.set(key, bucket);
+    const need = Math.min(cost, this.burst);
+    if (bucket.tokens >= need) {
+      bucket.tokens -= cost;
+      return ALLOWED;
+    }
+    return { allowed: false, retryAfterMs: Math.max(1, Math.ceil(((need - bucket.tokens) * 1000) / this.perSecond)) };
+  }
+
+  #refill(bucket: Bucket, now: number): void {
+    // A clock that went backwards refills nothing and restarts from the new time.
+    if (now > bucket.at) bucket.tokens = Math.min(this.burst, bucket.tokens + ((now - bucket.at) * this.perSecond) / 1000);
+    bucket.at = now;
+  }
+
+  /** Drops idle (refilled) buckets from the least recently used end, and one more if still at the cap. */
+  #makeRoom(now: number): void {
+    for (const [key, bucket] of this.#buckets) {
+      const idle = bucket.tokens + ((now - bucket.at) * this.perSecond) / 1000 >= this.burst;
+      if (!idle && this.#buckets.size < this.#maxKeys) return;
+      this.#buckets.delete(key);
+    }
+  }
+}
+
+/**
+ * The ResourceExhausted error of a refused call. The message ends with
+ * `retry after <n>ms` and the error carries `retryAfterMs`, which the RPC
+ * boundary sends as the `grpc-retry-pushback-ms` trailer.
+ */
+export function rateLimitedError(message: string, retryAfterMs: number): SigilError {
+  const ms = Math.max(1, Math.ceil(retryAfterMs));
+  return new SigilError("ERR_RESOURCE_EXHAUSTED", `${message}; ${retryHintText(ms)}`, { retryAfterMs: ms });
+}
+
+/**
+ * The rate-limit key of a caller from grpc-js `getPeer()` (`host:port`): the
+ * address without the port, IPv4-mapped IPv6 as plain IPv4 (a dual-stack
+ * listener sees IPv4 clients that way). Anything else is returned as is.
+ */
+export function sourceAddress(peer: string): string {
+  const colon = peer.lastIndexOf(":");
+  let host = peer;
+  if (colon > 0 && /^\d+$/.test(peer.slice(colon + 1))) {
+    const bare = peer.slice(0, colon).replace(/^\[(.*)\]$/, "$1");
+    if (isIP(bare) !== 0) host = bare;
+  }
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(host);
+  return (mapped ? (mapped[1] as string) : host).toLowerCase();
+}
+
+/** The `server.ratelimit` config section, as parsed. */
+export type RateLimitSettings = ServerConfig["server"]["ratelimit"];
+
+/** The limiters of the agent API; a missing one means that limit is off. */
+export interface AgentApiRateLimits {
+  /** Node attestation attempts, keyed by {@link sourceAddress}. */
+  readonly attestation?: RateLimiter | undefined;
+  /** X509-SVIDs signed for an agent (batch items and agent SVID renewals), keyed by the agent's SPIFFE ID. */
+  readonly x509Signing?: RateLimiter | undefined;
+  /** JWT-SVIDs signed for an agent, keyed by the agent's SPIFFE ID. */
+  readonly jwtSigning?: RateLimiter | undefined;
+}
+
+/** Builds the agent API's limiters from `server.ratelimit`. Signing buckets hold one second's worth, as SPIRE's. */
+export function agentApiRateLimits(settings: RateLimitSettings, clock: Clock): AgentApiRateLimits {
+  const signing = (perSecond: number): RateLimiter | undefined => (settings.signing ? new RateLimiter({ perSecond, burst: perSecond, clock }) : undefined);
+  return {
+    attestation: settings.attestation ? new RateLimiter({ perSecond: settings.attestation_per_second, burst: settings.attestation_burst, clock }) : undefined,
+    x509Signing: signing(settings.x509_signing_per_second),
+    jwtSigning: signing(settings.jwt_signing_per_second),
+  };
+}
