@@ -8,9 +8,10 @@
  * its process exits). So attestation takes uid and gid from SO_PEERCRED, and
  * anything it reads from /proc is believed only if, *after* the read, the
  * process is still the one that connected and /proc/<pid> is still owned by
- * the SO_PEERCRED uid/gid ({@link verifyPeer}). A setuid exec makes the
- * process non-dumpable, which turns its /proc entry root-owned, so the check
- * fails for it.
+ * the SO_PEERCRED uid/gid ({@link verifyPeer}). The files of /proc/<pid> are
+ * owned by the process's effective uid/gid, or by root once it is
+ * non-dumpable, which a setuid or setgid exec makes it; either way the check
+ * fails for a caller that exec'd such a binary after connecting.
  *
  * "Still the one that connected" uses a pidfd held from accept time
  * (SO_PEERPIDFD on Linux >= 6.5, else pidfd_open): while the process has not
@@ -149,7 +150,9 @@ export type PeerChange =
 export function verifyPeer(peer: PeerCredentials): PeerChange | undefined {
   let owner: { uid: number; gid: number };
   try {
-    const st = statSync(`/proc/${peer.pid}`);
+    // A file, not the directory: the kernel shows /proc/<pid> itself as owned by the
+    // euid/egid always, but the files in it as root's once the process is non-dumpable.
+    const st = statSync(`/proc/${peer.pid}/stat`);
     owner = { uid: st.uid, gid: st.gid };
   } catch {
     return { kind: "gone", detail: `/proc/${peer.pid} is gone` };
@@ -159,7 +162,7 @@ export function verifyPeer(peer: PeerCredentials): PeerChange | undefined {
   if (owner.uid !== peer.uid || owner.gid !== peer.gid) {
     return {
       kind: "owner_changed",
-      detail: `/proc/${peer.pid} is owned by uid ${owner.uid} gid ${owner.gid}, but the caller connected as uid ${peer.uid} gid ${peer.gid} (a setuid/setgid exec or a non-dumpable process)`,
+      detail: `/proc/${peer.pid}/stat is owned by uid ${owner.uid} gid ${owner.gid}, but the caller connected as uid ${peer.uid} gid ${peer.gid} (a setuid/setgid exec or a non-dumpable process)`,
     };
   }
   return undefined;

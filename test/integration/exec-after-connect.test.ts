@@ -132,7 +132,7 @@ describe.skipIf(why !== undefined)("exec-after-connect: a local user cannot obta
         expect(events.find((e) => e.method === method)).toMatchObject({ code: status.PERMISSION_DENIED, details: "caller changed credentials after connecting" });
       }
       const line = await agent.waitForLog((l) => l.msg === "Caller changed credentials after connecting; refused" && l.caller_uid === NOBODY.uid);
-      expect(String(line.reason)).toMatch(/is owned by uid 0 gid 65534, but the caller connected as uid 65534 gid 65534/);
+      expect(String(line.reason)).toMatch(/\/stat is owned by uid 0 gid 0, but the caller connected as uid 65534 gid 65534/);
     }, 90_000);
   }
 

@@ -261,6 +261,19 @@ describe("workload attestation runner", () => {
     expect(((await attestWorkload(otherGid, [fixed("unix", ["uid:0"])], { timeoutMs: 10_000, log }).catch((e: unknown) => e)) as WorkloadAttestationError).reason).toBe("caller_changed");
   });
 
+  it.skipIf(!isRoot)("a non-root caller that made itself non-dumpable is refused: its /proc files read as root's (needs root)", async () => {
+    const { log } = memoryLog();
+    // perl: prctl(PR_SET_DUMPABLE, 0), say so, then wait for stdin to close.
+    const child = spawn("/usr/bin/perl", ["-e", 'syscall(157, 4, 0) == 0 or die; $| = 1; print "ok\n"; <STDIN>;'], { uid: 4321, gid: 4322, stdio: ["pipe", "pipe", "ignore"] });
+    cleanups.push(() => child.kill());
+    await once(child.stdout, "data");
+    const peer: PeerCredentials = { pid: child.pid as number, uid: 4321, gid: 4322, startTime: processStartTime(child.pid as number) };
+    const err = await attestWorkload(peer, [fixed("unix", ["uid:4321"])], { timeoutMs: 10_000, log }).catch((e: unknown) => e);
+    expect((err as WorkloadAttestationError).reason).toBe("caller_changed");
+    child.stdin.end();
+    await once(child, "exit");
+  });
+
   it("an attested caller re-checks on demand: fine while it lives, caller_gone once it exited", async () => {
     const { log } = memoryLog();
     const child = spawn(process.execPath, ["-e", "process.stdin.resume()"], { stdio: ["pipe", "ignore", "ignore"] });

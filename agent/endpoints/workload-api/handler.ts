@@ -85,7 +85,11 @@ export const WORKLOAD_API_MESSAGES = {
   audienceEmptyValue: "audience must not contain empty values",
   svid: "svid must be specified",
   witUnimplemented: "WIT-SVID profile is not supported",
+  identityPending: "an identity of the caller is being issued after a registration change; retry",
 } as const;
+
+/** What a stream's `compute` returns while an identity of the caller is being (re)issued: send nothing, keep the stream open. */
+const PENDING = Symbol("pending");
 
 /** Which SVID profiles are served (WAPI-1: operators may disable one). */
 export interface WorkloadApiProfiles {
@@ -243,7 +247,7 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
     method: string,
     schema: D,
     caller: AttestedCaller,
-    compute: () => MessageShape<D> | undefined,
+    compute: () => MessageShape<D> | undefined | typeof PENDING,
   ): void {
     const { selectors } = caller;
     // The client may have gone while it was being attested.
@@ -264,7 +268,7 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
     };
     const push = (): void => {
       if (done) return;
-      let msg: MessageShape<D> | undefined;
+      let msg: MessageShape<D> | undefined | typeof PENDING;
       try {
         msg = compute();
       } catch (e) {
@@ -272,6 +276,8 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
         finish(toFailure(e));
         return;
       }
+      // The caller's view is incomplete until the new SVID arrives; the next cache change recomputes it.
+      if (msg === PENDING) return;
       if (msg === undefined) {
         logNoIdentity(method, callPeer, selectors);
         finish(failure(status.PERMISSION_DENIED, WORKLOAD_API_MESSAGES.noIdentity));
@@ -322,8 +328,14 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
     return selectIdentities(cache.identitiesFor(selectors), notes);
   }
 
+  /** True while an entry of the caller has no SVID for its current revision (just created or edited). */
+  function pending(selectors: readonly Selector[]): boolean {
+    return (cache.pendingFor?.(selectors).length ?? 0) > 0;
+  }
+
   /** Bundle streams: own + federated; callers without identity only when allowed (A15). */
-  function bundleView(selectors: readonly Selector[]): { identities: CachedIdentity[]; bundles: BundleSnapshot } | undefined {
+  function bundleView(selectors: readonly Selector[]): { identities: CachedIdentity[]; bundles: BundleSnapshot } | undefined | typeof PENDING {
+    if (pending(selectors)) return PENDING;
     const identities = identitiesOf(selectors, []);
     if (identities.length === 0 && !allowUnauthenticated) return undefined;
     return { identities, bundles: cache.bundles() };
@@ -335,6 +347,7 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
       void admit(call, x509Enabled, "X509-SVID").then((r) => {
         if ("failure" in r) return streamFailure(call, r.failure);
         runStream(call, method, X509SVIDResponseSchema, r.caller, () => {
+          if (pending(r.selectors)) return PENDING;
           const notes: ResponseNote[] = [];
           const identities = identitiesOf(r.selectors, notes);
           const resp = identities.length === 0 ? undefined : buildX509SvidResponse(identities, cache.bundles(), trustDomain, notes);
@@ -350,7 +363,7 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
         if ("failure" in r) return streamFailure(call, r.failure);
         runStream(call, method, X509BundlesResponseSchema, r.caller, () => {
           const view = bundleView(r.selectors);
-          return view === undefined ? undefined : buildX509BundlesResponse(view.identities, view.bundles, trustDomain);
+          return view === undefined || view === PENDING ? view : buildX509BundlesResponse(view.identities, view.bundles, trustDomain);
         });
       }).catch(streamCrash(call));
     },
@@ -361,7 +374,7 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
         if ("failure" in r) return streamFailure(call, r.failure);
         runStream(call, method, JWTBundlesResponseSchema, r.caller, () => {
           const view = bundleView(r.selectors);
-          return view === undefined ? undefined : buildJwtBundlesResponse(view.identities, view.bundles, trustDomain);
+          return view === undefined || view === PENDING ? view : buildJwtBundlesResponse(view.identities, view.bundles, trustDomain);
         });
       }).catch(streamCrash(call));
     },
@@ -385,6 +398,12 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
       void (async () => {
         const r = await admit(call, jwtEnabled, "JWT-SVID", check);
         if ("failure" in r) return unaryFailure(callback, r.failure);
+        // An entry the caller matches is being (re)issued: its old SVID is gone and the new one is not there yet.
+        const waiting = (cache.pendingFor?.(r.selectors) ?? []).filter((e) => requested === undefined || e.spiffeId === requested);
+        if (waiting.length > 0) {
+          log.info({ method, entry_ids: waiting.map((e) => e.id) }, "Caller's identity is being issued after a registration change; answering Unavailable");
+          return unaryFailure(callback, failure(status.UNAVAILABLE, WORKLOAD_API_MESSAGES.identityPending));
+        }
         const notes: ResponseNote[] = [];
         const all = cache.identitiesFor(r.selectors);
         const matching = selectIdentities(
