@@ -11,6 +11,7 @@ import { createHealthService } from "../common/health/grpc-health.js";
 import { startHealthServer, startMetricsServer, type HttpListener } from "../common/health/http-server.js";
 import { createLogger, subsystemLogger, type Logger } from "../common/log.js";
 import { Metrics } from "../common/metrics.js";
+import { ensureSecureDirectory } from "../common/secure-dir.js";
 import { createUnixWorkloadAttestor } from "../plugins/workloadattestor/unix/index.js";
 import type { WorkloadAttestor } from "../plugins/workloadattestor/types.js";
 import { parseTrustDomain } from "../spiffe/id.js";
@@ -47,6 +48,8 @@ export async function startAgentProcess(config: AgentConfig, options: StartAgent
   const metrics = new Metrics();
   const trustDomain = parseTrustDomain(a.trust_domain);
   const effective: AgentConfig = options.joinToken ? { ...config, agent: { ...a, join_token: options.joinToken } } : config;
+  // An unsafe socket directory is refused before attesting, which may spend a single-use join token.
+  ensureSecureDirectory(path.dirname(path.resolve(a.socket_path)), 0o755, "workload endpoint");
 
   const core = await startAgent(effective, { clock, log: subsystemLogger(log, "agent"), metrics });
   const cleanups: (() => Promise<void> | void)[] = [() => core.stop()];

@@ -246,11 +246,13 @@ export function getLogLevel(logger: Logger): LogLevel {
   return (LEVELS as readonly string[]).includes(level) ? (level as LogLevel) : "error";
 }
 
-/** Who made an audited call. UDS callers are named by uid, gid and binary path; TLS callers by SPIFFE ID or address. */
+/** Who made an audited call. UDS callers are named by uid, gid, pid and binary path; TLS callers by SPIFFE ID or address. */
 export interface AuditCaller {
   readonly spiffeId?: string;
   readonly uid?: number;
   readonly gid?: number;
+  readonly pid?: number;
+  /** The caller's binary; `""` when it could not be read. */
   readonly path?: string;
   readonly addr?: string;
 }
@@ -279,7 +281,7 @@ const auditLoggers = new WeakMap<Logger, Logger>();
 
 /**
  * Writes an audit record (`type: "audit"`, `msg: "API accessed"`, SPIRE's
- * field names `caller_id`, `caller_uid`, `caller_gid`, `caller_path`,
+ * field names `caller_id`, `caller_uid`, `caller_gid`, `caller_pid`, `caller_path`,
  * `caller_addr`, `request_id`, `status`, `status_code`, `status_message`).
  * Audit records are written at `info` whatever the logger's level.
  */
@@ -301,6 +303,7 @@ export function audit(logger: Logger, record: AuditRecord): void {
     ...(c.spiffeId === undefined ? {} : { caller_id: c.spiffeId }),
     ...(c.uid === undefined ? {} : { caller_uid: c.uid }),
     ...(c.gid === undefined ? {} : { caller_gid: c.gid }),
+    ...(c.pid === undefined ? {} : { caller_pid: c.pid }),
     ...(c.path === undefined ? {} : { caller_path: c.path }),
     ...(c.addr === undefined ? {} : { caller_addr: c.addr }),
   };

@@ -7,11 +7,11 @@
  * - the agent API (gRPC over TLS, `bind_address:bind_port`): the server
  *   presents its own X509-SVID `spiffe://<td>/spire/server`; agents present
  *   theirs (optional at the TLS layer so attestation can run without one);
- * - the admin API on a local Unix socket (directory 0770, socket 0600);
+ * - the admin API on a local Unix socket (directory 0700, socket 0600), each
+ *   call audited with the caller's uid, gid, pid and binary;
  * - optional HTTP health (`/live`, `/ready`) and Prometheus `/metrics`.
  */
-import { chmodSync, existsSync, mkdirSync, rmSync } from "node:fs";
-import { connect } from "node:net";
+import { mkdirSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import path from "node:path";
 import { Server, ServerCredentials, experimental } from "@grpc/grpc-js";
@@ -37,6 +37,7 @@ import { grpcServiceDefinition } from "../spiffe/grpc/service.js";
 import { encodePemCertificates } from "../spiffe/pem.js";
 import { generateKeyPair } from "../spiffe/signer.js";
 import { createAdminApi } from "./api/admin-api.js";
+import { createAdminCallers, serveAdminSocket } from "./api/admin-socket.js";
 import { createAgentApi, toIndexed, type IndexedRecord } from "./api/agent-api.js";
 import { MemoryCertificateProvider } from "./api/cert-provider.js";
 import { agentApiRateLimits } from "./api/rate-limit.js";
@@ -108,21 +109,6 @@ function keyManagerFrom(config: ServerConfig, deps: KeyManagerDeps): KeyManager 
 /** `server.signing_threads`, or its default: one less than the available cores, at most 4. */
 export function signingThreads(configured: number | undefined, cores = availableParallelism()): number {
   return configured ?? Math.max(0, Math.min(4, cores - 1));
-}
-
-/** Checks that nothing answers on `socketPath`; removes a stale socket file. */
-async function claimSocket(socketPath: string): Promise<void> {
-  if (!existsSync(socketPath)) return;
-  const inUse = await new Promise<boolean>((resolve) => {
-    const s = connect(socketPath);
-    s.once("connect", () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
-  });
-  if (inUse) throw new SigilError("ERR_UNAVAILABLE", `server: ${socketPath} is in use by another process (is a server already running?)`);
-  rmSync(socketPath, { force: true });
 }
 
 function bindAsync(server: Server, address: string, creds: ServerCredentials): Promise<number> {
@@ -269,11 +255,9 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     const port = await bindAsync(tlsServer, `${s.bind_address}:${s.bind_port}`, tlsCreds);
     cleanups.push(() => new Promise<void>((resolve) => tlsServer.tryShutdown(() => resolve())));
 
-    // Admin API on the local socket.
+    // Admin API on the local socket, every call audited with the caller the kernel names.
     const adminSocketPath = resolveDataPath(config, s.socket_path);
-    // mkdir's mode is filtered by the umask: set it explicitly on a directory we create.
-    if (mkdirSync(path.dirname(adminSocketPath), { recursive: true, mode: 0o770 }) !== undefined) chmodSync(path.dirname(adminSocketPath), 0o770);
-    await claimSocket(adminSocketPath);
+    const adminCallers = createAdminCallers();
     const admin = createAdminApi({
       trustDomain,
       serverId: serverId.toString(),
@@ -285,6 +269,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       now: () => clock.now(),
       defaultX509TtlMs,
       defaultJwtTtlMs: s.default_jwt_svid_ttl,
+      callerOf: (call) => adminCallers.callerOf(call),
     });
     const adminServer = new Server({ interceptors: [rpcMetricsInterceptor(metrics)] });
     adminServer.addService(grpcServiceDefinition(EntryAdmin), admin.entry);
@@ -292,10 +277,8 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     adminServer.addService(grpcServiceDefinition(BundleAdmin), admin.bundle);
     adminServer.addService(grpcServiceDefinition(SvidAdmin), admin.svid);
     addHealthService(adminServer, grpcHealth);
-    await bindAsync(adminServer, `unix:${adminSocketPath}`, ServerCredentials.createInsecure());
-    chmodSync(adminSocketPath, 0o600);
-    cleanups.push(() => new Promise<void>((resolve) => adminServer.tryShutdown(() => resolve())));
-    cleanups.push(() => rmSync(adminSocketPath, { force: true }));
+    const adminSocket = await serveAdminSocket({ server: adminServer, socketPath: adminSocketPath, callers: adminCallers, log: subsystemLogger(log, "admin_api") });
+    cleanups.push(() => adminSocket.close());
 
     // Background work: CA rotation (+ server identity), token pruning.
     let rotating = Promise.resolve();

@@ -2,7 +2,8 @@
  * Sigil's admin API (`sigil.admin.v1`): entries, agents and join tokens,
  * bundles, and one-off SVIDs, served on the server's local Unix socket.
  * Who may connect is decided by the socket's file permissions; every call is
- * audited (method, outcome, non-secret request facts) when auditing is on.
+ * audited (method, outcome, non-secret request facts, and the caller's uid,
+ * gid, pid and binary through `deps.callerOf`) when auditing is on.
  *
  * @example
  * ```ts
@@ -39,7 +40,8 @@ export interface AdminApi {
 /** Builds the admin API. */
 export function createAdminApi(deps: AdminApiDeps): AdminApi {
   const parents = createParentResolver({ datastore: deps.datastore, now: deps.now });
-  const wrapper = (service: string) => createUnaryWrapper({ log: deps.log, auditEnabled: deps.auditEnabled, name: "admin api", service });
+  const wrapper = (service: string) =>
+    createUnaryWrapper({ log: deps.log, auditEnabled: deps.auditEnabled, name: "admin api", service, ...(deps.callerOf ? { callerOf: deps.callerOf } : {}) });
   return {
     entry: createEntryAdmin(deps, parents, wrapper(EntryAdmin.typeName)),
     agent: createAgentAdmin(deps, parents, wrapper(AgentAdmin.typeName)),

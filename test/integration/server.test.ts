@@ -134,9 +134,9 @@ describe("sigil-server CLI", () => {
     expect(metrics).not.toMatch(/spiffe:\/\//); // no SPIFFE IDs as labels
   });
 
-  it("the admin socket is 0600 in a 0770 directory", () => {
+  it("the admin socket is 0600 in a 0700 directory", () => {
     expect(statSync(srv.socketPath).mode & 0o777).toBe(0o600);
-    expect(statSync(path.dirname(srv.socketPath)).mode & 0o777).toBe(0o770);
+    expect(statSync(path.dirname(srv.socketPath)).mode & 0o777).toBe(0o700);
   });
 
   it("entry count, agent list/show, bundle set/list/delete, x509 mint --write and jwt mint through the CLI", () => {

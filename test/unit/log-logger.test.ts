@@ -58,7 +58,7 @@ describe("audit", () => {
   it("writes a type=audit record with SPIRE's caller fields", () => {
     const { log, records } = capture("info");
     audit(subsystemLogger(log, "api"), {
-      caller: { uid: 1000, gid: 1000, path: "/usr/bin/sigil-server" },
+      caller: { uid: 1000, gid: 1000, pid: 4242, path: "/usr/bin/sigil-server" },
       method: "/sigil.admin.v1.Entry/BatchCreateEntry",
       status: "error",
       statusCode: "INVALID_ARGUMENT",
@@ -78,6 +78,7 @@ describe("audit", () => {
       request_id: "r-1",
       caller_uid: 1000,
       caller_gid: 1000,
+      caller_pid: 4242,
       caller_path: "/usr/bin/sigil-server",
       entry_id: "e-1",
     });

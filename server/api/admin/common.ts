@@ -2,7 +2,7 @@
  * What the four admin services share: their dependencies, limits, and the
  * request-field checks whose messages name the field (`filter.by_spiffe_id: …`).
  */
-import type { Logger } from "../../../common/log.js";
+import type { AuditCaller, Logger } from "../../../common/log.js";
 import type { Metrics } from "../../../common/metrics.js";
 import { SigilError, isSigilError } from "../../../spiffe/errors.js";
 import { parseSpiffeId, parseTrustDomain, parseTrustDomainIdString, type SpiffeId, type TrustDomain } from "../../../spiffe/id.js";
@@ -27,6 +27,8 @@ export interface AdminApiDeps {
   readonly defaultJwtTtlMs: number;
   /** Longest TTL a mint request may ask for; unset: only the CA's own expiry caps it. */
   readonly maxTtlMs?: number | undefined;
+  /** The caller of a call for its audit record (uid, gid, pid and binary on the admin socket); unset: unknown. */
+  readonly callerOf?: ((call: { getPeer(): string }) => AuditCaller) | undefined;
 }
 
 /** Most items one batch call (create, update, delete entries) may carry. */

@@ -33,6 +33,8 @@ export interface ServerProcess {
 
 /** Result of one CLI invocation. */
 export interface CliResult {
+  /** The CLI process's pid (what the server's audit records name as `caller_pid`). */
+  readonly pid: number;
   readonly status: number | null;
   readonly stdout: string;
   readonly stderr: string;
@@ -41,7 +43,7 @@ export interface CliResult {
 /** Runs the server CLI with arbitrary arguments (no socket added). */
 export function runServerCli(args: readonly string[], cwd = root): CliResult {
   const r = spawnSync(process.execPath, [...NODE_ARGS, ...SERVER_CLI, ...args], { cwd, encoding: "utf8", timeout: 60_000 });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+  return { pid: r.pid, status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
 /**

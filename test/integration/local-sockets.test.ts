@@ -1,0 +1,190 @@
+/**
+ * Local sockets against real `sigil-server run` and `sigil-agent run`
+ * processes (issue 8, point 4):
+ *
+ * - every admin API call is audited with the uid, gid, pid and binary of the
+ *   process on the other end of the socket, as the kernel names it;
+ * - a socket directory that already exists is used only when it belongs to
+ *   the process's user and group and others cannot write to it; otherwise
+ *   the process exits non-zero naming the directory, its owner and its mode,
+ *   and (the agent) before spending its join token.
+ *
+ * The cases with another uid need root (CI runs as root).
+ */
+import { spawnSync } from "node:child_process";
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, realpathSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runAgentCli } from "./support/agent-process.js";
+import { SERVER_CLI, runServerCli, startServerProcess, testServerConfigYaml, type ServerProcess } from "./support/server-process.js";
+import { rootsPemFromBundleJson } from "./support/test-agent.js";
+
+const isRoot = process.geteuid?.() === 0;
+if (!isRoot) {
+  if (process.env.CI === "true") throw new Error("local-sockets needs root for its other-uid cases (chown, a CLI run as another uid); CI runs as root");
+  console.warn("SKIP: local-sockets cases with another uid need root; skipped on this machine");
+}
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const uid = process.geteuid?.() ?? 0;
+const OTHER = { uid: 4501, gid: 4501 };
+const temps: string[] = [];
+let srv: ServerProcess;
+
+function tempDir(prefix: string): string {
+  const dir = mkdtempSync(path.join(tmpdir(), prefix));
+  temps.push(dir);
+  return dir;
+}
+
+beforeAll(async () => {
+  srv = await startServerProcess();
+  temps.push(srv.dir);
+}, 60_000);
+
+afterAll(async () => {
+  await srv?.stop();
+  for (const d of temps) rmSync(d, { recursive: true, force: true });
+});
+
+/** The audit record of the one call of `method` made by process `pid`. */
+function auditOf(method: string, pid: number): Promise<Record<string, unknown>> {
+  return srv.waitForLog((l) => l.type === "audit" && String(l.method).endsWith(`/${method}`) && l.caller_pid === pid);
+}
+
+describe("admin API audit", () => {
+  it("names the calling process: uid, gid, pid and binary of sigil-server entry show", async () => {
+    const r = srv.cli(["entry", "show", "--output", "json"]);
+    expect(r.status, r.stderr).toBe(0);
+    const rec = await auditOf("ListEntries", r.pid);
+    expect(rec).toMatchObject({
+      msg: "API accessed",
+      subsystem_name: "admin_api",
+      method: "/sigil.admin.v1.EntryAdmin/ListEntries",
+      status: "success",
+      caller_uid: process.getuid?.(),
+      caller_gid: process.getgid?.(),
+      caller_pid: r.pid,
+      caller_path: realpathSync(process.execPath),
+    });
+    expect(r.pid).not.toBe(srv.child.pid);
+  });
+
+  it("records what a call was about, never a join token", async () => {
+    const r = srv.cli(["token", "generate", "--output", "json"]);
+    expect(r.status, r.stderr).toBe(0);
+    const { value: token } = JSON.parse(r.stdout) as { value: string };
+    const rec = await auditOf("CreateJoinToken", r.pid);
+    expect(rec).toMatchObject({ status: "success", caller_pid: r.pid, caller_uid: process.getuid?.(), caller_path: realpathSync(process.execPath) });
+    expect(token.length).toBeGreaterThan(0);
+    expect(JSON.stringify(rec)).not.toContain(token);
+  });
+
+  it.skipIf(!isRoot)("names another uid when another user calls (needs root)", async () => {
+    // Let uid 4501 reach the socket for this one call; the directories stay unwritable to it.
+    chmodSync(srv.dir, 0o711);
+    chmodSync(path.dirname(srv.socketPath), 0o711);
+    chmodSync(srv.socketPath, 0o666);
+    try {
+      const r = spawnSync(process.execPath, ["--import", "tsx", ...SERVER_CLI, "entry", "count", "--output", "json", "--socket-path", srv.socketPath], {
+        cwd: repoRoot,
+        encoding: "utf8",
+        timeout: 60_000,
+        ...OTHER,
+      });
+      expect(r.status, r.stderr).toBe(0);
+      const rec = await auditOf("CountEntries", r.pid);
+      expect(rec).toMatchObject({ status: "success", caller_uid: OTHER.uid, caller_gid: OTHER.gid, caller_pid: r.pid, caller_path: realpathSync(process.execPath) });
+    } finally {
+      chmodSync(srv.socketPath, 0o600);
+      chmodSync(path.dirname(srv.socketPath), 0o700);
+      chmodSync(srv.dir, 0o700);
+    }
+  });
+});
+
+/** A server config whose admin socket directory exists already with `mode` (and `owner`, when given). */
+function serverWithSocketDir(mode: number, owner?: { uid: number; gid: number }): { configPath: string; socketDir: string } {
+  const dir = tempDir("sigil-local-sockets-srv-");
+  const socketDir = path.join(dir, "admin");
+  mkdirSync(socketDir);
+  chmodSync(socketDir, mode);
+  if (owner) chownSync(socketDir, owner.uid, owner.gid);
+  const configPath = path.join(dir, "server.yaml");
+  writeFileSync(configPath, testServerConfigYaml(dir, { keyManager: "memory" }));
+  return { configPath, socketDir };
+}
+
+describe("sigil-server run refuses an unsafe admin socket directory", () => {
+  it("mode 0777: exits 1 naming the directory, its owner and its mode", () => {
+    const { configPath, socketDir } = serverWithSocketDir(0o777);
+    const r = runServerCli(["run", "--config", configPath]);
+    expect(r.status, r.stdout).toBe(1);
+    expect(r.stderr).toContain(`admin api: refusing to use directory ${socketDir}: it is owned by uid ${uid} with mode 0777;`);
+    expect(existsSync(path.join(socketDir, "api.sock"))).toBe(false);
+  });
+
+  it.skipIf(!isRoot)("owned by another uid: exits 1 naming the directory, its owner and its mode (needs root)", () => {
+    const { configPath, socketDir } = serverWithSocketDir(0o700, OTHER);
+    const r = runServerCli(["run", "--config", configPath]);
+    expect(r.status, r.stdout).toBe(1);
+    expect(r.stderr).toContain(`admin api: refusing to use directory ${socketDir}: it is owned by uid ${OTHER.uid} with mode 0700;`);
+    expect(existsSync(path.join(socketDir, "api.sock"))).toBe(false);
+  });
+});
+
+describe("sigil-agent run refuses an unsafe Workload API socket directory", () => {
+  /** An agent config whose socket directory exists already with `mode` (and `owner`). */
+  function agentWithSocketDir(mode: number, owner?: { uid: number; gid: number }): { configPath: string; socketDir: string } {
+    const dir = tempDir("sigil-local-sockets-agent-");
+    const socketDir = path.join(dir, "public");
+    mkdirSync(socketDir);
+    chmodSync(socketDir, mode);
+    if (owner) chownSync(socketDir, owner.uid, owner.gid);
+    const bundlePath = path.join(dir, "bundle.pem");
+    writeFileSync(bundlePath, rootsPemFromBundleJson(srv.cli(["bundle", "show", "--output", "json"]).stdout));
+    const [host, port] = srv.agentApiAddress.split(":");
+    const configPath = path.join(dir, "agent.yaml");
+    writeFileSync(
+      configPath,
+      [
+        "agent:",
+        "  trust_domain: example.org",
+        `  server_address: ${host}`,
+        `  server_port: ${port}`,
+        `  socket_path: ${path.join(socketDir, "api.sock")}`,
+        `  data_dir: ${path.join(dir, "data")}`,
+        `  trust_bundle_path: ${bundlePath}`,
+        "plugins:",
+        "  NodeAttestor: { join_token: {} }",
+        "  WorkloadAttestor: { unix: {} }",
+        "",
+      ].join("\n"),
+    );
+    return { configPath, socketDir };
+  }
+
+  async function refusedBeforeAttesting(mode: number, owner?: { uid: number; gid: number }): Promise<void> {
+    const { configPath, socketDir } = agentWithSocketDir(mode, owner);
+    const tok = srv.cli(["token", "generate", "--output", "json"]);
+    expect(tok.status, tok.stderr).toBe(0);
+    const { value: token } = JSON.parse(tok.stdout) as { value: string };
+    const agentsBefore = srv.cli(["agent", "count", "--output", "json"]).stdout;
+    const r = await runAgentCli(["run", "--config", configPath, "--join-token", token]);
+    expect(r.status, `${r.stdout}\n${r.stderr}`).toBe(1);
+    expect(r.stderr).toContain(`workload endpoint: refusing to use directory ${socketDir}: it is owned by uid ${owner?.uid ?? uid} with mode ${mode.toString(8).padStart(4, "0")};`);
+    expect(existsSync(path.join(socketDir, "api.sock"))).toBe(false);
+    // Refused before attesting: no agent was added, so the join token is still unspent.
+    expect(srv.cli(["agent", "count", "--output", "json"]).stdout).toBe(agentsBefore);
+  }
+
+  it("mode 0777: exits 1 naming the directory, its owner and its mode, before spending the join token", async () => {
+    await refusedBeforeAttesting(0o777);
+  }, 60_000);
+
+  it.skipIf(!isRoot)("owned by another uid: exits 1 naming the directory, its owner and its mode (needs root)", async () => {
+    await refusedBeforeAttesting(0o755, OTHER);
+  }, 60_000);
+});
