@@ -14,10 +14,11 @@ import { startAgentProcess } from "../agent/main.js";
 import { parseServerConfig } from "../server/config/load.js";
 import { startServer } from "../server/main.js";
 import { encodePemCertificates } from "../spiffe/pem.js";
+import { AGENT_PATH_PREFIX } from "../common/reserved-ids.js";
 import { makeSelector } from "../common/selector.js";
 
 const TRUST_DOMAIN = "example.org";
-const AGENT_ID = `spiffe://${TRUST_DOMAIN}/agent/quickstart`;
+const AGENT_ID = `spiffe://${TRUST_DOMAIN}${AGENT_PATH_PREFIX}quickstart`;
 
 const state = path.resolve(process.env.SIGIL_STATE_DIR ?? ".sigil/quickstart");
 const serverDir = path.join(state, "server");

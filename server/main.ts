@@ -22,6 +22,7 @@ import { createHealthService, addHealthService, type HealthService } from "../co
 import { startHealthServer, startMetricsServer, type HttpListener } from "../common/health/http-server.js";
 import { createLogger, subsystemLogger, type Logger } from "../common/log.js";
 import { Metrics, rpcMetricsInterceptor } from "../common/metrics.js";
+import { serverSpiffeId } from "../common/reserved-ids.js";
 import { createDiskKeyManager } from "../plugins/keymanager/disk/index.js";
 import { createMemoryKeyManager } from "../plugins/keymanager/memory/index.js";
 import { SigningPool, type KeyManagerDeps } from "../plugins/keymanager/signing-pool.js";
@@ -32,7 +33,7 @@ import { createDiskUpstreamAuthority } from "../plugins/upstreamauthority/disk/i
 import { AgentAPI } from "../proto/gen/sigil/agent/v1/agent_pb.js";
 import { AgentAdmin, BundleAdmin, EntryAdmin, SvidAdmin } from "../proto/gen/sigil/admin/v1/admin_pb.js";
 import { SigilError } from "../spiffe/errors.js";
-import { parseTrustDomain, spiffeIdFromPath, type SpiffeId, type TrustDomain } from "../spiffe/id.js";
+import { parseTrustDomain, type SpiffeId, type TrustDomain } from "../spiffe/id.js";
 import { grpcServiceDefinition } from "../spiffe/grpc/service.js";
 import { encodePemCertificates } from "../spiffe/pem.js";
 import { generateKeyPair } from "../spiffe/signer.js";
@@ -122,7 +123,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   const log = createLogger({ level: s.log_level, format: s.log_format, ...(options.logDestination ? { destination: options.logDestination } : {}) });
   const metrics = new Metrics();
   const trustDomain = parseTrustDomain(s.trust_domain);
-  const serverId = spiffeIdFromPath(trustDomain, "/spire/server");
+  const serverId = serverSpiffeId(trustDomain);
 
   if (s.default_x509_svid_ttl > maxUsefulSvidTtlMs(s.ca_ttl)) {
     log.warn(

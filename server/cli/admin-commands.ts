@@ -22,6 +22,7 @@ import {
 } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
 import { AgentSchema, BundleSchema, EntrySchema, type Entry, type Selector } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { SelectorSchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
+import { SERVER_PATH } from "../../common/reserved-ids.js";
 import { createUnaryClient, type UnaryClient } from "../../common/rpc/unary-client.js";
 import { parseSelector } from "../../common/selector.js";
 import { buildCsr } from "../../spiffe/csr.js";
@@ -190,7 +191,7 @@ export function registerAdminCommands(program: Command, serverTrustDomain: () =>
           const e = entryFromOptions(o);
           if (o.node) {
             const td = serverTrustDomain() ?? new URL(e.spiffeId).host;
-            e.parentId = `spiffe://${td}/spire/server`;
+            e.parentId = `spiffe://${td}${SERVER_PATH}`;
           }
           entries = [e];
         }
@@ -329,7 +330,7 @@ export function registerAdminCommands(program: Command, serverTrustDomain: () =>
   addCommon(
     program.command("token").description("join tokens").command("generate").description("generate a single-use join token")
       .option("--ttl <ttl>", "token lifetime (seconds or duration)", "600")
-      .option("--spiffe-id <id>", "SPIFFE ID the agent will get (default spiffe://<td>/spire/agent/join_token/<token>)"),
+      .option("--spiffe-id <id>", "SPIFFE ID the agent will get, under spiffe://<td>/spire/agent/ (default spiffe://<td>/spire/agent/join_token/<token>)"),
     true,
   ).action(async (o: Opts) =>
     withClients(o, async (c, out) => {

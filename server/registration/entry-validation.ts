@@ -3,8 +3,10 @@
  * wire form into the datastore's `EntryInput`, or refuses it with a message
  * naming the field (`entries[2].selectors[0]: selector "unix" has no value`).
  * The datastore re-checks shapes (defence in depth); this layer adds the rules
- * that need the server's context: own trust domain, known parents, TTL limits.
+ * that need the server's context: own trust domain, the reserved `/spire`
+ * namespace, known parents, TTL limits.
  */
+import { checkNotReserved } from "../../common/reserved-ids.js";
 import { parseSelector, type Selector } from "../../common/selector.js";
 import { SigilError, isSigilError } from "../../spiffe/errors.js";
 import { parseSpiffeId, parseTrustDomain, type TrustDomain } from "../../spiffe/id.js";
@@ -62,6 +64,8 @@ export async function validateWireEntry(
     throw invalid(`${path}.spiffe_id`, `${spiffeId} is not in trust domain ${ctx.trustDomain.name}`);
   }
   if (spiffeId.isTrustDomainId()) throw invalid(`${path}.spiffe_id`, "must have a path (the trust domain's own ID is not a workload identity)");
+  // The entry's own ID only: a parent under /spire/agent/ is the normal case.
+  wrap("spiffe_id", () => checkNotReserved(spiffeId));
   if (!e.parentId) throw invalid(`${path}.parent_id`, "is required");
   const parentId = wrap("parent_id", () => parseSpiffeId(e.parentId));
   if (!parentId.memberOf(ctx.trustDomain)) throw invalid(`${path}.parent_id`, `${parentId} is not in trust domain ${ctx.trustDomain.name}`);

@@ -222,9 +222,9 @@ describe("EntryAdmin", () => {
   });
 
   it("accepts a parent that is a join token's custom agent ID", async () => {
-    const tok = await env.agent.createJoinToken({ agentId: "spiffe://example.org/host/build-7" });
-    await createOk(entry("spiffe://example.org/ci", { parentId: "spiffe://example.org/host/build-7" }));
-    expect(tok.agentId).toBe("spiffe://example.org/host/build-7");
+    const tok = await env.agent.createJoinToken({ agentId: "spiffe://example.org/spire/agent/host/build-7" });
+    await createOk(entry("spiffe://example.org/ci", { parentId: "spiffe://example.org/spire/agent/host/build-7" }));
+    expect(tok.agentId).toBe("spiffe://example.org/spire/agent/host/build-7");
   });
 
   describe("refuses bad entries per item, naming the field, writing nothing", () => {
@@ -449,9 +449,9 @@ describe("AgentAdmin", () => {
 
     it("honours a custom TTL, token and agent ID", async () => {
       const t0 = env.clock.now().getTime();
-      const res = await env.agent.createJoinToken({ ttl: 3600, token: "operator-chosen-token-1", agentId: "spiffe://example.org/host/db-1" });
-      expect(res).toMatchObject({ token: "operator-chosen-token-1", agentId: "spiffe://example.org/host/db-1", expiresAt: BigInt(Math.floor((t0 + 3_600_000) / 1000)) });
-      expect(await env.ds.consumeJoinToken("operator-chosen-token-1", new Date(t0 + 3_599_000))).toMatchObject({ agentId: "spiffe://example.org/host/db-1" });
+      const res = await env.agent.createJoinToken({ ttl: 3600, token: "operator-chosen-token-1", agentId: "spiffe://example.org/spire/agent/host/db-1" });
+      expect(res).toMatchObject({ token: "operator-chosen-token-1", agentId: "spiffe://example.org/spire/agent/host/db-1", expiresAt: BigInt(Math.floor((t0 + 3_600_000) / 1000)) });
+      expect(await env.ds.consumeJoinToken("operator-chosen-token-1", new Date(t0 + 3_599_000))).toMatchObject({ agentId: "spiffe://example.org/spire/agent/host/db-1" });
     });
 
     it("refuses bad TTLs, tokens and agent IDs", async () => {
@@ -469,12 +469,12 @@ describe("AgentAdmin", () => {
     it("audits the agent ID, never the token", async () => {
       const generated = await env.agent.createJoinToken({});
       await env.agent.createJoinToken({ token: "secret-token-value-xyz" });
-      await env.agent.createJoinToken({ token: "secret-token-value-abc", agentId: "spiffe://example.org/host/h1" });
+      await env.agent.createJoinToken({ token: "secret-token-value-abc", agentId: "spiffe://example.org/spire/agent/host/h1" });
       const recs = auditRecords().filter((r) => r.method === "/sigil.admin.v1.AgentAdmin/CreateJoinToken");
       expect(recs.map((r) => [r.status, r.agent_id])).toEqual([
         ["success", "spiffe://example.org/spire/agent/join_token/REDACTED"],
         ["success", "spiffe://example.org/spire/agent/join_token/REDACTED"],
-        ["success", "spiffe://example.org/host/h1"],
+        ["success", "spiffe://example.org/spire/agent/host/h1"],
       ]);
       const all = env.lines.join("\n");
       for (const t of [generated.token, "secret-token-value-xyz", "secret-token-value-abc"]) expect(all).not.toContain(t);
@@ -625,6 +625,75 @@ describe("SvidAdmin", () => {
     await expectFailure(env.svid.mintJWTSVID({ spiffeId: "spiffe://example.org/t", audience: ["a"], ttl: 3600 }), status.INVALID_ARGUMENT, "ttl");
     const ok = await env.svid.mintJWTSVID({ spiffeId: "spiffe://example.org/t", audience: ["a"], ttl: 600 });
     expect(ok.token).toMatch(/^eyJ/);
+  });
+});
+
+describe("reserved /spire namespace", () => {
+  const RESERVED = ["spiffe://example.org/spire", "spiffe://example.org/spire/server", "spiffe://example.org/spire/agent/x", "spiffe://example.org/spire/other/thing"];
+  // Look-alikes outside the namespace: a longer first segment, or `spire` deeper in the path.
+  const LOOK_ALIKES = ["spiffe://example.org/spirex/foo", "spiffe://example.org/foo/spire/bar", "spiffe://example.org/spire-agent/x"];
+
+  function mintCsr(): Uint8Array {
+    return buildCsr(generateKeyPairSync("ec", { namedCurve: "prime256v1" }).privateKey);
+  }
+
+  it.each(RESERVED)("refuses to create an entry for %s, writing nothing", async (id) => {
+    await seedAgent(AGENT);
+    const before = await env.ds.lastEventId();
+    const res = await env.entry.batchCreateEntry({ entries: [entry(id, { parentId: AGENT })] });
+    expect(res.results[0]?.status).toMatchObject({ code: status.INVALID_ARGUMENT, message: `entries[0].spiffe_id: ${id} is in the reserved namespace /spire, which belongs to the server and agents` });
+    expect(res.results[0]?.entry).toBeUndefined();
+    expect(await env.ds.countEntries()).toBe(0);
+    expect(await env.ds.lastEventId()).toBe(before);
+  });
+
+  it("creates entries whose parent is an agent or a join token's agent ID, and look-alike IDs outside /spire", async () => {
+    await seedAgent(AGENT);
+    const tok = await env.agent.createJoinToken({});
+    const created = await createOk(...LOOK_ALIKES.map((id) => entry(id, { parentId: AGENT })), entry("spiffe://example.org/on-token", { parentId: tok.agentId }));
+    expect(created.map((e) => [e.spiffeId, e.parentId])).toEqual([...LOOK_ALIKES.map((id) => [id, AGENT]), ["spiffe://example.org/on-token", tok.agentId]]);
+  });
+
+  it("refuses to move an entry into /spire by update (masked or whole), leaving it unchanged", async () => {
+    await seedAgent(AGENT);
+    const [e] = await createOk(entry("spiffe://example.org/web", { parentId: AGENT }));
+    const before = await env.ds.lastEventId();
+    const masked = await env.entry.batchUpdateEntry({ entries: [entry("spiffe://example.org/spire/server", { id: e?.id ?? "" })], mask: ["spiffe_id"] });
+    const whole = await env.entry.batchUpdateEntry({ entries: [entry("spiffe://example.org/spire/agent/x", { id: e?.id ?? "", parentId: AGENT })], mask: [] });
+    for (const [res, id] of [[masked, "spiffe://example.org/spire/server"], [whole, "spiffe://example.org/spire/agent/x"]] as const) {
+      expect(res.results[0]?.status).toMatchObject({ code: status.INVALID_ARGUMENT, message: `entries[0].spiffe_id: ${id} is in the reserved namespace /spire, which belongs to the server and agents` });
+    }
+    expect(await env.ds.lastEventId()).toBe(before);
+    expect(await env.entry.getEntry({ id: e?.id ?? "" })).toMatchObject({ spiffeId: "spiffe://example.org/web", revision: 0n });
+    // Another field of the same entry still updates.
+    const ok = await env.entry.batchUpdateEntry({ entries: [entry("", { id: e?.id ?? "", hint: "fine" })], mask: ["hint"] });
+    expect(ok.results[0]?.status?.code).toBe(0);
+  });
+
+  it.each(RESERVED)("refuses to mint an X509-SVID or a JWT-SVID for %s, recording nothing", async (id) => {
+    const message = `spiffe_id: ${id} is in the reserved namespace /spire, which belongs to the server and agents`;
+    await expectFailure(env.svid.mintX509SVID({ csr: mintCsr(), spiffeId: id }), status.INVALID_ARGUMENT, message);
+    await expectFailure(env.svid.mintJWTSVID({ spiffeId: id, audience: ["a"] }), status.INVALID_ARGUMENT, message);
+    expect((await env.svid.listIssuances({})).issuances).toEqual([]);
+  });
+
+  it("mints for look-alike IDs outside /spire", async () => {
+    for (const id of LOOK_ALIKES) {
+      expect((await env.svid.mintX509SVID({ csr: mintCsr(), spiffeId: id })).svid?.spiffeId).toBe(id);
+      expect((await env.svid.mintJWTSVID({ spiffeId: id, audience: ["a"] })).token).not.toBe("");
+    }
+  });
+
+  it.each([
+    "spiffe://example.org/host/build-7",
+    "spiffe://example.org/spire/server",
+    "spiffe://example.org/spire",
+    "spiffe://example.org/spire/agentx/y",
+    "spiffe://example.org/agent/spire/agent/y",
+  ])("refuses a join token whose agent ID %s is not under /spire/agent/, storing no token", async (id) => {
+    await expectFailure(env.agent.createJoinToken({ token: "operator-chosen-token-2", agentId: id }), status.INVALID_ARGUMENT, `agent_id: ${id} is not an agent ID: agent IDs are under /spire/agent/`);
+    expect(await env.ds.hasPendingJoinTokenFor(id)).toBe(false);
+    await expect(env.ds.consumeJoinToken("operator-chosen-token-2")).rejects.toMatchObject({ code: "ERR_NOT_FOUND" });
   });
 });
 

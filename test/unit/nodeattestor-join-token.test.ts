@@ -35,9 +35,19 @@ describe("join_token node attestor", () => {
   });
 
   it("uses the operator-chosen agent ID stored with the token", async () => {
-    const server = createJoinTokenServerAttestor({ trustDomain: td, store: store({ t: { agentId: "spiffe://example.org/node/db-1" } }) });
-    expect((await server.attest(Buffer.from("t"), noChallenge)).agentId.toString()).toBe("spiffe://example.org/node/db-1");
+    const server = createJoinTokenServerAttestor({ trustDomain: td, store: store({ t: { agentId: "spiffe://example.org/spire/agent/node/db-1" } }) });
+    expect((await server.attest(Buffer.from("t"), noChallenge)).agentId.toString()).toBe("spiffe://example.org/spire/agent/node/db-1");
   });
+
+  it.each(["spiffe://example.org/node/db-1", "spiffe://example.org/spire/server"])(
+    "refuses a stored agent ID %s outside /spire/agent/ (a token chosen before the rule)",
+    async (agentId) => {
+      const server = createJoinTokenServerAttestor({ trustDomain: td, store: store({ t: { agentId } }) });
+      const caught = await server.attest(Buffer.from("t"), noChallenge).catch((e: unknown) => e);
+      expect(isSigilError(caught, "ERR_PERMISSION_DENIED")).toBe(true);
+      expect((caught as Error).message).toBe(`join_token: agent ID ${agentId} is not under /spire/agent/`);
+    },
+  );
 
   it("a token is single-use", async () => {
     const server = createJoinTokenServerAttestor({ trustDomain: td, store: store({ t: {} }) });

@@ -6,8 +6,9 @@
  * The agent's ID is the operator-chosen ID stored with the token, or
  * `spiffe://<td>/spire/agent/join_token/<token>` as in SPIRE.
  */
+import { AGENT_PATH_PREFIX, agentSpiffeId, isAgentId } from "../../../common/reserved-ids.js";
 import { isSigilError, SigilError } from "../../../spiffe/errors.js";
-import { spiffeIdFromPath, parseSpiffeId, type TrustDomain } from "../../../spiffe/id.js";
+import { parseSpiffeId, type TrustDomain } from "../../../spiffe/id.js";
 import type { NodeAttestationResult, ServerNodeAttestor } from "../types.js";
 
 /** The plugin name. */
@@ -39,7 +40,7 @@ export function checkJoinTokenSyntax(token: string): void {
 
 /** The default agent ID for a token. */
 export function joinTokenAgentId(td: TrustDomain, token: string): string {
-  return spiffeIdFromPath(td, `/spire/agent/join_token/${token}`).toString();
+  return agentSpiffeId(td, `join_token/${token}`).toString();
 }
 
 /** Creates the server half. */
@@ -63,6 +64,8 @@ export function createJoinTokenServerAttestor(deps: { trustDomain: TrustDomain; 
       if (!agentId.memberOf(deps.trustDomain)) {
         throw new SigilError("ERR_PERMISSION_DENIED", `join_token: agent ID ${agentId} is not in trust domain ${deps.trustDomain.name}`);
       }
+      // A token chosen before agent IDs were confined to the agent namespace must not mint a workload's ID.
+      if (!isAgentId(agentId)) throw new SigilError("ERR_PERMISSION_DENIED", `join_token: agent ID ${agentId} is not under ${AGENT_PATH_PREFIX}`);
       return { agentId, selectors: [], canReattest: false };
     },
   };

@@ -1,6 +1,7 @@
 /**
  * `sigil.admin.v1.AgentAdmin`: attested agents (list, show, ban, evict,
- * count) and join tokens. A join token is a bearer credential: it is returned
+ * count) and join tokens; a token's chosen agent ID must lie under
+ * `/spire/agent/`. A join token is a bearer credential: it is returned
  * to the caller once and never logged; audit records carry the agent ID it
  * will give instead (with the token blanked out of the default
  * `…/join_token/<token>` form).
@@ -128,8 +129,7 @@ export function createAgentAdmin(deps: AdminApiDeps, parents: DatastoreParentRes
       audit.details.token_source = req.token ? "given" : "generated";
       let agentId: string;
       if (req.agentId) {
-        agentId = spiffeIdField("agent_id", req.agentId, { issuableIn: deps.trustDomain }).toString();
-        if (agentId === deps.serverId) throw invalidField("agent_id", `${agentId} is the server's own ID`);
+        agentId = spiffeIdField("agent_id", req.agentId, { issuableIn: deps.trustDomain, kind: "agent" }).toString();
       } else {
         agentId = joinTokenAgentId(deps.trustDomain, token);
       }

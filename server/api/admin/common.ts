@@ -4,6 +4,7 @@
  */
 import type { AuditCaller, Logger } from "../../../common/log.js";
 import type { Metrics } from "../../../common/metrics.js";
+import { checkAgentId, checkNotReserved } from "../../../common/reserved-ids.js";
 import { SigilError, isSigilError } from "../../../spiffe/errors.js";
 import { parseSpiffeId, parseTrustDomain, parseTrustDomainIdString, type SpiffeId, type TrustDomain } from "../../../spiffe/id.js";
 import type { CaManager } from "../../ca/manager.js";
@@ -83,6 +84,11 @@ export async function withPageToken<T>(pageToken: string, fn: () => Promise<T>):
 export interface SpiffeIdFieldOptions {
   /** Require membership of this trust domain and a non-empty path (an identity the server can issue). */
   readonly issuableIn?: TrustDomain;
+  /**
+   * What the ID will name: a `workload` (entry, minted SVID) may not use the
+   * reserved `/spire` namespace; an `agent` ID must lie under `/spire/agent/`.
+   */
+  readonly kind?: "workload" | "agent";
 }
 
 /**
@@ -102,6 +108,13 @@ export function spiffeIdField(field: string, value: string, options: SpiffeIdFie
   if (td !== undefined) {
     if (!id.memberOf(td)) throw invalidField(field, `${id} is not in trust domain ${td.name}`);
     if (id.isTrustDomainId()) throw invalidField(field, "must have a path (the trust domain's own ID is not a workload identity)");
+  }
+  if (options.kind !== undefined) {
+    try {
+      (options.kind === "agent" ? checkAgentId : checkNotReserved)(id);
+    } catch (e) {
+      throw invalidField(field, (e as Error).message, e);
+    }
   }
   return id;
 }

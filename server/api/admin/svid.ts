@@ -1,8 +1,9 @@
 /**
  * `sigil.admin.v1.SvidAdmin`: one-off SVIDs for any identity in the trust
- * domain, with no entry (SPIRE's `x509 mint` / `jwt mint`), and the issuance
- * log of every credential the server signed. The X.509 key stays with the
- * caller: only the CSR's public key is used.
+ * domain outside the reserved `/spire` namespace, with no entry (SPIRE's
+ * `x509 mint` / `jwt mint`), and the issuance log of every credential the
+ * server signed. The X.509 key stays with the caller: only the CSR's public
+ * key is used.
  */
 import { create } from "@bufbuild/protobuf";
 import {
@@ -38,7 +39,7 @@ export function createSvidAdmin(deps: AdminApiDeps, unary: UnaryWrapper): GrpcSe
   return {
     mintX509SVID: unary<MintX509SVIDRequest, MintX509SVIDResponse>("MintX509SVID", async (req, _call, audit) => {
       audit.details.spiffe_id = req.spiffeId;
-      const spiffeId = spiffeIdField("spiffe_id", req.spiffeId, { issuableIn: deps.trustDomain });
+      const spiffeId = spiffeIdField("spiffe_id", req.spiffeId, { issuableIn: deps.trustDomain, kind: "workload" });
       const ttlMs = ttlField("ttl", req.ttl, deps.defaultX509TtlMs, deps.maxTtlMs);
       if (req.dnsNames.length > MAX_MINT_DNS_NAMES) throw invalidField("dns_names", `${req.dnsNames.length} names is more than the maximum ${MAX_MINT_DNS_NAMES}`);
       req.dnsNames.forEach((d, i) => checkDnsName(d, `dns_names[${i}]`));
@@ -66,7 +67,7 @@ export function createSvidAdmin(deps: AdminApiDeps, unary: UnaryWrapper): GrpcSe
     mintJWTSVID: unary<MintJWTSVIDRequest, MintJWTSVIDResponse>("MintJWTSVID", async (req, _call, audit) => {
       audit.details.spiffe_id = req.spiffeId;
       audit.details.audience = [...req.audience];
-      const spiffeId = spiffeIdField("spiffe_id", req.spiffeId, { issuableIn: deps.trustDomain });
+      const spiffeId = spiffeIdField("spiffe_id", req.spiffeId, { issuableIn: deps.trustDomain, kind: "workload" });
       if (req.audience.length === 0) throw invalidField("audience", "at least one audience is required");
       if (req.audience.length > MAX_AUDIENCES) throw invalidField("audience", `${req.audience.length} audiences is more than the maximum ${MAX_AUDIENCES}`);
       req.audience.forEach((a, i) => {
