@@ -1,8 +1,10 @@
 /**
  * The agent's connection to the server's agent API (gRPC over TLS).
  *
- * The server is authenticated as the X509-SVID `spiffe://<td>/spire/server`,
- * verified against the agent's bundle of its own trust domain in a
+ * The server is authenticated as exactly the X509-SVID
+ * `spiffe://<td>/spire/server` (any other SVID of the trust domain, a
+ * workload's or an agent's, is refused), verified against the agent's bundle
+ * of its own trust domain in a
  * `checkServerIdentity` hook (OpenSSL first checks the chain against the same
  * roots). The agent presents its agent SVID as TLS client certificate on every
  * call but attestation; the channel is rebuilt whenever that SVID or the
@@ -16,6 +18,7 @@ import { create } from "@bufbuild/protobuf";
 import { Client, credentials, Metadata, status, type ChannelCredentials, type ChannelOptions, type ClientDuplexStream, type ServiceError } from "@grpc/grpc-js";
 import type { Clock } from "../../common/clock.js";
 import type { Logger } from "../../common/log.js";
+import { serverSpiffeId } from "../../common/reserved-ids.js";
 import { createUnaryClient, type UnaryClient } from "../../common/rpc/unary-client.js";
 import { makeSelector, type Selector } from "../../common/selector.js";
 import type { AgentNodeAttestor } from "../../plugins/nodeattestor/types.js";
@@ -31,7 +34,7 @@ import { X509Bundle } from "../../spiffe/bundle/x509-bundle.js";
 import { buildCsr } from "../../spiffe/csr.js";
 import { isSigilError, SigilError, type ErrorCode } from "../../spiffe/errors.js";
 import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
-import { parseSpiffeId, parseTrustDomain, spiffeIdFromPath, type TrustDomain } from "../../spiffe/id.js";
+import { parseSpiffeId, parseTrustDomain, type TrustDomain } from "../../spiffe/id.js";
 import { encodePemCertificates, encodePemPrivateKey } from "../../spiffe/pem.js";
 import { generateKeyPair } from "../../spiffe/signer.js";
 import { StaticX509BundleSource } from "../../spiffe/x509/static-bundle-source.js";
@@ -204,7 +207,7 @@ export class GrpcServerClient implements ServerClient {
       throw new SigilError("ERR_INVALID_ARGUMENT", "sync: no trust bundle to verify the server with (set trust_bundle_path, trust_bundle_url or insecure_bootstrap)");
     }
     this.#opts = options;
-    this.#serverId = spiffeIdFromPath(options.trustDomain, "/spire/server").toString();
+    this.#serverId = serverSpiffeId(options.trustDomain).toString();
     this.#roots = [...options.roots];
     this.#rootsKey = rootsKey(this.#roots);
   }

@@ -147,6 +147,17 @@ describe("GrpcServerClient", () => {
     expect((e as Error).message).toContain("presented spiffe://example.org/not-the-server, expected spiffe://example.org/spire/server");
   });
 
+  // Any other SVID of the trust domain, however close to the server's, is refused.
+  it.each(["spiffe://example.org/workload", "spiffe://example.org/spire/agent/test/node-1", "spiffe://example.org/spire/server/x", "spiffe://example.org/spire", "spiffe://example.org/spire/serverx"])(
+    "refuses %s presented as the server",
+    async (id) => {
+      const { address } = await startFakeServer(id);
+      const e = await client(address).attest(answering).catch((err: unknown) => err);
+      expect(isSigilError(e, "ERR_UNAVAILABLE"), String(e)).toBe(true);
+      expect((e as Error).message).toContain(`presented ${id}, expected spiffe://example.org/spire/server`);
+    },
+  );
+
   it("refuses a server whose certificate the bundle does not verify", async () => {
     const { address } = await startFakeServer("spiffe://example.org/spire/server", otherCa);
     const e = await client(address).attest(answering).catch((err: unknown) => err);
