@@ -9,6 +9,8 @@ import { z } from "zod";
 import { duration } from "../../common/config/duration.js";
 import { healthChecksSection as healthChecks, host, LOG_LEVELS, logLevel, noSettings, port, telemetrySection, trustDomainName as trustDomain } from "../../common/config/fields.js";
 import { unixWorkloadAttestorConfigSchema } from "../../plugins/workloadattestor/unix/index.js";
+import { isSigilError } from "../../spiffe/errors.js";
+import { parseEndpointAddress } from "../../spiffe/workloadapi/address.js";
 
 /** Default Workload API socket (SPIRE's path with `sigil-agent`). */
 export const DEFAULT_AGENT_SOCKET_PATH = "/tmp/sigil-agent/public/api.sock";
@@ -22,6 +24,41 @@ export const AGENT_LOG_LEVELS = LOG_LEVELS;
 /** The three ways to trust the server on first contact; exactly one is set. */
 export const TRUST_BOOTSTRAP_KEYS = ["trust_bundle_path", "trust_bundle_url", "insecure_bootstrap"] as const;
 
+const URI_SCHEME = /^([A-Za-z][A-Za-z0-9+.-]*):/;
+
+/**
+ * Reads `agent.socket_path`: an absolute path, or the same path as a
+ * `unix:///path` (or `unix:/path`) URI as `SPIFFE_ENDPOINT_SOCKET` spells it.
+ * Returns the path, or the problem.
+ */
+export function parseAgentSocketPath(value: string): { readonly path: string } | { readonly problem: string } {
+  if (value.startsWith("/")) return { path: value };
+  const scheme = URI_SCHEME.exec(value)?.[1]?.toLowerCase();
+  // WEP-3/WEP-4: the endpoint listens on a Unix socket only.
+  if (scheme === "tcp") return { problem: "TCP listeners are not supported; give a Unix socket path (WEP-4), e.g. /tmp/sigil-agent/public/api.sock or unix:///tmp/sigil-agent/public/api.sock" };
+  if (scheme === undefined) return { problem: `${JSON.stringify(value)} is a relative path; give an absolute path (/run/sigil/api.sock) or a unix:///absolute/path URI` };
+  if (scheme !== "unix") return { problem: `scheme ${JSON.stringify(scheme)} is not supported; give an absolute path or a unix:///absolute/path URI` };
+  try {
+    const address = parseEndpointAddress(value);
+    if (address.kind === "unix") return { path: address.path };
+  } catch (e) {
+    if (isSigilError(e)) return { problem: e.message.replace(/^workloadapi: endpoint address /, "") };
+    throw e;
+  }
+  return { problem: "not a unix:///absolute/path URI" };
+}
+
+const socketPath = z
+  .string()
+  .min(1)
+  .transform((value, ctx) => {
+    const r = parseAgentSocketPath(value);
+    if ("path" in r) return r.path;
+    ctx.issues.push({ code: "custom", message: r.problem, input: value });
+    return z.NEVER;
+  })
+  .meta({ pattern: "^(/|[Uu][Nn][Ii][Xx]:/)" });
+
 const fraction = (what: string) =>
   z.number().refine((v) => v > 0 && v < 1, { error: `${what} must be strictly between 0 and 1` });
 
@@ -30,13 +67,9 @@ const agentSection = z
     trust_domain: trustDomain.describe("The trust domain the agent belongs to, as a bare name (`example.org`). Stored SVIDs and bundles of another trust domain are discarded."),
     server_address: host.default("127.0.0.1").describe("Host name or address of the server's agent API."),
     server_port: port.default(8081).describe("Port of the server's agent API."),
-    socket_path: z
-      .string()
-      .min(1)
-      // WEP-3/WEP-4: the endpoint listens on a Unix socket only, so a URI (tcp://…, unix://…) is refused rather than misread as a file name.
-      .regex(/^(?![A-Za-z][A-Za-z0-9+.-]*:\/\/)/, { error: "TCP listeners are not supported; give a Unix socket path (WEP-4), e.g. /tmp/sigil-agent/public/api.sock, not a URI" })
-      .default(DEFAULT_AGENT_SOCKET_PATH)
-      .describe("Unix socket the Workload API (and SDS) is served on: a file path, not a URI. TCP listeners are not supported."),
+    socket_path: socketPath
+      .prefault(DEFAULT_AGENT_SOCKET_PATH)
+      .describe("Unix socket the Workload API (and SDS) is served on: an absolute path (`/run/sigil/api.sock`) or the same as a URI (`unix:///run/sigil/api.sock`). TCP listeners are not supported."),
     data_dir: z.string().min(1).default(DEFAULT_AGENT_DATA_DIR).describe("Directory where the agent keeps its SVID, key (mode 0600) and trust bundle across restarts."),
     log_level: logLevel.prefault("info").describe("Minimum log level."),
     log_format: z.enum(["json", "text"]).default("json").describe("`json` (one JSON object per line) or `text` (logfmt-style `key=value`)."),
@@ -70,7 +103,7 @@ const agentSection = z
 
 const healthChecksSection = healthChecks({
   listenerEnabled: "Serve the HTTP health endpoints (for Kubernetes probes).",
-  readyPath: "Readiness path: 200 once the agent holds its bundle and has synced, else 503 with the reasons.",
+  readyPath: "Readiness path: 200 once the agent holds its bundle and has synced, else 503 with the reasons (e.g. the agent was evicted and needs a new join token).",
 });
 
 const nodeAttestorPlugins = z

@@ -95,14 +95,21 @@ describe("agent config", () => {
     ["log_level: verbose", "agent.log_level"],
     ["sync_intervall: 5s", "agent.sync_intervall: unknown key (did you mean \"sync_interval\"?)"],
     ["socket_path: tcp://127.0.0.1:8000", "agent.socket_path: TCP listeners are not supported; give a Unix socket path (WEP-4)"],
-    ["socket_path: unix:///run/sigil/api.sock", "agent.socket_path: TCP listeners are not supported; give a Unix socket path (WEP-4)"],
+    ["socket_path: run/api.sock", 'agent.socket_path: "run/api.sock" is a relative path; give an absolute path'],
+    ["socket_path: unix:run/api.sock", "agent.socket_path: \"unix:run/api.sock\": the socket path must be absolute"],
+    ["socket_path: unix://host/run/api.sock", "agent.socket_path: \"unix://host/run/api.sock\": a unix address must not have an authority"],
+    ["socket_path: http://localhost/api.sock", 'agent.socket_path: scheme "http" is not supported'],
   ])("%s is rejected naming the key", (line, message) => {
     expect(errorOf(() => parseAgentConfig(agentWith(`trust_bundle_path: /a.pem\n${line}`)))).toContain(message);
   });
 
-  it("takes socket_path as a file path, absolute or relative", () => {
-    expect(parseAgentConfig(agentWith("trust_bundle_path: /a.pem\nsocket_path: /run/sigil/api.sock")).agent.socket_path).toBe("/run/sigil/api.sock");
-    expect(parseAgentConfig(agentWith("trust_bundle_path: /a.pem\nsocket_path: run/api.sock")).agent.socket_path).toBe("run/api.sock");
+  it.each([
+    ["/run/sigil/api.sock", "/run/sigil/api.sock"],
+    ["unix:///run/sigil/api.sock", "/run/sigil/api.sock"],
+    ["unix:/run/sigil/api.sock", "/run/sigil/api.sock"],
+    ["unix:///run/sigil/my%20api.sock", "/run/sigil/my api.sock"],
+  ])("takes socket_path %s as the path %s", (value, want) => {
+    expect(parseAgentConfig(agentWith(`trust_bundle_path: /a.pem\nsocket_path: ${value}`)).agent.socket_path).toBe(want);
   });
 
   it("rejects a bad trust domain and missing plugins with their paths", () => {
