@@ -79,11 +79,12 @@ export function buildProgram(): Command {
 
   program
     .command("healthcheck")
-    .description("exit 0 when the agent's Workload API socket answers and is serving")
+    .description("exit 0 when the agent's Workload API socket answers and is serving; else print why (e.g. the agent was evicted) and exit 1")
     .option("-s, --socket-path <path>", "Workload API socket", DEFAULT_WORKLOAD_API_SOCKET_PATH)
     .action(async (o: { socketPath: string }) => {
-      const { checkHealthOverSocket } = await import("../../common/health/check.js");
-      if (!(await checkHealthOverSocket(o.socketPath, ""))) throw new Error("agent is unhealthy");
+      const { checkHealth } = await import("../../common/health/check.js");
+      const r = await checkHealth(`unix:${path.resolve(o.socketPath)}`);
+      if (!r.healthy) throw new Error(`agent is unhealthy: ${r.detail}`);
       process.stdout.write("Agent is healthy.\n");
     });
 

@@ -2,11 +2,12 @@
  * A gRPC health client: asks a server's `grpc.health.v1.Health/Check`, as
  * `sigil-server healthcheck` does over the admin socket.
  */
-import { credentials as grpcCredentials, status as grpcStatus, type ChannelCredentials, type ServiceError } from "@grpc/grpc-js";
-import { Health } from "../../proto/gen/grpc/health/v1/health_pb.js";
+import { create } from "@bufbuild/protobuf";
+import { Client, credentials as grpcCredentials, Metadata, status as grpcStatus, type ChannelCredentials, type StatusObject } from "@grpc/grpc-js";
+import { Health, HealthCheckRequestSchema, type HealthCheckResponse } from "../../proto/gen/grpc/health/v1/health_pb.js";
+import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
 import { grpcCodeName } from "../metrics.js";
-import { createUnaryClient } from "../rpc/unary-client.js";
-import { servingStatusName, type ServingStatus } from "./grpc-health.js";
+import { HEALTH_REASON_METADATA_KEY, servingStatusName, type ServingStatus } from "./grpc-health.js";
 
 /** Options of {@link checkHealth}. */
 export interface CheckHealthOptions {
@@ -24,8 +25,10 @@ export interface CheckHealthResult {
   readonly healthy: boolean;
   /** The answered status; `SERVICE_UNKNOWN` when the server does not know the service; `UNREACHABLE` when there was no answer. */
   readonly status: ServingStatus | "UNREACHABLE";
-  /** A human-readable explanation (`NOT_FOUND: health: unknown service "x"`, `UNAVAILABLE: …`). */
+  /** A human-readable explanation (`NOT_FOUND: health: unknown service "x"`, `UNAVAILABLE: …`, `NOT_SERVING: <reason>`). */
   readonly detail: string;
+  /** The reason the server gave with its status, if any (see `HEALTH_REASON_METADATA_KEY`). */
+  readonly reason?: string;
 }
 
 /**
@@ -34,17 +37,32 @@ export interface CheckHealthResult {
  * `{ healthy: false, status: "UNREACHABLE" }` with the gRPC error in `detail`.
  */
 export async function checkHealth(target: string, options: CheckHealthOptions = {}): Promise<CheckHealthResult> {
-  const client = createUnaryClient(Health, target, options.credentials ?? grpcCredentials.createInsecure());
+  const client = new Client(target, options.credentials ?? grpcCredentials.createInsecure());
+  const def = grpcServiceDefinition(Health).check;
   try {
-    const res = await client.check({ service: options.service ?? "" }, { deadlineMs: options.timeoutMs ?? 5000 });
-    const status = servingStatusName(res.status);
-    return { healthy: status === "SERVING", status, detail: status };
-  } catch (e) {
-    const err = e as Partial<ServiceError>;
-    const code = typeof err.code === "number" ? grpcCodeName(err.code) : "UNKNOWN";
-    // NOT_FOUND is the protocol's answer for a service the server does not know.
-    const status = err.code === grpcStatus.NOT_FOUND ? "SERVICE_UNKNOWN" : "UNREACHABLE";
-    return { healthy: false, status, detail: `${code}: ${err.details ?? err.message ?? String(e)}` };
+    // The status event comes last and carries the trailers, where the reason is.
+    const { response, end } = await new Promise<{ response: HealthCheckResponse | undefined; end: StatusObject }>((resolve) => {
+      let response: HealthCheckResponse | undefined;
+      const call = client.makeUnaryRequest(
+        def.path,
+        def.requestSerialize,
+        def.responseDeserialize,
+        create(HealthCheckRequestSchema, { service: options.service ?? "" }),
+        new Metadata(),
+        { deadline: new Date(Date.now() + (options.timeoutMs ?? 5000)) },
+        (_err, value) => (response = value),
+      );
+      call.on("status", (end: StatusObject) => resolve({ response, end }));
+    });
+    if (end.code !== grpcStatus.OK || response === undefined) {
+      // NOT_FOUND is the protocol's answer for a service the server does not know.
+      const status = end.code === grpcStatus.NOT_FOUND ? "SERVICE_UNKNOWN" : "UNREACHABLE";
+      return { healthy: false, status, detail: `${grpcCodeName(end.code)}: ${end.details}` };
+    }
+    const status = servingStatusName(response.status);
+    const raw = end.metadata.get(HEALTH_REASON_METADATA_KEY)[0];
+    const reason = raw === undefined ? undefined : Buffer.from(raw).toString("utf8");
+    return reason === undefined ? { healthy: status === "SERVING", status, detail: status } : { healthy: status === "SERVING", status, detail: `${status}: ${reason}`, reason };
   } finally {
     client.close();
   }

@@ -3,8 +3,11 @@
  * List), served on the server's and agent's gRPC listeners so Kubernetes
  * gRPC probes, `grpc_health_probe` and `sigil-server healthcheck` work
  * unchanged. Status is kept per service name; `""` is the whole server.
+ * A status may carry a reason (why NOT_SERVING): Check sends it in the
+ * trailing metadata {@link HEALTH_REASON_METADATA_KEY}, which standard clients
+ * ignore and `sigil-agent healthcheck` prints.
  */
-import { status as grpcStatus, type Server, type ServerWritableStream } from "@grpc/grpc-js";
+import { Metadata, status as grpcStatus, type Server, type ServerWritableStream } from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
 import type { GenService } from "@bufbuild/protobuf/codegenv2";
 import {
@@ -25,6 +28,9 @@ export type SettableServingStatus = Exclude<ServingStatus, "SERVICE_UNKNOWN">;
 
 /** The protobuf-es method map of `grpc.health.v1.Health`. */
 export type HealthMethods = typeof Health extends GenService<infer S> ? S : never;
+
+/** Trailing-metadata key (binary: UTF-8 text) of the reason a Check answer carries. */
+export const HEALTH_REASON_METADATA_KEY = "sigil-health-reason-bin";
 
 /** Most services {@link HealthService} lists; more is refused with RESOURCE_EXHAUSTED, as in grpc-health-check. */
 export const MAX_LISTED_SERVICES = 100;
@@ -60,12 +66,17 @@ export interface HealthService {
   readonly definition: GrpcServiceDefinition<HealthMethods>;
   /** The handlers. */
   readonly implementation: GrpcServiceImplementation<HealthMethods>;
-  /** Sets a service's status and notifies its watchers. Ignored after {@link HealthService.shutdown}. */
-  setStatus(service: string, status: SettableServingStatus): void;
+  /**
+   * Sets a service's status, with an optional reason for operators, and
+   * notifies its watchers. Ignored after {@link HealthService.shutdown}.
+   */
+  setStatus(service: string, status: SettableServingStatus, reason?: string): void;
   /** Forgets a service: Check answers NOT_FOUND, watchers see SERVICE_UNKNOWN. */
   clearStatus(service: string): void;
   /** A service's status, or `undefined` when it was never set. */
   getStatus(service: string): SettableServingStatus | undefined;
+  /** The reason given with a service's status, if any. */
+  getReason(service: string): string | undefined;
   /**
    * Marks every service NOT_SERVING, tells watchers, ends their streams, and
    * freezes the statuses: call before shutting the gRPC server down, so
@@ -87,6 +98,7 @@ export interface HealthService {
  */
 export function createHealthService(initial: Readonly<Record<string, SettableServingStatus>> = { "": "SERVING" }): HealthService {
   const statuses = new Map<string, SettableServingStatus>(Object.entries(initial));
+  const reasons = new Map<string, string>();
   const watchers = new Map<string, Set<ServerWritableStream<HealthCheckRequest, HealthCheckResponse>>>();
   const lastSent = new WeakMap<object, ServingStatus>();
   let frozen = false;
@@ -108,7 +120,11 @@ export function createHealthService(initial: Readonly<Record<string, SettableSer
         callback({ code: grpcStatus.NOT_FOUND, details: `health: unknown service ${JSON.stringify(call.request.service)}` });
         return;
       }
-      callback(null, response(s));
+      const reason = reasons.get(call.request.service);
+      if (reason === undefined) return callback(null, response(s));
+      const trailer = new Metadata();
+      trailer.set(HEALTH_REASON_METADATA_KEY, Buffer.from(reason, "utf8"));
+      callback(null, response(s), trailer);
     },
     list(_call, callback) {
       if (statuses.size > MAX_LISTED_SERVICES) {
@@ -143,18 +159,24 @@ export function createHealthService(initial: Readonly<Record<string, SettableSer
   return {
     definition: grpcServiceDefinition(Health),
     implementation,
-    setStatus(service, s) {
+    setStatus(service, s, reason) {
       if (frozen) return;
       statuses.set(service, s);
+      if (reason === undefined) reasons.delete(service);
+      else reasons.set(service, reason);
       notify(service);
     },
     clearStatus(service) {
       if (frozen) return;
       statuses.delete(service);
+      reasons.delete(service);
       notify(service);
     },
     getStatus(service) {
       return statuses.get(service);
+    },
+    getReason(service) {
+      return reasons.get(service);
     },
     shutdown() {
       if (frozen) return;

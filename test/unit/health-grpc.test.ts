@@ -75,6 +75,20 @@ describe("grpc.health.v1.Health over a Unix socket", () => {
     expect(await checkHealthOverSocket(socket, "sigil.agent.v1.Agent")).toBe(false);
   });
 
+  it("a status set with a reason carries it to Check callers (a UTF-8 trailer), and a new status without one clears it", async () => {
+    health.setStatus("", "NOT_SERVING", "agent spiffe://example.org/spire/agent/n was evicted; a new join token is needed — see the log");
+    expect(await checkHealth(`unix:${socket}`)).toEqual({
+      healthy: false,
+      status: "NOT_SERVING",
+      detail: "NOT_SERVING: agent spiffe://example.org/spire/agent/n was evicted; a new join token is needed — see the log",
+      reason: "agent spiffe://example.org/spire/agent/n was evicted; a new join token is needed — see the log",
+    });
+    expect(health.getReason("")).toMatch(/evicted/);
+    health.setStatus("", "SERVING");
+    expect(await checkHealth(`unix:${socket}`)).toEqual({ healthy: true, status: "SERVING", detail: "SERVING" });
+    expect(health.getReason("")).toBeUndefined();
+  });
+
   it("reports an unreachable server without throwing", async () => {
     const r = await checkHealth(`unix:${path.join(dir, "absent.sock")}`, { timeoutMs: 2000 });
     expect(r).toMatchObject({ healthy: false, status: "UNREACHABLE" });
