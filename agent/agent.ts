@@ -8,7 +8,9 @@
  * need neither a join token nor the bootstrap source), trust the stored bundle
  * or else the bootstrap source, attest when no valid SVID is stored, run one
  * sync round (a failure is logged; the loop retries with backoff), then sync
- * every `sync_interval`.
+ * every `sync_interval`. A server that rate-limits attestation or JWT-SVID
+ * requests is called again only after its retry hint; an evicted agent is
+ * handled by the sync loop (see `sync/sync-loop.ts`).
  */
 import path from "node:path";
 import type { Clock } from "../common/clock.js";
@@ -17,12 +19,14 @@ import { subsystemLogger, type Logger } from "../common/log.js";
 import type { Metrics } from "../common/metrics.js";
 import { createJoinTokenAgentAttestor } from "../plugins/nodeattestor/join_token/agent.js";
 import type { AgentNodeAttestor } from "../plugins/nodeattestor/types.js";
+import { SigilError } from "../spiffe/errors.js";
 import { parseTrustDomain, type TrustDomain } from "../spiffe/id.js";
 import { NodeIdentity } from "./attestation/node.js";
 import { AgentCache } from "./cache/agent-cache.js";
 import { AgentCacheMetrics } from "./cache/cache-metrics.js";
 import type { AgentConfig } from "./config/schema.js";
 import { AgentStateStore } from "./storage/agent-state-store.js";
+import { retryOnPushback, ServerPushback } from "./sync/pushback.js";
 import { createServerClient, type GrpcServerClient } from "./sync/server-client.js";
 import { SyncLoop } from "./sync/sync-loop.js";
 import { loadBootstrapTrust, type TrustBootstrapDeps } from "./sync/trust-bootstrap.js";
@@ -40,6 +44,10 @@ export interface StartAgentOptions {
   readonly random?: () => number;
   /** Do not start the periodic loop (tests drive {@link RunningAgentCore.syncNow}). Default false. */
   readonly manualSync?: boolean;
+  /** Called whenever the agent's problem (see {@link RunningAgentCore.problem}) appears, changes or clears. */
+  readonly onProblem?: (problem: string | undefined) => void;
+  /** Waits between attestation attempts the server rate-limited (default: a timer). */
+  readonly sleep?: (ms: number) => Promise<void>;
 }
 
 /** The running agent core. */
@@ -55,6 +63,8 @@ export interface RunningAgentCore {
   readonly store: AgentStateStore;
   /** Runs one sync round now. */
   syncNow: SyncLoop["syncNow"];
+  /** Why the agent cannot keep its identities current on its own (evicted), or undefined. */
+  problem(): string | undefined;
   /** Stops the sync loop and closes the server connection. */
   stop(): Promise<void>;
 }
@@ -105,20 +115,28 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     insecureBootstrap: insecure,
     log: subsystemLogger(log, "server_client"),
   });
+  const random = options.random ?? Math.random;
+  const jwtPushback = new ServerPushback({ clock, random, what: "NewJWTSVID" });
+  // Assigned below; the cache mints no JWT-SVID before the core has started.
+  let syncLoop: SyncLoop | undefined;
   const cache = new AgentCache({
     trustDomain,
     clock,
-    mintJwtSvid: (entryId, audience) => client.newJwtSvid(entryId, audience),
+    mintJwtSvid: (entryId, audience) => {
+      const problem = syncLoop?.evicted ? syncLoop.problem : undefined;
+      if (problem !== undefined) return Promise.reject(new SigilError("ERR_UNAVAILABLE", `cache: cannot mint a JWT-SVID: ${problem}`));
+      return jwtPushback.run(() => client.newJwtSvid(entryId, audience));
+    },
     metrics,
     log: subsystemLogger(log, "cache"),
   });
   if (loaded.bundle) cache.update({ bundles: [loaded.bundle] });
 
-  const random = options.random ?? Math.random;
+  const attestor = nodeAttestorFrom(config);
   const identity = new NodeIdentity({
     client,
     clock,
-    attestor: nodeAttestorFrom(config),
+    attestor,
     store,
     log: subsystemLogger(log, "node_attestation"),
     rotationFraction: a.rotation_fraction,
@@ -131,17 +149,24 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     },
   });
   try {
-    await identity.start(loaded.svid);
+    await retryOnPushback(() => identity.start(loaded.svid), {
+      what: "node attestation",
+      random,
+      log: subsystemLogger(log, "node_attestation"),
+      ...(options.sleep ? { sleep: options.sleep } : {}),
+    });
   } catch (e) {
     client.close();
     throw e;
   }
 
-  const syncLoop = new SyncLoop({
+  const loop = new SyncLoop({
     client,
     cache,
     clock,
     identity,
+    attestor,
+    ...(options.onProblem ? { onProblem: options.onProblem } : {}),
     store,
     log: subsystemLogger(log, "sync"),
     metrics,
@@ -150,8 +175,9 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     rotationJitter: a.rotation_jitter,
     random,
   });
-  await syncLoop.syncNow();
-  if (options.manualSync !== true) syncLoop.start();
+  syncLoop = loop;
+  await loop.syncNow();
+  if (options.manualSync !== true) loop.start();
 
   const agentId = identity.current()?.spiffeId ?? "";
   let stopped = false;
@@ -160,14 +186,15 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     agentId,
     cache,
     identity,
-    syncLoop,
+    syncLoop: loop,
     client,
     store,
-    syncNow: () => syncLoop.syncNow(),
+    syncNow: () => loop.syncNow(),
+    problem: () => loop.problem,
     async stop(): Promise<void> {
       if (stopped) return;
       stopped = true;
-      await syncLoop.stop();
+      await loop.stop();
       client.close();
     },
   };

@@ -51,7 +51,11 @@ export async function startAgentProcess(config: AgentConfig, options: StartAgent
   // An unsafe socket directory is refused before attesting, which may spend a single-use join token.
   ensureSecureDirectory(path.dirname(path.resolve(a.socket_path)), 0o755, "workload endpoint");
 
-  const core = await startAgent(effective, { clock, log: subsystemLogger(log, "agent"), metrics });
+  // Before the core: an eviction found by the first sync already turns the agent NOT_SERVING, with the remedy.
+  const grpcHealth = createHealthService({ "": "SERVING" });
+  const onProblem = (problem: string | undefined): void =>
+    problem === undefined ? grpcHealth.setStatus("", "SERVING") : grpcHealth.setStatus("", "NOT_SERVING", problem);
+  const core = await startAgent(effective, { clock, log: subsystemLogger(log, "agent"), metrics, onProblem });
   const cleanups: (() => Promise<void> | void)[] = [() => core.stop()];
   try {
     const attestors: WorkloadAttestor[] = [];
@@ -74,7 +78,6 @@ export async function startAgentProcess(config: AgentConfig, options: StartAgent
       allowUnauthenticatedVerifiers: a.allow_unauthenticated_verifiers,
       clock,
     });
-    const grpcHealth = createHealthService({ "": "SERVING" });
     const socketPath = path.resolve(a.socket_path);
     const endpoint = await startWorkloadEndpoint({ socketPath, handler, peers, health: grpcHealth, log: subsystemLogger(log, "endpoints") });
     cleanups.push(() => endpoint.close());
@@ -89,7 +92,10 @@ export async function startAgentProcess(config: AgentConfig, options: StartAgent
         livePath: hc.live_path,
         readyPath: hc.ready_path,
         metrics,
-        readiness: async () => (core.cache.ready() ? { ready: true, reasons: [] } : { ready: false, reasons: ["agent: no synced bundle and entries yet"] }),
+        readiness: async () => {
+          const reasons = [core.problem(), core.cache.ready() ? undefined : "agent: no synced bundle and entries yet"].filter((r) => r !== undefined);
+          return { ready: reasons.length === 0, reasons };
+        },
       });
       cleanups.push(() => health?.close());
     }

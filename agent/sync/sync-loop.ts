@@ -11,12 +11,22 @@
  * 5. applies everything to the cache in one update (one notification).
  *
  * Rounds run every `sync_interval`; after failures the delay doubles up to
- * min(8m, 48 × interval). While the server is away the cache keeps serving
- * the SVIDs that are still valid.
+ * min(8m, 48 × interval), and a server that rate-limits the agent is not
+ * called again before its retry hint has passed. While the server is away the
+ * cache keeps serving the SVIDs that are still valid.
+ *
+ * Eviction: when the server answers that it no longer knows the agent (an
+ * operator ran `sigil-server agent evict`, or its record was lost), the agent
+ * deletes its stored SVID and attests again if its node attestor can do so
+ * without operator input. If it cannot (a join token works once), the loop
+ * stops calling the server, {@link SyncLoop.problem} names the remedy (for
+ * `/ready`, `healthcheck` and the log), and the cache keeps serving the SVIDs
+ * it holds until they expire.
  */
 import type { Clock } from "../../common/clock.js";
 import type { Logger } from "../../common/log.js";
-import { isSigilError } from "../../spiffe/errors.js";
+import type { AgentNodeAttestor } from "../../plugins/nodeattestor/types.js";
+import { isSigilError, SigilError } from "../../spiffe/errors.js";
 import { generateKeyPair } from "../../spiffe/signer.js";
 import { parseX509Svid } from "../../spiffe/x509/svid.js";
 import { decodeCertificate } from "../../spiffe/x509/decode-certificate.js";
@@ -27,6 +37,7 @@ import type { CachedEntry } from "../cache/types.js";
 import { nextSyncDelayMs } from "../rotation/backoff.js";
 import { renewAt } from "../rotation/renew-at.js";
 import type { AgentStateStore } from "../storage/agent-state-store.js";
+import { ServerPushback } from "./pushback.js";
 import type { ServerClient, X509SvidParams } from "./server-client.js";
 
 /** Most X509-SVIDs requested in one BatchNewX509SVID call (SPIRE starts at 500). */
@@ -39,6 +50,10 @@ export interface SyncLoopOptions {
   readonly clock: Clock;
   /** Keeps the agent SVID current each round; omitted when the test drives it. */
   readonly identity?: NodeIdentity | undefined;
+  /** The node attestor `identity` attests with: whether an evicted agent may attest again, and else the remedy. */
+  readonly attestor?: AgentNodeAttestor | undefined;
+  /** Called whenever {@link SyncLoop.problem} changes. */
+  readonly onProblem?: ((problem: string | undefined) => void) | undefined;
   /** Persists the own bundle whenever a sync changes it. */
   readonly store?: AgentStateStore | undefined;
   readonly log?: Logger | undefined;
@@ -54,6 +69,29 @@ export interface SyncLoopOptions {
   /** Default {@link DEFAULT_SVID_BATCH_SIZE}. */
   readonly batchSize?: number;
 }
+
+/**
+ * What the server's agent API says of a caller it holds no record of:
+ * `agent api: <id> is not an attested agent` (server/api/agent-api.ts).
+ */
+export const NOT_ATTESTED_PHRASE = "is not an attested agent";
+
+/**
+ * Whether a server answer means this agent is no longer known (evicted, or its
+ * record lost): PermissionDenied with {@link NOT_ATTESTED_PHRASE}. An
+ * unreachable or restarting server, a ban, or a refused SVID is not eviction.
+ */
+export function isEvictionError(e: unknown): boolean {
+  return isSigilError(e, "ERR_PERMISSION_DENIED") && e.message.includes(NOT_ATTESTED_PHRASE);
+}
+
+/** The agent's standing with the server. */
+type Standing =
+  | { readonly kind: "attested" }
+  /** Evicted; the node attestor can attest again on its own. */
+  | { readonly kind: "reattest"; readonly agentId: string }
+  /** Evicted; only an operator can bring the agent back. */
+  | { readonly kind: "evicted"; readonly agentId: string; readonly error: SigilError };
 
 /** What one round did. */
 export interface SyncOutcome {
@@ -96,9 +134,40 @@ export class SyncLoop {
   #queued: Promise<SyncOutcome> | undefined;
   #started = false;
   #lastSuccess: Date | undefined;
+  #standing: Standing = { kind: "attested" };
+  readonly #pushback: ServerPushback;
 
   constructor(options: SyncLoopOptions) {
     this.#o = options;
+    this.#pushback = new ServerPushback({ clock: options.clock, what: "sync", ...(options.random ? { random: options.random } : {}) });
+  }
+
+  /**
+   * Why the agent cannot keep its identities current on its own, or undefined:
+   * evicted and waiting to attest again, or evicted with the remedy an operator
+   * must apply. For `/ready` and the health service.
+   */
+  get problem(): string | undefined {
+    const s = this.#standing;
+    if (s.kind === "attested") return undefined;
+    if (s.kind === "reattest") return `agent: ${s.agentId} was evicted by the server; attesting again`;
+    return s.error.message.replace(/^sync: /, "");
+  }
+
+  /** True once the agent was evicted and its node attestor cannot attest again: the server is no longer called. */
+  get evicted(): boolean {
+    return this.#standing.kind === "evicted";
+  }
+
+  /** Until when the server asked the agent to wait before syncing or requesting SVIDs again. */
+  get retryAfter(): Date | undefined {
+    return this.#pushback.until;
+  }
+
+  /** The delay before the next periodic round: the backoff, and at least what the server asked for. */
+  get nextDelayMs(): number {
+    if (this.#standing.kind === "evicted") return this.#o.intervalMs;
+    return Math.max(nextSyncDelayMs(this.#o.intervalMs, this.#failures), this.#pushback.remainingMs());
   }
 
   /** Consecutive failed rounds (0 after a success). */
@@ -155,8 +224,8 @@ export class SyncLoop {
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
       void this.syncNow().then(
-        () => this.#schedule(nextSyncDelayMs(this.#o.intervalMs, this.#failures)),
-        () => this.#schedule(nextSyncDelayMs(this.#o.intervalMs, this.#failures)),
+        () => this.#schedule(this.nextDelayMs),
+        () => this.#schedule(this.nextDelayMs),
       );
     }, delayMs);
   }
@@ -164,12 +233,22 @@ export class SyncLoop {
   async #round(): Promise<SyncOutcome> {
     const { cache, client, clock, log } = this.#o;
     cache.dropExpired();
+    const standing = this.#standing;
+    // Evicted for good: the cache serves what it holds; calling the server cannot help.
+    if (standing.kind === "evicted") return idle(standing.error);
+    const waiting = this.#pushback.waiting();
+    if (waiting) return idle(waiting);
 
     let agentSvid: SyncOutcome["agentSvid"] = "none";
-    if (this.#o.identity) {
+    if (standing.kind === "reattest") {
+      const failed = await this.#reattest(standing.agentId);
+      if (failed) return failed;
+      agentSvid = "reattested";
+    } else if (this.#o.identity) {
       try {
         agentSvid = await this.#o.identity.maintain();
       } catch (e) {
+        if (isEvictionError(e)) return this.#evicted(e, "error");
         agentSvid = "error";
         log?.error({ err: e }, "sync: cannot renew the agent SVID");
         // An expired agent SVID cannot sync at all; a valid one still can.
@@ -182,6 +261,7 @@ export class SyncLoop {
     try {
       res = await client.sync(this.#revision);
     } catch (e) {
+      if (isEvictionError(e)) return this.#evicted(e, agentSvid);
       return this.#failed(e, agentSvid);
     }
     if (!res.notModified) {
@@ -208,6 +288,7 @@ export class SyncLoop {
     }
 
     const { rotated, failed, error } = await this.#rotate();
+    if (error !== undefined && isEvictionError(error)) return this.#evicted(error, agentSvid);
     if (error !== undefined) return this.#failed(error, agentSvid, { rotated, failed, notModified: res.notModified });
     this.#failures = 0;
     this.#lastSuccess = clock.now();
@@ -226,13 +307,72 @@ export class SyncLoop {
   #failed(error: unknown, agentSvid: SyncOutcome["agentSvid"], partial: { rotated?: number; failed?: number; notModified?: boolean } = {}): SyncOutcome {
     this.#failures++;
     this.#o.metrics?.syncs.inc({ result: "error" });
+    const pushedBack = this.#pushback.note(error) !== undefined;
     const away = isSigilError(error, "ERR_UNAVAILABLE");
     const valid = this.#o.cache.svidCount;
-    this.#o.log?.[away ? "warn" : "error"](
-      { err: error, consecutive_failures: this.#failures, cached_svids: valid, next_attempt_ms: nextSyncDelayMs(this.#o.intervalMs, this.#failures) },
-      away ? "sync: the server is unreachable; serving cached SVIDs while they are valid" : "sync: round failed",
-    );
+    const fields = { err: error, consecutive_failures: this.#failures, cached_svids: valid, next_attempt_ms: this.nextDelayMs };
+    if (pushedBack) this.#o.log?.warn(fields, "sync: the server is rate limiting this agent; waiting as it asked before calling it again");
+    else if (away) this.#o.log?.warn(fields, "sync: the server is unreachable; serving cached SVIDs while they are valid");
+    else this.#o.log?.error(fields, "sync: round failed");
     return { ok: false, error, notModified: partial.notModified ?? false, rotated: partial.rotated ?? 0, failed: partial.failed ?? 0, agentSvid };
+  }
+
+  #setStanding(next: Standing): void {
+    const before = this.problem;
+    this.#standing = next;
+    const after = this.problem;
+    if (after !== before) this.#o.onProblem?.(after);
+  }
+
+  /**
+   * The server no longer knows the agent: its stored SVID is deleted at once
+   * (it can never work again), then the agent attests again when its node
+   * attestor can, else it stops calling the server and names the remedy.
+   */
+  async #evicted(error: unknown, agentSvid: SyncOutcome["agentSvid"]): Promise<SyncOutcome> {
+    const { identity, attestor, store, log } = this.#o;
+    const agentId = identity?.current()?.spiffeId ?? "the agent";
+    try {
+      store?.clearSvid();
+    } catch (e) {
+      log?.error({ err: e }, "sync: cannot delete the stored agent SVID");
+    }
+    this.#revision = "";
+    // Refused right after attesting again: do not loop; the next round tries again.
+    if (agentSvid !== "reattested" && identity && attestor?.canReattest?.() === true) {
+      log?.warn({ err: error, agent_id: agentId, attestation_type: attestor.name }, "sync: agent was evicted; deleted its stored SVID and attesting again");
+      this.#setStanding({ kind: "reattest", agentId });
+      return this.#round();
+    }
+    if (agentSvid === "reattested") return this.#failed(error, "error");
+    return this.#giveUp(agentId, error);
+  }
+
+  /** Attests again after an eviction; returns the failed outcome, or undefined once attested. */
+  async #reattest(agentId: string): Promise<SyncOutcome | undefined> {
+    const { identity, attestor, log } = this.#o;
+    if (!identity || attestor?.canReattest?.() !== true) return this.#giveUp(agentId, undefined);
+    try {
+      await identity.attest();
+    } catch (e) {
+      return this.#failed(e, "error");
+    }
+    log?.info({ agent_id: identity.current()?.spiffeId, previous_agent_id: agentId, attestation_type: attestor.name }, "sync: agent attested again after its eviction");
+    this.#setStanding({ kind: "attested" });
+    return undefined;
+  }
+
+  #giveUp(agentId: string, cause: unknown): SyncOutcome {
+    const remedy = this.#o.attestor?.reattestRemedy ?? "the node attestor cannot attest again on its own; restart the agent once it can";
+    const error = new SigilError("ERR_PERMISSION_DENIED", `sync: agent ${agentId} was evicted; ${remedy}`, { cause });
+    this.#failures++;
+    this.#o.metrics?.syncs.inc({ result: "error" });
+    this.#o.log?.error(
+      { err: cause, agent_id: agentId, cached_svids: this.#o.cache.svidCount },
+      `sync: agent was evicted; ${remedy}; its stored SVID is deleted, and the SVIDs it holds are served until they expire`,
+    );
+    this.#setStanding({ kind: "evicted", agentId, error });
+    return idle(error, "error");
   }
 
   async #rotate(): Promise<{ rotated: number; failed: number; error?: unknown }> {
@@ -249,6 +389,8 @@ export class SyncLoop {
     let failed = 0;
     let error: unknown;
     for (let i = 0; i < due.length; i += batchSize) {
+      // The server asked to wait: the rest is requested once the hint has passed.
+      if (this.#pushback.until) break;
       const chunk = due.slice(i, i + batchSize).map((d) => ({ ...d, ...generateKeyPair("ec-p256") }));
       const params: X509SvidParams[] = chunk.map((c) => ({
         entryId: c.entry.id,
@@ -297,4 +439,9 @@ export class SyncLoop {
     }
     return error === undefined ? { rotated, failed } : { rotated, failed, error };
   }
+}
+
+/** A round that did not call the server. */
+function idle(error: unknown, agentSvid: SyncOutcome["agentSvid"] = "none"): SyncOutcome {
+  return { ok: false, error, notModified: false, rotated: 0, failed: 0, agentSvid };
 }

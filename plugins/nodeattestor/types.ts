@@ -40,4 +40,18 @@ export interface AgentNodeAttestor {
   payload(): Promise<Uint8Array>;
   /** Answers a server challenge; attestors without challenges omit it. */
   answer?(challenge: Uint8Array): Promise<Uint8Array>;
+  /**
+   * Whether {@link AgentNodeAttestor.payload} can produce evidence the server
+   * would accept now, without operator input. An evicted agent attests again
+   * on its own only when this is true (a projected service account token or a
+   * TPM can always prove the node again; a single-use join token only while it
+   * has not been sent). Omitted means false.
+   */
+  canReattest?(): boolean;
+  /**
+   * What an operator must do for the node to attest again when
+   * {@link AgentNodeAttestor.canReattest} is false, e.g. `a new join token is
+   * needed: …`. Shown in logs, on `/ready` and by `sigil-agent healthcheck`.
+   */
+  readonly reattestRemedy?: string;
 }
