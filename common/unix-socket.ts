@@ -1,14 +1,22 @@
 /**
- * Claiming the path of a Unix socket a Sigil process is about to listen on
- * (the agent's Workload API, the server's admin API): the directory must be
- * safe (created by Sigil, or owned by its user and not writable by group or
- * others, see `secure-dir.ts`), a stale socket file left by a dead process is
- * removed, and anything else in the way (a live socket, a regular file) is left
- * alone and the start fails.
+ * gRPC on a Unix socket, as the agent's Workload API and the server's admin
+ * API serve it.
+ *
+ * Claiming the path: the directory must be safe (created by Sigil, or owned by
+ * its user and not writable by group or others, see `secure-dir.ts`), a stale
+ * socket file left by a dead process is removed, and anything else in the way
+ * (a live socket, a regular file) is left alone and the start fails.
+ *
+ * Listening: grpc-js handlers cannot reach their socket, and libuv does not
+ * expose SO_PEERCRED, so a plain `net.Server` accepts each connection, lets the
+ * caller read its peer credentials before any byte of gRPC is processed (and
+ * tag it, e.g. with a synthetic `remoteAddress`, which grpc-js reports as
+ * `call.getPeer()`), then hands it to grpc-js through a connection injector.
  */
-import { lstat, unlink } from "node:fs/promises";
-import { connect } from "node:net";
+import { chmod, lstat, unlink } from "node:fs/promises";
+import { connect, createServer, type Socket } from "node:net";
 import path from "node:path";
+import { ServerCredentials, type Server } from "@grpc/grpc-js";
 import { SigilError } from "../spiffe/errors.js";
 import type { Logger } from "./log.js";
 import { ensureSecureDirectory } from "./secure-dir.js";
@@ -64,4 +72,87 @@ export async function prepareSocketPath(socketPath: string, options: PrepareSock
   }
   log.info({ socket_path: socketPath }, "Removing stale socket");
   await unlink(socketPath);
+}
+
+/** Options of {@link listenUnixGrpc}. */
+export interface UnixGrpcListenerOptions extends PrepareSocketPathOptions {
+  readonly socketPath: string;
+  /** The gRPC server, its services already added. */
+  readonly server: Server;
+  /** Mode of the socket file: `0o777` when anyone may connect, `0o600` for the process user only. */
+  readonly socketMode: number;
+  /**
+   * Called with each accepted connection before gRPC sees a byte of it (read
+   * its peer credentials here). Throwing closes the connection.
+   */
+  readonly onConnection: (socket: Socket) => void;
+}
+
+/** A listening Unix socket serving gRPC. */
+export interface UnixGrpcListener {
+  /**
+   * Stops accepting and removes the socket file. `graceful` lets calls in
+   * flight finish; `force` cancels them (streams never end on their own).
+   * Open connections are closed either way. Idempotent.
+   */
+  close(how: "graceful" | "force"): Promise<void>;
+}
+
+/**
+ * Claims `socketPath` ({@link prepareSocketPath}) and serves `server` on it.
+ *
+ * @example
+ * ```ts
+ * const listener = await listenUnixGrpc({ socketPath, server, dirMode: 0o700, socketMode: 0o600, subsystem: "admin api", log, onConnection: (s) => callers.register(s) });
+ * await listener.close("graceful");
+ * ```
+ * @throws SigilError as {@link prepareSocketPath}; `ERR_INTERNAL` when the socket cannot be given its mode.
+ */
+export async function listenUnixGrpc(options: UnixGrpcListenerOptions): Promise<UnixGrpcListener> {
+  const { socketPath, server, subsystem, log } = options;
+  await prepareSocketPath(socketPath, options);
+  const injector = server.createConnectionInjector(ServerCredentials.createInsecure());
+  const sockets = new Set<Socket>();
+  const listener = createServer((socket) => {
+    try {
+      options.onConnection(socket);
+    } catch (e) {
+      log.error({ err: e }, `${subsystem}: cannot read the peer credentials of a connection; closing it`);
+      socket.destroy();
+      return;
+    }
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+    injector.injectConnection(socket);
+  });
+  await new Promise<void>((resolve, reject) => {
+    listener.once("error", reject);
+    listener.listen(socketPath, () => {
+      listener.off("error", reject);
+      resolve();
+    });
+  });
+  listener.on("error", (e) => log.error({ err: e }, `${subsystem}: listener error`));
+  try {
+    await chmod(socketPath, options.socketMode);
+  } catch (e) {
+    listener.close();
+    throw new SigilError("ERR_INTERNAL", `${subsystem}: cannot chmod ${socketPath}: ${(e as Error).message}`, { cause: e });
+  }
+  let closing: Promise<void> | undefined;
+  return {
+    close(how) {
+      closing ??= (async () => {
+        // The listener's callback waits for its connections, which the gRPC shutdown ends.
+        const stopped = new Promise<void>((resolve) => listener.close(() => resolve()));
+        if (how === "force") server.forceShutdown();
+        else await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+        injector.destroy();
+        for (const s of sockets) s.destroy();
+        await stopped;
+        await unlink(socketPath).catch(() => undefined);
+      })();
+      return closing;
+    },
+  };
 }

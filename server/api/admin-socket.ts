@@ -4,22 +4,19 @@
  * Whoever can open the socket is an administrator, so every call is audited
  * with the caller's uid, gid and pid (`SO_PEERCRED`, read when the connection
  * is accepted, before any byte of gRPC) and its binary (`/proc/<pid>/exe`, read
- * at the same moment; empty when the kernel does not tell). As on the agent's
- * Workload Endpoint, a plain `net.Server` accepts each connection, gives it a
- * unique synthetic `remoteAddress` (what grpc-js reports as `call.getPeer()`)
- * and injects it into grpc-js.
+ * at the same moment; empty when the kernel does not tell). Each connection
+ * gets a unique synthetic `remoteAddress` (what grpc-js reports as
+ * `call.getPeer()`) that maps back to its caller (`listenUnixGrpc`).
  *
  * The socket is 0600 in a directory created 0700; an existing directory must
  * belong to the server's user and not be writable by group or others.
  */
 import { readlinkSync } from "node:fs";
-import { chmod } from "node:fs/promises";
-import { createServer, type Socket } from "node:net";
-import { ServerCredentials, type Server } from "@grpc/grpc-js";
+import type { Socket } from "node:net";
+import type { Server } from "@grpc/grpc-js";
 import { peerCredentials, releasePeer, stillSameProcess, type PeerCredentials } from "../../agent/endpoints/peer.js";
 import type { AuditCaller, Logger } from "../../common/log.js";
-import { prepareSocketPath } from "../../common/unix-socket.js";
-import { SigilError } from "../../spiffe/errors.js";
+import { listenUnixGrpc } from "../../common/unix-socket.js";
 
 /** Prefix of the synthetic peer addresses of admin connections. */
 const PEER_PREFIX = "sigil-admin-peer";
@@ -94,7 +91,8 @@ export interface AdminSocket {
 }
 
 /**
- * Serves `server` (its services already added) on the admin socket.
+ * Serves `server` (its services already added) on the admin socket: directory
+ * created 0700, socket 0600, each connection's caller registered in `callers`.
  *
  * @example
  * ```ts
@@ -107,49 +105,15 @@ export interface AdminSocket {
  *   `ERR_ALREADY_EXISTS` when another server listens on the socket.
  */
 export async function serveAdminSocket(options: { server: Server; socketPath: string; callers: AdminCallers; log: Logger }): Promise<AdminSocket> {
-  const { server, socketPath, callers, log } = options;
-  await prepareSocketPath(socketPath, { dirMode: 0o700, subsystem: "admin api", log });
-  const injector = server.createConnectionInjector(ServerCredentials.createInsecure());
-  const sockets = new Set<Socket>();
-  const listener = createServer((socket) => {
-    try {
-      callers.register(socket);
-    } catch (e) {
-      log.error({ err: e }, "admin api: cannot read the peer credentials of a connection; closing it");
-      socket.destroy();
-      return;
-    }
-    sockets.add(socket);
-    socket.once("close", () => sockets.delete(socket));
-    injector.injectConnection(socket);
-  });
-  await new Promise<void>((resolve, reject) => {
-    listener.once("error", reject);
-    listener.listen(socketPath, () => {
-      listener.off("error", reject);
-      resolve();
-    });
-  });
-  listener.on("error", (e) => log.error({ err: e }, "admin api: listener error"));
-  try {
-    await chmod(socketPath, 0o600);
-  } catch (e) {
-    listener.close();
-    throw new SigilError("ERR_INTERNAL", `admin api: cannot chmod ${socketPath}: ${(e as Error).message}`, { cause: e });
-  }
-  let closing: Promise<void> | undefined;
-  return {
+  const { socketPath, callers } = options;
+  const listener = await listenUnixGrpc({
     socketPath,
-    close() {
-      closing ??= (async () => {
-        // The listener's callback waits for its connections, which the gRPC shutdown ends.
-        const stopped = new Promise<void>((resolve) => listener.close(() => resolve()));
-        await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
-        injector.destroy();
-        for (const s of sockets) s.destroy();
-        await stopped;
-      })();
-      return closing;
-    },
-  };
+    server: options.server,
+    dirMode: 0o700,
+    socketMode: 0o600,
+    subsystem: "admin api",
+    log: options.log,
+    onConnection: (socket) => callers.register(socket),
+  });
+  return { socketPath, close: () => listener.close("graceful") };
 }

@@ -29,7 +29,12 @@ if (!isRoot) {
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const uid = process.geteuid?.() ?? 0;
-const OTHER = { uid: 4501, gid: 4501 };
+interface Owner {
+  readonly uid: number;
+  readonly gid: number;
+}
+
+const OTHER: Owner = { uid: 4501, gid: 4501 };
 const temps: string[] = [];
 let srv: ServerProcess;
 
@@ -105,44 +110,44 @@ describe("admin API audit", () => {
   });
 });
 
-/** A server config whose admin socket directory exists already with `mode` (and `owner`, when given). */
-function serverWithSocketDir(mode: number, owner?: { uid: number; gid: number }): { configPath: string; socketDir: string } {
-  const dir = tempDir("sigil-local-sockets-srv-");
-  const socketDir = path.join(dir, "admin");
+/** A temporary directory holding `name`, a socket directory that exists already with `mode` (and `owner`). */
+function withSocketDir(prefix: string, name: string, mode: number, owner?: Owner): { dir: string; socketDir: string } {
+  const dir = tempDir(prefix);
+  const socketDir = path.join(dir, name);
   mkdirSync(socketDir);
   chmodSync(socketDir, mode);
   if (owner) chownSync(socketDir, owner.uid, owner.gid);
-  const configPath = path.join(dir, "server.yaml");
-  writeFileSync(configPath, testServerConfigYaml(dir, { keyManager: "memory" }));
-  return { configPath, socketDir };
+  return { dir, socketDir };
+}
+
+/** Checks that a run exited 1 naming the directory, its owner and its mode, and left no socket behind. */
+function expectRefused(r: { status: number | null; stdout: string; stderr: string }, subsystem: string, socketDir: string, mode: number, owner?: Owner): void {
+  expect(r.status, `${r.stdout}\n${r.stderr}`).toBe(1);
+  expect(r.stderr).toContain(`${subsystem}: refusing to use directory ${socketDir}: it is owned by uid ${owner?.uid ?? uid} with mode ${mode.toString(8).padStart(4, "0")};`);
+  expect(existsSync(path.join(socketDir, "api.sock"))).toBe(false);
 }
 
 describe("sigil-server run refuses an unsafe admin socket directory", () => {
+  function refused(mode: number, owner?: Owner): void {
+    const { dir, socketDir } = withSocketDir("sigil-local-sockets-srv-", "admin", mode, owner);
+    const configPath = path.join(dir, "server.yaml");
+    writeFileSync(configPath, testServerConfigYaml(dir, { keyManager: "memory" }));
+    expectRefused(runServerCli(["run", "--config", configPath]), "admin api", socketDir, mode, owner);
+  }
+
   it("mode 0777: exits 1 naming the directory, its owner and its mode", () => {
-    const { configPath, socketDir } = serverWithSocketDir(0o777);
-    const r = runServerCli(["run", "--config", configPath]);
-    expect(r.status, r.stdout).toBe(1);
-    expect(r.stderr).toContain(`admin api: refusing to use directory ${socketDir}: it is owned by uid ${uid} with mode 0777;`);
-    expect(existsSync(path.join(socketDir, "api.sock"))).toBe(false);
+    refused(0o777);
   });
 
   it.skipIf(!isRoot)("owned by another uid: exits 1 naming the directory, its owner and its mode (needs root)", () => {
-    const { configPath, socketDir } = serverWithSocketDir(0o700, OTHER);
-    const r = runServerCli(["run", "--config", configPath]);
-    expect(r.status, r.stdout).toBe(1);
-    expect(r.stderr).toContain(`admin api: refusing to use directory ${socketDir}: it is owned by uid ${OTHER.uid} with mode 0700;`);
-    expect(existsSync(path.join(socketDir, "api.sock"))).toBe(false);
+    refused(0o700, OTHER);
   });
 });
 
 describe("sigil-agent run refuses an unsafe Workload API socket directory", () => {
   /** An agent config whose socket directory exists already with `mode` (and `owner`). */
-  function agentWithSocketDir(mode: number, owner?: { uid: number; gid: number }): { configPath: string; socketDir: string } {
-    const dir = tempDir("sigil-local-sockets-agent-");
-    const socketDir = path.join(dir, "public");
-    mkdirSync(socketDir);
-    chmodSync(socketDir, mode);
-    if (owner) chownSync(socketDir, owner.uid, owner.gid);
+  function agentWithSocketDir(mode: number, owner?: Owner): { configPath: string; socketDir: string } {
+    const { dir, socketDir } = withSocketDir("sigil-local-sockets-agent-", "public", mode, owner);
     const bundlePath = path.join(dir, "bundle.pem");
     writeFileSync(bundlePath, rootsPemFromBundleJson(srv.cli(["bundle", "show", "--output", "json"]).stdout));
     const [host, port] = srv.agentApiAddress.split(":");
@@ -166,16 +171,13 @@ describe("sigil-agent run refuses an unsafe Workload API socket directory", () =
     return { configPath, socketDir };
   }
 
-  async function refusedBeforeAttesting(mode: number, owner?: { uid: number; gid: number }): Promise<void> {
+  async function refusedBeforeAttesting(mode: number, owner?: Owner): Promise<void> {
     const { configPath, socketDir } = agentWithSocketDir(mode, owner);
     const tok = srv.cli(["token", "generate", "--output", "json"]);
     expect(tok.status, tok.stderr).toBe(0);
     const { value: token } = JSON.parse(tok.stdout) as { value: string };
     const agentsBefore = srv.cli(["agent", "count", "--output", "json"]).stdout;
-    const r = await runAgentCli(["run", "--config", configPath, "--join-token", token]);
-    expect(r.status, `${r.stdout}\n${r.stderr}`).toBe(1);
-    expect(r.stderr).toContain(`workload endpoint: refusing to use directory ${socketDir}: it is owned by uid ${owner?.uid ?? uid} with mode ${mode.toString(8).padStart(4, "0")};`);
-    expect(existsSync(path.join(socketDir, "api.sock"))).toBe(false);
+    expectRefused(await runAgentCli(["run", "--config", configPath, "--join-token", token]), "workload endpoint", socketDir, mode, owner);
     // Refused before attesting: no agent was added, so the join token is still unspent.
     expect(srv.cli(["agent", "count", "--output", "json"]).stdout).toBe(agentsBefore);
   }
