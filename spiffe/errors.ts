@@ -40,6 +40,8 @@ export type ErrorCode =
   // The request is well formed but the current state refuses it (e.g. deleting a bundle entries still use).
   | "ERR_FAILED_PRECONDITION"
   | "ERR_PERMISSION_DENIED"
+  // The agent API holds no record of the calling agent: it was evicted (or never attested).
+  | "ERR_AGENT_NOT_ATTESTED"
   // A rate limit refused the call; `retryAfterMs` says when to try again.
   | "ERR_RESOURCE_EXHAUSTED"
   | "ERR_UNAVAILABLE"

@@ -139,20 +139,33 @@ const GRPC_TO_CODE: Readonly<Partial<Record<number, ErrorCode>>> = {
   [status.FAILED_PRECONDITION]: "ERR_FAILED_PRECONDITION",
   [status.PERMISSION_DENIED]: "ERR_PERMISSION_DENIED",
   [status.UNAUTHENTICATED]: "ERR_PERMISSION_DENIED",
+  [status.RESOURCE_EXHAUSTED]: "ERR_RESOURCE_EXHAUSTED",
   [status.UNAVAILABLE]: "ERR_UNAVAILABLE",
   [status.DEADLINE_EXCEEDED]: "ERR_UNAVAILABLE",
   [status.CANCELLED]: "ERR_UNAVAILABLE",
 };
 
 /**
+ * Sigil error codes the agent acts on when the server names them in its
+ * `sigil-error-code` trailer; any other code is read from the gRPC status.
+ */
+const SERVER_CODES_ACTED_ON: ReadonlySet<string> = new Set<ErrorCode>(["ERR_AGENT_NOT_ATTESTED"]);
+
+/**
  * A server RPC failure as a SigilError: `sync: SyncAuthorized: <server's message>`,
- * the code from the gRPC status (UNAVAILABLE and DEADLINE_EXCEEDED become
- * `ERR_UNAVAILABLE`, the "server is away" case).
+ * the code from the server's `sigil-error-code` trailer when it is one the
+ * agent acts on (`ERR_AGENT_NOT_ATTESTED`: evicted), else from the gRPC status
+ * (UNAVAILABLE and DEADLINE_EXCEEDED become `ERR_UNAVAILABLE`, the "server is
+ * away" case).
  */
 export function serverRpcError(rpc: string, e: unknown): SigilError {
   if (isSigilError(e)) return e;
   const se = e as Partial<ServiceError>;
-  const code = (typeof se.code === "number" ? GRPC_TO_CODE[se.code] : undefined) ?? "ERR_INTERNAL";
+  const named = se.code === status.PERMISSION_DENIED ? se.metadata?.get("sigil-error-code")[0] : undefined;
+  const code =
+    (typeof named === "string" && SERVER_CODES_ACTED_ON.has(named) ? (named as ErrorCode) : undefined) ??
+    (typeof se.code === "number" ? GRPC_TO_CODE[se.code] : undefined) ??
+    "ERR_INTERNAL";
   const detail = se.details || (e instanceof Error ? e.message : String(e));
   return new SigilError(code, `sync: ${rpc}: ${detail}`, { cause: e });
 }

@@ -71,18 +71,13 @@ export interface SyncLoopOptions {
 }
 
 /**
- * What the server's agent API says of a caller it holds no record of:
- * `agent api: <id> is not an attested agent` (server/api/agent-api.ts).
- */
-export const NOT_ATTESTED_PHRASE = "is not an attested agent";
-
-/**
  * Whether a server answer means this agent is no longer known (evicted, or its
- * record lost): PermissionDenied with {@link NOT_ATTESTED_PHRASE}. An
- * unreachable or restarting server, a ban, or a refused SVID is not eviction.
+ * record lost): the server names it `ERR_AGENT_NOT_ATTESTED` (PermissionDenied
+ * with that code in its `sigil-error-code` trailer). An unreachable or
+ * restarting server, a ban, or a refused SVID is not eviction.
  */
 export function isEvictionError(e: unknown): boolean {
-  return isSigilError(e, "ERR_PERMISSION_DENIED") && e.message.includes(NOT_ATTESTED_PHRASE);
+  return isSigilError(e, "ERR_AGENT_NOT_ATTESTED");
 }
 
 /** The agent's standing with the server. */

@@ -201,7 +201,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
     if (!raw || raw.length === 0) throw new SigilError("ERR_PERMISSION_DENIED", "agent api: no client certificate: the call needs the agent's X509-SVID");
     const { id, serial } = verifyCaller(raw);
     const record = await deps.datastore.getAgent(id.toString());
-    if (!record) throw new SigilError("ERR_PERMISSION_DENIED", `agent api: ${id} is not an attested agent`);
+    if (!record) throw new SigilError("ERR_AGENT_NOT_ATTESTED", `agent api: ${id} is not an attested agent`);
     if (record.banned) throw new SigilError("ERR_PERMISSION_DENIED", `agent api: agent ${id} is banned`);
     if (serial !== record.certSerial) {
       if (serial === record.newCertSerial) {

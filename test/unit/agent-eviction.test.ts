@@ -48,7 +48,8 @@ function rpcFailure(rpc: string, code: status, details: string, trailers: Record
 }
 
 /** The server's answer to a caller it holds no record of (server/api/agent-api.ts). */
-const notAttested = (rpc: string): SigilError => rpcFailure(rpc, status.PERMISSION_DENIED, `agent api: ${AGENT_ID} is not an attested agent`);
+const notAttested = (rpc: string): SigilError =>
+  rpcFailure(rpc, status.PERMISSION_DENIED, `agent api: ${AGENT_ID} is not an attested agent`, { "sigil-error-code": "ERR_AGENT_NOT_ATTESTED" });
 
 /** A fake agent API: a test CA, one entry, an agent record that can be evicted, and switches for failures. */
 class FakeServer implements ServerClient {
@@ -204,6 +205,9 @@ describe("join_token agent attestor", () => {
 describe("eviction is told apart from other failures", () => {
   it.each([
     ["not attested (evicted)", notAttested("SyncAuthorized"), true],
+    // Only the server's code counts, never its wording.
+    ["the same words without the code", rpcFailure("SyncAuthorized", status.PERMISSION_DENIED, `agent api: ${AGENT_ID} is not an attested agent`), false],
+    ["the code on another status", rpcFailure("SyncAuthorized", status.UNAVAILABLE, "x", { "sigil-error-code": "ERR_AGENT_NOT_ATTESTED" }), false],
     ["banned", rpcFailure("SyncAuthorized", status.PERMISSION_DENIED, `agent api: agent ${AGENT_ID} is banned`), false],
     ["not its current SVID", rpcFailure("SyncAuthorized", status.PERMISSION_DENIED, `agent api: ${AGENT_ID} presented an SVID (serial 1f) that is not its current one`), false],
     ["server unreachable", rpcFailure("SyncAuthorized", status.UNAVAILABLE, "No connection established"), false],
