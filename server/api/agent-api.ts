@@ -15,6 +15,7 @@ import { create } from "@bufbuild/protobuf";
 import { status, type ServerDuplexStream } from "@grpc/grpc-js";
 import type { Logger } from "../../common/log.js";
 import type { Metrics } from "../../common/metrics.js";
+import { isReservedId, RESERVED_PATH } from "../../common/reserved-ids.js";
 import { toServiceError } from "../../common/rpc/status.js";
 import type { ServerNodeAttestor } from "../../plugins/nodeattestor/types.js";
 import {
@@ -68,9 +69,15 @@ export interface IndexedRecord extends IndexedEntry {
 
 // Parsed SPIFFE IDs of entry records, so the signing path never re-parses them.
 const parsedIds = new WeakMap<RegistrationEntry, SpiffeId>();
+/**
+ * The SPIFFE ID an entry's SVIDs carry. An entry in the reserved namespace
+ * (only one stored before entries were checked for it) is never signed for:
+ * its SVID would pass for the server's or an agent's.
+ */
 function entrySpiffeId(e: RegistrationEntry): SpiffeId {
   let id = parsedIds.get(e);
   if (!id) parsedIds.set(e, (id = parseSpiffeId(e.spiffeId)));
+  if (isReservedId(id)) throw new SigilError("ERR_PERMISSION_DENIED", `agent api: entry ${JSON.stringify(e.id)} names ${e.spiffeId}, in the reserved namespace ${RESERVED_PATH}; no SVID is issued for it`);
   return id;
 }
 

@@ -7,10 +7,11 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { X509Certificate } from "node:crypto";
+import { generateKeyPairSync, X509Certificate } from "node:crypto";
 import { status, type ServiceError } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ManualClock } from "../../common/clock.js";
+import { parseSelector } from "../../common/selector.js";
 import { parseServerConfig } from "../../server/config/load.js";
 import { startServer, type RunningServer } from "../../server/main.js";
 import { encodePemCertificates } from "../../spiffe/pem.js";
@@ -47,6 +48,29 @@ async function refusal(p: Promise<unknown>): Promise<ServiceError> {
   }
   throw new Error("expected the call to be refused");
 }
+
+// First: a later test moves the shared clock past every SVID's expiry.
+describe("agent API: the reserved namespace", () => {
+  it("an entry naming a /spire ID, stored before entries were checked for it, is never signed for", async () => {
+    const agent = await attestedAgent("reserved");
+    try {
+      const entry = await server.datastore.createEntry({ spiffeId: `spiffe://${TD}/spire/server`, parentId: agent.spiffeId, selectors: [parseSelector("unix:uid:0")] });
+      // The entry index follows the datastore's change feed.
+      for (let i = 0; i < 200 && !(await agent.api.syncAuthorized({})).entries.some((e) => e.id === entry.id); i++) await new Promise((r) => setTimeout(r, 25));
+      const spki = new Uint8Array(generateKeyPairSync("ec", { namedCurve: "P-256" }).publicKey.export({ format: "der", type: "spki" }));
+      const before = (await server.datastore.listIssuances({})).items.length;
+      const res = await agent.api.batchNewX509SVID({ params: [{ entryId: entry.id, key: { case: "publicKey", value: spki } }] });
+      expect(res.results[0]?.svid).toBeUndefined();
+      expect(res.results[0]?.status?.code).toBe(status.PERMISSION_DENIED);
+      expect(res.results[0]?.status?.message).toContain("in the reserved namespace /spire; no SVID is issued for it");
+      const jwt = await refusal(agent.api.newJWTSVID({ entryId: entry.id, audience: ["x"] }));
+      expect(jwt.code).toBe(status.PERMISSION_DENIED);
+      expect((await server.datastore.listIssuances({})).items.length).toBe(before);
+    } finally {
+      agent.api.close();
+    }
+  });
+});
 
 describe("agent API: a verified client certificate is remembered, never trusted beyond its proof", () => {
   it("a ban takes effect on the next call of an agent whose SVID was already verified", async () => {
