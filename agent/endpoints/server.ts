@@ -21,15 +21,13 @@
  * socket file is removed at start; a socket another live agent listens on is
  * left alone and the start fails.
  */
-import { unlink, chmod } from "node:fs/promises";
-import { createServer, type Server as NetServer, type Socket } from "node:net";
-import { Server, ServerCredentials, type ServerInterceptor, type ServiceDefinition, type UntypedServiceImplementation } from "@grpc/grpc-js";
+import type { Socket } from "node:net";
+import { Server, type ServerInterceptor, type ServiceDefinition, type UntypedServiceImplementation } from "@grpc/grpc-js";
 import { addHealthService, type HealthService } from "../../common/health/grpc-health.js";
 import type { Logger } from "../../common/log.js";
-import { prepareSocketPath as prepareUnixSocketPath } from "../../common/unix-socket.js";
+import { listenUnixGrpc } from "../../common/unix-socket.js";
 import { file_grpc_health_v1_health } from "../../proto/gen/grpc/health/v1/health_pb.js";
 import { file_spiffe_workload } from "../../proto/gen/spiffe/workload_pb.js";
-import { SigilError } from "../../spiffe/errors.js";
 import { peerCredentials, releasePeer, type PeerCredentials } from "./peer.js";
 import { addReflectionService, createReflectionService } from "./reflection.js";
 
@@ -126,11 +124,6 @@ export interface WorkloadEndpoint {
   close(): Promise<void>;
 }
 
-/** The socket's directory is created 0755 (workloads must reach the socket) and must be the agent user's alone. */
-function prepareSocketPath(socketPath: string, log: Logger): Promise<void> {
-  return prepareUnixSocketPath(socketPath, { dirMode: 0o755, subsystem: "workload endpoint", log });
-}
-
 /**
  * Starts the Workload Endpoint on a Unix socket.
  *
@@ -147,7 +140,6 @@ function prepareSocketPath(socketPath: string, log: Logger): Promise<void> {
  */
 export async function startWorkloadEndpoint(options: WorkloadEndpointOptions): Promise<WorkloadEndpoint> {
   const { socketPath, log, peers } = options;
-  await prepareSocketPath(socketPath, log);
 
   const services = [options.handler, ...(options.extraServices ?? [])];
   const interceptors = services.flatMap((s) => [...(s.interceptors ?? [])]);
@@ -156,37 +148,16 @@ export async function startWorkloadEndpoint(options: WorkloadEndpointOptions): P
   if (options.health !== undefined) addHealthService(grpcServer, options.health);
   // WEP-21: server reflection describing the Workload API (and health, when served).
   addReflectionService(grpcServer, createReflectionService(options.health === undefined ? [file_spiffe_workload] : [file_spiffe_workload, file_grpc_health_v1_health]));
-  // WEP-7: plaintext; the caller is identified by the kernel, not by TLS.
-  const injector = grpcServer.createConnectionInjector(ServerCredentials.createInsecure());
-
-  const sockets = new Set<Socket>();
-  const netServer: NetServer = createServer((socket) => {
-    try {
-      peers.register(socket);
-    } catch (e) {
-      log.error({ err: e }, "Could not read the peer credentials of a Workload API connection; closing it");
-      socket.destroy();
-      return;
-    }
-    sockets.add(socket);
-    socket.once("close", () => sockets.delete(socket));
-    injector.injectConnection(socket);
+  // WEP-7: plaintext; the caller is identified by the kernel, not by TLS. Socket 0777: the agent identifies callers, it does not gate them.
+  const listener = await listenUnixGrpc({
+    socketPath,
+    server: grpcServer,
+    dirMode: 0o755,
+    socketMode: 0o777,
+    subsystem: "workload endpoint",
+    log,
+    onConnection: (socket) => void peers.register(socket),
   });
-
-  await new Promise<void>((resolve, reject) => {
-    netServer.once("error", reject);
-    netServer.listen(socketPath, () => {
-      netServer.off("error", reject);
-      resolve();
-    });
-  });
-  netServer.on("error", (e) => log.error({ err: e }, "Workload API listener error"));
-  try {
-    await chmod(socketPath, 0o777);
-  } catch (e) {
-    netServer.close();
-    throw new SigilError("ERR_INTERNAL", `workload endpoint: cannot chmod ${socketPath}: ${(e as Error).message}`, { cause: e });
-  }
   log.info({ socket_path: socketPath }, "Workload API listening");
 
   let closing: Promise<void> | undefined;
@@ -195,15 +166,9 @@ export async function startWorkloadEndpoint(options: WorkloadEndpointOptions): P
     address: `unix://${socketPath}`,
     close() {
       closing ??= (async () => {
-        await new Promise<void>((resolve) => {
-          netServer.close(() => resolve());
-          options.health?.shutdown();
-          // Streams never end on their own: cancel them rather than wait.
-          grpcServer.forceShutdown();
-          injector.destroy();
-          for (const s of sockets) s.destroy();
-        });
-        await unlink(socketPath).catch(() => undefined);
+        options.health?.shutdown();
+        // Streams never end on their own: cancel them rather than wait.
+        await listener.close("force");
         log.info({ socket_path: socketPath }, "Workload API stopped");
       })();
       return closing;

@@ -7,7 +7,7 @@
  * workload SVID signed by the real CA, before it sends its join token.
  */
 import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -178,7 +178,8 @@ describe("sigil-agent: the server must be exactly spiffe://<td>/spire/server", (
     dir = mkdtempSync(path.join(tmpdir(), "sigil-impostor-"));
     const bundlePath = path.join(dir, "bundle.pem");
     writeFileSync(bundlePath, minted.bundle_pem);
-    mkdirSync(path.join(dir, "public"));
+    mkdirSync(path.join(dir, "public"), { mode: 0o755 });
+    chmodSync(path.join(dir, "public"), 0o755); // whatever the umask: the agent refuses a group-writable socket directory
     const configPath = path.join(dir, "agent.yaml");
     writeFileSync(
       configPath,
