@@ -17,7 +17,7 @@ import type { Clock } from "../common/clock.js";
 import { systemClock } from "../common/clock.js";
 import { subsystemLogger, type Logger } from "../common/log.js";
 import type { Metrics } from "../common/metrics.js";
-import { createJoinTokenAgentAttestor } from "../plugins/nodeattestor/join_token/agent.js";
+import { createPlugins, PLUGIN_CATALOG } from "../plugins/catalog.js";
 import type { AgentNodeAttestor } from "../plugins/nodeattestor/types.js";
 import { SigilError } from "../spiffe/errors.js";
 import { parseTrustDomain, type TrustDomain } from "../spiffe/id.js";
@@ -69,11 +69,9 @@ export interface RunningAgentCore {
   stop(): Promise<void>;
 }
 
+/** The configured node attestor (the config allows exactly one), or undefined when it has nothing to attest with (no join token). */
 function nodeAttestorFrom(config: AgentConfig): AgentNodeAttestor | undefined {
-  if (config.plugins.NodeAttestor.join_token && config.agent.join_token !== undefined) {
-    return createJoinTokenAgentAttestor({ join_token: config.agent.join_token });
-  }
-  return undefined;
+  return createPlugins("agent", PLUGIN_CATALOG.NodeAttestor, config.plugins.NodeAttestor, { joinToken: config.agent.join_token })[0];
 }
 
 /**

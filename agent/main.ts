@@ -12,8 +12,7 @@ import { startHealthServer, startMetricsServer, type HttpListener } from "../com
 import { createLogger, subsystemLogger, type Logger } from "../common/log.js";
 import { Metrics } from "../common/metrics.js";
 import { ensureSecureDirectory } from "../common/secure-dir.js";
-import { createUnixWorkloadAttestor } from "../plugins/workloadattestor/unix/index.js";
-import type { WorkloadAttestor } from "../plugins/workloadattestor/types.js";
+import { createPlugins, PLUGIN_CATALOG } from "../plugins/catalog.js";
 import { parseTrustDomain } from "../spiffe/id.js";
 import { startAgent, type RunningAgentCore } from "./agent.js";
 import { createCallerAttester } from "./attestation/workload.js";
@@ -58,9 +57,8 @@ export async function startAgentProcess(config: AgentConfig, options: StartAgent
   const core = await startAgent(effective, { clock, log: subsystemLogger(log, "agent"), metrics, onProblem });
   const cleanups: (() => Promise<void> | void)[] = [() => core.stop()];
   try {
-    const attestors: WorkloadAttestor[] = [];
-    const unix = config.plugins.WorkloadAttestor.unix;
-    if (unix) attestors.push(createUnixWorkloadAttestor(unix, { log: subsystemLogger(log, "workload_attestor") }));
+    // Every configured workload attestor runs on each caller; their selectors are combined.
+    const attestors = createPlugins("agent", PLUGIN_CATALOG.WorkloadAttestor, config.plugins.WorkloadAttestor, { log: subsystemLogger(log, "workload_attestor") });
 
     const peers = createPeerTracker();
     const attest = createCallerAttester({

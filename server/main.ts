@@ -11,7 +11,6 @@
  *   call audited with the caller's uid, gid, pid and binary;
  * - optional HTTP health (`/live`, `/ready`) and Prometheus `/metrics`.
  */
-import { mkdirSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import path from "node:path";
 import { Server, ServerCredentials, experimental } from "@grpc/grpc-js";
@@ -23,13 +22,9 @@ import { startHealthServer, startMetricsServer, type HttpListener } from "../com
 import { createLogger, subsystemLogger, type Logger } from "../common/log.js";
 import { Metrics, rpcMetricsInterceptor } from "../common/metrics.js";
 import { serverSpiffeId } from "../common/reserved-ids.js";
-import { createDiskKeyManager } from "../plugins/keymanager/disk/index.js";
-import { createMemoryKeyManager } from "../plugins/keymanager/memory/index.js";
-import { SigningPool, type KeyManagerDeps } from "../plugins/keymanager/signing-pool.js";
-import type { KeyManager } from "../plugins/keymanager/types.js";
-import { createJoinTokenServerAttestor } from "../plugins/nodeattestor/join_token/server.js";
+import { createPlugins, PLUGIN_CATALOG } from "../plugins/catalog.js";
+import { SigningPool } from "../plugins/keymanager/signing-pool.js";
 import type { ServerNodeAttestor } from "../plugins/nodeattestor/types.js";
-import { createDiskUpstreamAuthority } from "../plugins/upstreamauthority/disk/index.js";
 import { AgentAPI } from "../proto/gen/sigil/agent/v1/agent_pb.js";
 import { AgentAdmin, BundleAdmin, EntryAdmin, SvidAdmin } from "../proto/gen/sigil/admin/v1/admin_pb.js";
 import { SigilError } from "../spiffe/errors.js";
@@ -45,7 +40,7 @@ import { agentApiRateLimits } from "./api/rate-limit.js";
 import { CaManager } from "./ca/manager.js";
 import { maxUsefulSvidTtlMs } from "./ca/rotation.js";
 import type { ServerConfig } from "./config/schema.js";
-import { createSqliteDatastore, type Datastore } from "./datastore/index.js";
+import type { Datastore } from "./datastore/index.js";
 import { EntryIndex } from "./registration/entry-index.js";
 
 /** How often the CA rotator runs. */
@@ -101,12 +96,6 @@ function resolveDataPath(config: ServerConfig, p: string): string {
   return path.isAbsolute(p) ? p : path.resolve(p);
 }
 
-function keyManagerFrom(config: ServerConfig, deps: KeyManagerDeps): KeyManager {
-  const km = config.plugins.KeyManager;
-  if (km.disk) return createDiskKeyManager({ keys_path: resolveDataPath(config, km.disk.keys_path) }, deps);
-  return createMemoryKeyManager(deps);
-}
-
 /** `server.signing_threads`, or its default: one less than the available cores, at most 4. */
 export function signingThreads(configured: number | undefined, cores = availableParallelism()): number {
   return configured ?? Math.max(0, Math.min(4, cores - 1));
@@ -132,9 +121,10 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     );
   }
 
-  const dbPath = resolveDataPath(config, config.plugins.DataStore.sql.connection_string);
-  mkdirSync(path.dirname(dbPath), { recursive: true, mode: 0o700 });
-  const datastore = await createSqliteDatastore({ path: dbPath, clock, issuanceWorker: true });
+  const plugins = config.plugins;
+  const [openDatastore] = createPlugins("server", PLUGIN_CATALOG.DataStore, plugins.DataStore, { clock });
+  if (openDatastore === undefined) throw new SigilError("ERR_INVALID_ARGUMENT", "server: plugins.DataStore: one DataStore plugin must be configured");
+  const datastore = await openDatastore;
   const cleanups: (() => Promise<void> | void)[] = [() => datastore.close()];
   try {
     // The trust domain may never change under existing data.
@@ -148,7 +138,9 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     const threads = signingThreads(s.signing_threads);
     const signingPool = threads > 0 ? new SigningPool(threads) : undefined;
     if (signingPool) cleanups.push(() => signingPool.close());
-    const upstreamCfg = config.plugins.UpstreamAuthority?.disk;
+    const [keyManager] = createPlugins("server", PLUGIN_CATALOG.KeyManager, plugins.KeyManager, { signingPool });
+    if (keyManager === undefined) throw new SigilError("ERR_INVALID_ARGUMENT", "server: plugins.KeyManager: one KeyManager plugin must be configured");
+    const [upstream] = createPlugins("server", PLUGIN_CATALOG.UpstreamAuthority, plugins.UpstreamAuthority, {});
     const ca = new CaManager(
       {
         trustDomain,
@@ -165,10 +157,10 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
         jwtIssuer: s.jwt_issuer,
       },
       {
-        keyManager: keyManagerFrom(config, { signingPool }),
+        keyManager,
         store: datastore,
         clock,
-        upstream: upstreamCfg ? createDiskUpstreamAuthority(upstreamCfg) : undefined,
+        upstream,
         log: subsystemLogger(log, "ca_manager"),
         onAuthoritiesChanged: (x509, jwt) => {
           for (const slot of ["A", "B"]) {
@@ -201,11 +193,9 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       pageToken = page.nextPageToken;
     } while (pageToken);
 
-    const attestors = new Map<string, ServerNodeAttestor>();
-    if (config.plugins.NodeAttestor.join_token) {
-      const a = createJoinTokenServerAttestor({ trustDomain, store: datastore });
-      attestors.set(a.name, a);
-    }
+    const attestors = new Map<string, ServerNodeAttestor>(
+      createPlugins("server", PLUGIN_CATALOG.NodeAttestor, plugins.NodeAttestor, { trustDomain, store: datastore }).map((a) => [a.name, a]),
+    );
 
     // The server's own TLS identity, re-issued on CA rotation and at half life.
     const certs = new MemoryCertificateProvider();

@@ -7,8 +7,8 @@
  */
 import { z } from "zod";
 import { duration } from "../../common/config/duration.js";
-import { healthChecksSection as healthChecks, host, LOG_LEVELS, logLevel, noSettings, port, telemetrySection, trustDomainName as trustDomain } from "../../common/config/fields.js";
-import { unixWorkloadAttestorConfigSchema } from "../../plugins/workloadattestor/unix/index.js";
+import { healthChecksSection as healthChecks, host, LOG_LEVELS, logLevel, port, telemetrySection, trustDomainName as trustDomain } from "../../common/config/fields.js";
+import { pluginsConfigSchema } from "../../plugins/catalog.js";
 import { isSigilError } from "../../spiffe/errors.js";
 import { parseEndpointAddress } from "../../spiffe/workloadapi/address.js";
 
@@ -106,42 +106,8 @@ const healthChecksSection = healthChecks({
   readyPath: "Readiness path: 200 once the agent holds its bundle and has synced, else 503 with the reasons (e.g. the agent was evicted and needs a new join token).",
 });
 
-const nodeAttestorPlugins = z
-  .strictObject({
-    join_token: noSettings("Attest with the single-use token in `agent.join_token`.").optional(),
-  })
-  .superRefine((value, ctx) => {
-    const names = Object.keys(value).filter((k) => (value as Record<string, unknown>)[k] !== undefined);
-    if (names.length !== 1) {
-      ctx.addIssue({
-        code: "custom",
-        message: names.length === 0 ? "one NodeAttestor plugin must be configured" : `exactly one NodeAttestor plugin may be configured, got ${names.length}: ${names.join(", ")}`,
-      });
-    }
-  })
-  .meta({ minProperties: 1, maxProperties: 1 })
-  .describe("How the agent proves which node it runs on.");
-
-const workloadAttestorPlugins = z
-  .strictObject({
-    unix: unixWorkloadAttestorConfigSchema
-      .nullable()
-      .transform((v) => v ?? {})
-      .optional()
-      .describe("Selectors from the caller's uid, gid and (optionally) binary path and hash."),
-  })
-  .superRefine((value, ctx) => {
-    if (Object.values(value).every((v) => v === undefined)) ctx.addIssue({ code: "custom", message: "at least one WorkloadAttestor plugin must be configured" });
-  })
-  .meta({ minProperties: 1 })
-  .describe("How Workload API callers are identified.");
-
-const pluginsSection = z
-  .strictObject({
-    NodeAttestor: nodeAttestorPlugins,
-    WorkloadAttestor: workloadAttestorPlugins,
-  })
-  .describe("Plugins, keyed by plugin type and then plugin name, as in SPIRE.");
+/** Generated from the plugin catalog: each plugin's schema lives in its own folder. */
+const pluginsSection = pluginsConfigSchema("agent");
 
 /**
  * The Sigil agent config file schema. Parse with `loadAgentConfig`; the result

@@ -35,12 +35,12 @@ export const trustDomainName = z.string().superRefine((value, ctx) => {
 export const httpPath = z.string().regex(/^\/[^\s?#]*$/, { error: "must be an absolute URL path such as \"/ready\"" });
 
 /** A plugin with no settings: written `name:` (YAML null) or `name: {}`. */
-export function noSettings(description: string) {
-  return z
+export function noSettings(description?: string) {
+  const schema = z
     .strictObject({})
     .nullable()
-    .transform((v): Record<string, never> => v ?? {})
-    .describe(description);
+    .transform((v): Record<string, never> => v ?? {});
+  return description === undefined ? schema : schema.describe(description);
 }
 
 /** The `health_checks` section; the texts say what this process's endpoints mean. */

@@ -173,9 +173,17 @@ export function configIssuesFromZod(issues: readonly z.core.$ZodIssue[], schema:
   for (const issue of issues) {
     if (issue.code === "unrecognized_keys") {
       const known = knownKeysAt(schema, issue.path);
+      // plugins.<Type>.<name>: name the plugins that exist.
+      const pluginType = issue.path.length === 2 && issue.path[0] === "plugins" ? String(issue.path[1]) : undefined;
       for (const key of issue.keys) {
         const hint = suggest(key, known);
-        push([...issue.path, key], hint === undefined ? "unknown key" : `unknown key (did you mean "${hint}"?)`, true);
+        const problem =
+          pluginType !== undefined
+            ? `unknown ${pluginType} plugin${hint === undefined ? "" : ` (did you mean "${hint}"?)`}; known ${pluginType} plugins: ${known.join(", ")}`
+            : hint === undefined
+              ? "unknown key"
+              : `unknown key (did you mean "${hint}"?)`;
+        push([...issue.path, key], problem, true);
       }
       continue;
     }

@@ -4,7 +4,8 @@
  * decides the agent's SPIFFE ID and node selectors.
  */
 import type { Selector } from "../../common/selector.js";
-import type { SpiffeId } from "../../spiffe/id.js";
+import type { SpiffeId, TrustDomain } from "../../spiffe/id.js";
+import type { JoinTokenStore } from "./join_token/server.js";
 
 /** Asks the agent a challenge and returns its answer (TPM credential activation, …). */
 export type ChallengeFn = (challenge: Uint8Array) => Promise<Uint8Array>;
@@ -54,4 +55,17 @@ export interface AgentNodeAttestor {
    * needed: …`. Shown in logs, on `/ready` and by `sigil-agent healthcheck`.
    */
   readonly reattestRemedy?: string;
+}
+
+/** What the server hands the server half of a node attestor. */
+export interface ServerNodeAttestorDeps {
+  readonly trustDomain: TrustDomain;
+  /** The datastore, for attestors that keep state there (join tokens). */
+  readonly store: JoinTokenStore;
+}
+
+/** What the agent hands the agent half of a node attestor. */
+export interface AgentNodeAttestorDeps {
+  /** `agent.join_token` (or `--join-token`), when given. */
+  readonly joinToken: string | undefined;
 }

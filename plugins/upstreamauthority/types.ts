@@ -31,3 +31,6 @@ export interface UpstreamAuthority {
   readonly name: string;
   mintX509Ca(req: MintX509CaRequest): Promise<MintedX509Ca>;
 }
+
+/** What the server hands an upstream authority plugin when it creates it (nothing yet). */
+export type UpstreamAuthorityDeps = Readonly<Record<string, never>>;

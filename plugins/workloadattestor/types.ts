@@ -4,6 +4,7 @@
  * `k8s:ns:prod`). The agent runs every configured attestor for each call and
  * matches the union of their selectors against registration entries.
  */
+import type { Logger } from "../../common/log.js";
 import type { Selector } from "../../common/selector.js";
 
 /**
@@ -32,4 +33,10 @@ export interface WorkloadAttestor {
    * `signal` aborts work the agent no longer waits for (attestation timeout).
    */
   attest(caller: WorkloadCaller, signal?: AbortSignal): Promise<Selector[]>;
+}
+
+/** What the agent hands a workload attestor plugin when it creates it. */
+export interface WorkloadAttestorDeps {
+  /** The plugin's logger (warnings about selectors it had to omit). */
+  readonly log: Logger;
 }

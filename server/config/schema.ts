@@ -7,8 +7,8 @@
  */
 import { z } from "zod";
 import { duration } from "../../common/config/duration.js";
-import { healthChecksSection as healthChecks, host, logLevel, noSettings, port, telemetrySection, trustDomainName as trustDomain } from "../../common/config/fields.js";
-import { diskKeyManagerConfigSchema } from "../../plugins/keymanager/disk/index.js";
+import { healthChecksSection as healthChecks, host, logLevel, port, telemetrySection, trustDomainName as trustDomain } from "../../common/config/fields.js";
+import { pluginsConfigSchema } from "../../plugins/catalog.js";
 
 /** Default admin API socket, shared with `sigil-server` CLI commands. */
 export const DEFAULT_SERVER_SOCKET_PATH = "/tmp/sigil-server/private/api.sock";
@@ -19,18 +19,6 @@ export const SERVER_KEY_TYPES = ["ec-p256", "ec-p384", "rsa-2048", "rsa-4096"] a
 export { LOG_LEVELS, type ConfigLogLevel } from "../../common/config/fields.js";
 
 const keyType = z.enum(SERVER_KEY_TYPES);
-
-function exactlyOne<T extends object>(kind: string) {
-  return (value: T, ctx: z.RefinementCtx<T>): void => {
-    const names = Object.keys(value).filter((k) => (value as Record<string, unknown>)[k] !== undefined);
-    if (names.length !== 1) {
-      ctx.addIssue({
-        code: "custom",
-        message: names.length === 0 ? `one ${kind} plugin must be configured` : `exactly one ${kind} plugin may be configured, got ${names.length}: ${names.join(", ")}`,
-      });
-    }
-  };
-}
 
 /** A rate in requests per second, or a bucket size. */
 const perSecond = z.number().int().min(1);
@@ -103,59 +91,8 @@ const healthChecksSection = healthChecks({
   readyPath: "Readiness path: 200 when the server can issue (CA active, datastore reachable), else 503 with the reasons.",
 });
 
-const dataStorePlugins = z
-  .strictObject({
-    sql: z
-      .strictObject({
-        database_type: z.enum(["sqlite3"]).describe("Database engine."),
-        connection_string: z.string().min(1).describe("For sqlite3, the database file path."),
-      })
-      .describe("SQL datastore."),
-  })
-  .describe("Where registration entries, agents, bundles and join tokens are stored.");
-
-const keyManagerPlugins = z
-  .strictObject({
-    memory: noSettings("Keys in memory only; a restart creates a new CA. For development and tests.").optional(),
-    disk: diskKeyManagerConfigSchema.describe("Keys persisted in one file (mode 0600).").optional(),
-  })
-  .superRefine(exactlyOne("KeyManager"))
-  .meta({ minProperties: 1, maxProperties: 1 })
-  .describe("Holds the CA and JWT signing keys.");
-
-const nodeAttestorPlugins = z
-  .strictObject({
-    join_token: noSettings("Single-use join tokens created with `sigil-server token generate`.").optional(),
-  })
-  .superRefine((value, ctx) => {
-    if (Object.values(value).every((v) => v === undefined)) ctx.addIssue({ code: "custom", message: "at least one NodeAttestor plugin must be configured" });
-  })
-  .meta({ minProperties: 1 })
-  .describe("How agents prove which node they run on.");
-
-const upstreamAuthorityPlugins = z
-  .strictObject({
-    disk: z
-      .strictObject({
-        cert_file_path: z.string().min(1).describe("PEM file with the upstream CA certificate (and any intermediates)."),
-        key_file_path: z.string().min(1).describe("PEM file with the upstream CA private key."),
-        bundle_file_path: z.string().min(1).optional().describe("PEM file with the upstream root certificates. Defaults to the certificate in `cert_file_path`."),
-      })
-      .optional()
-      .describe("Upstream CA from files on disk."),
-  })
-  .superRefine(exactlyOne("UpstreamAuthority"))
-  .meta({ minProperties: 1, maxProperties: 1 })
-  .describe("Signs the server's CA with an upstream CA instead of self-signing.");
-
-const pluginsSection = z
-  .strictObject({
-    DataStore: dataStorePlugins,
-    KeyManager: keyManagerPlugins,
-    NodeAttestor: nodeAttestorPlugins,
-    UpstreamAuthority: upstreamAuthorityPlugins.optional(),
-  })
-  .describe("Plugins, keyed by plugin type and then plugin name, as in SPIRE.");
+/** Generated from the plugin catalog: each plugin's schema lives in its own folder. */
+const pluginsSection = pluginsConfigSchema("server");
 
 /**
  * The Sigil server config file schema. Parse with `loadServerConfig`; the

@@ -70,7 +70,7 @@ describe("agent config", () => {
   it("parses the documented example", () => {
     const cfg = parseAgentConfig(AGENT_CONFIG_EXAMPLE);
     expect(cfg.agent.server_address).toBe("sigil-server.example.org");
-    expect(cfg.plugins.WorkloadAttestor.unix).toEqual({ discover_workload_path: true, workload_size_limit: 0 });
+    expect(cfg.plugins.WorkloadAttestor?.["unix"]).toEqual({ discover_workload_path: true, workload_size_limit: 0 });
   });
 
   it("requires exactly one trust bootstrap key and names all three", () => {

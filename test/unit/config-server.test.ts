@@ -82,7 +82,7 @@ describe("server config", () => {
 
   it("accepts the documented example", () => {
     const cfg = parseServerConfig(SERVER_CONFIG_EXAMPLE);
-    expect(cfg.plugins.KeyManager.disk?.keys_path).toBe("/var/lib/sigil/server/keys.json");
+    expect(cfg.plugins.KeyManager?.["disk"]).toEqual({ keys_path: "/var/lib/sigil/server/keys.json" });
     expect(cfg.telemetry?.prometheus).toEqual({ host: "0.0.0.0", port: 9988 });
   });
 
@@ -137,7 +137,7 @@ describe("server config", () => {
 
   it("requires exactly one KeyManager and at least one NodeAttestor", () => {
     const two = MINIMAL.replace("    memory:\n", "    memory:\n    disk:\n      keys_path: k.json\n");
-    expect(errorOf(() => parseServerConfig(two))).toContain("plugins.KeyManager: exactly one KeyManager plugin may be configured, got 2: memory, disk");
+    expect(errorOf(() => parseServerConfig(two))).toContain("plugins.KeyManager: exactly one KeyManager plugin may be configured, got 2: disk, memory");
     const none = MINIMAL.replace("  KeyManager:\n    memory:\n", "  KeyManager: {}\n");
     expect(errorOf(() => parseServerConfig(none))).toContain("plugins.KeyManager: one KeyManager plugin must be configured");
     const noAttestor = MINIMAL.replace("  NodeAttestor:\n    join_token: {}\n", "  NodeAttestor: {}\n");

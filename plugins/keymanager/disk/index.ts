@@ -18,6 +18,7 @@ import { SigilError } from "../../../spiffe/errors.js";
 import { generateKeyPair, type KeyType, type Signer } from "../../../spiffe/signer.js";
 import { keyManagerSigner, type KeyManagerDeps } from "../signing-pool.js";
 import type { KeyManager } from "../types.js";
+import { pluginHalf, type PluginDescriptor } from "../../descriptor.js";
 
 /** Configuration of the disk key manager. */
 export const diskKeyManagerConfigSchema = z.strictObject({
@@ -90,3 +91,14 @@ export function createDiskKeyManager(config: DiskKeyManagerConfig, deps: KeyMana
     },
   };
 }
+
+/** The `disk` KeyManager in the plugin catalog. */
+export const diskKeyManagerPlugin: PluginDescriptor<"KeyManager", KeyManagerDeps, KeyManager> = {
+  type: "KeyManager",
+  name: "disk",
+  server: pluginHalf({
+    description: "Keys persisted in one file (mode 0600), written atomically; its directory must be the server user's alone.",
+    configSchema: diskKeyManagerConfigSchema,
+    create: (config, deps: KeyManagerDeps) => createDiskKeyManager(config, deps),
+  }),
+};

@@ -5,6 +5,8 @@
 import { generateKeyPair, type KeyType, type Signer } from "../../../spiffe/signer.js";
 import { keyManagerSigner, type KeyManagerDeps } from "../signing-pool.js";
 import type { KeyManager } from "../types.js";
+import { noSettings } from "../../../common/config/fields.js";
+import { pluginHalf, type PluginDescriptor } from "../../descriptor.js";
 
 /** Creates a memory key manager. It takes no configuration. */
 export function createMemoryKeyManager(deps: KeyManagerDeps = {}): KeyManager {
@@ -24,3 +26,14 @@ export function createMemoryKeyManager(deps: KeyManagerDeps = {}): KeyManager {
     },
   };
 }
+
+/** The `memory` KeyManager in the plugin catalog. */
+export const memoryKeyManagerPlugin: PluginDescriptor<"KeyManager", KeyManagerDeps, KeyManager> = {
+  type: "KeyManager",
+  name: "memory",
+  server: pluginHalf({
+    description: "Keys in memory only; a restart creates a new CA. For development and tests.",
+    configSchema: noSettings(),
+    create: (_config, deps: KeyManagerDeps) => createMemoryKeyManager(deps),
+  }),
+};

@@ -10,7 +10,8 @@ import { SigilError } from "../../../spiffe/errors.js";
 import { decodePemCertificates } from "../../../spiffe/pem.js";
 import { createKeyObjectSigner } from "../../../spiffe/signer.js";
 import { createIntermediateCa } from "../../../spiffe/x509/ca.js";
-import type { MintedX509Ca, MintX509CaRequest, UpstreamAuthority } from "../types.js";
+import type { MintedX509Ca, MintX509CaRequest, UpstreamAuthority, UpstreamAuthorityDeps } from "../types.js";
+import { pluginHalf, type PluginDescriptor } from "../../descriptor.js";
 
 /** Configuration of the disk upstream authority. */
 export const diskUpstreamAuthorityConfigSchema = z.strictObject({
@@ -73,3 +74,14 @@ export function createDiskUpstreamAuthority(config: DiskUpstreamAuthorityConfig)
     },
   };
 }
+
+/** The `disk` UpstreamAuthority in the plugin catalog. */
+export const diskUpstreamAuthorityPlugin: PluginDescriptor<"UpstreamAuthority", UpstreamAuthorityDeps, UpstreamAuthority> = {
+  type: "UpstreamAuthority",
+  name: "disk",
+  server: pluginHalf({
+    description: "Upstream CA from files on disk.",
+    configSchema: diskUpstreamAuthorityConfigSchema,
+    create: (config, _deps: UpstreamAuthorityDeps) => createDiskUpstreamAuthority(config),
+  }),
+};

@@ -30,7 +30,8 @@ import { z } from "zod";
 import type { Logger } from "../../../common/log.js";
 import { makeSelector, MAX_SELECTOR_VALUE_BYTES, type Selector } from "../../../common/selector.js";
 import { SigilError } from "../../../spiffe/errors.js";
-import type { WorkloadAttestor, WorkloadCaller } from "../types.js";
+import type { WorkloadAttestor, WorkloadAttestorDeps, WorkloadCaller } from "../types.js";
+import { pluginHalf, type PluginDescriptor } from "../../descriptor.js";
 
 /** Plugin name and selector type. */
 export const UNIX_WORKLOAD_ATTESTOR = "unix";
@@ -235,3 +236,15 @@ export function createUnixWorkloadAttestor(config: UnixWorkloadAttestorConfig = 
     },
   };
 }
+
+/** The `unix` WorkloadAttestor in the plugin catalog. */
+export const unixWorkloadAttestorPlugin: PluginDescriptor<"WorkloadAttestor", never, never, WorkloadAttestorDeps, WorkloadAttestor> = {
+  type: "WorkloadAttestor",
+  name: UNIX_WORKLOAD_ATTESTOR,
+  agent: pluginHalf({
+    description: "Selectors from the caller's uid, gid and (optionally) binary path and hash.",
+    // Written `unix:` (YAML null) or `unix: {}` when every option keeps its default.
+    configSchema: unixWorkloadAttestorConfigSchema.nullable().transform((v) => v ?? {}),
+    create: (config, deps: WorkloadAttestorDeps) => createUnixWorkloadAttestor(config, { log: deps.log }),
+  }),
+};

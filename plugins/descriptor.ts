@@ -1,0 +1,51 @@
+/**
+ * What every plugin folder exports: one descriptor naming the plugin's type
+ * and name, and for each side it runs on (server, agent, or both for node
+ * attestors) its config schema and a `create(config, deps)` factory.
+ * `plugins/catalog.ts` lists the descriptors; the config schemas, the
+ * generated config docs and the composition roots are built from that list.
+ */
+import type { z } from "zod";
+
+/** Plugin types, as SPIRE names them in the `plugins` config section. */
+export type PluginType = "DataStore" | "KeyManager" | "NodeAttestor" | "UpstreamAuthority" | "WorkloadAttestor";
+
+/** Which binary a plugin half runs in. */
+export type PluginSide = "server" | "agent";
+
+/** A plugin instance; `close()` releases what it holds (called in reverse creation order). */
+export interface PluginInstance {
+  close?(): Promise<void> | void;
+}
+
+/** One side of a plugin: its config schema and factory. */
+export interface PluginHalf<Deps, Instance> {
+  /** One sentence for the generated config docs. */
+  readonly description: string;
+  /** Validates the plugin's own config section (`plugins.<Type>.<name>`); `{}` or YAML null when it has no settings. */
+  readonly configSchema: z.ZodType;
+  /** Builds the plugin from its validated config (the output of `configSchema`). */
+  create(config: unknown, deps: Deps): Instance;
+}
+
+/**
+ * Defines one side of a plugin with its config typed by its schema. The
+ * composition root hands `create` the value the generated config schema
+ * already validated with this very `configSchema`.
+ */
+export function pluginHalf<S extends z.ZodType, Deps, Instance>(half: {
+  readonly description: string;
+  readonly configSchema: S;
+  readonly create: (config: z.output<S>, deps: Deps) => Instance;
+}): PluginHalf<Deps, Instance> {
+  return { description: half.description, configSchema: half.configSchema, create: (config, deps) => half.create(config as z.output<S>, deps) };
+}
+
+/** A plugin: its type, its name, and the halves it has. */
+export interface PluginDescriptor<Type extends PluginType, ServerDeps = never, ServerInstance = never, AgentDeps = never, AgentInstance = never> {
+  readonly type: Type;
+  /** The key under `plugins.<Type>` in config (`disk`, `join_token`). */
+  readonly name: string;
+  readonly server?: PluginHalf<ServerDeps, ServerInstance>;
+  readonly agent?: PluginHalf<AgentDeps, AgentInstance>;
+}
