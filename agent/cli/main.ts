@@ -1,7 +1,7 @@
 /**
  * `sigil-agent`: run the agent, and talk to a Workload API as a workload
  * would (`api fetch x509|jwt`, `api validate jwt`, `api watch`), plus
- * `healthcheck`. Exit status: 0 success, 1 the operation failed, 2 usage.
+ * `validate` (a config file) and `healthcheck`. Exit status: 0 success, 1 the operation failed, 2 usage.
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
@@ -75,6 +75,17 @@ export function buildProgram(): Command {
     .action(async (o: { config: string; joinToken?: string; expandEnv?: boolean }) => {
       const { runAgent } = await import("../main.js");
       await runAgent(o.config, { expandEnv: Boolean(o.expandEnv), ...(o.joinToken ? { joinToken: o.joinToken } : {}) });
+    });
+
+  program
+    .command("validate")
+    .description("validate a config file and print every problem")
+    .requiredOption("-c, --config <path>", "agent config file (YAML or JSON)")
+    .option("--expand-env", "expand ${VAR} references in the config")
+    .action(async (o: { config: string; expandEnv?: boolean }) => {
+      const { loadAgentConfig } = await import("../config/load.js");
+      loadAgentConfig(o.config, { expandEnv: Boolean(o.expandEnv) });
+      process.stdout.write("configuration is valid\n");
     });
 
   program
