@@ -20,6 +20,7 @@ import type { KeyManager } from "../../plugins/keymanager/types.js";
 import type { UpstreamAuthority } from "../../plugins/upstreamauthority/types.js";
 import type { Datastore } from "../datastore/index.js";
 import { rotationAction } from "./rotation.js";
+import { canonicalSerialHex } from "../../spiffe/x509/serial.js";
 
 /** Slot names, as in SPIRE. */
 export type SlotId = "A" | "B";
@@ -431,7 +432,7 @@ export class CaManager {
     });
     ca.sendChain ??= ca.chainDers.filter((d) => !ca.rootDers.some((r) => Buffer.from(r).equals(Buffer.from(d))));
     const sendChain = ca.sendChain;
-    const serial = Buffer.from(serialBytes).toString("hex").replace(/^0+(?=.)/, "");
+    const serial = canonicalSerialHex(Buffer.from(serialBytes).toString("hex"));
     return { tbs, done: (leaf) => ({ chain: [leaf, ...sendChain], serial, notBefore, notAfter, caKeyId: ca.keyId }) };
   }
 

@@ -17,6 +17,7 @@ import type { CaJournalInput, CaKeyKind, CaSlotStatus } from "./ca-journal.js";
 import type { EntryInput } from "./entry.js";
 import { ISSUANCE_KINDS, type IssuanceInput, type IssuanceKind } from "./issuance.js";
 import type { JoinTokenInput } from "./join-token.js";
+import { canonicalSerialHex } from "../../spiffe/x509/serial.js";
 
 /** Largest TTL accepted, in seconds (a signed 32-bit integer, as in SPIRE's API). */
 export const MAX_TTL_SECONDS = 2_147_483_647;
@@ -376,7 +377,7 @@ const MAX_SERIAL_HEX_DIGITS = 40;
  */
 export function checkSerialHex(what: string, value: unknown): string {
   if (typeof value !== "string" || !HEX_SERIAL_RE.test(value)) throw invalid(`${what} must be 1-64 hex digits`);
-  const canonical = value.toLowerCase().replace(/^0+(?=.)/, "");
+  const canonical = canonicalSerialHex(value);
   if (canonical.length > MAX_SERIAL_HEX_DIGITS) throw invalid(`${what} is longer than 20 octets (${MAX_SERIAL_HEX_DIGITS} hex digits)`);
   return canonical;
 }

@@ -67,3 +67,12 @@ export function serialHexOf(serialElement: Uint8Array): string {
   const content = serialElement.subarray(2); // serials are at most 21 octets: short-form length
   return Buffer.from(content[0] === 0 && content.length > 1 ? content.subarray(1) : content).toString("hex");
 }
+
+/**
+ * A serial's hex as Sigil stores and compares it: lowercase, no leading zeros
+ * (`"0"` for zero), so serials from different sources (Node's uppercase
+ * `serialNumber`, DER with a sign octet, an operator's input) compare equal.
+ */
+export function canonicalSerialHex(hex: string): string {
+  return hex.toLowerCase().replace(/^0+(?=.)/, "");
+}

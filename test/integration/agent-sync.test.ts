@@ -15,7 +15,7 @@ import { parseAgentConfig } from "../../agent/config/load.js";
 import { createLogger, type Logger } from "../../common/log.js";
 import { Metrics } from "../../common/metrics.js";
 import { makeSelector } from "../../common/selector.js";
-import { normalizeSerial } from "../../server/api/agent-api.js";
+import { canonicalSerialHex } from "../../spiffe/x509/serial.js";
 import { parseServerConfig } from "../../server/config/load.js";
 import { startServer, type RunningServer } from "../../server/main.js";
 import { toX509Bundle } from "../../spiffe/bundle/spiffe-bundle.js";
@@ -126,7 +126,7 @@ describe("agent sync against an in-process server", () => {
     const record = await server.datastore.getAgent(core.agentId);
     // The server made the renewed SVID current on its first use.
     expect(record?.newCertSerial).toBeNull();
-    expect(record?.certSerial).toBe(normalizeSerial(new X509Certificate(renewed.chain[0]!).serialNumber));
+    expect(record?.certSerial).toBe(canonicalSerialHex(new X509Certificate(renewed.chain[0]!).serialNumber));
   });
 
   it("restarts from data_dir without a join token", async () => {
