@@ -11,7 +11,7 @@ import { isSigilError } from "../../spiffe/errors.js";
 import { encodePemCertificates } from "../../spiffe/pem.js";
 import { createWorkloadApiClient, type WorkloadApiClient } from "../../spiffe/workloadapi/client.js";
 import type { X509Context } from "../../spiffe/workloadapi/x509-context.js";
-import { DEFAULT_WORKLOAD_API_SOCKET_PATH } from "../endpoints/server.js";
+import { DEFAULT_AGENT_SOCKET_PATH as DEFAULT_WORKLOAD_API_SOCKET_PATH } from "../config/schema.js";
 
 type Output = "json" | "pretty";
 

@@ -31,8 +31,6 @@ import { file_spiffe_workload } from "../../proto/gen/spiffe/workload_pb.js";
 import { peerCredentials, releasePeer, type PeerCredentials } from "./peer.js";
 import { addReflectionService, createReflectionService } from "./reflection.js";
 
-/** SPIRE's default socket directory layout, under Sigil's name. */
-export const DEFAULT_WORKLOAD_API_SOCKET_PATH = "/tmp/sigil-agent/public/api.sock";
 
 /** Prefix of the synthetic peer addresses; never a real IP or path. */
 const PEER_PREFIX = "sigil-uds-peer";

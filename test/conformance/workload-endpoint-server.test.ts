@@ -14,7 +14,8 @@ import { FileDescriptorProtoSchema, FileDescriptorSetSchema, type FileDescriptor
 import { Client, credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
 import { parseAgentConfig } from "../../agent/config/load.js";
-import { createPeerTracker, DEFAULT_WORKLOAD_API_SOCKET_PATH, startWorkloadEndpoint } from "../../agent/endpoints/server.js";
+import { DEFAULT_AGENT_SOCKET_PATH as DEFAULT_WORKLOAD_API_SOCKET_PATH } from "../../agent/config/schema.js";
+import { createPeerTracker, startWorkloadEndpoint } from "../../agent/endpoints/server.js";
 import { createWorkloadApiHandler } from "../../agent/endpoints/workload-api/handler.js";
 import { createHealthService } from "../../common/health/grpc-health.js";
 import { createLogger } from "../../common/log.js";
@@ -40,7 +41,7 @@ import { isSigilError } from "../../spiffe/errors.js";
 import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
 import { createWorkloadApiClient, type WorkloadApiClient } from "../../spiffe/workloadapi/client.js";
 import { isWorkloadApiError } from "../../spiffe/workloadapi/errors.js";
-import { FakeWorkloadCache, fixedCaller, ownUidSelector, startTestAgentEndpoint, type TestAgentEndpoint } from "../fakes/fake-workload-cache.js";
+import { FakeWorkloadCache, fixedCaller, ownUidSelector, startTestAgentEndpoint, type TestAgentEndpoint, type TestAgentEndpointOptions } from "../fakes/fake-workload-cache.js";
 import { toolAvailable } from "../support/tools.js";
 
 const WAPI = grpcServiceDefinition(SpiffeWorkloadAPI);
@@ -59,7 +60,7 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-async function endpoint(cache = new FakeWorkloadCache(), extra: Partial<Parameters<typeof startTestAgentEndpoint>[0]> = {}): Promise<TestAgentEndpoint> {
+async function endpoint(cache = new FakeWorkloadCache(), extra: Partial<TestAgentEndpointOptions> = {}): Promise<TestAgentEndpoint> {
   const ep = await startTestAgentEndpoint({ cache, ...extra });
   cleanups.push(() => ep.close());
   return ep;
