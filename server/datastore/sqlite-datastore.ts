@@ -218,6 +218,32 @@ function applyMask<T extends object>(what: string, current: T, changes: object, 
   return merged as T;
 }
 
+/** The registration_entries columns an entry's fields fill, bound in this one order by INSERT and UPDATE. */
+const ENTRY_COLUMNS = [
+  "spiffe_id",
+  "parent_id",
+  "selectors_hash",
+  "selector_count",
+  "federates_with_count",
+  "x509_svid_ttl",
+  "jwt_svid_ttl",
+  "dns_names",
+  "admin",
+  "downstream",
+  "hint",
+  "expires_at",
+] as const;
+
+/** Values of {@link ENTRY_COLUMNS} for a normalized entry, in the same order. */
+function entryColumnValues(n: NormalizedEntry): unknown[] {
+  return [n.spiffeId, n.parentId, n.selectorsHash, n.selectors.length, n.federatesWith.length, n.x509SvidTtl, n.jwtSvidTtl, JSON.stringify(n.dnsNames), n.admin ? 1 : 0, n.downstream ? 1 : 0, n.hint, n.expiresAt];
+}
+
+const INSERT_ENTRY_SQL = `INSERT INTO registration_entries (id, ${ENTRY_COLUMNS.join(", ")}, created_at, updated_at, revision)
+  VALUES (?, ${ENTRY_COLUMNS.map(() => "?").join(", ")}, ?, ?, 0) RETURNING row_id`;
+
+const UPDATE_ENTRY_SQL = `UPDATE registration_entries SET ${ENTRY_COLUMNS.map((c) => `${c} = ?`).join(", ")}, updated_at = ?, revision = revision + 1 WHERE row_id = ?`;
+
 /**
  * Opens (creating and migrating when needed) a SQLite datastore.
  *
@@ -475,26 +501,7 @@ class SqliteDatastore implements Datastore {
     if (this.#entryRow(id) !== undefined) throw new SigilError("ERR_ALREADY_EXISTS", `datastore: entry ${id} already exists`);
     this.#checkEntryUnique(n, undefined);
     this.#checkBundlesExist(n.federatesWith);
-    const inserted = this.#get<{ row_id: number }>(
-      `INSERT INTO registration_entries (id, spiffe_id, parent_id, selectors_hash, selector_count, federates_with_count,
-         x509_svid_ttl, jwt_svid_ttl, dns_names, admin, downstream, hint, expires_at, created_at, updated_at, revision)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) RETURNING row_id`,
-      id,
-      n.spiffeId,
-      n.parentId,
-      n.selectorsHash,
-      n.selectors.length,
-      n.federatesWith.length,
-      n.x509SvidTtl,
-      n.jwtSvidTtl,
-      JSON.stringify(n.dnsNames),
-      n.admin ? 1 : 0,
-      n.downstream ? 1 : 0,
-      n.hint,
-      n.expiresAt,
-      now,
-      now,
-    ) as { row_id: number };
+    const inserted = this.#get<{ row_id: number }>(INSERT_ENTRY_SQL, id, ...entryColumnValues(n), now, now) as { row_id: number };
     this.#writeEntryMembers(inserted.row_id, n);
     this.#event(events, "entry", id, "create", now);
     return this.#loadEntry(this.#entryRow(id) as EntryRow);
@@ -540,26 +547,7 @@ class SqliteDatastore implements Datastore {
       const n = normalizeEntry(applyMask("entry", current as EntryInput, changes, fields, ["spiffeId", "parentId", "selectors"]));
       this.#checkEntryUnique(n, row.row_id);
       this.#checkBundlesExist(n.federatesWith);
-      this.#exec(
-        `UPDATE registration_entries SET spiffe_id = ?, parent_id = ?, selectors_hash = ?, selector_count = ?, federates_with_count = ?,
-           x509_svid_ttl = ?, jwt_svid_ttl = ?, dns_names = ?, admin = ?, downstream = ?, hint = ?, expires_at = ?,
-           updated_at = ?, revision = revision + 1
-         WHERE row_id = ?`,
-        n.spiffeId,
-        n.parentId,
-        n.selectorsHash,
-        n.selectors.length,
-        n.federatesWith.length,
-        n.x509SvidTtl,
-        n.jwtSvidTtl,
-        JSON.stringify(n.dnsNames),
-        n.admin ? 1 : 0,
-        n.downstream ? 1 : 0,
-        n.hint,
-        n.expiresAt,
-        now,
-        row.row_id,
-      );
+      this.#exec(UPDATE_ENTRY_SQL, ...entryColumnValues(n), now, row.row_id);
       if (fields.includes("selectors") || fields.includes("federatesWith")) this.#writeEntryMembers(row.row_id, n);
       this.#event(events, "entry", id, "update", now);
       return this.#loadEntry(this.#entryRow(id) as EntryRow);
