@@ -12,7 +12,7 @@
  * The cases with another uid need root (CI runs as root).
  */
 import { spawnSync } from "node:child_process";
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, realpathSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, lchownSync, mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -148,6 +148,11 @@ describe("sigil-agent run refuses an unsafe Workload API socket directory", () =
   /** An agent config whose socket directory exists already with `mode` (and `owner`). */
   function agentWithSocketDir(mode: number, owner?: Owner): { configPath: string; socketDir: string } {
     const { dir, socketDir } = withSocketDir("sigil-local-sockets-agent-", "public", mode, owner);
+    return { configPath: agentConfig(dir, socketDir), socketDir };
+  }
+
+  /** Writes an agent config under `dir` serving the Workload API in `socketDir`; returns its path. */
+  function agentConfig(dir: string, socketDir: string): string {
     const bundlePath = path.join(dir, "bundle.pem");
     writeFileSync(bundlePath, rootsPemFromBundleJson(srv.cli(["bundle", "show", "--output", "json"]).stdout));
     const [host, port] = srv.agentApiAddress.split(":");
@@ -168,18 +173,24 @@ describe("sigil-agent run refuses an unsafe Workload API socket directory", () =
         "",
       ].join("\n"),
     );
-    return { configPath, socketDir };
+    return configPath;
   }
 
-  async function refusedBeforeAttesting(mode: number, owner?: Owner): Promise<void> {
-    const { configPath, socketDir } = agentWithSocketDir(mode, owner);
+  /** Runs the agent with `configPath` and a fresh join token; checks the token was not spent and returns the run. */
+  async function runWithoutAttesting(configPath: string): Promise<{ status: number | null; stdout: string; stderr: string }> {
     const tok = srv.cli(["token", "generate", "--output", "json"]);
     expect(tok.status, tok.stderr).toBe(0);
     const { value: token } = JSON.parse(tok.stdout) as { value: string };
     const agentsBefore = srv.cli(["agent", "count", "--output", "json"]).stdout;
-    expectRefused(await runAgentCli(["run", "--config", configPath, "--join-token", token]), "workload endpoint", socketDir, mode, owner);
+    const r = await runAgentCli(["run", "--config", configPath, "--join-token", token]);
     // Refused before attesting: no agent was added, so the join token is still unspent.
     expect(srv.cli(["agent", "count", "--output", "json"]).stdout).toBe(agentsBefore);
+    return r;
+  }
+
+  async function refusedBeforeAttesting(mode: number, owner?: Owner): Promise<void> {
+    const { configPath, socketDir } = agentWithSocketDir(mode, owner);
+    expectRefused(await runWithoutAttesting(configPath), "workload endpoint", socketDir, mode, owner);
   }
 
   it("mode 0777: exits 1 naming the directory, its owner and its mode, before spending the join token", async () => {
@@ -189,4 +200,28 @@ describe("sigil-agent run refuses an unsafe Workload API socket directory", () =
   it.skipIf(!isRoot)("owned by another uid: exits 1 naming the directory, its owner and its mode (needs root)", async () => {
     await refusedBeforeAttesting(0o755, OTHER);
   }, 60_000);
+
+  it.skipIf(!isRoot)(
+    "a symbolic link another uid planted in a sticky directory like /tmp, leading to a safe directory: exits 1 naming the link and its owner (needs root)",
+    async () => {
+      // The attacker creates /tmp/<name> -> a directory of root's before the agent first starts; once the agent
+      // listens there, repointing the link at the attacker's own directory would hand every workload a fake socket.
+      const dir = tempDir("sigil-local-sockets-agent-");
+      const sticky = path.join(dir, "tmp");
+      mkdirSync(sticky);
+      chmodSync(sticky, 0o1777);
+      const safe = path.join(dir, "safe");
+      mkdirSync(safe, { mode: 0o755 });
+      const socketDir = path.join(sticky, "sigil");
+      symlinkSync(safe, socketDir);
+      lchownSync(socketDir, OTHER.uid, OTHER.gid);
+      const r = await runWithoutAttesting(agentConfig(dir, socketDir));
+      expect(r.status, `${r.stdout}\n${r.stderr}`).toBe(1);
+      expect(r.stderr).toContain(
+        `workload endpoint: refusing to use directory ${socketDir}: ${socketDir}, a symbolic link on the way, is owned by uid ${OTHER.uid}; every symbolic link on the way must be owned by root or uid ${uid}`,
+      );
+      expect(existsSync(path.join(safe, "api.sock"))).toBe(false);
+    },
+    60_000,
+  );
 });

@@ -4,7 +4,7 @@
  *
  * The ownership cases need root to chown to another uid (CI runs as root).
  */
-import { chmodSync, chownSync, lchownSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, lchownSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -127,6 +127,47 @@ describe.skipIf(!isRoot)("directories of other users (needs root)", () => {
     const link = path.join(fresh(), "link");
     symlinkSync(parent, link);
     lchownSync(link, OTHER_UID, OTHER_UID);
-    expect(refusal(() => checkSecureDirectory(path.join(link, "sock"), "test")).message).toMatch(new RegExp(`${link} above it is owned by uid ${OTHER_UID}`));
+    expect(refusal(() => checkSecureDirectory(path.join(link, "sock"), "test")).message).toMatch(
+      new RegExp(`${link}, a symbolic link on the way, is owned by uid ${OTHER_UID}; every symbolic link on the way must be owned by root or uid 0`),
+    );
+  });
+
+  /** A sticky, world-writable directory like /tmp, and a safe directory of ours elsewhere. */
+  function stickyAndSafe(): { sticky: string; safe: string } {
+    const sticky = fresh();
+    chmodSync(sticky, 0o1777);
+    const safe = fresh();
+    chmodSync(safe, 0o755);
+    return { sticky, safe };
+  }
+
+  it("refuses a directory that is itself a symbolic link another uid planted in a sticky directory, though it leads somewhere safe", () => {
+    // The link's owner can point it elsewhere at any time, e.g. at a directory serving a fake socket.
+    const { sticky, safe } = stickyAndSafe();
+    const link = path.join(sticky, "sigil");
+    symlinkSync(safe, link);
+    lchownSync(link, OTHER_UID, OTHER_UID);
+    expect(refusal(() => checkSecureDirectory(link, "workload endpoint")).message).toBe(
+      `workload endpoint: refusing to use directory ${link}: ${link}, a symbolic link on the way, is owned by uid ${OTHER_UID}; every symbolic link on the way must be owned by root or uid 0`,
+    );
+  });
+
+  it("refuses a chain of links that passes through a link another uid owns", () => {
+    const { sticky, safe } = stickyAndSafe();
+    const planted = path.join(sticky, "planted");
+    symlinkSync(safe, planted);
+    lchownSync(planted, OTHER_UID, OTHER_UID);
+    const ours = path.join(fresh(), "ours");
+    symlinkSync(planted, ours);
+    expect(refusal(() => checkSecureDirectory(ours, "test")).message).toMatch(new RegExp(`${planted}, a symbolic link on the way, is owned by uid ${OTHER_UID}`));
+  });
+
+  it("creates nothing through a link another uid owns", () => {
+    const { sticky, safe } = stickyAndSafe();
+    const link = path.join(sticky, "sigil-agent");
+    symlinkSync(safe, link);
+    lchownSync(link, OTHER_UID, OTHER_UID);
+    refusal(() => ensureSecureDirectory(path.join(link, "public"), 0o755, "test"));
+    expect(existsSync(path.join(safe, "public"))).toBe(false);
   });
 });
