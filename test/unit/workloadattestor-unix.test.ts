@@ -4,7 +4,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtempSync, mkdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, mkdtempSync, mkdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { once } from "node:events";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -139,6 +139,24 @@ describe("unix workload attestor", () => {
     expect(selectors).toContain(`unix:path:${exe}`);
     const hex = createHash("sha256").update(readFileSync(exe)).digest("hex");
     expect(selectors).toContain(`unix:sha256:${hex}`);
+  });
+
+  it("a binary deleted since the caller started: unix:sha256 of what runs, no unix:path (its path names nothing now), logged", async () => {
+    const bin = path.join(tempDir(), "web");
+    copyFileSync("/bin/sleep", bin);
+    chmodSync(bin, 0o755);
+    const hex = createHash("sha256").update(readFileSync(bin)).digest("hex");
+    const child = spawn(bin, ["30"], { stdio: "ignore" });
+    cleanups.push(() => void child.kill("SIGKILL"));
+    await once(child, "spawn");
+    rmSync(bin);
+    const { log, lines } = memoryLog();
+    const selectors = strings(await createUnixWorkloadAttestor({ discover_workload_path: true }, { log }).attest({ ...self(), pid: child.pid as number }));
+    child.kill("SIGKILL");
+    await once(child, "exit");
+    expect(selectors).toContain(`unix:sha256:${hex}`);
+    expect(selectors.filter((s) => s.startsWith("unix:path:"))).toEqual([]);
+    expect(lines.some((l) => String(l["msg"]).endsWith("unix:path omitted") && l["path"] === `${bin} (deleted)`)).toBe(true);
   });
 
   it("workload_size_limit: a larger binary gets no unix:sha256 (logged); a negative limit never hashes; 0 means no limit", async () => {

@@ -13,7 +13,10 @@
  *   `Groups:` line of /proc/<pid>/status, with its name when known.
  * - With `discover_workload_path`: `unix:path` and `unix:sha256` (hex SHA-256
  *   of the binary), both from ONE open of /proc/<pid>/exe, so the path and the
- *   hash always describe the same file (works across mount namespaces).
+ *   hash always describe the same file. `unix:path` is given only when that
+ *   path, looked up by the agent, leads to that very file: a caller in another
+ *   mount namespace (which any user can make in a user namespace) reports the
+ *   path of its own namespace, and a deleted or replaced binary a stale one.
  *   `workload_size_limit` caps the hashing: 0 means no limit, a negative
  *   value never hashes, and a larger binary gets no `unix:sha256` selector
  *   (SPIRE fails the whole attestation instead; here entries that rely on the
@@ -24,7 +27,7 @@
  * still owned by the uid/gid it connected with (`verifyPeer`).
  */
 import { createHash } from "node:crypto";
-import { open, readFile, readlink, type FileHandle } from "node:fs/promises";
+import { open, readFile, readlink, stat, type FileHandle } from "node:fs/promises";
 import path from "node:path";
 import { z } from "zod";
 import type { Logger } from "../../../common/log.js";
@@ -146,6 +149,21 @@ async function sha256OfHandle(handle: FileHandle, limit: number, signal: AbortSi
 }
 
 /**
+ * True when `file`, looked up in the agent's own mount namespace, is the file
+ * open in `handle`. The name of an open file is its path in the namespace of
+ * whoever opened it: a caller in a mount namespace of its own (any user may
+ * make one inside a user namespace) can put any program at any path there.
+ */
+async function sameFile(handle: FileHandle, file: string): Promise<boolean> {
+  try {
+    const [opened, named] = await Promise.all([handle.stat({ bigint: true }), stat(file, { bigint: true })]);
+    return opened.dev === named.dev && opened.ino === named.ino;
+  } catch {
+    return false;
+  }
+}
+
+/**
  * Creates the `unix` workload attestor.
  *
  * @example
@@ -182,6 +200,11 @@ export function createUnixWorkloadAttestor(config: UnixWorkloadAttestorConfig = 
       // A path the selector grammar cannot carry gets no selector; entries cannot name it either.
       if (Buffer.byteLength(pathValue) > MAX_SELECTOR_VALUE_BYTES || /[\u0000-\u001f\u007f-\u009f]/.test(exe)) {
         deps.log?.warn({ pid }, "workloadattestor(unix): binary path cannot be a selector; unix:path omitted");
+      } else if (!(await sameFile(handle, exe))) {
+        deps.log?.warn(
+          { pid, path: exe },
+          "workloadattestor(unix): the binary's path does not lead to the caller's binary for the agent (another mount namespace, or the file was replaced or deleted); unix:path omitted",
+        );
       } else {
         out.push(sel(pathValue));
       }
