@@ -127,10 +127,17 @@ export async function listenUnixGrpc(options: UnixGrpcListenerOptions): Promise<
   });
   await new Promise<void>((resolve, reject) => {
     listener.once("error", reject);
-    listener.listen(socketPath, () => {
-      listener.off("error", reject);
-      resolve();
-    });
+    // The socket is created by bind(), inside listen(), with the umask's mode: restricted for
+    // that call so that a 0600 socket is never, until the chmod below, open to others.
+    const umask = process.umask(0o777 & ~options.socketMode);
+    try {
+      listener.listen(socketPath, () => {
+        listener.off("error", reject);
+        resolve();
+      });
+    } finally {
+      process.umask(umask);
+    }
   });
   listener.on("error", (e) => log.error({ err: e }, `${subsystem}: listener error`));
   try {
