@@ -55,16 +55,33 @@ export function grpcStatusForCode(code: ErrorCode): status {
 }
 
 /**
+ * Longest status message sent, in characters. A message may quote what the
+ * caller sent (an entry ID, an attestor name, an OID from a CSR), which can be
+ * as large as a gRPC message; unbounded, one refused call would write that
+ * much into the audit log, and a header block that large never reaches a
+ * client (HTTP/2 header limits), leaving its call hanging.
+ */
+export const MAX_STATUS_MESSAGE = 2048;
+
+/** The message, or its start and end around a note of what was left out (the quote is in the middle, a retry hint at the end). */
+export function boundedStatusMessage(message: string): string {
+  if (message.length <= MAX_STATUS_MESSAGE) return message;
+  const half = MAX_STATUS_MESSAGE / 2;
+  return `${message.slice(0, half)}…[${message.length - 2 * half} characters left out]…${message.slice(-half)}`;
+}
+
+/**
  * Converts a thrown value to a grpc-js ServiceError. SigilErrors keep their
- * message (it names the problem for the caller); other errors become INTERNAL
- * with a generic message, so internals never leak.
+ * message (it names the problem for the caller), cut to
+ * {@link MAX_STATUS_MESSAGE} characters; other errors become INTERNAL with a
+ * generic message, so internals never leak.
  */
 export function toServiceError(e: unknown): ServiceError {
   const err = new Error() as ServiceError;
   if (isSigilError(e)) {
     err.code = grpcStatusForCode(e.code);
-    err.details = e.message;
-    err.message = e.message;
+    err.details = boundedStatusMessage(e.message);
+    err.message = err.details;
     const md = new Metadata();
     md.set("sigil-error-code", e.code);
     if (e.retryAfterMs !== undefined) md.set(RETRY_PUSHBACK_METADATA_KEY, String(wholeMs(e.retryAfterMs)));

@@ -1,0 +1,123 @@
+/**
+ * The agent API against a rogue agent and a hostile peer, over real mTLS
+ * against an in-process server on a manual clock: what they send never makes
+ * one refusal or audit record larger than the server's own bound, whatever the
+ * size of the request.
+ */
+import { generateKeyPairSync } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { create } from "@bufbuild/protobuf";
+import { Client, Metadata, status, type ServiceError } from "@grpc/grpc-js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ManualClock } from "../../common/clock.js";
+import { AgentAPI, AttestAgentRequestSchema } from "../../proto/gen/sigil/agent/v1/agent_pb.js";
+import { parseServerConfig } from "../../server/config/load.js";
+import { startServer, type RunningServer } from "../../server/main.js";
+import { buildCsr } from "../../spiffe/csr.js";
+import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
+import { encodePemCertificates } from "../../spiffe/pem.js";
+import { testServerConfigYaml } from "./support/server-process.js";
+import { attestWithJoinToken, tlsCredentials, type Attested } from "./support/test-agent.js";
+
+/** A request field a rogue agent may make as large as a gRPC message allows. */
+const HUGE = "a".repeat(1 << 20);
+/** Generous bound on one log line: far above any legitimate one, far below a huge field. */
+const MAX_LOG_LINE = 16 * 1024;
+
+let dir: string;
+let server: RunningServer;
+const clock = new ManualClock(new Date());
+const logLines: string[] = [];
+
+beforeAll(async () => {
+  dir = mkdtempSync(path.join(tmpdir(), "sigil-hostile-input-"));
+  const config = parseServerConfig(testServerConfigYaml(dir, { keyManager: "memory" }));
+  server = await startServer(config, { clock, logDestination: { write: (line: string) => void logLines.push(line) } });
+}, 60_000);
+
+afterAll(async () => {
+  await server?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function attestedAgent(name: string): Promise<Attested> {
+  const token = `${name}-${Math.random().toString(36).slice(2)}`;
+  await server.datastore.createJoinToken({ token, expiresAt: new Date(clock.now().getTime() + 600_000) });
+  return attestWithJoinToken(server.agentApiAddress, roots(), token);
+}
+
+function roots(): string {
+  return encodePemCertificates(server.ca.bundle().x509Authorities);
+}
+
+async function refusal(p: Promise<unknown>): Promise<ServiceError> {
+  try {
+    await p;
+  } catch (e) {
+    return e as ServiceError;
+  }
+  throw new Error("expected the call to be refused");
+}
+
+/** The audit record of the latest refused call of `method`. */
+function auditLine(method: string): string {
+  const line = logLines.findLast((l) => l.includes(`"method":"${method}"`) && l.includes('"status":"error"'));
+  if (line === undefined) throw new Error(`no audit record of a refused ${method}`);
+  return line;
+}
+
+/** The refusal's message is bounded, keeps its start and end, and so does its audit record. */
+function expectBounded(e: ServiceError, method: string, ending: string): void {
+  expect(e.details.length).toBeLessThan(MAX_LOG_LINE);
+  expect(e.details).toContain("characters left out");
+  expect(e.details).toContain(ending);
+  const line = auditLine(method);
+  expect(line.length).toBeLessThan(MAX_LOG_LINE);
+  expect(line).toContain(ending);
+}
+
+describe("agent API: a request quoting a megabyte gets a bounded refusal and audit record", () => {
+  it("a rogue agent's batch naming one huge entry ID twice (refused before any rate limit)", async () => {
+    const agent = await attestedAgent("long-id");
+    try {
+      const spki = new Uint8Array(generateKeyPairSync("ec", { namedCurve: "P-256" }).publicKey.export({ format: "der", type: "spki" }));
+      const key = { case: "publicKey" as const, value: spki };
+      const e = await refusal(agent.api.batchNewX509SVID({ params: [{ entryId: HUGE, key }, { entryId: HUGE, key }] }));
+      expect(e.code).toBe(status.INVALID_ARGUMENT);
+      expectBounded(e, "BatchNewX509SVID", "ask for each entry once");
+    } finally {
+      agent.api.close();
+    }
+  });
+
+  it("a rogue agent's JWT-SVID request for a huge entry ID", async () => {
+    const agent = await attestedAgent("long-jwt-id");
+    try {
+      const e = await refusal(agent.api.newJWTSVID({ entryId: HUGE, audience: ["x"] }));
+      expect(e.code).toBe(status.PERMISSION_DENIED);
+      expectBounded(e, "NewJWTSVID", `is not authorized for agent ${agent.spiffeId}`);
+    } finally {
+      agent.api.close();
+    }
+  });
+
+  it("a peer without credentials attesting with a huge attestor name", async () => {
+    const def = grpcServiceDefinition(AgentAPI).attestAgent;
+    const client = new Client(server.agentApiAddress, tlsCredentials(roots()));
+    try {
+      const { privateKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+      const e = await new Promise<ServiceError>((resolve, reject) => {
+        const call = client.makeBidiStreamRequest(def.path, def.requestSerialize, def.responseDeserialize, new Metadata(), { deadline: new Date(Date.now() + 30_000) });
+        call.on("data", () => reject(new Error("expected a refusal")));
+        call.on("error", resolve);
+        call.write(create(AttestAgentRequestSchema, { step: { case: "params", value: { data: { type: HUGE, payload: Buffer.from("x") }, csr: buildCsr(privateKey) } } }));
+      });
+      expect(e.code).toBe(status.INVALID_ARGUMENT);
+      expectBounded(e, "AttestAgent", "(enabled: join_token)");
+    } finally {
+      client.close();
+    }
+  });
+});
