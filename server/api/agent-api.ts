@@ -2,7 +2,7 @@
  * The agent-facing API (gRPC over TLS). `AttestAgent` is open to anyone (the
  * node attestor decides); every other call must present the caller's current
  * agent SVID as TLS client certificate, is checked against the agent record
- * (known, not banned, current serial), and is authorized through the entry
+ * (an ID under `/spire/agent/`, known, not banned, current serial), and is authorized through the entry
  * index. SPIFFE IDs, TTLs and DNS names of issued SVIDs come from entries,
  * never from what the agent sends: only the public key is taken from a CSR.
  *
@@ -15,7 +15,7 @@ import { create } from "@bufbuild/protobuf";
 import { status, type ServerDuplexStream } from "@grpc/grpc-js";
 import type { Logger } from "../../common/log.js";
 import type { Metrics } from "../../common/metrics.js";
-import { isReservedId, RESERVED_PATH } from "../../common/reserved-ids.js";
+import { AGENT_PATH_PREFIX, isAgentId, isReservedId, RESERVED_PATH } from "../../common/reserved-ids.js";
 import { toServiceError } from "../../common/rpc/status.js";
 import type { ServerNodeAttestor } from "../../plugins/nodeattestor/types.js";
 import {
@@ -207,6 +207,8 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
     const raw = call.getAuthContext()?.sslPeerCertificate?.raw;
     if (!raw || raw.length === 0) throw new SigilError("ERR_PERMISSION_DENIED", "agent api: no client certificate: the call needs the agent's X509-SVID");
     const { id, serial } = verifyCaller(raw);
+    // An agent record outside the agent namespace predates its confinement (a join token's chosen ID): renewing it would mint that ID.
+    if (!isAgentId(id)) throw new SigilError("ERR_PERMISSION_DENIED", `agent api: ${id} is not under spiffe://${deps.trustDomain.name}${AGENT_PATH_PREFIX}, where agent IDs lie; evict it and attest the node again`);
     const record = await deps.datastore.getAgent(id.toString());
     if (!record) throw new SigilError("ERR_AGENT_NOT_ATTESTED", `agent api: ${id} is not an attested agent`);
     if (record.banned) throw new SigilError("ERR_PERMISSION_DENIED", `agent api: agent ${id} is banned`);

@@ -1,8 +1,8 @@
 /**
  * The agent API against a rogue agent and a hostile peer, over real mTLS
  * against an in-process server on a manual clock: what they send never makes
- * one refusal or audit record larger than the server's own bound, whatever the
- * size of the request.
+ * the server sign an ID outside their reach, and never makes one audit record
+ * larger than the server's own bound, whatever the size of the request.
  */
 import { generateKeyPairSync } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -12,15 +12,18 @@ import { create } from "@bufbuild/protobuf";
 import { Client, Metadata, status, type ServiceError } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ManualClock } from "../../common/clock.js";
+import { createUnaryClient } from "../../common/rpc/unary-client.js";
 import { AgentAPI, AttestAgentRequestSchema } from "../../proto/gen/sigil/agent/v1/agent_pb.js";
 import { parseServerConfig } from "../../server/config/load.js";
 import { startServer, type RunningServer } from "../../server/main.js";
 import { buildCsr } from "../../spiffe/csr.js";
 import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
+import { parseSpiffeId } from "../../spiffe/id.js";
 import { encodePemCertificates } from "../../spiffe/pem.js";
 import { testServerConfigYaml } from "./support/server-process.js";
 import { attestWithJoinToken, tlsCredentials, type Attested } from "./support/test-agent.js";
 
+const TD = "example.org";
 /** A request field a rogue agent may make as large as a gRPC message allows. */
 const HUGE = "a".repeat(1 << 20);
 /** Generous bound on one log line: far above any legitimate one, far below a huge field. */
@@ -60,6 +63,8 @@ async function refusal(p: Promise<unknown>): Promise<ServiceError> {
   }
   throw new Error("expected the call to be refused");
 }
+
+const issuanceCount = async (): Promise<number> => (await server.datastore.listIssuances({ pageSize: 1000 })).items.length;
 
 /** The audit record of the latest refused call of `method`. */
 function auditLine(method: string): string {
@@ -118,6 +123,31 @@ describe("agent API: a request quoting a megabyte gets a bounded refusal and aud
       expectBounded(e, "AttestAgent", "(enabled: join_token)");
     } finally {
       client.close();
+    }
+  });
+});
+
+describe("agent API: agent records outside /spire/agent/", () => {
+  it("an agent whose ID lies outside the agent namespace (stored before IDs were confined) is refused, nothing renewed", async () => {
+    // What a join token chosen as spiffe://example.org/legacy-node left behind before agent IDs had to lie under /spire/agent/.
+    const id = parseSpiffeId(`spiffe://${TD}/legacy-node`);
+    const { privateKey, publicKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+    const issued = server.ca.signX509Svid({ spiffeId: id, publicKeyDer: new Uint8Array(publicKey.export({ format: "der", type: "spki" })), ttlMs: 3_600_000 });
+    await server.datastore.createAgent({ spiffeId: id.toString(), attestationType: "join_token", certSerial: issued.serial, certNotAfter: issued.notAfter });
+    const api = createUnaryClient(
+      AgentAPI,
+      server.agentApiAddress,
+      tlsCredentials(roots(), { keyPem: privateKey.export({ format: "pem", type: "pkcs8" }).toString(), certPem: encodePemCertificates(issued.chain) }),
+    );
+    try {
+      const before = await issuanceCount();
+      const { privateKey: next } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+      const e = await refusal(api.renewAgent({ csr: buildCsr(next) }));
+      expect(e.code).toBe(status.PERMISSION_DENIED);
+      expect(e.details).toContain("not under spiffe://example.org/spire/agent/");
+      expect(await issuanceCount()).toBe(before);
+    } finally {
+      api.close();
     }
   });
 });
