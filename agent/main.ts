@@ -60,7 +60,7 @@ export async function startAgentProcess(config: AgentConfig, options: StartAgent
     // Every configured workload attestor runs on each caller; their selectors are combined.
     const attestors = createPlugins("agent", PLUGIN_CATALOG.WorkloadAttestor, config.plugins.WorkloadAttestor, { log: subsystemLogger(log, "workload_attestor") });
 
-    const peers = createPeerTracker();
+    const peers = createPeerTracker({ maxConnectionsPerUid: a.max_workload_connections_per_uid, log: subsystemLogger(log, "endpoints") });
     const attest = createCallerAttester({
       resolvePeer: (p) => peers.lookup(p),
       attestors,

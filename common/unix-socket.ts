@@ -83,9 +83,10 @@ export interface UnixGrpcListenerOptions extends PrepareSocketPathOptions {
   readonly socketMode: number;
   /**
    * Called with each accepted connection before gRPC sees a byte of it (read
-   * its peer credentials here). Throwing closes the connection.
+   * its peer credentials here). Returning false closes the connection (the
+   * callback says why, if it should be said); throwing closes it and logs the error.
    */
-  readonly onConnection: (socket: Socket) => void;
+  readonly onConnection: (socket: Socket) => unknown;
 }
 
 /** A listening Unix socket serving gRPC. */
@@ -115,7 +116,10 @@ export async function listenUnixGrpc(options: UnixGrpcListenerOptions): Promise<
   const sockets = new Set<Socket>();
   const listener = createServer((socket) => {
     try {
-      options.onConnection(socket);
+      if (options.onConnection(socket) === false) {
+        socket.destroy();
+        return;
+      }
     } catch (e) {
       log.error({ err: e }, `${subsystem}: cannot read the peer credentials of a connection; closing it`);
       socket.destroy();

@@ -11,6 +11,7 @@ import { healthChecksSection as healthChecks, host, LOG_LEVELS, logLevel, port, 
 import { pluginsConfigSchema } from "../../plugins/catalog.js";
 import { isSigilError } from "../../spiffe/errors.js";
 import { parseEndpointAddress } from "../../spiffe/workloadapi/address.js";
+import { DEFAULT_MAX_CONNECTIONS_PER_UID } from "../endpoints/server.js";
 
 /** Default Workload API socket (SPIRE's path with `sigil-agent`). */
 export const DEFAULT_AGENT_SOCKET_PATH = "/tmp/sigil-agent/public/api.sock";
@@ -85,6 +86,14 @@ const agentSection = z
     rotation_fraction: fraction("rotation_fraction").default(0.5).describe("Fraction of an SVID's lifetime after which it is renewed (0.5: at half life)."),
     rotation_jitter: z.number().min(0).max(0.5).default(0.1).describe("Random spread of the renewal point, as a fraction of it (0.1: ±10%), so agents do not renew in lockstep."),
     workload_attestation_timeout: duration({ minMs: 1 }).prefault("5s").describe("How long workload attestation of one Workload API caller may take."),
+    max_workload_connections_per_uid: z
+      .number()
+      .int()
+      .min(1)
+      .default(DEFAULT_MAX_CONNECTIONS_PER_UID)
+      .describe(
+        "Open Workload API connections one uid may hold; further ones are closed at once (logged once). Each costs the agent two file descriptors, so keep its open-file limit well above twice this times the number of local users.",
+      ),
     allow_unauthenticated_verifiers: z.boolean().default(false).describe("Let callers that attest to no entry read bundles and validate JWT-SVIDs."),
   })
   .superRefine((a, ctx) => {

@@ -28,6 +28,7 @@ import type { Logger } from "../../common/log.js";
 import { listenUnixGrpc } from "../../common/unix-socket.js";
 import { file_grpc_health_v1_health } from "../../proto/gen/grpc/health/v1/health_pb.js";
 import { file_spiffe_workload } from "../../proto/gen/spiffe/workload_pb.js";
+import { isSigilError, SigilError } from "../../spiffe/errors.js";
 import { peerCredentials, releasePeer, type PeerCredentials } from "./peer.js";
 import { addReflectionService, createReflectionService } from "./reflection.js";
 
@@ -45,6 +46,10 @@ export interface PeerTracker {
    * caller, released when the socket closes), gives the socket a unique
    * synthetic `remoteAddress` (what grpc-js's `call.getPeer()` reports) and
    * remembers the mapping until the socket closes. Returns the address.
+   *
+   * @throws SigilError `ERR_RESOURCE_EXHAUSTED` when the caller's uid already
+   *   holds as many connections as one user may: close the socket (nothing is
+   *   kept for it; the tracker logged the first refusal).
    */
   register(socket: Socket): string;
   /** The credentials behind a `call.getPeer()` string, or undefined for an unknown peer. */
@@ -53,18 +58,52 @@ export interface PeerTracker {
   readonly size: number;
 }
 
+/** Default of {@link PeerTrackerOptions.maxConnectionsPerUid} (`agent.max_workload_connections_per_uid`). */
+export const DEFAULT_MAX_CONNECTIONS_PER_UID = 1024;
+
+/** Options of {@link createPeerTracker}. */
+export interface PeerTrackerOptions {
+  /** Reads a socket's credentials; default SO_PEERCRED. */
+  readonly readCredentials?: (socket: Socket) => PeerCredentials;
+  /**
+   * Open connections one uid may hold. Each costs the agent two descriptors
+   * (socket and pidfd) for as long as the caller keeps it, so without a limit
+   * one user could exhaust the agent's descriptors and lock everyone else out.
+   * Default {@link DEFAULT_MAX_CONNECTIONS_PER_UID}.
+   */
+  readonly maxConnectionsPerUid?: number;
+  /** Told when a uid is first refused (once, until it holds no connection: a flood is one line). */
+  readonly log?: Logger;
+}
+
 /**
  * Creates a peer tracker. Pass the same tracker to the endpoint and to the
  * handler's attester (`createCallerAttester({ resolvePeer: (p) => peers.lookup(p) })`).
- *
- * @param readCredentials reads a socket's credentials; default SO_PEERCRED.
  */
-export function createPeerTracker(readCredentials: (socket: Socket) => PeerCredentials = peerCredentials): PeerTracker {
+export function createPeerTracker(options: PeerTrackerOptions = {}): PeerTracker {
+  const readCredentials = options.readCredentials ?? peerCredentials;
+  const maxPerUid = options.maxConnectionsPerUid ?? DEFAULT_MAX_CONNECTIONS_PER_UID;
   const byPeer = new Map<string, PeerCredentials>();
+  const perUid = new Map<number, number>();
+  /** Uids refused since they last held no connection (logged once each). */
+  const refusing = new Set<number>();
   let next = 0;
   return {
     register(socket) {
       const cred = readCredentials(socket);
+      const held = perUid.get(cred.uid) ?? 0;
+      if (held >= maxPerUid) {
+        releasePeer(cred);
+        if (!refusing.has(cred.uid)) {
+          refusing.add(cred.uid);
+          options.log?.warn(
+            { caller_uid: cred.uid, pid: cred.pid, connections: held },
+            `Workload API: uid ${cred.uid} holds ${held} connections, the most one user may; closing its further connections`,
+          );
+        }
+        throw new SigilError("ERR_RESOURCE_EXHAUSTED", `workload endpoint: uid ${cred.uid} holds ${held} connections, the most one user may`);
+      }
+      perUid.set(cred.uid, held + 1);
       next += 1;
       // Readable in logs, unique per connection; getPeer() returns it verbatim (no port).
       const address = `${PEER_PREFIX}#${next}(pid=${cred.pid},uid=${cred.uid})`;
@@ -74,6 +113,12 @@ export function createPeerTracker(readCredentials: (socket: Socket) => PeerCrede
       socket.once("close", () => {
         byPeer.delete(address);
         releasePeer(cred);
+        const left = (perUid.get(cred.uid) ?? 1) - 1;
+        if (left > 0) perUid.set(cred.uid, left);
+        else {
+          perUid.delete(cred.uid);
+          refusing.delete(cred.uid);
+        }
       });
       return address;
     },
@@ -154,7 +199,16 @@ export async function startWorkloadEndpoint(options: WorkloadEndpointOptions): P
     socketMode: 0o777,
     subsystem: "workload endpoint",
     log,
-    onConnection: (socket) => void peers.register(socket),
+    onConnection: (socket) => {
+      try {
+        peers.register(socket);
+        return true;
+      } catch (e) {
+        // A user over its connection limit: closed before gRPC sees the socket, logged once by the tracker.
+        if (isSigilError(e, "ERR_RESOURCE_EXHAUSTED")) return false;
+        throw e;
+      }
+    },
   });
   log.info({ socket_path: socketPath }, "Workload API listening");
 

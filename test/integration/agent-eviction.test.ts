@@ -166,6 +166,7 @@ async function restartAgent(configPath: string, joinToken: string): Promise<Agen
   }
   return {
     dir: path.dirname(configPath),
+    pid: child.pid as number,
     socketPath: String(started.socket_path),
     logs: log.logs,
     waitForLog,

@@ -15,6 +15,8 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../.
 /** A running agent process. */
 export interface AgentProcess {
   readonly dir: string;
+  /** The agent's process id. */
+  readonly pid: number;
   readonly socketPath: string;
   readonly logs: Record<string, unknown>[];
   waitForLog(match: (rec: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
@@ -66,6 +68,7 @@ ${opts.extraAgentYaml ?? ""}plugins:
   await waitForLog((r) => r.msg === "agent started", 30_000);
   return {
     dir,
+    pid: child.pid as number,
     socketPath,
     logs: log.logs,
     waitForLog,

@@ -1,0 +1,131 @@
+/**
+ * One local user cannot starve the Workload API for everyone else, against
+ * real `sigil-server` and `sigil-agent` processes.
+ *
+ * The attack: the socket is mode 0777, and every connection costs the agent
+ * two descriptors (the socket and a pidfd on the caller) for as long as the
+ * caller keeps it open, without sending a byte. A user that opens connections
+ * until the agent runs out of descriptors stops every other workload from
+ * connecting (and the agent from reaching its server). The agent must close a
+ * user's connections beyond `max_workload_connections_per_uid` at once and
+ * keep serving everyone else.
+ *
+ * The agent runs with a small open-file limit (set with prlimit), so the
+ * attacker's connections would exhaust it without the per-user limit.
+ *
+ * Needs root (to run workloads as other uids and lower the agent's limit).
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import path from "node:path";
+import { create } from "@bufbuild/protobuf";
+import { credentials } from "@grpc/grpc-js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createUnaryClient } from "../../common/rpc/unary-client.js";
+import { AgentAdmin, EntryAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
+import { EntrySchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
+import { runWorkload, startAgentProcess, type AgentProcess } from "./support/agent-process.js";
+import { startServerProcess, type ServerProcess } from "./support/server-process.js";
+import { rootsPemFromBundleJson } from "./support/test-agent.js";
+
+const isRoot = process.getuid?.() === 0;
+if (!isRoot) {
+  if (process.env.CI === "true") throw new Error("workload-connections runs workloads as other uids and needs root (CI runs as root)");
+  console.warn("SKIP: workload-connections runs workloads as other uids and needs root; skipped on this machine");
+}
+
+const ATTACKER = { uid: 65534, gid: 65534 };
+const OTHER = { uid: 4502, gid: 4502 };
+const PER_UID = 16;
+/** Descriptors the agent may hold: far fewer than the attacker's connections would take. */
+const AGENT_FILES = 160;
+const FLOOD = 200;
+
+const PRINT_IDS = `const ctx = await client.fetchX509Context(); console.log(JSON.stringify(ctx.svids.map((s) => s.id.toString())));`;
+
+/**
+ * Opens `count` connections to the socket as `as` and holds those the agent
+ * keeps open (sending nothing of its own) until stdin closes. A connection is
+ * settled once the agent either sends its HTTP/2 SETTINGS (kept) or closes it
+ * (refused). Prints `{"kept": n, "refused": m}` once all are settled.
+ */
+const FLOOD_SCRIPT = `
+import net from "node:net";
+const [socketPath, count] = process.argv.slice(2);
+let kept = 0, refused = 0;
+const conns = [];
+const settle = (k) => { if (k) kept++; else refused++; if (kept + refused === Number(count)) console.log(JSON.stringify({ kept, refused })); };
+for (let i = 0; i < Number(count); i++) {
+  const c = net.connect(socketPath);
+  let settled = false;
+  c.on("data", () => { if (!settled) { settled = true; settle(true); } });
+  c.on("error", () => {});
+  c.on("close", () => { if (!settled) { settled = true; settle(false); } });
+  conns.push(c);
+}
+process.stdin.on("end", () => { for (const c of conns) c.destroy(); });
+process.stdin.resume();
+`;
+
+let srv: ServerProcess;
+let agent: AgentProcess;
+
+describe.skipIf(!isRoot)("Workload API connections are limited per user", () => {
+  beforeAll(async () => {
+    srv = await startServerProcess();
+    const target = `unix:${srv.socketPath}`;
+    const agentAdmin = createUnaryClient(AgentAdmin, target, credentials.createInsecure());
+    const tok = await agentAdmin.createJoinToken({ ttl: 600 });
+    agentAdmin.close();
+    const entryAdmin = createUnaryClient(EntryAdmin, target, credentials.createInsecure());
+    await entryAdmin.batchCreateEntry({
+      entries: [ATTACKER, OTHER].map((u) =>
+        create(EntrySchema, { spiffeId: `spiffe://example.org/uid-${u.uid}`, parentId: tok.agentId, selectors: [{ type: "unix", value: `uid:${u.uid}` }] }),
+      ),
+    });
+    entryAdmin.close();
+    const roots = rootsPemFromBundleJson(srv.cli(["bundle", "show", "--output", "json"]).stdout);
+    agent = await startAgentProcess({
+      serverAddress: srv.agentApiAddress,
+      bundlePem: roots,
+      joinToken: tok.token,
+      extraAgentYaml: `  max_workload_connections_per_uid: ${PER_UID}\n`,
+    });
+    const limited = spawnSync("prlimit", ["--pid", String(agent.pid), `--nofile=${AGENT_FILES}:${AGENT_FILES}`], { encoding: "utf8" });
+    expect(limited.status, limited.stderr).toBe(0);
+  }, 90_000);
+
+  afterAll(async () => {
+    await agent?.stop();
+    await srv?.stop();
+  });
+
+  it(`uid ${ATTACKER.uid} opening ${FLOOD} idle connections keeps ${PER_UID}; another user still gets its SVID; the attacker can connect again once it lets go`, async () => {
+    const script = path.join(agent.dir, "flood.mjs");
+    writeFileSync(script, FLOOD_SCRIPT, { mode: 0o644 });
+    const flood = spawn(process.execPath, [script, agent.socketPath, String(FLOOD)], { ...ATTACKER, stdio: ["pipe", "pipe", "pipe"] });
+    const exited = new Promise<number | null>((resolve) => flood.on("exit", (code) => resolve(code)));
+    try {
+      const counts = await new Promise<{ kept: number; refused: number }>((resolve, reject) => {
+        let out = "";
+        let err = "";
+        flood.stderr.on("data", (d: Buffer) => (err += d.toString()));
+        flood.stdout.on("data", (d: Buffer) => {
+          out += d.toString();
+          if (out.includes("\n")) resolve(JSON.parse(out) as { kept: number; refused: number });
+        });
+        flood.on("exit", (code) => reject(new Error(`flood exited ${code} before reporting: ${err}`)));
+      });
+      expect(counts).toEqual({ kept: PER_UID, refused: FLOOD - PER_UID });
+      await agent.waitForLog((l) => l.msg === `Workload API: uid ${ATTACKER.uid} holds ${PER_UID} connections, the most one user may; closing its further connections` && l.caller_uid === ATTACKER.uid);
+
+      const other = await runWorkload(agent.socketPath, PRINT_IDS, OTHER);
+      expect(other.stdout.trim().split("\n").pop(), other.stderr).toBe(JSON.stringify([`spiffe://example.org/uid-${OTHER.uid}`]));
+    } finally {
+      flood.stdin.end();
+      await exited;
+    }
+    const again = await runWorkload(agent.socketPath, PRINT_IDS, ATTACKER);
+    expect(again.stdout.trim().split("\n").pop(), again.stderr).toBe(JSON.stringify([`spiffe://example.org/uid-${ATTACKER.uid}`]));
+  }, 90_000);
+});
