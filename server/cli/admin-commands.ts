@@ -2,7 +2,7 @@
  * The admin noun-verb commands of `sigil-server` (entry, agent, token, bundle,
  * x509, jwt, issuance), talking to the admin API over the local Unix socket.
  */
-import { readFileSync, writeFileSync, mkdirSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { credentials } from "@grpc/grpc-js";
@@ -22,7 +22,9 @@ import {
 } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
 import { AgentSchema, BundleSchema, EntrySchema, type Entry, type Selector } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { SelectorSchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
+import { writeFileAtomic } from "../../common/atomic-file.js";
 import { SERVER_PATH } from "../../common/reserved-ids.js";
+import { ensureSecureDirectory } from "../../common/secure-dir.js";
 import { createUnaryClient, type UnaryClient } from "../../common/rpc/unary-client.js";
 import { parseSelector } from "../../common/selector.js";
 import { buildCsr } from "../../spiffe/csr.js";
@@ -376,10 +378,12 @@ export function registerAdminCommands(program: Command, serverTrustDomain: () =>
   addCommon(
     program.command("x509").description("X509-SVIDs").command("mint").description("mint an X509-SVID (key generated locally)")
       .requiredOption("--spiffe-id <id>", "SPIFFE ID").option("--ttl <ttl>", "lifetime").option("--dns <name>", "DNS SAN (repeatable)", collect)
-      .option("--write <dir>", "write svid.pem, svid.key and bundle.pem to this directory"),
+      .option("--write <dir>", "write svid.pem, svid.key and bundle.pem to this directory (created 0700; an existing one must be yours, not writable by group or others)"),
     true,
   ).action(async (o: Opts) =>
     withClients(o, async (c, out) => {
+      // Checked before minting: a directory another user can write to could hand root's writes a file or link of theirs.
+      if (o.write) ensureSecureDirectory(String(o.write), 0o700, "x509 mint --write");
       const { privateKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
       const csr = buildCsr(privateKey);
       const res = await c.svid.mintX509SVID({ csr, spiffeId: String(o.spiffeId), ttl: ttlOption("--ttl", o.ttl), dnsNames: (o.dns as string[] | undefined) ?? [] });
@@ -388,10 +392,10 @@ export function registerAdminCommands(program: Command, serverTrustDomain: () =>
       const bundlePemText = res.bundle.map((d) => toPem("CERTIFICATE", d)).join("");
       if (o.write) {
         const dir = String(o.write);
-        mkdirSync(dir, { recursive: true });
-        writeFileSync(path.join(dir, "svid.pem"), svidPem);
-        writeFileSync(path.join(dir, "svid.key"), keyPem, { mode: 0o600 });
-        writeFileSync(path.join(dir, "bundle.pem"), bundlePemText);
+        const opts = { subsystem: "x509 mint --write" };
+        writeFileAtomic(path.join(dir, "svid.pem"), svidPem, 0o644, opts);
+        writeFileAtomic(path.join(dir, "svid.key"), keyPem, 0o600, opts);
+        writeFileAtomic(path.join(dir, "bundle.pem"), bundlePemText, 0o644, opts);
       }
       if (out === "json") printJson({ spiffe_id: res.svid?.spiffeId, expires_at: Number(res.svid?.expiresAt ?? 0n), svid_pem: svidPem, bundle_pem: bundlePemText, ...(o.write ? { written_to: String(o.write) } : { key_pem: keyPem }) });
       else if (o.write) process.stdout.write(`X509-SVID written to ${String(o.write)}\n`);
