@@ -1,6 +1,7 @@
 /**
  * Token-bucket rate limits of the agent API, after SPIRE's `ratelimit`: node
- * attestation per source address, X509-SVID and JWT-SVID signing per agent.
+ * attestation per source address (an IPv6 address counts as its /64), X509-SVID
+ * and JWT-SVID signing per agent.
  *
  * Each key (an address, an agent ID) has its own bucket, so one noisy caller
  * never slows another. A bucket holds up to `burst` tokens and refills at
@@ -139,10 +140,31 @@ export function rateLimitedError(message: string, retryAfterMs: number): SigilEr
   return new SigilError("ERR_RESOURCE_EXHAUSTED", `${message}; ${retryHintText(ms)}`, { retryAfterMs: ms });
 }
 
+/** The eight 16-bit groups of a valid IPv6 address (zone ID dropped, embedded IPv4 tail included). */
+function ipv6Groups(address: string): number[] {
+  const bare = address.replace(/%.*$/, "");
+  const parse = (part: string): number[] =>
+    part === ""
+      ? []
+      : part.split(":").flatMap((g) => {
+          if (!g.includes(".")) return [parseInt(g, 16)];
+          const [a = 0, b = 0, c = 0, d = 0] = g.split(".").map(Number);
+          return [(a << 8) | b, (c << 8) | d];
+        });
+  const gap = bare.indexOf("::");
+  if (gap < 0) return parse(bare);
+  const head = parse(bare.slice(0, gap));
+  const tail = parse(bare.slice(gap + 2));
+  return [...head, ...new Array<number>(8 - head.length - tail.length).fill(0), ...tail];
+}
+
 /**
  * The rate-limit key of a caller from grpc-js `getPeer()` (`host:port`): the
- * address without the port, IPv4-mapped IPv6 as plain IPv4 (a dual-stack
- * listener sees IPv4 clients that way). Anything else is returned as is.
+ * address without the port; IPv4-mapped IPv6 as plain IPv4 (a dual-stack
+ * listener sees IPv4 clients that way); any other IPv6 address as its /64
+ * (`2001:db8:1:2::/64`), since one host is commonly given a whole /64 and
+ * could otherwise make each attempt from a fresh address and a fresh bucket.
+ * Anything else is returned as is.
  */
 export function sourceAddress(peer: string): string {
   const colon = peer.lastIndexOf(":");
@@ -151,8 +173,10 @@ export function sourceAddress(peer: string): string {
     const bare = peer.slice(0, colon).replace(/^\[(.*)\]$/, "$1");
     if (isIP(bare) !== 0) host = bare;
   }
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(host);
-  return (mapped ? (mapped[1] as string) : host).toLowerCase();
+  if (isIP(host) !== 6) return host.toLowerCase();
+  const g = ipv6Groups(host);
+  if (g.slice(0, 5).every((x) => x === 0) && g[5] === 0xffff) return [(g[6] ?? 0) >> 8, (g[6] ?? 0) & 0xff, (g[7] ?? 0) >> 8, (g[7] ?? 0) & 0xff].join(".");
+  return `${g.slice(0, 4).map((x) => x.toString(16)).join(":")}::/64`;
 }
 
 /** The `server.ratelimit` config section, as parsed. */

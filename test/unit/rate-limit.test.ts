@@ -148,14 +148,26 @@ describe("RateLimiter", () => {
 describe("sourceAddress", () => {
   it.each([
     ["127.0.0.1:51234", "127.0.0.1"],
-    ["::1:51234", "::1"],
-    ["[2001:db8::7]:443", "2001:db8::7"],
-    ["2001:DB8::7:443", "2001:db8::7"],
+    ["::1:51234", "0:0:0:0::/64"],
+    ["[2001:db8::7]:443", "2001:db8:0:0::/64"],
+    ["2001:DB8::7:443", "2001:db8:0:0::/64"],
+    ["[2001:db8:1:2:aaaa:bbbb:cccc:dddd]:443", "2001:db8:1:2::/64"],
+    ["[fe80::1%eth0]:5", "fe80:0:0:0::/64"],
     ["::ffff:10.1.2.3:8081", "10.1.2.3"],
+    ["[::ffff:a01:203]:8081", "10.1.2.3"],
     ["10.1.2.3", "10.1.2.3"],
     ["unknown", "unknown"],
   ])("%s → %s", (peer, key) => {
     expect(sourceAddress(peer)).toBe(key);
+  });
+
+  it("counts every address of one IPv6 /64 as one source: a host holding a /64 cannot mint itself fresh buckets", () => {
+    const { limiter: l } = limiter(1, 2);
+    const key = (i: number): string => sourceAddress(`[2001:db8:1:2::${i.toString(16)}]:${40000 + i}`);
+    expect(l.take(key(1)).allowed).toBe(true);
+    expect(l.take(key(2)).allowed).toBe(true);
+    expect(l.take(key(3)).allowed).toBe(false);
+    expect(l.take(sourceAddress("[2001:db8:1:3::1]:40000")).allowed).toBe(true); // the next /64 is another source
   });
 });
 
