@@ -1,13 +1,17 @@
 /**
  * Workload API conformance of the agent's server side (SPIFFE Workload API,
  * checklist §1.6 and pitfalls A6, A11, A15, A17..A20): the real endpoint and
- * handler in front of a fake cache, called with the real Sigil client or a raw
- * grpc-js client where a request must be malformed or a status observed.
+ * handler in front of a fake cache, or of the agent's real cache where the
+ * requirement is the cache's (which entries match a caller, in which order),
+ * called with the real Sigil client or a raw grpc-js client where a request
+ * must be malformed or a status observed.
  */
 import { createHmac, X509Certificate, createPrivateKey, createPublicKey } from "node:crypto";
 import { create, type JsonObject } from "@bufbuild/protobuf";
 import { Client, credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
+import type { AgentCache } from "../../agent/cache/agent-cache.js";
+import type { WorkloadCache } from "../../agent/cache/types.js";
 import { renewAt } from "../../agent/rotation/renew-at.js";
 import {
   JWTBundlesRequestSchema,
@@ -36,10 +40,12 @@ import {
   FakeTrustDomain,
   FakeWorkloadCache,
   ownUidSelector,
+  type FakeIdentityInit,
   startTestAgentEndpoint,
   type TestAgentEndpoint,
   type TestAgentEndpointOptions,
 } from "../fakes/fake-workload-cache.js";
+import { syncedAgentCache } from "../support/agent-cache.js";
 
 const WAPI = grpcServiceDefinition(SpiffeWorkloadAPI);
 const ME = ownUidSelector();
@@ -56,7 +62,15 @@ async function endpoint(cache: FakeWorkloadCache, extra: Omit<TestAgentEndpointO
   return ep;
 }
 
-function client(ep: TestAgentEndpoint): WorkloadApiClient {
+/** The real endpoint in front of the agent's real cache, holding `identities` as a sync leaves them. */
+async function realCacheEndpoint(identities: readonly FakeIdentityInit[]): Promise<TestAgentEndpoint<AgentCache>> {
+  const own = FakeTrustDomain.create("example.org");
+  const ep = await startTestAgentEndpoint({ cache: syncedAgentCache(own, identities), trustDomain: own.trustDomain });
+  cleanups.push(() => ep.close());
+  return ep;
+}
+
+function client(ep: TestAgentEndpoint<WorkloadCache>): WorkloadApiClient {
   const c = createWorkloadApiClient({ address: ep.address });
   cleanups.push(() => c.close());
   return c;
@@ -176,14 +190,14 @@ describe("Workload API (server side)", () => {
   });
 
   describe("X.509-SVID profile", () => {
-    it("WAPI-3, WAPI-15: the response is tailored to the caller: one SVID per entry whose selectors it all has", async () => {
-      const cache = new FakeWorkloadCache();
+    it("WAPI-3, WAPI-15: the response is tailored to the caller: one SVID per entry whose selectors it all has (the agent's real cache)", async () => {
       const gid = `unix:gid:${process.getegid?.() ?? 0}`;
-      cache.addIdentity({ spiffeId: "spiffe://example.org/by-uid", selectors: [ME] });
-      cache.addIdentity({ spiffeId: "spiffe://example.org/by-uid-and-gid", selectors: [ME, gid] });
-      cache.addIdentity({ spiffeId: "spiffe://example.org/other-uid", selectors: ["unix:uid:99999"] });
-      cache.addIdentity({ spiffeId: "spiffe://example.org/needs-more", selectors: [ME, "unix:gid:424242"] });
-      const ep = await endpoint(cache);
+      const ep = await realCacheEndpoint([
+        { spiffeId: "spiffe://example.org/by-uid", selectors: [ME] },
+        { spiffeId: "spiffe://example.org/by-uid-and-gid", selectors: [ME, gid] },
+        { spiffeId: "spiffe://example.org/other-uid", selectors: ["unix:uid:99999"] },
+        { spiffeId: "spiffe://example.org/needs-more", selectors: [ME, "unix:gid:424242"] },
+      ]);
       const ctx = await client(ep).fetchX509Context();
       expect(ctx.svids.map((s) => s.id.toString())).toEqual(["spiffe://example.org/by-uid", "spiffe://example.org/by-uid-and-gid"]);
     });
@@ -245,11 +259,12 @@ describe("Workload API (server side)", () => {
       for (const k of Object.keys(bundles.bundles)) expect(k).toMatch(TD_KEY);
     });
 
-    it("WAPI-39: the default identity (the oldest entry) comes first, whatever the insertion order", async () => {
-      const cache = new FakeWorkloadCache();
-      cache.addIdentity({ spiffeId: "spiffe://example.org/newer", selectors: [ME], createdAt: new Date("2031-01-01T00:00:00Z") });
-      cache.addIdentity({ spiffeId: "spiffe://example.org/older", selectors: [ME], createdAt: new Date("2030-01-01T00:00:00Z") });
-      const ep = await endpoint(cache);
+    it("WAPI-39: the default identity (the oldest entry) comes first, whatever the sync order or entry IDs (the agent's real cache)", async () => {
+      // Synced newest first, and the entry IDs sort the other way round: only the creation time gives the answer.
+      const ep = await realCacheEndpoint([
+        { spiffeId: "spiffe://example.org/newer", selectors: [ME], entryId: "a-newer", createdAt: new Date("2031-01-01T00:00:00Z") },
+        { spiffeId: "spiffe://example.org/older", selectors: [ME], entryId: "b-older", createdAt: new Date("2030-01-01T00:00:00Z") },
+      ]);
       const ctx = await client(ep).fetchX509Context();
       expect(ctx.svids.map((s) => s.id.toString())).toEqual(["spiffe://example.org/older", "spiffe://example.org/newer"]);
       expect(ctx.defaultSvid.id.toString()).toBe("spiffe://example.org/older");

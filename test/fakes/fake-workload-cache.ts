@@ -291,8 +291,11 @@ export class FakeWorkloadCache implements WorkloadCache {
 // in front of a fake cache, for endpoint tests.
 
 /** Options of {@link startTestAgentEndpoint}. */
-export interface TestAgentEndpointOptions {
-  readonly cache: FakeWorkloadCache;
+export interface TestAgentEndpointOptions<C extends WorkloadCache = FakeWorkloadCache> {
+  /** A fake, or the agent's real cache (test/support/agent-cache.ts) where the requirement lives in the cache. */
+  readonly cache: C;
+  /** The agent's trust domain; default a fake cache's own. */
+  readonly trustDomain?: TrustDomain;
   /** Attestors run on each caller; default the real `unix` attestor. */
   readonly attestors?: readonly WorkloadAttestor[];
   /** Replaces attestation entirely (receives the call's peer credentials). */
@@ -305,13 +308,13 @@ export interface TestAgentEndpointOptions {
 }
 
 /** A running test endpoint. `close()` it in `afterEach`. */
-export interface TestAgentEndpoint {
+export interface TestAgentEndpoint<C extends WorkloadCache = FakeWorkloadCache> {
   /** `unix:///…/api.sock`. */
   readonly address: string;
   readonly socketPath: string;
   /** The socket's directory (mode 0755, so clients of other uids can reach the socket). */
   readonly dir: string;
-  readonly cache: FakeWorkloadCache;
+  readonly cache: C;
   readonly metrics: Metrics;
   readonly peers: PeerTracker;
   /** Every log line written, parsed. */
@@ -322,7 +325,9 @@ export interface TestAgentEndpoint {
 }
 
 /** Starts a Workload Endpoint on a fresh temp-dir socket, wired as the agent wires it. */
-export async function startTestAgentEndpoint(options: TestAgentEndpointOptions): Promise<TestAgentEndpoint> {
+export async function startTestAgentEndpoint<C extends WorkloadCache = FakeWorkloadCache>(options: TestAgentEndpointOptions<C>): Promise<TestAgentEndpoint<C>> {
+  const trustDomain = options.trustDomain ?? (options.cache instanceof FakeWorkloadCache ? options.cache.own.trustDomain : undefined);
+  if (trustDomain === undefined) throw new Error("startTestAgentEndpoint: give the trustDomain of a cache that is not a FakeWorkloadCache");
   const dir = await mkdtemp(join(tmpdir(), "sigil-wep-"));
   await chmod(dir, 0o755);
   const socketPath = join(dir, "api.sock");
@@ -341,7 +346,7 @@ export async function startTestAgentEndpoint(options: TestAgentEndpointOptions):
   const handler = createWorkloadApiHandler({
     cache: options.cache,
     attest,
-    trustDomain: options.cache.own.trustDomain,
+    trustDomain,
     log,
     metrics,
     ...(options.allowUnauthenticatedVerifiers === undefined ? {} : { allowUnauthenticatedVerifiers: options.allowUnauthenticatedVerifiers }),
