@@ -87,6 +87,27 @@ describe("agent API: a verified client certificate is remembered, never trusted 
     }
   });
 
+  it("a banned agent whose current serial is still on record is refused because of the ban", async () => {
+    // banAgent also clears the serials, which alone would refuse the SVID; a record marked banned
+    // with its serial intact (a partial update, or a record written another way) must be refused too.
+    const agent = await attestedAgent("ban-serial");
+    try {
+      await agent.api.syncAuthorized({});
+      const serial = (await server.datastore.getAgent(agent.spiffeId))?.certSerial;
+      expect(serial).toMatch(/^[0-9a-f]+$/);
+      await server.datastore.updateAgent(agent.spiffeId, { banned: true }, ["banned"]);
+      expect(await server.datastore.getAgent(agent.spiffeId)).toMatchObject({ banned: true, certSerial: serial });
+      const spki = new Uint8Array(generateKeyPairSync("ec", { namedCurve: "P-256" }).publicKey.export({ format: "der", type: "spki" }));
+      for (const call of [agent.api.syncAuthorized({}), agent.api.batchNewX509SVID({ params: [{ entryId: "any", key: { case: "publicKey", value: spki } }] })]) {
+        const e = await refusal(call);
+        expect(e.code).toBe(status.PERMISSION_DENIED);
+        expect(e.details).toBe(`agent api: agent ${agent.spiffeId} is banned`);
+      }
+    } finally {
+      agent.api.close();
+    }
+  });
+
   it("an evicted agent is refused although its certificate verified before", async () => {
     const agent = await attestedAgent("evict");
     try {
