@@ -93,6 +93,20 @@ describe("validateJwtSvid edge cases", () => {
     expect(v(craft({ alg: "PS256", kid: "r" }, claims, rsa.privateKey, { pss: true, pssSalt: 20 }))).toBe("ERR_JWT_SIGNATURE_INVALID");
   });
 
+  it("refuses a well-signed, unexpired token whose aud lacks every expected audience", () => {
+    const mismatch = (aud: unknown, audience: string | string[]) => code(() => validate(craft({ alg: "ES256", kid: "k" }, { ...claims, aud }), { audience }));
+    expect(mismatch("b", "a")).toBe("ERR_JWT_AUDIENCE_MISMATCH");
+    expect(mismatch(["b", "c"], "a")).toBe("ERR_JWT_AUDIENCE_MISMATCH");
+    expect(mismatch(["b"], ["a", "c"])).toBe("ERR_JWT_AUDIENCE_MISMATCH");
+    // Whole, case-sensitive values: no substring, prefix or character of one.
+    expect(mismatch("ab", "a")).toBe("ERR_JWT_AUDIENCE_MISMATCH");
+    expect(mismatch("a", "ab")).toBe("ERR_JWT_AUDIENCE_MISMATCH");
+    expect(mismatch("A", "a")).toBe("ERR_JWT_AUDIENCE_MISMATCH");
+    expect(() => validate(craft({ alg: "ES256", kid: "k" }, { ...claims, aud: ["x", "y"] }), { audience: ["a", "b"] })).toThrow('jwtsvid: token audience ["x","y"] does not contain any of ["a","b"]');
+    // One shared value is enough.
+    expect(validate(craft({ alg: "ES256", kid: "k" }, { ...claims, aud: ["b", "c"] }), { audience: ["a", "c"] }).audience).toEqual(["b", "c"]);
+  });
+
   it("returns claims untouched and aud as a list", () => {
     const svid = validate(craft({ alg: "ES256", kid: "k", typ: "JWT" }, { ...claims, aud: "a", custom: { n: 1 } }));
     expect(svid.audience).toEqual(["a"]);
