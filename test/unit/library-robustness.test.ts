@@ -55,7 +55,6 @@ import {
 import { isSigilError } from "../../spiffe/errors.js";
 import { parseSpiffeId, parseTrustDomain, parseTrustDomainIdString, spiffeIdFromPath } from "../../spiffe/id.js";
 import { isJwtSvidAlg } from "../../spiffe/jwt/alg.js";
-import { tokenFromAuthorization } from "../../spiffe/jwt/bearer.js";
 import { readAudience, readExpiry, readOptionalNumericDate, readSubject } from "../../spiffe/jwt/claims.js";
 import { decodeJsonSegment, encodeJsonSegment, splitCompactJws } from "../../spiffe/jwt/compact.js";
 import { decodeJwtSvid } from "../../spiffe/jwt/decode.js";
@@ -909,9 +908,6 @@ describe("JWT-SVID parsing and validation reject hostile tokens with a SigilErro
       expect(isSigilError(error, "ERR_JWT_CLAIM_INVALID"), `exp ${exp}`).toBe(true);
       expect((error as Error).message).toMatch(/^jwtsvid: exp claim .* is outside the range of dates$/);
     }
-  });
-  it("tokenFromAuthorization", () => {
-    expectRobust(stringCorpus("tokenFromAuthorization", [`Bearer ${JWT}`, "bearer   abc  "]), (v) => tokenFromAuthorization(v as string));
   });
   it("isJwtSvidAlg", () => {
     expectRobust(stringCorpus("isJwtSvidAlg", ["ES256", "PS512"]), (a) => isJwtSvidAlg(a), {
