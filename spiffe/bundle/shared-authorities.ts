@@ -1,8 +1,9 @@
 /**
  * Finding authority keys that more than one trust domain uses. The bundle spec
  * strongly advises one trust domain per key (BUNDLE-1): whoever holds a shared
- * key can mint identities in every domain that trusts it. Config validation and
- * federation use this to refuse or flag such sets.
+ * key can mint identities in every domain that trusts it. The admin API's
+ * SetFederatedBundle uses this to refuse a bundle that shares a key with the
+ * server's own bundle or another stored one.
  */
 import { createHash, X509Certificate, type KeyObject } from "node:crypto";
 import { SigilError } from "../errors.js";

@@ -1,22 +1,36 @@
 /**
  * Trust Domain and Bundle conformance (spec/spiffe-requirements.md §1.4): one
- * test per requirement ID that applies to the bundle library. Fixtures under
+ * test per requirement ID, against the bundle library, or where the rule is
+ * about what consumes bundles, against the server's admin API (BUNDLE-1) and
+ * the agent's sync loop (BUNDLE-16, BUNDLE-18). Fixtures under
  * test/fixtures/bundle-*.json hold real CA certificates made with openssl.
  */
 import { generateKeyPairSync, X509Certificate } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { credentials, status, type ServiceError } from "@grpc/grpc-js";
 import { importJWK } from "jose";
-import { describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AgentCache } from "../../agent/cache/agent-cache.js";
+import { parseAgentConfig } from "../../agent/config/load.js";
+import type { ServerClient } from "../../agent/sync/server-client.js";
+import { SyncLoop } from "../../agent/sync/sync-loop.js";
+import { ManualClock } from "../../common/clock.js";
+import { createUnaryClient, type UnaryClient } from "../../common/rpc/unary-client.js";
+import { BundleAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
+import { parseServerConfig } from "../../server/config/load.js";
+import { startServer, type RunningServer } from "../../server/main.js";
 import { parseBundleMap, serializeBundleMap } from "../../spiffe/bundle/bundle-map.js";
 import { BundleSet } from "../../spiffe/bundle/bundle-set.js";
-import { DEFAULT_BUNDLE_REFRESH_SECONDS, bundleRefreshSeconds } from "../../spiffe/bundle/refresh.js";
-import { findSharedAuthorityKeys } from "../../spiffe/bundle/shared-authorities.js";
 import { parseSpiffeBundle, serializeSpiffeBundle, type SpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
 import { isSigilError, type ErrorCode } from "../../spiffe/errors.js";
 import { parseSpiffeId, parseTrustDomain } from "../../spiffe/id.js";
 import { generateSigner } from "../../spiffe/signer.js";
 import { signJwtSvid } from "../../spiffe/jwt/sign.js";
 import { validateJwtSvid } from "../../spiffe/jwt/validate.js";
+import { makeRoot } from "../fixtures/x509/pki.js";
+import { testServerConfigYaml } from "../integration/support/server-process.js";
 
 const TD = parseTrustDomain("example.org");
 const NOW = new Date("2030-01-01T00:00:00Z");
@@ -57,25 +71,6 @@ function jwtToken(td: string, signer = generateSigner("ec-p256", "k")): string {
 }
 
 describe("Trust Domain and Bundle conformance", () => {
-  it("BUNDLE-1: a key used as an authority by two trust domains is found", () => {
-    const { bundles } = parseBundleMap(fixture("bundle-map-shared-ca-key.json"));
-    // Two different certificates (different subjects and SANs) around one key.
-    const [a, b] = [...bundles].map((x) => x.x509Authorities[0] as Uint8Array);
-    expect(Buffer.from(a as Uint8Array).equals(Buffer.from(b as Uint8Array))).toBe(false);
-    const shared = findSharedAuthorityKeys(bundles);
-    expect(shared).toHaveLength(1);
-    expect(shared[0]?.trustDomains).toEqual(["a.example", "b.example"]);
-    expect(shared[0]?.spkiSha256).toMatch(/^[0-9a-f]{64}$/);
-    // A JWT key reused across domains counts too; distinct keys are not reported.
-    const k = generateSigner("ec-p256");
-    const jwtShared: SpiffeBundle[] = [
-      { trustDomain: parseTrustDomain("a.example"), x509Authorities: [CA_A], jwtAuthorities: new Map([["x", k.publicKey]]) },
-      { trustDomain: parseTrustDomain("b.example"), x509Authorities: [CA_RSA], jwtAuthorities: new Map([["y", k.publicKey]]) },
-    ];
-    expect(findSharedAuthorityKeys(jwtShared).map((s) => s.trustDomains)).toEqual([["a.example", "b.example"]]);
-    expect(findSharedAuthorityKeys(parseBundleMap(fixture("bundle-duplicate-td.json").replace('"example.org": { "keys": [] }', '"third.example": { "keys": [] }')).bundles)).toEqual([]);
-  });
-
   it("BUNDLE-2: bundles are kept per trust domain and never merged", () => {
     const a = generateSigner("ec-p256", "k");
     const b = generateSigner("ec-p256", "k");
@@ -258,14 +253,13 @@ describe("Trust Domain and Bundle conformance", () => {
     rejects(() => serializeBundleMap([b, { ...b, x509Authorities: [] }]), "ERR_BUNDLE_INVALID", /duplicate trust domain "example.org"/);
   });
 
-  it("BUNDLE-16: bundles inside a map carry no refresh hint, and per-bundle hints do not set the map's schedule", () => {
+  it("BUNDLE-16: bundles inside a map carry no refresh hint, and a map consumer drops any it finds", () => {
     const withHint = { trustDomain: TD, x509Authorities: [CA_A], jwtAuthorities: new Map(), refreshHintSeconds: 1, sequenceNumber: 4n };
     const text = serializeBundleMap([withHint]);
     expect(text).not.toMatch(/refresh_hint/);
     expect(text).toContain('"spiffe_sequence":4');
     const consumed = parseBundleMap('{"trust_domains":{"example.org":{"keys":[],"spiffe_refresh_hint":1}}}').bundles.get(TD);
     expect(consumed?.refreshHintSeconds).toBeUndefined();
-    expect(bundleRefreshSeconds(consumed?.refreshHintSeconds)).toBe(DEFAULT_BUNDLE_REFRESH_SECONDS);
   });
 
   it("BUNDLE-17: a bundle map is applied as a complete snapshot or not at all", () => {
@@ -289,15 +283,146 @@ describe("Trust Domain and Bundle conformance", () => {
     expect(() => (parsed.x509Authorities as Uint8Array[]).push(CA_RSA)).toThrow(TypeError);
   });
 
-  it("BUNDLE-18: without a refresh hint the refresh interval defaults to five minutes", () => {
-    expect(DEFAULT_BUNDLE_REFRESH_SECONDS).toBe(300);
-    const noHint = parseSpiffeBundle('{"keys":[]}', TD).bundle;
-    expect(bundleRefreshSeconds(noHint.refreshHintSeconds)).toBe(300);
-    expect(bundleRefreshSeconds(parseSpiffeBundle('{"keys":[],"spiffe_refresh_hint":60}', TD).bundle.refreshHintSeconds)).toBe(60);
-    // Hints are bounded: neither a polling storm nor a day-long blind spot for new keys.
-    expect(bundleRefreshSeconds(0)).toBe(10);
-    expect(bundleRefreshSeconds(86_400)).toBe(3600);
-    expect(bundleRefreshSeconds(undefined, { defaultSeconds: 120 })).toBe(120);
+});
+
+/**
+ * Where Sigil consumes bundles: the server stores federated bundles an
+ * operator gives it (admin API), and the agent takes its own and federated
+ * bundles from the server on every sync. Sigil fetches no bundle endpoint
+ * itself, so the agent's sync is the refresh schedule BUNDLE-16 and BUNDLE-18
+ * are about.
+ */
+describe("Trust Domain and Bundle conformance: the server's federated bundles", () => {
+  let dir = "";
+  let server: RunningServer | undefined;
+  let admin: UnaryClient<(typeof BundleAdmin)["method"]> | undefined;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), "sigil-bundle-"));
+    const config = parseServerConfig(testServerConfigYaml(dir, { keyManager: "memory", serverExtra: "  audit_log_enabled: false\n" }));
+    server = await startServer(config, { logDestination: { write: () => undefined } });
+    admin = createUnaryClient(BundleAdmin, `unix:${server.adminSocketPath}`, credentials.createInsecure());
+  }, 60_000);
+
+  afterAll(async () => {
+    admin?.close();
+    await server?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  function setFederated(b: SpiffeBundle): Promise<unknown> {
+    return (admin as NonNullable<typeof admin>).setFederatedBundle({ bundle: { trustDomain: b.trustDomain.name, spiffeBundleJson: serializeSpiffeBundle(b) } });
+  }
+
+  async function refusal(p: Promise<unknown>): Promise<ServiceError> {
+    try {
+      await p;
+    } catch (e) {
+      return e as ServiceError;
+    }
+    throw new Error("expected the bundle to be refused");
+  }
+
+  it("BUNDLE-1: a bundle holding a key that is already another trust domain's authority is refused; each domain keeps its own keys", async () => {
+    const { bundles } = parseBundleMap(fixture("bundle-map-shared-ca-key.json"));
+    const a = bundles.get(parseTrustDomain("a.example")) as SpiffeBundle;
+    const b = bundles.get(parseTrustDomain("b.example")) as SpiffeBundle;
+    // Two different certificates (different subjects and SANs) around one key.
+    expect(Buffer.from(a.x509Authorities[0] as Uint8Array).equals(Buffer.from(b.x509Authorities[0] as Uint8Array))).toBe(false);
+    await setFederated(a);
+    const sameKey = await refusal(setFederated(b));
+    expect(sameKey.code).toBe(status.INVALID_ARGUMENT);
+    expect(sameKey.details).toMatch(/^bundle\.spiffe_bundle_json: holds an authority key \(SPKI SHA-256 [0-9a-f]{64}\) that is already an authority of a\.example; .*\(BUNDLE-1\)$/);
+
+    // The server's own bundle under another name would let this server's CA speak for that domain.
+    const own = (server as RunningServer).ca.bundle();
+    const renamed = await refusal(setFederated({ ...own, trustDomain: parseTrustDomain("c.example") }));
+    expect(renamed.details).toContain("already an authority of example.org");
+
+    // A JWT authority counts as much as an X.509 one.
+    const k = generateSigner("ec-p256");
+    await setFederated({ trustDomain: parseTrustDomain("d.example"), x509Authorities: [], jwtAuthorities: new Map([["x", k.publicKey]]) });
+    const jwtKey = await refusal(setFederated({ trustDomain: parseTrustDomain("e.example"), x509Authorities: [], jwtAuthorities: new Map([["y", k.publicKey]]) }));
+    expect(jwtKey.details).toContain("already an authority of d.example");
+
+    // A domain replacing its own bundle with the same key, and a domain with keys of its own, are accepted.
+    await setFederated(a);
+    await setFederated({ trustDomain: parseTrustDomain("f.example"), x509Authorities: [], jwtAuthorities: new Map([["z", generateSigner("ec-p256").publicKey]]) });
+    const listed = await (admin as NonNullable<typeof admin>).listFederatedBundles({});
+    expect(listed.bundles.map((x) => x.trustDomain).sort()).toEqual(["a.example", "d.example", "f.example"]);
+  });
+});
+
+describe("Trust Domain and Bundle conformance: the agent's bundle refresh", () => {
+  /** The agent's sync loop and real cache against a server whose SyncAuthorized answers `bundles()` and no entries. */
+  function agentSyncing(bundles: () => SpiffeBundle[], intervalMs: number): { loop: SyncLoop; cache: AgentCache; syncs: () => number } {
+    let syncs = 0;
+    const unused = (): never => {
+      throw new Error("not called: the server has no entries for this agent");
+    };
+    const client: ServerClient = {
+      attest: unused,
+      renew: unused,
+      batchNewX509Svid: unused,
+      newJwtSvid: unused,
+      setIdentity: unused,
+      // As the agent's gRPC client does: each bundle parsed from the document the server sent.
+      sync: async () => ({ notModified: false, revision: `r${++syncs}`, entries: [], bundles: bundles().map((b) => parseSpiffeBundle(serializeSpiffeBundle(b), b.trustDomain).bundle) }),
+      setTrustBundle: () => undefined,
+      close: () => undefined,
+    };
+    const clock = new ManualClock(NOW);
+    const cache = new AgentCache({ trustDomain: TD, clock, mintJwtSvid: unused });
+    return { loop: new SyncLoop({ client, cache, clock, intervalMs }), cache, syncs: () => syncs };
+  }
+
+  /** The agent's sync interval when the operator sets none. */
+  function defaultSyncIntervalMs(): number {
+    const yaml = "agent:\n  trust_domain: example.org\n  insecure_bootstrap: true\nplugins:\n  NodeAttestor:\n    join_token:\n  WorkloadAttestor:\n    unix:\n";
+    return parseAgentConfig(yaml).agent.sync_interval;
+  }
+
+  const PARTNER = parseTrustDomain("partner.example");
+  const withHint = (b: SpiffeBundle, hint: number | undefined): SpiffeBundle => (hint === undefined ? b : { ...b, refreshHintSeconds: hint });
+
+  it("BUNDLE-16: per-bundle refresh hints, tiny or huge, do not set when the agent refreshes its bundles", async () => {
+    const interval = defaultSyncIntervalMs();
+    for (const hint of [1, 86_400]) {
+      let partnerCa: Uint8Array = CA_RSA;
+      const { loop, cache, syncs } = agentSyncing(
+        () => [
+          withHint({ trustDomain: TD, x509Authorities: [CA_A], jwtAuthorities: new Map() }, hint),
+          withHint({ trustDomain: PARTNER, x509Authorities: [partnerCa], jwtAuthorities: new Map() }, hint),
+        ],
+        interval,
+      );
+      expect((await loop.syncNow()).ok).toBe(true);
+      // The hints reached the agent; its next round is still one sync interval away.
+      expect([cache.bundles().own.refreshHintSeconds, cache.bundles().federated.get(PARTNER.name)?.refreshHintSeconds]).toEqual([hint, hint]);
+      expect(loop.nextDelayMs, `hint ${hint}`).toBe(interval);
+      // A day-long hint does not keep a changed bundle away: the next round brings it.
+      const rotated = makeRoot(PARTNER.name).der;
+      partnerCa = rotated;
+      expect((await loop.syncNow()).ok).toBe(true);
+      expect(syncs()).toBe(2);
+      expect(cache.bundles().federated.get(PARTNER.name)?.x509Authorities.map((d) => Buffer.from(d).equals(rotated))).toEqual([true]);
+      expect(loop.nextDelayMs, `hint ${hint}`).toBe(interval);
+    }
+  });
+
+  it("BUNDLE-18: bundles without a refresh hint are refreshed every sync interval, by default well under five minutes", async () => {
+    const interval = defaultSyncIntervalMs();
+    expect(interval).toBeLessThanOrEqual(300_000);
+    const { loop, cache } = agentSyncing(
+      () => [
+        { trustDomain: TD, x509Authorities: [CA_A], jwtAuthorities: new Map() },
+        { trustDomain: PARTNER, x509Authorities: [CA_RSA], jwtAuthorities: new Map() },
+      ],
+      interval,
+    );
+    expect((await loop.syncNow()).ok).toBe(true);
+    expect(cache.bundles().federated.get(PARTNER.name)?.refreshHintSeconds).toBeUndefined();
+    expect(loop.nextDelayMs).toBe(interval);
   });
 });
 

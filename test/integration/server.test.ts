@@ -15,7 +15,7 @@ import { systemClock } from "../../common/clock.js";
 import { AgentAdmin, EntryAdmin, BundleAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
 import { AgentAPI } from "../../proto/gen/sigil/agent/v1/agent_pb.js";
 import { EntrySchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
-import { parseSpiffeBundle, toJwtBundle, toX509Bundle } from "../../spiffe/bundle/spiffe-bundle.js";
+import { parseSpiffeBundle, serializeSpiffeBundle, toJwtBundle, toX509Bundle } from "../../spiffe/bundle/spiffe-bundle.js";
 import { buildCsr } from "../../spiffe/csr.js";
 import { parseTrustDomain } from "../../spiffe/id.js";
 import { validateJwtSvid } from "../../spiffe/jwt/validate.js";
@@ -149,9 +149,9 @@ describe("sigil-server CLI", () => {
     expect(missing.stderr).toMatch(/not found/i);
 
     // A federated bundle: another trust domain's CA, as SPIFFE bundle JSON.
-    const other = srv.cli(["bundle", "show", "--format", "spiffe"]).stdout.replaceAll("example.org", "partner.org");
+    const partnerCa = makeRoot("partner.org");
     const file = path.join(srv.dir, "partner.json");
-    writeFileSync(file, other);
+    writeFileSync(file, serializeSpiffeBundle({ trustDomain: partnerCa.td, x509Authorities: [partnerCa.der], jwtAuthorities: new Map() }));
     const set = srv.cli(["bundle", "set", "--id", "partner.org", "--path", file]);
     expect(set.status, set.stderr).toBe(0);
     const list = JSON.parse(srv.cli(["bundle", "list", "--output", "json"]).stdout) as { bundles: { trust_domain: string }[] };

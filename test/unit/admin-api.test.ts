@@ -30,6 +30,7 @@ import { parseTrustDomain, type TrustDomain } from "../../spiffe/id.js";
 import { validateJwtSvid } from "../../spiffe/jwt/validate.js";
 import { StaticX509BundleSource } from "../../spiffe/x509/static-bundle-source.js";
 import { verifyX509Svid } from "../../spiffe/x509/verify.js";
+import { makeRoot } from "../fixtures/x509/pki.js";
 
 const TD = parseTrustDomain("example.org");
 const SERVER_ID = "spiffe://example.org/spire/server";
@@ -494,7 +495,7 @@ describe("BundleAdmin", () => {
   it("sets, lists and deletes federated bundles", async () => {
     const partner = parseTrustDomain("partner.org");
     const { publicKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
-    const json = serializeSpiffeBundle({ trustDomain: partner, x509Authorities: env.ca.bundle().x509Authorities, jwtAuthorities: new Map([["k1", publicKey]]), sequenceNumber: 7n });
+    const json = serializeSpiffeBundle({ trustDomain: partner, x509Authorities: [makeRoot("partner.org").der], jwtAuthorities: new Map([["k1", publicKey]]), sequenceNumber: 7n });
     const set = await env.bundle.setFederatedBundle({ bundle: { trustDomain: "partner.org", spiffeBundleJson: json } });
     expect(set).toMatchObject({ trustDomain: "partner.org", spiffeBundleJson: json, sequence: "7" });
 
@@ -519,7 +520,7 @@ describe("BundleAdmin", () => {
   });
 
   it("refuses garbage, the own trust domain and bad trust-domain names, storing nothing", async () => {
-    const valid = serializeSpiffeBundle({ trustDomain: parseTrustDomain("partner.org"), x509Authorities: env.ca.bundle().x509Authorities, jwtAuthorities: new Map() });
+    const valid = serializeSpiffeBundle({ trustDomain: parseTrustDomain("partner.org"), x509Authorities: [makeRoot("partner.org").der], jwtAuthorities: new Map() });
     await expectFailure(env.bundle.setFederatedBundle({ bundle: { trustDomain: "partner.org", spiffeBundleJson: "{not json" } }), status.INVALID_ARGUMENT, "bundle.spiffe_bundle_json");
     await expectFailure(env.bundle.setFederatedBundle({ bundle: { trustDomain: "partner.org", spiffeBundleJson: '{"keys":[]}' } }), status.INVALID_ARGUMENT, "bundle.spiffe_bundle_json", "no X.509 or JWT");
     await expectFailure(env.bundle.setFederatedBundle({ bundle: { trustDomain: "example.org", spiffeBundleJson: valid } }), status.INVALID_ARGUMENT, "bundle.trust_domain", "own");

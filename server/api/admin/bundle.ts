@@ -2,6 +2,8 @@
  * `sigil.admin.v1.BundleAdmin`: the server's own bundle (read only: the CA
  * manager owns it) and federated bundles. A federated bundle is parsed as a
  * SPIFFE bundle for its trust domain before it is stored, and stored as given.
+ * It may not hold a key that is already an authority of another trust domain,
+ * this server's included (BUNDLE-1).
  */
 import { create } from "@bufbuild/protobuf";
 import {
@@ -16,10 +18,11 @@ import {
   type SetFederatedBundleRequest,
 } from "../../../proto/gen/sigil/admin/v1/admin_pb.js";
 import { BundleSchema, type Bundle as WireBundle } from "../../../proto/gen/sigil/types/v1/types_pb.js";
-import { MAX_SEQUENCE_NUMBER, parseSpiffeBundle, serializeSpiffeBundle } from "../../../spiffe/bundle/spiffe-bundle.js";
+import { findSharedAuthorityKeys } from "../../../spiffe/bundle/shared-authorities.js";
+import { MAX_SEQUENCE_NUMBER, parseSpiffeBundle, serializeSpiffeBundle, type SpiffeBundle } from "../../../spiffe/bundle/spiffe-bundle.js";
 import { SigilError, isSigilError } from "../../../spiffe/errors.js";
 import type { GrpcServiceImplementation } from "../../../spiffe/grpc/service.js";
-import type { TrustDomain } from "../../../spiffe/id.js";
+import { parseTrustDomain, type TrustDomain } from "../../../spiffe/id.js";
 import type { UnaryWrapper } from "../unary.js";
 import { wireBundle } from "../wire.js";
 import { invalidField, trustDomainField, type AdminApiDeps } from "./common.js";
@@ -46,6 +49,31 @@ export function createBundleAdmin(deps: AdminApiDeps, unary: UnaryWrapper): Grpc
     const td = trustDomainField(field, value);
     if (td.equals(own)) throw invalidField(field, `${td.name} is the server's own trust domain; its bundle is managed by the CA`);
     return td;
+  }
+
+  /**
+   * BUNDLE-1: whoever holds a key that two trust domains trust can mint
+   * identities in both, so a bundle sharing an authority key with the own
+   * bundle or another stored one is refused (pasting one domain's bundle under
+   * another's name is the usual way this happens).
+   */
+  async function refuseSharedKeys(bundle: SpiffeBundle): Promise<void> {
+    const others: SpiffeBundle[] = [deps.ca.bundle()];
+    for (const stored of await deps.datastore.listBundles()) {
+      if (stored.trustDomain === own.name || stored.trustDomain === bundle.trustDomain.name) continue;
+      try {
+        others.push(parseSpiffeBundle(stored.document, parseTrustDomain(stored.trustDomain)).bundle);
+      } catch (e) {
+        deps.log.warn({ err: e, trust_domain: stored.trustDomain }, "admin api: a stored federated bundle does not parse; not compared for shared keys");
+      }
+    }
+    const shared = findSharedAuthorityKeys([...others, bundle]).find((k) => k.trustDomains.includes(bundle.trustDomain.name));
+    if (shared === undefined) return;
+    const owners = shared.trustDomains.filter((name) => name !== bundle.trustDomain.name);
+    throw invalidField(
+      "bundle.spiffe_bundle_json",
+      `holds an authority key (SPKI SHA-256 ${shared.spkiSha256}) that is already an authority of ${owners.join(", ")}; a key may be an authority of one trust domain only (BUNDLE-1)`,
+    );
   }
 
   return {
@@ -84,6 +112,7 @@ export function createBundleAdmin(deps: AdminApiDeps, unary: UnaryWrapper): Grpc
       }
       for (const w of parsed.warnings) deps.log.warn({ trust_domain: td.name }, `admin api: federated bundle: ${w}`);
       const sequence = sequenceField(b.sequence) ?? parsed.bundle.sequenceNumber ?? 0n;
+      await refuseSharedKeys(parsed.bundle);
       const stored = await deps.datastore.setBundle({ trustDomain: td.name, document: b.spiffeBundleJson, sequence });
       audit.details.sequence = stored.sequence;
       audit.details.x509_authorities = parsed.bundle.x509Authorities.length;
