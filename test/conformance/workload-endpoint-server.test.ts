@@ -3,7 +3,7 @@
  * Endpoint, checklist §1.5): the real endpoint (Unix socket, SO_PEERCRED,
  * unix attestor, handler) in front of a fake cache.
  */
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { statSync } from "node:fs";
 import { lstat, rename, writeFile } from "node:fs/promises";
 import { once } from "node:events";
@@ -42,13 +42,10 @@ import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
 import { createWorkloadApiClient, type WorkloadApiClient } from "../../spiffe/workloadapi/client.js";
 import { isWorkloadApiError } from "../../spiffe/workloadapi/errors.js";
 import { FakeWorkloadCache, fixedCaller, ownUidSelector, startTestAgentEndpoint, type TestAgentEndpoint, type TestAgentEndpointOptions } from "../fakes/fake-workload-cache.js";
-import { toolAvailable } from "../support/tools.js";
 
 const WAPI = grpcServiceDefinition(SpiffeWorkloadAPI);
 const HEALTH = grpcServiceDefinition(Health);
 const REFLECTION = grpcServiceDefinition(ServerReflection);
-const grpcurl = toolAvailable("grpcurl", ["-version"]);
-if (!grpcurl) console.warn("NOTE: grpcurl is not installed; WEP-21 checks reflection with a grpc-js client only");
 const isRoot = process.geteuid?.() === 0;
 if (!isRoot) {
   if (process.env.CI === "true") throw new Error("the other-uid Workload Endpoint tests need root; CI runs as root");
@@ -516,15 +513,10 @@ describe("Workload Endpoint (server side)", () => {
     expect(noExtension?.messageResponse).toMatchObject({ case: "errorResponse", value: { errorCode: status.NOT_FOUND } });
     expect(empty?.messageResponse).toMatchObject({ case: "errorResponse", value: { errorCode: status.INVALID_ARGUMENT } });
 
-    // grpcurl and older clients use the v1alpha name; same messages on the wire.
+    // grpcurl and older clients use the v1alpha name; same messages on the wire. (grpcurl itself is not in
+    // Debian's archive, so CI cannot run it; this in-process client asks what `grpcurl list` asks.)
     const [alpha] = await reflect(c, [{ messageRequest: { case: "listServices", value: "" } }], "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo");
     expect(alpha?.messageResponse.case).toBe("listServicesResponse");
-
-    if (grpcurl) {
-      const out = spawnSync("grpcurl", ["-plaintext", "-unix", ep.socketPath, "list"], { encoding: "utf8", timeout: 10_000 });
-      expect(out.status, out.stderr).toBe(0);
-      expect(out.stdout.split("\n")).toContain("SpiffeWorkloadAPI");
-    }
   });
 
   it("WEP-21: without a health service, reflection does not list one", async () => {
