@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { mkdtempSync, chmodSync } from "node:fs";
+import { mkdtempSync, chmodSync, rmSync } from "node:fs";
 import { createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -25,7 +25,11 @@ function serve(): Promise<{ sock: string; next: () => Promise<PeerCredentials>; 
   return new Promise((resolve) =>
     server.listen(sock, () => {
       chmodSync(sock, 0o777);
-      resolve({ sock, next: () => new Promise((r) => waiting.push(r)), close: () => server.close() });
+      resolve({
+        sock,
+        next: () => new Promise((r) => waiting.push(r)),
+        close: () => server.close(() => rmSync(dir, { recursive: true, force: true })),
+      });
     }),
   );
 }
