@@ -47,6 +47,12 @@ import { EntryIndex } from "./registration/entry-index.js";
 const ROTATE_INTERVAL_MS = 10_000;
 /** How often expired join tokens and long-expired issuance records are pruned. */
 const PRUNE_INTERVAL_MS = 60_000;
+/**
+ * How long a stop waits for agent API calls in flight before cancelling them.
+ * Any TLS client can open a call and never finish sending it; without a
+ * bound, one such peer kept `sigil-server run` from exiting on SIGTERM.
+ */
+const AGENT_API_STOP_GRACE_MS = 5_000;
 
 /**
  * Removes expired join tokens, and issuance records whose credential expired
@@ -244,7 +250,17 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     addHealthService(tlsServer, grpcHealth);
     const tlsCreds = experimental.createCertificateProviderServerCredentials(certs, certs, false);
     const port = await bindAsync(tlsServer, `${s.bind_address}:${s.bind_port}`, tlsCreds);
-    cleanups.push(() => new Promise<void>((resolve) => tlsServer.tryShutdown(() => resolve())));
+    cleanups.push(
+      () =>
+        new Promise<void>((resolve) => {
+          // Calls in flight may finish; a peer that never completes its request must not hold the stop up.
+          const force = setTimeout(() => tlsServer.forceShutdown(), AGENT_API_STOP_GRACE_MS);
+          tlsServer.tryShutdown(() => {
+            clearTimeout(force);
+            resolve();
+          });
+        }),
+    );
 
     // Admin API on the local socket, every call audited with the caller the kernel names.
     const adminSocketPath = resolveDataPath(config, s.socket_path);
