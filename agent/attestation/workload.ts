@@ -8,6 +8,8 @@
  * uid/gid. A caller that exited (its pid may now name someone else) or that
  * exec'd a setuid binary after connecting is refused, and a stream re-checks
  * its caller before every message it sends ({@link AttestedCaller.recheck}).
+ * Each uid runs only a few attestations at a time (`uid-slots.ts`), so one
+ * user's calls cannot take the agent's attention from everyone else's.
  *
  * Failures are explicit, never a partial selector set: an attestor that
  * throws or does not answer in time fails the call with Unavailable
@@ -21,6 +23,7 @@ import { normalizeSelectors, type Selector } from "../../common/selector.js";
 import { SigilError } from "../../spiffe/errors.js";
 import type { WorkloadAttestor } from "../../plugins/workloadattestor/types.js";
 import { verifyPeer, type PeerCredentials } from "../endpoints/peer.js";
+import { createUidSlots, DEFAULT_ATTESTATIONS_PER_UID } from "./uid-slots.js";
 
 /** Why attestation refused a caller. */
 export type WorkloadAttestationFailure =
@@ -162,6 +165,11 @@ export interface CallerAttesterOptions extends AttestWorkloadOptions {
   /** Finds the peer credentials of a call from its `call.getPeer()` string (the endpoint's PeerTracker `lookup`). */
   readonly resolvePeer: (callPeer: string) => PeerCredentials | undefined;
   readonly attestors: readonly WorkloadAttestor[];
+  /**
+   * Attestations one uid may run at a time; its further calls wait (up to
+   * `timeoutMs`). Default {@link DEFAULT_ATTESTATIONS_PER_UID}.
+   */
+  readonly attestationsPerUid?: number;
 }
 
 /**
@@ -177,13 +185,24 @@ export interface CallerAttesterOptions extends AttestWorkloadOptions {
  * ```
  */
 export function createCallerAttester(options: CallerAttesterOptions): (callPeer: string) => Promise<AttestedCaller> {
+  const slots = createUidSlots(options.attestationsPerUid);
   return async (callPeer) => {
     const peer = options.resolvePeer(callPeer);
     if (peer === undefined) {
       options.log.error({ peer: callPeer }, "Workload API call without peer credentials; the call is refused");
       throw new WorkloadAttestationError("caller_unknown");
     }
-    const selectors = await attestWorkload(peer, options.attestors, options);
-    return { selectors, recheck: () => checkCaller(peer, options.log) };
+    // One user's calls wait for that user's own earlier attestations, never for everyone's.
+    const release = await slots.acquire(peer.uid, options.timeoutMs);
+    if (release === undefined) {
+      options.log.debug({ pid: peer.pid, caller_uid: peer.uid, timeout_ms: options.timeoutMs }, "Caller's uid had no free attestation slot in time; the call is refused");
+      throw new WorkloadAttestationError("attestation_failed", { cause: new SigilError("ERR_UNAVAILABLE", `no attestation slot for uid ${peer.uid} within ${options.timeoutMs} ms`) });
+    }
+    try {
+      const selectors = await attestWorkload(peer, options.attestors, options);
+      return { selectors, recheck: () => checkCaller(peer, options.log) };
+    } finally {
+      release();
+    }
   };
 }

@@ -159,6 +159,18 @@ describe("unix workload attestor", () => {
     expect(lines.some((l) => String(l["msg"]).endsWith("unix:path omitted") && l["path"] === `${bin} (deleted)`)).toBe(true);
   });
 
+  it("a binary rewritten between calls gets the hash of what it holds now", async () => {
+    const bin = path.join(tempDir(), "web");
+    writeFileSync(bin, "version 1");
+    const procRoot = fakeProc(81, STATUS, bin);
+    const unix = createUnixWorkloadAttestor({ discover_workload_path: true }, { procRoot });
+    const hashOf = (text: string): string => `unix:sha256:${createHash("sha256").update(text).digest("hex")}`;
+    expect(strings(await unix.attest(caller(81)))).toContain(hashOf("version 1"));
+    expect(strings(await unix.attest(caller(81)))).toContain(hashOf("version 1"));
+    writeFileSync(bin, "version 2, longer");
+    expect(strings(await unix.attest(caller(81)))).toContain(hashOf("version 2, longer"));
+  });
+
   it("workload_size_limit: a larger binary gets no unix:sha256 (logged); a negative limit never hashes; 0 means no limit", async () => {
     const dir = tempDir();
     const bin = path.join(dir, "big");

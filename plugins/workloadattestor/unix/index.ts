@@ -138,14 +138,41 @@ async function readIdNames(file: string): Promise<Map<number, string>> {
   return names;
 }
 
-async function sha256OfHandle(handle: FileHandle, limit: number, signal: AbortSignal | undefined): Promise<{ hex: string } | { tooLarge: number }> {
-  const { size } = await handle.stat();
-  if (limit > 0 && size > limit) return { tooLarge: size };
+/** Binary hashes one attestor keeps; the least recently used is dropped beyond this. */
+const MAX_KNOWN_HASHES = 1024;
+
+/**
+ * SHA-256 of the open binary, read once per file: `known` maps a file's
+ * identity (device, inode, size, modification and change times) to its hash,
+ * so a binary that many calls run (node, python) is not read and hashed on
+ * every call. Writing a file changes its times, and its change time cannot be
+ * set by its owner. A file rewritten within one clock tick could keep a stale
+ * hash, but only its owner can write it, and its owner could run a file with
+ * that hash anyway: `unix:sha256` never separates users who can run the same file.
+ */
+async function sha256OfHandle(
+  handle: FileHandle,
+  limit: number,
+  signal: AbortSignal | undefined,
+  known: Map<string, string>,
+): Promise<{ hex: string } | { tooLarge: number }> {
+  const st = await handle.stat({ bigint: true });
+  if (limit > 0 && st.size > BigInt(limit)) return { tooLarge: Number(st.size) };
+  const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+  const hit = known.get(key);
+  if (hit !== undefined) {
+    known.delete(key);
+    known.set(key, hit);
+    return { hex: hit };
+  }
   const hash = createHash("sha256");
   for await (const chunk of handle.createReadStream({ autoClose: false, start: 0, ...(signal === undefined ? {} : { signal }) })) {
     hash.update(chunk as Buffer);
   }
-  return { hex: hash.digest("hex") };
+  const hex = hash.digest("hex");
+  known.set(key, hex);
+  if (known.size > MAX_KNOWN_HASHES) known.delete(known.keys().next().value as string);
+  return { hex };
 }
 
 /**
@@ -179,6 +206,7 @@ export function createUnixWorkloadAttestor(config: UnixWorkloadAttestorConfig = 
   const discoverPath = config.discover_workload_path ?? false;
   const sizeLimit = config.workload_size_limit ?? 0;
   const sel = (value: string): Selector => makeSelector(UNIX_WORKLOAD_ATTESTOR, value);
+  const knownHashes = new Map<string, string>();
 
   /** `unix:path` and `unix:sha256` from one open of the caller's binary, so both name the same file. */
   async function binarySelectors(pid: number, exeLink: string, signal: AbortSignal | undefined): Promise<Selector[]> {
@@ -211,7 +239,7 @@ export function createUnixWorkloadAttestor(config: UnixWorkloadAttestorConfig = 
       if (sizeLimit < 0) return out;
       let digest: { hex: string } | { tooLarge: number };
       try {
-        digest = await sha256OfHandle(handle, sizeLimit, signal);
+        digest = await sha256OfHandle(handle, sizeLimit, signal, knownHashes);
       } catch (e) {
         throw pluginError(`cannot hash the binary of pid ${pid}: ${(e as Error).message}`, e);
       }
