@@ -3,10 +3,11 @@
  * would (`api fetch x509|jwt`, `api validate jwt`, `api watch`), plus
  * `validate` (a config file) and `healthcheck`. Exit status: 0 success, 1 the operation failed, 2 usage.
  */
-import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { Command, CommanderError } from "commander";
+import { writeFileAtomic } from "../../common/atomic-file.js";
+import { ensureSecureDirectory } from "../../common/secure-dir.js";
 import { isSigilError } from "../../spiffe/errors.js";
 import { encodePemCertificates } from "../../spiffe/pem.js";
 import { createWorkloadApiClient, type WorkloadApiClient } from "../../spiffe/workloadapi/client.js";
@@ -44,9 +45,14 @@ function x509Json(ctx: X509Context): unknown {
   };
 }
 
-/** Writes svid.N.pem / svid.N.key / bundle.N.pem like `spire-agent api fetch x509 -write`. */
+/**
+ * Writes svid.N.pem / svid.N.key / bundle.N.pem like `spire-agent api fetch x509 -write`,
+ * each atomically, into a directory created 0700 or one of the caller's that
+ * nobody else can write to: another user's directory could hand the private
+ * key to a file of theirs, or the writes to a link of theirs.
+ */
 function writeX509(dir: string, ctx: X509Context): string[] {
-  mkdirSync(dir, { recursive: true });
+  ensureSecureDirectory(dir, 0o700, "api fetch x509 --write");
   const written: string[] = [];
   ctx.svids.forEach((s, i) => {
     const files: [string, string, number][] = [
@@ -55,7 +61,7 @@ function writeX509(dir: string, ctx: X509Context): string[] {
       [`bundle.${i}.pem`, encodePemCertificates(ctx.bundles.get(s.id.trustDomain.name)?.authorityDers ?? []), 0o644],
     ];
     for (const [name, body, mode] of files) {
-      writeFileSync(path.join(dir, name), body, { mode });
+      writeFileAtomic(path.join(dir, name), body, mode, { subsystem: "api fetch x509 --write" });
       written.push(path.join(dir, name));
     }
   });
@@ -103,7 +109,7 @@ export function buildProgram(): Command {
   const fetch = api.command("fetch").description("fetch SVIDs");
   const common = (c: Command) => c.option("-s, --socket-path <path>", "Workload API socket (default: SPIFFE_ENDPOINT_SOCKET, then the agent default)").option("-o, --output <format>", "json or pretty", "pretty");
 
-  common(fetch.command("x509").description("fetch X509-SVIDs and bundles").option("-w, --write <dir>", "write PEM files to this directory")).action(
+  common(fetch.command("x509").description("fetch X509-SVIDs and bundles").option("-w, --write <dir>", "write PEM files to this directory (created 0700; an existing one must be yours, not writable by group or others)")).action(
     async (o: { socketPath?: string; output: string; write?: string }) => {
       const out = output(o.output);
       const c = client(o.socketPath);

@@ -4,7 +4,7 @@
  * using the real Workload API client over the agent's Unix socket.
  */
 import { spawn } from "node:child_process";
-import { chmodSync, mkdtempSync, readFileSync, statSync } from "node:fs";
+import { chmodSync, chownSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
@@ -84,8 +84,9 @@ describe.skipIf(!isRoot)("agent end to end", () => {
   });
 
   it("sigil-agent api fetch x509 --write, fetch jwt and validate jwt work for the workload (exit 0), and fail with exit 1 for a stranger", async () => {
+    // A directory the workload user owns; one another user can write to is refused (below).
     const dir = mkdtempSync(path.join(tmpdir(), "sigil-cli-out-"));
-    chmodSync(dir, 0o777);
+    chownSync(dir, WEB.uid, WEB.gid);
     const x509 = await runAgentCli(["api", "fetch", "x509", "--socket-path", agent.socketPath, "--write", dir, "--output", "json"], WEB);
     expect(x509.status, x509.stderr).toBe(0);
     expect((JSON.parse(x509.stdout) as { svids: { spiffe_id: string }[] }).svids.map((s) => s.spiffe_id)).toEqual(["spiffe://example.org/web"]);
@@ -97,6 +98,20 @@ describe.skipIf(!isRoot)("agent end to end", () => {
     const valid = await runAgentCli(["api", "validate", "jwt", "--audience", "db", "--svid", token, "--socket-path", agent.socketPath, "--output", "json"], WEB);
     expect(valid.status, valid.stderr).toBe(0);
     expect((JSON.parse(valid.stdout) as { spiffe_id: string }).spiffe_id).toBe("spiffe://example.org/web");
+    // Another user's directory, open to all (a name guessed in /tmp): the workload's key must not land where that user can read or redirect it.
+    const shared = mkdtempSync(path.join(tmpdir(), "sigil-cli-shared-"));
+    chownSync(shared, STRANGER.uid, STRANGER.gid);
+    chmodSync(shared, 0o777);
+    const planted = path.join(shared, "svid.0.key");
+    writeFileSync(planted, "");
+    chownSync(planted, STRANGER.uid, STRANGER.gid);
+    chmodSync(planted, 0o666);
+    const refused = await runAgentCli(["api", "fetch", "x509", "--socket-path", agent.socketPath, "--write", shared], WEB);
+    expect(refused.status).toBe(1);
+    expect(refused.stderr).toContain(`refusing to use directory ${shared}: it is owned by uid ${STRANGER.uid} with mode 0777`);
+    expect(readFileSync(planted, "utf8")).toBe("");
+    rmSync(shared, { recursive: true, force: true });
+    rmSync(dir, { recursive: true, force: true });
     const denied = await runAgentCli(["api", "fetch", "x509", "--socket-path", agent.socketPath], STRANGER);
     expect(denied.status).toBe(1);
     expect(denied.stderr).toMatch(/no identity issued/);
