@@ -18,7 +18,7 @@ import {
   TAG,
 } from "./der.js";
 import { SigilError } from "./errors.js";
-import { isP256Spki } from "./x509/subject-public-key.js";
+import { checkSubjectPublicKeyInfo, isP256Spki } from "./x509/subject-public-key.js";
 import { keyTypeOf, type KeyType } from "./signer.js";
 
 const OID_ECDSA_SHA256 = "1.2.840.10045.4.3.2";
@@ -122,6 +122,7 @@ export function parseCsr(der: Uint8Array, allowedKeyTypes: readonly KeyType[]): 
     throw csrError(`key type ${keyType} is not allowed (allowed: ${allowedKeyTypes.join(", ")})`);
   }
   if ((alg.family === "ec") !== keyType.startsWith("ec")) throw csrError(`signature algorithm ${algOid} does not fit a ${keyType} key`);
+  checkEmbeddable(spkiDer, csrError);
   let ok: boolean;
   try {
     ok = cryptoVerify(alg.hash, info, publicKey, signature);
@@ -149,8 +150,8 @@ function spkiError(message: string, cause?: unknown): SigilError {
 
 /**
  * Checks a bare SubjectPublicKeyInfo (the agent API's CSR-free form) by a DER
- * walk only: algorithm, curve or modulus size, and the exact encoding length
- * of the key. No key import (that costs more than signing): the agent is
+ * walk only: algorithm (as the certificate builder embeds it), curve or
+ * modulus size and RSA exponent, and the exact encoding length of the key. No key import (that costs more than signing): the agent is
  * already authenticated by mTLS, and the key is embedded verbatim in the SVID.
  */
 export function parseSubjectPublicKeyInfo(der: Uint8Array, allowedKeyTypes: readonly KeyType[]): CheckedPublicKey {
@@ -181,8 +182,12 @@ export function parseSubjectPublicKeyInfo(der: Uint8Array, allowedKeyTypes: read
     } else if (algOid === OID_RSA) {
       const rsa = expectTlv(key, 1, TAG.SEQUENCE, "RSAPublicKey");
       if (rsa.end !== key.length) throw spkiError("RSA key has trailing bytes");
-      const [n, e] = readChildren(key, rsa);
-      if (!n || !e || n.tag !== TAG.INTEGER || e.tag !== TAG.INTEGER) throw spkiError("RSA key is not (modulus, exponent)");
+      const parts = readChildren(key, rsa);
+      const [n, e] = parts;
+      if (parts.length !== 2 || !n || !e || n.tag !== TAG.INTEGER || e.tag !== TAG.INTEGER) throw spkiError("RSA key is not (modulus, exponent)");
+      // As Go's crypto/rsa accepts: an odd exponent from 3 to 2^31-1 (no padding octet needed below 2^31).
+      const exponent = e.content.length > 4 || ((e.content[0] ?? 0) & 0x80) !== 0 ? 0 : e.content.reduce((v, b) => v * 256 + b, 0);
+      if (exponent < 3 || exponent % 2 === 0) throw spkiError("RSA public exponent is not an odd number from 3 to 2^31-1");
       let first = 0;
       while (first < n.content.length - 1 && n.content[first] === 0) first++;
       const bitsLength = (n.content.length - first) * 8 - Math.clz32(n.content[first] as number) + 24;
@@ -197,5 +202,20 @@ export function parseSubjectPublicKeyInfo(der: Uint8Array, allowedKeyTypes: read
     throw spkiError(`not a DER SubjectPublicKeyInfo: ${(e as Error).message}`, e);
   }
   if (!allowedKeyTypes.includes(keyType)) throw spkiError(`key type ${keyType} is not allowed (allowed: ${allowedKeyTypes.join(", ")})`);
+  checkEmbeddable(der, spkiError);
   return { publicKeyDer: der, keyType };
+}
+
+/**
+ * Refuses a key the certificate builder would not embed (it takes the
+ * SubjectPublicKeyInfo verbatim): exactly an AlgorithmIdentifier it knows, as
+ * DER encodes it, and the key. Caught here it is the caller's InvalidArgument,
+ * not an internal error at signing time.
+ */
+function checkEmbeddable(spki: Uint8Array, error: (message: string, cause?: unknown) => SigilError): void {
+  try {
+    checkSubjectPublicKeyInfo(spki);
+  } catch (e) {
+    throw error((e as Error).message, e);
+  }
 }

@@ -12,11 +12,13 @@ import { create } from "@bufbuild/protobuf";
 import { Client, Metadata, status, type ServiceError } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ManualClock } from "../../common/clock.js";
+import { parseSelector } from "../../common/selector.js";
 import { createUnaryClient } from "../../common/rpc/unary-client.js";
 import { AgentAPI, AttestAgentRequestSchema } from "../../proto/gen/sigil/agent/v1/agent_pb.js";
 import { parseServerConfig } from "../../server/config/load.js";
 import { startServer, type RunningServer } from "../../server/main.js";
 import { buildCsr } from "../../spiffe/csr.js";
+import { encodeBitString, encodeNull, encodeOid, encodeSequence, encodeTlv, encodeUnsignedInteger, expectTlv, readChildren, TAG } from "../../spiffe/der.js";
 import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
 import { parseSpiffeId } from "../../spiffe/id.js";
 import { encodePemCertificates } from "../../spiffe/pem.js";
@@ -148,6 +150,42 @@ describe("agent API: agent records outside /spire/agent/", () => {
       expect(await issuanceCount()).toBe(before);
     } finally {
       api.close();
+    }
+  });
+});
+
+/** Public keys of a shape the CA does not embed; each is well-formed DER. */
+function malformedPublicKeys(): Record<string, Uint8Array> {
+  const rsaSpki = new Uint8Array(generateKeyPairSync("rsa", { modulusLength: 2048 }).publicKey.export({ format: "der", type: "spki" }));
+  const [rsaAlg, rsaBits] = readChildren(rsaSpki, expectTlv(rsaSpki, 0, TAG.SEQUENCE, "spki"));
+  const rsaKey = (rsaBits?.content ?? new Uint8Array()).subarray(1);
+  const [n, e] = readChildren(rsaKey, expectTlv(rsaKey, 0, TAG.SEQUENCE, "rsa"));
+  const rsa = (...ints: Uint8Array[]): Uint8Array => encodeSequence(rsaAlg?.raw ?? new Uint8Array(), encodeBitString(encodeSequence(...ints)));
+  const ecSpki = new Uint8Array(generateKeyPairSync("ec", { namedCurve: "P-384" }).publicKey.export({ format: "der", type: "spki" }));
+  const [, ecBits] = readChildren(ecSpki, expectTlv(ecSpki, 0, TAG.SEQUENCE, "spki"));
+  return {
+    "RSA parameters other than NULL": encodeSequence(encodeSequence(encodeOid("1.2.840.113549.1.1.1"), encodeTlv(TAG.OCTET_STRING, new Uint8Array(64))), rsaBits?.raw ?? new Uint8Array()),
+    "an element after the RSA exponent": rsa(n?.raw ?? new Uint8Array(), e?.raw ?? new Uint8Array(), encodeUnsignedInteger(new Uint8Array(512).fill(7))),
+    "an RSA exponent of 4096 bits": rsa(n?.raw ?? new Uint8Array(), encodeUnsignedInteger(new Uint8Array(512).fill(0xff))),
+    "EC parameters followed by another element": encodeSequence(encodeSequence(encodeOid("1.2.840.10045.2.1"), encodeOid("1.3.132.0.34"), encodeNull()), ecBits?.raw ?? new Uint8Array()),
+  };
+}
+
+describe("agent API: a rogue agent's public keys", () => {
+  it("a key the CA would not embed as is (odd parameters, extra elements, a huge exponent) is refused as InvalidArgument, nothing signed", async () => {
+    const agent = await attestedAgent("odd-keys");
+    try {
+      const entry = await server.datastore.createEntry({ spiffeId: `spiffe://${TD}/odd-keys`, parentId: agent.spiffeId, selectors: [parseSelector("unix:uid:1000")] });
+      for (let i = 0; i < 200 && !(await agent.api.syncAuthorized({})).entries.some((e) => e.id === entry.id); i++) await new Promise((r) => setTimeout(r, 25));
+      const before = await issuanceCount();
+      for (const [what, value] of Object.entries(malformedPublicKeys())) {
+        const res = await agent.api.batchNewX509SVID({ params: [{ entryId: entry.id, key: { case: "publicKey", value } }] });
+        expect(res.results[0]?.svid, what).toBeUndefined();
+        expect(res.results[0]?.status?.code, `${what}: ${res.results[0]?.status?.message}`).toBe(status.INVALID_ARGUMENT);
+      }
+      expect(await issuanceCount()).toBe(before);
+    } finally {
+      agent.api.close();
     }
   });
 });
