@@ -77,7 +77,14 @@ export async function startAgentProcess(config: AgentConfig, options: StartAgent
       clock,
     });
     const socketPath = path.resolve(a.socket_path);
-    const endpoint = await startWorkloadEndpoint({ socketPath, handler, peers, health: grpcHealth, log: subsystemLogger(log, "endpoints") });
+    const endpoint = await startWorkloadEndpoint({
+      socketPath,
+      handler,
+      peers,
+      health: grpcHealth,
+      maxCallsPerUid: a.max_workload_calls_per_uid,
+      log: subsystemLogger(log, "endpoints"),
+    });
     cleanups.push(() => endpoint.close());
     cleanups.push(() => grpcHealth.shutdown());
 

@@ -11,6 +11,7 @@ import { healthChecksSection as healthChecks, host, LOG_LEVELS, logLevel, port, 
 import { pluginsConfigSchema } from "../../plugins/catalog.js";
 import { isSigilError } from "../../spiffe/errors.js";
 import { parseEndpointAddress } from "../../spiffe/workloadapi/address.js";
+import { DEFAULT_MAX_CALLS_PER_UID } from "../endpoints/call-limit.js";
 import { DEFAULT_MAX_CONNECTIONS_PER_UID } from "../endpoints/server.js";
 
 /** Default Workload API socket (SPIRE's path with `sigil-agent`). */
@@ -93,6 +94,14 @@ const agentSection = z
       .default(DEFAULT_MAX_CONNECTIONS_PER_UID)
       .describe(
         "Open Workload API connections one uid may hold; further ones are closed at once (logged once). Each costs the agent two file descriptors, so keep its open-file limit well above twice this times the number of local users.",
+      ),
+    max_workload_calls_per_uid: z
+      .number()
+      .int()
+      .min(1)
+      .default(DEFAULT_MAX_CALLS_PER_UID)
+      .describe(
+        "Workload API calls (streams included, on all connections and services together) one uid may have open at once; further ones are refused with ResourceExhausted (logged once). Bounds the agent memory one user can hold.",
       ),
     allow_unauthenticated_verifiers: z.boolean().default(false).describe("Let callers that attest to no entry read bundles and validate JWT-SVIDs."),
   })

@@ -29,6 +29,7 @@ import { listenUnixGrpc } from "../../common/unix-socket.js";
 import { file_grpc_health_v1_health } from "../../proto/gen/grpc/health/v1/health_pb.js";
 import { file_spiffe_workload } from "../../proto/gen/spiffe/workload_pb.js";
 import { isSigilError, SigilError } from "../../spiffe/errors.js";
+import { DEFAULT_MAX_CALLS_PER_UID, perUidCallLimit } from "./call-limit.js";
 import { peerCredentials, releasePeer, type PeerCredentials } from "./peer.js";
 import { addReflectionService, createReflectionService } from "./reflection.js";
 
@@ -151,6 +152,8 @@ export interface WorkloadEndpointOptions {
   readonly health?: HealthService;
   /** Further services on the same socket (Envoy SDS, …), each under its own name (WEP-19). */
   readonly extraServices?: readonly EndpointService[];
+  /** Calls one uid may have open at once (all services together); default {@link DEFAULT_MAX_CALLS_PER_UID}. */
+  readonly maxCallsPerUid?: number;
   readonly log: Logger;
 }
 
@@ -185,7 +188,9 @@ export async function startWorkloadEndpoint(options: WorkloadEndpointOptions): P
   const { socketPath, log, peers } = options;
 
   const services = [options.handler, ...(options.extraServices ?? [])];
-  const interceptors = services.flatMap((s) => [...(s.interceptors ?? [])]);
+  // First: a call over its user's limit is refused before anything else looks at it.
+  const callLimit = perUidCallLimit({ resolvePeer: (p) => peers.lookup(p), maxPerUid: options.maxCallsPerUid ?? DEFAULT_MAX_CALLS_PER_UID, log });
+  const interceptors = [callLimit, ...services.flatMap((s) => [...(s.interceptors ?? [])])];
   const grpcServer = new Server({ interceptors });
   for (const s of services) grpcServer.addService(s.definition, s.implementation);
   if (options.health !== undefined) addHealthService(grpcServer, options.health);
