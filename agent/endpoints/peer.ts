@@ -15,8 +15,11 @@
  *
  * "Still the one that connected" uses a pidfd held from accept time
  * (SO_PEERPIDFD on Linux >= 6.5, else pidfd_open): while the process has not
- * exited, its pid names nobody else. Kernels without pidfds fall back to the
- * process start time (/proc/<pid>/stat field 22), as SPIRE's peertracker does.
+ * exited, its pid names nobody else. A peer that SO_PEERPIDFD reports already
+ * gone is gone, never looked up again by its pid. Kernels without pidfds fall
+ * back to the process start time (/proc/<pid>/stat field 22), as SPIRE's
+ * peertracker does; there (and with pidfd_open, before 6.5) a pid reused
+ * between connect and accept goes unnoticed.
  */
 import { closeSync, readFileSync, statSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -89,6 +92,9 @@ export interface PeerCredentials {
   readonly process?: ProcessHandle;
 }
 
+/** What the addon's `pidfd` is when SO_PEERPIDFD says the peer has exited (it is then reported gone). */
+const PEER_GONE = -2;
+
 /**
  * Reads the peer's credentials from a connected Unix socket, with a pidfd
  * on the connecting process where the kernel offers one. The caller owns the
@@ -104,6 +110,8 @@ export function peerCredentials(socket: Socket): PeerCredentials {
     throw new SigilError("ERR_INTERNAL", `peercred: ${(e as Error).message}`, { cause: e });
   }
   const { pid, uid, gid, pidfd } = cred;
+  // -2: the kernel says the peer already exited; its pid may name another process, so nothing about it is read.
+  if (pidfd === PEER_GONE) return { pid, uid, gid, startTime: -1n };
   return { pid, uid, gid, startTime: processStartTime(pid), ...(pidfd >= 0 ? { process: new ProcessHandle(pidfd) } : {}) };
 }
 

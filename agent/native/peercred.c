@@ -6,7 +6,8 @@
 //   credentials the kernel recorded when the peer called connect(); and a
 //   pidfd for that process: SO_PEERPIDFD (Linux >= 6.5) names the very process
 //   that connected, with no window for pid reuse; pidfd_open(pid) (Linux >= 5.3)
-//   is the fallback, opened at accept time. -1 when the kernel has neither.
+//   is the fallback on kernels without SO_PEERPIDFD, opened at accept time. -1 when
+//   the kernel has neither; -2 when SO_PEERPIDFD says the peer is already gone.
 // - pidfdExited(pidfd): whether the process behind a pidfd has exited. While it
 //   has not, its pid cannot name another process.
 #define _GNU_SOURCE
@@ -48,10 +49,14 @@ static int fd_arg(napi_env env, napi_callback_info info, int32_t *fd) {
 }
 
 // A pidfd for the socket's peer: SO_PEERPIDFD first, pidfd_open(pid) next, else -1.
+// -2 when the kernel has SO_PEERPIDFD but refuses it: the peer has exited and been
+// reaped (Linux 6.5 to 6.15 answer EINVAL then), so its pid may already name another
+// process, which pidfd_open(pid) would open instead.
 static int peer_pidfd(int fd, pid_t pid) {
   int pidfd = -1;
   socklen_t len = sizeof pidfd;
-  if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) == 0 && pidfd >= 0) return pidfd;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) == 0) return pidfd >= 0 ? pidfd : -2;
+  if (errno != ENOPROTOOPT) return -2;
   if (pid <= 0) return -1;
   long r = syscall(SYS_pidfd_open, pid, 0);
   return r >= 0 ? (int)r : -1;
