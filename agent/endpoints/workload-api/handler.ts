@@ -257,6 +257,10 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
     let last: MessageShape<D> | undefined;
     let done = false;
     let scheduled = false;
+    // While the client does not read, updates are not queued behind each other: each message is the
+    // complete state, so once it drains the latest is computed and sent (memory stays one message deep).
+    let blocked = false;
+    let missed = false;
     let unsubscribe: (() => void) | undefined;
     const finish = (f: GrpcFailure | undefined): void => {
       if (done) return;
@@ -284,6 +288,10 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
         return;
       }
       if (last !== undefined && equals(schema, last, msg)) return;
+      if (blocked) {
+        missed = true;
+        return;
+      }
       try {
         caller.recheck();
       } catch (e) {
@@ -292,7 +300,14 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
         return;
       }
       last = msg;
-      call.write(msg);
+      if (call.write(msg)) return;
+      blocked = true;
+      call.once("drain", () => {
+        blocked = false;
+        if (!missed) return;
+        missed = false;
+        push();
+      });
     };
     call.on("cancelled", () => finish(undefined));
     // Changes often come in bursts (a sync rotates many SVIDs): recompute once per burst.
