@@ -8,15 +8,14 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { generateKeyPairSync, X509Certificate } from "node:crypto";
-import { status, type ServiceError } from "@grpc/grpc-js";
+import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ManualClock } from "../../common/clock.js";
 import { parseSelector } from "../../common/selector.js";
 import { parseServerConfig } from "../../server/config/load.js";
 import { startServer, type RunningServer } from "../../server/main.js";
-import { encodePemCertificates } from "../../spiffe/pem.js";
 import { testServerConfigYaml } from "./support/server-process.js";
-import { attestWithJoinToken, type Attested } from "./support/test-agent.js";
+import { attestInProcess, refusal, type Attested } from "./support/test-agent.js";
 
 const TD = "example.org";
 let dir: string;
@@ -34,19 +33,8 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function attestedAgent(name: string): Promise<Attested> {
-  const token = `${name}-${Math.random().toString(36).slice(2)}`;
-  await server.datastore.createJoinToken({ token, expiresAt: new Date(clock.now().getTime() + 600_000) });
-  return attestWithJoinToken(server.agentApiAddress, encodePemCertificates(server.ca.bundle().x509Authorities), token);
-}
-
-async function refusal(p: Promise<unknown>): Promise<ServiceError> {
-  try {
-    await p;
-  } catch (e) {
-    return e as ServiceError;
-  }
-  throw new Error("expected the call to be refused");
+function attestedAgent(name: string): Promise<Attested> {
+  return attestInProcess(server, clock.now(), name);
 }
 
 // First: a later test moves the shared clock past every SVID's expiry.

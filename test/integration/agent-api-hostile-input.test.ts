@@ -23,7 +23,7 @@ import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
 import { parseSpiffeId } from "../../spiffe/id.js";
 import { encodePemCertificates } from "../../spiffe/pem.js";
 import { testServerConfigYaml } from "./support/server-process.js";
-import { attestWithJoinToken, tlsCredentials, type Attested } from "./support/test-agent.js";
+import { attestInProcess, refusal, tlsCredentials, type Attested } from "./support/test-agent.js";
 
 const TD = "example.org";
 /** A request field a rogue agent may make as large as a gRPC message allows. */
@@ -47,23 +47,12 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function attestedAgent(name: string): Promise<Attested> {
-  const token = `${name}-${Math.random().toString(36).slice(2)}`;
-  await server.datastore.createJoinToken({ token, expiresAt: new Date(clock.now().getTime() + 600_000) });
-  return attestWithJoinToken(server.agentApiAddress, roots(), token);
+function attestedAgent(name: string): Promise<Attested> {
+  return attestInProcess(server, clock.now(), name);
 }
 
 function roots(): string {
   return encodePemCertificates(server.ca.bundle().x509Authorities);
-}
-
-async function refusal(p: Promise<unknown>): Promise<ServiceError> {
-  try {
-    await p;
-  } catch (e) {
-    return e as ServiceError;
-  }
-  throw new Error("expected the call to be refused");
 }
 
 const issuanceCount = async (): Promise<number> => (await server.datastore.listIssuances({ pageSize: 1000 })).items.length;

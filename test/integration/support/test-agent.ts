@@ -13,6 +13,7 @@ import { buildCsr } from "../../../spiffe/csr.js";
 import { parseTrustDomain } from "../../../spiffe/id.js";
 import { grpcServiceDefinition } from "../../../spiffe/grpc/service.js";
 import { encodePemCertificates } from "../../../spiffe/pem.js";
+import type { RunningServer } from "../../../server/main.js";
 
 type AgentMethods = (typeof AgentAPI)["method"];
 
@@ -69,3 +70,24 @@ export async function attestWithJoinToken(address: string, rootsPem: string, tok
   );
   return { spiffeId: svid?.spiffeId ?? "", key: privateKey, chain, api };
 }
+
+/**
+ * Attests a new agent against an in-process server: a fresh join token named
+ * after `name`, valid for ten minutes from `now` (the server's clock).
+ */
+export async function attestInProcess(server: RunningServer, now: Date, name: string): Promise<Attested> {
+  const token = `${name}-${Math.random().toString(36).slice(2)}`;
+  await server.datastore.createJoinToken({ token, expiresAt: new Date(now.getTime() + 600_000) });
+  return attestWithJoinToken(server.agentApiAddress, encodePemCertificates(server.ca.bundle().x509Authorities), token);
+}
+
+/** The error a call is refused with; throws when it succeeds. */
+export async function refusal(p: Promise<unknown>): Promise<ServiceError> {
+  try {
+    await p;
+  } catch (e) {
+    return e as ServiceError;
+  }
+  throw new Error("expected the call to be refused");
+}
+
