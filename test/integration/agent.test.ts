@@ -30,6 +30,8 @@ let srv: ServerProcess;
 let agent: AgentProcess;
 let entryAdmin: ReturnType<typeof createUnaryClient<(typeof EntryAdmin)["method"]>>;
 let webEntryId = "";
+/** Directories the tests make, removed at the end. */
+const temps: string[] = [];
 
 describe.skipIf(!isRoot)("agent end to end", () => {
   beforeAll(async () => {
@@ -60,6 +62,7 @@ describe.skipIf(!isRoot)("agent end to end", () => {
     entryAdmin?.close();
     await agent?.stop();
     await srv?.stop();
+    for (const d of [agent?.dir, srv?.dir, ...temps]) if (d) rmSync(d, { recursive: true, force: true });
   });
 
   it("serves /live, /ready once synced, and /metrics with cache size and SVID expiry (no per-ID labels)", async () => {
@@ -86,6 +89,7 @@ describe.skipIf(!isRoot)("agent end to end", () => {
   it("sigil-agent api fetch x509 --write, fetch jwt and validate jwt work for the workload (exit 0), and fail with exit 1 for a stranger", async () => {
     // A directory the workload user owns; one another user can write to is refused (below).
     const dir = mkdtempSync(path.join(tmpdir(), "sigil-cli-out-"));
+    temps.push(dir);
     chownSync(dir, WEB.uid, WEB.gid);
     const x509 = await runAgentCli(["api", "fetch", "x509", "--socket-path", agent.socketPath, "--write", dir, "--output", "json"], WEB);
     expect(x509.status, x509.stderr).toBe(0);
@@ -100,6 +104,7 @@ describe.skipIf(!isRoot)("agent end to end", () => {
     expect((JSON.parse(valid.stdout) as { spiffe_id: string }).spiffe_id).toBe("spiffe://example.org/web");
     // Another user's directory, open to all (a name guessed in /tmp): the workload's key must not land where that user can read or redirect it.
     const shared = mkdtempSync(path.join(tmpdir(), "sigil-cli-shared-"));
+    temps.push(shared);
     chownSync(shared, STRANGER.uid, STRANGER.gid);
     chmodSync(shared, 0o777);
     const planted = path.join(shared, "svid.0.key");
@@ -110,8 +115,6 @@ describe.skipIf(!isRoot)("agent end to end", () => {
     expect(refused.status).toBe(1);
     expect(refused.stderr).toContain(`refusing to use directory ${shared}: it is owned by uid ${STRANGER.uid} with mode 0777`);
     expect(readFileSync(planted, "utf8")).toBe("");
-    rmSync(shared, { recursive: true, force: true });
-    rmSync(dir, { recursive: true, force: true });
     const denied = await runAgentCli(["api", "fetch", "x509", "--socket-path", agent.socketPath], STRANGER);
     expect(denied.status).toBe(1);
     expect(denied.stderr).toMatch(/no identity issued/);
