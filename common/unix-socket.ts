@@ -30,6 +30,19 @@ export interface PrepareSocketPathOptions {
   readonly log: Logger;
 }
 
+/** Longest Unix socket path in bytes: `sun_path` holds 108, the terminating NUL included. */
+export const MAX_SOCKET_PATH_BYTES = 107;
+
+/**
+ * Why `socketPath` cannot be bound as given (`is 120 bytes long; …`), or
+ * undefined. Node binds a longer path silently truncated: at a prefix of it,
+ * possibly in a directory above the one checked.
+ */
+export function socketPathLengthProblem(socketPath: string): string | undefined {
+  const bytes = Buffer.byteLength(socketPath);
+  return bytes > MAX_SOCKET_PATH_BYTES ? `is ${bytes} bytes long; a Unix socket path holds at most ${MAX_SOCKET_PATH_BYTES}` : undefined;
+}
+
 /** True when a process accepts connections on `socketPath`. */
 export function isLiveSocket(socketPath: string): Promise<boolean> {
   return new Promise((resolve) => {
@@ -49,13 +62,15 @@ export function isLiveSocket(socketPath: string): Promise<boolean> {
  * ```ts
  * await prepareSocketPath("/tmp/sigil-agent/public/api.sock", { dirMode: 0o755, subsystem: "workload endpoint", log });
  * ```
- * @throws SigilError `ERR_INVALID_ARGUMENT` for a relative path; `ERR_PERMISSION_DENIED`
+ * @throws SigilError `ERR_INVALID_ARGUMENT` for a relative or too long path; `ERR_PERMISSION_DENIED`
  *   for an unsafe directory (the message names it, its owner and its mode);
  *   `ERR_ALREADY_EXISTS` when another process serves the socket or a non-socket is in the way.
  */
 export async function prepareSocketPath(socketPath: string, options: PrepareSocketPathOptions): Promise<void> {
   const { subsystem, log } = options;
   if (!path.isAbsolute(socketPath)) throw new SigilError("ERR_INVALID_ARGUMENT", `${subsystem}: socket path ${JSON.stringify(socketPath)} is not absolute`);
+  const tooLong = socketPathLengthProblem(socketPath);
+  if (tooLong !== undefined) throw new SigilError("ERR_INVALID_ARGUMENT", `${subsystem}: socket path ${socketPath} ${tooLong}`);
   ensureSecureDirectory(path.dirname(socketPath), options.dirMode, subsystem);
   let st;
   try {

@@ -101,6 +101,9 @@ describe("agent config", () => {
     ["socket_path: unix:run/api.sock", "agent.socket_path: \"unix:run/api.sock\": the socket path must be absolute"],
     ["socket_path: unix://host/run/api.sock", "agent.socket_path: \"unix://host/run/api.sock\": a unix address must not have an authority"],
     ["socket_path: http://localhost/api.sock", 'agent.socket_path: scheme "http" is not supported'],
+    // Longer than sun_path holds: Node would bind a truncated path, in a directory nobody checked.
+    [`socket_path: /run/${"s".repeat(94)}/api.sock`, "agent.socket_path: the socket path is 108 bytes long; a Unix socket path holds at most 107"],
+    [`socket_path: unix:///run/${"s".repeat(94)}/api.sock`, "agent.socket_path: the socket path is 108 bytes long; a Unix socket path holds at most 107"],
   ])("%s is rejected naming the key", (line, message) => {
     expect(errorOf(() => parseAgentConfig(agentWith(`trust_bundle_path: /a.pem\n${line}`)))).toContain(message);
   });
@@ -110,6 +113,7 @@ describe("agent config", () => {
     ["unix:///run/sigil/api.sock", "/run/sigil/api.sock"],
     ["unix:/run/sigil/api.sock", "/run/sigil/api.sock"],
     ["unix:///run/sigil/my%20api.sock", "/run/sigil/my api.sock"],
+    [`/run/${"s".repeat(93)}/api.sock`, `/run/${"s".repeat(93)}/api.sock`],
   ])("takes socket_path %s as the path %s", (value, want) => {
     expect(parseAgentConfig(agentWith(`trust_bundle_path: /a.pem\nsocket_path: ${value}`)).agent.socket_path).toBe(want);
   });
