@@ -51,6 +51,7 @@ import type { AttestedAgent, Datastore, IssuanceInput, RegistrationEntry } from 
 import type { EntryIndex, IndexedEntry } from "../registration/entry-index.js";
 import { rateLimitedError, sourceAddress, type AgentApiRateLimits, type RateLimiter } from "./rate-limit.js";
 import { auditCall, createUnaryWrapper } from "./unary.js";
+import { canonicalSerialHex } from "../../spiffe/x509/serial.js";
 import { wireBundle, wireEntry, wireSelector, wireStatus } from "./wire.js";
 
 /** Key types the server accepts for agent and workload keys. */
@@ -108,7 +109,7 @@ function x509Record(kind: "x509-svid" | "agent-svid", spiffeId: string, issued: 
 
 /** A stable identifier for a JWT-SVID in the issuance log: the first 16 bytes of its SHA-256, hex. */
 export function jwtSerial(token: string): string {
-  return createHash("sha256").update(token).digest("hex").slice(0, 32).replace(/^0+(?=.)/, "");
+  return canonicalSerialHex(createHash("sha256").update(token).digest("hex").slice(0, 32));
 }
 
 /** Wraps a datastore entry for the index. */
@@ -188,7 +189,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       const certs = verified.verifiedChain;
       const caller: VerifiedCaller = {
         id: verified.id,
-        serial: normalizeSerial((certs[0] as X509Certificate).serialNumber),
+        serial: canonicalSerialHex((certs[0] as X509Certificate).serialNumber),
         source,
         validFrom: Math.max(...certs.map((c) => Date.parse(c.validFrom))),
         validUntil: Math.min(...certs.map((c) => Date.parse(c.validTo))),
@@ -502,7 +503,4 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
   };
 }
 
-/** Lowercase hex without leading zeros, so serials from different sources compare equal. */
-export function normalizeSerial(hex: string): string {
-  return hex.toLowerCase().replace(/^0+(?=.)/, "");
-}
+
