@@ -18,6 +18,7 @@ import { connect, createServer, type Socket } from "node:net";
 import path from "node:path";
 import { ServerCredentials, type Server } from "@grpc/grpc-js";
 import { SigilError } from "../spiffe/errors.js";
+import { unixSocketPathLengthProblem } from "../spiffe/workloadapi/address.js";
 import type { Logger } from "./log.js";
 import { ensureSecureDirectory } from "./secure-dir.js";
 
@@ -28,19 +29,6 @@ export interface PrepareSocketPathOptions {
   /** Message prefix (`workload endpoint`, `admin api`). */
   readonly subsystem: string;
   readonly log: Logger;
-}
-
-/** Longest Unix socket path in bytes: `sun_path` holds 108, the terminating NUL included. */
-export const MAX_SOCKET_PATH_BYTES = 107;
-
-/**
- * Why `socketPath` cannot be bound as given (`is 120 bytes long; …`), or
- * undefined. Node binds a longer path silently truncated: at a prefix of it,
- * possibly in a directory above the one checked.
- */
-export function socketPathLengthProblem(socketPath: string): string | undefined {
-  const bytes = Buffer.byteLength(socketPath);
-  return bytes > MAX_SOCKET_PATH_BYTES ? `is ${bytes} bytes long; a Unix socket path holds at most ${MAX_SOCKET_PATH_BYTES}` : undefined;
 }
 
 /** True when a process accepts connections on `socketPath`. */
@@ -69,7 +57,7 @@ export function isLiveSocket(socketPath: string): Promise<boolean> {
 export async function prepareSocketPath(socketPath: string, options: PrepareSocketPathOptions): Promise<void> {
   const { subsystem, log } = options;
   if (!path.isAbsolute(socketPath)) throw new SigilError("ERR_INVALID_ARGUMENT", `${subsystem}: socket path ${JSON.stringify(socketPath)} is not absolute`);
-  const tooLong = socketPathLengthProblem(socketPath);
+  const tooLong = unixSocketPathLengthProblem(socketPath);
   if (tooLong !== undefined) throw new SigilError("ERR_INVALID_ARGUMENT", `${subsystem}: socket path ${socketPath} ${tooLong}`);
   ensureSecureDirectory(path.dirname(socketPath), options.dirMode, subsystem);
   let st;

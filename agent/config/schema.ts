@@ -10,8 +10,7 @@ import { duration } from "../../common/config/duration.js";
 import { healthChecksSection as healthChecks, host, LOG_LEVELS, logLevel, port, telemetrySection, trustDomainName as trustDomain } from "../../common/config/fields.js";
 import { pluginsConfigSchema } from "../../plugins/catalog.js";
 import { isSigilError } from "../../spiffe/errors.js";
-import { parseEndpointAddress } from "../../spiffe/workloadapi/address.js";
-import { MAX_SOCKET_PATH_BYTES, socketPathLengthProblem } from "../../common/unix-socket.js";
+import { MAX_UNIX_SOCKET_PATH_BYTES, parseEndpointAddress, unixSocketPathLengthProblem } from "../../spiffe/workloadapi/address.js";
 import { DEFAULT_MAX_CALLS_PER_UID } from "../endpoints/call-limit.js";
 import { DEFAULT_MAX_CONNECTIONS_PER_UID } from "../endpoints/server.js";
 
@@ -32,16 +31,14 @@ const URI_SCHEME = /^([A-Za-z][A-Za-z0-9+.-]*):/;
 /**
  * Reads `agent.socket_path`: an absolute path, or the same path as a
  * `unix:///path` (or `unix:/path`) URI as `SPIFFE_ENDPOINT_SOCKET` spells it,
- * at most {@link MAX_SOCKET_PATH_BYTES} bytes long. Returns the path, or the problem.
+ * at most {@link MAX_UNIX_SOCKET_PATH_BYTES} bytes long. Returns the path, or the problem.
  */
 export function parseAgentSocketPath(value: string): { readonly path: string } | { readonly problem: string } {
-  const parsed = parseSocketPathValue(value);
-  const tooLong = "path" in parsed ? socketPathLengthProblem(parsed.path) : undefined;
-  return tooLong === undefined ? parsed : { problem: `the socket path ${tooLong}` };
-}
-
-function parseSocketPathValue(value: string): { readonly path: string } | { readonly problem: string } {
-  if (value.startsWith("/")) return { path: value };
+  if (value.startsWith("/")) {
+    // The URI form is checked the same way by parseEndpointAddress.
+    const tooLong = unixSocketPathLengthProblem(value);
+    return tooLong === undefined ? { path: value } : { problem: `the socket path ${tooLong}` };
+  }
   const scheme = URI_SCHEME.exec(value)?.[1]?.toLowerCase();
   // WEP-3/WEP-4: the endpoint listens on a Unix socket only.
   if (scheme === "tcp") return { problem: "TCP listeners are not supported; give a Unix socket path (WEP-4), e.g. /tmp/sigil-agent/public/api.sock or unix:///tmp/sigil-agent/public/api.sock" };

@@ -95,6 +95,20 @@ export function parseEndpointAddress(addr: string): EndpointAddress {
   return scheme === "unix" ? parseUnix(addr, authority, path) : parseTcp(addr, authority, path);
 }
 
+/** Longest Unix socket path in bytes: `sun_path` holds 108, the terminating NUL included. */
+export const MAX_UNIX_SOCKET_PATH_BYTES = 107;
+
+/**
+ * Why `socketPath` cannot name a Unix socket as given (`is 120 bytes long; …`),
+ * or undefined. Node binds and connects to a longer path silently truncated:
+ * a prefix of it, possibly in a directory above the intended one (a sticky
+ * /tmp, where anyone may create that name).
+ */
+export function unixSocketPathLengthProblem(socketPath: string): string | undefined {
+  const bytes = Buffer.byteLength(socketPath);
+  return bytes > MAX_UNIX_SOCKET_PATH_BYTES ? `is ${bytes} bytes long; a Unix socket path holds at most ${MAX_UNIX_SOCKET_PATH_BYTES}` : undefined;
+}
+
 function parseUnix(addr: string, authority: string | undefined, rawPath: string): UnixEndpointAddress {
   if (authority !== undefined && authority !== "") {
     throw addrError(addr, `a unix address must not have an authority (got ${JSON.stringify(authority)}); use unix:///absolute/path`);
@@ -106,6 +120,8 @@ function parseUnix(addr: string, authority: string | undefined, rawPath: string)
   const path = percentDecode(addr, rawPath, "the socket path");
   if (path === "/" || path.endsWith("/")) throw addrError(addr, "the socket path names a directory, not a socket");
   if (path.includes("\0")) throw addrError(addr, "the socket path contains a NUL byte");
+  const tooLong = unixSocketPathLengthProblem(path);
+  if (tooLong !== undefined) throw addrError(addr, `the socket path ${tooLong}`);
   return { kind: "unix", path, grpcTarget: `unix://${path}` };
 }
 

@@ -103,7 +103,7 @@ describe("agent config", () => {
     ["socket_path: http://localhost/api.sock", 'agent.socket_path: scheme "http" is not supported'],
     // Longer than sun_path holds: Node would bind a truncated path, in a directory nobody checked.
     [`socket_path: /run/${"s".repeat(94)}/api.sock`, "agent.socket_path: the socket path is 108 bytes long; a Unix socket path holds at most 107"],
-    [`socket_path: unix:///run/${"s".repeat(94)}/api.sock`, "agent.socket_path: the socket path is 108 bytes long; a Unix socket path holds at most 107"],
+    [`socket_path: unix:///run/${"s".repeat(94)}/api.sock`, "/api.sock\": the socket path is 108 bytes long; a Unix socket path holds at most 107"],
   ])("%s is rejected naming the key", (line, message) => {
     expect(errorOf(() => parseAgentConfig(agentWith(`trust_bundle_path: /a.pem\n${line}`)))).toContain(message);
   });

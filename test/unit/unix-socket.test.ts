@@ -10,8 +10,9 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { createLogger } from "../../common/log.js";
-import { MAX_SOCKET_PATH_BYTES, prepareSocketPath } from "../../common/unix-socket.js";
+import { prepareSocketPath } from "../../common/unix-socket.js";
 import { isSigilError } from "../../spiffe/errors.js";
+import { MAX_UNIX_SOCKET_PATH_BYTES as MAX_SOCKET_PATH_BYTES } from "../../spiffe/workloadapi/address.js";
 
 const base = mkdtempSync(path.join(tmpdir(), "sigil-unix-socket-"));
 afterAll(() => rmSync(base, { recursive: true, force: true }));

@@ -37,6 +37,8 @@ describe("parseEndpointAddress", () => {
     ["unix:rel.sock", /absolute/],
     ["unix:", /socket path/],
     ["unix:///", /directory/],
+    // A path longer than sun_path holds would be connected to cut short, somewhere else.
+    [`unix:///tmp/${"s".repeat(98)}.sock`, /the socket path is 108 bytes long; a Unix socket path holds at most 107/],
     ["unix:///tmp/a.sock?x=1", /query/],
     ["unix:///tmp/a.sock#frag", /fragment/],
     ["unix:///tmp/%zz.sock", /percent-encoding/],
