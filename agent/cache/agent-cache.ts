@@ -96,7 +96,6 @@ export class AgentCache implements WorkloadCache {
   readonly #opts: AgentCacheOptions;
   readonly #entries = new Map<string, CachedEntry>();
   readonly #bySelector = new Map<string, IndexedEntry[]>();
-  #withoutSelectors: IndexedEntry[] = [];
   /** Only SVIDs of entries in `#entries`, issued under their current revision ({@link AgentCache.update} keeps it so). */
   readonly #svids = new Map<string, CachedSvidState>();
   readonly #jwts = new Map<string, JwtCacheItem>();
@@ -136,7 +135,11 @@ export class AgentCache implements WorkloadCache {
     return out.sort(compareEntries);
   }
 
-  /** Calls `visit` once for every entry whose selectors are all among `selectors`. */
+  /**
+   * Calls `visit` once for every entry whose selectors are all among
+   * `selectors`. An entry without selectors matches no one (as in SPIRE): it
+   * would otherwise be every local process's identity.
+   */
   #forMatching(selectors: readonly Selector[], visit: (entry: CachedEntry) => void): void {
     const have = new Set(selectors.map(formatSelector));
     const consider = (indexed: IndexedEntry): void => {
@@ -151,7 +154,6 @@ export class AgentCache implements WorkloadCache {
         consider(indexed);
       }
     }
-    for (const indexed of this.#withoutSelectors) consider(indexed);
   }
 
   /** The entry's SVID when it is unexpired at `now` and was issued under the entry's current revision. */
@@ -365,10 +367,8 @@ export class AgentCache implements WorkloadCache {
   /** Rebuilds the selector → entries index used by {@link identitiesFor}. */
   #reindex(): void {
     this.#bySelector.clear();
-    this.#withoutSelectors = [];
     for (const entry of this.#entries.values()) {
       const indexed: IndexedEntry = { entry, keys: entry.selectors.map(formatSelector) };
-      if (indexed.keys.length === 0) this.#withoutSelectors.push(indexed);
       for (const k of new Set(indexed.keys)) {
         let list = this.#bySelector.get(k);
         if (!list) this.#bySelector.set(k, (list = []));

@@ -229,6 +229,15 @@ describe("AgentCache with the sync loop", () => {
     expect(metricValue(text, "sigil_agent_x509_svid_expiry_timestamp_seconds")).toBe((T0.getTime() + HOUR) / 1000);
   });
 
+  it("an entry without selectors (never accepted by the server, but a datastore may hold one) is served to no caller", async () => {
+    h.server.put("e-bare", "/bare", []);
+    h.server.put("e-web", "/web", [uid(1000)]);
+    await h.loop.syncNow();
+    expect(h.cache.identitiesFor([uid(1000)]).map((i) => i.entry.id)).toEqual(["e-web"]);
+    expect(h.cache.identitiesFor([uid(65534)])).toEqual([]);
+    expect(h.cache.identitiesFor([])).toEqual([]);
+  });
+
   it("names the closest entries and their missing selectors for a caller with no identity", async () => {
     h.server.put("e-two", "/two", [uid(1000), gid(50)]);
     h.server.put("e-one", "/one", [uid(1000), gid(60)]);
