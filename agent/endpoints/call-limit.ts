@@ -12,7 +12,7 @@ import type { Logger } from "../../common/log.js";
 import type { PeerCredentials } from "./peer.js";
 
 /** Default of `agent.max_workload_calls_per_uid`. */
-export const DEFAULT_MAX_CALLS_PER_UID = 4096;
+export const DEFAULT_MAX_CALLS_PER_UID = 1024;
 
 /** Options of {@link perUidCallLimit}. */
 export interface PerUidCallLimitOptions {
@@ -30,7 +30,7 @@ export interface PerUidCallLimitOptions {
  *
  * @example
  * ```ts
- * const server = new Server({ interceptors: [perUidCallLimit({ resolvePeer: (p) => peers.lookup(p), maxPerUid: 4096, log }), …] });
+ * const server = new Server({ interceptors: [perUidCallLimit({ resolvePeer: (p) => peers.lookup(p), maxPerUid: 1024, log }), …] });
  * ```
  */
 export function perUidCallLimit(options: PerUidCallLimitOptions): ServerInterceptor {

@@ -34,6 +34,14 @@ import { peerCredentials, releasePeer, type PeerCredentials } from "./peer.js";
 import { addReflectionService, createReflectionService } from "./reflection.js";
 
 
+/**
+ * Largest request message the endpoint reads, in bytes. gRPC buffers each
+ * request whole before decoding it, so this bounds what one open call can
+ * make the agent hold. Workload API requests are small: the largest the
+ * server would honour, FetchJWTSVID with 32 audiences of 1 KiB, takes 33 KiB.
+ */
+export const MAX_WORKLOAD_REQUEST_BYTES = 64 * 1024;
+
 /** Prefix of the synthetic peer addresses; never a real IP or path. */
 const PEER_PREFIX = "sigil-uds-peer";
 
@@ -191,7 +199,7 @@ export async function startWorkloadEndpoint(options: WorkloadEndpointOptions): P
   // First: a call over its user's limit is refused before anything else looks at it.
   const callLimit = perUidCallLimit({ resolvePeer: (p) => peers.lookup(p), maxPerUid: options.maxCallsPerUid ?? DEFAULT_MAX_CALLS_PER_UID, log });
   const interceptors = [callLimit, ...services.flatMap((s) => [...(s.interceptors ?? [])])];
-  const grpcServer = new Server({ interceptors });
+  const grpcServer = new Server({ interceptors, "grpc.max_receive_message_length": MAX_WORKLOAD_REQUEST_BYTES });
   for (const s of services) grpcServer.addService(s.definition, s.implementation);
   if (options.health !== undefined) addHealthService(grpcServer, options.health);
   // WEP-21: server reflection describing the Workload API (and health, when served).

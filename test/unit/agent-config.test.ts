@@ -60,7 +60,7 @@ describe("agent config", () => {
       rotation_jitter: 0.1,
       workload_attestation_timeout: 5_000,
       max_workload_connections_per_uid: 1024,
-      max_workload_calls_per_uid: 4096,
+      max_workload_calls_per_uid: 1024,
       allow_unauthenticated_verifiers: false,
     });
     expect(DEFAULT_AGENT_SOCKET_PATH).toBe("/tmp/sigil-agent/public/api.sock");
