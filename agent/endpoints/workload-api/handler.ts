@@ -257,9 +257,10 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
     let last: MessageShape<D> | undefined;
     let done = false;
     let scheduled = false;
-    // While the client does not read, updates are not queued behind each other: each message is the
-    // complete state, so once it drains the latest is computed and sent (memory stays one message deep).
-    let blocked = false;
+    // While a message is still on its way (the client reads slowly, or not at all), updates are not
+    // queued behind it: each message is the complete state, so once it is out the latest is computed
+    // and sent. The agent holds at most one message per stream.
+    let sending = false;
     let missed = false;
     let unsubscribe: (() => void) | undefined;
     const finish = (f: GrpcFailure | undefined): void => {
@@ -288,7 +289,7 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
         return;
       }
       if (last !== undefined && equals(schema, last, msg)) return;
-      if (blocked) {
+      if (sending) {
         missed = true;
         return;
       }
@@ -300,10 +301,9 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
         return;
       }
       last = msg;
-      if (call.write(msg)) return;
-      blocked = true;
-      call.once("drain", () => {
-        blocked = false;
+      sending = true;
+      call.write(msg, () => {
+        sending = false;
         if (!missed) return;
         missed = false;
         push();
