@@ -41,6 +41,7 @@ const userns = isRoot && spawnSync("unshare", ["-Urm", "true"], { ...NOBODY, std
 if (isRoot && !userns) console.warn("SKIP: workload-path needs unprivileged user namespaces (unshare -Urm as uid 65534 failed); without them the attack is not possible");
 
 const IDS = {
+  root: "spiffe://example.org/root",
   nobody: "spiffe://example.org/nobody",
   nobodyNode: "spiffe://example.org/nobody-running-node",
   web: "spiffe://example.org/web-by-path",
@@ -109,6 +110,8 @@ describe.skipIf(!userns)("unix:path names the file the caller runs, as the agent
     const entryAdmin = createUnaryClient(EntryAdmin, target, credentials.createInsecure());
     await entryAdmin.batchCreateEntry({
       entries: [
+        // Inside its user namespace the caller is uid 0; the kernel reports its real uid to the agent.
+        entry(IDS.root, "uid:0"),
         entry(IDS.nobody, `uid:${NOBODY.uid}`),
         entry(IDS.nobodyNode, `uid:${NOBODY.uid}`, `path:${NODE}`),
         // Path only: served to any user running the file at that path, so the path must be the truth.
@@ -131,7 +134,7 @@ describe.skipIf(!userns)("unix:path names the file the caller runs, as the agent
     expect(idsOf(r)).toEqual([IDS.nobody, IDS.nobodyNode].sort());
   });
 
-  it("a caller in its own namespaces running the file really at that path keeps the path entry", async () => {
+  it("a caller in its own namespaces (root inside them) is uid 65534 to the agent, and running the file really at that path keeps the path entry", async () => {
     const r = await inOwnNamespace(agent.socketPath, "true", NODE);
     expect(r.status, r.stderr).toBe(0);
     expect(idsOf(r)).toEqual([IDS.nobody, IDS.nobodyNode].sort());
