@@ -16,7 +16,7 @@
  * Needs root (to run workloads as other uids).
  */
 import { spawn } from "node:child_process";
-import { chownSync, copyFileSync, statSync, truncateSync, writeFileSync } from "node:fs";
+import { chownSync, copyFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { credentials } from "@grpc/grpc-js";
@@ -95,6 +95,7 @@ describe.skipIf(!isRoot)("workload attestation work is shared fairly between use
   afterAll(async () => {
     await agent?.stop();
     await srv?.stop();
+    for (const d of [agent?.dir, srv?.dir]) if (d !== undefined) rmSync(d, { recursive: true, force: true });
   });
 
   it(`uid ${ATTACKER.uid} keeping ${IN_FLIGHT} calls in flight from a large binary it keeps touching does not make uid ${OTHER.uid}'s call fail`, async () => {

@@ -22,7 +22,7 @@
  * Needs root (to run workloads as other uids and lower the agent's limit).
  */
 import { spawn, spawnSync } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { credentials, status } from "@grpc/grpc-js";
@@ -161,6 +161,7 @@ describe.skipIf(!isRoot)("Workload API connections are limited per user", () => 
   afterAll(async () => {
     await agent?.stop();
     await srv?.stop();
+    for (const d of [agent?.dir, srv?.dir]) if (d !== undefined) rmSync(d, { recursive: true, force: true });
   });
 
   it(`uid ${ATTACKER.uid} opening ${FLOOD} idle connections keeps ${PER_UID}; another user still gets its SVID; the attacker can connect again once it lets go`, async () => {

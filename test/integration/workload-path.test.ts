@@ -126,6 +126,7 @@ describe.skipIf(!userns)("unix:path names the file the caller runs, as the agent
   afterAll(async () => {
     await agent?.stop();
     await srv?.stop();
+    for (const d of [agent?.dir, srv?.dir]) if (d !== undefined) rmSync(d, { recursive: true, force: true });
     if (dir !== "") rmSync(dir, { recursive: true, force: true });
   });
 
