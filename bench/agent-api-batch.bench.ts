@@ -23,7 +23,7 @@ import { createUnaryClient } from "../common/rpc/unary-client.js";
 import { AgentAdmin, EntryAdmin } from "../proto/gen/sigil/admin/v1/admin_pb.js";
 import { EntrySchema } from "../proto/gen/sigil/types/v1/types_pb.js";
 import { buildCsr, parseCsr } from "../spiffe/csr.js";
-import { ALLOWED_KEY_TYPES } from "../server/api/agent-api.js";
+import { ALLOWED_KEY_TYPES } from "../server/issuance/issuer.js";
 import { attestWithJoinToken, rootsPemFromBundleJson } from "../test/integration/support/test-agent.js";
 import { launchServerProcess, testServerConfigYaml } from "../test/integration/support/server-process.js";
 import { median, rateSync, report, threadCpuMs, threadShares } from "./harness.js";

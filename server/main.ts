@@ -1,77 +1,52 @@
 /**
- * The server's composition root: builds every subsystem from the config with
- * explicit dependencies (clock, logger, metrics, key manager, datastore), then
- * starts the listeners. Nothing here is a module-level singleton.
+ * The server's composition root: the named services `sigil-server` is made
+ * of, each built with explicit dependencies (clock, logger, metrics, the
+ * services it uses), started in order by a {@link ServiceGroup} and stopped
+ * in reverse. Nothing here is a module-level singleton.
  *
- * Listeners:
- * - the agent API (gRPC over TLS, `bind_address:bind_port`): the server
- *   presents its own X509-SVID `spiffe://<td>/spire/server`; agents present
- *   theirs (optional at the TLS layer so attestation can run without one);
- * - the admin API on a local Unix socket (directory 0700, socket 0600), each
- *   call audited with the caller's uid, gid, pid and binary;
- * - optional HTTP health (`/live`, `/ready`) and Prometheus `/metrics`.
+ * | service | what it does |
+ * |---|---|
+ * | `datastore` | opens the DataStore plugin; refuses a trust-domain change under existing data |
+ * | `signing-pool` | signing threads for the key manager (`server.signing_threads` > 0) |
+ * | `ca` | KeyManager and UpstreamAuthority plugins, CA slots restored or created, bundle published |
+ * | `entry-index` | the entry index, loaded and following the datastore's change events |
+ * | `server-svid` | the server's own X509-SVID, the agent API's TLS identity |
+ * | `agent-api` | the agent API, gRPC over TLS on `bind_address:bind_port` |
+ * | `admin-socket` | the admin API on its Unix socket, every call audited |
+ * | `ca-rotation` | a CA rotation step every 10 s, then the server SVID's renewal |
+ * | `prune` | expired join tokens and long-expired issuance records, every minute |
+ * | `health-listener`, `metrics-listener` | optional HTTP `/live`, `/ready`, `/metrics` |
+ * | `grpc-health` | `grpc.health.v1` on both gRPC listeners: SERVING once every service before it started |
+ *
+ * `/ready` is the group's readiness: every service started, and none reports
+ * a reason (`datastore: …` while it does not answer, `ca: no active X.509 CA`).
  */
 import { availableParallelism } from "node:os";
 import path from "node:path";
-import { Server, ServerCredentials, experimental } from "@grpc/grpc-js";
 import type { Clock } from "../common/clock.js";
 import { systemClock } from "../common/clock.js";
-import { waitForStopSignal } from "../common/signals.js";
-import { createHealthService, addHealthService, type HealthService } from "../common/health/grpc-health.js";
+import { createHealthService, type HealthService } from "../common/health/grpc-health.js";
 import { startHealthServer, startMetricsServer, type HttpListener } from "../common/health/http-server.js";
 import { createLogger, subsystemLogger, type Logger } from "../common/log.js";
-import { Metrics, rpcMetricsInterceptor } from "../common/metrics.js";
+import { Metrics } from "../common/metrics.js";
 import { serverSpiffeId } from "../common/reserved-ids.js";
-import { createPlugins, PLUGIN_CATALOG } from "../plugins/catalog.js";
+import { service, ServiceGroup, type Service } from "../common/service.js";
+import { waitForStopSignal } from "../common/signals.js";
 import { SigningPool } from "../plugins/keymanager/signing-pool.js";
-import type { ServerNodeAttestor } from "../plugins/nodeattestor/types.js";
-import { AgentAPI } from "../proto/gen/sigil/agent/v1/agent_pb.js";
-import { AgentAdmin, BundleAdmin, EntryAdmin, SvidAdmin } from "../proto/gen/sigil/admin/v1/admin_pb.js";
-import { SigilError } from "../spiffe/errors.js";
 import { parseTrustDomain, type SpiffeId, type TrustDomain } from "../spiffe/id.js";
-import { grpcServiceDefinition } from "../spiffe/grpc/service.js";
-import { encodePemCertificates } from "../spiffe/pem.js";
-import { generateKeyPair } from "../spiffe/signer.js";
-import { createAdminApi } from "./api/admin-api.js";
-import { createAdminCallers, serveAdminSocket } from "./api/admin-socket.js";
-import { createAgentApi, toIndexed, type IndexedRecord } from "./api/agent-api.js";
-import { MemoryCertificateProvider } from "./api/cert-provider.js";
+import { AdminListener } from "./api/admin-listener.js";
+import { AgentApiListener } from "./api/agent-api-listener.js";
 import { agentApiRateLimits } from "./api/rate-limit.js";
-import { CaManager } from "./ca/manager.js";
+import { ServerSvidService } from "./api/server-svid.js";
+import type { CaManager } from "./ca/manager.js";
+import { CaRotationJob } from "./ca/rotation-job.js";
 import { maxUsefulSvidTtlMs } from "./ca/rotation.js";
+import { caSettings, CaService } from "./ca/service.js";
 import type { ServerConfig } from "./config/schema.js";
 import type { Datastore } from "./datastore/index.js";
-import { EntryIndex } from "./registration/entry-index.js";
-
-/** How often the CA rotator runs. */
-const ROTATE_INTERVAL_MS = 10_000;
-/** How often expired join tokens and long-expired issuance records are pruned. */
-const PRUNE_INTERVAL_MS = 60_000;
-/**
- * How long a stop waits for agent API calls in flight before cancelling them.
- * Any TLS client can open a call and never finish sending it; without a
- * bound, one such peer kept `sigil-server run` from exiting on SIGTERM.
- */
-const AGENT_API_STOP_GRACE_MS = 5_000;
-
-/**
- * Removes expired join tokens, and issuance records whose credential expired
- * more than `retentionMs` ago. Failures are logged; the next round tries again.
- */
-export async function pruneExpired(datastore: Datastore, now: Date, retentionMs: number, log: Logger): Promise<void> {
-  try {
-    await datastore.pruneJoinTokens(now);
-  } catch (err) {
-    log.warn({ err }, "datastore: pruning join tokens failed");
-  }
-  try {
-    // A retention longer than the epoch has lasted keeps everything.
-    const removed = await datastore.pruneIssuances(new Date(Math.max(0, now.getTime() - retentionMs)));
-    if (removed > 0) log.debug({ removed }, "issuance log: pruned records of long-expired credentials");
-  } catch (err) {
-    log.warn({ err }, "datastore: pruning the issuance log failed");
-  }
-}
+import { PruneJob } from "./datastore/prune.js";
+import { DatastoreService } from "./datastore/service.js";
+import { EntryIndexFeed } from "./registration/entry-index-feed.js";
 
 /** Options for tests and embedding. */
 export interface StartServerOptions {
@@ -94,12 +69,8 @@ export interface RunningServer {
   readonly log: Logger;
   /** Runs one CA rotation step now (tests use it with a manual clock). */
   rotateNow(): Promise<void>;
-  /** Stops every listener and closes the datastore. */
+  /** Stops every service, in reverse start order (the datastore closes last). */
   stop(): Promise<void>;
-}
-
-function resolveDataPath(config: ServerConfig, p: string): string {
-  return path.isAbsolute(p) ? p : path.resolve(p);
 }
 
 /** `server.signing_threads`, or its default: one less than the available cores, at most 4. */
@@ -107,11 +78,28 @@ export function signingThreads(configured: number | undefined, cores = available
   return configured ?? Math.max(0, Math.min(4, cores - 1));
 }
 
-function bindAsync(server: Server, address: string, creds: ServerCredentials): Promise<number> {
-  return new Promise((resolve, reject) => server.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port))));
+/** An optional HTTP listener (health, metrics) as a service. */
+class HttpListenerService implements Service {
+  readonly name: string;
+  readonly #open: () => Promise<HttpListener>;
+  /** The bound listener, once started. */
+  listener: HttpListener | undefined;
+
+  constructor(name: string, open: () => Promise<HttpListener>) {
+    this.name = name;
+    this.#open = open;
+  }
+
+  async start(): Promise<void> {
+    this.listener = await this.#open();
+  }
+
+  async stop(): Promise<void> {
+    await this.listener?.close();
+  }
 }
 
-/** Builds and starts the server; resolves once every listener is up. */
+/** Builds the server's services and starts them; resolves once every one has started. */
 export async function startServer(config: ServerConfig, options: StartServerOptions = {}): Promise<RunningServer> {
   const clock = options.clock ?? systemClock;
   const s = config.server;
@@ -119,253 +107,134 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   const metrics = new Metrics();
   const trustDomain = parseTrustDomain(s.trust_domain);
   const serverId = serverSpiffeId(trustDomain);
+  const now = (): Date => clock.now();
+  const defaultX509TtlMs = s.default_x509_svid_ttl;
+  const adminSocketPath = path.resolve(s.socket_path);
 
-  if (s.default_x509_svid_ttl > maxUsefulSvidTtlMs(s.ca_ttl)) {
+  if (defaultX509TtlMs > maxUsefulSvidTtlMs(s.ca_ttl)) {
     log.warn(
-      { default_x509_svid_ttl_ms: s.default_x509_svid_ttl, ca_ttl_ms: s.ca_ttl },
+      { default_x509_svid_ttl_ms: defaultX509TtlMs, ca_ttl_ms: s.ca_ttl },
       "server: default_x509_svid_ttl is longer than ca_ttl/6; SVIDs will be cut short at CA rotation",
     );
   }
 
-  const plugins = config.plugins;
-  const [openDatastore] = createPlugins("server", PLUGIN_CATALOG.DataStore, plugins.DataStore, { clock });
-  if (openDatastore === undefined) throw new SigilError("ERR_INVALID_ARGUMENT", "server: plugins.DataStore: one DataStore plugin must be configured");
-  const datastore = await openDatastore;
-  const cleanups: (() => Promise<void> | void)[] = [() => datastore.close()];
-  try {
-    // The trust domain may never change under existing data.
-    const bundles = await datastore.listBundles();
-    const ownStored = bundles.find((b) => b.trustDomain === trustDomain.name);
-    const journal = await datastore.listCaJournal();
-    if (!ownStored && journal.length > 0) {
-      throw new SigilError("ERR_INVALID_ARGUMENT", `server: the datastore holds a CA for another trust domain; trust_domain cannot change (config says ${trustDomain.name})`);
-    }
+  // SERVING once every other service has started; NOT_SERVING first thing at stop, or after a failed CA rotation.
+  const grpcHealth: HealthService = createHealthService({ "": "NOT_SERVING", "sigil.agent.v1.AgentAPI": "NOT_SERVING" });
+  const threads = signingThreads(s.signing_threads);
+  // Its threads start with the first batch it signs; the `signing-pool` service closes them.
+  const signingPool = threads > 0 ? new SigningPool(threads) : undefined;
 
-    const threads = signingThreads(s.signing_threads);
-    const signingPool = threads > 0 ? new SigningPool(threads) : undefined;
-    if (signingPool) cleanups.push(() => signingPool.close());
-    const [keyManager] = createPlugins("server", PLUGIN_CATALOG.KeyManager, plugins.KeyManager, { signingPool });
-    if (keyManager === undefined) throw new SigilError("ERR_INVALID_ARGUMENT", "server: plugins.KeyManager: one KeyManager plugin must be configured");
-    const [upstream] = createPlugins("server", PLUGIN_CATALOG.UpstreamAuthority, plugins.UpstreamAuthority, {});
-    const ca = new CaManager(
-      {
-        trustDomain,
-        caTtlMs: s.ca_ttl,
-        caKeyType: s.ca_key_type,
-        jwtKeyType: s.jwt_key_type ?? s.ca_key_type,
-        caSubject: s.ca_subject
-          ? {
-              ...(s.ca_subject.country?.[0] ? { country: s.ca_subject.country[0] } : {}),
-              ...(s.ca_subject.organization?.[0] ? { organization: s.ca_subject.organization[0] } : {}),
-              ...(s.ca_subject.common_name ? { commonName: s.ca_subject.common_name } : {}),
-            }
-          : undefined,
-        jwtIssuer: s.jwt_issuer,
-      },
-      {
-        keyManager,
-        store: datastore,
-        clock,
-        upstream,
-        log: subsystemLogger(log, "ca_manager"),
-        onAuthoritiesChanged: (x509, jwt) => {
-          for (const slot of ["A", "B"]) {
-            metrics.setCaX509Expiry(slot, x509.find((a) => a.slotId === slot)?.notAfter);
-            metrics.setCaJwtKeyExpiry(slot, jwt.find((a) => a.slotId === slot)?.notAfter);
-          }
+  const datastore = new DatastoreService({ plugin: config.plugins.DataStore, trustDomain, clock });
+  const ca = new CaService({ settings: caSettings(s, trustDomain), plugins: config.plugins, datastore, signingPool, clock, metrics, log: subsystemLogger(log, "ca_manager") });
+  const entries = new EntryIndexFeed({ datastore, serverId: serverId.toString(), log });
+  const serverSvid = new ServerSvidService({ ca, serverId, ttlMs: defaultX509TtlMs, clock });
+  const agentApi = new AgentApiListener({
+    host: s.bind_address,
+    port: s.bind_port,
+    trustDomain,
+    nodeAttestors: config.plugins.NodeAttestor,
+    datastore,
+    ca,
+    entries,
+    serverSvid,
+    grpcHealth,
+    rateLimits: agentApiRateLimits(s.ratelimit, clock),
+    agentTtlMs: s.agent_ttl ?? defaultX509TtlMs,
+    defaultX509TtlMs,
+    defaultJwtTtlMs: s.default_jwt_svid_ttl,
+    auditEnabled: s.audit_log_enabled,
+    metrics,
+    clock,
+    log: subsystemLogger(log, "agent_api"),
+  });
+  const admin = new AdminListener({
+    socketPath: adminSocketPath,
+    trustDomain,
+    serverId: serverId.toString(),
+    datastore,
+    ca,
+    grpcHealth,
+    defaultX509TtlMs,
+    defaultJwtTtlMs: s.default_jwt_svid_ttl,
+    auditEnabled: s.audit_log_enabled,
+    metrics,
+    now,
+    log: subsystemLogger(log, "admin_api"),
+  });
+  const rotation = new CaRotationJob({ ca, afterRotation: () => serverSvid.refresh(), onFailure: () => grpcHealth.setStatus("", "NOT_SERVING"), log });
+  const prune = new PruneJob({ datastore, clock, retentionMs: s.issuance_log_retention, log });
+  const hc = config.health_checks?.listener_enabled ? config.health_checks : undefined;
+  const health = hc
+    ? new HttpListenerService("health-listener", () =>
+        startHealthServer({ host: hc.bind_address, port: hc.bind_port, livePath: hc.live_path, readyPath: hc.ready_path, readiness: () => services.readiness(), metrics }),
+      )
+    : undefined;
+  const prom = config.telemetry?.prometheus;
+  const metricsListener = prom ? new HttpListenerService("metrics-listener", () => startMetricsServer({ host: prom.host, port: prom.port, metrics })) : undefined;
+
+  const services: ServiceGroup = new ServiceGroup(
+    [
+      datastore,
+      ...(signingPool ? [service("signing-pool", () => undefined, () => signingPool.close())] : []),
+      ca,
+      entries,
+      serverSvid,
+      agentApi,
+      admin,
+      rotation,
+      prune,
+      ...(health ? [health] : []),
+      ...(metricsListener ? [metricsListener] : []),
+      service(
+        "grpc-health",
+        () => {
+          grpcHealth.setStatus("", "SERVING");
+          grpcHealth.setStatus("sigil.agent.v1.AgentAPI", "SERVING");
         },
-      },
-    );
-    await ca.start();
+        () => grpcHealth.shutdown(),
+      ),
+    ],
+    log,
+  );
+  // A failing start stops those already started, in reverse, and rejects.
+  await services.start();
 
-    // Entry index: subscribe first, then load, so no change is missed.
-    const index = new EntryIndex<IndexedRecord>(serverId.toString());
-    const unsubscribe = datastore.subscribe((event) => {
-      if (event.kind !== "entry") return;
-      if (event.op === "delete") {
-        index.delete(event.objectId);
-        return;
-      }
-      datastore.getEntry(event.objectId).then(
-        (e) => (e ? index.upsert(toIndexed(e)) : index.delete(event.objectId)),
-        (err: unknown) => log.error({ err, entry_id: event.objectId }, "entry index: cannot load a changed entry"),
-      );
-    });
-    cleanups.push(unsubscribe);
-    let pageToken: string | undefined;
-    do {
-      const page = await datastore.listEntries({ pageSize: 1000, ...(pageToken ? { pageToken } : {}) });
-      for (const e of page.items) index.upsert(toIndexed(e));
-      pageToken = page.nextPageToken;
-    } while (pageToken);
-
-    const attestors = new Map<string, ServerNodeAttestor>(
-      createPlugins("server", PLUGIN_CATALOG.NodeAttestor, plugins.NodeAttestor, { trustDomain, store: datastore }).map((a) => [a.name, a]),
-    );
-
-    // The server's own TLS identity, re-issued on CA rotation and at half life.
-    const certs = new MemoryCertificateProvider();
-    let serverSvidRenewAt = 0;
-    let servedRootsKey = "";
-    const refreshServerIdentity = (): void => {
-      const now = clock.now().getTime();
-      const roots = ca.bundle().x509Authorities;
-      const rootsKey = roots.map((r) => Buffer.from(r).toString("base64")).join(",");
-      if (rootsKey !== servedRootsKey) {
-        certs.setCaCertificates(encodePemCertificates(roots));
-        servedRootsKey = rootsKey;
-        serverSvidRenewAt = 0; // a new CA may be active: re-issue
-      }
-      if (now < serverSvidRenewAt) return;
-      const { privateKey, publicKey } = generateKeyPair("ec-p256");
-      const issued = ca.signX509Svid({
-        spiffeId: serverId,
-        publicKeyDer: new Uint8Array(publicKey.export({ format: "der", type: "spki" })),
-        ttlMs: s.default_x509_svid_ttl,
-      });
-      certs.setIdentity(encodePemCertificates(issued.chain), privateKey.export({ format: "pem", type: "pkcs8" }).toString());
-      serverSvidRenewAt = now + (issued.notAfter.getTime() - now) / 2;
-    };
-    refreshServerIdentity();
-
-    const grpcHealth: HealthService = createHealthService({ "": "SERVING", "sigil.agent.v1.AgentAPI": "SERVING" });
-    const defaultX509TtlMs = s.default_x509_svid_ttl;
-    const agentApi = createAgentApi({
-      trustDomain,
-      datastore,
-      ca,
-      index,
-      attestors,
-      log: subsystemLogger(log, "agent_api"),
-      metrics,
-      agentTtlMs: s.agent_ttl ?? defaultX509TtlMs,
-      defaultX509TtlMs,
-      defaultJwtTtlMs: s.default_jwt_svid_ttl,
-      auditEnabled: s.audit_log_enabled,
-      now: () => clock.now(),
-      rateLimits: agentApiRateLimits(s.ratelimit, clock),
-    });
-    const tlsServer = new Server({ interceptors: [rpcMetricsInterceptor(metrics)], "grpc.max_receive_message_length": 4 * 1024 * 1024 });
-    tlsServer.addService(grpcServiceDefinition(AgentAPI), agentApi);
-    addHealthService(tlsServer, grpcHealth);
-    const tlsCreds = experimental.createCertificateProviderServerCredentials(certs, certs, false);
-    const port = await bindAsync(tlsServer, `${s.bind_address}:${s.bind_port}`, tlsCreds);
-    cleanups.push(
-      () =>
-        new Promise<void>((resolve) => {
-          // Calls in flight may finish; a peer that never completes its request must not hold the stop up.
-          const force = setTimeout(() => tlsServer.forceShutdown(), AGENT_API_STOP_GRACE_MS);
-          tlsServer.tryShutdown(() => {
-            clearTimeout(force);
-            resolve();
-          });
-        }),
-    );
-
-    // Admin API on the local socket, every call audited with the caller the kernel names.
-    const adminSocketPath = resolveDataPath(config, s.socket_path);
-    const adminCallers = createAdminCallers();
-    const admin = createAdminApi({
-      trustDomain,
-      serverId: serverId.toString(),
-      datastore,
-      ca,
-      log: subsystemLogger(log, "admin_api"),
-      metrics,
-      auditEnabled: s.audit_log_enabled,
-      now: () => clock.now(),
-      defaultX509TtlMs,
-      defaultJwtTtlMs: s.default_jwt_svid_ttl,
-      callerOf: (call) => adminCallers.callerOf(call),
-    });
-    const adminServer = new Server({ interceptors: [rpcMetricsInterceptor(metrics)] });
-    adminServer.addService(grpcServiceDefinition(EntryAdmin), admin.entry);
-    adminServer.addService(grpcServiceDefinition(AgentAdmin), admin.agent);
-    adminServer.addService(grpcServiceDefinition(BundleAdmin), admin.bundle);
-    adminServer.addService(grpcServiceDefinition(SvidAdmin), admin.svid);
-    addHealthService(adminServer, grpcHealth);
-    const adminSocket = await serveAdminSocket({ server: adminServer, socketPath: adminSocketPath, callers: adminCallers, log: subsystemLogger(log, "admin_api") });
-    cleanups.push(() => adminSocket.close());
-
-    // Background work: CA rotation (+ server identity), token pruning.
-    let rotating = Promise.resolve();
-    const rotateNow = (): Promise<void> => {
-      rotating = rotating
-        .then(() => ca.rotate())
-        .then(refreshServerIdentity)
-        .catch((err: unknown) => {
-          log.error({ err }, "ca: rotation failed");
-          grpcHealth.setStatus("", "NOT_SERVING");
-        });
-      return rotating;
-    };
-    const rotateTimer = setInterval(() => void rotateNow(), ROTATE_INTERVAL_MS);
-    const pruneTimer = setInterval(() => void pruneExpired(datastore, clock.now(), s.issuance_log_retention, log), PRUNE_INTERVAL_MS);
-    cleanups.push(() => {
-      clearInterval(rotateTimer);
-      clearInterval(pruneTimer);
-    });
-
-    const readiness = async () => {
-      const reasons: string[] = [];
-      if (!ca.x509Authorities().some((a) => a.status === "active" && a.notAfter.getTime() > clock.now().getTime())) reasons.push("ca: no active X.509 CA");
-      try {
-        await datastore.countAgents();
-      } catch (e) {
-        reasons.push(`datastore: ${(e as Error).message}`);
-      }
-      return { ready: reasons.length === 0, reasons };
-    };
-    let health: HttpListener | undefined;
-    const hc = config.health_checks;
-    if (hc?.listener_enabled) {
-      health = await startHealthServer({ host: hc.bind_address, port: hc.bind_port, livePath: hc.live_path, readyPath: hc.ready_path, readiness, metrics });
-      cleanups.push(() => health?.close());
-    }
-    let metricsListener: HttpListener | undefined;
-    const prom = config.telemetry?.prometheus;
-    if (prom) {
-      metricsListener = await startMetricsServer({ host: prom.host, port: prom.port, metrics });
-      cleanups.push(() => metricsListener?.close());
-    }
-
-    log.info(
-      { trust_domain: trustDomain.name, agent_api: `${s.bind_address}:${port}`, admin_socket: adminSocketPath, health: health?.url, metrics: metricsListener?.url },
-      "server started",
-    );
-    let stopped = false;
-    return {
-      trustDomain,
-      serverId,
-      agentApiAddress: `${s.bind_address}:${port}`,
-      adminSocketPath,
-      datastore,
-      ca,
-      health,
-      metricsListener,
-      log,
-      rotateNow,
-      async stop(): Promise<void> {
-        if (stopped) return;
-        stopped = true;
-        grpcHealth.shutdown();
-        await rotating;
-        for (const c of cleanups.reverse()) await c();
-        log.info({}, "server stopped");
-      },
-    };
-  } catch (e) {
-    for (const c of cleanups.reverse()) await c();
-    throw e;
-  }
+  log.info(
+    { trust_domain: trustDomain.name, agent_api: agentApi.address, admin_socket: adminSocketPath, health: health?.listener?.url, metrics: metricsListener?.listener?.url },
+    "server started",
+  );
+  let stopped = false;
+  return {
+    trustDomain,
+    serverId,
+    agentApiAddress: agentApi.address,
+    adminSocketPath,
+    datastore: datastore.datastore,
+    ca: ca.manager,
+    health: health?.listener,
+    metricsListener: metricsListener?.listener,
+    log,
+    rotateNow: () => rotation.rotateNow(),
+    async stop(): Promise<void> {
+      if (stopped) return;
+      stopped = true;
+      await services.stop();
+      log.info({}, "server stopped");
+    },
+  };
 }
 
-/** Runs the server until SIGINT/SIGTERM (the `sigil-server run` command). */
+/**
+ * Runs the server until SIGINT/SIGTERM (the `sigil-server run` command), then
+ * stops its services in reverse order. The signal is awaited from before the
+ * start: one that arrives while services start (or just as "server started"
+ * is logged) stops them once the start is done, instead of killing the
+ * process half-way; a second signal still kills it.
+ */
 export async function runServer(config: ServerConfig): Promise<void> {
+  const stopSignal = waitForStopSignal();
   const server = await startServer(config);
-  const signal = await waitForStopSignal();
+  const signal = await stopSignal;
   server.log.info({ signal }, "server: shutting down");
   await server.stop();
 }
-
-

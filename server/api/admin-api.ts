@@ -16,6 +16,7 @@
  */
 import { AgentAdmin, BundleAdmin, EntryAdmin, SvidAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
 import type { GrpcServiceImplementation } from "../../spiffe/grpc/service.js";
+import { Issuer } from "../issuance/issuer.js";
 import { createAgentAdmin } from "./admin/agent.js";
 import { createBundleAdmin } from "./admin/bundle.js";
 import type { AdminApiDeps } from "./admin/common.js";
@@ -46,6 +47,6 @@ export function createAdminApi(deps: AdminApiDeps): AdminApi {
     entry: createEntryAdmin(deps, parents, wrapper(EntryAdmin.typeName)),
     agent: createAgentAdmin(deps, parents, wrapper(AgentAdmin.typeName)),
     bundle: createBundleAdmin(deps, wrapper(BundleAdmin.typeName)),
-    svid: createSvidAdmin(deps, wrapper(SvidAdmin.typeName)),
+    svid: createSvidAdmin(deps, wrapper(SvidAdmin.typeName), new Issuer(deps)),
   };
 }

@@ -1,23 +1,25 @@
 /**
- * The agent-facing API (gRPC over TLS). `AttestAgent` is open to anyone (the
- * node attestor decides); every other call must present the caller's current
- * agent SVID as TLS client certificate, is checked against the agent record
- * (an ID under `/spire/agent/`, known, not banned, current serial), and is authorized through the entry
- * index. SPIFFE IDs, TTLs and DNS names of issued SVIDs come from entries,
- * never from what the agent sends: only the public key is taken from a CSR.
+ * The agent-facing API (gRPC over TLS): the transport. `AttestAgent` is open
+ * to anyone (the node attestor decides, `server/attestation/`); every other
+ * call must present the caller's current agent SVID as TLS client
+ * certificate, is checked against the agent record (an ID under
+ * `/spire/agent/`, known, not banned, current serial), and is authorized
+ * through the entry index. Signing and recording are `server/issuance/`'s:
+ * SPIFFE IDs, TTLs and DNS names of issued SVIDs come from entries, never
+ * from what the agent sends; only the public key is taken from the request.
+ * This module maps requests and results to and from the wire.
  *
  * Rate limits (see `rate-limit.ts`) are charged before any work: attestation
  * attempts per source address, signed credentials per agent. A refused call
  * is ResourceExhausted with a retry hint and changes nothing.
  */
-import { createHash, X509Certificate } from "node:crypto";
+import { createHash, type X509Certificate } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { status, type ServerDuplexStream } from "@grpc/grpc-js";
 import type { Logger } from "../../common/log.js";
 import type { Metrics } from "../../common/metrics.js";
-import { AGENT_PATH_PREFIX, isAgentId, isReservedId, RESERVED_PATH } from "../../common/reserved-ids.js";
+import { AGENT_PATH_PREFIX, isAgentId } from "../../common/reserved-ids.js";
 import { toServiceError } from "../../common/rpc/status.js";
-import type { ServerNodeAttestor } from "../../plugins/nodeattestor/types.js";
 import {
   AttestAgentResponseSchema,
   BatchNewX509SVIDResponseSchema,
@@ -39,83 +41,26 @@ import {
 import { X509SVIDSchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { parseCsr, parseSubjectPublicKeyInfo } from "../../spiffe/csr.js";
 import { SigilError } from "../../spiffe/errors.js";
-import { parseSpiffeId, type SpiffeId, type TrustDomain } from "../../spiffe/id.js";
-import type { KeyType } from "../../spiffe/signer.js";
+import type { SpiffeId, TrustDomain } from "../../spiffe/id.js";
 import { verifyX509Svid } from "../../spiffe/x509/verify.js";
 import { StaticX509BundleSource } from "../../spiffe/x509/static-bundle-source.js";
 import { X509Bundle } from "../../spiffe/bundle/x509-bundle.js";
 import type { GrpcServiceImplementation } from "../../spiffe/grpc/service.js";
-import { formatSelector } from "../../common/selector.js";
-import type { CaManager, IssuedX509, X509SvidRequest } from "../ca/manager.js";
-import type { AttestedAgent, Datastore, IssuanceInput, RegistrationEntry } from "../datastore/index.js";
-import type { EntryIndex, IndexedEntry } from "../registration/entry-index.js";
+import type { NodeAttestation } from "../attestation/node-attestation.js";
+import type { CaManager, IssuedX509 } from "../ca/manager.js";
+import type { AttestedAgent, Datastore, RegistrationEntry } from "../datastore/index.js";
+import { ALLOWED_KEY_TYPES, MAX_AUDIENCES, type EntryX509Request, type Issuer } from "../issuance/issuer.js";
+import type { EntryIndex } from "../registration/entry-index.js";
+import { authorizedEntries, type IndexedRecord } from "../registration/entry-index-feed.js";
 import { rateLimitedError, sourceAddress, type AgentApiRateLimits, type RateLimiter } from "./rate-limit.js";
 import { auditCall, createUnaryWrapper } from "./unary.js";
 import { canonicalSerialHex } from "../../spiffe/x509/serial.js";
 import { wireBundle, wireEntry, wireSelector, wireStatus } from "./wire.js";
 
-/** Key types the server accepts for agent and workload keys. */
-export const ALLOWED_KEY_TYPES: readonly KeyType[] = ["ec-p256", "ec-p384", "rsa-2048", "rsa-4096"];
 /** Most SVIDs one BatchNewX509SVID call may ask for. */
 export const MAX_BATCH_SIZE = 1000;
-/** Most audiences one NewJWTSVID call may ask for. */
-export const MAX_AUDIENCES = 32;
 /** How long attestation may wait for a challenge response. */
 const CHALLENGE_TIMEOUT_MS = 30_000;
-
-/** What the entry index holds per entry: its keys plus the datastore record. */
-export interface IndexedRecord extends IndexedEntry {
-  readonly record: RegistrationEntry;
-}
-
-// Parsed SPIFFE IDs of entry records, so the signing path never re-parses them.
-const parsedIds = new WeakMap<RegistrationEntry, SpiffeId>();
-/**
- * The SPIFFE ID an entry's SVIDs carry. An entry in the reserved namespace
- * (only one stored before entries were checked for it) is never signed for:
- * its SVID would pass for the server's or an agent's.
- */
-function entrySpiffeId(e: RegistrationEntry): SpiffeId {
-  let id = parsedIds.get(e);
-  if (!id) parsedIds.set(e, (id = parseSpiffeId(e.spiffeId)));
-  if (isReservedId(id)) throw new SigilError("ERR_PERMISSION_DENIED", `agent api: entry ${JSON.stringify(e.id)} names ${e.spiffeId}, in the reserved namespace ${RESERVED_PATH}; no SVID is issued for it`);
-  return id;
-}
-
-// Canonical selector strings of entry records, formatted once per record for the issuance log.
-const selectorStrings = new WeakMap<RegistrationEntry, string[]>();
-function entrySelectors(e: RegistrationEntry): string[] {
-  let s = selectorStrings.get(e);
-  if (!s) selectorStrings.set(e, (s = e.selectors.map(formatSelector)));
-  return s;
-}
-
-/** The issuance-log record of an X509-SVID. */
-function x509Record(kind: "x509-svid" | "agent-svid", spiffeId: string, issued: IssuedX509, agentId: string, entry: RegistrationEntry | undefined): IssuanceInput {
-  return {
-    serial: issued.serial,
-    kind,
-    spiffeId,
-    entryId: entry?.id ?? null,
-    agentId,
-    caKeyId: issued.caKeyId,
-    notBefore: issued.notBefore,
-    notAfter: issued.notAfter,
-    issuedAt: new Date(),
-    selectors: entry ? entrySelectors(entry) : [],
-    requestedBy: `agent:${agentId}`,
-  };
-}
-
-/** A stable identifier for a JWT-SVID in the issuance log: the first 16 bytes of its SHA-256, hex. */
-export function jwtSerial(token: string): string {
-  return canonicalSerialHex(createHash("sha256").update(token).digest("hex").slice(0, 32));
-}
-
-/** Wraps a datastore entry for the index. */
-export function toIndexed(e: RegistrationEntry): IndexedRecord {
-  return { id: e.id, spiffeId: e.spiffeId, parentId: e.parentId, selectors: e.selectors.map(formatSelector), revision: e.revision, record: e };
-}
 
 /** Dependencies of the agent API. */
 export interface AgentApiDeps {
@@ -123,12 +68,12 @@ export interface AgentApiDeps {
   readonly datastore: Datastore;
   readonly ca: CaManager;
   readonly index: EntryIndex<IndexedRecord>;
-  readonly attestors: ReadonlyMap<string, ServerNodeAttestor>;
+  /** Node attestation and agent SVID renewal. */
+  readonly attestation: NodeAttestation;
+  /** Signs and records entries' SVIDs. */
+  readonly issuer: Issuer;
   readonly log: Logger;
   readonly metrics: Metrics;
-  readonly agentTtlMs: number;
-  readonly defaultX509TtlMs: number;
-  readonly defaultJwtTtlMs: number;
   readonly auditEnabled: boolean;
   readonly now: () => Date;
   /** Limits on attestation and signing; `{}` turns them all off. */
@@ -183,7 +128,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
     const hit = verifiedCerts.get(key);
     if (hit && hit.source === source && now.getTime() >= hit.validFrom && now.getTime() < hit.validUntil) return hit;
     // The agent's chain may need the server CA's intermediates (upstream authority).
-    const chain = [new Uint8Array(raw), ...intermediates()];
+    const chain = [new Uint8Array(raw), ...deps.ca.intermediates()];
     try {
       const verified = verifyX509Svid(chain, source, { now });
       const certs = verified.verifiedChain;
@@ -224,22 +169,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
     return { id, record };
   }
 
-  function intermediates(): Uint8Array[] {
-    const out: Uint8Array[] = [];
-    for (const a of deps.ca.x509Authorities()) for (const d of a.chainDers) if (!a.rootDers.some((r) => Buffer.from(r).equals(Buffer.from(d)))) out.push(d);
-    return out;
-  }
-
-  function authorized(agent: AuthenticatedAgent): RegistrationEntry[] {
-    const now = deps.now().getTime();
-    return deps.index
-      .authorizedEntries(agent.id.toString(), agent.record.selectors.map(formatSelector))
-      .map((i) => i.record)
-      .filter((e) => !e.expiresAt || e.expiresAt.getTime() > now);
-  }
-
-  // Every issuance is recorded (and timed) before its SVID leaves.
-  const recordIssuances = (records: IssuanceInput[]): Promise<void> => deps.metrics.timeIssuanceLogWrite(deps.datastore.recordIssuances(records));
+  const authorized = (agent: AuthenticatedAgent): RegistrationEntry[] => authorizedEntries(deps.index, agent.id.toString(), agent.record, deps.now());
 
   const auditOpts = { log, auditEnabled: deps.auditEnabled };
   const auditLog = (method: string, caller: string, code: number, details: Record<string, unknown> = {}, message?: string): void =>
@@ -299,38 +229,13 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
         const first = await next();
         if (!first || first.step.case !== "params") throw new SigilError("ERR_INVALID_ARGUMENT", "attest: the first message must carry attestation params");
         const params = first.step.value;
-        const type = params.data?.type ?? "";
-        const attestor = deps.attestors.get(type);
-        if (!attestor) {
-          throw new SigilError("ERR_INVALID_ARGUMENT", `attest: unknown node attestor ${JSON.stringify(type)} (enabled: ${[...deps.attestors.keys()].join(", ") || "none"})`);
-        }
-        const csr = parseCsr(params.csr, ALLOWED_KEY_TYPES);
-        const result = await attestor.attest(params.data?.payload ?? new Uint8Array(), async (challenge) => {
+        const attested = await deps.attestation.attest({ type: params.data?.type ?? "", payload: params.data?.payload ?? new Uint8Array(), csr: params.csr }, async (challenge) => {
           call.write(create(AttestAgentResponseSchema, { step: { case: "challenge", value: challenge } }));
           const answer = await next();
           if (!answer || answer.step.case !== "challengeResponse") throw new SigilError("ERR_PERMISSION_DENIED", "attest: no answer to the challenge");
           return answer.step.value;
         });
-        const agentId = result.agentId.toString();
-        const existing = await deps.datastore.getAgent(agentId);
-        if (existing?.banned) throw new SigilError("ERR_PERMISSION_DENIED", `attest: agent ${agentId} is banned`);
-        if (existing && !existing.canReattest) {
-          throw new SigilError("ERR_PERMISSION_DENIED", `attest: agent ${agentId} is already attested and its attestor does not allow re-attestation; evict it first`);
-        }
-        const issued = deps.ca.signX509Svid({ spiffeId: result.agentId, publicKeyDer: csr.publicKeyDer, ttlMs: deps.agentTtlMs });
-        const record = {
-          attestationType: attestor.name,
-          selectors: result.selectors,
-          certSerial: issued.serial,
-          certNotAfter: issued.notAfter,
-          newCertSerial: null,
-          newCertNotAfter: null,
-          canReattest: result.canReattest,
-        };
-        if (existing) await deps.datastore.updateAgent(agentId, record, ["attestationType", "selectors", "certSerial", "certNotAfter", "newCertSerial", "newCertNotAfter", "canReattest"]);
-        else await deps.datastore.createAgent({ spiffeId: agentId, ...record });
-        await recordIssuances([{ ...x509Record("agent-svid", agentId, issued, agentId, undefined), requestedBy: `attestation:${attestor.name}`, selectors: result.selectors.map(formatSelector) }]);
-        deps.metrics.x509SvidsSigned.inc();
+        const { agentId, svid: issued, attestationType } = attested;
         call.write(
           create(AttestAgentResponseSchema, {
             step: {
@@ -338,13 +243,13 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
               value: {
                 svid: create(X509SVIDSchema, { spiffeId: agentId, certChain: [...issued.chain], expiresAt: BigInt(Math.floor(issued.notAfter.getTime() / 1000)) }),
                 bundle: [...deps.ca.bundle().x509Authorities],
-                selectors: result.selectors.map(wireSelector),
+                selectors: attested.selectors.map(wireSelector),
               },
             },
           }),
         );
-        auditLog("AttestAgent", agentId, 0, { attestation_type: attestor.name, serial: issued.serial });
-        log.info({ agent_id: agentId, attestation_type: attestor.name, serial: issued.serial }, "agent attested");
+        auditLog("AttestAgent", agentId, 0, { attestation_type: attestationType, serial: issued.serial });
+        log.info({ agent_id: agentId, attestation_type: attestationType, serial: issued.serial }, "agent attested");
         call.end();
       })().catch((e: unknown) => {
         const err = toServiceError(e);
@@ -357,11 +262,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
     renewAgent: unary<RenewAgentRequest, RenewAgentResponse>("RenewAgent", async (req, call) => {
       const agent = await authenticate(call);
       charge("x509_signing", deps.rateLimits.x509Signing, agent.id.toString(), 1, (n) => `renew agent: rate limit: agent ${agent.id} asked for more than ${n} X509-SVIDs per second`);
-      const csr = parseCsr(req.csr, ALLOWED_KEY_TYPES);
-      const issued = deps.ca.signX509Svid({ spiffeId: agent.id, publicKeyDer: csr.publicKeyDer, ttlMs: deps.agentTtlMs });
-      await deps.datastore.updateAgent(agent.id.toString(), { newCertSerial: issued.serial, newCertNotAfter: issued.notAfter }, ["newCertSerial", "newCertNotAfter"]);
-      await recordIssuances([x509Record("agent-svid", agent.id.toString(), issued, agent.id.toString(), undefined)]);
-      deps.metrics.x509SvidsSigned.inc();
+      const issued = await deps.attestation.renew(agent.id, req.csr);
       return {
         res: create(RenewAgentResponseSchema, {
           svid: { spiffeId: agent.id.toString(), certChain: [...issued.chain], expiresAt: BigInt(Math.floor(issued.notAfter.getTime() / 1000)) },
@@ -411,7 +312,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       const byId = new Map(authorized(agent).map((e) => [e.id, e]));
       const agentId = agent.id.toString();
       // Checked one by one; the ones that pass are signed as one batch.
-      const checked = req.params.map((p, i): { entry: RegistrationEntry; req: X509SvidRequest } | SigilError => {
+      const checked = req.params.map((p, i): EntryX509Request | SigilError => {
         try {
           const entry = byId.get(p.entryId);
           if (!entry) throw new SigilError("ERR_PERMISSION_DENIED", `params[${i}]: entry ${JSON.stringify(p.entryId)} is not authorized for agent ${agent.id}`);
@@ -419,24 +320,16 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
           if (p.key.case === "csr") key = parseCsr(p.key.value, ALLOWED_KEY_TYPES);
           else if (p.key.case === "publicKey") key = parseSubjectPublicKeyInfo(p.key.value, ALLOWED_KEY_TYPES);
           else throw new SigilError("ERR_INVALID_ARGUMENT", `params[${i}]: a csr or public_key is required`);
-          return {
-            entry,
-            req: {
-              spiffeId: entrySpiffeId(entry),
-              publicKeyDer: key.publicKeyDer,
-              ttlMs: entry.x509SvidTtl > 0 ? entry.x509SvidTtl * 1000 : deps.defaultX509TtlMs,
-              dnsNames: entry.dnsNames,
-            },
-          };
+          return { entry, req: deps.issuer.entryX509Request(entry, key.publicKeyDer) };
         } catch (e) {
           if (e instanceof SigilError) return e;
           log.error({ err: e }, "agent api: BatchNewX509SVID param failed");
           return new SigilError("ERR_INTERNAL", `params[${i}]: internal error`, { cause: e });
         }
       });
-      const accepted = checked.filter((c): c is { entry: RegistrationEntry; req: X509SvidRequest } => !(c instanceof SigilError));
-      const issued = await deps.ca.signX509SvidBatch(accepted.map((c) => c.req));
-      const records: IssuanceInput[] = [];
+      const accepted = checked.filter((c): c is EntryX509Request => !(c instanceof SigilError));
+      // Recorded before it resolves: an SVID that is not in the log is never handed out.
+      const issued = await deps.issuer.entryX509Svids(agentId, accepted);
       let signed = 0;
       let next = 0;
       const results = checked.map((c, i) => {
@@ -446,17 +339,13 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
           if (!outcome.message.startsWith(`params[${i}]`)) s.message = `params[${i}]: ${s.message}`;
           return { status: s };
         }
-        const entry = (c as { entry: RegistrationEntry }).entry;
-        records.push(x509Record("x509-svid", entry.spiffeId, outcome, agentId, entry));
+        const entry = (c as EntryX509Request).entry;
         signed++;
         return {
           status: wireStatus(),
           svid: { spiffeId: entry.spiffeId, certChain: [...outcome.chain], expiresAt: BigInt(Math.floor(outcome.notAfter.getTime() / 1000)) },
         };
       });
-      // Recorded before anything leaves: an SVID that is not in the log is never handed out.
-      await recordIssuances(records);
-      deps.metrics.x509SvidsSigned.inc(signed);
       return { res: create(BatchNewX509SVIDResponseSchema, { results }), caller: agent.id.toString(), details: { requested: req.params.length, signed } };
     }),
 
@@ -467,28 +356,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       charge("jwt_signing", deps.rateLimits.jwtSigning, agent.id.toString(), 1, (n) => `new jwt svid: rate limit: agent ${agent.id} asked for more than ${n} JWT-SVIDs per second`);
       const entry = authorized(agent).find((e) => e.id === req.entryId);
       if (!entry) throw new SigilError("ERR_PERMISSION_DENIED", `new jwt svid: entry ${JSON.stringify(req.entryId)} is not authorized for agent ${agent.id}`);
-      const jwt = deps.ca.signJwtSvid({
-        spiffeId: entrySpiffeId(entry),
-        audience: req.audience,
-        ttlMs: entry.jwtSvidTtl > 0 ? entry.jwtSvidTtl * 1000 : deps.defaultJwtTtlMs,
-      });
-      await recordIssuances([
-        {
-          serial: jwtSerial(jwt.token),
-          kind: "jwt-svid",
-          spiffeId: entry.spiffeId,
-          entryId: entry.id,
-          agentId: agent.id.toString(),
-          caKeyId: jwt.keyId,
-          notBefore: jwt.issuedAt,
-          notAfter: jwt.expiresAt,
-          issuedAt: jwt.issuedAt,
-          selectors: entrySelectors(entry),
-          requestedBy: `agent:${agent.id}`,
-          audience: [...req.audience],
-        },
-      ]);
-      deps.metrics.jwtSvidsSigned.inc();
+      const jwt = await deps.issuer.entryJwtSvid(agent.id.toString(), entry, req.audience);
       return {
         res: create(NewJWTSVIDResponseSchema, {
           spiffeId: entry.spiffeId,

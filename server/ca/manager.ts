@@ -42,8 +42,18 @@ export interface X509Authority {
   readonly notAfter: Date;
   status: SlotStatus;
   template?: LeafTemplate;
-  /** `chainDers` without the roots: what follows a leaf on the wire (computed once). */
+  /** `chainDers` without the roots, once {@link chainWithoutRoots} computed it. */
   sendChain?: readonly Uint8Array[];
+}
+
+/**
+ * An authority's chain without the roots: what follows a leaf it signed on
+ * the wire, and the intermediates a peer's chain may need to verify (an
+ * upstream authority's). Computed once per authority.
+ */
+export function chainWithoutRoots(a: X509Authority): readonly Uint8Array[] {
+  a.sendChain ??= a.chainDers.filter((d) => !a.rootDers.some((r) => Buffer.from(r).equals(Buffer.from(d))));
+  return a.sendChain;
 }
 
 /** One JWT signing authority. */
@@ -91,6 +101,16 @@ export interface IssuedX509 {
   readonly caKeyId: string;
 }
 
+/** An issued JWT-SVID. */
+export interface IssuedJwt {
+  readonly token: string;
+  readonly issuedAt: Date;
+  /** Capped at the signing key's notAfter. */
+  readonly expiresAt: Date;
+  /** The key manager's ID of the signing key. */
+  readonly keyId: string;
+}
+
 /** What an X509-SVID is issued from: the ID, key and TTL come from the caller (an entry), never from a CSR. */
 export interface X509SvidRequest {
   readonly spiffeId: SpiffeId;
@@ -98,6 +118,13 @@ export interface X509SvidRequest {
   readonly publicKeyDer: Uint8Array;
   readonly ttlMs: number;
   readonly dnsNames?: readonly string[] | undefined;
+}
+
+/** What a JWT-SVID is issued from. */
+export interface JwtSvidRequest {
+  readonly spiffeId: SpiffeId;
+  readonly audience: readonly string[];
+  readonly ttlMs: number;
 }
 
 interface PreparedLeaf {
@@ -335,6 +362,11 @@ export class CaManager {
     return this.#x509;
   }
 
+  /** The intermediates of every X.509 authority ({@link chainWithoutRoots}), which chains this CA signed may need to verify. */
+  intermediates(): Uint8Array[] {
+    return this.#x509.flatMap(chainWithoutRoots);
+  }
+
   /** All JWT authorities. */
   jwtAuthorities(): readonly JwtAuthority[] {
     return this.#jwt;
@@ -430,14 +462,13 @@ export class CaManager {
       notAfter,
       ...(req.dnsNames && req.dnsNames.length ? { dnsNames: req.dnsNames } : {}),
     });
-    ca.sendChain ??= ca.chainDers.filter((d) => !ca.rootDers.some((r) => Buffer.from(r).equals(Buffer.from(d))));
-    const sendChain = ca.sendChain;
+    const sendChain = chainWithoutRoots(ca);
     const serial = canonicalSerialHex(Buffer.from(serialBytes).toString("hex"));
     return { tbs, done: (leaf) => ({ chain: [leaf, ...sendChain], serial, notBefore, notAfter, caKeyId: ca.keyId }) };
   }
 
   /** Signs a JWT-SVID; its expiry is capped at the signing key's notAfter. */
-  signJwtSvid(req: { spiffeId: SpiffeId; audience: readonly string[]; ttlMs: number }): { token: string; expiresAt: Date; issuedAt: Date; keyId: string } {
+  signJwtSvid(req: JwtSvidRequest): IssuedJwt {
     const key = this.#activeJwt();
     const now = this.#d.clock.now();
     const expiresAt = new Date(Math.min(now.getTime() + req.ttlMs, key.notAfter.getTime()));

@@ -6,7 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { ManualClock } from "../../common/clock.js";
 import { createLogger } from "../../common/log.js";
 import type { Datastore, IssuanceInput } from "../../server/datastore/index.js";
-import { pruneExpired } from "../../server/main.js";
+import { pruneExpired } from "../../server/datastore/prune.js";
 import { isSigilError } from "../../spiffe/errors.js";
 import { closeTempDatastore, openTempDatastore } from "../support/datastore.js";
 

@@ -23,7 +23,7 @@ import { parseCsr } from "../../../spiffe/csr.js";
 import { isSigilError } from "../../../spiffe/errors.js";
 import type { GrpcServiceImplementation } from "../../../spiffe/grpc/service.js";
 import { checkDnsName } from "../../registration/entry-validation.js";
-import { jwtSerial, ALLOWED_KEY_TYPES, MAX_AUDIENCES } from "../agent-api.js";
+import { ALLOWED_KEY_TYPES, MAX_AUDIENCES, type Issuer } from "../../issuance/issuer.js";
 import type { UnaryWrapper } from "../unary.js";
 import type { IssuanceRecord, ListIssuancesRequest as IssuanceQuery } from "../../datastore/index.js";
 import { checkEntryId, checkSerialHex } from "../../datastore/validate.js";
@@ -34,8 +34,11 @@ type SvidMethods = (typeof SvidAdmin)["method"];
 /** Most DNS SANs one minted X509-SVID may carry. */
 export const MAX_MINT_DNS_NAMES = 100;
 
-/** Builds the SvidAdmin service implementation. */
-export function createSvidAdmin(deps: AdminApiDeps, unary: UnaryWrapper): GrpcServiceImplementation<SvidMethods> {
+/** Who the issuance log names as the requester of minted SVIDs. */
+const ADMIN_REQUESTER = "admin:local";
+
+/** Builds the SvidAdmin service implementation; mints are signed and recorded by `issuer`. */
+export function createSvidAdmin(deps: AdminApiDeps, unary: UnaryWrapper, issuer: Pick<Issuer, "mintX509Svid" | "mintJwtSvid">): GrpcServiceImplementation<SvidMethods> {
   return {
     mintX509SVID: unary<MintX509SVIDRequest, MintX509SVIDResponse>("MintX509SVID", async (req, _call, audit) => {
       audit.details.spiffe_id = req.spiffeId;
@@ -50,11 +53,7 @@ export function createSvidAdmin(deps: AdminApiDeps, unary: UnaryWrapper): GrpcSe
       } catch (e) {
         throw invalidField("csr", isSigilError(e) ? e.message : String(e), e);
       }
-      const issued = deps.ca.signX509Svid({ spiffeId, publicKeyDer, ttlMs, dnsNames: req.dnsNames });
-      await deps.datastore.recordIssuances([
-        { serial: issued.serial, kind: "x509-svid", spiffeId: spiffeId.toString(), entryId: null, agentId: null, caKeyId: issued.caKeyId, notBefore: issued.notBefore, notAfter: issued.notAfter, issuedAt: deps.now(), selectors: [], requestedBy: "admin:local" },
-      ]);
-      deps.metrics?.x509SvidsSigned.inc();
+      const issued = await issuer.mintX509Svid({ spiffeId, publicKeyDer, ttlMs, dnsNames: req.dnsNames }, ADMIN_REQUESTER);
       Object.assign(audit.details, { spiffe_id: spiffeId.toString(), dns_names: [...req.dnsNames], serial: issued.serial, expires_at: issued.notAfter.toISOString() });
       return {
         res: create(MintX509SVIDResponseSchema, {
@@ -74,11 +73,7 @@ export function createSvidAdmin(deps: AdminApiDeps, unary: UnaryWrapper): GrpcSe
         if (a.length === 0) throw invalidField(`audience[${i}]`, "is empty");
       });
       const ttlMs = ttlField("ttl", req.ttl, deps.defaultJwtTtlMs, deps.maxTtlMs);
-      const jwt = deps.ca.signJwtSvid({ spiffeId, audience: req.audience, ttlMs });
-      await deps.datastore.recordIssuances([
-        { serial: jwtSerial(jwt.token), kind: "jwt-svid", spiffeId: spiffeId.toString(), entryId: null, agentId: null, caKeyId: jwt.keyId, notBefore: jwt.issuedAt, notAfter: jwt.expiresAt, issuedAt: jwt.issuedAt, selectors: [], requestedBy: "admin:local", audience: [...req.audience] },
-      ]);
-      deps.metrics?.jwtSvidsSigned.inc();
+      const jwt = await issuer.mintJwtSvid({ spiffeId, audience: req.audience, ttlMs }, ADMIN_REQUESTER);
       Object.assign(audit.details, { spiffe_id: spiffeId.toString(), key_id: jwt.keyId, expires_at: jwt.expiresAt.toISOString() });
       return { res: create(MintJWTSVIDResponseSchema, { token: jwt.token, expiresAt: unixSeconds(jwt.expiresAt) }) };
     }),

@@ -1,0 +1,126 @@
+/**
+ * The agent API listener (`agent-api` service): gRPC over TLS on
+ * `server.bind_address:bind_port`. The server presents its own X509-SVID
+ * (`server-svid`); agents present theirs, optional at the TLS layer so that
+ * attestation can run without one. It serves the AgentAPI (transport in
+ * `agent-api.ts`, node attestation in `server/attestation/`, signing and
+ * recording in `server/issuance/`) and gRPC health. Stop lets calls in flight
+ * finish for at most 5 s, then cancels them.
+ */
+import { Server, experimental } from "@grpc/grpc-js";
+import type { Clock } from "../../common/clock.js";
+import { addHealthService, type HealthService } from "../../common/health/grpc-health.js";
+import type { Logger } from "../../common/log.js";
+import { rpcMetricsInterceptor, type Metrics } from "../../common/metrics.js";
+import type { Service } from "../../common/service.js";
+import { createPlugins, PLUGIN_CATALOG, type PluginSection } from "../../plugins/catalog.js";
+import { AgentAPI } from "../../proto/gen/sigil/agent/v1/agent_pb.js";
+import { SigilError } from "../../spiffe/errors.js";
+import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
+import type { TrustDomain } from "../../spiffe/id.js";
+import { NodeAttestation } from "../attestation/node-attestation.js";
+import type { CaManager } from "../ca/manager.js";
+import type { Datastore } from "../datastore/index.js";
+import { Issuer } from "../issuance/issuer.js";
+import type { EntryIndex } from "../registration/entry-index.js";
+import type { IndexedRecord } from "../registration/entry-index-feed.js";
+import { createAgentApi } from "./agent-api.js";
+import type { MemoryCertificateProvider } from "./cert-provider.js";
+import type { AgentApiRateLimits } from "./rate-limit.js";
+
+/**
+ * How long a stop waits for agent API calls in flight before cancelling them.
+ * Any TLS client can open a call and never finish sending it; without a
+ * bound, one such peer kept `sigil-server run` from exiting on SIGTERM.
+ */
+const STOP_GRACE_MS = 5_000;
+
+/** Most bytes of one request message. */
+const MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024;
+
+/** Dependencies of the {@link AgentApiListener}. */
+export interface AgentApiListenerDeps {
+  /** `server.bind_address`. */
+  readonly host: string;
+  /** `server.bind_port`; 0 picks a free one. */
+  readonly port: number;
+  readonly trustDomain: TrustDomain;
+  /** `plugins.NodeAttestor` of the server config. */
+  readonly nodeAttestors: PluginSection | undefined;
+  /** The services this one uses, all started before it. */
+  readonly datastore: { readonly datastore: Datastore };
+  readonly ca: { readonly manager: CaManager };
+  readonly entries: { readonly index: EntryIndex<IndexedRecord> };
+  readonly serverSvid: { readonly certificates: MemoryCertificateProvider };
+  /** Served beside the AgentAPI. */
+  readonly grpcHealth: HealthService;
+  readonly rateLimits: AgentApiRateLimits;
+  readonly agentTtlMs: number;
+  readonly defaultX509TtlMs: number;
+  readonly defaultJwtTtlMs: number;
+  readonly auditEnabled: boolean;
+  readonly metrics: Metrics;
+  readonly clock: Clock;
+  readonly log: Logger;
+}
+
+/** The `agent-api` service; see the module comment. */
+export class AgentApiListener implements Service {
+  readonly name = "agent-api";
+  readonly #d: AgentApiListenerDeps;
+  #server: Server | undefined;
+  #address: string | undefined;
+
+  constructor(deps: AgentApiListenerDeps) {
+    this.#d = deps;
+  }
+
+  /** `host:port` actually bound. */
+  get address(): string {
+    if (this.#address === undefined) throw new SigilError("ERR_UNAVAILABLE", "agent api: not started");
+    return this.#address;
+  }
+
+  async start(): Promise<void> {
+    const d = this.#d;
+    const datastore = d.datastore.datastore;
+    const ca = d.ca.manager;
+    const now = (): Date => d.clock.now();
+    const attestors = new Map(createPlugins("server", PLUGIN_CATALOG.NodeAttestor, d.nodeAttestors, { trustDomain: d.trustDomain, store: datastore }).map((a) => [a.name, a]));
+    const issuer = new Issuer({ ca, datastore, metrics: d.metrics, now, defaultX509TtlMs: d.defaultX509TtlMs, defaultJwtTtlMs: d.defaultJwtTtlMs });
+    const api = createAgentApi({
+      trustDomain: d.trustDomain,
+      datastore,
+      ca,
+      index: d.entries.index,
+      attestation: new NodeAttestation({ attestors, datastore, issuer, agentTtlMs: d.agentTtlMs }),
+      issuer,
+      log: d.log,
+      metrics: d.metrics,
+      auditEnabled: d.auditEnabled,
+      now,
+      rateLimits: d.rateLimits,
+    });
+    const server = new Server({ interceptors: [rpcMetricsInterceptor(d.metrics)], "grpc.max_receive_message_length": MAX_RECEIVE_MESSAGE_BYTES });
+    server.addService(grpcServiceDefinition(AgentAPI), api);
+    addHealthService(server, d.grpcHealth);
+    const certs = d.serverSvid.certificates;
+    const creds = experimental.createCertificateProviderServerCredentials(certs, certs, false);
+    const port = await new Promise<number>((resolve, reject) => server.bindAsync(`${d.host}:${d.port}`, creds, (err, p) => (err ? reject(err) : resolve(p))));
+    this.#server = server;
+    this.#address = `${d.host}:${port}`;
+  }
+
+  stop(): Promise<void> {
+    const server = this.#server;
+    if (!server) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      // Calls in flight may finish; a peer that never completes its request must not hold the stop up.
+      const force = setTimeout(() => server.forceShutdown(), STOP_GRACE_MS);
+      server.tryShutdown(() => {
+        clearTimeout(force);
+        resolve();
+      });
+    });
+  }
+}

@@ -1,0 +1,68 @@
+/**
+ * The server's own X509-SVID (`server-svid` service): the TLS identity the
+ * agent API presents, `spiffe://<td>/spire/server`, on a fresh P-256 key,
+ * with the CA roots client certificates are requested against. Issued at
+ * start; {@link ServerSvidService.refresh} (run after each CA rotation step)
+ * re-issues it at half life and whenever the roots change. It is signed
+ * in-process and not recorded in the issuance log.
+ */
+import type { Clock } from "../../common/clock.js";
+import type { Service } from "../../common/service.js";
+import type { SpiffeId } from "../../spiffe/id.js";
+import { encodePemCertificates } from "../../spiffe/pem.js";
+import { generateKeyPair } from "../../spiffe/signer.js";
+import type { CaManager } from "../ca/manager.js";
+import { MemoryCertificateProvider } from "./cert-provider.js";
+
+/** Dependencies of the {@link ServerSvidService}. */
+export interface ServerSvidDeps {
+  /** The CA service, started before this one. */
+  readonly ca: { readonly manager: CaManager };
+  readonly serverId: SpiffeId;
+  /** `server.default_x509_svid_ttl`. */
+  readonly ttlMs: number;
+  readonly clock: Clock;
+}
+
+/** The `server-svid` service; see the module comment. */
+export class ServerSvidService implements Service {
+  readonly name = "server-svid";
+  /** What the agent API's TLS credentials read the identity and the roots from. */
+  readonly certificates = new MemoryCertificateProvider();
+  readonly #d: ServerSvidDeps;
+  #renewAt = 0;
+  #servedRoots = "";
+
+  constructor(deps: ServerSvidDeps) {
+    this.#d = deps;
+  }
+
+  start(): void {
+    this.refresh();
+  }
+
+  /** Nothing to release. */
+  stop(): void {}
+
+  /** Serves the current roots and re-issues the SVID if the roots changed or half its lifetime has passed. */
+  refresh(): void {
+    const ca = this.#d.ca.manager;
+    const now = this.#d.clock.now().getTime();
+    const roots = ca.bundle().x509Authorities;
+    const rootsKey = roots.map((r) => Buffer.from(r).toString("base64")).join(",");
+    if (rootsKey !== this.#servedRoots) {
+      this.certificates.setCaCertificates(encodePemCertificates(roots));
+      this.#servedRoots = rootsKey;
+      this.#renewAt = 0; // a new CA may be active: re-issue
+    }
+    if (now < this.#renewAt) return;
+    const { privateKey, publicKey } = generateKeyPair("ec-p256");
+    const issued = ca.signX509Svid({
+      spiffeId: this.#d.serverId,
+      publicKeyDer: new Uint8Array(publicKey.export({ format: "der", type: "spki" })),
+      ttlMs: this.#d.ttlMs,
+    });
+    this.certificates.setIdentity(encodePemCertificates(issued.chain), privateKey.export({ format: "pem", type: "pkcs8" }).toString());
+    this.#renewAt = now + (issued.notAfter.getTime() - now) / 2;
+  }
+}

@@ -1,0 +1,108 @@
+/**
+ * Node attestation on the server: a NodeAttestor plugin vouches for a node,
+ * and the node's agent gets its SVID (`spiffe://<td>/spire/agent/…`, the ID
+ * the attestor decided) and its agent record. Also the renewal of that SVID.
+ *
+ * The rules, in the order they apply: the attestor the request names must be
+ * enabled; the CSR is checked before the attestor runs (a single-use join
+ * token is not spent on a request that fails anyway); a banned agent is
+ * refused; an agent already on record attests again only when its attestor
+ * allows re-attestation. The agent record names the new SVID's serial before
+ * the SVID is recorded and handed out.
+ */
+import { formatSelector, type Selector } from "../../common/selector.js";
+import type { ChallengeFn, ServerNodeAttestor } from "../../plugins/nodeattestor/types.js";
+import { parseCsr } from "../../spiffe/csr.js";
+import { SigilError } from "../../spiffe/errors.js";
+import type { SpiffeId } from "../../spiffe/id.js";
+import type { IssuedX509 } from "../ca/manager.js";
+import type { Datastore } from "../datastore/index.js";
+import { ALLOWED_KEY_TYPES, type Issuer } from "../issuance/issuer.js";
+
+/** Dependencies of {@link NodeAttestation}. */
+export interface NodeAttestationDeps {
+  /** The enabled server NodeAttestor plugins, by name. */
+  readonly attestors: ReadonlyMap<string, ServerNodeAttestor>;
+  readonly datastore: Pick<Datastore, "getAgent" | "createAgent" | "updateAgent">;
+  readonly issuer: Pick<Issuer, "agentSvid">;
+  /** TTL of agent SVIDs. */
+  readonly agentTtlMs: number;
+}
+
+/** What an agent sends to attest: the attestor's name and payload, and a CSR for its SVID. */
+export interface AttestationParams {
+  readonly type: string;
+  readonly payload: Uint8Array;
+  readonly csr: Uint8Array;
+}
+
+/** An attested node: its agent's ID, selectors and SVID. */
+export interface AttestedNode {
+  readonly agentId: string;
+  /** The NodeAttestor plugin that vouched for it. */
+  readonly attestationType: string;
+  readonly selectors: readonly Selector[];
+  readonly svid: IssuedX509;
+}
+
+/** Attests nodes and renews agent SVIDs; see the module comment. */
+export class NodeAttestation {
+  readonly #d: NodeAttestationDeps;
+
+  constructor(deps: NodeAttestationDeps) {
+    this.#d = deps;
+  }
+
+  /**
+   * Runs the attestor `params.type` (which may send `challenge`s), then
+   * creates or updates the agent record and issues the agent's SVID.
+   *
+   * @throws SigilError `ERR_INVALID_ARGUMENT` for an unknown attestor or a bad CSR;
+   *   `ERR_PERMISSION_DENIED` for a banned agent or one that may not attest again;
+   *   whatever the attestor refuses with
+   */
+  async attest(params: AttestationParams, challenge: ChallengeFn): Promise<AttestedNode> {
+    const attestor = this.#d.attestors.get(params.type);
+    if (!attestor) {
+      throw new SigilError("ERR_INVALID_ARGUMENT", `attest: unknown node attestor ${JSON.stringify(params.type)} (enabled: ${[...this.#d.attestors.keys()].join(", ") || "none"})`);
+    }
+    const csr = parseCsr(params.csr, ALLOWED_KEY_TYPES);
+    const result = await attestor.attest(params.payload, challenge);
+    const agentId = result.agentId.toString();
+    const existing = await this.#d.datastore.getAgent(agentId);
+    if (existing?.banned) throw new SigilError("ERR_PERMISSION_DENIED", `attest: agent ${agentId} is banned`);
+    if (existing && !existing.canReattest) {
+      throw new SigilError("ERR_PERMISSION_DENIED", `attest: agent ${agentId} is already attested and its attestor does not allow re-attestation; evict it first`);
+    }
+    const origin = { requestedBy: `attestation:${attestor.name}`, selectors: result.selectors.map(formatSelector) };
+    const svid = await this.#d.issuer.agentSvid(result.agentId, csr.publicKeyDer, this.#d.agentTtlMs, origin, async (issued) => {
+      const record = {
+        attestationType: attestor.name,
+        selectors: result.selectors,
+        certSerial: issued.serial,
+        certNotAfter: issued.notAfter,
+        newCertSerial: null,
+        newCertNotAfter: null,
+        canReattest: result.canReattest,
+      };
+      if (existing) await this.#d.datastore.updateAgent(agentId, record, ["attestationType", "selectors", "certSerial", "certNotAfter", "newCertSerial", "newCertNotAfter", "canReattest"]);
+      else await this.#d.datastore.createAgent({ spiffeId: agentId, ...record });
+    });
+    return { agentId, attestationType: attestor.name, selectors: result.selectors, svid };
+  }
+
+  /**
+   * Issues an attested agent a new SVID for the key in `csr`. The record keeps
+   * the current serial and names the new one as its successor, which becomes
+   * current when the agent first presents it.
+   *
+   * @throws SigilError `ERR_INVALID_ARGUMENT` for a bad CSR
+   */
+  async renew(agentId: SpiffeId, csr: Uint8Array): Promise<IssuedX509> {
+    const key = parseCsr(csr, ALLOWED_KEY_TYPES);
+    const id = agentId.toString();
+    return this.#d.issuer.agentSvid(agentId, key.publicKeyDer, this.#d.agentTtlMs, { requestedBy: `agent:${id}` }, (issued) =>
+      this.#d.datastore.updateAgent(id, { newCertSerial: issued.serial, newCertNotAfter: issued.notAfter }, ["newCertSerial", "newCertNotAfter"]),
+    );
+  }
+}

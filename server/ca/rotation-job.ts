@@ -1,0 +1,58 @@
+/**
+ * CA rotation as a service (`ca-rotation`): one {@link CaManager.rotate} step
+ * every 10 seconds (prepare, activate, prune authorities; see rotation.ts),
+ * then `afterRotation` (the server re-issues its own SVID when the roots
+ * changed or at half life). Steps never overlap; stop waits for the one
+ * under way.
+ */
+import type { Logger } from "../../common/log.js";
+import type { Service } from "../../common/service.js";
+import type { CaManager } from "./manager.js";
+
+/** How often the CA rotator runs. */
+export const ROTATE_INTERVAL_MS = 10_000;
+
+/** Dependencies of the {@link CaRotationJob}. */
+export interface CaRotationJobDeps {
+  /** The CA service, started before this one. */
+  readonly ca: { readonly manager: CaManager };
+  /** Runs after each successful step. */
+  readonly afterRotation: () => void;
+  /** Runs after a failed step (which is logged as `ca: rotation failed`). */
+  readonly onFailure: (err: unknown) => void;
+  readonly log: Logger;
+}
+
+/** The `ca-rotation` service; see the module comment. */
+export class CaRotationJob implements Service {
+  readonly name = "ca-rotation";
+  readonly #d: CaRotationJobDeps;
+  #timer: NodeJS.Timeout | undefined;
+  #rotating: Promise<void> = Promise.resolve();
+
+  constructor(deps: CaRotationJobDeps) {
+    this.#d = deps;
+  }
+
+  start(): void {
+    this.#timer = setInterval(() => void this.rotateNow(), ROTATE_INTERVAL_MS);
+  }
+
+  /** Runs one rotation step now, after any step under way; never rejects. */
+  rotateNow(): Promise<void> {
+    const ca = this.#d.ca.manager;
+    this.#rotating = this.#rotating
+      .then(() => ca.rotate())
+      .then(this.#d.afterRotation)
+      .catch((err: unknown) => {
+        this.#d.log.error({ err }, "ca: rotation failed");
+        this.#d.onFailure(err);
+      });
+    return this.#rotating;
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.#timer);
+    await this.#rotating;
+  }
+}

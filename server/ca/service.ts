@@ -1,0 +1,98 @@
+/**
+ * The CA as a service (`ca`): creates the KeyManager and UpstreamAuthority
+ * plugins and the {@link CaManager}, and starts it (slots restored from the CA
+ * journal, one rotation step, the bundle published). Ready while an active,
+ * unexpired X.509 CA can sign.
+ */
+import type { Clock } from "../../common/clock.js";
+import type { Logger } from "../../common/log.js";
+import type { Metrics } from "../../common/metrics.js";
+import type { Service } from "../../common/service.js";
+import { createPlugins, PLUGIN_CATALOG, type PluginSection } from "../../plugins/catalog.js";
+import type { SigningPool } from "../../plugins/keymanager/signing-pool.js";
+import { SigilError } from "../../spiffe/errors.js";
+import type { TrustDomain } from "../../spiffe/id.js";
+import type { ServerConfig } from "../config/schema.js";
+import type { Datastore } from "../datastore/index.js";
+import { CaManager, type CaSettings } from "./manager.js";
+
+/** The CA settings of a server config's `server` section. */
+export function caSettings(s: ServerConfig["server"], trustDomain: TrustDomain): CaSettings {
+  return {
+    trustDomain,
+    caTtlMs: s.ca_ttl,
+    caKeyType: s.ca_key_type,
+    jwtKeyType: s.jwt_key_type ?? s.ca_key_type,
+    caSubject: s.ca_subject
+      ? {
+          ...(s.ca_subject.country?.[0] ? { country: s.ca_subject.country[0] } : {}),
+          ...(s.ca_subject.organization?.[0] ? { organization: s.ca_subject.organization[0] } : {}),
+          ...(s.ca_subject.common_name ? { commonName: s.ca_subject.common_name } : {}),
+        }
+      : undefined,
+    jwtIssuer: s.jwt_issuer,
+  };
+}
+
+/** Dependencies of the {@link CaService}. */
+export interface CaServiceDeps {
+  readonly settings: CaSettings;
+  /** `plugins.KeyManager` and `plugins.UpstreamAuthority` of the server config. */
+  readonly plugins: { readonly KeyManager?: PluginSection | undefined; readonly UpstreamAuthority?: PluginSection | undefined };
+  /** The datastore service (the CA journal and the own bundle live there), started before this one. */
+  readonly datastore: { readonly datastore: Datastore };
+  /** Signing threads handed to the key manager; none signs in-line. */
+  readonly signingPool: SigningPool | undefined;
+  readonly clock: Clock;
+  /** Receives the CA expiry gauges. */
+  readonly metrics: Metrics;
+  readonly log: Logger;
+}
+
+/** The `ca` service; see the module comment. */
+export class CaService implements Service {
+  readonly name = "ca";
+  readonly #d: CaServiceDeps;
+  #manager: CaManager | undefined;
+
+  constructor(deps: CaServiceDeps) {
+    this.#d = deps;
+  }
+
+  /** The started CA manager, for the services started after this one. */
+  get manager(): CaManager {
+    if (!this.#manager) throw new SigilError("ERR_UNAVAILABLE", "ca: not started");
+    return this.#manager;
+  }
+
+  async start(): Promise<void> {
+    const { plugins, metrics } = this.#d;
+    const [keyManager] = createPlugins("server", PLUGIN_CATALOG.KeyManager, plugins.KeyManager, { signingPool: this.#d.signingPool });
+    if (keyManager === undefined) throw new SigilError("ERR_INVALID_ARGUMENT", "server: plugins.KeyManager: one KeyManager plugin must be configured");
+    const [upstream] = createPlugins("server", PLUGIN_CATALOG.UpstreamAuthority, plugins.UpstreamAuthority, {});
+    const manager = new CaManager(this.#d.settings, {
+      keyManager,
+      store: this.#d.datastore.datastore,
+      clock: this.#d.clock,
+      upstream,
+      log: this.#d.log,
+      onAuthoritiesChanged: (x509, jwt) => {
+        for (const slot of ["A", "B"]) {
+          metrics.setCaX509Expiry(slot, x509.find((a) => a.slotId === slot)?.notAfter);
+          metrics.setCaJwtKeyExpiry(slot, jwt.find((a) => a.slotId === slot)?.notAfter);
+        }
+      },
+    });
+    await manager.start();
+    this.#manager = manager;
+  }
+
+  /** Nothing to release: keys stay with the key manager, state in the datastore. */
+  stop(): void {}
+
+  /** Not ready without an active, unexpired X.509 CA. */
+  readiness(): string[] {
+    const now = this.#d.clock.now().getTime();
+    return this.manager.x509Authorities().some((a) => a.status === "active" && a.notAfter.getTime() > now) ? [] : ["no active X.509 CA"];
+  }
+}

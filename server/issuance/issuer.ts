@@ -1,0 +1,169 @@
+/**
+ * Issuance: signing an SVID and committing its issuance record, the one path
+ * every credential the server signs for someone else takes (the agent API's
+ * entry SVIDs and agents' own SVIDs, the admin API's mints). A credential is
+ * returned only once its record is committed, and counted
+ * (`sigil_x509_svids_signed_total`, `sigil_jwt_svids_signed_total`) then.
+ *
+ * For a registration entry, the SPIFFE ID, TTL and DNS names come from the
+ * entry, never from the caller: only the public key is the caller's.
+ *
+ * @example
+ * ```ts
+ * const issuer = new Issuer({ ca, datastore, metrics, now: () => clock.now(), defaultX509TtlMs, defaultJwtTtlMs });
+ * const req = issuer.entryX509Request(entry, publicKeyDer);       // throws for an entry in /spire
+ * const [svid] = await issuer.entryX509Svids(agentId, [{ entry, req }]);
+ * const minted = await issuer.mintJwtSvid({ spiffeId, audience: ["api"], ttlMs }, "admin:local");
+ * ```
+ */
+import type { Metrics } from "../../common/metrics.js";
+import { isReservedId, RESERVED_PATH } from "../../common/reserved-ids.js";
+import { SigilError } from "../../spiffe/errors.js";
+import { parseSpiffeId, type SpiffeId } from "../../spiffe/id.js";
+import type { KeyType } from "../../spiffe/signer.js";
+import type { CaManager, IssuedJwt, IssuedX509, JwtSvidRequest, X509SvidRequest } from "../ca/manager.js";
+import type { Datastore, IssuanceInput, RegistrationEntry } from "../datastore/index.js";
+import { jwtIssuanceRecord, x509IssuanceRecord, type IssuanceOrigin } from "./records.js";
+
+/** Key types the server accepts for agent and workload keys. */
+export const ALLOWED_KEY_TYPES: readonly KeyType[] = ["ec-p256", "ec-p384", "rsa-2048", "rsa-4096"];
+/** Most audiences one JWT-SVID may carry. */
+export const MAX_AUDIENCES = 32;
+
+/** Dependencies of the {@link Issuer}. */
+export interface IssuerDeps {
+  readonly ca: Pick<CaManager, "signX509Svid" | "signX509SvidBatch" | "signJwtSvid">;
+  readonly datastore: Pick<Datastore, "recordIssuances">;
+  /** Signed counters and the issuance-log write time, when given. */
+  readonly metrics?: Metrics | undefined;
+  /** When records say a credential was issued. */
+  readonly now: () => Date;
+  /** TTL of an entry's X509-SVIDs when the entry sets none. */
+  readonly defaultX509TtlMs: number;
+  /** TTL of an entry's JWT-SVIDs when the entry sets none. */
+  readonly defaultJwtTtlMs: number;
+}
+
+/** An entry's X509-SVID request that passed the caller's checks. */
+export interface EntryX509Request {
+  readonly entry: RegistrationEntry;
+  readonly req: X509SvidRequest;
+}
+
+/** How an agent's own SVID came to be asked for. */
+export interface AgentSvidOrigin {
+  /** `attestation:<node attestor>` or `agent:<agent ID>` (a renewal). */
+  readonly requestedBy: string;
+  /** Canonical node selectors to record (attestation); default none. */
+  readonly selectors?: readonly string[] | undefined;
+}
+
+// Parsed SPIFFE IDs of entry records, so the signing path never re-parses them.
+const parsedIds = new WeakMap<RegistrationEntry, SpiffeId>();
+/**
+ * The SPIFFE ID an entry's SVIDs carry. An entry in the reserved namespace
+ * (only one stored before entries were checked for it) is never signed for:
+ * its SVID would pass for the server's or an agent's.
+ */
+function entrySpiffeId(e: RegistrationEntry): SpiffeId {
+  let id = parsedIds.get(e);
+  if (!id) parsedIds.set(e, (id = parseSpiffeId(e.spiffeId)));
+  if (isReservedId(id)) throw new SigilError("ERR_PERMISSION_DENIED", `agent api: entry ${JSON.stringify(e.id)} names ${e.spiffeId}, in the reserved namespace ${RESERVED_PATH}; no SVID is issued for it`);
+  return id;
+}
+
+/** Signs SVIDs and commits their issuance records; see the module comment. */
+export class Issuer {
+  readonly #d: IssuerDeps;
+
+  constructor(deps: IssuerDeps) {
+    this.#d = deps;
+  }
+
+  /**
+   * The request an entry's X509-SVID is signed from: ID, TTL and DNS names
+   * from the entry, the key from the caller.
+   *
+   * @throws SigilError `ERR_PERMISSION_DENIED` for an entry in the reserved `/spire` namespace
+   */
+  entryX509Request(entry: RegistrationEntry, publicKeyDer: Uint8Array): X509SvidRequest {
+    return {
+      spiffeId: entrySpiffeId(entry),
+      publicKeyDer,
+      ttlMs: entry.x509SvidTtl > 0 ? entry.x509SvidTtl * 1000 : this.#d.defaultX509TtlMs,
+      dnsNames: entry.dnsNames,
+    };
+  }
+
+  /**
+   * Signs entries' X509-SVIDs for `agentId` as one batch and records those
+   * signed. Each result is the SVID or the error that refused its request, in
+   * the order of `requests`; rejects only when the records cannot be committed.
+   */
+  async entryX509Svids(agentId: string, requests: readonly EntryX509Request[]): Promise<(IssuedX509 | SigilError)[]> {
+    const issued = await this.#d.ca.signX509SvidBatch(requests.map((r) => r.req));
+    const records: IssuanceInput[] = [];
+    const issuedAt = this.#d.now();
+    const requestedBy = `agent:${agentId}`;
+    issued.forEach((outcome, i) => {
+      if (outcome instanceof SigilError) return;
+      const entry = (requests[i] as EntryX509Request).entry;
+      records.push(x509IssuanceRecord("x509-svid", entry.spiffeId, outcome, { requestedBy, agentId, entry }, issuedAt));
+    });
+    await this.#commit(records);
+    this.#d.metrics?.x509SvidsSigned.inc(records.length);
+    return issued;
+  }
+
+  /**
+   * Signs an entry's JWT-SVID for `agentId` (ID and TTL from the entry) and records it.
+   *
+   * @throws SigilError `ERR_PERMISSION_DENIED` for an entry in the reserved `/spire` namespace
+   */
+  async entryJwtSvid(agentId: string, entry: RegistrationEntry, audience: readonly string[]): Promise<IssuedJwt> {
+    const jwt = this.#d.ca.signJwtSvid({
+      spiffeId: entrySpiffeId(entry),
+      audience,
+      ttlMs: entry.jwtSvidTtl > 0 ? entry.jwtSvidTtl * 1000 : this.#d.defaultJwtTtlMs,
+    });
+    await this.#commit([jwtIssuanceRecord(entry.spiffeId, jwt, audience, { requestedBy: `agent:${agentId}`, agentId, entry })]);
+    this.#d.metrics?.jwtSvidsSigned.inc();
+    return jwt;
+  }
+
+  /**
+   * Signs an agent's own X509-SVID and records it. `bind` stores the new
+   * serial in the agent record in between: a credential the agent record
+   * does not name is never recorded or returned.
+   */
+  async agentSvid(agentId: SpiffeId, publicKeyDer: Uint8Array, ttlMs: number, origin: AgentSvidOrigin, bind: (issued: IssuedX509) => Promise<unknown>): Promise<IssuedX509> {
+    const issued = this.#d.ca.signX509Svid({ spiffeId: agentId, publicKeyDer, ttlMs });
+    await bind(issued);
+    const id = agentId.toString();
+    await this.#commit([x509IssuanceRecord("agent-svid", id, issued, { requestedBy: origin.requestedBy, agentId: id, selectors: origin.selectors }, this.#d.now())]);
+    this.#d.metrics?.x509SvidsSigned.inc();
+    return issued;
+  }
+
+  /** Signs an X509-SVID for no entry and no agent (an admin mint) and records it as requested by `requestedBy`. */
+  async mintX509Svid(req: X509SvidRequest, requestedBy: string): Promise<IssuedX509> {
+    const issued = this.#d.ca.signX509Svid(req);
+    await this.#commit([x509IssuanceRecord("x509-svid", req.spiffeId.toString(), issued, { requestedBy, agentId: null }, this.#d.now())]);
+    this.#d.metrics?.x509SvidsSigned.inc();
+    return issued;
+  }
+
+  /** Signs a JWT-SVID for no entry and no agent (an admin mint) and records it as requested by `requestedBy`. */
+  async mintJwtSvid(req: JwtSvidRequest, requestedBy: string): Promise<IssuedJwt> {
+    const jwt = this.#d.ca.signJwtSvid(req);
+    await this.#commit([jwtIssuanceRecord(req.spiffeId.toString(), jwt, req.audience, { requestedBy, agentId: null })]);
+    this.#d.metrics?.jwtSvidsSigned.inc();
+    return jwt;
+  }
+
+  /** Commits records (timed when there are metrics); nothing leaves before this resolves. */
+  #commit(records: IssuanceInput[]): Promise<void> {
+    const write = this.#d.datastore.recordIssuances(records);
+    return this.#d.metrics ? this.#d.metrics.timeIssuanceLogWrite(write) : write;
+  }
+}
