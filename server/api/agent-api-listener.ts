@@ -106,7 +106,11 @@ export class AgentApiListener implements Service {
     addHealthService(server, d.grpcHealth);
     const certs = d.serverSvid.certificates;
     const creds = experimental.createCertificateProviderServerCredentials(certs, certs, false);
-    const port = await new Promise<number>((resolve, reject) => server.bindAsync(`${d.host}:${d.port}`, creds, (err, p) => (err ? reject(err) : resolve(p))));
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(`${d.host}:${d.port}`, creds, (err, p) =>
+        err ? reject(new SigilError("ERR_UNAVAILABLE", `agent api: cannot listen on ${d.host}:${d.port}: ${err.message}`, { cause: err })) : resolve(p),
+      ),
+    );
     this.#server = server;
     this.#address = `${d.host}:${port}`;
   }

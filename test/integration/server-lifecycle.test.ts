@@ -76,6 +76,7 @@ describe("sigil-server run: services", () => {
 
     const r = runServerCli(["run", "--config", c.configPath]);
     expect(r.status, r.stderr).toBe(1);
+    expect(r.stderr).toContain(`error: agent api: cannot listen on 127.0.0.1:${port}: `);
     const logs = jsonLines(r.stdout);
     const started = ["datastore", "signing-pool", "ca", "entry-index", "server-svid"];
     expect(services(logs, "Service started")).toEqual(started);
