@@ -37,7 +37,10 @@ const PASS_MS = 3000;
 const dir = mkdtempSync(path.join(tmpdir(), "sigil-bench-"));
 const configPath = path.join(dir, "server.yaml");
 writeFileSync(configPath, testServerConfigYaml(dir, { serverExtra: "  log_level: debug\n  ratelimit:\n    x509_signing_per_second: 1000000000\n" }));
-const srv = await launchServerProcess(dir, configPath, path.join(dir, "admin", "api.sock"));
+const srv = await launchServerProcess(dir, configPath, path.join(dir, "admin", "api.sock")).catch((e: unknown) => {
+  rmSync(dir, { recursive: true, force: true });
+  throw e;
+});
 try {
   const target = `unix:${srv.socketPath}`;
   const entryAdmin = createUnaryClient(EntryAdmin, target, credentials.createInsecure());

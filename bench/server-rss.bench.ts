@@ -84,9 +84,9 @@ try {
   const afterCreate = await settle(srv);
   admin.close();
 
-  await srv.stop();
+  await srv.stop({ keepDir: true });
   const restartStart = performance.now();
-  srv = await launchServerProcess(srv.dir, srv.configPath, srv.socketPath);
+  srv = await launchServerProcess(srv.dir, srv.configPath, srv.socketPath, { ownsDir: true });
   const restartSeconds = (performance.now() - restartStart) / 1000;
   const afterRestart = await settle(srv);
 

@@ -135,7 +135,7 @@ describe("an evicted join-token agent", () => {
     expect(JSON.parse(jwt.stdout.trim().split("\n").pop() ?? "{}"), jwt.stderr).toMatchObject({ error: { message: expect.stringContaining("was evicted; a new join token is needed") } });
 
     // A restart with the used token fails, naming the fix: the stored SVID is gone, so the token is what counts.
-    await first.stop();
+    await first.stop({ keepDir: true });
     const configPath = path.join(first.dir, "agent.yaml");
     const used = await runAgentToExit(configPath, firstToken);
     expect(used.code).toBe(1);

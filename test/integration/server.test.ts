@@ -449,8 +449,8 @@ describe("restart", () => {
     const before = authorities(srv.cli(["bundle", "show", "--output", "json"]).stdout);
     const pending = await newToken();
     for (const c of Object.values(admin)) c.close();
-    await srv.stop();
-    srv = await launchServerProcess(srv.dir, srv.configPath, srv.socketPath);
+    await srv.stop({ keepDir: true });
+    srv = await launchServerProcess(srv.dir, srv.configPath, srv.socketPath, { ownsDir: true });
     expect(authorities(srv.cli(["bundle", "show", "--output", "json"]).stdout)).toEqual(before);
     // A join token made before the restart still counts as a known parent.
     const created = srv.cli(["entry", "create", "--parent-id", pending.agentId, "--spiffe-id", "spiffe://example.org/after-restart", "--selector", "unix:uid:7"]);

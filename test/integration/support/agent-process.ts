@@ -4,7 +4,7 @@
  * client, as a workload would.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { chmodSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -20,10 +20,18 @@ export interface AgentProcess {
   readonly socketPath: string;
   readonly logs: Record<string, unknown>[];
   waitForLog(match: (rec: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
-  stop(): Promise<void>;
+  /**
+   * Stops the agent (SIGTERM) and, once it has exited, removes `dir`;
+   * `keepDir` keeps it, e.g. to run the agent again on the same config and data.
+   */
+  stop(opts?: { keepDir?: boolean }): Promise<void>;
 }
 
-/** Starts `sigil-agent run` with a join token; resolves once the agent logs "agent started". */
+/**
+ * Starts `sigil-agent run` with a join token in a fresh temporary directory;
+ * resolves once the agent logs "agent started". The directory is removed by
+ * `stop()`, or at once if the agent fails to start.
+ */
 export async function startAgentProcess(opts: {
   serverAddress: string;
   bundlePem: string;
@@ -34,6 +42,36 @@ export async function startAgentProcess(opts: {
   unixAttestorYaml?: string;
 }): Promise<AgentProcess> {
   const dir = mkdtempSync(path.join(tmpdir(), "sigil-agent-it-"));
+  const removeDir = (): void => rmSync(dir, { recursive: true, force: true });
+  let child: ChildProcess | undefined;
+  try {
+    const spawned = spawnAgent(dir, opts);
+    child = spawned.child;
+    const socketPath = spawned.socketPath;
+    const log = followJsonLog(child);
+    const waitForLog = (match: (r: Record<string, unknown>) => boolean, timeoutMs = 20_000) => log.waitForLog(match, timeoutMs, "agent log");
+    await waitForLog((r) => r.msg === "agent started", 30_000);
+    const running = child;
+    return {
+      dir,
+      pid: running.pid as number,
+      socketPath,
+      logs: log.logs,
+      waitForLog,
+      stop: async ({ keepDir = false } = {}) => {
+        await stopChild(running, "SIGTERM");
+        if (!keepDir) removeDir();
+      },
+    };
+  } catch (e) {
+    if (child !== undefined) await stopChild(child, "SIGKILL");
+    removeDir();
+    throw e;
+  }
+}
+
+/** Writes the agent's config and files into `dir` and spawns `sigil-agent run`. */
+function spawnAgent(dir: string, opts: Parameters<typeof startAgentProcess>[0]): { child: ChildProcess; socketPath: string } {
   chmodSync(dir, 0o755); // workloads running as other uids must reach the socket
   const socketPath = path.join(dir, "public", "api.sock");
   mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 });
@@ -63,22 +101,16 @@ ${opts.extraAgentYaml ?? ""}plugins:
     cwd: root,
     stdio: ["ignore", "pipe", "pipe"],
   });
-  const log = followJsonLog(child);
-  const waitForLog = (match: (r: Record<string, unknown>) => boolean, timeoutMs = 20_000) => log.waitForLog(match, timeoutMs, "agent log");
-  await waitForLog((r) => r.msg === "agent started", 30_000);
-  return {
-    dir,
-    pid: child.pid as number,
-    socketPath,
-    logs: log.logs,
-    waitForLog,
-    stop: () =>
-      new Promise<void>((resolve) => {
-        if (child.exitCode !== null) return resolve();
-        child.once("exit", () => resolve());
-        child.kill("SIGTERM");
-      }),
-  };
+  return { child, socketPath };
+}
+
+/** Sends `signal` to `child` unless it has already exited; resolves once it has. */
+function stopChild(child: ChildProcess, signal: NodeJS.Signals): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    child.once("exit", () => resolve());
+    child.kill(signal);
+  });
 }
 
 /** Result of a workload script. */

@@ -3,7 +3,7 @@
  * runs `sigil-server` CLI commands against it, as an operator would.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -28,7 +28,12 @@ export interface ServerProcess {
   waitForLog(match: (rec: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
   /** Runs `sigil-server <args>` against this server's socket. */
   cli(args: readonly string[]): CliResult;
-  stop(): Promise<void>;
+  /**
+   * Stops the process (SIGTERM) and, once it has exited, removes `dir` if the
+   * helper owns it (made by {@link startServerProcess}, or launched with
+   * `ownsDir`); `keepDir` keeps it, e.g. to launch again on the same data.
+   */
+  stop(opts?: { keepDir?: boolean }): Promise<void>;
 }
 
 /** Result of one CLI invocation. */
@@ -75,15 +80,34 @@ export async function startServerProcess(extraYaml = "", trustDomain = "example.
   const dir = mkdtempSync(path.join(tmpdir(), "sigil-it-"));
   const socketPath = path.join(dir, "admin", "api.sock");
   const configPath = path.join(dir, "server.yaml");
-  writeFileSync(configPath, testServerConfigYaml(dir, { trustDomain, serverExtra: "  log_level: debug\n", extraYaml }));
-  return launchServerProcess(dir, configPath, socketPath);
+  try {
+    writeFileSync(configPath, testServerConfigYaml(dir, { trustDomain, serverExtra: "  log_level: debug\n", extraYaml }));
+  } catch (e) {
+    rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
+  return launchServerProcess(dir, configPath, socketPath, { ownsDir: true });
 }
 
-/** Starts `sigil-server run` on an existing config (e.g. to restart on the same data). */
-export async function launchServerProcess(dir: string, configPath: string, socketPath: string): Promise<ServerProcess> {
+/**
+ * Starts `sigil-server run` on an existing config (e.g. to restart on the same
+ * data). With `ownsDir`, `dir` is removed when the process stops, or when it
+ * fails to start; without, the caller removes it.
+ */
+export async function launchServerProcess(dir: string, configPath: string, socketPath: string, opts: { ownsDir?: boolean } = {}): Promise<ServerProcess> {
   const child = spawn(process.execPath, [...(process.env.SIGIL_SERVER_NODE_ARGS ?? "").split(" ").filter(Boolean), ...NODE_ARGS, ...SERVER_CLI, "run", "--config", configPath], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+  const removeDir = (): void => {
+    if (opts.ownsDir === true) rmSync(dir, { recursive: true, force: true });
+  };
   const log = followJsonLog(child);
-  const started = await log.waitForLog((r) => r.msg === "server started", 30_000, "server start");
+  let started: Record<string, unknown>;
+  try {
+    started = await log.waitForLog((r) => r.msg === "server started", 30_000, "server start");
+  } catch (e) {
+    await stopChild(child, "SIGKILL");
+    removeDir();
+    throw e;
+  }
   const agentApiAddress = String(started.agent_api);
   return {
     dir,
@@ -94,11 +118,18 @@ export async function launchServerProcess(dir: string, configPath: string, socke
     logs: log.logs,
     waitForLog: (match, timeoutMs = 10_000) => log.waitForLog(match, timeoutMs, "server log"),
     cli: (args) => runServerCli([...args, "--socket-path", socketPath]),
-    stop: () =>
-      new Promise<void>((resolve) => {
-        if (child.exitCode !== null) return resolve();
-        child.once("exit", () => resolve());
-        child.kill("SIGTERM");
-      }),
+    stop: async ({ keepDir = false } = {}) => {
+      await stopChild(child, "SIGTERM");
+      if (!keepDir) removeDir();
+    },
   };
+}
+
+/** Sends `signal` to `child` unless it has already exited; resolves once it has. */
+function stopChild(child: ChildProcess, signal: NodeJS.Signals): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    child.once("exit", () => resolve());
+    child.kill(signal);
+  });
 }
