@@ -6,8 +6,7 @@
  * disk makes the CA an intermediate under the upstream root.
  */
 import { generateKeyPairSync, X509Certificate } from "node:crypto";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { ManualClock } from "../../common/clock.js";
@@ -23,6 +22,7 @@ import { createKeyObjectSigner, generateSigner } from "../../spiffe/signer.js";
 import { createRootCa } from "../../spiffe/x509/ca.js";
 import { StaticX509BundleSource } from "../../spiffe/x509/static-bundle-source.js";
 import { verifyX509Svid } from "../../spiffe/x509/verify.js";
+import { testTempDir } from "../support/temp-dir.js";
 
 const H = 3600_000;
 const td = parseTrustDomain("example.org");
@@ -30,7 +30,7 @@ const web = parseSpiffeId("spiffe://example.org/web");
 const T0 = new Date("2026-06-01T00:00:00Z");
 
 async function setup(opts: { keysPath?: string; dir?: string; upstream?: ReturnType<typeof createDiskUpstreamAuthority> } = {}) {
-  const dir = opts.dir ?? mkdtempSync(path.join(tmpdir(), "sigil-ca-"));
+  const dir = opts.dir ?? testTempDir("sigil-ca-");
   const clock = new ManualClock(T0);
   const store = await createSqliteDatastore({ path: path.join(dir, "ds.sqlite3"), clock });
   const ca = new CaManager(
@@ -126,7 +126,7 @@ describe("CA manager", () => {
   });
 
   it("with the disk key manager, a restart keeps the same CA and bundle", async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), "sigil-ca-"));
+    const dir = testTempDir("sigil-ca-");
     const keysPath = path.join(dir, "keys.json");
     const a = await setup({ dir, keysPath });
     const before = roots(a.ca);
@@ -139,7 +139,7 @@ describe("CA manager", () => {
   });
 
   it("upstreamauthority(disk): the CA is an intermediate under the upstream root, which alone is in the bundle", async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), "sigil-ca-up-"));
+    const dir = testTempDir("sigil-ca-up-");
     // An upstream root made with the library: a PEM cert and key on disk, as an operator provides them.
     const { privateKey: upKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
     const signer = createKeyObjectSigner(upKey, "upstream");
@@ -158,7 +158,7 @@ describe("CA manager", () => {
   });
 
   it("upstreamauthority(disk) refuses a key that does not match the certificate, naming both files", async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), "sigil-ca-up-"));
+    const dir = testTempDir("sigil-ca-up-");
     const rootDer = createRootCa({ trustDomain: td, signer: generateSigner("ec-p256"), notBefore: T0, notAfter: new Date(T0.getTime() + 24 * H) });
     writeFileSync(path.join(dir, "up.pem"), encodePemCertificates([rootDer]));
     writeFileSync(path.join(dir, "other.key"), generateKeyPairSync("ec", { namedCurve: "prime256v1" }).privateKey.export({ format: "pem", type: "pkcs8" }));

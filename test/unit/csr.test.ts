@@ -1,12 +1,12 @@
 import { execFileSync } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { buildCsr, parseCsr, parseSubjectPublicKeyInfo } from "../../spiffe/csr.js";
 import { isSigilError } from "../../spiffe/errors.js";
 import { checkSubjectPublicKeyInfo } from "../../spiffe/x509/subject-public-key.js";
+import { testTempDir } from "../support/temp-dir.js";
 import { requireTool } from "../support/tools.js";
 
 const ALL = ["ec-p256", "ec-p384", "rsa-2048", "rsa-4096"] as const;
@@ -79,7 +79,7 @@ describe("CSR intake", () => {
   });
 
   it.skipIf(!haveOpenssl)("interop: openssl verifies our CSR, and we accept openssl's", () => {
-    const dir = mkdtempSync(path.join(tmpdir(), "sigil-csr-"));
+    const dir = testTempDir("sigil-csr-");
     const { privateKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
     writeFileSync(path.join(dir, "ours.der"), buildCsr(privateKey));
     const out = execFileSync("openssl", ["req", "-inform", "DER", "-in", path.join(dir, "ours.der"), "-verify", "-noout"], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });

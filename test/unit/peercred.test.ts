@@ -1,10 +1,10 @@
 import { spawn } from "node:child_process";
-import { mkdtempSync, chmodSync, rmSync } from "node:fs";
+import { chmodSync } from "node:fs";
 import { createServer, type Socket } from "node:net";
-import { tmpdir } from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { peerCredentials, processStartTime, releasePeer, stillSameProcess, verifyPeer, type PeerCredentials } from "../../agent/endpoints/peer.js";
+import { testTempDir } from "../support/temp-dir.js";
 
 const isRoot = process.getuid?.() === 0;
 if (!isRoot) {
@@ -13,7 +13,7 @@ if (!isRoot) {
 }
 
 function serve(): Promise<{ sock: string; next: () => Promise<PeerCredentials>; close: () => void }> {
-  const dir = mkdtempSync(path.join(tmpdir(), "sigil-peer-"));
+  const dir = testTempDir("sigil-peer-");
   chmodSync(dir, 0o755);
   const sock = path.join(dir, "s.sock");
   const waiting: ((c: PeerCredentials) => void)[] = [];
@@ -28,7 +28,7 @@ function serve(): Promise<{ sock: string; next: () => Promise<PeerCredentials>; 
       resolve({
         sock,
         next: () => new Promise((r) => waiting.push(r)),
-        close: () => server.close(() => rmSync(dir, { recursive: true, force: true })),
+        close: () => server.close(),
       });
     }),
   );

@@ -4,8 +4,6 @@
  * batch of X509-SVIDs through them with per-request errors kept in place.
  */
 import { generateKeyPairSync, verify, X509Certificate } from "node:crypto";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { ManualClock } from "../../common/clock.js";
@@ -22,6 +20,7 @@ import { parseSpiffeId, parseTrustDomain } from "../../spiffe/id.js";
 import { generateKeyPair } from "../../spiffe/signer.js";
 import { StaticX509BundleSource } from "../../spiffe/x509/static-bundle-source.js";
 import { verifyX509Svid } from "../../spiffe/x509/verify.js";
+import { testTempDir } from "../support/temp-dir.js";
 
 const pool = new SigningPool(2);
 afterAll(() => pool.close());
@@ -72,7 +71,7 @@ describe("SigningPool", () => {
     expect(typeof pooled.signBatch).toBe("function");
     expect((await createMemoryKeyManager().generateKey("a", "ec-p256")).signBatch).toBeUndefined();
     // The disk key manager's keys, reloaded from the file, are pooled too.
-    const keysPath = path.join(mkdtempSync(path.join(tmpdir(), "sigil-pool-")), "keys.json");
+    const keysPath = path.join(testTempDir("sigil-pool-"), "keys.json");
     await createDiskKeyManager({ keys_path: keysPath }, { signingPool: pool }).generateKey("b", "ec-p256");
     const reloaded = await createDiskKeyManager({ keys_path: keysPath }, { signingPool: pool }).getKey("b");
     const sig = await reloaded!.signBatch!([Buffer.from("z")], { hash: "sha256" });
@@ -92,7 +91,7 @@ describe("CaManager.signX509SvidBatch", () => {
 
   async function caWith(keyManager: KeyManager, start = true) {
     const clock = new ManualClock(T0);
-    const store = await createSqliteDatastore({ path: path.join(mkdtempSync(path.join(tmpdir(), "sigil-cab-")), "ds.sqlite3"), clock });
+    const store = await createSqliteDatastore({ path: path.join(testTempDir("sigil-cab-"), "ds.sqlite3"), clock });
     const ca = new CaManager({ trustDomain: td, caTtlMs: 24 * 3600_000, caKeyType: "ec-p256", jwtKeyType: "ec-p256" }, { keyManager, store, clock });
     if (start) await ca.start();
     return { ca, store };
@@ -129,7 +128,7 @@ describe("CaManager.signX509SvidBatch", () => {
   for (const withPool of [true, false]) {
     it(`signs every acceptable request and keeps each refusal in its place (${withPool ? "signing threads" : "in-line"})`, async () => {
       const clock = new ManualClock(T0);
-      const store = await createSqliteDatastore({ path: path.join(mkdtempSync(path.join(tmpdir(), "sigil-cab-")), "ds.sqlite3"), clock });
+      const store = await createSqliteDatastore({ path: path.join(testTempDir("sigil-cab-"), "ds.sqlite3"), clock });
       const ca = new CaManager(
         { trustDomain: td, caTtlMs: 24 * 3600_000, caKeyType: "ec-p256", jwtKeyType: "ec-p256" },
         { keyManager: createMemoryKeyManager(withPool ? { signingPool: pool } : {}), store, clock },
