@@ -305,9 +305,12 @@ describe("Trust Domain and Bundle conformance: the server's federated bundles", 
   }, 60_000);
 
   afterAll(async () => {
-    admin?.close();
-    await server?.stop();
-    rmSync(dir, { recursive: true, force: true });
+    try {
+      admin?.close();
+      await server?.stop();
+    } finally {
+      if (dir !== "") rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   function setFederated(b: SpiffeBundle): Promise<unknown> {

@@ -196,10 +196,16 @@ export class FakeWorkloadApi {
     const socketPath = options.socketPath ?? join(tempDir as string, "agent.sock");
     const server = new Server();
     const fake = new FakeWorkloadApi(server, socketPath, tempDir);
-    server.addService(grpcServiceDefinition(SpiffeWorkloadAPI), fake.#implementation(options.requireSecurityHeader ?? true));
-    await new Promise<void>((resolve, reject) => {
-      server.bindAsync(`unix://${socketPath}`, ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve()));
-    });
+    try {
+      server.addService(grpcServiceDefinition(SpiffeWorkloadAPI), fake.#implementation(options.requireSecurityHeader ?? true));
+      await new Promise<void>((resolve, reject) => {
+        server.bindAsync(`unix://${socketPath}`, ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve()));
+      });
+    } catch (e) {
+      server.forceShutdown();
+      if (tempDir !== undefined) await rm(tempDir, { recursive: true, force: true });
+      throw e;
+    }
     return fake;
   }
 
@@ -210,12 +216,15 @@ export class FakeWorkloadApi {
 
   /** Stops the server, ending open streams, and removes the temp directory. */
   async close(): Promise<void> {
-    this.x509Svid.closeAll();
-    this.x509Bundles.closeAll();
-    this.jwtBundles.closeAll();
-    await new Promise<void>((resolve) => this.#server.tryShutdown(() => resolve()));
-    this.#server.forceShutdown();
-    if (this.#tempDir !== undefined) await rm(this.#tempDir, { recursive: true, force: true });
+    try {
+      this.x509Svid.closeAll();
+      this.x509Bundles.closeAll();
+      this.jwtBundles.closeAll();
+      await new Promise<void>((resolve) => this.#server.tryShutdown(() => resolve()));
+      this.#server.forceShutdown();
+    } finally {
+      if (this.#tempDir !== undefined) await rm(this.#tempDir, { recursive: true, force: true });
+    }
   }
 
   #check(path: string, metadata: Metadata, requireHeader: boolean): FakeStatus | undefined {

@@ -43,8 +43,11 @@ beforeAll(async () => {
 }, 60_000);
 
 afterAll(async () => {
-  await server?.stop();
-  rmSync(dir, { recursive: true, force: true });
+  try {
+    await server?.stop();
+  } finally {
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 function attestedAgent(name: string): Promise<Attested> {

@@ -76,9 +76,12 @@ beforeAll(async () => {
 }, 60_000);
 
 afterAll(async () => {
-  for (const a of running) await a.stop();
-  await server?.stop();
-  rmSync(dir, { recursive: true, force: true });
+  try {
+    for (const a of running) await a.stop();
+    await server?.stop();
+  } finally {
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 describe("agent sync against an in-process server", () => {

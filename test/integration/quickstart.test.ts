@@ -4,7 +4,7 @@
  * state reuses the CA and the agent's SVID instead of attesting again.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir, userInfo } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -38,7 +38,7 @@ function start(): Promise<{ child: ChildProcess; socket: string; identity: strin
 
 function stop(child: ChildProcess): Promise<void> {
   return new Promise((resolve) => {
-    if (child.exitCode !== null) return resolve();
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
     child.once("exit", () => resolve());
     child.kill("SIGINT");
   });
@@ -56,7 +56,11 @@ async function fetchAsMe(socket: string): Promise<{ id: string; root: string }> 
 }
 
 afterAll(async () => {
-  for (const c of running) await stop(c);
+  try {
+    for (const c of running) await stop(c);
+  } finally {
+    rmSync(state, { recursive: true, force: true });
+  }
 });
 
 describe("npm start quickstart", () => {

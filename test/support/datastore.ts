@@ -23,13 +23,21 @@ export async function openTempDatastore(name: string, start: Date): Promise<Temp
   const dir = mkdtempSync(join(tmpdir(), `sigil-ds-${name}-`));
   const path = join(dir, "ds.sqlite3");
   const clock = new ManualClock(start);
-  return { dir, path, clock, ds: await createSqliteDatastore({ path, clock }) };
+  try {
+    return { dir, path, clock, ds: await createSqliteDatastore({ path, clock }) };
+  } catch (e) {
+    rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
 }
 
 /** Closes the datastore and removes its directory. */
 export async function closeTempDatastore(ds: Datastore, dir: string): Promise<void> {
-  await ds.close();
-  rmSync(dir, { recursive: true, force: true });
+  try {
+    await ds.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 /** The error `p` rejects with; fails unless it is a SigilError with `code` (and, with `prefix`, a message starting so). */
