@@ -79,10 +79,11 @@ export async function startAgentProcess(config: AgentConfig, options: StartAgent
     const socketPath = path.resolve(a.socket_path);
     const endpoint = await startWorkloadEndpoint({
       socketPath,
-      handler,
+      services: [handler],
       peers,
       health: grpcHealth,
       maxCallsPerUid: a.max_workload_calls_per_uid,
+      metrics,
       log: subsystemLogger(log, "endpoints"),
     });
     cleanups.push(() => endpoint.close());

@@ -1,7 +1,8 @@
 /**
  * gRPC Server Reflection for the Workload Endpoint (WEP-21): tools such as
- * `grpcurl -plaintext -unix <socket> list` discover `SpiffeWorkloadAPI` and
- * its message types without the .proto files.
+ * `grpcurl -plaintext -unix <socket> list` discover the services on the
+ * socket (`SpiffeWorkloadAPI`, health, and whatever else is registered) and
+ * their message types without the .proto files.
  *
  * Served as `grpc.reflection.v1.ServerReflection` and, for grpcurl and other
  * older clients, as `grpc.reflection.v1alpha.ServerReflection`. The two
@@ -15,16 +16,11 @@
  * more than once.
  */
 import { create, toBinary, type DescEnum, type DescFile, type DescMessage, type DescService, type MessageInitShape } from "@bufbuild/protobuf";
-import type { GenFile, GenService } from "@bufbuild/protobuf/codegenv2";
+import type { GenService } from "@bufbuild/protobuf/codegenv2";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import { status as grpcStatus, type Server, type ServiceDefinition, type UntypedServiceImplementation } from "@grpc/grpc-js";
-import {
-  file_grpc_reflection_v1_reflection,
-  ServerReflection,
-  ServerReflectionResponseSchema,
-  type ServerReflectionRequest,
-} from "../../proto/gen/grpc/reflection/v1/reflection_pb.js";
-import { file_grpc_reflection_v1alpha_reflection, ServerReflection as ServerReflectionV1alpha } from "../../proto/gen/grpc/reflection/v1alpha/reflection_pb.js";
+import { ServerReflection, ServerReflectionResponseSchema, type ServerReflectionRequest } from "../../proto/gen/grpc/reflection/v1/reflection_pb.js";
+import { ServerReflection as ServerReflectionV1alpha } from "../../proto/gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { grpcMethodPath, grpcServiceDefinition, type GrpcServiceImplementation } from "../../spiffe/grpc/service.js";
 
 /** The protobuf-es method map of `grpc.reflection.v1.ServerReflection`. */
@@ -39,7 +35,7 @@ export interface ReflectionGrpcService {
   readonly implementation: UntypedServiceImplementation;
 }
 
-/** Server reflection over a fixed set of files; add it to a grpc-js server with {@link addReflectionService}. */
+/** Server reflection over a fixed set of services; add it to a grpc-js server with {@link addReflectionService}. */
 export interface ReflectionService {
   /** `grpc.reflection.v1.ServerReflection` and `grpc.reflection.v1alpha.ServerReflection`. */
   readonly services: readonly ReflectionGrpcService[];
@@ -123,21 +119,21 @@ function buildIndex(files: readonly DescFile[]): Index {
 }
 
 /**
- * Creates server reflection for the services defined in `files`. list_services
- * names every service of `files` plus the two reflection services; the file
- * questions resolve any symbol of `files`, of their dependencies and of the
- * reflection protocol itself. Pass only files whose services are served.
+ * Creates server reflection for the given services, the ones registered on
+ * the server. list_services names exactly those plus the two reflection
+ * services; the file questions resolve any symbol of the files declaring
+ * them, of their dependencies and of the reflection protocol itself.
  *
  * @example
  * ```ts
- * const reflection = createReflectionService([file_spiffe_workload, file_grpc_health_v1_health]);
+ * const reflection = createReflectionService([SpiffeWorkloadAPI, Health]);
  * addReflectionService(server, reflection);
  * ```
  */
-export function createReflectionService(files: readonly GenFile[]): ReflectionService {
-  const own = [file_grpc_reflection_v1_reflection, file_grpc_reflection_v1alpha_reflection];
-  const index = buildIndex([...files, ...own]);
-  const serviceNames = [...new Set([...files, ...own].flatMap((f) => f.services.map((s) => s.typeName)))].sort();
+export function createReflectionService(services: readonly DescService[]): ReflectionService {
+  const own = [ServerReflection, ServerReflectionV1alpha];
+  const index = buildIndex([...services, ...own].map((s) => s.file));
+  const serviceNames = [...new Set([...services, ...own].map((s) => s.typeName))].sort();
   const serialized = new Map<DescFile, Uint8Array>();
   const bytesOf = (f: DescFile): Uint8Array => {
     let b = serialized.get(f);

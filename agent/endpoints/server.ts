@@ -22,12 +22,13 @@
  * left alone and the start fails.
  */
 import type { Socket } from "node:net";
-import { Server, type ServerInterceptor, type ServiceDefinition, type UntypedServiceImplementation } from "@grpc/grpc-js";
+import type { DescService } from "@bufbuild/protobuf";
+import { Server, type ServiceDefinition, type UntypedServiceImplementation } from "@grpc/grpc-js";
 import { addHealthService, type HealthService } from "../../common/health/grpc-health.js";
 import type { Logger } from "../../common/log.js";
+import { rpcMetricsInterceptor, type Metrics } from "../../common/metrics.js";
 import { listenUnixGrpc } from "../../common/unix-socket.js";
-import { file_grpc_health_v1_health } from "../../proto/gen/grpc/health/v1/health_pb.js";
-import { file_spiffe_workload } from "../../proto/gen/spiffe/workload_pb.js";
+import { Health } from "../../proto/gen/grpc/health/v1/health_pb.js";
 import { isSigilError, SigilError } from "../../spiffe/errors.js";
 import { DEFAULT_MAX_CALLS_PER_UID, perUidCallLimit } from "./call-limit.js";
 import { peerCredentials, releasePeer, type PeerCredentials } from "./peer.js";
@@ -140,28 +141,32 @@ export function createPeerTracker(options: PeerTrackerOptions = {}): PeerTracker
   };
 }
 
-/** A gRPC service served on the endpoint. */
+/**
+ * A gRPC service served on the endpoint. What every call needs whatever its
+ * service (the per-uid call limit, RPC metrics) is the endpoint's; caller
+ * admission is each service's, through `admission.ts` and `stream-watch.ts`.
+ */
 export interface EndpointService {
+  /** Its protobuf description: server reflection lists and describes it. */
+  readonly service: DescService;
   readonly definition: ServiceDefinition;
   readonly implementation: UntypedServiceImplementation;
-  /** Server-wide interceptors this service needs (e.g. RPC metrics); applied to every service. */
-  readonly interceptors?: readonly ServerInterceptor[];
 }
 
 /** Options of {@link startWorkloadEndpoint}. */
 export interface WorkloadEndpointOptions {
   /** Absolute path of the Unix socket. Its directory is created (0755) when missing. */
   readonly socketPath: string;
-  /** The Workload API (`createWorkloadApiHandler`). */
-  readonly handler: EndpointService;
-  /** The tracker the handler's attester resolves peers with. */
+  /** The services on the socket, each under its own name (WEP-19): the Workload API (`createWorkloadApiHandler`), Envoy SDS, … */
+  readonly services: readonly EndpointService[];
+  /** The tracker the services' attesters resolve peers with. */
   readonly peers: PeerTracker;
   /** `grpc.health.v1.Health`, when given. */
   readonly health?: HealthService;
-  /** Further services on the same socket (Envoy SDS, …), each under its own name (WEP-19). */
-  readonly extraServices?: readonly EndpointService[];
   /** Calls one uid may have open at once (all services together); default {@link DEFAULT_MAX_CALLS_PER_UID}. */
   readonly maxCallsPerUid?: number;
+  /** Receives `sigil_rpc_requests_total` and `sigil_rpc_duration_seconds`: every call counted once, whichever service it is for. */
+  readonly metrics: Metrics;
   readonly log: Logger;
 }
 
@@ -185,25 +190,29 @@ export interface WorkloadEndpoint {
  * ```ts
  * const peers = createPeerTracker();
  * const handler = createWorkloadApiHandler({ cache, attest: createCallerAttester({ resolvePeer: (p) => peers.lookup(p), attestors, timeoutMs, log }), trustDomain, log, metrics });
- * const endpoint = await startWorkloadEndpoint({ socketPath: "/tmp/sigil-agent/public/api.sock", handler, peers, health, log });
+ * const endpoint = await startWorkloadEndpoint({ socketPath: "/tmp/sigil-agent/public/api.sock", services: [handler], peers, health, metrics, log });
  * // … on shutdown
  * await endpoint.close();
  * ```
  * @throws SigilError `ERR_ALREADY_EXISTS` when another agent serves the socket
- *   or a non-socket file is in the way; `ERR_INVALID_ARGUMENT` for a relative path.
+ *   or a non-socket file is in the way; `ERR_INVALID_ARGUMENT` for a relative path
+ *   or two services of the same name.
  */
 export async function startWorkloadEndpoint(options: WorkloadEndpointOptions): Promise<WorkloadEndpoint> {
   const { socketPath, log, peers } = options;
 
-  const services = [options.handler, ...(options.extraServices ?? [])];
-  // First: a call over its user's limit is refused before anything else looks at it.
+  const { services } = options;
+  const names = services.map((s) => s.service.typeName);
+  const twice = names.find((n, i) => names.indexOf(n) !== i);
+  if (twice !== undefined) throw new SigilError("ERR_INVALID_ARGUMENT", `workload endpoint: service ${twice} is given twice`);
+  // First: a call over its user's limit is refused before anything else looks at it. Then one count per call, for every service.
   const callLimit = perUidCallLimit({ resolvePeer: (p) => peers.lookup(p), maxPerUid: options.maxCallsPerUid ?? DEFAULT_MAX_CALLS_PER_UID, log });
-  const interceptors = [callLimit, ...services.flatMap((s) => [...(s.interceptors ?? [])])];
-  const grpcServer = new Server({ interceptors, "grpc.max_receive_message_length": MAX_WORKLOAD_REQUEST_BYTES });
+  const grpcServer = new Server({ interceptors: [callLimit, rpcMetricsInterceptor(options.metrics)], "grpc.max_receive_message_length": MAX_WORKLOAD_REQUEST_BYTES });
   for (const s of services) grpcServer.addService(s.definition, s.implementation);
   if (options.health !== undefined) addHealthService(grpcServer, options.health);
-  // WEP-21: server reflection describing the Workload API (and health, when served).
-  addReflectionService(grpcServer, createReflectionService(options.health === undefined ? [file_spiffe_workload] : [file_spiffe_workload, file_grpc_health_v1_health]));
+  // WEP-21: server reflection describing every service registered above.
+  const described = services.map((s) => s.service);
+  addReflectionService(grpcServer, createReflectionService(options.health === undefined ? described : [...described, Health]));
   // WEP-7: plaintext; the caller is identified by the kernel, not by TLS. Socket 0777: the agent identifies callers, it does not gate them.
   const listener = await listenUnixGrpc({
     socketPath,

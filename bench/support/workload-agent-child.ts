@@ -133,7 +133,7 @@ const peers = createPeerTracker();
 const attest = createCallerAttester({ resolvePeer: (p) => peers.lookup(p), attestors: [createUnixWorkloadAttestor()], timeoutMs: 30_000, log });
 const handler = createWorkloadApiHandler({ cache, attest, trustDomain: td, log, metrics });
 const dir = await mkdtemp(path.join(tmpdir(), "sigil-bench-wapi-"));
-const endpoint = await startWorkloadEndpoint({ socketPath: path.join(dir, "agent", "api.sock"), handler, peers, log });
+const endpoint = await startWorkloadEndpoint({ socketPath: path.join(dir, "agent", "api.sock"), services: [handler], peers, metrics, log });
 
 // ---- the bare grpc-js baseline ----------------------------------------------
 const identity = (b: Buffer): Buffer => b;

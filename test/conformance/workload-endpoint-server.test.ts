@@ -213,10 +213,10 @@ describe("Workload Endpoint (server side)", () => {
     const log = createLogger({ level: "error", destination: { write: () => undefined } });
     const cache = new FakeWorkloadCache();
     const handler = createWorkloadApiHandler({ cache, attest: async () => fixedCaller([]), trustDomain: cache.own.trustDomain, log, metrics: new Metrics({ defaultMetrics: false }) });
-    await expect(startWorkloadEndpoint({ socketPath: "rel/api.sock", handler, peers: createPeerTracker(), log })).rejects.toSatisfy((e) => isSigilError(e, "ERR_INVALID_ARGUMENT"));
+    await expect(startWorkloadEndpoint({ socketPath: "rel/api.sock", services: [handler], peers: createPeerTracker(), metrics: new Metrics({ defaultMetrics: false }), log })).rejects.toSatisfy((e) => isSigilError(e, "ERR_INVALID_ARGUMENT"));
     const ep = await endpoint();
     const nested = path.join(ep.dir, "public", "api.sock");
-    const second = await startWorkloadEndpoint({ socketPath: nested, handler, peers: createPeerTracker(), log });
+    const second = await startWorkloadEndpoint({ socketPath: nested, services: [handler], peers: createPeerTracker(), metrics: new Metrics({ defaultMetrics: false }), log });
     cleanups.push(() => second.close());
     expect((await lstat(path.dirname(nested))).mode & 0o777).toBe(0o755);
   });
@@ -228,7 +228,7 @@ describe("Workload Endpoint (server side)", () => {
     const handler = createWorkloadApiHandler({ cache, attest: async () => fixedCaller([parseSelector(ownUidSelector())]), trustDomain: cache.own.trustDomain, log, metrics: new Metrics({ defaultMetrics: false }) });
 
     // Another live agent on the same path.
-    await expect(startWorkloadEndpoint({ socketPath: ep.socketPath, handler, peers: createPeerTracker(), log })).rejects.toSatisfy((e) =>
+    await expect(startWorkloadEndpoint({ socketPath: ep.socketPath, services: [handler], peers: createPeerTracker(), metrics: new Metrics({ defaultMetrics: false }), log })).rejects.toSatisfy((e) =>
       isSigilError(e, "ERR_ALREADY_EXISTS"),
     );
     // The first agent still serves.
@@ -244,7 +244,7 @@ describe("Workload Endpoint (server side)", () => {
     await new Promise<void>((r) => zombie.close(() => r()));
     await rename(`${stale}.keep`, stale);
     expect((await lstat(stale)).isSocket()).toBe(true);
-    const fresh = await startWorkloadEndpoint({ socketPath: stale, handler, peers: createPeerTracker(), log });
+    const fresh = await startWorkloadEndpoint({ socketPath: stale, services: [handler], peers: createPeerTracker(), metrics: new Metrics({ defaultMetrics: false }), log });
     cleanups.push(() => fresh.close());
     const c = createWorkloadApiClient({ address: fresh.address });
     cleanups.push(() => c.close());
@@ -253,7 +253,7 @@ describe("Workload Endpoint (server side)", () => {
     // A regular file in the way is never deleted.
     const file = path.join(ep.dir, "file.sock");
     await writeFile(file, "not a socket");
-    await expect(startWorkloadEndpoint({ socketPath: file, handler, peers: createPeerTracker(), log })).rejects.toSatisfy((e) => isSigilError(e, "ERR_ALREADY_EXISTS"));
+    await expect(startWorkloadEndpoint({ socketPath: file, services: [handler], peers: createPeerTracker(), metrics: new Metrics({ defaultMetrics: false }), log })).rejects.toSatisfy((e) => isSigilError(e, "ERR_ALREADY_EXISTS"));
     expect((await lstat(file)).isFile()).toBe(true);
   });
 
@@ -441,7 +441,7 @@ describe("Workload Endpoint (server side)", () => {
     const log = createLogger({ level: "error", destination: { write: () => undefined } });
     const cache = new FakeWorkloadCache();
     const handler = createWorkloadApiHandler({ cache, attest: async () => fixedCaller([]), trustDomain: cache.own.trustDomain, log, metrics: new Metrics({ defaultMetrics: false }) });
-    await expect(startWorkloadEndpoint({ socketPath: "tcp://127.0.0.1:8000", handler, peers: createPeerTracker(), log })).rejects.toSatisfy((e) =>
+    await expect(startWorkloadEndpoint({ socketPath: "tcp://127.0.0.1:8000", services: [handler], peers: createPeerTracker(), metrics: new Metrics({ defaultMetrics: false }), log })).rejects.toSatisfy((e) =>
       isSigilError(e, "ERR_INVALID_ARGUMENT"),
     );
   });

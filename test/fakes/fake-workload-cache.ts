@@ -353,7 +353,7 @@ export async function startTestAgentEndpoint<C extends WorkloadCache = FakeWorkl
     ...(options.allowedForeignJwtClaims === undefined ? {} : { allowedForeignJwtClaims: options.allowedForeignJwtClaims }),
     ...(options.profiles === undefined ? {} : { profiles: options.profiles }),
   });
-  const endpoint = await startWorkloadEndpoint({ socketPath, handler, peers, log, ...(options.health === undefined ? {} : { health: options.health }) });
+  const endpoint = await startWorkloadEndpoint({ socketPath, services: [handler], peers, metrics, log, ...(options.health === undefined ? {} : { health: options.health }) });
   return {
     address: endpoint.address,
     socketPath,

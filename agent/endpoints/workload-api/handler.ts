@@ -21,23 +21,20 @@
  * Streams send their first message at once (WAPI-7), then the complete state
  * again whenever the caller's view changes (WAPI-5, WAPI-6); identical
  * consecutive messages are not repeated.
+ *
+ * What every API on the Workload Endpoint shares lives beside this folder:
+ * caller admission (readiness, attestation, its metrics, the "no identity"
+ * log) in `../admission.ts`, and streams that follow the cache (re-check
+ * before each message, one message in flight, dedupe) in `../stream-watch.ts`.
+ * This file adds the security header, the profiles, request checks and the
+ * Workload API's messages.
  */
-import { performance } from "node:perf_hooks";
-import { create, equals, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
 import type { GenService } from "@bufbuild/protobuf/codegenv2";
-import {
-  Metadata,
-  status,
-  type sendUnaryData,
-  type ServerInterceptor,
-  type ServerUnaryCall,
-  type ServerWritableStream,
-  type StatusObject,
-} from "@grpc/grpc-js";
+import { status, type Metadata, type sendUnaryData, type ServerUnaryCall, type ServerWritableStream } from "@grpc/grpc-js";
 import type { Logger } from "../../../common/log.js";
-import { rpcMetricsInterceptor, type Metrics } from "../../../common/metrics.js";
-import { toServiceError } from "../../../common/rpc/status.js";
-import { formatSelector, type Selector } from "../../../common/selector.js";
+import type { Metrics } from "../../../common/metrics.js";
+import type { Selector } from "../../../common/selector.js";
 import { systemClock, type Clock } from "../../../common/clock.js";
 import { BundleSet } from "../../../spiffe/bundle/bundle-set.js";
 import { isSigilError } from "../../../spiffe/errors.js";
@@ -60,9 +57,11 @@ import {
   type ValidateJWTSVIDRequest,
   type ValidateJWTSVIDResponse,
 } from "../../../proto/gen/spiffe/workload_pb.js";
-import { WorkloadAttestationError, type AttestedCaller } from "../../attestation/workload.js";
+import type { AttestedCaller } from "../../attestation/workload.js";
 import type { BundleSnapshot, CachedIdentity, WorkloadCache } from "../../cache/types.js";
+import { ADMISSION_MESSAGES, callFailure, createEndpointAdmission, errorFailure, failStream, failUnary, type Admission, type CallFailure } from "../admission.js";
 import type { EndpointService } from "../server.js";
+import { createStreamWatcher, PENDING } from "../stream-watch.js";
 import {
   buildJwtBundlesResponse,
   buildX509BundlesResponse,
@@ -79,17 +78,14 @@ export type WorkloadApiMethods = typeof SpiffeWorkloadAPI extends GenService<inf
 /** Status messages callers see; SPIRE's wording where SPIRE has one. */
 export const WORKLOAD_API_MESSAGES = {
   securityHeader: "security header missing from request",
-  notReady: "agent is not ready: no trust bundle or first sync yet",
-  noIdentity: "no identity issued",
+  notReady: ADMISSION_MESSAGES.notReady,
+  noIdentity: ADMISSION_MESSAGES.noIdentity,
   audience: "audience must be specified",
   audienceEmptyValue: "audience must not contain empty values",
   svid: "svid must be specified",
   witUnimplemented: "WIT-SVID profile is not supported",
   identityPending: "an identity of the caller is being issued after a registration change; retry",
 } as const;
-
-/** What a stream's `compute` returns while an identity of the caller is being (re)issued: send nothing, keep the stream open. */
-const PENDING = Symbol("pending");
 
 /** Which SVID profiles are served (WAPI-1: operators may disable one). */
 export interface WorkloadApiProfiles {
@@ -110,6 +106,7 @@ export interface WorkloadApiHandlerOptions {
   /** The agent's trust domain. */
   readonly trustDomain: TrustDomain;
   readonly log: Logger;
+  /** Receives the admission's attestation and no-identity metrics; RPC counts are the endpoint's. */
   readonly metrics: Metrics;
   /** Serve bundles (own trust domain only) to callers with no identity (SPIRE's `allow_unauthenticated_verifiers`, A15). Default false. */
   readonly allowUnauthenticatedVerifiers?: boolean;
@@ -125,41 +122,16 @@ export interface WorkloadApiHandlerOptions {
 export interface WorkloadApiHandler extends EndpointService {
   readonly definition: GrpcServiceDefinition<WorkloadApiMethods>;
   readonly implementation: GrpcServiceImplementation<WorkloadApiMethods>;
-  /** RPC metrics (`sigil_rpc_requests_total`, `sigil_rpc_duration_seconds`). */
-  readonly interceptors: readonly ServerInterceptor[];
 }
 
-type GrpcFailure = Pick<StatusObject, "code" | "details">;
+/** The log and status prefix naming this API. */
+const API = "Workload API";
 
-function failure(code: status, details: string): GrpcFailure {
-  return { code, details };
-}
-
-/** The exactly-one-`true` rule (WEP-6, SPIRE's interceptor). */
-function securityHeaderFailure(md: Metadata): GrpcFailure | undefined {
+/** The exactly-one-`true` rule (WEP-6, SPIRE's interceptor); the one check other APIs on the endpoint do not make. */
+function securityHeaderFailure(md: Metadata): CallFailure | undefined {
   const values = md.get(WORKLOAD_API_HEADER);
   if (values.length === 1 && values[0] === "true") return undefined;
-  return failure(status.INVALID_ARGUMENT, WORKLOAD_API_MESSAGES.securityHeader);
-}
-
-const ATTESTATION_FAILURE_CODES: Readonly<Record<WorkloadAttestationError["reason"], status>> = {
-  attestation_failed: status.UNAVAILABLE,
-  caller_gone: status.UNAUTHENTICATED,
-  caller_changed: status.PERMISSION_DENIED,
-  caller_unknown: status.INTERNAL,
-};
-
-function attestationFailure(e: unknown): GrpcFailure {
-  if (e instanceof WorkloadAttestationError) {
-    return failure(ATTESTATION_FAILURE_CODES[e.reason], e.message);
-  }
-  const se = toServiceError(e);
-  return failure(se.code, se.details);
-}
-
-function toFailure(e: unknown): GrpcFailure {
-  const se = toServiceError(e);
-  return failure(se.code, se.details);
+  return callFailure(status.INVALID_ARGUMENT, WORKLOAD_API_MESSAGES.securityHeader);
 }
 
 /**
@@ -168,7 +140,7 @@ function toFailure(e: unknown): GrpcFailure {
  * @example
  * ```ts
  * const handler = createWorkloadApiHandler({ cache, attest, trustDomain: parseTrustDomain("example.org"), log, metrics });
- * await startWorkloadEndpoint({ socketPath, handler, peers, log });
+ * await startWorkloadEndpoint({ socketPath, services: [handler], peers, metrics, log });
  * ```
  */
 export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): WorkloadApiHandler {
@@ -178,164 +150,37 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
   const x509Enabled = options.profiles?.x509 ?? true;
   const jwtEnabled = options.profiles?.jwt ?? true;
   const allowUnauthenticated = options.allowUnauthenticatedVerifiers ?? false;
-  const attestDuration = metrics.histogram({
-    name: "sigil_workload_attestation_duration_seconds",
-    help: "Time to attest a Workload API caller, by outcome (ok, failed, caller_gone, caller_changed, caller_unknown).",
-    labelNames: ["outcome"],
-    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
-  });
-  const noIdentityCounter = metrics.counter({
-    name: "sigil_workload_api_no_identity_total",
-    help: "Workload API calls refused because the caller matched no registration entry, by method.",
-    labelNames: ["method"],
-  });
+  const admission = createEndpointAdmission({ cache, attest: options.attest, log, metrics });
+  const streams = createStreamWatcher({ api: API, cache, noIdentity: admission.noIdentity, log });
 
-  /** Common checks; returns the caller's selectors, or a failure to answer with. */
+  /**
+   * The Workload API's own checks (security header, profile, request fields),
+   * then the endpoint's admission (synced, caller attested).
+   */
   async function admit(
     call: { getPeer(): string; metadata: Metadata },
     profileEnabled: boolean,
     profileName: string,
-    requestCheck?: () => GrpcFailure | undefined,
-  ): Promise<{ caller: AttestedCaller; selectors: readonly Selector[] } | { failure: GrpcFailure }> {
+    requestCheck?: () => CallFailure | undefined,
+  ): Promise<Admission> {
     const header = securityHeaderFailure(call.metadata);
     if (header !== undefined) return { failure: header };
-    if (!profileEnabled) return { failure: failure(status.UNIMPLEMENTED, `${profileName} profile is disabled on this agent`) };
+    if (!profileEnabled) return { failure: callFailure(status.UNIMPLEMENTED, `${profileName} profile is disabled on this agent`) };
     const bad = requestCheck?.();
     if (bad !== undefined) return { failure: bad };
-    if (!cache.ready()) return { failure: failure(status.UNAVAILABLE, WORKLOAD_API_MESSAGES.notReady) };
-    const start = performance.now();
-    try {
-      const caller = await options.attest(call.getPeer());
-      attestDuration.observe({ outcome: "ok" }, (performance.now() - start) / 1000);
-      return { caller, selectors: caller.selectors };
-    } catch (e) {
-      const outcome = e instanceof WorkloadAttestationError ? (e.reason === "attestation_failed" ? "failed" : e.reason) : "failed";
-      attestDuration.observe({ outcome }, (performance.now() - start) / 1000);
-      return { failure: attestationFailure(e) };
-    }
-  }
-
-  function logNoIdentity(method: string, callPeer: string, selectors: readonly Selector[]): void {
-    noIdentityCounter.inc({ method });
-    // Registration mistakes are the usual cause: show what the caller looks like.
-    const closest = cache.closestEntries?.(selectors, 3) ?? [];
-    log.warn(
-      {
-        method,
-        caller: callPeer,
-        selectors: selectors.map(formatSelector),
-        closest_entries: closest.map((c) => ({ entry_id: c.entry.id, spiffe_id: c.entry.spiffeId, missing_selectors: c.missing })),
-      },
-      "No identity issued: the caller's selectors match no registration entry",
-    );
+    return admission.admit(call);
   }
 
   function logNotes(method: string, notes: readonly ResponseNote[]): void {
-    for (const n of notes) log.warn({ method, entry_id: n.entryId }, `Workload API: ${n.message}`);
-  }
-
-  /**
-   * Runs a server stream: `compute` gives the current message, `undefined`
-   * meaning "no identity" (the stream ends PermissionDenied), or throws (the
-   * stream ends with the mapped status). Recomputed after every cache change;
-   * an identical message is not sent again. Before each message the caller is
-   * re-checked: one that exited or exec'd into another owner since it was
-   * attested gets its stream ended instead.
-   */
-  function runStream<D extends DescMessage>(
-    call: ServerWritableStream<unknown, MessageShape<D>>,
-    method: string,
-    schema: D,
-    caller: AttestedCaller,
-    compute: () => MessageShape<D> | undefined | typeof PENDING,
-  ): void {
-    const { selectors } = caller;
-    // The client may have gone while it was being attested.
-    if (call.cancelled) return;
-    // Read once: the socket behind getPeer() may be gone by the time the last identity is.
-    const callPeer = call.getPeer();
-    let last: MessageShape<D> | undefined;
-    let done = false;
-    let scheduled = false;
-    // While a message is still on its way (the client reads slowly, or not at all), updates are not
-    // queued behind it: each message is the complete state, so once it is out the latest is computed
-    // and sent. The agent holds at most one message per stream.
-    let sending = false;
-    let missed = false;
-    let unsubscribe: (() => void) | undefined;
-    const finish = (f: GrpcFailure | undefined): void => {
-      if (done) return;
-      done = true;
-      unsubscribe?.();
-      if (call.cancelled) return;
-      if (f === undefined) call.end();
-      else call.emit("error", { ...f, metadata: new Metadata() });
-    };
-    const push = (): void => {
-      if (done) return;
-      let msg: MessageShape<D> | undefined | typeof PENDING;
-      try {
-        msg = compute();
-      } catch (e) {
-        log.error({ method, err: e }, "Workload API stream update failed");
-        finish(toFailure(e));
-        return;
-      }
-      // The caller's view is incomplete until the new SVID arrives; the next cache change recomputes it.
-      if (msg === PENDING) return;
-      if (msg === undefined) {
-        logNoIdentity(method, callPeer, selectors);
-        finish(failure(status.PERMISSION_DENIED, WORKLOAD_API_MESSAGES.noIdentity));
-        return;
-      }
-      if (last !== undefined && equals(schema, last, msg)) return;
-      if (sending) {
-        missed = true;
-        return;
-      }
-      try {
-        caller.recheck();
-      } catch (e) {
-        log.warn({ method, caller: callPeer }, "Workload API stream ended: its caller changed since it was attested");
-        finish(attestationFailure(e));
-        return;
-      }
-      last = msg;
-      sending = true;
-      call.write(msg, () => {
-        sending = false;
-        if (!missed) return;
-        missed = false;
-        push();
-      });
-    };
-    call.on("cancelled", () => finish(undefined));
-    // Changes often come in bursts (a sync rotates many SVIDs): recompute once per burst.
-    unsubscribe = cache.subscribe(() => {
-      if (scheduled || done) return;
-      scheduled = true;
-      queueMicrotask(() => {
-        scheduled = false;
-        push();
-      });
-    });
-    push();
+    for (const n of notes) log.warn({ method, entry_id: n.entryId }, `${API}: ${n.message}`);
   }
 
   /** Last resort for a stream handler that threw: log it and end the call. */
   function streamCrash(call: ServerWritableStream<unknown, unknown>): (e: unknown) => void {
     return (e) => {
-      log.error({ method: call.getPath(), err: e }, "Workload API stream handler failed");
-      if (!call.cancelled) streamFailure(call, toFailure(e));
+      log.error({ method: call.getPath(), err: e }, `${API} stream handler failed`);
+      if (!call.cancelled) failStream(call, errorFailure(e));
     };
-  }
-
-  function streamFailure(call: ServerWritableStream<unknown, unknown>, f: GrpcFailure): void {
-    call.emit("error", { ...f, metadata: new Metadata() });
-  }
-
-  function unaryFailure<T>(callback: sendUnaryData<T>, f: GrpcFailure): void {
-    callback({ ...f, metadata: new Metadata() });
   }
 
   /** The identities a caller may receive, hints de-duplicated. */
@@ -360,11 +205,12 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
     fetchX509SVID(call) {
       const method = "FetchX509SVID";
       void admit(call, x509Enabled, "X509-SVID").then((r) => {
-        if ("failure" in r) return streamFailure(call, r.failure);
-        runStream(call, method, X509SVIDResponseSchema, r.caller, () => {
-          if (pending(r.selectors)) return PENDING;
+        if ("failure" in r) return failStream(call, r.failure);
+        const { selectors } = r.caller;
+        streams.watch(call, method, X509SVIDResponseSchema, r.caller, () => {
+          if (pending(selectors)) return PENDING;
           const notes: ResponseNote[] = [];
-          const identities = identitiesOf(r.selectors, notes);
+          const identities = identitiesOf(selectors, notes);
           const resp = identities.length === 0 ? undefined : buildX509SvidResponse(identities, cache.bundles(), trustDomain, notes);
           logNotes(method, notes);
           return resp;
@@ -375,9 +221,10 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
     fetchX509Bundles(call) {
       const method = "FetchX509Bundles";
       void admit(call, x509Enabled, "X509-SVID").then((r) => {
-        if ("failure" in r) return streamFailure(call, r.failure);
-        runStream(call, method, X509BundlesResponseSchema, r.caller, () => {
-          const view = bundleView(r.selectors);
+        if ("failure" in r) return failStream(call, r.failure);
+        const { selectors } = r.caller;
+        streams.watch(call, method, X509BundlesResponseSchema, r.caller, () => {
+          const view = bundleView(selectors);
           return view === undefined || view === PENDING ? view : buildX509BundlesResponse(view.identities, view.bundles, trustDomain);
         });
       }).catch(streamCrash(call));
@@ -386,9 +233,10 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
     fetchJWTBundles(call) {
       const method = "FetchJWTBundles";
       void admit(call, jwtEnabled, "JWT-SVID").then((r) => {
-        if ("failure" in r) return streamFailure(call, r.failure);
-        runStream(call, method, JWTBundlesResponseSchema, r.caller, () => {
-          const view = bundleView(r.selectors);
+        if ("failure" in r) return failStream(call, r.failure);
+        const { selectors } = r.caller;
+        streams.watch(call, method, JWTBundlesResponseSchema, r.caller, () => {
+          const view = bundleView(selectors);
           return view === undefined || view === PENDING ? view : buildJwtBundlesResponse(view.identities, view.bundles, trustDomain);
         });
       }).catch(streamCrash(call));
@@ -398,38 +246,39 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
       const method = "FetchJWTSVID";
       const req = call.request;
       let requested: string | undefined;
-      const check = (): GrpcFailure | undefined => {
-        if (req.audience.length === 0) return failure(status.INVALID_ARGUMENT, WORKLOAD_API_MESSAGES.audience);
-        if (req.audience.some((a) => a === "")) return failure(status.INVALID_ARGUMENT, WORKLOAD_API_MESSAGES.audienceEmptyValue);
+      const check = (): CallFailure | undefined => {
+        if (req.audience.length === 0) return callFailure(status.INVALID_ARGUMENT, WORKLOAD_API_MESSAGES.audience);
+        if (req.audience.some((a) => a === "")) return callFailure(status.INVALID_ARGUMENT, WORKLOAD_API_MESSAGES.audienceEmptyValue);
         if (req.spiffeId !== "") {
           try {
             requested = parseSpiffeId(req.spiffeId).toString();
           } catch (e) {
-            return failure(status.INVALID_ARGUMENT, `invalid requested SPIFFE ID: ${isSigilError(e) ? e.message : String(e)}`);
+            return callFailure(status.INVALID_ARGUMENT, `invalid requested SPIFFE ID: ${isSigilError(e) ? e.message : String(e)}`);
           }
         }
         return undefined;
       };
       void (async () => {
         const r = await admit(call, jwtEnabled, "JWT-SVID", check);
-        if ("failure" in r) return unaryFailure(callback, r.failure);
+        if ("failure" in r) return failUnary(callback, r.failure);
+        const { selectors } = r.caller;
         // An entry the caller matches is being (re)issued: its old SVID is gone and the new one is not there yet.
-        const waiting = (cache.pendingFor?.(r.selectors) ?? []).filter((e) => requested === undefined || e.spiffeId === requested);
+        const waiting = (cache.pendingFor?.(selectors) ?? []).filter((e) => requested === undefined || e.spiffeId === requested);
         if (waiting.length > 0) {
           log.info({ method, entry_ids: waiting.map((e) => e.id) }, "Caller's identity is being issued after a registration change; answering Unavailable");
-          return unaryFailure(callback, failure(status.UNAVAILABLE, WORKLOAD_API_MESSAGES.identityPending));
+          return failUnary(callback, callFailure(status.UNAVAILABLE, WORKLOAD_API_MESSAGES.identityPending));
         }
         const notes: ResponseNote[] = [];
-        const all = cache.identitiesFor(r.selectors);
+        const all = cache.identitiesFor(selectors);
         const matching = selectIdentities(
           requested === undefined ? all : all.filter((i) => i.entry.spiffeId === requested),
           notes,
         );
         logNotes(method, notes);
         if (matching.length === 0) {
-          logNoIdentity(method, call.getPeer(), r.selectors);
+          const refused = admission.noIdentity(method, call.getPeer(), selectors);
           if (requested !== undefined && all.length > 0) log.warn({ method, requested }, "Caller is not entitled to the requested SPIFFE ID");
-          return unaryFailure(callback, failure(status.PERMISSION_DENIED, WORKLOAD_API_MESSAGES.noIdentity));
+          return failUnary(callback, refused);
         }
         const svids: JWTSVID[] = [];
         const seen = new Set<string>();
@@ -443,26 +292,26 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
           }
         } catch (e) {
           log.error({ method, err: e }, "Could not get a JWT-SVID for the caller");
-          return unaryFailure(callback, toFailure(e));
+          return failUnary(callback, errorFailure(e));
         }
         callback(null, create(JWTSVIDResponseSchema, { svids }));
-      })().catch((e: unknown) => unaryFailure(callback, toFailure(e)));
+      })().catch((e: unknown) => failUnary(callback, errorFailure(e)));
     },
 
     validateJWTSVID(call: ServerUnaryCall<ValidateJWTSVIDRequest, ValidateJWTSVIDResponse>, callback: sendUnaryData<ValidateJWTSVIDResponse>) {
       const method = "ValidateJWTSVID";
       const req = call.request;
-      const check = (): GrpcFailure | undefined => {
-        if (req.audience === "") return failure(status.INVALID_ARGUMENT, WORKLOAD_API_MESSAGES.audience);
-        if (req.svid === "") return failure(status.INVALID_ARGUMENT, WORKLOAD_API_MESSAGES.svid);
+      const check = (): CallFailure | undefined => {
+        if (req.audience === "") return callFailure(status.INVALID_ARGUMENT, WORKLOAD_API_MESSAGES.audience);
+        if (req.svid === "") return callFailure(status.INVALID_ARGUMENT, WORKLOAD_API_MESSAGES.svid);
         return undefined;
       };
       void (async () => {
         const r = await admit(call, jwtEnabled, "JWT-SVID", check);
-        if ("failure" in r) return unaryFailure(callback, r.failure);
+        if ("failure" in r) return failUnary(callback, r.failure);
         // A verifier needs no identity of its own; its entries only widen the federated bundles it trusts (as in SPIRE).
         const bundles = cache.bundles();
-        const identities = cache.identitiesFor(r.selectors);
+        const identities = cache.identitiesFor(r.caller.selectors);
         const source = new BundleSet([bundles.own, ...federatedBundlesFor(identities, bundles, trustDomain)]);
         let svid: JwtSvid;
         try {
@@ -470,7 +319,7 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
         } catch (e) {
           const message = isSigilError(e) ? e.message : "token validation failed";
           log.debug({ method, reason: message }, "JWT-SVID rejected");
-          return unaryFailure(callback, failure(status.INVALID_ARGUMENT, message));
+          return failUnary(callback, callFailure(status.INVALID_ARGUMENT, message));
         }
         callback(
           null,
@@ -479,21 +328,21 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
             claims: validatedClaims(svid, trustDomain, options.allowedForeignJwtClaims),
           }),
         );
-      })().catch((e: unknown) => unaryFailure(callback, toFailure(e)));
+      })().catch((e: unknown) => failUnary(callback, errorFailure(e)));
     },
 
     fetchWITSVID(call) {
-      streamFailure(call, securityHeaderFailure(call.metadata) ?? failure(status.UNIMPLEMENTED, WORKLOAD_API_MESSAGES.witUnimplemented));
+      failStream(call, securityHeaderFailure(call.metadata) ?? callFailure(status.UNIMPLEMENTED, WORKLOAD_API_MESSAGES.witUnimplemented));
     },
 
     fetchWITBundles(call) {
-      streamFailure(call, securityHeaderFailure(call.metadata) ?? failure(status.UNIMPLEMENTED, WORKLOAD_API_MESSAGES.witUnimplemented));
+      failStream(call, securityHeaderFailure(call.metadata) ?? callFailure(status.UNIMPLEMENTED, WORKLOAD_API_MESSAGES.witUnimplemented));
     },
   };
 
   return {
     definition: grpcServiceDefinition(SpiffeWorkloadAPI),
+    service: SpiffeWorkloadAPI,
     implementation,
-    interceptors: [rpcMetricsInterceptor(metrics)],
   };
 }

@@ -1,0 +1,143 @@
+/**
+ * Server streams that follow the agent's cache, for every API on the Workload
+ * Endpoint (the Workload API's FetchX509SVID and bundle streams, SDS next).
+ * The API says what the caller's complete state is; this module decides when
+ * to send it:
+ *
+ * - the first message at once (WAPI-7), then again whenever the cache changes
+ *   and the state differs from the last one sent (WAPI-5, WAPI-6); a burst of
+ *   changes (a sync rotating many SVIDs) is recomputed once;
+ * - before every message the caller is re-checked (`AttestedCaller.recheck`):
+ *   one that exited or exec'd into another owner since it was attested gets
+ *   its stream ended instead of the next SVID;
+ * - one message at a time: while one is on its way (a client that reads
+ *   slowly, or not at all), newer states are not queued behind it; the latest
+ *   is computed, re-checked and sent once it is out. The agent holds at most
+ *   one message per stream;
+ * - {@link PENDING} sends nothing and keeps the stream open (an identity of
+ *   the caller is being re-issued after a registration change); `undefined`
+ *   (no identity) ends it with the API's failure.
+ */
+import { equals, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
+import { Metadata, type ServerWritableStream } from "@grpc/grpc-js";
+import type { Logger } from "../../common/log.js";
+import type { Selector } from "../../common/selector.js";
+import type { AttestedCaller } from "../attestation/workload.js";
+import type { WorkloadCache } from "../cache/types.js";
+import { attestationFailure, errorFailure, type CallFailure } from "./admission.js";
+
+/** What a stream's `compute` returns while an identity of the caller is being (re)issued: send nothing, keep the stream open. */
+export const PENDING: unique symbol = Symbol("pending");
+
+/** Options of {@link createStreamWatcher}. */
+export interface StreamWatcherOptions {
+  /** Names the API in log lines (`Workload API`). */
+  readonly api: string;
+  /** Whose changes make streams recompute. */
+  readonly cache: Pick<WorkloadCache, "subscribe">;
+  /**
+   * The failure that ends a stream whose caller has no identity any more, after
+   * logging it (`EndpointAdmission.noIdentity`).
+   */
+  readonly noIdentity: (method: string, callPeer: string, selectors: readonly Selector[]) => CallFailure;
+  readonly log: Logger;
+}
+
+/** Runs server streams off cache changes; see the module comment. */
+export interface StreamWatcher {
+  /**
+   * Serves `call` until the client cancels it, the caller has no identity, its
+   * re-check fails, or `compute` throws (the stream ends with the mapped status).
+   * `compute` gives the caller's complete state: a message, {@link PENDING},
+   * or `undefined` for no identity.
+   */
+  watch<D extends DescMessage>(
+    call: ServerWritableStream<unknown, MessageShape<D>>,
+    method: string,
+    schema: D,
+    caller: AttestedCaller,
+    compute: () => MessageShape<D> | undefined | typeof PENDING,
+  ): void;
+}
+
+/**
+ * Creates the stream watcher one API's handlers share.
+ *
+ * @example
+ * ```ts
+ * const streams = createStreamWatcher({ api: "Workload API", cache, noIdentity: admission.noIdentity, log });
+ * streams.watch(call, "FetchX509SVID", X509SVIDResponseSchema, caller, () => buildResponse(caller.selectors));
+ * ```
+ */
+export function createStreamWatcher(options: StreamWatcherOptions): StreamWatcher {
+  const { api, cache, noIdentity, log } = options;
+  return {
+    watch(call, method, schema, caller, compute) {
+      // The client may have gone while it was being attested.
+      if (call.cancelled) return;
+      // Read once: the socket behind getPeer() may be gone by the time the last identity is.
+      const callPeer = call.getPeer();
+      let last: MessageShape<typeof schema> | undefined;
+      let done = false;
+      let scheduled = false;
+      let sending = false;
+      let missed = false;
+      let unsubscribe: (() => void) | undefined;
+      const finish = (f: CallFailure | undefined): void => {
+        if (done) return;
+        done = true;
+        unsubscribe?.();
+        if (call.cancelled) return;
+        if (f === undefined) call.end();
+        else call.emit("error", { ...f, metadata: new Metadata() });
+      };
+      const push = (): void => {
+        if (done) return;
+        let msg: MessageShape<typeof schema> | undefined | typeof PENDING;
+        try {
+          msg = compute();
+        } catch (e) {
+          log.error({ method, err: e }, `${api} stream update failed`);
+          finish(errorFailure(e));
+          return;
+        }
+        // The caller's view is incomplete until the new SVID arrives; the next cache change recomputes it.
+        if (msg === PENDING) return;
+        if (msg === undefined) {
+          finish(noIdentity(method, callPeer, caller.selectors));
+          return;
+        }
+        if (last !== undefined && equals(schema, last, msg)) return;
+        if (sending) {
+          missed = true;
+          return;
+        }
+        try {
+          caller.recheck();
+        } catch (e) {
+          log.warn({ method, caller: callPeer }, `${api} stream ended: its caller changed since it was attested`);
+          finish(attestationFailure(e));
+          return;
+        }
+        last = msg;
+        sending = true;
+        call.write(msg, () => {
+          sending = false;
+          if (!missed) return;
+          missed = false;
+          push();
+        });
+      };
+      call.on("cancelled", () => finish(undefined));
+      unsubscribe = cache.subscribe(() => {
+        if (scheduled || done) return;
+        scheduled = true;
+        queueMicrotask(() => {
+          scheduled = false;
+          push();
+        });
+      });
+      push();
+    },
+  };
+}
