@@ -1,37 +1,47 @@
 /**
- * The agent's core, without its endpoints: persisted state, trust bootstrap,
- * the server connection, node attestation, the SVID cache and the sync loop,
- * composed with explicit dependencies. `agent/main.ts` plugs the returned
- * cache into the Workload API endpoint.
+ * The agent's core, without its endpoints: the named services that keep the
+ * agent's identities current, built with explicit dependencies.
+ * `agent/main.ts` adds the Workload Endpoint and health after them and runs
+ * them all as one {@link ServiceGroup}; {@link startAgent} runs the core alone
+ * (tests drive its sync rounds).
  *
- * Start-up: load `data_dir` (a valid stored SVID and bundle make a restart
- * need neither a join token nor the bootstrap source), trust the stored bundle
- * or else the bootstrap source, attest when no valid SVID is stored, run one
- * sync round (a failure is logged; the loop retries with backoff), then sync
- * every `sync_interval`. A server that rate-limits attestation or JWT-SVID
- * requests is called again only after its retry hint; an evicted agent is
- * handled by the sync loop (see `sync/sync-loop.ts`).
+ * | service | what it does at start |
+ * |---|---|
+ * | `state-store` | reads `data_dir`: a valid stored agent SVID and bundle make a restart need neither a join token nor the bootstrap source |
+ * | `server-connection` | trusts the stored bundle or else the bootstrap source; opens the channel to the server |
+ * | `node-attestation` | uses the stored SVID while valid, else attests (waiting out rate-limit hints) |
+ * | `sync` | one sync round (a failure is logged; the loop retries with backoff), then one every `sync_interval`: agent SVID renewal, entries and bundles, workload SVID rotation |
+ *
+ * The SVID cache is no service: it has nothing to start, and the endpoints
+ * read it. A server that rate-limits JWT-SVID requests is called again only
+ * after its retry hint; an evicted agent is handled by the sync loop (see
+ * `sync/sync-loop.ts`).
  */
 import path from "node:path";
 import type { Clock } from "../common/clock.js";
 import { systemClock } from "../common/clock.js";
 import { subsystemLogger, type Logger } from "../common/log.js";
 import type { Metrics } from "../common/metrics.js";
+import { ServiceGroup, type Service } from "../common/service.js";
 import { createPlugins, PLUGIN_CATALOG } from "../plugins/catalog.js";
 import type { AgentNodeAttestor } from "../plugins/nodeattestor/types.js";
 import { SigilError } from "../spiffe/errors.js";
 import { parseTrustDomain, type TrustDomain } from "../spiffe/id.js";
-import { NodeIdentity } from "./attestation/node.js";
+import type { NodeIdentity } from "./attestation/node.js";
+import { NodeAttestationService } from "./attestation/node-service.js";
 import { AgentCache } from "./cache/agent-cache.js";
 import { AgentCacheMetrics } from "./cache/cache-metrics.js";
 import type { AgentConfig } from "./config/schema.js";
-import { AgentStateStore } from "./storage/agent-state-store.js";
-import { retryOnPushback, ServerPushback } from "./sync/pushback.js";
-import { createServerClient, type GrpcServerClient } from "./sync/server-client.js";
-import { SyncLoop } from "./sync/sync-loop.js";
-import { loadBootstrapTrust, type TrustBootstrapDeps } from "./sync/trust-bootstrap.js";
+import type { AgentStateStore } from "./storage/agent-state-store.js";
+import { StateStoreService } from "./storage/state-store-service.js";
+import { ServerPushback } from "./sync/pushback.js";
+import type { GrpcServerClient } from "./sync/server-client.js";
+import { ServerConnectionService } from "./sync/server-connection.js";
+import type { SyncLoop } from "./sync/sync-loop.js";
+import { SyncService } from "./sync/sync-service.js";
+import type { TrustBootstrapDeps } from "./sync/trust-bootstrap.js";
 
-/** Options of {@link startAgent}. */
+/** Options of {@link startAgent} and {@link createAgentCore}. */
 export interface StartAgentOptions {
   readonly clock?: Clock;
   /** The agent's logger (subsystem loggers are derived from it). */
@@ -50,6 +60,19 @@ export interface StartAgentOptions {
   readonly sleep?: (ms: number) => Promise<void>;
 }
 
+/** The core's services, built and not started. */
+export interface AgentCore {
+  readonly trustDomain: TrustDomain;
+  /** The cache the Workload API and SDS endpoints read. */
+  readonly cache: AgentCache;
+  readonly state: StateStoreService;
+  readonly server: ServerConnectionService;
+  readonly node: NodeAttestationService;
+  readonly sync: SyncService;
+  /** The services above, in start order. */
+  readonly services: readonly Service[];
+}
+
 /** The running agent core. */
 export interface RunningAgentCore {
   readonly trustDomain: TrustDomain;
@@ -65,7 +88,7 @@ export interface RunningAgentCore {
   syncNow: SyncLoop["syncNow"];
   /** Why the agent cannot keep its identities current on its own (evicted), or undefined. */
   problem(): string | undefined;
-  /** Stops the sync loop and closes the server connection. */
+  /** Stops the services started with it, in reverse order. */
   stop(): Promise<void>;
 }
 
@@ -74,126 +97,99 @@ function nodeAttestorFrom(config: AgentConfig): AgentNodeAttestor | undefined {
   return createPlugins("agent", PLUGIN_CATALOG.NodeAttestor, config.plugins.NodeAttestor, { joinToken: config.agent.join_token })[0];
 }
 
-/**
- * Builds and starts the agent core; resolves after attestation (or loading the
- * stored SVID) and the first sync attempt.
- *
- * @throws SigilError when there is no usable agent SVID and attestation fails
- *   (no join token, a used one, the server unreachable), or the bootstrap bundle cannot be read
- */
-export async function startAgent(config: AgentConfig, options: StartAgentOptions): Promise<RunningAgentCore> {
+/** Builds the core's services (nothing is started or read yet). */
+export function createAgentCore(config: AgentConfig, options: StartAgentOptions): AgentCore {
   const a = config.agent;
   const clock = options.clock ?? systemClock;
   const log = options.log;
+  const random = options.random ?? Math.random;
   const trustDomain = parseTrustDomain(a.trust_domain);
-  const store = new AgentStateStore(path.resolve(a.data_dir));
   const metrics = new AgentCacheMetrics(options.metrics);
+  const attestor = nodeAttestorFrom(config);
 
-  const loaded = store.load({ trustDomain, now: clock.now() });
-  for (const reason of loaded.discarded) log.warn({ data_dir: store.dataDir }, `storage: discarded ${reason}`);
-
-  let roots: readonly Uint8Array[] = loaded.bundle?.x509Authorities ?? [];
-  let insecure = false;
-  if (roots.length === 0) {
-    const trust = await loadBootstrapTrust(a, trustDomain, options.bootstrap);
-    if (trust.kind === "roots") {
-      roots = trust.roots;
-      log.info({ source: trust.source, authorities: roots.length }, "bootstrap: trusting the server with the bootstrap bundle");
-    } else {
-      insecure = true;
-      log.warn({}, "bootstrap: insecure_bootstrap is set: the server will not be authenticated on first contact (development only)");
-    }
-  }
-
-  const client = createServerClient({
+  const state = new StateStoreService({ dataDir: path.resolve(a.data_dir), trustDomain, clock, log });
+  const server = new ServerConnectionService({
     address: `${a.server_address}:${a.server_port}`,
+    bootstrap: a,
+    bootstrapIo: options.bootstrap,
+    state,
     trustDomain,
     clock,
-    roots,
-    insecureBootstrap: insecure,
-    log: subsystemLogger(log, "server_client"),
+    log,
   });
-  const random = options.random ?? Math.random;
+  const node = new NodeAttestationService({
+    attestor,
+    state,
+    server,
+    trustDomain,
+    clock,
+    rotationFraction: a.rotation_fraction,
+    rotationJitter: a.rotation_jitter,
+    random,
+    sleep: options.sleep,
+    log: subsystemLogger(log, "node_attestation"),
+  });
   const jwtPushback = new ServerPushback({ clock, random, what: "NewJWTSVID" });
-  // Assigned below; the cache mints no JWT-SVID before the core has started.
-  let syncLoop: SyncLoop | undefined;
   const cache = new AgentCache({
     trustDomain,
     clock,
+    // The cache mints no JWT-SVID before the endpoints start, after every service here.
     mintJwtSvid: (entryId, audience) => {
-      const problem = syncLoop?.evicted ? syncLoop.problem : undefined;
+      const problem = sync.evictedProblem;
       if (problem !== undefined) return Promise.reject(new SigilError("ERR_UNAVAILABLE", `cache: cannot mint a JWT-SVID: ${problem}`));
-      return jwtPushback.run(() => client.newJwtSvid(entryId, audience));
+      return jwtPushback.run(() => server.client.newJwtSvid(entryId, audience));
     },
     metrics,
     log: subsystemLogger(log, "cache"),
   });
-  if (loaded.bundle) cache.update({ bundles: [loaded.bundle] });
-
-  const attestor = nodeAttestorFrom(config);
-  const identity = new NodeIdentity({
-    client,
-    clock,
-    attestor,
-    store,
-    log: subsystemLogger(log, "node_attestation"),
-    rotationFraction: a.rotation_fraction,
-    rotationJitter: a.rotation_jitter,
-    random,
-    onAttested: (bundle) => {
-      client.setTrustBundle(bundle);
-      // Persisted at once, so a restart before the first sync still trusts the server.
-      if (!loaded.bundle) store.saveBundle({ trustDomain, x509Authorities: bundle, jwtAuthorities: new Map() });
-    },
-  });
-  try {
-    await retryOnPushback(() => identity.start(loaded.svid), {
-      what: "node attestation",
-      random,
-      log: subsystemLogger(log, "node_attestation"),
-      ...(options.sleep ? { sleep: options.sleep } : {}),
-    });
-  } catch (e) {
-    client.close();
-    throw e;
-  }
-
-  const loop = new SyncLoop({
-    client,
+  const sync: SyncService = new SyncService({
     cache,
-    clock,
-    identity,
+    state,
+    server,
+    node,
     attestor,
-    ...(options.onProblem ? { onProblem: options.onProblem } : {}),
-    store,
-    log: subsystemLogger(log, "sync"),
+    clock,
     metrics,
     intervalMs: a.sync_interval,
     rotationFraction: a.rotation_fraction,
     rotationJitter: a.rotation_jitter,
     random,
+    manual: options.manualSync,
+    onProblem: options.onProblem,
+    log: subsystemLogger(log, "sync"),
   });
-  syncLoop = loop;
-  await loop.syncNow();
-  if (options.manualSync !== true) loop.start();
+  return { trustDomain, cache, state, server, node, sync, services: [state, server, node, sync] };
+}
 
-  const agentId = identity.current()?.spiffeId ?? "";
-  let stopped = false;
+/** The running view of a started core; `stop` is what stops it. */
+export function runningAgentCore(core: AgentCore, stop: () => Promise<void>): RunningAgentCore {
+  const identity = core.node.identity;
+  const syncLoop = core.sync.loop;
   return {
-    trustDomain,
-    agentId,
-    cache,
+    trustDomain: core.trustDomain,
+    agentId: identity.current()?.spiffeId ?? "",
+    cache: core.cache,
     identity,
-    syncLoop: loop,
-    client,
-    store,
-    syncNow: () => loop.syncNow(),
-    problem: () => loop.problem,
-    async stop(): Promise<void> {
-      if (stopped) return;
-      stopped = true;
-      await loop.stop();
-      client.close();
-    },
+    syncLoop,
+    client: core.server.client,
+    store: core.state.store,
+    syncNow: () => syncLoop.syncNow(),
+    problem: () => core.sync.problem,
+    stop,
   };
+}
+
+/**
+ * Builds and starts the agent core; resolves after attestation (or loading the
+ * stored SVID) and the first sync attempt. A failing start stops the services
+ * already started.
+ *
+ * @throws SigilError when there is no usable agent SVID and attestation fails
+ *   (no join token, a used one, the server unreachable), or the bootstrap bundle cannot be read
+ */
+export async function startAgent(config: AgentConfig, options: StartAgentOptions): Promise<RunningAgentCore> {
+  const core = createAgentCore(config, options);
+  const services = new ServiceGroup(core.services, options.log);
+  await services.start();
+  return runningAgentCore(core, () => services.stop());
 }

@@ -1,25 +1,38 @@
 /**
- * The agent's composition root: the core (storage, node attestation, sync
- * loop, SVID cache) plus the Workload API endpoint on its Unix socket, the
- * workload attestors, and optional HTTP health. Explicit dependencies only.
+ * The agent's composition root: the named services `sigil-agent` is made of,
+ * each built with explicit dependencies (clock, logger, metrics, the services
+ * it uses), started in order by a {@link ServiceGroup} and stopped in reverse
+ * (on SIGTERM, or when a later one fails to start).
+ *
+ * | service | what it does |
+ * |---|---|
+ * | `socket-directory` | refuses an unsafe Workload API socket directory, before a join token can be spent |
+ * | `state-store`, `server-connection`, `node-attestation`, `sync` | the core (`agent.ts`): stored state, the server, the agent's identity, the sync loop and SVID rotation |
+ * | `workload-endpoint` | the Workload API (and gRPC health, reflection) on its Unix socket |
+ * | `health-listener`, `metrics-listener` | optional HTTP `/live`, `/ready`, `/metrics` |
+ *
+ * `/ready` is the group's readiness: every service started, and none reports
+ * a reason (`sync: no synced bundle and entries yet`, `sync: agent … was
+ * evicted; …`). gRPC health on the socket is SERVING unless the agent cannot
+ * keep its identities current (evicted): NOT_SERVING with that reason.
  */
 import path from "node:path";
 import type { Clock } from "../common/clock.js";
 import { systemClock } from "../common/clock.js";
-import { waitForStopSignal } from "../common/signals.js";
 import { createHealthService } from "../common/health/grpc-health.js";
-import { startHealthServer, startMetricsServer, type HttpListener } from "../common/health/http-server.js";
+import type { HttpListener } from "../common/health/http-server.js";
+import { httpListenerServices } from "../common/health/listener-service.js";
 import { createLogger, subsystemLogger, type Logger } from "../common/log.js";
 import { Metrics } from "../common/metrics.js";
 import { ensureSecureDirectory } from "../common/secure-dir.js";
-import { createPlugins, PLUGIN_CATALOG } from "../plugins/catalog.js";
+import { service, ServiceGroup } from "../common/service.js";
+import { waitForStopSignal } from "../common/signals.js";
 import { parseTrustDomain } from "../spiffe/id.js";
-import { startAgent, type RunningAgentCore } from "./agent.js";
-import { createCallerAttester } from "./attestation/workload.js";
+import { createAgentCore, runningAgentCore, type RunningAgentCore } from "./agent.js";
 import { loadAgentConfig } from "./config/load.js";
 import type { AgentConfig } from "./config/schema.js";
-import { createPeerTracker, startWorkloadEndpoint, type WorkloadEndpoint } from "./endpoints/server.js";
-import { createWorkloadApiHandler } from "./endpoints/workload-api/handler.js";
+import { WorkloadEndpointService } from "./endpoints/endpoint-service.js";
+import type { WorkloadEndpoint } from "./endpoints/server.js";
 
 /** Options for tests, the quickstart and embedding. */
 export interface StartAgentProcessOptions {
@@ -31,107 +44,71 @@ export interface StartAgentProcessOptions {
 
 /** A running agent with its Workload API. */
 export interface RunningAgent {
+  /** The core; its `stop()` stops the whole agent. */
   readonly core: RunningAgentCore;
   readonly endpoint: WorkloadEndpoint;
   readonly socketPath: string;
   readonly log: Logger;
   readonly health?: HttpListener | undefined;
+  /** Stops every service, in reverse start order. */
   stop(): Promise<void>;
 }
 
-/** Builds and starts the agent; resolves once the Workload API socket is listening. */
+/** Builds the agent's services and starts them; resolves once the Workload API socket is listening (and health, when configured). */
 export async function startAgentProcess(config: AgentConfig, options: StartAgentProcessOptions = {}): Promise<RunningAgent> {
   const a = config.agent;
   const clock = options.clock ?? systemClock;
   const log = createLogger({ level: a.log_level, format: a.log_format, ...(options.logDestination ? { destination: options.logDestination } : {}) });
   const metrics = new Metrics();
   const trustDomain = parseTrustDomain(a.trust_domain);
+  const socketPath = path.resolve(a.socket_path);
   const effective: AgentConfig = options.joinToken ? { ...config, agent: { ...a, join_token: options.joinToken } } : config;
-  // An unsafe socket directory is refused before attesting, which may spend a single-use join token.
-  ensureSecureDirectory(path.dirname(path.resolve(a.socket_path)), 0o755, "workload endpoint");
 
-  // Before the core: an eviction found by the first sync already turns the agent NOT_SERVING, with the remedy.
+  // Before the core starts: an eviction found by the first sync already turns the agent NOT_SERVING, with the remedy.
   const grpcHealth = createHealthService({ "": "SERVING" });
   const onProblem = (problem: string | undefined): void =>
     problem === undefined ? grpcHealth.setStatus("", "SERVING") : grpcHealth.setStatus("", "NOT_SERVING", problem);
-  const core = await startAgent(effective, { clock, log: subsystemLogger(log, "agent"), metrics, onProblem });
-  const cleanups: (() => Promise<void> | void)[] = [() => core.stop()];
-  try {
-    // Every configured workload attestor runs on each caller; their selectors are combined.
-    const attestors = createPlugins("agent", PLUGIN_CATALOG.WorkloadAttestor, config.plugins.WorkloadAttestor, { log: subsystemLogger(log, "workload_attestor") });
 
-    const peers = createPeerTracker({ maxConnectionsPerUid: a.max_workload_connections_per_uid, log: subsystemLogger(log, "endpoints") });
-    const attest = createCallerAttester({
-      resolvePeer: (p) => peers.lookup(p),
-      attestors,
-      timeoutMs: a.workload_attestation_timeout,
-      log: subsystemLogger(log, "workload_attestation"),
-    });
-    const handler = createWorkloadApiHandler({
-      cache: core.cache,
-      attest,
-      trustDomain,
-      log: subsystemLogger(log, "workload_api"),
-      metrics,
-      allowUnauthenticatedVerifiers: a.allow_unauthenticated_verifiers,
-      clock,
-    });
-    const socketPath = path.resolve(a.socket_path);
-    const endpoint = await startWorkloadEndpoint({
-      socketPath,
-      services: [handler],
-      peers,
-      health: grpcHealth,
-      maxCallsPerUid: a.max_workload_calls_per_uid,
-      metrics,
-      log: subsystemLogger(log, "endpoints"),
-    });
-    cleanups.push(() => endpoint.close());
-    cleanups.push(() => grpcHealth.shutdown());
+  const socketDirectory = service("socket-directory", () => ensureSecureDirectory(path.dirname(socketPath), 0o755, "workload endpoint"));
+  const core = createAgentCore(effective, { clock, log: subsystemLogger(log, "agent"), metrics, onProblem });
+  const endpoint = new WorkloadEndpointService({
+    socketPath,
+    cache: core.cache,
+    trustDomain,
+    workloadAttestors: config.plugins.WorkloadAttestor,
+    attestationTimeoutMs: a.workload_attestation_timeout,
+    maxConnectionsPerUid: a.max_workload_connections_per_uid,
+    maxCallsPerUid: a.max_workload_calls_per_uid,
+    allowUnauthenticatedVerifiers: a.allow_unauthenticated_verifiers,
+    health: grpcHealth,
+    metrics,
+    clock,
+    log,
+  });
+  const http = httpListenerServices(config, { metrics, readiness: () => services.readiness() });
 
-    let health: HttpListener | undefined;
-    const hc = config.health_checks;
-    if (hc?.listener_enabled) {
-      health = await startHealthServer({
-        host: hc.bind_address,
-        port: hc.bind_port,
-        livePath: hc.live_path,
-        readyPath: hc.ready_path,
-        metrics,
-        readiness: async () => {
-          const reasons = [core.problem(), core.cache.ready() ? undefined : "agent: no synced bundle and entries yet"].filter((r) => r !== undefined);
-          return { ready: reasons.length === 0, reasons };
-        },
-      });
-      cleanups.push(() => health?.close());
-    }
-    const prom = config.telemetry?.prometheus;
-    if (prom) {
-      const m = await startMetricsServer({ host: prom.host, port: prom.port, metrics });
-      cleanups.push(() => m.close());
-    }
-    log.info({ trust_domain: trustDomain.name, socket_path: socketPath, health: health?.url }, "agent started");
-    let stopped = false;
-    return {
-      core,
-      endpoint,
-      socketPath,
-      log,
-      health,
-      async stop(): Promise<void> {
-        if (stopped) return;
-        stopped = true;
-        for (const c of cleanups.reverse()) await c();
-        log.info({}, "agent stopped");
-      },
-    };
-  } catch (e) {
-    for (const c of cleanups.reverse()) await c();
-    throw e;
-  }
+  const services: ServiceGroup = new ServiceGroup([socketDirectory, core.state, core.server, core.node, core.sync, endpoint, ...http.services], log);
+  // A failing start stops those already started, in reverse, and rejects.
+  await services.start();
+
+  log.info({ trust_domain: trustDomain.name, socket_path: socketPath, health: http.health?.listener?.url }, "agent started");
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> =>
+    (stopping ??= (async () => {
+      await services.stop();
+      log.info({}, "agent stopped");
+    })());
+  return {
+    core: runningAgentCore(core, stop),
+    endpoint: endpoint.endpoint,
+    socketPath,
+    log,
+    health: http.health?.listener,
+    stop,
+  };
 }
 
-/** `sigil-agent run`: runs until SIGINT/SIGTERM. */
+/** `sigil-agent run`: runs until SIGINT/SIGTERM, then stops the services in reverse order. */
 export async function runAgent(configPath: string, options: { expandEnv?: boolean; joinToken?: string } = {}): Promise<void> {
   const config = loadAgentConfig(configPath, { expandEnv: Boolean(options.expandEnv) });
   const agent = await startAgentProcess(config, options.joinToken ? { joinToken: options.joinToken } : {});

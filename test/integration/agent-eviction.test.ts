@@ -118,10 +118,10 @@ describe("an evicted join-token agent", () => {
     expect(rec.agent_id).toBe(AGENT_ID);
     expect(existsSync(storedSvid)).toBe(false);
 
-    // /ready: not ready, with the reason.
+    // /ready: not ready, with the reason, named by the service it comes from.
     const r = await ready(first);
     expect(r.status).toBe(503);
-    expect(r.body.reasons).toEqual([expect.stringMatching(new RegExp(`^agent ${AGENT_ID} was evicted; a new join token is needed: .*sigil-agent run --join-token`))]);
+    expect(r.body.reasons).toEqual([expect.stringMatching(new RegExp(`^sync: agent ${AGENT_ID} was evicted; a new join token is needed: .*sigil-agent run --join-token`))]);
 
     // healthcheck: exit 1 with the same reason.
     const hc = await runAgentCli(["healthcheck", "--socket-path", first.socketPath]);

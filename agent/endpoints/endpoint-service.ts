@@ -1,0 +1,96 @@
+/**
+ * The Workload Endpoint as a service (`workload-endpoint`): at start the
+ * configured workload attestors are created, the Workload API is built on the
+ * shared admission (peer tracker → attester) and the socket is bound; at stop
+ * the socket is closed, open streams cancelled and gRPC health shut down.
+ * Other socket APIs (SDS) join the Workload API here, on the same socket.
+ */
+import type { Clock } from "../../common/clock.js";
+import type { HealthService } from "../../common/health/grpc-health.js";
+import { subsystemLogger, type Logger } from "../../common/log.js";
+import type { Metrics } from "../../common/metrics.js";
+import type { Service } from "../../common/service.js";
+import { createPlugins, PLUGIN_CATALOG, type PluginSection } from "../../plugins/catalog.js";
+import { SigilError } from "../../spiffe/errors.js";
+import type { TrustDomain } from "../../spiffe/id.js";
+import { createCallerAttester } from "../attestation/workload.js";
+import type { WorkloadCache } from "../cache/types.js";
+import { createPeerTracker, startWorkloadEndpoint, type WorkloadEndpoint } from "./server.js";
+import { createWorkloadApiHandler } from "./workload-api/handler.js";
+
+/** Dependencies of the {@link WorkloadEndpointService}. */
+export interface WorkloadEndpointServiceDeps {
+  /** Absolute path of the socket (`agent.socket_path`). */
+  readonly socketPath: string;
+  readonly cache: WorkloadCache;
+  readonly trustDomain: TrustDomain;
+  /** `plugins.WorkloadAttestor`: every configured attestor runs on each caller; their selectors are combined. */
+  readonly workloadAttestors: PluginSection | undefined;
+  /** `agent.workload_attestation_timeout`. */
+  readonly attestationTimeoutMs: number;
+  /** `agent.max_workload_connections_per_uid`. */
+  readonly maxConnectionsPerUid: number;
+  /** `agent.max_workload_calls_per_uid`. */
+  readonly maxCallsPerUid: number;
+  /** `agent.allow_unauthenticated_verifiers`. */
+  readonly allowUnauthenticatedVerifiers: boolean;
+  /** `grpc.health.v1.Health` on the socket. */
+  readonly health: HealthService;
+  readonly metrics: Metrics;
+  readonly clock: Clock;
+  /** The agent's logger; subsystem loggers are derived from it. */
+  readonly log: Logger;
+}
+
+/** The `workload-endpoint` service; see the module comment. */
+export class WorkloadEndpointService implements Service {
+  readonly name = "workload-endpoint";
+  readonly #d: WorkloadEndpointServiceDeps;
+  #endpoint: WorkloadEndpoint | undefined;
+
+  constructor(deps: WorkloadEndpointServiceDeps) {
+    this.#d = deps;
+  }
+
+  /** The running endpoint, once started. */
+  get endpoint(): WorkloadEndpoint {
+    if (this.#endpoint === undefined) throw new SigilError("ERR_UNAVAILABLE", "workload endpoint: not started");
+    return this.#endpoint;
+  }
+
+  async start(): Promise<void> {
+    const d = this.#d;
+    const attestors = createPlugins("agent", PLUGIN_CATALOG.WorkloadAttestor, d.workloadAttestors, { log: subsystemLogger(d.log, "workload_attestor") });
+    const endpointLog = subsystemLogger(d.log, "endpoints");
+    const peers = createPeerTracker({ maxConnectionsPerUid: d.maxConnectionsPerUid, log: endpointLog });
+    const attest = createCallerAttester({
+      resolvePeer: (p) => peers.lookup(p),
+      attestors,
+      timeoutMs: d.attestationTimeoutMs,
+      log: subsystemLogger(d.log, "workload_attestation"),
+    });
+    const workloadApi = createWorkloadApiHandler({
+      cache: d.cache,
+      attest,
+      trustDomain: d.trustDomain,
+      log: subsystemLogger(d.log, "workload_api"),
+      metrics: d.metrics,
+      allowUnauthenticatedVerifiers: d.allowUnauthenticatedVerifiers,
+      clock: d.clock,
+    });
+    this.#endpoint = await startWorkloadEndpoint({
+      socketPath: d.socketPath,
+      services: [workloadApi],
+      peers,
+      health: d.health,
+      maxCallsPerUid: d.maxCallsPerUid,
+      metrics: d.metrics,
+      log: endpointLog,
+    });
+  }
+
+  /** Closes the socket (open streams are cancelled; clients reconnect elsewhere) and shuts gRPC health down. */
+  async stop(): Promise<void> {
+    await this.#endpoint?.close();
+  }
+}

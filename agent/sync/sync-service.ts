@@ -1,0 +1,108 @@
+/**
+ * The sync loop as a service (`sync`): at start the cache gets the stored
+ * bundle, one round runs (a failure is logged; the loop retries with
+ * backoff), then a round every `sync_interval`; each round keeps the agent
+ * SVID current, fetches entries and bundles, and rotates workload SVIDs (see
+ * `sync-loop.ts`). Stopping waits for a round in progress.
+ *
+ * Readiness: not ready before the cache holds the bundle and has synced once,
+ * nor while the agent cannot keep its identities current on its own
+ * (evicted; the reason names the remedy).
+ */
+import type { Clock } from "../../common/clock.js";
+import type { Logger } from "../../common/log.js";
+import type { Service } from "../../common/service.js";
+import type { AgentNodeAttestor } from "../../plugins/nodeattestor/types.js";
+import { SigilError } from "../../spiffe/errors.js";
+import type { NodeIdentity } from "../attestation/node.js";
+import type { AgentCache } from "../cache/agent-cache.js";
+import type { AgentCacheMetrics } from "../cache/cache-metrics.js";
+import type { AgentStateStore, LoadedAgentState } from "../storage/agent-state-store.js";
+import type { GrpcServerClient } from "./server-client.js";
+import { SyncLoop } from "./sync-loop.js";
+
+/** Dependencies of the {@link SyncService}. */
+export interface SyncServiceDeps {
+  readonly cache: AgentCache;
+  /** The state store service: the stored bundle seeds the cache; a changed bundle is persisted. */
+  readonly state: { readonly store: AgentStateStore; readonly loaded: LoadedAgentState };
+  readonly server: { readonly client: GrpcServerClient };
+  readonly node: { readonly identity: NodeIdentity };
+  /** The node attestor: whether an evicted agent may attest again, and else the remedy. */
+  readonly attestor: AgentNodeAttestor | undefined;
+  readonly clock: Clock;
+  readonly metrics: AgentCacheMetrics;
+  /** `agent.sync_interval`. */
+  readonly intervalMs: number;
+  readonly rotationFraction: number;
+  readonly rotationJitter: number;
+  readonly random: () => number;
+  /** Do not start the periodic rounds (tests call `syncNow`). */
+  readonly manual?: boolean | undefined;
+  /** Called whenever the agent's problem appears, changes or clears. */
+  readonly onProblem?: ((problem: string | undefined) => void) | undefined;
+  readonly log: Logger;
+}
+
+/** The `sync` service; see the module comment. */
+export class SyncService implements Service {
+  readonly name = "sync";
+  readonly #d: SyncServiceDeps;
+  #loop: SyncLoop | undefined;
+
+  constructor(deps: SyncServiceDeps) {
+    this.#d = deps;
+  }
+
+  /** The sync loop, once started. */
+  get loop(): SyncLoop {
+    if (this.#loop === undefined) throw new SigilError("ERR_UNAVAILABLE", "sync: not started");
+    return this.#loop;
+  }
+
+  /** Why the agent cannot keep its identities current on its own (evicted), or undefined (also before start). */
+  get problem(): string | undefined {
+    return this.#loop?.problem;
+  }
+
+  /** The problem, only while the agent is evicted: nothing new can be had from the server then. */
+  get evictedProblem(): string | undefined {
+    return this.#loop?.evicted ? this.#loop.problem : undefined;
+  }
+
+  async start(): Promise<void> {
+    const d = this.#d;
+    const bundle = d.state.loaded.bundle;
+    if (bundle) d.cache.update({ bundles: [bundle] });
+    const loop = new SyncLoop({
+      client: d.server.client,
+      cache: d.cache,
+      clock: d.clock,
+      identity: d.node.identity,
+      attestor: d.attestor,
+      onProblem: d.onProblem,
+      store: d.state.store,
+      log: d.log,
+      metrics: d.metrics,
+      intervalMs: d.intervalMs,
+      rotationFraction: d.rotationFraction,
+      rotationJitter: d.rotationJitter,
+      random: d.random,
+    });
+    this.#loop = loop;
+    await loop.syncNow();
+    if (d.manual !== true) loop.start();
+  }
+
+  async stop(): Promise<void> {
+    await this.#loop?.stop();
+  }
+
+  readiness(): string[] {
+    const reasons: string[] = [];
+    const problem = this.problem;
+    if (problem !== undefined) reasons.push(problem);
+    if (!this.#d.cache.ready()) reasons.push("no synced bundle and entries yet");
+    return reasons;
+  }
+}
