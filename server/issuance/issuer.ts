@@ -23,7 +23,7 @@ import { parseSpiffeId, type SpiffeId } from "../../spiffe/id.js";
 import type { KeyType } from "../../spiffe/signer.js";
 import type { CaManager, IssuedJwt, IssuedX509, JwtSvidRequest, X509SvidRequest } from "../ca/manager.js";
 import type { Datastore, IssuanceInput, RegistrationEntry } from "../datastore/index.js";
-import { jwtIssuanceRecord, x509IssuanceRecord, type IssuanceOrigin } from "./records.js";
+import { jwtIssuanceRecord, x509IssuanceRecord } from "./records.js";
 
 /** Key types the server accepts for agent and workload keys. */
 export const ALLOWED_KEY_TYPES: readonly KeyType[] = ["ec-p256", "ec-p384", "rsa-2048", "rsa-4096"];
@@ -104,11 +104,11 @@ export class Issuer {
     const issued = await this.#d.ca.signX509SvidBatch(requests.map((r) => r.req));
     const records: IssuanceInput[] = [];
     const issuedAt = this.#d.now();
-    const requestedBy = `agent:${agentId}`;
+    const origin = { requestedBy: `agent:${agentId}`, agentId };
     issued.forEach((outcome, i) => {
       if (outcome instanceof SigilError) return;
       const entry = (requests[i] as EntryX509Request).entry;
-      records.push(x509IssuanceRecord("x509-svid", entry.spiffeId, outcome, { requestedBy, agentId, entry }, issuedAt));
+      records.push(x509IssuanceRecord("x509-svid", entry.spiffeId, outcome, origin, entry, issuedAt));
     });
     await this.#commit(records);
     this.#d.metrics?.x509SvidsSigned.inc(records.length);
@@ -126,7 +126,7 @@ export class Issuer {
       audience,
       ttlMs: entry.jwtSvidTtl > 0 ? entry.jwtSvidTtl * 1000 : this.#d.defaultJwtTtlMs,
     });
-    await this.#commit([jwtIssuanceRecord(entry.spiffeId, jwt, audience, { requestedBy: `agent:${agentId}`, agentId, entry })]);
+    await this.#commit([jwtIssuanceRecord(entry.spiffeId, jwt, audience, { requestedBy: `agent:${agentId}`, agentId }, entry)]);
     this.#d.metrics?.jwtSvidsSigned.inc();
     return jwt;
   }
@@ -140,7 +140,7 @@ export class Issuer {
     const issued = this.#d.ca.signX509Svid({ spiffeId: agentId, publicKeyDer, ttlMs });
     await bind(issued);
     const id = agentId.toString();
-    await this.#commit([x509IssuanceRecord("agent-svid", id, issued, { requestedBy: origin.requestedBy, agentId: id, selectors: origin.selectors }, this.#d.now())]);
+    await this.#commit([x509IssuanceRecord("agent-svid", id, issued, { requestedBy: origin.requestedBy, agentId: id, selectors: origin.selectors }, undefined, this.#d.now())]);
     this.#d.metrics?.x509SvidsSigned.inc();
     return issued;
   }
@@ -148,7 +148,7 @@ export class Issuer {
   /** Signs an X509-SVID for no entry and no agent (an admin mint) and records it as requested by `requestedBy`. */
   async mintX509Svid(req: X509SvidRequest, requestedBy: string): Promise<IssuedX509> {
     const issued = this.#d.ca.signX509Svid(req);
-    await this.#commit([x509IssuanceRecord("x509-svid", req.spiffeId.toString(), issued, { requestedBy, agentId: null }, this.#d.now())]);
+    await this.#commit([x509IssuanceRecord("x509-svid", req.spiffeId.toString(), issued, { requestedBy, agentId: null }, undefined, this.#d.now())]);
     this.#d.metrics?.x509SvidsSigned.inc();
     return issued;
   }
@@ -156,7 +156,7 @@ export class Issuer {
   /** Signs a JWT-SVID for no entry and no agent (an admin mint) and records it as requested by `requestedBy`. */
   async mintJwtSvid(req: JwtSvidRequest, requestedBy: string): Promise<IssuedJwt> {
     const jwt = this.#d.ca.signJwtSvid(req);
-    await this.#commit([jwtIssuanceRecord(req.spiffeId.toString(), jwt, req.audience, { requestedBy, agentId: null })]);
+    await this.#commit([jwtIssuanceRecord(req.spiffeId.toString(), jwt, req.audience, { requestedBy, agentId: null }, undefined)]);
     this.#d.metrics?.jwtSvidsSigned.inc();
     return jwt;
   }

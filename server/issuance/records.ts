@@ -10,14 +10,12 @@ import { canonicalSerialHex } from "../../spiffe/x509/serial.js";
 import type { IssuedJwt, IssuedX509 } from "../ca/manager.js";
 import type { IssuanceInput, RegistrationEntry } from "../datastore/index.js";
 
-/** Who a credential was issued to, and at whose request. */
+/** At whose request a credential was issued (one origin serves a whole batch). */
 export interface IssuanceOrigin {
   /** `<kind>:<principal>`: `agent:<agent ID>`, `attestation:<node attestor>`, `admin:local`. */
   readonly requestedBy: string;
   /** The agent that asked for it (or was attested); `null` for admin mints. */
   readonly agentId: string | null;
-  /** The registration entry it was issued for; none for agent SVIDs and mints. */
-  readonly entry?: RegistrationEntry | undefined;
   /** Canonical selectors to record when there is no entry (an attested node's); default none. */
   readonly selectors?: readonly string[] | undefined;
 }
@@ -35,40 +33,43 @@ function entrySelectors(e: RegistrationEntry): string[] {
   return s;
 }
 
-function selectorsOf(origin: IssuanceOrigin): readonly string[] {
-  return origin.entry ? entrySelectors(origin.entry) : (origin.selectors ?? []);
+function selectorsOf(origin: IssuanceOrigin, entry: RegistrationEntry | undefined): readonly string[] {
+  return entry ? entrySelectors(entry) : (origin.selectors ?? []);
 }
 
-/** The issuance-log record of an X509-SVID (`x509-svid`) or an agent's own SVID (`agent-svid`). */
-export function x509IssuanceRecord(kind: "x509-svid" | "agent-svid", spiffeId: string, issued: IssuedX509, origin: IssuanceOrigin, issuedAt: Date): IssuanceInput {
+/**
+ * The issuance-log record of an X509-SVID (`x509-svid`) or an agent's own SVID
+ * (`agent-svid`), issued for `entry` when there is one (its ID and selectors are recorded).
+ */
+export function x509IssuanceRecord(kind: "x509-svid" | "agent-svid", spiffeId: string, issued: IssuedX509, origin: IssuanceOrigin, entry: RegistrationEntry | undefined, issuedAt: Date): IssuanceInput {
   return {
     serial: issued.serial,
     kind,
     spiffeId,
-    entryId: origin.entry?.id ?? null,
+    entryId: entry?.id ?? null,
     agentId: origin.agentId,
     caKeyId: issued.caKeyId,
     notBefore: issued.notBefore,
     notAfter: issued.notAfter,
     issuedAt,
-    selectors: selectorsOf(origin),
+    selectors: selectorsOf(origin, entry),
     requestedBy: origin.requestedBy,
   };
 }
 
-/** The issuance-log record of a JWT-SVID. */
-export function jwtIssuanceRecord(spiffeId: string, jwt: IssuedJwt, audience: readonly string[], origin: IssuanceOrigin): IssuanceInput {
+/** The issuance-log record of a JWT-SVID, issued for `entry` when there is one. */
+export function jwtIssuanceRecord(spiffeId: string, jwt: IssuedJwt, audience: readonly string[], origin: IssuanceOrigin, entry: RegistrationEntry | undefined): IssuanceInput {
   return {
     serial: jwtSerial(jwt.token),
     kind: "jwt-svid",
     spiffeId,
-    entryId: origin.entry?.id ?? null,
+    entryId: entry?.id ?? null,
     agentId: origin.agentId,
     caKeyId: jwt.keyId,
     notBefore: jwt.issuedAt,
     notAfter: jwt.expiresAt,
     issuedAt: jwt.issuedAt,
-    selectors: selectorsOf(origin),
+    selectors: selectorsOf(origin, entry),
     requestedBy: origin.requestedBy,
     audience: [...audience],
   };

@@ -10,7 +10,7 @@ import { parseSpiffeId, parseTrustDomain, parseTrustDomainIdString, type SpiffeI
 import type { CaManager } from "../../ca/manager.js";
 import type { Datastore, PageRequest } from "../../datastore/index.js";
 
-/** Dependencies of the admin API (built once in `server/main.ts`). */
+/** Dependencies of the admin API (built once, by the `admin-socket` service in `server/api/admin-listener.ts`). */
 export interface AdminApiDeps {
   readonly trustDomain: TrustDomain;
   /** The server's SPIFFE ID (`spiffe://<td>/spire/server`), the parent of node-alias entries. */
