@@ -24,6 +24,7 @@
  *
  * Run with `node --import tsx --expose-gc bench/support/workload-agent-child.ts <uid> [entries]`.
  */
+import { rmSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -133,6 +134,8 @@ const peers = createPeerTracker();
 const attest = createCallerAttester({ resolvePeer: (p) => peers.lookup(p), attestors: [createUnixWorkloadAttestor()], timeoutMs: 30_000, log });
 const handler = createWorkloadApiHandler({ cache, attest, trustDomain: td, log, metrics });
 const dir = await mkdtemp(path.join(tmpdir(), "sigil-bench-wapi-"));
+// However this process ends (quit, a failed start, an error), the directory goes with it.
+process.once("exit", () => rmSync(dir, { recursive: true, force: true }));
 const endpoint = await startWorkloadEndpoint({ socketPath: path.join(dir, "agent", "api.sock"), services: [handler], peers, metrics, log });
 
 // ---- the bare grpc-js baseline ----------------------------------------------

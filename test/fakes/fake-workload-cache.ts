@@ -329,6 +329,15 @@ export async function startTestAgentEndpoint<C extends WorkloadCache = FakeWorkl
   const trustDomain = options.trustDomain ?? (options.cache instanceof FakeWorkloadCache ? options.cache.own.trustDomain : undefined);
   if (trustDomain === undefined) throw new Error("startTestAgentEndpoint: give the trustDomain of a cache that is not a FakeWorkloadCache");
   const dir = await mkdtemp(join(tmpdir(), "sigil-wep-"));
+  try {
+    return await startInDir(dir, trustDomain, options);
+  } catch (e) {
+    await rm(dir, { recursive: true, force: true });
+    throw e;
+  }
+}
+
+async function startInDir<C extends WorkloadCache>(dir: string, trustDomain: TrustDomain, options: TestAgentEndpointOptions<C>): Promise<TestAgentEndpoint<C>> {
   await chmod(dir, 0o755);
   const socketPath = join(dir, "api.sock");
   const logs: Array<Record<string, unknown>> = [];
@@ -364,8 +373,11 @@ export async function startTestAgentEndpoint<C extends WorkloadCache = FakeWorkl
     logs,
     attestedPeers,
     async close() {
-      await endpoint.close();
-      await rm(dir, { recursive: true, force: true });
+      try {
+        await endpoint.close();
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
     },
   };
 }
