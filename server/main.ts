@@ -27,10 +27,11 @@ import type { Clock } from "../common/clock.js";
 import { systemClock } from "../common/clock.js";
 import { createHealthService, type HealthService } from "../common/health/grpc-health.js";
 import { startHealthServer, startMetricsServer, type HttpListener } from "../common/health/http-server.js";
+import { HttpListenerService } from "../common/health/listener-service.js";
 import { createLogger, subsystemLogger, type Logger } from "../common/log.js";
 import { Metrics } from "../common/metrics.js";
 import { serverSpiffeId } from "../common/reserved-ids.js";
-import { service, ServiceGroup, type Service } from "../common/service.js";
+import { service, ServiceGroup } from "../common/service.js";
 import { waitForStopSignal } from "../common/signals.js";
 import { SigningPool } from "../plugins/keymanager/signing-pool.js";
 import { parseTrustDomain, type SpiffeId, type TrustDomain } from "../spiffe/id.js";
@@ -76,27 +77,6 @@ export interface RunningServer {
 /** `server.signing_threads`, or its default: one less than the available cores, at most 4. */
 export function signingThreads(configured: number | undefined, cores = availableParallelism()): number {
   return configured ?? Math.max(0, Math.min(4, cores - 1));
-}
-
-/** An optional HTTP listener (health, metrics) as a service. */
-class HttpListenerService implements Service {
-  readonly name: string;
-  readonly #open: () => Promise<HttpListener>;
-  /** The bound listener, once started. */
-  listener: HttpListener | undefined;
-
-  constructor(name: string, open: () => Promise<HttpListener>) {
-    this.name = name;
-    this.#open = open;
-  }
-
-  async start(): Promise<void> {
-    this.listener = await this.#open();
-  }
-
-  async stop(): Promise<void> {
-    await this.listener?.close();
-  }
 }
 
 /** Builds the server's services and starts them; resolves once every one has started. */

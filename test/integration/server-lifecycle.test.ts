@@ -5,17 +5,16 @@
  * from the process's JSON log, where the service group writes "Service
  * started" / "Service stopped" with the service's name.
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync, chmodSync } from "node:fs";
+import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:net";
-import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
+import { testTempDir } from "../support/temp-dir.js";
 import { launchServerProcess, runServerCli, testServerConfigYaml, type ServerProcess } from "./support/server-process.js";
 
 /** Every service of a server with signing threads and the HTTP health listener, in start order. */
 const ALL_SERVICES = ["datastore", "signing-pool", "ca", "entry-index", "server-svid", "agent-api", "admin-socket", "ca-rotation", "prune", "health-listener", "grpc-health"];
 
-const dirs: string[] = [];
 let srv: ServerProcess | undefined;
 let holder: Server | undefined;
 
@@ -24,13 +23,11 @@ afterEach(async () => {
   srv = undefined;
   await new Promise<void>((resolve) => (holder ? holder.close(() => resolve()) : resolve()));
   holder = undefined;
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
 /** A server config in a fresh directory: one signing thread and the health listener; the agent API on `bindPort` (default a free one). */
 function config(bindPort?: number): { dir: string; configPath: string; socketPath: string } {
-  const dir = mkdtempSync(path.join(tmpdir(), "sigil-lifecycle-"));
-  dirs.push(dir);
+  const dir = testTempDir("sigil-lifecycle-");
   const configPath = path.join(dir, "server.yaml");
   const yaml = testServerConfigYaml(dir, { serverExtra: "  signing_threads: 1\n", extraYaml: "health_checks:\n  listener_enabled: true\n  bind_port: 0\n" });
   // The agent API's port is the first `bind_port` (the server section's).

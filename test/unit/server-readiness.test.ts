@@ -4,9 +4,6 @@
  * then the reasons of the `datastore` and `ca` services, each named by its
  * service.
  */
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { ManualClock } from "../../common/clock.js";
 import { createLogger } from "../../common/log.js";
@@ -17,21 +14,19 @@ import { parseServerConfig } from "../../server/config/load.js";
 import { DatastoreService } from "../../server/datastore/service.js";
 import { parseTrustDomain } from "../../spiffe/id.js";
 import { testServerConfigYaml } from "../integration/support/server-process.js";
+import { testTempDir } from "../support/temp-dir.js";
 
 const HOUR = 3_600_000;
 const log = createLogger({ level: "error", destination: { write: () => undefined } });
-const dirs: string[] = [];
 const groups: ServiceGroup[] = [];
 
 afterEach(async () => {
   for (const g of groups.splice(0)) await g.stop();
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
 /** The datastore and CA services of a server config (SQLite in a temp directory, memory key manager), in a group. */
 function serverCore(clock: ManualClock): { group: ServiceGroup; datastore: DatastoreService } {
-  const dir = mkdtempSync(path.join(tmpdir(), "sigil-readiness-"));
-  dirs.push(dir);
+  const dir = testTempDir("sigil-readiness-");
   const config = parseServerConfig(testServerConfigYaml(dir, { keyManager: "memory" }));
   const trustDomain = parseTrustDomain(config.server.trust_domain);
   const datastore = new DatastoreService({ plugin: config.plugins.DataStore, trustDomain, clock });
