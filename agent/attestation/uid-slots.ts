@@ -12,7 +12,7 @@
  */
 
 /** Attestations one uid may run at a time. */
-export const DEFAULT_ATTESTATIONS_PER_UID = 4;
+export const DEFAULT_ATTESTATIONS_PER_UID = 32;
 
 /** Hands out attestation slots per uid. */
 export interface UidSlots {
