@@ -12,6 +12,7 @@ import { diskKeyManagerPlugin } from "./keymanager/disk/index.js";
 import { memoryKeyManagerPlugin } from "./keymanager/memory/index.js";
 import { joinTokenNodeAttestorPlugin } from "./nodeattestor/join_token/index.js";
 import { diskUpstreamAuthorityPlugin } from "./upstreamauthority/disk/index.js";
+import { k8sWorkloadAttestorPlugin } from "./workloadattestor/k8s/index.js";
 import { unixWorkloadAttestorPlugin } from "./workloadattestor/unix/index.js";
 
 /** Every plugin, by type. */
@@ -20,7 +21,7 @@ export const PLUGIN_CATALOG = {
   KeyManager: [diskKeyManagerPlugin, memoryKeyManagerPlugin],
   NodeAttestor: [joinTokenNodeAttestorPlugin],
   UpstreamAuthority: [diskUpstreamAuthorityPlugin],
-  WorkloadAttestor: [unixWorkloadAttestorPlugin],
+  WorkloadAttestor: [unixWorkloadAttestorPlugin, k8sWorkloadAttestorPlugin],
 } as const satisfies { readonly [T in PluginType]: readonly PluginDescriptor<T, never, unknown, never, unknown>[] };
 
 /** How many plugins of a type a present section names. */
