@@ -1,0 +1,167 @@
+/**
+ * The CA manager over a real SQLite datastore with a manual clock: slots move
+ * prepared → active → old at SPIRE's thresholds, a new authority is in the
+ * bundle before it signs anything, SVIDs never outlive their CA, state
+ * survives a restart with the disk key manager, and an upstream authority on
+ * disk makes the CA an intermediate under the upstream root.
+ */
+import { generateKeyPairSync, X509Certificate } from "node:crypto";
+import { writeFileSync } from "node:fs";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { ManualClock } from "../../../../common/clock.js";
+import { createDiskKeyManager } from "../../../../plugins/keymanager/disk/index.js";
+import { createMemoryKeyManager } from "../../../../plugins/keymanager/memory/index.js";
+import { createDiskUpstreamAuthority } from "../../../../plugins/upstreamauthority/disk/index.js";
+import { CaManager } from "../../../../server/ca/manager.js";
+import { createSqliteDatastore } from "../../../../server/datastore/index.js";
+import { toX509Bundle } from "../../../../spiffe/bundle/spiffe-bundle.js";
+import { parseSpiffeId, parseTrustDomain } from "../../../../spiffe/id.js";
+import { encodePemCertificates } from "../../../../spiffe/pem.js";
+import { createKeyObjectSigner, generateSigner } from "../../../../spiffe/signer.js";
+import { createRootCa } from "../../../../spiffe/x509/ca.js";
+import { StaticX509BundleSource } from "../../../../spiffe/x509/static-bundle-source.js";
+import { verifyX509Svid } from "../../../../spiffe/x509/verify.js";
+import { testTempDir } from "../../../support/temp-dir.js";
+
+const H = 3600_000;
+const td = parseTrustDomain("example.org");
+const web = parseSpiffeId("spiffe://example.org/web");
+const T0 = new Date("2026-06-01T00:00:00Z");
+
+async function setup(opts: { keysPath?: string; dir?: string; upstream?: ReturnType<typeof createDiskUpstreamAuthority> } = {}) {
+  const dir = opts.dir ?? testTempDir("sigil-ca-");
+  const clock = new ManualClock(T0);
+  const store = await createSqliteDatastore({ path: path.join(dir, "ds.sqlite3"), clock });
+  const ca = new CaManager(
+    { trustDomain: td, caTtlMs: 24 * H, caKeyType: "ec-p256", jwtKeyType: "ec-p256" },
+    { keyManager: opts.keysPath ? createDiskKeyManager({ keys_path: opts.keysPath }) : createMemoryKeyManager(), store, clock, upstream: opts.upstream },
+  );
+  await ca.start();
+  return { dir, clock, store, ca };
+}
+
+function spki(): Uint8Array {
+  return new Uint8Array(generateKeyPairSync("ec", { namedCurve: "prime256v1" }).publicKey.export({ format: "der", type: "spki" }));
+}
+
+const roots = (ca: CaManager) => ca.bundle().x509Authorities.map((d) => Buffer.from(d).toString("hex"));
+const activeKey = (ca: CaManager, kind: "x509" | "jwt") => (kind === "x509" ? ca.x509Authorities() : ca.jwtAuthorities()).find((a) => a.status === "active")?.keyId;
+
+describe("CA manager", () => {
+  it("starts with one active X.509 CA and JWT key, both published in the bundle", async () => {
+    const { ca, store } = await setup();
+    expect(ca.x509Authorities().map((a) => a.status)).toEqual(["active"]);
+    expect(ca.jwtAuthorities().map((a) => a.status)).toEqual(["active"]);
+    expect(ca.bundle().x509Authorities).toHaveLength(1);
+    expect([...ca.bundle().jwtAuthorities.keys()]).toEqual([activeKey(ca, "jwt")]);
+    expect((await store.getBundle("example.org"))?.sequence).toBe(ca.bundle().sequenceNumber?.toString());
+    await store.close();
+  });
+
+  it("prepares at half life and publishes the new CA before it signs; activates at 1/6 remaining; the old one stays in the bundle", async () => {
+    const { ca, clock, store } = await setup();
+    const firstX509 = activeKey(ca, "x509");
+    const seq0 = ca.bundle().sequenceNumber ?? 0n;
+
+    clock.advance(12 * H - 10_000); // certificates are backdated 10s, so half life falls 5s before T+12h
+    await ca.rotate();
+    expect(ca.x509Authorities()).toHaveLength(1); // not yet
+
+    clock.advance(10_000);
+    await ca.rotate();
+    expect(ca.x509Authorities().map((a) => a.status).sort()).toEqual(["active", "prepared"]);
+    expect(ca.bundle().x509Authorities).toHaveLength(2); // published before use (FED-1)
+    expect(ca.bundle().sequenceNumber).toBeGreaterThan(seq0);
+    // Still signing with the first CA.
+    const before = ca.signX509Svid({ spiffeId: web, publicKeyDer: spki(), ttlMs: H });
+    expect(before.caKeyId).toBe(firstX509);
+    expect(verifyX509Svid(before.chain, new StaticX509BundleSource([toX509Bundle(ca.bundle())]), { now: clock.now() }).id.equals(web)).toBe(true);
+
+    clock.advance(8 * H); // T+20h
+    await ca.rotate();
+    const statuses = Object.fromEntries(ca.x509Authorities().map((a) => [a.keyId, a.status]));
+    expect(statuses[firstX509 ?? ""]).toBe("old");
+    const after = ca.signX509Svid({ spiffeId: web, publicKeyDer: spki(), ttlMs: H });
+    expect(after.caKeyId).not.toBe(firstX509);
+    // The new CA's SVIDs verify against the published bundle, which still holds the old CA too.
+    expect(ca.bundle().x509Authorities).toHaveLength(2);
+    const src = new StaticX509BundleSource([toX509Bundle(ca.bundle())]);
+    expect(verifyX509Svid(after.chain, src, { now: clock.now() }).id.equals(web)).toBe(true);
+    // The journal records the transitions.
+    const journal = await store.listCaJournal("x509");
+    expect(journal.map((r) => r.status).sort()).toEqual(["active", "old"]);
+
+    const firstRoot = ca.x509Authorities().find((a) => a.keyId === firstX509)?.certDer;
+    clock.advance(4 * H + 1000); // past the first CA's expiry (and the second CA's half life: a third is prepared)
+    await ca.rotate();
+    const published = ca.bundle().x509Authorities.map((d) => Buffer.from(d).toString("hex"));
+    expect(published).not.toContain(Buffer.from(firstRoot ?? []).toString("hex")); // the expired CA left the bundle
+    expect(published).toHaveLength(2);
+    await store.close();
+  });
+
+  it("JWT keys rotate on the same schedule and tokens name the active key", async () => {
+    const { ca, clock, store } = await setup();
+    const first = activeKey(ca, "jwt");
+    clock.advance(20 * H);
+    await ca.rotate(); // prepares (nothing was prepared at 12h in this test)
+    await ca.rotate(); // and activates at once, since 1/6 remaining has passed
+    const jwt = ca.signJwtSvid({ spiffeId: web, audience: ["db"], ttlMs: 5 * 60_000 });
+    expect(jwt.keyId).not.toBe(first);
+    expect(ca.bundle().jwtAuthorities.has(first ?? "")).toBe(true);
+    await store.close();
+  });
+
+  it("an SVID never outlives its signing CA", async () => {
+    const { ca, clock, store } = await setup();
+    clock.advance(23 * H);
+    const issued = ca.signX509Svid({ spiffeId: web, publicKeyDer: spki(), ttlMs: 10 * H });
+    const caNotAfter = ca.x509Authorities().find((a) => a.keyId === issued.caKeyId)?.notAfter.getTime() ?? 0;
+    expect(new Date(new X509Certificate(Buffer.from(issued.chain[0] as Uint8Array)).validTo).getTime()).toBeLessThanOrEqual(caNotAfter);
+    const jwt = ca.signJwtSvid({ spiffeId: web, audience: ["db"], ttlMs: 10 * H });
+    const jwtNotAfter = ca.jwtAuthorities().find((a) => a.keyId === jwt.keyId)?.notAfter.getTime() ?? 0;
+    expect(jwt.expiresAt.getTime()).toBeLessThanOrEqual(jwtNotAfter);
+    await store.close();
+  });
+
+  it("with the disk key manager, a restart keeps the same CA and bundle", async () => {
+    const dir = testTempDir("sigil-ca-");
+    const keysPath = path.join(dir, "keys.json");
+    const a = await setup({ dir, keysPath });
+    const before = roots(a.ca);
+    const key = activeKey(a.ca, "x509");
+    await a.store.close();
+    const b = await setup({ dir, keysPath });
+    expect(roots(b.ca)).toEqual(before);
+    expect(activeKey(b.ca, "x509")).toBe(key);
+    await b.store.close();
+  });
+
+  it("upstreamauthority(disk): the CA is an intermediate under the upstream root, which alone is in the bundle", async () => {
+    const dir = testTempDir("sigil-ca-up-");
+    // An upstream root made with the library: a PEM cert and key on disk, as an operator provides them.
+    const { privateKey: upKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+    const signer = createKeyObjectSigner(upKey, "upstream");
+    const rootDer = createRootCa({ trustDomain: td, signer, notBefore: new Date(T0.getTime() - H), notAfter: new Date(T0.getTime() + 365 * 24 * H) });
+    writeFileSync(path.join(dir, "up.pem"), encodePemCertificates([rootDer]));
+    writeFileSync(path.join(dir, "up.key"), upKey.export({ format: "pem", type: "pkcs8" }));
+    const upstream = createDiskUpstreamAuthority({ cert_file_path: path.join(dir, "up.pem"), key_file_path: path.join(dir, "up.key") });
+    const { ca, clock, store } = await setup({ dir, upstream });
+    expect(roots(ca)).toEqual([Buffer.from(rootDer).toString("hex")]);
+    const issued = ca.signX509Svid({ spiffeId: web, publicKeyDer: spki(), ttlMs: H });
+    expect(issued.chain).toHaveLength(2); // leaf + Sigil's intermediate
+    const v = verifyX509Svid(issued.chain, new StaticX509BundleSource([toX509Bundle(ca.bundle())]), { now: clock.now() });
+    expect(v.verifiedChain).toHaveLength(3);
+    expect(Buffer.from(v.verifiedChain[2]?.raw ?? []).equals(Buffer.from(rootDer))).toBe(true);
+    await store.close();
+  });
+
+  it("upstreamauthority(disk) refuses a key that does not match the certificate, naming both files", async () => {
+    const dir = testTempDir("sigil-ca-up-");
+    const rootDer = createRootCa({ trustDomain: td, signer: generateSigner("ec-p256"), notBefore: T0, notAfter: new Date(T0.getTime() + 24 * H) });
+    writeFileSync(path.join(dir, "up.pem"), encodePemCertificates([rootDer]));
+    writeFileSync(path.join(dir, "other.key"), generateKeyPairSync("ec", { namedCurve: "prime256v1" }).privateKey.export({ format: "pem", type: "pkcs8" }));
+    expect(() => createDiskUpstreamAuthority({ cert_file_path: path.join(dir, "up.pem"), key_file_path: path.join(dir, "other.key") })).toThrow(/other\.key does not match the certificate in .*up\.pem/);
+  });
+});
