@@ -5,18 +5,18 @@
  */
 import { describe, expect, it } from "vitest";
 import { z } from "zod";
-import { attestWorkload } from "../../agent/attestation/workload.js";
-import { parseAgentConfig } from "../../agent/config/load.js";
-import { configJsonSchema } from "../../common/config/json-schema.js";
-import { createLogger } from "../../common/log.js";
-import { formatSelector, makeSelector } from "../../common/selector.js";
-import { AGENT_PLUGIN_SECTIONS, createPlugins, PLUGIN_CATALOG, pluginsConfigSchema, pluginsFor, SERVER_PLUGIN_SECTIONS } from "../../plugins/catalog.js";
-import { pluginHalf, type PluginDescriptor } from "../../plugins/descriptor.js";
-import type { WorkloadAttestor, WorkloadAttestorDeps } from "../../plugins/workloadattestor/types.js";
-import { processStartTime } from "../../agent/endpoints/peer.js";
-import { parseServerConfig } from "../../server/config/load.js";
-import { serverConfigSchema } from "../../server/config/schema.js";
-import { agentConfigSchema } from "../../agent/config/schema.js";
+import { attestWorkload } from "../../../agent/attestation/workload.js";
+import { parseAgentConfig } from "../../../agent/config/load.js";
+import { configJsonSchema } from "../../../common/config/json-schema.js";
+import { createLogger } from "../../../common/log.js";
+import { formatSelector, makeSelector } from "../../../common/selector.js";
+import { AGENT_PLUGIN_SECTIONS, createPlugins, PLUGIN_CATALOG, pluginsConfigSchema, pluginsFor, SERVER_PLUGIN_SECTIONS } from "../../../plugins/catalog.js";
+import { pluginHalf, type PluginDescriptor } from "../../../plugins/descriptor.js";
+import type { WorkloadAttestor, WorkloadAttestorDeps } from "../../../plugins/workloadattestor/types.js";
+import { processStartTime } from "../../../agent/endpoints/peer.js";
+import { parseServerConfig } from "../../../server/config/load.js";
+import { serverConfigSchema } from "../../../server/config/schema.js";
+import { agentConfigSchema } from "../../../agent/config/schema.js";
 
 const log = createLogger({ level: "error", destination: { write: () => undefined } });
 

@@ -2,10 +2,10 @@ import { statSync, writeFileSync, chmodSync, readFileSync, readdirSync, symlinkS
 import path from "node:path";
 import { verify } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { createDiskKeyManager } from "../../plugins/keymanager/disk/index.js";
-import { createMemoryKeyManager } from "../../plugins/keymanager/memory/index.js";
-import { isSigilError } from "../../spiffe/errors.js";
-import { testTempDir } from "../support/temp-dir.js";
+import { createDiskKeyManager } from "../../../../plugins/keymanager/disk/index.js";
+import { createMemoryKeyManager } from "../../../../plugins/keymanager/memory/index.js";
+import { isSigilError } from "../../../../spiffe/errors.js";
+import { testTempDir } from "../../../support/temp-dir.js";
 
 const data = Buffer.from("to be signed");
 

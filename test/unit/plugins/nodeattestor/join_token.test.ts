@@ -1,8 +1,8 @@
 import { describe, expect, it } from "vitest";
-import { createJoinTokenAgentAttestor } from "../../plugins/nodeattestor/join_token/agent.js";
-import { createJoinTokenServerAttestor, type JoinTokenStore } from "../../plugins/nodeattestor/join_token/server.js";
-import { isSigilError, SigilError } from "../../spiffe/errors.js";
-import { parseTrustDomain } from "../../spiffe/id.js";
+import { createJoinTokenAgentAttestor } from "../../../../plugins/nodeattestor/join_token/agent.js";
+import { createJoinTokenServerAttestor, type JoinTokenStore } from "../../../../plugins/nodeattestor/join_token/server.js";
+import { isSigilError, SigilError } from "../../../../spiffe/errors.js";
+import { parseTrustDomain } from "../../../../spiffe/id.js";
 
 const td = parseTrustDomain("example.org");
 const noChallenge = async (): Promise<Uint8Array> => {

@@ -9,18 +9,18 @@ import { once } from "node:events";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { attestWorkload, createCallerAttester, WorkloadAttestationError } from "../../agent/attestation/workload.js";
-import { processStartTime, type PeerCredentials } from "../../agent/endpoints/peer.js";
-import { createLogger } from "../../common/log.js";
-import { formatSelector, makeSelector, type Selector } from "../../common/selector.js";
-import { isSigilError } from "../../spiffe/errors.js";
+import { attestWorkload, createCallerAttester, WorkloadAttestationError } from "../../../../agent/attestation/workload.js";
+import { processStartTime, type PeerCredentials } from "../../../../agent/endpoints/peer.js";
+import { createLogger } from "../../../../common/log.js";
+import { formatSelector, makeSelector, type Selector } from "../../../../common/selector.js";
+import { isSigilError } from "../../../../spiffe/errors.js";
 import {
   createUnixWorkloadAttestor,
   parseIdNameFile,
   parseProcStatus,
   unixWorkloadAttestorConfigSchema,
-} from "../../plugins/workloadattestor/unix/index.js";
-import type { WorkloadAttestor } from "../../plugins/workloadattestor/types.js";
+} from "../../../../plugins/workloadattestor/unix/index.js";
+import type { WorkloadAttestor } from "../../../../plugins/workloadattestor/types.js";
 
 const isRoot = process.geteuid?.() === 0;
 if (!isRoot) {
