@@ -40,6 +40,8 @@ export async function startAgentProcess(opts: {
   extraAgentYaml?: string;
   /** The `unix` workload attestor's config, as a YAML flow mapping; default `{}`. */
   unixAttestorYaml?: string;
+  /** More workload attestors, as YAML lines indented for `plugins.WorkloadAttestor` (4 spaces), e.g. `    k8s: { … }\n`. */
+  extraWorkloadAttestorsYaml?: string;
 }): Promise<AgentProcess> {
   const dir = mkdtempSync(path.join(tmpdir(), "sigil-agent-it-"));
   const removeDir = (): void => rmSync(dir, { recursive: true, force: true });
@@ -95,7 +97,7 @@ ${opts.extraAgentYaml ?? ""}plugins:
     join_token: {}
   WorkloadAttestor:
     unix: ${opts.unixAttestorYaml ?? "{}"}
-`,
+${opts.extraWorkloadAttestorsYaml ?? ""}`,
   );
   const child: ChildProcess = spawn(process.execPath, ["--import", "tsx", path.join(root, "agent/cli/main.ts"), "run", "--config", configPath, "--join-token", opts.joinToken], {
     cwd: root,
