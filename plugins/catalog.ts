@@ -11,6 +11,7 @@ import type { PluginDescriptor, PluginSide, PluginType } from "./descriptor.js";
 import { diskKeyManagerPlugin } from "./keymanager/disk/index.js";
 import { memoryKeyManagerPlugin } from "./keymanager/memory/index.js";
 import { joinTokenNodeAttestorPlugin } from "./nodeattestor/join_token/index.js";
+import { k8sPsatNodeAttestorPlugin } from "./nodeattestor/k8s_psat/index.js";
 import { diskUpstreamAuthorityPlugin } from "./upstreamauthority/disk/index.js";
 import { k8sWorkloadAttestorPlugin } from "./workloadattestor/k8s/index.js";
 import { unixWorkloadAttestorPlugin } from "./workloadattestor/unix/index.js";
@@ -19,7 +20,7 @@ import { unixWorkloadAttestorPlugin } from "./workloadattestor/unix/index.js";
 export const PLUGIN_CATALOG = {
   DataStore: [sqlDataStorePlugin],
   KeyManager: [diskKeyManagerPlugin, memoryKeyManagerPlugin],
-  NodeAttestor: [joinTokenNodeAttestorPlugin],
+  NodeAttestor: [joinTokenNodeAttestorPlugin, k8sPsatNodeAttestorPlugin],
   UpstreamAuthority: [diskUpstreamAuthorityPlugin],
   WorkloadAttestor: [unixWorkloadAttestorPlugin, k8sWorkloadAttestorPlugin],
 } as const satisfies { readonly [T in PluginType]: readonly PluginDescriptor<T, never, unknown, never, unknown>[] };

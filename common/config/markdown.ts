@@ -75,6 +75,9 @@ function collect(node: Node, path: string, required: boolean, rows: Row[]): void
   if (path !== "") {
     rows.push({ path, type: typeOf(node), required: required && !("default" in node), defaultValue: formatDefault(node), description: description + extra });
   }
+  // A mapping keyed by names the operator chooses (k8s_psat `clusters`): its value's keys under `<name>`.
+  const each = asNode(node["additionalProperties"]);
+  if (props === undefined && each !== undefined && asNode(each["properties"]) !== undefined) collect(each, `${path}.<name>`, false, rows);
   if (props === undefined) return;
   const req = new Set(Array.isArray(node["required"]) ? (node["required"] as string[]) : []);
   for (const [key, child] of Object.entries(props)) {

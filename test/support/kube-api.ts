@@ -1,0 +1,313 @@
+/**
+ * A local Kubernetes API server for tests: HTTPS on 127.0.0.1 (an ephemeral
+ * port, a CA made for the test), bearer-token authentication, and the three
+ * resources the `k8s_psat` node attestor reads, in the wire format of the
+ * Kubernetes API reference:
+ *
+ * - `POST /apis/authentication.k8s.io/v1/tokenreviews`: a TokenReview in, the
+ *   same with `status` out (`authenticated`, `user.username/uid/groups/extra`,
+ *   `audiences`, `error`). Tokens are registered with what the review should
+ *   say about them; audiences are intersected as the API server does, and a
+ *   token bound to a pod is refused once that pod (or its UID) is gone, unless
+ *   `staleTokenReviews` imitates an authenticator that has not noticed yet.
+ * - `GET /api/v1/namespaces/{ns}/pods/{name}` (Pod) and `GET /api/v1/nodes/{name}` (Node).
+ * - Errors as `Status` objects: 401 Unauthorized without the expected bearer
+ *   token, 403 Forbidden for a resource listed in `forbidden`, 404 NotFound.
+ */
+import { randomBytes, randomUUID } from "node:crypto";
+import { writeFileSync } from "node:fs";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { createServer, type Server } from "node:https";
+import type { AddressInfo } from "node:net";
+import { join } from "node:path";
+import { createServingPki } from "./serving-cert.js";
+
+/** The extras a pod-bound projected token carries in its TokenReview. */
+const POD_NAME = "authentication.kubernetes.io/pod-name";
+const POD_UID = "authentication.kubernetes.io/pod-uid";
+const NODE_NAME = "authentication.kubernetes.io/node-name";
+const NODE_UID = "authentication.kubernetes.io/node-uid";
+const CREDENTIAL_ID = "authentication.kubernetes.io/credential-id";
+
+/** A pod as the fake stores it (the fields the attestor reads, and enough besides to be a Pod). */
+export interface FakePod {
+  readonly namespace: string;
+  readonly name: string;
+  readonly uid: string;
+  readonly serviceAccountName: string;
+  /** `spec.nodeName`; empty for a pod not yet scheduled. */
+  readonly nodeName: string;
+  readonly hostIP?: string;
+  readonly labels?: Readonly<Record<string, string>>;
+}
+
+/** A node as the fake stores it. */
+export interface FakeNode {
+  readonly name: string;
+  readonly uid: string;
+  readonly internalIP?: string;
+  readonly labels?: Readonly<Record<string, string>>;
+}
+
+/** What a TokenReview says about a registered token. */
+export interface TokenFacts {
+  /** `system:serviceaccount:<ns>:<name>` or any other user name. */
+  readonly username: string;
+  readonly uid?: string;
+  readonly groups?: readonly string[];
+  readonly extra?: Readonly<Record<string, readonly string[]>>;
+  /** The audiences the token was issued for; a review asking for none of them fails. */
+  readonly audiences: readonly string[];
+  /** The token is no longer valid (expired): reviews fail with this error. */
+  readonly invalid?: string;
+}
+
+/** What a test sees of one request. */
+export interface KubeApiRequest {
+  readonly method: string;
+  readonly path: string;
+  readonly authorization: string | undefined;
+  readonly body: unknown;
+}
+
+/** The running fake. */
+export interface FakeKubeApi {
+  /** `https://127.0.0.1:<port>`. */
+  readonly url: string;
+  /** The CA certificate that issued the serving certificate. */
+  readonly caPem: string;
+  /** The bearer token the fake accepts from its client (the Sigil server). */
+  readonly bearerToken: string;
+  /** Every request, in order. */
+  readonly requests: KubeApiRequest[];
+  /** Resources whose requests are answered 403 Forbidden (the client lacks RBAC). */
+  readonly forbidden: Set<"tokenreviews" | "pods" | "nodes">;
+  /** When true, TokenReviews do not check that a token's pod still exists (an authenticator's cache). */
+  staleTokenReviews: boolean;
+  putPod(pod: FakePod): void;
+  deletePod(namespace: string, name: string): void;
+  putNode(node: FakeNode): void;
+  deleteNode(name: string): void;
+  /** Registers a token with what reviews should say; returns the token. */
+  addToken(facts: TokenFacts, token?: string): string;
+  /**
+   * A pod-bound projected token for a service account's pod (the pod and its
+   * node must be put already), as the kubelet would mount it.
+   */
+  projectedToken(pod: FakePod, opts?: { audiences?: readonly string[] }): string;
+  /** Writes a kubeconfig for this API server (CA, URL, bearer token) as `<dir>/<name>` and returns its path. */
+  writeKubeconfig(dir: string, name?: string): string;
+  close(): Promise<void>;
+}
+
+/** A JWT-shaped opaque token: the attestor must never read its claims, so they say something else. */
+export function opaqueToken(claims: Record<string, unknown> = { sub: "system:serviceaccount:kube-system:lies" }): string {
+  const b64 = (v: unknown): string => Buffer.from(JSON.stringify(v)).toString("base64url");
+  return `${b64({ alg: "RS256", kid: "fake" })}.${b64(claims)}.${randomBytes(32).toString("base64url")}`;
+}
+
+function status(code: number, reason: string, message: string, details?: Record<string, unknown>): Record<string, unknown> {
+  return { kind: "Status", apiVersion: "v1", metadata: {}, status: "Failure", message, reason, ...(details ? { details } : {}), code };
+}
+
+function podJson(p: FakePod): Record<string, unknown> {
+  return {
+    kind: "Pod",
+    apiVersion: "v1",
+    metadata: { name: p.name, namespace: p.namespace, uid: p.uid, resourceVersion: "1", creationTimestamp: "2026-01-01T00:00:00Z", ...(p.labels ? { labels: p.labels } : {}) },
+    spec: {
+      containers: [{ name: "agent", image: "ghcr.io/example/sigil-agent:latest" }],
+      serviceAccountName: p.serviceAccountName,
+      ...(p.nodeName ? { nodeName: p.nodeName } : {}),
+    },
+    status: p.hostIP
+      ? { phase: "Running", hostIP: p.hostIP, hostIPs: [{ ip: p.hostIP }], podIP: "10.244.0.7", podIPs: [{ ip: "10.244.0.7" }] }
+      : { phase: "Pending" },
+  };
+}
+
+function nodeJson(n: FakeNode): Record<string, unknown> {
+  return {
+    kind: "Node",
+    apiVersion: "v1",
+    metadata: { name: n.name, uid: n.uid, resourceVersion: "1", creationTimestamp: "2026-01-01T00:00:00Z", ...(n.labels ? { labels: n.labels } : {}) },
+    spec: {},
+    status: {
+      addresses: [...(n.internalIP ? [{ type: "InternalIP", address: n.internalIP }] : []), { type: "Hostname", address: n.name }],
+      conditions: [{ type: "Ready", status: "True" }],
+    },
+  };
+}
+
+function readBody(req: IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let body = "";
+    req.setEncoding("utf8");
+    req.on("data", (d: string) => (body += d));
+    req.on("end", () => resolve(body));
+    req.on("error", reject);
+  });
+}
+
+/** Starts the fake on 127.0.0.1 with a fresh CA; `close()` it when done. */
+export async function startFakeKubeApi(): Promise<FakeKubeApi> {
+  const pki = createServingPki("fake kube-apiserver");
+  const bearerToken = randomBytes(24).toString("hex");
+  const pods = new Map<string, FakePod>();
+  const nodes = new Map<string, FakeNode>();
+  const tokens = new Map<string, TokenFacts>();
+  const requests: KubeApiRequest[] = [];
+  const forbidden = new Set<"tokenreviews" | "pods" | "nodes">();
+
+  const reviewToken = (spec: { token?: unknown; audiences?: unknown }, stale: boolean): Record<string, unknown> => {
+    const token = typeof spec.token === "string" ? spec.token : "";
+    const facts = tokens.get(token);
+    if (facts === undefined) return { user: {}, error: "[invalid bearer token, square/go-jose: compact JWS format must have three parts]" };
+    if (facts.invalid !== undefined) return { user: {}, error: `[invalid bearer token, ${facts.invalid}]` };
+    const wanted = Array.isArray(spec.audiences) && spec.audiences.length > 0 ? (spec.audiences as string[]) : ["https://kubernetes.default.svc.cluster.local"];
+    const audiences = wanted.filter((a) => facts.audiences.includes(a));
+    if (audiences.length === 0) {
+      return { user: {}, error: `[invalid bearer token, token audiences ${JSON.stringify(facts.audiences)} is invalid for the target audiences ${JSON.stringify(wanted)}]` };
+    }
+    const podName = facts.extra?.[POD_NAME]?.[0];
+    const podUid = facts.extra?.[POD_UID]?.[0];
+    if (!stale && podName !== undefined) {
+      const ns = facts.username.split(":")[2] ?? "";
+      const pod = pods.get(`${ns}/${podName}`);
+      if (pod === undefined) return { user: {}, error: `[invalid bearer token, pods "${podName}" not found]` };
+      if (pod.uid !== podUid) return { user: {}, error: `[invalid bearer token, pod "${podName}" UID (${pod.uid}) does not match the token's (${podUid})]` };
+    }
+    const user: Record<string, unknown> = { username: facts.username, ...(facts.uid ? { uid: facts.uid } : {}), groups: facts.groups ?? ["system:authenticated"] };
+    if (facts.extra !== undefined) user.extra = facts.extra;
+    return { authenticated: true, user, audiences };
+  };
+
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const url = new URL(req.url ?? "/", "https://127.0.0.1");
+    const raw = req.method === "POST" ? await readBody(req) : "";
+    let body: unknown;
+    try {
+      body = raw === "" ? undefined : JSON.parse(raw);
+    } catch {
+      body = raw;
+    }
+    requests.push({ method: req.method ?? "", path: url.pathname, authorization: req.headers.authorization, body });
+    const send = (code: number, doc: unknown): void => {
+      res.writeHead(code, { "content-type": "application/json" });
+      res.end(JSON.stringify(doc));
+    };
+    if (req.headers.authorization !== `Bearer ${bearerToken}`) return send(401, status(401, "Unauthorized", "Unauthorized"));
+    const deny = (verb: string, resource: "tokenreviews" | "pods" | "nodes", group: string, scope: string): void =>
+      send(403, status(403, "Forbidden", `${resource} is forbidden: User "system:serviceaccount:sigil:sigil-server" cannot ${verb} resource "${resource}" in API group "${group}" ${scope}`, { kind: resource }));
+
+    if (url.pathname === "/apis/authentication.k8s.io/v1/tokenreviews") {
+      if (req.method !== "POST") return send(405, status(405, "MethodNotAllowed", `the server does not allow this method on the requested resource`));
+      if (forbidden.has("tokenreviews")) return deny("create", "tokenreviews", "authentication.k8s.io", "at the cluster scope");
+      const review = body as { apiVersion?: unknown; kind?: unknown; spec?: { token?: unknown; audiences?: unknown } } | undefined;
+      if (review?.apiVersion !== "authentication.k8s.io/v1" || review.kind !== "TokenReview" || typeof review.spec !== "object") {
+        return send(400, status(400, "BadRequest", "the body is not an authentication.k8s.io/v1 TokenReview"));
+      }
+      if (typeof review.spec.token !== "string" || review.spec.token === "") return send(400, status(400, "BadRequest", "token is required"));
+      return send(201, {
+        kind: "TokenReview",
+        apiVersion: "authentication.k8s.io/v1",
+        metadata: { creationTimestamp: null },
+        spec: review.spec,
+        status: reviewToken(review.spec, fake.staleTokenReviews),
+      });
+    }
+    let m = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)$/.exec(url.pathname);
+    if (m && req.method === "GET") {
+      const [ns, name] = [decodeURIComponent(m[1] ?? ""), decodeURIComponent(m[2] ?? "")];
+      if (forbidden.has("pods")) return deny("get", "pods", "", `in the namespace "${ns}"`);
+      const pod = pods.get(`${ns}/${name}`);
+      return pod ? send(200, podJson(pod)) : send(404, status(404, "NotFound", `pods "${name}" not found`, { name, kind: "pods" }));
+    }
+    m = /^\/api\/v1\/nodes\/([^/]+)$/.exec(url.pathname);
+    if (m && req.method === "GET") {
+      const name = decodeURIComponent(m[1] ?? "");
+      if (forbidden.has("nodes")) return deny("get", "nodes", "", "at the cluster scope");
+      const node = nodes.get(name);
+      return node ? send(200, nodeJson(node)) : send(404, status(404, "NotFound", `nodes "${name}" not found`, { name, kind: "nodes" }));
+    }
+    return send(404, status(404, "NotFound", "the server could not find the requested resource"));
+  };
+
+  const server: Server = createServer({ cert: pki.certPem, key: pki.keyPem }, (req, res) => {
+    handle(req, res).catch((e: unknown) => {
+      res.writeHead(500, { "content-type": "application/json" });
+      res.end(JSON.stringify(status(500, "InternalError", String(e))));
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => resolve());
+  });
+  const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+
+  const fake: FakeKubeApi = {
+    url,
+    caPem: pki.caPem,
+    bearerToken,
+    requests,
+    forbidden,
+    staleTokenReviews: false,
+    putPod: (pod) => void pods.set(`${pod.namespace}/${pod.name}`, pod),
+    deletePod: (ns, name) => void pods.delete(`${ns}/${name}`),
+    putNode: (node) => void nodes.set(node.name, node),
+    deleteNode: (name) => void nodes.delete(name),
+    addToken(facts, token = opaqueToken()) {
+      tokens.set(token, facts);
+      return token;
+    },
+    projectedToken(pod, opts = {}) {
+      const node = nodes.get(pod.nodeName);
+      return fake.addToken({
+        username: `system:serviceaccount:${pod.namespace}:${pod.serviceAccountName}`,
+        uid: randomUUID(),
+        groups: ["system:serviceaccounts", `system:serviceaccounts:${pod.namespace}`, "system:authenticated"],
+        extra: {
+          [CREDENTIAL_ID]: [`JTI=${randomUUID()}`],
+          ...(node ? { [NODE_NAME]: [node.name], [NODE_UID]: [node.uid] } : {}),
+          [POD_NAME]: [pod.name],
+          [POD_UID]: [pod.uid],
+        },
+        audiences: opts.audiences ?? ["sigil-server"],
+      });
+    },
+    writeKubeconfig(dir, name = "kubeconfig.yaml") {
+      const file = join(dir, name);
+      writeFileSync(
+        file,
+        [
+          "apiVersion: v1",
+          "kind: Config",
+          "clusters:",
+          "- name: fake",
+          "  cluster:",
+          `    server: ${url}`,
+          `    certificate-authority-data: ${Buffer.from(pki.caPem).toString("base64")}`,
+          "users:",
+          "- name: sigil-server",
+          "  user:",
+          `    token: ${bearerToken}`,
+          "contexts:",
+          "- name: fake",
+          "  context:",
+          "    cluster: fake",
+          "    user: sigil-server",
+          "current-context: fake",
+          "",
+        ].join("\n"),
+        { mode: 0o600 },
+      );
+      return file;
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+  return fake;
+}
