@@ -28,14 +28,20 @@ export interface AgentProcess {
 }
 
 /**
- * Starts `sigil-agent run` with a join token in a fresh temporary directory;
- * resolves once the agent logs "agent started". The directory is removed by
- * `stop()`, or at once if the agent fails to start.
+ * Starts `sigil-agent run` with a join token (or the node attestor in
+ * `nodeAttestorYaml`) in a fresh temporary directory, or in `dir` to run again
+ * on an earlier agent's data; resolves once the agent logs "agent started".
+ * The directory is removed by `stop()`, or at once if the agent fails to start.
  */
 export async function startAgentProcess(opts: {
   serverAddress: string;
   bundlePem: string;
-  joinToken: string;
+  /** Passed as `--join-token`; omit with another node attestor. */
+  joinToken?: string;
+  /** The `plugins.NodeAttestor` entry, e.g. `k8s_psat: { cluster: prod }`; default `join_token: {}`. */
+  nodeAttestorYaml?: string;
+  /** Run in this directory (made by an earlier start kept with `stop({ keepDir: true })`). */
+  dir?: string;
   trustDomain?: string;
   extraAgentYaml?: string;
   /** The `unix` workload attestor's config, as a YAML flow mapping; default `{}`. */
@@ -43,7 +49,7 @@ export async function startAgentProcess(opts: {
   /** More workload attestors, as YAML lines indented for `plugins.WorkloadAttestor` (4 spaces), e.g. `    k8s: { … }\n`. */
   extraWorkloadAttestorsYaml?: string;
 }): Promise<AgentProcess> {
-  const dir = mkdtempSync(path.join(tmpdir(), "sigil-agent-it-"));
+  const dir = opts.dir ?? mkdtempSync(path.join(tmpdir(), "sigil-agent-it-"));
   const removeDir = (): void => rmSync(dir, { recursive: true, force: true });
   let child: ChildProcess | undefined;
   try {
@@ -94,12 +100,12 @@ function spawnAgent(dir: string, opts: Parameters<typeof startAgentProcess>[0]):
   log_level: debug
 ${opts.extraAgentYaml ?? ""}plugins:
   NodeAttestor:
-    join_token: {}
+    ${opts.nodeAttestorYaml ?? "join_token: {}"}
   WorkloadAttestor:
     unix: ${opts.unixAttestorYaml ?? "{}"}
 ${opts.extraWorkloadAttestorsYaml ?? ""}`,
   );
-  const child: ChildProcess = spawn(process.execPath, ["--import", "tsx", path.join(root, "agent/cli/main.ts"), "run", "--config", configPath, "--join-token", opts.joinToken], {
+  const child: ChildProcess = spawn(process.execPath, ["--import", "tsx", path.join(root, "agent/cli/main.ts"), "run", "--config", configPath, ...(opts.joinToken === undefined ? [] : ["--join-token", opts.joinToken])], {
     cwd: root,
     stdio: ["ignore", "pipe", "pipe"],
   });

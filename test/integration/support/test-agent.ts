@@ -43,7 +43,12 @@ export interface Attested {
 }
 
 /** Runs AttestAgent with a join token; rejects with the server's ServiceError on refusal. */
-export async function attestWithJoinToken(address: string, rootsPem: string, token: string, csrOverride?: Uint8Array): Promise<Attested> {
+export function attestWithJoinToken(address: string, rootsPem: string, token: string, csrOverride?: Uint8Array): Promise<Attested> {
+  return attestAgent(address, rootsPem, { type: "join_token", payload: Buffer.from(token) }, csrOverride);
+}
+
+/** Runs AttestAgent with any node attestor's data; rejects with the server's ServiceError on refusal. */
+export async function attestAgent(address: string, rootsPem: string, data: { type: string; payload: Uint8Array }, csrOverride?: Uint8Array): Promise<Attested> {
   const { privateKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
   const def = grpcServiceDefinition(AgentAPI).attestAgent;
   const client = new Client(address, tlsCredentials(rootsPem));
@@ -55,7 +60,7 @@ export async function attestWithJoinToken(address: string, rootsPem: string, tok
     call.on("error", (e: ServiceError) => reject(e));
     call.write(
       create(AttestAgentRequestSchema, {
-        step: { case: "params", value: { data: { type: "join_token", payload: Buffer.from(token) }, csr: csrOverride ?? buildCsr(privateKey) } },
+        step: { case: "params", value: { data, csr: csrOverride ?? buildCsr(privateKey) } },
       }),
     );
   }).finally(() => client.close());
