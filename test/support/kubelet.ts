@@ -10,6 +10,7 @@
 import { spawnSync } from "node:child_process";
 import { generateKeyPairSync, randomBytes, randomUUID } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import http from "node:http";
 import https from "node:https";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -144,9 +145,10 @@ export interface FakeKubelet {
 
 /**
  * Starts a fake kubelet with `pods`. `pki` defaults to a fresh CA and a
- * certificate for 127.0.0.1, localhost and `nodeName`.
+ * certificate for 127.0.0.1, localhost and `nodeName`. With `readOnlyPort` it
+ * serves plain HTTP and asks for no token, as the kubelet's read-only port.
  */
-export async function startFakeKubelet(opts: { nodeName?: string; pods?: readonly FakePodSpec[]; pki?: KubeletPki } = {}): Promise<FakeKubelet> {
+export async function startFakeKubelet(opts: { nodeName?: string; pods?: readonly FakePodSpec[]; pki?: KubeletPki; readOnlyPort?: boolean } = {}): Promise<FakeKubelet> {
   const nodeName = opts.nodeName ?? "node-1";
   const pki = opts.pki ?? createKubeletPki(["127.0.0.1", "localhost", nodeName]);
   const dir = mkdtempSync(path.join(tmpdir(), "sigil-fake-kubelet-"));
@@ -159,7 +161,7 @@ export async function startFakeKubelet(opts: { nodeName?: string; pods?: readonl
   let failure: number | undefined;
   let requests = 0;
   const hooks: Array<() => void> = [];
-  const server = https.createServer({ cert: pki.certPem, key: pki.keyPem }, (req, res) => {
+  const handler: http.RequestListener = (req, res) => {
     requests++;
     for (const h of hooks.splice(0)) h();
     if (req.method !== "GET" || req.url !== "/pods") {
@@ -167,7 +169,7 @@ export async function startFakeKubelet(opts: { nodeName?: string; pods?: readonl
       return;
     }
     // The kubelet answers 401 "Unauthorized" when its TokenReview does not accept the bearer.
-    if (req.headers.authorization !== `Bearer ${token}`) {
+    if (opts.readOnlyPort !== true && req.headers.authorization !== `Bearer ${token}`) {
       res.writeHead(401, { "content-type": "text/plain" }).end("Unauthorized");
       return;
     }
@@ -177,7 +179,8 @@ export async function startFakeKubelet(opts: { nodeName?: string; pods?: readonl
     }
     const list: V1PodList = { kind: "PodList", apiVersion: "v1", metadata: {}, items: pods };
     res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(list));
-  });
+  };
+  const server = opts.readOnlyPort === true ? http.createServer(handler) : https.createServer({ cert: pki.certPem, key: pki.keyPem }, handler);
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(0, "127.0.0.1", () => resolve());

@@ -10,6 +10,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
+import { parseAgentConfig } from "../../../../../agent/config/load.js";
 import { formatSelector } from "../../../../../common/selector.js";
 import {
   createK8sWorkloadAttestor,
@@ -205,6 +206,15 @@ describe.skipIf(!haveOpenssl)("k8s workload attestor against a kubelet", () => {
     );
   });
 
+  it("kubelet_read_only_port: plain HTTP without a token, only when configured", async () => {
+    kubelet = await startFakeKubelet({ pods: [WEB], readOnlyPort: true });
+    const a = createK8sWorkloadAttestor({ kubelet_read_only_port: kubelet.port, token_path: "/nonexistent", node_name: "node-1" }, { procRoot: procRoot(inContainer(APP_ID)), env: {} });
+    attestors.push(a);
+    expect((await a.attest(CALLER)).map(formatSelector)).toContain("k8s:ns:prod");
+    // The default is the secure port: HTTPS against a plain HTTP server fails.
+    expect(await failure(attestor(kubelet, inContainer(APP_ID)).attest(CALLER))).toContain(`kubelet https://127.0.0.1:${kubelet.port}/pods: `);
+  });
+
   it("the pod list is reused within pod_list_cache_ttl and asked again after it", async () => {
     kubelet = await startFakeKubelet({ pods: [WEB] });
     const cached = attestor(kubelet, inContainer(APP_ID), { pod_list_cache_ttl: 3_600_000 });
@@ -225,5 +235,11 @@ describe("k8s workload attestor config", () => {
     const both = k8sWorkloadAttestorConfigSchema.safeParse({ kubelet_secure_port: 10250, kubelet_read_only_port: 10255 });
     expect(both.error?.issues.map((i) => i.message)).toEqual(["kubelet_read_only_port and kubelet_secure_port exclude each other; set one"]);
     expect(k8sWorkloadAttestorConfigSchema.safeParse({ kubelet_port: 1 }).success).toBe(false);
+  });
+
+  it("in an agent config, `k8s:` alone takes every default, and a wrong key is named by its path", () => {
+    const yaml = (k8s: string) => `agent:\n  trust_domain: example.org\n  insecure_bootstrap: true\nplugins:\n  NodeAttestor:\n    join_token:\n  WorkloadAttestor:\n    unix:\n    k8s:${k8s}\n`;
+    expect(parseAgentConfig(yaml("")).plugins.WorkloadAttestor).toEqual({ unix: {}, k8s: {} });
+    expect(() => parseAgentConfig(yaml("\n      poll_retry_interval: 500"))).toThrow("plugins.WorkloadAttestor.k8s.poll_retry_interval");
   });
 });
