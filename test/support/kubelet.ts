@@ -195,7 +195,7 @@ export async function startFakeKubelet(opts: { nodeName?: string; pods?: readonl
       return requests;
     },
     addPod(spec) {
-      const pod = "metadata" in spec ? spec : makePod(spec);
+      const pod = "containers" in spec ? makePod(spec) : spec;
       pods.push(pod);
       return pod;
     },
