@@ -1,21 +1,21 @@
 /**
  * A fake kubelet for tests and benchmarks: HTTPS on 127.0.0.1 (ephemeral
- * port) with a serving certificate from a CA made for it (OpenSSL CLI; gate
- * with `requireTool("openssl")`), answering `GET /pods` with a PodList shaped
- * as the Kubernetes API defines it (core/v1 types.go: PodList, Pod,
- * ObjectMeta, PodSpec, PodStatus, ContainerStatus), and 401 without the
- * expected bearer token. Pods can be added while it runs, as a kubelet lists a
+ * port) with a serving certificate from a CA made for it (`serving-cert.ts`,
+ * OpenSSL CLI; gate with `requireTool("openssl")`), answering `GET /pods`
+ * with a PodList shaped as the Kubernetes API defines it (core/v1 types.go:
+ * PodList, Pod, ObjectMeta, PodSpec, PodStatus, ContainerStatus), and 401
+ * without the expected bearer token. Pods can be added while it runs, as a kubelet lists a
  * container only some time after it started.
  */
-import { spawnSync } from "node:child_process";
-import { generateKeyPairSync, randomBytes, randomUUID } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { randomBytes, randomUUID } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import type { V1ContainerStatus, V1Pod, V1PodList } from "@kubernetes/client-node";
+import { createServingPki, type ServingPki } from "./serving-cert.js";
 
 /** A container of a {@link FakePodSpec}. */
 export interface FakeContainer {
@@ -89,40 +89,6 @@ export function makePod(spec: FakePodSpec): V1Pod {
   };
 }
 
-/** A CA and a serving certificate it signed, PEM. */
-export interface KubeletPki {
-  readonly caPem: string;
-  readonly certPem: string;
-  readonly keyPem: string;
-}
-
-/** Makes a CA and a kubelet serving certificate for `names` (IP or DNS) with the OpenSSL CLI. */
-export function createKubeletPki(names: readonly string[]): KubeletPki {
-  const dir = mkdtempSync(path.join(tmpdir(), "sigil-kubelet-pki-"));
-  try {
-    const key = (): string => generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey.export({ type: "pkcs8", format: "pem" }).toString();
-    writeFileSync(path.join(dir, "ca.key"), key());
-    const keyPem = key();
-    writeFileSync(path.join(dir, "leaf.key"), keyPem);
-    const san = names.map((n) => (/^[0-9.]+$|:/.test(n) ? `IP:${n}` : `DNS:${n}`)).join(",");
-    writeFileSync(
-      path.join(dir, "ext.cnf"),
-      `[req]\ndistinguished_name = dn\n[dn]\n[ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign\n[leaf]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\nextendedKeyUsage = serverAuth\nsubjectAltName = ${san}\n`,
-    );
-    const run = (args: string[]): void => {
-      const r = spawnSync("openssl", args, { cwd: dir, encoding: "utf8" });
-      if (r.status !== 0) throw new Error(`openssl ${args[0]} failed: ${r.stderr}`);
-    };
-    const serial = (): string => `0x${randomBytes(16).toString("hex")}`;
-    run(["req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=fake cluster CA", "-days", "2", "-set_serial", serial(), "-config", "ext.cnf", "-extensions", "ca", "-out", "ca.pem"]);
-    run(["req", "-new", "-key", "leaf.key", "-subj", "/CN=fake kubelet", "-config", "ext.cnf", "-out", "leaf.csr"]);
-    run(["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial", serial(), "-days", "2", "-extfile", "ext.cnf", "-extensions", "leaf", "-out", "leaf.pem"]);
-    return { caPem: readFileSync(path.join(dir, "ca.pem"), "utf8"), certPem: readFileSync(path.join(dir, "leaf.pem"), "utf8"), keyPem };
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
 /** A running fake kubelet. */
 export interface FakeKubelet {
   readonly port: number;
@@ -148,9 +114,9 @@ export interface FakeKubelet {
  * certificate for 127.0.0.1, localhost and `nodeName`. With `readOnlyPort` it
  * serves plain HTTP and asks for no token, as the kubelet's read-only port.
  */
-export async function startFakeKubelet(opts: { nodeName?: string; pods?: readonly FakePodSpec[]; pki?: KubeletPki; readOnlyPort?: boolean } = {}): Promise<FakeKubelet> {
+export async function startFakeKubelet(opts: { nodeName?: string; pods?: readonly FakePodSpec[]; pki?: ServingPki; readOnlyPort?: boolean } = {}): Promise<FakeKubelet> {
   const nodeName = opts.nodeName ?? "node-1";
-  const pki = opts.pki ?? createKubeletPki(["127.0.0.1", "localhost", nodeName]);
+  const pki = opts.pki ?? createServingPki("fake kubelet", ["127.0.0.1", "localhost", nodeName]);
   const dir = mkdtempSync(path.join(tmpdir(), "sigil-fake-kubelet-"));
   const caPath = path.join(dir, "ca.crt");
   const tokenPath = path.join(dir, "token");

@@ -1,12 +1,13 @@
 /**
  * A throwaway TLS PKI for local HTTPS test servers: a self-signed CA and a
- * serving certificate for 127.0.0.1 and localhost it signs, made with the
- * OpenSSL CLI (gate tests with `requireTool("openssl")`). Valid from now for
+ * serving certificate it signs (for 127.0.0.1 and localhost unless told),
+ * made with the OpenSSL CLI (gate tests with `requireTool("openssl")`). Valid from now for
  * two days, since clients check validity against the real clock.
  */
 import { spawnSync } from "node:child_process";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { isIP } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -24,8 +25,11 @@ function openssl(dir: string, args: string[]): void {
   if (r.status !== 0) throw new Error(`openssl ${args.join(" ")} failed: ${r.stderr}`);
 }
 
-/** Makes a fresh CA and a serving certificate for `127.0.0.1` / `localhost` (P-256 keys). */
-export function createServingPki(commonName = "sigil test server"): ServingPki {
+/**
+ * Makes a fresh CA and a serving certificate (P-256 keys) for `names`, each an
+ * IP address or a DNS name; default `127.0.0.1` and `localhost`.
+ */
+export function createServingPki(commonName = "sigil test server", names: readonly string[] = ["127.0.0.1", "localhost"]): ServingPki {
   const dir = mkdtempSync(join(tmpdir(), "sigil-test-tls-"));
   try {
     const pem = (): string => generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey.export({ type: "pkcs8", format: "pem" }).toString();
@@ -47,7 +51,7 @@ export function createServingPki(commonName = "sigil test server"): ServingPki {
         "basicConstraints = critical,CA:FALSE",
         "keyUsage = critical,digitalSignature",
         "extendedKeyUsage = serverAuth",
-        "subjectAltName = IP:127.0.0.1,DNS:localhost",
+        `subjectAltName = ${names.map((n) => (isIP(n) === 0 ? `DNS:${n}` : `IP:${n}`)).join(",")}`,
         "",
       ].join("\n"),
     );

@@ -18,7 +18,8 @@ import {
   type K8sWorkloadAttestor,
   type K8sWorkloadAttestorConfig,
 } from "../../../../../plugins/workloadattestor/k8s/index.js";
-import { createKubeletPki, randomContainerId, startFakeKubelet, type FakeKubelet, type FakePodSpec } from "../../../../support/kubelet.js";
+import { randomContainerId, startFakeKubelet, type FakeKubelet, type FakePodSpec } from "../../../../support/kubelet.js";
+import { createServingPki } from "../../../../support/serving-cert.js";
 import { testTempDir } from "../../../../support/temp-dir.js";
 import { requireTool } from "../../../../support/tools.js";
 
@@ -159,7 +160,7 @@ describe.skipIf(!haveOpenssl)("k8s workload attestor against a kubelet", () => {
   it("a kubelet certificate the configured CA did not sign is refused; skip_kubelet_verification accepts it", async () => {
     kubelet = await startFakeKubelet({ pods: [WEB] });
     const otherCa = testTempDir("sigil-k8s-ca-");
-    writeFileSync(path.join(otherCa, "ca.crt"), createKubeletPki(["127.0.0.1"]).caPem);
+    writeFileSync(path.join(otherCa, "ca.crt"), createServingPki("another cluster").caPem);
     const refused = await failure(attestor(kubelet, inContainer(APP_ID), { kubelet_ca_path: path.join(otherCa, "ca.crt") }).attest(CALLER));
     expect(refused).toMatch(new RegExp(`^workloadattestor\\(k8s\\): kubelet https://127\\.0\\.0\\.1:${kubelet.port}/pods: the kubelet's serving certificate is not trusted: `));
     const skipped = await attestor(kubelet, inContainer(APP_ID), { kubelet_ca_path: path.join(otherCa, "ca.crt"), skip_kubelet_verification: true }).attest(CALLER);
