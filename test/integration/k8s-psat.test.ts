@@ -9,7 +9,6 @@
  * the k8s workload attestor is tested elsewhere).
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { credentials, status, type ServiceError } from "@grpc/grpc-js";
@@ -17,7 +16,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createUnaryClient } from "../../common/rpc/unary-client.js";
 import { encodeK8sPsatPayload } from "../../plugins/nodeattestor/k8s_psat/payload.js";
 import { EntryAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
-import { opaqueToken, startFakeKubeApi, type FakeKubeApi, type FakeNode, type FakePod } from "../support/kube-api.js";
+import { EXAMPLE_AGENT_POD, EXAMPLE_NODE, opaqueToken, startFakeKubeApi, type FakeKubeApi, type FakeNode, type FakePod } from "../support/kube-api.js";
+import { closedLoopbackPort } from "../support/ports.js";
 import { requireTool } from "../support/tools.js";
 import { runWorkload, startAgentProcess, type AgentProcess } from "./support/agent-process.js";
 import { launchServerProcess, testServerConfigYaml, type ServerProcess } from "./support/server-process.js";
@@ -25,16 +25,8 @@ import { attestAgent, rootsPemFromBundleJson } from "./support/test-agent.js";
 
 const haveOpenssl = requireTool("openssl", ["version"], "the fake API server's certificate");
 
-const NODE: FakeNode = { name: "worker-1", uid: "6a1e3c2b-9f0d-4e55-8d7e-0c1b2a3f4e5d", internalIP: "192.0.2.11", labels: { "topology.kubernetes.io/zone": "zone-a" } };
-const AGENT_POD: FakePod = {
-  namespace: "sigil",
-  name: "sigil-agent-x7k2p",
-  uid: "0f9e8d7c-6b5a-4c3d-9e2f-1a0b9c8d7e6f",
-  serviceAccountName: "sigil-agent",
-  nodeName: NODE.name,
-  hostIP: "192.0.2.11",
-  labels: { app: "sigil-agent" },
-};
+const NODE = EXAMPLE_NODE;
+const AGENT_POD = EXAMPLE_AGENT_POD;
 const AGENT_ID = `spiffe://example.org/spire/agent/k8s_psat/prod/${NODE.uid}`;
 const ALIAS_ID = "spiffe://example.org/k8s/prod/sigil-agents";
 const WORKLOAD_ID = "spiffe://example.org/k8s/prod/web";
@@ -61,14 +53,6 @@ async function workloadIds(socketPath: string): Promise<{ ids?: string[]; error?
   return JSON.parse(r.stdout.trim().split("\n").pop() || JSON.stringify({ error: r.stderr })) as never;
 }
 
-/** A loopback port nothing listens on. */
-async function closedPort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((resolve) => s.listen(0, "127.0.0.1", resolve));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return port;
-}
 
 describe.skipIf(!haveOpenssl)("k8s_psat node attestation with real server and agent processes", () => {
   beforeAll(async () => {
@@ -79,7 +63,7 @@ describe.skipIf(!haveOpenssl)("k8s_psat node attestation with real server and ag
     const kubeconfig = api.writeKubeconfig(dir);
     // A second cluster whose API server is down, for the Unavailable case.
     const offline = api.writeKubeconfig(dir, "offline.yaml");
-    writeFileSync(offline, readFileSync(offline, "utf8").replace(api.url, `https://127.0.0.1:${await closedPort()}`));
+    writeFileSync(offline, readFileSync(offline, "utf8").replace(api.url, `https://127.0.0.1:${await closedLoopbackPort()}`));
     tokenPath = path.join(dir, "token");
     writeFileSync(tokenPath, api.projectedToken(AGENT_POD));
 

@@ -100,6 +100,25 @@ export interface FakeKubeApi {
   close(): Promise<void>;
 }
 
+/** A worker node for tests, with a zone label. */
+export const EXAMPLE_NODE: FakeNode = {
+  name: "worker-1",
+  uid: "6a1e3c2b-9f0d-4e55-8d7e-0c1b2a3f4e5d",
+  internalIP: "192.0.2.11",
+  labels: { "topology.kubernetes.io/zone": "zone-a", "kubernetes.io/hostname": "worker-1" },
+};
+
+/** A sigil-agent DaemonSet pod (namespace `sigil`, service account `sigil-agent`) on {@link EXAMPLE_NODE}. */
+export const EXAMPLE_AGENT_POD: FakePod = {
+  namespace: "sigil",
+  name: "sigil-agent-x7k2p",
+  uid: "0f9e8d7c-6b5a-4c3d-9e2f-1a0b9c8d7e6f",
+  serviceAccountName: "sigil-agent",
+  nodeName: EXAMPLE_NODE.name,
+  hostIP: "192.0.2.11",
+  labels: { app: "sigil-agent", "pod-template-hash": "5d9f" },
+};
+
 /** A JWT-shaped opaque token: the attestor must never read its claims, so they say something else. */
 export function opaqueToken(claims: Record<string, unknown> = { sub: "system:serviceaccount:kube-system:lies" }): string {
   const b64 = (v: unknown): string => Buffer.from(JSON.stringify(v)).toString("base64url");

@@ -5,22 +5,23 @@
  * loaders (key paths in every message).
  */
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { createServer as createNetServer, type AddressInfo, type Socket } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseAgentConfig } from "../../../../agent/config/load.js";
 import { formatSelector } from "../../../../common/selector.js";
 import { createK8sPsatAgentAttestor } from "../../../../plugins/nodeattestor/k8s_psat/agent.js";
-import type { KubeApi } from "../../../../plugins/nodeattestor/k8s_psat/kube-api.js";
+import { createKubeApi, type KubeApi } from "../../../../plugins/nodeattestor/k8s_psat/kube-api.js";
 import { encodeK8sPsatPayload, parseK8sPsatPayload } from "../../../../plugins/nodeattestor/k8s_psat/payload.js";
 import { createK8sPsatServerAttestor, k8sPsatServerConfigSchema } from "../../../../plugins/nodeattestor/k8s_psat/server.js";
 import type { ServerNodeAttestor } from "../../../../plugins/nodeattestor/types.js";
 import { parseServerConfig } from "../../../../server/config/load.js";
 import { isSigilError, type ErrorCode } from "../../../../spiffe/errors.js";
 import { parseTrustDomain } from "../../../../spiffe/id.js";
-import { opaqueToken, startFakeKubeApi, type FakeKubeApi, type FakeNode, type FakePod } from "../../../support/kube-api.js";
+import { EXAMPLE_AGENT_POD, EXAMPLE_NODE, opaqueToken, startFakeKubeApi, type FakeKubeApi, type FakeNode, type FakePod } from "../../../support/kube-api.js";
 import { createServingPki } from "../../../support/serving-cert.js";
 import { testTempDir } from "../../../support/temp-dir.js";
+import { closedLoopbackPort } from "../../../support/ports.js";
 import { requireTool } from "../../../support/tools.js";
 
 const td = parseTrustDomain("example.org");
@@ -29,16 +30,8 @@ const noChallenge = async (): Promise<Uint8Array> => {
 };
 const haveOpenssl = requireTool("openssl", ["version"], "the fake API server's certificate");
 
-const NODE: FakeNode = { name: "worker-1", uid: "6a1e3c2b-9f0d-4e55-8d7e-0c1b2a3f4e5d", internalIP: "192.0.2.11", labels: { "topology.kubernetes.io/zone": "zone-a", "kubernetes.io/hostname": "worker-1" } };
-const POD: FakePod = {
-  namespace: "sigil",
-  name: "sigil-agent-x7k2p",
-  uid: "0f9e8d7c-6b5a-4c3d-9e2f-1a0b9c8d7e6f",
-  serviceAccountName: "sigil-agent",
-  nodeName: NODE.name,
-  hostIP: "192.0.2.11",
-  labels: { app: "sigil-agent", "pod-template-hash": "5d9f" },
-};
+const NODE = EXAMPLE_NODE;
+const POD = EXAMPLE_AGENT_POD;
 const AGENT_ID = `spiffe://example.org/spire/agent/k8s_psat/prod/${NODE.uid}`;
 
 let api: FakeKubeApi;
@@ -220,6 +213,25 @@ describe.skipIf(!haveOpenssl)("k8s_psat server half against the Kubernetes API",
         /has UID 99999999-8888-4777-8666-555555555555, but the token is bound to UID 0f9e8d7c-.*: the pod was replaced/,
       ],
       [
+        "a pod that now runs as another service account than the token's",
+        () => {
+          const token = api.projectedToken(POD);
+          api.putPod({ ...POD, serviceAccountName: "builder" });
+          return payload(token);
+        },
+        "ERR_PERMISSION_DENIED",
+        /^k8s_psat: pod sigil\/sigil-agent-x7k2p in cluster "prod" runs as service account builder, not sigil-agent$/,
+      ],
+      [
+        "a pod not scheduled on a node",
+        () => {
+          api.putPod({ ...POD, nodeName: "" });
+          return payload(api.projectedToken({ ...POD, nodeName: "" }));
+        },
+        "ERR_PERMISSION_DENIED",
+        /^k8s_psat: pod sigil\/sigil-agent-x7k2p in cluster "prod" is not scheduled on a node$/,
+      ],
+      [
         "a token whose node was deleted (GET node: 404)",
         () => {
           api.deleteNode(NODE.name);
@@ -272,13 +284,30 @@ describe.skipIf(!haveOpenssl)("k8s_psat server half against the Kubernetes API",
 
   it("an API server that cannot be reached is Unavailable, naming the server; the next attestation tries again", async () => {
     resetWorld();
-    const port = await closedPort();
+    const port = await closedLoopbackPort();
     const dir = testTempDir("sigil-k8s-psat-");
     const kubeconfig = api.writeKubeconfig(dir);
     writeFileSync(kubeconfig, readFileSync(kubeconfig, "utf8").replace(api.url, `https://127.0.0.1:${port}`));
     const r = await refusal(serverHalf({}, kubeconfig).attest(payload(api.projectedToken(POD)), noChallenge));
     expect(r.code).toBe("ERR_UNAVAILABLE");
     expect(r.message).toMatch(new RegExp(`^k8s_psat: cluster "prod": the Kubernetes API at https://127\\.0\\.0\\.1:${port} cannot be reached for a TokenReview: .*ECONNREFUSED`));
+  });
+
+  it("an API server that accepts and never answers is Unavailable once the call's time is up", async () => {
+    const sockets = new Set<Socket>();
+    const silent = createNetServer((sock) => void sockets.add(sock));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    try {
+      const port = (silent.address() as AddressInfo).port;
+      const kubeconfig = api.writeKubeconfig(testTempDir("sigil-k8s-psat-"));
+      writeFileSync(kubeconfig, readFileSync(kubeconfig, "utf8").replace(api.url, `https://127.0.0.1:${port}`));
+      const kube = createKubeApi({ cluster: "prod", kubeConfigFile: kubeconfig, timeoutMs: 200 });
+      const r = await refusal(kube.reviewToken(opaqueToken(), ["sigil-server"]));
+      expect(r).toEqual({ code: "ERR_UNAVAILABLE", message: `k8s_psat: cluster "prod": the Kubernetes API at https://127.0.0.1:${port} cannot be reached for a TokenReview: no answer within 200 ms` });
+    } finally {
+      for (const sock of sockets) sock.destroy();
+      await new Promise<void>((resolve) => silent.close(() => resolve()));
+    }
   });
 
   it("an API server whose certificate the kubeconfig's CA did not issue is Unavailable", async () => {
@@ -401,11 +430,3 @@ plugins:
   });
 });
 
-/** A loopback port nothing listens on. */
-async function closedPort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((resolve) => s.listen(0, "127.0.0.1", resolve));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return port;
-}
