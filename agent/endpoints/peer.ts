@@ -31,6 +31,7 @@ import { SigilError } from "../../spiffe/errors.js";
 interface Addon {
   getPeerCred(fd: number): { pid: number; uid: number; gid: number; pidfd: number };
   pidfdExited(pidfd: number): boolean;
+  procOwnerIs(pid: number, uid: number, gid: number): 1 | 0 | -1;
 }
 
 let addon: Addon | undefined;
@@ -156,22 +157,25 @@ export type PeerChange =
  * @returns undefined when the caller is unchanged, else what changed.
  */
 export function verifyPeer(peer: PeerCredentials): PeerChange | undefined {
+  // A file, not the directory: the kernel shows /proc/<pid> itself as owned by the
+  // euid/egid always, but the files in it as root's once the process is non-dumpable.
+  // Streams re-check before every message, so the common case is one stat(2) in the addon.
+  const owned = loadAddon().procOwnerIs(peer.pid, peer.uid, peer.gid);
+  // After the stat: if the process is still alive now, the stat was of it.
+  if (owned === -1 || !stillSameProcess(peer)) {
+    return { kind: "gone", detail: owned === -1 ? `/proc/${peer.pid} is gone` : `process ${peer.pid} exited (its pid may have been reused)` };
+  }
+  if (owned === 1) return undefined;
+  // Someone else owns it now: say who (the process may have exited since; then say that).
   let owner: { uid: number; gid: number };
   try {
-    // A file, not the directory: the kernel shows /proc/<pid> itself as owned by the
-    // euid/egid always, but the files in it as root's once the process is non-dumpable.
     const st = statSync(`/proc/${peer.pid}/stat`);
     owner = { uid: st.uid, gid: st.gid };
   } catch {
     return { kind: "gone", detail: `/proc/${peer.pid} is gone` };
   }
-  // After the stat: if the process is still alive now, the stat was of it.
-  if (!stillSameProcess(peer)) return { kind: "gone", detail: `process ${peer.pid} exited (its pid may have been reused)` };
-  if (owner.uid !== peer.uid || owner.gid !== peer.gid) {
-    return {
-      kind: "owner_changed",
-      detail: `/proc/${peer.pid}/stat is owned by uid ${owner.uid} gid ${owner.gid}, but the caller connected as uid ${peer.uid} gid ${peer.gid} (a setuid/setgid exec or a non-dumpable process)`,
-    };
-  }
-  return undefined;
+  return {
+    kind: "owner_changed",
+    detail: `/proc/${peer.pid}/stat is owned by uid ${owner.uid} gid ${owner.gid}, but the caller connected as uid ${peer.uid} gid ${peer.gid} (a setuid/setgid exec or a non-dumpable process)`,
+  };
 }

@@ -18,10 +18,11 @@
  *   the caller is being re-issued after a registration change); `undefined`
  *   (no identity) ends it with the API's failure.
  */
-import { equals, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
+import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import { Metadata, type ServerWritableStream } from "@grpc/grpc-js";
 import type { Logger } from "../../common/log.js";
 import type { Selector } from "../../common/selector.js";
+import { encodeMessage } from "../../spiffe/grpc/service.js";
 import type { AttestedCaller } from "../attestation/workload.js";
 import type { WorkloadCache } from "../cache/types.js";
 import { attestationFailure, errorFailure, type CallFailure } from "./admission.js";
@@ -77,7 +78,8 @@ export function createStreamWatcher(options: StreamWatcherOptions): StreamWatche
       if (call.cancelled) return;
       // Read once: the socket behind getPeer() may be gone by the time the last identity is.
       const callPeer = call.getPeer();
-      let last: MessageShape<typeof schema> | undefined;
+      // The wire bytes of the last message sent: a new state is sent only when its bytes differ.
+      let last: Buffer | undefined;
       let done = false;
       let scheduled = false;
       let sending = false;
@@ -107,7 +109,8 @@ export function createStreamWatcher(options: StreamWatcherOptions): StreamWatche
           finish(noIdentity(method, callPeer, caller.selectors));
           return;
         }
-        if (last !== undefined && equals(schema, last, msg)) return;
+        const bytes = encodeMessage(schema, msg);
+        if (last !== undefined && last.equals(bytes)) return;
         if (sending) {
           missed = true;
           return;
@@ -119,7 +122,7 @@ export function createStreamWatcher(options: StreamWatcherOptions): StreamWatche
           finish(attestationFailure(e));
           return;
         }
-        last = msg;
+        last = bytes;
         sending = true;
         call.write(msg, () => {
           sending = false;

@@ -10,12 +10,16 @@
 //   the kernel has neither; -2 when SO_PEERPIDFD says the peer is already gone.
 // - pidfdExited(pidfd): whether the process behind a pidfd has exited. While it
 //   has not, its pid cannot name another process.
+// - procOwnerIs(pid, uid, gid): whether /proc/<pid>/stat is owned by uid and
+//   gid (1), by someone else (0), or is gone (-1). The caller re-check a stream
+//   runs before every message: one stat(2), no Stats object, no exception.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <node_api.h>
@@ -97,12 +101,35 @@ static napi_value PidfdExited(napi_env env, napi_callback_info info) {
   return out;
 }
 
+// procOwnerIs(pid: number, uid: number, gid: number): 1 | 0 | -1
+static napi_value ProcOwnerIs(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  int32_t pid;
+  uint32_t uid, gid;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
+      napi_get_value_int32(env, argv[0], &pid) != napi_ok || pid <= 0 ||
+      napi_get_value_uint32(env, argv[1], &uid) != napi_ok || napi_get_value_uint32(env, argv[2], &gid) != napi_ok) {
+    napi_throw_type_error(env, "ERR_PEERCRED", "peercred: procOwnerIs(pid, uid, gid) expects a positive pid and two ids");
+    return NULL;
+  }
+  char path[48];
+  snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  struct stat st;
+  int r = stat(path, &st) != 0 ? -1 : (st.st_uid == uid && st.st_gid == gid) ? 1 : 0;
+  napi_value out;
+  napi_create_int32(env, r, &out);
+  return out;
+}
+
 static napi_value Init(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "getPeerCred", NAPI_AUTO_LENGTH, GetPeerCred, NULL, &fn);
   napi_set_named_property(env, exports, "getPeerCred", fn);
   napi_create_function(env, "pidfdExited", NAPI_AUTO_LENGTH, PidfdExited, NULL, &fn);
   napi_set_named_property(env, exports, "pidfdExited", fn);
+  napi_create_function(env, "procOwnerIs", NAPI_AUTO_LENGTH, ProcOwnerIs, NULL, &fn);
+  napi_set_named_property(env, exports, "procOwnerIs", fn);
   return exports;
 }
 

@@ -61,12 +61,29 @@ export function grpcMethodPath(serviceTypeName: string, methodName: string): str
   return `/${serviceTypeName}/${methodName}`;
 }
 
-function serializer<D extends DescMessage>(schema: D): (value: MessageShape<D>) => Buffer {
-  return (value) => {
-    const bytes = toBinary(schema, value);
+/** Wire bytes of messages already encoded, by message object. */
+const encoded = new WeakMap<object, Buffer>();
+
+/**
+ * The wire bytes of `message`, encoded once per message object: a response
+ * that several streams share (workloads with the same identities, after one
+ * rotation) is encoded for the first and reused by the rest, and a stream that
+ * compares a new state with the last one it sent compares bytes. The message
+ * must not be changed after it was first encoded.
+ */
+export function encodeMessage<D extends DescMessage>(schema: D, message: MessageShape<D>): Buffer {
+  let bytes = encoded.get(message);
+  if (bytes === undefined) {
+    const raw = toBinary(schema, message);
     // grpc-js wants a Buffer; wrap the bytes without copying.
-    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  };
+    bytes = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+    encoded.set(message, bytes);
+  }
+  return bytes;
+}
+
+function serializer<D extends DescMessage>(schema: D): (value: MessageShape<D>) => Buffer {
+  return (value) => encodeMessage(schema, value);
 }
 
 function deserializer<D extends DescMessage>(schema: D): (bytes: Buffer) => MessageShape<D> {

@@ -65,10 +65,10 @@ import { createStreamWatcher, PENDING } from "../stream-watch.js";
 import {
   buildJwtBundlesResponse,
   buildX509BundlesResponse,
-  buildX509SvidResponse,
   federatedBundlesFor,
   selectIdentities,
   validatedClaims,
+  x509SvidResponseFor,
   type ResponseNote,
 } from "./responses.js";
 
@@ -211,7 +211,7 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
           if (pending(selectors)) return PENDING;
           const notes: ResponseNote[] = [];
           const identities = identitiesOf(selectors, notes);
-          const resp = identities.length === 0 ? undefined : buildX509SvidResponse(identities, cache.bundles(), trustDomain, notes);
+          const resp = identities.length === 0 ? undefined : x509SvidResponseFor(identities, cache.bundles(), trustDomain, notes);
           logNotes(method, notes);
           return resp;
         });

@@ -86,8 +86,17 @@ export function federatedBundlesFor(identities: readonly CachedIdentity[], bundl
   return out;
 }
 
+/** Concatenated DER by chain or authority list: one SVID or bundle is joined once, not once per stream. */
+const joinedDer = new WeakMap<readonly Uint8Array[], Uint8Array>();
+
+function joinDer(parts: readonly Uint8Array[]): Uint8Array {
+  let bytes = joinedDer.get(parts);
+  if (bytes === undefined) joinedDer.set(parts, (bytes = concatDer(parts)));
+  return bytes;
+}
+
 function x509BundleBytes(bundle: SpiffeBundle): Uint8Array {
-  return concatDer(bundle.x509Authorities);
+  return joinDer(bundle.x509Authorities);
 }
 
 function jwksBytes(bundle: SpiffeBundle): Uint8Array {
@@ -153,7 +162,7 @@ export function buildX509SvidResponse(
     svids.push(
       create(X509SVIDSchema, {
         spiffeId: entry.spiffeId,
-        x509Svid: concatDer(svid.chain),
+        x509Svid: joinDer(svid.chain),
         x509SvidKey: svid.privateKeyPkcs8,
         bundle: x509BundleBytes(bundle),
         hint: entry.hint,
@@ -166,6 +175,51 @@ export function buildX509SvidResponse(
     if (b.x509Authorities.length > 0) federatedBundles[b.trustDomain.idString()] = x509BundleBytes(b);
   }
   return create(X509SVIDResponseSchema, { svids, federatedBundles });
+}
+
+/** Small numbers naming objects in memo keys. */
+const objectIds = new WeakMap<object, number>();
+let lastObjectId = 0;
+function objectId(o: object): number {
+  let id = objectIds.get(o);
+  if (id === undefined) objectIds.set(o, (id = ++lastObjectId));
+  return id;
+}
+
+/** The X509SVIDResponses built in this turn of the event loop, by what they were built from. */
+let builtThisTurn: Map<string, { readonly response: X509SVIDResponse | undefined; readonly notes: readonly ResponseNote[] }> | undefined;
+
+/**
+ * {@link buildX509SvidResponse}, built once per turn of the event loop for the
+ * same identities and bundles: after a rotation every stream recomputes its
+ * response, and workloads that match the same entries (the replicas of one
+ * service on a node) share one response object, so it is also encoded once
+ * (`encodeMessage`). The key names the cache's objects themselves (entries,
+ * SVIDs and the bundle snapshot are replaced on change, never modified), so a
+ * response is shared only by callers whose selected identities are exactly
+ * the same. The memo lives until the next turn of the event loop.
+ */
+export function x509SvidResponseFor(
+  identities: readonly CachedIdentity[],
+  bundles: BundleSnapshot,
+  trustDomain: TrustDomain,
+  notes: ResponseNote[] = [],
+): X509SVIDResponse | undefined {
+  const key = `${trustDomain.name} ${objectId(bundles)} ${identities.map((i) => `${objectId(i.entry)}:${objectId(i.svid)}`).join(",")}`;
+  if (builtThisTurn === undefined) {
+    builtThisTurn = new Map();
+    setImmediate(() => {
+      builtThisTurn = undefined;
+    });
+  }
+  let built = builtThisTurn.get(key);
+  if (built === undefined) {
+    const own: ResponseNote[] = [];
+    built = { response: buildX509SvidResponse(identities, bundles, trustDomain, own), notes: own };
+    builtThisTurn.set(key, built);
+  }
+  notes.push(...built.notes);
+  return built.response;
 }
 
 /** `X509BundlesResponse`: the own bundle (always, WAPI-24) and the caller's federated ones. */
