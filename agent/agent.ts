@@ -7,6 +7,7 @@
  *
  * | service | what it does at start |
  * |---|---|
+ * | `node-attestor` | nothing: at stop, last, it closes the NodeAttestor plugin the core was built with |
  * | `state-store` | reads `data_dir`: a valid stored agent SVID and bundle make a restart need neither a join token nor the bootstrap source |
  * | `server-connection` | trusts the stored bundle or else the bootstrap source; opens the channel to the server |
  * | `node-attestation` | uses the stored SVID while valid, else attests (waiting out rate-limit hints) |
@@ -22,8 +23,9 @@ import type { Clock } from "../common/clock.js";
 import { systemClock } from "../common/clock.js";
 import { subsystemLogger, type Logger } from "../common/log.js";
 import type { Metrics } from "../common/metrics.js";
-import { ServiceGroup, type Service } from "../common/service.js";
+import { service, ServiceGroup, type Service } from "../common/service.js";
 import { createPlugins, PLUGIN_CATALOG } from "../plugins/catalog.js";
+import { closePlugins } from "../plugins/descriptor.js";
 import type { AgentNodeAttestor } from "../plugins/nodeattestor/types.js";
 import { SigilError } from "../spiffe/errors.js";
 import { parseTrustDomain, type TrustDomain } from "../spiffe/id.js";
@@ -65,6 +67,8 @@ export interface AgentCore {
   readonly trustDomain: TrustDomain;
   /** The cache the Workload API and SDS endpoints read. */
   readonly cache: AgentCache;
+  /** Closes the NodeAttestor plugin at stop; first, so it is stopped after every service that uses the plugin. */
+  readonly nodeAttestor: Service;
   readonly state: StateStoreService;
   readonly server: ServerConnectionService;
   readonly node: NodeAttestationService;
@@ -106,6 +110,7 @@ export function createAgentCore(config: AgentConfig, options: StartAgentOptions)
   const trustDomain = parseTrustDomain(a.trust_domain);
   const metrics = new AgentCacheMetrics(options.metrics);
   const attestor = nodeAttestorFrom(config);
+  const nodeAttestor = service("node-attestor", () => undefined, () => closePlugins([attestor], log));
 
   const state = new StateStoreService({ dataDir: path.resolve(a.data_dir), trustDomain, clock, log });
   const server = new ServerConnectionService({
@@ -158,7 +163,7 @@ export function createAgentCore(config: AgentConfig, options: StartAgentOptions)
     onProblem: options.onProblem,
     log: subsystemLogger(log, "sync"),
   });
-  return { trustDomain, cache, state, server, node, sync, services: [state, server, node, sync] };
+  return { trustDomain, cache, nodeAttestor, state, server, node, sync, services: [nodeAttestor, state, server, node, sync] };
 }
 
 /** The running view of a started core; `stop` is what stops it. */

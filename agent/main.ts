@@ -6,6 +6,7 @@
  *
  * | service | what it does |
  * |---|---|
+ * | `node-attestor` | nothing at start; at stop, last, closes the NodeAttestor plugin (`agent.ts`) |
  * | `socket-directory` | refuses an unsafe Workload API socket directory, before a join token can be spent |
  * | `state-store`, `server-connection`, `node-attestation`, `sync` | the core (`agent.ts`): stored state, the server, the agent's identity, the sync loop and SVID rotation |
  * | `workload-endpoint` | the Workload API (and gRPC health, reflection) on its Unix socket |
@@ -87,7 +88,7 @@ export async function startAgentProcess(config: AgentConfig, options: StartAgent
   });
   const http = httpListenerServices(config, { metrics, readiness: () => services.readiness() });
 
-  const services: ServiceGroup = new ServiceGroup([socketDirectory, core.state, core.server, core.node, core.sync, endpoint, ...http.services], log);
+  const services: ServiceGroup = new ServiceGroup([core.nodeAttestor, socketDirectory, core.state, core.server, core.node, core.sync, endpoint, ...http.services], log);
   // A failing start stops those already started, in reverse, and rejects.
   await services.start();
 

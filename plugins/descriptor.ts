@@ -6,6 +6,7 @@
  * generated config docs and the composition roots are built from that list.
  */
 import type { z } from "zod";
+import type { Logger } from "../common/log.js";
 
 /** Plugin types, as SPIRE names them in the `plugins` config section. */
 export type PluginType = "DataStore" | "KeyManager" | "NodeAttestor" | "UpstreamAuthority" | "WorkloadAttestor";
@@ -16,6 +17,23 @@ export type PluginSide = "server" | "agent";
 /** A plugin instance; `close()` releases what it holds (called in reverse creation order). */
 export interface PluginInstance {
   close?(): Promise<void> | void;
+}
+
+/**
+ * Closes plugin instances in reverse order of creation (a plugin may use one
+ * created before it), skipping those without `close()`. A failing close is
+ * logged and the others still close; never throws, so a stop goes on.
+ */
+export async function closePlugins(instances: readonly unknown[], log: Logger): Promise<void> {
+  for (const instance of [...instances].reverse()) {
+    const p = instance as (PluginInstance & { readonly name?: unknown }) | undefined;
+    if (typeof p?.close !== "function") continue;
+    try {
+      await p.close();
+    } catch (e) {
+      log.error({ plugin: typeof p.name === "string" ? p.name : undefined, err: e }, "Plugin failed to close");
+    }
+  }
 }
 
 /** One side of a plugin: its config schema and factory. */

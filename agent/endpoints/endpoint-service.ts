@@ -11,6 +11,7 @@ import { subsystemLogger, type Logger } from "../../common/log.js";
 import type { Metrics } from "../../common/metrics.js";
 import type { Service } from "../../common/service.js";
 import { createPlugins, PLUGIN_CATALOG, type PluginSection } from "../../plugins/catalog.js";
+import { closePlugins } from "../../plugins/descriptor.js";
 import { SigilError } from "../../spiffe/errors.js";
 import type { TrustDomain } from "../../spiffe/id.js";
 import { createCallerAttester } from "../attestation/workload.js";
@@ -47,6 +48,8 @@ export class WorkloadEndpointService implements Service {
   readonly name = "workload-endpoint";
   readonly #d: WorkloadEndpointServiceDeps;
   #endpoint: WorkloadEndpoint | undefined;
+  /** The WorkloadAttestor instances, in creation order. */
+  readonly #plugins: unknown[] = [];
 
   constructor(deps: WorkloadEndpointServiceDeps) {
     this.#d = deps;
@@ -59,8 +62,18 @@ export class WorkloadEndpointService implements Service {
   }
 
   async start(): Promise<void> {
+    try {
+      await this.#start();
+    } catch (e) {
+      await closePlugins(this.#plugins.splice(0), this.#d.log);
+      throw e;
+    }
+  }
+
+  async #start(): Promise<void> {
     const d = this.#d;
     const attestors = createPlugins("agent", PLUGIN_CATALOG.WorkloadAttestor, d.workloadAttestors, { log: subsystemLogger(d.log, "workload_attestor") });
+    this.#plugins.push(...attestors);
     const endpointLog = subsystemLogger(d.log, "endpoints");
     const peers = createPeerTracker({ maxConnectionsPerUid: d.maxConnectionsPerUid, log: endpointLog });
     const attest = createCallerAttester({
@@ -89,8 +102,12 @@ export class WorkloadEndpointService implements Service {
     });
   }
 
-  /** Closes the socket (open streams are cancelled; clients reconnect elsewhere) and shuts gRPC health down. */
+  /** Closes the socket (open streams are cancelled; clients reconnect elsewhere) and shuts gRPC health down, then closes the WorkloadAttestor plugins. */
   async stop(): Promise<void> {
-    await this.#endpoint?.close();
+    try {
+      await this.#endpoint?.close();
+    } finally {
+      await closePlugins(this.#plugins.splice(0), this.#d.log);
+    }
   }
 }

@@ -14,6 +14,7 @@ import type { Logger } from "../../common/log.js";
 import { rpcMetricsInterceptor, type Metrics } from "../../common/metrics.js";
 import type { Service } from "../../common/service.js";
 import { createPlugins, PLUGIN_CATALOG, type PluginSection } from "../../plugins/catalog.js";
+import { closePlugins } from "../../plugins/descriptor.js";
 import { AgentAPI } from "../../proto/gen/sigil/agent/v1/agent_pb.js";
 import { SigilError } from "../../spiffe/errors.js";
 import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
@@ -70,6 +71,8 @@ export class AgentApiListener implements Service {
   readonly #d: AgentApiListenerDeps;
   #server: Server | undefined;
   #address: string | undefined;
+  /** The NodeAttestor instances, in creation order. */
+  readonly #plugins: unknown[] = [];
 
   constructor(deps: AgentApiListenerDeps) {
     this.#d = deps;
@@ -82,11 +85,22 @@ export class AgentApiListener implements Service {
   }
 
   async start(): Promise<void> {
+    try {
+      await this.#start();
+    } catch (e) {
+      await closePlugins(this.#plugins.splice(0), this.#d.log);
+      throw e;
+    }
+  }
+
+  async #start(): Promise<void> {
     const d = this.#d;
     const datastore = d.datastore.datastore;
     const ca = d.ca.manager;
     const now = (): Date => d.clock.now();
-    const attestors = new Map(createPlugins("server", PLUGIN_CATALOG.NodeAttestor, d.nodeAttestors, { trustDomain: d.trustDomain, store: datastore }).map((a) => [a.name, a]));
+    const created = createPlugins("server", PLUGIN_CATALOG.NodeAttestor, d.nodeAttestors, { trustDomain: d.trustDomain, store: datastore });
+    this.#plugins.push(...created);
+    const attestors = new Map(created.map((a) => [a.name, a]));
     const issuer = new Issuer({ ca, datastore, metrics: d.metrics, now, defaultX509TtlMs: d.defaultX509TtlMs, defaultJwtTtlMs: d.defaultJwtTtlMs });
     const api = createAgentApi({
       trustDomain: d.trustDomain,
@@ -115,16 +129,19 @@ export class AgentApiListener implements Service {
     this.#address = `${d.host}:${port}`;
   }
 
-  stop(): Promise<void> {
+  /** Stops the listener, then closes the NodeAttestor plugins. */
+  async stop(): Promise<void> {
     const server = this.#server;
-    if (!server) return Promise.resolve();
-    return new Promise<void>((resolve) => {
-      // Calls in flight may finish; a peer that never completes its request must not hold the stop up.
-      const force = setTimeout(() => server.forceShutdown(), STOP_GRACE_MS);
-      server.tryShutdown(() => {
-        clearTimeout(force);
-        resolve();
+    if (server) {
+      await new Promise<void>((resolve) => {
+        // Calls in flight may finish; a peer that never completes its request must not hold the stop up.
+        const force = setTimeout(() => server.forceShutdown(), STOP_GRACE_MS);
+        server.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
       });
-    });
+    }
+    await closePlugins(this.#plugins.splice(0), this.#d.log);
   }
 }

@@ -9,6 +9,7 @@ import type { Logger } from "../../common/log.js";
 import type { Metrics } from "../../common/metrics.js";
 import type { Service } from "../../common/service.js";
 import { createPlugins, PLUGIN_CATALOG, type PluginSection } from "../../plugins/catalog.js";
+import { closePlugins } from "../../plugins/descriptor.js";
 import type { SigningPool } from "../../plugins/keymanager/signing-pool.js";
 import { SigilError } from "../../spiffe/errors.js";
 import type { TrustDomain } from "../../spiffe/id.js";
@@ -54,6 +55,8 @@ export class CaService implements Service {
   readonly name = "ca";
   readonly #d: CaServiceDeps;
   #manager: CaManager | undefined;
+  /** The KeyManager and UpstreamAuthority instances, in creation order. */
+  readonly #plugins: unknown[] = [];
 
   constructor(deps: CaServiceDeps) {
     this.#d = deps;
@@ -66,10 +69,21 @@ export class CaService implements Service {
   }
 
   async start(): Promise<void> {
+    try {
+      await this.#start();
+    } catch (e) {
+      await closePlugins(this.#plugins.splice(0), this.#d.log);
+      throw e;
+    }
+  }
+
+  async #start(): Promise<void> {
     const { plugins, metrics } = this.#d;
     const [keyManager] = createPlugins("server", PLUGIN_CATALOG.KeyManager, plugins.KeyManager, { signingPool: this.#d.signingPool });
     if (keyManager === undefined) throw new SigilError("ERR_INVALID_ARGUMENT", "server: plugins.KeyManager: one KeyManager plugin must be configured");
+    this.#plugins.push(keyManager);
     const [upstream] = createPlugins("server", PLUGIN_CATALOG.UpstreamAuthority, plugins.UpstreamAuthority, {});
+    if (upstream !== undefined) this.#plugins.push(upstream);
     const manager = new CaManager(this.#d.settings, {
       keyManager,
       store: this.#d.datastore.datastore,
@@ -87,8 +101,10 @@ export class CaService implements Service {
     this.#manager = manager;
   }
 
-  /** Nothing to release: keys stay with the key manager, state in the datastore. */
-  stop(): void {}
+  /** Closes the KeyManager and UpstreamAuthority plugins (keys stay with the key manager, state in the datastore). */
+  async stop(): Promise<void> {
+    await closePlugins(this.#plugins.splice(0), this.#d.log);
+  }
 
   /** Not ready without an active, unexpired X.509 CA. */
   readiness(): string[] {

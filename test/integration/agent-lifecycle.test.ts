@@ -16,7 +16,7 @@ import { rootsPemFromBundleJson } from "./support/test-agent.js";
 
 const AGENT_ID = "spiffe://example.org/spire/agent/lifecycle";
 /** Every service of an agent with the HTTP health listener and a Prometheus listener, in start order. */
-const ALL_SERVICES = ["socket-directory", "state-store", "server-connection", "node-attestation", "sync", "workload-endpoint", "health-listener", "metrics-listener"];
+const ALL_SERVICES = ["node-attestor", "socket-directory", "state-store", "server-connection", "node-attestation", "sync", "workload-endpoint", "health-listener", "metrics-listener"];
 
 let srv: ServerProcess;
 let roots = "";
@@ -70,7 +70,7 @@ describe("sigil-agent run: services", () => {
       expect(services(logs, "Service stopped")).toEqual([...ALL_SERVICES].reverse());
       const at = (pred: (l: Record<string, unknown>) => boolean): number => logs.findIndex(pred);
       expect(at((l) => l.msg === "agent: shutting down" && l.signal === "SIGTERM")).toBeLessThan(at((l) => l.msg === "Service stopped"));
-      expect(at((l) => l.msg === "agent stopped")).toBeGreaterThan(at((l) => l.msg === "Service stopped" && l.service === "socket-directory"));
+      expect(at((l) => l.msg === "agent stopped")).toBeGreaterThan(at((l) => l.msg === "Service stopped" && l.service === "node-attestor"));
       expect(logs.some((l) => l.msg === "Service failed to stop cleanly")).toBe(false);
     } finally {
       await agent?.stop();
@@ -106,8 +106,8 @@ plugins:
       .split("\n")
       .filter((l) => l.startsWith("{"))
       .map((l) => JSON.parse(l) as Record<string, unknown>);
-    expect(services(logs, "Service started")).toEqual(["socket-directory", "state-store", "server-connection"]);
+    expect(services(logs, "Service started")).toEqual(["node-attestor", "socket-directory", "state-store", "server-connection"]);
     expect(logs.find((l) => l.msg === "Service failed to start; stopping those already started")?.service).toBe("node-attestation");
-    expect(services(logs, "Service stopped")).toEqual(["server-connection", "state-store", "socket-directory"]);
+    expect(services(logs, "Service stopped")).toEqual(["server-connection", "state-store", "socket-directory", "node-attestor"]);
   }, 60_000);
 });
