@@ -83,6 +83,14 @@ export function encodeMessage<D extends DescMessage>(schema: D, message: Message
 }
 
 function serializer<D extends DescMessage>(schema: D): (value: MessageShape<D>) => Buffer {
+  return (value) => {
+    const bytes = toBinary(schema, value);
+    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  };
+}
+
+/** Responses go through {@link encodeMessage}: a server never changes a response it has sent. */
+function responseSerializer<D extends DescMessage>(schema: D): (value: MessageShape<D>) => Buffer {
   return (value) => encodeMessage(schema, value);
 }
 
@@ -112,7 +120,7 @@ export function grpcServiceDefinition<S extends GenServiceMethods>(service: GenS
       responseStream: kind === "server_streaming" || kind === "bidi_streaming",
       requestSerialize: serializer(method.input) as (value: unknown) => Buffer,
       requestDeserialize: deserializer(method.input),
-      responseSerialize: serializer(method.output) as (value: unknown) => Buffer,
+      responseSerialize: responseSerializer(method.output) as (value: unknown) => Buffer,
       responseDeserialize: deserializer(method.output),
       originalName: method.name,
     };
