@@ -29,10 +29,13 @@ import { clusterNameProblem, K8S_PSAT_ATTESTOR, parseK8sPsatPayload } from "./pa
 /** The audience asked for when a cluster configures none; the agent's projected token must carry it. */
 export const DEFAULT_K8S_PSAT_AUDIENCE = "sigil-server";
 
-/** TokenReview user extras that bind a projected token to its pod (and, since Kubernetes 1.32, its node). */
+/** TokenReview user extra naming the pod a projected token is bound to. */
 export const POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name";
+/** TokenReview user extra giving that pod's UID. */
 export const POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid";
+/** TokenReview user extra naming the bound pod's node (Kubernetes 1.32 and later); checked when present. */
 export const NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name";
+/** TokenReview user extra giving that node's UID (Kubernetes 1.32 and later); checked when present. */
 export const NODE_UID_EXTRA = "authentication.kubernetes.io/node-uid";
 
 const SERVICE_ACCOUNT_USER_PREFIX = "system:serviceaccount:";
@@ -232,10 +235,6 @@ async function attestInCluster(cluster: Cluster, token: string, td: TrustDomain)
 
 /** `<kind>:<key>:<value>` for each allow-listed key the object carries, in allow-list order. */
 function labelSelectors(kind: string, labels: Readonly<Record<string, string>> | undefined, allowedKeys: readonly string[]): string[] {
-  const out: string[] = [];
-  for (const key of allowedKeys) {
-    const value = labels?.[key];
-    if (value !== undefined && Object.hasOwn(labels ?? {}, key)) out.push(`${kind}:${key}:${value}`);
-  }
-  return out;
+  if (labels === undefined) return [];
+  return allowedKeys.filter((key) => Object.hasOwn(labels, key)).map((key) => `${kind}:${key}:${labels[key] ?? ""}`);
 }
