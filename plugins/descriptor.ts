@@ -36,6 +36,46 @@ export async function closePlugins(instances: readonly unknown[], log: Logger): 
   }
 }
 
+/**
+ * The plugin instances one service creates, which it closes at its stop and
+ * when its own start fails (its stop is then never called).
+ *
+ * @example
+ * ```ts
+ * start() { return this.#plugins.starting(() => this.#start()); } // #start: this.#plugins.add(createPlugins(…))
+ * stop() { return this.#plugins.close(); }
+ * ```
+ */
+export class OwnedPlugins {
+  readonly #instances: unknown[] = [];
+  readonly #log: Logger;
+
+  constructor(log: Logger) {
+    this.#log = log;
+  }
+
+  /** Records instances as they are created; returns them. */
+  add<T>(instances: T[]): T[] {
+    this.#instances.push(...instances);
+    return instances;
+  }
+
+  /** Runs a start; if it throws, closes what was recorded so far and rethrows. */
+  async starting(start: () => Promise<void>): Promise<void> {
+    try {
+      await start();
+    } catch (e) {
+      await this.close();
+      throw e;
+    }
+  }
+
+  /** Closes the recorded instances (see {@link closePlugins}) and forgets them. */
+  close(): Promise<void> {
+    return closePlugins(this.#instances.splice(0), this.#log);
+  }
+}
+
 /** One side of a plugin: its config schema and factory. */
 export interface PluginHalf<Deps, Instance> {
   /** One sentence for the generated config docs. */

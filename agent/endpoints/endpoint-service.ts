@@ -11,7 +11,7 @@ import { subsystemLogger, type Logger } from "../../common/log.js";
 import type { Metrics } from "../../common/metrics.js";
 import type { Service } from "../../common/service.js";
 import { createPlugins, PLUGIN_CATALOG, type PluginSection } from "../../plugins/catalog.js";
-import { closePlugins } from "../../plugins/descriptor.js";
+import { OwnedPlugins } from "../../plugins/descriptor.js";
 import { SigilError } from "../../spiffe/errors.js";
 import type { TrustDomain } from "../../spiffe/id.js";
 import { createCallerAttester } from "../attestation/workload.js";
@@ -48,11 +48,12 @@ export class WorkloadEndpointService implements Service {
   readonly name = "workload-endpoint";
   readonly #d: WorkloadEndpointServiceDeps;
   #endpoint: WorkloadEndpoint | undefined;
-  /** The WorkloadAttestor instances, in creation order. */
-  readonly #plugins: unknown[] = [];
+  /** The WorkloadAttestor instances. */
+  readonly #plugins: OwnedPlugins;
 
   constructor(deps: WorkloadEndpointServiceDeps) {
     this.#d = deps;
+    this.#plugins = new OwnedPlugins(deps.log);
   }
 
   /** The running endpoint, once started. */
@@ -61,19 +62,13 @@ export class WorkloadEndpointService implements Service {
     return this.#endpoint;
   }
 
-  async start(): Promise<void> {
-    try {
-      await this.#start();
-    } catch (e) {
-      await closePlugins(this.#plugins.splice(0), this.#d.log);
-      throw e;
-    }
+  start(): Promise<void> {
+    return this.#plugins.starting(() => this.#start());
   }
 
   async #start(): Promise<void> {
     const d = this.#d;
-    const attestors = createPlugins("agent", PLUGIN_CATALOG.WorkloadAttestor, d.workloadAttestors, { log: subsystemLogger(d.log, "workload_attestor") });
-    this.#plugins.push(...attestors);
+    const attestors = this.#plugins.add(createPlugins("agent", PLUGIN_CATALOG.WorkloadAttestor, d.workloadAttestors, { log: subsystemLogger(d.log, "workload_attestor") }));
     const endpointLog = subsystemLogger(d.log, "endpoints");
     const peers = createPeerTracker({ maxConnectionsPerUid: d.maxConnectionsPerUid, log: endpointLog });
     const attest = createCallerAttester({
@@ -107,7 +102,7 @@ export class WorkloadEndpointService implements Service {
     try {
       await this.#endpoint?.close();
     } finally {
-      await closePlugins(this.#plugins.splice(0), this.#d.log);
+      await this.#plugins.close();
     }
   }
 }

@@ -14,7 +14,7 @@ import type { Logger } from "../../common/log.js";
 import { rpcMetricsInterceptor, type Metrics } from "../../common/metrics.js";
 import type { Service } from "../../common/service.js";
 import { createPlugins, PLUGIN_CATALOG, type PluginSection } from "../../plugins/catalog.js";
-import { closePlugins } from "../../plugins/descriptor.js";
+import { OwnedPlugins } from "../../plugins/descriptor.js";
 import { AgentAPI } from "../../proto/gen/sigil/agent/v1/agent_pb.js";
 import { SigilError } from "../../spiffe/errors.js";
 import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
@@ -71,11 +71,12 @@ export class AgentApiListener implements Service {
   readonly #d: AgentApiListenerDeps;
   #server: Server | undefined;
   #address: string | undefined;
-  /** The NodeAttestor instances, in creation order. */
-  readonly #plugins: unknown[] = [];
+  /** The NodeAttestor instances. */
+  readonly #plugins: OwnedPlugins;
 
   constructor(deps: AgentApiListenerDeps) {
     this.#d = deps;
+    this.#plugins = new OwnedPlugins(deps.log);
   }
 
   /** `host:port` actually bound. */
@@ -84,13 +85,8 @@ export class AgentApiListener implements Service {
     return this.#address;
   }
 
-  async start(): Promise<void> {
-    try {
-      await this.#start();
-    } catch (e) {
-      await closePlugins(this.#plugins.splice(0), this.#d.log);
-      throw e;
-    }
+  start(): Promise<void> {
+    return this.#plugins.starting(() => this.#start());
   }
 
   async #start(): Promise<void> {
@@ -98,9 +94,7 @@ export class AgentApiListener implements Service {
     const datastore = d.datastore.datastore;
     const ca = d.ca.manager;
     const now = (): Date => d.clock.now();
-    const created = createPlugins("server", PLUGIN_CATALOG.NodeAttestor, d.nodeAttestors, { trustDomain: d.trustDomain, store: datastore });
-    this.#plugins.push(...created);
-    const attestors = new Map(created.map((a) => [a.name, a]));
+    const attestors = new Map(this.#plugins.add(createPlugins("server", PLUGIN_CATALOG.NodeAttestor, d.nodeAttestors, { trustDomain: d.trustDomain, store: datastore })).map((a) => [a.name, a]));
     const issuer = new Issuer({ ca, datastore, metrics: d.metrics, now, defaultX509TtlMs: d.defaultX509TtlMs, defaultJwtTtlMs: d.defaultJwtTtlMs });
     const api = createAgentApi({
       trustDomain: d.trustDomain,
@@ -142,6 +136,6 @@ export class AgentApiListener implements Service {
         });
       });
     }
-    await closePlugins(this.#plugins.splice(0), this.#d.log);
+    await this.#plugins.close();
   }
 }

@@ -9,7 +9,7 @@ import type { Logger } from "../../common/log.js";
 import type { Metrics } from "../../common/metrics.js";
 import type { Service } from "../../common/service.js";
 import { createPlugins, PLUGIN_CATALOG, type PluginSection } from "../../plugins/catalog.js";
-import { closePlugins } from "../../plugins/descriptor.js";
+import { OwnedPlugins } from "../../plugins/descriptor.js";
 import type { SigningPool } from "../../plugins/keymanager/signing-pool.js";
 import { SigilError } from "../../spiffe/errors.js";
 import type { TrustDomain } from "../../spiffe/id.js";
@@ -55,11 +55,12 @@ export class CaService implements Service {
   readonly name = "ca";
   readonly #d: CaServiceDeps;
   #manager: CaManager | undefined;
-  /** The KeyManager and UpstreamAuthority instances, in creation order. */
-  readonly #plugins: unknown[] = [];
+  /** The KeyManager and UpstreamAuthority instances. */
+  readonly #plugins: OwnedPlugins;
 
   constructor(deps: CaServiceDeps) {
     this.#d = deps;
+    this.#plugins = new OwnedPlugins(deps.log);
   }
 
   /** The started CA manager, for the services started after this one. */
@@ -68,22 +69,15 @@ export class CaService implements Service {
     return this.#manager;
   }
 
-  async start(): Promise<void> {
-    try {
-      await this.#start();
-    } catch (e) {
-      await closePlugins(this.#plugins.splice(0), this.#d.log);
-      throw e;
-    }
+  start(): Promise<void> {
+    return this.#plugins.starting(() => this.#start());
   }
 
   async #start(): Promise<void> {
     const { plugins, metrics } = this.#d;
-    const [keyManager] = createPlugins("server", PLUGIN_CATALOG.KeyManager, plugins.KeyManager, { signingPool: this.#d.signingPool });
+    const [keyManager] = this.#plugins.add(createPlugins("server", PLUGIN_CATALOG.KeyManager, plugins.KeyManager, { signingPool: this.#d.signingPool }));
     if (keyManager === undefined) throw new SigilError("ERR_INVALID_ARGUMENT", "server: plugins.KeyManager: one KeyManager plugin must be configured");
-    this.#plugins.push(keyManager);
-    const [upstream] = createPlugins("server", PLUGIN_CATALOG.UpstreamAuthority, plugins.UpstreamAuthority, {});
-    if (upstream !== undefined) this.#plugins.push(upstream);
+    const [upstream] = this.#plugins.add(createPlugins("server", PLUGIN_CATALOG.UpstreamAuthority, plugins.UpstreamAuthority, {}));
     const manager = new CaManager(this.#d.settings, {
       keyManager,
       store: this.#d.datastore.datastore,
@@ -102,8 +96,8 @@ export class CaService implements Service {
   }
 
   /** Closes the KeyManager and UpstreamAuthority plugins (keys stay with the key manager, state in the datastore). */
-  async stop(): Promise<void> {
-    await closePlugins(this.#plugins.splice(0), this.#d.log);
+  stop(): Promise<void> {
+    return this.#plugins.close();
   }
 
   /** Not ready without an active, unexpired X.509 CA. */
