@@ -18,7 +18,6 @@
  * reason elsewhere, a failure under CI=true.
  */
 import { spawn } from "node:child_process";
-import { createServer } from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { create } from "@bufbuild/protobuf";
@@ -29,6 +28,7 @@ import { AgentAdmin, EntryAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.
 import { EntrySchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { CGROUP_LAYOUTS, cgroupsUnavailable, createContainerCgroup, type CgroupLayout, type ContainerCgroup } from "../support/cgroups.js";
 import { startFakeKubelet, type FakeKubelet, type FakePodSpec } from "../support/kubelet.js";
+import { closedLoopbackPort } from "../support/ports.js";
 import { toolAvailable } from "../support/tools.js";
 import { startAgentProcess, type AgentProcess } from "./support/agent-process.js";
 import { startServerProcess, type ServerProcess } from "./support/server-process.js";
@@ -119,16 +119,6 @@ function podFor(i: number, cg: ContainerCgroup, layout: CgroupLayout): FakePodSp
   };
 }
 
-/** A loopback port nothing listens on. */
-function closedPort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
 function k8sYaml(kubelet: FakeKubelet, port: number): string {
   return `    k8s:
       kubelet_secure_port: ${port}
@@ -166,7 +156,7 @@ describe.skipIf(unavailable !== undefined)("k8s workload attestation with real c
     const bundlePem = rootsPemFromBundleJson(srv.cli(["bundle", "show", "--output", "json"]).stdout);
     [agent, cutOff] = await Promise.all([
       startAgentProcess({ serverAddress: srv.agentApiAddress, bundlePem, joinToken: tok.token, extraWorkloadAttestorsYaml: k8sYaml(kubelet, kubelet.port) }),
-      startAgentProcess({ serverAddress: srv.agentApiAddress, bundlePem, joinToken: tok2.token, extraWorkloadAttestorsYaml: k8sYaml(kubelet, await closedPort()) }),
+      startAgentProcess({ serverAddress: srv.agentApiAddress, bundlePem, joinToken: tok2.token, extraWorkloadAttestorsYaml: k8sYaml(kubelet, await closedLoopbackPort()) }),
     ]);
   }, 120_000);
 

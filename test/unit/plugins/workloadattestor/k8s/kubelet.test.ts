@@ -7,7 +7,6 @@
  * test/integration/k8s-workload.test.ts.
  */
 import { mkdirSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { parseAgentConfig } from "../../../../../agent/config/load.js";
@@ -19,6 +18,7 @@ import {
   type K8sWorkloadAttestorConfig,
 } from "../../../../../plugins/workloadattestor/k8s/index.js";
 import { randomContainerId, startFakeKubelet, type FakeKubelet, type FakePodSpec } from "../../../../support/kubelet.js";
+import { closedLoopbackPort } from "../../../../support/ports.js";
 import { createServingPki } from "../../../../support/serving-cert.js";
 import { testTempDir } from "../../../../support/temp-dir.js";
 import { requireTool } from "../../../../support/tools.js";
@@ -195,12 +195,7 @@ describe.skipIf(!haveOpenssl)("k8s workload attestor against a kubelet", () => {
   });
 
   it("an unreachable kubelet fails the attestation", async () => {
-    const closed = await new Promise<number>((resolve) => {
-      const s = createServer().listen(0, "127.0.0.1", () => {
-        const port = (s.address() as { port: number }).port;
-        s.close(() => resolve(port));
-      });
-    });
+    const closed = await closedLoopbackPort();
     kubelet = await startFakeKubelet({ pods: [WEB] });
     expect(await failure(attestor(kubelet, inContainer(APP_ID), { kubelet_secure_port: closed }).attest(CALLER))).toMatch(
       new RegExp(`^workloadattestor\\(k8s\\): kubelet https://127\\.0\\.0\\.1:${closed}/pods: cannot connect \\(.*ECONNREFUSED.*\\); is the kubelet running and the port right\\?$`),
