@@ -18,6 +18,7 @@
  */
 import { accessSync, constants } from "node:fs";
 import { z } from "zod";
+import { formatConfigPath } from "../../../common/config/issues.js";
 import { agentSpiffeId } from "../../../common/reserved-ids.js";
 import { makeSelector, type Selector } from "../../../common/selector.js";
 import { isSigilError, SigilError } from "../../../spiffe/errors.js";
@@ -118,7 +119,7 @@ export function createK8sPsatServerAttestor(config: K8sPsatServerConfig, deps: K
   const env = deps.env ?? process.env;
   const clusters = new Map<string, Cluster>();
   for (const [name, c] of Object.entries(config.clusters)) {
-    const key = `plugins.NodeAttestor.k8s_psat.clusters.${name}`;
+    const key = formatConfigPath(["plugins", "NodeAttestor", K8S_PSAT_ATTESTOR, "clusters", name]);
     if (c.kube_config_file !== undefined) {
       try {
         accessSync(c.kube_config_file, constants.R_OK);
