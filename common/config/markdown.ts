@@ -66,6 +66,14 @@ function escapeCell(s: string): string {
   return s.replace(/\|/g, "\\|").replace(/\r?\n/g, " ");
 }
 
+/** The mapping alternative of a union such as "mapping or null", when there is exactly one. */
+function mappingVariant(node: Node): Node | undefined {
+  const union = (node["anyOf"] ?? node["oneOf"]) as unknown[] | undefined;
+  if (!Array.isArray(union)) return undefined;
+  const mappings = union.map(asNode).filter((u): u is Node => u !== undefined && asNode(u["properties"]) !== undefined);
+  return mappings.length === 1 ? mappings[0] : undefined;
+}
+
 function collect(node: Node, path: string, required: boolean, rows: Row[]): void {
   const description = typeof node["description"] === "string" ? node["description"] : "";
   const props = asNode(node["properties"]);
@@ -78,9 +86,12 @@ function collect(node: Node, path: string, required: boolean, rows: Row[]): void
   // A mapping keyed by names the operator chooses (k8s_psat `clusters`): its value's keys under `<name>`.
   const each = asNode(node["additionalProperties"]);
   if (props === undefined && each !== undefined && asNode(each["properties"]) !== undefined) collect(each, `${path}.<name>`, false, rows);
-  if (props === undefined) return;
-  const req = new Set(Array.isArray(node["required"]) ? (node["required"] as string[]) : []);
-  for (const [key, child] of Object.entries(props)) {
+  // A mapping that may also be left empty (`unix:` with no settings): the mapping's keys.
+  const body = props !== undefined ? node : mappingVariant(node);
+  const bodyProps = body === undefined ? undefined : asNode(body["properties"]);
+  if (body === undefined || bodyProps === undefined) return;
+  const req = new Set(Array.isArray(body["required"]) ? (body["required"] as string[]) : []);
+  for (const [key, child] of Object.entries(bodyProps)) {
     const childNode = asNode(child);
     if (childNode !== undefined) collect(childNode, path === "" ? key : `${path}.${key}`, req.has(key), rows);
   }
