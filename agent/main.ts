@@ -81,6 +81,13 @@ export async function startAgentProcess(config: AgentConfig, options: StartAgent
     maxConnectionsPerUid: a.max_workload_connections_per_uid,
     maxCallsPerUid: a.max_workload_calls_per_uid,
     allowUnauthenticatedVerifiers: a.allow_unauthenticated_verifiers,
+    sds: {
+      disabled: a.sds.disable_sds_api,
+      defaultSvidName: a.sds.default_svid_name,
+      defaultBundleName: a.sds.default_bundle_name,
+      defaultAllBundlesName: a.sds.default_all_bundles_name,
+      disableSpiffeCertValidation: a.sds.disable_spiffe_cert_validation,
+    },
     health: grpcHealth,
     metrics,
     clock,

@@ -68,6 +68,29 @@ const socketPath = z
 const fraction = (what: string) =>
   z.number().refine((v) => v > 0 && v < 1, { error: `${what} must be strictly between 0 and 1` });
 
+/** SDS resource names must not collide: one name, one secret. */
+const sdsSection = z
+  .strictObject({
+    disable_sds_api: z.boolean().default(false).describe("Do not serve Envoy SDS (`envoy.service.secret.v3.SecretDiscoveryService`) on the agent socket."),
+    default_svid_name: z.string().min(1).default("default").describe("SDS resource name of the caller's default X509-SVID (its first identity) as a TLS certificate."),
+    default_bundle_name: z.string().min(1).default("ROOTCA").describe("SDS resource name of the agent's own trust bundle as a validation context."),
+    default_all_bundles_name: z
+      .string()
+      .min(1)
+      .default("ALL")
+      .describe("SDS resource name of a validation context for every trust domain the caller trusts (own and federated); with federated bundles it uses Envoy's SPIFFE certificate validator."),
+    disable_spiffe_cert_validation: z
+      .boolean()
+      .default(false)
+      .describe("Never answer with Envoy's SPIFFE certificate validator (`envoy.tls.cert_validator.spiffe`), for Envoys older than 1.18; an Envoy's node metadata key of the same name overrides it. `ALL` is then not served to callers with federated bundles."),
+  })
+  .superRefine((s, ctx) => {
+    const names = [s.default_svid_name, s.default_bundle_name, s.default_all_bundles_name];
+    if (new Set(names).size !== names.length) ctx.addIssue({ code: "custom", message: "default_svid_name, default_bundle_name and default_all_bundles_name must differ" });
+    for (const n of names) if (n.startsWith("spiffe://")) ctx.addIssue({ code: "custom", message: `${JSON.stringify(n)}: a default name must not look like a SPIFFE ID or trust domain` });
+  })
+  .describe("Envoy SDS v3 on the agent socket (SPIRE's `sds` options).");
+
 const agentSection = z
   .strictObject({
     trust_domain: trustDomain.describe("The trust domain the agent belongs to, as a bare name (`example.org`). Stored SVIDs and bundles of another trust domain are discarded."),
@@ -108,6 +131,7 @@ const agentSection = z
         "Workload API calls (streams included, on all connections and services together) one uid may have open at once; further ones are refused with ResourceExhausted (logged once). Bounds the agent memory one user can hold.",
       ),
     allow_unauthenticated_verifiers: z.boolean().default(false).describe("Let callers that attest to no entry read bundles and validate JWT-SVIDs."),
+    sds: sdsSection.prefault({}),
   })
   .superRefine((a, ctx) => {
     const set = TRUST_BOOTSTRAP_KEYS.filter((k) => (k === "insecure_bootstrap" ? a.insecure_bootstrap === true : a[k] !== undefined));

@@ -58,8 +58,8 @@ export function attestationFailure(e: unknown): CallFailure {
   return errorFailure(e);
 }
 
-/** Ends a server stream with a failure. */
-export function failStream(call: ServerWritableStream<unknown, unknown>, f: CallFailure): void {
+/** Ends a server (or bidirectional) stream with a failure. */
+export function failStream(call: Pick<ServerWritableStream<unknown, unknown>, "emit">, f: CallFailure): void {
   call.emit("error", { ...f, metadata: new Metadata() });
 }
 

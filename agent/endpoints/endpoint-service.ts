@@ -3,7 +3,8 @@
  * configured workload attestors are created, the Workload API is built on the
  * shared admission (peer tracker → attester) and the socket is bound; at stop
  * the socket is closed, open streams cancelled and gRPC health shut down.
- * Other socket APIs (SDS) join the Workload API here, on the same socket.
+ * Envoy SDS (unless `agent.sds.disable_sds_api`) joins the Workload API here,
+ * on the same socket, with the same attester.
  */
 import type { Clock } from "../../common/clock.js";
 import type { HealthService } from "../../common/health/grpc-health.js";
@@ -17,6 +18,8 @@ import type { TrustDomain } from "../../spiffe/id.js";
 import { createCallerAttester } from "../attestation/workload.js";
 import type { WorkloadCache } from "../cache/types.js";
 import { createPeerTracker, startWorkloadEndpoint, type WorkloadEndpoint } from "./server.js";
+import { createSdsHandler, SDS_MAX_REQUEST_BYTES } from "./sds/handler.js";
+import { DEFAULT_SDS_NAMES, type SdsNames } from "./sds/secrets.js";
 import { createWorkloadApiHandler } from "./workload-api/handler.js";
 
 /** Dependencies of the {@link WorkloadEndpointService}. */
@@ -35,6 +38,8 @@ export interface WorkloadEndpointServiceDeps {
   readonly maxCallsPerUid: number;
   /** `agent.allow_unauthenticated_verifiers`. */
   readonly allowUnauthenticatedVerifiers: boolean;
+  /** `agent.sds`: Envoy SDS on the same socket unless `disabled`; default on, with SPIRE's names. */
+  readonly sds?: SdsNames & { readonly disabled: boolean; readonly disableSpiffeCertValidation: boolean };
   /** `grpc.health.v1.Health` on the socket. */
   readonly health: HealthService;
   readonly metrics: Metrics;
@@ -86,9 +91,15 @@ export class WorkloadEndpointService implements Service {
       allowUnauthenticatedVerifiers: d.allowUnauthenticatedVerifiers,
       clock: d.clock,
     });
+    // SDS shares the attester, so the same caller pinning applies on both APIs.
+    const sdsConfig = d.sds ?? { ...DEFAULT_SDS_NAMES, disabled: false, disableSpiffeCertValidation: false };
+    const sds = sdsConfig.disabled
+      ? undefined
+      : createSdsHandler({ cache: d.cache, attest, trustDomain: d.trustDomain, names: sdsConfig, disableSpiffeCertValidation: sdsConfig.disableSpiffeCertValidation, log: subsystemLogger(d.log, "sds"), metrics: d.metrics });
     this.#endpoint = await startWorkloadEndpoint({
       socketPath: d.socketPath,
-      services: [workloadApi],
+      services: sds === undefined ? [workloadApi] : [workloadApi, sds],
+      ...(sds === undefined ? {} : { maxRequestBytes: SDS_MAX_REQUEST_BYTES }),
       peers,
       health: d.health,
       maxCallsPerUid: d.maxCallsPerUid,

@@ -163,6 +163,8 @@ export interface WorkloadEndpointOptions {
   readonly peers: PeerTracker;
   /** `grpc.health.v1.Health`, when given. */
   readonly health?: HealthService;
+  /** Largest request message read, in bytes; default {@link MAX_WORKLOAD_REQUEST_BYTES} (SDS needs more: `SDS_MAX_REQUEST_BYTES`). */
+  readonly maxRequestBytes?: number;
   /** Calls one uid may have open at once (all services together); default {@link DEFAULT_MAX_CALLS_PER_UID}. */
   readonly maxCallsPerUid?: number;
   /** Receives `sigil_rpc_requests_total` and `sigil_rpc_duration_seconds`: every call counted once, whichever service it is for. */
@@ -207,7 +209,7 @@ export async function startWorkloadEndpoint(options: WorkloadEndpointOptions): P
   if (twice !== undefined) throw new SigilError("ERR_INVALID_ARGUMENT", `workload endpoint: service ${twice} is given twice`);
   // First: a call over its user's limit is refused before anything else looks at it. Then one count per call, for every service.
   const callLimit = perUidCallLimit({ resolvePeer: (p) => peers.lookup(p), maxPerUid: options.maxCallsPerUid ?? DEFAULT_MAX_CALLS_PER_UID, log });
-  const grpcServer = new Server({ interceptors: [callLimit, rpcMetricsInterceptor(options.metrics)], "grpc.max_receive_message_length": MAX_WORKLOAD_REQUEST_BYTES });
+  const grpcServer = new Server({ interceptors: [callLimit, rpcMetricsInterceptor(options.metrics)], "grpc.max_receive_message_length": options.maxRequestBytes ?? MAX_WORKLOAD_REQUEST_BYTES });
   for (const s of services) grpcServer.addService(s.definition, s.implementation);
   if (options.health !== undefined) addHealthService(grpcServer, options.health);
   // WEP-21: server reflection describing every service registered above.

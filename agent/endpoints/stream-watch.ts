@@ -1,8 +1,8 @@
 /**
  * Server streams that follow the agent's cache, for every API on the Workload
- * Endpoint (the Workload API's FetchX509SVID and bundle streams, SDS next).
- * The API says what the caller's complete state is; this module decides when
- * to send it:
+ * Endpoint (the Workload API's FetchX509SVID and bundle streams, Envoy SDS's
+ * bidirectional StreamSecrets). The API says what the caller's complete state
+ * is; this module decides when to send it:
  *
  * - the first message at once (WAPI-7), then again whenever the cache changes
  *   and the state differs from the last one sent (WAPI-5, WAPI-6); a burst of
@@ -17,9 +17,14 @@
  * - {@link PENDING} sends nothing and keeps the stream open (an identity of
  *   the caller is being re-issued after a registration change); `undefined`
  *   (no identity) ends it with the API's failure.
+ *
+ * A bidirectional API (SDS) also recomputes when the client asks for something
+ * else ({@link WatchedStream.refresh}), and may write each state in an envelope
+ * of its own (`stamp`: xDS's version and nonce) while states are still compared
+ * without it.
  */
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
-import { Metadata, type ServerWritableStream } from "@grpc/grpc-js";
+import { Metadata } from "@grpc/grpc-js";
 import type { Logger } from "../../common/log.js";
 import type { Selector } from "../../common/selector.js";
 import { encodeMessage } from "../../spiffe/grpc/service.js";
@@ -44,21 +49,42 @@ export interface StreamWatcherOptions {
   readonly log: Logger;
 }
 
+/** What the watcher needs of a server or bidirectional stream (grpc-js `ServerWritableStream`, `ServerDuplexStream`). */
+export interface WatchableCall<M> {
+  readonly cancelled: boolean;
+  getPeer(): string;
+  write(message: M, callback: () => void): boolean;
+  end(): void;
+  emit(event: "error", error: unknown): boolean;
+  on(event: "cancelled", listener: () => void): unknown;
+}
+
+/** A stream being served by {@link StreamWatcher.watch}. */
+export interface WatchedStream {
+  /** Recomputes the state now (the client asked for something else); sent if it differs from the last one sent. */
+  refresh(): void;
+  /** Ends the stream: cleanly, or with `failure`. Idempotent. */
+  end(failure?: CallFailure): void;
+}
+
 /** Runs server streams off cache changes; see the module comment. */
 export interface StreamWatcher {
   /**
    * Serves `call` until the client cancels it, the caller has no identity, its
    * re-check fails, or `compute` throws (the stream ends with the mapped status).
    * `compute` gives the caller's complete state: a message, {@link PENDING},
-   * or `undefined` for no identity.
+   * or `undefined` for no identity. `stamp`, when given, makes the message
+   * written from a state that differs from the last one sent (called once per
+   * message, just before it is written); states are compared unstamped.
    */
   watch<D extends DescMessage>(
-    call: ServerWritableStream<unknown, MessageShape<D>>,
+    call: WatchableCall<MessageShape<D>>,
     method: string,
     schema: D,
     caller: AttestedCaller,
     compute: () => MessageShape<D> | undefined | typeof PENDING,
-  ): void;
+    stamp?: (state: MessageShape<D>) => MessageShape<D>,
+  ): WatchedStream;
 }
 
 /**
@@ -73,9 +99,9 @@ export interface StreamWatcher {
 export function createStreamWatcher(options: StreamWatcherOptions): StreamWatcher {
   const { api, cache, noIdentity, log } = options;
   return {
-    watch(call, method, schema, caller, compute) {
+    watch(call, method, schema, caller, compute, stamp) {
       // The client may have gone while it was being attested.
-      if (call.cancelled) return;
+      if (call.cancelled) return { refresh: () => undefined, end: () => undefined };
       // Read once: the socket behind getPeer() may be gone by the time the last identity is.
       const callPeer = call.getPeer();
       // The wire bytes of the last message sent: a new state is sent only when its bytes differ.
@@ -124,7 +150,7 @@ export function createStreamWatcher(options: StreamWatcherOptions): StreamWatche
         }
         last = bytes;
         sending = true;
-        call.write(msg, () => {
+        call.write(stamp === undefined ? msg : stamp(msg), () => {
           sending = false;
           if (!missed) return;
           missed = false;
@@ -141,6 +167,7 @@ export function createStreamWatcher(options: StreamWatcherOptions): StreamWatche
         });
       });
       push();
+      return { refresh: push, end: finish };
     },
   };
 }

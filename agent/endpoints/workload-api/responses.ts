@@ -28,6 +28,7 @@ import {
   type X509SVID,
   type X509SVIDResponse,
 } from "../../../proto/gen/spiffe/workload_pb.js";
+import { memoThisTurn, objectKey } from "../turn-memo.js";
 
 /** Longest hint sent, in UTF-8 bytes (WAPI-40); a longer one is dropped from the response. */
 export const MAX_HINT_BYTES = 1024;
@@ -177,18 +178,6 @@ export function buildX509SvidResponse(
   return create(X509SVIDResponseSchema, { svids, federatedBundles });
 }
 
-/** Small numbers naming objects in memo keys. */
-const objectIds = new WeakMap<object, number>();
-let lastObjectId = 0;
-function objectId(o: object): number {
-  let id = objectIds.get(o);
-  if (id === undefined) objectIds.set(o, (id = ++lastObjectId));
-  return id;
-}
-
-/** The X509SVIDResponses built in this turn of the event loop, by what they were built from. */
-let builtThisTurn: Map<string, { readonly response: X509SVIDResponse | undefined; readonly notes: readonly ResponseNote[] }> | undefined;
-
 /**
  * {@link buildX509SvidResponse}, built once per turn of the event loop for the
  * same identities and bundles: after a rotation every stream recomputes its
@@ -205,19 +194,11 @@ export function x509SvidResponseFor(
   trustDomain: TrustDomain,
   notes: ResponseNote[] = [],
 ): X509SVIDResponse | undefined {
-  const key = `${trustDomain.name} ${objectId(bundles)} ${identities.map((i) => `${objectId(i.entry)}:${objectId(i.svid)}`).join(",")}`;
-  if (builtThisTurn === undefined) {
-    builtThisTurn = new Map();
-    setImmediate(() => {
-      builtThisTurn = undefined;
-    });
-  }
-  let built = builtThisTurn.get(key);
-  if (built === undefined) {
+  const key = `${trustDomain.name} ${objectKey(bundles)} ${identities.map((i) => `${objectKey(i.entry)}:${objectKey(i.svid)}`).join(",")}`;
+  const built = memoThisTurn("x509-svid-response", key, () => {
     const own: ResponseNote[] = [];
-    built = { response: buildX509SvidResponse(identities, bundles, trustDomain, own), notes: own };
-    builtThisTurn.set(key, built);
-  }
+    return { response: buildX509SvidResponse(identities, bundles, trustDomain, own), notes: own as readonly ResponseNote[] };
+  });
   notes.push(...built.notes);
   return built.response;
 }

@@ -62,6 +62,7 @@ describe("agent config", () => {
       max_workload_connections_per_uid: 1024,
       max_workload_calls_per_uid: 1024,
       allow_unauthenticated_verifiers: false,
+      sds: { disable_sds_api: false, default_svid_name: "default", default_bundle_name: "ROOTCA", default_all_bundles_name: "ALL", disable_spiffe_cert_validation: false },
     });
     expect(DEFAULT_AGENT_SOCKET_PATH).toBe("/tmp/sigil-agent/public/api.sock");
     expect(cfg.plugins).toEqual({ NodeAttestor: { join_token: {} }, WorkloadAttestor: { unix: {} } });
@@ -124,6 +125,13 @@ describe("agent config", () => {
     expect(msg).toContain("plugins.NodeAttestor: one NodeAttestor plugin must be configured");
     expect(msg).toContain("plugins.WorkloadAttestor: at least one WorkloadAttestor plugin must be configured");
     expect(errorOf(() => parseAgentConfig(MINIMAL.replace("    unix:\n", "    unix:\n      discover_path: true\n")))).toContain("plugins.WorkloadAttestor.unix");
+  });
+
+  it("reads SPIRE's sds options and refuses two SDS names that collide", () => {
+    const cfg = parseAgentConfig(agentWith("insecure_bootstrap: true\nsds:\n  default_svid_name: mine\n  disable_spiffe_cert_validation: true"));
+    expect(cfg.agent.sds).toEqual({ disable_sds_api: false, default_svid_name: "mine", default_bundle_name: "ROOTCA", default_all_bundles_name: "ALL", disable_spiffe_cert_validation: true });
+    expect(errorOf(() => parseAgentConfig(agentWith("insecure_bootstrap: true\nsds:\n  default_all_bundles_name: ROOTCA")))).toContain("agent.sds: default_svid_name, default_bundle_name and default_all_bundles_name must differ");
+    expect(errorOf(() => parseAgentConfig(agentWith("insecure_bootstrap: true\nsds:\n  default_bundle_name: spiffe://example.org")))).toContain("must not look like a SPIFFE ID");
   });
 
   it("accepts SPIRE's upper-case log levels and loads files by path", () => {

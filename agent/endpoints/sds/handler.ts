@@ -1,0 +1,237 @@
+/**
+ * Envoy's Secret Discovery Service v3 (`envoy.service.secret.v3.SecretDiscoveryService`)
+ * on the Workload Endpoint, beside the Workload API, so service meshes (Envoy,
+ * Istio's proxies) get SVIDs and bundles from the same socket.
+ *
+ * Callers are admitted exactly as Workload API callers (`../admission.ts`):
+ * synced agent, attestation from the peer credentials the connection was
+ * accepted with, and the same re-check before every message a stream sends,
+ * so a caller that exec'd a setuid binary after connecting is refused
+ * PermissionDenied. Unlike the Workload API no `workload.spiffe.io` header is
+ * asked for (Envoy sends none). A caller with no identity at all is refused
+ * PermissionDenied `no identity issued`, as by the Workload API (SPIRE answers
+ * InvalidArgument, pitfall A22).
+ *
+ * - StreamSecrets (bidirectional): the xDS state-of-the-world protocol
+ *   (`xds-stream.ts` keeps versions, nonces, ACK and NACK). A response is sent
+ *   for the first request, for a request that changes the names, and whenever
+ *   the caller's secrets change (rotation, bundle change), on the shared stream
+ *   watcher (`../stream-watch.ts`): only when the secrets differ from the last
+ *   ones sent, one message in flight. A NACK is logged with its reason; the
+ *   rejected secrets are not sent again.
+ * - FetchSecrets (unary): the same secrets once, without version or nonce.
+ * - DeltaSecrets: Unimplemented.
+ *
+ * Names and secrets: `secrets.ts`. A name the caller is not entitled to is
+ * left out (logged); a request none of whose names can be answered gets no
+ * response until one can (Envoy waits for the resource, as for one that does
+ * not exist yet).
+ */
+import { create } from "@bufbuild/protobuf";
+import type { GenService } from "@bufbuild/protobuf/codegenv2";
+import { status, type sendUnaryData, type ServerDuplexStream, type ServerUnaryCall } from "@grpc/grpc-js";
+import type { Logger } from "../../../common/log.js";
+import type { Metrics } from "../../../common/metrics.js";
+import type { Selector } from "../../../common/selector.js";
+import { grpcServiceDefinition, type GrpcServiceDefinition, type GrpcServiceImplementation } from "../../../spiffe/grpc/service.js";
+import type { TrustDomain } from "../../../spiffe/id.js";
+import {
+  DiscoveryResponseSchema,
+  type DiscoveryRequest,
+  type DiscoveryResponse,
+} from "../../../proto/gen/envoy/service/discovery/v3/discovery_pb.js";
+import { SecretDiscoveryService } from "../../../proto/gen/envoy/service/secret/v3/sds_pb.js";
+import type { AttestedCaller } from "../../attestation/workload.js";
+import type { WorkloadCache } from "../../cache/types.js";
+import { callFailure, createEndpointAdmission, errorFailure, failStream, failUnary, type CallFailure } from "../admission.js";
+import type { EndpointService } from "../server.js";
+import { createStreamWatcher, PENDING, type WatchedStream } from "../stream-watch.js";
+import { selectIdentities } from "../workload-api/responses.js";
+import { DEFAULT_SDS_NAMES, SECRET_TYPE_URL, secretsAnswerFor, spiffeValidationFor, type CallerView, type SdsNames } from "./secrets.js";
+import { XdsStreamState } from "./xds-stream.js";
+
+/**
+ * Largest request the endpoint reads while SDS is served. An Envoy's
+ * DiscoveryRequest carries its `node`, which lists every extension compiled
+ * into that Envoy (several hundred, tens of KiB) and Istio's metadata; the
+ * Workload API's 64 KiB would refuse some of them.
+ */
+export const SDS_MAX_REQUEST_BYTES = 256 * 1024;
+
+/** The protobuf-es method map of `SecretDiscoveryService`. */
+export type SdsMethods = typeof SecretDiscoveryService extends GenService<infer S> ? S : never;
+
+/** Status messages SDS callers see. */
+export const SDS_MESSAGES = {
+  deltaUnimplemented: "Method is not implemented",
+  typeUrl: `type_url must be empty or ${SECRET_TYPE_URL}`,
+  identityPending: "an identity of the caller is being issued after a registration change; retry",
+} as const;
+
+/** Options of {@link createSdsHandler}. */
+export interface SdsHandlerOptions {
+  readonly cache: WorkloadCache;
+  /** Attests the caller of a call from its `call.getPeer()` (the Workload API's attester: the same pinning). */
+  readonly attest: (callPeer: string) => Promise<AttestedCaller>;
+  readonly trustDomain: TrustDomain;
+  /** Resource names; default SPIRE's (`default`, `ROOTCA`, `ALL`). */
+  readonly names?: SdsNames;
+  /** `disable_spiffe_cert_validation`: `ALL` never uses the SPIFFE validator (a node's metadata may override). Default false. */
+  readonly disableSpiffeCertValidation?: boolean;
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  /** Nonces of stream responses; default random (tests inject their own). */
+  readonly nonce?: () => string;
+}
+
+/** SDS as a service to put on the Workload Endpoint. */
+export interface SdsHandler extends EndpointService {
+  readonly definition: GrpcServiceDefinition<SdsMethods>;
+  readonly implementation: GrpcServiceImplementation<SdsMethods>;
+}
+
+/** The log and status prefix naming this API. */
+const API = "SDS";
+
+/**
+ * Creates the SDS handlers.
+ *
+ * @example
+ * ```ts
+ * const sds = createSdsHandler({ cache, attest, trustDomain, log, metrics });
+ * await startWorkloadEndpoint({ socketPath, services: [workloadApi, sds], peers, metrics, log });
+ * ```
+ */
+export function createSdsHandler(options: SdsHandlerOptions): SdsHandler {
+  const { cache, trustDomain, log, metrics } = options;
+  const names = options.names ?? DEFAULT_SDS_NAMES;
+  const disabledByConfig = options.disableSpiffeCertValidation ?? false;
+  const admission = createEndpointAdmission({ cache, attest: options.attest, log, metrics });
+  const streams = createStreamWatcher({ api: API, cache, noIdentity: admission.noIdentity, log });
+
+  function badTypeUrl(req: DiscoveryRequest): CallFailure | undefined {
+    return req.typeUrl === "" || req.typeUrl === SECRET_TYPE_URL ? undefined : callFailure(status.INVALID_ARGUMENT, SDS_MESSAGES.typeUrl);
+  }
+
+  /** True for a name that can only be a bundle (`ROOTCA`, `ALL`, `spiffe://<td>` without a path). */
+  function bundleName(n: string): boolean {
+    return n === names.defaultBundleName || n === names.defaultAllBundlesName || (n.startsWith("spiffe://") && !n.includes("/", "spiffe://".length));
+  }
+
+  /** The caller's view, PENDING while an identity it may ask for is being issued, undefined with no identity at all. */
+  function viewOf(selectors: readonly Selector[], requested: readonly string[]): CallerView | undefined | typeof PENDING {
+    const identities = selectIdentities(cache.identitiesFor(selectors));
+    const waiting = (cache.pendingFor?.(selectors).length ?? 0) > 0;
+    // Bundles alone are complete while an identity is being issued.
+    if (waiting && (requested.length === 0 || !requested.every(bundleName))) return PENDING;
+    if (identities.length === 0) return waiting ? PENDING : undefined;
+    return { identities, bundles: cache.bundles(), trustDomain };
+  }
+
+  function logLeftOut(method: string, callPeer: string, leftOut: readonly string[]): void {
+    if (leftOut.length > 0) log.info({ method, caller: callPeer, names: leftOut }, `${API}: requested secrets not served (unknown, or not the caller's)`);
+  }
+
+  const implementation: GrpcServiceImplementation<SdsMethods> = {
+    streamSecrets(call: ServerDuplexStream<DiscoveryRequest, DiscoveryResponse>) {
+      const method = "StreamSecrets";
+      const state = new XdsStreamState(options.nonce === undefined ? {} : { nonce: options.nonce });
+      const callPeer = call.getPeer();
+      // Requests that arrive while the caller is being attested wait here, in order.
+      const early: DiscoveryRequest[] = [];
+      let watched: WatchedStream | undefined;
+      let lastLeftOut = "";
+
+      const onRequest = (req: DiscoveryRequest): void => {
+        if (watched === undefined) {
+          early.push(req);
+          return;
+        }
+        const bad = badTypeUrl(req);
+        if (bad !== undefined) return watched.end(bad);
+        const v = state.receive(req);
+        switch (v.kind) {
+          case "stale":
+            log.debug({ method, caller: callPeer, nonce: v.nonce }, `${API}: stale request ignored (an older response's nonce)`);
+            return;
+          case "nack":
+            log.warn(
+              { method, caller: callPeer, rejected_version: v.rejectedVersion, applied_version: v.appliedVersion, code: v.code, reason: v.reason },
+              `${API}: the client rejected the secrets it was sent (NACK); it keeps version ${v.appliedVersion || "(none)"}`,
+            );
+            break;
+          case "ack":
+            log.debug({ method, caller: callPeer, version: v.version }, `${API}: ACK`);
+            break;
+          case "initial":
+            break;
+        }
+        if (v.namesChanged) watched.refresh();
+      };
+
+      call.on("data", onRequest);
+      // The client is done asking: the stream ends (xDS clients never half-close a live subscription).
+      call.on("end", () => watched?.end());
+      call.on("error", () => watched?.end());
+
+      void admission.admit(call).then((r) => {
+        if ("failure" in r) return failStream(call, r.failure);
+        const { selectors } = r.caller;
+        watched = streams.watch(
+          call,
+          method,
+          DiscoveryResponseSchema,
+          r.caller,
+          () => {
+            const requested = state.names;
+            // Nothing asked yet.
+            if (requested === undefined) return PENDING;
+            const view = viewOf(selectors, requested);
+            if (view === undefined || view === PENDING) return view;
+            const answer = secretsAnswerFor(requested, view, { ...names, spiffeCertValidation: spiffeValidationFor(state.node, disabledByConfig) });
+            const leftOut = answer.leftOut.join("\n");
+            if (leftOut !== lastLeftOut) logLeftOut(method, callPeer, answer.leftOut);
+            lastLeftOut = leftOut;
+            // Named secrets none of which exist for this caller: no answer (an empty one would make Envoy reject it).
+            if (answer.content.resources.length === 0 && requested.length > 0) return PENDING;
+            return answer.content;
+          },
+          (content) => state.stamp(content),
+        );
+        for (const req of early.splice(0)) onRequest(req);
+      }).catch((e: unknown) => {
+        log.error({ method, err: e }, `${API} stream handler failed`);
+        if (!call.cancelled) failStream(call, errorFailure(e));
+      });
+    },
+
+    fetchSecrets(call: ServerUnaryCall<DiscoveryRequest, DiscoveryResponse>, callback: sendUnaryData<DiscoveryResponse>) {
+      const method = "FetchSecrets";
+      const req = call.request;
+      void (async () => {
+        const bad = badTypeUrl(req);
+        if (bad !== undefined) return failUnary(callback, bad);
+        const r = await admission.admit(call);
+        if ("failure" in r) return failUnary(callback, r.failure);
+        const { selectors } = r.caller;
+        const requested = [...new Set(req.resourceNames)];
+        const view = viewOf(selectors, requested);
+        if (view === PENDING) return failUnary(callback, callFailure(status.UNAVAILABLE, SDS_MESSAGES.identityPending));
+        if (view === undefined) return failUnary(callback, admission.noIdentity(method, call.getPeer(), selectors));
+        const answer = secretsAnswerFor(requested, view, { ...names, spiffeCertValidation: spiffeValidationFor(req.node, disabledByConfig) });
+        logLeftOut(method, call.getPeer(), answer.leftOut);
+        callback(null, create(DiscoveryResponseSchema, { typeUrl: SECRET_TYPE_URL, resources: answer.content.resources }));
+      })().catch((e: unknown) => failUnary(callback, errorFailure(e)));
+    },
+
+    deltaSecrets(call) {
+      failStream(call, callFailure(status.UNIMPLEMENTED, SDS_MESSAGES.deltaUnimplemented));
+    },
+  };
+
+  return {
+    definition: grpcServiceDefinition(SecretDiscoveryService),
+    service: SecretDiscoveryService,
+    implementation,
+  };
+}
