@@ -31,7 +31,8 @@ import { SigilError } from "../../spiffe/errors.js";
 interface Addon {
   getPeerCred(fd: number): { pid: number; uid: number; gid: number; pidfd: number };
   pidfdExited(pidfd: number): boolean;
-  procOwnerIs(pid: number, uid: number, gid: number): 1 | 0 | -1;
+  /** Absent from an addon built before it (not rebuilt after an upgrade): {@link procOwnerIs} then stats through fs. */
+  procOwnerIs?(pid: number, uid: number, gid: number): 1 | 0 | -1;
 }
 
 let addon: Addon | undefined;
@@ -160,22 +161,52 @@ export function verifyPeer(peer: PeerCredentials): PeerChange | undefined {
   // A file, not the directory: the kernel shows /proc/<pid> itself as owned by the
   // euid/egid always, but the files in it as root's once the process is non-dumpable.
   // Streams re-check before every message, so the common case is one stat(2) in the addon.
-  const owned = loadAddon().procOwnerIs(peer.pid, peer.uid, peer.gid);
+  const owned = procOwnerIs(peer);
   // After the stat: if the process is still alive now, the stat was of it.
   if (owned === -1 || !stillSameProcess(peer)) {
     return { kind: "gone", detail: owned === -1 ? `/proc/${peer.pid} is gone` : `process ${peer.pid} exited (its pid may have been reused)` };
   }
   if (owned === 1) return undefined;
-  // Someone else owns it now: say who (the process may have exited since; then say that).
-  let owner: { uid: number; gid: number };
-  try {
-    const st = statSync(`/proc/${peer.pid}/stat`);
-    owner = { uid: st.uid, gid: st.gid };
-  } catch {
-    return { kind: "gone", detail: `/proc/${peer.pid} is gone` };
-  }
+  // The stat above, of the live caller, showed another owner: that decides. Say who for the log,
+  // with a second stat (the process may have exited or changed again since; the kind stays).
+  const owner = procOwner(peer.pid);
+  const now = owner === undefined ? "is no longer owned by" : `is owned by uid ${owner.uid} gid ${owner.gid}, but`;
   return {
     kind: "owner_changed",
-    detail: `/proc/${peer.pid}/stat is owned by uid ${owner.uid} gid ${owner.gid}, but the caller connected as uid ${peer.uid} gid ${peer.gid} (a setuid/setgid exec or a non-dumpable process)`,
+    detail: `/proc/${peer.pid}/stat ${now} the caller connected as uid ${peer.uid} gid ${peer.gid} (a setuid/setgid exec or a non-dumpable process)`,
   };
+}
+
+/** The owner of /proc/<pid>/stat, or undefined when it cannot be stat'ed (gone). */
+function procOwner(pid: number): { uid: number; gid: number } | undefined {
+  try {
+    const st = statSync(`/proc/${pid}/stat`);
+    return { uid: st.uid, gid: st.gid };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Whether /proc/<pid>/stat is owned by the peer's uid and gid (1), by someone
+ * else (0), or cannot be stat'ed (-1): what `fs.statSync` and a comparison of
+ * numbers say, for any numbers. The addon does it in one stat(2) but takes a
+ * pid_t and two uid_t's; a pid no process has (0, which SO_PEERCRED gives for a
+ * peer outside the agent's pid namespace) or an id outside uid_t would be cut
+ * or refused there, so those go through fs, as does an addon built before it.
+ */
+function procOwnerIs(peer: PeerCredentials): 1 | 0 | -1 {
+  const native = loadAddon().procOwnerIs;
+  if (native !== undefined && isPidT(peer.pid) && isUidT(peer.uid) && isUidT(peer.gid)) return native(peer.pid, peer.uid, peer.gid);
+  const owner = procOwner(peer.pid);
+  if (owner === undefined) return -1;
+  return owner.uid === peer.uid && owner.gid === peer.gid ? 1 : 0;
+}
+
+function isPidT(n: number): boolean {
+  return Number.isInteger(n) && n > 0 && n <= 0x7fff_ffff;
+}
+
+function isUidT(n: number): boolean {
+  return Number.isInteger(n) && n >= 0 && n <= 0xffff_ffff;
 }

@@ -16,6 +16,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -102,21 +103,26 @@ static napi_value PidfdExited(napi_env env, napi_callback_info info) {
 }
 
 // procOwnerIs(pid: number, uid: number, gid: number): 1 | 0 | -1
+// The numbers are taken as they are, never cut to 32 bits: a pid no process can
+// have (0, negative, fractional, beyond pid_t) names no /proc entry (-1, as a stat
+// of that path says), and an id that is no uid_t equals no owner (0).
 static napi_value ProcOwnerIs(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];
-  int32_t pid;
-  uint32_t uid, gid;
+  double pid, uid, gid;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
-      napi_get_value_int32(env, argv[0], &pid) != napi_ok || pid <= 0 ||
-      napi_get_value_uint32(env, argv[1], &uid) != napi_ok || napi_get_value_uint32(env, argv[2], &gid) != napi_ok) {
-    napi_throw_type_error(env, "ERR_PEERCRED", "peercred: procOwnerIs(pid, uid, gid) expects a positive pid and two ids");
+      napi_get_value_double(env, argv[0], &pid) != napi_ok || napi_get_value_double(env, argv[1], &uid) != napi_ok ||
+      napi_get_value_double(env, argv[2], &gid) != napi_ok) {
+    napi_throw_type_error(env, "ERR_PEERCRED", "peercred: procOwnerIs(pid, uid, gid) expects three numbers");
     return NULL;
   }
-  char path[48];
-  snprintf(path, sizeof path, "/proc/%d/stat", pid);
-  struct stat st;
-  int r = stat(path, &st) != 0 ? -1 : (st.st_uid == uid && st.st_gid == gid) ? 1 : 0;
+  int r = -1;
+  if (pid >= 1 && pid <= INT32_MAX && pid == (double)(int32_t)pid) {
+    char path[48];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    struct stat st;
+    if (stat(path, &st) == 0) r = ((double)st.st_uid == uid && (double)st.st_gid == gid) ? 1 : 0;
+  }
   napi_value out;
   napi_create_int32(env, r, &out);
   return out;

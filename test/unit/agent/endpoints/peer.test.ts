@@ -1,6 +1,7 @@
 import { spawn } from "node:child_process";
 import { chmodSync } from "node:fs";
-import { createServer, type Socket } from "node:net";
+import { createRequire } from "node:module";
+import { connect, createServer, type Socket } from "node:net";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { peerCredentials, processStartTime, releasePeer, stillSameProcess, verifyPeer, type PeerCredentials } from "../../../../agent/endpoints/peer.js";
@@ -95,5 +96,79 @@ describe("peer credentials (SO_PEERCRED)", () => {
     releasePeer(c); // idempotent
     expect(c.process === undefined || c.process.exited()).toBe(true);
     srv.close();
+  });
+});
+
+describe("verifyPeer: the owner check keeps fs.statSync's answers", () => {
+  /** The addon's exports, as peer.ts loaded them (one module object per process). */
+  const addon = createRequire(import.meta.url)(path.resolve(import.meta.dirname, "../../../../build/Release/peercred.node")) as Record<string, unknown>;
+
+  /** This process, connected to a socket of its own: its credentials with a pidfd on itself where the kernel has one. */
+  async function self(): Promise<{ peer: PeerCredentials; done: () => void }> {
+    const srv = await serve();
+    const got = srv.next();
+    const s = connect(srv.sock);
+    const peer = await got;
+    expect(peer.pid).toBe(process.pid);
+    return {
+      peer,
+      done: () => {
+        s.destroy();
+        releasePeer(peer);
+        srv.close();
+      },
+    };
+  }
+
+  it("a pid no process can have (0, as SO_PEERCRED gives for a peer outside the agent's pid namespace; negative, fractional, beyond pid_t) is gone, never an error or another pid", async () => {
+    const { peer, done } = await self();
+    try {
+      expect(verifyPeer(peer)).toBeUndefined();
+      for (const pid of [0, -1, -process.pid, 1.5, Number.NaN, 2 ** 32 + process.pid, 2 ** 31 + process.pid]) {
+        expect(verifyPeer({ ...peer, pid }), `pid ${pid}`).toMatchObject({ kind: "gone" });
+      }
+    } finally {
+      done();
+    }
+  });
+
+  it("a uid or gid beyond uid_t or fractional never matches the owner (it is not cut to 32 bits)", async () => {
+    const { peer, done } = await self();
+    try {
+      for (const ids of [{ uid: peer.uid + 2 ** 32 }, { gid: peer.gid + 2 ** 32 }, { uid: peer.uid + 0.5 }, { uid: -1 }]) {
+        expect(verifyPeer({ ...peer, ...ids }), JSON.stringify(ids)).toMatchObject({ kind: "owner_changed" });
+      }
+    } finally {
+      done();
+    }
+  });
+
+  it("an owner that differed while the process was alive is owner_changed, also when /proc/<pid> is gone by the time the log's detail is read", async () => {
+    const { peer, done } = await self();
+    const real = addon["procOwnerIs"];
+    try {
+      // The stat saw another owner; the process is alive afterwards; then /proc/<pid> cannot be read again.
+      addon["procOwnerIs"] = () => 0;
+      const change = verifyPeer({ ...peer, pid: 4_194_305 }); // above the largest pid_max: never a process
+      expect(change?.kind).toBe("owner_changed");
+      expect(change?.detail).toContain(`the caller connected as uid ${peer.uid} gid ${peer.gid}`);
+    } finally {
+      addon["procOwnerIs"] = real;
+      done();
+    }
+  });
+
+  it("an addon built before procOwnerIs (not rebuilt after an upgrade) still checks the owner", async () => {
+    const { peer, done } = await self();
+    const real = addon["procOwnerIs"];
+    try {
+      delete addon["procOwnerIs"];
+      expect(verifyPeer(peer)).toBeUndefined();
+      expect(verifyPeer({ ...peer, uid: peer.uid + 1 })).toMatchObject({ kind: "owner_changed" });
+      expect(verifyPeer({ ...peer, pid: 0 })).toMatchObject({ kind: "gone" });
+    } finally {
+      addon["procOwnerIs"] = real;
+      done();
+    }
   });
 });
