@@ -11,6 +11,10 @@
  *   token bound to a pod is refused once that pod (or its UID) is gone, unless
  *   `staleTokenReviews` imitates an authenticator that has not noticed yet.
  * - `GET /api/v1/namespaces/{ns}/pods/{name}` (Pod) and `GET /api/v1/nodes/{name}` (Node).
+ * - Writable objects (`objects`): ConfigMaps, admissionregistration.k8s.io/v1
+ *   Mutating/ValidatingWebhookConfigurations and apiregistration.k8s.io/v1
+ *   APIServices; GET, list with `labelSelector`, PUT with resourceVersion
+ *   checks (409 Conflict), and forced conflicts.
  * - Errors as `Status` objects: 401 Unauthorized without the expected bearer
  *   token, 403 Forbidden for a resource listed in `forbidden`, 404 NotFound.
  */
@@ -84,6 +88,8 @@ export interface FakeKubeApi {
   readonly forbidden: Set<"tokenreviews" | "pods" | "nodes">;
   /** When true, TokenReviews do not check that a token's pod still exists (an authenticator's cache). */
   staleTokenReviews: boolean;
+  /** ConfigMaps, webhook configurations and APIServices (see {@link FakeObjectStore}). */
+  readonly objects: FakeObjectStore;
   putPod(pod: FakePod): void;
   deletePod(namespace: string, name: string): void;
   putNode(node: FakeNode): void;
@@ -177,6 +183,7 @@ export async function startFakeKubeApi(): Promise<FakeKubeApi> {
   const tokens = new Map<string, TokenFacts>();
   const requests: KubeApiRequest[] = [];
   const forbidden = new Set<"tokenreviews" | "pods" | "nodes">();
+  const objects = createObjectStore();
 
   const reviewToken = (spec: { token?: unknown; audiences?: unknown }, stale: boolean): Record<string, unknown> => {
     const token = typeof spec.token === "string" ? spec.token : "";
@@ -203,7 +210,7 @@ export async function startFakeKubeApi(): Promise<FakeKubeApi> {
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const url = new URL(req.url ?? "/", "https://127.0.0.1");
-    const raw = req.method === "POST" ? await readBody(req) : "";
+    const raw = req.method === "POST" || req.method === "PUT" ? await readBody(req) : "";
     let body: unknown;
     try {
       body = raw === "" ? undefined : JSON.parse(raw);
@@ -249,6 +256,8 @@ export async function startFakeKubeApi(): Promise<FakeKubeApi> {
       const node = nodes.get(name);
       return node ? send(200, nodeJson(node)) : send(404, status(404, "NotFound", `nodes "${name}" not found`, { name, kind: "nodes" }));
     }
+    const written = objects.route(req.method ?? "", url, body);
+    if (written) return send(written.code, written.doc);
     return send(404, status(404, "NotFound", "the server could not find the requested resource"));
   };
 
@@ -271,6 +280,7 @@ export async function startFakeKubeApi(): Promise<FakeKubeApi> {
     requests,
     forbidden,
     staleTokenReviews: false,
+    objects,
     putPod: (pod) => void pods.set(`${pod.namespace}/${pod.name}`, pod),
     deletePod: (ns, name) => void pods.delete(`${ns}/${name}`),
     putNode: (node) => void nodes.set(node.name, node),
@@ -329,4 +339,187 @@ export async function startFakeKubeApi(): Promise<FakeKubeApi> {
       }),
   };
   return fake;
+}
+
+// ---------------------------------------------------------------------------
+// Writable objects (the trust bundle publisher's targets): ConfigMaps,
+// Mutating/ValidatingWebhookConfigurations and APIServices, with
+// resourceVersion semantics. Kept apart from the read-only resources above.
+// ---------------------------------------------------------------------------
+
+/** The writable resources the fake serves, by their plural names in the API paths. */
+export type WritableResource = "configmaps" | "mutatingwebhookconfigurations" | "validatingwebhookconfigurations" | "apiservices";
+
+/** An object as the API returns it: `metadata.resourceVersion` is the fake's. */
+export interface KubeObject {
+  apiVersion?: string;
+  kind?: string;
+  metadata: { name: string; namespace?: string; resourceVersion?: string; labels?: Record<string, string>; [key: string]: unknown };
+  [key: string]: unknown;
+}
+
+/** The stored writable objects, for tests to seed, read and disturb. */
+export interface FakeObjectStore {
+  /** Creates or replaces an object as another writer would (its resourceVersion moves on); returns the stored copy. */
+  put(resource: WritableResource, obj: KubeObject): KubeObject;
+  /** A copy of the stored object, or undefined. */
+  get(resource: WritableResource, name: string, namespace?: string): KubeObject | undefined;
+  delete(resource: WritableResource, name: string, namespace?: string): void;
+  /**
+   * The next `n` PUTs to `resource` lose a race with another writer: the
+   * stored object's resourceVersion moves on first, so the PUT (carrying the
+   * version it read) is answered 409 Conflict, as the API server would.
+   */
+  forceConflicts(resource: WritableResource, n: number): void;
+  /** Resources whose requests are answered 403 Forbidden. */
+  readonly forbidden: Set<WritableResource>;
+}
+
+interface WritableKind {
+  readonly resource: WritableResource;
+  readonly kind: string;
+  readonly apiVersion: string;
+  /** Path prefix of the collection; a namespaced kind has `{ns}` in it. */
+  readonly collection: RegExp;
+  readonly group: string;
+}
+
+const WRITABLE_KINDS: readonly WritableKind[] = [
+  { resource: "configmaps", kind: "ConfigMap", apiVersion: "v1", group: "", collection: /^\/api\/v1\/namespaces\/([^/]+)\/configmaps(?:\/([^/]+))?$/ },
+  {
+    resource: "mutatingwebhookconfigurations",
+    kind: "MutatingWebhookConfiguration",
+    apiVersion: "admissionregistration.k8s.io/v1",
+    group: "admissionregistration.k8s.io",
+    collection: /^\/apis\/admissionregistration\.k8s\.io\/v1\/mutatingwebhookconfigurations(?:\/([^/]+))?$/,
+  },
+  {
+    resource: "validatingwebhookconfigurations",
+    kind: "ValidatingWebhookConfiguration",
+    apiVersion: "admissionregistration.k8s.io/v1",
+    group: "admissionregistration.k8s.io",
+    collection: /^\/apis\/admissionregistration\.k8s\.io\/v1\/validatingwebhookconfigurations(?:\/([^/]+))?$/,
+  },
+  { resource: "apiservices", kind: "APIService", apiVersion: "apiregistration.k8s.io/v1", group: "apiregistration.k8s.io", collection: /^\/apis\/apiregistration\.k8s\.io\/v1\/apiservices(?:\/([^/]+))?$/ },
+];
+
+/** Whether `labels` match a label selector (`k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-separated). */
+function matchesLabelSelector(labels: Readonly<Record<string, string>> | undefined, selector: string | null): boolean {
+  if (selector === null || selector === "") return true;
+  const l = labels ?? {};
+  return selector.split(",").every((term) => {
+    const t = term.trim();
+    let m = /^([^!=]+)!=(.*)$/.exec(t);
+    if (m) return l[m[1] ?? ""] !== m[2];
+    m = /^([^!=]+)==?(.*)$/.exec(t);
+    if (m) return l[m[1] ?? ""] === m[2];
+    if (t.startsWith("!")) return !(t.slice(1) in l);
+    return t in l;
+  });
+}
+
+/**
+ * The writable objects and their routes: GET of an object, GET of a
+ * collection (with `labelSelector`), PUT of an object (404 when it does not
+ * exist; 409 Conflict when `metadata.resourceVersion` is stale; no
+ * resourceVersion is an unconditional update, as the API allows for these kinds).
+ */
+function createObjectStore(): FakeObjectStore & { route(method: string, url: URL, body: unknown): { code: number; doc: unknown } | undefined } {
+  const objects = new Map<string, KubeObject>();
+  const conflicts = new Map<WritableResource, number>();
+  const forbidden = new Set<WritableResource>();
+  let version = 1000;
+  const key = (resource: WritableResource, name: string, namespace?: string): string => `${resource}/${namespace ?? ""}/${name}`;
+  const copy = (o: KubeObject): KubeObject => JSON.parse(JSON.stringify(o)) as KubeObject;
+  const kindOf = (resource: WritableResource): WritableKind => WRITABLE_KINDS.find((k) => k.resource === resource) as WritableKind;
+  const store = (resource: WritableResource, obj: KubeObject, previous: KubeObject | undefined): KubeObject => {
+    const k = kindOf(resource);
+    const stored = copy({ ...obj, apiVersion: k.apiVersion, kind: k.kind });
+    stored.metadata.resourceVersion = String(++version);
+    stored.metadata.uid = previous?.metadata.uid ?? randomUUID();
+    stored.metadata.creationTimestamp = previous?.metadata.creationTimestamp ?? "2026-01-01T00:00:00Z";
+    objects.set(key(resource, obj.metadata.name, obj.metadata.namespace), stored);
+    return copy(stored);
+  };
+
+  const route = (method: string, url: URL, body: unknown): { code: number; doc: unknown } | undefined => {
+    for (const k of WRITABLE_KINDS) {
+      const m = k.collection.exec(url.pathname);
+      if (!m) continue;
+      const namespaced = k.resource === "configmaps";
+      const namespace = namespaced ? decodeURIComponent(m[1] ?? "") : undefined;
+      const rawName = namespaced ? m[2] : m[1];
+      const name = rawName === undefined ? undefined : decodeURIComponent(rawName);
+      const scope = namespace === undefined ? "at the cluster scope" : `in the namespace "${namespace}"`;
+      const verb = method === "PUT" ? "update" : name === undefined ? "list" : "get";
+      if (forbidden.has(k.resource)) {
+        const what = name === undefined ? k.resource : `${k.resource} "${name}"`;
+        return {
+          code: 403,
+          doc: status(403, "Forbidden", `${what} is forbidden: User "system:serviceaccount:sigil:sigil-server" cannot ${verb} resource "${k.resource}" in API group "${k.group}" ${scope}`, {
+            ...(name !== undefined ? { name } : {}),
+            ...(k.group !== "" ? { group: k.group } : {}),
+            kind: k.resource,
+          }),
+        };
+      }
+      const notFound = (n: string) => ({ code: 404, doc: status(404, "NotFound", `${k.resource}${k.group ? `.${k.group}` : ""} "${n}" not found`, { name: n, ...(k.group ? { group: k.group } : {}), kind: k.resource }) });
+      if (name === undefined) {
+        if (method !== "GET") return { code: 405, doc: status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource") };
+        const items = [...objects.entries()]
+          .filter(([id, o]) => id.startsWith(`${k.resource}/${namespace ?? ""}/`) && matchesLabelSelector(o.metadata.labels, url.searchParams.get("labelSelector")))
+          .map(([, o]) => {
+            const { apiVersion: _a, kind: _k, ...item } = copy(o);
+            return item;
+          });
+        return { code: 200, doc: { kind: `${k.kind}List`, apiVersion: k.apiVersion, metadata: { resourceVersion: String(version) }, items } };
+      }
+      const current = objects.get(key(k.resource, name, namespace));
+      if (method === "GET") return current ? { code: 200, doc: copy(current) } : notFound(name);
+      if (method !== "PUT") return { code: 405, doc: status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource") };
+      const obj = body as KubeObject | undefined;
+      if (typeof obj !== "object" || obj === null || typeof obj.metadata !== "object" || obj.metadata === null) {
+        return { code: 400, doc: status(400, "BadRequest", `the body is not a ${k.kind}`) };
+      }
+      if (obj.metadata.name !== name) {
+        return { code: 400, doc: status(400, "BadRequest", `the name of the object (${String(obj.metadata.name)}) does not match the name on the URL (${name})`) };
+      }
+      if ((obj.metadata.namespace ?? namespace) !== namespace) {
+        return { code: 400, doc: status(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request") };
+      }
+      if (!current) return notFound(name);
+      const forced = conflicts.get(k.resource) ?? 0;
+      if (forced > 0) {
+        conflicts.set(k.resource, forced - 1);
+        // Another writer got there first.
+        store(k.resource, current, current);
+      }
+      const latest = objects.get(key(k.resource, name, namespace)) as KubeObject;
+      const sent = obj.metadata.resourceVersion;
+      if (sent !== undefined && sent !== "" && sent !== latest.metadata.resourceVersion) {
+        return {
+          code: 409,
+          doc: status(409, "Conflict", `Operation cannot be fulfilled on ${k.resource}${k.group ? `.${k.group}` : ""} "${name}": the object has been modified; please apply your changes to the latest version and try again`, {
+            name,
+            ...(k.group ? { group: k.group } : {}),
+            kind: k.resource,
+          }),
+        };
+      }
+      return { code: 200, doc: store(k.resource, { ...obj, metadata: { ...obj.metadata, ...(namespace !== undefined ? { namespace } : {}) } }, latest) };
+    }
+    return undefined;
+  };
+
+  return {
+    put: (resource, obj) => store(resource, obj, objects.get(key(resource, obj.metadata.name, obj.metadata.namespace))),
+    get: (resource, name, namespace) => {
+      const o = objects.get(key(resource, name, namespace));
+      return o ? copy(o) : undefined;
+    },
+    delete: (resource, name, namespace) => void objects.delete(key(resource, name, namespace)),
+    forceConflicts: (resource, n) => void conflicts.set(resource, n),
+    forbidden,
+    route,
+  };
 }
