@@ -20,18 +20,41 @@ export interface PluginInstance {
 }
 
 /**
+ * How long one plugin's `close()` may take before the stop goes on without
+ * it: the service group waits for every stop, and a server or agent told to
+ * stop must stop (as the agent API gives calls in flight 5 s).
+ */
+export const PLUGIN_CLOSE_TIMEOUT_MS = 5_000;
+
+/**
  * Closes plugin instances in reverse order of creation (a plugin may use one
  * created before it), skipping those without `close()`. A failing close is
- * logged and the others still close; never throws, so a stop goes on.
+ * logged and the others still close; a close still pending after `timeoutMs`
+ * is logged and left behind. Never throws and always settles, so a stop goes on.
  */
-export async function closePlugins(instances: readonly unknown[], log: Logger): Promise<void> {
+export async function closePlugins(instances: readonly unknown[], log: Logger, timeoutMs: number = PLUGIN_CLOSE_TIMEOUT_MS): Promise<void> {
   for (const instance of [...instances].reverse()) {
     const p = instance as (PluginInstance & { readonly name?: unknown }) | undefined;
     if (typeof p?.close !== "function") continue;
+    const plugin = typeof p.name === "string" ? p.name : undefined;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<"late">((resolve) => {
+      timer = setTimeout(() => resolve("late"), timeoutMs);
+    });
+    // A close that fails after its time limit has nobody waiting for it: it is logged all the same.
+    const closing = (async () => {
+      try {
+        await p.close?.();
+      } catch (e) {
+        log.error({ plugin, err: e }, "Plugin failed to close");
+      }
+    })();
     try {
-      await p.close();
-    } catch (e) {
-      log.error({ plugin: typeof p.name === "string" ? p.name : undefined, err: e }, "Plugin failed to close");
+      if ((await Promise.race([closing, late])) === "late") {
+        log.error({ plugin, timeout_ms: timeoutMs }, "Plugin did not close in time; going on without it");
+      }
+    } finally {
+      clearTimeout(timer);
     }
   }
 }
