@@ -1,0 +1,108 @@
+/**
+ * Version and nonce bookkeeping of one SDS stream (`XdsStreamState`): what a
+ * request means (initial, ACK, NACK, stale) and what a response carries.
+ */
+import { create } from "@bufbuild/protobuf";
+import { anyPack } from "@bufbuild/protobuf/wkt";
+import { describe, expect, it } from "vitest";
+import { contentVersion, XdsStreamState } from "../../../../../agent/endpoints/sds/xds-stream.js";
+import { SecretSchema } from "../../../../../proto/gen/envoy/extensions/transport_sockets/tls/v3/secret_pb.js";
+import { DiscoveryRequestSchema, DiscoveryResponseSchema, type DiscoveryResponse } from "../../../../../proto/gen/envoy/service/discovery/v3/discovery_pb.js";
+
+const TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+function content(...names: string[]): DiscoveryResponse {
+  return create(DiscoveryResponseSchema, { typeUrl: TYPE, resources: names.map((name) => anyPack(SecretSchema, create(SecretSchema, { name }))) });
+}
+
+function request(init: { names?: string[]; version?: string; nonce?: string; nack?: string; nodeId?: string }) {
+  return create(DiscoveryRequestSchema, {
+    resourceNames: init.names ?? [],
+    versionInfo: init.version ?? "",
+    responseNonce: init.nonce ?? "",
+    typeUrl: TYPE,
+    ...(init.nack === undefined ? {} : { errorDetail: { code: 3, message: init.nack } }),
+    ...(init.nodeId === undefined ? {} : { node: { id: init.nodeId } }),
+  });
+}
+
+/** A state whose nonces are n1, n2, … */
+function stream(): XdsStreamState {
+  let n = 0;
+  return new XdsStreamState({ nonce: () => `n${++n}` });
+}
+
+describe("SDS stream bookkeeping", () => {
+  it("the first request subscribes (names deduplicated) and remembers the node", () => {
+    const s = stream();
+    expect(s.names).toBeUndefined();
+    expect(s.receive(request({ names: ["default", "ROOTCA", "default"], nodeId: "envoy-1" }))).toEqual({ kind: "initial", namesChanged: true });
+    expect(s.names).toEqual(["default", "ROOTCA"]);
+    expect(s.node?.id).toBe("envoy-1");
+  });
+
+  it("a response carries the content's version and a fresh nonce; the same content has the same version on any stream", () => {
+    const s = stream();
+    s.receive(request({ names: ["default"] }));
+    const c = content("default");
+    const r1 = s.stamp(c);
+    const r2 = s.stamp(c);
+    expect(r1.versionInfo).toMatch(/^[0-9a-f]{16}$/);
+    expect([r1.nonce, r2.nonce]).toEqual(["n1", "n2"]);
+    expect(r1.resources).toEqual(c.resources);
+    expect(r1.typeUrl).toBe(TYPE);
+    expect(stream().stamp(content("default")).versionInfo).toBe(r1.versionInfo);
+    expect(contentVersion(content("ROOTCA"))).not.toBe(r1.versionInfo);
+    // Stamping never changes the shared content.
+    expect(c.versionInfo).toBe("");
+    expect(c.nonce).toBe("");
+  });
+
+  it("an ACK with the last nonce advances the applied version; a changed name set is reported, a reordered one is not", () => {
+    const s = stream();
+    s.receive(request({ names: ["a", "b"] }));
+    const r = s.stamp(content("a", "b"));
+    expect(s.receive(request({ names: ["b", "a"], version: r.versionInfo, nonce: r.nonce }))).toEqual({ kind: "ack", version: r.versionInfo, namesChanged: false });
+    expect(s.appliedVersion).toBe(r.versionInfo);
+    expect(s.receive(request({ names: ["a"], version: r.versionInfo, nonce: r.nonce }))).toEqual({ kind: "ack", version: r.versionInfo, namesChanged: true });
+    expect(s.names).toEqual(["a"]);
+  });
+
+  it("a NACK keeps the applied version and reports the rejected one with the reason", () => {
+    const s = stream();
+    s.receive(request({ names: ["default"] }));
+    const good = s.stamp(content("default"));
+    s.receive(request({ names: ["default"], version: good.versionInfo, nonce: good.nonce }));
+    const bad = s.stamp(content("default", "x"));
+    const v = s.receive(request({ names: ["default"], version: good.versionInfo, nonce: bad.nonce, nack: "bad key" }));
+    expect(v).toEqual({ kind: "nack", rejectedVersion: bad.versionInfo, appliedVersion: good.versionInfo, reason: "bad key", code: 3, namesChanged: false });
+    expect(s.appliedVersion).toBe(good.versionInfo);
+    expect(s.sentVersion).toBe(bad.versionInfo);
+  });
+
+  it("a request with an older nonce is stale: ignored, names and all", () => {
+    const s = stream();
+    s.receive(request({ names: ["a"] }));
+    const r1 = s.stamp(content("a"));
+    s.stamp(content("a", "b"));
+    expect(s.receive(request({ names: ["c"], version: r1.versionInfo, nonce: r1.nonce }))).toEqual({ kind: "stale", nonce: "n1", namesChanged: false });
+    expect(s.receive(request({ names: ["c"] }))).toMatchObject({ kind: "stale", nonce: "" });
+    expect(s.names).toEqual(["a"]);
+    expect(s.appliedVersion).toBe("");
+  });
+
+  it("before any response, a second request only changes the subscription", () => {
+    const s = stream();
+    s.receive(request({ names: ["unknown"] }));
+    expect(s.receive(request({ names: ["unknown", "default"] }))).toEqual({ kind: "ack", version: "", namesChanged: true });
+    expect(s.names).toEqual(["unknown", "default"]);
+  });
+
+  it("a request without node keeps the node seen before", () => {
+    const s = stream();
+    s.receive(request({ names: ["a"], nodeId: "envoy-1" }));
+    const r = s.stamp(content("a"));
+    s.receive(request({ names: ["a"], version: r.versionInfo, nonce: r.nonce }));
+    expect(s.node?.id).toBe("envoy-1");
+  });
+});
