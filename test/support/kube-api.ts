@@ -210,7 +210,7 @@ export async function startFakeKubeApi(): Promise<FakeKubeApi> {
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const url = new URL(req.url ?? "/", "https://127.0.0.1");
-    const raw = req.method === "POST" || req.method === "PUT" ? await readBody(req) : "";
+    const raw = req.method === "POST" ? await readBody(req) : "";
     let body: unknown;
     try {
       body = raw === "" ? undefined : JSON.parse(raw);
@@ -256,7 +256,7 @@ export async function startFakeKubeApi(): Promise<FakeKubeApi> {
       const node = nodes.get(name);
       return node ? send(200, nodeJson(node)) : send(404, status(404, "NotFound", `nodes "${name}" not found`, { name, kind: "nodes" }));
     }
-    const written = objects.route(req.method ?? "", url, body);
+    const written = await objects.route(req, url);
     if (written) return send(written.code, written.doc);
     return send(404, status(404, "NotFound", "the server could not find the requested resource"));
   };
@@ -351,7 +351,7 @@ export async function startFakeKubeApi(): Promise<FakeKubeApi> {
 export type WritableResource = "configmaps" | "mutatingwebhookconfigurations" | "validatingwebhookconfigurations" | "apiservices";
 
 /** An object as the API returns it: `metadata.resourceVersion` is the fake's. */
-export interface KubeObject {
+export interface WritableObject {
   apiVersion?: string;
   kind?: string;
   metadata: { name: string; namespace?: string; resourceVersion?: string; labels?: Record<string, string>; [key: string]: unknown };
@@ -361,9 +361,9 @@ export interface KubeObject {
 /** The stored writable objects, for tests to seed, read and disturb. */
 export interface FakeObjectStore {
   /** Creates or replaces an object as another writer would (its resourceVersion moves on); returns the stored copy. */
-  put(resource: WritableResource, obj: KubeObject): KubeObject;
+  put(resource: WritableResource, obj: WritableObject): WritableObject;
   /** A copy of the stored object, or undefined. */
-  get(resource: WritableResource, name: string, namespace?: string): KubeObject | undefined;
+  get(resource: WritableResource, name: string, namespace?: string): WritableObject | undefined;
   delete(resource: WritableResource, name: string, namespace?: string): void;
   /**
    * The next `n` PUTs to `resource` lose a race with another writer: the
@@ -424,15 +424,15 @@ function matchesLabelSelector(labels: Readonly<Record<string, string>> | undefin
  * exist; 409 Conflict when `metadata.resourceVersion` is stale; no
  * resourceVersion is an unconditional update, as the API allows for these kinds).
  */
-function createObjectStore(): FakeObjectStore & { route(method: string, url: URL, body: unknown): { code: number; doc: unknown } | undefined } {
-  const objects = new Map<string, KubeObject>();
+function createObjectStore(): FakeObjectStore & { route(req: IncomingMessage, url: URL): Promise<{ code: number; doc: unknown } | undefined> } {
+  const objects = new Map<string, WritableObject>();
   const conflicts = new Map<WritableResource, number>();
   const forbidden = new Set<WritableResource>();
   let version = 1000;
   const key = (resource: WritableResource, name: string, namespace?: string): string => `${resource}/${namespace ?? ""}/${name}`;
-  const copy = (o: KubeObject): KubeObject => JSON.parse(JSON.stringify(o)) as KubeObject;
+  const copy = (o: WritableObject): WritableObject => JSON.parse(JSON.stringify(o)) as WritableObject;
   const kindOf = (resource: WritableResource): WritableKind => WRITABLE_KINDS.find((k) => k.resource === resource) as WritableKind;
-  const store = (resource: WritableResource, obj: KubeObject, previous: KubeObject | undefined): KubeObject => {
+  const store = (resource: WritableResource, obj: WritableObject, previous: WritableObject | undefined): WritableObject => {
     const k = kindOf(resource);
     const stored = copy({ ...obj, apiVersion: k.apiVersion, kind: k.kind });
     stored.metadata.resourceVersion = String(++version);
@@ -442,7 +442,8 @@ function createObjectStore(): FakeObjectStore & { route(method: string, url: URL
     return copy(stored);
   };
 
-  const route = (method: string, url: URL, body: unknown): { code: number; doc: unknown } | undefined => {
+  const route = async (req: IncomingMessage, url: URL): Promise<{ code: number; doc: unknown } | undefined> => {
+    const method = req.method ?? "";
     for (const k of WRITABLE_KINDS) {
       const m = k.collection.exec(url.pathname);
       if (!m) continue;
@@ -477,7 +478,12 @@ function createObjectStore(): FakeObjectStore & { route(method: string, url: URL
       const current = objects.get(key(k.resource, name, namespace));
       if (method === "GET") return current ? { code: 200, doc: copy(current) } : notFound(name);
       if (method !== "PUT") return { code: 405, doc: status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource") };
-      const obj = body as KubeObject | undefined;
+      let obj: WritableObject | undefined;
+      try {
+        obj = JSON.parse(await readBody(req)) as WritableObject;
+      } catch {
+        obj = undefined;
+      }
       if (typeof obj !== "object" || obj === null || typeof obj.metadata !== "object" || obj.metadata === null) {
         return { code: 400, doc: status(400, "BadRequest", `the body is not a ${k.kind}`) };
       }
@@ -494,7 +500,7 @@ function createObjectStore(): FakeObjectStore & { route(method: string, url: URL
         // Another writer got there first.
         store(k.resource, current, current);
       }
-      const latest = objects.get(key(k.resource, name, namespace)) as KubeObject;
+      const latest = objects.get(key(k.resource, name, namespace)) as WritableObject;
       const sent = obj.metadata.resourceVersion;
       if (sent !== undefined && sent !== "" && sent !== latest.metadata.resourceVersion) {
         return {
