@@ -6,8 +6,8 @@
  * read.
  */
 import { accessSync, constants } from "node:fs";
-import { readFile } from "node:fs/promises";
 import { z } from "zod";
+import { readSmallFile, SmallFileError } from "../../../common/small-file.js";
 import { SigilError } from "../../../spiffe/errors.js";
 import type { AgentNodeAttestor } from "../types.js";
 import { clusterName, encodeK8sPsatPayload, K8S_PSAT_ATTESTOR, MAX_K8S_PSAT_PAYLOAD_BYTES } from "./payload.js";
@@ -36,16 +36,17 @@ export function createK8sPsatAgentAttestor(config: K8sPsatAgentConfig): AgentNod
     async payload(): Promise<Uint8Array> {
       let token: string;
       try {
-        token = (await readFile(tokenPath, "utf8")).trim();
+        // Bounded, regular files only: a token_path at /dev/zero or a FIFO must not exhaust memory or block attestation.
+        token = (await readSmallFile(tokenPath, MAX_K8S_PSAT_PAYLOAD_BYTES / 2)).toString("utf8").trim();
       } catch (e) {
+        const why = e instanceof SmallFileError ? e.message : ((e as NodeJS.ErrnoException).code ?? String(e));
         throw new SigilError(
           "ERR_FAILED_PRECONDITION",
-          `k8s_psat: cannot read the service account token ${tokenPath}: ${(e as NodeJS.ErrnoException).code ?? String(e)}; mount a projected service account token there (docs/kubernetes.md) or set token_path`,
+          `k8s_psat: cannot read the service account token ${tokenPath}: ${why}; mount a projected service account token there (docs/kubernetes.md) or set token_path`,
           { cause: e },
         );
       }
       if (token === "") throw new SigilError("ERR_FAILED_PRECONDITION", `k8s_psat: the service account token file ${tokenPath} is empty`);
-      if (Buffer.byteLength(token) > MAX_K8S_PSAT_PAYLOAD_BYTES / 2) throw new SigilError("ERR_FAILED_PRECONDITION", `k8s_psat: the service account token file ${tokenPath} is too large to be a token`);
       return encodeK8sPsatPayload({ cluster: config.cluster, token });
     },
     canReattest: () => {

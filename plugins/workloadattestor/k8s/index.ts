@@ -29,6 +29,7 @@
  * make cgroups below its own, which `cgroup.ts` never reads as another pod.
  */
 import { readFile } from "node:fs/promises";
+import { isIP } from "node:net";
 import path from "node:path";
 import { z } from "zod";
 import type { Logger } from "../../../common/log.js";
@@ -39,7 +40,7 @@ import { pluginHalf, type PluginDescriptor } from "../../descriptor.js";
 import type { WorkloadAttestor, WorkloadAttestorDeps, WorkloadCaller } from "../types.js";
 import { parseProcCgroup } from "./cgroup.js";
 import { createKubeletClient, type KubeletClient } from "./kubelet.js";
-import { findContainerStatus, K8S_SELECTOR_TYPE, podSelectors } from "./pod-selectors.js";
+import { findContainerStatuses, K8S_SELECTOR_TYPE, podSelectors, podShapeProblem } from "./pod-selectors.js";
 
 /** Plugin name and selector type. */
 export const K8S_WORKLOAD_ATTESTOR = K8S_SELECTOR_TYPE;
@@ -58,10 +59,42 @@ export const K8S_WORKLOAD_ATTESTOR_DEFAULTS = {
 
 const port = (what: string) => z.number().int().min(1).max(65535).optional().describe(what);
 
+// A DNS name (RFC 1123 labels; the URL's host, so nothing that would end it or add a user or port).
+const HOSTNAME_RE = /^(?=.{1,253}$)[A-Za-z0-9](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*\.?$/;
+// A Kubernetes node name: a DNS subdomain, lowercase, as the API validates object names.
+const NODE_NAME_RE = /^(?=.{1,253}$)[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*$/;
+/** Longest poll_retry_interval and pod_list_cache_ttl: beyond this a timer cannot be trusted to mean it, nor a pod list to be current. */
+const MAX_INTERVAL_MS = 10 * 60_000;
+
+/** Why `host` cannot be `kubelet_host`, or undefined. */
+function kubeletHostProblem(host: string): string | undefined {
+  if (isIP(host) !== 0 || HOSTNAME_RE.test(host)) return undefined;
+  return `${JSON.stringify(host)} is not an IP address or a DNS name (no brackets, port, user or path)`;
+}
+
+/** Why `name` cannot be a node name, or undefined. */
+function nodeNameProblem(name: string): string | undefined {
+  return NODE_NAME_RE.test(name) ? undefined : `${JSON.stringify(name)} is not a Kubernetes node name (a lowercase DNS subdomain)`;
+}
+
+const boundedInterval = (what: string) =>
+  duration()
+    .refine((ms) => ms <= MAX_INTERVAL_MS, { error: `at most 10m` })
+    .optional()
+    .describe(what);
+
 /** Configuration of the `k8s` workload attestor (SPIRE's option names). */
 export const k8sWorkloadAttestorConfigSchema = z
   .strictObject({
-    kubelet_host: z.string().min(1).optional().describe("Address or name the kubelet is reached at; default 127.0.0.1 (the agent runs with hostNetwork, or set it to the node's address)."),
+    kubelet_host: z
+      .string()
+      .min(1)
+      .superRefine((v, ctx) => {
+        const problem = kubeletHostProblem(v);
+        if (problem !== undefined) ctx.addIssue({ code: "custom", message: problem });
+      })
+      .optional()
+      .describe("Address or name the kubelet is reached at; default 127.0.0.1 (the agent runs with hostNetwork, or set it to the node's address)."),
     kubelet_secure_port: port("The kubelet's authenticated HTTPS port; default 10250. Not with kubelet_read_only_port."),
     kubelet_read_only_port: port("Use the kubelet's unauthenticated, deprecated read-only HTTP port (usually 10255) instead of the secure port. Only when set."),
     kubelet_ca_path: z
@@ -75,13 +108,19 @@ export const k8sWorkloadAttestorConfigSchema = z
       .min(1)
       .optional()
       .describe("File with the bearer token for the kubelet; default the agent's service-account token, /var/run/secrets/kubernetes.io/serviceaccount/token. Read on every request."),
-    node_name: z.string().min(1).optional().describe("The node's name: only pods on it are considered, and the kubelet's certificate must name it. Overrides node_name_env."),
+    node_name: z
+      .string()
+      .min(1)
+      .superRefine((v, ctx) => {
+        const problem = nodeNameProblem(v);
+        if (problem !== undefined) ctx.addIssue({ code: "custom", message: problem });
+      })
+      .optional()
+      .describe("The node's name: only pods on it are considered, and the kubelet's certificate must name it. Overrides node_name_env."),
     node_name_env: z.string().min(1).optional().describe("Environment variable holding the node name (set it from spec.nodeName with the downward API); default MY_NODE_NAME."),
     max_poll_attempts: z.number().int().min(1).optional().describe("How many times the pod list is read while the caller's pod or container is not in it yet; default 60."),
-    poll_retry_interval: duration().optional().describe("Wait between those reads; default 500ms."),
-    pod_list_cache_ttl: duration()
-      .optional()
-      .describe("How long one pod list answers attestations before the kubelet is asked again; default 1s (not a SPIRE option). 0 asks on every attestation."),
+    poll_retry_interval: boundedInterval("Wait between those reads; default 500ms, at most 10m."),
+    pod_list_cache_ttl: boundedInterval("How long one pod list answers attestations before the kubelet is asked again; default 1s, at most 10m (not a SPIRE option). 0 asks on every attestation."),
   })
   .superRefine((c, ctx) => {
     if (c.kubelet_read_only_port !== undefined && c.kubelet_secure_port !== undefined) {
@@ -143,6 +182,10 @@ export function createK8sWorkloadAttestor(config: K8sWorkloadAttestorConfig = {}
   const envName = config.node_name_env ?? d.node_name_env;
   const envNode = env[envName];
   const nodeName = config.node_name ?? (envNode === undefined || envNode === "" ? undefined : envNode);
+  if (nodeName !== undefined && config.node_name === undefined) {
+    const problem = nodeNameProblem(nodeName);
+    if (problem !== undefined) throw new SigilError("ERR_INVALID_ARGUMENT", `workloadattestor(k8s): node_name_env ${envName}: ${problem}`);
+  }
   const host = config.kubelet_host ?? d.kubelet_host;
   const readOnly = config.kubelet_read_only_port !== undefined;
   const maxAttempts = config.max_poll_attempts ?? d.max_poll_attempts;
@@ -174,9 +217,18 @@ export function createK8sWorkloadAttestor(config: K8sWorkloadAttestorConfig = {}
       let notRequestedBefore = -Infinity;
       for (let attempt = 1; ; attempt++) {
         const list = await kubelet.pods({ notRequestedBefore, ...(signal === undefined ? {} : { signal }) });
+        // An answer no single pod and container can be read from fails: picking one could be picking another's identity.
+        if (list.duplicateUids.has(ref.podUid)) throw pluginError(`the kubelet (${kubelet.url}) lists pod UID ${ref.podUid} more than once on this node; pid ${pid}'s pod cannot be told`);
         const pod = list.byUid.get(ref.podUid);
-        const found = pod === undefined ? undefined : findContainerStatus(pod, ref.containerId);
-        if (pod !== undefined && found !== undefined) return podSelectors(pod, found.status);
+        if (pod !== undefined) {
+          const problem = podShapeProblem(pod);
+          if (problem !== undefined) throw pluginError(`the kubelet's entry for pod ${ref.podUid} is malformed: ${problem}`);
+        }
+        const found = pod === undefined ? [] : findContainerStatuses(pod, ref.containerId);
+        if (found.length > 1) {
+          throw pluginError(`the kubelet (${kubelet.url}) lists container ${ref.containerId} more than once in pod ${pod?.metadata?.namespace}/${pod?.metadata?.name} (${ref.podUid}); pid ${pid}'s container cannot be told`);
+        }
+        if (pod !== undefined && found[0] !== undefined) return podSelectors(pod, found[0].status);
         const missing = pod === undefined ? `pod ${ref.podUid}` : `container ${ref.containerId} of pod ${pod.metadata?.namespace}/${pod.metadata?.name} (${ref.podUid})`;
         if (attempt >= maxAttempts) {
           throw pluginError(`${missing} of pid ${pid} is not in the kubelet's pod list (${kubelet.url}) after ${attempt} attempt${attempt === 1 ? "" : "s"}`);

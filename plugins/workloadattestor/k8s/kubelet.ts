@@ -10,11 +10,12 @@
  * speaks to the API server and has no client for the kubelet's own API. Only
  * its `V1Pod`/`V1PodList` types are used, for the JSON.
  */
-import { statSync, readFileSync } from "node:fs";
+import { statSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
 import { checkServerIdentity, type PeerCertificate } from "node:tls";
 import type { V1Pod, V1PodList } from "@kubernetes/client-node";
+import { readSmallFileSync } from "../../../common/small-file.js";
 import { SigilError } from "../../../spiffe/errors.js";
 
 /** How the attestor reaches the kubelet. */
@@ -38,12 +39,16 @@ export interface KubeletClientOptions {
   readonly cacheTtlMs: number;
   /** Milliseconds clock; default `performance.now`-based monotonic time. */
   readonly now?: () => number;
+  /** Longest one request may take, from sending it to the end of the answer; default {@link REQUEST_TIMEOUT_MS}. */
+  readonly requestTimeoutMs?: number;
 }
 
 /** One fetched pod list, indexed by pod UID. */
 export interface PodListSnapshot {
-  /** Pods by `metadata.uid`. */
+  /** Pods by `metadata.uid` (on the node, when the client has a node name). */
   readonly byUid: ReadonlyMap<string, V1Pod>;
+  /** UIDs the list gives more than one pod for (on the node): no pod is believed for them. */
+  readonly duplicateUids: ReadonlySet<string>;
   /** When the request for it was sent (the client's clock). */
   readonly requestedAt: number;
 }
@@ -67,8 +72,12 @@ export interface KubeletClient {
 
 /** Largest pod list read, in bytes: 110 pods are about 1 MB; more is not a kubelet. */
 const MAX_BODY_BYTES = 64 << 20;
-/** One request's limit, apart from the caller's abort signal. */
-const REQUEST_TIMEOUT_MS = 10_000;
+/** One request's limit, from sending it to the end of the answer, apart from the caller's abort signal. */
+export const REQUEST_TIMEOUT_MS = 10_000;
+/** Largest token file read: a projected service account token is a JWT of a few KiB. */
+const MAX_TOKEN_BYTES = 64 << 10;
+/** Largest CA bundle read. */
+const MAX_CA_BYTES = 4 << 20;
 
 function kubeletError(url: string, problem: string, cause?: unknown): SigilError {
   return new SigilError("ERR_UNAVAILABLE", `workloadattestor(k8s): kubelet ${url}: ${problem}`, cause === undefined ? undefined : { cause });
@@ -87,6 +96,7 @@ export function createKubeletClient(options: KubeletClientOptions): KubeletClien
   const url = `${scheme}://${hostInUrl}:${port}/pods`;
   const now = options.now ?? (() => performance.now());
   const serverName = options.serverName ?? options.host;
+  const requestTimeoutMs = options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
   let agent: https.Agent | http.Agent | undefined;
   let caVersion = "";
   let cached: PodListSnapshot | undefined;
@@ -106,7 +116,7 @@ export function createKubeletClient(options: KubeletClientOptions): KubeletClien
     try {
       version = fileVersion(caPath);
       if (agent !== undefined && version === caVersion) return agent;
-      ca = readFileSync(caPath);
+      ca = readSmallFileSync(caPath, MAX_CA_BYTES);
     } catch (e) {
       throw kubeletError(url, `cannot read kubelet_ca_path ${caPath}: ${(e as Error).message}`, e);
     }
@@ -129,7 +139,7 @@ export function createKubeletClient(options: KubeletClientOptions): KubeletClien
     if (tokenPath === undefined) throw kubeletError(url, "no token_path for the secure port");
     let token: string;
     try {
-      token = readFileSync(tokenPath, "utf8").trim();
+      token = readSmallFileSync(tokenPath, MAX_TOKEN_BYTES).toString("utf8").trim();
     } catch (e) {
       throw kubeletError(url, `cannot read token_path ${tokenPath}: ${(e as Error).message}`, e);
     }
@@ -149,33 +159,56 @@ export function createKubeletClient(options: KubeletClientOptions): KubeletClien
     }
     const request = scheme === "https" ? https.request : http.request;
     return new Promise<PodListSnapshot>((resolve, reject) => {
-      const req = request(url, { method: "GET", headers, agent: pool, timeout: REQUEST_TIMEOUT_MS, ...(signal === undefined ? {} : { signal }) }, (res) => {
-        const chunks: Buffer[] = [];
-        let size = 0;
-        res.on("data", (c: Buffer) => {
-          size += c.length;
-          if (size > MAX_BODY_BYTES) {
-            res.destroy();
-            reject(kubeletError(url, `answer larger than ${MAX_BODY_BYTES} bytes`));
-          } else chunks.push(c);
+      // The whole request, not only each silence, is bounded: an answer that trickles
+      // in would otherwise hold this request, which every caller shares, for ever.
+      let settled = false;
+      const settle = (f: () => void): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(deadline);
+        f();
+      };
+      const fail = (problem: string, cause?: unknown): void => settle(() => reject(kubeletError(url, problem, cause)));
+      let req: http.ClientRequest | undefined;
+      const deadline = setTimeout(() => {
+        fail(`no complete answer within ${requestTimeoutMs} ms`);
+        req?.destroy();
+      }, requestTimeoutMs);
+      try {
+        req = request(url, { method: "GET", headers, agent: pool, timeout: requestTimeoutMs, ...(signal === undefined ? {} : { signal }) }, (res) => {
+          const chunks: Buffer[] = [];
+          let size = 0;
+          res.on("data", (c: Buffer) => {
+            size += c.length;
+            if (size > MAX_BODY_BYTES) {
+              fail(`answer larger than ${MAX_BODY_BYTES} bytes`);
+              res.destroy();
+            } else chunks.push(c);
+          });
+          res.on("error", (e) => fail(e.message, e));
+          res.on("end", () => {
+            if (settled) return;
+            const body = Buffer.concat(chunks).toString("utf8");
+            const status = res.statusCode ?? 0;
+            if (status !== 200) {
+              const hint = status === 401 ? " (the token was not accepted)" : status === 403 ? " (the agent's service account lacks get on nodes/proxy or nodes/pods)" : "";
+              return fail(`HTTP ${status}${hint}: ${body.slice(0, 200)}`);
+            }
+            try {
+              const snap: PodListSnapshot = { ...indexPods(parsePodList(body), options.nodeName), requestedAt };
+              settle(() => resolve(snap));
+            } catch (e) {
+              fail((e as Error).message, e);
+            }
+          });
         });
-        res.on("error", (e) => reject(kubeletError(url, e.message, e)));
-        res.on("end", () => {
-          const body = Buffer.concat(chunks).toString("utf8");
-          const status = res.statusCode ?? 0;
-          if (status !== 200) {
-            const hint = status === 401 ? " (the token was not accepted)" : status === 403 ? " (the agent's service account lacks get on nodes/proxy or nodes/pods)" : "";
-            return reject(kubeletError(url, `HTTP ${status}${hint}: ${body.slice(0, 200)}`));
-          }
-          try {
-            resolve({ byUid: indexPods(parsePodList(body), options.nodeName), requestedAt });
-          } catch (e) {
-            reject(kubeletError(url, (e as Error).message, e));
-          }
-        });
-      });
-      req.on("timeout", () => req.destroy(new Error(`no answer within ${REQUEST_TIMEOUT_MS} ms`)));
-      req.on("error", (e) => {
+      } catch (e) {
+        // Thrown at once, e.g. a token with a character no header may carry.
+        return fail((e as Error).message, e);
+      }
+      const r = req;
+      r.on("timeout", () => r.destroy(new Error(`no answer within ${requestTimeoutMs} ms`)));
+      r.on("error", (e) => {
         const code = (e as NodeJS.ErrnoException).code;
         const problem =
           code === "ECONNREFUSED"
@@ -183,9 +216,9 @@ export function createKubeletClient(options: KubeletClientOptions): KubeletClien
             : /certificate|self.signed|altnames|unable to (?:get|verify)/i.test(e.message)
               ? `the kubelet's serving certificate is not trusted: ${e.message} (check kubelet_ca_path and the node name, or set skip_kubelet_verification)`
               : e.message;
-        reject(kubeletError(url, problem, e));
+        fail(problem, e);
       });
-      req.end();
+      r.end();
     });
   }
 
@@ -194,7 +227,7 @@ export function createKubeletClient(options: KubeletClientOptions): KubeletClien
     pods({ notRequestedBefore = -Infinity, signal } = {}) {
       const t = now();
       if (cached !== undefined && cached.requestedAt >= notRequestedBefore && t - cached.requestedAt < cacheTtlMs) return Promise.resolve(cached);
-      if (inFlight !== undefined && inFlightAt >= notRequestedBefore) return inFlight;
+      if (inFlight !== undefined && inFlightAt >= notRequestedBefore) return signal === undefined ? inFlight : abortable(inFlight, signal);
       // Shared by concurrent callers, so one caller's abort signal must not cancel it.
       const p = fetchPods(undefined);
       inFlight = p;
@@ -240,13 +273,17 @@ export function parsePodList(body: string): V1Pod[] {
   return list.items;
 }
 
-function indexPods(pods: readonly V1Pod[], nodeName: string | undefined): Map<string, V1Pod> {
-  const out = new Map<string, V1Pod>();
+function indexPods(pods: readonly V1Pod[], nodeName: string | undefined): { byUid: Map<string, V1Pod>; duplicateUids: Set<string> } {
+  const byUid = new Map<string, V1Pod>();
+  const duplicateUids = new Set<string>();
   for (const pod of pods) {
     const uid = pod?.metadata?.uid;
     if (typeof uid !== "string" || uid === "") continue;
     if (nodeName !== undefined && pod.spec?.nodeName !== nodeName) continue;
-    out.set(uid, pod);
+    // Two pods with one UID: a broken or lying kubelet. Believing either could give the caller the other's identity.
+    if (byUid.has(uid)) duplicateUids.add(uid);
+    byUid.set(uid, pod);
   }
-  return out;
+  for (const uid of duplicateUids) byUid.delete(uid);
+  return { byUid, duplicateUids };
 }

@@ -15,14 +15,85 @@ export function containerIdOfStatus(containerID: string | undefined): string | u
   return sep < 0 ? containerID : containerID.slice(sep + 3);
 }
 
-/** The status of the container with runtime ID `containerId` in `pod`, app or init container. */
-export function findContainerStatus(pod: V1Pod, containerId: string): { readonly status: V1ContainerStatus; readonly init: boolean } | undefined {
+/** A container status of a pod, and whether it is an init container's. */
+export interface FoundContainer {
+  readonly status: V1ContainerStatus;
+  readonly init: boolean;
+}
+
+/**
+ * Every status (app or init container) of `pod` whose runtime ID is
+ * `containerId`. A kubelet lists one; more than one is an answer no
+ * container's selectors can be chosen from.
+ */
+export function findContainerStatuses(pod: V1Pod, containerId: string): FoundContainer[] {
+  const found: FoundContainer[] = [];
   for (const [list, init] of [
     [pod.status?.containerStatuses, false],
     [pod.status?.initContainerStatuses, true],
   ] as const) {
     for (const status of list ?? []) {
-      if (containerIdOfStatus(status.containerID) === containerId) return { status, init };
+      if (containerIdOfStatus(status.containerID) === containerId) found.push({ status, init });
+    }
+  }
+  return found;
+}
+
+/** The status of the container with runtime ID `containerId` in `pod`, app or init container (the first, if listed twice). */
+export function findContainerStatus(pod: V1Pod, containerId: string): FoundContainer | undefined {
+  return findContainerStatuses(pod, containerId)[0];
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+const absent = (v: unknown): boolean => v === undefined || v === null;
+
+/**
+ * What is wrong with `pod`'s shape in the fields the selectors are made of,
+ * or undefined when every one is absent or of its type. The JSON comes from
+ * the kubelet and is not checked on the way in: a number where a string
+ * belongs would become part of a selector as its text, a list would be read
+ * as a record.
+ */
+export function podShapeProblem(pod: unknown): string | undefined {
+  if (!isObject(pod)) return "it is not an object";
+  const strings = (where: string, o: Record<string, unknown>, keys: readonly string[]): string | undefined => {
+    for (const k of keys) if (!absent(o[k]) && typeof o[k] !== "string") return `${where}.${k} is not a string`;
+    return undefined;
+  };
+  const objectAt = (where: string, v: unknown): Record<string, unknown> | string | undefined => (absent(v) ? undefined : isObject(v) ? v : `${where} is not an object`);
+  const md = objectAt("metadata", pod.metadata);
+  if (typeof md === "string") return md;
+  if (md !== undefined) {
+    const p = strings("metadata", md, ["namespace", "name", "uid"]);
+    if (p !== undefined) return p;
+    const labels = objectAt("metadata.labels", md.labels);
+    if (typeof labels === "string") return labels;
+    for (const [k, v] of Object.entries(labels ?? {})) if (typeof v !== "string") return `metadata.labels[${JSON.stringify(k)}] is not a string`;
+    if (!absent(md.ownerReferences)) {
+      if (!Array.isArray(md.ownerReferences)) return "metadata.ownerReferences is not a list";
+      for (const [i, o] of md.ownerReferences.entries()) {
+        if (!isObject(o)) return `metadata.ownerReferences[${i}] is not an object`;
+        const p2 = strings(`metadata.ownerReferences[${i}]`, o, ["kind", "name", "uid"]);
+        if (p2 !== undefined) return p2;
+      }
+    }
+  }
+  const spec = objectAt("spec", pod.spec);
+  if (typeof spec === "string") return spec;
+  if (spec !== undefined) {
+    const p = strings("spec", spec, ["serviceAccountName", "nodeName"]);
+    if (p !== undefined) return p;
+  }
+  const status = objectAt("status", pod.status);
+  if (typeof status === "string") return status;
+  for (const key of ["containerStatuses", "initContainerStatuses"] as const) {
+    const list = status?.[key];
+    if (absent(list)) continue;
+    if (!Array.isArray(list)) return `status.${key} is not a list`;
+    for (const [i, c] of list.entries()) {
+      if (!isObject(c)) return `status.${key}[${i}] is not an object`;
+      const p = strings(`status.${key}[${i}]`, c, ["name", "image", "imageID", "containerID"]);
+      if (p !== undefined) return p;
     }
   }
   return undefined;

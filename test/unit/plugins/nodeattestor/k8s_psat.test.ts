@@ -4,6 +4,7 @@
  * its agent half against token files, and its config through the real config
  * loaders (key paths in every message).
  */
+import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer as createNetServer, type AddressInfo, type Socket } from "node:net";
 import { join } from "node:path";
@@ -362,6 +363,25 @@ describe("k8s_psat agent half", () => {
     expect((await refusal(agent.payload())).message).toBe(`k8s_psat: the service account token file ${tokenPath} is empty`);
     rmSync(tokenPath);
     expect(agent.canReattest?.()).toBe(false);
+  });
+});
+
+describe("k8s_psat agent half: garbage token_path", () => {
+  it("a device, a FIFO or a huge file at token_path fails at once, without reading it whole or blocking", async () => {
+    const dir = testTempDir("sigil-k8s-psat-agent-");
+    const fifo = join(dir, "fifo");
+    execFileSync("mkfifo", [fifo]);
+    const big = join(dir, "big");
+    writeFileSync(big, Buffer.alloc(1 << 20, 0x61));
+    for (const [tokenPath, problem] of [
+      ["/dev/zero", "/dev/zero is not a regular file"],
+      [fifo, `${fifo} is not a regular file`],
+      [big, `${big} is larger than 32768 bytes`],
+    ] as const) {
+      const r = await refusal(createK8sPsatAgentAttestor({ cluster: "prod", token_path: tokenPath }).payload());
+      expect(r.code).toBe("ERR_FAILED_PRECONDITION");
+      expect(r.message).toContain(`k8s_psat: cannot read the service account token ${tokenPath}: ${problem}`);
+    }
   });
 });
 
