@@ -190,6 +190,19 @@ or "root". It changes the mount points only, never what is below them.
     "KeyManager" (dict "disk" (dict "keys_path" (printf "%s/keys.json" (include "sigil.serverDataDir" .))))
     "NodeAttestor" $nodeAttestors)
 -}}
+{{- $notifier := dict "namespace" .Release.Namespace "config_map" (include "sigil.bundleConfigMapName" .) "config_map_key" "bundle.crt" -}}
+{{- with $v.bundleConfigMap.webhookLabel }}{{ $_ := set $notifier "webhook_label" . }}{{ end -}}
+{{- with $v.bundleConfigMap.apiServiceLabel }}{{ $_ := set $notifier "api_service_label" . }}{{ end -}}
+{{- $_ := set $config.plugins "Notifier" (dict "k8sbundle" $notifier) -}}
+{{- if $v.controllerManager.enabled }}
+{{- $_ := set $config "k8s_controller" (dict
+  "enabled" true
+  "cluster" $v.clusterName
+  "class_name" $v.controllerManager.className
+  "default_cluster_spiffe_id" $v.controllerManager.defaultClusterSPIFFEID
+  "ignore_namespaces" $v.controllerManager.ignoreNamespaces
+  "resync_interval" $v.controllerManager.resyncInterval) -}}
+{{- end -}}
 {{- if $v.server.metrics.enabled }}{{ $_ := set $config "telemetry" (dict "prometheus" (dict "host" "0.0.0.0" "port" $v.server.metrics.port)) }}{{ end -}}
 {{- toYaml $config -}}
 {{- end -}}
