@@ -12,6 +12,7 @@ import { diskKeyManagerPlugin } from "./keymanager/disk/index.js";
 import { memoryKeyManagerPlugin } from "./keymanager/memory/index.js";
 import { joinTokenNodeAttestorPlugin } from "./nodeattestor/join_token/index.js";
 import { k8sPsatNodeAttestorPlugin } from "./nodeattestor/k8s_psat/index.js";
+import { k8sBundleNotifierPlugin } from "./notifier/k8sbundle/index.js";
 import { diskUpstreamAuthorityPlugin } from "./upstreamauthority/disk/index.js";
 import { k8sWorkloadAttestorPlugin } from "./workloadattestor/k8s/index.js";
 import { unixWorkloadAttestorPlugin } from "./workloadattestor/unix/index.js";
@@ -21,12 +22,13 @@ export const PLUGIN_CATALOG = {
   DataStore: [sqlDataStorePlugin],
   KeyManager: [diskKeyManagerPlugin, memoryKeyManagerPlugin],
   NodeAttestor: [joinTokenNodeAttestorPlugin, k8sPsatNodeAttestorPlugin],
+  Notifier: [k8sBundleNotifierPlugin],
   UpstreamAuthority: [diskUpstreamAuthorityPlugin],
   WorkloadAttestor: [unixWorkloadAttestorPlugin, k8sWorkloadAttestorPlugin],
 } as const satisfies { readonly [T in PluginType]: readonly PluginDescriptor<T, never, unknown, never, unknown>[] };
 
 /** How many plugins of a type a present section names. */
-export type PluginCount = "exactly-one" | "at-least-one";
+export type PluginCount = "exactly-one" | "at-least-one" | "any";
 
 /** One plugin type's section in a binary's config. */
 export interface PluginSectionRule {
@@ -43,6 +45,7 @@ export const SERVER_PLUGIN_SECTIONS: readonly PluginSectionRule[] = [
   { type: "KeyManager", count: "exactly-one", description: "Holds the CA and JWT signing keys." },
   { type: "NodeAttestor", count: "at-least-one", description: "How agents prove which node they run on." },
   { type: "UpstreamAuthority", count: "exactly-one", optional: true, description: "Signs the server's CA with an upstream CA instead of self-signing." },
+  { type: "Notifier", count: "any", optional: true, description: "Told of every change of the trust domain's bundle, to publish it elsewhere (a Kubernetes ConfigMap)." },
 ];
 
 /** The agent's plugin sections. */
@@ -66,7 +69,7 @@ function countRule(rule: PluginSectionRule) {
   return (value: Record<string, unknown>, ctx: z.RefinementCtx<Record<string, unknown>>): void => {
     const names = Object.keys(value).filter((k) => value[k] !== undefined);
     const { type, count } = rule;
-    if (names.length === 0) {
+    if (names.length === 0 && count !== "any") {
       ctx.addIssue({ code: "custom", message: count === "exactly-one" ? `one ${type} plugin must be configured` : `at least one ${type} plugin must be configured` });
     } else if (names.length > 1 && count === "exactly-one") {
       ctx.addIssue({ code: "custom", message: `exactly one ${type} plugin may be configured, got ${names.length}: ${names.join(", ")}` });
@@ -92,7 +95,7 @@ export function pluginsConfigSchema(side: PluginSide): z.ZodType<PluginsConfig> 
     const section = z
       .strictObject(plugins)
       .superRefine(countRule(rule))
-      .meta({ minProperties: 1, ...(rule.count === "exactly-one" ? { maxProperties: 1 } : {}) })
+      .meta({ ...(rule.count === "any" ? {} : { minProperties: 1 }), ...(rule.count === "exactly-one" ? { maxProperties: 1 } : {}) })
       .describe(rule.description);
     shape[rule.type] = rule.optional === true ? section.optional() : section;
   }

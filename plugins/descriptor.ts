@@ -9,7 +9,7 @@ import type { z } from "zod";
 import type { Logger } from "../common/log.js";
 
 /** Plugin types, as SPIRE names them in the `plugins` config section. */
-export type PluginType = "DataStore" | "KeyManager" | "NodeAttestor" | "UpstreamAuthority" | "WorkloadAttestor";
+export type PluginType = "DataStore" | "KeyManager" | "NodeAttestor" | "Notifier" | "UpstreamAuthority" | "WorkloadAttestor";
 
 /** Which binary a plugin half runs in. */
 export type PluginSide = "server" | "agent";

@@ -9,6 +9,7 @@
  * | `datastore` | opens the DataStore plugin; refuses a trust-domain change under existing data |
  * | `signing-pool` | signing threads for the key manager (`server.signing_threads` > 0) |
  * | `ca` | KeyManager and UpstreamAuthority plugins, CA slots restored or created, bundle published |
+ * | `notifiers` | Notifier plugins, told of the bundle at start and after every change (publishing runs in the background) |
  * | `entry-index` | the entry index, loaded and following the datastore's change events |
  * | `server-svid` | the server's own X509-SVID, the agent API's TLS identity |
  * | `agent-api` | the agent API, gRPC over TLS on `bind_address:bind_port` |
@@ -42,6 +43,7 @@ import { ServerSvidService } from "./api/server-svid.js";
 import type { CaManager } from "./ca/manager.js";
 import { CaRotationJob } from "./ca/rotation-job.js";
 import { maxUsefulSvidTtlMs } from "./ca/rotation.js";
+import { NotifierService } from "./ca/notifier-service.js";
 import { caSettings, CaService } from "./ca/service.js";
 import type { ServerConfig } from "./config/schema.js";
 import type { Datastore } from "./datastore/index.js";
@@ -106,6 +108,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
 
   const datastore = new DatastoreService({ plugin: config.plugins.DataStore, trustDomain, clock });
   const ca = new CaService({ settings: caSettings(s, trustDomain), plugins: config.plugins, datastore, signingPool, clock, metrics, log: subsystemLogger(log, "ca_manager") });
+  const notifiers = new NotifierService({ plugins: config.plugins.Notifier, ca, metrics, log: subsystemLogger(log, "notifier") });
   const entries = new EntryIndexFeed({ datastore, serverId: serverId.toString(), log });
   const serverSvid = new ServerSvidService({ ca, serverId, ttlMs: defaultX509TtlMs, clock });
   const agentApi = new AgentApiListener({
@@ -157,6 +160,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       datastore,
       ...(signingPool ? [service("signing-pool", () => undefined, () => signingPool.close())] : []),
       ca,
+      notifiers,
       entries,
       serverSvid,
       agentApi,
