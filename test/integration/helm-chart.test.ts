@@ -329,7 +329,7 @@ describe.skipIf(helmBin === "")("Helm chart charts/sigil (real helm)", () => {
     ["PostgreSQL", ["values-postgres.yaml"], []],
     ["Istio socket path", ["values-istio-socket.yaml"], []],
     ["controller off", ["values-controller-off.yaml"], []],
-    ["no root init container", [], ["volumePermissions.enabled=false"]],
+    ["labelled webhooks", [], ["bundleConfigMap.webhookLabel=sigil.dev/inject-bundle"]],
   ])("renders only valid Kubernetes objects (%s)", (_name, files, set) => {
     const r = render(files, set);
     expect(r.objects.length).toBeGreaterThan(10);
@@ -378,11 +378,12 @@ describe.skipIf(helmBin === "")("Helm chart charts/sigil (real helm)", () => {
         }
       }
     }
-    // Without the init container nothing runs as root.
-    const restricted = render([], ["volumePermissions.enabled=false"]);
-    for (const w of workloads(restricted)) {
-      expect(w.spec.initContainers ?? []).toEqual([]);
-      for (const c of w.spec.containers) expect(c.securityContext?.runAsNonRoot).toBe(true);
+    // The init container changes the mount points it is given, no other path.
+    for (const w of workloads(defaults)) {
+      for (const c of w.spec.initContainers ?? []) {
+        const mounted = (c.volumeMounts ?? []).map((m) => m.mountPath).sort();
+        expect((c.args ?? []).map((a) => a.split(":")[0]).sort(), `${w.name}/${c.name}`).toEqual(mounted);
+      }
     }
   });
 
