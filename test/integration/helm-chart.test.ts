@@ -302,7 +302,7 @@ describe.skipIf(helmBin === "")("Helm chart charts/sigil (real helm)", () => {
     const r = helm(["lint", "--strict", chartDir]);
     expect(r.stderr + r.stdout).toContain("1 chart(s) linted, 0 chart(s) failed");
     expect(r.status).toBe(0);
-    for (const f of ["values-postgres.yaml", "values-istio-socket.yaml", "values-controller-off.yaml"]) {
+    for (const f of ["values-postgres.yaml", "values-istio-socket.yaml", "values-controller-off.yaml", "values-every-option.yaml"]) {
       const rf = helm(["lint", "--strict", chartDir, "--values", path.join(fixtures, f)]);
       expect(rf.status, `${f}: ${rf.stderr}${rf.stdout}`).toBe(0);
     }
@@ -329,7 +329,7 @@ describe.skipIf(helmBin === "")("Helm chart charts/sigil (real helm)", () => {
     ["PostgreSQL", ["values-postgres.yaml"], []],
     ["Istio socket path", ["values-istio-socket.yaml"], []],
     ["controller off", ["values-controller-off.yaml"], []],
-    ["labelled webhooks", [], ["bundleConfigMap.webhookLabel=sigil.dev/inject-bundle"]],
+    ["every option", ["values-every-option.yaml"], []],
   ])("renders only valid Kubernetes objects (%s)", (_name, files, set) => {
     const r = render(files, set);
     expect(r.objects.length).toBeGreaterThan(10);
@@ -347,7 +347,7 @@ describe.skipIf(helmBin === "")("Helm chart charts/sigil (real helm)", () => {
   });
 
   it("hardens every container: non-root, read-only root, no privilege escalation, all capabilities dropped, RuntimeDefault seccomp, resource requests", () => {
-    for (const files of [[], ["values-istio-socket.yaml"]]) {
+    for (const files of [[], ["values-istio-socket.yaml"], ["values-every-option.yaml"]]) {
       const r = render(files);
       for (const w of workloads(r)) {
         const podSeccomp = w.spec.securityContext?.seccompProfile?.type;
@@ -365,6 +365,9 @@ describe.skipIf(helmBin === "")("Helm chart charts/sigil (real helm)", () => {
           expect(sc.seccompProfile?.type ?? podSeccomp, `${where} seccomp`).toBe("RuntimeDefault");
           expect(c.resources?.requests?.cpu, `${where} cpu request`).toBeDefined();
           expect(c.resources?.requests?.memory, `${where} memory request`).toBeDefined();
+          // No mount inside another: it would land in the other volume (a node's directory, a ConfigMap).
+          const mounts = (c.volumeMounts ?? []).map((m) => m.mountPath);
+          for (const m of mounts) expect(mounts.filter((o) => o !== m && m.startsWith(`${o}/`)), `${where}: ${m} inside another mount`).toEqual([]);
           if (c.name === "volume-permissions") {
             // The one root process: chown and chmod of its mount points, nothing more.
             expect(sc.runAsUser).toBe(0);
@@ -571,6 +574,7 @@ describe.skipIf(helmBin === "")("Helm chart charts/sigil (real helm)", () => {
       ["default values", [] as string[]],
       ["Istio socket path", ["values-istio-socket.yaml"]],
       ["controller off", ["values-controller-off.yaml"]],
+      ["every option", ["values-every-option.yaml"]],
     ])("server and agent (%s)", async (_name, files) => {
       const r = render(files);
       const server = container((r.the<V1StatefulSet>("StatefulSet", "-server").spec?.template.spec) as V1PodSpec, "server");
