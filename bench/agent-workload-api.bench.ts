@@ -22,106 +22,34 @@
  *
  * Run: `node --import tsx --expose-gc bench/agent-workload-api.bench.ts`.
  */
-import { spawn } from "node:child_process";
-import path from "node:path";
-import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
 import { create, fromBinary } from "@bufbuild/protobuf";
-import { Client, credentials, Metadata, type ClientReadableStream, type ServiceError } from "@grpc/grpc-js";
+import { Metadata, type Client, type ClientReadableStream, type ServiceError } from "@grpc/grpc-js";
 import { SpiffeWorkloadAPI, X509SVIDRequestSchema, X509SVIDResponseSchema } from "../proto/gen/spiffe/workload_pb.js";
 import { grpcServiceDefinition } from "../spiffe/grpc/service.js";
 import { WORKLOAD_API_HEADER } from "../spiffe/workloadapi/client.js";
 import { median, percentile, report } from "./harness.js";
+import { closeClients, connectClients, lastArrival, startAgentChild, type BenchStream } from "./support/agent-child.js";
 
 const CONNS = 1000;
 const ROUNDS = 3;
 const PAYLOAD_BYTES = 1536;
-/** Connections opened at once while setting up (the agent listens with Node's default backlog of 511). */
-const CONNECT_BATCH = 200;
 const SETTLE_MS = 300;
 
-const here = path.dirname(fileURLToPath(import.meta.url));
 const now = (): number => performance.timeOrigin + performance.now();
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-const gc = (): void => globalThis.gc?.();
 const identity = (b: Buffer): Buffer => b;
 
-// ---- the child ---------------------------------------------------------------
-interface Ready {
-  readonly agentSocket: string;
-  readonly echoSocket: string;
-  readonly rssBeforeMb: number;
-  readonly rssAfterMb: number;
-  readonly entries: number;
-  readonly svids: number;
-  readonly benchSpiffeId: string;
-}
-const uid = process.getuid?.() ?? 0;
-// SIGIL_BENCH_CHILD_ARGS: extra node options for the agent child (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
-const childArgs = (process.env.SIGIL_BENCH_CHILD_ARGS ?? "").split(" ").filter((a) => a !== "");
-const child = spawn(process.execPath, [...childArgs, "--import", "tsx", "--expose-gc", path.join(here, "support", "workload-agent-child.ts"), String(uid), String(CONNS)], {
-  stdio: ["pipe", "pipe", "inherit"],
-});
-const lines: Record<string, unknown>[] = [];
-const waiters: Array<() => void> = [];
-createInterface({ input: child.stdout }).on("line", (line) => {
-  lines.push(JSON.parse(line) as Record<string, unknown>);
-  for (const w of waiters.splice(0)) w();
-});
-child.once("exit", (code) => {
-  if (!finished) {
-    console.error(`agent child exited early (code ${code})`);
-    process.exit(1);
-  }
-});
-let finished = false;
-
-/** The next line from the child that has `key`. */
-async function nextLine(key: string, timeoutMs = 60_000): Promise<Record<string, unknown>> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const i = lines.findIndex((l) => key in l);
-    if (i >= 0) return lines.splice(i, 1)[0] as Record<string, unknown>;
-    if (Date.now() > deadline) throw new Error(`bench: no "${key}" line from the agent child in ${timeoutMs} ms`);
-    await new Promise<void>((r) => {
-      waiters.push(r);
-      setTimeout(r, 100);
-    });
-  }
-}
-function command(cmd: string): void {
-  child.stdin.write(`${cmd}\n`);
-}
-
-const ready = (await nextLine("ready")) as unknown as Ready;
-console.log(`agent child: ${ready.entries} entries, ${ready.svids} X509-SVIDs cached; bench workload ${ready.benchSpiffeId} (uid ${uid})`);
+// ---- the child ----------------------------------------------------------------
+const agentChild = await startAgentChild(CONNS);
+const { ready, nextLine, command } = agentChild;
+console.log(`agent child: ${ready.entries} entries, ${ready.svids} X509-SVIDs cached; bench workload ${ready.benchSpiffeId} (uid ${process.getuid?.() ?? 0})`);
 
 // ---- clients -------------------------------------------------------------------
-async function connectClients(socket: string): Promise<Client[]> {
-  const clients: Client[] = [];
-  for (let i = 0; i < CONNS; i += CONNECT_BATCH) {
-    const batch = Array.from({ length: Math.min(CONNECT_BATCH, CONNS - i) }, () => new Client(`unix:${socket}`, credentials.createInsecure(), { "grpc.use_local_subchannel_pool": 1 }));
-    await Promise.all(batch.map((c) => new Promise<void>((resolve, reject) => c.waitForReady(Date.now() + 30_000, (e) => (e ? reject(e) : resolve())))));
-    clients.push(...batch);
-  }
-  return clients;
-}
-
-async function closeClients(clients: Client[]): Promise<void> {
-  for (const c of clients) c.close();
-  await sleep(200);
-  gc();
-}
-
 const WAPI = grpcServiceDefinition(SpiffeWorkloadAPI);
 const fetchPath = WAPI.fetchX509SVID.path;
 const fetchRequest = WAPI.fetchX509SVID.requestSerialize(create(X509SVIDRequestSchema));
 
-interface Stream {
-  readonly call: ClientReadableStream<Buffer>;
-  /** Every message received after the first, with its arrival time. */
-  readonly later: { at: number; data: Buffer }[];
-}
+type Stream = BenchStream;
 
 /** Starts one call per client together; resolves with each call's first-response latency (ms) and the open streams. */
 async function firstResponses(clients: Client[], kind: "wapi" | "echo"): Promise<{ latencies: number[]; streams: Stream[]; first: Buffer; startMs: number }> {
@@ -197,23 +125,6 @@ async function openWatches(clients: Client[]): Promise<Stream[]> {
   return streams;
 }
 
-/** Waits until `match` holds for a later message on every stream; returns the last arrival time (or throws). */
-async function lastArrival(streams: Stream[], match: (d: Buffer) => boolean, timeoutMs = 30_000): Promise<number> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    let last = 0;
-    let missing = 0;
-    for (const s of streams) {
-      const hit = s.later.find((m) => match(m.data));
-      if (hit === undefined) missing++;
-      else last = Math.max(last, hit.at);
-    }
-    if (missing === 0) return last;
-    if (Date.now() > deadline) throw new Error(`bench: ${missing} of ${streams.length} streams never received the update`);
-    await sleep(20);
-  }
-}
-
 interface Round {
   /** Fastest first response, and how long starting all the calls took on the client side. */
   readonly min: number;
@@ -224,7 +135,7 @@ interface Round {
 }
 
 async function agentRound(verbose: boolean): Promise<Round & { rssStreamsMb: number }> {
-  const clients = await connectClients(ready.agentSocket);
+  const clients = await connectClients(ready.agentSocket, CONNS);
   await sleep(SETTLE_MS);
   const { latencies, streams, first, startMs } = await firstResponses(clients, "wapi");
   if (verbose) {
@@ -247,7 +158,7 @@ async function agentRound(verbose: boolean): Promise<Round & { rssStreamsMb: num
 }
 
 async function echoRound(): Promise<Round> {
-  const clients = await connectClients(ready.echoSocket);
+  const clients = await connectClients(ready.echoSocket, CONNS);
   await sleep(SETTLE_MS);
   const { latencies, startMs } = await firstResponses(clients, "echo");
   const streams = await openWatches(clients);
@@ -319,8 +230,5 @@ try {
     target: { kind: "absolute", op: "<=", bound: 150 },
   });
 } finally {
-  finished = true;
-  command("quit");
-  child.stdin.end();
-  await new Promise((r) => child.once("exit", r));
+  await agentChild.stop();
 }

@@ -1,10 +1,12 @@
 /**
- * Child process of bench/agent-workload-api.bench.ts: the agent side, in its
- * own process so the 1,000 clients do not share its event loop.
+ * Child process of bench/agent-workload-api.bench.ts and bench/sds.bench.ts:
+ * the agent side, in its own process so the 1,000 clients do not share its
+ * event loop.
  *
  * Serves, on two Unix sockets in a fresh temporary directory:
- * - the REAL Workload API (endpoint with SO_PEERCRED peer tracking, the unix
- *   workload attestor, the handler) over the REAL AgentCache holding
+ * - the REAL Workload API and Envoy SDS on one socket, as the agent serves
+ *   them (endpoint with SO_PEERCRED peer tracking, the unix workload
+ *   attestor, the handlers) over the REAL AgentCache holding
  *   `ENTRIES` entries with real X509-SVIDs, exactly one of which (selector
  *   `unix:uid:<uid>`, uid from argv[2]) belongs to the bench process;
  * - a bare grpc-js baseline (`/bench.Echo/Echo` unary echo and
@@ -33,6 +35,7 @@ import { Server, ServerCredentials, type sendUnaryData, type ServerUnaryCall, ty
 import { createCallerAttester } from "../../agent/attestation/workload.js";
 import { AgentCache, type CachedSvidState } from "../../agent/cache/agent-cache.js";
 import type { CachedEntry, CachedX509Svid } from "../../agent/cache/types.js";
+import { createSdsHandler, SDS_MAX_REQUEST_BYTES } from "../../agent/endpoints/sds/handler.js";
 import { createPeerTracker, startWorkloadEndpoint } from "../../agent/endpoints/server.js";
 import { createWorkloadApiHandler } from "../../agent/endpoints/workload-api/handler.js";
 import { systemClock } from "../../common/clock.js";
@@ -133,10 +136,11 @@ const metrics = new Metrics({ defaultMetrics: false });
 const peers = createPeerTracker();
 const attest = createCallerAttester({ resolvePeer: (p) => peers.lookup(p), attestors: [createUnixWorkloadAttestor()], timeoutMs: 30_000, log });
 const handler = createWorkloadApiHandler({ cache, attest, trustDomain: td, log, metrics });
+const sds = createSdsHandler({ cache, attest, trustDomain: td, log, metrics });
 const dir = await mkdtemp(path.join(tmpdir(), "sigil-bench-wapi-"));
 // However this process ends (quit, a failed start, an error), the directory goes with it.
 process.once("exit", () => rmSync(dir, { recursive: true, force: true }));
-const endpoint = await startWorkloadEndpoint({ socketPath: path.join(dir, "agent", "api.sock"), services: [handler], peers, metrics, log });
+const endpoint = await startWorkloadEndpoint({ socketPath: path.join(dir, "agent", "api.sock"), services: [handler, sds], maxRequestBytes: SDS_MAX_REQUEST_BYTES, peers, metrics, log });
 
 // ---- the bare grpc-js baseline ----------------------------------------------
 const identity = (b: Buffer): Buffer => b;

@@ -9,10 +9,6 @@
  *
  * Needs root (to run the attacker as uid 65534) and perl, passwd and su (Debian base).
  */
-import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { create } from "@bufbuild/protobuf";
 import { credentials, status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -20,64 +16,17 @@ import { createUnaryClient } from "../../common/rpc/unary-client.js";
 import { AgentAdmin, EntryAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
 import { EntrySchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { runWorkload, startAgentProcess, type AgentProcess } from "./support/agent-process.js";
+import { attack, attackUnavailable, NOBODY, SETUID_BINARIES, type AttackEvent } from "./support/exec-after-connect.js";
 import { startServerProcess, type ServerProcess } from "./support/server-process.js";
 import { rootsPemFromBundleJson } from "./support/test-agent.js";
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const ATTACK = path.join(root, "test/integration/fixtures/exec-after-connect.pl");
-const HOLDER = path.join(root, "test/integration/fixtures/inherited-socket-client.ts");
-const NOBODY = { uid: 65534, gid: 65534 };
-const SETUID_BINARIES = ["/usr/bin/passwd", "/usr/bin/su"];
-
-const isRoot = process.getuid?.() === 0;
-const missing = ["/usr/bin/perl", ...SETUID_BINARIES].filter((f) => !existsSync(f));
-const why = !isRoot ? "needs root to run the attacker as uid 65534" : missing.length > 0 ? `needs ${missing.join(", ")}` : undefined;
+const why = attackUnavailable;
 if (why !== undefined) {
   if (process.env.CI === "true") throw new Error(`exec-after-connect: ${why} (CI runs as root on Debian)`);
   console.warn(`SKIP: exec-after-connect ${why}`);
 }
 
-type Event = Record<string, unknown> & { event: string };
-
-/** Runs the attack as uid 65534; resolves with the holder's events once it ended and everything was reaped. */
-function attack(socketPath: string, then: string, mode: "after-exec" | "stream" | "after-exit", onEvent: (e: Event) => void = () => undefined): Promise<Event[]> {
-  return new Promise((resolve, reject) => {
-    const child = spawn("/usr/bin/perl", [ATTACK, socketPath, then, mode, process.execPath, "--import", "tsx", HOLDER], {
-      cwd: root,
-      ...NOBODY,
-      stdio: ["pipe", "pipe", "pipe"],
-    });
-    const events: Event[] = [];
-    let out = "";
-    let err = "";
-    child.stderr.on("data", (d: Buffer) => (err += d.toString()));
-    child.stdout.on("data", (d: Buffer) => {
-      out += d.toString();
-      let nl: number;
-      while ((nl = out.indexOf("\n")) >= 0) {
-        const line = out.slice(0, nl);
-        out = out.slice(nl + 1);
-        if (!line.startsWith("{")) continue;
-        const e = JSON.parse(line) as Event;
-        events.push(e);
-        onEvent(e);
-        // The holder is done: let the setuid binary's password read end (EOF) so everything exits.
-        if (e.event === "end" && (mode !== "after-exec" || e.method === "FetchJWTSVID")) child.stdin.end();
-        if (e.event === "error") child.stdin.end();
-      }
-    });
-    const timer = setTimeout(() => {
-      child.stdin.end();
-      reject(new Error(`attack timed out; events ${JSON.stringify(events)}; stderr ${err}`));
-    }, 60_000);
-    child.on("error", reject);
-    child.on("exit", (code) => {
-      clearTimeout(timer);
-      if (code !== 0) reject(new Error(`attack exited ${code}: ${err}`));
-      else resolve(events);
-    });
-  });
-}
+type Event = AttackEvent;
 
 /** Every SPIFFE ID a holder was ever handed, with its certificate's URI SAN. */
 function served(events: readonly Event[]): Array<{ spiffeId: string; uriSan: string[]; hasKey: boolean }> {
