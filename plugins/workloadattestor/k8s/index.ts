@@ -40,7 +40,7 @@ import { pluginHalf, type PluginDescriptor } from "../../descriptor.js";
 import type { WorkloadAttestor, WorkloadAttestorDeps, WorkloadCaller } from "../types.js";
 import { parseProcCgroup } from "./cgroup.js";
 import { createKubeletClient, type KubeletClient } from "./kubelet.js";
-import { findContainerStatuses, K8S_SELECTOR_TYPE, podSelectors, podShapeProblem } from "./pod-selectors.js";
+import { findContainerStatuses, findEphemeralContainerStatus, K8S_SELECTOR_TYPE, podSelectors, podShapeProblem } from "./pod-selectors.js";
 
 /** Plugin name and selector type. */
 export const K8S_WORKLOAD_ATTESTOR = K8S_SELECTOR_TYPE;
@@ -229,6 +229,13 @@ export function createK8sWorkloadAttestor(config: K8sWorkloadAttestorConfig = {}
           throw pluginError(`the kubelet (${kubelet.url}) lists container ${ref.containerId} more than once in pod ${pod?.metadata?.namespace}/${pod?.metadata?.name} (${ref.podUid}); pid ${pid}'s container cannot be told`);
         }
         if (pod !== undefined && found[0] !== undefined) return podSelectors(pod, found[0].status);
+        const ephemeral = pod === undefined ? undefined : findEphemeralContainerStatus(pod, ref.containerId);
+        if (ephemeral !== undefined) {
+          // Listed, so asking again would not change the answer: refuse now rather than at the attestation's timeout.
+          throw pluginError(
+            `container ${ref.containerId} of pid ${pid} is the ephemeral container ${ephemeral.name} of pod ${pod?.metadata?.namespace}/${pod?.metadata?.name} (${ref.podUid}); ephemeral containers get no pod identity`,
+          );
+        }
         const missing = pod === undefined ? `pod ${ref.podUid}` : `container ${ref.containerId} of pod ${pod.metadata?.namespace}/${pod.metadata?.name} (${ref.podUid})`;
         if (attempt >= maxAttempts) {
           throw pluginError(`${missing} of pid ${pid} is not in the kubelet's pod list (${kubelet.url}) after ${attempt} attempt${attempt === 1 ? "" : "s"}`);

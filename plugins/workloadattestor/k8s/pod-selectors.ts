@@ -39,6 +39,16 @@ export function findContainerStatuses(pod: V1Pod, containerId: string): FoundCon
   return found;
 }
 
+/**
+ * The status of the ephemeral container (`kubectl debug`) of `pod` whose
+ * runtime ID is `containerId`, if any. Such a container is added to a
+ * running pod by whoever may update `pods/ephemeralcontainers`, with any
+ * image: it is given no identity of the pod's.
+ */
+export function findEphemeralContainerStatus(pod: V1Pod, containerId: string): V1ContainerStatus | undefined {
+  return (pod.status?.ephemeralContainerStatuses ?? []).find((s) => containerIdOfStatus(s.containerID) === containerId);
+}
+
 /** The status of the container with runtime ID `containerId` in `pod`, app or init container (the first, if listed twice). */
 export function findContainerStatus(pod: V1Pod, containerId: string): FoundContainer | undefined {
   return findContainerStatuses(pod, containerId)[0];
@@ -86,7 +96,7 @@ export function podShapeProblem(pod: unknown): string | undefined {
   }
   const status = objectAt("status", pod.status);
   if (typeof status === "string") return status;
-  for (const key of ["containerStatuses", "initContainerStatuses"] as const) {
+  for (const key of ["containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses"] as const) {
     const list = status?.[key];
     if (absent(list)) continue;
     if (!Array.isArray(list)) return `status.${key} is not a list`;

@@ -142,6 +142,22 @@ describe("a kubelet whose answer is ambiguous or malformed", () => {
     expect(f.message).toMatch(/^workloadattestor\(k8s\): the kubelet's entry for pod .* is malformed: /);
   });
 
+  it("an ephemeral container (kubectl debug) is refused at once, naming it, not polled for until the time is up", async () => {
+    const pod = makePod({ ...WEB, containers: [{ name: "web", image: "registry.example/web:1.2" }] }) as Record<string, any>;
+    pod.status.ephemeralContainerStatuses = [{ name: "debugger-x7", image: "busybox:1", imageID: "busybox@sha256:dddd", containerID: `containerd://${APP_ID}`, ready: false, restartCount: 0 }];
+    let requests = 0;
+    const port = await kubeletServer((_req, res) => {
+      requests++;
+      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ kind: "PodList", apiVersion: "v1", metadata: {}, items: [pod] }));
+    });
+    const f = await failure(readOnlyAttestor(port, { max_poll_attempts: 60 }).attest(CALLER));
+    expect(f).toEqual({
+      code: "ERR_UNAVAILABLE",
+      message: `workloadattestor(k8s): container ${APP_ID} of pid ${PID} is the ephemeral container debugger-x7 of pod prod/web-1 (${POD_UID}); ephemeral containers get no pod identity`,
+    });
+    expect(requests).toBe(1);
+  });
+
   it("a redirect is not followed: the attestation fails naming the status", async () => {
     const port = await kubeletServer((_req, res) => res.writeHead(302, { location: "http://192.0.2.1/pods" }).end());
     const f = await failure(readOnlyAttestor(port).attest(CALLER));
