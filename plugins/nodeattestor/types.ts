@@ -32,6 +32,14 @@ export interface ServerNodeAttestor {
    * (ERR_PERMISSION_DENIED / ERR_INVALID_ARGUMENT) naming why it is refused.
    */
   attest(payload: Uint8Array, challenge: ChallengeFn): Promise<NodeAttestationResult>;
+  /**
+   * Whether this attestor gives agents IDs of this form, so that entries may
+   * name such an agent as their parent before it has attested (`k8s_psat`:
+   * `spiffe://<td>/spire/agent/k8s_psat/<a configured cluster>/<node UID>`,
+   * which the registration controller uses for a pod's node). Omitted means
+   * no ID is vouched for in advance.
+   */
+  issuesAgentId?(id: SpiffeId): boolean;
 }
 
 /** Agent half of a node attestor. */

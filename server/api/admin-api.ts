@@ -40,7 +40,7 @@ export interface AdminApi {
 
 /** Builds the admin API. */
 export function createAdminApi(deps: AdminApiDeps): AdminApi {
-  const parents = createParentResolver({ datastore: deps.datastore, now: deps.now });
+  const parents = createParentResolver({ datastore: deps.datastore, now: deps.now, issuesAgentId: deps.issuesAgentId });
   const wrapper = (service: string) =>
     createUnaryWrapper({ log: deps.log, auditEnabled: deps.auditEnabled, name: "admin api", service, ...(deps.callerOf ? { callerOf: deps.callerOf } : {}) });
   return {

@@ -35,6 +35,8 @@ export interface AdminListenerDeps {
   readonly metrics: Metrics;
   readonly now: () => Date;
   readonly log: Logger;
+  /** Agent IDs the NodeAttestor plugins vouch for before attestation (parents of entries). */
+  readonly issuesAgentId?: ((id: string) => boolean) | undefined;
 }
 
 /** The `admin-socket` service; see the module comment. */
@@ -62,6 +64,7 @@ export class AdminListener implements Service {
       defaultX509TtlMs: d.defaultX509TtlMs,
       defaultJwtTtlMs: d.defaultJwtTtlMs,
       callerOf: (call) => callers.callerOf(call),
+      issuesAgentId: d.issuesAgentId,
     });
     const server = new Server({ interceptors: [rpcMetricsInterceptor(d.metrics)] });
     server.addService(grpcServiceDefinition(EntryAdmin), admin.entry);

@@ -15,10 +15,11 @@ import { rpcMetricsInterceptor, type Metrics } from "../../common/metrics.js";
 import type { Service } from "../../common/service.js";
 import { createPlugins, PLUGIN_CATALOG, type PluginSection } from "../../plugins/catalog.js";
 import { OwnedPlugins } from "../../plugins/descriptor.js";
+import type { ServerNodeAttestor } from "../../plugins/nodeattestor/types.js";
 import { AgentAPI } from "../../proto/gen/sigil/agent/v1/agent_pb.js";
 import { SigilError } from "../../spiffe/errors.js";
 import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
-import type { TrustDomain } from "../../spiffe/id.js";
+import { parseSpiffeId, type SpiffeId, type TrustDomain } from "../../spiffe/id.js";
 import { NodeAttestation } from "../attestation/node-attestation.js";
 import type { CaManager } from "../ca/manager.js";
 import type { Datastore } from "../datastore/index.js";
@@ -73,10 +74,28 @@ export class AgentApiListener implements Service {
   #address: string | undefined;
   /** The NodeAttestor instances. */
   readonly #plugins: OwnedPlugins;
+  #attestors: ReadonlyMap<string, ServerNodeAttestor> = new Map();
 
   constructor(deps: AgentApiListenerDeps) {
     this.#d = deps;
     this.#plugins = new OwnedPlugins(deps.log);
+  }
+
+  /**
+   * Whether a configured NodeAttestor gives agents this ID
+   * (`ServerNodeAttestor.issuesAgentId`); false before the start and for
+   * anything that is not a SPIFFE ID.
+   */
+  issuesAgentId(id: string): boolean {
+    if (this.#attestors.size === 0) return false;
+    let parsed: SpiffeId;
+    try {
+      parsed = parseSpiffeId(id);
+    } catch {
+      return false;
+    }
+    for (const a of this.#attestors.values()) if (a.issuesAgentId?.(parsed) === true) return true;
+    return false;
   }
 
   /** `host:port` actually bound. */
@@ -94,7 +113,7 @@ export class AgentApiListener implements Service {
     const datastore = d.datastore.datastore;
     const ca = d.ca.manager;
     const now = (): Date => d.clock.now();
-    const attestors = new Map(this.#plugins.add(createPlugins("server", PLUGIN_CATALOG.NodeAttestor, d.nodeAttestors, { trustDomain: d.trustDomain, store: datastore })).map((a) => [a.name, a]));
+    const attestors = (this.#attestors = new Map(this.#plugins.add(createPlugins("server", PLUGIN_CATALOG.NodeAttestor, d.nodeAttestors, { trustDomain: d.trustDomain, store: datastore })).map((a) => [a.name, a])));
     const issuer = new Issuer({ ca, datastore, metrics: d.metrics, now, defaultX509TtlMs: d.defaultX509TtlMs, defaultJwtTtlMs: d.defaultJwtTtlMs });
     const api = createAgentApi({
       trustDomain: d.trustDomain,

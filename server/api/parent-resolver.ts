@@ -6,7 +6,12 @@
  * 2. the SPIFFE ID of an entry (a node alias, or a nested workload);
  * 3. the agent ID an unused, unexpired join token will give: the operator's
  *    chosen ID or `spiffe://<td>/spire/agent/join_token/<token>`. This is what
- *    lets an operator register workloads for a node before it attests.
+ *    lets an operator register workloads for a node before it attests;
+ * 4. an ID a configured NodeAttestor says it gives agents
+ *    (`ServerNodeAttestor.issuesAgentId`: `k8s_psat` for
+ *    `/spire/agent/k8s_psat/<configured cluster>/<node UID>`), so the
+ *    registration controller can parent a pod's entry to its node's agent
+ *    before that agent has attested.
  *
  * The datastore stores join tokens as hashes and has no query by agent ID, so
  * case 3 is answered from the tokens this server process created
@@ -21,6 +26,8 @@ import type { ParentResolver } from "../registration/entry-validation.js";
 export interface ParentResolverDeps {
   readonly datastore: Pick<Datastore, "getAgent" | "listEntries" | "hasPendingJoinTokenFor">;
   readonly now: () => Date;
+  /** Whether a configured NodeAttestor gives agents this ID (case 4); omitted: none does. */
+  readonly issuesAgentId?: ((id: string) => boolean) | undefined;
 }
 
 /** Most pending join tokens remembered; beyond it the soonest-expiring ones are forgotten. */
@@ -49,6 +56,7 @@ export class DatastoreParentResolver implements ParentResolver {
   /** {@inheritDoc ParentResolver.parentExists} */
   async parentExists(id: string): Promise<boolean> {
     if (this.#pendingToken(id)) return true;
+    if (this.#deps.issuesAgentId?.(id) === true) return true;
     if ((await this.#deps.datastore.getAgent(id)) !== undefined) return true;
     if (await this.#deps.datastore.hasPendingJoinTokenFor(id, this.#deps.now())) return true;
     const page = await this.#deps.datastore.listEntries({ filter: { spiffeId: id }, pageSize: 1 });

@@ -86,6 +86,38 @@ const serverSection = z
   .transform((s) => ({ ...s, agent_ttl: s.agent_ttl ?? s.default_x509_svid_ttl, jwt_key_type: s.jwt_key_type ?? s.ca_key_type }))
   .describe("Core server settings.");
 
+/** Names Kubernetes accepts for a namespace (RFC 1123 label). */
+const namespaceName = z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, { error: "is not a Kubernetes namespace name" });
+
+const k8sControllerSection = z
+  .strictObject({
+    enabled: z.boolean().default(false).describe("Run the registration controller in this server."),
+    cluster: z
+      .string()
+      .min(1)
+      .describe("The cluster's name: a cluster of `plugins.NodeAttestor.k8s_psat`, so that entries are parented to `spiffe://<td>/spire/agent/k8s_psat/<cluster>/<node UID>`."),
+    kube_config_file: z
+      .string()
+      .min(1)
+      .optional()
+      .describe("Kubeconfig for the cluster's API server (its current context). Default: the `kube_config_file` of the `k8s_psat` cluster, else the server pod's in-cluster config."),
+    class_name: z.string().default("").describe("Reconcile only the `ClusterSPIFFEID`s whose `spec.className` is this (empty: those without a className)."),
+    default_cluster_spiffe_id: z
+      .boolean()
+      .default(true)
+      .describe("Give every pod `spiffe://<td>/ns/<namespace>/sa/<service account>` without any `ClusterSPIFFEID` (a built-in rule selecting every pod)."),
+    resync_interval: duration({ minMs: 1_000 }).prefault("10s").describe("How often the controller reconciles without a change on its watches, repairing entries changed by others."),
+    ignore_namespaces: z.array(namespaceName).default(["kube-system", "kube-public", "sigil"]).describe("Namespaces whose pods are never registered."),
+    entry_id_prefix: z
+      .string()
+      .regex(/^[A-Za-z0-9._~-]{1,100}$/, { error: "must be 1-100 of A-Z a-z 0-9 . _ ~ -" })
+      .optional()
+      .describe("Prefix of the IDs of the entries the controller creates, and the mark of the entries it owns: it never reads, changes or deletes an entry without it. Default `k8s.<cluster>.`; never give hand-made entries such IDs."),
+    cluster_domain: z.string().min(1).default("cluster.local").describe("The cluster's DNS domain, `{{ .ClusterDomain }}` in templates."),
+  })
+  .transform((c) => ({ ...c, entry_id_prefix: c.entry_id_prefix ?? `k8s.${c.cluster}.` }))
+  .describe("The automatic registration controller: registration entries for the pods of one Kubernetes cluster from `ClusterSPIFFEID` resources (docs/kubernetes.md).");
+
 const healthChecksSection = healthChecks({
   listenerEnabled: "Serve the HTTP health endpoints (for Kubernetes probes, which cannot reach a Unix socket).",
   readyPath: "Readiness path: 200 when the server can issue (CA active, datastore reachable), else 503 with the reasons.",
@@ -105,6 +137,7 @@ export const serverConfigSchema = z
     server: serverSection,
     health_checks: healthChecksSection.prefault({}),
     telemetry: telemetrySection.optional(),
+    k8s_controller: k8sControllerSection.optional(),
     plugins: pluginsSection,
   })
   .describe("Sigil server configuration.");

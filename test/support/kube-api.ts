@@ -75,7 +75,7 @@ export interface KubeApiRequest {
 }
 
 /** The running fake. */
-export interface FakeKubeApi {
+export interface FakeKubeApi extends FakeKubeWatchables {
   /** `https://127.0.0.1:<port>`. */
   readonly url: string;
   /** The CA certificate that issued the serving certificate. */
@@ -183,6 +183,7 @@ export async function startFakeKubeApi(): Promise<FakeKubeApi> {
   const tokens = new Map<string, TokenFacts>();
   const requests: KubeApiRequest[] = [];
   const forbidden = new Set<"tokenreviews" | "pods" | "nodes">();
+  const watchables = createWatchables(pods, nodes);
   const objects = createObjectStore();
 
   const reviewToken = (spec: { token?: unknown; audiences?: unknown }, stale: boolean): Record<string, unknown> => {
@@ -258,6 +259,7 @@ export async function startFakeKubeApi(): Promise<FakeKubeApi> {
     }
     const written = await objects.route(req, url);
     if (written) return send(written.code, written.doc);
+    if (await watchables.handle(req, res, url)) return;
     return send(404, status(404, "NotFound", "the server could not find the requested resource"));
   };
 
@@ -281,10 +283,11 @@ export async function startFakeKubeApi(): Promise<FakeKubeApi> {
     forbidden,
     staleTokenReviews: false,
     objects,
-    putPod: (pod) => void pods.set(`${pod.namespace}/${pod.name}`, pod),
-    deletePod: (ns, name) => void pods.delete(`${ns}/${name}`),
-    putNode: (node) => void nodes.set(node.name, node),
-    deleteNode: (name) => void nodes.delete(name),
+    // Through the LIST/WATCH collections, which keep these maps and stream the change.
+    putPod: watchables.feeds.putPod,
+    deletePod: watchables.feeds.deletePod,
+    putNode: watchables.feeds.putNode,
+    deleteNode: watchables.feeds.deleteNode,
     addToken(facts, token = opaqueToken()) {
       tokens.set(token, facts);
       return token;
@@ -332,6 +335,7 @@ export async function startFakeKubeApi(): Promise<FakeKubeApi> {
       );
       return file;
     },
+    ...watchables.api,
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());
@@ -528,4 +532,205 @@ function createObjectStore(): FakeObjectStore & { route(req: IncomingMessage, ur
     forbidden,
     route,
   };
+}
+
+// ── LIST and WATCH: pods, namespaces, nodes and the ClusterSPIFFEID custom resource ──
+//
+// A separate block (the k8s registration controller's): the collections below are
+// listed with `metadata.resourceVersion` and watched with `?watch=true&resourceVersion=…`
+// as newline-delimited WatchEvents (ADDED, MODIFIED, DELETED, BOOKMARK; an ERROR
+// with a 410 Status for a resourceVersion older than `compactWatchHistory()`), as
+// the API server streams them. Every put or delete takes the next resourceVersion.
+
+/** A namespace as the fake stores it. */
+export interface FakeNamespace {
+  readonly name: string;
+  readonly labels?: Readonly<Record<string, string>>;
+}
+
+/** The ClusterSPIFFEID resource's coordinates. */
+export const CLUSTER_SPIFFE_ID_PATH = "/apis/sigil.dev/v1alpha1/clusterspiffeids";
+
+/** One LIST or WATCH request the collections answered. */
+export interface ListWatchRequest {
+  readonly path: string;
+  readonly watch: boolean;
+  readonly resourceVersion: string;
+}
+
+/** LIST/WATCH collections and the ClusterSPIFFEID status subresource (part of {@link FakeKubeApi}). */
+export interface FakeKubeWatchables {
+  /** Every LIST and WATCH request, in order. */
+  readonly listWatchRequests: ListWatchRequest[];
+  putNamespace(ns: FakeNamespace): void;
+  deleteNamespace(name: string): void;
+  /** Creates or replaces a ClusterSPIFFEID (`{ metadata: { name }, spec }`); `status` is kept on replace. */
+  putClusterSpiffeId(obj: { metadata: { name: string }; spec: Record<string, unknown> }): void;
+  deleteClusterSpiffeId(name: string): void;
+  /** The stored ClusterSPIFFEID (with the status the client wrote), or undefined. */
+  clusterSpiffeId(name: string): Record<string, unknown> | undefined;
+  /** Sends a BOOKMARK with the current resourceVersion on every open watch. */
+  bookmark(): void;
+  /** Forgets watch history: a watch from an older resourceVersion gets 410 Gone. */
+  compactWatchHistory(): void;
+  /** Ends every open watch stream (clients resume from their last resourceVersion). */
+  dropWatches(): void;
+  /** Number of open watch streams. */
+  openWatches(): number;
+}
+
+type WatchKind = "pods" | "namespaces" | "nodes" | "clusterspiffeids";
+type WatchObject = { metadata: Record<string, unknown> } & Record<string, unknown>;
+
+function namespaceJson(n: FakeNamespace): WatchObject {
+  return {
+    kind: "Namespace",
+    apiVersion: "v1",
+    metadata: { name: n.name, uid: randomUUID(), creationTimestamp: "2026-01-01T00:00:00Z", labels: { "kubernetes.io/metadata.name": n.name, ...(n.labels ?? {}) } },
+    spec: { finalizers: ["kubernetes"] },
+    status: { phase: "Active" },
+  };
+}
+
+/** The collections, fed by the fake's own pod and node maps as well. */
+function createWatchables(pods: Map<string, FakePod>, nodes: Map<string, FakeNode>) {
+  let rv = 100;
+  let compactedBelow = 0;
+  const store: Record<WatchKind, Map<string, WatchObject>> = { pods: new Map(), namespaces: new Map(), nodes: new Map(), clusterspiffeids: new Map() };
+  const history: Array<{ kind: WatchKind; rv: number; type: string; object: WatchObject }> = [];
+  const streams = new Set<{ kind: WatchKind; res: ServerResponse }>();
+  const listWatchRequests: ListWatchRequest[] = [];
+  const LIST_KIND: Record<WatchKind, [string, string]> = {
+    pods: ["PodList", "v1"],
+    namespaces: ["NamespaceList", "v1"],
+    nodes: ["NodeList", "v1"],
+    clusterspiffeids: ["ClusterSPIFFEIDList", "sigil.dev/v1alpha1"],
+  };
+
+  const emit = (kind: WatchKind, type: string, object: WatchObject): void => {
+    history.push({ kind, rv, type, object });
+    for (const s of streams) if (s.kind === kind) s.res.write(`${JSON.stringify({ type, object })}\n`);
+  };
+  const put = (kind: WatchKind, key: string, object: WatchObject): void => {
+    const had = store[kind].has(key);
+    const stored: WatchObject = { ...object, metadata: { ...object.metadata, resourceVersion: String(++rv) } };
+    store[kind].set(key, stored);
+    emit(kind, had ? "MODIFIED" : "ADDED", stored);
+  };
+  const remove = (kind: WatchKind, key: string): void => {
+    const old = store[kind].get(key);
+    if (old === undefined) return;
+    store[kind].delete(key);
+    emit(kind, "DELETED", { ...old, metadata: { ...old.metadata, resourceVersion: String(++rv) } });
+  };
+
+  const routes: Array<[RegExp, WatchKind]> = [
+    [/^\/api\/v1\/pods$/, "pods"],
+    [/^\/api\/v1\/namespaces$/, "namespaces"],
+    [/^\/api\/v1\/nodes$/, "nodes"],
+    [new RegExp(`^${CLUSTER_SPIFFE_ID_PATH}$`), "clusterspiffeids"],
+  ];
+  const send = (res: ServerResponse, code: number, doc: unknown): void => {
+    res.writeHead(code, { "content-type": "application/json" });
+    res.end(JSON.stringify(doc));
+  };
+
+  /** Answers LIST, WATCH and PUT status; false when the request is not for these collections. */
+  const handle = async (req: IncomingMessage, res: ServerResponse, url: URL): Promise<boolean> => {
+    const statusPut = new RegExp(`^${CLUSTER_SPIFFE_ID_PATH}/([^/]+)/status$`).exec(url.pathname);
+    if (statusPut && req.method === "PUT") {
+      const name = decodeURIComponent(statusPut[1] ?? "");
+      const body = JSON.parse(await readBody(req)) as WatchObject;
+      const current = store.clusterspiffeids.get(name);
+      if (current === undefined) return send(res, 404, status(404, "NotFound", `clusterspiffeids.sigil.dev "${name}" not found`, { name, group: "sigil.dev", kind: "clusterspiffeids" })), true;
+      if (body.metadata?.resourceVersion !== current.metadata.resourceVersion) {
+        return (
+          send(res, 409, status(409, "Conflict", `Operation cannot be fulfilled on clusterspiffeids.sigil.dev "${name}": the object has been modified; please apply your changes to the latest version and try again`, { name, group: "sigil.dev", kind: "clusterspiffeids" })),
+          true
+        );
+      }
+      // The status subresource changes status only.
+      put("clusterspiffeids", name, { ...current, status: body.status });
+      send(res, 200, store.clusterspiffeids.get(name));
+      return true;
+    }
+    const route = routes.find(([re]) => re.test(url.pathname));
+    if (route === undefined || req.method !== "GET") return false;
+    const kind = route[1];
+    const watch = ["true", "1"].includes(url.searchParams.get("watch") ?? "");
+    const from = url.searchParams.get("resourceVersion") ?? "";
+    listWatchRequests.push({ path: url.pathname, watch, resourceVersion: from });
+    if (!watch) {
+      const [listKind, apiVersion] = LIST_KIND[kind];
+      send(res, 200, { kind: listKind, apiVersion, metadata: { resourceVersion: String(rv) }, items: [...store[kind].values()] });
+      return true;
+    }
+    res.writeHead(200, { "content-type": "application/json", "transfer-encoding": "chunked" });
+    res.flushHeaders();
+    const since = Number(from || "0");
+    if (from !== "" && from !== "0" && since < compactedBelow) {
+      res.end(`${JSON.stringify({ type: "ERROR", object: status(410, "Expired", `too old resource version: ${since} (${compactedBelow})`) })}\n`);
+      return true;
+    }
+    if (from === "" || from === "0") for (const object of store[kind].values()) res.write(`${JSON.stringify({ type: "ADDED", object })}\n`);
+    else for (const h of history) if (h.kind === kind && h.rv > since) res.write(`${JSON.stringify({ type: h.type, object: h.object })}\n`);
+    const stream = { kind, res };
+    streams.add(stream);
+    res.on("close", () => streams.delete(stream));
+    return true;
+  };
+
+  const feeds: Pick<FakeKubeApi, "putPod" | "deletePod" | "putNode" | "deleteNode"> = {
+    putPod(pod) {
+      pods.set(`${pod.namespace}/${pod.name}`, pod);
+      put("pods", `${pod.namespace}/${pod.name}`, podJson(pod) as WatchObject);
+    },
+    deletePod(ns, name) {
+      pods.delete(`${ns}/${name}`);
+      remove("pods", `${ns}/${name}`);
+    },
+    putNode(node) {
+      nodes.set(node.name, node);
+      put("nodes", node.name, nodeJson(node) as WatchObject);
+    },
+    deleteNode(name) {
+      nodes.delete(name);
+      remove("nodes", name);
+    },
+  };
+  const api: FakeKubeWatchables = {
+    listWatchRequests,
+    putNamespace: (ns) => {
+      const old = store.namespaces.get(ns.name);
+      const obj = namespaceJson(ns);
+      put("namespaces", ns.name, old ? { ...obj, metadata: { ...obj.metadata, uid: old.metadata.uid } } : obj);
+    },
+    deleteNamespace: (name) => remove("namespaces", name),
+    putClusterSpiffeId(obj) {
+      const old = store.clusterspiffeids.get(obj.metadata.name);
+      const generation = old === undefined ? 1 : Number(old.metadata.generation ?? 1) + 1;
+      put("clusterspiffeids", obj.metadata.name, {
+        apiVersion: "sigil.dev/v1alpha1",
+        kind: "ClusterSPIFFEID",
+        metadata: { name: obj.metadata.name, uid: (old?.metadata.uid as string | undefined) ?? randomUUID(), generation, creationTimestamp: "2026-01-01T00:00:00Z" },
+        spec: obj.spec,
+        ...(old?.status === undefined ? {} : { status: old.status }),
+      });
+    },
+    deleteClusterSpiffeId: (name) => remove("clusterspiffeids", name),
+    clusterSpiffeId: (name) => store.clusterspiffeids.get(name),
+    bookmark() {
+      for (const s of streams) s.res.write(`${JSON.stringify({ type: "BOOKMARK", object: { kind: "Status", apiVersion: "v1", metadata: { resourceVersion: String(rv) } } })}\n`);
+    },
+    compactWatchHistory() {
+      compactedBelow = rv;
+      history.length = 0;
+    },
+    dropWatches() {
+      for (const s of streams) s.res.end();
+      streams.clear();
+    },
+    openWatches: () => streams.size,
+  };
+  return { api, feeds, handle };
 }

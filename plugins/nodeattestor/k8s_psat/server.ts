@@ -136,6 +136,7 @@ export function createK8sPsatServerAttestor(config: K8sPsatServerConfig, deps: K
     clusters.set(name, { name, config: c, allowed: new Set(c.service_account_allow_list), api });
   }
   const known = [...clusters.keys()].join(", ");
+  const agentPathPrefix = `/spire/agent/${K8S_PSAT_ATTESTOR}/`;
 
   return {
     name: K8S_PSAT_ATTESTOR,
@@ -144,6 +145,12 @@ export function createK8sPsatServerAttestor(config: K8sPsatServerConfig, deps: K
       const cluster = clusters.get(clusterName);
       if (cluster === undefined) throw denied(`cluster ${JSON.stringify(clusterName)} is not configured on this server (configured: ${known})`);
       return attestInCluster(cluster, token, deps.trustDomain);
+    },
+    // spiffe://<td>/spire/agent/k8s_psat/<configured cluster>/<one segment>: the ID attestInCluster gives a node of that cluster.
+    issuesAgentId(id: SpiffeId): boolean {
+      if (!id.memberOf(deps.trustDomain) || !id.path.startsWith(agentPathPrefix)) return false;
+      const [cluster, nodeUid, ...rest] = id.path.slice(agentPathPrefix.length).split("/");
+      return cluster !== undefined && clusters.has(cluster) && nodeUid !== undefined && nodeUid !== "" && rest.length === 0;
     },
   };
 }

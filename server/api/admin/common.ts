@@ -28,6 +28,8 @@ export interface AdminApiDeps {
   readonly defaultJwtTtlMs: number;
   /** Longest TTL a mint request may ask for; unset: only the CA's own expiry caps it. */
   readonly maxTtlMs?: number | undefined;
+  /** Whether a configured NodeAttestor gives agents this ID, so entries may name it as parent before it attests. */
+  readonly issuesAgentId?: ((id: string) => boolean) | undefined;
   /** The caller of a call for its audit record (uid, gid, pid and binary on the admin socket); unset: unknown. */
   readonly callerOf?: ((call: { getPeer(): string }) => AuditCaller) | undefined;
 }

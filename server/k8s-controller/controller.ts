@@ -1,0 +1,357 @@
+/**
+ * The `k8s-controller` server service: registers the pods of one Kubernetes
+ * cluster automatically, from `ClusterSPIFFEID` rules (and, when
+ * `default_cluster_spiffe_id` is on, a built-in rule giving every pod
+ * `spiffe://<td>/ns/<namespace>/sa/<service account>`).
+ *
+ * Each reconciliation computes the entries the rules want (one per selected,
+ * scheduled pod and rule; parent = the pod's node's `k8s_psat` agent ID),
+ * lists the entries the controller owns, and creates, updates and deletes the
+ * difference through the same entry validation as the admin API, then writes
+ * each resource's counts to its `status`. It runs after a change seen on a
+ * watch (coalesced), and every `resync_interval` to repair what others changed.
+ *
+ * Ownership: an entry is the controller's exactly when its ID starts with
+ * `entry_id_prefix`. IDs are the prefix and a digest of (rule, pod UID), so a
+ * restarted controller finds its entries again instead of duplicating them,
+ * and an entry made any other way (generated IDs are UUIDs) is never read,
+ * changed or deleted. Nothing is deleted before all four resources have been
+ * listed once, so a controller that starts without the API deletes nothing.
+ */
+import { create } from "@bufbuild/protobuf";
+import type { Logger } from "../../common/log.js";
+import type { Service } from "../../common/service.js";
+import { EntrySchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
+import { isSigilError } from "../../spiffe/errors.js";
+import type { TrustDomain } from "../../spiffe/id.js";
+import { ENTRY_FIELDS, type Datastore, type EntryInput, type RegistrationEntry } from "../datastore/index.js";
+import { validateWireEntry, type ParentResolver } from "../registration/entry-validation.js";
+import {
+  compileRule,
+  defaultRule,
+  podIsLive,
+  renderPodEntry,
+  type ClusterSpiffeIdObject,
+  type ClusterSpiffeIdStats,
+  type RenderContext,
+  type RenderedEntry,
+  type Rule,
+} from "./cluster-spiffe-id.js";
+import { compileLabelSelector } from "./label-selector.js";
+import { startKubeWatch, type KubeWatch, type KubeWatchOptions } from "./kube-watch.js";
+
+/** The `k8s_controller` config section, parsed. */
+export interface K8sControllerSettings {
+  /** The cluster's name: a `k8s_psat` cluster, part of every parent ID. */
+  readonly cluster: string;
+  readonly kubeConfigFile?: string | undefined;
+  /** Only resources whose `spec.className` equals this ("" for none) are reconciled. */
+  readonly className: string;
+  readonly defaultClusterSpiffeId: boolean;
+  readonly resyncIntervalMs: number;
+  readonly ignoreNamespaces: readonly string[];
+  readonly entryIdPrefix: string;
+  readonly clusterDomain: string;
+}
+
+/** Dependencies of {@link K8sController}. */
+export interface K8sControllerDeps {
+  readonly settings: K8sControllerSettings;
+  readonly trustDomain: TrustDomain;
+  readonly serverId: string;
+  readonly datastore: { readonly datastore: Datastore };
+  /** The parent resolver entries are validated with (it must accept not-yet-attested psat agent IDs). */
+  readonly parents: () => ParentResolver;
+  readonly log: Logger;
+  /** Starts the cluster view; default {@link startKubeWatch}. */
+  readonly kubeWatch?: (opts: KubeWatchOptions) => Promise<KubeWatch>;
+}
+
+/** What one reconciliation did, for logs and tests. */
+export interface ReconcileResult {
+  readonly created: number;
+  readonly updated: number;
+  readonly deleted: number;
+  readonly failed: number;
+}
+
+/** Pause that lets a burst of watch events become one reconciliation. */
+const COALESCE_MS = 50;
+/** Entries per datastore batch. */
+const BATCH = 1000;
+
+type MutableStats = { -readonly [K in keyof ClusterSpiffeIdStats]: ClusterSpiffeIdStats[K] };
+
+const zeroStats = (): MutableStats => ({ namespacesSelected: 0, podsSelected: 0, entriesCreated: 0, entryRenderFailures: 0, entryFailures: 0 });
+
+function sameEntry(e: RegistrationEntry, d: RenderedEntry): boolean {
+  const keys = (s: readonly { type: string; value: string }[]): string => s.map((x) => `${x.type}:${x.value}`).sort().join("\n");
+  return (
+    e.spiffeId === d.spiffeId &&
+    e.parentId === d.parentId &&
+    keys(e.selectors) === keys(d.selectors) &&
+    e.x509SvidTtl === d.x509SvidTtl &&
+    e.jwtSvidTtl === d.jwtSvidTtl &&
+    e.dnsNames.join("\n") === d.dnsNames.join("\n") &&
+    [...e.federatesWith].sort().join("\n") === [...d.federatesWith].map((t) => t.replace(/^spiffe:\/\//, "")).sort().join("\n") &&
+    e.admin === d.admin &&
+    e.downstream === d.downstream &&
+    e.hint === d.hint &&
+    e.expiresAt === null
+  );
+}
+
+function sameStats(a: Partial<ClusterSpiffeIdStats> | undefined, b: ClusterSpiffeIdStats): boolean {
+  return a !== undefined && (Object.keys(b) as Array<keyof ClusterSpiffeIdStats>).every((k) => a[k] === b[k]);
+}
+
+/** The `k8s-controller` service; see the module comment. */
+export class K8sController implements Service {
+  readonly name = "k8s-controller";
+  readonly #d: K8sControllerDeps;
+  readonly #ctx: RenderContext;
+  #watch: KubeWatch | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  #resync: NodeJS.Timeout | undefined;
+  #running: Promise<void> | undefined;
+  #again = false;
+  #stopped = false;
+  /** Rule problems already logged (name + resourceVersion + message), so a bad resource is logged once. */
+  readonly #logged = new Set<string>();
+  /** Called after every reconciliation (tests, bench). */
+  onReconciled: ((r: ReconcileResult) => void) | undefined;
+
+  constructor(deps: K8sControllerDeps) {
+    this.#d = deps;
+    const s = deps.settings;
+    this.#ctx = { trustDomain: deps.trustDomain, clusterName: s.cluster, clusterDomain: s.clusterDomain, entryIdPrefix: s.entryIdPrefix };
+  }
+
+  /** Starts watching; does not wait for the API server (it may be down; the watch keeps trying). */
+  async start(): Promise<void> {
+    const s = this.#d.settings;
+    this.#watch = await (this.#d.kubeWatch ?? startKubeWatch)({ kubeConfigFile: s.kubeConfigFile, onChange: () => this.#schedule(), log: this.#d.log });
+    this.#resync = setInterval(() => this.#schedule(), s.resyncIntervalMs);
+    this.#resync.unref();
+    this.#d.log.info({ cluster: s.cluster, entry_id_prefix: s.entryIdPrefix, default_cluster_spiffe_id: s.defaultClusterSpiffeId }, "k8s controller: watching the cluster");
+  }
+
+  /** Stops the watch and timers, then waits for a reconciliation under way. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    if (this.#resync) clearInterval(this.#resync);
+    await this.#watch?.stop();
+    await this.#running;
+  }
+
+  #schedule(): void {
+    if (this.#stopped || this.#timer) return;
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      if (this.#running) {
+        this.#again = true;
+        return;
+      }
+      this.#running = this.#loop().finally(() => (this.#running = undefined));
+    }, COALESCE_MS);
+  }
+
+  async #loop(): Promise<void> {
+    do {
+      this.#again = false;
+      try {
+        const r = await this.reconcile();
+        if (r) this.onReconciled?.(r);
+      } catch (err) {
+        this.#d.log.error({ err }, "k8s controller: reconciliation failed; trying again at the next change or resync");
+      }
+    } while (this.#again && !this.#stopped);
+  }
+
+  #logOnce(key: string, fields: Record<string, unknown>, msg: string): void {
+    if (this.#logged.has(key)) return;
+    if (this.#logged.size > 10_000) this.#logged.clear();
+    this.#logged.add(key);
+    this.#d.log.warn(fields, msg);
+  }
+
+  /** Entries the controller owns, by ID. */
+  async #ownedEntries(): Promise<Map<string, RegistrationEntry>> {
+    const ds = this.#d.datastore.datastore;
+    const owned = new Map<string, RegistrationEntry>();
+    let pageToken: string | undefined;
+    do {
+      const page = await ds.listEntries({ pageSize: 5000, ...(pageToken ? { pageToken } : {}) });
+      for (const e of page.items) if (e.id.startsWith(this.#ctx.entryIdPrefix)) owned.set(e.id, e);
+      pageToken = page.nextPageToken;
+    } while (pageToken);
+    return owned;
+  }
+
+  /**
+   * One reconciliation; undefined when the cluster has not been listed yet.
+   * Exposed for tests; the service runs it on changes and on the resync timer.
+   */
+  async reconcile(): Promise<ReconcileResult | undefined> {
+    const w = this.#watch;
+    if (!w?.synced) return undefined;
+    const s = this.#d.settings;
+    const ignored = new Set(s.ignoreNamespaces);
+    const rules: Array<{ name: string; obj?: ClusterSpiffeIdObject; rule?: Rule; error?: string }> = [];
+    if (s.defaultClusterSpiffeId) rules.push({ name: "(default)", rule: defaultRule() });
+    for (const obj of w.clusterSpiffeIds()) {
+      if ((obj.spec?.className ?? "") !== s.className) continue;
+      const name = obj.metadata?.name ?? "";
+      try {
+        rules.push({ name, obj, rule: compileRule(name, obj.spec) });
+      } catch (e) {
+        const error = e instanceof Error ? e.message : String(e);
+        this.#logOnce(`${name}\n${obj.metadata?.resourceVersion}\n${error}`, { cluster_spiffe_id: name, error }, "k8s controller: ClusterSPIFFEID is invalid; it registers nothing");
+        rules.push({ name, obj, error });
+      }
+    }
+    const pods = w.pods().filter((p) => podIsLive(p) && !ignored.has(p.metadata?.namespace ?? ""));
+    const namespaces = w.namespaces().filter((n) => !ignored.has(n.metadata?.name ?? ""));
+    const stats = new Map<string, MutableStats>();
+    const desired = new Map<string, { entry: RenderedEntry; rule: string }>();
+    for (const r of rules) {
+      const st = zeroStats();
+      stats.set(r.name, st);
+      let nsMatch = r.rule?.namespaces;
+      let podMatch = r.rule?.pods;
+      if (r.rule === undefined) {
+        // An invalid template: the pods the selectors pick each count as a render failure.
+        try {
+          nsMatch = compileLabelSelector(r.obj?.spec?.namespaceSelector, "spec.namespaceSelector");
+          podMatch = compileLabelSelector(r.obj?.spec?.podSelector, "spec.podSelector");
+        } catch {
+          continue;
+        }
+      }
+      if (nsMatch === undefined || podMatch === undefined) continue;
+      st.namespacesSelected = namespaces.filter((n) => nsMatch(n.metadata?.labels)).length;
+      for (const pod of pods) {
+        if (!nsMatch(w.namespace(pod.metadata?.namespace ?? "")?.metadata?.labels) || !podMatch(pod.metadata?.labels)) continue;
+        const node = w.node(pod.spec?.nodeName ?? "");
+        // Not seen yet (the node watch is behind): the next change or resync renders it.
+        if (!node?.metadata?.uid) continue;
+        st.podsSelected++;
+        if (r.rule === undefined) {
+          st.entryRenderFailures++;
+          continue;
+        }
+        try {
+          const entry = renderPodEntry(r.rule, this.#ctx, pod, node);
+          desired.set(entry.id, { entry, rule: r.name });
+        } catch (e) {
+          st.entryRenderFailures++;
+          const error = e instanceof Error ? e.message : String(e);
+          this.#logOnce(`${r.name}\n${pod.metadata?.uid}\n${error}`, { cluster_spiffe_id: r.name, pod: `${pod.metadata?.namespace}/${pod.metadata?.name}`, error }, "k8s controller: cannot render the entry of a pod");
+        }
+      }
+    }
+
+    const ds = this.#d.datastore.datastore;
+    const owned = await this.#ownedEntries();
+    const ctx = { trustDomain: this.#d.trustDomain, serverId: this.#d.serverId, parents: this.#d.parents() };
+    const failed = (rule: string, err: unknown, what: string, id: string): void => {
+      const st = stats.get(rule);
+      if (st) st.entryFailures++;
+      this.#logOnce(`${id}\n${what}\n${String(err)}`, { err, entry_id: id, cluster_spiffe_id: rule }, `k8s controller: cannot ${what} an entry`);
+    };
+    const validate = async (d: RenderedEntry): Promise<EntryInput> =>
+      validateWireEntry(
+        create(EntrySchema, {
+          id: d.id,
+          spiffeId: d.spiffeId,
+          parentId: d.parentId,
+          selectors: d.selectors.map((x) => ({ type: x.type, value: x.value })),
+          x509SvidTtl: d.x509SvidTtl,
+          jwtSvidTtl: d.jwtSvidTtl,
+          dnsNames: [...d.dnsNames],
+          federatesWith: [...d.federatesWith],
+          admin: d.admin,
+          downstream: d.downstream,
+          hint: d.hint,
+        }),
+        `entry ${d.id}`,
+        ctx,
+      );
+
+    let created = 0;
+    let updated = 0;
+    let deleted = 0;
+    const present = new Set<string>();
+    const toCreate: Array<{ input: EntryInput; rule: string }> = [];
+    for (const [id, { entry, rule }] of desired) {
+      const have = owned.get(id);
+      if (have && sameEntry(have, entry)) {
+        present.add(id);
+        continue;
+      }
+      let input: EntryInput;
+      try {
+        input = await validate(entry);
+      } catch (err) {
+        failed(rule, err, have ? "update" : "create", id);
+        if (have) present.add(id);
+        continue;
+      }
+      if (!have) {
+        toCreate.push({ input, rule });
+        continue;
+      }
+      try {
+        const { id: _id, ...changes } = input;
+        await ds.updateEntry(id, { ...changes, expiresAt: null }, ENTRY_FIELDS);
+        updated++;
+      } catch (err) {
+        failed(rule, err, "update", id);
+      }
+      present.add(id);
+    }
+    for (let i = 0; i < toCreate.length; i += BATCH) {
+      const batch = toCreate.slice(i, i + BATCH);
+      const results = await ds.createEntries(batch.map((b) => b.input));
+      results.forEach((res, k) => {
+        const b = batch[k] as { input: EntryInput; rule: string };
+        if (res.ok) {
+          created++;
+          present.add(res.value.id);
+        } else failed(b.rule, res.error, "create", b.input.id ?? "");
+      });
+    }
+    for (const id of owned.keys()) {
+      if (desired.has(id)) continue;
+      try {
+        await ds.deleteEntry(id);
+        deleted++;
+      } catch (err) {
+        if (!isSigilError(err, "ERR_NOT_FOUND")) this.#logOnce(`${id}\ndelete\n${String(err)}`, { err, entry_id: id }, "k8s controller: cannot delete an entry");
+      }
+    }
+    for (const [id, { rule }] of desired) {
+      const st = stats.get(rule);
+      if (st && present.has(id)) st.entriesCreated++;
+    }
+
+    let failures = 0;
+    for (const st of stats.values()) failures += st.entryFailures;
+    for (const r of rules) {
+      const st = stats.get(r.name);
+      if (r.obj === undefined || st === undefined) continue;
+      if (sameStats(r.obj.status?.stats, st) && r.obj.status?.observedGeneration === r.obj.metadata?.generation) continue;
+      try {
+        await w.putStatus(r.obj, st);
+      } catch (err) {
+        // A conflict (the resource changed meanwhile) or a lost connection: the next reconciliation writes it.
+        this.#d.log.debug({ err, cluster_spiffe_id: r.name }, "k8s controller: cannot update status");
+      }
+    }
+    const result = { created, updated, deleted, failed: failures };
+    if (created + updated + deleted > 0) this.#d.log.info({ ...result, entries: present.size }, "k8s controller: entries reconciled");
+    return result;
+  }
+}
+

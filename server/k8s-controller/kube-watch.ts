@@ -1,0 +1,194 @@
+/**
+ * The controller's view of one cluster: pods, namespaces, nodes and
+ * ClusterSPIFFEIDs, each kept by an informer of the real
+ * `@kubernetes/client-node` (`ListWatch`: one list, then a watch stream that
+ * resumes from the last resourceVersion), and the one write the controller
+ * makes, a ClusterSPIFFEID's `status` (PUT on the status subresource).
+ *
+ * `ListWatch` gives up after an error (it reports it and stops); this view
+ * starts it again after a backoff (1 s doubling to 30 s), so an API server
+ * that restarts or drops the stream is followed again without polling.
+ * The library is imported on first use (it takes about a second to load).
+ */
+import type { KubernetesObject, V1Namespace, V1Node, V1Pod } from "@kubernetes/client-node";
+import type { Logger } from "../../common/log.js";
+import { SigilError } from "../../spiffe/errors.js";
+import { CLUSTER_SPIFFE_ID_GROUP, CLUSTER_SPIFFE_ID_PLURAL, CLUSTER_SPIFFE_ID_VERSION, type ClusterSpiffeIdObject, type ClusterSpiffeIdStats } from "./cluster-spiffe-id.js";
+
+type K8sModule = typeof import("@kubernetes/client-node");
+
+let k8sModule: Promise<K8sModule> | undefined;
+
+// The same lazy load as the k8s_psat attestor's: only a server with the controller on pays for the library.
+function loadK8s(): Promise<K8sModule> {
+  k8sModule ??= import("@kubernetes/client-node").catch((e: unknown) => {
+    k8sModule = undefined;
+    throw e;
+  });
+  return k8sModule;
+}
+
+/** Longest a list or status call may take. */
+const CALL_TIMEOUT_MS = 30_000;
+const BACKOFF_MIN_MS = 1_000;
+const BACKOFF_MAX_MS = 30_000;
+
+/** Options of {@link startKubeWatch}. */
+export interface KubeWatchOptions {
+  /** A kubeconfig file (its current context); without one, the pod's in-cluster config. */
+  readonly kubeConfigFile?: string | undefined;
+  /** Called after every change to any of the four caches (and after each one's first list). */
+  readonly onChange: () => void;
+  readonly log: Logger;
+}
+
+/** What the controller reads and writes. */
+export interface KubeWatch {
+  /** True once all four resources have been listed at least once. */
+  readonly synced: boolean;
+  pods(): V1Pod[];
+  namespace(name: string): V1Namespace | undefined;
+  namespaces(): V1Namespace[];
+  node(name: string): V1Node | undefined;
+  clusterSpiffeIds(): ClusterSpiffeIdObject[];
+  /**
+   * Replaces a ClusterSPIFFEID's `status` (the object's resourceVersion makes
+   * it conditional; a conflict is left for the next reconciliation).
+   */
+  putStatus(obj: ClusterSpiffeIdObject, stats: ClusterSpiffeIdStats): Promise<void>;
+  /** Stops every informer and pending restart. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Reads the kubeconfig and starts the four informers; resolves without
+ * waiting for their lists (see {@link KubeWatch.synced}).
+ *
+ * @throws SigilError `ERR_FAILED_PRECONDITION` when the kubeconfig cannot be loaded.
+ */
+export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch> {
+  const k8s = await loadK8s();
+  const kc = new k8s.KubeConfig();
+  const from = opts.kubeConfigFile === undefined ? "the in-cluster service account config" : `kubeconfig ${opts.kubeConfigFile}`;
+  try {
+    if (opts.kubeConfigFile === undefined) kc.loadFromCluster();
+    else kc.loadFromFile(opts.kubeConfigFile);
+  } catch (e) {
+    throw new SigilError("ERR_FAILED_PRECONDITION", `k8s controller: cannot load ${from}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+  }
+  if (!kc.getCurrentCluster()?.server) throw new SigilError("ERR_FAILED_PRECONDITION", `k8s controller: ${from} names no current cluster with a server URL`);
+
+  let stopped = false;
+  const live = new Set<AbortController>();
+  // Every request gets an agent of its own from the library; stop() destroys them, which ends a
+  // watch whose response headers have not arrived yet (its AbortController is not handed out before).
+  const agents = new Set<{ destroy(): void; sockets?: object; requests?: object }>();
+  const created = kc as unknown as { createAgent(...args: unknown[]): { destroy(): void; sockets?: object; requests?: object } };
+  const createAgent = created.createAgent.bind(kc);
+  created.createAgent = (...args: unknown[]) => {
+    for (const a of agents) if (Object.keys(a.sockets ?? {}).length === 0 && Object.keys(a.requests ?? {}).length === 0) agents.delete(a);
+    const agent = createAgent(...args);
+    agents.add(agent);
+    return agent;
+  };
+  // Watch streams started after stop() (a list in flight when it was called) are aborted at once.
+  class StoppableWatch extends k8s.Watch {
+    override async watch(path: string, query: Record<string, string | number | boolean | undefined>, cb: (phase: string, obj: unknown, watchObj?: unknown) => void, done: (err: unknown) => void): Promise<AbortController> {
+      if (stopped) return new AbortController();
+      const c = await super.watch(path, query, cb, done);
+      if (stopped) c.abort();
+      else live.add(c);
+      c.signal.addEventListener("abort", () => live.delete(c), { once: true });
+      return c;
+    }
+  }
+  const watch = new StoppableWatch(kc);
+  const options = {
+    middleware: [
+      {
+        pre: (ctx: InstanceType<K8sModule["RequestContext"]>) => {
+          ctx.setSignal(AbortSignal.timeout(CALL_TIMEOUT_MS));
+          return new k8s.Observable(Promise.resolve(ctx));
+        },
+        post: (res: InstanceType<K8sModule["ResponseContext"]>) => new k8s.Observable(Promise.resolve(res)),
+      },
+    ],
+    middlewareMergeStrategy: "append" as const,
+  };
+  const core = kc.makeApiClient(k8s.CoreV1Api);
+  const custom = kc.makeApiClient(k8s.CustomObjectsApi);
+  const crPath = `/apis/${CLUSTER_SPIFFE_ID_GROUP}/${CLUSTER_SPIFFE_ID_VERSION}/${CLUSTER_SPIFFE_ID_PLURAL}`;
+
+  const timers = new Set<NodeJS.Timeout>();
+  const informers: Array<{ informer: InstanceType<K8sModule["ListWatch"]>; synced: boolean }> = [];
+  function follow<T extends KubernetesObject>(what: string, path: string, list: () => Promise<{ items: T[]; metadata?: { resourceVersion?: string } }>): InstanceType<K8sModule["ListWatch"]> {
+    const state = { informer: undefined as unknown as InstanceType<K8sModule["ListWatch"]>, synced: false };
+    let backoff = BACKOFF_MIN_MS;
+    const informer = new k8s.ListWatch<T>(
+      path,
+      watch,
+      async () => {
+        const l = await list();
+        state.synced = true;
+        backoff = BACKOFF_MIN_MS;
+        // The library applies the list after this returns; the controller coalesces changes, so it reads the applied list.
+        setImmediate(opts.onChange);
+        return l as never;
+      },
+      false,
+    );
+    state.informer = informer as never;
+    for (const verb of ["add", "update", "delete"] as const) informer.on(verb, () => opts.onChange());
+    informer.on("error", (err: unknown) => {
+      if (stopped) return;
+      opts.log.warn({ err, resource: what, retry_ms: backoff }, `k8s controller: watching ${what} failed; starting again`);
+      const t = setTimeout(() => {
+        timers.delete(t);
+        if (!stopped) void informer.start();
+      }, backoff);
+      timers.add(t);
+      backoff = Math.min(BACKOFF_MAX_MS, backoff * 2);
+    });
+    informers.push(state);
+    return informer as never;
+  }
+
+  const pods = follow<V1Pod>("pods", "/api/v1/pods", () => core.listPodForAllNamespaces({}, options));
+  const namespaces = follow<V1Namespace>("namespaces", "/api/v1/namespaces", () => core.listNamespace({}, options));
+  const nodes = follow<V1Node>("nodes", "/api/v1/nodes", () => core.listNode({}, options));
+  const crs = follow<KubernetesObject>("clusterspiffeids", crPath, () =>
+    custom.listClusterCustomObject({ group: CLUSTER_SPIFFE_ID_GROUP, version: CLUSTER_SPIFFE_ID_VERSION, plural: CLUSTER_SPIFFE_ID_PLURAL }, options) as Promise<{ items: KubernetesObject[] }>,
+  );
+  for (const { informer } of informers) void informer.start();
+
+  return {
+    get synced() {
+      return informers.every((i) => i.synced);
+    },
+    pods: () => pods.list() as V1Pod[],
+    namespace: (name) => namespaces.get(name) as V1Namespace | undefined,
+    namespaces: () => namespaces.list() as V1Namespace[],
+    node: (name) => nodes.get(name) as V1Node | undefined,
+    clusterSpiffeIds: () => crs.list() as ClusterSpiffeIdObject[],
+    async putStatus(obj, stats) {
+      const name = obj.metadata?.name ?? "";
+      const body = {
+        ...obj,
+        apiVersion: `${CLUSTER_SPIFFE_ID_GROUP}/${CLUSTER_SPIFFE_ID_VERSION}`,
+        kind: "ClusterSPIFFEID",
+        status: { ...(obj.metadata?.generation === undefined ? {} : { observedGeneration: obj.metadata.generation }), stats },
+      };
+      await custom.replaceClusterCustomObjectStatus({ group: CLUSTER_SPIFFE_ID_GROUP, version: CLUSTER_SPIFFE_ID_VERSION, plural: CLUSTER_SPIFFE_ID_PLURAL, name, body }, options);
+    },
+    async stop() {
+      stopped = true;
+      for (const t of timers) clearTimeout(t);
+      timers.clear();
+      await Promise.all(informers.map((i) => i.informer.stop()));
+      for (const c of live) c.abort();
+      live.clear();
+      for (const a of agents) a.destroy();
+      agents.clear();
+    },
+  };
+}
