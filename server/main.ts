@@ -1,0 +1,275 @@
+/**
+ * The server's composition root: the named services `sigil-server` is made
+ * of, each built with explicit dependencies (clock, logger, metrics, the
+ * services it uses), started in order by a {@link ServiceGroup} and stopped
+ * in reverse. Nothing here is a module-level singleton.
+ *
+ * | service | what it does |
+ * |---|---|
+ * | `datastore` | opens the DataStore plugin; refuses a trust-domain change under existing data |
+ * | `signing-pool` | signing threads for the key manager (`server.signing_threads` > 0) |
+ * | `ca` | KeyManager and UpstreamAuthority plugins, CA slots restored or created, bundle published |
+ * | `notifiers` | (`plugins.Notifier`) Notifier plugins, told of the bundle at start and after every change (publishing runs in the background) |
+ * | `entry-index` | the entry index, loaded and following the datastore's change events |
+ * | `server-svid` | the server's own X509-SVID, the agent API's TLS identity |
+ * | `agent-api` | the agent API, gRPC over TLS on `bind_address:bind_port` |
+ * | `admin-socket` | the admin API on its Unix socket, every call audited |
+ * | `ca-rotation` | a CA rotation step every 10 s, then the server SVID's renewal |
+ * | `k8s-controller` | (`k8s_controller.enabled`) entries for the pods of a Kubernetes cluster from `ClusterSPIFFEID`s |
+ * | `prune` | expired join tokens and long-expired issuance records, every minute |
+ * | `health-listener`, `metrics-listener` | optional HTTP `/live`, `/ready`, `/metrics` |
+ * | `grpc-health` | `grpc.health.v1` on both gRPC listeners: SERVING once every service before it started |
+ *
+ * `/ready` is the group's readiness: every service started, and none reports
+ * a reason (`datastore: …` while it does not answer, `ca: no active X.509 CA`).
+ */
+import { availableParallelism } from "node:os";
+import path from "node:path";
+import type { Clock } from "../common/clock.js";
+import { systemClock } from "../common/clock.js";
+import { createHealthService, type HealthService } from "../common/health/grpc-health.js";
+import { startHealthServer, startMetricsServer, type HttpListener } from "../common/health/http-server.js";
+import { HttpListenerService } from "../common/health/listener-service.js";
+import { createLogger, subsystemLogger, type Logger } from "../common/log.js";
+import { Metrics } from "../common/metrics.js";
+import { serverSpiffeId } from "../common/reserved-ids.js";
+import { service, ServiceGroup } from "../common/service.js";
+import { waitForStopSignal } from "../common/signals.js";
+import { SigningPool } from "../plugins/keymanager/signing-pool.js";
+import { SigilError } from "../spiffe/errors.js";
+import { parseTrustDomain, type SpiffeId, type TrustDomain } from "../spiffe/id.js";
+import { AdminListener } from "./api/admin-listener.js";
+import { AgentApiListener } from "./api/agent-api-listener.js";
+import { agentApiRateLimits } from "./api/rate-limit.js";
+import { ServerSvidService } from "./api/server-svid.js";
+import type { CaManager } from "./ca/manager.js";
+import { CaRotationJob } from "./ca/rotation-job.js";
+import { maxUsefulSvidTtlMs } from "./ca/rotation.js";
+import { NotifierService } from "./ca/notifier-service.js";
+import { caSettings, CaService } from "./ca/service.js";
+import type { ServerConfig } from "./config/schema.js";
+import type { Datastore } from "./datastore/index.js";
+import { PruneJob } from "./datastore/prune.js";
+import { DatastoreService } from "./datastore/service.js";
+import { createParentResolver } from "./api/parent-resolver.js";
+import { K8sController } from "./k8s-controller/controller.js";
+import { EntryIndexFeed } from "./registration/entry-index-feed.js";
+
+/** Options for tests and embedding. */
+export interface StartServerOptions {
+  readonly clock?: Clock;
+  /** Log destination (default stdout). */
+  readonly logDestination?: { write(line: string): void };
+}
+
+/** A running server. */
+export interface RunningServer {
+  readonly trustDomain: TrustDomain;
+  readonly serverId: SpiffeId;
+  /** `host:port` of the agent API. */
+  readonly agentApiAddress: string;
+  readonly adminSocketPath: string;
+  readonly datastore: Datastore;
+  readonly ca: CaManager;
+  readonly health?: HttpListener | undefined;
+  readonly metricsListener?: HttpListener | undefined;
+  readonly log: Logger;
+  /** Runs one CA rotation step now (tests use it with a manual clock). */
+  rotateNow(): Promise<void>;
+  /** Stops every service, in reverse start order (the datastore closes last). */
+  stop(): Promise<void>;
+}
+
+/** `server.signing_threads`, or its default: one less than the available cores, at most 4. */
+export function signingThreads(configured: number | undefined, cores = availableParallelism()): number {
+  return configured ?? Math.max(0, Math.min(4, cores - 1));
+}
+
+/** Builds the server's services and starts them; resolves once every one has started. */
+export async function startServer(config: ServerConfig, options: StartServerOptions = {}): Promise<RunningServer> {
+  const clock = options.clock ?? systemClock;
+  const s = config.server;
+  const log = createLogger({ level: s.log_level, format: s.log_format, ...(options.logDestination ? { destination: options.logDestination } : {}) });
+  const metrics = new Metrics();
+  const trustDomain = parseTrustDomain(s.trust_domain);
+  const serverId = serverSpiffeId(trustDomain);
+  const now = (): Date => clock.now();
+  const defaultX509TtlMs = s.default_x509_svid_ttl;
+  const adminSocketPath = path.resolve(s.socket_path);
+
+  if (defaultX509TtlMs > maxUsefulSvidTtlMs(s.ca_ttl)) {
+    log.warn(
+      { default_x509_svid_ttl_ms: defaultX509TtlMs, ca_ttl_ms: s.ca_ttl },
+      "server: default_x509_svid_ttl is longer than ca_ttl/6; SVIDs will be cut short at CA rotation",
+    );
+  }
+
+  // SERVING once every other service has started; NOT_SERVING first thing at stop, or after a failed CA rotation.
+  const grpcHealth: HealthService = createHealthService({ "": "NOT_SERVING", "sigil.agent.v1.AgentAPI": "NOT_SERVING" });
+  const threads = signingThreads(s.signing_threads);
+  // Its threads start with the first batch it signs; the `signing-pool` service closes them.
+  const signingPool = threads > 0 ? new SigningPool(threads) : undefined;
+
+  const datastore = new DatastoreService({ plugin: config.plugins.DataStore, trustDomain, clock });
+  const ca = new CaService({ settings: caSettings(s, trustDomain), plugins: config.plugins, datastore, signingPool, clock, metrics, log: subsystemLogger(log, "ca_manager") });
+  // Only with a Notifier configured: a server without one has no `notifiers` service.
+  const notifiers =
+    Object.keys(config.plugins.Notifier ?? {}).length > 0 ? new NotifierService({ plugins: config.plugins.Notifier, ca, metrics, log: subsystemLogger(log, "notifier") }) : undefined;
+  const entries = new EntryIndexFeed({ datastore, serverId: serverId.toString(), log });
+  const serverSvid = new ServerSvidService({ ca, serverId, ttlMs: defaultX509TtlMs, clock });
+  const agentApi = new AgentApiListener({
+    host: s.bind_address,
+    port: s.bind_port,
+    trustDomain,
+    nodeAttestors: config.plugins.NodeAttestor,
+    datastore,
+    ca,
+    entries,
+    serverSvid,
+    grpcHealth,
+    rateLimits: agentApiRateLimits(s.ratelimit, clock),
+    agentTtlMs: s.agent_ttl ?? defaultX509TtlMs,
+    defaultX509TtlMs,
+    defaultJwtTtlMs: s.default_jwt_svid_ttl,
+    auditEnabled: s.audit_log_enabled,
+    metrics,
+    clock,
+    log: subsystemLogger(log, "agent_api"),
+  });
+  const admin = new AdminListener({
+    socketPath: adminSocketPath,
+    trustDomain,
+    serverId: serverId.toString(),
+    datastore,
+    ca,
+    grpcHealth,
+    defaultX509TtlMs,
+    defaultJwtTtlMs: s.default_jwt_svid_ttl,
+    auditEnabled: s.audit_log_enabled,
+    metrics,
+    now,
+    log: subsystemLogger(log, "admin_api"),
+    issuesAgentId: (id) => agentApi.issuesAgentId(id),
+  });
+  const k8sController = k8sControllerService(config, { trustDomain, serverId: serverId.toString(), datastore, agentApi, now, log });
+  const rotation = new CaRotationJob({ ca, afterRotation: () => serverSvid.refresh(), onFailure: () => grpcHealth.setStatus("", "NOT_SERVING"), log });
+  const prune = new PruneJob({ datastore, clock, retentionMs: s.issuance_log_retention, log });
+  const hc = config.health_checks?.listener_enabled ? config.health_checks : undefined;
+  const health = hc
+    ? new HttpListenerService("health-listener", () =>
+        startHealthServer({ host: hc.bind_address, port: hc.bind_port, livePath: hc.live_path, readyPath: hc.ready_path, readiness: () => services.readiness(), metrics }),
+      )
+    : undefined;
+  const prom = config.telemetry?.prometheus;
+  const metricsListener = prom ? new HttpListenerService("metrics-listener", () => startMetricsServer({ host: prom.host, port: prom.port, metrics })) : undefined;
+
+  const services: ServiceGroup = new ServiceGroup(
+    [
+      datastore,
+      ...(signingPool ? [service("signing-pool", () => undefined, () => signingPool.close())] : []),
+      ca,
+      ...(notifiers ? [notifiers] : []),
+      entries,
+      serverSvid,
+      agentApi,
+      admin,
+      rotation,
+      ...(k8sController ? [k8sController] : []),
+      prune,
+      ...(health ? [health] : []),
+      ...(metricsListener ? [metricsListener] : []),
+      service(
+        "grpc-health",
+        () => {
+          grpcHealth.setStatus("", "SERVING");
+          grpcHealth.setStatus("sigil.agent.v1.AgentAPI", "SERVING");
+        },
+        () => grpcHealth.shutdown(),
+      ),
+    ],
+    log,
+  );
+  // A failing start stops those already started, in reverse, and rejects.
+  await services.start();
+
+  log.info(
+    { trust_domain: trustDomain.name, agent_api: agentApi.address, admin_socket: adminSocketPath, health: health?.listener?.url, metrics: metricsListener?.listener?.url },
+    "server started",
+  );
+  let stopped = false;
+  return {
+    trustDomain,
+    serverId,
+    agentApiAddress: agentApi.address,
+    adminSocketPath,
+    datastore: datastore.datastore,
+    ca: ca.manager,
+    health: health?.listener,
+    metricsListener: metricsListener?.listener,
+    log,
+    rotateNow: () => rotation.rotateNow(),
+    async stop(): Promise<void> {
+      if (stopped) return;
+      stopped = true;
+      await services.stop();
+      log.info({}, "server stopped");
+    },
+  };
+}
+
+/**
+ * The `k8s-controller` service when `k8s_controller.enabled`. Its cluster must
+ * be a `k8s_psat` cluster (the parent of its entries is that attestor's agent
+ * ID); its kubeconfig defaults to that cluster's.
+ *
+ * @throws SigilError `ERR_INVALID_ARGUMENT` naming `k8s_controller.cluster`.
+ */
+function k8sControllerService(
+  config: ServerConfig,
+  d: { trustDomain: TrustDomain; serverId: string; datastore: DatastoreService; agentApi: AgentApiListener; now: () => Date; log: Logger },
+): K8sController | undefined {
+  const c = config.k8s_controller;
+  if (!c?.enabled) return undefined;
+  const psat = (config.plugins.NodeAttestor as Record<string, { clusters?: Record<string, { kube_config_file?: string }> } | undefined> | undefined)?.k8s_psat;
+  const cluster = psat?.clusters?.[c.cluster];
+  if (cluster === undefined) {
+    throw new SigilError(
+      "ERR_INVALID_ARGUMENT",
+      `k8s_controller.cluster: ${JSON.stringify(c.cluster)} is not a cluster of plugins.NodeAttestor.k8s_psat (${Object.keys(psat?.clusters ?? {}).join(", ") || "none configured"}); the controller parents entries to that attestor's agents`,
+    );
+  }
+  // Made on first use: the datastore opens when its service starts.
+  let parents: ReturnType<typeof createParentResolver> | undefined;
+  return new K8sController({
+    settings: {
+      cluster: c.cluster,
+      kubeConfigFile: c.kube_config_file ?? cluster.kube_config_file,
+      className: c.class_name,
+      defaultClusterSpiffeId: c.default_cluster_spiffe_id,
+      resyncIntervalMs: c.resync_interval,
+      ignoreNamespaces: c.ignore_namespaces,
+      entryIdPrefix: c.entry_id_prefix,
+      clusterDomain: c.cluster_domain,
+    },
+    trustDomain: d.trustDomain,
+    serverId: d.serverId,
+    datastore: d.datastore,
+    parents: () => (parents ??= createParentResolver({ datastore: d.datastore.datastore, now: d.now, issuesAgentId: (id) => d.agentApi.issuesAgentId(id) })),
+    log: subsystemLogger(d.log, "k8s_controller"),
+  });
+}
+
+/**
+ * Runs the server until SIGINT/SIGTERM (the `sigil-server run` command), then
+ * stops its services in reverse order. The signal is awaited from before the
+ * start: one that arrives while services start (or just as "server started"
+ * is logged) stops them once the start is done, instead of killing the
+ * process half-way; a second signal still kills it.
+ */
+export async function runServer(config: ServerConfig): Promise<void> {
+  const stopSignal = waitForStopSignal();
+  const server = await startServer(config);
+  const signal = await stopSignal;
+  server.log.info({ signal }, "server: shutting down");
+  await server.stop();
+}
