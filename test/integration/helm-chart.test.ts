@@ -442,7 +442,7 @@ describe.skipIf(helmBin === "")("Helm chart charts/sigil (real helm)", () => {
     expect(agent.agent.trust_bundle_path).toBe(`${bundleMount?.mountPath}/bundle.crt`);
     expect(defaults.the<V1ConfigMap>("ConfigMap", "-bundle").metadata?.name).toBe(bundleVolume?.configMap?.name);
     const bundleRole = defaults.the<V1Role>("Role", "-bundle");
-    expect(bundleRole.rules).toEqual([{ apiGroups: [""], resources: ["configmaps"], resourceNames: [bundleVolume?.configMap?.name], verbs: ["get", "update", "patch"] }]);
+    expect(bundleRole.rules).toEqual([{ apiGroups: [""], resources: ["configmaps"], resourceNames: [bundleVolume?.configMap?.name], verbs: ["get", "update"] }]);
     // The server's k8sbundle notifier writes that ConfigMap and key.
     expect(server.plugins.Notifier).toEqual({ k8sbundle: { namespace: NAMESPACE, config_map: bundleVolume?.configMap?.name, config_map_key: path.basename(agent.agent.trust_bundle_path) } });
 
@@ -501,7 +501,7 @@ describe.skipIf(helmBin === "")("Helm chart charts/sigil (real helm)", () => {
     expect(on).toContainEqual({ apiGroups: ["authentication.k8s.io"], resources: ["tokenreviews"], verbs: ["create"] });
     expect(on).toContainEqual({ apiGroups: [""], resources: ["pods", "nodes", "namespaces"], verbs: ["get", "list", "watch"] });
     expect(on).toContainEqual({ apiGroups: ["sigil.dev"], resources: ["clusterspiffeids"], verbs: ["get", "list", "watch"] });
-    expect(on).toContainEqual({ apiGroups: ["sigil.dev"], resources: ["clusterspiffeids/status"], verbs: ["get", "update", "patch"] });
+    expect(on).toContainEqual({ apiGroups: ["sigil.dev"], resources: ["clusterspiffeids/status"], verbs: ["get", "update"] });
     // The controller runs in the server, for this cluster's pods; the helm test pod's namespace is not ignored.
     const controller = configOf(defaults, "-server", "server.yaml").parsed.k8s_controller;
     expect(controller).toEqual({ enabled: true, cluster: "example-cluster", class_name: "", default_cluster_spiffe_id: true, ignore_namespaces: ["kube-system", "kube-public", "kube-node-lease"], resync_interval: "10s" });
