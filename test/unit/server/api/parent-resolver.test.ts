@@ -1,6 +1,7 @@
 /**
- * The admin API's parent resolver: attested agents, entry SPIFFE IDs and the
- * agent IDs of join tokens this process issued (until they expire).
+ * The admin API's parent resolver: attested agents, entry SPIFFE IDs, the
+ * agent IDs of join tokens this process issued (until they expire), and the
+ * agent IDs a NodeAttestor vouches for in advance.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -53,5 +54,14 @@ describe("DatastoreParentResolver", () => {
     resolver.rememberJoinToken(id, new Date(clock.now().getTime() + 10_000));
     clock.advance(60_000);
     expect(await resolver.parentExists(id)).toBe(true);
+  });
+
+  it("knows an agent ID a NodeAttestor says it gives, before any agent has it", async () => {
+    const psatId = "spiffe://example.org/spire/agent/k8s_psat/prod/node-uid-1";
+    const withHook = createParentResolver({ datastore: ds, now: () => clock.now(), issuesAgentId: (id) => id === psatId });
+    expect(await withHook.parentExists(psatId)).toBe(true);
+    expect(await withHook.parentExists("spiffe://example.org/spire/agent/k8s_psat/prod/node-uid-2")).toBe(false);
+    // Without the hook (no such attestor configured), the same ID is unknown.
+    expect(await resolver.parentExists(psatId)).toBe(false);
   });
 });
