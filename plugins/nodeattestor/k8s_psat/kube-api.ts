@@ -5,24 +5,12 @@
  * unreachable (or answering 5xx) is `ERR_UNAVAILABLE`; the server's own
  * credentials refused (401/403: RBAC) is `ERR_FAILED_PRECONDITION`.
  *
- * The library is imported on first use, not at module load: it takes about a
- * second to load, and every process that loads the plugin catalog (agents,
- * CLIs) would pay for it whether or not a cluster is configured.
+ * The library is imported on first use, not at module load (see
+ * plugins/kube-client.ts, which the `k8sbundle` notifier shares).
  */
 import type { V1Node, V1Pod, V1TokenReviewStatus } from "@kubernetes/client-node";
 import { SigilError } from "../../../spiffe/errors.js";
-
-type K8sModule = typeof import("@kubernetes/client-node");
-
-let k8sModule: Promise<K8sModule> | undefined;
-
-function loadK8s(): Promise<K8sModule> {
-  k8sModule ??= import("@kubernetes/client-node").catch((e: unknown) => {
-    k8sModule = undefined;
-    throw e;
-  });
-  return k8sModule;
-}
+import { boundedCall, connectKube, httpStatusOf, kubeStatusMessage, type K8sModule } from "../../kube-client.js";
 
 /** Where a cluster's API server and the server's credentials for it come from. */
 export interface KubeApiSource {
@@ -65,17 +53,7 @@ export function createKubeApi(source: KubeApiSource): KubeApi {
   let clients: Promise<Clients> | undefined;
 
   const connect = async (): Promise<Clients> => {
-    const k8s = await loadK8s();
-    const kc = new k8s.KubeConfig();
-    const from = source.kubeConfigFile === undefined ? "the in-cluster service account config" : `kubeconfig ${source.kubeConfigFile}`;
-    try {
-      if (source.kubeConfigFile === undefined) kc.loadFromCluster();
-      else kc.loadFromFile(source.kubeConfigFile);
-    } catch (e) {
-      throw new SigilError("ERR_FAILED_PRECONDITION", `${prefix}: cannot load ${from}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
-    }
-    const server = kc.getCurrentCluster()?.server;
-    if (server === undefined || server === "") throw new SigilError("ERR_FAILED_PRECONDITION", `${prefix}: ${from} names no current cluster with a server URL`);
+    const { k8s, config: kc, server } = await connectKube(source.kubeConfigFile, prefix);
     return { k8s, server, auth: kc.makeApiClient(k8s.AuthenticationV1Api), core: kc.makeApiClient(k8s.CoreV1Api) };
   };
   const clientsFor = (): Promise<Clients> => {
@@ -87,23 +65,12 @@ export function createKubeApi(source: KubeApiSource): KubeApi {
   };
 
   // Every call is bounded: an API server that accepts and never answers must not hold attestations forever.
-  const options = (c: Clients) => ({
-    middleware: [
-      {
-        pre: (ctx: InstanceType<K8sModule["RequestContext"]>) => {
-          ctx.setSignal(AbortSignal.timeout(timeoutMs));
-          return new c.k8s.Observable(Promise.resolve(ctx));
-        },
-        post: (res: InstanceType<K8sModule["ResponseContext"]>) => new c.k8s.Observable(Promise.resolve(res)),
-      },
-    ],
-    middlewareMergeStrategy: "append" as const,
-  });
+  const options = (c: Clients) => boundedCall(c.k8s, timeoutMs);
 
   const failure = (c: Clients, what: string, e: unknown): SigilError => {
-    if (e instanceof c.k8s.ApiException) {
-      const code = (e as { code: number }).code;
-      const detail = statusMessage((e as { body: unknown }).body);
+    const code = httpStatusOf(c.k8s, e);
+    if (code !== undefined) {
+      const detail = kubeStatusMessage(e);
       if (code === 401 || code === 403) {
         return new SigilError(
           "ERR_FAILED_PRECONDITION",
@@ -117,7 +84,7 @@ export function createKubeApi(source: KubeApiSource): KubeApi {
     return new SigilError("ERR_UNAVAILABLE", `${prefix}: the Kubernetes API at ${c.server} cannot be reached for ${what}: ${message}`, { cause: e });
   };
 
-  const isNotFound = (c: Clients, e: unknown): boolean => e instanceof c.k8s.ApiException && (e as { code: number }).code === 404;
+  const isNotFound = (c: Clients, e: unknown): boolean => httpStatusOf(c.k8s, e) === 404;
 
   return {
     async reviewToken(token, audiences) {
@@ -151,18 +118,4 @@ export function createKubeApi(source: KubeApiSource): KubeApi {
       }
     },
   };
-}
-
-/** `: <message>` of a Kubernetes Status body, or "" when there is none. */
-function statusMessage(body: unknown): string {
-  let doc = body;
-  if (typeof body === "string" || Buffer.isBuffer(body)) {
-    try {
-      doc = JSON.parse(body.toString());
-    } catch {
-      return "";
-    }
-  }
-  const message = (doc as { message?: unknown } | null)?.message;
-  return typeof message === "string" && message !== "" ? `: ${message.slice(0, 200)}` : "";
 }
