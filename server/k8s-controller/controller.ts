@@ -14,8 +14,9 @@
  * Ownership: an entry is the controller's exactly when its ID starts with
  * `entry_id_prefix`. IDs are the prefix and a digest of (rule, pod UID), so a
  * restarted controller finds its entries again instead of duplicating them,
- * and an entry made any other way (generated IDs are UUIDs) is never read,
- * changed or deleted. Nothing is deleted before all four resources have been
+ * and an entry made any other way is never read, changed or deleted
+ * (generated IDs are base64url, which has no ".", and the default prefix
+ * `k8s.<cluster>.` has one; an operator must not choose such IDs by hand). Nothing is deleted before all four resources have been
  * listed once, so a controller that starts without the API deletes nothing.
  */
 import { create } from "@bufbuild/protobuf";
