@@ -204,6 +204,9 @@ export class K8sController implements Service {
     for (const obj of w.clusterSpiffeIds()) {
       if ((obj.spec?.className ?? "") !== s.className) continue;
       const name = obj.metadata?.name ?? "";
+      if (obj.spec?.autoPopulateDNSNames === true) {
+        this.#logOnce(`${name}\nautoPopulateDNSNames`, { cluster_spiffe_id: name }, "k8s controller: autoPopulateDNSNames is not supported (Services are not watched); list the names in dnsNameTemplates");
+      }
       try {
         rules.push({ name, obj, rule: compileRule(name, obj.spec) });
       } catch (e) {
