@@ -82,6 +82,18 @@ export function encodeMessage<D extends DescMessage>(schema: D, message: Message
   return bytes;
 }
 
+/**
+ * Records `bytes` as the wire form {@link encodeMessage} returns for
+ * `message`: for a message made of one already encoded plus a few fields,
+ * whose bytes are the encoded one's followed by those fields' (protobuf
+ * allows fields in any order, and a later scalar replaces an earlier one).
+ * An SDS stream stamps the response many streams share with its own version
+ * and nonce this way, without re-encoding the secrets.
+ */
+export function presetEncoding(message: object, bytes: Buffer): void {
+  encoded.set(message, bytes);
+}
+
 function serializer<D extends DescMessage>(schema: D): (value: MessageShape<D>) => Buffer {
   return (value) => {
     const bytes = toBinary(schema, value);

@@ -52,11 +52,13 @@ import { XdsStreamState } from "./xds-stream.js";
 
 /**
  * Largest request the endpoint reads while SDS is served. An Envoy's
- * DiscoveryRequest carries its `node`, which lists every extension compiled
- * into that Envoy (several hundred, tens of KiB) and Istio's metadata; the
- * Workload API's 64 KiB would refuse some of them.
+ * DiscoveryRequest carries its `node` (on every request unless Envoy is told
+ * otherwise), which lists every extension compiled into that Envoy (several
+ * hundred, some 50 KiB) beside Istio's metadata; the Workload API's 64 KiB
+ * would refuse some of them. It doubles what one uid's open calls can make
+ * the agent hold (`agent.max_workload_calls_per_uid` × this).
  */
-export const SDS_MAX_REQUEST_BYTES = 256 * 1024;
+export const SDS_MAX_REQUEST_BYTES = 128 * 1024;
 
 /** The protobuf-es method map of `SecretDiscoveryService`. */
 export type SdsMethods = typeof SecretDiscoveryService extends GenService<infer S> ? S : never;

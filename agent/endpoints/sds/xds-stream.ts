@@ -7,7 +7,7 @@
  *   of the SHA-256 of the encoded resources. The same secrets carry the same
  *   version on every stream and after a reconnect, and different ones never
  *   share a version.
- * - `nonce` is fresh on every response; a request is read only if it carries
+ * - `nonce` is fresh on every response (unique in the agent process); a request is read only if it carries
  *   the nonce of the last response sent (or, before any was sent, none).
  *   Older ones are stale (the client had not seen the latest response yet)
  *   and ignored, as the protocol says.
@@ -21,11 +21,11 @@
  * - A request without `node` keeps the node seen before (Envoy may send it on
  *   the first request only).
  */
-import { createHash, randomBytes } from "node:crypto";
-import { create } from "@bufbuild/protobuf";
+import { createHash } from "node:crypto";
+import { create, toBinary } from "@bufbuild/protobuf";
 import type { Node } from "../../../proto/gen/envoy/config/core/v3/base_pb.js";
 import { DiscoveryResponseSchema, type DiscoveryRequest, type DiscoveryResponse } from "../../../proto/gen/envoy/service/discovery/v3/discovery_pb.js";
-import { encodeMessage } from "../../../spiffe/grpc/service.js";
+import { encodeMessage, presetEncoding } from "../../../spiffe/grpc/service.js";
 
 /** What a request means for the stream. */
 export type RequestVerdict =
@@ -40,8 +40,20 @@ export type RequestVerdict =
 
 /** Options of {@link XdsStreamState}. */
 export interface XdsStreamOptions {
-  /** A fresh nonce per response; default 8 random bytes as hex. */
+  /** A fresh nonce per response; default {@link nextNonce}. */
   readonly nonce?: () => string;
+}
+
+let lastNonce = 0;
+
+/**
+ * Nonces unique in the agent process: a counter, in hex. A nonce only pairs a
+ * request with a response on one stream; it needs no secrecy (the stream's
+ * caller was attested), and a counter costs nothing per push.
+ */
+export function nextNonce(): string {
+  lastNonce += 1;
+  return lastNonce.toString(16);
 }
 
 /** The version naming a response content: see the module comment. Memoised per content object. */
@@ -69,7 +81,7 @@ export class XdsStreamState {
   #applied = "";
 
   constructor(options: XdsStreamOptions = {}) {
-    this.#nonce = options.nonce ?? (() => randomBytes(8).toString("hex"));
+    this.#nonce = options.nonce ?? nextNonce;
   }
 
   /** The names subscribed to (deduplicated, in first-request order), or undefined before the first request. */
@@ -114,13 +126,21 @@ export class XdsStreamState {
     return { kind: "ack", version: req.versionInfo, namesChanged };
   }
 
-  /** The response to send for `content`, with its version and a fresh nonce; remembered as the last sent. */
+  /**
+   * The response to send for `content`, with its version and a fresh nonce;
+   * remembered as the last sent. `content` (shared by every stream with the
+   * same answer) is encoded once; each stream's response is those bytes plus
+   * its own version and nonce.
+   */
   stamp(content: DiscoveryResponse): DiscoveryResponse {
     const versionInfo = contentVersion(content);
     const nonce = this.#nonce();
     this.#sentNonce = nonce;
     this.#sentVersion = versionInfo;
-    return create(DiscoveryResponseSchema, { ...content, versionInfo, nonce });
+    const stamped = create(DiscoveryResponseSchema, { typeUrl: content.typeUrl, resources: content.resources, canary: content.canary, versionInfo, nonce });
+    const tail = toBinary(DiscoveryResponseSchema, create(DiscoveryResponseSchema, { versionInfo, nonce }));
+    presetEncoding(stamped, Buffer.concat([encodeMessage(DiscoveryResponseSchema, content), tail]));
+    return stamped;
   }
 }
 

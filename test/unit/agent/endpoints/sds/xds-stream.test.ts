@@ -2,10 +2,11 @@
  * Version and nonce bookkeeping of one SDS stream (`XdsStreamState`): what a
  * request means (initial, ACK, NACK, stale) and what a response carries.
  */
-import { create } from "@bufbuild/protobuf";
+import { create, fromBinary } from "@bufbuild/protobuf";
 import { anyPack } from "@bufbuild/protobuf/wkt";
 import { describe, expect, it } from "vitest";
 import { contentVersion, XdsStreamState } from "../../../../../agent/endpoints/sds/xds-stream.js";
+import { encodeMessage } from "../../../../../spiffe/grpc/service.js";
 import { SecretSchema } from "../../../../../proto/gen/envoy/extensions/transport_sockets/tls/v3/secret_pb.js";
 import { DiscoveryRequestSchema, DiscoveryResponseSchema, type DiscoveryResponse } from "../../../../../proto/gen/envoy/service/discovery/v3/discovery_pb.js";
 
@@ -53,6 +54,10 @@ describe("SDS stream bookkeeping", () => {
     expect(r1.typeUrl).toBe(TYPE);
     expect(stream().stamp(content("default")).versionInfo).toBe(r1.versionInfo);
     expect(contentVersion(content("ROOTCA"))).not.toBe(r1.versionInfo);
+    // On the wire: the shared content's bytes plus this stream's version and nonce, decoding to the stamped response.
+    const wire = fromBinary(DiscoveryResponseSchema, new Uint8Array(encodeMessage(DiscoveryResponseSchema, r2)));
+    expect(wire).toEqual(r2);
+    expect(wire.nonce).toBe("n2");
     // Stamping never changes the shared content.
     expect(c.versionInfo).toBe("");
     expect(c.nonce).toBe("");
