@@ -165,7 +165,7 @@ describe.skipIf(!haveOpenssl)("k8s_psat node attestation with real server and ag
       ["a token the TokenReview rejects", () => psat(opaqueToken()), status.PERMISSION_DENIED, /did not authenticate the token: \[invalid bearer token/],
       ["a token for another audience", () => psat(api.projectedToken(AGENT_POD, { audiences: ["vault"] })), status.PERMISSION_DENIED, /token audiences \["vault"\] is invalid for the target audiences \["sigil-server"\]/],
       ["an unlisted service account", () => psat(api.projectedToken(debugPod)), status.PERMISSION_DENIED, /service account sigil:default is not in cluster "prod"'s service_account_allow_list/],
-      ["an unknown cluster", () => psat(api.projectedToken(AGENT_POD), "staging"), status.PERMISSION_DENIED, /cluster "staging" is not configured on this server \(configured: prod, offline\)/],
+      ["an unknown cluster", () => psat(api.projectedToken(AGENT_POD), "staging"), status.PERMISSION_DENIED, /cluster "staging" is not configured on this server$/],
       [
         "a token whose pod was deleted",
         () => {

@@ -43,6 +43,8 @@ export interface FakePod {
   readonly nodeName: string;
   readonly hostIP?: string;
   readonly labels?: Readonly<Record<string, string>>;
+  /** `status.phase`; default Running when scheduled with a host IP, else Pending. */
+  readonly phase?: "Pending" | "Running" | "Succeeded" | "Failed" | "Unknown";
 }
 
 /** A node as the fake stores it. */
@@ -146,8 +148,8 @@ function podJson(p: FakePod): Record<string, unknown> {
       ...(p.nodeName ? { nodeName: p.nodeName } : {}),
     },
     status: p.hostIP
-      ? { phase: "Running", hostIP: p.hostIP, hostIPs: [{ ip: p.hostIP }], podIP: "10.244.0.7", podIPs: [{ ip: "10.244.0.7" }] }
-      : { phase: "Pending" },
+      ? { phase: p.phase ?? "Running", hostIP: p.hostIP, hostIPs: [{ ip: p.hostIP }], podIP: "10.244.0.7", podIPs: [{ ip: "10.244.0.7" }] }
+      : { phase: p.phase ?? "Pending" },
   };
 }
 

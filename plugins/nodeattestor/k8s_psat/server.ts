@@ -135,7 +135,6 @@ export function createK8sPsatServerAttestor(config: K8sPsatServerConfig, deps: K
     const api = (deps.kubeApi ?? createKubeApi)({ cluster: name, kubeConfigFile: c.kube_config_file });
     clusters.set(name, { name, config: c, allowed: new Set(c.service_account_allow_list), api });
   }
-  const known = [...clusters.keys()].join(", ");
   const agentPathPrefix = `/spire/agent/${K8S_PSAT_ATTESTOR}/`;
 
   return {
@@ -143,7 +142,8 @@ export function createK8sPsatServerAttestor(config: K8sPsatServerConfig, deps: K
     async attest(payload: Uint8Array): Promise<NodeAttestationResult> {
       const { cluster: clusterName, token } = parseK8sPsatPayload(payload);
       const cluster = clusters.get(clusterName);
-      if (cluster === undefined) throw denied(`cluster ${JSON.stringify(clusterName)} is not configured on this server (configured: ${known})`);
+      // The configured names are not told to a caller that has not proved anything yet.
+      if (cluster === undefined) throw denied(`cluster ${JSON.stringify(clusterName)} is not configured on this server`);
       return attestInCluster(cluster, token, deps.trustDomain);
     },
     // spiffe://<td>/spire/agent/k8s_psat/<configured cluster>/<one segment>: the ID attestInCluster gives a node of that cluster.
@@ -183,7 +183,8 @@ async function attestInCluster(cluster: Cluster, token: string, td: TrustDomain)
   const [namespace, saName, rest] = username.slice(SERVICE_ACCOUNT_USER_PREFIX.length).split(":");
   if (!namespace || !saName || rest !== undefined) throw denied(`the TokenReview of ${where} names a malformed service account user ${JSON.stringify(username)}`);
   if (!cluster.allowed.has(`${namespace}:${saName}`)) {
-    throw denied(`service account ${namespace}:${saName} is not in ${where}'s service_account_allow_list (${[...cluster.allowed].join(", ")})`);
+    // Not the list itself: it names the service accounts whose tokens are worth stealing.
+    throw denied(`service account ${namespace}:${saName} is not in ${where}'s service_account_allow_list`);
   }
 
   // 3. The pod the token is bound to, and its node, as the API server has them now.
@@ -198,6 +199,9 @@ async function attestInCluster(cluster: Cluster, token: string, td: TrustDomain)
   if (pod.metadata?.uid !== podUid) {
     throw denied(`pod ${namespace}/${podName} in ${where} has UID ${pod.metadata?.uid ?? "(none)"}, but the token is bound to UID ${podUid}: the pod was replaced`);
   }
+  // A pod that has finished (evicted, completed) may still hold a token the API server accepts: it is no agent.
+  const phase = pod.status?.phase;
+  if (phase === "Succeeded" || phase === "Failed") throw denied(`pod ${namespace}/${podName} in ${where} has terminated (phase ${phase})`);
   const podSa = pod.spec?.serviceAccountName ?? "default";
   if (podSa !== saName) throw denied(`pod ${namespace}/${podName} in ${where} runs as service account ${podSa}, not ${saName}`);
   const nodeName = pod.spec?.nodeName;

@@ -166,9 +166,9 @@ describe.skipIf(!haveOpenssl)("k8s_psat server half against the Kubernetes API",
           return payload(api.projectedToken(pod));
         },
         "ERR_PERMISSION_DENIED",
-        /^k8s_psat: service account sigil:default is not in cluster "prod"'s service_account_allow_list \(sigil:sigil-agent\)$/,
+        /^k8s_psat: service account sigil:default is not in cluster "prod"'s service_account_allow_list$/,
       ],
-      ["an unknown cluster", () => payload(api.projectedToken(POD), "staging"), "ERR_PERMISSION_DENIED", /^k8s_psat: cluster "staging" is not configured on this server \(configured: prod\)$/],
+      ["an unknown cluster", () => payload(api.projectedToken(POD), "staging"), "ERR_PERMISSION_DENIED", /^k8s_psat: cluster "staging" is not configured on this server$/],
       [
         "a user that is not a service account",
         () => payload(api.addToken({ username: "alice", audiences: ["sigil-server"] })),
@@ -190,6 +190,15 @@ describe.skipIf(!haveOpenssl)("k8s_psat server half against the Kubernetes API",
         },
         "ERR_PERMISSION_DENIED",
         /did not authenticate the token: \[invalid bearer token, pods "sigil-agent-x7k2p" not found\]/,
+      ],
+      [
+        "a token whose pod has terminated (evicted: phase Failed)",
+        () => {
+          api.putPod({ ...POD, phase: "Failed" });
+          return payload(api.projectedToken(POD));
+        },
+        "ERR_PERMISSION_DENIED",
+        /^k8s_psat: pod sigil\/sigil-agent-x7k2p in cluster "prod" has terminated \(phase Failed\)$/,
       ],
       [
         "a token whose pod was deleted after a cached review (GET pod: 404)",
