@@ -1,0 +1,112 @@
+/**
+ * The SDS handler on a real endpoint socket over a fake cache: what a stream
+ * sends (and does not) as requests and the cache change.
+ */
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { Metadata, status, type Client, type ServiceError } from "@grpc/grpc-js";
+import { afterEach, describe, expect, it } from "vitest";
+import { createSdsHandler } from "../../../../../agent/endpoints/sds/handler.js";
+import { createPeerTracker, startWorkloadEndpoint, type WorkloadEndpoint } from "../../../../../agent/endpoints/server.js";
+import { createLogger } from "../../../../../common/log.js";
+import { Metrics } from "../../../../../common/metrics.js";
+import { parseSelector } from "../../../../../common/selector.js";
+import { DiscoveryRequestSchema, type DiscoveryResponse } from "../../../../../proto/gen/envoy/service/discovery/v3/discovery_pb.js";
+import { FakeWorkloadCache, fixedCaller } from "../../../../fakes/fake-workload-cache.js";
+import { fetchSecrets, SDS_PATHS, sdsChannel, secretsOf, streamSecrets } from "../../../../support/sds-client.js";
+
+const WEB = "spiffe://example.org/web";
+const cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+async function start(): Promise<{ cache: FakeWorkloadCache; client: Client; logs: Record<string, unknown>[]; endpoint: WorkloadEndpoint }> {
+  const cache = new FakeWorkloadCache();
+  cache.addIdentity({ spiffeId: WEB, selectors: ["unix:uid:1"] });
+  const logs: Record<string, unknown>[] = [];
+  const log = createLogger({ level: "debug", destination: { write: (l: string) => void logs.push(JSON.parse(l) as Record<string, unknown>) } });
+  const metrics = new Metrics({ defaultMetrics: false });
+  const sds = createSdsHandler({ cache, attest: async () => fixedCaller([parseSelector("unix:uid:1")]), trustDomain: cache.own.trustDomain, log, metrics });
+  const dir = await mkdtemp(path.join(tmpdir(), "sigil-sds-"));
+  const endpoint = await startWorkloadEndpoint({ socketPath: path.join(dir, "api.sock"), services: [sds], peers: createPeerTracker(), metrics, log });
+  const client = sdsChannel(endpoint.socketPath);
+  cleanups.push(async () => {
+    client.close();
+    await endpoint.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  return { cache, client, logs, endpoint };
+}
+
+const names = (r: DiscoveryResponse): string[] => secretsOf(r).map((s) => s.name);
+
+describe("SDS handler", () => {
+  it("pushes when the caller's secrets change, and only then", async () => {
+    const { cache, client } = await start();
+    const s = streamSecrets(client, ["default"]);
+    const r1 = await s.next();
+    s.ack(r1);
+    // Another workload's identity and a bare notification change nothing of this caller's.
+    cache.addIdentity({ spiffeId: "spiffe://example.org/other", selectors: ["unix:uid:2"] });
+    cache.notify();
+    expect(await s.quiet(300)).toBeUndefined();
+    const entryId = cache.identitiesFor([parseSelector("unix:uid:1")])[0]!.entry.id;
+    cache.rotate(entryId);
+    const r2 = await s.next();
+    expect(r2.versionInfo).not.toBe(r1.versionInfo);
+    expect(r2.nonce).not.toBe(r1.nonce);
+    s.close();
+  });
+
+  it("ignores a request with an older nonce, answers the same request with the current one", async () => {
+    const { cache, client } = await start();
+    const s = streamSecrets(client, ["default"]);
+    const r1 = await s.next();
+    cache.rotate(cache.identitiesFor([parseSelector("unix:uid:1")])[0]!.entry.id);
+    const r2 = await s.next();
+    // Stale: asks for ROOTCA too, but with r1's nonce.
+    s.send({ resourceNames: ["default", "ROOTCA"], versionInfo: r1.versionInfo, responseNonce: r1.nonce });
+    expect(await s.quiet(300)).toBeUndefined();
+    s.send({ resourceNames: ["default", "ROOTCA"], versionInfo: r2.versionInfo, responseNonce: r2.nonce });
+    expect(names(await s.next())).toEqual(["default", "ROOTCA"]);
+    s.close();
+  });
+
+  it("a stream whose caller loses its last identity ends PermissionDenied; the client ending its side ends the stream cleanly", async () => {
+    const { cache, client } = await start();
+    const s = streamSecrets(client, ["ROOTCA"]);
+    await s.next();
+    cache.removeIdentity(cache.identitiesFor([parseSelector("unix:uid:1")])[0]!.entry.id);
+    expect(await s.ended).toMatchObject({ code: status.PERMISSION_DENIED, details: "no identity issued" });
+
+    cache.addIdentity({ spiffeId: WEB, selectors: ["unix:uid:1"] });
+    const ended = await new Promise<ServiceError | "end">((resolve) => {
+      const call = client.makeBidiStreamRequest(SDS_PATHS.stream, (m: Buffer) => m, (b: Buffer) => b, new Metadata());
+      call.on("data", () => call.end());
+      call.on("error", resolve);
+      call.on("end", () => resolve("end"));
+      call.write(toWire(["default"]));
+    });
+    expect(ended).toBe("end");
+  });
+
+  it("refuses a request for another resource type", async () => {
+    const { client } = await start();
+    const err = await new Promise<ServiceError>((resolve, reject) => {
+      client.makeUnaryRequest(SDS_PATHS.fetch, (b: Buffer) => b, (b: Buffer) => b, toWire([], "type.googleapis.com/envoy.config.cluster.v3.Cluster"), new Metadata(), (e) =>
+        e ? resolve(e) : reject(new Error("served")),
+      );
+    });
+    expect(err.code).toBe(status.INVALID_ARGUMENT);
+    // FetchSecrets with an empty type_url is fine.
+    expect(names(await fetchSecrets(client, ["ROOTCA"]))).toEqual(["ROOTCA"]);
+  });
+});
+
+/** A DiscoveryRequest on the wire. */
+function toWire(resourceNames: string[], typeUrl = ""): Buffer {
+  return Buffer.from(toBinary(DiscoveryRequestSchema, create(DiscoveryRequestSchema, { resourceNames, typeUrl })));
+}
