@@ -117,12 +117,22 @@ export function createPlugins<D extends PluginDescriptor<PluginType, never, unkn
   deps: DepsOf<D, S>,
 ): Array<InstanceOf<D, S>> {
   const out: Array<InstanceOf<D, S>> = [];
-  for (const [name, config] of Object.entries(section ?? {})) {
-    if (config === undefined) continue;
-    const half = descriptors.find((d) => d.name === name)?.[side] as { create(config: unknown, deps: DepsOf<D, S>): InstanceOf<D, S> } | undefined;
-    // The config schema already refused unknown names; this guards a caller passing the wrong list.
-    if (half === undefined) throw new Error(`plugin catalog: no ${side} plugin named ${JSON.stringify(name)} in the list given`);
-    out.push(half.create(config, deps));
+  try {
+    for (const [name, config] of Object.entries(section ?? {})) {
+      if (config === undefined) continue;
+      const half = descriptors.find((d) => d.name === name)?.[side] as { create(config: unknown, deps: DepsOf<D, S>): InstanceOf<D, S> } | undefined;
+      // The config schema already refused unknown names; this guards a caller passing the wrong list.
+      if (half === undefined) throw new Error(`plugin catalog: no ${side} plugin named ${JSON.stringify(name)} in the list given`);
+      out.push(half.create(config, deps));
+    }
+  } catch (e) {
+    // The caller never receives the ones made before the failure, so they are closed here
+    // (in reverse order); the error that matters is the one thrown.
+    for (const made of out.reverse()) {
+      const close = (made as { close?: () => unknown } | undefined)?.close;
+      if (typeof close === "function") void Promise.resolve().then(() => close.call(made)).catch(() => undefined);
+    }
+    throw e;
   }
   return out;
 }

@@ -101,4 +101,24 @@ describe("plugin catalog", () => {
     expect(selectors).toContain("fixed:v");
     expect(selectors).toContain(`unix:uid:${uid}`);
   });
+
+  it("a plugin whose create throws: the ones created before it in the same section are closed, and the error is the caller's", async () => {
+    const closed: string[] = [];
+    const make = (name: string, fail: boolean): PluginDescriptor<"WorkloadAttestor", never, never, WorkloadAttestorDeps, WorkloadAttestor> => ({
+      type: "WorkloadAttestor",
+      name,
+      agent: pluginHalf({
+        description: "Test attestor.",
+        configSchema: z.strictObject({}),
+        create: () => {
+          if (fail) throw new Error(`${name}: cannot start`);
+          return { name, attest: async () => [], close: () => void closed.push(name) };
+        },
+      }),
+    });
+    const list = [make("a", false), make("b", false), make("c", true)];
+    expect(() => createPlugins("agent", list, { a: {}, b: {}, c: {} }, { log })).toThrow("c: cannot start");
+    await new Promise((r) => setImmediate(r));
+    expect(closed).toEqual(["b", "a"]);
+  });
 });
