@@ -17,7 +17,10 @@
  * and an entry made any other way is never read, changed or deleted
  * (generated IDs are base64url, which has no ".", and the default prefix
  * `k8s.<cluster>.` has one; an operator must not choose such IDs by hand). Nothing is deleted before all four resources have been
- * listed once, so a controller that starts without the API deletes nothing.
+ * listed once, so a controller that starts without the API deletes nothing,
+ * and the entries of a resource that became invalid (a template outside the
+ * subset, a malformed selector) are kept as they are until it is fixed or
+ * deleted; it creates none.
  */
 import { create } from "@bufbuild/protobuf";
 import type { Logger } from "../../common/log.js";
@@ -30,6 +33,7 @@ import { validateWireEntry, type ParentResolver } from "../registration/entry-va
 import {
   compileRule,
   defaultRule,
+  entryIdFor,
   podIsLive,
   renderPodEntry,
   type ClusterSpiffeIdObject,
@@ -219,6 +223,8 @@ export class K8sController implements Service {
     const namespaces = w.namespaces().filter((n) => !ignored.has(n.metadata?.name ?? ""));
     const stats = new Map<string, MutableStats>();
     const desired = new Map<string, { entry: RenderedEntry; rule: string }>();
+    // Entries of an invalid resource stay as they are (an edit with a typo must not take identities away).
+    const kept = new Map<string, string>();
     for (const r of rules) {
       const st = zeroStats();
       stats.set(r.name, st);
@@ -230,6 +236,7 @@ export class K8sController implements Service {
           nsMatch = compileLabelSelector(r.obj?.spec?.namespaceSelector, "spec.namespaceSelector");
           podMatch = compileLabelSelector(r.obj?.spec?.podSelector, "spec.podSelector");
         } catch {
+          for (const pod of pods) kept.set(entryIdFor(this.#ctx.entryIdPrefix, r.name, pod.metadata?.uid ?? ""), r.name);
           continue;
         }
       }
@@ -243,6 +250,7 @@ export class K8sController implements Service {
         st.podsSelected++;
         if (r.rule === undefined) {
           st.entryRenderFailures++;
+          kept.set(entryIdFor(this.#ctx.entryIdPrefix, r.name, pod.metadata?.uid ?? ""), r.name);
           continue;
         }
         try {
@@ -326,8 +334,12 @@ export class K8sController implements Service {
         } else failed(b.rule, res.error, "create", b.input.id ?? "");
       });
     }
+    for (const [id, rule] of kept) {
+      const st = stats.get(rule);
+      if (st && owned.has(id)) st.entriesCreated++;
+    }
     for (const id of owned.keys()) {
-      if (desired.has(id)) continue;
+      if (desired.has(id) || kept.has(id)) continue;
       try {
         await ds.deleteEntry(id);
         deleted++;

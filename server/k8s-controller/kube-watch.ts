@@ -120,6 +120,8 @@ export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch>
   const crPath = `/apis/${CLUSTER_SPIFFE_ID_GROUP}/${CLUSTER_SPIFFE_ID_VERSION}/${CLUSTER_SPIFFE_ID_PLURAL}`;
 
   const timers = new Set<NodeJS.Timeout>();
+  // Without the CRD (a 404 on its list), the controller still runs the default rule; the list is tried again with backoff.
+  let crdMissing = false;
   const informers: Array<{ informer: InstanceType<K8sModule["ListWatch"]>; synced: boolean }> = [];
   function follow<T extends KubernetesObject>(what: string, path: string, list: () => Promise<{ items: T[]; metadata?: { resourceVersion?: string } }>): InstanceType<K8sModule["ListWatch"]> {
     const state = { informer: undefined as unknown as InstanceType<K8sModule["ListWatch"]>, synced: false };
@@ -141,7 +143,8 @@ export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch>
     for (const verb of ["add", "update", "delete"] as const) informer.on(verb, () => opts.onChange());
     informer.on("error", (err: unknown) => {
       if (stopped) return;
-      opts.log.warn({ err, resource: what, retry_ms: backoff }, `k8s controller: watching ${what} failed; starting again`);
+      if (what === "clusterspiffeids" && crdMissing) opts.log.debug({ resource: what, retry_ms: backoff }, "k8s controller: the ClusterSPIFFEID CRD is still not installed");
+      else opts.log.warn({ err, resource: what, retry_ms: backoff }, `k8s controller: watching ${what} failed; starting again`);
       const t = setTimeout(() => {
         timers.delete(t);
         if (!stopped) void informer.start();
@@ -156,9 +159,18 @@ export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch>
   const pods = follow<V1Pod>("pods", "/api/v1/pods", () => core.listPodForAllNamespaces({}, options));
   const namespaces = follow<V1Namespace>("namespaces", "/api/v1/namespaces", () => core.listNamespace({}, options));
   const nodes = follow<V1Node>("nodes", "/api/v1/nodes", () => core.listNode({}, options));
-  const crs = follow<KubernetesObject>("clusterspiffeids", crPath, () =>
-    custom.listClusterCustomObject({ group: CLUSTER_SPIFFE_ID_GROUP, version: CLUSTER_SPIFFE_ID_VERSION, plural: CLUSTER_SPIFFE_ID_PLURAL }, options) as Promise<{ items: KubernetesObject[] }>,
-  );
+  const crs = follow<KubernetesObject>("clusterspiffeids", crPath, async () => {
+    try {
+      const list = (await custom.listClusterCustomObject({ group: CLUSTER_SPIFFE_ID_GROUP, version: CLUSTER_SPIFFE_ID_VERSION, plural: CLUSTER_SPIFFE_ID_PLURAL }, options)) as { items: KubernetesObject[] };
+      crdMissing = false;
+      return list;
+    } catch (e) {
+      if (!(e instanceof k8s.ApiException) || (e as { code: number }).code !== 404) throw e;
+      if (!crdMissing) opts.log.warn({}, `k8s controller: ${crPath} is not served (the ClusterSPIFFEID CRD is not installed); only the default rule applies until it is`);
+      crdMissing = true;
+      return { items: [] };
+    }
+  });
   for (const { informer } of informers) void informer.start();
 
   return {

@@ -206,7 +206,7 @@ k8s_controller:
     expect(owned(list)).toHaveLength(3);
   }, 60_000);
 
-  it("a template that renders an invalid SPIFFE ID, or uses syntax outside the subset, is counted in status and creates nothing", async () => {
+  it("a template that renders an invalid SPIFFE ID, or uses syntax outside the subset, is counted in status and creates nothing; an invalid edit removes nothing", async () => {
     const before = owned(await entries()).map((e) => e.id).sort();
     // "missing" is no label of the pods: the ID ends with "/", which no SPIFFE ID may.
     api.putClusterSpiffeId({ metadata: { name: "broken-render" }, spec: { spiffeIDTemplate: 'spiffe://{{ .TrustDomain }}/x/{{ index .PodMeta.Labels "missing" }}', podSelector: { matchLabels: { app: "web" } } } });
@@ -217,6 +217,21 @@ k8s_controller:
     expect(owned(await entries()).map((e) => e.id).sort()).toEqual(before);
     api.deleteClusterSpiffeId("broken-render");
     api.deleteClusterSpiffeId("broken-syntax");
+
+    // A working resource edited into an invalid one keeps its entries as they were until it is fixed.
+    const kept = (await entries()).find((e) => e.spiffeId === `spiffe://${TD}/team/pay/billing`) as Entry;
+    const validSpec = {
+      spiffeIDTemplate: 'spiffe://{{ .TrustDomain }}/team/pay/{{ index .PodMeta.Labels "app" }}',
+      namespaceSelector: { matchLabels: { team: "pay" } },
+      podSelector: { matchExpressions: [{ key: "app", operator: "Exists" }] },
+    };
+    api.putClusterSpiffeId({ metadata: { name: "payments-apps" }, spec: { ...validSpec, spiffeIDTemplate: "spiffe://{{ .TrustDomain }}/team/{{ .PodMeta.Labels }}" } });
+    expect(await untilStatus("payments-apps", (s) => s.entryRenderFailures === 1)).toEqual({ namespacesSelected: 1, podsSelected: 1, entriesCreated: 1, entryRenderFailures: 1, entryFailures: 0 });
+    const still = (await entries()).find((e) => e.id === kept.id);
+    expect([still?.spiffeId, still?.revision]).toEqual([kept.spiffeId, kept.revision]);
+    api.putClusterSpiffeId({ metadata: { name: "payments-apps" }, spec: validSpec });
+    await untilStatus("payments-apps", (s) => s.entryRenderFailures === 0);
+    expect(owned(await entries()).map((e) => e.id).sort()).toEqual(before);
   }, 60_000);
 
   it("a deleted pod's entries are removed; the operator's entry is never touched", async () => {

@@ -573,12 +573,14 @@ export interface FakeKubeWatchables {
   clusterSpiffeId(name: string): Record<string, unknown> | undefined;
   /** Sends a BOOKMARK with the current resourceVersion on every open watch. */
   bookmark(): void;
-  /** Forgets watch history: a watch from an older resourceVersion gets 410 Gone. */
+  /** Forgets watch history: a watch from any resourceVersion seen so far gets 410 Gone (a new list does not). */
   compactWatchHistory(): void;
   /** Ends every open watch stream (clients resume from their last resourceVersion). */
   dropWatches(): void;
   /** Number of open watch streams. */
   openWatches(): number;
+  /** Installs (default) or removes the ClusterSPIFFEID CRD: without it, its paths answer 404 NotFound. */
+  setCrdInstalled(installed: boolean): void;
 }
 
 type WatchKind = "pods" | "namespaces" | "nodes" | "clusterspiffeids";
@@ -598,6 +600,7 @@ function namespaceJson(n: FakeNamespace): WatchObject {
 function createWatchables(pods: Map<string, FakePod>, nodes: Map<string, FakeNode>) {
   let rv = 100;
   let compactedBelow = 0;
+  let crdInstalled = true;
   const store: Record<WatchKind, Map<string, WatchObject>> = { pods: new Map(), namespaces: new Map(), nodes: new Map(), clusterspiffeids: new Map() };
   const history: Array<{ kind: WatchKind; rv: number; type: string; object: WatchObject }> = [];
   const streams = new Set<{ kind: WatchKind; res: ServerResponse }>();
@@ -659,6 +662,7 @@ function createWatchables(pods: Map<string, FakePod>, nodes: Map<string, FakeNod
     const route = routes.find(([re]) => re.test(url.pathname));
     if (route === undefined || req.method !== "GET") return false;
     const kind = route[1];
+    if (kind === "clusterspiffeids" && !crdInstalled) return send(res, 404, status(404, "NotFound", "the server could not find the requested resource")), true;
     const watch = ["true", "1"].includes(url.searchParams.get("watch") ?? "");
     const from = url.searchParams.get("resourceVersion") ?? "";
     listWatchRequests.push({ path: url.pathname, watch, resourceVersion: from });
@@ -725,7 +729,8 @@ function createWatchables(pods: Map<string, FakePod>, nodes: Map<string, FakeNod
       for (const s of streams) s.res.write(`${JSON.stringify({ type: "BOOKMARK", object: { kind: "Status", apiVersion: "v1", metadata: { resourceVersion: String(rv) } } })}\n`);
     },
     compactWatchHistory() {
-      compactedBelow = rv;
+      // As etcd compacting at a new revision: every resourceVersion a client holds is now too old; a fresh list is not.
+      compactedBelow = ++rv;
       history.length = 0;
     },
     dropWatches() {
@@ -733,6 +738,7 @@ function createWatchables(pods: Map<string, FakePod>, nodes: Map<string, FakeNod
       streams.clear();
     },
     openWatches: () => streams.size,
+    setCrdInstalled: (installed) => void (crdInstalled = installed),
   };
   return { api, feeds, handle };
 }

@@ -1,0 +1,125 @@
+/**
+ * The controller's informers (real @kubernetes/client-node ListWatch) against
+ * the wire-format fake API: one list per resource, then watch events; a
+ * dropped stream resumes from the last resourceVersion without a list; a
+ * too-old resourceVersion (410) lists again; a missing CRD leaves the view
+ * usable; status writes are conditional; stop() ends every stream.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { createLogger } from "../../../../common/log.js";
+import { startKubeWatch, type KubeWatch } from "../../../../server/k8s-controller/kube-watch.js";
+import { isSigilError } from "../../../../spiffe/errors.js";
+import { EXAMPLE_NODE, startFakeKubeApi, type FakeKubeApi, type FakePod } from "../../../support/kube-api.js";
+import { requireTool } from "../../../support/tools.js";
+
+const haveOpenssl = requireTool("openssl", ["version"], "the fake API server's certificate");
+const log = createLogger({ level: "error", destination: { write: () => undefined } });
+
+const pod = (i: number): FakePod => ({ namespace: "web", name: `web-${i}`, uid: `00000000-0000-4000-8000-00000000000${i}`, serviceAccountName: "web", nodeName: EXAMPLE_NODE.name, hostIP: "192.0.2.11" });
+
+let api: FakeKubeApi;
+let watch: KubeWatch | undefined;
+let kubeconfig: string;
+let changes = 0;
+let dir = "";
+
+async function until(what: string, check: () => boolean): Promise<void> {
+  const end = Date.now() + 15_000;
+  while (!check()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const podNames = (): string[] => (watch as KubeWatch).pods().map((p) => p.metadata?.name ?? "").sort();
+
+describe.skipIf(!haveOpenssl)("startKubeWatch", () => {
+  beforeEach(async () => {
+    api = await startFakeKubeApi();
+    api.putNode(EXAMPLE_NODE);
+    api.putNamespace({ name: "web", labels: { team: "web" } });
+    api.putPod(pod(1));
+    dir = mkdtempSync(join(tmpdir(), "sigil-kube-watch-"));
+    kubeconfig = api.writeKubeconfig(dir);
+    changes = 0;
+  });
+
+  afterEach(async () => {
+    await watch?.stop();
+    watch = undefined;
+    await api.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const start = async (): Promise<KubeWatch> => {
+    watch = await startKubeWatch({ kubeConfigFile: kubeconfig, onChange: () => changes++, log });
+    await until("the first lists and four open watches", () => watch?.synced === true && api.openWatches() === 4);
+    return watch;
+  };
+
+  it("lists each resource once, then follows watch events", async () => {
+    const w = await start();
+    expect(podNames()).toEqual(["web-1"]);
+    expect(w.node(EXAMPLE_NODE.name)?.metadata?.uid).toBe(EXAMPLE_NODE.uid);
+    expect(w.namespace("web")?.metadata?.labels?.team).toBe("web");
+    api.putPod(pod(2));
+    api.putNamespace({ name: "web", labels: { team: "other" } });
+    api.putClusterSpiffeId({ metadata: { name: "r1" }, spec: { spiffeIDTemplate: "spiffe://example.org/a" } });
+    await until("the watch events", () => podNames().length === 2 && w.namespace("web")?.metadata?.labels?.team === "other" && w.clusterSpiffeIds().length === 1);
+    api.deletePod("web", "web-1");
+    await until("the deletion", () => podNames().join() === "web-2");
+    expect(changes).toBeGreaterThan(0);
+    expect(api.listWatchRequests.filter((r) => !r.watch)).toHaveLength(4);
+  });
+
+  it("resumes a dropped watch from its resourceVersion without listing, and lists again after 410 Gone", async () => {
+    await start();
+    const lists = (): number => api.listWatchRequests.filter((r) => !r.watch && r.path === "/api/v1/pods").length;
+    api.dropWatches();
+    api.putPod(pod(2));
+    await until("the pod put while the stream was down", () => podNames().length === 2);
+    expect(lists()).toBe(1);
+    const resumed = api.listWatchRequests.filter((r) => r.watch && r.path === "/api/v1/pods").at(-1);
+    expect(Number(resumed?.resourceVersion)).toBeGreaterThan(0);
+
+    await until("the watches open again", () => api.openWatches() === 4);
+    api.putPod(pod(3));
+    api.deletePod("web", "web-1");
+    api.compactWatchHistory();
+    api.dropWatches();
+    await until("a list after 410", () => lists() === 2 && podNames().join() === "web-2,web-3");
+  });
+
+  it("without the ClusterSPIFFEID CRD the view still syncs, with no resources", async () => {
+    api.setCrdInstalled(false);
+    watch = await startKubeWatch({ kubeConfigFile: kubeconfig, onChange: () => changes++, log });
+    await until("synced", () => watch?.synced === true);
+    expect(watch.clusterSpiffeIds()).toEqual([]);
+    expect(podNames()).toEqual(["web-1"]);
+  });
+
+  it("writes status conditionally on the resourceVersion, and stop() ends every stream", async () => {
+    const w = await start();
+    api.putClusterSpiffeId({ metadata: { name: "r1" }, spec: { spiffeIDTemplate: "spiffe://example.org/a" } });
+    await until("the resource", () => w.clusterSpiffeIds().length === 1);
+    const seen = w.clusterSpiffeIds()[0] as NonNullable<ReturnType<KubeWatch["clusterSpiffeIds"]>[number]>;
+    const stats = { namespacesSelected: 1, podsSelected: 1, entriesCreated: 1, entryRenderFailures: 0, entryFailures: 0 };
+    await w.putStatus(seen, stats);
+    expect(api.clusterSpiffeId("r1")?.status).toEqual({ observedGeneration: 1, stats });
+    // The same (now stale) object again: 409 Conflict.
+    await expect(w.putStatus(seen, { ...stats, podsSelected: 2 })).rejects.toMatchObject({ code: 409 });
+    expect(api.clusterSpiffeId("r1")?.status).toEqual({ observedGeneration: 1, stats });
+    await w.stop();
+    watch = undefined;
+    await until("no open watch", () => api.openWatches() === 0);
+  });
+
+  it("refuses a kubeconfig it cannot load", async () => {
+    const err = await startKubeWatch({ kubeConfigFile: `${kubeconfig}.missing`, onChange: () => undefined, log }).catch((e: unknown) => e);
+    expect(isSigilError(err, "ERR_FAILED_PRECONDITION")).toBe(true);
+    expect((err as Error).message).toMatch(/^k8s controller: cannot load kubeconfig .*\.missing/);
+  });
+});
