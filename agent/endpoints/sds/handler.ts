@@ -82,8 +82,6 @@ export interface SdsHandlerOptions {
   readonly disableSpiffeCertValidation?: boolean;
   readonly log: Logger;
   readonly metrics: Metrics;
-  /** Nonces of stream responses; default random (tests inject their own). */
-  readonly nonce?: () => string;
 }
 
 /** SDS as a service to put on the Workload Endpoint. */
@@ -137,7 +135,7 @@ export function createSdsHandler(options: SdsHandlerOptions): SdsHandler {
   const implementation: GrpcServiceImplementation<SdsMethods> = {
     streamSecrets(call: ServerDuplexStream<DiscoveryRequest, DiscoveryResponse>) {
       const method = "StreamSecrets";
-      const state = new XdsStreamState(options.nonce === undefined ? {} : { nonce: options.nonce });
+      const state = new XdsStreamState();
       const callPeer = call.getPeer();
       // Requests that arrive while the caller is being attested wait here, in order.
       const early: DiscoveryRequest[] = [];

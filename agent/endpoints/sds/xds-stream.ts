@@ -1,13 +1,13 @@
 /**
  * Version and nonce bookkeeping of one state-of-the-world xDS stream (Envoy's
- * "xDS REST and gRPC protocol"), as the SDS server keeps it. Pure: the nonce
- * source is injected.
+ * "xDS REST and gRPC protocol"), as the SDS server keeps it.
  *
  * - `version_info` of a response names its content: the first 16 hex digits
  *   of the SHA-256 of the encoded resources. The same secrets carry the same
  *   version on every stream and after a reconnect, and different ones never
  *   share a version.
- * - `nonce` is fresh on every response (unique in the agent process); a request is read only if it carries
+ * - `nonce` is fresh on every response of a stream (a counter; streams sending
+ *   the same secrets in the same turn share one response); a request is read only if it carries
  *   the nonce of the last response sent (or, before any was sent, none).
  *   Older ones are stale (the client had not seen the latest response yet)
  *   and ignored, as the protocol says.
@@ -22,7 +22,6 @@
  *   the first request only).
  */
 import { createHash } from "node:crypto";
-import { create, toBinary } from "@bufbuild/protobuf";
 import type { Node } from "../../../proto/gen/envoy/config/core/v3/base_pb.js";
 import { DiscoveryResponseSchema, type DiscoveryRequest, type DiscoveryResponse } from "../../../proto/gen/envoy/service/discovery/v3/discovery_pb.js";
 import { encodeMessage, presetEncoding } from "../../../spiffe/grpc/service.js";
@@ -38,22 +37,41 @@ export type RequestVerdict =
   /** Carries an older nonce (or none after a response): ignored, names and all. */
   | { readonly kind: "stale"; readonly nonce: string; readonly namesChanged: false };
 
-/** Options of {@link XdsStreamState}. */
-export interface XdsStreamOptions {
-  /** A fresh nonce per response; default {@link nextNonce}. */
-  readonly nonce?: () => string;
-}
-
 let lastNonce = 0;
 
 /**
  * Nonces unique in the agent process: a counter, in hex. A nonce only pairs a
  * request with a response on one stream; it needs no secrecy (the stream's
- * caller was attested), and a counter costs nothing per push.
+ * caller was attested).
  */
-export function nextNonce(): string {
+function nextNonce(): string {
   lastNonce += 1;
   return lastNonce.toString(16);
+}
+
+/** The response stamped from each content object. */
+const stampedByContent = new WeakMap<DiscoveryResponse, DiscoveryResponse>();
+
+/**
+ * The response for `content`: its version and a nonce, stamped once per
+ * content object and shared by every stream that sends it. Content objects
+ * are built per turn of the event loop (`secretsAnswerFor`), and a stream
+ * never sends the same content object twice (it skips a state equal to the
+ * last one sent), so consecutive responses on a stream always carry
+ * different nonces, while the 1,000 streams a rotation updates share one
+ * response and one encoding: the content's bytes followed by the two fields.
+ */
+export function stampResponse(content: DiscoveryResponse): DiscoveryResponse {
+  let stamped = stampedByContent.get(content);
+  if (stamped === undefined) {
+    const versionInfo = contentVersion(content);
+    const nonce = nextNonce();
+    // A message is a plain object; create() would re-check every field.
+    stamped = { ...content, versionInfo, nonce };
+    presetEncoding(stamped, appendStringFields(encodeMessage(DiscoveryResponseSchema, content), versionInfo, nonce));
+    stampedByContent.set(content, stamped);
+  }
+  return stamped;
 }
 
 /** The version naming a response content: see the module comment. Memoised per content object. */
@@ -71,7 +89,6 @@ export function contentVersion(content: DiscoveryResponse): string {
 
 /** One SotW stream's bookkeeping; see the module comment. */
 export class XdsStreamState {
-  readonly #nonce: () => string;
   #names: readonly string[] | undefined;
   #node: Node | undefined;
   /** Nonce and version of the last response sent. */
@@ -79,10 +96,6 @@ export class XdsStreamState {
   #sentVersion = "";
   /** The version the client last said it applied ("" before any ACK). */
   #applied = "";
-
-  constructor(options: XdsStreamOptions = {}) {
-    this.#nonce = options.nonce ?? nextNonce;
-  }
 
   /** The names subscribed to (deduplicated, in first-request order), or undefined before the first request. */
   get names(): readonly string[] | undefined {
@@ -126,22 +139,50 @@ export class XdsStreamState {
     return { kind: "ack", version: req.versionInfo, namesChanged };
   }
 
-  /**
-   * The response to send for `content`, with its version and a fresh nonce;
-   * remembered as the last sent. `content` (shared by every stream with the
-   * same answer) is encoded once; each stream's response is those bytes plus
-   * its own version and nonce.
-   */
+  /** The response to send for `content` ({@link stampResponse}), remembered as the last sent. */
   stamp(content: DiscoveryResponse): DiscoveryResponse {
-    const versionInfo = contentVersion(content);
-    const nonce = this.#nonce();
-    this.#sentNonce = nonce;
-    this.#sentVersion = versionInfo;
-    const stamped = create(DiscoveryResponseSchema, { typeUrl: content.typeUrl, resources: content.resources, canary: content.canary, versionInfo, nonce });
-    const tail = toBinary(DiscoveryResponseSchema, create(DiscoveryResponseSchema, { versionInfo, nonce }));
-    presetEncoding(stamped, Buffer.concat([encodeMessage(DiscoveryResponseSchema, content), tail]));
+    const stamped = stampResponse(content);
+    this.#sentNonce = stamped.nonce;
+    this.#sentVersion = stamped.versionInfo;
     return stamped;
   }
+}
+
+/** `DiscoveryResponse.version_info` (1) and `.nonce` (5) tags, wire type 2: Envoy's field numbers. */
+const VERSION_INFO_TAG = (1 << 3) | 2;
+const NONCE_TAG = (5 << 3) | 2;
+
+function varintSize(v: number): number {
+  let n = 1;
+  while (v >= 0x80) {
+    v >>>= 7;
+    n += 1;
+  }
+  return n;
+}
+
+function writeVarint(buf: Buffer, offset: number, v: number): number {
+  while (v >= 0x80) {
+    buf[offset++] = (v & 0x7f) | 0x80;
+    v >>>= 7;
+  }
+  buf[offset++] = v;
+  return offset;
+}
+
+/** `encoded` followed by `version_info` and `nonce`, in one allocation. */
+function appendStringFields(encoded: Buffer, versionInfo: string, nonce: string): Buffer {
+  const vLen = Buffer.byteLength(versionInfo, "utf8");
+  const nLen = Buffer.byteLength(nonce, "utf8");
+  const out = Buffer.allocUnsafe(encoded.length + 2 + varintSize(vLen) + vLen + varintSize(nLen) + nLen);
+  let o = encoded.copy(out, 0);
+  out[o++] = VERSION_INFO_TAG;
+  o = writeVarint(out, o, vLen);
+  o += out.write(versionInfo, o, "utf8");
+  out[o++] = NONCE_TAG;
+  o = writeVarint(out, o, nLen);
+  out.write(nonce, o, "utf8");
+  return out;
 }
 
 function sameSet(a: readonly string[], b: readonly string[]): boolean {
