@@ -32,6 +32,7 @@ import { makeSelector } from "../common/selector.js";
 import { createParentResolver } from "../server/api/parent-resolver.js";
 import { createSqliteDatastore, type Datastore, type EntryInput } from "../server/datastore/index.js";
 import { K8sController } from "../server/k8s-controller/controller.js";
+import { datastoreEntryStore } from "../server/k8s-controller/entry-store.js";
 import { parseTrustDomain } from "../spiffe/id.js";
 import { EXAMPLE_NODE, startFakeKubeApi, type FakeKubeApi, type FakePod } from "../test/support/kube-api.js";
 import { median, report } from "./harness.js";
@@ -72,9 +73,7 @@ async function controllerPass(api: FakeKubeApi, kubeconfig: string, pass: number
     const controller = new K8sController({
       settings: { cluster: "prod", kubeConfigFile: kubeconfig, className: "", defaultClusterSpiffeId: true, resyncIntervalMs: 3_600_000, ignoreNamespaces: [], entryIdPrefix: PREFIX, clusterDomain: "cluster.local" },
       trustDomain: TD,
-      serverId: `spiffe://${TD.name}/spire/server`,
-      datastore: { datastore: ds },
-      parents: () => parents,
+      entries: datastoreEntryStore({ datastore: () => ds, trustDomain: TD, serverId: `spiffe://${TD.name}/spire/server`, parents: () => parents }),
       log,
     });
     let done: (() => void) | undefined;

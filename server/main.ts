@@ -36,7 +36,6 @@ import { serverSpiffeId } from "../common/reserved-ids.js";
 import { service, ServiceGroup } from "../common/service.js";
 import { waitForStopSignal } from "../common/signals.js";
 import { SigningPool } from "../plugins/keymanager/signing-pool.js";
-import { SigilError } from "../spiffe/errors.js";
 import { parseTrustDomain, type SpiffeId, type TrustDomain } from "../spiffe/id.js";
 import { AdminListener } from "./api/admin-listener.js";
 import { AgentApiListener } from "./api/agent-api-listener.js";
@@ -53,6 +52,8 @@ import { PruneJob } from "./datastore/prune.js";
 import { DatastoreService } from "./datastore/service.js";
 import { createParentResolver } from "./api/parent-resolver.js";
 import { K8sController } from "./k8s-controller/controller.js";
+import { datastoreEntryStore } from "./k8s-controller/entry-store.js";
+import { k8sControllerSettings } from "./k8s-controller/settings.js";
 import { EntryIndexFeed } from "./registration/entry-index-feed.js";
 
 /** Options for tests and embedding. */
@@ -218,9 +219,8 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
 }
 
 /**
- * The `k8s-controller` service when `k8s_controller.enabled`. Its cluster must
- * be a `k8s_psat` cluster (the parent of its entries is that attestor's agent
- * ID); its kubeconfig defaults to that cluster's.
+ * The `k8s-controller` service when `k8s_controller.enabled`, writing through
+ * the datastore with the admin API's validation.
  *
  * @throws SigilError `ERR_INVALID_ARGUMENT` naming `k8s_controller.cluster`.
  */
@@ -228,33 +228,19 @@ function k8sControllerService(
   config: ServerConfig,
   d: { trustDomain: TrustDomain; serverId: string; datastore: DatastoreService; agentApi: AgentApiListener; now: () => Date; log: Logger },
 ): K8sController | undefined {
-  const c = config.k8s_controller;
-  if (!c?.enabled) return undefined;
-  const psat = (config.plugins.NodeAttestor as Record<string, { clusters?: Record<string, { kube_config_file?: string }> } | undefined> | undefined)?.k8s_psat;
-  const cluster = psat?.clusters?.[c.cluster];
-  if (cluster === undefined) {
-    throw new SigilError(
-      "ERR_INVALID_ARGUMENT",
-      `k8s_controller.cluster: ${JSON.stringify(c.cluster)} is not a cluster of plugins.NodeAttestor.k8s_psat (${Object.keys(psat?.clusters ?? {}).join(", ") || "none configured"}); the controller parents entries to that attestor's agents`,
-    );
-  }
+  const settings = config.k8s_controller?.enabled ? k8sControllerSettings(config) : undefined;
+  if (settings === undefined) return undefined;
   // Made on first use: the datastore opens when its service starts.
   let parents: ReturnType<typeof createParentResolver> | undefined;
   return new K8sController({
-    settings: {
-      cluster: c.cluster,
-      kubeConfigFile: c.kube_config_file ?? cluster.kube_config_file,
-      className: c.class_name,
-      defaultClusterSpiffeId: c.default_cluster_spiffe_id,
-      resyncIntervalMs: c.resync_interval,
-      ignoreNamespaces: c.ignore_namespaces,
-      entryIdPrefix: c.entry_id_prefix,
-      clusterDomain: c.cluster_domain,
-    },
+    settings,
     trustDomain: d.trustDomain,
-    serverId: d.serverId,
-    datastore: d.datastore,
-    parents: () => (parents ??= createParentResolver({ datastore: d.datastore.datastore, now: d.now, issuesAgentId: (id) => d.agentApi.issuesAgentId(id) })),
+    entries: datastoreEntryStore({
+      datastore: () => d.datastore.datastore,
+      trustDomain: d.trustDomain,
+      serverId: d.serverId,
+      parents: () => (parents ??= createParentResolver({ datastore: d.datastore.datastore, now: d.now, issuesAgentId: (id) => d.agentApi.issuesAgentId(id) })),
+    }),
     log: subsystemLogger(d.log, "k8s_controller"),
   });
 }

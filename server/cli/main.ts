@@ -32,6 +32,19 @@ export function buildProgram(): Command {
     });
 
   program
+    .command("k8s-controller")
+    .description("run the Kubernetes registration controller (k8s_controller in the config) as its own process, writing entries through the server's admin socket")
+    .requiredOption("-c, --config <path>", "server config file (YAML or JSON)")
+    .option("--expand-env", "expand ${VAR} references in the config")
+    .option("-s, --socket-path <path>", "the server's admin API socket (default: server.socket_path of the config)")
+    .action(async (o: { config: string; expandEnv?: boolean; socketPath?: string }) => {
+      const { loadServerConfig } = await import("../config/load.js");
+      const { runK8sControllerProcess } = await import("../k8s-controller/process.js");
+      const config = loadServerConfig(o.config, { expandEnv: Boolean(o.expandEnv) });
+      await runK8sControllerProcess(config, { socketPath: o.socketPath });
+    });
+
+  program
     .command("validate")
     .description("validate a config file and print every problem")
     .requiredOption("-c, --config <path>", "server config file (YAML or JSON)")

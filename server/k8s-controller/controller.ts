@@ -22,14 +22,9 @@
  * subset, a malformed selector) are kept as they are until it is fixed or
  * deleted; it creates none.
  */
-import { create } from "@bufbuild/protobuf";
 import type { Logger } from "../../common/log.js";
 import type { Service } from "../../common/service.js";
-import { EntrySchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
-import { isSigilError } from "../../spiffe/errors.js";
 import type { TrustDomain } from "../../spiffe/id.js";
-import { ENTRY_FIELDS, type Datastore, type EntryInput, type RegistrationEntry } from "../datastore/index.js";
-import { validateWireEntry, type ParentResolver } from "../registration/entry-validation.js";
 import {
   compileRule,
   defaultRule,
@@ -42,6 +37,7 @@ import {
   type RenderedEntry,
   type Rule,
 } from "./cluster-spiffe-id.js";
+import type { ControllerEntryStore, StoredEntry } from "./entry-store.js";
 import { compileLabelSelector } from "./label-selector.js";
 import { startKubeWatch, type KubeWatch, type KubeWatchOptions } from "./kube-watch.js";
 
@@ -63,10 +59,8 @@ export interface K8sControllerSettings {
 export interface K8sControllerDeps {
   readonly settings: K8sControllerSettings;
   readonly trustDomain: TrustDomain;
-  readonly serverId: string;
-  readonly datastore: { readonly datastore: Datastore };
-  /** The parent resolver entries are validated with (it must accept not-yet-attested psat agent IDs). */
-  readonly parents: () => ParentResolver;
+  /** Where entries are read and written: the datastore inside the server, the admin API outside. */
+  readonly entries: ControllerEntryStore;
   readonly log: Logger;
   /** Starts the cluster view; default {@link startKubeWatch}. */
   readonly kubeWatch?: (opts: KubeWatchOptions) => Promise<KubeWatch>;
@@ -82,14 +76,12 @@ export interface ReconcileResult {
 
 /** Pause that lets a burst of watch events become one reconciliation. */
 const COALESCE_MS = 50;
-/** Entries per datastore batch. */
-const BATCH = 1000;
 
 type MutableStats = { -readonly [K in keyof ClusterSpiffeIdStats]: ClusterSpiffeIdStats[K] };
 
 const zeroStats = (): MutableStats => ({ namespacesSelected: 0, podsSelected: 0, entriesCreated: 0, entryRenderFailures: 0, entryFailures: 0 });
 
-function sameEntry(e: RegistrationEntry, d: RenderedEntry): boolean {
+function sameEntry(e: StoredEntry, d: RenderedEntry): boolean {
   const keys = (s: readonly { type: string; value: string }[]): string => s.map((x) => `${x.type}:${x.value}`).sort().join("\n");
   return (
     e.spiffeId === d.spiffeId &&
@@ -102,7 +94,7 @@ function sameEntry(e: RegistrationEntry, d: RenderedEntry): boolean {
     e.admin === d.admin &&
     e.downstream === d.downstream &&
     e.hint === d.hint &&
-    e.expiresAt === null
+    !e.expires
   );
 }
 
@@ -148,6 +140,7 @@ export class K8sController implements Service {
     if (this.#resync) clearInterval(this.#resync);
     await this.#watch?.stop();
     await this.#running;
+    this.#d.entries.close?.();
   }
 
   #schedule(): void {
@@ -179,19 +172,6 @@ export class K8sController implements Service {
     if (this.#logged.size > 10_000) this.#logged.clear();
     this.#logged.add(key);
     this.#d.log.warn(fields, msg);
-  }
-
-  /** Entries the controller owns, by ID. */
-  async #ownedEntries(): Promise<Map<string, RegistrationEntry>> {
-    const ds = this.#d.datastore.datastore;
-    const owned = new Map<string, RegistrationEntry>();
-    let pageToken: string | undefined;
-    do {
-      const page = await ds.listEntries({ pageSize: 5000, ...(pageToken ? { pageToken } : {}) });
-      for (const e of page.items) if (e.id.startsWith(this.#ctx.entryIdPrefix)) owned.set(e.id, e);
-      pageToken = page.nextPageToken;
-    } while (pageToken);
-    return owned;
   }
 
   /**
@@ -264,76 +244,46 @@ export class K8sController implements Service {
       }
     }
 
-    const ds = this.#d.datastore.datastore;
-    const owned = await this.#ownedEntries();
-    const ctx = { trustDomain: this.#d.trustDomain, serverId: this.#d.serverId, parents: this.#d.parents() };
+    const store = this.#d.entries;
+    const owned = await store.listOwned(this.#ctx.entryIdPrefix);
     const failed = (rule: string, err: unknown, what: string, id: string): void => {
       const st = stats.get(rule);
       if (st) st.entryFailures++;
       this.#logOnce(`${id}\n${what}\n${String(err)}`, { err, entry_id: id, cluster_spiffe_id: rule }, `k8s controller: cannot ${what} an entry`);
     };
-    const validate = async (d: RenderedEntry): Promise<EntryInput> =>
-      validateWireEntry(
-        create(EntrySchema, {
-          id: d.id,
-          spiffeId: d.spiffeId,
-          parentId: d.parentId,
-          selectors: d.selectors.map((x) => ({ type: x.type, value: x.value })),
-          x509SvidTtl: d.x509SvidTtl,
-          jwtSvidTtl: d.jwtSvidTtl,
-          dnsNames: [...d.dnsNames],
-          federatesWith: [...d.federatesWith],
-          admin: d.admin,
-          downstream: d.downstream,
-          hint: d.hint,
-        }),
-        `entry ${d.id}`,
-        ctx,
-      );
 
     let created = 0;
     let updated = 0;
     let deleted = 0;
     const present = new Set<string>();
-    const toCreate: Array<{ input: EntryInput; rule: string }> = [];
+    const toCreate: Array<{ entry: RenderedEntry; rule: string }> = [];
     for (const [id, { entry, rule }] of desired) {
       const have = owned.get(id);
       if (have && sameEntry(have, entry)) {
         present.add(id);
         continue;
       }
-      let input: EntryInput;
-      try {
-        input = await validate(entry);
-      } catch (err) {
-        failed(rule, err, have ? "update" : "create", id);
-        if (have) present.add(id);
-        continue;
-      }
       if (!have) {
-        toCreate.push({ input, rule });
+        toCreate.push({ entry, rule });
         continue;
       }
+      // A refused update leaves the entry as it was, still the resource's.
+      present.add(id);
       try {
-        const { id: _id, ...changes } = input;
-        await ds.updateEntry(id, { ...changes, expiresAt: null }, ENTRY_FIELDS);
+        await store.update(entry);
         updated++;
       } catch (err) {
         failed(rule, err, "update", id);
       }
-      present.add(id);
     }
-    for (let i = 0; i < toCreate.length; i += BATCH) {
-      const batch = toCreate.slice(i, i + BATCH);
-      const results = await ds.createEntries(batch.map((b) => b.input));
-      results.forEach((res, k) => {
-        const b = batch[k] as { input: EntryInput; rule: string };
-        if (res.ok) {
-          created++;
-          present.add(res.value.id);
-        } else failed(b.rule, res.error, "create", b.input.id ?? "");
-      });
-    }
+    const results = await store.create(toCreate.map((c) => c.entry));
+    results.forEach((res, k) => {
+      const c = toCreate[k] as { entry: RenderedEntry; rule: string };
+      if (res.ok) {
+        created++;
+        present.add(c.entry.id);
+      } else failed(c.rule, res.error, "create", c.entry.id);
+    });
     for (const [id, rule] of kept) {
       const st = stats.get(rule);
       if (st && owned.has(id)) st.entriesCreated++;
@@ -341,10 +291,10 @@ export class K8sController implements Service {
     for (const id of owned.keys()) {
       if (desired.has(id) || kept.has(id)) continue;
       try {
-        await ds.deleteEntry(id);
+        await store.delete(id);
         deleted++;
       } catch (err) {
-        if (!isSigilError(err, "ERR_NOT_FOUND")) this.#logOnce(`${id}\ndelete\n${String(err)}`, { err, entry_id: id }, "k8s controller: cannot delete an entry");
+        this.#logOnce(`${id}\ndelete\n${String(err)}`, { err, entry_id: id }, "k8s controller: cannot delete an entry");
       }
     }
     for (const [id, { rule }] of desired) {

@@ -3,8 +3,11 @@
  * `k8s_controller` on, watching test/support/kube-api.ts (HTTPS, bearer
  * token, LIST + WATCH of pods, namespaces, nodes and ClusterSPIFFEIDs in the
  * Kubernetes wire format) through its real @kubernetes/client-node informers.
- * Entries are read back with the admin API (`sigil-server entry list`).
+ * Entries are read back with the admin API (`sigil-server entry show`).
+ * The last block runs the controller as its own process
+ * (`sigil-server k8s-controller`), writing through the admin socket.
  */
+import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -15,7 +18,8 @@ import { EntryAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
 import type { Entry } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { EXAMPLE_AGENT_POD, EXAMPLE_NODE, startFakeKubeApi, type FakeKubeApi, type FakePod } from "../support/kube-api.js";
 import { requireTool } from "../support/tools.js";
-import { launchServerProcess, testServerConfigYaml, type ServerProcess } from "./support/server-process.js";
+import { followJsonLog } from "./support/json-log.js";
+import { launchServerProcess, SERVER_CLI, testServerConfigYaml, type ServerProcess } from "./support/server-process.js";
 
 const haveOpenssl = requireTool("openssl", ["version"], "the fake API server's certificate");
 
@@ -259,5 +263,84 @@ k8s_controller:
     expect(kept.map((e) => [e.id, e.revision]).sort()).toEqual(owned(before).map((e) => [e.id, e.revision]).sort());
     expect(new Set(after.map((e) => `${e.spiffeId} ${sel(e).join(",")}`)).size).toBe(after.length);
     expect(after.find((e) => e.id === operatorEntryId)?.revision).toBe(0n);
+  }, 90_000);
+});
+
+describe.skipIf(!haveOpenssl)("k8s registration controller as its own process", () => {
+  let dir2 = "";
+  let api2: FakeKubeApi;
+  let server: ServerProcess | undefined;
+
+  beforeAll(async () => {
+    api2 = await startFakeKubeApi();
+    api2.putNode(EXAMPLE_NODE);
+    api2.putNamespace({ name: "payments", labels: { team: "pay" } });
+    dir2 = mkdtempSync(path.join(tmpdir(), "sigil-k8s-controller-process-it-"));
+    const kubeconfig = api2.writeKubeconfig(dir2);
+    const config = path.join(dir2, "server.yaml");
+    writeFileSync(
+      config,
+      testServerConfigYaml(dir2, {
+        extraYaml: `    k8s_psat:
+      clusters:
+        prod:
+          service_account_allow_list: ["sigil:sigil-agent"]
+          kube_config_file: ${JSON.stringify(kubeconfig)}
+k8s_controller:
+  enabled: false
+  cluster: prod
+  resync_interval: 1s
+`,
+      }),
+    );
+    server = await launchServerProcess(dir2, config, path.join(dir2, "admin", "api.sock"));
+  }, 90_000);
+
+  afterAll(async () => {
+    await server?.stop({ keepDir: true });
+    await api2?.close();
+    if (dir2) rmSync(dir2, { recursive: true, force: true });
+  });
+
+  it("registers pods through the admin socket, reports status, removes entries of deleted pods, and stops on SIGTERM", async () => {
+    const s = server as ServerProcess;
+    const child = spawn(process.execPath, ["--import", "tsx", ...SERVER_CLI, "k8s-controller", "--config", s.configPath], { cwd: path.resolve(import.meta.dirname, "../.."), stdio: ["ignore", "pipe", "pipe"] });
+    const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+    try {
+      const log = followJsonLog(child);
+      await log.waitForLog((r) => r.msg === "k8s controller process started", 30_000, "controller start");
+      api2.putPod(API_POD);
+      api2.putClusterSpiffeId({ metadata: { name: "apps" }, spec: { spiffeIDTemplate: 'spiffe://{{ .TrustDomain }}/app/{{ index .PodMeta.Labels "app" }}' } });
+      const listEntries = async (): Promise<Entry[]> => {
+        const c = createUnaryClient(EntryAdmin, `unix:${s.socketPath}`, credentials.createInsecure());
+        try {
+          return (await c.listEntries({ pageSize: 1000 })).entries;
+        } finally {
+          c.close();
+        }
+      };
+      const end = Date.now() + 30_000;
+      let list = await listEntries();
+      while (owned(list).length < 2 && Date.now() < end) {
+        await new Promise((r) => setTimeout(r, 200));
+        list = await listEntries();
+      }
+      expect(owned(list).map((e) => e.spiffeId).sort()).toEqual([`spiffe://${TD}/app/api`, `spiffe://${TD}/ns/payments/sa/api`]);
+      expect(owned(list).every((e) => e.parentId === AGENT_ID)).toBe(true);
+      const statusEnd = Date.now() + 30_000;
+      while ((api2.clusterSpiffeId("apps")?.status as { stats?: { entriesCreated?: number } } | undefined)?.stats?.entriesCreated !== 1 && Date.now() < statusEnd) await new Promise((r) => setTimeout(r, 100));
+      expect((api2.clusterSpiffeId("apps")?.status as { stats?: unknown }).stats).toEqual({ namespacesSelected: 1, podsSelected: 1, entriesCreated: 1, entryRenderFailures: 0, entryFailures: 0 });
+
+      api2.deletePod(API_POD.namespace, API_POD.name);
+      const goneEnd = Date.now() + 30_000;
+      while (owned(list).length > 0 && Date.now() < goneEnd) {
+        await new Promise((r) => setTimeout(r, 200));
+        list = await listEntries();
+      }
+      expect(owned(list)).toEqual([]);
+    } finally {
+      if (child.exitCode === null) child.kill("SIGTERM");
+    }
+    expect(await exited).toBe(0);
   }, 90_000);
 });
