@@ -8,25 +8,13 @@
  * `ListWatch` gives up after an error (it reports it and stops); this view
  * starts it again after a backoff (1 s doubling to 30 s), so an API server
  * that restarts or drops the stream is followed again without polling.
- * The library is imported on first use (it takes about a second to load).
+ * The library is loaded on first use (`plugins/kube-client.ts`, shared with
+ * the Kubernetes plugins).
  */
 import type { KubernetesObject, V1Namespace, V1Node, V1Pod } from "@kubernetes/client-node";
 import type { Logger } from "../../common/log.js";
-import { SigilError } from "../../spiffe/errors.js";
+import { boundedCall, connectKube, httpStatusOf, type K8sModule } from "../../plugins/kube-client.js";
 import { CLUSTER_SPIFFE_ID_GROUP, CLUSTER_SPIFFE_ID_PLURAL, CLUSTER_SPIFFE_ID_VERSION, type ClusterSpiffeIdObject, type ClusterSpiffeIdStats } from "./cluster-spiffe-id.js";
-
-type K8sModule = typeof import("@kubernetes/client-node");
-
-let k8sModule: Promise<K8sModule> | undefined;
-
-// The same lazy load as the k8s_psat attestor's: only a server with the controller on pays for the library.
-function loadK8s(): Promise<K8sModule> {
-  k8sModule ??= import("@kubernetes/client-node").catch((e: unknown) => {
-    k8sModule = undefined;
-    throw e;
-  });
-  return k8sModule;
-}
 
 /** Longest a list or status call may take. */
 const CALL_TIMEOUT_MS = 30_000;
@@ -67,16 +55,7 @@ export interface KubeWatch {
  * @throws SigilError `ERR_FAILED_PRECONDITION` when the kubeconfig cannot be loaded.
  */
 export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch> {
-  const k8s = await loadK8s();
-  const kc = new k8s.KubeConfig();
-  const from = opts.kubeConfigFile === undefined ? "the in-cluster service account config" : `kubeconfig ${opts.kubeConfigFile}`;
-  try {
-    if (opts.kubeConfigFile === undefined) kc.loadFromCluster();
-    else kc.loadFromFile(opts.kubeConfigFile);
-  } catch (e) {
-    throw new SigilError("ERR_FAILED_PRECONDITION", `k8s controller: cannot load ${from}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
-  }
-  if (!kc.getCurrentCluster()?.server) throw new SigilError("ERR_FAILED_PRECONDITION", `k8s controller: ${from} names no current cluster with a server URL`);
+  const { k8s, config: kc } = await connectKube(opts.kubeConfigFile, "k8s controller");
 
   let stopped = false;
   const live = new Set<AbortController>();
@@ -103,18 +82,9 @@ export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch>
     }
   }
   const watch = new StoppableWatch(kc);
-  const options = {
-    middleware: [
-      {
-        pre: (ctx: InstanceType<K8sModule["RequestContext"]>) => {
-          ctx.setSignal(AbortSignal.timeout(CALL_TIMEOUT_MS));
-          return new k8s.Observable(Promise.resolve(ctx));
-        },
-        post: (res: InstanceType<K8sModule["ResponseContext"]>) => new k8s.Observable(Promise.resolve(res)),
-      },
-    ],
-    middlewareMergeStrategy: "append" as const,
-  };
+  // Lists and status writes end at stop() as well as after their time limit.
+  const stopping = new AbortController();
+  const options = boundedCall(k8s, CALL_TIMEOUT_MS, stopping.signal);
   const core = kc.makeApiClient(k8s.CoreV1Api);
   const custom = kc.makeApiClient(k8s.CustomObjectsApi);
   const crPath = `/apis/${CLUSTER_SPIFFE_ID_GROUP}/${CLUSTER_SPIFFE_ID_VERSION}/${CLUSTER_SPIFFE_ID_PLURAL}`;
@@ -165,7 +135,7 @@ export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch>
       crdMissing = false;
       return list;
     } catch (e) {
-      if (!(e instanceof k8s.ApiException) || (e as { code: number }).code !== 404) throw e;
+      if (httpStatusOf(k8s, e) !== 404) throw e;
       if (!crdMissing) opts.log.warn({}, `k8s controller: ${crPath} is not served (the ClusterSPIFFEID CRD is not installed); only the default rule applies until it is`);
       crdMissing = true;
       return { items: [] };
@@ -194,6 +164,7 @@ export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch>
     },
     async stop() {
       stopped = true;
+      stopping.abort();
       for (const t of timers) clearTimeout(t);
       timers.clear();
       await Promise.all(informers.map((i) => i.informer.stop()));
