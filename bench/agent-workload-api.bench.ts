@@ -28,7 +28,7 @@ import { SpiffeWorkloadAPI, X509SVIDRequestSchema, X509SVIDResponseSchema } from
 import { grpcServiceDefinition } from "../spiffe/grpc/service.js";
 import { WORKLOAD_API_HEADER } from "../spiffe/workloadapi/client.js";
 import { median, percentile, report } from "./harness.js";
-import { closeClients, connectClients, lastArrival, startAgentChild, type BenchStream } from "./support/agent-child.js";
+import { closeClients, connectClients, lastArrival, openServerStreams, startAgentChild, type BenchStream } from "./support/agent-child.js";
 
 const CONNS = 1000;
 const ROUNDS = 3;
@@ -102,29 +102,6 @@ async function firstResponses(clients: Client[], kind: "wapi" | "echo"): Promise
   return { latencies, streams, first: first as Buffer, startMs };
 }
 
-/** Opens a Watch stream per client and waits for every initial message. */
-async function openWatches(clients: Client[]): Promise<Stream[]> {
-  const streams: Stream[] = [];
-  await new Promise<void>((resolve, reject) => {
-    let pending = clients.length;
-    for (const c of clients) {
-      const call = c.makeServerStreamRequest("/bench.Echo/Watch", identity, identity, Buffer.alloc(0));
-      const s: Stream = { call, later: [] };
-      let got = false;
-      call.on("data", (d: Buffer) => {
-        if (got) return void s.later.push({ at: now(), data: d });
-        got = true;
-        if (--pending === 0) resolve();
-      });
-      call.on("error", (e: ServiceError) => {
-        if (e.code !== 1) reject(e);
-      });
-      streams.push(s);
-    }
-  });
-  return streams;
-}
-
 interface Round {
   /** Fastest first response, and how long starting all the calls took on the client side. */
   readonly min: number;
@@ -161,7 +138,7 @@ async function echoRound(): Promise<Round> {
   const clients = await connectClients(ready.echoSocket, CONNS);
   await sleep(SETTLE_MS);
   const { latencies, startMs } = await firstResponses(clients, "echo");
-  const streams = await openWatches(clients);
+  const streams = await openServerStreams(clients, "/bench.Echo/Watch", Buffer.alloc(0));
   await sleep(SETTLE_MS);
   command("push");
   const push = await nextLine("pushed");

@@ -28,7 +28,7 @@ import { DiscoveryRequestSchema, DiscoveryResponseSchema } from "../proto/gen/en
 import { X509SVIDRequestSchema } from "../proto/gen/spiffe/workload_pb.js";
 import { WORKLOAD_API_HEADER } from "../spiffe/workloadapi/client.js";
 import { SDS_PATHS, SECRET_TYPE, secretsOf } from "../test/support/sds-client.js";
-import { closeClients, connectClients, lastArrival, startAgentChild, type BenchStream } from "./support/agent-child.js";
+import { closeClients, connectClients, lastArrival, openServerStreams, startAgentChild, type BenchStream } from "./support/agent-child.js";
 import { median, percentile, report } from "./harness.js";
 
 const CONNS = 1000;
@@ -93,32 +93,6 @@ async function openSds(clients: Client[]): Promise<{ latencies: number[]; stream
   return { latencies, streams, first: first as Buffer };
 }
 
-/** Opens FetchX509SVID on every client; resolves once each has its first response. */
-async function openWorkloadApi(clients: Client[]): Promise<BenchStream[]> {
-  const streams: BenchStream[] = [];
-  const request = Buffer.from(toBinary(X509SVIDRequestSchema, create(X509SVIDRequestSchema)));
-  await new Promise<void>((resolve, reject) => {
-    let pending = clients.length;
-    for (const c of clients) {
-      const md = new Metadata();
-      md.set(WORKLOAD_API_HEADER, "true");
-      const call = c.makeServerStreamRequest("/SpiffeWorkloadAPI/FetchX509SVID", identity, identity, request, md);
-      const s: BenchStream = { call, later: [] };
-      let got = false;
-      call.on("data", (d: Buffer) => {
-        if (got) return void s.later.push({ at: now(), data: d });
-        got = true;
-        if (--pending === 0) resolve();
-      });
-      call.on("error", (e: ServiceError) => {
-        if (e.code !== 1) reject(e);
-      });
-      streams.push(s);
-    }
-  });
-  return streams;
-}
-
 /** Rotates the bench entry's SVID; resolves with the time from update() to the last stream's new message. */
 async function rotation(streams: BenchStream[], match: (serial: Buffer) => (d: Buffer) => boolean): Promise<number> {
   await sleep(SETTLE_MS);
@@ -154,7 +128,12 @@ async function sdsRound(verbose: boolean): Promise<SdsRound> {
 async function workloadApiRound(): Promise<number> {
   const clients = await connectClients(ready.agentSocket, CONNS);
   await sleep(SETTLE_MS);
-  const streams = await openWorkloadApi(clients);
+  const request = Buffer.from(toBinary(X509SVIDRequestSchema, create(X509SVIDRequestSchema)));
+  const streams = await openServerStreams(clients, "/SpiffeWorkloadAPI/FetchX509SVID", request, () => {
+    const md = new Metadata();
+    md.set(WORKLOAD_API_HEADER, "true");
+    return md;
+  });
   const fanoutMs = await rotation(streams, (serial) => (d) => d.includes(serial));
   for (const s of streams) s.call.cancel();
   await closeClients(clients);

@@ -8,7 +8,7 @@ import { spawn } from "node:child_process";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { Client, credentials, type ClientReadableStream } from "@grpc/grpc-js";
+import { Client, credentials, Metadata, type ClientReadableStream, type ServiceError } from "@grpc/grpc-js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -110,6 +110,31 @@ export interface BenchStream {
   readonly call: Pick<ClientReadableStream<Buffer>, "cancel">;
   /** Every message received after the first, with its arrival time (`performance.timeOrigin + performance.now()`). */
   readonly later: { at: number; data: Buffer }[];
+}
+
+const identity = (b: Buffer): Buffer => b;
+
+/** Opens a server stream on `path` per client (raw bytes); resolves once every stream has its first message. */
+export async function openServerStreams(clients: readonly Client[], path: string, request: Buffer, metadata: () => Metadata = () => new Metadata()): Promise<BenchStream[]> {
+  const streams: BenchStream[] = [];
+  await new Promise<void>((resolve, reject) => {
+    let pending = clients.length;
+    for (const c of clients) {
+      const call = c.makeServerStreamRequest(path, identity, identity, request, metadata());
+      const s: BenchStream = { call, later: [] };
+      let got = false;
+      call.on("data", (d: Buffer) => {
+        if (got) return void s.later.push({ at: performance.timeOrigin + performance.now(), data: d });
+        got = true;
+        if (--pending === 0) resolve();
+      });
+      call.on("error", (e: ServiceError) => {
+        if (e.code !== 1 /* CANCELLED */) reject(e);
+      });
+      streams.push(s);
+    }
+  });
+  return streams;
 }
 
 /** Waits until `match` holds for a later message on every stream; returns the last arrival time (or throws). */

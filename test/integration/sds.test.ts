@@ -17,13 +17,16 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { connect, createServer, type TLSSocket } from "node:tls";
 import { fileURLToPath } from "node:url";
-import { create } from "@bufbuild/protobuf";
+import { create, fromBinary } from "@bufbuild/protobuf";
+import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import { credentials, Metadata, status, type Client, type ServiceError } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createUnaryClient } from "../../common/rpc/unary-client.js";
+import { ServerReflection, ServerReflectionRequestSchema, type ServerReflectionResponse } from "../../proto/gen/grpc/reflection/v1/reflection_pb.js";
 import { AgentAdmin, BundleAdmin, EntryAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
 import { EntrySchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { serializeSpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
+import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
 import { decodePemCertificates, encodePemCertificates } from "../../spiffe/pem.js";
 import { makeRoot } from "../fixtures/x509/pki.js";
 import { fetchSecrets, inlinePem, SDS_PATHS, SECRET_TYPE, sdsChannel, secretsOf, spiffeValidatorOf, streamSecrets } from "../support/sds-client.js";
@@ -203,6 +206,27 @@ describe.skipIf(!isRoot)("Envoy SDS v3 on the agent socket (issue 12)", () => {
     lone.close();
     expect(secretsOf(await fetchSecrets(client, [NOBODY_ID, "spiffe://other.org"]))).toEqual([]);
     await agent.waitForLog((l) => l.msg === "SDS: requested secrets not served (unknown, or not the caller's)" && Array.isArray(l.names) && l.names.includes(NOBODY_ID));
+  });
+
+  it("server reflection lists SDS beside the Workload API and describes it with its dependencies", async () => {
+    const def = grpcServiceDefinition(ServerReflection).serverReflectionInfo;
+    const answers = await new Promise<ServerReflectionResponse[]>((resolve, reject) => {
+      const out: ServerReflectionResponse[] = [];
+      const call = client.makeBidiStreamRequest(def.path, def.requestSerialize, def.responseDeserialize, new Metadata());
+      call.on("data", (r: ServerReflectionResponse) => {
+        out.push(r);
+        if (out.length === 2) call.end();
+      });
+      call.on("end", () => resolve(out));
+      call.on("error", reject);
+      call.write(create(ServerReflectionRequestSchema, { messageRequest: { case: "listServices", value: "" } }));
+      call.write(create(ServerReflectionRequestSchema, { messageRequest: { case: "fileContainingSymbol", value: "envoy.service.secret.v3.SecretDiscoveryService" } }));
+    });
+    const [list, file] = answers;
+    const services = list?.messageResponse.case === "listServicesResponse" ? list.messageResponse.value.service.map((x) => x.name) : [];
+    expect(services).toEqual(expect.arrayContaining(["SpiffeWorkloadAPI", "envoy.service.secret.v3.SecretDiscoveryService"]));
+    const files = file?.messageResponse.case === "fileDescriptorResponse" ? file.messageResponse.value.fileDescriptorProto.map((b) => fromBinary(FileDescriptorProtoSchema, b).name) : [];
+    expect(files).toEqual(expect.arrayContaining(["envoy/service/secret/v3/sds.proto", "envoy/service/discovery/v3/discovery.proto", "google/rpc/status.proto"]));
   });
 
   it("DeltaSecrets answers Unimplemented", async () => {
