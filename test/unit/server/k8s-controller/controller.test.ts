@@ -1,0 +1,141 @@
+/**
+ * The controller's reconciliation on a real SQLite datastore with a cluster
+ * view given by the test: nothing happens before the view is synced, entries
+ * of others are never touched (even one with the same selectors), className
+ * and ignored namespaces filter, refused entries are counted in status, and a
+ * second reconciliation of an unchanged cluster writes nothing.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { V1Namespace, V1Node, V1Pod } from "@kubernetes/client-node";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { systemClock } from "../../../../common/clock.js";
+import { createLogger } from "../../../../common/log.js";
+import { parseSelector } from "../../../../common/selector.js";
+import { createParentResolver } from "../../../../server/api/parent-resolver.js";
+import { createSqliteDatastore, type Datastore } from "../../../../server/datastore/index.js";
+import type { ClusterSpiffeIdObject, ClusterSpiffeIdStats } from "../../../../server/k8s-controller/cluster-spiffe-id.js";
+import { K8sController, type K8sControllerSettings } from "../../../../server/k8s-controller/controller.js";
+import { datastoreEntryStore } from "../../../../server/k8s-controller/entry-store.js";
+import type { KubeWatch } from "../../../../server/k8s-controller/kube-watch.js";
+import { parseTrustDomain } from "../../../../spiffe/id.js";
+
+const TD = parseTrustDomain("example.org");
+const NODE: V1Node = { metadata: { name: "worker-1", uid: "node-uid-1" } };
+const AGENT = "spiffe://example.org/spire/agent/k8s_psat/prod/node-uid-1";
+const log = createLogger({ level: "error", destination: { write: () => undefined } });
+const settings: K8sControllerSettings = {
+  cluster: "prod",
+  className: "",
+  defaultClusterSpiffeId: true,
+  resyncIntervalMs: 3_600_000,
+  ignoreNamespaces: ["kube-system"],
+  entryIdPrefix: "k8s.prod.",
+  clusterDomain: "cluster.local",
+};
+
+const pod = (ns: string, name: string, uid: string, labels: Record<string, string> = {}): V1Pod => ({
+  metadata: { namespace: ns, name, uid, labels },
+  spec: { containers: [], serviceAccountName: "sa", nodeName: NODE.metadata?.name ?? "" },
+  status: { phase: "Running" },
+});
+
+/** A cluster view the test edits directly. */
+class View implements KubeWatch {
+  synced = true;
+  podList: V1Pod[] = [];
+  nsList: V1Namespace[] = [{ metadata: { name: "web" } }, { metadata: { name: "kube-system" } }];
+  crs: ClusterSpiffeIdObject[] = [];
+  statuses = new Map<string, ClusterSpiffeIdStats>();
+  pods = () => this.podList;
+  namespace = (name: string) => this.nsList.find((n) => n.metadata?.name === name);
+  namespaces = () => this.nsList;
+  node = (name: string) => (name === NODE.metadata?.name ? NODE : undefined);
+  clusterSpiffeIds = () => this.crs;
+  putStatus = async (obj: ClusterSpiffeIdObject, stats: ClusterSpiffeIdStats) => void this.statuses.set(obj.metadata?.name ?? "", stats);
+  stop = async () => undefined;
+}
+
+let dir: string;
+let ds: Datastore;
+let view: View;
+let controller: K8sController;
+
+beforeEach(async () => {
+  dir = mkdtempSync(join(tmpdir(), "sigil-k8s-controller-"));
+  ds = await createSqliteDatastore({ path: join(dir, "ds.sqlite3"), clock: systemClock });
+  view = new View();
+  const parents = createParentResolver({ datastore: ds, now: () => new Date(), issuesAgentId: (id) => id === AGENT });
+  controller = new K8sController({
+    settings,
+    trustDomain: TD,
+    entries: datastoreEntryStore({ datastore: () => ds, trustDomain: TD, serverId: "spiffe://example.org/spire/server", parents: () => parents }),
+    log,
+    kubeWatch: async () => view,
+  });
+  await controller.start();
+});
+
+afterEach(async () => {
+  await controller.stop();
+  await ds.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const ids = async (): Promise<string[]> => (await ds.listEntries({})).items.map((e) => e.spiffeId).sort();
+
+describe("K8sController.reconcile", () => {
+  it("does nothing before the cluster is listed, so a controller started without the API deletes nothing", async () => {
+    await ds.createEntry({ id: "k8s.prod.leftover", spiffeId: "spiffe://example.org/ns/web/sa/gone", parentId: AGENT, selectors: [parseSelector("k8s:ns:web")] });
+    view.synced = false;
+    expect(await controller.reconcile()).toBeUndefined();
+    expect(await ids()).toEqual(["spiffe://example.org/ns/web/sa/gone"]);
+    view.synced = true;
+    expect(await controller.reconcile()).toEqual({ created: 0, updated: 0, deleted: 1, failed: 0 });
+    expect(await ids()).toEqual([]);
+  });
+
+  it("never reads, changes or deletes an entry without the prefix, even one identical to its own", async () => {
+    const p = pod("web", "a", "uid-a");
+    const theirs = await ds.createEntry({ spiffeId: "spiffe://example.org/ns/web/sa/sa", parentId: AGENT, selectors: [parseSelector("k8s:ns:web"), parseSelector("k8s:pod-uid:uid-a")] });
+    const alias = await ds.createEntry({ id: "k8s-prod-lookalike", spiffeId: "spiffe://example.org/x", parentId: AGENT, selectors: [parseSelector("k8s:ns:web")] });
+    view.podList = [p];
+    // Identical to the operator's: the datastore refuses the duplicate, and the failure is the controller's.
+    expect(await controller.reconcile()).toMatchObject({ created: 0, deleted: 0 });
+    view.podList = [];
+    await controller.reconcile();
+    expect((await ds.getEntry(theirs.id))?.revision).toBe(0);
+    expect((await ds.getEntry(alias.id))?.revision).toBe(0);
+  });
+
+  it("reconciles only its className, skips ignored namespaces, and writes nothing when nothing changed", async () => {
+    view.podList = [pod("web", "a", "uid-a", { app: "a" }), pod("kube-system", "dns", "uid-dns", { app: "dns" })];
+    view.crs = [
+      { metadata: { name: "mine", resourceVersion: "1", generation: 1 }, spec: { spiffeIDTemplate: 'spiffe://{{ .TrustDomain }}/app/{{ index .PodMeta.Labels "app" }}' } },
+      { metadata: { name: "other-class", resourceVersion: "1", generation: 1 }, spec: { className: "other", spiffeIDTemplate: "spiffe://{{ .TrustDomain }}/other" } },
+    ];
+    expect(await controller.reconcile()).toEqual({ created: 2, updated: 0, deleted: 0, failed: 0 });
+    expect(await ids()).toEqual(["spiffe://example.org/app/a", "spiffe://example.org/ns/web/sa/sa"]);
+    expect(view.statuses.get("mine")).toEqual({ namespacesSelected: 1, podsSelected: 1, entriesCreated: 1, entryRenderFailures: 0, entryFailures: 0 });
+    expect(view.statuses.has("other-class")).toBe(false);
+    expect(await controller.reconcile()).toEqual({ created: 0, updated: 0, deleted: 0, failed: 0 });
+  });
+
+  it("counts entries the server refuses in entryFailures (a federated trust domain without a bundle) and creates the rest", async () => {
+    view.podList = [pod("web", "a", "uid-a")];
+    view.crs = [{ metadata: { name: "fed", resourceVersion: "1" }, spec: { spiffeIDTemplate: "spiffe://{{ .TrustDomain }}/fed/{{ .PodMeta.Name }}", federatesWith: ["partner.example"] } }];
+    expect(await controller.reconcile()).toEqual({ created: 1, updated: 0, deleted: 0, failed: 1 });
+    expect(view.statuses.get("fed")).toEqual({ namespacesSelected: 1, podsSelected: 1, entriesCreated: 0, entryRenderFailures: 0, entryFailures: 1 });
+    expect(await ids()).toEqual(["spiffe://example.org/ns/web/sa/sa"]);
+  });
+
+  it("updates an owned entry someone edited back to what the rule says", async () => {
+    view.podList = [pod("web", "a", "uid-a")];
+    await controller.reconcile();
+    const [entry] = (await ds.listEntries({})).items;
+    await ds.updateEntry(entry?.id ?? "", { hint: "edited" });
+    expect(await controller.reconcile()).toEqual({ created: 0, updated: 1, deleted: 0, failed: 0 });
+    expect((await ds.getEntry(entry?.id ?? ""))?.hint).toBe("");
+  });
+});
