@@ -1,6 +1,7 @@
 /**
- * The `k8s-controller` server service: registers the pods of one Kubernetes
- * cluster automatically, from `ClusterSPIFFEID` rules (and, when
+ * The `k8s-controller` service (in the server, or alone in the
+ * `sigil-server k8s-controller` process): registers the pods of one
+ * Kubernetes cluster automatically, from `ClusterSPIFFEID` rules (and, when
  * `default_cluster_spiffe_id` is on, a built-in rule giving every pod
  * `spiffe://<td>/ns/<namespace>/sa/<service account>`).
  *
@@ -16,11 +17,12 @@
  * restarted controller finds its entries again instead of duplicating them,
  * and an entry made any other way is never read, changed or deleted
  * (generated IDs are base64url, which has no ".", and the default prefix
- * `k8s.<cluster>.` has one; an operator must not choose such IDs by hand). Nothing is deleted before all four resources have been
- * listed once, so a controller that starts without the API deletes nothing,
- * and the entries of a resource that became invalid (a template outside the
- * subset, a malformed selector) are kept as they are until it is fixed or
- * deleted; it creates none.
+ * `k8s.<cluster>.` has one; an operator must not choose such IDs by hand).
+ *
+ * Nothing is deleted before all four resources have been listed once, so a
+ * controller that starts without the API deletes nothing; and the entries of
+ * a resource that became invalid (a template outside the subset, a malformed
+ * selector) are kept as they are until it is fixed or deleted.
  */
 import type { Logger } from "../../common/log.js";
 import type { Service } from "../../common/service.js";
