@@ -111,8 +111,9 @@ const k8sControllerSection = z
     entry_id_prefix: z
       .string()
       .regex(/^[A-Za-z0-9._~-]{1,100}$/, { error: "must be 1-100 of A-Z a-z 0-9 . _ ~ -" })
+      .refine((p) => p.includes("."), { error: "must contain a \".\", which generated entry IDs never do, so that no other entry can start with it" })
       .optional()
-      .describe("Prefix of the IDs of the entries the controller creates, and the mark of the entries it owns: it never reads, changes or deletes an entry without it. Default `k8s.<cluster>.`; never give hand-made entries such IDs."),
+      .describe("Prefix of the IDs of the entries the controller creates, and the mark of the entries it owns: it never reads, changes or deletes an entry without it. Must contain a `.` (generated entry IDs never do). Default `k8s.<cluster>.`; never give hand-made entries such IDs."),
     cluster_domain: z.string().min(1).default("cluster.local").describe("The cluster's DNS domain, `{{ .ClusterDomain }}` in templates."),
   })
   .transform((c) => ({ ...c, entry_id_prefix: c.entry_id_prefix ?? `k8s.${c.cluster}.` }))
