@@ -96,7 +96,7 @@ interface Rendered {
 
 function render(valueFiles: readonly string[] = [], set: readonly string[] = []): Rendered {
   const args = ["template", RELEASE, chartDir, "--namespace", NAMESPACE, "--include-crds"];
-  for (const f of valueFiles) args.push("--values", path.join(fixtures, f));
+  for (const f of valueFiles) args.push("--values", path.resolve(fixtures, f));
   for (const s of set) args.push("--set", s);
   const r = helm(args);
   if (r.status !== 0) throw new Error(`helm ${args.join(" ")} failed (${r.status}): ${r.stderr}`);
@@ -485,6 +485,99 @@ describe.skipIf(helmBin === "")("Helm chart charts/sigil (real helm)", () => {
     }
   });
 
+  it("refuses a socket path whose directory is not Sigil's alone (the root init container would hand it to the agent's user, and workloads would mount it)", () => {
+    const refused = (socketPath: string) => helm(["template", RELEASE, chartDir, "--namespace", NAMESPACE, "--set", `agent.socketPath=${socketPath}`]);
+    for (const p of [
+      "/run/agent.sock", // the node's /run: the container runtime's socket for every workload that mounts it
+      "/tmp/agent.sock",
+      "/var/run/agent.sock",
+      "/var/lib/agent.sock",
+      "/run/sigil/../../agent.sock", // the node's root
+      "/run/sigil/./agent.sock",
+      "/run//sigil/agent.sock",
+      "/run/containerd/sigil/agent.sock",
+      "/var/lib/kubelet/sigil/agent.sock",
+      "/etc/sigil/agent.sock", // also the agent's own config mount
+      "/usr/local/sigil/agent.sock",
+      "/var/lib/sigil/agent.sock", // the agent's data directory in the pod
+      "/tmp/sigil/agent.sock", // inside the agent's /tmp
+    ]) {
+      const r = refused(p);
+      expect(r.status, `${p} was accepted`).not.toBe(0);
+      expect(r.stdout, p).toBe("");
+      expect(r.stderr, p).toMatch(/agent[./]socketPath/);
+    }
+    for (const p of ["/run/sigil/sockets/agent.sock", "/run/spire/agent-sockets/spire-agent.sock", "/var/run/sigil/agent.sock", "/run/identity/api.sock"]) {
+      const r = refused(p);
+      expect(r.status, `${p}: ${r.stderr}`).toBe(0);
+    }
+    // Istio's variant checks the host side too.
+    const istio = helm(["template", RELEASE, chartDir, "--namespace", NAMESPACE, "--set", "agent.istioSocket=true", "--set", "agent.socketPath=/run/socket"]);
+    expect(istio.status).not.toBe(0);
+  });
+
+  it("refuses values that would inject YAML (a newline in a name), and quotes every templated string", () => {
+    for (const [key, value] of [
+      ["server.priorityClassName", "x\n      hostNetwork: true"],
+      ["agent.priorityClassName", "x\n      hostNetwork: true"],
+      ["image.tag", "1.0\n          securityContext: {privileged: true}"],
+      ["image.repository", "sigil\n  x: y"],
+      ["nameOverride", "x\n    injected: yes"],
+      ["fullnameOverride", "x\n    injected: yes"],
+      ["server.persistence.storageClassName", "a\n  x: y"],
+      ["server.serviceAccount.name", "a\n  x: y"],
+      ["agent.serviceAccount.name", "a\n  x: y"],
+      ["server.dataStore.external.passwordSecret.name", "a\n  x: y"],
+      ["server.dataStore.external.passwordSecret.key", "a\n  x: y"],
+      ["bundleConfigMap.webhookLabel", "bad label!"],
+      ["bundleConfigMap.apiServiceLabel", "a\nb"],
+    ] as const) {
+      const file = path.join(tmp, `inject-${key}.yaml`);
+      const values: Record<string, unknown> = {};
+      let at = values;
+      const parts = key.split(".");
+      parts.slice(0, -1).forEach((p) => {
+        at = (at[p] = {}) as Record<string, unknown>;
+      });
+      at[parts[parts.length - 1] as string] = value;
+      writeFileSync(file, JSON.stringify(values));
+      const r = helm(["template", RELEASE, chartDir, "--namespace", NAMESPACE, "--values", file]);
+      expect(r.status, `${key} was accepted`).not.toBe(0);
+      expect(r.stderr, key).toMatch(/values don't meet the specifications of the schema/);
+      expect(r.stderr, key).toContain(`/${parts.join("/")}`);
+    }
+    // Strings YAML would read as something else are rendered as the strings they are.
+    const file = path.join(tmp, "yaml-special-strings.yaml");
+    writeFileSync(
+      file,
+      JSON.stringify({
+        nameOverride: "true",
+        image: { tag: "1e3" },
+        server: {
+          priorityClassName: "null",
+          persistence: { storageClassName: "on" },
+          serviceAccount: { create: true, name: "1234" },
+          dataStore: { type: "postgres", external: { host: "db", passwordSecret: { name: "0123", key: "0x10" } } },
+        },
+        agent: { priorityClassName: "yes", serviceAccount: { create: false, name: "false" } },
+      }),
+    );
+    const r = render([file]);
+    const sts = r.the<V1StatefulSet>("StatefulSet", "-server");
+    const ds = r.the<V1DaemonSet>("DaemonSet", "-agent");
+    expect(sts.spec?.template.spec?.priorityClassName).toBe("null");
+    expect(sts.spec?.volumeClaimTemplates?.[0]?.spec?.storageClassName).toBe("on");
+    expect(sts.spec?.template.spec?.serviceAccountName).toBe("1234");
+    expect(container(sts.spec?.template.spec as V1PodSpec, "server").env?.[0]?.valueFrom?.secretKeyRef).toEqual({ name: "0123", key: "0x10" });
+    expect(ds.spec?.template.spec?.priorityClassName).toBe("yes");
+    expect(ds.spec?.template.spec?.serviceAccountName).toBe("false");
+    for (const o of r.objects) {
+      for (const [k, v] of Object.entries(o.metadata.labels ?? {})) expect(typeof v, `${o.kind}/${o.metadata.name} label ${k}`).toBe("string");
+    }
+    expect(sts.metadata?.labels?.["app.kubernetes.io/name"]).toBe("true");
+    expect(validateAll(r)).toEqual([]);
+  });
+
   it("has a helm test pod that fetches its own SVID with the image's sigil-agent", () => {
     const test = defaults.the<V1Pod & KObject>("Pod", "-test-fetch-svid");
     expect(test.metadata?.annotations?.["helm.sh/hook"]).toBe("test");
@@ -733,6 +826,8 @@ describe("Dockerfile", () => {
 
   it("keeps local state, build output and the repository out of the build context", () => {
     for (const p of [".git", "node_modules", "dist", "build", ".sigil", "proto/gen"]) expect(ignored).toContain(p);
+    // Key material and credentials never reach the build context, wherever they lie.
+    for (const p of [".env*", ".npmrc", "**/*.pem", "**/*.key", "**/*.p12"]) expect(ignored).toContain(p);
     expect(statSync(path.join(root, ".dockerignore")).isFile()).toBe(true);
   });
 });

@@ -29,16 +29,16 @@
 
 {{/* Labels: every object gets the common ones; selectors use name, instance and component. */}}
 {{- define "sigil.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "sigil.name" .root }}
-app.kubernetes.io/instance: {{ .root.Release.Name }}
-app.kubernetes.io/component: {{ .component }}
+app.kubernetes.io/name: {{ include "sigil.name" .root | quote }}
+app.kubernetes.io/instance: {{ .root.Release.Name | quote }}
+app.kubernetes.io/component: {{ .component | quote }}
 {{- end -}}
 
 {{- define "sigil.labels" -}}
 {{ include "sigil.selectorLabels" . }}
-helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" | quote }}
 app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service | quote }}
 app.kubernetes.io/part-of: sigil
 {{- with .root.Values.commonLabels }}
 {{ toYaml . }}
@@ -66,6 +66,42 @@ app.kubernetes.io/part-of: sigil
 {{- define "sigil.psatTokenDir" -}}/var/run/secrets/tokens{{- end -}}
 {{- define "sigil.psatTokenFile" -}}sigil-agent{{- end -}}
 {{- define "sigil.istioSocketDir" -}}/var/run/secrets/workload-spiffe-uds{{- end -}}
+
+{{/*
+Refuses a socket path whose directory is not Sigil's alone. The root init container hands that
+directory of the node to runAsUser (chown, chmod 0755), the agent creates the socket in it, and
+every workload mounts it: a system or runtime directory (/run, /tmp, /var/lib/kubelet,
+/run/containerd …) would give the agent's user the node's directory and every workload the
+sockets in it (a container runtime's socket answers a read-only mount too). Nor may it hold, be
+or lie in a path the agent's pod uses. values.schema.json already refuses ., .. and empty
+components and a directory less than two levels deep.
+*/}}
+{{- define "sigil.checkSocketPath" -}}
+{{- $path := .Values.agent.socketPath -}}
+{{- $dir := dir $path -}}
+{{- if ne (clean $path) $path -}}
+{{- fail (printf "agent.socketPath %q: not a clean absolute path (no ., .. or empty components)" $path) -}}
+{{- end -}}
+{{- if lt (len (splitList "/" (trimPrefix "/" $dir))) 2 -}}
+{{- fail (printf "agent.socketPath %q: its directory %s is a top-level directory of the node; use a directory of its own, such as /run/sigil/sockets" $path $dir) -}}
+{{- end -}}
+{{- $shared := list "/var/run" "/var/lib" "/var/tmp" "/var/cache" "/var/spool" "/var/mail" "/var/opt" "/var/local" "/var/snap" "/run/lock" "/run/shm" "/run/mount" -}}
+{{- if has $dir $shared -}}
+{{- fail (printf "agent.socketPath %q: its directory %s is shared with the node's system; the chart hands the socket's directory to the agent's user and workloads mount it, so use a directory of its own, such as %s/sigil" $path $dir $dir) -}}
+{{- end -}}
+{{- $system := list "/proc" "/sys" "/dev" "/etc" "/boot" "/bin" "/sbin" "/lib" "/lib32" "/lib64" "/libx32" "/usr" "/root" "/home" "/snap" "/var/log" "/var/lib/kubelet" "/var/lib/containerd" "/var/lib/docker" "/var/lib/etcd" "/var/lib/cni" "/var/lib/calico" "/var/lib/rancher" "/opt/cni" "/run/containerd" "/var/run/containerd" "/run/docker" "/var/run/docker" "/run/crio" "/var/run/crio" "/run/k3s" "/var/run/k3s" "/run/systemd" "/var/run/systemd" "/run/user" "/var/run/user" "/run/netns" "/var/run/netns" -}}
+{{- range $system -}}
+{{- if or (eq $dir .) (hasPrefix (printf "%s/" .) $dir) -}}
+{{- fail (printf "agent.socketPath %q: its directory %s is in %s, a directory of the node's system, container runtime or kubelet; the chart hands the socket's directory to the agent's user and workloads mount it, so use a directory of its own, such as /run/sigil/sockets" $path $dir .) -}}
+{{- end -}}
+{{- end -}}
+{{- $inPod := list (include "sigil.agentConfigPath" $ | dir) (include "sigil.bundleDir" $) (include "sigil.agentDataDir" $) "/tmp" (include "sigil.psatTokenDir" $) "/var/run/secrets/kubernetes.io" -}}
+{{- range $inPod -}}
+{{- if or (eq $dir .) (hasPrefix (printf "%s/" .) $dir) (hasPrefix (printf "%s/" $dir) .) -}}
+{{- fail (printf "agent.socketPath %q: its directory %s is, holds or is inside %s, which the agent's pod uses; use a directory of its own, such as /run/sigil/sockets" $path $dir .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 
 {{/* The socket directory on the node, and the socket as the agent and workloads see it. */}}
 {{- define "sigil.socketHostDir" -}}{{ dir .Values.agent.socketPath }}{{- end -}}
@@ -100,10 +136,10 @@ or "root". It changes the mount points only, never what is below them.
 */}}
 {{- define "sigil.volumePermissionsContainer" -}}
 - name: volume-permissions
-  image: {{ include "sigil.image" .root }}
-  imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+  image: {{ include "sigil.image" .root | quote }}
+  imagePullPolicy: {{ .root.Values.image.pullPolicy | quote }}
   command:
-    - {{ include "sigil.nodeBinary" .root }}
+    - {{ include "sigil.nodeBinary" .root | quote }}
     - -e
     - |
       const fs = require("node:fs");
