@@ -176,12 +176,18 @@ export function createK8sBundleNotifier(config: K8sBundleConfig, deps: K8sBundle
     return reason;
   };
 
-  /** Read-modify-write of one object; 409 Conflict is read again and retried. Returns whether it wrote. */
+  /**
+   * Read-modify-write of one object; 409 Conflict is read again and retried. Returns whether it wrote.
+   * The write goes to `name` (in `namespace`) whatever identity the object read back claims, so
+   * a broken or hostile API server cannot steer it at another object.
+   */
   const update = async (kind: BundleTargetKind, name: string, namespace: string | undefined, change: Change, first?: KubeObject): Promise<boolean> => {
     let obj = first ?? (await api.get(kind, name, namespace));
     for (let attempt = 1; ; attempt++) {
-      const next = change(obj);
-      if (next === undefined) return false;
+      const changed = change(obj);
+      if (changed === undefined) return false;
+      const { namespace: _claimed, ...metadata } = changed.metadata ?? {};
+      const next: KubeObject = { ...changed, metadata: { ...metadata, name, ...(namespace === undefined ? {} : { namespace }) } };
       try {
         await api.replace(kind, next);
         return true;
@@ -195,13 +201,22 @@ export function createK8sBundleNotifier(config: K8sBundleConfig, deps: K8sBundle
     }
   };
 
-  /** Updates every object of a kind labelled `<label>=true`; returns how many it wrote. */
+  /**
+   * Updates every object of a kind labelled `<label>=true`; returns how many it wrote. The label
+   * is checked again on every object before it is written (an API server that ignored the
+   * selector, or an owner who removed the label before a conflict's re-read): an object that
+   * has not opted in keeps its own caBundle.
+   */
   const updateLabelled = async (kind: Exclude<BundleTargetKind, "ConfigMap">, label: string, change: Change): Promise<number> => {
+    const optedIn: Change = (obj) => {
+      const labels = obj.metadata?.labels as Record<string, unknown> | undefined;
+      return labels?.[label] === "true" ? change(obj) : undefined;
+    };
     let written = 0;
     for (const item of await api.list(kind, `${label}=true`)) {
       const name = item.metadata?.name;
-      if (name === undefined) continue;
-      if (await update(kind, name, undefined, change, item)) written++;
+      if (typeof name !== "string" || name === "") continue;
+      if (await update(kind, name, undefined, optedIn, item)) written++;
     }
     return written;
   };

@@ -231,6 +231,84 @@ describe.skipIf(!haveOpenssl)("k8sbundle notifier", () => {
     for (const r of ["mutatingwebhookconfigurations", "validatingwebhookconfigurations", "apiservices"]) api.objects.delete(r as never, r === "apiservices" ? "v1.metrics.example.com" : r.startsWith("mut") ? "inject" : "validate");
   });
 
+  it("writes only objects that carry the label when written: not what a selector-ignoring API lists, nor one unlabelled before a conflict's re-read", async () => {
+    seedConfigMap();
+    const LABEL = "sigil.example/bundle";
+    api.objects.put("mutatingwebhookconfigurations", webhookConfig("opted-in", { [LABEL]: "true" }, ["a.example.com"]));
+    api.objects.put("mutatingwebhookconfigurations", webhookConfig("someone-elses", {}, ["x.example.com"]));
+    api.objects.put("validatingwebhookconfigurations", webhookConfig("unlabelled-meanwhile", { [LABEL]: "true" }, ["v.example.com"]));
+    const metrics = new Metrics({ defaultMetrics: false });
+    let unlabelled = false;
+    const n = createK8sBundleNotifier(k8sBundleConfigSchema.parse({ namespace: NS, config_map: CM, webhook_label: LABEL, kube_config_file: api.writeKubeconfig(testTempDir("sigil-k8sbundle-")) }), {
+      log: createLogger({ level: "error", format: "json", destination: { write: () => undefined } }),
+      metrics,
+      sleep: (_ms, signal) => delay(1, undefined, { signal }),
+      api: (source) => {
+        const real = createBundleTargetsApi(source);
+        return {
+          get: real.get,
+          // An API server (or a proxy in front of it) that ignores labelSelector.
+          list: (kind) => real.list(kind, ""),
+          replace: async (kind, obj) => {
+            if (obj.metadata?.name === "unlabelled-meanwhile" && !unlabelled) {
+              // Its owner removes the label (and sets its own CA) between our read and our write.
+              unlabelled = true;
+              const current = api.objects.get("validatingwebhookconfigurations", "unlabelled-meanwhile");
+              api.objects.put("validatingwebhookconfigurations", { ...webhookConfig("unlabelled-meanwhile", {}, ["v.example.com"]), metadata: { ...current?.metadata, name: "unlabelled-meanwhile", labels: {} } } as WritableObject);
+            }
+            return real.replace(kind, obj);
+          },
+        };
+      },
+    });
+    onTestFinished(() => n.close?.());
+    n.bundleUpdated(bundleOf(rootCa()));
+    await vi.waitFor(async () => expect(await publishedAt(metrics)).toBeGreaterThan(0), { timeout: 15_000, interval: 20 });
+    const caBundles = (resource: "mutatingwebhookconfigurations" | "validatingwebhookconfigurations", name: string): unknown[] =>
+      ((api.objects.get(resource, name)?.webhooks ?? []) as Array<{ clientConfig?: { caBundle?: string } }>).map((w) => w.clientConfig?.caBundle);
+    expect(caBundles("mutatingwebhookconfigurations", "opted-in")[0]).toEqual(expect.any(String));
+    expect(caBundles("mutatingwebhookconfigurations", "someone-elses")).toEqual([undefined]);
+    expect(unlabelled).toBe(true);
+    expect(caBundles("validatingwebhookconfigurations", "unlabelled-meanwhile")).toEqual([undefined]);
+    api.objects.delete("mutatingwebhookconfigurations", "opted-in");
+    api.objects.delete("mutatingwebhookconfigurations", "someone-elses");
+    api.objects.delete("validatingwebhookconfigurations", "unlabelled-meanwhile");
+  });
+
+  it("writes the configured ConfigMap only, whatever name or namespace the object read back claims", async () => {
+    seedConfigMap();
+    api.objects.put("configmaps", { apiVersion: "v1", kind: "ConfigMap", metadata: { name: "coredns", namespace: "kube-system" }, data: { Corefile: "." } });
+    const metrics = new Metrics({ defaultMetrics: false });
+    const writes: string[] = [];
+    const n = createK8sBundleNotifier(k8sBundleConfigSchema.parse({ namespace: NS, config_map: CM, kube_config_file: api.writeKubeconfig(testTempDir("sigil-k8sbundle-")) }), {
+      log: createLogger({ level: "error", format: "json", destination: { write: () => undefined } }),
+      metrics,
+      sleep: (_ms, signal) => delay(1, undefined, { signal }),
+      api: (source) => {
+        const real = createBundleTargetsApi(source);
+        return {
+          list: real.list,
+          // A broken or hostile API server answers with another object's identity.
+          get: async (kind, name, namespace) => {
+            const obj = await real.get(kind, name, namespace);
+            return { ...obj, metadata: { ...obj.metadata, name: "coredns", namespace: "kube-system" } };
+          },
+          replace: (kind, obj) => {
+            writes.push(`${obj.metadata?.namespace}/${obj.metadata?.name}`);
+            return real.replace(kind, obj);
+          },
+        };
+      },
+    });
+    onTestFinished(() => n.close?.());
+    n.bundleUpdated(bundleOf(rootCa()));
+    await vi.waitFor(() => expect(configMapPem()).toBeDefined(), { timeout: 15_000, interval: 20 });
+    expect(writes.length).toBeGreaterThan(0);
+    expect(new Set(writes)).toEqual(new Set([`${NS}/${CM}`]));
+    expect(api.objects.get("configmaps", "coredns", "kube-system")?.data).toEqual({ Corefile: "." });
+    api.objects.delete("configmaps", "coredns", "kube-system");
+  });
+
   it("close() stops the retries: no call is made after it", async () => {
     api.objects.delete("configmaps", CM, NS);
     const metrics = new Metrics({ defaultMetrics: false });
