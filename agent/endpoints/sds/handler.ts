@@ -137,14 +137,15 @@ export function createSdsHandler(options: SdsHandlerOptions): SdsHandler {
       const method = "StreamSecrets";
       const state = new XdsStreamState();
       const callPeer = call.getPeer();
-      // Requests that arrive while the caller is being attested wait here, in order.
-      const early: DiscoveryRequest[] = [];
+      // The last request that arrived while the caller was being attested: nothing was sent yet, so it alone says what is wanted.
+      let early: DiscoveryRequest | undefined;
+      let clientDone = false;
       let watched: WatchedStream | undefined;
       let lastLeftOut = "";
 
       const onRequest = (req: DiscoveryRequest): void => {
         if (watched === undefined) {
-          early.push(req);
+          early = req;
           return;
         }
         const bad = badTypeUrl(req);
@@ -157,7 +158,7 @@ export function createSdsHandler(options: SdsHandlerOptions): SdsHandler {
           case "nack":
             log.warn(
               { method, caller: callPeer, rejected_version: v.rejectedVersion, applied_version: v.appliedVersion, code: v.code, reason: v.reason },
-              `${API}: the client rejected the secrets it was sent (NACK); it keeps version ${v.appliedVersion || "(none)"}`,
+              `${API}: the client rejected the secrets it was sent (NACK); it keeps its last good version`,
             );
             break;
           case "ack":
@@ -171,7 +172,10 @@ export function createSdsHandler(options: SdsHandlerOptions): SdsHandler {
 
       call.on("data", onRequest);
       // The client is done asking: the stream ends (xDS clients never half-close a live subscription).
-      call.on("end", () => watched?.end());
+      call.on("end", () => {
+        clientDone = true;
+        watched?.end();
+      });
       call.on("error", () => watched?.end());
 
       void admission.admit(call).then((r) => {
@@ -198,7 +202,8 @@ export function createSdsHandler(options: SdsHandlerOptions): SdsHandler {
           },
           (content) => state.stamp(content),
         );
-        for (const req of early.splice(0)) onRequest(req);
+        if (early !== undefined) onRequest(early);
+        if (clientDone) watched.end();
       }).catch((e: unknown) => {
         log.error({ method, err: e }, `${API} stream handler failed`);
         if (!call.cancelled) failStream(call, errorFailure(e));
