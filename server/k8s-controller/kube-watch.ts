@@ -93,9 +93,25 @@ export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch>
   // Without the CRD (a 404 on its list), the controller still runs the default rule; the list is tried again with backoff.
   let crdMissing = false;
   const informers: Array<{ informer: InstanceType<K8sModule["ListWatch"]>; synced: boolean }> = [];
-  function follow<T extends KubernetesObject>(what: string, path: string, list: () => Promise<{ items: T[]; metadata?: { resourceVersion?: string } }>): InstanceType<K8sModule["ListWatch"]> {
+  function follow<T extends KubernetesObject>(
+    what: string,
+    path: string,
+    list: () => Promise<{ items: T[]; metadata?: { resourceVersion?: string } }>,
+    relevant: (obj: T) => unknown,
+  ): InstanceType<K8sModule["ListWatch"]> {
     const state = { informer: undefined as unknown as InstanceType<K8sModule["ListWatch"]>, synced: false };
     let backoff = BACKOFF_MIN_MS;
+    // What the controller reads of each object: a change elsewhere (pod conditions, node heartbeats) starts no reconciliation.
+    const seen = new Map<string, string>();
+    const key = (obj: T): string => `${obj.metadata?.namespace ?? ""}/${obj.metadata?.name ?? ""}`;
+    const changed = (obj: T): void => {
+      backoff = BACKOFF_MIN_MS;
+      const k = key(obj);
+      const fingerprint = JSON.stringify(relevant(obj));
+      if (seen.get(k) === fingerprint) return;
+      seen.set(k, fingerprint);
+      opts.onChange();
+    };
     const informer = new k8s.ListWatch<T>(
       path,
       watch,
@@ -110,7 +126,12 @@ export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch>
       false,
     );
     state.informer = informer as never;
-    for (const verb of ["add", "update", "delete"] as const) informer.on(verb, () => opts.onChange());
+    informer.on("add", changed);
+    informer.on("update", changed);
+    informer.on("delete", (obj: T) => {
+      seen.delete(key(obj));
+      opts.onChange();
+    });
     informer.on("error", (err: unknown) => {
       if (stopped) return;
       if (what === "clusterspiffeids" && crdMissing) opts.log.debug({ resource: what, retry_ms: backoff }, "k8s controller: the ClusterSPIFFEID CRD is still not installed");
@@ -126,9 +147,19 @@ export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch>
     return informer as never;
   }
 
-  const pods = follow<V1Pod>("pods", "/api/v1/pods", () => core.listPodForAllNamespaces({}, options));
-  const namespaces = follow<V1Namespace>("namespaces", "/api/v1/namespaces", () => core.listNamespace({}, options));
-  const nodes = follow<V1Node>("nodes", "/api/v1/nodes", () => core.listNode({}, options));
+  const pods = follow<V1Pod>(
+    "pods",
+    "/api/v1/pods",
+    () => core.listPodForAllNamespaces({}, options),
+    (p) => [p.metadata?.uid, p.metadata?.labels, p.metadata?.annotations, p.spec?.serviceAccountName, p.spec?.nodeName, p.status?.phase],
+  );
+  const namespaces = follow<V1Namespace>("namespaces", "/api/v1/namespaces", () => core.listNamespace({}, options), (n) => n.metadata?.labels);
+  const nodes = follow<V1Node>(
+    "nodes",
+    "/api/v1/nodes",
+    () => core.listNode({}, options),
+    (n) => [n.metadata?.uid, n.metadata?.labels, n.metadata?.annotations, n.spec?.providerID, n.spec?.podCIDR],
+  );
   const crs = follow<KubernetesObject>("clusterspiffeids", crPath, async () => {
     try {
       const list = (await custom.listClusterCustomObject({ group: CLUSTER_SPIFFE_ID_GROUP, version: CLUSTER_SPIFFE_ID_VERSION, plural: CLUSTER_SPIFFE_ID_PLURAL }, options)) as { items: KubernetesObject[] };
@@ -140,7 +171,7 @@ export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch>
       crdMissing = true;
       return { items: [] };
     }
-  });
+  }, (cr) => (cr as ClusterSpiffeIdObject).spec);
   for (const { informer } of informers) void informer.start();
 
   return {

@@ -3,7 +3,8 @@
  * the wire-format fake API: one list per resource, then watch events; a
  * dropped stream resumes from the last resourceVersion without a list; a
  * too-old resourceVersion (410) lists again; a missing CRD leaves the view
- * usable; status writes are conditional; stop() ends every stream.
+ * usable; status writes are conditional; stop() ends every stream; changes
+ * the controller does not read start nothing.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -73,6 +74,21 @@ describe.skipIf(!haveOpenssl)("startKubeWatch", () => {
     await until("the deletion", () => podNames().join() === "web-2");
     expect(changes).toBeGreaterThan(0);
     expect(api.listWatchRequests.filter((r) => !r.watch)).toHaveLength(4);
+  });
+
+  it("starts no reconciliation for a change the controller does not read (a pod's or node's status)", async () => {
+    const w = await start();
+    const before = changes;
+    // Written again unchanged (a new resourceVersion, as a status update gives): ignored; then a new pod on the same stream.
+    api.putPod(pod(1));
+    api.putPod(pod(2));
+    await until("the new pod", () => podNames().length === 2);
+    expect(changes - before).toBe(1);
+    const other = { name: "worker-2", uid: "22222222-0000-4000-8000-000000000000" };
+    api.putNode(EXAMPLE_NODE);
+    api.putNode(other);
+    await until("the new node", () => w.node("worker-2") !== undefined);
+    expect(changes - before).toBe(2);
   });
 
   it("resumes a dropped watch from its resourceVersion without listing, and lists again after 410 Gone", async () => {
