@@ -23,13 +23,17 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-async function start(): Promise<{ cache: FakeWorkloadCache; client: Client; logs: Record<string, unknown>[]; endpoint: WorkloadEndpoint }> {
+async function start(attestDelayMs = 0): Promise<{ cache: FakeWorkloadCache; client: Client; logs: Record<string, unknown>[]; endpoint: WorkloadEndpoint }> {
   const cache = new FakeWorkloadCache();
   cache.addIdentity({ spiffeId: WEB, selectors: ["unix:uid:1"] });
   const logs: Record<string, unknown>[] = [];
   const log = createLogger({ level: "debug", destination: { write: (l: string) => void logs.push(JSON.parse(l) as Record<string, unknown>) } });
   const metrics = new Metrics({ defaultMetrics: false });
-  const sds = createSdsHandler({ cache, attest: async () => fixedCaller([parseSelector("unix:uid:1")]), trustDomain: cache.own.trustDomain, log, metrics });
+  const attest = async () => {
+    await new Promise((r) => setTimeout(r, attestDelayMs));
+    return fixedCaller([parseSelector("unix:uid:1")]);
+  };
+  const sds = createSdsHandler({ cache, attest, trustDomain: cache.own.trustDomain, log, metrics });
   const dir = await mkdtemp(path.join(tmpdir(), "sigil-sds-"));
   const endpoint = await startWorkloadEndpoint({ socketPath: path.join(dir, "api.sock"), services: [sds], peers: createPeerTracker(), metrics, log });
   const client = sdsChannel(endpoint.socketPath);
@@ -91,6 +95,15 @@ describe("SDS handler", () => {
       call.write(toWire(["default"]));
     });
     expect(ended).toBe("end");
+  });
+
+  it("requests sent while the caller is being attested: the last one is answered, once", async () => {
+    const { client } = await start(300);
+    const s = streamSecrets(client, ["default"]);
+    s.send({ resourceNames: ["ROOTCA", "default"] });
+    expect(names(await s.next())).toEqual(["ROOTCA", "default"]);
+    expect(await s.quiet(300)).toBeUndefined();
+    s.close();
   });
 
   it("refuses a request for another resource type", async () => {
