@@ -169,6 +169,18 @@ export function entryIdFor(prefix: string, ruleName: string, podUid: string): st
   return prefix + createHash("sha256").update(`${ruleName}\n${podUid}`).digest("hex").slice(0, 32);
 }
 
+const DIGEST_RE = /^[0-9a-f]{32}$/;
+
+/**
+ * Whether an entry ID is one {@link entryIdFor} makes with this prefix: the
+ * prefix and exactly its 32-hex digest. Starting with the prefix is not
+ * enough: another cluster's default prefix can extend this one (`k8s.prod.`
+ * and `k8s.prod.eu.`), and an operator's ID can start with it by accident.
+ */
+export function isOwnedEntryId(prefix: string, id: string): boolean {
+  return id.length === prefix.length + 32 && id.startsWith(prefix) && DIGEST_RE.test(id.slice(prefix.length));
+}
+
 /** The template data of a pod on a node. */
 export function templateData(ctx: RenderContext, pod: V1Pod, node: V1Node): TemplateData {
   return {

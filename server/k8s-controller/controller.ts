@@ -12,12 +12,14 @@
  * each resource's counts to its `status`. It runs after a change seen on a
  * watch (coalesced), and every `resync_interval` to repair what others changed.
  *
- * Ownership: an entry is the controller's exactly when its ID starts with
- * `entry_id_prefix`. IDs are the prefix and a digest of (rule, pod UID), so a
- * restarted controller finds its entries again instead of duplicating them,
- * and an entry made any other way is never read, changed or deleted
+ * Ownership: an entry is the controller's exactly when its ID is
+ * `entry_id_prefix` followed by 32 hex digits, the digest of (rule, pod UID),
+ * so a restarted controller finds its entries again instead of duplicating
+ * them, and an entry made any other way is never read, changed or deleted
  * (generated IDs are base64url, which has no ".", and the default prefix
- * `k8s.<cluster>.` has one; an operator must not choose such IDs by hand).
+ * `k8s.<cluster>.` has one; another cluster's prefix extending this one,
+ * `k8s.prod.eu.` beside `k8s.prod.`, makes longer IDs; an operator must not
+ * choose such IDs by hand).
  *
  * Nothing is deleted before all four resources have been listed once, so a
  * controller that starts without the API deletes nothing; and the entries of

@@ -4,7 +4,7 @@
  * admin API does (`validateWireEntry`) and writes to the datastore; as its own
  * process ({@link adminApiEntryStore}) it calls the server's admin API over
  * the admin socket, which runs the same validation. Either way only entries
- * whose ID starts with the controller's prefix are listed.
+ * whose ID is the controller's prefix and a digest are listed.
  */
 import { create } from "@bufbuild/protobuf";
 import { credentials } from "@grpc/grpc-js";
@@ -15,7 +15,7 @@ import { SigilError, isSigilError } from "../../spiffe/errors.js";
 import type { TrustDomain } from "../../spiffe/id.js";
 import { ENTRY_FIELDS, type Datastore } from "../datastore/index.js";
 import { validateWireEntry, type ParentResolver } from "../registration/entry-validation.js";
-import type { RenderedEntry } from "./cluster-spiffe-id.js";
+import { isOwnedEntryId, type RenderedEntry } from "./cluster-spiffe-id.js";
 
 /** What the controller compares of an existing entry. */
 export interface StoredEntry {
@@ -39,7 +39,7 @@ export type CreateResult = { readonly ok: true } | { readonly ok: false; readonl
 
 /** The controller's access to entries. */
 export interface ControllerEntryStore {
-  /** Entries whose ID starts with `prefix`, by ID. */
+  /** Entries whose ID is `prefix` and a digest of the controller's ({@link isOwnedEntryId}), by ID. */
   listOwned(prefix: string): Promise<Map<string, StoredEntry>>;
   /** Creates entries (IDs given); results in input order. */
   create(entries: readonly RenderedEntry[]): Promise<CreateResult[]>;
@@ -87,7 +87,7 @@ export function datastoreEntryStore(deps: DatastoreEntryStoreDeps): ControllerEn
       let pageToken: string | undefined;
       do {
         const page = await deps.datastore().listEntries({ pageSize: 5000, ...(pageToken ? { pageToken } : {}) });
-        for (const e of page.items) if (e.id.startsWith(prefix)) owned.set(e.id, { ...e, expires: e.expiresAt !== null });
+        for (const e of page.items) if (isOwnedEntryId(prefix, e.id)) owned.set(e.id, { ...e, expires: e.expiresAt !== null });
         pageToken = page.nextPageToken;
       } while (pageToken);
       return owned;
@@ -141,7 +141,7 @@ export function adminApiEntryStore(socketPath: string): ControllerEntryStore {
       do {
         const res = await client.listEntries({ pageSize: 1000, pageToken });
         for (const e of res.entries) {
-          if (!e.id.startsWith(prefix)) continue;
+          if (!isOwnedEntryId(prefix, e.id)) continue;
           owned.set(e.id, { ...e, x509SvidTtl: e.x509SvidTtl, jwtSvidTtl: e.jwtSvidTtl, expires: e.expiresAt !== 0n });
         }
         pageToken = res.nextPageToken;

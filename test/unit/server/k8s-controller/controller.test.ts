@@ -15,7 +15,7 @@ import { createLogger } from "../../../../common/log.js";
 import { parseSelector } from "../../../../common/selector.js";
 import { createParentResolver } from "../../../../server/api/parent-resolver.js";
 import { createSqliteDatastore, type Datastore } from "../../../../server/datastore/index.js";
-import type { ClusterSpiffeIdObject, ClusterSpiffeIdStats } from "../../../../server/k8s-controller/cluster-spiffe-id.js";
+import { entryIdFor, type ClusterSpiffeIdObject, type ClusterSpiffeIdStats } from "../../../../server/k8s-controller/cluster-spiffe-id.js";
 import { K8sController, type K8sControllerSettings } from "../../../../server/k8s-controller/controller.js";
 import { datastoreEntryStore } from "../../../../server/k8s-controller/entry-store.js";
 import type { KubeWatch } from "../../../../server/k8s-controller/kube-watch.js";
@@ -87,7 +87,7 @@ const ids = async (): Promise<string[]> => (await ds.listEntries({})).items.map(
 
 describe("K8sController.reconcile", () => {
   it("does nothing before the cluster is listed, so a controller started without the API deletes nothing", async () => {
-    await ds.createEntry({ id: "k8s.prod.leftover", spiffeId: "spiffe://example.org/ns/web/sa/gone", parentId: AGENT, selectors: [parseSelector("k8s:ns:web")] });
+    await ds.createEntry({ id: entryIdFor("k8s.prod.", "gone", "uid-gone"), spiffeId: "spiffe://example.org/ns/web/sa/gone", parentId: AGENT, selectors: [parseSelector("k8s:ns:web")] });
     view.synced = false;
     expect(await controller.reconcile()).toBeUndefined();
     expect(await ids()).toEqual(["spiffe://example.org/ns/web/sa/gone"]);
@@ -107,6 +107,23 @@ describe("K8sController.reconcile", () => {
     await controller.reconcile();
     expect((await ds.getEntry(theirs.id))?.revision).toBe(0);
     expect((await ds.getEntry(alias.id))?.revision).toBe(0);
+  });
+
+  it("owns only its prefix followed by its own digest: never another cluster's whose prefix extends it, nor an operator's ID that merely starts with it", async () => {
+    // Cluster "prod.eu" (a valid k8s_psat cluster name) has the default prefix "k8s.prod.eu.", which starts with "k8s.prod.".
+    const otherCluster = await ds.createEntry({
+      id: entryIdFor("k8s.prod.eu.", "(default)", "uid-eu"),
+      spiffeId: "spiffe://example.org/ns/web/sa/eu",
+      parentId: AGENT,
+      selectors: [parseSelector("k8s:ns:web"), parseSelector("k8s:pod-uid:uid-eu")],
+    });
+    const handMade = await ds.createEntry({ id: "k8s.prod.web-frontend", spiffeId: "spiffe://example.org/hand/made", parentId: AGENT, selectors: [parseSelector("k8s:ns:web")] });
+    view.podList = [pod("web", "a", "uid-a")];
+    expect(await controller.reconcile()).toEqual({ created: 1, updated: 0, deleted: 0, failed: 0 });
+    view.podList = [];
+    expect(await controller.reconcile()).toEqual({ created: 0, updated: 0, deleted: 1, failed: 0 });
+    expect((await ds.getEntry(otherCluster.id))?.revision).toBe(0);
+    expect((await ds.getEntry(handMade.id))?.revision).toBe(0);
   });
 
   it("reconciles only its className, skips ignored namespaces, and writes nothing when nothing changed", async () => {
