@@ -135,6 +135,11 @@ export function defaultRule(): Rule {
   return compileRule(DEFAULT_RULE_NAME, { spiffeIDTemplate: DEFAULT_SPIFFE_ID_TEMPLATE });
 }
 
+/** A rendered value in a message: pods' annotations can be 256 KiB, and the message is logged and remembered per pod. */
+function quoted(s: string): string {
+  return JSON.stringify(s.length > 200 ? `${s.slice(0, 197)}...` : s);
+}
+
 /** Where the rendered entry lives, besides the pod and its node. */
 export interface RenderContext {
   readonly trustDomain: TrustDomain;
@@ -217,7 +222,7 @@ export function renderPodEntry(rule: Rule, ctx: RenderContext, pod: V1Pod, node:
     if (!id.memberOf(ctx.trustDomain)) throw new SigilError("ERR_INVALID_ARGUMENT", `it is not in trust domain ${ctx.trustDomain.name}`);
     spiffeId = id.toString();
   } catch (e) {
-    throw new SigilError("ERR_INVALID_ARGUMENT", `spiffeIDTemplate rendered ${JSON.stringify(rendered)}, not a SPIFFE ID of this trust domain: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    throw new SigilError("ERR_INVALID_ARGUMENT", `spiffeIDTemplate rendered ${quoted(rendered)}, not a SPIFFE ID of this trust domain: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
   }
   const selectors = [parseSelector(`k8s:ns:${data.PodMeta.Namespace}`), parseSelector(`k8s:pod-uid:${data.PodMeta.UID}`)];
   rule.workloadSelectors.forEach((t, i) => {
@@ -225,7 +230,7 @@ export function renderPodEntry(rule: Rule, ctx: RenderContext, pod: V1Pod, node:
     try {
       selectors.push(parseSelector(s));
     } catch (e) {
-      throw new SigilError("ERR_INVALID_ARGUMENT", `workloadSelectorTemplates[${i}] rendered ${JSON.stringify(s)}, not a selector: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+      throw new SigilError("ERR_INVALID_ARGUMENT", `workloadSelectorTemplates[${i}] rendered ${quoted(s)}, not a selector: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
     }
   });
   const dnsNames: string[] = [];

@@ -69,6 +69,24 @@ describe("renderPodEntry", () => {
     expect((err as Error).message).toMatch(message);
   });
 
+  it("quotes at most a short prefix of what a pod's annotation rendered (the message is logged and kept per pod)", () => {
+    const big = "a".repeat(200_000);
+    const hostile: V1Pod = { ...pod, metadata: { ...pod.metadata, annotations: { path: big } } };
+    for (const spec of [
+      { spiffeIDTemplate: 'spiffe://{{ .TrustDomain }}/{{ index .PodMeta.Annotations "path" }}' },
+      { spiffeIDTemplate: "spiffe://example.org/a", workloadSelectorTemplates: ['{{ index .PodMeta.Annotations "path" }}'] },
+    ]) {
+      let err: unknown;
+      try {
+        renderPodEntry(compileRule("r", spec), ctx, hostile, node);
+      } catch (e) {
+        err = e;
+      }
+      expect(isSigilError(err, "ERR_INVALID_ARGUMENT")).toBe(true);
+      expect((err as Error).message.length).toBeLessThan(1_000);
+    }
+  });
+
   it("a selector template that renders no selector is a render failure", () => {
     const rule = compileRule("r", { spiffeIDTemplate: "spiffe://example.org/a", workloadSelectorTemplates: ['k8s:{{ index .PodMeta.Labels "none" }}'] });
     expect(() => renderPodEntry(rule, ctx, pod, node)).toThrow(/workloadSelectorTemplates\[0\] rendered "k8s:", not a selector/);

@@ -147,6 +147,15 @@ describe("K8sController.reconcile", () => {
     expect(await ids()).toEqual(["spiffe://example.org/ns/web/sa/sa"]);
   });
 
+  it("an annotation steering the ID into /spire or onto the trust domain itself is refused like an operator's entry", async () => {
+    const annotated = (uid: string, path: string): V1Pod => ({ ...pod("web", uid, uid), metadata: { namespace: "web", name: uid, uid, annotations: { path } } });
+    view.podList = [annotated("uid-1", "spire/agent/k8s_psat/prod/node-uid-1"), annotated("uid-2", "spire/server"), annotated("uid-3", "spire"), annotated("uid-4", "ok/two")];
+    view.crs = [{ metadata: { name: "free", resourceVersion: "1" }, spec: { spiffeIDTemplate: 'spiffe://{{ .TrustDomain }}/{{ index .PodMeta.Annotations "path" }}' } }];
+    await controller.reconcile();
+    expect((await ids()).filter((id) => !id.includes("/ns/"))).toEqual(["spiffe://example.org/ok/two"]);
+    expect(view.statuses.get("free")).toMatchObject({ podsSelected: 4, entriesCreated: 1, entryFailures: 3 });
+  });
+
   it("updates an owned entry someone edited back to what the rule says", async () => {
     view.podList = [pod("web", "a", "uid-a")];
     await controller.reconcile();
