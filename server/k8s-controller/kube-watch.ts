@@ -5,6 +5,9 @@
  * resumes from the last resourceVersion), and the one write the controller
  * makes, a ClusterSPIFFEID's `status` (PUT on the status subresource).
  *
+ * A 404 on the ClusterSPIFFEID list means no CRD only while no resource is
+ * held: with resources held it is an error like any other (they are kept).
+ *
  * `ListWatch` gives up after an error (it reports it and stops); this view
  * starts it again after a backoff (1 s doubling to 30 s), so an API server
  * that restarts or drops the stream is followed again without polling.
@@ -167,6 +170,10 @@ export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch>
       return list;
     } catch (e) {
       if (httpStatusOf(k8s, e) !== 404) throw e;
+      // Resources seen and not deleted by a watch event: a 404 now is an API server that cannot
+      // serve them yet (warming up after a restart), not an uninstalled CRD, whose resources are
+      // deleted, and seen deleted, first. An empty list would take every identity they give.
+      if (crs.list().length > 0) throw e;
       if (!crdMissing) opts.log.warn({}, `k8s controller: ${crPath} is not served (the ClusterSPIFFEID CRD is not installed); only the default rule applies until it is`);
       crdMissing = true;
       return { items: [] };

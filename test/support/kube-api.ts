@@ -577,6 +577,8 @@ export interface FakeKubeWatchables {
   compactWatchHistory(): void;
   /** Ends every open watch stream (clients resume from their last resourceVersion). */
   dropWatches(): void;
+  /** Sends an in-stream ERROR 410 Expired on every open watch without ending it (the client lists again once the stream ends). */
+  expireWatches(): void;
   /** Number of open watch streams. */
   openWatches(): number;
   /** Installs (default) or removes the ClusterSPIFFEID CRD: without it, its paths answer 404 NotFound. */
@@ -736,6 +738,9 @@ function createWatchables(pods: Map<string, FakePod>, nodes: Map<string, FakeNod
     dropWatches() {
       for (const s of streams) s.res.end();
       streams.clear();
+    },
+    expireWatches() {
+      for (const s of streams) s.res.write(`${JSON.stringify({ type: "ERROR", object: status(410, "Expired", "too old resource version") })}\n`);
     },
     openWatches: () => streams.size,
     setCrdInstalled: (installed) => void (crdInstalled = installed),

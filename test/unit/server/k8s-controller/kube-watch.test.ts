@@ -117,6 +117,24 @@ describe.skipIf(!haveOpenssl)("startKubeWatch", () => {
     expect(podNames()).toEqual(["web-1"]);
   });
 
+  it("a CRD path answering 404 on a list after resources were seen (an API server warming up after a 410) keeps them until a list succeeds", async () => {
+    const w = await start();
+    api.putClusterSpiffeId({ metadata: { name: "r1" }, spec: { spiffeIDTemplate: "spiffe://example.org/a" } });
+    await until("the resource", () => w.clusterSpiffeIds().length === 1);
+    const crLists = (): number => api.listWatchRequests.filter((r) => !r.watch && r.path.endsWith("/clusterspiffeids")).length;
+    const before = crLists();
+    api.expireWatches();
+    await new Promise((r) => setTimeout(r, 100));
+    api.setCrdInstalled(false);
+    api.dropWatches();
+    // The relist is refused (404, not recorded); wait past the first backoff's retry too.
+    await new Promise((r) => setTimeout(r, 1_500));
+    expect(w.clusterSpiffeIds().map((c) => c.metadata?.name)).toEqual(["r1"]);
+    api.setCrdInstalled(true);
+    await until("a successful list", () => crLists() > before && api.openWatches() === 4);
+    expect(w.clusterSpiffeIds().map((c) => c.metadata?.name)).toEqual(["r1"]);
+  });
+
   it("writes status conditionally on the resourceVersion, and stop() ends every stream", async () => {
     const w = await start();
     api.putClusterSpiffeId({ metadata: { name: "r1" }, spec: { spiffeIDTemplate: "spiffe://example.org/a" } });
