@@ -41,7 +41,7 @@ import {
   type RenderedEntry,
   type Rule,
 } from "./cluster-spiffe-id.js";
-import type { ControllerEntryStore, StoredEntry } from "./entry-store.js";
+import { isEntryRefusal, type ControllerEntryStore, type StoredEntry } from "./entry-store.js";
 import { compileLabelSelector } from "./label-selector.js";
 import { startKubeWatch, type KubeWatch, type KubeWatchOptions } from "./kube-watch.js";
 
@@ -271,13 +271,17 @@ export class K8sController implements Service {
         toCreate.push({ entry, rule });
         continue;
       }
-      // A refused update leaves the entry as it was, still the resource's.
-      present.add(id);
+      // An update the server refuses (what the rule and pod now render is invalid, or a duplicate)
+      // deletes the entry below, as a fresh start would never create it: kept as it was, a pod
+      // could pin what a rule edit takes away (admin, an ID, federation) by making its labels
+      // render an invalid DNS name. One the server fails to answer keeps it for the next try.
       try {
         await store.update(entry);
         updated++;
+        present.add(id);
       } catch (err) {
         failed(rule, err, "update", id);
+        if (!isEntryRefusal(err)) present.add(id);
       }
     }
     const results = await store.create(toCreate.map((c) => c.entry));
@@ -293,7 +297,7 @@ export class K8sController implements Service {
       if (st && owned.has(id)) st.entriesCreated++;
     }
     for (const id of owned.keys()) {
-      if (desired.has(id) || kept.has(id)) continue;
+      if (present.has(id) || kept.has(id)) continue;
       try {
         await store.delete(id);
         deleted++;

@@ -11,7 +11,7 @@ import { credentials } from "@grpc/grpc-js";
 import { createUnaryClient } from "../../common/rpc/unary-client.js";
 import { EntryAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
 import { EntrySchema, type Entry as WireEntry } from "../../proto/gen/sigil/types/v1/types_pb.js";
-import { SigilError, isSigilError } from "../../spiffe/errors.js";
+import { SigilError, isSigilError, type ErrorCode } from "../../spiffe/errors.js";
 import type { TrustDomain } from "../../spiffe/id.js";
 import { ENTRY_FIELDS, type Datastore } from "../datastore/index.js";
 import { validateWireEntry, type ParentResolver } from "../registration/entry-validation.js";
@@ -124,11 +124,29 @@ export function datastoreEntryStore(deps: DatastoreEntryStoreDeps): ControllerEn
   };
 }
 
-const GRPC_NOT_FOUND = 5;
+/** gRPC item status codes and the error each becomes; anything else is the server failing (ERR_UNAVAILABLE). */
+const GRPC_CODES: Readonly<Record<number, ErrorCode>> = {
+  3: "ERR_INVALID_ARGUMENT",
+  5: "ERR_NOT_FOUND",
+  6: "ERR_ALREADY_EXISTS",
+  7: "ERR_PERMISSION_DENIED",
+  9: "ERR_FAILED_PRECONDITION",
+  13: "ERR_INTERNAL",
+};
 
 function statusError(what: string, status: { code: number; message: string } | undefined): SigilError | undefined {
   if (status === undefined || status.code === 0) return undefined;
-  return new SigilError(status.code === GRPC_NOT_FOUND ? "ERR_NOT_FOUND" : "ERR_INVALID_ARGUMENT", `${what}: ${status.message}`);
+  return new SigilError(GRPC_CODES[status.code] ?? "ERR_UNAVAILABLE", `${what}: ${status.message}`);
+}
+
+/**
+ * Whether an error of {@link ControllerEntryStore.update} is the server
+ * refusing the entry as rendered (invalid, unknown parent, a duplicate), as
+ * opposed to failing to answer: a refused entry is deleted rather than kept
+ * as it was.
+ */
+export function isEntryRefusal(err: unknown): boolean {
+  return isSigilError(err, "ERR_INVALID_ARGUMENT") || isSigilError(err, "ERR_NOT_FOUND") || isSigilError(err, "ERR_ALREADY_EXISTS") || isSigilError(err, "ERR_SPIFFE_ID_INVALID");
 }
 
 /** The store of a controller running as its own process: the server's admin API on its Unix socket. */

@@ -156,6 +156,29 @@ describe("K8sController.reconcile", () => {
     expect(view.statuses.get("free")).toMatchObject({ podsSelected: 4, entriesCreated: 1, entryFailures: 3 });
   });
 
+  it("an entry whose update the server refuses is deleted, not frozen: a tenant cannot pin a privilege the rule later drops", async () => {
+    const rule = (admin: boolean): ClusterSpiffeIdObject => ({
+      metadata: { name: "ops", resourceVersion: admin ? "1" : "2" },
+      spec: { spiffeIDTemplate: "spiffe://{{ .TrustDomain }}/ops/{{ .PodMeta.Name }}", dnsNameTemplates: ['{{ index .PodMeta.Labels "app" }}.web.svc'], admin },
+    });
+    const opsEntries = async () => (await ds.listEntries({})).items.filter((e) => e.spiffeId.includes("/ops/"));
+    view.podList = [pod("web", "a", "uid-a", { app: "api" })];
+    view.crs = [rule(true)];
+    await controller.reconcile();
+    expect((await opsEntries()).map((e) => [e.admin, e.dnsNames])).toEqual([[true, ["api.web.svc"]]]);
+    // A valid label value, but "a_b.web.svc" is no DNS name: the update is refused.
+    view.podList = [pod("web", "a", "uid-a", { app: "a_b" })];
+    expect(await controller.reconcile()).toMatchObject({ failed: 1 });
+    view.crs = [rule(false)];
+    await controller.reconcile();
+    expect(await opsEntries()).toEqual([]);
+    expect(view.statuses.get("ops")).toMatchObject({ podsSelected: 1, entriesCreated: 0, entryFailures: 1 });
+    // Fixed: created again, as the rule now says.
+    view.podList = [pod("web", "a", "uid-a", { app: "api" })];
+    await controller.reconcile();
+    expect((await opsEntries()).map((e) => e.admin)).toEqual([false]);
+  });
+
   it("updates an owned entry someone edited back to what the rule says", async () => {
     view.podList = [pod("web", "a", "uid-a")];
     await controller.reconcile();
