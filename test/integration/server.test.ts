@@ -200,7 +200,7 @@ describe("sigil-server CLI", () => {
     expect(jwt.status, jwt.stderr).toBe(0);
     const token = (JSON.parse(jwt.stdout) as { token: string }).token;
     expect(validateJwtSvid(token, { getJwtBundleForTrustDomain: () => bundleSource().jwt }, { audience: "db" }).spiffeId.toString()).toBe("spiffe://example.org/minted");
-  });
+  }, 120_000); // 16 CLI processes, each a full Node start
 
   it("every admin call leaves an audit record naming the method and outcome", async () => {
     const rec = await srv.waitForLog((l) => l.type === "audit" && String(l.method ?? "").endsWith("/BatchCreateEntry"));
