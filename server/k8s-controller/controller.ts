@@ -78,7 +78,7 @@ export interface ReconcileResult {
   readonly failed: number;
 }
 
-/** Pause that lets a burst of watch events become one reconciliation. */
+/** Pause that lets a burst of watch events become one reconciliation (longer after a slow one; see #schedule). */
 const COALESCE_MS = 50;
 
 type MutableStats = { -readonly [K in keyof ClusterSpiffeIdStats]: ClusterSpiffeIdStats[K] };
@@ -117,6 +117,8 @@ export class K8sController implements Service {
   #running: Promise<void> | undefined;
   #again = false;
   #stopped = false;
+  /** How long the last reconciliation took (ms): the least pause before the next. */
+  #lastMs = 0;
   /** Rule problems already logged (name + resourceVersion + message), so a bad resource is logged once. */
   readonly #logged = new Set<string>();
   /** Called after every reconciliation (tests, bench). */
@@ -147,28 +149,37 @@ export class K8sController implements Service {
     this.#d.entries.close?.();
   }
 
+  // The pause before a reconciliation is at least as long as the last one took: a cluster
+  // whose pods change all the time (a tenant's churn) gets the server's event loop, which it
+  // shares with the agent API, at most half the time.
   #schedule(): void {
     if (this.#stopped || this.#timer) return;
+    if (this.#running) {
+      this.#again = true;
+      return;
+    }
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
-      if (this.#running) {
-        this.#again = true;
-        return;
-      }
-      this.#running = this.#loop().finally(() => (this.#running = undefined));
-    }, COALESCE_MS);
+      this.#running = this.#run().finally(() => {
+        this.#running = undefined;
+        if (this.#again) {
+          this.#again = false;
+          this.#schedule();
+        }
+      });
+    }, Math.max(COALESCE_MS, this.#lastMs));
   }
 
-  async #loop(): Promise<void> {
-    do {
-      this.#again = false;
-      try {
-        const r = await this.reconcile();
-        if (r) this.onReconciled?.(r);
-      } catch (err) {
-        this.#d.log.error({ err }, "k8s controller: reconciliation failed; trying again at the next change or resync");
-      }
-    } while (this.#again && !this.#stopped);
+  async #run(): Promise<void> {
+    const start = performance.now();
+    try {
+      const r = await this.reconcile();
+      if (r) this.onReconciled?.(r);
+    } catch (err) {
+      this.#d.log.error({ err }, "k8s controller: reconciliation failed; trying again at the next change or resync");
+    } finally {
+      this.#lastMs = performance.now() - start;
+    }
   }
 
   #logOnce(key: string, fields: Record<string, unknown>, msg: string): void {

@@ -147,7 +147,7 @@ describe("K8sController.reconcile", () => {
     expect(await ids()).toEqual(["spiffe://example.org/ns/web/sa/sa"]);
   });
 
-  it("an annotation steering the ID into /spire or onto the trust domain itself is refused like an operator's entry", async () => {
+  it("an annotation steering the ID into /spire (an agent's, the server's, /spire itself) is refused like an operator's entry", async () => {
     const annotated = (uid: string, path: string): V1Pod => ({ ...pod("web", uid, uid), metadata: { namespace: "web", name: uid, uid, annotations: { path } } });
     view.podList = [annotated("uid-1", "spire/agent/k8s_psat/prod/node-uid-1"), annotated("uid-2", "spire/server"), annotated("uid-3", "spire"), annotated("uid-4", "ok/two")];
     view.crs = [{ metadata: { name: "free", resourceVersion: "1" }, spec: { spiffeIDTemplate: 'spiffe://{{ .TrustDomain }}/{{ index .PodMeta.Annotations "path" }}' } }];
@@ -186,5 +186,40 @@ describe("K8sController.reconcile", () => {
     await ds.updateEntry(entry?.id ?? "", { hint: "edited" });
     expect(await controller.reconcile()).toEqual({ created: 0, updated: 1, deleted: 0, failed: 0 });
     expect((await ds.getEntry(entry?.id ?? ""))?.hint).toBe("");
+  });
+});
+
+describe("K8sController pacing", () => {
+  it("pauses after each reconciliation at least as long as it took, so a stream of pod changes cannot keep the server busy", async () => {
+    let onChange: (() => void) | undefined;
+    const runs: Array<{ start: number; end: number }> = [];
+    const inner = datastoreEntryStore({ datastore: () => ds, trustDomain: TD, serverId: "spiffe://example.org/spire/server", parents: () => createParentResolver({ datastore: ds, now: () => new Date() }) });
+    const slow = new K8sController({
+      settings,
+      trustDomain: TD,
+      entries: {
+        ...inner,
+        async listOwned(prefix) {
+          runs.push({ start: Date.now(), end: 0 });
+          // A large cluster's reconciliation.
+          await new Promise((r) => setTimeout(r, 150));
+          return inner.listOwned(prefix);
+        },
+      },
+      log,
+      kubeWatch: async (opts) => ((onChange = opts.onChange), view),
+    });
+    slow.onReconciled = () => void ((runs.at(-1) as { end: number }).end = Date.now());
+    await slow.start();
+    const churn = setInterval(() => onChange?.(), 5);
+    await new Promise((r) => setTimeout(r, 1_500));
+    clearInterval(churn);
+    await slow.stop();
+    const done = runs.filter((r) => r.end > 0);
+    expect(done.length).toBeGreaterThanOrEqual(2);
+    for (let i = 1; i < done.length; i++) {
+      const prev = done[i - 1] as { start: number; end: number };
+      expect((done[i] as { start: number }).start - prev.end).toBeGreaterThanOrEqual(0.9 * (prev.end - prev.start));
+    }
   });
 });
