@@ -23,6 +23,9 @@ import { CLUSTER_SPIFFE_ID_GROUP, CLUSTER_SPIFFE_ID_PLURAL, CLUSTER_SPIFFE_ID_VE
 const CALL_TIMEOUT_MS = 30_000;
 const BACKOFF_MIN_MS = 1_000;
 const BACKOFF_MAX_MS = 30_000;
+/** Longest a watch stream is kept: the `timeoutSeconds` asked of the API server, then ended here after the grace. */
+const WATCH_TIMEOUT_MS = 300_000;
+const WATCH_GRACE_MS = 30_000;
 
 /** Options of {@link startKubeWatch}. */
 export interface KubeWatchOptions {
@@ -31,6 +34,8 @@ export interface KubeWatchOptions {
   /** Called after every change to any of the four caches (and after each one's first list). */
   readonly onChange: () => void;
   readonly log: Logger;
+  /** Longest a watch stream is kept (default 5 min; tests shorten it); see {@link startKubeWatch}. */
+  readonly watchTimeoutMs?: number;
 }
 
 /** What the controller reads and writes. */
@@ -74,13 +79,39 @@ export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch>
     return agent;
   };
   // Watch streams started after stop() (a list in flight when it was called) are aborted at once.
+  // Each watch asks the API server to end it after timeoutSeconds (as client-go does), and is
+  // ended here shortly after that if it is still open: a stream a proxy or a broken API server
+  // keeps open with nothing on it would otherwise leave the view stale for good (new pods
+  // unregistered, deleted pods' entries kept). Either way it resumes from its resourceVersion.
+  const watchTimeoutMs = opts.watchTimeoutMs ?? WATCH_TIMEOUT_MS;
   class StoppableWatch extends k8s.Watch {
     override async watch(path: string, query: Record<string, string | number | boolean | undefined>, cb: (phase: string, obj: unknown, watchObj?: unknown) => void, done: (err: unknown) => void): Promise<AbortController> {
       if (stopped) return new AbortController();
-      const c = await super.watch(path, query, cb, done);
+      let expired = false;
+      let guard: NodeJS.Timeout | undefined;
+      const ended = (err: unknown): void => {
+        if (guard) clearTimeout(guard);
+        // Ended here for running past its time: a normal end, not an error to back off from.
+        done(expired ? null : err);
+      };
+      const c = await super.watch(path, { ...query, timeoutSeconds: Math.max(1, Math.round(watchTimeoutMs / 1000)) }, cb, ended);
       if (stopped) c.abort();
-      else live.add(c);
-      c.signal.addEventListener("abort", () => live.delete(c), { once: true });
+      else {
+        live.add(c);
+        guard = setTimeout(() => {
+          expired = true;
+          c.abort();
+        }, watchTimeoutMs + Math.min(WATCH_GRACE_MS, watchTimeoutMs));
+        guard.unref();
+      }
+      c.signal.addEventListener(
+        "abort",
+        () => {
+          live.delete(c);
+          if (!expired && guard) clearTimeout(guard);
+        },
+        { once: true },
+      );
       return c;
     }
   }

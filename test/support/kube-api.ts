@@ -558,6 +558,8 @@ export interface ListWatchRequest {
   readonly path: string;
   readonly watch: boolean;
   readonly resourceVersion: string;
+  /** The watch's `timeoutSeconds`, when given. */
+  readonly timeoutSeconds?: string;
 }
 
 /** LIST/WATCH collections and the ClusterSPIFFEID status subresource (part of {@link FakeKubeApi}). */
@@ -579,6 +581,8 @@ export interface FakeKubeWatchables {
   dropWatches(): void;
   /** Sends an in-stream ERROR 410 Expired on every open watch without ending it (the client lists again once the stream ends). */
   expireWatches(): void;
+  /** Stops sending events on every open watch while keeping it open (a proxy or API server that hangs); later watches work. */
+  stallWatches(): void;
   /** Number of open watch streams. */
   openWatches(): number;
   /** Installs (default) or removes the ClusterSPIFFEID CRD: without it, its paths answer 404 NotFound. */
@@ -667,7 +671,8 @@ function createWatchables(pods: Map<string, FakePod>, nodes: Map<string, FakeNod
     if (kind === "clusterspiffeids" && !crdInstalled) return send(res, 404, status(404, "NotFound", "the server could not find the requested resource")), true;
     const watch = ["true", "1"].includes(url.searchParams.get("watch") ?? "");
     const from = url.searchParams.get("resourceVersion") ?? "";
-    listWatchRequests.push({ path: url.pathname, watch, resourceVersion: from });
+    const timeoutSeconds = url.searchParams.get("timeoutSeconds");
+    listWatchRequests.push({ path: url.pathname, watch, resourceVersion: from, ...(timeoutSeconds === null ? {} : { timeoutSeconds }) });
     if (!watch) {
       const [listKind, apiVersion] = LIST_KIND[kind];
       send(res, 200, { kind: listKind, apiVersion, metadata: { resourceVersion: String(rv) }, items: [...store[kind].values()] });
@@ -737,6 +742,9 @@ function createWatchables(pods: Map<string, FakePod>, nodes: Map<string, FakeNod
     },
     dropWatches() {
       for (const s of streams) s.res.end();
+      streams.clear();
+    },
+    stallWatches() {
       streams.clear();
     },
     expireWatches() {

@@ -4,7 +4,8 @@
  * dropped stream resumes from the last resourceVersion without a list; a
  * too-old resourceVersion (410) lists again; a missing CRD leaves the view
  * usable; status writes are conditional; stop() ends every stream; changes
- * the controller does not read start nothing.
+ * the controller does not read start nothing; a stream that hangs is ended
+ * after its timeout; a CRD 404 on a relist keeps the resources held.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -115,6 +116,16 @@ describe.skipIf(!haveOpenssl)("startKubeWatch", () => {
     await until("synced", () => watch?.synced === true);
     expect(watch.clusterSpiffeIds()).toEqual([]);
     expect(podNames()).toEqual(["web-1"]);
+  });
+
+  it("gives up on a watch stream that stays open past its timeoutSeconds with nothing on it, and resumes from its resourceVersion", async () => {
+    watch = await startKubeWatch({ kubeConfigFile: kubeconfig, onChange: () => changes++, log, watchTimeoutMs: 1_000 });
+    await until("the first lists and four open watches", () => watch?.synced === true && api.openWatches() === 4);
+    expect(api.listWatchRequests.filter((r) => r.watch).every((r) => r.timeoutSeconds === "1")).toBe(true);
+    api.stallWatches();
+    api.putPod(pod(2));
+    await until("the pod put while the stream hung", () => podNames().length === 2);
+    expect(api.listWatchRequests.filter((r) => !r.watch && r.path === "/api/v1/pods")).toHaveLength(1);
   });
 
   it("a CRD path answering 404 on a list after resources were seen (an API server warming up after a 410) keeps them until a list succeeds", async () => {
