@@ -30,6 +30,7 @@ import type { Logger } from "../../common/log.js";
 import type { Service } from "../../common/service.js";
 import type { TrustDomain } from "../../spiffe/id.js";
 import {
+  DEFAULT_RULE_NAME,
   compileRule,
   defaultRule,
   entryIdFor,
@@ -199,7 +200,7 @@ export class K8sController implements Service {
     const s = this.#d.settings;
     const ignored = new Set(s.ignoreNamespaces);
     const rules: Array<{ name: string; obj?: ClusterSpiffeIdObject; rule?: Rule; error?: string }> = [];
-    if (s.defaultClusterSpiffeId) rules.push({ name: "(default)", rule: defaultRule() });
+    if (s.defaultClusterSpiffeId) rules.push({ name: DEFAULT_RULE_NAME, rule: defaultRule() });
     for (const obj of w.clusterSpiffeIds()) {
       if ((obj.spec?.className ?? "") !== s.className) continue;
       const name = obj.metadata?.name ?? "";
@@ -307,8 +308,17 @@ export class K8sController implements Service {
       const st = stats.get(rule);
       if (st && owned.has(id)) st.entriesCreated++;
     }
-    for (const id of owned.keys()) {
+    // Without the CRD served, the resources' entries cannot be told from stale ones; those of
+    // live pods are kept (an API server not yet serving the CRD must not take every identity
+    // the resources give), those of pods gone and the default rule's are deleted as ever.
+    const livePods = w.crdMissing === true ? new Set(pods.map((p) => p.metadata?.uid ?? "")) : undefined;
+    const ruleOfLivePod = (e: StoredEntry): boolean => {
+      const uid = e.selectors.find((x) => x.type === "k8s" && x.value.startsWith("pod-uid:"))?.value.slice("pod-uid:".length);
+      return uid !== undefined && livePods?.has(uid) === true && e.id !== entryIdFor(this.#ctx.entryIdPrefix, DEFAULT_RULE_NAME, uid);
+    };
+    for (const [id, e] of owned) {
       if (present.has(id) || kept.has(id)) continue;
+      if (livePods !== undefined && ruleOfLivePod(e)) continue;
       try {
         await store.delete(id);
         deleted++;

@@ -42,6 +42,11 @@ export interface KubeWatchOptions {
 export interface KubeWatch {
   /** True once all four resources have been listed at least once. */
   readonly synced: boolean;
+  /**
+   * True while the ClusterSPIFFEID list answers 404 and no resource is held
+   * (the CRD is not installed, or not served yet).
+   */
+  readonly crdMissing?: boolean;
   pods(): V1Pod[];
   namespace(name: string): V1Namespace | undefined;
   namespaces(): V1Namespace[];
@@ -215,6 +220,9 @@ export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch>
   return {
     get synced() {
       return informers.every((i) => i.synced);
+    },
+    get crdMissing() {
+      return crdMissing;
     },
     pods: () => pods.list() as V1Pod[],
     namespace: (name) => namespaces.get(name) as V1Namespace | undefined,

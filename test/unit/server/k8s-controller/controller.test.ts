@@ -44,6 +44,7 @@ const pod = (ns: string, name: string, uid: string, labels: Record<string, strin
 /** A cluster view the test edits directly. */
 class View implements KubeWatch {
   synced = true;
+  crdMissing = false;
   podList: V1Pod[] = [];
   nsList: V1Namespace[] = [{ metadata: { name: "web" } }, { metadata: { name: "kube-system" } }];
   crs: ClusterSpiffeIdObject[] = [];
@@ -177,6 +178,22 @@ describe("K8sController.reconcile", () => {
     view.podList = [pod("web", "a", "uid-a", { app: "api" })];
     await controller.reconcile();
     expect((await opsEntries()).map((e) => e.admin)).toEqual([false]);
+  });
+
+  it("while the ClusterSPIFFEID CRD answers 404, keeps the resources' entries of live pods (a warming API server), and still deletes those of pods gone", async () => {
+    view.podList = [pod("web", "a", "uid-a"), pod("web", "b", "uid-b")];
+    view.crs = [{ metadata: { name: "apps", resourceVersion: "1" }, spec: { spiffeIDTemplate: "spiffe://{{ .TrustDomain }}/app/{{ .PodMeta.Name }}" } }];
+    await controller.reconcile();
+    expect(await ids()).toEqual(["spiffe://example.org/app/a", "spiffe://example.org/app/b", "spiffe://example.org/ns/web/sa/sa", "spiffe://example.org/ns/web/sa/sa"]);
+    view.crs = [];
+    view.crdMissing = true;
+    view.podList = [pod("web", "a", "uid-a")];
+    expect(await controller.reconcile()).toEqual({ created: 0, updated: 0, deleted: 2, failed: 0 });
+    expect(await ids()).toEqual(["spiffe://example.org/app/a", "spiffe://example.org/ns/web/sa/sa"]);
+    // Served again, without the resource: its entries go.
+    view.crdMissing = false;
+    expect(await controller.reconcile()).toEqual({ created: 0, updated: 0, deleted: 1, failed: 0 });
+    expect(await ids()).toEqual(["spiffe://example.org/ns/web/sa/sa"]);
   });
 
   it("updates an owned entry someone edited back to what the rule says", async () => {
