@@ -47,8 +47,18 @@ import { callFailure, createEndpointAdmission, errorFailure, failStream, failUna
 import type { EndpointService } from "../server.js";
 import { createStreamWatcher, PENDING, type WatchedStream } from "../stream-watch.js";
 import { selectIdentities } from "../workload-api/responses.js";
+import { objectKey } from "../turn-memo.js";
 import { DEFAULT_SDS_NAMES, SECRET_TYPE_URL, secretsAnswerFor, spiffeValidationFor, type CallerView, type SdsNames } from "./secrets.js";
-import { XdsStreamState } from "./xds-stream.js";
+import { trimNode, XdsStreamState } from "./xds-stream.js";
+
+/**
+ * Names the cache objects a caller's secrets are built from (the cache
+ * replaces them on change, never modifies them) and the validator choice: the
+ * same key, the same secrets.
+ */
+function viewKey(view: CallerView, spiffeCertValidation: boolean): string {
+  return `${objectKey(view.bundles)};${spiffeCertValidation ? "v" : "-"};${view.identities.map((i) => `${objectKey(i.entry)}:${objectKey(i.svid)}`).join(",")}`;
+}
 
 /**
  * Largest request the endpoint reads while SDS is served. An Envoy's
@@ -60,6 +70,29 @@ import { XdsStreamState } from "./xds-stream.js";
  */
 export const SDS_MAX_REQUEST_BYTES = 128 * 1024;
 
+/**
+ * Most resource names one request may list. Envoy subscribes to a handful of
+ * secrets per stream; a stream's names are kept, and resolved again whenever
+ * the caller's secrets change, so tens of thousands of one-character names in
+ * a 128 KiB request would cost the agent megabytes per stream and seconds of
+ * event loop per cache change across a uid's streams.
+ */
+export const SDS_MAX_RESOURCE_NAMES = 256;
+
+/** Longest resource name, in UTF-8 bytes: a SPIFFE ID's limit; no longer name can name a secret. */
+export const SDS_MAX_RESOURCE_NAME_BYTES = 2048;
+
+/** Longest NACK reason logged, in characters (an Envoy's is a line or two; the rest is cut). */
+const LOGGED_REASON_MAX = 1024;
+/** Left-out names logged: at most this many, each cut to {@link LOGGED_NAME_MAX} characters (the count is logged whole). */
+const LOGGED_NAMES_MAX = 16;
+const LOGGED_NAME_MAX = 256;
+
+/** `s` cut to `max` characters, saying how long it was. */
+function capped(s: string, max: number): string {
+  return s.length <= max ? s : `${s.slice(0, max)}… (${s.length} characters)`;
+}
+
 /** The protobuf-es method map of `SecretDiscoveryService`. */
 export type SdsMethods = typeof SecretDiscoveryService extends GenService<infer S> ? S : never;
 
@@ -67,6 +100,8 @@ export type SdsMethods = typeof SecretDiscoveryService extends GenService<infer 
 export const SDS_MESSAGES = {
   deltaUnimplemented: "Method is not implemented",
   typeUrl: `type_url must be empty or ${SECRET_TYPE_URL}`,
+  tooManyNames: `a request may name at most ${SDS_MAX_RESOURCE_NAMES} resources`,
+  nameTooLong: `a resource name may be at most ${SDS_MAX_RESOURCE_NAME_BYTES} bytes`,
   identityPending: "an identity of the caller is being issued after a registration change; retry",
 } as const;
 
@@ -109,8 +144,14 @@ export function createSdsHandler(options: SdsHandlerOptions): SdsHandler {
   const admission = createEndpointAdmission({ cache, attest: options.attest, log, metrics });
   const streams = createStreamWatcher({ api: API, cache, noIdentity: admission.noIdentity, log });
 
-  function badTypeUrl(req: DiscoveryRequest): CallFailure | undefined {
-    return req.typeUrl === "" || req.typeUrl === SECRET_TYPE_URL ? undefined : callFailure(status.INVALID_ARGUMENT, SDS_MESSAGES.typeUrl);
+  /** Why a request is refused (another resource type, too many or too long names), or undefined. */
+  function badRequest(req: DiscoveryRequest): CallFailure | undefined {
+    if (req.typeUrl !== "" && req.typeUrl !== SECRET_TYPE_URL) return callFailure(status.INVALID_ARGUMENT, SDS_MESSAGES.typeUrl);
+    if (req.resourceNames.length > SDS_MAX_RESOURCE_NAMES) return callFailure(status.INVALID_ARGUMENT, SDS_MESSAGES.tooManyNames);
+    for (const n of req.resourceNames) {
+      if (n.length > SDS_MAX_RESOURCE_NAME_BYTES || Buffer.byteLength(n, "utf8") > SDS_MAX_RESOURCE_NAME_BYTES) return callFailure(status.INVALID_ARGUMENT, SDS_MESSAGES.nameTooLong);
+    }
+    return undefined;
   }
 
   /** True for a name that can only be a bundle (`ROOTCA`, `ALL`, `spiffe://<td>` without a path). */
@@ -129,7 +170,9 @@ export function createSdsHandler(options: SdsHandlerOptions): SdsHandler {
   }
 
   function logLeftOut(method: string, callPeer: string, leftOut: readonly string[]): void {
-    if (leftOut.length > 0) log.info({ method, caller: callPeer, names: leftOut }, `${API}: requested secrets not served (unknown, or not the caller's)`);
+    if (leftOut.length === 0) return;
+    const names = leftOut.slice(0, LOGGED_NAMES_MAX).map((n) => capped(n, LOGGED_NAME_MAX));
+    log.info({ method, caller: callPeer, names, names_count: leftOut.length }, `${API}: requested secrets not served (unknown, or not the caller's)`);
   }
 
   const implementation: GrpcServiceImplementation<SdsMethods> = {
@@ -142,22 +185,42 @@ export function createSdsHandler(options: SdsHandlerOptions): SdsHandler {
       let clientDone = false;
       let watched: WatchedStream | undefined;
       let lastLeftOut = "";
+      // Refused while the caller was being attested: ended once admitted.
+      let refused: CallFailure | undefined;
+      // The nonce of the last NACK logged: an Envoy repeating a NACK is logged once per response.
+      let nackLogged: string | undefined;
+      // What the last state was computed from: a cache change that leaves the caller's view and names as they were recomputes nothing.
+      let lastBasis: { names: readonly string[]; view: string; result: DiscoveryResponse | typeof PENDING } | undefined;
 
       const onRequest = (req: DiscoveryRequest): void => {
+        const bad = badRequest(req);
         if (watched === undefined) {
-          early = req;
+          // Only the last request counts, and only what it needs of the node is kept.
+          refused ??= bad;
+          early = bad !== undefined || req.node === undefined ? req : { ...req, node: trimNode(req.node) };
           return;
         }
-        const bad = badTypeUrl(req);
         if (bad !== undefined) return watched.end(bad);
         const v = state.receive(req);
         switch (v.kind) {
           case "stale":
-            log.debug({ method, caller: callPeer, nonce: v.nonce }, `${API}: stale request ignored (an older response's nonce)`);
+            log.debug({ method, caller: callPeer, nonce: capped(v.nonce, 64) }, `${API}: stale request ignored (an older response's nonce)`);
             return;
           case "nack":
+            if (nackLogged === req.responseNonce) {
+              log.debug({ method, caller: callPeer, rejected_version: v.rejectedVersion }, `${API}: NACK repeated`);
+              break;
+            }
+            nackLogged = req.responseNonce;
             log.warn(
-              { method, caller: callPeer, rejected_version: v.rejectedVersion, applied_version: v.appliedVersion, code: v.code, reason: v.reason },
+              {
+                method,
+                caller: callPeer,
+                rejected_version: v.rejectedVersion,
+                applied_version: capped(v.appliedVersion, 64),
+                code: v.code,
+                reason: capped(v.reason, LOGGED_REASON_MAX),
+              },
               `${API}: the client rejected the secrets it was sent (NACK); it keeps its last good version`,
             );
             break;
@@ -180,6 +243,7 @@ export function createSdsHandler(options: SdsHandlerOptions): SdsHandler {
 
       void admission.admit(call).then((r) => {
         if ("failure" in r) return failStream(call, r.failure);
+        if (refused !== undefined) return failStream(call, refused);
         const { selectors } = r.caller;
         watched = streams.watch(
           call,
@@ -192,17 +256,23 @@ export function createSdsHandler(options: SdsHandlerOptions): SdsHandler {
             if (requested === undefined) return PENDING;
             const view = viewOf(selectors, requested);
             if (view === undefined || view === PENDING) return view;
-            const answer = secretsAnswerFor(requested, view, { ...names, spiffeCertValidation: spiffeValidationFor(state.node, disabledByConfig) });
+            const spiffeCertValidation = spiffeValidationFor(state.node, disabledByConfig);
+            const basis = viewKey(view, spiffeCertValidation);
+            if (lastBasis !== undefined && lastBasis.names === requested && lastBasis.view === basis) return lastBasis.result;
+            const answer = secretsAnswerFor(requested, view, { ...names, spiffeCertValidation });
             const leftOut = answer.leftOut.join("\n");
             if (leftOut !== lastLeftOut) logLeftOut(method, callPeer, answer.leftOut);
             lastLeftOut = leftOut;
             // Named secrets none of which exist for this caller: no answer (an empty one would make Envoy reject it).
-            if (answer.content.resources.length === 0 && requested.length > 0) return PENDING;
-            return answer.content;
+            const result = answer.content.resources.length === 0 && requested.length > 0 ? PENDING : answer.content;
+            lastBasis = { names: requested, view: basis, result };
+            return result;
           },
           (content) => state.stamp(content),
         );
+        if (refused !== undefined) return failStream(call, refused);
         if (early !== undefined) onRequest(early);
+        early = undefined;
         if (clientDone) watched.end();
       }).catch((e: unknown) => {
         log.error({ method, err: e }, `${API} stream handler failed`);
@@ -214,7 +284,7 @@ export function createSdsHandler(options: SdsHandlerOptions): SdsHandler {
       const method = "FetchSecrets";
       const req = call.request;
       void (async () => {
-        const bad = badTypeUrl(req);
+        const bad = badRequest(req);
         if (bad !== undefined) return failUnary(callback, bad);
         const r = await admission.admit(call);
         if ("failure" in r) return failUnary(callback, r.failure);

@@ -19,10 +19,14 @@
  * - The subscription is the set of `resource_names` (order and repeats do not
  *   matter); a request that changes it, or the first one, is answered.
  * - A request without `node` keeps the node seen before (Envoy may send it on
- *   the first request only).
+ *   the first request only). Only what the secrets depend on is kept of it
+ *   ({@link trimNode}): an Envoy's node lists its extensions and Istio's
+ *   metadata (up to the 128 KiB request cap, several times that decoded), and
+ *   a uid may hold a thousand streams.
  */
 import { createHash } from "node:crypto";
-import type { Node } from "../../../proto/gen/envoy/config/core/v3/base_pb.js";
+import { create } from "@bufbuild/protobuf";
+import { BuildVersionSchema, NodeSchema, type Node } from "../../../proto/gen/envoy/config/core/v3/base_pb.js";
 import { DiscoveryResponseSchema, type DiscoveryRequest, type DiscoveryResponse } from "../../../proto/gen/envoy/service/discovery/v3/discovery_pb.js";
 import { encodeMessage, presetEncoding } from "../../../spiffe/grpc/service.js";
 
@@ -36,6 +40,33 @@ export type RequestVerdict =
   | { readonly kind: "nack"; readonly rejectedVersion: string; readonly appliedVersion: string; readonly reason: string; readonly code: number; readonly namesChanged: boolean }
   /** Carries an older nonce (or none after a response): ignored, names and all. */
   | { readonly kind: "stale"; readonly nonce: string; readonly namesChanged: false };
+
+/** Node metadata key read by `spiffeValidationFor`. */
+const VALIDATOR_OVERRIDE_KEY = "disable_spiffe_cert_validation";
+
+/** Longest `id` and `cluster` kept of a node (they only name it in debugging). */
+const NODE_NAME_MAX = 256;
+
+/**
+ * What a stream keeps of a client's node: `id` and `cluster` (capped), the
+ * `disable_spiffe_cert_validation` metadata value when it is a bool or a short
+ * string, and the build version's number. Everything else (other metadata,
+ * client features, Envoy's extension list and other fields Sigil's trimmed
+ * proto keeps as unknown bytes) is dropped.
+ */
+export function trimNode(node: Node): Node {
+  const override = node.metadata?.[VALIDATOR_OVERRIDE_KEY];
+  const keep = typeof override === "boolean" || (typeof override === "string" && override.length <= 8);
+  const uv = node.userAgentVersionType;
+  return create(NodeSchema, {
+    id: node.id.slice(0, NODE_NAME_MAX),
+    cluster: node.cluster.slice(0, NODE_NAME_MAX),
+    ...(keep ? { metadata: { [VALIDATOR_OVERRIDE_KEY]: override } } : {}),
+    ...(uv.case === "userAgentBuildVersion" && uv.value.version !== undefined
+      ? { userAgentVersionType: { case: "userAgentBuildVersion" as const, value: create(BuildVersionSchema, { version: { majorNumber: uv.value.version.majorNumber, minorNumber: uv.value.version.minorNumber, patch: uv.value.version.patch } }) } }
+      : {}),
+  });
+}
 
 let lastNonce = 0;
 
@@ -123,7 +154,7 @@ export class XdsStreamState {
     if (!first && this.#sentNonce !== undefined && req.responseNonce !== this.#sentNonce) {
       return { kind: "stale", nonce: req.responseNonce, namesChanged: false };
     }
-    if (req.node !== undefined) this.#node = req.node;
+    if (req.node !== undefined) this.#node = trimNode(req.node);
     const names = [...new Set(req.resourceNames)];
     const namesChanged = first || !sameSet(names, this.#names ?? []);
     if (namesChanged) this.#names = names;

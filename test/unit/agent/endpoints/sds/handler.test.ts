@@ -8,7 +8,7 @@ import path from "node:path";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { Metadata, status, type Client, type ServiceError } from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
-import { createSdsHandler } from "../../../../../agent/endpoints/sds/handler.js";
+import { createSdsHandler, SDS_MAX_REQUEST_BYTES } from "../../../../../agent/endpoints/sds/handler.js";
 import { createPeerTracker, startWorkloadEndpoint, type WorkloadEndpoint } from "../../../../../agent/endpoints/server.js";
 import { createLogger } from "../../../../../common/log.js";
 import { Metrics } from "../../../../../common/metrics.js";
@@ -35,7 +35,7 @@ async function start(attestDelayMs = 0): Promise<{ cache: FakeWorkloadCache; cli
   };
   const sds = createSdsHandler({ cache, attest, trustDomain: cache.own.trustDomain, log, metrics });
   const dir = await mkdtemp(path.join(tmpdir(), "sigil-sds-"));
-  const endpoint = await startWorkloadEndpoint({ socketPath: path.join(dir, "api.sock"), services: [sds], peers: createPeerTracker(), metrics, log });
+  const endpoint = await startWorkloadEndpoint({ socketPath: path.join(dir, "api.sock"), services: [sds], maxRequestBytes: SDS_MAX_REQUEST_BYTES, peers: createPeerTracker(), metrics, log });
   const client = sdsChannel(endpoint.socketPath);
   cleanups.push(async () => {
     client.close();
@@ -103,6 +103,45 @@ describe("SDS handler", () => {
     s.send({ resourceNames: ["ROOTCA", "default"] });
     expect(names(await s.next())).toEqual(["ROOTCA", "default"]);
     expect(await s.quiet(300)).toBeUndefined();
+    s.close();
+  });
+
+  it("refuses a request naming more than 256 secrets or a name longer than 2048 bytes (streams, during attestation too, and FetchSecrets)", async () => {
+    const { client } = await start(200);
+    const many = Array.from({ length: 257 }, (_, i) => `n${i}`);
+    const long = `spiffe://example.org/${"x".repeat(2048)}`;
+    for (const bad of [many, ["default", long]]) {
+      // Sent while the caller is being attested.
+      const s = streamSecrets(client, bad);
+      expect(await s.ended).toMatchObject({ code: status.INVALID_ARGUMENT });
+      await expect(fetchSecrets(client, bad)).rejects.toMatchObject({ code: status.INVALID_ARGUMENT });
+    }
+    // Mid-stream, after a first answer.
+    const s = streamSecrets(client, ["default"]);
+    const r = await s.next();
+    s.send({ resourceNames: many, versionInfo: r.versionInfo, responseNonce: r.nonce });
+    expect(await s.ended).toMatchObject({ code: status.INVALID_ARGUMENT });
+    // 256 names of 2048 bytes' worth are fine.
+    expect(names(await fetchSecrets(client, [...many.slice(0, 255), "default"]))).toEqual(["default"]);
+  });
+
+  it("a NACK is logged once per response, its reason capped; left-out names are logged capped", async () => {
+    const { client, logs } = await start();
+    const junk = Array.from({ length: 200 }, (_, i) => `junk-${i}-${"y".repeat(500)}`);
+    const s = streamSecrets(client, ["default", ...junk]);
+    const r = await s.next();
+    const reason = `rejected ${"z".repeat(20_000)}`;
+    for (let i = 0; i < 20; i++) s.nack(r, "", reason);
+    s.ack(r);
+    await new Promise((res) => setTimeout(res, 300));
+    const nacks = logs.filter((l) => l.level === "warn" && String(l.msg).includes("NACK"));
+    expect(nacks).toHaveLength(1);
+    expect(String(nacks[0]!.reason).length).toBeLessThanOrEqual(1100);
+    expect(String(nacks[0]!.reason)).toMatch(/^rejected z/);
+    const leftOut = logs.filter((l) => String(l.msg).startsWith("SDS: requested secrets not served"));
+    expect(leftOut).toHaveLength(1);
+    expect(leftOut[0]!.names_count).toBe(200);
+    expect(JSON.stringify(leftOut[0]!.names).length).toBeLessThanOrEqual(8 * 1024);
     s.close();
   });
 

@@ -7,6 +7,7 @@ import { anyPack } from "@bufbuild/protobuf/wkt";
 import { describe, expect, it } from "vitest";
 import { contentVersion, XdsStreamState } from "../../../../../agent/endpoints/sds/xds-stream.js";
 import { encodeMessage } from "../../../../../spiffe/grpc/service.js";
+import { BuildVersionSchema } from "../../../../../proto/gen/envoy/config/core/v3/base_pb.js";
 import { SecretSchema } from "../../../../../proto/gen/envoy/extensions/transport_sockets/tls/v3/secret_pb.js";
 import { DiscoveryRequestSchema, DiscoveryResponseSchema, type DiscoveryResponse } from "../../../../../proto/gen/envoy/service/discovery/v3/discovery_pb.js";
 
@@ -102,6 +103,27 @@ describe("SDS stream bookkeeping", () => {
     s.receive(request({ names: ["unknown"] }));
     expect(s.receive(request({ names: ["unknown", "default"] }))).toEqual({ kind: "ack", version: "", namesChanged: true });
     expect(s.names).toEqual(["unknown", "default"]);
+  });
+
+  it("keeps of the node only what the secrets depend on (its validator override and build version), not its other metadata, features or unknown fields", () => {
+    const s = stream();
+    const req = request({ names: ["a"], nodeId: "envoy-1" });
+    const node = req.node!;
+    node.metadata = { disable_spiffe_cert_validation: "true", ISTIO_META: { big: "x".repeat(50_000) } };
+    node.clientFeatures = Array.from({ length: 500 }, (_, i) => `envoy.feature.${i}`);
+    node.cluster = "c".repeat(50_000);
+    // Envoy's `extensions` and `locality`, which Sigil's trimmed proto does not know, arrive as unknown fields.
+    node.$unknown = [{ no: 9, wireType: 2, data: new Uint8Array(50_000) }];
+    node.userAgentVersionType = { case: "userAgentBuildVersion", value: create(BuildVersionSchema, { version: { majorNumber: 1, minorNumber: 17 }, metadata: { junk: "y".repeat(10_000) } }) };
+    s.receive(req);
+    expect(s.node?.id).toBe("envoy-1");
+    expect(s.node?.metadata).toEqual({ disable_spiffe_cert_validation: "true" });
+    expect(s.node?.clientFeatures).toEqual([]);
+    expect(s.node?.$unknown ?? []).toEqual([]);
+    const uv = s.node?.userAgentVersionType;
+    expect(uv?.case === "userAgentBuildVersion" && uv.value.version).toMatchObject({ majorNumber: 1, minorNumber: 17 });
+    expect(uv?.case === "userAgentBuildVersion" && uv.value.metadata).toBeUndefined();
+    expect(JSON.stringify(s.node).length).toBeLessThan(1024);
   });
 
   it("a request without node keeps the node seen before", () => {
