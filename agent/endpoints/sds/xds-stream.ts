@@ -6,8 +6,11 @@
  *   of the SHA-256 of the encoded resources. The same secrets carry the same
  *   version on every stream and after a reconnect, and different ones never
  *   share a version.
- * - `nonce` is fresh on every response of a stream (a counter; streams sending
- *   the same secrets in the same turn share one response); a request is read only if it carries
+ * - `nonce` is fresh on every response of a stream (64 random bits: an agent-wide
+ *   counter would tell a caller how many responses other streams were sent;
+ *   streams sending the same secrets in the same turn share one response, and
+ *   a stream sending such a shared response a second time gets its own
+ *   nonce); a request is read only if it carries
  *   the nonce of the last response sent (or, before any was sent, none).
  *   Older ones are stale (the client had not seen the latest response yet)
  *   and ignored, as the protocol says.
@@ -24,7 +27,7 @@
  *   metadata (up to the 128 KiB request cap, several times that decoded), and
  *   a uid may hold a thousand streams.
  */
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { BuildVersionSchema, NodeSchema, type Node } from "../../../proto/gen/envoy/config/core/v3/base_pb.js";
 import { DiscoveryResponseSchema, type DiscoveryRequest, type DiscoveryResponse } from "../../../proto/gen/envoy/service/discovery/v3/discovery_pb.js";
@@ -68,16 +71,23 @@ export function trimNode(node: Node): Node {
   });
 }
 
-let lastNonce = 0;
-
 /**
- * Nonces unique in the agent process: a counter, in hex. A nonce only pairs a
- * request with a response on one stream; it needs no secrecy (the stream's
- * caller was attested).
+ * A nonce: 64 random bits in hex. A nonce only pairs a request with a response
+ * on one stream; random rather than a counter so it reveals nothing of other
+ * streams' traffic.
  */
 function nextNonce(): string {
-  lastNonce += 1;
-  return lastNonce.toString(16);
+  return randomBytes(8).toString("hex");
+}
+
+/** The response for `content` with its own version and a fresh nonce, encoded from the content's bytes. */
+function stampFresh(content: DiscoveryResponse): DiscoveryResponse {
+  const versionInfo = contentVersion(content);
+  const nonce = nextNonce();
+  // A message is a plain object; create() would re-check every field.
+  const stamped = { ...content, versionInfo, nonce };
+  presetEncoding(stamped, appendStringFields(encodeMessage(DiscoveryResponseSchema, content), versionInfo, nonce));
+  return stamped;
 }
 
 /** The response stamped from each content object. */
@@ -85,21 +95,16 @@ const stampedByContent = new WeakMap<DiscoveryResponse, DiscoveryResponse>();
 
 /**
  * The response for `content`: its version and a nonce, stamped once per
- * content object and shared by every stream that sends it. Content objects
- * are built per turn of the event loop (`secretsAnswerFor`), and a stream
- * never sends the same content object twice (it skips a state equal to the
- * last one sent), so consecutive responses on a stream always carry
- * different nonces, while the 1,000 streams a rotation updates share one
- * response and one encoding: the content's bytes followed by the two fields.
+ * content object and shared by every stream that sends it: the 1,000 streams
+ * a rotation updates share one response and one encoding (the content's bytes
+ * followed by the two fields). A stream that would send the same content
+ * object a second time (A, B, A within one turn) stamps its own
+ * ({@link XdsStreamState.stamp}), so a stream never repeats a nonce.
  */
 export function stampResponse(content: DiscoveryResponse): DiscoveryResponse {
   let stamped = stampedByContent.get(content);
   if (stamped === undefined) {
-    const versionInfo = contentVersion(content);
-    const nonce = nextNonce();
-    // A message is a plain object; create() would re-check every field.
-    stamped = { ...content, versionInfo, nonce };
-    presetEncoding(stamped, appendStringFields(encodeMessage(DiscoveryResponseSchema, content), versionInfo, nonce));
+    stamped = stampFresh(content);
     stampedByContent.set(content, stamped);
   }
   return stamped;
@@ -127,6 +132,8 @@ export class XdsStreamState {
   #sentVersion = "";
   /** The version the client last said it applied ("" before any ACK). */
   #applied = "";
+  /** Shared responses this stream has sent: one sent again is stamped afresh. */
+  readonly #sent = new WeakSet<DiscoveryResponse>();
 
   /** The names subscribed to (deduplicated, in first-request order), or undefined before the first request. */
   get names(): readonly string[] | undefined {
@@ -172,7 +179,9 @@ export class XdsStreamState {
 
   /** The response to send for `content` ({@link stampResponse}), remembered as the last sent. */
   stamp(content: DiscoveryResponse): DiscoveryResponse {
-    const stamped = stampResponse(content);
+    let stamped = stampResponse(content);
+    if (this.#sent.has(stamped)) stamped = stampFresh(content);
+    this.#sent.add(stamped);
     this.#sentNonce = stamped.nonce;
     this.#sentVersion = stamped.versionInfo;
     return stamped;

@@ -65,6 +65,26 @@ describe("SDS stream bookkeeping", () => {
     expect(c.nonce).toBe("");
   });
 
+  it("a stream never sends a nonce twice, even when it sends a shared content object again (A, B, A in one turn); nonces say nothing of other streams' responses", () => {
+    const s = stream();
+    s.receive(request({ names: ["a"] }));
+    const a = content("a");
+    const r1 = s.stamp(a);
+    const r2 = s.stamp(content("b"));
+    const r3 = s.stamp(a);
+    expect(new Set([r1.nonce, r2.nonce, r3.nonce]).size).toBe(3);
+    expect(r3.versionInfo).toBe(r1.versionInfo);
+    expect(fromBinary(DiscoveryResponseSchema, new Uint8Array(encodeMessage(DiscoveryResponseSchema, r3)))).toEqual(r3);
+    // Another stream sending `a` for the first time shares the first response.
+    expect(stream().stamp(a)).toBe(r1);
+    // Not an agent-wide counter: responses sent on other streams between two of this stream's do not show.
+    const n1 = s.stamp(content("c")).nonce;
+    for (let i = 0; i < 5; i++) stream().stamp(content(`other-${i}`));
+    const n2 = s.stamp(content("d")).nonce;
+    expect(n1).toMatch(/^[0-9a-f]{16}$/);
+    expect(parseInt(n2, 16) - parseInt(n1, 16)).not.toBe(6);
+  });
+
   it("an ACK with the last nonce advances the applied version; a changed name set is reported, a reordered one is not", () => {
     const s = stream();
     s.receive(request({ names: ["a", "b"] }));
