@@ -88,9 +88,17 @@ const LOGGED_REASON_MAX = 1024;
 const LOGGED_NAMES_MAX = 16;
 const LOGGED_NAME_MAX = 256;
 
-/** `s` cut to `max` characters, saying how long it was. */
+/** C0 and C1 controls, DEL, the Unicode line and paragraph separators and bidirectional overrides. */
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u2028-\u202e\u2066-\u2069]/g;
+
+/**
+ * Client-chosen text fit to log: cut to `max` characters (saying how long it
+ * was), control characters written as `\uXXXX` (the text log format prints
+ * strings without whitespace raw, and a terminal would obey an escape sequence).
+ */
 function capped(s: string, max: number): string {
-  return s.length <= max ? s : `${s.slice(0, max)}… (${s.length} characters)`;
+  const cut = s.length <= max ? s : `${s.slice(0, max)}… (${s.length} characters)`;
+  return cut.replace(CONTROL, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
 /** The protobuf-es method map of `SecretDiscoveryService`. */

@@ -125,7 +125,7 @@ describe("SDS handler", () => {
     expect(names(await fetchSecrets(client, [...many.slice(0, 255), "default"]))).toEqual(["default"]);
   });
 
-  it("a NACK is logged once per response, its reason capped; left-out names are logged capped", async () => {
+  it("a NACK is logged once per response, its reason capped; left-out names are logged capped; control characters escaped", async () => {
     const { client, logs } = await start();
     const junk = Array.from({ length: 200 }, (_, i) => `junk-${i}-${"y".repeat(500)}`);
     const s = streamSecrets(client, ["default", ...junk]);
@@ -143,6 +143,15 @@ describe("SDS handler", () => {
     expect(leftOut[0]!.names_count).toBe(200);
     expect(JSON.stringify(leftOut[0]!.names).length).toBeLessThanOrEqual(8 * 1024);
     s.close();
+
+    // Control characters are escaped: a terminal reading the text log format would obey them.
+    const logged = logs.length;
+    const ctl = streamSecrets(client, ["default", "ctl\u001b]0;owned\u0007"]);
+    ctl.nack(await ctl.next(), "", "bad\u001b[31m\u0085\u2028\r\nlevel=error");
+    await new Promise((res) => setTimeout(res, 200));
+    const lines = logs.slice(logged).filter((l) => String(l.msg).includes("NACK") || String(l.msg).startsWith("SDS: requested secrets not served"));
+    expect(lines.map((l) => l.reason ?? (l.names as string[])[0])).toEqual(["ctl\\u001b]0;owned\\u0007", "bad\\u001b[31m\\u0085\\u2028\\u000d\\u000alevel=error"]);
+    ctl.close();
   });
 
   it("refuses a request for another resource type", async () => {
