@@ -312,9 +312,20 @@ export function audit(logger: Logger, record: AuditRecord): void {
 
 const FIRST_KEYS = ["time", "level", "msg"] as const;
 
+/** Characters a terminal acts on or reorders (controls, C1 controls, bidi and line/paragraph separators). */
+const TERMINAL_UNSAFE = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u2028-\u202e\u2066-\u2069]/;
+/** Those JSON.stringify leaves as they are. */
+const UNESCAPED_BY_JSON = /[\u007f-\u009f\u200e\u200f\u2028-\u202e\u2066-\u2069]/g;
+
+/**
+ * One logfmt value: bare when it is plain, else a JSON string in which every
+ * character a terminal would act on is written `\uXXXX`, so text a client
+ * chose (a name, a reason) cannot move the cursor, recolour or reorder a line.
+ */
 function logfmtValue(v: unknown): string {
   const s = typeof v === "string" ? v : JSON.stringify(v) ?? String(v);
-  return s === "" || /[\s="\\]/.test(s) || typeof v === "object" ? JSON.stringify(s) : s;
+  if (!(s === "" || /[\s="\\]/.test(s) || TERMINAL_UNSAFE.test(s) || typeof v === "object")) return s;
+  return JSON.stringify(s).replace(UNESCAPED_BY_JSON, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
 /**

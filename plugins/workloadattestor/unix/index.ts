@@ -155,16 +155,24 @@ async function sha256OfHandle(
   limit: number,
   signal: AbortSignal | undefined,
   known: Map<string, string>,
+  turn: <T>(read: () => Promise<T>) => Promise<T>,
 ): Promise<{ hex: string } | { tooLarge: number }> {
   const st = await handle.stat({ bigint: true });
   if (limit > 0 && st.size > BigInt(limit)) return { tooLarge: Number(st.size) };
   const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
-  const hit = known.get(key);
-  if (hit !== undefined) {
+  const cached = (): { hex: string } | undefined => {
+    const hit = known.get(key);
+    if (hit === undefined) return undefined;
     known.delete(key);
     known.set(key, hit);
     return { hex: hit };
-  }
+  };
+  // Reading waits for the caller's uid's turn; by then another call may have hashed the same file.
+  return cached() ?? (await turn(async () => cached() ?? { hex: await readSha256(handle, signal, key, known) }));
+}
+
+async function readSha256(handle: FileHandle, signal: AbortSignal | undefined, key: string, known: Map<string, string>): Promise<string> {
+  signal?.throwIfAborted();
   const hash = createHash("sha256");
   for await (const chunk of handle.createReadStream({ autoClose: false, start: 0, ...(signal === undefined ? {} : { signal }) })) {
     hash.update(chunk as Buffer);
@@ -172,7 +180,31 @@ async function sha256OfHandle(
   const hex = hash.digest("hex");
   known.set(key, hex);
   if (known.size > MAX_KNOWN_HASHES) known.delete(known.keys().next().value as string);
-  return { hex };
+  return hex;
+}
+
+/**
+ * Runs reads one at a time per uid: a user whose calls each need a large
+ * binary hashed (one it keeps touching, so no hash is ever reused) queues
+ * behind itself instead of taking every thread of the pool from other users'
+ * attestations.
+ */
+export function createHashTurns(): (uid: number) => <T>(read: () => Promise<T>) => Promise<T> {
+  const tails = new Map<number, Promise<void>>();
+  return (uid) => async (read) => {
+    const before = tails.get(uid) ?? Promise.resolve();
+    let done!: () => void;
+    const mine = new Promise<void>((resolve) => (done = resolve));
+    const tail = before.then(() => mine);
+    tails.set(uid, tail);
+    try {
+      await before;
+      return await read();
+    } finally {
+      done();
+      if (tails.get(uid) === tail) tails.delete(uid);
+    }
+  };
 }
 
 /**
@@ -207,9 +239,10 @@ export function createUnixWorkloadAttestor(config: UnixWorkloadAttestorConfig = 
   const sizeLimit = config.workload_size_limit ?? 0;
   const sel = (value: string): Selector => makeSelector(UNIX_WORKLOAD_ATTESTOR, value);
   const knownHashes = new Map<string, string>();
+  const hashTurn = createHashTurns();
 
   /** `unix:path` and `unix:sha256` from one open of the caller's binary, so both name the same file. */
-  async function binarySelectors(pid: number, exeLink: string, signal: AbortSignal | undefined): Promise<Selector[]> {
+  async function binarySelectors(pid: number, uid: number, exeLink: string, signal: AbortSignal | undefined): Promise<Selector[]> {
     let handle: FileHandle;
     try {
       handle = await open(exeLink, "r");
@@ -239,7 +272,7 @@ export function createUnixWorkloadAttestor(config: UnixWorkloadAttestorConfig = 
       if (sizeLimit < 0) return out;
       let digest: { hex: string } | { tooLarge: number };
       try {
-        digest = await sha256OfHandle(handle, sizeLimit, signal, knownHashes);
+        digest = await sha256OfHandle(handle, sizeLimit, signal, knownHashes, hashTurn(uid));
       } catch (e) {
         throw pluginError(`cannot hash the binary of pid ${pid}: ${(e as Error).message}`, e);
       }
@@ -282,7 +315,7 @@ export function createUnixWorkloadAttestor(config: UnixWorkloadAttestorConfig = 
         const name = groups.get(g);
         if (name !== undefined) out.push(sel(`supplementary_group:${name}`));
       }
-      if (discoverPath) out.push(...(await binarySelectors(pid, path.join(procDir, "exe"), signal)));
+      if (discoverPath) out.push(...(await binarySelectors(pid, uid, path.join(procDir, "exe"), signal)));
       return out;
     },
   };

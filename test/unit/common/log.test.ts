@@ -52,6 +52,17 @@ describe("createLogger", () => {
     subsystemLogger(log, "ca").info({ slot: "A", note: "two words" }, "rotated CA");
     expect(lines[0]).toMatch(/^time=\S+ level=info msg="rotated CA" subsystem_name=ca slot=A note="two words"\n$/);
   });
+
+  it("text: client-chosen values cannot drive the terminal (escape sequences, C1 controls, bidi overrides are written \\uXXXX)", () => {
+    const { log, lines } = capture("info", "text");
+    log.info({ name: "\u001b[2Jcleared", c1: "a\u009bb", bidi: "abc\u202edcba", del: "x\u007f" }, "NACK");
+    const line = lines[0] as string;
+    expect(line).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202e]/);
+    expect(line).toContain('name="\\u001b[2Jcleared"');
+    expect(line).toContain('c1="a\\u009bb"');
+    expect(line).toContain('bidi="abc\\u202edcba"');
+    expect(line).toContain('del="x\\u007f"');
+  });
 });
 
 describe("audit", () => {

@@ -15,6 +15,7 @@ import { createLogger } from "../../../../common/log.js";
 import { formatSelector, makeSelector, type Selector } from "../../../../common/selector.js";
 import { isSigilError } from "../../../../spiffe/errors.js";
 import {
+  createHashTurns,
   createUnixWorkloadAttestor,
   parseIdNameFile,
   parseProcStatus,
@@ -324,5 +325,38 @@ describe("workload attestation runner", () => {
     const attest = createCallerAttester({ resolvePeer: () => undefined, attestors: [fixed("unix", ["uid:0"])], timeoutMs: 1000, log });
     const err = await attest("10.0.0.1:1234").catch((e: unknown) => e);
     expect((err as WorkloadAttestationError).reason).toBe("caller_unknown");
+  });
+});
+
+describe("hash turns: one binary read at a time per uid", () => {
+  it("a uid's reads wait for each other in order; another uid's read does not wait behind them", async () => {
+    const turns = createHashTurns();
+    const order: string[] = [];
+    let releaseFirst!: () => void;
+    const first = turns(1000)(async () => {
+      order.push("a1 start");
+      await new Promise<void>((r) => (releaseFirst = r));
+      order.push("a1 end");
+      return 1;
+    });
+    const second = turns(1000)(async () => {
+      order.push("a2 start");
+      return 2;
+    });
+    const other = turns(2000)(async () => {
+      order.push("b start");
+      return 3;
+    });
+    expect(await other).toBe(3);
+    expect(order).toEqual(["a1 start", "b start"]);
+    releaseFirst();
+    expect(await Promise.all([first, second])).toEqual([1, 2]);
+    expect(order).toEqual(["a1 start", "b start", "a1 end", "a2 start"]);
+  });
+
+  it("a read that throws passes the turn on", async () => {
+    const turns = createHashTurns();
+    await expect(turns(7)(async () => Promise.reject(new Error("EIO")))).rejects.toThrow("EIO");
+    expect(await turns(7)(async () => "next")).toBe("next");
   });
 });
