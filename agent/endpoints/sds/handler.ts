@@ -47,18 +47,8 @@ import { callFailure, createEndpointAdmission, errorFailure, failStream, failUna
 import type { EndpointService } from "../server.js";
 import { createStreamWatcher, PENDING, type WatchedStream } from "../stream-watch.js";
 import { selectIdentities } from "../workload-api/responses.js";
-import { objectKey } from "../turn-memo.js";
-import { DEFAULT_SDS_NAMES, SECRET_TYPE_URL, secretsAnswerFor, spiffeValidationFor, type CallerView, type SdsNames } from "./secrets.js";
+import { callerViewKey, DEFAULT_SDS_NAMES, SECRET_TYPE_URL, secretsAnswerFor, spiffeValidationFor, type CallerView, type SdsNames } from "./secrets.js";
 import { trimNode, XdsStreamState } from "./xds-stream.js";
-
-/**
- * Names the cache objects a caller's secrets are built from (the cache
- * replaces them on change, never modifies them) and the validator choice: the
- * same key, the same secrets.
- */
-function viewKey(view: CallerView, spiffeCertValidation: boolean): string {
-  return `${objectKey(view.bundles)};${spiffeCertValidation ? "v" : "-"};${view.identities.map((i) => `${objectKey(i.entry)}:${objectKey(i.svid)}`).join(",")}`;
-}
 
 /**
  * Largest request the endpoint reads while SDS is served. An Envoy's
@@ -265,9 +255,9 @@ export function createSdsHandler(options: SdsHandlerOptions): SdsHandler {
             const view = viewOf(selectors, requested);
             if (view === undefined || view === PENDING) return view;
             const spiffeCertValidation = spiffeValidationFor(state.node, disabledByConfig);
-            const basis = viewKey(view, spiffeCertValidation);
+            const basis = callerViewKey(view, spiffeCertValidation);
             if (lastBasis !== undefined && lastBasis.names === requested && lastBasis.view === basis) return lastBasis.result;
-            const answer = secretsAnswerFor(requested, view, { ...names, spiffeCertValidation });
+            const answer = secretsAnswerFor(requested, view, { ...names, spiffeCertValidation }, basis);
             const leftOut = answer.leftOut.join("\n");
             if (leftOut !== lastLeftOut) logLeftOut(method, callPeer, answer.leftOut);
             lastLeftOut = leftOut;

@@ -213,18 +213,25 @@ export interface SecretsAnswer {
 }
 
 /**
+ * Names what a caller's secrets are made of: the cache objects of its view
+ * (replaced on change, never modified) and the validator choice. Equal keys,
+ * equal secrets for the same names; see `../turn-memo.ts`.
+ */
+export function callerViewKey(view: CallerView, spiffeCertValidation: boolean): string {
+  return `${objectKey(view.bundles)};${spiffeCertValidation ? "v" : "-"};${view.identities.map((i) => `${objectKey(i.entry)}:${objectKey(i.svid)}`).join(",")}`;
+}
+
+/**
  * {@link resolveSecrets} as a DiscoveryResponse's content, built once per
  * turn of the event loop for the same request and the same cache objects:
  * after a rotation every SDS stream recomputes, and callers with the same
  * identities asking for the same names (the replicas of one service) share
  * one answer, packed and encoded once.
  */
-export function secretsAnswerFor(names: readonly string[], view: CallerView, options: SecretOptions): SecretsAnswer {
+export function secretsAnswerFor(names: readonly string[], view: CallerView, options: SecretOptions, viewKey: string = callerViewKey(view, options.spiffeCertValidation)): SecretsAnswer {
   const key = [
     view.trustDomain.name,
-    objectKey(view.bundles),
-    view.identities.map((i) => `${objectKey(i.entry)}:${objectKey(i.svid)}`).join(","),
-    options.spiffeCertValidation ? "v" : "-",
+    viewKey,
     options.defaultSvidName,
     options.defaultBundleName,
     options.defaultAllBundlesName,
