@@ -17,9 +17,6 @@
  * Needs root (cgroups, workloads as another uid) and openssl; skipped with a
  * reason elsewhere, a failure under CI=true.
  */
-import { spawn } from "node:child_process";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { create } from "@bufbuild/protobuf";
 import { credentials, status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -31,10 +28,10 @@ import { startFakeKubelet, type FakeKubelet, type FakePodSpec } from "../support
 import { closedLoopbackPort } from "../support/ports.js";
 import { toolAvailable } from "../support/tools.js";
 import { startAgentProcess, type AgentProcess } from "./support/agent-process.js";
+import { runWorkloadInCgroup } from "./support/cgroup-workload.js";
 import { startServerProcess, type ServerProcess } from "./support/server-process.js";
 import { rootsPemFromBundleJson } from "./support/test-agent.js";
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const WORKLOAD = { uid: 4411, gid: 4411 };
 const UNIX_ID = `spiffe://example.org/unix/${WORKLOAD.uid}`;
 const NODE = "node-1";
@@ -48,63 +45,6 @@ const unavailable = cgroupsUnavailable() ?? (toolAvailable("openssl") ? undefine
 if (unavailable !== undefined) {
   if (process.env.CI === "true") throw new Error(`k8s-workload: ${unavailable}; under CI=true this is a failure (CI runs as root with cgroups mounted)`);
   console.warn(`SKIP: k8s-workload: ${unavailable}; skipped on this machine`);
-}
-
-interface WorkloadOutcome {
-  readonly ids?: string[];
-  readonly error?: { readonly code: number | null; readonly message: string };
-}
-
-/**
- * Starts a workload as {@link WORKLOAD} that waits on stdin; moves it into
- * `cgroup` (when given) by its pid, then lets it call FetchX509SVID. Resolves
- * once it has exited, with the IDs it got or the error.
- */
-function runWorkloadIn(socketPath: string, cgroup: ContainerCgroup | undefined): Promise<WorkloadOutcome> {
-  const script = `
-import { createWorkloadApiClient } from ${JSON.stringify(path.join(root, "spiffe/workloadapi/client.ts"))};
-await new Promise((resolve) => process.stdin.once("data", resolve));
-process.stdin.destroy();
-const client = createWorkloadApiClient();
-try {
-  const ctx = await client.fetchX509Context();
-  console.log(JSON.stringify({ ids: ctx.svids.map((s) => s.id.toString()).sort() }));
-} catch (e) {
-  console.log(JSON.stringify({ error: { code: e.grpcCode ?? null, message: e.message } }));
-} finally {
-  client.close();
-}
-`;
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
-      cwd: root,
-      env: { ...process.env, SPIFFE_ENDPOINT_SOCKET: `unix://${socketPath}` },
-      stdio: ["pipe", "pipe", "pipe"],
-      ...WORKLOAD,
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
-    child.on("error", reject);
-    child.on("exit", (code) => {
-      clearTimeout(timer);
-      const last = stdout.trim().split("\n").pop() ?? "";
-      try {
-        resolve(JSON.parse(last) as WorkloadOutcome);
-      } catch {
-        reject(new Error(`workload exited ${code} without a result: ${stdout}\n${stderr}`));
-      }
-    });
-    try {
-      if (cgroup !== undefined) cgroup.add(child.pid as number);
-      child.stdin.end("go\n");
-    } catch (e) {
-      child.kill("SIGKILL");
-      reject(e);
-    }
-  });
 }
 
 function podFor(i: number, cg: ContainerCgroup, layout: CgroupLayout): FakePodSpec {
@@ -171,7 +111,7 @@ describe.skipIf(unavailable !== undefined)("k8s workload attestation with real c
       const cg = createContainerCgroup(layout);
       try {
         kubelet?.addPod(podFor(i, cg, layout));
-        const r = await runWorkloadIn((agent as AgentProcess).socketPath, cg);
+        const r = await runWorkloadInCgroup((agent as AgentProcess).socketPath, cg, WORKLOAD);
         expect(r).toEqual({ ids: [k8sIdOf(i), UNIX_ID].sort() });
       } finally {
         cg.remove();
@@ -180,7 +120,7 @@ describe.skipIf(unavailable !== undefined)("k8s workload attestation with real c
   }
 
   it("a process in no pod gets only its unix entry", async () => {
-    expect(await runWorkloadIn((agent as AgentProcess).socketPath, undefined)).toEqual({ ids: [UNIX_ID] });
+    expect(await runWorkloadInCgroup((agent as AgentProcess).socketPath, undefined, WORKLOAD)).toEqual({ ids: [UNIX_ID] });
   });
 
   it("a container the kubelet does not list yet gets its SVID once it is listed", async () => {
@@ -190,7 +130,7 @@ describe.skipIf(unavailable !== undefined)("k8s workload attestation with real c
     try {
       // Listed from the second pod-list request from now on: the first answer lacks it.
       k.onNextRequest(() => k.onNextRequest(() => k.addPod(podFor(LATE, cg, layout))));
-      const r = await runWorkloadIn((agent as AgentProcess).socketPath, cg);
+      const r = await runWorkloadInCgroup((agent as AgentProcess).socketPath, cg, WORKLOAD);
       expect(r).toEqual({ ids: [k8sIdOf(LATE), UNIX_ID].sort() });
       const retried = await (agent as AgentProcess).waitForLog((l) => typeof l.msg === "string" && l.msg.includes(`pod ${cg.podUid} not listed by the kubelet yet`));
       expect(retried.attempt).toBe(1);
@@ -204,13 +144,13 @@ describe.skipIf(unavailable !== undefined)("k8s workload attestation with real c
     const cg = createContainerCgroup(layout);
     try {
       kubelet?.addPod(podFor(UNREACHABLE, cg, layout));
-      const r = await runWorkloadIn((cutOff as AgentProcess).socketPath, cg);
+      const r = await runWorkloadInCgroup((cutOff as AgentProcess).socketPath, cg, WORKLOAD);
       expect(r.error?.code).toBe(status.UNAVAILABLE);
       expect(r.ids).toBeUndefined();
       const line = await (cutOff as AgentProcess).waitForLog((l) => l.msg === 'Workload attestor "k8s" failed; the call is refused');
       expect(JSON.stringify(line.err)).toContain("cannot connect");
       // The same agent still serves a process in no pod.
-      expect(await runWorkloadIn((cutOff as AgentProcess).socketPath, undefined)).toEqual({ ids: [UNIX_ID] });
+      expect(await runWorkloadInCgroup((cutOff as AgentProcess).socketPath, undefined, WORKLOAD)).toEqual({ ids: [UNIX_ID] });
     } finally {
       cg.remove();
     }
