@@ -18,15 +18,10 @@
 import { spawn } from "node:child_process";
 import { chownSync, copyFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { create } from "@bufbuild/protobuf";
-import { credentials } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createUnaryClient } from "../../common/rpc/unary-client.js";
-import { AgentAdmin, EntryAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
-import { EntrySchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
-import { runWorkload, startAgentProcess, type AgentProcess } from "./support/agent-process.js";
-import { startServerProcess, type ServerProcess } from "./support/server-process.js";
-import { rootsPemFromBundleJson } from "./support/test-agent.js";
+import { runWorkload, type AgentProcess } from "./support/agent-process.js";
+import type { ServerProcess } from "./support/server-process.js";
+import { startServerAndAgentForUids } from "./support/uid-agent.js";
 
 const isRoot = process.getuid?.() === 0;
 if (!isRoot) {
@@ -76,20 +71,7 @@ let agent: AgentProcess;
 
 describe.skipIf(!isRoot)("workload attestation work is shared fairly between users", () => {
   beforeAll(async () => {
-    srv = await startServerProcess();
-    const target = `unix:${srv.socketPath}`;
-    const agentAdmin = createUnaryClient(AgentAdmin, target, credentials.createInsecure());
-    const tok = await agentAdmin.createJoinToken({ ttl: 600 });
-    agentAdmin.close();
-    const entryAdmin = createUnaryClient(EntryAdmin, target, credentials.createInsecure());
-    await entryAdmin.batchCreateEntry({
-      entries: [ATTACKER, OTHER].map((u) =>
-        create(EntrySchema, { spiffeId: `spiffe://example.org/uid-${u.uid}`, parentId: tok.agentId, selectors: [{ type: "unix", value: `uid:${u.uid}` }] }),
-      ),
-    });
-    entryAdmin.close();
-    const roots = rootsPemFromBundleJson(srv.cli(["bundle", "show", "--output", "json"]).stdout);
-    agent = await startAgentProcess({ serverAddress: srv.agentApiAddress, bundlePem: roots, joinToken: tok.token, unixAttestorYaml: "{ discover_workload_path: true }" });
+    ({ srv, agent } = await startServerAndAgentForUids([ATTACKER.uid, OTHER.uid], { unixAttestorYaml: "{ discover_workload_path: true }" }));
   }, 90_000);
 
   afterAll(async () => {
