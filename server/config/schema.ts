@@ -7,8 +7,10 @@
  */
 import { z } from "zod";
 import { duration } from "../../common/config/duration.js";
-import { healthChecksSection as healthChecks, host, logLevel, port, telemetrySection, trustDomainName as trustDomain } from "../../common/config/fields.js";
+import { healthChecksSection as healthChecks, host, httpPath, logLevel, port, telemetrySection, trustDomainName as trustDomain } from "../../common/config/fields.js";
 import { pluginsConfigSchema } from "../../plugins/catalog.js";
+import { isSigilError } from "../../spiffe/errors.js";
+import { parseSpiffeId } from "../../spiffe/id.js";
 
 /** Default admin API socket, shared with `sigil-server` CLI commands. */
 export const DEFAULT_SERVER_SOCKET_PATH = "/tmp/sigil-server/private/api.sock";
@@ -119,6 +121,63 @@ const k8sControllerSection = z
   .transform((c) => ({ ...c, entry_id_prefix: c.entry_id_prefix ?? `k8s.${c.cluster}.` }))
   .describe("The automatic registration controller: registration entries for the pods of one Kubernetes cluster from `ClusterSPIFFEID` resources (docs/kubernetes.md).");
 
+/** A SPIFFE ID (`spiffe://<td>/<path>`), checked by the SPIFFE parser. */
+const spiffeIdString = z.string().superRefine((value, ctx) => {
+  try {
+    parseSpiffeId(value);
+  } catch (e) {
+    if (!isSigilError(e)) throw e;
+    ctx.addIssue({ code: "custom", message: `invalid SPIFFE ID: ${e.message}` });
+  }
+});
+
+const bundleEndpointSection = z
+  .strictObject({
+    address: host.default("0.0.0.0").describe("Address the bundle endpoint listens on (SPIRE's `address`)."),
+    port: port.default(8443).describe("Port of the bundle endpoint (HTTPS)."),
+    path: httpPath.default("/").describe("URL path the bundle is served on; every other path answers 404."),
+    refresh_hint: duration({ minMs: 1_000 })
+      .refine((ms) => ms % 1_000 === 0, { error: "must be a whole number of seconds (spiffe_refresh_hint is an integer)" })
+      .prefault("5m")
+      .describe("`spiffe_refresh_hint` of the served bundle, in whole seconds: how often federated servers should poll. Also the hint the CA stores in the trust domain's own bundle."),
+    profile: z
+      .strictObject({
+        https_spiffe: z
+          .strictObject({
+            endpoint_spiffe_id: spiffeIdString
+              .optional()
+              .describe("SPIFFE ID of the X509-SVID the endpoint serves with; must be in this trust domain. Default: the server's own ID, `spiffe://<td>/spire/server`."),
+          })
+          .optional()
+          .describe("Serve with an X509-SVID of this trust domain's CA (SPIRE's `https_spiffe`); federated servers authenticate it with this trust domain's bundle."),
+        https_web: z
+          .strictObject({
+            serving_cert_file: z
+              .strictObject({
+                cert_file_path: z.string().min(1).describe("PEM file with the serving certificate, followed by its intermediates."),
+                key_file_path: z.string().min(1).describe("PEM file with the serving certificate's private key."),
+                file_sync_interval: duration({ minMs: 1_000 })
+                  .prefault("1h")
+                  .describe("How often the files are re-read in addition to reloading on change; a file that fails to load keeps the previous certificate."),
+              })
+              .describe("Certificate and key files, reloaded when they change."),
+          })
+          .optional()
+          .describe("Serve with a WebPKI certificate (SPIRE's `https_web`); its SAN must name the host federated servers connect to."),
+      })
+      .refine((p) => (p.https_spiffe === undefined) !== (p.https_web === undefined), { error: "set exactly one of https_spiffe and https_web" })
+      .optional()
+      .describe("How the endpoint authenticates itself. Default: `https_spiffe` with the server's own ID."),
+  })
+  .describe("The SPIFFE bundle endpoint: serves this trust domain's bundle over HTTPS to federated trust domains (docs/federation.md).");
+
+const federationSection = z
+  .strictObject({
+    bundle_endpoint: bundleEndpointSection.optional(),
+    // federates_with: added by the relationships code
+  })
+  .describe("SPIFFE federation with other trust domains (docs/federation.md).");
+
 const healthChecksSection = healthChecks({
   listenerEnabled: "Serve the HTTP health endpoints (for Kubernetes probes, which cannot reach a Unix socket).",
   readyPath: "Readiness path: 200 when the server can issue (CA active, datastore reachable), else 503 with the reasons.",
@@ -139,7 +198,18 @@ export const serverConfigSchema = z
     health_checks: healthChecksSection.prefault({}),
     telemetry: telemetrySection.optional(),
     k8s_controller: k8sControllerSection.optional(),
+    federation: federationSection.optional(),
     plugins: pluginsSection,
+  })
+  .superRefine((c, ctx) => {
+    const endpointId = c.federation?.bundle_endpoint?.profile?.https_spiffe?.endpoint_spiffe_id;
+    if (endpointId !== undefined && !endpointId.startsWith(`spiffe://${c.server.trust_domain}/`)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["federation", "bundle_endpoint", "profile", "https_spiffe", "endpoint_spiffe_id"],
+        message: `${endpointId} is not in the trust domain ${c.server.trust_domain}: the endpoint's SVID is signed by this server's CA`,
+      });
+    }
   })
   .describe("Sigil server configuration.");
 
