@@ -13,6 +13,7 @@ import type { AgentChanges, AgentField, AgentFilter, AgentInput, AttestedAgent, 
 import type { BundleDeleteMode, BundleInput, SetBundleOptions, StoredBundle } from "./bundle.js";
 import type { CaJournalInput, CaJournalRecord, CaKeyKind } from "./ca-journal.js";
 import type { ChangeEvent, ChangeListener } from "./change-event.js";
+import type { FederationRelationship, FederationRelationshipInput, FederationRelationshipWriteOptions } from "./federation-relationship.js";
 import type {
   BatchItemResult,
   EntryChanges,
@@ -148,6 +149,38 @@ export interface Datastore {
    * @throws `ERR_NOT_FOUND`.
    */
   deleteBundle(trustDomain: string, mode?: BundleDeleteMode): Promise<void>;
+
+  // ── Federation relationships ─────────────────────────────────────────
+
+  /**
+   * Creates a relationship (and its initial bundle, when given, in the same
+   * transaction). @throws `ERR_ALREADY_EXISTS`; `ERR_INVALID_ARGUMENT`.
+   */
+  createFederationRelationship(input: FederationRelationshipInput, options?: FederationRelationshipWriteOptions): Promise<FederationRelationship>;
+
+  /**
+   * Replaces a relationship's endpoint URL, profile, endpoint ID and source
+   * (and stores the initial bundle, when given). @throws `ERR_NOT_FOUND`.
+   */
+  updateFederationRelationship(input: FederationRelationshipInput, options?: FederationRelationshipWriteOptions): Promise<FederationRelationship>;
+
+  /** Creates or replaces a relationship (the config file's, applied at start). */
+  putFederationRelationship(input: FederationRelationshipInput, options?: FederationRelationshipWriteOptions): Promise<FederationRelationship>;
+
+  /** The relationship with this trust domain (bare name), or `undefined`. */
+  getFederationRelationship(trustDomain: string): Promise<FederationRelationship | undefined>;
+
+  /** Every relationship, by trust-domain name. */
+  listFederationRelationships(): Promise<FederationRelationship[]>;
+
+  /**
+   * Ends a relationship: deletes it and the trust domain's stored bundle in one
+   * transaction (FED-26). `mode` as for {@link Datastore.deleteBundle}:
+   * `restrict` (default) refuses with `ERR_FAILED_PRECONDITION` while entries
+   * federate with the trust domain; `dissociate` removes it from them.
+   * Returns the deleted relationship. @throws `ERR_NOT_FOUND`.
+   */
+  deleteFederationRelationship(trustDomain: string, mode?: BundleDeleteMode): Promise<FederationRelationship>;
 
   // ── CA journal ───────────────────────────────────────────────────────
 

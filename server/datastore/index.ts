@@ -59,6 +59,14 @@ export type { CaJournalInput, CaJournalRecord, CaKeyKind, CaSlotStatus } from ".
 export type { ChangeEvent, ChangeKind, ChangeListener, ChangeOp } from "./change-event.js";
 export type { Datastore } from "./datastore.js";
 export type {
+  BundleEndpointProfileName,
+  FederationRelationship,
+  FederationRelationshipInput,
+  FederationRelationshipWriteOptions,
+  RelationshipSource,
+} from "./federation-relationship.js";
+export { BUNDLE_ENDPOINT_PROFILES } from "./federation-relationship.js";
+export type {
   BatchItemResult,
   EntryChanges,
   EntryField,

@@ -23,6 +23,7 @@ import type { BundleDeleteMode, BundleInput, SetBundleOptions, StoredBundle } fr
 import type { CaJournalInput, CaJournalRecord, CaKeyKind } from "./ca-journal.js";
 import type { ChangeEvent, ChangeKind, ChangeListener, ChangeOp } from "./change-event.js";
 import type { Datastore } from "./datastore.js";
+import type { FederationRelationship, FederationRelationshipInput, FederationRelationshipWriteOptions } from "./federation-relationship.js";
 import {
   ENTRY_FIELDS,
   type BatchItemResult,
@@ -53,6 +54,7 @@ import {
   normalizeBundle,
   normalizeCaJournal,
   normalizeEntry,
+  normalizeFederationRelationship,
   normalizeJoinToken,
   type NormalizedAgent,
   type NormalizedEntry,
@@ -124,6 +126,16 @@ interface BundleRow {
   updated_at: number;
 }
 
+interface FederationRelationshipRow {
+  trust_domain: string;
+  bundle_endpoint_url: string;
+  profile: FederationRelationship["profile"];
+  endpoint_spiffe_id: string;
+  source: FederationRelationship["source"];
+  created_at: number;
+  updated_at: number;
+}
+
 interface CaJournalRow {
   kind: CaKeyKind;
   slot_id: string;
@@ -179,6 +191,10 @@ const STATEMENT_CACHE_LIMIT = 256;
 
 function defaultEntryId(): string {
   return randomBytes(16).toString("base64url");
+}
+
+function checkDeleteMode(mode: BundleDeleteMode): void {
+  if (mode !== "restrict" && mode !== "dissociate") throw invalid('bundle delete mode must be "restrict" or "dissociate"');
 }
 
 function notFound(what: string): SigilError {
@@ -806,27 +822,120 @@ class SqliteDatastore implements Datastore {
 
   async deleteBundle(trustDomain: string, mode: BundleDeleteMode = "restrict"): Promise<void> {
     const td = checkTrustDomainName("bundle trustDomain", trustDomain);
-    if (mode !== "restrict" && mode !== "dissociate") throw invalid('bundle delete mode must be "restrict" or "dissociate"');
+    checkDeleteMode(mode);
     this.#write((now, events) => {
-      if (this.#get("SELECT 1 AS one FROM bundles WHERE trust_domain = ?", td) === undefined) throw notFound(`bundle for ${td}`);
-      const users = this.#all<{ row_id: number; id: string }>(
-        `SELECT e.row_id, e.id FROM entry_federates_with f JOIN registration_entries e ON e.row_id = f.owner_row
-         WHERE f.trust_domain = ? ORDER BY e.row_id`,
-        td,
+      if (!this.#deleteBundleRow(td, mode, now, events)) throw notFound(`bundle for ${td}`);
+    });
+  }
+
+  /** Deletes a stored bundle (dissociating or refusing its users, per `mode`); false when none is stored. */
+  #deleteBundleRow(td: string, mode: BundleDeleteMode, now: number, events: ChangeEvent[]): boolean {
+    if (this.#get("SELECT 1 AS one FROM bundles WHERE trust_domain = ?", td) === undefined) return false;
+    const users = this.#all<{ row_id: number; id: string }>(
+      `SELECT e.row_id, e.id FROM entry_federates_with f JOIN registration_entries e ON e.row_id = f.owner_row
+       WHERE f.trust_domain = ? ORDER BY e.row_id`,
+      td,
+    );
+    if (users.length > 0 && mode === "restrict") {
+      throw new SigilError("ERR_FAILED_PRECONDITION", `datastore: bundle for ${td} is still federated with by ${users.length} entries (first: ${(users[0] as { id: string }).id}); use mode "dissociate" or update them first`);
+    }
+    for (const u of users) {
+      this.#exec("DELETE FROM entry_federates_with WHERE owner_row = ? AND trust_domain = ?", u.row_id, td);
+      this.#exec(
+        "UPDATE registration_entries SET federates_with_count = federates_with_count - 1, revision = revision + 1, updated_at = ? WHERE row_id = ?",
+        now,
+        u.row_id,
       );
-      if (users.length > 0 && mode === "restrict") {
-        throw new SigilError("ERR_FAILED_PRECONDITION", `datastore: bundle for ${td} is still federated with by ${users.length} entries (first: ${(users[0] as { id: string }).id}); use mode "dissociate" or update them first`);
-      }
-      for (const u of users) {
-        this.#exec("DELETE FROM entry_federates_with WHERE owner_row = ? AND trust_domain = ?", u.row_id, td);
+      this.#event(events, "entry", u.id, "update", now);
+    }
+    this.#exec("DELETE FROM bundles WHERE trust_domain = ?", td);
+    return true;
+  }
+
+  // ── federation relationships ───────────────────────────────────────────
+
+  #toRelationship(r: FederationRelationshipRow): FederationRelationship {
+    return {
+      trustDomain: r.trust_domain,
+      bundleEndpointUrl: r.bundle_endpoint_url,
+      profile: r.profile,
+      ...(r.endpoint_spiffe_id === "" ? {} : { endpointSpiffeId: r.endpoint_spiffe_id }),
+      source: r.source,
+      createdAt: new Date(r.created_at),
+      updatedAt: new Date(r.updated_at),
+    };
+  }
+
+  /** Writes a relationship row (`create`: refuse an existing one, `update`: refuse a missing one, `put`: either) and its initial bundle. */
+  #writeRelationship(kind: "create" | "update" | "put", input: FederationRelationshipInput, options: FederationRelationshipWriteOptions): FederationRelationship {
+    const r = normalizeFederationRelationship(input);
+    const initial = options.initialBundle === undefined ? undefined : normalizeBundle({ trustDomain: r.trustDomain, document: options.initialBundle.document, sequence: options.initialBundle.sequence });
+    const onlyIfAbsent = options.initialBundle?.onlyIfAbsent === true;
+    return this.#write((now) => {
+      const exists = this.#get("SELECT 1 AS one FROM federation_relationships WHERE trust_domain = ?", r.trustDomain) !== undefined;
+      if (kind === "create" && exists) throw new SigilError("ERR_ALREADY_EXISTS", `datastore: a federation relationship with ${r.trustDomain} already exists`);
+      if (kind === "update" && !exists) throw notFound(`federation relationship with ${r.trustDomain}`);
+      const row = this.#get<FederationRelationshipRow>(
+        `INSERT INTO federation_relationships (trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id, source, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (trust_domain) DO UPDATE SET bundle_endpoint_url = excluded.bundle_endpoint_url, profile = excluded.profile,
+           endpoint_spiffe_id = excluded.endpoint_spiffe_id, source = excluded.source, updated_at = excluded.updated_at
+         RETURNING *`,
+        r.trustDomain,
+        r.bundleEndpointUrl,
+        r.profile,
+        r.endpointSpiffeId,
+        r.source,
+        now,
+        now,
+      ) as FederationRelationshipRow;
+      if (initial !== undefined && !(onlyIfAbsent && this.#get("SELECT 1 AS one FROM bundles WHERE trust_domain = ?", r.trustDomain) !== undefined)) {
         this.#exec(
-          "UPDATE registration_entries SET federates_with_count = federates_with_count - 1, revision = revision + 1, updated_at = ? WHERE row_id = ?",
+          `INSERT INTO bundles (trust_domain, document, sequence, created_at, updated_at) VALUES (?, ?, ?, ?, ?)
+           ON CONFLICT (trust_domain) DO UPDATE SET document = excluded.document, sequence = excluded.sequence, updated_at = excluded.updated_at`,
+          initial.trustDomain,
+          initial.document,
+          initial.sequence,
           now,
-          u.row_id,
+          now,
         );
-        this.#event(events, "entry", u.id, "update", now);
       }
-      this.#exec("DELETE FROM bundles WHERE trust_domain = ?", td);
+      return this.#toRelationship(row);
+    });
+  }
+
+  async createFederationRelationship(input: FederationRelationshipInput, options: FederationRelationshipWriteOptions = {}): Promise<FederationRelationship> {
+    return this.#writeRelationship("create", input, options);
+  }
+
+  async updateFederationRelationship(input: FederationRelationshipInput, options: FederationRelationshipWriteOptions = {}): Promise<FederationRelationship> {
+    return this.#writeRelationship("update", input, options);
+  }
+
+  async putFederationRelationship(input: FederationRelationshipInput, options: FederationRelationshipWriteOptions = {}): Promise<FederationRelationship> {
+    return this.#writeRelationship("put", input, options);
+  }
+
+  async getFederationRelationship(trustDomain: string): Promise<FederationRelationship | undefined> {
+    const td = checkTrustDomainName("federation relationship trustDomain", trustDomain);
+    return this.#read(() => {
+      const row = this.#get<FederationRelationshipRow>("SELECT * FROM federation_relationships WHERE trust_domain = ?", td);
+      return row === undefined ? undefined : this.#toRelationship(row);
+    });
+  }
+
+  async listFederationRelationships(): Promise<FederationRelationship[]> {
+    return this.#read(() => this.#all<FederationRelationshipRow>("SELECT * FROM federation_relationships ORDER BY trust_domain").map((r) => this.#toRelationship(r)));
+  }
+
+  async deleteFederationRelationship(trustDomain: string, mode: BundleDeleteMode = "restrict"): Promise<FederationRelationship> {
+    const td = checkTrustDomainName("federation relationship trustDomain", trustDomain);
+    checkDeleteMode(mode);
+    return this.#write((now, events) => {
+      const row = this.#get<FederationRelationshipRow>("SELECT * FROM federation_relationships WHERE trust_domain = ?", td);
+      if (row === undefined) throw notFound(`federation relationship with ${td}`);
+      this.#deleteBundleRow(td, mode, now, events);
+      this.#exec("DELETE FROM federation_relationships WHERE trust_domain = ?", td);
+      return this.#toRelationship(row);
     });
   }
 

@@ -199,4 +199,21 @@ CREATE INDEX issuances_context_id ON issuances (context_id);
 CREATE INDEX issuances_not_after ON issuances (not_after);
 `,
   },
+  {
+    version: 4,
+    name: "federation relationships",
+    // The fetched bundle lives in `bundles` under the same name; no foreign key,
+    // so a relationship can exist before its first bundle is fetched.
+    sql: `
+CREATE TABLE federation_relationships (
+  trust_domain        TEXT PRIMARY KEY,
+  bundle_endpoint_url TEXT NOT NULL CHECK (bundle_endpoint_url LIKE 'https://%'),
+  profile             TEXT NOT NULL CHECK (profile IN ('https_web', 'https_spiffe')),
+  endpoint_spiffe_id  TEXT NOT NULL CHECK ((profile = 'https_spiffe') = (endpoint_spiffe_id <> '')),
+  source              TEXT NOT NULL CHECK (source IN ('api', 'config')),
+  created_at          INTEGER NOT NULL,
+  updated_at          INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+`,
+  },
 ];

@@ -15,6 +15,7 @@ import type { AgentInput } from "./agent.js";
 import type { BundleInput } from "./bundle.js";
 import type { CaJournalInput, CaKeyKind, CaSlotStatus } from "./ca-journal.js";
 import type { EntryInput } from "./entry.js";
+import { BUNDLE_ENDPOINT_PROFILES, type BundleEndpointProfileName, type FederationRelationshipInput, type RelationshipSource } from "./federation-relationship.js";
 import { ISSUANCE_KINDS, type IssuanceInput, type IssuanceKind } from "./issuance.js";
 import type { JoinTokenInput } from "./join-token.js";
 import { canonicalSerialHex } from "../../spiffe/x509/serial.js";
@@ -302,6 +303,54 @@ export function normalizeBundle(input: BundleInput): { readonly trustDomain: str
     throw invalid(`bundle document for ${trustDomain} must be a JSON object with a "keys" array`);
   }
   return { trustDomain, document: doc, sequence: checkSequence("bundle sequence", input.sequence) };
+}
+
+/** Longest bundle endpoint URL, in bytes. */
+export const MAX_BUNDLE_ENDPOINT_URL_BYTES = 2048;
+
+/** A federation relationship's stored values. */
+export interface NormalizedFederationRelationship {
+  readonly trustDomain: string;
+  readonly bundleEndpointUrl: string;
+  readonly profile: BundleEndpointProfileName;
+  /** "" for `https_web`. */
+  readonly endpointSpiffeId: string;
+  readonly source: RelationshipSource;
+}
+
+/**
+ * Validates a federation relationship for storage: a bare trust-domain name,
+ * an `https` URL without userinfo (FED-11), a known profile, and an endpoint
+ * SPIFFE ID exactly when the profile is `https_spiffe` (FED-20).
+ */
+export function normalizeFederationRelationship(input: FederationRelationshipInput): NormalizedFederationRelationship {
+  if (input === null || typeof input !== "object") throw invalid("federation relationship must be an object");
+  const trustDomain = checkTrustDomainName("federation relationship trustDomain", input.trustDomain);
+  const url: unknown = input.bundleEndpointUrl;
+  if (typeof url !== "string" || url.length === 0) throw invalid("federation relationship bundleEndpointUrl must be a non-empty string");
+  if (Buffer.byteLength(url, "utf8") > MAX_BUNDLE_ENDPOINT_URL_BYTES) throw invalid(`federation relationship bundleEndpointUrl is longer than ${MAX_BUNDLE_ENDPOINT_URL_BYTES} bytes`);
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch (e) {
+    throw invalid(`federation relationship bundleEndpointUrl ${JSON.stringify(url.slice(0, 100))} is not a URL`, e);
+  }
+  if (parsed.protocol !== "https:") throw invalid(`federation relationship bundleEndpointUrl must use https, got ${parsed.protocol.replace(/:$/, "")}`);
+  if (parsed.username !== "" || parsed.password !== "") throw invalid("federation relationship bundleEndpointUrl must not contain userinfo");
+  const profile: unknown = input.profile;
+  if (!BUNDLE_ENDPOINT_PROFILES.includes(profile as BundleEndpointProfileName)) {
+    throw invalid(`federation relationship profile must be one of ${BUNDLE_ENDPOINT_PROFILES.join(", ")}, got ${JSON.stringify(String(profile).slice(0, 40))}`);
+  }
+  let endpointSpiffeId = "";
+  if (profile === "https_spiffe") {
+    if (input.endpointSpiffeId === undefined) throw invalid("federation relationship endpointSpiffeId is required for https_spiffe");
+    endpointSpiffeId = checkSpiffeId("federation relationship endpointSpiffeId", input.endpointSpiffeId);
+  } else if (input.endpointSpiffeId !== undefined) {
+    throw invalid("federation relationship endpointSpiffeId is only for https_spiffe");
+  }
+  const source: unknown = input.source ?? "api";
+  if (source !== "api" && source !== "config") throw invalid('federation relationship source must be "api" or "config"');
+  return { trustDomain, bundleEndpointUrl: url, profile: profile as BundleEndpointProfileName, endpointSpiffeId, source };
 }
 
 const CA_KINDS: readonly CaKeyKind[] = ["x509", "jwt"];
