@@ -22,6 +22,11 @@ export class MemoryCertificateProvider implements Provider {
     for (const l of this.#caListeners) l({ caCertificate: this.#ca });
   }
 
+  /** The PEM certificate chain and key set last, or null before the first {@link setIdentity}. */
+  get identity(): { readonly certificate: Buffer; readonly privateKey: Buffer } | null {
+    return this.#identity;
+  }
+
   /** Sets the PEM certificate chain and PKCS#8 PEM key the server presents. */
   setIdentity(certChainPem: string, privateKeyPem: string): void {
     this.#identity = { certificate: Buffer.from(certChainPem), privateKey: Buffer.from(privateKeyPem) };

@@ -17,8 +17,12 @@ import type { ServerConfig } from "../config/schema.js";
 import type { Datastore } from "../datastore/index.js";
 import { CaManager, type CaSettings } from "./manager.js";
 
-/** The CA settings of a server config's `server` section. */
-export function caSettings(s: ServerConfig["server"], trustDomain: TrustDomain): CaSettings {
+/**
+ * The CA settings of a server config's `server` section. `refreshHintSeconds`
+ * is the bundle endpoint's `refresh_hint`, so the stored and published own
+ * bundle carries the hint the endpoint serves (the CA's default otherwise).
+ */
+export function caSettings(s: ServerConfig["server"], trustDomain: TrustDomain, refreshHintSeconds?: number): CaSettings {
   return {
     trustDomain,
     caTtlMs: s.ca_ttl,
@@ -32,6 +36,7 @@ export function caSettings(s: ServerConfig["server"], trustDomain: TrustDomain):
         }
       : undefined,
     jwtIssuer: s.jwt_issuer,
+    refreshHintSeconds,
   };
 }
 
