@@ -73,6 +73,8 @@ export interface Rule {
   readonly namespaces: LabelMatcher;
   readonly workloadSelectors: readonly Template[];
   readonly dnsNames: readonly Template[];
+  /** Whether the names of the Services routing to a pod are added to its DNS names (service-dns-names.ts). */
+  readonly autoPopulateDNSNames: boolean;
   /** Seconds; 0 for the server default. */
   readonly x509SvidTtl: number;
   readonly jwtSvidTtl: number;
@@ -121,6 +123,7 @@ export function compileRule(name: string, spec: ClusterSpiffeIdSpec | undefined)
     namespaces: compileLabelSelector(spec.namespaceSelector, "spec.namespaceSelector"),
     workloadSelectors: stringList(spec.workloadSelectorTemplates, "workloadSelectorTemplates").map((t, i) => at(`workloadSelectorTemplates[${i}]`, () => compileTemplate(t))),
     dnsNames: stringList(spec.dnsNameTemplates, "dnsNameTemplates").map((t, i) => at(`dnsNameTemplates[${i}]`, () => compileTemplate(t))),
+    autoPopulateDNSNames: spec.autoPopulateDNSNames === true,
     x509SvidTtl: ttlSeconds(spec.ttl, "ttl"),
     jwtSvidTtl: ttlSeconds(spec.jwtTtl, "jwtTtl"),
     federatesWith: stringList(spec.federatesWith, "federatesWith"),
@@ -208,12 +211,14 @@ export function templateData(ctx: RenderContext, pod: V1Pod, node: V1Node): Temp
 /**
  * Renders a pod's entry under a rule: the ID template, parent
  * `spiffe://<td>/spire/agent/k8s_psat/<cluster>/<node UID>`, selectors
- * `k8s:ns`, `k8s:pod-uid` and the rendered selector templates, DNS names.
+ * `k8s:ns`, `k8s:pod-uid` and the rendered selector templates, DNS names:
+ * the rendered templates, then `serviceNames` (the rule's
+ * `autoPopulateDNSNames` names, see service-dns-names.ts), each once.
  *
  * @throws SigilError `ERR_INVALID_ARGUMENT` when something renders invalid
  * (a render failure: counted in status, no entry).
  */
-export function renderPodEntry(rule: Rule, ctx: RenderContext, pod: V1Pod, node: V1Node): RenderedEntry {
+export function renderPodEntry(rule: Rule, ctx: RenderContext, pod: V1Pod, node: V1Node, serviceNames: readonly string[] = []): RenderedEntry {
   const data = templateData(ctx, pod, node);
   const rendered = rule.spiffeId.render(data);
   let spiffeId: string;
@@ -234,8 +239,7 @@ export function renderPodEntry(rule: Rule, ctx: RenderContext, pod: V1Pod, node:
     }
   });
   const dnsNames: string[] = [];
-  for (const t of rule.dnsNames) {
-    const d = t.render(data);
+  for (const d of [...rule.dnsNames.map((t) => t.render(data)), ...serviceNames]) {
     if (!dnsNames.includes(d)) dnsNames.push(d);
   }
   return {

@@ -25,6 +25,11 @@
  * controller that starts without the API deletes nothing; and the entries of
  * a resource that became invalid (a template outside the subset, a malformed
  * selector) are kept as they are until it is fixed or deleted.
+ *
+ * A resource with `autoPopulateDNSNames` adds the names of the Services whose
+ * EndpointSlices list a pod (service-dns-names.ts). The slices are watched
+ * only while such a resource exists, and its entries are kept as they are
+ * until they have been listed.
  */
 import type { Logger } from "../../common/log.js";
 import type { Service } from "../../common/service.js";
@@ -45,6 +50,7 @@ import {
 import { isEntryRefusal, type ControllerEntryStore, type StoredEntry } from "./entry-store.js";
 import { compileLabelSelector } from "./label-selector.js";
 import { startKubeWatch, type KubeWatch, type KubeWatchOptions } from "./kube-watch.js";
+import { indexEndpointSlices, serviceDnsNames } from "./service-dns-names.js";
 
 /** The `k8s_controller` config section, parsed. */
 export interface K8sControllerSettings {
@@ -204,9 +210,6 @@ export class K8sController implements Service {
     for (const obj of w.clusterSpiffeIds()) {
       if ((obj.spec?.className ?? "") !== s.className) continue;
       const name = obj.metadata?.name ?? "";
-      if (obj.spec?.autoPopulateDNSNames === true) {
-        this.#logOnce(`${name}\nautoPopulateDNSNames`, { cluster_spiffe_id: name }, "k8s controller: autoPopulateDNSNames is not supported (Services are not watched); list the names in dnsNameTemplates");
-      }
       try {
         rules.push({ name, obj, rule: compileRule(name, obj.spec) });
       } catch (e) {
@@ -215,6 +218,13 @@ export class K8sController implements Service {
         rules.push({ name, obj, error });
       }
     }
+    // EndpointSlices are followed only while a rule wants Service names. Until they are listed,
+    // such a rule's entries stay as they are: rendered without the names, they would lose them
+    // on every restart until the list arrives.
+    const wantsServices = rules.some((r) => r.rule?.autoPopulateDNSNames === true);
+    w.followEndpointSlices(wantsServices);
+    const slices = wantsServices ? w.endpointSlices() : undefined;
+    const services = slices === undefined ? undefined : indexEndpointSlices(slices);
     const pods = w.pods().filter((p) => podIsLive(p) && !ignored.has(p.metadata?.namespace ?? ""));
     const namespaces = w.namespaces().filter((n) => !ignored.has(n.metadata?.name ?? ""));
     const stats = new Map<string, MutableStats>();
@@ -249,8 +259,16 @@ export class K8sController implements Service {
           kept.set(entryIdFor(this.#ctx.entryIdPrefix, r.name, pod.metadata?.uid ?? ""), r.name);
           continue;
         }
+        let serviceNames: string[] = [];
+        if (r.rule.autoPopulateDNSNames) {
+          if (services === undefined) {
+            kept.set(entryIdFor(this.#ctx.entryIdPrefix, r.name, pod.metadata?.uid ?? ""), r.name);
+            continue;
+          }
+          serviceNames = serviceDnsNames(services.servicesOf(pod), pod.metadata?.namespace ?? "", this.#ctx.clusterDomain);
+        }
         try {
-          const entry = renderPodEntry(r.rule, this.#ctx, pod, node);
+          const entry = renderPodEntry(r.rule, this.#ctx, pod, node, serviceNames);
           desired.set(entry.id, { entry, rule: r.name });
         } catch (e) {
           st.entryRenderFailures++;

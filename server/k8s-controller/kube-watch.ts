@@ -1,6 +1,7 @@
 /**
  * The controller's view of one cluster: pods, namespaces, nodes and
- * ClusterSPIFFEIDs, each kept by an informer of the real
+ * ClusterSPIFFEIDs (and, while a rule has `autoPopulateDNSNames`,
+ * `discovery.k8s.io/v1` EndpointSlices), each kept by an informer of the real
  * `@kubernetes/client-node` (`ListWatch`: one list, then a watch stream that
  * resumes from the last resourceVersion), and the one write the controller
  * makes, a ClusterSPIFFEID's `status` (PUT on the status subresource).
@@ -14,7 +15,7 @@
  * The library is loaded on first use (`plugins/kube-client.ts`, shared with
  * the Kubernetes plugins).
  */
-import type { KubernetesObject, V1Namespace, V1Node, V1Pod } from "@kubernetes/client-node";
+import type { KubernetesObject, V1EndpointSlice, V1Namespace, V1Node, V1Pod } from "@kubernetes/client-node";
 import type { Logger } from "../../common/log.js";
 import { boundedCall, connectKube, httpStatusOf, type K8sModule } from "../../plugins/kube-client.js";
 import { CLUSTER_SPIFFE_ID_GROUP, CLUSTER_SPIFFE_ID_PLURAL, CLUSTER_SPIFFE_ID_VERSION, type ClusterSpiffeIdObject, type ClusterSpiffeIdStats } from "./cluster-spiffe-id.js";
@@ -31,7 +32,7 @@ const WATCH_GRACE_MS = 30_000;
 export interface KubeWatchOptions {
   /** A kubeconfig file (its current context); without one, the pod's in-cluster config. */
   readonly kubeConfigFile?: string | undefined;
-  /** Called after every change to any of the four caches (and after each one's first list). */
+  /** Called after every change to any cache (and after each one's first list). */
   readonly onChange: () => void;
   readonly log: Logger;
   /** Longest a watch stream is kept (default 5 min; tests shorten it); see {@link startKubeWatch}. */
@@ -52,6 +53,15 @@ export interface KubeWatch {
   namespaces(): V1Namespace[];
   node(name: string): V1Node | undefined;
   clusterSpiffeIds(): ClusterSpiffeIdObject[];
+  /**
+   * Starts (true) or stops (false) following EndpointSlices of every
+   * namespace; calling it again with the same value does nothing. They are
+   * followed only while some rule has `autoPopulateDNSNames`, so a cluster
+   * without one pays for no EndpointSlice list or watch. Stopping forgets them.
+   */
+  followEndpointSlices(on: boolean): void;
+  /** The EndpointSlices held: undefined unless followed and listed at least once. */
+  endpointSlices(): V1EndpointSlice[] | undefined;
   /**
    * Replaces a ClusterSPIFFEID's `status` (the object's resourceVersion makes
    * it conditional; a conflict is left for the next reconciliation).
@@ -125,20 +135,23 @@ export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch>
   const stopping = new AbortController();
   const options = boundedCall(k8s, CALL_TIMEOUT_MS, stopping.signal);
   const core = kc.makeApiClient(k8s.CoreV1Api);
+  const discovery = kc.makeApiClient(k8s.DiscoveryV1Api);
   const custom = kc.makeApiClient(k8s.CustomObjectsApi);
   const crPath = `/apis/${CLUSTER_SPIFFE_ID_GROUP}/${CLUSTER_SPIFFE_ID_VERSION}/${CLUSTER_SPIFFE_ID_PLURAL}`;
 
   const timers = new Set<NodeJS.Timeout>();
   // Without the CRD (a 404 on its list), the controller still runs the default rule; the list is tried again with backoff.
   let crdMissing = false;
-  const informers: Array<{ informer: InstanceType<K8sModule["ListWatch"]>; synced: boolean }> = [];
+  type Followed = { informer: InstanceType<K8sModule["ListWatch"]>; synced: boolean; stopped: boolean };
+  /** The four informers {@link KubeWatch.synced} waits for. */
+  const informers: Followed[] = [];
   function follow<T extends KubernetesObject>(
     what: string,
     path: string,
     list: () => Promise<{ items: T[]; metadata?: { resourceVersion?: string } }>,
     relevant: (obj: T) => unknown,
-  ): InstanceType<K8sModule["ListWatch"]> {
-    const state = { informer: undefined as unknown as InstanceType<K8sModule["ListWatch"]>, synced: false };
+  ): Followed {
+    const state: Followed = { informer: undefined as unknown as InstanceType<K8sModule["ListWatch"]>, synced: false, stopped: false };
     let backoff = BACKOFF_MIN_MS;
     // What the controller reads of each object: a change elsewhere (pod conditions, node heartbeats) starts no reconciliation.
     const seen = new Map<string, string>();
@@ -172,34 +185,45 @@ export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch>
       opts.onChange();
     });
     informer.on("error", (err: unknown) => {
-      if (stopped) return;
+      if (stopped || state.stopped) return;
       if (what === "clusterspiffeids" && crdMissing) opts.log.debug({ resource: what, retry_ms: backoff }, "k8s controller: the ClusterSPIFFEID CRD is still not installed");
       else opts.log.warn({ err, resource: what, retry_ms: backoff }, `k8s controller: watching ${what} failed; starting again`);
       const t = setTimeout(() => {
         timers.delete(t);
-        if (!stopped) void informer.start();
+        if (!stopped && !state.stopped) void informer.start();
       }, backoff);
       timers.add(t);
       backoff = Math.min(BACKOFF_MAX_MS, backoff * 2);
     });
-    informers.push(state);
-    return informer as never;
+    return state;
   }
+  const required = <T extends KubernetesObject>(...args: Parameters<typeof follow<T>>): Followed["informer"] => {
+    const state = follow<T>(...args);
+    informers.push(state);
+    return state.informer;
+  };
+  // What the controller reads of a slice: its Service and which pods or addresses it holds
+  // (not their readiness, which changes often and does not change a name).
+  const sliceRelevant = (s: V1EndpointSlice): unknown => [
+    s.metadata?.labels?.["kubernetes.io/service-name"],
+    s.endpoints?.map((e) => [e.targetRef?.kind, e.targetRef?.uid, e.targetRef?.name, e.targetRef?.namespace, e.addresses]),
+  ];
+  let slices: Followed | undefined;
 
-  const pods = follow<V1Pod>(
+  const pods = required<V1Pod>(
     "pods",
     "/api/v1/pods",
     () => core.listPodForAllNamespaces({}, options),
-    (p) => [p.metadata?.uid, p.metadata?.labels, p.metadata?.annotations, p.spec?.serviceAccountName, p.spec?.nodeName, p.status?.phase],
+    (p) => [p.metadata?.uid, p.metadata?.labels, p.metadata?.annotations, p.spec?.serviceAccountName, p.spec?.nodeName, p.status?.phase, p.status?.podIPs, p.spec?.hostNetwork],
   );
-  const namespaces = follow<V1Namespace>("namespaces", "/api/v1/namespaces", () => core.listNamespace({}, options), (n) => n.metadata?.labels);
-  const nodes = follow<V1Node>(
+  const namespaces = required<V1Namespace>("namespaces", "/api/v1/namespaces", () => core.listNamespace({}, options), (n) => n.metadata?.labels);
+  const nodes = required<V1Node>(
     "nodes",
     "/api/v1/nodes",
     () => core.listNode({}, options),
     (n) => [n.metadata?.uid, n.metadata?.labels, n.metadata?.annotations, n.spec?.providerID, n.spec?.podCIDR],
   );
-  const crs = follow<KubernetesObject>("clusterspiffeids", crPath, async () => {
+  const crs = required<KubernetesObject>("clusterspiffeids", crPath, async () => {
     try {
       const list = (await custom.listClusterCustomObject({ group: CLUSTER_SPIFFE_ID_GROUP, version: CLUSTER_SPIFFE_ID_VERSION, plural: CLUSTER_SPIFFE_ID_PLURAL }, options)) as { items: KubernetesObject[] };
       crdMissing = false;
@@ -229,6 +253,19 @@ export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch>
     namespaces: () => namespaces.list() as V1Namespace[],
     node: (name) => nodes.get(name) as V1Node | undefined,
     clusterSpiffeIds: () => crs.list() as ClusterSpiffeIdObject[],
+    followEndpointSlices(on) {
+      if (stopped || on === (slices !== undefined)) return;
+      if (on) {
+        slices = follow<V1EndpointSlice>("endpointslices", "/apis/discovery.k8s.io/v1/endpointslices", () => discovery.listEndpointSliceForAllNamespaces({}, options), sliceRelevant);
+        void slices.informer.start();
+        return;
+      }
+      const old = slices as Followed;
+      old.stopped = true;
+      void old.informer.stop();
+      slices = undefined;
+    },
+    endpointSlices: () => (slices?.synced ? (slices.informer.list() as V1EndpointSlice[]) : undefined),
     async putStatus(obj, stats) {
       const name = obj.metadata?.name ?? "";
       const body = {
@@ -244,7 +281,7 @@ export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch>
       stopping.abort();
       for (const t of timers) clearTimeout(t);
       timers.clear();
-      await Promise.all(informers.map((i) => i.informer.stop()));
+      await Promise.all([...informers, ...(slices ? [slices] : [])].map((i) => i.informer.stop()));
       for (const c of live) c.abort();
       live.clear();
       for (const a of agents) a.destroy();

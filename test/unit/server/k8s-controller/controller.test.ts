@@ -8,7 +8,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { V1Namespace, V1Node, V1Pod } from "@kubernetes/client-node";
+import type { V1EndpointSlice, V1Namespace, V1Node, V1Pod } from "@kubernetes/client-node";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { systemClock } from "../../../../common/clock.js";
 import { createLogger } from "../../../../common/log.js";
@@ -54,6 +54,11 @@ class View implements KubeWatch {
   namespaces = () => this.nsList;
   node = (name: string) => (name === NODE.metadata?.name ? NODE : undefined);
   clusterSpiffeIds = () => this.crs;
+  /** EndpointSlices; `undefined` imitates a list not answered yet. */
+  slices: V1EndpointSlice[] | undefined = [];
+  slicesFollowed = false;
+  followEndpointSlices = (on: boolean) => void (this.slicesFollowed = on);
+  endpointSlices = () => (this.slicesFollowed ? this.slices : undefined);
   putStatus = async (obj: ClusterSpiffeIdObject, stats: ClusterSpiffeIdStats) => void this.statuses.set(obj.metadata?.name ?? "", stats);
   stop = async () => undefined;
 }
@@ -194,6 +199,61 @@ describe("K8sController.reconcile", () => {
     view.crdMissing = false;
     expect(await controller.reconcile()).toEqual({ created: 0, updated: 0, deleted: 1, failed: 0 });
     expect(await ids()).toEqual(["spiffe://example.org/ns/web/sa/sa"]);
+  });
+
+  it("autoPopulateDNSNames: follows EndpointSlices only while a rule asks, keeps the rule's entries until they are listed, then adds and removes Service names", async () => {
+    const svcSlice = (service: string, uids: string[]): V1EndpointSlice => ({
+      addressType: "IPv4",
+      metadata: { namespace: "web", name: `${service}-x1`, labels: { "kubernetes.io/service-name": service } },
+      endpoints: uids.map((uid, i) => ({ addresses: [`10.0.0.${i + 1}`], conditions: { ready: i === 0 }, targetRef: { kind: "Pod", namespace: "web", name: uid, uid } })),
+    });
+    const rule = (auto: boolean, rv: string): ClusterSpiffeIdObject => ({
+      metadata: { name: "svc", resourceVersion: rv },
+      spec: { spiffeIDTemplate: "spiffe://{{ .TrustDomain }}/svc/{{ .PodMeta.Name }}", dnsNameTemplates: ["{{ .PodMeta.Name }}.pods.example"], autoPopulateDNSNames: auto },
+    });
+    const dns = async (): Promise<Record<string, readonly string[]>> =>
+      Object.fromEntries((await ds.listEntries({})).items.filter((e) => e.spiffeId.includes("/svc/")).map((e) => [e.spiffeId.slice("spiffe://example.org/svc/".length), e.dnsNames]));
+    view.podList = [pod("web", "a", "uid-a"), pod("web", "b", "uid-b")];
+    view.slices = [svcSlice("api", ["uid-a", "uid-b"]), svcSlice("admin", ["uid-b"])];
+
+    // Without the field nothing is followed and the names are the templates'.
+    view.crs = [rule(false, "1")];
+    await controller.reconcile();
+    expect(view.slicesFollowed).toBe(false);
+    expect(await dns()).toEqual({ a: ["a.pods.example"], b: ["b.pods.example"] });
+
+    // Asked for, but the slices are not listed yet: the entries stay as they are.
+    view.crs = [rule(true, "2")];
+    const listed = view.slices;
+    view.slices = undefined;
+    expect(await controller.reconcile()).toEqual({ created: 0, updated: 0, deleted: 0, failed: 0 });
+    expect(view.slicesFollowed).toBe(true);
+    expect(view.statuses.get("svc")).toMatchObject({ podsSelected: 2, entriesCreated: 2 });
+    view.slices = listed;
+    expect(await controller.reconcile()).toMatchObject({ updated: 2 });
+    expect(await dns()).toEqual({
+      a: ["a.pods.example", "api", "api.web", "api.web.svc", "api.web.svc.cluster.local"],
+      b: ["b.pods.example", "admin", "admin.web", "admin.web.svc", "admin.web.svc.cluster.local", "api", "api.web", "api.web.svc", "api.web.svc.cluster.local"],
+    });
+    // The default rule is not affected.
+    expect((await ds.listEntries({})).items.filter((e) => e.spiffeId.includes("/ns/")).map((e) => e.dnsNames)).toEqual([[], []]);
+
+    // b leaves the api Service: only its entry changes.
+    view.slices = [svcSlice("api", ["uid-a"]), svcSlice("admin", ["uid-b"])];
+    expect(await controller.reconcile()).toEqual({ created: 0, updated: 1, deleted: 0, failed: 0 });
+    expect((await dns()).b).toEqual(["b.pods.example", "admin", "admin.web", "admin.web.svc", "admin.web.svc.cluster.local"]);
+
+    // A hand-written slice whose Service label is no DNS label: the server refuses the entry, and status says so.
+    view.slices = [svcSlice("api", ["uid-a"]), svcSlice("admin_x", ["uid-b"])];
+    await controller.reconcile();
+    expect(view.statuses.get("svc")).toMatchObject({ podsSelected: 2, entriesCreated: 1, entryFailures: 1 });
+    expect(Object.keys(await dns())).toEqual(["a"]);
+
+    // The field turned off: the slices are no longer followed and the names go.
+    view.crs = [rule(false, "3")];
+    await controller.reconcile();
+    expect(view.slicesFollowed).toBe(false);
+    expect(await dns()).toEqual({ a: ["a.pods.example"], b: ["b.pods.example"] });
   });
 
   it("updates an owned entry someone edited back to what the rule says", async () => {
