@@ -536,7 +536,7 @@ function createObjectStore(): FakeObjectStore & { route(req: IncomingMessage, ur
   };
 }
 
-// ── LIST and WATCH: pods, namespaces, nodes and the ClusterSPIFFEID custom resource ──
+// ── LIST and WATCH: pods, namespaces, nodes, EndpointSlices and the ClusterSPIFFEID custom resource ──
 //
 // A separate block (the k8s registration controller's): the collections below are
 // listed with `metadata.resourceVersion` and watched with `?watch=true&resourceVersion=…`
@@ -548,6 +548,16 @@ function createObjectStore(): FakeObjectStore & { route(req: IncomingMessage, ur
 export interface FakeNamespace {
   readonly name: string;
   readonly labels?: Readonly<Record<string, string>>;
+}
+
+/** An EndpointSlice of a Service (`discovery.k8s.io/v1`, IPv4) as the fake stores it. */
+export interface FakeEndpointSlice {
+  readonly namespace: string;
+  readonly name: string;
+  /** The Service: the `kubernetes.io/service-name` label. */
+  readonly service: string;
+  /** Each with `targetRef` to a pod when `pod` is given (as the EndpointSlice controller writes it), else an address only. */
+  readonly endpoints: ReadonlyArray<{ readonly addresses: readonly string[]; readonly ready?: boolean; readonly pod?: { readonly name: string; readonly uid: string } }>;
 }
 
 /** The ClusterSPIFFEID resource's coordinates. */
@@ -571,6 +581,9 @@ export interface FakeKubeWatchables {
   /** Creates or replaces a ClusterSPIFFEID (`{ metadata: { name }, spec }`); `status` is kept on replace. */
   putClusterSpiffeId(obj: { metadata: { name: string }; spec: Record<string, unknown> }): void;
   deleteClusterSpiffeId(name: string): void;
+  /** Creates or replaces an EndpointSlice (listed and watched at `/apis/discovery.k8s.io/v1/endpointslices`). */
+  putEndpointSlice(slice: FakeEndpointSlice): void;
+  deleteEndpointSlice(namespace: string, name: string): void;
   /** The stored ClusterSPIFFEID (with the status the client wrote), or undefined. */
   clusterSpiffeId(name: string): Record<string, unknown> | undefined;
   /** Sends a BOOKMARK with the current resourceVersion on every open watch. */
@@ -589,8 +602,29 @@ export interface FakeKubeWatchables {
   setCrdInstalled(installed: boolean): void;
 }
 
-type WatchKind = "pods" | "namespaces" | "nodes" | "clusterspiffeids";
+type WatchKind = "pods" | "namespaces" | "nodes" | "clusterspiffeids" | "endpointslices";
 type WatchObject = { metadata: Record<string, unknown> } & Record<string, unknown>;
+
+function endpointSliceJson(s: FakeEndpointSlice): WatchObject {
+  return {
+    kind: "EndpointSlice",
+    apiVersion: "discovery.k8s.io/v1",
+    metadata: {
+      name: s.name,
+      namespace: s.namespace,
+      uid: randomUUID(),
+      creationTimestamp: "2026-01-01T00:00:00Z",
+      labels: { "kubernetes.io/service-name": s.service, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io" },
+    },
+    addressType: "IPv4",
+    endpoints: s.endpoints.map((e) => ({
+      addresses: e.addresses,
+      conditions: { ready: e.ready ?? true, serving: e.ready ?? true, terminating: false },
+      ...(e.pod ? { targetRef: { kind: "Pod", namespace: s.namespace, name: e.pod.name, uid: e.pod.uid }, nodeName: "worker-1" } : {}),
+    })),
+    ports: [{ name: "https", protocol: "TCP", port: 8443 }],
+  };
+}
 
 function namespaceJson(n: FakeNamespace): WatchObject {
   return {
@@ -607,7 +641,7 @@ function createWatchables(pods: Map<string, FakePod>, nodes: Map<string, FakeNod
   let rv = 100;
   let compactedBelow = 0;
   let crdInstalled = true;
-  const store: Record<WatchKind, Map<string, WatchObject>> = { pods: new Map(), namespaces: new Map(), nodes: new Map(), clusterspiffeids: new Map() };
+  const store: Record<WatchKind, Map<string, WatchObject>> = { pods: new Map(), namespaces: new Map(), nodes: new Map(), clusterspiffeids: new Map(), endpointslices: new Map() };
   const history: Array<{ kind: WatchKind; rv: number; type: string; object: WatchObject }> = [];
   const streams = new Set<{ kind: WatchKind; res: ServerResponse }>();
   const listWatchRequests: ListWatchRequest[] = [];
@@ -616,6 +650,7 @@ function createWatchables(pods: Map<string, FakePod>, nodes: Map<string, FakeNod
     namespaces: ["NamespaceList", "v1"],
     nodes: ["NodeList", "v1"],
     clusterspiffeids: ["ClusterSPIFFEIDList", "sigil.dev/v1alpha1"],
+    endpointslices: ["EndpointSliceList", "discovery.k8s.io/v1"],
   };
 
   const emit = (kind: WatchKind, type: string, object: WatchObject): void => {
@@ -640,6 +675,7 @@ function createWatchables(pods: Map<string, FakePod>, nodes: Map<string, FakeNod
     [/^\/api\/v1\/namespaces$/, "namespaces"],
     [/^\/api\/v1\/nodes$/, "nodes"],
     [new RegExp(`^${CLUSTER_SPIFFE_ID_PATH}$`), "clusterspiffeids"],
+    [/^\/apis\/discovery\.k8s\.io\/v1\/endpointslices$/, "endpointslices"],
   ];
   const send = (res: ServerResponse, code: number, doc: unknown): void => {
     res.writeHead(code, { "content-type": "application/json" });
@@ -731,6 +767,8 @@ function createWatchables(pods: Map<string, FakePod>, nodes: Map<string, FakeNod
       });
     },
     deleteClusterSpiffeId: (name) => remove("clusterspiffeids", name),
+    putEndpointSlice: (slice) => put("endpointslices", `${slice.namespace}/${slice.name}`, endpointSliceJson(slice)),
+    deleteEndpointSlice: (namespace, name) => remove("endpointslices", `${namespace}/${name}`),
     clusterSpiffeId: (name) => store.clusterspiffeids.get(name),
     bookmark() {
       for (const s of streams) s.res.write(`${JSON.stringify({ type: "BOOKMARK", object: { kind: "Status", apiVersion: "v1", metadata: { resourceVersion: String(rv) } } })}\n`);

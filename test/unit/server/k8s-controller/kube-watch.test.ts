@@ -162,6 +162,38 @@ describe.skipIf(!haveOpenssl)("startKubeWatch", () => {
     await until("no open watch", () => api.openWatches() === 0);
   });
 
+  it("lists and watches EndpointSlices only while asked to; a readiness flip starts no reconciliation; stopping forgets them", async () => {
+    const slicePath = "/apis/discovery.k8s.io/v1/endpointslices";
+    const sliceRequests = () => api.listWatchRequests.filter((r) => r.path === slicePath);
+    const w = await start();
+    const member = { addresses: ["10.244.0.1"], pod: { name: "web-1", uid: pod(1).uid } };
+    api.putEndpointSlice({ namespace: "web", name: "web-abc", service: "web", endpoints: [member] });
+    expect(w.endpointSlices()).toBeUndefined();
+    expect(sliceRequests()).toEqual([]);
+
+    w.followEndpointSlices(true);
+    w.followEndpointSlices(true);
+    await until("the slices listed and watched", () => w.endpointSlices()?.length === 1 && api.openWatches() === 5);
+    expect(sliceRequests().filter((r) => !r.watch)).toHaveLength(1);
+    expect(w.synced).toBe(true);
+    const slice = w.endpointSlices()?.[0];
+    expect([slice?.metadata?.labels?.["kubernetes.io/service-name"], slice?.endpoints?.[0]?.targetRef?.uid]).toEqual(["web", pod(1).uid]);
+
+    let before = changes;
+    api.putEndpointSlice({ namespace: "web", name: "web-abc", service: "web", endpoints: [{ ...member, ready: false }] });
+    api.putEndpointSlice({ namespace: "web", name: "web-abc", service: "web", endpoints: [] });
+    await until("the emptied slice", () => w.endpointSlices()?.[0]?.endpoints?.length === 0);
+    expect(changes - before).toBe(1);
+
+    w.followEndpointSlices(false);
+    expect(w.endpointSlices()).toBeUndefined();
+    await until("the slice watch closed", () => api.openWatches() === 4);
+    before = changes;
+    api.putEndpointSlice({ namespace: "web", name: "web-abc", service: "web", endpoints: [member] });
+    await new Promise((r) => setTimeout(r, 200));
+    expect(changes).toBe(before);
+  });
+
   it("refuses a kubeconfig it cannot load", async () => {
     const err = await startKubeWatch({ kubeConfigFile: `${kubeconfig}.missing`, onChange: () => undefined, log }).catch((e: unknown) => e);
     expect(isSigilError(err, "ERR_FAILED_PRECONDITION")).toBe(true);
