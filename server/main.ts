@@ -17,6 +17,7 @@
  * | `ca-rotation` | a CA rotation step every 10 s, then the server SVID's renewal |
  * | `k8s-controller` | (`k8s_controller.enabled`) entries for the pods of a Kubernetes cluster from `ClusterSPIFFEID`s |
  * | `prune` | expired join tokens and long-expired issuance records, every minute |
+ * | `oidc-discovery` | (`oidc_discovery.enabled`) OIDC discovery documents of the JWT keys, issuer `server.jwt_issuer` |
  * | `health-listener`, `metrics-listener` | optional HTTP `/live`, `/ready`, `/metrics` |
  * | `grpc-health` | `grpc.health.v1` on both gRPC listeners: SERVING once every service before it started |
  *
@@ -55,6 +56,8 @@ import { K8sController } from "./k8s-controller/controller.js";
 import { datastoreEntryStore } from "./k8s-controller/entry-store.js";
 import { k8sControllerSettings } from "./k8s-controller/settings.js";
 import { EntryIndexFeed } from "./registration/entry-index-feed.js";
+import { OidcDiscoveryService } from "./oidc/service.js";
+import type { OidcListener } from "./oidc/http.js";
 
 /** Options for tests and embedding. */
 export interface StartServerOptions {
@@ -74,6 +77,8 @@ export interface RunningServer {
   readonly ca: CaManager;
   readonly health?: HttpListener | undefined;
   readonly metricsListener?: HttpListener | undefined;
+  /** The OIDC discovery listener (`oidc_discovery.enabled`). */
+  readonly oidcDiscovery?: OidcListener | undefined;
   readonly log: Logger;
   /** Runs one CA rotation step now (tests use it with a manual clock). */
   rotateNow(): Promise<void>;
@@ -163,6 +168,9 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     : undefined;
   const prom = config.telemetry?.prometheus;
   const metricsListener = prom ? new HttpListenerService("metrics-listener", () => startMetricsServer({ host: prom.host, port: prom.port, metrics })) : undefined;
+  // The schema requires server.jwt_issuer when enabled: it is the documents' issuer.
+  const oidcConfig = config.oidc_discovery?.enabled === true && s.jwt_issuer !== undefined ? config.oidc_discovery : undefined;
+  const oidcDiscovery = oidcConfig ? new OidcDiscoveryService({ config: oidcConfig, issuer: s.jwt_issuer as string, ca, log: subsystemLogger(log, "oidc_discovery") }) : undefined;
 
   const services: ServiceGroup = new ServiceGroup(
     [
@@ -177,6 +185,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       rotation,
       ...(k8sController ? [k8sController] : []),
       prune,
+      ...(oidcDiscovery ? [oidcDiscovery] : []),
       ...(health ? [health] : []),
       ...(metricsListener ? [metricsListener] : []),
       service(
@@ -194,7 +203,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   await services.start();
 
   log.info(
-    { trust_domain: trustDomain.name, agent_api: agentApi.address, admin_socket: adminSocketPath, health: health?.listener?.url, metrics: metricsListener?.listener?.url },
+    { trust_domain: trustDomain.name, agent_api: agentApi.address, admin_socket: adminSocketPath, health: health?.listener?.url, metrics: metricsListener?.listener?.url, oidc_discovery: oidcDiscovery?.listener?.url },
     "server started",
   );
   let stopped = false;
@@ -207,6 +216,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     ca: ca.manager,
     health: health?.listener,
     metricsListener: metricsListener?.listener,
+    oidcDiscovery: oidcDiscovery?.listener,
     log,
     rotateNow: () => rotation.rotateNow(),
     async stop(): Promise<void> {

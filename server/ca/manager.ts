@@ -280,6 +280,12 @@ export class CaManager {
       this.#x509.push(authority);
     } else {
       authority = { slotId, keyId, signer, notBefore, notAfter, status: "prepared" };
+      // The slot's old key can still be valid here (half life of the active key falls a few seconds
+      // before the old one's notAfter, because keys are backdated): tokens it signed stay verifiable
+      // until they expire, so it stays published until its notAfter.
+      for (const a of this.#jwt) {
+        if (a.slotId === slotId && a.status !== "active" && a.notAfter.getTime() > now.getTime()) this.#retiredJwt.set(a.keyId, { key: a.signer.publicKey, notAfter: a.notAfter });
+      }
       this.#jwt = this.#jwt.filter((a) => a.slotId !== slotId || a.status === "active");
       this.#jwt.push(authority);
     }

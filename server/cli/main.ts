@@ -45,6 +45,16 @@ export function buildProgram(): Command {
     });
 
   program
+    .command("oidc-discovery")
+    .description("serve OIDC discovery (/.well-known/openid-configuration, /keys) for JWT-SVIDs as a workload of a local agent, from the JWT bundles of its Workload API")
+    .requiredOption("-c, --config <path>", "oidc-discovery config file (YAML or JSON; issuer, listener, workload_api)")
+    .option("--expand-env", "expand ${VAR} references in the config")
+    .action(async (o: { config: string; expandEnv?: boolean }) => {
+      const { loadOidcProcessConfig, runOidcProcess } = await import("../oidc/process.js");
+      await runOidcProcess(loadOidcProcessConfig(o.config, { expandEnv: Boolean(o.expandEnv) }));
+    });
+
+  program
     .command("validate")
     .description("validate a config file and print every problem")
     .requiredOption("-c, --config <path>", "server config file (YAML or JSON)")

@@ -11,6 +11,7 @@ import { healthChecksSection as healthChecks, host, httpPath, logLevel, port, te
 import { pluginsConfigSchema } from "../../plugins/catalog.js";
 import { isSigilError } from "../../spiffe/errors.js";
 import { parseSpiffeId } from "../../spiffe/id.js";
+import { oidcDiscoverySection } from "../oidc/config.js";
 
 /** Default admin API socket, shared with `sigil-server` CLI commands. */
 export const DEFAULT_SERVER_SOCKET_PATH = "/tmp/sigil-server/private/api.sock";
@@ -199,6 +200,7 @@ export const serverConfigSchema = z
     telemetry: telemetrySection.optional(),
     k8s_controller: k8sControllerSection.optional(),
     federation: federationSection.optional(),
+    oidc_discovery: oidcDiscoverySection.optional(),
     plugins: pluginsSection,
   })
   .superRefine((c, ctx) => {
@@ -209,6 +211,12 @@ export const serverConfigSchema = z
         path: ["federation", "bundle_endpoint", "profile", "https_spiffe", "endpoint_spiffe_id"],
         message: `${endpointId} is not in the trust domain ${c.server.trust_domain}: the endpoint's SVID is signed by this server's CA`,
       });
+    }
+  })
+  .superRefine((c, ctx) => {
+    // The discovery document's issuer must be the `iss` the tokens carry.
+    if (c.oidc_discovery?.enabled === true && c.server.jwt_issuer === undefined) {
+      ctx.addIssue({ code: "custom", path: ["server", "jwt_issuer"], message: "is required when oidc_discovery.enabled is true: it is the issuer relying parties check JWT-SVIDs against" });
     }
   })
   .describe("Sigil server configuration.");

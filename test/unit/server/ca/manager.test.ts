@@ -125,6 +125,30 @@ describe("CA manager", () => {
     await store.close();
   });
 
+  it("a JWT key stays in the bundle until every token it signed has expired, through three rotations (7 s steps, as the rotation job is not aligned with key lifetimes)", async () => {
+    const { ca, clock, store } = await setup();
+    // Latest expiry of the tokens each key signed; every token asks for more than the key has left.
+    const lastExpiry = new Map<string, number>();
+    const missing: string[] = [];
+    const step = 7_000;
+    for (let t = 0; t <= 50 * H; t += step) {
+      await ca.rotate();
+      const now = clock.now().getTime();
+      const jwt = ca.signJwtSvid({ spiffeId: web, audience: ["db"], ttlMs: 10 * H });
+      lastExpiry.set(jwt.keyId, Math.max(lastExpiry.get(jwt.keyId) ?? 0, jwt.expiresAt.getTime()));
+      const published = ca.bundle().jwtAuthorities;
+      for (const [kid, exp] of lastExpiry) {
+        if (exp > now && !published.has(kid)) missing.push(`${kid} at +${(now - T0.getTime()) / 1000}s, its tokens valid until +${(exp - T0.getTime()) / 1000}s`);
+        // Once its last token has expired, the key leaves the bundle at the next step.
+        if (exp + step < now) expect(published.has(kid)).toBe(false);
+      }
+      clock.advance(step);
+    }
+    expect(lastExpiry.size).toBeGreaterThanOrEqual(3);
+    expect(missing).toEqual([]);
+    await store.close();
+  }, 60_000);
+
   it("with the disk key manager, a restart keeps the same CA and bundle", async () => {
     const dir = testTempDir("sigil-ca-");
     const keysPath = path.join(dir, "keys.json");
