@@ -10,7 +10,8 @@ import { duration } from "../../common/config/duration.js";
 import { healthChecksSection as healthChecks, host, httpPath, logLevel, port, telemetrySection, trustDomainName as trustDomain } from "../../common/config/fields.js";
 import { pluginsConfigSchema } from "../../plugins/catalog.js";
 import { isSigilError } from "../../spiffe/errors.js";
-import { parseSpiffeId } from "../../spiffe/id.js";
+import { parseSpiffeId, parseTrustDomain } from "../../spiffe/id.js";
+import { configRelationshipFieldNames, validateRelationship } from "../federation/relationships.js";
 import { oidcDiscoverySection } from "../oidc/config.js";
 
 /** Default admin API socket, shared with `sigil-server` CLI commands. */
@@ -172,11 +173,41 @@ const bundleEndpointSection = z
   })
   .describe("The SPIFFE bundle endpoint: serves this trust domain's bundle over HTTPS to federated trust domains (docs/federation.md).");
 
+const federatesWithEntry = z
+  .strictObject({
+    bundle_endpoint_url: z.string().min(1).describe("`https://` URL of the trust domain's bundle endpoint (no userinfo). Every refresh starts from it; redirects are followed but never remembered."),
+    bundle_endpoint_profile: z
+      .strictObject({
+        https_web: z.strictObject({}).optional().describe("The endpoint has a WebPKI certificate for the URL's host, checked against the system's trusted CAs (and `NODE_EXTRA_CA_CERTS`)."),
+        https_spiffe: z
+          .strictObject({
+            endpoint_spiffe_id: z.string().min(1).describe("SPIFFE ID of the X509-SVID the endpoint serves with (SPIRE's default: `spiffe://<td>/spire/server`)."),
+          })
+          .optional()
+          .describe("The endpoint serves with an X509-SVID, checked against the latest bundle held for the endpoint ID's trust domain."),
+      })
+      .refine((p) => (p.https_spiffe === undefined) !== (p.https_web === undefined), { error: "set exactly one of https_web and https_spiffe" })
+      .describe("How the endpoint authenticates itself (no fallback from one profile to the other)."),
+    trust_domain_bundle_path: z
+      .string()
+      .min(1)
+      .optional()
+      .describe("File with an initial bundle of the trust domain, stored when none is held yet. Required for a self-serving `https_spiffe` endpoint (its ID in this trust domain) whose bundle is not held."),
+    trust_domain_bundle_format: z.enum(["spiffe", "pem"]).default("spiffe").describe("Format of `trust_domain_bundle_path`: a SPIFFE bundle document or PEM certificates."),
+  })
+  .describe("One relationship: where and how to fetch the trust domain's bundle.");
+
 const federationSection = z
   .strictObject({
     bundle_endpoint: bundleEndpointSection.optional(),
-    // federates_with: added by the relationships code
+    federates_with: z
+      .record(z.string(), federatesWithEntry)
+      .default({})
+      .describe("Trust domains whose bundles this server fetches, keyed by trust-domain name (SPIRE's `federates_with`). Applied at every start; they win over relationships made through the admin API, which cannot change or delete them."),
+    min_refresh_interval: duration({ minMs: 1_000 }).prefault("30s").describe("Shortest time between two fetches of one endpoint, whatever its bundle's `spiffe_refresh_hint` says."),
+    max_refresh_interval: duration({ minMs: 1_000 }).prefault("1h").describe("Longest time between two fetches of one endpoint: a large refresh hint does not delay new keys beyond this."),
   })
+  .refine((f) => f.min_refresh_interval <= f.max_refresh_interval, { error: "min_refresh_interval must not be longer than max_refresh_interval", path: ["min_refresh_interval"] })
   .describe("SPIFFE federation with other trust domains (docs/federation.md).");
 
 const healthChecksSection = healthChecks({
@@ -202,6 +233,24 @@ export const serverConfigSchema = z
     federation: federationSection.optional(),
     oidc_discovery: oidcDiscoverySection.optional(),
     plugins: pluginsSection,
+  })
+  .superRefine((c, ctx) => {
+    for (const [name, r] of Object.entries(c.federation?.federates_with ?? {})) {
+      const base = configRelationshipFieldNames(name).trustDomain;
+      try {
+        validateRelationship(
+          { trustDomain: name, bundleEndpointUrl: r.bundle_endpoint_url, profile: r.bundle_endpoint_profile.https_web ? "https_web" : "https_spiffe", endpointSpiffeId: r.bundle_endpoint_profile.https_spiffe?.endpoint_spiffe_id },
+          parseTrustDomain(c.server.trust_domain),
+          configRelationshipFieldNames(name),
+        );
+      } catch (e) {
+        if (!isSigilError(e)) throw e;
+        // The message starts with the field's key path (`<base>.bundle_endpoint_url: …`); the issue carries it as its path.
+        const [field = base, ...rest] = e.message.split(": ");
+        const sub = field.startsWith(`${base}.`) ? field.slice(base.length + 1).split(".") : [];
+        ctx.addIssue({ code: "custom", path: ["federation", "federates_with", name, ...sub], message: rest.join(": ") });
+      }
+    }
   })
   .superRefine((c, ctx) => {
     const endpointId = c.federation?.bundle_endpoint?.profile?.https_spiffe?.endpoint_spiffe_id;
