@@ -1,6 +1,7 @@
 /**
  * `sigil-agent`: run the agent, and talk to a Workload API as a workload
- * would (`api fetch x509|jwt`, `api validate jwt`, `api watch`), plus
+ * would (`api fetch x509|jwt`, `api validate jwt`, `api watch`; `api fetch jwt
+ * --output token` and `--write <file> [--refresh]` for CI jobs), plus
  * `validate` (a config file) and `healthcheck`. Exit status: 0 success, 1 the operation failed, 2 usage.
  */
 import path from "node:path";
@@ -11,7 +12,9 @@ import { ensureSecureDirectory } from "../../common/secure-dir.js";
 import { isSigilError } from "../../spiffe/errors.js";
 import { encodePemCertificates } from "../../spiffe/pem.js";
 import { createWorkloadApiClient, type WorkloadApiClient } from "../../spiffe/workloadapi/client.js";
+import type { WorkloadJwtSvid } from "../../spiffe/workloadapi/jwt-context.js";
 import type { X509Context } from "../../spiffe/workloadapi/x509-context.js";
+import { keepTokenFileFresh, writeTokenFile } from "./jwt-token-file.js";
 import { DEFAULT_AGENT_SOCKET_PATH as DEFAULT_WORKLOAD_API_SOCKET_PATH } from "../config/schema.js";
 
 type Output = "json" | "pretty";
@@ -22,6 +25,12 @@ class UsageError extends Error {
 
 function output(v: string): Output {
   if (v !== "json" && v !== "pretty") throw new UsageError(`--output must be "json" or "pretty", got ${JSON.stringify(v)}`);
+  return v;
+}
+
+/** `--output` of `api fetch jwt`, which also takes `token`. */
+function jwtOutput(v: string): Output | "token" {
+  if (v !== "json" && v !== "pretty" && v !== "token") throw new UsageError(`--output must be "json", "pretty" or "token", got ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -132,13 +141,51 @@ export function buildProgram(): Command {
     },
   );
 
-  common(fetch.command("jwt").description("fetch JWT-SVIDs").requiredOption("-a, --audience <aud...>", "audience(s)").option("--spiffe-id <id>", "only this identity")).action(
-    async (o: { socketPath?: string; output: string; audience: string[]; spiffeId?: string }) => {
-      const out = output(o.output);
+  fetch
+    .command("jwt")
+    .description(
+      "fetch JWT-SVIDs. With several identities, --output token and --write use the default one (the first the agent returns) unless --spiffe-id chooses; " +
+        "--write puts the token in a file (atomically, mode 0600, in a directory only you can write to) and prints nothing on stdout; " +
+        "--refresh keeps replacing it before it expires until SIGTERM/SIGINT, logging each write on stderr",
+    )
+    .requiredOption("-a, --audience <aud...>", "audience(s)")
+    .option("--spiffe-id <id>", "only this identity")
+    .option("-s, --socket-path <path>", "Workload API socket (default: SPIFFE_ENDPOINT_SOCKET, then the agent default)")
+    .option("-o, --output <format>", "json, pretty, or token (just the token, one line)", "pretty")
+    .option("-w, --write <file>", "write the token to this file (atomically, mode 0600) instead of printing it")
+    .option("--refresh", "with --write: keep running and rewrite the file before the token expires, until SIGTERM/SIGINT")
+    .action(async (o: { socketPath?: string; output: string; audience: string[]; spiffeId?: string; write?: string; refresh?: boolean }) => {
+      const out = jwtOutput(o.output);
+      if (o.refresh && !o.write) throw new UsageError("--refresh needs --write <file>");
       const c = client(o.socketPath);
+      const params = { audience: o.audience, ...(o.spiffeId ? { spiffeId: o.spiffeId } : {}) };
       try {
-        const svids = await c.fetchJwtSvids({ audience: o.audience, ...(o.spiffeId ? { spiffeId: o.spiffeId } : {}) });
-        if (out === "json") {
+        if (o.write) {
+          const file = path.resolve(o.write);
+          const fetchOne = async () => (await c.fetchJwtSvids(params))[0] as WorkloadJwtSvid;
+          const report = (line: string): void => void process.stderr.write(`${line}\n`);
+          if (!o.refresh) {
+            const svid = await fetchOne();
+            writeTokenFile(file, svid.token);
+            report(`wrote ${file}: JWT-SVID of ${svid.spiffeId.toString()}, expires ${svid.expiresAt.toISOString()}`);
+            return;
+          }
+          const stop = new AbortController();
+          const onSignal = (): void => stop.abort();
+          process.once("SIGINT", onSignal);
+          process.once("SIGTERM", onSignal);
+          try {
+            await keepTokenFileFresh(file, { fetch: fetchOne, report, signal: stop.signal });
+          } finally {
+            process.off("SIGINT", onSignal);
+            process.off("SIGTERM", onSignal);
+          }
+          return;
+        }
+        const svids = await c.fetchJwtSvids(params);
+        if (out === "token") {
+          process.stdout.write(`${(svids[0] as WorkloadJwtSvid).token}\n`);
+        } else if (out === "json") {
           process.stdout.write(`${JSON.stringify({ svids: svids.map((s) => ({ spiffe_id: s.spiffeId.toString(), token: s.token, hint: s.hint, expires_at: s.expiresAt.toISOString() })) }, null, 2)}\n`);
         } else {
           for (const s of svids) process.stdout.write(`token(${s.spiffeId}):\n\t${s.token}\n\n`);
@@ -146,8 +193,7 @@ export function buildProgram(): Command {
       } finally {
         c.close();
       }
-    },
-  );
+    });
 
   common(api.command("validate").description("validate tokens").command("jwt").description("validate a JWT-SVID through the Workload API").requiredOption("-a, --audience <aud>", "expected audience").requiredOption("--svid <token>", "the JWT-SVID")).action(
     async (o: { socketPath?: string; output: string; audience: string; svid: string }) => {
