@@ -1,6 +1,6 @@
 /**
  * Sigil's admin API (`sigil.admin.v1`): entries, agents and join tokens,
- * bundles, and one-off SVIDs, served on the server's local Unix socket.
+ * bundles, federation relationships, and one-off SVIDs, served on the server's local Unix socket.
  * Who may connect is decided by the socket's file permissions; every call is
  * audited (method, outcome, non-secret request facts, and the caller's uid,
  * gid, pid and binary through `deps.callerOf`) when auditing is on.
@@ -12,15 +12,17 @@
  * server.addService(grpcServiceDefinition(AgentAdmin), admin.agent);
  * server.addService(grpcServiceDefinition(BundleAdmin), admin.bundle);
  * server.addService(grpcServiceDefinition(SvidAdmin), admin.svid);
+ * server.addService(grpcServiceDefinition(FederationAdmin), admin.federation);
  * ```
  */
-import { AgentAdmin, BundleAdmin, EntryAdmin, SvidAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
+import { AgentAdmin, BundleAdmin, EntryAdmin, FederationAdmin, SvidAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
 import type { GrpcServiceImplementation } from "../../spiffe/grpc/service.js";
 import { Issuer } from "../issuance/issuer.js";
 import { createAgentAdmin } from "./admin/agent.js";
 import { createBundleAdmin } from "./admin/bundle.js";
 import type { AdminApiDeps } from "./admin/common.js";
 import { createEntryAdmin } from "./admin/entry.js";
+import { createFederationAdmin } from "./admin/federation.js";
 import { createSvidAdmin } from "./admin/svid.js";
 import { createParentResolver } from "./parent-resolver.js";
 import { createUnaryWrapper } from "./unary.js";
@@ -30,12 +32,13 @@ export { DEFAULT_ADMIN_PAGE_SIZE, MAX_ADMIN_BATCH_SIZE, MAX_ADMIN_PAGE_SIZE } fr
 export { ENTRY_MASK_FIELDS } from "./admin/entry.js";
 export { DEFAULT_JOIN_TOKEN_TTL_SECONDS, MAX_JOIN_TOKEN_TTL_SECONDS, MIN_JOIN_TOKEN_LENGTH } from "./admin/agent.js";
 
-/** The four admin service implementations, for `server.addService`. */
+/** The admin service implementations, for `server.addService`. */
 export interface AdminApi {
   readonly entry: GrpcServiceImplementation<(typeof EntryAdmin)["method"]>;
   readonly agent: GrpcServiceImplementation<(typeof AgentAdmin)["method"]>;
   readonly bundle: GrpcServiceImplementation<(typeof BundleAdmin)["method"]>;
   readonly svid: GrpcServiceImplementation<(typeof SvidAdmin)["method"]>;
+  readonly federation: GrpcServiceImplementation<(typeof FederationAdmin)["method"]>;
 }
 
 /** Builds the admin API. */
@@ -48,5 +51,6 @@ export function createAdminApi(deps: AdminApiDeps): AdminApi {
     agent: createAgentAdmin(deps, parents, wrapper(AgentAdmin.typeName)),
     bundle: createBundleAdmin(deps, wrapper(BundleAdmin.typeName)),
     svid: createSvidAdmin(deps, wrapper(SvidAdmin.typeName), new Issuer(deps)),
+    federation: createFederationAdmin(deps, wrapper(FederationAdmin.typeName)),
   };
 }

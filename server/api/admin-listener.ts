@@ -1,5 +1,5 @@
 /**
- * The admin API listener (`admin-socket` service): the four admin services
+ * The admin API listener (`admin-socket` service): the admin services
  * and gRPC health on the server's local Unix socket (directory 0700, socket
  * 0600), every call audited with the caller the kernel names. Stop lets calls
  * in flight finish and removes the socket file.
@@ -9,11 +9,12 @@ import { addHealthService, type HealthService } from "../../common/health/grpc-h
 import type { Logger } from "../../common/log.js";
 import { rpcMetricsInterceptor, type Metrics } from "../../common/metrics.js";
 import type { Service } from "../../common/service.js";
-import { AgentAdmin, BundleAdmin, EntryAdmin, SvidAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
+import { AgentAdmin, BundleAdmin, EntryAdmin, FederationAdmin, SvidAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
 import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
 import type { TrustDomain } from "../../spiffe/id.js";
 import type { CaManager } from "../ca/manager.js";
 import type { Datastore } from "../datastore/index.js";
+import type { FederationControl } from "../federation/poller.js";
 import { createAdminApi } from "./admin-api.js";
 import { createAdminCallers, serveAdminSocket, type AdminSocket } from "./admin-socket.js";
 
@@ -37,6 +38,8 @@ export interface AdminListenerDeps {
   readonly log: Logger;
   /** Agent IDs the NodeAttestor plugins vouch for before attestation (parents of entries). */
   readonly issuesAgentId?: ((id: string) => boolean) | undefined;
+  /** The `federation` service, started before this one. */
+  readonly federation?: FederationControl | undefined;
 }
 
 /** The `admin-socket` service; see the module comment. */
@@ -65,12 +68,14 @@ export class AdminListener implements Service {
       defaultJwtTtlMs: d.defaultJwtTtlMs,
       callerOf: (call) => callers.callerOf(call),
       issuesAgentId: d.issuesAgentId,
+      federation: d.federation,
     });
     const server = new Server({ interceptors: [rpcMetricsInterceptor(d.metrics)] });
     server.addService(grpcServiceDefinition(EntryAdmin), admin.entry);
     server.addService(grpcServiceDefinition(AgentAdmin), admin.agent);
     server.addService(grpcServiceDefinition(BundleAdmin), admin.bundle);
     server.addService(grpcServiceDefinition(SvidAdmin), admin.svid);
+    server.addService(grpcServiceDefinition(FederationAdmin), admin.federation);
     addHealthService(server, d.grpcHealth);
     this.#socket = await serveAdminSocket({ server, socketPath: d.socketPath, callers, log: d.log });
   }

@@ -280,7 +280,9 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       const federated = (await Promise.all(federatedNames.map((td) => deps.datastore.getBundle(td)))).filter((b) => b !== undefined);
       const h = createHash("sha256");
       for (const e of [...entries].sort((a, b) => (a.id < b.id ? -1 : 1))) h.update(`${e.id}@${e.revision};`);
-      for (const b of [own, ...federated]) if (b) h.update(`${b.trustDomain}#${b.sequence};`);
+      // The write time too: a federated bundle without spiffe_sequence (stored as 0), or one set by hand
+      // with an unchanged sequence, changes its content without changing its sequence.
+      for (const b of [own, ...federated]) if (b) h.update(`${b.trustDomain}#${b.sequence}@${b.updatedAt.getTime()};`);
       const revision = h.digest("base64url");
       if (req.knownRevision === revision) {
         return { res: create(SyncAuthorizedResponseSchema, { notModified: true, revision }), caller: agent.id.toString() };

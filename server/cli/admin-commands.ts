@@ -1,6 +1,6 @@
 /**
  * The admin noun-verb commands of `sigil-server` (entry, agent, token, bundle,
- * x509, jwt, issuance), talking to the admin API over the local Unix socket.
+ * x509, jwt, issuance, federation), talking to the admin API over the local Unix socket.
  */
 import { readFileSync } from "node:fs";
 import path from "node:path";
@@ -35,6 +35,7 @@ import { StaticX509BundleSource } from "../../spiffe/x509/static-bundle-source.j
 import { verifyX509Svid } from "../../spiffe/x509/verify.js";
 import { parseDuration } from "../../common/config/duration.js";
 import { DEFAULT_SERVER_SOCKET_PATH } from "../config/schema.js";
+import { registerFederationCommands } from "./federation-commands.js";
 import {
   agentRows,
   entryRows,
@@ -112,7 +113,8 @@ function selectorsOption(values: unknown): Selector[] {
   });
 }
 
-function addCommon(cmd: Command, read: boolean): Command {
+/** Adds `--socket-path` and `--output` to a command. */
+export function addCommon(cmd: Command, read: boolean): Command {
   cmd.option("-s, --socket-path <path>", "admin API socket", DEFAULT_ADMIN_SOCKET);
   cmd.option("-o, --output <format>", read ? "json or pretty" : "json or pretty (result)", "pretty");
   return cmd;
@@ -416,6 +418,7 @@ export function registerAdminCommands(program: Command, serverTrustDomain: () =>
   );
 
   addIssuanceCommands(program);
+  registerFederationCommands(program);
 }
 
 /** `issuance list|show`: the issuance log, read page by page (newest first). */

@@ -8,6 +8,7 @@ import { checkAgentId, checkNotReserved } from "../../../common/reserved-ids.js"
 import { SigilError, isSigilError } from "../../../spiffe/errors.js";
 import { parseSpiffeId, parseTrustDomain, parseTrustDomainIdString, type SpiffeId, type TrustDomain } from "../../../spiffe/id.js";
 import type { CaManager } from "../../ca/manager.js";
+import type { FederationControl } from "../../federation/poller.js";
 import type { Datastore, PageRequest } from "../../datastore/index.js";
 
 /** Dependencies of the admin API (built once, by the `admin-socket` service in `server/api/admin-listener.ts`). */
@@ -30,6 +31,8 @@ export interface AdminApiDeps {
   readonly maxTtlMs?: number | undefined;
   /** Whether a configured NodeAttestor gives agents this ID, so entries may name it as parent before it attests. */
   readonly issuesAgentId?: ((id: string) => boolean) | undefined;
+  /** The `federation` service: told of relationship changes, asked for fetch status and refreshes; unset: relationships are only stored. */
+  readonly federation?: FederationControl | undefined;
   /** The caller of a call for its audit record (uid, gid, pid and binary on the admin socket); unset: unknown. */
   readonly callerOf?: ((call: { getPeer(): string }) => AuditCaller) | undefined;
 }
