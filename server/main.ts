@@ -11,10 +11,12 @@
  * | `ca` | KeyManager and UpstreamAuthority plugins, CA slots restored or created, bundle published |
  * | `notifiers` | (`plugins.Notifier`) Notifier plugins, told of the bundle at start and after every change (publishing runs in the background) |
  * | `entry-index` | the entry index, loaded and following the datastore's change events |
+ * | `federation` | `federation.federates_with` applied; each relationship's bundle fetched from its endpoint at its refresh hint |
  * | `server-svid` | the server's own X509-SVID, the agent API's TLS identity |
+ * | `bundle-endpoint` | (`federation.bundle_endpoint`) the trust domain's SPIFFE bundle over HTTPS for federated servers |
  * | `agent-api` | the agent API, gRPC over TLS on `bind_address:bind_port` |
  * | `admin-socket` | the admin API on its Unix socket, every call audited |
- * | `ca-rotation` | a CA rotation step every 10 s, then the server SVID's renewal |
+ * | `ca-rotation` | a CA rotation step every 10 s, then the server SVID's (and bundle endpoint SVID's) renewal |
  * | `k8s-controller` | (`k8s_controller.enabled`) entries for the pods of a Kubernetes cluster from `ClusterSPIFFEID`s |
  * | `prune` | expired join tokens and long-expired issuance records, every minute |
  * | `oidc-discovery` | (`oidc_discovery.enabled`) OIDC discovery documents of the JWT keys, issuer `server.jwt_issuer` |
@@ -56,6 +58,8 @@ import { K8sController } from "./k8s-controller/controller.js";
 import { datastoreEntryStore } from "./k8s-controller/entry-store.js";
 import { k8sControllerSettings } from "./k8s-controller/settings.js";
 import { EntryIndexFeed } from "./registration/entry-index-feed.js";
+import { FederationPoller } from "./federation/poller.js";
+import { BundleEndpointService, bundleEndpointSettings } from "./federation/bundle-endpoint-service.js";
 import { OidcDiscoveryService } from "./oidc/service.js";
 import type { OidcListener } from "./oidc/http.js";
 
@@ -77,6 +81,8 @@ export interface RunningServer {
   readonly ca: CaManager;
   readonly health?: HttpListener | undefined;
   readonly metricsListener?: HttpListener | undefined;
+  /** `https://host:port/path` of the SPIFFE bundle endpoint (`federation.bundle_endpoint`). */
+  readonly bundleEndpointUrl?: string | undefined;
   /** The OIDC discovery listener (`oidc_discovery.enabled`). */
   readonly oidcDiscovery?: OidcListener | undefined;
   readonly log: Logger;
@@ -117,12 +123,17 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   const signingPool = threads > 0 ? new SigningPool(threads) : undefined;
 
   const datastore = new DatastoreService({ plugin: config.plugins.DataStore, trustDomain, clock });
-  const ca = new CaService({ settings: caSettings(s, trustDomain), plugins: config.plugins, datastore, signingPool, clock, metrics, log: subsystemLogger(log, "ca_manager") });
+  const bundleEndpointConfig = bundleEndpointSettings(config, serverId);
+  const ca = new CaService({ settings: caSettings(s, trustDomain, bundleEndpointConfig?.refreshHintSeconds), plugins: config.plugins, datastore, signingPool, clock, metrics, log: subsystemLogger(log, "ca_manager") });
   // Only with a Notifier configured: a server without one has no `notifiers` service.
   const notifiers =
     Object.keys(config.plugins.Notifier ?? {}).length > 0 ? new NotifierService({ plugins: config.plugins.Notifier, ca, metrics, log: subsystemLogger(log, "notifier") }) : undefined;
   const entries = new EntryIndexFeed({ datastore, serverId: serverId.toString(), log });
+  const federation = new FederationPoller({ trustDomain, datastore, ownBundle: () => ca.manager.bundle(), config: config.federation, clock, metrics, log: subsystemLogger(log, "federation") });
   const serverSvid = new ServerSvidService({ ca, serverId, ttlMs: defaultX509TtlMs, clock });
+  const bundleEndpoint = bundleEndpointConfig
+    ? new BundleEndpointService({ settings: bundleEndpointConfig, ca, serverSvid, serverId, svidTtlMs: defaultX509TtlMs, clock, metrics, log: subsystemLogger(log, "bundle_endpoint") })
+    : undefined;
   const agentApi = new AgentApiListener({
     host: s.bind_address,
     port: s.bind_port,
@@ -156,9 +167,18 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     now,
     log: subsystemLogger(log, "admin_api"),
     issuesAgentId: (id) => agentApi.issuesAgentId(id),
+    federation,
   });
   const k8sController = k8sControllerService(config, { trustDomain, serverId: serverId.toString(), datastore, agentApi, now, log });
-  const rotation = new CaRotationJob({ ca, afterRotation: () => serverSvid.refresh(), onFailure: () => grpcHealth.setStatus("", "NOT_SERVING"), log });
+  const rotation = new CaRotationJob({
+    ca,
+    afterRotation: () => {
+      serverSvid.refresh();
+      bundleEndpoint?.refresh();
+    },
+    onFailure: () => grpcHealth.setStatus("", "NOT_SERVING"),
+    log,
+  });
   const prune = new PruneJob({ datastore, clock, retentionMs: s.issuance_log_retention, log });
   const hc = config.health_checks?.listener_enabled ? config.health_checks : undefined;
   const health = hc
@@ -179,7 +199,9 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       ca,
       ...(notifiers ? [notifiers] : []),
       entries,
+      federation,
       serverSvid,
+      ...(bundleEndpoint ? [bundleEndpoint] : []),
       agentApi,
       admin,
       rotation,
@@ -216,6 +238,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     ca: ca.manager,
     health: health?.listener,
     metricsListener: metricsListener?.listener,
+    bundleEndpointUrl: bundleEndpoint?.endpoint?.url,
     oidcDiscovery: oidcDiscovery?.listener,
     log,
     rotateNow: () => rotation.rotateNow(),
