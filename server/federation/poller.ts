@@ -271,7 +271,13 @@ export class FederationPoller implements Service, FederationControl {
     clearTimeout(state.timer);
     if (this.#stopped) return;
     state.nextRefresh = new Date(this.#d.clock.now().getTime() + delayMs);
-    state.timer = setTimeout(() => void this.#run(state), delayMs);
+    state.timer = setTimeout(() => {
+      this.#run(state).catch((err: unknown) => {
+        // #poll records fetch failures itself; this is a datastore failure around it.
+        this.#d.log.error({ err, trust_domain: state.trustDomain }, "federation: polling failed; retrying at the longest interval");
+        this.#schedule(state, this.#maxMs);
+      });
+    }, delayMs);
     state.timer.unref();
   }
 
@@ -289,7 +295,7 @@ export class FederationPoller implements Service, FederationControl {
 
   async #poll(state: PollState): Promise<void> {
     const td = state.trustDomain;
-    const rel = await this.#ds.getFederationRelationship(td).catch(() => undefined);
+    const rel = await this.#ds.getFederationRelationship(td);
     if (rel === undefined) {
       // Deleted by another writer: nothing left to poll.
       this.relationshipDeleted(td);
