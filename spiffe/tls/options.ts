@@ -180,7 +180,8 @@ function stateOf(options: SpiffeTlsServerOptions, fn: string): ServerState {
  * and guards it (see {@link guardSpiffeTlsServer}). `listener` receives only
  * connections whose client verified and was authorized.
  *
- * @throws SigilError `ERR_INVALID_ARGUMENT` for options not made by the builders.
+ * @throws SigilError `ERR_INVALID_ARGUMENT` for options not made by the builders;
+ *   `ERR_UNAVAILABLE` when the source has no SVID to present.
  */
 export function createSpiffeTlsServer(options: SpiffeTlsServerOptions, listener?: (socket: tls.TLSSocket) => void): tls.Server {
   stateOf(options, "createSpiffeTlsServer");
@@ -201,7 +202,8 @@ export function createSpiffeTlsServer(options: SpiffeTlsServerOptions, listener?
  *   `tlsClientError` with the SigilError. This holds for every listener,
  *   including ones added later or prepended.
  *
- * @throws SigilError `ERR_INVALID_ARGUMENT` for options not made by the builders.
+ * @throws SigilError `ERR_INVALID_ARGUMENT` for options not made by the builders;
+ *   `ERR_UNAVAILABLE` when the source has no SVID to present.
  */
 export function guardSpiffeTlsServer<S extends tls.Server>(server: S, options: SpiffeTlsServerOptions): S {
   const state = stateOf(options, "guardSpiffeTlsServer");
@@ -292,7 +294,7 @@ function clientOptions(source: TlsBundleSource, svidSource: TlsX509Source | unde
  *
  * @example
  * ```ts
- * const socket = tls.connect({ ...{ host: "127.0.0.1", port: 8443 }, ...mtlsClientOptions(source, authorizeId("spiffe://b.test/api")) });
+ * const socket = tls.connect({ host: "127.0.0.1", port: 8443, ...mtlsClientOptions(source, authorizeId("spiffe://b.test/api")) });
  * ```
  * @throws SigilError `ERR_INVALID_ARGUMENT` for a source or authorizer of the wrong shape.
  */

@@ -13,7 +13,8 @@ import {
   tlsClientOptions,
   tlsServerOptions,
 } from "../../../../spiffe/tls/options.js";
-import { StaticX509Source, type TlsSvid } from "../../../../spiffe/tls/source.js";
+import { StaticX509Source, type TlsSvid, type TlsX509Source } from "../../../../spiffe/tls/source.js";
+import type { X509Source } from "../../../../spiffe/workloadapi/x509-source.js";
 import { craftCertificate, makeLeaf, makeRoot, type TestCa } from "../../../fixtures/x509/pki.js";
 
 // Node's TLS checks validity against the real clock, so this PKI is valid now.
@@ -225,6 +226,12 @@ describe("one-way TLS and misuse", () => {
     expect(byIp.error).toBeDefined();
     expect(bySni.error).toBeDefined();
     expect(reached).toBe(false);
+  });
+
+  it("the Workload API's X509Source is a source the builders take", () => {
+    // Compile-time: this file does not typecheck if X509Source stops fitting.
+    const fits = (s: X509Source): TlsX509Source => s;
+    expect(typeof fits).toBe("function");
   });
 
   it("builders name a wrong argument", () => {
