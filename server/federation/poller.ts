@@ -34,8 +34,7 @@ import type { Metrics } from "../../common/metrics.js";
 import type { Service } from "../../common/service.js";
 import { parseSpiffeBundle, serializeSpiffeBundle, toX509Bundle, type SpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
 import { SigilError, isSigilError } from "../../spiffe/errors.js";
-import type { X509Bundle } from "../../spiffe/bundle/x509-bundle.js";
-import type { SpiffeId } from "../../spiffe/id.js";
+import { fetchBundle as defaultFetchBundle, type EndpointProfile, type FetchBundleOptions, type FetchedBundle } from "../../spiffe/federation/bundle-endpoint-client.js";
 import type { TrustDomain } from "../../spiffe/id.js";
 import type { ServerConfig } from "../config/schema.js";
 import type { Datastore } from "../datastore/datastore.js";
@@ -59,25 +58,8 @@ export const DEFAULT_MAX_REFRESH_INTERVAL_MS = 3_600_000;
 /** How long one fetch may take. */
 export const FETCH_TIMEOUT_MS = 30_000;
 
-/** How a bundle endpoint is authenticated (the bundle endpoint client's `EndpointProfile`). */
-export type EndpointProfile =
-  | { readonly kind: "https_web"; readonly trustedCas?: readonly Uint8Array[] | string }
-  | { readonly kind: "https_spiffe"; readonly endpointSpiffeId: SpiffeId; readonly bundle: X509Bundle };
-
 /** The client function the poller calls (the bundle endpoint client's `fetchBundle`). */
-export type FetchBundleFn = (o: {
-  url: string;
-  trustDomain: TrustDomain;
-  profile: EndpointProfile;
-  timeoutMs?: number;
-  signal?: AbortSignal;
-}) => Promise<{ bundle: SpiffeBundle; document: string; warnings: readonly string[]; finalUrl: string }>;
-
-/** The bundle endpoint client's `fetchBundle`, loaded on first use. */
-const defaultFetchBundle: FetchBundleFn = async (o) => {
-  const client = (await import("../../spiffe/federation/bundle-endpoint-client.js" as string)) as { fetchBundle: FetchBundleFn };
-  return client.fetchBundle(o);
-};
+export type FetchBundleFn = (o: FetchBundleOptions) => Promise<FetchedBundle>;
 
 /** Outcome of the last fetch of a relationship. */
 export type FetchResult = "updated" | "unchanged" | "error";

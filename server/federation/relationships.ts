@@ -9,6 +9,7 @@
 import { decodePemCertificates } from "../../spiffe/pem.js";
 import { MAX_SEQUENCE_NUMBER, parseSpiffeBundle, serializeSpiffeBundle, type SpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
 import { SigilError, isSigilError, type ErrorCode } from "../../spiffe/errors.js";
+import { validateEndpointUrl } from "../../spiffe/federation/bundle-endpoint-client.js";
 import { parseSpiffeId, parseTrustDomain, parseTrustDomainIdString, type SpiffeId, type TrustDomain } from "../../spiffe/id.js";
 import type { Datastore } from "../datastore/datastore.js";
 import { BUNDLE_ENDPOINT_PROFILES, type BundleEndpointProfileName, type FederationRelationship, type FederationRelationshipInput, type RelationshipSource } from "../datastore/federation-relationship.js";
@@ -58,19 +59,6 @@ export interface InitialBundle {
 
 /** Largest initial bundle, in bytes (as the admin API's bundle limit). */
 export const MAX_INITIAL_BUNDLE_BYTES = 1024 * 1024;
-
-/** FED-11: an `https` URL without userinfo. TODO: the client's `validateEndpointUrl` once it lands. */
-function validateEndpointUrl(url: string): URL {
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch (e) {
-    throw new SigilError("ERR_INVALID_ARGUMENT", `${JSON.stringify(url.slice(0, 100))} is not a URL`, { cause: e });
-  }
-  if (parsed.protocol !== "https:") throw new SigilError("ERR_INVALID_ARGUMENT", `must use https, got ${parsed.protocol.replace(/:$/, "")}`);
-  if (parsed.username !== "" || parsed.password !== "") throw new SigilError("ERR_INVALID_ARGUMENT", "must not contain userinfo");
-  return parsed;
-}
 
 /** An error whose message starts with the field path. */
 export function fieldError(code: ErrorCode, field: string, message: string, cause?: unknown): SigilError {

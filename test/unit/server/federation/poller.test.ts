@@ -13,9 +13,9 @@ import {
   DEFAULT_REFRESH_INTERVAL_MS,
   FederationPoller,
   refreshIntervalMs,
-  type EndpointProfile,
   type FetchBundleFn,
 } from "../../../../server/federation/poller.js";
+import type { EndpointProfile } from "../../../../spiffe/federation/bundle-endpoint-client.js";
 import { closeTempDatastore, openTempDatastore } from "../../../support/datastore.js";
 import { makeTestCa, type TestCa } from "../../../support/federation-bundles.js";
 
