@@ -259,15 +259,12 @@ export class K8sController implements Service {
           kept.set(entryIdFor(this.#ctx.entryIdPrefix, r.name, pod.metadata?.uid ?? ""), r.name);
           continue;
         }
-        let serviceNames: string[] = [];
-        if (r.rule.autoPopulateDNSNames) {
-          if (services === undefined) {
-            kept.set(entryIdFor(this.#ctx.entryIdPrefix, r.name, pod.metadata?.uid ?? ""), r.name);
-            continue;
-          }
-          serviceNames = serviceDnsNames(services.servicesOf(pod), pod.metadata?.namespace ?? "", this.#ctx.clusterDomain);
+        if (r.rule.autoPopulateDNSNames && services === undefined) {
+          kept.set(entryIdFor(this.#ctx.entryIdPrefix, r.name, pod.metadata?.uid ?? ""), r.name);
+          continue;
         }
         try {
+          const serviceNames = services === undefined || !r.rule.autoPopulateDNSNames ? [] : serviceDnsNames(services.servicesOf(pod), pod.metadata?.namespace ?? "", this.#ctx.clusterDomain);
           const entry = renderPodEntry(r.rule, this.#ctx, pod, node, serviceNames);
           desired.set(entry.id, { entry, rule: r.name });
         } catch (e) {

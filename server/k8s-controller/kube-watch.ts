@@ -204,9 +204,10 @@ export async function startKubeWatch(opts: KubeWatchOptions): Promise<KubeWatch>
   };
   // What the controller reads of a slice: its Service and which pods or addresses it holds
   // (not their readiness, which changes often and does not change a name).
+  // Not trusting its shape: a throw here would be inside the library's event dispatch.
   const sliceRelevant = (s: V1EndpointSlice): unknown => [
     s.metadata?.labels?.["kubernetes.io/service-name"],
-    s.endpoints?.map((e) => [e.targetRef?.kind, e.targetRef?.uid, e.targetRef?.name, e.targetRef?.namespace, e.addresses]),
+    Array.isArray(s.endpoints) ? s.endpoints.map((e) => [e?.targetRef?.kind, e?.targetRef?.uid, e?.targetRef?.name, e?.targetRef?.namespace, e?.addresses]) : s.endpoints,
   ];
   let slices: Followed | undefined;
 

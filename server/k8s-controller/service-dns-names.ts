@@ -12,14 +12,31 @@
  * Each Service gives `<svc>`, `<svc>.<ns>`, `<svc>.<ns>.svc` and
  * `<svc>.<ns>.svc.<cluster domain>`; the names of all of a pod's Services are
  * sorted together (byte order, as spire-controller-manager sorts them) and follow
- * the names of `dnsNameTemplates`, without duplicates. They are not checked here:
- * the entry is validated as any other, so a name the server refuses is counted
- * in the resource's `entryFailures`, not dropped.
+ * the names of `dnsNameTemplates`, without duplicates.
+ *
+ * Whoever may write EndpointSlices in a namespace chooses their label, so a
+ * slice counts only when its `kubernetes.io/service-name` is a name a Service
+ * can have (an RFC 1035 label): a label value may hold dots, and
+ * `kubernetes.default.svc.cluster.local` as a "Service" would put that name,
+ * bare, into the SVIDs of the writer's pods. Slices that are not objects of the
+ * expected shape are skipped, never fail the reconciliation. A pod may have
+ * the names of at most {@link MAX_SERVICES_PER_POD} Services: slices are cheap
+ * to make, and each adds four names to the entry and its certificate.
  */
+import { SigilError } from "../../spiffe/errors.js";
 import type { V1EndpointSlice, V1Pod } from "@kubernetes/client-node";
 
 /** The label naming an EndpointSlice's Service. */
 export const SERVICE_NAME_LABEL = "kubernetes.io/service-name";
+
+/** Most Services whose names one pod's entry gets (four names each); more is a render failure. */
+export const MAX_SERVICES_PER_POD = 64;
+
+// A Service's name, as the API server validates it (DNS-1035 label).
+const SERVICE_NAME_RE = /^[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$/;
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null;
+const strings = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === "string") : []);
 
 /** Which Services' EndpointSlices list which pods; see {@link indexEndpointSlices}. */
 export interface ServiceIndex {
@@ -41,18 +58,20 @@ export function indexEndpointSlices(slices: readonly V1EndpointSlice[]): Service
     set.add(service);
   };
   for (const slice of slices) {
-    const service = slice.metadata?.labels?.[SERVICE_NAME_LABEL];
-    const ns = slice.metadata?.namespace;
-    if (!service || !ns) continue;
-    for (const ep of slice.endpoints ?? []) {
+    if (!isObject(slice)) continue;
+    const service: unknown = slice.metadata?.labels?.[SERVICE_NAME_LABEL];
+    const ns: unknown = slice.metadata?.namespace;
+    if (typeof service !== "string" || !SERVICE_NAME_RE.test(service) || typeof ns !== "string" || ns === "") continue;
+    for (const ep of Array.isArray(slice.endpoints) ? (slice.endpoints as unknown[]) : []) {
+      if (!isObject(ep)) continue;
       const ref = ep.targetRef;
       if (ref !== undefined && ref !== null) {
-        if (ref.kind !== "Pod" || (ref.namespace !== undefined && ref.namespace !== ns)) continue;
-        if (ref.uid) add(uidKey(ns, ref.uid), service);
-        else if (ref.name) add(nameKey(ns, ref.name), service);
+        if (!isObject(ref) || ref.kind !== "Pod" || (ref.namespace !== undefined && ref.namespace !== ns)) continue;
+        if (typeof ref.uid === "string" && ref.uid !== "") add(uidKey(ns, ref.uid), service);
+        else if (typeof ref.name === "string" && ref.name !== "") add(nameKey(ns, ref.name), service);
         continue;
       }
-      for (const ip of ep.addresses ?? []) add(ipKey(ns, ip), service);
+      for (const ip of strings(ep.addresses)) add(ipKey(ns, ip), service);
     }
   }
   return {
@@ -63,8 +82,9 @@ export function indexEndpointSlices(slices: readonly V1EndpointSlice[]): Service
       if (pod.metadata?.uid) take(uidKey(ns, pod.metadata.uid));
       if (pod.metadata?.name) take(nameKey(ns, pod.metadata.name));
       if (pod.spec?.hostNetwork !== true) {
-        for (const { ip } of pod.status?.podIPs ?? []) take(ipKey(ns, ip));
-        if (pod.status?.podIP) take(ipKey(ns, pod.status.podIP));
+        const podIPs: unknown = pod.status?.podIPs;
+        for (const p of Array.isArray(podIPs) ? (podIPs as unknown[]) : []) if (isObject(p) && typeof p.ip === "string") take(ipKey(ns, p.ip));
+        if (typeof pod.status?.podIP === "string") take(ipKey(ns, pod.status.podIP));
       }
       return [...found].sort();
     },
@@ -75,8 +95,13 @@ export function indexEndpointSlices(slices: readonly V1EndpointSlice[]): Service
  * The DNS names the Services give a pod of `namespace`: four per Service
  * (`<svc>`, `<svc>.<ns>`, `<svc>.<ns>.svc`, `<svc>.<ns>.svc.<clusterDomain>`,
  * the last only with a cluster domain), all sorted in byte order.
+ *
+ * @throws SigilError `ERR_INVALID_ARGUMENT` for more than {@link MAX_SERVICES_PER_POD} Services (a render failure).
  */
 export function serviceDnsNames(services: readonly string[], namespace: string, clusterDomain: string): string[] {
+  if (services.length > MAX_SERVICES_PER_POD) {
+    throw new SigilError("ERR_INVALID_ARGUMENT", `autoPopulateDNSNames: ${services.length} Services route to the pod, more than the ${MAX_SERVICES_PER_POD} whose names an entry may carry`);
+  }
   const names: string[] = [];
   for (const svc of services) {
     names.push(svc, `${svc}.${namespace}`, `${svc}.${namespace}.svc`);

@@ -243,10 +243,17 @@ describe("K8sController.reconcile", () => {
     expect(await controller.reconcile()).toEqual({ created: 0, updated: 1, deleted: 0, failed: 0 });
     expect((await dns()).b).toEqual(["b.pods.example", "admin", "admin.web", "admin.web.svc", "admin.web.svc.cluster.local"]);
 
-    // A hand-written slice whose Service label is no DNS label: the server refuses the entry, and status says so.
-    view.slices = [svcSlice("api", ["uid-a"]), svcSlice("admin_x", ["uid-b"])];
+    // Hand-written slices whose Service label is no Service name (a label value may hold dots) give nothing:
+    // neither a name outside the namespace's forms nor a refused entry.
+    view.slices = [svcSlice("api", ["uid-a"]), svcSlice("admin_x", ["uid-b"]), svcSlice("kubernetes.default.svc", ["uid-b"]), svcSlice("admin", ["uid-b"])];
+    expect(await controller.reconcile()).toEqual({ created: 0, updated: 0, deleted: 0, failed: 0 });
+    expect(view.statuses.get("svc")).toMatchObject({ podsSelected: 2, entriesCreated: 2, entryFailures: 0 });
+    expect((await dns()).b).toEqual(["b.pods.example", "admin", "admin.web", "admin.web.svc", "admin.web.svc.cluster.local"]);
+
+    // Too many Services for one pod: a render failure for that pod alone, named in status.
+    view.slices = [svcSlice("api", ["uid-a"]), ...Array.from({ length: 65 }, (_, i) => svcSlice(`s${i}`, ["uid-b"]))];
     await controller.reconcile();
-    expect(view.statuses.get("svc")).toMatchObject({ podsSelected: 2, entriesCreated: 1, entryFailures: 1 });
+    expect(view.statuses.get("svc")).toMatchObject({ podsSelected: 2, entriesCreated: 1, entryRenderFailures: 1, entryFailures: 0 });
     expect(Object.keys(await dns())).toEqual(["a"]);
 
     // The field turned off: the slices are no longer followed and the names go.

@@ -194,6 +194,29 @@ describe.skipIf(!haveOpenssl)("startKubeWatch", () => {
     expect(changes).toBe(before);
   });
 
+  it("EndpointSlices: a dropped watch resumes, and after 410 Gone they are listed again, dropping a slice deleted meanwhile", async () => {
+    const slicePath = "/apis/discovery.k8s.io/v1/endpointslices";
+    const lists = (): number => api.listWatchRequests.filter((r) => !r.watch && r.path === slicePath).length;
+    const services = (): string => (watch?.endpointSlices() ?? []).map((s) => s.metadata?.labels?.["kubernetes.io/service-name"] ?? "").sort().join();
+    const w = await start();
+    api.putEndpointSlice({ namespace: "web", name: "a-1", service: "a", endpoints: [{ addresses: ["10.244.0.1"] }] });
+    w.followEndpointSlices(true);
+    await until("the slices listed and watched", () => services() === "a" && api.openWatches() === 5);
+    expect(api.listWatchRequests.filter((r) => r.watch && r.path === slicePath).at(-1)?.timeoutSeconds).toBe("300");
+
+    api.dropWatches();
+    api.putEndpointSlice({ namespace: "web", name: "b-1", service: "b", endpoints: [{ addresses: ["10.244.0.2"] }] });
+    await until("the slice put while the stream was down", () => services() === "a,b");
+    expect(lists()).toBe(1);
+
+    await until("the watches open again", () => api.openWatches() === 5);
+    api.deleteEndpointSlice("web", "a-1");
+    api.putEndpointSlice({ namespace: "web", name: "c-1", service: "c", endpoints: [{ addresses: ["10.244.0.3"] }] });
+    api.compactWatchHistory();
+    api.dropWatches();
+    await until("a list after 410", () => lists() === 2 && services() === "b,c");
+  });
+
   it("refuses a kubeconfig it cannot load", async () => {
     const err = await startKubeWatch({ kubeConfigFile: `${kubeconfig}.missing`, onChange: () => undefined, log }).catch((e: unknown) => e);
     expect(isSigilError(err, "ERR_FAILED_PRECONDITION")).toBe(true);

@@ -8,7 +8,8 @@
 import type { V1EndpointSlice, V1Node, V1Pod } from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
 import { compileRule, renderPodEntry, type RenderContext } from "../../../../server/k8s-controller/cluster-spiffe-id.js";
-import { indexEndpointSlices, serviceDnsNames } from "../../../../server/k8s-controller/service-dns-names.js";
+import { MAX_SERVICES_PER_POD, indexEndpointSlices, serviceDnsNames } from "../../../../server/k8s-controller/service-dns-names.js";
+import { isSigilError } from "../../../../spiffe/errors.js";
 import { parseTrustDomain } from "../../../../spiffe/id.js";
 
 const POD: V1Pod = {
@@ -60,6 +61,38 @@ describe("indexEndpointSlices", () => {
     expect(hostNet.servicesOf(POD)).toEqual(["node-port"]);
     expect(hostNet.servicesOf({ ...POD, spec: { ...POD.spec, containers: [], hostNetwork: true } })).toEqual([]);
   });
+
+  it("ignores a slice whose Service label is no Service name: a label value may hold dots, which would give the writer's pods any name, bare", () => {
+    const index = indexEndpointSlices([
+      slice("kubernetes.default.svc.cluster.local", [byUid("uid-api-1")]),
+      slice("www.example.com", [{ addresses: ["10.244.0.9"] }]),
+      slice("Api", [byUid("uid-api-1")]),
+      slice("api_x", [byUid("uid-api-1")]),
+      slice("1api", [byUid("uid-api-1")]),
+      slice("api-", [byUid("uid-api-1")]),
+      slice("a".repeat(64), [byUid("uid-api-1")]),
+      slice("api", [byUid("uid-api-1")]),
+      slice("a".repeat(63), [byUid("uid-api-1")]),
+    ]);
+    expect(index.servicesOf(POD)).toEqual(["a".repeat(63), "api"]);
+  });
+
+  it("skips what is not of the expected shape (a broken or hostile API server) instead of failing every pod's reconciliation", () => {
+    const garbage = [
+      null,
+      "slice",
+      { metadata: { namespace: "web", labels: { "kubernetes.io/service-name": 7 } }, endpoints: [byUid("uid-api-1")] },
+      { metadata: { namespace: ["web"], labels: { "kubernetes.io/service-name": "ns-array" } }, endpoints: [byUid("uid-api-1")] },
+      { metadata: { namespace: "web", labels: { "kubernetes.io/service-name": "eps-object" } }, endpoints: { 0: byUid("uid-api-1") } },
+      slice("odd-endpoints", [null, 3, { targetRef: "Pod" }, { targetRef: { kind: "Pod", uid: 5, name: ["api-1"] } }, { addresses: "10.244.0.9" }, { addresses: [null, 9] }] as never),
+      slice("good", [null, byUid("uid-api-1")] as never),
+    ] as unknown as V1EndpointSlice[];
+    const index = indexEndpointSlices(garbage);
+    expect(index.servicesOf(POD)).toEqual(["good"]);
+    const oddPod = { ...POD, status: { podIP: 7, podIPs: [null, { ip: ["10.244.0.9"] }] } } as unknown as V1Pod;
+    expect(index.servicesOf(oddPod)).toEqual(["good"]);
+    expect(index.servicesOf({ ...POD, status: { podIPs: { ip: "x" } } } as unknown as V1Pod)).toEqual(["good"]);
+  });
 });
 
 describe("serviceDnsNames", () => {
@@ -76,6 +109,20 @@ describe("serviceDnsNames", () => {
     ]);
     expect(serviceDnsNames(["api"], "web", "")).toEqual(["api", "api.web", "api.web.svc"]);
     expect(serviceDnsNames([], "web", "cluster.local")).toEqual([]);
+  });
+
+  it(`refuses more than ${MAX_SERVICES_PER_POD} Services for one pod (each slice a tenant makes would add four SANs)`, () => {
+    const services = Array.from({ length: MAX_SERVICES_PER_POD + 1 }, (_, i) => `svc-${i}`);
+    expect(serviceDnsNames(services.slice(1), "web", "cluster.local")).toHaveLength(4 * MAX_SERVICES_PER_POD);
+    const err = (() => {
+      try {
+        serviceDnsNames(services, "web", "cluster.local");
+      } catch (e) {
+        return e;
+      }
+    })();
+    expect(isSigilError(err, "ERR_INVALID_ARGUMENT")).toBe(true);
+    expect((err as Error).message).toBe(`autoPopulateDNSNames: ${MAX_SERVICES_PER_POD + 1} Services route to the pod, more than the ${MAX_SERVICES_PER_POD} whose names an entry may carry`);
   });
 });
 
