@@ -596,7 +596,7 @@ describe.skipIf(helmBin === "")("Helm chart charts/sigil (real helm)", () => {
     expect(on).toContainEqual({ apiGroups: ["sigil.dev"], resources: ["clusterspiffeids"], verbs: ["get", "list", "watch"] });
     expect(on).toContainEqual({ apiGroups: ["sigil.dev"], resources: ["clusterspiffeids/status"], verbs: ["get", "update"] });
     // autoPopulateDNSNames: the Services routing to a pod, from their EndpointSlices.
-    expect(on).toContainEqual({ apiGroups: ["discovery.k8s.io"], resources: ["endpointslices"], verbs: ["get", "list", "watch"] });
+    expect(on).toContainEqual({ apiGroups: ["discovery.k8s.io"], resources: ["endpointslices"], verbs: ["list", "watch"] });
     // The controller runs in the server, for this cluster's pods; the helm test pod's namespace is not ignored.
     const controller = configOf(defaults, "-server", "server.yaml").parsed.k8s_controller;
     expect(controller).toEqual({ enabled: true, cluster: "example-cluster", class_name: "", default_cluster_spiffe_id: true, ignore_namespaces: ["kube-system", "kube-public", "kube-node-lease"], resync_interval: "10s" });
