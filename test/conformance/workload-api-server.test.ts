@@ -237,7 +237,7 @@ describe("Workload API (server side)", () => {
       expect(createPublicKey(key).export({ type: "spki", format: "der" })).toEqual(leaf?.publicKey.export({ type: "spki", format: "der" }));
     });
 
-    it("WAPI-19: bundles are concatenated DER keyed spiffe://<td>; federated_bundles holds only the caller's federated domains, never its own", async () => {
+    it("WAPI-19 FED-10: bundles are concatenated DER keyed spiffe://<td>; federated_bundles holds only the caller's federated domains, never its own", async () => {
       const cache = new FakeWorkloadCache();
       const b = FakeTrustDomain.create("td-b.org");
       const c2 = FakeTrustDomain.create("td-c.org");

@@ -148,7 +148,7 @@ describe.skipIf(!haveOpenssl)("federation relationships through the admin CLI an
     expect(bad.stderr).toMatch(/relationship\.bundle_endpoint_url/);
   });
 
-  it("FED-3 FED-19 FED-29: create (https_web) fetches at once; refresh starts from the configured URL each time; list and show report the status", async () => {
+  it("FED-3 FED-7 FED-19 FED-29: create (https_web) fetches at once; refresh starts from the configured URL each time; list and show report the status", async () => {
     const created = await json(["federation", "create", "--trust-domain", "td-b.test", "--bundle-endpoint-url", web.url("/moved"), "--bundle-endpoint-profile", "https_web"]);
     expect(created).toMatchObject({ trust_domain: "td-b.test", bundle_endpoint_profile: "https_web", source: "api" });
     const refreshed = await json(["federation", "refresh", "td-b.test"]);

@@ -189,7 +189,7 @@ function connectAs(td: TrustDomainUnderTest, port: number, serverId: string): Pr
   });
 }
 
-describe("two trust domains federated through their bundle endpoints", () => {
+describe("FED-7: two trust domains federated through their https_spiffe bundle endpoints", () => {
   it("workloads of td-a and td-b complete mutual TLS with the spiffe/tls helpers, in both directions", async () => {
     const b = await startWorkloadServer(sideB(), "td-a.test");
     const a = await startWorkloadServer(sideA(), "td-b.test");

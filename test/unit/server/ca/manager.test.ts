@@ -59,7 +59,7 @@ describe("CA manager", () => {
     await store.close();
   });
 
-  it("prepares at half life and publishes the new CA before it signs; activates at 1/6 remaining; the old one stays in the bundle", async () => {
+  it("FED-1 FED-2: prepares at half life and publishes the new CA before it signs; activates at 1/6 remaining; the old one stays in the bundle until it expires, then leaves it under a higher sequence", async () => {
     const { ca, clock, store } = await setup();
     const firstX509 = activeKey(ca, "x509");
     const seq0 = ca.bundle().sequenceNumber ?? 0n;
@@ -93,10 +93,12 @@ describe("CA manager", () => {
     expect(journal.map((r) => r.status).sort()).toEqual(["active", "old"]);
 
     const firstRoot = ca.x509Authorities().find((a) => a.keyId === firstX509)?.certDer;
+    const seqWithFirst = ca.bundle().sequenceNumber ?? 0n;
     clock.advance(4 * H + 1000); // past the first CA's expiry (and the second CA's half life: a third is prepared)
     await ca.rotate();
     const published = ca.bundle().x509Authorities.map((d) => Buffer.from(d).toString("hex"));
     expect(published).not.toContain(Buffer.from(firstRoot ?? []).toString("hex")); // the expired CA left the bundle
+    expect(ca.bundle().sequenceNumber).toBeGreaterThan(seqWithFirst);
     expect(published).toHaveLength(2);
     await store.close();
   });

@@ -33,7 +33,7 @@ describe("relationship validation", () => {
     expect(s.endpointSpiffeId?.toString()).toBe("spiffe://td-b.test/spire/server");
   });
 
-  it("FED-9: each of trust domain, URL and profile is required, and the trust domain is not taken from the URL", () => {
+  it("FED-9 FED-18: each of trust domain, URL and profile is required, and the trust domain is not taken from the URL", () => {
     expect(message(() => validateRelationship({ ...WEB, trustDomain: "" }, OWN, NAMES))).toMatch(/^relationship\.trust_domain: is required/);
     expect(message(() => validateRelationship({ ...WEB, bundleEndpointUrl: "" }, OWN, NAMES))).toMatch(/^relationship\.bundle_endpoint_url: is required/);
     expect(message(() => validateRelationship({ ...WEB, profile: "" }, OWN, NAMES))).toMatch(/^relationship\.bundle_endpoint_profile: is required/);
