@@ -19,14 +19,20 @@
  *   before `secureConnect`; an error from it destroys the socket before any
  *   written data leaves (this needs `rejectUnauthorized: true`, so `ca` is set
  *   to every root the source holds and OpenSSL's own chain check must pass
- *   first; the SPIFFE check then decides). Do not pass a `session` to resume:
- *   Node skips `checkServerIdentity` on a resumed session.
+ *   first; the SPIFFE check then decides). Sessions are never resumed: Node
+ *   skips `checkServerIdentity` on a resumed session, so the options carry
+ *   `session: undefined`, which keeps `https.Agent` from offering the session
+ *   it cached for another authorizer; do not pass a `session` of your own.
+ *
+ * Both sides refuse TLS 1.2 renegotiation, in which a peer could present
+ * another certificate after the check.
  *
  * Rotation: every connection reads the source again. The server installs a
  * secure context built from the latest SVID (cached per SVID object) when a
  * connection arrives, and the SNI callback answers the same; the client
  * options' `key`, `cert` and `ca` are getters read by each `tls.connect`.
  */
+import { constants } from "node:crypto";
 import * as tls from "node:tls";
 import type { Clock } from "../../common/clock.js";
 import type { X509Bundle } from "../bundle/x509-bundle.js";
@@ -47,6 +53,8 @@ export type TlsBundleSource = Omit<TlsX509Source, "getX509Svid">;
 
 const kServerState = Symbol.for("sigil.spiffe-tls.server");
 const MIN_VERSION = "TLSv1.2";
+// TLS 1.2 renegotiation would let a peer present another certificate after the check, unverified.
+const NO_RENEGOTIATION = constants.SSL_OP_NO_RENEGOTIATION;
 
 interface ServerState {
   readonly source: TlsX509Source;
@@ -103,6 +111,7 @@ function serverOptions(source: TlsX509Source, authorizer: Authorizer | undefined
   const state: ServerState = { source, authorizer, clock: o.clock, guarded: false };
   const options: tls.TlsOptions = {
     minVersion: MIN_VERSION,
+    secureOptions: NO_RENEGOTIATION,
     requestCert: authorizer !== undefined,
     // Sigil verifies the client (see the module comment); OpenSSL's verdict is ignored.
     rejectUnauthorized: false,
@@ -255,6 +264,7 @@ function clientOptions(source: TlsBundleSource, svidSource: TlsX509Source | unde
   let cache: ClientCache | undefined;
   const options: tls.ConnectionOptions = {
     minVersion: MIN_VERSION,
+    secureOptions: NO_RENEGOTIATION,
     // Needed so an error from checkServerIdentity destroys the socket (Node ignores it otherwise).
     rejectUnauthorized: true,
     checkServerIdentity: (_host, cert) => {
@@ -268,6 +278,10 @@ function clientOptions(source: TlsBundleSource, svidSource: TlsX509Source | unde
       }
     },
   };
+  // Node skips checkServerIdentity on a resumed session, and https.Agent (the global one too) resumes
+  // any session it cached for the same host, port, key and roots, whatever the authorizer was then.
+  // An own `session` property wins over the cached one (`{ session, ...options }` in the agent).
+  Object.defineProperty(options, "session", { enumerable: true, value: undefined });
   Object.defineProperty(options, "ca", {
     enumerable: true,
     get: (): string[] => {

@@ -1,12 +1,14 @@
+import * as https from "node:https";
 import type { AddressInfo } from "node:net";
 import * as tls from "node:tls";
 import { afterEach, describe, expect, it } from "vitest";
 import { X509Bundle } from "../../../../spiffe/bundle/x509-bundle.js";
 import { isSigilError, type SigilError } from "../../../../spiffe/errors.js";
 import { parseSpiffeId } from "../../../../spiffe/id.js";
-import { authorizeAny, authorizeId, authorizeMemberOf } from "../../../../spiffe/tls/authorizer.js";
+import { authorizeAny, authorizeId, authorizeMemberOf, type Authorizer } from "../../../../spiffe/tls/authorizer.js";
 import {
   createSpiffeTlsServer,
+  guardSpiffeTlsServer,
   mtlsClientOptions,
   mtlsServerOptions,
   peerSpiffeIdOf,
@@ -189,6 +191,57 @@ describe("mutual TLS between two trust domains", () => {
     const known = await connect(server.port, options);
     expect(known.error).toBeUndefined();
     expect(server.accepted).toEqual(["spiffe://b.test/client2"]);
+  });
+});
+
+describe("resumption and renegotiation", () => {
+  it.each(["TLSv1.2", "TLSv1.3"] as const)(
+    "%s: an https.Agent's cached session does not let a server skip another authorizer's check",
+    async (maxVersion) => {
+      const serverSource = new StaticX509Source({ svid: svidOf(caA, "spiffe://a.test/evil"), bundles });
+      const clientSource = new StaticX509Source({ svid: svidOf(caB, "spiffe://b.test/client"), bundles });
+      const options = { ...mtlsServerOptions(serverSource, authorizeAny()), maxVersion };
+      const server = guardSpiffeTlsServer(https.createServer(options, (_req, res) => res.end("secret")), options);
+      servers.push(server);
+      await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+      const port = (server.address() as AddressInfo).port;
+      const agent = new https.Agent({ keepAlive: false });
+      const get = (authorizer: Authorizer): Promise<string> =>
+        new Promise((resolve) => {
+          const req = https.request({ host: "127.0.0.1", port, agent, ...mtlsClientOptions(clientSource, authorizer) }, (res) => {
+            let body = "";
+            res.on("data", (d: Buffer) => (body += d.toString()));
+            res.on("end", () => resolve(body));
+          });
+          req.on("error", (e) => resolve(`error: ${e.message}`));
+          req.end();
+        });
+      try {
+        expect(await get(authorizeAny())).toBe("secret");
+        expect(await get(authorizeId("spiffe://a.test/api"))).toMatch(/error: tls: peer spiffe:\/\/a\.test\/evil is not authorized/);
+      } finally {
+        agent.destroy();
+        server.closeAllConnections();
+      }
+    },
+  );
+
+  it("a TLS 1.2 client cannot renegotiate (and so present another certificate) after the server's check", async () => {
+    const serverSource = new StaticX509Source({ svid: svidOf(caA, "spiffe://a.test/server"), bundles });
+    const clientSource = new StaticX509Source({ svid: svidOf(caB, "spiffe://b.test/client"), bundles });
+    const server = await startServer({ ...mtlsServerOptions(serverSource, authorizeAny()), maxVersion: "TLSv1.2" });
+    let socket: tls.TLSSocket | undefined;
+    const outcome = await new Promise<string>((resolve) => {
+      // A client that would renegotiate: the builders' own options refuse to.
+      socket = tls.connect({ host: "127.0.0.1", port: server.port, ...mtlsClientOptions(clientSource, authorizeAny()), secureOptions: 0 }, () => {
+        socket?.renegotiate({ rejectUnauthorized: true }, (err) => resolve(err ? "refused" : "renegotiated"));
+      });
+      socket.on("error", () => resolve("refused"));
+      socket.on("close", () => resolve("refused"));
+    });
+    socket?.destroy();
+    expect(server.accepted).toEqual(["spiffe://b.test/client"]);
+    expect(outcome).toBe("refused");
   });
 });
 
