@@ -14,6 +14,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer, type Server } from "node:https";
 import type { AddressInfo } from "node:net";
 import type { SecureContextOptions } from "node:tls";
+import { hasRequestBody, limitPublicHttpServer, PUBLIC_HTTP_LIMITS, publicHttpServerOptions } from "../../common/http-limits.js";
 import type { Logger } from "../../common/log.js";
 import type { Metrics } from "../../common/metrics.js";
 import { serializeSpiffeBundle, type SpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
@@ -96,15 +97,6 @@ export const INTERMEDIATE_CIPHERS = [
 /** TLS settings of every context the endpoint uses (FED-8, FED-14). */
 const TLS_SETTINGS = { minVersion: "TLSv1.2", ciphers: INTERMEDIATE_CIPHERS, honorCipherOrder: true } as const satisfies SecureContextOptions;
 
-// Limits that keep slow or idle clients from holding the endpoint: a bundle
-// fetch is one small GET, so every phase gets seconds, not minutes.
-const HANDSHAKE_TIMEOUT_MS = 10_000;
-const HEADERS_TIMEOUT_MS = 10_000;
-const REQUEST_TIMEOUT_MS = 15_000;
-const KEEP_ALIVE_TIMEOUT_MS = 5_000;
-const IDLE_SOCKET_TIMEOUT_MS = 30_000;
-const MAX_CONNECTIONS = 1024;
-
 const JSON_TYPE = "application/json";
 
 /** A pre-rendered response. */
@@ -115,12 +107,6 @@ interface Rendered {
 
 function secureContextOptions(cert: ServingCertificate): SecureContextOptions {
   return { ...TLS_SETTINGS, cert: cert.certChainPem, key: cert.privateKeyPem };
-}
-
-/** True when the request announces a body (which the endpoint never reads). */
-function hasBody(req: IncomingMessage): boolean {
-  const length = req.headers["content-length"];
-  return (length !== undefined && length !== "0") || req.headers["transfer-encoding"] !== undefined;
 }
 
 /**
@@ -150,7 +136,7 @@ export async function startBundleEndpoint(options: BundleEndpointOptions): Promi
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
     const send = (status: number, headers: Record<string, string | number>, body: Buffer | string): void => {
-      if (hasBody(req)) headers["connection"] = "close"; // never read (or wait for) a body nobody asked for
+      if (hasRequestBody(req)) headers["connection"] = "close"; // never read (or wait for) a body nobody asked for
       res.writeHead(status, { "cache-control": "no-store", "content-length": Buffer.byteLength(body), ...headers });
       res.end(req.method === "HEAD" ? undefined : body);
       requests.inc({ code: String(status) });
@@ -170,10 +156,8 @@ export async function startBundleEndpoint(options: BundleEndpointOptions): Promi
       {
         ...secureContextOptions(options.certificates.current()),
         requestCert: false,
-        handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
-        headersTimeout: HEADERS_TIMEOUT_MS,
-        requestTimeout: REQUEST_TIMEOUT_MS,
-        keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+        // A bundle fetch is one small GET: slow or idle clients must not hold the endpoint.
+        ...publicHttpServerOptions(PUBLIC_HTTP_LIMITS),
       },
       handle,
     );
@@ -181,8 +165,7 @@ export async function startBundleEndpoint(options: BundleEndpointOptions): Promi
     if (e instanceof SigilError) throw e;
     throw new SigilError("ERR_INVALID_ARGUMENT", `bundle endpoint: the serving certificate is unusable: ${(e as Error).message}`, { cause: e });
   }
-  server.maxConnections = MAX_CONNECTIONS;
-  server.setTimeout(IDLE_SOCKET_TIMEOUT_MS, (socket) => socket.destroy());
+  limitPublicHttpServer(server, PUBLIC_HTTP_LIMITS);
   server.on("tlsClientError", (e) => log.debug({ err: e.message }, "bundle endpoint: TLS handshake failed"));
 
   const unsubscribeBundle = options.bundles.onBundleChange((b) => {

@@ -8,13 +8,17 @@
  * listener behind a TLS-terminating proxy. With `tls`, the certificate and
  * key files are re-read when their modification time changes (checked every
  * `tlsReloadIntervalMs`), so a renewed certificate is served without a
- * restart; a pair that fails to load keeps the previous one.
+ * restart; a pair that fails to load keeps the previous one. The listener
+ * faces relying parties on other networks, so it has the bundle endpoint's
+ * limits (`common/http-limits.ts`): seconds per request phase, at most 1,024
+ * connections.
  */
 import { readFileSync, statSync } from "node:fs";
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { createServer as createHttpsServer, type Server as HttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { createSecureContext } from "node:tls";
+import { hasRequestBody, limitPublicHttpServer, PUBLIC_HTTP_LIMITS, publicHttpServerOptions, type PublicHttpLimits } from "../../common/http-limits.js";
 import type { Logger } from "../../common/log.js";
 import { SigilError } from "../../spiffe/errors.js";
 import type { OidcDocuments } from "./discovery.js";
@@ -49,6 +53,8 @@ export interface OidcListenerOptions {
   readonly maxAgeSeconds: number;
   /** How often the TLS files are checked for changes (default 10 s). */
   readonly tlsReloadIntervalMs?: number;
+  /** Timeouts and connection cap (default {@link PUBLIC_HTTP_LIMITS}); tests shorten them. */
+  readonly limits?: PublicHttpLimits;
   readonly log: Logger;
 }
 
@@ -101,12 +107,15 @@ function mtimes(files: OidcTlsFiles): string {
  */
 export async function startOidcListener(options: OidcListenerOptions): Promise<OidcListener> {
   const paths = oidcPaths(options.issuer, options.jwksUri);
+  const limits = options.limits ?? PUBLIC_HTTP_LIMITS;
   const cacheControl = `public, max-age=${options.maxAgeSeconds}`;
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
     const path = (req.url ?? "/").split("?")[0] ?? "/";
     const send = (status: number, headers: Record<string, string>, body: string): void => {
-      res.writeHead(status, { "content-length": String(Buffer.byteLength(body)), ...headers });
+      // Never read (or wait for) a body nobody asked for.
+      const close: Record<string, string> = hasRequestBody(req) ? { connection: "close" } : {};
+      res.writeHead(status, { "content-length": String(Buffer.byteLength(body)), ...headers, ...close });
       res.end(req.method === "HEAD" ? undefined : body);
     };
     const error = (status: number, message: string, extra: Record<string, string> = {}): void =>
@@ -132,7 +141,7 @@ export async function startOidcListener(options: OidcListenerOptions): Promise<O
   const tls = options.tls;
   if (tls) {
     let seen = mtimes(tls);
-    const https = createHttpsServer(loadTls(tls), handle);
+    const https = createHttpsServer({ ...loadTls(tls), ...publicHttpServerOptions(limits) }, handle);
     server = https;
     watch = setInterval(() => {
       const now = mtimes(tls);
@@ -147,8 +156,9 @@ export async function startOidcListener(options: OidcListenerOptions): Promise<O
     }, options.tlsReloadIntervalMs ?? 10_000);
     watch.unref();
   } else {
-    server = createHttpServer(handle);
+    server = createHttpServer(publicHttpServerOptions(limits), handle);
   }
+  limitPublicHttpServer(server, limits);
   try {
     await new Promise<void>((resolve, reject) => {
       const onError = (e: Error): void => reject(new SigilError("ERR_UNAVAILABLE", `oidc: cannot listen on ${options.host}:${options.port}: ${e.message}`, { cause: e }));

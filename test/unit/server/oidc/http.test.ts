@@ -6,9 +6,11 @@
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { request as httpsRequest } from "node:https";
+import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterEach, describe, expect, it, vi } from "vitest";
+import { PUBLIC_HTTP_LIMITS } from "../../../../common/http-limits.js";
 import { createLogger } from "../../../../common/log.js";
 import { renderOidcDocuments, type OidcDocuments } from "../../../../server/oidc/discovery.js";
 import { startOidcListener, type OidcListener } from "../../../../server/oidc/http.js";
@@ -107,6 +109,51 @@ describe("OIDC discovery listener", () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it("one client cannot hold more than maxConnections connections open", async () => {
+    const docs = documents();
+    listener = await startOidcListener({ host: "127.0.0.1", port: 0, issuer, documents: () => docs, maxAgeSeconds: 60, log, limits: { ...PUBLIC_HTTP_LIMITS, maxConnections: 2 } });
+    const open = (): Promise<Socket> =>
+      new Promise((resolve, reject) => {
+        const s = connect((listener as OidcListener).port, "127.0.0.1", () => resolve(s));
+        s.on("error", reject);
+      });
+    const held = [await open(), await open()];
+    try {
+      const third = await open();
+      const closed = await new Promise<boolean>((resolve) => {
+        third.on("close", () => resolve(true));
+        third.on("error", () => undefined);
+        setTimeout(() => resolve(false), 2_000);
+      });
+      third.destroy();
+      expect(closed).toBe(true);
+    } finally {
+      for (const s of held) s.destroy();
+    }
+    await vi.waitFor(async () => expect((await fetch(`${listener?.url}/keys`)).status).toBe(200), { timeout: 5_000, interval: 50 });
+  });
+
+  it("a client that sends its headers slowly is cut off after the headers timeout (slowloris)", async () => {
+    const docs = documents();
+    listener = await startOidcListener({ host: "127.0.0.1", port: 0, issuer, documents: () => docs, maxAgeSeconds: 60, log, limits: { ...PUBLIC_HTTP_LIMITS, headersTimeoutMs: 300, requestTimeoutMs: 400 } });
+    const socket = connect(listener.port, "127.0.0.1");
+    socket.on("error", () => undefined);
+    let received = "";
+    socket.on("data", (d: Buffer) => (received += d.toString()));
+    socket.write("GET /keys HTTP/1.1\r\nHost: x\r\n");
+    // One header byte every 50 ms: never idle, never done.
+    const drip = setInterval(() => socket.write("X"), 50);
+    const started = Date.now();
+    try {
+      await new Promise<void>((resolve) => socket.on("close", () => resolve()));
+    } finally {
+      clearInterval(drip);
+      socket.destroy();
+    }
+    expect(Date.now() - started).toBeLessThan(3_000);
+    expect(received).toMatch(/^HTTP\/1\.1 408/);
   });
 
   it("refuses to start on a certificate that does not load, naming the files", async () => {
