@@ -12,7 +12,7 @@ import { pluginsConfigSchema } from "../../plugins/catalog.js";
 import { isSigilError } from "../../spiffe/errors.js";
 import { parseSpiffeId, parseTrustDomain } from "../../spiffe/id.js";
 import { configRelationshipFieldNames, validateRelationship } from "../federation/relationships.js";
-import { oidcDiscoverySection } from "../oidc/config.js";
+import { oidcDiscoverySection, oidcIssuerProblem } from "../oidc/config.js";
 
 /** Default admin API socket, shared with `sigil-server` CLI commands. */
 export const DEFAULT_SERVER_SOCKET_PATH = "/tmp/sigil-server/private/api.sock";
@@ -267,6 +267,8 @@ export const serverConfigSchema = z
     if (c.oidc_discovery?.enabled === true && c.server.jwt_issuer === undefined) {
       ctx.addIssue({ code: "custom", path: ["server", "jwt_issuer"], message: "is required when oidc_discovery.enabled is true: it is the issuer relying parties check JWT-SVIDs against" });
     }
+    const issuerProblem = c.oidc_discovery?.enabled === true && c.server.jwt_issuer !== undefined ? oidcIssuerProblem(c.server.jwt_issuer) : undefined;
+    if (issuerProblem !== undefined) ctx.addIssue({ code: "custom", path: ["server", "jwt_issuer"], message: issuerProblem });
   })
   .describe("Sigil server configuration.");
 

@@ -8,6 +8,24 @@ import { z } from "zod";
 import { duration } from "../../common/config/duration.js";
 import { healthChecksSection, host, logLevel, port, trustDomainName } from "../../common/config/fields.js";
 
+/**
+ * Why `issuer` cannot be the issuer of OIDC discovery, or undefined. Relying
+ * parties append `/.well-known/openid-configuration` to it and Sigil appends
+ * `/keys`, so it must be an http(s) URL without query or fragment (OpenID
+ * Connect Discovery 1.0, section 2).
+ */
+export function oidcIssuerProblem(issuer: string): string | undefined {
+  let protocol: string;
+  try {
+    protocol = new URL(issuer).protocol;
+  } catch {
+    protocol = "";
+  }
+  // Unescaped, `?` and `#` can only start a query or a fragment (`https://x/?` has an empty query).
+  if ((protocol === "https:" || protocol === "http:") && !/[?#]/.test(issuer)) return undefined;
+  return `${issuer} cannot be an OIDC issuer: it must be an http(s) URL without query or fragment (relying parties append /.well-known/openid-configuration to it)`;
+}
+
 /** Serving certificate files (HTTPS). */
 const tlsSection = z
   .strictObject({
@@ -49,6 +67,10 @@ export const oidcProcessConfigSchema = z
     $schema: z.string().optional().describe("JSON Schema reference for editors; ignored."),
     issuer: z
       .url({ protocol: /^https?$/ })
+      .superRefine((issuer, ctx) => {
+        const problem = oidcIssuerProblem(issuer);
+        if (problem !== undefined) ctx.addIssue({ code: "custom", message: problem });
+      })
       .describe("The issuer: exactly the `iss` the JWT-SVIDs carry (the server's `server.jwt_issuer`). Relying parties fetch `<issuer>/.well-known/openid-configuration`."),
     ...listenerShape,
     workload_api: z

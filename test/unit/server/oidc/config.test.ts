@@ -44,6 +44,15 @@ describe("server oidc_discovery", () => {
     expect(c.oidc_discovery).toEqual({ enabled: true, address: "0.0.0.0", port: 8008, cache_max_age: 60_000 });
   });
 
+  it.each(["https://oidc.example.org/?tenant=a", "https://oidc.example.org/#x", "urn:example:issuer"])(
+    "enabled with server.jwt_issuer %s, which gives no usable discovery URL, is an error naming server.jwt_issuer",
+    (issuer) => {
+      expect(errorOf(() => parseServerConfig(server(`  jwt_issuer: "${issuer}"\n`, "oidc_discovery:\n  enabled: true\n")))).toMatch(
+        /server\.jwt_issuer: .*an http\(s\) URL without query or fragment/,
+      );
+    },
+  );
+
   it("a disabled section needs no issuer; bad keys are named", () => {
     expect(parseServerConfig(server("", "oidc_discovery:\n  enabled: false\n")).oidc_discovery?.enabled).toBe(false);
     expect(errorOf(() => parseServerConfig(server("  jwt_issuer: https://o.example.org\n", "oidc_discovery:\n  enabled: true\n  tls:\n    cert_file_path: c.pem\n")))).toContain(
@@ -60,6 +69,12 @@ describe("sigil-server oidc-discovery config", () => {
     const c = parse("issuer: https://oidc.example.org\nport: 0\nworkload_api:\n  socket_path: /run/sigil/agent.sock\n  trust_domain: example.org\n");
     expect(c).toMatchObject({ issuer: "https://oidc.example.org", address: "0.0.0.0", port: 0, workload_api: { socket_path: "/run/sigil/agent.sock", trust_domain: "example.org" } });
     expect(c.health_checks.listener_enabled).toBe(false);
+  });
+
+  it("an issuer with a query or fragment is an error naming issuer", () => {
+    for (const issuer of ["https://oidc.example.org/?tenant=a", "https://oidc.example.org/td#x"]) {
+      expect(errorOf(() => parse(`issuer: "${issuer}"\nworkload_api:\n  socket_path: /run/a.sock\n  trust_domain: example.org\n`))).toMatch(/issuer: .*without query or fragment/);
+    }
   });
 
   it("names the key path of each problem", () => {
