@@ -4,6 +4,7 @@
  * --output token` and `--write <file> [--refresh]` for CI jobs), plus
  * `validate` (a config file) and `healthcheck`. Exit status: 0 success, 1 the operation failed, 2 usage.
  */
+import type { X509Bundle } from "../../spiffe/bundle/x509-bundle.js";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { Command, CommanderError } from "commander";
@@ -55,7 +56,7 @@ function x509Json(ctx: X509Context): unknown {
 }
 
 /**
- * Writes svid.N.pem / svid.N.key / bundle.N.pem like `spire-agent api fetch x509 -write`,
+ * Writes svid.N.pem / svid.N.key / bundle.N.pem / federated_bundle.N.M.pem like `spire-agent api fetch x509 -write`,
  * each atomically, into a directory created 0700 or one of the caller's that
  * nobody else can write to: another user's directory could hand the private
  * key to a file of theirs, or the writes to a link of theirs.
@@ -68,6 +69,8 @@ function writeX509(dir: string, ctx: X509Context): string[] {
       [`svid.${i}.pem`, encodePemCertificates(s.certificateDers), 0o644],
       [`svid.${i}.key`, s.privateKey.export({ format: "pem", type: "pkcs8" }).toString(), 0o600],
       [`bundle.${i}.pem`, encodePemCertificates(ctx.bundles.get(s.id.trustDomain.name)?.authorityDers ?? []), 0o644],
+      // Every other trust domain's bundle, in name order, as `spire-agent` writes them.
+      ...federatedBundles(ctx, s.id.trustDomain.name).map(([, b], j): [string, string, number] => [`federated_bundle.${i}.${j}.pem`, encodePemCertificates(b.authorityDers), 0o644]),
     ];
     for (const [name, body, mode] of files) {
       writeFileAtomic(path.join(dir, name), body, mode, { subsystem: "api fetch x509 --write" });
@@ -75,6 +78,11 @@ function writeX509(dir: string, ctx: X509Context): string[] {
     }
   });
   return written;
+}
+
+/** The bundles of `ctx` other than `own`'s, sorted by trust-domain name. */
+function federatedBundles(ctx: X509Context, own: string): [string, X509Bundle][] {
+  return [...ctx.bundles].filter(([td]) => td !== own).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
 }
 
 /** Builds the command tree (exported for tests). */

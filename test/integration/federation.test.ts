@@ -29,13 +29,12 @@ import { createUnaryClient } from "../../common/rpc/unary-client.js";
 import { AgentAdmin, EntryAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
 import { EntrySchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { parseTrustDomain } from "../../spiffe/id.js";
-import { encodePemCertificates } from "../../spiffe/pem.js";
 import { authorizeId, authorizeMemberOf, createSpiffeTlsServer, mtlsClientOptions, mtlsServerOptions, peerSpiffeIdOf } from "../../spiffe/tls/index.js";
 import { createWorkloadApiClient, type WorkloadApiClient } from "../../spiffe/workloadapi/client.js";
 import { X509Source } from "../../spiffe/workloadapi/x509-source.js";
 import { closedLoopbackPort } from "../support/ports.js";
 import { requireTool } from "../support/tools.js";
-import { startAgentProcess, type AgentProcess } from "./support/agent-process.js";
+import { runAgentCli, startAgentProcess, type AgentProcess } from "./support/agent-process.js";
 import { launchServerProcess, testServerConfigYaml, type ServerProcess } from "./support/server-process.js";
 import { rootsPemFromBundleJson } from "./support/test-agent.js";
 
@@ -204,25 +203,16 @@ describe("FED-7: two trust domains federated through their https_spiffe bundle e
     }
   }, 60_000);
 
-  it.skipIf(!haveOpenssl)("openssl s_server (td-b's SVID) and s_client (td-a's SVID) complete mutual TLS with the fetched SVIDs and federated bundles", async () => {
-    const write = (name: string, text: string): string => {
-      const p = path.join(scratch, name);
-      writeFileSync(p, text, { mode: 0o600 });
-      return p;
+  it.skipIf(!haveOpenssl)("openssl s_server (td-b's SVID) and s_client (td-a's SVID) complete mutual TLS with the files `sigil-agent api fetch x509 --write` wrote (SVID, key, federated_bundle.0.0.pem)", async () => {
+    /** `sigil-agent api fetch x509 --write` on `td`'s agent: the SVID, its key, and the one federated bundle (the peer's). */
+    const material = async (td: TrustDomainUnderTest): Promise<{ cert: string; key: string; ca: string }> => {
+      const dir = path.join(scratch, `${td.name}.files`);
+      const r = await runAgentCli(["api", "fetch", "x509", "--socket-path", td.agent?.socketPath ?? "", "--write", dir]);
+      expect(r.status, r.stderr).toBe(0);
+      return { cert: path.join(dir, "svid.0.pem"), key: path.join(dir, "svid.0.key"), ca: path.join(dir, "federated_bundle.0.0.pem") };
     };
-    const material = (td: TrustDomainUnderTest, peer: string): { cert: string; key: string; ca: string } => {
-      const ctx = sourceOf(td).context;
-      const svid = ctx?.svids[0];
-      const peerBundle = ctx?.bundles.get(peer);
-      if (svid === undefined || peerBundle === undefined) throw new Error(`${td.name}: no SVID or no ${peer} bundle`);
-      return {
-        cert: write(`${td.name}.svid.pem`, encodePemCertificates(svid.certificateDers)),
-        key: write(`${td.name}.key.pem`, svid.privateKey.export({ format: "pem", type: "pkcs8" }).toString()),
-        ca: write(`${td.name}.trusts-${peer}.pem`, encodePemCertificates(peerBundle.authorityDers)),
-      };
-    };
-    const b = material(sideB(), "td-a.test");
-    const a = material(sideA(), "td-b.test");
+    const b = await material(sideB());
+    const a = await material(sideA());
     const port = await closedLoopbackPort();
     const server = spawn("openssl", ["s_server", "-accept", `127.0.0.1:${port}`, "-naccept", "1", "-cert", b.cert, "-key", b.key, "-CAfile", b.ca, "-Verify", "1", "-verify_return_error", "-www"], {
       stdio: ["ignore", "pipe", "pipe"],
