@@ -35,7 +35,9 @@ import type { Service } from "../../common/service.js";
 import { parseSpiffeBundle, serializeSpiffeBundle, toX509Bundle, type SpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
 import { SigilError, isSigilError } from "../../spiffe/errors.js";
 import { fetchBundle as defaultFetchBundle, type EndpointProfile, type FetchBundleOptions, type FetchedBundle } from "../../spiffe/federation/bundle-endpoint-client.js";
-import type { TrustDomain } from "../../spiffe/id.js";
+import { authorityKeySharedWith } from "../../spiffe/bundle/shared-authorities.js";
+import { parseSpiffeId, parseTrustDomain, type TrustDomain } from "../../spiffe/id.js";
+import { decodeCertificate } from "../../spiffe/x509/decode-certificate.js";
 import type { ServerConfig } from "../config/schema.js";
 import type { Datastore } from "../datastore/datastore.js";
 import type { StoredBundle } from "../datastore/bundle.js";
@@ -57,6 +59,8 @@ export const DEFAULT_MIN_REFRESH_INTERVAL_MS = 30_000;
 export const DEFAULT_MAX_REFRESH_INTERVAL_MS = 3_600_000;
 /** How long one fetch may take. */
 export const FETCH_TIMEOUT_MS = 30_000;
+/** Warnings about one fetched bundle that are logged one by one. */
+const MAX_LOGGED_WARNINGS = 5;
 
 /** The client function the poller calls (the bundle endpoint client's `fetchBundle`). */
 export type FetchBundleFn = (o: FetchBundleOptions) => Promise<FetchedBundle>;
@@ -132,6 +136,8 @@ export interface FederationPollerDeps {
   readonly fetchBundle?: FetchBundleFn;
   /** Tests only: CAs an `https_web` endpoint's certificate may chain to instead of the system's (processes use `NODE_EXTRA_CA_CERTS`). */
   readonly trustedCas?: readonly Uint8Array[] | string;
+  /** Tests only: how long one fetch may take instead of {@link FETCH_TIMEOUT_MS}. */
+  readonly fetchTimeoutMs?: number;
   /** Reads `trust_domain_bundle_path` (default `fs.readFileSync`). */
   readonly readFile?: (path: string) => string;
 }
@@ -289,9 +295,14 @@ export class FederationPoller implements Service, FederationControl {
     let hint: number | undefined;
     try {
       const profile = await this.#profile(spec);
-      const res = await this.#fetch({ url: spec.bundleEndpointUrl, trustDomain: spec.trustDomain, profile, timeoutMs: FETCH_TIMEOUT_MS, signal: this.#abort.signal });
-      for (const w of res.warnings) log.warn({ trust_domain: td, url: spec.bundleEndpointUrl }, `federation: ${w}`);
+      const res = await this.#fetch({ url: spec.bundleEndpointUrl, trustDomain: spec.trustDomain, profile, timeoutMs: this.#d.fetchTimeoutMs ?? FETCH_TIMEOUT_MS, signal: this.#abort.signal });
+      // The endpoint chooses how many warnings there are (a 1 MiB body holds 100k skipped keys): a few are logged.
+      for (const w of res.warnings.slice(0, MAX_LOGGED_WARNINGS)) log.warn({ trust_domain: td, url: spec.bundleEndpointUrl }, `federation: ${w}`);
+      if (res.warnings.length > MAX_LOGGED_WARNINGS) {
+        log.warn({ trust_domain: td, url: spec.bundleEndpointUrl }, `federation: ${res.warnings.length - MAX_LOGGED_WARNINGS} more warnings about the bundle not logged`);
+      }
       if (res.bundle.x509Authorities.length === 0 && res.bundle.jwtAuthorities.size === 0) throw new SigilError("ERR_BUNDLE_INVALID", "the bundle has no X.509 or JWT authorities");
+      await this.#refuseForeignAuthorities(res.bundle);
       hint = res.bundle.refreshHintSeconds;
       const held = await this.#ds.getBundle(td);
       const heldIsLocal = held !== undefined && (state.own === undefined || state.own.sequence !== held.sequence || state.own.updatedAtMs !== held.updatedAt.getTime());
@@ -300,7 +311,8 @@ export class FederationPoller implements Service, FederationControl {
       let sequence = held?.sequence;
       if (decision === "store") {
         const saved = await this.#ds.setBundle(
-          { trustDomain: td, document: res.document, sequence: res.bundle.sequenceNumber ?? 0n },
+          // What was understood, not the body: skipped keys and unknown members are not kept or sent to agents.
+          { trustDomain: td, document: serializeSpiffeBundle(res.bundle), sequence: res.bundle.sequenceNumber ?? 0n },
           { expectedSequence: held?.sequence ?? null },
         );
         state.own = { sequence: saved.sequence, updatedAtMs: saved.updatedAt.getTime() };
@@ -327,6 +339,46 @@ export class FederationPoller implements Service, FederationControl {
       log.warn({ trust_domain: td, url: spec.bundleEndpointUrl, sequence: held?.sequence ?? "none", error: message }, "federation: fetching bundle failed; the held bundle is kept");
     }
     this.#schedule(state, refreshIntervalMs(hint, this.#minMs, this.#maxMs));
+  }
+
+  /**
+   * A bundle for the wrong trust domain is refused: an X.509 authority naming
+   * another trust domain's SPIFFE ID, or any authority key that is also one of
+   * the own trust domain or of another held bundle (BUNDLE-1; an endpoint
+   * publishing our root, or another federated domain's, under its name).
+   */
+  async #refuseForeignAuthorities(bundle: SpiffeBundle): Promise<void> {
+    const td = bundle.trustDomain;
+    bundle.x509Authorities.forEach((der, i) => {
+      for (const uri of decodeCertificate(der).subjectAltNames?.uris ?? []) {
+        let id;
+        try {
+          id = parseSpiffeId(uri);
+        } catch {
+          continue;
+        }
+        if (!id.trustDomain.equals(td)) {
+          throw new SigilError("ERR_BUNDLE_INVALID", `x509 authority ${i} names ${id.toString()}, an ID of another trust domain than ${td.name}; the held bundle is kept`);
+        }
+      }
+    });
+    const others: SpiffeBundle[] = [this.#d.ownBundle()];
+    for (const stored of await this.#ds.listBundles()) {
+      if (stored.trustDomain === this.#d.trustDomain.name || stored.trustDomain === td.name) continue;
+      try {
+        others.push(parseSpiffeBundle(stored.document, parseTrustDomain(stored.trustDomain)).bundle);
+      } catch {
+        // A stored bundle that does not parse authorises nothing.
+      }
+    }
+    const shared = authorityKeySharedWith(bundle, others);
+    if (shared !== undefined) {
+      const owners = shared.trustDomains.filter((name) => name !== td.name);
+      throw new SigilError(
+        "ERR_BUNDLE_INVALID",
+        `an authority key (SPKI SHA-256 ${shared.spkiSha256}) is already an authority of ${owners.join(", ")}; a key may be an authority of one trust domain only (BUNDLE-1); the held bundle is kept`,
+      );
+    }
   }
 
   /** How the endpoint is authenticated, with the latest bundle held for the endpoint's trust domain (FED-23, FED-24). */

@@ -52,3 +52,14 @@ export function findSharedAuthorityKeys(bundles: Iterable<SpiffeBundle>): Shared
   for (const [spkiSha256, trustDomains] of owners) if (trustDomains.length > 1) shared.push({ spkiSha256, trustDomains });
   return shared;
 }
+
+/**
+ * The first key of `bundle` that is also an authority of one of `others`
+ * (BUNDLE-1), or `undefined`. `others` should not hold `bundle`'s own trust
+ * domain: reuse within one trust domain is allowed.
+ *
+ * @throws SigilError `ERR_BUNDLE_INVALID` when an X.509 authority is not a certificate.
+ */
+export function authorityKeySharedWith(bundle: SpiffeBundle, others: Iterable<SpiffeBundle>): SharedAuthorityKey | undefined {
+  return findSharedAuthorityKeys([...others, bundle]).find((k) => k.trustDomains.includes(bundle.trustDomain.name));
+}

@@ -18,7 +18,7 @@ import {
   type SetFederatedBundleRequest,
 } from "../../../proto/gen/sigil/admin/v1/admin_pb.js";
 import { BundleSchema, type Bundle as WireBundle } from "../../../proto/gen/sigil/types/v1/types_pb.js";
-import { findSharedAuthorityKeys } from "../../../spiffe/bundle/shared-authorities.js";
+import { authorityKeySharedWith } from "../../../spiffe/bundle/shared-authorities.js";
 import { MAX_SEQUENCE_NUMBER, parseSpiffeBundle, serializeSpiffeBundle, type SpiffeBundle } from "../../../spiffe/bundle/spiffe-bundle.js";
 import { SigilError, isSigilError } from "../../../spiffe/errors.js";
 import type { GrpcServiceImplementation } from "../../../spiffe/grpc/service.js";
@@ -67,7 +67,7 @@ export function createBundleAdmin(deps: AdminApiDeps, unary: UnaryWrapper): Grpc
         deps.log.warn({ err: e, trust_domain: stored.trustDomain }, "admin api: a stored federated bundle does not parse; not compared for shared keys");
       }
     }
-    const shared = findSharedAuthorityKeys([...others, bundle]).find((k) => k.trustDomains.includes(bundle.trustDomain.name));
+    const shared = authorityKeySharedWith(bundle, others);
     if (shared === undefined) return;
     const owners = shared.trustDomains.filter((name) => name !== bundle.trustDomain.name);
     throw invalidField(
