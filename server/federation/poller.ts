@@ -35,15 +35,14 @@ import type { Service } from "../../common/service.js";
 import { parseSpiffeBundle, serializeSpiffeBundle, toX509Bundle, type SpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
 import { SigilError, isSigilError } from "../../spiffe/errors.js";
 import { fetchBundle as defaultFetchBundle, type EndpointProfile, type FetchBundleOptions, type FetchedBundle } from "../../spiffe/federation/bundle-endpoint-client.js";
-import { authorityKeySharedWith } from "../../spiffe/bundle/shared-authorities.js";
-import { parseSpiffeId, parseTrustDomain, type TrustDomain } from "../../spiffe/id.js";
-import { decodeCertificate } from "../../spiffe/x509/decode-certificate.js";
+import type { TrustDomain } from "../../spiffe/id.js";
 import type { ServerConfig } from "../config/schema.js";
 import type { Datastore } from "../datastore/datastore.js";
 import type { StoredBundle } from "../datastore/bundle.js";
 import {
   checkEndpointAuthenticable,
   configRelationshipFieldNames,
+  foreignAuthorityProblem,
   parseInitialBundle,
   relationshipInput,
   storedRelationshipSpec,
@@ -302,7 +301,8 @@ export class FederationPoller implements Service, FederationControl {
         log.warn({ trust_domain: td, url: spec.bundleEndpointUrl }, `federation: ${res.warnings.length - MAX_LOGGED_WARNINGS} more warnings about the bundle not logged`);
       }
       if (res.bundle.x509Authorities.length === 0 && res.bundle.jwtAuthorities.size === 0) throw new SigilError("ERR_BUNDLE_INVALID", "the bundle has no X.509 or JWT authorities");
-      await this.#refuseForeignAuthorities(res.bundle);
+      const foreign = await foreignAuthorityProblem(res.bundle, this.#d.ownBundle(), this.#ds);
+      if (foreign !== undefined) throw new SigilError("ERR_BUNDLE_INVALID", `${foreign}; the held bundle is kept`);
       hint = res.bundle.refreshHintSeconds;
       const held = await this.#ds.getBundle(td);
       const heldIsLocal = held !== undefined && (state.own === undefined || state.own.sequence !== held.sequence || state.own.updatedAtMs !== held.updatedAt.getTime());
@@ -339,46 +339,6 @@ export class FederationPoller implements Service, FederationControl {
       log.warn({ trust_domain: td, url: spec.bundleEndpointUrl, sequence: held?.sequence ?? "none", error: message }, "federation: fetching bundle failed; the held bundle is kept");
     }
     this.#schedule(state, refreshIntervalMs(hint, this.#minMs, this.#maxMs));
-  }
-
-  /**
-   * A bundle for the wrong trust domain is refused: an X.509 authority naming
-   * another trust domain's SPIFFE ID, or any authority key that is also one of
-   * the own trust domain or of another held bundle (BUNDLE-1; an endpoint
-   * publishing our root, or another federated domain's, under its name).
-   */
-  async #refuseForeignAuthorities(bundle: SpiffeBundle): Promise<void> {
-    const td = bundle.trustDomain;
-    bundle.x509Authorities.forEach((der, i) => {
-      for (const uri of decodeCertificate(der).subjectAltNames?.uris ?? []) {
-        let id;
-        try {
-          id = parseSpiffeId(uri);
-        } catch {
-          continue;
-        }
-        if (!id.trustDomain.equals(td)) {
-          throw new SigilError("ERR_BUNDLE_INVALID", `x509 authority ${i} names ${id.toString()}, an ID of another trust domain than ${td.name}; the held bundle is kept`);
-        }
-      }
-    });
-    const others: SpiffeBundle[] = [this.#d.ownBundle()];
-    for (const stored of await this.#ds.listBundles()) {
-      if (stored.trustDomain === this.#d.trustDomain.name || stored.trustDomain === td.name) continue;
-      try {
-        others.push(parseSpiffeBundle(stored.document, parseTrustDomain(stored.trustDomain)).bundle);
-      } catch {
-        // A stored bundle that does not parse authorises nothing.
-      }
-    }
-    const shared = authorityKeySharedWith(bundle, others);
-    if (shared !== undefined) {
-      const owners = shared.trustDomains.filter((name) => name !== td.name);
-      throw new SigilError(
-        "ERR_BUNDLE_INVALID",
-        `an authority key (SPKI SHA-256 ${shared.spkiSha256}) is already an authority of ${owners.join(", ")}; a key may be an authority of one trust domain only (BUNDLE-1); the held bundle is kept`,
-      );
-    }
   }
 
   /** How the endpoint is authenticated, with the latest bundle held for the endpoint's trust domain (FED-23, FED-24). */
@@ -425,6 +385,8 @@ export class FederationPoller implements Service, FederationControl {
           throw new SigilError("ERR_INVALID_ARGUMENT", `${names.initialBundle}: cannot read ${r.trust_domain_bundle_path}: ${(e as Error).message}`, { cause: e });
         }
         initial = parseInitialBundle(text, r.trust_domain_bundle_format, spec.trustDomain, names.initialBundle);
+        const foreign = await foreignAuthorityProblem(initial.bundle, this.#d.ownBundle(), this.#ds);
+        if (foreign !== undefined) throw new SigilError("ERR_INVALID_ARGUMENT", `${names.initialBundle}: ${foreign}`);
       }
       await this.#ds.putFederationRelationship(relationshipInput(spec, "config"), initial ? { initialBundle: { document: initial.document, sequence: initial.sequence, onlyIfAbsent: true } } : {});
       specs.push({ spec, hasInitial: initial !== undefined, key });

@@ -9,8 +9,10 @@
 import { decodePemCertificates } from "../../spiffe/pem.js";
 import { MAX_SEQUENCE_NUMBER, parseSpiffeBundle, serializeSpiffeBundle, type SpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
 import { SigilError, isSigilError, type ErrorCode } from "../../spiffe/errors.js";
+import { authorityKeySharedWith } from "../../spiffe/bundle/shared-authorities.js";
 import { validateEndpointUrl } from "../../spiffe/federation/bundle-endpoint-client.js";
 import { parseSpiffeId, parseTrustDomain, parseTrustDomainIdString, type SpiffeId, type TrustDomain } from "../../spiffe/id.js";
+import { decodeCertificate } from "../../spiffe/x509/decode-certificate.js";
 import type { Datastore } from "../datastore/datastore.js";
 import { BUNDLE_ENDPOINT_PROFILES, type BundleEndpointProfileName, type FederationRelationship, type FederationRelationshipInput, type RelationshipSource } from "../datastore/federation-relationship.js";
 
@@ -152,6 +154,41 @@ export function parseInitialBundle(text: string, format: string, trustDomain: Tr
   const sequence = parsed.bundle.sequenceNumber ?? 0n;
   if (sequence > MAX_SEQUENCE_NUMBER) throw fieldError("ERR_INVALID_ARGUMENT", field, "spiffe_sequence is out of range");
   return { bundle: parsed.bundle, document: text, sequence, warnings: parsed.warnings };
+}
+
+/**
+ * Why `bundle` is not a bundle of its trust domain, or `undefined`: an X.509
+ * authority names another trust domain's SPIFFE ID (URI SAN), or an authority
+ * key is also one of the own trust domain or of another held bundle (BUNDLE-1:
+ * whoever holds a shared key mints identities in both). Catches an endpoint
+ * publishing our root, or another federated domain's, under its name.
+ */
+export async function foreignAuthorityProblem(bundle: SpiffeBundle, ownBundle: SpiffeBundle, datastore: Pick<Datastore, "listBundles">): Promise<string | undefined> {
+  const td = bundle.trustDomain;
+  for (const [i, der] of bundle.x509Authorities.entries()) {
+    for (const uri of decodeCertificate(der).subjectAltNames?.uris ?? []) {
+      let id: SpiffeId;
+      try {
+        id = parseSpiffeId(uri);
+      } catch {
+        continue;
+      }
+      if (!id.trustDomain.equals(td)) return `x509 authority ${i} names ${id.toString()}, an ID of another trust domain than ${td.name}`;
+    }
+  }
+  const others: SpiffeBundle[] = [ownBundle];
+  for (const stored of await datastore.listBundles()) {
+    if (stored.trustDomain === ownBundle.trustDomain.name || stored.trustDomain === td.name) continue;
+    try {
+      others.push(parseSpiffeBundle(stored.document, parseTrustDomain(stored.trustDomain)).bundle);
+    } catch {
+      // A stored bundle that does not parse authorises nothing.
+    }
+  }
+  const shared = authorityKeySharedWith(bundle, others);
+  if (shared === undefined) return undefined;
+  const owners = shared.trustDomains.filter((name) => name !== td.name);
+  return `an authority key (SPKI SHA-256 ${shared.spkiSha256}) is already an authority of ${owners.join(", ")}; a key may be an authority of one trust domain only (BUNDLE-1)`;
 }
 
 /**

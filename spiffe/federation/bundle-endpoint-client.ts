@@ -99,6 +99,8 @@ export function validateEndpointUrl(url: string): URL {
   } catch {
     throw badArgument(`url ${JSON.stringify(url)} is not a valid absolute URL`);
   }
+  // The URL parser drops tabs and line breaks and trims spaces, so the URL fetched would not be the one shown.
+  if (/[\u0000-\u0020\u007f]/.test(url)) throw badArgument(`url ${JSON.stringify(url.slice(0, 200))} must not contain whitespace or control characters`);
   if (u.protocol !== "https:") throw badArgument(`url ${JSON.stringify(url)} must use https, not ${u.protocol.replace(/:$/, "")}`);
   if (u.username !== "" || u.password !== "") throw badArgument(`url ${JSON.stringify(redact(u))} must not contain userinfo`);
   if (u.hash !== "" || url.includes("#")) throw badArgument(`url ${JSON.stringify(url)} must not contain a fragment`);

@@ -124,6 +124,7 @@ async function json(args: string[]): Promise<Record<string, unknown>> {
 describe.skipIf(!haveOpenssl)("federation relationships through the admin CLI and API", () => {
   it("FED-9 FED-11 FED-20: bad input is refused with the right status and the field named", async () => {
     const base = { trustDomain: "td-x.test", bundleEndpointUrl: "https://127.0.0.1:1/", bundleEndpointProfile: "https_web" };
+    const ownRootsPem = rootsPemFromBundleJson((await cli(["bundle", "show", "--output", "json"])).stdout);
     const cases: Array<[Record<string, string>, number, RegExp]> = [
       [{ bundleEndpointUrl: "http://127.0.0.1:1/" }, status.INVALID_ARGUMENT, /^relationship\.bundle_endpoint_url: .*https/],
       [{ bundleEndpointUrl: "https://u:p@127.0.0.1:1/" }, status.INVALID_ARGUMENT, /^relationship\.bundle_endpoint_url: .*userinfo/],
@@ -135,6 +136,9 @@ describe.skipIf(!haveOpenssl)("federation relationships through the admin CLI an
       [{ bundleEndpointProfile: "https_spiffe", endpointSpiffeId: "spiffe://td-x.test/s" }, status.FAILED_PRECONDITION, /^relationship\.trust_domain_bundle: is required/],
       [{ bundleEndpointProfile: "https_spiffe", endpointSpiffeId: "spiffe://td-y.test/s" }, status.FAILED_PRECONDITION, /^relationship\.endpoint_spiffe_id: .*td-y\.test, whose bundle this server does not hold/],
       [{ trustDomainBundle: "{}" }, status.INVALID_ARGUMENT, /^relationship\.trust_domain_bundle: /],
+      [{ bundleEndpointUrl: "https://127.0.0.1:1/\r\nX: y" }, status.INVALID_ARGUMENT, /^relationship\.bundle_endpoint_url: .*whitespace or control characters/],
+      // BUNDLE-1: our own root pasted as another trust domain's initial bundle.
+      [{ trustDomainBundle: ownRootsPem, trustDomainBundleFormat: "pem" }, status.INVALID_ARGUMENT, /^relationship\.trust_domain_bundle: x509 authority 0 names spiffe:\/\/example\.org/],
     ];
     for (const [change, code, message] of cases) {
       const err = await rejection(admin.createFederationRelationship({ relationship: { ...base, ...change } }));

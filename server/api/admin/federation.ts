@@ -30,7 +30,7 @@ import type { TrustDomain } from "../../../spiffe/id.js";
 import type { BundleDeleteMode } from "../../datastore/bundle.js";
 import type { FederationRelationship, FederationRelationshipWriteOptions } from "../../datastore/federation-relationship.js";
 import type { RelationshipStatus } from "../../federation/poller.js";
-import { checkEndpointAuthenticable, parseInitialBundle, relationshipInput, validateRelationship, type RelationshipFieldNames, type RelationshipSpec } from "../../federation/relationships.js";
+import { checkEndpointAuthenticable, foreignAuthorityProblem, parseInitialBundle, relationshipInput, validateRelationship, type RelationshipFieldNames, type RelationshipSpec } from "../../federation/relationships.js";
 import type { UnaryWrapper } from "../unary.js";
 import { invalidField, trustDomainField, type AdminApiDeps } from "./common.js";
 
@@ -110,6 +110,8 @@ export function createFederationAdmin(deps: AdminApiDeps, unary: UnaryWrapper): 
     if (w.trustDomainBundle) {
       const initial = parseInitialBundle(w.trustDomainBundle, w.trustDomainBundleFormat || "spiffe", spec.trustDomain, FIELDS.initialBundle);
       for (const warning of initial.warnings) deps.log.warn({ trust_domain: spec.trustDomain.name }, `admin api: initial bundle: ${warning}`);
+      const foreign = await foreignAuthorityProblem(initial.bundle, deps.ca.bundle(), ds);
+      if (foreign !== undefined) throw invalidField(FIELDS.initialBundle, foreign);
       options = { initialBundle: { document: initial.document, sequence: initial.sequence } };
     } else if (w.trustDomainBundleFormat) {
       throw invalidField("relationship.trust_domain_bundle_format", "is given without relationship.trust_domain_bundle");

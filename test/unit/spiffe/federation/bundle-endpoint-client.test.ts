@@ -251,6 +251,8 @@ describe("options", () => {
     ["http://127.0.0.1/bundle", /must use https, not http/],
     ["https://user:pass@127.0.0.1/bundle", /must not contain userinfo/],
     ["https://127.0.0.1/bundle#frag", /must not contain a fragment/],
+    ["https://127.0.0.1/bundle\r\nHost: evil", /must not contain whitespace or control characters/],
+    [" https://127.0.0.1/bundle", /must not contain whitespace or control characters/],
     ["not a url", /is not a valid absolute URL/],
     ["", /non-empty string/],
   ])("FED-11: validateEndpointUrl refuses %j", (url, message) => {
