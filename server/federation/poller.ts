@@ -304,6 +304,11 @@ export class FederationPoller implements Service, FederationControl {
       const foreign = await foreignAuthorityProblem(res.bundle, this.#d.ownBundle(), this.#ds);
       if (foreign !== undefined) throw new SigilError("ERR_BUNDLE_INVALID", `${foreign}; the held bundle is kept`);
       hint = res.bundle.refreshHintSeconds;
+      // The fetch took a while: a relationship deleted or changed meanwhile must not get this bundle (it would outlive the deletion).
+      const current = await this.#ds.getFederationRelationship(td);
+      if (this.#states.get(td) !== state) return;
+      if (current === undefined) return this.relationshipDeleted(td);
+      if (current.updatedAt.getTime() !== rel.updatedAt.getTime() || current.createdAt.getTime() !== rel.createdAt.getTime()) return this.#schedule(state, 0);
       const held = await this.#ds.getBundle(td);
       const heldIsLocal = held !== undefined && (state.own === undefined || state.own.sequence !== held.sequence || state.own.updatedAtMs !== held.updatedAt.getTime());
       const decision = compareFetched(held, heldIsLocal, res.bundle);

@@ -342,3 +342,18 @@ describe("a hostile https_web bundle endpoint", () => {
     await expectRefusedKeepingHeld(w.p, /TLS: .*localhost/i);
   }, 30_000);
 });
+
+describe("a relationship deleted while its bundle is being fetched", () => {
+  it("FED-26: the fetched bundle is not stored, so the deleted relationship's bundle does not come back", async () => {
+    const h = await hostileSpiffeEndpoint();
+    h.serveNext((req, res) => {
+      void ds.deleteFederationRelationship("td-b.test", "dissociate").then(() => {
+        h.p.relationshipDeleted("td-b.test");
+        json(bundleB(h.caB, 3n))(req, res);
+      });
+    });
+    await h.p.refreshNow("td-b.test").catch(() => undefined);
+    expect(await ds.getFederationRelationship("td-b.test")).toBeUndefined();
+    expect(await ds.getBundle("td-b.test")).toBeUndefined();
+  }, 30_000);
+});
