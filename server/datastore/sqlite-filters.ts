@@ -1,7 +1,8 @@
 /**
- * WHERE clauses for the SQLite driver's list and count queries, built from
- * validated filters with every value bound as a parameter. The table being
- * filtered is aliased `t`.
+ * WHERE clauses for the SQL drivers' list and count queries, built from
+ * validated filters with every value bound as a `?` parameter. The table being
+ * filtered is aliased `t`. SQLite and the network engines (PostgreSQL, MySQL)
+ * differ only in how a list of row values is written ({@link RowValues}).
  */
 import type { AgentFilter } from "./agent.js";
 import type { EntryFilter } from "./entry.js";
@@ -29,19 +30,26 @@ const ENTRY_SELECTORS: SetTable = { child: "entry_selectors", parent: "registrat
 const ENTRY_FEDERATES: SetTable = { child: "entry_federates_with", parent: "registration_entries", columns: ["trust_domain"], countColumn: "federates_with_count" };
 const AGENT_SELECTORS: SetTable = { child: "agent_selectors", parent: "attested_agents", columns: ["type", "value"], countColumn: "selector_count" };
 
+/**
+ * How `(a, b) IN …` lists its rows: `values` (`IN (VALUES (?, ?), …)`,
+ * SQLite, whose IN takes no list of row values) or `list` (`IN ((?, ?), …)`,
+ * PostgreSQL and MySQL/MariaDB).
+ */
+export type RowValues = "values" | "list";
+
 const MATCHES: readonly SetMatch[] = ["exact", "subset", "superset", "any"];
 
 /**
  * The condition "the owner's set S relates to `members` F as `match` says",
  * driven from the child table's member index rather than a per-row scan.
  */
-function setCondition(table: SetTable, members: ReadonlyArray<readonly string[]>, match: SetMatch, params: unknown[]): string {
+function setCondition(table: SetTable, members: ReadonlyArray<readonly string[]>, match: SetMatch, params: unknown[], rowValues: RowValues): string {
   const n = members.length;
   const cols = table.columns.map((c) => `c.${c}`);
   const inList =
     cols.length === 1
       ? `${cols[0] ?? ""} IN (${members.map(() => "?").join(", ")})`
-      : `(${cols.join(", ")}) IN (VALUES ${members.map(() => `(${cols.map(() => "?").join(", ")})`).join(", ")})`;
+      : `(${cols.join(", ")}) IN (${rowValues === "values" ? "VALUES " : ""}${members.map(() => `(${cols.map(() => "?").join(", ")})`).join(", ")})`;
   const bind = (): void => {
     for (const m of members) params.push(...m);
   };
@@ -77,7 +85,7 @@ function checkFilterBool(what: string, v: unknown): number {
 }
 
 /** The WHERE condition for an entry filter. @throws `ERR_INVALID_ARGUMENT` for an invalid filter. */
-export function entryCondition(filter: EntryFilter | undefined): SqlCondition {
+export function entryCondition(filter: EntryFilter | undefined, rowValues: RowValues = "values"): SqlCondition {
   const conds: string[] = [];
   const params: unknown[] = [];
   if (filter !== undefined) {
@@ -101,21 +109,21 @@ export function entryCondition(filter: EntryFilter | undefined): SqlCondition {
     if (filter.selectors !== undefined) {
       const match = checkMatch("filter selectors", filter.selectors.match);
       const sels = checkSelectors("filter selectors", filter.selectors.selectors, false);
-      conds.push(setCondition(ENTRY_SELECTORS, sels.map((s) => [s.type, s.value]), match, params));
+      conds.push(setCondition(ENTRY_SELECTORS, sels.map((s) => [s.type, s.value]), match, params, rowValues));
     }
     if (filter.federatesWith !== undefined) {
       const match = checkMatch("filter federatesWith", filter.federatesWith.match);
       const tds = filter.federatesWith.trustDomains;
       if (!Array.isArray(tds) || tds.length === 0) throw invalid("filter federatesWith must name at least one trust domain");
       const names = [...new Set(tds.map((td, i) => checkTrustDomainName(`filter federatesWith[${i}]`, td)))];
-      conds.push(setCondition(ENTRY_FEDERATES, names.map((td) => [td]), match, params));
+      conds.push(setCondition(ENTRY_FEDERATES, names.map((td) => [td]), match, params, rowValues));
     }
   }
-  return { sql: conds.length === 0 ? "1" : conds.join(" AND "), params };
+  return { sql: conds.length === 0 ? "1 = 1" : conds.join(" AND "), params };
 }
 
 /** The WHERE condition for an agent filter. @throws `ERR_INVALID_ARGUMENT` for an invalid filter. */
-export function agentCondition(filter: AgentFilter | undefined): SqlCondition {
+export function agentCondition(filter: AgentFilter | undefined, rowValues: RowValues = "values"): SqlCondition {
   const conds: string[] = [];
   const params: unknown[] = [];
   if (filter !== undefined) {
@@ -139,8 +147,8 @@ export function agentCondition(filter: AgentFilter | undefined): SqlCondition {
     if (filter.selectors !== undefined) {
       const match = checkMatch("filter selectors", filter.selectors.match);
       const sels = checkSelectors("filter selectors", filter.selectors.selectors, false);
-      conds.push(setCondition(AGENT_SELECTORS, sels.map((s) => [s.type, s.value]), match, params));
+      conds.push(setCondition(AGENT_SELECTORS, sels.map((s) => [s.type, s.value]), match, params, rowValues));
     }
   }
-  return { sql: conds.length === 0 ? "1" : conds.join(" AND "), params };
+  return { sql: conds.length === 0 ? "1 = 1" : conds.join(" AND "), params };
 }

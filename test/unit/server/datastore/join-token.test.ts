@@ -3,128 +3,133 @@ import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ManualClock } from "../../../../common/clock.js";
 import { createJoinTokenServerAttestor, type JoinTokenStore } from "../../../../plugins/nodeattestor/join_token/server.js";
-import { createSqliteDatastore, type Datastore } from "../../../../server/datastore/index.js";
+import type { Datastore } from "../../../../server/datastore/index.js";
 import { isSigilError } from "../../../../spiffe/errors.js";
 import { parseTrustDomain } from "../../../../spiffe/id.js";
-import { closeTempDatastore, openTempDatastore, rejection } from "../../../support/datastore.js";
+import { datastoreEngines, closeTempDatastore, openTempDatastore, rejection, type TempDatastore } from "../../../support/datastore.js";
 
 const T0 = new Date("2030-01-01T00:00:00Z");
 const MINUTE = 60_000;
+
+const engines = await datastoreEngines();
 
 let dir: string;
 let path: string;
 let clock: ManualClock;
 let ds: Datastore;
+let reopen: TempDatastore["reopen"];
 
-beforeEach(async () => {
-  ({ dir, path, clock, ds } = await openTempDatastore("tokens", T0));
-});
-
-afterEach(() => closeTempDatastore(ds, dir));
-
-const inTen = () => new Date(clock.now().getTime() + 10 * MINUTE);
-
-describe("join tokens", () => {
-  it("knows which agent IDs pending tokens will give, by chosen ID or by the default token path, until used or expired", async () => {
-    await ds.createJoinToken({ token: "tok-default-1", expiresAt: new Date(T0.getTime() + 60_000) });
-    await ds.createJoinToken({ token: "tok-chosen-1", expiresAt: new Date(T0.getTime() + 60_000), agentId: "spiffe://example.org/node/db" });
-    expect(await ds.hasPendingJoinTokenFor("spiffe://example.org/spire/agent/join_token/tok-default-1")).toBe(true);
-    expect(await ds.hasPendingJoinTokenFor("spiffe://example.org/node/db")).toBe(true);
-    // A chosen ID replaces the default one.
-    expect(await ds.hasPendingJoinTokenFor("spiffe://example.org/spire/agent/join_token/tok-chosen-1")).toBe(false);
-    expect(await ds.hasPendingJoinTokenFor("spiffe://example.org/spire/agent/join_token/unknown")).toBe(false);
-    await ds.consumeJoinToken("tok-default-1");
-    expect(await ds.hasPendingJoinTokenFor("spiffe://example.org/spire/agent/join_token/tok-default-1")).toBe(false);
-    clock.advance(60_000);
-    expect(await ds.hasPendingJoinTokenFor("spiffe://example.org/node/db")).toBe(false);
+describe.each(engines)("datastore on %s", (engine) => {
+  beforeEach(async () => {
+    ({ dir, path, clock, ds, reopen } = await openTempDatastore("tokens", T0, engine));
   });
 
-  it("consumes a token once, returning its expiry and agent ID", async () => {
-    await ds.createJoinToken({ token: "tok-1", expiresAt: inTen(), agentId: "spiffe://example.org/node/db-1" });
-    await ds.createJoinToken({ token: "tok-2", expiresAt: inTen() });
-    expect(await ds.consumeJoinToken("tok-1")).toEqual({ expiresAt: inTen(), agentId: "spiffe://example.org/node/db-1" });
-    expect(await ds.consumeJoinToken("tok-2")).toEqual({ expiresAt: inTen() });
-    const err = await rejection(ds.consumeJoinToken("tok-1"), "ERR_NOT_FOUND");
-    expect(err.message).toBe("datastore: join token not found or already used");
-    expect((await rejection(ds.consumeJoinToken("never"), "ERR_NOT_FOUND")).message).toBe("datastore: join token not found or already used");
-  });
+  afterEach(() => closeTempDatastore(ds, dir));
 
-  it("an expired token is refused with its own message, and stays refused until pruned", async () => {
-    await ds.createJoinToken({ token: "tok", expiresAt: inTen() });
-    clock.advance(10 * MINUTE); // expiry is exclusive: at expiresAt the token is expired
-    expect((await rejection(ds.consumeJoinToken("tok"), "ERR_PERMISSION_DENIED")).message).toBe("datastore: join token expired");
-    await rejection(ds.consumeJoinToken("tok"), "ERR_PERMISSION_DENIED");
-    expect(await ds.pruneJoinTokens(clock.now())).toBe(1);
-    await rejection(ds.consumeJoinToken("tok"), "ERR_NOT_FOUND");
-  });
+  const inTen = () => new Date(clock.now().getTime() + 10 * MINUTE);
 
-  it("an explicit time overrides the clock", async () => {
-    await ds.createJoinToken({ token: "tok", expiresAt: inTen() });
-    await rejection(ds.consumeJoinToken("tok", new Date(T0.getTime() + 11 * MINUTE)), "ERR_PERMISSION_DENIED");
-    expect((await ds.consumeJoinToken("tok", new Date(T0.getTime() + 9 * MINUTE))).expiresAt).toEqual(inTen());
-  });
+  describe("join tokens", () => {
+    it("knows which agent IDs pending tokens will give, by chosen ID or by the default token path, until used or expired", async () => {
+      await ds.createJoinToken({ token: "tok-default-1", expiresAt: new Date(T0.getTime() + 60_000) });
+      await ds.createJoinToken({ token: "tok-chosen-1", expiresAt: new Date(T0.getTime() + 60_000), agentId: "spiffe://example.org/node/db" });
+      expect(await ds.hasPendingJoinTokenFor("spiffe://example.org/spire/agent/join_token/tok-default-1")).toBe(true);
+      expect(await ds.hasPendingJoinTokenFor("spiffe://example.org/node/db")).toBe(true);
+      // A chosen ID replaces the default one.
+      expect(await ds.hasPendingJoinTokenFor("spiffe://example.org/spire/agent/join_token/tok-chosen-1")).toBe(false);
+      expect(await ds.hasPendingJoinTokenFor("spiffe://example.org/spire/agent/join_token/unknown")).toBe(false);
+      await ds.consumeJoinToken("tok-default-1");
+      expect(await ds.hasPendingJoinTokenFor("spiffe://example.org/spire/agent/join_token/tok-default-1")).toBe(false);
+      clock.advance(60_000);
+      expect(await ds.hasPendingJoinTokenFor("spiffe://example.org/node/db")).toBe(false);
+    });
 
-  it("prune removes only expired tokens", async () => {
-    await ds.createJoinToken({ token: "old", expiresAt: new Date(T0.getTime() + MINUTE) });
-    await ds.createJoinToken({ token: "new", expiresAt: inTen() });
-    expect(await ds.pruneJoinTokens(new Date(T0.getTime() + 2 * MINUTE))).toBe(1);
-    await rejection(ds.consumeJoinToken("old"), "ERR_NOT_FOUND");
-    await ds.consumeJoinToken("new");
-  });
+    it("consumes a token once, returning its expiry and agent ID", async () => {
+      await ds.createJoinToken({ token: "tok-1", expiresAt: inTen(), agentId: "spiffe://example.org/node/db-1" });
+      await ds.createJoinToken({ token: "tok-2", expiresAt: inTen() });
+      expect(await ds.consumeJoinToken("tok-1")).toEqual({ expiresAt: inTen(), agentId: "spiffe://example.org/node/db-1" });
+      expect(await ds.consumeJoinToken("tok-2")).toEqual({ expiresAt: inTen() });
+      const err = await rejection(ds.consumeJoinToken("tok-1"), "ERR_NOT_FOUND");
+      expect(err.message).toBe("datastore: join token not found or already used");
+      expect((await rejection(ds.consumeJoinToken("never"), "ERR_NOT_FOUND")).message).toBe("datastore: join token not found or already used");
+    });
 
-  it("refuses duplicates and malformed tokens", async () => {
-    await ds.createJoinToken({ token: "tok", expiresAt: inTen() });
-    await rejection(ds.createJoinToken({ token: "tok", expiresAt: inTen() }), "ERR_ALREADY_EXISTS");
-    await rejection(ds.createJoinToken({ token: "a/b", expiresAt: inTen() }), "ERR_INVALID_ARGUMENT");
-    await rejection(ds.createJoinToken({ token: "", expiresAt: inTen() }), "ERR_INVALID_ARGUMENT");
-    await rejection(ds.createJoinToken({ token: "x".repeat(257), expiresAt: inTen() }), "ERR_INVALID_ARGUMENT");
-    await rejection(ds.createJoinToken({ token: "ok", expiresAt: inTen(), agentId: "spiffe://bad/%" }), "ERR_INVALID_ARGUMENT");
-    await rejection(ds.consumeJoinToken("a b"), "ERR_INVALID_ARGUMENT");
-  });
+    it("an expired token is refused with its own message, and stays refused until pruned", async () => {
+      await ds.createJoinToken({ token: "tok", expiresAt: inTen() });
+      clock.advance(10 * MINUTE); // expiry is exclusive: at expiresAt the token is expired
+      expect((await rejection(ds.consumeJoinToken("tok"), "ERR_PERMISSION_DENIED")).message).toBe("datastore: join token expired");
+      await rejection(ds.consumeJoinToken("tok"), "ERR_PERMISSION_DENIED");
+      expect(await ds.pruneJoinTokens(clock.now())).toBe(1);
+      await rejection(ds.consumeJoinToken("tok"), "ERR_NOT_FOUND");
+    });
 
-  it("stores only a hash of the token", async () => {
-    await ds.createJoinToken({ token: "super-secret-token", expiresAt: inTen() });
-    const raw = new Database(path, { readonly: true });
-    try {
-      const rows = raw.prepare("SELECT * FROM join_tokens").all();
-      expect(rows).toHaveLength(1);
-      expect(JSON.stringify(rows)).not.toContain("super-secret-token");
-    } finally {
-      raw.close();
-    }
-  });
+    it("an explicit time overrides the clock", async () => {
+      await ds.createJoinToken({ token: "tok", expiresAt: inTen() });
+      await rejection(ds.consumeJoinToken("tok", new Date(T0.getTime() + 11 * MINUTE)), "ERR_PERMISSION_DENIED");
+      expect((await ds.consumeJoinToken("tok", new Date(T0.getTime() + 9 * MINUTE))).expiresAt).toEqual(inTen());
+    });
 
-  it("50 concurrent consumers of one token: exactly one wins", async () => {
-    await ds.createJoinToken({ token: "race", expiresAt: inTen() });
-    const results = await Promise.allSettled(Array.from({ length: 50 }, () => ds.consumeJoinToken("race")));
-    expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(1);
-    const losers = results.filter((r): r is PromiseRejectedResult => r.status === "rejected");
-    expect(losers).toHaveLength(49);
-    for (const l of losers) expect(isSigilError(l.reason, "ERR_NOT_FOUND")).toBe(true);
-  });
+    it("prune removes only expired tokens", async () => {
+      await ds.createJoinToken({ token: "old", expiresAt: new Date(T0.getTime() + MINUTE) });
+      await ds.createJoinToken({ token: "new", expiresAt: inTen() });
+      expect(await ds.pruneJoinTokens(new Date(T0.getTime() + 2 * MINUTE))).toBe(1);
+      await rejection(ds.consumeJoinToken("old"), "ERR_NOT_FOUND");
+      await ds.consumeJoinToken("new");
+    });
 
-  it("two datastore instances on the same file: each token is consumed exactly once", async () => {
-    const other = await createSqliteDatastore({ path, clock });
-    try {
-      const tokens = Array.from({ length: 20 }, (_, i) => `tok-${i}`);
-      for (const t of tokens) await ds.createJoinToken({ token: t, expiresAt: inTen() });
-      const attempts = tokens.flatMap((t) => [ds.consumeJoinToken(t), other.consumeJoinToken(t), other.consumeJoinToken(t), ds.consumeJoinToken(t)]);
-      const results = await Promise.allSettled(attempts);
-      for (let i = 0; i < tokens.length; i++) {
-        const mine = results.slice(i * 4, i * 4 + 4);
-        expect(mine.filter((r) => r.status === "fulfilled")).toHaveLength(1);
+    it("refuses duplicates and malformed tokens", async () => {
+      await ds.createJoinToken({ token: "tok", expiresAt: inTen() });
+      await rejection(ds.createJoinToken({ token: "tok", expiresAt: inTen() }), "ERR_ALREADY_EXISTS");
+      await rejection(ds.createJoinToken({ token: "a/b", expiresAt: inTen() }), "ERR_INVALID_ARGUMENT");
+      await rejection(ds.createJoinToken({ token: "", expiresAt: inTen() }), "ERR_INVALID_ARGUMENT");
+      await rejection(ds.createJoinToken({ token: "x".repeat(257), expiresAt: inTen() }), "ERR_INVALID_ARGUMENT");
+      await rejection(ds.createJoinToken({ token: "ok", expiresAt: inTen(), agentId: "spiffe://bad/%" }), "ERR_INVALID_ARGUMENT");
+      await rejection(ds.consumeJoinToken("a b"), "ERR_INVALID_ARGUMENT");
+    });
+
+    it.skipIf(engine !== "sqlite")("stores only a hash of the token", async () => {
+      await ds.createJoinToken({ token: "super-secret-token", expiresAt: inTen() });
+      const raw = new Database(path, { readonly: true });
+      try {
+        const rows = raw.prepare("SELECT * FROM join_tokens").all();
+        expect(rows).toHaveLength(1);
+        expect(JSON.stringify(rows)).not.toContain("super-secret-token");
+      } finally {
+        raw.close();
       }
-    } finally {
-      await other.close();
-    }
-  });
+    });
 
-  it("serves the join_token node attestor directly", async () => {
-    const store: JoinTokenStore = ds;
-    const attestor = createJoinTokenServerAttestor({ trustDomain: parseTrustDomain("example.org"), store });
-    await ds.createJoinToken({ token: "boot", expiresAt: inTen() });
-    const result = await attestor.attest(Buffer.from("boot"), async () => new Uint8Array());
-    expect(result.agentId.toString()).toBe("spiffe://example.org/spire/agent/join_token/boot");
-    await expect(attestor.attest(Buffer.from("boot"), async () => new Uint8Array())).rejects.toThrow(/not found or already used/);
+    it("50 concurrent consumers of one token: exactly one wins", async () => {
+      await ds.createJoinToken({ token: "race", expiresAt: inTen() });
+      const results = await Promise.allSettled(Array.from({ length: 50 }, () => ds.consumeJoinToken("race")));
+      expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(1);
+      const losers = results.filter((r): r is PromiseRejectedResult => r.status === "rejected");
+      expect(losers).toHaveLength(49);
+      for (const l of losers) expect(isSigilError(l.reason, "ERR_NOT_FOUND")).toBe(true);
+    });
+
+    it("two datastore instances on the same database: each token is consumed exactly once", async () => {
+      const other = await reopen();
+      try {
+        const tokens = Array.from({ length: 20 }, (_, i) => `tok-${i}`);
+        for (const t of tokens) await ds.createJoinToken({ token: t, expiresAt: inTen() });
+        const attempts = tokens.flatMap((t) => [ds.consumeJoinToken(t), other.consumeJoinToken(t), other.consumeJoinToken(t), ds.consumeJoinToken(t)]);
+        const results = await Promise.allSettled(attempts);
+        for (let i = 0; i < tokens.length; i++) {
+          const mine = results.slice(i * 4, i * 4 + 4);
+          expect(mine.filter((r) => r.status === "fulfilled")).toHaveLength(1);
+        }
+      } finally {
+        await other.close();
+      }
+    });
+
+    it("serves the join_token node attestor directly", async () => {
+      const store: JoinTokenStore = ds;
+      const attestor = createJoinTokenServerAttestor({ trustDomain: parseTrustDomain("example.org"), store });
+      await ds.createJoinToken({ token: "boot", expiresAt: inTen() });
+      const result = await attestor.attest(Buffer.from("boot"), async () => new Uint8Array());
+      expect(result.agentId.toString()).toBe("spiffe://example.org/spire/agent/join_token/boot");
+      await expect(attestor.attest(Buffer.from("boot"), async () => new Uint8Array())).rejects.toThrow(/not found or already used/);
+    });
   });
 });

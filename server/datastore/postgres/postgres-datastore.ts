@@ -1,0 +1,96 @@
+/**
+ * The PostgreSQL datastore driver (`pg` through Kysely): a connection pool
+ * with TLS and a statement timeout, on the shared SQL layer
+ * (`../sql/sql-datastore.ts`), which holds the schema, the queries and the
+ * concurrency rules.
+ */
+import { CompiledQuery, Kysely, PostgresDialect } from "kysely";
+import pg from "pg";
+import type { Clock } from "../../../common/clock.js";
+import type { ChangeEvent } from "../change-event.js";
+import type { Datastore } from "../datastore.js";
+import { POSTGRES_DIALECT, tlsConnectionOptions, type SqlTlsOptions } from "../sql/dialect.js";
+import type { SqlSchema } from "../sql/schema.js";
+import { createSqlDatastore } from "../sql/sql-datastore.js";
+import { invalid } from "../validate.js";
+
+/** Options of {@link createPostgresDatastore}. */
+export interface PostgresDatastoreOptions {
+  /** `postgres://user:password@host:port/database?…` (libpq URL; `sslmode` is honoured by `pg`). */
+  readonly connectionString: string;
+  /** Source of every stored timestamp. */
+  readonly clock: Clock;
+  /** Most open connections (default 10). */
+  readonly maxOpenConns?: number;
+  /** Close a connection once it is this old, in seconds (0, the default: never). */
+  readonly connMaxLifetimeSeconds?: number;
+  /** Cancel a statement running longer than this, in milliseconds (default 30,000; 0: no limit). */
+  readonly statementTimeoutMs?: number;
+  /** TLS options (CA, client certificate); overrides the URL's `sslmode`. */
+  readonly tls?: SqlTlsOptions;
+  /** Attempts of a write transaction on serialization failures and deadlocks (default 8). */
+  readonly maxAttempts?: number;
+  readonly newEntryId?: () => string;
+  readonly onListenerError?: (error: unknown, event: ChangeEvent) => void;
+}
+
+const INT8_OID = 20;
+
+/** BIGINT as a JavaScript number (times in ms and row keys stay far below 2^53); NUMERIC stays text. */
+function parseInt8(text: string): number | string {
+  const n = Number(text);
+  return Number.isSafeInteger(n) ? n : text;
+}
+
+const TYPES = {
+  getTypeParser: ((oid: number, format?: "text" | "binary") => (oid === INT8_OID ? parseInt8 : pg.types.getTypeParser(oid, format))) as typeof pg.types.getTypeParser,
+};
+
+function checkCount(what: string, v: number | undefined, min: number, fallback: number): number {
+  if (v === undefined) return fallback;
+  if (!Number.isInteger(v) || v < min) throw invalid(`${what} must be an integer of at least ${min}`);
+  return v;
+}
+
+/**
+ * Opens a PostgreSQL datastore, creating or migrating its schema.
+ *
+ * @throws SigilError `ERR_UNAVAILABLE` when the database cannot be reached;
+ * `ERR_INTERNAL` when it was migrated by a newer Sigil (naming both versions).
+ */
+export async function createPostgresDatastore(options: PostgresDatastoreOptions): Promise<Datastore> {
+  if (typeof options.connectionString !== "string" || !/^postgres(ql)?:\/\//.test(options.connectionString)) {
+    throw invalid("connection_string must be a postgres:// URL");
+  }
+  const max = checkCount("max_open_conns", options.maxOpenConns, 1, 10);
+  const lifetime = checkCount("conn_max_lifetime", options.connMaxLifetimeSeconds, 0, 0);
+  const statementTimeout = checkCount("statement_timeout", options.statementTimeoutMs, 0, 30_000);
+  const pool = new pg.Pool({
+    connectionString: options.connectionString,
+    max,
+    maxLifetimeSeconds: lifetime,
+    connectionTimeoutMillis: 10_000,
+    types: TYPES,
+    ...(statementTimeout > 0 ? { statement_timeout: statementTimeout } : {}),
+    ...(options.tls !== undefined ? { ssl: tlsConnectionOptions(options.tls) } : {}),
+  });
+  // An idle connection dropped by the server: the pool replaces it; the next query reports any lasting problem.
+  pool.on("error", () => undefined);
+  const db = new Kysely<SqlSchema>({
+    dialect: new PostgresDialect({
+      pool,
+      // Timestamps are integers, so no session time zone matters; name the application for pg_stat_activity.
+      onCreateConnection: async (conn) => {
+        await conn.executeQuery(CompiledQuery.raw("SET application_name = 'sigil-server'"));
+      },
+    }),
+  });
+  return createSqlDatastore({
+    db,
+    dialect: POSTGRES_DIALECT,
+    clock: options.clock,
+    ...(options.maxAttempts !== undefined ? { maxAttempts: options.maxAttempts } : {}),
+    ...(options.newEntryId !== undefined ? { newEntryId: options.newEntryId } : {}),
+    ...(options.onListenerError !== undefined ? { onListenerError: options.onListenerError } : {}),
+  });
+}
