@@ -2,7 +2,12 @@
  * The server's datastore: registration entries, attested agents, join tokens,
  * bundles, the CA key journal, the issuance log and the change feed, behind the async
  * {@link Datastore} interface, with SQLite (better-sqlite3) as the embedded
- * default driver.
+ * default driver and PostgreSQL (`postgres/`) and MySQL/MariaDB (`mysql/`) on
+ * a shared Kysely layer (`sql/`: schema, migrations, queries; see
+ * `sql/sql-datastore.ts` for their concurrency rules: SERIALIZABLE writes
+ * retried on conflicts, uniqueness enforced by UNIQUE keys). `openDatastore`
+ * picks the driver. Every driver passes the same contract suite
+ * (test/unit/server/datastore).
  *
  * ## Durability and concurrency (SQLite driver)
  *
@@ -87,4 +92,11 @@ export type { FederatesWithFilter, SelectorFilter, SetMatch } from "./set-filter
 export type { SqliteDatastoreOptions } from "./sqlite-datastore.js";
 export { createSqliteDatastore, DEFAULT_BUSY_TIMEOUT_MS } from "./sqlite-datastore.js";
 export { SQLITE_MIGRATIONS } from "./sqlite-migrations.js";
+export type { MysqlDatastoreOptions } from "./mysql/mysql-datastore.js";
+export { createMysqlDatastore } from "./mysql/mysql-datastore.js";
+export type { DatastoreEngineName, OpenDatastoreOptions } from "./open.js";
+export { DATASTORE_ENGINES, openDatastore } from "./open.js";
+export type { PostgresDatastoreOptions } from "./postgres/postgres-datastore.js";
+export { createPostgresDatastore } from "./postgres/postgres-datastore.js";
+export type { SqlTlsOptions } from "./sql/dialect.js";
 export { MAX_DNS_NAME_BYTES, MAX_ENTRY_ID_LENGTH, MAX_HINT_BYTES, MAX_JOIN_TOKEN_LENGTH, MAX_TTL_SECONDS } from "./validate.js";
