@@ -12,6 +12,7 @@ import { diskKeyManagerPlugin } from "./keymanager/disk/index.js";
 import { memoryKeyManagerPlugin } from "./keymanager/memory/index.js";
 import { joinTokenNodeAttestorPlugin } from "./nodeattestor/join_token/index.js";
 import { k8sPsatNodeAttestorPlugin } from "./nodeattestor/k8s_psat/index.js";
+import { tpmNodeAttestorPlugin } from "./nodeattestor/tpm/index.js";
 import { k8sBundleNotifierPlugin } from "./notifier/k8sbundle/index.js";
 import { diskUpstreamAuthorityPlugin } from "./upstreamauthority/disk/index.js";
 import { k8sWorkloadAttestorPlugin } from "./workloadattestor/k8s/index.js";
@@ -21,7 +22,7 @@ import { unixWorkloadAttestorPlugin } from "./workloadattestor/unix/index.js";
 export const PLUGIN_CATALOG = {
   DataStore: [sqlDataStorePlugin],
   KeyManager: [diskKeyManagerPlugin, memoryKeyManagerPlugin],
-  NodeAttestor: [joinTokenNodeAttestorPlugin, k8sPsatNodeAttestorPlugin],
+  NodeAttestor: [joinTokenNodeAttestorPlugin, k8sPsatNodeAttestorPlugin, tpmNodeAttestorPlugin],
   Notifier: [k8sBundleNotifierPlugin],
   UpstreamAuthority: [diskUpstreamAuthorityPlugin],
   WorkloadAttestor: [unixWorkloadAttestorPlugin, k8sWorkloadAttestorPlugin],
