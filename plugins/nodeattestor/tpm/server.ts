@@ -47,12 +47,17 @@ function pcrBankSchema(bank: PcrBank) {
   const digits = PCR_DIGEST_BYTES[bank] * 2;
   return z
     .record(
-      z.string().regex(/^(?:[0-9]|1[0-9]|2[0-3])$/, { error: `is not a PCR index 0-${MAX_PCR_INDEX}` }),
+      z.string(),
       z
         .string()
         .transform((s) => s.toLowerCase())
         .refine((s) => new RegExp(`^[0-9a-f]{${digits}}$`).test(s), { error: `is not ${digits} hex digits (a ${bank} PCR value)` }),
     )
+    .superRefine((values, ctx) => {
+      for (const index of Object.keys(values)) {
+        if (!/^(?:[0-9]|1[0-9]|2[0-3])$/.test(index)) ctx.addIssue({ code: "custom", path: [index], message: `is not a PCR index 0-${MAX_PCR_INDEX}` });
+      }
+    })
     .optional()
     .describe(`Required ${bank} PCR values by index, e.g. \`{"7": "<${digits} hex digits>"}\`.`);
 }
