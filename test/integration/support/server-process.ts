@@ -55,7 +55,11 @@ export function runServerCli(args: readonly string[], cwd = root): CliResult {
  * A server config for tests: everything under `dir`, agent API on a free
  * loopback port, join-token attestation, and `extraYaml` appended.
  */
-export function testServerConfigYaml(dir: string, opts: { trustDomain?: string; keyManager?: "memory" | "disk"; serverExtra?: string; extraYaml?: string } = {}): string {
+export function testServerConfigYaml(
+  dir: string,
+  opts: { trustDomain?: string; keyManager?: "memory" | "disk"; serverExtra?: string; extraYaml?: string; dataStore?: { databaseType: "sqlite3" | "postgres" | "mysql"; connectionString: string } } = {},
+): string {
+  const dataStore = opts.dataStore ?? { databaseType: "sqlite3", connectionString: path.join(dir, "datastore.sqlite3") };
   const keyManager = opts.keyManager === "memory" ? "    memory: {}" : `    disk:\n      keys_path: ${path.join(dir, "keys.json")}`;
   return `server:
   trust_domain: ${opts.trustDomain ?? "example.org"}
@@ -66,8 +70,8 @@ export function testServerConfigYaml(dir: string, opts: { trustDomain?: string; 
 ${opts.serverExtra ?? ""}plugins:
   DataStore:
     sql:
-      database_type: sqlite3
-      connection_string: ${path.join(dir, "datastore.sqlite3")}
+      database_type: ${dataStore.databaseType}
+      connection_string: ${dataStore.connectionString}
   KeyManager:
 ${keyManager}
   NodeAttestor:
