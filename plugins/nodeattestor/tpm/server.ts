@@ -225,12 +225,13 @@ export function createTpmServerAttestor(config: TpmServerConfig, deps: TpmServer
       }
       return { agentId: agentSpiffeId(deps.trustDomain, `${TPM_ATTESTOR}/${hash}`), selectors, canReattest: true };
     },
-    // spiffe://<td>/spire/agent/tpm/<64 hex>: an EK in the allow-list, or any EK when manufacturer CAs vouch for TPMs.
+    // spiffe://<td>/spire/agent/tpm/<64 hex>: the ID of an EK this configuration can accept.
     issuesAgentId(id: SpiffeId): boolean {
       if (!id.memberOf(deps.trustDomain) || !id.path.startsWith(agentPathPrefix)) return false;
       const rest = id.path.slice(agentPathPrefix.length);
       if (!EK_HASH_RE.test(rest)) return false;
-      if (cas !== undefined && !hashesConfigured) return true;
+      // Any EK a manufacturer CA certifies may attest, unless the hash list must also name it.
+      if (cas !== undefined && !(requireCert && hashesConfigured)) return true;
       try {
         return isListed(rest);
       } catch {

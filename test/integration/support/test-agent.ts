@@ -47,8 +47,18 @@ export function attestWithJoinToken(address: string, rootsPem: string, token: st
   return attestAgent(address, rootsPem, { type: "join_token", payload: Buffer.from(token) }, csrOverride);
 }
 
-/** Runs AttestAgent with any node attestor's data; rejects with the server's ServiceError on refusal. */
-export async function attestAgent(address: string, rootsPem: string, data: { type: string; payload: Uint8Array }, csrOverride?: Uint8Array): Promise<Attested> {
+/**
+ * Runs AttestAgent with any node attestor's data; rejects with the server's
+ * ServiceError on refusal. `answer` answers the server's challenges (TPM);
+ * when it throws, the call is cancelled and the promise rejects with that error.
+ */
+export async function attestAgent(
+  address: string,
+  rootsPem: string,
+  data: { type: string; payload: Uint8Array },
+  csrOverride?: Uint8Array,
+  answer?: (challenge: Uint8Array) => Promise<Uint8Array>,
+): Promise<Attested> {
   const { privateKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
   const def = grpcServiceDefinition(AgentAPI).attestAgent;
   const client = new Client(address, tlsCredentials(rootsPem));
@@ -56,7 +66,16 @@ export async function attestAgent(address: string, rootsPem: string, data: { typ
     const call = client.makeBidiStreamRequest(def.path, def.requestSerialize, def.responseDeserialize, new Metadata(), {
       deadline: new Date(Date.now() + 30_000),
     });
-    call.on("data", (m: AttestAgentResponse) => resolve(m));
+    call.on("data", (m: AttestAgentResponse) => {
+      if (m.step.case !== "challenge" || answer === undefined) return resolve(m);
+      answer(m.step.value).then(
+        (response) => call.write(create(AttestAgentRequestSchema, { step: { case: "challengeResponse", value: response } })),
+        (e: unknown) => {
+          reject(e);
+          call.cancel();
+        },
+      );
+    });
     call.on("error", (e: ServiceError) => reject(e));
     call.write(
       create(AttestAgentRequestSchema, {
