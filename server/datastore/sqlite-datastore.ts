@@ -16,7 +16,6 @@ import { randomBytes } from "node:crypto";
 import Database from "better-sqlite3";
 import type BetterSqlite3 from "better-sqlite3";
 import type { Clock } from "../../common/clock.js";
-import { Selector, compareSelectors } from "../../common/selector.js";
 import { SigilError } from "../../spiffe/errors.js";
 import { AGENT_FIELDS, type AgentChanges, type AgentField, type AgentFilter, type AgentInput, type AttestedAgent, type ListAgentsRequest } from "./agent.js";
 import type { BundleDeleteMode, BundleInput, SetBundleOptions, StoredBundle } from "./bundle.js";
@@ -34,11 +33,29 @@ import {
   type ListEntriesRequest,
   type RegistrationEntry,
 } from "./entry.js";
-import { MAX_ISSUANCE_BATCH, type IssuanceInput, type IssuanceKind, type IssuanceRecord, type ListIssuancesRequest } from "./issuance.js";
+import { MAX_ISSUANCE_BATCH, type IssuanceInput, type IssuanceRecord, type ListIssuancesRequest } from "./issuance.js";
 import type { ConsumedJoinToken, JoinTokenInput } from "./join-token.js";
 import { migrate } from "./migrate.js";
 import { checkPageSize, decodePageToken, encodePageToken, MAX_PAGE_SIZE, type Page, type PageRequest } from "./page.js";
 import { agentCondition, entryCondition, type SqlCondition } from "./sqlite-filters.js";
+import {
+  applyMask,
+  checkDeleteMode,
+  notFound,
+  resolveMask,
+  toAgent,
+  toBundle,
+  toEntry,
+  toIssuance,
+  toJournal,
+  toRelationship,
+  type AgentRowBase,
+  type BundleRow,
+  type CaJournalRow,
+  type EntryRowBase,
+  type FederationRelationshipRow,
+  type IssuanceRow,
+} from "./rows.js";
 import { SQLITE_MIGRATIONS } from "./sqlite-migrations.js";
 import {
   checkEntryId,
@@ -83,72 +100,14 @@ export interface SqliteDatastoreOptions {
 /** Default busy timeout, in milliseconds. */
 export const DEFAULT_BUSY_TIMEOUT_MS = 5000;
 
-interface EntryRow {
-  row_id: number;
-  id: string;
-  spiffe_id: string;
-  parent_id: string;
+interface EntryRow extends EntryRowBase {
   selectors_hash: string;
   selector_count: number;
   federates_with_count: number;
-  x509_svid_ttl: number;
-  jwt_svid_ttl: number;
-  dns_names: string;
-  admin: number;
-  downstream: number;
-  hint: string;
-  expires_at: number | null;
-  created_at: number;
-  updated_at: number;
-  revision: number;
 }
 
-interface AgentRow {
-  row_id: number;
-  spiffe_id: string;
-  attestation_type: string;
+interface AgentRow extends AgentRowBase {
   selector_count: number;
-  cert_serial: string;
-  cert_not_after: number;
-  new_cert_serial: string | null;
-  new_cert_not_after: number | null;
-  can_reattest: number;
-  banned: number;
-  created_at: number;
-  updated_at: number;
-}
-
-interface BundleRow {
-  trust_domain: string;
-  document: string;
-  sequence: string;
-  created_at: number;
-  updated_at: number;
-}
-
-interface FederationRelationshipRow {
-  trust_domain: string;
-  bundle_endpoint_url: string;
-  profile: FederationRelationship["profile"];
-  endpoint_spiffe_id: string;
-  source: FederationRelationship["source"];
-  created_at: number;
-  updated_at: number;
-}
-
-interface CaJournalRow {
-  kind: CaKeyKind;
-  slot_id: string;
-  key_id: string;
-  status: CaJournalRecord["status"];
-  public_key: Buffer;
-  certificate: Buffer | null;
-  chain: string;
-  roots: string;
-  not_before: number;
-  not_after: number;
-  created_at: number;
-  updated_at: number;
 }
 
 interface EventRow {
@@ -158,28 +117,6 @@ interface EventRow {
   op: ChangeOp;
   at: number;
 }
-
-interface IssuanceRow {
-  row_id: number;
-  serial: string;
-  kind: IssuanceKind;
-  spiffe_id: string;
-  /** "" when none. */
-  entry_id: string;
-  /** "" when none. */
-  agent_id: string;
-  ca_key_id: string;
-  not_before: number;
-  not_after: number;
-  issued_at: number;
-  selectors: string;
-  requested_by: string;
-  jwt_id: string | null;
-  /** "" unless a jwt-svid. */
-  audience: string;
-}
-
-
 
 interface MemberRow {
   owner_row: number;
@@ -191,47 +128,6 @@ const STATEMENT_CACHE_LIMIT = 256;
 
 function defaultEntryId(): string {
   return randomBytes(16).toString("base64url");
-}
-
-function checkDeleteMode(mode: BundleDeleteMode): void {
-  if (mode !== "restrict" && mode !== "dissociate") throw invalid('bundle delete mode must be "restrict" or "dissociate"');
-}
-
-function notFound(what: string): SigilError {
-  return new SigilError("ERR_NOT_FOUND", `datastore: ${what} not found`);
-}
-
-/** Resolves a field mask: explicit, or the known fields present in `changes`. */
-function resolveMask<F extends string>(what: string, known: readonly F[], changes: object, mask: readonly F[] | undefined): F[] {
-  if (changes === null || typeof changes !== "object") throw invalid(`${what} changes must be an object`);
-  for (const key of Object.keys(changes)) {
-    if (!known.includes(key as F)) throw invalid(`${what} update: unknown field ${JSON.stringify(key)}`);
-  }
-  let fields: F[];
-  if (mask === undefined) {
-    fields = (Object.keys(changes) as F[]).filter((k) => (changes as Record<string, unknown>)[k] !== undefined);
-  } else {
-    if (!Array.isArray(mask)) throw invalid(`${what} update mask must be an array`);
-    for (const f of mask) if (!known.includes(f)) throw invalid(`${what} update mask: unknown field ${JSON.stringify(f)}`);
-    fields = [...new Set(mask)];
-  }
-  if (fields.length === 0) throw invalid(`${what} update changes nothing (empty field mask)`);
-  return fields;
-}
-
-/**
- * Applies masked fields of `changes` onto `current`. A masked field absent
- * from `changes` is removed (its zero value applies), except `required` ones.
- */
-function applyMask<T extends object>(what: string, current: T, changes: object, fields: readonly string[], required: readonly string[]): T {
-  const merged: Record<string, unknown> = { ...(current as Record<string, unknown>) };
-  const src = changes as Record<string, unknown>;
-  for (const f of fields) {
-    if (src[f] !== undefined) merged[f] = src[f];
-    else if (required.includes(f)) throw invalid(`${what} update masks ${f} but gives no value for it`);
-    else delete merged[f];
-  }
-  return merged as T;
 }
 
 /** The registration_entries columns an entry's fields fill, bound in this one order by INSERT and UPDATE. */
@@ -442,33 +338,13 @@ class SqliteDatastore implements Datastore {
     return out;
   }
 
-  #selectorsOf(members: MemberRow[] | undefined): Selector[] {
-    return (members ?? []).map((m) => Selector.fromValidated(m.type, m.value)).sort(compareSelectors);
-  }
-
   // ── entries ────────────────────────────────────────────────────────────
 
   #loadEntries(rows: readonly EntryRow[]): RegistrationEntry[] {
     const ids = rows.map((r) => r.row_id);
     const selectors = this.#members("entry_selectors", "type, value", ids);
     const federates = this.#members("entry_federates_with", "trust_domain AS value, '' AS type", ids);
-    return rows.map((r) => ({
-      id: r.id,
-      spiffeId: r.spiffe_id,
-      parentId: r.parent_id,
-      selectors: this.#selectorsOf(selectors.get(r.row_id)),
-      x509SvidTtl: r.x509_svid_ttl,
-      jwtSvidTtl: r.jwt_svid_ttl,
-      dnsNames: JSON.parse(r.dns_names) as string[],
-      federatesWith: (federates.get(r.row_id) ?? []).map((m) => m.value).sort(),
-      admin: r.admin === 1,
-      downstream: r.downstream === 1,
-      hint: r.hint,
-      expiresAt: r.expires_at === null ? null : new Date(r.expires_at),
-      createdAt: new Date(r.created_at),
-      updatedAt: new Date(r.updated_at),
-      revision: r.revision,
-    }));
+    return rows.map((r) => toEntry(r, selectors.get(r.row_id), federates.get(r.row_id)?.map((m) => m.value)));
   }
 
   #entryRow(id: string): EntryRow | undefined {
@@ -609,19 +485,7 @@ class SqliteDatastore implements Datastore {
 
   #loadAgents(rows: readonly AgentRow[]): AttestedAgent[] {
     const selectors = this.#members("agent_selectors", "type, value", rows.map((r) => r.row_id));
-    return rows.map((r) => ({
-      spiffeId: r.spiffe_id,
-      attestationType: r.attestation_type,
-      selectors: this.#selectorsOf(selectors.get(r.row_id)),
-      certSerial: r.cert_serial,
-      certNotAfter: new Date(r.cert_not_after),
-      newCertSerial: r.new_cert_serial,
-      newCertNotAfter: r.new_cert_not_after === null ? null : new Date(r.new_cert_not_after),
-      canReattest: r.can_reattest === 1,
-      banned: r.banned === 1,
-      createdAt: new Date(r.created_at),
-      updatedAt: new Date(r.updated_at),
-    }));
+    return rows.map((r) => toAgent(r, selectors.get(r.row_id)));
   }
 
   #agentRow(spiffeId: string): AgentRow | undefined {
@@ -780,20 +644,16 @@ class SqliteDatastore implements Datastore {
 
   // ── bundles ────────────────────────────────────────────────────────────
 
-  #toBundle(r: BundleRow): StoredBundle {
-    return { trustDomain: r.trust_domain, document: r.document, sequence: r.sequence, createdAt: new Date(r.created_at), updatedAt: new Date(r.updated_at) };
-  }
-
   async getBundle(trustDomain: string): Promise<StoredBundle | undefined> {
     const td = checkTrustDomainName("bundle trustDomain", trustDomain);
     return this.#read(() => {
       const row = this.#get<BundleRow>("SELECT * FROM bundles WHERE trust_domain = ?", td);
-      return row === undefined ? undefined : this.#toBundle(row);
+      return row === undefined ? undefined : toBundle(row);
     });
   }
 
   async listBundles(): Promise<StoredBundle[]> {
-    return this.#read(() => this.#all<BundleRow>("SELECT * FROM bundles ORDER BY trust_domain").map((r) => this.#toBundle(r)));
+    return this.#read(() => this.#all<BundleRow>("SELECT * FROM bundles ORDER BY trust_domain").map(toBundle));
   }
 
   async setBundle(input: BundleInput, options: SetBundleOptions = {}): Promise<StoredBundle> {
@@ -816,7 +676,7 @@ class SqliteDatastore implements Datastore {
         now,
         now,
       ) as BundleRow;
-      return this.#toBundle(row);
+      return toBundle(row);
     });
   }
 
@@ -854,18 +714,6 @@ class SqliteDatastore implements Datastore {
 
   // ── federation relationships ───────────────────────────────────────────
 
-  #toRelationship(r: FederationRelationshipRow): FederationRelationship {
-    return {
-      trustDomain: r.trust_domain,
-      bundleEndpointUrl: r.bundle_endpoint_url,
-      profile: r.profile,
-      ...(r.endpoint_spiffe_id === "" ? {} : { endpointSpiffeId: r.endpoint_spiffe_id }),
-      source: r.source,
-      createdAt: new Date(r.created_at),
-      updatedAt: new Date(r.updated_at),
-    };
-  }
-
   /** Writes a relationship row (`create`: refuse an existing one, `update`: refuse a missing one, `put`: either) and its initial bundle. */
   #writeRelationship(kind: "create" | "update" | "put", input: FederationRelationshipInput, options: FederationRelationshipWriteOptions): FederationRelationship {
     const r = normalizeFederationRelationship(input);
@@ -899,7 +747,7 @@ class SqliteDatastore implements Datastore {
           now,
         );
       }
-      return this.#toRelationship(row);
+      return toRelationship(row);
     });
   }
 
@@ -919,12 +767,12 @@ class SqliteDatastore implements Datastore {
     const td = checkTrustDomainName("federation relationship trustDomain", trustDomain);
     return this.#read(() => {
       const row = this.#get<FederationRelationshipRow>("SELECT * FROM federation_relationships WHERE trust_domain = ?", td);
-      return row === undefined ? undefined : this.#toRelationship(row);
+      return row === undefined ? undefined : toRelationship(row);
     });
   }
 
   async listFederationRelationships(): Promise<FederationRelationship[]> {
-    return this.#read(() => this.#all<FederationRelationshipRow>("SELECT * FROM federation_relationships ORDER BY trust_domain").map((r) => this.#toRelationship(r)));
+    return this.#read(() => this.#all<FederationRelationshipRow>("SELECT * FROM federation_relationships ORDER BY trust_domain").map(toRelationship));
   }
 
   async deleteFederationRelationship(trustDomain: string, mode: BundleDeleteMode = "restrict"): Promise<FederationRelationship> {
@@ -935,29 +783,11 @@ class SqliteDatastore implements Datastore {
       if (row === undefined) throw notFound(`federation relationship with ${td}`);
       this.#deleteBundleRow(td, mode, now, events);
       this.#exec("DELETE FROM federation_relationships WHERE trust_domain = ?", td);
-      return this.#toRelationship(row);
+      return toRelationship(row);
     });
   }
 
   // ── CA journal ─────────────────────────────────────────────────────────
-
-  #toJournal(r: CaJournalRow): CaJournalRecord {
-    const ders = (json: string): Uint8Array[] => (JSON.parse(json) as string[]).map((b) => new Uint8Array(Buffer.from(b, "base64")));
-    const common = {
-      kind: r.kind,
-      slotId: r.slot_id,
-      keyId: r.key_id,
-      status: r.status,
-      publicKeyDer: new Uint8Array(r.public_key),
-      chainDers: ders(r.chain),
-      rootDers: ders(r.roots),
-      notBefore: new Date(r.not_before),
-      notAfter: new Date(r.not_after),
-      createdAt: new Date(r.created_at),
-      updatedAt: new Date(r.updated_at),
-    };
-    return r.certificate === null ? common : { ...common, certDer: new Uint8Array(r.certificate) };
-  }
 
   async upsertCaJournal(input: CaJournalInput): Promise<CaJournalRecord> {
     const j = normalizeCaJournal(input);
@@ -985,7 +815,7 @@ class SqliteDatastore implements Datastore {
         now,
         now,
       ) as CaJournalRow;
-      return this.#toJournal(row);
+      return toJournal(row);
     });
   }
 
@@ -996,28 +826,11 @@ class SqliteDatastore implements Datastore {
         kind === undefined
           ? this.#all<CaJournalRow>("SELECT * FROM ca_journal ORDER BY kind, slot_id")
           : this.#all<CaJournalRow>("SELECT * FROM ca_journal WHERE kind = ? ORDER BY slot_id", kind);
-      return rows.map((r) => this.#toJournal(r));
+      return rows.map(toJournal);
     });
   }
 
   // ── issuance log ───────────────────────────────────────────────────────
-
-  #toIssuance(r: IssuanceRow): IssuanceRecord {
-    const record: IssuanceRecord = {
-      serial: r.serial,
-      kind: r.kind,
-      spiffeId: r.spiffe_id,
-      entryId: r.entry_id || null,
-      agentId: r.agent_id || null,
-      caKeyId: r.ca_key_id,
-      notBefore: new Date(r.not_before),
-      notAfter: new Date(r.not_after),
-      issuedAt: new Date(r.issued_at),
-      selectors: JSON.parse(r.selectors) as string[],
-      requestedBy: r.requested_by,
-    };
-    return r.kind === "jwt-svid" ? { ...record, jwtId: r.jwt_id, audience: JSON.parse(r.audience || "[]") as string[] } : record;
-  }
 
   async recordIssuances(records: readonly IssuanceInput[]): Promise<void> {
     if (!Array.isArray(records)) throw invalid("recordIssuances needs an array");
@@ -1076,9 +889,9 @@ class SqliteDatastore implements Datastore {
       if (size !== undefined && rows.length > size) {
         const pageRows = rows.slice(0, size);
         const last = pageRows[pageRows.length - 1] as IssuanceRow;
-        return { items: pageRows.map((r) => this.#toIssuance(r)), nextPageToken: encodePageToken("issuances", last.row_id) };
+        return { items: pageRows.map(toIssuance), nextPageToken: encodePageToken("issuances", last.row_id) };
       }
-      return { items: rows.map((r) => this.#toIssuance(r)) };
+      return { items: rows.map(toIssuance) };
     });
   }
 
