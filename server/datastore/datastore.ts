@@ -6,8 +6,10 @@
  * Errors are `SigilError`s with messages starting `datastore: `:
  * `ERR_INVALID_ARGUMENT` (validation; nothing was written), `ERR_NOT_FOUND`,
  * `ERR_ALREADY_EXISTS`, `ERR_PERMISSION_DENIED` (expired join token),
- * `ERR_UNAVAILABLE` (closed, or the database stayed locked past the busy
- * timeout), `ERR_INTERNAL` (anything else from the database).
+ * `ERR_UNAVAILABLE` (closed; SQLite: the database stayed locked past the busy
+ * timeout; PostgreSQL/MySQL: unreachable, a statement past its timeout, or a
+ * transaction still conflicting after its retries), `ERR_INTERNAL` (anything
+ * else from the database).
  */
 import type { AgentChanges, AgentField, AgentFilter, AgentInput, AttestedAgent, ListAgentsRequest } from "./agent.js";
 import type { BundleDeleteMode, BundleInput, SetBundleOptions, StoredBundle } from "./bundle.js";

@@ -9,6 +9,8 @@ import { ManualClock } from "../../../../common/clock.js";
 import { parseSelector } from "../../../../common/selector.js";
 import type { Datastore } from "../../../../server/datastore/index.js";
 import { isSigilError } from "../../../../spiffe/errors.js";
+import { createMysqlDatastore } from "../../../../server/datastore/mysql/mysql-datastore.js";
+import { createPostgresDatastore } from "../../../../server/datastore/postgres/postgres-datastore.js";
 import { createTestDatabase, datastoreEngines, openSqlDatastore } from "../../../support/datastore.js";
 import mysql from "mysql2/promise";
 import pg from "pg";
@@ -132,6 +134,35 @@ describe.skipIf(sqlEngines.length === 0).each(sqlEngines)("%s: schema versions",
       expect(await again.countEntries()).toBe(1);
       await again.close();
     } finally {
+      await drop();
+    }
+  });
+
+  it("a statement past statement_timeout (here: waiting on a row another session locks) fails with ERR_UNAVAILABLE; the datastore stays usable", async () => {
+    const { url, drop } = await createTestDatabase(engine);
+    const ds = engine === "postgres"
+      ? await createPostgresDatastore({ connectionString: url, clock, statementTimeoutMs: 300 })
+      : await createMysqlDatastore({ connectionString: url, clock, statementTimeoutMs: 300 });
+    const doc = JSON.stringify({ keys: [] });
+    await ds.setBundle({ trustDomain: "example.org", document: doc, sequence: "1" });
+    const lock = engine === "postgres" ? new pg.Client({ connectionString: url }) : undefined;
+    const mlock = engine === "mysql" ? await mysql.createConnection({ uri: url }) : undefined;
+    try {
+      await lock?.connect();
+      const q = (text: string) => (lock ? lock.query(text) : (mlock as mysql.Connection).query(text));
+      await q("BEGIN");
+      await q("SELECT * FROM bundles WHERE trust_domain = 'example.org' FOR UPDATE");
+      const err = await ds.setBundle({ trustDomain: "example.org", document: doc, sequence: "2" }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(isSigilError(err, "ERR_UNAVAILABLE"), String(err)).toBe(true);
+      await q("ROLLBACK");
+      expect((await ds.setBundle({ trustDomain: "example.org", document: doc, sequence: "3" })).sequence).toBe("3");
+    } finally {
+      await lock?.end();
+      await mlock?.end();
+      await ds.close();
       await drop();
     }
   });
