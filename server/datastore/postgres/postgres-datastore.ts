@@ -26,7 +26,7 @@ export interface PostgresDatastoreOptions {
   readonly connMaxLifetimeSeconds?: number;
   /** Cancel a statement running longer than this, in milliseconds (default 30,000; 0: no limit). */
   readonly statementTimeoutMs?: number;
-  /** TLS options (CA, client certificate); overrides the URL's `sslmode`. */
+  /** TLS options (CA, client certificate), verifying the server's certificate and name; the URL's `ssl*` parameters are then ignored. */
   readonly tls?: SqlTlsOptions;
   /** Attempts of a write transaction on serialization failures and deadlocks (default 8). */
   readonly maxAttempts?: number;
@@ -45,6 +45,21 @@ function parseInt8(text: string): number | string {
 const TYPES = {
   getTypeParser: ((oid: number, format?: "text" | "binary") => (oid === INT8_OID ? parseInt8 : pg.types.getTypeParser(oid, format))) as typeof pg.types.getTypeParser,
 };
+
+/**
+ * The URL without its libpq TLS parameters (`pg` lets them override the TLS
+ * options object, which would drop a configured CA).
+ */
+function withoutSslParams(connectionString: string): string {
+  let url: URL;
+  try {
+    url = new URL(connectionString);
+  } catch {
+    throw invalid("connection_string is not a valid URL");
+  }
+  for (const key of ["ssl", "sslmode", "sslrootcert", "sslcert", "sslkey"]) url.searchParams.delete(key);
+  return url.toString();
+}
 
 function checkCount(what: string, v: number | undefined, min: number, fallback: number): number {
   if (v === undefined) return fallback;
@@ -66,7 +81,7 @@ export async function createPostgresDatastore(options: PostgresDatastoreOptions)
   const lifetime = checkCount("conn_max_lifetime", options.connMaxLifetimeSeconds, 0, 0);
   const statementTimeout = checkCount("statement_timeout", options.statementTimeoutMs, 0, 30_000);
   const pool = new pg.Pool({
-    connectionString: options.connectionString,
+    connectionString: options.tls === undefined ? options.connectionString : withoutSslParams(options.connectionString),
     max,
     maxLifetimeSeconds: lifetime,
     connectionTimeoutMillis: 10_000,

@@ -167,6 +167,23 @@ describe.skipIf(sqlEngines.length === 0).each(sqlEngines)("%s: schema versions",
     }
   });
 
+  it("with TLS configured, a database server without TLS is refused rather than used in plaintext", async () => {
+    // The local test servers run without TLS, so the handshake cannot happen.
+    const { url, drop } = await createTestDatabase(engine);
+    try {
+      const tls = { ca: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n" };
+      const open = engine === "postgres" ? createPostgresDatastore({ connectionString: `${url}?sslmode=disable`, clock, tls }) : createMysqlDatastore({ connectionString: url, clock, tls });
+      const err = await open.then(
+        (ds) => ds.close().then(() => undefined),
+        (e: unknown) => e,
+      );
+      expect(isSigilError(err, "ERR_UNAVAILABLE") || isSigilError(err, "ERR_INTERNAL"), String(err)).toBe(true);
+      expect(String((err as Error).message)).toMatch(/SSL|secure|TLS|certificate/i);
+    } finally {
+      await drop();
+    }
+  });
+
   it("an unreachable database is ERR_UNAVAILABLE naming the engine", async () => {
     const bad = engine === "postgres" ? "postgres://postgres@127.0.0.1:1/none" : "mysql://root@127.0.0.1:1/none";
     const err = await openSqlDatastore(engine, bad, clock).then(
