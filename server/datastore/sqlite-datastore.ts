@@ -21,6 +21,7 @@ import { AGENT_FIELDS, type AgentChanges, type AgentField, type AgentFilter, typ
 import type { BundleDeleteMode, BundleInput, SetBundleOptions, StoredBundle } from "./bundle.js";
 import type { CaJournalInput, CaJournalRecord, CaKeyKind } from "./ca-journal.js";
 import type { ChangeEvent, ChangeKind, ChangeListener, ChangeOp } from "./change-event.js";
+import { ChangeNotifier } from "./change-notifier.js";
 import type { Datastore } from "./datastore.js";
 import type { FederationRelationship, FederationRelationshipInput, FederationRelationshipWriteOptions } from "./federation-relationship.js";
 import {
@@ -171,8 +172,7 @@ class SqliteDatastore implements Datastore {
   readonly #clock: Clock;
   readonly #busyTimeoutMs: number;
   readonly #newEntryId: () => string;
-  readonly #onListenerError: (error: unknown, event: ChangeEvent) => void;
-  readonly #listeners = new Set<ChangeListener>();
+  readonly #notifier: ChangeNotifier;
   readonly #statements = new Map<string, BetterSqlite3.Statement>();
   /** Validates issuance records, remembering contexts already checked. */
   readonly #issuanceNormalizer = new IssuanceNormalizer();
@@ -187,9 +187,7 @@ class SqliteDatastore implements Datastore {
     this.#clock = options.clock;
     this.#busyTimeoutMs = busyTimeoutMs;
     this.#newEntryId = options.newEntryId ?? defaultEntryId;
-    this.#onListenerError =
-      options.onListenerError ??
-      ((error, event) => process.emitWarning(`datastore: change listener failed on event ${event.eventId}: ${error instanceof Error ? error.message : String(error)}`));
+    this.#notifier = new ChangeNotifier(options.onListenerError);
     this.#txn = db.transaction((fn: () => unknown): unknown => fn());
     if (options.issuanceWorker && options.path !== ":memory:") this.#issuanceWriter = new IssuanceWriter(options.path, busyTimeoutMs);
   }
@@ -269,7 +267,7 @@ class SqliteDatastore implements Datastore {
   #write<T>(fn: (now: number, events: ChangeEvent[]) => T): T {
     const events: ChangeEvent[] = [];
     const result = this.#read(() => this.#txn.immediate(() => fn(this.#clock.now().getTime(), events)) as T);
-    this.#notify(events);
+    this.#notifier.notify(events);
     return result;
   }
 
@@ -293,20 +291,6 @@ class SqliteDatastore implements Datastore {
     );
     if (row === undefined) throw new SigilError("ERR_INTERNAL", "datastore: change event insert returned no ID");
     events.push({ eventId: row.event_id, kind, objectId, op, at: new Date(at) });
-  }
-
-  #notify(events: readonly ChangeEvent[]): void {
-    if (events.length === 0 || this.#listeners.size === 0) return;
-    const listeners = [...this.#listeners];
-    for (const event of events) {
-      for (const l of listeners) {
-        try {
-          l(event);
-        } catch (e) {
-          this.#onListenerError(e, event);
-        }
-      }
-    }
   }
 
   #page<R extends { row_id: number }, T>(list: "entries" | "agents", table: string, where: SqlCondition, req: PageRequest, load: (rows: R[]) => T[]): Page<T> {
@@ -940,20 +924,14 @@ class SqliteDatastore implements Datastore {
   }
 
   subscribe(listener: ChangeListener): () => void {
-    if (typeof listener !== "function") throw invalid("listener must be a function");
-    // Wrap so the same function subscribed twice is two subscriptions.
-    const wrapped: ChangeListener = (e) => listener(e);
-    this.#listeners.add(wrapped);
-    return () => {
-      this.#listeners.delete(wrapped);
-    };
+    return this.#notifier.subscribe(listener);
   }
 
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     await this.#issuanceWriter?.close();
-    this.#listeners.clear();
+    this.#notifier.clear();
     this.#statements.clear();
     this.#issuanceInserter = undefined;
     this.#db.close();

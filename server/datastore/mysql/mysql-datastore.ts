@@ -7,39 +7,14 @@
  */
 import { CompiledQuery, Kysely, MysqlDialect } from "kysely";
 import { createPool } from "mysql2";
-import type { Clock } from "../../../common/clock.js";
-import type { ChangeEvent } from "../change-event.js";
 import type { Datastore } from "../datastore.js";
-import { MYSQL_DIALECT, tlsConnectionOptions, type SqlTlsOptions } from "../sql/dialect.js";
+import { MYSQL_DIALECT, tlsConnectionOptions } from "../sql/dialect.js";
 import type { SqlSchema } from "../sql/schema.js";
-import { createSqlDatastore } from "../sql/sql-datastore.js";
+import { createNetworkDatastore, poolSetting, type NetworkDatastoreOptions } from "../sql/sql-datastore.js";
 import { invalid } from "../validate.js";
 
-/** Options of {@link createMysqlDatastore}. */
-export interface MysqlDatastoreOptions {
-  /** `mysql://user:password@host:port/database`. */
-  readonly connectionString: string;
-  /** Source of every stored timestamp. */
-  readonly clock: Clock;
-  /** Most open connections (default 10). */
-  readonly maxOpenConns?: number;
-  /** Close a connection idle this long, in seconds (default 60; `mysql2` has no total-lifetime limit). */
-  readonly connMaxLifetimeSeconds?: number;
-  /** Abort a statement running longer than this, in milliseconds (default 30,000; 0: no limit). */
-  readonly statementTimeoutMs?: number;
-  /** TLS options (CA, client certificate, `rejectUnauthorized`). */
-  readonly tls?: SqlTlsOptions;
-  /** Attempts of a write transaction on deadlocks and lock wait timeouts (default 8). */
-  readonly maxAttempts?: number;
-  readonly newEntryId?: () => string;
-  readonly onListenerError?: (error: unknown, event: ChangeEvent) => void;
-}
-
-function checkCount(what: string, v: number | undefined, min: number, fallback: number): number {
-  if (v === undefined) return fallback;
-  if (!Number.isInteger(v) || v < min) throw invalid(`${what} must be an integer of at least ${min}`);
-  return v;
-}
+/** Options of {@link createMysqlDatastore}: `connectionString` is `mysql://user:password@host:port/database`. */
+export type MysqlDatastoreOptions = NetworkDatastoreOptions;
 
 /**
  * Opens a MySQL/MariaDB datastore, creating or migrating its schema.
@@ -51,9 +26,9 @@ export async function createMysqlDatastore(options: MysqlDatastoreOptions): Prom
   if (typeof options.connectionString !== "string" || !/^mysql:\/\//.test(options.connectionString)) {
     throw invalid("connection_string must be a mysql:// URL");
   }
-  const max = checkCount("max_open_conns", options.maxOpenConns, 1, 10);
-  const idle = checkCount("conn_max_lifetime", options.connMaxLifetimeSeconds, 0, 60);
-  const statementTimeout = checkCount("statement_timeout", options.statementTimeoutMs, 0, 30_000);
+  const max = poolSetting("max_open_conns", options.maxOpenConns, 1, 10);
+  const idle = poolSetting("conn_max_lifetime", options.connMaxLifetimeSeconds, 0, 60);
+  const statementTimeout = poolSetting("statement_timeout", options.statementTimeoutMs, 0, 30_000);
   const pool = createPool({
     uri: options.connectionString,
     connectionLimit: max,
@@ -85,12 +60,5 @@ export async function createMysqlDatastore(options: MysqlDatastoreOptions): Prom
       },
     }),
   });
-  return createSqlDatastore({
-    db,
-    dialect: MYSQL_DIALECT,
-    clock: options.clock,
-    ...(options.maxAttempts !== undefined ? { maxAttempts: options.maxAttempts } : {}),
-    ...(options.newEntryId !== undefined ? { newEntryId: options.newEntryId } : {}),
-    ...(options.onListenerError !== undefined ? { onListenerError: options.onListenerError } : {}),
-  });
+  return createNetworkDatastore(db, MYSQL_DIALECT, options);
 }

@@ -6,33 +6,14 @@
  */
 import { CompiledQuery, Kysely, PostgresDialect } from "kysely";
 import pg from "pg";
-import type { Clock } from "../../../common/clock.js";
-import type { ChangeEvent } from "../change-event.js";
 import type { Datastore } from "../datastore.js";
-import { POSTGRES_DIALECT, tlsConnectionOptions, type SqlTlsOptions } from "../sql/dialect.js";
+import { POSTGRES_DIALECT, tlsConnectionOptions } from "../sql/dialect.js";
 import type { SqlSchema } from "../sql/schema.js";
-import { createSqlDatastore } from "../sql/sql-datastore.js";
+import { createNetworkDatastore, poolSetting, type NetworkDatastoreOptions } from "../sql/sql-datastore.js";
 import { invalid } from "../validate.js";
 
-/** Options of {@link createPostgresDatastore}. */
-export interface PostgresDatastoreOptions {
-  /** `postgres://user:password@host:port/database?…` (libpq URL; `sslmode` is honoured by `pg`). */
-  readonly connectionString: string;
-  /** Source of every stored timestamp. */
-  readonly clock: Clock;
-  /** Most open connections (default 10). */
-  readonly maxOpenConns?: number;
-  /** Close a connection once it is this old, in seconds (0, the default: never). */
-  readonly connMaxLifetimeSeconds?: number;
-  /** Cancel a statement running longer than this, in milliseconds (default 30,000; 0: no limit). */
-  readonly statementTimeoutMs?: number;
-  /** TLS options (CA, client certificate), verifying the server's certificate and name; the URL's `ssl*` parameters are then ignored. */
-  readonly tls?: SqlTlsOptions;
-  /** Attempts of a write transaction on serialization failures and deadlocks (default 8). */
-  readonly maxAttempts?: number;
-  readonly newEntryId?: () => string;
-  readonly onListenerError?: (error: unknown, event: ChangeEvent) => void;
-}
+/** Options of {@link createPostgresDatastore}: `connectionString` is `postgres://user:password@host:port/database?…`; with `tls`, its `ssl*` parameters are ignored. */
+export type PostgresDatastoreOptions = NetworkDatastoreOptions;
 
 const INT8_OID = 20;
 
@@ -61,12 +42,6 @@ function withoutSslParams(connectionString: string): string {
   return url.toString();
 }
 
-function checkCount(what: string, v: number | undefined, min: number, fallback: number): number {
-  if (v === undefined) return fallback;
-  if (!Number.isInteger(v) || v < min) throw invalid(`${what} must be an integer of at least ${min}`);
-  return v;
-}
-
 /**
  * Opens a PostgreSQL datastore, creating or migrating its schema.
  *
@@ -77,9 +52,9 @@ export async function createPostgresDatastore(options: PostgresDatastoreOptions)
   if (typeof options.connectionString !== "string" || !/^postgres(ql)?:\/\//.test(options.connectionString)) {
     throw invalid("connection_string must be a postgres:// URL");
   }
-  const max = checkCount("max_open_conns", options.maxOpenConns, 1, 10);
-  const lifetime = checkCount("conn_max_lifetime", options.connMaxLifetimeSeconds, 0, 0);
-  const statementTimeout = checkCount("statement_timeout", options.statementTimeoutMs, 0, 30_000);
+  const max = poolSetting("max_open_conns", options.maxOpenConns, 1, 10);
+  const lifetime = poolSetting("conn_max_lifetime", options.connMaxLifetimeSeconds, 0, 0);
+  const statementTimeout = poolSetting("statement_timeout", options.statementTimeoutMs, 0, 30_000);
   const pool = new pg.Pool({
     connectionString: options.tls === undefined ? options.connectionString : withoutSslParams(options.connectionString),
     max,
@@ -100,12 +75,5 @@ export async function createPostgresDatastore(options: PostgresDatastoreOptions)
       },
     }),
   });
-  return createSqlDatastore({
-    db,
-    dialect: POSTGRES_DIALECT,
-    clock: options.clock,
-    ...(options.maxAttempts !== undefined ? { maxAttempts: options.maxAttempts } : {}),
-    ...(options.newEntryId !== undefined ? { newEntryId: options.newEntryId } : {}),
-    ...(options.onListenerError !== undefined ? { onListenerError: options.onListenerError } : {}),
-  });
+  return createNetworkDatastore(db, POSTGRES_DIALECT, options);
 }

@@ -35,6 +35,7 @@ import { AGENT_FIELDS, type AgentChanges, type AgentField, type AgentFilter, typ
 import type { BundleDeleteMode, BundleInput, SetBundleOptions, StoredBundle } from "../bundle.js";
 import type { CaJournalInput, CaJournalRecord, CaKeyKind } from "../ca-journal.js";
 import type { ChangeEvent, ChangeKind, ChangeListener, ChangeOp } from "../change-event.js";
+import { ChangeNotifier } from "../change-notifier.js";
 import type { Datastore } from "../datastore.js";
 import {
   ENTRY_FIELDS,
@@ -85,7 +86,7 @@ import {
   type NormalizedAgent,
   type NormalizedEntry,
 } from "../validate.js";
-import type { SqlDialect, SqlErrorClass } from "./dialect.js";
+import type { SqlDialect, SqlErrorClass, SqlTlsOptions } from "./dialect.js";
 import { migrateSql, SQL_MIGRATIONS } from "./migrations.js";
 import type { AgentTable, EntryTable, SqlSchema } from "./schema.js";
 
@@ -102,6 +103,45 @@ export interface SqlDatastoreOptions {
   readonly newEntryId?: () => string;
   /** Receives errors thrown by change listeners (default: `process.emitWarning`). */
   readonly onListenerError?: (error: unknown, event: ChangeEvent) => void;
+}
+
+/** Options every network driver (PostgreSQL, MySQL) takes. */
+export interface NetworkDatastoreOptions {
+  /** The engine's URL (`postgres://…`, `mysql://…`). */
+  readonly connectionString: string;
+  /** Source of every stored timestamp. */
+  readonly clock: Clock;
+  /** Most open connections (default 10). */
+  readonly maxOpenConns?: number;
+  /** PostgreSQL: close a connection this old (default: never); MySQL: close a connection idle this long (default 60), in seconds. */
+  readonly connMaxLifetimeSeconds?: number;
+  /** Cancel a statement running longer than this, in milliseconds (default 30,000; 0: no limit). */
+  readonly statementTimeoutMs?: number;
+  /** TLS to the database server, verifying its certificate and name. */
+  readonly tls?: SqlTlsOptions;
+  /** Attempts of a write transaction on serialization failures and deadlocks (default 8). */
+  readonly maxAttempts?: number;
+  readonly newEntryId?: () => string;
+  readonly onListenerError?: (error: unknown, event: ChangeEvent) => void;
+}
+
+/** A pool setting: an integer of at least `min`, or `fallback` when absent. */
+export function poolSetting(what: string, v: number | undefined, min: number, fallback: number): number {
+  if (v === undefined) return fallback;
+  if (!Number.isInteger(v) || v < min) throw invalid(`${what} must be an integer of at least ${min}`);
+  return v;
+}
+
+/** Opens a network driver's datastore on `db` with the shared options. */
+export function createNetworkDatastore(db: Kysely<SqlSchema>, dialect: SqlDialect, options: NetworkDatastoreOptions): Promise<Datastore> {
+  return createSqlDatastore({
+    db,
+    dialect,
+    clock: options.clock,
+    ...(options.maxAttempts !== undefined ? { maxAttempts: options.maxAttempts } : {}),
+    ...(options.newEntryId !== undefined ? { newEntryId: options.newEntryId } : {}),
+    ...(options.onListenerError !== undefined ? { onListenerError: options.onListenerError } : {}),
+  });
 }
 
 /** Default attempts of a write transaction. */
@@ -204,8 +244,7 @@ class SqlDatastore implements Datastore {
   readonly #clock: Clock;
   readonly #maxAttempts: number;
   readonly #newEntryId: () => string;
-  readonly #onListenerError: (error: unknown, event: ChangeEvent) => void;
-  readonly #listeners = new Set<ChangeListener>();
+  readonly #notifier: ChangeNotifier;
   readonly #issuanceNormalizer = new IssuanceNormalizer();
   /** Context IDs by context key; IDs are never reused, so a stale one fails its foreign key instead of mislabelling. */
   readonly #contextIds = new Map<string, number>();
@@ -217,9 +256,7 @@ class SqlDatastore implements Datastore {
     this.#clock = options.clock;
     this.#maxAttempts = maxAttempts;
     this.#newEntryId = options.newEntryId ?? defaultEntryId;
-    this.#onListenerError =
-      options.onListenerError ??
-      ((error, event) => process.emitWarning(`datastore: change listener failed on event ${event.eventId}: ${error instanceof Error ? error.message : String(error)}`));
+    this.#notifier = new ChangeNotifier(options.onListenerError);
   }
 
   // ── plumbing ───────────────────────────────────────────────────────────
@@ -269,7 +306,7 @@ class SqlDatastore implements Datastore {
           .transaction()
           .setIsolationLevel("serializable")
           .execute((trx) => fn(trx, now, events, attempt));
-        this.#notify(events);
+        this.#notifier.notify(events);
         return result;
       } catch (e) {
         if (e instanceof SigilError) throw e;
@@ -286,20 +323,6 @@ class SqlDatastore implements Datastore {
   async #event(trx: Db, events: Events, kind: ChangeKind, objectId: string, op: ChangeOp, at: number): Promise<void> {
     const eventId = await this.#dialect.insertId(trx.insertInto("change_events").values({ kind, object_id: objectId, op, at }), "event_id");
     events.push({ eventId, kind, objectId, op, at: new Date(at) });
-  }
-
-  #notify(events: readonly ChangeEvent[]): void {
-    if (events.length === 0 || this.#listeners.size === 0) return;
-    const listeners = [...this.#listeners];
-    for (const event of events) {
-      for (const l of listeners) {
-        try {
-          l(event);
-        } catch (e) {
-          this.#onListenerError(e, event);
-        }
-      }
-    }
   }
 
   async #page<R extends { row_id: number }, T>(
@@ -963,19 +986,13 @@ class SqlDatastore implements Datastore {
   }
 
   subscribe(listener: ChangeListener): () => void {
-    if (typeof listener !== "function") throw invalid("listener must be a function");
-    // Wrap so the same function subscribed twice is two subscriptions.
-    const wrapped: ChangeListener = (e) => listener(e);
-    this.#listeners.add(wrapped);
-    return () => {
-      this.#listeners.delete(wrapped);
-    };
+    return this.#notifier.subscribe(listener);
   }
 
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#listeners.clear();
+    this.#notifier.clear();
     this.#contextIds.clear();
     await this.#db.destroy();
   }
