@@ -302,7 +302,7 @@ describe.skipIf(helmBin === "")("Helm chart charts/sigil (real helm)", () => {
     const r = helm(["lint", "--strict", chartDir]);
     expect(r.stderr + r.stdout).toContain("1 chart(s) linted, 0 chart(s) failed");
     expect(r.status).toBe(0);
-    for (const f of ["values-postgres.yaml", "values-istio-socket.yaml", "values-controller-off.yaml", "values-every-option.yaml"]) {
+    for (const f of ["values-postgres.yaml", "values-mysql.yaml", "values-istio-socket.yaml", "values-controller-off.yaml", "values-every-option.yaml"]) {
       const rf = helm(["lint", "--strict", chartDir, "--values", path.join(fixtures, f)]);
       expect(rf.status, `${f}: ${rf.stderr}${rf.stdout}`).toBe(0);
     }
@@ -327,6 +327,7 @@ describe.skipIf(helmBin === "")("Helm chart charts/sigil (real helm)", () => {
   it.each([
     ["default values", [] as string[], [] as string[]],
     ["PostgreSQL", ["values-postgres.yaml"], []],
+    ["MySQL", ["values-mysql.yaml"], []],
     ["Istio socket path", ["values-istio-socket.yaml"], []],
     ["controller off", ["values-controller-off.yaml"], []],
     ["every option", ["values-every-option.yaml"], []],
@@ -692,8 +693,11 @@ describe.skipIf(helmBin === "")("Helm chart charts/sigil (real helm)", () => {
       expect(r.stderr).toContain("MY_NODE_IP");
     });
 
-    it("PostgreSQL: the rendered server config validates (the server has the PostgreSQL driver)", async () => {
-      const r = render(["values-postgres.yaml"]);
+    it.each([
+      ["PostgreSQL", "values-postgres.yaml"],
+      ["MySQL", "values-mysql.yaml"],
+    ])("%s: the rendered server config validates (the server has the driver)", async (_name, file) => {
+      const r = render([file]);
       const server = container((r.the<V1StatefulSet>("StatefulSet", "-server").spec?.template.spec) as V1PodSpec, "server");
       const s = await validateRendered("sigil-server", server, configOf(r, "-server", "server.yaml").text);
       expect(s.stderr).toBe("");
