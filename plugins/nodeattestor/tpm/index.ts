@@ -6,6 +6,7 @@
  */
 import { pluginHalf, type PluginDescriptor } from "../../descriptor.js";
 import type { AgentNodeAttestor, AgentNodeAttestorDeps, ServerNodeAttestor, ServerNodeAttestorDeps } from "../types.js";
+import { createTpmAgentAttestor, tpmAgentConfigSchema } from "./agent.js";
 import { TPM_ATTESTOR } from "./payload.js";
 import { createTpmServerAttestor, tpmServerConfigSchema } from "./server.js";
 
@@ -17,5 +18,10 @@ export const tpmNodeAttestorPlugin: PluginDescriptor<"NodeAttestor", ServerNodeA
     description: "TPM 2.0: the EK's certificate chains to a manufacturer CA or its hash is enrolled; credential activation proves the TPM is present, a quote reports its PCRs.",
     configSchema: tpmServerConfigSchema,
     create: (config, deps: ServerNodeAttestorDeps) => createTpmServerAttestor(config, { trustDomain: deps.trustDomain }),
+  }),
+  agent: pluginHalf({
+    description: "Attest with the TPM's endorsement key: credential activation and a quote of the requested PCRs over the server's nonce.",
+    configSchema: tpmAgentConfigSchema,
+    create: (config, _deps: AgentNodeAttestorDeps) => createTpmAgentAttestor(config),
   }),
 };
