@@ -6,7 +6,7 @@ import { spawnSync } from "node:child_process";
 import { createServer, type Server, type Socket } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
 import { buildCommand, decodeRc, describeRc, parseResponse, passwordAuth, TPM_CC, TPM_RH, TpmCommandError } from "../../../../../../plugins/nodeattestor/tpm/tpm2/commands.js";
-import { openTcpTransport } from "../../../../../../plugins/nodeattestor/tpm/tpm2/transport.js";
+import { openDeviceTransport, openTcpTransport } from "../../../../../../plugins/nodeattestor/tpm/tpm2/transport.js";
 import { toolAvailable } from "../../../../../support/tools.js";
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
@@ -130,5 +130,25 @@ describe("TCP transport", () => {
     const t2 = await openTcpTransport({ host: "127.0.0.1", port: port2 });
     await expect(t2.transmit(FLUSH)).rejects.toThrow(/TPM2_FlushContext: the TPM simulator at 127.0.0.1:\d+ closed the connection/);
     await t2.close();
+  });
+});
+
+describe("device transport", () => {
+  const FLUSH = buildCommand(TPM_CC.FlushContext, [], [], Uint8Array.of(0x80, 0, 0, 0));
+
+  it("names the device it cannot open", async () => {
+    await expect(openDeviceTransport("/nonexistent/tpmrm0")).rejects.toThrow("tpm: cannot open the TPM device /nonexistent/tpmrm0: ENOENT");
+  });
+
+  it("refuses a device that answers nothing or an impossible header, and stays unusable afterwards", async () => {
+    const empty = await openDeviceTransport("/dev/null");
+    await expect(empty.transmit(FLUSH)).rejects.toThrow("tpm: TPM2_FlushContext: /dev/null returned end of file after 0 bytes");
+    await expect(empty.transmit(FLUSH)).rejects.toThrow(/unusable after an earlier failure/);
+    await empty.close();
+    await expect(empty.transmit(FLUSH)).rejects.toThrow(/is closed/);
+
+    const zeros = await openDeviceTransport("/dev/zero");
+    await expect(zeros.transmit(FLUSH)).rejects.toThrow("tpm: TPM2_FlushContext: the response header announces 0 bytes (allowed 10..65536)");
+    await zeros.close();
   });
 });
