@@ -38,6 +38,7 @@ import type { AgentStateStore } from "./storage/agent-state-store.js";
 import { StateStoreService } from "./storage/state-store-service.js";
 import { ServerPushback } from "./sync/pushback.js";
 import type { GrpcServerClient } from "./sync/server-client.js";
+import { parseHostPort } from "./sync/server-addresses.js";
 import { ServerConnectionService } from "./sync/server-connection.js";
 import type { SyncLoop } from "./sync/sync-loop.js";
 import { SyncService } from "./sync/sync-service.js";
@@ -114,7 +115,7 @@ export function createAgentCore(config: AgentConfig, options: StartAgentOptions)
 
   const state = new StateStoreService({ dataDir: path.resolve(a.data_dir), trustDomain, clock, log });
   const server = new ServerConnectionService({
-    address: `${a.server_address}:${a.server_port}`,
+    servers: a.server_addresses?.map((v) => parseHostPort(v, "agent.server_addresses")) ?? [{ host: a.server_address, port: a.server_port }],
     bootstrap: a,
     bootstrapIo: options.bootstrap,
     state,

@@ -12,6 +12,7 @@ import { pluginsConfigSchema } from "../../plugins/catalog.js";
 import { isSigilError } from "../../spiffe/errors.js";
 import { MAX_UNIX_SOCKET_PATH_BYTES, parseEndpointAddress, unixSocketPathLengthProblem } from "../../spiffe/workloadapi/address.js";
 import { DEFAULT_MAX_CALLS_PER_UID } from "../endpoints/call-limit.js";
+import { parseHostPort } from "../sync/server-addresses.js";
 import { DEFAULT_MAX_CONNECTIONS_PER_UID } from "../endpoints/server.js";
 
 /** Default Workload API socket (SPIRE's path with `sigil-agent`). */
@@ -96,6 +97,22 @@ const agentSection = z
     trust_domain: trustDomain.describe("The trust domain the agent belongs to, as a bare name (`example.org`). Stored SVIDs and bundles of another trust domain are discarded."),
     server_address: host.default("127.0.0.1").describe("Host name or address of the server's agent API."),
     server_port: port.default(8081).describe("Port of the server's agent API."),
+    server_addresses: z
+      .array(
+        z.string().refine((v) => {
+          try {
+            parseHostPort(v, "server_addresses");
+            return true;
+          } catch {
+            return false;
+          }
+        }, "must be host:port (a port 1-65535; IPv6 addresses in brackets)"),
+      )
+      .min(1)
+      .optional()
+      .describe(
+        "Agent API addresses (`host:port`) of every server of the trust domain; when set, `server_address` and `server_port` are not used. A host name resolving to several addresses counts as one server per address. The agent picks one at random, stays with it while it answers, and fails over to the next when it is unavailable.",
+      ),
     socket_path: socketPath
       .prefault(DEFAULT_AGENT_SOCKET_PATH)
       .describe("Unix socket the Workload API (and SDS) is served on: an absolute path (`/run/sigil/api.sock`) or the same as a URI (`unix:///run/sigil/api.sock`). TCP listeners are not supported."),

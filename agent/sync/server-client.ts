@@ -11,11 +11,21 @@
  * trusted roots change. With `insecureBootstrap` and no roots yet, attestation
  * alone runs without authenticating the server (trust on first use); its
  * result's bundle is trusted from then on.
+ *
+ * Several servers: the client holds a list of addresses (all servers of the
+ * trust domain share its database; each has its own CA, and the bundle holds
+ * them all). It starts at a random one and sticks to it while it answers; a
+ * call that finds it unavailable (UNAVAILABLE, deadline) is retried once on
+ * each of the others in turn, the first that answers becoming the current
+ * one. When none answers the call fails and the sync loop backs off. Any
+ * server can attest, renew and sign: the server is checked only to hold an
+ * SVID `spiffe://<td>/spire/server` under the bundle, never a specific
+ * certificate.
  */
 import type { KeyObject } from "node:crypto";
 import type { PeerCertificate } from "node:tls";
 import { create } from "@bufbuild/protobuf";
-import { Client, credentials, Metadata, status, type ChannelCredentials, type ChannelOptions, type ClientDuplexStream, type ServiceError } from "@grpc/grpc-js";
+import { Client, credentials, Metadata, status, type ChannelCredentials, type ChannelOptions, type ClientDuplexStream, type ClientReadableStream, type ServiceError } from "@grpc/grpc-js";
 import type { Clock } from "../../common/clock.js";
 import type { Logger } from "../../common/log.js";
 import { serverSpiffeId } from "../../common/reserved-ids.js";
@@ -25,8 +35,10 @@ import type { AgentNodeAttestor } from "../../plugins/nodeattestor/types.js";
 import {
   AgentAPI,
   AttestAgentRequestSchema,
+  WatchChangesRequestSchema,
   type AttestAgentRequest,
   type AttestAgentResponse,
+  type WatchChangesResponse,
 } from "../../proto/gen/sigil/agent/v1/agent_pb.js";
 import type { Entry as WireEntry } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { parseSpiffeBundle, type SpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
@@ -67,9 +79,18 @@ export interface SyncResult {
   /** True when nothing changed since `knownRevision`; then `entries` and `bundles` are empty. */
   readonly notModified: boolean;
   readonly revision: string;
+  /** All authorized entries; with `delta`, only those added or changed since `knownRevision`. */
   readonly entries: readonly SyncedEntry[];
-  /** Own trust domain's bundle first, then federated ones. */
+  /** Own trust domain's bundle first, then federated ones; with `delta`, empty when no bundle changed. */
   readonly bundles: readonly SpiffeBundle[];
+  /** Set when the answer is relative to `knownRevision`: the IDs of the entries no longer authorized. */
+  readonly delta?: { readonly removedEntryIds: readonly string[] } | undefined;
+}
+
+/** An open WatchChanges stream. */
+export interface ChangeWatch {
+  /** Ends the stream (no `onEnd` follows). */
+  cancel(): void;
 }
 
 /** One X509-SVID request: an authorized entry and the SubjectPublicKeyInfo (DER) of the agent-generated key. */
@@ -100,8 +121,14 @@ export interface ServerClient {
   attest(attestor: AgentNodeAttestor): Promise<AttestResult>;
   /** Renews the current agent SVID for a fresh key (RenewAgent). The caller installs it with {@link ServerClient.setIdentity}. */
   renew(): Promise<AgentSvid>;
-  /** Entries and bundles for this agent (SyncAuthorized); `knownRevision` "" on the first call. */
-  sync(knownRevision: string): Promise<SyncResult>;
+  /** Entries and bundles for this agent (SyncAuthorized); `knownRevision` "" on the first call. With `acceptDelta` the answer may be a delta. */
+  sync(knownRevision: string, acceptDelta?: boolean): Promise<SyncResult>;
+  /**
+   * Opens a WatchChanges stream to the current server: `onNotice` on each
+   * pushed notice, `onEnd` once when the stream ends (the server went away,
+   * or the agent opened a newer one). Optional: fakes may not push.
+   */
+  watchChanges?(onNotice: (revision: string) => void, onEnd: (error: SigilError) => void): ChangeWatch;
   /** Signs X509-SVIDs for agent-generated keys (BatchNewX509SVID). */
   batchNewX509Svid(params: readonly X509SvidParams[]): Promise<X509SvidResult[]>;
   /** Mints a JWT-SVID (NewJWTSVID). */
@@ -116,8 +143,8 @@ export interface ServerClient {
 
 /** Options of {@link GrpcServerClient}. */
 export interface ServerClientOptions {
-  /** `host:port` of the agent API. */
-  readonly address: string;
+  /** `host:port` of the agent API, or of every server's (see the module comment). */
+  readonly address: string | readonly string[];
   readonly trustDomain: TrustDomain;
   readonly clock: Clock;
   /** X.509 roots (DER) to verify the server against; may be empty only with `insecureBootstrap`. */
@@ -127,6 +154,8 @@ export interface ServerClientOptions {
   /** Per-call deadline (default 30s). */
   readonly deadlineMs?: number;
   readonly log?: Logger;
+  /** Uniform random numbers in [0, 1) for the first server (default `Math.random`). */
+  readonly random?: () => number;
 }
 
 /** HTTP/2 flow-control window of the agent's channel to the server (stream and connection). */
@@ -214,15 +243,31 @@ export class GrpcServerClient implements ServerClient {
   #rootsKey: string;
   #identity: AgentSvid | undefined;
   #api: UnaryClient<AgentMethods> | undefined;
+  readonly #addresses: readonly string[];
+  #current: number;
 
   constructor(options: ServerClientOptions) {
     if (options.roots.length === 0 && options.insecureBootstrap !== true) {
       throw new SigilError("ERR_INVALID_ARGUMENT", "sync: no trust bundle to verify the server with (set trust_bundle_path, trust_bundle_url or insecure_bootstrap)");
     }
+    this.#addresses = typeof options.address === "string" ? [options.address] : [...new Set(options.address)];
+    if (this.#addresses.length === 0) throw new SigilError("ERR_INVALID_ARGUMENT", "sync: no server address");
+    // Agents spread across the servers; each then sticks to its pick while it answers.
+    this.#current = Math.min(this.#addresses.length - 1, Math.floor((options.random ?? Math.random)() * this.#addresses.length));
     this.#opts = options;
     this.#serverId = serverSpiffeId(options.trustDomain).toString();
     this.#roots = [...options.roots];
     this.#rootsKey = rootsKey(this.#roots);
+  }
+
+  /** The address of the server calls go to now. */
+  get currentAddress(): string {
+    return this.#addresses[this.#current] as string;
+  }
+
+  /** Every server address, in configured order. */
+  get addresses(): readonly string[] {
+    return this.#addresses;
   }
 
   /** The SPIFFE ID the server must present. */
@@ -249,9 +294,13 @@ export class GrpcServerClient implements ServerClient {
   }
 
   async attest(attestor: AgentNodeAttestor): Promise<AttestResult> {
+    return this.#withFailover(() => this.#attestOnce(attestor));
+  }
+
+  async #attestOnce(attestor: AgentNodeAttestor): Promise<AttestResult> {
     const { privateKey } = generateKeyPair("ec-p256");
     const payload = await attestor.payload();
-    const client = new Client(this.#opts.address, this.#credentials(undefined), this.#channelOptions());
+    const client = new Client(this.currentAddress, this.#credentials(undefined), this.#channelOptions());
     let result: AttestAgentResponse["step"] & { case: "result" };
     try {
       result = await new Promise((resolve, reject) => {
@@ -315,8 +364,8 @@ export class GrpcServerClient implements ServerClient {
     return svid;
   }
 
-  async sync(knownRevision: string): Promise<SyncResult> {
-    const res = await this.#call("SyncAuthorized", (api) => api.syncAuthorized({ knownRevision }, { deadlineMs: this.#opts.deadlineMs ?? 30_000 }));
+  async sync(knownRevision: string, acceptDelta = false): Promise<SyncResult> {
+    const res = await this.#call("SyncAuthorized", (api) => api.syncAuthorized({ knownRevision, acceptDelta }, { deadlineMs: this.#opts.deadlineMs ?? 30_000 }));
     if (res.notModified) return { notModified: true, revision: res.revision, entries: [], bundles: [] };
     let entries: SyncedEntry[];
     let bundles: SpiffeBundle[];
@@ -325,6 +374,13 @@ export class GrpcServerClient implements ServerClient {
       bundles = res.bundles.map((b) => parseSpiffeBundle(b.spiffeBundleJson, parseTrustDomain(b.trustDomain)).bundle);
     } catch (e) {
       throw new SigilError("ERR_INTERNAL", `sync: SyncAuthorized: malformed response: ${(e as Error).message}`, { cause: e });
+    }
+    if (res.delta) {
+      if (!acceptDelta) throw new SigilError("ERR_INTERNAL", "sync: SyncAuthorized: the server answered a delta that was not asked for");
+      if (bundles.length > 0 && bundles[0]?.trustDomain.name !== this.#opts.trustDomain.name) {
+        throw new SigilError("ERR_INTERNAL", `sync: SyncAuthorized: the first bundle is not the one of ${this.#opts.trustDomain.name}`);
+      }
+      return { notModified: false, revision: res.revision, entries, bundles, delta: { removedEntryIds: [...res.removedEntryIds] } };
     }
     const own = bundles[0];
     if (!own || own.trustDomain.name !== this.#opts.trustDomain.name) {
@@ -361,12 +417,60 @@ export class GrpcServerClient implements ServerClient {
     };
   }
 
+  watchChanges(onNotice: (revision: string) => void, onEnd: (error: SigilError) => void): ChangeWatch {
+    const def = this.#def.watchChanges;
+    const address = this.currentAddress;
+    // No deadline: the stream lives as long as the server; keepalive pings find a dead peer.
+    const call: ClientReadableStream<WatchChangesResponse> = this.#channel().raw.makeServerStreamRequest(def.path, def.requestSerialize, def.responseDeserialize, create(WatchChangesRequestSchema), new Metadata(), {});
+    let ended = false;
+    const end = (e: unknown): void => {
+      if (ended) return;
+      ended = true;
+      onEnd(serverRpcError("WatchChanges", e));
+    };
+    call.on("data", (m: WatchChangesResponse) => {
+      if (!ended) onNotice(m.revision);
+    });
+    call.on("error", end);
+    call.on("end", () => end(new SigilError("ERR_UNAVAILABLE", `the server at ${address} ended the change stream`)));
+    return {
+      cancel: () => {
+        ended = true;
+        call.cancel();
+      },
+    };
+  }
+
   async #call<T>(rpc: string, fn: (api: UnaryClient<AgentMethods>) => Promise<T>): Promise<T> {
-    try {
-      return await fn(this.#channel());
-    } catch (e) {
-      throw serverRpcError(rpc, e);
+    return this.#withFailover(async () => {
+      try {
+        return await fn(this.#channel());
+      } catch (e) {
+        throw serverRpcError(rpc, e);
+      }
+    });
+  }
+
+  /**
+   * Runs `attempt` on the current server and, while it fails as unavailable,
+   * once on each other server in turn; the first that answers becomes the
+   * current one.
+   */
+  async #withFailover<T>(attempt: () => Promise<T>): Promise<T> {
+    let last: unknown;
+    for (let tried = 0; tried < this.#addresses.length; tried++) {
+      try {
+        return await attempt();
+      } catch (e) {
+        if (this.#addresses.length === 1 || !isSigilError(e, "ERR_UNAVAILABLE")) throw e;
+        last = e;
+        const from = this.currentAddress;
+        this.#current = (this.#current + 1) % this.#addresses.length;
+        this.#dropChannel();
+        this.#opts.log?.warn({ err: e, from, to: this.currentAddress }, "sync: the server is unavailable; failing over to the next one");
+      }
     }
+    throw last;
   }
 
   #checkedAgentSvid(rpc: string, chain: readonly Uint8Array[], privateKey: KeyObject): AgentSvid {
@@ -402,7 +506,7 @@ export class GrpcServerClient implements ServerClient {
   #channel(): UnaryClient<AgentMethods> {
     if (!this.#identity) throw new SigilError("ERR_UNAVAILABLE", "sync: the agent has no SVID yet; attest first");
     if (this.#roots.length === 0) throw new SigilError("ERR_UNAVAILABLE", "sync: no trust bundle to verify the server with");
-    this.#api ??= createUnaryClient(AgentAPI, this.#opts.address, this.#credentials(this.#identity), this.#channelOptions());
+    this.#api ??= createUnaryClient(AgentAPI, this.currentAddress, this.#credentials(this.#identity), this.#channelOptions());
     return this.#api;
   }
 
@@ -417,7 +521,7 @@ export class GrpcServerClient implements ServerClient {
     const chain = identity ? Buffer.from(encodePemCertificates(identity.chain)) : null;
     if (this.#roots.length === 0) {
       // Insecure bootstrap: nothing is verified; only attestation ever uses this.
-      this.#opts.log?.warn({ server: this.#opts.address }, "sync: insecure_bootstrap: the server is not authenticated for this attestation");
+      this.#opts.log?.warn({ server: this.currentAddress }, "sync: insecure_bootstrap: the server is not authenticated for this attestation");
       return credentials.createSsl(null, key, chain, { rejectUnauthorized: false, checkServerIdentity: () => undefined });
     }
     const roots = this.#roots;

@@ -2,7 +2,8 @@
  * The agent's connection to the server as a service (`server-connection`):
  * the server is trusted through the stored bundle, or on first start through
  * the bootstrap source (`trust_bundle_path`, `trust_bundle_url`, or
- * `insecure_bootstrap`); the channel is closed at stop.
+ * `insecure_bootstrap`); the channel is closed at stop. The server addresses
+ * are resolved at start (see `server-addresses.ts`).
  */
 import type { Clock } from "../../common/clock.js";
 import { subsystemLogger, type Logger } from "../../common/log.js";
@@ -10,13 +11,16 @@ import type { Service } from "../../common/service.js";
 import { SigilError } from "../../spiffe/errors.js";
 import type { TrustDomain } from "../../spiffe/id.js";
 import type { LoadedAgentState } from "../storage/agent-state-store.js";
+import { resolveServerTargets, type HostPort, type HostResolver } from "./server-addresses.js";
 import { createServerClient, type GrpcServerClient } from "./server-client.js";
 import { loadBootstrapTrust, type TrustBootstrapConfig, type TrustBootstrapDeps } from "./trust-bootstrap.js";
 
 /** Dependencies of the {@link ServerConnectionService}. */
 export interface ServerConnectionDeps {
-  /** `server_address:server_port`. */
-  readonly address: string;
+  /** `server_addresses`, or `server_address` and `server_port`. */
+  readonly servers: readonly HostPort[];
+  /** DNS (tests inject one). */
+  readonly resolve?: HostResolver | undefined;
   /** The bootstrap settings of the agent config, used when no bundle is stored. */
   readonly bootstrap: TrustBootstrapConfig;
   /** Bootstrap I/O (tests inject `fetch` for `trust_bundle_url`). */
@@ -59,8 +63,10 @@ export class ServerConnectionService implements Service {
         log.warn({}, "bootstrap: insecure_bootstrap is set: the server will not be authenticated on first contact (development only)");
       }
     }
+    const address = await resolveServerTargets(this.#d.servers, this.#d.resolve);
+    if (address.length > 1) log.info({ servers: address }, "server client: spreading across several servers");
     this.#client = createServerClient({
-      address: this.#d.address,
+      address,
       trustDomain,
       clock: this.#d.clock,
       roots,

@@ -4,13 +4,15 @@
  * 1. drops expired SVIDs from the cache (never served, whatever the server does);
  * 2. keeps the agent's own SVID current (renewal, or re-attestation once expired);
  * 3. asks the server for the authorized entries and bundles (SyncAuthorized,
- *    with the last revision so an unchanged set costs nothing);
+ *    with the last revision so an unchanged set costs nothing, and a changed
+ *    one is answered as a delta the loop merges into the set it holds);
  * 4. for every entry without an SVID, whose revision changed, or whose SVID
  *    passed its renewal point, generates a P-256 key on the agent and sends
  *    the public keys in batches to BatchNewX509SVID;
  * 5. applies everything to the cache in one update (one notification).
  *
- * Rounds run every `sync_interval`; after failures the delay doubles up to
+ * Rounds run every `sync_interval`, and at once when the server pushes a
+ * change notice (`change-watch.ts` calls {@link SyncLoop.syncNow}); after failures the delay doubles up to
  * min(8m, 48 × interval), and a server that rate-limits the agent is not
  * called again before its retry hint has passed. While the server is away the
  * cache keeps serving the SVIDs that are still valid.
@@ -38,7 +40,7 @@ import { nextSyncDelayMs } from "../rotation/backoff.js";
 import { renewAt } from "../rotation/renew-at.js";
 import type { AgentStateStore } from "../storage/agent-state-store.js";
 import { ServerPushback } from "./pushback.js";
-import type { ServerClient, X509SvidParams } from "./server-client.js";
+import type { ServerClient, SyncedEntry, SyncResult, X509SvidParams } from "./server-client.js";
 
 /** Most X509-SVIDs requested in one BatchNewX509SVID call (SPIRE starts at 500). */
 export const DEFAULT_SVID_BATCH_SIZE = 500;
@@ -68,6 +70,10 @@ export interface SyncLoopOptions {
   readonly random?: () => number;
   /** Default {@link DEFAULT_SVID_BATCH_SIZE}. */
   readonly batchSize?: number;
+  /** Ask for delta answers (default true). */
+  readonly acceptDelta?: boolean;
+  /** Called after every round (the change watch follows the client's current server). */
+  readonly onRound?: ((outcome: SyncOutcome) => void) | undefined;
 }
 
 /**
@@ -123,6 +129,8 @@ export function renewalReason(entry: CachedEntry, state: CachedSvidState | undef
 export class SyncLoop {
   readonly #o: SyncLoopOptions;
   #revision = "";
+  /** The entries of `#revision`, by ID: a delta answer is merged into them. */
+  #entries = new Map<string, SyncedEntry>();
   #failures = 0;
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<SyncOutcome> | undefined;
@@ -197,7 +205,10 @@ export class SyncLoop {
    */
   syncNow(): Promise<SyncOutcome> {
     if (!this.#running) {
-      this.#running = this.#round().finally(() => {
+      this.#running = this.#round().then((outcome) => {
+        this.#o.onRound?.(outcome);
+        return outcome;
+      }).finally(() => {
         this.#running = undefined;
       });
       return this.#running;
@@ -254,12 +265,13 @@ export class SyncLoop {
 
     let res;
     try {
-      res = await client.sync(this.#revision);
+      res = await client.sync(this.#revision, this.#o.acceptDelta ?? true);
     } catch (e) {
       if (isEvictionError(e)) return this.#evicted(e, agentSvid);
       return this.#failed(e, agentSvid);
     }
     if (!res.notModified) {
+      const entries = this.#merge(res);
       const own = res.bundles[0];
       if (own) {
         try {
@@ -269,7 +281,7 @@ export class SyncLoop {
         }
       }
       const bundlesChanged = own !== undefined && this.#ownBundleChanged(own);
-      cache.update({ entries: res.entries, bundles: res.bundles, synced: true });
+      cache.update({ entries, ...(res.bundles.length > 0 ? { bundles: res.bundles } : {}), synced: true });
       if (own && bundlesChanged && this.#o.store) {
         try {
           this.#o.store.saveBundle(own);
@@ -289,6 +301,15 @@ export class SyncLoop {
     this.#lastSuccess = clock.now();
     this.#o.metrics?.syncs.inc({ result: "success" });
     return { ok: true, notModified: res.notModified, rotated, failed, agentSvid };
+  }
+
+  /** The full entry set after `res`: its entries, or the held ones with its delta applied. */
+  #merge(res: SyncResult): SyncedEntry[] {
+    const next = res.delta ? new Map(this.#entries) : new Map<string, SyncedEntry>();
+    if (res.delta) for (const id of res.delta.removedEntryIds) next.delete(id);
+    for (const e of res.entries) next.set(e.id, e);
+    this.#entries = next;
+    return [...next.values()];
   }
 
   #ownBundleKey = "";
@@ -333,6 +354,7 @@ export class SyncLoop {
       log?.error({ err: e }, "sync: cannot delete the stored agent SVID");
     }
     this.#revision = "";
+    this.#entries = new Map();
     // Refused right after attesting again: do not loop; the next round tries again.
     if (agentSvid !== "reattested" && identity && attestor?.canReattest?.() === true) {
       log?.warn({ err: error, agent_id: agentId, attestation_type: attestor.name }, "sync: agent was evicted; deleted its stored SVID and attesting again");

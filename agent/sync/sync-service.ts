@@ -3,7 +3,9 @@
  * bundle, one round runs (a failure is logged; the loop retries with
  * backoff), then a round every `sync_interval`; each round keeps the agent
  * SVID current, fetches entries and bundles, and rotates workload SVIDs (see
- * `sync-loop.ts`). Stopping waits for a round in progress.
+ * `sync-loop.ts`). Beside the rounds it holds the server's change stream
+ * (`change-watch.ts`): a pushed notice runs a round at once. Stopping closes
+ * the stream and waits for a round in progress.
  *
  * Readiness: not ready before the cache holds the bundle and has synced once,
  * nor while the agent cannot keep its identities current on its own
@@ -19,6 +21,7 @@ import type { AgentCache } from "../cache/agent-cache.js";
 import type { AgentCacheMetrics } from "../cache/cache-metrics.js";
 import type { AgentStateStore, LoadedAgentState } from "../storage/agent-state-store.js";
 import type { GrpcServerClient } from "./server-client.js";
+import { ChangeWatcher } from "./change-watch.js";
 import { SyncLoop } from "./sync-loop.js";
 
 /** Dependencies of the {@link SyncService}. */
@@ -37,7 +40,7 @@ export interface SyncServiceDeps {
   readonly rotationFraction: number;
   readonly rotationJitter: number;
   readonly random: () => number;
-  /** Do not start the periodic rounds (tests call `syncNow`). */
+  /** Do not start the periodic rounds nor the change stream (tests call `syncNow`). */
   readonly manual?: boolean | undefined;
   /** Called whenever the agent's problem appears, changes or clears. */
   readonly onProblem?: ((problem: string | undefined) => void) | undefined;
@@ -49,6 +52,7 @@ export class SyncService implements Service {
   readonly name = "sync";
   readonly #d: SyncServiceDeps;
   #loop: SyncLoop | undefined;
+  #watcher: ChangeWatcher | undefined;
 
   constructor(deps: SyncServiceDeps) {
     this.#d = deps;
@@ -88,13 +92,24 @@ export class SyncService implements Service {
       rotationFraction: d.rotationFraction,
       rotationJitter: d.rotationJitter,
       random: d.random,
+      onRound: () => this.#watcher?.follow(),
     });
     this.#loop = loop;
     await loop.syncNow();
-    if (d.manual !== true) loop.start();
+    if (d.manual !== true) {
+      loop.start();
+      this.#watcher = new ChangeWatcher({ client: d.server.client, onChange: () => void loop.syncNow(), log: d.log, random: d.random });
+      this.#watcher.start();
+    }
+  }
+
+  /** The change stream, once started (not with `manual`). */
+  get watcher(): ChangeWatcher | undefined {
+    return this.#watcher;
   }
 
   async stop(): Promise<void> {
+    this.#watcher?.stop();
     await this.#loop?.stop();
   }
 

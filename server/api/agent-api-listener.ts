@@ -4,7 +4,8 @@
  * (`server-svid`); agents present theirs, optional at the TLS layer so that
  * attestation can run without one. It serves the AgentAPI (transport in
  * `agent-api.ts`, node attestation in `server/attestation/`, signing and
- * recording in `server/issuance/`) and gRPC health. Stop lets calls in flight
+ * recording in `server/issuance/`, delta sync memory and change notices) and
+ * gRPC health. Stop lets calls in flight
  * finish for at most 5 s, then cancels them.
  */
 import { Server, experimental } from "@grpc/grpc-js";
@@ -27,6 +28,8 @@ import { Issuer } from "../issuance/issuer.js";
 import type { EntryIndex } from "../registration/entry-index.js";
 import type { IndexedRecord } from "../registration/entry-index-feed.js";
 import { createAgentApi } from "./agent-api.js";
+import { AgentSyncHistory } from "./agent-sync-history.js";
+import { ChangeNotifier } from "./change-notifier.js";
 import type { MemoryCertificateProvider } from "./cert-provider.js";
 import type { AgentApiRateLimits } from "./rate-limit.js";
 
@@ -75,6 +78,7 @@ export class AgentApiListener implements Service {
   /** The NodeAttestor instances. */
   readonly #plugins: OwnedPlugins;
   #attestors: ReadonlyMap<string, ServerNodeAttestor> = new Map();
+  #notifier: ChangeNotifier | undefined;
 
   constructor(deps: AgentApiListenerDeps) {
     this.#d = deps;
@@ -115,6 +119,7 @@ export class AgentApiListener implements Service {
     const now = (): Date => d.clock.now();
     const attestors = (this.#attestors = new Map(this.#plugins.add(createPlugins("server", PLUGIN_CATALOG.NodeAttestor, d.nodeAttestors, { trustDomain: d.trustDomain, store: datastore })).map((a) => [a.name, a])));
     const issuer = new Issuer({ ca, datastore, metrics: d.metrics, now, defaultX509TtlMs: d.defaultX509TtlMs, defaultJwtTtlMs: d.defaultJwtTtlMs });
+    const notifier = (this.#notifier = new ChangeNotifier({ index: d.entries.index, bundle: () => ca.bundle(), now, log: d.log }));
     const api = createAgentApi({
       trustDomain: d.trustDomain,
       datastore,
@@ -127,6 +132,8 @@ export class AgentApiListener implements Service {
       auditEnabled: d.auditEnabled,
       now,
       rateLimits: d.rateLimits,
+      syncHistory: new AgentSyncHistory(),
+      notifier,
     });
     const server = new Server({ interceptors: [rpcMetricsInterceptor(d.metrics)], "grpc.max_receive_message_length": MAX_RECEIVE_MESSAGE_BYTES });
     server.addService(grpcServiceDefinition(AgentAPI), api);
@@ -144,6 +151,8 @@ export class AgentApiListener implements Service {
 
   /** Stops the listener, then closes the NodeAttestor plugins. */
   async stop(): Promise<void> {
+    // Change streams never finish on their own: end them so the stop need not wait out the grace.
+    this.#notifier?.close();
     const server = this.#server;
     if (server) {
       await new Promise<void>((resolve) => {

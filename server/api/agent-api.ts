@@ -9,13 +9,17 @@
  * from what the agent sends; only the public key is taken from the request.
  * This module maps requests and results to and from the wire.
  *
+ * SyncAuthorized answers deltas to agents that ask for them (see
+ * `agent-sync-history.ts`); WatchChanges holds a stream per agent on which
+ * change notices are pushed (see `change-notifier.ts`).
+ *
  * Rate limits (see `rate-limit.ts`) are charged before any work: attestation
  * attempts per source address, signed credentials per agent. A refused call
  * is ResourceExhausted with a retry hint and changes nothing.
  */
 import { createHash, type X509Certificate } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import { status, type ServerDuplexStream } from "@grpc/grpc-js";
+import { status, type ServerDuplexStream, type ServerWritableStream } from "@grpc/grpc-js";
 import type { Logger } from "../../common/log.js";
 import type { Metrics } from "../../common/metrics.js";
 import { AGENT_PATH_PREFIX, isAgentId } from "../../common/reserved-ids.js";
@@ -26,6 +30,7 @@ import {
   NewJWTSVIDResponseSchema,
   RenewAgentResponseSchema,
   SyncAuthorizedResponseSchema,
+  WatchChangesResponseSchema,
   type AgentAPI,
   type AttestAgentRequest,
   type AttestAgentResponse,
@@ -37,6 +42,8 @@ import {
   type RenewAgentResponse,
   type SyncAuthorizedRequest,
   type SyncAuthorizedResponse,
+  type WatchChangesRequest,
+  type WatchChangesResponse,
 } from "../../proto/gen/sigil/agent/v1/agent_pb.js";
 import { X509SVIDSchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { parseCsr, parseSubjectPublicKeyInfo } from "../../spiffe/csr.js";
@@ -54,6 +61,8 @@ import type { EntryIndex } from "../registration/entry-index.js";
 import { authorizedEntries, type IndexedRecord } from "../registration/entry-index-feed.js";
 import { rateLimitedError, sourceAddress, type AgentApiRateLimits, type RateLimiter } from "./rate-limit.js";
 import { auditCall, createUnaryWrapper } from "./unary.js";
+import type { AgentSyncHistory } from "./agent-sync-history.js";
+import type { ChangeNotifier } from "./change-notifier.js";
 import { canonicalSerialHex } from "../../spiffe/x509/serial.js";
 import { wireBundle, wireEntry, wireSelector, wireStatus } from "./wire.js";
 
@@ -78,6 +87,10 @@ export interface AgentApiDeps {
   readonly now: () => Date;
   /** Limits on attestation and signing; `{}` turns them all off. */
   readonly rateLimits: AgentApiRateLimits;
+  /** What each agent was last answered, for delta syncs. */
+  readonly syncHistory: AgentSyncHistory;
+  /** Pushes change notices on WatchChanges streams. */
+  readonly notifier: ChangeNotifier;
 }
 
 /** The `limit` label of `sigil_rate_limited_requests_total`. */
@@ -282,10 +295,29 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       for (const e of [...entries].sort((a, b) => (a.id < b.id ? -1 : 1))) h.update(`${e.id}@${e.revision};`);
       // The write time too: a federated bundle without spiffe_sequence (stored as 0), or one set by hand
       // with an unchanged sequence, changes its content without changing its sequence.
-      for (const b of [own, ...federated]) if (b) h.update(`${b.trustDomain}#${b.sequence}@${b.updatedAt.getTime()};`);
+      let bundlesKey = "";
+      for (const b of [own, ...federated]) if (b) bundlesKey += `${b.trustDomain}#${b.sequence}@${b.updatedAt.getTime()};`;
+      h.update(bundlesKey);
       const revision = h.digest("base64url");
+      const agentId = agent.id.toString();
       if (req.knownRevision === revision) {
-        return { res: create(SyncAuthorizedResponseSchema, { notModified: true, revision }), caller: agent.id.toString() };
+        deps.syncHistory.remember(agentId, revision, entries, bundlesKey);
+        return { res: create(SyncAuthorizedResponseSchema, { notModified: true, revision }), caller: agentId };
+      }
+      const delta = req.acceptDelta ? deps.syncHistory.delta(agentId, req.knownRevision, entries, bundlesKey) : undefined;
+      deps.syncHistory.remember(agentId, revision, entries, bundlesKey);
+      if (delta) {
+        return {
+          res: create(SyncAuthorizedResponseSchema, {
+            revision,
+            delta: true,
+            entries: delta.changed.map(wireEntry),
+            removedEntryIds: [...delta.removedIds],
+            bundles: delta.bundlesChanged ? [own, ...federated].filter((b) => b !== undefined).map(wireBundle) : [],
+          }),
+          caller: agentId,
+          details: { entries: entries.length, changed: delta.changed.length, removed: delta.removedIds.length },
+        };
       }
       return {
         res: create(SyncAuthorizedResponseSchema, {
@@ -350,6 +382,43 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       });
       return { res: create(BatchNewX509SVIDResponseSchema, { results }), caller: agent.id.toString(), details: { requested: req.params.length, signed } };
     }),
+
+    watchChanges(call: ServerWritableStream<WatchChangesRequest, WatchChangesResponse>): void {
+      let unwatch: (() => void) | undefined;
+      let done = false;
+      const finish = (): void => {
+        done = true;
+        unwatch?.();
+      };
+      call.on("cancelled", finish);
+      call.on("error", finish);
+      call.on("close", finish);
+      (async () => {
+        const agent = await authenticate(call);
+        {
+          if (done) return;
+          const agentId = agent.id.toString();
+          unwatch = deps.notifier.watch(agentId, agent.record, {
+            send: (digest) => {
+              if (!done) call.write(create(WatchChangesResponseSchema, { revision: digest }));
+            },
+            end: (reason) => {
+              if (done) return;
+              finish();
+              if (reason) call.emit("error", toServiceError(reason));
+              else call.end();
+            },
+          });
+          auditLog("WatchChanges", agentId, 0);
+        }
+      })().catch((e: unknown) => {
+        const err = toServiceError(e);
+        auditLog("WatchChanges", "unauthenticated", err.code, {}, err.details);
+        if (err.code === status.INTERNAL) log.error({ err: e }, "agent api: WatchChanges failed");
+        done = true;
+        call.emit("error", err);
+      });
+    },
 
     newJWTSVID: unary<NewJWTSVIDRequest, NewJWTSVIDResponse>("NewJWTSVID", async (req, call) => {
       const agent = await authenticate(call);

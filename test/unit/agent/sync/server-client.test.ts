@@ -3,11 +3,12 @@
  * the server must present `spiffe://<td>/spire/server` verified by the bundle,
  * attestation answers challenges, the agent SVID is presented as client
  * certificate and a new one rebuilds the channel; plus trust bootstrap parsing
- * and the gRPC-status-to-error mapping.
+ * and the gRPC-status-to-error mapping; several servers with failover, and
+ * the change stream.
  */
 import { X509Certificate } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import { experimental, Server, status, type ServerDuplexStream, type ServerUnaryCall, type sendUnaryData } from "@grpc/grpc-js";
+import { experimental, Server, status, type ServerDuplexStream, type ServerUnaryCall, type ServerWritableStream, type sendUnaryData } from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
 import { createServerClient, serverRpcError, type GrpcServerClient } from "../../../../agent/sync/server-client.js";
 import { loadBootstrapTrust, parseBootstrapBundle } from "../../../../agent/sync/trust-bootstrap.js";
@@ -18,10 +19,13 @@ import {
   AgentAPI,
   AttestAgentResponseSchema,
   SyncAuthorizedResponseSchema,
+  WatchChangesResponseSchema,
   type AttestAgentRequest,
   type AttestAgentResponse,
   type SyncAuthorizedRequest,
   type SyncAuthorizedResponse,
+  type WatchChangesRequest,
+  type WatchChangesResponse,
 } from "../../../../proto/gen/sigil/agent/v1/agent_pb.js";
 import { serializeSpiffeBundle } from "../../../../spiffe/bundle/spiffe-bundle.js";
 import { parseCsr } from "../../../../spiffe/csr.js";
@@ -60,7 +64,7 @@ afterEach(async () => {
 });
 
 /** A TLS AgentAPI server presenting an SVID with `serverId`, issued by `issuer`. */
-async function startFakeServer(serverId: string, issuer = ca): Promise<{ address: string }> {
+async function startFakeServer(serverId: string, issuer = ca, tag = ""): Promise<{ address: string; server: Server }> {
   const { privateKey, publicKey } = generateKeyPair("ec-p256");
   const cert = leaf(issuer.template, serverId, new Uint8Array(publicKey.export({ format: "der", type: "spki" })));
   const unimplemented = (_call: unknown, cb: sendUnaryData<never>) => cb({ code: status.UNIMPLEMENTED, details: "not here" });
@@ -94,11 +98,16 @@ async function startFakeServer(serverId: string, issuer = ca): Promise<{ address
       cb(null, create(SyncAuthorizedResponseSchema, {
         revision: raw ? new X509Certificate(raw).serialNumber : "anonymous",
         bundles: [{ trustDomain: "example.org", spiffeBundleJson: serializeSpiffeBundle({ trustDomain: td, x509Authorities: [ca.der], jwtAuthorities: new Map() }) }],
-        entries: [{ id: "e1", spiffeId: "spiffe://example.org/w", selectors: [{ type: "unix", value: "uid:1" }], revision: 3n, createdAt: 1_900_000_000n }],
+        entries: [{ id: "e1", spiffeId: "spiffe://example.org/w", selectors: [{ type: "unix", value: "uid:1" }], revision: 3n, createdAt: 1_900_000_000n, hint: tag }],
       }));
     },
     batchNewX509SVID: unimplemented as Impl["batchNewX509SVID"],
     newJWTSVID: unimplemented as Impl["newJWTSVID"],
+    // Pushes two notices: the opening one and one more, then holds the stream.
+    watchChanges(call: ServerWritableStream<WatchChangesRequest, WatchChangesResponse>) {
+      call.write(create(WatchChangesResponseSchema, { revision: `${tag}-1` }));
+      setTimeout(() => call.write(create(WatchChangesResponseSchema, { revision: `${tag}-2` })), 20);
+    },
   };
   const server = new Server();
   server.addService(grpcServiceDefinition(AgentAPI), impl);
@@ -109,7 +118,7 @@ async function startFakeServer(serverId: string, issuer = ca): Promise<{ address
   const creds = experimental.createCertificateProviderServerCredentials(certs, certs, false);
   const port = await new Promise<number>((resolve, reject) => server.bindAsync("127.0.0.1:0", creds, (e, p) => (e ? reject(e) : resolve(p))));
   servers.push(server);
-  return { address: `127.0.0.1:${port}` };
+  return { address: `127.0.0.1:${port}`, server };
 }
 
 function client(address: string, roots: Uint8Array[] = [ca.der], insecure = false): GrpcServerClient {
@@ -191,6 +200,52 @@ describe("GrpcServerClient", () => {
     const e = await c.attest(answering).catch((err: unknown) => err);
     expect(isSigilError(e, "ERR_UNAVAILABLE"), String(e)).toBe(true);
     expect((e as Error).message).toMatch(/^sync: AttestAgent: /);
+  });
+});
+
+describe("GrpcServerClient with several servers", () => {
+  it("starts at a random server, sticks to it, and fails over to the next when it is gone; attestation too", async () => {
+    const a = await startFakeServer("spiffe://example.org/spire/server", ca, "A");
+    const b = await startFakeServer("spiffe://example.org/spire/server", ca, "B");
+    const c = createServerClient({ address: [a.address, b.address], trustDomain: td, clock: systemClock, roots: [ca.der], deadlineMs: 5_000, random: () => 0.99 });
+    clients.push(c);
+    expect(c.currentAddress).toBe(b.address);
+    c.setIdentity((await c.attest(answering)).svid);
+    expect((await c.sync("")).entries[0]!.hint).toBe("B");
+    expect((await c.sync("")).entries[0]!.hint).toBe("B");
+    b.server.forceShutdown();
+    expect((await c.sync("")).entries[0]!.hint).toBe("A");
+    expect(c.currentAddress).toBe(a.address);
+    a.server.forceShutdown();
+    const err = await c.sync("").catch((e: unknown) => e);
+    expect(isSigilError(err, "ERR_UNAVAILABLE")).toBe(true);
+    await expect(c.attest(answering)).rejects.toMatchObject({ code: "ERR_UNAVAILABLE" });
+  });
+
+  it("does not fail over on an answer that is not unavailability", async () => {
+    const a = await startFakeServer("spiffe://example.org/spire/server", ca, "A");
+    const b = await startFakeServer("spiffe://example.org/spire/server", ca, "B");
+    const c = createServerClient({ address: [a.address, b.address], trustDomain: td, clock: systemClock, roots: [ca.der], deadlineMs: 5_000, random: () => 0 });
+    clients.push(c);
+    c.setIdentity((await c.attest(answering)).svid);
+    await expect(c.renew()).rejects.toThrow(/not here/);
+    expect(c.currentAddress).toBe(a.address);
+  });
+
+  it("delivers pushed notices on the change stream and reports its end", async () => {
+    const a = await startFakeServer("spiffe://example.org/spire/server", ca, "A");
+    const c = client(a.address);
+    c.setIdentity((await c.attest(answering)).svid);
+    const notices: string[] = [];
+    const ended = new Promise<SigilError>((resolve) => {
+      c.watchChanges((r) => {
+        notices.push(r);
+        if (notices.length === 2) a.server.forceShutdown();
+      }, resolve);
+    });
+    const err = await ended;
+    expect(notices).toEqual(["A-1", "A-2"]);
+    expect(err.code).toBe("ERR_UNAVAILABLE");
   });
 });
 

@@ -1,0 +1,158 @@
+/**
+ * Pushed change notices (AgentAPI WatchChanges). Each agent may hold one
+ * stream; a newer stream of the same agent ends the older one, and the total
+ * is bounded. The notifier watches the entry index's generation and the CA's
+ * bundle (both cheap to compare) on a short tick; when either moved it
+ * recomputes, for each watching agent, a digest of the entries it is
+ * authorized for, and pushes a notice only to the agents whose digest
+ * changed. The agent then syncs at once; its periodic poll stays as the
+ * fallback (and is what carries federated bundle changes).
+ *
+ * Nothing here reads the datastore: the index follows the database's change
+ * feed, so a change made through any server of the cluster reaches the agents
+ * that watch this one.
+ */
+import { createHash } from "node:crypto";
+import type { Logger } from "../../common/log.js";
+import { SigilError } from "../../spiffe/errors.js";
+import type { AttestedAgent } from "../datastore/index.js";
+import type { EntryIndex } from "../registration/entry-index.js";
+import { authorizedEntries, type IndexedRecord } from "../registration/entry-index-feed.js";
+
+/** How often the index generation and bundle are compared (ms). */
+export const NOTICE_TICK_MS = 50;
+/** Default bound on open streams (one per agent). */
+export const DEFAULT_MAX_WATCHERS = 100_000;
+
+/** The sending side of one agent's stream. */
+export interface NoticeSink {
+  /** Sends a notice carrying the digest. */
+  send(digest: string): void;
+  /** Ends the stream (replaced by a newer one, or the server stops). */
+  end(reason: SigilError | undefined): void;
+}
+
+interface Watcher {
+  readonly agentId: string;
+  readonly record: AttestedAgent;
+  readonly sink: NoticeSink;
+  digest: string;
+}
+
+/** Dependencies of the {@link ChangeNotifier}. */
+export interface ChangeNotifierDeps {
+  readonly index: EntryIndex<IndexedRecord>;
+  /** The CA's current bundle: a new object whenever it changes. */
+  readonly bundle: () => unknown;
+  readonly now: () => Date;
+  readonly log: Logger;
+  /** Default {@link DEFAULT_MAX_WATCHERS}. */
+  readonly maxWatchers?: number;
+  /** Default {@link NOTICE_TICK_MS}. */
+  readonly tickMs?: number;
+}
+
+/** The change notifier; see the module comment. */
+export class ChangeNotifier {
+  readonly #d: ChangeNotifierDeps;
+  readonly #watchers = new Map<string, Watcher>();
+  #generation = -1;
+  #bundle: unknown;
+  #bundleEpoch = 0;
+  #timer: NodeJS.Timeout | undefined;
+  #closed = false;
+
+  constructor(deps: ChangeNotifierDeps) {
+    this.#d = deps;
+  }
+
+  /** Open streams. */
+  get watchers(): number {
+    return this.#watchers.size;
+  }
+
+  /**
+   * Registers an agent's stream and sends it the current digest at once (so
+   * a change made while it was away is seen). Returns the unregister function.
+   *
+   * @throws SigilError `ERR_RESOURCE_EXHAUSTED` past the stream bound, `ERR_UNAVAILABLE` once closed
+   */
+  watch(agentId: string, record: AttestedAgent, sink: NoticeSink): () => void {
+    if (this.#closed) throw new SigilError("ERR_UNAVAILABLE", "watch changes: the server is stopping");
+    const previous = this.#watchers.get(agentId);
+    if (!previous && this.#watchers.size >= (this.#d.maxWatchers ?? DEFAULT_MAX_WATCHERS)) {
+      throw new SigilError("ERR_RESOURCE_EXHAUSTED", `watch changes: the server holds its maximum of ${this.#d.maxWatchers ?? DEFAULT_MAX_WATCHERS} change streams; the agent polls instead`);
+    }
+    if (previous) {
+      this.#watchers.delete(agentId);
+      previous.sink.end(new SigilError("ERR_FAILED_PRECONDITION", `watch changes: agent ${agentId} opened a newer change stream`));
+    }
+    this.#observe();
+    const w: Watcher = { agentId, record, sink, digest: this.#digest(agentId, record) };
+    this.#watchers.set(agentId, w);
+    sink.send(w.digest);
+    this.#arm();
+    return () => {
+      if (this.#watchers.get(agentId) === w) this.#watchers.delete(agentId);
+    };
+  }
+
+  /** Compares the index and bundle now; pushes notices to the agents whose view changed. Returns how many were sent. */
+  check(): number {
+    if (!this.#observe()) return 0;
+    let sent = 0;
+    for (const w of this.#watchers.values()) {
+      const digest = this.#digest(w.agentId, w.record);
+      if (digest === w.digest) continue;
+      w.digest = digest;
+      try {
+        w.sink.send(digest);
+        sent++;
+      } catch (e) {
+        this.#d.log.warn({ err: e, agent_id: w.agentId }, "watch changes: cannot send a notice");
+      }
+    }
+    return sent;
+  }
+
+  /** Ends every stream and stops the tick. */
+  close(): void {
+    this.#closed = true;
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = undefined;
+    const all = [...this.#watchers.values()];
+    this.#watchers.clear();
+    for (const w of all) w.sink.end(new SigilError("ERR_UNAVAILABLE", "watch changes: the server is stopping"));
+  }
+
+  /** Notes a new generation or bundle; true when either moved since the last call. */
+  #observe(): boolean {
+    const gen = this.#d.index.generation;
+    const bundle = this.#d.bundle();
+    if (gen === this.#generation && bundle === this.#bundle) return false;
+    if (bundle !== this.#bundle) this.#bundleEpoch++;
+    this.#generation = gen;
+    this.#bundle = bundle;
+    return true;
+  }
+
+  #arm(): void {
+    if (this.#timer || this.#closed) return;
+    this.#timer = setInterval(() => {
+      if (this.#watchers.size === 0) {
+        clearInterval(this.#timer);
+        this.#timer = undefined;
+        return;
+      }
+      this.check();
+    }, this.#d.tickMs ?? NOTICE_TICK_MS);
+    this.#timer.unref();
+  }
+
+  #digest(agentId: string, record: AttestedAgent): string {
+    const h = createHash("sha256");
+    for (const e of authorizedEntries(this.#d.index, agentId, record, this.#d.now())) h.update(`${e.id}@${e.revision};`);
+    h.update(`b${this.#bundleEpoch}`);
+    return h.digest("base64url").slice(0, 22);
+  }
+}
