@@ -54,6 +54,9 @@ export const sqlDataStoreConfigSchema = z
         path: ["connection_string"],
         message: `must be a ${c.database_type === "postgres" ? "postgres://" : "mysql://"} URL for database_type ${c.database_type}`,
       });
+    } else if (!URL.canParse(c.connection_string)) {
+      // The message never repeats the string: it may hold a password.
+      ctx.addIssue({ code: "custom", path: ["connection_string"], message: "is not a valid URL (check the host, the port and that special characters in the password are %-encoded)" });
     }
     if ((c.client_cert_path === undefined) !== (c.client_key_path === undefined)) {
       ctx.addIssue({ code: "custom", path: [c.client_cert_path === undefined ? "client_cert_path" : "client_key_path"], message: "client_cert_path and client_key_path go together" });

@@ -10,8 +10,7 @@ import { createPool } from "mysql2";
 import type { Datastore } from "../datastore.js";
 import { MYSQL_DIALECT, tlsConnectionOptions } from "../sql/dialect.js";
 import type { SqlSchema } from "../sql/schema.js";
-import { createNetworkDatastore, poolSetting, type NetworkDatastoreOptions } from "../sql/sql-datastore.js";
-import { invalid } from "../validate.js";
+import { checkConnectionUrl, createNetworkDatastore, poolSetting, type NetworkDatastoreOptions } from "../sql/sql-datastore.js";
 
 /** Options of {@link createMysqlDatastore}: `connectionString` is `mysql://user:password@host:port/database`. */
 export type MysqlDatastoreOptions = NetworkDatastoreOptions;
@@ -23,9 +22,7 @@ export type MysqlDatastoreOptions = NetworkDatastoreOptions;
  * `ERR_INTERNAL` when it was migrated by a newer Sigil (naming both versions).
  */
 export async function createMysqlDatastore(options: MysqlDatastoreOptions): Promise<Datastore> {
-  if (typeof options.connectionString !== "string" || !/^mysql:\/\//.test(options.connectionString)) {
-    throw invalid("connection_string must be a mysql:// URL");
-  }
+  checkConnectionUrl(options.connectionString, /^mysql:$/, "mysql://");
   const max = poolSetting("max_open_conns", options.maxOpenConns, 1, 10);
   const idle = poolSetting("conn_max_lifetime", options.connMaxLifetimeSeconds, 0, 60);
   const statementTimeout = poolSetting("statement_timeout", options.statementTimeoutMs, 0, 30_000);

@@ -8,9 +8,9 @@ import { CompiledQuery, Kysely, PostgresDialect } from "kysely";
 import pg from "pg";
 import type { Datastore } from "../datastore.js";
 import { POSTGRES_DIALECT, tlsConnectionOptions } from "../sql/dialect.js";
+import { listenForChangeEvents } from "./postgres-listener.js";
 import type { SqlSchema } from "../sql/schema.js";
-import { createNetworkDatastore, poolSetting, type NetworkDatastoreOptions } from "../sql/sql-datastore.js";
-import { invalid } from "../validate.js";
+import { checkConnectionUrl, createNetworkDatastore, poolSetting, type NetworkDatastoreOptions } from "../sql/sql-datastore.js";
 
 /** Options of {@link createPostgresDatastore}: `connectionString` is `postgres://user:password@host:port/database?…`; with `tls`, its `ssl*` parameters are ignored. */
 export type PostgresDatastoreOptions = NetworkDatastoreOptions;
@@ -32,12 +32,7 @@ const TYPES = {
  * options object, which would drop a configured CA).
  */
 function withoutSslParams(connectionString: string): string {
-  let url: URL;
-  try {
-    url = new URL(connectionString);
-  } catch {
-    throw invalid("connection_string is not a valid URL");
-  }
+  const url = new URL(connectionString);
   for (const key of ["ssl", "sslmode", "sslrootcert", "sslcert", "sslkey"]) url.searchParams.delete(key);
   return url.toString();
 }
@@ -49,9 +44,7 @@ function withoutSslParams(connectionString: string): string {
  * `ERR_INTERNAL` when it was migrated by a newer Sigil (naming both versions).
  */
 export async function createPostgresDatastore(options: PostgresDatastoreOptions): Promise<Datastore> {
-  if (typeof options.connectionString !== "string" || !/^postgres(ql)?:\/\//.test(options.connectionString)) {
-    throw invalid("connection_string must be a postgres:// URL");
-  }
+  checkConnectionUrl(options.connectionString, /^postgres(ql)?:$/, "postgres://");
   const max = poolSetting("max_open_conns", options.maxOpenConns, 1, 10);
   const lifetime = poolSetting("conn_max_lifetime", options.connMaxLifetimeSeconds, 0, 0);
   const statementTimeout = poolSetting("statement_timeout", options.statementTimeoutMs, 0, 30_000);
@@ -66,6 +59,8 @@ export async function createPostgresDatastore(options: PostgresDatastoreOptions)
   });
   // An idle connection dropped by the server: the pool replaces it; the next query reports any lasting problem.
   pool.on("error", () => undefined);
+  // A checked-out connection lost mid-query also emits "error": the query already fails with it, and unheard it would crash the server.
+  pool.on("connect", (client) => client.on("error", () => undefined));
   const db = new Kysely<SqlSchema>({
     dialect: new PostgresDialect({
       pool,
@@ -75,5 +70,11 @@ export async function createPostgresDatastore(options: PostgresDatastoreOptions)
       },
     }),
   });
-  return createNetworkDatastore(db, POSTGRES_DIALECT, options);
+  // The change feed's NOTIFY listener connects as the pool does, on its own connection.
+  const listenerConnection: pg.ClientConfig = {
+    connectionString: options.tls === undefined ? options.connectionString : withoutSslParams(options.connectionString),
+    connectionTimeoutMillis: 10_000,
+    ...(options.tls !== undefined ? { ssl: tlsConnectionOptions(options.tls) } : {}),
+  };
+  return createNetworkDatastore(db, POSTGRES_DIALECT, options, (wake) => listenForChangeEvents({ connection: listenerConnection }, wake));
 }

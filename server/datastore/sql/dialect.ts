@@ -48,6 +48,8 @@ export interface SqlDialect {
   lastAssignedEventId(db: Kysely<SqlSchema>): Promise<number>;
   /** Deletes up to `limit` issuance rows that expired before `before`; returns how many. */
   deleteExpiredIssuances(db: Kysely<SqlSchema>, before: number, limit: number): Promise<number>;
+  /** This dialect adapted to the server `db` reaches (MySQL and MariaDB name their collations differently). */
+  forServer(db: Kysely<SqlSchema>): Promise<SqlDialect>;
   /** Runs `fn` holding an exclusive lock for schema migrations (across every server sharing the database). */
   withMigrationLock<T>(db: Kysely<SqlSchema>, fn: (db: Kysely<SqlSchema>) => Promise<T>): Promise<T>;
 }
@@ -58,6 +60,9 @@ function errorCode(e: unknown): { code: string | undefined; errno: number | unde
 }
 
 const NETWORK_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "ENOTFOUND", "EHOSTUNREACH", "PROTOCOL_CONNECTION_LOST"]);
+
+/** `pg` reports a connection lost mid-query (server restart, killed backend) without a code. */
+const PG_CONNECTION_LOST = /^(Connection terminated|Client has encountered a connection error|Client was closed)/;
 
 function toNumber(v: unknown): number {
   const n = typeof v === "bigint" ? Number(v) : typeof v === "string" ? Number(v) : (v as number);
@@ -75,13 +80,14 @@ export const POSTGRES_DIALECT: SqlDialect = {
   autoKey: sql.raw("bigserial"),
   table: (builder) => builder,
   selectorIndex: (table, name) => sql`CREATE INDEX ${sql.id(name)} ON ${sql.id(table)} (type, value)`,
+  forServer: async () => POSTGRES_DIALECT,
   async insertId(query, column) {
     const row = await query.returning(sql<number>`${sql.ref(column)}`.as("generated_id")).executeTakeFirstOrThrow();
     return toNumber(row.generated_id);
   },
   classify(e) {
     const { code } = errorCode(e);
-    if (code === undefined) return "other";
+    if (code === undefined) return e instanceof Error && PG_CONNECTION_LOST.test(e.message) ? "unavailable" : "other";
     if (code === "40001" || code === "40P01" || code === "55P03") return "retry";
     if (code === "23505") return "unique";
     if (code === "23503") return "foreign-key";
@@ -106,58 +112,78 @@ export const POSTGRES_DIALECT: SqlDialect = {
   },
 };
 
-/** MySQL 8 and MariaDB 10.5+ (`mysql2`). */
-export const MYSQL_DIALECT: SqlDialect = {
-  name: "mysql",
-  // ASCII columns: 1 byte per character, so a 2,048-character SPIFFE ID fits in an index key (3,072 bytes).
-  ascii: (length) => sql.raw(`varchar(${length}) CHARACTER SET ascii COLLATE ascii_bin`),
-  text: (length) => sql.raw(`varchar(${length})`),
-  longText: sql.raw("longtext"),
-  bytes: sql.raw("longblob"),
-  uint64: sql.raw("decimal(20, 0)"),
-  autoKey: sql.raw("bigint AUTO_INCREMENT"),
-  // Binary collation: identifiers and selector values compare byte for byte, as on the other engines.
-  table: (builder) => builder.modifyEnd(sql`ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin`),
-  // utf8mb4 takes up to 4 bytes a character: index the value's first 512 characters (the rest is compared on the row).
-  selectorIndex: (table, name) => sql`CREATE INDEX ${sql.id(name)} ON ${sql.id(table)} (type, value(512))`,
-  async insertId(query) {
-    const r = await query.executeTakeFirstOrThrow();
-    return toNumber(r.insertId);
-  },
-  classify(e) {
-    const { code, errno } = errorCode(e);
-    // 1213 deadlock, 1205 lock wait timeout, 1020 record changed (MariaDB snapshot isolation).
-    if (errno === 1213 || errno === 1205 || errno === 1020) return "retry";
-    if (errno === 1062 || errno === 1586) return "unique";
-    if (errno === 1451 || errno === 1452) return "foreign-key";
-    // 1969 MariaDB max_statement_time, 3024 MySQL max_execution_time, 1040 too many connections, 2002/2003/2006/2013 connection.
-    if (errno === 1969 || errno === 3024 || errno === 1040 || errno === 1053 || errno === 2002 || errno === 2003 || errno === 2006 || errno === 2013) return "unavailable";
-    if (code !== undefined && NETWORK_CODES.has(code)) return "unavailable";
-    return "other";
-  },
-  async lastAssignedEventId(db) {
-    // InnoDB keeps AUTO_INCREMENT across restarts (MariaDB 10.2.4+, MySQL 8); information_schema shows the next value.
-    const r = await sql<{ v: unknown }>`SELECT AUTO_INCREMENT AS v FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'change_events'`.execute(db);
-    const next = toNumber(r.rows[0]?.v);
-    return next > 0 ? next - 1 : 0;
-  },
-  async deleteExpiredIssuances(db, before, limit) {
-    const r = await sql`DELETE FROM issuances WHERE not_after < ${before} ORDER BY row_id LIMIT ${sql.raw(String(Math.trunc(limit)))}`.execute(db);
-    return toNumber(r.numAffectedRows);
-  },
-  async withMigrationLock(db, fn) {
-    // MySQL DDL commits implicitly: a named lock on one connection serialises migrating servers instead.
-    return db.connection().execute(async (conn) => {
-      const got = await sql<{ ok: unknown }>`SELECT GET_LOCK('sigil_schema_migrations', 60) AS ok`.execute(conn);
-      if (toNumber(got.rows[0]?.ok) !== 1) throw new Error("could not take the schema migration lock within 60 s");
-      try {
-        return await fn(conn);
-      } finally {
-        await sql`SELECT RELEASE_LOCK('sigil_schema_migrations')`.execute(conn);
-      }
-    });
-  },
-};
+/**
+ * Binary collations that compare trailing spaces too, by preference. `utf8mb4_bin`
+ * is PAD SPACE: it finds `unix:user:root ` when asked for `unix:user:root`.
+ */
+const NO_PAD_BIN_COLLATIONS = ["utf8mb4_0900_bin", "utf8mb4_nopad_bin"] as const;
+
+/** MySQL 8 and MariaDB 10.5+ (`mysql2`), before {@link SqlDialect.forServer} picked the server's collation. */
+export const MYSQL_DIALECT: SqlDialect = mysqlDialect("utf8mb4_0900_bin");
+
+/** The MySQL dialect with `collation` (utf8mb4, binary, NO PAD) as the tables' default. */
+function mysqlDialect(collation: (typeof NO_PAD_BIN_COLLATIONS)[number]): SqlDialect {
+  return {
+    name: "mysql",
+    // ASCII columns: 1 byte per character, so a 2,048-character SPIFFE ID fits in an index key (3,072 bytes).
+    ascii: (length) => sql.raw(`varchar(${length}) CHARACTER SET ascii COLLATE ascii_bin`),
+    text: (length) => sql.raw(`varchar(${length})`),
+    longText: sql.raw("longtext"),
+    bytes: sql.raw("longblob"),
+    uint64: sql.raw("decimal(20, 0)"),
+    autoKey: sql.raw("bigint AUTO_INCREMENT"),
+    // Binary NO PAD collation: selector values and other text compare byte for byte, trailing spaces included, as on the other engines.
+    table: (builder) => builder.modifyEnd(sql`ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=${sql.raw(collation)}`),
+    // utf8mb4 takes up to 4 bytes a character: index the value's first 512 characters (the rest is compared on the row).
+    selectorIndex: (table, name) => sql`CREATE INDEX ${sql.id(name)} ON ${sql.id(table)} (type, value(512))`,
+    async insertId(query) {
+      const r = await query.executeTakeFirstOrThrow();
+      return toNumber(r.insertId);
+    },
+    classify(e) {
+      const { code, errno } = errorCode(e);
+      // 1213 deadlock, 1205 lock wait timeout, 1020 record changed (MariaDB snapshot isolation).
+      if (errno === 1213 || errno === 1205 || errno === 1020) return "retry";
+      if (errno === 1062 || errno === 1586) return "unique";
+      if (errno === 1451 || errno === 1452) return "foreign-key";
+      // 1969 MariaDB max_statement_time, 3024 MySQL max_execution_time, 1040 too many connections, 2002/2003/2006/2013 connection.
+      if (errno === 1969 || errno === 3024 || errno === 1040 || errno === 1053 || errno === 2002 || errno === 2003 || errno === 2006 || errno === 2013) return "unavailable";
+      if (code !== undefined && NETWORK_CODES.has(code)) return "unavailable";
+      // 1927 MariaDB connection killed; mysql2 marks errors that closed the connection `fatal`.
+      if (errno === 1927 || (e as { fatal?: unknown } | null)?.fatal === true) return "unavailable";
+      return "other";
+    },
+    async lastAssignedEventId(db) {
+      // InnoDB keeps AUTO_INCREMENT across restarts (MariaDB 10.2.4+, MySQL 8); information_schema shows the next value.
+      const r = await sql<{ v: unknown }>`SELECT AUTO_INCREMENT AS v FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'change_events'`.execute(db);
+      const next = toNumber(r.rows[0]?.v);
+      return next > 0 ? next - 1 : 0;
+    },
+    async deleteExpiredIssuances(db, before, limit) {
+      const r = await sql`DELETE FROM issuances WHERE not_after < ${before} ORDER BY row_id LIMIT ${sql.raw(String(Math.trunc(limit)))}`.execute(db);
+      return toNumber(r.numAffectedRows);
+    },
+    async forServer(db) {
+      // MySQL 8.0.17+ has utf8mb4_0900_bin, MariaDB utf8mb4_nopad_bin.
+      const r = await sql<{ c: string }>`SELECT COLLATION_NAME AS c FROM information_schema.COLLATIONS WHERE COLLATION_NAME IN (${sql.join([...NO_PAD_BIN_COLLATIONS])})`.execute(db);
+      const found = NO_PAD_BIN_COLLATIONS.find((c) => r.rows.some((row) => row.c === c));
+      if (found === undefined) throw new Error(`the server has neither ${NO_PAD_BIN_COLLATIONS.join(" nor ")} (MySQL 8.0.17+ or MariaDB 10.5+ is needed)`);
+      return mysqlDialect(found);
+    },
+    async withMigrationLock(db, fn) {
+      // MySQL DDL commits implicitly: a named lock on one connection serialises migrating servers instead.
+      return db.connection().execute(async (conn) => {
+        const got = await sql<{ ok: unknown }>`SELECT GET_LOCK('sigil_schema_migrations', 60) AS ok`.execute(conn);
+        if (toNumber(got.rows[0]?.ok) !== 1) throw new Error("could not take the schema migration lock within 60 s");
+        try {
+          return await fn(conn);
+        } finally {
+          await sql`SELECT RELEASE_LOCK('sigil_schema_migrations')`.execute(conn);
+        }
+      });
+    },
+  };
+}
 
 /** TLS to the database server, as PEM text (files are read by the caller). */
 export interface SqlTlsOptions {

@@ -20,10 +20,11 @@
  *   transaction (MySQL has no `DELETE … RETURNING`); the loser of a race sees
  *   no row.
  * - **Change events** are written in the same transaction as the change.
- *   Listeners hear changes made through this instance only.
- *   TODO(issue 14 phase 2): a cross-server change feed (PostgreSQL
- *   LISTEN/NOTIFY, an events table polled by sequence on MySQL) that also
- *   tolerates event IDs committed out of order by concurrent transactions.
+ *   Listeners hear changes made through this instance only; the
+ *   cross-server feed (`../change-feed.ts`) reads the table by sequence and
+ *   tolerates IDs committed out of order. On PostgreSQL each writing
+ *   transaction also sends `pg_notify(sigil_change_events, <last event ID>)`,
+ *   delivered at commit to every server's `watchEvents` connection.
  * - Reads that take several statements (an entry and its selectors) run in one
  *   REPEATABLE READ transaction, so they see one snapshot.
  */
@@ -89,6 +90,7 @@ import {
 import type { SqlDialect, SqlErrorClass, SqlTlsOptions } from "./dialect.js";
 import { migrateSql, SQL_MIGRATIONS } from "./migrations.js";
 import type { AgentTable, EntryTable, SqlSchema } from "./schema.js";
+import { CHANGE_EVENTS_CHANNEL } from "../postgres/postgres-listener.js";
 
 /** Options of {@link createSqlDatastore}. */
 export interface SqlDatastoreOptions {
@@ -103,6 +105,8 @@ export interface SqlDatastoreOptions {
   readonly newEntryId?: () => string;
   /** Receives errors thrown by change listeners (default: `process.emitWarning`). */
   readonly onListenerError?: (error: unknown, event: ChangeEvent) => void;
+  /** The engine's commit announcements ({@link Datastore.watchEvents}); with it, each write transaction also sends `pg_notify`. */
+  readonly watchEvents?: (wake: (eventId: number | undefined) => void) => Promise<() => Promise<void>>;
 }
 
 /** Options every network driver (PostgreSQL, MySQL) takes. */
@@ -132,12 +136,35 @@ export function poolSetting(what: string, v: number | undefined, min: number, fa
   return v;
 }
 
+/**
+ * Checks a network driver's `connection_string`: a URL of `scheme` (a RegExp of
+ * the scheme with its `:`). The message never repeats the string, which may
+ * hold a password; the drivers' own URL errors would carry it along.
+ */
+export function checkConnectionUrl(connectionString: unknown, scheme: RegExp, expected: string): URL {
+  if (typeof connectionString !== "string") throw invalid(`connection_string must be a ${expected} URL`);
+  let url: URL;
+  try {
+    url = new URL(connectionString);
+  } catch {
+    throw invalid(`connection_string is not a valid ${expected} URL (check the host, the port and that special characters in the password are %-encoded)`);
+  }
+  if (!scheme.test(url.protocol) || url.hostname === "") throw invalid(`connection_string must be a ${expected} URL with a host`);
+  return url;
+}
+
 /** Opens a network driver's datastore on `db` with the shared options. */
-export function createNetworkDatastore(db: Kysely<SqlSchema>, dialect: SqlDialect, options: NetworkDatastoreOptions): Promise<Datastore> {
+export function createNetworkDatastore(
+  db: Kysely<SqlSchema>,
+  dialect: SqlDialect,
+  options: NetworkDatastoreOptions,
+  watchEvents?: SqlDatastoreOptions["watchEvents"],
+): Promise<Datastore> {
   return createSqlDatastore({
     db,
     dialect,
     clock: options.clock,
+    ...(watchEvents !== undefined ? { watchEvents } : {}),
     ...(options.maxAttempts !== undefined ? { maxAttempts: options.maxAttempts } : {}),
     ...(options.newEntryId !== undefined ? { newEntryId: options.newEntryId } : {}),
     ...(options.onListenerError !== undefined ? { onListenerError: options.onListenerError } : {}),
@@ -222,15 +249,17 @@ function agentValues(n: NormalizedAgent): Omit<AgentTable, "row_id" | "spiffe_id
 export async function createSqlDatastore(options: SqlDatastoreOptions): Promise<Datastore> {
   const maxAttempts = options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
   if (!Number.isInteger(maxAttempts) || maxAttempts < 1 || maxAttempts > 100) throw invalid("maxAttempts must be an integer from 1 to 100");
+  let dialect: SqlDialect;
   try {
-    await migrateSql(options.db, options.dialect, SQL_MIGRATIONS, options.clock.now());
+    dialect = await options.dialect.forServer(options.db);
+    await migrateSql(options.db, dialect, SQL_MIGRATIONS, options.clock.now());
   } catch (e) {
     await options.db.destroy().catch(() => undefined);
     if (e instanceof SigilError) throw e;
     const cls = options.dialect.classify(e);
     throw new SigilError(cls === "unavailable" ? "ERR_UNAVAILABLE" : "ERR_INTERNAL", `datastore: cannot open the ${options.dialect.name} database: ${describe(e)}`, { cause: e });
   }
-  return new SqlDatastore(options, maxAttempts);
+  return new SqlDatastore({ ...options, dialect }, maxAttempts);
 }
 
 function describe(e: unknown): string {
@@ -245,6 +274,8 @@ class SqlDatastore implements Datastore {
   readonly #maxAttempts: number;
   readonly #newEntryId: () => string;
   readonly #notifier: ChangeNotifier;
+  readonly #watchEvents: SqlDatastoreOptions["watchEvents"];
+  readonly #watchers = new Set<() => Promise<void>>();
   readonly #issuanceNormalizer = new IssuanceNormalizer();
   /** Context IDs by context key; IDs are never reused, so a stale one fails its foreign key instead of mislabelling. */
   readonly #contextIds = new Map<string, number>();
@@ -257,6 +288,7 @@ class SqlDatastore implements Datastore {
     this.#maxAttempts = maxAttempts;
     this.#newEntryId = options.newEntryId ?? defaultEntryId;
     this.#notifier = new ChangeNotifier(options.onListenerError);
+    this.#watchEvents = options.watchEvents;
   }
 
   // ── plumbing ───────────────────────────────────────────────────────────
@@ -305,7 +337,13 @@ class SqlDatastore implements Datastore {
         const result = await this.#db
           .transaction()
           .setIsolationLevel("serializable")
-          .execute((trx) => fn(trx, now, events, attempt));
+          .execute(async (trx) => {
+            const r = await fn(trx, now, events, attempt);
+            const last = events[events.length - 1];
+            // Delivered to the other servers' feeds when this transaction commits.
+            if (last !== undefined && this.#watchEvents !== undefined) await sql`SELECT pg_notify(${CHANGE_EVENTS_CHANNEL}, ${String(last.eventId)})`.execute(trx);
+            return r;
+          });
         this.#notifier.notify(events);
         return result;
       } catch (e) {
@@ -989,11 +1027,30 @@ class SqlDatastore implements Datastore {
     return this.#notifier.subscribe(listener);
   }
 
+  async watchEvents(wake: (eventId: number | undefined) => void): Promise<(() => Promise<void>) | undefined> {
+    this.#checkOpen();
+    const start = this.#watchEvents;
+    if (start === undefined) return undefined;
+    try {
+      const stop = await start(wake);
+      this.#watchers.add(stop);
+      return async () => {
+        this.#watchers.delete(stop);
+        await stop();
+      };
+    } catch (e) {
+      throw this.#wrap(e);
+    }
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     this.#notifier.clear();
     this.#contextIds.clear();
+    const watchers = [...this.#watchers];
+    this.#watchers.clear();
+    await Promise.all(watchers.map((stop) => stop().catch(() => undefined)));
     await this.#db.destroy();
   }
 }

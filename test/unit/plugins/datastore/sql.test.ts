@@ -6,6 +6,7 @@ import { describe, expect, it } from "vitest";
 import { ManualClock } from "../../../../common/clock.js";
 import { parseServerConfig } from "../../../../server/config/load.js";
 import { openSqlDataStore, sqlDataStoreConfigSchema } from "../../../../plugins/datastore/sql/index.js";
+import { openDatastore } from "../../../../server/datastore/open.js";
 import { isSigilError } from "../../../../spiffe/errors.js";
 import { createTestDatabase, datastoreEngines } from "../../../support/datastore.js";
 
@@ -60,6 +61,26 @@ describe("sql DataStore config", () => {
     );
     expect(errorOf(config("database_type: postgres\nconnection_string: postgres://db/x\nclient_cert_path: c.pem"))).toContain("plugins.DataStore.sql.client_key_path");
     expect(errorOf(config("database_type: postgres\nconnection_string: postgres://db/x\nstatement_timeout: 5"))).toContain("plugins.DataStore.sql.statement_timeout");
+  });
+
+  it("a connection_string that is no URL is refused naming the key, never repeating the password", async () => {
+    for (const [type, cs] of [
+      ["postgres", "postgres://sigil:S3cretPW@db:notaport/x"],
+      ["mysql", "mysql://root:S3cretPW@db:notaport/x"],
+    ] as const) {
+      const message = errorOf(config(`database_type: ${type}\nconnection_string: "${cs}"`));
+      expect(message).toContain("plugins.DataStore.sql.connection_string: is not a valid URL");
+      expect(message).not.toContain("S3cretPW");
+      // The drivers check it too (the datastore may be opened without the config schema), with no cause carrying the string.
+      const err = await openDatastore({ engine: type, connectionString: cs, clock: new ManualClock(new Date()) }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(isSigilError(err, "ERR_INVALID_ARGUMENT"), String(err)).toBe(true);
+      expect((err as Error).message).toContain("connection_string is not a valid");
+      expect(JSON.stringify(err, Object.getOwnPropertyNames(err))).not.toContain("S3cretPW");
+      expect((err as Error).cause).toBeUndefined();
+    }
   });
 
   it("an unreadable root_ca_path fails the open naming the key", async () => {
