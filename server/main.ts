@@ -10,7 +10,8 @@
  * | `signing-pool` | signing threads for the key manager (`server.signing_threads` > 0) |
  * | `ca` | KeyManager and UpstreamAuthority plugins, CA slots restored or created, bundle published |
  * | `notifiers` | (`plugins.Notifier`) Notifier plugins, told of the bundle at start and after every change (publishing runs in the background) |
- * | `entry-index` | the entry index, loaded and following the datastore's change events |
+ * | `change-feed` | follows the change events every server sharing the database commits (NOTIFY-woken on PostgreSQL, polled on MySQL and SQLite) |
+ * | `entry-index` | the entry index, loaded and following the change feed |
  * | `federation` | `federation.federates_with` applied; each relationship's bundle fetched from its endpoint at its refresh hint |
  * | `server-svid` | the server's own X509-SVID, the agent API's TLS identity |
  * | `bundle-endpoint` | (`federation.bundle_endpoint`) the trust domain's SPIFFE bundle over HTTPS for federated servers |
@@ -18,7 +19,7 @@
  * | `admin-socket` | the admin API on its Unix socket, every call audited |
  * | `ca-rotation` | a CA rotation step every 10 s, then the server SVID's (and bundle endpoint SVID's) renewal |
  * | `k8s-controller` | (`k8s_controller.enabled`) entries for the pods of a Kubernetes cluster from `ClusterSPIFFEID`s |
- * | `prune` | expired join tokens and long-expired issuance records, every minute |
+ * | `prune` | expired join tokens, long-expired issuance records and old change events, every minute |
  * | `oidc-discovery` | (`oidc_discovery.enabled`) OIDC discovery documents of the JWT keys, issuer `server.jwt_issuer` |
  * | `health-listener`, `metrics-listener` | optional HTTP `/live`, `/ready`, `/metrics` |
  * | `grpc-health` | `grpc.health.v1` on both gRPC listeners: SERVING once every service before it started |
@@ -51,6 +52,7 @@ import { NotifierService } from "./ca/notifier-service.js";
 import { caSettings, CaService } from "./ca/service.js";
 import type { ServerConfig } from "./config/schema.js";
 import type { Datastore } from "./datastore/index.js";
+import { ChangeFeed, changeFeedSettings } from "./datastore/change-feed.js";
 import { PruneJob } from "./datastore/prune.js";
 import { DatastoreService } from "./datastore/service.js";
 import { createParentResolver } from "./api/parent-resolver.js";
@@ -128,7 +130,8 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   // Only with a Notifier configured: a server without one has no `notifiers` service.
   const notifiers =
     Object.keys(config.plugins.Notifier ?? {}).length > 0 ? new NotifierService({ plugins: config.plugins.Notifier, ca, metrics, log: subsystemLogger(log, "notifier") }) : undefined;
-  const entries = new EntryIndexFeed({ datastore, serverId: serverId.toString(), log });
+  const changeFeed = new ChangeFeed({ datastore, settings: changeFeedSettings(s.change_feed), clock, log: subsystemLogger(log, "change_feed") });
+  const entries = new EntryIndexFeed({ datastore, feed: changeFeed, serverId: serverId.toString(), log });
   const federation = new FederationPoller({ trustDomain, datastore, ownBundle: () => ca.manager.bundle(), config: config.federation, clock, metrics, log: subsystemLogger(log, "federation") });
   const serverSvid = new ServerSvidService({ ca, serverId, ttlMs: defaultX509TtlMs, clock });
   const bundleEndpoint = bundleEndpointConfig
@@ -179,7 +182,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     onFailure: () => grpcHealth.setStatus("", "NOT_SERVING"),
     log,
   });
-  const prune = new PruneJob({ datastore, clock, retentionMs: s.issuance_log_retention, log });
+  const prune = new PruneJob({ datastore, clock, retentionMs: s.issuance_log_retention, eventRetentionMs: s.change_feed.event_retention, log });
   const hc = config.health_checks?.listener_enabled ? config.health_checks : undefined;
   const health = hc
     ? new HttpListenerService("health-listener", () =>
@@ -198,6 +201,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       ...(signingPool ? [service("signing-pool", () => undefined, () => signingPool.close())] : []),
       ca,
       ...(notifiers ? [notifiers] : []),
+      changeFeed,
       entries,
       federation,
       serverSvid,

@@ -48,6 +48,26 @@ const rateLimitSection = z
     "Rate limits of the agent API. A call over a limit is refused with RESOURCE_EXHAUSTED and a retry hint: the `grpc-retry-pushback-ms` trailer and `retry after <n>ms` at the end of the message. The local admin API is not limited.",
   );
 
+const changeFeedSection = z
+  .strictObject({
+    poll_interval: duration({ minMs: 10 })
+      .refine((ms) => ms <= 60_000, { error: "must be at most 1m" })
+      .prefault("250ms")
+      .describe("How often the server reads the database's change events when nothing wakes it (MySQL/MariaDB, SQLite): the longest time before a change made through another server reaches this one."),
+    notify_poll_interval: duration({ minMs: 100 })
+      .refine((ms) => ms <= 600_000, { error: "must be at most 10m" })
+      .prefault("5s")
+      .describe("PostgreSQL: how often the change events are read besides the `LISTEN`/`NOTIFY` wake-ups (a fallback for a lost notification connection)."),
+    gap_timeout: duration({ minMs: 1_000 })
+      .refine((ms) => ms <= 3_600_000, { error: "must be at most 1h" })
+      .prefault("1m")
+      .describe("How long an event ID missing below a seen one (a transaction still committing on another server) is read again before it is taken as never committed."),
+    event_retention: duration({ minMs: 60_000 })
+      .prefault("24h")
+      .describe("How long change events are kept before pruning. A server that could not read them for longer reloads every entry once."),
+  })
+  .describe("The change feed: how each server follows the changes every server sharing the database commits (entries and agents).");
+
 const serverSection = z
   .strictObject({
     trust_domain: trustDomain.describe("The trust domain this server issues identities for, as a bare name (`example.org`). The server refuses to start if it changes."),
@@ -86,6 +106,14 @@ const serverSection = z
         "Threads that sign batches of X509-SVIDs for agents, beside the thread serving RPCs. `0` signs in-line. Defaults to one less than the available cores, at most 4.",
       ),
     ratelimit: rateLimitSection.prefault({}),
+    server_id: z
+      .string()
+      .regex(/^[A-Za-z0-9._-]{1,64}$/, { error: "must be 1-64 of A-Z a-z 0-9 . _ -" })
+      .optional()
+      .describe(
+        "Name of this server instance among the servers sharing one database: its rows in the CA journal carry it. Default: a random name made on first start and kept in `<data_dir>/server-id`, so it follows the data directory (where a `disk` KeyManager keeps the CA keys). Set it when data directories are cloned, so no two servers share one.",
+      ),
+    change_feed: changeFeedSection.prefault({}),
   })
   .transform((s) => ({ ...s, agent_ttl: s.agent_ttl ?? s.default_x509_svid_ttl, jwt_key_type: s.jwt_key_type ?? s.ca_key_type }))
   .describe("Core server settings.");

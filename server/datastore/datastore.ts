@@ -235,6 +235,17 @@ export interface Datastore {
    */
   subscribe(listener: ChangeListener): () => void;
 
+  /**
+   * Engines that can announce commits (PostgreSQL: `LISTEN`/`NOTIFY` on a
+   * dedicated connection) call `wake` soon after any server commits a
+   * change, with the event ID when known; the cross-server change feed then
+   * reads at once instead of waiting for its next poll. Reconnects on its own
+   * (waking once after a reconnect). Resolves to the function that stops
+   * listening, or `undefined` when the engine cannot announce commits
+   * (MySQL, SQLite; the method may also be absent): poll instead.
+   */
+  watchEvents?(wake: (eventId: number | undefined) => void): Promise<(() => Promise<void>) | undefined>;
+
   /** Closes the database. Later calls fail with `ERR_UNAVAILABLE`. Idempotent. */
   close(): Promise<void>;
 }

@@ -1,7 +1,8 @@
 /**
- * Pruning (`prune` service): every minute, expired join tokens, and issuance
+ * Pruning (`prune` service): every minute, expired join tokens, issuance
  * records whose credential expired more than `server.issuance_log_retention`
- * ago, are removed.
+ * ago, and change events older than `server.change_feed.event_retention`, are
+ * removed.
  */
 import type { Clock } from "../../common/clock.js";
 import type { Logger } from "../../common/log.js";
@@ -15,7 +16,7 @@ export const PRUNE_INTERVAL_MS = 60_000;
  * Removes expired join tokens, and issuance records whose credential expired
  * more than `retentionMs` ago. Failures are logged; the next round tries again.
  */
-export async function pruneExpired(datastore: Datastore, now: Date, retentionMs: number, log: Logger): Promise<void> {
+export async function pruneExpired(datastore: Datastore, now: Date, retentionMs: number, log: Logger, eventRetentionMs?: number): Promise<void> {
   try {
     await datastore.pruneJoinTokens(now);
   } catch (err) {
@@ -28,6 +29,13 @@ export async function pruneExpired(datastore: Datastore, now: Date, retentionMs:
   } catch (err) {
     log.warn({ err }, "datastore: pruning the issuance log failed");
   }
+  if (eventRetentionMs === undefined) return;
+  try {
+    const removed = await datastore.pruneEvents(new Date(Math.max(0, now.getTime() - eventRetentionMs)));
+    if (removed > 0) log.debug({ removed }, "change feed: pruned old change events");
+  } catch (err) {
+    log.warn({ err }, "datastore: pruning change events failed");
+  }
 }
 
 /** Dependencies of the {@link PruneJob}. */
@@ -37,6 +45,8 @@ export interface PruneJobDeps {
   readonly clock: Clock;
   /** `server.issuance_log_retention`. */
   readonly retentionMs: number;
+  /** `server.change_feed.event_retention`; change events are kept forever without it. */
+  readonly eventRetentionMs?: number;
   readonly log: Logger;
 }
 
@@ -51,9 +61,9 @@ export class PruneJob implements Service {
   }
 
   start(): void {
-    const { datastore, clock, retentionMs, log } = this.#d;
+    const { datastore, clock, retentionMs, eventRetentionMs, log } = this.#d;
     const store = datastore.datastore;
-    this.#timer = setInterval(() => void pruneExpired(store, clock.now(), retentionMs, log), PRUNE_INTERVAL_MS);
+    this.#timer = setInterval(() => void pruneExpired(store, clock.now(), retentionMs, log, eventRetentionMs), PRUNE_INTERVAL_MS);
   }
 
   stop(): void {

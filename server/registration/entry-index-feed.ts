@@ -1,13 +1,18 @@
 /**
  * The entry index fed by the datastore, as a service: it subscribes to the
- * datastore's change events first and then loads every entry in pages, so no
- * change made during the load is missed; from then on it follows the events
- * (a changed entry is read again). Answers "which entries is this agent
- * authorized for" without a datastore query.
+ * cross-server change feed first and then loads every entry in pages, so no
+ * change made during the load is missed; from then on it follows the feed,
+ * which carries the changes of every server sharing the database (a changed
+ * or deleted entry is read again, and only the newest read of an entry is
+ * applied, so events arriving out of order across servers converge on the
+ * stored state). When the feed fell behind its pruning, the index reloads
+ * once. Answers "which entries is this agent authorized for" without a
+ * datastore query.
  */
 import type { Logger } from "../../common/log.js";
 import { formatSelector } from "../../common/selector.js";
 import type { Service } from "../../common/service.js";
+import type { ChangeFeed } from "../datastore/change-feed.js";
 import type { AttestedAgent, Datastore, RegistrationEntry } from "../datastore/index.js";
 import { EntryIndex, type IndexedEntry } from "./entry-index.js";
 
@@ -40,6 +45,8 @@ export function authorizedEntries(index: EntryIndex<IndexedRecord>, agentId: str
 export interface EntryIndexFeedDeps {
   /** The datastore service, started before this one. */
   readonly datastore: { readonly datastore: Datastore };
+  /** The change feed, started before this service. */
+  readonly feed: Pick<ChangeFeed, "subscribe">;
   /** The server's SPIFFE ID: node aliases are its children. */
   readonly serverId: string;
   readonly log: Logger;
@@ -52,6 +59,11 @@ export class EntryIndexFeed implements Service {
   readonly index: EntryIndex<IndexedRecord>;
   readonly #d: EntryIndexFeedDeps;
   #unsubscribe: (() => void) | undefined;
+  /** Per entry ID: bumped by each event, so a read answered after a newer event is dropped. */
+  readonly #versions = new Map<string, number>();
+  #reloading: Promise<void> | undefined;
+  /** While loading: the entries an event touched (the load's possibly older copy must not overwrite them). */
+  #touched: Set<string> | undefined;
 
   constructor(deps: EntryIndexFeedDeps) {
     this.#d = deps;
@@ -59,30 +71,65 @@ export class EntryIndexFeed implements Service {
   }
 
   async start(): Promise<void> {
-    const datastore = this.#d.datastore.datastore;
-    const index = this.index;
-    this.#unsubscribe = datastore.subscribe((event) => {
-      if (event.kind !== "entry") return;
-      if (event.op === "delete") {
-        index.delete(event.objectId);
-        return;
-      }
-      datastore.getEntry(event.objectId).then(
-        (e) => (e ? index.upsert(toIndexed(e)) : index.delete(event.objectId)),
-        (err: unknown) => this.#d.log.error({ err, entry_id: event.objectId }, "entry index: cannot load a changed entry"),
-      );
+    this.#unsubscribe = this.#d.feed.subscribe({
+      onEvent: (event) => {
+        if (event.kind === "entry") this.#refresh(event.objectId);
+      },
+      onResync: () => {
+        this.#reloading ??= this.#load(true)
+          .catch((err: unknown) => this.#d.log.error({ err }, "entry index: reload after the change feed fell behind failed"))
+          .finally(() => (this.#reloading = undefined));
+      },
     });
     try {
-      let pageToken: string | undefined;
-      do {
-        const page = await datastore.listEntries({ pageSize: LOAD_PAGE_SIZE, ...(pageToken ? { pageToken } : {}) });
-        for (const e of page.items) index.upsert(toIndexed(e));
-        pageToken = page.nextPageToken;
-      } while (pageToken);
+      await this.#load(false);
     } catch (e) {
       this.stop();
       throw e;
     }
+  }
+
+  /** Reads the entry again and applies it, unless a newer event for it came in meanwhile. */
+  #refresh(id: string): void {
+    this.#touched?.add(id);
+    const version = (this.#versions.get(id) ?? 0) + 1;
+    this.#versions.set(id, version);
+    this.#d.datastore.datastore.getEntry(id).then(
+      (e) => {
+        if (this.#versions.get(id) !== version) return;
+        this.#versions.delete(id);
+        if (e) this.index.upsert(toIndexed(e));
+        else this.index.delete(id);
+      },
+      (err: unknown) => {
+        if (this.#versions.get(id) === version) this.#versions.delete(id);
+        this.#d.log.error({ err, entry_id: id }, "entry index: cannot load a changed entry");
+      },
+    );
+  }
+
+  /** Loads every entry; a reload also drops the entries no longer stored (unless an event touched them meanwhile). */
+  async #load(reload: boolean): Promise<void> {
+    const datastore = this.#d.datastore.datastore;
+    const loaded = new Set<string>();
+    const before = reload ? new Set(this.index.ids()) : undefined;
+    const touched = (this.#touched = new Set());
+    try {
+      let pageToken: string | undefined;
+      do {
+        const page = await datastore.listEntries({ pageSize: LOAD_PAGE_SIZE, ...(pageToken ? { pageToken } : {}) });
+        for (const e of page.items) {
+          loaded.add(e.id);
+          if (!touched.has(e.id)) this.index.upsert(toIndexed(e));
+        }
+        pageToken = page.nextPageToken;
+      } while (pageToken);
+    } finally {
+      this.#touched = undefined;
+    }
+    if (before === undefined) return;
+    for (const id of before) if (!loaded.has(id) && !touched.has(id)) this.index.delete(id);
+    this.#d.log.info({ entries: loaded.size }, "entry index: reloaded every entry");
   }
 
   stop(): void {

@@ -52,6 +52,11 @@ export class EntryIndex<E extends IndexedEntry = IndexedEntry> {
     return this.#generation;
   }
 
+  /** The IDs of every entry held. */
+  ids(): string[] {
+    return [...this.#entries.keys()];
+  }
+
   /** The entry with this ID. */
   get(id: string): E | undefined {
     return this.#entries.get(id);
