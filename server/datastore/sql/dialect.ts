@@ -24,6 +24,8 @@ export type SqlErrorClass =
 export interface SqlDialect {
   /** Engine name, as in messages and `database_type`. */
   readonly name: "postgres" | "mysql";
+  /** Whether schema changes roll back with their transaction (PostgreSQL), or commit statement by statement (MySQL). */
+  readonly transactionalDdl: boolean;
   /** Column type of ASCII identifiers (SPIFFE IDs, trust domains, hashes), compared byte for byte. */
   ascii(length: number): RawBuilder<unknown>;
   /** Column type of UTF-8 text of at most `length` characters, compared byte for byte, short enough for an index key. */
@@ -72,6 +74,7 @@ function toNumber(v: unknown): number {
 /** PostgreSQL (`pg`). */
 export const POSTGRES_DIALECT: SqlDialect = {
   name: "postgres",
+  transactionalDdl: true,
   ascii: (length) => sql.raw(`varchar(${length}) COLLATE "C"`),
   text: (length) => sql.raw(`varchar(${length}) COLLATE "C"`),
   longText: sql.raw(`text COLLATE "C"`),
@@ -125,6 +128,7 @@ export const MYSQL_DIALECT: SqlDialect = mysqlDialect("utf8mb4_0900_bin");
 function mysqlDialect(collation: (typeof NO_PAD_BIN_COLLATIONS)[number]): SqlDialect {
   return {
     name: "mysql",
+    transactionalDdl: false,
     // ASCII columns: 1 byte per character, so a 2,048-character SPIFFE ID fits in an index key (3,072 bytes).
     ascii: (length) => sql.raw(`varchar(${length}) CHARACTER SET ascii COLLATE ascii_bin`),
     text: (length) => sql.raw(`varchar(${length})`),

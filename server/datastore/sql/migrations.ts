@@ -283,7 +283,11 @@ export async function migrateSql(db: Kysely<SqlSchema>, dialect: SqlDialect, mig
       try {
         await m.up(conn, dialect);
       } catch (e) {
-        throw new SigilError("ERR_INTERNAL", `datastore: migration ${m.version} (${m.name}) failed on ${dialect.name}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+        // Without transactional DDL the failed step's first tables stay, and running it again fails on them.
+        const partly = dialect.transactionalDdl
+          ? ""
+          : `; ${dialect.name} commits each schema statement, so part of migration ${m.version} may be applied: restore the backup taken before the upgrade${m.version === 1 ? " (or, on a new database, drop its tables)" : ""} and start again`;
+        throw new SigilError("ERR_INTERNAL", `datastore: migration ${m.version} (${m.name}) failed on ${dialect.name}: ${e instanceof Error ? e.message : String(e)}${partly}`, { cause: e });
       }
       await conn.insertInto("schema_migrations").values({ version: m.version, name: m.name, applied_at: now.getTime() }).execute();
     }

@@ -79,6 +79,34 @@ describe.each(sqlEngines)("%s attack", (engine) => {
     expect((await a.getEntry(e2.id))?.spiffeId).toBe(`spiffe://example.org/${long}2`);
   });
 
+  it("one entry identity, selectors in other orders and repeated, created at once through both (singly and in batches): exactly one", async () => {
+    for (let round = 0; round < 5; round++) {
+      const spiffeId = `spiffe://example.org/o/${round}`;
+      const orders = [
+        ["unix:uid:1", "unix:gid:2"],
+        ["unix:gid:2", "unix:uid:1"],
+        ["unix:uid:1", "unix:gid:2", "unix:uid:1"],
+      ].map((list) => ({ spiffeId, parentId: AGENT, selectors: list.map(sel) }));
+      const results = await Promise.allSettled([
+        a.createEntry(orders[0]!),
+        b.createEntry(orders[1]!),
+        a.createEntries([orders[2]!]).then(([r]) => (r?.ok ? r.value : Promise.reject(r?.error))),
+        b.createEntries([orders[1]!]).then(([r]) => (r?.ok ? r.value : Promise.reject(r?.error))),
+      ]);
+      expect(codes(results)).toEqual(["ERR_ALREADY_EXISTS", "ERR_ALREADY_EXISTS", "ERR_ALREADY_EXISTS", "ok"]);
+      expect(await a.countEntries({ spiffeId })).toBe(1);
+    }
+    expect((await a.listEvents(0, 100)).filter((e) => e.op === "create")).toHaveLength(5);
+  });
+
+  it("CA journal bytes (every octet value) round trip through the other instance", async () => {
+    const der = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+    await a.upsertCaJournal({ kind: "jwt", slotId: "A", keyId: "k ' é", status: "active", publicKeyDer: der, notBefore: T0, notAfter: new Date(T0.getTime() + 60_000) });
+    const [rec] = await b.listCaJournal("jwt");
+    expect(Buffer.from(rec!.publicKeyDer).equals(der)).toBe(true);
+    expect(rec!.keyId).toBe("k ' é");
+  });
+
   it("uint64 max sequence round trips and compares", async () => {
     const max = "18446744073709551615";
     await a.setBundle({ trustDomain: "example.org", document: JSON.stringify({ keys: [] }), sequence: max });
@@ -140,6 +168,23 @@ describe.each(sqlEngines)("%s attack", (engine) => {
 
 describe.each(sqlEngines)("%s connection loss", (engine) => {
   const clock = new ManualClock(T0);
+  it.runIf(engine === "mysql")("a migration left half-applied (MySQL DDL commits each statement) is refused saying how to recover", async () => {
+    const { url, drop } = await createTestDatabase(engine);
+    try {
+      const c = await mysql.createConnection({ uri: url });
+      await c.query("CREATE TABLE bundles (trust_domain varchar(255) PRIMARY KEY)");
+      await c.end();
+      const err = await openSqlDatastore(engine, url, clock).then(
+        (ds) => ds.close(),
+        (e: unknown) => e,
+      );
+      expect(isSigilError(err, "ERR_INTERNAL"), String(err)).toBe(true);
+      expect((err as Error).message).toMatch(/migration 1 \(initial schema\) failed on mysql: .*bundles.* part of migration 1 may be applied: restore the backup/);
+    } finally {
+      await drop();
+    }
+  });
+
   it("a refused login or an unreachable host never puts the password in the error", async () => {
     const base = new URL(`${engine === "postgres" ? "postgres://nosuchuser" : "mysql://nosuchuser"}@127.0.0.1/test`);
     base.password = "S3cretPW";
