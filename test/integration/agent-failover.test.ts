@@ -1,0 +1,115 @@
+/**
+ * Two real `sigil-server run` processes on one PostgreSQL database and an
+ * agent given both addresses (`server_addresses`): the server the agent
+ * attested with is killed with SIGKILL; the agent fails over to the other,
+ * keeps renewing on it (short TTLs), the workload's SVID never expires on its
+ * stream, and an entry created through the surviving server reaches the
+ * workload (pushed notice); no entry is lost.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { credentials } from "@grpc/grpc-js";
+import { afterEach, describe, expect, it } from "vitest";
+import { createUnaryClient } from "../../common/rpc/unary-client.js";
+import { AgentAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
+import { createTestDatabase, datastoreEngines } from "../support/datastore.js";
+import { runWorkload, startAgentProcess, type AgentProcess } from "./support/agent-process.js";
+import { launchServerProcess, testServerConfigYaml, type ServerProcess } from "./support/server-process.js";
+import { rootsPemFromBundleJson } from "./support/test-agent.js";
+
+const hasPostgres = (await datastoreEngines()).includes("postgres");
+const UID = process.getuid?.() ?? 0;
+
+interface Update {
+  readonly at: number;
+  readonly svids: { id: string; serial: string; notAfter: number }[];
+}
+
+describe.skipIf(!hasPostgres)("an agent with two servers on one PostgreSQL database", () => {
+  const cleanups: Array<() => Promise<void> | void> = [];
+  afterEach(async () => {
+    for (const c of cleanups.splice(0).reverse()) await c();
+  });
+
+  async function startServer(url: string, name: string): Promise<ServerProcess> {
+    const dir = mkdtempSync(path.join(tmpdir(), `sigil-it-failover-${name}-`));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const configPath = path.join(dir, "server.yaml");
+    const socketPath = path.join(dir, "admin", "api.sock");
+    writeFileSync(
+      configPath,
+      testServerConfigYaml(dir, { keyManager: "disk", serverExtra: "  default_x509_svid_ttl: 20s\n  agent_ttl: 30s\n", dataStore: { databaseType: "postgres", connectionString: url } }),
+    );
+    const srv = await launchServerProcess(dir, configPath, socketPath);
+    cleanups.push(() => srv.stop({ keepDir: true }));
+    return srv;
+  }
+
+  it("fails over when the agent's server is killed; the workload's SVID never expires and no entry is lost", async () => {
+    const { url, drop } = await createTestDatabase("postgres");
+    cleanups.push(drop);
+    const a = await startServer(url, "a");
+    const admin = createUnaryClient(AgentAdmin, `unix:${a.socketPath}`, credentials.createInsecure());
+    const tok = await admin.createJoinToken({ ttl: 600 });
+    admin.close();
+    const web = a.cli(["entry", "create", "--spiffe-id", "spiffe://example.org/web", "--parent-id", tok.agentId, "--selector", `unix:uid:${UID}`, "--x509-svid-ttl", "20s"]);
+    expect(web.status, web.stderr).toBe(0);
+    const b = await startServer(url, "b");
+    // Both servers publish the bundle the agent bootstraps with (the union of their CAs).
+    const roots = rootsPemFromBundleJson(b.cli(["bundle", "show", "--output", "json"]).stdout);
+
+    const agent: AgentProcess = await startAgentProcess({
+      serverAddress: a.agentApiAddress,
+      bundlePem: roots,
+      joinToken: tok.token,
+      extraAgentYaml: `  server_addresses: [${a.agentApiAddress}, ${b.agentApiAddress}]\n`,
+    });
+    cleanups.push(() => agent.stop());
+    const [home, other] = a.logs.some((r) => r.msg === "agent attested") ? [a, b] : [b, a];
+
+    let killed = false;
+    let onFirst: () => void = () => undefined;
+    const first = new Promise<void>((r) => (onFirst = r));
+    const workload = runWorkload(
+      agent.socketPath,
+      `const webSerials = new Set();
+       await new Promise((resolve, reject) => {
+         const w = client.watchX509Context((ctx) => {
+           const svids = ctx.svids.map((s) => ({ id: s.id.toString(), serial: s.leaf.serialNumber, notAfter: Date.parse(s.leaf.validTo) }));
+           console.log(JSON.stringify({ at: Date.now(), svids }));
+           for (const s of svids) if (s.id.endsWith("/web")) webSerials.add(s.serial);
+           if (svids.some((s) => s.id.endsWith("/web2")) && webSerials.size >= 3) { w.close(); resolve(); }
+         }, (e, info) => { if (info.terminal) reject(e); });
+       });
+       console.log("DONE");`,
+      undefined,
+      110_000,
+      (out) => {
+        if (out.includes("svids")) onFirst();
+      },
+    );
+    await first;
+    home.child.kill("SIGKILL");
+    killed = true;
+    await agent.waitForLog((r) => r.msg === "sync: the server is unavailable; failing over to the next one", 30_000);
+    // Created through the surviving server: reaches the agent through its change stream there.
+    const web2 = other.cli(["entry", "create", "--spiffe-id", "spiffe://example.org/web2", "--parent-id", tok.agentId, "--selector", `unix:uid:${UID}`, "--x509-svid-ttl", "20s"]);
+    expect(web2.status, web2.stderr).toBe(0);
+
+    const r = await workload;
+    expect(killed).toBe(true);
+    const updates = r.stdout
+      .split("\n")
+      .filter((l) => l.startsWith('{"at"'))
+      .map((l) => JSON.parse(l) as Update);
+    const problems = agent.logs.filter((l) => Number(l.level) >= 40 || String(l.msg).includes("change stream")).slice(-30);
+    expect(r.stdout.includes("DONE"), `${r.stdout}\n${r.stderr}\n${JSON.stringify(problems, null, 1)}`).toBe(true);
+    // No entry lost: the last view holds both workloads' SVIDs.
+    expect(updates.at(-1)!.svids.map((s) => s.id).sort()).toEqual(["spiffe://example.org/web", "spiffe://example.org/web2"]);
+    // Never expired: every SVID handed out was valid, and each web SVID was replaced before it expired.
+    for (const u of updates) for (const s of u.svids) expect(s.notAfter).toBeGreaterThan(u.at);
+    const webAt = updates.map((u) => ({ at: u.at, notAfter: u.svids.find((s) => s.id.endsWith("/web"))?.notAfter ?? 0 }));
+    for (let i = 1; i < webAt.length; i++) expect(webAt[i - 1]!.notAfter).toBeGreaterThan(webAt[i]!.at);
+  }, 150_000);
+});
