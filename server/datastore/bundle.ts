@@ -31,6 +31,14 @@ export interface SetBundleOptions {
    * this (`null`: only when no bundle is stored yet). Omitted: unconditional.
    */
   readonly expectedSequence?: string | bigint | null;
+  /**
+   * The write happens only while the federation relationship with the trust
+   * domain exists and was last changed at this time (the relationship the
+   * bundle was fetched for); one deleted or edited meanwhile, also through
+   * another server, refuses it with `ERR_FAILED_PRECONDITION`, so a fetch in
+   * flight cannot bring back the bundle of a deleted relationship.
+   */
+  readonly relationshipUpdatedAt?: Date;
 }
 
 /**

@@ -232,6 +232,11 @@ export function notFound(what: string): SigilError {
   return new SigilError("ERR_NOT_FOUND", `datastore: ${what} not found`);
 }
 
+/** `setBundle` with `relationshipUpdatedAt`: the relationship the bundle was fetched for is gone or was edited. */
+export function relationshipChanged(trustDomain: string): SigilError {
+  return new SigilError("ERR_FAILED_PRECONDITION", `datastore: the federation relationship with ${trustDomain} was deleted or changed since its bundle was fetched; bundle not stored`);
+}
+
 /** Resolves a field mask: explicit, or the known fields present in `changes`. */
 export function resolveMask<F extends string>(what: string, known: readonly F[], changes: object, mask: readonly F[] | undefined): F[] {
   if (changes === null || typeof changes !== "object") throw invalid(`${what} changes must be an object`);

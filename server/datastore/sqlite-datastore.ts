@@ -43,6 +43,7 @@ import {
   applyMask,
   checkDeleteMode,
   notFound,
+  relationshipChanged,
   resolveMask,
   toAgent,
   toBundle,
@@ -643,7 +644,12 @@ class SqliteDatastore implements Datastore {
   async setBundle(input: BundleInput, options: SetBundleOptions = {}): Promise<StoredBundle> {
     const b = normalizeBundle(input);
     const expected = options.expectedSequence === undefined || options.expectedSequence === null ? options.expectedSequence : checkSequence("expectedSequence", options.expectedSequence);
+    const relationshipAt = options.relationshipUpdatedAt === undefined ? undefined : checkTime("relationshipUpdatedAt", options.relationshipUpdatedAt);
     return this.#write((now) => {
+      if (relationshipAt !== undefined) {
+        const rel = this.#get<{ updated_at: number }>("SELECT updated_at FROM federation_relationships WHERE trust_domain = ?", b.trustDomain);
+        if (rel === undefined || rel.updated_at !== relationshipAt) throw relationshipChanged(b.trustDomain);
+      }
       const current = this.#get<BundleRow>("SELECT * FROM bundles WHERE trust_domain = ?", b.trustDomain);
       if (expected !== undefined && (current?.sequence ?? null) !== expected) {
         throw invalid(

@@ -318,8 +318,10 @@ export class FederationPoller implements Service, FederationControl {
         const saved = await this.#ds.setBundle(
           // What was understood, not the body: skipped keys and unknown members are not kept or sent to agents.
           { trustDomain: td, document: serializeSpiffeBundle(res.bundle), sequence: res.bundle.sequenceNumber ?? 0n },
-          { expectedSequence: held?.sequence ?? null },
-        );
+          // Checked again in the write's transaction: a deletion through another server in between must win.
+          { expectedSequence: held?.sequence ?? null, relationshipUpdatedAt: rel.updatedAt },
+        ).catch((e: unknown) => (isSigilError(e, "ERR_FAILED_PRECONDITION") ? undefined : Promise.reject(e)));
+        if (saved === undefined) return this.#schedule(state, 0);
         state.own = { sequence: saved.sequence, updatedAtMs: saved.updatedAt.getTime() };
         sequence = saved.sequence;
       }

@@ -58,6 +58,7 @@ import {
   checkDeleteMode,
   groupByOwner,
   notFound,
+  relationshipChanged,
   resolveMask,
   toAgent,
   toBundle,
@@ -717,7 +718,12 @@ class SqlDatastore implements Datastore {
   async setBundle(input: BundleInput, options: SetBundleOptions = {}): Promise<StoredBundle> {
     const b = normalizeBundle(input);
     const expected = options.expectedSequence === undefined || options.expectedSequence === null ? options.expectedSequence : checkSequence("expectedSequence", options.expectedSequence);
+    const relationshipAt = options.relationshipUpdatedAt === undefined ? undefined : checkTime("relationshipUpdatedAt", options.relationshipUpdatedAt);
     return this.#write(async (trx, now) => {
+      if (relationshipAt !== undefined) {
+        const rel = await trx.selectFrom("federation_relationships").select("updated_at").where("trust_domain", "=", b.trustDomain).forUpdate().executeTakeFirst();
+        if (rel === undefined || Number(rel.updated_at) !== relationshipAt) throw relationshipChanged(b.trustDomain);
+      }
       const current = await trx.selectFrom("bundles").select(["sequence", "created_at"]).where("trust_domain", "=", b.trustDomain).forUpdate().executeTakeFirst();
       const held = current === undefined ? undefined : String(current.sequence);
       if (expected !== undefined && (held ?? null) !== expected) {

@@ -87,5 +87,23 @@ describe.each(engines)("datastore on %s", (engine) => {
       await ds.deleteFederationRelationship("td-c.test");
       expect(await ds.listFederationRelationships()).toEqual([]);
     });
+
+    it("setBundle with relationshipUpdatedAt stores only while that relationship exists unchanged", async () => {
+      const rel = await ds.createFederationRelationship(WEB);
+      const fetched = { expectedSequence: null, relationshipUpdatedAt: rel.updatedAt };
+      expect((await ds.setBundle({ trustDomain: WEB.trustDomain, document: DOC(1), sequence: "1" }, fetched)).sequence).toBe("1");
+      clock.advance(1000);
+      await ds.updateFederationRelationship({ ...WEB, bundleEndpointUrl: "https://b2.example/bundle" });
+      const edited = { expectedSequence: "1", relationshipUpdatedAt: rel.updatedAt };
+      await rejection(
+        ds.setBundle({ trustDomain: WEB.trustDomain, document: DOC(2), sequence: "2" }, edited),
+        "ERR_FAILED_PRECONDITION",
+        "datastore: the federation relationship with td-b.test was deleted or changed since its bundle was fetched; bundle not stored",
+      );
+      const current = (await ds.getFederationRelationship(WEB.trustDomain))!;
+      await ds.deleteFederationRelationship(WEB.trustDomain);
+      await rejection(ds.setBundle({ trustDomain: WEB.trustDomain, document: DOC(3), sequence: "3" }, { expectedSequence: null, relationshipUpdatedAt: current.updatedAt }), "ERR_FAILED_PRECONDITION");
+      expect(await ds.getBundle(WEB.trustDomain)).toBeUndefined();
+    });
   });
 });

@@ -155,6 +155,20 @@ describe.each(sqlEngines)("%s attack", (engine) => {
     }
   });
 
+  it("a relationship deleted through one server while the other stores its first fetched bundle: never a bundle without its relationship", async () => {
+    for (let round = 0; round < 10; round++) {
+      const td = `fed${round}.test`;
+      const rel = await a.createFederationRelationship({ trustDomain: td, bundleEndpointUrl: "https://fed.example/bundle", profile: "https_web" });
+      const results = await Promise.allSettled([
+        a.deleteFederationRelationship(td),
+        b.setBundle({ trustDomain: td, document: JSON.stringify({ keys: [] }), sequence: "1" }, { expectedSequence: null, relationshipUpdatedAt: rel.updatedAt }),
+      ]);
+      expect(results[0]?.status).toBe("fulfilled");
+      expect(await b.getFederationRelationship(td)).toBeUndefined();
+      expect(await b.getBundle(td), codes(results).join()).toBeUndefined();
+    }
+  });
+
   it("a join token used at its expiry instant through both servers", async () => {
     for (let round = 0; round < 10; round++) {
       const token = `tok${round}`;
