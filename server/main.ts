@@ -53,6 +53,7 @@ import { caSettings, CaService } from "./ca/service.js";
 import type { ServerConfig } from "./config/schema.js";
 import type { Datastore } from "./datastore/index.js";
 import { ChangeFeed, changeFeedSettings } from "./datastore/change-feed.js";
+import { serverInstanceId } from "./ca/instance-id.js";
 import { PruneJob } from "./datastore/prune.js";
 import { DatastoreService } from "./datastore/service.js";
 import { createParentResolver } from "./api/parent-resolver.js";
@@ -126,7 +127,9 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
 
   const datastore = new DatastoreService({ plugin: config.plugins.DataStore, trustDomain, clock });
   const bundleEndpointConfig = bundleEndpointSettings(config, serverId);
-  const ca = new CaService({ settings: caSettings(s, trustDomain, bundleEndpointConfig?.refreshHintSeconds), plugins: config.plugins, datastore, signingPool, clock, metrics, log: subsystemLogger(log, "ca_manager") });
+  // This instance's name among the servers sharing the database: its CA journal rows carry it.
+  const instanceId = serverInstanceId(s.server_id, s.data_dir);
+  const ca = new CaService({ settings: caSettings(s, trustDomain, bundleEndpointConfig?.refreshHintSeconds, instanceId), plugins: config.plugins, datastore, signingPool, clock, metrics, log: subsystemLogger(log, "ca_manager") });
   // Only with a Notifier configured: a server without one has no `notifiers` service.
   const notifiers =
     Object.keys(config.plugins.Notifier ?? {}).length > 0 ? new NotifierService({ plugins: config.plugins.Notifier, ca, metrics, log: subsystemLogger(log, "notifier") }) : undefined;
@@ -229,7 +232,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   await services.start();
 
   log.info(
-    { trust_domain: trustDomain.name, agent_api: agentApi.address, admin_socket: adminSocketPath, health: health?.listener?.url, metrics: metricsListener?.listener?.url, oidc_discovery: oidcDiscovery?.listener?.url },
+    { trust_domain: trustDomain.name, server_instance: instanceId, agent_api: agentApi.address, admin_socket: adminSocketPath, health: health?.listener?.url, metrics: metricsListener?.listener?.url, oidc_discovery: oidcDiscovery?.listener?.url },
     "server started",
   );
   let stopped = false;

@@ -5,10 +5,23 @@
  * 1/6 remaining lifetime of the current one (see rotation.ts). The journal of
  * slots lives in the datastore, keys in the key manager; request handlers only
  * reach keys through `signX509Svid` / `signJwtSvid`.
+ *
+ * ## Several servers on one database
+ *
+ * Each server is its own CA: its keys stay in its key manager and its slots
+ * are its own rows of the journal (keyed by `serverId`). The stored
+ * own-trust-domain bundle is the **union** of every server's unexpired
+ * authorities: each publication reads the stored bundle and every server's
+ * journal records, merges them with this server's authorities, and writes
+ * with compare-and-set on the bundle sequence, reading again when another
+ * server published first. So two servers publishing at once converge, the
+ * sequence strictly increases, and no authority is lost. Every rotation step
+ * (10 s) publishes, which is also how a server adopts the bundle another one
+ * published (its listeners, and so its agents, get the new roots).
  */
 import { createPublicKey, randomBytes, X509Certificate, type KeyObject } from "node:crypto";
 import type { Clock } from "../../common/clock.js";
-import { SigilError } from "../../spiffe/errors.js";
+import { isSigilError, SigilError } from "../../spiffe/errors.js";
 import type { SpiffeId, TrustDomain } from "../../spiffe/id.js";
 import type { KeyType, Signer } from "../../spiffe/signer.js";
 import { createRootCa, createIntermediateCa } from "../../spiffe/x509/ca.js";
@@ -78,7 +91,23 @@ export interface CaSettings {
   readonly caSubject?: { readonly country?: string; readonly organization?: string; readonly commonName?: string } | undefined;
   readonly jwtIssuer?: string | undefined;
   readonly refreshHintSeconds?: number | undefined;
+  /**
+   * This server instance's name among the servers sharing the database
+   * (`server.server_id`): its journal rows carry it. Default empty (a lone
+   * server, or records written before servers had names).
+   */
+  readonly serverId?: string | undefined;
 }
+
+/**
+ * How long a JWT key found in the stored bundle but in no journal record
+ * (its slot was reused by another key while it may still verify tokens) is
+ * kept published.
+ */
+export const UNJOURNALED_JWT_KEY_GRACE_MS = 15 * 60_000;
+
+/** Compare-and-set attempts of one bundle publication before giving up (the next rotation step tries again). */
+const PUBLISH_ATTEMPTS = 10;
 
 /** Dependencies of the CA manager. */
 export interface CaDeps {
@@ -154,25 +183,36 @@ export class CaManager {
   /** JWT keys from the journal whose private keys are gone but whose tokens may still be live. */
   #retiredJwt = new Map<string, { key: KeyObject; notAfter: Date }>();
   readonly #bundleListeners = new Set<(b: SpiffeBundle) => void>();
+  /** JWT keys of the stored bundle that no journal record explains, by key ID: when first noticed (ms). */
+  readonly #unjournaledJwt = new Map<string, number>();
+  readonly #serverId: string;
 
   constructor(settings: CaSettings, deps: CaDeps) {
     this.#s = settings;
     this.#d = deps;
+    this.#serverId = settings.serverId ?? "";
   }
 
   /** Restores slots from the journal (where keys survived) or creates fresh ones, then publishes the bundle. */
   async start(): Promise<void> {
     const now = this.#d.clock.now();
-    const records = await this.#d.store.listCaJournal();
-    for (const r of records) {
+    const all = await this.#d.store.listCaJournal();
+    const own = all.filter((r) => r.serverId === this.#serverId);
+    // Records from before servers had names: this server's if its key manager holds the key (adopted below).
+    const legacy = this.#serverId === "" ? [] : all.filter((r) => r.serverId === "" && !own.some((o) => o.kind === r.kind && o.slotId === r.slotId));
+    const adopted: Array<X509Authority | JwtAuthority> = [];
+    for (const r of [...own, ...legacy]) {
       if (r.notAfter.getTime() <= now.getTime() || (r.slotId !== "A" && r.slotId !== "B")) continue;
+      const isLegacy = r.serverId !== this.#serverId;
       const signer = await this.#d.keyManager.getKey(r.keyId);
       const sameKey = signer !== undefined && Buffer.from(signer.publicKey.export({ format: "der", type: "spki" })).equals(Buffer.from(r.publicKeyDer));
       if (!signer || !sameKey) {
+        if (isLegacy) continue;
         if (r.kind === "jwt") this.#retiredJwt.set(r.keyId, { key: createPublicKey({ key: Buffer.from(r.publicKeyDer), format: "der", type: "spki" }), notAfter: r.notAfter });
         continue;
       }
       if (r.kind === "x509" && r.certDer) {
+        if (this.#x509.some((a) => a.slotId === r.slotId)) continue;
         this.#x509.push({
           slotId: r.slotId,
           keyId: r.keyId,
@@ -188,8 +228,16 @@ export class CaManager {
             : {}),
         });
       } else if (r.kind === "jwt") {
+        if (this.#jwt.some((a) => a.slotId === r.slotId)) continue;
         this.#jwt.push({ slotId: r.slotId, keyId: r.keyId, signer, notBefore: r.notBefore, notAfter: r.notAfter, status: r.status });
+      } else {
+        continue;
       }
+      if (isLegacy) adopted.push(r.kind === "x509" ? (this.#x509[this.#x509.length - 1] as X509Authority) : (this.#jwt[this.#jwt.length - 1] as JwtAuthority));
+    }
+    for (const a of adopted) {
+      await this.#journal("certDer" in a ? "x509" : "jwt", a);
+      this.#d.log?.info({ kind: "certDer" in a ? "x509" : "jwt", slot: a.slotId, key_id: a.keyId, server_id: this.#serverId }, "ca: adopted an unnamed journal record whose key this server holds");
     }
     const stored = await this.#d.store.getBundle(this.#s.trustDomain.name);
     if (stored) {
@@ -309,6 +357,7 @@ export class CaManager {
   async #journal(kind: "x509" | "jwt", a: X509Authority | JwtAuthority): Promise<void> {
     const x = kind === "x509" ? (a as X509Authority) : undefined;
     await this.#d.store.upsertCaJournal({
+      serverId: this.#serverId,
       kind,
       slotId: a.slotId,
       keyId: a.keyId,
@@ -322,33 +371,101 @@ export class CaManager {
     });
   }
 
+  /**
+   * Publishes the union of the stored bundle's unexpired authorities, every
+   * server's journal and this server's authorities, compare-and-set on the
+   * stored sequence (read again when another server wrote first). When the
+   * union is what is stored, adopts the stored bundle (another server may
+   * have published it).
+   */
   async #publishBundle(now: Date): Promise<void> {
+    const td = this.#s.trustDomain.name;
+    for (let attempt = 1; ; attempt++) {
+      const stored = await this.#d.store.getBundle(td);
+      let storedBundle: SpiffeBundle | undefined;
+      if (stored) {
+        try {
+          storedBundle = parseSpiffeBundle(stored.document, this.#s.trustDomain).bundle;
+        } catch (e) {
+          this.#d.log?.warn({ err: (e as Error).message }, "ca: stored bundle is unreadable; rebuilding it");
+        }
+      }
+      // Without a readable stored bundle, keep what this server published last (e.g. a memory key manager's keys after a restart).
+      const base = storedBundle ?? this.#bundle;
+      const next = await this.#union(base, now);
+      if (storedBundle !== undefined && sameAuthorities(storedBundle, next)) {
+        // Nothing to add: take the stored bundle when another server published it.
+        if (this.#bundle === undefined || storedBundle.sequenceNumber !== this.#bundle.sequenceNumber || !sameAuthorities(this.#bundle, storedBundle)) this.#adopt(storedBundle);
+        return;
+      }
+      const sequence = (storedBundle?.sequenceNumber ?? (stored ? BigInt(stored.sequence) : (this.#bundle?.sequenceNumber ?? 0n))) + 1n;
+      const bundle: SpiffeBundle = { ...next, sequenceNumber: sequence };
+      try {
+        await this.#d.store.setBundle({ trustDomain: td, document: serializeSpiffeBundle(bundle), sequence }, { expectedSequence: stored ? stored.sequence : null });
+      } catch (e) {
+        // Another server published in between: merge with its bundle.
+        if (attempt < PUBLISH_ATTEMPTS && (isSigilError(e, "ERR_INVALID_ARGUMENT") || isSigilError(e, "ERR_ALREADY_EXISTS"))) continue;
+        throw e;
+      }
+      this.#adopt(bundle);
+      return;
+    }
+  }
+
+  /** The bundle to publish: `base`'s unexpired authorities, every server's journal, this server's authorities. */
+  async #union(base: SpiffeBundle | undefined, now: Date): Promise<SpiffeBundle> {
+    const t = now.getTime();
     const roots = new Map<string, Uint8Array>();
     const jwtKeys = new Map<string, KeyObject>();
-    // Keep still-valid authorities from the stored bundle (e.g. after a restart with a memory key manager).
-    if (this.#bundle) {
-      for (const der of this.#bundle.x509Authorities) {
-        if (certNotAfter(der) > now.getTime()) roots.set(Buffer.from(der).toString("base64"), der);
+    const journal = await this.#d.store.listCaJournal();
+    /** Every journaled JWT key's notAfter, by key ID. */
+    const journaledJwt = new Map<string, number>();
+    for (const r of journal) if (r.kind === "jwt") journaledJwt.set(r.keyId, Math.max(journaledJwt.get(r.keyId) ?? 0, r.notAfter.getTime()));
+    if (base) {
+      for (const der of base.x509Authorities) if (certNotAfter(der) > t) roots.set(Buffer.from(der).toString("base64"), der);
+      for (const [kid, key] of base.jwtAuthorities) {
+        const notAfter = journaledJwt.get(kid) ?? this.#retiredJwt.get(kid)?.notAfter.getTime() ?? this.#jwt.find((a) => a.keyId === kid)?.notAfter.getTime();
+        if (notAfter !== undefined) {
+          if (notAfter > t) jwtKeys.set(kid, key);
+          continue;
+        }
+        const since = this.#unjournaledJwt.get(kid) ?? t;
+        this.#unjournaledJwt.set(kid, since);
+        if (t - since < UNJOURNALED_JWT_KEY_GRACE_MS) jwtKeys.set(kid, key);
+      }
+    }
+    for (const kid of this.#unjournaledJwt.keys()) if (!base?.jwtAuthorities.has(kid)) this.#unjournaledJwt.delete(kid);
+    // Other servers' authorities (and this one's, which are also below).
+    for (const r of journal) {
+      if (r.notAfter.getTime() <= t) continue;
+      if (r.kind === "x509") {
+        for (const der of r.rootDers.length > 0 ? r.rootDers : r.certDer ? [r.certDer] : []) roots.set(Buffer.from(der).toString("base64"), der);
+      } else if (r.serverId !== this.#serverId && !jwtKeys.has(r.keyId)) {
+        try {
+          jwtKeys.set(r.keyId, createPublicKey({ key: Buffer.from(r.publicKeyDer), format: "der", type: "spki" }));
+        } catch {
+          this.#d.log?.warn({ key_id: r.keyId, server_id: r.serverId }, "ca: a journal record's JWT public key is unreadable; not published");
+        }
       }
     }
     for (const a of this.#x509) for (const r of a.rootDers) roots.set(Buffer.from(r).toString("base64"), r);
     for (const [kid, r] of this.#retiredJwt) {
-      if (r.notAfter.getTime() > now.getTime()) jwtKeys.set(kid, r.key);
+      if (r.notAfter.getTime() > t) jwtKeys.set(kid, r.key);
       else this.#retiredJwt.delete(kid);
     }
     for (const a of this.#jwt) jwtKeys.set(a.keyId, a.signer.publicKey);
-    const prevSeq = this.#bundle?.sequenceNumber ?? 0n;
-    const next: SpiffeBundle = {
+    return {
       trustDomain: this.#s.trustDomain,
       x509Authorities: [...roots.values()],
       jwtAuthorities: jwtKeys,
-      sequenceNumber: prevSeq + 1n,
+      sequenceNumber: base?.sequenceNumber ?? 0n,
       ...(this.#s.refreshHintSeconds !== undefined ? { refreshHintSeconds: this.#s.refreshHintSeconds } : { refreshHintSeconds: 300 }),
     };
-    if (this.#bundle && sameAuthorities(this.#bundle, next)) return;
-    this.#bundle = next;
-    await this.#d.store.setBundle({ trustDomain: this.#s.trustDomain.name, document: serializeSpiffeBundle(next), sequence: next.sequenceNumber ?? 0n });
-    for (const l of this.#bundleListeners) l(next);
+  }
+
+  #adopt(bundle: SpiffeBundle): void {
+    this.#bundle = bundle;
+    for (const l of this.#bundleListeners) l(bundle);
   }
 
   /** The current own-trust-domain bundle. */

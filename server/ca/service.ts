@@ -20,11 +20,13 @@ import { CaManager, type CaSettings } from "./manager.js";
 /**
  * The CA settings of a server config's `server` section. `refreshHintSeconds`
  * is the bundle endpoint's `refresh_hint`, so the stored and published own
- * bundle carries the hint the endpoint serves (the CA's default otherwise).
+ * bundle carries the hint the endpoint serves (the CA's default otherwise);
+ * `serverId` is this instance's name in the CA journal (`serverInstanceId`).
  */
-export function caSettings(s: ServerConfig["server"], trustDomain: TrustDomain, refreshHintSeconds?: number): CaSettings {
+export function caSettings(s: ServerConfig["server"], trustDomain: TrustDomain, refreshHintSeconds?: number, serverId?: string): CaSettings {
   return {
     trustDomain,
+    ...(serverId !== undefined ? { serverId } : {}),
     caTtlMs: s.ca_ttl,
     caKeyType: s.ca_key_type,
     jwtKeyType: s.jwt_key_type ?? s.ca_key_type,

@@ -1,7 +1,10 @@
 /**
  * The CA key journal (SPIRE reference §1.4): the state of each key slot of
  * each CA key family, kept in the datastore so a restarted (or stateless)
- * server finds its prepared, active and old keys.
+ * server finds its prepared, active and old keys. Several servers sharing one
+ * database each keep their own slots, keyed by server instance name
+ * (`serverId`); every server reads the others' records to publish the union
+ * of their authorities in the trust bundle.
  */
 
 /** Key family: the X.509 CA or the JWT signing key. */
@@ -12,6 +15,8 @@ export type CaSlotStatus = "prepared" | "active" | "old";
 
 /** One slot's journal record. */
 export interface CaJournalRecord {
+  /** The server instance the slot belongs to (`server.server_id`); empty for records written before servers had names. */
+  readonly serverId: string;
   readonly kind: CaKeyKind;
   /** Slot name, e.g. `A` or `B`. */
   readonly slotId: string;
@@ -38,6 +43,8 @@ export interface CaJournalRecord {
  * `x509` and refused for `jwt`; omitted chains and roots are empty.
  */
 export interface CaJournalInput {
+  /** The owning server instance: 0-64 characters of A-Z a-z 0-9 . _ - (default empty). Slots are per (serverId, kind, slotId). */
+  readonly serverId?: string | undefined;
   readonly kind: CaKeyKind;
   readonly slotId: string;
   readonly keyId: string;

@@ -70,6 +70,7 @@ export interface FederationRelationshipRow {
 
 /** A `ca_journal` row. */
 export interface CaJournalRow {
+  server_id: string;
   kind: CaKeyKind;
   slot_id: string;
   key_id: string;
@@ -189,6 +190,7 @@ export function toRelationship(r: FederationRelationshipRow): FederationRelation
 export function toJournal(r: CaJournalRow): CaJournalRecord {
   const ders = (json: string): Uint8Array[] => (JSON.parse(json) as string[]).map((b) => new Uint8Array(Buffer.from(b, "base64")));
   const common = {
+    serverId: r.server_id,
     kind: r.kind,
     slotId: r.slot_id,
     keyId: r.key_id,

@@ -783,15 +783,16 @@ class SqliteDatastore implements Datastore {
     const j = normalizeCaJournal(input);
     return this.#write((now) => {
       const row = this.#get<CaJournalRow>(
-        `INSERT INTO ca_journal (kind, slot_id, key_id, status, public_key, certificate, chain, roots, not_before, not_after, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (kind, slot_id) DO UPDATE SET
+        `INSERT INTO ca_journal (server_id, kind, slot_id, key_id, status, public_key, certificate, chain, roots, not_before, not_after, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (server_id, kind, slot_id) DO UPDATE SET
            key_id = excluded.key_id, status = excluded.status, public_key = excluded.public_key, certificate = excluded.certificate,
            chain = excluded.chain, roots = excluded.roots,
            not_before = excluded.not_before, not_after = excluded.not_after,
            created_at = CASE WHEN ca_journal.key_id = excluded.key_id THEN ca_journal.created_at ELSE excluded.created_at END,
            updated_at = excluded.updated_at
          RETURNING *`,
+        j.serverId,
         j.kind,
         j.slotId,
         j.keyId,
@@ -814,8 +815,8 @@ class SqliteDatastore implements Datastore {
     return this.#read(() => {
       const rows =
         kind === undefined
-          ? this.#all<CaJournalRow>("SELECT * FROM ca_journal ORDER BY kind, slot_id")
-          : this.#all<CaJournalRow>("SELECT * FROM ca_journal WHERE kind = ? ORDER BY slot_id", kind);
+          ? this.#all<CaJournalRow>("SELECT * FROM ca_journal ORDER BY server_id, kind, slot_id")
+          : this.#all<CaJournalRow>("SELECT * FROM ca_journal WHERE kind = ? ORDER BY server_id, slot_id", kind);
       return rows.map(toJournal);
     });
   }

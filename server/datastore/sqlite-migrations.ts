@@ -216,4 +216,31 @@ CREATE TABLE federation_relationships (
 ) STRICT, WITHOUT ROWID;
 `,
   },
+  {
+    version: 5,
+    name: "ca journal per server",
+    // Several servers on one database each keep their own slots; rows written before have server_id ''.
+    sql: `
+CREATE TABLE ca_journal_v5 (
+  server_id   TEXT NOT NULL DEFAULT '',
+  kind        TEXT NOT NULL CHECK (kind IN ('x509', 'jwt')),
+  slot_id     TEXT NOT NULL,
+  key_id      TEXT NOT NULL,
+  status      TEXT NOT NULL CHECK (status IN ('prepared', 'active', 'old')),
+  public_key  BLOB NOT NULL,
+  certificate BLOB,
+  chain       TEXT NOT NULL,
+  roots       TEXT NOT NULL,
+  not_before  INTEGER NOT NULL,
+  not_after   INTEGER NOT NULL,
+  created_at  INTEGER NOT NULL,
+  updated_at  INTEGER NOT NULL,
+  PRIMARY KEY (server_id, kind, slot_id)
+) STRICT, WITHOUT ROWID;
+INSERT INTO ca_journal_v5 (server_id, kind, slot_id, key_id, status, public_key, certificate, chain, roots, not_before, not_after, created_at, updated_at)
+  SELECT '', kind, slot_id, key_id, status, public_key, certificate, chain, roots, not_before, not_after, created_at, updated_at FROM ca_journal;
+DROP TABLE ca_journal;
+ALTER TABLE ca_journal_v5 RENAME TO ca_journal;
+`,
+  },
 ];

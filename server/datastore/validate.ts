@@ -358,6 +358,7 @@ const CA_STATUSES: readonly CaSlotStatus[] = ["prepared", "active", "old"];
 
 /** A CA journal record's stored values. */
 export interface NormalizedCaJournal {
+  readonly serverId: string;
   readonly kind: CaKeyKind;
   readonly slotId: string;
   readonly keyId: string;
@@ -388,6 +389,8 @@ export function normalizeCaJournal(input: CaJournalInput): NormalizedCaJournal {
   if (input === null || typeof input !== "object") throw invalid("ca journal record must be an object");
   if (!CA_KINDS.includes(input.kind)) throw invalid(`ca journal kind must be one of ${CA_KINDS.join(", ")}`);
   if (!CA_STATUSES.includes(input.status)) throw invalid(`ca journal status must be one of ${CA_STATUSES.join(", ")}`);
+  const serverId = input.serverId ?? "";
+  if (typeof serverId !== "string" || !/^[A-Za-z0-9._-]{0,64}$/.test(serverId)) throw invalid("ca journal serverId must be 0-64 characters of A-Z a-z 0-9 . _ -");
   if (typeof input.slotId !== "string" || !/^[A-Za-z0-9_-]{1,32}$/.test(input.slotId)) {
     throw invalid("ca journal slotId must be 1-32 characters of A-Z a-z 0-9 _ -");
   }
@@ -402,6 +405,7 @@ export function normalizeCaJournal(input: CaJournalInput): NormalizedCaJournal {
   const notAfter = checkTime("ca journal notAfter", input.notAfter);
   if (notAfter <= notBefore) throw invalid("ca journal notAfter must be after notBefore");
   return {
+    serverId,
     kind: input.kind,
     slotId: input.slotId,
     keyId,

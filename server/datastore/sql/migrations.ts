@@ -231,6 +231,19 @@ export const SQL_MIGRATIONS: readonly SqlMigration[] = [
       await s.createIndex("issuances_not_after").on("issuances").column("not_after").execute();
     },
   },
+  {
+    version: 2,
+    name: "ca journal per server",
+    async up(db, d) {
+      // Several servers on one database each keep their own slots; rows written before have server_id ''.
+      await db.schema.alterTable("ca_journal").addColumn("server_id", d.ascii(64), (c) => c.notNull().defaultTo("")).execute();
+      if (d.name === "postgres") {
+        await sql`ALTER TABLE ca_journal DROP CONSTRAINT ca_journal_pk, ADD CONSTRAINT ca_journal_pk PRIMARY KEY (server_id, kind, slot_id)`.execute(db);
+      } else {
+        await sql`ALTER TABLE ca_journal DROP PRIMARY KEY, ADD PRIMARY KEY (server_id, kind, slot_id)`.execute(db);
+      }
+    },
+  },
 ];
 
 /** What {@link migrateSql} did. */

@@ -88,8 +88,10 @@ export interface FederationRelationshipTable {
   updated_at: number;
 }
 
-/** `ca_journal`. */
+/** `ca_journal`: one row per (server instance, kind, slot). */
 export interface CaJournalTable {
+  /** Empty for rows written before migration 2. */
+  server_id: string;
   kind: "x509" | "jwt";
   slot_id: string;
   key_id: string;

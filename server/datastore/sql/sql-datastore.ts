@@ -836,7 +836,14 @@ class SqlDatastore implements Datastore {
   async upsertCaJournal(input: CaJournalInput): Promise<CaJournalRecord> {
     const j = normalizeCaJournal(input);
     return this.#write(async (trx, now) => {
-      const existing = await trx.selectFrom("ca_journal").select(["key_id", "created_at"]).where("kind", "=", j.kind).where("slot_id", "=", j.slotId).forUpdate().executeTakeFirst();
+      const existing = await trx
+        .selectFrom("ca_journal")
+        .select(["key_id", "created_at"])
+        .where("server_id", "=", j.serverId)
+        .where("kind", "=", j.kind)
+        .where("slot_id", "=", j.slotId)
+        .forUpdate()
+        .executeTakeFirst();
       const values = {
         key_id: j.keyId,
         status: j.status,
@@ -851,11 +858,17 @@ class SqlDatastore implements Datastore {
       // A status change of the same key keeps when the key was first recorded.
       const createdAt = existing !== undefined && existing.key_id === j.keyId ? Number(existing.created_at) : now;
       if (existing === undefined) {
-        await trx.insertInto("ca_journal").values({ kind: j.kind, slot_id: j.slotId, ...values, created_at: createdAt }).execute();
+        await trx.insertInto("ca_journal").values({ server_id: j.serverId, kind: j.kind, slot_id: j.slotId, ...values, created_at: createdAt }).execute();
       } else {
-        await trx.updateTable("ca_journal").set({ ...values, created_at: createdAt }).where("kind", "=", j.kind).where("slot_id", "=", j.slotId).execute();
+        await trx
+          .updateTable("ca_journal")
+          .set({ ...values, created_at: createdAt })
+          .where("server_id", "=", j.serverId)
+          .where("kind", "=", j.kind)
+          .where("slot_id", "=", j.slotId)
+          .execute();
       }
-      return toJournal({ kind: j.kind, slot_id: j.slotId, ...values, created_at: createdAt });
+      return toJournal({ server_id: j.serverId, kind: j.kind, slot_id: j.slotId, ...values, created_at: createdAt });
     });
   }
 
@@ -864,7 +877,7 @@ class SqlDatastore implements Datastore {
     return this.#read(async (db) => {
       let q = db.selectFrom("ca_journal").selectAll();
       if (kind !== undefined) q = q.where("kind", "=", kind);
-      return (await q.orderBy("kind").orderBy("slot_id").execute()).map(toJournal);
+      return (await q.orderBy("server_id").orderBy("kind").orderBy("slot_id").execute()).map(toJournal);
     });
   }
 

@@ -118,8 +118,9 @@ describe.each(engines)("datastore on %s", (engine) => {
         notBefore: T0,
         notAfter: new Date(T0.getTime() + 3_600_000),
       });
-      expect(a).toEqual({ ...x509("A", "key-a", "active"), createdAt: T0, updatedAt: T0 });
+      expect(a).toEqual({ ...x509("A", "key-a", "active"), serverId: "", createdAt: T0, updatedAt: T0 });
       expect(jwt).toEqual({
+        serverId: "",
         kind: "jwt",
         slotId: "A",
         keyId: "jwt-a",
@@ -145,6 +146,15 @@ describe.each(engines)("datastore on %s", (engine) => {
       const replaced = await ds.upsertCaJournal(x509("A", "key-2", "prepared"));
       expect(replaced).toMatchObject({ keyId: "key-2", createdAt: new Date(T0.getTime() + 2000) });
       expect(await ds.listCaJournal()).toHaveLength(1);
+    });
+
+    it("keeps each server's slots apart: (serverId, kind, slot) is the key; every server's records are listed", async () => {
+      await ds.upsertCaJournal({ ...x509("A", "s1-key", "active"), serverId: "server-1" });
+      await ds.upsertCaJournal({ ...x509("A", "s2-key", "active"), serverId: "server-2" });
+      await ds.upsertCaJournal({ ...x509("A", "s1-next", "prepared"), serverId: "server-1" });
+      expect((await ds.listCaJournal()).map((r) => `${r.serverId}/${r.kind}/${r.slotId}/${r.keyId}`)).toEqual(["server-1/x509/A/s1-next", "server-2/x509/A/s2-key"]);
+      await rejection(ds.upsertCaJournal({ ...x509("A", "k", "active"), serverId: "bad id" }), "ERR_INVALID_ARGUMENT");
+      await rejection(ds.upsertCaJournal({ ...x509("A", "k", "active"), serverId: "x".repeat(65) }), "ERR_INVALID_ARGUMENT");
     });
 
     it("refuses inconsistent records", async () => {

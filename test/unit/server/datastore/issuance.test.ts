@@ -386,6 +386,7 @@ describe.each(engines)("datastore on %s", (engine) => {
           { version: 2, name: "issuance log" },
           { version: 3, name: "issuance log: shared contexts" },
           { version: 4, name: "federation relationships" },
+          { version: 5, name: "ca journal per server" },
         ]);
         const indexes = (raw.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'issuances' ORDER BY name").all() as Array<{ name: string }>).map(
           (r) => r.name,
