@@ -38,6 +38,12 @@ server:
     common_name: Example Sigil CA
   jwt_issuer: https://oidc.example.org
   audit_log_enabled: true
+  server_id: sigil-eu-1
+  change_feed:
+    poll_interval: 250ms
+    notify_poll_interval: 5s
+    gap_timeout: 1m
+    event_retention: 24h
 health_checks:
   listener_enabled: true
   bind_address: 0.0.0.0

@@ -60,6 +60,7 @@ describe("server config", () => {
       audit_log_enabled: true,
       issuance_log_retention: 7 * 24 * 3_600_000,
       ratelimit: { attestation: true, attestation_per_second: 1, attestation_burst: 10, signing: true, x509_signing_per_second: 500, jwt_signing_per_second: 500 },
+      change_feed: { poll_interval: 250, notify_poll_interval: 5_000, gap_timeout: 60_000, event_retention: 24 * 3_600_000 },
     });
     // signing_threads stays unset: the server picks one less than the cores.
     expect(cfg.server.signing_threads).toBeUndefined();
@@ -67,6 +68,15 @@ describe("server config", () => {
     expect(cfg.telemetry).toBeUndefined();
     expect(cfg.plugins.KeyManager).toEqual({ memory: {} });
     expect(cfg.plugins.NodeAttestor).toEqual({ join_token: {} });
+  });
+
+  it("server.change_feed and server.server_id: durations, bounds and names, each problem naming its key", () => {
+    const cfg = parseServerConfig(withServerLine("server_id: eu-1\n  change_feed:\n    poll_interval: 100ms\n    gap_timeout: 30s"));
+    expect(cfg.server.server_id).toBe("eu-1");
+    expect(cfg.server.change_feed).toMatchObject({ poll_interval: 100, gap_timeout: 30_000 });
+    expect(() => parseServerConfig(withServerLine("change_feed:\n    poll_interval: 2m"))).toThrow(/server\.change_feed\.poll_interval/);
+    expect(() => parseServerConfig(withServerLine("change_feed:\n    gap_timeout: 10ms"))).toThrow(/server\.change_feed\.gap_timeout/);
+    expect(() => parseServerConfig(withServerLine("server_id: has space"))).toThrow(/server\.server_id/);
   });
 
   it("resolves agent_ttl and jwt_key_type from their defaults' sources", () => {
