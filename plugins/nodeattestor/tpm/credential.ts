@@ -16,8 +16,9 @@
  * TPM2B_DIGEST(secret) with AES-128-CFB and a zero IV; hmacKey =
  * KDFa(seed, "INTEGRITY") makes the outer HMAC over encIdentity || akName.
  */
-import { constants, createCipheriv, createHash, createHmac, diffieHellman, generateKeyPairSync, publicEncrypt, randomBytes, type KeyObject } from "node:crypto";
+import { constants, createCipheriv, createECDH, createHash, createHmac, publicEncrypt, randomBytes, type KeyObject } from "node:crypto";
 import { SigilError } from "../../../spiffe/errors.js";
+import { publicToKeyObject, TPM_ECC, type TpmPublicArea } from "./tpm2/structures.js";
 
 /** Length in bytes of the credential sealed per attempt. */
 export const CREDENTIAL_SECRET_BYTES = 32;
@@ -87,8 +88,6 @@ export interface MadeCredential {
 export interface CredentialDeps {
   /** Default `crypto.randomBytes`. */
   readonly randomBytes?: (n: number) => Buffer;
-  /** Makes the ephemeral P-256 key for an ECC EK; default a fresh one. */
-  readonly ephemeralEcKey?: () => { publicKey: KeyObject; privateKey: KeyObject };
 }
 
 function pad32(b64url: string | undefined): Buffer {
@@ -104,31 +103,62 @@ export function p256Point(key: KeyObject): { x: Buffer; y: Buffer } {
   return { x: pad32(jwk.x), y: pad32(jwk.y) };
 }
 
+/** An EK public key: a KeyObject, or its TPM public area (cheaper for ECC: no key object is made). */
+export type CredentialEk = KeyObject | TpmPublicArea;
+
+function coordinate(b: Uint8Array): Buffer {
+  if (b.byteLength > 32) throw new SigilError("ERR_KEY_UNSUPPORTED", "tpm: an EC coordinate is longer than 32 bytes");
+  return Buffer.concat([Buffer.alloc(32 - b.byteLength), b]);
+}
+
+/** The EK as an RSA 2048 key object or a P-256 point, or why it is neither. */
+function ekKind(ek: CredentialEk): { readonly rsa: KeyObject } | { readonly x: Buffer; readonly y: Buffer } {
+  if (isKeyObject(ek)) {
+    if (ek.asymmetricKeyType === "ec") return p256Point(ek);
+    if (ek.asymmetricKeyType !== "rsa") throw new SigilError("ERR_KEY_UNSUPPORTED", `tpm: EK key type ${ek.asymmetricKeyType ?? "?"} is not supported (RSA 2048 or ECC P-256)`);
+    return { rsa: ek };
+  }
+  if (ek.type === "ecc") {
+    if (ek.ecc?.curve !== TPM_ECC.NIST_P256) throw new SigilError("ERR_KEY_UNSUPPORTED", "tpm: only ECC EKs on NIST P-256 are supported");
+    return { x: coordinate(ek.ecc.x), y: coordinate(ek.ecc.y) };
+  }
+  return { rsa: publicToKeyObject(ek) };
+}
+
+function isKeyObject(ek: CredentialEk): ek is KeyObject {
+  return typeof (ek as KeyObject).export === "function";
+}
+
 /**
- * Seals a fresh random secret to `ek` (its public key) for the key named
- * `akName` (nameAlg || H(TPMT_PUBLIC)).
+ * Seals a fresh random secret to `ek` for the key named `akName`
+ * (nameAlg || H(TPMT_PUBLIC)).
  *
  * @throws SigilError `ERR_KEY_UNSUPPORTED` when the EK is not RSA 2048 or P-256
  */
-export function makeCredential(ek: KeyObject, akName: Uint8Array, deps: CredentialDeps = {}): MadeCredential {
+export function makeCredential(ek: CredentialEk, akName: Uint8Array, deps: CredentialDeps = {}): MadeCredential {
   const rand = deps.randomBytes ?? randomBytes;
   const secret = rand(CREDENTIAL_SECRET_BYTES);
+  const kind = ekKind(ek);
   let seed: Buffer;
   let encryptedSecret: Buffer;
-  if (ek.asymmetricKeyType === "rsa") {
-    const bits = ek.asymmetricKeyDetails?.modulusLength;
+  if ("rsa" in kind) {
+    const bits = kind.rsa.asymmetricKeyDetails?.modulusLength;
     if (bits !== 2048) throw new SigilError("ERR_KEY_UNSUPPORTED", `tpm: the RSA EK has ${bits ?? "?"} bits; only RSA 2048 EKs are supported`);
     seed = rand(DIGEST_BYTES);
-    encryptedSecret = publicEncrypt({ key: ek, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha256", oaepLabel: labelBytes("IDENTITY") }, seed);
-  } else if (ek.asymmetricKeyType === "ec") {
-    const ekPoint = p256Point(ek);
-    const eph = deps.ephemeralEcKey?.() ?? generateKeyPairSync("ec", { namedCurve: "P-256" });
-    const ephPoint = p256Point(eph.publicKey);
-    const z = diffieHellman({ privateKey: eph.privateKey, publicKey: ek });
-    seed = kdfe(z, "IDENTITY", ephPoint.x, ekPoint.x, DIGEST_BYTES * 8);
-    encryptedSecret = Buffer.concat([tpm2b(ephPoint.x), tpm2b(ephPoint.y)]);
+    encryptedSecret = publicEncrypt({ key: kind.rsa, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha256", oaepLabel: labelBytes("IDENTITY") }, seed);
   } else {
-    throw new SigilError("ERR_KEY_UNSUPPORTED", `tpm: EK key type ${ek.asymmetricKeyType ?? "?"} is not supported (RSA 2048 or ECC P-256)`);
+    // The ECDH class is a quarter faster than key objects here, and takes the EK point as it is.
+    const eph = createECDH("prime256v1");
+    const ephPoint = eph.generateKeys();
+    let z: Buffer;
+    try {
+      z = eph.computeSecret(Buffer.concat([Uint8Array.of(4), kind.x, kind.y]));
+    } catch (e) {
+      throw new SigilError("ERR_KEY_UNSUPPORTED", "tpm: the ECC EK is not a point on P-256", { cause: e });
+    }
+    const ephX = ephPoint.subarray(1, 33);
+    seed = kdfe(z, "IDENTITY", ephX, kind.x, DIGEST_BYTES * 8);
+    encryptedSecret = Buffer.concat([tpm2b(ephX), tpm2b(ephPoint.subarray(33, 65))]);
   }
   const symKey = kdfa(seed, "STORAGE", akName, new Uint8Array(0), AES_KEY_BITS);
   const cipher = createCipheriv("aes-128-cfb", symKey, Buffer.alloc(16));

@@ -18,7 +18,7 @@
  * The agent ID is `spiffe://<td>/spire/agent/tpm/<ek-pubhash>`; the same TPM
  * re-attests under the same ID.
  */
-import { randomBytes as nodeRandomBytes, timingSafeEqual, type X509Certificate } from "node:crypto";
+import { createHash, randomBytes as nodeRandomBytes, timingSafeEqual, type X509Certificate } from "node:crypto";
 import { readFileSync, statSync } from "node:fs";
 import { z } from "zod";
 import { formatConfigPath } from "../../../common/config/issues.js";
@@ -28,7 +28,7 @@ import { isSigilError, SigilError } from "../../../spiffe/errors.js";
 import type { SpiffeId, TrustDomain } from "../../../spiffe/id.js";
 import type { ChallengeFn, NodeAttestationResult, ServerNodeAttestor } from "../types.js";
 import { makeCredential } from "./credential.js";
-import { checkAkPublic, checkEkPublic, ekPubHash, loadEkCaCertificates, verifyEkCertificate, type EkCertificateFacts } from "./ek.js";
+import { checkAkPublic, checkEkPublic, loadEkCaCertificates, publicAreaSpki, verifyEkCertificate, type EkCertificateFacts } from "./ek.js";
 import { encodeTpmChallenge, MAX_PCR_INDEX, parseTpmAnswer, parseTpmPayload, PCR_DIGEST_BYTES, TPM_ATTESTOR, TPM_NONCE_BYTES, type PcrBank, type PcrSelectionRequest, type TpmAnswer } from "./payload.js";
 import { verifyQuote, type PcrPolicy } from "./quote.js";
 import { objectName, publicToKeyObject } from "./tpm2/structures.js";
@@ -190,10 +190,10 @@ export function createTpmServerAttestor(config: TpmServerConfig, deps: TpmServer
 
       // The EK: a standard endorsement key, and one this server trusts.
       const ek = checkEkPublic(payload.ekPublic);
-      const ekKey = publicToKeyObject(ek);
-      const hash = ekPubHash(ekKey);
+      const ekSpki = publicAreaSpki(ek);
+      const hash = createHash("sha256").update(ekSpki).digest("hex");
       let cert: EkCertificateFacts | undefined;
-      if (payload.ekCert !== undefined && cas !== undefined) cert = verifyEkCertificate(payload.ekCert, ekKey, cas, now());
+      if (payload.ekCert !== undefined && cas !== undefined) cert = verifyEkCertificate(payload.ekCert, ekSpki, cas, now());
       if (requireCert) {
         if (cert === undefined) throw denied(`the TPM with EK ${hash} sent no EK certificate, and ${configKey("require_ek_certificate")} is true`);
         if (hashesConfigured && !isListed(hash)) throw denied(`EK ${hash} is not in the EK hash allow-list`);
@@ -204,7 +204,7 @@ export function createTpmServerAttestor(config: TpmServerConfig, deps: TpmServer
       // The AK, and the credential only the TPM holding both can activate.
       const ak = checkAkPublic(payload.akPublic, ek.type);
       const akKey = publicToKeyObject(ak);
-      const made = makeCredential(ekKey, objectName(ak.raw), { randomBytes: rand });
+      const made = makeCredential(ek, objectName(ak.raw), { randomBytes: rand });
       const nonce = rand(TPM_NONCE_BYTES);
       const answerBytes = await challenge(encodeTpmChallenge({ credentialBlob: made.credentialBlob, encryptedSecret: made.encryptedSecret, nonce, pcrs: selection }));
       const answer: TpmAnswer = parseTpmAnswer(answerBytes);
