@@ -33,6 +33,14 @@ export type ErrorCode =
   | "ERR_ENDPOINT_ADDRESS_INVALID"
   | "ERR_WORKLOAD_API"
   | "ERR_WORKLOAD_API_RESPONSE_INVALID"
+  // Transparency log (spiffe/tlog): a note, key, checkpoint, tile or bundle that does not parse
+  | "ERR_TLOG_MALFORMED"
+  // A signed note without a verified signature from a trusted key, or with a bad one
+  | "ERR_TLOG_SIGNATURE_INVALID"
+  // An inclusion or consistency proof that does not verify
+  | "ERR_TLOG_PROOF_INVALID"
+  // Served log data disagrees with itself or with an earlier checkpoint (rewritten entries, a fork)
+  | "ERR_TLOG_INCONSISTENT"
   // Generic
   | "ERR_INVALID_ARGUMENT"
   | "ERR_NOT_FOUND"
