@@ -1,8 +1,9 @@
 import { generateKeyPairSync } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { p256Point } from "../../../../../plugins/nodeattestor/tpm/credential.js";
-import { ekPubHash, ekPubHashOfPublic, publicAreaSpki, rfc4514 } from "../../../../../plugins/nodeattestor/tpm/ek.js";
-import { TPM_ALG, TPM_ECC, type TpmPublicArea } from "../../../../../plugins/nodeattestor/tpm/tpm2/structures.js";
+import { checkAkPublic, checkEkPublic, ekPubHash, ekPubHashOfPublic, publicAreaSpki, rfc4514 } from "../../../../../plugins/nodeattestor/tpm/ek.js";
+import { decodePublic, encodePublic, TPM_ALG, TPM_ECC, TPMA_OBJECT, type TpmPublicArea } from "../../../../../plugins/nodeattestor/tpm/tpm2/structures.js";
+import { createSoftTpm } from "../../../../support/soft-tpm.js";
 
 const base = { nameAlg: TPM_ALG.SHA256, objectAttributes: 0, authPolicy: new Uint8Array(0), symmetric: { algorithm: TPM_ALG.NULL }, scheme: { scheme: TPM_ALG.NULL } };
 
@@ -37,5 +38,22 @@ describe("rfc4514", () => {
   it("turns Node's multi-line name (most significant first) into an RFC 4514 string (least significant first)", () => {
     expect(rfc4514("C=US\nO=Example TPM Inc.\nCN=EK CA 1")).toBe("CN=EK CA 1,O=Example TPM Inc.,C=US");
     expect(rfc4514("O=A\nCN=x + serialNumber=7")).toBe("CN=x+serialNumber=7,O=A");
+  });
+});
+
+describe("EK and AK public area checks", () => {
+  it("accepts the agent's EK and AK templates and refuses an EK without the endorsement attributes or of another kind", () => {
+    const tpm = createSoftTpm("rsa");
+    expect(checkEkPublic(tpm.ekPublic).type).toBe("rsa");
+    expect(checkAkPublic(tpm.akPublic, "rsa").type).toBe("rsa");
+    expect(() => checkAkPublic(tpm.akPublic, "ecc")).toThrow(/the AK is RSA but the EK is ECC/);
+    const ek = decodePublic(tpm.ekPublic);
+    const signing = encodePublic({ ...ek, objectAttributes: (ek.objectAttributes & ~TPMA_OBJECT.restricted) | TPMA_OBJECT.sign });
+    expect(() => checkEkPublic(signing)).toThrow(/the EK lacks the attributes restricted/);
+    const noAes = encodePublic({ ...ek, symmetric: { algorithm: TPM_ALG.AES, keyBits: 256, mode: TPM_ALG.CFB } });
+    expect(() => checkEkPublic(noAes)).toThrow(/not AES-128-CFB/);
+    expect(() => checkEkPublic(Uint8Array.of(0, 1, 2))).toThrow(/ekPublic:/);
+    const akAsEk = tpm.akPublic;
+    expect(() => checkEkPublic(akAsEk)).toThrow(/lacks the attributes decrypt/);
   });
 });
