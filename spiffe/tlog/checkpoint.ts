@@ -50,6 +50,7 @@ export function formatCheckpoint(cp: Checkpoint): string {
  * @throws SigilError `ERR_TLOG_MALFORMED` naming the bad line.
  */
 export function parseCheckpoint(text: string): Checkpoint {
+  if (typeof text !== "string") throw malformed(`the text is a string, got ${typeof text}`);
   if (!text.endsWith("\n")) throw malformed("the text does not end with a newline");
   const lines = text.slice(0, -1).split("\n");
   if (lines.length < 3) throw malformed(`the text has ${lines.length} lines, a checkpoint has at least 3 (origin, size, root hash)`);

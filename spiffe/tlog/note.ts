@@ -206,6 +206,7 @@ function parseKeyString(parts: readonly string[], what: string): { name: string;
  * @throws SigilError `ERR_TLOG_MALFORMED` naming what is wrong.
  */
 export function parseVerifierKey(vkey: string): NoteVerifier {
+  if (typeof vkey !== "string") throw malformed(`a verifier key is a string, got ${typeof vkey}`);
   const parts = splitPlus(vkey, 3);
   if (parts === undefined) throw malformed("a verifier key has the form <name>+<key id>+<key>");
   const { name, keyId, key } = parseKeyString(parts, "verifier key");
@@ -221,6 +222,7 @@ export function parseVerifierKey(vkey: string): NoteVerifier {
  * @throws SigilError `ERR_TLOG_MALFORMED` naming what is wrong.
  */
 export function parseSignerKey(skey: string): NoteSigner {
+  if (typeof skey !== "string") throw malformed(`a signer key is a string, got ${typeof skey}`);
   const parts = splitPlus(skey, 5);
   if (parts === undefined || parts[0] !== "PRIVATE" || parts[1] !== "KEY") throw malformed("a signer key has the form PRIVATE+KEY+<name>+<key id>+<key>");
   const { name, keyId, key } = parseKeyString(parts.slice(2), "signer key");
@@ -258,6 +260,7 @@ export function parseNote(input: string | Uint8Array, limits: NoteLimits = {}): 
   const maxBytes = limits.maxBytes ?? DEFAULT_MAX_NOTE_BYTES;
   const maxSignatures = limits.maxSignatures ?? DEFAULT_MAX_SIGNATURES;
   let s: string;
+  if (typeof input !== "string" && !(input instanceof Uint8Array)) throw malformed(`a note is a string or bytes, got ${typeof input}`);
   if (typeof input === "string") {
     s = input;
     if (Buffer.byteLength(s, "utf8") > maxBytes) throw malformed(`the note is larger than ${maxBytes} bytes`);

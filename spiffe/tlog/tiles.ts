@@ -75,6 +75,7 @@ export function entriesPath(index: number, width: number): string {
  * @throws SigilError `ERR_TLOG_MALFORMED` naming what is wrong.
  */
 export function parseTilePath(path: string): ParsedTilePath {
+  if (typeof path !== "string") throw malformed(`a tile path is a string, got ${typeof path}`);
   const parts = path.split("/");
   if (parts[0] !== "tile" || parts.length < 3) throw malformed(`${JSON.stringify(path)} is not a tile path (tile/<L>/<N>[.p/<W>] or tile/entries/<N>[.p/<W>])`);
   const levelPart = parts[1] as string;
@@ -311,6 +312,7 @@ export function encodeEntryBundle(entries: readonly Uint8Array[]): Buffer {
  * @throws SigilError `ERR_TLOG_MALFORMED` when a length runs past the end, naming the entry and offset.
  */
 export function forEachBundleEntry(bundle: Uint8Array, each: (entry: Uint8Array, position: number, offset: number) => void): number {
+  if (!(bundle instanceof Uint8Array)) throw malformed(`an entry bundle is bytes, got ${typeof bundle}`);
   let off = 0;
   let n = 0;
   while (off < bundle.length) {
