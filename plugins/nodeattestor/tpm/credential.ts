@@ -90,26 +90,21 @@ export interface CredentialDeps {
   readonly randomBytes?: (n: number) => Buffer;
 }
 
-function pad32(b64url: string | undefined): Buffer {
-  const raw = Buffer.from(b64url ?? "", "base64url");
-  if (raw.byteLength > 32) throw new SigilError("ERR_INVALID_ARGUMENT", "tpm: an EC coordinate is longer than 32 bytes");
-  return Buffer.concat([Buffer.alloc(32 - raw.byteLength), raw]);
+/** A P-256 coordinate as its fixed 32 bytes (a TPM may drop leading zero octets). */
+export function p256Coordinate(b: Uint8Array): Buffer {
+  if (b.byteLength > 32) throw new SigilError("ERR_KEY_UNSUPPORTED", "tpm: a P-256 coordinate is longer than 32 bytes");
+  return Buffer.concat([Buffer.alloc(32 - b.byteLength), b]);
 }
 
 /** The fixed-size x and y of a P-256 public key. */
 export function p256Point(key: KeyObject): { x: Buffer; y: Buffer } {
   const jwk = key.export({ format: "jwk" });
   if (jwk.kty !== "EC" || jwk.crv !== "P-256") throw new SigilError("ERR_KEY_UNSUPPORTED", `tpm: expected a P-256 key, got ${jwk.kty ?? "?"} ${jwk.crv ?? ""}`.trimEnd());
-  return { x: pad32(jwk.x), y: pad32(jwk.y) };
+  return { x: p256Coordinate(Buffer.from(jwk.x ?? "", "base64url")), y: p256Coordinate(Buffer.from(jwk.y ?? "", "base64url")) };
 }
 
 /** An EK public key: a KeyObject, or its TPM public area (cheaper for ECC: no key object is made). */
 export type CredentialEk = KeyObject | TpmPublicArea;
-
-function coordinate(b: Uint8Array): Buffer {
-  if (b.byteLength > 32) throw new SigilError("ERR_KEY_UNSUPPORTED", "tpm: an EC coordinate is longer than 32 bytes");
-  return Buffer.concat([Buffer.alloc(32 - b.byteLength), b]);
-}
 
 /** The EK as an RSA 2048 key object or a P-256 point, or why it is neither. */
 function ekKind(ek: CredentialEk): { readonly rsa: KeyObject } | { readonly x: Buffer; readonly y: Buffer } {
@@ -120,7 +115,7 @@ function ekKind(ek: CredentialEk): { readonly rsa: KeyObject } | { readonly x: B
   }
   if (ek.type === "ecc") {
     if (ek.ecc?.curve !== TPM_ECC.NIST_P256) throw new SigilError("ERR_KEY_UNSUPPORTED", "tpm: only ECC EKs on NIST P-256 are supported");
-    return { x: coordinate(ek.ecc.x), y: coordinate(ek.ecc.y) };
+    return { x: p256Coordinate(ek.ecc.x), y: p256Coordinate(ek.ecc.y) };
   }
   return { rsa: publicToKeyObject(ek) };
 }

@@ -8,6 +8,7 @@ import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { encodeNull, encodeOid, encodeSequence, encodeTlv, encodeUnsignedInteger, TAG } from "../../../spiffe/der.js";
 import { SigilError } from "../../../spiffe/errors.js";
+import { p256Coordinate } from "./credential.js";
 import { decodePublic, TPM_ALG, TPM_ECC, TPMA_OBJECT, type TpmPublic, type TpmPublicArea } from "./tpm2/structures.js";
 
 function denied(message: string): SigilError {
@@ -37,17 +38,10 @@ export function publicAreaSpki(p: TpmPublicArea): Uint8Array {
     return encodeSequence(encodeSequence(encodeOid("1.2.840.113549.1.1.1"), encodeNull()), encodeTlv(TAG.BIT_STRING, Uint8Array.of(0), rsaKey));
   }
   if (p.type === "ecc" && p.ecc !== undefined && p.ecc.curve === TPM_ECC.NIST_P256) {
-    const point = Buffer.concat([Uint8Array.of(4), leftPad32(p.ecc.x), leftPad32(p.ecc.y)]);
+    const point = Buffer.concat([Uint8Array.of(4), p256Coordinate(p.ecc.x), p256Coordinate(p.ecc.y)]);
     return encodeSequence(encodeSequence(encodeOid("1.2.840.10045.2.1"), encodeOid("1.2.840.10045.3.1.7")), encodeTlv(TAG.BIT_STRING, Uint8Array.of(0), point));
   }
   throw new SigilError("ERR_KEY_UNSUPPORTED", "tpm: only RSA and NIST P-256 public areas have an EK hash here");
-}
-
-function leftPad32(b: Uint8Array): Uint8Array {
-  if (b.byteLength > 32) throw new SigilError("ERR_INVALID_ARGUMENT", "tpm: a P-256 coordinate is longer than 32 bytes");
-  const out = new Uint8Array(32);
-  out.set(b, 32 - b.byteLength);
-  return out;
 }
 
 /** {@link ekPubHash} of a public area, from {@link publicAreaSpki}. */
