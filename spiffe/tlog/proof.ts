@@ -174,26 +174,13 @@ export function rootFromInclusionProof(index: number, size: number, leafHash: Ui
   if (index >= size) throw proofError(`leaf index ${index} is not in a tree of size ${size}`);
   if (leafHash.length !== HASH_SIZE) throw proofError(`the leaf hash has ${leafHash.length} bytes, expected ${HASH_SIZE}`);
   checkProofHashes(proof);
-  let fn = index;
-  let sn = size - 1;
   let r: Uint8Array = leafHash;
-  for (const p of proof) {
-    if (sn === 0) throw proofError(`the inclusion proof of leaf ${index} in a tree of size ${size} has ${proof.length} hashes, more than the tree needs`);
-    if (isOdd(fn) || fn === sn) {
-      r = hasher.node(p, r);
-      if (!isOdd(fn)) {
-        while (!isOdd(fn) && fn !== 0) {
-          fn = half(fn);
-          sn = half(sn);
-        }
-      }
-    } else {
-      r = hasher.node(r, p);
-    }
-    fn = half(fn);
-    sn = half(sn);
-  }
-  if (sn !== 0) throw proofError(`the inclusion proof of leaf ${index} in a tree of size ${size} has ${proof.length} hashes, fewer than the tree needs`);
+  const what = `the inclusion proof of leaf ${index} in a tree of size ${size} has ${proof.length} hashes`;
+  const sn = walkProof(index, size - 1, proof, what, {
+    left: (p) => (r = hasher.node(p, r)),
+    right: (p) => (r = hasher.node(r, p)),
+  });
+  if (sn !== 0) throw proofError(`${what}, fewer than needed`);
   return r;
 }
 
@@ -241,27 +228,44 @@ export function verifyConsistency(m: number, n: number, proof: readonly Uint8Arr
   }
   let fr = path[0] as Uint8Array;
   let sr = path[0] as Uint8Array;
-  for (let i = 1; i < path.length; i++) {
-    const c = path[i] as Uint8Array;
-    if (sn === 0) throw proofError(`the consistency proof from size ${m} to ${n} has ${proof.length} hashes, more than the trees need`);
-    if (isOdd(fn) || fn === sn) {
+  const what = `the consistency proof from size ${m} to ${n} has ${proof.length} hashes`;
+  sn = walkProof(fn, sn, path.slice(1), what, {
+    left: (c) => {
       fr = hasher.node(c, fr);
       sr = hasher.node(c, sr);
-      if (!isOdd(fn)) {
-        while (!isOdd(fn) && fn !== 0) {
-          fn = half(fn);
-          sn = half(sn);
-        }
+    },
+    right: (c) => (sr = hasher.node(sr, c)),
+  });
+  if (sn !== 0) throw proofError(`${what}, fewer than needed`);
+  if (!hashesEqual(fr, root1)) throw proofError(`the consistency proof from size ${m} to ${n} does not lead to the old root`);
+  if (!hashesEqual(sr, root2)) throw proofError(`the consistency proof from size ${m} to ${n} does not lead to the new root`);
+}
+
+/**
+ * The walk both verifications share (RFC 9162 §2.1.3.2 and §2.1.4.2): `fn` is
+ * the position of the node being rebuilt, `sn` the last position at its level;
+ * each proof hash is its left sibling (`left`) or right sibling (`right`).
+ * Returns the final `sn`, which is 0 when the proof had exactly enough hashes.
+ */
+function walkProof(fn0: number, sn0: number, hashes: readonly Uint8Array[], what: string, on: { left(c: Uint8Array): void; right(c: Uint8Array): void }): number {
+  let fn = fn0;
+  let sn = sn0;
+  for (const c of hashes) {
+    if (sn === 0) throw proofError(`${what}, more than needed`);
+    if (isOdd(fn) || fn === sn) {
+      on.left(c);
+      // Past the right edge of the tree the node has no right sibling: climb until it is a right child.
+      while (!isOdd(fn) && fn !== 0) {
+        fn = half(fn);
+        sn = half(sn);
       }
     } else {
-      sr = hasher.node(sr, c);
+      on.right(c);
     }
     fn = half(fn);
     sn = half(sn);
   }
-  if (sn !== 0) throw proofError(`the consistency proof from size ${m} to ${n} has ${proof.length} hashes, fewer than the trees need`);
-  if (!hashesEqual(fr, root1)) throw proofError(`the consistency proof from size ${m} to ${n} does not lead to the old root`);
-  if (!hashesEqual(sr, root2)) throw proofError(`the consistency proof from size ${m} to ${n} does not lead to the new root`);
+  return sn;
 }
 
 function isPowerOfTwo(x: number): boolean {

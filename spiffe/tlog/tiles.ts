@@ -161,7 +161,8 @@ export function tileForNode(level: number, index: number, size: number): { tile:
  */
 export function hashTileRun(tile: Uint8Array, offset: number, count: number, hasher: MerkleHasher = new MerkleHasher()): Uint8Array {
   if ((offset + count) * HASH_SIZE > tile.length) throw malformed(`hashes ${offset}..${offset + count - 1} are past the end of a tile of ${tile.length / HASH_SIZE} hashes`);
-  if (count === 1) return tile.subarray(offset * HASH_SIZE, (offset + 1) * HASH_SIZE);
+  // A copy: callers may keep or change what they read without touching a cached tile.
+  if (count === 1) return Buffer.from(tile.subarray(offset * HASH_SIZE, (offset + 1) * HASH_SIZE));
   const level: Uint8Array[] = [];
   for (let i = 0; i < count; i += 2) {
     const a = (offset + i) * HASH_SIZE;

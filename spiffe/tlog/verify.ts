@@ -15,7 +15,7 @@
  * entries/s against 442,000 entries/s for bare one-shot SHA-256 of the same
  * entries: a ratio of 0.36 (see docs/transparency.md).
  */
-import { SigilError } from "../errors.js";
+import { SigilError, isSigilError } from "../errors.js";
 import { type Checkpoint, openCheckpoint } from "./checkpoint.js";
 import { HASH_SIZE, MerkleHasher, MerkleTreeBuilder, hashesEqual } from "./hash.js";
 import type { NoteVerifier } from "./note.js";
@@ -285,16 +285,12 @@ async function checkUpperNode(upper: TileReader, size: number, node: { level: nu
   try {
     tile = await upper.tile(ref);
   } catch (e) {
-    throw isSigil(e) && e.code === "ERR_TLOG_MALFORMED" ? new LogVerificationError(firstEntry, e.message, { cause: e, code: "ERR_TLOG_MALFORMED" }) : fetchFailed(firstEntry, path, e);
+    throw isSigilError(e, "ERR_TLOG_MALFORMED") ? new LogVerificationError(firstEntry, e.message, { cause: e, code: "ERR_TLOG_MALFORMED" }) : fetchFailed(firstEntry, path, e);
   }
   if (node.hash.compare(tile, pos * HASH_SIZE, (pos + 1) * HASH_SIZE) !== 0) {
     const last = firstEntry + 2 ** node.level - 1;
     throw new LogVerificationError(firstEntry, `${path} (hash ${pos}, entries ${firstEntry} to ${last}) does not match the hash recomputed from those entries`);
   }
-}
-
-function isSigil(e: unknown): e is SigilError {
-  return e instanceof SigilError;
 }
 
 function b64(h: Uint8Array): string {

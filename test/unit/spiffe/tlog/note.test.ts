@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { isSigilError } from "../../../../spiffe/errors.js";
+import { errorText } from "./support.js";
 import { formatCheckpoint, openCheckpoint, parseCheckpoint, signCheckpoint } from "../../../../spiffe/tlog/checkpoint.js";
 import {
   computeKeyId,
@@ -12,14 +12,6 @@ import {
   signNote,
 } from "../../../../spiffe/tlog/note.js";
 
-function err(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    return isSigilError(e) ? `${e.code}: ${e.message}` : `not a SigilError: ${String(e)}`;
-  }
-  return "no error";
-}
 
 // Test vectors of golang.org/x/mod/sumdb/note (note_test.go: TestNewVerifier,
 // TestNewSigner, TestSign, TestOpen): published keys and signatures, so notes
@@ -55,19 +47,19 @@ describe("signed notes: Go sumdb/note interoperability", () => {
   });
 
   it("refuses a verifier key that is mangled anywhere", () => {
-    expect(err(() => parseVerifierKey("PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"))).toBe(
+    expect(errorText(() => parseVerifierKey("PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"))).toBe(
       "ERR_TLOG_MALFORMED: signed note: verifier key: key ID c74f20a4 does not match the name and key (they hash to c74f20a3)",
     );
-    expect(err(() => parseVerifierKey("PeterNeumann+173116ae+ZRpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"))).toMatch(/unsupported signature type 0x65/);
-    expect(err(() => parseVerifierKey("PeterNeumann+cc469956+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TWBADKEY=="))).toBe("ERR_TLOG_MALFORMED: signed note: verifier key: the key is not canonical base64");
+    expect(errorText(() => parseVerifierKey("PeterNeumann+173116ae+ZRpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"))).toMatch(/unsupported signature type 0x65/);
+    expect(errorText(() => parseVerifierKey("PeterNeumann+cc469956+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TWBADKEY=="))).toBe("ERR_TLOG_MALFORMED: signed note: verifier key: the key is not canonical base64");
     const short = Buffer.concat([Buffer.of(1), Buffer.alloc(31)]).toString("base64");
-    expect(err(() => parseVerifierKey(`PeterNeumann+c74f20a3+${short}`))).toMatch(/an Ed25519 key has 32 bytes after the type byte, got 31/);
+    expect(errorText(() => parseVerifierKey(`PeterNeumann+c74f20a3+${short}`))).toMatch(/an Ed25519 key has 32 bytes after the type byte, got 31/);
     for (let i = 0; i < PETER_VKEY.length; i++) {
       const b = Buffer.from(PETER_VKEY);
       b[i] = (b[i] as number) + 1;
-      expect(err(() => parseVerifierKey(b.toString("latin1"))), `byte ${i}`).toMatch(/^ERR_TLOG_MALFORMED: signed note: /);
+      expect(errorText(() => parseVerifierKey(b.toString("latin1"))), `byte ${i}`).toMatch(/^ERR_TLOG_MALFORMED: signed note: /);
     }
-    for (let j = 1; j < PETER_VKEY.length; j++) expect(err(() => parseVerifierKey(PETER_VKEY.slice(0, j))), `prefix ${j}`).toMatch(/^ERR_TLOG_MALFORMED/);
+    for (let j = 1; j < PETER_VKEY.length; j++) expect(errorText(() => parseVerifierKey(PETER_VKEY.slice(0, j))), `prefix ${j}`).toMatch(/^ERR_TLOG_MALFORMED/);
   });
 });
 
@@ -86,7 +78,7 @@ describe("signed notes: sign, open, refuse", () => {
   });
 
   it("refuses a note signed by another key (same name, other key ID)", () => {
-    expect(err(() => openNote(signNote(text, [b.signer]), [parseVerifierKey(a.vkey)]))).toMatch(
+    expect(errorText(() => openNote(signNote(text, [b.signer]), [parseVerifierKey(a.vkey)]))).toMatch(
       /^ERR_TLOG_SIGNATURE_INVALID: signed note: no signature from a trusted key \(signed by example\.org\/sigil\/issuance\+[0-9a-f]{8}; trusted: example\.org\/sigil\/issuance\+[0-9a-f]{8}\)$/,
     );
   });
@@ -94,14 +86,14 @@ describe("signed notes: sign, open, refuse", () => {
   it("refuses the whole note when a trusted key's signature fails, even beside a good one", () => {
     const good = signNote(text, [a.signer]);
     const tampered = good.replace("\n3\n", "\n4\n");
-    expect(err(() => openNote(tampered, [parseVerifierKey(a.vkey)]))).toMatch(/^ERR_TLOG_SIGNATURE_INVALID: signed note: the signature by trusted key example\.org\/sigil\/issuance\+[0-9a-f]{8} does not verify$/);
+    expect(errorText(() => openNote(tampered, [parseVerifierKey(a.vkey)]))).toMatch(/^ERR_TLOG_SIGNATURE_INVALID: signed note: the signature by trusted key example\.org\/sigil\/issuance\+[0-9a-f]{8} does not verify$/);
     const sigLine = good.slice(text.length + 1);
     const flipped = sigLine.slice(0, 60) + (sigLine[60] === "A" ? "B" : "A") + sigLine.slice(61);
-    expect(err(() => openNote(`${text}\n${flipped}${signNote(text, [b.signer]).slice(text.length + 1)}`, [parseVerifierKey(a.vkey), parseVerifierKey(b.vkey)]))).toMatch(/does not verify/);
+    expect(errorText(() => openNote(`${text}\n${flipped}${signNote(text, [b.signer]).slice(text.length + 1)}`, [parseVerifierKey(a.vkey), parseVerifierKey(b.vkey)]))).toMatch(/does not verify/);
   });
 
   it("requires every key when asked", () => {
-    expect(err(() => openNote(signNote(text, [a.signer]), [parseVerifierKey(a.vkey), parseVerifierKey(b.vkey)], { requireAll: true }))).toMatch(/no signature from required key/);
+    expect(errorText(() => openNote(signNote(text, [a.signer]), [parseVerifierKey(a.vkey), parseVerifierKey(b.vkey)], { requireAll: true }))).toMatch(/no signature from required key/);
   });
 
   it("adds a cosignature to a note keeping the other signatures", () => {
@@ -128,12 +120,12 @@ describe("signed notes: sign, open, refuse", () => {
       ["empty text", `\n${PETER_SIG}`, /the note text is empty/],
     ];
     for (const [what, note, re] of cases) {
-      const e = err(() => openNote(note, v));
+      const e = errorText(() => openNote(note, v));
       expect(e, what).toMatch(/^ERR_TLOG_MALFORMED: signed note: /);
       expect(e, what).toMatch(re);
     }
-    expect(err(() => openNote(Buffer.concat([Buffer.from([0xff]), Buffer.from(`${TEXT}\n${PETER_SIG}`)]), v))).toBe("ERR_TLOG_MALFORMED: signed note: the note is not valid UTF-8");
-    expect(err(() => signNote("no newline", [a.signer]))).toBe("ERR_TLOG_MALFORMED: signed note: the note text does not end with a newline");
+    expect(errorText(() => openNote(Buffer.concat([Buffer.from([0xff]), Buffer.from(`${TEXT}\n${PETER_SIG}`)]), v))).toBe("ERR_TLOG_MALFORMED: signed note: the note is not valid UTF-8");
+    expect(errorText(() => signNote("no newline", [a.signer]))).toBe("ERR_TLOG_MALFORMED: signed note: the note text does not end with a newline");
   });
 });
 
@@ -156,11 +148,11 @@ describe("checkpoints", () => {
     const { checkpoint } = openCheckpoint(note, [parseVerifierKey(k.vkey)], { origin: cp.origin });
     expect(checkpoint.size).toBe(cp.size);
     expect(Buffer.from(checkpoint.rootHash).equals(cp.rootHash)).toBe(true);
-    expect(err(() => openCheckpoint(note, [parseVerifierKey(k.vkey)], { origin: "other.org/sigil/issuance" }))).toMatch(/^ERR_TLOG_INCONSISTENT: checkpoint: origin "example.org\/sigil\/issuance" is not the expected/);
+    expect(errorText(() => openCheckpoint(note, [parseVerifierKey(k.vkey)], { origin: "other.org/sigil/issuance" }))).toMatch(/^ERR_TLOG_INCONSISTENT: checkpoint: origin "example.org\/sigil\/issuance" is not the expected/);
   });
 
   it("refuses a checkpoint signed by another key", () => {
-    expect(err(() => openCheckpoint(signCheckpoint(cp, [other.signer]), [parseVerifierKey(k.vkey)]))).toMatch(/^ERR_TLOG_SIGNATURE_INVALID: signed note: no signature from a trusted key/);
+    expect(errorText(() => openCheckpoint(signCheckpoint(cp, [other.signer]), [parseVerifierKey(k.vkey)]))).toMatch(/^ERR_TLOG_SIGNATURE_INVALID: signed note: no signature from a trusted key/);
   });
 
   it("refuses malformed bodies, naming the line", () => {
@@ -177,10 +169,10 @@ describe("checkpoints", () => {
       [`o\n12\n${root}`, /does not end with a newline/],
     ];
     for (const [body, re] of cases) {
-      const e = err(() => parseCheckpoint(body));
+      const e = errorText(() => parseCheckpoint(body));
       expect(e, body).toMatch(/^ERR_TLOG_MALFORMED: checkpoint: /);
       expect(e, body).toMatch(re);
     }
-    expect(err(() => formatCheckpoint({ ...cp, rootHash: Buffer.alloc(3) }))).toBe("ERR_INVALID_ARGUMENT: checkpoint: rootHash must have 32 bytes, got 3");
+    expect(errorText(() => formatCheckpoint({ ...cp, rootHash: Buffer.alloc(3) }))).toBe("ERR_INVALID_ARGUMENT: checkpoint: rootHash must have 32 bytes, got 3");
   });
 });

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { isSigilError } from "../../../../spiffe/errors.js";
+import { errorText } from "./support.js";
 import { MerkleTreeBuilder, emptyRoot, frontierLevels, leafHash, nodeHash } from "../../../../spiffe/tlog/hash.js";
 import {
   consistencyProof,
@@ -69,14 +69,6 @@ function leavesOf(n: number): Buffer[] {
   return Array.from({ length: n }, (_, i) => leafHash(Buffer.from(`entry ${i}`)));
 }
 
-function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    return isSigilError(e) ? `${e.code}: ${e.message}` : String(e);
-  }
-  return "no error";
-}
 
 // Known answers from transparency-dev/merkle (testonly/constants.go and
 // proof/verify_test.go), the RFC 6962 reference vectors also used by Certificate
@@ -148,7 +140,7 @@ describe("RFC 6962 known answers", () => {
       ["removed component", () => verifyInclusion(leaf - 1, size, lh, proof.slice(0, -1), root)],
       ["flipped bit", () => verifyInclusion(leaf - 1, size, lh, [Buffer.from(proof[0] as Buffer).fill(8, 0, 1), ...proof.slice(1)], root)],
     ];
-    for (const [what, fn] of bad) expect(code(fn), what).toMatch(/^ERR_TLOG_PROOF_INVALID: tlog: /);
+    for (const [what, fn] of bad) expect(errorText(fn), what).toMatch(/^ERR_TLOG_PROOF_INVALID: tlog: /);
     const [m, n, cHex] = KAT_CONSISTENCY[1] as [number, number, string[]];
     const c = cHex.map(hex);
     const r1 = KAT_ROOTS[m - 1] as Buffer;
@@ -165,7 +157,7 @@ describe("RFC 6962 known answers", () => {
       ["equal sizes, non-empty proof", () => verifyConsistency(n, n, c, r2, r2)],
       ["wrong hash length", () => verifyConsistency(m, n, [Buffer.alloc(31), ...c.slice(1)], r1, r2)],
     ];
-    for (const [what, fn] of badC) expect(code(fn), what).toMatch(/^ERR_TLOG_PROOF_INVALID: tlog: /);
+    for (const [what, fn] of badC) expect(errorText(fn), what).toMatch(/^ERR_TLOG_PROOF_INVALID: tlog: /);
   });
 });
 
@@ -186,7 +178,7 @@ describe("proofs match a from-scratch recomputation", () => {
           if (!Buffer.from(h).equals(want[j] as Buffer)) throw new Error(`inclusion proof ${i}/${n} differs at ${j}`);
         });
         verifyInclusion(i, n, leaves[i] as Buffer, proof, root);
-        if (i + 1 < n) expect(code(() => verifyInclusion(i + 1, n, leaves[i] as Buffer, proof, root))).toMatch(/ERR_TLOG_PROOF_INVALID/);
+        if (i + 1 < n) expect(errorText(() => verifyInclusion(i + 1, n, leaves[i] as Buffer, proof, root))).toMatch(/ERR_TLOG_PROOF_INVALID/);
       }
     }
   });
@@ -206,7 +198,7 @@ describe("proofs match a from-scratch recomputation", () => {
         if (m > 0 && m < n) {
           // Another tree of size m (last leaf changed) must not verify.
           const forked = m === 1 ? leafHash(Buffer.from("other")) : nodeHash(ref.mth(0, m), ref.mth(0, 1));
-          expect(code(() => verifyConsistency(m, n, proof, forked, root2))).toMatch(/ERR_TLOG_PROOF_INVALID/);
+          expect(errorText(() => verifyConsistency(m, n, proof, forked, root2))).toMatch(/ERR_TLOG_PROOF_INVALID/);
         }
       }
     }
@@ -266,9 +258,9 @@ describe("MerkleTreeBuilder", () => {
   });
 
   it("refuses a frontier of the wrong shape, naming what is wrong", () => {
-    expect(code(() => MerkleTreeBuilder.fromFrontier(5, [Buffer.alloc(32)]))).toBe("ERR_INVALID_ARGUMENT: tlog: a tree of size 5 has a frontier of 2 hashes, got 1");
-    expect(code(() => MerkleTreeBuilder.fromFrontier(1, [Buffer.alloc(31)]))).toBe("ERR_INVALID_ARGUMENT: tlog: frontier hash 0 has 31 bytes, expected 32");
-    expect(code(() => MerkleTreeBuilder.fromFrontier(-1, []))).toMatch(/tree size must be an integer/);
+    expect(errorText(() => MerkleTreeBuilder.fromFrontier(5, [Buffer.alloc(32)]))).toBe("ERR_INVALID_ARGUMENT: tlog: a tree of size 5 has a frontier of 2 hashes, got 1");
+    expect(errorText(() => MerkleTreeBuilder.fromFrontier(1, [Buffer.alloc(31)]))).toBe("ERR_INVALID_ARGUMENT: tlog: frontier hash 0 has 31 bytes, expected 32");
+    expect(errorText(() => MerkleTreeBuilder.fromFrontier(-1, []))).toMatch(/tree size must be an integer/);
   });
 
   it("hashes leaves as SHA-256(0x00 || entry) with a reused scratch buffer", () => {
@@ -283,9 +275,9 @@ describe("MerkleTreeBuilder", () => {
 describe("proof argument checks", () => {
   it("names the bad argument", () => {
     const read: HashReader = () => Buffer.alloc(32);
-    expect(code(() => inclusionProof(3, 3, read))).toBe("ERR_INVALID_ARGUMENT: tlog: leaf index 3 is not in a tree of size 3");
-    expect(code(() => consistencyProof(4, 3, read))).toBe("ERR_INVALID_ARGUMENT: tlog: old tree size 4 is larger than new tree size 3");
-    expect(code(() => rootFromInclusionProof(0, 1, Buffer.alloc(31), []))).toBe("ERR_TLOG_PROOF_INVALID: tlog: the leaf hash has 31 bytes, expected 32");
-    expect(code(() => treeRoot(1.5, read))).toMatch(/ERR_INVALID_ARGUMENT: tlog: tree size must be an integer/);
+    expect(errorText(() => inclusionProof(3, 3, read))).toBe("ERR_INVALID_ARGUMENT: tlog: leaf index 3 is not in a tree of size 3");
+    expect(errorText(() => consistencyProof(4, 3, read))).toBe("ERR_INVALID_ARGUMENT: tlog: old tree size 4 is larger than new tree size 3");
+    expect(errorText(() => rootFromInclusionProof(0, 1, Buffer.alloc(31), []))).toBe("ERR_TLOG_PROOF_INVALID: tlog: the leaf hash has 31 bytes, expected 32");
+    expect(errorText(() => treeRoot(1.5, read))).toMatch(/ERR_INVALID_ARGUMENT: tlog: tree size must be an integer/);
   });
 });

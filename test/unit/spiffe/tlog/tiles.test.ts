@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { isSigilError } from "../../../../spiffe/errors.js";
+import { errorText } from "./support.js";
 import { leafHash } from "../../../../spiffe/tlog/hash.js";
 import { MemoryTlog } from "../../../../spiffe/tlog/memory-log.js";
 import { generateNoteKey } from "../../../../spiffe/tlog/note.js";
@@ -17,14 +17,6 @@ import {
   tilesForSize,
 } from "../../../../spiffe/tlog/tiles.js";
 
-function err(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    return isSigilError(e) ? `${e.code}: ${e.message}` : `not a SigilError: ${String(e)}`;
-  }
-  return "no error";
-}
 
 const entry = (i: number): Buffer => Buffer.from(`entry ${i}`);
 
@@ -55,7 +47,7 @@ describe("tile paths (C2SP tlog-tiles examples)", () => {
       ["tiles/0/000", /is not a tile path/],
     ];
     for (const [p, re] of bad) {
-      const e = err(() => parseTilePath(p));
+      const e = errorText(() => parseTilePath(p));
       expect(e, p).toMatch(/^ERR_TLOG_MALFORMED: tlog tiles: /);
       expect(e, p).toMatch(re);
     }
@@ -87,7 +79,7 @@ describe("tile paths (C2SP tlog-tiles examples)", () => {
   it("locates a node at an intermediate level inside its tile", () => {
     expect(tileForNode(3, 40, 70_000)).toEqual({ tile: { level: 0, index: 1, width: 256 }, offset: 64, count: 8 });
     expect(tileForNode(8, 260, 70_000)).toEqual({ tile: { level: 1, index: 1, width: 17 }, offset: 4, count: 1 });
-    expect(err(() => tileForNode(8, 273, 70_000))).toMatch(/not a full subtree of a tree of size 70000/);
+    expect(errorText(() => tileForNode(8, 273, 70_000))).toMatch(/not a full subtree of a tree of size 70000/);
   });
 });
 
@@ -97,9 +89,9 @@ describe("entry bundles", () => {
     const b = encodeEntryBundle(entries);
     expect(b.subarray(0, 5)).toEqual(Buffer.from([0, 0, 0, 1, 0x61]));
     expect(decodeEntryBundle(b).map((e) => Buffer.from(e))).toEqual(entries);
-    expect(err(() => decodeEntryBundle(b.subarray(0, b.length - 1)))).toBe("ERR_TLOG_MALFORMED: tlog tiles: entry 2 at byte 5: its length 300 runs past the end of the bundle (306 bytes)");
-    expect(err(() => decodeEntryBundle(Buffer.from([0])))).toBe("ERR_TLOG_MALFORMED: tlog tiles: entry 0 at byte 0: the bundle ends inside its length prefix");
-    expect(err(() => encodeEntryBundle([Buffer.alloc(65536)]))).toMatch(/entry 0 has 65536 bytes/);
+    expect(errorText(() => decodeEntryBundle(b.subarray(0, b.length - 1)))).toBe("ERR_TLOG_MALFORMED: tlog tiles: entry 2 at byte 5: its length 300 runs past the end of the bundle (306 bytes)");
+    expect(errorText(() => decodeEntryBundle(Buffer.from([0])))).toBe("ERR_TLOG_MALFORMED: tlog tiles: entry 0 at byte 0: the bundle ends inside its length prefix");
+    expect(errorText(() => encodeEntryBundle([Buffer.alloc(65536)]))).toMatch(/entry 0 has 65536 bytes/);
   });
 });
 
