@@ -56,6 +56,25 @@ const EK_ATTRIBUTES = TPMA_OBJECT.fixedTPM | TPMA_OBJECT.fixedParent | TPMA_OBJE
 export const AK_REQUIRED_ATTRIBUTES =
   TPMA_OBJECT.fixedTPM | TPMA_OBJECT.fixedParent | TPMA_OBJECT.sensitiveDataOrigin | TPMA_OBJECT.userWithAuth | TPMA_OBJECT.restricted | TPMA_OBJECT.sign;
 
+/**
+ * A TPM makes an RSA key's modulus exactly keyBits long, with the exponent
+ * 65537 (stored as 0) of the EK and AK templates; anything else was not made
+ * by a TPM from those templates.
+ */
+function checkRsaKey(p: TpmPublic, what: "EK" | "AK"): void {
+  if (p.rsa === undefined) return;
+  const bits = modulusBits(p.rsa.modulus);
+  if (bits !== p.rsa.keyBits) throw denied(`the ${what}'s RSA modulus is ${bits} bits, but its keyBits say ${p.rsa.keyBits}`);
+  if (p.rsa.exponent !== 0 && p.rsa.exponent !== 65537) throw denied(`the ${what}'s RSA exponent ${p.rsa.exponent} is not 65537`);
+}
+
+function modulusBits(m: Uint8Array): number {
+  let i = 0;
+  while (i < m.length && m[i] === 0) i++;
+  const top = m[i];
+  return top === undefined ? 0 : (m.length - i - 1) * 8 + (32 - Math.clz32(top));
+}
+
 function attrNames(bits: number): string {
   return Object.entries(TPMA_OBJECT)
     .filter(([, bit]) => (bits & bit) !== 0)
@@ -67,7 +86,7 @@ function attrNames(bits: number): string {
  * Decodes the EK's TPMT_PUBLIC and checks it is a standard storage EK that
  * MakeCredential can seal to: RSA 2048 or ECC P-256, name algorithm SHA-256,
  * restricted decryption with fixedTPM, fixedParent and sensitiveDataOrigin,
- * symmetric AES-128-CFB.
+ * symmetric AES-128-CFB; an RSA modulus of exactly keyBits and exponent 65537.
  *
  * @throws SigilError `ERR_INVALID_ARGUMENT` (undecodable) or `ERR_PERMISSION_DENIED` naming the property
  */
@@ -80,6 +99,7 @@ export function checkEkPublic(raw: Uint8Array): TpmPublic {
   }
   if (ek.type === "rsa" && ek.rsa?.keyBits !== 2048) throw denied(`the EK is RSA ${ek.rsa?.keyBits ?? "?"}; only RSA 2048 and ECC P-256 EKs are supported`);
   if (ek.type === "ecc" && ek.ecc?.curve !== TPM_ECC.NIST_P256) throw denied(`the EK's ECC curve 0x${(ek.ecc?.curve ?? 0).toString(16)} is not NIST P-256`);
+  checkRsaKey(ek, "EK");
   if (ek.nameAlg !== TPM_ALG.SHA256) throw denied(`the EK's nameAlg 0x${ek.nameAlg.toString(16)} is not SHA-256`);
   const missing = EK_ATTRIBUTES & ~ek.objectAttributes;
   if (missing !== 0) throw denied(`the EK lacks the attributes ${attrNames(missing)} (not an endorsement key)`);
@@ -92,7 +112,7 @@ export function checkEkPublic(raw: Uint8Array): TpmPublic {
 /**
  * Decodes the AK's TPMT_PUBLIC and checks it: a restricted signing key that
  * never left the TPM (fixedTPM, fixedParent, sensitiveDataOrigin,
- * userWithAuth), not a decryption key, name algorithm SHA-256, and of the
+ * userWithAuth), not a decryption key nor adminWithPolicy, name algorithm SHA-256, and of the
  * EK's kind: RSA 2048 RSASSA-SHA256 for an RSA EK, ECC P-256 ECDSA-SHA256
  * for an ECC EK.
  *
@@ -109,9 +129,13 @@ export function checkAkPublic(raw: Uint8Array, ekType: "rsa" | "ecc"): TpmPublic
   const missing = AK_REQUIRED_ATTRIBUTES & ~ak.objectAttributes;
   if (missing !== 0) throw denied(`the AK lacks the attributes ${attrNames(missing)}`);
   if (ak.objectAttributes & TPMA_OBJECT.decrypt) throw denied("the AK is also a decryption key");
+  // ActivateCredential authorizes the AK in the ADMIN role. Without adminWithPolicy that takes
+  // the AK's authValue, which a public area loaded alone (TPM2_LoadExternal) does not have.
+  if (ak.objectAttributes & TPMA_OBJECT.adminWithPolicy) throw denied("the AK has adminWithPolicy (a policy could stand in for holding the key)");
   if (ak.type !== ekType) throw denied(`the AK is ${ak.type.toUpperCase()} but the EK is ${ekType.toUpperCase()}`);
   if (ak.type === "rsa") {
     if (ak.rsa?.keyBits !== 2048) throw denied(`the AK is RSA ${ak.rsa?.keyBits ?? "?"}, expected RSA 2048`);
+    checkRsaKey(ak, "AK");
     if (ak.scheme.scheme !== TPM_ALG.RSASSA || ak.scheme.hashAlg !== TPM_ALG.SHA256) throw denied("the AK's scheme is not RSASSA with SHA-256");
   } else {
     if (ak.ecc?.curve !== TPM_ECC.NIST_P256) throw denied("the AK's curve is not NIST P-256");
@@ -210,7 +234,12 @@ export function verifyEkCertificate(der: Uint8Array, ekSpki: Uint8Array, cas: re
     throw new SigilError("ERR_INVALID_ARGUMENT", `tpm: ekCert is not a DER X.509 certificate: ${(e as Error).message}`, { cause: e });
   }
   checkValidity(leaf, "the EK certificate", now);
-  const certKey = leaf.publicKey.export({ format: "der", type: "spki" });
+  let certKey: Buffer;
+  try {
+    certKey = leaf.publicKey.export({ format: "der", type: "spki" });
+  } catch (e) {
+    throw new SigilError("ERR_PERMISSION_DENIED", `tpm: the EK certificate's public key cannot be read: ${(e as Error).message}`, { cause: e });
+  }
   if (!certKey.equals(ekSpki)) throw denied("the EK certificate certifies another public key than the EK's");
 
   let cert = leaf;

@@ -180,7 +180,16 @@ export function createTpmServerAttestor(config: TpmServerConfig, deps: TpmServer
           .map((hash) => ({ hash, indices: Object.keys(policy[hash] ?? {}).map(Number).sort((a, b) => a - b) }))
           .filter((s) => s.indices.length > 0);
 
-  const isListed = (hash: string): boolean => listed.has(hash) || (fileHashes?.().has(hash) ?? false);
+  // A hash file broken after the start is the server's problem (logged), never the agent's invalid argument.
+  const fileHas = (hash: string): boolean => {
+    if (fileHashes === undefined) return false;
+    try {
+      return fileHashes().has(hash);
+    } catch (e) {
+      throw new SigilError("ERR_INTERNAL", (e as Error).message, { cause: e });
+    }
+  };
+  const isListed = (hash: string): boolean => listed.has(hash) || fileHas(hash);
   const agentPathPrefix = `/spire/agent/${TPM_ATTESTOR}/`;
 
   return {
