@@ -25,7 +25,7 @@
 import type { KeyObject } from "node:crypto";
 import type { PeerCertificate } from "node:tls";
 import { create } from "@bufbuild/protobuf";
-import { Client, credentials, Metadata, status, type ChannelCredentials, type ChannelOptions, type ClientDuplexStream, type ClientReadableStream, type ServiceError } from "@grpc/grpc-js";
+import { Client, credentials, InterceptingCall, Metadata, status, type ChannelCredentials, type Interceptor, type ChannelOptions, type ClientDuplexStream, type ClientReadableStream, type ServiceError } from "@grpc/grpc-js";
 import type { Clock } from "../../common/clock.js";
 import type { Logger } from "../../common/log.js";
 import { serverSpiffeId } from "../../common/reserved-ids.js";
@@ -157,6 +157,15 @@ export interface ServerClientOptions {
   /** Uniform random numbers in [0, 1) for the first server (default `Math.random`). */
   readonly random?: () => number;
 }
+
+/**
+ * Request metadata carrying the intermediates of the agent SVID's chain
+ * (DER, one value each). The TLS client certificate reaches the server
+ * without them, and another server of the cluster, whose own CA did not sign
+ * the agent's SVID, needs them to build the path to the bundle's root (an
+ * upstream authority above every server's CA).
+ */
+export const AGENT_CHAIN_METADATA_KEY = "sigil-agent-chain-bin";
 
 /** HTTP/2 flow-control window of the agent's channel to the server (stream and connection). */
 const FLOW_CONTROL_WINDOW = 4 << 20;
@@ -506,7 +515,20 @@ export class GrpcServerClient implements ServerClient {
   #channel(): UnaryClient<AgentMethods> {
     if (!this.#identity) throw new SigilError("ERR_UNAVAILABLE", "sync: the agent has no SVID yet; attest first");
     if (this.#roots.length === 0) throw new SigilError("ERR_UNAVAILABLE", "sync: no trust bundle to verify the server with");
-    this.#api ??= createUnaryClient(AgentAPI, this.currentAddress, this.#credentials(this.#identity), this.#channelOptions());
+    if (!this.#api) {
+      const intermediates = this.#identity.chain.slice(1).map((c) => Buffer.from(c));
+      const withChain: Interceptor = (options, nextCall) =>
+        new InterceptingCall(nextCall(options), {
+          start: (metadata, listener, next) => {
+            for (const c of intermediates) metadata.add(AGENT_CHAIN_METADATA_KEY, c);
+            next(metadata, listener);
+          },
+        });
+      this.#api = createUnaryClient(AgentAPI, this.currentAddress, this.#credentials(this.#identity), {
+        ...this.#channelOptions(),
+        ...(intermediates.length > 0 ? { interceptors: [withChain] } : {}),
+      });
+    }
     return this.#api;
   }
 

@@ -19,7 +19,7 @@
  */
 import { createHash, type X509Certificate } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import { status, type ServerDuplexStream, type ServerWritableStream } from "@grpc/grpc-js";
+import { status, type Metadata, type ServerDuplexStream, type ServerWritableStream } from "@grpc/grpc-js";
 import type { Logger } from "../../common/log.js";
 import type { Metrics } from "../../common/metrics.js";
 import { AGENT_PATH_PREFIX, isAgentId } from "../../common/reserved-ids.js";
@@ -108,6 +108,12 @@ interface VerifiedCaller {
   readonly validUntil: number;
 }
 
+/** Request metadata with the intermediates of the caller's chain (see the agent's server client). */
+const AGENT_CHAIN_METADATA_KEY = "sigil-agent-chain-bin";
+/** Most intermediates taken from that metadata, and most bytes of each. */
+const MAX_PRESENTED_INTERMEDIATES = 4;
+const MAX_INTERMEDIATE_BYTES = 16 * 1024;
+
 /** Most verified client certificates remembered. */
 const MAX_VERIFIED_CERTS = 10_000;
 
@@ -134,14 +140,16 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
   // the bundle is the same and every certificate of the chain is still valid;
   // the agent record (ban, current serial) is checked on every call.
   const verifiedCerts = new Map<string, VerifiedCaller>();
-  function verifyCaller(raw: Buffer): VerifiedCaller {
+  function verifyCaller(raw: Buffer, presented: readonly Uint8Array[]): VerifiedCaller {
     const source = bundleSource();
     const now = deps.now();
     const key = raw.toString("base64");
     const hit = verifiedCerts.get(key);
     if (hit && hit.source === source && now.getTime() >= hit.validFrom && now.getTime() < hit.validUntil) return hit;
-    // The agent's chain may need the server CA's intermediates (upstream authority).
-    const chain = [new Uint8Array(raw), ...deps.ca.intermediates()];
+    // The agent's chain may need the server CA's intermediates (upstream authority), or, for an SVID
+    // another server of the cluster signed, the intermediates the agent presented: the path is still
+    // anchored at the bundle's roots, so presented certificates add no trust of their own.
+    const chain = [new Uint8Array(raw), ...presented, ...deps.ca.intermediates()];
     try {
       const verified = verifyX509Svid(chain, source, { now });
       const certs = verified.verifiedChain;
@@ -162,10 +170,16 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
   }
 
   /** Verifies the caller's TLS client certificate and its agent record. */
-  async function authenticate(call: { getAuthContext(): { sslPeerCertificate?: { raw?: Buffer } } | null }): Promise<AuthenticatedAgent> {
+  async function authenticate(call: { getAuthContext(): { sslPeerCertificate?: { raw?: Buffer } } | null; readonly metadata: Metadata }): Promise<AuthenticatedAgent> {
     const raw = call.getAuthContext()?.sslPeerCertificate?.raw;
     if (!raw || raw.length === 0) throw new SigilError("ERR_PERMISSION_DENIED", "agent api: no client certificate: the call needs the agent's X509-SVID");
-    const { id, serial } = verifyCaller(raw);
+    const presented = call.metadata.get(AGENT_CHAIN_METADATA_KEY);
+    if (presented.length > MAX_PRESENTED_INTERMEDIATES) throw new SigilError("ERR_INVALID_ARGUMENT", `agent api: ${AGENT_CHAIN_METADATA_KEY}: ${presented.length} certificates is more than the maximum ${MAX_PRESENTED_INTERMEDIATES}`);
+    const intermediates = presented.map((v, i) => {
+      if (typeof v === "string" || v.length > MAX_INTERMEDIATE_BYTES) throw new SigilError("ERR_INVALID_ARGUMENT", `agent api: ${AGENT_CHAIN_METADATA_KEY}[${i}] is not a DER certificate of at most ${MAX_INTERMEDIATE_BYTES} bytes`);
+      return new Uint8Array(v);
+    });
+    const { id, serial } = verifyCaller(raw, intermediates);
     // An agent record outside the agent namespace predates its confinement (a join token's chosen ID): renewing it would mint that ID.
     if (!isAgentId(id)) throw new SigilError("ERR_PERMISSION_DENIED", `agent api: ${id} is not under spiffe://${deps.trustDomain.name}${AGENT_PATH_PREFIX}, where agent IDs lie; evict it and attest the node again`);
     const record = await deps.datastore.getAgent(id.toString());

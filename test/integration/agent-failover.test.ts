@@ -1,11 +1,13 @@
 /**
- * Two real `sigil-server run` processes on one PostgreSQL database and an
- * agent given both addresses (`server_addresses`): the server the agent
+ * Two real `sigil-server run` processes on one PostgreSQL database, each
+ * with its own CA under one upstream authority (a shared root, so an agent
+ * SVID signed by either verifies on both), and an agent given both addresses (`server_addresses`): the server the agent
  * attested with is killed with SIGKILL; the agent fails over to the other,
  * keeps renewing on it (short TTLs), the workload's SVID never expires on its
  * stream, and an entry created through the surviving server reaches the
  * workload (pushed notice); no entry is lost.
  */
+import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -32,15 +34,13 @@ describe.skipIf(!hasPostgres)("an agent with two servers on one PostgreSQL datab
     for (const c of cleanups.splice(0).reverse()) await c();
   });
 
-  async function startServer(url: string, name: string): Promise<ServerProcess> {
+  async function startServer(url: string, name: string, upstream: { cert: string; key: string }): Promise<ServerProcess> {
     const dir = mkdtempSync(path.join(tmpdir(), `sigil-it-failover-${name}-`));
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
     const configPath = path.join(dir, "server.yaml");
     const socketPath = path.join(dir, "admin", "api.sock");
-    writeFileSync(
-      configPath,
-      testServerConfigYaml(dir, { keyManager: "disk", serverExtra: "  default_x509_svid_ttl: 20s\n  agent_ttl: 30s\n", dataStore: { databaseType: "postgres", connectionString: url } }),
-    );
+    const yaml = testServerConfigYaml(dir, { keyManager: "disk", serverExtra: "  default_x509_svid_ttl: 20s\n  agent_ttl: 30s\n", dataStore: { databaseType: "postgres", connectionString: url } });
+    writeFileSync(configPath, `${yaml}  UpstreamAuthority:\n    disk:\n      cert_file_path: ${upstream.cert}\n      key_file_path: ${upstream.key}\n`);
     const srv = await launchServerProcess(dir, configPath, socketPath);
     cleanups.push(() => srv.stop({ keepDir: true }));
     return srv;
@@ -49,13 +49,18 @@ describe.skipIf(!hasPostgres)("an agent with two servers on one PostgreSQL datab
   it("fails over when the agent's server is killed; the workload's SVID never expires and no entry is lost", async () => {
     const { url, drop } = await createTestDatabase("postgres");
     cleanups.push(drop);
-    const a = await startServer(url, "a");
+    const upDir = mkdtempSync(path.join(tmpdir(), "sigil-it-failover-upstream-"));
+    cleanups.push(() => rmSync(upDir, { recursive: true, force: true }));
+    const upstream = { cert: path.join(upDir, "ca.pem"), key: path.join(upDir, "ca.key") };
+    execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", upstream.key, "-out", upstream.cert, "-days", "2", "-subj", "/CN=upstream",
+      "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-addext", "subjectAltName=URI:spiffe://example.org"], { stdio: "ignore" });
+    const a = await startServer(url, "a", upstream);
     const admin = createUnaryClient(AgentAdmin, `unix:${a.socketPath}`, credentials.createInsecure());
     const tok = await admin.createJoinToken({ ttl: 600 });
     admin.close();
     const web = a.cli(["entry", "create", "--spiffe-id", "spiffe://example.org/web", "--parent-id", tok.agentId, "--selector", `unix:uid:${UID}`, "--x509-svid-ttl", "20s"]);
     expect(web.status, web.stderr).toBe(0);
-    const b = await startServer(url, "b");
+    const b = await startServer(url, "b", upstream);
     // Both servers publish the bundle the agent bootstraps with (the union of their CAs).
     const roots = rootsPemFromBundleJson(b.cli(["bundle", "show", "--output", "json"]).stdout);
 
@@ -104,6 +109,7 @@ describe.skipIf(!hasPostgres)("an agent with two servers on one PostgreSQL datab
       .filter((l) => l.startsWith('{"at"'))
       .map((l) => JSON.parse(l) as Update);
     const problems = agent.logs.filter((l) => Number(l.level) >= 40 || String(l.msg).includes("change stream")).slice(-30);
+    if (process.env.SIGIL_TEST_DUMP) writeFileSync(process.env.SIGIL_TEST_DUMP, JSON.stringify({ agent: agent.logs, home: home.logs.slice(-200), other: other.logs.slice(-300), stdout: r.stdout }, null, 1));
     expect(r.stdout.includes("DONE"), `${r.stdout}\n${r.stderr}\n${JSON.stringify(problems, null, 1)}`).toBe(true);
     // No entry lost: the last view holds both workloads' SVIDs.
     expect(updates.at(-1)!.svids.map((s) => s.id).sort()).toEqual(["spiffe://example.org/web", "spiffe://example.org/web2"]);
