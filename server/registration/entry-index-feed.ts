@@ -18,6 +18,9 @@ import { EntryIndex, type IndexedEntry } from "./entry-index.js";
 
 /** Entries read from the datastore per page while loading. */
 const LOAD_PAGE_SIZE = 1000;
+/** First and longest wait before reading again what the datastore could not answer (ms). */
+export const RETRY_MIN_MS = 250;
+export const RETRY_MAX_MS = 10_000;
 
 /** What the entry index holds per entry: its keys plus the datastore record. */
 export interface IndexedRecord extends IndexedEntry {
@@ -64,6 +67,12 @@ export class EntryIndexFeed implements Service {
   #reloading: Promise<void> | undefined;
   /** While loading: the entries an event touched (the load's possibly older copy must not overwrite them). */
   #touched: Set<string> | undefined;
+  // An event is delivered once: a read that failed (the database restarting) is retried until it
+  // succeeds, or the index would keep the entry's old state (or lack it) until the next reload.
+  readonly #failed = new Set<string>();
+  #reloadFailed = false;
+  #retryTimer: NodeJS.Timeout | undefined;
+  #retryMs = RETRY_MIN_MS;
 
   constructor(deps: EntryIndexFeedDeps) {
     this.#d = deps;
@@ -75,11 +84,7 @@ export class EntryIndexFeed implements Service {
       onEvent: (event) => {
         if (event.kind === "entry") this.#refresh(event.objectId);
       },
-      onResync: () => {
-        this.#reloading ??= this.#load(true)
-          .catch((err: unknown) => this.#d.log.error({ err }, "entry index: reload after the change feed fell behind failed"))
-          .finally(() => (this.#reloading = undefined));
-      },
+      onResync: () => this.#reload(),
     });
     try {
       await this.#load(false);
@@ -87,6 +92,36 @@ export class EntryIndexFeed implements Service {
       this.stop();
       throw e;
     }
+  }
+
+  #reload(): void {
+    this.#reloadFailed = false;
+    this.#reloading ??= this.#load(true)
+      .then(
+        () => {
+          this.#retryMs = RETRY_MIN_MS;
+        },
+        (err: unknown) => {
+          this.#d.log.error({ err }, "entry index: reload after the change feed fell behind failed; retrying");
+          this.#reloadFailed = true;
+          this.#scheduleRetry();
+        },
+      )
+      .finally(() => (this.#reloading = undefined));
+  }
+
+  /** Reads again, after a backoff, the entries (or the reload) the datastore failed to answer. */
+  #scheduleRetry(): void {
+    if (this.#retryTimer !== undefined || this.#unsubscribe === undefined) return;
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = undefined;
+      this.#retryMs = Math.min(RETRY_MAX_MS, this.#retryMs * 2);
+      if (this.#reloadFailed) this.#reload();
+      const ids = [...this.#failed];
+      this.#failed.clear();
+      for (const id of ids) this.#refresh(id);
+    }, this.#retryMs);
+    this.#retryTimer.unref?.();
   }
 
   /** Reads the entry again and applies it, unless a newer event for it came in meanwhile. */
@@ -98,12 +133,16 @@ export class EntryIndexFeed implements Service {
       (e) => {
         if (this.#versions.get(id) !== version) return;
         this.#versions.delete(id);
+        this.#retryMs = RETRY_MIN_MS;
         if (e) this.index.upsert(toIndexed(e));
         else this.index.delete(id);
       },
       (err: unknown) => {
-        if (this.#versions.get(id) === version) this.#versions.delete(id);
-        this.#d.log.error({ err, entry_id: id }, "entry index: cannot load a changed entry");
+        if (this.#versions.get(id) !== version) return;
+        this.#versions.delete(id);
+        this.#d.log.warn({ err, entry_id: id }, "entry index: cannot load a changed entry; retrying");
+        this.#failed.add(id);
+        this.#scheduleRetry();
       },
     );
   }
@@ -135,5 +174,8 @@ export class EntryIndexFeed implements Service {
   stop(): void {
     this.#unsubscribe?.();
     this.#unsubscribe = undefined;
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = undefined;
+    this.#failed.clear();
   }
 }

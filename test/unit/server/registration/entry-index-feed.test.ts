@@ -69,4 +69,23 @@ describe("EntryIndexFeed", () => {
     });
     expect(feed.index.size).toBe(2);
   });
+
+  it("an entry whose read failed (the database restarting) is read again until it succeeds; so is a failed reload", async () => {
+    await feed.start();
+    const added = await ds.createEntry(entry("added", 1));
+    const getEntry = ds.getEntry.bind(ds);
+    const listEntries = ds.listEntries.bind(ds);
+    let down = 2;
+    const unavailable = () => Promise.reject(new Error("connection terminated"));
+    ds.getEntry = (id) => (down-- > 0 ? unavailable() : getEntry(id));
+    listener?.onEvent(ev(added.id, "create"));
+    await vi.waitFor(() => expect(feed.index.get(added.id)).toBeDefined(), { timeout: 5_000 });
+    expect(down).toBeLessThan(0);
+    const later = await ds.createEntry(entry("later", 2));
+    let listDown = 1;
+    ds.listEntries = (q) => (listDown-- > 0 ? unavailable() : listEntries(q));
+    listener?.onResync?.();
+    await vi.waitFor(() => expect(feed.index.get(later.id)).toBeDefined(), { timeout: 5_000 });
+    feed.stop();
+  });
 });
