@@ -148,6 +148,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     datastore,
     ca,
     entries,
+    feed: changeFeed,
     serverSvid,
     grpcHealth,
     rateLimits: agentApiRateLimits(s.ratelimit, clock),

@@ -289,6 +289,8 @@ export class SyncLoop {
           log?.error({ err: e }, "sync: cannot persist the trust bundle");
         }
       }
+      // Only now: an answer not applied must not become the base of the next delta.
+      this.#entries = new Map(entries.map((e) => [e.id, e]));
       this.#revision = res.revision;
     } else {
       cache.update({ synced: true });
@@ -308,7 +310,6 @@ export class SyncLoop {
     const next = res.delta ? new Map(this.#entries) : new Map<string, SyncedEntry>();
     if (res.delta) for (const id of res.delta.removedEntryIds) next.delete(id);
     for (const e of res.entries) next.set(e.id, e);
-    this.#entries = next;
     return [...next.values()];
   }
 

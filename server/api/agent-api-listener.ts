@@ -27,6 +27,7 @@ import type { Datastore } from "../datastore/index.js";
 import { Issuer } from "../issuance/issuer.js";
 import type { EntryIndex } from "../registration/entry-index.js";
 import type { IndexedRecord } from "../registration/entry-index-feed.js";
+import type { ChangeFeed } from "../datastore/change-feed.js";
 import { createAgentApi } from "./agent-api.js";
 import { AgentSyncHistory } from "./agent-sync-history.js";
 import { ChangeNotifier } from "./change-notifier.js";
@@ -56,6 +57,8 @@ export interface AgentApiListenerDeps {
   readonly datastore: { readonly datastore: Datastore };
   readonly ca: { readonly manager: CaManager };
   readonly entries: { readonly index: EntryIndex<IndexedRecord> };
+  /** The change feed: its agent events end the change streams of evicted and banned agents. */
+  readonly feed: Pick<ChangeFeed, "subscribe">;
   readonly serverSvid: { readonly certificates: MemoryCertificateProvider };
   /** Served beside the AgentAPI. */
   readonly grpcHealth: HealthService;
@@ -79,6 +82,7 @@ export class AgentApiListener implements Service {
   readonly #plugins: OwnedPlugins;
   #attestors: ReadonlyMap<string, ServerNodeAttestor> = new Map();
   #notifier: ChangeNotifier | undefined;
+  #unsubscribeFeed: (() => void) | undefined;
 
   constructor(deps: AgentApiListenerDeps) {
     this.#d = deps;
@@ -120,6 +124,15 @@ export class AgentApiListener implements Service {
     const attestors = (this.#attestors = new Map(this.#plugins.add(createPlugins("server", PLUGIN_CATALOG.NodeAttestor, d.nodeAttestors, { trustDomain: d.trustDomain, store: datastore })).map((a) => [a.name, a])));
     const issuer = new Issuer({ ca, datastore, metrics: d.metrics, now, defaultX509TtlMs: d.defaultX509TtlMs, defaultJwtTtlMs: d.defaultJwtTtlMs });
     const notifier = (this.#notifier = new ChangeNotifier({ index: d.entries.index, bundle: () => ca.bundle(), now, log: d.log }));
+    this.#unsubscribeFeed = d.feed.subscribe({
+      onEvent: (e) => {
+        if (e.kind !== "agent" || !notifier.watching(e.objectId)) return;
+        datastore.getAgent(e.objectId).then(
+          (record) => notifier.agentChanged(e.objectId, record),
+          (err: unknown) => d.log.warn({ err, agent_id: e.objectId }, "agent api: cannot read a changed agent for its change stream"),
+        );
+      },
+    });
     const api = createAgentApi({
       trustDomain: d.trustDomain,
       datastore,
@@ -152,6 +165,8 @@ export class AgentApiListener implements Service {
   /** Stops the listener, then closes the NodeAttestor plugins. */
   async stop(): Promise<void> {
     // Change streams never finish on their own: end them so the stop need not wait out the grace.
+    this.#unsubscribeFeed?.();
+    this.#unsubscribeFeed = undefined;
     this.#notifier?.close();
     const server = this.#server;
     if (server) {

@@ -10,7 +10,11 @@
  *
  * Nothing here reads the datastore: the index follows the database's change
  * feed, so a change made through any server of the cluster reaches the agents
- * that watch this one.
+ * that watch this one. The feed's agent events reach {@link ChangeNotifier.agentChanged}:
+ * a stream whose agent was evicted or banned, or whose SVID is no longer the
+ * agent's current one (renewed, or the agent attested again), is ended at
+ * once, as a new call would be refused; the agent opens it again with its
+ * current SVID.
  */
 import { createHash } from "node:crypto";
 import type { Logger } from "../../common/log.js";
@@ -34,7 +38,9 @@ export interface NoticeSink {
 
 interface Watcher {
   readonly agentId: string;
-  readonly record: AttestedAgent;
+  record: AttestedAgent;
+  /** Serial of the SVID the stream was opened with: the record's current one then. */
+  readonly serial: string;
   readonly sink: NoticeSink;
   digest: string;
 }
@@ -88,13 +94,45 @@ export class ChangeNotifier {
       previous.sink.end(new SigilError("ERR_FAILED_PRECONDITION", `watch changes: agent ${agentId} opened a newer change stream`));
     }
     this.#observe();
-    const w: Watcher = { agentId, record, sink, digest: this.#digest(agentId, record) };
+    const w: Watcher = { agentId, record, serial: record.certSerial, sink, digest: this.#digest(agentId, record) };
     this.#watchers.set(agentId, w);
     sink.send(w.digest);
     this.#arm();
     return () => {
       if (this.#watchers.get(agentId) === w) this.#watchers.delete(agentId);
     };
+  }
+
+  /** True while `agentId` holds a stream. */
+  watching(agentId: string): boolean {
+    return this.#watchers.has(agentId);
+  }
+
+  /**
+   * The agent's record changed (`undefined`: deleted). Ends its stream when
+   * the agent is gone or banned, or the stream's SVID is no longer its current
+   * or renewed one; otherwise keeps the new record (its selectors decide the
+   * entries) and pushes a notice if its view changed.
+   */
+  agentChanged(agentId: string, record: AttestedAgent | undefined): void {
+    const w = this.#watchers.get(agentId);
+    if (!w) return;
+    let reason: SigilError | undefined;
+    if (!record) reason = new SigilError("ERR_AGENT_NOT_ATTESTED", `watch changes: ${agentId} is not an attested agent`);
+    else if (record.banned) reason = new SigilError("ERR_PERMISSION_DENIED", `watch changes: agent ${agentId} is banned`);
+    else if (record.certSerial !== w.serial && record.newCertSerial !== w.serial) {
+      reason = new SigilError("ERR_PERMISSION_DENIED", `watch changes: the SVID (serial ${w.serial}) the stream of ${agentId} was opened with is not its current one`);
+    }
+    if (reason || !record) {
+      this.#watchers.delete(agentId);
+      w.sink.end(reason);
+      return;
+    }
+    w.record = record;
+    const digest = this.#digest(agentId, record);
+    if (digest === w.digest) return;
+    w.digest = digest;
+    w.sink.send(digest);
   }
 
   /** Compares the index and bundle now; pushes notices to the agents whose view changed. Returns how many were sent. */

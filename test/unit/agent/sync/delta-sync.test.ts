@@ -93,6 +93,29 @@ describe("delta sync in the sync loop", () => {
       ["r2", true],
     ]);
   });
+
+  it("an answer it could not apply is not the base of the next delta (a server remembering the older revision answers relative to it)", async () => {
+    const client = scripted([
+      { notModified: false, revision: "r1", entries: [entry("a", 1)], bundles: [bundle] },
+      // Not applied: its bundle is refused.
+      { notModified: false, revision: "r2", entries: [entry("b", 1)], bundles: [bundle], delta: { removedEntryIds: [] } },
+      // Another server, remembering r1 for this agent: b was added and deleted since, so it is in no list.
+      { notModified: false, revision: "r3", entries: [entry("c", 1)], bundles: [], delta: { removedEntryIds: [] } },
+    ]);
+    let refuse = false;
+    client.setTrustBundle = () => {
+      if (refuse) throw new SigilError("ERR_BUNDLE_INVALID", "sync: refused for the test");
+    };
+    const cache = new AgentCache({ trustDomain: td, clock, mintJwtSvid: () => Promise.reject(new Error("not used")) });
+    const loop = new SyncLoop({ client, cache, clock, intervalMs: 5000 });
+    await loop.syncNow();
+    refuse = true;
+    await loop.syncNow();
+    refuse = false;
+    await loop.syncNow();
+    expect(client.asked.map(([r]) => r)).toEqual(["", "r1", "r1"]);
+    expect([...cache.entries()].map((e) => e.id).sort()).toEqual(["a", "c"]);
+  });
 });
 
 describe("change stream", () => {

@@ -11,6 +11,7 @@ import type { AttestedAgent, RegistrationEntry } from "../../../../server/datast
 import { EntryIndex } from "../../../../server/registration/entry-index.js";
 import { toIndexed, type IndexedRecord } from "../../../../server/registration/entry-index-feed.js";
 import { createLogger } from "../../../../common/log.js";
+import { parseSelector } from "../../../../common/selector.js";
 import { SigilError } from "../../../../spiffe/errors.js";
 
 const e = (id: string, revision: number) => ({ id, revision });
@@ -62,10 +63,10 @@ describe("ChangeNotifier", () => {
     let bundle = {};
     const notifier = new ChangeNotifier({ index, bundle: () => bundle, now: () => new Date("2030-01-01"), log: createLogger({ level: "error", destination: { write: () => undefined } }), maxWatchers: 2, tickMs: 3_600_000 });
     const sinks = new Map<string, { sent: string[]; ended: SigilError[] }>();
-    const watch = (agent: string) => {
+    const watch = (agent: string, record: AttestedAgent = agentRecord) => {
       const s = { sent: [] as string[], ended: [] as SigilError[] };
       sinks.set(agent, s);
-      const un = notifier.watch(`spiffe://example.org/spire/agent/${agent}`, agentRecord, { send: (d) => s.sent.push(d), end: (r) => void (r && s.ended.push(r)) });
+      const un = notifier.watch(`spiffe://example.org/spire/agent/${agent}`, record, { send: (d) => s.sent.push(d), end: (r) => void (r && s.ended.push(r)) });
       return { s, un };
     };
     return { index, notifier, watch, newBundle: () => (bundle = {}) };
@@ -109,6 +110,34 @@ describe("ChangeNotifier", () => {
     // The replaced stream's unregister does not drop the newer one.
     first.un();
     expect(notifier.watchers).toBe(2);
+    notifier.close();
+  });
+
+  it("ends the stream of an agent evicted, banned, or no longer holding the stream's SVID; follows its new selectors", () => {
+    const { index, notifier, watch } = setup();
+    const id = (a: string) => `spiffe://example.org/spire/agent/${a}`;
+    const rec = (over: Partial<AttestedAgent> = {}) => ({ selectors: [], certSerial: "s1", newCertSerial: null, banned: false, ...over }) as unknown as AttestedAgent;
+    const evicted = watch("evicted", rec());
+    const banned = watch("banned", rec());
+    notifier.agentChanged(id("evicted"), undefined);
+    notifier.agentChanged(id("banned"), rec({ banned: true }));
+    expect(evicted.s.ended.map((e) => e.code)).toEqual(["ERR_AGENT_NOT_ATTESTED"]);
+    expect(banned.s.ended.map((e) => e.message)).toEqual([expect.stringMatching(/banned/)]);
+    expect(notifier.watchers).toBe(0);
+    // Renewed: the stream's SVID is still the current one until the new one is used.
+    const renewed = watch("renewed", rec());
+    notifier.agentChanged(id("renewed"), rec({ newCertSerial: "s2" }));
+    expect(renewed.s.ended).toEqual([]);
+    // A new selector brings the alias's entries: a notice, no end.
+    index.upsert(toIndexed(regEntry("alias", SERVER)));
+    index.upsert(toIndexed({ ...regEntry("via-alias", "spiffe://example.org/w/alias") }));
+    notifier.agentChanged(id("renewed"), rec({ newCertSerial: "s2", selectors: [parseSelector("unix:uid:1")] }));
+    expect(renewed.s.sent).toHaveLength(2);
+    notifier.agentChanged(id("renewed"), rec({ certSerial: "s2" }));
+    expect(renewed.s.ended.map((e) => e.message)).toEqual([expect.stringMatching(/serial s1.*not its current one/)]);
+    // Agents without a stream are ignored.
+    notifier.agentChanged(id("nobody"), undefined);
+    expect(notifier.watchers).toBe(0);
     notifier.close();
   });
 });
