@@ -409,22 +409,20 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       call.on("close", finish);
       (async () => {
         const agent = await authenticate(call);
-        {
-          if (done) return;
-          const agentId = agent.id.toString();
-          unwatch = deps.notifier.watch(agentId, agent.record, {
-            send: (digest) => {
-              if (!done) call.write(create(WatchChangesResponseSchema, { revision: digest }));
-            },
-            end: (reason) => {
-              if (done) return;
-              finish();
-              if (reason) call.emit("error", toServiceError(reason));
-              else call.end();
-            },
-          });
-          auditLog("WatchChanges", agentId, 0);
-        }
+        if (done) return;
+        const agentId = agent.id.toString();
+        unwatch = deps.notifier.watch(agentId, agent.record, {
+          send: (digest) => {
+            if (!done) call.write(create(WatchChangesResponseSchema, { revision: digest }));
+          },
+          end: (reason) => {
+            if (done) return;
+            finish();
+            if (reason) call.emit("error", toServiceError(reason));
+            else call.end();
+          },
+        });
+        auditLog("WatchChanges", agentId, 0);
       })().catch((e: unknown) => {
         const err = toServiceError(e);
         auditLog("WatchChanges", "unauthenticated", err.code, {}, err.details);

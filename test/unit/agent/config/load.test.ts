@@ -76,6 +76,14 @@ describe("agent config", () => {
     expect(cfg.plugins.WorkloadAttestor?.["unix"]).toEqual({ discover_workload_path: true, workload_size_limit: 0 });
   });
 
+  it("takes a list of server addresses and names a malformed one by its index", () => {
+    const cfg = parseAgentConfig(agentWith("trust_bundle_path: /a.pem\nserver_addresses: [a.example:8081, \"[::1]:8082\"]"));
+    expect(cfg.agent.server_addresses).toEqual(["a.example:8081", "[::1]:8082"]);
+    expect(parseAgentConfig(MINIMAL).agent.server_addresses).toBeUndefined();
+    expect(errorOf(() => parseAgentConfig(agentWith("trust_bundle_path: /a.pem\nserver_addresses: [a.example:8081, b.example]")))).toContain("agent.server_addresses[1]: must be host:port");
+    expect(errorOf(() => parseAgentConfig(agentWith("trust_bundle_path: /a.pem\nserver_addresses: []")))).toContain("agent.server_addresses");
+  });
+
   it("requires exactly one trust bootstrap key and names all three", () => {
     const none = errorOf(() => parseAgentConfig(agentWith("")));
     expect(none).toContain("agent: exactly one of trust_bundle_path, trust_bundle_url, insecure_bootstrap must be set");
