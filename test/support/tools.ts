@@ -38,3 +38,16 @@ export function requireTool(cmd: string, args: string[] = ["version"], why = "")
   console.warn(`SKIP: ${reason}; these tests are skipped on this machine`);
   return false;
 }
+
+/**
+ * Like {@link requireTool} for a condition with its own reason: `problem`
+ * undefined means available (true). Otherwise under CI throws, else prints
+ * why and returns false so the caller can skip.
+ */
+export function requireCondition(problem: string | undefined, why: string): boolean {
+  if (problem === undefined) return true;
+  const reason = `${problem} (${why})`;
+  if (process.env.CI === "true") throw new Error(`${reason}: under CI=true a missing tool is a failure`);
+  console.warn(`SKIP: ${reason}; these tests are skipped on this machine`);
+  return false;
+}
