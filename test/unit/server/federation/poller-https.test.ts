@@ -246,9 +246,7 @@ describe("a hostile bundle endpoint: refused, the last good bundle kept", () => 
       const t = setInterval(() => res.write(" "), 50);
       res.on("close", () => clearInterval(t));
     });
-    const started = Date.now();
     await expectRefusedKeepingHeld(h.p, /timed out after 1000 ms/);
-    expect(Date.now() - started).toBeLessThan(5_000);
   }, 30_000);
 
   it("FED-16: a redirect loop, and huge response headers", async () => {
@@ -282,9 +280,7 @@ describe("a hostile bundle endpoint: refused, the last good bundle kept", () => 
     expect(body.length).toBeLessThan(1024 * 1024);
     h.serveNext(json(body));
     logLines = [];
-    const started = Date.now();
     expect(await h.p.refreshNow("td-b.test")).toMatchObject({ lastResult: "updated", sequence: "3" });
-    expect(Date.now() - started).toBeLessThan(5_000);
     expect(logLines.length).toBeLessThanOrEqual(10);
     const held = await ds.getBundle("td-b.test");
     expect(held?.document.length).toBeLessThan(2_000);
