@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ManualClock } from "../../common/clock.js";
 import { parseSelector } from "../../common/selector.js";
 import { createUnaryClient } from "../../common/rpc/unary-client.js";
-import { AgentAPI, AttestAgentRequestSchema } from "../../proto/gen/sigil/agent/v1/agent_pb.js";
+import { AgentAPI, AttestAgentRequestSchema, WatchChangesRequestSchema } from "../../proto/gen/sigil/agent/v1/agent_pb.js";
 import { parseServerConfig } from "../../server/config/load.js";
 import { startServer, type RunningServer } from "../../server/main.js";
 import { buildCsr } from "../../spiffe/csr.js";
@@ -22,6 +22,7 @@ import { encodeBitString, encodeNull, encodeOid, encodeSequence, encodeTlv, enco
 import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
 import { parseSpiffeId } from "../../spiffe/id.js";
 import { encodePemCertificates } from "../../spiffe/pem.js";
+import { makeTestCa } from "../support/federation-bundles.js";
 import { testServerConfigYaml } from "./support/server-process.js";
 import { attestInProcess, refusal, tlsCredentials, type Attested } from "./support/test-agent.js";
 
@@ -177,6 +178,64 @@ describe("agent API: a rogue agent's public keys", () => {
       }
       expect(await issuanceCount()).toBe(before);
     } finally {
+      agent.api.close();
+    }
+  });
+});
+
+describe("agent API: presented intermediates and change streams", () => {
+  it("refuses more than 4 presented intermediates, and a presented certificate that chains to no bundle root adds no trust", async () => {
+    const agent = await attestedAgent("chain-metadata");
+    try {
+      const md = (values: Uint8Array[]): Metadata => {
+        const m = new Metadata();
+        for (const v of values) m.add("sigil-agent-chain-bin", Buffer.from(v));
+        return m;
+      };
+      const junk = new Uint8Array([0x30, 0x03, 0x02, 0x01, 0x01]);
+      const tooMany = await refusal(agent.api.syncAuthorized({ knownRevision: "" }, { metadata: md([junk, junk, junk, junk, junk]) }));
+      expect(tooMany.code).toBe(status.INVALID_ARGUMENT);
+      expect(tooMany.details).toContain("sigil-agent-chain-bin: 5 certificates is more than the maximum 4");
+      // Something that is not a certificate is refused; the call is denied, nothing is granted.
+      expect((await refusal(agent.api.syncAuthorized({ knownRevision: "" }, { metadata: md([junk]) }))).code).toBe(status.PERMISSION_DENIED);
+      // Another CA's certificate beside the agent's own valid leaf changes nothing: the path still ends at the bundle.
+      const ok = await agent.api.syncAuthorized({ knownRevision: "" }, { metadata: md([makeTestCa("other.example").certDer]) });
+      expect(ok.bundles.length).toBeGreaterThan(0);
+      // And a foreign CA presented beside a leaf it did not sign grants nothing either (the leaf is still checked against the bundle).
+      expect((await agent.api.syncAuthorized({ knownRevision: "" })).bundles.length).toBeGreaterThan(0);
+    } finally {
+      agent.api.close();
+    }
+  });
+
+  it("WatchChanges needs the agent SVID, answers the first notice at once, and ends an older stream of the same agent", async () => {
+    const agent = await attestedAgent("watcher");
+    const def = grpcServiceDefinition(AgentAPI).watchChanges;
+    const creds = tlsCredentials(roots(), { keyPem: agent.key.export({ format: "pem", type: "pkcs8" }).toString(), certPem: encodePemCertificates(agent.chain) });
+    const opts = { "grpc.ssl_target_name_override": TD, "grpc.use_local_subchannel_pool": 1 };
+    const anonymous = new Client(server.agentApiAddress, tlsCredentials(roots()), opts);
+    const c1 = new Client(server.agentApiAddress, creds, opts);
+    const c2 = new Client(server.agentApiAddress, creds, opts);
+    const open = (c: Client) => {
+      const got: string[] = [];
+      const call = c.makeServerStreamRequest(def.path, def.requestSerialize, def.responseDeserialize, create(WatchChangesRequestSchema), new Metadata());
+      const ended = new Promise<ServiceError>((resolve) => call.on("error", resolve));
+      const first = new Promise<void>((resolve) => call.on("data", (m: { revision: string }) => (got.push(m.revision), resolve())));
+      return { call, got, ended, first };
+    };
+    try {
+      expect((await open(anonymous).ended).code).toBe(status.PERMISSION_DENIED);
+      const s1 = open(c1);
+      await s1.first;
+      expect(s1.got[0]).toMatch(/^[\w-]{22}$/);
+      const s2 = open(c2);
+      await s2.first;
+      const e = await s1.ended;
+      expect(e.code).toBe(status.FAILED_PRECONDITION);
+      expect(e.details).toContain("opened a newer change stream");
+      s2.call.cancel();
+    } finally {
+      for (const c of [anonymous, c1, c2]) c.close();
       agent.api.close();
     }
   });
