@@ -6,11 +6,14 @@
  * stream ends (the server stopped, crashed, or the client failed over to
  * another server) it is opened again after a backoff that starts at
  * {@link WATCH_MIN_BACKOFF_MS}, doubles up to {@link WATCH_MAX_BACKOFF_MS},
- * carries jitter, and resets once a notice arrives. The periodic poll never
- * stops, so a lost stream only costs latency.
+ * carries jitter, and resets once a notice arrives; a server that refuses
+ * the stream with a retry hint (rate limited) is not asked again sooner than
+ * the hint. The periodic poll never stops, so a lost stream only costs latency.
  */
 import type { Logger } from "../../common/log.js";
+import { retryAfterMsOf } from "../../common/rpc/status.js";
 import type { SigilError } from "../../spiffe/errors.js";
+import { pushbackDelayMs } from "./pushback.js";
 import type { ChangeWatch, ServerClient } from "./server-client.js";
 
 /** First reconnect delay (ms). */
@@ -126,7 +129,9 @@ export class ChangeWatcher {
 
   #retry(error: unknown): void {
     if (!this.#running) return;
-    const delay = watchBackoffMs(this.#failures++, (this.#o.random ?? Math.random)());
+    const random = this.#o.random ?? Math.random;
+    const hint = retryAfterMsOf(error);
+    const delay = Math.max(watchBackoffMs(this.#failures++, random()), hint === undefined ? 0 : pushbackDelayMs(hint, random()));
     this.#o.log?.info({ err: error, server: this.#address, retry_in_ms: delay }, "sync: the change stream ended; the poll goes on, reconnecting");
     this.#timer = setTimeout(() => {
       this.#timer = undefined;

@@ -14,7 +14,8 @@
  * change notices are pushed (see `change-notifier.ts`).
  *
  * Rate limits (see `rate-limit.ts`) are charged before any work: attestation
- * attempts per source address, signed credentials per agent. A refused call
+ * attempts per source address, signed credentials, syncs and change stream
+ * opens per agent. A refused call
  * is ResourceExhausted with a retry hint and changes nothing.
  */
 import { createHash, type X509Certificate } from "node:crypto";
@@ -94,7 +95,7 @@ export interface AgentApiDeps {
 }
 
 /** The `limit` label of `sigil_rate_limited_requests_total`. */
-type LimitName = "attestation" | "x509_signing" | "jwt_signing";
+type LimitName = "attestation" | "x509_signing" | "jwt_signing" | "sync" | "watch_changes";
 
 type AgentMethods = (typeof AgentAPI)["method"];
 
@@ -120,6 +121,8 @@ const MAX_VERIFIED_CERTS = 10_000;
 interface AuthenticatedAgent {
   readonly id: SpiffeId;
   readonly record: AttestedAgent;
+  /** The earliest notAfter of the client certificate's verified chain (ms). */
+  readonly validUntil: number;
 }
 
 /** Builds the AgentAPI service implementation. */
@@ -179,7 +182,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       if (typeof v === "string" || v.length > MAX_INTERMEDIATE_BYTES) throw new SigilError("ERR_INVALID_ARGUMENT", `agent api: ${AGENT_CHAIN_METADATA_KEY}[${i}] is not a DER certificate of at most ${MAX_INTERMEDIATE_BYTES} bytes`);
       return new Uint8Array(v);
     });
-    const { id, serial } = verifyCaller(raw, intermediates);
+    const { id, serial, validUntil } = verifyCaller(raw, intermediates);
     // An agent record outside the agent namespace predates its confinement (a join token's chosen ID): renewing it would mint that ID.
     if (!isAgentId(id)) throw new SigilError("ERR_PERMISSION_DENIED", `agent api: ${id} is not under spiffe://${deps.trustDomain.name}${AGENT_PATH_PREFIX}, where agent IDs lie; evict it and attest the node again`);
     const record = await deps.datastore.getAgent(id.toString());
@@ -189,11 +192,11 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       if (serial === record.newCertSerial) {
         // First use of a renewed SVID: it becomes the current one.
         const promoted = await deps.datastore.updateAgent(id.toString(), { certSerial: serial, certNotAfter: record.newCertNotAfter ?? record.certNotAfter, newCertSerial: null, newCertNotAfter: null }, ["certSerial", "certNotAfter", "newCertSerial", "newCertNotAfter"]);
-        return { id, record: promoted };
+        return { id, record: promoted, validUntil };
       }
       throw new SigilError("ERR_PERMISSION_DENIED", `agent api: ${id} presented an SVID (serial ${serial}) that is not its current one`);
     }
-    return { id, record };
+    return { id, record, validUntil };
   }
 
   const authorized = (agent: AuthenticatedAgent): RegistrationEntry[] => authorizedEntries(deps.index, agent.id.toString(), agent.record, deps.now());
@@ -205,7 +208,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
 
   const throttled = deps.metrics.counter<"limit">({
     name: "sigil_rate_limited_requests_total",
-    help: "Agent API calls refused with RESOURCE_EXHAUSTED by a rate limit, by limit (attestation, x509_signing, jwt_signing).",
+    help: "Agent API calls refused with RESOURCE_EXHAUSTED by a rate limit, by limit (attestation, x509_signing, jwt_signing, sync, watch_changes).",
     labelNames: ["limit"],
   });
   /** Charges `cost` to `key`, or throws ResourceExhausted: `<what>; retry after <n>ms`, with the same hint as a trailer. */
@@ -301,6 +304,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
 
     syncAuthorized: unary<SyncAuthorizedRequest, SyncAuthorizedResponse>("SyncAuthorized", async (req, call) => {
       const agent = await authenticate(call);
+      charge("sync", deps.rateLimits.sync, agent.id.toString(), 1, (n) => `sync authorized: rate limit: agent ${agent.id} synced more than ${n} time${n === 1 ? "" : "s"} per second`);
       const entries = authorized(agent);
       const own = await deps.datastore.getBundle(deps.trustDomain.name);
       const federatedNames = [...new Set(entries.flatMap((e) => e.federatesWith))].sort();
@@ -411,7 +415,9 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
         const agent = await authenticate(call);
         if (done) return;
         const agentId = agent.id.toString();
-        unwatch = deps.notifier.watch(agentId, agent.record, {
+        charge("watch_changes", deps.rateLimits.watchChanges, agentId, 1, (n) => `watch changes: rate limit: agent ${agent.id} opened more than ${n} change stream${n === 1 ? "" : "s"} per second`);
+        // The stream ends when the SVID it was opened with expires: a new one must present a valid SVID.
+        unwatch = deps.notifier.watch(agentId, agent.record, new Date(agent.validUntil), {
           send: (digest) => {
             if (!done) call.write(create(WatchChangesResponseSchema, { revision: digest }));
           },

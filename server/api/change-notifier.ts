@@ -14,7 +14,9 @@
  * a stream whose agent was evicted or banned, or whose SVID is no longer the
  * agent's current one (renewed, or the agent attested again), is ended at
  * once, as a new call would be refused; the agent opens it again with its
- * current SVID.
+ * current SVID. So is a stream whose SVID chain expired (checked on the
+ * tick, by the injected clock): nothing else would end it while the
+ * agent's entries stay the same.
  */
 import { createHash } from "node:crypto";
 import type { Logger } from "../../common/log.js";
@@ -41,6 +43,8 @@ interface Watcher {
   record: AttestedAgent;
   /** Serial of the SVID the stream was opened with: the record's current one then. */
   readonly serial: string;
+  /** The earliest notAfter of the chain the stream was opened with (ms). */
+  readonly expiresAt: number;
   readonly sink: NoticeSink;
   digest: string;
 }
@@ -65,6 +69,8 @@ export class ChangeNotifier {
   #generation = -1;
   #bundle: unknown;
   #bundleEpoch = 0;
+  /** The earliest `expiresAt` of the streams (ms); a sweep is due once the clock reaches it. */
+  #nextExpiry = Infinity;
   #timer: NodeJS.Timeout | undefined;
   #closed = false;
 
@@ -79,11 +85,13 @@ export class ChangeNotifier {
 
   /**
    * Registers an agent's stream and sends it the current digest at once (so
-   * a change made while it was away is seen). Returns the unregister function.
+   * a change made while it was away is seen). The stream is ended at
+   * `expiresAt`, the earliest notAfter of the client certificate's chain.
+   * Returns the unregister function.
    *
    * @throws SigilError `ERR_RESOURCE_EXHAUSTED` past the stream bound, `ERR_UNAVAILABLE` once closed
    */
-  watch(agentId: string, record: AttestedAgent, sink: NoticeSink): () => void {
+  watch(agentId: string, record: AttestedAgent, expiresAt: Date, sink: NoticeSink): () => void {
     if (this.#closed) throw new SigilError("ERR_UNAVAILABLE", "watch changes: the server is stopping");
     const previous = this.#watchers.get(agentId);
     if (!previous && this.#watchers.size >= (this.#d.maxWatchers ?? DEFAULT_MAX_WATCHERS)) {
@@ -94,8 +102,9 @@ export class ChangeNotifier {
       previous.sink.end(new SigilError("ERR_FAILED_PRECONDITION", `watch changes: agent ${agentId} opened a newer change stream`));
     }
     this.#observe();
-    const w: Watcher = { agentId, record, serial: record.certSerial, sink, digest: this.#digest(agentId, record) };
+    const w: Watcher = { agentId, record, serial: record.certSerial, expiresAt: expiresAt.getTime(), sink, digest: this.#digest(agentId, record) };
     this.#watchers.set(agentId, w);
+    this.#nextExpiry = Math.min(this.#nextExpiry, w.expiresAt);
     sink.send(w.digest);
     this.#arm();
     return () => {
@@ -135,8 +144,13 @@ export class ChangeNotifier {
     w.sink.send(digest);
   }
 
-  /** Compares the index and bundle now; pushes notices to the agents whose view changed. Returns how many were sent. */
+  /**
+   * Ends the streams whose SVID expired, then compares the index and bundle
+   * now and pushes notices to the agents whose view changed. Returns how many
+   * notices were sent.
+   */
   check(): number {
+    this.#expire();
     if (!this.#observe()) return 0;
     let sent = 0;
     for (const w of this.#watchers.values()) {
@@ -161,6 +175,22 @@ export class ChangeNotifier {
     const all = [...this.#watchers.values()];
     this.#watchers.clear();
     for (const w of all) w.sink.end(new SigilError("ERR_UNAVAILABLE", "watch changes: the server is stopping"));
+  }
+
+  /** Ends the streams whose `expiresAt` the clock reached. */
+  #expire(): void {
+    const now = this.#d.now().getTime();
+    if (now < this.#nextExpiry) return;
+    let next = Infinity;
+    for (const w of [...this.#watchers.values()]) {
+      if (now < w.expiresAt) {
+        next = Math.min(next, w.expiresAt);
+        continue;
+      }
+      this.#watchers.delete(w.agentId);
+      w.sink.end(new SigilError("ERR_PERMISSION_DENIED", `watch changes: the SVID the stream of ${w.agentId} was opened with expired at ${new Date(w.expiresAt).toISOString()}; open it again with the current one`));
+    }
+    this.#nextExpiry = next;
   }
 
   /** Notes a new generation or bundle; true when either moved since the last call. */

@@ -1,7 +1,8 @@
 /**
  * Token-bucket rate limits of the agent API, after SPIRE's `ratelimit`: node
  * attestation per source address (an IPv6 address counts as its /64), X509-SVID
- * and JWT-SVID signing per agent.
+ * and JWT-SVID signing per agent; and, where SPIRE has none, SyncAuthorized
+ * calls and WatchChanges stream opens per agent.
  *
  * Each key (an address, an agent ID) has its own bucket, so one noisy caller
  * never slows another. A bucket holds up to `burst` tokens and refills at
@@ -190,6 +191,10 @@ export interface AgentApiRateLimits {
   readonly x509Signing?: RateLimiter | undefined;
   /** JWT-SVIDs signed for an agent, keyed by the agent's SPIFFE ID. */
   readonly jwtSigning?: RateLimiter | undefined;
+  /** SyncAuthorized calls of an agent, keyed by the agent's SPIFFE ID. */
+  readonly sync?: RateLimiter | undefined;
+  /** WatchChanges stream opens of an agent, keyed by the agent's SPIFFE ID. */
+  readonly watchChanges?: RateLimiter | undefined;
 }
 
 /** Builds the agent API's limiters from `server.ratelimit`. Signing buckets hold one second's worth, as SPIRE's. */
@@ -199,5 +204,7 @@ export function agentApiRateLimits(settings: RateLimitSettings, clock: Clock): A
     attestation: settings.attestation ? new RateLimiter({ perSecond: settings.attestation_per_second, burst: settings.attestation_burst, clock }) : undefined,
     x509Signing: signing(settings.x509_signing_per_second),
     jwtSigning: signing(settings.jwt_signing_per_second),
+    sync: settings.sync ? new RateLimiter({ perSecond: settings.sync_per_second, burst: settings.sync_burst, clock }) : undefined,
+    watchChanges: settings.sync ? new RateLimiter({ perSecond: settings.watch_changes_per_second, burst: settings.watch_changes_burst, clock }) : undefined,
   };
 }

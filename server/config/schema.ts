@@ -43,6 +43,14 @@ const rateLimitSection = z
         "X509-SVIDs signed per second for one agent: each item of a BatchNewX509SVID call counts, and so does an agent SVID renewal (SPIRE: 500). An agent may use one second's worth at once; a larger batch is admitted when its bucket is full and delays the agent's next calls until the rate catches up.",
       ),
     jwt_signing_per_second: perSecond.default(500).describe("JWT-SVIDs signed per second for one agent, counted apart from X509-SVIDs (SPIRE: 500). An agent may use one second's worth at once."),
+    sync: z
+      .boolean()
+      .default(true)
+      .describe("Limit SyncAuthorized calls and WatchChanges stream opens per agent (SPIRE has no such limit). Each sync reads the agent's bundles from the database, so an agent calling in a loop would load the server with no limit."),
+    sync_per_second: perSecond.default(5).describe("SyncAuthorized calls allowed per second for one agent. An agent syncs every `sync_interval` and at once on a change notice; rounds never overlap."),
+    sync_burst: perSecond.default(10).describe("SyncAuthorized calls one agent may make back to back after a quiet period."),
+    watch_changes_per_second: perSecond.default(1).describe("WatchChanges streams one agent may open per second (it holds one; a newer one ends the older)."),
+    watch_changes_burst: perSecond.default(3).describe("WatchChanges streams one agent may open back to back after a quiet period."),
   })
   .describe(
     "Rate limits of the agent API. A call over a limit is refused with RESOURCE_EXHAUSTED and a retry hint: the `grpc-retry-pushback-ms` trailer and `retry after <n>ms` at the end of the message. The local admin API is not limited.",

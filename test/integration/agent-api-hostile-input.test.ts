@@ -169,7 +169,8 @@ describe("agent API: a rogue agent's public keys", () => {
     const agent = await attestedAgent("odd-keys");
     try {
       const entry = await server.datastore.createEntry({ spiffeId: `spiffe://${TD}/odd-keys`, parentId: agent.spiffeId, selectors: [parseSelector("unix:uid:1000")] });
-      for (let i = 0; i < 200 && !(await agent.api.syncAuthorized({})).entries.some((e) => e.id === entry.id); i++) await new Promise((r) => setTimeout(r, 25));
+      // Slower than the per-agent sync limit (5/s, burst 10), which this frozen clock never refills.
+      for (let i = 0; i < 40 && !(await agent.api.syncAuthorized({})).entries.some((e) => e.id === entry.id); i++) await new Promise((r) => setTimeout(r, 250));
       const before = await issuanceCount();
       for (const [what, value] of Object.entries(malformedPublicKeys())) {
         const res = await agent.api.batchNewX509SVID({ params: [{ entryId: entry.id, key: { case: "publicKey", value } }] });

@@ -223,8 +223,9 @@ describe.skipIf(!haveOpenssl)("federation relationships through the admin CLI an
       const created = await cli(["entry", "create", "--spiffe-id", "spiffe://example.org/w", "--parent-id", agent.spiffeId, "--selector", "unix:uid:1", "--federates-with", "td-b.test"]);
       expect(created.status, created.stderr).toBe(0);
       let first = await agent.api.syncAuthorized({});
-      for (let i = 0; i < 200 && first.entries.length === 0; i++) {
-        await new Promise((r) => setTimeout(r, 25));
+      // Slower than the per-agent sync limit (5/s, burst 10).
+      for (let i = 0; i < 40 && first.entries.length === 0; i++) {
+        await new Promise((r) => setTimeout(r, 250));
         first = await agent.api.syncAuthorized({});
       }
       expect(first.bundles.map((b) => b.trustDomain)).toContain("td-b.test");

@@ -4,7 +4,7 @@
  * keeps the bundles; a full answer replaces everything. Also the change
  * stream's backoff, and server address parsing and DNS expansion.
  */
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { AgentCache } from "../../../../agent/cache/agent-cache.js";
 import { watchBackoffMs, WATCH_MAX_BACKOFF_MS, WATCH_MIN_BACKOFF_MS, ChangeWatcher } from "../../../../agent/sync/change-watch.js";
 import { parseHostPort, resolveServerTargets } from "../../../../agent/sync/server-addresses.js";
@@ -153,6 +153,31 @@ describe("change stream", () => {
     expect(opened.map((o) => o.address)).toEqual(["a:1", "a:1", "b:2"]);
     watcher.stop();
     expect(opened[2]!.cancelled).toBe(true);
+  });
+
+  it("a stream refused as rate limited is opened again no sooner than the server's retry hint", () => {
+    vi.useFakeTimers();
+    try {
+      let opened = 0;
+      let end: ((e: SigilError) => void) | undefined;
+      const client = {
+        watchChanges(_onNotice: (r: string) => void, onEnd: (e: SigilError) => void): ChangeWatch {
+          opened++;
+          end = onEnd;
+          return { cancel: () => undefined };
+        },
+      } as unknown as ServerClient;
+      const watcher = new ChangeWatcher({ client, onChange: () => undefined, random: () => 0 });
+      watcher.start();
+      end!(new SigilError("ERR_RESOURCE_EXHAUSTED", "sync: WatchChanges: watch changes: rate limit: …; retry after 5000ms", { retryAfterMs: 5_000 }));
+      vi.advanceTimersByTime(4_999);
+      expect(opened).toBe(1);
+      vi.advanceTimersByTime(1);
+      expect(opened).toBe(2);
+      watcher.stop();
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });
 

@@ -61,15 +61,16 @@ describe("ChangeNotifier", () => {
   function setup() {
     const index = new EntryIndex<IndexedRecord>(SERVER);
     let bundle = {};
-    const notifier = new ChangeNotifier({ index, bundle: () => bundle, now: () => new Date("2030-01-01"), log: createLogger({ level: "error", destination: { write: () => undefined } }), maxWatchers: 2, tickMs: 3_600_000 });
+    let now = new Date("2030-01-01");
+    const notifier = new ChangeNotifier({ index, bundle: () => bundle, now: () => now, log: createLogger({ level: "error", destination: { write: () => undefined } }), maxWatchers: 2, tickMs: 3_600_000 });
     const sinks = new Map<string, { sent: string[]; ended: SigilError[] }>();
-    const watch = (agent: string, record: AttestedAgent = agentRecord) => {
+    const watch = (agent: string, record: AttestedAgent = agentRecord, expiresAt = new Date("2030-01-02")) => {
       const s = { sent: [] as string[], ended: [] as SigilError[] };
       sinks.set(agent, s);
-      const un = notifier.watch(`spiffe://example.org/spire/agent/${agent}`, record, { send: (d) => s.sent.push(d), end: (r) => void (r && s.ended.push(r)) });
+      const un = notifier.watch(`spiffe://example.org/spire/agent/${agent}`, record, expiresAt, { send: (d) => s.sent.push(d), end: (r) => void (r && s.ended.push(r)) });
       return { s, un };
     };
-    return { index, notifier, watch, newBundle: () => (bundle = {}) };
+    return { index, notifier, watch, newBundle: () => (bundle = {}), setNow: (d: Date) => (now = d) };
   }
 
   it("sends the current digest at once, then notices only to agents whose entries changed, and to all on a new bundle", () => {
@@ -97,6 +98,25 @@ describe("ChangeNotifier", () => {
     notifier.close();
     expect(a.s.ended.map((e) => e.code)).toEqual(["ERR_UNAVAILABLE"]);
     expect(() => watch("c")).toThrow(/stopping/);
+  });
+
+  it("ends a stream when the SVID chain it was opened with expires, though nothing else changed", () => {
+    const { notifier, watch, setNow } = setup();
+    const early = watch("early", agentRecord, new Date("2030-01-01T00:10:00Z"));
+    const late = watch("late", agentRecord, new Date("2030-01-01T01:00:00Z"));
+    setNow(new Date("2030-01-01T00:09:59.999Z"));
+    notifier.check();
+    expect(early.s.ended).toEqual([]);
+    setNow(new Date("2030-01-01T00:10:00Z"));
+    notifier.check();
+    expect(early.s.ended.map((e) => [e.code, e.message])).toEqual([["ERR_PERMISSION_DENIED", expect.stringMatching(/spire\/agent\/early was opened with expired at 2030-01-01T00:10:00.000Z/)]]);
+    expect(late.s.ended).toEqual([]);
+    expect(notifier.watchers).toBe(1);
+    setNow(new Date("2030-01-01T02:00:00Z"));
+    notifier.check();
+    expect(late.s.ended.map((e) => e.code)).toEqual(["ERR_PERMISSION_DENIED"]);
+    expect(notifier.watchers).toBe(0);
+    notifier.close();
   });
 
   it("keeps one stream per agent and bounds the total", () => {

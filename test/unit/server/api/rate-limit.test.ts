@@ -197,18 +197,23 @@ describe("retry hint across the RPC boundary", () => {
 });
 
 describe("server.ratelimit", () => {
-  it("defaults to SPIRE's limits: 1 attestation per second per address, 500 X.509 and 500 JWT signings per second per agent", () => {
+  it("defaults to SPIRE's limits: 1 attestation per second per address, 500 X.509 and 500 JWT signings per second per agent; 5 syncs (burst 10) and 1 change stream (burst 3) per second per agent", () => {
     const cfg = parseServerConfig(CONFIG());
-    expect(cfg.server.ratelimit).toEqual({ attestation: true, attestation_per_second: 1, attestation_burst: 10, signing: true, x509_signing_per_second: 500, jwt_signing_per_second: 500 });
+    expect(cfg.server.ratelimit).toEqual({
+      attestation: true, attestation_per_second: 1, attestation_burst: 10, signing: true, x509_signing_per_second: 500, jwt_signing_per_second: 500,
+      sync: true, sync_per_second: 5, sync_burst: 10, watch_changes_per_second: 1, watch_changes_burst: 3,
+    });
     const limits = agentApiRateLimits(cfg.server.ratelimit, new ManualClock());
     expect([limits.attestation?.perSecond, limits.attestation?.burst]).toEqual([1, 10]);
     expect([limits.x509Signing?.perSecond, limits.x509Signing?.burst]).toEqual([500, 500]);
     expect([limits.jwtSigning?.perSecond, limits.jwtSigning?.burst]).toEqual([500, 500]);
+    expect([limits.sync?.perSecond, limits.sync?.burst]).toEqual([5, 10]);
+    expect([limits.watchChanges?.perSecond, limits.watchChanges?.burst]).toEqual([1, 3]);
   });
 
   it("turns each kind off, and takes other rates", () => {
-    const cfg = parseServerConfig(CONFIG("  ratelimit:\n    attestation: false\n    signing: false\n"));
-    expect(agentApiRateLimits(cfg.server.ratelimit, new ManualClock())).toEqual({ attestation: undefined, x509Signing: undefined, jwtSigning: undefined });
+    const cfg = parseServerConfig(CONFIG("  ratelimit:\n    attestation: false\n    signing: false\n    sync: false\n"));
+    expect(agentApiRateLimits(cfg.server.ratelimit, new ManualClock())).toEqual({ attestation: undefined, x509Signing: undefined, jwtSigning: undefined, sync: undefined, watchChanges: undefined });
     const tuned = parseServerConfig(CONFIG("  ratelimit:\n    attestation_per_second: 5\n    jwt_signing_per_second: 20\n")).server.ratelimit;
     expect(tuned).toMatchObject({ attestation_per_second: 5, attestation_burst: 10, jwt_signing_per_second: 20, x509_signing_per_second: 500 });
   });
