@@ -330,9 +330,11 @@ export class CaManager {
       authority = { slotId, keyId, signer, notBefore, notAfter, status: "prepared" };
       // The slot's old key can still be valid here (half life of the active key falls a few seconds
       // before the old one's notAfter, because keys are backdated): tokens it signed stay verifiable
-      // until they expire, so it stays published until its notAfter.
+      // until they expire, so it stays published until its notAfter. An expired one is remembered
+      // too: its journal row is overwritten now, and the stored bundle may still hold it, so its
+      // known notAfter (not the grace given to keys nobody knows) takes it out at once.
       for (const a of this.#jwt) {
-        if (a.slotId === slotId && a.status !== "active" && a.notAfter.getTime() > now.getTime()) this.#retiredJwt.set(a.keyId, { key: a.signer.publicKey, notAfter: a.notAfter });
+        if (a.slotId === slotId && a.status !== "active") this.#retiredJwt.set(a.keyId, { key: a.signer.publicKey, notAfter: a.notAfter });
       }
       this.#jwt = this.#jwt.filter((a) => a.slotId !== slotId || a.status === "active");
       this.#jwt.push(authority);
@@ -451,7 +453,9 @@ export class CaManager {
     for (const a of this.#x509) for (const r of a.rootDers) roots.set(Buffer.from(r).toString("base64"), r);
     for (const [kid, r] of this.#retiredJwt) {
       if (r.notAfter.getTime() > t) jwtKeys.set(kid, r.key);
-      else this.#retiredJwt.delete(kid);
+      // Kept past its expiry as long as an unjournaled key would be: while the stored bundle may
+      // still hold it, its known notAfter (not the unjournaled grace) decides that it goes.
+      else if (r.notAfter.getTime() + UNJOURNALED_JWT_KEY_GRACE_MS <= t) this.#retiredJwt.delete(kid);
     }
     for (const a of this.#jwt) jwtKeys.set(a.keyId, a.signer.publicKey);
     return {

@@ -29,12 +29,12 @@ const td = parseTrustDomain("example.org");
 const web = parseSpiffeId("spiffe://example.org/web");
 const T0 = new Date("2026-06-01T00:00:00Z");
 
-async function setup(opts: { keysPath?: string; dir?: string; upstream?: ReturnType<typeof createDiskUpstreamAuthority> } = {}) {
+async function setup(opts: { keysPath?: string; dir?: string; upstream?: ReturnType<typeof createDiskUpstreamAuthority>; caTtlMs?: number } = {}) {
   const dir = opts.dir ?? testTempDir("sigil-ca-");
   const clock = new ManualClock(T0);
   const store = await createSqliteDatastore({ path: path.join(dir, "ds.sqlite3"), clock });
   const ca = new CaManager(
-    { trustDomain: td, caTtlMs: 24 * H, caKeyType: "ec-p256", jwtKeyType: "ec-p256" },
+    { trustDomain: td, caTtlMs: opts.caTtlMs ?? 24 * H, caKeyType: "ec-p256", jwtKeyType: "ec-p256" },
     { keyManager: opts.keysPath ? createDiskKeyManager({ keys_path: opts.keysPath }) : createMemoryKeyManager(), store, clock, upstream: opts.upstream },
   );
   await ca.start();
@@ -148,6 +148,26 @@ describe("CA manager", () => {
     }
     expect(lastExpiry.size).toBeGreaterThanOrEqual(3);
     expect(missing).toEqual([]);
+    await store.close();
+  }, 60_000);
+
+  it("a JWT key leaves the bundle at the first step after it expires, also when its slot is prepared again in that step (one-minute keys, 10 s steps as the rotation job runs)", async () => {
+    const { ca, clock, store } = await setup({ caTtlMs: 60_000 });
+    const notAfter = new Map<string, number>();
+    const lingering: string[] = [];
+    const step = 10_000;
+    for (let t = 0; t <= 5 * 60_000; t += step) {
+      await ca.rotate();
+      const now = clock.now().getTime();
+      for (const a of ca.jwtAuthorities()) notAfter.set(a.keyId, a.notAfter.getTime());
+      for (const kid of ca.bundle().jwtAuthorities.keys()) {
+        const end = notAfter.get(kid);
+        if (end !== undefined && end <= now) lingering.push(`${kid} expired at +${(end - T0.getTime()) / 1000}s, still published at +${(now - T0.getTime()) / 1000}s`);
+      }
+      clock.advance(step);
+    }
+    expect(notAfter.size).toBeGreaterThanOrEqual(5);
+    expect(lingering).toEqual([]);
     await store.close();
   }, 60_000);
 
