@@ -2,8 +2,10 @@
  * The server's own X509-SVID (`server-svid` service): the TLS identity the
  * agent API presents, `spiffe://<td>/spire/server`, on a fresh P-256 key,
  * with the CA roots client certificates are requested against. Issued at
- * start; {@link ServerSvidService.refresh} (run after each CA rotation step)
- * re-issues it at half life and whenever the roots change. It is signed
+ * start; {@link ServerSvidService.refresh} (run after each CA rotation step,
+ * and by its own timer at half life: with an SVID TTL as short as the 10 s
+ * between rotation steps, waiting for the next step let it expire) re-issues
+ * it at half life and whenever the roots change. It is signed
  * in-process and not recorded in the issuance log.
  */
 import type { Clock } from "../../common/clock.js";
@@ -32,6 +34,8 @@ export class ServerSvidService implements Service {
   readonly #d: ServerSvidDeps;
   #renewAt = 0;
   #servedRoots = "";
+  #timer: NodeJS.Timeout | undefined;
+  #stopped = false;
 
   constructor(deps: ServerSvidDeps) {
     this.#d = deps;
@@ -41,8 +45,27 @@ export class ServerSvidService implements Service {
     this.refresh();
   }
 
-  /** Nothing to release. */
-  stop(): void {}
+  /** Stops the renewal timer. */
+  stop(): void {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /** Runs {@link refresh} again in `delayMs` (at least 100 ms); a failure is retried a second later. */
+  #schedule(delayMs: number): void {
+    clearTimeout(this.#timer);
+    if (this.#stopped) return;
+    this.#timer = setTimeout(() => {
+      try {
+        this.refresh();
+      } catch {
+        // No active CA at this moment: the rotation job repairs that and calls refresh itself.
+        this.#schedule(1_000);
+      }
+    }, Math.max(100, delayMs));
+    this.#timer.unref();
+  }
 
   /** Serves the current roots and re-issues the SVID if the roots changed or half its lifetime has passed. */
   refresh(): void {
@@ -55,7 +78,11 @@ export class ServerSvidService implements Service {
       this.#servedRoots = rootsKey;
       this.#renewAt = 0; // a new CA may be active: re-issue
     }
-    if (now < this.#renewAt) return;
+    if (now < this.#renewAt) {
+      // A timer may fire a moment early: wait the rest.
+      this.#schedule(this.#renewAt - now);
+      return;
+    }
     const { privateKey, publicKey } = generateKeyPair("ec-p256");
     const issued = ca.signX509Svid({
       spiffeId: this.#d.serverId,
@@ -64,5 +91,6 @@ export class ServerSvidService implements Service {
     });
     this.certificates.setIdentity(encodePemCertificates(issued.chain), privateKey.export({ format: "pem", type: "pkcs8" }).toString());
     this.#renewAt = now + (issued.notAfter.getTime() - now) / 2;
+    this.#schedule(this.#renewAt - now);
   }
 }

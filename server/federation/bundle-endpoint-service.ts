@@ -145,6 +145,7 @@ export class BundleEndpointService implements Service {
   async stop(): Promise<void> {
     await this.endpoint?.close();
     this.#certFile?.stop();
+    this.#endpointSvid?.stop();
   }
 
   #certificates(): ServingCertificateSource {
