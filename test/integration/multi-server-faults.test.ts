@@ -65,7 +65,12 @@ describe.skipIf(!hasPostgres)("two sigil-servers on one PostgreSQL database, und
       const dir = mkdtempSync(path.join(tmpdir(), `sigil-it-faults-${name}-`));
       cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
       const configPath = path.join(dir, "server.yaml");
-      writeFileSync(configPath, testServerConfigYaml(dir, { keyManager: "disk", dataStore: { databaseType: "postgres", connectionString: url as string } }));
+      writeFileSync(configPath, testServerConfigYaml(dir, {
+          keyManager: "disk",
+          dataStore: { databaseType: "postgres", connectionString: url as string },
+          // These tests sync in tight loops on purpose; the per-agent sync limit has tests of its own.
+          serverExtra: "  ratelimit:\n    sync: false\n",
+        }));
       const srv = await launchServerProcess(dir, configPath, path.join(dir, "admin", "api.sock"));
       cleanups.push(() => srv.stop({ keepDir: true }));
       return srv;

@@ -94,7 +94,7 @@ describe.skipIf(engines.length === 0).each(engines)("two sigil-servers on one %s
     cleanups.push(() => agent1.api.close());
     expect(agent1.spiffeId).toBe(tok1.agentId);
     const e1 = (await adminA.entries.batchCreateEntry({ entries: [entry("web", tok1.agentId, 1001)] })).results[0]?.entry?.id as string;
-    await vi.waitFor(async () => expect(await authorized(agent1)).toContain(e1), { timeout: 10_000, interval: 50 });
+    await vi.waitFor(async () => expect(await authorized(agent1)).toContain(e1), { timeout: 10_000, interval: 250 });
 
     // One join token used at once on A and on B: exactly one agent.
     for (let i = 0; i < 3; i++) {
@@ -132,9 +132,9 @@ describe.skipIf(engines.length === 0).each(engines)("two sigil-servers on one %s
     cleanups.push(() => agent2.api.close());
     expect(await authorized(agent2)).toEqual([e2]);
     const e3 = (await adminA.entries.batchCreateEntry({ entries: [entry("after-restart", tok2.agentId, 3002)] })).results[0]?.entry?.id as string;
-    await vi.waitFor(async () => expect((await authorized(agent2)).sort()).toEqual([e2, e3].sort()), { timeout: 10_000, interval: 50 });
+    await vi.waitFor(async () => expect((await authorized(agent2)).sort()).toEqual([e2, e3].sort()), { timeout: 10_000, interval: 250 });
     // A delete through A leaves B's index too.
     await adminA.entries.batchDeleteEntry({ ids: [e2] });
-    await vi.waitFor(async () => expect(await authorized(agent2)).toEqual([e3]), { timeout: 10_000, interval: 50 });
+    await vi.waitFor(async () => expect(await authorized(agent2)).toEqual([e3]), { timeout: 10_000, interval: 250 });
   }, 240_000);
 });
