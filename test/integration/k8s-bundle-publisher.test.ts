@@ -78,7 +78,8 @@ describe.skipIf(!haveOpenssl)("k8sbundle notifier with a real server process", (
   it("after the start, the ConfigMap holds the server's roots", async () => {
     await vi.waitFor(() => expect(published()).toHaveLength(1), { timeout: 30_000, interval: 100 });
     expect(published()).toEqual(served());
-    expect(srv?.logs.some((l) => l.msg === "k8sbundle: bundle published" && l.config_map === `${NS}/${CM}`)).toBe(true);
+    // Logged once the API's answer is read, which can be a moment after the fake API stored the write.
+    await vi.waitFor(() => expect(srv?.logs.some((l) => l.msg === "k8sbundle: bundle published" && l.config_map === `${NS}/${CM}`)).toBe(true), { timeout: 10_000, interval: 50 });
   });
 
   it("a CA rotation updates it: the prepared authority joins (through two lost races, read again and retried), then the expired one leaves", async () => {
