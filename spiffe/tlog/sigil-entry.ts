@@ -1,0 +1,292 @@
+/**
+ * Sigil's transparency-log entries: one JSON object per logged credential or
+ * authority event, encoded as RFC 8785 canonical JSON (UTF-8, keys sorted by
+ * UTF-16 code units, no whitespace, integers in shortest decimal form). The
+ * bytes are what the Merkle tree hashes, so the encoding is exact: a decoder
+ * refuses anything that does not re-encode to the same bytes.
+ *
+ * It lives on the library side so `log verify` (and any auditor) can read
+ * entries without server code; docs/transparency.md documents it byte for byte.
+ */
+import { SigilError } from "../errors.js";
+import { MAX_ENTRY_SIZE } from "./tiles.js";
+
+/** Kinds of credential entries. */
+export type LogCredentialKind = "x509-svid" | "agent-svid" | "server-svid" | "jwt-svid" | "downstream-ca";
+/** Every {@link LogCredentialKind}. */
+export const LOG_CREDENTIAL_KINDS: readonly LogCredentialKind[] = ["x509-svid", "agent-svid", "server-svid", "jwt-svid", "downstream-ca"];
+/** Kinds whose entries carry an X.509 `serial` (and usually `cert`). */
+export const LOG_X509_KINDS: readonly LogCredentialKind[] = ["x509-svid", "agent-svid", "server-svid", "downstream-ca"];
+/** What happened to a CA or JWT signing authority. */
+export type LogAuthorityEvent = "prepared" | "activated" | "tainted" | "revoked";
+/** Every {@link LogAuthorityEvent}. */
+export const LOG_AUTHORITY_EVENTS: readonly LogAuthorityEvent[] = ["prepared", "activated", "tainted", "revoked"];
+
+/** A credential the server issued (absent fields are omitted from the encoding). */
+export interface LogCredentialEntry {
+  readonly v: 1;
+  readonly kind: LogCredentialKind;
+  /** Certificate serial, lower-case hex without leading zeros (X.509 kinds). */
+  readonly serial?: string;
+  /** Hex SHA-256 of the compact JWT (jwt-svid). */
+  readonly jwtSha256?: string;
+  readonly spiffeId: string;
+  readonly entryId?: string;
+  readonly entryRevision?: number;
+  /** Canonical `type:value` selectors. */
+  readonly selectors?: readonly string[];
+  readonly agentId?: string;
+  /** Hex SHA-256 of the attestation evidence, when known. */
+  readonly evidenceSha256?: string;
+  /** Hex SHA-256 of the subject public key's SubjectPublicKeyInfo DER. */
+  readonly publicKeySha256?: string;
+  /** The signing CA or JWT key's key ID, as the CA journal names it. */
+  readonly authorityKeyId?: string;
+  /** Unix seconds. */
+  readonly notBefore: number;
+  /** Unix seconds. */
+  readonly notAfter: number;
+  /** Unix seconds. */
+  readonly issuedAt: number;
+  /** `<kind>:<principal>`, e.g. `agent:spiffe://…`, `admin:local`. */
+  readonly requestedBy?: string;
+  /** JWT audience (jwt-svid). */
+  readonly audience?: readonly string[];
+  /** Base64 DER of the leaf certificate (X.509 kinds). */
+  readonly cert?: string;
+}
+
+/** A signing authority changing state. */
+export interface LogAuthorityEntry {
+  readonly v: 1;
+  readonly kind: "authority";
+  readonly event: LogAuthorityEvent;
+  readonly authorityKind: "x509" | "jwt";
+  readonly authorityKeyId: string;
+  readonly serverId: string;
+  /** Unix seconds. */
+  readonly at: number;
+  /** Base64 DER of the CA certificate (x509). */
+  readonly cert?: string;
+}
+
+/** A credential first handed to a workload (reported by its agent). */
+export interface LogDeliveredEntry {
+  readonly v: 1;
+  readonly kind: "delivered";
+  readonly serial: string;
+  readonly agentId: string;
+  /** Unix seconds. */
+  readonly deliveredAt: number;
+  /** Log index of the credential's own entry. */
+  readonly issuanceIndex: number;
+}
+
+/** Any Sigil log entry. */
+export type SigilLogEntry = LogCredentialEntry | LogAuthorityEntry | LogDeliveredEntry;
+
+type FieldType = "string" | "int" | "strings" | "serial" | "sha256" | "base64";
+
+const CREDENTIAL_FIELDS: Readonly<Record<string, FieldType>> = {
+  serial: "serial",
+  jwtSha256: "sha256",
+  spiffeId: "string",
+  entryId: "string",
+  entryRevision: "int",
+  selectors: "strings",
+  agentId: "string",
+  evidenceSha256: "sha256",
+  publicKeySha256: "sha256",
+  authorityKeyId: "string",
+  notBefore: "int",
+  notAfter: "int",
+  issuedAt: "int",
+  requestedBy: "string",
+  audience: "strings",
+  cert: "base64",
+};
+const CREDENTIAL_REQUIRED = ["spiffeId", "notBefore", "notAfter", "issuedAt"];
+const AUTHORITY_FIELDS: Readonly<Record<string, FieldType>> = { event: "string", authorityKind: "string", authorityKeyId: "string", serverId: "string", at: "int", cert: "base64" };
+const AUTHORITY_REQUIRED = ["event", "authorityKind", "authorityKeyId", "serverId", "at"];
+const DELIVERED_FIELDS: Readonly<Record<string, FieldType>> = { serial: "serial", agentId: "string", deliveredAt: "int", issuanceIndex: "int" };
+const DELIVERED_REQUIRED = ["serial", "agentId", "deliveredAt", "issuanceIndex"];
+
+const SERIAL_RE = /^(0|[1-9a-f][0-9a-f]*)$/;
+const SHA256_RE = /^[0-9a-f]{64}$/;
+const BASE64_RE = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+// Lone surrogates have no UTF-8 form, so RFC 8785 has no encoding for them.
+const LONE_SURROGATE_RE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+function invalid(message: string): SigilError {
+  return new SigilError("ERR_TLOG_MALFORMED", `tlog entry: ${message}`);
+}
+
+function checkString(v: unknown, path: string): void {
+  if (typeof v !== "string") throw invalid(`${path} must be a string`);
+  if (LONE_SURROGATE_RE.test(v)) throw invalid(`${path} holds a lone UTF-16 surrogate`);
+}
+
+function checkField(name: string, type: FieldType, v: unknown): void {
+  switch (type) {
+    case "string":
+      checkString(v, name);
+      return;
+    case "int":
+      if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) throw invalid(`${name} must be a non-negative integer, got ${JSON.stringify(v)}`);
+      return;
+    case "strings":
+      if (!Array.isArray(v)) throw invalid(`${name} must be an array of strings`);
+      v.forEach((s, i) => checkString(s, `${name}[${i}]`));
+      return;
+    case "serial":
+      if (typeof v !== "string" || !SERIAL_RE.test(v)) throw invalid(`${name} must be lower-case hex without leading zeros, got ${JSON.stringify(v)}`);
+      return;
+    case "sha256":
+      if (typeof v !== "string" || !SHA256_RE.test(v)) throw invalid(`${name} must be 64 lower-case hex digits, got ${JSON.stringify(v)}`);
+      return;
+    case "base64":
+      if (typeof v !== "string" || v.length === 0 || !BASE64_RE.test(v)) throw invalid(`${name} must be padded standard base64`);
+      return;
+  }
+}
+
+function checkShape(o: Record<string, unknown>, fields: Readonly<Record<string, FieldType>>, required: readonly string[]): void {
+  for (const [k, v] of Object.entries(o)) {
+    if (k === "v" || k === "kind") continue;
+    const type = fields[k];
+    if (type === undefined) throw invalid(`unknown field ${JSON.stringify(k)} in a ${String(o["kind"])} entry`);
+    if (v === undefined) continue;
+    checkField(k, type, v);
+  }
+  for (const k of required) if (o[k] === undefined) throw invalid(`${String(o["kind"])} entry: ${k} is required`);
+}
+
+/**
+ * Checks that `o` is a valid Sigil log entry and returns it typed.
+ *
+ * @throws SigilError `ERR_TLOG_MALFORMED` naming the bad field.
+ */
+export function validateLogEntry(o: unknown): SigilLogEntry {
+  if (typeof o !== "object" || o === null || Array.isArray(o)) throw invalid("an entry is a JSON object");
+  const r = o as Record<string, unknown>;
+  if (r["v"] !== 1) throw invalid(`v must be 1, got ${JSON.stringify(r["v"])}`);
+  const kind = r["kind"];
+  if (kind === "authority") {
+    checkShape(r, AUTHORITY_FIELDS, AUTHORITY_REQUIRED);
+    if (!LOG_AUTHORITY_EVENTS.includes(r["event"] as LogAuthorityEvent)) throw invalid(`event must be one of ${LOG_AUTHORITY_EVENTS.join(", ")}, got ${JSON.stringify(r["event"])}`);
+    if (r["authorityKind"] !== "x509" && r["authorityKind"] !== "jwt") throw invalid(`authorityKind must be x509 or jwt, got ${JSON.stringify(r["authorityKind"])}`);
+    return r as unknown as LogAuthorityEntry;
+  }
+  if (kind === "delivered") {
+    checkShape(r, DELIVERED_FIELDS, DELIVERED_REQUIRED);
+    return r as unknown as LogDeliveredEntry;
+  }
+  if (!LOG_CREDENTIAL_KINDS.includes(kind as LogCredentialKind)) throw invalid(`kind must be one of ${[...LOG_CREDENTIAL_KINDS, "authority", "delivered"].join(", ")}, got ${JSON.stringify(kind)}`);
+  checkShape(r, CREDENTIAL_FIELDS, CREDENTIAL_REQUIRED);
+  if (kind === "jwt-svid") {
+    if (r["jwtSha256"] === undefined) throw invalid("jwt-svid entry: jwtSha256 is required");
+    if (r["serial"] !== undefined || r["cert"] !== undefined) throw invalid("jwt-svid entry: serial and cert belong to X.509 kinds");
+  } else {
+    if (r["serial"] === undefined) throw invalid(`${String(kind)} entry: serial is required`);
+    if (r["jwtSha256"] !== undefined || r["audience"] !== undefined) throw invalid(`${String(kind)} entry: jwtSha256 and audience belong to jwt-svid`);
+  }
+  return r as unknown as LogCredentialEntry;
+}
+
+/**
+ * RFC 8785 canonical JSON of a value made of strings, safe integers, arrays
+ * and plain objects (all an entry holds). `JSON.stringify` already writes
+ * strings and integers the RFC 8785 way; what it leaves is the key order,
+ * sorted here by UTF-16 code units (the default `sort`). Undefined object
+ * members are omitted.
+ */
+export function canonicalJson(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "number") {
+    if (!Number.isSafeInteger(value)) throw new SigilError("ERR_INVALID_ARGUMENT", `tlog entry: only safe integers are encoded, got ${value}`);
+    return JSON.stringify(value);
+  }
+  if (typeof value === "boolean" || value === null) return JSON.stringify(value);
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
+  if (typeof value === "object") {
+    const o = value as Record<string, unknown>;
+    const parts: string[] = [];
+    for (const k of Object.keys(o).sort()) {
+      const v = o[k];
+      if (v === undefined) continue;
+      parts.push(`${JSON.stringify(k)}:${canonicalJson(v)}`);
+    }
+    return `{${parts.join(",")}}`;
+  }
+  throw new SigilError("ERR_INVALID_ARGUMENT", `tlog entry: cannot encode a ${typeof value}`);
+}
+
+/**
+ * The log bytes of an entry: validated, canonical JSON, UTF-8.
+ *
+ * @throws SigilError `ERR_TLOG_MALFORMED` for an invalid entry or one over 65,535 bytes.
+ */
+export function encodeLogEntry(entry: SigilLogEntry): Buffer {
+  validateLogEntry(entry);
+  const bytes = Buffer.from(canonicalJson(entry), "utf8");
+  if (bytes.length > MAX_ENTRY_SIZE) throw invalid(`an entry has at most ${MAX_ENTRY_SIZE} bytes, this one ${bytes.length}`);
+  return bytes;
+}
+
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+/**
+ * Parses log bytes back into an entry, refusing anything that is not the
+ * canonical encoding of a valid entry (so two different byte strings never
+ * decode to the same entry).
+ *
+ * @throws SigilError `ERR_TLOG_MALFORMED` saying what is wrong.
+ */
+export function decodeLogEntry(bytes: Uint8Array): SigilLogEntry {
+  if (bytes.length > MAX_ENTRY_SIZE) throw invalid(`an entry has at most ${MAX_ENTRY_SIZE} bytes, got ${bytes.length}`);
+  let text: string;
+  try {
+    text = utf8.decode(bytes);
+  } catch (err) {
+    throw new SigilError("ERR_TLOG_MALFORMED", "tlog entry: not valid UTF-8", { cause: err });
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    throw new SigilError("ERR_TLOG_MALFORMED", `tlog entry: not JSON (${(err as Error).message})`, { cause: err });
+  }
+  const entry = validateLogEntry(parsed);
+  if (canonicalJson(entry) !== text) throw invalid("not in RFC 8785 canonical form (key order, whitespace or number spelling)");
+  return entry;
+}
+
+/**
+ * The key an entry is found by: `serial:<hex>` (X.509 kinds), `jwt:<sha256>`
+ * (jwt-svid), `delivered:<serial>`, `authority:<kind>:<key ID>:<event>`. The
+ * server indexes entries by it; `prove` looks them up with it.
+ */
+export function logLookupKey(entry: SigilLogEntry): string {
+  switch (entry.kind) {
+    case "authority":
+      return `authority:${entry.authorityKind}:${entry.authorityKeyId}:${entry.event}`;
+    case "delivered":
+      return `delivered:${entry.serial}`;
+    case "jwt-svid":
+      return `jwt:${entry.jwtSha256 ?? ""}`;
+    default:
+      return `serial:${entry.serial ?? ""}`;
+  }
+}
+
+/** The lookup key of a credential by serial (any hex spelling) or by JWT SHA-256. */
+export function credentialLookupKey(lookup: { readonly serial: string } | { readonly jwtSha256: string }): string {
+  if ("serial" in lookup) {
+    const s = lookup.serial.toLowerCase().replace(/^0+(?=.)/, "");
+    if (!SERIAL_RE.test(s)) throw new SigilError("ERR_INVALID_ARGUMENT", `tlog: serial must be hex, got ${JSON.stringify(lookup.serial)}`);
+    return `serial:${s}`;
+  }
+  const h = lookup.jwtSha256.toLowerCase();
+  if (!SHA256_RE.test(h)) throw new SigilError("ERR_INVALID_ARGUMENT", `tlog: jwtSha256 must be 64 hex digits, got ${JSON.stringify(lookup.jwtSha256)}`);
+  return `jwt:${h}`;
+}
