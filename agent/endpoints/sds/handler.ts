@@ -139,6 +139,9 @@ export function createSdsHandler(options: SdsHandlerOptions): SdsHandler {
   const { cache, trustDomain, log, metrics } = options;
   const names = options.names ?? DEFAULT_SDS_NAMES;
   const disabledByConfig = options.disableSpiffeCertValidation ?? false;
+  // The secret options with each validator choice: the same objects on every recomputation (memo keys, see secrets.ts).
+  const withValidator = { ...names, spiffeCertValidation: true };
+  const withoutValidator = { ...names, spiffeCertValidation: false };
   const admission = createEndpointAdmission({ cache, attest: options.attest, log, metrics });
   const streams = createStreamWatcher({ api: API, cache, noIdentity: admission.noIdentity, log });
 
@@ -189,6 +192,8 @@ export function createSdsHandler(options: SdsHandlerOptions): SdsHandler {
       let nackLogged: string | undefined;
       // What the last state was computed from: a cache change that leaves the caller's view and names as they were recomputes nothing.
       let lastBasis: { names: readonly string[]; view: string; result: DiscoveryResponse | typeof PENDING } | undefined;
+      let validationNode: DiscoveryRequest["node"];
+      let validation: boolean | undefined;
 
       const onRequest = (req: DiscoveryRequest): void => {
         const bad = badRequest(req);
@@ -254,11 +259,16 @@ export function createSdsHandler(options: SdsHandlerOptions): SdsHandler {
             if (requested === undefined) return PENDING;
             const view = viewOf(selectors, requested);
             if (view === undefined || view === PENDING) return view;
-            const spiffeCertValidation = spiffeValidationFor(state.node, disabledByConfig);
+            // The node changes only with a request that carries one: its validator choice is read once.
+            if (validationNode !== state.node || validation === undefined) {
+              validationNode = state.node;
+              validation = spiffeValidationFor(state.node, disabledByConfig);
+            }
+            const spiffeCertValidation = validation;
             const basis = callerViewKey(view, spiffeCertValidation);
             if (lastBasis !== undefined && lastBasis.names === requested && lastBasis.view === basis) return lastBasis.result;
-            const answer = secretsAnswerFor(requested, view, { ...names, spiffeCertValidation }, basis);
-            const leftOut = answer.leftOut.join("\n");
+            const answer = secretsAnswerFor(requested, view, spiffeCertValidation ? withValidator : withoutValidator, basis);
+            const leftOut = answer.leftOut.length === 0 ? "" : answer.leftOut.join("\n");
             if (leftOut !== lastLeftOut) logLeftOut(method, callPeer, answer.leftOut);
             lastLeftOut = leftOut;
             // Named secrets none of which exist for this caller: no answer (an empty one would make Envoy reject it).

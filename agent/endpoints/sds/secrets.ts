@@ -221,6 +221,23 @@ export function callerViewKey(view: CallerView, spiffeCertValidation: boolean): 
   return `${objectKey(view.bundles)};${spiffeCertValidation ? "v" : "-"};${view.identities.map((i) => `${objectKey(i.entry)}:${objectKey(i.svid)}`).join(",")}`;
 }
 
+// Memo key parts of option objects and name lists: a stream passes the same objects on every
+// recomputation, so after a rotation each of its 1,000 streams builds only the short per-view part.
+const optionsKeys = new WeakMap<SecretOptions, string>();
+const namesKeys = new WeakMap<readonly string[], string>();
+
+function optionsKey(options: SecretOptions): string {
+  let k = optionsKeys.get(options);
+  if (k === undefined) optionsKeys.set(options, (k = JSON.stringify([options.defaultSvidName, options.defaultBundleName, options.defaultAllBundlesName])));
+  return k;
+}
+
+function namesKey(names: readonly string[]): string {
+  let k = namesKeys.get(names);
+  if (k === undefined) namesKeys.set(names, (k = JSON.stringify(names)));
+  return k;
+}
+
 /**
  * {@link resolveSecrets} as a DiscoveryResponse's content, built once per
  * turn of the event loop for the same request and the same cache objects:
@@ -229,14 +246,7 @@ export function callerViewKey(view: CallerView, spiffeCertValidation: boolean): 
  * one answer, packed and encoded once.
  */
 export function secretsAnswerFor(names: readonly string[], view: CallerView, options: SecretOptions, viewKey: string = callerViewKey(view, options.spiffeCertValidation)): SecretsAnswer {
-  const key = [
-    view.trustDomain.name,
-    viewKey,
-    options.defaultSvidName,
-    options.defaultBundleName,
-    options.defaultAllBundlesName,
-    JSON.stringify(names),
-  ].join("\n");
+  const key = `${view.trustDomain.name}\n${viewKey}\n${optionsKey(options)}\n${namesKey(names)}`;
   return memoThisTurn("sds", key, () => {
     const { secrets, leftOut } = resolveSecrets(names, view, options);
     const content: MessageShape<typeof DiscoveryResponseSchema> = create(DiscoveryResponseSchema, {

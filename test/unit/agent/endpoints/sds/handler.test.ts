@@ -149,7 +149,8 @@ describe("SDS handler", () => {
     const ctl = streamSecrets(client, ["default", "ctl\u001b]0;owned\u0007"]);
     ctl.nack(await ctl.next(), "", "bad\u001b[31m\u0085\u2028\r\nlevel=error");
     await new Promise((res) => setTimeout(res, 200));
-    const lines = logs.slice(logged).filter((l) => String(l.msg).includes("NACK") || String(l.msg).startsWith("SDS: requested secrets not served"));
+    // The first stream's repeated NACKs may still be arriving on a busy machine: they are logged at debug level only.
+    const lines = logs.slice(logged).filter((l) => (l.level === "warn" && String(l.msg).includes("NACK")) || String(l.msg).startsWith("SDS: requested secrets not served"));
     expect(lines.map((l) => l.reason ?? (l.names as string[])[0])).toEqual(["ctl\\u001b]0;owned\\u0007", "bad\\u001b[31m\\u0085\\u2028\\u000d\\u000alevel=error"]);
     ctl.close();
   });
