@@ -18,8 +18,22 @@
  * sequence strictly increases, and no authority is lost. Every rotation step
  * (10 s) publishes, which is also how a server adopts the bundle another one
  * published (its listeners, and so its agents, get the new roots).
+ *
+ * ## Taint and revoke (docs/incident-response.md)
+ *
+ * An operator marks a suspect key `tainted`: it never signs again but stays in
+ * the bundle, so connections made with what it signed keep verifying while
+ * agents replace those credentials. Tainting the active key activates the
+ * prepared one at once, preparing one first when there is none (in the other
+ * slot, unless that slot holds another tainted key: then the taint is refused
+ * until that one is revoked). `revoked` takes a tainted key out of the bundle
+ * of every server sharing the database (the union drops it even when the
+ * stored bundle still holds it); it is refused while live SVIDs still chain to
+ * the key, unless forced. Both are journal statuses, so a taint or revoke made
+ * through one server reaches the key's owner at its next rotation step, which
+ * then stops signing with it.
  */
-import { createPublicKey, randomBytes, X509Certificate, type KeyObject } from "node:crypto";
+import { createHash, createPublicKey, randomBytes, X509Certificate, type KeyObject } from "node:crypto";
 import type { Clock } from "../../common/clock.js";
 import { isSigilError, SigilError } from "../../spiffe/errors.js";
 import type { SpiffeId, TrustDomain } from "../../spiffe/id.js";
@@ -32,13 +46,72 @@ import { parseSpiffeBundle, serializeSpiffeBundle, type SpiffeBundle } from "../
 import type { KeyManager } from "../../plugins/keymanager/types.js";
 import type { UpstreamAuthority } from "../../plugins/upstreamauthority/types.js";
 import type { Datastore } from "../datastore/index.js";
-import { rotationAction } from "./rotation.js";
+import type { CaJournalRecord } from "../datastore/ca-journal.js";
+import { activateAt, rotationAction } from "./rotation.js";
 import { canonicalSerialHex } from "../../spiffe/x509/serial.js";
 
 /** Slot names, as in SPIRE. */
 export type SlotId = "A" | "B";
-/** Slot status in the journal. */
-export type SlotStatus = "prepared" | "active" | "old";
+/** Slot status in the journal (`revoked` authorities leave this manager's lists). */
+export type SlotStatus = "prepared" | "active" | "old" | "tainted" | "revoked";
+
+/** Key family of an authority. */
+export type AuthorityKind = "x509" | "jwt";
+
+/** A state change of an authority, as given to {@link CaDeps.onAuthorityEvent}. */
+export interface AuthorityEvent {
+  readonly event: "prepared" | "activated" | "tainted" | "revoked";
+  readonly kind: AuthorityKind;
+  readonly keyId: string;
+  /** The server whose slot holds the key (`server.server_id`; empty for a lone server). */
+  readonly serverId: string;
+  readonly at: Date;
+  /** The CA certificate (X.509 authorities only). */
+  readonly certDer?: Uint8Array;
+}
+
+/** The tainted (and revoked) authorities agents must stop serving credentials under. */
+export interface TaintedAuthorities {
+  /** Lower-case hex SHA-256 of each such X.509 CA certificate's SubjectPublicKeyInfo DER, sorted. */
+  readonly x509SpkiSha256: string[];
+  /** JWT key IDs (the JWKS `kid`), sorted. */
+  readonly jwtKeyIds: string[];
+}
+
+/** One authority of any server sharing the database, as {@link CaManager.list} shows it. */
+export interface AuthorityView {
+  readonly serverId: string;
+  readonly kind: AuthorityKind;
+  readonly slotId: string;
+  readonly keyId: string;
+  readonly status: SlotStatus;
+  readonly notBefore: Date;
+  readonly notAfter: Date;
+  /** The CA certificate (X.509 only). */
+  readonly certDer?: Uint8Array;
+  /** An X.509 CA signed by an upstream authority (an intermediate) rather than self-signed. */
+  readonly upstream: boolean;
+  /** Hex SHA-256 of the SubjectPublicKeyInfo DER. */
+  readonly spkiSha256: string;
+}
+
+/** What {@link CaManager.taint} did. */
+export interface TaintResult {
+  readonly tainted: AuthorityView;
+  /** The authority that signs now, when the tainted one was active and this server's. */
+  readonly activated?: AuthorityView | undefined;
+  /** Set when a successor had to be prepared first. */
+  readonly preparedFirst: boolean;
+}
+
+/** What {@link CaManager.revoke} did. */
+export interface RevokeResult {
+  readonly revoked: AuthorityView;
+  /** Live SVIDs that still chained to the key (non-zero only when forced). */
+  readonly liveSvids: number;
+  /** Set when forced over live SVIDs. */
+  readonly warning?: string | undefined;
+}
 
 /** One X.509 CA authority. */
 export interface X509Authority {
@@ -118,6 +191,14 @@ export interface CaDeps {
   readonly log?: { info(obj: object, msg: string): void; warn(obj: object, msg: string): void } | undefined;
   /** Called with CA expiry timestamps when they change (metrics). */
   readonly onAuthoritiesChanged?: ((x509: readonly X509Authority[], jwt: readonly JwtAuthority[]) => void) | undefined;
+  /**
+   * Called, and awaited, on each state change of one of this server's
+   * authorities (and on a taint or revoke this server made of another's);
+   * the transparency log appends it. A failure is logged, never undoes the change.
+   */
+  readonly onAuthorityEvent?: ((e: AuthorityEvent) => Promise<void>) | undefined;
+  /** How many live SVIDs chain to a CA key (the inventory); revoke is refused while non-zero unless forced. */
+  readonly countLiveSvids?: ((caKeyId: string) => Promise<number>) | undefined;
 }
 
 /** An issued X509-SVID. */
@@ -186,6 +267,10 @@ export class CaManager {
   /** JWT keys of the stored bundle that no journal record explains, by key ID: when first noticed (ms). */
   readonly #unjournaledJwt = new Map<string, number>();
   readonly #serverId: string;
+  #tainted: TaintedAuthorities = { x509SpkiSha256: [], jwtKeyIds: [] };
+  readonly #taintListeners = new Set<(t: TaintedAuthorities) => void>();
+  /** Rotation steps and operator commands run one at a time (each reads, then writes, the slots). */
+  #queue: Promise<unknown> = Promise.resolve();
 
   constructor(settings: CaSettings, deps: CaDeps) {
     this.#s = settings;
@@ -202,7 +287,7 @@ export class CaManager {
     const legacy = this.#serverId === "" ? [] : all.filter((r) => r.serverId === "" && !own.some((o) => o.kind === r.kind && o.slotId === r.slotId));
     const adopted: Array<X509Authority | JwtAuthority> = [];
     for (const r of [...own, ...legacy]) {
-      if (r.notAfter.getTime() <= now.getTime() || (r.slotId !== "A" && r.slotId !== "B")) continue;
+      if (r.notAfter.getTime() <= now.getTime() || (r.slotId !== "A" && r.slotId !== "B") || r.status === "revoked") continue;
       const isLegacy = r.serverId !== this.#serverId;
       const signer = await this.#d.keyManager.getKey(r.keyId);
       const sameKey = signer !== undefined && Buffer.from(signer.publicKey.export({ format: "der", type: "spki" })).equals(Buffer.from(r.publicKeyDer));
@@ -250,10 +335,24 @@ export class CaManager {
     await this.rotate();
   }
 
-  /** One rotation step (run every few seconds): prepare, activate, prune. */
-  async rotate(): Promise<void> {
+  /** Runs `fn` after every step and command under way (see `#queue`). */
+  #serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#queue.then(fn, fn);
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * One rotation step (run every few seconds): take up taints and revocations
+   * other servers journaled for this server's keys, prepare, activate, prune.
+   */
+  rotate(): Promise<void> {
+    return this.#serial(() => this.#rotateStep());
+  }
+
+  async #rotateStep(): Promise<void> {
     const now = this.#d.clock.now();
-    let changed = false;
+    let changed = this.#reconcile(await this.#d.store.listCaJournal());
     changed = (await this.#rotateFamily("x509", now)) || changed;
     changed = (await this.#rotateFamily("jwt", now)) || changed;
     // Old authorities stay published until they expire (SVIDs they signed may still be in use).
@@ -272,13 +371,20 @@ export class CaManager {
     const prepared = list.find((a) => a.status === "prepared" && a.notAfter.getTime() > now.getTime());
     if (!active) {
       // Nothing can sign: make (or take) an authority and activate it at once.
-      const next = prepared ?? (await this.#prepare(kind, "A", now));
+      const next = prepared ?? (await this.#prepare(kind, this.#freeSlot(kind, now), now));
       await this.#activate(kind, next);
       return true;
     }
     const action = rotationAction(active.notBefore, active.notAfter, now, prepared !== undefined);
     if (action === "prepare") {
-      await this.#prepare(kind, otherSlot(active.slotId), now);
+      const slot = otherSlot(active.slotId);
+      const holder = list.find((a) => a.slotId === slot && a.status === "tainted");
+      if (holder) {
+        // A tainted key keeps its slot (and journal row) until revoked; only when a successor is due does it give way.
+        if (now.getTime() < activateAt(active.notBefore, active.notAfter).getTime()) return false;
+        this.#d.log?.warn({ kind, slot, key_id: holder.keyId }, "ca: a tainted authority was never revoked; its slot is reused for the next authority");
+      }
+      await this.#prepare(kind, slot, now);
       return true;
     }
     if (action === "activate" && prepared) {
@@ -288,6 +394,19 @@ export class CaManager {
       return true;
     }
     return false;
+  }
+
+  /** A slot for a new authority when none is active: one not holding a tainted key, else the one whose key expires first. */
+  #freeSlot(kind: AuthorityKind, now: Date): SlotId {
+    const list: readonly (X509Authority | JwtAuthority)[] = kind === "x509" ? this.#x509 : this.#jwt;
+    const tainted = (s: SlotId) => list.find((a) => a.slotId === s && a.status === "tainted" && a.notAfter.getTime() > now.getTime());
+    const a = tainted("A");
+    const b = tainted("B");
+    if (!a) return "A";
+    if (!b) return "B";
+    const slot = a.notAfter.getTime() <= b.notAfter.getTime() ? "A" : "B";
+    this.#d.log?.warn({ kind, slot, key_id: (slot === "A" ? a : b).keyId }, "ca: both slots hold tainted authorities; the one expiring first gives way");
+    return slot;
   }
 
   async #prepare(kind: "x509" | "jwt", slotId: SlotId, now: Date): Promise<X509Authority | JwtAuthority> {
@@ -343,9 +462,11 @@ export class CaManager {
     // Publish before use (FED-1): the bundle carries the prepared authority now.
     await this.#publishBundle(now);
     this.#d.log?.info({ kind, slot: slotId, key_id: keyId, not_after: notAfter.toISOString() }, "ca: prepared authority");
+    await this.#emit("prepared", kind, keyId, this.#serverId, "certDer" in authority ? authority.certDer : undefined);
     return authority;
   }
 
+  /** Makes `a` the signing authority: its status and leaf template change before the first await, so no request sees two or none. */
   async #activate(kind: "x509" | "jwt", a: X509Authority | JwtAuthority): Promise<void> {
     a.status = "active";
     if (kind === "x509") {
@@ -354,6 +475,261 @@ export class CaManager {
     }
     await this.#journal(kind, a);
     this.#d.log?.info({ kind, slot: a.slotId, key_id: a.keyId }, "ca: activated authority");
+    await this.#emit("activated", kind, a.keyId, this.#serverId, "certDer" in a ? a.certDer : undefined);
+  }
+
+  async #emit(event: AuthorityEvent["event"], kind: AuthorityKind, keyId: string, serverId: string, certDer: Uint8Array | undefined): Promise<void> {
+    if (!this.#d.onAuthorityEvent) return;
+    try {
+      await this.#d.onAuthorityEvent({ event, kind, keyId, serverId, at: this.#d.clock.now(), ...(certDer ? { certDer } : {}) });
+    } catch (e) {
+      this.#d.log?.warn({ event, kind, key_id: keyId, err: (e as Error).message }, "ca: recording an authority event failed");
+    }
+  }
+
+  /**
+   * Takes up what the journal says of this server's keys that another server
+   * changed: a tainted key stops signing, a revoked one is dropped. True when
+   * anything changed.
+   */
+  #reconcile(journal: readonly CaJournalRecord[]): boolean {
+    let changed = false;
+    for (const r of journal) {
+      if (r.serverId !== this.#serverId || (r.status !== "tainted" && r.status !== "revoked")) continue;
+      const list: (X509Authority | JwtAuthority)[] = r.kind === "x509" ? this.#x509 : this.#jwt;
+      const a = list.find((x) => x.keyId === r.keyId);
+      if (!a || a.status === r.status) continue;
+      if (r.status === "tainted") {
+        a.status = "tainted";
+        if ("template" in a) delete a.template;
+      } else {
+        this.#drop(r.kind, a.keyId);
+      }
+      changed = true;
+      this.#d.log?.warn({ kind: r.kind, key_id: r.keyId, status: r.status }, `ca: authority ${r.status} through another server`);
+    }
+    return changed;
+  }
+
+  /** Forgets one of this server's authorities (revoked): it signs and verifies nothing any more. */
+  #drop(kind: AuthorityKind, keyId: string): void {
+    if (kind === "x509") this.#x509 = this.#x509.filter((a) => a.keyId !== keyId);
+    else this.#jwt = this.#jwt.filter((a) => a.keyId !== keyId);
+    this.#retiredJwt.delete(keyId);
+  }
+
+  /** Current authorities of every server sharing the database (revoked ones while their journal rows last), for `authority list`. */
+  async list(): Promise<AuthorityView[]> {
+    const now = this.#d.clock.now().getTime();
+    const rows = await this.#d.store.listCaJournal();
+    return rows
+      .filter((r) => r.notAfter.getTime() > now)
+      .map(viewOfRow)
+      .sort((a, b) => a.kind.localeCompare(b.kind) || a.serverId.localeCompare(b.serverId) || a.slotId.localeCompare(b.slotId));
+  }
+
+  /**
+   * Prepares the next authority of `kind` now: published in the bundle at
+   * once, signing nothing until activated. Refused when one is already
+   * prepared, or when the slot it needs holds a tainted key (revoke it first).
+   */
+  prepare(kind: AuthorityKind): Promise<AuthorityView> {
+    return this.#serial(async () => {
+      const now = this.#d.clock.now();
+      const list: readonly (X509Authority | JwtAuthority)[] = kind === "x509" ? this.#x509 : this.#jwt;
+      const prepared = list.find((a) => a.status === "prepared");
+      if (prepared) throw new SigilError("ERR_FAILED_PRECONDITION", `ca: ${kind} authority ${prepared.keyId} is already prepared (slot ${prepared.slotId}); activate it first`);
+      const active = list.find((a) => a.status === "active");
+      const slot = active ? otherSlot(active.slotId) : this.#freeSlot(kind, now);
+      const holder = list.find((a) => a.slotId === slot && a.status === "tainted");
+      if (holder) throw new SigilError("ERR_FAILED_PRECONDITION", `ca: slot ${slot} holds tainted ${kind} authority ${holder.keyId}; revoke it before preparing another`);
+      const a = await this.#prepare(kind, slot, now);
+      this.#d.onAuthoritiesChanged?.(this.#x509, this.#jwt);
+      return this.#view(kind, a);
+    });
+  }
+
+  /**
+   * Activates the prepared authority of `kind` now (the active one becomes
+   * old and stays published until it expires). Refused when none is prepared.
+   * Agents that have not fetched the bundle since it was prepared may not yet trust what it signs.
+   */
+  activate(kind: AuthorityKind): Promise<{ activated: AuthorityView; previous?: AuthorityView | undefined }> {
+    return this.#serial(async () => {
+      const now = this.#d.clock.now();
+      const list: readonly (X509Authority | JwtAuthority)[] = kind === "x509" ? this.#x509 : this.#jwt;
+      const prepared = list.find((a) => a.status === "prepared" && a.notAfter.getTime() > now.getTime());
+      if (!prepared) throw new SigilError("ERR_FAILED_PRECONDITION", `ca: no prepared ${kind} authority to activate; run "sigil-server authority prepare --kind ${kind}" first`);
+      const active = list.find((a) => a.status === "active");
+      if (active) {
+        active.status = "old";
+        if ("template" in active) delete active.template;
+      }
+      await this.#activate(kind, prepared);
+      if (active) await this.#journal(kind, active);
+      await this.#publishBundle(now);
+      this.#d.onAuthoritiesChanged?.(this.#x509, this.#jwt);
+      return { activated: this.#view(kind, prepared), ...(active ? { previous: this.#view(kind, active) } : {}) };
+    });
+  }
+
+  /**
+   * Taints a key (see the module comment): it never signs again and stays
+   * published; agents replace what it signed. Tainting this server's active
+   * key activates the prepared one at once, preparing one first when there is
+   * none. Another server's key is marked in the journal and its owner stops
+   * signing with it at its next rotation step. For an upstream-signed CA the
+   * key ID is the intermediate's: everything this server signed under it is replaced.
+   */
+  taint(kind: AuthorityKind, keyId: string): Promise<TaintResult> {
+    return this.#serial(async () => {
+      const now = this.#d.clock.now();
+      const list: readonly (X509Authority | JwtAuthority)[] = kind === "x509" ? this.#x509 : this.#jwt;
+      const own = list.find((a) => a.keyId === keyId);
+      if (!own) {
+        const row = await this.#foreignRow(kind, keyId, "taint");
+        if (row.status === "tainted") throw new SigilError("ERR_FAILED_PRECONDITION", `ca: ${kind} authority ${keyId} is already tainted`);
+        const tainted: CaJournalRecord = { ...row, status: "tainted" };
+        await this.#d.store.upsertCaJournal(tainted);
+        await this.#publishBundle(now);
+        await this.#emit("tainted", kind, keyId, row.serverId, row.certDer);
+        return { tainted: viewOfRow(tainted), preparedFirst: false };
+      }
+      if (own.status === "tainted") throw new SigilError("ERR_FAILED_PRECONDITION", `ca: ${kind} authority ${keyId} is already tainted`);
+      let next: X509Authority | JwtAuthority | undefined;
+      let preparedFirst = false;
+      if (own.status === "active") {
+        next = list.find((a) => a.status === "prepared" && a.notAfter.getTime() > now.getTime());
+        if (!next) {
+          const slot = otherSlot(own.slotId);
+          const holder = list.find((a) => a.slotId === slot && a.status === "tainted");
+          if (holder) {
+            throw new SigilError(
+              "ERR_FAILED_PRECONDITION",
+              `ca: cannot taint the active ${kind} authority ${keyId}: no successor can be prepared while slot ${slot} holds tainted authority ${holder.keyId}; revoke that one first`,
+            );
+          }
+          next = await this.#prepare(kind, slot, now);
+          preparedFirst = true;
+        }
+      }
+      own.status = "tainted";
+      if ("template" in own) delete own.template;
+      if (next) await this.#activate(kind, next);
+      await this.#journal(kind, own);
+      await this.#publishBundle(now);
+      this.#d.onAuthoritiesChanged?.(this.#x509, this.#jwt);
+      this.#d.log?.warn({ kind, key_id: keyId, activated: next?.keyId }, "ca: authority tainted");
+      await this.#emit("tainted", kind, keyId, this.#serverId, "certDer" in own ? own.certDer : undefined);
+      return { tainted: this.#view(kind, own), ...(next ? { activated: this.#view(kind, next) } : {}), preparedFirst };
+    });
+  }
+
+  /**
+   * Revokes a tainted key: it leaves the bundle of every server sharing the
+   * database. Refused for a key that is not tainted (an active one among
+   * them), and while live SVIDs still chain to it unless `force` (the result
+   * then carries a warning). An upstream-signed intermediate is not in the
+   * bundle (its upstream root is): revoking it stops this trust domain
+   * serving it, but only the upstream CA can make its signatures fail.
+   */
+  revoke(kind: AuthorityKind, keyId: string, options: { force?: boolean | undefined } = {}): Promise<RevokeResult> {
+    return this.#serial(async () => {
+      const now = this.#d.clock.now();
+      const list: readonly (X509Authority | JwtAuthority)[] = kind === "x509" ? this.#x509 : this.#jwt;
+      const own = list.find((a) => a.keyId === keyId);
+      const row = own ? undefined : await this.#foreignRow(kind, keyId, "revoke");
+      const status = own?.status ?? (row as CaJournalRecord).status;
+      if (status === "active") throw new SigilError("ERR_FAILED_PRECONDITION", `ca: refusing to revoke the active ${kind} authority ${keyId}: taint it first (that activates a successor)`);
+      if (status !== "tainted") throw new SigilError("ERR_FAILED_PRECONDITION", `ca: refusing to revoke ${kind} authority ${keyId} (${status}): only a tainted authority can be revoked; taint it first`);
+      const live = (await this.#d.countLiveSvids?.(keyId)) ?? 0;
+      if (live > 0 && options.force !== true) {
+        throw new SigilError(
+          "ERR_FAILED_PRECONDITION",
+          `ca: ${live} live SVID(s) still chain to ${kind} authority ${keyId}; wait until "sigil-server inventory --key-id ${keyId}" shows none, or revoke with --force`,
+        );
+      }
+      let revoked: AuthorityView;
+      if (own) {
+        own.status = "revoked";
+        await this.#journal(kind, own);
+        this.#drop(kind, keyId);
+        revoked = this.#view(kind, own);
+      } else {
+        const r: CaJournalRecord = { ...(row as CaJournalRecord), status: "revoked" };
+        await this.#d.store.upsertCaJournal(r);
+        revoked = viewOfRow(r);
+      }
+      await this.#publishBundle(now);
+      if (own) this.#d.onAuthoritiesChanged?.(this.#x509, this.#jwt);
+      const warning = live > 0 ? `revoked with ${live} live SVID(s) still chaining to ${keyId}: they no longer verify anywhere the bundle reaches` : undefined;
+      this.#d.log?.warn({ kind, key_id: keyId, live_svids: live, forced: live > 0 }, "ca: authority revoked");
+      await this.#emit("revoked", kind, keyId, revoked.serverId, revoked.certDer);
+      return { revoked, liveSvids: live, ...(warning ? { warning } : {}) };
+    });
+  }
+
+  /** Another server's unexpired, unrevoked journal row for `keyId`, or NotFound / FailedPrecondition naming it. */
+  async #foreignRow(kind: AuthorityKind, keyId: string, what: string): Promise<CaJournalRecord> {
+    const rows = (await this.#d.store.listCaJournal(kind)).filter((r) => r.keyId === keyId);
+    const row = rows.find((r) => r.notAfter.getTime() > this.#d.clock.now().getTime());
+    if (!row) {
+      throw new SigilError("ERR_NOT_FOUND", rows.length > 0 ? `ca: ${kind} authority ${keyId} has expired; nothing it signed is valid` : `ca: no ${kind} authority with key ID "${keyId}" (see "sigil-server authority list")`);
+    }
+    if (row.status === "revoked") throw new SigilError("ERR_FAILED_PRECONDITION", `ca: cannot ${what} ${kind} authority ${keyId}: it is already revoked`);
+    return row;
+  }
+
+  #view(kind: AuthorityKind, a: X509Authority | JwtAuthority): AuthorityView {
+    const spki = a.signer.publicKey.export({ format: "der", type: "spki" });
+    const x = kind === "x509" ? (a as X509Authority) : undefined;
+    return {
+      serverId: this.#serverId,
+      kind,
+      slotId: a.slotId,
+      keyId: a.keyId,
+      status: a.status,
+      notBefore: a.notBefore,
+      notAfter: a.notAfter,
+      ...(x ? { certDer: x.certDer } : {}),
+      upstream: x !== undefined && !x.rootDers.some((r) => Buffer.from(r).equals(Buffer.from(x.certDer))),
+      spkiSha256: sha256Hex(spki),
+    };
+  }
+
+  /** The tainted (and revoked, unexpired) authorities of every server sharing the database, as last read from the journal. */
+  taintedAuthorities(): TaintedAuthorities {
+    return this.#tainted;
+  }
+
+  /**
+   * Subscribes to changes of {@link taintedAuthorities} (a taint or revoke
+   * through this server, or one another server journaled, seen at the next
+   * rotation step); returns an unsubscribe function.
+   */
+  onTaintChange(listener: (t: TaintedAuthorities) => void): () => void {
+    this.#taintListeners.add(listener);
+    return () => this.#taintListeners.delete(listener);
+  }
+
+  #updateTainted(journal: readonly CaJournalRecord[], t: number): void {
+    const x509 = new Set<string>();
+    const jwt = new Set<string>();
+    for (const r of journal) {
+      if ((r.status !== "tainted" && r.status !== "revoked") || r.notAfter.getTime() <= t) continue;
+      if (r.kind === "x509") x509.add(sha256Hex(r.publicKeyDer));
+      else jwt.add(r.keyId);
+    }
+    const next: TaintedAuthorities = { x509SpkiSha256: [...x509].sort(), jwtKeyIds: [...jwt].sort() };
+    if (next.x509SpkiSha256.join() === this.#tainted.x509SpkiSha256.join() && next.jwtKeyIds.join() === this.#tainted.jwtKeyIds.join()) return;
+    this.#tainted = next;
+    for (const l of this.#taintListeners) {
+      try {
+        l(next);
+      } catch (e) {
+        this.#d.log?.warn({ err: (e as Error).message }, "ca: a taint listener failed");
+      }
+    }
   }
 
   async #journal(kind: "x509" | "jwt", a: X509Authority | JwtAuthority): Promise<void> {
@@ -420,12 +796,25 @@ export class CaManager {
     const roots = new Map<string, Uint8Array>();
     const jwtKeys = new Map<string, KeyObject>();
     const journal = await this.#d.store.listCaJournal();
+    this.#updateTainted(journal, t);
+    // Revoked keys leave the bundle even when the stored one (another server's publication) still holds them.
+    const revokedCerts = new Set<string>();
+    const revokedJwt = new Set<string>();
+    for (const r of journal) {
+      if (r.status !== "revoked") continue;
+      if (r.kind === "jwt") revokedJwt.add(r.keyId);
+      else if (r.certDer) revokedCerts.add(Buffer.from(r.certDer).toString("base64"));
+    }
     /** Every journaled JWT key's notAfter, by key ID. */
     const journaledJwt = new Map<string, number>();
     for (const r of journal) if (r.kind === "jwt") journaledJwt.set(r.keyId, Math.max(journaledJwt.get(r.keyId) ?? 0, r.notAfter.getTime()));
     if (base) {
-      for (const der of base.x509Authorities) if (certNotAfter(der) > t) roots.set(Buffer.from(der).toString("base64"), der);
+      for (const der of base.x509Authorities) {
+        const b64 = Buffer.from(der).toString("base64");
+        if (certNotAfter(der) > t && !revokedCerts.has(b64)) roots.set(b64, der);
+      }
       for (const [kid, key] of base.jwtAuthorities) {
+        if (revokedJwt.has(kid)) continue;
         const notAfter = journaledJwt.get(kid) ?? this.#retiredJwt.get(kid)?.notAfter.getTime() ?? this.#jwt.find((a) => a.keyId === kid)?.notAfter.getTime();
         if (notAfter !== undefined) {
           if (notAfter > t) jwtKeys.set(kid, key);
@@ -439,7 +828,7 @@ export class CaManager {
     for (const kid of this.#unjournaledJwt.keys()) if (!base?.jwtAuthorities.has(kid)) this.#unjournaledJwt.delete(kid);
     // Other servers' authorities (and this one's, which are also below).
     for (const r of journal) {
-      if (r.notAfter.getTime() <= t) continue;
+      if (r.notAfter.getTime() <= t || r.status === "revoked") continue;
       if (r.kind === "x509") {
         for (const der of r.rootDers.length > 0 ? r.rootDers : r.certDer ? [r.certDer] : []) roots.set(Buffer.from(der).toString("base64"), der);
       } else if (r.serverId !== this.#serverId && !jwtKeys.has(r.keyId)) {
@@ -452,6 +841,7 @@ export class CaManager {
     }
     for (const a of this.#x509) for (const r of a.rootDers) roots.set(Buffer.from(r).toString("base64"), r);
     for (const [kid, r] of this.#retiredJwt) {
+      if (revokedJwt.has(kid)) continue;
       if (r.notAfter.getTime() > t) jwtKeys.set(kid, r.key);
       // Kept past its expiry as long as an unjournaled key would be: while the stored bundle may
       // still hold it, its known notAfter (not the unjournaled grace) decides that it goes.
@@ -609,6 +999,26 @@ export class CaManager {
     });
     return { token, expiresAt, issuedAt: now, keyId: key.keyId };
   }
+}
+
+function sha256Hex(der: Uint8Array): string {
+  return createHash("sha256").update(der).digest("hex");
+}
+
+/** A journal row as an {@link AuthorityView}. */
+function viewOfRow(r: CaJournalRecord): AuthorityView {
+  return {
+    serverId: r.serverId,
+    kind: r.kind,
+    slotId: r.slotId,
+    keyId: r.keyId,
+    status: r.status,
+    notBefore: r.notBefore,
+    notAfter: r.notAfter,
+    ...(r.certDer ? { certDer: r.certDer } : {}),
+    upstream: r.kind === "x509" && r.certDer !== undefined && r.rootDers.length > 0 && !r.rootDers.some((d) => Buffer.from(d).equals(Buffer.from(r.certDer as Uint8Array))),
+    spkiSha256: sha256Hex(r.publicKeyDer),
+  };
 }
 
 function sameAuthorities(a: SpiffeBundle, b: SpiffeBundle): boolean {

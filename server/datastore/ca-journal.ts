@@ -10,8 +10,12 @@
 /** Key family: the X.509 CA or the JWT signing key. */
 export type CaKeyKind = "x509" | "jwt";
 
-/** A slot's state: `prepared` (published, not yet signing) → `active` (signing) → `old`. */
-export type CaSlotStatus = "prepared" | "active" | "old";
+/**
+ * A slot's state: `prepared` (published, not yet signing) → `active` (signing) → `old`.
+ * An operator can mark a key `tainted` (still published, never signs again; agents replace
+ * what it signed) and then `revoked` (taken out of the bundle everywhere); see docs/incident-response.md.
+ */
+export type CaSlotStatus = "prepared" | "active" | "old" | "tainted" | "revoked";
 
 /** One slot's journal record. */
 export interface CaJournalRecord {

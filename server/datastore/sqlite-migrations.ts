@@ -243,4 +243,67 @@ DROP TABLE ca_journal;
 ALTER TABLE ca_journal_v5 RENAME TO ca_journal;
 `,
   },
+  {
+    version: 6,
+    name: "authority taint and revoke; issuance inventory indexes",
+    // The journal's status gains 'tainted' and 'revoked' (SQLite cannot alter a CHECK: the table is rebuilt).
+    // The inventory ("what still chains to key K") reads contexts by CA key, then their unexpired credentials.
+    sql: `
+CREATE TABLE ca_journal_v6 (
+  server_id   TEXT NOT NULL DEFAULT '',
+  kind        TEXT NOT NULL CHECK (kind IN ('x509', 'jwt')),
+  slot_id     TEXT NOT NULL,
+  key_id      TEXT NOT NULL,
+  status      TEXT NOT NULL CHECK (status IN ('prepared', 'active', 'old', 'tainted', 'revoked')),
+  public_key  BLOB NOT NULL,
+  certificate BLOB,
+  chain       TEXT NOT NULL,
+  roots       TEXT NOT NULL,
+  not_before  INTEGER NOT NULL,
+  not_after   INTEGER NOT NULL,
+  created_at  INTEGER NOT NULL,
+  updated_at  INTEGER NOT NULL,
+  PRIMARY KEY (server_id, kind, slot_id)
+) STRICT, WITHOUT ROWID;
+INSERT INTO ca_journal_v6 SELECT server_id, kind, slot_id, key_id, status, public_key, certificate, chain, roots, not_before, not_after, created_at, updated_at FROM ca_journal;
+DROP TABLE ca_journal;
+ALTER TABLE ca_journal_v6 RENAME TO ca_journal;
+CREATE INDEX issuance_contexts_ca_key_id ON issuance_contexts (ca_key_id);
+CREATE INDEX issuances_context_not_after ON issuances (context_id, not_after);
+`,
+  },
+  {
+    version: 7,
+    name: "transparency log",
+    // Entries take contiguous indices from the one-row counter, in the issuance records' transaction.
+    sql: `
+CREATE TABLE tlog_entries (
+  idx        INTEGER PRIMARY KEY,
+  lookup_key TEXT NOT NULL,
+  entry      BLOB NOT NULL
+) STRICT;
+CREATE INDEX tlog_entries_lookup_key ON tlog_entries (lookup_key);
+CREATE TABLE tlog_counter (
+  id       INTEGER PRIMARY KEY CHECK (id = 0),
+  next_idx INTEGER NOT NULL
+) STRICT;
+INSERT INTO tlog_counter (id, next_idx) VALUES (0, 0);
+CREATE TABLE tlog_checkpoints (
+  server_id  TEXT NOT NULL,
+  tree_size  INTEGER NOT NULL,
+  root_hash  BLOB NOT NULL,
+  note       TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  PRIMARY KEY (server_id, tree_size)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE tlog_keys (
+  server_id  TEXT NOT NULL,
+  key_id     TEXT NOT NULL,
+  vkey       TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  retired_at INTEGER,
+  PRIMARY KEY (server_id, key_id)
+) STRICT, WITHOUT ROWID;
+`,
+  },
 ];

@@ -354,7 +354,7 @@ export function normalizeFederationRelationship(input: FederationRelationshipInp
 }
 
 const CA_KINDS: readonly CaKeyKind[] = ["x509", "jwt"];
-const CA_STATUSES: readonly CaSlotStatus[] = ["prepared", "active", "old"];
+const CA_STATUSES: readonly CaSlotStatus[] = ["prepared", "active", "old", "tainted", "revoked"];
 
 /** A CA journal record's stored values. */
 export interface NormalizedCaJournal {

@@ -244,6 +244,60 @@ export const SQL_MIGRATIONS: readonly SqlMigration[] = [
       }
     },
   },
+  {
+    version: 3,
+    name: "issuance inventory indexes",
+    async up(db) {
+      // The inventory ("what still chains to key K") reads contexts by CA key, then their unexpired
+      // credentials. (The journal's new 'tainted' and 'revoked' statuses fit its ascii(16) column.)
+      await db.schema.createIndex("issuance_contexts_ca_key_id").on("issuance_contexts").column("ca_key_id").execute();
+      await db.schema.createIndex("issuances_context_not_after").on("issuances").columns(["context_id", "not_after"]).execute();
+    },
+  },
+  {
+    version: 4,
+    name: "transparency log",
+    async up(db, d) {
+      const s = db.schema;
+      // Entries take contiguous indices from the one-row counter, locked in the issuance records' transaction.
+      await d
+        .table(
+          s
+            .createTable("tlog_entries")
+            .addColumn("idx", "bigint", (c) => c.primaryKey())
+            .addColumn("lookup_key", d.ascii(200), NOT_NULL)
+            .addColumn("entry", d.bytes, NOT_NULL),
+        )
+        .execute();
+      await s.createIndex("tlog_entries_lookup_key").on("tlog_entries").column("lookup_key").execute();
+      await d.table(s.createTable("tlog_counter").addColumn("id", "smallint", (c) => c.primaryKey()).addColumn("next_idx", "bigint", NOT_NULL)).execute();
+      await db.insertInto("tlog_counter").values({ id: 0, next_idx: 0 }).execute();
+      await d
+        .table(
+          s
+            .createTable("tlog_checkpoints")
+            .addColumn("server_id", d.ascii(64), NOT_NULL)
+            .addColumn("tree_size", "bigint", NOT_NULL)
+            .addColumn("root_hash", d.bytes, NOT_NULL)
+            .addColumn("note", d.longText, NOT_NULL)
+            .addColumn("created_at", "bigint", NOT_NULL)
+            .addPrimaryKeyConstraint("tlog_checkpoints_pk", ["server_id", "tree_size"]),
+        )
+        .execute();
+      await d
+        .table(
+          s
+            .createTable("tlog_keys")
+            .addColumn("server_id", d.ascii(64), NOT_NULL)
+            .addColumn("key_id", d.ascii(128), NOT_NULL)
+            .addColumn("vkey", d.ascii(1024), NOT_NULL)
+            .addColumn("created_at", "bigint", NOT_NULL)
+            .addColumn("retired_at", "bigint")
+            .addPrimaryKeyConstraint("tlog_keys_pk", ["server_id", "key_id"]),
+        )
+        .execute();
+    },
+  },
 ];
 
 /** What {@link migrateSql} did. */

@@ -95,7 +95,7 @@ export interface CaJournalTable {
   kind: "x509" | "jwt";
   slot_id: string;
   key_id: string;
-  status: "prepared" | "active" | "old";
+  status: "prepared" | "active" | "old" | "tainted" | "revoked";
   public_key: Buffer;
   certificate: Buffer | null;
   chain: string;
@@ -148,6 +148,37 @@ export interface SchemaMigrationTable {
   applied_at: number;
 }
 
+/** `tlog_entries`: transparency-log entries by contiguous index. */
+export interface TlogEntryTable {
+  idx: number;
+  lookup_key: string;
+  entry: Buffer;
+}
+
+/** `tlog_counter`: one row (`id` 0) holding the next log index. */
+export interface TlogCounterTable {
+  id: number;
+  next_idx: number;
+}
+
+/** `tlog_checkpoints`: checkpoints each server signed. */
+export interface TlogCheckpointTable {
+  server_id: string;
+  tree_size: number;
+  root_hash: Buffer;
+  note: string;
+  created_at: number;
+}
+
+/** `tlog_keys`: each server's log keys. */
+export interface TlogKeyTable {
+  server_id: string;
+  key_id: string;
+  vkey: string;
+  created_at: number;
+  retired_at: number | null;
+}
+
 /** Every table, by name. */
 export interface SqlSchema {
   registration_entries: EntryTable;
@@ -163,4 +194,8 @@ export interface SqlSchema {
   issuance_contexts: IssuanceContextTable;
   issuances: IssuanceTable;
   schema_migrations: SchemaMigrationTable;
+  tlog_entries: TlogEntryTable;
+  tlog_counter: TlogCounterTable;
+  tlog_checkpoints: TlogCheckpointTable;
+  tlog_keys: TlogKeyTable;
 }

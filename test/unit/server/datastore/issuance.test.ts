@@ -387,11 +387,12 @@ describe.each(engines)("datastore on %s", (engine) => {
           { version: 3, name: "issuance log: shared contexts" },
           { version: 4, name: "federation relationships" },
           { version: 5, name: "ca journal per server" },
+          { version: 6, name: "authority taint and revoke; issuance inventory indexes" },
         ]);
         const indexes = (raw.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'issuances' ORDER BY name").all() as Array<{ name: string }>).map(
           (r) => r.name,
         );
-        expect(indexes).toEqual(["issuances_context_id", "issuances_not_after", "issuances_serial"]);
+        expect(indexes).toEqual(["issuances_context_id", "issuances_context_not_after", "issuances_not_after", "issuances_serial"]);
       } finally {
         raw.close();
       }
