@@ -13,14 +13,10 @@
  * limits (`common/http-limits.ts`): seconds per request phase, at most 1,024
  * connections.
  */
-import { readFileSync, statSync } from "node:fs";
-import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import { createServer as createHttpsServer, type Server as HttpsServer } from "node:https";
-import type { AddressInfo } from "node:net";
-import { createSecureContext } from "node:tls";
-import { hasRequestBody, limitPublicHttpServer, PUBLIC_HTTP_LIMITS, publicHttpServerOptions, type PublicHttpLimits } from "../../common/http-limits.js";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { hasRequestBody, PUBLIC_HTTP_LIMITS, type PublicHttpLimits } from "../../common/http-limits.js";
 import type { Logger } from "../../common/log.js";
-import { SigilError } from "../../spiffe/errors.js";
+import { startPublicHttpListener, type TlsFiles } from "../../common/public-http-listener.js";
 import type { OidcDocuments } from "./discovery.js";
 
 /** The discovery path, relative to the issuer. */
@@ -29,12 +25,7 @@ export const OIDC_CONFIGURATION_PATH = "/.well-known/openid-configuration";
 export const OIDC_KEYS_PATH = "/keys";
 
 /** Certificate and key files of an HTTPS listener. */
-export interface OidcTlsFiles {
-  /** PEM: the serving certificate, then its intermediates. */
-  readonly certFile: string;
-  /** PEM: its private key. */
-  readonly keyFile: string;
-}
+export type OidcTlsFiles = TlsFiles;
 
 /** Options of {@link startOidcListener}. */
 export interface OidcListenerOptions {
@@ -79,26 +70,6 @@ export function oidcPaths(issuer: string, jwksUri?: string): { readonly configur
   return { configuration, keys };
 }
 
-function loadTls(files: OidcTlsFiles): { cert: Buffer; key: Buffer } {
-  try {
-    const cert = readFileSync(files.certFile);
-    const key = readFileSync(files.keyFile);
-    // Fails here, with the file names, rather than at the first handshake.
-    createSecureContext({ cert, key });
-    return { cert, key };
-  } catch (e) {
-    throw new SigilError("ERR_INVALID_ARGUMENT", `oidc: cannot load the serving certificate ${files.certFile} and key ${files.keyFile}: ${(e as Error).message}`, { cause: e });
-  }
-}
-
-function mtimes(files: OidcTlsFiles): string {
-  try {
-    return `${statSync(files.certFile).mtimeMs}/${statSync(files.keyFile).mtimeMs}`;
-  } catch {
-    return "missing";
-  }
-}
-
 /**
  * Starts the listener. GET and HEAD only (405 otherwise, with `Allow`), 404
  * for any other path, 304 for a matching `If-None-Match`.
@@ -136,53 +107,5 @@ export async function startOidcListener(options: OidcListenerOptions): Promise<O
     send(200, headers, body);
   };
 
-  let server: Server | HttpsServer;
-  let watch: NodeJS.Timeout | undefined;
-  const tls = options.tls;
-  if (tls) {
-    let seen = mtimes(tls);
-    const https = createHttpsServer({ ...loadTls(tls), ...publicHttpServerOptions(limits) }, handle);
-    server = https;
-    watch = setInterval(() => {
-      const now = mtimes(tls);
-      if (now === seen) return;
-      seen = now;
-      try {
-        https.setSecureContext(loadTls(tls));
-        options.log.info({ cert_file: tls.certFile }, "oidc: serving certificate reloaded");
-      } catch (e) {
-        options.log.warn({ err: (e as Error).message }, "oidc: serving certificate not reloaded; keeping the previous one");
-      }
-    }, options.tlsReloadIntervalMs ?? 10_000);
-    watch.unref();
-  } else {
-    server = createHttpServer(publicHttpServerOptions(limits), handle);
-  }
-  limitPublicHttpServer(server, limits);
-  try {
-    await new Promise<void>((resolve, reject) => {
-      const onError = (e: Error): void => reject(new SigilError("ERR_UNAVAILABLE", `oidc: cannot listen on ${options.host}:${options.port}: ${e.message}`, { cause: e }));
-      server.once("error", onError);
-      server.listen(options.port, options.host, () => {
-        server.off("error", onError);
-        resolve();
-      });
-    });
-  } catch (e) {
-    if (watch) clearInterval(watch);
-    throw e;
-  }
-  const addr = server.address() as AddressInfo;
-  const urlHost = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;
-  return {
-    host: addr.address,
-    port: addr.port,
-    url: `${tls ? "https" : "http"}://${urlHost}:${addr.port}`,
-    close: () =>
-      new Promise<void>((resolve) => {
-        if (watch) clearInterval(watch);
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
-  };
+  return startPublicHttpListener({ host: options.host, port: options.port, tls: options.tls, handle, subsystem: "oidc", tlsReloadIntervalMs: options.tlsReloadIntervalMs, limits, log: options.log });
 }

@@ -1,0 +1,120 @@
+/**
+ * The transparency log's tiles listener: the log as C2SP tlog-tiles over
+ * HTTP(S) on its own port, so any tlog-tiles client can mirror and verify it.
+ *
+ * | path | body | Cache-Control |
+ * |---|---|---|
+ * | `/checkpoint` | the latest signed checkpoint (text/plain) | `no-cache` |
+ * | `/tile/<L>/<N>`, `/tile/entries/<N>` | a full tile or entry bundle | `public, max-age=31536000, immutable` |
+ * | `/tile/<L>/<N>.p/<W>`, `/tile/entries/<N>.p/<W>` | a partial one | `no-cache` |
+ * | `/log-keys` | the log's verifier keys, one a line (a Sigil extension) | `no-cache` |
+ *
+ * GET and HEAD only. A malformed tile path (parsed strictly by
+ * `parseTilePath`, so `..`, `%2e` and leading zeroes never reach storage) is
+ * 400, an unpublished one 404. The listener faces other networks, so it has
+ * the bundle endpoint's limits (`common/http-limits.ts`): seconds per request
+ * phase, at most 1,024 connections.
+ */
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { PublicHttpLimits } from "../../common/http-limits.js";
+import { hasRequestBody } from "../../common/http-limits.js";
+import type { Logger } from "../../common/log.js";
+import { startPublicHttpListener, type PublicHttpListener, type TlsFiles } from "../../common/public-http-listener.js";
+import { isSigilError } from "../../spiffe/errors.js";
+import { parseTilePath } from "../../spiffe/tlog/tiles.js";
+import type { TlogReadView } from "./types.js";
+
+/** Cache-Control of full tiles and full entry bundles: they never change. */
+export const IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable";
+/** Cache-Control of the checkpoint, partial tiles and the key list: revalidate every time. */
+export const MUTABLE_CACHE_CONTROL = "no-cache";
+/** The longest request target answered; a tile path of a tree of 2^53 entries is far shorter. */
+export const MAX_TLOG_PATH_LENGTH = 256;
+
+/** Options of {@link startTlogListener}. */
+export interface TlogListenerOptions {
+  readonly host: string;
+  /** 0 picks a free port. */
+  readonly port: number;
+  /** HTTPS with these files (re-read when they change); plain HTTP without. */
+  readonly tls?: TlsFiles | undefined;
+  readonly view: TlogReadView;
+  /** How often the TLS files are checked for changes (default 10 s). */
+  readonly tlsReloadIntervalMs?: number | undefined;
+  /** Timeouts and connection cap (default the public listeners'); tests shorten them. */
+  readonly limits?: PublicHttpLimits | undefined;
+  readonly log: Logger;
+}
+
+const OCTETS = "application/octet-stream";
+const TEXT = "text/plain; charset=utf-8";
+
+/** The request handler alone (exported for tests that drive it without a socket). */
+export function tlogRequestHandler(view: TlogReadView, log: Logger): (req: IncomingMessage, res: ServerResponse) => void {
+  const send = (req: IncomingMessage, res: ServerResponse, status: number, headers: Record<string, string>, body: Uint8Array | string): void => {
+    // Never read (or wait for) a body nobody asked for.
+    const close: Record<string, string> = hasRequestBody(req) ? { connection: "close" } : {};
+    const bytes = typeof body === "string" ? Buffer.from(body, "utf8") : body;
+    res.writeHead(status, { "content-length": String(bytes.length), "x-content-type-options": "nosniff", ...headers, ...close });
+    res.end(req.method === "HEAD" ? undefined : bytes);
+  };
+  const error = (req: IncomingMessage, res: ServerResponse, status: number, message: string, extra: Record<string, string> = {}): void =>
+    send(req, res, status, { "content-type": TEXT, "cache-control": "no-store", ...extra }, `${message}\n`);
+
+  const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    if (req.method !== "GET" && req.method !== "HEAD") return error(req, res, 405, "method not allowed", { allow: "GET, HEAD" });
+    const target = req.url ?? "/";
+    if (target.length > MAX_TLOG_PATH_LENGTH) return error(req, res, 414, `request target longer than ${MAX_TLOG_PATH_LENGTH} characters`);
+    const path = (target.split("?")[0] ?? "/").replace(/^\//, "");
+    if (path === "checkpoint") {
+      const cp = view.latestCheckpoint();
+      if (cp === undefined) return error(req, res, 404, "no checkpoint yet", { "retry-after": "1" });
+      return send(req, res, 200, { "content-type": TEXT, "cache-control": MUTABLE_CACHE_CONTROL }, cp.note);
+    }
+    if (path === "log-keys") {
+      const keys = await view.verifierKeys();
+      return send(req, res, 200, { "content-type": TEXT, "cache-control": MUTABLE_CACHE_CONTROL }, keys.map((k) => `${k}\n`).join(""));
+    }
+    if (!path.startsWith("tile/")) return error(req, res, 404, "not found");
+    try {
+      parseTilePath(path);
+    } catch (e) {
+      return error(req, res, 400, isSigilError(e) ? e.message : "malformed tile path");
+    }
+    let resource;
+    try {
+      resource = await view.resource(path);
+    } catch (e) {
+      if (isSigilError(e, "ERR_INVALID_ARGUMENT") || isSigilError(e, "ERR_TLOG_MALFORMED")) return error(req, res, 400, e.message);
+      throw e;
+    }
+    if (resource === undefined) return error(req, res, 404, `${path} is not published`);
+    send(req, res, 200, { "content-type": OCTETS, "cache-control": resource.immutable ? IMMUTABLE_CACHE_CONTROL : MUTABLE_CACHE_CONTROL }, resource.body);
+  };
+
+  return (req, res) => {
+    serve(req, res).catch((e: unknown) => {
+      log.error({ err: e instanceof Error ? e.message : String(e), path: req.url?.slice(0, MAX_TLOG_PATH_LENGTH) }, "tlog: serving a log resource failed");
+      if (!res.headersSent) error(req, res, 500, "internal error");
+      else res.destroy();
+    });
+  };
+}
+
+/**
+ * Starts the tiles listener.
+ *
+ * @throws SigilError `ERR_INVALID_ARGUMENT` when the TLS files cannot be loaded, `ERR_UNAVAILABLE` when the address cannot be bound.
+ */
+export function startTlogListener(options: TlogListenerOptions): Promise<PublicHttpListener> {
+  return startPublicHttpListener({
+    host: options.host,
+    port: options.port,
+    tls: options.tls,
+    handle: tlogRequestHandler(options.view, options.log),
+    subsystem: "tlog",
+    tlsReloadIntervalMs: options.tlsReloadIntervalMs,
+    limits: options.limits,
+    log: options.log,
+  });
+}

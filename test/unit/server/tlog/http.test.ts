@@ -1,0 +1,198 @@
+/**
+ * The tiles listener as a tlog-tiles client and a hostile one see it: every
+ * resource a client needs with the right caching headers (immutable full
+ * tiles, revalidated partials and checkpoint), a whole log verified through
+ * it, and malformed, traversing, oversized or non-GET requests refused
+ * without touching the log; slow clients cut off; HTTPS with a reloaded
+ * certificate.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { request as httpsRequest } from "node:https";
+import { connect } from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { PUBLIC_HTTP_LIMITS } from "../../../../common/http-limits.js";
+import { createLogger } from "../../../../common/log.js";
+import type { PublicHttpListener } from "../../../../common/public-http-listener.js";
+import { IMMUTABLE_CACHE_CONTROL, MUTABLE_CACHE_CONTROL, startTlogListener } from "../../../../server/tlog/http.js";
+import { parseVerifierKey } from "../../../../spiffe/tlog/note.js";
+import { httpTlogFetch, verifyLog } from "../../../../spiffe/tlog/verify.js";
+import { memoryTlogView, type MemoryTlogView } from "../../../support/tlog-view.js";
+import { createServingPki } from "../../../support/serving-cert.js";
+import { requireTool } from "../../../support/tools.js";
+
+const log = createLogger({ level: "error", destination: { write: () => undefined } });
+let listener: PublicHttpListener | undefined;
+afterEach(async () => {
+  await listener?.close();
+  listener = undefined;
+});
+
+function viewOf(n: number): MemoryTlogView {
+  const view = memoryTlogView();
+  view.appendAndPublish(Array.from({ length: n }, (_, i) => ({ v: 1, kind: "x509-svid", serial: i.toString(16), spiffeId: `spiffe://example.org/w/${i}` })));
+  return view;
+}
+
+async function start(view: MemoryTlogView, limits = PUBLIC_HTTP_LIMITS): Promise<PublicHttpListener> {
+  listener = await startTlogListener({ host: "127.0.0.1", port: 0, view, log, limits });
+  return listener;
+}
+
+/** Sends raw bytes and returns everything the server answered before closing (or after `waitMs` of quiet). */
+function raw(port: number, request: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = connect(port, "127.0.0.1", () => s.write(request));
+    let out = "";
+    s.on("data", (d: Buffer) => {
+      out += d.toString("latin1");
+      if (/\r\n\r\n/.test(out)) s.end();
+    });
+    s.on("close", () => resolve(out));
+    s.on("error", reject);
+  });
+}
+
+describe("tlog tiles listener", () => {
+  it("serves the checkpoint, full and partial tiles and bundles with the caching each allows, and /log-keys", async () => {
+    const view = viewOf(300);
+    const l = await start(view);
+    const cp = await fetch(`${l.url}/checkpoint`);
+    expect(cp.status).toBe(200);
+    expect(cp.headers.get("content-type")).toBe("text/plain; charset=utf-8");
+    expect(cp.headers.get("cache-control")).toBe(MUTABLE_CACHE_CONTROL);
+    expect(await cp.text()).toBe(view.latestCheckpoint()?.note);
+
+    for (const p of ["tile/0/000", "tile/entries/000"]) {
+      const r = await fetch(`${l.url}/${p}`);
+      expect(r.status, p).toBe(200);
+      expect(r.headers.get("content-type")).toBe("application/octet-stream");
+      expect(r.headers.get("cache-control")).toBe(IMMUTABLE_CACHE_CONTROL);
+      expect(Buffer.from(await r.arrayBuffer()).equals(Buffer.from(view.log.files.get(p) as Uint8Array))).toBe(true);
+    }
+    for (const p of ["tile/0/001.p/44", "tile/entries/001.p/44", "tile/1/000.p/1"]) {
+      const r = await fetch(`${l.url}/${p}`);
+      expect(r.status, p).toBe(200);
+      expect(r.headers.get("cache-control")).toBe(MUTABLE_CACHE_CONTROL);
+      expect((await r.arrayBuffer()).byteLength).toBe((view.log.files.get(p) as Uint8Array).length);
+    }
+    const keys = await fetch(`${l.url}/log-keys`);
+    expect(await keys.text()).toBe(`${view.vkey}\n`);
+
+    const head = await fetch(`${l.url}/tile/0/000`, { method: "HEAD" });
+    expect(head.status).toBe(200);
+    expect(Number(head.headers.get("content-length"))).toBe(256 * 32);
+    expect(await head.text()).toBe("");
+  });
+
+  it("is enough for a tlog-tiles client: verifyLog over HTTP checks all 300 entries", async () => {
+    const view = viewOf(300);
+    const l = await start(view);
+    const r = await verifyLog({ fetch: httpTlogFetch(l.url), verifiers: [parseVerifierKey(view.vkey)] });
+    expect(r.entries).toBe(300);
+  });
+
+  it("answers 404 before the first checkpoint, for tiles not published yet and for unknown paths", async () => {
+    const view = memoryTlogView();
+    const l = await start(view);
+    expect((await fetch(`${l.url}/checkpoint`)).status).toBe(404);
+    view.appendAndPublish([{ serial: "01" }]);
+    expect((await fetch(`${l.url}/checkpoint`)).status).toBe(200);
+    for (const p of ["tile/0/000", "tile/0/001.p/3", "tile/entries/x001/000", "", "index.html", "tile"]) {
+      expect((await fetch(`${l.url}/${p}`)).status, p).toBe(404);
+    }
+  });
+
+  it("refuses malformed and traversing tile paths with 400, never reaching the log", async () => {
+    const view = viewOf(10);
+    const asked: string[] = [];
+    const spy = { ...view, resource: (p: string) => (asked.push(p), view.resource(p)) };
+    listener = await startTlogListener({ host: "127.0.0.1", port: 0, view: spy, log });
+    const bad = ["tile/0/00", "tile/00/000", "tile/0/000.p/256", "tile/0/000.p/0", "tile/0/x000/001", "tile/../checkpoint", "tile/0/%2e%2e", "tile/entries/..%2f..%2fetc", "tile/0/000/", "tile/64/000"];
+    for (const p of bad) {
+      const answer = await raw(listener.port, `GET /${p} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+      expect(answer, p).toMatch(/^HTTP\/1\.1 400 /);
+    }
+    expect(asked).toEqual([]);
+  });
+
+  it("refuses other methods with 405 and Allow, and a huge request target with 414", async () => {
+    const l = await start(viewOf(3));
+    for (const method of ["POST", "PUT", "DELETE", "OPTIONS"]) {
+      const r = await fetch(`${l.url}/checkpoint`, { method, ...(method === "POST" || method === "PUT" ? { body: "x" } : {}) });
+      expect(r.status, method).toBe(405);
+      expect(r.headers.get("allow")).toBe("GET, HEAD");
+    }
+    const long = `/tile/0/${"x001/".repeat(100)}000`;
+    expect((await fetch(`${l.url}${long}`)).status).toBe(414);
+    // Past Node's header size limit, the connection is answered 431 and closed.
+    const answer = await raw(l.port, `GET /checkpoint HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(20_000)}\r\n\r\n`);
+    expect(answer).toMatch(/^HTTP\/1\.1 431 /);
+  });
+
+  it("a client that sends its headers slowly is cut off after the headers timeout (slowloris)", async () => {
+    const l = await start(viewOf(3), { ...PUBLIC_HTTP_LIMITS, headersTimeoutMs: 300, requestTimeoutMs: 400 });
+    const socket = connect(l.port, "127.0.0.1");
+    socket.on("error", () => undefined);
+    let received = "";
+    socket.on("data", (d: Buffer) => (received += d.toString()));
+    socket.write("GET /checkpoint HTTP/1.1\r\nHost: x\r\n");
+    const drip = setInterval(() => socket.write("X"), 50);
+    try {
+      await new Promise<void>((resolve) => socket.on("close", () => resolve()));
+    } finally {
+      clearInterval(drip);
+      socket.destroy();
+    }
+    expect(received).toMatch(/^HTTP\/1\.1 408/);
+  });
+
+  it("answers 500 without details when the log cannot be read, and keeps serving", async () => {
+    const view = viewOf(3);
+    let broken = true;
+    const flaky = { ...view, resource: (p: string) => (broken ? Promise.reject(new Error("datastore: connection lost")) : view.resource(p)) };
+    listener = await startTlogListener({ host: "127.0.0.1", port: 0, view: flaky, log });
+    const r = await fetch(`${listener.url}/tile/0/000.p/3`);
+    expect(r.status).toBe(500);
+    expect(await r.text()).toBe("internal error\n");
+    broken = false;
+    expect((await fetch(`${listener.url}/tile/0/000.p/3`)).status).toBe(200);
+  });
+
+  it.skipIf(!requireTool("openssl", ["version"], "the serving certificate"))("serves HTTPS and picks up a renewed certificate from its files", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "sigil-tlog-http-"));
+    try {
+      const first = createServingPki("tlog one");
+      const second = createServingPki("tlog two");
+      const certFile = path.join(dir, "cert.pem");
+      const keyFile = path.join(dir, "key.pem");
+      writeFileSync(certFile, first.certPem);
+      writeFileSync(keyFile, first.keyPem);
+      listener = await startTlogListener({ host: "127.0.0.1", port: 0, view: viewOf(3), tls: { certFile, keyFile }, tlsReloadIntervalMs: 50, log });
+      expect(listener.url.startsWith("https://")).toBe(true);
+      const url = `${listener.url}/checkpoint`;
+      const get = (ca: string) =>
+        new Promise<number>((resolve, reject) => {
+          const req = httpsRequest(url, { ca, agent: false }, (res) => {
+            res.resume();
+            resolve(res.statusCode ?? 0);
+          });
+          req.on("error", reject);
+          req.end();
+        });
+      expect(await get(first.caPem)).toBe(200);
+      writeFileSync(keyFile, second.keyPem);
+      writeFileSync(certFile, second.certPem);
+      await vi.waitFor(async () => expect(await get(second.caPem)).toBe(200), { timeout: 10_000, interval: 100 });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("refuses to start on a certificate that does not load, naming the files", async () => {
+    await expect(startTlogListener({ host: "127.0.0.1", port: 0, view: viewOf(1), tls: { certFile: "/nonexistent/c.pem", keyFile: "/nonexistent/k.pem" }, log })).rejects.toThrow(
+      /tlog: cannot load the serving certificate \/nonexistent\/c\.pem and key \/nonexistent\/k\.pem/,
+    );
+  });
+});
