@@ -40,7 +40,7 @@ async function start(view: MemoryTlogView, limits = PUBLIC_HTTP_LIMITS): Promise
   return listener;
 }
 
-/** Sends raw bytes and returns everything the server answered before closing (or after `waitMs` of quiet). */
+/** Sends raw bytes and returns the answer up to the end of its headers. */
 function raw(port: number, request: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const s = connect(port, "127.0.0.1", () => s.write(request));
