@@ -121,6 +121,8 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
 
   // SERVING once every other service has started; NOT_SERVING first thing at stop, or after a failed CA rotation.
   const grpcHealth: HealthService = createHealthService({ "": "NOT_SERVING", "sigil.agent.v1.AgentAPI": "NOT_SERVING" });
+  /** True between the `grpc-health` service's start and stop. */
+  let serving = false;
   const threads = signingThreads(s.signing_threads);
   // Its threads start with the first batch it signs; the `signing-pool` service closes them.
   const signingPool = threads > 0 ? new SigningPool(threads) : undefined;
@@ -184,6 +186,10 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       bundleEndpoint?.refresh();
     },
     onFailure: () => grpcHealth.setStatus("", "NOT_SERVING"),
+    // A step failed while the database restarted: serving again once a step succeeds (not before the start is done).
+    onRecovery: () => {
+      if (serving) grpcHealth.setStatus("", "SERVING");
+    },
     log,
   });
   const prune = new PruneJob({ datastore, clock, retentionMs: s.issuance_log_retention, eventRetentionMs: s.change_feed.event_retention, log });
@@ -221,10 +227,14 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       service(
         "grpc-health",
         () => {
+          serving = true;
           grpcHealth.setStatus("", "SERVING");
           grpcHealth.setStatus("sigil.agent.v1.AgentAPI", "SERVING");
         },
-        () => grpcHealth.shutdown(),
+        () => {
+          serving = false;
+          grpcHealth.shutdown();
+        },
       ),
     ],
     log,

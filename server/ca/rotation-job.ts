@@ -3,7 +3,10 @@
  * every 10 seconds (prepare, activate, prune authorities; see rotation.ts),
  * then `afterRotation` (the server re-issues its own SVID when the roots
  * changed or at half life). Steps never overlap; stop waits for the one
- * under way.
+ * under way. A failed step (the database restarting, say) is reported
+ * through `onFailure`, and the first successful step after it through
+ * `onRecovery`, so a transient failure does not mark the server unhealthy
+ * for good.
  */
 import type { Logger } from "../../common/log.js";
 import type { Service } from "../../common/service.js";
@@ -20,6 +23,8 @@ export interface CaRotationJobDeps {
   readonly afterRotation: () => void;
   /** Runs after a failed step (which is logged as `ca: rotation failed`). */
   readonly onFailure: (err: unknown) => void;
+  /** Runs after the first successful step that follows a failed one. */
+  readonly onRecovery?: () => void;
   readonly log: Logger;
 }
 
@@ -29,6 +34,7 @@ export class CaRotationJob implements Service {
   readonly #d: CaRotationJobDeps;
   #timer: NodeJS.Timeout | undefined;
   #rotating: Promise<void> = Promise.resolve();
+  #failing = false;
 
   constructor(deps: CaRotationJobDeps) {
     this.#d = deps;
@@ -43,8 +49,16 @@ export class CaRotationJob implements Service {
     const ca = this.#d.ca.manager;
     this.#rotating = this.#rotating
       .then(() => ca.rotate())
-      .then(this.#d.afterRotation)
+      .then(() => {
+        this.#d.afterRotation();
+        if (this.#failing) {
+          this.#failing = false;
+          this.#d.log.info("ca: rotation succeeded again");
+          this.#d.onRecovery?.();
+        }
+      })
       .catch((err: unknown) => {
+        this.#failing = true;
         this.#d.log.error({ err }, "ca: rotation failed");
         this.#d.onFailure(err);
       });

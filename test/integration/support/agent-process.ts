@@ -131,7 +131,8 @@ export interface WorkloadResult {
 /**
  * Runs a small ESM script as a workload (optionally as another uid/gid) with
  * SPIFFE_ENDPOINT_SOCKET set. The script gets `client` (the real Workload API
- * client) and prints what the test should check.
+ * client) and prints what the test should check. Aborting `signal` ends it
+ * (SIGKILL), e.g. from a test's cleanup after a failure.
  */
 export function runWorkload(
   socketPath: string,
@@ -139,6 +140,7 @@ export function runWorkload(
   as?: { uid: number; gid: number },
   timeoutMs = 20_000,
   onStdout?: (chunk: string) => void,
+  signal?: AbortSignal,
 ): Promise<WorkloadResult> {
   const script = `
 import { createWorkloadApiClient } from ${JSON.stringify(path.join(root, "spiffe/workloadapi/client.ts"))};
@@ -157,7 +159,10 @@ ${body}
       env: { ...process.env, SPIFFE_ENDPOINT_SOCKET: `unix://${socketPath}` },
       stdio: ["ignore", "pipe", "pipe"],
       ...(as ? { uid: as.uid, gid: as.gid } : {}),
+      ...(signal ? { signal, killSignal: "SIGKILL" as const } : {}),
     });
+    // An abort is reported as the child's 'error'; its 'exit' still resolves.
+    child.on("error", () => undefined);
     let stdout = "";
     let stderr = "";
     child.stdout?.on("data", (d: Buffer) => {

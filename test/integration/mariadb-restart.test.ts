@@ -1,0 +1,231 @@
+/**
+ * MariaDB restarted under load, with two `sigil-server run` processes on it
+ * (a private MariaDB server of this test's own, so the shared one other tests
+ * use at the same time is never disturbed): entries are created through both
+ * servers and an agent syncs with both while the database is shut down and
+ * started again on the same data. A user notices none of it: both servers
+ * stay up and become ready again, every entry whose creation was acknowledged
+ * is stored, each server's entry index holds exactly what the database holds,
+ * the tables pass MariaDB's CHECK TABLE and their own consistency rules, an
+ * entry created after the restart reaches a real agent and its workload, and
+ * the workload's SVID (short-lived, renewed across the restart) never expires,
+ * and gRPC health says SERVING again.
+ */
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { create } from "@bufbuild/protobuf";
+import { credentials } from "@grpc/grpc-js";
+import mysql from "mysql2/promise";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { createUnaryClient } from "../../common/rpc/unary-client.js";
+import { AgentAdmin, EntryAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
+import { AgentAPI } from "../../proto/gen/sigil/agent/v1/agent_pb.js";
+import { EntrySchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
+import { encodePemCertificates } from "../../spiffe/pem.js";
+import { privateMariadbUnavailable, startPrivateMariadb } from "../support/private-mariadb.js";
+import { requireCondition } from "../support/tools.js";
+import { runWorkload, startAgentProcess } from "./support/agent-process.js";
+import { launchServerProcess, testServerConfigYaml, type ServerProcess } from "./support/server-process.js";
+import { attestWithJoinToken, rootsPemFromBundleJson, tlsCredentials, type Attested } from "./support/test-agent.js";
+
+const UID = process.getuid?.() ?? 0;
+const canRun = requireCondition(privateMariadbUnavailable(), "restarting MariaDB under load (a private server)");
+
+interface Update {
+  readonly at: number;
+  readonly svids: { id: string; serial: string; notAfter: number }[];
+}
+
+/** Every table of `database` that CHECK TABLE does not report as OK, with MariaDB's message. */
+async function tablesNotOk(conn: mysql.Connection, database: string): Promise<string[]> {
+  const [tables] = await conn.query<mysql.RowDataPacket[]>("SELECT table_name AS t FROM information_schema.tables WHERE table_schema = ?", [database]);
+  expect(tables.length).toBeGreaterThan(5);
+  const bad: string[] = [];
+  for (const { t } of tables) {
+    const [rows] = await conn.query<mysql.RowDataPacket[]>(`CHECK TABLE \`${database}\`.\`${String(t)}\` EXTENDED`);
+    for (const r of rows) if (r.Msg_type === "error" || (r.Msg_type === "status" && r.Msg_text !== "OK")) bad.push(`${String(t)}: ${String(r.Msg_text)}`);
+  }
+  return bad;
+}
+
+describe.skipIf(!canRun)("two sigil-servers on one MariaDB database restarted under load", () => {
+  const cleanups: Array<() => Promise<void> | void> = [];
+  afterEach(async () => {
+    for (const c of cleanups.splice(0).reverse()) await c();
+  });
+
+  async function startServer(url: string, name: string): Promise<{ srv: ServerProcess; health: string }> {
+    const dir = mkdtempSync(path.join(tmpdir(), `sigil-it-mariadb-${name}-`));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const configPath = path.join(dir, "server.yaml");
+    const yaml = testServerConfigYaml(dir, {
+      keyManager: "disk",
+      dataStore: { databaseType: "mysql", connectionString: url },
+      // Short agent SVIDs, so the agent renews across the restart; the load syncs in a tight loop on purpose.
+      serverExtra: "  agent_ttl: 30s\n  ratelimit:\n    sync: false\n",
+      extraYaml: "health_checks:\n  listener_enabled: true\n  bind_port: 0\n",
+    });
+    writeFileSync(configPath, yaml);
+    const srv = await launchServerProcess(dir, configPath, path.join(dir, "admin", "api.sock"));
+    cleanups.push(() => srv.stop({ keepDir: true }));
+    const started = srv.logs.find((r) => r.msg === "server started");
+    return { srv, health: String(started?.health) };
+  }
+
+  it.skipIf(!canRun)("servers come back ready, nothing is lost or corrupted, new entries reach the workload, its SVID never expires", async () => {
+    const maria = await startPrivateMariadb();
+    cleanups.push(() => maria.stop());
+    const database = `sigil_restart_${randomBytes(4).toString("hex")}`;
+    const url = await maria.createDatabase(database);
+
+    // A first: B's bundle, published at its start, holds A's root too, so an agent attested to A is known to both.
+    const { srv: a, health: healthA } = await startServer(url, "a");
+    const { srv: b, health: healthB } = await startServer(url, "b");
+    const roots = rootsPemFromBundleJson(b.cli(["bundle", "show", "--output", "json"]).stdout);
+    const admin = (s: ServerProcess) => {
+      const c = { entries: createUnaryClient(EntryAdmin, `unix:${s.socketPath}`, credentials.createInsecure()), agents: createUnaryClient(AgentAdmin, `unix:${s.socketPath}`, credentials.createInsecure()) };
+      cleanups.push(() => {
+        c.entries.close();
+        c.agents.close();
+      });
+      return c;
+    };
+    const adminA = admin(a);
+    const adminB = admin(b);
+
+    // The real agent and its workload, with a 30 s SVID renewed at half life: the outage is shorter than that half.
+    const realTok = await adminA.agents.createJoinToken({ ttl: 600 });
+    const webEntry = (name: string) => create(EntrySchema, { spiffeId: `spiffe://example.org/${name}`, parentId: realTok.agentId, selectors: [{ type: "unix", value: `uid:${UID}` }], x509SvidTtl: 30 });
+    expect((await adminA.entries.batchCreateEntry({ entries: [webEntry("web")] })).results[0]?.status?.code).toBe(0);
+    const agent = await startAgentProcess({
+      serverAddress: a.agentApiAddress,
+      bundlePem: roots,
+      joinToken: realTok.token,
+      extraAgentYaml: `  server_addresses: [${a.agentApiAddress}, ${b.agentApiAddress}]\n`,
+    });
+    cleanups.push(() => agent.stop());
+    const ended = new AbortController();
+    let onFirst: () => void = () => undefined;
+    const first = new Promise<void>((r) => (onFirst = r));
+    const workload = runWorkload(
+      agent.socketPath,
+      `const webSerials = new Set();
+       await new Promise((resolve, reject) => {
+         const w = client.watchX509Context((ctx) => {
+           const svids = ctx.svids.map((s) => ({ id: s.id.toString(), serial: s.leaf.serialNumber, notAfter: Date.parse(s.leaf.validTo) }));
+           console.log(JSON.stringify({ at: Date.now(), svids }));
+           for (const s of svids) if (s.id.endsWith("/web")) webSerials.add(s.serial);
+           if (svids.some((s) => s.id.endsWith("/after-restart")) && webSerials.size >= 3) { w.close(); resolve(); }
+         }, (e, info) => { if (info.terminal) reject(e); });
+       });
+       console.log("DONE");`,
+      undefined,
+      150_000,
+      (out) => {
+        if (out.includes("svids")) onFirst();
+      },
+      ended.signal,
+    );
+    cleanups.push(async () => {
+      ended.abort();
+      await workload;
+    });
+    await first;
+
+    // The load: a second agent (the test's own client) whose entries are created through A and B, syncing with both.
+    const loadTok = await adminA.agents.createJoinToken({ ttl: 600 });
+    const loadAgent = await attestWithJoinToken(a.agentApiAddress, roots, loadTok.token);
+    cleanups.push(() => loadAgent.api.close());
+    const identity = { keyPem: loadAgent.key.export({ format: "pem", type: "pkcs8" }).toString(), certPem: encodePemCertificates(loadAgent.chain) };
+    const loadAgentAtB: Attested = { ...loadAgent, api: createUnaryClient(AgentAPI, b.agentApiAddress, tlsCredentials(roots, identity)) };
+    cleanups.push(() => loadAgentAtB.api.close());
+    const loadEntry = (name: string) => create(EntrySchema, { spiffeId: `spiffe://example.org/load/${name}`, parentId: loadTok.agentId, selectors: [{ type: "unix", value: "uid:4242" }] });
+    const acknowledged = new Set<string>();
+    let stop = false;
+    let failures = 0;
+    const load = async (name: string, c: typeof adminA, client: Attested): Promise<void> => {
+      for (let i = 0; !stop; i++) {
+        try {
+          const res = await c.entries.batchCreateEntry({ entries: [loadEntry(`${name}-${i}-0`), loadEntry(`${name}-${i}-1`)] });
+          for (const r of res.results) if (r.status?.code === 0 && r.entry) acknowledged.add(r.entry.id);
+          await client.api.syncAuthorized({});
+        } catch {
+          failures++;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      }
+    };
+    const loads = [load("a", adminA, loadAgent), load("b", adminB, loadAgentAtB)];
+    await vi.waitFor(() => expect(acknowledged.size).toBeGreaterThan(20), { timeout: 30_000, interval: 100 });
+
+    // The load goes on against the servers while the database is down and starts again. Down for
+    // longer than a CA rotation step (10 s) and several change-feed polls, so both meet the outage.
+    await maria.restart({ downForMs: 11_000 });
+    const before = acknowledged.size;
+    await vi.waitFor(() => expect(acknowledged.size).toBeGreaterThan(before + 20), { timeout: 60_000, interval: 100 });
+    stop = true;
+    await Promise.all(loads);
+    expect(failures, "the restart happened under load").toBeGreaterThan(0);
+
+    // Both servers stayed up and are ready again.
+    expect(a.child.exitCode).toBeNull();
+    expect(b.child.exitCode).toBeNull();
+    for (const health of [healthA, healthB]) {
+      await vi.waitFor(async () => expect((await fetch(`${health}/ready`)).status).toBe(200), { timeout: 30_000, interval: 200 });
+    }
+    // gRPC health too (a CA rotation step that failed while the database was down once left it NOT_SERVING for good).
+    for (const srv of [a, b]) {
+      await vi.waitFor(() => {
+        const hc = srv.cli(["healthcheck"]);
+        expect(hc.status, hc.stderr).toBe(0);
+      }, { timeout: 30_000, interval: 1_000 });
+    }
+
+    // Nothing lost: every acknowledged entry is stored.
+    const stored = new Set<string>();
+    let pageToken = "";
+    do {
+      const page = await adminB.entries.listEntries({ pageSize: 1000, pageToken });
+      for (const e of page.entries) if (e.parentId === loadTok.agentId) stored.add(e.id);
+      pageToken = page.nextPageToken;
+    } while (pageToken);
+    for (const id of acknowledged) expect(stored.has(id), id).toBe(true);
+
+    // Nothing corrupted: each server's entry index holds what the database holds…
+    const authorized = async (client: Attested) => new Set((await client.api.syncAuthorized({})).entries.map((e) => e.id));
+    await vi.waitFor(async () => {
+      expect(await authorized(loadAgent)).toEqual(stored);
+      expect(await authorized(loadAgentAtB)).toEqual(stored);
+    }, { timeout: 20_000, interval: 200 });
+    // …and the tables pass MariaDB's own checks and Sigil's row invariants.
+    const conn = await mysql.createConnection({ uri: url });
+    try {
+      expect(await tablesNotOk(conn, database)).toEqual([]);
+      const [miscounted] = await conn.query<mysql.RowDataPacket[]>(
+        "SELECT e.id FROM registration_entries e LEFT JOIN entry_selectors s ON s.owner_row = e.row_id GROUP BY e.row_id, e.id, e.selector_count HAVING COUNT(s.owner_row) <> e.selector_count",
+      );
+      expect(miscounted.map((r) => String(r.id)), "entries whose selector rows do not match their selector_count").toEqual([]);
+      const [[{ n: storedCount }]] = (await conn.query("SELECT COUNT(*) AS n FROM registration_entries WHERE parent_id = ?", [loadTok.agentId])) as unknown as [[{ n: number }]];
+      expect(Number(storedCount)).toBe(stored.size);
+    } finally {
+      await conn.end();
+    }
+
+    // Sync resumed: an entry created through B after the restart reaches the real agent and its workload.
+    expect((await adminB.entries.batchCreateEntry({ entries: [webEntry("after-restart")] })).results[0]?.status?.code).toBe(0);
+    const r = await workload;
+    const updates = r.stdout
+      .split("\n")
+      .filter((l) => l.startsWith('{"at"'))
+      .map((l) => JSON.parse(l) as Update);
+    const problems = agent.logs.filter((l) => l.level === "warn" || l.level === "error").slice(-30);
+    expect(r.stdout.includes("DONE"), `${r.stdout}\n${r.stderr}\n${JSON.stringify(problems, null, 1)}`).toBe(true);
+    expect(updates.at(-1)!.svids.map((s) => s.id).sort()).toEqual(["spiffe://example.org/after-restart", "spiffe://example.org/web"]);
+    // Never expired: every SVID handed out was valid, and each web SVID was replaced before it expired.
+    for (const u of updates) for (const s of u.svids) expect(s.notAfter).toBeGreaterThan(u.at);
+    const webAt = updates.map((u) => ({ at: u.at, notAfter: u.svids.find((s) => s.id.endsWith("/web"))?.notAfter ?? 0 }));
+    for (let i = 1; i < webAt.length; i++) expect(webAt[i - 1]!.notAfter).toBeGreaterThan(webAt[i]!.at);
+  }, 240_000);
+});
