@@ -159,6 +159,8 @@ export function createAgentCore(config: AgentConfig, options: StartAgentOptions)
     intervalMs: a.sync_interval,
     rotationFraction: a.rotation_fraction,
     rotationJitter: a.rotation_jitter,
+    taintBatchSize: a.taint_replacement_batch_size,
+    taintSpreadMs: a.taint_replacement_spread,
     random,
     manual: options.manualSync,
     onProblem: options.onProblem,

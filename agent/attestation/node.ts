@@ -115,6 +115,15 @@ export class NodeIdentity {
   }
 
   /**
+   * Moves the renewal point to `at` when that is sooner (the SVID's chain runs
+   * through a tainted authority); the next {@link NodeIdentity.maintain} at or
+   * after `at` renews it. A renewal installs its own renewal point.
+   */
+  renewBy(at: Date): void {
+    if (at.getTime() < this.#renewAt.getTime()) this.#renewAt = at;
+  }
+
+  /**
    * Renews the SVID now through RenewAgent.
    *
    * @throws SigilError from the server call

@@ -15,6 +15,7 @@ import type { SpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
 import { SigilError } from "../../spiffe/errors.js";
 import type { TrustDomain } from "../../spiffe/id.js";
 import { shouldRenew } from "../rotation/renew-at.js";
+import { jwtKeyId } from "../rotation/taint.js";
 import type { AgentCacheMetrics } from "./cache-metrics.js";
 import type { BundleSnapshot, CachedEntry, CachedIdentity, CachedJwtSvid, CachedX509Svid, WorkloadCache } from "./types.js";
 
@@ -104,6 +105,8 @@ export class AgentCache implements WorkloadCache {
   #bundles: BundleSnapshot | undefined;
   #bundlesKey = "";
   #synced = false;
+  /** Key IDs of tainted JWT keys: tokens they signed are dropped and never cached. */
+  #taintedJwtKeys: ReadonlySet<string> = new Set();
   /** Earliest notAfter (ms) in `#svids`, Infinity when empty; kept by {@link AgentCache.#changed}. */
   #earliestNotAfter = Infinity;
 
@@ -218,6 +221,9 @@ export class AgentCache implements WorkloadCache {
       throw new SigilError("ERR_UNAVAILABLE", `cache: entry ${JSON.stringify(entry.id)} changed on the server (JWT-SVID minted for ${minted.spiffeId}, the agent's entry names ${entry.spiffeId}); retry once the agent has synced`);
     }
     this.#jwts.delete(key);
+    const kid = jwtKeyId(minted.token);
+    // The server had no untainted key to sign with: hand the token out once, but never from the cache.
+    if (kid !== undefined && this.#taintedJwtKeys.has(kid)) return toCachedJwt(minted);
     this.#jwts.set(key, { ...minted, entryId: entry.id, entryRevision: entry.revision });
     const max = this.#opts.jwtCacheMaxSize ?? DEFAULT_JWT_CACHE_MAX_SIZE;
     for (const k of this.#jwts.keys()) {
@@ -299,6 +305,25 @@ export class AgentCache implements WorkloadCache {
       changed = true;
     }
     if (changed) this.#changed();
+  }
+
+  /**
+   * Sets the tainted JWT key IDs and drops every cached JWT-SVID one of them
+   * signed (its header's `kid`): the next fetch mints a new one. Returns how
+   * many were dropped.
+   */
+  setTaintedJwtKeys(keyIds: ReadonlySet<string>): number {
+    this.#taintedJwtKeys = new Set(keyIds);
+    if (keyIds.size === 0) return 0;
+    let dropped = 0;
+    for (const [k, jwt] of this.#jwts) {
+      const kid = jwtKeyId(jwt.token);
+      if (kid !== undefined && keyIds.has(kid)) {
+        this.#jwts.delete(k);
+        dropped++;
+      }
+    }
+    return dropped;
   }
 
   /** Drops SVIDs that have expired at the clock's now; notifies when any was dropped. Returns how many. */

@@ -18,6 +18,10 @@ export class AgentCacheMetrics {
   readonly x509SvidExpiry: Gauge;
   /** `sigil_agent_sync_total{result}`: sync rounds with the server. */
   readonly syncs: Counter<"result">;
+  /** `sigil_agent_taint_replacements_total{svid}`: SVIDs replaced because their chain runs through a tainted authority (`workload` or `agent`). */
+  readonly taintReplacements: Counter<"svid">;
+  /** `sigil_agent_taint_jwt_svids_dropped_total`: cached JWT-SVIDs dropped because a tainted key signed them. */
+  readonly taintJwtDropped: Counter;
 
   constructor(metrics: Metrics) {
     this.cacheSvids = metrics.gauge({ name: "sigil_agent_cache_svids", help: "X509-SVIDs held in the agent's cache." });
@@ -31,6 +35,12 @@ export class AgentCacheMetrics {
       help: "Earliest expiry (notAfter) of the X509-SVIDs in the agent's cache, as a Unix timestamp; 0 when the cache is empty.",
     });
     this.syncs = metrics.counter({ name: "sigil_agent_sync_total", help: "Sync rounds with the server, by result.", labelNames: ["result"] });
+    this.taintReplacements = metrics.counter({
+      name: "sigil_agent_taint_replacements_total",
+      help: "X509-SVIDs replaced ahead of their renewal point because their chain runs through a tainted authority, by svid (workload, agent).",
+      labelNames: ["svid"],
+    });
+    this.taintJwtDropped = metrics.counter({ name: "sigil_agent_taint_jwt_svids_dropped_total", help: "Cached JWT-SVIDs dropped because a tainted JWT key signed them." });
   }
 
   /** Records the cache's SVID count and earliest expiry. */

@@ -29,6 +29,8 @@ agent:
   sync_interval: 5s
   rotation_fraction: 0.5
   rotation_jitter: 0.1
+  taint_replacement_spread: 10s
+  taint_replacement_batch_size: 100
   workload_attestation_timeout: 5s
   allow_unauthenticated_verifiers: false
 health_checks:

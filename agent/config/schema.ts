@@ -13,6 +13,7 @@ import { isSigilError } from "../../spiffe/errors.js";
 import { MAX_UNIX_SOCKET_PATH_BYTES, parseEndpointAddress, unixSocketPathLengthProblem } from "../../spiffe/workloadapi/address.js";
 import { DEFAULT_MAX_CALLS_PER_UID } from "../endpoints/call-limit.js";
 import { parseHostPort } from "../sync/server-addresses.js";
+import { DEFAULT_TAINT_BATCH_SIZE } from "../rotation/taint.js";
 import { DEFAULT_MAX_CONNECTIONS_PER_UID } from "../endpoints/server.js";
 
 /** Default Workload API socket (SPIRE's path with `sigil-agent`). */
@@ -130,6 +131,18 @@ const agentSection = z
     sync_interval: duration({ minMs: 100 }).prefault("5s").describe("How often the agent syncs entries and bundles with the server. Failed syncs back off exponentially up to min(8m, 48 × sync_interval)."),
     rotation_fraction: fraction("rotation_fraction").default(0.5).describe("Fraction of an SVID's lifetime after which it is renewed (0.5: at half life)."),
     rotation_jitter: z.number().min(0).max(0.5).default(0.1).describe("Random spread of the renewal point, as a fraction of it (0.1: ±10%), so agents do not renew in lockstep."),
+    taint_replacement_spread: duration()
+      .prefault("10s")
+      .describe(
+        "When the server reports a tainted authority, the agent replaces every SVID under it at once, in batches each sent at a random point of this window, so a fleet told in the same second does not ask in the same second. The server then signs about (agents × SVIDs per agent) / spread per second: 10,000 agents with 10 SVIDs each over 10s is 10,000 SVIDs per second. Raise it for larger fleets or slower signing; keep it well under the shortest SVID TTL's remaining half. The old SVIDs stay served until their replacements arrive.",
+      ),
+    taint_replacement_batch_size: z
+      .number()
+      .int()
+      .min(1)
+      .max(1000)
+      .default(DEFAULT_TAINT_BATCH_SIZE)
+      .describe("Most X509-SVIDs in one replacement request after a taint; each batch gets its own random point of `taint_replacement_spread`."),
     workload_attestation_timeout: duration({ minMs: 1 }).prefault("5s").describe("How long workload attestation of one Workload API caller may take."),
     max_workload_connections_per_uid: z
       .number()

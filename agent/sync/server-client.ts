@@ -85,6 +85,36 @@ export interface SyncResult {
   readonly bundles: readonly SpiffeBundle[];
   /** Set when the answer is relative to `knownRevision`: the IDs of the entries no longer authorized. */
   readonly delta?: { readonly removedEntryIds: readonly string[] } | undefined;
+  /**
+   * The own trust domain's tainted authorities, in full in every answer that
+   * is not `notModified` (the revision covers them); undefined then.
+   */
+  readonly taint?: TaintSet | undefined;
+}
+
+/** Tainted authorities as the server sends them. */
+export interface TaintSet {
+  /** Lower-case hex SHA-256 of each tainted X.509 CA certificate's SubjectPublicKeyInfo. */
+  readonly x509SpkiSha256: ReadonlySet<string>;
+  /** Key IDs of tainted JWT signing keys. */
+  readonly jwtKeyIds: ReadonlySet<string>;
+}
+
+const SPKI_SHA256_HEX = /^[0-9a-f]{64}$/;
+
+/**
+ * Reads the taint fields of a SyncAuthorized answer.
+ *
+ * @throws SigilError `ERR_INTERNAL` naming the field when a value is malformed
+ */
+export function parseTaintSet(x509: readonly string[], jwt: readonly string[]): TaintSet {
+  x509.forEach((v, i) => {
+    if (!SPKI_SHA256_HEX.test(v)) throw new SigilError("ERR_INTERNAL", `sync: SyncAuthorized: malformed response: tainted_x509_authorities[${i}] is not a lower-case hex SHA-256`);
+  });
+  jwt.forEach((v, i) => {
+    if (v.length === 0) throw new SigilError("ERR_INTERNAL", `sync: SyncAuthorized: malformed response: tainted_jwt_keys[${i}] is empty`);
+  });
+  return { x509SpkiSha256: new Set(x509), jwtKeyIds: new Set(jwt) };
 }
 
 /** An open WatchChanges stream. */
@@ -376,6 +406,7 @@ export class GrpcServerClient implements ServerClient {
   async sync(knownRevision: string, acceptDelta = false): Promise<SyncResult> {
     const res = await this.#call("SyncAuthorized", (api) => api.syncAuthorized({ knownRevision, acceptDelta }, { deadlineMs: this.#opts.deadlineMs ?? 30_000 }));
     if (res.notModified) return { notModified: true, revision: res.revision, entries: [], bundles: [] };
+    const taint = parseTaintSet(res.taintedX509Authorities, res.taintedJwtKeys);
     let entries: SyncedEntry[];
     let bundles: SpiffeBundle[];
     try {
@@ -389,13 +420,13 @@ export class GrpcServerClient implements ServerClient {
       if (bundles.length > 0 && bundles[0]?.trustDomain.name !== this.#opts.trustDomain.name) {
         throw new SigilError("ERR_INTERNAL", `sync: SyncAuthorized: the first bundle is not the one of ${this.#opts.trustDomain.name}`);
       }
-      return { notModified: false, revision: res.revision, entries, bundles, delta: { removedEntryIds: [...res.removedEntryIds] } };
+      return { notModified: false, revision: res.revision, entries, bundles, delta: { removedEntryIds: [...res.removedEntryIds] }, taint };
     }
     const own = bundles[0];
     if (!own || own.trustDomain.name !== this.#opts.trustDomain.name) {
       throw new SigilError("ERR_INTERNAL", `sync: SyncAuthorized: the first bundle is not the one of ${this.#opts.trustDomain.name}`);
     }
-    return { notModified: false, revision: res.revision, entries, bundles };
+    return { notModified: false, revision: res.revision, entries, bundles, taint };
   }
 
   async batchNewX509Svid(params: readonly X509SvidParams[]): Promise<X509SvidResult[]> {

@@ -11,6 +11,13 @@
  *    the public keys in batches to BatchNewX509SVID;
  * 5. applies everything to the cache in one update (one notification).
  *
+ * Taint: every answer that is not "not modified" carries the tainted
+ * authorities. Each cached SVID whose chain runs through one (and the agent's
+ * own) is replaced at once instead of at its renewal point, in batches of
+ * `taintBatchSize` spread at random over `taintSpreadMs` (see
+ * `rotation/taint.ts`); the old SVID is served until its replacement is in
+ * the cache. Cached JWT-SVIDs signed by a tainted key are dropped.
+ *
  * Rounds run every `sync_interval`, and at once when the server pushes a
  * change notice (`change-watch.ts` calls {@link SyncLoop.syncNow}); after failures the delay doubles up to
  * min(8m, 48 × interval), and a server that rate-limits the agent is not
@@ -40,7 +47,8 @@ import { nextSyncDelayMs } from "../rotation/backoff.js";
 import { renewAt } from "../rotation/renew-at.js";
 import type { AgentStateStore } from "../storage/agent-state-store.js";
 import { ServerPushback } from "./pushback.js";
-import type { ServerClient, SyncedEntry, SyncResult, X509SvidParams } from "./server-client.js";
+import type { ServerClient, SyncedEntry, SyncResult, TaintSet, X509SvidParams } from "./server-client.js";
+import { DEFAULT_TAINT_BATCH_SIZE, DEFAULT_TAINT_SPREAD_MS, NO_TAINT, planTaintReplacements, sameTaint, TaintMatcher, type TaintedItem } from "../rotation/taint.js";
 
 /** Most X509-SVIDs requested in one BatchNewX509SVID call (SPIRE starts at 500). */
 export const DEFAULT_SVID_BATCH_SIZE = 500;
@@ -74,6 +82,10 @@ export interface SyncLoopOptions {
   readonly acceptDelta?: boolean;
   /** Called after every round (the change watch follows the client's current server). */
   readonly onRound?: ((outcome: SyncOutcome) => void) | undefined;
+  /** Most SVIDs per request when replacing under a taint (default {@link DEFAULT_TAINT_BATCH_SIZE}). */
+  readonly taintBatchSize?: number;
+  /** Window over which taint replacement batches are spread at random (ms, default {@link DEFAULT_TAINT_SPREAD_MS}). */
+  readonly taintSpreadMs?: number;
 }
 
 /**
@@ -111,17 +123,18 @@ export interface SyncOutcome {
 }
 
 /** Why an entry needs a new SVID now, or undefined when it does not. */
-export type RenewalReason = "new" | "entry-changed" | "due" | "expired";
+export type RenewalReason = "new" | "entry-changed" | "due" | "expired" | "tainted";
 
 /**
  * Whether an entry's SVID must be (re)issued at `now`: none yet, issued for an
  * older entry revision, expired, or past its renewal point. Pure.
  */
-export function renewalReason(entry: CachedEntry, state: CachedSvidState | undefined, now: Date): RenewalReason | undefined {
+export function renewalReason(entry: CachedEntry, state: CachedSvidState | undefined, now: Date, taintedAt?: Date): RenewalReason | undefined {
   if (!state) return "new";
   if (state.entryRevision !== entry.revision) return "entry-changed";
   if (state.svid.notAfter.getTime() <= now.getTime()) return "expired";
   if (now.getTime() >= state.renewAt.getTime()) return "due";
+  if (taintedAt !== undefined && now.getTime() >= taintedAt.getTime()) return "tainted";
   return undefined;
 }
 
@@ -139,6 +152,16 @@ export class SyncLoop {
   #lastSuccess: Date | undefined;
   #standing: Standing = { kind: "attested" };
   readonly #pushback: ServerPushback;
+  /** The tainted authorities of the last answer that carried them. */
+  #taint: TaintSet = NO_TAINT;
+  /** SVIDs (cached objects, the agent's own included) already judged under `#taint`: each is planned at most once. */
+  #taintJudged = new WeakSet<object>();
+  /** Covered entries and when their replacement is asked for. */
+  readonly #taintPlan = new Map<string, Date>();
+  /** Entries replaced under `#taint`: a server still signing with a tainted key must not start a loop. */
+  readonly #taintReplaced = new Set<string>();
+  #taintMatcher: { readonly authorities: readonly Uint8Array[]; readonly matcher: TaintMatcher } | undefined;
+  #replaceTimer: NodeJS.Timeout | undefined;
 
   constructor(options: SyncLoopOptions) {
     this.#o = options;
@@ -195,6 +218,8 @@ export class SyncLoop {
     this.#started = false;
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = undefined;
+    if (this.#replaceTimer) clearTimeout(this.#replaceTimer);
+    this.#replaceTimer = undefined;
     await this.#queued?.catch(() => undefined);
     await this.#running?.catch(() => undefined);
   }
@@ -210,6 +235,7 @@ export class SyncLoop {
         return outcome;
       }).finally(() => {
         this.#running = undefined;
+        this.#armReplacement();
       });
       return this.#running;
     }
@@ -225,6 +251,40 @@ export class SyncLoop {
     return this.syncNow();
   }
 
+  /** SVIDs planned for replacement under a taint and not replaced yet (for tests and `/ready` detail). */
+  get pendingTaintReplacements(): number {
+    return this.#taintPlan.size;
+  }
+
+  /**
+   * Runs a replacement round at the earliest planned taint replacement (or
+   * the agent SVID's moved renewal point). It skips the sync call: a batch
+   * spread costs the server signatures, not syncs.
+   */
+  #armReplacement(): void {
+    if (this.#replaceTimer) clearTimeout(this.#replaceTimer);
+    this.#replaceTimer = undefined;
+    if (!this.#started || this.#standing.kind === "evicted") return;
+    let earliest = Infinity;
+    for (const at of this.#taintPlan.values()) earliest = Math.min(earliest, at.getTime());
+    const identity = this.#o.identity;
+    if (identity && this.#ownTaintRenewal !== undefined && identity.current() === this.#ownTaintRenewal) earliest = Math.min(earliest, identity.renewAt.getTime());
+    if (earliest === Infinity) return;
+    // Not before the server's retry hint: the round would only wait for it.
+    const delay = Math.max(0, earliest - this.#o.clock.now().getTime(), this.#pushback.remainingMs());
+    this.#replaceTimer = setTimeout(() => {
+      this.#replaceTimer = undefined;
+      if (this.#running) return; // that round re-arms when it ends
+      this.#running = this.#round("replace").then((outcome) => {
+        this.#o.onRound?.(outcome);
+        return outcome;
+      }).finally(() => {
+        this.#running = undefined;
+        this.#armReplacement();
+      });
+    }, delay);
+  }
+
   #schedule(delayMs: number): void {
     if (!this.#started) return;
     this.#timer = setTimeout(() => {
@@ -236,7 +296,7 @@ export class SyncLoop {
     }, delayMs);
   }
 
-  async #round(): Promise<SyncOutcome> {
+  async #round(kind: "sync" | "replace" = "sync"): Promise<SyncOutcome> {
     const { cache, client, clock, log } = this.#o;
     cache.dropExpired();
     const standing = this.#standing;
@@ -252,7 +312,12 @@ export class SyncLoop {
       agentSvid = "reattested";
     } else if (this.#o.identity) {
       try {
+        const before = this.#o.identity.current();
         agentSvid = await this.#o.identity.maintain();
+        if (agentSvid !== "none" && before !== undefined && before === this.#ownTaintRenewal) {
+          this.#ownTaintRenewal = undefined;
+          this.#o.metrics?.taintReplacements.inc({ svid: "agent" });
+        }
       } catch (e) {
         if (isEvictionError(e)) return this.#evicted(e, "error");
         agentSvid = "error";
@@ -261,6 +326,13 @@ export class SyncLoop {
         const current = this.#o.identity.current();
         if (!current || current.notAfter.getTime() <= clock.now().getTime()) return this.#failed(e, agentSvid);
       }
+    }
+
+    if (kind === "replace") {
+      const { rotated, failed, error } = await this.#rotate();
+      if (error !== undefined && isEvictionError(error)) return this.#evicted(error, agentSvid);
+      if (error !== undefined) return this.#failed(error, agentSvid, { rotated, failed, notModified: true });
+      return { ok: true, notModified: true, rotated, failed, agentSvid };
     }
 
     let res;
@@ -295,6 +367,8 @@ export class SyncLoop {
     } else {
       cache.update({ synced: true });
     }
+    if (res.taint) this.#applyTaint(res.taint);
+    this.#planTaint();
 
     const { rotated, failed, error } = await this.#rotate();
     if (error !== undefined && isEvictionError(error)) return this.#evicted(error, agentSvid);
@@ -304,6 +378,69 @@ export class SyncLoop {
     this.#o.metrics?.syncs.inc({ result: "success" });
     return { ok: true, notModified: res.notModified, rotated, failed, agentSvid };
   }
+
+  /** Takes a new taint set: SVIDs judged under the old one are judged again; tainted JWT-SVIDs are dropped. */
+  #applyTaint(taint: TaintSet): void {
+    if (sameTaint(taint, this.#taint)) return;
+    this.#taint = taint;
+    this.#taintJudged = new WeakSet();
+    this.#taintPlan.clear();
+    this.#taintReplaced.clear();
+    this.#taintMatcher = undefined;
+    const dropped = this.#o.cache.setTaintedJwtKeys(taint.jwtKeyIds);
+    if (dropped > 0) this.#o.metrics?.taintJwtDropped.inc(dropped);
+    this.#o.log?.warn(
+      { tainted_x509_authorities: [...taint.x509SpkiSha256], tainted_jwt_keys: [...taint.jwtKeyIds], jwt_svids_dropped: dropped },
+      "sync: the server reports tainted authorities; replacing the SVIDs they signed",
+    );
+  }
+
+  /**
+   * Plans the replacement of every SVID not judged yet under the current
+   * taint whose chain runs through a tainted authority, and moves the agent
+   * SVID's renewal point when it is covered.
+   */
+  #planTaint(): void {
+    const { cache, clock, identity, log } = this.#o;
+    if (this.#taint.x509SpkiSha256.size === 0) return;
+    let authorities: readonly Uint8Array[] = [];
+    try {
+      authorities = cache.bundles().own.x509Authorities;
+    } catch {
+      // No bundle yet: intermediates in the chains still identify a tainted CA.
+    }
+    if (this.#taintMatcher?.authorities !== authorities) this.#taintMatcher = { authorities, matcher: new TaintMatcher(this.#taint.x509SpkiSha256, authorities) };
+    const matcher = this.#taintMatcher.matcher;
+    const now = clock.now();
+    const random = this.#o.random ?? Math.random;
+    const spreadMs = this.#o.taintSpreadMs ?? DEFAULT_TAINT_SPREAD_MS;
+    const covered: TaintedItem[] = [];
+    for (const entry of cache.entries()) {
+      const state = cache.svidState(entry.id);
+      if (!state || this.#taintJudged.has(state.svid) || this.#taintReplaced.has(entry.id)) continue;
+      this.#taintJudged.add(state.svid);
+      if (matcher.covers(state.svid.chain)) covered.push({ id: entry.id, notAfter: state.svid.notAfter });
+    }
+    if (covered.length > 0) {
+      const plan = planTaintReplacements(covered, now, { batchSize: this.#o.taintBatchSize ?? DEFAULT_TAINT_BATCH_SIZE, spreadMs }, random);
+      for (const [id, at] of plan) this.#taintPlan.set(id, at);
+      const last = Math.max(...[...plan.values()].map((d) => d.getTime()));
+      log?.info({ svids: covered.length, last_request_at: new Date(last).toISOString() }, "sync: X509-SVIDs under a tainted authority; replacing them now (the old ones are served until then)");
+    }
+    const own = identity?.current();
+    if (own && !this.#taintJudged.has(own)) {
+      this.#taintJudged.add(own);
+      if (matcher.covers(own.chain)) {
+        const at = new Date(now.getTime() + Math.floor(Math.min(Math.max(random(), 0), 1) * spreadMs));
+        identity?.renewBy(at);
+        this.#ownTaintRenewal = own;
+        log?.info({ agent_id: own.spiffeId, renew_at: at.toISOString() }, "sync: the agent SVID is under a tainted authority; renewing it now");
+      }
+    }
+  }
+
+  /** The agent SVID a taint moved the renewal of, until it is renewed. */
+  #ownTaintRenewal: object | undefined;
 
   /** The full entry set after `res`: its entries, or the held ones with its delta applied. */
   #merge(res: SyncResult): SyncedEntry[] {
@@ -397,19 +534,26 @@ export class SyncLoop {
     const { cache, client, clock, log, metrics } = this.#o;
     const now = clock.now();
     const due: { entry: CachedEntry; reason: RenewalReason }[] = [];
+    const tainted: { entry: CachedEntry; reason: RenewalReason }[] = [];
     for (const entry of cache.entries()) {
-      const reason = renewalReason(entry, cache.svidState(entry.id), now);
-      if (reason) due.push({ entry, reason });
+      const reason = renewalReason(entry, cache.svidState(entry.id), now, this.#taintPlan.get(entry.id));
+      if (reason === "tainted") tainted.push({ entry, reason });
+      else if (reason) due.push({ entry, reason });
     }
-    if (due.length === 0) return { rotated: 0, failed: 0 };
-    const batchSize = this.#o.batchSize ?? DEFAULT_SVID_BATCH_SIZE;
+    // Entries gone from the cache, or renewed on their own meanwhile, leave the plan.
+    for (const id of this.#taintPlan.keys()) {
+      const state = cache.svidState(id);
+      if (!state || !this.#taintJudged.has(state.svid)) this.#taintPlan.delete(id);
+    }
+    if (due.length === 0 && tainted.length === 0) return { rotated: 0, failed: 0 };
+    const chunks = [...chunked(due, this.#o.batchSize ?? DEFAULT_SVID_BATCH_SIZE), ...chunked(tainted, this.#o.taintBatchSize ?? DEFAULT_TAINT_BATCH_SIZE)];
     let rotated = 0;
     let failed = 0;
     let error: unknown;
-    for (let i = 0; i < due.length; i += batchSize) {
+    for (const part of chunks) {
       // The server asked to wait: the rest is requested once the hint has passed.
       if (this.#pushback.until) break;
-      const chunk = due.slice(i, i + batchSize).map((d) => ({ ...d, ...generateKeyPair("ec-p256") }));
+      const chunk = part.map((d) => ({ ...d, ...generateKeyPair("ec-p256") }));
       const params: X509SvidParams[] = chunk.map((c) => ({
         entryId: c.entry.id,
         publicKey: new Uint8Array(c.publicKey.export({ format: "der", type: "spki" })),
@@ -446,6 +590,10 @@ export class SyncLoop {
           });
           rotated++;
           metrics?.rotations.inc({ result: "success" });
+          if (this.#taintPlan.delete(d.entry.id)) {
+            this.#taintReplaced.add(d.entry.id);
+            metrics?.taintReplacements.inc({ svid: "workload" });
+          }
           log?.debug({ entry_id: d.entry.id, spiffe_id: d.entry.spiffeId, reason: d.reason, expires_at: leaf.notAfter.toISOString() }, "sync: X509-SVID obtained");
         } catch (e) {
           failed++;
@@ -457,6 +605,13 @@ export class SyncLoop {
     }
     return error === undefined ? { rotated, failed } : { rotated, failed, error };
   }
+}
+
+function chunked<T>(items: readonly T[], size: number): T[][] {
+  const n = Math.max(1, Math.floor(size));
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += n) out.push(items.slice(i, i + n));
+  return out;
 }
 
 /** A round that did not call the server. */

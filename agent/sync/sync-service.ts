@@ -39,6 +39,10 @@ export interface SyncServiceDeps {
   readonly intervalMs: number;
   readonly rotationFraction: number;
   readonly rotationJitter: number;
+  /** `agent.taint_replacement_batch_size`. */
+  readonly taintBatchSize?: number | undefined;
+  /** `agent.taint_replacement_spread` (ms). */
+  readonly taintSpreadMs?: number | undefined;
   readonly random: () => number;
   /** Do not start the periodic rounds nor the change stream (tests call `syncNow`). */
   readonly manual?: boolean | undefined;
@@ -91,6 +95,8 @@ export class SyncService implements Service {
       intervalMs: d.intervalMs,
       rotationFraction: d.rotationFraction,
       rotationJitter: d.rotationJitter,
+      ...(d.taintBatchSize !== undefined ? { taintBatchSize: d.taintBatchSize } : {}),
+      ...(d.taintSpreadMs !== undefined ? { taintSpreadMs: d.taintSpreadMs } : {}),
       random: d.random,
       onRound: () => this.#watcher?.follow(),
     });

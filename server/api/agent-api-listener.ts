@@ -28,7 +28,7 @@ import { Issuer } from "../issuance/issuer.js";
 import type { EntryIndex } from "../registration/entry-index.js";
 import type { IndexedRecord } from "../registration/entry-index-feed.js";
 import type { ChangeFeed } from "../datastore/change-feed.js";
-import { createAgentApi } from "./agent-api.js";
+import { canonicalTaint, createAgentApi, type TaintedAuthorities } from "./agent-api.js";
 import { AgentSyncHistory } from "./agent-sync-history.js";
 import { ChangeNotifier } from "./change-notifier.js";
 import type { MemoryCertificateProvider } from "./cert-provider.js";
@@ -123,7 +123,10 @@ export class AgentApiListener implements Service {
     const now = (): Date => d.clock.now();
     const attestors = (this.#attestors = new Map(this.#plugins.add(createPlugins("server", PLUGIN_CATALOG.NodeAttestor, d.nodeAttestors, { trustDomain: d.trustDomain, store: datastore })).map((a) => [a.name, a])));
     const issuer = new Issuer({ ca, datastore, metrics: d.metrics, now, defaultX509TtlMs: d.defaultX509TtlMs, defaultJwtTtlMs: d.defaultJwtTtlMs });
-    const notifier = (this.#notifier = new ChangeNotifier({ index: d.entries.index, bundle: () => ca.bundle(), now, log: d.log }));
+    // Typed structurally: the CA manager reports taints once the authority commands exist.
+    const taintSource = ca as { taintedAuthorities?: () => TaintedAuthorities };
+    const taintedAuthorities = (): TaintedAuthorities => taintSource.taintedAuthorities?.() ?? { x509SpkiSha256: [], jwtKeyIds: [] };
+    const notifier = (this.#notifier = new ChangeNotifier({ index: d.entries.index, bundle: () => ca.bundle(), taint: () => canonicalTaint(taintedAuthorities()).key, now, log: d.log }));
     this.#unsubscribeFeed = d.feed.subscribe({
       onEvent: (e) => {
         if (e.kind !== "agent" || !notifier.watching(e.objectId)) return;
@@ -147,6 +150,7 @@ export class AgentApiListener implements Service {
       rateLimits: d.rateLimits,
       syncHistory: new AgentSyncHistory(),
       notifier,
+      taintedAuthorities,
     });
     const server = new Server({ interceptors: [rpcMetricsInterceptor(d.metrics)], "grpc.max_receive_message_length": MAX_RECEIVE_MESSAGE_BYTES });
     server.addService(grpcServiceDefinition(AgentAPI), api);

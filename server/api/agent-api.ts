@@ -92,6 +92,30 @@ export interface AgentApiDeps {
   readonly syncHistory: AgentSyncHistory;
   /** Pushes change notices on WatchChanges streams. */
   readonly notifier: ChangeNotifier;
+  /**
+   * The own trust domain's tainted authorities (the CA manager's), sent to
+   * agents in every sync answer; omitted: none are tainted.
+   */
+  readonly taintedAuthorities?: (() => TaintedAuthorities) | undefined;
+}
+
+/** Tainted authorities as the CA manager reports them. */
+export interface TaintedAuthorities {
+  /** Lower-case hex SHA-256 of each tainted X.509 CA certificate's SubjectPublicKeyInfo (DER). */
+  readonly x509SpkiSha256: readonly string[];
+  /** Key IDs (`kid`) of tainted JWT signing keys. */
+  readonly jwtKeyIds: readonly string[];
+}
+
+/**
+ * The taint set in a canonical order, and its key for revisions and change
+ * digests ("" when nothing is tainted, so revisions are unchanged then).
+ */
+export function canonicalTaint(t: TaintedAuthorities | undefined): { readonly x509: string[]; readonly jwt: string[]; readonly key: string } {
+  const x509 = [...new Set(t?.x509SpkiSha256 ?? [])].sort();
+  const jwt = [...new Set(t?.jwtKeyIds ?? [])].sort();
+  const key = x509.length + jwt.length === 0 ? "" : `taint:${x509.join(",")}|${JSON.stringify(jwt)}`;
+  return { x509, jwt, key };
 }
 
 /** The `limit` label of `sigil_rate_limited_requests_total`. */
@@ -316,7 +340,12 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       let bundlesKey = "";
       for (const b of [own, ...federated]) if (b) bundlesKey += `${b.trustDomain}#${b.sequence}@${b.updatedAt.getTime()};`;
       h.update(bundlesKey);
+      // A taint changes nothing the agent syncs but what it must replace: the revision covers it, so an
+      // agent holding the last one is never answered not_modified across a taint change.
+      const taint = canonicalTaint(deps.taintedAuthorities?.());
+      h.update(taint.key);
       const revision = h.digest("base64url");
+      const tainted = { taintedX509Authorities: taint.x509, taintedJwtKeys: taint.jwt };
       const agentId = agent.id.toString();
       if (req.knownRevision === revision) {
         deps.syncHistory.remember(agentId, revision, entries, bundlesKey);
@@ -332,6 +361,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
             entries: delta.changed.map(wireEntry),
             removedEntryIds: [...delta.removedIds],
             bundles: delta.bundlesChanged ? [own, ...federated].filter((b) => b !== undefined).map(wireBundle) : [],
+            ...tainted,
           }),
           caller: agentId,
           details: { entries: entries.length, changed: delta.changed.length, removed: delta.removedIds.length },
@@ -342,6 +372,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
           revision,
           entries: entries.map(wireEntry),
           bundles: [own, ...federated].filter((b) => b !== undefined).map(wireBundle),
+          ...tainted,
         }),
         caller: agent.id.toString(),
         details: { entries: entries.length },

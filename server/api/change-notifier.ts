@@ -2,7 +2,7 @@
  * Pushed change notices (AgentAPI WatchChanges). Each agent may hold one
  * stream; a newer stream of the same agent ends the older one, and the total
  * is bounded. The notifier watches the entry index's generation and the CA's
- * bundle (both cheap to compare) on a short tick; when either moved it
+ * bundle (both cheap to compare), and the tainted authorities, on a short tick; when any moved it
  * recomputes, for each watching agent, a digest of the entries it is
  * authorized for, and pushes a notice only to the agents whose digest
  * changed. The agent then syncs at once; its periodic poll stays as the
@@ -54,6 +54,11 @@ export interface ChangeNotifierDeps {
   readonly index: EntryIndex<IndexedRecord>;
   /** The CA's current bundle: a new object whenever it changes. */
   readonly bundle: () => unknown;
+  /**
+   * A key of the tainted authorities (see `canonicalTaint`); when it moves,
+   * every agent is sent a notice (each must replace what the taint covers).
+   */
+  readonly taint?: (() => string) | undefined;
   readonly now: () => Date;
   readonly log: Logger;
   /** Default {@link DEFAULT_MAX_WATCHERS}. */
@@ -69,6 +74,7 @@ export class ChangeNotifier {
   #generation = -1;
   #bundle: unknown;
   #bundleEpoch = 0;
+  #taint = "";
   /** The earliest `expiresAt` of the streams (ms); a sweep is due once the clock reaches it. */
   #nextExpiry = Infinity;
   #timer: NodeJS.Timeout | undefined;
@@ -197,10 +203,12 @@ export class ChangeNotifier {
   #observe(): boolean {
     const gen = this.#d.index.generation;
     const bundle = this.#d.bundle();
-    if (gen === this.#generation && bundle === this.#bundle) return false;
+    const taint = this.#d.taint?.() ?? "";
+    if (gen === this.#generation && bundle === this.#bundle && taint === this.#taint) return false;
     if (bundle !== this.#bundle) this.#bundleEpoch++;
     this.#generation = gen;
     this.#bundle = bundle;
+    this.#taint = taint;
     return true;
   }
 
@@ -221,6 +229,7 @@ export class ChangeNotifier {
     const h = createHash("sha256");
     for (const e of authorizedEntries(this.#d.index, agentId, record, this.#d.now())) h.update(`${e.id}@${e.revision};`);
     h.update(`b${this.#bundleEpoch}`);
+    h.update(this.#taint);
     return h.digest("base64url").slice(0, 22);
   }
 }

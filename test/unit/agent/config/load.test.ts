@@ -58,6 +58,8 @@ describe("agent config", () => {
       sync_interval: 5_000,
       rotation_fraction: 0.5,
       rotation_jitter: 0.1,
+      taint_replacement_spread: 10_000,
+      taint_replacement_batch_size: 100,
       workload_attestation_timeout: 5_000,
       max_workload_connections_per_uid: 1024,
       max_workload_calls_per_uid: 1024,
