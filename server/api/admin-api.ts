@@ -1,6 +1,6 @@
 /**
  * Sigil's admin API (`sigil.admin.v1`): entries, agents and join tokens,
- * bundles, federation relationships, and one-off SVIDs, served on the server's local Unix socket.
+ * bundles, federation relationships, one-off SVIDs and the transparency log's proofs, served on the server's local Unix socket.
  * Who may connect is decided by the socket's file permissions; every call is
  * audited (method, outcome, non-secret request facts, and the caller's uid,
  * gid, pid and binary through `deps.callerOf`) when auditing is on.
@@ -13,9 +13,10 @@
  * server.addService(grpcServiceDefinition(BundleAdmin), admin.bundle);
  * server.addService(grpcServiceDefinition(SvidAdmin), admin.svid);
  * server.addService(grpcServiceDefinition(FederationAdmin), admin.federation);
+ * server.addService(grpcServiceDefinition(LogAdmin), admin.log);
  * ```
  */
-import { AgentAdmin, BundleAdmin, EntryAdmin, FederationAdmin, SvidAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
+import { AgentAdmin, BundleAdmin, EntryAdmin, FederationAdmin, LogAdmin, SvidAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
 import type { GrpcServiceImplementation } from "../../spiffe/grpc/service.js";
 import { Issuer } from "../issuance/issuer.js";
 import { createAgentAdmin } from "./admin/agent.js";
@@ -23,6 +24,7 @@ import { createBundleAdmin } from "./admin/bundle.js";
 import type { AdminApiDeps } from "./admin/common.js";
 import { createEntryAdmin } from "./admin/entry.js";
 import { createFederationAdmin } from "./admin/federation.js";
+import { createLogAdmin } from "./admin/log.js";
 import { createSvidAdmin } from "./admin/svid.js";
 import { createParentResolver } from "./parent-resolver.js";
 import { createUnaryWrapper } from "./unary.js";
@@ -39,6 +41,7 @@ export interface AdminApi {
   readonly bundle: GrpcServiceImplementation<(typeof BundleAdmin)["method"]>;
   readonly svid: GrpcServiceImplementation<(typeof SvidAdmin)["method"]>;
   readonly federation: GrpcServiceImplementation<(typeof FederationAdmin)["method"]>;
+  readonly log: GrpcServiceImplementation<(typeof LogAdmin)["method"]>;
 }
 
 /** Builds the admin API. */
@@ -52,5 +55,6 @@ export function createAdminApi(deps: AdminApiDeps): AdminApi {
     bundle: createBundleAdmin(deps, wrapper(BundleAdmin.typeName)),
     svid: createSvidAdmin(deps, wrapper(SvidAdmin.typeName), new Issuer(deps)),
     federation: createFederationAdmin(deps, wrapper(FederationAdmin.typeName)),
+    log: createLogAdmin(deps.tlog, wrapper(LogAdmin.typeName)),
   };
 }

@@ -9,12 +9,13 @@ import { addHealthService, type HealthService } from "../../common/health/grpc-h
 import type { Logger } from "../../common/log.js";
 import { rpcMetricsInterceptor, type Metrics } from "../../common/metrics.js";
 import type { Service } from "../../common/service.js";
-import { AgentAdmin, BundleAdmin, EntryAdmin, FederationAdmin, SvidAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
+import { AgentAdmin, BundleAdmin, EntryAdmin, FederationAdmin, LogAdmin, SvidAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
 import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
 import type { TrustDomain } from "../../spiffe/id.js";
 import type { CaManager } from "../ca/manager.js";
 import type { Datastore } from "../datastore/index.js";
 import type { FederationControl } from "../federation/poller.js";
+import type { TlogReadView } from "../tlog/types.js";
 import { createAdminApi } from "./admin-api.js";
 import { createAdminCallers, serveAdminSocket, type AdminSocket } from "./admin-socket.js";
 
@@ -40,6 +41,8 @@ export interface AdminListenerDeps {
   readonly issuesAgentId?: ((id: string) => boolean) | undefined;
   /** The `federation` service, started before this one. */
   readonly federation?: FederationControl | undefined;
+  /** The transparency log's read side, when `transparency_log.enabled`. */
+  readonly tlog?: TlogReadView | undefined;
 }
 
 /** The `admin-socket` service; see the module comment. */
@@ -69,6 +72,7 @@ export class AdminListener implements Service {
       callerOf: (call) => callers.callerOf(call),
       issuesAgentId: d.issuesAgentId,
       federation: d.federation,
+      tlog: d.tlog,
     });
     const server = new Server({ interceptors: [rpcMetricsInterceptor(d.metrics)] });
     server.addService(grpcServiceDefinition(EntryAdmin), admin.entry);
@@ -76,6 +80,7 @@ export class AdminListener implements Service {
     server.addService(grpcServiceDefinition(BundleAdmin), admin.bundle);
     server.addService(grpcServiceDefinition(SvidAdmin), admin.svid);
     server.addService(grpcServiceDefinition(FederationAdmin), admin.federation);
+    server.addService(grpcServiceDefinition(LogAdmin), admin.log);
     addHealthService(server, d.grpcHealth);
     this.#socket = await serveAdminSocket({ server, socketPath: d.socketPath, callers, log: d.log });
   }

@@ -36,6 +36,7 @@ import { verifyX509Svid } from "../../spiffe/x509/verify.js";
 import { parseDuration } from "../../common/config/duration.js";
 import { DEFAULT_SERVER_SOCKET_PATH } from "../config/schema.js";
 import { registerFederationCommands } from "./federation-commands.js";
+import { registerLogCommands } from "./log-commands.js";
 import {
   agentRows,
   entryRows,
@@ -419,6 +420,7 @@ export function registerAdminCommands(program: Command, serverTrustDomain: () =>
 
   addIssuanceCommands(program);
   registerFederationCommands(program);
+  registerLogCommands(program);
 }
 
 /** `issuance list|show`: the issuance log, read page by page (newest first). */

@@ -10,6 +10,7 @@ import { parseSpiffeId, parseTrustDomain, parseTrustDomainIdString, type SpiffeI
 import type { CaManager } from "../../ca/manager.js";
 import type { FederationControl } from "../../federation/poller.js";
 import type { Datastore, PageRequest } from "../../datastore/index.js";
+import type { TlogReadView } from "../../tlog/types.js";
 
 /** Dependencies of the admin API (built once, by the `admin-socket` service in `server/api/admin-listener.ts`). */
 export interface AdminApiDeps {
@@ -33,6 +34,8 @@ export interface AdminApiDeps {
   readonly issuesAgentId?: ((id: string) => boolean) | undefined;
   /** The `federation` service: told of relationship changes, asked for fetch status and refreshes; unset: relationships are only stored. */
   readonly federation?: FederationControl | undefined;
+  /** The transparency log's read side (`transparency_log.enabled`); unset: LogAdmin answers FailedPrecondition. */
+  readonly tlog?: TlogReadView | undefined;
   /** The caller of a call for its audit record (uid, gid, pid and binary on the admin socket); unset: unknown. */
   readonly callerOf?: ((call: { getPeer(): string }) => AuditCaller) | undefined;
 }
