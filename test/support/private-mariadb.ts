@@ -20,10 +20,12 @@ export interface PrivateMariadb {
   /** Creates a database on this server; returns its URL. */
   createDatabase(name: string): Promise<string>;
   /**
-   * Clean shutdown (SIGTERM, waited for), then start again on the same data
-   * and port, after `downForMs` (default 0) with no server listening.
+   * Stops the server (waited for) with `signal`: SIGTERM (default) is a clean
+   * shutdown, SIGKILL a crash that InnoDB recovers from at the next start.
+   * Then starts it again on the same data and port, after `downForMs`
+   * (default 0) with no server listening and `whileDown` (run meanwhile) done.
    */
-  restart(opts?: { downForMs?: number }): Promise<void>;
+  restart(opts?: { signal?: "SIGTERM" | "SIGKILL"; downForMs?: number; whileDown?: () => Promise<void> }): Promise<void>;
   /** Stops the server (waited for) and removes its directory. */
   stop(): Promise<void>;
 }
@@ -106,14 +108,14 @@ export async function startPrivateMariadb(): Promise<PrivateMariadb> {
     }
   };
 
-  const shutdown = async (): Promise<void> => {
+  const shutdown = async (signal: "SIGTERM" | "SIGKILL" = "SIGTERM"): Promise<void> => {
     const c = child;
     child = undefined;
     if (c === undefined || c.exitCode !== null || c.signalCode !== null) return;
     await new Promise<void>((resolve) => {
       c.once("exit", () => resolve());
       // SIGTERM: a clean shutdown (connections are closed, InnoDB flushed; nothing committed is lost).
-      c.kill("SIGTERM");
+      c.kill(signal);
     });
   };
 
@@ -136,9 +138,9 @@ export async function startPrivateMariadb(): Promise<PrivateMariadb> {
       }
       return `${url}/${name}`;
     },
-    async restart({ downForMs = 0 } = {}) {
-      await shutdown();
-      await new Promise((r) => setTimeout(r, downForMs));
+    async restart({ signal = "SIGTERM", downForMs = 0, whileDown = async () => undefined } = {}) {
+      await shutdown(signal);
+      await Promise.all([new Promise((r) => setTimeout(r, downForMs)), whileDown()]);
       await start();
     },
     async stop() {
