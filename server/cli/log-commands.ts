@@ -20,6 +20,7 @@ import { parseNote, parseVerifierKey, type NoteVerifier } from "../../spiffe/tlo
 import { verifyInclusion } from "../../spiffe/tlog/proof.js";
 import { SigilEntryAuditor, SpiffeIdAllowList, trustDomainOfOrigin, type AuditFinding } from "../../spiffe/tlog/sigil-audit.js";
 import { httpTlogFetch, verifyLog } from "../../spiffe/tlog/verify.js";
+import { canonicalSerialHex } from "../../spiffe/x509/serial.js";
 import type { TlogFetch } from "../../spiffe/tlog/tiles.js";
 import { addCommon, OperationFailed } from "./admin-commands.js";
 import { messageJson, parseOutputFormat, printJson, printPretty, UsageError, type OutputFormat } from "./output.js";
@@ -60,7 +61,7 @@ export function proveLookupOf(o: { cert?: string; serial?: string; jwt?: string 
   if (o.cert !== undefined) {
     const [leaf] = decodePemCertificates(readText(o.cert, "--cert"));
     if (leaf === undefined) throw new UsageError(`--cert ${o.cert}: no PEM certificate`);
-    return { serial: new X509Certificate(leaf).serialNumber.toLowerCase().replace(/^0+(?=.)/, "") };
+    return { serial: canonicalSerialHex(new X509Certificate(leaf).serialNumber) };
   }
   if (o.serial !== undefined) return { serial: o.serial };
   const jwt = o.jwt as string;

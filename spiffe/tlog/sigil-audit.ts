@@ -18,6 +18,7 @@ import { X509Certificate } from "node:crypto";
 import { X509Bundle, type X509BundleSource } from "../bundle/x509-bundle.js";
 import { SigilError } from "../errors.js";
 import { parseSpiffeId, type TrustDomain } from "../id.js";
+import { canonicalSerialHex } from "../x509/serial.js";
 import { verifyX509Svid } from "../x509/verify.js";
 import { decodeLogEntry, type SigilLogEntry } from "./sigil-entry.js";
 
@@ -172,7 +173,7 @@ export class SigilEntryAuditor {
     const at = new Date(Math.min(Math.max(entry.issuedAt, entry.notBefore), entry.notAfter) * 1000);
     try {
       const verified = verifyX509Svid([leaf, ...this.#intermediates], this.#bundle, { now: at });
-      const serial = new X509Certificate(leaf).serialNumber.toLowerCase().replace(/^0+(?=.)/, "");
+      const serial = canonicalSerialHex(new X509Certificate(leaf).serialNumber);
       if (verified.id.toString() !== entry.spiffeId) {
         this.#report({ ...base, kind: "mismatch", message: `${what}: the certificate names ${verified.id.toString()}` });
       } else if (entry.serial !== undefined && serial !== entry.serial) {

@@ -1,13 +1,14 @@
 /**
  * A {@link TlogReadView} backed by the library's in-memory reference log, for
- * tests of the log's readers (tiles listener, LogAdmin, `log verify`) before
- * or without the server's log service. Entries are JSON objects; `prove`
+ * tests of the log's readers (tiles listener, LogAdmin, `log verify`) without
+ * the server's log service. Entries are canonical JSON objects; `prove`
  * finds one by its `serial` or `jwtSha256` field.
  */
 import { openCheckpoint } from "../../spiffe/tlog/checkpoint.js";
 import { MemoryTlog } from "../../spiffe/tlog/memory-log.js";
 import { generateNoteKey, parseVerifierKey, type NoteSigner } from "../../spiffe/tlog/note.js";
 import { TileReader, decodeEntryBundle, entryBundlesForSize, entriesPath, parseTilePath } from "../../spiffe/tlog/tiles.js";
+import { canonicalJson } from "../../spiffe/tlog/sigil-entry.js";
 import type { TlogReadView, TlogResource } from "../../server/tlog/types.js";
 
 /** The fake view, its log (append, publish, tamper with `log.files`) and its key. */
@@ -15,7 +16,7 @@ export interface MemoryTlogView extends TlogReadView {
   readonly log: MemoryTlog;
   readonly vkey: string;
   readonly signer: NoteSigner;
-  /** Appends JSON objects (canonical enough for tests) and publishes a checkpoint. */
+  /** Appends JSON objects (RFC 8785 canonical) and publishes a checkpoint; returns the checkpoint note. */
   appendAndPublish(entries: readonly object[]): string;
 }
 
@@ -38,7 +39,7 @@ export function memoryTlogView(origin = "example.org/sigil/issuance"): MemoryTlo
     vkey: key.vkey,
     signer: key.signer,
     appendAndPublish(entries) {
-      for (const e of entries) log.append(Buffer.from(JSON.stringify(e), "utf8"));
+      for (const e of entries) log.append(Buffer.from(canonicalJson(e), "utf8"));
       published = log.publish();
       return published;
     },

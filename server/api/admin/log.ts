@@ -17,6 +17,7 @@ import {
 } from "../../../proto/gen/sigil/admin/v1/admin_pb.js";
 import { SigilError } from "../../../spiffe/errors.js";
 import type { GrpcServiceImplementation } from "../../../spiffe/grpc/service.js";
+import { canonicalSerialHex } from "../../../spiffe/x509/serial.js";
 import type { TlogReadView } from "../../tlog/types.js";
 import type { UnaryWrapper } from "../unary.js";
 import { invalidField } from "./common.js";
@@ -36,7 +37,7 @@ export function proveLookup(req: ProveLogEntryRequest): { readonly serial: strin
   const l = req.lookup;
   if (l.case === "serial") {
     // Any hex spelling of the serial finds the entry: the log writes it lower-case without leading zeroes.
-    const s = l.value.trim().toLowerCase().replace(/:/g, "").replace(/^0+(?=.)/, "");
+    const s = canonicalSerialHex(l.value.trim().replace(/:/g, ""));
     if (!SERIAL_RE.test(s)) throw invalidField("serial", `must be a hex serial number of at most 20 bytes, got ${JSON.stringify(l.value.slice(0, 80))}`);
     return { serial: s };
   }
