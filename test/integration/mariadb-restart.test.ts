@@ -26,17 +26,13 @@ import { EntrySchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { encodePemCertificates } from "../../spiffe/pem.js";
 import { privateMariadbUnavailable, startPrivateMariadb } from "../support/private-mariadb.js";
 import { requireCondition } from "../support/tools.js";
-import { runWorkload, startAgentProcess } from "./support/agent-process.js";
+import { startAgentProcess } from "./support/agent-process.js";
 import { launchServerProcess, testServerConfigYaml, type ServerProcess } from "./support/server-process.js";
+import { expectNeverExpired, watchSvids } from "./support/svid-stream.js";
 import { attestWithJoinToken, rootsPemFromBundleJson, tlsCredentials, type Attested } from "./support/test-agent.js";
 
 const UID = process.getuid?.() ?? 0;
 const canRun = requireCondition(privateMariadbUnavailable(), "restarting MariaDB under load (a private server)");
-
-interface Update {
-  readonly at: number;
-  readonly svids: { id: string; serial: string; notAfter: number }[];
-}
 
 /** Every table of `database` that CHECK TABLE does not report as OK, with MariaDB's message. */
 async function tablesNotOk(conn: mysql.Connection, database: string): Promise<string[]> {
@@ -110,32 +106,12 @@ describe.skipIf(!canRun)("two sigil-servers on one MariaDB database restarted un
     });
     cleanups.push(() => agent.stop());
     const ended = new AbortController();
-    let onFirst: () => void = () => undefined;
-    const first = new Promise<void>((r) => (onFirst = r));
-    const workload = runWorkload(
-      agent.socketPath,
-      `const webSerials = new Set();
-       await new Promise((resolve, reject) => {
-         const w = client.watchX509Context((ctx) => {
-           const svids = ctx.svids.map((s) => ({ id: s.id.toString(), serial: s.leaf.serialNumber, notAfter: Date.parse(s.leaf.validTo) }));
-           console.log(JSON.stringify({ at: Date.now(), svids }));
-           for (const s of svids) if (s.id.endsWith("/web")) webSerials.add(s.serial);
-           if (svids.some((s) => s.id.endsWith("/after-restart")) && webSerials.size >= 3) { w.close(); resolve(); }
-         }, (e, info) => { if (info.terminal) reject(e); });
-       });
-       console.log("DONE");`,
-      undefined,
-      150_000,
-      (out) => {
-        if (out.includes("svids")) onFirst();
-      },
-      ended.signal,
-    );
+    const workload = watchSvids(agent.socketPath, { renewed: "/web", renewals: 3, until: "/after-restart", timeoutMs: 150_000, signal: ended.signal });
     cleanups.push(async () => {
       ended.abort();
-      await workload;
+      await workload.result;
     });
-    await first;
+    await workload.first;
 
     // The load: a second agent (the test's own client) whose entries are created through A and B, syncing with both.
     const loadTok = await adminA.agents.createJoinToken({ ttl: 600 });
@@ -227,17 +203,8 @@ describe.skipIf(!canRun)("two sigil-servers on one MariaDB database restarted un
 
     // Sync resumed: an entry created through B after the restart reaches the real agent and its workload.
     expect((await adminB.entries.batchCreateEntry({ entries: [webEntry("after-restart")] })).results[0]?.status?.code).toBe(0);
-    const r = await workload;
-    const updates = r.stdout
-      .split("\n")
-      .filter((l) => l.startsWith('{"at"'))
-      .map((l) => JSON.parse(l) as Update);
     const problems = agent.logs.filter((l) => l.level === "warn" || l.level === "error").slice(-30);
-    expect(r.stdout.includes("DONE"), `${r.stdout}\n${r.stderr}\n${JSON.stringify(problems, null, 1)}`).toBe(true);
+    const updates = expectNeverExpired(await workload.result, "/web", JSON.stringify(problems, null, 1));
     expect(updates.at(-1)!.svids.map((s) => s.id).sort()).toEqual(["spiffe://example.org/after-restart", "spiffe://example.org/web"]);
-    // Never expired: every SVID handed out was valid, and each web SVID was replaced before it expired.
-    for (const u of updates) for (const s of u.svids) expect(s.notAfter).toBeGreaterThan(u.at);
-    const webAt = updates.map((u) => ({ at: u.at, notAfter: u.svids.find((s) => s.id.endsWith("/web"))?.notAfter ?? 0 }));
-    for (let i = 1; i < webAt.length; i++) expect(webAt[i - 1]!.notAfter).toBeGreaterThan(webAt[i]!.at);
   }, 240_000);
 });

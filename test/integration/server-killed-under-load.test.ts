@@ -21,8 +21,9 @@ import { AgentAPI } from "../../proto/gen/sigil/agent/v1/agent_pb.js";
 import { EntrySchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { encodePemCertificates } from "../../spiffe/pem.js";
 import { createTestDatabase, datastoreEngines } from "../support/datastore.js";
-import { runWorkload, startAgentProcess, type AgentProcess, type WorkloadResult } from "./support/agent-process.js";
+import { startAgentProcess, type AgentProcess } from "./support/agent-process.js";
 import { launchServerProcess, testServerConfigYaml, type ServerProcess } from "./support/server-process.js";
+import { expectNeverExpired, watchSvids, type SvidWatch } from "./support/svid-stream.js";
 import { attestWithJoinToken, rootsPemFromBundleJson, tlsCredentials, type Attested } from "./support/test-agent.js";
 
 const hasPostgres = (await datastoreEngines()).includes("postgres");
@@ -31,11 +32,6 @@ const UID = process.getuid?.() ?? 0;
 const REAL_AGENTS = 2;
 /** Simulated agents (this process's clients of the agent API) syncing in a loop. */
 const SIM_AGENTS = 8;
-
-interface Update {
-  readonly at: number;
-  readonly svids: { id: string; serial: string; notAfter: number }[];
-}
 
 /** A simulated agent: one client per server, the same agent SVID on both. */
 interface SimAgent {
@@ -85,39 +81,19 @@ describe.skipIf(!hasPostgres)("one of two servers killed with SIGKILL under load
 
     // Real agents, each with an entry for its workload's uid (20 s SVIDs, renewed at half life).
     const workloadEntry = (agentId: string, name: string) => create(EntrySchema, { spiffeId: `spiffe://example.org/${name}`, parentId: agentId, selectors: [{ type: "unix", value: `uid:${UID}` }], x509SvidTtl: 20 });
-    const real: { agent: AgentProcess; agentId: string; workload: Promise<WorkloadResult> }[] = [];
+    const real: { agent: AgentProcess; agentId: string; workload: SvidWatch }[] = [];
     const ended = new AbortController();
     for (let i = 0; i < REAL_AGENTS; i++) {
       const tok = await admins[0]!.agents.createJoinToken({ ttl: 600 });
       expect((await admins[0]!.entries.batchCreateEntry({ entries: [workloadEntry(tok.agentId, `web-${i}`)] })).results[0]?.status?.code).toBe(0);
       const agent = await startAgentProcess({ serverAddress: addresses[0]!, bundlePem: roots, joinToken: tok.token, extraAgentYaml: `  server_addresses: [${addresses.join(", ")}]\n` });
       cleanups.push(() => agent.stop());
-      let onFirst: () => void = () => undefined;
-      const first = new Promise<void>((r) => (onFirst = r));
-      const workload = runWorkload(
-        agent.socketPath,
-        `const webSerials = new Set();
-         await new Promise((resolve, reject) => {
-           const w = client.watchX509Context((ctx) => {
-             const svids = ctx.svids.map((s) => ({ id: s.id.toString(), serial: s.leaf.serialNumber, notAfter: Date.parse(s.leaf.validTo) }));
-             console.log(JSON.stringify({ at: Date.now(), svids }));
-             for (const s of svids) if (s.id.endsWith("/web-${i}")) webSerials.add(s.serial);
-             if (svids.some((s) => s.id.endsWith("/after-kill-${i}")) && webSerials.size >= 3) { w.close(); resolve(); }
-           }, (e, info) => { if (info.terminal) reject(e); });
-         });
-         console.log("DONE");`,
-        undefined,
-        120_000,
-        (out) => {
-          if (out.includes("svids")) onFirst();
-        },
-        ended.signal,
-      );
+      const workload = watchSvids(agent.socketPath, { renewed: `/web-${i}`, renewals: 3, until: `/after-kill-${i}`, timeoutMs: 120_000, signal: ended.signal });
       cleanups.push(async () => {
         ended.abort();
-        await workload;
+        await workload.result;
       });
-      await first;
+      await workload.first;
       real.push({ agent, agentId: tok.agentId, workload });
     }
 
@@ -206,17 +182,9 @@ describe.skipIf(!hasPostgres)("one of two servers killed with SIGKILL under load
 
     // No workload SVID expired, and each workload got the entry created after the kill.
     for (const [i, r] of real.entries()) {
-      const res = await r.workload;
-      const updates = res.stdout
-        .split("\n")
-        .filter((l) => l.startsWith('{"at"'))
-        .map((l) => JSON.parse(l) as Update);
       const problems = r.agent.logs.filter((l) => l.level === "warn" || l.level === "error").slice(-20);
-      expect(res.stdout.includes("DONE"), `${res.stdout}\n${res.stderr}\n${JSON.stringify(problems, null, 1)}`).toBe(true);
+      const updates = expectNeverExpired(await r.workload.result, `/web-${i}`, JSON.stringify(problems, null, 1));
       expect(updates.at(-1)!.svids.map((s) => s.id).sort()).toEqual([`spiffe://example.org/after-kill-${i}`, `spiffe://example.org/web-${i}`]);
-      for (const u of updates) for (const s of u.svids) expect(s.notAfter).toBeGreaterThan(u.at);
-      const webAt = updates.map((u) => ({ at: u.at, notAfter: u.svids.find((s) => s.id.endsWith(`/web-${i}`))?.notAfter ?? 0 }));
-      for (let j = 1; j < webAt.length; j++) expect(webAt[j - 1]!.notAfter).toBeGreaterThan(webAt[j]!.at);
     }
   }, 150_000);
 });
