@@ -41,8 +41,8 @@ export interface AdminListenerDeps {
   readonly issuesAgentId?: ((id: string) => boolean) | undefined;
   /** The `federation` service, started before this one. */
   readonly federation?: FederationControl | undefined;
-  /** The transparency log's read side, when `transparency_log.enabled`. */
-  readonly tlog?: TlogReadView | undefined;
+  /** The transparency log's read side once its service started, when `transparency_log.enabled`. */
+  readonly tlog?: (() => TlogReadView | undefined) | undefined;
 }
 
 /** The `admin-socket` service; see the module comment. */

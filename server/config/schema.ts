@@ -13,6 +13,7 @@ import { isSigilError } from "../../spiffe/errors.js";
 import { parseSpiffeId, parseTrustDomain } from "../../spiffe/id.js";
 import { configRelationshipFieldNames, validateRelationship } from "../federation/relationships.js";
 import { oidcDiscoverySection, oidcIssuerProblem } from "../oidc/config.js";
+import { transparencyLogSection } from "../tlog/config.js";
 
 /** Default admin API socket, shared with `sigil-server` CLI commands. */
 export const DEFAULT_SERVER_SOCKET_PATH = "/tmp/sigil-server/private/api.sock";
@@ -268,6 +269,7 @@ export const serverConfigSchema = z
     k8s_controller: k8sControllerSection.optional(),
     federation: federationSection.optional(),
     oidc_discovery: oidcDiscoverySection.optional(),
+    transparency_log: transparencyLogSection.optional(),
     plugins: pluginsSection,
   })
   .superRefine((c, ctx) => {

@@ -16,12 +16,14 @@
  * phase, at most 1,024 connections.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { HttpListenerService } from "../../common/health/listener-service.js";
 import type { PublicHttpLimits } from "../../common/http-limits.js";
 import { hasRequestBody } from "../../common/http-limits.js";
 import type { Logger } from "../../common/log.js";
 import { startPublicHttpListener, type PublicHttpListener, type TlsFiles } from "../../common/public-http-listener.js";
 import { isSigilError } from "../../spiffe/errors.js";
 import { parseTilePath } from "../../spiffe/tlog/tiles.js";
+import { parseListenAddress } from "./config.js";
 import type { TlogReadView } from "./types.js";
 
 /** Cache-Control of full tiles and full entry bundles: they never change. */
@@ -117,4 +119,24 @@ export function startTlogListener(options: TlogListenerOptions): Promise<PublicH
     limits: options.limits,
     log: options.log,
   });
+}
+
+/** The `transparency_log` keys the listener reads. */
+export interface TlogListenerSettings {
+  readonly enabled: boolean;
+  readonly listen_address?: string | undefined;
+  readonly tls_cert_file?: string | undefined;
+  readonly tls_key_file?: string | undefined;
+}
+
+/**
+ * The `tlog-listener` service when the log is enabled and `listen_address`
+ * is set (undefined otherwise). `view` is called at start: the log service
+ * starts before it.
+ */
+export function tlogListenerService(settings: TlogListenerSettings | undefined, view: () => TlogReadView, log: Logger): HttpListenerService | undefined {
+  const address = settings?.enabled === true && settings.listen_address !== undefined ? parseListenAddress(settings.listen_address) : undefined;
+  if (settings === undefined || address === undefined) return undefined;
+  const tls = settings.tls_cert_file !== undefined && settings.tls_key_file !== undefined ? { certFile: settings.tls_cert_file, keyFile: settings.tls_key_file } : undefined;
+  return new HttpListenerService("tlog-listener", () => startTlogListener({ host: address.host, port: address.port, tls, view: view(), log }));
 }

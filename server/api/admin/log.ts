@@ -27,9 +27,11 @@ type LogMethods = (typeof LogAdmin)["method"];
 const SERIAL_RE = /^[0-9a-f]{1,40}$/;
 const SHA256_RE = /^[0-9a-f]{64}$/;
 
-function enabled(view: TlogReadView | undefined): TlogReadView {
+function enabled(view: (() => TlogReadView | undefined) | undefined): TlogReadView {
   if (view === undefined) throw new SigilError("ERR_FAILED_PRECONDITION", "log admin: the transparency log is not enabled (transparency_log.enabled in the server config)");
-  return view;
+  const v = view();
+  if (v === undefined) throw new SigilError("ERR_UNAVAILABLE", "log admin: the transparency log has not started yet");
+  return v;
 }
 
 /** The lookup of a Prove request, validated: one of `serial` (hex) or `jwt_sha256` (64 hex digits). */
@@ -49,8 +51,8 @@ export function proveLookup(req: ProveLogEntryRequest): { readonly serial: strin
   throw invalidField("lookup", "give serial or jwt_sha256");
 }
 
-/** Builds the LogAdmin service implementation over the log's read view (undefined: the log is off). */
-export function createLogAdmin(view: TlogReadView | undefined, unary: UnaryWrapper): GrpcServiceImplementation<LogMethods> {
+/** Builds the LogAdmin service implementation over the log's read view, once its service started (undefined: the log is off). */
+export function createLogAdmin(view: (() => TlogReadView | undefined) | undefined, unary: UnaryWrapper): GrpcServiceImplementation<LogMethods> {
   return {
     getCheckpoint: unary<GetLogCheckpointRequest, LogCheckpoint>("GetCheckpoint", async () => {
       const v = enabled(view);

@@ -188,7 +188,7 @@ describe("sigil-server log prove|checkpoint over LogAdmin", () => {
   async function adminSocket(view: MemoryTlogView | undefined): Promise<{ socket: string; close: () => Promise<void> }> {
     const socket = path.join(dir, `log-admin-${Math.random().toString(36).slice(2)}.sock`);
     const server = new Server();
-    server.addService(grpcServiceDefinition(LogAdmin), createLogAdmin(view, createUnaryWrapper({ log, auditEnabled: false, name: "admin api" })));
+    server.addService(grpcServiceDefinition(LogAdmin), createLogAdmin(view && (() => view), createUnaryWrapper({ log, auditEnabled: false, name: "admin api" })));
     await new Promise<void>((resolve, reject) => server.bindAsync(`unix:${socket}`, ServerCredentials.createInsecure(), (e) => (e ? reject(e) : resolve())));
     return { socket, close: () => new Promise<void>((resolve) => server.tryShutdown(() => resolve())) };
   }

@@ -1,0 +1,38 @@
+/** The `transparency_log` section: listener address forms, TLS files only in pairs and only with a listener. */
+import { describe, expect, it } from "vitest";
+import { serverConfigSchema } from "../../../../server/config/schema.js";
+import { parseListenAddress, transparencyLogSection } from "../../../../server/tlog/config.js";
+import { tlogListenerService } from "../../../../server/tlog/http.js";
+import { createLogger } from "../../../../common/log.js";
+import { memoryTlogView } from "../../../support/tlog-view.js";
+
+describe("transparency_log config", () => {
+  it("reads host:port listen addresses, IPv6 in brackets", () => {
+    expect(parseListenAddress("0.0.0.0:8009")).toEqual({ host: "0.0.0.0", port: 8009 });
+    expect(parseListenAddress("[::1]:0")).toEqual({ host: "::1", port: 0 });
+    expect(parseListenAddress("log.example.org:443")).toEqual({ host: "log.example.org", port: 443 });
+    for (const bad of ["8009", "::1:8009", "host:", "host:70000", "a b:1", "http://x:1"]) expect(parseListenAddress(bad), bad).toBeUndefined();
+  });
+
+  it("defaults to off, checkpoints every second or 1,000 entries", () => {
+    expect(transparencyLogSection.parse({})).toEqual({ enabled: false, checkpoint_interval: 1000, checkpoint_batch: 1000 });
+  });
+
+  it("names the key at fault", () => {
+    const issues = (input: unknown): string[] => transparencyLogSection.safeParse(input).error?.issues.map((i) => `${i.path.join(".")}: ${i.message}`) ?? [];
+    expect(issues({ enabled: true, listen_address: "8009" })).toEqual(["listen_address: must be host:port (IPv6 in brackets), e.g. 0.0.0.0:8009"]);
+    expect(issues({ enabled: true, listen_address: "127.0.0.1:1", tls_cert_file: "c.pem" })).toEqual(["tls_key_file: tls_cert_file and tls_key_file go together"]);
+    expect(issues({ enabled: true, tls_cert_file: "c.pem", tls_key_file: "k.pem" })).toEqual([expect.stringMatching(/^listen_address: is required when tls_cert_file is set/)]);
+    expect(issues({ enabled: true, listen_addres: "127.0.0.1:1" })[0]).toMatch(/listen_addres/);
+    expect(serverConfigSchema.shape.transparency_log).toBeDefined();
+  });
+
+  it("makes a tiles listener only when the log is enabled and listen_address is set", () => {
+    const log = createLogger({ level: "error", destination: { write: () => undefined } });
+    const view = memoryTlogView();
+    expect(tlogListenerService(undefined, () => view, log)).toBeUndefined();
+    expect(tlogListenerService({ enabled: false, listen_address: "127.0.0.1:0" }, () => view, log)).toBeUndefined();
+    expect(tlogListenerService({ enabled: true }, () => view, log)).toBeUndefined();
+    expect(tlogListenerService({ enabled: true, listen_address: "127.0.0.1:0" }, () => view, log)?.name).toBe("tlog-listener");
+  });
+});
