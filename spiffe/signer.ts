@@ -7,7 +7,7 @@ import { createPublicKey, generateKeyPairSync, randomBytes, sign as cryptoSign, 
 import { SigilError } from "./errors.js";
 
 /** Key types Sigil issues and accepts. */
-export type KeyType = "ec-p256" | "ec-p384" | "rsa-2048" | "rsa-3072" | "rsa-4096";
+export type KeyType = "ec-p256" | "ec-p384" | "rsa-2048" | "rsa-3072" | "rsa-4096" | "ed25519";
 
 /** Hash for a signature. */
 export type HashName = "sha256" | "sha384" | "sha512";
@@ -52,6 +52,7 @@ export function keyTypeOf(key: KeyObject): KeyType {
     if (bits === 4096) return "rsa-4096";
     throw new SigilError("ERR_KEY_UNSUPPORTED", `keys: unsupported RSA modulus length ${bits}`);
   }
+  if (key.asymmetricKeyType === "ed25519") return "ed25519";
   throw new SigilError("ERR_KEY_UNSUPPORTED", `keys: unsupported key type ${String(key.asymmetricKeyType)}`);
 }
 
@@ -68,6 +69,8 @@ export function generateKeyPair(keyType: KeyType): { privateKey: KeyObject; publ
       return generateKeyPairSync("rsa", { modulusLength: 3072 });
     case "rsa-4096":
       return generateKeyPairSync("rsa", { modulusLength: 4096 });
+    case "ed25519":
+      return generateKeyPairSync("ed25519");
   }
 }
 
@@ -82,12 +85,13 @@ export function createKeyObjectSigner(privateKey: KeyObject, id?: string): Signe
   const keyType = keyTypeOf(privateKey);
   const publicKey = createPublicKey(privateKey);
   const isRsa = keyType.startsWith("rsa");
+  const isEd25519 = keyType === "ed25519";
   return Object.freeze({
     id: id ?? randomBytes(16).toString("hex"),
     keyType,
     publicKey,
     sign(data: Uint8Array, options: SignOptions): Uint8Array {
-      return signWithKey(privateKey, isRsa, data, options);
+      return isEd25519 ? cryptoSign(null, data, privateKey) : signWithKey(privateKey, isRsa, data, options);
     },
   });
 }

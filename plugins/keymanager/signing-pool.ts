@@ -30,6 +30,7 @@ const { parentPort } = require("node:worker_threads");
 const { sign } = require("node:crypto");
 const keys = new Map();
 function signOne(k, data, o) {
+  if (k.key.asymmetricKeyType === "ed25519") return sign(null, data, k.key);
   if (k.isRsa) return sign(o.hash, data, o.rsaPadding === "pss" ? { key: k.key, padding: 6, saltLength: -1 } : { key: k.key });
   return sign(o.hash, data, { key: k.key, dsaEncoding: o.dsaEncoding || "der" });
 }

@@ -27,6 +27,7 @@ import type {
 } from "./entry.js";
 import type { IssuanceInput, IssuanceRecord, ListIssuancesRequest } from "./issuance.js";
 import type { ConsumedJoinToken, JoinTokenInput } from "./join-token.js";
+import type { TlogCheckpointRecord, TlogEntryInput, TlogKeyRecord, TlogStoredEntry } from "./tlog.js";
 import type { Page } from "./page.js";
 
 /** The server's persistent store. See the module comment for the error contract. */
@@ -201,8 +202,13 @@ export interface Datastore {
    * with `ERR_INVALID_ARGUMENT` naming its index. At most
    * 10,000 records (`MAX_ISSUANCE_BATCH`) per call; an empty batch is a no-op.
    * Writes no change events.
+   *
+   * `logEntries` are appended to the transparency log in the same
+   * transaction, at the next contiguous indices (several servers on one
+   * database take them in commit order); records may be empty to append
+   * entries alone (authority events).
    */
-  recordIssuances(records: readonly IssuanceInput[]): Promise<void>;
+  recordIssuances(records: readonly IssuanceInput[], logEntries?: readonly TlogEntryInput[]): Promise<void>;
 
   /**
    * Lists issuance records, newest (most recently recorded) first, filtered
@@ -212,6 +218,29 @@ export interface Datastore {
 
   /** Deletes records whose `notAfter` is before `expiredBefore`; returns how many. */
   pruneIssuances(expiredBefore: Date): Promise<number>;
+
+  // ── Transparency log ─────────────────────────────────────────────────
+
+  /** Number of log entries stored (the next index). */
+  tlogSize(): Promise<number>;
+
+  /** Entries `[start, end)` in index order (at most 10,000; fewer when the log is shorter). */
+  readTlogEntries(start: number, end: number): Promise<Uint8Array[]>;
+
+  /** The first entry stored under `lookupKey`, or undefined. */
+  findTlogEntry(lookupKey: string): Promise<TlogStoredEntry | undefined>;
+
+  /** Stores a checkpoint a server signed. */
+  putTlogCheckpoint(checkpoint: TlogCheckpointRecord): Promise<void>;
+
+  /** The largest checkpoint `serverId` stored, or undefined. */
+  latestTlogCheckpoint(serverId: string): Promise<TlogCheckpointRecord | undefined>;
+
+  /** Creates or replaces the record of a server's log key (`serverId`, `keyId`). */
+  putTlogKey(key: TlogKeyRecord): Promise<void>;
+
+  /** Every server's log keys, oldest first. */
+  listTlogKeys(): Promise<TlogKeyRecord[]>;
 
   // ── Change feed ──────────────────────────────────────────────────────
 

@@ -33,7 +33,10 @@ function flush(): void {
   queue = [];
   try {
     insertIssuanceRows(db, inserter, () => {
-      for (const b of batches) inserter.insertRows(b.rows, contextOf);
+      for (const b of batches) {
+        inserter.insertRows(b.rows, contextOf);
+        inserter.appendTlog(b.log);
+      }
     });
     for (const b of batches) parentPort?.postMessage({ id: b.id });
   } catch (e) {

@@ -9,6 +9,7 @@ import type { Worker } from "node:worker_threads";
 import { startModuleWorker } from "../../common/worker.js";
 import { SigilError } from "../../spiffe/errors.js";
 import { ISSUANCE_ROW_WIDTH, type IssuanceContext, type NormalizedIssuanceBatch } from "./issuance-batch.js";
+import type { TlogEntryInput } from "./tlog.js";
 
 /** Most contexts the worker is told about before both sides start over. */
 const MAX_CONTEXT_REFS = 50_000;
@@ -22,6 +23,8 @@ export interface WriterMessage {
   readonly defs: readonly (readonly [number, IssuanceContext])[];
   /** Rows as in {@link NormalizedIssuanceBatch.rows}, with context references in place of indexes. */
   readonly rows: readonly (string | number | null)[];
+  /** Transparency-log entries appended in the same transaction. */
+  readonly log: readonly TlogEntryInput[];
 }
 
 interface Pending {
@@ -58,8 +61,8 @@ export class IssuanceWriter {
     this.#pending.clear();
   }
 
-  /** Writes a validated batch in one transaction; resolves once committed. */
-  write(batch: NormalizedIssuanceBatch): Promise<void> {
+  /** Writes a validated batch (and its log entries) in one transaction; resolves once committed. */
+  write(batch: NormalizedIssuanceBatch, log: readonly TlogEntryInput[] = []): Promise<void> {
     if (this.#closed) return Promise.reject(new SigilError("ERR_UNAVAILABLE", "datastore: closed"));
     if (this.#dead) return Promise.reject(new SigilError("ERR_UNAVAILABLE", `datastore: issuance writer failed: ${this.#dead.message}`, { cause: this.#dead }));
     // The worker's table is reset with ours, so it never grows without bound.
@@ -80,7 +83,7 @@ export class IssuanceWriter {
     const id = this.#next++;
     return new Promise<void>((resolve, reject) => {
       this.#pending.set(id, { resolve, reject });
-      const message: WriterMessage = { id, reset, defs, rows };
+      const message: WriterMessage = { id, reset, defs, rows, log };
       this.#worker.postMessage(message);
     });
   }

@@ -12,6 +12,7 @@ import {
   PRUNE_ORPHAN_CONTEXTS_SQL,
 } from "./sqlite-issuance-log.js";
 import { IssuanceWriter } from "./issuance-writer.js";
+import { checkTlogCheckpoint, checkTlogEntries, checkTlogKey, checkTlogRange, type TlogCheckpointRecord, type TlogEntryInput, type TlogKeyRecord, type TlogStoredEntry } from "./tlog.js";
 import { randomBytes } from "node:crypto";
 import Database from "better-sqlite3";
 import type BetterSqlite3 from "better-sqlite3";
@@ -823,20 +824,87 @@ class SqliteDatastore implements Datastore {
 
   // ── issuance log ───────────────────────────────────────────────────────
 
-  async recordIssuances(records: readonly IssuanceInput[]): Promise<void> {
+  async recordIssuances(records: readonly IssuanceInput[], logEntries?: readonly TlogEntryInput[]): Promise<void> {
     if (!Array.isArray(records)) throw invalid("recordIssuances needs an array");
     if (records.length > MAX_ISSUANCE_BATCH) throw invalid(`recordIssuances takes at most ${MAX_ISSUANCE_BATCH} records, got ${records.length}`);
     // Validate the whole batch before taking the write lock: one bad record refuses all.
     const batch = this.#issuanceNormalizer.normalize(records);
-    if (this.#issuanceWriter && records.length > 0) {
+    const log = checkTlogEntries(logEntries);
+    if (this.#issuanceWriter && (records.length > 0 || log.length > 0)) {
       if (this.#closed) throw new SigilError("ERR_UNAVAILABLE", "datastore: closed");
-      return this.#issuanceWriter.write(batch);
+      return this.#issuanceWriter.write(batch, log);
     }
     this.#read(() => {
-      if (batch.rows.length === 0) return; // still refuse when closed
+      if (batch.rows.length === 0 && log.length === 0) return; // still refuse when closed
       const inserter = (this.#issuanceInserter ??= new IssuanceInserter(this.#db));
-      insertIssuanceRows(this.#db, inserter, () => inserter.insertRows(batch.rows, (i) => batch.contexts[i] as IssuanceContext));
+      insertIssuanceRows(this.#db, inserter, () => {
+        inserter.insertRows(batch.rows, (i) => batch.contexts[i] as IssuanceContext);
+        inserter.appendTlog(log);
+      });
     });
+  }
+
+  // ── transparency log ───────────────────────────────────────────────────
+
+  async tlogSize(): Promise<number> {
+    return this.#read(() => (this.#get<{ next_idx: number }>("SELECT next_idx FROM tlog_counter WHERE id = 0") as { next_idx: number }).next_idx);
+  }
+
+  async readTlogEntries(start: number, end: number): Promise<Uint8Array[]> {
+    checkTlogRange(start, end);
+    return this.#read(() => this.#all<{ entry: Buffer }>("SELECT entry FROM tlog_entries WHERE idx >= ? AND idx < ? ORDER BY idx", start, end).map((r) => r.entry));
+  }
+
+  async findTlogEntry(lookupKey: string): Promise<TlogStoredEntry | undefined> {
+    if (typeof lookupKey !== "string") throw invalid("log lookup key must be a string");
+    return this.#read(() => {
+      const r = this.#get<{ idx: number; entry: Buffer }>("SELECT idx, entry FROM tlog_entries WHERE lookup_key = ? ORDER BY idx LIMIT 1", lookupKey);
+      return r === undefined ? undefined : { index: r.idx, entry: r.entry };
+    });
+  }
+
+  async putTlogCheckpoint(c: TlogCheckpointRecord): Promise<void> {
+    checkTlogCheckpoint(c);
+    this.#read(() =>
+      this.#exec(
+        `INSERT INTO tlog_checkpoints (server_id, tree_size, root_hash, note, created_at) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (server_id, tree_size) DO UPDATE SET root_hash = excluded.root_hash, note = excluded.note, created_at = excluded.created_at`,
+        c.serverId, c.treeSize, Buffer.from(c.rootHash), c.note, c.createdAt.getTime(),
+      ),
+    );
+  }
+
+  async latestTlogCheckpoint(serverId: string): Promise<TlogCheckpointRecord | undefined> {
+    return this.#read(() => {
+      const r = this.#get<{ server_id: string; tree_size: number; root_hash: Buffer; note: string; created_at: number }>(
+        "SELECT * FROM tlog_checkpoints WHERE server_id = ? ORDER BY tree_size DESC LIMIT 1",
+        serverId,
+      );
+      return r === undefined ? undefined : { serverId: r.server_id, treeSize: r.tree_size, rootHash: r.root_hash, note: r.note, createdAt: new Date(r.created_at) };
+    });
+  }
+
+  async putTlogKey(k: TlogKeyRecord): Promise<void> {
+    checkTlogKey(k);
+    this.#read(() =>
+      this.#exec(
+        `INSERT INTO tlog_keys (server_id, key_id, vkey, created_at, retired_at) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (server_id, key_id) DO UPDATE SET vkey = excluded.vkey, retired_at = excluded.retired_at`,
+        k.serverId, k.keyId, k.vkey, k.createdAt.getTime(), k.retiredAt?.getTime() ?? null,
+      ),
+    );
+  }
+
+  async listTlogKeys(): Promise<TlogKeyRecord[]> {
+    return this.#read(() =>
+      this.#all<{ server_id: string; key_id: string; vkey: string; created_at: number; retired_at: number | null }>("SELECT * FROM tlog_keys ORDER BY created_at, server_id, key_id").map((r) => ({
+        serverId: r.server_id,
+        keyId: r.key_id,
+        vkey: r.vkey,
+        createdAt: new Date(r.created_at),
+        retiredAt: r.retired_at === null ? null : new Date(r.retired_at),
+      })),
+    );
   }
 
   async listIssuances(request: ListIssuancesRequest = {}): Promise<Page<IssuanceRecord>> {

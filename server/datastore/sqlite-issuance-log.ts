@@ -5,6 +5,7 @@
  */
 import type BetterSqlite3 from "better-sqlite3";
 import { ISSUANCE_ROW_WIDTH, type IssuanceContext } from "./issuance-batch.js";
+import type { TlogEntryInput } from "./tlog.js";
 
 /** Columns of a joined issuance row, as `listIssuances` reads them. */
 export const ISSUANCE_SELECT_SQL = `SELECT i.row_id, i.serial, c.kind, c.spiffe_id, c.entry_id, c.agent_id, c.ca_key_id, i.not_before, i.not_after,
@@ -26,6 +27,9 @@ const UPSERT_CONTEXT_SQL = `INSERT INTO issuance_contexts (kind, spiffe_id, entr
   ON CONFLICT (spiffe_id, entry_id, agent_id, ca_key_id, kind, selectors, requested_by, audience) DO UPDATE SET kind = excluded.kind
   RETURNING context_id`;
 const INSERT_ROW_SQL = "INSERT INTO issuances (context_id, serial, not_before, not_after, issued_at, jwt_id) VALUES (?, ?, ?, ?, ?, ?)";
+const NEXT_TLOG_INDEX_SQL = "SELECT next_idx FROM tlog_counter WHERE id = 0";
+const SET_TLOG_INDEX_SQL = "UPDATE tlog_counter SET next_idx = ? WHERE id = 0";
+const INSERT_TLOG_SQL = "INSERT INTO tlog_entries (idx, lookup_key, entry) VALUES (?, ?, ?)";
 
 /** Most context IDs remembered per connection. */
 const MAX_CACHED_IDS = 50_000;
@@ -39,10 +43,24 @@ export class IssuanceInserter {
   readonly #upsert: BetterSqlite3.Statement;
   readonly #insert: BetterSqlite3.Statement;
   readonly #ids = new Map<string, number>();
+  readonly #nextTlog: BetterSqlite3.Statement;
+  readonly #setTlog: BetterSqlite3.Statement;
+  readonly #insertTlog: BetterSqlite3.Statement;
 
   constructor(db: BetterSqlite3.Database) {
     this.#upsert = db.prepare(UPSERT_CONTEXT_SQL);
     this.#insert = db.prepare(INSERT_ROW_SQL);
+    this.#nextTlog = db.prepare(NEXT_TLOG_INDEX_SQL);
+    this.#setTlog = db.prepare(SET_TLOG_INDEX_SQL);
+    this.#insertTlog = db.prepare(INSERT_TLOG_SQL);
+  }
+
+  /** Appends transparency-log entries at the next indices (inside the caller's transaction). */
+  appendTlog(entries: readonly TlogEntryInput[]): void {
+    if (entries.length === 0) return;
+    let next = (this.#nextTlog.get() as { next_idx: number }).next_idx;
+    for (const e of entries) this.#insertTlog.run(next++, e.lookupKey, e.entry);
+    this.#setTlog.run(next);
   }
 
   /** The stored ID of `ctx`, creating the context row on first use. */

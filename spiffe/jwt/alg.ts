@@ -74,6 +74,9 @@ export function defaultJwtAlgFor(keyType: KeyType, rsaPss = false): JwtAlg {
     case "rsa-3072":
     case "rsa-4096":
       return rsaPss ? "PS256" : "RS256";
+    case "ed25519":
+      // Ed25519 keys sign transparency-log checkpoints only; JWT-SVIDs use ES*/RS*/PS*.
+      throw new SigilError("ERR_JWT_ALG_NOT_ALLOWED", "jwt: an ed25519 key cannot sign JWT-SVIDs");
   }
 }
 

@@ -52,6 +52,7 @@ import type { FederationRelationship, FederationRelationshipInput, FederationRel
 import { IssuanceNormalizer, ISSUANCE_ROW_WIDTH, type IssuanceContext } from "../issuance-batch.js";
 import { MAX_ISSUANCE_BATCH, type IssuanceInput, type IssuanceRecord, type ListIssuancesRequest } from "../issuance.js";
 import type { ConsumedJoinToken, JoinTokenInput } from "../join-token.js";
+import { checkTlogCheckpoint, checkTlogEntries, checkTlogKey, checkTlogRange, type TlogCheckpointRecord, type TlogEntryInput, type TlogKeyRecord, type TlogStoredEntry } from "../tlog.js";
 import { checkPageSize, decodePageToken, encodePageToken, MAX_PAGE_SIZE, type Page, type PageRequest } from "../page.js";
 import {
   applyMask,
@@ -910,13 +911,14 @@ class SqlDatastore implements Datastore {
     return id;
   }
 
-  async recordIssuances(records: readonly IssuanceInput[]): Promise<void> {
+  async recordIssuances(records: readonly IssuanceInput[], logEntries?: readonly TlogEntryInput[]): Promise<void> {
     if (!Array.isArray(records)) throw invalid("recordIssuances needs an array");
     if (records.length > MAX_ISSUANCE_BATCH) throw invalid(`recordIssuances takes at most ${MAX_ISSUANCE_BATCH} records, got ${records.length}`);
     // Validate the whole batch before writing: one bad record refuses all.
     const batch = this.#issuanceNormalizer.normalize(records);
+    const log = checkTlogEntries(logEntries);
     this.#checkOpen();
-    if (batch.rows.length === 0) return;
+    if (batch.rows.length === 0 && log.length === 0) return;
     const fresh = new Map<string, number>();
     await this.#write(async (trx, _now, _events, attempt) => {
       fresh.clear();
@@ -939,9 +941,89 @@ class SqlDatastore implements Datastore {
         }
         await trx.insertInto("issuances").values(values).execute();
       }
+      await this.#appendTlog(trx, log);
     });
     if (this.#contextIds.size + fresh.size > MAX_CACHED_CONTEXT_IDS) this.#contextIds.clear();
     for (const [k, v] of fresh) this.#contextIds.set(k, v);
+  }
+
+  /**
+   * Appends log entries at the next indices. The counter row is locked last,
+   * so concurrent writers (on any server) wait for it only briefly and take
+   * indices in commit order.
+   */
+  async #appendTlog(trx: Transaction<SqlSchema>, log: readonly TlogEntryInput[]): Promise<void> {
+    if (log.length === 0) return;
+    const row = await trx.selectFrom("tlog_counter").select("next_idx").where("id", "=", 0).forUpdate().executeTakeFirst();
+    if (row === undefined) throw new SigilError("ERR_INTERNAL", "datastore: the tlog_counter row is missing");
+    const first = Number(row.next_idx);
+    for (let start = 0; start < log.length; start += INSERT_CHUNK_ROWS) {
+      const values = log.slice(start, start + INSERT_CHUNK_ROWS).map((e, i) => ({ idx: first + start + i, lookup_key: e.lookupKey, entry: Buffer.from(e.entry.buffer, e.entry.byteOffset, e.entry.byteLength) }));
+      await trx.insertInto("tlog_entries").values(values).execute();
+    }
+    await trx.updateTable("tlog_counter").set({ next_idx: first + log.length }).where("id", "=", 0).execute();
+  }
+
+  // ── transparency log ───────────────────────────────────────────────────
+
+  async tlogSize(): Promise<number> {
+    return this.#read(async (db) => {
+      const row = await db.selectFrom("tlog_counter").select("next_idx").where("id", "=", 0).executeTakeFirst();
+      return row === undefined ? 0 : Number(row.next_idx);
+    });
+  }
+
+  async readTlogEntries(start: number, end: number): Promise<Uint8Array[]> {
+    checkTlogRange(start, end);
+    if (end === start) return [];
+    return this.#read(async (db) => {
+      const rows = await db.selectFrom("tlog_entries").select("entry").where("idx", ">=", start).where("idx", "<", end).orderBy("idx").execute();
+      return rows.map((r) => r.entry);
+    });
+  }
+
+  async findTlogEntry(lookupKey: string): Promise<TlogStoredEntry | undefined> {
+    if (typeof lookupKey !== "string") throw invalid("log lookup key must be a string");
+    return this.#read(async (db) => {
+      const r = await db.selectFrom("tlog_entries").select(["idx", "entry"]).where("lookup_key", "=", lookupKey).orderBy("idx").limit(1).executeTakeFirst();
+      return r === undefined ? undefined : { index: Number(r.idx), entry: r.entry };
+    });
+  }
+
+  async putTlogCheckpoint(c: TlogCheckpointRecord): Promise<void> {
+    checkTlogCheckpoint(c);
+    await this.#write(async (trx) => {
+      await trx.deleteFrom("tlog_checkpoints").where("server_id", "=", c.serverId).where("tree_size", "=", c.treeSize).execute();
+      await trx
+        .insertInto("tlog_checkpoints")
+        .values({ server_id: c.serverId, tree_size: c.treeSize, root_hash: Buffer.from(c.rootHash), note: c.note, created_at: c.createdAt.getTime() })
+        .execute();
+    });
+  }
+
+  async latestTlogCheckpoint(serverId: string): Promise<TlogCheckpointRecord | undefined> {
+    return this.#read(async (db) => {
+      const r = await db.selectFrom("tlog_checkpoints").selectAll().where("server_id", "=", serverId).orderBy("tree_size", "desc").limit(1).executeTakeFirst();
+      return r === undefined ? undefined : { serverId: r.server_id, treeSize: Number(r.tree_size), rootHash: r.root_hash, note: r.note, createdAt: new Date(Number(r.created_at)) };
+    });
+  }
+
+  async putTlogKey(k: TlogKeyRecord): Promise<void> {
+    checkTlogKey(k);
+    await this.#write(async (trx) => {
+      await trx.deleteFrom("tlog_keys").where("server_id", "=", k.serverId).where("key_id", "=", k.keyId).execute();
+      await trx
+        .insertInto("tlog_keys")
+        .values({ server_id: k.serverId, key_id: k.keyId, vkey: k.vkey, created_at: k.createdAt.getTime(), retired_at: k.retiredAt?.getTime() ?? null })
+        .execute();
+    });
+  }
+
+  async listTlogKeys(): Promise<TlogKeyRecord[]> {
+    return this.#read(async (db) => {
+      const rows = await db.selectFrom("tlog_keys").selectAll().orderBy("created_at").orderBy("server_id").orderBy("key_id").execute();
+      return rows.map((r) => ({ serverId: r.server_id, keyId: r.key_id, vkey: r.vkey, createdAt: new Date(Number(r.created_at)), retiredAt: r.retired_at === null ? null : new Date(Number(r.retired_at)) }));
+    });
   }
 
   async listIssuances(request: ListIssuancesRequest = {}): Promise<Page<IssuanceRecord>> {

@@ -1,0 +1,94 @@
+/**
+ * Log entries of what the server issues and of authority events, built from
+ * the same facts as the issuance records (server/issuance/records.ts) plus
+ * what a record does not keep: the leaf certificate, the subject key's digest,
+ * the token's digest. The encoding itself is the library's
+ * (spiffe/tlog/sigil-entry.ts), so an auditor decodes entries without server code.
+ */
+import { createHash } from "node:crypto";
+import { encodeLogEntry, logLookupKey, type LogAuthorityEntry, type LogCredentialEntry, type LogCredentialKind, type SigilLogEntry } from "../../spiffe/tlog/sigil-entry.js";
+import type { IssuanceInput, TlogEntryInput } from "../datastore/index.js";
+
+export { decodeLogEntry, encodeLogEntry } from "../../spiffe/tlog/sigil-entry.js";
+
+/** What is logged of one issued credential. */
+export interface LoggedCredential {
+  /** The credential's issuance record (kind, serial, IDs, selectors, key ID, times, requester). */
+  readonly record: IssuanceInput;
+  /** The entry kind when it differs from the record's (`server-svid`, `downstream-ca`). */
+  readonly kind?: LogCredentialKind | undefined;
+  /** Leaf certificate DER (X.509 kinds). */
+  readonly certDer?: Uint8Array | undefined;
+  /** SubjectPublicKeyInfo DER of the subject key. */
+  readonly publicKeyDer?: Uint8Array | undefined;
+  /** The compact JWT (jwt-svid). */
+  readonly jwt?: string | undefined;
+  /** Revision of the registration entry it was issued for. */
+  readonly entryRevision?: number | undefined;
+  /** Hex SHA-256 of the attestation evidence, when known. */
+  readonly evidenceSha256?: string | undefined;
+}
+
+/** A state change of a CA or JWT signing authority. */
+export interface LoggedAuthorityEvent {
+  readonly event: LogAuthorityEntry["event"];
+  readonly kind: "x509" | "jwt";
+  readonly keyId: string;
+  readonly serverId: string;
+  readonly at: Date;
+  /** The CA certificate DER (x509). */
+  readonly certDer?: Uint8Array | undefined;
+}
+
+const seconds = (d: Date): number => Math.floor(d.getTime() / 1000);
+const sha256Hex = (data: Uint8Array | string): string => createHash("sha256").update(data).digest("hex");
+const base64 = (der: Uint8Array): string => Buffer.from(der.buffer, der.byteOffset, der.byteLength).toString("base64");
+
+/** The log entry of an issued credential (fields the record leaves empty are omitted). */
+export function credentialEntry(c: LoggedCredential): LogCredentialEntry {
+  const r = c.record;
+  const kind = c.kind ?? r.kind;
+  const isJwt = kind === "jwt-svid";
+  return {
+    v: 1,
+    kind,
+    ...(isJwt ? { jwtSha256: sha256Hex(c.jwt ?? "") } : { serial: r.serial }),
+    spiffeId: r.spiffeId,
+    ...(r.entryId !== null ? { entryId: r.entryId } : {}),
+    ...(c.entryRevision !== undefined ? { entryRevision: c.entryRevision } : {}),
+    ...(r.selectors.length > 0 ? { selectors: r.selectors } : {}),
+    ...(r.agentId !== null ? { agentId: r.agentId } : {}),
+    ...(c.evidenceSha256 !== undefined ? { evidenceSha256: c.evidenceSha256 } : {}),
+    ...(c.publicKeyDer !== undefined ? { publicKeySha256: sha256Hex(c.publicKeyDer) } : {}),
+    authorityKeyId: r.caKeyId,
+    notBefore: seconds(r.notBefore),
+    notAfter: seconds(r.notAfter),
+    issuedAt: seconds(r.issuedAt),
+    requestedBy: r.requestedBy,
+    ...(isJwt && r.audience !== undefined ? { audience: r.audience } : {}),
+    ...(!isJwt && c.certDer !== undefined ? { cert: base64(c.certDer) } : {}),
+  };
+}
+
+/** The log entry of an authority event. */
+export function authorityEntry(e: LoggedAuthorityEvent): LogAuthorityEntry {
+  return {
+    v: 1,
+    kind: "authority",
+    event: e.event,
+    authorityKind: e.kind,
+    authorityKeyId: e.keyId,
+    serverId: e.serverId,
+    at: seconds(e.at),
+    ...(e.kind === "x509" && e.certDer !== undefined ? { cert: base64(e.certDer) } : {}),
+  };
+}
+
+/**
+ * An entry as the datastore appends it: canonical bytes and lookup key.
+ *
+ * @throws SigilError `ERR_TLOG_MALFORMED` for an entry that is not valid (a bug in the caller).
+ */
+export function toTlogInput(entry: SigilLogEntry): TlogEntryInput {
+  return { lookupKey: logLookupKey(entry), entry: encodeLogEntry(entry) };
+}
