@@ -1,49 +1,90 @@
 /**
- * Simulated agents for bench/agent-push.bench.ts, in their own process so the
- * server is measured alone: each agent identity attests with a join token,
- * keeps its own mTLS channel (the real agent client, `GrpcServerClient`),
- * holds a WatchChanges stream, syncs with deltas on every notice and every
- * 5 s (with jitter), and asks for SVIDs of new entries, as an agent does.
+ * Simulated agents for bench/agent-push.bench.ts and bench/scale/, in their
+ * own process so the server is measured alone: each agent identity attests
+ * with a join token, keeps its own mTLS channel (the real agent client,
+ * `GrpcServerClient`, spread over the servers given and failing over as an
+ * agent does), holds a WatchChanges stream, syncs with deltas on every notice
+ * and every 5 s (with jitter), asks for SVIDs of new entries, and renews its
+ * workload SVIDs and its own agent SVID at half their lifetime, as an agent
+ * does.
  *
- * argv: <agent API address> <roots PEM file> <tokens file, one per line>
- * stdout: {"ready":n} once every identity is attested and watching; then, on
- * "quit" from stdin, {"stats":{…}} and exit.
+ * argv: <agent API address[,address…]> <roots PEM file> <tokens file, one per line>
+ * stdout, one JSON object per line: {"ready":n} once every identity is attested
+ * and watching. Commands on stdin, one per line:
+ * - `mark`: starts a measurement window; answers {"marked":n}.
+ * - `report`: answers {"report":{…}} with the window's counts and every sync's
+ *   latency (ms) since `mark`.
+ * - `renew-all`: every agent asks for all its SVIDs again at once; answers
+ *   {"renewed":{"svids":n,"ms":…}} once all are signed.
+ * - `quit`: answers {"stats":{…}} (totals) and exits.
  */
 import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
-import { GrpcServerClient } from "../../agent/sync/server-client.js";
+import type { AgentSvid } from "../../agent/storage/agent-svid.js";
+import { GrpcServerClient, type SyncedEntry } from "../../agent/sync/server-client.js";
 import { systemClock } from "../../common/clock.js";
 import { parseTrustDomain } from "../../spiffe/id.js";
 import { decodePemCertificates } from "../../spiffe/pem.js";
 import { generateKeyPair } from "../../spiffe/signer.js";
 
-const [address, rootsPath, tokensPath] = process.argv.slice(2) as [string, string, string];
+const [addressArg, rootsPath, tokensPath] = process.argv.slice(2) as [string, string, string];
+const addresses = addressArg.split(",").filter((a) => a !== "");
 const roots = decodePemCertificates(readFileSync(rootsPath, "utf8"));
 const tokens = readFileSync(tokensPath, "utf8").split("\n").filter((t) => t !== "");
 const td = parseTrustDomain("example.org");
 const POLL_MS = 5000;
-const stats = { syncs: 0, deltas: 0, full: 0, notices: 0, svids: 0, errors: 0 };
+const stats = { syncs: 0, deltas: 0, full: 0, notices: 0, svids: 0, renewals: 0, agentRenewals: 0, streamEnds: 0, errors: 0 };
+/** The current measurement window (see `mark`). */
+let win = { ...stats, latencies: [] as number[], started: performance.now() };
+
+const count = (k: keyof typeof stats, n = 1): void => {
+  stats[k] += n;
+  win[k] += n;
+};
+
+function publicKeyDer(): Uint8Array {
+  return new Uint8Array(generateKeyPair("ec-p256").publicKey.export({ format: "der", type: "spki" }));
+}
 
 class SimAgent {
-  readonly client = new GrpcServerClient({ address, trustDomain: td, clock: systemClock, roots, deadlineMs: 30_000 });
+  readonly client = new GrpcServerClient({ address: addresses.length === 1 ? (addresses[0] as string) : addresses, trustDomain: td, clock: systemClock, roots, deadlineMs: 30_000 });
   revision = "";
-  readonly svidFor = new Set<string>();
+  /** Entry ID → when its SVID is due for renewal (ms since the epoch, half its TTL after signing). */
+  readonly renewAt = new Map<string, number>();
+  /** Entry ID → X509-SVID TTL in seconds (0: the server's default, renewed only by `renew-all`). */
+  readonly ttl = new Map<string, number>();
+  agentRenewAt = Infinity;
   running = false;
   again = false;
+  closed = false;
 
   async start(token: string): Promise<void> {
     const r = await this.client.attest({ name: "join_token", payload: async () => Buffer.from(token) });
-    this.client.setIdentity(r.svid);
+    this.#setIdentity(r.svid);
     await this.sync();
-    this.client.watchChanges(
-      () => {
-        stats.notices++;
-        void this.sync();
-      },
-      () => stats.errors++,
-    );
+    this.watch();
     const t = setInterval(() => void this.sync(), POLL_MS + Math.random() * 1000);
     t.unref();
+  }
+
+  #setIdentity(svid: AgentSvid): void {
+    this.client.setIdentity(svid);
+    const life = svid.notAfter.getTime() - svid.notBefore.getTime();
+    this.agentRenewAt = svid.notBefore.getTime() + life / 2;
+  }
+
+  /** Holds the change stream, opening it again a moment after it ends (server restart, agent SVID renewed). */
+  watch(): void {
+    this.client.watchChanges(
+      () => {
+        count("notices");
+        void this.sync();
+      },
+      () => {
+        count("streamEnds");
+        if (!this.closed) setTimeout(() => this.watch(), 1000 + Math.random() * 1000).unref();
+      },
+    );
   }
 
   async sync(): Promise<void> {
@@ -55,27 +96,65 @@ class SimAgent {
     try {
       do {
         this.again = false;
+        const t0 = performance.now();
         const res = await this.client.sync(this.revision, true);
-        stats.syncs++;
+        win.latencies.push(performance.now() - t0);
+        count("syncs");
         if (res.notModified) continue;
-        if (res.delta) stats.deltas++;
-        else stats.full++;
+        if (res.delta) count("deltas");
+        else count("full");
         this.revision = res.revision;
-        const fresh = res.entries.filter((e) => !this.svidFor.has(e.id));
-        if (fresh.length === 0) continue;
-        const params = fresh.map((e) => ({ entryId: e.id, publicKey: new Uint8Array(generateKeyPair("ec-p256").publicKey.export({ format: "der", type: "spki" })) }));
-        const results = await this.client.batchNewX509Svid(params);
-        results.forEach((r, i) => {
-          if (r.ok) {
-            stats.svids++;
-            this.svidFor.add(fresh[i]!.id);
-          }
-        });
+        for (const id of res.delta?.removedEntryIds ?? []) {
+          this.renewAt.delete(id);
+          this.ttl.delete(id);
+        }
+        if (res.delta === undefined) {
+          const held = new Set(res.entries.map((e) => e.id));
+          for (const id of [...this.ttl.keys()]) if (!held.has(id)) (this.ttl.delete(id), this.renewAt.delete(id));
+        }
+        const fresh = res.entries.filter((e) => !this.ttl.has(e.id) || this.ttl.get(e.id) !== e.x509SvidTtlSeconds);
+        if (fresh.length > 0) await this.sign(fresh.map((e) => e.id), fresh, "svids");
       } while (this.again);
     } catch {
-      stats.errors++;
+      count("errors");
     } finally {
       this.running = false;
+    }
+  }
+
+  /** Signs SVIDs for `ids` (new keys) and schedules each one's renewal at half its TTL. */
+  async sign(ids: readonly string[], entries: readonly SyncedEntry[] | undefined, what: "svids" | "renewals"): Promise<number> {
+    if (entries !== undefined) for (const e of entries) this.ttl.set(e.id, e.x509SvidTtlSeconds);
+    const results = await this.client.batchNewX509Svid(ids.map((entryId) => ({ entryId, publicKey: publicKeyDer() })));
+    const now = Date.now();
+    let ok = 0;
+    results.forEach((r, i) => {
+      const id = ids[i] as string;
+      if (!r.ok) return void count("errors");
+      ok++;
+      const ttl = this.ttl.get(id) ?? 0;
+      // Agents renew at half life; a little jitter keeps renewals of SVIDs signed together from staying in step.
+      if (ttl > 0) this.renewAt.set(id, now + ttl * 500 * (0.9 + Math.random() * 0.2));
+    });
+    count(what, ok);
+    return ok;
+  }
+
+  /** Renews what is due: workload SVIDs past half life, and the agent SVID. */
+  async renewDue(now: number): Promise<void> {
+    if (this.closed) return;
+    try {
+      if (now >= this.agentRenewAt) {
+        this.agentRenewAt = Infinity;
+        this.#setIdentity(await this.client.renew());
+        count("agentRenewals");
+      }
+      const due = [...this.renewAt].filter(([, at]) => at <= now).map(([id]) => id);
+      if (due.length === 0) return;
+      for (const id of due) this.renewAt.delete(id);
+      await this.sign(due, undefined, "renewals");
+    } catch {
+      count("errors");
     }
   }
 }
@@ -91,10 +170,42 @@ for (let i = 0; i < tokens.length; i += CONCURRENCY) {
     }),
   );
 }
-console.log(JSON.stringify({ ready: agents.length }));
-createInterface({ input: process.stdin }).on("line", (l) => {
-  if (l.trim() !== "quit") return;
-  console.log(JSON.stringify({ stats }));
-  for (const a of agents) a.client.close();
-  process.exit(0);
+
+// One timer for every agent's renewals (thousands of per-SVID timers would cost more than the work).
+let renewing = false;
+setInterval(() => {
+  if (renewing) return;
+  renewing = true;
+  const now = Date.now();
+  void (async () => {
+    for (let i = 0; i < agents.length; i += CONCURRENCY) await Promise.all(agents.slice(i, i + CONCURRENCY).map((a) => a.renewDue(now)));
+  })().finally(() => (renewing = false));
+}, 1000).unref();
+
+const say = (o: unknown): void => void process.stdout.write(`${JSON.stringify(o)}\n`);
+say({ ready: agents.length });
+
+createInterface({ input: process.stdin }).on("line", (line) => {
+  const cmd = line.trim();
+  if (cmd === "mark") {
+    win = { ...stats, latencies: [], started: performance.now() };
+    for (const k of Object.keys(stats) as Array<keyof typeof stats>) win[k] = 0;
+    say({ marked: agents.length });
+  } else if (cmd === "report") {
+    say({ report: { ...win, seconds: (performance.now() - win.started) / 1000 } });
+  } else if (cmd === "renew-all") {
+    void (async () => {
+      const t0 = performance.now();
+      // Every agent at once, each asking for all its SVIDs in one batch, as after a CA change.
+      const signed = await Promise.all(agents.map((a) => a.sign([...a.ttl.keys()], undefined, "renewals").catch(() => (count("errors"), 0))));
+      say({ renewed: { svids: signed.reduce((x, y) => x + y, 0), ms: performance.now() - t0 } });
+    })();
+  } else if (cmd === "quit") {
+    say({ stats });
+    for (const a of agents) {
+      a.closed = true;
+      a.client.close();
+    }
+    process.exit(0);
+  }
 });

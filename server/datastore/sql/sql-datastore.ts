@@ -211,7 +211,12 @@ function conditionSql(c: SqlCondition): RawBuilder<unknown> {
   return sql.join(frags, sql.raw(""));
 }
 
-function entryValues(n: NormalizedEntry): Omit<EntryTable, "row_id" | "id" | "created_at" | "updated_at" | "revision"> {
+/**
+ * The `registration_entries` column values of a validated entry (besides its
+ * keys, times and revision). Exported for bench/scale/, which bulk-loads rows
+ * exactly as this datastore writes them.
+ */
+export function entryValues(n: NormalizedEntry): Omit<EntryTable, "row_id" | "id" | "created_at" | "updated_at" | "revision"> {
   return {
     spiffe_id: n.spiffeId,
     parent_id: n.parentId,
