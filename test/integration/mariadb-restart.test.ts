@@ -27,6 +27,7 @@ import { encodePemCertificates } from "../../spiffe/pem.js";
 import { privateMariadbUnavailable, startPrivateMariadb } from "../support/private-mariadb.js";
 import { requireCondition } from "../support/tools.js";
 import { startAgentProcess } from "./support/agent-process.js";
+import { listAllEntries, startEntryLoad } from "./support/entry-load.js";
 import { launchServerProcess, testServerConfigYaml, type ServerProcess } from "./support/server-process.js";
 import { expectNeverExpired, watchSvids } from "./support/svid-stream.js";
 import { attestWithJoinToken, rootsPemFromBundleJson, tlsCredentials, type Attested } from "./support/test-agent.js";
@@ -121,22 +122,9 @@ describe.skipIf(!canRun)("two sigil-servers on one MariaDB database restarted un
     const loadAgentAtB: Attested = { ...loadAgent, api: createUnaryClient(AgentAPI, b.agentApiAddress, tlsCredentials(roots, identity)) };
     cleanups.push(() => loadAgentAtB.api.close());
     const loadEntry = (name: string) => create(EntrySchema, { spiffeId: `spiffe://example.org/load/${name}`, parentId: loadTok.agentId, selectors: [{ type: "unix", value: "uid:4242" }] });
-    const acknowledged = new Set<string>();
-    let stop = false;
-    let failures = 0;
-    const load = async (name: string, c: typeof adminA, client: Attested): Promise<void> => {
-      for (let i = 0; !stop; i++) {
-        try {
-          const res = await c.entries.batchCreateEntry({ entries: [loadEntry(`${name}-${i}-0`), loadEntry(`${name}-${i}-1`)] });
-          for (const r of res.results) if (r.status?.code === 0 && r.entry) acknowledged.add(r.entry.id);
-          await client.api.syncAuthorized({});
-        } catch {
-          failures++;
-          await new Promise((r) => setTimeout(r, 50));
-        }
-      }
-    };
-    const loads = [load("a", adminA, loadAgent), load("b", adminB, loadAgentAtB)];
+    const load = startEntryLoad([{ name: "a", entries: adminA.entries, agent: loadAgent }, { name: "b", entries: adminB.entries, agent: loadAgentAtB }], loadEntry);
+    cleanups.push(() => load.stop());
+    const { acknowledged } = load;
     await vi.waitFor(() => expect(acknowledged.size).toBeGreaterThan(20), { timeout: 30_000, interval: 100 });
 
     // The load goes on against the servers while the database is down and starts again. The long
@@ -153,9 +141,8 @@ describe.skipIf(!canRun)("two sigil-servers on one MariaDB database restarted un
     if (downForMs > 0) expect(readyWhileDown, "/ready while the database is down").toEqual([503, 503]);
     const before = acknowledged.size;
     await vi.waitFor(() => expect(acknowledged.size).toBeGreaterThan(before + 20), { timeout: 60_000, interval: 100 });
-    stop = true;
-    await Promise.all(loads);
-    expect(failures, "the restart happened under load").toBeGreaterThan(0);
+    await load.stop();
+    expect(load.failures(), "the restart happened under load").toBeGreaterThan(0);
 
     // Both servers stayed up and are ready again.
     expect(a.child.exitCode).toBeNull();
@@ -172,13 +159,7 @@ describe.skipIf(!canRun)("two sigil-servers on one MariaDB database restarted un
     }
 
     // Nothing lost: every acknowledged entry is stored.
-    const stored = new Set<string>();
-    let pageToken = "";
-    do {
-      const page = await adminB.entries.listEntries({ pageSize: 1000, pageToken });
-      for (const e of page.entries) if (e.parentId === loadTok.agentId) stored.add(e.id);
-      pageToken = page.nextPageToken;
-    } while (pageToken);
+    const stored = new Set((await listAllEntries(adminB.entries)).filter((e) => e.parentId === loadTok.agentId).map((e) => e.id));
     for (const id of acknowledged) expect(stored.has(id), id).toBe(true);
 
     // Nothing corrupted: each server's entry index holds what the database holds…

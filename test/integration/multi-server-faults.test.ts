@@ -27,6 +27,7 @@ import { encodePemCertificates } from "../../spiffe/pem.js";
 import { createTestDatabase, datastoreEngines } from "../support/datastore.js";
 import { privatePostgresUnavailable, startPrivatePostgres } from "../support/private-postgres.js";
 import { requireCondition } from "../support/tools.js";
+import { listAllEntries, startEntryLoad } from "./support/entry-load.js";
 import { launchServerProcess, testServerConfigYaml, type ServerProcess } from "./support/server-process.js";
 import { attestWithJoinToken, rootsPemFromBundleJson, tlsCredentials, type Attested } from "./support/test-agent.js";
 
@@ -136,42 +137,22 @@ describe.skipIf(!hasPostgres)("two sigil-servers on one PostgreSQL database, und
     const cluster = await startPrivatePostgres();
     cleanups.push(() => cluster.stop());
     const { a, b, adminA, adminB, agentAtA, agentAtB, entry } = await pair(cluster.url);
-    const acknowledged = new Set<string>();
-    let stop = false;
-    let failures = 0;
-    const load = async (name: string, c: typeof adminA, agent: Attested): Promise<void> => {
-      for (let i = 0; !stop; i++) {
-        try {
-          const res = await c.entries.batchCreateEntry({ entries: [entry(`${name}-${i}-0`), entry(`${name}-${i}-1`)] });
-          for (const r of res.results) if (r.status?.code === 0 && r.entry) acknowledged.add(r.entry.id);
-          await agent.api.syncAuthorized({});
-        } catch {
-          failures++;
-          await new Promise((r) => setTimeout(r, 50));
-        }
-      }
-    };
-    const loads = [load("a", adminA, agentAtA), load("b", adminB, agentAtB)];
+    const load = startEntryLoad([{ name: "a", entries: adminA.entries, agent: agentAtA }, { name: "b", entries: adminB.entries, agent: agentAtB }], entry);
+    cleanups.push(() => load.stop());
+    const { acknowledged } = load;
     await new Promise((r) => setTimeout(r, 1_000));
     // The load goes on against the servers while the database is down.
     await cluster.restart();
     // The load goes on until both servers answer again.
     const before = acknowledged.size;
     await vi.waitFor(() => expect(acknowledged.size).toBeGreaterThan(before + 10), { timeout: 30_000, interval: 100 });
-    stop = true;
-    await Promise.all(loads);
-    expect(failures).toBeGreaterThan(0);
+    await load.stop();
+    expect(load.failures()).toBeGreaterThan(0);
     expect(a.child.exitCode).toBeNull();
     expect(b.child.exitCode).toBeNull();
 
     // Nothing lost: every acknowledged entry is stored.
-    const stored = new Set<string>();
-    let pageToken = "";
-    do {
-      const page = await adminA.entries.listEntries({ pageSize: 1000, pageToken });
-      for (const e of page.entries) stored.add(e.id);
-      pageToken = page.nextPageToken;
-    } while (pageToken);
+    const stored = new Set((await listAllEntries(adminA.entries)).map((e) => e.id));
     for (const id of acknowledged) expect(stored.has(id), id).toBe(true);
     // Nothing corrupted: each server's index holds what the database holds.
     const authorized = async (agent: Attested) => new Set((await agent.api.syncAuthorized({})).entries.map((e) => e.id));

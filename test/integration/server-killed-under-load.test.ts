@@ -22,6 +22,7 @@ import { EntrySchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { encodePemCertificates } from "../../spiffe/pem.js";
 import { createTestDatabase, datastoreEngines } from "../support/datastore.js";
 import { startAgentProcess, type AgentProcess } from "./support/agent-process.js";
+import { listAllEntries } from "./support/entry-load.js";
 import { launchServerProcess, testServerConfigYaml, type ServerProcess } from "./support/server-process.js";
 import { expectNeverExpired, watchSvids, type SvidWatch } from "./support/svid-stream.js";
 import { attestWithJoinToken, rootsPemFromBundleJson, tlsCredentials, type Attested } from "./support/test-agent.js";
@@ -166,13 +167,7 @@ describe.skipIf(!hasPostgres)("one of two servers killed with SIGKILL under load
     }
 
     // No acknowledged entry lost: stored, and the survivor serves each to its agent.
-    const stored = new Map<string, string>();
-    let pageToken = "";
-    do {
-      const page = await admins[survivor]!.entries.listEntries({ pageSize: 1000, pageToken });
-      for (const e of page.entries) stored.set(e.id, e.parentId);
-      pageToken = page.nextPageToken;
-    } while (pageToken);
+    const stored = new Map((await listAllEntries(admins[survivor]!.entries)).map((e) => [e.id, e.parentId]));
     for (const [id, agentId] of acknowledged) expect(stored.get(id), id).toBe(agentId);
     for (const sim of sims) {
       const want = [...stored].filter(([, agentId]) => agentId === sim.id).map(([id]) => id).sort();
