@@ -271,6 +271,8 @@ export class CaManager {
   readonly #taintListeners = new Set<(t: TaintedAuthorities) => void>();
   /** Rotation steps and operator commands run one at a time (each reads, then writes, the slots). */
   #queue: Promise<unknown> = Promise.resolve();
+  /** The CA journal as the last bundle publication read it (every server's rows). */
+  #journalSeen: readonly CaJournalRecord[] = [];
 
   constructor(settings: CaSettings, deps: CaDeps) {
     this.#s = settings;
@@ -352,16 +354,22 @@ export class CaManager {
 
   async #rotateStep(): Promise<void> {
     const now = this.#d.clock.now();
-    let changed = this.#reconcile(await this.#d.store.listCaJournal());
-    changed = (await this.#rotateFamily("x509", now)) || changed;
-    changed = (await this.#rotateFamily("jwt", now)) || changed;
-    // Old authorities stay published until they expire (SVIDs they signed may still be in use).
-    const before = this.#x509.length + this.#jwt.length;
-    this.#x509 = this.#x509.filter((a) => a.notAfter.getTime() > now.getTime());
-    this.#jwt = this.#jwt.filter((a) => a.notAfter.getTime() > now.getTime());
-    if (this.#x509.length + this.#jwt.length !== before) changed = true;
-    // Always recompute: expiring authorities (also ones kept from the journal) leave the bundle.
-    await this.#publishBundle(now);
+    let changed = false;
+    // The journal as the last publication read it (no extra read per step); once more below if it changed since.
+    for (let pass = 0; pass < 2; pass++) {
+      if (pass === 1 && !this.#reconcile(this.#journalSeen)) break;
+      if (pass === 0) changed = this.#reconcile(this.#journalSeen);
+      else changed = true;
+      changed = (await this.#rotateFamily("x509", now)) || changed;
+      changed = (await this.#rotateFamily("jwt", now)) || changed;
+      // Old authorities stay published until they expire (SVIDs they signed may still be in use).
+      const before = this.#x509.length + this.#jwt.length;
+      this.#x509 = this.#x509.filter((a) => a.notAfter.getTime() > now.getTime());
+      this.#jwt = this.#jwt.filter((a) => a.notAfter.getTime() > now.getTime());
+      if (this.#x509.length + this.#jwt.length !== before) changed = true;
+      // Always recompute: expiring authorities (also ones kept from the journal) leave the bundle.
+      await this.#publishBundle(now);
+    }
     if (changed) this.#d.onAuthoritiesChanged?.(this.#x509, this.#jwt);
   }
 
@@ -796,6 +804,7 @@ export class CaManager {
     const roots = new Map<string, Uint8Array>();
     const jwtKeys = new Map<string, KeyObject>();
     const journal = await this.#d.store.listCaJournal();
+    this.#journalSeen = journal;
     this.#updateTainted(journal, t);
     // Revoked keys leave the bundle even when the stored one (another server's publication) still holds them.
     const revokedCerts = new Set<string>();
