@@ -486,7 +486,11 @@ export class GrpcServerClient implements ServerClient {
       try {
         return await fn(this.#channel());
       } catch (e) {
-        throw serverRpcError(rpc, e);
+        const err = serverRpcError(rpc, e);
+        // A TLS connection made while the server did not yet trust the SVID's CA (one activated at once
+        // after a taint) stays unauthenticated for its whole life: a refused call's connection is not reused.
+        if (isSigilError(err, "ERR_PERMISSION_DENIED")) this.#dropChannel();
+        throw err;
       }
     });
   }
