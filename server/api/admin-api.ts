@@ -55,6 +55,6 @@ export function createAdminApi(deps: AdminApiDeps): AdminApi {
     bundle: createBundleAdmin(deps, wrapper(BundleAdmin.typeName)),
     svid: createSvidAdmin(deps, wrapper(SvidAdmin.typeName), new Issuer(deps)),
     federation: createFederationAdmin(deps, wrapper(FederationAdmin.typeName)),
-    log: createLogAdmin(deps.tlog, wrapper(LogAdmin.typeName)),
+    log: createLogAdmin(deps.tlogView, wrapper(LogAdmin.typeName)),
   };
 }

@@ -42,7 +42,7 @@ export interface AdminListenerDeps {
   /** The `federation` service, started before this one. */
   readonly federation?: FederationControl | undefined;
   /** The transparency log's read side once its service started, when `transparency_log.enabled`. */
-  readonly tlog?: (() => TlogReadView | undefined) | undefined;
+  readonly tlogView?: (() => TlogReadView | undefined) | undefined;
 }
 
 /** The `admin-socket` service; see the module comment. */
@@ -72,7 +72,7 @@ export class AdminListener implements Service {
       callerOf: (call) => callers.callerOf(call),
       issuesAgentId: d.issuesAgentId,
       federation: d.federation,
-      tlog: d.tlog,
+      tlogView: d.tlogView,
     });
     const server = new Server({ interceptors: [rpcMetricsInterceptor(d.metrics)] });
     server.addService(grpcServiceDefinition(EntryAdmin), admin.entry);

@@ -35,7 +35,7 @@ export interface AdminApiDeps {
   /** The `federation` service: told of relationship changes, asked for fetch status and refreshes; unset: relationships are only stored. */
   readonly federation?: FederationControl | undefined;
   /** The transparency log's read side once its service started (`transparency_log.enabled`); unset: LogAdmin answers FailedPrecondition. */
-  readonly tlog?: (() => TlogReadView | undefined) | undefined;
+  readonly tlogView?: (() => TlogReadView | undefined) | undefined;
   /** The caller of a call for its audit record (uid, gid, pid and binary on the admin socket); unset: unknown. */
   readonly callerOf?: ((call: { getPeer(): string }) => AuditCaller) | undefined;
 }
