@@ -5,7 +5,10 @@
  * start; {@link ServerSvidService.refresh} (run after each CA rotation step,
  * and by its own timer at half life: with an SVID TTL as short as the 10 s
  * between rotation steps, waiting for the next step let it expire) re-issues
- * it at half life and whenever the roots change. It is signed
+ * it at half life and whenever the roots change. A bundle change (an authority
+ * prepared and activated at once by an operator's taint) refreshes it at once
+ * as well: until the roots are served, an agent SVID under the new CA is not
+ * accepted as a client certificate. It is signed
  * in-process and not recorded in the issuance log.
  */
 import type { Clock } from "../../common/clock.js";
@@ -36,6 +39,7 @@ export class ServerSvidService implements Service {
   #servedRoots = "";
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
+  #unsubscribe: (() => void) | undefined;
 
   constructor(deps: ServerSvidDeps) {
     this.#d = deps;
@@ -43,11 +47,24 @@ export class ServerSvidService implements Service {
 
   start(): void {
     this.refresh();
+    // After the manager's change is done (its listeners run inside it).
+    this.#unsubscribe = this.#d.ca.manager.onBundleChange(() => {
+      setImmediate(() => {
+        if (this.#stopped) return;
+        try {
+          this.refresh();
+        } catch {
+          this.#schedule(1_000);
+        }
+      });
+    });
   }
 
   /** Stops the renewal timer. */
   stop(): void {
     this.#stopped = true;
+    this.#unsubscribe?.();
+    this.#unsubscribe = undefined;
     clearTimeout(this.#timer);
     this.#timer = undefined;
   }
