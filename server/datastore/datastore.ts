@@ -25,7 +25,7 @@ import type {
   ListEntriesRequest,
   RegistrationEntry,
 } from "./entry.js";
-import type { IssuanceInput, IssuanceRecord, ListIssuancesRequest } from "./issuance.js";
+import type { IssuanceInput, IssuanceInventory, IssuanceInventoryRequest, IssuanceRecord, ListIssuancesRequest } from "./issuance.js";
 import type { ConsumedJoinToken, JoinTokenInput } from "./join-token.js";
 import type { TlogCheckpointRecord, TlogEntryInput, TlogKeyRecord, TlogStoredEntry } from "./tlog.js";
 import type { Page } from "./page.js";
@@ -209,6 +209,14 @@ export interface Datastore {
    * entries alone (authority events).
    */
   recordIssuances(records: readonly IssuanceInput[], logEntries?: readonly TlogEntryInput[]): Promise<void>;
+
+  /**
+   * What still chains to one CA key (the inventory of `sigil-server inventory`):
+   * its live credentials counted by agent and SPIFFE ID, and the first
+   * `limit` of them; see {@link IssuanceInventory} for "live". Uses the
+   * `issuance_contexts (ca_key_id)` and `issuances (context_id, not_after)` indexes.
+   */
+  issuanceInventory(request: IssuanceInventoryRequest): Promise<IssuanceInventory>;
 
   /**
    * Lists issuance records, newest (most recently recorded) first, filtered

@@ -81,8 +81,8 @@ export type {
   RegistrationEntry,
 } from "./entry.js";
 export { ENTRY_FIELDS } from "./entry.js";
-export type { IssuanceInput, IssuanceKind, IssuanceRecord, ListIssuancesRequest } from "./issuance.js";
-export { ISSUANCE_KINDS, MAX_ISSUANCE_BATCH } from "./issuance.js";
+export type { InventorySvid, IssuanceInput, IssuanceInventory, IssuanceInventoryRequest, IssuanceKind, IssuanceRecord, ListIssuancesRequest } from "./issuance.js";
+export { INVENTORY_DEFAULT_LIMIT, INVENTORY_MAX_LIMIT, ISSUANCE_KINDS, MAX_ISSUANCE_BATCH } from "./issuance.js";
 export type { ConsumedJoinToken, JoinTokenInput } from "./join-token.js";
 export type { Migration, MigrationResult } from "./migrate.js";
 export { migrate } from "./migrate.js";

@@ -7,6 +7,7 @@
  * Records are append-only (pruned only once expired) and are not part of the
  * change feed: they are written on the hot issuance path, in batches.
  */
+import { SigilError } from "../../spiffe/errors.js";
 import type { PageRequest } from "./page.js";
 
 /** What kind of credential was issued. */
@@ -77,4 +78,90 @@ export interface ListIssuancesRequest extends PageRequest {
   readonly serial?: string;
   /** Only credentials valid at this instant: `notBefore ≤ liveAt < notAfter`. */
   readonly liveAt?: Date;
+}
+
+/** Arguments of `Datastore.issuanceInventory`. */
+export interface IssuanceInventoryRequest {
+  /** The CA key (key manager ID, as recorded in `caKeyId`) the credentials chain to. */
+  readonly caKeyId: string;
+  /** Credentials with `notAfter` after this instant are unexpired. */
+  readonly now: Date;
+  /** Most credentials to list in `svids` (soonest expiry first); 0 for counts only. Default 100, at most 10,000. */
+  readonly limit?: number | undefined;
+}
+
+/** One live credential in an {@link IssuanceInventory}. */
+export interface InventorySvid {
+  readonly serial: string;
+  readonly kind: IssuanceKind;
+  readonly spiffeId: string;
+  readonly entryId: string | null;
+  readonly agentId: string | null;
+  readonly notAfter: Date;
+}
+
+/**
+ * What still chains to one CA key. A credential is live when it has not
+ * expired and was not superseded: no later credential of the same kind was
+ * issued for the same entry and agent (for JWT-SVIDs, also the same audience),
+ * whichever key signed it. Admin mints (no entry, no agent) are never superseded.
+ */
+export interface IssuanceInventory {
+  readonly caKeyId: string;
+  readonly live: number;
+  /** Agents holding live credentials under the key, most first (`null`: admin mints). */
+  readonly agents: readonly { readonly agentId: string | null; readonly count: number }[];
+  /** SPIFFE IDs of those credentials, most first. */
+  readonly spiffeIds: readonly { readonly spiffeId: string; readonly count: number }[];
+  /** Up to `limit` of the live credentials, soonest expiry first. */
+  readonly svids: readonly InventorySvid[];
+}
+
+/** Default and largest `limit` of an inventory. */
+export const INVENTORY_DEFAULT_LIMIT = 100;
+export const INVENTORY_MAX_LIMIT = 10_000;
+
+/**
+ * The WHERE condition (over `issuance_contexts c JOIN issuances i`) of live
+ * credentials: shared by every SQL engine. Parameters: caKeyId, now.
+ */
+export const LIVE_INVENTORY_CONDITION = `c.ca_key_id = ? AND i.not_after > ?
+  AND NOT ((c.entry_id <> '' OR c.agent_id <> '') AND EXISTS (
+    SELECT 1 FROM issuance_contexts c2 JOIN issuances i2 ON i2.context_id = c2.context_id
+    WHERE c2.agent_id = c.agent_id AND c2.entry_id = c.entry_id AND c2.kind = c.kind AND c2.audience = c.audience AND i2.row_id > i.row_id))`;
+
+/** Folds grouped counts (agent, SPIFFE ID) into an inventory. */
+export function foldInventory(caKeyId: string, groups: readonly { agentId: string; spiffeId: string; n: number }[], svids: readonly InventorySvid[]): IssuanceInventory {
+  const agents = new Map<string, number>();
+  const ids = new Map<string, number>();
+  let live = 0;
+  for (const g of groups) {
+    live += g.n;
+    agents.set(g.agentId, (agents.get(g.agentId) ?? 0) + g.n);
+    ids.set(g.spiffeId, (ids.get(g.spiffeId) ?? 0) + g.n);
+  }
+  const byCount = <K>(a: [K, number], b: [K, number]) => b[1] - a[1] || String(a[0]).localeCompare(String(b[0]));
+  return {
+    caKeyId,
+    live,
+    agents: [...agents].sort(byCount).map(([agentId, count]) => ({ agentId: agentId === "" ? null : agentId, count })),
+    spiffeIds: [...ids].sort(byCount).map(([spiffeId, count]) => ({ spiffeId, count })),
+    svids,
+  };
+}
+
+/** Validates an inventory request, naming the bad field. */
+export function checkInventoryRequest(r: IssuanceInventoryRequest): { caKeyId: string; now: number; limit: number } {
+  const bad = (m: string) => new SigilError("ERR_INVALID_ARGUMENT", `datastore: inventory ${m}`);
+  if (r === null || typeof r !== "object") throw bad("request must be an object");
+  if (typeof r.caKeyId !== "string" || r.caKeyId.length === 0 || r.caKeyId.length > 256) throw bad("caKeyId must be 1-256 characters");
+  if (!(r.now instanceof Date) || Number.isNaN(r.now.getTime())) throw bad("now must be a valid Date");
+  const limit = r.limit ?? INVENTORY_DEFAULT_LIMIT;
+  if (!Number.isInteger(limit) || limit < 0 || limit > INVENTORY_MAX_LIMIT) throw bad(`limit must be an integer from 0 to ${INVENTORY_MAX_LIMIT}`);
+  return { caKeyId: r.caKeyId, now: r.now.getTime(), limit };
+}
+
+/** An inventory row as every engine reads it ("" stands for no entry or agent). */
+export function toInventorySvid(r: { serial: string; kind: IssuanceKind; spiffe_id: string; entry_id: string; agent_id: string; not_after: number | string }): InventorySvid {
+  return { serial: r.serial, kind: r.kind, spiffeId: r.spiffe_id, entryId: r.entry_id === "" ? null : r.entry_id, agentId: r.agent_id === "" ? null : r.agent_id, notAfter: new Date(Number(r.not_after)) };
 }

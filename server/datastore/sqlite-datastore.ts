@@ -35,7 +35,19 @@ import {
   type ListEntriesRequest,
   type RegistrationEntry,
 } from "./entry.js";
-import { MAX_ISSUANCE_BATCH, type IssuanceInput, type IssuanceRecord, type ListIssuancesRequest } from "./issuance.js";
+import {
+  checkInventoryRequest,
+  foldInventory,
+  LIVE_INVENTORY_CONDITION,
+  MAX_ISSUANCE_BATCH,
+  toInventorySvid,
+  type IssuanceInput,
+  type IssuanceInventory,
+  type IssuanceInventoryRequest,
+  type IssuanceKind,
+  type IssuanceRecord,
+  type ListIssuancesRequest,
+} from "./issuance.js";
 import type { ConsumedJoinToken, JoinTokenInput } from "./join-token.js";
 import { migrate } from "./migrate.js";
 import { checkPageSize, decodePageToken, encodePageToken, MAX_PAGE_SIZE, type Page, type PageRequest } from "./page.js";
@@ -905,6 +917,28 @@ class SqliteDatastore implements Datastore {
         retiredAt: r.retired_at === null ? null : new Date(r.retired_at),
       })),
     );
+  }
+
+  async issuanceInventory(request: IssuanceInventoryRequest): Promise<IssuanceInventory> {
+    const { caKeyId, now, limit } = checkInventoryRequest(request);
+    const from = `FROM issuance_contexts c JOIN issuances i ON i.context_id = c.context_id WHERE ${LIVE_INVENTORY_CONDITION}`;
+    return this.#read(() => {
+      const groups = this.#all<{ agentId: string; spiffeId: string; n: number }>(
+        `SELECT c.agent_id AS agentId, c.spiffe_id AS spiffeId, COUNT(*) AS n ${from} GROUP BY c.agent_id, c.spiffe_id`,
+        caKeyId,
+        now,
+      );
+      const rows =
+        limit === 0
+          ? []
+          : this.#all<{ serial: string; kind: IssuanceKind; spiffe_id: string; entry_id: string; agent_id: string; not_after: number }>(
+              `SELECT i.serial, c.kind, c.spiffe_id, c.entry_id, c.agent_id, i.not_after ${from} ORDER BY i.not_after, i.row_id LIMIT ?`,
+              caKeyId,
+              now,
+              limit,
+            );
+      return foldInventory(caKeyId, groups, rows.map(toInventorySvid));
+    });
   }
 
   async listIssuances(request: ListIssuancesRequest = {}): Promise<Page<IssuanceRecord>> {

@@ -50,7 +50,19 @@ import {
 } from "../entry.js";
 import type { FederationRelationship, FederationRelationshipInput, FederationRelationshipWriteOptions } from "../federation-relationship.js";
 import { IssuanceNormalizer, ISSUANCE_ROW_WIDTH, type IssuanceContext } from "../issuance-batch.js";
-import { MAX_ISSUANCE_BATCH, type IssuanceInput, type IssuanceRecord, type ListIssuancesRequest } from "../issuance.js";
+import {
+  checkInventoryRequest,
+  foldInventory,
+  LIVE_INVENTORY_CONDITION,
+  MAX_ISSUANCE_BATCH,
+  toInventorySvid,
+  type IssuanceInput,
+  type IssuanceInventory,
+  type IssuanceInventoryRequest,
+  type IssuanceKind,
+  type IssuanceRecord,
+  type ListIssuancesRequest,
+} from "../issuance.js";
 import type { ConsumedJoinToken, JoinTokenInput } from "../join-token.js";
 import { checkTlogCheckpoint, checkTlogEntries, checkTlogKey, checkTlogRange, type TlogCheckpointRecord, type TlogEntryInput, type TlogKeyRecord, type TlogStoredEntry } from "../tlog.js";
 import { checkPageSize, decodePageToken, encodePageToken, MAX_PAGE_SIZE, type Page, type PageRequest } from "../page.js";
@@ -1028,6 +1040,32 @@ class SqlDatastore implements Datastore {
     return this.#read(async (db) => {
       const rows = await db.selectFrom("tlog_keys").selectAll().orderBy("created_at").orderBy("server_id").orderBy("key_id").execute();
       return rows.map((r) => ({ serverId: r.server_id, keyId: r.key_id, vkey: r.vkey, createdAt: new Date(Number(r.created_at)), retiredAt: r.retired_at === null ? null : new Date(Number(r.retired_at)) }));
+    });
+  }
+
+  async issuanceInventory(request: IssuanceInventoryRequest): Promise<IssuanceInventory> {
+    const { caKeyId, now, limit } = checkInventoryRequest(request);
+    // The shared condition's `?` placeholders become this dialect's bound values.
+    const parts = LIVE_INVENTORY_CONDITION.split("?");
+    const values: unknown[] = [caKeyId, now];
+    const condition = sql.join(
+      parts.flatMap((p, i) => (i < values.length ? [sql.raw(p), sql`${values[i]}`] : [sql.raw(p)])),
+      sql.raw(""),
+    );
+    const from = sql`FROM issuance_contexts c JOIN issuances i ON i.context_id = c.context_id WHERE ${condition}`;
+    return this.#read(async (db) => {
+      const groups = await sql<{ agentId: string; spiffeId: string; n: number | string }>`SELECT c.agent_id AS ${sql.ref("agentId")}, c.spiffe_id AS ${sql.ref("spiffeId")}, COUNT(*) AS n ${from} GROUP BY c.agent_id, c.spiffe_id`.execute(db);
+      const rows =
+        limit === 0
+          ? []
+          : (
+              await sql<{ serial: string; kind: IssuanceKind; spiffe_id: string; entry_id: string; agent_id: string; not_after: number | string }>`SELECT i.serial, c.kind, c.spiffe_id, c.entry_id, c.agent_id, i.not_after ${from} ORDER BY i.not_after, i.row_id LIMIT ${limit}`.execute(db)
+            ).rows;
+      return foldInventory(
+        caKeyId,
+        groups.rows.map((g) => ({ agentId: g.agentId, spiffeId: g.spiffeId, n: Number(g.n) })),
+        rows.map(toInventorySvid),
+      );
     });
   }
 
