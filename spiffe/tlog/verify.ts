@@ -86,6 +86,12 @@ export interface HttpTlogFetchOptions {
   readonly fetch?: typeof globalThis.fetch;
   /** Per-request timeout in milliseconds (default 30,000). */
   readonly timeoutMs?: number;
+  /**
+   * Times a request that failed before any answer (connection reset or
+   * refused, timeout) is sent again (default 2). A server closes an idle
+   * keep-alive connection as the client reuses it; every request is a GET.
+   */
+  readonly retries?: number;
 }
 
 /**
@@ -104,13 +110,16 @@ export function httpTlogFetch(baseUrl: string, options: HttpTlogFetchOptions = {
   const base = url.href.replace(/\/+$/, "");
   const doFetch = options.fetch ?? globalThis.fetch;
   const timeoutMs = options.timeoutMs ?? 30_000;
+  const retries = options.retries ?? 2;
   return async (path) => {
     const target = `${base}/${path}`;
-    let res: Response;
-    try {
-      res = await doFetch(target, { signal: AbortSignal.timeout(timeoutMs) });
-    } catch (e) {
-      throw new SigilError("ERR_UNAVAILABLE", `log verify: GET ${target}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    let res: Response | undefined;
+    for (let attempt = 0; res === undefined; attempt++) {
+      try {
+        res = await doFetch(target, { signal: AbortSignal.timeout(timeoutMs) });
+      } catch (e) {
+        if (attempt >= retries) throw new SigilError("ERR_UNAVAILABLE", `log verify: GET ${target}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+      }
     }
     if (!res.ok) throw new SigilError(res.status === 404 ? "ERR_NOT_FOUND" : "ERR_UNAVAILABLE", `log verify: GET ${target}: HTTP ${res.status}`);
     return new Uint8Array(await res.arrayBuffer());

@@ -211,4 +211,18 @@ describe("verifyLog", () => {
     const f = await failure({ fetch: httpTlogFetch("https://log.example/prefix", { fetch: fakeFetch }), verifiers });
     expect(f.message).toBe("log verify: entry 256: cannot fetch tile/0/001.p/44: log verify: GET https://log.example/prefix/tile/0/001.p/44: HTTP 404");
   });
+
+  it("sends a GET again after a connection failure, a bounded number of times", async () => {
+    let calls = 0;
+    const flaky = (async () => {
+      calls++;
+      if (calls <= 2) throw new TypeError("fetch failed", { cause: new Error("read ECONNRESET") });
+      return new Response("ok");
+    }) as typeof globalThis.fetch;
+    expect(Buffer.from(await httpTlogFetch("https://log.example/", { fetch: flaky })("checkpoint")).toString()).toBe("ok");
+    expect(calls).toBe(3);
+    calls = 0;
+    await expect(httpTlogFetch("https://log.example/", { fetch: flaky, retries: 1 })("checkpoint")).rejects.toThrow("log verify: GET https://log.example/checkpoint: fetch failed");
+    expect(calls).toBe(2);
+  });
 });
