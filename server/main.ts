@@ -9,6 +9,7 @@
  * | `datastore` | opens the DataStore plugin; refuses a trust-domain change under existing data |
  * | `signing-pool` | signing threads for the key manager (`server.signing_threads` > 0) |
  * | `ca` | KeyManager and UpstreamAuthority plugins, CA slots restored or created, bundle published |
+ * | `transparency-log` | (`transparency_log.enabled`) the log tree rebuilt and checked against the last checkpoint, the log key loaded, a checkpoint every `checkpoint_interval` (docs/transparency.md) |
  * | `notifiers` | (`plugins.Notifier`) Notifier plugins, told of the bundle at start and after every change (publishing runs in the background) |
  * | `change-feed` | follows the change events every server sharing the database commits (NOTIFY-woken on PostgreSQL, polled on MySQL and SQLite) |
  * | `entry-index` | the entry index, loaded and following the change feed |
@@ -65,6 +66,8 @@ import { FederationPoller } from "./federation/poller.js";
 import { BundleEndpointService, bundleEndpointSettings } from "./federation/bundle-endpoint-service.js";
 import { OidcDiscoveryService } from "./oidc/service.js";
 import type { OidcListener } from "./oidc/http.js";
+import { TransparencyLogService } from "./tlog/service.js";
+import type { KeyManager } from "../plugins/keymanager/types.js";
 
 /** Options for tests and embedding. */
 export interface StartServerOptions {
@@ -131,7 +134,30 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   const bundleEndpointConfig = bundleEndpointSettings(config, serverId);
   // This instance's name among the servers sharing the database: its CA journal rows carry it.
   const instanceId = serverInstanceId(s.server_id, s.data_dir);
-  const ca = new CaService({ settings: caSettings(s, trustDomain, bundleEndpointConfig?.refreshHintSeconds, instanceId), plugins: config.plugins, datastore, signingPool, clock, metrics, log: subsystemLogger(log, "ca_manager") });
+  // Issuance transparency: its hooks append through the datastore from the start (the CA's first events too).
+  const tlogConfig = config.transparency_log?.enabled === true ? config.transparency_log : undefined;
+  const transparencyLog: TransparencyLogService | undefined = tlogConfig
+    ? new TransparencyLogService({
+        datastore,
+        keyManager: (): KeyManager => ca.keyManager,
+        trustDomain: trustDomain.name,
+        serverId: instanceId,
+        now,
+        checkpointIntervalMs: tlogConfig.checkpoint_interval,
+        checkpointBatch: tlogConfig.checkpoint_batch,
+        log: subsystemLogger(log, "tlog"),
+      })
+    : undefined;
+  const ca = new CaService({
+    settings: caSettings(s, trustDomain, bundleEndpointConfig?.refreshHintSeconds, instanceId),
+    plugins: config.plugins,
+    datastore,
+    signingPool,
+    clock,
+    metrics,
+    log: subsystemLogger(log, "ca_manager"),
+    onAuthorityEvent: transparencyLog?.onAuthorityEvent,
+  });
   // Only with a Notifier configured: a server without one has no `notifiers` service.
   const notifiers =
     Object.keys(config.plugins.Notifier ?? {}).length > 0 ? new NotifierService({ plugins: config.plugins.Notifier, ca, metrics, log: subsystemLogger(log, "notifier") }) : undefined;
@@ -161,6 +187,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     metrics,
     clock,
     log: subsystemLogger(log, "agent_api"),
+    transparencyLog,
   });
   const admin = new AdminListener({
     socketPath: adminSocketPath,
@@ -177,6 +204,8 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     log: subsystemLogger(log, "admin_api"),
     issuesAgentId: (id) => agentApi.issuesAgentId(id),
     federation,
+    transparencyLog,
+    tlogView: transparencyLog ? () => transparencyLog.view : undefined,
   });
   const k8sController = k8sControllerService(config, { trustDomain, serverId: serverId.toString(), datastore, agentApi, now, log });
   const rotation = new CaRotationJob({
@@ -210,6 +239,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       datastore,
       ...(signingPool ? [service("signing-pool", () => undefined, () => signingPool.close())] : []),
       ca,
+      ...(transparencyLog ? [transparencyLog] : []),
       ...(notifiers ? [notifiers] : []),
       changeFeed,
       entries,

@@ -15,6 +15,7 @@ import type { TrustDomain } from "../../spiffe/id.js";
 import type { CaManager } from "../ca/manager.js";
 import type { Datastore } from "../datastore/index.js";
 import type { FederationControl } from "../federation/poller.js";
+import type { IssuanceLogSink } from "../tlog/log-service.js";
 import type { TlogReadView } from "../tlog/types.js";
 import { createAdminApi } from "./admin-api.js";
 import { createAdminCallers, serveAdminSocket, type AdminSocket } from "./admin-socket.js";
@@ -43,6 +44,8 @@ export interface AdminListenerDeps {
   readonly federation?: FederationControl | undefined;
   /** The transparency log's read side once its service started, when `transparency_log.enabled`. */
   readonly tlogView?: (() => TlogReadView | undefined) | undefined;
+  /** Where minted credentials' transparency-log entries go, when the log is on. */
+  readonly transparencyLog?: IssuanceLogSink | undefined;
 }
 
 /** The `admin-socket` service; see the module comment. */
@@ -73,6 +76,7 @@ export class AdminListener implements Service {
       issuesAgentId: d.issuesAgentId,
       federation: d.federation,
       tlogView: d.tlogView,
+      transparencyLog: d.transparencyLog,
     });
     const server = new Server({ interceptors: [rpcMetricsInterceptor(d.metrics)] });
     server.addService(grpcServiceDefinition(EntryAdmin), admin.entry);

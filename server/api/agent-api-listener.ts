@@ -24,6 +24,7 @@ import { parseSpiffeId, type SpiffeId, type TrustDomain } from "../../spiffe/id.
 import { NodeAttestation } from "../attestation/node-attestation.js";
 import type { CaManager } from "../ca/manager.js";
 import type { Datastore } from "../datastore/index.js";
+import type { IssuanceLogSink } from "../tlog/log-service.js";
 import { Issuer } from "../issuance/issuer.js";
 import type { EntryIndex } from "../registration/entry-index.js";
 import type { IndexedRecord } from "../registration/entry-index-feed.js";
@@ -70,6 +71,8 @@ export interface AgentApiListenerDeps {
   readonly metrics: Metrics;
   readonly clock: Clock;
   readonly log: Logger;
+  /** Where issued credentials' transparency-log entries go (`transparency_log.enabled`); unset: not logged. */
+  readonly transparencyLog?: IssuanceLogSink | undefined;
 }
 
 /** The `agent-api` service; see the module comment. */
@@ -122,7 +125,7 @@ export class AgentApiListener implements Service {
     const ca = d.ca.manager;
     const now = (): Date => d.clock.now();
     const attestors = (this.#attestors = new Map(this.#plugins.add(createPlugins("server", PLUGIN_CATALOG.NodeAttestor, d.nodeAttestors, { trustDomain: d.trustDomain, store: datastore })).map((a) => [a.name, a])));
-    const issuer = new Issuer({ ca, datastore, metrics: d.metrics, now, defaultX509TtlMs: d.defaultX509TtlMs, defaultJwtTtlMs: d.defaultJwtTtlMs });
+    const issuer = new Issuer({ ca, datastore, metrics: d.metrics, now, defaultX509TtlMs: d.defaultX509TtlMs, defaultJwtTtlMs: d.defaultJwtTtlMs, transparencyLog: d.transparencyLog });
     // Typed structurally: the CA manager reports taints once the authority commands exist.
     const taintSource = ca as { taintedAuthorities?: () => TaintedAuthorities };
     const taintedAuthorities = (): TaintedAuthorities => taintSource.taintedAuthorities?.() ?? { x509SpkiSha256: [], jwtKeyIds: [] };

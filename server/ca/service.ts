@@ -15,7 +15,8 @@ import { SigilError } from "../../spiffe/errors.js";
 import type { TrustDomain } from "../../spiffe/id.js";
 import type { ServerConfig } from "../config/schema.js";
 import type { Datastore } from "../datastore/index.js";
-import { CaManager, type CaSettings } from "./manager.js";
+import type { KeyManager } from "../../plugins/keymanager/types.js";
+import { CaManager, type AuthorityEvent, type CaSettings } from "./manager.js";
 
 /**
  * The CA settings of a server config's `server` section. `refreshHintSeconds`
@@ -55,6 +56,8 @@ export interface CaServiceDeps {
   /** Receives the CA expiry gauges. */
   readonly metrics: Metrics;
   readonly log: Logger;
+  /** Told of every authority state change (the transparency log); unset: nobody is. */
+  readonly onAuthorityEvent?: ((e: AuthorityEvent) => Promise<void>) | undefined;
 }
 
 /** The `ca` service; see the module comment. */
@@ -62,6 +65,7 @@ export class CaService implements Service {
   readonly name = "ca";
   readonly #d: CaServiceDeps;
   #manager: CaManager | undefined;
+  #keyManager: KeyManager | undefined;
   /** The KeyManager and UpstreamAuthority instances. */
   readonly #plugins: OwnedPlugins;
 
@@ -76,6 +80,12 @@ export class CaService implements Service {
     return this.#manager;
   }
 
+  /** The started KeyManager plugin (the transparency log keeps its key there too). */
+  get keyManager(): KeyManager {
+    if (!this.#keyManager) throw new SigilError("ERR_UNAVAILABLE", "ca: not started");
+    return this.#keyManager;
+  }
+
   start(): Promise<void> {
     return this.#plugins.starting(() => this.#start());
   }
@@ -84,6 +94,7 @@ export class CaService implements Service {
     const { plugins, metrics } = this.#d;
     const [keyManager] = this.#plugins.add(createPlugins("server", PLUGIN_CATALOG.KeyManager, plugins.KeyManager, { signingPool: this.#d.signingPool }));
     if (keyManager === undefined) throw new SigilError("ERR_INVALID_ARGUMENT", "server: plugins.KeyManager: one KeyManager plugin must be configured");
+    this.#keyManager = keyManager;
     const [upstream] = this.#plugins.add(createPlugins("server", PLUGIN_CATALOG.UpstreamAuthority, plugins.UpstreamAuthority, {}));
     const manager = new CaManager(this.#d.settings, {
       keyManager,
@@ -91,6 +102,7 @@ export class CaService implements Service {
       clock: this.#d.clock,
       upstream,
       log: this.#d.log,
+      onAuthorityEvent: this.#d.onAuthorityEvent,
       onAuthoritiesChanged: (x509, jwt) => {
         for (const slot of ["A", "B"]) {
           metrics.setCaX509Expiry(slot, x509.find((a) => a.slotId === slot)?.notAfter);

@@ -23,6 +23,8 @@ import { parseSpiffeId, type SpiffeId } from "../../spiffe/id.js";
 import type { KeyType } from "../../spiffe/signer.js";
 import type { CaManager, IssuedJwt, IssuedX509, JwtSvidRequest, X509SvidRequest } from "../ca/manager.js";
 import type { Datastore, IssuanceInput, RegistrationEntry } from "../datastore/index.js";
+import type { LoggedCredential } from "../tlog/entry.js";
+import type { IssuanceLogSink } from "../tlog/log-service.js";
 import { jwtIssuanceRecord, x509IssuanceRecord } from "./records.js";
 
 /** Key types the server accepts for agent and workload keys. */
@@ -42,6 +44,8 @@ export interface IssuerDeps {
   readonly defaultX509TtlMs: number;
   /** TTL of an entry's JWT-SVIDs when the entry sets none. */
   readonly defaultJwtTtlMs: number;
+  /** The transparency log, when on: each credential's log entry is committed with its record. */
+  readonly transparencyLog?: IssuanceLogSink | undefined;
 }
 
 /** An entry's X509-SVID request that passed the caller's checks. */
@@ -103,14 +107,18 @@ export class Issuer {
   async entryX509Svids(agentId: string, requests: readonly EntryX509Request[]): Promise<(IssuedX509 | SigilError)[]> {
     const issued = await this.#d.ca.signX509SvidBatch(requests.map((r) => r.req));
     const records: IssuanceInput[] = [];
+    const logged: LoggedCredential[] = [];
     const issuedAt = this.#d.now();
     const origin = { requestedBy: `agent:${agentId}`, agentId };
+    const tlog = this.#d.transparencyLog;
     issued.forEach((outcome, i) => {
       if (outcome instanceof SigilError) return;
-      const entry = (requests[i] as EntryX509Request).entry;
-      records.push(x509IssuanceRecord("x509-svid", entry.spiffeId, outcome, origin, entry, issuedAt));
+      const { entry, req } = requests[i] as EntryX509Request;
+      const record = x509IssuanceRecord("x509-svid", entry.spiffeId, outcome, origin, entry, issuedAt);
+      records.push(record);
+      if (tlog) logged.push({ record, certDer: outcome.chain[0], publicKeyDer: req.publicKeyDer, entryRevision: entry.revision });
     });
-    await this.#commit(records);
+    await this.#commit(records, logged);
     this.#d.metrics?.x509SvidsSigned.inc(records.length);
     return issued;
   }
@@ -126,7 +134,8 @@ export class Issuer {
       audience,
       ttlMs: entry.jwtSvidTtl > 0 ? entry.jwtSvidTtl * 1000 : this.#d.defaultJwtTtlMs,
     });
-    await this.#commit([jwtIssuanceRecord(entry.spiffeId, jwt, audience, { requestedBy: `agent:${agentId}`, agentId }, entry)]);
+    const record = jwtIssuanceRecord(entry.spiffeId, jwt, audience, { requestedBy: `agent:${agentId}`, agentId }, entry);
+    await this.#commit([record], [{ record, jwt: jwt.token, entryRevision: entry.revision }]);
     this.#d.metrics?.jwtSvidsSigned.inc();
     return jwt;
   }
@@ -140,7 +149,8 @@ export class Issuer {
     const issued = this.#d.ca.signX509Svid({ spiffeId: agentId, publicKeyDer, ttlMs });
     await bind(issued);
     const id = agentId.toString();
-    await this.#commit([x509IssuanceRecord("agent-svid", id, issued, { requestedBy: origin.requestedBy, agentId: id, selectors: origin.selectors }, undefined, this.#d.now())]);
+    const record = x509IssuanceRecord("agent-svid", id, issued, { requestedBy: origin.requestedBy, agentId: id, selectors: origin.selectors }, undefined, this.#d.now());
+    await this.#commit([record], [{ record, certDer: issued.chain[0], publicKeyDer }]);
     this.#d.metrics?.x509SvidsSigned.inc();
     return issued;
   }
@@ -148,7 +158,8 @@ export class Issuer {
   /** Signs an X509-SVID for no entry and no agent (an admin mint) and records it as requested by `requestedBy`. */
   async mintX509Svid(req: X509SvidRequest, requestedBy: string): Promise<IssuedX509> {
     const issued = this.#d.ca.signX509Svid(req);
-    await this.#commit([x509IssuanceRecord("x509-svid", req.spiffeId.toString(), issued, { requestedBy, agentId: null }, undefined, this.#d.now())]);
+    const record = x509IssuanceRecord("x509-svid", req.spiffeId.toString(), issued, { requestedBy, agentId: null }, undefined, this.#d.now());
+    await this.#commit([record], [{ record, certDer: issued.chain[0], publicKeyDer: req.publicKeyDer }]);
     this.#d.metrics?.x509SvidsSigned.inc();
     return issued;
   }
@@ -156,14 +167,22 @@ export class Issuer {
   /** Signs a JWT-SVID for no entry and no agent (an admin mint) and records it as requested by `requestedBy`. */
   async mintJwtSvid(req: JwtSvidRequest, requestedBy: string): Promise<IssuedJwt> {
     const jwt = this.#d.ca.signJwtSvid(req);
-    await this.#commit([jwtIssuanceRecord(req.spiffeId.toString(), jwt, req.audience, { requestedBy, agentId: null }, undefined)]);
+    const record = jwtIssuanceRecord(req.spiffeId.toString(), jwt, req.audience, { requestedBy, agentId: null }, undefined);
+    await this.#commit([record], [{ record, jwt: jwt.token }]);
     this.#d.metrics?.jwtSvidsSigned.inc();
     return jwt;
   }
 
-  /** Commits records (timed when there are metrics); nothing leaves before this resolves. */
-  #commit(records: IssuanceInput[]): Promise<void> {
-    const write = this.#d.datastore.recordIssuances(records);
-    return this.#d.metrics ? this.#d.metrics.timeIssuanceLogWrite(write) : write;
+  /**
+   * Commits records, with their transparency-log entries when the log is on,
+   * in one transaction (timed when there are metrics); nothing leaves before
+   * this resolves.
+   */
+  async #commit(records: IssuanceInput[], logged: readonly LoggedCredential[]): Promise<void> {
+    const tlog = this.#d.transparencyLog;
+    const entries = tlog && logged.length > 0 ? tlog.credentialEntries(logged) : undefined;
+    const write = entries ? this.#d.datastore.recordIssuances(records, entries) : this.#d.datastore.recordIssuances(records);
+    await (this.#d.metrics ? this.#d.metrics.timeIssuanceLogWrite(write) : write);
+    if (entries) tlog?.appended(entries.length);
   }
 }
