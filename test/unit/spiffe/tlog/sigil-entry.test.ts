@@ -1,0 +1,60 @@
+import { describe, expect, it } from "vitest";
+import { isSigilError } from "../../../../spiffe/errors.js";
+import { canonicalJson, credentialLookupKey, decodeLogEntry, encodeLogEntry, logLookupKey, type SigilLogEntry } from "../../../../spiffe/tlog/sigil-entry.js";
+
+const jwt: SigilLogEntry = {
+  v: 1, kind: "jwt-svid", jwtSha256: "a".repeat(64), spiffeId: "spiffe://example.org/web", entryId: "e1", entryRevision: 3,
+  selectors: ["unix:uid:1000"], agentId: "spiffe://example.org/spire/agent/x", authorityKeyId: "jwt-A", notBefore: 1893456000,
+  notAfter: 1893456300, issuedAt: 1893456000, requestedBy: "agent:spiffe://example.org/spire/agent/x", audience: ["db", "é"],
+};
+
+function refused(bytes: string | Uint8Array, message: RegExp): void {
+  try {
+    decodeLogEntry(typeof bytes === "string" ? Buffer.from(bytes, "utf8") : bytes);
+  } catch (e) {
+    expect(isSigilError(e, "ERR_TLOG_MALFORMED")).toBe(true);
+    expect((e as Error).message).toMatch(message);
+    return;
+  }
+  throw new Error("accepted");
+}
+
+describe("Sigil log entries (RFC 8785 canonical JSON)", () => {
+  it("encodes with sorted keys, no whitespace, UTF-8, and decodes back", () => {
+    const bytes = encodeLogEntry(jwt);
+    expect(bytes.toString("utf8")).toBe(
+      `{"agentId":"spiffe://example.org/spire/agent/x","audience":["db","é"],"authorityKeyId":"jwt-A","entryId":"e1","entryRevision":3,"issuedAt":1893456000,"jwtSha256":"${"a".repeat(64)}","kind":"jwt-svid","notAfter":1893456300,"notBefore":1893456000,"requestedBy":"agent:spiffe://example.org/spire/agent/x","selectors":["unix:uid:1000"],"spiffeId":"spiffe://example.org/web","v":1}`,
+    );
+    expect(bytes.includes(Buffer.from([0xc3, 0xa9]))).toBe(true); // é as UTF-8, not \u00e9
+    expect(decodeLogEntry(bytes)).toEqual(jwt);
+    expect(logLookupKey(jwt)).toBe(`jwt:${"a".repeat(64)}`);
+  });
+
+  it("follows RFC 8785 for key order by UTF-16 code units and string escapes", () => {
+    // RFC 8785 §3.2.3: "\u20ac" (€) sorts before "\ud83d\ude00" (😀), which sorts before "\ufb33".
+    expect(canonicalJson({ "\ufb33": 1, "😀": 2, "€": 3, "1": 4, a: [true, null, "\u0007\n\"\\/"] })).toBe('{"1":4,"a":[true,null,"\\u0007\\n\\"\\\\/"],"\u20ac":3,"\ud83d\ude00":2,"\ufb33":1}');
+  });
+
+  it("refuses non-canonical spellings and invalid fields, naming them", () => {
+    const canonical = encodeLogEntry(jwt).toString("utf8");
+    refused(canonical.replace('{"agentId"', '{ "agentId"'), /canonical form/);
+    refused(canonical.replace('"entryRevision":3', '"entryRevision":3.0'), /canonical form/);
+    refused('{"v":1,"kind":"x509-svid","spiffeId":"s","notBefore":1,"notAfter":2,"issuedAt":1}', /serial is required/);
+    refused('{"issuedAt":1,"kind":"x509-svid","notAfter":2,"notBefore":1,"serial":"0a","spiffeId":"s","v":1}', /serial must be lower-case hex without leading zeros/);
+    refused('{"issuedAt":1,"kind":"x509-svid","notAfter":2,"notBefore":-1,"serial":"a","spiffeId":"s","v":1}', /notBefore must be a non-negative integer/);
+    refused('{"extra":1,"issuedAt":1,"kind":"x509-svid","notAfter":2,"notBefore":1,"serial":"a","spiffeId":"s","v":1}', /unknown field "extra"/);
+    refused('{"kind":"x509-svid","v":2}', /v must be 1/);
+    refused('{"kind":"nope","v":1}', /kind must be one of/);
+    refused(Buffer.from([0x7b, 0xff, 0x7d]), /not valid UTF-8/);
+    refused(Buffer.alloc(65_536, 0x20), /at most 65535 bytes/);
+    expect(() => encodeLogEntry({ ...jwt, spiffeId: "\ud800" } as SigilLogEntry)).toThrow(/lone UTF-16 surrogate/);
+  });
+
+  it("authority entries and lookup keys", () => {
+    const a: SigilLogEntry = { v: 1, kind: "authority", event: "revoked", authorityKind: "x509", authorityKeyId: "x509-CA-B", serverId: "s1", at: 5, cert: "MAA=" };
+    expect(encodeLogEntry(a).toString()).toBe('{"at":5,"authorityKeyId":"x509-CA-B","authorityKind":"x509","cert":"MAA=","event":"revoked","kind":"authority","serverId":"s1","v":1}');
+    expect(logLookupKey(a)).toBe("authority:x509:x509-CA-B:revoked");
+    expect(credentialLookupKey({ serial: "00AB" })).toBe("serial:ab");
+    expect(() => credentialLookupKey({ jwtSha256: "xyz" })).toThrow(/64 hex digits/);
+  });
+});
