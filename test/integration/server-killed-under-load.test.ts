@@ -53,9 +53,11 @@ describe.skipIf(!hasPostgres)("one of two servers killed with SIGKILL under load
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
     const configPath = path.join(dir, "server.yaml");
     // The simulated agents sync in a tight loop on purpose; the per-agent sync limit has tests of its own.
+    // They never renew, so agent SVIDs outlast a test stretched by a busy machine (renewal across a
+    // failover is agent-failover.test.ts's).
     const yaml = testServerConfigYaml(dir, {
       keyManager: "disk",
-      serverExtra: "  default_x509_svid_ttl: 20s\n  agent_ttl: 60s\n  ratelimit:\n    sync: false\n",
+      serverExtra: "  default_x509_svid_ttl: 20s\n  agent_ttl: 10m\n  ratelimit:\n    sync: false\n",
       dataStore: { databaseType: "postgres", connectionString: url },
     });
     writeFileSync(configPath, yaml);
@@ -82,35 +84,38 @@ describe.skipIf(!hasPostgres)("one of two servers killed with SIGKILL under load
 
     // Real agents, each with an entry for its workload's uid (20 s SVIDs, renewed at half life).
     const workloadEntry = (agentId: string, name: string) => create(EntrySchema, { spiffeId: `spiffe://example.org/${name}`, parentId: agentId, selectors: [{ type: "unix", value: `uid:${UID}` }], x509SvidTtl: 20 });
-    const real: { agent: AgentProcess; agentId: string; workload: SvidWatch }[] = [];
     const ended = new AbortController();
-    for (let i = 0; i < REAL_AGENTS; i++) {
-      const tok = await admins[0]!.agents.createJoinToken({ ttl: 600 });
-      expect((await admins[0]!.entries.batchCreateEntry({ entries: [workloadEntry(tok.agentId, `web-${i}`)] })).results[0]?.status?.code).toBe(0);
-      const agent = await startAgentProcess({ serverAddress: addresses[0]!, bundlePem: roots, joinToken: tok.token, extraAgentYaml: `  server_addresses: [${addresses.join(", ")}]\n` });
-      cleanups.push(() => agent.stop());
-      const workload = watchSvids(agent.socketPath, { renewed: `/web-${i}`, renewals: 3, until: `/after-kill-${i}`, timeoutMs: 120_000, signal: ended.signal });
-      cleanups.push(async () => {
-        ended.abort();
-        await workload.result;
-      });
-      await workload.first;
-      real.push({ agent, agentId: tok.agentId, workload });
-    }
+    // Started side by side (each start waits for its workload's first SVID).
+    const real: { agent: AgentProcess; agentId: string; workload: SvidWatch }[] = await Promise.all(
+      Array.from({ length: REAL_AGENTS }, async (_, i) => {
+        const tok = await admins[0]!.agents.createJoinToken({ ttl: 600 });
+        expect((await admins[0]!.entries.batchCreateEntry({ entries: [workloadEntry(tok.agentId, `web-${i}`)] })).results[0]?.status?.code).toBe(0);
+        const agent = await startAgentProcess({ serverAddress: addresses[0]!, bundlePem: roots, joinToken: tok.token, extraAgentYaml: `  server_addresses: [${addresses.join(", ")}]\n` });
+        cleanups.push(() => agent.stop());
+        const workload = watchSvids(agent.socketPath, { renewed: `/web-${i}`, renewals: 3, until: `/after-kill-${i}`, timeoutMs: 120_000, signal: ended.signal });
+        cleanups.push(async () => {
+          ended.abort();
+          await workload.result;
+        });
+        await workload.first;
+        return { agent, agentId: tok.agentId, workload };
+      }),
+    );
 
     // Simulated agents, attested through A, syncing in a loop through their current server.
-    const sims: SimAgent[] = [];
-    for (let i = 0; i < SIM_AGENTS; i++) {
-      const tok = await admins[0]!.agents.createJoinToken({ ttl: 600 });
-      const atA = await attestWithJoinToken(addresses[0]!, roots, tok.token);
-      const identity = { keyPem: atA.key.export({ format: "pem", type: "pkcs8" }).toString(), certPem: encodePemCertificates(atA.chain) };
-      const atB: Attested = { ...atA, api: createUnaryClient(AgentAPI, addresses[1]!, tlsCredentials(roots, identity)) };
-      cleanups.push(() => {
-        atA.api.close();
-        atB.api.close();
-      });
-      sims.push({ id: tok.agentId, clients: [atA, atB], current: i % 2 });
-    }
+    const sims: SimAgent[] = await Promise.all(
+      Array.from({ length: SIM_AGENTS }, async (_, i) => {
+        const tok = await admins[0]!.agents.createJoinToken({ ttl: 600 });
+        const atA = await attestWithJoinToken(addresses[0]!, roots, tok.token);
+        const identity = { keyPem: atA.key.export({ format: "pem", type: "pkcs8" }).toString(), certPem: encodePemCertificates(atA.chain) };
+        const atB: Attested = { ...atA, api: createUnaryClient(AgentAPI, addresses[1]!, tlsCredentials(roots, identity)) };
+        cleanups.push(() => {
+          atA.api.close();
+          atB.api.close();
+        });
+        return { id: tok.agentId, clients: [atA, atB], current: i % 2 };
+      }),
+    );
     let stop = false;
     const syncLoop = async (sim: SimAgent): Promise<void> => {
       while (!stop) {

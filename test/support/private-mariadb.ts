@@ -6,11 +6,12 @@
  * uses one of these, so the shared server other tests run against at the same
  * time is never disturbed.
  */
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import mysql from "mysql2/promise";
+import { databaseProcess } from "./database-process.js";
 import { closedLoopbackPort } from "./ports.js";
 
 /** A running private MariaDB server. */
@@ -71,56 +72,36 @@ export async function startPrivateMariadb(): Promise<PrivateMariadb> {
   }
   const port = await closedLoopbackPort();
   const url = `mysql://root@127.0.0.1:${port}`;
-  let child: ChildProcess | undefined;
-
-  const start = async (): Promise<void> => {
-    const c = spawn(
-      bin.server,
-      [
-        "--no-defaults",
-        `--datadir=${data}`,
-        `--socket=${path.join(dir, "mysqld.sock")}`,
-        `--pid-file=${path.join(dir, "mysqld.pid")}`,
-        `--port=${port}`,
-        "--bind-address=127.0.0.1",
-        "--skip-name-resolve",
-        "--innodb-buffer-pool-size=32M",
-        // Survives a server crash (a test's SIGKILL), not a machine crash: enough for a throwaway.
-        "--innodb-flush-log-at-trx-commit=2",
-        ...asRoot,
-      ],
-      { cwd: dir, stdio: ["ignore", "ignore", "pipe"] },
-    );
-    let stderr = "";
-    c.stderr?.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
-    child = c;
-    const deadline = Date.now() + 30_000;
-    for (;;) {
-      if (c.exitCode !== null || c.signalCode !== null) throw new Error(`private MariaDB exited at start: ${stderr}`);
-      try {
-        const conn = await mysql.createConnection({ uri: url, connectTimeout: 2_000 });
-        await conn.end();
-        return;
-      } catch {
-        if (Date.now() > deadline) throw new Error(`private MariaDB did not accept connections: ${stderr}`);
-        await new Promise((r) => setTimeout(r, 100));
-      }
-    }
-  };
-
-  const shutdown = async (signal: "SIGTERM" | "SIGKILL" = "SIGTERM"): Promise<void> => {
-    const c = child;
-    child = undefined;
-    if (c === undefined || c.exitCode !== null || c.signalCode !== null) return;
-    await new Promise<void>((resolve) => {
-      c.once("exit", () => resolve());
-      // SIGTERM: a clean shutdown (connections are closed, InnoDB flushed; nothing committed is lost).
-      c.kill(signal);
-    });
-  };
+  const server = databaseProcess(
+    "private MariaDB",
+    () =>
+      spawn(
+        bin.server,
+        [
+          "--no-defaults",
+          `--datadir=${data}`,
+          `--socket=${path.join(dir, "mysqld.sock")}`,
+          `--pid-file=${path.join(dir, "mysqld.pid")}`,
+          `--port=${port}`,
+          "--bind-address=127.0.0.1",
+          "--skip-name-resolve",
+          "--innodb-buffer-pool-size=32M",
+          // Survives a server crash (a test's SIGKILL), not a machine crash: enough for a throwaway.
+          "--innodb-flush-log-at-trx-commit=2",
+          ...asRoot,
+        ],
+        { cwd: dir, stdio: ["ignore", "ignore", "pipe"] },
+      ),
+    async () => {
+      const conn = await mysql.createConnection({ uri: url, connectTimeout: 2_000 });
+      await conn.end();
+    },
+  );
+  // SIGTERM: a clean shutdown (connections are closed, InnoDB flushed; nothing committed is lost).
+  const shutdown = (signal: "SIGTERM" | "SIGKILL" = "SIGTERM") => server.stop(signal);
 
   try {
-    await start();
+    await server.start();
   } catch (e) {
     await shutdown();
     rmSync(dir, { recursive: true, force: true });
@@ -141,7 +122,7 @@ export async function startPrivateMariadb(): Promise<PrivateMariadb> {
     async restart({ signal = "SIGTERM", downForMs = 0, whileDown = async () => undefined } = {}) {
       await shutdown(signal);
       await Promise.all([new Promise((r) => setTimeout(r, downForMs)), whileDown()]);
-      await start();
+      await server.start();
     },
     async stop() {
       await shutdown();

@@ -6,11 +6,12 @@
  * of these, so the shared cluster other tests run against at the same time
  * is never disturbed.
  */
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import pg from "pg";
+import { databaseProcess } from "./database-process.js";
 import { closedLoopbackPort } from "./ports.js";
 
 /** A running private cluster. */
@@ -63,48 +64,30 @@ export async function startPrivatePostgres(): Promise<PrivatePostgres> {
   execFileSync(path.join(bin, "initdb"), ["-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"], { uid: user.uid, gid: user.gid, env, stdio: "ignore", cwd: dir });
   const port = await closedLoopbackPort();
   const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
-  let child: ChildProcess | undefined;
-
-  const start = async (): Promise<void> => {
-    const c = spawn(path.join(bin, "postgres"), ["-D", data, "-p", String(port), "-k", dir, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"], {
-      uid: user.uid,
-      gid: user.gid,
-      env,
-      cwd: dir,
-      stdio: ["ignore", "ignore", "pipe"],
-    });
-    let stderr = "";
-    c.stderr?.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
-    child = c;
-    const deadline = Date.now() + 30_000;
-    for (;;) {
-      if (c.exitCode !== null || c.signalCode !== null) throw new Error(`private PostgreSQL exited at start: ${stderr}`);
+  const server = databaseProcess(
+    "private PostgreSQL",
+    () =>
+      spawn(path.join(bin, "postgres"), ["-D", data, "-p", String(port), "-k", dir, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"], {
+        uid: user.uid,
+        gid: user.gid,
+        env,
+        cwd: dir,
+        stdio: ["ignore", "ignore", "pipe"],
+      }),
+    async () => {
       const client = new pg.Client({ connectionString: url });
       try {
         await client.connect();
-        await client.end();
-        return;
-      } catch {
+      } finally {
         await client.end().catch(() => undefined);
-        if (Date.now() > deadline) throw new Error(`private PostgreSQL did not accept connections: ${stderr}`);
-        await new Promise((r) => setTimeout(r, 100));
       }
-    }
-  };
-
-  const shutdown = async (): Promise<void> => {
-    const c = child;
-    child = undefined;
-    if (c === undefined || c.exitCode !== null || c.signalCode !== null) return;
-    await new Promise<void>((resolve) => {
-      c.once("exit", () => resolve());
-      // SIGINT: PostgreSQL's fast shutdown (sessions are ended, nothing committed is lost).
-      c.kill("SIGINT");
-    });
-  };
+    },
+  );
+  // SIGINT: PostgreSQL's fast shutdown (sessions are ended, nothing committed is lost).
+  const shutdown = () => server.stop("SIGINT");
 
   try {
-    await start();
+    await server.start();
   } catch (e) {
     await shutdown();
     rmSync(dir, { recursive: true, force: true });
@@ -114,7 +97,7 @@ export async function startPrivatePostgres(): Promise<PrivatePostgres> {
     url,
     async restart() {
       await shutdown();
-      await start();
+      await server.start();
     },
     async stop() {
       await shutdown();
