@@ -14,12 +14,14 @@
  * server.addService(grpcServiceDefinition(SvidAdmin), admin.svid);
  * server.addService(grpcServiceDefinition(FederationAdmin), admin.federation);
  * server.addService(grpcServiceDefinition(LogAdmin), admin.log);
+ * server.addService(grpcServiceDefinition(AuthorityAdmin), admin.authority);
  * ```
  */
-import { AgentAdmin, BundleAdmin, EntryAdmin, FederationAdmin, LogAdmin, SvidAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
+import { AgentAdmin, AuthorityAdmin, BundleAdmin, EntryAdmin, FederationAdmin, LogAdmin, SvidAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
 import type { GrpcServiceImplementation } from "../../spiffe/grpc/service.js";
 import { Issuer } from "../issuance/issuer.js";
 import { createAgentAdmin } from "./admin/agent.js";
+import { createAuthorityAdmin } from "./admin/authority.js";
 import { createBundleAdmin } from "./admin/bundle.js";
 import type { AdminApiDeps } from "./admin/common.js";
 import { createEntryAdmin } from "./admin/entry.js";
@@ -42,6 +44,7 @@ export interface AdminApi {
   readonly svid: GrpcServiceImplementation<(typeof SvidAdmin)["method"]>;
   readonly federation: GrpcServiceImplementation<(typeof FederationAdmin)["method"]>;
   readonly log: GrpcServiceImplementation<(typeof LogAdmin)["method"]>;
+  readonly authority: GrpcServiceImplementation<(typeof AuthorityAdmin)["method"]>;
 }
 
 /** Builds the admin API. */
@@ -56,5 +59,6 @@ export function createAdminApi(deps: AdminApiDeps): AdminApi {
     svid: createSvidAdmin(deps, wrapper(SvidAdmin.typeName), new Issuer(deps)),
     federation: createFederationAdmin(deps, wrapper(FederationAdmin.typeName)),
     log: createLogAdmin(deps.tlogView, wrapper(LogAdmin.typeName)),
+    authority: createAuthorityAdmin(deps, wrapper(AuthorityAdmin.typeName)),
   };
 }

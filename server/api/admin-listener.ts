@@ -9,14 +9,14 @@ import { addHealthService, type HealthService } from "../../common/health/grpc-h
 import type { Logger } from "../../common/log.js";
 import { rpcMetricsInterceptor, type Metrics } from "../../common/metrics.js";
 import type { Service } from "../../common/service.js";
-import { AgentAdmin, BundleAdmin, EntryAdmin, FederationAdmin, LogAdmin, SvidAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
+import { AgentAdmin, AuthorityAdmin, BundleAdmin, EntryAdmin, FederationAdmin, LogAdmin, SvidAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
 import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
 import type { TrustDomain } from "../../spiffe/id.js";
 import type { CaManager } from "../ca/manager.js";
 import type { Datastore } from "../datastore/index.js";
 import type { FederationControl } from "../federation/poller.js";
 import type { IssuanceLogSink } from "../tlog/log-service.js";
-import type { TlogReadView } from "../tlog/types.js";
+import type { LogAdminView } from "./admin/log.js";
 import { createAdminApi } from "./admin-api.js";
 import { createAdminCallers, serveAdminSocket, type AdminSocket } from "./admin-socket.js";
 
@@ -43,7 +43,7 @@ export interface AdminListenerDeps {
   /** The `federation` service, started before this one. */
   readonly federation?: FederationControl | undefined;
   /** The transparency log's read side once its service started, when `transparency_log.enabled`. */
-  readonly tlogView?: (() => TlogReadView | undefined) | undefined;
+  readonly tlogView?: (() => LogAdminView | undefined) | undefined;
   /** Where minted credentials' transparency-log entries go, when the log is on. */
   readonly transparencyLog?: IssuanceLogSink | undefined;
 }
@@ -85,6 +85,7 @@ export class AdminListener implements Service {
     server.addService(grpcServiceDefinition(SvidAdmin), admin.svid);
     server.addService(grpcServiceDefinition(FederationAdmin), admin.federation);
     server.addService(grpcServiceDefinition(LogAdmin), admin.log);
+    server.addService(grpcServiceDefinition(AuthorityAdmin), admin.authority);
     addHealthService(server, d.grpcHealth);
     this.#socket = await serveAdminSocket({ server, socketPath: d.socketPath, callers, log: d.log });
   }

@@ -103,6 +103,8 @@ export class CaService implements Service {
       upstream,
       log: this.#d.log,
       onAuthorityEvent: this.#d.onAuthorityEvent,
+      // Revoke is refused while the inventory still counts live SVIDs under the key.
+      countLiveSvids: async (caKeyId) => (await this.#d.datastore.datastore.issuanceInventory({ caKeyId, now: this.#d.clock.now(), limit: 0 })).live,
       onAuthoritiesChanged: (x509, jwt) => {
         for (const slot of ["A", "B"]) {
           metrics.setCaX509Expiry(slot, x509.find((a) => a.slotId === slot)?.notAfter);

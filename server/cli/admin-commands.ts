@@ -35,6 +35,7 @@ import { StaticX509BundleSource } from "../../spiffe/x509/static-bundle-source.j
 import { verifyX509Svid } from "../../spiffe/x509/verify.js";
 import { parseDuration } from "../../common/config/duration.js";
 import { DEFAULT_SERVER_SOCKET_PATH } from "../config/schema.js";
+import { registerAuthorityCommands } from "./authority-commands.js";
 import { registerFederationCommands } from "./federation-commands.js";
 import { registerLogCommands } from "./log-commands.js";
 import {
@@ -420,6 +421,7 @@ export function registerAdminCommands(program: Command, serverTrustDomain: () =>
 
   addIssuanceCommands(program);
   registerFederationCommands(program);
+  registerAuthorityCommands(program);
   registerLogCommands(program);
 }
 
