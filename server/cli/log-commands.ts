@@ -1,6 +1,7 @@
 /**
- * `sigil-server log checkpoint|prove|verify`: the issuance transparency log.
- * `checkpoint` and `prove` ask the server over its admin socket (LogAdmin);
+ * `sigil-server log checkpoint|prove|rotate-key|verify`: the issuance
+ * transparency log. `checkpoint`, `prove` and `rotate-key` ask the server
+ * over its admin socket (LogAdmin);
  * `verify` is an auditor's command: it needs only the log's URL and public
  * key, and runs the library alone (`spiffe/tlog/`), no server code.
  */
@@ -250,6 +251,14 @@ export function registerLogCommands(program: Command): void {
       process.stdout.write(res.checkpoint);
     });
   });
+
+  addCommon(log.command("rotate-key").description("sign with a new log key from now on (the old key stays verifiable); prints the new verifier key for auditors"), false).action(async (o: Opts) =>
+    withClient(o, async (c, out) => {
+      const r = await c.rotateKey({});
+      if (out === "json") return printJson({ verifier_key: r.verifierKey });
+      printPretty([["New verifier key", r.verifierKey]]);
+    }),
+  );
 
   log
     .command("verify")

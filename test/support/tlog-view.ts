@@ -13,6 +13,9 @@ import type { TlogReadView, TlogResource } from "../../server/tlog/types.js";
 
 /** The fake view, its log (append, publish, tamper with `log.files`) and its key. */
 export interface MemoryTlogView extends TlogReadView {
+  /** Rotations so far (the fake only records them). */
+  readonly rotations: string[];
+  rotateKey(): Promise<string>;
   readonly log: MemoryTlog;
   readonly vkey: string;
   readonly signer: NoteSigner;
@@ -26,6 +29,7 @@ export function memoryTlogView(origin = "example.org/sigil/issuance"): MemoryTlo
   const log = new MemoryTlog(origin, [key.signer]);
   const verifiers = [parseVerifierKey(key.vkey)];
   let published: string | undefined;
+  const rotations: string[] = [];
 
   const checkpoint = (): { note: string; size: number; rootHash: Uint8Array } | undefined => {
     if (published === undefined) return undefined;
@@ -67,7 +71,13 @@ export function memoryTlogView(origin = "example.org/sigil/issuance"): MemoryTlo
       return undefined;
     },
     async verifierKeys() {
-      return [key.vkey];
+      return [key.vkey, ...rotations];
+    },
+    rotations,
+    async rotateKey() {
+      const next = generateNoteKey(origin).vkey;
+      rotations.push(next);
+      return next;
     },
   };
 }

@@ -11,7 +11,7 @@ import type { CaManager } from "../../ca/manager.js";
 import type { FederationControl } from "../../federation/poller.js";
 import type { Datastore, PageRequest } from "../../datastore/index.js";
 import type { IssuanceLogSink } from "../../tlog/log-service.js";
-import type { TlogReadView } from "../../tlog/types.js";
+import type { LogAdminView } from "./log.js";
 
 /** Dependencies of the admin API (built once, by the `admin-socket` service in `server/api/admin-listener.ts`). */
 export interface AdminApiDeps {
@@ -36,7 +36,7 @@ export interface AdminApiDeps {
   /** The `federation` service: told of relationship changes, asked for fetch status and refreshes; unset: relationships are only stored. */
   readonly federation?: FederationControl | undefined;
   /** The transparency log's read side once its service started (`transparency_log.enabled`); unset: LogAdmin answers FailedPrecondition. */
-  readonly tlogView?: (() => TlogReadView | undefined) | undefined;
+  readonly tlogView?: (() => LogAdminView | undefined) | undefined;
   /** Where minted credentials' transparency-log entries go (`transparency_log.enabled`); unset: not logged. */
   readonly transparencyLog?: IssuanceLogSink | undefined;
   /** The caller of a call for its audit record (uid, gid, pid and binary on the admin socket); unset: unknown. */

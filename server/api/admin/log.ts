@@ -1,7 +1,7 @@
 /**
  * `sigil.admin.v1.LogAdmin`: the issuance transparency log's latest
- * checkpoint and inclusion proofs of single credentials, for `sigil-server
- * log checkpoint|prove`. Without `transparency_log.enabled` every call fails
+ * checkpoint, inclusion proofs of single credentials and key rotation, for
+ * `sigil-server log checkpoint|prove|rotate-key`. Without `transparency_log.enabled` every call fails
  * with FailedPrecondition saying so (the service stays registered, so the
  * CLI gets that message rather than Unimplemented).
  */
@@ -9,11 +9,14 @@ import { create } from "@bufbuild/protobuf";
 import {
   LogCheckpointSchema,
   ProveLogEntryResponseSchema,
+  RotateLogKeyResponseSchema,
   type GetLogCheckpointRequest,
   type LogAdmin,
   type LogCheckpoint,
   type ProveLogEntryRequest,
   type ProveLogEntryResponse,
+  type RotateLogKeyRequest,
+  type RotateLogKeyResponse,
 } from "../../../proto/gen/sigil/admin/v1/admin_pb.js";
 import { SigilError } from "../../../spiffe/errors.js";
 import type { GrpcServiceImplementation } from "../../../spiffe/grpc/service.js";
@@ -24,10 +27,13 @@ import { invalidField } from "./common.js";
 
 type LogMethods = (typeof LogAdmin)["method"];
 
+/** The log as LogAdmin uses it: the read view and, when the log service offers it, key rotation. */
+export type LogAdminView = TlogReadView & { readonly rotateKey?: () => Promise<string> };
+
 const SERIAL_RE = /^[0-9a-f]{1,40}$/;
 const SHA256_RE = /^[0-9a-f]{64}$/;
 
-function enabled(view: (() => TlogReadView | undefined) | undefined): TlogReadView {
+function enabled(view: (() => LogAdminView | undefined) | undefined): LogAdminView {
   if (view === undefined) throw new SigilError("ERR_FAILED_PRECONDITION", "log admin: the transparency log is not enabled (transparency_log.enabled in the server config)");
   const v = view();
   if (v === undefined) throw new SigilError("ERR_UNAVAILABLE", "log admin: the transparency log has not started yet");
@@ -52,7 +58,7 @@ export function proveLookup(req: ProveLogEntryRequest): { readonly serial: strin
 }
 
 /** Builds the LogAdmin service implementation over the log's read view, once its service started (undefined: the log is off). */
-export function createLogAdmin(view: (() => TlogReadView | undefined) | undefined, unary: UnaryWrapper): GrpcServiceImplementation<LogMethods> {
+export function createLogAdmin(view: (() => LogAdminView | undefined) | undefined, unary: UnaryWrapper): GrpcServiceImplementation<LogMethods> {
   return {
     getCheckpoint: unary<GetLogCheckpointRequest, LogCheckpoint>("GetCheckpoint", async () => {
       const v = enabled(view);
@@ -69,6 +75,12 @@ export function createLogAdmin(view: (() => TlogReadView | undefined) | undefine
       if (found === undefined) throw new SigilError("ERR_NOT_FOUND", `log admin: no logged credential with ${what} is covered by a checkpoint yet`);
       const res = create(ProveLogEntryResponseSchema, { index: BigInt(found.index), entry: found.entry, proof: [...found.proof], checkpoint: found.checkpoint });
       return { res, details: { ...lookup, index: found.index } };
+    }),
+    rotateKey: unary<RotateLogKeyRequest, RotateLogKeyResponse>("RotateKey", async () => {
+      const v = enabled(view);
+      if (v.rotateKey === undefined) throw new SigilError("ERR_FAILED_PRECONDITION", "log admin: this log service cannot rotate its key");
+      const vkey = await v.rotateKey();
+      return { res: create(RotateLogKeyResponseSchema, { verifierKey: vkey }), details: { verifier_key: vkey } };
     }),
   };
 }

@@ -184,7 +184,7 @@ describe("sigil-server log verify", () => {
   });
 });
 
-describe("sigil-server log prove|checkpoint over LogAdmin", () => {
+describe("sigil-server log prove|checkpoint|rotate-key over LogAdmin", () => {
   async function adminSocket(view: MemoryTlogView | undefined): Promise<{ socket: string; close: () => Promise<void> }> {
     const socket = path.join(dir, `log-admin-${Math.random().toString(36).slice(2)}.sock`);
     const server = new Server();
@@ -221,6 +221,12 @@ describe("sigil-server log prove|checkpoint over LogAdmin", () => {
       expect(cp.status, cp.stderr).toBe(0);
       expect(cp.stdout).toContain(view.vkey);
       expect(cp.stdout).toMatch(/Tree size\s+: 40/);
+
+      const rotated = await cli(["log", "rotate-key", "-s", admin.socket, "--output", "json"]);
+      expect(rotated.status, rotated.stderr).toBe(0);
+      expect(JSON.parse(rotated.stdout)).toEqual({ verifier_key: view.rotations[0] });
+      const keys = JSON.parse((await cli(["log", "checkpoint", "-s", admin.socket, "--output", "json"])).stdout) as { verifier_keys: string[] };
+      expect(keys.verifier_keys).toEqual([view.vkey, view.rotations[0]]);
     } finally {
       await admin.close();
     }
