@@ -84,7 +84,7 @@ try {
   const tokensPath = path.join(dir, "tokens.txt");
   writeFileSync(tokensPath, tokens.join("\n"));
 
-  const c = spawn(process.execPath, ["--import", "tsx", path.join(here, "support", "taint-drill-child.ts"), server.agentApiAddress, rootsPath, tokensPath, String(WORKLOADS), String(SPREAD_MS)], { stdio: ["pipe", "pipe", "inherit"] });
+  const c = spawn(process.execPath, ["--import", "tsx", path.join(here, "support", "taint-drill-child.ts"), server.agentApiAddress, rootsPath, tokensPath, String(WORKLOADS), String(SPREAD_MS), String(SVIDS_PER_AGENT)], { stdio: ["pipe", "pipe", "inherit"] });
   child = c;
   const lines: Record<string, unknown>[] = [];
   let waiter: (() => void) | undefined;
@@ -115,9 +115,9 @@ try {
   const cpu0 = process.cpuUsage();
   const taint = await server.ca.taint("x509", active.keyId);
   console.log(`tainted ${taint.tainted.keyId}; ${taint.activated ? `activated ${taint.activated.keyId}` : "no successor activated"}${taint.preparedFirst ? " (prepared first)" : ""}`);
-  const drained = await next<{ ms: number; errors: number; replaced: number }>("drained");
+  const drained = await next<{ ms: number; errors: number; agentsCpuMs: number }>("drained");
   const serverCpu = cpuMs(process.cpuUsage(cpu0));
-  console.log(`drained in ${drained.ms.toFixed(0)} ms; workload-visible errors ${drained.errors}; server CPU ${serverCpu.toFixed(0)} ms`);
+  console.log(`drained in ${drained.ms.toFixed(0)} ms; workload-visible errors ${drained.errors}; server CPU ${serverCpu.toFixed(0)} ms; the agents' process CPU ${drained.agentsCpuMs.toFixed(0)} ms`);
   console.log("note: the machine is shared and busy; these figures are indicative only");
 
   report({
