@@ -22,6 +22,7 @@
  * | `k8s-controller` | (`k8s_controller.enabled`) entries for the pods of a Kubernetes cluster from `ClusterSPIFFEID`s |
  * | `prune` | expired join tokens, long-expired issuance records and old change events, every minute |
  * | `oidc-discovery` | (`oidc_discovery.enabled`) OIDC discovery documents of the JWT keys, issuer `server.jwt_issuer` |
+ * | `tlog-listener` | (`transparency_log.listen_address`) the log's checkpoint, tiles and entry bundles over HTTP(S) (C2SP tlog-tiles) |
  * | `health-listener`, `metrics-listener` | optional HTTP `/live`, `/ready`, `/metrics` |
  * | `grpc-health` | `grpc.health.v1` on both gRPC listeners: SERVING once every service before it started |
  *
@@ -67,6 +68,7 @@ import { BundleEndpointService, bundleEndpointSettings } from "./federation/bund
 import { OidcDiscoveryService } from "./oidc/service.js";
 import type { OidcListener } from "./oidc/http.js";
 import { TransparencyLogService } from "./tlog/service.js";
+import { tlogListenerService } from "./tlog/http.js";
 import type { KeyManager } from "../plugins/keymanager/types.js";
 
 /** Options for tests and embedding. */
@@ -91,6 +93,8 @@ export interface RunningServer {
   readonly bundleEndpointUrl?: string | undefined;
   /** The OIDC discovery listener (`oidc_discovery.enabled`). */
   readonly oidcDiscovery?: OidcListener | undefined;
+  /** The transparency log's tiles listener (`transparency_log.listen_address`). */
+  readonly tlogListener?: HttpListener | undefined;
   readonly log: Logger;
   /** Runs one CA rotation step now (tests use it with a manual clock). */
   rotateNow(): Promise<void>;
@@ -233,6 +237,8 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   // The schema requires server.jwt_issuer when enabled: it is the documents' issuer.
   const oidcConfig = config.oidc_discovery?.enabled === true && s.jwt_issuer !== undefined ? config.oidc_discovery : undefined;
   const oidcDiscovery = oidcConfig ? new OidcDiscoveryService({ config: oidcConfig, issuer: s.jwt_issuer as string, ca, log: subsystemLogger(log, "oidc_discovery") }) : undefined;
+  // Only with `transparency_log.listen_address`; it serves the started log service's view.
+  const tlogListener = transparencyLog ? tlogListenerService(config.transparency_log, () => transparencyLog.view, subsystemLogger(log, "tlog")) : undefined;
 
   const services: ServiceGroup = new ServiceGroup(
     [
@@ -252,6 +258,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       ...(k8sController ? [k8sController] : []),
       prune,
       ...(oidcDiscovery ? [oidcDiscovery] : []),
+      ...(tlogListener ? [tlogListener] : []),
       ...(health ? [health] : []),
       ...(metricsListener ? [metricsListener] : []),
       service(
@@ -273,7 +280,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   await services.start();
 
   log.info(
-    { trust_domain: trustDomain.name, server_instance: instanceId, agent_api: agentApi.address, admin_socket: adminSocketPath, health: health?.listener?.url, metrics: metricsListener?.listener?.url, oidc_discovery: oidcDiscovery?.listener?.url },
+    { trust_domain: trustDomain.name, server_instance: instanceId, agent_api: agentApi.address, admin_socket: adminSocketPath, health: health?.listener?.url, metrics: metricsListener?.listener?.url, oidc_discovery: oidcDiscovery?.listener?.url, transparency_log: tlogListener?.listener?.url },
     "server started",
   );
   let stopped = false;
@@ -288,6 +295,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     metricsListener: metricsListener?.listener,
     bundleEndpointUrl: bundleEndpoint?.endpoint?.url,
     oidcDiscovery: oidcDiscovery?.listener,
+    tlogListener: tlogListener?.listener,
     log,
     rotateNow: () => rotation.rotateNow(),
     async stop(): Promise<void> {
