@@ -1,0 +1,98 @@
+/**
+ * End to end with the transparency log on: a real server, a real agent
+ * attested with a join token, and a workload (another uid) that fetches its
+ * X509-SVID over the Workload API. The SVID's serial has an `x509-svid` log
+ * entry naming the workload's SPIFFE ID, entry and agent, holding the very
+ * certificate the workload got, and an inclusion proof against the server's
+ * signed checkpoint verifies with the recorded log key.
+ *
+ * Needs root (the workload runs as another uid); CI runs as root.
+ */
+import { X509Certificate } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { setTimeout as delay } from "node:timers/promises";
+import { create } from "@bufbuild/protobuf";
+import { credentials } from "@grpc/grpc-js";
+import Database from "better-sqlite3";
+import { afterAll, describe, expect, it } from "vitest";
+import { createUnaryClient } from "../../common/rpc/unary-client.js";
+import { AgentAdmin, EntryAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
+import { EntrySchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
+import { openCheckpoint } from "../../spiffe/tlog/checkpoint.js";
+import { leafHash } from "../../spiffe/tlog/hash.js";
+import { MemoryTlog } from "../../spiffe/tlog/memory-log.js";
+import { generateNoteKey, parseVerifierKey } from "../../spiffe/tlog/note.js";
+import { verifyInclusion } from "../../spiffe/tlog/proof.js";
+import { decodeLogEntry } from "../../spiffe/tlog/sigil-entry.js";
+import { TileReader } from "../../spiffe/tlog/tiles.js";
+import { canonicalSerialHex } from "../../spiffe/x509/serial.js";
+import { runWorkload, startAgentProcess, type AgentProcess } from "./support/agent-process.js";
+import { launchServerProcess, testServerConfigYaml, type ServerProcess } from "./support/server-process.js";
+import { rootsPemFromBundleJson } from "./support/test-agent.js";
+
+const isRoot = process.getuid?.() === 0;
+if (!isRoot) {
+  if (process.env.CI === "true") throw new Error("tlog-end-to-end runs a workload as another uid and needs root (CI runs as root)");
+  console.warn("SKIP: tlog-end-to-end runs a workload as another uid and needs root");
+}
+const WEB = { uid: 4331, gid: 4331 };
+const dir = mkdtempSync(path.join(tmpdir(), "sigil-tlog-e2e-"));
+let srv: ServerProcess | undefined;
+let agent: AgentProcess | undefined;
+
+afterAll(async () => {
+  await agent?.stop();
+  await srv?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe.skipIf(!isRoot)("transparency log end to end", () => {
+  it("a workload's X509-SVID is in the log, proven against a signed checkpoint", async () => {
+    const configPath = path.join(dir, "server.yaml");
+    writeFileSync(configPath, testServerConfigYaml(dir, { extraYaml: "transparency_log:\n  enabled: true\n  checkpoint_interval: 200ms\n" }));
+    srv = await launchServerProcess(dir, configPath, path.join(dir, "admin", "api.sock"));
+    const target = `unix:${srv.socketPath}`;
+    const agentAdmin = createUnaryClient(AgentAdmin, target, credentials.createInsecure());
+    const entryAdmin = createUnaryClient(EntryAdmin, target, credentials.createInsecure());
+    const tok = await agentAdmin.createJoinToken({ ttl: 600 });
+    const created = await entryAdmin.batchCreateEntry({ entries: [create(EntrySchema, { spiffeId: "spiffe://example.org/web", parentId: tok.agentId, selectors: [{ type: "unix", value: `uid:${WEB.uid}` }] })] });
+    agentAdmin.close();
+    entryAdmin.close();
+    const entryId = created.results[0]?.entry?.id ?? "";
+    agent = await startAgentProcess({ serverAddress: srv.agentApiAddress, bundlePem: rootsPemFromBundleJson(srv.cli(["bundle", "show", "--output", "json"]).stdout), joinToken: tok.token });
+
+    const r = await runWorkload(agent.socketPath, `const ctx = await client.fetchX509Context(); console.log(JSON.stringify({ der: Buffer.from(ctx.defaultSvid.leaf.raw).toString("base64") }));`, WEB, 30_000);
+    const der = (JSON.parse(r.stdout.trim().split("\n").pop() ?? "{}") as { der?: string }).der;
+    expect(der, r.stdout + r.stderr).toBeDefined();
+    const serial = canonicalSerialHex(new X509Certificate(Buffer.from(der ?? "", "base64")).serialNumber);
+
+    const dbPath = path.join(dir, "datastore.sqlite3");
+    const db = new Database(dbPath, { readonly: true });
+    try {
+      const row = db.prepare("SELECT idx, entry FROM tlog_entries WHERE lookup_key = ?").get(`serial:${serial}`) as { idx: number; entry: Buffer } | undefined;
+      expect(row, `no log entry for serial ${serial}`).toBeDefined();
+      const e = decodeLogEntry(row?.entry ?? Buffer.alloc(0));
+      expect(e).toMatchObject({ kind: "x509-svid", serial, spiffeId: "spiffe://example.org/web", entryId, agentId: tok.agentId, selectors: [`unix:uid:${WEB.uid}`], cert: der });
+
+      // Covered by a checkpoint (one is signed within the interval), proven from the stored entries.
+      let cp: { tree_size: number; note: string } | undefined;
+      for (let i = 0; i < 100 && !(cp && cp.tree_size > (row?.idx ?? 0)); i++) {
+        await delay(100);
+        cp = db.prepare("SELECT tree_size, note FROM tlog_checkpoints ORDER BY tree_size DESC LIMIT 1").get() as typeof cp;
+      }
+      const size = cp?.tree_size ?? 0;
+      expect(size).toBeGreaterThan(row?.idx ?? 0);
+      const vkeys = (db.prepare("SELECT vkey FROM tlog_keys").all() as { vkey: string }[]).map((k) => parseVerifierKey(k.vkey));
+      const checkpoint = openCheckpoint(cp?.note ?? "", vkeys).checkpoint;
+      const mirror = new MemoryTlog(checkpoint.origin, [generateNoteKey("mirror").signer]);
+      for (const x of db.prepare("SELECT entry FROM tlog_entries WHERE idx < ? ORDER BY idx").all(size) as { entry: Buffer }[]) mirror.append(x.entry);
+      mirror.publish();
+      const proof = await new TileReader(mirror.fetch, size).inclusionProof(row?.idx ?? 0);
+      verifyInclusion(row?.idx ?? 0, size, leafHash(row?.entry ?? Buffer.alloc(0)), proof, checkpoint.rootHash);
+    } finally {
+      db.close();
+    }
+  }, 120_000);
+});
