@@ -126,13 +126,20 @@ describe.skipIf(!authorityCommand)("agents under a taint (issue 17)", () => {
   beforeAll(async () => {
     srv = await startServerProcess();
     const roots = rootsPemFromBundleJson(srv.cli(["bundle", "show", "--output", "json"]).stdout);
+    const tokens: string[] = [];
     for (let i = 0; i < AGENTS; i++) {
       const { value, agent_id: agentId } = JSON.parse(cli(["token", "generate"])) as { value: string; agent_id: string };
       cli(["entry", "create", "--spiffe-id", `spiffe://example.org/taint/w${i}`, "--parent-id", agentId, "--selector", `unix:uid:${uid}`]);
-      agents.push(await startAgentProcess({ serverAddress: srv.agentApiAddress, bundlePem: roots, joinToken: value, extraAgentYaml: "  taint_replacement_spread: 2s\n" }));
+      tokens.push(value);
     }
+    const address = srv.agentApiAddress;
+    // Side by side; each one started is stopped in afterAll even when another fails to start.
+    const started = await Promise.allSettled(tokens.map((t) => startAgentProcess({ serverAddress: address, bundlePem: roots, joinToken: t, extraAgentYaml: "  taint_replacement_spread: 2s\n" })));
+    for (const r of started) if (r.status === "fulfilled") agents.push(r.value);
+    const failed = started.find((r) => r.status === "rejected");
+    if (failed) throw failed.reason;
     work = mkdtempSync(path.join(tmpdir(), "sigil-taint-"));
-  }, 90_000);
+  }, 180_000);
 
   afterAll(async () => {
     await Promise.all(agents.map((a) => a.stop()));
