@@ -72,8 +72,11 @@ const log = (s: string): void => console.log(`[scale ${new Date().toISOString().
 
 /** Cleanups run once, in reverse order, on success, failure or a signal. */
 const cleanups: Array<() => Promise<void> | void> = [];
+let cleaningUp: Promise<void> | undefined;
+/** Runs every cleanup; a second caller (the signal handler and the failing main path at once) waits for the same run. */
 function cleanUp(): Promise<void> {
-  return cleanUpFrom(0);
+  cleaningUp ??= cleanUpFrom(0).finally(() => (cleaningUp = undefined));
+  return cleaningUp;
 }
 let signalled = false;
 for (const sig of ["SIGINT", "SIGTERM"] as const) {
