@@ -126,9 +126,7 @@ export class AgentApiListener implements Service {
     const now = (): Date => d.clock.now();
     const attestors = (this.#attestors = new Map(this.#plugins.add(createPlugins("server", PLUGIN_CATALOG.NodeAttestor, d.nodeAttestors, { trustDomain: d.trustDomain, store: datastore })).map((a) => [a.name, a])));
     const issuer = new Issuer({ ca, datastore, metrics: d.metrics, now, defaultX509TtlMs: d.defaultX509TtlMs, defaultJwtTtlMs: d.defaultJwtTtlMs, transparencyLog: d.transparencyLog });
-    // Typed structurally: the CA manager reports taints once the authority commands exist.
-    const taintSource = ca as { taintedAuthorities?: () => TaintedAuthorities };
-    const taintedAuthorities = (): TaintedAuthorities => taintSource.taintedAuthorities?.() ?? { x509SpkiSha256: [], jwtKeyIds: [] };
+    const taintedAuthorities = (): TaintedAuthorities => ca.taintedAuthorities();
     const notifier = (this.#notifier = new ChangeNotifier({ index: d.entries.index, bundle: () => ca.bundle(), taint: () => canonicalTaint(taintedAuthorities()).key, now, log: d.log }));
     this.#unsubscribeFeed = d.feed.subscribe({
       onEvent: (e) => {
