@@ -164,9 +164,20 @@ const CONCURRENCY = 20;
 for (let i = 0; i < tokens.length; i += CONCURRENCY) {
   await Promise.all(
     tokens.slice(i, i + CONCURRENCY).map(async (t) => {
-      const a = new SimAgent();
-      await a.start(t);
-      agents.push(a);
+      // A refused attestation (a database conflict the server gave up on) is tried again, as an agent retries; the token is spent only on success.
+      for (let attempt = 1; ; attempt++) {
+        const a = new SimAgent();
+        try {
+          await a.start(t);
+          agents.push(a);
+          return;
+        } catch (e) {
+          a.client.close();
+          count("errors");
+          if (attempt >= 5) throw e;
+          await new Promise((r) => setTimeout(r, 500 * attempt));
+        }
+      }
     }),
   );
 }
