@@ -100,7 +100,9 @@ export class SigilEntryAuditor {
   readonly #o: SigilAuditOptions;
   readonly #bundle: X509BundleSource | undefined;
   readonly #roots: X509Certificate[];
-  readonly #intermediates: Uint8Array[] = [];
+  readonly #intermediates: X509Certificate[] = [];
+  // By subject: a leaf is verified with the logged CAs that can be above it, not all of them.
+  readonly #bySubject = new Map<string, X509Certificate[]>();
   readonly #counts = new Map<AuditFindingKind, number>();
   #entries = 0;
 
@@ -172,7 +174,7 @@ export class SigilEntryAuditor {
     // Checked when it was issued: an old SVID has long expired, and so may its CA.
     const at = new Date(Math.min(Math.max(entry.issuedAt, entry.notBefore), entry.notAfter) * 1000);
     try {
-      const verified = verifyX509Svid([leaf, ...this.#intermediates], this.#bundle, { now: at });
+      const verified = verifyX509Svid([leaf, ...this.#candidates(new X509Certificate(leaf).issuer)], this.#bundle, { now: at });
       const serial = canonicalSerialHex(new X509Certificate(leaf).serialNumber);
       if (verified.id.toString() !== entry.spiffeId) {
         this.#report({ ...base, kind: "mismatch", message: `${what}: the certificate names ${verified.id.toString()}` });
@@ -196,12 +198,35 @@ export class SigilEntryAuditor {
       return;
     }
     if (this.#roots.some((r) => r.raw.equals(der))) return;
-    const issuers = [...this.#roots, ...this.#intermediates.map((d) => new X509Certificate(d))];
+    const issuers = [...this.#roots, ...(this.#bySubject.get(cert.issuer) ?? [])];
     if (issuers.some((i) => cert.checkIssued(i) && cert.verify(i.publicKey))) {
-      if (this.#intermediates.length < MAX_INTERMEDIATES && !this.#intermediates.some((d) => Buffer.from(d).equals(der))) this.#intermediates.push(der);
+      if (this.#intermediates.length < MAX_INTERMEDIATES && !this.#intermediates.some((c) => c.raw.equals(der))) {
+        this.#intermediates.push(cert);
+        this.#bySubject.set(cert.subject, [...(this.#bySubject.get(cert.subject) ?? []), cert]);
+      }
       return;
     }
     this.#report({ index, kind: "unchained", entryKind, ...(spiffeId === undefined ? {} : { spiffeId }), message: `${what}: the CA certificate ${cert.subject.replace(/\n/g, ", ")} is neither in the trust bundle of ${this.#o.trustDomain.name} nor signed by it` });
+  }
+
+  /** The logged CA certificates that may be on the path above a certificate issued by `issuer` (DER). */
+  #candidates(issuer: string): Buffer[] {
+    const out: Buffer[] = [];
+    const seen = new Set<string>();
+    let names = [issuer];
+    for (let depth = 0; depth < 8 && names.length > 0; depth++) {
+      const next: string[] = [];
+      for (const name of names) {
+        if (seen.has(name)) continue;
+        seen.add(name);
+        for (const c of this.#bySubject.get(name) ?? []) {
+          out.push(c.raw);
+          next.push(c.issuer);
+        }
+      }
+      names = next;
+    }
+    return out;
   }
 
   #report(f: AuditFinding): void {
