@@ -247,7 +247,8 @@ ALTER TABLE ca_journal_v5 RENAME TO ca_journal;
     version: 6,
     name: "authority taint and revoke; issuance inventory indexes",
     // The journal's status gains 'tainted' and 'revoked' (SQLite cannot alter a CHECK: the table is rebuilt).
-    // The inventory ("what still chains to key K") reads contexts by CA key, then their unexpired credentials.
+    // The inventory ("what still chains to key K") reads contexts by CA key, then their unexpired credentials,
+    // and looks for a later credential of the same entry and agent (by entry first: an agent has many entries).
     sql: `
 CREATE TABLE ca_journal_v6 (
   server_id   TEXT NOT NULL DEFAULT '',
@@ -269,6 +270,7 @@ INSERT INTO ca_journal_v6 SELECT server_id, kind, slot_id, key_id, status, publi
 DROP TABLE ca_journal;
 ALTER TABLE ca_journal_v6 RENAME TO ca_journal;
 CREATE INDEX issuance_contexts_ca_key_id ON issuance_contexts (ca_key_id);
+CREATE INDEX issuance_contexts_entry_agent ON issuance_contexts (entry_id, agent_id, kind);
 CREATE INDEX issuances_context_not_after ON issuances (context_id, not_after);
 `,
   },

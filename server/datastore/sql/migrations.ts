@@ -251,6 +251,7 @@ export const SQL_MIGRATIONS: readonly SqlMigration[] = [
       // The inventory ("what still chains to key K") reads contexts by CA key, then their unexpired
       // credentials. (The journal's new 'tainted' and 'revoked' statuses fit its ascii(16) column.)
       await db.schema.createIndex("issuance_contexts_ca_key_id").on("issuance_contexts").column("ca_key_id").execute();
+      await db.schema.createIndex("issuance_contexts_entry_agent").on("issuance_contexts").columns(["entry_id", "agent_id", "kind"]).execute();
       await db.schema.createIndex("issuances_context_not_after").on("issuances").columns(["context_id", "not_after"]).execute();
     },
   },
