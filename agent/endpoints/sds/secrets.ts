@@ -223,6 +223,9 @@ export function callerViewKey(view: CallerView, spiffeCertValidation: boolean): 
 
 // Memo key parts of option objects and name lists: a stream passes the same objects on every
 // recomputation, so after a rotation each of its 1,000 streams builds only the short per-view part.
+// Both rely on the objects never changing after their first use (a stream's name list is replaced
+// on a new subscription, never edited), and the validator choice is part of `viewKey`, not of the
+// options key: a caller passes the viewKey of the options it passes.
 const optionsKeys = new WeakMap<SecretOptions, string>();
 const namesKeys = new WeakMap<readonly string[], string>();
 
