@@ -23,7 +23,15 @@ import { verifyX509Svid } from "../x509/verify.js";
 import { decodeLogEntry, type SigilLogEntry } from "./sigil-entry.js";
 
 /** Why an entry is reported. */
-export type AuditFindingKind = "undecodable" | "outside-trust-domain" | "unchained" | "mismatch" | "not-allowed";
+export type AuditFindingKind = "undecodable" | "outside-trust-domain" | "unchained" | "mismatch" | "not-allowed" | "missing-certificate";
+
+/** C0/C1 controls, DEL, bidi marks and overrides, line/paragraph separators: what could rewrite a terminal line. */
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u2028-\u202e\u2066-\u2069]/g;
+
+/** `s` with every {@link CONTROL} character written as `\uXXXX`: logged text is attacker-influenced and goes to a terminal. */
+export function escapeControls(s: string): string {
+  return s.replace(CONTROL, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
 
 /** One reported entry. */
 export interface AuditFinding {
@@ -152,7 +160,7 @@ export class SigilEntryAuditor {
       return;
     }
     const base = { index, entryKind: entry.kind, spiffeId: entry.spiffeId, ...(entry.serial === undefined ? {} : { serial: entry.serial }) };
-    const what = `log verify: entry ${index}: ${entry.kind} ${entry.spiffeId}${entry.serial === undefined ? "" : ` serial ${entry.serial}`}`;
+    const what = `log verify: entry ${index}: ${entry.kind} ${escapeControls(entry.spiffeId)}${entry.serial === undefined ? "" : ` serial ${escapeControls(entry.serial)}`}`;
     let td: string | undefined;
     try {
       td = parseSpiffeId(entry.spiffeId).trustDomain.name;
@@ -165,7 +173,12 @@ export class SigilEntryAuditor {
     if (this.#o.allowIds !== undefined && !this.#o.allowIds.allows(entry.spiffeId)) {
       this.#report({ ...base, kind: "not-allowed", message: `${what}: ALERT: the ID is not in the allowed list` });
     }
-    if (entry.cert === undefined || this.#bundle === undefined) return;
+    if (this.#bundle === undefined || entry.kind === "jwt-svid") return;
+    if (entry.cert === undefined) {
+      // Every X.509 kind logs its certificate; without it nothing ties the entry to what was issued.
+      this.#report({ ...base, kind: "missing-certificate", message: `${what}: the entry has no certificate to check against the trust bundle` });
+      return;
+    }
     if (entry.kind === "downstream-ca") {
       this.#caCertificate(index, entry.kind, entry.spiffeId, entry.cert);
       return;
@@ -189,7 +202,7 @@ export class SigilEntryAuditor {
   /** A logged CA certificate: kept as an intermediate when a bundle authority (or a kept intermediate) signed it. */
   #caCertificate(index: number, entryKind: string, spiffeId: string | undefined, certB64: string): void {
     const der = Buffer.from(certB64, "base64");
-    const what = `log verify: entry ${index}: ${entryKind}${spiffeId === undefined ? "" : ` ${spiffeId}`}`;
+    const what = `log verify: entry ${index}: ${entryKind}${spiffeId === undefined ? "" : ` ${escapeControls(spiffeId)}`}`;
     let cert: X509Certificate;
     try {
       cert = new X509Certificate(der);
@@ -206,7 +219,7 @@ export class SigilEntryAuditor {
       }
       return;
     }
-    this.#report({ index, kind: "unchained", entryKind, ...(spiffeId === undefined ? {} : { spiffeId }), message: `${what}: the CA certificate ${cert.subject.replace(/\n/g, ", ")} is neither in the trust bundle of ${this.#o.trustDomain.name} nor signed by it` });
+    this.#report({ index, kind: "unchained", entryKind, ...(spiffeId === undefined ? {} : { spiffeId }), message: `${what}: the CA certificate ${escapeControls(cert.subject.replace(/\n/g, ", "))} is neither in the trust bundle of ${this.#o.trustDomain.name} nor signed by it` });
   }
 
   /** The logged CA certificates that may be on the path above a certificate issued by `issuer` (DER). */

@@ -95,4 +95,25 @@ describe("SigilEntryAuditor", () => {
       [2, "not-allowed"],
     ]);
   });
+  it("reports an X.509 entry that logged no certificate when a bundle is given", () => {
+    const { cert: _cert, ...bare } = svid("spiffe://example.org/w", 20n) as SigilLogEntry & { cert?: string };
+    const f = audit([activated, bare as SigilLogEntry, { ...bare, kind: "downstream-ca" } as SigilLogEntry]);
+    expect(f.map((x) => [x.index, x.kind, x.entryKind])).toEqual([
+      [1, "missing-certificate", "x509-svid"],
+      [2, "missing-certificate", "downstream-ca"],
+    ]);
+    expect(f[0]?.message).toMatch(/the entry has no certificate to check against the trust bundle/);
+    // Without a bundle there is nothing to check a certificate against.
+    const found: AuditFinding[] = [];
+    new SigilEntryAuditor({ trustDomain: td, onFinding: (x) => found.push(x) }).onEntry(0, encodeLogEntry(bare as SigilLogEntry));
+    expect(found).toEqual([]);
+  });
+
+  it("escapes terminal controls, bidi marks and line separators of a logged SPIFFE ID in messages", () => {
+    const jwt: SigilLogEntry = { v: 1, kind: "jwt-svid", jwtSha256: "a".repeat(64), spiffeId: "spiffe://evil.org/w\u001b[2J\u202e\u2028\u007f\u0085", notBefore: T0, notAfter: T0 + 60, issuedAt: T0, audience: ["x"] };
+    const f = audit([jwt]);
+    expect(f).toHaveLength(1);
+    expect(f[0]?.message).toContain("spiffe://evil.org/w\\u001b[2J\\u202e\\u2028\\u007f\\u0085: the ID is not in trust domain example.org");
+    expect(f[0]?.message).not.toMatch(/[\u0000-\u001f\u007f-\u009f\u202e\u2028]/);
+  });
 });
