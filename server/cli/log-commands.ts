@@ -5,8 +5,8 @@
  * `verify` is an auditor's command: it needs only the log's URL and public
  * key, and runs the library alone (`spiffe/tlog/`), no server code.
  */
-import { createHash, X509Certificate } from "node:crypto";
-import { existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { createHash, randomBytes, X509Certificate } from "node:crypto";
+import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { credentials } from "@grpc/grpc-js";
 import type { Command } from "commander";
@@ -55,20 +55,84 @@ function readText(file: string, what: string): string {
   }
 }
 
-/** The lookup of `log prove`: exactly one of --cert, --serial, --jwt. */
-export function proveLookupOf(o: { cert?: string; serial?: string; jwt?: string }): { serial: string } | { jwtSha256: string } {
-  const given = [o.cert, o.serial, o.jwt].filter((v) => v !== undefined).length;
-  if (given !== 1) throw new UsageError("give exactly one of --cert, --serial, --jwt");
+/** Options of `log prove` that name the credential. */
+export interface ProveLookupOptions {
+  cert?: string;
+  serial?: string;
+  jwt?: string;
+  jwtFile?: string;
+  jwtSha256?: string;
+}
+
+/** What `log prove` asks for, and what the entry it gets back must match. */
+export type ProveLookup = { serial: string; certDer?: Uint8Array } | { jwtSha256: string };
+
+const jwtHash = (token: string): string => createHash("sha256").update(token.trim(), "utf8").digest("hex");
+
+/**
+ * The lookup of `log prove`: exactly one of --cert, --serial, --jwt,
+ * --jwt-file, --jwt-sha256. A token given in argv is readable by every local
+ * user (/proc/<pid>/cmdline), so --jwt with a token warns on stderr.
+ */
+export function proveLookupOf(o: ProveLookupOptions): ProveLookup {
+  const given = [o.cert, o.serial, o.jwt, o.jwtFile, o.jwtSha256].filter((v) => v !== undefined).length;
+  if (given !== 1) throw new UsageError("give exactly one of --cert, --serial, --jwt-file, --jwt-sha256, --jwt");
   if (o.cert !== undefined) {
     const [leaf] = decodePemCertificates(readText(o.cert, "--cert"));
     if (leaf === undefined) throw new UsageError(`--cert ${o.cert}: no PEM certificate`);
-    return { serial: canonicalSerialHex(new X509Certificate(leaf).serialNumber) };
+    return { serial: canonicalSerialHex(new X509Certificate(leaf).serialNumber), certDer: leaf };
   }
   if (o.serial !== undefined) return { serial: o.serial };
+  if (o.jwtSha256 !== undefined) {
+    if (!/^[0-9a-fA-F]{64}$/.test(o.jwtSha256)) throw new UsageError("--jwt-sha256: must be 64 hex digits (the SHA-256 of the compact JWT)");
+    return { jwtSha256: o.jwtSha256.toLowerCase() };
+  }
+  if (o.jwtFile !== undefined) {
+    let token: string;
+    try {
+      token = readFileSync(o.jwtFile === "-" ? 0 : o.jwtFile, "utf8");
+    } catch (e) {
+      throw new UsageError(`--jwt-file ${o.jwtFile}: ${(e as Error).message}`);
+    }
+    if (token.trim() === "") throw new UsageError(`--jwt-file ${o.jwtFile}: empty`);
+    return { jwtSha256: jwtHash(token) };
+  }
   const jwt = o.jwt as string;
   // A compact JWT has two dots; anything else is a file holding one.
-  const token = (/^[\w-]+\.[\w-]+\.[\w-]*$/.test(jwt) ? jwt : readText(jwt, "--jwt")).trim();
-  return { jwtSha256: createHash("sha256").update(token, "utf8").digest("hex") };
+  if (/^[\w-]+\.[\w-]+\.[\w-]*$/.test(jwt)) {
+    process.stderr.write("warning: log prove: --jwt <token> puts a live bearer token in the command line, which other local users can read; use --jwt-file <file|-> or --jwt-sha256 <hex>\n");
+    return { jwtSha256: jwtHash(jwt) };
+  }
+  return { jwtSha256: jwtHash(readText(jwt, "--jwt")) };
+}
+
+/**
+ * Checks that the entry the server proved is the credential asked for: the
+ * server looks an X.509 credential up by serial alone, and a rogue
+ * certificate may reuse a logged serial.
+ *
+ * @throws OperationFailed when the entry is another credential.
+ */
+export function checkProvedEntry(lookup: ProveLookup, entryText: string): void {
+  let entry: { kind?: unknown; cert?: unknown; jwtSha256?: unknown };
+  try {
+    entry = JSON.parse(entryText) as typeof entry;
+  } catch (e) {
+    throw new OperationFailed(`log prove: the logged entry is not JSON: ${(e as Error).message}`);
+  }
+  if ("jwtSha256" in lookup) {
+    if (entry.kind !== "jwt-svid" || entry.jwtSha256 !== lookup.jwtSha256) {
+      throw new OperationFailed(`log prove: NOT VERIFIED: the entry found is a ${String(entry.kind)} entry, not the jwt-svid with SHA-256 ${lookup.jwtSha256}`);
+    }
+    return;
+  }
+  if (lookup.certDer === undefined) return;
+  if (typeof entry.cert !== "string") {
+    throw new OperationFailed(`log prove: NOT VERIFIED: the ${String(entry.kind)} entry with serial ${lookup.serial} logged no certificate to compare with --cert`);
+  }
+  if (!Buffer.from(entry.cert, "base64").equals(Buffer.from(lookup.certDer))) {
+    throw new OperationFailed(`log prove: NOT VERIFIED: the certificate logged with serial ${lookup.serial} is not the one given with --cert (another certificate reuses a logged serial)`);
+  }
 }
 
 /** Verifier keys from `--key` values and `--key-file` files (one key a line). */
@@ -100,9 +164,15 @@ export function bundleAuthorities(file: string, trustDomain: TrustDomain): Uint8
 
 /** Writes a file by rename, so an interrupted run never leaves half a checkpoint. */
 function writeAtomic(file: string, text: string): void {
-  const tmp = `${file}.tmp-${process.pid}`;
-  writeFileSync(tmp, text, { mode: 0o644 });
-  renameSync(tmp, file);
+  // A random name created exclusively: a name another user could guess and plant (a symlink) is never written through.
+  const tmp = `${file}.tmp-${randomBytes(8).toString("hex")}`;
+  try {
+    writeFileSync(tmp, text, { mode: 0o644, flag: "wx" });
+    renameSync(tmp, file);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  }
 }
 
 interface VerifyOpts {
@@ -228,9 +298,11 @@ export function registerLogCommands(program: Command): void {
       .description("print a credential's log entry, its inclusion proof and the checkpoint it is proven against (checked here before printing)")
       .option("--cert <file>", "PEM file whose first certificate is the credential")
       .option("--serial <hex>", "serial number of an X.509 credential")
-      .option("--jwt <token|file>", "a JWT-SVID, or a file holding one"),
+      .option("--jwt-file <file>", "a file holding a JWT-SVID (- for stdin)")
+      .option("--jwt-sha256 <hex>", "SHA-256 of a JWT-SVID (hex)")
+      .option("--jwt <token|file>", "a JWT-SVID, or a file holding one (a token here is visible to other local users: prefer --jwt-file)"),
     true,
-  ).action(async (o: Opts & { cert?: string; serial?: string; jwt?: string }) => {
+  ).action(async (o: Opts & ProveLookupOptions) => {
     const lookup = proveLookupOf(o);
     await withClient(o, async (c, out) => {
       const cpInfo = await c.getCheckpoint({});
@@ -238,6 +310,7 @@ export function registerLogCommands(program: Command): void {
       const { checkpoint } = openCheckpoint(res.checkpoint, cpInfo.verifierKeys.map((k) => parseVerifierKey(k)), { origin: cpInfo.origin });
       verifyInclusion(Number(res.index), checkpoint.size, leafHash(res.entry), res.proof, checkpoint.rootHash);
       const entryText = Buffer.from(res.entry).toString("utf8");
+      checkProvedEntry(lookup, entryText);
       if (out === "json") {
         return printJson({ index: Number(res.index), entry: JSON.parse(entryText) as unknown, entry_base64: b64(res.entry), tree_size: checkpoint.size, proof: res.proof.map(b64), checkpoint: res.checkpoint, verified: true });
       }

@@ -7,7 +7,8 @@
  * key is refused; a fork is reported. `prove` and `checkpoint` go through
  * LogAdmin on a Unix socket.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
@@ -141,6 +142,22 @@ describe("sigil-server log verify", () => {
     expect(r.stderr).toMatch(/^error: log verify: entry 263: /m);
   });
 
+  it("saves the --since checkpoint through an exclusive, unguessable temporary file", async () => {
+    const view = logOf(ENTRIES.slice(0, 5));
+    const url = await serve(view);
+    const sub = mkdtempSync(path.join(dir, "since-excl-"));
+    const since = path.join(sub, "since");
+    // A name planted by another user where the old code wrote: it must not be written through.
+    const victim = path.join(sub, "victim");
+    writeFileSync(victim, "untouched");
+    symlinkSync(victim, `${since}.tmp-${process.pid}`);
+    const r = await cli(["log", "verify", "--url", url, "--key", view.vkey, "--since", since]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(readFileSync(victim, "utf8")).toBe("untouched");
+    expect(readFileSync(since, "utf8")).toBe(view.latestCheckpoint()?.note);
+    expect(readdirSync(sub).sort()).toEqual(["since", `since.tmp-${process.pid}`, "victim"]);
+  });
+
   it("refuses a checkpoint signed by another key than the one given", async () => {
     const view = logOf(ENTRIES.slice(0, 5));
     const url = await serve(view);
@@ -227,6 +244,47 @@ describe("sigil-server log prove|checkpoint|rotate-key over LogAdmin", () => {
       expect(JSON.parse(rotated.stdout)).toEqual({ verifier_key: view.rotations[0] });
       const keys = JSON.parse((await cli(["log", "checkpoint", "-s", admin.socket, "--output", "json"])).stdout) as { verifier_keys: string[] };
       expect(keys.verifier_keys).toEqual([view.vkey, view.rotations[0]]);
+    } finally {
+      await admin.close();
+    }
+  });
+
+  it("refuses a certificate that reuses a logged serial but is not the logged certificate", async () => {
+    const view = logOf(ENTRIES.slice(0, 40));
+    const admin = await adminSocket(view);
+    try {
+      // Same serial as entry 33 (1000 + 33), another key and issuer.
+      const rogue = path.join(dir, "rogue.pem");
+      writeFileSync(rogue, toPem("CERTIFICATE", Buffer.from(svidEntry(33, foreign).cert as string, "base64")));
+      const r = await cli(["log", "prove", "--cert", rogue, "-s", admin.socket]);
+      expect(r.status).toBe(1);
+      expect(r.stdout).not.toMatch(/Verified/);
+      expect(r.stderr).toMatch(/log prove: NOT VERIFIED: the certificate logged with serial 409 is not the one given with --cert/);
+    } finally {
+      await admin.close();
+    }
+  });
+
+  it("proves a JWT-SVID given by file, by hash or (with a warning) in argv", async () => {
+    const token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJzcGlmZmU6Ly9leGFtcGxlLm9yZy93In0.c2ln";
+    const sha = createHash("sha256").update(token).digest("hex");
+    const jwt = { v: 1, kind: "jwt-svid", jwtSha256: sha, spiffeId: "spiffe://example.org/w", notBefore: T0, notAfter: T0 + 60, issuedAt: T0, audience: ["x"] };
+    const view = logOf([...ENTRIES.slice(0, 3), jwt]);
+    const admin = await adminSocket(view);
+    try {
+      const file = path.join(dir, "token.jwt");
+      writeFileSync(file, `${token}\n`, { mode: 0o600 });
+      for (const args of [["--jwt-file", file], ["--jwt-sha256", sha.toUpperCase()]]) {
+        const r = await cli(["log", "prove", ...args, "-s", admin.socket, "--output", "json"]);
+        expect(r.status, r.stderr).toBe(0);
+        expect(JSON.parse(r.stdout)).toMatchObject({ index: 3, entry: { kind: "jwt-svid", jwtSha256: sha }, verified: true });
+        expect(r.stderr).toBe("");
+      }
+      const argv = await cli(["log", "prove", "--jwt", token, "-s", admin.socket, "--output", "json"]);
+      expect(argv.status, argv.stderr).toBe(0);
+      expect(argv.stderr).toMatch(/^warning: log prove: --jwt <token> puts a live bearer token in the command line/);
+      expect((await cli(["log", "prove", "--jwt-sha256", "abc", "-s", admin.socket])).stderr).toMatch(/--jwt-sha256: must be 64 hex digits/);
+      expect((await cli(["log", "prove", "--jwt-file", file, "--serial", "1", "-s", admin.socket])).status).toBe(2);
     } finally {
       await admin.close();
     }
