@@ -20,7 +20,7 @@ import { type Checkpoint, openCheckpoint } from "./checkpoint.js";
 import { HASH_SIZE, MerkleHasher, MerkleTreeBuilder, hashesEqual } from "./hash.js";
 import type { NoteVerifier } from "./note.js";
 import { verifyConsistency } from "./proof.js";
-import { TILE_HEIGHT, TILE_WIDTH, TileReader, entriesPath, forEachBundleEntry, tilePath, tileWidth, type TlogFetch } from "./tiles.js";
+import { MAX_ENTRY_SIZE, TILE_HEIGHT, TILE_WIDTH, TileReader, entriesPath, forEachBundleEntry, parseTilePath, tilePath, tileWidth, type TlogFetch } from "./tiles.js";
 
 /**
  * A verification failure. `index` is the first entry the problem concerns
@@ -94,8 +94,53 @@ export interface HttpTlogFetchOptions {
   readonly retries?: number;
 }
 
+/** The largest checkpoint note {@link httpTlogFetch} reads. */
+export const MAX_CHECKPOINT_BYTES = 1024 * 1024;
+/** The largest hash tile: a full tile of 32-byte hashes. */
+export const MAX_HASH_TILE_BYTES = TILE_WIDTH * HASH_SIZE;
+/** The largest entry bundle: a full bundle of entries of the largest size, each with its 2-byte length. */
+export const MAX_ENTRY_BUNDLE_BYTES = TILE_WIDTH * (2 + MAX_ENTRY_SIZE);
+
+/** How many bytes a served `path` can hold at most (anything else is a hostile or broken server). */
+function responseCap(path: string): number {
+  if (path === "checkpoint") return MAX_CHECKPOINT_BYTES;
+  try {
+    return parseTilePath(path).kind === "hash" ? MAX_HASH_TILE_BYTES : MAX_ENTRY_BUNDLE_BYTES;
+  } catch {
+    return MAX_ENTRY_BUNDLE_BYTES;
+  }
+}
+
+/** The body of `res`, refused as soon as it is known to exceed `cap` bytes (stops reading there). */
+async function readCapped(res: Response, target: string, cap: number): Promise<Uint8Array> {
+  const tooLarge = (): SigilError => new SigilError("ERR_RESOURCE_EXHAUSTED", `log verify: GET ${target}: the response exceeds ${cap} bytes, the most this path can hold`);
+  const declared = res.headers.get("content-length");
+  if (declared !== null && /^[0-9]+$/.test(declared.trim()) && Number(declared.trim()) > cap) {
+    await res.body?.cancel().catch(() => undefined);
+    throw tooLarge();
+  }
+  if (res.body === null) return new Uint8Array(0);
+  const reader = res.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.byteLength;
+    if (total > cap) {
+      await reader.cancel().catch(() => undefined);
+      throw tooLarge();
+    }
+    chunks.push(value);
+  }
+  return chunks.length === 1 ? (chunks[0] as Uint8Array) : new Uint8Array(Buffer.concat(chunks, total));
+}
+
 /**
- * A {@link TlogFetch} over HTTP(S): `GET <baseUrl>/<path>`.
+ * A {@link TlogFetch} over HTTP(S): `GET <baseUrl>/<path>`. Redirects are
+ * refused (the auditor reads the URL it was given, nowhere else), and each
+ * response is capped at what its path can hold ({@link MAX_CHECKPOINT_BYTES},
+ * {@link MAX_HASH_TILE_BYTES}, {@link MAX_ENTRY_BUNDLE_BYTES}).
  *
  * @throws SigilError `ERR_INVALID_ARGUMENT` for a base URL that is not http(s).
  */
@@ -116,13 +161,18 @@ export function httpTlogFetch(baseUrl: string, options: HttpTlogFetchOptions = {
     let res: Response | undefined;
     for (let attempt = 0; res === undefined; attempt++) {
       try {
-        res = await doFetch(target, { signal: AbortSignal.timeout(timeoutMs) });
+        // "manual", then refused below: a redirect is an answer, not a connection failure to retry.
+        res = await doFetch(target, { signal: AbortSignal.timeout(timeoutMs), redirect: "manual" });
       } catch (e) {
         if (attempt >= retries) throw new SigilError("ERR_UNAVAILABLE", `log verify: GET ${target}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
       }
     }
+    if (res.type === "opaqueredirect" || (res.status >= 300 && res.status < 400)) {
+      await res.body?.cancel().catch(() => undefined);
+      throw new SigilError("ERR_UNAVAILABLE", `log verify: GET ${target}: HTTP ${res.status}: redirects are not followed (give the log's final URL)`);
+    }
     if (!res.ok) throw new SigilError(res.status === 404 ? "ERR_NOT_FOUND" : "ERR_UNAVAILABLE", `log verify: GET ${target}: HTTP ${res.status}`);
-    return new Uint8Array(await res.arrayBuffer());
+    return readCapped(res, target, responseCap(path));
   };
 }
 

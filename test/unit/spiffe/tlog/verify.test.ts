@@ -1,9 +1,11 @@
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { describe, expect, it } from "vitest";
 import { isSigilError } from "../../../../spiffe/errors.js";
 import { MemoryTlog } from "../../../../spiffe/tlog/memory-log.js";
 import { generateNoteKey, parseVerifierKey } from "../../../../spiffe/tlog/note.js";
 import { decodeEntryBundle, encodeEntryBundle } from "../../../../spiffe/tlog/tiles.js";
-import { LogVerificationError, httpTlogFetch, verifyLog, type VerifyLogOptions } from "../../../../spiffe/tlog/verify.js";
+import { LogVerificationError, MAX_CHECKPOINT_BYTES, MAX_ENTRY_BUNDLE_BYTES, MAX_HASH_TILE_BYTES, httpTlogFetch, verifyLog, type VerifyLogOptions } from "../../../../spiffe/tlog/verify.js";
 
 const ORIGIN = "example.org/sigil/issuance";
 const key = generateNoteKey(ORIGIN);
@@ -224,5 +226,53 @@ describe("verifyLog", () => {
     calls = 0;
     await expect(httpTlogFetch("https://log.example/", { fetch: flaky, retries: 1 })("checkpoint")).rejects.toThrow("log verify: GET https://log.example/checkpoint: fetch failed");
     expect(calls).toBe(2);
+  });
+  it("refuses a redirect instead of following it, without sending the GET again", async () => {
+    let hits = 0;
+    const server = createServer((req, res) => {
+      hits++;
+      if (req.url === "/log/checkpoint") res.writeHead(302, { location: "/elsewhere/checkpoint" }).end();
+      else res.end("followed");
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      const { port } = server.address() as AddressInfo;
+      await expect(httpTlogFetch(`http://127.0.0.1:${port}/log/`)("checkpoint")).rejects.toThrow(
+        `log verify: GET http://127.0.0.1:${port}/log/checkpoint: HTTP 302: redirects are not followed`,
+      );
+      expect(hits).toBe(1);
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+
+  it("caps each response at what its path can hold: by Content-Length, and while streaming", async () => {
+    expect([MAX_CHECKPOINT_BYTES, MAX_HASH_TILE_BYTES, MAX_ENTRY_BUNDLE_BYTES]).toEqual([1024 * 1024, 256 * 32, 256 * (2 + 65535)]);
+    const declared = (async () => new Response("x", { headers: { "content-length": String(MAX_HASH_TILE_BYTES + 1) } })) as typeof globalThis.fetch;
+    await expect(httpTlogFetch("https://log.example/", { fetch: declared })("tile/0/000")).rejects.toThrow(
+      `log verify: GET https://log.example/tile/0/000: the response exceeds ${MAX_HASH_TILE_BYTES} bytes, the most this path can hold`,
+    );
+    // No Content-Length, an endless body: reading stops just past the cap.
+    let pulled = 0;
+    const chunk = new Uint8Array(64 * 1024);
+    const endless = (async () =>
+      new Response(
+        new ReadableStream<Uint8Array>({
+          pull(c) {
+            pulled++;
+            c.enqueue(chunk);
+          },
+        }),
+      )) as typeof globalThis.fetch;
+    await expect(httpTlogFetch("https://log.example/", { fetch: endless })("checkpoint")).rejects.toThrow(`the response exceeds ${MAX_CHECKPOINT_BYTES} bytes`);
+    expect(pulled).toBeLessThan(MAX_CHECKPOINT_BYTES / chunk.byteLength + 4);
+    pulled = 0;
+    await expect(httpTlogFetch("https://log.example/", { fetch: endless })("tile/entries/000.p/3")).rejects.toThrow(`the response exceeds ${MAX_ENTRY_BUNDLE_BYTES} bytes`);
+    expect(pulled).toBeLessThan(MAX_ENTRY_BUNDLE_BYTES / chunk.byteLength + 4);
+    // Within the cap, a streamed body is read whole.
+    const full = new Uint8Array(MAX_HASH_TILE_BYTES).fill(7);
+    const ok = (async () => new Response(new Blob([full]).stream())) as typeof globalThis.fetch;
+    expect(Buffer.from(await httpTlogFetch("https://log.example/", { fetch: ok })("tile/0/000")).equals(Buffer.from(full))).toBe(true);
   });
 });
