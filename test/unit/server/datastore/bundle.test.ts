@@ -161,7 +161,7 @@ describe.each(engines)("datastore on %s", (engine) => {
       const { certDer: _c, ...noCert } = x509("A", "k", "active");
       await rejection(ds.upsertCaJournal(noCert), "ERR_INVALID_ARGUMENT");
       await rejection(ds.upsertCaJournal({ ...x509("A", "k", "active"), kind: "jwt" }), "ERR_INVALID_ARGUMENT");
-      await rejection(ds.upsertCaJournal({ ...x509("A", "k", "active"), status: "tainted" as never }), "ERR_INVALID_ARGUMENT");
+      await rejection(ds.upsertCaJournal({ ...x509("A", "k", "active"), status: "compromised" as never }), "ERR_INVALID_ARGUMENT");
       await rejection(ds.upsertCaJournal({ ...x509("A", "k", "active"), notAfter: T0 }), "ERR_INVALID_ARGUMENT");
       await rejection(ds.upsertCaJournal({ ...x509("A", "k", "active"), publicKeyDer: new Uint8Array() }), "ERR_INVALID_ARGUMENT");
       expect(await ds.listCaJournal()).toEqual([]);

@@ -127,7 +127,7 @@ describe.skipIf(sqlEngines.length === 0).each(sqlEngines)("%s: schema versions",
         (e: unknown) => e,
       );
       expect(isSigilError(err, "ERR_INTERNAL")).toBe(true);
-      expect((err as Error).message).toMatch(/schema version 99 is newer than the newest this Sigil knows \(2\)/);
+      expect((err as Error).message).toMatch(/schema version 99 is newer than the newest this Sigil knows \(\d+\)/);
       // Nothing was changed: removing the future version makes the database usable again, data intact.
       await exec(url, "DELETE FROM schema_migrations WHERE version = 99");
       const again = await openSqlDatastore(engine, url, clock);
