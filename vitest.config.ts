@@ -6,8 +6,5 @@ export default defineConfig({
     testTimeout: 30_000,
     hookTimeout: 60_000,
     pool: "forks",
-    // Two test files at a time on the 2-core CI machine: integration tests mostly wait on their
-    // server and agent processes, and one file at a time took the suite past 25 minutes.
-    maxWorkers: 2,
   },
 });
