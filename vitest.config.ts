@@ -6,5 +6,7 @@ export default defineConfig({
     testTimeout: 30_000,
     hookTimeout: 60_000,
     pool: "forks",
+    // Integration tests start Sigil's programs from dist/ (test/support/programs.ts); this rebuilds it when stale.
+    globalSetup: ["test/support/global-setup.ts"],
   },
 });

@@ -19,6 +19,7 @@ import { runAgentCli, runWorkload, startAgentProcess, type AgentProcess } from "
 import { followJsonLog } from "./support/json-log.js";
 import { startServerProcess, type ServerProcess } from "./support/server-process.js";
 import { rootsPemFromBundleJson } from "./support/test-agent.js";
+import { AGENT_MAIN } from "../support/programs.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const AGENT_ID = "spiffe://example.org/spire/agent/node-1";
@@ -55,7 +56,7 @@ async function ready(agent: AgentProcess): Promise<{ status: number; body: { rea
 }
 
 function spawnAgent(configPath: string, joinToken: string): ChildProcess {
-  return spawn(process.execPath, ["--import", "tsx", path.join(root, "agent/cli/main.ts"), "run", "--config", configPath, "--join-token", joinToken], {
+  return spawn(process.execPath, [AGENT_MAIN, "run", "--config", configPath, "--join-token", joinToken], {
     cwd: root,
     stdio: ["ignore", "pipe", "pipe"],
   });

@@ -16,6 +16,7 @@ import { EntrySchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { rootsPemFromBundleJson } from "./support/test-agent.js";
 import { startServerProcess, type ServerProcess } from "./support/server-process.js";
 import { runAgentCli, runWorkload, startAgentProcess, type AgentProcess } from "./support/agent-process.js";
+import { AGENT_MAIN } from "../support/programs.js";
 
 const isRoot = process.getuid?.() === 0;
 if (!isRoot) {
@@ -125,7 +126,7 @@ describe.skipIf(!isRoot)("agent end to end", () => {
     const hc = await runAgentCli(["healthcheck", "--socket-path", agent.socketPath]);
     expect(hc.status, hc.stderr).toBe(0);
     expect(hc.stdout).toMatch(/healthy/);
-    const watch = spawn(process.execPath, ["--import", "tsx", "agent/cli/main.ts", "api", "watch", "--socket-path", agent.socketPath, "--output", "json"], {
+    const watch = spawn(process.execPath, [AGENT_MAIN, "api", "watch", "--socket-path", agent.socketPath, "--output", "json"], {
       cwd: path.resolve(path.dirname(new URL(import.meta.url).pathname), "../.."),
       uid: WEB.uid,
       gid: WEB.gid,

@@ -109,7 +109,7 @@ afterAll(async () => {
  */
 function cli(args: readonly string[]): Promise<CliResult> {
   return new Promise((resolve) => {
-    const child = execFile(process.execPath, ["--import", "tsx", ...SERVER_CLI, ...args, "--socket-path", srv.socketPath], { encoding: "utf8", timeout: 60_000 }, (err, stdout, stderr) => {
+    const child = execFile(process.execPath, [...SERVER_CLI, ...args, "--socket-path", srv.socketPath], { encoding: "utf8", timeout: 60_000 }, (err, stdout, stderr) => {
       resolve({ pid: child.pid ?? 0, status: err ? (typeof err.code === "number" ? err.code : 1) : 0, stdout, stderr });
     });
   });

@@ -22,6 +22,7 @@ import { parseAllDocuments, parse as parseYaml } from "yaml";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runAgentCli } from "./support/agent-process.js";
 import { renderHelmDoc } from "../../scripts/gen-helm-values-doc.js";
+import { SERVER_MAIN } from "../support/programs.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const chartDir = path.join(root, "charts/sigil");
@@ -284,7 +285,7 @@ async function validateRendered(binary: "sigil-server" | "sigil-agent", c: V1Con
     env[e.name] = value;
   }
   if (binary === "sigil-agent") return runAgentCli(args, undefined, env);
-  const r = spawnSync(process.execPath, ["--import", "tsx", path.join(root, "server/cli/main.ts"), ...args], { cwd: root, encoding: "utf8", timeout: 60_000, env: { ...process.env, ...env } });
+  const r = spawnSync(process.execPath, [SERVER_MAIN, ...args], { cwd: root, encoding: "utf8", timeout: 60_000, env: { ...process.env, ...env } });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

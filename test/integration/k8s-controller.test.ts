@@ -304,7 +304,7 @@ k8s_controller:
 
   it("registers pods through the admin socket, reports status, removes entries of deleted pods, and stops on SIGTERM", async () => {
     const s = server as ServerProcess;
-    const child = spawn(process.execPath, ["--import", "tsx", ...SERVER_CLI, "k8s-controller", "--config", s.configPath], { cwd: path.resolve(import.meta.dirname, "../.."), stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [...SERVER_CLI, "k8s-controller", "--config", s.configPath], { cwd: path.resolve(import.meta.dirname, "../.."), stdio: ["ignore", "pipe", "pipe"] });
     const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
     try {
       const log = followJsonLog(child);

@@ -93,7 +93,7 @@ describe("admin API audit", () => {
     chmodSync(path.dirname(srv.socketPath), 0o711);
     chmodSync(srv.socketPath, 0o666);
     try {
-      const r = spawnSync(process.execPath, ["--import", "tsx", ...SERVER_CLI, "entry", "count", "--output", "json", "--socket-path", srv.socketPath], {
+      const r = spawnSync(process.execPath, [...SERVER_CLI, "entry", "count", "--output", "json", "--socket-path", srv.socketPath], {
         cwd: repoRoot,
         encoding: "utf8",
         timeout: 60_000,

@@ -30,6 +30,7 @@ import { runAgentCli, startAgentProcess, type AgentProcess } from "./support/age
 import { followJsonLog } from "./support/json-log.js";
 import { launchServerProcess, testServerConfigYaml, type ServerProcess } from "./support/server-process.js";
 import { rootsPemFromBundleJson } from "./support/test-agent.js";
+import { AGENT_MAIN, SERVER_MAIN } from "../support/programs.js";
 
 const haveOpenssl = requireTool("openssl", ["version"], "the discovery endpoint's serving certificate");
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
@@ -197,7 +198,7 @@ health_checks:
   bind_port: 0
 `,
     );
-    oidcProcess = spawn(process.execPath, ["--import", "tsx", path.join(root, "server/cli/main.ts"), "oidc-discovery", "--config", configPath], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+    oidcProcess = spawn(process.execPath, [SERVER_MAIN, "oidc-discovery", "--config", configPath], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
     const log = followJsonLog(oidcProcess);
     const started = await log.waitForLog((r) => r.msg === "oidc-discovery started", 30_000, "oidc-discovery log");
     processUrl = String(started.url);
@@ -215,7 +216,7 @@ health_checks:
     const file = path.join(tokenDir, "token");
     const cli = spawn(
       process.execPath,
-      ["--import", "tsx", path.join(root, "agent/cli/main.ts"), "api", "fetch", "jwt", "--audience", "ci", "--spiffe-id", CI_ID, "--write", file, "--refresh", "--socket-path", agent?.socketPath ?? ""],
+      [AGENT_MAIN, "api", "fetch", "jwt", "--audience", "ci", "--spiffe-id", CI_ID, "--write", file, "--refresh", "--socket-path", agent?.socketPath ?? ""],
       { cwd: root, stdio: ["ignore", "pipe", "pipe"] },
     );
     let stderr = "";

@@ -23,6 +23,7 @@ import { grpcServiceDefinition, type GrpcServiceImplementation } from "../../spi
 import { generateKeyPair } from "../../spiffe/signer.js";
 import { followJsonLog } from "./support/json-log.js";
 import { startServerProcess, type CliResult, type ServerProcess } from "./support/server-process.js";
+import { AGENT_MAIN } from "../support/programs.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const RESERVED = ["spiffe://example.org/spire/agent/x", "spiffe://example.org/spire/server", "spiffe://example.org/spire"];
@@ -198,7 +199,7 @@ plugins:
     unix: {}
 `,
     );
-    const child = spawn(process.execPath, ["--import", "tsx", path.join(root, "agent/cli/main.ts"), "run", "--config", configPath, "--join-token", "a-token-the-impostor-must-not-see"], {
+    const child = spawn(process.execPath, [AGENT_MAIN, "run", "--config", configPath, "--join-token", "a-token-the-impostor-must-not-see"], {
       cwd: root,
       stdio: ["ignore", "pipe", "pipe"],
     });

@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { followJsonLog } from "./json-log.js";
+import { AGENT_MAIN, WORKLOAD_CLIENT } from "../../support/programs.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 
@@ -105,7 +106,7 @@ ${opts.extraAgentYaml ?? ""}plugins:
     unix: ${opts.unixAttestorYaml ?? "{}"}
 ${opts.extraWorkloadAttestorsYaml ?? ""}`,
   );
-  const child: ChildProcess = spawn(process.execPath, ["--import", "tsx", path.join(root, "agent/cli/main.ts"), "run", "--config", configPath, ...(opts.joinToken === undefined ? [] : ["--join-token", opts.joinToken])], {
+  const child: ChildProcess = spawn(process.execPath, [AGENT_MAIN, "run", "--config", configPath, ...(opts.joinToken === undefined ? [] : ["--join-token", opts.joinToken])], {
     cwd: root,
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -143,7 +144,7 @@ export function runWorkload(
   signal?: AbortSignal,
 ): Promise<WorkloadResult> {
   const script = `
-import { createWorkloadApiClient } from ${JSON.stringify(path.join(root, "spiffe/workloadapi/client.ts"))};
+import { createWorkloadApiClient } from ${JSON.stringify(WORKLOAD_CLIENT)};
 const client = createWorkloadApiClient();
 try {
 ${body}
@@ -154,7 +155,7 @@ ${body}
 }
 `;
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+    const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
       cwd: root,
       env: { ...process.env, SPIFFE_ENDPOINT_SOCKET: `unix://${socketPath}` },
       stdio: ["ignore", "pipe", "pipe"],
@@ -181,7 +182,7 @@ ${body}
 /** Runs `sigil-agent <args>` (optionally as another uid/gid); resolves with its exit status and output. */
 export function runAgentCli(args: readonly string[], as?: { uid: number; gid: number }, env: Record<string, string> = {}): Promise<WorkloadResult> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ["--import", "tsx", path.join(root, "agent/cli/main.ts"), ...args], {
+    const child = spawn(process.execPath, [AGENT_MAIN, ...args], {
       cwd: root,
       env: { ...process.env, ...env },
       stdio: ["ignore", "pipe", "pipe"],

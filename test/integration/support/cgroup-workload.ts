@@ -6,6 +6,7 @@ import { spawn } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import type { ContainerCgroup } from "../../support/cgroups.js";
+import { WORKLOAD_CLIENT } from "../../support/programs.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 
@@ -22,7 +23,7 @@ export interface WorkloadOutcome {
  */
 export function runWorkloadInCgroup(socketPath: string, cgroup: ContainerCgroup | undefined, as: { uid: number; gid: number }): Promise<WorkloadOutcome> {
   const script = `
-import { createWorkloadApiClient } from ${JSON.stringify(path.join(root, "spiffe/workloadapi/client.ts"))};
+import { createWorkloadApiClient } from ${JSON.stringify(WORKLOAD_CLIENT)};
 await new Promise((resolve) => process.stdin.once("data", resolve));
 process.stdin.destroy();
 const client = createWorkloadApiClient();
@@ -36,7 +37,7 @@ try {
 }
 `;
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+    const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
       cwd: root,
       env: { ...process.env, SPIFFE_ENDPOINT_SOCKET: `unix://${socketPath}` },
       stdio: ["pipe", "pipe", "pipe"],

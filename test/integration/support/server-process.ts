@@ -7,12 +7,13 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { SERVER_MAIN } from "../../support/programs.js";
 import { followJsonLog } from "./json-log.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
-/** The CLI entry, run from source through tsx (tests never depend on a stale build). */
-export const SERVER_CLI = [path.join(root, "server/cli/main.ts")];
-const NODE_ARGS = ["--import", "tsx"];
+/** The CLI entry, compiled (test/support/programs.ts keeps dist/ fresh). */
+export const SERVER_CLI = [SERVER_MAIN];
+const NODE_ARGS: string[] = [];
 
 /** A running server process. */
 export interface ServerProcess {
