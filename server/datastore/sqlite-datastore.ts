@@ -921,24 +921,30 @@ class SqliteDatastore implements Datastore {
 
   async issuanceInventory(request: IssuanceInventoryRequest): Promise<IssuanceInventory> {
     const { caKeyId, now, limit } = checkInventoryRequest(request);
-    const from = `FROM issuance_contexts c JOIN issuances i ON i.context_id = c.context_id WHERE ${LIVE_INVENTORY_CONDITION}`;
-    return this.#read(() => {
-      const groups = this.#all<{ agentId: string; spiffeId: string; n: number }>(
-        `SELECT c.agent_id AS agentId, c.spiffe_id AS spiffeId, COUNT(*) AS n ${from} GROUP BY c.agent_id, c.spiffe_id`,
+    // One statement: the live set (the costly part: a later credential of the same entry is looked
+    // for per candidate) is computed once, then both grouped and listed. Two statements evaluated it
+    // twice: 1.09 s at 1,000,000 records (bench/inventory.bench.ts) against the 1 s target.
+    type Row = { part: 0 | 1; agent_id: string; spiffe_id: string; n: number | null; serial: string; kind: IssuanceKind; entry_id: string; not_after: number; row_id: number };
+    const rows = this.#read(() =>
+      this.#all<Row>(
+        `WITH live AS MATERIALIZED (
+           SELECT i.serial, c.kind, c.spiffe_id, c.entry_id, c.agent_id, i.not_after, i.row_id
+           FROM issuance_contexts c JOIN issuances i ON i.context_id = c.context_id WHERE ${LIVE_INVENTORY_CONDITION})
+         SELECT 0 AS part, agent_id, spiffe_id, COUNT(*) AS n, NULL AS serial, NULL AS kind, NULL AS entry_id, NULL AS not_after, NULL AS row_id
+           FROM live GROUP BY agent_id, spiffe_id
+         UNION ALL
+         SELECT * FROM (SELECT 1, agent_id, spiffe_id, NULL, serial, kind, entry_id, not_after, row_id FROM live ORDER BY not_after, row_id LIMIT ?)`,
         caKeyId,
         now,
-      );
-      const rows =
-        limit === 0
-          ? []
-          : this.#all<{ serial: string; kind: IssuanceKind; spiffe_id: string; entry_id: string; agent_id: string; not_after: number }>(
-              `SELECT i.serial, c.kind, c.spiffe_id, c.entry_id, c.agent_id, i.not_after ${from} ORDER BY i.not_after, i.row_id LIMIT ?`,
-              caKeyId,
-              now,
-              limit,
-            );
-      return foldInventory(caKeyId, groups, rows.map(toInventorySvid));
-    });
+        limit,
+      ),
+    );
+    const groups = rows.filter((r) => r.part === 0).map((r) => ({ agentId: r.agent_id, spiffeId: r.spiffe_id, n: Number(r.n) }));
+    const svids = rows
+      .filter((r) => r.part === 1)
+      .sort((a, b) => a.not_after - b.not_after || a.row_id - b.row_id)
+      .map(toInventorySvid);
+    return foldInventory(caKeyId, groups, svids);
   }
 
   async listIssuances(request: ListIssuancesRequest = {}): Promise<Page<IssuanceRecord>> {
