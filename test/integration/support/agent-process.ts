@@ -133,7 +133,9 @@ export interface WorkloadResult {
  * Runs a small ESM script as a workload (optionally as another uid/gid) with
  * SPIFFE_ENDPOINT_SOCKET set. The script gets `client` (the real Workload API
  * client) and prints what the test should check. Aborting `signal` ends it
- * (SIGKILL), e.g. from a test's cleanup after a failure.
+ * (SIGKILL), e.g. from a test's cleanup after a failure. The script runs on
+ * plain node; one that imports a TypeScript file (a test helper such as
+ * test/support/sds-client.ts) runs through tsx.
  */
 export function runWorkload(
   socketPath: string,
@@ -155,7 +157,7 @@ ${body}
 }
 `;
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+    const child = spawn(process.execPath, [...(/\.ts["']/.test(body) ? ["--import", "tsx"] : []), "--input-type=module", "-e", script], {
       cwd: root,
       env: { ...process.env, SPIFFE_ENDPOINT_SOCKET: `unix://${socketPath}` },
       stdio: ["ignore", "pipe", "pipe"],
