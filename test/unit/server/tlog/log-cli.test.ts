@@ -11,9 +11,10 @@ import { createHash } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { Server, ServerCredentials } from "@grpc/grpc-js";
+import { credentials, Server, ServerCredentials, status, type ServiceError } from "@grpc/grpc-js";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { createLogger } from "../../../../common/log.js";
+import { createUnaryClient } from "../../../../common/rpc/unary-client.js";
 import type { PublicHttpListener } from "../../../../common/public-http-listener.js";
 import { LogAdmin } from "../../../../proto/gen/sigil/admin/v1/admin_pb.js";
 import { createLogAdmin } from "../../../../server/api/admin/log.js";
@@ -286,6 +287,33 @@ describe("sigil-server log prove|checkpoint|rotate-key over LogAdmin", () => {
       expect((await cli(["log", "prove", "--jwt-sha256", "abc", "-s", admin.socket])).stderr).toMatch(/--jwt-sha256: must be 64 hex digits/);
       expect((await cli(["log", "prove", "--jwt-file", file, "--serial", "1", "-s", admin.socket])).status).toBe(2);
     } finally {
+      await admin.close();
+    }
+  });
+
+  it("answers INTERNAL naming the tile when a tile of an entry inside the checkpoint is missing from storage", async () => {
+    const view = logOf(ENTRIES.slice(0, 40));
+    view.log.files.delete("tile/0/000.p/40");
+    const admin = await adminSocket(view);
+    const client = createUnaryClient(LogAdmin, `unix:${admin.socket}`, credentials.createInsecure());
+    try {
+      const err = await client.prove({ lookup: { case: "serial", value: (1033).toString(16) } }).then(
+        () => undefined,
+        (e: ServiceError) => e,
+      );
+      expect(err?.code).toBe(status.INTERNAL);
+      expect(err?.details).toMatch(/^log admin: proving the credential with serial 409: .*tile\/0\/000\.p\/40.*storage is inconsistent/);
+      const r = await cli(["log", "prove", "--serial", "409", "-s", admin.socket]);
+      expect(r.status).toBe(1);
+      expect(r.stderr).toContain("tile/0/000.p/40");
+      // An entry that is not logged is still NOT_FOUND.
+      const missing = await client.prove({ lookup: { case: "serial", value: "ffff" } }).then(
+        () => undefined,
+        (e: ServiceError) => e,
+      );
+      expect(missing?.code).toBe(status.NOT_FOUND);
+    } finally {
+      client.close();
       await admin.close();
     }
   });
