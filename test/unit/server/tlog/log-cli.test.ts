@@ -25,6 +25,7 @@ import { grpcServiceDefinition } from "../../../../spiffe/grpc/service.js";
 import { parseSpiffeId, parseTrustDomain } from "../../../../spiffe/id.js";
 import { toPem } from "../../../../spiffe/pem.js";
 import { generateSigner, type Signer } from "../../../../spiffe/signer.js";
+import { signCheckpoint } from "../../../../spiffe/tlog/checkpoint.js";
 import { MemoryTlog } from "../../../../spiffe/tlog/memory-log.js";
 import { generateNoteKey } from "../../../../spiffe/tlog/note.js";
 import { canonicalJson } from "../../../../spiffe/tlog/sigil-entry.js";
@@ -167,6 +168,18 @@ describe("sigil-server log verify", () => {
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/^error: .*(signature|signed|key)/im);
     expect((await cli(["log", "verify", "--url", url])).stderr).toMatch(/--key/);
+  });
+
+  it("refuses a checkpoint whose origin is not the name of the log key that signed it", async () => {
+    const view = logOf(ENTRIES.slice(0, 5));
+    const cp = view.latestCheckpoint();
+    if (cp === undefined) throw new Error("no checkpoint");
+    // Signed by the log's own key (named example.org/sigil/issuance) but naming another log.
+    const forged = signCheckpoint({ origin: "attacker.example/sigil/issuance", size: cp.size, rootHash: cp.rootHash, extensions: [] }, [view.signer]);
+    const url = await serve({ ...view, latestCheckpoint: () => ({ ...cp, note: forged }) });
+    const r = await cli(["log", "verify", "--url", url, "--key", view.vkey]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/checkpoint: origin "attacker\.example\/sigil\/issuance" is not the name of the trusted key that signed it \("example\.org\/sigil\/issuance"\)/);
   });
 
   it("reports a fork: a saved checkpoint of the same size with another root", async () => {
