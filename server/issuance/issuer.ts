@@ -23,14 +23,17 @@ import { parseSpiffeId, type SpiffeId } from "../../spiffe/id.js";
 import type { KeyType } from "../../spiffe/signer.js";
 import type { CaManager, IssuedJwt, IssuedX509, JwtSvidRequest, X509SvidRequest } from "../ca/manager.js";
 import type { Datastore, IssuanceInput, RegistrationEntry } from "../datastore/index.js";
+import { MAX_LOG_AUDIENCE_LENGTH, MAX_LOG_AUDIENCES } from "../../spiffe/tlog/sigil-entry.js";
 import type { LoggedCredential } from "../tlog/entry.js";
 import type { IssuanceLogSink } from "../tlog/log-service.js";
 import { jwtIssuanceRecord, x509IssuanceRecord } from "./records.js";
 
 /** Key types the server accepts for agent and workload keys. */
 export const ALLOWED_KEY_TYPES: readonly KeyType[] = ["ec-p256", "ec-p384", "rsa-2048", "rsa-4096"];
-/** Most audiences one JWT-SVID may carry. */
-export const MAX_AUDIENCES = 32;
+/** Most audiences one JWT-SVID may carry: what its transparency-log entry holds. */
+export const MAX_AUDIENCES = MAX_LOG_AUDIENCES;
+/** Longest audience (UTF-16 code units) of a JWT-SVID: what its transparency-log entry holds. */
+export const MAX_AUDIENCE_LENGTH = MAX_LOG_AUDIENCE_LENGTH;
 
 /** Dependencies of the {@link Issuer}. */
 export interface IssuerDeps {
