@@ -63,6 +63,8 @@ export interface AgentSvidOrigin {
   readonly requestedBy: string;
   /** Canonical node selectors to record (attestation); default none. */
   readonly selectors?: readonly string[] | undefined;
+  /** Hex SHA-256 of the attestation payload the agent sent (attestation), for its log entry. */
+  readonly evidenceSha256?: string | undefined;
 }
 
 // Parsed SPIFFE IDs of entry records, so the signing path never re-parses them.
@@ -153,7 +155,7 @@ export class Issuer {
     await bind(issued);
     const id = agentId.toString();
     const record = x509IssuanceRecord("agent-svid", id, issued, { requestedBy: origin.requestedBy, agentId: id, selectors: origin.selectors }, undefined, this.#d.now());
-    await this.#commit([record], [{ record, certDer: issued.chain[0], publicKeyDer }]);
+    await this.#commit([record], [{ record, certDer: issued.chain[0], publicKeyDer, evidenceSha256: origin.evidenceSha256 }]);
     this.#d.metrics?.x509SvidsSigned.inc();
     return issued;
   }
