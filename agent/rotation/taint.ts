@@ -157,6 +157,17 @@ export function planTaintReplacements(items: readonly TaintedItem[], now: Date, 
   return plan;
 }
 
+/**
+ * The latest time of a plan from {@link planTaintReplacements}, or undefined
+ * for an empty one. A loop, not `Math.max(...times)`: spreading a plan of
+ * ~100,000 SVIDs into arguments throws a RangeError.
+ */
+export function lastPlannedAt(plan: ReadonlyMap<string, Date>): Date | undefined {
+  let last: Date | undefined;
+  for (const at of plan.values()) if (last === undefined || at.getTime() > last.getTime()) last = at;
+  return last;
+}
+
 /** The `kid` of a compact JWS's protected header, or undefined when it has none or cannot be read. */
 export function jwtKeyId(token: string): string | undefined {
   const header = token.split(".", 1)[0];

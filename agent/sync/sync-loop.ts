@@ -48,7 +48,7 @@ import { renewAt } from "../rotation/renew-at.js";
 import type { AgentStateStore } from "../storage/agent-state-store.js";
 import { ServerPushback } from "./pushback.js";
 import type { ServerClient, SyncedEntry, SyncResult, TaintSet, X509SvidParams } from "./server-client.js";
-import { DEFAULT_TAINT_BATCH_SIZE, DEFAULT_TAINT_SPREAD_MS, NO_TAINT, planTaintReplacements, sameTaint, TaintMatcher, type TaintedItem } from "../rotation/taint.js";
+import { DEFAULT_TAINT_BATCH_SIZE, DEFAULT_TAINT_SPREAD_MS, lastPlannedAt, NO_TAINT, planTaintReplacements, sameTaint, TaintMatcher, type TaintedItem } from "../rotation/taint.js";
 
 /** Most X509-SVIDs requested in one BatchNewX509SVID call (SPIRE starts at 500). */
 export const DEFAULT_SVID_BATCH_SIZE = 500;
@@ -424,8 +424,7 @@ export class SyncLoop {
     if (covered.length > 0) {
       const plan = planTaintReplacements(covered, now, { batchSize: this.#o.taintBatchSize ?? DEFAULT_TAINT_BATCH_SIZE, spreadMs }, random);
       for (const [id, at] of plan) this.#taintPlan.set(id, at);
-      const last = Math.max(...[...plan.values()].map((d) => d.getTime()));
-      log?.info({ svids: covered.length, last_request_at: new Date(last).toISOString() }, "sync: X509-SVIDs under a tainted authority; replacing them now (the old ones are served until then)");
+      log?.info({ svids: covered.length, last_request_at: lastPlannedAt(plan)?.toISOString() }, "sync: X509-SVIDs under a tainted authority; replacing them now (the old ones are served until then)");
     }
     const own = identity?.current();
     if (own && !this.#taintJudged.has(own)) {

@@ -10,6 +10,7 @@
  * allows re-attestation. The agent record names the new SVID's serial before
  * the SVID is recorded and handed out.
  */
+import { createHash } from "node:crypto";
 import { formatSelector, type Selector } from "../../common/selector.js";
 import type { ChallengeFn, ServerNodeAttestor } from "../../plugins/nodeattestor/types.js";
 import { parseCsr } from "../../spiffe/csr.js";
@@ -74,7 +75,12 @@ export class NodeAttestation {
     if (existing && !existing.canReattest) {
       throw new SigilError("ERR_PERMISSION_DENIED", `attest: agent ${agentId} is already attested and its attestor does not allow re-attestation; evict it first`);
     }
-    const origin = { requestedBy: `attestation:${attestor.name}`, selectors: result.selectors.map(formatSelector) };
+    const origin = {
+      requestedBy: `attestation:${attestor.name}`,
+      selectors: result.selectors.map(formatSelector),
+      // What the attestor judged, as the transparency log records it (challenge responses are not included).
+      evidenceSha256: createHash("sha256").update(params.payload).digest("hex"),
+    };
     const svid = await this.#d.issuer.agentSvid(result.agentId, csr.publicKeyDer, this.#d.agentTtlMs, origin, async (issued) => {
       const record = {
         attestationType: attestor.name,

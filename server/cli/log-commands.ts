@@ -232,6 +232,8 @@ export async function runLogVerify(o: VerifyOpts): Promise<void> {
   const result = await verifyLog({
     fetch,
     verifiers,
+    // Sigil names its log keys after the origin: a checkpoint naming another log is refused.
+    keyNameIsOrigin: true,
     ...(since === undefined ? {} : { since }),
     onEntry: (i, e) => auditorFor().onEntry(i, e),
     onProgress: (p) => {
@@ -307,7 +309,7 @@ export function registerLogCommands(program: Command): void {
     await withClient(o, async (c, out) => {
       const cpInfo = await c.getCheckpoint({});
       const res = await c.prove("serial" in lookup ? { lookup: { case: "serial", value: lookup.serial } } : { lookup: { case: "jwtSha256", value: lookup.jwtSha256 } });
-      const { checkpoint } = openCheckpoint(res.checkpoint, cpInfo.verifierKeys.map((k) => parseVerifierKey(k)), { origin: cpInfo.origin });
+      const { checkpoint } = openCheckpoint(res.checkpoint, cpInfo.verifierKeys.map((k) => parseVerifierKey(k)), { origin: cpInfo.origin, keyNameIsOrigin: true });
       verifyInclusion(Number(res.index), checkpoint.size, leafHash(res.entry), res.proof, checkpoint.rootHash);
       const entryText = Buffer.from(res.entry).toString("utf8");
       checkProvedEntry(lookup, entryText);

@@ -23,14 +23,17 @@ import { parseSpiffeId, type SpiffeId } from "../../spiffe/id.js";
 import type { KeyType } from "../../spiffe/signer.js";
 import type { CaManager, IssuedJwt, IssuedX509, JwtSvidRequest, X509SvidRequest } from "../ca/manager.js";
 import type { Datastore, IssuanceInput, RegistrationEntry } from "../datastore/index.js";
+import { MAX_LOG_AUDIENCE_LENGTH, MAX_LOG_AUDIENCES } from "../../spiffe/tlog/sigil-entry.js";
 import type { LoggedCredential } from "../tlog/entry.js";
 import type { IssuanceLogSink } from "../tlog/log-service.js";
 import { jwtIssuanceRecord, x509IssuanceRecord } from "./records.js";
 
 /** Key types the server accepts for agent and workload keys. */
 export const ALLOWED_KEY_TYPES: readonly KeyType[] = ["ec-p256", "ec-p384", "rsa-2048", "rsa-4096"];
-/** Most audiences one JWT-SVID may carry. */
-export const MAX_AUDIENCES = 32;
+/** Most audiences one JWT-SVID may carry: what its transparency-log entry holds. */
+export const MAX_AUDIENCES = MAX_LOG_AUDIENCES;
+/** Longest audience (UTF-16 code units) of a JWT-SVID: what its transparency-log entry holds. */
+export const MAX_AUDIENCE_LENGTH = MAX_LOG_AUDIENCE_LENGTH;
 
 /** Dependencies of the {@link Issuer}. */
 export interface IssuerDeps {
@@ -60,6 +63,8 @@ export interface AgentSvidOrigin {
   readonly requestedBy: string;
   /** Canonical node selectors to record (attestation); default none. */
   readonly selectors?: readonly string[] | undefined;
+  /** Hex SHA-256 of the attestation payload the agent sent (attestation), for its log entry. */
+  readonly evidenceSha256?: string | undefined;
 }
 
 // Parsed SPIFFE IDs of entry records, so the signing path never re-parses them.
@@ -150,7 +155,7 @@ export class Issuer {
     await bind(issued);
     const id = agentId.toString();
     const record = x509IssuanceRecord("agent-svid", id, issued, { requestedBy: origin.requestedBy, agentId: id, selectors: origin.selectors }, undefined, this.#d.now());
-    await this.#commit([record], [{ record, certDer: issued.chain[0], publicKeyDer }]);
+    await this.#commit([record], [{ record, certDer: issued.chain[0], publicKeyDer, evidenceSha256: origin.evidenceSha256 }]);
     this.#d.metrics?.x509SvidsSigned.inc();
     return issued;
   }

@@ -10,6 +10,11 @@ import { duration } from "../../common/config/duration.js";
 /** `host:port`, IPv6 in brackets; the port may be 0 (tests). */
 const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):([0-9]{1,5})$/;
 
+/** Default requests per second one client address may make to the tiles listener. */
+export const DEFAULT_TLOG_RATE_PER_SECOND = 100;
+/** Default requests one client address may make back to back to the tiles listener. */
+export const DEFAULT_TLOG_RATE_BURST = 1000;
+
 /** Splits `listen_address` into host and port. */
 export function parseListenAddress(value: string): { readonly host: string; readonly port: number } | undefined {
   const m = HOST_PORT.exec(value);
@@ -32,6 +37,22 @@ export const transparencyLogSection = z
       .describe("Serve the log's tiles (C2SP tlog-tiles: /checkpoint, /tile/…, /log-keys) on this host:port for auditors and mirrors. Unset: the log is reachable only through the admin API."),
     tls_cert_file: z.string().min(1).optional().describe("PEM serving certificate (then its intermediates) for HTTPS on listen_address; re-read when it changes. Unset: plain HTTP (behind a TLS-terminating proxy, or for a public log whose content is signed anyway)."),
     tls_key_file: z.string().min(1).optional().describe("PEM private key of tls_cert_file."),
+    rate_limit: z
+      .boolean()
+      .default(true)
+      .describe("Limit the tiles listener's requests per client address (an IPv6 address counts as its /64); a request beyond the limit is answered 429 with Retry-After. Behind a proxy every client shares the proxy's address: raise the limit or limit at the proxy."),
+    rate_limit_per_second: z
+      .number()
+      .int()
+      .min(1)
+      .default(DEFAULT_TLOG_RATE_PER_SECOND)
+      .describe("Requests per second one client address may make to the tiles listener. A full mirror of a 1,000,000-entry log is about 8,000 requests (one tile and one entry bundle per 256 entries)."),
+    rate_limit_burst: z
+      .number()
+      .int()
+      .min(1)
+      .default(DEFAULT_TLOG_RATE_BURST)
+      .describe("Requests one client address may make back to back after a quiet period."),
   })
   .superRefine((c, ctx) => {
     if ((c.tls_cert_file === undefined) !== (c.tls_key_file === undefined)) {

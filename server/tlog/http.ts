@@ -13,9 +13,15 @@
  * `parseTilePath`, so `..`, `%2e` and leading zeroes never reach storage) is
  * 400, an unpublished one 404. The listener faces other networks, so it has
  * the bundle endpoint's limits (`common/http-limits.ts`): seconds per request
- * phase, at most 1,024 connections.
+ * phase, at most 1,024 connections. Anonymous clients must not turn requests
+ * into database reads at will: partial tiles and bundles and the key list are
+ * answered from memory ({@link cachedTlogView}), and each client address
+ * (an IPv6 address counts as its /64) has a token bucket; a request beyond it
+ * is 429 with `Retry-After`, before anything is read.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Clock } from "../../common/clock.js";
+import { systemClock } from "../../common/clock.js";
 import { HttpListenerService } from "../../common/health/listener-service.js";
 import type { PublicHttpLimits } from "../../common/http-limits.js";
 import { hasRequestBody } from "../../common/http-limits.js";
@@ -23,7 +29,9 @@ import type { Logger } from "../../common/log.js";
 import { startPublicHttpListener, type PublicHttpListener, type TlsFiles } from "../../common/public-http-listener.js";
 import { isSigilError } from "../../spiffe/errors.js";
 import { parseTilePath } from "../../spiffe/tlog/tiles.js";
-import { parseListenAddress } from "./config.js";
+import { RateLimiter, sourceAddress } from "../api/rate-limit.js";
+import { DEFAULT_TLOG_RATE_BURST, DEFAULT_TLOG_RATE_PER_SECOND, parseListenAddress } from "./config.js";
+import { cachedTlogView } from "./read-cache.js";
 import type { TlogReadView } from "./types.js";
 
 /** Cache-Control of full tiles and full entry bundles: they never change. */
@@ -45,14 +53,28 @@ export interface TlogListenerOptions {
   readonly tlsReloadIntervalMs?: number | undefined;
   /** Timeouts and connection cap (default the public listeners'); tests shorten them. */
   readonly limits?: PublicHttpLimits | undefined;
+  /** Requests per client address (unset: no limit). */
+  readonly rateLimit?: { readonly perSecond: number; readonly burst: number } | undefined;
+  /** Time of the rate limit and the key-list cache (default the system clock). */
+  readonly clock?: Clock | undefined;
   readonly log: Logger;
+}
+
+/** The rate-limit key of a request: its client address, an IPv6 one as its /64 ({@link sourceAddress}). */
+function clientKey(req: IncomingMessage): string {
+  const address = req.socket.remoteAddress;
+  if (address === undefined) return "unknown";
+  return sourceAddress(address.includes(":") ? `[${address}]:0` : `${address}:0`);
 }
 
 const OCTETS = "application/octet-stream";
 const TEXT = "text/plain; charset=utf-8";
 
-/** The request handler alone (exported for tests that drive it without a socket). */
-export function tlogRequestHandler(view: TlogReadView, log: Logger): (req: IncomingMessage, res: ServerResponse) => void {
+/**
+ * The request handler alone (exported for tests that drive it without a
+ * socket). It reads `view` as it is: {@link startTlogListener} puts the cache in front.
+ */
+export function tlogRequestHandler(view: TlogReadView, log: Logger, limiter?: RateLimiter): (req: IncomingMessage, res: ServerResponse) => void {
   const send = (req: IncomingMessage, res: ServerResponse, status: number, headers: Record<string, string>, body: Uint8Array | string): void => {
     // Never read (or wait for) a body nobody asked for.
     const close: Record<string, string> = hasRequestBody(req) ? { connection: "close" } : {};
@@ -64,6 +86,14 @@ export function tlogRequestHandler(view: TlogReadView, log: Logger): (req: Incom
     send(req, res, status, { "content-type": TEXT, "cache-control": "no-store", ...extra }, `${message}\n`);
 
   const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    if (limiter) {
+      const client = clientKey(req);
+      const d = limiter.take(client);
+      if (!d.allowed) {
+        const seconds = Math.ceil(d.retryAfterMs / 1000);
+        return error(req, res, 429, `too many requests from ${client}; retry after ${seconds} s`, { "retry-after": String(seconds) });
+      }
+    }
     if (req.method !== "GET" && req.method !== "HEAD") return error(req, res, 405, "method not allowed", { allow: "GET, HEAD" });
     const target = req.url ?? "/";
     if (target.length > MAX_TLOG_PATH_LENGTH) return error(req, res, 414, `request target longer than ${MAX_TLOG_PATH_LENGTH} characters`);
@@ -109,11 +139,13 @@ export function tlogRequestHandler(view: TlogReadView, log: Logger): (req: Incom
  * @throws SigilError `ERR_INVALID_ARGUMENT` when the TLS files cannot be loaded, `ERR_UNAVAILABLE` when the address cannot be bound.
  */
 export function startTlogListener(options: TlogListenerOptions): Promise<PublicHttpListener> {
+  const clock = options.clock ?? systemClock;
+  const limiter = options.rateLimit ? new RateLimiter({ perSecond: options.rateLimit.perSecond, burst: options.rateLimit.burst, clock }) : undefined;
   return startPublicHttpListener({
     host: options.host,
     port: options.port,
     tls: options.tls,
-    handle: tlogRequestHandler(options.view, options.log),
+    handle: tlogRequestHandler(cachedTlogView(options.view, { clock }), options.log, limiter),
     subsystem: "tlog",
     tlsReloadIntervalMs: options.tlsReloadIntervalMs,
     limits: options.limits,
@@ -127,6 +159,9 @@ export interface TlogListenerSettings {
   readonly listen_address?: string | undefined;
   readonly tls_cert_file?: string | undefined;
   readonly tls_key_file?: string | undefined;
+  readonly rate_limit?: boolean | undefined;
+  readonly rate_limit_per_second?: number | undefined;
+  readonly rate_limit_burst?: number | undefined;
 }
 
 /**
@@ -138,5 +173,7 @@ export function tlogListenerService(settings: TlogListenerSettings | undefined, 
   const address = settings?.enabled === true && settings.listen_address !== undefined ? parseListenAddress(settings.listen_address) : undefined;
   if (settings === undefined || address === undefined) return undefined;
   const tls = settings.tls_cert_file !== undefined && settings.tls_key_file !== undefined ? { certFile: settings.tls_cert_file, keyFile: settings.tls_key_file } : undefined;
-  return new HttpListenerService("tlog-listener", () => startTlogListener({ host: address.host, port: address.port, tls, view: view(), log }));
+  const rateLimit =
+    settings.rate_limit === false ? undefined : { perSecond: settings.rate_limit_per_second ?? DEFAULT_TLOG_RATE_PER_SECOND, burst: settings.rate_limit_burst ?? DEFAULT_TLOG_RATE_BURST };
+  return new HttpListenerService("tlog-listener", () => startTlogListener({ host: address.host, port: address.port, tls, view: view(), rateLimit, log }));
 }

@@ -213,7 +213,8 @@ export class TlogService implements TlogReadView, IssuanceLogSink {
     const reader = new TileReader((p) => {
       const r = parseTilePath(p);
       const t = r.kind === "hash" ? this.#tile(r.tile.level, r.tile.index, r.tile.width, cp.size) : undefined;
-      return t ? Promise.resolve(t) : Promise.reject(new SigilError("ERR_NOT_FOUND", `tlog: no tile ${p}`));
+      // The entry is inside the checkpoint, so every tile of its proof must exist: a missing one is our inconsistency.
+      return t ? Promise.resolve(t) : Promise.reject(new SigilError("ERR_INTERNAL", `tlog: tile ${p}, needed to prove entry ${found.index} against the checkpoint of size ${cp.size}, is missing`));
     }, cp.size);
     const proof = await reader.inclusionProof(found.index);
     return { index: found.index, entry: found.entry, proof, checkpoint: cp.note };

@@ -81,12 +81,20 @@ export function signCheckpoint(cp: Checkpoint, signers: readonly NoteSigner[]): 
 export interface OpenCheckpointOptions extends NoteLimits {
   /** The origin the log must use; a checkpoint for another log is refused. */
   readonly origin?: string;
+  /**
+   * Require a verified signature by a key named like the checkpoint's origin
+   * (C2SP tlog-checkpoint: the key name is normally the origin; Sigil's log
+   * keys always are). Without it, a trusted key of one log could vouch for a
+   * checkpoint naming another. Default false (logs that name keys otherwise).
+   */
+  readonly keyNameIsOrigin?: boolean;
 }
 
 /**
  * Verifies a signed checkpoint against the log's keys and parses it.
  *
- * @throws SigilError `ERR_TLOG_MALFORMED`, `ERR_TLOG_SIGNATURE_INVALID`, or
+ * @throws SigilError `ERR_TLOG_MALFORMED`, `ERR_TLOG_SIGNATURE_INVALID` (also
+ *   when `keyNameIsOrigin` and no verified key is named like the origin), or
  *   `ERR_TLOG_INCONSISTENT` when it is for another origin.
  */
 export function openCheckpoint(note: string | Uint8Array, verifiers: readonly NoteVerifier[], options: OpenCheckpointOptions = {}): OpenedCheckpoint {
@@ -94,6 +102,10 @@ export function openCheckpoint(note: string | Uint8Array, verifiers: readonly No
   const checkpoint = parseCheckpoint(opened.text);
   if (options.origin !== undefined && checkpoint.origin !== options.origin) {
     throw new SigilError("ERR_TLOG_INCONSISTENT", `checkpoint: origin ${JSON.stringify(checkpoint.origin)} is not the expected ${JSON.stringify(options.origin)}`);
+  }
+  if (options.keyNameIsOrigin && !opened.verified.some((sig) => sig.name === checkpoint.origin)) {
+    const names = [...new Set(opened.verified.map((sig) => JSON.stringify(sig.name)))].join(", ");
+    throw new SigilError("ERR_TLOG_SIGNATURE_INVALID", `checkpoint: origin ${JSON.stringify(checkpoint.origin)} is not the name of the trusted key that signed it (${names}); a log's key is named after its origin`);
   }
   return { checkpoint, note: opened };
 }

@@ -111,6 +111,15 @@ const AUTHORITY_REQUIRED = ["event", "authorityKind", "authorityKeyId", "serverI
 const DELIVERED_FIELDS: Readonly<Record<string, FieldType>> = { serial: "serial", agentId: "string", deliveredAt: "int", issuanceIndex: "int" };
 const DELIVERED_REQUIRED = ["serial", "agentId", "deliveredAt", "issuanceIndex"];
 
+/**
+ * Most audiences a jwt-svid entry holds. With {@link MAX_LOG_AUDIENCE_LENGTH}
+ * it keeps an entry far below the 64 KiB an entry bundle allows, even with
+ * every character escaped; Sigil's JWT-SVID minting accepts no more.
+ */
+export const MAX_LOG_AUDIENCES = 32;
+/** Longest audience (UTF-16 code units) a jwt-svid entry holds; see {@link MAX_LOG_AUDIENCES}. */
+export const MAX_LOG_AUDIENCE_LENGTH = 256;
+
 const SERIAL_RE = /^(0|[1-9a-f][0-9a-f]*)$/;
 const SHA256_RE = /^[0-9a-f]{64}$/;
 // With the length a multiple of 4, this is padded standard base64 (one simple class: linear and fast on a certificate).
@@ -190,6 +199,11 @@ export function validateLogEntry(o: unknown): SigilLogEntry {
   if (kind === "jwt-svid") {
     if (r["jwtSha256"] === undefined) throw invalid("jwt-svid entry: jwtSha256 is required");
     if (r["serial"] !== undefined || r["cert"] !== undefined) throw invalid("jwt-svid entry: serial and cert belong to X.509 kinds");
+    const audience = (r["audience"] ?? []) as readonly string[];
+    if (audience.length > MAX_LOG_AUDIENCES) throw invalid(`jwt-svid entry: ${audience.length} audiences, more than ${MAX_LOG_AUDIENCES}`);
+    audience.forEach((a, i) => {
+      if (a.length > MAX_LOG_AUDIENCE_LENGTH) throw invalid(`jwt-svid entry: audience[${i}] is longer than ${MAX_LOG_AUDIENCE_LENGTH} characters`);
+    });
   } else {
     if (r["serial"] === undefined) throw invalid(`${String(kind)} entry: serial is required`);
     if (r["jwtSha256"] !== undefined || r["audience"] !== undefined) throw invalid(`${String(kind)} entry: jwtSha256 and audience belong to jwt-svid`);

@@ -16,7 +16,7 @@
  * entries: a ratio of 0.36 (see docs/transparency.md).
  */
 import { SigilError, isSigilError } from "../errors.js";
-import { type Checkpoint, openCheckpoint } from "./checkpoint.js";
+import { type Checkpoint, openCheckpoint, type OpenCheckpointOptions } from "./checkpoint.js";
 import { HASH_SIZE, MerkleHasher, MerkleTreeBuilder, hashesEqual } from "./hash.js";
 import type { NoteVerifier } from "./note.js";
 import { verifyConsistency } from "./proof.js";
@@ -52,6 +52,8 @@ export interface VerifyLogOptions {
   readonly verifiers: readonly NoteVerifier[];
   /** The origin the checkpoint must name (default: whatever the earlier checkpoint names, else any). */
   readonly origin?: string;
+  /** Require the checkpoints' signing key to be named like their origin (see {@link OpenCheckpointOptions.keyNameIsOrigin}); Sigil's `log verify` does. Default false. */
+  readonly keyNameIsOrigin?: boolean;
   /** An earlier signed checkpoint of the same log, which the current one must extend. */
   readonly since?: string | Uint8Array;
   /**
@@ -201,9 +203,10 @@ export async function verifyLog(options: VerifyLogOptions): Promise<LogVerificat
   const readAhead = options.readAhead ?? 4;
   if (!Number.isInteger(readAhead) || readAhead < 0 || readAhead > 256) throw new SigilError("ERR_INVALID_ARGUMENT", `log verify: readAhead must be an integer from 0 to 256, got ${String(readAhead)}`);
 
+  const keyName = options.keyNameIsOrigin === true ? { keyNameIsOrigin: true } : {};
   let earlier: Checkpoint | undefined;
   if (options.since !== undefined) {
-    earlier = openCheckpoint(options.since, verifiers, options.origin === undefined ? {} : { origin: options.origin }).checkpoint;
+    earlier = openCheckpoint(options.since, verifiers, options.origin === undefined ? keyName : { origin: options.origin, ...keyName }).checkpoint;
   }
   const origin = options.origin ?? earlier?.origin;
 
@@ -213,7 +216,7 @@ export async function verifyLog(options: VerifyLogOptions): Promise<LogVerificat
   } catch (e) {
     throw fetchFailed(undefined, "checkpoint", e);
   }
-  const { checkpoint } = openCheckpoint(noteBytes, verifiers, origin === undefined ? {} : { origin });
+  const { checkpoint } = openCheckpoint(noteBytes, verifiers, origin === undefined ? keyName : { origin, ...keyName });
   const size = checkpoint.size;
 
   if (earlier !== undefined) {

@@ -103,6 +103,20 @@ describe("agent API: a request quoting a megabyte gets a bounded refusal and aud
     }
   });
 
+  it("a rogue agent's JWT-SVID request with too many or too long audiences (a log entry stays bounded)", async () => {
+    const agent = await attestedAgent("long-audience");
+    try {
+      const long = await refusal(agent.api.newJWTSVID({ entryId: "e", audience: ["db", "a".repeat(257)] }));
+      expect(long.code).toBe(status.INVALID_ARGUMENT);
+      expect(long.details).toBe("new jwt svid: audience[1] is longer than 256 characters");
+      const many = await refusal(agent.api.newJWTSVID({ entryId: "e", audience: Array.from({ length: 33 }, (_, i) => `a${i}`) }));
+      expect(many.code).toBe(status.INVALID_ARGUMENT);
+      expect(many.details).toBe("new jwt svid: more than 32 audiences");
+    } finally {
+      agent.api.close();
+    }
+  });
+
   it("a peer without credentials attesting with a huge attestor name", async () => {
     const def = grpcServiceDefinition(AgentAPI).attestAgent;
     const client = new Client(server.agentApiAddress, tlsCredentials(roots()));

@@ -4,11 +4,12 @@
  * X509-SVID over the Workload API. The SVID's serial has an `x509-svid` log
  * entry naming the workload's SPIFFE ID, entry and agent, holding the very
  * certificate the workload got, and an inclusion proof against the server's
- * signed checkpoint verifies with the recorded log key.
+ * signed checkpoint verifies with the recorded log key. The agent's own
+ * SVID is logged with the SHA-256 of the join token it attested with.
  *
  * Needs root (the workload runs as another uid); CI runs as root.
  */
-import { X509Certificate } from "node:crypto";
+import { createHash, X509Certificate } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -75,6 +76,10 @@ describe.skipIf(!isRoot)("transparency log end to end", () => {
       expect(row, `no log entry for serial ${serial}`).toBeDefined();
       const e = decodeLogEntry(row?.entry ?? Buffer.alloc(0));
       expect(e).toMatchObject({ kind: "x509-svid", serial, spiffeId: "spiffe://example.org/web", entryId, agentId: tok.agentId, selectors: [`unix:uid:${WEB.uid}`], cert: der });
+      // The agent's own SVID, issued at attestation, carries the digest of the evidence it presented (the join token).
+      const attested = (db.prepare("SELECT entry FROM tlog_entries ORDER BY idx").all() as { entry: Buffer }[]).map((x) => decodeLogEntry(x.entry)).filter((x) => x.kind === "agent-svid");
+      expect(attested).toHaveLength(1);
+      expect(attested[0]).toMatchObject({ spiffeId: tok.agentId, requestedBy: "attestation:join_token", evidenceSha256: createHash("sha256").update(tok.token, "utf8").digest("hex") });
 
       // Covered by a checkpoint (one is signed within the interval), proven from the stored entries.
       let cp: { tree_size: number; note: string } | undefined;

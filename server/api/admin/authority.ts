@@ -140,6 +140,10 @@ export function createAuthorityAdmin(deps: AdminApiDeps, unary: UnaryWrapper): G
         throw invalidField("limit", `must be -1 (counts only), 0 (default ${INVENTORY_DEFAULT_LIMIT}) or up to ${INVENTORY_MAX_LIMIT}, got ${req.limit}`);
       }
       const inv = await deps.datastore.issuanceInventory({ caKeyId: keyId, now: deps.now(), limit: req.limit === -1 ? 0 : req.limit === 0 ? INVENTORY_DEFAULT_LIMIT : req.limit });
+      // A mistyped key ID must not read as "nothing left under it"; live credentials under a key the journal no longer lists are still shown.
+      if (inv.live === 0 && !(await ca.list()).some((a) => a.keyId === keyId)) {
+        throw new SigilError("ERR_NOT_FOUND", `key_id: no authority with key ID "${keyId}" (see "sigil-server authority list")`);
+      }
       audit.details.live = inv.live;
       return {
         res: create(InventoryResponseSchema, {

@@ -18,7 +18,7 @@ import {
   type RotateLogKeyRequest,
   type RotateLogKeyResponse,
 } from "../../../proto/gen/sigil/admin/v1/admin_pb.js";
-import { SigilError } from "../../../spiffe/errors.js";
+import { isSigilError, SigilError } from "../../../spiffe/errors.js";
 import type { GrpcServiceImplementation } from "../../../spiffe/grpc/service.js";
 import { canonicalSerialHex } from "../../../spiffe/x509/serial.js";
 import type { TlogReadView } from "../../tlog/types.js";
@@ -70,8 +70,15 @@ export function createLogAdmin(view: (() => LogAdminView | undefined) | undefine
     prove: unary<ProveLogEntryRequest, ProveLogEntryResponse>("Prove", async (req) => {
       const v = enabled(view);
       const lookup = proveLookup(req);
-      const found = await v.prove(lookup);
       const what = "serial" in lookup ? `serial ${lookup.serial}` : `JWT with SHA-256 ${lookup.jwtSha256}`;
+      let found;
+      try {
+        found = await v.prove(lookup);
+      } catch (e) {
+        // "Not logged" is an undefined answer; a thrown NOT_FOUND is a tile of the proof missing from storage.
+        if (isSigilError(e, "ERR_NOT_FOUND")) throw new SigilError("ERR_INTERNAL", `log admin: proving the credential with ${what}: ${e.message} (the log's storage is inconsistent)`, { cause: e });
+        throw e;
+      }
       if (found === undefined) throw new SigilError("ERR_NOT_FOUND", `log admin: no logged credential with ${what} is covered by a checkpoint yet`);
       const res = create(ProveLogEntryResponseSchema, { index: BigInt(found.index), entry: found.entry, proof: [...found.proof], checkpoint: found.checkpoint });
       return { res, details: { ...lookup, index: found.index } };

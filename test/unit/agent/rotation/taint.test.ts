@@ -13,7 +13,7 @@ import { describe, expect, it } from "vitest";
 import { NodeIdentity } from "../../../../agent/attestation/node.js";
 import { AgentCache } from "../../../../agent/cache/agent-cache.js";
 import { AgentCacheMetrics } from "../../../../agent/cache/cache-metrics.js";
-import { jwtKeyId, planTaintReplacements, spkiSha256Hex, TaintMatcher } from "../../../../agent/rotation/taint.js";
+import { jwtKeyId, lastPlannedAt, planTaintReplacements, spkiSha256Hex, TaintMatcher } from "../../../../agent/rotation/taint.js";
 import { agentSvidFromChain, type AgentSvid } from "../../../../agent/storage/agent-svid.js";
 import { parseTaintSet, type MintedJwtSvid, type ServerClient, type SyncedEntry, type SyncResult, type TaintSet, type X509SvidParams, type X509SvidResult } from "../../../../agent/sync/server-client.js";
 import { SyncLoop } from "../../../../agent/sync/sync-loop.js";
@@ -115,6 +115,16 @@ describe("replacement plan", () => {
     // e249 expires first: it is in the first batch (offset 5000); e0 expires last.
     expect(byTime.get(5000)).toContain("e249");
     expect(byTime.get(9000)).toContain("e0");
+  });
+
+  it("names the last request time of a plan of 300,000 SVIDs (too many to spread into Math.max)", () => {
+    const items = Array.from({ length: 300_000 }, (_, i) => ({ id: `e${i}`, notAfter: new Date(T0.getTime() + HOUR + i) }));
+    let draw = 0;
+    const plan = planTaintReplacements(items, T0, { batchSize: 1000, spreadMs: 300_000 }, () => (draw = (draw + 7) % 300) / 300);
+    expect(() => Math.max(...[...plan.values()].map((d) => d.getTime()))).toThrow(RangeError);
+    const expected = [...plan.values()].reduce((m, d) => Math.max(m, d.getTime()), 0);
+    expect(lastPlannedAt(plan)?.getTime()).toBe(expected);
+    expect(lastPlannedAt(new Map())).toBeUndefined();
   });
 });
 

@@ -17,7 +17,7 @@ import { Metrics } from "../../../../common/metrics.js";
 import { createUnaryClient, type UnaryClient } from "../../../../common/rpc/unary-client.js";
 import { parseSelector } from "../../../../common/selector.js";
 import { createMemoryKeyManager } from "../../../../plugins/keymanager/memory/index.js";
-import { AgentAdmin, BundleAdmin, EntryAdmin, SvidAdmin } from "../../../../proto/gen/sigil/admin/v1/admin_pb.js";
+import { AgentAdmin, AuthorityAdmin, BundleAdmin, EntryAdmin, SvidAdmin } from "../../../../proto/gen/sigil/admin/v1/admin_pb.js";
 import { EntrySchema, type Entry } from "../../../../proto/gen/sigil/types/v1/types_pb.js";
 import { createAdminApi, MAX_ADMIN_BATCH_SIZE } from "../../../../server/api/admin-api.js";
 import { CaManager } from "../../../../server/ca/manager.js";
@@ -41,6 +41,8 @@ const root = mkdtempSync(path.join(tmpdir(), "sigil-admin-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
 interface Env {
+  /** The admin socket's path. */
+  socket: string;
   ds: Datastore;
   ca: CaManager;
   clock: ManualClock;
@@ -82,6 +84,7 @@ async function startEnv(opts: { maxTtlMs?: number } = {}): Promise<Env> {
   server.addService(grpcServiceDefinition(AgentAdmin), admin.agent);
   server.addService(grpcServiceDefinition(BundleAdmin), admin.bundle);
   server.addService(grpcServiceDefinition(SvidAdmin), admin.svid);
+  server.addService(grpcServiceDefinition(AuthorityAdmin), admin.authority);
   const socket = path.join(dir, `admin${n++}.sock`);
   await new Promise<void>((resolve, reject) => server.bindAsync(`unix:${socket}`, ServerCredentials.createInsecure(), (e) => (e ? reject(e) : resolve())));
   const target = `unix:${socket}`;
@@ -93,6 +96,7 @@ async function startEnv(opts: { maxTtlMs?: number } = {}): Promise<Env> {
     svid: createUnaryClient(SvidAdmin, target, creds),
   };
   return {
+    socket,
     ds,
     ca,
     clock,
@@ -532,6 +536,22 @@ describe("BundleAdmin", () => {
   });
 });
 
+describe("AuthorityAdmin", () => {
+  it("answers an inventory of an unknown key ID with NOT_FOUND naming it, and of a known key with its count", async () => {
+    const authority = createUnaryClient(AuthorityAdmin, `unix:${env.socket}`, credentials.createInsecure());
+    try {
+      await expectFailure(authority.inventory({ keyId: "x509-Z-000000000000" }), status.NOT_FOUND, 'key_id: no authority with key ID "x509-Z-000000000000"');
+      const active = (await env.ca.list()).find((a) => a.kind === "x509" && a.status === "active");
+      if (!active) throw new Error("no active X.509 authority");
+      const inv = await authority.inventory({ keyId: active.keyId });
+      expect(inv.live).toBe(0n);
+      expect(inv.keyId).toBe(active.keyId);
+    } finally {
+      authority.close();
+    }
+  });
+});
+
 describe("SvidAdmin", () => {
   function csr(): Uint8Array {
     const { privateKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
@@ -576,6 +596,11 @@ describe("SvidAdmin", () => {
     await expectFailure(env.svid.mintX509SVID({ csr: csr(), spiffeId: "spiffe://example.org/t", ttl: -5 }), status.INVALID_ARGUMENT, "ttl");
     await expectFailure(env.svid.mintJWTSVID({ spiffeId: "spiffe://example.org/t", audience: [] }), status.INVALID_ARGUMENT, "audience");
     await expectFailure(env.svid.mintJWTSVID({ spiffeId: "spiffe://example.org/t", audience: ["a", ""] }), status.INVALID_ARGUMENT, "audience[1]");
+    await expectFailure(env.svid.mintJWTSVID({ spiffeId: "spiffe://example.org/t", audience: ["a", "b".repeat(257)] }), status.INVALID_ARGUMENT, "audience[1]: is longer than the maximum 256 characters (257)");
+    await expectFailure(env.svid.mintJWTSVID({ spiffeId: "spiffe://example.org/t", audience: Array.from({ length: 33 }, (_, i) => `a${i}`) }), status.INVALID_ARGUMENT, "33 audiences is more than the maximum 32");
+    // The most accepted: 32 audiences of 256 characters.
+    const longest = await env.svid.mintJWTSVID({ spiffeId: "spiffe://example.org/t", audience: Array.from({ length: 32 }, (_, i) => `${i}`.padEnd(256, "x")) });
+    expect(longest.token.length).toBeGreaterThan(32 * 256);
     await expectFailure(env.svid.mintJWTSVID({ spiffeId: "nope", audience: ["a"] }), status.INVALID_ARGUMENT, "spiffe_id");
   });
 

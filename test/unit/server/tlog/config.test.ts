@@ -14,8 +14,8 @@ describe("transparency_log config", () => {
     for (const bad of ["8009", "::1:8009", "host:", "host:70000", "a b:1", "http://x:1"]) expect(parseListenAddress(bad), bad).toBeUndefined();
   });
 
-  it("defaults to off, checkpoints every second or 1,000 entries", () => {
-    expect(transparencyLogSection.parse({})).toEqual({ enabled: false, checkpoint_interval: 1000, checkpoint_batch: 1000 });
+  it("defaults to off, checkpoints every second or 1,000 entries, 100 tile requests a second per client (burst 1,000)", () => {
+    expect(transparencyLogSection.parse({})).toEqual({ enabled: false, checkpoint_interval: 1000, checkpoint_batch: 1000, rate_limit: true, rate_limit_per_second: 100, rate_limit_burst: 1000 });
   });
 
   it("names the key at fault", () => {

@@ -4,7 +4,9 @@
  * tiles, revalidated partials and checkpoint), a whole log verified through
  * it, and malformed, traversing, oversized or non-GET requests refused
  * without touching the log; slow clients cut off; HTTPS with a reloaded
- * certificate.
+ * certificate. Under a flood: partial resources and the key list read the
+ * datastore once per tree size, and one client beyond its token bucket gets
+ * 429 without reaching the log.
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { request as httpsRequest } from "node:https";
@@ -15,9 +17,16 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import { PUBLIC_HTTP_LIMITS } from "../../../../common/http-limits.js";
 import { createLogger } from "../../../../common/log.js";
 import type { PublicHttpListener } from "../../../../common/public-http-listener.js";
-import { IMMUTABLE_CACHE_CONTROL, MUTABLE_CACHE_CONTROL, startTlogListener } from "../../../../server/tlog/http.js";
+import { ManualClock } from "../../../../common/clock.js";
+import { createMemoryKeyManager } from "../../../../plugins/keymanager/memory/index.js";
+import type { Datastore } from "../../../../server/datastore/index.js";
+import { transparencyLogSection } from "../../../../server/tlog/config.js";
+import { authorityEntry, toTlogInput } from "../../../../server/tlog/entry.js";
+import { IMMUTABLE_CACHE_CONTROL, MUTABLE_CACHE_CONTROL, startTlogListener, tlogListenerService } from "../../../../server/tlog/http.js";
+import { TlogService } from "../../../../server/tlog/log-service.js";
 import { parseVerifierKey } from "../../../../spiffe/tlog/note.js";
 import { httpTlogFetch, verifyLog } from "../../../../spiffe/tlog/verify.js";
+import { closeTempDatastore, openTempDatastore, type TempDatastore } from "../../../support/datastore.js";
 import { memoryTlogView, type MemoryTlogView } from "../../../support/tlog-view.js";
 import { createServingPki } from "../../../support/serving-cert.js";
 import { requireTool } from "../../../support/tools.js";
@@ -194,5 +203,116 @@ describe("tlog tiles listener", () => {
     await expect(startTlogListener({ host: "127.0.0.1", port: 0, view: viewOf(1), tls: { certFile: "/nonexistent/c.pem", keyFile: "/nonexistent/k.pem" }, log })).rejects.toThrow(
       /tlog: cannot load the serving certificate \/nonexistent\/c\.pem and key \/nonexistent\/k\.pem/,
     );
+  });
+});
+
+describe("tlog tiles listener under an anonymous flood (security review M2)", () => {
+  const T0 = new Date("2030-01-01T00:00:00Z");
+  let temp: TempDatastore | undefined;
+  let service: TlogService | undefined;
+  afterEach(async () => {
+    await listener?.close();
+    listener = undefined;
+    await service?.close();
+    service = undefined;
+    if (temp) await closeTempDatastore(temp.ds, temp.dir);
+    temp = undefined;
+  });
+
+  /** Appends `n` authority events straight to the store and checkpoints them. */
+  async function grow(s: TlogService, ds: Datastore, n: number): Promise<void> {
+    const entries = Array.from({ length: n }, (_, i) => toTlogInput(authorityEntry({ event: "prepared", kind: "x509", keyId: `x509-A-${i}`, serverId: "s1", at: T0 })));
+    await ds.recordIssuances([], entries);
+    await s.checkpoint();
+  }
+
+  it("answers repeated partial bundles, partial tiles and /log-keys with at most one datastore read each", async () => {
+    temp = await openTempDatastore("tlog-http", T0);
+    const ds = temp.ds;
+    const reads = { readTlogEntries: 0, listTlogKeys: 0 };
+    // The datastore the log service (and so the listener) reads, counting the reads a client can cause.
+    const counted = new Proxy(ds, {
+      get(target, key) {
+        const v: unknown = Reflect.get(target, key, target);
+        if (typeof v !== "function") return v;
+        return (...args: unknown[]) => {
+          if (key === "readTlogEntries" || key === "listTlogKeys") reads[key]++;
+          return (v as (...a: unknown[]) => unknown).apply(target, args);
+        };
+      },
+    });
+    service = await TlogService.start({ datastore: counted, keyManager: createMemoryKeyManager(), trustDomain: "example.org", serverId: "s1", now: () => T0, schedule: () => () => undefined, checkpointBatch: 100_000 });
+    await grow(service, ds, 300);
+    // A clock that stands still: the key list is kept for as long as the checkpoint stays.
+    const l = (listener = await startTlogListener({ host: "127.0.0.1", port: 0, view: service, log, clock: new ManualClock(T0) }));
+    const before = { ...reads };
+
+    const paths = ["tile/entries/001.p/44", "tile/0/001.p/44", "tile/1/000.p/1", "log-keys"];
+    const bodies = new Map<string, string>();
+    for (let round = 0; round < 3; round++) {
+      const answers = await Promise.all(Array.from({ length: 20 }, (_, i) => fetch(`${l.url}/${paths[i % paths.length]}`).then(async (r) => ({ i, status: r.status, body: Buffer.from(await r.arrayBuffer()).toString("base64") }))));
+      for (const a of answers) {
+        const p = paths[a.i % paths.length] as string;
+        expect(a.status, p).toBe(200);
+        expect(a.body, p).toBe(bodies.get(p) ?? a.body);
+        bodies.set(p, a.body);
+      }
+    }
+    expect(reads.readTlogEntries - before.readTlogEntries).toBe(1);
+    expect(reads.listTlogKeys - before.listTlogKeys).toBe(1);
+    const expected = await service.resource("tile/entries/001.p/44");
+    expect(bodies.get("tile/entries/001.p/44")).toBe(Buffer.from(expected?.body ?? []).toString("base64"));
+
+    // The tree grows: the new partial bundle is read once, then served from memory too.
+    await grow(service, ds, 1);
+    const grown = { ...reads };
+    for (let i = 0; i < 10; i++) expect((await fetch(`${l.url}/tile/entries/001.p/45`)).status).toBe(200);
+    expect(reads.readTlogEntries - grown.readTlogEntries).toBe(1);
+    // A rotation signs a new checkpoint: the key list is read again and names the new key.
+    const vkey = await service.rotateKey();
+    expect(await (await fetch(`${l.url}/log-keys`)).text()).toContain(`${vkey}\n`);
+  });
+
+  it("answers a flood from one client with 429 and Retry-After, before reading anything, until its bucket refills", async () => {
+    const view = viewOf(10);
+    let read = 0;
+    const spy = { ...view, resource: (p: string) => (read++, view.resource(p)) };
+    const clock = new ManualClock(new Date("2030-01-01T00:00:00Z"));
+    listener = await startTlogListener({ host: "127.0.0.1", port: 0, view: spy, log, clock, rateLimit: { perSecond: 2, burst: 5 } });
+    const statuses: number[] = [];
+    for (let i = 0; i < 8; i++) statuses.push((await fetch(`${listener.url}/tile/0/000.p/10`)).status);
+    expect(statuses).toEqual([200, 200, 200, 200, 200, 429, 429, 429]);
+    const refused = await fetch(`${listener.url}/checkpoint`);
+    expect(refused.status).toBe(429);
+    expect(refused.headers.get("retry-after")).toBe("1");
+    expect(await refused.text()).toBe("too many requests from 127.0.0.1; retry after 1 s\n");
+    expect(read).toBe(1); // the first answer was kept; no refused request reached the log
+    clock.advance(1000);
+    expect((await fetch(`${listener.url}/checkpoint`)).status).toBe(200);
+    expect((await fetch(`${listener.url}/checkpoint`)).status).toBe(200);
+    expect((await fetch(`${listener.url}/checkpoint`)).status).toBe(429);
+  });
+
+  it("takes its rate limit from transparency_log (default on) and can be turned off", async () => {
+    const parsed = transparencyLogSection.parse({ enabled: true, listen_address: "127.0.0.1:0" });
+    expect(parsed).toMatchObject({ rate_limit: true, rate_limit_per_second: 100, rate_limit_burst: 1000 });
+    expect(() => transparencyLogSection.parse({ rate_limit_per_second: 0 })).toThrow(/rate_limit_per_second/);
+    const svc = tlogListenerService({ ...parsed, rate_limit_per_second: 1, rate_limit_burst: 1 }, () => viewOf(3), log);
+    await svc?.start();
+    try {
+      const url = svc?.listener?.url ?? "";
+      expect((await fetch(`${url}/checkpoint`)).status).toBe(200);
+      expect((await fetch(`${url}/checkpoint`)).status).toBe(429);
+    } finally {
+      await svc?.stop();
+    }
+    const off = tlogListenerService({ ...parsed, rate_limit: false, rate_limit_per_second: 1, rate_limit_burst: 1 }, () => viewOf(3), log);
+    await off?.start();
+    try {
+      const url = off?.listener?.url ?? "";
+      for (let i = 0; i < 3; i++) expect((await fetch(`${url}/checkpoint`)).status).toBe(200);
+    } finally {
+      await off?.stop();
+    }
   });
 });

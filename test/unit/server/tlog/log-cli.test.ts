@@ -11,9 +11,10 @@ import { createHash } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { Server, ServerCredentials } from "@grpc/grpc-js";
+import { credentials, Server, ServerCredentials, status, type ServiceError } from "@grpc/grpc-js";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { createLogger } from "../../../../common/log.js";
+import { createUnaryClient } from "../../../../common/rpc/unary-client.js";
 import type { PublicHttpListener } from "../../../../common/public-http-listener.js";
 import { LogAdmin } from "../../../../proto/gen/sigil/admin/v1/admin_pb.js";
 import { createLogAdmin } from "../../../../server/api/admin/log.js";
@@ -24,6 +25,7 @@ import { grpcServiceDefinition } from "../../../../spiffe/grpc/service.js";
 import { parseSpiffeId, parseTrustDomain } from "../../../../spiffe/id.js";
 import { toPem } from "../../../../spiffe/pem.js";
 import { generateSigner, type Signer } from "../../../../spiffe/signer.js";
+import { signCheckpoint } from "../../../../spiffe/tlog/checkpoint.js";
 import { MemoryTlog } from "../../../../spiffe/tlog/memory-log.js";
 import { generateNoteKey } from "../../../../spiffe/tlog/note.js";
 import { canonicalJson } from "../../../../spiffe/tlog/sigil-entry.js";
@@ -168,6 +170,18 @@ describe("sigil-server log verify", () => {
     expect((await cli(["log", "verify", "--url", url])).stderr).toMatch(/--key/);
   });
 
+  it("refuses a checkpoint whose origin is not the name of the log key that signed it", async () => {
+    const view = logOf(ENTRIES.slice(0, 5));
+    const cp = view.latestCheckpoint();
+    if (cp === undefined) throw new Error("no checkpoint");
+    // Signed by the log's own key (named example.org/sigil/issuance) but naming another log.
+    const forged = signCheckpoint({ origin: "attacker.example/sigil/issuance", size: cp.size, rootHash: cp.rootHash, extensions: [] }, [view.signer]);
+    const url = await serve({ ...view, latestCheckpoint: () => ({ ...cp, note: forged }) });
+    const r = await cli(["log", "verify", "--url", url, "--key", view.vkey]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/checkpoint: origin "attacker\.example\/sigil\/issuance" is not the name of the trusted key that signed it \("example\.org\/sigil\/issuance"\)/);
+  });
+
   it("reports a fork: a saved checkpoint of the same size with another root", async () => {
     const view = logOf(ENTRIES.slice(0, 20));
     const url = await serve(view);
@@ -286,6 +300,33 @@ describe("sigil-server log prove|checkpoint|rotate-key over LogAdmin", () => {
       expect((await cli(["log", "prove", "--jwt-sha256", "abc", "-s", admin.socket])).stderr).toMatch(/--jwt-sha256: must be 64 hex digits/);
       expect((await cli(["log", "prove", "--jwt-file", file, "--serial", "1", "-s", admin.socket])).status).toBe(2);
     } finally {
+      await admin.close();
+    }
+  });
+
+  it("answers INTERNAL naming the tile when a tile of an entry inside the checkpoint is missing from storage", async () => {
+    const view = logOf(ENTRIES.slice(0, 40));
+    view.log.files.delete("tile/0/000.p/40");
+    const admin = await adminSocket(view);
+    const client = createUnaryClient(LogAdmin, `unix:${admin.socket}`, credentials.createInsecure());
+    try {
+      const err = await client.prove({ lookup: { case: "serial", value: (1033).toString(16) } }).then(
+        () => undefined,
+        (e: ServiceError) => e,
+      );
+      expect(err?.code).toBe(status.INTERNAL);
+      expect(err?.details).toMatch(/^log admin: proving the credential with serial 409: .*tile\/0\/000\.p\/40.*storage is inconsistent/);
+      const r = await cli(["log", "prove", "--serial", "409", "-s", admin.socket]);
+      expect(r.status).toBe(1);
+      expect(r.stderr).toContain("tile/0/000.p/40");
+      // An entry that is not logged is still NOT_FOUND.
+      const missing = await client.prove({ lookup: { case: "serial", value: "ffff" } }).then(
+        () => undefined,
+        (e: ServiceError) => e,
+      );
+      expect(missing?.code).toBe(status.NOT_FOUND);
+    } finally {
+      client.close();
       await admin.close();
     }
   });

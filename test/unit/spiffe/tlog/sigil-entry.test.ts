@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { isSigilError } from "../../../../spiffe/errors.js";
-import { canonicalJson, credentialLookupKey, decodeLogEntry, encodeLogEntry, logLookupKey, type SigilLogEntry } from "../../../../spiffe/tlog/sigil-entry.js";
+import { canonicalJson, credentialLookupKey, decodeLogEntry, encodeLogEntry, logLookupKey, MAX_LOG_AUDIENCE_LENGTH, MAX_LOG_AUDIENCES, type SigilLogEntry } from "../../../../spiffe/tlog/sigil-entry.js";
 
 const jwt: SigilLogEntry = {
   v: 1, kind: "jwt-svid", jwtSha256: "a".repeat(64), spiffeId: "spiffe://example.org/web", entryId: "e1", entryRevision: 3,
@@ -48,6 +48,15 @@ describe("Sigil log entries (RFC 8785 canonical JSON)", () => {
     refused(Buffer.from([0x7b, 0xff, 0x7d]), /not valid UTF-8/);
     refused(Buffer.alloc(65_536, 0x20), /at most 65535 bytes/);
     expect(() => encodeLogEntry({ ...jwt, spiffeId: "\ud800" } as SigilLogEntry)).toThrow(/lone UTF-16 surrogate/);
+  });
+
+  it("bounds a JWT entry's audiences at what minting accepts (32 of 256 characters), so the entry stays under 64 KiB", () => {
+    // The worst case: every character escaped as \u00XX.
+    const widest = { ...jwt, audience: Array.from({ length: MAX_LOG_AUDIENCES }, () => "\u0001".repeat(MAX_LOG_AUDIENCE_LENGTH)) } as SigilLogEntry;
+    expect(encodeLogEntry(widest).length).toBeLessThan(65_535);
+    expect(() => encodeLogEntry({ ...jwt, audience: Array.from({ length: 33 }, (_, i) => `a${i}`) } as SigilLogEntry)).toThrow("tlog entry: jwt-svid entry: 33 audiences, more than 32");
+    expect(() => encodeLogEntry({ ...jwt, audience: ["db", "x".repeat(257)] } as SigilLogEntry)).toThrow("tlog entry: jwt-svid entry: audience[1] is longer than 256 characters");
+    refused(canonicalJson({ ...jwt, audience: ["x".repeat(257)] }), /audience\[0\] is longer than 256 characters/);
   });
 
   it("authority entries and lookup keys", () => {

@@ -139,6 +139,24 @@ describe("verifyLog", () => {
     expect(f.message).toMatch(/^signed note: no signature from a trusted key/);
   });
 
+  it("with keyNameIsOrigin, refuses a checkpoint whose origin is not the name of the key that signed it", async () => {
+    // A hand-made checkpoint: the trusted key (named example.org/sigil/issuance) vouches for another log's origin.
+    const forged = new MemoryTlog("attacker.example/sigil/issuance", [key.signer]);
+    for (let i = 0; i < 10; i++) forged.append(entry(i));
+    const note = forged.publish();
+    expect(note.startsWith("attacker.example/sigil/issuance\n10\n")).toBe(true);
+    expect(note).toContain(`\u2014 ${ORIGIN} `);
+    // A generic tlog client (the default) does not bind the two.
+    expect((await verifyLog({ fetch: forged.fetch, verifiers })).entries).toBe(10);
+    const f = await failure({ fetch: forged.fetch, verifiers, keyNameIsOrigin: true });
+    expect(f.code).toBe("ERR_TLOG_SIGNATURE_INVALID");
+    expect(f.message).toBe(`checkpoint: origin "attacker.example/sigil/issuance" is not the name of the trusted key that signed it ("${ORIGIN}"); a log's key is named after its origin`);
+    // Also for the earlier checkpoint given with since.
+    const g = await failure({ fetch: buildLog(20).fetch, verifiers, since: note, keyNameIsOrigin: true });
+    expect(g.message).toMatch(/^checkpoint: origin "attacker\.example\/sigil\/issuance" is not the name of the trusted key/);
+    expect((await verifyLog({ fetch: buildLog(10).fetch, verifiers, keyNameIsOrigin: true })).entries).toBe(10);
+  });
+
   it("accepts a log that extends an earlier checkpoint", async () => {
     const log = new MemoryTlog(ORIGIN, [key.signer]);
     for (let i = 0; i < 500; i++) log.append(entry(i));
