@@ -109,8 +109,26 @@ export interface RevokeResult {
   readonly revoked: AuthorityView;
   /** Live SVIDs that still chained to the key (non-zero only when forced). */
   readonly liveSvids: number;
-  /** Set when forced over live SVIDs. */
+  /**
+   * Set when forced over live SVIDs, and for an upstream-signed intermediate
+   * (the bundle holds the upstream root, so what it signed still verifies).
+   */
   readonly warning?: string | undefined;
+}
+
+/**
+ * What a revoke did not do, for the operator: SVIDs forced over stop
+ * verifying wherever the bundle reaches; an upstream-signed intermediate
+ * never was in the bundle, so revoking it makes nothing fail to verify.
+ */
+function revokeWarning(revoked: AuthorityView, live: number): string | undefined {
+  const { keyId } = revoked;
+  if (!revoked.upstream) return live > 0 ? `revoked with ${live} live SVID(s) still chaining to ${keyId}: they no longer verify anywhere the bundle reaches` : undefined;
+  const forced = live > 0 ? `revoked with ${live} live SVID(s) still chaining to ${keyId}; ` : "";
+  return (
+    `${forced}${keyId} is an upstream-signed intermediate: the trust bundle holds the upstream root, not this intermediate, so revoking it removed nothing from the bundle ` +
+    `and what it signed still verifies wherever that root is trusted until it expires (only the upstream CA can revoke the intermediate itself)`
+  );
 }
 
 /** One X.509 CA authority. */
@@ -639,7 +657,8 @@ export class CaManager {
    * them), and while live SVIDs still chain to it unless `force` (the result
    * then carries a warning). An upstream-signed intermediate is not in the
    * bundle (its upstream root is): revoking it stops this trust domain
-   * serving it, but only the upstream CA can make its signatures fail.
+   * serving it and keeps it in the agents' taint set, but only the upstream
+   * CA can make its signatures fail; the result always warns so.
    */
   revoke(kind: AuthorityKind, keyId: string, options: { force?: boolean | undefined } = {}): Promise<RevokeResult> {
     return this.#serial(async () => {
@@ -670,7 +689,7 @@ export class CaManager {
       }
       await this.#publishBundle(now);
       if (own) this.#d.onAuthoritiesChanged?.(this.#x509, this.#jwt);
-      const warning = live > 0 ? `revoked with ${live} live SVID(s) still chaining to ${keyId}: they no longer verify anywhere the bundle reaches` : undefined;
+      const warning = revokeWarning(revoked, live);
       this.#d.log?.warn({ kind, key_id: keyId, live_svids: live, forced: live > 0 }, "ca: authority revoked");
       await this.#emit("revoked", kind, keyId, revoked.serverId, revoked.certDer);
       return { revoked, liveSvids: live, ...(warning ? { warning } : {}) };

@@ -108,14 +108,17 @@ export function registerAuthorityCommands(program: Command): void {
   );
 
   addCommon(
-    authority.command("revoke").description("take a tainted key out of the bundle everywhere (refused while live SVIDs chain to it, unless --force)").option("--key-id <id>", "the authority's key ID").option("--kind <kind>", "x509 or jwt (default: found by key ID)").option("--force", "revoke even while live SVIDs chain to it"),
+    authority.command("revoke").description("take a tainted key out of the bundle everywhere (refused while live SVIDs chain to it, unless --force); an upstream-signed intermediate is not in the bundle (its upstream root is), so what it signed still verifies").option("--key-id <id>", "the authority's key ID").option("--kind <kind>", "x509 or jwt (default: found by key ID)").option("--force", "revoke even while live SVIDs chain to it"),
     false,
   ).action(async (o: Opts) =>
     withClient(o, async (c, out) => {
       const r = await c.revokeAuthority({ kind: kindOption(o, false), keyId: keyIdOption(o), force: o.force === true });
       if (r.warning) process.stderr.write(`WARNING: ${r.warning}\n`);
       if (out === "json") return printJson(messageJson(RevokeAuthorityResponseSchema, r));
-      process.stdout.write(`Revoked ${r.revoked?.kind ?? ""} authority ${r.revoked?.keyId ?? ""}: it is no longer in the trust bundle\n`);
+      const a = r.revoked;
+      // An upstream-signed intermediate never was in the bundle (its upstream root is): the warning above says what that leaves.
+      const effect = a?.upstream ? "this trust domain no longer serves it; the trust bundle is unchanged (it holds the upstream root)" : "it is no longer in the trust bundle";
+      process.stdout.write(`Revoked ${a?.kind ?? ""} authority ${a?.keyId ?? ""}: ${effect}\n`);
     }),
   );
 

@@ -17,6 +17,7 @@ import { parseTrustDomain } from "../../spiffe/id.js";
 import { rootsPemFromBundleJson } from "./support/test-agent.js";
 import { runServerCli, startServerProcess, type ServerProcess } from "./support/server-process.js";
 import { runWorkload, startAgentProcess, type AgentProcess } from "./support/agent-process.js";
+import { watchX509, type WatchEvent, type WatchUpdate } from "./support/x509-watch.js";
 
 // The operator command comes from the authority work of issue 17; without it there is nothing to drive.
 const authorityHelp = runServerCli(["authority", "--help"]);
@@ -25,64 +26,6 @@ if (!authorityCommand) console.warn("SKIP: authority-taint-agents needs `sigil-s
 
 const AGENTS = 3;
 const uid = process.getuid?.() ?? 0;
-
-/** One line a watching workload printed. */
-type WatchEvent =
-  | { readonly t: "update"; readonly at: number; readonly ids: string[]; readonly leaf: string }
-  | { readonly t: "error"; readonly at: number; readonly code: string; readonly message: string };
-
-/** A workload body that watches FetchX509SVID, prints each update and error as a JSON line, and stops once `stopFile` exists. */
-function watchBody(stopFile: string): string {
-  return `const { existsSync } = await import("node:fs");
-  await new Promise((resolve) => {
-    const w = client.watchX509Context(
-      (ctx) => console.log(JSON.stringify({ t: "update", at: Date.now(), ids: ctx.svids.map((s) => s.id.toString()), leaf: Buffer.from(ctx.svids[0].certificateDers[0]).toString("base64") })),
-      (e) => console.log(JSON.stringify({ t: "error", at: Date.now(), code: e.code, message: e.message })),
-    );
-    const poll = setInterval(() => {
-      if (!existsSync(${JSON.stringify(stopFile)})) return;
-      clearInterval(poll);
-      w.close();
-      resolve();
-    }, 100);
-  });`;
-}
-
-const parse = (stdout: string): WatchEvent[] =>
-  stdout
-    .split("\n")
-    .filter((l) => l.startsWith("{"))
-    .map((l) => JSON.parse(l) as WatchEvent);
-
-/** A watching workload: its events, a bounded wait for a condition on them, and its exit. */
-function watcher(socketPath: string, stopFile: string) {
-  let out = "";
-  const waiters = new Set<() => void>();
-  const result = runWorkload(socketPath, watchBody(stopFile), undefined, 120_000, (all) => {
-    out = all;
-    for (const w of [...waiters]) w();
-  });
-  return {
-    events: () => parse(out),
-    result,
-    /** Resolves once `done` holds; rejects after 40 s (a bound for a failing run, not a timing assertion). */
-    until: (done: (e: WatchEvent[]) => boolean, what: string): Promise<void> =>
-      new Promise((resolve, reject) => {
-        const check = (): void => {
-          if (!done(parse(out))) return;
-          waiters.delete(check);
-          clearTimeout(timer);
-          resolve();
-        };
-        const timer = setTimeout(() => {
-          waiters.delete(check);
-          reject(new Error(`gave up waiting for ${what}; events so far: ${out}`));
-        }, 40_000);
-        waiters.add(check);
-        check();
-      }),
-  };
-}
 
 const spkiSha256 = (c: X509Certificate): string => createHash("sha256").update(c.publicKey.export({ format: "der", type: "spki" })).digest("hex");
 
@@ -149,11 +92,11 @@ describe.skipIf(!authorityCommand)("agents under a taint (issue 17)", () => {
 
   it("tainting the active X.509 authority: every workload's stream receives an SVID of the new authority before half life, and no error in between", async () => {
     const stop = path.join(work as string, "stop-x509");
-    const watchers = agents.map((a) => watcher(a.socketPath, stop));
+    const watchers = agents.map((a) => watchX509(a.socketPath, stop));
     try {
       await Promise.all(watchers.map((w, i) => w.until((e) => e.some((x) => x.t === "update" && x.ids[0] === `spiffe://example.org/taint/w${i}`), `workload ${i}'s first SVID`)));
       const before = bundleAuthorities();
-      const firsts = watchers.map((w) => w.events().find((x): x is Extract<WatchEvent, { t: "update" }> => x.t === "update")!);
+      const firsts = watchers.map((w) => w.events().find((x): x is WatchUpdate => x.t === "update")!);
       const tainted = signerOf(firsts[0]!.leaf, before);
       for (const f of firsts) expect(signerOf(f.leaf, before)).toBe(tainted);
 
@@ -180,7 +123,7 @@ describe.skipIf(!authorityCommand)("agents under a taint (issue 17)", () => {
         for (const x of events) if (x.t === "update") expect(x.ids).toEqual([`spiffe://example.org/taint/w${i}`]);
         const old = new X509Certificate(Buffer.from(firsts[i]!.leaf, "base64"));
         const halfLife = (Date.parse(old.validFrom) + Date.parse(old.validTo)) / 2;
-        const replaced = events.find(isNew) as Extract<WatchEvent, { t: "update" }>;
+        const replaced = events.find(isNew) as WatchUpdate;
         expect(replaced.at, "replaced at once, not at half life").toBeLessThan(halfLife);
       }
     } finally {

@@ -49,9 +49,17 @@ function rootCa(subject?: DistinguishedName): Ca {
   return { der, signer, template: prepareLeafTemplate({ issuerCertDer: der, issuerSigner: signer }), chain: [], spki: spkiSha256Hex(decodeCertificate(der)) };
 }
 
-function intermediateCa(parent: Ca): Ca {
+function intermediateCa(parent: Ca, subject?: DistinguishedName): Ca {
   const signer = generateSigner("ec-p256");
-  const der = createIntermediateCa({ trustDomain: td, notBefore: new Date(T0.getTime() - HOUR), notAfter: new Date(T0.getTime() + 999 * HOUR), subjectPublicKey: signer.publicKey, issuerCertDer: parent.der, issuerSigner: parent.signer });
+  const der = createIntermediateCa({
+    trustDomain: td,
+    notBefore: new Date(T0.getTime() - HOUR),
+    notAfter: new Date(T0.getTime() + 999 * HOUR),
+    subjectPublicKey: signer.publicKey,
+    issuerCertDer: parent.der,
+    issuerSigner: parent.signer,
+    ...(subject ? { subject } : {}),
+  });
   return { der, signer, template: prepareLeafTemplate({ issuerCertDer: der, issuerSigner: signer }), chain: [der, ...parent.chain], spki: spkiSha256Hex(decodeCertificate(der)) };
 }
 
@@ -84,6 +92,22 @@ describe("which chains a taint covers", () => {
     expect(new TaintMatcher(new Set([interA.spki]), bundle).covers(underInter)).toBe(true);
     expect(new TaintMatcher(new Set([rootA.spki]), bundle).covers(underInter)).toBe(true);
     expect(new TaintMatcher(new Set([rootB.spki]), bundle).covers(underInter)).toBe(false);
+  });
+
+  it("upstream: the bundle holds only the upstream root; a tainted Sigil intermediate is found in the SVID's chain, and its successor of the same name under the same root is not covered", () => {
+    const upstreamRoot = rootCa();
+    const upstreamInter = intermediateCa(upstreamRoot);
+    for (const parent of [upstreamRoot, upstreamInter]) {
+      // Both carry the configured ca_subject: only the key tells them apart.
+      const old = intermediateCa(parent, SAME_NAME);
+      const successor = intermediateCa(parent, SAME_NAME);
+      expect(decodeCertificate(old.der).subject).toEqual(decodeCertificate(successor.der).subject);
+      const m = new TaintMatcher(new Set([old.spki]), [upstreamRoot.der]);
+      expect(m.covers(leaf(old, "spiffe://example.org/w", someKey(), T0))).toBe(true);
+      expect(m.covers(leaf(successor, "spiffe://example.org/w", someKey(), T0))).toBe(false);
+      // A leaf sent without its intermediate cannot be judged through it (the server always sends the chain).
+      expect(m.covers(leaf(successor, "spiffe://example.org/w", someKey(), T0).slice(0, 1))).toBe(false);
+    }
   });
 
   it("a CA with the same subject name but another key is told apart (key identifiers)", () => {

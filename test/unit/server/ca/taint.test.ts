@@ -236,13 +236,18 @@ describe("CA manager: taint and revoke", () => {
     await store.close();
   });
 
-  it("upstream-signed intermediate: tainting it replaces it with a new intermediate; the list marks it upstream", async () => {
+  /** A server whose CA is an intermediate of the `disk` upstream authority (a root written to a test directory). */
+  async function setupUnderUpstream() {
     const dir = testTempDir("sigil-ca-up-");
     const { privateKey: upKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
     const rootDer = createRootCa({ trustDomain: td, signer: createKeyObjectSigner(upKey, "upstream"), notBefore: new Date(T0.getTime() - H), notAfter: new Date(T0.getTime() + 365 * 24 * H) });
     writeFileSync(path.join(dir, "up.pem"), encodePemCertificates([rootDer]));
     writeFileSync(path.join(dir, "up.key"), upKey.export({ format: "pem", type: "pkcs8" }));
-    const { ca, clock, store } = await setup(createDiskUpstreamAuthority({ cert_file_path: path.join(dir, "up.pem"), key_file_path: path.join(dir, "up.key") }));
+    return { rootDer, ...(await setup(createDiskUpstreamAuthority({ cert_file_path: path.join(dir, "up.pem"), key_file_path: path.join(dir, "up.key") }))) };
+  }
+
+  it("upstream-signed intermediate: tainting it replaces it with a new intermediate; the list marks it upstream", async () => {
+    const { ca, clock, store, rootDer } = await setupUnderUpstream();
     const old = active(ca, "x509");
     if (!old) throw new Error("no active CA");
     expect((await ca.list()).find((v) => v.keyId === old.keyId)?.upstream).toBe(true);
@@ -252,6 +257,42 @@ describe("CA manager: taint and revoke", () => {
     expect(hex(issued.chain[1] ?? new Uint8Array())).not.toBe(hex(old.certDer));
     verifyX509Svid(issued.chain, new StaticX509BundleSource([toX509Bundle(ca.bundle())]), { now: clock.now() });
     expect(roots(ca)).toEqual([hex(rootDer)]);
+    await store.close();
+  });
+
+  it("upstream-signed intermediate: revoke leaves the bundle as it was (the upstream root) and always says so; the intermediate stays tainted for agents", async () => {
+    const { ca, store, live, events, rootDer } = await setupUnderUpstream();
+    const old = active(ca, "x509");
+    if (!old) throw new Error("no active CA");
+    const underOld = ca.signX509Svid({ spiffeId: web, publicKeyDer: spki(), ttlMs: H });
+    await ca.taint("x509", old.keyId);
+    const oldSpki = createHash("sha256").update(old.signer.publicKey.export({ format: "der", type: "spki" })).digest("hex");
+    live.set(old.keyId, 1);
+    // Still refused while live SVIDs chain to it: the inventory drains the same way as for a root.
+    await expect(ca.revoke("x509", old.keyId)).rejects.toThrow(/1 live SVID\(s\) still chain to x509 authority/);
+    const forced = await ca.revoke("x509", old.keyId, { force: true });
+    expect(forced.revoked.upstream).toBe(true);
+    expect(forced.warning).toMatch(/^revoked with 1 live SVID\(s\) still chaining to x509-\S+; x509-\S+ is an upstream-signed intermediate: the trust bundle holds the upstream root, not this intermediate/);
+    expect(forced.warning).toContain("only the upstream CA can revoke the intermediate itself");
+    expect(forced.warning).not.toContain("no longer verify");
+    // The bundle is what it was, so the SVID forced over still verifies: the warning is true.
+    expect(roots(ca)).toEqual([hex(rootDer)]);
+    verifyX509Svid(underOld.chain, new StaticX509BundleSource([toX509Bundle(ca.bundle())]), { now: new Date(T0.getTime() + 1000) });
+    // Agents keep replacing what it signed; it is logged; it signs nothing more here.
+    expect(ca.taintedAuthorities().x509SpkiSha256).toContain(oldSpki);
+    expect(events.map((e) => `${e.event} ${e.keyId}`)).toContain(`revoked ${old.keyId}`);
+    expect(ca.x509Authorities().some((x) => x.keyId === old.keyId)).toBe(false);
+    await store.close();
+  });
+
+  it("revoking a self-signed root with nothing live carries no warning", async () => {
+    const { ca, store } = await setup();
+    const old = active(ca, "x509");
+    if (!old) throw new Error("no active CA");
+    await ca.taint("x509", old.keyId);
+    const r = await ca.revoke("x509", old.keyId);
+    expect(r.revoked.upstream).toBe(false);
+    expect(r.warning).toBeUndefined();
     await store.close();
   });
 });
