@@ -169,3 +169,24 @@ export class DeliveryLog {
     return outcomes;
   }
 }
+
+/** What the log says of an X509-SVID's pick-up. */
+export interface Pickup {
+  readonly pickedUp: boolean;
+  /** When a workload first got it, when picked up. */
+  readonly deliveredAt?: Date | undefined;
+}
+
+/**
+ * The pick-up of each X509-SVID by serial, from its `delivered` entry (one
+ * indexed lookup each): for the inventory's "never picked up".
+ */
+export async function pickupsOf(datastore: Pick<Datastore, "findTlogEntry">, serials: readonly string[]): Promise<Map<string, Pickup>> {
+  const out = new Map<string, Pickup>();
+  for (const serial of serials) {
+    const found = await datastore.findTlogEntry(deliveredLookupKey({ serial }));
+    const entry = found === undefined ? undefined : decodeLogEntry(found.entry);
+    out.set(serial, entry?.kind === "delivered" ? { pickedUp: true, deliveredAt: new Date(entry.deliveredAt * 1000) } : { pickedUp: false });
+  }
+  return out;
+}

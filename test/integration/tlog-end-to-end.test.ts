@@ -129,6 +129,14 @@ describe.skipIf(!isRoot)("transparency log end to end", () => {
       for (const x of idle) expect(delivered(`delivered:${x.serial ?? ""}`)).toEqual([]);
       // The two deliveries are the only ones logged.
       expect((db.prepare("SELECT COUNT(*) AS n FROM tlog_entries WHERE lookup_key LIKE 'delivered:%'").get() as { n: number }).n).toBe(2);
+
+      // The inventory of the CA key shows which live SVIDs were never picked up.
+      const inv = JSON.parse(srv.cli(["inventory", "--key-id", (e as LogCredentialEntry).authorityKeyId ?? "", "--output", "json"]).stdout) as { svids: { serial: string; pickup: string; delivered_at: string }[] };
+      expect(inv.svids.find((x) => x.serial === serial)).toMatchObject({ pickup: "picked-up", delivered_at: String((x509Delivery[0] as { deliveredAt: number }).deliveredAt * 1000) });
+      const idleSerials = new Set(idle.map((x) => x.serial));
+      const idleListed = inv.svids.filter((x) => idleSerials.has(x.serial));
+      expect(idleListed.length).toBeGreaterThan(0);
+      for (const x of idleListed) expect(x.pickup).toBe("never-picked-up");
     } finally {
       db.close();
     }
