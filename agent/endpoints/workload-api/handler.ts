@@ -214,9 +214,14 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
           if (pending(selectors)) return PENDING;
           const notes: ResponseNote[] = [];
           const identities = identitiesOf(selectors, notes);
-          const resp = identities.length === 0 ? undefined : x509SvidResponseFor(identities, cache.bundles(), trustDomain, notes);
-          logNotes(method, notes);
-          if (resp !== undefined) options.deliveries?.x509(identities.map((i) => i.svid));
+          // The response's own notes name the SVIDs it leaves out.
+          const notSent: ResponseNote[] = [];
+          const resp = identities.length === 0 ? undefined : x509SvidResponseFor(identities, cache.bundles(), trustDomain, notSent);
+          logNotes(method, [...notes, ...notSent]);
+          if (resp !== undefined && options.deliveries !== undefined) {
+            const skipped = new Set(notSent.map((n) => n.entryId));
+            options.deliveries.x509(identities.filter((i) => !skipped.has(i.entry.id)).map((i) => i.svid));
+          }
           return resp;
         });
       }).catch(streamCrash(call));

@@ -107,17 +107,21 @@ describe("Workload API deliveries", () => {
     ep = undefined;
   });
 
-  it("records the X509-SVIDs and JWT-SVIDs it sends, and nothing for a bundle stream", async () => {
+  it("records the X509-SVIDs and JWT-SVIDs it sends, not one it leaves out, and nothing for a bundle stream", async () => {
     const cache = new FakeWorkloadCache({ trustDomain: own });
     const web = cache.addIdentity({ spiffeId: "spiffe://example.org/web", selectors: [ownUidSelector()] });
+    // An identity whose certificate names another ID than its entry is never sent, so never delivered.
+    const stale = { entry: { ...web.entry, id: "stale", spiffeId: "spiffe://example.org/b2", createdAt: new Date(web.entry.createdAt.getTime() + 1) }, svid: own.issueX509Svid("spiffe://example.org/a") };
+    const identitiesFor = cache.identitiesFor.bind(cache);
+    cache.identitiesFor = (selectors) => [...identitiesFor(selectors), stale];
     const tracker = new DeliveryTracker({ clock: new ManualClock(T0) });
     ep = await startTestAgentEndpoint({ cache, deliveries: tracker });
     const client = createWorkloadApiClient({ address: ep.address });
     try {
       await client.fetchX509Bundles();
       expect(tracker.pendingCount).toBe(0);
-      await client.fetchX509Context();
-      const jwt = await client.fetchJwtSvid({ audience: "db" });
+      expect((await client.fetchX509Context()).svids.map((x) => x.id.toString())).toEqual(["spiffe://example.org/web"]);
+      const jwt = await client.fetchJwtSvid({ audience: "db", spiffeId: "spiffe://example.org/web" });
       expect(credentials(tracker.pending())).toEqual([serialOf(web.svid), `jwt:${createHash("sha256").update(jwt.token).digest("hex")}`]);
     } finally {
       client.close();
