@@ -11,7 +11,8 @@
  *
  * SyncAuthorized answers deltas to agents that ask for them (see
  * `agent-sync-history.ts`); WatchChanges holds a stream per agent on which
- * change notices are pushed (see `change-notifier.ts`).
+ * change notices are pushed (see `change-notifier.ts`). SyncAuthorized also
+ * carries the agent's pick-up reports, logged by `../tlog/deliveries.ts`.
  *
  * Rate limits (see `rate-limit.ts`) are charged before any work: attestation
  * attempts per source address, signed credentials, syncs and change stream
