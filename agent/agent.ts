@@ -151,7 +151,7 @@ export function createAgentCore(config: AgentConfig, options: StartAgentOptions)
     metrics,
     log: subsystemLogger(log, "cache"),
   });
-  const deliveries = new DeliveryTracker({ clock, log: subsystemLogger(log, "cache") });
+  const deliveries = new DeliveryTracker({ clock, log: subsystemLogger(log, "cache"), metrics: options.metrics });
   const sync: SyncService = new SyncService({
     cache,
     state,

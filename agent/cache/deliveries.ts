@@ -16,6 +16,7 @@
 import { createHash } from "node:crypto";
 import type { Clock } from "../../common/clock.js";
 import type { Logger } from "../../common/log.js";
+import type { Metrics } from "../../common/metrics.js";
 import { decodeCertificate } from "../../spiffe/x509/decode-certificate.js";
 import { canonicalSerialHex } from "../../spiffe/x509/serial.js";
 import type { CachedX509Svid } from "./types.js";
@@ -46,6 +47,8 @@ export interface PendingDelivery {
 export interface DeliveryTrackerOptions {
   readonly clock: Clock;
   readonly log?: Logger | undefined;
+  /** Where `sigil_agent_deliveries_pending` and `sigil_agent_deliveries_dropped_total` are registered. */
+  readonly metrics?: Metrics | undefined;
   /** Default {@link MAX_PENDING_DELIVERIES}. */
   readonly maxPending?: number | undefined;
   /** Default {@link MAX_REMEMBERED_DELIVERIES}. */
@@ -61,9 +64,16 @@ export class DeliveryTracker implements DeliveryRecorder {
   readonly #remembered = new Set<string>();
   readonly #pending = new Map<string, PendingDelivery>();
   #dropped = 0;
+  readonly #pendingGauge: { set(n: number): void } | undefined;
+  readonly #droppedCounter: { inc(): void } | undefined;
 
   constructor(options: DeliveryTrackerOptions) {
     this.#o = options;
+    this.#pendingGauge = options.metrics?.gauge({ name: "sigil_agent_deliveries_pending", help: "First deliveries of SVIDs to workloads waiting to be reported to the server." });
+    this.#droppedCounter = options.metrics?.counter({
+      name: "sigil_agent_deliveries_dropped_total",
+      help: "First deliveries of SVIDs to workloads never reported because too many waited for the server (those SVIDs look never picked up).",
+    });
   }
 
   x509(svids: Iterable<CachedX509Svid>): void {
@@ -101,6 +111,7 @@ export class DeliveryTracker implements DeliveryRecorder {
   /** Forgets deliveries the server has taken (the sync that carried them succeeded). */
   acknowledge(reported: readonly PendingDelivery[]): void {
     for (const d of reported) this.#pending.delete(keyOf(d.credential));
+    this.#pendingGauge?.set(this.#pending.size);
     if (this.#dropped > 0 && this.#pending.size === 0) {
       this.#o.log?.warn({ dropped: this.#dropped }, "deliveries: first deliveries were not reported: too many waited for the server");
       this.#dropped = 0;
@@ -121,11 +132,13 @@ export class DeliveryTracker implements DeliveryRecorder {
     if (this.#remembered.has(key) || this.#pending.has(key)) return;
     if (this.#pending.size >= (this.#o.maxPending ?? MAX_PENDING_DELIVERIES)) {
       this.#dropped++;
+      this.#droppedCounter?.inc();
       return;
     }
     this.#remembered.add(key);
     if (this.#remembered.size > (this.#o.maxRemembered ?? MAX_REMEMBERED_DELIVERIES)) this.#remembered.delete(this.#remembered.values().next().value as string);
     this.#pending.set(key, { credential, deliveredAt: this.#o.clock.now() });
+    this.#pendingGauge?.set(this.#pending.size);
   }
 }
 

@@ -12,6 +12,7 @@ import type { CachedX509Svid } from "../../../../agent/cache/types.js";
 import type { ServerClient, SyncResult } from "../../../../agent/sync/server-client.js";
 import { SyncLoop } from "../../../../agent/sync/sync-loop.js";
 import { ManualClock } from "../../../../common/clock.js";
+import { Metrics } from "../../../../common/metrics.js";
 import { SigilError } from "../../../../spiffe/errors.js";
 import { createWorkloadApiClient } from "../../../../spiffe/workloadapi/client.js";
 import { FakeTrustDomain, FakeWorkloadCache, ownUidSelector, startTestAgentEndpoint, type TestAgentEndpoint } from "../../../fakes/fake-workload-cache.js";
@@ -50,11 +51,15 @@ describe("delivery tracker", () => {
     expect(credentials(tracker.pending())).toEqual([serialOf(svids[2] as CachedX509Svid)]);
   });
 
-  it("bounds what waits for the server and counts what it drops", () => {
-    const tracker = new DeliveryTracker({ clock: new ManualClock(T0), maxPending: 2 });
+  it("bounds what waits for the server and counts what it drops", async () => {
+    const metrics = new Metrics({ defaultMetrics: false });
+    const tracker = new DeliveryTracker({ clock: new ManualClock(T0), maxPending: 2, metrics });
     for (let i = 0; i < 5; i++) tracker.jwt(`token-${i}`);
     expect(tracker.pendingCount).toBe(2);
     expect(tracker.dropped).toBe(3);
+    const text = await metrics.registry.metrics();
+    expect(text).toContain("sigil_agent_deliveries_pending 2");
+    expect(text).toContain("sigil_agent_deliveries_dropped_total 3");
     tracker.acknowledge(tracker.pending());
     expect(tracker.dropped).toBe(0);
     // Dropped ones were not remembered: delivered again, they are recorded.
