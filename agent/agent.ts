@@ -32,6 +32,7 @@ import { parseTrustDomain, type TrustDomain } from "../spiffe/id.js";
 import type { NodeIdentity } from "./attestation/node.js";
 import { NodeAttestationService } from "./attestation/node-service.js";
 import { AgentCache } from "./cache/agent-cache.js";
+import { DeliveryTracker } from "./cache/deliveries.js";
 import { AgentCacheMetrics } from "./cache/cache-metrics.js";
 import type { AgentConfig } from "./config/schema.js";
 import type { AgentStateStore } from "./storage/agent-state-store.js";
@@ -68,6 +69,8 @@ export interface AgentCore {
   readonly trustDomain: TrustDomain;
   /** The cache the Workload API and SDS endpoints read. */
   readonly cache: AgentCache;
+  /** First deliveries of SVIDs to workloads: the endpoints record them, the sync reports them. */
+  readonly deliveries: DeliveryTracker;
   /** Closes the NodeAttestor plugin at stop; first, so it is stopped after every service that uses the plugin. */
   readonly nodeAttestor: Service;
   readonly state: StateStoreService;
@@ -148,6 +151,7 @@ export function createAgentCore(config: AgentConfig, options: StartAgentOptions)
     metrics,
     log: subsystemLogger(log, "cache"),
   });
+  const deliveries = new DeliveryTracker({ clock, log: subsystemLogger(log, "cache"), metrics: options.metrics });
   const sync: SyncService = new SyncService({
     cache,
     state,
@@ -164,9 +168,10 @@ export function createAgentCore(config: AgentConfig, options: StartAgentOptions)
     random,
     manual: options.manualSync,
     onProblem: options.onProblem,
+    deliveries,
     log: subsystemLogger(log, "sync"),
   });
-  return { trustDomain, cache, nodeAttestor, state, server, node, sync, services: [nodeAttestor, state, server, node, sync] };
+  return { trustDomain, cache, deliveries, nodeAttestor, state, server, node, sync, services: [nodeAttestor, state, server, node, sync] };
 }
 
 /** The running view of a started core; `stop` is what stops it. */

@@ -75,6 +75,7 @@ export async function startAgentProcess(config: AgentConfig, options: StartAgent
   const endpoint = new WorkloadEndpointService({
     socketPath,
     cache: core.cache,
+    deliveries: core.deliveries,
     trustDomain,
     workloadAttestors: config.plugins.WorkloadAttestor,
     attestationTimeoutMs: a.workload_attestation_timeout,

@@ -21,12 +21,15 @@ import { createPeerTracker, startWorkloadEndpoint, type WorkloadEndpoint } from 
 import { createSdsHandler, SDS_MAX_REQUEST_BYTES } from "./sds/handler.js";
 import { DEFAULT_SDS_NAMES, type SdsNames } from "./sds/secrets.js";
 import { createWorkloadApiHandler } from "./workload-api/handler.js";
+import type { DeliveryRecorder } from "../cache/deliveries.js";
 
 /** Dependencies of the {@link WorkloadEndpointService}. */
 export interface WorkloadEndpointServiceDeps {
   /** Absolute path of the socket (`agent.socket_path`). */
   readonly socketPath: string;
   readonly cache: WorkloadCache;
+  /** Told of every SVID handed to a workload (pick-up reporting); omitted: not recorded. */
+  readonly deliveries?: DeliveryRecorder | undefined;
   readonly trustDomain: TrustDomain;
   /** `plugins.WorkloadAttestor`: every configured attestor runs on each caller; their selectors are combined. */
   readonly workloadAttestors: PluginSection | undefined;
@@ -90,12 +93,13 @@ export class WorkloadEndpointService implements Service {
       metrics: d.metrics,
       allowUnauthenticatedVerifiers: d.allowUnauthenticatedVerifiers,
       clock: d.clock,
+      deliveries: d.deliveries,
     });
     // SDS shares the attester, so the same caller pinning applies on both APIs.
     const sdsConfig = d.sds ?? { ...DEFAULT_SDS_NAMES, disabled: false, disableSpiffeCertValidation: false };
     const sds = sdsConfig.disabled
       ? undefined
-      : createSdsHandler({ cache: d.cache, attest, trustDomain: d.trustDomain, names: sdsConfig, disableSpiffeCertValidation: sdsConfig.disableSpiffeCertValidation, log: subsystemLogger(d.log, "sds"), metrics: d.metrics });
+      : createSdsHandler({ cache: d.cache, attest, trustDomain: d.trustDomain, names: sdsConfig, disableSpiffeCertValidation: sdsConfig.disableSpiffeCertValidation, deliveries: d.deliveries, log: subsystemLogger(d.log, "sds"), metrics: d.metrics });
     this.#endpoint = await startWorkloadEndpoint({
       socketPath: d.socketPath,
       services: sds === undefined ? [workloadApi] : [workloadApi, sds],

@@ -51,6 +51,7 @@ import { encodePemCertificates, encodePemPrivateKey } from "../../spiffe/pem.js"
 import { generateKeyPair } from "../../spiffe/signer.js";
 import { StaticX509BundleSource } from "../../spiffe/x509/static-bundle-source.js";
 import { verifyX509Svid } from "../../spiffe/x509/verify.js";
+import type { PendingDelivery } from "../cache/deliveries.js";
 import type { CachedEntry } from "../cache/types.js";
 import { agentSvidFromChain, type AgentSvid } from "../storage/agent-svid.js";
 
@@ -151,8 +152,12 @@ export interface ServerClient {
   attest(attestor: AgentNodeAttestor): Promise<AttestResult>;
   /** Renews the current agent SVID for a fresh key (RenewAgent). The caller installs it with {@link ServerClient.setIdentity}. */
   renew(): Promise<AgentSvid>;
-  /** Entries and bundles for this agent (SyncAuthorized); `knownRevision` "" on the first call. With `acceptDelta` the answer may be a delta. */
-  sync(knownRevision: string, acceptDelta?: boolean): Promise<SyncResult>;
+  /**
+   * Entries and bundles for this agent (SyncAuthorized); `knownRevision` "" on
+   * the first call. With `acceptDelta` the answer may be a delta. `deliveries`
+   * (first deliveries to workloads) are reported with the call.
+   */
+  sync(knownRevision: string, acceptDelta?: boolean, deliveries?: readonly PendingDelivery[]): Promise<SyncResult>;
   /**
    * Opens a WatchChanges stream to the current server: `onNotice` on each
    * pushed notice, `onEnd` once when the stream ends (the server went away,
@@ -403,8 +408,12 @@ export class GrpcServerClient implements ServerClient {
     return svid;
   }
 
-  async sync(knownRevision: string, acceptDelta = false): Promise<SyncResult> {
-    const res = await this.#call("SyncAuthorized", (api) => api.syncAuthorized({ knownRevision, acceptDelta }, { deadlineMs: this.#opts.deadlineMs ?? 30_000 }));
+  async sync(knownRevision: string, acceptDelta = false, deliveries: readonly PendingDelivery[] = []): Promise<SyncResult> {
+    const wireDeliveries = deliveries.map((d) => ({
+      credential: "serial" in d.credential ? { case: "serial" as const, value: d.credential.serial } : { case: "jwtSha256" as const, value: d.credential.jwtSha256 },
+      deliveredAt: BigInt(Math.floor(d.deliveredAt.getTime() / 1000)),
+    }));
+    const res = await this.#call("SyncAuthorized", (api) => api.syncAuthorized({ knownRevision, acceptDelta, deliveries: wireDeliveries }, { deadlineMs: this.#opts.deadlineMs ?? 30_000 }));
     if (res.notModified) return { notModified: true, revision: res.revision, entries: [], bundles: [] };
     const taint = parseTaintSet(res.taintedX509Authorities, res.taintedJwtKeys);
     let entries: SyncedEntry[];

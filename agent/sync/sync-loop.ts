@@ -18,6 +18,10 @@
  * `rotation/taint.ts`); the old SVID is served until its replacement is in
  * the cache. Cached JWT-SVIDs signed by a tainted key are dropped.
  *
+ * Each sync also reports the SVIDs first handed to workloads since the last
+ * successful one (`cache/deliveries.ts`), up to {@link DEFAULT_DELIVERIES_PER_SYNC}
+ * a call; the rest go with the next rounds.
+ *
  * Rounds run every `sync_interval`, and at once when the server pushes a
  * change notice (`change-watch.ts` calls {@link SyncLoop.syncNow}); after failures the delay doubles up to
  * min(8m, 48 × interval), and a server that rate-limits the agent is not
@@ -42,6 +46,7 @@ import { decodeCertificate } from "../../spiffe/x509/decode-certificate.js";
 import type { NodeIdentity } from "../attestation/node.js";
 import type { AgentCache, CachedSvidState } from "../cache/agent-cache.js";
 import type { AgentCacheMetrics } from "../cache/cache-metrics.js";
+import { DEFAULT_DELIVERIES_PER_SYNC, type DeliveryTracker } from "../cache/deliveries.js";
 import type { CachedEntry } from "../cache/types.js";
 import { nextSyncDelayMs } from "../rotation/backoff.js";
 import { renewAt } from "../rotation/renew-at.js";
@@ -86,6 +91,8 @@ export interface SyncLoopOptions {
   readonly taintBatchSize?: number;
   /** Window over which taint replacement batches are spread at random (ms, default {@link DEFAULT_TAINT_SPREAD_MS}). */
   readonly taintSpreadMs?: number;
+  /** First deliveries to workloads: reported with each sync, forgotten once it succeeds. */
+  readonly deliveries?: Pick<DeliveryTracker, "pending" | "acknowledge"> | undefined;
 }
 
 /**
@@ -336,12 +343,15 @@ export class SyncLoop {
     }
 
     let res;
+    const deliveries = this.#o.deliveries?.pending(DEFAULT_DELIVERIES_PER_SYNC) ?? [];
     try {
-      res = await client.sync(this.#revision, this.#o.acceptDelta ?? true);
+      res = await client.sync(this.#revision, this.#o.acceptDelta ?? true, deliveries);
     } catch (e) {
       if (isEvictionError(e)) return this.#evicted(e, agentSvid);
       return this.#failed(e, agentSvid);
     }
+    // The server took them: a report is never sent twice by choice (a lost answer may repeat it; the server ignores repeats).
+    if (deliveries.length > 0) this.#o.deliveries?.acknowledge(deliveries);
     if (!res.notModified) {
       const entries = this.#merge(res);
       const own = res.bundles[0];

@@ -19,6 +19,7 @@ import { SigilError } from "../../spiffe/errors.js";
 import type { NodeIdentity } from "../attestation/node.js";
 import type { AgentCache } from "../cache/agent-cache.js";
 import type { AgentCacheMetrics } from "../cache/cache-metrics.js";
+import type { DeliveryTracker } from "../cache/deliveries.js";
 import type { AgentStateStore, LoadedAgentState } from "../storage/agent-state-store.js";
 import type { GrpcServerClient } from "./server-client.js";
 import { ChangeWatcher } from "./change-watch.js";
@@ -48,6 +49,8 @@ export interface SyncServiceDeps {
   readonly manual?: boolean | undefined;
   /** Called whenever the agent's problem appears, changes or clears. */
   readonly onProblem?: ((problem: string | undefined) => void) | undefined;
+  /** First deliveries to workloads, reported with each sync. */
+  readonly deliveries?: DeliveryTracker | undefined;
   readonly log: Logger;
 }
 
@@ -99,6 +102,7 @@ export class SyncService implements Service {
       ...(d.taintSpreadMs !== undefined ? { taintSpreadMs: d.taintSpreadMs } : {}),
       random: d.random,
       onRound: () => this.#watcher?.follow(),
+      deliveries: d.deliveries,
     });
     this.#loop = loop;
     await loop.syncNow();

@@ -34,6 +34,7 @@ import { AgentSyncHistory } from "./agent-sync-history.js";
 import { ChangeNotifier } from "./change-notifier.js";
 import type { MemoryCertificateProvider } from "./cert-provider.js";
 import type { AgentApiRateLimits } from "./rate-limit.js";
+import { DeliveryLog } from "../tlog/deliveries.js";
 
 /**
  * How long a stop waits for agent API calls in flight before cancelling them.
@@ -152,6 +153,7 @@ export class AgentApiListener implements Service {
       syncHistory: new AgentSyncHistory(),
       notifier,
       taintedAuthorities,
+      deliveries: new DeliveryLog({ tlog: d.transparencyLog ? { datastore, sink: d.transparencyLog } : undefined, now, log: d.log }),
     });
     const server = new Server({ interceptors: [rpcMetricsInterceptor(d.metrics)], "grpc.max_receive_message_length": MAX_RECEIVE_MESSAGE_BYTES });
     server.addService(grpcServiceDefinition(AgentAPI), api);

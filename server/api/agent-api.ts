@@ -11,7 +11,8 @@
  *
  * SyncAuthorized answers deltas to agents that ask for them (see
  * `agent-sync-history.ts`); WatchChanges holds a stream per agent on which
- * change notices are pushed (see `change-notifier.ts`).
+ * change notices are pushed (see `change-notifier.ts`). SyncAuthorized also
+ * carries the agent's pick-up reports, logged by `../tlog/deliveries.ts`.
  *
  * Rate limits (see `rate-limit.ts`) are charged before any work: attestation
  * attempts per source address, signed credentials, syncs and change stream
@@ -64,6 +65,7 @@ import { rateLimitedError, sourceAddress, type AgentApiRateLimits, type RateLimi
 import { auditCall, createUnaryWrapper } from "./unary.js";
 import type { AgentSyncHistory } from "./agent-sync-history.js";
 import type { ChangeNotifier } from "./change-notifier.js";
+import type { DeliveryLog } from "../tlog/deliveries.js";
 import { canonicalSerialHex } from "../../spiffe/x509/serial.js";
 import { wireBundle, wireEntry, wireSelector, wireStatus } from "./wire.js";
 
@@ -97,6 +99,8 @@ export interface AgentApiDeps {
    * agents in every sync answer; omitted: none are tainted.
    */
   readonly taintedAuthorities?: (() => TaintedAuthorities) | undefined;
+  /** Logs the first deliveries agents report in their syncs (`server/tlog/deliveries.ts`); omitted: reports are ignored. */
+  readonly deliveries?: DeliveryLog | undefined;
 }
 
 /** Tainted authorities as the CA manager reports them. */
@@ -329,6 +333,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
     syncAuthorized: unary<SyncAuthorizedRequest, SyncAuthorizedResponse>("SyncAuthorized", async (req, call) => {
       const agent = await authenticate(call);
       charge("sync", deps.rateLimits.sync, agent.id.toString(), 1, (n) => `sync authorized: rate limit: agent ${agent.id} synced more than ${n} time${n === 1 ? "" : "s"} per second`);
+      await deps.deliveries?.report(agent.id.toString(), req.deliveries);
       const entries = authorized(agent);
       const own = await deps.datastore.getBundle(deps.trustDomain.name);
       const federatedNames = [...new Set(entries.flatMap((e) => e.federatesWith))].sort();

@@ -134,7 +134,9 @@ export function registerAuthorityCommands(program: Command): void {
       process.stdout.write(`${r.live} live SVIDs chain to ${r.keyId}, held by ${r.agents.length} agent${r.agents.length === 1 ? "" : "s"}\n`);
       if (r.agents.length > 0) printPretty(r.agents.map((a) => [a.agentId || "(admin mints)", String(a.count)] as [string, string]));
       if (r.spiffeIds.length > 0) printPretty(r.spiffeIds.map((s) => [s.spiffeId, String(s.count)] as [string, string]));
-      for (const s of r.svids) process.stdout.write(`${s.serial}  ${s.kind}  ${s.spiffeId}  ${s.agentId || "-"}  until ${iso(s.notAfter)}\n`);
+      const pickup = (s: (typeof r.svids)[number]): string =>
+        s.pickup === "picked-up" ? `  picked up ${iso(s.deliveredAt)}` : s.pickup === "never-picked-up" ? "  NEVER PICKED UP" : "";
+      for (const s of r.svids) process.stdout.write(`${s.serial}  ${s.kind}  ${s.spiffeId}  ${s.agentId || "-"}  until ${iso(s.notAfter)}${pickup(s)}\n`);
     }),
   );
 }

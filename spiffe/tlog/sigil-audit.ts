@@ -154,7 +154,21 @@ export class SigilEntryAuditor {
       this.#report({ index, kind: "undecodable", message: `log verify: entry ${index}: not a Sigil log entry: ${(e as Error).message}` });
       return;
     }
-    if (entry.kind === "delivered") return;
+    if (entry.kind === "delivered") {
+      // A pick-up refers to its credential's own entry, which the server logged first.
+      if (entry.issuanceIndex >= index) {
+        const name = entry.serial !== undefined ? `serial ${escapeControls(entry.serial)}` : `jwt ${entry.jwtSha256 ?? ""}`;
+        this.#report({
+          index,
+          kind: "mismatch",
+          entryKind: entry.kind,
+          spiffeId: entry.spiffeId,
+          ...(entry.serial === undefined ? {} : { serial: entry.serial }),
+          message: `log verify: entry ${index}: delivered ${escapeControls(entry.spiffeId)} ${name}: refers to issuance entry ${entry.issuanceIndex}, which is not before it`,
+        });
+      }
+      return;
+    }
     if (entry.kind === "authority") {
       if (entry.authorityKind === "x509" && entry.cert !== undefined) this.#caCertificate(index, entry.kind, undefined, entry.cert);
       return;

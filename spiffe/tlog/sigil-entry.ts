@@ -70,11 +70,21 @@ export interface LogAuthorityEntry {
   readonly cert?: string;
 }
 
-/** A credential first handed to a workload (reported by its agent). */
+/**
+ * A credential first handed to a workload, as its agent reported it in a
+ * sync: exactly one of `serial` (X.509-SVID) and `jwtSha256` (JWT-SVID)
+ * names it, and `issuanceIndex` is the log index of its own entry.
+ */
 export interface LogDeliveredEntry {
   readonly v: 1;
   readonly kind: "delivered";
-  readonly serial: string;
+  /** The X.509-SVID's serial, lower-case hex without leading zeros. */
+  readonly serial?: string;
+  /** Hex SHA-256 of the compact JWT-SVID. */
+  readonly jwtSha256?: string;
+  /** The SPIFFE ID of the credential (from its issuance entry). */
+  readonly spiffeId: string;
+  /** The agent that handed it out (the one it was issued to). */
   readonly agentId: string;
   /** Unix seconds. */
   readonly deliveredAt: number;
@@ -108,8 +118,8 @@ const CREDENTIAL_FIELDS: Readonly<Record<string, FieldType>> = {
 const CREDENTIAL_REQUIRED = ["spiffeId", "notBefore", "notAfter", "issuedAt"];
 const AUTHORITY_FIELDS: Readonly<Record<string, FieldType>> = { event: "string", authorityKind: "string", authorityKeyId: "string", serverId: "string", at: "int", cert: "base64" };
 const AUTHORITY_REQUIRED = ["event", "authorityKind", "authorityKeyId", "serverId", "at"];
-const DELIVERED_FIELDS: Readonly<Record<string, FieldType>> = { serial: "serial", agentId: "string", deliveredAt: "int", issuanceIndex: "int" };
-const DELIVERED_REQUIRED = ["serial", "agentId", "deliveredAt", "issuanceIndex"];
+const DELIVERED_FIELDS: Readonly<Record<string, FieldType>> = { serial: "serial", jwtSha256: "sha256", spiffeId: "string", agentId: "string", deliveredAt: "int", issuanceIndex: "int" };
+const DELIVERED_REQUIRED = ["spiffeId", "agentId", "deliveredAt", "issuanceIndex"];
 
 /**
  * Most audiences a jwt-svid entry holds. With {@link MAX_LOG_AUDIENCE_LENGTH}
@@ -192,6 +202,7 @@ export function validateLogEntry(o: unknown): SigilLogEntry {
   }
   if (kind === "delivered") {
     checkShape(r, DELIVERED_FIELDS, DELIVERED_REQUIRED);
+    if ((r["serial"] === undefined) === (r["jwtSha256"] === undefined)) throw invalid("delivered entry: exactly one of serial and jwtSha256 is required");
     return r as unknown as LogDeliveredEntry;
   }
   if (!LOG_CREDENTIAL_KINDS.includes(kind as LogCredentialKind)) throw invalid(`kind must be one of ${[...LOG_CREDENTIAL_KINDS, "authority", "delivered"].join(", ")}, got ${JSON.stringify(kind)}`);
@@ -308,15 +319,17 @@ export function decodeLogEntry(bytes: Uint8Array): SigilLogEntry {
 
 /**
  * The key an entry is found by: `serial:<hex>` (X.509 kinds), `jwt:<sha256>`
- * (jwt-svid), `delivered:<serial>`, `authority:<kind>:<key ID>:<event>`. The
- * server indexes entries by it; `prove` looks them up with it.
+ * (jwt-svid), `delivered:<serial>` or `delivered:jwt:<sha256>`,
+ * `authority:<kind>:<key ID>:<event>`. The server indexes entries by it;
+ * `prove` looks them up with it, and a credential's delivery is found by
+ * {@link deliveredLookupKey}.
  */
 export function logLookupKey(entry: SigilLogEntry): string {
   switch (entry.kind) {
     case "authority":
       return `authority:${entry.authorityKind}:${entry.authorityKeyId}:${entry.event}`;
     case "delivered":
-      return `delivered:${entry.serial}`;
+      return entry.serial !== undefined ? `delivered:${entry.serial}` : `delivered:jwt:${entry.jwtSha256 ?? ""}`;
     case "jwt-svid":
       return `jwt:${entry.jwtSha256 ?? ""}`;
     default:
@@ -334,4 +347,10 @@ export function credentialLookupKey(lookup: { readonly serial: string } | { read
   const h = lookup.jwtSha256.toLowerCase();
   if (!SHA256_RE.test(h)) throw new SigilError("ERR_INVALID_ARGUMENT", `tlog: jwtSha256 must be 64 hex digits, got ${JSON.stringify(lookup.jwtSha256)}`);
   return `jwt:${h}`;
+}
+
+/** The lookup key of a credential's `delivered` entry: `delivered:<serial>` or `delivered:jwt:<sha256>`. */
+export function deliveredLookupKey(lookup: { readonly serial: string } | { readonly jwtSha256: string }): string {
+  const key = credentialLookupKey(lookup);
+  return key.startsWith("serial:") ? `delivered:${key.slice("serial:".length)}` : `delivered:${key}`;
 }

@@ -12,6 +12,7 @@ import { EventEmitter, once } from "node:events";
 import { chmod, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { DeliveryRecorder } from "../../agent/cache/deliveries.js";
 import { createCallerAttester, type AttestedCaller } from "../../agent/attestation/workload.js";
 import type { PeerCredentials } from "../../agent/endpoints/peer.js";
 import { createPeerTracker, startWorkloadEndpoint, type PeerTracker } from "../../agent/endpoints/server.js";
@@ -305,6 +306,8 @@ export interface TestAgentEndpointOptions<C extends WorkloadCache = FakeWorkload
   readonly allowedForeignJwtClaims?: readonly string[];
   readonly profiles?: WorkloadApiProfiles;
   readonly health?: HealthService;
+  /** Told of every SVID the Workload API sends (pick-up reporting). */
+  readonly deliveries?: DeliveryRecorder;
 }
 
 /** A running test endpoint. `close()` it in `afterEach`. */
@@ -361,6 +364,7 @@ async function startInDir<C extends WorkloadCache>(dir: string, trustDomain: Tru
     ...(options.allowUnauthenticatedVerifiers === undefined ? {} : { allowUnauthenticatedVerifiers: options.allowUnauthenticatedVerifiers }),
     ...(options.allowedForeignJwtClaims === undefined ? {} : { allowedForeignJwtClaims: options.allowedForeignJwtClaims }),
     ...(options.profiles === undefined ? {} : { profiles: options.profiles }),
+    ...(options.deliveries === undefined ? {} : { deliveries: options.deliveries }),
   });
   const endpoint = await startWorkloadEndpoint({ socketPath, services: [handler], peers, metrics, log, ...(options.health === undefined ? {} : { health: options.health }) });
   return {

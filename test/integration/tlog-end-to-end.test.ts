@@ -7,6 +7,11 @@
  * signed checkpoint verifies with the recorded log key. The agent's own
  * SVID is logged with the SHA-256 of the join token it attested with.
  *
+ * Pick-up time: after the agent's next sync, the log holds a `delivered`
+ * entry for that SVID (and for the JWT-SVID the workload fetched) referencing
+ * its issuance entry; the SVID of a second entry, which no workload fetched,
+ * is logged as issued and has no `delivered` entry.
+ *
  * Needs root (the workload runs as another uid); CI runs as root.
  */
 import { createHash, X509Certificate } from "node:crypto";
@@ -26,7 +31,7 @@ import { leafHash } from "../../spiffe/tlog/hash.js";
 import { MemoryTlog } from "../../spiffe/tlog/memory-log.js";
 import { generateNoteKey, parseVerifierKey } from "../../spiffe/tlog/note.js";
 import { verifyInclusion } from "../../spiffe/tlog/proof.js";
-import { decodeLogEntry } from "../../spiffe/tlog/sigil-entry.js";
+import { decodeLogEntry, type LogCredentialEntry } from "../../spiffe/tlog/sigil-entry.js";
 import { TileReader } from "../../spiffe/tlog/tiles.js";
 import { canonicalSerialHex } from "../../spiffe/x509/serial.js";
 import { runWorkload, startAgentProcess, type AgentProcess } from "./support/agent-process.js";
@@ -39,6 +44,8 @@ if (!isRoot) {
   console.warn("SKIP: tlog-end-to-end runs a workload as another uid and needs root");
 }
 const WEB = { uid: 4331, gid: 4331 };
+/** An entry whose SVID the agent holds but no workload ever asks for. */
+const IDLE_UID = 4332;
 const dir = mkdtempSync(path.join(tmpdir(), "sigil-tlog-e2e-"));
 let srv: ServerProcess | undefined;
 let agent: AgentProcess | undefined;
@@ -50,7 +57,7 @@ afterAll(async () => {
 });
 
 describe.skipIf(!isRoot)("transparency log end to end", () => {
-  it("a workload's X509-SVID is in the log, proven against a signed checkpoint", async () => {
+  it("a workload's X509-SVID is in the log, proven against a signed checkpoint, and its pick-up is logged after the next sync", async () => {
     const configPath = path.join(dir, "server.yaml");
     writeFileSync(configPath, testServerConfigYaml(dir, { extraYaml: "transparency_log:\n  enabled: true\n  checkpoint_interval: 200ms\n" }));
     srv = await launchServerProcess(dir, configPath, path.join(dir, "admin", "api.sock"));
@@ -58,14 +65,20 @@ describe.skipIf(!isRoot)("transparency log end to end", () => {
     const agentAdmin = createUnaryClient(AgentAdmin, target, credentials.createInsecure());
     const entryAdmin = createUnaryClient(EntryAdmin, target, credentials.createInsecure());
     const tok = await agentAdmin.createJoinToken({ ttl: 600 });
-    const created = await entryAdmin.batchCreateEntry({ entries: [create(EntrySchema, { spiffeId: "spiffe://example.org/web", parentId: tok.agentId, selectors: [{ type: "unix", value: `uid:${WEB.uid}` }] })] });
+    const created = await entryAdmin.batchCreateEntry({
+      entries: [
+        create(EntrySchema, { spiffeId: "spiffe://example.org/web", parentId: tok.agentId, selectors: [{ type: "unix", value: `uid:${WEB.uid}` }] }),
+        create(EntrySchema, { spiffeId: "spiffe://example.org/idle", parentId: tok.agentId, selectors: [{ type: "unix", value: `uid:${IDLE_UID}` }] }),
+      ],
+    });
     agentAdmin.close();
     entryAdmin.close();
     const entryId = created.results[0]?.entry?.id ?? "";
+    const idleEntryId = created.results[1]?.entry?.id ?? "";
     agent = await startAgentProcess({ serverAddress: srv.agentApiAddress, bundlePem: rootsPemFromBundleJson(srv.cli(["bundle", "show", "--output", "json"]).stdout), joinToken: tok.token });
 
-    const r = await runWorkload(agent.socketPath, `const ctx = await client.fetchX509Context(); console.log(JSON.stringify({ der: Buffer.from(ctx.defaultSvid.leaf.raw).toString("base64") }));`, WEB, 30_000);
-    const der = (JSON.parse(r.stdout.trim().split("\n").pop() ?? "{}") as { der?: string }).der;
+    const r = await runWorkload(agent.socketPath, `const ctx = await client.fetchX509Context(); const jwt = await client.fetchJwtSvid({ audience: "db" }); console.log(JSON.stringify({ der: Buffer.from(ctx.defaultSvid.leaf.raw).toString("base64"), jwt: jwt.token }));`, WEB, 30_000);
+    const { der, jwt } = JSON.parse(r.stdout.trim().split("\n").pop() ?? "{}") as { der?: string; jwt?: string };
     expect(der, r.stdout + r.stderr).toBeDefined();
     const serial = canonicalSerialHex(new X509Certificate(Buffer.from(der ?? "", "base64")).serialNumber);
 
@@ -96,6 +109,39 @@ describe.skipIf(!isRoot)("transparency log end to end", () => {
       mirror.publish();
       const proof = await new TileReader(mirror.fetch, size).inclusionProof(row?.idx ?? 0);
       verifyInclusion(row?.idx ?? 0, size, leafHash(row?.entry ?? Buffer.alloc(0)), proof, checkpoint.rootHash);
+
+      // Pick-up: the agent reports both deliveries with its next sync (every 500 ms here).
+      const jwtSha256 = createHash("sha256").update(jwt ?? "").digest("hex");
+      const jwtRow = db.prepare("SELECT idx FROM tlog_entries WHERE lookup_key = ?").get(`jwt:${jwtSha256}`) as { idx: number } | undefined;
+      expect(jwtRow, "no log entry for the JWT-SVID").toBeDefined();
+      const delivered = (key: string) => {
+        const d = db.prepare("SELECT entry FROM tlog_entries WHERE lookup_key = ?").all(key) as { entry: Buffer }[];
+        return d.map((x) => decodeLogEntry(x.entry));
+      };
+      for (let i = 0; i < 300 && (delivered(`delivered:${serial}`).length === 0 || delivered(`delivered:jwt:${jwtSha256}`).length === 0); i++) await delay(100);
+      const x509Delivery = delivered(`delivered:${serial}`);
+      expect(x509Delivery).toEqual([{ v: 1, kind: "delivered", serial, spiffeId: "spiffe://example.org/web", agentId: tok.agentId, deliveredAt: expect.any(Number), issuanceIndex: row?.idx }]);
+      const issuedAt = (e as { issuedAt: number }).issuedAt;
+      expect((x509Delivery[0] as { deliveredAt: number }).deliveredAt).toBeGreaterThanOrEqual(issuedAt);
+      expect((x509Delivery[0] as { deliveredAt: number }).deliveredAt).toBeLessThanOrEqual(Math.ceil(Date.now() / 1000));
+      expect(delivered(`delivered:jwt:${jwtSha256}`)).toEqual([expect.objectContaining({ kind: "delivered", jwtSha256, spiffeId: "spiffe://example.org/web", agentId: tok.agentId, issuanceIndex: jwtRow?.idx })]);
+
+      // The idle entry's SVID was issued to the agent and logged, but never picked up.
+      const idle = (db.prepare("SELECT entry FROM tlog_entries WHERE lookup_key LIKE 'serial:%'").all() as { entry: Buffer }[])
+        .map((x) => decodeLogEntry(x.entry))
+        .filter((x): x is LogCredentialEntry => x.kind === "x509-svid" && x.entryId === idleEntryId);
+      expect(idle.length).toBeGreaterThan(0);
+      for (const x of idle) expect(delivered(`delivered:${x.serial ?? ""}`)).toEqual([]);
+      // The two deliveries are the only ones logged.
+      expect((db.prepare("SELECT COUNT(*) AS n FROM tlog_entries WHERE lookup_key LIKE 'delivered:%'").get() as { n: number }).n).toBe(2);
+
+      // The inventory of the CA key shows which live SVIDs were never picked up.
+      const inv = JSON.parse(srv.cli(["inventory", "--key-id", (e as LogCredentialEntry).authorityKeyId ?? "", "--output", "json"]).stdout) as { svids: { serial: string; pickup: string; delivered_at: string }[] };
+      expect(inv.svids.find((x) => x.serial === serial)).toMatchObject({ pickup: "picked-up", delivered_at: String((x509Delivery[0] as { deliveredAt: number }).deliveredAt * 1000) });
+      const idleSerials = new Set(idle.map((x) => x.serial));
+      const idleListed = inv.svids.filter((x) => idleSerials.has(x.serial));
+      expect(idleListed.length).toBeGreaterThan(0);
+      for (const x of idleListed) expect(x.pickup).toBe("never-picked-up");
     } finally {
       db.close();
     }

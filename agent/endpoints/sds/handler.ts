@@ -42,6 +42,7 @@ import {
 } from "../../../proto/gen/envoy/service/discovery/v3/discovery_pb.js";
 import { SecretDiscoveryService } from "../../../proto/gen/envoy/service/secret/v3/sds_pb.js";
 import type { AttestedCaller } from "../../attestation/workload.js";
+import type { DeliveryRecorder } from "../../cache/deliveries.js";
 import type { WorkloadCache } from "../../cache/types.js";
 import { callFailure, createEndpointAdmission, errorFailure, failStream, failUnary, type CallFailure } from "../admission.js";
 import type { EndpointService } from "../server.js";
@@ -113,6 +114,8 @@ export interface SdsHandlerOptions {
   readonly names?: SdsNames;
   /** `disable_spiffe_cert_validation`: `ALL` never uses the SPIFFE validator (a node's metadata may override). Default false. */
   readonly disableSpiffeCertValidation?: boolean;
+  /** Told of every SVID about to be sent to a workload (pick-up reporting). */
+  readonly deliveries?: DeliveryRecorder | undefined;
   readonly log: Logger;
   readonly metrics: Metrics;
 }
@@ -273,6 +276,7 @@ export function createSdsHandler(options: SdsHandlerOptions): SdsHandler {
             lastLeftOut = leftOut;
             // Named secrets none of which exist for this caller: no answer (an empty one would make Envoy reject it).
             const result = answer.content.resources.length === 0 && requested.length > 0 ? PENDING : answer.content;
+            if (result !== PENDING) options.deliveries?.x509(answer.svids);
             lastBasis = { names: requested, view: basis, result };
             return result;
           },
@@ -303,6 +307,7 @@ export function createSdsHandler(options: SdsHandlerOptions): SdsHandler {
         if (view === undefined) return failUnary(callback, admission.noIdentity(method, call.getPeer(), selectors));
         const answer = secretsAnswerFor(requested, view, { ...names, spiffeCertValidation: spiffeValidationFor(req.node, disabledByConfig) });
         logLeftOut(method, call.getPeer(), answer.leftOut);
+        options.deliveries?.x509(answer.svids);
         callback(null, create(DiscoveryResponseSchema, { typeUrl: SECRET_TYPE_URL, resources: answer.content.resources }));
       })().catch((e: unknown) => failUnary(callback, errorFailure(e)));
     },

@@ -81,6 +81,8 @@ export interface ResolvedSecrets {
   readonly secrets: readonly Secret[];
   /** Requested names nothing answers: unknown, not the caller's, or `ALL` without the SPIFFE validator while federated bundles exist. */
   readonly leftOut: readonly string[];
+  /** The X509-SVIDs whose certificate secrets are among `secrets` (pick-up reporting). */
+  readonly svids: readonly CachedX509Svid[];
 }
 
 /** Go's `strconv.ParseBool` spellings, as SPIRE reads the node metadata. */
@@ -178,16 +180,20 @@ export function resolveSecrets(names: readonly string[], view: CallerView, optio
     const secrets: Secret[] = [];
     for (const [id, b] of trusted) secrets.push(validationSecret(id, trustedCa(b)));
     for (const [id, svid] of byId) secrets.push(certificateSecret(id, svid));
-    return { secrets, leftOut: [] };
+    return { secrets, leftOut: [], svids: [...byId.values()] };
   }
 
   const secrets: Secret[] = [];
   const leftOut: string[] = [];
+  const svids: CachedX509Svid[] = [];
   for (const name of new Set(names)) {
     let secret: Secret | undefined;
     if (name === options.defaultSvidName) {
       const first = byId.entries().next();
-      if (first.done !== true) secret = certificateSecret(name, first.value[1]);
+      if (first.done !== true) {
+        secret = certificateSecret(name, first.value[1]);
+        svids.push(first.value[1]);
+      }
     } else if (name === options.defaultBundleName) {
       secret = validationSecret(name, trustedCa(bundles.own));
     } else if (name === options.defaultAllBundlesName) {
@@ -196,13 +202,15 @@ export function resolveSecrets(names: readonly string[], view: CallerView, optio
     } else {
       const svid = byId.get(name);
       const bundle = trusted.get(name);
-      if (svid !== undefined) secret = certificateSecret(name, svid);
-      else if (bundle !== undefined) secret = validationSecret(name, trustedCa(bundle));
+      if (svid !== undefined) {
+        secret = certificateSecret(name, svid);
+        svids.push(svid);
+      } else if (bundle !== undefined) secret = validationSecret(name, trustedCa(bundle));
     }
     if (secret === undefined) leftOut.push(name);
     else secrets.push(secret);
   }
-  return { secrets, leftOut };
+  return { secrets, leftOut, svids };
 }
 
 /** The answer to a request, before a stream stamps it with its version and nonce. */
@@ -210,6 +218,8 @@ export interface SecretsAnswer {
   /** `resources` and `type_url` of the DiscoveryResponse; shared by every caller with the same view and request. */
   readonly content: DiscoveryResponse;
   readonly leftOut: readonly string[];
+  /** The X509-SVIDs it carries (pick-up reporting). */
+  readonly svids: readonly CachedX509Svid[];
 }
 
 /**
@@ -251,11 +261,11 @@ function namesKey(names: readonly string[]): string {
 export function secretsAnswerFor(names: readonly string[], view: CallerView, options: SecretOptions, viewKey: string = callerViewKey(view, options.spiffeCertValidation)): SecretsAnswer {
   const key = `${view.trustDomain.name}\n${viewKey}\n${optionsKey(options)}\n${namesKey(names)}`;
   return memoThisTurn("sds", key, () => {
-    const { secrets, leftOut } = resolveSecrets(names, view, options);
+    const { secrets, leftOut, svids } = resolveSecrets(names, view, options);
     const content: MessageShape<typeof DiscoveryResponseSchema> = create(DiscoveryResponseSchema, {
       typeUrl: SECRET_TYPE_URL,
       resources: secrets.map((s) => anyPack(SecretSchema, s)),
     });
-    return { content, leftOut };
+    return { content, leftOut, svids };
   });
 }

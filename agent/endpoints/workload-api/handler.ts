@@ -58,6 +58,7 @@ import {
   type ValidateJWTSVIDResponse,
 } from "../../../proto/gen/spiffe/workload_pb.js";
 import type { AttestedCaller } from "../../attestation/workload.js";
+import type { DeliveryRecorder } from "../../cache/deliveries.js";
 import type { BundleSnapshot, CachedIdentity, WorkloadCache } from "../../cache/types.js";
 import { ADMISSION_MESSAGES, callFailure, createEndpointAdmission, errorFailure, failStream, failUnary, type Admission, type CallFailure } from "../admission.js";
 import type { EndpointService } from "../server.js";
@@ -116,6 +117,8 @@ export interface WorkloadApiHandlerOptions {
   readonly profiles?: WorkloadApiProfiles;
   /** Time for JWT-SVID validation; default the system clock. */
   readonly clock?: Clock;
+  /** Told of every SVID about to be sent to a workload (pick-up reporting). */
+  readonly deliveries?: DeliveryRecorder | undefined;
 }
 
 /** The Workload API as a service to put on the Workload Endpoint. */
@@ -211,8 +214,14 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
           if (pending(selectors)) return PENDING;
           const notes: ResponseNote[] = [];
           const identities = identitiesOf(selectors, notes);
-          const resp = identities.length === 0 ? undefined : x509SvidResponseFor(identities, cache.bundles(), trustDomain, notes);
-          logNotes(method, notes);
+          // The response's own notes name the SVIDs it leaves out.
+          const notSent: ResponseNote[] = [];
+          const resp = identities.length === 0 ? undefined : x509SvidResponseFor(identities, cache.bundles(), trustDomain, notSent);
+          logNotes(method, [...notes, ...notSent]);
+          if (resp !== undefined && options.deliveries !== undefined) {
+            const skipped = new Set(notSent.map((n) => n.entryId));
+            options.deliveries.x509(identities.filter((i) => !skipped.has(i.entry.id)).map((i) => i.svid));
+          }
           return resp;
         });
       }).catch(streamCrash(call));
@@ -294,6 +303,7 @@ export function createWorkloadApiHandler(options: WorkloadApiHandlerOptions): Wo
           log.error({ method, err: e }, "Could not get a JWT-SVID for the caller");
           return failUnary(callback, errorFailure(e));
         }
+        for (const s of svids) options.deliveries?.jwt(s.svid);
         callback(null, create(JWTSVIDResponseSchema, { svids }));
       })().catch((e: unknown) => failUnary(callback, errorFailure(e)));
     },

@@ -34,6 +34,7 @@ import { SigilError } from "../../../spiffe/errors.js";
 import type { GrpcServiceImplementation } from "../../../spiffe/grpc/service.js";
 import type { AuthorityKind, AuthorityView } from "../../ca/manager.js";
 import { INVENTORY_DEFAULT_LIMIT, INVENTORY_MAX_LIMIT } from "../../datastore/index.js";
+import { pickupsOf, type Pickup } from "../../tlog/deliveries.js";
 import type { UnaryWrapper } from "../unary.js";
 import { invalidField, type AdminApiDeps } from "./common.js";
 
@@ -145,6 +146,13 @@ export function createAuthorityAdmin(deps: AdminApiDeps, unary: UnaryWrapper): G
         throw new SigilError("ERR_NOT_FOUND", `key_id: no authority with key ID "${keyId}" (see "sigil-server authority list")`);
       }
       audit.details.live = inv.live;
+      // With the log on, each listed workload X509-SVID says whether a workload ever got it.
+      const pickups = deps.transparencyLog ? await pickupsOf(deps.datastore, inv.svids.filter((s) => s.kind === "x509-svid").map((s) => s.serial)) : new Map<string, Pickup>();
+      const pickup = (serial: string) => {
+        const p = pickups.get(serial);
+        if (p === undefined) return {};
+        return p.pickedUp ? { pickup: "picked-up", deliveredAt: BigInt(p.deliveredAt?.getTime() ?? 0) } : { pickup: "never-picked-up" };
+      };
       return {
         res: create(InventoryResponseSchema, {
           keyId,
@@ -152,7 +160,7 @@ export function createAuthorityAdmin(deps: AdminApiDeps, unary: UnaryWrapper): G
           agents: inv.agents.map((a) => create(InventoryResponse_AgentCountSchema, { agentId: a.agentId ?? "", count: BigInt(a.count) })),
           spiffeIds: inv.spiffeIds.map((s) => create(InventoryResponse_SpiffeIdCountSchema, { spiffeId: s.spiffeId, count: BigInt(s.count) })),
           svids: inv.svids.map((s) =>
-            create(InventoryResponse_SvidSchema, { serial: s.serial, kind: s.kind, spiffeId: s.spiffeId, entryId: s.entryId ?? "", agentId: s.agentId ?? "", notAfter: BigInt(s.notAfter.getTime()) }),
+            create(InventoryResponse_SvidSchema, { serial: s.serial, kind: s.kind, spiffeId: s.spiffeId, entryId: s.entryId ?? "", agentId: s.agentId ?? "", notAfter: BigInt(s.notAfter.getTime()), ...pickup(s.serial) }),
           ),
         }),
       };

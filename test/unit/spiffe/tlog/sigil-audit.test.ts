@@ -74,6 +74,14 @@ describe("SigilEntryAuditor", () => {
     expect(f[0]?.message).toMatch(/is neither in the trust bundle of example\.org nor signed by it/);
   });
 
+  it("reports a delivered entry that refers to an issuance entry not before it, and accepts one that does", () => {
+    const delivered = (issuanceIndex: number): SigilLogEntry => ({ v: 1, kind: "delivered", serial: "a", spiffeId: "spiffe://example.org/w", agentId: "spiffe://example.org/spire/agent/x", deliveredAt: T0, issuanceIndex });
+    expect(audit([activated, svid("spiffe://example.org/w", 10n), delivered(1)])).toEqual([]);
+    expect(audit([activated, svid("spiffe://example.org/w", 10n), delivered(2)]).map((f) => [f.index, f.kind, f.message])).toEqual([
+      [2, "mismatch", "log verify: entry 2: delivered spiffe://example.org/w serial a: refers to issuance entry 2, which is not before it"],
+    ]);
+  });
+
   it("reports a certificate naming another SPIFFE ID or serial than its entry", () => {
     const other = leaf("spiffe://example.org/other", 11n);
     const f = audit([activated, svid("spiffe://example.org/w", 11n, other), svid("spiffe://example.org/w", 12n, leaf("spiffe://example.org/w", 13n))]);

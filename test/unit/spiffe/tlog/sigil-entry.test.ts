@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { isSigilError } from "../../../../spiffe/errors.js";
-import { canonicalJson, credentialLookupKey, decodeLogEntry, encodeLogEntry, logLookupKey, MAX_LOG_AUDIENCE_LENGTH, MAX_LOG_AUDIENCES, type SigilLogEntry } from "../../../../spiffe/tlog/sigil-entry.js";
+import { canonicalJson, credentialLookupKey, decodeLogEntry, deliveredLookupKey, encodeLogEntry, logLookupKey, MAX_LOG_AUDIENCE_LENGTH, MAX_LOG_AUDIENCES, type SigilLogEntry } from "../../../../spiffe/tlog/sigil-entry.js";
 
 const jwt: SigilLogEntry = {
   v: 1, kind: "jwt-svid", jwtSha256: "a".repeat(64), spiffeId: "spiffe://example.org/web", entryId: "e1", entryRevision: 3,
@@ -65,5 +65,20 @@ describe("Sigil log entries (RFC 8785 canonical JSON)", () => {
     expect(logLookupKey(a)).toBe("authority:x509:x509-CA-B:revoked");
     expect(credentialLookupKey({ serial: "00AB" })).toBe("serial:ab");
     expect(() => credentialLookupKey({ jwtSha256: "xyz" })).toThrow(/64 hex digits/);
+  });
+
+  it("delivered entries: byte for byte, lookup keys, and exactly one of serial and jwtSha256", () => {
+    const d: SigilLogEntry = { v: 1, kind: "delivered", serial: "3c1f", spiffeId: "spiffe://example.org/web", agentId: "spiffe://example.org/spire/agent/x", deliveredAt: 1893456002, issuanceIndex: 1234 };
+    const bytes = encodeLogEntry(d);
+    expect(bytes.toString()).toBe('{"agentId":"spiffe://example.org/spire/agent/x","deliveredAt":1893456002,"issuanceIndex":1234,"kind":"delivered","serial":"3c1f","spiffeId":"spiffe://example.org/web","v":1}');
+    expect(decodeLogEntry(bytes)).toEqual(d);
+    expect(logLookupKey(d)).toBe("delivered:3c1f");
+    expect(deliveredLookupKey({ serial: "003C1F" })).toBe("delivered:3c1f");
+    const j: SigilLogEntry = { v: 1, kind: "delivered", jwtSha256: "b".repeat(64), spiffeId: "spiffe://example.org/web", agentId: "spiffe://example.org/spire/agent/x", deliveredAt: 1, issuanceIndex: 0 };
+    expect(logLookupKey(j)).toBe(`delivered:jwt:${"b".repeat(64)}`);
+    expect(deliveredLookupKey({ jwtSha256: "B".repeat(64) })).toBe(logLookupKey(j));
+    refused('{"agentId":"a","deliveredAt":1,"issuanceIndex":0,"kind":"delivered","spiffeId":"spiffe://example.org/web","v":1}', /exactly one of serial and jwtSha256/);
+    refused(`{"agentId":"a","deliveredAt":1,"issuanceIndex":0,"jwtSha256":"${"b".repeat(64)}","kind":"delivered","serial":"1","spiffeId":"spiffe://example.org/web","v":1}`, /exactly one of serial and jwtSha256/);
+    refused('{"agentId":"a","deliveredAt":1,"issuanceIndex":0,"kind":"delivered","serial":"1","v":1}', /spiffeId is required/);
   });
 });

@@ -2,14 +2,17 @@
  * The SDS handler on a real endpoint socket over a fake cache: what a stream
  * sends (and does not) as requests and the cache change.
  */
+import { X509Certificate } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { Metadata, status, type Client, type ServiceError } from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
+import { DeliveryTracker, type DeliveryRecorder } from "../../../../../agent/cache/deliveries.js";
 import { createSdsHandler, SDS_MAX_REQUEST_BYTES } from "../../../../../agent/endpoints/sds/handler.js";
 import { createPeerTracker, startWorkloadEndpoint, type WorkloadEndpoint } from "../../../../../agent/endpoints/server.js";
+import { ManualClock } from "../../../../../common/clock.js";
 import { createLogger } from "../../../../../common/log.js";
 import { Metrics } from "../../../../../common/metrics.js";
 import { parseSelector } from "../../../../../common/selector.js";
@@ -23,7 +26,7 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-async function start(attestDelayMs = 0): Promise<{ cache: FakeWorkloadCache; client: Client; logs: Record<string, unknown>[]; endpoint: WorkloadEndpoint }> {
+async function start(attestDelayMs = 0, deliveries?: DeliveryRecorder): Promise<{ cache: FakeWorkloadCache; client: Client; logs: Record<string, unknown>[]; endpoint: WorkloadEndpoint }> {
   const cache = new FakeWorkloadCache();
   cache.addIdentity({ spiffeId: WEB, selectors: ["unix:uid:1"] });
   const logs: Record<string, unknown>[] = [];
@@ -33,7 +36,7 @@ async function start(attestDelayMs = 0): Promise<{ cache: FakeWorkloadCache; cli
     await new Promise((r) => setTimeout(r, attestDelayMs));
     return fixedCaller([parseSelector("unix:uid:1")]);
   };
-  const sds = createSdsHandler({ cache, attest, trustDomain: cache.own.trustDomain, log, metrics });
+  const sds = createSdsHandler({ cache, attest, trustDomain: cache.own.trustDomain, log, metrics, ...(deliveries === undefined ? {} : { deliveries }) });
   const dir = await mkdtemp(path.join(tmpdir(), "sigil-sds-"));
   const endpoint = await startWorkloadEndpoint({ socketPath: path.join(dir, "api.sock"), services: [sds], maxRequestBytes: SDS_MAX_REQUEST_BYTES, peers: createPeerTracker(), metrics, log });
   const client = sdsChannel(endpoint.socketPath);
@@ -48,6 +51,19 @@ async function start(attestDelayMs = 0): Promise<{ cache: FakeWorkloadCache; cli
 const names = (r: DiscoveryResponse): string[] => secretsOf(r).map((s) => s.name);
 
 describe("SDS handler", () => {
+  it("records the X509-SVIDs it sends as certificate secrets (pick-up reporting), not for validation contexts alone", async () => {
+    const tracker = new DeliveryTracker({ clock: new ManualClock(new Date("2030-01-01T00:00:00Z")) });
+    const { cache, client } = await start(0, tracker);
+    await fetchSecrets(client, ["ROOTCA"]);
+    expect(tracker.pendingCount).toBe(0);
+    const s = streamSecrets(client, ["default"]);
+    await s.next();
+    s.close();
+    const svid = cache.identitiesFor([parseSelector("unix:uid:1")])[0]!.svid;
+    const serial = new X509Certificate(svid.chain[0]!).serialNumber.toLowerCase().replace(/^0+/, "");
+    expect(tracker.pending().map((p) => p.credential)).toEqual([{ serial }]);
+  });
+
   it("pushes when the caller's secrets change, and only then", async () => {
     const { cache, client } = await start();
     const s = streamSecrets(client, ["default"]);

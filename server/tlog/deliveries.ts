@@ -1,0 +1,192 @@
+/**
+ * Pick-up reporting, server side. An agent reports in its SyncAuthorized
+ * call when it first handed each SVID to a workload; for each first delivery
+ * of a credential the log holds, this module appends one `delivered` entry
+ * referencing the credential's own entry (docs/transparency.md). A credential
+ * with an issuance entry and no `delivered` entry was never picked up.
+ *
+ * A report is believed only as far as the log backs it:
+ * - the credential must be an `x509-svid` or `jwt-svid` entry issued to the
+ *   reporting agent: an agent cannot log deliveries of another agent's SVIDs
+ *   (nor of ones the log does not hold);
+ * - `delivered_at` is clamped into [issuedAt, now]; more than
+ *   {@link DELIVERY_CLOCK_SKEW_S} outside it, the report is ignored;
+ * - a credential already logged as delivered is not logged again.
+ * Refused reports are logged (a foreign serial as a warning) and otherwise
+ * ignored: the sync itself goes on. A malformed report (a bad serial or
+ * digest, no time) or more than {@link MAX_DELIVERIES_PER_SYNC} of them makes
+ * the whole call InvalidArgument before anything is recorded.
+ *
+ * Without the transparency log the reports are checked and dropped.
+ */
+import type { Logger } from "../../common/log.js";
+import { SigilError } from "../../spiffe/errors.js";
+import { credentialLookupKey, decodeLogEntry, deliveredLookupKey, type LogDeliveredEntry } from "../../spiffe/tlog/sigil-entry.js";
+import type { Delivery } from "../../proto/gen/sigil/agent/v1/agent_pb.js";
+import type { Datastore } from "../datastore/index.js";
+import { toTlogInput } from "./entry.js";
+
+/** Most deliveries one SyncAuthorized call may report. */
+export const MAX_DELIVERIES_PER_SYNC = 1000;
+/** How far (seconds) a reported time may lie after now or before issuance and still be clamped rather than refused. */
+export const DELIVERY_CLOCK_SKEW_S = 30;
+
+/** One checked report: which credential, and when (Unix seconds). */
+export interface DeliveryReport {
+  readonly credential: { readonly serial: string } | { readonly jwtSha256: string };
+  readonly deliveredAt: number;
+}
+
+/** What became of one report. */
+export type DeliveryOutcome = "logged" | "duplicate" | "unknown" | "not-a-workload-svid" | "foreign" | "future" | "before-issuance";
+
+/** Dependencies of {@link DeliveryLog}. */
+export interface DeliveryLogDeps {
+  /** Where entries are looked up and appended, and who is told of appended ones; unset without the transparency log. */
+  readonly tlog?:
+    | {
+        readonly datastore: Pick<Datastore, "findTlogEntry" | "recordIssuances">;
+        readonly sink: { appended(count: number): void };
+      }
+    | undefined;
+  readonly now: () => Date;
+  readonly log: Logger;
+}
+
+const bad = (message: string): SigilError => new SigilError("ERR_INVALID_ARGUMENT", `sync authorized: ${message}`);
+
+/**
+ * Checks the wire reports of one call and puts them in canonical form.
+ *
+ * @throws SigilError `ERR_INVALID_ARGUMENT` naming the first bad report, or for too many.
+ */
+export function parseDeliveries(deliveries: readonly Delivery[]): DeliveryReport[] {
+  if (deliveries.length > MAX_DELIVERIES_PER_SYNC) throw bad(`${deliveries.length} deliveries is more than the maximum ${MAX_DELIVERIES_PER_SYNC}`);
+  return deliveries.map((d, i) => {
+    const c = d.credential;
+    if (c.case === undefined) throw bad(`deliveries[${i}]: a serial or jwt_sha256 is required`);
+    const credential = c.case === "serial" ? { serial: c.value } : { jwtSha256: c.value };
+    // The same spelling rules as the log's lookups: serial hex, or a 64-digit digest.
+    const key = ((): string => {
+      try {
+        return credentialLookupKey(credential);
+      } catch (e) {
+        throw new SigilError("ERR_INVALID_ARGUMENT", `sync authorized: deliveries[${i}]: ${(e as Error).message.replace(/^tlog: /, "")}`, { cause: e });
+      }
+    })();
+    if (d.deliveredAt <= 0n || d.deliveredAt > BigInt(Number.MAX_SAFE_INTEGER)) throw bad(`deliveries[${i}]: delivered_at must be a positive Unix time in seconds, got ${d.deliveredAt}`);
+    const canonical = key.startsWith("serial:") ? { serial: key.slice("serial:".length) } : { jwtSha256: key.slice("jwt:".length) };
+    return { credential: canonical, deliveredAt: Number(d.deliveredAt) };
+  });
+}
+
+/** See the module comment. */
+export class DeliveryLog {
+  readonly #d: DeliveryLogDeps;
+  /** Calls run one after another, so two reports of one credential never both pass the duplicate check. */
+  #queue: Promise<unknown> = Promise.resolve();
+
+  constructor(deps: DeliveryLogDeps) {
+    this.#d = deps;
+  }
+
+  /**
+   * Checks an agent's wire reports and logs the first deliveries among them;
+   * the outcome of each, in order.
+   *
+   * @throws SigilError `ERR_INVALID_ARGUMENT` for malformed reports (nothing is recorded then).
+   */
+  async report(agentId: string, deliveries: readonly Delivery[]): Promise<DeliveryOutcome[]> {
+    if (deliveries.length === 0) return [];
+    const reports = parseDeliveries(deliveries);
+    const run = this.#queue.then(() => this.record(agentId, reports));
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Logs the first deliveries among checked reports (see the module comment); the outcome of each, in order. */
+  async record(agentId: string, reports: readonly DeliveryReport[]): Promise<DeliveryOutcome[]> {
+    const tlog = this.#d.tlog;
+    if (tlog === undefined) return reports.map(() => "unknown");
+    const log = this.#d.log;
+    const nowS = Math.floor(this.#d.now().getTime() / 1000);
+    const entries: LogDeliveredEntry[] = [];
+    const seen = new Set<string>();
+    const outcomes: DeliveryOutcome[] = [];
+    for (const r of reports) {
+      const name = "serial" in r.credential ? { serial: r.credential.serial } : { jwt_sha256: r.credential.jwtSha256 };
+      const refuse = (outcome: DeliveryOutcome, message: string, fields: Record<string, unknown> = {}): void => {
+        outcomes.push(outcome);
+        if (outcome === "duplicate") log.debug({ agent_id: agentId, ...name, ...fields }, message);
+        else if (outcome === "unknown") log.info({ agent_id: agentId, ...name, ...fields }, message);
+        else log.warn({ agent_id: agentId, ...name, ...fields }, message);
+      };
+      const deliveredKey = deliveredLookupKey(r.credential);
+      if (seen.has(deliveredKey) || (await tlog.datastore.findTlogEntry(deliveredKey)) !== undefined) {
+        refuse("duplicate", "tlog: delivery already logged; ignored");
+        continue;
+      }
+      const issued = await tlog.datastore.findTlogEntry(credentialLookupKey(r.credential));
+      if (issued === undefined) {
+        refuse("unknown", "tlog: delivery reported for a credential the log does not hold; ignored");
+        continue;
+      }
+      const entry = decodeLogEntry(issued.entry);
+      if (entry.kind !== "x509-svid" && entry.kind !== "jwt-svid") {
+        refuse("not-a-workload-svid", `tlog: delivery reported for a credential of kind ${entry.kind}, not a workload SVID; ignored`, { issuance_index: issued.index });
+        continue;
+      }
+      if (entry.agentId !== agentId) {
+        refuse("foreign", "tlog: an agent reported the delivery of an SVID issued to another agent; ignored", { issued_to: entry.agentId ?? null, issuance_index: issued.index });
+        continue;
+      }
+      if (r.deliveredAt > nowS + DELIVERY_CLOCK_SKEW_S) {
+        refuse("future", `tlog: delivery time is more than ${DELIVERY_CLOCK_SKEW_S} s in the future; ignored`, { delivered_at: r.deliveredAt, now: nowS });
+        continue;
+      }
+      if (r.deliveredAt < entry.issuedAt - DELIVERY_CLOCK_SKEW_S) {
+        refuse("before-issuance", `tlog: delivery time is more than ${DELIVERY_CLOCK_SKEW_S} s before the credential was issued; ignored`, { delivered_at: r.deliveredAt, issued_at: entry.issuedAt });
+        continue;
+      }
+      seen.add(deliveredKey);
+      outcomes.push("logged");
+      entries.push({
+        v: 1,
+        kind: "delivered",
+        ...r.credential,
+        spiffeId: entry.spiffeId,
+        agentId,
+        // Clocks within the skew: the time is kept inside [issuedAt, now].
+        deliveredAt: Math.max(entry.issuedAt, Math.min(r.deliveredAt, nowS)),
+        issuanceIndex: issued.index,
+      });
+    }
+    if (entries.length > 0) {
+      await tlog.datastore.recordIssuances([], entries.map(toTlogInput));
+      tlog.sink.appended(entries.length);
+      log.debug({ agent_id: agentId, logged: entries.length }, "tlog: deliveries logged");
+    }
+    return outcomes;
+  }
+}
+
+/** What the log says of an X509-SVID's pick-up. */
+export interface Pickup {
+  readonly pickedUp: boolean;
+  /** When a workload first got it, when picked up. */
+  readonly deliveredAt?: Date | undefined;
+}
+
+/**
+ * The pick-up of each X509-SVID by serial, from its `delivered` entry (one
+ * indexed lookup each): for the inventory's "never picked up".
+ */
+export async function pickupsOf(datastore: Pick<Datastore, "findTlogEntry">, serials: readonly string[]): Promise<Map<string, Pickup>> {
+  const out = new Map<string, Pickup>();
+  for (const serial of serials) {
+    const found = await datastore.findTlogEntry(deliveredLookupKey({ serial }));
+    const entry = found === undefined ? undefined : decodeLogEntry(found.entry);
+    out.set(serial, entry?.kind === "delivered" ? { pickedUp: true, deliveredAt: new Date(entry.deliveredAt * 1000) } : { pickedUp: false });
+  }
+  return out;
+}
