@@ -57,11 +57,24 @@ export function staleSource(): string | undefined {
 
 /** Rebuilds `dist/` (`tsc -p tsconfig.build.json`) when a source changed since the last build. */
 export function ensureFreshBuild(): void {
-  if (!existsSync(path.join(ROOT, "proto/gen"))) run("npm", ["run", "gen"]);
+  if (!existsSync(path.join(ROOT, "proto/gen")) || newestMtime("proto", (rel) => rel.endsWith(".proto") && !rel.startsWith("proto/gen")) > newestMtime("proto/gen", () => true)) {
+    console.log("tests: a .proto is newer than proto/gen; regenerating (npm run gen)");
+    run("npm", ["run", "gen"]);
+  }
   const stale = staleSource();
   if (stale === undefined) return;
   console.log(`tests: ${stale} is newer than dist/; rebuilding (tsc -p tsconfig.build.json)`);
   run(path.join(ROOT, "node_modules/.bin/tsc"), ["-p", "tsconfig.build.json"]);
+}
+
+/** The newest modification time of the files under `dir` that `keep` accepts (0 when none). */
+function newestMtime(dir: string, keep: (rel: string) => boolean): number {
+  let newest = 0;
+  for (const e of readdirSync(path.join(ROOT, dir), { withFileTypes: true, recursive: true })) {
+    const rel = path.relative(ROOT, path.join(e.parentPath, e.name));
+    if (e.isFile() && keep(rel)) newest = Math.max(newest, statSync(path.join(ROOT, rel)).mtimeMs);
+  }
+  return newest;
 }
 
 function run(cmd: string, args: string[]): void {
