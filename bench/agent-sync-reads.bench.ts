@@ -15,34 +15,14 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { parseServerConfig } from "../server/config/load.js";
-import type { Datastore } from "../server/datastore/index.js";
 import { startServer } from "../server/main.js";
 import { testServerConfigYaml } from "../test/integration/support/server-process.js";
 import { attestInProcess, type Attested } from "../test/integration/support/test-agent.js";
+import { countDatastoreCalls } from "../test/support/datastore-calls.js";
 import { report } from "./harness.js";
 
 const AGENTS = 50;
 const WINDOW_MS = 5_000;
-
-/** Counts every method call on `ds`, split by whether the agent API's code made it (by the call stack). */
-function countCalls(ds: Datastore): { agentApi: Map<string, number>; other: Map<string, number>; counting: { on: boolean } } {
-  const agentApi = new Map<string, number>();
-  const other = new Map<string, number>();
-  const counting = { on: false };
-  const target = ds as unknown as Record<string, (...args: unknown[]) => unknown>;
-  for (const name of Object.getOwnPropertyNames(Object.getPrototypeOf(ds))) {
-    if (name === "constructor" || typeof target[name] !== "function") continue;
-    const original = target[name] as (...args: unknown[]) => unknown;
-    target[name] = (...args: unknown[]) => {
-      if (counting.on) {
-        const into = /server[\\/]api[\\/]agent-api\./.test(new Error().stack ?? "") ? agentApi : other;
-        into.set(name, (into.get(name) ?? 0) + 1);
-      }
-      return original.apply(ds, args);
-    };
-  }
-  return { agentApi, other, counting };
-}
 
 const sum = (m: Map<string, number>): number => [...m.values()].reduce((a, b) => a + b, 0);
 const show = (m: Map<string, number>): string => (m.size === 0 ? "none" : [...m].map(([k, v]) => `${k} ${v}`).join(", "));
@@ -53,14 +33,14 @@ try {
   const config = parseServerConfig(testServerConfigYaml(dir, { keyManager: "memory", serverExtra: "  audit_log_enabled: false\n  ratelimit:\n    sync: false\n    attestation: false\n" }));
   const server = await startServer(config, { logDestination: { write: () => undefined } });
   try {
-    const counts = countCalls(server.datastore);
+    const counts = countDatastoreCalls(server.datastore);
+    counts.counting = false;
     for (let i = 0; i < AGENTS; i++) agents.push(await attestInProcess(server, new Date(), `bench-${i}`));
     // Warm: each agent's first sync reads its record once (what a new or changed agent costs).
-    counts.counting.on = true;
+    counts.counting = true;
     const revisions = await Promise.all(agents.map(async (a) => (await a.api.syncAuthorized({})).revision));
     console.log(`first sync of each of ${AGENTS} agents: agent API datastore calls: ${show(counts.agentApi)}`);
-    counts.agentApi.clear();
-    counts.other.clear();
+    counts.clear();
     const start = performance.now();
     let syncs = 0;
     await Promise.all(
@@ -72,7 +52,7 @@ try {
       }),
     );
     const seconds = (performance.now() - start) / 1000;
-    counts.counting.on = false;
+    counts.counting = false;
     console.log(`${AGENTS} agents, ${syncs} syncs in ${seconds.toFixed(1)} s; agent API datastore calls: ${show(counts.agentApi)}; other calls (server timers): ${show(counts.other)}`);
     report({
       name: "agent-sync-datastore-calls-per-second",

@@ -5,9 +5,10 @@
  * datastore while nothing changes, and a change made through the server
  * (a ban, an eviction, a bundle update) applies on the very next call.
  *
- * Reads are counted by wrapping the server's datastore methods; only calls
- * made from the agent API's code are counted (the CA rotation job reads the
- * own bundle every 10 s on its own timer, which is not per-agent load).
+ * Calls are counted by wrapping the server's datastore methods
+ * (`test/support/datastore-calls.ts`); only those made from the agent API's
+ * code are asserted on (the CA rotation job reads the own bundle every 10 s on
+ * its own timer, and the change feed polls: neither is per-agent load).
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -18,40 +19,27 @@ import { parseSelector } from "../../common/selector.js";
 import { createUnaryClient, type UnaryClient } from "../../common/rpc/unary-client.js";
 import { AgentAdmin, BundleAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
 import { parseServerConfig } from "../../server/config/load.js";
-import type { Datastore } from "../../server/datastore/index.js";
 import { startServer, type RunningServer } from "../../server/main.js";
+import { countDatastoreCalls, type DatastoreCalls } from "../support/datastore-calls.js";
 import { makeTestCa } from "../support/federation-bundles.js";
 import { testServerConfigYaml } from "./support/server-process.js";
 import { attestInProcess, refusal, type Attested } from "./support/test-agent.js";
 
 const TD = "example.org";
-const COUNTED = ["getAgent", "getBundle", "listBundles", "listAgents", "getEntry", "listEntries"] as const;
 let dir: string;
 let server: RunningServer;
 let agentAdmin: UnaryClient<(typeof AgentAdmin)["method"]>;
 let bundleAdmin: UnaryClient<(typeof BundleAdmin)["method"]>;
-const reads = new Map<string, number>();
+let calls: DatastoreCalls;
 
-/** Counts the calls of `methods` on `ds` made from the agent API's code (by the call stack). */
-function countAgentApiReads(ds: Datastore, methods: readonly string[]): void {
-  const target = ds as unknown as Record<string, (...args: unknown[]) => unknown>;
-  for (const m of methods) {
-    const original = target[m] as (...args: unknown[]) => unknown;
-    target[m] = function (this: unknown, ...args: unknown[]) {
-      if (/server[\\/]api[\\/]agent-api\./.test(new Error().stack ?? "")) reads.set(m, (reads.get(m) ?? 0) + 1);
-      return original.apply(ds, args);
-    };
-  }
-}
-
-const total = (): number => [...reads.values()].reduce((a, b) => a + b, 0);
+const total = (): number => [...calls.agentApi.values()].reduce((a, b) => a + b, 0);
 
 beforeAll(async () => {
   dir = mkdtempSync(path.join(tmpdir(), "sigil-agent-reads-"));
   // Sync limits off: the test syncs one agent far faster than an agent would.
   const config = parseServerConfig(testServerConfigYaml(dir, { keyManager: "memory", serverExtra: "  audit_log_enabled: false\n  ratelimit:\n    sync: false\n" }));
   server = await startServer(config, { logDestination: { write: () => undefined } });
-  countAgentApiReads(server.datastore, COUNTED);
+  calls = countDatastoreCalls(server.datastore);
   agentAdmin = createUnaryClient(AgentAdmin, `unix:${server.adminSocketPath}`, credentials.createInsecure());
   bundleAdmin = createUnaryClient(BundleAdmin, `unix:${server.adminSocketPath}`, credentials.createInsecure());
 }, 60_000);
@@ -74,14 +62,14 @@ describe("agent API: syncs at steady state read nothing from the datastore", () 
   });
   afterAll(() => agent?.api.close());
 
-  it("the first call reads the new agent's record once; 100 syncs after it read no agent record and no bundle", async () => {
-    reads.clear();
+  it("the first call reads the new agent's record once; 100 syncs after it make no datastore call at all (no agent record, no bundle)", async () => {
+    calls.clear();
     await agent.api.syncAuthorized({});
     // The counter sees the agent API's reads: the record was not cached yet.
-    expect(reads.get("getAgent")).toBe(1);
-    reads.clear();
+    expect(calls.agentApi.get("getAgent")).toBe(1);
+    calls.clear();
     for (let i = 0; i < 100; i++) await agent.api.syncAuthorized({});
-    expect(Object.fromEntries(reads)).toEqual({});
+    expect(Object.fromEntries(calls.agentApi)).toEqual({});
     expect(total()).toBe(0);
   });
 
@@ -124,7 +112,7 @@ describe("agent API: syncs at steady state read nothing from the datastore", () 
     expect(held?.sequence).toBe("1");
     expect(held?.spiffeBundleJson).toContain(foreign.certPem.split("\n")[1]!.slice(0, 40));
 
-    reads.clear();
+    calls.clear();
     for (let i = 0; i < 20; i++) await agent.api.syncAuthorized({ knownRevision: first.revision });
     expect(total()).toBe(0);
 
@@ -135,7 +123,7 @@ describe("agent API: syncs at steady state read nothing from the datastore", () 
     expect(updated?.sequence).toBe("2");
     expect(updated?.spiffeBundleJson).not.toBe(held?.spiffeBundleJson);
     // The bundle cache read the changed bundle once, at the change; the sync itself read nothing.
-    expect(reads.get("getBundle") ?? 0).toBe(0);
+    expect(calls.agentApi.get("getBundle") ?? 0).toBe(0);
 
     await server.datastore.deleteEntry(entry.id);
     await bundleAdmin.deleteFederatedBundle({ trustDomain: "foreign.test" });
