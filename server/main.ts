@@ -53,8 +53,9 @@ import { maxUsefulSvidTtlMs } from "./ca/rotation.js";
 import { NotifierService } from "./ca/notifier-service.js";
 import { caSettings, CaService } from "./ca/service.js";
 import type { ServerConfig } from "./config/schema.js";
-import type { Datastore } from "./datastore/index.js";
+import type { AttestedAgent, Datastore, StoredBundle } from "./datastore/index.js";
 import { ChangeFeed, changeFeedSettings } from "./datastore/change-feed.js";
+import { FeedCache } from "./datastore/feed-cache.js";
 import { serverInstanceId } from "./ca/instance-id.js";
 import { PruneJob } from "./datastore/prune.js";
 import { DatastoreService } from "./datastore/service.js";
@@ -167,6 +168,16 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     Object.keys(config.plugins.Notifier ?? {}).length > 0 ? new NotifierService({ plugins: config.plugins.Notifier, ca, metrics, log: subsystemLogger(log, "notifier") }) : undefined;
   const changeFeed = new ChangeFeed({ datastore, settings: changeFeedSettings(s.change_feed), clock, log: subsystemLogger(log, "change_feed") });
   const entries = new EntryIndexFeed({ datastore, feed: changeFeed, serverId: serverId.toString(), log });
+  // What every agent API call reads, served from memory and kept current by the feed.
+  const agentCache = new FeedCache<AttestedAgent>({ name: "agent-cache", kind: "agent", feed: changeFeed, read: (id) => datastore.datastore.getAgent(id), log });
+  const bundleCache = new FeedCache<StoredBundle>({
+    name: "bundle-cache",
+    kind: "bundle",
+    feed: changeFeed,
+    read: (td) => datastore.datastore.getBundle(td),
+    readAll: async () => (await datastore.datastore.listBundles()).map((b) => [b.trustDomain, b] as const),
+    log,
+  });
   const federation = new FederationPoller({ trustDomain, datastore, ownBundle: () => ca.manager.bundle(), config: config.federation, clock, metrics, log: subsystemLogger(log, "federation") });
   const serverSvid = new ServerSvidService({ ca, serverId, ttlMs: defaultX509TtlMs, clock });
   const bundleEndpoint = bundleEndpointConfig
@@ -180,6 +191,8 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     datastore,
     ca,
     entries,
+    agents: agentCache,
+    bundles: bundleCache,
     feed: changeFeed,
     serverSvid,
     grpcHealth,
@@ -249,6 +262,8 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       ...(notifiers ? [notifiers] : []),
       changeFeed,
       entries,
+      agentCache,
+      bundleCache,
       federation,
       serverSvid,
       ...(bundleEndpoint ? [bundleEndpoint] : []),

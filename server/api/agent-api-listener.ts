@@ -5,7 +5,8 @@
  * attestation can run without one. It serves the AgentAPI (transport in
  * `agent-api.ts`, node attestation in `server/attestation/`, signing and
  * recording in `server/issuance/`, delta sync memory and change notices) and
- * gRPC health. Stop lets calls in flight
+ * gRPC health. Agent records and bundles are read through the change-fed
+ * caches it is given. Stop lets calls in flight
  * finish for at most 5 s, then cancels them.
  */
 import { Server, experimental } from "@grpc/grpc-js";
@@ -23,7 +24,8 @@ import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
 import { parseSpiffeId, type SpiffeId, type TrustDomain } from "../../spiffe/id.js";
 import { NodeAttestation } from "../attestation/node-attestation.js";
 import type { CaManager } from "../ca/manager.js";
-import type { Datastore } from "../datastore/index.js";
+import type { AttestedAgent, Datastore, StoredBundle } from "../datastore/index.js";
+import type { FeedCache } from "../datastore/feed-cache.js";
 import type { IssuanceLogSink } from "../tlog/log-service.js";
 import { Issuer } from "../issuance/issuer.js";
 import type { EntryIndex } from "../registration/entry-index.js";
@@ -59,6 +61,9 @@ export interface AgentApiListenerDeps {
   readonly datastore: { readonly datastore: Datastore };
   readonly ca: { readonly manager: CaManager };
   readonly entries: { readonly index: EntryIndex<IndexedRecord> };
+  /** Agent records and bundles kept current by the change feed (the `agent-cache` and `bundle-cache` services). */
+  readonly agents: Pick<FeedCache<AttestedAgent>, "get" | "reload">;
+  readonly bundles: Pick<FeedCache<StoredBundle>, "get">;
   /** The change feed: its agent events end the change streams of evicted and banned agents. */
   readonly feed: Pick<ChangeFeed, "subscribe">;
   readonly serverSvid: { readonly certificates: MemoryCertificateProvider };
@@ -141,6 +146,8 @@ export class AgentApiListener implements Service {
     const api = createAgentApi({
       trustDomain: d.trustDomain,
       datastore,
+      agents: d.agents,
+      bundles: d.bundles,
       ca,
       index: d.entries.index,
       attestation: new NodeAttestation({ attestors, datastore, issuer, agentTtlMs: d.agentTtlMs }),

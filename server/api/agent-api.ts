@@ -4,7 +4,11 @@
  * call must present the caller's current agent SVID as TLS client
  * certificate, is checked against the agent record (an ID under
  * `/spire/agent/`, known, not banned, current serial), and is authorized
- * through the entry index. Signing and recording are `server/issuance/`'s:
+ * through the entry index. Agent records and bundles come from caches the
+ * change feed keeps current (`datastore/feed-cache.ts`), so a sync in the
+ * steady state reads nothing from the database; a serial the cached record
+ * does not hold as current is checked against the stored record, and making
+ * a renewed SVID current is a database write. Signing and recording are `server/issuance/`'s:
  * SPIFFE IDs, TTLs and DNS names of issued SVIDs come from entries, never
  * from what the agent sends; only the public key is taken from the request.
  * This module maps requests and results to and from the wire.
@@ -57,7 +61,8 @@ import { X509Bundle } from "../../spiffe/bundle/x509-bundle.js";
 import type { GrpcServiceImplementation } from "../../spiffe/grpc/service.js";
 import type { NodeAttestation } from "../attestation/node-attestation.js";
 import type { CaManager, IssuedX509 } from "../ca/manager.js";
-import type { AttestedAgent, Datastore, RegistrationEntry } from "../datastore/index.js";
+import type { AttestedAgent, Datastore, RegistrationEntry, StoredBundle } from "../datastore/index.js";
+import type { FeedCache } from "../datastore/feed-cache.js";
 import { ALLOWED_KEY_TYPES, MAX_AUDIENCE_LENGTH, MAX_AUDIENCES, type EntryX509Request, type Issuer } from "../issuance/issuer.js";
 import type { EntryIndex } from "../registration/entry-index.js";
 import { authorizedEntries, type IndexedRecord } from "../registration/entry-index-feed.js";
@@ -78,6 +83,10 @@ const CHALLENGE_TIMEOUT_MS = 30_000;
 export interface AgentApiDeps {
   readonly trustDomain: TrustDomain;
   readonly datastore: Datastore;
+  /** Agent records by SPIFFE ID, kept current by the change feed. */
+  readonly agents: Pick<FeedCache<AttestedAgent>, "get" | "reload">;
+  /** Stored bundles by trust-domain name, kept current by the change feed. */
+  readonly bundles: Pick<FeedCache<StoredBundle>, "get">;
   readonly ca: CaManager;
   readonly index: EntryIndex<IndexedRecord>;
   /** Node attestation and agent SVID renewal. */
@@ -213,7 +222,10 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
     const { id, serial, validUntil } = verifyCaller(raw, intermediates);
     // An agent record outside the agent namespace predates its confinement (a join token's chosen ID): renewing it would mint that ID.
     if (!isAgentId(id)) throw new SigilError("ERR_PERMISSION_DENIED", `agent api: ${id} is not under spiffe://${deps.trustDomain.name}${AGENT_PATH_PREFIX}, where agent IDs lie; evict it and attest the node again`);
-    const record = await deps.datastore.getAgent(id.toString());
+    let record = await deps.agents.get(id.toString());
+    // Another serial than the copy's current one: a renewal (through any server) the copy may predate. It is
+    // decided on the stored record, so a stale copy can neither refuse a renewed SVID nor make an old one current.
+    if (record !== undefined && !record.banned && serial !== record.certSerial) record = await deps.agents.reload(id.toString());
     if (!record) throw new SigilError("ERR_AGENT_NOT_ATTESTED", `agent api: ${id} is not an attested agent`);
     if (record.banned) throw new SigilError("ERR_PERMISSION_DENIED", `agent api: agent ${id} is banned`);
     if (serial !== record.certSerial) {
@@ -335,9 +347,9 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       charge("sync", deps.rateLimits.sync, agent.id.toString(), 1, (n) => `sync authorized: rate limit: agent ${agent.id} synced more than ${n} time${n === 1 ? "" : "s"} per second`);
       await deps.deliveries?.report(agent.id.toString(), req.deliveries);
       const entries = authorized(agent);
-      const own = await deps.datastore.getBundle(deps.trustDomain.name);
+      const own = await deps.bundles.get(deps.trustDomain.name);
       const federatedNames = [...new Set(entries.flatMap((e) => e.federatesWith))].sort();
-      const federated = (await Promise.all(federatedNames.map((td) => deps.datastore.getBundle(td)))).filter((b) => b !== undefined);
+      const federated = (await Promise.all(federatedNames.map((td) => deps.bundles.get(td)))).filter((b) => b !== undefined);
       const h = createHash("sha256");
       for (const e of [...entries].sort((a, b) => (a.id < b.id ? -1 : 1))) h.update(`${e.id}@${e.revision};`);
       // The write time too: a federated bundle without spiffe_sequence (stored as 0), or one set by hand

@@ -47,7 +47,7 @@ const rateLimitSection = z
     sync: z
       .boolean()
       .default(true)
-      .describe("Limit SyncAuthorized calls and WatchChanges stream opens per agent (SPIRE has no such limit). Each sync reads the agent's bundles from the database, so an agent calling in a loop would load the server with no limit."),
+      .describe("Limit SyncAuthorized calls and WatchChanges stream opens per agent (SPIRE has no such limit). A sync is answered from memory, but computing the agent's entries, bundles and revision costs CPU, so an agent calling in a loop would load the server with no limit."),
     sync_per_second: perSecond.default(5).describe("SyncAuthorized calls allowed per second for one agent. An agent syncs every `sync_interval` and at once on a change notice; rounds never overlap."),
     sync_burst: perSecond.default(10).describe("SyncAuthorized calls one agent may make back to back after a quiet period."),
     watch_changes_per_second: perSecond.default(1).describe("WatchChanges streams one agent may open per second (it holds one; a newer one ends the older)."),
@@ -73,9 +73,9 @@ const changeFeedSection = z
       .describe("How long an event ID missing below a seen one (a transaction still committing on another server) is read again before it is taken as never committed."),
     event_retention: duration({ minMs: 60_000 })
       .prefault("24h")
-      .describe("How long change events are kept before pruning. A server that could not read them for longer reloads every entry once."),
+      .describe("How long change events are kept before pruning. A server that could not read them for longer reloads every entry, agent record and bundle it holds once."),
   })
-  .describe("The change feed: how each server follows the changes every server sharing the database commits (entries and agents).");
+  .describe("The change feed: how each server follows the changes every server sharing the database commits (entries, agents and bundles).");
 
 const serverSection = z
   .strictObject({

@@ -1,11 +1,11 @@
 /**
- * The change feed: every write to entries and agents appends an event in the
- * same transaction, so a follower (the in-memory entry index, or another server
+ * The change feed: every write to entries, agents and bundles appends an
+ * event in the same transaction, so a follower (the in-memory entry index, or another server
  * sharing the database) can apply changes instead of rescanning.
  */
 
 /** The kind of object an event is about. */
-export type ChangeKind = "entry" | "agent";
+export type ChangeKind = "entry" | "agent" | "bundle";
 
 /** What happened to the object. */
 export type ChangeOp = "create" | "update" | "delete";
@@ -15,7 +15,7 @@ export interface ChangeEvent {
   /** Strictly increasing in commit order. */
   readonly eventId: number;
   readonly kind: ChangeKind;
-  /** Entry ID or agent SPIFFE ID. */
+  /** Entry ID, agent SPIFFE ID, or a bundle's trust-domain name. */
   readonly objectId: string;
   readonly op: ChangeOp;
   readonly at: Date;

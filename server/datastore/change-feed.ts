@@ -1,6 +1,6 @@
 /**
  * The cross-server change feed (`change-feed` service): every change to
- * entries and agents committed by any server sharing the database, in the
+ * entries, agents and bundles committed by any server sharing the database, in the
  * order it is read, to followers such as the entry index.
  *
  * - **Reading by sequence.** The `change_events` table (written in the same

@@ -658,7 +658,7 @@ class SqliteDatastore implements Datastore {
     const b = normalizeBundle(input);
     const expected = options.expectedSequence === undefined || options.expectedSequence === null ? options.expectedSequence : checkSequence("expectedSequence", options.expectedSequence);
     const relationshipAt = options.relationshipUpdatedAt === undefined ? undefined : checkTime("relationshipUpdatedAt", options.relationshipUpdatedAt);
-    return this.#write((now) => {
+    return this.#write((now, events) => {
       if (relationshipAt !== undefined) {
         const rel = this.#get<{ updated_at: number }>("SELECT updated_at FROM federation_relationships WHERE trust_domain = ?", b.trustDomain);
         if (rel === undefined || rel.updated_at !== relationshipAt) throw relationshipChanged(b.trustDomain);
@@ -679,6 +679,7 @@ class SqliteDatastore implements Datastore {
         now,
         now,
       ) as BundleRow;
+      this.#event(events, "bundle", b.trustDomain, current === undefined ? "create" : "update", now);
       return toBundle(row);
     });
   }
@@ -712,6 +713,7 @@ class SqliteDatastore implements Datastore {
       this.#event(events, "entry", u.id, "update", now);
     }
     this.#exec("DELETE FROM bundles WHERE trust_domain = ?", td);
+    this.#event(events, "bundle", td, "delete", now);
     return true;
   }
 
@@ -722,7 +724,7 @@ class SqliteDatastore implements Datastore {
     const r = normalizeFederationRelationship(input);
     const initial = options.initialBundle === undefined ? undefined : normalizeBundle({ trustDomain: r.trustDomain, document: options.initialBundle.document, sequence: options.initialBundle.sequence });
     const onlyIfAbsent = options.initialBundle?.onlyIfAbsent === true;
-    return this.#write((now) => {
+    return this.#write((now, events) => {
       const exists = this.#get("SELECT 1 AS one FROM federation_relationships WHERE trust_domain = ?", r.trustDomain) !== undefined;
       if (kind === "create" && exists) throw new SigilError("ERR_ALREADY_EXISTS", `datastore: a federation relationship with ${r.trustDomain} already exists`);
       if (kind === "update" && !exists) throw notFound(`federation relationship with ${r.trustDomain}`);
@@ -739,7 +741,8 @@ class SqliteDatastore implements Datastore {
         now,
         now,
       ) as FederationRelationshipRow;
-      if (initial !== undefined && !(onlyIfAbsent && this.#get("SELECT 1 AS one FROM bundles WHERE trust_domain = ?", r.trustDomain) !== undefined)) {
+      const held = initial === undefined ? false : this.#get("SELECT 1 AS one FROM bundles WHERE trust_domain = ?", r.trustDomain) !== undefined;
+      if (initial !== undefined && !(onlyIfAbsent && held)) {
         this.#exec(
           `INSERT INTO bundles (trust_domain, document, sequence, created_at, updated_at) VALUES (?, ?, ?, ?, ?)
            ON CONFLICT (trust_domain) DO UPDATE SET document = excluded.document, sequence = excluded.sequence, updated_at = excluded.updated_at`,
@@ -749,6 +752,7 @@ class SqliteDatastore implements Datastore {
           now,
           now,
         );
+        this.#event(events, "bundle", initial.trustDomain, held ? "update" : "create", now);
       }
       return toRelationship(row);
     });

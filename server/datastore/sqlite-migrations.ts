@@ -308,4 +308,28 @@ CREATE TABLE tlog_keys (
 ) STRICT, WITHOUT ROWID;
 `,
   },
+  {
+    version: 8,
+    name: "bundle change events",
+    // Bundle writes append change events too (the agent API's bundle cache follows them); SQLite cannot
+    // alter a CHECK, so the table is rebuilt, keeping its events and the highest event ID ever given.
+    sql: `
+CREATE TABLE change_events_v8 (
+  event_id  INTEGER PRIMARY KEY AUTOINCREMENT,
+  kind      TEXT NOT NULL CHECK (kind IN ('entry', 'agent', 'bundle')),
+  object_id TEXT NOT NULL,
+  op        TEXT NOT NULL CHECK (op IN ('create', 'update', 'delete')),
+  at        INTEGER NOT NULL
+) STRICT;
+INSERT INTO change_events_v8 (event_id, kind, object_id, op, at) SELECT event_id, kind, object_id, op, at FROM change_events;
+CREATE TEMP TABLE change_events_seq AS SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'change_events'), 0) AS seq;
+DROP TABLE change_events;
+ALTER TABLE change_events_v8 RENAME TO change_events;
+-- Event IDs are never reused: a follower's position stays meaningful.
+DELETE FROM sqlite_sequence WHERE name = 'change_events';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'change_events', MAX(seq, COALESCE((SELECT MAX(event_id) FROM change_events), 0)) FROM temp.change_events_seq;
+DROP TABLE temp.change_events_seq;
+CREATE INDEX change_events_at ON change_events (at);
+`,
+  },
 ];

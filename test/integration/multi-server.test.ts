@@ -6,20 +6,22 @@
  * and used at once on A and B admits exactly one agent; the same entry
  * created at once through A and B is created once (the other AlreadyExists);
  * server B restarted loads what changed while it was down and follows the
- * feed again.
+ * feed again; a federated bundle set and replaced through A, and a ban through
+ * A, reach B's agent API (served from its change-fed caches).
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
-import { credentials } from "@grpc/grpc-js";
+import { credentials, status } from "@grpc/grpc-js";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { createUnaryClient } from "../../common/rpc/unary-client.js";
-import { AgentAdmin, EntryAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
+import { AgentAdmin, BundleAdmin, EntryAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
 import { EntrySchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { createTestDatabase, datastoreEngines } from "../support/datastore.js";
+import { makeTestCa } from "../support/federation-bundles.js";
 import { launchServerProcess, testServerConfigYaml, type ServerProcess } from "./support/server-process.js";
-import { attestWithJoinToken, rootsPemFromBundleJson, type Attested } from "./support/test-agent.js";
+import { attestWithJoinToken, refusal, rootsPemFromBundleJson, type Attested } from "./support/test-agent.js";
 
 const engines = (await datastoreEngines()).filter((e): e is "postgres" | "mysql" => e !== "sqlite");
 
@@ -136,5 +138,29 @@ describe.skipIf(engines.length === 0).each(engines)("two sigil-servers on one %s
     // A delete through A leaves B's index too.
     await adminA.entries.batchDeleteEntry({ ids: [e2] });
     await vi.waitFor(async () => expect(await authorized(agent2)).toEqual([e3]), { timeout: 10_000, interval: 250 });
+
+    // A federated bundle set, then replaced, through A reaches the sync answers of B (its bundle cache follows the feed).
+    const foreign = makeTestCa("foreign.test");
+    const bundlesA = createUnaryClient(BundleAdmin, `unix:${a.socketPath}`, credentials.createInsecure());
+    cleanups.push(() => bundlesA.close());
+    await bundlesA.setFederatedBundle({ bundle: { trustDomain: "foreign.test", spiffeBundleJson: foreign.bundleJson(1n) } });
+    const federating = create(EntrySchema, { ...entry("federating", tok2.agentId, 3003), federatesWith: ["foreign.test"] });
+    const e4 = (await adminA.entries.batchCreateEntry({ entries: [federating] })).results[0]?.entry?.id as string;
+    const foreignSequence = async () => (await agent2.api.syncAuthorized({})).bundles.find((x) => x.trustDomain === "foreign.test")?.sequence;
+    await vi.waitFor(async () => expect(await authorized(agent2)).toContain(e4), { timeout: 10_000, interval: 250 });
+    await vi.waitFor(async () => expect(await foreignSequence()).toBe("1"), { timeout: 10_000, interval: 250 });
+    await bundlesA.setFederatedBundle({ bundle: { trustDomain: "foreign.test", spiffeBundleJson: foreign.bundleJson(2n) } });
+    await vi.waitFor(async () => expect(await foreignSequence()).toBe("2"), { timeout: 10_000, interval: 250 });
+
+    // A ban through A refuses the agent at B once B's feed delivers it (B serves its record from its cache).
+    await adminA.agents.banAgent({ spiffeId: agent2.spiffeId });
+    await vi.waitFor(
+      async () => {
+        const e = await refusal(agent2.api.syncAuthorized({}));
+        expect(e.code).toBe(status.PERMISSION_DENIED);
+        expect(e.details).toBe(`agent api: agent ${agent2.spiffeId} is banned`);
+      },
+      { timeout: 10_000, interval: 250 },
+    );
   }, 240_000);
 });

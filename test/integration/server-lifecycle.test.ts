@@ -13,7 +13,7 @@ import { testTempDir } from "../support/temp-dir.js";
 import { launchServerProcess, runServerCli, testServerConfigYaml, type ServerProcess } from "./support/server-process.js";
 
 /** Every service of a server with signing threads and the HTTP health listener, in start order. */
-const ALL_SERVICES = ["datastore", "signing-pool", "ca", "change-feed", "entry-index", "federation", "server-svid", "agent-api", "admin-socket", "ca-rotation", "prune", "health-listener", "grpc-health"];
+const ALL_SERVICES = ["datastore", "signing-pool", "ca", "change-feed", "entry-index", "agent-cache", "bundle-cache", "federation", "server-svid", "agent-api", "admin-socket", "ca-rotation", "prune", "health-listener", "grpc-health"];
 
 let srv: ServerProcess | undefined;
 let holder: Server | undefined;
@@ -75,7 +75,7 @@ describe("sigil-server run: services", () => {
     expect(r.status, r.stderr).toBe(1);
     expect(r.stderr).toContain(`error: agent api: cannot listen on 127.0.0.1:${port}: `);
     const logs = jsonLines(r.stdout);
-    const started = ["datastore", "signing-pool", "ca", "change-feed", "entry-index", "federation", "server-svid"];
+    const started = ["datastore", "signing-pool", "ca", "change-feed", "entry-index", "agent-cache", "bundle-cache", "federation", "server-svid"];
     expect(services(logs, "Service started")).toEqual(started);
     expect(logs.find((l) => l.msg === "Service failed to start; stopping those already started")?.service).toBe("agent-api");
     expect(services(logs, "Service stopped")).toEqual([...started].reverse());
@@ -91,7 +91,7 @@ describe("sigil-server run: services", () => {
     expect(r.status, r.stderr).toBe(1);
     expect(r.stderr).toContain(`admin api: refusing to use directory ${path.dirname(c.socketPath)}`);
     const logs = jsonLines(r.stdout);
-    const started = ["datastore", "signing-pool", "ca", "change-feed", "entry-index", "federation", "server-svid", "agent-api"];
+    const started = ["datastore", "signing-pool", "ca", "change-feed", "entry-index", "agent-cache", "bundle-cache", "federation", "server-svid", "agent-api"];
     expect(services(logs, "Service started")).toEqual(started);
     expect(logs.find((l) => l.msg === "Service failed to start; stopping those already started")?.service).toBe("admin-socket");
     expect(services(logs, "Service stopped")).toEqual([...started].reverse());

@@ -6,6 +6,7 @@
  * DECIMAL bundle sequence as decimal text.
  */
 import type { Generated } from "kysely";
+import type { ChangeKind } from "../change-event.js";
 
 /** `registration_entries`. */
 export interface EntryTable {
@@ -109,7 +110,7 @@ export interface CaJournalTable {
 /** `change_events`. */
 export interface ChangeEventTable {
   event_id: Generated<number>;
-  kind: "entry" | "agent";
+  kind: ChangeKind;
   object_id: string;
   op: "create" | "update" | "delete";
   at: number;

@@ -723,8 +723,9 @@ class SqlDatastore implements Datastore {
     return this.#read(async (db) => (await db.selectFrom("bundles").selectAll().orderBy("trust_domain").execute()).map(toBundle));
   }
 
-  /** Inserts or replaces a bundle row (keeping `created_at`), given what is stored now. */
-  async #putBundle(trx: Db, b: { trustDomain: string; document: string; sequence: string }, current: { created_at: number } | undefined, now: number): Promise<StoredBundle> {
+  /** Inserts or replaces a bundle row (keeping `created_at`) and its change event, given what is stored now. */
+  async #putBundle(trx: Db, events: Events, b: { trustDomain: string; document: string; sequence: string }, current: { created_at: number } | undefined, now: number): Promise<StoredBundle> {
+    await this.#event(trx, events, "bundle", b.trustDomain, current === undefined ? "create" : "update", now);
     if (current === undefined) {
       await trx.insertInto("bundles").values({ trust_domain: b.trustDomain, document: b.document, sequence: b.sequence, created_at: now, updated_at: now }).execute();
     } else {
@@ -737,7 +738,7 @@ class SqlDatastore implements Datastore {
     const b = normalizeBundle(input);
     const expected = options.expectedSequence === undefined || options.expectedSequence === null ? options.expectedSequence : checkSequence("expectedSequence", options.expectedSequence);
     const relationshipAt = options.relationshipUpdatedAt === undefined ? undefined : checkTime("relationshipUpdatedAt", options.relationshipUpdatedAt);
-    return this.#write(async (trx, now) => {
+    return this.#write(async (trx, now, events) => {
       if (relationshipAt !== undefined) {
         const rel = await trx.selectFrom("federation_relationships").select("updated_at").where("trust_domain", "=", b.trustDomain).forUpdate().executeTakeFirst();
         if (rel === undefined || Number(rel.updated_at) !== relationshipAt) throw relationshipChanged(b.trustDomain);
@@ -747,7 +748,7 @@ class SqlDatastore implements Datastore {
       if (expected !== undefined && (held ?? null) !== expected) {
         throw invalid(`bundle for ${b.trustDomain} ${held === undefined ? "does not exist" : `has sequence ${held}`}, expected ${expected === null ? "no bundle" : `sequence ${expected}`}`);
       }
-      return this.#putBundle(trx, b, current, now);
+      return this.#putBundle(trx, events, b, current, now);
     });
   }
 
@@ -786,6 +787,7 @@ class SqlDatastore implements Datastore {
       await this.#event(trx, events, "entry", u.id, "update", now);
     }
     await trx.deleteFrom("bundles").where("trust_domain", "=", td).execute();
+    await this.#event(trx, events, "bundle", td, "delete", now);
     return true;
   }
 
@@ -795,7 +797,7 @@ class SqlDatastore implements Datastore {
     const r = normalizeFederationRelationship(input);
     const initial = options.initialBundle === undefined ? undefined : normalizeBundle({ trustDomain: r.trustDomain, document: options.initialBundle.document, sequence: options.initialBundle.sequence });
     const onlyIfAbsent = options.initialBundle?.onlyIfAbsent === true;
-    return this.#write(async (trx, now) => {
+    return this.#write(async (trx, now, events) => {
       const existing = await trx.selectFrom("federation_relationships").select("created_at").where("trust_domain", "=", r.trustDomain).forUpdate().executeTakeFirst();
       if (kind === "create" && existing !== undefined) throw new SigilError("ERR_ALREADY_EXISTS", `datastore: a federation relationship with ${r.trustDomain} already exists`);
       if (kind === "update" && existing === undefined) throw notFound(`federation relationship with ${r.trustDomain}`);
@@ -807,7 +809,7 @@ class SqlDatastore implements Datastore {
       }
       if (initial !== undefined) {
         const current = await trx.selectFrom("bundles").select("created_at").where("trust_domain", "=", r.trustDomain).forUpdate().executeTakeFirst();
-        if (!(onlyIfAbsent && current !== undefined)) await this.#putBundle(trx, initial, current, now);
+        if (!(onlyIfAbsent && current !== undefined)) await this.#putBundle(trx, events, initial, current, now);
       }
       return toRelationship({ trust_domain: r.trustDomain, ...values, created_at: Number(existing?.created_at ?? now) });
     });

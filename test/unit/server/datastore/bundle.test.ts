@@ -85,9 +85,43 @@ describe.each(engines)("datastore on %s", (engine) => {
       await ds.deleteBundle("partner.org", "dissociate");
       expect(await ds.getBundle("partner.org")).toBeUndefined();
       expect(await ds.getEntry(e.id)).toMatchObject({ federatesWith: ["other.org"], revision: 1 });
-      expect(await ds.listEvents(before, 10)).toMatchObject([{ kind: "entry", objectId: e.id, op: "update" }]);
+      expect(await ds.listEvents(before, 10)).toMatchObject([
+        { kind: "entry", objectId: e.id, op: "update" },
+        { kind: "bundle", objectId: "partner.org", op: "delete" },
+      ]);
       expect(await ds.countEntries({ federatesWith: { trustDomains: ["other.org"], match: "exact" } })).toBe(1);
       await rejection(ds.deleteBundle("partner.org"), "ERR_NOT_FOUND");
+    });
+  });
+
+  describe("bundle change events", () => {
+    const summary = (events: readonly { kind: string; op: string; objectId: string }[]): string[] => events.map((e) => `${e.kind}:${e.op}:${e.objectId}`);
+    const relationship = { trustDomain: "partner.org", bundleEndpointUrl: "https://partner.org/bundle", profile: "https_web" } as const;
+
+    it("every bundle write appends one event in its transaction, heard by subscribers at commit; a refused write appends none", async () => {
+      const heard: string[] = [];
+      const unsubscribe = ds.subscribe((e) => heard.push(`${e.kind}:${e.op}:${e.objectId}`));
+      const start = await ds.lastEventId();
+      await ds.setBundle({ trustDomain: "example.org", document: DOC(1), sequence: "1" });
+      await ds.setBundle({ trustDomain: "example.org", document: DOC(2), sequence: "2" }, { expectedSequence: "1" });
+      await rejection(ds.setBundle({ trustDomain: "example.org", document: DOC(3), sequence: "3" }, { expectedSequence: "1" }), "ERR_INVALID_ARGUMENT");
+      await ds.createFederationRelationship(relationship, { initialBundle: { document: DOC(1), sequence: 1n } });
+      await ds.updateFederationRelationship(relationship, { initialBundle: { document: DOC(2), sequence: 2n } });
+      // An initial bundle kept because one is stored writes nothing.
+      await ds.putFederationRelationship(relationship, { initialBundle: { document: DOC(9), sequence: 9n, onlyIfAbsent: true } });
+      await ds.deleteFederationRelationship("partner.org");
+      await ds.deleteBundle("example.org");
+      unsubscribe();
+      const expected = [
+        "bundle:create:example.org",
+        "bundle:update:example.org",
+        "bundle:create:partner.org",
+        "bundle:update:partner.org",
+        "bundle:delete:partner.org",
+        "bundle:delete:example.org",
+      ];
+      expect(summary(await ds.listEvents(start, 100))).toEqual(expected);
+      expect(heard).toEqual(expected);
     });
   });
 

@@ -52,13 +52,14 @@ describe.each(engines)("datastore on %s", (engine) => {
       expect(await ds.lastEventId()).toBe(6);
     });
 
-    it("non-feed writes (tokens, bundles, journal) and failed writes add no events", async () => {
+    it("non-feed writes (tokens, journal) and failed writes add no events; a bundle write adds one", async () => {
       await ds.createJoinToken({ token: "t", expiresAt: new Date(T0.getTime() + 1000) });
       await ds.consumeJoinToken("t");
       await ds.setBundle({ trustDomain: "example.org", document: '{"keys":[]}', sequence: "1" });
       await ds.createEntry(entry("a"));
       await expect(ds.createEntry(entry("a"))).rejects.toThrow(/already has/);
-      expect(await ds.lastEventId()).toBe(1);
+      expect(summary(await ds.listEvents(0, 10)).map((s) => s.split(":").slice(0, 2).join(":"))).toEqual(["bundle:create", "entry:create"]);
+      expect(await ds.lastEventId()).toBe(2);
     });
 
     it("listEvents pages by event ID and limit", async () => {

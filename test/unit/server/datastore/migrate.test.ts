@@ -44,6 +44,26 @@ describe("migrations", () => {
     expect(withRaw((db) => db.pragma("journal_mode", { simple: true }))).toBe("wal");
   });
 
+  it("migration 8 (bundle change events) keeps the events and the highest event ID ever given, and takes bundle events", async () => {
+    withRaw((db) => {
+      migrate(db, SQLITE_MIGRATIONS.slice(0, 7), T0);
+      const ins = db.prepare("INSERT INTO change_events (kind, object_id, op, at) VALUES (?, ?, 'update', 0)");
+      for (let i = 1; i <= 5; i++) ins.run(i % 2 === 0 ? "agent" : "entry", `object-${i}`);
+      // Events 4 and 5 were pruned: IDs must not be given again.
+      db.prepare("DELETE FROM change_events WHERE event_id > 3").run();
+      expect(() => db.prepare("INSERT INTO change_events (kind, object_id, op, at) VALUES ('bundle', 'x', 'update', 0)").run()).toThrow(/CHECK/);
+    });
+    const ds = await createSqliteDatastore({ path, clock });
+    try {
+      expect((await ds.listEvents(0, 10)).map((e) => `${e.eventId}:${e.kind}:${e.objectId}`)).toEqual(["1:entry:object-1", "2:agent:object-2", "3:entry:object-3"]);
+      expect(await ds.lastEventId()).toBe(5);
+      await ds.setBundle({ trustDomain: "example.org", document: '{"keys":[]}', sequence: "1" });
+      expect((await ds.listEvents(3, 10)).map((e) => `${e.eventId}:${e.kind}:${e.objectId}`)).toEqual(["6:bundle:example.org"]);
+    } finally {
+      await ds.close();
+    }
+  });
+
   it("opening again is a no-op that keeps the data", async () => {
     const ds1 = await createSqliteDatastore({ path, clock });
     const e = await ds1.createEntry({ spiffeId: "spiffe://example.org/a", parentId: "spiffe://example.org/p", selectors: [parseSelector("x:1")] });
