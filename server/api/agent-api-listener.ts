@@ -60,7 +60,7 @@ export interface AgentApiListenerDeps {
   /** The services this one uses, all started before it. */
   readonly datastore: { readonly datastore: Datastore };
   readonly ca: { readonly manager: CaManager };
-  readonly entries: { readonly index: EntryIndex<IndexedRecord> };
+  readonly entries: { readonly index: EntryIndex<IndexedRecord>; settled?(): Promise<void> | undefined };
   /** Agent records and bundles kept current by the change feed (the `agent-cache` and `bundle-cache` services). */
   readonly agents: Pick<FeedCache<AttestedAgent>, "get" | "reload">;
   readonly bundles: Pick<FeedCache<StoredBundle>, "get">;
@@ -150,6 +150,7 @@ export class AgentApiListener implements Service {
       bundles: d.bundles,
       ca,
       index: d.entries.index,
+      indexSettled: () => d.entries.settled?.(),
       attestation: new NodeAttestation({ attestors, datastore, issuer, agentTtlMs: d.agentTtlMs }),
       issuer,
       log: d.log,

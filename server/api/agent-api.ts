@@ -89,6 +89,8 @@ export interface AgentApiDeps {
   readonly bundles: Pick<FeedCache<StoredBundle>, "get">;
   readonly ca: CaManager;
   readonly index: EntryIndex<IndexedRecord>;
+  /** Resolves once the index has applied the changes delivered so far (`EntryIndexFeed.settled`); undefined when it has. */
+  readonly indexSettled?: () => Promise<void> | undefined;
   /** Node attestation and agent SVID renewal. */
   readonly attestation: NodeAttestation;
   /** Signs and records entries' SVIDs. */
@@ -239,7 +241,11 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
     return { id, record, validUntil };
   }
 
-  const authorized = (agent: AuthenticatedAgent): RegistrationEntry[] => authorizedEntries(deps.index, agent.id.toString(), agent.record, deps.now());
+  /** The agent's entries, once the index holds every change delivered before the call (this server's own writes included). */
+  const authorized = async (agent: AuthenticatedAgent): Promise<RegistrationEntry[]> => {
+    await deps.indexSettled?.();
+    return authorizedEntries(deps.index, agent.id.toString(), agent.record, deps.now());
+  };
 
   const auditOpts = { log, auditEnabled: deps.auditEnabled };
   const auditLog = (method: string, caller: string, code: number, details: Record<string, unknown> = {}, message?: string): void =>
@@ -346,7 +352,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       const agent = await authenticate(call);
       charge("sync", deps.rateLimits.sync, agent.id.toString(), 1, (n) => `sync authorized: rate limit: agent ${agent.id} synced more than ${n} time${n === 1 ? "" : "s"} per second`);
       await deps.deliveries?.report(agent.id.toString(), req.deliveries);
-      const entries = authorized(agent);
+      const entries = await authorized(agent);
       const own = await deps.bundles.get(deps.trustDomain.name);
       const federatedNames = [...new Set(entries.flatMap((e) => e.federatesWith))].sort();
       const federated = (await Promise.all(federatedNames.map((td) => deps.bundles.get(td)))).filter((b) => b !== undefined);
@@ -409,7 +415,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       });
       // Every requested SVID counts, signed or not, so the log cannot outgrow the limit.
       charge("x509_signing", deps.rateLimits.x509Signing, agent.id.toString(), req.params.length, (n) => `batch new x509 svid: rate limit: agent ${agent.id} asked for more than ${n} X509-SVIDs per second`);
-      const byId = new Map(authorized(agent).map((e) => [e.id, e]));
+      const byId = new Map((await authorized(agent)).map((e) => [e.id, e]));
       const agentId = agent.id.toString();
       // Checked one by one; the ones that pass are signed as one batch.
       const checked = req.params.map((p, i): EntryX509Request | SigilError => {
@@ -493,7 +499,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
       const long = req.audience.findIndex((a) => a.length > MAX_AUDIENCE_LENGTH);
       if (long >= 0) throw new SigilError("ERR_INVALID_ARGUMENT", `new jwt svid: audience[${long}] is longer than ${MAX_AUDIENCE_LENGTH} characters`);
       charge("jwt_signing", deps.rateLimits.jwtSigning, agent.id.toString(), 1, (n) => `new jwt svid: rate limit: agent ${agent.id} asked for more than ${n} JWT-SVIDs per second`);
-      const entry = authorized(agent).find((e) => e.id === req.entryId);
+      const entry = (await authorized(agent)).find((e) => e.id === req.entryId);
       if (!entry) throw new SigilError("ERR_PERMISSION_DENIED", `new jwt svid: entry ${JSON.stringify(req.entryId)} is not authorized for agent ${agent.id}`);
       const jwt = await deps.issuer.entryJwtSvid(agent.id.toString(), entry, req.audience);
       return {

@@ -62,8 +62,11 @@ export class EntryIndexFeed implements Service {
   readonly index: EntryIndex<IndexedRecord>;
   readonly #d: EntryIndexFeedDeps;
   #unsubscribe: (() => void) | undefined;
-  /** Per entry ID: bumped by each event, so a read answered after a newer event is dropped. */
+  /** Per entry ID: the version of its latest event (from one counter), so a read answered after a newer event is dropped. */
   readonly #versions = new Map<string, number>();
+  #lastVersion = 0;
+  /** Per entry ID: the read applying its latest event, until it settles. */
+  readonly #inflight = new Map<string, Promise<void>>();
   #reloading: Promise<void> | undefined;
   /** While loading: the entries an event touched (the load's possibly older copy must not overwrite them). */
   #touched: Set<string> | undefined;
@@ -124,12 +127,23 @@ export class EntryIndexFeed implements Service {
     this.#retryTimer.unref?.();
   }
 
+  /**
+   * Resolves when the reads applying the events delivered so far have settled
+   * (applied, or failed and queued for retry); undefined when none is in
+   * flight. The agent API waits for it before answering from the index, so a
+   * change this server made is in the answer of any call that follows it.
+   */
+  settled(): Promise<void> | undefined {
+    if (this.#inflight.size === 0) return undefined;
+    return Promise.all(this.#inflight.values()).then(() => undefined);
+  }
+
   /** Reads the entry again and applies it, unless a newer event for it came in meanwhile. */
   #refresh(id: string): void {
     this.#touched?.add(id);
-    const version = (this.#versions.get(id) ?? 0) + 1;
+    const version = ++this.#lastVersion;
     this.#versions.set(id, version);
-    this.#d.datastore.datastore.getEntry(id).then(
+    const read = this.#d.datastore.datastore.getEntry(id).then(
       (e) => {
         if (this.#versions.get(id) !== version) return;
         this.#versions.delete(id);
@@ -145,6 +159,10 @@ export class EntryIndexFeed implements Service {
         this.#scheduleRetry();
       },
     );
+    const settled = read.finally(() => {
+      if (this.#inflight.get(id) === settled) this.#inflight.delete(id);
+    });
+    this.#inflight.set(id, settled);
   }
 
   /** Loads every entry; a reload also drops the entries no longer stored (unless an event touched them meanwhile). */

@@ -113,7 +113,7 @@ export interface SqlDatastoreOptions {
   readonly dialect: SqlDialect;
   /** Source of every stored timestamp. */
   readonly clock: Clock;
-  /** Attempts of a write transaction that keeps failing on serialization failures or deadlocks (default 8). */
+  /** Attempts of a write transaction that keeps failing on serialization failures or deadlocks (default 16). */
   readonly maxAttempts?: number;
   /** Generates entry IDs (default: 128 random bits, base64url). */
   readonly newEntryId?: () => string;
@@ -137,7 +137,7 @@ export interface NetworkDatastoreOptions {
   readonly statementTimeoutMs?: number;
   /** TLS to the database server, verifying its certificate and name. */
   readonly tls?: SqlTlsOptions;
-  /** Attempts of a write transaction on serialization failures and deadlocks (default 8). */
+  /** Attempts of a write transaction on serialization failures and deadlocks (default 16). */
   readonly maxAttempts?: number;
   readonly newEntryId?: () => string;
   readonly onListenerError?: (error: unknown, event: ChangeEvent) => void;
@@ -186,7 +186,7 @@ export function createNetworkDatastore(
 }
 
 /** Default attempts of a write transaction. */
-export const DEFAULT_MAX_ATTEMPTS = 8;
+export const DEFAULT_MAX_ATTEMPTS = 16;
 
 /** Rows deleted per pruning statement. */
 const PRUNE_CHUNK_ROWS = 5_000;
@@ -369,7 +369,7 @@ class SqlDatastore implements Datastore {
         if (e instanceof SigilError) throw e;
         const cls = this.#dialect.classify(e);
         if ((cls === "retry" || cls === "unique" || cls === "foreign-key") && attempt < this.#maxAttempts && !this.#closed) {
-          await new Promise((resolve) => setTimeout(resolve, Math.random() * Math.min(200, 5 * 2 ** attempt)));
+          await new Promise((resolve) => setTimeout(resolve, Math.random() * Math.min(250, 5 * 2 ** attempt)));
           continue;
         }
         throw this.#wrap(e, cls);

@@ -54,6 +54,24 @@ describe("EntryIndexFeed", () => {
     expect(listener).toBeUndefined();
   });
 
+  it("settled() is undefined when no read is in flight, and resolves once every delivered event is applied", async () => {
+    const gone = await ds.createEntry(entry("gone", 1));
+    await feed.start();
+    expect(feed.settled()).toBeUndefined();
+    const made = await ds.createEntry(entry("made", 2));
+    await ds.deleteEntry(gone.id);
+    listener?.onEvent(ev(made.id, "create", 2));
+    listener?.onEvent(ev(gone.id, "delete", 3));
+    const settled = feed.settled();
+    expect(settled).toBeDefined();
+    await settled;
+    // No polling: what was delivered before the call is in the index when it resolves.
+    expect(feed.index.get(made.id)).toBeDefined();
+    expect(feed.index.get(gone.id)).toBeUndefined();
+    expect(feed.settled()).toBeUndefined();
+    feed.stop();
+  });
+
   it("a resync reloads: entries changed or removed without an event are brought up to date", async () => {
     const gone = await ds.createEntry(entry("gone", 1));
     const changed = await ds.createEntry(entry("changed", 2));
