@@ -63,7 +63,7 @@ import type { NodeAttestation } from "../attestation/node-attestation.js";
 import type { CaManager, IssuedX509 } from "../ca/manager.js";
 import type { AttestedAgent, Datastore, RegistrationEntry, StoredBundle } from "../datastore/index.js";
 import type { FeedCache } from "../datastore/feed-cache.js";
-import { ALLOWED_KEY_TYPES, MAX_AUDIENCE_LENGTH, MAX_AUDIENCES, type EntryX509Request, type Issuer } from "../issuance/issuer.js";
+import { ALLOWED_KEY_TYPES, mintAudienceProblem, type EntryX509Request, type Issuer } from "../issuance/issuer.js";
 import type { EntryIndex } from "../registration/entry-index.js";
 import { authorizedEntries, type IndexedRecord } from "../registration/entry-index-feed.js";
 import { rateLimitedError, sourceAddress, type AgentApiRateLimits, type RateLimiter } from "./rate-limit.js";
@@ -488,10 +488,8 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
 
     newJWTSVID: unary<NewJWTSVIDRequest, NewJWTSVIDResponse>("NewJWTSVID", async (req, call) => {
       const agent = await authenticate(call);
-      if (req.audience.length === 0 || req.audience.some((a) => a.length === 0)) throw new SigilError("ERR_INVALID_ARGUMENT", "new jwt svid: audience must be specified");
-      if (req.audience.length > MAX_AUDIENCES) throw new SigilError("ERR_INVALID_ARGUMENT", `new jwt svid: more than ${MAX_AUDIENCES} audiences`);
-      const long = req.audience.findIndex((a) => a.length > MAX_AUDIENCE_LENGTH);
-      if (long >= 0) throw new SigilError("ERR_INVALID_ARGUMENT", `new jwt svid: audience[${long}] is longer than ${MAX_AUDIENCE_LENGTH} characters`);
+      const audienceBad = mintAudienceProblem(req.audience);
+      if (audienceBad) throw new SigilError("ERR_INVALID_ARGUMENT", `new jwt svid: ${audienceBad.field} ${audienceBad.message}`);
       charge("jwt_signing", deps.rateLimits.jwtSigning, agent.id.toString(), 1, (n) => `new jwt svid: rate limit: agent ${agent.id} asked for more than ${n} JWT-SVIDs per second`);
       const entry = authorized(agent).find((e) => e.id === req.entryId);
       if (!entry) throw new SigilError("ERR_PERMISSION_DENIED", `new jwt svid: entry ${JSON.stringify(req.entryId)} is not authorized for agent ${agent.id}`);
