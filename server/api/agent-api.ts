@@ -16,7 +16,8 @@
  * SyncAuthorized answers deltas to agents that ask for them (see
  * `agent-sync-history.ts`); WatchChanges holds a stream per agent on which
  * change notices are pushed (see `change-notifier.ts`). SyncAuthorized also
- * carries the agent's pick-up reports, logged by `../tlog/deliveries.ts`.
+ * carries the agent's pick-up reports, checked before it answers and logged
+ * after it by `../tlog/deliveries.ts`.
  *
  * Rate limits (see `rate-limit.ts`) are charged before any work: attestation
  * attempts per source address, signed credentials, syncs and change stream
@@ -345,7 +346,8 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
     syncAuthorized: unary<SyncAuthorizedRequest, SyncAuthorizedResponse>("SyncAuthorized", async (req, call) => {
       const agent = await authenticate(call);
       charge("sync", deps.rateLimits.sync, agent.id.toString(), 1, (n) => `sync authorized: rate limit: agent ${agent.id} synced more than ${n} time${n === 1 ? "" : "s"} per second`);
-      await deps.deliveries?.report(agent.id.toString(), req.deliveries);
+      // Not awaited: recording never fails or delays a sync (the promise never rejects); bad reports throw here.
+      void deps.deliveries?.report(agent.id.toString(), req.deliveries);
       const entries = authorized(agent);
       const own = await deps.bundles.get(deps.trustDomain.name);
       const federatedNames = [...new Set(entries.flatMap((e) => e.federatesWith))].sort();
