@@ -161,7 +161,7 @@ export class AgentApiListener implements Service {
       syncHistory: new AgentSyncHistory(),
       notifier,
       taintedAuthorities,
-      deliveries: new DeliveryLog({ tlog: d.transparencyLog ? { datastore, sink: d.transparencyLog } : undefined, now, log: d.log }),
+      deliveries: new DeliveryLog({ tlog: d.transparencyLog ? { datastore, sink: d.transparencyLog } : undefined, now, log: d.log, metrics: d.metrics }),
     });
     const server = new Server({ interceptors: [rpcMetricsInterceptor(d.metrics)], "grpc.max_receive_message_length": MAX_RECEIVE_MESSAGE_BYTES });
     server.addService(grpcServiceDefinition(AgentAPI), api);

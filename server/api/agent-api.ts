@@ -16,7 +16,8 @@
  * SyncAuthorized answers deltas to agents that ask for them (see
  * `agent-sync-history.ts`); WatchChanges holds a stream per agent on which
  * change notices are pushed (see `change-notifier.ts`). SyncAuthorized also
- * carries the agent's pick-up reports, logged by `../tlog/deliveries.ts`.
+ * carries the agent's pick-up reports, checked before it answers and logged
+ * after it by `../tlog/deliveries.ts`.
  *
  * Rate limits (see `rate-limit.ts`) are charged before any work: attestation
  * attempts per source address, signed credentials, syncs and change stream
@@ -63,7 +64,7 @@ import type { NodeAttestation } from "../attestation/node-attestation.js";
 import type { CaManager, IssuedX509 } from "../ca/manager.js";
 import type { AttestedAgent, Datastore, RegistrationEntry, StoredBundle } from "../datastore/index.js";
 import type { FeedCache } from "../datastore/feed-cache.js";
-import { ALLOWED_KEY_TYPES, MAX_AUDIENCE_LENGTH, MAX_AUDIENCES, type EntryX509Request, type Issuer } from "../issuance/issuer.js";
+import { ALLOWED_KEY_TYPES, mintAudienceProblem, type EntryX509Request, type Issuer } from "../issuance/issuer.js";
 import type { EntryIndex } from "../registration/entry-index.js";
 import { authorizedEntries, type IndexedRecord } from "../registration/entry-index-feed.js";
 import { rateLimitedError, sourceAddress, type AgentApiRateLimits, type RateLimiter } from "./rate-limit.js";
@@ -351,7 +352,8 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
     syncAuthorized: unary<SyncAuthorizedRequest, SyncAuthorizedResponse>("SyncAuthorized", async (req, call) => {
       const agent = await authenticate(call);
       charge("sync", deps.rateLimits.sync, agent.id.toString(), 1, (n) => `sync authorized: rate limit: agent ${agent.id} synced more than ${n} time${n === 1 ? "" : "s"} per second`);
-      await deps.deliveries?.report(agent.id.toString(), req.deliveries);
+      // Not awaited: recording never fails or delays a sync (the promise never rejects); bad reports throw here.
+      void deps.deliveries?.report(agent.id.toString(), req.deliveries);
       const entries = await authorized(agent);
       const own = await deps.bundles.get(deps.trustDomain.name);
       const federatedNames = [...new Set(entries.flatMap((e) => e.federatesWith))].sort();
@@ -494,10 +496,8 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
 
     newJWTSVID: unary<NewJWTSVIDRequest, NewJWTSVIDResponse>("NewJWTSVID", async (req, call) => {
       const agent = await authenticate(call);
-      if (req.audience.length === 0 || req.audience.some((a) => a.length === 0)) throw new SigilError("ERR_INVALID_ARGUMENT", "new jwt svid: audience must be specified");
-      if (req.audience.length > MAX_AUDIENCES) throw new SigilError("ERR_INVALID_ARGUMENT", `new jwt svid: more than ${MAX_AUDIENCES} audiences`);
-      const long = req.audience.findIndex((a) => a.length > MAX_AUDIENCE_LENGTH);
-      if (long >= 0) throw new SigilError("ERR_INVALID_ARGUMENT", `new jwt svid: audience[${long}] is longer than ${MAX_AUDIENCE_LENGTH} characters`);
+      const audienceBad = mintAudienceProblem(req.audience);
+      if (audienceBad) throw new SigilError("ERR_INVALID_ARGUMENT", `new jwt svid: ${audienceBad.field} ${audienceBad.message}`);
       charge("jwt_signing", deps.rateLimits.jwtSigning, agent.id.toString(), 1, (n) => `new jwt svid: rate limit: agent ${agent.id} asked for more than ${n} JWT-SVIDs per second`);
       const entry = (await authorized(agent)).find((e) => e.id === req.entryId);
       if (!entry) throw new SigilError("ERR_PERMISSION_DENIED", `new jwt svid: entry ${JSON.stringify(req.entryId)} is not authorized for agent ${agent.id}`);

@@ -18,12 +18,12 @@
  */
 import type { Metrics } from "../../common/metrics.js";
 import { isReservedId, RESERVED_PATH } from "../../common/reserved-ids.js";
-import { SigilError } from "../../spiffe/errors.js";
+import { isSigilError, SigilError } from "../../spiffe/errors.js";
 import { parseSpiffeId, type SpiffeId } from "../../spiffe/id.js";
 import type { KeyType } from "../../spiffe/signer.js";
 import type { CaManager, IssuedJwt, IssuedX509, JwtSvidRequest, X509SvidRequest } from "../ca/manager.js";
-import type { Datastore, IssuanceInput, RegistrationEntry } from "../datastore/index.js";
-import { MAX_LOG_AUDIENCE_LENGTH, MAX_LOG_AUDIENCES } from "../../spiffe/tlog/sigil-entry.js";
+import type { Datastore, IssuanceInput, RegistrationEntry, TlogEntryInput } from "../datastore/index.js";
+import { audienceProblem, MAX_LOG_AUDIENCE_BYTES, MAX_LOG_AUDIENCES, type AudienceProblem } from "../../spiffe/tlog/sigil-entry.js";
 import type { LoggedCredential } from "../tlog/entry.js";
 import type { IssuanceLogSink } from "../tlog/log-service.js";
 import { jwtIssuanceRecord, x509IssuanceRecord } from "./records.js";
@@ -32,8 +32,22 @@ import { jwtIssuanceRecord, x509IssuanceRecord } from "./records.js";
 export const ALLOWED_KEY_TYPES: readonly KeyType[] = ["ec-p256", "ec-p384", "rsa-2048", "rsa-4096"];
 /** Most audiences one JWT-SVID may carry: what its transparency-log entry holds. */
 export const MAX_AUDIENCES = MAX_LOG_AUDIENCES;
-/** Longest audience (UTF-16 code units) of a JWT-SVID: what its transparency-log entry holds. */
-export const MAX_AUDIENCE_LENGTH = MAX_LOG_AUDIENCE_LENGTH;
+/** Longest audience (UTF-8 bytes) of a JWT-SVID: what its transparency-log entry holds. */
+export const MAX_AUDIENCE_BYTES = MAX_LOG_AUDIENCE_BYTES;
+
+/**
+ * How a JWT-SVID's audiences break what minting accepts: none, an empty one,
+ * more than {@link MAX_AUDIENCES}, one over {@link MAX_AUDIENCE_BYTES} bytes,
+ * or a control character (C0, C1, DEL) in one. The field names the audience
+ * by index; undefined when the list is accepted. Every minting path (agent
+ * API, admin mint) checks with it.
+ */
+export function mintAudienceProblem(audience: readonly string[]): AudienceProblem | undefined {
+  if (audience.length === 0) return { field: "audience", message: "at least one audience is required" };
+  const empty = audience.findIndex((a) => a.length === 0);
+  if (empty >= 0) return { field: `audience[${empty}]`, message: "is empty" };
+  return audienceProblem(audience);
+}
 
 /** Dependencies of the {@link Issuer}. */
 export interface IssuerDeps {
@@ -185,9 +199,24 @@ export class Issuer {
    */
   async #commit(records: IssuanceInput[], logged: readonly LoggedCredential[]): Promise<void> {
     const tlog = this.#d.transparencyLog;
-    const entries = tlog && logged.length > 0 ? tlog.credentialEntries(logged) : undefined;
+    const entries = tlog && logged.length > 0 ? logEntries(tlog, logged) : undefined;
     const write = entries ? this.#d.datastore.recordIssuances(records, entries) : this.#d.datastore.recordIssuances(records);
     await (this.#d.metrics ? this.#d.metrics.timeIssuanceLogWrite(write) : write);
     if (entries) tlog?.appended(entries.length);
+  }
+}
+
+/**
+ * The log entries of credentials about to be returned. An entry the log
+ * cannot hold is the request's fault, not the server's: an entry with many
+ * long selectors (their number is not bounded) can pass the 64 KiB an entry
+ * may have, so that is refused as `ERR_INVALID_ARGUMENT` naming the size.
+ */
+function logEntries(tlog: IssuanceLogSink, logged: readonly LoggedCredential[]): TlogEntryInput[] {
+  try {
+    return tlog.credentialEntries(logged);
+  } catch (e) {
+    if (isSigilError(e, "ERR_TLOG_MALFORMED")) throw new SigilError("ERR_INVALID_ARGUMENT", `issuance: the credential cannot be logged, so it is not issued: ${e.message}`, { cause: e });
+    throw e;
   }
 }

@@ -12,14 +12,27 @@
  * - `delivered_at` is clamped into [issuedAt, now]; more than
  *   {@link DELIVERY_CLOCK_SKEW_S} outside it, the report is ignored;
  * - a credential already logged as delivered is not logged again.
+ * - a credential whose issuance entry cannot be decoded (a log written by
+ *   another Sigil version) is skipped with a warning.
  * Refused reports are logged (a foreign serial as a warning) and otherwise
  * ignored: the sync itself goes on. A malformed report (a bad serial or
  * digest, no time) or more than {@link MAX_DELIVERIES_PER_SYNC} of them makes
  * the whole call InvalidArgument before anything is recorded.
  *
+ * Recording is off the sync's path: each agent's reports are recorded one
+ * call after another (so two reports of one credential never both pass the
+ * duplicate check: only the agent it was issued to can log it), agents in
+ * parallel, and the sync does not wait for it. At most
+ * {@link MAX_QUEUED_DELIVERIES_PER_AGENT} reports wait per agent and
+ * {@link MAX_QUEUED_DELIVERIES} in all; more are dropped (a warning and
+ * `sigil_tlog_deliveries_dropped_total{reason="queue_full"}`), and a
+ * recording that fails is logged and counted (`reason="error"`), never
+ * failing a sync. An agent flooding reports delays only its own.
+ *
  * Without the transparency log the reports are checked and dropped.
  */
 import type { Logger } from "../../common/log.js";
+import type { Metrics } from "../../common/metrics.js";
 import { SigilError } from "../../spiffe/errors.js";
 import { credentialLookupKey, decodeLogEntry, deliveredLookupKey, type LogDeliveredEntry } from "../../spiffe/tlog/sigil-entry.js";
 import type { Delivery } from "../../proto/gen/sigil/agent/v1/agent_pb.js";
@@ -28,6 +41,10 @@ import { toTlogInput } from "./entry.js";
 
 /** Most deliveries one SyncAuthorized call may report. */
 export const MAX_DELIVERIES_PER_SYNC = 1000;
+/** Most reports waiting to be recorded for one agent (two syncs' worth); more are dropped. */
+export const MAX_QUEUED_DELIVERIES_PER_AGENT = 2 * MAX_DELIVERIES_PER_SYNC;
+/** Most reports waiting to be recorded for all agents together; more are dropped. */
+export const MAX_QUEUED_DELIVERIES = 20 * MAX_DELIVERIES_PER_SYNC;
 /** How far (seconds) a reported time may lie after now or before issuance and still be clamped rather than refused. */
 export const DELIVERY_CLOCK_SKEW_S = 30;
 
@@ -38,7 +55,20 @@ export interface DeliveryReport {
 }
 
 /** What became of one report. */
-export type DeliveryOutcome = "logged" | "duplicate" | "unknown" | "not-a-workload-svid" | "foreign" | "future" | "before-issuance";
+export type DeliveryOutcome =
+  | "logged"
+  | "duplicate"
+  | "unknown"
+  | "not-a-workload-svid"
+  | "foreign"
+  | "future"
+  | "before-issuance"
+  /** The credential's issuance entry cannot be decoded. */
+  | "undecodable"
+  /** Not recorded: too many reports were waiting. */
+  | "dropped"
+  /** Not recorded: recording failed (logged). */
+  | "failed";
 
 /** Dependencies of {@link DeliveryLog}. */
 export interface DeliveryLogDeps {
@@ -51,6 +81,12 @@ export interface DeliveryLogDeps {
     | undefined;
   readonly now: () => Date;
   readonly log: Logger;
+  /** Where dropped reports are counted; unset: not counted. */
+  readonly metrics?: Metrics | undefined;
+  /** Most reports waiting per agent (default {@link MAX_QUEUED_DELIVERIES_PER_AGENT}). */
+  readonly maxQueuedPerAgent?: number | undefined;
+  /** Most reports waiting in all (default {@link MAX_QUEUED_DELIVERIES}). */
+  readonly maxQueued?: number | undefined;
 }
 
 const bad = (message: string): SigilError => new SigilError("ERR_INVALID_ARGUMENT", `sync authorized: ${message}`);
@@ -80,28 +116,71 @@ export function parseDeliveries(deliveries: readonly Delivery[]): DeliveryReport
   });
 }
 
+/** One agent's recordings: the last one queued, and how many reports wait in them. */
+interface AgentQueue {
+  tail: Promise<unknown>;
+  queued: number;
+}
+
 /** See the module comment. */
 export class DeliveryLog {
   readonly #d: DeliveryLogDeps;
-  /** Calls run one after another, so two reports of one credential never both pass the duplicate check. */
-  #queue: Promise<unknown> = Promise.resolve();
+  readonly #maxPerAgent: number;
+  readonly #max: number;
+  readonly #agents = new Map<string, AgentQueue>();
+  #queued = 0;
+  readonly #dropped: { inc(labels: { reason: string }, n: number): void } | undefined;
 
   constructor(deps: DeliveryLogDeps) {
     this.#d = deps;
+    this.#maxPerAgent = deps.maxQueuedPerAgent ?? MAX_QUEUED_DELIVERIES_PER_AGENT;
+    this.#max = deps.maxQueued ?? MAX_QUEUED_DELIVERIES;
+    this.#dropped = deps.metrics?.counter({
+      name: "sigil_tlog_deliveries_dropped_total",
+      help: "Pick-up reports of agents not recorded in the transparency log: too many were waiting (queue_full) or recording failed (error).",
+      labelNames: ["reason"],
+    });
   }
 
   /**
-   * Checks an agent's wire reports and logs the first deliveries among them;
-   * the outcome of each, in order.
+   * Checks an agent's wire reports at once and queues the logging of the
+   * first deliveries among them behind the agent's earlier reports. The
+   * promise gives the outcome of each, in order, once recorded; it never
+   * rejects (a failure is logged, and its reports are `failed`), so a caller
+   * need not wait for it.
    *
-   * @throws SigilError `ERR_INVALID_ARGUMENT` for malformed reports (nothing is recorded then).
+   * @throws SigilError `ERR_INVALID_ARGUMENT` for malformed reports (nothing is queued then).
    */
-  async report(agentId: string, deliveries: readonly Delivery[]): Promise<DeliveryOutcome[]> {
-    if (deliveries.length === 0) return [];
+  report(agentId: string, deliveries: readonly Delivery[]): Promise<DeliveryOutcome[]> {
+    if (deliveries.length === 0) return Promise.resolve([]);
     const reports = parseDeliveries(deliveries);
-    const run = this.#queue.then(() => this.record(agentId, reports));
-    this.#queue = run.catch(() => undefined);
-    return run;
+    const log = this.#d.log;
+    const q = this.#agents.get(agentId) ?? { tail: Promise.resolve(), queued: 0 };
+    const room = Math.max(0, Math.min(this.#maxPerAgent - q.queued, this.#max - this.#queued));
+    const kept = reports.slice(0, room);
+    const dropped: DeliveryOutcome[] = reports.slice(room).map(() => "dropped");
+    if (dropped.length > 0) {
+      log.warn({ agent_id: agentId, dropped: dropped.length, agent_queued: q.queued, queued: this.#queued }, "tlog: too many delivery reports waiting; these are not logged");
+      this.#dropped?.inc({ reason: "queue_full" }, dropped.length);
+    }
+    if (kept.length === 0) return Promise.resolve(dropped);
+    q.queued += kept.length;
+    this.#queued += kept.length;
+    this.#agents.set(agentId, q);
+    const run = q.tail
+      .then(() => this.record(agentId, kept))
+      .catch((e: unknown): DeliveryOutcome[] => {
+        log.error({ err: e, agent_id: agentId, reports: kept.length }, "tlog: logging delivery reports failed; they are not logged");
+        this.#dropped?.inc({ reason: "error" }, kept.length);
+        return kept.map(() => "failed");
+      })
+      .finally(() => {
+        q.queued -= kept.length;
+        this.#queued -= kept.length;
+        if (q.queued === 0 && this.#agents.get(agentId) === q) this.#agents.delete(agentId);
+      });
+    q.tail = run;
+    return run.then((outcomes) => [...outcomes, ...dropped]);
   }
 
   /** Logs the first deliveries among checked reports (see the module comment); the outcome of each, in order. */
@@ -131,7 +210,13 @@ export class DeliveryLog {
         refuse("unknown", "tlog: delivery reported for a credential the log does not hold; ignored");
         continue;
       }
-      const entry = decodeLogEntry(issued.entry);
+      let entry;
+      try {
+        entry = decodeLogEntry(issued.entry);
+      } catch (e) {
+        refuse("undecodable", "tlog: delivery reported for a credential whose log entry cannot be decoded; ignored", { issuance_index: issued.index, err: e });
+        continue;
+      }
       if (entry.kind !== "x509-svid" && entry.kind !== "jwt-svid") {
         refuse("not-a-workload-svid", `tlog: delivery reported for a credential of kind ${entry.kind}, not a workload SVID; ignored`, { issuance_index: issued.index });
         continue;

@@ -14,7 +14,11 @@
  * `checkpointBatch` entries are waiting.
  *
  * Hash tiles (levels 0, 8, 16, …) stay in memory, 32 bytes per node; entry
- * bundles are read from the datastore by index range (full ones cached).
+ * bundles are read from the datastore by index range, full ones cached up to
+ * `maxCachedBundleBytes` (least recently used dropped first). A partial tile
+ * or bundle of a tile that is full by now is answered as a slice of the full
+ * one (C2SP tlog-tiles lets a log drop such partials; serving the slice keeps
+ * clients that verified an older checkpoint working, at no extra memory).
  * Several servers on one database share the entries and each signs its own
  * checkpoints with its own key (`tlog_checkpoints.server_id`).
  */
@@ -25,9 +29,10 @@ import { parseCheckpoint, signCheckpoint } from "../../spiffe/tlog/checkpoint.js
 import { hashesEqual, MerkleTreeBuilder, HASH_SIZE } from "../../spiffe/tlog/hash.js";
 import { createEd25519NoteVerifier, formatVerifierKey, parseNote, type NoteSigner } from "../../spiffe/tlog/note.js";
 import { credentialLookupKey } from "../../spiffe/tlog/sigil-entry.js";
-import { encodeEntryBundle, parseTilePath, TILE_HEIGHT, TILE_WIDTH, TileReader } from "../../spiffe/tlog/tiles.js";
+import { bundlePrefix, encodeEntryBundle, parseTilePath, TILE_HEIGHT, TILE_WIDTH, TileReader } from "../../spiffe/tlog/tiles.js";
 import type { Datastore, TlogEntryInput } from "../datastore/index.js";
 import type { KeyManager } from "../../plugins/keymanager/types.js";
+import { ByteLru } from "./byte-lru.js";
 import { authorityEntry, credentialEntry, toTlogInput, type LoggedAuthorityEvent, type LoggedCredential } from "./entry.js";
 import type { TlogReadView, TlogResource } from "./types.js";
 
@@ -37,8 +42,8 @@ export const DEFAULT_CHECKPOINT_INTERVAL_MS = 1000;
 export const DEFAULT_CHECKPOINT_BATCH = 1000;
 /** Entries read per datastore call while rebuilding or extending the tree. */
 const READ_CHUNK = 10_000;
-/** Full entry bundles kept in memory. */
-const MAX_CACHED_BUNDLES = 256;
+/** Default most bytes of full entry bundles kept in memory (a full bundle holds 256 entries of up to 64 KiB). */
+export const DEFAULT_MAX_CACHED_BUNDLE_BYTES = 64 * 1024 * 1024;
 
 /** What the issuance path needs of the log: entries to append with the records, and a count of those committed. */
 export interface IssuanceLogSink {
@@ -60,6 +65,8 @@ export interface TlogServiceDeps {
   readonly log?: Logger | undefined;
   readonly checkpointIntervalMs?: number | undefined;
   readonly checkpointBatch?: number | undefined;
+  /** Most bytes of full entry bundles kept in memory (default {@link DEFAULT_MAX_CACHED_BUNDLE_BYTES}). */
+  readonly maxCachedBundleBytes?: number | undefined;
   /** Timer used for the cadence (tests inject their own); returns a cancel function. Default `setTimeout`. */
   readonly schedule?: ((fn: () => void, ms: number) => () => void) | undefined;
 }
@@ -87,7 +94,7 @@ export class TlogService implements TlogReadView, IssuanceLogSink {
   /** Per tile level: full tiles (8 KiB each) and the hashes of the open one. */
   readonly #full: Buffer[][] = [];
   readonly #open: Buffer[][] = [];
-  readonly #bundles = new Map<number, Buffer>();
+  readonly #bundles: ByteLru<number, Buffer>;
   #signer!: NoteSigner;
   #keyId = "";
   #current: Current | undefined;
@@ -102,6 +109,7 @@ export class TlogService implements TlogReadView, IssuanceLogSink {
     this.#intervalMs = deps.checkpointIntervalMs ?? DEFAULT_CHECKPOINT_INTERVAL_MS;
     this.#batch = deps.checkpointBatch ?? DEFAULT_CHECKPOINT_BATCH;
     this.#schedule = deps.schedule ?? defaultSchedule;
+    this.#bundles = new ByteLru(deps.maxCachedBundleBytes ?? DEFAULT_MAX_CACHED_BUNDLE_BYTES);
     this.#tree = new MerkleTreeBuilder({ onNode: (level, index, hash) => this.#node(level, index, hash) });
   }
 
@@ -189,18 +197,12 @@ export class TlogService implements TlogReadView, IssuanceLogSink {
       const first = parsed.index * TILE_WIDTH;
       if (first + parsed.width > size) return undefined;
       const immutable = parsed.width === TILE_WIDTH;
-      if (immutable) {
-        const hit = this.#bundles.get(parsed.index);
-        if (hit) return { body: hit, immutable };
+      // A partial of a bundle that is full by now: a slice of the full one, which is cached.
+      if (immutable || first + TILE_WIDTH <= size) {
+        const full = await this.#fullBundle(parsed.index);
+        return { body: immutable ? full : bundlePrefix(full, parsed.width), immutable };
       }
-      const entries = await this.#d.datastore.readTlogEntries(first, first + parsed.width);
-      if (entries.length !== parsed.width) throw new SigilError("ERR_INTERNAL", `tlog: entries ${first}..${first + parsed.width - 1} are not all stored`);
-      const body = encodeEntryBundle(entries);
-      if (immutable) {
-        if (this.#bundles.size >= MAX_CACHED_BUNDLES) this.#bundles.delete(this.#bundles.keys().next().value as number);
-        this.#bundles.set(parsed.index, body);
-      }
-      return { body, immutable };
+      return { body: await this.#readBundle(first, parsed.width), immutable };
     }
     const body = this.#tile(parsed.tile.level, parsed.tile.index, parsed.tile.width, size);
     return body === undefined ? undefined : { body, immutable: parsed.tile.width === TILE_WIDTH };
@@ -225,6 +227,22 @@ export class TlogService implements TlogReadView, IssuanceLogSink {
   }
 
   // ── internals ──────────────────────────────────────────────────────────
+
+  /** Full entry bundle `index`, from the cache or read and cached. */
+  async #fullBundle(index: number): Promise<Buffer> {
+    const hit = this.#bundles.get(index);
+    if (hit) return hit;
+    const body = await this.#readBundle(index * TILE_WIDTH, TILE_WIDTH);
+    this.#bundles.set(index, body, body.length);
+    return body;
+  }
+
+  /** The bundle of the `count` stored entries from `first`. */
+  async #readBundle(first: number, count: number): Promise<Buffer> {
+    const entries = await this.#d.datastore.readTlogEntries(first, first + count);
+    if (entries.length !== count) throw new SigilError("ERR_INTERNAL", `tlog: entries ${first}..${first + count - 1} are not all stored`);
+    return encodeEntryBundle(entries);
+  }
 
   #node(level: number, index: number, hash: Buffer): void {
     if (level % TILE_HEIGHT !== 0) return;

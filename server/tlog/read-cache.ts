@@ -4,11 +4,15 @@
  * (security review M2). Full tiles and full entry bundles are already kept
  * by the log service; what is kept here:
  *
- * - partial tiles and partial entry bundles (`…/<N>.p/<W>`), kept while the
- *   latest checkpoint's tree size stays the same: they only change (appear)
- *   when the tree grows. At most `maxPartials` paths, least recently used
- *   dropped first. A tile's bytes never change once it exists, so an answer
- *   read while a checkpoint was being signed is still right afterwards.
+ * - the right-edge partial tiles and partial entry bundles (`…/<N>.p/<W>`
+ *   where tile N is not full at the latest checkpoint's tree size), kept
+ *   while that size stays the same: they only change (appear) when the tree
+ *   grows. At most `maxPartialBytes` of bodies, least recently used dropped
+ *   first. A tile's bytes never change once it exists, so an answer read
+ *   while a checkpoint was being signed is still right afterwards. A partial
+ *   of a tile that is full by now goes to the view uncached: the log service
+ *   answers it as a slice of the full one it keeps (no copy), so asking for
+ *   many of them pins no more than the full-bundle cache.
  * - the verifier key list (`/log-keys`), kept while the latest checkpoint
  *   note stays the same (a key rotation signs a new one) and at most
  *   `keysMaxAgeMs`, so keys another server on the database added show up.
@@ -17,28 +21,36 @@
  * not kept.
  */
 import { systemClock, type Clock } from "../../common/clock.js";
-import { parseTilePath, TILE_WIDTH } from "../../spiffe/tlog/tiles.js";
+import { parseTilePath, TILE_WIDTH, tileWidth } from "../../spiffe/tlog/tiles.js";
+import { ByteLru } from "./byte-lru.js";
 import type { TlogReadView, TlogResource } from "./types.js";
 
-/** Default most partial resources kept (a growing log has one partial tile per level and one partial bundle). */
-export const DEFAULT_MAX_CACHED_PARTIALS = 64;
+/** Default most bytes of partial resources kept (a growing log has one partial tile per level and one partial bundle; older widths of them may be asked for too). */
+export const DEFAULT_MAX_PARTIAL_BYTES = 32 * 1024 * 1024;
 /** Default longest time the verifier key list is kept. */
 export const DEFAULT_KEYS_MAX_AGE_MS = 10_000;
 
 /** Options of {@link cachedTlogView}. */
 export interface TlogReadCacheOptions {
-  /** Most partial resources kept (default {@link DEFAULT_MAX_CACHED_PARTIALS}). */
-  readonly maxPartials?: number | undefined;
+  /** Most bytes of partial resources kept (default {@link DEFAULT_MAX_PARTIAL_BYTES}). */
+  readonly maxPartialBytes?: number | undefined;
   /** Longest time the key list is kept (default {@link DEFAULT_KEYS_MAX_AGE_MS}). */
   readonly keysMaxAgeMs?: number | undefined;
   readonly clock?: Clock | undefined;
 }
 
-/** True for a well-formed partial tile or entry bundle path; malformed paths go to the view, which refuses them. */
-function isPartial(path: string): boolean {
+/**
+ * True for a well-formed partial tile or entry bundle path of the right edge
+ * of a tree of `size` (its tile not full, the width at most the tile's):
+ * what is worth keeping. Malformed paths go to the view, which refuses them.
+ */
+function isEdgePartial(path: string, size: number): boolean {
   try {
     const p = parseTilePath(path);
-    return (p.kind === "entries" ? p.width : p.tile.width) < TILE_WIDTH;
+    const [level, index, width] = p.kind === "entries" ? [0, p.index, p.width] : [p.tile.level, p.tile.index, p.tile.width];
+    if (width >= TILE_WIDTH) return false;
+    const now = tileWidth(level, index, size);
+    return now < TILE_WIDTH && width <= now;
   } catch {
     return false;
   }
@@ -46,11 +58,11 @@ function isPartial(path: string): boolean {
 
 /** `view` with partial resources and the key list answered from memory; see the module comment. */
 export function cachedTlogView(view: TlogReadView, options: TlogReadCacheOptions = {}): TlogReadView {
-  const maxPartials = options.maxPartials ?? DEFAULT_MAX_CACHED_PARTIALS;
   const keysMaxAgeMs = options.keysMaxAgeMs ?? DEFAULT_KEYS_MAX_AGE_MS;
   const clock = options.clock ?? systemClock;
-  // Insertion order is recency: a hit is moved to the end.
-  const partials = new Map<string, Promise<TlogResource | undefined>>();
+  const partials = new ByteLru<string, TlogResource>(options.maxPartialBytes ?? DEFAULT_MAX_PARTIAL_BYTES);
+  // Reads under way, shared by concurrent requests; each leaves when it settles.
+  const reading = new Map<string, Promise<TlogResource | undefined>>();
   let partialsSize: number | undefined;
   let keys: { readonly note: string | undefined; readonly at: number; readonly list: Promise<readonly string[]> } | undefined;
 
@@ -67,22 +79,30 @@ export function cachedTlogView(view: TlogReadView, options: TlogReadCacheOptions
     prove: (lookup) => view.prove(lookup),
 
     resource(path) {
-      if (!isPartial(path)) return view.resource(path);
       const size = view.latestCheckpoint()?.size;
+      if (size === undefined || !isEdgePartial(path, size)) return view.resource(path);
       if (size !== partialsSize) {
         partials.clear();
+        reading.clear();
         partialsSize = size;
       }
       const hit = partials.get(path);
-      if (hit) {
-        partials.delete(path);
-        partials.set(path, hit);
-        return hit;
-      }
+      if (hit) return Promise.resolve(hit);
+      const pending = reading.get(path);
+      if (pending) return pending;
       const read = view.resource(path);
-      partials.set(path, read);
-      if (partials.size > maxPartials) partials.delete(partials.keys().next().value as string);
-      return forget(read, () => partials.get(path) === read, () => partials.delete(path));
+      reading.set(path, read);
+      read.then(
+        (r) => {
+          if (reading.get(path) !== read) return;
+          reading.delete(path);
+          if (r !== undefined) partials.set(path, r, r.body.length);
+        },
+        () => {
+          if (reading.get(path) === read) reading.delete(path);
+        },
+      );
+      return read;
     },
 
     verifierKeys() {

@@ -122,13 +122,47 @@ const DELIVERED_FIELDS: Readonly<Record<string, FieldType>> = { serial: "serial"
 const DELIVERED_REQUIRED = ["spiffeId", "agentId", "deliveredAt", "issuanceIndex"];
 
 /**
- * Most audiences a jwt-svid entry holds. With {@link MAX_LOG_AUDIENCE_LENGTH}
- * it keeps an entry far below the 64 KiB an entry bundle allows, even with
- * every character escaped; Sigil's JWT-SVID minting accepts no more.
+ * Most audiences a jwt-svid entry written now holds; Sigil's JWT-SVID minting
+ * accepts no more. Entries are held to it when encoded, never when decoded:
+ * a log written before the cap (or by an older server) still verifies.
  */
 export const MAX_LOG_AUDIENCES = 32;
-/** Longest audience (UTF-16 code units) a jwt-svid entry holds; see {@link MAX_LOG_AUDIENCES}. */
-export const MAX_LOG_AUDIENCE_LENGTH = 256;
+/** Longest audience (UTF-8 bytes) a jwt-svid entry written now holds; see {@link MAX_LOG_AUDIENCES}. */
+export const MAX_LOG_AUDIENCE_BYTES = 256;
+/** C0 and C1 control characters and DEL: refused in audiences (JSON escapes each to 6 bytes). */
+const CONTROL_RE = /[\u0000-\u001f\u007f-\u009f]/;
+
+/** A broken audience cap: the field (`audience` or `audience[<i>]`) and what is wrong with it. */
+export interface AudienceProblem {
+  readonly field: string;
+  readonly message: string;
+}
+
+/**
+ * How an audience list breaks the caps ({@link MAX_LOG_AUDIENCES} audiences
+ * of {@link MAX_LOG_AUDIENCE_BYTES} bytes, no control characters), naming the
+ * first bad audience by index; undefined when it keeps them. Minting and
+ * {@link encodeLogEntry} share it.
+ *
+ * The worst case of a jwt-svid entry under these caps: an audience takes at
+ * most 515 bytes (only `"` and backslash are escaped, each to 2 bytes), 32 of
+ * them about 16.5 KB; the SPIFFE ID, agent ID and `requestedBy` at most about
+ * 2 KiB each; each selector up to about 2.1 KB escaped (a 1,024-byte value of
+ * quotes), and selectors are not bounded in number: about 20 of the longest
+ * fill the rest of 64 KiB. Such an entry can still pass 64 KiB, and
+ * {@link encodeLogEntry} refuses it (the issuer then refuses the credential
+ * as InvalidArgument).
+ */
+export function audienceProblem(audience: readonly string[]): AudienceProblem | undefined {
+  if (audience.length > MAX_LOG_AUDIENCES) return { field: "audience", message: `has ${audience.length} audiences, more than the maximum ${MAX_LOG_AUDIENCES}` };
+  for (const [i, a] of audience.entries()) {
+    const bytes = Buffer.byteLength(a, "utf8");
+    if (bytes > MAX_LOG_AUDIENCE_BYTES) return { field: `audience[${i}]`, message: `is longer than the maximum ${MAX_LOG_AUDIENCE_BYTES} bytes (${bytes})` };
+    const ctl = CONTROL_RE.exec(a);
+    if (ctl) return { field: `audience[${i}]`, message: `contains control character U+${(ctl[0].codePointAt(0) ?? 0).toString(16).padStart(4, "0")} at offset ${ctl.index}` };
+  }
+  return undefined;
+}
 
 const SERIAL_RE = /^(0|[1-9a-f][0-9a-f]*)$/;
 const SHA256_RE = /^[0-9a-f]{64}$/;
@@ -210,11 +244,6 @@ export function validateLogEntry(o: unknown): SigilLogEntry {
   if (kind === "jwt-svid") {
     if (r["jwtSha256"] === undefined) throw invalid("jwt-svid entry: jwtSha256 is required");
     if (r["serial"] !== undefined || r["cert"] !== undefined) throw invalid("jwt-svid entry: serial and cert belong to X.509 kinds");
-    const audience = (r["audience"] ?? []) as readonly string[];
-    if (audience.length > MAX_LOG_AUDIENCES) throw invalid(`jwt-svid entry: ${audience.length} audiences, more than ${MAX_LOG_AUDIENCES}`);
-    audience.forEach((a, i) => {
-      if (a.length > MAX_LOG_AUDIENCE_LENGTH) throw invalid(`jwt-svid entry: audience[${i}] is longer than ${MAX_LOG_AUDIENCE_LENGTH} characters`);
-    });
   } else {
     if (r["serial"] === undefined) throw invalid(`${String(kind)} entry: serial is required`);
     if (r["jwtSha256"] !== undefined || r["audience"] !== undefined) throw invalid(`${String(kind)} entry: jwtSha256 and audience belong to jwt-svid`);
@@ -278,12 +307,18 @@ function flatCanonical(o: Record<string, unknown>): string | undefined {
 }
 
 /**
- * The log bytes of an entry: validated, canonical JSON, UTF-8.
+ * The log bytes of an entry: validated, canonical JSON, UTF-8. A jwt-svid
+ * entry's audiences are held to {@link audienceProblem}'s caps here (decoding
+ * does not hold old entries to them).
  *
- * @throws SigilError `ERR_TLOG_MALFORMED` for an invalid entry or one over 65,535 bytes.
+ * @throws SigilError `ERR_TLOG_MALFORMED` for an invalid entry, audiences over the caps, or an entry over 65,535 bytes.
  */
 export function encodeLogEntry(entry: SigilLogEntry): Buffer {
   validateLogEntry(entry);
+  if (entry.kind === "jwt-svid") {
+    const problem = audienceProblem(entry.audience ?? []);
+    if (problem !== undefined) throw invalid(`jwt-svid entry: ${problem.field} ${problem.message}`);
+  }
   const bytes = Buffer.from(canonicalJson(entry), "utf8");
   if (bytes.length > MAX_ENTRY_SIZE) throw invalid(`an entry has at most ${MAX_ENTRY_SIZE} bytes, this one ${bytes.length}`);
   return bytes;

@@ -328,6 +328,21 @@ export function forEachBundleEntry(bundle: Uint8Array, each: (entry: Uint8Array,
   return n;
 }
 
+/**
+ * The first `count` entries of a bundle as a bundle of their own: a view
+ * into `bundle`, no copy (a partial bundle of a full one).
+ *
+ * @throws SigilError `ERR_TLOG_MALFORMED` when the bundle is malformed or holds fewer entries.
+ */
+export function bundlePrefix(bundle: Uint8Array, count: number): Uint8Array {
+  let end: number | undefined;
+  const n = forEachBundleEntry(bundle, (_, position, offset) => {
+    if (position === count) end = offset;
+  });
+  if (n < count) throw malformed(`the bundle holds ${n} entries, fewer than the ${count} asked for`);
+  return bundle.subarray(0, end ?? bundle.length);
+}
+
 /** The entries of a bundle, as views into it. */
 export function decodeEntryBundle(bundle: Uint8Array): Uint8Array[] {
   const out: Uint8Array[] = [];

@@ -103,15 +103,21 @@ describe("agent API: a request quoting a megabyte gets a bounded refusal and aud
     }
   });
 
-  it("a rogue agent's JWT-SVID request with too many or too long audiences (a log entry stays bounded)", async () => {
+  it("a rogue agent's JWT-SVID request with too many or too long audiences, or control characters in one (a log entry stays bounded)", async () => {
     const agent = await attestedAgent("long-audience");
     try {
       const long = await refusal(agent.api.newJWTSVID({ entryId: "e", audience: ["db", "a".repeat(257)] }));
       expect(long.code).toBe(status.INVALID_ARGUMENT);
-      expect(long.details).toBe("new jwt svid: audience[1] is longer than 256 characters");
+      expect(long.details).toBe("new jwt svid: audience[1] is longer than the maximum 256 bytes (257)");
+      // 129 two-byte characters: under 256 UTF-16 units, over 256 UTF-8 bytes.
+      const wide = await refusal(agent.api.newJWTSVID({ entryId: "e", audience: ["é".repeat(129)] }));
+      expect(wide.details).toBe("new jwt svid: audience[0] is longer than the maximum 256 bytes (258)");
+      const ctl = await refusal(agent.api.newJWTSVID({ entryId: "e", audience: ["db", "a\u0001b"] }));
+      expect(ctl.code).toBe(status.INVALID_ARGUMENT);
+      expect(ctl.details).toBe("new jwt svid: audience[1] contains control character U+0001 at offset 1");
       const many = await refusal(agent.api.newJWTSVID({ entryId: "e", audience: Array.from({ length: 33 }, (_, i) => `a${i}`) }));
       expect(many.code).toBe(status.INVALID_ARGUMENT);
-      expect(many.details).toBe("new jwt svid: more than 32 audiences");
+      expect(many.details).toBe("new jwt svid: audience has 33 audiences, more than the maximum 32");
     } finally {
       agent.api.close();
     }

@@ -23,7 +23,7 @@ import { parseCsr } from "../../../spiffe/csr.js";
 import { isSigilError } from "../../../spiffe/errors.js";
 import type { GrpcServiceImplementation } from "../../../spiffe/grpc/service.js";
 import { checkDnsName } from "../../registration/entry-validation.js";
-import { ALLOWED_KEY_TYPES, MAX_AUDIENCE_LENGTH, MAX_AUDIENCES, type Issuer } from "../../issuance/issuer.js";
+import { ALLOWED_KEY_TYPES, mintAudienceProblem, type Issuer } from "../../issuance/issuer.js";
 import type { UnaryWrapper } from "../unary.js";
 import type { IssuanceRecord, ListIssuancesRequest as IssuanceQuery } from "../../datastore/index.js";
 import { checkEntryId, checkSerialHex } from "../../datastore/validate.js";
@@ -67,12 +67,8 @@ export function createSvidAdmin(deps: AdminApiDeps, unary: UnaryWrapper, issuer:
       audit.details.spiffe_id = req.spiffeId;
       audit.details.audience = [...req.audience];
       const spiffeId = spiffeIdField("spiffe_id", req.spiffeId, { issuableIn: deps.trustDomain, kind: "workload" });
-      if (req.audience.length === 0) throw invalidField("audience", "at least one audience is required");
-      if (req.audience.length > MAX_AUDIENCES) throw invalidField("audience", `${req.audience.length} audiences is more than the maximum ${MAX_AUDIENCES}`);
-      req.audience.forEach((a, i) => {
-        if (a.length === 0) throw invalidField(`audience[${i}]`, "is empty");
-        if (a.length > MAX_AUDIENCE_LENGTH) throw invalidField(`audience[${i}]`, `is longer than the maximum ${MAX_AUDIENCE_LENGTH} characters (${a.length})`);
-      });
+      const audienceBad = mintAudienceProblem(req.audience);
+      if (audienceBad) throw invalidField(audienceBad.field, audienceBad.message);
       const ttlMs = ttlField("ttl", req.ttl, deps.defaultJwtTtlMs, deps.maxTtlMs);
       const jwt = await issuer.mintJwtSvid({ spiffeId, audience: req.audience, ttlMs }, ADMIN_REQUESTER);
       Object.assign(audit.details, { spiffe_id: spiffeId.toString(), key_id: jwt.keyId, expires_at: jwt.expiresAt.toISOString() });

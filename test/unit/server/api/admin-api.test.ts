@@ -596,9 +596,12 @@ describe("SvidAdmin", () => {
     await expectFailure(env.svid.mintX509SVID({ csr: csr(), spiffeId: "spiffe://example.org/t", ttl: -5 }), status.INVALID_ARGUMENT, "ttl");
     await expectFailure(env.svid.mintJWTSVID({ spiffeId: "spiffe://example.org/t", audience: [] }), status.INVALID_ARGUMENT, "audience");
     await expectFailure(env.svid.mintJWTSVID({ spiffeId: "spiffe://example.org/t", audience: ["a", ""] }), status.INVALID_ARGUMENT, "audience[1]");
-    await expectFailure(env.svid.mintJWTSVID({ spiffeId: "spiffe://example.org/t", audience: ["a", "b".repeat(257)] }), status.INVALID_ARGUMENT, "audience[1]: is longer than the maximum 256 characters (257)");
-    await expectFailure(env.svid.mintJWTSVID({ spiffeId: "spiffe://example.org/t", audience: Array.from({ length: 33 }, (_, i) => `a${i}`) }), status.INVALID_ARGUMENT, "33 audiences is more than the maximum 32");
-    // The most accepted: 32 audiences of 256 characters.
+    await expectFailure(env.svid.mintJWTSVID({ spiffeId: "spiffe://example.org/t", audience: ["a", "b".repeat(257)] }), status.INVALID_ARGUMENT, "audience[1]: is longer than the maximum 256 bytes (257)");
+    await expectFailure(env.svid.mintJWTSVID({ spiffeId: "spiffe://example.org/t", audience: ["é".repeat(129)] }), status.INVALID_ARGUMENT, "audience[0]: is longer than the maximum 256 bytes (258)");
+    await expectFailure(env.svid.mintJWTSVID({ spiffeId: "spiffe://example.org/t", audience: ["a", "b\u0001"] }), status.INVALID_ARGUMENT, "audience[1]: contains control character U+0001 at offset 1");
+    await expectFailure(env.svid.mintJWTSVID({ spiffeId: "spiffe://example.org/t", audience: ["\u009b"] }), status.INVALID_ARGUMENT, "audience[0]: contains control character U+009b");
+    await expectFailure(env.svid.mintJWTSVID({ spiffeId: "spiffe://example.org/t", audience: Array.from({ length: 33 }, (_, i) => `a${i}`) }), status.INVALID_ARGUMENT, "audience: has 33 audiences, more than the maximum 32");
+    // The most accepted: 32 audiences of 256 bytes.
     const longest = await env.svid.mintJWTSVID({ spiffeId: "spiffe://example.org/t", audience: Array.from({ length: 32 }, (_, i) => `${i}`.padEnd(256, "x")) });
     expect(longest.token.length).toBeGreaterThan(32 * 256);
     await expectFailure(env.svid.mintJWTSVID({ spiffeId: "nope", audience: ["a"] }), status.INVALID_ARGUMENT, "spiffe_id");

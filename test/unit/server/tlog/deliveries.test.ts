@@ -5,7 +5,8 @@ import { DeliverySchema, type Delivery } from "../../../../proto/gen/sigil/agent
 import type { TlogEntryInput } from "../../../../server/datastore/index.js";
 import { DeliveryLog, MAX_DELIVERIES_PER_SYNC, parseDeliveries } from "../../../../server/tlog/deliveries.js";
 import { credentialEntry, toTlogInput } from "../../../../server/tlog/entry.js";
-import { decodeLogEntry } from "../../../../spiffe/tlog/sigil-entry.js";
+import { canonicalJson, decodeLogEntry } from "../../../../spiffe/tlog/sigil-entry.js";
+import { Metrics } from "../../../../common/metrics.js";
 import { createHash } from "node:crypto";
 
 const AGENT = "spiffe://example.org/spire/agent/join_token/a";
@@ -42,7 +43,7 @@ class MemoryLogStore {
     );
   }
   delivered() {
-    return this.entries.map((e) => decodeLogEntry(e.entry)).filter((e) => e.kind === "delivered");
+    return this.entries.filter((e) => e.lookupKey.startsWith("delivered:")).map((e) => decodeLogEntry(e.entry));
   }
 }
 
@@ -116,10 +117,20 @@ describe("delivery reports (server)", () => {
   });
 
   it("refuses malformed reports as InvalidArgument before recording anything", async () => {
-    await expect(deliveries.report(AGENT, [x509("1a2b", ISSUED_S), x509("xyz", ISSUED_S)])).rejects.toMatchObject({ code: "ERR_INVALID_ARGUMENT", message: expect.stringMatching(/^sync authorized: deliveries\[1\]: serial must be hex/) });
-    await expect(deliveries.report(AGENT, [jwt("abc", ISSUED_S)])).rejects.toMatchObject({ code: "ERR_INVALID_ARGUMENT", message: expect.stringContaining("deliveries[0]: jwtSha256 must be 64 hex digits") });
-    await expect(deliveries.report(AGENT, [x509("1a2b", 0)])).rejects.toMatchObject({ message: "sync authorized: deliveries[0]: delivered_at must be a positive Unix time in seconds, got 0" });
-    await expect(deliveries.report(AGENT, [create(DeliverySchema, { deliveredAt: 5n })])).rejects.toMatchObject({ message: "sync authorized: deliveries[0]: a serial or jwt_sha256 is required" });
+    const thrown = (d: Delivery[]): unknown => {
+      try {
+        void deliveries.report(AGENT, d);
+      } catch (e) {
+        return e;
+      }
+      return undefined;
+    };
+    // Thrown at once, so the sync can answer InvalidArgument without waiting for any recording.
+    expect(thrown([x509("1a2b", ISSUED_S), x509("xyz", ISSUED_S)])).toMatchObject({ code: "ERR_INVALID_ARGUMENT", message: expect.stringMatching(/^sync authorized: deliveries\[1\]: serial must be hex/) });
+    expect(thrown([jwt("abc", ISSUED_S)])).toMatchObject({ code: "ERR_INVALID_ARGUMENT", message: expect.stringContaining("deliveries[0]: jwtSha256 must be 64 hex digits") });
+    expect(thrown([x509("1a2b", 0)])).toMatchObject({ message: "sync authorized: deliveries[0]: delivered_at must be a positive Unix time in seconds, got 0" });
+    expect(thrown([create(DeliverySchema, { deliveredAt: 5n })])).toMatchObject({ message: "sync authorized: deliveries[0]: a serial or jwt_sha256 is required" });
+    await deliveries.report(AGENT, [x509("abcdef", ISSUED_S)]);
     expect(store.delivered()).toEqual([]);
   });
 
@@ -132,7 +143,78 @@ describe("delivery reports (server)", () => {
   it("checks reports but logs nothing without the transparency log", async () => {
     const off = new DeliveryLog({ now: () => now, log: createLogger({ level: "error", destination: { write: () => undefined } }) });
     expect(await off.report(AGENT, [x509("1a2b", ISSUED_S)])).toEqual(["unknown"]);
-    await expect(off.report(AGENT, [x509("-1", ISSUED_S)])).rejects.toMatchObject({ code: "ERR_INVALID_ARGUMENT" });
+    expect(() => off.report(AGENT, [x509("-1", ISSUED_S)])).toThrow(expect.objectContaining({ code: "ERR_INVALID_ARGUMENT" }));
     expect(store.delivered()).toEqual([]);
+  });
+
+  it("skips, with a warning, a credential whose issuance entry cannot be decoded, and logs the others", async () => {
+    // An entry another Sigil version wrote that this one cannot read (here: an unknown field).
+    store.entries.push({ ...(store.entries[0] as TlogEntryInput), lookupKey: "serial:5e", entry: Buffer.from('{"future":1,"kind":"x509-svid","v":1}') });
+    expect(await deliveries.report(AGENT, [x509("5e", ISSUED_S + 5), x509("1a2b", ISSUED_S + 5)])).toEqual(["undecodable", "logged"]);
+    expect(store.delivered()).toEqual([expect.objectContaining({ serial: "1a2b" })]);
+    expect(warnings()).toEqual(["5e tlog: delivery reported for a credential whose log entry cannot be decoded; ignored"]);
+  });
+
+  it("logs the deliveries of a JWT-SVID whose entry predates the audience caps", async () => {
+    const sha = "ab".repeat(32);
+    const old = { v: 1, kind: "jwt-svid", jwtSha256: sha, spiffeId: "spiffe://example.org/w", agentId: AGENT, authorityKeyId: "k", notBefore: ISSUED_S, notAfter: ISSUED_S + 60, issuedAt: ISSUED_S, requestedBy: `agent:${AGENT}`, audience: ["https://api.example.com/" + "a".repeat(280)] };
+    store.entries.push({ ...(store.entries[0] as TlogEntryInput), lookupKey: `jwt:${sha}`, entry: Buffer.from(canonicalJson(old)) });
+    expect(await deliveries.report(AGENT, [jwt(sha, ISSUED_S + 5)])).toEqual(["logged"]);
+    expect(store.delivered()).toEqual([expect.objectContaining({ jwtSha256: sha, issuanceIndex: 4 })]);
+  });
+
+  it("never rejects when recording fails: the reports come back failed, logged and counted", async () => {
+    const metrics = new Metrics({ defaultMetrics: false });
+    store.recordIssuances = () => Promise.reject(new Error("database is gone"));
+    const failing = new DeliveryLog({ tlog: { datastore: store, sink: { appended: () => undefined } }, now: () => now, log: createLogger({ level: "debug", destination: { write: (l) => void lines.push(l) } }), metrics });
+    expect(await failing.report(AGENT, [x509("1a2b", ISSUED_S + 5)])).toEqual(["failed"]);
+    expect(lines.map((l) => JSON.parse(l) as { level: string; msg: string }).filter((l) => l.level === "error").map((l) => l.msg)).toEqual(["tlog: logging delivery reports failed; they are not logged"]);
+    expect(await metrics.registry.getSingleMetricAsString("sigil_tlog_deliveries_dropped_total")).toContain('sigil_tlog_deliveries_dropped_total{reason="error"} 1');
+    // The agent's next report is recorded once the store is back.
+    store.recordIssuances = MemoryLogStore.prototype.recordIssuances;
+    expect(await failing.report(AGENT, [x509("1a2b", ISSUED_S + 5)])).toEqual(["logged"]);
+  });
+
+  it("an agent flooding reports delays only itself: another agent's report is logged while its lookups hang, and its excess is dropped", async () => {
+    const metrics = new Metrics({ defaultMetrics: false });
+    // A slow datastore: the flooding agent's lookups wait until released.
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let stalled = 0;
+    const find = store.findTlogEntry.bind(store);
+    store.findTlogEntry = async (key: string) => {
+      if (/^(delivered:)?serial:f|^delivered:f/.test(key)) {
+        stalled++;
+        await gate;
+      }
+      return find(key);
+    };
+    const bounded = new DeliveryLog({
+      tlog: { datastore: store, sink: { appended: () => undefined } },
+      now: () => now,
+      log: createLogger({ level: "debug", destination: { write: (l) => void lines.push(l) } }),
+      metrics,
+      maxQueuedPerAgent: 1500,
+      maxQueued: 2000,
+    });
+    const junk = (k: number): Delivery[] => Array.from({ length: 1000 }, (_, i) => x509(`f${(k * 1000 + i).toString(16)}`, ISSUED_S));
+    const flood = [bounded.report(OTHER, junk(0)), bounded.report(OTHER, junk(1)), bounded.report(OTHER, junk(2))];
+    // The honest agent's report does not wait behind the flooder's hanging lookups.
+    expect(await bounded.report(AGENT, [x509("1a2b", ISSUED_S + 5)])).toEqual(["logged"]);
+    expect(store.delivered()).toEqual([expect.objectContaining({ serial: "1a2b", agentId: AGENT })]);
+    expect(stalled).toBe(1);
+    // 1500 of the flooder's 3000 reports wait; the rest are dropped, with a warning and a count.
+    expect(lines.map((l) => JSON.parse(l) as { level: string; msg: string; dropped?: number }).filter((l) => l.level === "warn").map((l) => [l.msg, l.dropped])).toEqual([
+      ["tlog: too many delivery reports waiting; these are not logged", 500],
+      ["tlog: too many delivery reports waiting; these are not logged", 1000],
+    ]);
+    expect(await metrics.registry.getSingleMetricAsString("sigil_tlog_deliveries_dropped_total")).toContain('sigil_tlog_deliveries_dropped_total{reason="queue_full"} 1500');
+    // The overall bound: with 1500 waiting, a third agent gets room for 500.
+    const third = bounded.report("spiffe://example.org/spire/agent/join_token/c", Array.from({ length: 600 }, (_, i) => x509(`c${i.toString(16)}`, ISSUED_S)));
+    release();
+    const outcomes = await Promise.all(flood);
+    expect(outcomes.map((o) => o.filter((x) => x === "dropped").length)).toEqual([0, 500, 1000]);
+    expect(outcomes.flat().filter((x) => x !== "dropped").every((x) => x === "unknown")).toBe(true);
+    expect((await third).filter((x) => x === "dropped")).toHaveLength(100);
   });
 });

@@ -117,6 +117,47 @@ describe("transparency log service", () => {
     expect(seen).toBe(600);
   });
 
+  it("answers a partial bundle of a bundle full by now as a slice of the full one, and keeps full bundles within a byte budget", async () => {
+    let reads = 0;
+    const counted = new Proxy(ds, {
+      get(target, key) {
+        const v: unknown = Reflect.get(target, key, target);
+        if (typeof v !== "function") return v;
+        return (...args: unknown[]) => {
+          if (key === "readTlogEntries") reads++;
+          return (v as (...a: unknown[]) => unknown).apply(target, args);
+        };
+      },
+    });
+    const s = await start({ datastore: counted, checkpointBatch: 100_000 });
+    await issue(s, Array.from({ length: 100 }, (_, j) => (0x1000 + j).toString(16)));
+    await s.checkpoint();
+    const early = await s.resource("tile/entries/000.p/100");
+    await issue(s, Array.from({ length: 700 }, (_, j) => (0x2000 + j).toString(16)));
+    await s.checkpoint();
+    expect(s.latestCheckpoint()?.size).toBe(800);
+    reads = 0;
+    // What a client that verified the checkpoint of size 100 still asks for: the same bytes, now cut from the full bundle.
+    const late = await s.resource("tile/entries/000.p/100");
+    expect(Buffer.from(late?.body ?? []).equals(Buffer.from(early?.body ?? []))).toBe(true);
+    expect(late?.immutable).toBe(false);
+    const full = await s.resource("tile/entries/000");
+    expect(Buffer.from(full?.body ?? []).subarray(0, late?.body.length).equals(Buffer.from(late?.body ?? []))).toBe(true);
+    // Every width of every full bundle: one read per bundle, the rest sliced from memory.
+    for (const n of ["000", "001", "002"]) for (const w of [1, 17, 255]) expect((await s.resource(`tile/entries/${n}.p/${w}`))?.body.length).toBeGreaterThan(0);
+    expect(reads).toBe(3);
+    expect((await s.resource("tile/entries/003.p/32"))?.body).toBeDefined();
+    expect(await s.resource("tile/entries/003.p/33")).toBeUndefined();
+
+    // A budget of about two bundles: the least recently used one is read again.
+    const small = await start({ datastore: counted, checkpointBatch: 100_000, maxCachedBundleBytes: 2 * (full?.body.length ?? 0) + 10 });
+    reads = 0;
+    for (const n of ["000", "001", "002", "001", "002"]) await small.resource(`tile/entries/${n}`);
+    expect(reads).toBe(3);
+    await small.resource("tile/entries/000");
+    expect(reads).toBe(4);
+  });
+
   it("rebuilds the tree after a restart and extends the last checkpoint", async () => {
     const s = await start();
     await issue(s, ["c1", "c2", "c3"]);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { isSigilError } from "../../../../spiffe/errors.js";
-import { canonicalJson, credentialLookupKey, decodeLogEntry, deliveredLookupKey, encodeLogEntry, logLookupKey, MAX_LOG_AUDIENCE_LENGTH, MAX_LOG_AUDIENCES, type SigilLogEntry } from "../../../../spiffe/tlog/sigil-entry.js";
+import { canonicalJson, credentialLookupKey, decodeLogEntry, deliveredLookupKey, encodeLogEntry, logLookupKey, MAX_LOG_AUDIENCE_BYTES, MAX_LOG_AUDIENCES, type SigilLogEntry } from "../../../../spiffe/tlog/sigil-entry.js";
 
 const jwt: SigilLogEntry = {
   v: 1, kind: "jwt-svid", jwtSha256: "a".repeat(64), spiffeId: "spiffe://example.org/web", entryId: "e1", entryRevision: 3,
@@ -50,13 +50,28 @@ describe("Sigil log entries (RFC 8785 canonical JSON)", () => {
     expect(() => encodeLogEntry({ ...jwt, spiffeId: "\ud800" } as SigilLogEntry)).toThrow(/lone UTF-16 surrogate/);
   });
 
-  it("bounds a JWT entry's audiences at what minting accepts (32 of 256 characters), so the entry stays under 64 KiB", () => {
-    // The worst case: every character escaped as \u00XX.
-    const widest = { ...jwt, audience: Array.from({ length: MAX_LOG_AUDIENCES }, () => "\u0001".repeat(MAX_LOG_AUDIENCE_LENGTH)) } as SigilLogEntry;
-    expect(encodeLogEntry(widest).length).toBeLessThan(65_535);
-    expect(() => encodeLogEntry({ ...jwt, audience: Array.from({ length: 33 }, (_, i) => `a${i}`) } as SigilLogEntry)).toThrow("tlog entry: jwt-svid entry: 33 audiences, more than 32");
-    expect(() => encodeLogEntry({ ...jwt, audience: ["db", "x".repeat(257)] } as SigilLogEntry)).toThrow("tlog entry: jwt-svid entry: audience[1] is longer than 256 characters");
-    refused(canonicalJson({ ...jwt, audience: ["x".repeat(257)] }), /audience\[0\] is longer than 256 characters/);
+  it("bounds a new JWT entry's audiences at what minting accepts (32 of 256 UTF-8 bytes, no control characters)", () => {
+    // The worst case now: every byte escaped, as a backslash (2 bytes each).
+    const widest = { ...jwt, audience: Array.from({ length: MAX_LOG_AUDIENCES }, () => "\\".repeat(MAX_LOG_AUDIENCE_BYTES)) } as SigilLogEntry;
+    expect(encodeLogEntry(widest).length).toBeLessThan(17_000 + encodeLogEntry(jwt).length);
+    expect(() => encodeLogEntry({ ...jwt, audience: Array.from({ length: 33 }, (_, i) => `a${i}`) } as SigilLogEntry)).toThrow("tlog entry: jwt-svid entry: audience has 33 audiences, more than the maximum 32");
+    expect(() => encodeLogEntry({ ...jwt, audience: ["db", "x".repeat(257)] } as SigilLogEntry)).toThrow("tlog entry: jwt-svid entry: audience[1] is longer than the maximum 256 bytes (257)");
+    // Bytes, not UTF-16 units: 129 × é is 258 bytes.
+    expect(() => encodeLogEntry({ ...jwt, audience: ["é".repeat(129)] } as SigilLogEntry)).toThrow("audience[0] is longer than the maximum 256 bytes (258)");
+    expect(encodeLogEntry({ ...jwt, audience: ["é".repeat(128)] } as SigilLogEntry).length).toBeGreaterThan(256);
+    for (const [c, code] of [["\u0001", "0001"], ["\u007f", "007f"], ["\u0085", "0085"], ["\n", "000a"]] as const) {
+      expect(() => encodeLogEntry({ ...jwt, audience: ["db", `a${c}`] } as SigilLogEntry)).toThrow(`tlog entry: jwt-svid entry: audience[1] contains control character U+${code} at offset 1`);
+    }
+  });
+
+  it("decodes a JWT entry written before the audience caps (33 audiences, a long one, a control character)", () => {
+    // What a server before the caps wrote: canonical, under 64 KiB, over today's caps.
+    const old = { ...jwt, audience: ["https://api.example.com/" + "a".repeat(280), ...Array.from({ length: 32 }, (_, i) => `a${i}\u0001`)] };
+    const bytes = Buffer.from(canonicalJson(old), "utf8");
+    expect(decodeLogEntry(bytes)).toEqual(old);
+    expect(() => encodeLogEntry(old as SigilLogEntry)).toThrow(/audience has 33 audiences/);
+    // Canonical form and size are still checked.
+    refused(Buffer.from(JSON.stringify(old, null, 1)), /canonical form/);
   });
 
   it("authority entries and lookup keys", () => {
