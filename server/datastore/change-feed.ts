@@ -75,7 +75,8 @@ export interface ChangeFeedListener {
    * An event may have been missed although the feed kept up: `gap` when gap
    * IDs were given up (one call per read that gave some up), `start` once
    * `gap_timeout` after the feed took its position (a transaction open then
-   * may have committed below it). Copies read before this call may be stale.
+   * may have committed below it; not called when a `gap` call came at the
+   * same read). Copies read before this call may be stale.
    */
   onMissed?(cause: MissedCause): void;
 }
@@ -253,7 +254,8 @@ export class ChangeFeed implements Service {
     }
     if (this.#startWindowEnd !== undefined && expiredAt >= this.#startWindowEnd) {
       this.#startWindowEnd = undefined;
-      this.#missed("start");
+      // One drop covers both.
+      if (ids.length === 0) this.#missed("start");
     }
     return { delivered, gaveUp: ids.length };
   }
