@@ -347,6 +347,28 @@ describe("FeedCache holding every record (bundles)", () => {
     cache.stop();
   });
 
+  it("a background reload does not replace a copy read after it began", async () => {
+    const feed = new FakeFeed();
+    const store = new FakeStore();
+    const clock = new ManualClock();
+    store.rows.set("example.org", "own-1");
+    const cache = fullCache(feed, store, clock);
+    await cache.start();
+    store.hold();
+    clock.advance(MAX_AGE_MS / 2);
+    expect(await cache.get("other.test")).toBeUndefined(); // starts the reload, which reads "own-1"
+    store.rows.set("example.org", "own-2");
+    clock.advance(MAX_AGE_MS / 2 + 1);
+    const fresh = cache.get("example.org"); // past the bound: read again, after the reload began
+    store.release();
+    expect(await fresh).toBe("own-2");
+    await flush();
+    const reads = store.reads;
+    expect(await cache.get("example.org")).toBe("own-2");
+    expect(store.reads).toBe(reads);
+    cache.stop();
+  });
+
   it("past the age bound with no successful load, copies and absences are read through", async () => {
     const feed = new FakeFeed();
     const store = new FakeStore();
