@@ -169,13 +169,24 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   const changeFeed = new ChangeFeed({ datastore, settings: changeFeedSettings(s.change_feed), clock, log: subsystemLogger(log, "change_feed") });
   const entries = new EntryIndexFeed({ datastore, feed: changeFeed, serverId: serverId.toString(), log });
   // What every agent API call reads, served from memory and kept current by the feed.
-  const agentCache = new FeedCache<AttestedAgent>({ name: "agent-cache", kind: "agent", feed: changeFeed, read: (id) => datastore.datastore.getAgent(id), log });
+  const cacheMaxAgeMs = s.change_feed.cache_max_age;
+  const agentCache = new FeedCache<AttestedAgent>({
+    name: "agent-cache",
+    kind: "agent",
+    feed: changeFeed,
+    read: (id) => datastore.datastore.getAgent(id),
+    maxAgeMs: cacheMaxAgeMs,
+    clock,
+    log,
+  });
   const bundleCache = new FeedCache<StoredBundle>({
     name: "bundle-cache",
     kind: "bundle",
     feed: changeFeed,
     read: (td) => datastore.datastore.getBundle(td),
     readAll: async () => (await datastore.datastore.listBundles()).map((b) => [b.trustDomain, b] as const),
+    maxAgeMs: cacheMaxAgeMs,
+    clock,
     log,
   });
   const federation = new FederationPoller({ trustDomain, datastore, ownBundle: () => ca.manager.bundle(), config: config.federation, clock, metrics, log: subsystemLogger(log, "federation") });

@@ -43,6 +43,7 @@ server:
     poll_interval: 250ms
     notify_poll_interval: 5s
     gap_timeout: 1m
+    cache_max_age: 5m
     event_retention: 24h
 health_checks:
   listener_enabled: true

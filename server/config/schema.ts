@@ -71,6 +71,12 @@ const changeFeedSection = z
       .refine((ms) => ms <= 3_600_000, { error: "must be at most 1h" })
       .prefault("1m")
       .describe("How long an event ID missing below a seen one (a transaction still committing on another server) is read again before it is taken as never committed."),
+    cache_max_age: duration({ minMs: 1_000 })
+      .refine((ms) => ms <= 24 * 3_600_000, { error: "must be at most 24h" })
+      .prefault("5m")
+      .describe(
+        "The longest an agent record or bundle is served from memory without reading it again, a bound on staleness should a change event be missed (a transaction committing after `gap_timeout`). Costs one read per agent record in use per server per period, and one read of every bundle per half period.",
+      ),
     event_retention: duration({ minMs: 60_000 })
       .prefault("24h")
       .describe("How long change events are kept before pruning. A server that could not read them for longer reloads every entry, agent record and bundle it holds once."),

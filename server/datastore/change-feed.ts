@@ -17,6 +17,13 @@
  * - **Gaps.** An ID may become visible after a higher one (concurrent
  *   transactions commit out of order); {@link EventGapTracker} keeps such IDs
  *   and reads them again until they appear or `gap_timeout` passes.
+ * - **Events possibly missed.** A gap ID given up may still commit later (a
+ *   transaction slower than `gap_timeout`), and a transaction open when the
+ *   feed took its position (at start, or after falling behind) may commit
+ *   below it: neither event is ever delivered. So the feed tells followers
+ *   (`onMissed`) when it gives up gap IDs, and once `gap_timeout` after taking
+ *   its position; followers holding copies drop them (the caches do; the
+ *   entry index does not).
  * - **Falling behind.** Events older than `event_retention` are pruned. A feed
  *   that could not read for longer than that may have lost events: it tells
  *   followers to reload everything once (`onResync`) and logs it. It never
@@ -64,7 +71,18 @@ export interface ChangeFeedListener {
   onEvent(event: ChangeEvent): void;
   /** Events may have been lost (the feed fell behind pruning): reload everything. */
   onResync?(): void;
+  /**
+   * An event may have been missed although the feed kept up: `gap` when gap
+   * IDs were given up (one call per read that gave some up), `start` once
+   * `gap_timeout` after the feed took its position (a transaction open then
+   * may have committed below it; not called when a `gap` call came at the
+   * same read). Copies read before this call may be stale.
+   */
+  onMissed?(cause: MissedCause): void;
 }
+
+/** Why {@link ChangeFeedListener.onMissed} was called. */
+export type MissedCause = "gap" | "start";
 
 /** Dependencies of the {@link ChangeFeed}. */
 export interface ChangeFeedDeps {
@@ -99,6 +117,8 @@ export class ChangeFeed implements Service {
   /** When the last read succeeded (ms). */
   #lastReadAt = 0;
   #failing = false;
+  /** When the window after taking a position closes (ms); undefined once closed. */
+  #startWindowEnd: number | undefined;
 
   constructor(deps: ChangeFeedDeps) {
     this.#d = deps;
@@ -121,6 +141,7 @@ export class ChangeFeed implements Service {
     this.#stopped = false;
     this.#tracker = new EventGapTracker(await ds.lastEventId(), this.#d.settings.gapTimeoutMs);
     this.#lastReadAt = this.#d.clock.now().getTime();
+    this.#startWindowEnd = this.#lastReadAt + this.#d.settings.gapTimeoutMs;
     // This server's own changes are delivered at commit; the read then skips them.
     this.#unsubscribeLocal = ds.subscribe((e) => this.#offer([e]));
     if (ds.watchEvents !== undefined) {
@@ -198,6 +219,7 @@ export class ChangeFeed implements Service {
       const since = new Date(this.#lastReadAt).toISOString();
       this.#tracker = new EventGapTracker(await ds.lastEventId(), this.#d.settings.gapTimeoutMs);
       this.#lastReadAt = now;
+      this.#startWindowEnd = now + this.#d.settings.gapTimeoutMs;
       this.#d.log.warn({ last_read: since, event_retention_ms: this.#d.settings.eventRetentionMs }, "change feed: fell behind event pruning; followers reload everything");
       for (const l of [...this.#listeners]) this.#call(() => l.onResync?.());
       return { delivered: 0, gaveUp: 0 };
@@ -224,8 +246,17 @@ export class ChangeFeed implements Service {
     this.#failing = false;
     // When this read started: everything committed before then has been read.
     this.#lastReadAt = now;
-    const { ids } = tracker.expire(this.#d.clock.now().getTime());
-    if (ids.length > 0) this.#d.log.debug({ count: ids.length, first: ids[0] }, "change feed: event IDs never committed (rolled back or retried)");
+    const expiredAt = this.#d.clock.now().getTime();
+    const { ids } = tracker.expire(expiredAt);
+    if (ids.length > 0) {
+      this.#d.log.debug({ count: ids.length, first: ids[0] }, "change feed: event IDs given up (rolled back, retried, or slower than gap_timeout)");
+      this.#missed("gap");
+    }
+    if (this.#startWindowEnd !== undefined && expiredAt >= this.#startWindowEnd) {
+      this.#startWindowEnd = undefined;
+      // One drop covers both.
+      if (ids.length === 0) this.#missed("start");
+    }
     return { delivered, gaveUp: ids.length };
   }
 
@@ -241,6 +272,10 @@ export class ChangeFeed implements Service {
       for (const l of [...this.#listeners]) this.#call(() => l.onEvent(e));
     }
     return n;
+  }
+
+  #missed(cause: MissedCause): void {
+    for (const l of [...this.#listeners]) this.#call(() => l.onMissed?.(cause));
   }
 
   #call(fn: () => void): void {

@@ -5,6 +5,9 @@
  * (the `cert` field of X.509 kinds) chains to the trust bundle the auditor
  * gives, at the time it was issued, and names the SPIFFE ID and serial the
  * entry says — and, for monitoring, that the ID is one the auditor expects.
+ * A `delivered` entry must refer to an earlier entry of the same credential
+ * (serial or JWT hash), issued to the same agent for the same SPIFFE ID
+ * ({@link IssuedCredentials} remembers them compactly).
  *
  * A problem is a {@link AuditFinding}, reported and counted; it does not stop
  * the run (the log itself is sound, the issuance is what is suspicious).
@@ -20,7 +23,8 @@ import { SigilError } from "../errors.js";
 import { parseSpiffeId, type TrustDomain } from "../id.js";
 import { canonicalSerialHex } from "../x509/serial.js";
 import { verifyX509Svid } from "../x509/verify.js";
-import { decodeLogEntry, type SigilLogEntry } from "./sigil-entry.js";
+import { IssuedCredentials, type CredentialName } from "./issued-credentials.js";
+import { decodeLogEntry, type LogDeliveredEntry, type SigilLogEntry } from "./sigil-entry.js";
 
 /** Why an entry is reported. */
 export type AuditFindingKind = "undecodable" | "outside-trust-domain" | "unchained" | "mismatch" | "not-allowed" | "missing-certificate";
@@ -112,6 +116,8 @@ export class SigilEntryAuditor {
   // By subject: a leaf is verified with the logged CAs that can be above it, not all of them.
   readonly #bySubject = new Map<string, X509Certificate[]>();
   readonly #counts = new Map<AuditFindingKind, number>();
+  /** Workload credentials logged so far, for the `delivered` entries that refer to them. */
+  readonly #issued = new IssuedCredentials();
   #entries = 0;
 
   constructor(options: SigilAuditOptions) {
@@ -155,19 +161,12 @@ export class SigilEntryAuditor {
       return;
     }
     if (entry.kind === "delivered") {
-      // A pick-up refers to its credential's own entry, which the server logged first.
-      if (entry.issuanceIndex >= index) {
-        const name = entry.serial !== undefined ? `serial ${escapeControls(entry.serial)}` : `jwt ${entry.jwtSha256 ?? ""}`;
-        this.#report({
-          index,
-          kind: "mismatch",
-          entryKind: entry.kind,
-          spiffeId: entry.spiffeId,
-          ...(entry.serial === undefined ? {} : { serial: entry.serial }),
-          message: `log verify: entry ${index}: delivered ${escapeControls(entry.spiffeId)} ${name}: refers to issuance entry ${entry.issuanceIndex}, which is not before it`,
-        });
-      }
+      this.#delivered(index, entry);
       return;
+    }
+    if ((entry.kind === "x509-svid" && entry.serial !== undefined) || (entry.kind === "jwt-svid" && entry.jwtSha256 !== undefined)) {
+      const name: CredentialName = entry.serial !== undefined ? { serial: entry.serial } : { jwtSha256: entry.jwtSha256 ?? "" };
+      this.#issued.add(name, { index, agentId: entry.agentId, spiffeId: entry.spiffeId });
     }
     if (entry.kind === "authority") {
       if (entry.authorityKind === "x509" && entry.cert !== undefined) this.#caCertificate(index, entry.kind, undefined, entry.cert);
@@ -212,6 +211,37 @@ export class SigilEntryAuditor {
       this.#report({ ...base, kind: "unchained", message: `${what}: the certificate does not chain to the trust bundle of ${this.#o.trustDomain.name}: ${(e as Error).message}` });
     }
   };
+
+  /** A pick-up refers to its credential's own entry, which the server logged first, for the same agent and ID. */
+  #delivered(index: number, entry: LogDeliveredEntry): void {
+    const name: CredentialName = entry.serial !== undefined ? { serial: entry.serial } : { jwtSha256: entry.jwtSha256 ?? "" };
+    const named = entry.serial !== undefined ? `serial ${escapeControls(entry.serial)}` : `jwt ${escapeControls(entry.jwtSha256 ?? "")}`;
+    const ref = entry.issuanceIndex;
+    const problems: string[] = [];
+    if (ref >= index) {
+      problems.push(`refers to issuance entry ${ref}, which is not before it`);
+    } else {
+      const issued = this.#issued.get(name);
+      if (issued === undefined) {
+        problems.push(`refers to issuance entry ${ref}, but no ${entry.serial !== undefined ? "x509-svid" : "jwt-svid"} entry before it is that credential`);
+      } else {
+        if (issued.index !== ref) problems.push(`refers to issuance entry ${ref}, but the credential is logged at entry ${issued.index}`);
+        if (issued.spiffeId !== entry.spiffeId) problems.push(`issuance entry ${issued.index} is for ${escapeControls(issued.spiffeId)}`);
+        if (issued.agentId !== entry.agentId) {
+          problems.push(`issuance entry ${issued.index} issued it ${issued.agentId === undefined ? "to no agent" : `to agent ${escapeControls(issued.agentId)}`}, not to ${escapeControls(entry.agentId)}`);
+        }
+      }
+    }
+    if (problems.length === 0) return;
+    this.#report({
+      index,
+      kind: "mismatch",
+      entryKind: entry.kind,
+      spiffeId: entry.spiffeId,
+      ...(entry.serial === undefined ? {} : { serial: entry.serial }),
+      message: `log verify: entry ${index}: delivered ${escapeControls(entry.spiffeId)} ${named}: ${problems.join("; ")}`,
+    });
+  }
 
   /** A logged CA certificate: kept as an intermediate when a bundle authority (or a kept intermediate) signed it. */
   #caCertificate(index: number, entryKind: string, spiffeId: string | undefined, certB64: string): void {

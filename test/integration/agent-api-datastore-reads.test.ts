@@ -36,8 +36,15 @@ const total = (): number => [...calls.agentApi.values()].reduce((a, b) => a + b,
 
 beforeAll(async () => {
   dir = mkdtempSync(path.join(tmpdir(), "sigil-agent-reads-"));
-  // Sync limits off: the test syncs one agent far faster than an agent would.
-  const config = parseServerConfig(testServerConfigYaml(dir, { keyManager: "memory", serverExtra: "  audit_log_enabled: false\n  ratelimit:\n    sync: false\n" }));
+  // Sync limits off: the test syncs one agent far faster than an agent would. The caches'
+  // age bound and the feed's start window (gap_timeout after the start, when the caches are
+  // dropped once) are pushed past the test's run, so a slow machine does not see those reads.
+  const config = parseServerConfig(
+    testServerConfigYaml(dir, {
+      keyManager: "memory",
+      serverExtra: "  audit_log_enabled: false\n  ratelimit:\n    sync: false\n  change_feed:\n    gap_timeout: 1h\n    cache_max_age: 24h\n",
+    }),
+  );
   server = await startServer(config, { logDestination: { write: () => undefined } });
   calls = countDatastoreCalls(server.datastore);
   agentAdmin = createUnaryClient(AgentAdmin, `unix:${server.adminSocketPath}`, credentials.createInsecure());

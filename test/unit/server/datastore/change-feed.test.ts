@@ -173,3 +173,71 @@ describe.each(engines)("change feed on %s", (engine) => {
     });
   }
 });
+
+/** A datastore holding only change events, committed when the test says (any engine's out-of-order commits, by hand). */
+class EventsOnly {
+  readonly committed: ChangeEvent[] = [];
+  last = 0;
+  lastEventId = async (): Promise<number> => this.last;
+  subscribe = (): (() => void) => () => undefined;
+  listEvents = async (after: number, limit: number): Promise<ChangeEvent[]> =>
+    this.committed
+      .filter((e) => e.eventId > after)
+      .sort((x, y) => x.eventId - y.eventId)
+      .slice(0, limit);
+  commit(eventId: number, objectId: string): void {
+    this.committed.push({ eventId, kind: "agent", objectId, op: "update", at: T0 });
+    this.last = Math.max(this.last, eventId);
+  }
+}
+
+describe("change feed: telling followers an event may have been missed", () => {
+  async function started(ds: EventsOnly, clock: ManualClock): Promise<{ feed: ChangeFeed; missed: string[]; heard: string[] }> {
+    const feed = new ChangeFeed({ datastore: { datastore: ds as unknown as Datastore }, settings: MANUAL, clock, log });
+    await feed.start();
+    const missed: string[] = [];
+    const heard: string[] = [];
+    feed.subscribe({ onEvent: (e) => heard.push(e.objectId), onMissed: (cause) => missed.push(cause) });
+    return { feed, missed, heard };
+  }
+
+  it("a gap ID given up (its transaction slower than gap_timeout) is reported once; its late event is never delivered", async () => {
+    const clock = new ManualClock(T0);
+    const ds = new EventsOnly();
+    ds.commit(1, "before");
+    const { feed, missed, heard } = await started(ds, clock);
+    ds.commit(3, "fast"); // ID 2 is taken by a transaction still open
+    await feed.poll();
+    expect(feed.gaps()).toEqual([2]);
+    clock.advance(MANUAL.gapTimeoutMs - 1);
+    await feed.poll();
+    expect(missed).toEqual([]);
+    clock.advance(1);
+    expect((await feed.poll()).gaveUp).toBe(1);
+    // The start window (gap_timeout after taking the position) closed at the same read: one call covers both.
+    expect(missed).toEqual(["gap"]);
+    ds.commit(2, "banned-agent");
+    await feed.poll();
+    expect(heard).toEqual(["fast"]);
+    expect(missed).toEqual(["gap"]);
+    await feed.stop();
+  });
+
+  it("once gap_timeout after the start, followers are told (a transaction open at the start may commit below the position)", async () => {
+    const clock = new ManualClock(T0);
+    const ds = new EventsOnly();
+    ds.commit(5, "highest-at-start"); // ID 4 belongs to a transaction open at the start
+    const { feed, missed, heard } = await started(ds, clock);
+    ds.commit(4, "committed-late");
+    await feed.poll();
+    expect(heard).toEqual([]);
+    expect(missed).toEqual([]);
+    clock.advance(MANUAL.gapTimeoutMs);
+    await feed.poll();
+    expect(missed).toEqual(["start"]);
+    clock.advance(MANUAL.gapTimeoutMs);
+    await feed.poll();
+    expect(missed).toEqual(["start"]);
+    await feed.stop();
+  });
+});

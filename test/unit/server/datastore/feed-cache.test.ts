@@ -1,13 +1,15 @@
 /**
  * The change-fed record cache: served from memory once read, dropped at the
  * event (no call after it sees the old copy, and a read that was in flight
- * is not kept), reloaded after the feed fell behind, and reading through to
- * the datastore whenever it does not know.
+ * is not kept), reloaded after the feed fell behind or may have missed an
+ * event, never serving a copy older than its age bound, and reading through
+ * to the datastore whenever it does not know.
  */
 import { describe, expect, it } from "vitest";
+import { ManualClock } from "../../../../common/clock.js";
 import { createLogger } from "../../../../common/log.js";
 import type { ChangeEvent, ChangeKind } from "../../../../server/datastore/change-event.js";
-import type { ChangeFeedListener } from "../../../../server/datastore/change-feed.js";
+import type { ChangeFeedListener, MissedCause } from "../../../../server/datastore/change-feed.js";
 import { FeedCache } from "../../../../server/datastore/feed-cache.js";
 
 const log = createLogger({ level: "error", destination: { write: () => undefined } });
@@ -27,7 +29,13 @@ class FakeFeed {
   resync(): void {
     for (const l of this.listeners) l.onResync?.();
   }
+  missed(cause: MissedCause): void {
+    for (const l of this.listeners) l.onMissed?.(cause);
+  }
 }
+
+/** The age bound of the caches under test (ms). */
+const MAX_AGE_MS = 300_000;
 
 /** A store whose reads are counted and can be held back or made to fail. */
 class FakeStore {
@@ -64,12 +72,12 @@ class FakeStore {
 
 const flush = (): Promise<void> => new Promise((r) => setImmediate(r));
 
-function lazyCache(feed: FakeFeed, store: FakeStore): FeedCache<string> {
-  return new FeedCache<string>({ name: "agent-cache", kind: "agent", feed, read: store.read, log });
+function lazyCache(feed: FakeFeed, store: FakeStore, clock = new ManualClock()): FeedCache<string> {
+  return new FeedCache<string>({ name: "agent-cache", kind: "agent", feed, read: store.read, maxAgeMs: MAX_AGE_MS, clock, log });
 }
 
-function fullCache(feed: FakeFeed, store: FakeStore): FeedCache<string> {
-  return new FeedCache<string>({ name: "bundle-cache", kind: "bundle", feed, read: store.read, readAll: store.readAll, log });
+function fullCache(feed: FakeFeed, store: FakeStore, clock = new ManualClock()): FeedCache<string> {
+  return new FeedCache<string>({ name: "bundle-cache", kind: "bundle", feed, read: store.read, readAll: store.readAll, maxAgeMs: MAX_AGE_MS, clock, log });
 }
 
 describe("FeedCache read on first use (agent records)", () => {
@@ -153,6 +161,49 @@ describe("FeedCache read on first use (agent records)", () => {
     expect(await cache.get("a")).toBe("a2");
     cache.stop();
     expect(feed.listeners.size).toBe(0);
+  });
+
+  it.each(["gap", "start"] as const)("when the feed may have missed an event (%s) every copy is dropped and read again on use", async (cause) => {
+    const feed = new FakeFeed();
+    const store = new FakeStore();
+    store.rows.set("a", "a1").set("b", "b1");
+    const cache = lazyCache(feed, store);
+    await cache.start();
+    await cache.get("a");
+    await cache.get("b");
+    store.rows.set("a", "banned"); // written by another server; its event ID was given up before it committed
+    expect(await cache.get("a")).toBe("a1");
+    feed.missed(cause);
+    expect(cache.stats().size).toBe(0);
+    expect(await cache.get("a")).toBe("banned");
+    expect(await cache.get("b")).toBe("b1");
+    expect(store.reads).toBe(4);
+    cache.stop();
+  });
+
+  it("a copy older than the age bound is read again on use, then served from memory again", async () => {
+    const feed = new FakeFeed();
+    const store = new FakeStore();
+    const clock = new ManualClock();
+    store.rows.set("a", "a1");
+    const cache = lazyCache(feed, store, clock);
+    await cache.start();
+    expect(await cache.get("a")).toBe("a1");
+    store.rows.set("a", "banned"); // its event never delivered
+    clock.advance(MAX_AGE_MS);
+    expect(await cache.get("a")).toBe("a1");
+    expect(store.reads).toBe(1);
+    clock.advance(1);
+    expect(await cache.get("a")).toBe("banned");
+    expect(store.reads).toBe(2);
+    for (let i = 0; i < 10; i++) expect(await cache.get("a")).toBe("banned");
+    expect(store.reads).toBe(2);
+    // A record deleted meanwhile is not served from the old copy either.
+    store.rows.delete("a");
+    clock.advance(MAX_AGE_MS + 1);
+    expect(await cache.get("a")).toBeUndefined();
+    expect(cache.stats().size).toBe(0);
+    cache.stop();
   });
 });
 
@@ -251,6 +302,87 @@ describe("FeedCache holding every record (bundles)", () => {
     expect(await cache.get("old.test")).toBeUndefined();
     expect(await cache.get("example.org")).toBe("own-2");
     expect(store.reads).toBe(reads);
+    cache.stop();
+  });
+
+  it.each(["gap", "start"] as const)("when the feed may have missed an event (%s) it reloads everything", async (cause) => {
+    const feed = new FakeFeed();
+    const store = new FakeStore();
+    store.rows.set("example.org", "own-1").set("old.test", "o-1");
+    const cache = fullCache(feed, store);
+    await cache.start();
+    store.rows.set("example.org", "own-2");
+    store.rows.delete("old.test");
+    feed.missed(cause);
+    expect(await cache.get("example.org")).toBe("own-2");
+    await flush();
+    expect(store.readAlls).toBe(2);
+    expect(await cache.get("old.test")).toBeUndefined();
+    cache.stop();
+  });
+
+  it("reloads everything in the background every half age bound while used, replacing changed and deleted copies", async () => {
+    const feed = new FakeFeed();
+    const store = new FakeStore();
+    const clock = new ManualClock();
+    store.rows.set("example.org", "own-1").set("old.test", "o-1");
+    const cache = fullCache(feed, store, clock);
+    await cache.start();
+    // Changes whose events were never delivered.
+    store.rows.set("example.org", "own-2");
+    store.rows.delete("old.test");
+    store.rows.set("new.test", "n-1");
+    clock.advance(MAX_AGE_MS / 2 - 1);
+    expect(await cache.get("example.org")).toBe("own-1");
+    expect(store.readAlls).toBe(1);
+    clock.advance(1);
+    // The call that finds the load half the bound old is answered from memory and starts a load.
+    expect(await cache.get("example.org")).toBe("own-1");
+    expect(store.readAlls).toBe(2);
+    await flush();
+    expect(await cache.get("example.org")).toBe("own-2");
+    expect(await cache.get("old.test")).toBeUndefined();
+    expect(await cache.get("new.test")).toBe("n-1");
+    expect(store.reads).toBe(0);
+    cache.stop();
+  });
+
+  it("a background reload does not replace a copy read after it began", async () => {
+    const feed = new FakeFeed();
+    const store = new FakeStore();
+    const clock = new ManualClock();
+    store.rows.set("example.org", "own-1");
+    const cache = fullCache(feed, store, clock);
+    await cache.start();
+    store.hold();
+    clock.advance(MAX_AGE_MS / 2);
+    expect(await cache.get("other.test")).toBeUndefined(); // starts the reload, which reads "own-1"
+    store.rows.set("example.org", "own-2");
+    clock.advance(MAX_AGE_MS / 2 + 1);
+    const fresh = cache.get("example.org"); // past the bound: read again, after the reload began
+    store.release();
+    expect(await fresh).toBe("own-2");
+    await flush();
+    const reads = store.reads;
+    expect(await cache.get("example.org")).toBe("own-2");
+    expect(store.reads).toBe(reads);
+    cache.stop();
+  });
+
+  it("past the age bound with no successful load, copies and absences are read through", async () => {
+    const feed = new FakeFeed();
+    const store = new FakeStore();
+    const clock = new ManualClock();
+    store.rows.set("example.org", "own-1");
+    const cache = fullCache(feed, store, clock);
+    await cache.start();
+    store.fail = true;
+    clock.advance(MAX_AGE_MS + 1);
+    await expect(cache.get("example.org")).rejects.toThrow(/unreachable/);
+    await expect(cache.get("missing.test")).rejects.toThrow(/unreachable/);
+    store.fail = false;
+    store.rows.set("example.org", "own-2");
+    expect(await cache.get("example.org")).toBe("own-2");
     cache.stop();
   });
 

@@ -1,7 +1,8 @@
 /**
  * The per-entry audit of `log verify`: allow-list patterns, SVIDs of a CA
  * under an upstream root verified through the CA certificate the log itself
- * recorded, a certificate that names another ID or serial than its entry, and
+ * recorded, a certificate that names another ID or serial than its entry,
+ * `delivered` entries that do not match the credential they refer to, and
  * entries that are not Sigil entries.
  */
 import { describe, expect, it } from "vitest";
@@ -49,7 +50,18 @@ describe("SigilEntryAuditor", () => {
     Buffer.from(
       issueLeaf(template, { spiffeId: parseSpiffeId(id), subjectPublicKeyDer: generateSigner("ec-p256").publicKey.export({ type: "spki", format: "der" }), serial, notBefore: at(T0), notAfter: at(T0 + 3600) }),
     ).toString("base64");
-  const svid = (id: string, serial: bigint, cert = leaf(id, serial)): SigilLogEntry => ({ v: 1, kind: "x509-svid", serial: serial.toString(16), spiffeId: id, notBefore: T0, notAfter: T0 + 3600, issuedAt: T0, cert });
+  const AGENT = "spiffe://example.org/spire/agent/x";
+  const svid = (id: string, serial: bigint, cert = leaf(id, serial), agentId = AGENT): SigilLogEntry => ({
+    v: 1,
+    kind: "x509-svid",
+    serial: serial.toString(16),
+    spiffeId: id,
+    agentId,
+    notBefore: T0,
+    notAfter: T0 + 3600,
+    issuedAt: T0,
+    cert,
+  });
 
   function audit(entries: readonly (SigilLogEntry | Uint8Array)[], allow?: string): AuditFinding[] {
     const found: AuditFinding[] = [];
@@ -79,6 +91,41 @@ describe("SigilEntryAuditor", () => {
     expect(audit([activated, svid("spiffe://example.org/w", 10n), delivered(1)])).toEqual([]);
     expect(audit([activated, svid("spiffe://example.org/w", 10n), delivered(2)]).map((f) => [f.index, f.kind, f.message])).toEqual([
       [2, "mismatch", "log verify: entry 2: delivered spiffe://example.org/w serial a: refers to issuance entry 2, which is not before it"],
+    ]);
+  });
+
+  it("reports a delivered entry that refers to another credential, or names another agent or ID than its credential's entry, naming both indices", () => {
+    const OTHER_AGENT = "spiffe://example.org/spire/agent/y";
+    const jwtHash = (c: string): string => c.repeat(64);
+    const jwt = (id: string, hash: string, agentId: string): SigilLogEntry => ({ v: 1, kind: "jwt-svid", jwtSha256: hash, spiffeId: id, agentId, audience: ["db"], notBefore: T0, notAfter: T0 + 300, issuedAt: T0 });
+    const delivered = (name: { serial: string } | { jwtSha256: string }, spiffeId: string, agentId: string, issuanceIndex: number): SigilLogEntry => ({
+      v: 1,
+      kind: "delivered",
+      ...name,
+      spiffeId,
+      agentId,
+      deliveredAt: T0,
+      issuanceIndex,
+    });
+    const log: SigilLogEntry[] = [
+      activated,
+      svid("spiffe://example.org/w", 10n), // 1
+      svid("spiffe://example.org/db", 11n, leaf("spiffe://example.org/db", 11n), OTHER_AGENT), // 2
+      jwt("spiffe://example.org/w", jwtHash("c"), AGENT), // 3
+      delivered({ serial: "a" }, "spiffe://example.org/w", AGENT, 1), // 4: sound
+      delivered({ jwtSha256: jwtHash("c") }, "spiffe://example.org/w", AGENT, 3), // 5: sound
+      delivered({ serial: "b" }, "spiffe://example.org/db", OTHER_AGENT, 1), // 6: points at serial a's entry
+      delivered({ serial: "a" }, "spiffe://example.org/w", OTHER_AGENT, 1), // 7: another agent
+      delivered({ serial: "a" }, "spiffe://example.org/admin", AGENT, 1), // 8: another ID
+      delivered({ serial: "ff" }, "spiffe://example.org/w", AGENT, 2), // 9: no such credential
+      delivered({ jwtSha256: jwtHash("d") }, "spiffe://example.org/w", AGENT, 3), // 10: another JWT
+    ];
+    expect(audit(log).map((f) => [f.index, f.kind, f.message])).toEqual([
+      [6, "mismatch", "log verify: entry 6: delivered spiffe://example.org/db serial b: refers to issuance entry 1, but the credential is logged at entry 2"],
+      [7, "mismatch", `log verify: entry 7: delivered spiffe://example.org/w serial a: issuance entry 1 issued it to agent ${AGENT}, not to ${OTHER_AGENT}`],
+      [8, "mismatch", "log verify: entry 8: delivered spiffe://example.org/admin serial a: issuance entry 1 is for spiffe://example.org/w"],
+      [9, "mismatch", "log verify: entry 9: delivered spiffe://example.org/w serial ff: refers to issuance entry 2, but no x509-svid entry before it is that credential"],
+      [10, "mismatch", `log verify: entry 10: delivered spiffe://example.org/w jwt ${jwtHash("d")}: refers to issuance entry 3, but no jwt-svid entry before it is that credential`],
     ]);
   });
 
