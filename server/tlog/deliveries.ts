@@ -96,11 +96,19 @@ const bad = (message: string): SigilError => new SigilError("ERR_INVALID_ARGUMEN
  *
  * @throws SigilError `ERR_INVALID_ARGUMENT` naming the first bad report, or for too many.
  */
+/** Refused reports of one call logged one by one; the rest are counted in one line. */
+const MAX_REFUSALS_LOGGED_PER_CALL = 5;
+
+/** The longest serial a report may name: 20 octets (RFC 5280), in hex. */
+const MAX_SERIAL_HEX_DIGITS = 40;
+
 export function parseDeliveries(deliveries: readonly Delivery[]): DeliveryReport[] {
   if (deliveries.length > MAX_DELIVERIES_PER_SYNC) throw bad(`${deliveries.length} deliveries is more than the maximum ${MAX_DELIVERIES_PER_SYNC}`);
   return deliveries.map((d, i) => {
     const c = d.credential;
     if (c.case === undefined) throw bad(`deliveries[${i}]: a serial or jwt_sha256 is required`);
+    // Checked before anything reads or logs it: a certificate serial is at most 20 octets (RFC 5280 4.1.2.2).
+    if (c.case === "serial" && c.value.length > MAX_SERIAL_HEX_DIGITS) throw bad(`deliveries[${i}]: serial is longer than ${MAX_SERIAL_HEX_DIGITS} hex digits (20 octets)`);
     const credential = c.case === "serial" ? { serial: c.value } : { jwtSha256: c.value };
     // The same spelling rules as the log's lookups: serial hex, or a 64-digit digest.
     const key = ((): string => {
@@ -192,10 +200,18 @@ export class DeliveryLog {
     const entries: LogDeliveredEntry[] = [];
     const seen = new Set<string>();
     const outcomes: DeliveryOutcome[] = [];
+    // The first refusals of a call are logged one by one; the rest only counted, in one line at the end.
+    const unlogged = new Map<DeliveryOutcome, number>();
+    let refusalsLogged = 0;
     for (const r of reports) {
       const name = "serial" in r.credential ? { serial: r.credential.serial } : { jwt_sha256: r.credential.jwtSha256 };
       const refuse = (outcome: DeliveryOutcome, message: string, fields: Record<string, unknown> = {}): void => {
         outcomes.push(outcome);
+        if (outcome !== "duplicate" && refusalsLogged >= MAX_REFUSALS_LOGGED_PER_CALL) {
+          unlogged.set(outcome, (unlogged.get(outcome) ?? 0) + 1);
+          return;
+        }
+        if (outcome !== "duplicate") refusalsLogged++;
         if (outcome === "duplicate") log.debug({ agent_id: agentId, ...name, ...fields }, message);
         else if (outcome === "unknown") log.info({ agent_id: agentId, ...name, ...fields }, message);
         else log.warn({ agent_id: agentId, ...name, ...fields }, message);
@@ -245,6 +261,9 @@ export class DeliveryLog {
         deliveredAt: Math.max(entry.issuedAt, Math.min(r.deliveredAt, nowS)),
         issuanceIndex: issued.index,
       });
+    }
+    if (unlogged.size > 0) {
+      log.warn({ agent_id: agentId, refused: Object.fromEntries(unlogged) }, `tlog: more delivery reports of this call refused; only the first ${MAX_REFUSALS_LOGGED_PER_CALL} were logged one by one`);
     }
     if (entries.length > 0) {
       await tlog.datastore.recordIssuances([], entries.map(toTlogInput));

@@ -104,6 +104,17 @@ describe("delivery reports (server)", () => {
     expect(store.delivered()).toEqual([]);
   });
 
+  it("logs the first five refusals of a call one by one and counts the rest in one line", async () => {
+    const serials = Array.from({ length: 40 }, (_, i) => (0x1000 + i).toString(16));
+    const outcomes = await deliveries.report(AGENT, serials.map((s) => x509(s, ISSUED_S + 5)));
+    expect(outcomes).toEqual(Array(40).fill("unknown"));
+    const refusals = lines.filter((l) => l.includes("does not hold"));
+    expect(refusals).toHaveLength(5);
+    const summary = lines.filter((l) => l.includes("only the first 5 were logged one by one"));
+    expect(summary).toHaveLength(1);
+    expect(JSON.parse(summary[0] as string)).toMatchObject({ agent_id: AGENT, refused: { unknown: 35 } });
+  });
+
   it("clamps a time a little in the future to now and refuses one further ahead", async () => {
     const nowS = now.getTime() / 1000;
     expect(await deliveries.report(AGENT, [x509("1a2b", nowS + 20), jwt(TOKEN_SHA, nowS + 3600)])).toEqual(["logged", "future"]);
@@ -129,6 +140,10 @@ describe("delivery reports (server)", () => {
     expect(thrown([x509("1a2b", ISSUED_S), x509("xyz", ISSUED_S)])).toMatchObject({ code: "ERR_INVALID_ARGUMENT", message: expect.stringMatching(/^sync authorized: deliveries\[1\]: serial must be hex/) });
     expect(thrown([jwt("abc", ISSUED_S)])).toMatchObject({ code: "ERR_INVALID_ARGUMENT", message: expect.stringContaining("deliveries[0]: jwtSha256 must be 64 hex digits") });
     expect(thrown([x509("1a2b", 0)])).toMatchObject({ message: "sync authorized: deliveries[0]: delivered_at must be a positive Unix time in seconds, got 0" });
+    // A serial past 20 octets is refused without being echoed (a 3 MiB one must not reach a log line).
+    const long = thrown([x509("f".repeat(41), ISSUED_S)]) as Error;
+    expect(long).toMatchObject({ code: "ERR_INVALID_ARGUMENT", message: "sync authorized: deliveries[0]: serial is longer than 40 hex digits (20 octets)" });
+    expect(parseDeliveries([x509("f".repeat(40), ISSUED_S)])).toHaveLength(1);
     expect(thrown([create(DeliverySchema, { deliveredAt: 5n })])).toMatchObject({ message: "sync authorized: deliveries[0]: a serial or jwt_sha256 is required" });
     await deliveries.report(AGENT, [x509("abcdef", ISSUED_S)]);
     expect(store.delivered()).toEqual([]);
