@@ -29,17 +29,19 @@ describe("ServerSvidService", () => {
     store = await createSqliteDatastore({ path: path.join(testTempDir("sigil-server-svid-"), "ds.sqlite3"), clock: systemClock });
     const ca = new CaManager({ trustDomain: td, caTtlMs: 3_600_000, caKeyType: "ec-p256", jwtKeyType: "ec-p256" }, { keyManager: createMemoryKeyManager(), store, clock: systemClock });
     await ca.start();
-    svid = new ServerSvidService({ ca: { manager: ca }, serverId: parseSpiffeId("spiffe://example.org/spire/server"), ttlMs: 1_000, clock: systemClock });
+    svid = new ServerSvidService({ ca: { manager: ca }, serverId: parseSpiffeId("spiffe://example.org/spire/server"), ttlMs: 4_000, clock: systemClock });
     svid.start();
     const serial = (): string => new X509Certificate(svid?.certificates.identity?.certificate ?? Buffer.alloc(0)).serialNumber;
     const first = serial();
     // Nobody calls refresh(): the service's own timer renews it before it expires.
-    await vi.waitFor(() => expect(serial()).not.toBe(first), { timeout: 5_000, interval: 50 });
+    await vi.waitFor(() => expect(serial()).not.toBe(first), { timeout: 10_000, interval: 50 });
+    // notAfter has whole-second precision, so with a 4 s TTL the renewed
+    // certificate still has more than two seconds left.
     const cert = new X509Certificate(svid.certificates.identity?.certificate ?? Buffer.alloc(0));
-    expect(new Date(cert.validTo).getTime()).toBeGreaterThan(Date.now());
+    expect(new Date(cert.validTo).getTime()).toBeGreaterThan(Date.now() + 1_000);
     svid.stop();
     const last = serial();
-    await new Promise((r) => setTimeout(r, 1_200));
+    await new Promise((r) => setTimeout(r, 2_500));
     expect(serial()).toBe(last);
   });
 });
