@@ -27,7 +27,7 @@ import type {
 } from "./entry.js";
 import type { IssuanceInput, IssuanceInventory, IssuanceInventoryRequest, IssuanceRecord, ListIssuancesRequest } from "./issuance.js";
 import type { ConsumedJoinToken, JoinTokenInput } from "./join-token.js";
-import type { TlogCheckpointRecord, TlogEntryInput, TlogKeyRecord, TlogStoredEntry } from "./tlog.js";
+import type { TlogCheckpointRecord, TlogEntryInput, TlogKeyRecord, TlogStoredEntry, WitnessCheckpointRecord } from "./tlog.js";
 import type { Page } from "./page.js";
 
 /** The server's persistent store. See the module comment for the error contract. */
@@ -249,6 +249,18 @@ export interface Datastore {
 
   /** Every server's log keys, oldest first. */
   listTlogKeys(): Promise<TlogKeyRecord[]>;
+
+  /** The latest checkpoint of log `origin` this server cosigned as a witness, or undefined. */
+  latestWitnessCheckpoint(origin: string): Promise<WitnessCheckpointRecord | undefined>;
+
+  /**
+   * Stores `next` as the latest witnessed checkpoint of its origin, only if
+   * the stored one is still `previous` (same size and root; undefined: none
+   * stored): the check and the write are one atomic step, so two concurrent
+   * submissions can never roll the witness back. Returns false, storing
+   * nothing, when the stored state is not `previous`.
+   */
+  advanceWitnessCheckpoint(next: WitnessCheckpointRecord, previous: { readonly treeSize: number; readonly rootHash: Uint8Array } | undefined): Promise<boolean>;
 
   // ── Change feed ──────────────────────────────────────────────────────
 

@@ -87,7 +87,7 @@ export type { ConsumedJoinToken, JoinTokenInput } from "./join-token.js";
 export type { Migration, MigrationResult } from "./migrate.js";
 export { migrate } from "./migrate.js";
 export type { Page, PageRequest } from "./page.js";
-export type { TlogCheckpointRecord, TlogEntryInput, TlogKeyRecord, TlogStoredEntry } from "./tlog.js";
+export type { TlogCheckpointRecord, TlogEntryInput, TlogKeyRecord, TlogStoredEntry, WitnessCheckpointRecord } from "./tlog.js";
 export { MAX_TLOG_READ } from "./tlog.js";
 export { MAX_PAGE_SIZE } from "./page.js";
 export type { FederatesWithFilter, SelectorFilter, SetMatch } from "./set-filter.js";

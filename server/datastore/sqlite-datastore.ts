@@ -12,7 +12,7 @@ import {
   PRUNE_ORPHAN_CONTEXTS_SQL,
 } from "./sqlite-issuance-log.js";
 import { IssuanceWriter } from "./issuance-writer.js";
-import { checkTlogCheckpoint, checkTlogEntries, checkTlogKey, checkTlogRange, type TlogCheckpointRecord, type TlogEntryInput, type TlogKeyRecord, type TlogStoredEntry } from "./tlog.js";
+import { checkTlogCheckpoint, checkTlogEntries, checkTlogKey, checkTlogRange, checkWitnessCheckpoint, checkWitnessOrigin, type TlogCheckpointRecord, type TlogEntryInput, type TlogKeyRecord, type TlogStoredEntry, type WitnessCheckpointRecord } from "./tlog.js";
 import { randomBytes } from "node:crypto";
 import Database from "better-sqlite3";
 import type BetterSqlite3 from "better-sqlite3";
@@ -921,6 +921,31 @@ class SqliteDatastore implements Datastore {
         retiredAt: r.retired_at === null ? null : new Date(r.retired_at),
       })),
     );
+  }
+
+  async latestWitnessCheckpoint(origin: string): Promise<WitnessCheckpointRecord | undefined> {
+    checkWitnessOrigin(origin);
+    return this.#read(() => {
+      const r = this.#get<{ origin: string; tree_size: number; root_hash: Buffer; note: string; updated_at: number }>("SELECT * FROM tlog_witness_checkpoints WHERE origin = ?", origin);
+      return r === undefined ? undefined : { origin: r.origin, treeSize: r.tree_size, rootHash: r.root_hash, note: r.note, updatedAt: new Date(r.updated_at) };
+    });
+  }
+
+  async advanceWitnessCheckpoint(next: WitnessCheckpointRecord, previous: { readonly treeSize: number; readonly rootHash: Uint8Array } | undefined): Promise<boolean> {
+    checkWitnessCheckpoint(next);
+    // One statement each: the compare and the write cannot be split by another writer.
+    const changes = this.#read(() =>
+      previous === undefined
+        ? this.#exec(
+            "INSERT INTO tlog_witness_checkpoints (origin, tree_size, root_hash, note, updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (origin) DO NOTHING",
+            next.origin, next.treeSize, Buffer.from(next.rootHash), next.note, next.updatedAt.getTime(),
+          ).changes
+        : this.#exec(
+            "UPDATE tlog_witness_checkpoints SET tree_size = ?, root_hash = ?, note = ?, updated_at = ? WHERE origin = ? AND tree_size = ? AND root_hash = ?",
+            next.treeSize, Buffer.from(next.rootHash), next.note, next.updatedAt.getTime(), next.origin, previous.treeSize, Buffer.from(previous.rootHash),
+          ).changes,
+    );
+    return changes === 1;
   }
 
   async issuanceInventory(request: IssuanceInventoryRequest): Promise<IssuanceInventory> {

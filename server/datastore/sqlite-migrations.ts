@@ -332,4 +332,18 @@ DROP TABLE temp.change_events_seq;
 CREATE INDEX change_events_at ON change_events (at);
 `,
   },
+  {
+    version: 9,
+    name: "transparency log witness",
+    // A witness keeps only the latest checkpoint it cosigned of each log (C2SP tlog-witness).
+    sql: `
+CREATE TABLE tlog_witness_checkpoints (
+  origin     TEXT PRIMARY KEY,
+  tree_size  INTEGER NOT NULL,
+  root_hash  BLOB NOT NULL,
+  note       TEXT NOT NULL,
+  updated_at INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+`,
+  },
 ];

@@ -44,6 +44,21 @@ export interface TlogKeyRecord {
   readonly retiredAt: Date | null;
 }
 
+/** The latest checkpoint of another log this server cosigned as a witness (one per origin). */
+export interface WitnessCheckpointRecord {
+  /** The witnessed log's origin line. */
+  readonly origin: string;
+  readonly treeSize: number;
+  /** 32 bytes. */
+  readonly rootHash: Uint8Array;
+  /** The signed checkpoint as the log submitted it. */
+  readonly note: string;
+  readonly updatedAt: Date;
+}
+
+/** Longest origin a witness keeps state for. */
+export const MAX_WITNESS_ORIGIN = 255;
+
 /** Most entries one `readTlogEntries` call returns. */
 export const MAX_TLOG_READ = 10_000;
 /** Longest lookup key. */
@@ -82,6 +97,23 @@ export function checkTlogCheckpoint(c: TlogCheckpointRecord): void {
   if (!(c.rootHash instanceof Uint8Array) || c.rootHash.length !== 32) throw invalid("log checkpoint rootHash must be 32 bytes");
   if (typeof c.note !== "string" || c.note.length === 0 || c.note.length > 65_536) throw invalid("log checkpoint note must be 1 to 65536 characters");
   if (!(c.createdAt instanceof Date) || Number.isNaN(c.createdAt.getTime())) throw invalid("log checkpoint createdAt must be a valid Date");
+}
+
+/** Checks a witness checkpoint record before it is stored. */
+export function checkWitnessCheckpoint(c: WitnessCheckpointRecord): void {
+  if (c === null || typeof c !== "object") throw invalid("witness checkpoint must be an object");
+  checkWitnessOrigin(c.origin);
+  if (!Number.isSafeInteger(c.treeSize) || c.treeSize < 0) throw invalid("witness checkpoint treeSize must be a non-negative integer");
+  if (!(c.rootHash instanceof Uint8Array) || c.rootHash.length !== 32) throw invalid("witness checkpoint rootHash must be 32 bytes");
+  if (typeof c.note !== "string" || c.note.length === 0 || c.note.length > 65_536) throw invalid("witness checkpoint note must be 1 to 65536 characters");
+  if (!(c.updatedAt instanceof Date) || Number.isNaN(c.updatedAt.getTime())) throw invalid("witness checkpoint updatedAt must be a valid Date");
+}
+
+/** Checks a witnessed log's origin. */
+export function checkWitnessOrigin(origin: string): void {
+  if (typeof origin !== "string" || origin.length === 0 || origin.length > MAX_WITNESS_ORIGIN || origin.includes("\n")) {
+    throw invalid(`witness checkpoint origin must be one line of 1 to ${MAX_WITNESS_ORIGIN} characters`);
+  }
 }
 
 /** Checks a key record before it is stored. */

@@ -376,7 +376,8 @@ export function signNote(text: string, signers: readonly NoteSigner[], existing:
   return `${text}\n${lines.join("")}`;
 }
 
-function signatureLine(name: string, keyId: number, signature: Uint8Array): string {
+/** One note signature line `— <name> <base64(key ID || signature)>` and its newline. */
+export function signatureLine(name: string, keyId: number, signature: Uint8Array): string {
   const raw = Buffer.allocUnsafe(4 + signature.length);
   raw.writeUInt32BE(keyId >>> 0, 0);
   raw.set(signature, 4);

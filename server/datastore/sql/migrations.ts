@@ -299,6 +299,24 @@ export const SQL_MIGRATIONS: readonly SqlMigration[] = [
         .execute();
     },
   },
+  {
+    version: 5,
+    name: "transparency log witness",
+    async up(db, d) {
+      // A witness keeps only the latest checkpoint it cosigned of each log (C2SP tlog-witness).
+      await d
+        .table(
+          db.schema
+            .createTable("tlog_witness_checkpoints")
+            .addColumn("origin", d.text(255), (c) => c.primaryKey())
+            .addColumn("tree_size", "bigint", NOT_NULL)
+            .addColumn("root_hash", d.bytes, NOT_NULL)
+            .addColumn("note", d.longText, NOT_NULL)
+            .addColumn("updated_at", "bigint", NOT_NULL),
+        )
+        .execute();
+    },
+  },
 ];
 
 /** What {@link migrateSql} did. */

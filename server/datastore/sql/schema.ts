@@ -180,6 +180,15 @@ export interface TlogKeyTable {
   retired_at: number | null;
 }
 
+/** `tlog_witness_checkpoints`: the latest checkpoint of each log this server witnesses. */
+export interface WitnessCheckpointTable {
+  origin: string;
+  tree_size: number;
+  root_hash: Buffer;
+  note: string;
+  updated_at: number;
+}
+
 /** Every table, by name. */
 export interface SqlSchema {
   registration_entries: EntryTable;
@@ -199,4 +208,5 @@ export interface SqlSchema {
   tlog_counter: TlogCounterTable;
   tlog_checkpoints: TlogCheckpointTable;
   tlog_keys: TlogKeyTable;
+  tlog_witness_checkpoints: WitnessCheckpointTable;
 }

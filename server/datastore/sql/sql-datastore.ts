@@ -64,7 +64,7 @@ import {
   type ListIssuancesRequest,
 } from "../issuance.js";
 import type { ConsumedJoinToken, JoinTokenInput } from "../join-token.js";
-import { checkTlogCheckpoint, checkTlogEntries, checkTlogKey, checkTlogRange, type TlogCheckpointRecord, type TlogEntryInput, type TlogKeyRecord, type TlogStoredEntry } from "../tlog.js";
+import { checkTlogCheckpoint, checkTlogEntries, checkTlogKey, checkTlogRange, checkWitnessCheckpoint, checkWitnessOrigin, type TlogCheckpointRecord, type TlogEntryInput, type TlogKeyRecord, type TlogStoredEntry, type WitnessCheckpointRecord } from "../tlog.js";
 import { checkPageSize, decodePageToken, encodePageToken, MAX_PAGE_SIZE, type Page, type PageRequest } from "../page.js";
 import {
   applyMask,
@@ -1042,6 +1042,27 @@ class SqlDatastore implements Datastore {
     return this.#read(async (db) => {
       const rows = await db.selectFrom("tlog_keys").selectAll().orderBy("created_at").orderBy("server_id").orderBy("key_id").execute();
       return rows.map((r) => ({ serverId: r.server_id, keyId: r.key_id, vkey: r.vkey, createdAt: new Date(Number(r.created_at)), retiredAt: r.retired_at === null ? null : new Date(Number(r.retired_at)) }));
+    });
+  }
+
+  async latestWitnessCheckpoint(origin: string): Promise<WitnessCheckpointRecord | undefined> {
+    checkWitnessOrigin(origin);
+    return this.#read(async (db) => {
+      const r = await db.selectFrom("tlog_witness_checkpoints").selectAll().where("origin", "=", origin).executeTakeFirst();
+      return r === undefined ? undefined : { origin: r.origin, treeSize: Number(r.tree_size), rootHash: r.root_hash, note: r.note, updatedAt: new Date(Number(r.updated_at)) };
+    });
+  }
+
+  async advanceWitnessCheckpoint(next: WitnessCheckpointRecord, previous: { readonly treeSize: number; readonly rootHash: Uint8Array } | undefined): Promise<boolean> {
+    checkWitnessCheckpoint(next);
+    // Read and write in one serializable transaction: a concurrent advance makes one of them retry and see the other.
+    return this.#write(async (trx) => {
+      const cur = await trx.selectFrom("tlog_witness_checkpoints").select(["tree_size", "root_hash"]).where("origin", "=", next.origin).executeTakeFirst();
+      if (previous === undefined ? cur !== undefined : cur === undefined || Number(cur.tree_size) !== previous.treeSize || !Buffer.from(cur.root_hash).equals(Buffer.from(previous.rootHash))) return false;
+      const row = { tree_size: next.treeSize, root_hash: Buffer.from(next.rootHash), note: next.note, updated_at: next.updatedAt.getTime() };
+      if (cur === undefined) await trx.insertInto("tlog_witness_checkpoints").values({ origin: next.origin, ...row }).execute();
+      else await trx.updateTable("tlog_witness_checkpoints").set(row).where("origin", "=", next.origin).execute();
+      return true;
     });
   }
 

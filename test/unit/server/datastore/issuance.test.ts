@@ -390,6 +390,7 @@ describe.each(engines)("datastore on %s", (engine) => {
           { version: 6, name: "authority taint and revoke; issuance inventory indexes" },
           { version: 7, name: "transparency log" },
           { version: 8, name: "bundle change events" },
+          { version: 9, name: "transparency log witness" },
         ]);
         const indexes = (raw.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'issuances' ORDER BY name").all() as Array<{ name: string }>).map(
           (r) => r.name,

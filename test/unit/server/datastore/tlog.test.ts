@@ -70,6 +70,27 @@ describe.each(engines)("transparency log storage on %s", (engine) => {
     const keys = await ds.listTlogKeys();
     expect(keys.map((k) => [k.keyId, k.vkey, k.retiredAt?.getTime() ?? null])).toEqual([["tlog-1", "v1", T0.getTime() + 1000], ["tlog-2", "v2", null]]);
   });
+
+  it("a witness's latest checkpoint per origin advances only from the state it was checked against", async () => {
+    const r1 = Buffer.alloc(32, 1);
+    const r2 = Buffer.alloc(32, 2);
+    const at = (treeSize: number, rootHash: Buffer, origin = "a.example/log") => ({ origin, treeSize, rootHash, note: `n${treeSize}`, updatedAt: T0 });
+    expect(await ds.latestWitnessCheckpoint("a.example/log")).toBeUndefined();
+    expect(await ds.advanceWitnessCheckpoint(at(3, r1), undefined)).toBe(true);
+    // A second "first" checkpoint, or one advanced from a state that is no longer stored, is refused.
+    expect(await ds.advanceWitnessCheckpoint(at(4, r2), undefined)).toBe(false);
+    expect(await ds.advanceWitnessCheckpoint(at(5, r2), { treeSize: 3, rootHash: r2 })).toBe(false);
+    expect(await ds.advanceWitnessCheckpoint(at(5, r2), { treeSize: 2, rootHash: r1 })).toBe(false);
+    expect(await ds.advanceWitnessCheckpoint(at(5, r2), { treeSize: 3, rootHash: r1 })).toBe(true);
+    expect(await ds.advanceWitnessCheckpoint(at(9, r1, "b.example/log"), undefined)).toBe(true);
+    const cur = await ds.latestWitnessCheckpoint("a.example/log");
+    expect([cur?.treeSize, cur?.note, Buffer.from(cur?.rootHash ?? []).equals(r2)]).toEqual([5, "n5", true]);
+    // Concurrent advances from one state: exactly one wins.
+    const won = await Promise.all([6, 7, 8].map((n) => ds.advanceWitnessCheckpoint(at(n, r1), { treeSize: 5, rootHash: r2 })));
+    expect(won.filter(Boolean).length).toBe(1);
+    await rejection(ds.advanceWitnessCheckpoint(at(1, Buffer.alloc(31)), undefined), "ERR_INVALID_ARGUMENT", "datastore: witness checkpoint rootHash");
+    await rejection(ds.latestWitnessCheckpoint(""), "ERR_INVALID_ARGUMENT", "datastore: witness checkpoint origin");
+  });
 });
 
 describe("transparency log written from the SQLite writer thread", () => {
