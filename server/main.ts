@@ -151,6 +151,8 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
         checkpointIntervalMs: tlogConfig.checkpoint_interval,
         checkpointBatch: tlogConfig.checkpoint_batch,
         log: subsystemLogger(log, "tlog"),
+        witnessing: tlogConfig.witnesses !== undefined || tlogConfig.witness !== undefined ? tlogConfig : undefined,
+        metrics,
       })
     : undefined;
   const ca = new CaService({
@@ -262,7 +264,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   const oidcConfig = config.oidc_discovery?.enabled === true && s.jwt_issuer !== undefined ? config.oidc_discovery : undefined;
   const oidcDiscovery = oidcConfig ? new OidcDiscoveryService({ config: oidcConfig, issuer: s.jwt_issuer as string, ca, log: subsystemLogger(log, "oidc_discovery") }) : undefined;
   // Only with `transparency_log.listen_address`; it serves the started log service's view.
-  const tlogListener = transparencyLog ? tlogListenerService(config.transparency_log, () => transparencyLog.view, subsystemLogger(log, "tlog")) : undefined;
+  const tlogListener = transparencyLog ? tlogListenerService(config.transparency_log, () => transparencyLog.view, subsystemLogger(log, "tlog"), () => transparencyLog.witness) : undefined;
 
   const services: ServiceGroup = new ServiceGroup(
     [

@@ -16,6 +16,7 @@ import { parseSpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
 import { parseTrustDomain, type TrustDomain } from "../../spiffe/id.js";
 import { decodePemCertificates } from "../../spiffe/pem.js";
 import { openCheckpoint, parseCheckpoint } from "../../spiffe/tlog/checkpoint.js";
+import { checkCosignatures, parseCosignerVerifierKey, type CosignatureCheck, type CosignatureVerifier } from "../../spiffe/tlog/cosignature.js";
 import { leafHash } from "../../spiffe/tlog/hash.js";
 import { parseNote, parseVerifierKey, type NoteVerifier } from "../../spiffe/tlog/note.js";
 import { verifyInclusion } from "../../spiffe/tlog/proof.js";
@@ -175,10 +176,31 @@ function writeAtomic(file: string, text: string): void {
   }
 }
 
+/** Witness keys of `--witness-key` and the quorum of `--witness-quorum` (default all of them). */
+export function witnessPolicyOf(o: { witnessKey?: string[]; witnessQuorum?: string }): { witnesses: CosignatureVerifier[]; quorum: number } | undefined {
+  const keys = o.witnessKey ?? [];
+  if (keys.length === 0) {
+    if (o.witnessQuorum !== undefined) throw new UsageError("--witness-quorum needs at least one --witness-key");
+    return undefined;
+  }
+  const witnesses = keys.map((k, i) => {
+    try {
+      return parseCosignerVerifierKey(k);
+    } catch (e) {
+      throw new UsageError(`--witness-key ${i + 1} (${JSON.stringify(k.slice(0, 40))}): ${(e as Error).message}`);
+    }
+  });
+  const quorum = o.witnessQuorum === undefined ? witnesses.length : Number(o.witnessQuorum);
+  if (!Number.isInteger(quorum) || quorum < 1 || quorum > witnesses.length) throw new UsageError(`--witness-quorum must be from 1 to the ${witnesses.length} --witness-key given, got ${o.witnessQuorum}`);
+  return { witnesses, quorum };
+}
+
 interface VerifyOpts {
   url: string;
   key?: string[];
   keyFile?: string[];
+  witnessKey?: string[];
+  witnessQuorum?: string;
   since?: string;
   bundle?: string;
   trustDomain?: string;
@@ -191,6 +213,7 @@ interface VerifyOpts {
 export async function runLogVerify(o: VerifyOpts): Promise<void> {
   const out = parseOutputFormat(o.output);
   const verifiers = verifiersOf(o);
+  const witnessPolicy = witnessPolicyOf(o);
   const since = o.since !== undefined && existsSync(o.since) ? readText(o.since, "--since") : undefined;
   const allowIds = o.allowIds === undefined ? undefined : new SpiffeIdAllowList(readText(o.allowIds, "--allow-ids"), o.allowIds);
   let base: TlogFetch;
@@ -243,6 +266,15 @@ export async function runLogVerify(o: VerifyOpts): Promise<void> {
       process.stderr.write(`log verify: ${p.entries.toLocaleString("en")} of ${p.size.toLocaleString("en")} entries (${Math.floor((p.entries * 100) / p.size)}%)\n`);
     },
   });
+  // Before the checkpoint is saved: a checkpoint without the witnesses' word is not one to build on.
+  let cosigned: CosignatureCheck | undefined;
+  if (witnessPolicy !== undefined) {
+    try {
+      cosigned = checkCosignatures(result.checkpointNote, witnessPolicy.witnesses, witnessPolicy.quorum);
+    } catch (e) {
+      throw new OperationFailed(`log verify: the checkpoint of size ${result.checkpoint.size} lacks witness cosignatures: ${(e as Error).message.replace(/^cosignature: /, "")}`);
+    }
+  }
   if (o.since !== undefined) writeAtomic(o.since, result.checkpointNote);
   const reported = auditor?.findings ?? 0;
   const cp = result.checkpoint;
@@ -254,6 +286,7 @@ export async function runLogVerify(o: VerifyOpts): Promise<void> {
       checkpoint: result.checkpointNote,
       extends: result.extends === undefined ? null : { size: result.extends.size, root_hash: b64(result.extends.rootHash) },
       entries_checked: result.entries,
+      witnesses: cosigned === undefined ? null : { quorum: witnessPolicy?.quorum, cosigned: cosigned.cosigned.map((c) => ({ key: c.witness.vkey, timestamp: c.timestamp })), missing: cosigned.missing.map((m) => ({ key: m.witness.vkey, reason: m.reason })) },
       certificates_checked: o.bundle !== undefined,
       findings_total: reported,
       findings: findings.map((f) => ({ index: f.index, kind: f.kind, entry_kind: f.entryKind ?? null, spiffe_id: f.spiffeId ?? null, serial: f.serial ?? null, message: f.message })),
@@ -265,6 +298,7 @@ export async function runLogVerify(o: VerifyOpts): Promise<void> {
       ["Root hash", b64(cp.rootHash)],
       ["Extends", result.extends === undefined ? (o.since === undefined ? "no earlier checkpoint given" : `nothing yet (${o.since} saved)`) : `checkpoint of size ${result.extends.size} (${o.since})`],
       ["Entries checked", String(result.entries)],
+      ["Witnesses", cosigned === undefined ? "not checked (no --witness-key)" : `cosigned by ${cosigned.cosigned.map((c) => c.witness.name).join(", ")} (${cosigned.cosigned.length} of ${cosigned.cosigned.length + cosigned.missing.length}, quorum ${witnessPolicy?.quorum})`],
       ["Certificates", o.bundle === undefined ? "not checked (no --bundle)" : `checked against ${o.bundle}`],
       ["Reported entries", String(reported)],
     ];
@@ -342,6 +376,8 @@ export function registerLogCommands(program: Command): void {
     .option("--key <vkey>", "the log's verifier key (repeatable; `log checkpoint` prints them)", collect)
     .option("--key-file <file>", "a file of verifier keys, one a line", collect)
     .option("--since <file>", "a checkpoint saved by an earlier run: the log must extend it; the new checkpoint is saved there")
+    .option("--witness-key <vkey>", "a witness's verifier key (cosignature/v1, repeatable): the checkpoint must carry its cosignature", collect)
+    .option("--witness-quorum <n>", "cosignatures required among the --witness-key witnesses (default all)")
     .option("--bundle <file>", "trust bundle (SPIFFE bundle JSON or PEM): report entries whose certificate does not chain to it")
     .option("--trust-domain <td>", "the log's trust domain (default: from the checkpoint origin <td>/sigil/issuance)")
     .option("--allow-ids <file>", "SPIFFE ID patterns, one a line (* within a path segment, ** across): report any credential for another ID")

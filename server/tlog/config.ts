@@ -6,6 +6,8 @@
  */
 import { z } from "zod";
 import { duration } from "../../common/config/duration.js";
+import { parseCosignerVerifierKey } from "../../spiffe/tlog/cosignature.js";
+import { parseVerifierKey } from "../../spiffe/tlog/note.js";
 
 /** `host:port`, IPv6 in brackets; the port may be 0 (tests). */
 const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):([0-9]{1,5})$/;
@@ -14,6 +16,57 @@ const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):([0-9]{1,5})$/;
 export const DEFAULT_TLOG_RATE_PER_SECOND = 100;
 /** Default requests one client address may make back to back to the tiles listener. */
 export const DEFAULT_TLOG_RATE_BURST = 1000;
+
+/** Default time one witness has to answer an add-checkpoint request. */
+export const DEFAULT_WITNESS_TIMEOUT_MS = 5000;
+
+/** The message of a refused key string, without the library's subsystem prefix. */
+function keyProblem(parse: (k: string) => unknown, k: string): string | undefined {
+  try {
+    parse(k);
+    return undefined;
+  } catch (e) {
+    return (e as Error).message.replace(/^(signed note|cosignature): /, "");
+  }
+}
+
+const logKey = z.string().superRefine((k, ctx) => {
+  const problem = keyProblem(parseVerifierKey, k);
+  if (problem !== undefined) ctx.addIssue({ code: "custom", message: `not a log verifier key: ${problem}` });
+});
+
+const witnessKey = z.string().superRefine((k, ctx) => {
+  const problem = keyProblem(parseCosignerVerifierKey, k);
+  if (problem !== undefined) ctx.addIssue({ code: "custom", message: `not a witness key: ${problem}` });
+});
+
+/** The `transparency_log.witness` section: this server as a witness of other logs. */
+export const witnessSection = z
+  .strictObject({
+    name: z
+      .string()
+      .regex(/^[^\s+]+$/, { message: "must be a key name: no spaces, no '+'" })
+      .optional()
+      .describe("The witness's key name on its cosignature lines (default `<trust domain>/sigil/witness`)."),
+    logs: z
+      .array(
+        z.strictObject({
+          origin: z.string().min(1).optional().describe("The log's origin line (default the name of its first key; a Sigil log's is `<trust domain>/sigil/issuance`)."),
+          keys: z.array(logKey).min(1).describe("The log's verifier keys (`sigil-server log checkpoint` or `/log-keys` of a Sigil peer); a checkpoint needs a signature by one."),
+        }),
+      )
+      .min(1)
+      .describe("The logs this server witnesses."),
+  })
+  .superRefine((w, ctx) => {
+    const seen = new Set<string>();
+    w.logs.forEach((l, i) => {
+      const origin = l.origin ?? l.keys[0]?.split("+")[0] ?? "";
+      if (seen.has(origin)) ctx.addIssue({ code: "custom", path: ["logs", i, "origin"], message: `log ${origin} is listed twice` });
+      seen.add(origin);
+    });
+  })
+  .describe("Act as a C2SP tlog-witness for other logs, e.g. federated peers': POST /add-checkpoint on the tiles listener (docs/transparency.md#witnesses).");
 
 /** Splits `listen_address` into host and port. */
 export function parseListenAddress(value: string): { readonly host: string; readonly port: number } | undefined {
@@ -53,6 +106,20 @@ export const transparencyLogSection = z
       .min(1)
       .default(DEFAULT_TLOG_RATE_BURST)
       .describe("Requests one client address may make back to back after a quiet period."),
+    witnesses: z
+      .array(
+        z.strictObject({
+          url: z
+            .url({ protocol: /^https?$/, error: "must be an http:// or https:// URL" })
+            .describe("The witness's submission prefix; checkpoints are POSTed to <url>/add-checkpoint."),
+          key: witnessKey.describe("The witness's verifier key (cosignature/v1 Ed25519, type 0x04)."),
+        }),
+      )
+      .optional()
+      .describe("Witnesses (C2SP tlog-witness) each checkpoint is sent to; their cosignatures are added to the served checkpoint. Issuance never waits for them."),
+    witness_quorum: z.number().int().min(1).optional().describe("Cosignatures a checkpoint should carry (default: every witness); below it, sigil_tlog_witness_quorum_met is 0."),
+    witness_timeout: duration({ minMs: 100 }).optional().describe("How long one witness has to answer (default 5s); a failed witness is retried with backoff up to a minute."),
+    witness: witnessSection.optional(),
   })
   .superRefine((c, ctx) => {
     if ((c.tls_cert_file === undefined) !== (c.tls_key_file === undefined)) {
@@ -61,5 +128,17 @@ export const transparencyLogSection = z
     if (c.tls_cert_file !== undefined && c.listen_address === undefined) {
       ctx.addIssue({ code: "custom", path: ["listen_address"], message: "is required when tls_cert_file is set (the TLS files are for the tiles listener)" });
     }
+    if (c.witness !== undefined && (c.listen_address === undefined || !c.enabled)) {
+      ctx.addIssue({ code: "custom", path: ["witness"], message: "needs enabled: true and listen_address (a witness answers on the tiles listener)" });
+    }
+    const witnesses = c.witnesses?.length ?? 0;
+    if (c.witness_quorum !== undefined && c.witness_quorum > witnesses) {
+      ctx.addIssue({ code: "custom", path: ["witness_quorum"], message: `is ${c.witness_quorum}, more than the ${witnesses} witness(es) configured` });
+    }
+    const keys = new Set<string>();
+    c.witnesses?.forEach((w, i) => {
+      if (keys.has(w.key)) ctx.addIssue({ code: "custom", path: ["witnesses", i, "key"], message: "is listed twice" });
+      keys.add(w.key);
+    });
   })
   .describe("Issuance transparency: every credential in a signed, tiled Merkle log anyone can verify (docs/transparency.md).");

@@ -8,8 +8,9 @@
  * | `/tile/<L>/<N>`, `/tile/entries/<N>` | a full tile or entry bundle | `public, max-age=31536000, immutable` |
  * | `/tile/<L>/<N>.p/<W>`, `/tile/entries/<N>.p/<W>` | a partial one | `no-cache` |
  * | `/log-keys` | the log's verifier keys, one a line (a Sigil extension) | `no-cache` |
+ * | `POST /add-checkpoint` | with `transparency_log.witness`: C2SP tlog-witness ({@link ./witness.ts}) | `no-store` |
  *
- * GET and HEAD only. A malformed tile path (parsed strictly by
+ * GET and HEAD only, but for `add-checkpoint`. A malformed tile path (parsed strictly by
  * `parseTilePath`, so `..`, `%2e` and leading zeroes never reach storage) is
  * 400, an unpublished one 404. The listener faces other networks, so it has
  * the bundle endpoint's limits (`common/http-limits.ts`): seconds per request
@@ -33,6 +34,7 @@ import { RateLimiter, sourceAddress } from "../api/rate-limit.js";
 import { DEFAULT_TLOG_RATE_BURST, DEFAULT_TLOG_RATE_PER_SECOND, parseListenAddress } from "./config.js";
 import { cachedTlogView } from "./read-cache.js";
 import type { TlogReadView } from "./types.js";
+import { MAX_ADD_CHECKPOINT_BYTES, type WitnessEndpoint } from "./witness.js";
 
 /** Cache-Control of full tiles and full entry bundles: they never change. */
 export const IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable";
@@ -57,6 +59,8 @@ export interface TlogListenerOptions {
   readonly rateLimit?: { readonly perSecond: number; readonly burst: number } | undefined;
   /** Time of the rate limit and the key-list cache (default the system clock). */
   readonly clock?: Clock | undefined;
+  /** Answers `POST /add-checkpoint` when this server is a witness. */
+  readonly witness?: WitnessEndpoint | undefined;
   readonly log: Logger;
 }
 
@@ -74,7 +78,7 @@ const TEXT = "text/plain; charset=utf-8";
  * The request handler alone (exported for tests that drive it without a
  * socket). It reads `view` as it is: {@link startTlogListener} puts the cache in front.
  */
-export function tlogRequestHandler(view: TlogReadView, log: Logger, limiter?: RateLimiter): (req: IncomingMessage, res: ServerResponse) => void {
+export function tlogRequestHandler(view: TlogReadView, log: Logger, limiter?: RateLimiter, witness?: WitnessEndpoint): (req: IncomingMessage, res: ServerResponse) => void {
   const send = (req: IncomingMessage, res: ServerResponse, status: number, headers: Record<string, string>, body: Uint8Array | string): void => {
     // Never read (or wait for) a body nobody asked for.
     const close: Record<string, string> = hasRequestBody(req) ? { connection: "close" } : {};
@@ -94,8 +98,9 @@ export function tlogRequestHandler(view: TlogReadView, log: Logger, limiter?: Ra
         return error(req, res, 429, `too many requests from ${client}; retry after ${seconds} s`, { "retry-after": String(seconds) });
       }
     }
-    if (req.method !== "GET" && req.method !== "HEAD") return error(req, res, 405, "method not allowed", { allow: "GET, HEAD" });
     const target = req.url ?? "/";
+    if (witness !== undefined && (target.split("?")[0] ?? "") === "/add-checkpoint") return addCheckpoint(req, res, witness);
+    if (req.method !== "GET" && req.method !== "HEAD") return error(req, res, 405, "method not allowed", { allow: "GET, HEAD" });
     if (target.length > MAX_TLOG_PATH_LENGTH) return error(req, res, 414, `request target longer than ${MAX_TLOG_PATH_LENGTH} characters`);
     const path = (target.split("?")[0] ?? "/").replace(/^\//, "");
     if (path === "checkpoint") {
@@ -124,6 +129,23 @@ export function tlogRequestHandler(view: TlogReadView, log: Logger, limiter?: Ra
     send(req, res, 200, { "content-type": OCTETS, "cache-control": resource.immutable ? IMMUTABLE_CACHE_CONTROL : MUTABLE_CACHE_CONTROL }, resource.body);
   };
 
+  const addCheckpoint = async (req: IncomingMessage, res: ServerResponse, w: WitnessEndpoint): Promise<void> => {
+    if (req.method !== "POST") return error(req, res, 405, "method not allowed", { allow: "POST" });
+    const declared = Number(req.headers["content-length"] ?? "0");
+    if (declared > MAX_ADD_CHECKPOINT_BYTES) return error(req, res, 413, `the body is larger than ${MAX_ADD_CHECKPOINT_BYTES} bytes`);
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of req as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      if (size > MAX_ADD_CHECKPOINT_BYTES) return error(req, res, 413, `the body is larger than ${MAX_ADD_CHECKPOINT_BYTES} bytes`);
+      chunks.push(chunk);
+    }
+    const answer = await w.addCheckpoint(Buffer.concat(chunks));
+    const body = Buffer.from(answer.body, "utf8");
+    res.writeHead(answer.status, { "content-type": answer.contentType, "content-length": String(body.length), "cache-control": "no-store", "x-content-type-options": "nosniff" });
+    res.end(body);
+  };
+
   return (req, res) => {
     serve(req, res).catch((e: unknown) => {
       log.error({ err: e instanceof Error ? e.message : String(e), path: req.url?.slice(0, MAX_TLOG_PATH_LENGTH) }, "tlog: serving a log resource failed");
@@ -145,7 +167,7 @@ export function startTlogListener(options: TlogListenerOptions): Promise<PublicH
     host: options.host,
     port: options.port,
     tls: options.tls,
-    handle: tlogRequestHandler(cachedTlogView(options.view, { clock }), options.log, limiter),
+    handle: tlogRequestHandler(cachedTlogView(options.view, { clock }), options.log, limiter, options.witness),
     subsystem: "tlog",
     tlsReloadIntervalMs: options.tlsReloadIntervalMs,
     limits: options.limits,
@@ -169,11 +191,11 @@ export interface TlogListenerSettings {
  * is set (undefined otherwise). `view` is called at start: the log service
  * starts before it.
  */
-export function tlogListenerService(settings: TlogListenerSettings | undefined, view: () => TlogReadView, log: Logger): HttpListenerService | undefined {
+export function tlogListenerService(settings: TlogListenerSettings | undefined, view: () => TlogReadView, log: Logger, witness?: () => WitnessEndpoint | undefined): HttpListenerService | undefined {
   const address = settings?.enabled === true && settings.listen_address !== undefined ? parseListenAddress(settings.listen_address) : undefined;
   if (settings === undefined || address === undefined) return undefined;
   const tls = settings.tls_cert_file !== undefined && settings.tls_key_file !== undefined ? { certFile: settings.tls_cert_file, keyFile: settings.tls_key_file } : undefined;
   const rateLimit =
     settings.rate_limit === false ? undefined : { perSecond: settings.rate_limit_per_second ?? DEFAULT_TLOG_RATE_PER_SECOND, burst: settings.rate_limit_burst ?? DEFAULT_TLOG_RATE_BURST };
-  return new HttpListenerService("tlog-listener", () => startTlogListener({ host: address.host, port: address.port, tls, view: view(), rateLimit, log }));
+  return new HttpListenerService("tlog-listener", () => startTlogListener({ host: address.host, port: address.port, tls, view: view(), rateLimit, witness: witness?.(), log }));
 }

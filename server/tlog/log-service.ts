@@ -69,6 +69,8 @@ export interface TlogServiceDeps {
   readonly maxCachedBundleBytes?: number | undefined;
   /** Timer used for the cadence (tests inject their own); returns a cancel function. Default `setTimeout`. */
   readonly schedule?: ((fn: () => void, ms: number) => () => void) | undefined;
+  /** Told of each checkpoint signed and stored (the witness client sends it on); must not throw. */
+  readonly onCheckpoint?: ((cp: { readonly note: string; readonly size: number; readonly rootHash: Uint8Array }) => void) | undefined;
 }
 
 interface Current {
@@ -356,6 +358,7 @@ export class TlogService implements TlogReadView, IssuanceLogSink {
     await this.#d.datastore.putTlogCheckpoint({ serverId: this.#d.serverId, treeSize: size, rootHash, note, createdAt: this.#d.now() });
     this.#current = { note, size, rootHash };
     this.#d.log?.debug({ size, key_id: this.#keyId }, "tlog: checkpoint signed");
+    this.#d.onCheckpoint?.(this.#current);
   }
 
   #signedByCurrentKey(note: string): boolean {

@@ -7,6 +7,7 @@
  * start-up events are logged too; the tree catches up when the service starts.
  */
 import type { Logger } from "../../common/log.js";
+import type { Metrics } from "../../common/metrics.js";
 import type { Service } from "../../common/service.js";
 import { SigilError } from "../../spiffe/errors.js";
 import type { KeyManager } from "../../plugins/keymanager/types.js";
@@ -14,6 +15,8 @@ import type { Datastore, TlogEntryInput } from "../datastore/index.js";
 import { authorityEntry, credentialEntry, toTlogInput, type LoggedAuthorityEvent, type LoggedCredential } from "./entry.js";
 import { TlogService, type IssuanceLogSink } from "./log-service.js";
 import type { TlogReadView } from "./types.js";
+import { startWitnessing, type Witnessing, type WitnessingSettings } from "./witnessing.js";
+import type { WitnessEndpoint } from "./witness.js";
 
 /** Dependencies of the {@link TransparencyLogService}. */
 export interface TransparencyLogServiceDeps {
@@ -28,6 +31,9 @@ export interface TransparencyLogServiceDeps {
   readonly checkpointIntervalMs: number;
   readonly checkpointBatch: number;
   readonly log: Logger;
+  /** Witnesses to send checkpoints to, and the logs this server witnesses (both optional). */
+  readonly witnessing?: WitnessingSettings | undefined;
+  readonly metrics?: Metrics | undefined;
 }
 
 /** See the module comment. */
@@ -35,6 +41,7 @@ export class TransparencyLogService implements Service, IssuanceLogSink {
   readonly name = "transparency-log";
   readonly #d: TransparencyLogServiceDeps;
   #log: TlogService | undefined;
+  #witnessing: Witnessing | undefined;
 
   constructor(deps: TransparencyLogServiceDeps) {
     this.#d = deps;
@@ -43,7 +50,12 @@ export class TransparencyLogService implements Service, IssuanceLogSink {
   /** The started log, for the tiles server and the admin API. */
   get view(): TlogReadView & Pick<TlogService, "rotateKey" | "checkpoint"> {
     if (!this.#log) throw new SigilError("ERR_UNAVAILABLE", "tlog: not started");
-    return this.#log;
+    return this.#witnessing?.view ?? this.#log;
+  }
+
+  /** This server's witness endpoint (`transparency_log.witness`), undefined when it witnesses no log. */
+  get witness(): WitnessEndpoint | undefined {
+    return this.#witnessing?.witness;
   }
 
   async start(): Promise<void> {
@@ -56,10 +68,25 @@ export class TransparencyLogService implements Service, IssuanceLogSink {
       log: this.#d.log,
       checkpointIntervalMs: this.#d.checkpointIntervalMs,
       checkpointBatch: this.#d.checkpointBatch,
+      onCheckpoint: (cp) => this.#witnessing?.checkpointSigned(cp),
     });
+    if (this.#d.witnessing !== undefined) {
+      this.#witnessing = await startWitnessing({
+        settings: this.#d.witnessing,
+        log: this.#log,
+        datastore: this.#d.datastore.datastore,
+        keyManager: this.#d.keyManager(),
+        trustDomain: this.#d.trustDomain,
+        serverId: this.#d.serverId,
+        now: this.#d.now,
+        logger: this.#d.log,
+        metrics: this.#d.metrics,
+      });
+    }
   }
 
   async stop(): Promise<void> {
+    await this.#witnessing?.close();
     await this.#log?.close();
   }
 

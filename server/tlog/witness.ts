@@ -1,0 +1,263 @@
+/**
+ * A Sigil server as a witness of other logs (C2SP tlog-witness): the
+ * `POST /add-checkpoint` call. For each log it is configured with (origin
+ * and the log's verifier keys, e.g. a federated peer's `/log-keys`) it
+ * keeps the latest checkpoint it cosigned, in the datastore, and cosigns a
+ * new one only when it is signed by the log and consistent with that one:
+ *
+ * | answer | when |
+ * |---|---|
+ * | 200, cosignature line | signed by the log, `old` is the stored size, the consistency proof holds; the new checkpoint is stored first |
+ * | 400 | malformed body, `old` larger than the checkpoint, a proof from size 0 |
+ * | 403 | no signature by a trusted key of that origin |
+ * | 404 | unknown origin |
+ * | 409, `text/x.tlog.size` | `old` is not the stored size; or a tree of the stored size with another root (a fork) |
+ * | 422 | the consistency proof does not verify (a fork, or a broken log) |
+ *
+ * The stored state only moves forward (checked and written in one atomic
+ * datastore step), so once a log showed two inconsistent views the other
+ * branch is refused for good. Those refusals are reported: an error log
+ * line with both checkpoints, and `sigil_tlog_witness_forks_total`.
+ */
+import type { Logger } from "../../common/log.js";
+import type { Metrics } from "../../common/metrics.js";
+import { isSigilError, SigilError } from "../../spiffe/errors.js";
+import { parseCheckpoint, type Checkpoint } from "../../spiffe/tlog/checkpoint.js";
+import type { Cosigner } from "../../spiffe/tlog/cosignature.js";
+import { HASH_SIZE } from "../../spiffe/tlog/hash.js";
+import { decodeBase64Strict, openNote, parseVerifierKey, type NoteVerifier } from "../../spiffe/tlog/note.js";
+import { verifyConsistency } from "../../spiffe/tlog/proof.js";
+import type { Datastore, WitnessCheckpointRecord } from "../datastore/index.js";
+
+/** Most consistency proof lines a request may carry (tlog-witness). */
+export const MAX_PROOF_LINES = 63;
+/** Largest request body read, in bytes. */
+export const MAX_ADD_CHECKPOINT_BYTES = 64 * 1024;
+/** Content type of a 409 answer's body: the witness's latest size. */
+export const TLOG_SIZE_CONTENT_TYPE = "text/x.tlog.size";
+
+/** One log this server witnesses. */
+export interface WitnessedLogConfig {
+  /** The log's origin line. */
+  readonly origin: string;
+  /** The log's note verifier keys (type 0x01). */
+  readonly keys: readonly string[];
+}
+
+/** An HTTP answer of the witness. */
+export interface WitnessAnswer {
+  readonly status: 200 | 400 | 403 | 404 | 409 | 422 | 503;
+  readonly contentType: string;
+  readonly body: string;
+}
+
+/** What the tiles listener needs of a witness. */
+export interface WitnessEndpoint {
+  /** Answers one `add-checkpoint` request body. Never rejects. */
+  addCheckpoint(body: Uint8Array): Promise<WitnessAnswer>;
+}
+
+/** Dependencies of the {@link Witness}. */
+export interface WitnessDeps {
+  readonly datastore: Pick<Datastore, "latestWitnessCheckpoint" | "advanceWitnessCheckpoint">;
+  /** The witness key (held by the key manager). */
+  readonly cosigner: Cosigner;
+  readonly logs: readonly WitnessedLogConfig[];
+  readonly now: () => Date;
+  readonly log?: Logger | undefined;
+  readonly metrics?: Metrics | undefined;
+}
+
+type Result = "cosigned" | "malformed" | "forbidden" | "unknown_log" | "conflict" | "bad_proof" | "fork" | "error";
+
+const TEXT = "text/plain; charset=utf-8";
+
+class Refusal extends Error {
+  constructor(readonly answer: WitnessAnswer, readonly result: Result) {
+    super(answer.body);
+  }
+}
+
+const refuse = (status: WitnessAnswer["status"], message: string, result: Result): Refusal => new Refusal({ status, contentType: TEXT, body: `${message}\n` }, result);
+
+/** A parsed `add-checkpoint` body. */
+export interface AddCheckpointRequest {
+  readonly oldSize: number;
+  readonly proof: readonly Uint8Array[];
+  /** The signed checkpoint note, as sent. */
+  readonly note: string;
+}
+
+/**
+ * Parses an `add-checkpoint` body: `old <size>`, up to 63 base64 hashes, a
+ * blank line, then the signed checkpoint (not verified here).
+ *
+ * @throws SigilError `ERR_TLOG_MALFORMED` naming what is wrong.
+ */
+export function parseAddCheckpoint(body: Uint8Array): AddCheckpointRequest {
+  const bad = (m: string): SigilError => new SigilError("ERR_TLOG_MALFORMED", `add-checkpoint: ${m}`);
+  if (body.length > MAX_ADD_CHECKPOINT_BYTES) throw bad(`the body is larger than ${MAX_ADD_CHECKPOINT_BYTES} bytes`);
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(body);
+  } catch {
+    throw bad("the body is not UTF-8");
+  }
+  const end = text.indexOf("\n\n");
+  if (end < 0) throw bad("no blank line ends the old size and proof lines");
+  const lines = text.slice(0, end).split("\n");
+  const m = /^old (0|[1-9][0-9]{0,15})$/.exec(lines[0] ?? "");
+  if (m === null) throw bad(`the first line must be "old <size>" (decimal, no leading zeroes), got ${JSON.stringify((lines[0] ?? "").slice(0, 40))}`);
+  const oldSize = Number(m[1]);
+  if (!Number.isSafeInteger(oldSize)) throw bad("the old size is too large");
+  const proofLines = lines.slice(1);
+  if (proofLines.length > MAX_PROOF_LINES) throw bad(`${proofLines.length} consistency proof lines, at most ${MAX_PROOF_LINES}`);
+  const proof = proofLines.map((l, i) => {
+    const h = decodeBase64Strict(l, `consistency proof line ${i + 1}`);
+    if (h.length !== HASH_SIZE) throw bad(`consistency proof line ${i + 1} has ${h.length} bytes, a hash has ${HASH_SIZE}`);
+    return h;
+  });
+  return { oldSize, proof, note: text.slice(end + 2) };
+}
+
+/** See the module comment. */
+export class Witness implements WitnessEndpoint {
+  readonly #d: WitnessDeps;
+  readonly #logs: Map<string, NoteVerifier[]>;
+  /** Per origin: the request being decided (requests of one origin take turns). */
+  readonly #turns = new Map<string, Promise<unknown>>();
+  readonly #requests: { inc(labels: { result: Result }): void } | undefined;
+  readonly #forks: { inc(labels: { origin: string }): void } | undefined;
+
+  /** @throws SigilError `ERR_INVALID_ARGUMENT` for a bad log key or a log listed twice. */
+  constructor(deps: WitnessDeps) {
+    this.#d = deps;
+    this.#logs = new Map();
+    for (const l of deps.logs) {
+      if (this.#logs.has(l.origin)) throw new SigilError("ERR_INVALID_ARGUMENT", `tlog witness: log ${l.origin} is listed twice`);
+      this.#logs.set(
+        l.origin,
+        l.keys.map((k) => {
+          try {
+            return parseVerifierKey(k);
+          } catch (e) {
+            throw new SigilError("ERR_INVALID_ARGUMENT", `tlog witness: the key of log ${l.origin}: ${(e as Error).message}`, { cause: e });
+          }
+        }),
+      );
+    }
+    this.#requests = deps.metrics?.counter({
+      name: "sigil_tlog_witness_requests_total",
+      help: "add-checkpoint requests this server answered as a witness, by result (cosigned, conflict, fork, bad_proof, forbidden, unknown_log, malformed, error).",
+      labelNames: ["result"],
+    });
+    this.#forks = deps.metrics?.counter({
+      name: "sigil_tlog_witness_forks_total",
+      help: "Checkpoints signed by a witnessed log that are inconsistent with the one this witness cosigned before (a split view), by origin.",
+      labelNames: ["origin"],
+    });
+  }
+
+  /** The witness's verifier key (cosignature/v1, type 0x04). */
+  get vkey(): string {
+    return this.#d.cosigner.vkey;
+  }
+
+  async addCheckpoint(body: Uint8Array): Promise<WitnessAnswer> {
+    let result: Result = "cosigned";
+    try {
+      const answer = await this.#add(body);
+      return answer;
+    } catch (e) {
+      if (e instanceof Refusal) {
+        result = e.result;
+        return e.answer;
+      }
+      result = "error";
+      this.#d.log?.error({ err: e instanceof Error ? e.message : String(e) }, "tlog witness: add-checkpoint failed");
+      return { status: 503, contentType: TEXT, body: "the witness cannot answer now\n" };
+    } finally {
+      this.#requests?.inc({ result });
+    }
+  }
+
+  async #add(body: Uint8Array): Promise<WitnessAnswer> {
+    let req: AddCheckpointRequest;
+    let cp: Checkpoint;
+    try {
+      req = parseAddCheckpoint(body);
+      // The origin decides which keys to check, so the text is read before the signatures.
+      const sep = req.note.lastIndexOf("\n\n");
+      cp = parseCheckpoint(sep < 0 ? req.note : req.note.slice(0, sep + 1));
+    } catch (e) {
+      throw refuse(400, isSigilError(e) ? e.message : "malformed request", "malformed");
+    }
+    const verifiers = this.#logs.get(cp.origin);
+    if (verifiers === undefined) throw refuse(404, `unknown log ${JSON.stringify(cp.origin.slice(0, 100))}`, "unknown_log");
+    let text: string;
+    try {
+      text = openNote(req.note, verifiers).text;
+    } catch (e) {
+      if (isSigilError(e, "ERR_TLOG_MALFORMED")) throw refuse(400, e.message, "malformed");
+      throw refuse(403, `the checkpoint is not signed by a key of ${cp.origin}`, "forbidden");
+    }
+    if (req.oldSize > cp.size) throw refuse(400, `old size ${req.oldSize} is larger than the checkpoint's ${cp.size}`, "malformed");
+    if (req.oldSize === 0 && req.proof.length > 0) throw refuse(400, "a consistency proof from size 0 must be empty", "malformed");
+    return this.#turn(cp.origin, () => this.#decide(req, cp, text));
+  }
+
+  /** Runs `fn` after every earlier request of `origin` is decided. */
+  async #turn<T>(origin: string, fn: () => Promise<T>): Promise<T> {
+    const before = this.#turns.get(origin) ?? Promise.resolve();
+    const run = before.then(fn, fn);
+    const settled = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.#turns.set(origin, settled);
+    void settled.then(() => {
+      if (this.#turns.get(origin) === settled) this.#turns.delete(origin);
+    });
+    return run;
+  }
+
+  async #decide(req: AddCheckpointRequest, cp: Checkpoint, text: string): Promise<WitnessAnswer> {
+    const stored = await this.#d.datastore.latestWitnessCheckpoint(cp.origin);
+    const storedSize = stored?.treeSize ?? 0;
+    // A signed tree of the size already cosigned with another root is a fork, whatever `old` says.
+    if (stored !== undefined && cp.size === stored.treeSize && !Buffer.from(cp.rootHash).equals(Buffer.from(stored.rootHash))) {
+      this.#fork(cp, stored, req.note, `a checkpoint of size ${cp.size} with another root than the one cosigned`);
+      throw this.#conflict(storedSize, "fork");
+    }
+    if (req.oldSize !== storedSize) throw this.#conflict(storedSize, "conflict");
+    if (stored !== undefined && req.oldSize > 0) {
+      try {
+        verifyConsistency(req.oldSize, cp.size, req.proof, stored.rootHash, cp.rootHash);
+      } catch (e) {
+        this.#fork(cp, stored, req.note, isSigilError(e) ? e.message : "the consistency proof does not verify");
+        throw refuse(422, `the consistency proof from size ${req.oldSize} to ${cp.size} does not verify`, "bad_proof");
+      }
+    }
+    const next: WitnessCheckpointRecord = { origin: cp.origin, treeSize: cp.size, rootHash: cp.rootHash, note: req.note, updatedAt: this.#d.now() };
+    // Persisted before answering, and only if nothing moved meanwhile (another server on this database).
+    if (!(await this.#d.datastore.advanceWitnessCheckpoint(next, stored === undefined ? undefined : { treeSize: stored.treeSize, rootHash: stored.rootHash }))) {
+      const now = await this.#d.datastore.latestWitnessCheckpoint(cp.origin);
+      throw this.#conflict(now?.treeSize ?? 0, "conflict");
+    }
+    const line = this.#d.cosigner.cosign(text, Math.floor(this.#d.now().getTime() / 1000));
+    this.#d.log?.debug({ origin: cp.origin, size: cp.size }, "tlog witness: cosigned");
+    return { status: 200, contentType: TEXT, body: line };
+  }
+
+  #conflict(size: number, result: Result): Refusal {
+    return new Refusal({ status: 409, contentType: TLOG_SIZE_CONTENT_TYPE, body: `${size}\n` }, result);
+  }
+
+  #fork(cp: Checkpoint, stored: WitnessCheckpointRecord, note: string, why: string): void {
+    this.#forks?.inc({ origin: cp.origin });
+    this.#d.log?.error(
+      { origin: cp.origin, size: cp.size, cosigned_size: stored.treeSize, checkpoint: note, cosigned_checkpoint: stored.note, reason: why },
+      "tlog witness: the log shows a view inconsistent with the checkpoint this witness cosigned (a fork); refused",
+    );
+  }
+}
