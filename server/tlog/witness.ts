@@ -113,7 +113,12 @@ export function parseAddCheckpoint(body: Uint8Array): AddCheckpointRequest {
   const proofLines = lines.slice(1);
   if (proofLines.length > MAX_PROOF_LINES) throw bad(`${proofLines.length} consistency proof lines, at most ${MAX_PROOF_LINES}`);
   const proof = proofLines.map((l, i) => {
-    const h = decodeBase64Strict(l, `consistency proof line ${i + 1}`);
+    let h: Buffer;
+    try {
+      h = decodeBase64Strict(l, `consistency proof line ${i + 1}`);
+    } catch {
+      throw bad(`consistency proof line ${i + 1} is not base64`);
+    }
     if (h.length !== HASH_SIZE) throw bad(`consistency proof line ${i + 1} has ${h.length} bytes, a hash has ${HASH_SIZE}`);
     return h;
   });

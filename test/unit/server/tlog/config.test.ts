@@ -5,6 +5,8 @@ import { parseListenAddress, transparencyLogSection } from "../../../../server/t
 import { tlogListenerService } from "../../../../server/tlog/http.js";
 import { createLogger } from "../../../../common/log.js";
 import { memoryTlogView } from "../../../support/tlog-view.js";
+import { generateCosigner } from "../../../../spiffe/tlog/cosignature.js";
+import { generateNoteKey } from "../../../../spiffe/tlog/note.js";
 
 describe("transparency_log config", () => {
   it("reads host:port listen addresses, IPv6 in brackets", () => {
@@ -25,6 +27,26 @@ describe("transparency_log config", () => {
     expect(issues({ enabled: true, tls_cert_file: "c.pem", tls_key_file: "k.pem" })).toEqual([expect.stringMatching(/^listen_address: is required when tls_cert_file is set/)]);
     expect(issues({ enabled: true, listen_addres: "127.0.0.1:1" })[0]).toMatch(/listen_addres/);
     expect(serverConfigSchema.shape.transparency_log).toBeDefined();
+  });
+
+  it("checks witness settings and names the key at fault", () => {
+    const issues = (input: unknown): string[] => transparencyLogSection.safeParse(input).error?.issues.map((i) => `${i.path.join(".")}: ${i.message}`) ?? [];
+    const wkey = generateCosigner("w.example/sigil/witness").vkey;
+    const logKey = generateNoteKey("peer.example/sigil/issuance").vkey;
+    const base = { enabled: true, listen_address: "127.0.0.1:0" };
+    expect(issues({ ...base, witnesses: [{ url: "https://w.example", key: wkey }], witness_quorum: 1, witness_timeout: "2s", witness: { logs: [{ keys: [logKey] }] } })).toEqual([]);
+    const parsed = transparencyLogSection.parse({ ...base, witnesses: [{ url: "https://w.example", key: wkey }], witness_timeout: "2s" });
+    expect([parsed.witness_timeout, parsed.witness_quorum]).toEqual([2000, undefined]);
+
+    expect(issues({ ...base, witnesses: [{ url: "ftp://w.example", key: wkey }] })).toEqual(["witnesses.0.url: must be an http:// or https:// URL"]);
+    expect(issues({ ...base, witnesses: [{ url: "https://w.example", key: logKey }] })).toEqual([expect.stringMatching(/^witnesses\.0\.key: not a witness key: .*type 0x01; cosignature\/v1 Ed25519 keys have type 0x04/)]);
+    expect(issues({ ...base, witnesses: [{ url: "https://a.example", key: wkey }, { url: "https://b.example", key: wkey }] })).toEqual(["witnesses.1.key: is listed twice"]);
+    expect(issues({ ...base, witnesses: [{ url: "https://w.example", key: wkey }], witness_quorum: 2 })).toEqual(["witness_quorum: is 2, more than the 1 witness(es) configured"]);
+    expect(issues({ ...base, witness: { logs: [{ keys: [wkey] }] } })).toEqual([expect.stringMatching(/^witness\.logs\.0\.keys\.0: not a log verifier key: .*unsupported signature type 0x04/)]);
+    expect(issues({ ...base, witness: { logs: [] } })).toEqual([expect.stringMatching(/^witness\.logs: /)]);
+    expect(issues({ ...base, witness: { logs: [{ keys: [logKey] }, { origin: "peer.example/sigil/issuance", keys: [logKey] }] } })).toEqual(["witness.logs.1.origin: log peer.example/sigil/issuance is listed twice"]);
+    expect(issues({ ...base, witness: { name: "has space", logs: [{ keys: [logKey] }] } })).toEqual(["witness.name: must be a key name: no spaces, no '+'"]);
+    expect(issues({ enabled: true, witness: { logs: [{ keys: [logKey] }] } })).toEqual(["witness: needs enabled: true and listen_address (a witness answers on the tiles listener)"]);
   });
 
   it("makes a tiles listener only when the log is enabled and listen_address is set", () => {
