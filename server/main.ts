@@ -9,7 +9,7 @@
  * | `datastore` | opens the DataStore plugin; refuses a trust-domain change under existing data |
  * | `signing-pool` | signing threads for the key manager (`server.signing_threads` > 0) |
  * | `ca` | KeyManager and UpstreamAuthority plugins, CA slots restored or created, bundle published |
- * | `transparency-log` | (`transparency_log.enabled`) the log tree rebuilt and checked against the last checkpoint, the log key loaded, a checkpoint every `checkpoint_interval` (docs/transparency.md) |
+ * | `transparency-log` | (`transparency_log.enabled`) the log tree rebuilt and checked against the last checkpoint, the log key loaded, a checkpoint every `checkpoint_interval`, each sent to `witnesses`; the witness key loaded when `witness` is set (docs/transparency.md) |
  * | `notifiers` | (`plugins.Notifier`) Notifier plugins, told of the bundle at start and after every change (publishing runs in the background) |
  * | `change-feed` | follows the change events every server sharing the database commits (NOTIFY-woken on PostgreSQL, polled on MySQL and SQLite) |
  * | `entry-index` | the entry index, loaded and following the change feed |
