@@ -11,6 +11,13 @@
  * (the first request says `old 0`), then remembered. A witness that fails
  * (timeout, error status, a cosignature that does not verify) is tried again
  * after 1 s, 2 s, 4 s … at most a minute.
+ *
+ * While the newest checkpoint is younger than the witness timeout and not
+ * yet cosigned by `quorum` witnesses, `/checkpoint` keeps serving the last
+ * one that was: a client requiring cosignatures is not refused a checkpoint
+ * each time a new one is signed. Past the timeout the newest is served as it
+ * is (its entries must become visible even with every witness down), and
+ * `sigil_tlog_witness_quorum_met` says so.
  */
 import type { Logger } from "../../common/log.js";
 import type { Metrics } from "../../common/metrics.js";
@@ -73,6 +80,10 @@ interface Latest {
   readonly rootHash: Uint8Array;
   /** The base with every cosignature received for it. */
   cosigned: string;
+  /** Valid cosignatures in `cosigned`. */
+  count: number;
+  /** When it was handed over (ms). */
+  readonly at: number;
 }
 
 const defaultSchedule = (fn: () => void, ms: number): (() => void) => {
@@ -95,6 +106,8 @@ export class WitnessClient {
   readonly #cosignatures: { set(value: number): void } | undefined;
   readonly #quorumMet: { set(value: number): void } | undefined;
   #latest: Latest | undefined;
+  /** The newest checkpoint that reached the quorum. */
+  #lastQuorum: Latest | undefined;
   #closed = false;
   readonly #running = new Set<Promise<void>>();
 
@@ -120,15 +133,18 @@ export class WitnessClient {
       help: "Checkpoints sent to witnesses, by witness name and result (cosigned, conflict, failed).",
       labelNames: ["witness", "result"],
     });
-    this.#cosignatures = deps.metrics?.gauge({ name: "sigil_tlog_checkpoint_cosignatures", help: "Witness cosignatures the latest served checkpoint carries." });
-    this.#quorumMet = deps.metrics?.gauge({ name: "sigil_tlog_witness_quorum_met", help: "1 when the latest served checkpoint carries witness_quorum cosignatures, else 0." });
+    this.#cosignatures = deps.metrics?.gauge({ name: "sigil_tlog_checkpoint_cosignatures", help: "Witness cosignatures the log's newest checkpoint carries." });
+    this.#quorumMet = deps.metrics?.gauge({ name: "sigil_tlog_witness_quorum_met", help: "1 when the log's newest checkpoint carries witness_quorum cosignatures, else 0." });
   }
 
   /** Called with each checkpoint the log signs: it becomes the one submitted. */
   checkpointSigned(cp: SignedCheckpoint): void {
     if (this.#closed) return;
     if (this.#latest?.base === cp.note) return;
-    this.#latest = { base: cp.note, size: cp.size, rootHash: cp.rootHash, cosigned: cp.note };
+    // After a restart the stored checkpoint may carry cosignatures already.
+    const latest: Latest = { base: cp.note, size: cp.size, rootHash: cp.rootHash, cosigned: cp.note, count: this.#count(cp.note), at: this.#d.now().getTime() };
+    this.#latest = latest;
+    if (latest.count >= this.#quorum) this.#lastQuorum = latest;
     this.#gauges();
     for (const w of this.#witnesses) this.#kick(w);
   }
@@ -138,17 +154,30 @@ export class WitnessClient {
     return this.#latest !== undefined && this.#latest.base === note ? this.#latest.cosigned : note;
   }
 
+  /** The checkpoint to serve when the log's newest is `cp`; see the module comment. */
+  served(cp: SignedCheckpoint): SignedCheckpoint {
+    const latest = this.#latest;
+    if (latest === undefined || latest.base !== cp.note) return cp;
+    const prior = this.#lastQuorum;
+    if (latest.count < this.#quorum && prior !== undefined && prior !== latest && prior.size <= latest.size && this.#d.now().getTime() - latest.at < this.#timeoutMs) {
+      return { note: prior.cosigned, size: prior.size, rootHash: prior.rootHash };
+    }
+    return { note: latest.cosigned, size: latest.size, rootHash: latest.rootHash };
+  }
+
   /** The log's view with cosigned checkpoints. */
   view(inner: TlogReadView): TlogReadView {
+    const latestCheckpoint = (): SignedCheckpoint | undefined => {
+      const cp = inner.latestCheckpoint();
+      return cp === undefined ? undefined : this.served(cp);
+    };
     return {
       origin: inner.origin,
-      latestCheckpoint: () => {
-        const cp = inner.latestCheckpoint();
-        return cp === undefined ? undefined : { ...cp, note: this.cosigned(cp.note) };
-      },
+      latestCheckpoint,
       resource: async (path) => {
-        const r = await inner.resource(path);
-        return path === "checkpoint" && r !== undefined ? { body: Buffer.from(this.cosigned(Buffer.from(r.body).toString("utf8")), "utf8"), immutable: false } : r;
+        if (path !== "checkpoint") return inner.resource(path);
+        const cp = latestCheckpoint();
+        return cp === undefined ? undefined : { body: Buffer.from(cp.note, "utf8"), immutable: false };
       },
       prove: async (lookup) => {
         const r = await inner.prove(lookup);
@@ -267,27 +296,46 @@ export class WitnessClient {
   /** Adds cosignature lines to the checkpoint and stores it, unless a newer one was signed meanwhile. */
   async #keep(target: Latest, lines: string): Promise<void> {
     target.cosigned = addSignatureLines(target.cosigned, lines);
+    target.count = this.#count(target.cosigned);
+    if (target.count >= this.#quorum && (this.#lastQuorum === undefined || this.#lastQuorum.size <= target.size)) this.#lastQuorum = target;
     this.#gauges();
     // A key rotation re-signs the same size: never overwrite that row with the older note.
     if (this.#d.view.latestCheckpoint()?.note !== target.base) return;
     await this.#d.datastore.putTlogCheckpoint({ serverId: this.#d.serverId, treeSize: target.size, rootHash: target.rootHash, note: target.cosigned, createdAt: this.#d.now() });
   }
 
+  /** Valid cosignatures of the configured witnesses on `note`. */
+  #count(note: string): number {
+    try {
+      return checkCosignatures(note, this.#witnesses.map((w) => w.verifier), 1).cosigned.length;
+    } catch {
+      return 0;
+    }
+  }
+
   #gauges(): void {
     const latest = this.#latest;
     if (latest === undefined) return;
-    let n = 0;
-    try {
-      n = checkCosignatures(latest.cosigned, this.#witnesses.map((w) => w.verifier), 1).cosigned.length;
-    } catch {
-      n = 0;
-    }
-    this.#cosignatures?.set(n);
-    this.#quorumMet?.set(n >= this.#quorum ? 1 : 0);
+    this.#cosignatures?.set(latest.count);
+    this.#quorumMet?.set(latest.count >= this.#quorum ? 1 : 0);
   }
 }
 
+/** The answer's body, refused past {@link MAX_ANSWER_BYTES} (a witness answers a few lines). */
 async function readLimited(res: Response): Promise<string> {
-  const buf = Buffer.from(await res.arrayBuffer());
-  return buf.subarray(0, MAX_ANSWER_BYTES).toString("utf8");
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const reader = res.body?.getReader();
+  if (reader === undefined) return "";
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.length;
+    if (size > MAX_ANSWER_BYTES) {
+      await reader.cancel();
+      throw new WitnessFailure(`its answer is longer than ${MAX_ANSWER_BYTES} bytes`);
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString("utf8");
 }

@@ -195,6 +195,50 @@ describe("witness add-checkpoint", () => {
     }
   });
 
+  it("the log side keeps serving the last cosigned checkpoint while a new one waits for the quorum, up to the witness timeout", async () => {
+    let now = T0.getTime();
+    let gate: (() => void) | undefined;
+    const client = new WitnessClient({
+      view: peer,
+      datastore: { putTlogCheckpoint: async () => undefined },
+      serverId: "s1",
+      witnesses: [{ url: "http://witness.test", key: cosigner.vkey }],
+      timeoutMs: 5000,
+      now: () => new Date(now),
+      // The second submission waits until the test lets it through.
+      fetch: (async (_url: string, init: RequestInit) => {
+        if (gate === undefined && String(init.body).includes("\n2\n")) await new Promise<void>((resolve) => (gate = resolve));
+        const a = await witness.addCheckpoint(Buffer.from(String(init.body)));
+        return new Response(a.body, { status: a.status, headers: { "content-type": a.contentType } });
+      }) as typeof fetch,
+    });
+    const view = client.view(peer);
+    const v = parseCosignerVerifierKey(cosigner.vkey);
+    try {
+      peer.appendAndPublish(entries(0, 1));
+      client.checkpointSigned(peer.latestCheckpoint() as { note: string; size: number; rootHash: Uint8Array });
+      await vi.waitFor(() => expect(checkCosignatures(view.latestCheckpoint()?.note as string, [v]).cosigned.length).toBe(1));
+      const first = view.latestCheckpoint()?.note as string;
+
+      peer.appendAndPublish(entries(1, 1));
+      client.checkpointSigned(peer.latestCheckpoint() as { note: string; size: number; rootHash: Uint8Array });
+      await vi.waitFor(() => expect(gate).toBeDefined());
+      // Size 2 is signed but not cosigned: size 1, cosigned, is still served.
+      expect(view.latestCheckpoint()?.size).toBe(1);
+      expect(Buffer.from((await view.resource("checkpoint"))?.body ?? []).toString()).toBe(first);
+      // Past the witness timeout the newest is served without cosignatures.
+      now += 5000;
+      expect([view.latestCheckpoint()?.size, view.latestCheckpoint()?.note]).toEqual([2, peer.latestCheckpoint()?.note]);
+      now -= 5000;
+      (gate as () => void)();
+      await vi.waitFor(() => expect(view.latestCheckpoint()?.size).toBe(2));
+      expect(checkCosignatures(view.latestCheckpoint()?.note as string, [v]).cosigned.length).toBe(1);
+    } finally {
+      gate?.();
+      await client.close();
+    }
+  });
+
   it("the log side backs off from a failing witness and never serves a cosignature that does not verify", async () => {
     const liar = generateCosigner("w.example/sigil/witness");
     const scheduled: number[] = [];
