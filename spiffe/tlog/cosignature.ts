@@ -15,9 +15,20 @@
  * The Ed25519 message does not name the witness, so one key must serve one
  * witness name only.
  */
-import { createPublicKey, generateKeyPairSync, sign as cryptoSign, verify as cryptoVerify, type KeyObject } from "node:crypto";
+import { generateKeyPairSync, sign as cryptoSign, verify as cryptoVerify, type KeyObject } from "node:crypto";
 import { SigilError } from "../errors.js";
-import { checkKeyName, computeKeyId, decodeBase64Strict, formatKeyId, parseNote, signatureLine, type NoteLimits, type NoteVerifier } from "./note.js";
+import {
+  checkKeyName,
+  computeKeyId,
+  decodeBase64Strict,
+  ed25519PublicKeyFromRaw,
+  formatKeyId,
+  parseNote,
+  rawEd25519PublicKey,
+  signatureLine,
+  type NoteLimits,
+  type NoteVerifier,
+} from "./note.js";
 
 /** Signature type byte of Ed25519 cosignature/v1 keys (tlog-cosignature §Format). */
 export const COSIGNATURE_V1_TYPE = 0x04;
@@ -27,7 +38,6 @@ export const COSIGNATURE_V1_HEADER = "cosignature/v1";
 const ED25519_KEY_SIZE = 32;
 const ED25519_SIG_SIZE = 64;
 const TIMESTAMP_SIZE = 8;
-const SPKI_ED25519_PREFIX = Buffer.from("302a300506032b6570032100", "hex");
 
 function malformed(message: string): SigilError {
   return new SigilError("ERR_TLOG_MALFORMED", `cosignature: ${message}`);
@@ -44,14 +54,6 @@ export function cosignatureMessage(text: string, timestamp: number): Buffer {
   return Buffer.from(`${COSIGNATURE_V1_HEADER}\ntime ${timestamp}\n${text}`, "utf8");
 }
 
-/** The raw 32 bytes of an Ed25519 key (public, or the public half of a private one). */
-function rawPublicKey(key: KeyObject): Buffer {
-  if (key.asymmetricKeyType !== "ed25519") throw new SigilError("ERR_KEY_UNSUPPORTED", `cosignature: only Ed25519 keys are supported, got ${String(key.asymmetricKeyType)}`);
-  const pub = key.type === "private" ? createPublicKey(key) : key;
-  const der = pub.export({ format: "der", type: "spki" });
-  return der.subarray(der.length - ED25519_KEY_SIZE);
-}
-
 /** The cosignature/v1 key ID of `name` and a raw Ed25519 public key. */
 export function cosignatureKeyId(name: string, rawKey: Uint8Array): number {
   return computeKeyId(name, Buffer.concat([Buffer.of(COSIGNATURE_V1_TYPE), rawKey]));
@@ -60,7 +62,7 @@ export function cosignatureKeyId(name: string, rawKey: Uint8Array): number {
 /** The witness verifier key `<name>+<hex key ID>+<base64(0x04 || public key)>`. */
 export function formatCosignerVerifierKey(name: string, publicKey: KeyObject): string {
   checkKeyName(name);
-  const raw = rawPublicKey(publicKey);
+  const raw = rawEd25519PublicKey(publicKey);
   return `${name}+${formatKeyId(cosignatureKeyId(name, raw))}+${Buffer.concat([Buffer.of(COSIGNATURE_V1_TYPE), raw]).toString("base64")}`;
 }
 
@@ -82,7 +84,7 @@ export interface Cosigner {
  */
 export function createCosigner(name: string, publicKey: KeyObject, sign: (message: Uint8Array) => Uint8Array): Cosigner {
   checkKeyName(name);
-  const raw = rawPublicKey(publicKey);
+  const raw = rawEd25519PublicKey(publicKey);
   const keyId = cosignatureKeyId(name, raw);
   return {
     name,
@@ -140,7 +142,7 @@ export function parseCosignerVerifierKey(vkey: string): CosignatureVerifier {
   const raw = typed.subarray(1);
   const keyId = cosignatureKeyId(name, raw);
   if (keyId !== Number.parseInt(hex, 16)) throw malformed(`witness key ${name}: key ID ${hex.toLowerCase()} does not match the name and key (they hash to ${formatKeyId(keyId)})`);
-  const key = createPublicKey({ key: Buffer.concat([SPKI_ED25519_PREFIX, raw]), format: "der", type: "spki" });
+  const key = ed25519PublicKeyFromRaw(raw);
   const verifyCosignature = (text: string, signature: Uint8Array): number | undefined => {
     if (signature.length !== TIMESTAMP_SIZE + ED25519_SIG_SIZE) return undefined;
     const ts = Buffer.from(signature.buffer, signature.byteOffset, signature.length).readBigUInt64BE(0);

@@ -113,14 +113,20 @@ export function decodeBase64Strict(s: string, what: string): Buffer {
   return b;
 }
 
-function rawEd25519PublicKey(key: KeyObject): Buffer {
+/**
+ * The raw 32 bytes of an Ed25519 key (public, or the public half of a private one).
+ *
+ * @throws SigilError `ERR_KEY_UNSUPPORTED` for another key type.
+ */
+export function rawEd25519PublicKey(key: KeyObject): Buffer {
   if (key.asymmetricKeyType !== "ed25519") throw new SigilError("ERR_KEY_UNSUPPORTED", `signed note: only Ed25519 keys are supported, got ${String(key.asymmetricKeyType)}`);
   const pub = key.type === "private" ? createPublicKey(key) : key;
   const der = pub.export({ format: "der", type: "spki" });
   return der.subarray(der.length - ED25519_PUBLIC_KEY_SIZE);
 }
 
-function ed25519PublicKeyFromRaw(raw: Uint8Array): KeyObject {
+/** The public key object of 32 raw Ed25519 bytes. */
+export function ed25519PublicKeyFromRaw(raw: Uint8Array): KeyObject {
   return createPublicKey({ key: Buffer.concat([SPKI_ED25519_PREFIX, raw]), format: "der", type: "spki" });
 }
 
