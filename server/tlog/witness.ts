@@ -8,7 +8,7 @@
  * | answer | when |
  * |---|---|
  * | 200, cosignature line | signed by the log, `old` is the stored size, the consistency proof holds; the new checkpoint is stored first |
- * | 400 | malformed body, `old` larger than the checkpoint, a proof from size 0 |
+ * | 400 | malformed body, `old` larger than the checkpoint, a proof from size 0 or between equal sizes |
  * | 403 | no signature by a trusted key of that origin |
  * | 404 | unknown origin |
  * | 409, `text/x.tlog.size` | `old` is not the stored size; or a tree of the stored size with another root (a fork) |
@@ -208,6 +208,7 @@ export class Witness implements WitnessEndpoint {
     }
     if (req.oldSize > cp.size) throw refuse(400, `old size ${req.oldSize} is larger than the checkpoint's ${cp.size}`, "malformed");
     if (req.oldSize === 0 && req.proof.length > 0) throw refuse(400, "a consistency proof from size 0 must be empty", "malformed");
+    if (req.oldSize === cp.size && req.proof.length > 0) throw refuse(400, "a consistency proof between equal sizes must be empty", "malformed");
     return this.#turn(cp.origin, () => this.#decide(req, cp, text));
   }
 

@@ -92,11 +92,12 @@ describe("witness add-checkpoint", () => {
     expect(await bad(`old 5\n\n${cp1}`)).toMatch(/old size 5 is larger than the checkpoint's 1/);
     expect(await bad(`old 0\n${Buffer.alloc(32).toString("base64")}\n\n${cp1}`)).toMatch(/from size 0 must be empty/);
     expect(await bad(`old 0\n${`${Buffer.alloc(32).toString("base64")}\n`.repeat(64)}\n${cp1}`)).toMatch(/64 consistency proof lines, at most 63/);
+    expect(await bad(`old 1\n${Buffer.alloc(32).toString("base64")}\n\n${cp1}`)).toMatch(/between equal sizes must be empty/);
     expect(await bad(`old 0\nnot-base64\n\n${cp1}`)).toMatch(/consistency proof line 1/);
     expect(await bad(Buffer.from([0x6f, 0x6c, 0x64, 0x20, 0x30, 0x0a, 0x0a, 0xff]))).toMatch(/not UTF-8/);
     expect(await bad(`old 0\n\nnot a checkpoint\n`)).toMatch(/checkpoint/);
     const counts = await metrics.registry.getSingleMetricAsString("sigil_tlog_witness_requests_total");
-    expect(counts).toMatch(/result="malformed"} 9/);
+    expect(counts).toMatch(/result="malformed"} 10/);
     expect(counts).toMatch(/result="unknown_log"} 1/);
     expect(counts).toMatch(/result="forbidden"} 1/);
   });
