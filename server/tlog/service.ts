@@ -71,17 +71,23 @@ export class TransparencyLogService implements Service, IssuanceLogSink {
       onCheckpoint: (cp) => this.#witnessing?.checkpointSigned(cp),
     });
     if (this.#d.witnessing !== undefined) {
-      this.#witnessing = await startWitnessing({
-        settings: this.#d.witnessing,
-        log: this.#log,
-        datastore: this.#d.datastore.datastore,
-        keyManager: this.#d.keyManager(),
-        trustDomain: this.#d.trustDomain,
-        serverId: this.#d.serverId,
-        now: this.#d.now,
-        logger: this.#d.log,
-        metrics: this.#d.metrics,
-      });
+      try {
+        this.#witnessing = await startWitnessing({
+          settings: this.#d.witnessing,
+          log: this.#log,
+          datastore: this.#d.datastore.datastore,
+          keyManager: this.#d.keyManager(),
+          trustDomain: this.#d.trustDomain,
+          serverId: this.#d.serverId,
+          now: this.#d.now,
+          logger: this.#d.log,
+          metrics: this.#d.metrics,
+        });
+      } catch (e) {
+        // A failed start is not stopped by the service group: stop the log's cadence here.
+        await this.#log.close();
+        throw e;
+      }
     }
   }
 
