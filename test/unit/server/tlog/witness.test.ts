@@ -121,8 +121,11 @@ describe("witness add-checkpoint", () => {
     const corrupted = good.map((h, i) => (i === 0 ? Buffer.alloc(32, 1) : h));
     expect((await witness.addCheckpoint(body(4, corrupted, cp8))).status).toBe(422);
     expect((await witness.addCheckpoint(body(4, good, cp8))).status).toBe(200);
-    // Later forked checkpoints stay refused.
+    // Later forked checkpoints stay refused, also by a witness started afresh on the same datastore (a restart).
     expect((await witness.addCheckpoint(body(8, await new TileReader(fork.fetch, 10).consistencyProof(8), fork10))).status).toBe(422);
+    const restarted = new Witness({ datastore: ds, cosigner, logs: [{ origin: ORIGIN, keys: [peer.vkey] }], now: () => T0 });
+    expect(await restarted.addCheckpoint(body(0, [], fork4))).toMatchObject({ status: 409, body: "8\n" });
+    expect((await restarted.addCheckpoint(body(8, await new TileReader(fork.fetch, 10).consistencyProof(8), fork10))).status).toBe(422);
 
     const reported = out.lines.filter((l) => l.msg === "tlog witness: the log shows a view inconsistent with the checkpoint this witness cosigned (a fork); refused");
     expect(reported.length).toBe(4);
