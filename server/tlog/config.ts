@@ -117,7 +117,7 @@ export const transparencyLogSection = z
       )
       .optional()
       .describe("Witnesses (C2SP tlog-witness) each checkpoint is sent to; their cosignatures are added to the served checkpoint. Issuance never waits for them."),
-    witness_quorum: z.number().int().min(1).optional().describe("Cosignatures a checkpoint should carry (default: every witness); below it, sigil_tlog_witness_quorum_met is 0."),
+    witness_quorum: z.number().int().min(1).optional().describe("Cosignatures a new checkpoint waits for (default: every witness, at most witness_timeout) before /checkpoint serves it instead of the last one that had them; below it, sigil_tlog_witness_quorum_met is 0."),
     witness_timeout: duration({ minMs: 100 }).optional().describe("How long one witness has to answer (default 5s); a failed witness is retried with backoff up to a minute."),
     witness: witnessSection.optional(),
   })
