@@ -174,11 +174,16 @@ export class Issuer {
     return issued;
   }
 
-  /** Signs an X509-SVID for no entry and no agent (an admin mint) and records it as requested by `requestedBy`. */
-  async mintX509Svid(req: X509SvidRequest, requestedBy: string): Promise<IssuedX509> {
+  /**
+   * Signs an X509-SVID for no entry and no agent and records it as requested
+   * by `requestedBy`: an admin mint (`x509-svid`), or a server's own SVID
+   * (`server-svid`: the agent API's TLS identity, the bundle endpoint's),
+   * whose record is an `x509-svid` one and whose log entry says `server-svid`.
+   */
+  async mintX509Svid(req: X509SvidRequest, requestedBy: string, logKind: "x509-svid" | "server-svid" = "x509-svid"): Promise<IssuedX509> {
     const issued = this.#d.ca.signX509Svid(req);
     const record = x509IssuanceRecord("x509-svid", req.spiffeId.toString(), issued, { requestedBy, agentId: null }, undefined, this.#d.now());
-    await this.#commit([record], [{ record, certDer: issued.chain[0], publicKeyDer: req.publicKeyDer }]);
+    await this.#commit([record], [{ record, kind: logKind, certDer: issued.chain[0], publicKeyDer: req.publicKeyDer }]);
     this.#d.metrics?.x509SvidsSigned.inc();
     return issued;
   }
