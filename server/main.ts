@@ -218,6 +218,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     grpcHealth,
     rateLimits: agentApiRateLimits(s.ratelimit, clock),
     agentTtlMs: s.agent_ttl ?? defaultX509TtlMs,
+    downstreamCaTtlMs: s.downstream_ca_ttl ?? s.ca_ttl,
     defaultX509TtlMs,
     defaultJwtTtlMs: s.default_jwt_svid_ttl,
     auditEnabled: s.audit_log_enabled,
