@@ -63,6 +63,11 @@ describe("server SVID in the transparency log, real server", () => {
     expect(proved.verified).toBe(true);
     expect(proved.entry).toMatchObject({ kind: "server-svid", spiffeId: "spiffe://example.org/spire/server", cert: leaf.toString("base64") });
     expect(String(proved.entry.requestedBy)).toMatch(/^server:/);
+    // It is a record too: the inventory of its CA key lists it, with no pick-up state (no agent hands it out).
+    const inv = JSON.parse(srv.cli(["inventory", "--key-id", String(proved.entry.authorityKeyId), "--output", "json"]).stdout) as { svids: Record<string, unknown>[] };
+    const listed = inv.svids.find((x) => x.serial === proved.entry.serial);
+    expect(listed).toMatchObject({ spiffe_id: "spiffe://example.org/spire/server" });
+    expect(listed?.pickup ?? "").toBe("");
 
     const cp = JSON.parse(srv.cli(["log", "checkpoint", "--output", "json"]).stdout) as { verifier_keys: string[] };
     const bundleFile = path.join(work, "bundle.json");
