@@ -16,7 +16,6 @@ import { generateKeyPairSync, X509Certificate } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { setTimeout as delay } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { credentials, status, type ServiceError } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -26,7 +25,8 @@ import { DownstreamAPI } from "../../proto/gen/sigil/agent/v1/downstream_pb.js";
 import { EntrySchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { buildCsr } from "../../spiffe/csr.js";
 import { encodePemCertificates } from "../../spiffe/pem.js";
-import { runServerCli, startServerProcess, type CliResult, type ServerProcess } from "./support/server-process.js";
+import { startServerProcess, type ServerProcess } from "./support/server-process.js";
+import { cliLogVerify, cliUntilOk } from "./support/tlog-cli.js";
 import { tlsCredentials } from "./support/test-agent.js";
 
 let srv: ServerProcess;
@@ -76,17 +76,6 @@ async function refusal(p: Promise<unknown>): Promise<ServiceError> {
   throw new Error("the call succeeded");
 }
 
-/** Runs the CLI until it succeeds: an entry is provable once the next checkpoint (≤ 200 ms) covers it. */
-async function until(args: readonly string[]): Promise<CliResult> {
-  let r: CliResult | undefined;
-  for (let i = 0; i < 50; i++) {
-    r = srv.cli(args);
-    if (r.status === 0) return r;
-    await delay(200);
-  }
-  throw new Error(`${args.join(" ")}: ${r?.stderr ?? ""}`);
-}
-
 describe("NewDownstreamX509CA, real server", () => {
   it("signs a logged intermediate CA for a downstream entry's SVID that chains to the root; log prove and log verify pass", async () => {
     const client = clientAs("child-server");
@@ -107,14 +96,11 @@ describe("NewDownstreamX509CA, real server", () => {
     writeFileSync(caFile, encodePemCertificates([res.caCertChain[0] as Uint8Array]));
     expect(execFileSync("openssl", ["verify", "-CAfile", rootFile, caFile], { encoding: "utf8" })).toContain(": OK");
 
-    const proved = JSON.parse((await until(["log", "prove", "--cert", caFile, "--output", "json"])).stdout) as { entry: Record<string, unknown>; verified: boolean };
+    const proved = JSON.parse((await cliUntilOk(srv, ["log", "prove", "--cert", caFile, "--output", "json"])).stdout) as { entry: Record<string, unknown>; verified: boolean };
     expect(proved.verified).toBe(true);
     expect(proved.entry).toMatchObject({ kind: "downstream-ca", spiffeId: "spiffe://example.org", requestedBy: "downstream:spiffe://example.org/child-server", cert: Buffer.from(res.caCertChain[0] as Uint8Array).toString("base64") });
 
-    const cp = JSON.parse(srv.cli(["log", "checkpoint", "--output", "json"]).stdout) as { verifier_keys: string[] };
-    const bundleFile = path.join(work, "bundle.json");
-    writeFileSync(bundleFile, srv.cli(["bundle", "show", "--format", "spiffe"]).stdout);
-    const verify = runServerCli(["log", "verify", "--url", url, "--key", cp.verifier_keys[0] as string, "--bundle", bundleFile, "--output", "json"]);
+    const verify = cliLogVerify(srv, url, work);
     expect(verify.status, verify.stderr).toBe(0);
     expect(JSON.parse(verify.stdout)).toMatchObject({ findings_total: 0 });
   }, 120_000);

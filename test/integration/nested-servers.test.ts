@@ -25,7 +25,8 @@ import { AgentAdmin, EntryAdmin } from "../../proto/gen/sigil/admin/v1/admin_pb.
 import { EntrySchema } from "../../proto/gen/sigil/types/v1/types_pb.js";
 import { decodePemCertificates, encodePemCertificates } from "../../spiffe/pem.js";
 import { runWorkload, startAgentProcess, type AgentProcess } from "./support/agent-process.js";
-import { runServerCli, startServerProcess, type CliResult, type ServerProcess } from "./support/server-process.js";
+import { startServerProcess, type ServerProcess } from "./support/server-process.js";
+import { cliLogVerify, cliUntilOk } from "./support/tlog-cli.js";
 import { rootsPemFromBundleJson } from "./support/test-agent.js";
 
 const isRoot = process.getuid?.() === 0;
@@ -110,20 +111,12 @@ describe.skipIf(!isRoot)("nested servers", () => {
     // Without the intermediate the leaf does not verify: the child did not sign with a root of its own.
     expect(() => execFileSync("openssl", ["verify", "-CAfile", files.root, files.leaf], { stdio: "pipe" })).toThrow();
 
-    let proved: CliResult | undefined;
-    for (let i = 0; i < 50 && proved?.status !== 0; i++) {
-      if (i > 0) await delay(200);
-      proved = parent.cli(["log", "prove", "--cert", files.intermediate, "--output", "json"]);
-    }
-    expect(proved?.status, proved?.stderr).toBe(0);
-    expect(JSON.parse(proved?.stdout ?? "{}")).toMatchObject({
+    const proved = await cliUntilOk(parent, ["log", "prove", "--cert", files.intermediate, "--output", "json"]);
+    expect(JSON.parse(proved.stdout)).toMatchObject({
       verified: true,
       entry: { kind: "downstream-ca", spiffeId: "spiffe://example.org", requestedBy: "downstream:spiffe://example.org/nested/child-server", cert: intermediate.toString("base64") },
     });
-    const cp = JSON.parse(parent.cli(["log", "checkpoint", "--output", "json"]).stdout) as { verifier_keys: string[] };
-    const bundleFile = path.join(work, "parent-bundle.json");
-    writeFileSync(bundleFile, parent.cli(["bundle", "show", "--format", "spiffe"]).stdout);
-    const verify = runServerCli(["log", "verify", "--url", tlogUrl, "--key", cp.verifier_keys[0] as string, "--bundle", bundleFile, "--output", "json"]);
+    const verify = cliLogVerify(parent, tlogUrl, work);
     expect(verify.status, verify.stderr).toBe(0);
     expect(JSON.parse(verify.stdout)).toMatchObject({ findings_total: 0 });
   }, 180_000);

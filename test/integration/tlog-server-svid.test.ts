@@ -10,10 +10,10 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { connect } from "node:tls";
-import { setTimeout as delay } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { encodePemCertificates } from "../../spiffe/pem.js";
-import { runServerCli, startServerProcess, type CliResult, type ServerProcess } from "./support/server-process.js";
+import { startServerProcess, type ServerProcess } from "./support/server-process.js";
+import { cliLogVerify, cliUntilOk } from "./support/tlog-cli.js";
 
 let srv: ServerProcess;
 let url: string;
@@ -43,23 +43,12 @@ function servedLeaf(address: string): Promise<Buffer> {
   });
 }
 
-/** Runs the CLI until it succeeds: an entry is provable once the next checkpoint (≤ 200 ms) covers it. */
-async function until(args: readonly string[]): Promise<CliResult> {
-  let r: CliResult | undefined;
-  for (let i = 0; i < 50; i++) {
-    r = srv.cli(args);
-    if (r.status === 0) return r;
-    await delay(200);
-  }
-  throw new Error(`${args.join(" ")}: ${r?.stderr ?? ""}`);
-}
-
 describe("server SVID in the transparency log, real server", () => {
   it("log prove --cert proves the agent API's TLS leaf as a server-svid entry, and log verify passes", async () => {
     const leaf = await servedLeaf(srv.agentApiAddress);
     const certFile = path.join(work, "server-leaf.pem");
     writeFileSync(certFile, encodePemCertificates([leaf]));
-    const proved = JSON.parse((await until(["log", "prove", "--cert", certFile, "--output", "json"])).stdout) as { entry: Record<string, unknown>; verified: boolean };
+    const proved = JSON.parse((await cliUntilOk(srv, ["log", "prove", "--cert", certFile, "--output", "json"])).stdout) as { entry: Record<string, unknown>; verified: boolean };
     expect(proved.verified).toBe(true);
     expect(proved.entry).toMatchObject({ kind: "server-svid", spiffeId: "spiffe://example.org/spire/server", cert: leaf.toString("base64") });
     expect(String(proved.entry.requestedBy)).toMatch(/^server:/);
@@ -69,12 +58,7 @@ describe("server SVID in the transparency log, real server", () => {
     expect(listed).toMatchObject({ spiffe_id: "spiffe://example.org/spire/server" });
     expect(listed?.pickup ?? "").toBe("");
 
-    const cp = JSON.parse(srv.cli(["log", "checkpoint", "--output", "json"]).stdout) as { verifier_keys: string[] };
-    const bundleFile = path.join(work, "bundle.json");
-    const bundle = srv.cli(["bundle", "show", "--format", "spiffe"]);
-    expect(bundle.status, bundle.stderr).toBe(0);
-    writeFileSync(bundleFile, bundle.stdout);
-    const verify = runServerCli(["log", "verify", "--url", url, "--key", cp.verifier_keys[0] as string, "--bundle", bundleFile, "--output", "json"]);
+    const verify = cliLogVerify(srv, url, work);
     expect(verify.status, verify.stderr).toBe(0);
     const doc = JSON.parse(verify.stdout) as { size: number; entries_checked: number; findings_total: number };
     expect(doc).toMatchObject({ findings_total: 0 });
