@@ -198,8 +198,8 @@ export class Issuer {
     const issued = this.#d.ca.signDownstreamX509Ca(req);
     const caId = entrySpiffeId(entry).trustDomain.idString();
     const record = x509IssuanceRecord("x509-svid", caId, issued, { requestedBy: `downstream:${callerId}`, agentId: null }, entry, this.#d.now());
+    // Not counted in sigil_x509_svids_signed_total: a CA certificate is not an SVID.
     await this.#commit([record], [{ record, kind: "downstream-ca", certDer: issued.chain[0], publicKeyDer: req.publicKeyDer, entryRevision: entry.revision }]);
-    this.#d.metrics?.x509SvidsSigned.inc();
     return issued;
   }
 
