@@ -15,6 +15,7 @@ import { k8sPsatNodeAttestorPlugin } from "./nodeattestor/k8s_psat/index.js";
 import { tpmNodeAttestorPlugin } from "./nodeattestor/tpm/index.js";
 import { k8sBundleNotifierPlugin } from "./notifier/k8sbundle/index.js";
 import { diskUpstreamAuthorityPlugin } from "./upstreamauthority/disk/index.js";
+import { sigilUpstreamAuthorityPlugin } from "./upstreamauthority/sigil/index.js";
 import { k8sWorkloadAttestorPlugin } from "./workloadattestor/k8s/index.js";
 import { unixWorkloadAttestorPlugin } from "./workloadattestor/unix/index.js";
 
@@ -24,7 +25,7 @@ export const PLUGIN_CATALOG = {
   KeyManager: [diskKeyManagerPlugin, memoryKeyManagerPlugin],
   NodeAttestor: [joinTokenNodeAttestorPlugin, k8sPsatNodeAttestorPlugin, tpmNodeAttestorPlugin],
   Notifier: [k8sBundleNotifierPlugin],
-  UpstreamAuthority: [diskUpstreamAuthorityPlugin],
+  UpstreamAuthority: [diskUpstreamAuthorityPlugin, sigilUpstreamAuthorityPlugin],
   WorkloadAttestor: [unixWorkloadAttestorPlugin, k8sWorkloadAttestorPlugin],
 } as const satisfies { readonly [T in PluginType]: readonly PluginDescriptor<T, never, unknown, never, unknown>[] };
 

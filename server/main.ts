@@ -47,7 +47,8 @@ import { AdminListener } from "./api/admin-listener.js";
 import { AgentApiListener } from "./api/agent-api-listener.js";
 import { agentApiRateLimits } from "./api/rate-limit.js";
 import { ServerSvidService } from "./api/server-svid.js";
-import type { CaManager } from "./ca/manager.js";
+import type { CaManager, IssuedX509, X509SvidRequest } from "./ca/manager.js";
+import { Issuer } from "./issuance/issuer.js";
 import { CaRotationJob } from "./ca/rotation-job.js";
 import { maxUsefulSvidTtlMs } from "./ca/rotation.js";
 import { NotifierService } from "./ca/notifier-service.js";
@@ -192,9 +193,17 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     log,
   });
   const federation = new FederationPoller({ trustDomain, datastore, ownBundle: () => ca.manager.bundle(), config: config.federation, clock, metrics, log: subsystemLogger(log, "federation") });
-  const serverSvid = new ServerSvidService({ ca, serverId, ttlMs: defaultX509TtlMs, clock });
+  // With the log on, the server's own SVIDs are recorded and logged (`server-svid`) before they are served.
+  let ownSvidIssuer: Issuer | undefined;
+  const issueOwnSvid = transparencyLog
+    ? (req: X509SvidRequest): Promise<IssuedX509> => {
+        ownSvidIssuer ??= new Issuer({ ca: ca.manager, datastore: datastore.datastore, metrics, now, defaultX509TtlMs, defaultJwtTtlMs: s.default_jwt_svid_ttl, transparencyLog });
+        return ownSvidIssuer.mintX509Svid(req, `server:${instanceId}`, "server-svid");
+      }
+    : undefined;
+  const serverSvid = new ServerSvidService({ ca, serverId, ttlMs: defaultX509TtlMs, clock, issue: issueOwnSvid, log: subsystemLogger(log, "server_svid") });
   const bundleEndpoint = bundleEndpointConfig
-    ? new BundleEndpointService({ settings: bundleEndpointConfig, ca, serverSvid, serverId, svidTtlMs: defaultX509TtlMs, clock, metrics, log: subsystemLogger(log, "bundle_endpoint") })
+    ? new BundleEndpointService({ settings: bundleEndpointConfig, ca, serverSvid, serverId, svidTtlMs: defaultX509TtlMs, clock, metrics, log: subsystemLogger(log, "bundle_endpoint"), issueSvid: issueOwnSvid })
     : undefined;
   const agentApi = new AgentApiListener({
     host: s.bind_address,
@@ -211,6 +220,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     grpcHealth,
     rateLimits: agentApiRateLimits(s.ratelimit, clock),
     agentTtlMs: s.agent_ttl ?? defaultX509TtlMs,
+    downstreamCaTtlMs: s.downstream_ca_ttl ?? s.ca_ttl,
     defaultX509TtlMs,
     defaultJwtTtlMs: s.default_jwt_svid_ttl,
     auditEnabled: s.audit_log_enabled,
@@ -241,8 +251,9 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   const rotation = new CaRotationJob({
     ca,
     afterRotation: () => {
-      serverSvid.refresh();
-      bundleEndpoint?.refresh();
+      // Neither rejects: a renewal that fails is logged and retried by the service itself.
+      void serverSvid.refresh();
+      void bundleEndpoint?.refresh();
     },
     onFailure: () => grpcHealth.setStatus("", "NOT_SERVING"),
     // A step failed while the database restarted: serving again once a step succeeds (not before the start is done).

@@ -5,7 +5,7 @@
  * attestation can run without one. It serves the AgentAPI (transport in
  * `agent-api.ts`, node attestation in `server/attestation/`, signing and
  * recording in `server/issuance/`, delta sync memory and change notices) and
- * gRPC health. Agent records and bundles are read through the change-fed
+ * gRPC health, and the DownstreamAPI of nested servers (`downstream-api.ts`). Agent records and bundles are read through the change-fed
  * caches it is given. Stop lets calls in flight
  * finish for at most 5 s, then cancels them.
  */
@@ -19,6 +19,7 @@ import { createPlugins, PLUGIN_CATALOG, type PluginSection } from "../../plugins
 import { OwnedPlugins } from "../../plugins/descriptor.js";
 import type { ServerNodeAttestor } from "../../plugins/nodeattestor/types.js";
 import { AgentAPI } from "../../proto/gen/sigil/agent/v1/agent_pb.js";
+import { DownstreamAPI } from "../../proto/gen/sigil/agent/v1/downstream_pb.js";
 import { SigilError } from "../../spiffe/errors.js";
 import { grpcServiceDefinition } from "../../spiffe/grpc/service.js";
 import { parseSpiffeId, type SpiffeId, type TrustDomain } from "../../spiffe/id.js";
@@ -35,7 +36,8 @@ import { canonicalTaint, createAgentApi, type TaintedAuthorities } from "./agent
 import { AgentSyncHistory } from "./agent-sync-history.js";
 import { ChangeNotifier } from "./change-notifier.js";
 import type { MemoryCertificateProvider } from "./cert-provider.js";
-import type { AgentApiRateLimits } from "./rate-limit.js";
+import { rateLimitCharger, type AgentApiRateLimits } from "./rate-limit.js";
+import { createDownstreamApi } from "./downstream-api.js";
 import { DeliveryLog } from "../tlog/deliveries.js";
 
 /**
@@ -71,6 +73,8 @@ export interface AgentApiListenerDeps {
   readonly grpcHealth: HealthService;
   readonly rateLimits: AgentApiRateLimits;
   readonly agentTtlMs: number;
+  /** `server.downstream_ca_ttl` (default `ca_ttl`): longest lifetime of a downstream server's intermediate CA. */
+  readonly downstreamCaTtlMs: number;
   readonly defaultX509TtlMs: number;
   readonly defaultJwtTtlMs: number;
   readonly auditEnabled: boolean;
@@ -165,6 +169,22 @@ export class AgentApiListener implements Service {
     });
     const server = new Server({ interceptors: [rpcMetricsInterceptor(d.metrics)], "grpc.max_receive_message_length": MAX_RECEIVE_MESSAGE_BYTES });
     server.addService(grpcServiceDefinition(AgentAPI), api);
+    const charge = rateLimitCharger(d.metrics);
+    server.addService(
+      grpcServiceDefinition(DownstreamAPI),
+      createDownstreamApi({
+        trustDomain: d.trustDomain,
+        datastore,
+        ca,
+        issuer,
+        rateLimits: d.rateLimits,
+        charge,
+        downstreamCaTtlMs: d.downstreamCaTtlMs,
+        now,
+        log: d.log,
+        auditEnabled: d.auditEnabled,
+      }),
+    );
     addHealthService(server, d.grpcHealth);
     const certs = d.serverSvid.certificates;
     const creds = experimental.createCertificateProviderServerCredentials(certs, certs, false);

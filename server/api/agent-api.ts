@@ -67,7 +67,7 @@ import type { FeedCache } from "../datastore/feed-cache.js";
 import { ALLOWED_KEY_TYPES, mintAudienceProblem, type EntryX509Request, type Issuer } from "../issuance/issuer.js";
 import type { EntryIndex } from "../registration/entry-index.js";
 import { authorizedEntries, type IndexedRecord } from "../registration/entry-index-feed.js";
-import { rateLimitedError, sourceAddress, type AgentApiRateLimits, type RateLimiter } from "./rate-limit.js";
+import { rateLimitCharger, sourceAddress, type AgentApiRateLimits } from "./rate-limit.js";
 import { auditCall, createUnaryWrapper } from "./unary.js";
 import type { AgentSyncHistory } from "./agent-sync-history.js";
 import type { ChangeNotifier } from "./change-notifier.js";
@@ -133,9 +133,6 @@ export function canonicalTaint(t: TaintedAuthorities | undefined): { readonly x5
   const key = x509.length + jwt.length === 0 ? "" : `taint:${x509.join(",")}|${JSON.stringify(jwt)}`;
   return { x509, jwt, key };
 }
-
-/** The `limit` label of `sigil_rate_limited_requests_total`. */
-type LimitName = "attestation" | "x509_signing" | "jwt_signing" | "sync" | "watch_changes";
 
 type AgentMethods = (typeof AgentAPI)["method"];
 
@@ -253,19 +250,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
     auditCall(auditOpts, method, caller, code, details, message);
   const unary = createUnaryWrapper({ log, auditEnabled: deps.auditEnabled, name: "agent api" });
 
-  const throttled = deps.metrics.counter<"limit">({
-    name: "sigil_rate_limited_requests_total",
-    help: "Agent API calls refused with RESOURCE_EXHAUSTED by a rate limit, by limit (attestation, x509_signing, jwt_signing, sync, watch_changes).",
-    labelNames: ["limit"],
-  });
-  /** Charges `cost` to `key`, or throws ResourceExhausted: `<what>; retry after <n>ms`, with the same hint as a trailer. */
-  function charge(limit: LimitName, limiter: RateLimiter | undefined, key: string, cost: number, what: (perSecond: number) => string): void {
-    if (!limiter) return;
-    const decision = limiter.take(key, cost);
-    if (decision.allowed) return;
-    throttled.inc({ limit });
-    throw rateLimitedError(what(limiter.perSecond), decision.retryAfterMs);
-  }
+  const charge = rateLimitCharger(deps.metrics);
 
   return {
     attestAgent(call: ServerDuplexStream<AttestAgentRequest, AttestAgentResponse>): void {

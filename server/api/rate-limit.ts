@@ -19,6 +19,7 @@
  */
 import { isIP } from "node:net";
 import type { Clock } from "../../common/clock.js";
+import type { Metrics } from "../../common/metrics.js";
 import { retryHintText } from "../../common/rpc/status.js";
 import { SigilError } from "../../spiffe/errors.js";
 import type { ServerConfig } from "../config/schema.js";
@@ -139,6 +140,32 @@ export class RateLimiter {
 export function rateLimitedError(message: string, retryAfterMs: number): SigilError {
   const ms = Math.max(1, Math.ceil(retryAfterMs));
   return new SigilError("ERR_RESOURCE_EXHAUSTED", `${message}; ${retryHintText(ms)}`, { retryAfterMs: ms });
+}
+
+/** The `limit` label of `sigil_rate_limited_requests_total`. */
+export type LimitName = "attestation" | "x509_signing" | "jwt_signing" | "sync" | "watch_changes";
+
+/**
+ * Charges `cost` to `key` on `limiter` (no limiter: no limit), or throws
+ * ResourceExhausted `<what>; retry after <n>ms` with the same hint as a
+ * trailer, counting the refusal in `sigil_rate_limited_requests_total`.
+ */
+export type RateLimitCharge = (limit: LimitName, limiter: RateLimiter | undefined, key: string, cost: number, what: (perSecond: number) => string) => void;
+
+/** The {@link RateLimitCharge} of the services on the agent API listener. */
+export function rateLimitCharger(metrics: Metrics): RateLimitCharge {
+  const throttled = metrics.counter<"limit">({
+    name: "sigil_rate_limited_requests_total",
+    help: "Agent API calls refused with RESOURCE_EXHAUSTED by a rate limit, by limit (attestation, x509_signing, jwt_signing, sync, watch_changes).",
+    labelNames: ["limit"],
+  });
+  return (limit, limiter, key, cost, what) => {
+    if (!limiter) return;
+    const decision = limiter.take(key, cost);
+    if (decision.allowed) return;
+    throttled.inc({ limit });
+    throw rateLimitedError(what(limiter.perSecond), decision.retryAfterMs);
+  };
 }
 
 /** The eight 16-bit groups of a valid IPv6 address (zone ID dropped, embedded IPv4 tail included). */

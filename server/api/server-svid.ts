@@ -8,16 +8,27 @@
  * it at half life and whenever the roots change. A bundle change (an authority
  * prepared and activated at once by an operator's taint) refreshes it at once
  * as well: until the roots are served, an agent SVID under the new CA is not
- * accepted as a client certificate. It is signed
- * in-process and not recorded in the issuance log.
+ * accepted as a client certificate.
+ *
+ * With an `issue` hook (the transparency log on) each SVID is recorded and
+ * logged (`server-svid` entry) before it is put into service: the start
+ * waits for the first, and a renewal that cannot be recorded keeps the
+ * current SVID in service and is retried with backoff. Without one it is
+ * signed in-process and not recorded.
  */
 import type { Clock } from "../../common/clock.js";
+import type { Logger } from "../../common/log.js";
 import type { Service } from "../../common/service.js";
 import type { SpiffeId } from "../../spiffe/id.js";
 import { encodePemCertificates } from "../../spiffe/pem.js";
 import { generateKeyPair } from "../../spiffe/signer.js";
-import type { CaManager } from "../ca/manager.js";
+import type { CaManager, IssuedX509, X509SvidRequest } from "../ca/manager.js";
 import { MemoryCertificateProvider } from "./cert-provider.js";
+
+/** First wait before a failed renewal is tried again; doubled each failure up to {@link MAX_RETRY_MS}. */
+const FIRST_RETRY_MS = 1_000;
+/** Longest wait between two renewal attempts after failures. */
+const MAX_RETRY_MS = 30_000;
 
 /** Dependencies of the {@link ServerSvidService}. */
 export interface ServerSvidDeps {
@@ -27,6 +38,21 @@ export interface ServerSvidDeps {
   /** `server.default_x509_svid_ttl`. */
   readonly ttlMs: number;
   readonly clock: Clock;
+  /**
+   * Signs and records an SVID, resolving once its record (and log entry) is
+   * committed; unset: signed by the CA directly and not recorded.
+   */
+  readonly issue?: ((req: X509SvidRequest) => Promise<IssuedX509>) | undefined;
+  /** Where failed renewals are reported. */
+  readonly log?: Logger | undefined;
+}
+
+/**
+ * How long to wait before renewal attempt number `failures + 1` after
+ * `failures` consecutive failures: 1 s doubling to at most 30 s.
+ */
+export function renewalRetryDelayMs(failures: number): number {
+  return Math.min(MAX_RETRY_MS, FIRST_RETRY_MS * 2 ** Math.max(0, Math.min(failures - 1, 16)));
 }
 
 /** The `server-svid` service; see the module comment. */
@@ -40,23 +66,23 @@ export class ServerSvidService implements Service {
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
   #unsubscribe: (() => void) | undefined;
+  /** The renewal in progress; refresh calls during it run once more after it. */
+  #running: Promise<void> | undefined;
+  #again = false;
+  #failures = 0;
+  /** notAfter of the SVID in service. */
+  #notAfter: Date | undefined;
 
   constructor(deps: ServerSvidDeps) {
     this.#d = deps;
   }
 
-  start(): void {
-    this.refresh();
-    // After the manager's change is done (its listeners run inside it).
+  /** Issues (and records) the first SVID; rejects when it cannot, so nothing serves without one. */
+  async start(): Promise<void> {
+    await this.#renew();
     this.#unsubscribe = this.#d.ca.manager.onBundleChange(() => {
-      setImmediate(() => {
-        if (this.#stopped) return;
-        try {
-          this.refresh();
-        } catch {
-          this.#schedule(1_000);
-        }
-      });
+      // After the manager's change is done (its listeners run inside it).
+      setImmediate(() => void this.refresh());
     });
   }
 
@@ -69,23 +95,52 @@ export class ServerSvidService implements Service {
     this.#timer = undefined;
   }
 
-  /** Runs {@link refresh} again in `delayMs` (at least 100 ms); a failure is retried a second later. */
+  /**
+   * Serves the current roots and re-issues the SVID if the roots changed or
+   * half its lifetime has passed. Never rejects: a failure is logged, the
+   * current SVID stays in service, and the renewal is retried with backoff.
+   * Resolves once this attempt (and any it had to wait for) is done.
+   */
+  refresh(): Promise<void> {
+    if (this.#stopped) return Promise.resolve();
+    if (this.#running) {
+      this.#again = true;
+      return this.#running;
+    }
+    const run = async (): Promise<void> => {
+      do {
+        this.#again = false;
+        try {
+          await this.#renew();
+          this.#failures = 0;
+        } catch (err) {
+          this.#failures++;
+          const delay = renewalRetryDelayMs(this.#failures);
+          this.#d.log?.error(
+            { err, spiffe_id: this.#d.serverId.toString(), failures: this.#failures, retry_in_ms: delay, current_not_after: this.#notAfter?.toISOString() },
+            "server svid: cannot renew; the current SVID stays in service",
+          );
+          this.#schedule(delay);
+          return;
+        }
+      } while (this.#again && !this.#stopped);
+    };
+    this.#running = run().finally(() => {
+      this.#running = undefined;
+    });
+    return this.#running;
+  }
+
+  /** Runs {@link refresh} again in `delayMs` (at least 100 ms). */
   #schedule(delayMs: number): void {
     clearTimeout(this.#timer);
     if (this.#stopped) return;
-    this.#timer = setTimeout(() => {
-      try {
-        this.refresh();
-      } catch {
-        // No active CA at this moment: the rotation job repairs that and calls refresh itself.
-        this.#schedule(1_000);
-      }
-    }, Math.max(100, delayMs));
+    this.#timer = setTimeout(() => void this.refresh(), Math.max(100, delayMs));
     this.#timer.unref();
   }
 
-  /** Serves the current roots and re-issues the SVID if the roots changed or half its lifetime has passed. */
-  refresh(): void {
+  /** The one renewal step; throws when there is no active CA or the SVID cannot be recorded. */
+  async #renew(): Promise<void> {
     const ca = this.#d.ca.manager;
     const now = this.#d.clock.now().getTime();
     const roots = ca.bundle().x509Authorities;
@@ -101,12 +156,15 @@ export class ServerSvidService implements Service {
       return;
     }
     const { privateKey, publicKey } = generateKeyPair("ec-p256");
-    const issued = ca.signX509Svid({
+    const req: X509SvidRequest = {
       spiffeId: this.#d.serverId,
       publicKeyDer: new Uint8Array(publicKey.export({ format: "der", type: "spki" })),
       ttlMs: this.#d.ttlMs,
-    });
+    };
+    const issued = this.#d.issue ? await this.#d.issue(req) : ca.signX509Svid(req);
+    if (this.#stopped) return;
     this.certificates.setIdentity(encodePemCertificates(issued.chain), privateKey.export({ format: "pem", type: "pkcs8" }).toString());
+    this.#notAfter = issued.notAfter;
     this.#renewAt = now + (issued.notAfter.getTime() - now) / 2;
     this.#schedule(this.#renewAt - now);
   }

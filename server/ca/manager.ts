@@ -248,6 +248,13 @@ export interface X509SvidRequest {
   readonly dnsNames?: readonly string[] | undefined;
 }
 
+/** What a downstream server's intermediate CA is signed from. */
+export interface DownstreamX509CaRequest {
+  /** SubjectPublicKeyInfo DER of the downstream CA's key. */
+  readonly publicKeyDer: Uint8Array;
+  readonly ttlMs: number;
+}
+
 /** What a JWT-SVID is issued from. */
 export interface JwtSvidRequest {
   readonly spiffeId: SpiffeId;
@@ -991,6 +998,39 @@ export class CaManager {
       const sig = signatures[next++] as Uint8Array | SigilError;
       return sig instanceof SigilError ? sig : p.done(finishLeaf(template, p.tbs, sig));
     });
+  }
+
+  /**
+   * Signs an intermediate CA certificate for a downstream (nested) server's
+   * key with the active X.509 authority: CA:true without a path length limit
+   * (a child may have children of its own), URI SAN `spiffe://<td>`. Its
+   * lifetime is capped at the signing CA's notAfter. The chain holds the new
+   * CA and the signing authority's chain without its root.
+   *
+   * @throws SigilError `ERR_UNAVAILABLE` without an active X.509 authority; `ERR_X509_BUILD` for a key it cannot certify
+   */
+  signDownstreamX509Ca(req: DownstreamX509CaRequest): IssuedX509 {
+    const ca = this.#activeX509();
+    const now = this.#d.clock.now().getTime();
+    const serialBytes = randomSerial();
+    const certDer = createIntermediateCa({
+      trustDomain: this.#s.trustDomain,
+      subjectPublicKey: req.publicKeyDer,
+      issuerCertDer: ca.certDer,
+      issuerSigner: ca.signer,
+      notBefore: new Date(now - BACKDATE_MS),
+      notAfter: new Date(Math.min(now + req.ttlMs, ca.notAfter.getTime())),
+      serial: serialBytes,
+    });
+    // The certificate's own (whole-second, clamped) validity is what is recorded.
+    const cert = new X509Certificate(certDer);
+    return {
+      chain: [certDer, ...chainWithoutRoots(ca)],
+      serial: canonicalSerialHex(Buffer.from(serialBytes).toString("hex")),
+      notBefore: new Date(cert.validFrom),
+      notAfter: new Date(cert.validTo),
+      caKeyId: ca.keyId,
+    };
   }
 
   /** Builds a leaf's TBSCertificate; `done` turns the finished certificate into the issuance result. */

@@ -93,6 +93,11 @@ const serverSection = z
     log_level: logLevel.prefault("info").describe("Minimum log level. Changeable at runtime."),
     log_format: z.enum(["json", "text"]).default("json").describe("`json` (one JSON object per line) or `text` (logfmt-style `key=value`)."),
     ca_ttl: duration({ minMs: 60_000 }).prefault("24h").describe("Lifetime of each X.509 CA and of each JWT signing key."),
+    downstream_ca_ttl: duration({ minMs: 60_000 })
+      .optional()
+      .describe(
+        "Longest lifetime of an intermediate CA signed for a downstream (nested) server (`NewDownstreamX509CA`); a downstream server may ask for less. Defaults to `ca_ttl`. Never longer than the signing CA's own remaining lifetime.",
+      ),
     default_x509_svid_ttl: duration({ minMs: 1_000 }).prefault("1h").describe("Default lifetime of X509-SVIDs when the registration entry sets none."),
     default_jwt_svid_ttl: duration({ minMs: 1_000 }).prefault("5m").describe("Default lifetime of JWT-SVIDs when the registration entry sets none."),
     agent_ttl: duration({ minMs: 1_000 }).optional().describe("Lifetime of agent SVIDs. Defaults to `default_x509_svid_ttl`."),

@@ -17,7 +17,7 @@ import type { Service } from "../../common/service.js";
 import { SigilError } from "../../spiffe/errors.js";
 import { parseSpiffeId, type SpiffeId } from "../../spiffe/id.js";
 import type { MemoryCertificateProvider } from "../api/cert-provider.js";
-import { ServerSvidService } from "../api/server-svid.js";
+import { ServerSvidService, type ServerSvidDeps } from "../api/server-svid.js";
 import type { CaManager } from "../ca/manager.js";
 import type { ServerConfig } from "../config/schema.js";
 import { startBundleEndpoint, type BundleEndpoint, type ServingCertificateSource } from "./bundle-endpoint.js";
@@ -96,6 +96,8 @@ export interface BundleEndpointServiceDeps {
   readonly clock: Clock;
   readonly metrics: Metrics;
   readonly log: Logger;
+  /** Signs and records an endpoint SVID minted for another ID (the transparency log on); see {@link ServerSvidDeps.issue}. */
+  readonly issueSvid?: ServerSvidDeps["issue"];
 }
 
 /** The `bundle-endpoint` service; see the module comment. */
@@ -114,7 +116,7 @@ export class BundleEndpointService implements Service {
 
   async start(): Promise<void> {
     const { settings, ca, log } = this.#d;
-    const certificates = this.#certificates();
+    const certificates = await this.#certificates();
     try {
       this.endpoint = await startBundleEndpoint({
         host: settings.host,
@@ -138,8 +140,8 @@ export class BundleEndpointService implements Service {
   }
 
   /** Renews an endpoint SVID minted for another ID when due (run after each CA rotation step); a no-op otherwise. */
-  refresh(): void {
-    this.#endpointSvid?.refresh();
+  refresh(): Promise<void> {
+    return this.#endpointSvid?.refresh() ?? Promise.resolve();
   }
 
   async stop(): Promise<void> {
@@ -148,7 +150,7 @@ export class BundleEndpointService implements Service {
     this.#endpointSvid?.stop();
   }
 
-  #certificates(): ServingCertificateSource {
+  async #certificates(): Promise<ServingCertificateSource> {
     const { settings, serverId } = this.#d;
     const profile = settings.profile;
     if (profile.kind === "https_web") {
@@ -163,8 +165,8 @@ export class BundleEndpointService implements Service {
       return this.#certFile;
     }
     if (profile.endpointId.equals(serverId)) return svidServingCertificates(this.#d.serverSvid.certificates);
-    this.#endpointSvid = new ServerSvidService({ ca: this.#d.ca, serverId: profile.endpointId, ttlMs: this.#d.svidTtlMs, clock: this.#d.clock });
-    this.#endpointSvid.start();
+    this.#endpointSvid = new ServerSvidService({ ca: this.#d.ca, serverId: profile.endpointId, ttlMs: this.#d.svidTtlMs, clock: this.#d.clock, issue: this.#d.issueSvid, log: this.#d.log });
+    await this.#endpointSvid.start();
     return svidServingCertificates(this.#endpointSvid.certificates);
   }
 }

@@ -21,7 +21,7 @@ import { isReservedId, RESERVED_PATH } from "../../common/reserved-ids.js";
 import { isSigilError, SigilError } from "../../spiffe/errors.js";
 import { parseSpiffeId, type SpiffeId } from "../../spiffe/id.js";
 import type { KeyType } from "../../spiffe/signer.js";
-import type { CaManager, IssuedJwt, IssuedX509, JwtSvidRequest, X509SvidRequest } from "../ca/manager.js";
+import type { CaManager, DownstreamX509CaRequest, IssuedJwt, IssuedX509, JwtSvidRequest, X509SvidRequest } from "../ca/manager.js";
 import type { Datastore, IssuanceInput, RegistrationEntry, TlogEntryInput } from "../datastore/index.js";
 import { audienceProblem, MAX_LOG_AUDIENCE_BYTES, MAX_LOG_AUDIENCES, type AudienceProblem } from "../../spiffe/tlog/sigil-entry.js";
 import type { LoggedCredential } from "../tlog/entry.js";
@@ -51,7 +51,7 @@ export function mintAudienceProblem(audience: readonly string[]): AudienceProble
 
 /** Dependencies of the {@link Issuer}. */
 export interface IssuerDeps {
-  readonly ca: Pick<CaManager, "signX509Svid" | "signX509SvidBatch" | "signJwtSvid">;
+  readonly ca: Pick<CaManager, "signX509Svid" | "signX509SvidBatch" | "signJwtSvid" | "signDownstreamX509Ca">;
   readonly datastore: Pick<Datastore, "recordIssuances">;
   /** Signed counters and the issuance-log write time, when given. */
   readonly metrics?: Metrics | undefined;
@@ -174,12 +174,32 @@ export class Issuer {
     return issued;
   }
 
-  /** Signs an X509-SVID for no entry and no agent (an admin mint) and records it as requested by `requestedBy`. */
-  async mintX509Svid(req: X509SvidRequest, requestedBy: string): Promise<IssuedX509> {
+  /**
+   * Signs an X509-SVID for no entry and no agent and records it as requested
+   * by `requestedBy`: an admin mint (`x509-svid`), or a server's own SVID
+   * (`server-svid`: the agent API's TLS identity, the bundle endpoint's),
+   * whose record is an `x509-svid` one and whose log entry says `server-svid`.
+   */
+  async mintX509Svid(req: X509SvidRequest, requestedBy: string, logKind: "x509-svid" | "server-svid" = "x509-svid"): Promise<IssuedX509> {
     const issued = this.#d.ca.signX509Svid(req);
     const record = x509IssuanceRecord("x509-svid", req.spiffeId.toString(), issued, { requestedBy, agentId: null }, undefined, this.#d.now());
-    await this.#commit([record], [{ record, certDer: issued.chain[0], publicKeyDer: req.publicKeyDer }]);
+    await this.#commit([record], [{ record, kind: logKind, certDer: issued.chain[0], publicKeyDer: req.publicKeyDer }]);
     this.#d.metrics?.x509SvidsSigned.inc();
+    return issued;
+  }
+
+  /**
+   * Signs a downstream server's intermediate CA for the caller `callerId`,
+   * whose registration entry `entry` is marked downstream, and records it: an
+   * `x509-svid` record of the trust domain's ID (what the CA certificate
+   * names) requested by `downstream:<caller>`, logged as a `downstream-ca` entry.
+   */
+  async downstreamX509Ca(callerId: string, entry: RegistrationEntry, req: DownstreamX509CaRequest): Promise<IssuedX509> {
+    const issued = this.#d.ca.signDownstreamX509Ca(req);
+    const caId = entrySpiffeId(entry).trustDomain.idString();
+    const record = x509IssuanceRecord("x509-svid", caId, issued, { requestedBy: `downstream:${callerId}`, agentId: null }, entry, this.#d.now());
+    // Not counted in sigil_x509_svids_signed_total: a CA certificate is not an SVID.
+    await this.#commit([record], [{ record, kind: "downstream-ca", certDer: issued.chain[0], publicKeyDer: req.publicKeyDer, entryRevision: entry.revision }]);
     return issued;
   }
 

@@ -14,6 +14,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { MUTABLE_CACHE_CONTROL } from "../../server/tlog/http.js";
 import { runServerCli, startServerProcess, type CliResult, type ServerProcess } from "./support/server-process.js";
+import { cliUntilOk } from "./support/tlog-cli.js";
 
 let srv: ServerProcess;
 let url: string;
@@ -30,16 +31,7 @@ afterAll(async () => {
   rmSync(work, { recursive: true, force: true });
 });
 
-/** Runs the CLI until it succeeds: a credential is provable once the next checkpoint (≤ 200 ms) covers it. */
-async function until(args: readonly string[]): Promise<CliResult> {
-  let r: CliResult | undefined;
-  for (let i = 0; i < 50; i++) {
-    r = srv.cli(args);
-    if (r.status === 0) return r;
-    await delay(200);
-  }
-  throw new Error(`${args.join(" ")}: ${r?.stderr ?? ""}`);
-}
+const until = (args: readonly string[]): Promise<CliResult> => cliUntilOk(srv, args);
 
 describe("transparency log read side, real server", () => {
   it("proves minted credentials, serves tiles, and log verify checks the log and its certificates", async () => {

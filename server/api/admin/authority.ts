@@ -146,8 +146,11 @@ export function createAuthorityAdmin(deps: AdminApiDeps, unary: UnaryWrapper): G
         throw new SigilError("ERR_NOT_FOUND", `key_id: no authority with key ID "${keyId}" (see "sigil-server authority list")`);
       }
       audit.details.live = inv.live;
-      // With the log on, each listed workload X509-SVID says whether a workload ever got it.
-      const pickups = deps.transparencyLog ? await pickupsOf(deps.datastore, inv.svids.filter((s) => s.kind === "x509-svid").map((s) => s.serial)) : new Map<string, Pickup>();
+      // With the log on, each listed X509-SVID issued to an agent says whether a workload ever got it
+      // (admin mints, server SVIDs and downstream CAs reach no agent, so no pick-up is ever reported for them).
+      const pickups = deps.transparencyLog
+        ? await pickupsOf(deps.datastore, inv.svids.filter((s) => s.kind === "x509-svid" && s.agentId !== null).map((s) => s.serial))
+        : new Map<string, Pickup>();
       const pickup = (serial: string) => {
         const p = pickups.get(serial);
         if (p === undefined) return {};

@@ -30,6 +30,9 @@ function setup() {
     signJwtSvid: () => {
       throw new Error("not used");
     },
+    signDownstreamX509Ca: () => {
+      throw new Error("not used");
+    },
   };
   const issuer = new Issuer({
     ca,

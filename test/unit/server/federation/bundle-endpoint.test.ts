@@ -24,6 +24,7 @@ import { ServingCertFile } from "../../../../server/federation/serving-cert-file
 import { parseSpiffeBundle, toX509Bundle } from "../../../../spiffe/bundle/spiffe-bundle.js";
 import { parseSpiffeId, parseTrustDomain } from "../../../../spiffe/id.js";
 import { StaticX509BundleSource } from "../../../../spiffe/x509/static-bundle-source.js";
+import { canonicalSerialHex } from "../../../../spiffe/x509/serial.js";
 import { verifyX509Svid } from "../../../../spiffe/x509/verify.js";
 import { createServingPki } from "../../../support/serving-cert.js";
 import { testTempDir } from "../../../support/temp-dir.js";
@@ -85,7 +86,7 @@ function peerChain(peer: DetailedPeerCertificate): Uint8Array[] {
 async function spiffeEndpoint(opts: { path?: string; refreshHintSeconds?: number; endpointId?: string } = {}) {
   const setup = await caSetup();
   const svid = new ServerSvidService({ ca: { manager: setup.ca }, serverId: opts.endpointId ? parseSpiffeId(opts.endpointId) : serverId, ttlMs: H, clock: setup.clock });
-  svid.start();
+  await svid.start();
   const { log, records } = logSink();
   const metrics = new Metrics({ defaultMetrics: false });
   const endpoint = await startBundleEndpoint({
@@ -172,8 +173,9 @@ describe("bundle endpoint (https_spiffe)", () => {
   it("FED-21: with another endpoint_spiffe_id the service mints an SVID for it, renewed on refresh after the CA rotates", async () => {
     const setup = await caSetup();
     const serverSvid = new ServerSvidService({ ca: { manager: setup.ca }, serverId, ttlMs: H, clock: setup.clock });
-    serverSvid.start();
+    await serverSvid.start();
     const { log, records } = logSink();
+    const recorded: string[] = [];
     const service = new BundleEndpointService({
       settings: { host: "127.0.0.1", port: 0, path: "/", refreshHintSeconds: 300, profile: { kind: "https_spiffe", endpointId: parseSpiffeId("spiffe://example.org/bundle-endpoint") } },
       ca: { manager: setup.ca },
@@ -183,6 +185,12 @@ describe("bundle endpoint (https_spiffe)", () => {
       clock: setup.clock,
       metrics: new Metrics({ defaultMetrics: false }),
       log,
+      // The transparency log's hook: each endpoint SVID is signed and recorded through it before it is served.
+      issueSvid: async (req) => {
+        const issued = setup.ca.signX509Svid(req);
+        recorded.push(issued.serial);
+        return issued;
+      },
     });
     await service.start();
     cleanups.push(() => service.stop());
@@ -193,9 +201,10 @@ describe("bundle endpoint (https_spiffe)", () => {
     expect(verifyX509Svid(peerChain(before.peer), bundleSource(), { now: setup.clock.now() }).id.toString()).toBe("spiffe://example.org/bundle-endpoint");
 
     setup.clock.advance(H); // past half of the SVID's lifetime
-    service.refresh();
+    await service.refresh();
     const after = await fetch(url);
     expect(after.peer.serialNumber).not.toBe(before.peer.serialNumber);
+    expect(recorded.map(canonicalSerialHex)).toEqual([before.peer.serialNumber, after.peer.serialNumber].map(canonicalSerialHex));
     expect(verifyX509Svid(peerChain(after.peer), bundleSource(), { now: setup.clock.now() }).id.toString()).toBe("spiffe://example.org/bundle-endpoint");
   });
 

@@ -27,6 +27,9 @@ function issuer(logged: TlogEntryInput[]): Issuer {
   return new Issuer({
     ca: {
       signJwtSvid: (): IssuedJwt => ({ token: `a.b.${n++}`, issuedAt: T0, expiresAt: new Date(T0.getTime() + 300_000), keyId: "jwt-A" }),
+      signDownstreamX509Ca: () => {
+        throw new Error("not used");
+      },
       signX509Svid: () => {
         throw new Error("not used");
       },
