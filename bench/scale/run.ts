@@ -32,7 +32,7 @@
  */
 import { createPrivateKey, generateKeyPairSync, randomBytes, sign } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { loadavg, tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { create } from "@bufbuild/protobuf";
@@ -440,7 +440,8 @@ async function coldStart(o: ScaleOptions): Promise<boolean> {
   let t0 = performance.now();
   await db.load({ tokens: [], entries: o.coldStart, svidTtlSeconds: o.svidTtlSeconds, trustDomain: TRUST_DOMAIN, progress: (n) => n % 100_000 === 0 && log(`cold start: ${n} entries loaded`) });
   log(`cold start: ${o.coldStart} entries bulk-loaded into ${db.name} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-  const rawMs = await rawReadMs(db);
+  // The raw read is timed before the server starts and after it is ready (the shared machine's load moves): the baseline is their mean.
+  const rawBefore = await rawReadMs(db);
   t0 = performance.now();
   const [srv] = await startServers(db, 1, 1_800_000, o.cpuProfDir === undefined ? [] : ["--cpu-prof", "--cpu-prof-dir", o.cpuProfDir]);
   const s = srv as BenchServer;
@@ -448,12 +449,21 @@ async function coldStart(o: ScaleOptions): Promise<boolean> {
   // t0 was taken before the spawn: this is spawn to the first 200 from /ready.
   const readyMs = performance.now() - t0;
   const rss = processRssMb(s.pid);
-  log(`cold start: ready after ${(readyMs / 1000).toFixed(1)} s (server started ${(s.startedMs / 1000).toFixed(1)} s), RSS ${rss.toFixed(0)} MB; raw read of the rows ${(rawMs / 1000).toFixed(1)} s`);
+  // CPU the server used from spawn to ready: less at the mercy of the shared machine's load than the wall time.
+  const cpuMs = processCpuMs(s.pid);
+  const rawAfter = await rawReadMs(db);
+  const rawMs = (rawBefore + rawAfter) / 2;
+  log(
+    `cold start: ready after ${(readyMs / 1000).toFixed(1)} s (server started ${(s.startedMs / 1000).toFixed(1)} s), server CPU ${(cpuMs / 1000).toFixed(1)} s, RSS ${rss.toFixed(0)} MB; ` +
+      `raw read of the rows ${(rawBefore / 1000).toFixed(1)} s before, ${(rawAfter / 1000).toFixed(1)} s after; load average ${loadavg()
+        .map((l) => l.toFixed(2))
+        .join(" ")}`,
+  );
   let pass = report({
     name: `${tag}-time-to-ready`,
     value: readyMs / 1000,
     unit: "s",
-    baseline: { value: rawMs / 1000, unit: "s", what: "reading every entry and selector row with the raw driver, same database" },
+    baseline: { value: rawMs / 1000, unit: "s", what: "reading every entry and selector row with the raw driver, same database, mean of a pass before the server started and one after it was ready" },
     target: { kind: "absolute", op: "<", bound: 300 },
   });
   pass = report({ name: `${tag}-rss-after-ready`, value: rss, unit: "MB", target: { kind: "absolute", op: "<", bound: 2048 } }) && pass;

@@ -28,6 +28,7 @@ import type { Logger } from "../../common/log.js";
 import type { Metrics } from "../../common/metrics.js";
 import { formatSelector } from "../../common/selector.js";
 import type { Service } from "../../common/service.js";
+import { SigilError } from "../../spiffe/errors.js";
 import type { ChangeFeed, MissedCause } from "../datastore/change-feed.js";
 import type { AttestedAgent, Datastore, Page, RegistrationEntry } from "../datastore/index.js";
 import { EntryIndex, type IndexedEntry } from "./entry-index.js";
@@ -122,7 +123,7 @@ export class EntryIndexFeed implements Service {
     this.#d = deps;
     this.index = new EntryIndex<IndexedRecord>(deps.serverId);
     const interval = deps.reconcileIntervalMs ?? 0;
-    if (!Number.isFinite(interval) || interval < 0) throw new RangeError(`entry index: reconcileIntervalMs must be a non-negative number of milliseconds, not ${interval}`);
+    if (!Number.isFinite(interval) || interval < 0) throw new SigilError("ERR_INVALID_ARGUMENT", `entry index: reconcileIntervalMs must be a non-negative number of milliseconds, not ${interval}`);
     this.#reconciles = deps.metrics?.counter({
       name: "sigil_entry_index_reconciles_total",
       help: "Comparisons of the entry index with every stored entry, by cause: gap, start, resync, periodic.",
@@ -258,8 +259,8 @@ export class EntryIndexFeed implements Service {
     this.#inflight.set(id, settled);
   }
 
-  /** Calls `each` with every stored entry, page by page, noting meanwhile the entries events touch; returns those. */
-  async #scan(each: (e: RegistrationEntry) => void): Promise<Set<string>> {
+  /** Calls `each` with every stored entry, page by page, and the entries events touched so far; returns those at the end. */
+  async #scan(each: (e: RegistrationEntry, touched: ReadonlySet<string>) => void): Promise<Set<string>> {
     const datastore = this.#d.datastore.datastore;
     const touched = (this.#touched = new Set());
     const read = (pageToken: string | undefined): Promise<Page<RegistrationEntry>> => datastore.listEntries({ pageSize: LOAD_PAGE_SIZE, ...(pageToken ? { pageToken } : {}) });
@@ -269,7 +270,7 @@ export class EntryIndexFeed implements Service {
         const page: Page<RegistrationEntry> = await next;
         // The database reads the next page while this one is indexed.
         next = page.nextPageToken === undefined ? undefined : read(page.nextPageToken);
-        for (const e of page.items) each(e);
+        for (const e of page.items) each(e, touched);
       }
       return touched;
     } finally {
@@ -281,10 +282,8 @@ export class EntryIndexFeed implements Service {
 
   /** The first load: every entry into the empty index (an entry an event touched meanwhile keeps the event's read). */
   async #loadAll(): Promise<void> {
-    let touched: Set<string> | undefined;
-    await this.#scan((e) => {
-      touched ??= this.#touched;
-      if (!touched?.has(e.id)) this.index.upsert(toIndexed(e));
+    await this.#scan((e, touched) => {
+      if (!touched.has(e.id)) this.index.upsert(toIndexed(e));
     });
   }
 
