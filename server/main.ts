@@ -170,7 +170,14 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
   const notifiers =
     Object.keys(config.plugins.Notifier ?? {}).length > 0 ? new NotifierService({ plugins: config.plugins.Notifier, ca, metrics, log: subsystemLogger(log, "notifier") }) : undefined;
   const changeFeed = new ChangeFeed({ datastore, settings: changeFeedSettings(s.change_feed), clock, log: subsystemLogger(log, "change_feed") });
-  const entries = new EntryIndexFeed({ datastore, feed: changeFeed, serverId: serverId.toString(), log });
+  const entries = new EntryIndexFeed({
+    datastore,
+    feed: changeFeed,
+    serverId: serverId.toString(),
+    reconcileIntervalMs: s.change_feed.entry_reconcile_interval,
+    metrics,
+    log,
+  });
   // What every agent API call reads, served from memory and kept current by the feed.
   const cacheMaxAgeMs = s.change_feed.cache_max_age;
   const agentCache = new FeedCache<AttestedAgent>({

@@ -42,8 +42,8 @@ export interface BenchServer {
   stop(): Promise<void>;
 }
 
-/** Starts a server on the bench database; resolves at "server started" (up to `timeoutMs`). */
-export async function startBenchServer(engine: ScaleEngine, url: string, timeoutMs: number): Promise<BenchServer> {
+/** Starts a server on the bench database (with `nodeArgs` before the program, e.g. `--cpu-prof`); resolves at "server started" (up to `timeoutMs`). */
+export async function startBenchServer(engine: ScaleEngine, url: string, timeoutMs: number, nodeArgs: readonly string[] = []): Promise<BenchServer> {
   const dir = mkdtempSync(path.join(tmpdir(), "sigil-scale-"));
   const configPath = path.join(dir, "server.yaml");
   const socketPath = path.join(dir, "admin", "api.sock");
@@ -59,7 +59,7 @@ export async function startBenchServer(engine: ScaleEngine, url: string, timeout
     }),
   );
   const t0 = performance.now();
-  const child = spawn(process.execPath, ["--import", "tsx", ...SERVER_CLI, "run", "--config", configPath], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, [...nodeArgs, ...SERVER_CLI, "run", "--config", configPath], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
   const log = followJsonLog(child);
   const stop = async (): Promise<void> => {
     const kill = setTimeout(() => child.kill("SIGKILL"), 15_000);

@@ -44,6 +44,7 @@ server:
     notify_poll_interval: 5s
     gap_timeout: 1m
     cache_max_age: 5m
+    entry_reconcile_interval: 1h
     event_retention: 24h
 health_checks:
   listener_enabled: true

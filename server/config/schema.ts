@@ -77,6 +77,12 @@ const changeFeedSection = z
       .describe(
         "The longest an agent record or bundle is served from memory without reading it again, a bound on staleness should a change event be missed (a transaction committing after `gap_timeout`). Costs one read per agent record in use per server per period, and one read of every bundle per half period.",
       ),
+    entry_reconcile_interval: duration({ minMs: 60_000 })
+      .refine((ms) => ms <= 7 * 24 * 3_600_000, { error: "must be at most 7d" })
+      .prefault("1h")
+      .describe(
+        "How often the entry index is compared with every stored entry although the change feed reported nothing missed, a bound on staleness should an entry's change event be missed without the feed knowing. Each compare reads every entry once (about the cost of the index's load at start) and replaces only the entries whose revision differs.",
+      ),
     event_retention: duration({ minMs: 60_000 })
       .prefault("24h")
       .describe("How long change events are kept before pruning. A server that could not read them for longer reloads every entry, agent record and bundle it holds once."),

@@ -22,8 +22,8 @@
  *   feed took its position (at start, or after falling behind) may commit
  *   below it: neither event is ever delivered. So the feed tells followers
  *   (`onMissed`) when it gives up gap IDs, and once `gap_timeout` after taking
- *   its position; followers holding copies drop them (the caches do; the
- *   entry index does not).
+ *   its position; followers holding copies drop them (the caches) or
+ *   compare them with the database (the entry index).
  * - **Falling behind.** Events older than `event_retention` are pruned. A feed
  *   that could not read for longer than that may have lost events: it tells
  *   followers to reload everything once (`onResync`) and logs it. It never

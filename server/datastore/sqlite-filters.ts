@@ -84,6 +84,9 @@ function checkFilterBool(what: string, v: unknown): number {
   return v ? 1 : 0;
 }
 
+/** The WHERE condition of no filter at all. */
+export const UNFILTERED = "1 = 1";
+
 /** The WHERE condition for an entry filter. @throws `ERR_INVALID_ARGUMENT` for an invalid filter. */
 export function entryCondition(filter: EntryFilter | undefined, rowValues: RowValues = "values"): SqlCondition {
   const conds: string[] = [];
@@ -119,7 +122,7 @@ export function entryCondition(filter: EntryFilter | undefined, rowValues: RowVa
       conds.push(setCondition(ENTRY_FEDERATES, names.map((td) => [td]), match, params, rowValues));
     }
   }
-  return { sql: conds.length === 0 ? "1 = 1" : conds.join(" AND "), params };
+  return { sql: conds.length === 0 ? UNFILTERED : conds.join(" AND "), params };
 }
 
 /** The WHERE condition for an agent filter. @throws `ERR_INVALID_ARGUMENT` for an invalid filter. */
@@ -150,5 +153,5 @@ export function agentCondition(filter: AgentFilter | undefined, rowValues: RowVa
       conds.push(setCondition(AGENT_SELECTORS, sels.map((s) => [s.type, s.value]), match, params, rowValues));
     }
   }
-  return { sql: conds.length === 0 ? "1 = 1" : conds.join(" AND "), params };
+  return { sql: conds.length === 0 ? UNFILTERED : conds.join(" AND "), params };
 }

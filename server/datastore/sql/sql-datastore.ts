@@ -81,7 +81,7 @@ import {
   toRelationship,
   type IssuanceRow,
 } from "../rows.js";
-import { agentCondition, entryCondition, type SqlCondition } from "../sqlite-filters.js";
+import { agentCondition, entryCondition, UNFILTERED, type SqlCondition } from "../sqlite-filters.js";
 import {
   checkEntryId,
   checkJoinToken,
@@ -201,6 +201,11 @@ type AgentRow = Omit<AgentTable, "row_id"> & { row_id: number };
 
 /** Writes collect their change events here; listeners hear them after commit. */
 type Events = ChangeEvent[];
+/** Row IDs `after < row_id <= last`: a page of an unfiltered listing holds every row between. */
+interface RowSpan {
+  readonly after: number;
+  readonly last: number;
+}
 
 function defaultEntryId(): string {
   return randomBytes(16).toString("base64url");
@@ -388,29 +393,39 @@ class SqlDatastore implements Datastore {
     table: "registration_entries" | "attested_agents",
     where: SqlCondition,
     req: PageRequest,
-    load: (rows: R[]) => Promise<T[]>,
+    load: (rows: R[], span: RowSpan | undefined) => Promise<T[]>,
   ): Promise<Page<T>> {
     const size = checkPageSize(req.pageSize);
     const after = req.pageToken === undefined ? 0 : decodePageToken(list, req.pageToken);
     const limit = size === undefined ? sql`` : sql`LIMIT ${sql.raw(String(size + 1))}`;
     const result = await sql<R>`SELECT t.* FROM ${sql.table(table)} t WHERE t.row_id > ${after} AND (${conditionSql(where)}) ORDER BY t.row_id ${limit}`.execute(db);
-    const rows = result.rows.map((r) => ({ ...r, row_id: Number(r.row_id) }));
-    if (size !== undefined && rows.length > size) {
-      const pageRows = rows.slice(0, size);
-      const last = pageRows[pageRows.length - 1] as R;
-      return { items: await load(pageRows), nextPageToken: encodePageToken(list, last.row_id) };
-    }
-    return { items: await load(rows) };
+    // Rows are the driver's fresh objects: normalised in place rather than copied (a full listing is hundreds of thousands).
+    const rows = result.rows;
+    for (const r of rows) r.row_id = Number(r.row_id);
+    const more = size !== undefined && rows.length > size;
+    if (more) rows.length = size;
+    const last = rows[rows.length - 1];
+    // Unfiltered, the page is every row in (after, last]: child rows can be read by that range, not by a list of IDs.
+    const span = where.params.length === 0 && where.sql === UNFILTERED && last !== undefined ? { after, last: last.row_id } : undefined;
+    const items = await load(rows, span);
+    return more && last !== undefined ? { items, nextPageToken: encodePageToken(list, last.row_id) } : { items };
   }
 
   // ── entries ────────────────────────────────────────────────────────────
 
-  async #loadEntries(db: Db, rows: readonly EntryRow[]): Promise<RegistrationEntry[]> {
+  /** The entries of `rows`; `span`: the rows are every row in it, so their selectors and trust domains are read by range. */
+  async #loadEntries(db: Db, rows: readonly EntryRow[], span?: RowSpan): Promise<RegistrationEntry[]> {
     if (rows.length === 0) return [];
-    const ids = rows.map((r) => Number(r.row_id));
+    const ids = span === undefined ? rows.map((r) => Number(r.row_id)) : [];
     const [selectors, federates] = await Promise.all([
-      db.selectFrom("entry_selectors").select(["owner_row", "type", "value"]).where("owner_row", "in", ids).execute(),
-      db.selectFrom("entry_federates_with").select(["owner_row", "trust_domain"]).where("owner_row", "in", ids).execute(),
+      (span === undefined
+        ? db.selectFrom("entry_selectors").select(["owner_row", "type", "value"]).where("owner_row", "in", ids)
+        : db.selectFrom("entry_selectors").select(["owner_row", "type", "value"]).where("owner_row", ">", span.after).where("owner_row", "<=", span.last)
+      ).execute(),
+      (span === undefined
+        ? db.selectFrom("entry_federates_with").select(["owner_row", "trust_domain"]).where("owner_row", "in", ids)
+        : db.selectFrom("entry_federates_with").select(["owner_row", "trust_domain"]).where("owner_row", ">", span.after).where("owner_row", "<=", span.last)
+      ).execute(),
     ]);
     const sel = groupByOwner(selectors);
     const fed = groupByOwner(federates);
@@ -546,7 +561,7 @@ class SqlDatastore implements Datastore {
 
   async listEntries(request: ListEntriesRequest = {}): Promise<Page<RegistrationEntry>> {
     const where = entryCondition(request.filter, "list");
-    return this.#read((db) => this.#page<EntryRow, RegistrationEntry>(db, "entries", "registration_entries", where, request, (rows) => this.#loadEntries(db, rows)), true);
+    return this.#read((db) => this.#page<EntryRow, RegistrationEntry>(db, "entries", "registration_entries", where, request, (rows, span) => this.#loadEntries(db, rows, span)), true);
   }
 
   async countEntries(filter?: EntryFilter): Promise<number> {

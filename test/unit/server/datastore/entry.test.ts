@@ -316,6 +316,8 @@ describe.each(engines)("datastore on %s", (engine) => {
       const late = await ds.createEntry(entry("/late", ["unix:uid:99"]));
       const p2 = await ds.listEntries({ pageSize: 3, pageToken: p1.nextPageToken as string });
       expect(ids(p2.items)).toEqual([created[3], created[5], late.id]);
+      // Each entry carries its own selectors (an unfiltered page reads them by row range).
+      for (const e of p2.items) expect(e).toEqual(await ds.getEntry(e.id));
     });
 
     it("paginates filtered lists", async () => {

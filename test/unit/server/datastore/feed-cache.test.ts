@@ -347,6 +347,24 @@ describe("FeedCache holding every record (bundles)", () => {
     cache.stop();
   });
 
+  it("a bundle stored without any event (a server of a version before bundle events, mid rolling upgrade) is served once the age bound passed, with no call in between and no restart", async () => {
+    const feed = new FakeFeed();
+    const store = new FakeStore();
+    const clock = new ManualClock();
+    store.rows.set("example.org", "own-1");
+    const cache = fullCache(feed, store, clock);
+    await cache.start();
+    expect(await cache.get("example.org")).toBe("own-1");
+    expect(await cache.get("partner.test")).toBeUndefined();
+    // The older server publishes its CA and a federated bundle: rows change, no event is appended.
+    store.rows.set("example.org", "own-2");
+    store.rows.set("partner.test", "p-1");
+    clock.advance(MAX_AGE_MS + 1);
+    expect(await cache.get("example.org")).toBe("own-2");
+    expect(await cache.get("partner.test")).toBe("p-1");
+    cache.stop();
+  });
+
   it("a background reload does not replace a copy read after it began", async () => {
     const feed = new FakeFeed();
     const store = new FakeStore();

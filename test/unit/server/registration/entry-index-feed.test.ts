@@ -1,14 +1,18 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { createLogger } from "../../../../common/log.js";
+import { Metrics } from "../../../../common/metrics.js";
 import { parseSelector } from "../../../../common/selector.js";
+import { ChangeNotifier } from "../../../../server/api/change-notifier.js";
 import type { ChangeFeedListener } from "../../../../server/datastore/change-feed.js";
-import type { Datastore, EntryInput } from "../../../../server/datastore/index.js";
-import { EntryIndexFeed } from "../../../../server/registration/entry-index-feed.js";
+import type { AttestedAgent, Datastore, EntryInput } from "../../../../server/datastore/index.js";
+import { EntryIndexFeed, type EntryIndexFeedDeps } from "../../../../server/registration/entry-index-feed.js";
 import { closeTempDatastore, openTempDatastore } from "../../../support/datastore.js";
 
 const T0 = new Date("2030-01-01T00:00:00Z");
 const log = createLogger({ level: "error", destination: { write: () => undefined } });
-const entry = (name: string, uid: number): EntryInput => ({ spiffeId: `spiffe://example.org/${name}`, parentId: "spiffe://example.org/agent", selectors: [parseSelector(`unix:uid:${uid}`)] });
+const AGENT = "spiffe://example.org/agent";
+const OTHER_AGENT = "spiffe://example.org/other-agent";
+const entry = (name: string, uid: number, parentId = AGENT): EntryInput => ({ spiffeId: `spiffe://example.org/${name}`, parentId, selectors: [parseSelector(`unix:uid:${uid}`)] });
 
 describe("EntryIndexFeed", () => {
   let dir: string;
@@ -16,10 +20,8 @@ describe("EntryIndexFeed", () => {
   let listener: ChangeFeedListener | undefined;
   let feed: EntryIndexFeed;
 
-  beforeEach(async () => {
-    ({ dir, ds } = await openTempDatastore("index-feed", T0));
-    listener = undefined;
-    feed = new EntryIndexFeed({
+  const makeFeed = (extra: Partial<Pick<EntryIndexFeedDeps, "reconcileIntervalMs" | "metrics">> = {}): EntryIndexFeed =>
+    new EntryIndexFeed({
       datastore: { datastore: ds },
       feed: {
         subscribe: (l) => {
@@ -29,9 +31,18 @@ describe("EntryIndexFeed", () => {
       },
       serverId: "spiffe://example.org/spire/server",
       log,
+      ...extra,
     });
+
+  beforeEach(async () => {
+    ({ dir, ds } = await openTempDatastore("index-feed", T0));
+    listener = undefined;
+    feed = makeFeed();
   });
-  afterEach(() => closeTempDatastore(ds, dir));
+  afterEach(async () => {
+    feed.stop();
+    await closeTempDatastore(ds, dir);
+  });
 
   const ev = (objectId: string, op: "create" | "update" | "delete", eventId = 1) => ({ eventId, kind: "entry" as const, objectId, op, at: T0 });
 
@@ -105,5 +116,124 @@ describe("EntryIndexFeed", () => {
     listener?.onResync?.();
     await vi.waitFor(() => expect(feed.index.get(later.id)).toBeDefined(), { timeout: 5_000 });
     feed.stop();
+  });
+
+  /** A change notifier over the feed's index, with a stream for each of two agents; `sent` collects each agent's notices. */
+  function watchBoth(): { notifier: ChangeNotifier; sent: Record<string, string[]> } {
+    const notifier = new ChangeNotifier({ index: feed.index, bundle: () => "same bundle", now: () => T0, log, tickMs: 3_600_000 });
+    const sent: Record<string, string[]> = { [AGENT]: [], [OTHER_AGENT]: [] };
+    for (const id of [AGENT, OTHER_AGENT]) {
+      notifier.watch(id, { selectors: [] } as unknown as AttestedAgent, new Date(T0.getTime() + 3600_000), { send: (d) => sent[id]?.push(d), end: () => undefined });
+    }
+    return { notifier, sent };
+  }
+
+  it("onMissed: entries changed, added and removed without an event are reconciled, and only the agent they concern gets a notice", async () => {
+    const changed = await ds.createEntry(entry("changed", 1));
+    const gone = await ds.createEntry(entry("gone", 2));
+    const kept = await ds.createEntry(entry("kept", 3));
+    const others = await ds.createEntry(entry("others", 4, OTHER_AGENT));
+    const metrics = new Metrics({ defaultMetrics: false });
+    feed = makeFeed({ metrics });
+    await feed.start();
+    const { notifier, sent } = watchBoth();
+    expect(notifier.check()).toBe(0);
+    const keptBefore = feed.index.get(kept.id);
+    const othersBefore = feed.index.get(others.id);
+    // Written through the datastore, but their events never reach the index (the feed gave their IDs up as gaps).
+    await ds.updateEntry(changed.id, { hint: "new" });
+    await ds.deleteEntry(gone.id);
+    const added = await ds.createEntry(entry("added", 5));
+    // Calls are answered from the index as it is until the reconcile's read is done.
+    const listEntries = ds.listEntries.bind(ds);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    ds.listEntries = async (q) => {
+      const page = await listEntries(q);
+      await gate;
+      return page;
+    };
+    const generation = feed.index.generation;
+    listener?.onMissed?.("gap");
+    await new Promise((r) => setTimeout(r, 20));
+    expect(feed.index.get(changed.id)?.record.hint).toBe("");
+    expect(feed.index.get(gone.id)).toBeDefined();
+    expect(feed.index.generation).toBe(generation);
+    expect(notifier.check()).toBe(0);
+    release();
+    await vi.waitFor(() => expect(feed.index.get(changed.id)?.record.hint).toBe("new"));
+    expect(feed.index.get(gone.id)).toBeUndefined();
+    expect(feed.index.get(added.id)).toBeDefined();
+    // Only what changed was replaced: the unchanged entries are the same objects, the generation moved once per change.
+    expect(feed.index.get(kept.id)).toBe(keptBefore);
+    expect(feed.index.get(others.id)).toBe(othersBefore);
+    expect(feed.index.generation).toBe(generation + 3);
+    expect(notifier.check()).toBe(1);
+    expect(sent[AGENT]).toHaveLength(2);
+    expect(sent[OTHER_AGENT]).toHaveLength(1);
+    const text = await metrics.registry.metrics();
+    expect(text).toMatch(/sigil_entry_index_reconciles_total\{cause="gap"\} 1/);
+    expect(text).toMatch(/sigil_entry_index_reconciled_entries_total 3/);
+    notifier.close();
+  });
+
+  it("a reconcile finding nothing changed moves nothing; one asked for during another runs after it and sees what the first read missed", async () => {
+    const a = await ds.createEntry(entry("a", 1));
+    await feed.start();
+    const generation = feed.index.generation;
+    await feed.reconcile("start");
+    expect(feed.index.generation).toBe(generation);
+    const listEntries = ds.listEntries.bind(ds);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let reads = 0;
+    ds.listEntries = async (q) => {
+      const page = await listEntries(q);
+      if (reads++ === 0) await gate;
+      return page;
+    };
+    const first = feed.reconcile("gap");
+    await vi.waitFor(() => expect(reads).toBe(1));
+    // Committed after the first reconcile read the table: only a second one can see it.
+    await ds.updateEntry(a.id, { hint: "late" });
+    listener?.onMissed?.("gap");
+    release();
+    await first;
+    await vi.waitFor(() => expect(feed.index.get(a.id)?.record.hint).toBe("late"));
+    expect(reads).toBe(2);
+  });
+
+  it("an event during a reconcile wins over the reconcile's older read of the entry", async () => {
+    const a = await ds.createEntry(entry("a", 1));
+    await feed.start();
+    const listEntries = ds.listEntries.bind(ds);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    ds.listEntries = async (q) => {
+      const page = await listEntries(q);
+      await gate;
+      return page;
+    };
+    const run = feed.reconcile("gap");
+    await new Promise((r) => setTimeout(r, 10));
+    // Deleted after the reconcile read it; the delete's event arrives before the reconcile applies its diff.
+    await ds.deleteEntry(a.id);
+    listener?.onEvent(ev(a.id, "delete", 2));
+    await feed.settled();
+    expect(feed.index.get(a.id)).toBeUndefined();
+    release();
+    await run;
+    expect(feed.index.get(a.id)).toBeUndefined();
+  });
+
+  it("reconcileIntervalMs: a change whose event was missed without the feed knowing is reconciled by the periodic safety reconcile", async () => {
+    const a = await ds.createEntry(entry("a", 1));
+    const metrics = new Metrics({ defaultMetrics: false });
+    feed = makeFeed({ reconcileIntervalMs: 50, metrics });
+    await feed.start();
+    await ds.updateEntry(a.id, { hint: "unannounced" });
+    await vi.waitFor(() => expect(feed.index.get(a.id)?.record.hint).toBe("unannounced"));
+    expect(await metrics.registry.metrics()).toMatch(/sigil_entry_index_reconciles_total\{cause="periodic"\} [1-9]/);
+    expect(() => makeFeed({ reconcileIntervalMs: -1 })).toThrow(/reconcileIntervalMs/);
   });
 });
