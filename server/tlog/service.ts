@@ -11,7 +11,7 @@ import type { Service } from "../../common/service.js";
 import { SigilError } from "../../spiffe/errors.js";
 import type { KeyManager } from "../../plugins/keymanager/types.js";
 import type { Datastore, TlogEntryInput } from "../datastore/index.js";
-import { authorityEntry, credentialEntry, toTlogInput, type LoggedAuthorityEvent, type LoggedCredential } from "./entry.js";
+import { authorityEntry, credentialLogInput, toTlogInput, type LoggedAuthorityEvent, type LoggedCredential } from "./entry.js";
 import { TlogService, type IssuanceLogSink } from "./log-service.js";
 import type { TlogReadView } from "./types.js";
 
@@ -64,7 +64,7 @@ export class TransparencyLogService implements Service, IssuanceLogSink {
   }
 
   credentialEntries(credentials: readonly LoggedCredential[]): TlogEntryInput[] {
-    return credentials.map((c) => toTlogInput(credentialEntry(c)));
+    return credentials.map(credentialLogInput);
   }
 
   appended(count: number): void {
