@@ -31,14 +31,17 @@ function flush(): void {
   scheduled = false;
   const batches = queue;
   queue = [];
+  // The log index of each batch's first entry, as of the transaction that committed (a retry takes them anew).
+  const firsts: (number | undefined)[] = [];
   try {
     insertIssuanceRows(db, inserter, () => {
+      firsts.length = 0;
       for (const b of batches) {
         inserter.insertRows(b.rows, contextOf);
-        inserter.appendTlog(b.log);
+        firsts.push(inserter.appendTlog(b.log));
       }
     });
-    for (const b of batches) parentPort?.postMessage({ id: b.id });
+    batches.forEach((b, i) => parentPort?.postMessage({ id: b.id, firstIndex: firsts[i] }));
   } catch (e) {
     for (const b of batches) parentPort?.postMessage({ id: b.id, error: describe(e) });
   }

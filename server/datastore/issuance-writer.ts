@@ -28,7 +28,7 @@ export interface WriterMessage {
 }
 
 interface Pending {
-  resolve(): void;
+  resolve(firstIndex: number | undefined): void;
   reject(e: Error): void;
 }
 
@@ -44,12 +44,12 @@ export class IssuanceWriter {
 
   constructor(dbPath: string, busyTimeoutMs: number) {
     this.#worker = startModuleWorker(import.meta.url, "issuance-writer-worker", { dbPath, busyTimeoutMs });
-    this.#worker.on("message", (m: { id: number; error?: { code: string; message: string } }) => {
+    this.#worker.on("message", (m: { id: number; firstIndex?: number; error?: { code: string; message: string } }) => {
       const p = this.#pending.get(m.id);
       if (!p) return;
       this.#pending.delete(m.id);
       if (m.error) p.reject(new SigilError(m.error.code as "ERR_INVALID_ARGUMENT", m.error.message));
-      else p.resolve();
+      else p.resolve(m.firstIndex);
     });
     this.#worker.on("error", (e) => this.#failAll(e));
     this.#worker.on("exit", () => this.#failAll(new Error("issuance writer exited")));
@@ -61,8 +61,11 @@ export class IssuanceWriter {
     this.#pending.clear();
   }
 
-  /** Writes a validated batch (and its log entries) in one transaction; resolves once committed. */
-  write(batch: NormalizedIssuanceBatch, log: readonly TlogEntryInput[] = []): Promise<void> {
+  /**
+   * Writes a validated batch (and its log entries) in one transaction;
+   * resolves once committed, to the log index of the first entry (undefined without entries).
+   */
+  write(batch: NormalizedIssuanceBatch, log: readonly TlogEntryInput[] = []): Promise<number | undefined> {
     if (this.#closed) return Promise.reject(new SigilError("ERR_UNAVAILABLE", "datastore: closed"));
     if (this.#dead) return Promise.reject(new SigilError("ERR_UNAVAILABLE", `datastore: issuance writer failed: ${this.#dead.message}`, { cause: this.#dead }));
     // The worker's table is reset with ours, so it never grows without bound.
@@ -81,7 +84,7 @@ export class IssuanceWriter {
     const rows = batch.rows.slice();
     for (let i = 0; i < rows.length; i += ISSUANCE_ROW_WIDTH) rows[i] = refOf[rows[i] as number] as number;
     const id = this.#next++;
-    return new Promise<void>((resolve, reject) => {
+    return new Promise<number | undefined>((resolve, reject) => {
       this.#pending.set(id, { resolve, reject });
       const message: WriterMessage = { id, reset, defs, rows, log };
       this.#worker.postMessage(message);

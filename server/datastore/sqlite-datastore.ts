@@ -840,7 +840,7 @@ class SqliteDatastore implements Datastore {
 
   // ── issuance log ───────────────────────────────────────────────────────
 
-  async recordIssuances(records: readonly IssuanceInput[], logEntries?: readonly TlogEntryInput[]): Promise<void> {
+  async recordIssuances(records: readonly IssuanceInput[], logEntries?: readonly TlogEntryInput[]): Promise<number | undefined> {
     if (!Array.isArray(records)) throw invalid("recordIssuances needs an array");
     if (records.length > MAX_ISSUANCE_BATCH) throw invalid(`recordIssuances takes at most ${MAX_ISSUANCE_BATCH} records, got ${records.length}`);
     // Validate the whole batch before taking the write lock: one bad record refuses all.
@@ -850,13 +850,15 @@ class SqliteDatastore implements Datastore {
       if (this.#closed) throw new SigilError("ERR_UNAVAILABLE", "datastore: closed");
       return this.#issuanceWriter.write(batch, log);
     }
-    this.#read(() => {
-      if (batch.rows.length === 0 && log.length === 0) return; // still refuse when closed
+    return this.#read(() => {
+      if (batch.rows.length === 0 && log.length === 0) return undefined; // still refuse when closed
       const inserter = (this.#issuanceInserter ??= new IssuanceInserter(this.#db));
+      let first: number | undefined;
       insertIssuanceRows(this.#db, inserter, () => {
         inserter.insertRows(batch.rows, (i) => batch.contexts[i] as IssuanceContext);
-        inserter.appendTlog(log);
+        first = inserter.appendTlog(log);
       });
+      return first;
     });
   }
 

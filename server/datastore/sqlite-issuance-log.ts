@@ -55,12 +55,17 @@ export class IssuanceInserter {
     this.#insertTlog = db.prepare(INSERT_TLOG_SQL);
   }
 
-  /** Appends transparency-log entries at the next indices (inside the caller's transaction). */
-  appendTlog(entries: readonly TlogEntryInput[]): void {
-    if (entries.length === 0) return;
-    let next = (this.#nextTlog.get() as { next_idx: number }).next_idx;
+  /**
+   * Appends transparency-log entries at the next indices (inside the caller's
+   * transaction); returns the index of the first, undefined when there are none.
+   */
+  appendTlog(entries: readonly TlogEntryInput[]): number | undefined {
+    if (entries.length === 0) return undefined;
+    const first = (this.#nextTlog.get() as { next_idx: number }).next_idx;
+    let next = first;
     for (const e of entries) this.#insertTlog.run(next++, e.lookupKey, e.entry);
     this.#setTlog.run(next);
+    return first;
   }
 
   /** The stored ID of `ctx`, creating the context row on first use. */

@@ -12,7 +12,7 @@ import { SigilError } from "../../spiffe/errors.js";
 import type { KeyManager } from "../../plugins/keymanager/types.js";
 import type { Datastore, TlogEntryInput } from "../datastore/index.js";
 import { authorityEntry, credentialLogInput, toTlogInput, type LoggedAuthorityEvent, type LoggedCredential } from "./entry.js";
-import { TlogService, type IssuanceLogSink } from "./log-service.js";
+import { TlogService, type AppendedRun, type IssuanceLogSink } from "./log-service.js";
 import type { TlogReadView } from "./types.js";
 
 /** Dependencies of the {@link TransparencyLogService}. */
@@ -67,8 +67,8 @@ export class TransparencyLogService implements Service, IssuanceLogSink {
     return credentials.map(credentialLogInput);
   }
 
-  appended(count: number): void {
-    this.#log?.appended(count);
+  appended(count: number, run?: AppendedRun): void {
+    this.#log?.appended(count, run);
   }
 
   /** The CA manager's `onAuthorityEvent`: one `authority` entry, committed before it resolves. */
