@@ -6,7 +6,7 @@ import { parentPort, workerData } from "node:worker_threads";
 import Database from "better-sqlite3";
 import { isSigilError } from "../../spiffe/errors.js";
 import type { IssuanceContext } from "./issuance-batch.js";
-import type { WriterMessage } from "./issuance-writer.js";
+import { unpackEntries, type WriterMessage } from "./issuance-writer.js";
 import { insertIssuanceRows, IssuanceInserter } from "./sqlite-issuance-log.js";
 
 const { dbPath, busyTimeoutMs } = workerData as { dbPath: string; busyTimeoutMs: number };
@@ -38,7 +38,8 @@ function flush(): void {
       firsts.length = 0;
       for (const b of batches) {
         inserter.insertRows(b.rows, contextOf);
-        firsts.push(inserter.appendTlog(b.log));
+        firsts.push(inserter.appendTlog(unpackEntries(b.log)));
+        if (b.checkpoint) inserter.putCheckpoint(b.checkpoint);
       }
     });
     batches.forEach((b, i) => parentPort?.postMessage({ id: b.id, firstIndex: firsts[i] }));

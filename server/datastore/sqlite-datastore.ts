@@ -10,6 +10,7 @@ import {
   PRUNE_CHUNK_ROWS,
   PRUNE_ISSUANCES_CHUNK_SQL,
   PRUNE_ORPHAN_CONTEXTS_SQL,
+  PUT_TLOG_CHECKPOINT_SQL,
 } from "./sqlite-issuance-log.js";
 import { IssuanceWriter } from "./issuance-writer.js";
 import { checkTlogCheckpoint, checkTlogEntries, checkTlogKey, checkTlogRange, type TlogCheckpointRecord, type TlogEntryInput, type TlogKeyRecord, type TlogStoredEntry } from "./tlog.js";
@@ -883,13 +884,13 @@ class SqliteDatastore implements Datastore {
 
   async putTlogCheckpoint(c: TlogCheckpointRecord): Promise<void> {
     checkTlogCheckpoint(c);
-    this.#read(() =>
-      this.#exec(
-        `INSERT INTO tlog_checkpoints (server_id, tree_size, root_hash, note, created_at) VALUES (?, ?, ?, ?, ?)
-         ON CONFLICT (server_id, tree_size) DO UPDATE SET root_hash = excluded.root_hash, note = excluded.note, created_at = excluded.created_at`,
-        c.serverId, c.treeSize, Buffer.from(c.rootHash), c.note, c.createdAt.getTime(),
-      ),
-    );
+    // With the writer thread, a checkpoint joins its next group commit: the
+    // event loop never waits on the fsync or on the write lock the writer holds.
+    if (this.#issuanceWriter) {
+      if (this.#closed) throw new SigilError("ERR_UNAVAILABLE", "datastore: closed");
+      return this.#issuanceWriter.putCheckpoint({ serverId: c.serverId, treeSize: c.treeSize, rootHash: Uint8Array.from(c.rootHash), note: c.note, createdAtMs: c.createdAt.getTime() });
+    }
+    this.#read(() => this.#exec(PUT_TLOG_CHECKPOINT_SQL, c.serverId, c.treeSize, Buffer.from(c.rootHash), c.note, c.createdAt.getTime()));
   }
 
   async latestTlogCheckpoint(serverId: string): Promise<TlogCheckpointRecord | undefined> {

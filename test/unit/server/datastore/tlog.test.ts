@@ -86,6 +86,13 @@ describe("transparency log written from the SQLite writer thread", () => {
       expect(firsts).toEqual([0, 1, "refused"]);
       expect((await ds.listIssuances({})).items.map((i) => i.serial)).toEqual(["e1"]);
       expect(await ds.recordIssuances([rec("e5")], [entry("e5")])).toBe(3);
+      // Checkpoints go through the writer thread too (with concurrent appends), readable once stored.
+      const root = Buffer.alloc(32, 9);
+      await Promise.all([ds.putTlogCheckpoint({ serverId: "s1", treeSize: 4, rootHash: root, note: "n4", createdAt: T0 }), ds.recordIssuances([rec("e6")], [entry("e6")])]);
+      const cp = await ds.latestTlogCheckpoint("s1");
+      expect([cp?.treeSize, cp?.note, Buffer.from(cp?.rootHash ?? []).equals(root), cp?.createdAt.getTime()]).toEqual([4, "n4", true, T0.getTime()]);
+      await rejection(ds.putTlogCheckpoint({ serverId: "s1", treeSize: 5, rootHash: Buffer.alloc(31), note: "x", createdAt: T0 }), "ERR_INVALID_ARGUMENT", "datastore: log checkpoint rootHash");
+      expect((await ds.readTlogEntries(0, 10)).map((b) => Buffer.from(b).toString())).toEqual(["e1", "e2", "e2x", "e5", "e6"].map((s) => `{"serial":"${s}"}`));
     } finally {
       await ds.close();
     }
