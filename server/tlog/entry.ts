@@ -5,7 +5,7 @@
  * the token's digest. The encoding itself is the library's
  * (spiffe/tlog/sigil-entry.ts), so an auditor decodes entries without server code.
  */
-import { createHash } from "node:crypto";
+import { hash } from "node:crypto";
 import { encodeCredentialEntry, encodeLogEntry, logLookupKey, type LogAuthorityEntry, type LogCredentialEntry, type LogCredentialFields, type LogCredentialKind, type SigilLogEntry } from "../../spiffe/tlog/sigil-entry.js";
 import type { IssuanceInput, TlogEntryInput } from "../datastore/index.js";
 
@@ -41,7 +41,8 @@ export interface LoggedAuthorityEvent {
 }
 
 const seconds = (d: Date): number => Math.floor(d.getTime() / 1000);
-const sha256Hex = (data: Uint8Array | string): string => createHash("sha256").update(data).digest("hex");
+// One-shot: about half the cost of a Hash object, and this runs for every SVID while the log is on.
+const sha256Hex = (data: Uint8Array | string): string => hash("sha256", data, "hex");
 const base64 = (der: Uint8Array): string => Buffer.from(der.buffer, der.byteOffset, der.byteLength).toString("base64");
 
 /** The log entry of an issued credential (fields the record leaves empty are omitted). */

@@ -359,6 +359,26 @@ export function encodeCredentialEntry(entry: LogCredentialFields, certDer?: Uint
   return encodeLogEntry((cert === undefined ? entry : { ...entry, cert }) as LogCredentialEntry);
 }
 
+// JSON string literals of the strings most recently quoted: most members of a
+// credential entry (SPIFFE ID, agent, requester, selectors) repeat from one SVID to the next.
+const quotedCache = new Map<string, string>();
+const MAX_QUOTED_CACHE = 10_000;
+
+/** `v` as a JSON string literal, or undefined when it is not a string or holds any surrogate (the full checks decide). */
+function quoted(v: unknown): string | undefined {
+  if (typeof v !== "string") return undefined;
+  let q = quotedCache.get(v);
+  if (q === undefined) {
+    if (ANY_SURROGATE_RE.test(v)) return undefined;
+    q = JSON.stringify(v);
+    if (v.length <= 1024) {
+      if (quotedCache.size >= MAX_QUOTED_CACHE) quotedCache.clear();
+      quotedCache.set(v, q);
+    }
+  }
+  return q;
+}
+
 /** The canonical JSON of {@link encodeCredentialEntry}, or undefined when the entry needs the full checks. */
 function fastCredentialJson(entry: LogCredentialFields, certDer: Uint8Array | undefined): string | undefined {
   if (typeof entry !== "object" || entry === null || entry.v !== 1) return undefined;
@@ -387,14 +407,23 @@ function fastCredentialJson(entry: LogCredentialFields, certDer: Uint8Array | un
         if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) return undefined;
         text = String(v);
         break;
-      case "string":
-        if (typeof v !== "string" || ANY_SURROGATE_RE.test(v)) return undefined;
-        text = JSON.stringify(v);
+      case "string": {
+        const q = quoted(v);
+        if (q === undefined) return undefined;
+        text = q;
         break;
-      case "strings":
-        if (!Array.isArray(v) || !v.every((x) => typeof x === "string" && !ANY_SURROGATE_RE.test(x))) return undefined;
-        text = JSON.stringify(v);
+      }
+      case "strings": {
+        if (!Array.isArray(v)) return undefined;
+        text = "[";
+        for (let i = 0; i < v.length; i++) {
+          const q = quoted(v[i]);
+          if (q === undefined) return undefined;
+          text += i === 0 ? q : `,${q}`;
+        }
+        text += "]";
         break;
+      }
       case "serial":
         if (typeof v !== "string" || !SERIAL_RE.test(v)) return undefined;
         text = `"${v}"`;
