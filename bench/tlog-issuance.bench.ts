@@ -9,7 +9,7 @@
  * transaction and checkpoints are signed every second. Ratio target >= 0.9.
  */
 import { generateKeyPairSync } from "node:crypto";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { create } from "@bufbuild/protobuf";
@@ -57,8 +57,26 @@ async function rig(logOn: boolean): Promise<Rig> {
 const spkis = Array.from({ length: BATCH * IN_FLIGHT * 2 }, () => new Uint8Array(generateKeyPairSync("ec", { namedCurve: "prime256v1" }).publicKey.export({ format: "der", type: "spki" })));
 let cursor = 0;
 
-async function pass(r: Rig, ms: number): Promise<number> {
+/**
+ * CPU seconds (user + system, every thread) a process has used, from
+ * /proc/<pid>/stat; undefined where there is no /proc. Unlike SVIDs per
+ * second it hardly moves with other load on the machine.
+ */
+function cpuSeconds(pid: number | undefined): number | undefined {
+  const file = `/proc/${pid}/stat`;
+  if (pid === undefined || !existsSync(file)) return undefined;
+  // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+  const stat = readFileSync(file, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100; // USER_HZ is 100 on Linux
+}
+
+/** Per rig: server CPU seconds and SVIDs signed over the measured passes. */
+const cpu = new Map<Rig, { s: number; svids: number }>();
+
+async function pass(r: Rig, ms: number, measured = true): Promise<number> {
   let signed = 0;
+  const cpu0 = cpuSeconds(r.srv.child.pid);
   const start = performance.now();
   const end = start + ms;
   await Promise.all(
@@ -69,6 +87,11 @@ async function pass(r: Rig, ms: number): Promise<number> {
       }
     }),
   );
+  const cpu1 = cpuSeconds(r.srv.child.pid);
+  if (measured && cpu0 !== undefined && cpu1 !== undefined) {
+    const acc = cpu.get(r) ?? { s: 0, svids: 0 };
+    cpu.set(r, { s: acc.s + cpu1 - cpu0, svids: acc.svids + signed });
+  }
   return (signed * 1000) / (performance.now() - start);
 }
 
@@ -78,8 +101,8 @@ try {
   rigs.push(off);
   const on = await rig(true);
   rigs.push(on);
-  await pass(off, 1000); // warm-up
-  await pass(on, 1000);
+  await pass(off, 1000, false); // warm-up
+  await pass(on, 1000, false);
   const offRates: number[] = [];
   const onRates: number[] = [];
   for (let i = 0; i < 3; i++) {
@@ -88,6 +111,13 @@ try {
   }
   const fmt = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(",");
   console.log(`passes: log_off=${fmt(offRates)} log_on=${fmt(onRates)} SVIDs/s (batch ${BATCH}, ${IN_FLIGHT} in flight, each server in its own process)`);
+  const perSvid = (r: Rig) => {
+    const c = cpu.get(r);
+    return c && c.svids > 0 ? (c.s * 1e6) / c.svids : undefined;
+  };
+  const [cOff, cOn] = [perSvid(off), perSvid(on)];
+  // Informational: the server's CPU per SVID, all threads (the target is the throughput ratio above).
+  if (cOff !== undefined && cOn !== undefined) console.log(`server CPU per SVID (all threads): log_off=${cOff.toFixed(1)} µs log_on=${cOn.toFixed(1)} µs, off/on=${(cOff / cOn).toFixed(3)}`);
   report({
     name: "tlog-issuance-x509-svid-e2e (transparency log on)",
     value: median(onRates),

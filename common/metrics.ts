@@ -137,10 +137,10 @@ export class Metrics {
   }
 
   /** Awaits an issuance-log write, observing how long it took in `sigil_issuance_log_write_seconds`. */
-  async timeIssuanceLogWrite(write: Promise<void>): Promise<void> {
+  async timeIssuanceLogWrite<T>(write: Promise<T>): Promise<T> {
     const start = performance.now();
     try {
-      await write;
+      return await write;
     } finally {
       this.issuanceLogWrite.observe((performance.now() - start) / 1000);
     }

@@ -206,9 +206,11 @@ export interface Datastore {
    * `logEntries` are appended to the transparency log in the same
    * transaction, at the next contiguous indices (several servers on one
    * database take them in commit order); records may be empty to append
-   * entries alone (authority events).
+   * entries alone (authority events). Resolves to the log index the first of
+   * `logEntries` was given (the rest follow it), or undefined when none were:
+   * the log service hashes its own entries without reading them back.
    */
-  recordIssuances(records: readonly IssuanceInput[], logEntries?: readonly TlogEntryInput[]): Promise<void>;
+  recordIssuances(records: readonly IssuanceInput[], logEntries?: readonly TlogEntryInput[]): Promise<number | undefined>;
 
   /**
    * What still chains to one CA key (the inventory of `sigil-server inventory`):

@@ -6,7 +6,7 @@ import { parentPort, workerData } from "node:worker_threads";
 import Database from "better-sqlite3";
 import { isSigilError } from "../../spiffe/errors.js";
 import type { IssuanceContext } from "./issuance-batch.js";
-import type { WriterMessage } from "./issuance-writer.js";
+import { unpackEntries, type WriterMessage } from "./issuance-writer.js";
 import { insertIssuanceRows, IssuanceInserter } from "./sqlite-issuance-log.js";
 
 const { dbPath, busyTimeoutMs } = workerData as { dbPath: string; busyTimeoutMs: number };
@@ -31,14 +31,18 @@ function flush(): void {
   scheduled = false;
   const batches = queue;
   queue = [];
+  // The log index of each batch's first entry, as of the transaction that committed (a retry takes them anew).
+  const firsts: (number | undefined)[] = [];
   try {
     insertIssuanceRows(db, inserter, () => {
+      firsts.length = 0;
       for (const b of batches) {
         inserter.insertRows(b.rows, contextOf);
-        inserter.appendTlog(b.log);
+        firsts.push(inserter.appendTlog(unpackEntries(b.log)));
+        if (b.checkpoint) inserter.putCheckpoint(b.checkpoint);
       }
     });
-    for (const b of batches) parentPort?.postMessage({ id: b.id });
+    batches.forEach((b, i) => parentPort?.postMessage({ id: b.id, firstIndex: firsts[i] }));
   } catch (e) {
     for (const b of batches) parentPort?.postMessage({ id: b.id, error: describe(e) });
   }

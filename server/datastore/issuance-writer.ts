@@ -9,6 +9,7 @@ import type { Worker } from "node:worker_threads";
 import { startModuleWorker } from "../../common/worker.js";
 import { SigilError } from "../../spiffe/errors.js";
 import { ISSUANCE_ROW_WIDTH, type IssuanceContext, type NormalizedIssuanceBatch } from "./issuance-batch.js";
+import type { TlogCheckpointRow } from "./sqlite-issuance-log.js";
 import type { TlogEntryInput } from "./tlog.js";
 
 /** Most contexts the worker is told about before both sides start over. */
@@ -24,11 +25,49 @@ export interface WriterMessage {
   /** Rows as in {@link NormalizedIssuanceBatch.rows}, with context references in place of indexes. */
   readonly rows: readonly (string | number | null)[];
   /** Transparency-log entries appended in the same transaction. */
-  readonly log: readonly TlogEntryInput[];
+  readonly log: PackedTlogEntries;
+  /** A checkpoint to store in the same transaction. */
+  readonly checkpoint?: TlogCheckpointRow | undefined;
+}
+
+/**
+ * Log entries laid end to end in one buffer that is transferred to the
+ * worker, not cloned: entry `i` is `bytes[ends[i-1] ?? 0, ends[i])`.
+ */
+export interface PackedTlogEntries {
+  readonly keys: readonly string[];
+  readonly ends: readonly number[];
+  readonly bytes: Uint8Array;
+}
+
+const NO_ENTRIES: PackedTlogEntries = { keys: [], ends: [], bytes: new Uint8Array(0) };
+
+/** Packs entries for {@link WriterMessage.log} into a buffer of their own. */
+function packEntries(log: readonly TlogEntryInput[]): PackedTlogEntries {
+  if (log.length === 0) return NO_ENTRIES;
+  let total = 0;
+  for (const e of log) total += e.entry.length;
+  const bytes = new Uint8Array(total);
+  const ends: number[] = [];
+  let at = 0;
+  for (const e of log) {
+    bytes.set(e.entry, at);
+    at += e.entry.length;
+    ends.push(at);
+  }
+  return { keys: log.map((e) => e.lookupKey), ends, bytes };
+}
+
+/** The entries of a {@link PackedTlogEntries}, as views into its buffer. */
+export function unpackEntries(p: PackedTlogEntries): TlogEntryInput[] {
+  return p.keys.map((lookupKey, i) => {
+    const start = i === 0 ? 0 : (p.ends[i - 1] as number);
+    return { lookupKey, entry: Buffer.from(p.bytes.buffer, p.bytes.byteOffset + start, (p.ends[i] as number) - start) };
+  });
 }
 
 interface Pending {
-  resolve(): void;
+  resolve(firstIndex: number | undefined): void;
   reject(e: Error): void;
 }
 
@@ -44,12 +83,12 @@ export class IssuanceWriter {
 
   constructor(dbPath: string, busyTimeoutMs: number) {
     this.#worker = startModuleWorker(import.meta.url, "issuance-writer-worker", { dbPath, busyTimeoutMs });
-    this.#worker.on("message", (m: { id: number; error?: { code: string; message: string } }) => {
+    this.#worker.on("message", (m: { id: number; firstIndex?: number; error?: { code: string; message: string } }) => {
       const p = this.#pending.get(m.id);
       if (!p) return;
       this.#pending.delete(m.id);
       if (m.error) p.reject(new SigilError(m.error.code as "ERR_INVALID_ARGUMENT", m.error.message));
-      else p.resolve();
+      else p.resolve(m.firstIndex);
     });
     this.#worker.on("error", (e) => this.#failAll(e));
     this.#worker.on("exit", () => this.#failAll(new Error("issuance writer exited")));
@@ -61,8 +100,11 @@ export class IssuanceWriter {
     this.#pending.clear();
   }
 
-  /** Writes a validated batch (and its log entries) in one transaction; resolves once committed. */
-  write(batch: NormalizedIssuanceBatch, log: readonly TlogEntryInput[] = []): Promise<void> {
+  /**
+   * Writes a validated batch (and its log entries) in one transaction;
+   * resolves once committed, to the log index of the first entry (undefined without entries).
+   */
+  write(batch: NormalizedIssuanceBatch, log: readonly TlogEntryInput[] = []): Promise<number | undefined> {
     if (this.#closed) return Promise.reject(new SigilError("ERR_UNAVAILABLE", "datastore: closed"));
     if (this.#dead) return Promise.reject(new SigilError("ERR_UNAVAILABLE", `datastore: issuance writer failed: ${this.#dead.message}`, { cause: this.#dead }));
     // The worker's table is reset with ours, so it never grows without bound.
@@ -80,11 +122,24 @@ export class IssuanceWriter {
     });
     const rows = batch.rows.slice();
     for (let i = 0; i < rows.length; i += ISSUANCE_ROW_WIDTH) rows[i] = refOf[rows[i] as number] as number;
+    return this.#post({ reset, defs, rows, log: packEntries(log) });
+  }
+
+  /** Stores a checkpoint in the next transaction; resolves once committed. */
+  async putCheckpoint(checkpoint: TlogCheckpointRow): Promise<void> {
+    if (this.#closed) throw new SigilError("ERR_UNAVAILABLE", "datastore: closed");
+    if (this.#dead) throw new SigilError("ERR_UNAVAILABLE", `datastore: issuance writer failed: ${this.#dead.message}`, { cause: this.#dead });
+    await this.#post({ reset: false, defs: [], rows: [], log: NO_ENTRIES, checkpoint });
+  }
+
+  #post(body: Omit<WriterMessage, "id">): Promise<number | undefined> {
     const id = this.#next++;
-    return new Promise<void>((resolve, reject) => {
+    return new Promise<number | undefined>((resolve, reject) => {
       this.#pending.set(id, { resolve, reject });
-      const message: WriterMessage = { id, reset, defs, rows, log };
-      this.#worker.postMessage(message);
+      const message: WriterMessage = { id, ...body };
+      const bytes = body.log.bytes;
+      // The packed entries are ours alone (never the shared empty one): moved, not copied.
+      this.#worker.postMessage(message, bytes.byteLength > 0 ? [bytes.buffer as ArrayBuffer] : []);
     });
   }
 

@@ -10,6 +10,7 @@ import {
   PRUNE_CHUNK_ROWS,
   PRUNE_ISSUANCES_CHUNK_SQL,
   PRUNE_ORPHAN_CONTEXTS_SQL,
+  PUT_TLOG_CHECKPOINT_SQL,
 } from "./sqlite-issuance-log.js";
 import { IssuanceWriter } from "./issuance-writer.js";
 import { checkTlogCheckpoint, checkTlogEntries, checkTlogKey, checkTlogRange, checkWitnessCheckpoint, checkWitnessOrigin, type TlogCheckpointRecord, type TlogEntryInput, type TlogKeyRecord, type TlogStoredEntry, type WitnessCheckpointRecord } from "./tlog.js";
@@ -840,7 +841,7 @@ class SqliteDatastore implements Datastore {
 
   // ── issuance log ───────────────────────────────────────────────────────
 
-  async recordIssuances(records: readonly IssuanceInput[], logEntries?: readonly TlogEntryInput[]): Promise<void> {
+  async recordIssuances(records: readonly IssuanceInput[], logEntries?: readonly TlogEntryInput[]): Promise<number | undefined> {
     if (!Array.isArray(records)) throw invalid("recordIssuances needs an array");
     if (records.length > MAX_ISSUANCE_BATCH) throw invalid(`recordIssuances takes at most ${MAX_ISSUANCE_BATCH} records, got ${records.length}`);
     // Validate the whole batch before taking the write lock: one bad record refuses all.
@@ -850,13 +851,15 @@ class SqliteDatastore implements Datastore {
       if (this.#closed) throw new SigilError("ERR_UNAVAILABLE", "datastore: closed");
       return this.#issuanceWriter.write(batch, log);
     }
-    this.#read(() => {
-      if (batch.rows.length === 0 && log.length === 0) return; // still refuse when closed
+    return this.#read(() => {
+      if (batch.rows.length === 0 && log.length === 0) return undefined; // still refuse when closed
       const inserter = (this.#issuanceInserter ??= new IssuanceInserter(this.#db));
+      let first: number | undefined;
       insertIssuanceRows(this.#db, inserter, () => {
         inserter.insertRows(batch.rows, (i) => batch.contexts[i] as IssuanceContext);
-        inserter.appendTlog(log);
+        first = inserter.appendTlog(log);
       });
+      return first;
     });
   }
 
@@ -881,13 +884,13 @@ class SqliteDatastore implements Datastore {
 
   async putTlogCheckpoint(c: TlogCheckpointRecord): Promise<void> {
     checkTlogCheckpoint(c);
-    this.#read(() =>
-      this.#exec(
-        `INSERT INTO tlog_checkpoints (server_id, tree_size, root_hash, note, created_at) VALUES (?, ?, ?, ?, ?)
-         ON CONFLICT (server_id, tree_size) DO UPDATE SET root_hash = excluded.root_hash, note = excluded.note, created_at = excluded.created_at`,
-        c.serverId, c.treeSize, Buffer.from(c.rootHash), c.note, c.createdAt.getTime(),
-      ),
-    );
+    // With the writer thread, a checkpoint joins its next group commit: the
+    // event loop never waits on the fsync or on the write lock the writer holds.
+    if (this.#issuanceWriter) {
+      if (this.#closed) throw new SigilError("ERR_UNAVAILABLE", "datastore: closed");
+      return this.#issuanceWriter.putCheckpoint({ serverId: c.serverId, treeSize: c.treeSize, rootHash: Uint8Array.from(c.rootHash), note: c.note, createdAtMs: c.createdAt.getTime() });
+    }
+    this.#read(() => this.#exec(PUT_TLOG_CHECKPOINT_SQL, c.serverId, c.treeSize, Buffer.from(c.rootHash), c.note, c.createdAt.getTime()));
   }
 
   async latestTlogCheckpoint(serverId: string): Promise<TlogCheckpointRecord | undefined> {

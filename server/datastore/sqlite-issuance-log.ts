@@ -30,6 +30,18 @@ const INSERT_ROW_SQL = "INSERT INTO issuances (context_id, serial, not_before, n
 const NEXT_TLOG_INDEX_SQL = "SELECT next_idx FROM tlog_counter WHERE id = 0";
 const SET_TLOG_INDEX_SQL = "UPDATE tlog_counter SET next_idx = ? WHERE id = 0";
 const INSERT_TLOG_SQL = "INSERT INTO tlog_entries (idx, lookup_key, entry) VALUES (?, ?, ?)";
+/** Stores a checkpoint (server ID, tree size, root hash, note, created at ms), replacing one of the same size. */
+export const PUT_TLOG_CHECKPOINT_SQL = `INSERT INTO tlog_checkpoints (server_id, tree_size, root_hash, note, created_at) VALUES (?, ?, ?, ?, ?)
+  ON CONFLICT (server_id, tree_size) DO UPDATE SET root_hash = excluded.root_hash, note = excluded.note, created_at = excluded.created_at`;
+
+/** A validated checkpoint as the writer thread stores it. */
+export interface TlogCheckpointRow {
+  readonly serverId: string;
+  readonly treeSize: number;
+  readonly rootHash: Uint8Array;
+  readonly note: string;
+  readonly createdAtMs: number;
+}
 
 /** Most context IDs remembered per connection. */
 const MAX_CACHED_IDS = 50_000;
@@ -46,8 +58,10 @@ export class IssuanceInserter {
   readonly #nextTlog: BetterSqlite3.Statement;
   readonly #setTlog: BetterSqlite3.Statement;
   readonly #insertTlog: BetterSqlite3.Statement;
+  readonly #putCheckpoint: BetterSqlite3.Statement;
 
   constructor(db: BetterSqlite3.Database) {
+    this.#putCheckpoint = db.prepare(PUT_TLOG_CHECKPOINT_SQL);
     this.#upsert = db.prepare(UPSERT_CONTEXT_SQL);
     this.#insert = db.prepare(INSERT_ROW_SQL);
     this.#nextTlog = db.prepare(NEXT_TLOG_INDEX_SQL);
@@ -55,12 +69,22 @@ export class IssuanceInserter {
     this.#insertTlog = db.prepare(INSERT_TLOG_SQL);
   }
 
-  /** Appends transparency-log entries at the next indices (inside the caller's transaction). */
-  appendTlog(entries: readonly TlogEntryInput[]): void {
-    if (entries.length === 0) return;
-    let next = (this.#nextTlog.get() as { next_idx: number }).next_idx;
+  /**
+   * Appends transparency-log entries at the next indices (inside the caller's
+   * transaction); returns the index of the first, undefined when there are none.
+   */
+  appendTlog(entries: readonly TlogEntryInput[]): number | undefined {
+    if (entries.length === 0) return undefined;
+    const first = (this.#nextTlog.get() as { next_idx: number }).next_idx;
+    let next = first;
     for (const e of entries) this.#insertTlog.run(next++, e.lookupKey, e.entry);
     this.#setTlog.run(next);
+    return first;
+  }
+
+  /** Stores a checkpoint (inside the caller's transaction). */
+  putCheckpoint(c: TlogCheckpointRow): void {
+    this.#putCheckpoint.run(c.serverId, c.treeSize, Buffer.from(c.rootHash.buffer, c.rootHash.byteOffset, c.rootHash.byteLength), c.note, c.createdAtMs);
   }
 
   /** The stored ID of `ctx`, creating the context row on first use. */

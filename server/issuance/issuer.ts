@@ -221,8 +221,8 @@ export class Issuer {
     const tlog = this.#d.transparencyLog;
     const entries = tlog && logged.length > 0 ? logEntries(tlog, logged) : undefined;
     const write = entries ? this.#d.datastore.recordIssuances(records, entries) : this.#d.datastore.recordIssuances(records);
-    await (this.#d.metrics ? this.#d.metrics.timeIssuanceLogWrite(write) : write);
-    if (entries) tlog?.appended(entries.length);
+    const firstIndex = await (this.#d.metrics ? this.#d.metrics.timeIssuanceLogWrite(write) : write);
+    if (entries) tlog?.appended(entries.length, firstIndex === undefined ? undefined : { firstIndex, entries });
   }
 }
 

@@ -26,14 +26,14 @@ import type { Logger } from "../../common/log.js";
 import { SigilError } from "../../spiffe/errors.js";
 import type { Signer } from "../../spiffe/signer.js";
 import { parseCheckpoint, signCheckpoint } from "../../spiffe/tlog/checkpoint.js";
-import { hashesEqual, MerkleTreeBuilder, HASH_SIZE } from "../../spiffe/tlog/hash.js";
+import { hashesEqual, HASH_SIZE, MerkleHasher, MerkleTreeBuilder } from "../../spiffe/tlog/hash.js";
 import { createEd25519NoteVerifier, formatVerifierKey, parseNote, type NoteSigner } from "../../spiffe/tlog/note.js";
 import { credentialLookupKey } from "../../spiffe/tlog/sigil-entry.js";
 import { bundlePrefix, encodeEntryBundle, parseTilePath, TILE_HEIGHT, TILE_WIDTH, TileReader } from "../../spiffe/tlog/tiles.js";
 import type { Datastore, TlogEntryInput } from "../datastore/index.js";
 import type { KeyManager } from "../../plugins/keymanager/types.js";
 import { ByteLru } from "./byte-lru.js";
-import { authorityEntry, credentialEntry, toTlogInput, type LoggedAuthorityEvent, type LoggedCredential } from "./entry.js";
+import { authorityEntry, credentialLogInput, toTlogInput, type LoggedAuthorityEvent, type LoggedCredential } from "./entry.js";
 import type { TlogReadView, TlogResource } from "./types.js";
 
 /** Default seconds between checkpoints. */
@@ -42,6 +42,8 @@ export const DEFAULT_CHECKPOINT_INTERVAL_MS = 1000;
 export const DEFAULT_CHECKPOINT_BATCH = 1000;
 /** Entries read per datastore call while rebuilding or extending the tree. */
 const READ_CHUNK = 10_000;
+/** Most leaf hashes of this server's own committed entries kept for the next checkpoint (32 bytes each); past it, entries are read back. */
+const MAX_KNOWN_LEAVES = 200_000;
 /** Default most bytes of full entry bundles kept in memory (a full bundle holds 256 entries of up to 64 KiB). */
 export const DEFAULT_MAX_CACHED_BUNDLE_BYTES = 64 * 1024 * 1024;
 
@@ -49,8 +51,18 @@ export const DEFAULT_MAX_CACHED_BUNDLE_BYTES = 64 * 1024 * 1024;
 export interface IssuanceLogSink {
   /** Log entries of issued credentials, to append in the records' transaction. */
   credentialEntries(credentials: readonly LoggedCredential[]): TlogEntryInput[];
-  /** Told after `count` entries were committed, so a full batch is checkpointed at once. */
-  appended(count: number): void;
+  /**
+   * Told after `count` entries were committed, so a full batch is checkpointed
+   * at once; with the entries and the index the first was stored at, so the
+   * tree takes them without reading them back.
+   */
+  appended(count: number, run?: AppendedRun): void;
+}
+
+/** Entries just committed at contiguous indices from `firstIndex`. */
+export interface AppendedRun {
+  readonly firstIndex: number;
+  readonly entries: readonly TlogEntryInput[];
 }
 
 /** Dependencies of the {@link TlogService}. */
@@ -97,6 +109,10 @@ export class TlogService implements TlogReadView, IssuanceLogSink {
   readonly #full: Buffer[][] = [];
   readonly #open: Buffer[][] = [];
   readonly #bundles: ByteLru<number, Buffer>;
+  /** Leaf hashes of entries this server committed and the tree has not taken yet, by the index of the first of each run. */
+  readonly #known = new Map<number, Buffer[]>();
+  #knownLeaves = 0;
+  readonly #hasher = new MerkleHasher();
   #signer!: NoteSigner;
   #keyId = "";
   #current: Current | undefined;
@@ -134,10 +150,14 @@ export class TlogService implements TlogReadView, IssuanceLogSink {
   // ── writing ────────────────────────────────────────────────────────────
 
   credentialEntries(credentials: readonly LoggedCredential[]): TlogEntryInput[] {
-    return credentials.map((c) => toTlogInput(credentialEntry(c)));
+    return credentials.map(credentialLogInput);
   }
 
-  appended(count: number): void {
+  appended(count: number, run?: AppendedRun): void {
+    if (run !== undefined && run.entries.length > 0 && run.firstIndex >= this.#tree.size && this.#knownLeaves + run.entries.length <= MAX_KNOWN_LEAVES) {
+      this.#known.set(run.firstIndex, run.entries.map((e) => this.#hasher.leaf(e.entry)));
+      this.#knownLeaves += run.entries.length;
+    }
     this.#pending += count;
     if (this.#pending >= this.#batch && !this.#closed) void this.checkpoint().catch((e: unknown) => this.#d.log?.warn({ err: e }, "tlog: checkpoint failed"));
   }
@@ -330,18 +350,45 @@ export class TlogService implements TlogReadView, IssuanceLogSink {
     this.#d.log?.info({ size: this.#tree.size, checkpoint: lastCp?.size }, "tlog: tree rebuilt");
   }
 
-  /** Appends every stored entry past the tree's size, calling `each` after each entry. */
+  /**
+   * Appends every stored entry past the tree's size, calling `each` after
+   * each entry. Runs this server committed are taken by the leaf hashes kept
+   * when they were appended; only the others (another server's, or any not
+   * kept) are read from the datastore.
+   */
   async #extend(each?: () => void): Promise<void> {
     const size = await this.#d.datastore.tlogSize();
     while (this.#tree.size < size) {
       const start = this.#tree.size;
-      const entries = await this.#d.datastore.readTlogEntries(start, Math.min(size, start + READ_CHUNK));
+      const own = this.#takeKnown(start, size);
+      if (own !== undefined) {
+        for (const h of own) {
+          this.#tree.appendLeafHash(h);
+          each?.();
+        }
+        continue;
+      }
+      let end = Math.min(size, start + READ_CHUNK);
+      for (const k of this.#known.keys()) if (k > start && k < end) end = k;
+      const entries = await this.#d.datastore.readTlogEntries(start, end);
       if (entries.length === 0) throw new SigilError("ERR_TLOG_INCONSISTENT", `tlog: entry ${start} is missing from the store (size ${size})`);
       for (const e of entries) {
         this.#tree.appendEntry(e);
         each?.();
       }
     }
+  }
+
+  /** The kept leaf hashes of the run starting at `start` when all of it is below `size`; forgets runs the tree has passed. */
+  #takeKnown(start: number, size: number): Buffer[] | undefined {
+    let found: Buffer[] | undefined;
+    for (const [k, run] of this.#known) {
+      if (k > start) continue;
+      this.#known.delete(k);
+      this.#knownLeaves -= run.length;
+      if (k === start && start + run.length <= size) found = run;
+    }
+    return found;
   }
 
   async #checkpoint(force: boolean): Promise<void> {

@@ -12,8 +12,8 @@ import type { Service } from "../../common/service.js";
 import { SigilError } from "../../spiffe/errors.js";
 import type { KeyManager } from "../../plugins/keymanager/types.js";
 import type { Datastore, TlogEntryInput } from "../datastore/index.js";
-import { authorityEntry, credentialEntry, toTlogInput, type LoggedAuthorityEvent, type LoggedCredential } from "./entry.js";
-import { TlogService, type IssuanceLogSink } from "./log-service.js";
+import { authorityEntry, credentialLogInput, toTlogInput, type LoggedAuthorityEvent, type LoggedCredential } from "./entry.js";
+import { TlogService, type AppendedRun, type IssuanceLogSink } from "./log-service.js";
 import type { TlogReadView } from "./types.js";
 import { startWitnessing, type Witnessing, type WitnessingSettings } from "./witnessing.js";
 import type { WitnessEndpoint } from "./witness.js";
@@ -97,11 +97,11 @@ export class TransparencyLogService implements Service, IssuanceLogSink {
   }
 
   credentialEntries(credentials: readonly LoggedCredential[]): TlogEntryInput[] {
-    return credentials.map((c) => toTlogInput(credentialEntry(c)));
+    return credentials.map(credentialLogInput);
   }
 
-  appended(count: number): void {
-    this.#log?.appended(count);
+  appended(count: number, run?: AppendedRun): void {
+    this.#log?.appended(count, run);
   }
 
   /** The CA manager's `onAuthorityEvent`: one `authority` entry, committed before it resolves. */

@@ -945,16 +945,16 @@ class SqlDatastore implements Datastore {
     return id;
   }
 
-  async recordIssuances(records: readonly IssuanceInput[], logEntries?: readonly TlogEntryInput[]): Promise<void> {
+  async recordIssuances(records: readonly IssuanceInput[], logEntries?: readonly TlogEntryInput[]): Promise<number | undefined> {
     if (!Array.isArray(records)) throw invalid("recordIssuances needs an array");
     if (records.length > MAX_ISSUANCE_BATCH) throw invalid(`recordIssuances takes at most ${MAX_ISSUANCE_BATCH} records, got ${records.length}`);
     // Validate the whole batch before writing: one bad record refuses all.
     const batch = this.#issuanceNormalizer.normalize(records);
     const log = checkTlogEntries(logEntries);
     this.#checkOpen();
-    if (batch.rows.length === 0 && log.length === 0) return;
+    if (batch.rows.length === 0 && log.length === 0) return undefined;
     const fresh = new Map<string, number>();
-    await this.#write(async (trx, _now, _events, attempt) => {
+    const first = await this.#write(async (trx, _now, _events, attempt) => {
       fresh.clear();
       // A retried attempt may be retrying because a remembered context was pruned by another server.
       if (attempt > 1) this.#contextIds.clear();
@@ -975,19 +975,20 @@ class SqlDatastore implements Datastore {
         }
         await trx.insertInto("issuances").values(values).execute();
       }
-      await this.#appendTlog(trx, log);
+      return this.#appendTlog(trx, log);
     });
     if (this.#contextIds.size + fresh.size > MAX_CACHED_CONTEXT_IDS) this.#contextIds.clear();
     for (const [k, v] of fresh) this.#contextIds.set(k, v);
+    return first;
   }
 
   /**
    * Appends log entries at the next indices. The counter row is locked last,
    * so concurrent writers (on any server) wait for it only briefly and take
-   * indices in commit order.
+   * indices in commit order. Returns the index of the first (undefined without entries).
    */
-  async #appendTlog(trx: Transaction<SqlSchema>, log: readonly TlogEntryInput[]): Promise<void> {
-    if (log.length === 0) return;
+  async #appendTlog(trx: Transaction<SqlSchema>, log: readonly TlogEntryInput[]): Promise<number | undefined> {
+    if (log.length === 0) return undefined;
     const row = await trx.selectFrom("tlog_counter").select("next_idx").where("id", "=", 0).forUpdate().executeTakeFirst();
     if (row === undefined) throw new SigilError("ERR_INTERNAL", "datastore: the tlog_counter row is missing");
     const first = Number(row.next_idx);
@@ -996,6 +997,7 @@ class SqlDatastore implements Datastore {
       await trx.insertInto("tlog_entries").values(values).execute();
     }
     await trx.updateTable("tlog_counter").set({ next_idx: first + log.length }).where("id", "=", 0).execute();
+    return first;
   }
 
   // ── transparency log ───────────────────────────────────────────────────

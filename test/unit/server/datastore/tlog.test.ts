@@ -24,9 +24,11 @@ describe.each(engines)("transparency log storage on %s", (engine) => {
 
   it("appends entries with the issuance records at contiguous indices from 0", async () => {
     expect(await ds.tlogSize()).toBe(0);
-    await ds.recordIssuances([rec("a1"), rec("a2")], [entry("a1"), entry("a2")]);
-    await ds.recordIssuances([], [entry("a3")]);
-    await ds.recordIssuances([rec("a4")], [entry("a4")]);
+    // Each call resolves to the index its first entry was given.
+    expect(await ds.recordIssuances([rec("a1"), rec("a2")], [entry("a1"), entry("a2")])).toBe(0);
+    expect(await ds.recordIssuances([], [entry("a3")])).toBe(2);
+    expect(await ds.recordIssuances([rec("a0")])).toBeUndefined();
+    expect(await ds.recordIssuances([rec("a4")], [entry("a4")])).toBe(3);
     expect(await ds.tlogSize()).toBe(4);
     expect((await ds.readTlogEntries(0, 10)).map((b) => Buffer.from(b).toString())).toEqual(["a1", "a2", "a3", "a4"].map((s) => `{"serial":"${s}"}`));
     expect((await ds.readTlogEntries(1, 3)).length).toBe(2);
@@ -37,11 +39,13 @@ describe.each(engines)("transparency log storage on %s", (engine) => {
   });
 
   it("concurrent appends never share or skip an index", async () => {
-    await Promise.all(Array.from({ length: 20 }, (_, i) => ds.recordIssuances([rec(`c${i}`)], [entry(`c${i}`), entry(`c${i}x`)])));
+    const firsts = await Promise.all(Array.from({ length: 20 }, (_, i) => ds.recordIssuances([rec(`c${i}`)], [entry(`c${i}`), entry(`c${i}x`)])));
     expect(await ds.tlogSize()).toBe(40);
     const all = (await ds.readTlogEntries(0, 40)).map((b) => Buffer.from(b).toString());
     expect(new Set(all).size).toBe(40);
     for (let i = 0; i < 20; i++) expect(all.indexOf(`{"serial":"c${i}x"}`)).toBe(all.indexOf(`{"serial":"c${i}"}`) + 1);
+    // The index each call resolved to is where its entries are.
+    for (let i = 0; i < 20; i++) expect(all[firsts[i] ?? -1]).toBe(`{"serial":"c${i}"}`);
   });
 
   it("an invalid record refuses the whole batch: no log entry is written", async () => {
@@ -97,9 +101,19 @@ describe("transparency log written from the SQLite writer thread", () => {
   it("appends entries with their records in one transaction", async () => {
     const ds = await createSqliteDatastore({ path: path.join(testTempDir("sigil-tlog-"), "d.sqlite3"), clock: systemClock, issuanceWorker: true });
     try {
-      await Promise.all([ds.recordIssuances([rec("e1")], [entry("e1")]), ds.recordIssuances([], [entry("e2")]), ds.recordIssuances([rec("e3"), rec("e4", "no")], [entry("e3")]).catch(() => undefined)]);
-      expect(await ds.tlogSize()).toBe(2);
+      const firsts = await Promise.all([ds.recordIssuances([rec("e1")], [entry("e1")]), ds.recordIssuances([], [entry("e2"), entry("e2x")]), ds.recordIssuances([rec("e3"), rec("e4", "no")], [entry("e3")]).catch(() => "refused")]);
+      expect(await ds.tlogSize()).toBe(3);
+      // Batches that share one transaction still resolve to their own first index.
+      expect(firsts).toEqual([0, 1, "refused"]);
       expect((await ds.listIssuances({})).items.map((i) => i.serial)).toEqual(["e1"]);
+      expect(await ds.recordIssuances([rec("e5")], [entry("e5")])).toBe(3);
+      // Checkpoints go through the writer thread too (with concurrent appends), readable once stored.
+      const root = Buffer.alloc(32, 9);
+      await Promise.all([ds.putTlogCheckpoint({ serverId: "s1", treeSize: 4, rootHash: root, note: "n4", createdAt: T0 }), ds.recordIssuances([rec("e6")], [entry("e6")])]);
+      const cp = await ds.latestTlogCheckpoint("s1");
+      expect([cp?.treeSize, cp?.note, Buffer.from(cp?.rootHash ?? []).equals(root), cp?.createdAt.getTime()]).toEqual([4, "n4", true, T0.getTime()]);
+      await rejection(ds.putTlogCheckpoint({ serverId: "s1", treeSize: 5, rootHash: Buffer.alloc(31), note: "x", createdAt: T0 }), "ERR_INVALID_ARGUMENT", "datastore: log checkpoint rootHash");
+      expect((await ds.readTlogEntries(0, 10)).map((b) => Buffer.from(b).toString())).toEqual(["e1", "e2", "e2x", "e5", "e6"].map((s) => `{"serial":"${s}"}`));
     } finally {
       await ds.close();
     }

@@ -26,7 +26,9 @@ class MemoryLogStore {
   }
   async recordIssuances(records: readonly unknown[], log: readonly TlogEntryInput[] = []) {
     expect(records).toEqual([]);
+    const first = this.entries.length;
     this.entries.push(...log);
+    return log.length > 0 ? first : undefined;
   }
   issue(kind: "x509-svid" | "jwt-svid" | "agent-svid", serial: string, agentId: string): void {
     this.entries.push(

@@ -6,7 +6,7 @@ import type { Datastore } from "../../../../server/datastore/index.js";
 import { TlogService, type TlogServiceDeps } from "../../../../server/tlog/log-service.js";
 import { decodeLogEntry } from "../../../../server/tlog/entry.js";
 import { openCheckpoint } from "../../../../spiffe/tlog/checkpoint.js";
-import { leafHash } from "../../../../spiffe/tlog/hash.js";
+import { leafHash, MerkleTreeBuilder } from "../../../../spiffe/tlog/hash.js";
 import { parseVerifierKey } from "../../../../spiffe/tlog/note.js";
 import { verifyConsistency, verifyInclusion } from "../../../../spiffe/tlog/proof.js";
 import { TileReader } from "../../../../spiffe/tlog/tiles.js";
@@ -156,6 +156,44 @@ describe("transparency log service", () => {
     expect(reads).toBe(3);
     await small.resource("tile/entries/000");
     expect(reads).toBe(4);
+  });
+
+  it("takes its own committed entries by the leaf hashes kept at append, reading back only another server's", async () => {
+    const reads: [number, number][] = [];
+    const counting: TlogServiceDeps["datastore"] = {
+      recordIssuances: (r, l) => ds.recordIssuances(r, l),
+      tlogSize: () => ds.tlogSize(),
+      readTlogEntries: (start, end) => (reads.push([start, end]), ds.readTlogEntries(start, end)),
+      findTlogEntry: (k) => ds.findTlogEntry(k),
+      putTlogCheckpoint: (c) => ds.putTlogCheckpoint(c),
+      latestTlogCheckpoint: (id) => ds.latestTlogCheckpoint(id),
+      putTlogKey: (k) => ds.putTlogKey(k),
+      listTlogKeys: () => ds.listTlogKeys(),
+    };
+    const s = await start({ datastore: counting, checkpointBatch: 1000 });
+    const own = async (serials: string[]): Promise<void> => {
+      const creds = serials.map(credential);
+      const entries = s.credentialEntries(creds);
+      const firstIndex = await ds.recordIssuances(creds.map((c) => c.record), entries);
+      s.appended(entries.length, firstIndex === undefined ? undefined : { firstIndex, entries });
+    };
+    await own(["d1", "d2", "d3"]);
+    // Another server on the same database appends two entries this one is not told of.
+    await ds.recordIssuances([], [0, 1].map((i) => ({ lookupKey: `serial:f${i}`, entry: Buffer.from(`{"other":${i}}`) })));
+    await own(["d4", "d5", "d6", "d7"]);
+    await own(["d8"]);
+    reads.length = 0;
+    await s.checkpoint();
+    expect(reads).toEqual([[3, 5]]);
+    const tree = new MerkleTreeBuilder();
+    for (const e of await ds.readTlogEntries(0, 10)) tree.appendEntry(e);
+    expect(tree.size).toBe(10);
+    expect(Buffer.from(s.latestCheckpoint()?.rootHash ?? []).equals(tree.root())).toBe(true);
+    // And inclusion proofs of both kinds of entry check against it.
+    for (const serial of ["d2", "f1", "d8"]) {
+      const p = await s.prove({ serial });
+      verifyInclusion(p?.index ?? -1, 10, leafHash(p?.entry ?? new Uint8Array()), p?.proof ?? [], tree.root());
+    }
   });
 
   it("rebuilds the tree after a restart and extends the last checkpoint", async () => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { isSigilError } from "../../../../spiffe/errors.js";
-import { canonicalJson, credentialLookupKey, decodeLogEntry, deliveredLookupKey, encodeLogEntry, logLookupKey, MAX_LOG_AUDIENCE_BYTES, MAX_LOG_AUDIENCES, type SigilLogEntry } from "../../../../spiffe/tlog/sigil-entry.js";
+import { canonicalJson, credentialLookupKey, decodeLogEntry, deliveredLookupKey, encodeCredentialEntry, encodeLogEntry, logLookupKey, LOG_CREDENTIAL_KINDS, MAX_LOG_AUDIENCE_BYTES, MAX_LOG_AUDIENCES, type LogCredentialFields, type SigilLogEntry } from "../../../../spiffe/tlog/sigil-entry.js";
 
 const jwt: SigilLogEntry = {
   v: 1, kind: "jwt-svid", jwtSha256: "a".repeat(64), spiffeId: "spiffe://example.org/web", entryId: "e1", entryRevision: 3,
@@ -95,5 +95,98 @@ describe("Sigil log entries (RFC 8785 canonical JSON)", () => {
     refused('{"agentId":"a","deliveredAt":1,"issuanceIndex":0,"kind":"delivered","spiffeId":"spiffe://example.org/web","v":1}', /exactly one of serial and jwtSha256/);
     refused(`{"agentId":"a","deliveredAt":1,"issuanceIndex":0,"jwtSha256":"${"b".repeat(64)}","kind":"delivered","serial":"1","spiffeId":"spiffe://example.org/web","v":1}`, /exactly one of serial and jwtSha256/);
     refused('{"agentId":"a","deliveredAt":1,"issuanceIndex":0,"kind":"delivered","serial":"1","v":1}', /spiffeId is required/);
+  });
+});
+
+// A small seeded generator (mulberry32), so a failure names a reproducible case.
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+describe("encodeCredentialEntry (the fast encoder of credential entries)", () => {
+  const rnd = prng(8785);
+  const pick = <T,>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)] as T;
+  // Characters JSON escapes or RFC 8785 sorts or encodes specially, and some ordinary ones.
+  const alphabet = ["a", "Z", "0", "/", ":", " ", '"', "\\", "\n", "\u0000", "\u001f", "\u007f", "\u0085", "é", "€", "\u2028", "\ufb33", "😀", "\ud800", "\udfff"];
+  const str = (rareOdd: boolean): string => {
+    const n = Math.floor(rnd() * 12);
+    let out = "";
+    for (let i = 0; i < n; i++) out += rareOdd && rnd() < 0.3 ? pick(alphabet) : pick(["a", "b", "-", "/", ":", "9"]);
+    return out;
+  };
+  const hex = (n: number): string => Array.from({ length: n }, () => pick([..."0123456789abcdef"])).join("");
+  const int = (): number => pick([0, 1, 59, 1893456000, Number.MAX_SAFE_INTEGER, Math.floor(rnd() * 2 ** 40)]);
+
+  /** A random entry: usually valid, sometimes with one thing wrong (a generic-path refusal). */
+  function randomCase(odd: boolean): { fields: LogCredentialFields; der: Uint8Array | undefined } {
+    const o: Record<string, unknown> = { v: 1, kind: pick(LOG_CREDENTIAL_KINDS.filter((k) => k !== "jwt-svid")), serial: (pick(["1", "a", "f"]) + hex(Math.floor(rnd() * 39))).replace(/^0+/, ""), spiffeId: `spiffe://example.org/${str(odd)}` };
+    const optional: [string, () => unknown][] = [
+      ["entryId", () => str(odd)],
+      ["entryRevision", int],
+      ["selectors", () => Array.from({ length: Math.floor(rnd() * 4) }, () => str(odd))],
+      ["agentId", () => str(odd)],
+      ["evidenceSha256", () => hex(64)],
+      ["publicKeySha256", () => hex(64)],
+      ["authorityKeyId", () => str(odd)],
+      ["requestedBy", () => str(odd)],
+    ];
+    for (const [k, gen] of optional) if (rnd() < 0.7) o[k] = gen();
+    for (const k of ["notBefore", "notAfter", "issuedAt"]) o[k] = int();
+    if (odd && rnd() < 0.5) {
+      // One thing the generic encoder refuses or handles otherwise.
+      const breakers: (() => void)[] = [
+        () => (o["serial"] = "0" + hex(4)),
+        () => (o["evidenceSha256"] = hex(63)),
+        () => (o["notAfter"] = -1),
+        () => (o["entryRevision"] = 1.5),
+        () => (o["extra"] = "x"),
+        () => (o["jwtSha256"] = hex(64)),
+        () => (o["audience"] = ["a"]),
+        () => delete o["serial"],
+        () => delete o["issuedAt"],
+        () => (o["v"] = 2),
+        () => (o["kind"] = "nope"),
+        () => (o["selectors"] = ["a", 1]),
+        () => (o["spiffeId"] = 7),
+        () => (o["requestedBy"] = "x".repeat(70_000)),
+        () => (o["agentId"] = undefined),
+      ];
+      pick(breakers)();
+    }
+    const der = rnd() < 0.8 ? Uint8Array.from({ length: Math.floor(rnd() * 1200) + 1 }, () => Math.floor(rnd() * 256)) : undefined;
+    return { fields: o as unknown as LogCredentialFields, der };
+  }
+
+  const outcome = (f: () => Buffer): string => {
+    try {
+      return `ok ${f().toString("hex")}`;
+    } catch (e) {
+      return `throws ${isSigilError(e) ? e.code : "?"} ${(e as Error).message}`;
+    }
+  };
+
+  it("writes the same bytes as the generic RFC 8785 encoder, and refuses what it refuses with the same error, over 20,000 random entries", () => {
+    let accepted = 0;
+    for (let i = 0; i < 20_000; i++) {
+      const { fields, der } = randomCase(i % 2 === 1);
+      // The certificate is written from the DER; the generic encoder is given its base64.
+      const generic = outcome(() => encodeLogEntry((der === undefined ? fields : { ...fields, cert: Buffer.from(der).toString("base64") }) as SigilLogEntry));
+      const fast = outcome(() => encodeCredentialEntry(fields, der));
+      if (fast !== generic) throw new Error(`case ${i}: ${JSON.stringify(fields)}: fast ${fast.slice(0, 200)} generic ${generic.slice(0, 200)}`);
+      if (generic.startsWith("ok")) accepted++;
+    }
+    // Both kinds of case were exercised.
+    expect(accepted).toBeGreaterThan(10_000);
+    expect(accepted).toBeLessThan(20_000);
+  });
+
+  it("hands a JWT entry to the generic encoder", () => {
+    expect(encodeCredentialEntry(jwt as LogCredentialFields)).toEqual(encodeLogEntry(jwt));
   });
 });
