@@ -27,7 +27,7 @@ import { SigilError } from "../../spiffe/errors.js";
 import type { Signer } from "../../spiffe/signer.js";
 import { parseCheckpoint, signCheckpoint } from "../../spiffe/tlog/checkpoint.js";
 import { hashesEqual, MerkleTreeBuilder, HASH_SIZE } from "../../spiffe/tlog/hash.js";
-import { createEd25519NoteVerifier, formatVerifierKey, parseNote, type NoteSigner } from "../../spiffe/tlog/note.js";
+import { createEd25519NoteVerifier, DEFAULT_MAX_SIGNATURES, formatVerifierKey, parseNote, signatureLine, type NoteSigner } from "../../spiffe/tlog/note.js";
 import { credentialLookupKey } from "../../spiffe/tlog/sigil-entry.js";
 import { bundlePrefix, encodeEntryBundle, parseTilePath, TILE_HEIGHT, TILE_WIDTH, TileReader } from "../../spiffe/tlog/tiles.js";
 import type { Datastore, TlogEntryInput } from "../datastore/index.js";
@@ -306,7 +306,8 @@ export class TlogService implements TlogReadView, IssuanceLogSink {
 
   /** Rebuilds the tree from every stored entry and checks it against the last checkpoint. */
   async #rebuild(): Promise<void> {
-    const last = await this.#d.datastore.latestTlogCheckpoint(this.#d.serverId);
+    const stored = await this.#d.datastore.latestTlogCheckpoint(this.#d.serverId);
+    const last = stored === undefined ? undefined : { ...stored, note: this.#loadableNote(stored.note) };
     const lastCp = last === undefined ? undefined : parseCheckpoint(parseNote(last.note).text);
     if (lastCp !== undefined && lastCp.origin !== this.origin) {
       throw new SigilError("ERR_TLOG_INCONSISTENT", `tlog: the last checkpoint is for origin ${lastCp.origin}, this server's log is ${this.origin}`);
@@ -328,6 +329,21 @@ export class TlogService implements TlogReadView, IssuanceLogSink {
     }
     this.#current = lastCp && last && lastCp.size === this.#tree.size ? { note: last.note, size: lastCp.size, rootHash: lastCp.rootHash } : undefined;
     this.#d.log?.info({ size: this.#tree.size, checkpoint: lastCp?.size }, "tlog: tree rebuilt");
+  }
+
+  /**
+   * The stored checkpoint note as this service can serve it: as it is, or,
+   * when it carries more signature lines than a note may (an earlier
+   * version let a witness's junk in), its text with the log's own lines only;
+   * the witnesses cosign it again.
+   */
+  #loadableNote(note: string): string {
+    const parsed = parseNote(note, { maxSignatures: Number.MAX_SAFE_INTEGER });
+    if (parsed.signatures.length <= DEFAULT_MAX_SIGNATURES) return note;
+    const own = parsed.signatures.filter((s) => s.name === this.origin).slice(0, DEFAULT_MAX_SIGNATURES);
+    this.#d.log?.warn({ signatures: parsed.signatures.length, kept: own.length }, "tlog: the stored checkpoint carries too many signature lines; keeping the log's own");
+    if (own.length === 0) throw new SigilError("ERR_TLOG_INCONSISTENT", `tlog: the stored checkpoint carries ${parsed.signatures.length} signature lines and none of the log's; refusing to start`);
+    return `${parsed.text}\n${own.map((s) => signatureLine(s.name, s.keyId, s.signature)).join("")}`;
   }
 
   /** Appends every stored entry past the tree's size, calling `each` after each entry. */
