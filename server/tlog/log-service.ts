@@ -27,7 +27,7 @@ import { SigilError } from "../../spiffe/errors.js";
 import type { Signer } from "../../spiffe/signer.js";
 import { parseCheckpoint, signCheckpoint } from "../../spiffe/tlog/checkpoint.js";
 import { hashesEqual, MerkleTreeBuilder, HASH_SIZE } from "../../spiffe/tlog/hash.js";
-import { createEd25519NoteVerifier, DEFAULT_MAX_SIGNATURES, formatVerifierKey, parseNote, signatureLine, type NoteSigner } from "../../spiffe/tlog/note.js";
+import { createEd25519NoteVerifier, formatVerifierKey, parseNote, type NoteSigner } from "../../spiffe/tlog/note.js";
 import { credentialLookupKey } from "../../spiffe/tlog/sigil-entry.js";
 import { bundlePrefix, encodeEntryBundle, parseTilePath, TILE_HEIGHT, TILE_WIDTH, TileReader } from "../../spiffe/tlog/tiles.js";
 import type { Datastore, TlogEntryInput } from "../datastore/index.js";
@@ -331,21 +331,6 @@ export class TlogService implements TlogReadView, IssuanceLogSink {
     this.#d.log?.info({ size: this.#tree.size, checkpoint: lastCp?.size }, "tlog: tree rebuilt");
   }
 
-  /**
-   * The stored checkpoint note as this service can serve it: as it is, or,
-   * when it carries more signature lines than a note may (an earlier
-   * version let a witness's junk in), its text with the log's own lines only;
-   * the witnesses cosign it again.
-   */
-  #loadableNote(note: string): string {
-    const parsed = parseNote(note, { maxSignatures: Number.MAX_SAFE_INTEGER });
-    if (parsed.signatures.length <= DEFAULT_MAX_SIGNATURES) return note;
-    const own = parsed.signatures.filter((s) => s.name === this.origin).slice(0, DEFAULT_MAX_SIGNATURES);
-    this.#d.log?.warn({ signatures: parsed.signatures.length, kept: own.length }, "tlog: the stored checkpoint carries too many signature lines; keeping the log's own");
-    if (own.length === 0) throw new SigilError("ERR_TLOG_INCONSISTENT", `tlog: the stored checkpoint carries ${parsed.signatures.length} signature lines and none of the log's; refusing to start`);
-    return `${parsed.text}\n${own.map((s) => signatureLine(s.name, s.keyId, s.signature)).join("")}`;
-  }
-
   /** Appends every stored entry past the tree's size, calling `each` after each entry. */
   async #extend(each?: () => void): Promise<void> {
     const size = await this.#d.datastore.tlogSize();
@@ -379,6 +364,29 @@ export class TlogService implements TlogReadView, IssuanceLogSink {
 
   #signedByCurrentKey(note: string): boolean {
     return parseNote(note).signatures.some((sig) => sig.name === this.#signer.name && sig.keyId === this.#signer.keyId);
+  }
+
+  /**
+   * The stored checkpoint note as this service can serve it: as it is, or,
+   * when `parseNote` refuses it for carrying more signature lines than a note
+   * may (an earlier version let a witness's junk in), its text with the log's
+   * own lines (named after the origin) only; the witnesses cosign it again.
+   */
+  #loadableNote(note: string): string {
+    try {
+      parseNote(note);
+      return note;
+    } catch {
+      // Read again below without the line limit; a note malformed otherwise still throws there.
+    }
+    const parsed = parseNote(note, { maxSignatures: Number.MAX_SAFE_INTEGER });
+    const own = note
+      .slice(parsed.text.length + 1, -1)
+      .split("\n")
+      .filter((l) => l.startsWith(`\u2014 ${this.origin} `));
+    this.#d.log?.warn({ signatures: parsed.signatures.length, kept: own.length }, "tlog: the stored checkpoint carries too many signature lines; keeping the log's own");
+    if (own.length === 0) throw new SigilError("ERR_TLOG_INCONSISTENT", `tlog: the stored checkpoint carries ${parsed.signatures.length} signature lines and none of the log's; refusing to start`);
+    return `${parsed.text}\n${own.join("\n")}\n`;
   }
 
   #arm(): void {

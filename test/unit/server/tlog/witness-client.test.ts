@@ -2,17 +2,22 @@
  * The log side of witnessing against misbehaving and absent witnesses: an
  * answer padded with junk lines never grows the served or stored note, a
  * long outage while checkpoints keep coming does not freeze /checkpoint, a
- * witness ahead of this server is skipped without backoff, and writes of
- * cosignatures finishing together never leave the row with fewer.
+ * witness ahead of this server is skipped without backoff, writes of
+ * cosignatures finishing together never leave the row with fewer, and a
+ * log service restarts on a stored note an earlier version let grow too big.
  */
 import { randomBytes } from "node:crypto";
 import { describe, expect, it, vi } from "vitest";
 import { createLogger } from "../../../../common/log.js";
 import { Metrics } from "../../../../common/metrics.js";
 import { checkCosignatures, generateCosigner, parseCosignerVerifierKey } from "../../../../spiffe/tlog/cosignature.js";
-import { DEFAULT_MAX_SIGNATURES, parseNote, signatureLine } from "../../../../spiffe/tlog/note.js";
+import { openCheckpoint } from "../../../../spiffe/tlog/checkpoint.js";
+import { DEFAULT_MAX_SIGNATURES, parseNote, parseVerifierKey, signatureLine } from "../../../../spiffe/tlog/note.js";
+import { createMemoryKeyManager } from "../../../../plugins/keymanager/memory/index.js";
 import type { TlogCheckpointRecord } from "../../../../server/datastore/index.js";
+import { TlogService } from "../../../../server/tlog/log-service.js";
 import { WitnessClient } from "../../../../server/tlog/witness-client.js";
+import { closeTempDatastore, openTempDatastore } from "../../../support/datastore.js";
 import { memoryTlogView } from "../../../support/tlog-view.js";
 
 const T0 = new Date("2030-01-01T00:00:00Z").getTime();
@@ -232,5 +237,30 @@ describe("witness client", () => {
         now: () => new Date(T0),
       });
     expect(make).toThrow(/witness key w\.example\+[0-9a-f]{8} is listed twice/);
+  });
+
+  it("a log service starts with a stored checkpoint carrying more signature lines than a note may, keeping its own", async () => {
+    const temp = await openTempDatastore("witness-restart", new Date(T0));
+    const km = createMemoryKeyManager();
+    const deps = { datastore: temp.ds, keyManager: km, trustDomain: "example.org", serverId: "s1", now: () => temp.clock.now(), schedule: () => () => undefined };
+    try {
+      let s = await TlogService.start(deps);
+      const cp = s.latestCheckpoint() as Cp;
+      let junk = "";
+      for (let i = 0; i < DEFAULT_MAX_SIGNATURES + 20; i++) junk += signatureLine("evil.example", 0x01020304, randomBytes(72));
+      // What an earlier version could store after a witness padded its answer.
+      await temp.ds.putTlogCheckpoint({ serverId: "s1", treeSize: cp.size, rootHash: cp.rootHash, note: cp.note + junk, createdAt: temp.clock.now() });
+      await s.close();
+      s = await TlogService.start(deps);
+      try {
+        const note = s.latestCheckpoint()?.note as string;
+        expect(note).toBe(cp.note);
+        expect(openCheckpoint(note, (await s.verifierKeys()).map((k) => parseVerifierKey(k))).checkpoint.size).toBe(cp.size);
+      } finally {
+        await s.close();
+      }
+    } finally {
+      await closeTempDatastore(temp.ds, temp.dir);
+    }
   });
 });
