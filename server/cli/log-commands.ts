@@ -11,12 +11,13 @@ import path from "node:path";
 import { credentials } from "@grpc/grpc-js";
 import type { Command } from "commander";
 import { LogAdmin, LogCheckpointSchema } from "../../proto/gen/sigil/admin/v1/admin_pb.js";
+import { parseDuration } from "../../common/config/duration.js";
 import { createUnaryClient, type UnaryClient } from "../../common/rpc/unary-client.js";
 import { parseSpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
 import { parseTrustDomain, type TrustDomain } from "../../spiffe/id.js";
 import { decodePemCertificates } from "../../spiffe/pem.js";
 import { openCheckpoint, parseCheckpoint } from "../../spiffe/tlog/checkpoint.js";
-import { checkCosignatures, parseCosignerVerifierKey, type CosignatureCheck, type CosignatureVerifier } from "../../spiffe/tlog/cosignature.js";
+import { checkCosignatures, duplicateWitnessKey, parseCosignerVerifierKey, type CosignatureCheck, type CosignatureVerifier } from "../../spiffe/tlog/cosignature.js";
 import { leafHash } from "../../spiffe/tlog/hash.js";
 import { parseNote, parseVerifierKey, type NoteVerifier } from "../../spiffe/tlog/note.js";
 import { verifyInclusion } from "../../spiffe/tlog/proof.js";
@@ -176,11 +177,19 @@ function writeAtomic(file: string, text: string): void {
   }
 }
 
-/** Witness keys of `--witness-key` and the quorum of `--witness-quorum` (default all of them). */
-export function witnessPolicyOf(o: { witnessKey?: string[]; witnessQuorum?: string }): { witnesses: CosignatureVerifier[]; quorum: number } | undefined {
+/** How far in the future a cosignature's timestamp may be (witness clock skew). */
+export const MAX_COSIGNATURE_SKEW_SECONDS = 300;
+
+/**
+ * Witness keys of `--witness-key`, the quorum of `--witness-quorum` (default
+ * all of them) and `--witness-max-age` in seconds. Two keys of one public key
+ * are refused: they would count one witness twice.
+ */
+export function witnessPolicyOf(o: { witnessKey?: string[]; witnessQuorum?: string; witnessMaxAge?: string }): { witnesses: CosignatureVerifier[]; quorum: number; maxAgeSeconds: number | undefined } | undefined {
   const keys = o.witnessKey ?? [];
   if (keys.length === 0) {
     if (o.witnessQuorum !== undefined) throw new UsageError("--witness-quorum needs at least one --witness-key");
+    if (o.witnessMaxAge !== undefined) throw new UsageError("--witness-max-age needs at least one --witness-key");
     return undefined;
   }
   const witnesses = keys.map((k, i) => {
@@ -190,9 +199,22 @@ export function witnessPolicyOf(o: { witnessKey?: string[]; witnessQuorum?: stri
       throw new UsageError(`--witness-key ${i + 1} (${JSON.stringify(k.slice(0, 40))}): ${(e as Error).message}`);
     }
   });
+  const duplicate = duplicateWitnessKey(witnesses);
+  if (duplicate !== undefined) throw new UsageError(`--witness-key: ${duplicate}`);
   const quorum = o.witnessQuorum === undefined ? witnesses.length : Number(o.witnessQuorum);
   if (!Number.isInteger(quorum) || quorum < 1 || quorum > witnesses.length) throw new UsageError(`--witness-quorum must be from 1 to the ${witnesses.length} --witness-key given, got ${o.witnessQuorum}`);
-  return { witnesses, quorum };
+  let maxAgeSeconds: number | undefined;
+  if (o.witnessMaxAge !== undefined) {
+    let ms: number;
+    try {
+      ms = parseDuration(o.witnessMaxAge);
+    } catch (e) {
+      throw new UsageError(`--witness-max-age: ${(e as Error).message}`);
+    }
+    if (ms < 1000) throw new UsageError(`--witness-max-age must be at least 1s, got ${o.witnessMaxAge}`);
+    maxAgeSeconds = Math.floor(ms / 1000);
+  }
+  return { witnesses, quorum, maxAgeSeconds };
 }
 
 interface VerifyOpts {
@@ -201,6 +223,7 @@ interface VerifyOpts {
   keyFile?: string[];
   witnessKey?: string[];
   witnessQuorum?: string;
+  witnessMaxAge?: string;
   since?: string;
   bundle?: string;
   trustDomain?: string;
@@ -270,7 +293,9 @@ export async function runLogVerify(o: VerifyOpts): Promise<void> {
   let cosigned: CosignatureCheck | undefined;
   if (witnessPolicy !== undefined) {
     try {
-      cosigned = checkCosignatures(result.checkpointNote, witnessPolicy.witnesses, witnessPolicy.quorum);
+      // A cosignature dated ahead of this clock (beyond the skew) or older than --witness-max-age does not count.
+      const time = { now: Math.floor(Date.now() / 1000), maxFutureSeconds: MAX_COSIGNATURE_SKEW_SECONDS, maxAgeSeconds: witnessPolicy.maxAgeSeconds };
+      cosigned = checkCosignatures(result.checkpointNote, witnessPolicy.witnesses, witnessPolicy.quorum, {}, time);
     } catch (e) {
       throw new OperationFailed(`log verify: the checkpoint of size ${result.checkpoint.size} lacks witness cosignatures: ${(e as Error).message.replace(/^cosignature: /, "")}`);
     }
@@ -378,6 +403,7 @@ export function registerLogCommands(program: Command): void {
     .option("--since <file>", "a checkpoint saved by an earlier run: the log must extend it; the new checkpoint is saved there")
     .option("--witness-key <vkey>", "a witness's verifier key (cosignature/v1, repeatable): the checkpoint must carry its cosignature", collect)
     .option("--witness-quorum <n>", "cosignatures required among the --witness-key witnesses (default all)")
+    .option("--witness-max-age <duration>", "a cosignature older than this (e.g. 1h) does not count; one dated more than 5 minutes ahead never does")
     .option("--bundle <file>", "trust bundle (SPIFFE bundle JSON or PEM): report entries whose certificate does not chain to it")
     .option("--trust-domain <td>", "the log's trust domain (default: from the checkpoint origin <td>/sigil/issuance)")
     .option("--allow-ids <file>", "SPIFFE ID patterns, one a line (* within a path segment, ** across): report any credential for another ID")

@@ -6,8 +6,9 @@
  */
 import { z } from "zod";
 import { duration } from "../../common/config/duration.js";
-import { parseCosignerVerifierKey } from "../../spiffe/tlog/cosignature.js";
+import { duplicateWitnessKey, parseCosignerVerifierKey } from "../../spiffe/tlog/cosignature.js";
 import { parseVerifierKey } from "../../spiffe/tlog/note.js";
+import { witnessedLogProblem } from "./witness.js";
 
 /** `host:port`, IPv6 in brackets; the port may be 0 (tests). */
 const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):([0-9]{1,5})$/;
@@ -16,6 +17,11 @@ const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):([0-9]{1,5})$/;
 export const DEFAULT_TLOG_RATE_PER_SECOND = 100;
 /** Default requests one client address may make back to back to the tiles listener. */
 export const DEFAULT_TLOG_RATE_BURST = 1000;
+
+/** Default add-checkpoint requests per second one client address may make to this server's witness. */
+export const DEFAULT_WITNESS_RATE_PER_SECOND = 2;
+/** Default add-checkpoint requests one client address may make back to back. */
+export const DEFAULT_WITNESS_RATE_BURST = 20;
 
 /** Default time one witness has to answer an add-checkpoint request. */
 export const DEFAULT_WITNESS_TIMEOUT_MS = 5000;
@@ -57,6 +63,13 @@ export const witnessSection = z
       )
       .min(1)
       .describe("The logs this server witnesses."),
+    rate_limit_per_second: z
+      .number()
+      .int()
+      .min(1)
+      .default(DEFAULT_WITNESS_RATE_PER_SECOND)
+      .describe("add-checkpoint requests per second one client address may make (with rate_limit; a bucket of its own, each request costs signature checks and a database write). A log submits once per checkpoint it signs."),
+    rate_limit_burst: z.number().int().min(1).default(DEFAULT_WITNESS_RATE_BURST).describe("add-checkpoint requests one client address may make back to back."),
   })
   .superRefine((w, ctx) => {
     const seen = new Set<string>();
@@ -64,6 +77,10 @@ export const witnessSection = z
       const origin = l.origin ?? l.keys[0]?.split("+")[0] ?? "";
       if (seen.has(origin)) ctx.addIssue({ code: "custom", path: ["logs", i, "origin"], message: `log ${origin} is listed twice` });
       seen.add(origin);
+      // Bad keys are reported by their own schema; here what only the whole list shows.
+      if (l.keys.some((k) => keyProblem(parseVerifierKey, k) !== undefined)) return;
+      const problem = witnessedLogProblem(origin, l.keys);
+      if (problem !== undefined) ctx.addIssue({ code: "custom", path: problem.key === undefined ? ["logs", i, "origin"] : ["logs", i, "keys", problem.key], message: problem.message });
     });
   })
   .describe("Act as a C2SP tlog-witness for other logs, e.g. federated peers': POST /add-checkpoint on the tiles listener (docs/transparency.md#witnesses).");
@@ -135,10 +152,15 @@ export const transparencyLogSection = z
     if (c.witness_quorum !== undefined && c.witness_quorum > witnesses) {
       ctx.addIssue({ code: "custom", path: ["witness_quorum"], message: `is ${c.witness_quorum}, more than the ${witnesses} witness(es) configured` });
     }
-    const keys = new Set<string>();
-    c.witnesses?.forEach((w, i) => {
-      if (keys.has(w.key)) ctx.addIssue({ code: "custom", path: ["witnesses", i, "key"], message: "is listed twice" });
-      keys.add(w.key);
+    // One public key is one witness, however its key string is spelt or named.
+    const parsed = (c.witnesses ?? []).map((w) => (keyProblem(parseCosignerVerifierKey, w.key) === undefined ? parseCosignerVerifierKey(w.key) : undefined));
+    parsed.forEach((w, i) => {
+      if (w === undefined) return;
+      const duplicate = parsed
+        .slice(0, i)
+        .map((e) => (e === undefined ? undefined : duplicateWitnessKey([e, w])))
+        .find((d) => d !== undefined);
+      if (duplicate !== undefined) ctx.addIssue({ code: "custom", path: ["witnesses", i, "key"], message: duplicate });
     });
   })
   .describe("Issuance transparency: every credential in a signed, tiled Merkle log anyone can verify (docs/transparency.md).");

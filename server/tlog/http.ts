@@ -18,7 +18,9 @@
  * into database reads at will: partial tiles and bundles and the key list are
  * answered from memory ({@link cachedTlogView}), and each client address
  * (an IPv6 address counts as its /64) has a token bucket; a request beyond it
- * is 429 with `Retry-After`, before anything is read.
+ * is 429 with `Retry-After`, before anything is read. `add-checkpoint` costs
+ * signature checks and a database write, so it has a bucket of its own, much
+ * smaller (`witness.rate_limit_per_second`, `witness.rate_limit_burst`).
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Clock } from "../../common/clock.js";
@@ -31,7 +33,7 @@ import { startPublicHttpListener, type PublicHttpListener, type TlsFiles } from 
 import { isSigilError } from "../../spiffe/errors.js";
 import { parseTilePath } from "../../spiffe/tlog/tiles.js";
 import { RateLimiter, sourceAddress } from "../api/rate-limit.js";
-import { DEFAULT_TLOG_RATE_BURST, DEFAULT_TLOG_RATE_PER_SECOND, parseListenAddress } from "./config.js";
+import { DEFAULT_TLOG_RATE_BURST, DEFAULT_TLOG_RATE_PER_SECOND, DEFAULT_WITNESS_RATE_BURST, DEFAULT_WITNESS_RATE_PER_SECOND, parseListenAddress } from "./config.js";
 import { cachedTlogView } from "./read-cache.js";
 import type { TlogReadView } from "./types.js";
 import { MAX_ADD_CHECKPOINT_BYTES, type WitnessEndpoint } from "./witness.js";
@@ -57,6 +59,8 @@ export interface TlogListenerOptions {
   readonly limits?: PublicHttpLimits | undefined;
   /** Requests per client address (unset: no limit). */
   readonly rateLimit?: { readonly perSecond: number; readonly burst: number } | undefined;
+  /** add-checkpoint requests per client address, a bucket of their own (unset: no limit). */
+  readonly witnessRateLimit?: { readonly perSecond: number; readonly burst: number } | undefined;
   /** Time of the rate limit and the key-list cache (default the system clock). */
   readonly clock?: Clock | undefined;
   /** Answers `POST /add-checkpoint` when this server is a witness. */
@@ -78,7 +82,7 @@ const TEXT = "text/plain; charset=utf-8";
  * The request handler alone (exported for tests that drive it without a
  * socket). It reads `view` as it is: {@link startTlogListener} puts the cache in front.
  */
-export function tlogRequestHandler(view: TlogReadView, log: Logger, limiter?: RateLimiter, witness?: WitnessEndpoint): (req: IncomingMessage, res: ServerResponse) => void {
+export function tlogRequestHandler(view: TlogReadView, log: Logger, limiter?: RateLimiter, witness?: WitnessEndpoint, witnessLimiter?: RateLimiter): (req: IncomingMessage, res: ServerResponse) => void {
   const send = (req: IncomingMessage, res: ServerResponse, status: number, headers: Record<string, string>, body: Uint8Array | string): void => {
     // Never read (or wait for) a body nobody asked for.
     const close: Record<string, string> = hasRequestBody(req) ? { connection: "close" } : {};
@@ -90,16 +94,18 @@ export function tlogRequestHandler(view: TlogReadView, log: Logger, limiter?: Ra
     send(req, res, status, { "content-type": TEXT, "cache-control": "no-store", ...extra }, `${message}\n`);
 
   const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    if (limiter) {
+    const target = req.url ?? "/";
+    const toWitness = witness !== undefined && (target.split("?")[0] ?? "") === "/add-checkpoint";
+    const bucket = toWitness ? witnessLimiter : limiter;
+    if (bucket) {
       const client = clientKey(req);
-      const d = limiter.take(client);
+      const d = bucket.take(client);
       if (!d.allowed) {
         const seconds = Math.ceil(d.retryAfterMs / 1000);
         return error(req, res, 429, `too many requests from ${client}; retry after ${seconds} s`, { "retry-after": String(seconds) });
       }
     }
-    const target = req.url ?? "/";
-    if (witness !== undefined && (target.split("?")[0] ?? "") === "/add-checkpoint") return addCheckpoint(req, res, witness);
+    if (toWitness) return addCheckpoint(req, res, witness);
     if (req.method !== "GET" && req.method !== "HEAD") return error(req, res, 405, "method not allowed", { allow: "GET, HEAD" });
     if (target.length > MAX_TLOG_PATH_LENGTH) return error(req, res, 414, `request target longer than ${MAX_TLOG_PATH_LENGTH} characters`);
     const path = (target.split("?")[0] ?? "/").replace(/^\//, "");
@@ -163,11 +169,12 @@ export function tlogRequestHandler(view: TlogReadView, log: Logger, limiter?: Ra
 export function startTlogListener(options: TlogListenerOptions): Promise<PublicHttpListener> {
   const clock = options.clock ?? systemClock;
   const limiter = options.rateLimit ? new RateLimiter({ perSecond: options.rateLimit.perSecond, burst: options.rateLimit.burst, clock }) : undefined;
+  const witnessLimiter = options.witnessRateLimit ? new RateLimiter({ perSecond: options.witnessRateLimit.perSecond, burst: options.witnessRateLimit.burst, clock }) : undefined;
   return startPublicHttpListener({
     host: options.host,
     port: options.port,
     tls: options.tls,
-    handle: tlogRequestHandler(cachedTlogView(options.view, { clock }), options.log, limiter, options.witness),
+    handle: tlogRequestHandler(cachedTlogView(options.view, { clock }), options.log, limiter, options.witness, witnessLimiter),
     subsystem: "tlog",
     tlsReloadIntervalMs: options.tlsReloadIntervalMs,
     limits: options.limits,
@@ -184,6 +191,7 @@ export interface TlogListenerSettings {
   readonly rate_limit?: boolean | undefined;
   readonly rate_limit_per_second?: number | undefined;
   readonly rate_limit_burst?: number | undefined;
+  readonly witness?: { readonly rate_limit_per_second?: number | undefined; readonly rate_limit_burst?: number | undefined } | undefined;
 }
 
 /**
@@ -197,5 +205,9 @@ export function tlogListenerService(settings: TlogListenerSettings | undefined, 
   const tls = settings.tls_cert_file !== undefined && settings.tls_key_file !== undefined ? { certFile: settings.tls_cert_file, keyFile: settings.tls_key_file } : undefined;
   const rateLimit =
     settings.rate_limit === false ? undefined : { perSecond: settings.rate_limit_per_second ?? DEFAULT_TLOG_RATE_PER_SECOND, burst: settings.rate_limit_burst ?? DEFAULT_TLOG_RATE_BURST };
-  return new HttpListenerService("tlog-listener", () => startTlogListener({ host: address.host, port: address.port, tls, view: view(), rateLimit, witness: witness?.(), log }));
+  const witnessRateLimit =
+    settings.rate_limit === false
+      ? undefined
+      : { perSecond: settings.witness?.rate_limit_per_second ?? DEFAULT_WITNESS_RATE_PER_SECOND, burst: settings.witness?.rate_limit_burst ?? DEFAULT_WITNESS_RATE_BURST };
+  return new HttpListenerService("tlog-listener", () => startTlogListener({ host: address.host, port: address.port, tls, view: view(), rateLimit, witnessRateLimit, witness: witness?.(), log }));
 }

@@ -326,7 +326,8 @@ export class TlogService implements TlogReadView, IssuanceLogSink {
 
   /** Rebuilds the tree from every stored entry and checks it against the last checkpoint. */
   async #rebuild(): Promise<void> {
-    const last = await this.#d.datastore.latestTlogCheckpoint(this.#d.serverId);
+    const stored = await this.#d.datastore.latestTlogCheckpoint(this.#d.serverId);
+    const last = stored === undefined ? undefined : { ...stored, note: this.#loadableNote(stored.note) };
     const lastCp = last === undefined ? undefined : parseCheckpoint(parseNote(last.note).text);
     if (lastCp !== undefined && lastCp.origin !== this.origin) {
       throw new SigilError("ERR_TLOG_INCONSISTENT", `tlog: the last checkpoint is for origin ${lastCp.origin}, this server's log is ${this.origin}`);
@@ -410,6 +411,29 @@ export class TlogService implements TlogReadView, IssuanceLogSink {
 
   #signedByCurrentKey(note: string): boolean {
     return parseNote(note).signatures.some((sig) => sig.name === this.#signer.name && sig.keyId === this.#signer.keyId);
+  }
+
+  /**
+   * The stored checkpoint note as this service can serve it: as it is, or,
+   * when `parseNote` refuses it for carrying more signature lines than a note
+   * may (an earlier version let a witness's junk in), its text with the log's
+   * own lines (named after the origin) only; the witnesses cosign it again.
+   */
+  #loadableNote(note: string): string {
+    try {
+      parseNote(note);
+      return note;
+    } catch {
+      // Read again below without the line limit; a note malformed otherwise still throws there.
+    }
+    const parsed = parseNote(note, { maxSignatures: Number.MAX_SAFE_INTEGER });
+    const own = note
+      .slice(parsed.text.length + 1, -1)
+      .split("\n")
+      .filter((l) => l.startsWith(`\u2014 ${this.origin} `));
+    this.#d.log?.warn({ signatures: parsed.signatures.length, kept: own.length }, "tlog: the stored checkpoint carries too many signature lines; keeping the log's own");
+    if (own.length === 0) throw new SigilError("ERR_TLOG_INCONSISTENT", `tlog: the stored checkpoint carries ${parsed.signatures.length} signature lines and none of the log's; refusing to start`);
+    return `${parsed.text}\n${own.join("\n")}\n`;
   }
 
   #arm(): void {

@@ -10,19 +10,28 @@
  * meanwhile is skipped). A witness's size is learnt from its 409 answer
  * (the first request says `old 0`), then remembered. A witness that fails
  * (timeout, error status, a cosignature that does not verify) is tried again
- * after 1 s, 2 s, 4 s … at most a minute.
+ * after 1 s, 2 s, 4 s … at most a minute. A witness that has cosigned a
+ * larger tree than this server's checkpoint (another server of the same log
+ * submitted it) is skipped until the next checkpoint, without backoff.
  *
- * While the newest checkpoint is younger than the witness timeout and not
- * yet cosigned by `quorum` witnesses, `/checkpoint` keeps serving the last
- * one that was: a client requiring cosignatures is not refused a checkpoint
- * each time a new one is signed. Past the timeout the newest is served as it
- * is (its entries must become visible even with every witness down), and
- * `sigil_tlog_witness_quorum_met` says so.
+ * Of a witness's answer only one line is kept: its cosignature that verifies,
+ * the newest if several do. The served and stored note is rebuilt from the
+ * checkpoint text, the log's own signature lines and at most one line per
+ * configured witness, so a witness can never make it grow.
+ *
+ * While the checkpoints signed since the last one cosigned by `quorum`
+ * witnesses are younger than the witness timeout — measured from the first
+ * of them — `/checkpoint` keeps serving that last cosigned one: a client
+ * requiring cosignatures is not refused a checkpoint each time a new one is
+ * signed. Past the timeout the newest is served as it is (its entries must
+ * become visible even with every witness down, however often checkpoints
+ * are signed), and `sigil_tlog_witness_quorum_met` says so.
  */
 import type { Logger } from "../../common/log.js";
 import type { Metrics } from "../../common/metrics.js";
-import { addSignatureLines, checkCosignatures, parseCosignerVerifierKey, type CosignatureVerifier } from "../../spiffe/tlog/cosignature.js";
-import { formatKeyId, parseNote, signatureLine } from "../../spiffe/tlog/note.js";
+import { SigilError } from "../../spiffe/errors.js";
+import { duplicateWitnessKey, newestCosignature, parseCosignerVerifierKey, type CosignatureVerifier } from "../../spiffe/tlog/cosignature.js";
+import { DEFAULT_MAX_SIGNATURES, formatKeyId, parseNote, signatureLine, type NoteSignature } from "../../spiffe/tlog/note.js";
 import { TileReader } from "../../spiffe/tlog/tiles.js";
 import type { Datastore } from "../datastore/index.js";
 import { DEFAULT_WITNESS_TIMEOUT_MS } from "./config.js";
@@ -74,16 +83,22 @@ interface WitnessState {
 }
 
 interface Latest {
-  /** The note as the log signed it. */
+  /** The note as the log signed it (or as stored, after a restart). */
   readonly base: string;
   readonly size: number;
   readonly rootHash: Uint8Array;
-  /** The base with every cosignature received for it. */
+  /** The checkpoint text. */
+  readonly text: string;
+  /** The log's own signature lines of `base`. */
+  readonly own: readonly NoteSignature[];
+  /** Per configured witness (by index): its newest verified cosignature. */
+  readonly lines: Map<number, { readonly signature: NoteSignature; readonly timestamp: number }>;
+  /** The text, the log's lines and the witnesses' lines. */
   cosigned: string;
   /** Valid cosignatures in `cosigned`. */
   count: number;
-  /** When it was handed over (ms). */
-  readonly at: number;
+  /** When the next checkpoint was handed over (ms), once one was. */
+  supersededAt: number | undefined;
 }
 
 const defaultSchedule = (fn: () => void, ms: number): (() => void) => {
@@ -108,10 +123,14 @@ export class WitnessClient {
   #latest: Latest | undefined;
   /** The newest checkpoint that reached the quorum. */
   #lastQuorum: Latest | undefined;
+  /** When the first checkpoint signed after #lastQuorum was handed over (ms); undefined while the newest has the quorum. */
+  #heldSince: number | undefined;
+  /** Datastore writes of cosigned checkpoints, one after another. */
+  #writes: Promise<void> = Promise.resolve();
   #closed = false;
   readonly #running = new Set<Promise<void>>();
 
-  /** @throws SigilError `ERR_TLOG_MALFORMED` for a bad witness key. */
+  /** @throws SigilError `ERR_TLOG_MALFORMED` for a bad witness key, `ERR_INVALID_ARGUMENT` for two witnesses with one public key. */
   constructor(deps: WitnessClientDeps) {
     this.#d = deps;
     this.#witnesses = deps.witnesses.map((w) => ({
@@ -124,13 +143,15 @@ export class WitnessClient {
       notBefore: 0,
       cancel: undefined,
     }));
+    const duplicate = duplicateWitnessKey(this.#witnesses.map((w) => w.verifier));
+    if (duplicate !== undefined) throw new SigilError("ERR_INVALID_ARGUMENT", `tlog: ${duplicate}`);
     this.#quorum = deps.quorum ?? this.#witnesses.length;
     this.#timeoutMs = deps.timeoutMs ?? DEFAULT_WITNESS_TIMEOUT_MS;
     this.#fetch = deps.fetch ?? globalThis.fetch;
     this.#schedule = deps.schedule ?? defaultSchedule;
     this.#submissions = deps.metrics?.counter({
       name: "sigil_tlog_witness_submissions_total",
-      help: "Checkpoints sent to witnesses, by witness name and result (cosigned, conflict, failed).",
+      help: "Checkpoints sent to witnesses, by witness name and result (cosigned, conflict, ahead, failed).",
       labelNames: ["witness", "result"],
     });
     this.#cosignatures = deps.metrics?.gauge({ name: "sigil_tlog_checkpoint_cosignatures", help: "Witness cosignatures the log's newest checkpoint carries." });
@@ -141,10 +162,16 @@ export class WitnessClient {
   checkpointSigned(cp: SignedCheckpoint): void {
     if (this.#closed) return;
     if (this.#latest?.base === cp.note) return;
-    // After a restart the stored checkpoint may carry cosignatures already.
-    const latest: Latest = { base: cp.note, size: cp.size, rootHash: cp.rootHash, cosigned: cp.note, count: this.#count(cp.note), at: this.#d.now().getTime() };
+    const now = this.#d.now().getTime();
+    const latest = this.#fromNote(cp);
+    if (this.#latest !== undefined) this.#latest.supersededAt = now;
     this.#latest = latest;
-    if (latest.count >= this.#quorum) this.#lastQuorum = latest;
+    if (latest.count >= this.#quorum) {
+      this.#lastQuorum = latest;
+      this.#heldSince = undefined;
+    } else {
+      this.#heldSince ??= now;
+    }
     this.#gauges();
     for (const w of this.#witnesses) this.#kick(w);
   }
@@ -159,7 +186,8 @@ export class WitnessClient {
     const latest = this.#latest;
     if (latest === undefined || latest.base !== cp.note) return cp;
     const prior = this.#lastQuorum;
-    if (latest.count < this.#quorum && prior !== undefined && prior !== latest && prior.size <= latest.size && this.#d.now().getTime() - latest.at < this.#timeoutMs) {
+    const held = this.#heldSince ?? this.#d.now().getTime();
+    if (latest.count < this.#quorum && prior !== undefined && prior !== latest && prior.size <= latest.size && this.#d.now().getTime() - held < this.#timeoutMs) {
       return { note: prior.cosigned, size: prior.size, rootHash: prior.rootHash };
     }
     return { note: latest.cosigned, size: latest.size, rootHash: latest.rootHash };
@@ -229,6 +257,12 @@ export class WitnessClient {
       // A 409 tells the witness's size; one more try with it (a second 409 means it moved meanwhile).
       for (let attempt = 0; ; attempt++) {
         const outcome = await this.#post(w, target);
+        if (outcome === "ahead") {
+          // Another server of this log got a larger tree cosigned: nothing wrong here, wait for the next checkpoint.
+          this.#submissions?.inc({ witness: name, result: "ahead" });
+          this.#d.log?.debug({ witness: name, size: target.size, witness_size: w.size }, "tlog: the witness has cosigned a larger tree; skipped until the next checkpoint");
+          return;
+        }
         if (outcome === "conflict" && attempt < 2) {
           this.#submissions?.inc({ witness: name, result: "conflict" });
           continue;
@@ -251,10 +285,10 @@ export class WitnessClient {
     }
   }
 
-  /** One add-checkpoint request; "conflict" after a 409 (the witness's size is learnt). */
-  async #post(w: WitnessState, target: Latest): Promise<"cosigned" | "conflict"> {
+  /** One add-checkpoint request; "conflict" after a 409 (the witness's size is learnt), "ahead" when the witness is past this checkpoint. */
+  async #post(w: WitnessState, target: Latest): Promise<"cosigned" | "conflict" | "ahead"> {
     const old = w.size ?? 0;
-    if (old > target.size) throw new WitnessFailure(`it has cosigned size ${old}, larger than this checkpoint's ${target.size}`);
+    if (old > target.size) return "ahead";
     const proof = old > 0 && old < target.size ? await new TileReader((p) => this.#tile(p), target.size).consistencyProof(old) : [];
     const body = `old ${old}\n${proof.map((h) => `${Buffer.from(h).toString("base64")}\n`).join("")}\n${target.base}`;
     let res: Response;
@@ -271,19 +305,18 @@ export class WitnessClient {
       return "conflict";
     }
     if (res.status !== 200) throw new WitnessFailure(`HTTP ${res.status}: ${text.slice(0, 200).trim()}`);
-    // Only lines of this witness's key count, and they must verify.
-    let lines: string;
+    // One line is kept: this witness's newest cosignature that verifies; anything else in the answer is dropped.
+    let sigs: NoteSignature[];
     try {
-      const sigs = parseNote(`x\n\n${text}`).signatures.filter((s) => s.name === w.verifier.name && s.keyId === w.verifier.keyId);
-      lines = sigs.map((s) => signatureLine(s.name, s.keyId, s.signature)).join("");
-      if (lines === "") throw new WitnessFailure(`its answer has no cosignature by ${w.verifier.name}+${formatKeyId(w.verifier.keyId)}`);
-      checkCosignatures(addSignatureLines(target.base, lines), [w.verifier], 1);
+      sigs = parseNote(`x\n\n${text}`).signatures.filter((s) => s.name === w.verifier.name && s.keyId === w.verifier.keyId);
     } catch (e) {
-      if (e instanceof WitnessFailure) throw e;
       throw new WitnessFailure(`its answer is not a valid cosignature: ${(e as Error).message}`);
     }
+    if (sigs.length === 0) throw new WitnessFailure(`its answer has no cosignature by ${w.verifier.name}+${formatKeyId(w.verifier.keyId)}`);
+    const best = newestCosignature(target.text, sigs, w.verifier);
+    if (best === undefined) throw new WitnessFailure(`its answer has no cosignature by ${w.verifier.name}+${formatKeyId(w.verifier.keyId)} that verifies`);
     w.size = target.size;
-    await this.#keep(target, lines);
+    await this.#keep(target, this.#witnesses.indexOf(w), best);
     return "cosigned";
   }
 
@@ -293,24 +326,50 @@ export class WitnessClient {
     return r.body;
   }
 
-  /** Adds cosignature lines to the checkpoint and stores it, unless a newer one was signed meanwhile. */
-  async #keep(target: Latest, lines: string): Promise<void> {
-    target.cosigned = addSignatureLines(target.cosigned, lines);
-    target.count = this.#count(target.cosigned);
-    if (target.count >= this.#quorum && (this.#lastQuorum === undefined || this.#lastQuorum.size <= target.size)) this.#lastQuorum = target;
+  /** Adds a witness's cosignature to the checkpoint and stores it, unless a newer one was signed meanwhile. */
+  async #keep(target: Latest, witness: number, cosignature: { readonly signature: NoteSignature; readonly timestamp: number }): Promise<void> {
+    const had = target.lines.get(witness);
+    if (had === undefined || had.timestamp <= cosignature.timestamp) target.lines.set(witness, cosignature);
+    this.#assemble(target);
+    if (target.count >= this.#quorum && (this.#lastQuorum === undefined || this.#lastQuorum.size <= target.size)) {
+      this.#lastQuorum = target;
+      // The hold-back restarts from the first checkpoint signed after this one.
+      this.#heldSince = target === this.#latest ? undefined : target.supersededAt;
+    }
     this.#gauges();
-    // A key rotation re-signs the same size: never overwrite that row with the older note.
-    if (this.#d.view.latestCheckpoint()?.note !== target.base) return;
-    await this.#d.datastore.putTlogCheckpoint({ serverId: this.#d.serverId, treeSize: target.size, rootHash: target.rootHash, note: target.cosigned, createdAt: this.#d.now() });
+    // Writes take turns, and each writes the note as it is then: one finishing late never stores fewer cosignatures.
+    const write = this.#writes.then(async () => {
+      // A key rotation re-signs the same size: never overwrite that row with the older note.
+      if (this.#d.view.latestCheckpoint()?.note !== target.base) return;
+      await this.#d.datastore.putTlogCheckpoint({ serverId: this.#d.serverId, treeSize: target.size, rootHash: target.rootHash, note: target.cosigned, createdAt: this.#d.now() });
+    });
+    this.#writes = write.catch(() => undefined);
+    await write;
   }
 
-  /** Valid cosignatures of the configured witnesses on `note`. */
-  #count(note: string): number {
-    try {
-      return checkCosignatures(note, this.#witnesses.map((w) => w.verifier), 1).cosigned.length;
-    } catch {
-      return 0;
-    }
+  /**
+   * The client's record of a checkpoint: its text, the log's own lines (named
+   * after the origin) and the configured witnesses' newest valid lines; every
+   * other line (another key's, one that does not verify, a duplicate) is dropped.
+   */
+  #fromNote(cp: SignedCheckpoint): Latest {
+    // A stored note of an earlier version may carry more lines than parseNote takes by default.
+    const parsed = parseNote(cp.note, { maxSignatures: Number.MAX_SAFE_INTEGER });
+    const own = parsed.signatures.filter((s) => s.name === this.#d.view.origin).slice(0, DEFAULT_MAX_SIGNATURES - this.#witnesses.length);
+    const lines = new Map<number, { signature: NoteSignature; timestamp: number }>();
+    this.#witnesses.forEach((w, i) => {
+      const best = newestCosignature(parsed.text, parsed.signatures, w.verifier);
+      if (best !== undefined) lines.set(i, best);
+    });
+    const latest: Latest = { base: cp.note, size: cp.size, rootHash: cp.rootHash, text: parsed.text, own, lines, cosigned: cp.note, count: 0, supersededAt: undefined };
+    this.#assemble(latest);
+    return latest;
+  }
+
+  #assemble(l: Latest): void {
+    const witnessLines = [...l.lines.entries()].sort((a, b) => a[0] - b[0]).map(([, c]) => c.signature);
+    l.cosigned = `${l.text}\n${[...l.own, ...witnessLines].map((s) => signatureLine(s.name, s.keyId, s.signature)).join("")}`;
+    l.count = l.lines.size;
   }
 
   #gauges(): void {

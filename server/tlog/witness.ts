@@ -7,9 +7,9 @@
  *
  * | answer | when |
  * |---|---|
- * | 200, cosignature line | signed by the log, `old` is the stored size, the consistency proof holds; the new checkpoint is stored first |
- * | 400 | malformed body, `old` larger than the checkpoint, a proof from size 0 or between equal sizes |
- * | 403 | no signature by a trusted key of that origin |
+ * | 200, cosignature line | signed by the log, `old` is the stored size, the consistency proof holds; the new checkpoint is stored first (a replay of the stored checkpoint is cosigned again without a write) |
+ * | 400 | malformed body, more than {@link MAX_ADD_CHECKPOINT_SIGNATURES} signature lines, `old` larger than the checkpoint, a proof from size 0 or between equal sizes |
+ * | 403 | no signature by a trusted key of that origin verifies (one that does is enough, as the spec says) |
  * | 404 | unknown origin |
  * | 409, `text/x.tlog.size` | `old` is not the stored size; or a tree of the stored size with another root (a fork) |
  * | 422 | the consistency proof does not verify (a fork, or a broken log) |
@@ -18,6 +18,12 @@
  * datastore step), so once a log showed two inconsistent views the other
  * branch is refused for good. Those refusals are reported: an error log
  * line with both checkpoints, and `sigil_tlog_witness_forks_total`.
+ *
+ * A request costs little before it is refused: at most
+ * {@link MAX_ADD_CHECKPOINT_SIGNATURES} signature lines, identical lines
+ * verified once, and verification stops at the first that holds. The
+ * cosignature's time is never earlier than the stored checkpoint's, so a
+ * larger tree never carries an earlier time (a clock stepped back).
  */
 import type { Logger } from "../../common/log.js";
 import type { Metrics } from "../../common/metrics.js";
@@ -25,14 +31,17 @@ import { isSigilError, SigilError } from "../../spiffe/errors.js";
 import { parseCheckpoint, type Checkpoint } from "../../spiffe/tlog/checkpoint.js";
 import type { Cosigner } from "../../spiffe/tlog/cosignature.js";
 import { HASH_SIZE } from "../../spiffe/tlog/hash.js";
-import { decodeBase64Strict, openNote, parseVerifierKey, type NoteVerifier } from "../../spiffe/tlog/note.js";
+import { decodeBase64Strict, formatKeyId, parseNote, parseVerifierKey, type NoteVerifier } from "../../spiffe/tlog/note.js";
 import { verifyConsistency } from "../../spiffe/tlog/proof.js";
 import type { Datastore, WitnessCheckpointRecord } from "../datastore/index.js";
+import { MAX_WITNESS_ORIGIN } from "../datastore/tlog.js";
 
 /** Most consistency proof lines a request may carry (tlog-witness). */
 export const MAX_PROOF_LINES = 63;
 /** Largest request body read, in bytes. */
 export const MAX_ADD_CHECKPOINT_BYTES = 64 * 1024;
+/** Most signature lines an add-checkpoint checkpoint may carry (a log signs with one or two keys, plus cosignatures). */
+export const MAX_ADD_CHECKPOINT_SIGNATURES = 16;
 /** Content type of a 409 answer's body: the witness's latest size. */
 export const TLOG_SIZE_CONTENT_TYPE = "text/x.tlog.size";
 
@@ -140,15 +149,11 @@ export class Witness implements WitnessEndpoint {
     this.#logs = new Map();
     for (const l of deps.logs) {
       if (this.#logs.has(l.origin)) throw new SigilError("ERR_INVALID_ARGUMENT", `tlog witness: log ${l.origin} is listed twice`);
+      const problem = witnessedLogProblem(l.origin, l.keys);
+      if (problem !== undefined) throw new SigilError("ERR_INVALID_ARGUMENT", `tlog witness: ${problem.message}`);
       this.#logs.set(
         l.origin,
-        l.keys.map((k) => {
-          try {
-            return parseVerifierKey(k);
-          } catch (e) {
-            throw new SigilError("ERR_INVALID_ARGUMENT", `tlog witness: the key of log ${l.origin}: ${(e as Error).message}`, { cause: e });
-          }
-        }),
+        l.keys.map((k) => parseVerifierKey(k)),
       );
     }
     this.#requests = deps.metrics?.counter({
@@ -201,7 +206,7 @@ export class Witness implements WitnessEndpoint {
     if (verifiers === undefined) throw refuse(404, `unknown log ${JSON.stringify(cp.origin.slice(0, 100))}`, "unknown_log");
     let text: string;
     try {
-      text = openNote(req.note, verifiers).text;
+      text = signedText(req.note, verifiers);
     } catch (e) {
       if (isSigilError(e, "ERR_TLOG_MALFORMED")) throw refuse(400, e.message, "malformed");
       throw refuse(403, `the checkpoint is not signed by a key of ${cp.origin}`, "forbidden");
@@ -236,6 +241,10 @@ export class Witness implements WitnessEndpoint {
       throw this.#conflict(storedSize, "fork");
     }
     if (req.oldSize !== storedSize) throw this.#conflict(storedSize, "conflict");
+    // Never earlier than the stored checkpoint's time: a larger tree never carries an earlier cosignature.
+    const at = new Date(Math.max(this.#d.now().getTime(), stored?.updatedAt.getTime() ?? 0));
+    // A replay of the checkpoint already cosigned (a log retrying, another server of it): cosigned again, nothing written.
+    if (stored !== undefined && cp.size === stored.treeSize) return this.#cosign(cp, text, at);
     if (stored !== undefined && req.oldSize > 0) {
       try {
         verifyConsistency(req.oldSize, cp.size, req.proof, stored.rootHash, cp.rootHash);
@@ -244,13 +253,17 @@ export class Witness implements WitnessEndpoint {
         throw refuse(422, `the consistency proof from size ${req.oldSize} to ${cp.size} does not verify`, "bad_proof");
       }
     }
-    const next: WitnessCheckpointRecord = { origin: cp.origin, treeSize: cp.size, rootHash: cp.rootHash, note: req.note, updatedAt: this.#d.now() };
+    const next: WitnessCheckpointRecord = { origin: cp.origin, treeSize: cp.size, rootHash: cp.rootHash, note: req.note, updatedAt: at };
     // Persisted before answering, and only if nothing moved meanwhile (another server on this database).
     if (!(await this.#d.datastore.advanceWitnessCheckpoint(next, stored === undefined ? undefined : { treeSize: stored.treeSize, rootHash: stored.rootHash }))) {
       const now = await this.#d.datastore.latestWitnessCheckpoint(cp.origin);
       throw this.#conflict(now?.treeSize ?? 0, "conflict");
     }
-    const line = this.#d.cosigner.cosign(text, Math.floor(this.#d.now().getTime() / 1000));
+    return this.#cosign(cp, text, at);
+  }
+
+  #cosign(cp: Checkpoint, text: string, at: Date): WitnessAnswer {
+    const line = this.#d.cosigner.cosign(text, Math.floor(at.getTime() / 1000));
     this.#d.log?.debug({ origin: cp.origin, size: cp.size }, "tlog witness: cosigned");
     return { status: 200, contentType: TEXT, body: line };
   }
@@ -266,4 +279,52 @@ export class Witness implements WitnessEndpoint {
       "tlog witness: the log shows a view inconsistent with the checkpoint this witness cosigned (a fork); refused",
     );
   }
+}
+
+/**
+ * What makes a witnessed log's configuration unusable, or undefined: an
+ * origin the datastore cannot key, a key that does not parse, or two keys
+ * with one name and key ID (a signature line could not tell them apart).
+ * `key` is the index of the key at fault.
+ */
+export function witnessedLogProblem(origin: string, keys: readonly string[]): { readonly key?: number; readonly message: string } | undefined {
+  if (origin.length === 0 || origin.length > MAX_WITNESS_ORIGIN || origin.includes("\n")) {
+    return { message: `the origin of a witnessed log must be one line of 1 to ${MAX_WITNESS_ORIGIN} characters, got ${origin.length}` };
+  }
+  const ids = new Map<string, number>();
+  for (const [i, k] of keys.entries()) {
+    let v: NoteVerifier;
+    try {
+      v = parseVerifierKey(k);
+    } catch (e) {
+      return { key: i, message: `key ${i + 1} of log ${origin}: ${(e as Error).message}` };
+    }
+    const id = `${v.name}+${formatKeyId(v.keyId)}`;
+    const first = ids.get(id);
+    if (first !== undefined) return { key: i, message: `keys ${first + 1} and ${i + 1} of log ${origin} are both ${id} (listed twice, or a key ID collision)` };
+    ids.set(id, i);
+  }
+  return undefined;
+}
+
+/**
+ * The checkpoint text of `note` when a signature by one of `verifiers`
+ * verifies (tlog-witness: others, even failing ones, are ignored). At most
+ * {@link MAX_ADD_CHECKPOINT_SIGNATURES} lines; identical lines are checked once.
+ *
+ * @throws SigilError `ERR_TLOG_MALFORMED`; `ERR_TLOG_SIGNATURE_INVALID` when none verifies.
+ */
+function signedText(note: string, verifiers: readonly NoteVerifier[]): string {
+  const parsed = parseNote(note, { maxSignatures: MAX_ADD_CHECKPOINT_SIGNATURES });
+  const message = Buffer.from(parsed.text, "utf8");
+  const tried = new Set<string>();
+  for (const sig of parsed.signatures) {
+    const v = verifiers.find((k) => k.name === sig.name && k.keyId === sig.keyId);
+    if (v === undefined) continue;
+    const key = `${sig.name} ${Buffer.from(sig.signature).toString("base64")}`;
+    if (tried.has(key)) continue;
+    tried.add(key);
+    if (v.verify(message, sig.signature)) return parsed.text;
+  }
+  throw new SigilError("ERR_TLOG_SIGNATURE_INVALID", "add-checkpoint: no signature by a trusted key verifies");
 }

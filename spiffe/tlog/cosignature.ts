@@ -21,12 +21,14 @@ import {
   checkKeyName,
   computeKeyId,
   decodeBase64Strict,
+  DEFAULT_MAX_SIGNATURES,
   ed25519PublicKeyFromRaw,
   formatKeyId,
   parseNote,
   rawEd25519PublicKey,
   signatureLine,
   type NoteLimits,
+  type NoteSignature,
   type NoteVerifier,
 } from "./note.js";
 
@@ -115,6 +117,8 @@ export function generateCosigner(name: string): Cosigner {
 export interface CosignatureVerifier extends NoteVerifier {
   /** The verifier key it was parsed from. */
   readonly vkey: string;
+  /** The raw 32-byte Ed25519 public key: one key is one witness, whatever name it is listed under. */
+  readonly publicKey: Uint8Array;
   /** The cosignature's timestamp (POSIX seconds) when `signature` cosigns `text`, else undefined. */
   verifyCosignature(text: string, signature: Uint8Array): number | undefined;
 }
@@ -160,9 +164,31 @@ export function parseCosignerVerifierKey(vkey: string): CosignatureVerifier {
     name,
     keyId,
     vkey,
+    publicKey: Buffer.from(raw),
     verifyCosignature,
     verify: (message, signature) => verifyCosignature(Buffer.from(message).toString("utf8"), signature) !== undefined,
   };
+}
+
+/**
+ * Why two of `witnesses` are one witness, or undefined: a quorum must never
+ * count one key twice (the same key listed twice, its key ID spelt in other
+ * case, or one public key under two names — the signed message does not name
+ * the witness, so a line relabelled to the second name verifies too).
+ */
+export function duplicateWitnessKey(witnesses: readonly Pick<CosignatureVerifier, "name" | "keyId" | "publicKey">[]): string | undefined {
+  const seen = new Map<string, Pick<CosignatureVerifier, "name" | "keyId">>();
+  for (const w of witnesses) {
+    const raw = Buffer.from(w.publicKey).toString("hex");
+    const first = seen.get(raw);
+    if (first !== undefined) {
+      const a = `${first.name}+${formatKeyId(first.keyId)}`;
+      const b = `${w.name}+${formatKeyId(w.keyId)}`;
+      return a === b ? `witness key ${a} is listed twice` : `witness keys ${a} and ${b} share one public key (one witness counted twice)`;
+    }
+    seen.set(raw, w);
+  }
+  return undefined;
 }
 
 /** The outcome of {@link checkCosignatures}. */
@@ -170,30 +196,56 @@ export interface CosignatureCheck {
   /** Witnesses with a valid cosignature, and its time. */
   readonly cosigned: readonly { readonly witness: CosignatureVerifier; readonly timestamp: number }[];
   /** Witnesses without one, and why. */
-  readonly missing: readonly { readonly witness: CosignatureVerifier; readonly reason: "no cosignature" | "invalid cosignature" }[];
+  readonly missing: readonly { readonly witness: CosignatureVerifier; readonly reason: CosignatureMissing }[];
+}
+
+/** Why a witness's cosignature does not count. */
+export type CosignatureMissing = "no cosignature" | "invalid cosignature" | "timestamp in the future" | "cosignature too old";
+
+/** Time bounds of {@link checkCosignatures} (POSIX seconds). */
+export interface CosignatureTimeLimits {
+  /** The current time. */
+  readonly now: number;
+  /** How far past `now` a cosignature's timestamp may be (clock skew); later ones do not count. */
+  readonly maxFutureSeconds: number;
+  /** When set, a cosignature older than this does not count. */
+  readonly maxAgeSeconds?: number | undefined;
 }
 
 /**
  * Checks the cosignatures of a signed checkpoint against witness keys and
  * refuses it unless at least `quorum` of the witnesses cosigned it. The
  * log's own signature is not checked here (`openCheckpoint` does that);
- * lines of other keys are ignored.
+ * lines of other keys are ignored. With `time`, a cosignature dated in the
+ * future (beyond the skew) or older than the maximum age does not count.
  *
  * @throws SigilError `ERR_TLOG_SIGNATURE_INVALID` below the quorum, naming every
- *   witness missing; `ERR_INVALID_ARGUMENT` for a quorum outside 1 … witnesses; `ERR_TLOG_MALFORMED`.
+ *   witness missing; `ERR_INVALID_ARGUMENT` for a quorum outside 1 … witnesses or
+ *   two witnesses sharing one public key; `ERR_TLOG_MALFORMED`.
  */
-export function checkCosignatures(note: string | Uint8Array, witnesses: readonly CosignatureVerifier[], quorum: number = witnesses.length, limits: NoteLimits = {}): CosignatureCheck {
+export function checkCosignatures(
+  note: string | Uint8Array,
+  witnesses: readonly CosignatureVerifier[],
+  quorum: number = witnesses.length,
+  limits: NoteLimits = {},
+  time?: CosignatureTimeLimits,
+): CosignatureCheck {
   if (!Number.isInteger(quorum) || quorum < 1 || quorum > witnesses.length) {
     throw new SigilError("ERR_INVALID_ARGUMENT", `cosignature: the quorum must be from 1 to the ${witnesses.length} witness key(s) given, got ${String(quorum)}`);
   }
+  const duplicate = duplicateWitnessKey(witnesses);
+  if (duplicate !== undefined) throw new SigilError("ERR_INVALID_ARGUMENT", `cosignature: ${duplicate}`);
   const parsed = parseNote(note, limits);
   const cosigned: { witness: CosignatureVerifier; timestamp: number }[] = [];
-  const missing: { witness: CosignatureVerifier; reason: "no cosignature" | "invalid cosignature" }[] = [];
+  const missing: { witness: CosignatureVerifier; reason: CosignatureMissing }[] = [];
   for (const w of witnesses) {
-    const lines = parsed.signatures.filter((s) => s.name === w.name && s.keyId === w.keyId);
-    const times = lines.map((s) => w.verifyCosignature(parsed.text, s.signature)).filter((t): t is number => t !== undefined);
-    if (times.length > 0) cosigned.push({ witness: w, timestamp: Math.max(...times) });
-    else missing.push({ witness: w, reason: lines.length === 0 ? "no cosignature" : "invalid cosignature" });
+    const best = newestCosignature(parsed.text, parsed.signatures, w);
+    let reason: CosignatureMissing | undefined;
+    if (best === undefined) reason = parsed.signatures.some((s) => s.name === w.name && s.keyId === w.keyId) ? "invalid cosignature" : "no cosignature";
+    else if (time !== undefined && best.timestamp > time.now + time.maxFutureSeconds) reason = "timestamp in the future";
+    else if (time?.maxAgeSeconds !== undefined && best.timestamp < time.now - time.maxAgeSeconds) reason = "cosignature too old";
+    if (reason === undefined && best !== undefined) cosigned.push({ witness: w, timestamp: best.timestamp });
+    else missing.push({ witness: w, reason: reason ?? "no cosignature" });
   }
   if (cosigned.length < quorum) {
     const names = missing.map((m) => `${m.witness.name}+${formatKeyId(m.witness.keyId)} (${m.reason})`).join(", ");
@@ -203,16 +255,45 @@ export function checkCosignatures(note: string | Uint8Array, witnesses: readonly
 }
 
 /**
- * `note` with the signature lines `lines` added; a line from a key the note
- * already carries a line of (same name and key ID) replaces it.
- *
- * @throws SigilError `ERR_TLOG_MALFORMED` for a malformed note or line.
+ * Of `signatures`, the line of witness `w` that cosigns `text` with the
+ * newest timestamp, or undefined when none does. Identical lines are
+ * verified once.
  */
-export function addSignatureLines(note: string, lines: string): string {
+export function newestCosignature(text: string, signatures: readonly NoteSignature[], w: CosignatureVerifier): { readonly signature: NoteSignature; readonly timestamp: number } | undefined {
+  let best: { signature: NoteSignature; timestamp: number } | undefined;
+  const tried = new Set<string>();
+  for (const s of signatures) {
+    if (s.name !== w.name || s.keyId !== w.keyId) continue;
+    const key = Buffer.from(s.signature).toString("base64");
+    if (tried.has(key)) continue;
+    tried.add(key);
+    const timestamp = w.verifyCosignature(text, s.signature);
+    if (timestamp !== undefined && (best === undefined || timestamp > best.timestamp)) best = { signature: s, timestamp };
+  }
+  return best;
+}
+
+/**
+ * `note` with the signature lines `lines` added; a line from a key the note
+ * already carries a line of (same name and key ID) replaces it, and of
+ * several added lines of one key the last is kept. With `keep`, only lines
+ * it accepts stay (e.g. the log's own and the configured witnesses').
+ *
+ * @throws SigilError `ERR_TLOG_MALFORMED` for a malformed note or line, or
+ *   when the result would carry more than {@link DEFAULT_MAX_SIGNATURES} lines
+ *   (a note `parseNote` would refuse).
+ */
+export function addSignatureLines(note: string, lines: string, keep?: (s: NoteSignature) => boolean): string {
   const base = parseNote(note);
   const added = parseNote(`${base.text}\n${lines}`).signatures;
   const id = (s: { name: string; keyId: number }): string => `${s.name}+${s.keyId}`;
-  const replaced = new Set(added.map(id));
-  const kept = base.signatures.filter((s) => !replaced.has(id(s)));
-  return `${base.text}\n${[...kept, ...added].map((s) => signatureLine(s.name, s.keyId, s.signature)).join("")}`;
+  const byKey = new Map<string, NoteSignature>();
+  for (const s of [...base.signatures, ...added]) {
+    if (keep !== undefined && !keep(s)) continue;
+    byKey.delete(id(s));
+    byKey.set(id(s), s);
+  }
+  if (byKey.size === 0) throw malformed("no signature line would be left");
+  if (byKey.size > DEFAULT_MAX_SIGNATURES) throw malformed(`the note would carry ${byKey.size} signature lines, more than the ${DEFAULT_MAX_SIGNATURES} a note may have`);
+  return `${base.text}\n${[...byKey.values()].map((s) => signatureLine(s.name, s.keyId, s.signature)).join("")}`;
 }

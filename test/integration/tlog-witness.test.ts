@@ -76,6 +76,10 @@ describe("transparency log witnesses, two servers", () => {
     const refused = runServerCli([...common, "--witness-key", stranger]);
     expect(refused.status).not.toBe(0);
     expect(refused.stderr).toContain(`missing: c.example/sigil/witness+${strangerId} (no cosignature)`);
+    // One witness's key twice cannot make a quorum of two.
+    const twice = runServerCli([...common, "--witness-key", witnessKey, "--witness-key", witnessKey, "--witness-quorum", "2"]);
+    expect(twice.status).not.toBe(0);
+    expect(twice.stderr).toContain(`--witness-key: witness key ${witness.name}+${witnessKey.split("+")[1] as string} is listed twice`);
     // One of two is enough with --witness-quorum 1.
     const either = runServerCli([...common, "--witness-key", witnessKey, "--witness-key", stranger, "--witness-quorum", "1"]);
     expect(either.status, either.stderr).toBe(0);

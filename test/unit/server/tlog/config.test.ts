@@ -5,7 +5,8 @@ import { parseListenAddress, transparencyLogSection } from "../../../../server/t
 import { tlogListenerService } from "../../../../server/tlog/http.js";
 import { createLogger } from "../../../../common/log.js";
 import { memoryTlogView } from "../../../support/tlog-view.js";
-import { generateCosigner } from "../../../../spiffe/tlog/cosignature.js";
+import { generateKeyPairSync, sign } from "node:crypto";
+import { createCosigner, generateCosigner } from "../../../../spiffe/tlog/cosignature.js";
 import { generateNoteKey } from "../../../../spiffe/tlog/note.js";
 
 describe("transparency_log config", () => {
@@ -40,13 +41,35 @@ describe("transparency_log config", () => {
 
     expect(issues({ ...base, witnesses: [{ url: "ftp://w.example", key: wkey }] })).toEqual(["witnesses.0.url: must be an http:// or https:// URL"]);
     expect(issues({ ...base, witnesses: [{ url: "https://w.example", key: logKey }] })).toEqual([expect.stringMatching(/^witnesses\.0\.key: not a witness key: .*type 0x01; cosignature\/v1 Ed25519 keys have type 0x04/)]);
-    expect(issues({ ...base, witnesses: [{ url: "https://a.example", key: wkey }, { url: "https://b.example", key: wkey }] })).toEqual(["witnesses.1.key: is listed twice"]);
+    expect(issues({ ...base, witnesses: [{ url: "https://a.example", key: wkey }, { url: "https://b.example", key: wkey }] })).toEqual(["witnesses.1.key: witness key w.example/sigil/witness+" + wkey.split("+")[1] + " is listed twice"]);
     expect(issues({ ...base, witnesses: [{ url: "https://w.example", key: wkey }], witness_quorum: 2 })).toEqual(["witness_quorum: is 2, more than the 1 witness(es) configured"]);
     expect(issues({ ...base, witness: { logs: [{ keys: [wkey] }] } })).toEqual([expect.stringMatching(/^witness\.logs\.0\.keys\.0: not a log verifier key: .*unsupported signature type 0x04/)]);
     expect(issues({ ...base, witness: { logs: [] } })).toEqual([expect.stringMatching(/^witness\.logs: /)]);
     expect(issues({ ...base, witness: { logs: [{ keys: [logKey] }, { origin: "peer.example/sigil/issuance", keys: [logKey] }] } })).toEqual(["witness.logs.1.origin: log peer.example/sigil/issuance is listed twice"]);
     expect(issues({ ...base, witness: { name: "has space", logs: [{ keys: [logKey] }] } })).toEqual(["witness.name: must be a key name: no spaces, no '+'"]);
     expect(issues({ enabled: true, witness: { logs: [{ keys: [logKey] }] } })).toEqual(["witness: needs enabled: true and listen_address (a witness answers on the tiles listener)"]);
+  });
+
+  it("refuses one witness key under two spellings or two names, and witnessed logs the witness could not serve", () => {
+    const issues = (input: unknown): string[] => transparencyLogSection.safeParse(input).error?.issues.map((i) => `${i.path.join(".")}: ${i.message}`) ?? [];
+    const base = { enabled: true, listen_address: "127.0.0.1:0" };
+    const { privateKey, publicKey } = generateKeyPairSync("ed25519");
+    const w1 = createCosigner("w1.example", publicKey, (m) => sign(null, m, privateKey)).vkey;
+    const w2 = createCosigner("w2.example", publicKey, (m) => sign(null, m, privateKey)).vkey;
+    const [name, id, key] = [w1.slice(0, w1.indexOf("+")), w1.split("+")[1] as string, w1.slice(w1.indexOf("+", w1.indexOf("+") + 1) + 1)];
+    const upper = `${name}+${id.toUpperCase()}+${key}`;
+    expect(upper).not.toBe(w1);
+    expect(issues({ ...base, witnesses: [{ url: "https://a.example", key: w1 }, { url: "https://b.example", key: upper }], witness_quorum: 2 })).toEqual([`witnesses.1.key: witness key w1.example+${id} is listed twice`]);
+    expect(issues({ ...base, witnesses: [{ url: "https://a.example", key: w1 }, { url: "https://b.example", key: w2 }] })).toEqual([
+      expect.stringMatching(/^witnesses\.1\.key: witness keys w1\.example\+[0-9a-f]{8} and w2\.example\+[0-9a-f]{8} share one public key/),
+    ]);
+
+    const logKey = generateNoteKey("peer.example/sigil/issuance").vkey;
+    expect(issues({ ...base, witness: { logs: [{ keys: [logKey, logKey] }] } })).toEqual([expect.stringMatching(/^witness\.logs\.0\.keys\.1: keys 1 and 2 of log peer\.example\/sigil\/issuance are both peer\.example\/sigil\/issuance\+[0-9a-f]{8}/)]);
+    expect(issues({ ...base, witness: { logs: [{ origin: "o".repeat(256), keys: [logKey] }] } })).toEqual(["witness.logs.0.origin: the origin of a witnessed log must be one line of 1 to 255 characters, got 256"]);
+    expect(issues({ ...base, witness: { logs: [{ origin: "o".repeat(255), keys: [logKey] }] } })).toEqual([]);
+    // add-checkpoint has its own, much smaller bucket.
+    expect(transparencyLogSection.parse({ ...base, witness: { logs: [{ keys: [logKey] }] } }).witness).toMatchObject({ rate_limit_per_second: 2, rate_limit_burst: 20 });
   });
 
   it("makes a tiles listener only when the log is enabled and listen_address is set", () => {

@@ -27,7 +27,8 @@ import { toPem } from "../../../../spiffe/pem.js";
 import { generateSigner, type Signer } from "../../../../spiffe/signer.js";
 import { signCheckpoint } from "../../../../spiffe/tlog/checkpoint.js";
 import { MemoryTlog } from "../../../../spiffe/tlog/memory-log.js";
-import { generateNoteKey } from "../../../../spiffe/tlog/note.js";
+import { generateCosigner } from "../../../../spiffe/tlog/cosignature.js";
+import { generateNoteKey, parseNote } from "../../../../spiffe/tlog/note.js";
 import { canonicalJson } from "../../../../spiffe/tlog/sigil-entry.js";
 import { decodeEntryBundle, encodeEntryBundle } from "../../../../spiffe/tlog/tiles.js";
 import { createRootCa } from "../../../../spiffe/x509/ca.js";
@@ -168,6 +169,30 @@ describe("sigil-server log verify", () => {
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/^error: .*(signature|signed|key)/im);
     expect((await cli(["log", "verify", "--url", url])).stderr).toMatch(/--key/);
+  });
+
+  it("counts no cosignature dated ahead of its clock or older than --witness-max-age, and refuses one witness key given twice", async () => {
+    const view = logOf(ENTRIES.slice(0, 5));
+    const w = generateCosigner("w.example/sigil/witness");
+    const cp = view.latestCheckpoint() as { note: string; size: number; rootHash: Uint8Array };
+    const text = parseNote(cp.note).text;
+    let stamp = Math.floor(Date.now() / 1000);
+    listener = await startTlogListener({ host: "127.0.0.1", port: 0, view: { ...view, latestCheckpoint: () => ({ ...cp, note: cp.note + w.cosign(text, stamp) }) }, log });
+    const args = ["log", "verify", "--url", listener.url, "--key", view.vkey, "--no-progress", "--witness-key", w.vkey];
+    const ok = await cli(args);
+    expect(ok.status, ok.stderr).toBe(0);
+    stamp += 3600;
+    const ahead = await cli(args);
+    expect([ahead.status, ahead.stderr]).toEqual([1, expect.stringMatching(/lacks witness cosignatures: .*w\.example\/sigil\/witness\+[0-9a-f]{8} \(timestamp in the future\)/)]);
+    stamp -= 2 * 3600;
+    expect((await cli(args)).status).toBe(0);
+    const old = await cli([...args, "--witness-max-age", "30m"]);
+    expect([old.status, old.stderr]).toEqual([1, expect.stringMatching(/\(cosignature too old\)/)]);
+    const [name, id] = w.vkey.split("+") as [string, string];
+    const upper = `${name}+${id.toUpperCase()}${w.vkey.slice(name.length + 1 + id.length)}`;
+    const twice = await cli([...args, "--witness-key", upper, "--witness-quorum", "2"]);
+    expect(twice.status).not.toBe(0);
+    expect(twice.stderr).toContain(`--witness-key: witness key ${name}+${id} is listed twice`);
   });
 
   it("refuses a checkpoint whose origin is not the name of the log key that signed it", async () => {

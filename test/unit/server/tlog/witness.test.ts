@@ -5,11 +5,13 @@
  * listener, and the log side (WitnessClient) getting cosignatures from it,
  * learning the witness's size from a 409 and serving the cosigned checkpoint.
  */
+import { randomBytes } from "node:crypto";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { ManualClock } from "../../../../common/clock.js";
 import { createLogger } from "../../../../common/log.js";
 import { Metrics } from "../../../../common/metrics.js";
 import { checkCosignatures, generateCosigner, parseCosignerVerifierKey, type Cosigner } from "../../../../spiffe/tlog/cosignature.js";
-import { parseNote } from "../../../../spiffe/tlog/note.js";
+import { parseNote, signatureLine } from "../../../../spiffe/tlog/note.js";
 import { MemoryTlog } from "../../../../spiffe/tlog/memory-log.js";
 import { TileReader } from "../../../../spiffe/tlog/tiles.js";
 import type { Datastore, TlogCheckpointRecord } from "../../../../server/datastore/index.js";
@@ -143,6 +145,80 @@ describe("witness add-checkpoint", () => {
     const answers = await Promise.all([witness.addCheckpoint(body(2, p9, cp9)), witness.addCheckpoint(body(2, p5, cp5))]);
     expect(answers.map((a) => a.status)).toEqual([200, 409]);
     expect((await ds.latestWitnessCheckpoint(ORIGIN))?.treeSize).toBe(9);
+  });
+
+  it("cosigns a replay of the stored checkpoint without a write, and refuses checkpoints with more than 16 signature lines", async () => {
+    let writes = 0;
+    const counted = new Witness({
+      datastore: {
+        latestWitnessCheckpoint: (o) => ds.latestWitnessCheckpoint(o),
+        advanceWitnessCheckpoint: (n, e) => {
+          writes++;
+          return ds.advanceWitnessCheckpoint(n, e);
+        },
+      },
+      cosigner,
+      logs: [{ origin: ORIGIN, keys: [peer.vkey] }],
+      now: () => T0,
+    });
+    const cp3 = peer.appendAndPublish(entries(0, 3));
+    expect((await counted.addCheckpoint(body(0, [], cp3))).status).toBe(200);
+    expect(writes).toBe(1);
+    const v = parseCosignerVerifierKey(cosigner.vkey);
+    const line = cp3.slice(cp3.lastIndexOf("\n\n") + 2);
+    // Replays (a retry, another server of the log), one with 16 copies of the log's line: cosigned, nothing written.
+    for (const note of [cp3, cp3, cp3 + line.repeat(15)]) {
+      const a = await counted.addCheckpoint(body(3, [], note));
+      expect(a.status).toBe(200);
+      expect(checkCosignatures(cp3 + a.body, [v]).cosigned.length).toBe(1);
+    }
+    expect(writes).toBe(1);
+    const many = await counted.addCheckpoint(body(3, [], cp3 + line.repeat(16)));
+    expect([many.status, many.body]).toEqual([400, "signed note: the note has 17 signature lines, more than the 16 accepted\n"]);
+  });
+
+  it("cosigns when one signature by a trusted key verifies, even if another does not (403 only when none does)", async () => {
+    const cp2 = peer.appendAndPublish(entries(0, 2));
+    const text = parseNote(cp2).text;
+    const bad = signatureLine(peer.signer.name, peer.signer.keyId, randomBytes(64));
+    expect((await witness.addCheckpoint(body(0, [], `${text}\n${bad}`))).status).toBe(403);
+    const both = `${text}\n${bad}${cp2.slice(cp2.lastIndexOf("\n\n") + 2)}`;
+    expect((await witness.addCheckpoint(body(0, [], both))).status).toBe(200);
+  });
+
+  it("never dates a larger tree's cosignature before the one it holds (a clock stepped back)", async () => {
+    const cp2 = peer.appendAndPublish(entries(0, 2));
+    expect((await witness.addCheckpoint(body(0, [], cp2))).status).toBe(200);
+    const behind = new Witness({ datastore: ds, cosigner, logs: [{ origin: ORIGIN, keys: [peer.vkey] }], now: () => new Date(T0.getTime() - 3_600_000) });
+    const cp5 = peer.appendAndPublish(entries(2, 3));
+    const a = await behind.addCheckpoint(body(2, await proof(2, 5), cp5));
+    expect(a.status).toBe(200);
+    const v = parseCosignerVerifierKey(cosigner.vkey);
+    expect(checkCosignatures(cp5 + a.body, [v]).cosigned[0]?.timestamp).toBe(T0.getTime() / 1000);
+    expect((await ds.latestWitnessCheckpoint(ORIGIN))?.updatedAt.getTime()).toBe(T0.getTime());
+  });
+
+  it("refuses a witnessed log with a key listed twice or an origin longer than 255 characters", () => {
+    const make = (origin: string, keys: string[]) => () => new Witness({ datastore: ds, cosigner, logs: [{ origin, keys }], now: () => T0 });
+    expect(make(ORIGIN, [peer.vkey, peer.vkey])).toThrow(/tlog witness: keys 1 and 2 of log peer\.example\/sigil\/issuance are both peer\.example\/sigil\/issuance\+[0-9a-f]{8}/);
+    expect(make("o".repeat(256), [peer.vkey])).toThrow(/1 to 255 characters, got 256/);
+  });
+
+  it("limits add-checkpoint with a bucket of its own on the tiles listener", async () => {
+    const clock = new ManualClock(T0);
+    const listener = await startTlogListener({ host: "127.0.0.1", port: 0, view: peer, witness, log: out.log, clock, rateLimit: { perSecond: 100, burst: 100 }, witnessRateLimit: { perSecond: 1, burst: 2 } });
+    try {
+      const cp = peer.appendAndPublish(entries(0, 2));
+      const statuses: number[] = [];
+      for (let i = 0; i < 3; i++) statuses.push((await fetch(`${listener.url}/add-checkpoint`, { method: "POST", body: body(0, [], cp) })).status);
+      expect(statuses).toEqual([200, 409, 429]);
+      // Reading the log is not held back by it.
+      expect((await fetch(`${listener.url}/checkpoint`)).status).toBe(200);
+      clock.advance(1000);
+      expect((await fetch(`${listener.url}/add-checkpoint`, { method: "POST", body: body(2, [], cp) })).status).toBe(200);
+    } finally {
+      await listener.close();
+    }
   });
 
   it("is served as POST /add-checkpoint on the tiles listener", async () => {

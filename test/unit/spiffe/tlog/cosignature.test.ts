@@ -11,10 +11,11 @@ import {
   checkCosignatures,
   cosignatureMessage,
   createCosigner,
+  duplicateWitnessKey,
   generateCosigner,
   parseCosignerVerifierKey,
 } from "../../../../spiffe/tlog/cosignature.js";
-import { generateNoteKey, openNote, parseNote, parseVerifierKey } from "../../../../spiffe/tlog/note.js";
+import { generateNoteKey, openNote, parseNote, parseVerifierKey, signatureLine } from "../../../../spiffe/tlog/note.js";
 
 // Seed 0x01 … 0x20, the checkpoint of the spec's example, its example time.
 const SEED = Buffer.from(Array.from({ length: 32 }, (_, i) => i + 1));
@@ -102,5 +103,51 @@ describe("cosignature/v1", () => {
     expect(checkCosignatures(both, [va, vb]).cosigned.map((c) => c.timestamp)).toEqual([3000, 2000]);
     expect(() => checkCosignatures(both, [va, vb], 3)).toThrow(/quorum must be from 1 to the 2/);
     expect(() => checkCosignatures(both, [], 0)).toThrow(/quorum must be from 1 to the 0/);
+  });
+
+  it("never counts one witness twice: the same key twice, its key ID in upper case, or one public key under two names", () => {
+    const log = generateNoteKey("example.org/sigil/issuance");
+    const note = signCheckpoint({ origin: "example.org/sigil/issuance", size: 5, rootHash: Buffer.alloc(32, 1), extensions: [] }, [log.signer]);
+    const text = parseNote(note).text;
+    const w1 = fixedCosigner();
+    const cosigned = addSignatureLines(note, w1.cosign(text, TIME));
+    const v = parseCosignerVerifierKey(VKEY);
+    expect(() => checkCosignatures(cosigned, [v, parseCosignerVerifierKey(VKEY)], 2)).toThrow(`cosignature: witness key ${NAME}+${KEY_ID} is listed twice`);
+    expect(() => checkCosignatures(cosigned, [v, parseCosignerVerifierKey(VKEY.replace(KEY_ID, KEY_ID.toUpperCase()))], 2)).toThrow(`cosignature: witness key ${NAME}+${KEY_ID} is listed twice`);
+    // The signed message does not name the witness: w1's line relabelled to a second name verifies under it.
+    const w2 = createCosigner("w2.example", PUBLIC, (m) => cryptoSign(null, m, PRIVATE));
+    const relabelled = addSignatureLines(cosigned, signatureLine(w2.name, w2.keyId, parseNote(cosigned).signatures[1]?.signature ?? new Uint8Array()));
+    const v2 = parseCosignerVerifierKey(w2.vkey);
+    expect(v2.verifyCosignature(text, parseNote(relabelled).signatures[2]?.signature ?? new Uint8Array())).toBe(TIME);
+    expect(() => checkCosignatures(relabelled, [v, v2], 2)).toThrow(/cosignature: witness keys witness\.example\/w1\+468d99bb and w2\.example\+[0-9a-f]{8} share one public key/);
+    expect(duplicateWitnessKey([v, parseCosignerVerifierKey(generateCosigner("other.example").vkey)])).toBeUndefined();
+  });
+
+  it("with time limits, a cosignature dated ahead beyond the skew or older than the maximum age does not count", () => {
+    const log = generateNoteKey("example.org/sigil/issuance");
+    const note = signCheckpoint({ origin: "example.org/sigil/issuance", size: 5, rootHash: Buffer.alloc(32, 1), extensions: [] }, [log.signer]);
+    const text = parseNote(note).text;
+    const w = generateCosigner("w.example");
+    const v = parseCosignerVerifierKey(w.vkey);
+    const now = 1_900_000_000;
+    const at = (t: number) => addSignatureLines(note, w.cosign(text, t));
+    expect(checkCosignatures(at(now + 60), [v], 1, {}, { now, maxFutureSeconds: 300 }).cosigned.length).toBe(1);
+    expect(() => checkCosignatures(at(now + 301), [v], 1, {}, { now, maxFutureSeconds: 300 })).toThrow(/\(timestamp in the future\)/);
+    expect(() => checkCosignatures(at(now - 3601), [v], 1, {}, { now, maxFutureSeconds: 300, maxAgeSeconds: 3600 })).toThrow(/\(cosignature too old\)/);
+    expect(checkCosignatures(at(now - 3600), [v], 1, {}, { now, maxFutureSeconds: 300, maxAgeSeconds: 3600 }).cosigned.length).toBe(1);
+  });
+
+  it("addSignatureLines keeps one line per key, only the lines `keep` accepts, and never makes a note parseNote refuses", () => {
+    const log = generateNoteKey("example.org/sigil/issuance");
+    const note = signCheckpoint({ origin: "example.org/sigil/issuance", size: 5, rootHash: Buffer.alloc(32, 1), extensions: [] }, [log.signer]);
+    const text = parseNote(note).text;
+    const w = generateCosigner("w.example");
+    const twice = addSignatureLines(note, w.cosign(text, 1) + w.cosign(text, 2));
+    expect(parseNote(twice).signatures.map((s) => s.name)).toEqual(["example.org/sigil/issuance", "w.example"]);
+    const kept = addSignatureLines(note, generateCosigner("junk.example").cosign(text, 1) + w.cosign(text, 1), (s) => s.name !== "junk.example");
+    expect(parseNote(kept).signatures.map((s) => s.name)).toEqual(["example.org/sigil/issuance", "w.example"]);
+    const many = Array.from({ length: 99 }, (_, i) => generateCosigner(`w${i}.example`).cosign(text, 1)).join("");
+    expect(parseNote(addSignatureLines(note, many)).signatures.length).toBe(100);
+    expect(() => addSignatureLines(addSignatureLines(note, many), generateCosigner("one-more.example").cosign(text, 1))).toThrow(/would carry 101 signature lines, more than the 100/);
   });
 });
