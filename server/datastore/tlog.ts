@@ -86,17 +86,9 @@ export function tlogLookupHash(lookupKey: string): number {
   a ^= a >>> 13;
   b = Math.imul(b ^ (a >>> 16), 0xc2b2ae35);
   b ^= b >>> 16;
-  // 21 high bits from one lane and 32 from the other: a safe integer, stored exactly by all three engines.
-  const h = (b >>> 11) * 0x1_0000_0000 + (a >>> 0);
-  return h === 0 ? 1 : h;
+  // 21 high bits from one lane and 32 from the other: a non-negative safe integer, stored exactly by all three engines.
+  return (b >>> 11) * 0x1_0000_0000 + (a >>> 0);
 }
-
-/**
- * `lookup_hash` of rows a server of the previous schema appended (the
- * column's default) during a rolling upgrade: lookups also look among these,
- * so such entries stay findable. {@link tlogLookupHash} never returns it.
- */
-export const TLOG_LOOKUP_HASH_UNSET = 0;
 
 /**
  * Checks entries to append.

@@ -64,7 +64,7 @@ import {
   type ListIssuancesRequest,
 } from "../issuance.js";
 import type { ConsumedJoinToken, JoinTokenInput } from "../join-token.js";
-import { checkTlogCheckpoint, checkTlogEntries, checkTlogKey, checkTlogRange, checkWitnessCheckpoint, checkWitnessOrigin, TLOG_LOOKUP_HASH_UNSET, tlogLookupHash, type TlogCheckpointRecord, type TlogEntryInput, type TlogKeyRecord, type TlogStoredEntry, type WitnessCheckpointRecord } from "../tlog.js";
+import { checkTlogCheckpoint, checkTlogEntries, checkTlogKey, checkTlogRange, checkWitnessCheckpoint, checkWitnessOrigin, tlogLookupHash, type TlogCheckpointRecord, type TlogEntryInput, type TlogKeyRecord, type TlogStoredEntry, type WitnessCheckpointRecord } from "../tlog.js";
 import { checkPageSize, decodePageToken, encodePageToken, MAX_PAGE_SIZE, type Page, type PageRequest } from "../page.js";
 import {
   applyMask,
@@ -1021,7 +1021,7 @@ class SqlDatastore implements Datastore {
   async findTlogEntry(lookupKey: string): Promise<TlogStoredEntry | undefined> {
     if (typeof lookupKey !== "string") throw invalid("log lookup key must be a string");
     return this.#read(async (db) => {
-      const r = await db.selectFrom("tlog_entries").select(["idx", "entry"]).where("lookup_hash", "in", [tlogLookupHash(lookupKey), TLOG_LOOKUP_HASH_UNSET]).where("lookup_key", "=", lookupKey).orderBy("idx").limit(1).executeTakeFirst();
+      const r = await db.selectFrom("tlog_entries").select(["idx", "entry"]).where("lookup_hash", "=", tlogLookupHash(lookupKey)).where("lookup_key", "=", lookupKey).orderBy("idx").limit(1).executeTakeFirst();
       return r === undefined ? undefined : { index: Number(r.idx), entry: r.entry };
     });
   }

@@ -64,14 +64,6 @@ describe.each(engines)("transparency log storage on %s", (engine) => {
     expect((await rawQuery(temp, "SELECT MAX(version) AS v FROM schema_migrations"))[0]?.v).toBe(version);
   });
 
-  it("an entry a server of the previous schema appends during a rolling upgrade (no lookup hash) is still found", async () => {
-    await ds.recordIssuances([rec("d1")], [entry("d1")]);
-    await rawQuery(temp, `INSERT INTO tlog_entries (idx, lookup_key, entry) VALUES (1, 'serial:d2', ${engine === "postgres" ? "'\\x7b7d'::bytea" : "X'7b7d'"})`);
-    await rawQuery(temp, "UPDATE tlog_counter SET next_idx = 2 WHERE id = 0");
-    expect((await ds.findTlogEntry("serial:d2"))?.index).toBe(1);
-    expect((await ds.findTlogEntry("serial:d1"))?.index).toBe(0);
-  });
-
   it("appends entries with the issuance records at contiguous indices from 0", async () => {
     expect(await ds.tlogSize()).toBe(0);
     // Each call resolves to the index its first entry was given.
