@@ -15,10 +15,6 @@ export interface Migration {
   readonly name: string;
   /** The statements to run. */
   readonly sql: string;
-  /** Rewrites rows SQL alone cannot (run after `sql`, in the same transaction). */
-  readonly rows?: (db: BetterSqlite3.Database) => void;
-  /** Statements run after `rows` (indexes are built once the rows are final). */
-  readonly after?: string;
 }
 
 /** What {@link migrate} did. */
@@ -67,8 +63,6 @@ export function migrate(db: BetterSqlite3.Database, migrations: readonly Migrati
       if (v >= m.version) return;
       try {
         db.exec(m.sql);
-        m.rows?.(db);
-        if (m.after !== undefined) db.exec(m.after);
       } catch (e) {
         throw new SigilError("ERR_INTERNAL", `datastore: migration ${m.version} (${m.name}) failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
       }

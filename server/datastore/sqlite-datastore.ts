@@ -13,7 +13,7 @@ import {
   PUT_TLOG_CHECKPOINT_SQL,
 } from "./sqlite-issuance-log.js";
 import { IssuanceWriter } from "./issuance-writer.js";
-import { checkTlogCheckpoint, checkTlogEntries, checkTlogKey, checkTlogRange, checkWitnessCheckpoint, checkWitnessOrigin, tlogLookupHash, type TlogCheckpointRecord, type TlogEntryInput, type TlogKeyRecord, type TlogStoredEntry, type WitnessCheckpointRecord } from "./tlog.js";
+import { checkTlogCheckpoint, checkTlogEntries, checkTlogKey, checkTlogRange, checkWitnessCheckpoint, checkWitnessOrigin, type TlogCheckpointRecord, type TlogEntryInput, type TlogKeyRecord, type TlogStoredEntry, type WitnessCheckpointRecord } from "./tlog.js";
 import { randomBytes } from "node:crypto";
 import Database from "better-sqlite3";
 import type BetterSqlite3 from "better-sqlite3";
@@ -877,7 +877,7 @@ class SqliteDatastore implements Datastore {
   async findTlogEntry(lookupKey: string): Promise<TlogStoredEntry | undefined> {
     if (typeof lookupKey !== "string") throw invalid("log lookup key must be a string");
     return this.#read(() => {
-      const r = this.#get<{ idx: number; entry: Buffer }>("SELECT idx, entry FROM tlog_entries WHERE lookup_hash = ? AND lookup_key = ? ORDER BY idx LIMIT 1", tlogLookupHash(lookupKey), lookupKey);
+      const r = this.#get<{ idx: number; entry: Buffer }>("SELECT idx, entry FROM tlog_entries WHERE lookup_key = ? ORDER BY idx LIMIT 1", lookupKey);
       return r === undefined ? undefined : { index: r.idx, entry: r.entry };
     });
   }

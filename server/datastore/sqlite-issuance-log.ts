@@ -5,7 +5,7 @@
  */
 import type BetterSqlite3 from "better-sqlite3";
 import { ISSUANCE_ROW_WIDTH, type IssuanceContext } from "./issuance-batch.js";
-import { tlogLookupHash, type TlogEntryInput } from "./tlog.js";
+import type { TlogEntryInput } from "./tlog.js";
 
 /** Columns of a joined issuance row, as `listIssuances` reads them. */
 export const ISSUANCE_SELECT_SQL = `SELECT i.row_id, i.serial, c.kind, c.spiffe_id, c.entry_id, c.agent_id, c.ca_key_id, i.not_before, i.not_after,
@@ -29,7 +29,7 @@ const UPSERT_CONTEXT_SQL = `INSERT INTO issuance_contexts (kind, spiffe_id, entr
 const INSERT_ROW_SQL = "INSERT INTO issuances (context_id, serial, not_before, not_after, issued_at, jwt_id) VALUES (?, ?, ?, ?, ?, ?)";
 const NEXT_TLOG_INDEX_SQL = "SELECT next_idx FROM tlog_counter WHERE id = 0";
 const SET_TLOG_INDEX_SQL = "UPDATE tlog_counter SET next_idx = ? WHERE id = 0";
-const INSERT_TLOG_SQL = "INSERT INTO tlog_entries (idx, lookup_key, lookup_hash, entry) VALUES (?, ?, ?, ?)";
+const INSERT_TLOG_SQL = "INSERT INTO tlog_entries (idx, lookup_key, entry) VALUES (?, ?, ?)";
 /** Stores a checkpoint (server ID, tree size, root hash, note, created at ms), replacing one of the same size. */
 export const PUT_TLOG_CHECKPOINT_SQL = `INSERT INTO tlog_checkpoints (server_id, tree_size, root_hash, note, created_at) VALUES (?, ?, ?, ?, ?)
   ON CONFLICT (server_id, tree_size) DO UPDATE SET root_hash = excluded.root_hash, note = excluded.note, created_at = excluded.created_at`;
@@ -77,7 +77,7 @@ export class IssuanceInserter {
     if (entries.length === 0) return undefined;
     const first = (this.#nextTlog.get() as { next_idx: number }).next_idx;
     let next = first;
-    for (const e of entries) this.#insertTlog.run(next++, e.lookupKey, tlogLookupHash(e.lookupKey), e.entry);
+    for (const e of entries) this.#insertTlog.run(next++, e.lookupKey, e.entry);
     this.#setTlog.run(next);
     return first;
   }

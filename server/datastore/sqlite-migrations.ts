@@ -6,9 +6,7 @@
  * domains) reference their owner's INTEGER `row_id`, which also gives lists
  * their stable creation order for pagination.
  */
-import type BetterSqlite3 from "better-sqlite3";
 import type { Migration } from "./migrate.js";
-import { tlogLookupHash } from "./tlog.js";
 
 /** Every SQLite migration, in version order. */
 export const SQLITE_MIGRATIONS: readonly Migration[] = [
@@ -348,28 +346,4 @@ CREATE TABLE tlog_witness_checkpoints (
 ) STRICT, WITHOUT ROWID;
 `,
   },
-  {
-    version: 10,
-    name: "transparency log lookup hash",
-    // Entries are found by a 53-bit hash of their lookup key (the key stays, to tell collisions apart): the string index cost a third of each row.
-    sql: `
-DROP INDEX tlog_entries_lookup_key;
-ALTER TABLE tlog_entries ADD COLUMN lookup_hash INTEGER NOT NULL DEFAULT 0;
-`,
-    rows: fillLookupHashes,
-    after: "CREATE INDEX tlog_entries_lookup_hash ON tlog_entries (lookup_hash);",
-  },
 ];
-
-/** Sets `lookup_hash` of the entries a log kept before schema 10. */
-function fillLookupHashes(db: BetterSqlite3.Database): void {
-  const set = db.prepare("UPDATE tlog_entries SET lookup_hash = ? WHERE idx = ?");
-  // Keys only (not the entries), a chunk at a time: a statement cannot be iterated while the same connection updates.
-  const read = db.prepare("SELECT idx, lookup_key FROM tlog_entries WHERE idx >= ? ORDER BY idx LIMIT 10000");
-  for (let from = 0; ; ) {
-    const rows = read.all(from) as { idx: number; lookup_key: string }[];
-    if (rows.length === 0) return;
-    for (const r of rows) set.run(tlogLookupHash(r.lookup_key), r.idx);
-    from = (rows[rows.length - 1] as { idx: number }).idx + 1;
-  }
-}

@@ -65,32 +65,6 @@ export const MAX_TLOG_READ = 10_000;
 export const MAX_TLOG_LOOKUP_KEY = 200;
 
 /**
- * The indexed stand-in for a lookup key (`tlog_entries.lookup_hash`): a
- * 53-bit hash, so the index holds a small integer per entry instead of a
- * string of up to 200 characters (a third of a log row's cost on SQLite went
- * to that string index). Keys that collide are told apart by the stored
- * `lookup_key`, so the hash needs no cryptographic strength; the keys are
- * the server's own (random serials, token digests). Two 32-bit
- * multiply-xor lanes over the UTF-16 code units, then a final mix: about
- * 0.2 µs for a serial's key, where a SHA-256 costs about 1.5 µs.
- */
-export function tlogLookupHash(lookupKey: string): number {
-  let a = 0x811c9dc5;
-  let b = 0x6a09e667;
-  for (let i = 0; i < lookupKey.length; i++) {
-    const c = lookupKey.charCodeAt(i);
-    a = Math.imul(a ^ c, 0x01000193);
-    b = Math.imul(b ^ c, 0x5bd1e995);
-  }
-  a = Math.imul(a ^ (b >>> 15), 0x85ebca6b);
-  a ^= a >>> 13;
-  b = Math.imul(b ^ (a >>> 16), 0xc2b2ae35);
-  b ^= b >>> 16;
-  // 21 high bits from one lane and 32 from the other: a non-negative safe integer, stored exactly by all three engines.
-  return (b >>> 11) * 0x1_0000_0000 + (a >>> 0);
-}
-
-/**
  * Checks entries to append.
  *
  * @throws SigilError `ERR_INVALID_ARGUMENT` naming the first bad entry and field.

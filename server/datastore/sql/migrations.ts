@@ -11,7 +11,6 @@
 import { sql, type Kysely } from "kysely";
 import { SigilError } from "../../../spiffe/errors.js";
 import type { SqlDialect } from "./dialect.js";
-import { tlogLookupHash } from "../tlog.js";
 import type { SqlSchema } from "./schema.js";
 
 /** One schema step of the SQL engines. */
@@ -316,26 +315,6 @@ export const SQL_MIGRATIONS: readonly SqlMigration[] = [
             .addColumn("updated_at", "bigint", NOT_NULL),
         )
         .execute();
-    },
-  },
-  {
-    version: 6,
-    name: "transparency log lookup hash",
-    async up(db, d) {
-      // Entries are found by a 53-bit hash of their lookup key (the key stays, to tell collisions apart): the string index cost a third of each row.
-      const drop = db.schema.dropIndex("tlog_entries_lookup_key");
-      await (d.name === "mysql" ? drop.on("tlog_entries") : drop).execute();
-      await db.schema.alterTable("tlog_entries").addColumn("lookup_hash", "bigint", (c) => c.notNull().defaultTo(0)).execute();
-      for (let from = 0; ; ) {
-        const rows = await db.selectFrom("tlog_entries").select(["idx", "lookup_key"]).where("idx", ">=", from).orderBy("idx").limit(1000).execute();
-        if (rows.length === 0) break;
-        const idx = rows.map((r) => Number(r.idx));
-        // One statement per chunk; CASE works the same on both engines, and the values are integers we computed, inlined so neither engine has to guess a parameter type.
-        const hashes = sql.join(idx.map((i, n) => sql`when ${sql.lit(i)} then ${sql.lit(tlogLookupHash((rows[n] as { lookup_key: string }).lookup_key))}`), sql` `);
-        await db.updateTable("tlog_entries").set({ lookup_hash: sql<number>`case idx ${hashes} end` }).where("idx", "in", idx).execute();
-        from = (idx[idx.length - 1] as number) + 1;
-      }
-      await db.schema.createIndex("tlog_entries_lookup_hash").on("tlog_entries").column("lookup_hash").execute();
     },
   },
 ];

@@ -153,8 +153,6 @@ export interface SchemaMigrationTable {
 export interface TlogEntryTable {
   idx: number;
   lookup_key: string;
-  /** `tlogLookupHash` (server/datastore/tlog.ts) of `lookup_key`, the indexed column (schema 6). */
-  lookup_hash: number;
   entry: Buffer;
 }
 

@@ -64,7 +64,7 @@ import {
   type ListIssuancesRequest,
 } from "../issuance.js";
 import type { ConsumedJoinToken, JoinTokenInput } from "../join-token.js";
-import { checkTlogCheckpoint, checkTlogEntries, checkTlogKey, checkTlogRange, checkWitnessCheckpoint, checkWitnessOrigin, tlogLookupHash, type TlogCheckpointRecord, type TlogEntryInput, type TlogKeyRecord, type TlogStoredEntry, type WitnessCheckpointRecord } from "../tlog.js";
+import { checkTlogCheckpoint, checkTlogEntries, checkTlogKey, checkTlogRange, checkWitnessCheckpoint, checkWitnessOrigin, type TlogCheckpointRecord, type TlogEntryInput, type TlogKeyRecord, type TlogStoredEntry, type WitnessCheckpointRecord } from "../tlog.js";
 import { checkPageSize, decodePageToken, encodePageToken, MAX_PAGE_SIZE, type Page, type PageRequest } from "../page.js";
 import {
   applyMask,
@@ -993,7 +993,7 @@ class SqlDatastore implements Datastore {
     if (row === undefined) throw new SigilError("ERR_INTERNAL", "datastore: the tlog_counter row is missing");
     const first = Number(row.next_idx);
     for (let start = 0; start < log.length; start += INSERT_CHUNK_ROWS) {
-      const values = log.slice(start, start + INSERT_CHUNK_ROWS).map((e, i) => ({ idx: first + start + i, lookup_key: e.lookupKey, lookup_hash: tlogLookupHash(e.lookupKey), entry: Buffer.from(e.entry.buffer, e.entry.byteOffset, e.entry.byteLength) }));
+      const values = log.slice(start, start + INSERT_CHUNK_ROWS).map((e, i) => ({ idx: first + start + i, lookup_key: e.lookupKey, entry: Buffer.from(e.entry.buffer, e.entry.byteOffset, e.entry.byteLength) }));
       await trx.insertInto("tlog_entries").values(values).execute();
     }
     await trx.updateTable("tlog_counter").set({ next_idx: first + log.length }).where("id", "=", 0).execute();
@@ -1021,7 +1021,7 @@ class SqlDatastore implements Datastore {
   async findTlogEntry(lookupKey: string): Promise<TlogStoredEntry | undefined> {
     if (typeof lookupKey !== "string") throw invalid("log lookup key must be a string");
     return this.#read(async (db) => {
-      const r = await db.selectFrom("tlog_entries").select(["idx", "entry"]).where("lookup_hash", "=", tlogLookupHash(lookupKey)).where("lookup_key", "=", lookupKey).orderBy("idx").limit(1).executeTakeFirst();
+      const r = await db.selectFrom("tlog_entries").select(["idx", "entry"]).where("lookup_key", "=", lookupKey).orderBy("idx").limit(1).executeTakeFirst();
       return r === undefined ? undefined : { index: Number(r.idx), entry: r.entry };
     });
   }

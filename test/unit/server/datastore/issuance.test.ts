@@ -391,7 +391,6 @@ describe.each(engines)("datastore on %s", (engine) => {
           { version: 7, name: "transparency log" },
           { version: 8, name: "bundle change events" },
           { version: 9, name: "transparency log witness" },
-          { version: 10, name: "transparency log lookup hash" },
         ]);
         const indexes = (raw.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'issuances' ORDER BY name").all() as Array<{ name: string }>).map(
           (r) => r.name,
