@@ -14,12 +14,13 @@
  * intermediate's notAfter (the parent caps it at `server.downstream_ca_ttl`).
  */
 import { X509Certificate } from "node:crypto";
-import { credentials, type ServiceError } from "@grpc/grpc-js";
+import { credentials, Metadata, type ServiceError } from "@grpc/grpc-js";
 import { z } from "zod";
 import { serverSpiffeId } from "../../../common/reserved-ids.js";
 import { grpcStatusForCode } from "../../../common/rpc/status.js";
 import { createUnaryClient } from "../../../common/rpc/unary-client.js";
 import { DownstreamAPI } from "../../../proto/gen/sigil/agent/v1/downstream_pb.js";
+import { CALLER_CHAIN_METADATA_KEY } from "../../../server/api/presented-chain.js";
 import { SigilError, type ErrorCode } from "../../../spiffe/errors.js";
 import { encodePemCertificates, encodePemPrivateKey } from "../../../spiffe/pem.js";
 import { authorizeId } from "../../../spiffe/tls/authorizer.js";
@@ -101,12 +102,15 @@ export function createSigilUpstreamAuthority(config: SigilUpstreamAuthorityConfi
         },
       );
       const api = createUnaryClient(DownstreamAPI, config.server_address, creds);
+      // The TLS layer hands the parent the leaf only: the intermediates let a parent whose own CA did not sign this SVID (HA servers under an upstream authority) build the path.
+      const metadata = new Metadata();
+      for (const der of svid.certificateDers.slice(1)) metadata.add(CALLER_CHAIN_METADATA_KEY, Buffer.from(der));
       let res;
       try {
         const ttlSeconds = Math.max(1, Math.floor((req.notAfter.getTime() - Date.now()) / 1000));
         res = await api.newDownstreamX509CA(
           { key: { case: "publicKey", value: new Uint8Array(req.publicKey.export({ format: "der", type: "spki" })) }, preferredTtl: BigInt(ttlSeconds) },
-          { deadlineMs: CALL_TIMEOUT_MS },
+          { deadlineMs: CALL_TIMEOUT_MS, metadata },
         );
       } catch (e) {
         const grpcCode = grpcCodeOf(e);
