@@ -403,20 +403,34 @@ export class CaManager {
       if (rootDers.length === 0) throw new SigilError("ERR_INVALID_ARGUMENT", "ca: the upstream pushed an empty root set; keeping the current roots");
       const now = this.#d.clock.now();
       this.#upstreamRoots = new Map(rootDers.map((d) => [Buffer.from(d).toString("base64"), d]));
-      const current = [...this.#upstreamRoots.values()];
-      const active = this.#x509.find((a) => a.status === "active");
-      if (active && !chainsToAny(active.chainDers, current)) {
-        const prepared = this.#x509.find((a) => a.status === "prepared" && a.notAfter.getTime() > now.getTime() && chainsToAny(a.chainDers, current));
-        this.#d.log?.warn({ key_id: active.keyId, prepared: prepared?.keyId }, "ca: the upstream no longer publishes the root the active X.509 CA chains to; replacing the CA now");
-        const next = (prepared ?? (await this.#prepare("x509", otherSlot(active.slotId), now))) as X509Authority;
-        active.status = "old";
-        delete active.template;
-        await this.#activate("x509", next);
-        await this.#journal("x509", active);
+      try {
+        await this.#replaceOrphanedX509(now);
+      } finally {
+        // New and withdrawn roots are published even when the replacement failed (the rotation step retries it).
+        await this.#publishBundle(now);
+        this.#d.onAuthoritiesChanged?.(this.#x509, this.#jwt);
       }
-      await this.#publishBundle(now);
-      this.#d.onAuthoritiesChanged?.(this.#x509, this.#jwt);
     });
+  }
+
+  /**
+   * When the upstream has withdrawn the root the active X.509 CA chains to:
+   * activates a prepared CA that chains to a current root, or mints one.
+   * True when it replaced the CA.
+   */
+  async #replaceOrphanedX509(now: Date): Promise<boolean> {
+    if (!this.#upstreamRoots) return false;
+    const current = [...this.#upstreamRoots.values()];
+    const active = this.#x509.find((a) => a.status === "active");
+    if (!active || chainsToAny(active.chainDers, current)) return false;
+    const prepared = this.#x509.find((a) => a.status === "prepared" && a.notAfter.getTime() > now.getTime() && chainsToAny(a.chainDers, current));
+    this.#d.log?.warn({ key_id: active.keyId, prepared: prepared?.keyId }, "ca: the upstream no longer publishes the root the active X.509 CA chains to; replacing the CA now");
+    const next = (prepared ?? (await this.#prepare("x509", otherSlot(active.slotId), now))) as X509Authority;
+    active.status = "old";
+    delete active.template;
+    await this.#activate("x509", next);
+    await this.#journal("x509", active);
+    return true;
   }
 
   /** Whether `der` (a root) is one an upstream gave and has since withdrawn. */
@@ -450,6 +464,8 @@ export class CaManager {
       if (pass === 1 && !this.#reconcile(this.#journalSeen)) break;
       if (pass === 0) changed = this.#reconcile(this.#journalSeen);
       else changed = true;
+      // A CA whose upstream root was withdrawn, not replaced when that was pushed (the upstream refused then): again now.
+      if (pass === 0) changed = (await this.#replaceOrphanedX509(now)) || changed;
       changed = (await this.#rotateFamily("x509", now)) || changed;
       changed = (await this.#rotateFamily("jwt", now)) || changed;
       // Old authorities stay published until they expire (SVIDs they signed may still be in use).

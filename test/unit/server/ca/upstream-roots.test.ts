@@ -18,6 +18,7 @@ import { createSqliteDatastore, type Datastore } from "../../../../server/datast
 import { parseTrustDomain } from "../../../../spiffe/id.js";
 import { generateSigner, type Signer } from "../../../../spiffe/signer.js";
 import { createIntermediateCa, createRootCa } from "../../../../spiffe/x509/ca.js";
+import { SigilError } from "../../../../spiffe/errors.js";
 import { testTempDir } from "../../../support/temp-dir.js";
 
 const td = parseTrustDomain("example.org");
@@ -46,9 +47,11 @@ function fakeUpstream(initial: Root) {
   let issuing = initial;
   let published: Root[] = [initial];
   let listener: ((roots: readonly Uint8Array[]) => void) | undefined;
+  const state = { refusing: false };
   const upstream: UpstreamAuthority = {
     name: "fake",
     mintX509Ca: async (req) => {
+      if (state.refusing) throw new SigilError("ERR_PERMISSION_DENIED", "fake upstream: refused");
       const certDer = createIntermediateCa({ trustDomain: td, subjectPublicKey: req.publicKey, issuerCertDer: issuing.der, issuerSigner: issuing.signer, notBefore: req.notBefore, notAfter: req.notAfter });
       return { certDer, intermediateDers: [], rootDers: published.map((r) => r.der), notAfter: new Date(new X509Certificate(certDer).validTo) };
     },
@@ -61,6 +64,7 @@ function fakeUpstream(initial: Root) {
   };
   return {
     upstream,
+    state,
     set(next: { issuing?: Root; published: Root[] }): void {
       if (next.issuing) issuing = next.issuing;
       published = next.published;
@@ -114,6 +118,25 @@ describe("CaManager and an upstream's changing roots", () => {
 
     ca.stop();
     expect(fake.watching).toBe(false);
+  });
+
+  it("drops the withdrawn root even when the upstream refuses the new CA then, and replaces the CA at the next rotation step", async () => {
+    const [r1, r2] = [makeRoot(), makeRoot()];
+    const fake = fakeUpstream(r1);
+    store = await createSqliteDatastore({ path: path.join(testTempDir("sigil-upstream-roots-"), "ds.sqlite3"), clock: systemClock });
+    ca = new CaManager({ trustDomain: td, caTtlMs: 3_600_000, caKeyType: "ec-p256", jwtKeyType: "ec-p256" }, { keyManager: createMemoryKeyManager(), store, clock: systemClock, upstream: fake.upstream });
+    await ca.start();
+    const first = await activeCa(ca);
+    fake.set({ issuing: r2, published: [r2] });
+    fake.state.refusing = true; // the parent does not yet accept this server's SVID (its agent has not renewed it)
+    await expect(ca.upstreamRootsChanged([r2.der])).rejects.toMatchObject({ code: "ERR_PERMISSION_DENIED" });
+    expect(bundleRoots(ca)).toEqual([b64(r2.der)]);
+    expect((await activeCa(ca)).keyId).toBe(first.keyId);
+    fake.state.refusing = false;
+    await ca.rotate();
+    const second = await activeCa(ca);
+    expect(second.keyId).not.toBe(first.keyId);
+    expect(second.cert.verify(new X509Certificate(r2.der).publicKey)).toBe(true);
   });
 
   it("refuses an empty root set and keeps the bundle", async () => {
