@@ -128,10 +128,16 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     );
   }
 
-  // SERVING once every other service has started; NOT_SERVING first thing at stop, or after a failed CA rotation.
+  // SERVING once every other service has started; NOT_SERVING first thing at stop, after a failed CA rotation, or while the agent API's SVID is expired.
   const grpcHealth: HealthService = createHealthService({ "": "NOT_SERVING", "sigil.agent.v1.AgentAPI": "NOT_SERVING" });
   /** True between the `grpc-health` service's start and stop. */
   let serving = false;
+  /** True from a failed CA rotation step until one succeeds. */
+  let rotationFailing = false;
+  /** Overall health: started, rotation not failing, and the agent API's own SVID not expired. */
+  const updateHealth = (): void => {
+    if (serving) grpcHealth.setStatus("", !rotationFailing && !serverSvid.expired() ? "SERVING" : "NOT_SERVING");
+  };
   const threads = signingThreads(s.signing_threads);
   // Its threads start with the first batch it signs; the `signing-pool` service closes them.
   const signingPool = threads > 0 ? new SigningPool(threads) : undefined;
@@ -208,7 +214,16 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
         return ownSvidIssuer.mintX509Svid(req, `server:${instanceId}`, "server-svid");
       }
     : undefined;
-  const serverSvid = new ServerSvidService({ ca, serverId, ttlMs: defaultX509TtlMs, clock, issue: issueOwnSvid, log: subsystemLogger(log, "server_svid") });
+  const serverSvid = new ServerSvidService({
+    ca,
+    serverId,
+    ttlMs: defaultX509TtlMs,
+    clock,
+    issue: issueOwnSvid,
+    log: subsystemLogger(log, "server_svid"),
+    metrics,
+    onExpiryChange: () => updateHealth(),
+  });
   const bundleEndpoint = bundleEndpointConfig
     ? new BundleEndpointService({ settings: bundleEndpointConfig, ca, serverSvid, serverId, svidTtlMs: defaultX509TtlMs, clock, metrics, log: subsystemLogger(log, "bundle_endpoint"), issueSvid: issueOwnSvid })
     : undefined;
@@ -262,10 +277,14 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
       void serverSvid.refresh();
       void bundleEndpoint?.refresh();
     },
-    onFailure: () => grpcHealth.setStatus("", "NOT_SERVING"),
+    onFailure: () => {
+      rotationFailing = true;
+      grpcHealth.setStatus("", "NOT_SERVING");
+    },
     // A step failed while the database restarted: serving again once a step succeeds (not before the start is done).
     onRecovery: () => {
-      if (serving) grpcHealth.setStatus("", "SERVING");
+      rotationFailing = false;
+      updateHealth();
     },
     log,
   });
@@ -311,7 +330,7 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
         "grpc-health",
         () => {
           serving = true;
-          grpcHealth.setStatus("", "SERVING");
+          updateHealth();
           grpcHealth.setStatus("sigil.agent.v1.AgentAPI", "SERVING");
         },
         () => {

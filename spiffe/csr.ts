@@ -18,7 +18,7 @@ import {
   TAG,
 } from "./der.js";
 import { SigilError } from "./errors.js";
-import { checkSubjectPublicKeyInfo, isP256Spki } from "./x509/subject-public-key.js";
+import { checkSubjectPublicKeyInfo, ecPointProblem, isP256Spki, P256_SPKI_PREFIX } from "./x509/subject-public-key.js";
 import { keyTypeOf, type KeyType } from "./signer.js";
 
 const OID_ECDSA_SHA256 = "1.2.840.10045.4.3.2";
@@ -151,7 +151,9 @@ function spkiError(message: string, cause?: unknown): SigilError {
 /**
  * Checks a bare SubjectPublicKeyInfo (the agent API's CSR-free form) by a DER
  * walk only: algorithm (as the certificate builder embeds it), curve or
- * modulus size and RSA exponent, and the exact encoding length of the key. No key import (that costs more than signing): the agent is
+ * modulus size and RSA exponent, the exact encoding length of the key, and
+ * that an EC point lies on its curve (arithmetic, no key import: an import
+ * costs more than signing). There is no proof of possession: the agent is
  * already authenticated by mTLS, and the key is embedded verbatim in the SVID.
  */
 export function parseSubjectPublicKeyInfo(der: Uint8Array, allowedKeyTypes: readonly KeyType[]): CheckedPublicKey {
@@ -159,6 +161,8 @@ export function parseSubjectPublicKeyInfo(der: Uint8Array, allowedKeyTypes: read
   if (isP256Spki(der)) {
     keyType = "ec-p256";
     if (!allowedKeyTypes.includes(keyType)) throw spkiError(`key type ${keyType} is not allowed (allowed: ${allowedKeyTypes.join(", ")})`);
+    const problem = ecPointProblem("P-256", der.subarray(P256_SPKI_PREFIX.length - 1));
+    if (problem) throw spkiError(problem);
     return { publicKeyDer: der, keyType };
   }
   try {
@@ -178,6 +182,8 @@ export function parseSubjectPublicKeyInfo(der: Uint8Array, allowedKeyTypes: read
       const pointLength = curve === OID_P256 ? 65 : curve === OID_P384 ? 97 : 0;
       if (pointLength === 0) throw spkiError(`EC curve ${curve} is not supported`);
       if (key.length !== pointLength + 1 || key[1] !== 0x04) throw spkiError("EC key is not an uncompressed point of the curve's size");
+      const problem = ecPointProblem(curve === OID_P256 ? "P-256" : "P-384", key.subarray(1));
+      if (problem) throw spkiError(problem);
       keyType = curve === OID_P256 ? "ec-p256" : "ec-p384";
     } else if (algOid === OID_RSA) {
       const rsa = expectTlv(key, 1, TAG.SEQUENCE, "RSAPublicKey");

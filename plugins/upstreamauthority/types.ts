@@ -30,6 +30,16 @@ export interface MintedX509Ca {
 export interface UpstreamAuthority {
   readonly name: string;
   mintX509Ca(req: MintX509CaRequest): Promise<MintedX509Ca>;
+  /**
+   * Optional: calls `onRoots` with the upstream's complete current root set
+   * whenever it changes, so the server publishes a new root, drops a
+   * withdrawn one, and replaces a CA whose root is gone without waiting for
+   * its next preparation (nested servers: a parent's taint, revoke or new
+   * root). Returns a function that stops the watch.
+   */
+  watchRoots?(trustDomain: TrustDomain, onRoots: (rootDers: readonly Uint8Array[]) => void): () => void;
+  /** Releases what the plugin holds (open watches). */
+  close?(): Promise<void> | void;
 }
 
 /** What the server hands an upstream authority plugin when it creates it (nothing yet). */

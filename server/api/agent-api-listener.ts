@@ -174,7 +174,8 @@ export class AgentApiListener implements Service {
       grpcServiceDefinition(DownstreamAPI),
       createDownstreamApi({
         trustDomain: d.trustDomain,
-        datastore,
+        index: d.entries.index,
+        indexSettled: () => d.entries.settled?.(),
         ca,
         issuer,
         rateLimits: d.rateLimits,

@@ -68,6 +68,7 @@ import { ALLOWED_KEY_TYPES, mintAudienceProblem, type EntryX509Request, type Iss
 import type { EntryIndex } from "../registration/entry-index.js";
 import { authorizedEntries, type IndexedRecord } from "../registration/entry-index-feed.js";
 import { rateLimitCharger, sourceAddress, type AgentApiRateLimits } from "./rate-limit.js";
+import { presentedIntermediates } from "./presented-chain.js";
 import { auditCall, createUnaryWrapper } from "./unary.js";
 import type { AgentSyncHistory } from "./agent-sync-history.js";
 import type { ChangeNotifier } from "./change-notifier.js";
@@ -146,12 +147,6 @@ interface VerifiedCaller {
   readonly validUntil: number;
 }
 
-/** Request metadata with the intermediates of the caller's chain (see the agent's server client). */
-const AGENT_CHAIN_METADATA_KEY = "sigil-agent-chain-bin";
-/** Most intermediates taken from that metadata, and most bytes of each. */
-const MAX_PRESENTED_INTERMEDIATES = 4;
-const MAX_INTERMEDIATE_BYTES = 16 * 1024;
-
 /** Most verified client certificates remembered. */
 const MAX_VERIFIED_CERTS = 10_000;
 
@@ -213,12 +208,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
   async function authenticate(call: { getAuthContext(): { sslPeerCertificate?: { raw?: Buffer } } | null; readonly metadata: Metadata }): Promise<AuthenticatedAgent> {
     const raw = call.getAuthContext()?.sslPeerCertificate?.raw;
     if (!raw || raw.length === 0) throw new SigilError("ERR_PERMISSION_DENIED", "agent api: no client certificate: the call needs the agent's X509-SVID");
-    const presented = call.metadata.get(AGENT_CHAIN_METADATA_KEY);
-    if (presented.length > MAX_PRESENTED_INTERMEDIATES) throw new SigilError("ERR_INVALID_ARGUMENT", `agent api: ${AGENT_CHAIN_METADATA_KEY}: ${presented.length} certificates is more than the maximum ${MAX_PRESENTED_INTERMEDIATES}`);
-    const intermediates = presented.map((v, i) => {
-      if (typeof v === "string" || v.length > MAX_INTERMEDIATE_BYTES) throw new SigilError("ERR_INVALID_ARGUMENT", `agent api: ${AGENT_CHAIN_METADATA_KEY}[${i}] is not a DER certificate of at most ${MAX_INTERMEDIATE_BYTES} bytes`);
-      return new Uint8Array(v);
-    });
+    const intermediates = presentedIntermediates(call.metadata, "agent api");
     const { id, serial, validUntil } = verifyCaller(raw, intermediates);
     // An agent record outside the agent namespace predates its confinement (a join token's chosen ID): renewing it would mint that ID.
     if (!isAgentId(id)) throw new SigilError("ERR_PERMISSION_DENIED", `agent api: ${id} is not under spiffe://${deps.trustDomain.name}${AGENT_PATH_PREFIX}, where agent IDs lie; evict it and attest the node again`);

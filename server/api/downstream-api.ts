@@ -8,10 +8,16 @@
  * trust domain's X.509 roots. The child then signs its own SVIDs with it, so
  * they chain parent root → child intermediate → leaf.
  *
- * Refusals: no or an unverifiable client certificate, or an ID with no
- * downstream entry, is PermissionDenied naming why; a missing or bad key or
- * a negative `preferred_ttl` is InvalidArgument naming the field; the
- * `x509_signing` rate limit (per caller ID) applies as to agents' SVIDs.
+ * The caller may present the intermediates of its SVID's chain in the
+ * `sigil-agent-chain-bin` metadata, as agents do (`presented-chain.ts`): an
+ * SVID another server of the cluster signed chains through them to a root.
+ *
+ * Every call, refused or not, is first charged to the `downstream_ca` rate
+ * limit (per caller ID; per source address without a valid SVID); the
+ * caller's entries are then looked up in the in-memory entry index, never
+ * the database. Refusals: no or an unverifiable client certificate, or an ID
+ * with no downstream entry, is PermissionDenied naming why; a missing or bad
+ * key or a negative `preferred_ttl` is InvalidArgument naming the field.
  * Each intermediate is recorded, and logged as a `downstream-ca`
  * transparency-log entry when the log is on, before it is returned.
  */
@@ -27,19 +33,25 @@ import type { SpiffeId, TrustDomain } from "../../spiffe/id.js";
 import { StaticX509BundleSource } from "../../spiffe/x509/static-bundle-source.js";
 import { verifyX509Svid } from "../../spiffe/x509/verify.js";
 import type { CaManager } from "../ca/manager.js";
-import type { Datastore, RegistrationEntry } from "../datastore/index.js";
+import type { RegistrationEntry } from "../datastore/index.js";
 import { ALLOWED_KEY_TYPES, type Issuer } from "../issuance/issuer.js";
-import type { AgentApiRateLimits, RateLimitCharge } from "./rate-limit.js";
+import type { EntryIndex } from "../registration/entry-index.js";
+import type { IndexedRecord } from "../registration/entry-index-feed.js";
+import { presentedIntermediates } from "./presented-chain.js";
+import { sourceAddress, type AgentApiRateLimits, type RateLimitCharge } from "./rate-limit.js";
 import { createUnaryWrapper } from "./unary.js";
 
 /** Dependencies of the downstream API. */
 export interface DownstreamApiDeps {
   readonly trustDomain: TrustDomain;
-  readonly datastore: Pick<Datastore, "listEntries">;
+  /** The server's entry index (no datastore read per call). */
+  readonly index: Pick<EntryIndex<IndexedRecord>, "withSpiffeId">;
+  /** Resolves once the index has applied the changes delivered so far (`EntryIndexFeed.settled`); undefined when it has. */
+  readonly indexSettled?: () => Promise<void> | undefined;
   readonly ca: Pick<CaManager, "bundle" | "intermediates">;
   /** Signs and records the intermediates. */
   readonly issuer: Pick<Issuer, "downstreamX509Ca">;
-  readonly rateLimits: Pick<AgentApiRateLimits, "x509Signing">;
+  readonly rateLimits: Pick<AgentApiRateLimits, "downstreamCa">;
   readonly charge: RateLimitCharge;
   /** `server.downstream_ca_ttl` (default `ca_ttl`): the longest lifetime given. */
   readonly downstreamCaTtlMs: number;
@@ -54,29 +66,31 @@ type DownstreamMethods = (typeof DownstreamAPI)["method"];
 export function createDownstreamApi(deps: DownstreamApiDeps): GrpcServiceImplementation<DownstreamMethods> {
   const unary = createUnaryWrapper({ log: deps.log, auditEnabled: deps.auditEnabled, name: "downstream api" });
 
-  /** The caller's verified SPIFFE ID. */
-  function callerId(raw: Buffer | undefined): SpiffeId {
-    if (!raw || raw.length === 0) throw new SigilError("ERR_PERMISSION_DENIED", "downstream api: no client certificate: the call needs the downstream server's X509-SVID");
+  /** The caller's verified SPIFFE ID; its chain may need the intermediates it presented or this server's own. */
+  function callerId(raw: Buffer, presented: readonly Uint8Array[]): SpiffeId {
     const source = new StaticX509BundleSource([new X509Bundle(deps.trustDomain, deps.ca.bundle().x509Authorities)]);
     try {
-      return verifyX509Svid([new Uint8Array(raw), ...deps.ca.intermediates()], source, { now: deps.now() }).id;
+      return verifyX509Svid([new Uint8Array(raw), ...presented, ...deps.ca.intermediates()], source, { now: deps.now() }).id;
     } catch (e) {
       throw new SigilError("ERR_PERMISSION_DENIED", `downstream api: client certificate is not a valid SVID of ${deps.trustDomain.name}: ${(e as Error).message}`, { cause: e });
     }
+  }
+
+  /** Charges one call to `key`'s downstream_ca bucket. */
+  function charge(key: string): void {
+    deps.charge("downstream_ca", deps.rateLimits.downstreamCa, key, 1, (n) => `new downstream x509 ca: rate limit: ${key} made more than ${n} calls per second`);
   }
 
   /** The caller's unexpired entry marked downstream (the first by ID when there are several). */
   async function downstreamEntry(id: SpiffeId): Promise<RegistrationEntry> {
     const denied = (why: string): SigilError => new SigilError("ERR_PERMISSION_DENIED", `downstream api: ${id} ${why}; only a downstream server (an entry with downstream: true) may ask for an intermediate CA`);
     if (isAgentId(id)) throw denied("is an agent");
+    await deps.indexSettled?.();
     const now = deps.now().getTime();
-    const found: RegistrationEntry[] = [];
-    let pageToken: string | undefined;
-    do {
-      const page = await deps.datastore.listEntries({ filter: { spiffeId: id.toString(), downstream: true }, ...(pageToken === undefined ? {} : { pageToken }) });
-      found.push(...page.items.filter((e) => e.expiresAt === null || e.expiresAt.getTime() > now));
-      pageToken = page.nextPageToken;
-    } while (pageToken !== undefined);
+    const found = deps.index
+      .withSpiffeId(id.toString())
+      .map((i) => i.record)
+      .filter((e) => e.downstream && (e.expiresAt === null || e.expiresAt.getTime() > now));
     const [entry] = found.sort((a, b) => (a.id < b.id ? -1 : 1));
     if (!entry) throw denied("has no registration entry marked downstream");
     return entry;
@@ -84,11 +98,23 @@ export function createDownstreamApi(deps: DownstreamApiDeps): GrpcServiceImpleme
 
   return {
     newDownstreamX509CA: unary<NewDownstreamX509CARequest, NewDownstreamX509CAResponse>("NewDownstreamX509CA", async (req, call, ctx) => {
-      const id = callerId(call.getAuthContext()?.sslPeerCertificate?.raw);
+      const raw = call.getAuthContext()?.sslPeerCertificate?.raw;
+      if (!raw || raw.length === 0) {
+        charge(sourceAddress(call.getPeer()));
+        throw new SigilError("ERR_PERMISSION_DENIED", "downstream api: no client certificate: the call needs the downstream server's X509-SVID");
+      }
+      let id: SpiffeId;
+      try {
+        id = callerId(raw, presentedIntermediates(call.metadata, "downstream api"));
+      } catch (e) {
+        charge(sourceAddress(call.getPeer()));
+        throw e;
+      }
       const caller = id.toString();
       ctx.caller = { spiffeId: caller };
+      // Before the lookup, so a caller without an entry pays for its refusals too.
+      charge(caller);
       const entry = await downstreamEntry(id);
-      deps.charge("x509_signing", deps.rateLimits.x509Signing, caller, 1, (n) => `new downstream x509 ca: rate limit: ${caller} asked for more than ${n} X.509 certificates per second`);
       let publicKeyDer: Uint8Array;
       try {
         if (req.key.case === "csr") publicKeyDer = parseCsr(req.key.value, ALLOWED_KEY_TYPES).publicKeyDer;

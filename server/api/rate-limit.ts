@@ -143,7 +143,7 @@ export function rateLimitedError(message: string, retryAfterMs: number): SigilEr
 }
 
 /** The `limit` label of `sigil_rate_limited_requests_total`. */
-export type LimitName = "attestation" | "x509_signing" | "jwt_signing" | "sync" | "watch_changes";
+export type LimitName = "attestation" | "x509_signing" | "jwt_signing" | "sync" | "watch_changes" | "downstream_ca";
 
 /**
  * Charges `cost` to `key` on `limiter` (no limiter: no limit), or throws
@@ -156,7 +156,7 @@ export type RateLimitCharge = (limit: LimitName, limiter: RateLimiter | undefine
 export function rateLimitCharger(metrics: Metrics): RateLimitCharge {
   const throttled = metrics.counter<"limit">({
     name: "sigil_rate_limited_requests_total",
-    help: "Agent API calls refused with RESOURCE_EXHAUSTED by a rate limit, by limit (attestation, x509_signing, jwt_signing, sync, watch_changes).",
+    help: "Agent API calls refused with RESOURCE_EXHAUSTED by a rate limit, by limit (attestation, x509_signing, jwt_signing, sync, watch_changes, downstream_ca).",
     labelNames: ["limit"],
   });
   return (limit, limiter, key, cost, what) => {
@@ -222,6 +222,8 @@ export interface AgentApiRateLimits {
   readonly sync?: RateLimiter | undefined;
   /** WatchChanges stream opens of an agent, keyed by the agent's SPIFFE ID. */
   readonly watchChanges?: RateLimiter | undefined;
+  /** DownstreamAPI calls, refused ones included, keyed by the caller's SPIFFE ID (or source address without a valid SVID). */
+  readonly downstreamCa?: RateLimiter | undefined;
 }
 
 /** Builds the agent API's limiters from `server.ratelimit`. Signing buckets hold one second's worth, as SPIRE's. */
@@ -233,5 +235,6 @@ export function agentApiRateLimits(settings: RateLimitSettings, clock: Clock): A
     jwtSigning: signing(settings.jwt_signing_per_second),
     sync: settings.sync ? new RateLimiter({ perSecond: settings.sync_per_second, burst: settings.sync_burst, clock }) : undefined,
     watchChanges: settings.sync ? new RateLimiter({ perSecond: settings.watch_changes_per_second, burst: settings.watch_changes_burst, clock }) : undefined,
+    downstreamCa: settings.downstream_ca ? new RateLimiter({ perSecond: settings.downstream_ca_per_second, burst: settings.downstream_ca_burst, clock }) : undefined,
   };
 }

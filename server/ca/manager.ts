@@ -279,6 +279,18 @@ function otherSlot(s: SlotId): SlotId {
   return s === "A" ? "B" : "A";
 }
 
+/** Whether the last certificate of `chainDers` (leaf-most first) was issued by one of `rootDers` (or is one). */
+function chainsToAny(chainDers: readonly Uint8Array[], rootDers: readonly Uint8Array[]): boolean {
+  const lastDer = chainDers[chainDers.length - 1];
+  if (!lastDer) return false;
+  const last = new X509Certificate(lastDer);
+  return rootDers.some((d) => {
+    if (Buffer.from(d).equals(Buffer.from(lastDer))) return true;
+    const root = new X509Certificate(d);
+    return last.checkIssued(root) && last.verify(root.publicKey);
+  });
+}
+
 /** The CA manager; see the module comment. */
 export class CaManager {
   readonly #s: CaSettings;
@@ -298,6 +310,10 @@ export class CaManager {
   #queue: Promise<unknown> = Promise.resolve();
   /** The CA journal as the last bundle publication read it (every server's rows). */
   #journalSeen: readonly CaJournalRecord[] = [];
+  /** The upstream's current roots as it last pushed them (`UpstreamAuthority.watchRoots`), by base64 DER; undefined until it does. */
+  #upstreamRoots: Map<string, Uint8Array> | undefined;
+  /** Stops the upstream's root watch. */
+  #stopRootWatch: (() => void) | undefined;
 
   constructor(settings: CaSettings, deps: CaDeps) {
     this.#s = settings;
@@ -360,6 +376,69 @@ export class CaManager {
       }
     }
     await this.rotate();
+    const upstream = this.#d.upstream;
+    if (upstream?.watchRoots) {
+      this.#stopRootWatch = upstream.watchRoots(this.#s.trustDomain, (roots) => {
+        this.upstreamRootsChanged(roots).catch((e: unknown) => this.#d.log?.warn({ err: (e as Error).message }, "ca: taking up the upstream's changed roots failed; the next change or rotation tries again"));
+      });
+    }
+  }
+
+  /** Stops watching the upstream's roots (the plugin itself is closed by its owner). */
+  stop(): void {
+    this.#stopRootWatch?.();
+    this.#stopRootWatch = undefined;
+  }
+
+  /**
+   * The upstream authority's roots changed (a nested server's parent added,
+   * or withdrew, a root). Roots an upstream gave this trust domain and no
+   * longer publishes leave the bundle (the upstream's are the only ones the
+   * child may vouch for); new ones join it. When the root the active X.509 CA
+   * chains to is gone, the CA is replaced at once: a prepared one that chains
+   * to a current root is activated, else a new one is minted.
+   */
+  upstreamRootsChanged(rootDers: readonly Uint8Array[]): Promise<void> {
+    return this.#serial(async () => {
+      if (rootDers.length === 0) throw new SigilError("ERR_INVALID_ARGUMENT", "ca: the upstream pushed an empty root set; keeping the current roots");
+      const now = this.#d.clock.now();
+      this.#upstreamRoots = new Map(rootDers.map((d) => [Buffer.from(d).toString("base64"), d]));
+      try {
+        await this.#replaceOrphanedX509(now);
+      } finally {
+        // New and withdrawn roots are published even when the replacement failed (the rotation step retries it).
+        await this.#publishBundle(now);
+        this.#d.onAuthoritiesChanged?.(this.#x509, this.#jwt);
+      }
+    });
+  }
+
+  /**
+   * When the upstream has withdrawn the root the active X.509 CA chains to:
+   * activates a prepared CA that chains to a current root, or mints one.
+   * True when it replaced the CA.
+   */
+  async #replaceOrphanedX509(now: Date): Promise<boolean> {
+    if (!this.#upstreamRoots) return false;
+    const current = [...this.#upstreamRoots.values()];
+    const active = this.#x509.find((a) => a.status === "active");
+    if (!active || chainsToAny(active.chainDers, current)) return false;
+    const prepared = this.#x509.find((a) => a.status === "prepared" && a.notAfter.getTime() > now.getTime() && chainsToAny(a.chainDers, current));
+    this.#d.log?.warn({ key_id: active.keyId, prepared: prepared?.keyId }, "ca: the upstream no longer publishes the root the active X.509 CA chains to; replacing the CA now");
+    const next = (prepared ?? (await this.#prepare("x509", otherSlot(active.slotId), now))) as X509Authority;
+    active.status = "old";
+    delete active.template;
+    await this.#activate("x509", next);
+    await this.#journal("x509", active);
+    return true;
+  }
+
+  /** Whether `der` (a root) is one an upstream gave and has since withdrawn. */
+  #withdrawnUpstreamRoot(b64: string): boolean {
+    if (this.#upstreamRoots === undefined || this.#upstreamRoots.has(b64)) return false;
+    const fromUpstream = (rootDers: readonly Uint8Array[], certDer: Uint8Array | undefined) =>
+      certDer !== undefined && !rootDers.some((r) => Buffer.from(r).equals(Buffer.from(certDer))) && rootDers.some((r) => Buffer.from(r).toString("base64") === b64);
+    return this.#x509.some((a) => fromUpstream(a.rootDers, a.certDer)) || this.#journalSeen.some((r) => r.kind === "x509" && fromUpstream(r.rootDers, r.certDer ?? undefined));
   }
 
   /** Runs `fn` after every step and command under way (see `#queue`). */
@@ -385,6 +464,8 @@ export class CaManager {
       if (pass === 1 && !this.#reconcile(this.#journalSeen)) break;
       if (pass === 0) changed = this.#reconcile(this.#journalSeen);
       else changed = true;
+      // A CA whose upstream root was withdrawn, not replaced when that was pushed (the upstream refused then): again now.
+      if (pass === 0) changed = (await this.#replaceOrphanedX509(now)) || changed;
       changed = (await this.#rotateFamily("x509", now)) || changed;
       changed = (await this.#rotateFamily("jwt", now)) || changed;
       // Old authorities stay published until they expire (SVIDs they signed may still be in use).
@@ -875,6 +956,10 @@ export class CaManager {
       }
     }
     for (const a of this.#x509) for (const r of a.rootDers) roots.set(Buffer.from(r).toString("base64"), r);
+    if (this.#upstreamRoots) {
+      for (const [b64, der] of this.#upstreamRoots) if (certNotAfter(der) > t) roots.set(b64, der);
+      for (const b64 of [...roots.keys()]) if (this.#withdrawnUpstreamRoot(b64)) roots.delete(b64);
+    }
     for (const [kid, r] of this.#retiredJwt) {
       if (revokedJwt.has(kid)) continue;
       if (r.notAfter.getTime() > t) jwtKeys.set(kid, r.key);

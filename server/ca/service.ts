@@ -154,6 +154,7 @@ export class CaService implements Service {
   /** Closes the KeyManager and UpstreamAuthority plugins (keys stay with the key manager, state in the datastore). */
   stop(): Promise<void> {
     clearInterval(this.#liveTimer);
+    this.#manager?.stop();
     return this.#plugins.close();
   }
 

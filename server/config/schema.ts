@@ -52,6 +52,14 @@ const rateLimitSection = z
     sync_burst: perSecond.default(10).describe("SyncAuthorized calls one agent may make back to back after a quiet period."),
     watch_changes_per_second: perSecond.default(1).describe("WatchChanges streams one agent may open per second (it holds one; a newer one ends the older)."),
     watch_changes_burst: perSecond.default(3).describe("WatchChanges streams one agent may open back to back after a quiet period."),
+    downstream_ca: z
+      .boolean()
+      .default(true)
+      .describe(
+        "Limit DownstreamAPI calls (nested servers asking for an intermediate CA) per caller, apart from `x509_signing_per_second`. Every call counts, refused ones too, and is charged before the caller's entries are looked up: a child needs one intermediate per half CA lifetime, and each one is a transparency-log entry.",
+      ),
+    downstream_ca_per_second: perSecond.default(1).describe("NewDownstreamX509CA calls allowed per second for one caller (its SPIFFE ID; a caller without a valid SVID counts by source address)."),
+    downstream_ca_burst: perSecond.default(5).describe("NewDownstreamX509CA calls one caller may make back to back after a quiet period."),
   })
   .describe(
     "Rate limits of the agent API. A call over a limit is refused with RESOURCE_EXHAUSTED and a retry hint: the `grpc-retry-pushback-ms` trailer and `retry after <n>ms` at the end of the message. The local admin API is not limited.",

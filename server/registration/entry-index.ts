@@ -32,6 +32,7 @@ export class EntryIndex<E extends IndexedEntry = IndexedEntry> {
   readonly #serverId: string;
   readonly #entries = new Map<string, E>();
   readonly #byParent = new Map<string, Set<string>>();
+  readonly #bySpiffeId = new Map<string, Set<string>>();
   readonly #aliasesBySelector = new Map<string, Set<string>>();
   readonly #cache = new Map<string, AgentCacheSlot<E>>();
   #generation = 0;
@@ -72,6 +73,12 @@ export class EntryIndex<E extends IndexedEntry = IndexedEntry> {
   /** Removes an entry (a delete event). Unknown IDs are ignored. */
   delete(id: string): void {
     if (this.#remove(id)) this.#generation++;
+  }
+
+  /** Entries whose SPIFFE ID is `spiffeId` (any parent). */
+  withSpiffeId(spiffeId: string): E[] {
+    const ids = this.#bySpiffeId.get(spiffeId);
+    return ids ? [...ids].map((id) => this.#entries.get(id) as E) : [];
   }
 
   /** Entries directly parented by `parentId`. */
@@ -145,6 +152,9 @@ export class EntryIndex<E extends IndexedEntry = IndexedEntry> {
     let set = this.#byParent.get(e.parentId);
     if (!set) this.#byParent.set(e.parentId, (set = new Set()));
     set.add(e.id);
+    let same = this.#bySpiffeId.get(e.spiffeId);
+    if (!same) this.#bySpiffeId.set(e.spiffeId, (same = new Set()));
+    same.add(e.id);
     if (e.parentId === this.#serverId) {
       for (const s of e.selectors) {
         let ids = this.#aliasesBySelector.get(s);
@@ -161,6 +171,9 @@ export class EntryIndex<E extends IndexedEntry = IndexedEntry> {
     const set = this.#byParent.get(e.parentId);
     set?.delete(id);
     if (set?.size === 0) this.#byParent.delete(e.parentId);
+    const same = this.#bySpiffeId.get(e.spiffeId);
+    same?.delete(id);
+    if (same?.size === 0) this.#bySpiffeId.delete(e.spiffeId);
     if (e.parentId === this.#serverId) {
       for (const s of e.selectors) {
         const ids = this.#aliasesBySelector.get(s);

@@ -1,8 +1,9 @@
 /**
  * Structural check of a SubjectPublicKeyInfo before it is embedded verbatim in
  * a certificate. Importing the key (`createPublicKey`) costs more than signing
- * (spec/performance-limits.md), so the issuance path checks shape only: one
- * SEQUENCE holding a known AlgorithmIdentifier and a whole-octet BIT STRING.
+ * (spec/performance-limits.md), so the issuance path checks shape: one
+ * SEQUENCE holding a known AlgorithmIdentifier and a whole-octet BIT STRING,
+ * and for EC keys that the point lies on the curve (by arithmetic).
  */
 import { encodeNull, encodeOid, encodeSequence, expectTlv, TAG } from "../der.js";
 import { SigilError } from "../errors.js";
@@ -35,6 +36,41 @@ export function isP256Spki(spki: unknown): boolean {
   return true;
 }
 
+/** Short Weierstrass curves y² = x³ − 3x + b (mod p) of the EC keys Sigil embeds: prime, b, coordinate length. */
+const CURVES = {
+  "P-256": { p: (1n << 256n) - (1n << 224n) + (1n << 192n) + (1n << 96n) - 1n, b: 0x5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604bn, size: 32 },
+  "P-384": {
+    p: (1n << 384n) - (1n << 128n) - (1n << 96n) + (1n << 32n) - 1n,
+    b: 0xb3312fa7e23ee7e4988e056be3f82d19181d9c6efe8141120314088f5013875ac656398d8a2ed19d2a85c8edd3ec2aefn,
+    size: 48,
+  },
+} as const;
+
+const P384_ALGORITHM = Buffer.from(encodeSequence(encodeOid(ALG.ecPublicKey), encodeOid("1.3.132.0.34")));
+
+function bigIntOf(bytes: Uint8Array): bigint {
+  return bytes.length === 0 ? 0n : BigInt(`0x${Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString("hex")}`);
+}
+
+/**
+ * Why `point` (the subjectPublicKey bits: 0x04 ‖ x ‖ y) is not a point of
+ * `curve`, or undefined when it is. Both curves have cofactor 1, so a point on
+ * the curve is in the prime-order group. An arithmetic check (about 1.5 µs)
+ * rather than a key import (about 150 µs, more than the signature): a
+ * certificate for a point off the curve names a key nobody holds, and a
+ * relying party that does not check points can be led into invalid-curve
+ * attacks with it.
+ */
+export function ecPointProblem(curve: keyof typeof CURVES, point: Uint8Array): string | undefined {
+  const c = CURVES[curve];
+  if (point.length !== 1 + 2 * c.size || point[0] !== 0x04) return `the ${curve} key is not an uncompressed point of ${1 + 2 * c.size} bytes`;
+  const x = bigIntOf(point.subarray(1, 1 + c.size));
+  const y = bigIntOf(point.subarray(1 + c.size));
+  if (x >= c.p || y >= c.p) return `the ${curve} key has a coordinate not below the field prime`;
+  if ((y * y - (x * x * x - 3n * x + c.b)) % c.p !== 0n) return `the ${curve} key is not a point on the curve`;
+  return undefined;
+}
+
 /**
  * Returns the subjectPublicKey bits of an SPKI (for the key identifier).
  *
@@ -43,7 +79,12 @@ export function isP256Spki(spki: unknown): boolean {
  */
 export function checkSubjectPublicKeyInfo(spki: Uint8Array): Uint8Array {
   // The common case, recognised by its bytes: the bits follow the BIT STRING's unused-bits octet.
-  if (isP256Spki(spki)) return spki.subarray(P256_SPKI_PREFIX.length - 1);
+  if (isP256Spki(spki)) {
+    const point = spki.subarray(P256_SPKI_PREFIX.length - 1);
+    const problem = ecPointProblem("P-256", point);
+    if (problem) throw new SigilError("ERR_X509_BUILD", `x509: subject public key: ${problem}`);
+    return point;
+  }
   let bits: Uint8Array;
   let algorithm: Uint8Array;
   try {
@@ -61,5 +102,7 @@ export function checkSubjectPublicKeyInfo(spki: Uint8Array): Uint8Array {
   if (!KNOWN_ALGORITHMS.some((k) => k.equals(algorithm))) {
     throw new SigilError("ERR_X509_BUILD", "x509: subject public key algorithm is not EC P-256/P-384, RSA or Ed25519");
   }
+  const problem = P384_ALGORITHM.equals(algorithm) ? ecPointProblem("P-384", bits) : undefined;
+  if (problem) throw new SigilError("ERR_X509_BUILD", `x509: subject public key: ${problem}`);
   return bits;
 }

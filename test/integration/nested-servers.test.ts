@@ -10,6 +10,12 @@
  * parent, `log prove --cert <intermediate>` finds its `downstream-ca` entry
  * and `log verify` passes over the whole log.
  *
+ * Then a root the parent prepares reaches the child's bundle without a child
+ * rotation (the plugin's Workload API bundle watch). Dropping a revoked root
+ * and re-minting are test/unit/server/ca/upstream-roots.test.ts: end to end,
+ * the parent's agent still served the revoked root on its Workload API a
+ * minute after the revoke.
+ *
  * Needs root (the workload runs as another uid); CI runs as root.
  */
 import { execFileSync } from "node:child_process";
@@ -120,4 +126,42 @@ describe.skipIf(!isRoot)("nested servers", () => {
     expect(verify.status, verify.stderr).toBe(0);
     expect(JSON.parse(verify.stdout)).toMatchObject({ findings_total: 0 });
   }, 180_000);
+
+  it("the parent's new root reaches the child's bundle without a child rotation, and the child's CA stays", async () => {
+    const [p, c] = [parent, child];
+    if (!p || !c) throw new Error("the first test did not start the servers");
+    const b64 = (d: Uint8Array) => Buffer.from(d).toString("base64");
+    const childRoots = () => decodePemCertificates(rootsPemFromBundleJson(c.cli(["bundle", "show", "--output", "json"]).stdout)).map(b64);
+    const active = (srv: ServerProcess) => json<{ authorities: AuthorityRow[] }>(srv, ["authority", "list"]).authorities.find((a) => a.kind === "x509" && a.status === "active");
+    const childCa = active(c);
+    if (!childCa) throw new Error("the child has no active X.509 authority");
+
+    const next = json<AuthorityRow>(p, ["authority", "prepare", "--kind", "x509"]);
+    await until("the child to publish the parent's prepared root", () => childRoots().includes(next.cert_der as string));
+    expect(active(c)?.key_id).toBe(childCa.key_id); // its CA still chains to a published root
+  }, 180_000);
 });
+
+interface AuthorityRow {
+  readonly kind: string;
+  readonly key_id: string;
+  readonly status: string;
+  readonly cert_der?: string;
+}
+
+function json<T>(srv: ServerProcess, args: readonly string[]): T {
+  const r = srv.cli([...args, "--output", "json"]);
+  expect(r.status, `${args.join(" ")}: ${r.stderr}`).toBe(0);
+  return JSON.parse(r.stdout) as T;
+}
+
+/** Polls `check` every 250 ms for up to 60 s; the error quotes the child's warnings and errors. */
+async function until(what: string, check: () => boolean): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline) {
+    if (check()) return;
+    await delay(250);
+  }
+  const problems = (child?.logs ?? []).filter((l) => l.level === "warn" || l.level === "error" || Number(l.level) >= 40).slice(-5);
+  throw new Error(`timed out waiting for ${what}; the child's last warnings: ${JSON.stringify(problems)}`);
+}

@@ -78,6 +78,23 @@ describe("CSR intake", () => {
     expect(() => checkSubjectPublicKeyInfo(curveChanged)).toThrow(/algorithm is not EC P-256/);
   });
 
+  it.each([
+    ["P-256", "prime256v1"],
+    ["P-384", "secp384r1"],
+  ])("refuses a %s point that is not on the curve, on the API check and in the certificate builder (every SVID and CA path)", (curve, namedCurve) => {
+    const good = new Uint8Array(generateKeyPairSync("ec", { namedCurve }).publicKey.export({ format: "der", type: "spki" }));
+    const offCurve = Uint8Array.from(good);
+    offCurve[offCurve.length - 1] = (offCurve[offCurve.length - 1] as number) ^ 1; // y changed: y² no longer matches x
+    expect(() => parseSubjectPublicKeyInfo(offCurve, ALL)).toThrow(`public key: the ${curve} key is not a point on the curve`);
+    expect(() => checkSubjectPublicKeyInfo(offCurve)).toThrow(`x509: subject public key: the ${curve} key is not a point on the curve`);
+    const size = curve === "P-256" ? 32 : 48;
+    const xTooLarge = Uint8Array.from(good);
+    xTooLarge.fill(0xff, good.length - 2 * size, good.length - size);
+    expect(() => parseSubjectPublicKeyInfo(xTooLarge, ALL)).toThrow(/coordinate not below the field prime/);
+    expect(parseSubjectPublicKeyInfo(good, ALL).keyType).toBe(curve === "P-256" ? "ec-p256" : "ec-p384");
+    expect(checkSubjectPublicKeyInfo(good)).toEqual(good.subarray(good.length - 1 - 2 * size));
+  });
+
   it.skipIf(!haveOpenssl)("interop: openssl verifies our CSR, and we accept openssl's", () => {
     const dir = testTempDir("sigil-csr-");
     const { privateKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });

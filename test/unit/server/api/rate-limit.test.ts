@@ -197,11 +197,11 @@ describe("retry hint across the RPC boundary", () => {
 });
 
 describe("server.ratelimit", () => {
-  it("defaults to SPIRE's limits: 1 attestation per second per address, 500 X.509 and 500 JWT signings per second per agent; 5 syncs (burst 10) and 1 change stream (burst 3) per second per agent", () => {
+  it("defaults to SPIRE's limits: 1 attestation per second per address, 500 X.509 and 500 JWT signings per second per agent; 5 syncs (burst 10) and 1 change stream (burst 3) per second per agent; 1 downstream CA call (burst 5) per second per caller", () => {
     const cfg = parseServerConfig(CONFIG());
     expect(cfg.server.ratelimit).toEqual({
       attestation: true, attestation_per_second: 1, attestation_burst: 10, signing: true, x509_signing_per_second: 500, jwt_signing_per_second: 500,
-      sync: true, sync_per_second: 5, sync_burst: 10, watch_changes_per_second: 1, watch_changes_burst: 3,
+      sync: true, sync_per_second: 5, sync_burst: 10, watch_changes_per_second: 1, watch_changes_burst: 3, downstream_ca: true, downstream_ca_per_second: 1, downstream_ca_burst: 5,
     });
     const limits = agentApiRateLimits(cfg.server.ratelimit, new ManualClock());
     expect([limits.attestation?.perSecond, limits.attestation?.burst]).toEqual([1, 10]);
@@ -209,10 +209,11 @@ describe("server.ratelimit", () => {
     expect([limits.jwtSigning?.perSecond, limits.jwtSigning?.burst]).toEqual([500, 500]);
     expect([limits.sync?.perSecond, limits.sync?.burst]).toEqual([5, 10]);
     expect([limits.watchChanges?.perSecond, limits.watchChanges?.burst]).toEqual([1, 3]);
+    expect([limits.downstreamCa?.perSecond, limits.downstreamCa?.burst]).toEqual([1, 5]);
   });
 
   it("turns each kind off, and takes other rates", () => {
-    const cfg = parseServerConfig(CONFIG("  ratelimit:\n    attestation: false\n    signing: false\n    sync: false\n"));
+    const cfg = parseServerConfig(CONFIG("  ratelimit:\n    attestation: false\n    signing: false\n    sync: false\n    downstream_ca: false\n"));
     expect(agentApiRateLimits(cfg.server.ratelimit, new ManualClock())).toEqual({ attestation: undefined, x509Signing: undefined, jwtSigning: undefined, sync: undefined, watchChanges: undefined });
     const tuned = parseServerConfig(CONFIG("  ratelimit:\n    attestation_per_second: 5\n    jwt_signing_per_second: 20\n")).server.ratelimit;
     expect(tuned).toMatchObject({ attestation_per_second: 5, attestation_burst: 10, jwt_signing_per_second: 20, x509_signing_per_second: 500 });

@@ -9,6 +9,7 @@ import { X509Certificate } from "node:crypto";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { ManualClock, systemClock } from "../../../../common/clock.js";
 import { createLogger } from "../../../../common/log.js";
+import { Metrics } from "../../../../common/metrics.js";
 import { createMemoryKeyManager } from "../../../../plugins/keymanager/memory/index.js";
 import { renewalRetryDelayMs, ServerSvidService } from "../../../../server/api/server-svid.js";
 import { CaManager, type IssuedX509, type X509SvidRequest } from "../../../../server/ca/manager.js";
@@ -131,6 +132,74 @@ describe("ServerSvidService with the transparency log", () => {
     expect(svid.certificates.identity).toBeNull();
   });
 });
+
+describe("ServerSvidService renewal failures", () => {
+  /** A started CA and an `issue` hook that signs, fails, or hangs as the test says, counting calls. */
+  async function setUp() {
+    store = await createSqliteDatastore({ path: path.join(testTempDir("sigil-server-svid-fail-"), "ds.sqlite3"), clock: systemClock });
+    const ca = new CaManager({ trustDomain: td, caTtlMs: 3_600_000, caKeyType: "ec-p256", jwtKeyType: "ec-p256" }, { keyManager: createMemoryKeyManager(), store, clock: systemClock });
+    await ca.start();
+    const mode = { now: "sign" as "sign" | "fail" | "hang", calls: 0 };
+    const clock = new ManualClock(new Date());
+    const issue = (req: X509SvidRequest): Promise<IssuedX509> => {
+      mode.calls++;
+      if (mode.now === "fail") return Promise.reject(new SigilError("ERR_UNAVAILABLE", "datastore: connection lost"));
+      if (mode.now === "hang") return new Promise<IssuedX509>(() => undefined);
+      // The CA stamps validity from the real clock: lengthen the TTL by how far the test moved the service's clock.
+      return Promise.resolve(ca.signX509Svid({ ...req, ttlMs: req.ttlMs + Math.max(0, clock.now().getTime() - Date.now()) }));
+    };
+    return { ca, mode, issue, clock };
+  }
+
+  it("gives up on an issue call that hangs (a stuck datastore) after issueTimeoutMs", async () => {
+    const { ca, mode, issue, clock } = await setUp();
+    mode.now = "hang";
+    svid = new ServerSvidService({ ca: { manager: ca }, serverId: parseSpiffeId("spiffe://example.org/spire/server"), ttlMs: 600_000, clock, issue, issueTimeoutMs: 50 });
+    await expect(svid.start()).rejects.toThrow("server svid: issuing and recording the SVID took more than 50 ms");
+  });
+
+  it("leaves retries to the backoff: refresh calls (the rotation tick) during it do not issue", async () => {
+    const { ca, mode, issue, clock } = await setUp();
+    svid = new ServerSvidService({ ca: { manager: ca }, serverId: parseSpiffeId("spiffe://example.org/spire/server"), ttlMs: 600_000, clock, issue });
+    await svid.start();
+    mode.now = "fail";
+    clock.advance(400_000);
+    await svid.refresh();
+    const afterFailure = mode.calls;
+    // The retry is due 1 s later on the service's clock, which does not move here.
+    for (let i = 0; i < 5; i++) await svid.refresh();
+    expect(mode.calls).toBe(afterFailure);
+    mode.now = "sign";
+    clock.advance(1_001);
+    await svid.refresh();
+    expect(mode.calls).toBe(afterFailure + 1);
+  });
+
+  it("reports an expired served SVID (readiness, onExpiryChange, the expiry gauge) until a renewal succeeds", async () => {
+    const { ca, mode, issue, clock } = await setUp();
+    const changes: boolean[] = [];
+    const metrics = new Metrics({ defaultMetrics: false });
+    svid = new ServerSvidService({ ca: { manager: ca }, serverId: parseSpiffeId("spiffe://example.org/spire/server"), ttlMs: 600_000, clock, issue, metrics, onExpiryChange: (e) => changes.push(e) });
+    await svid.start();
+    const notAfter = new Date(servedNotAfter(svid));
+    expect(await metrics.registry.getSingleMetricAsString("sigil_server_svid_expiry_timestamp_seconds")).toContain(`sigil_server_svid_expiry_timestamp_seconds ${notAfter.getTime() / 1000}`);
+    expect(svid.readiness()).toEqual([]);
+    mode.now = "fail";
+    clock.advance(700_000); // past notAfter
+    await svid.refresh();
+    expect(changes).toEqual([true]);
+    expect(svid.readiness()).toEqual([expect.stringContaining("server svid: the served SVID expired at")]);
+    mode.now = "sign";
+    clock.advance(60_000);
+    await svid.refresh();
+    expect(changes).toEqual([true, false]);
+    expect(svid.readiness()).toEqual([]);
+  });
+});
+
+function servedNotAfter(s: ServerSvidService): number {
+  return Date.parse(new X509Certificate(s.certificates.identity?.certificate ?? Buffer.alloc(0)).validTo);
+}
 
 describe("renewalRetryDelayMs", () => {
   it.each([

@@ -61,7 +61,7 @@ describe("server config", () => {
       issuance_log_retention: 7 * 24 * 3_600_000,
       ratelimit: {
         attestation: true, attestation_per_second: 1, attestation_burst: 10, signing: true, x509_signing_per_second: 500, jwt_signing_per_second: 500,
-        sync: true, sync_per_second: 5, sync_burst: 10, watch_changes_per_second: 1, watch_changes_burst: 3,
+        sync: true, sync_per_second: 5, sync_burst: 10, watch_changes_per_second: 1, watch_changes_burst: 3, downstream_ca: true, downstream_ca_per_second: 1, downstream_ca_burst: 5,
       },
       change_feed: { poll_interval: 250, notify_poll_interval: 5_000, gap_timeout: 60_000, cache_max_age: 300_000, entry_reconcile_interval: 3_600_000, event_retention: 24 * 3_600_000 },
     });

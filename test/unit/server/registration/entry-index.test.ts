@@ -51,6 +51,17 @@ describe("EntryIndex", () => {
     ]);
   });
 
+  it("finds entries by SPIFFE ID under any parent, following upserts and deletes", () => {
+    const a = entry("spiffe://td/child", agentA);
+    const b = entry("spiffe://td/child", agentB);
+    const idx = new EntryIndex(SERVER, [a, b, entry("spiffe://td/other", agentA)]);
+    expect(idx.withSpiffeId("spiffe://td/child").map((e) => e.id).sort()).toEqual([a.id, b.id].sort());
+    idx.upsert({ ...a, spiffeId: "spiffe://td/renamed" });
+    idx.delete(b.id);
+    expect(idx.withSpiffeId("spiffe://td/child")).toEqual([]);
+    expect(idx.withSpiffeId("spiffe://td/renamed").map((e) => e.id)).toEqual([a.id]);
+  });
+
   it("reflects upserts and deletes, including a cached agent's result", () => {
     const web = entry("spiffe://td/web", agentA);
     const idx = new EntryIndex(SERVER, [web]);
