@@ -12,11 +12,21 @@
  * stdout, one JSON object per line: {"ready":n} once every identity is attested
  * and watching. Commands on stdin, one per line:
  * - `mark`: starts a measurement window; answers {"marked":n}.
- * - `report`: answers {"report":{…}} with the window's counts and every sync's
- *   latency (ms) since `mark`.
+ * - `report`: answers {"report":{…}} with the window's counts, every sync's
+ *   latency (ms) since `mark`, and when (ms since the epoch) each entry first
+ *   seen since `mark` had its first SVID signed (`firstSvid`: entry ID → time),
+ *   for the harness's entry-create-to-SVID figure.
  * - `renew-all`: every agent asks for all its SVIDs again at once; answers
  *   {"renewed":{"svids":n,"ms":…}} once all are signed.
  * - `quit`: answers {"stats":{…}} (totals) and exits.
+ *
+ * Cheap enough for thousands of agents per process beside the server: one
+ * timer drives every agent's poll and renewals (not one per agent), the
+ * SVID keys come from a small pool made at start (the server signs whatever
+ * public key it is given; a fresh P-256 key per SVID cost the harness more
+ * than the server's signature), and attestations run at most
+ * SIGIL_SIM_CONCURRENCY at once (default 20; the harness divides its budget
+ * over its processes), spread over the first second.
  */
 import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
@@ -35,15 +45,19 @@ const td = parseTrustDomain("example.org");
 const POLL_MS = 5000;
 const stats = { syncs: 0, deltas: 0, full: 0, notices: 0, svids: 0, renewals: 0, agentRenewals: 0, streamEnds: 0, errors: 0 };
 /** The current measurement window (see `mark`). */
-let win = { ...stats, latencies: [] as number[], started: performance.now() };
+let win = { ...stats, latencies: [] as number[], firstSvid: {} as Record<string, number>, started: performance.now() };
 
 const count = (k: keyof typeof stats, n = 1): void => {
   stats[k] += n;
   win[k] += n;
 };
 
+/** SVID public keys, reused in turn (see the module comment). */
+const KEY_POOL = Array.from({ length: 16 }, () => new Uint8Array(generateKeyPair("ec-p256").publicKey.export({ format: "der", type: "spki" })));
+let nextKey = 0;
 function publicKeyDer(): Uint8Array {
-  return new Uint8Array(generateKeyPair("ec-p256").publicKey.export({ format: "der", type: "spki" }));
+  nextKey = (nextKey + 1) % KEY_POOL.length;
+  return KEY_POOL[nextKey] as Uint8Array;
 }
 
 class SimAgent {
@@ -54,6 +68,8 @@ class SimAgent {
   /** Entry ID → X509-SVID TTL in seconds (0: the server's default, renewed only by `renew-all`). */
   readonly ttl = new Map<string, number>();
   agentRenewAt = Infinity;
+  /** When the next poll is due (performance.now() ms), driven by the shared tick. */
+  nextPoll = Infinity;
   running = false;
   again = false;
   closed = false;
@@ -63,8 +79,7 @@ class SimAgent {
     this.#setIdentity(r.svid);
     await this.sync();
     this.watch();
-    const t = setInterval(() => void this.sync(), POLL_MS + Math.random() * 1000);
-    t.unref();
+    this.nextPoll = performance.now() + POLL_MS + Math.random() * 1000;
   }
 
   #setIdentity(svid: AgentSvid): void {
@@ -113,7 +128,12 @@ class SimAgent {
           for (const id of [...this.ttl.keys()]) if (!held.has(id)) (this.ttl.delete(id), this.renewAt.delete(id));
         }
         const fresh = res.entries.filter((e) => !this.ttl.has(e.id) || this.ttl.get(e.id) !== e.x509SvidTtlSeconds);
-        if (fresh.length > 0) await this.sign(fresh.map((e) => e.id), fresh, "svids");
+        if (fresh.length > 0) {
+          const firstSeen = fresh.filter((e) => !this.ttl.has(e.id)).map((e) => e.id);
+          await this.sign(fresh.map((e) => e.id), fresh, "svids");
+          const at = Date.now();
+          for (const id of firstSeen) if (this.renewAt.has(id)) win.firstSvid[id] = at;
+        }
       } while (this.again);
     } catch {
       count("errors");
@@ -160,26 +180,42 @@ class SimAgent {
 }
 
 const agents: SimAgent[] = [];
-const CONCURRENCY = 20;
-for (let i = 0; i < tokens.length; i += CONCURRENCY) {
-  await Promise.all(
-    tokens.slice(i, i + CONCURRENCY).map(async (t) => {
-      // A refused attestation (a database conflict the server gave up on) is tried again, as an agent retries; the token is spent only on success.
-      for (let attempt = 1; ; attempt++) {
-        const a = new SimAgent();
-        try {
-          await a.start(t);
-          agents.push(a);
-          return;
-        } catch (e) {
-          a.client.close();
-          count("errors");
-          if (attempt >= 5) throw e;
-          await new Promise((r) => setTimeout(r, 500 * attempt));
-        }
-      }
-    }),
-  );
+const CONCURRENCY = Math.max(1, Number(process.env.SIGIL_SIM_CONCURRENCY ?? "20") || 20);
+
+// One tick for every agent's poll (5 s plus up to 1 s of jitter after the last, as an agent's timer), not a timer per agent.
+setInterval(() => {
+  const now = performance.now();
+  for (const a of agents) {
+    if (a.nextPoll > now) continue;
+    a.nextPoll = now + POLL_MS + Math.random() * 1000;
+    void a.sync();
+  }
+}, 100).unref();
+
+// Attestations through a pool of CONCURRENCY workers (a slow one does not hold up a whole batch), started over the first second.
+let nextToken = 0;
+await Promise.all(
+  Array.from({ length: Math.min(CONCURRENCY, tokens.length) }, async (_, w) => {
+    await new Promise((r) => setTimeout(r, (w * 1000) / CONCURRENCY));
+    for (let t = tokens[nextToken++]; t !== undefined; t = tokens[nextToken++]) await attestOne(t);
+  }),
+);
+
+async function attestOne(t: string): Promise<void> {
+  // A refused attestation (a database conflict the server gave up on) is tried again, as an agent retries; the token is spent only on success.
+  for (let attempt = 1; ; attempt++) {
+    const a = new SimAgent();
+    try {
+      await a.start(t);
+      agents.push(a);
+      return;
+    } catch (e) {
+      a.client.close();
+      count("errors");
+      if (attempt >= 5) throw e;
+      await new Promise((r) => setTimeout(r, 500 * attempt));
+    }
+  }
 }
 
 // One timer for every agent's renewals (thousands of per-SVID timers would cost more than the work).
@@ -199,7 +235,7 @@ say({ ready: agents.length });
 createInterface({ input: process.stdin }).on("line", (line) => {
   const cmd = line.trim();
   if (cmd === "mark") {
-    win = { ...stats, latencies: [], started: performance.now() };
+    win = { ...stats, latencies: [], firstSvid: {}, started: performance.now() };
     for (const k of Object.keys(stats) as Array<keyof typeof stats>) win[k] = 0;
     say({ marked: agents.length });
   } else if (cmd === "report") {
