@@ -491,7 +491,9 @@ export async function runScale(o: ScaleOptions): Promise<boolean> {
     if (o.signing) {
       const cpu0 = servers.map((s) => processCpuMs(s.pid));
       t0 = performance.now();
-      const renewed = await Promise.all(sims.map((s) => s.ask<{ svids: number; ms: number }>("renew-all", "renewed")));
+      const renewed = await Promise.all(sims.map((s) => s.ask<{ svids: number; ms: number; errors: number; lastError: string }>("renew-all", "renewed")));
+      const failed = renewed.find((r) => r.lastError !== "");
+      if (failed) log(`signing burst: simulated agents' errors so far ${renewed.reduce((a, r) => a + r.errors, 0)}, e.g. ${failed.lastError.slice(0, 300)}`);
       const wallMs = performance.now() - t0;
       const cores = servers.map((s, i) => (processCpuMs(s.pid) - (cpu0[i] as number)) / wallMs);
       signRates.push(rawSignRate());

@@ -47,6 +47,8 @@ const stats = { syncs: 0, deltas: 0, full: 0, notices: 0, svids: 0, renewals: 0,
 /** The current measurement window (see `mark`). */
 let win = { ...stats, latencies: [] as number[], firstSvid: {} as Record<string, number>, started: performance.now() };
 
+/** The last failure's message (for the harness's log: a count alone does not say what failed). */
+let lastError = "";
 const count = (k: keyof typeof stats, n = 1): void => {
   stats[k] += n;
   win[k] += n;
@@ -150,7 +152,7 @@ class SimAgent {
     let ok = 0;
     results.forEach((r, i) => {
       const id = ids[i] as string;
-      if (!r.ok) return void count("errors");
+      if (!r.ok) return void ((lastError = `BatchNewX509SVID: ${r.code} ${r.message}`), count("errors"));
       ok++;
       const ttl = this.ttl.get(id) ?? 0;
       // Agents renew at half life; a little jitter keeps renewals of SVIDs signed together from staying in step.
@@ -249,10 +251,14 @@ createInterface({ input: process.stdin }).on("line", (line) => {
       let signed = 0;
       await Promise.all(
         Array.from({ length: Math.min(CONCURRENCY, agents.length) }, async () => {
-          for (let a = agents[next++]; a !== undefined; a = agents[next++]) signed += await a.sign([...a.ttl.keys()], undefined, "renewals").catch(() => (count("errors"), 0));
+          for (let a = agents[next++]; a !== undefined; a = agents[next++]) {
+            // Not `signed += await …`: that reads `signed` before the wait and loses the other workers' additions.
+            const n = await a.sign([...a.ttl.keys()], undefined, "renewals").catch((e: unknown) => ((lastError = String(e)), count("errors"), 0));
+            signed += n;
+          }
         }),
       );
-      say({ renewed: { svids: signed, ms: performance.now() - t0 } });
+      say({ renewed: { svids: signed, ms: performance.now() - t0, errors: stats.errors, lastError } });
     })();
   } else if (cmd === "quit") {
     say({ stats });
