@@ -16,8 +16,8 @@
  *   latency (ms) since `mark`, and when (ms since the epoch) each entry first
  *   seen since `mark` had its first SVID signed (`firstSvid`: entry ID → time),
  *   for the harness's entry-create-to-SVID figure.
- * - `renew-all`: every agent asks for all its SVIDs again (SIGIL_SIM_CONCURRENCY
- *   agents at a time); answers {"renewed":{"svids":n,"ms":…}} once all are signed.
+ * - `renew-all [n]`: every agent asks for all its SVIDs again, n agents at a time
+ *   (default SIGIL_SIM_CONCURRENCY); answers {"renewed":{"svids":n,"ms":…}} once all are signed.
  * - `quit`: answers {"stats":{…}} (totals) and exits.
  *
  * Cheap enough for thousands of agents per process beside the server: one
@@ -242,7 +242,8 @@ createInterface({ input: process.stdin }).on("line", (line) => {
     say({ marked: agents.length });
   } else if (cmd === "report") {
     say({ report: { ...win, seconds: (performance.now() - win.started) / 1000 } });
-  } else if (cmd === "renew-all") {
+  } else if (cmd === "renew-all" || cmd.startsWith("renew-all ")) {
+    const inFlight = Math.max(1, Number(cmd.slice("renew-all".length).trim() || CONCURRENCY) || CONCURRENCY);
     void (async () => {
       const t0 = performance.now();
       // Every agent asking for all its SVIDs in one batch, as after a CA change, CONCURRENCY agents at a time: all at once,
@@ -250,7 +251,7 @@ createInterface({ input: process.stdin }).on("line", (line) => {
       let next = 0;
       let signed = 0;
       await Promise.all(
-        Array.from({ length: Math.min(CONCURRENCY, agents.length) }, async () => {
+        Array.from({ length: Math.min(inFlight, agents.length) }, async () => {
           for (let a = agents[next++]; a !== undefined; a = agents[next++]) {
             // Not `signed += await …`: that reads `signed` before the wait and loses the other workers' additions.
             const n = await a.sign([...a.ttl.keys()], undefined, "renewals").catch((e: unknown) => ((lastError = String(e)), count("errors"), 0));
