@@ -13,7 +13,10 @@
  * added stage by stage and each stage is measured at steady state, to show
  * whether database load grows with agent count; `--agents 0` runs the cold
  * start alone. `--cpu-prof DIR` writes a CPU profile of the cold-start
- * server (`node --cpu-prof`) into DIR when it stops. Entries (and join tokens) are
+ * server (`node --cpu-prof`) into DIR when it stops; `--sim-cpu-prof DIR` those
+ * of the simulated-agent processes. `--attest-concurrency` (32) and
+ * `--burst-concurrency` (256) bound the attestations and the signing burst's
+ * batches in flight over all simulated-agent processes. Entries (and join tokens) are
  * bulk-loaded into the database before the servers start, by multi-row
  * INSERTs of the rows the SQL datastore writes (`bench/scale/database.ts`).
  *
@@ -24,7 +27,8 @@
  * per 1,000 agents, p99 sync latency (against a raw gRPC unary call over
  * loopback), RSS of each server, sustained SVID signings per second when
  * every agent renews at once (against raw `crypto.sign` P-256 in the same
- * run), and the cold start's time to /ready (against reading the same rows
+ * run), the time from an entry's creation (churn window) to its agent holding
+ * its SVID, and the cold start's time to /ready (against reading the same rows
  * with the raw driver) and RSS.
  *
  * Every database, directory and child process it makes is removed or ended
