@@ -2,7 +2,8 @@
  * `npm run bench`'s small configuration of the load harness (bench/scale/run.ts):
  * PostgreSQL, one server, 50 then 100 simulated agents over 1,000 entries,
  * 10 s windows, churn 5/s, a signing burst and a cold start over 10,000
- * entries (about 2 minutes). The full-size runs and their results are in
+ * entries (about 5 minutes: each stage first waits out the change feed's 60 s
+ * gap timeout, see bench/scale/run.ts). The full-size runs and their results are in
  * docs/performance.md; `SIGIL_BENCH_SCALE_ARGS` replaces the arguments.
  * Skipped (with a line saying so) when PostgreSQL is not reachable.
  */

@@ -26,6 +26,8 @@ export interface DbCounters {
   readonly queries: number;
   /** PostgreSQL: index plus sequential scans on the bench database's tables (each statement touching a table scans it once or more); MariaDB: the server-wide `Questions`, other clients included. */
   readonly secondary: number;
+  /** PostgreSQL: `secondary` per table (relname → scans), to see which reads a window's load is; MariaDB: empty. */
+  readonly perTable: Readonly<Record<string, number>>;
 }
 
 /** A database made for one run. */
@@ -155,8 +157,9 @@ async function createPostgres(name: string): Promise<BenchDatabase> {
       const c = new pg.Client({ connectionString: url });
       await c.connect();
       try {
-        const s = await c.query<{ s: string | null }>("SELECT sum(coalesce(idx_scan, 0) + coalesce(seq_scan, 0)) AS s FROM pg_stat_user_tables");
-        return { queries: Number(r.rows[0]?.q ?? NaN), secondary: Number(s.rows[0]?.s ?? 0) };
+        const s = await c.query<{ relname: string; s: string | null }>("SELECT relname, coalesce(idx_scan, 0) + coalesce(seq_scan, 0) AS s FROM pg_stat_user_tables");
+        const perTable = Object.fromEntries(s.rows.map((row) => [row.relname, Number(row.s ?? 0)]));
+        return { queries: Number(r.rows[0]?.q ?? NaN), secondary: Object.values(perTable).reduce((a, b) => a + b, 0), perTable };
       } finally {
         await c.end();
       }
@@ -239,7 +242,7 @@ async function createMysql(name: string): Promise<BenchDatabase> {
     async counters() {
       const [u] = (await admin.query("SELECT SELECT_COMMANDS + UPDATE_COMMANDS + OTHER_COMMANDS AS q FROM information_schema.USER_STATISTICS WHERE USER = ?", [user])) as unknown as [Array<{ q: number | string }>];
       const [g] = (await admin.query("SHOW GLOBAL STATUS LIKE 'Questions'")) as unknown as [Array<{ Value: string }>];
-      return { queries: Number(u[0]?.q ?? 0), secondary: Number(g[0]?.Value ?? NaN) };
+      return { queries: Number(u[0]?.q ?? 0), secondary: Number(g[0]?.Value ?? NaN), perTable: {} };
     },
     async load(plan) {
       const ds = await createMysqlDatastore({ connectionString: url, clock: systemClock, maxOpenConns: 2 });

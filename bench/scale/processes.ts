@@ -119,6 +119,8 @@ export interface SimReport {
   readonly streamEnds: number;
   readonly errors: number;
   readonly latencies: number[];
+  /** Entry ID → when (ms since the epoch) its first SVID was signed, for entries first seen in the window. */
+  readonly firstSvid: Readonly<Record<string, number>>;
   readonly seconds: number;
 }
 
@@ -133,11 +135,19 @@ export interface SimAgents {
   stop(): Promise<void>;
 }
 
-/** Starts a simulated-agents process for `tokens` over `addresses`; its `ready` resolves once every identity is attested and watching. */
-export function startSimAgents(addresses: readonly string[], rootsPath: string, tokens: readonly string[], dir: string, index: number): SimAgents {
+/**
+ * Starts a simulated-agents process for `tokens` over `addresses`; its `ready` resolves once every identity is attested and watching.
+ * `concurrency`: attestations it runs at once; `cpuProfDir`: where it writes a CPU profile (`node --cpu-prof`) when it quits.
+ */
+export function startSimAgents(addresses: readonly string[], rootsPath: string, tokens: readonly string[], dir: string, index: number, concurrency = 20, cpuProfDir?: string): SimAgents {
   const tokensPath = path.join(dir, `tokens-${index}.txt`);
   writeFileSync(tokensPath, tokens.join("\n"));
-  const child = spawn(process.execPath, ["--import", "tsx", path.join(root, "bench/support/sim-agents-child.ts"), addresses.join(","), rootsPath, tokensPath], { cwd: root, stdio: ["pipe", "pipe", "inherit"] });
+  const prof = cpuProfDir === undefined ? [] : ["--cpu-prof", "--cpu-prof-dir", cpuProfDir];
+  const child = spawn(process.execPath, [...prof, "--import", "tsx", path.join(root, "bench/support/sim-agents-child.ts"), addresses.join(","), rootsPath, tokensPath], {
+    cwd: root,
+    stdio: ["pipe", "pipe", "inherit"],
+    env: { ...process.env, SIGIL_SIM_CONCURRENCY: String(concurrency) },
+  });
   const waiters: Array<{ key: string; resolve: (v: unknown) => void; reject: (e: Error) => void }> = [];
   let exited: Error | undefined;
   const exit = new Promise<void>((resolve) =>

@@ -13,7 +13,10 @@
  * added stage by stage and each stage is measured at steady state, to show
  * whether database load grows with agent count; `--agents 0` runs the cold
  * start alone. `--cpu-prof DIR` writes a CPU profile of the cold-start
- * server (`node --cpu-prof`) into DIR when it stops. Entries (and join tokens) are
+ * server (`node --cpu-prof`) into DIR when it stops; `--sim-cpu-prof DIR` those
+ * of the simulated-agent processes. `--attest-concurrency` (32) and
+ * `--burst-concurrency` (256) bound the attestations and the signing burst's
+ * batches in flight over all simulated-agent processes. Entries (and join tokens) are
  * bulk-loaded into the database before the servers start, by multi-row
  * INSERTs of the rows the SQL datastore writes (`bench/scale/database.ts`).
  *
@@ -24,7 +27,8 @@
  * per 1,000 agents, p99 sync latency (against a raw gRPC unary call over
  * loopback), RSS of each server, sustained SVID signings per second when
  * every agent renews at once (against raw `crypto.sign` P-256 in the same
- * run), and the cold start's time to /ready (against reading the same rows
+ * run), the time from an entry's creation (churn window) to its agent holding
+ * its SVID, and the cold start's time to /ready (against reading the same rows
  * with the raw driver) and RSS.
  *
  * Every database, directory and child process it makes is removed or ended
@@ -68,9 +72,17 @@ export interface ScaleOptions {
   readonly signing: boolean;
   /** Directory for a CPU profile of the cold-start server (`node --cpu-prof`), written when it stops; undefined: none. */
   readonly cpuProfDir: string | undefined;
+  /** Attestations in flight at once over all simulated-agent processes. */
+  readonly attestConcurrency: number;
+  /** Directory for CPU profiles of the simulated-agent processes, written when they quit; undefined: none. */
+  readonly simCpuProfDir: string | undefined;
+  /** Agents' SVID batches in flight at once over all processes in the signing burst. */
+  readonly burstConcurrency: number;
 }
 
 const TRUST_DOMAIN = "example.org";
+/** The servers' `change_feed.gap_timeout` (the default). */
+const GAP_TIMEOUT_MS = 60_000;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const log = (s: string): void => console.log(`[scale ${new Date().toISOString().slice(11, 19)}] ${s}`);
 
@@ -176,12 +188,38 @@ async function rootsOfAll(servers: readonly BenchServer[]): Promise<string> {
   }
 }
 
+/**
+ * Waits out a stage's set-up before measuring: `change_feed.gap_timeout`
+ * (60 s) and 5 s more, then until a 5 s interval sees at most 10 transactions
+ * (statements) a second per server, up to 60 s more. The set-up's aftermath
+ * lasts longer than its last call: event IDs the change feed saw skipped
+ * during the attestations (rolled back or retried writes) are given up
+ * `gap_timeout` later, and each give-up drops the whole agent cache, which
+ * every agent's next sync then reads again (one read per agent).
+ */
+async function settle(db: BenchDatabase, servers: number): Promise<void> {
+  const t0 = performance.now();
+  await sleep(GAP_TIMEOUT_MS + 5000);
+  let c = await db.counters();
+  let rate = NaN;
+  while (performance.now() - t0 < GAP_TIMEOUT_MS + 65_000) {
+    await sleep(5000);
+    const next = await db.counters();
+    rate = (next.queries - c.queries) / 5;
+    c = next;
+    if (rate <= 10 * servers) break;
+  }
+  log(`settled for ${((performance.now() - t0) / 1000).toFixed(0)} s (last 5 s: DB ${rate.toFixed(1)}/s)`);
+}
+
 /** One measured window. */
 interface Window {
   readonly agents: number;
   readonly seconds: number;
   readonly dbQps: number;
   readonly dbSecondaryPerS: number;
+  /** The busiest tables' scans per second (PostgreSQL), busiest first. */
+  readonly topTables: ReadonlyArray<readonly [string, number]>;
   /** CPU of every server (cores). */
   readonly serverCores: number[];
   readonly rssMb: number[];
@@ -189,50 +227,75 @@ interface Window {
   readonly p50: number;
   readonly p99: number;
   readonly renewalsPerS: number;
+  readonly agentRenewalsPerS: number;
   readonly noticesPerS: number;
   readonly errors: number;
+  /** CPU of all simulated-agent processes (cores) and their RSS (MB, summed). */
+  readonly simCores: number;
+  readonly simRssMb: number;
+  /** Entry ID → when its first SVID reached its agent (ms since the epoch), for entries first seen in the window. */
+  readonly firstSvid: ReadonlyMap<string, number>;
 }
 
-async function measureWindow(db: BenchDatabase, servers: readonly BenchServer[], sims: readonly SimAgents[], ms: number, during?: (until: number) => Promise<void>): Promise<Window> {
+/** Measures `ms` (running `during` meanwhile); the agents' reports are read `tailMs` after the window's end (their latencies and first SVIDs then include that tail). */
+async function measureWindow(db: BenchDatabase, servers: readonly BenchServer[], sims: readonly SimAgents[], ms: number, during?: (until: number) => Promise<void>, tailMs = 0): Promise<Window> {
   await Promise.all(sims.map((s) => s.ask("mark", "marked")));
   const c0 = await db.counters();
   const cpu0 = servers.map((s) => processCpuMs(s.pid));
+  const simCpu0 = sims.reduce((a, s) => a + processCpuMs(s.child.pid as number), 0);
   const t0 = performance.now();
   if (during) await during(t0 + ms);
   const left = t0 + ms - performance.now();
   if (left > 0) await sleep(left);
   const wallMs = performance.now() - t0;
   const cpu1 = servers.map((s) => processCpuMs(s.pid));
+  const simCpu1 = sims.reduce((a, s) => a + processCpuMs(s.child.pid as number), 0);
   // PostgreSQL backends flush statistics up to a second after a transaction: read a moment later (the few extra transactions are counted over the longer span).
   if (db.engine === "postgres") await sleep(1500);
   const c1 = await db.counters();
   const statsMs = performance.now() - t0;
+  const tail = t0 + wallMs + tailMs - performance.now();
+  if (tail > 0) await sleep(tail);
   const reports = await Promise.all(sims.map((s) => s.ask<SimReport>("report", "report")));
   const latencies = reports.flatMap((r) => r.latencies);
-  const sum = (k: keyof Omit<SimReport, "latencies">): number => reports.reduce((a, r) => a + r[k], 0);
+  const sum = (k: keyof Omit<SimReport, "latencies" | "firstSvid">): number => reports.reduce((a, r) => a + r[k], 0);
   const seconds = wallMs / 1000;
+  // The agents' counts cover their own span since `mark` (the window and its tail).
+  const simSeconds = reports.length ? reports.reduce((a, r) => a + r.seconds, 0) / reports.length : seconds;
   return {
     agents: sims.reduce((a, s) => a + s.agents, 0),
     seconds,
     dbQps: (c1.queries - c0.queries) / (statsMs / 1000),
     dbSecondaryPerS: (c1.secondary - c0.secondary) / (statsMs / 1000),
+    topTables: Object.entries(c1.perTable)
+      .map(([t, n]) => [t, (n - (c0.perTable[t] ?? 0)) / (statsMs / 1000)] as const)
+      .filter(([, r]) => r > 0)
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, 4),
     serverCores: cpu1.map((c, i) => (c - (cpu0[i] as number)) / wallMs),
     rssMb: servers.map((s) => processRssMb(s.pid)),
-    syncsPerS: sum("syncs") / seconds,
+    syncsPerS: sum("syncs") / simSeconds,
     p50: latencies.length ? percentile(latencies, 50) : NaN,
     p99: latencies.length ? percentile(latencies, 99) : NaN,
-    renewalsPerS: sum("renewals") / seconds,
-    noticesPerS: sum("notices") / seconds,
+    renewalsPerS: sum("renewals") / simSeconds,
+    agentRenewalsPerS: sum("agentRenewals") / simSeconds,
+    noticesPerS: sum("notices") / simSeconds,
     errors: sum("errors"),
+    simCores: (simCpu1 - simCpu0) / wallMs,
+    simRssMb: sims.reduce((a, s) => a + processRssMb(s.child.pid as number), 0),
+    firstSvid: new Map(reports.flatMap((r) => Object.entries(r.firstSvid))),
   };
 }
 
 function describeWindow(w: Window, what: string, servers: number): void {
   const cores = w.serverCores.reduce((a, b) => a + b, 0);
   log(
-    `${what}: ${w.agents} agents, ${w.seconds.toFixed(0)} s: DB ${w.dbQps.toFixed(1)}/s (${(w.dbQps / servers).toFixed(1)} per server; secondary ${w.dbSecondaryPerS.toFixed(1)}/s), ` +
+    `${what}: ${w.agents} agents, ${w.seconds.toFixed(0)} s: DB ${w.dbQps.toFixed(1)}/s (${(w.dbQps / servers).toFixed(1)} per server; secondary ${w.dbSecondaryPerS.toFixed(1)}/s${w.topTables.length ? `: ${w.topTables.map(([t, r]) => `${t} ${r.toFixed(1)}`).join(", ")}` : ""}), ` +
       `server CPU ${w.serverCores.map((c) => c.toFixed(2)).join("+")} cores (${((cores / w.agents) * 1000).toFixed(3)} per 1,000 agents), RSS ${w.rssMb.map((r) => r.toFixed(0)).join("/")} MB, ` +
-      `syncs ${w.syncsPerS.toFixed(0)}/s p50 ${w.p50.toFixed(1)} ms p99 ${w.p99.toFixed(1)} ms, renewals ${w.renewalsPerS.toFixed(1)}/s, notices ${w.noticesPerS.toFixed(1)}/s, errors ${w.errors}`,
+      `syncs ${w.syncsPerS.toFixed(0)}/s p50 ${w.p50.toFixed(1)} ms p99 ${w.p99.toFixed(1)} ms, renewals ${w.renewalsPerS.toFixed(1)}/s (agent SVIDs ${w.agentRenewalsPerS.toFixed(1)}/s), notices ${w.noticesPerS.toFixed(1)}/s, errors ${w.errors}; ` +
+      `simulated agents: ${w.simCores.toFixed(2)} cores (${((w.simCores * 1000) / Math.max(w.syncsPerS, 0.1)).toFixed(2)} ms CPU per sync), RSS ${w.simRssMb.toFixed(0)} MB (${((w.simRssMb * 1024) / w.agents).toFixed(0)} KB per agent); load average ${loadavg()
+        .map((l) => l.toFixed(2))
+        .join(" ")}`,
   );
 }
 
@@ -277,8 +340,11 @@ export async function runScale(o: ScaleOptions): Promise<boolean> {
     for (const n of o.agents) {
       t0 = performance.now();
       const started: SimAgents[] = [];
+      const processes = Math.ceil((n - have) / o.agentsPerProcess);
+      // The attestation budget is shared by the stage's processes: the server attests and signs on one event loop, and more in flight only queues there.
+      const concurrency = Math.max(1, Math.floor(o.attestConcurrency / processes));
       for (let from = have; from < n; from += o.agentsPerProcess) {
-        const s = startSimAgents(addresses, rootsPath, tokens.slice(from, Math.min(n, from + o.agentsPerProcess)), dir, sims.length + started.length);
+        const s = startSimAgents(addresses, rootsPath, tokens.slice(from, Math.min(n, from + o.agentsPerProcess)), dir, sims.length + started.length, concurrency, o.simCpuProfDir);
         cleanups.push(() => s.stop());
         started.push(s);
       }
@@ -287,7 +353,7 @@ export async function runScale(o: ScaleOptions): Promise<boolean> {
       have = n;
       log(`${n} simulated agents attested, synced, signed and watching in ${sims.length} processes (${((performance.now() - t0) / 1000).toFixed(1)} s for this stage)`);
       // Let the stage's set-up (first syncs and signings, their issuance records) finish before measuring.
-      await sleep(10_000);
+      await settle(db, o.servers);
       const w = await measureWindow(db, servers, sims, o.durationMs);
       describeWindow(w, "steady state, no churn", o.servers);
       quiet.push(w);
@@ -343,34 +409,71 @@ export async function runScale(o: ScaleOptions): Promise<boolean> {
       const admins = servers.map((s) => createUnaryClient(EntryAdmin, `unix:${s.socketPath}`, credentials.createInsecure()));
       cleanups.push(() => admins.forEach((a) => a.close()));
       const created: string[] = [];
+      /** Entry ID → when its create call returned (ms since the epoch). */
+      const createdAt = new Map<string, number>();
       let changes = 0;
       let failures = 0;
+      // Changes are made on schedule, up to 32 in flight (a slow admin call does not hold back the rate); an entry is deleted
+      // only once 10 s old, so its agent has had the time to fetch its SVID (the create-to-SVID figure must not lose slow ones).
+      const KEEP_MS = 10_000;
+      let inFlight = 0;
+      const change = async (k: number): Promise<void> => {
+        const admin = admins[k % admins.length] as (typeof admins)[number];
+        const oldest = created[0];
+        try {
+          if (oldest !== undefined && Date.now() - (createdAt.get(oldest) ?? Infinity) > KEEP_MS && k % 2 === 1) {
+            created.shift();
+            const r = await admin.batchDeleteEntry({ ids: [oldest] });
+            if ((r.results[0]?.status?.code ?? 0) !== 0) failures++;
+          } else {
+            const agent = joinTokenAgentId(TRUST_DOMAIN, tokens[k % tokens.length] as string);
+            const r = await admin.batchCreateEntry({ entries: [create(EntrySchema, { spiffeId: `spiffe://${TRUST_DOMAIN}/churn/${k}`, parentId: agent, selectors: [{ type: "unix", value: `uid:${500_000 + k}` }], x509SvidTtl: o.svidTtlSeconds })] });
+            const id = r.results[0]?.entry?.id;
+            if (id) (created.push(id), createdAt.set(id, Date.now()));
+            else failures++;
+          }
+        } catch {
+          failures++;
+        }
+      };
       const churn = async (until: number): Promise<void> => {
         const start = performance.now();
+        const pending = new Set<Promise<void>>();
         while (performance.now() < until) {
           const due = start + (changes * 1000) / o.churn;
           if (due > performance.now()) await sleep(due - performance.now());
-          const admin = admins[changes % admins.length] as (typeof admins)[number];
-          try {
-            if (changes % 2 === 0 || created.length === 0) {
-              const k = changes;
-              const agent = joinTokenAgentId(TRUST_DOMAIN, tokens[k % tokens.length] as string);
-              const r = await admin.batchCreateEntry({ entries: [create(EntrySchema, { spiffeId: `spiffe://${TRUST_DOMAIN}/churn/${k}`, parentId: agent, selectors: [{ type: "unix", value: `uid:${500_000 + k}` }], x509SvidTtl: o.svidTtlSeconds })] });
-              const id = r.results[0]?.entry?.id;
-              if (id) created.push(id);
-              else failures++;
-            } else {
-              const r = await admin.batchDeleteEntry({ ids: [created.shift() as string] });
-              if ((r.results[0]?.status?.code ?? 0) !== 0) failures++;
-            }
-          } catch {
-            failures++;
+          if (inFlight >= 32) {
+            await Promise.race(pending);
+            continue;
           }
+          inFlight++;
+          const p: Promise<void> = change(changes).finally(() => (inFlight--, pending.delete(p)));
+          pending.add(p);
           changes++;
         }
+        await Promise.all(pending);
       };
-      const w = await measureWindow(db, servers, sims, o.durationMs, churn);
+      // The reports are read 5 s after the window, so entries created near its end can reach their agents.
+      const w = await measureWindow(db, servers, sims, o.durationMs, churn, 5000);
       describeWindow(w, `churn ${o.churn}/s (${changes} changes, ${failures} failed)`, o.servers);
+      // Entry create (the admin call returned) to the owning agent holding the new entry's SVID (sync after the pushed notice, then BatchNewX509SVID).
+      const toSvid = [...createdAt].flatMap(([id, at]) => {
+        const got = w.firstSvid.get(id);
+        return got === undefined ? [] : [Math.max(0, got - at)];
+      });
+      log(
+        `entry create to SVID: ${toSvid.length} of ${createdAt.size} created entries reached their agent within the window and 5 s after; ` +
+          (toSvid.length ? `p50 ${percentile(toSvid, 50).toFixed(0)} ms, p99 ${percentile(toSvid, 99).toFixed(0)} ms, max ${Math.max(...toSvid).toFixed(0)} ms` : "none"),
+      );
+      if (toSvid.length > 0)
+        pass =
+          report({
+            name: `${tag}-${w.agents}-agents-entry-create-to-svid-p99`,
+            value: percentile(toSvid, 99),
+            unit: "ms",
+            baseline: { value: rawP99, unit: "ms", what: "p99 raw gRPC unary call, loopback TCP, no TLS" },
+            target: { kind: "absolute", op: "<", bound: 1000 },
+          }) && pass;
       const perServer = w.dbQps / o.servers;
       pass =
         report({
@@ -394,7 +497,12 @@ export async function runScale(o: ScaleOptions): Promise<boolean> {
     if (o.signing) {
       const cpu0 = servers.map((s) => processCpuMs(s.pid));
       t0 = performance.now();
-      const renewed = await Promise.all(sims.map((s) => s.ask<{ svids: number; ms: number }>("renew-all", "renewed")));
+      // The server records each batch in one transaction: a few batches in flight measure the commit latency, not the signing
+      // (32 in flight: 1,333 SVIDs/s at 0.23 of a core); all agents at once queue past the 30 s deadline at 5,000 agents.
+      const perProcess = Math.max(1, Math.floor(o.burstConcurrency / sims.length));
+      const renewed = await Promise.all(sims.map((s) => s.ask<{ svids: number; ms: number; errors: number; lastError: string }>(`renew-all ${perProcess}`, "renewed")));
+      const failed = renewed.find((r) => r.lastError !== "");
+      if (failed) log(`signing burst: simulated agents' errors so far ${renewed.reduce((a, r) => a + r.errors, 0)}, e.g. ${failed.lastError.slice(0, 300)}`);
       const wallMs = performance.now() - t0;
       const cores = servers.map((s, i) => (processCpuMs(s.pid) - (cpu0[i] as number)) / wallMs);
       signRates.push(rawSignRate());
@@ -499,6 +607,9 @@ export function parseScaleArgs(argv: readonly string[]): ScaleOptions {
       "agents-per-process": { type: "string", default: "500" },
       "no-signing": { type: "boolean", default: false },
       "cpu-prof": { type: "string" },
+      "attest-concurrency": { type: "string", default: "32" },
+      "burst-concurrency": { type: "string", default: "256" },
+      "sim-cpu-prof": { type: "string" },
     },
     strict: true,
   });
@@ -509,6 +620,10 @@ export function parseScaleArgs(argv: readonly string[]): ScaleOptions {
   const servers = positiveInt("servers", values.servers);
   if (servers < 1) throw new Error("bench: --servers must be at least 1");
   const perProcess = positiveInt("agents-per-process", values["agents-per-process"]);
+  const attestConcurrency = positiveInt("attest-concurrency", values["attest-concurrency"]);
+  if (attestConcurrency < 1) throw new Error("bench: --attest-concurrency must be at least 1");
+  const burstConcurrency = positiveInt("burst-concurrency", values["burst-concurrency"]);
+  if (burstConcurrency < 1) throw new Error("bench: --burst-concurrency must be at least 1");
   if (perProcess < 1) throw new Error("bench: --agents-per-process must be at least 1");
   return {
     db: values.db,
@@ -522,6 +637,9 @@ export function parseScaleArgs(argv: readonly string[]): ScaleOptions {
     agentsPerProcess: perProcess,
     signing: !values["no-signing"],
     cpuProfDir: values["cpu-prof"] === undefined ? undefined : path.resolve(values["cpu-prof"]),
+    attestConcurrency,
+    burstConcurrency,
+    simCpuProfDir: values["sim-cpu-prof"] === undefined ? undefined : path.resolve(values["sim-cpu-prof"]),
   };
 }
 
