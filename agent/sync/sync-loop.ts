@@ -275,7 +275,9 @@ export class SyncLoop {
     let earliest = Infinity;
     for (const at of this.#taintPlan.values()) earliest = Math.min(earliest, at.getTime());
     const identity = this.#o.identity;
-    if (identity && this.#ownTaintRenewal !== undefined && identity.current() === this.#ownTaintRenewal) earliest = Math.min(earliest, identity.renewAt.getTime());
+    // A renewal point already passed failed in the last round: the sync schedule (with its backoff) retries it, not a busy loop here.
+    const ownAt = identity && this.#ownTaintRenewal !== undefined && identity.current() === this.#ownTaintRenewal ? identity.renewAt.getTime() : Infinity;
+    if (ownAt > this.#o.clock.now().getTime()) earliest = Math.min(earliest, ownAt);
     if (earliest === Infinity) return;
     // Not before the server's retry hint: the round would only wait for it.
     const delay = Math.max(0, earliest - this.#o.clock.now().getTime(), this.#pushback.remainingMs());
@@ -317,22 +319,11 @@ export class SyncLoop {
       const failed = await this.#reattest(standing.agentId);
       if (failed) return failed;
       agentSvid = "reattested";
-    } else if (this.#o.identity) {
-      try {
-        const before = this.#o.identity.current();
-        agentSvid = await this.#o.identity.maintain();
-        if (agentSvid !== "none" && before !== undefined && before === this.#ownTaintRenewal) {
-          this.#ownTaintRenewal = undefined;
-          this.#o.metrics?.taintReplacements.inc({ svid: "agent" });
-        }
-      } catch (e) {
-        if (isEvictionError(e)) return this.#evicted(e, "error");
-        agentSvid = "error";
-        log?.error({ err: e }, "sync: cannot renew the agent SVID");
-        // An expired agent SVID cannot sync at all; a valid one still can.
-        const current = this.#o.identity.current();
-        if (!current || current.notAfter.getTime() <= clock.now().getTime()) return this.#failed(e, agentSvid);
-      }
+    } else {
+      this.#ownBeforeWorkloads();
+      const maintained = await this.#maintainIdentity();
+      if (typeof maintained === "object") return maintained;
+      agentSvid = maintained;
     }
 
     if (kind === "replace") {
@@ -379,6 +370,11 @@ export class SyncLoop {
     }
     if (res.taint) this.#applyTaint(res.taint);
     this.#planTaint();
+    if (this.#ownBeforeWorkloads()) {
+      const maintained = await this.#maintainIdentity();
+      if (typeof maintained === "object") return maintained;
+      if (maintained !== "none") agentSvid = maintained;
+    }
 
     const { rotated, failed, error } = await this.#rotate();
     if (error !== undefined && isEvictionError(error)) return this.#evicted(error, agentSvid);
@@ -446,6 +442,53 @@ export class SyncLoop {
         log?.info({ agent_id: own.spiffeId, renew_at: at.toISOString() }, "sync: the agent SVID is under a tainted authority; renewing it now");
       }
     }
+  }
+
+  /**
+   * Renews the agent SVID (when due) through {@link NodeIdentity.maintain}.
+   * Returns what happened to it, or the round's outcome when the round must
+   * end here (evicted, or no valid agent SVID left to sync with).
+   */
+  async #maintainIdentity(): Promise<SyncOutcome["agentSvid"] | SyncOutcome> {
+    const identity = this.#o.identity;
+    if (!identity) return "none";
+    try {
+      const before = identity.current();
+      const done = await identity.maintain();
+      if (done !== "none" && before !== undefined && before === this.#ownTaintRenewal) {
+        this.#ownTaintRenewal = undefined;
+        this.#o.metrics?.taintReplacements.inc({ svid: "agent" });
+      }
+      return done;
+    } catch (e) {
+      if (isEvictionError(e)) return this.#evicted(e, "error");
+      this.#o.log?.error({ err: e }, "sync: cannot renew the agent SVID");
+      // An expired agent SVID cannot sync at all; a valid one still can.
+      const current = identity.current();
+      if (!current || current.notAfter.getTime() <= this.#o.clock.now().getTime()) return this.#failed(e, "error");
+      return "error";
+    }
+  }
+
+  /**
+   * Brings the agent SVID's taint renewal forward to now when one of its
+   * workloads' taint replacements is due: the agent's own SVID is replaced no
+   * later than the first workload SVID under the same tainted authority. An
+   * operator who revokes the authority once the workloads have their
+   * replacements would otherwise cut off an agent still authenticating with
+   * an SVID under it: it could no longer sync, and would keep serving the
+   * revoked key in its bundles. True when the renewal point moved to now.
+   */
+  #ownBeforeWorkloads(): boolean {
+    const identity = this.#o.identity;
+    if (!identity || this.#ownTaintRenewal === undefined || identity.current() !== this.#ownTaintRenewal) return false;
+    const now = this.#o.clock.now().getTime();
+    if (identity.renewAt.getTime() <= now) return false;
+    let due = false;
+    for (const at of this.#taintPlan.values()) if (at.getTime() <= now) due = true;
+    if (!due) return false;
+    identity.renewBy(new Date(now));
+    return true;
   }
 
   /** The agent SVID a taint moved the renewal of, until it is renewed. */

@@ -258,7 +258,7 @@ describe("the sync loop under a taint", () => {
     expect(h.issuedBy(server.b)(dBefore.chain)).toBe(true);
 
     server.taint = { x509SpkiSha256: new Set([server.a.spki]), jwtKeyIds: new Set() };
-    // Batches of 2 (a, b | c) at +3 s and +8 s; the agent SVID at +6 s.
+    // Batches of 2 (a, b | c) at +3 s and +8 s; the agent SVID drawn at +6 s, but renewed with the first batch.
     draws.push(0.3, 0.8, 0.6);
     await loop.syncNow();
     expect(loop.pendingTaintReplacements).toBe(3);
@@ -271,11 +271,13 @@ describe("the sync loop under a taint", () => {
     expect(server.batches).toEqual([2]);
     expect(loop.pendingTaintReplacements).toBe(1);
     expect(h.servedChains()).toHaveLength(4);
+    // No workload gets a new SVID before its agent does: a revoke after the workloads' replacements must not cut the agent off.
+    expect(server.renewals).toBe(1);
+    expect(h.issuedBy(server.b)(h.identity.current()!.chain)).toBe(true);
 
     clock.advance(3000);
     await loop.syncNow();
     expect(server.renewals).toBe(1);
-    expect(h.issuedBy(server.b)(h.identity.current()!.chain)).toBe(true);
 
     clock.advance(2000);
     await loop.syncNow();
