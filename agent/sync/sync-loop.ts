@@ -370,10 +370,11 @@ export class SyncLoop {
     }
     if (res.taint) this.#applyTaint(res.taint);
     this.#planTaint();
-    if (this.#ownBeforeWorkloads()) {
+    // Tried at most once a round: a renewal that failed above waits for the next round.
+    if (agentSvid === "none" && this.#ownBeforeWorkloads()) {
       const maintained = await this.#maintainIdentity();
       if (typeof maintained === "object") return maintained;
-      if (maintained !== "none") agentSvid = maintained;
+      agentSvid = maintained;
     }
 
     const { rotated, failed, error } = await this.#rotate();
@@ -477,18 +478,19 @@ export class SyncLoop {
    * operator who revokes the authority once the workloads have their
    * replacements would otherwise cut off an agent still authenticating with
    * an SVID under it: it could no longer sync, and would keep serving the
-   * revoked key in its bundles. True when the renewal point moved to now.
+   * revoked key in its bundles. True when the taint renewal is due now.
    */
   #ownBeforeWorkloads(): boolean {
     const identity = this.#o.identity;
     if (!identity || this.#ownTaintRenewal === undefined || identity.current() !== this.#ownTaintRenewal) return false;
     const now = this.#o.clock.now().getTime();
-    if (identity.renewAt.getTime() <= now) return false;
-    let due = false;
-    for (const at of this.#taintPlan.values()) if (at.getTime() <= now) due = true;
-    if (!due) return false;
-    identity.renewBy(new Date(now));
-    return true;
+    if (identity.renewAt.getTime() <= now) return true;
+    for (const at of this.#taintPlan.values()) {
+      if (at.getTime() > now) continue;
+      identity.renewBy(new Date(now));
+      return true;
+    }
+    return false;
   }
 
   /** The agent SVID a taint moved the renewal of, until it is renewed. */
