@@ -16,7 +16,10 @@
  * own) is replaced at once instead of at its renewal point, in batches of
  * `taintBatchSize` spread at random over `taintSpreadMs` (see
  * `rotation/taint.ts`); the old SVID is served until its replacement is in
- * the cache. Cached JWT-SVIDs signed by a tainted key are dropped.
+ * the cache. The agent's own SVID is renewed no later than the first batch,
+ * so a revoke made once the workloads are replaced never finds the agent
+ * still authenticating under the revoked key (it could no longer sync).
+ * Cached JWT-SVIDs signed by a tainted key are dropped.
  *
  * Each sync also reports the SVIDs first handed to workloads since the last
  * successful one (`cache/deliveries.ts`), up to {@link DEFAULT_DELIVERIES_PER_SYNC}

@@ -134,11 +134,14 @@ console.log(JSON.stringify({ bundle: ders(b.bundles), svidBundle: ders(c.bundles
     expect(tainted, JSON.stringify(authorities())).toBeDefined();
     await until((v) => v.svidSigner !== undefined && v.svidSigner !== old, "an SVID from the new authority");
 
+    const revokedAt = Date.now();
     const r = (srv as ServerProcess).cli(["authority", "revoke", "--key-id", (tainted as AuthorityRow).key_id, "--force"]);
     expect(r.status, r.stderr).toBe(0);
     expect(serverRoots()).not.toContain(old);
 
     const after = await until((v) => !v.bundleRoots.includes(old) && !v.svidBundleRoots.includes(old), "the revoked root gone from the Workload API");
+    // A figure for the docs, not an assertion (each look is a new workload process, so it is an upper bound).
+    console.log(`revoked root gone from the agent's Workload API ${Date.now() - revokedAt} ms after the revoke command started`);
     // The replacement still verifies: its root stays.
     expect(after.svidBundleRoots).toContain(after.svidSigner);
   }, 120_000);
@@ -147,9 +150,11 @@ console.log(JSON.stringify({ bundle: ders(b.bundles), svidBundle: ders(c.bundles
     const kid = active("jwt").key_id;
     await until((v) => v.jwtKids.includes(kid), "the active JWT key in FetchJWTBundles");
     cli(["authority", "taint", "--key-id", kid]);
+    const revokedAt = Date.now();
     const r = (srv as ServerProcess).cli(["authority", "revoke", "--key-id", kid, "--force"]);
     expect(r.status, r.stderr).toBe(0);
     const after = await until((v) => !v.jwtKids.includes(kid), "the revoked kid gone from FetchJWTBundles");
+    console.log(`revoked kid gone from the agent's FetchJWTBundles ${Date.now() - revokedAt} ms after the revoke command started`);
     expect(after.jwtKids).toContain(active("jwt").key_id);
   }, 120_000);
 });
