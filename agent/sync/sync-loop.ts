@@ -16,7 +16,10 @@
  * own) is replaced at once instead of at its renewal point, in batches of
  * `taintBatchSize` spread at random over `taintSpreadMs` (see
  * `rotation/taint.ts`); the old SVID is served until its replacement is in
- * the cache. Cached JWT-SVIDs signed by a tainted key are dropped.
+ * the cache. The agent's own SVID is renewed no later than the first batch,
+ * so a revoke made once the workloads are replaced never finds the agent
+ * still authenticating under the revoked key (it could no longer sync).
+ * Cached JWT-SVIDs signed by a tainted key are dropped.
  *
  * Each sync also reports the SVIDs first handed to workloads since the last
  * successful one (`cache/deliveries.ts`), up to {@link DEFAULT_DELIVERIES_PER_SYNC}
@@ -275,7 +278,9 @@ export class SyncLoop {
     let earliest = Infinity;
     for (const at of this.#taintPlan.values()) earliest = Math.min(earliest, at.getTime());
     const identity = this.#o.identity;
-    if (identity && this.#ownTaintRenewal !== undefined && identity.current() === this.#ownTaintRenewal) earliest = Math.min(earliest, identity.renewAt.getTime());
+    // A renewal point already passed failed in the last round: the sync schedule (with its backoff) retries it, not a busy loop here.
+    const ownAt = identity && this.#ownTaintRenewal !== undefined && identity.current() === this.#ownTaintRenewal ? identity.renewAt.getTime() : Infinity;
+    if (ownAt > this.#o.clock.now().getTime()) earliest = Math.min(earliest, ownAt);
     if (earliest === Infinity) return;
     // Not before the server's retry hint: the round would only wait for it.
     const delay = Math.max(0, earliest - this.#o.clock.now().getTime(), this.#pushback.remainingMs());
@@ -317,22 +322,11 @@ export class SyncLoop {
       const failed = await this.#reattest(standing.agentId);
       if (failed) return failed;
       agentSvid = "reattested";
-    } else if (this.#o.identity) {
-      try {
-        const before = this.#o.identity.current();
-        agentSvid = await this.#o.identity.maintain();
-        if (agentSvid !== "none" && before !== undefined && before === this.#ownTaintRenewal) {
-          this.#ownTaintRenewal = undefined;
-          this.#o.metrics?.taintReplacements.inc({ svid: "agent" });
-        }
-      } catch (e) {
-        if (isEvictionError(e)) return this.#evicted(e, "error");
-        agentSvid = "error";
-        log?.error({ err: e }, "sync: cannot renew the agent SVID");
-        // An expired agent SVID cannot sync at all; a valid one still can.
-        const current = this.#o.identity.current();
-        if (!current || current.notAfter.getTime() <= clock.now().getTime()) return this.#failed(e, agentSvid);
-      }
+    } else {
+      this.#ownBeforeWorkloads();
+      const maintained = await this.#maintainIdentity();
+      if (typeof maintained === "object") return maintained;
+      agentSvid = maintained;
     }
 
     if (kind === "replace") {
@@ -379,6 +373,12 @@ export class SyncLoop {
     }
     if (res.taint) this.#applyTaint(res.taint);
     this.#planTaint();
+    // Tried at most once a round: a renewal that failed above waits for the next round.
+    if (agentSvid === "none" && this.#ownBeforeWorkloads()) {
+      const maintained = await this.#maintainIdentity();
+      if (typeof maintained === "object") return maintained;
+      agentSvid = maintained;
+    }
 
     const { rotated, failed, error } = await this.#rotate();
     if (error !== undefined && isEvictionError(error)) return this.#evicted(error, agentSvid);
@@ -446,6 +446,54 @@ export class SyncLoop {
         log?.info({ agent_id: own.spiffeId, renew_at: at.toISOString() }, "sync: the agent SVID is under a tainted authority; renewing it now");
       }
     }
+  }
+
+  /**
+   * Renews the agent SVID (when due) through {@link NodeIdentity.maintain}.
+   * Returns what happened to it, or the round's outcome when the round must
+   * end here (evicted, or no valid agent SVID left to sync with).
+   */
+  async #maintainIdentity(): Promise<SyncOutcome["agentSvid"] | SyncOutcome> {
+    const identity = this.#o.identity;
+    if (!identity) return "none";
+    try {
+      const before = identity.current();
+      const done = await identity.maintain();
+      if (done !== "none" && before !== undefined && before === this.#ownTaintRenewal) {
+        this.#ownTaintRenewal = undefined;
+        this.#o.metrics?.taintReplacements.inc({ svid: "agent" });
+      }
+      return done;
+    } catch (e) {
+      if (isEvictionError(e)) return this.#evicted(e, "error");
+      this.#o.log?.error({ err: e }, "sync: cannot renew the agent SVID");
+      // An expired agent SVID cannot sync at all; a valid one still can.
+      const current = identity.current();
+      if (!current || current.notAfter.getTime() <= this.#o.clock.now().getTime()) return this.#failed(e, "error");
+      return "error";
+    }
+  }
+
+  /**
+   * Brings the agent SVID's taint renewal forward to now when one of its
+   * workloads' taint replacements is due: the agent's own SVID is replaced no
+   * later than the first workload SVID under the same tainted authority. An
+   * operator who revokes the authority once the workloads have their
+   * replacements would otherwise cut off an agent still authenticating with
+   * an SVID under it: it could no longer sync, and would keep serving the
+   * revoked key in its bundles. True when the taint renewal is due now.
+   */
+  #ownBeforeWorkloads(): boolean {
+    const identity = this.#o.identity;
+    if (!identity || this.#ownTaintRenewal === undefined || identity.current() !== this.#ownTaintRenewal) return false;
+    const now = this.#o.clock.now().getTime();
+    if (identity.renewAt.getTime() <= now) return true;
+    for (const at of this.#taintPlan.values()) {
+      if (at.getTime() > now) continue;
+      identity.renewBy(new Date(now));
+      return true;
+    }
+    return false;
   }
 
   /** The agent SVID a taint moved the renewal of, until it is renewed. */

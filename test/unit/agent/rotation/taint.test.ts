@@ -8,6 +8,7 @@
  * too, a taint never hidden by a delta), and JWT-SVIDs of a tainted key
  * dropped from the cache.
  */
+import { SigilError } from "../../../../spiffe/errors.js";
 import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { NodeIdentity } from "../../../../agent/attestation/node.js";
@@ -210,8 +211,12 @@ class TaintServer implements ServerClient {
     throw new Error("not used");
   }
 
+  /** Set: RenewAgent is refused (as when the agent SVID no longer verifies). */
+  refuseRenew = false;
+
   async renew(): Promise<AgentSvid> {
     this.renewals++;
+    if (this.refuseRenew) throw new SigilError("ERR_PERMISSION_DENIED", "agent api: no client certificate");
     const { privateKey, publicKey } = generateKeyPair("ec-p256");
     return agentSvidFromChain(leaf(this.issuer, "spiffe://example.org/spire/agent/x", new Uint8Array(publicKey.export({ format: "der", type: "spki" })), this.clock.now()), privateKey);
   }
@@ -258,7 +263,7 @@ describe("the sync loop under a taint", () => {
     expect(h.issuedBy(server.b)(dBefore.chain)).toBe(true);
 
     server.taint = { x509SpkiSha256: new Set([server.a.spki]), jwtKeyIds: new Set() };
-    // Batches of 2 (a, b | c) at +3 s and +8 s; the agent SVID at +6 s.
+    // Batches of 2 (a, b | c) at +3 s and +8 s; the agent SVID drawn at +6 s, but renewed with the first batch.
     draws.push(0.3, 0.8, 0.6);
     await loop.syncNow();
     expect(loop.pendingTaintReplacements).toBe(3);
@@ -271,11 +276,13 @@ describe("the sync loop under a taint", () => {
     expect(server.batches).toEqual([2]);
     expect(loop.pendingTaintReplacements).toBe(1);
     expect(h.servedChains()).toHaveLength(4);
+    // No workload gets a new SVID before its agent does: a revoke after the workloads' replacements must not cut the agent off.
+    expect(server.renewals).toBe(1);
+    expect(h.issuedBy(server.b)(h.identity.current()!.chain)).toBe(true);
 
     clock.advance(3000);
     await loop.syncNow();
     expect(server.renewals).toBe(1);
-    expect(h.issuedBy(server.b)(h.identity.current()!.chain)).toBe(true);
 
     clock.advance(2000);
     await loop.syncNow();
@@ -294,6 +301,24 @@ describe("the sync loop under a taint", () => {
     clock.advance(1000);
     await loop.syncNow();
     expect(server.batches).toEqual([2, 1]);
+  });
+
+  it("a refused renewal of the agent SVID under a taint is retried at the sync schedule, not in a tight loop", async () => {
+    const h = harness(() => 0, true);
+    h.server.put("a");
+    const { privateKey, publicKey } = generateKeyPair("ec-p256");
+    await h.identity.start(agentSvidFromChain(leaf(h.server.a, "spiffe://example.org/spire/agent/x", new Uint8Array(publicKey.export({ format: "der", type: "spki" })), T0, 4 * HOUR), privateKey));
+    h.server.taint = { x509SpkiSha256: new Set([h.server.a.spki]), jwtKeyIds: new Set() };
+    h.server.refuseRenew = true;
+    h.loop.start();
+    try {
+      // The manual clock stands still, so the sync schedule (5 s of real time) brings no further round while this waits.
+      for (let i = 0; i < 50 && h.server.renewals < 1; i++) await new Promise((r) => setTimeout(r, 10));
+      await new Promise((r) => setTimeout(r, 200));
+    } finally {
+      await h.loop.stop();
+    }
+    expect(h.server.renewals).toBe(1);
   });
 
   it("an SVID the server still signs with the tainted key is replaced once, not in a loop", async () => {
