@@ -109,7 +109,7 @@ export class CaService implements Service {
       log: this.#d.log,
       onAuthorityEvent: this.#d.onAuthorityEvent,
       // Revoke is refused while the inventory still counts live SVIDs under the key.
-      countLiveSvids: async (caKeyId) => (await this.#d.datastore.datastore.issuanceInventory({ caKeyId, now: this.#d.clock.now(), limit: 0 })).live,
+      countLiveSvids: async (caKeyId) => (await this.#d.datastore.datastore.issuanceInventory({ caKeyId, now: this.#d.clock.now(), limit: 0, countOnly: true })).live,
       onAuthoritiesChanged: (x509, jwt) => {
         for (const slot of ["A", "B"]) {
           metrics.setCaX509Expiry(slot, x509.find((a) => a.slotId === slot)?.notAfter);
@@ -125,7 +125,7 @@ export class CaService implements Service {
   /**
    * `sigil_ca_live_svids{kind, key_id}`: the inventory's live count of every
    * unexpired authority in the journal (every server's), recomputed every 10 s
-   * rather than on scrape (one indexed query per key).
+   * rather than on scrape (one `COUNT(*)` per key, `countOnly`).
    */
   #startLiveGauge(manager: CaManager): void {
     const gauge = this.#d.metrics.gauge({ name: "sigil_ca_live_svids", help: "Live SVIDs (unexpired, not superseded) signed by each CA key, from the issuance log.", labelNames: ["kind", "key_id"] });
@@ -137,7 +137,7 @@ export class CaService implements Service {
         const ds = this.#d.datastore.datastore;
         const now = this.#d.clock.now();
         const views = (await manager.list()).filter((a) => a.status !== "revoked");
-        const counts = await Promise.all(views.map(async (a) => (await ds.issuanceInventory({ caKeyId: a.keyId, now, limit: 0 })).live));
+        const counts = await Promise.all(views.map(async (a) => (await ds.issuanceInventory({ caKeyId: a.keyId, now, limit: 0, countOnly: true })).live));
         gauge.reset();
         views.forEach((a, i) => gauge.set({ kind: a.kind, key_id: a.keyId }, counts[i] ?? 0));
       } catch (e) {

@@ -88,6 +88,13 @@ export interface IssuanceInventoryRequest {
   readonly now: Date;
   /** Most credentials to list in `svids` (soonest expiry first); 0 for counts only. Default 100, at most 10,000. */
   readonly limit?: number | undefined;
+  /**
+   * Only count: `live` is filled, `agents`, `spiffeIds` and `svids` are empty.
+   * One `COUNT(*)` in the database instead of a row per agent and SPIFFE ID
+   * folded in JavaScript (the `sigil_ca_live_svids` gauge: at 100,000 live
+   * SVIDs the fold held the event loop for 200–300 ms every 10 s).
+   */
+  readonly countOnly?: boolean | undefined;
 }
 
 /** One live credential in an {@link IssuanceInventory}. */
@@ -151,14 +158,20 @@ export function foldInventory(caKeyId: string, groups: readonly { agentId: strin
 }
 
 /** Validates an inventory request, naming the bad field. */
-export function checkInventoryRequest(r: IssuanceInventoryRequest): { caKeyId: string; now: number; limit: number } {
+export function checkInventoryRequest(r: IssuanceInventoryRequest): { caKeyId: string; now: number; limit: number; countOnly: boolean } {
   const bad = (m: string) => new SigilError("ERR_INVALID_ARGUMENT", `datastore: inventory ${m}`);
   if (r === null || typeof r !== "object") throw bad("request must be an object");
   if (typeof r.caKeyId !== "string" || r.caKeyId.length === 0 || r.caKeyId.length > 256) throw bad("caKeyId must be 1-256 characters");
   if (!(r.now instanceof Date) || Number.isNaN(r.now.getTime())) throw bad("now must be a valid Date");
   const limit = r.limit ?? INVENTORY_DEFAULT_LIMIT;
   if (!Number.isInteger(limit) || limit < 0 || limit > INVENTORY_MAX_LIMIT) throw bad(`limit must be an integer from 0 to ${INVENTORY_MAX_LIMIT}`);
-  return { caKeyId: r.caKeyId, now: r.now.getTime(), limit };
+  if (r.countOnly !== undefined && typeof r.countOnly !== "boolean") throw bad("countOnly must be a boolean");
+  return { caKeyId: r.caKeyId, now: r.now.getTime(), limit, countOnly: r.countOnly === true };
+}
+
+/** The inventory of `countOnly` requests: the live count alone. */
+export function countOnlyInventory(caKeyId: string, live: number): IssuanceInventory {
+  return { caKeyId, live, agents: [], spiffeIds: [], svids: [] };
 }
 
 /** An inventory row as every engine reads it ("" stands for no entry or agent). */

@@ -39,6 +39,7 @@ import {
 import {
   checkInventoryRequest,
   foldInventory,
+  countOnlyInventory,
   LIVE_INVENTORY_CONDITION,
   MAX_ISSUANCE_BATCH,
   toInventorySvid,
@@ -952,7 +953,13 @@ class SqliteDatastore implements Datastore {
   }
 
   async issuanceInventory(request: IssuanceInventoryRequest): Promise<IssuanceInventory> {
-    const { caKeyId, now, limit } = checkInventoryRequest(request);
+    const { caKeyId, now, limit, countOnly } = checkInventoryRequest(request);
+    if (countOnly) {
+      const counted = this.#read(() =>
+        this.#all<{ n: number }>(`SELECT COUNT(*) AS n FROM issuance_contexts c JOIN issuances i ON i.context_id = c.context_id WHERE ${LIVE_INVENTORY_CONDITION}`, caKeyId, now),
+      );
+      return countOnlyInventory(caKeyId, Number(counted[0]?.n ?? 0));
+    }
     // One statement: the live set (the costly part: a later credential of the same entry is looked
     // for per candidate) is computed once, then both grouped and listed. Two statements evaluated it
     // twice: 1.09 s at 1,000,000 records (bench/inventory.bench.ts) against the 1 s target.

@@ -73,7 +73,7 @@ export function wireAuthority(a: AuthorityView, liveSvids: number): WireAuthorit
 /** Creates the AuthorityAdmin implementation. */
 export function createAuthorityAdmin(deps: AdminApiDeps, unary: UnaryWrapper): GrpcServiceImplementation<AuthorityMethods> {
   const ca = deps.ca;
-  const live = async (keyId: string) => (await deps.datastore.issuanceInventory({ caKeyId: keyId, now: deps.now(), limit: 0 })).live;
+  const live = async (keyId: string) => (await deps.datastore.issuanceInventory({ caKeyId: keyId, now: deps.now(), limit: 0, countOnly: true })).live;
   const wire = async (a: AuthorityView) => wireAuthority(a, a.status === "revoked" ? 0 : await live(a.keyId));
   /** The kind of `keyId` when the request left it out: the journal knows. */
   const kindOf = async (kind: AuthorityKind | undefined, keyId: string): Promise<AuthorityKind> => {

@@ -53,6 +53,7 @@ import { IssuanceNormalizer, ISSUANCE_ROW_WIDTH, type IssuanceContext } from "..
 import {
   checkInventoryRequest,
   foldInventory,
+  countOnlyInventory,
   LIVE_INVENTORY_CONDITION,
   MAX_ISSUANCE_BATCH,
   toInventorySvid,
@@ -1084,7 +1085,7 @@ class SqlDatastore implements Datastore {
   }
 
   async issuanceInventory(request: IssuanceInventoryRequest): Promise<IssuanceInventory> {
-    const { caKeyId, now, limit } = checkInventoryRequest(request);
+    const { caKeyId, now, limit, countOnly } = checkInventoryRequest(request);
     // The shared condition's `?` placeholders become this dialect's bound values.
     const parts = LIVE_INVENTORY_CONDITION.split("?");
     const values: unknown[] = [caKeyId, now];
@@ -1094,6 +1095,10 @@ class SqlDatastore implements Datastore {
     );
     const from = sql`FROM issuance_contexts c JOIN issuances i ON i.context_id = c.context_id WHERE ${condition}`;
     return this.#read(async (db) => {
+      if (countOnly) {
+        const counted = await sql<{ n: number | string }>`SELECT COUNT(*) AS n ${from}`.execute(db);
+        return countOnlyInventory(caKeyId, Number(counted.rows[0]?.n ?? 0));
+      }
       const groups = await sql<{ agentId: string; spiffeId: string; n: number | string }>`SELECT c.agent_id AS ${sql.ref("agentId")}, c.spiffe_id AS ${sql.ref("spiffeId")}, COUNT(*) AS n ${from} GROUP BY c.agent_id, c.spiffe_id`.execute(db);
       const rows =
         limit === 0

@@ -77,6 +77,10 @@ describe.each(engines)("issuance inventory on %s", (engine) => {
     expect(await ds.issuanceInventory({ caKeyId: "K1", now: new Date(T0.getTime() + 3 * H) })).toEqual({ caKeyId: "K1", live: 0, agents: [], spiffeIds: [], svids: [] });
     expect((await ds.issuanceInventory({ caKeyId: "K1", now, limit: 3 })).svids).toHaveLength(3);
     expect((await ds.issuanceInventory({ caKeyId: "nope", now })).live).toBe(0);
+    // countOnly (the live-SVID gauge): the same count, nothing listed or grouped.
+    expect(await ds.issuanceInventory({ caKeyId: "K1", now, countOnly: true })).toEqual({ caKeyId: "K1", live: 8, agents: [], spiffeIds: [], svids: [] });
+    expect((await ds.issuanceInventory({ caKeyId: "K2", now, limit: 0, countOnly: true })).live).toBe(1);
+    expect((await ds.issuanceInventory({ caKeyId: "K1", now: new Date(T0.getTime() + 3 * H), countOnly: true })).live).toBe(0);
   });
 
   it("refuses bad input, naming the field", async () => {
@@ -84,5 +88,6 @@ describe.each(engines)("issuance inventory on %s", (engine) => {
     await rejection(ds.issuanceInventory({ caKeyId: "K", now: new Date(Number.NaN) }), "ERR_INVALID_ARGUMENT", "datastore: inventory now");
     await rejection(ds.issuanceInventory({ caKeyId: "K", now: T0, limit: 10_001 }), "ERR_INVALID_ARGUMENT", "datastore: inventory limit");
     await rejection(ds.issuanceInventory({ caKeyId: "K", now: T0, limit: -1 }), "ERR_INVALID_ARGUMENT", "datastore: inventory limit");
+    await rejection(ds.issuanceInventory({ caKeyId: "K", now: T0, countOnly: "yes" as unknown as boolean }), "ERR_INVALID_ARGUMENT", "datastore: inventory countOnly");
   });
 });
