@@ -14,6 +14,7 @@ import { createHash, X509Certificate } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { rootsPemFromBundleJson } from "./support/test-agent.js";
 import { runServerCli, startServerProcess, type ServerProcess } from "./support/server-process.js";
+import { authorityCli, type AuthorityRow } from "./support/authority-cli.js";
 import { runWorkload, startAgentProcess, type AgentProcess } from "./support/agent-process.js";
 
 const authorityHelp = runServerCli(["authority", "--help"]);
@@ -39,31 +40,11 @@ interface WorkloadView {
   readonly jwtKids: string[];
 }
 
-/** Authorities as `authority list --output json` prints them. */
-interface AuthorityRow {
-  readonly kind: string;
-  readonly key_id: string;
-  readonly status: string;
-}
-
 let srv: ServerProcess | undefined;
 let agent: AgentProcess | undefined;
 
 describe.skipIf(!authorityCommand)("revoke reaches the agent's Workload API (issue 17)", () => {
-  function cli(args: string[]): string {
-    const r = (srv as ServerProcess).cli([...args, "--output", "json"]);
-    expect(r.status, `${args.join(" ")}: ${r.stderr}`).toBe(0);
-    return r.stdout;
-  }
-  const authorities = (): AuthorityRow[] => {
-    const doc = JSON.parse(cli(["authority", "list"])) as AuthorityRow[] | { authorities: AuthorityRow[] };
-    return Array.isArray(doc) ? doc : doc.authorities;
-  };
-  const active = (kind: string): AuthorityRow => {
-    const row = authorities().find((a) => a.kind === kind && a.status === "active");
-    if (!row) throw new Error(`no active ${kind} authority: ${JSON.stringify(authorities())}`);
-    return row;
-  };
+  const { cli, authorities, active } = authorityCli(() => srv);
   /** SPKI hashes of the X.509 roots in the server's `bundle show`. */
   const serverRoots = (): string[] => {
     const pem = rootsPemFromBundleJson(cli(["bundle", "show"]));

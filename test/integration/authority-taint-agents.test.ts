@@ -16,6 +16,7 @@ import { parseSpiffeBundle } from "../../spiffe/bundle/spiffe-bundle.js";
 import { parseTrustDomain } from "../../spiffe/id.js";
 import { rootsPemFromBundleJson } from "./support/test-agent.js";
 import { runServerCli, startServerProcess, type ServerProcess } from "./support/server-process.js";
+import { authorityCli } from "./support/authority-cli.js";
 import { runWorkload, startAgentProcess, type AgentProcess } from "./support/agent-process.js";
 import { watchX509, type WatchEvent, type WatchUpdate } from "./support/x509-watch.js";
 
@@ -37,32 +38,12 @@ function signerOf(leafB64: string, authorities: readonly X509Certificate[]): str
   return spkiSha256(ca);
 }
 
-/** The authorities as `authority list --output json` prints them. */
-interface AuthorityRow {
-  readonly kind: string;
-  readonly key_id: string;
-  readonly status: string;
-}
-
 let srv: ServerProcess | undefined;
 const agents: AgentProcess[] = [];
 let work: string | undefined;
 
 describe.skipIf(!authorityCommand)("agents under a taint (issue 17)", () => {
-  function cli(args: string[]): string {
-    const r = (srv as ServerProcess).cli([...args, "--output", "json"]);
-    expect(r.status, `${args.join(" ")}: ${r.stderr}`).toBe(0);
-    return r.stdout;
-  }
-  const authorities = (): AuthorityRow[] => {
-    const doc = JSON.parse(cli(["authority", "list"])) as AuthorityRow[] | { authorities: AuthorityRow[] };
-    return Array.isArray(doc) ? doc : doc.authorities;
-  };
-  const active = (kind: string): AuthorityRow => {
-    const row = authorities().find((a) => a.kind === kind && a.status === "active");
-    if (!row) throw new Error(`no active ${kind} authority: ${JSON.stringify(authorities())}`);
-    return row;
-  };
+  const { cli, active } = authorityCli(() => srv);
   const bundleAuthorities = (): X509Certificate[] =>
     parseSpiffeBundle((JSON.parse(cli(["bundle", "show"])) as { spiffe_bundle_json: string }).spiffe_bundle_json, parseTrustDomain("example.org")).bundle.x509Authorities.map((d) => new X509Certificate(d));
 
