@@ -1,12 +1,14 @@
 /**
  * Pushed change notices (AgentAPI WatchChanges). Each agent may hold one
  * stream; a newer stream of the same agent ends the older one, and the total
- * is bounded. The notifier watches the entry index's generation and the CA's
- * bundle (both cheap to compare), and the tainted authorities, on a short tick; when any moved it
- * recomputes, for each watching agent, a digest of the entries it is
- * authorized for, and pushes a notice only to the agents whose digest
- * changed. The agent then syncs at once; its periodic poll stays as the
- * fallback (and is what carries federated bundle changes).
+ * is bounded. The notifier collects the agents the entry index names as
+ * changed (see {@link EntryIndex.onInvalidate}: only the agents a change can
+ * concern), and compares the CA's bundle and the tainted authorities (both
+ * cheap to compare), on a short tick. It then recomputes the digest of the
+ * entries each named watching agent is authorized for (every watching agent
+ * when the bundle or the taint moved), and pushes a notice only to the agents
+ * whose digest changed. The agent then syncs at once; its periodic poll stays
+ * as the fallback (and is what carries federated bundle changes).
  *
  * Nothing here reads the datastore: the index follows the database's change
  * feed, so a change made through any server of the cluster reaches the agents
@@ -25,7 +27,7 @@ import type { AttestedAgent } from "../datastore/index.js";
 import type { EntryIndex } from "../registration/entry-index.js";
 import { authorizedEntries, type IndexedRecord } from "../registration/entry-index-feed.js";
 
-/** How often the index generation and bundle are compared (ms). */
+/** How often the changed agents are recomputed and the bundle compared (ms). */
 export const NOTICE_TICK_MS = 50;
 /** Default bound on open streams (one per agent). */
 export const DEFAULT_MAX_WATCHERS = 100_000;
@@ -71,10 +73,14 @@ export interface ChangeNotifierDeps {
 export class ChangeNotifier {
   readonly #d: ChangeNotifierDeps;
   readonly #watchers = new Map<string, Watcher>();
-  #generation = -1;
+  /** Watching agents the index named as changed since the last check. */
+  #changed = new Set<string>();
+  readonly #unsubscribe: () => void;
   #bundle: unknown;
   #bundleEpoch = 0;
   #taint = "";
+  /** The bundle or taint moved since the last check (a watch may have seen it first): every digest is due. */
+  #allDue = false;
   /** The earliest `expiresAt` of the streams (ms); a sweep is due once the clock reaches it. */
   #nextExpiry = Infinity;
   #timer: NodeJS.Timeout | undefined;
@@ -82,6 +88,10 @@ export class ChangeNotifier {
 
   constructor(deps: ChangeNotifierDeps) {
     this.#d = deps;
+    this.#unsubscribe = deps.index.onInvalidate((agents) => {
+      // Only watchers: each computed its answer (so the index cached it) when it began watching and after each naming, so it is named on every change that concerns it.
+      for (const a of agents) if (this.#watchers.has(a)) this.#changed.add(a);
+    });
   }
 
   /** Open streams. */
@@ -151,15 +161,21 @@ export class ChangeNotifier {
   }
 
   /**
-   * Ends the streams whose SVID expired, then compares the index and bundle
-   * now and pushes notices to the agents whose view changed. Returns how many
-   * notices were sent.
+   * Ends the streams whose SVID expired, then recomputes the digests of the
+   * agents the index named as changed (of every agent when the bundle or the
+   * taint moved) and pushes notices to those whose view changed. Returns how
+   * many notices were sent.
    */
   check(): number {
     this.#expire();
-    if (!this.#observe()) return 0;
+    this.#observe();
+    const all = this.#allDue;
+    this.#allDue = false;
+    const changed = this.#changed;
+    if (!all && changed.size === 0) return 0;
+    this.#changed = new Set();
     let sent = 0;
-    for (const w of this.#watchers.values()) {
+    for (const w of all ? this.#watchers.values() : this.#named(changed)) {
       const digest = this.#digest(w.agentId, w.record);
       if (digest === w.digest) continue;
       w.digest = digest;
@@ -176,6 +192,8 @@ export class ChangeNotifier {
   /** Ends every stream and stops the tick. */
   close(): void {
     this.#closed = true;
+    this.#unsubscribe();
+    this.#changed.clear();
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = undefined;
     const all = [...this.#watchers.values()];
@@ -199,17 +217,23 @@ export class ChangeNotifier {
     this.#nextExpiry = next;
   }
 
-  /** Notes a new generation or bundle; true when either moved since the last call. */
-  #observe(): boolean {
-    const gen = this.#d.index.generation;
+  /** The watchers among `agentIds`. */
+  *#named(agentIds: ReadonlySet<string>): Iterable<Watcher> {
+    for (const a of agentIds) {
+      const w = this.#watchers.get(a);
+      if (w) yield w;
+    }
+  }
+
+  /** Notes a new bundle or taint: every digest changes, so all are due at the next check. */
+  #observe(): void {
     const bundle = this.#d.bundle();
     const taint = this.#d.taint?.() ?? "";
-    if (gen === this.#generation && bundle === this.#bundle && taint === this.#taint) return false;
+    if (bundle === this.#bundle && taint === this.#taint) return;
+    this.#allDue = true;
     if (bundle !== this.#bundle) this.#bundleEpoch++;
-    this.#generation = gen;
     this.#bundle = bundle;
     this.#taint = taint;
-    return true;
   }
 
   #arm(): void {

@@ -9,6 +9,16 @@
  * followed through entries' SPIFFE IDs (an entry whose parent is another
  * authorized entry's SPIFFE ID is authorized too), as nested/downstream setups
  * need.
+ *
+ * **Per-agent caching.** An agent's answer depends only on the node aliases
+ * its selectors match and on the children of the nodes its traversal visited
+ * (its own ID, the matched aliases' SPIFFE IDs, its entries' SPIFFE IDs). So
+ * each cached answer keeps those nodes, and a change drops only the answers
+ * of the agents that visited the changed entry's old or new parent (a changed
+ * SPIFFE ID, selector or revision is covered: the entry's parent is visited by
+ * every agent holding it), plus, for a node alias, the agents whose selectors
+ * match it before or after the change. {@link EntryIndex.onInvalidate} tells
+ * consumers (the change notifier) which agents those were.
  */
 
 /** The fields of a registration entry the index needs. */
@@ -22,10 +32,15 @@ export interface IndexedEntry {
 }
 
 interface AgentCacheSlot<E> {
-  generation: number;
-  selectorKey: string;
-  entries: readonly E[];
+  readonly selectorKey: string;
+  readonly selectors: ReadonlySet<string>;
+  readonly entries: readonly E[];
+  /** The nodes whose children the traversal read; the agent is registered under each in `#watchedBy`. */
+  readonly visited: readonly string[];
 }
+
+/** Told which agents' cached answers were dropped; see {@link EntryIndex.onInvalidate}. */
+export type InvalidationListener = (agentIds: ReadonlySet<string>) => void;
 
 /** The entry index; see the module comment. */
 export class EntryIndex<E extends IndexedEntry = IndexedEntry> {
@@ -35,6 +50,9 @@ export class EntryIndex<E extends IndexedEntry = IndexedEntry> {
   readonly #bySpiffeId = new Map<string, Set<string>>();
   readonly #aliasesBySelector = new Map<string, Set<string>>();
   readonly #cache = new Map<string, AgentCacheSlot<E>>();
+  /** Node ID -> the agents whose cached traversal read that node's children. */
+  readonly #watchedBy = new Map<string, Set<string>>();
+  readonly #listeners = new Set<InvalidationListener>();
   #generation = 0;
 
   /** @param serverId the server's SPIFFE ID (`spiffe://<td>/spire/server`): node aliases are its children. */
@@ -65,14 +83,34 @@ export class EntryIndex<E extends IndexedEntry = IndexedEntry> {
 
   /** Inserts or replaces an entry (a create or update event). */
   upsert(entry: E): void {
-    if (this.#entries.has(entry.id)) this.#remove(entry.id);
+    const old = this.#entries.get(entry.id);
+    if (old) this.#remove(entry.id);
     this.#add(entry);
     this.#generation++;
+    this.#invalidate(old, entry);
   }
 
   /** Removes an entry (a delete event). Unknown IDs are ignored. */
   delete(id: string): void {
-    if (this.#remove(id)) this.#generation++;
+    const old = this.#entries.get(id);
+    if (!old) return;
+    this.#remove(id);
+    this.#generation++;
+    this.#invalidate(old, undefined);
+  }
+
+  /**
+   * Calls `listener`, synchronously, with the IDs of the agents whose cached
+   * answer a change dropped: after an upsert or delete that concerns them, and
+   * when an agent's answer is recomputed for other selectors than it was
+   * cached with. An agent not cached is never named: a consumer that must
+   * learn of every change to an agent's answer asks for that answer once (so
+   * it is cached) and again after each time the agent is named. Returns the
+   * unsubscribe function.
+   */
+  onInvalidate(listener: InvalidationListener): () => void {
+    this.#listeners.add(listener);
+    return () => void this.#listeners.delete(listener);
   }
 
   /** Entries whose SPIFFE ID is `spiffeId` (any parent). */
@@ -89,21 +127,31 @@ export class EntryIndex<E extends IndexedEntry = IndexedEntry> {
 
   /**
    * Every entry the agent may obtain SVIDs for, given its SPIFFE ID and the
-   * selectors from its node attestation. Results are cached per agent until the
-   * index or the agent's selectors change.
+   * selectors from its node attestation. Results are cached per agent until a
+   * change concerns that agent (see the module comment) or it is asked for with
+   * other selectors.
    */
   authorizedEntries(agentId: string, agentSelectors: readonly string[]): readonly E[] {
     const selectorKey = agentSelectors.length === 0 ? "" : [...agentSelectors].sort().join("\n");
     const slot = this.#cache.get(agentId);
-    if (slot && slot.generation === this.#generation && slot.selectorKey === selectorKey) return slot.entries;
-    const entries = this.#compute(agentId, agentSelectors);
-    this.#cache.set(agentId, { generation: this.#generation, selectorKey, entries });
+    if (slot?.selectorKey === selectorKey) return slot.entries;
+    const selectors = new Set(agentSelectors);
+    const { entries, visited } = this.#compute(agentId, selectors);
+    if (slot) this.#unregister(agentId, slot);
+    this.#cache.set(agentId, { selectorKey, selectors, entries, visited });
+    for (const node of visited) {
+      let agents = this.#watchedBy.get(node);
+      if (!agents) this.#watchedBy.set(node, (agents = new Set()));
+      agents.add(agentId);
+    }
+    // Another caller may hold a digest of the answer for the other selectors.
+    if (slot) this.#emit(new Set([agentId]));
     return entries;
   }
 
   /** Node aliases (children of the server ID) whose selectors the agent has. */
-  matchingAliases(agentSelectors: readonly string[]): E[] {
-    const have = new Set(agentSelectors);
+  matchingAliases(agentSelectors: readonly string[] | ReadonlySet<string>): E[] {
+    const have = agentSelectors instanceof Set ? (agentSelectors as ReadonlySet<string>) : new Set(agentSelectors);
     const seen = new Set<string>();
     const out: E[] = [];
     for (const sel of have) {
@@ -119,7 +167,8 @@ export class EntryIndex<E extends IndexedEntry = IndexedEntry> {
     return out;
   }
 
-  #compute(agentId: string, agentSelectors: readonly string[]): E[] {
+  /** The agent's entries and the nodes whose children were read (the traversal's queue). */
+  #compute(agentId: string, agentSelectors: ReadonlySet<string>): { entries: E[]; visited: string[] } {
     const queue: string[] = [agentId];
     const visited = new Set<string>(queue);
     for (const alias of this.matchingAliases(agentSelectors)) {
@@ -144,7 +193,48 @@ export class EntryIndex<E extends IndexedEntry = IndexedEntry> {
         }
       }
     }
-    return out;
+    return { entries: out, visited: queue };
+  }
+
+  /**
+   * Drops the cached answers a change from `old` to `now` (either absent) may
+   * alter, and tells the listeners which agents those were.
+   */
+  #invalidate(old: E | undefined, now: E | undefined): void {
+    if (this.#cache.size === 0) return;
+    const agents = new Set<string>();
+    for (const parent of [old?.parentId, now?.parentId]) {
+      if (parent === undefined) continue;
+      for (const a of this.#watchedBy.get(parent) ?? []) agents.add(a);
+    }
+    // A node alias decides which agents start from its SPIFFE ID: those whose selectors match it, before or after.
+    const aliases = [old, now].filter((e): e is E => e !== undefined && e.parentId === this.#serverId && e.selectors.length > 0);
+    if (aliases.length > 0) {
+      for (const [agentId, slot] of this.#cache) {
+        if (aliases.some((a) => a.selectors.every((s) => slot.selectors.has(s)))) agents.add(agentId);
+      }
+    }
+    if (agents.size === 0) return;
+    for (const a of agents) {
+      const slot = this.#cache.get(a);
+      if (!slot) continue;
+      this.#cache.delete(a);
+      this.#unregister(a, slot);
+    }
+    this.#emit(agents);
+  }
+
+  /** Removes the agent from the reverse map under each node its cached answer visited. */
+  #unregister(agentId: string, slot: AgentCacheSlot<E>): void {
+    for (const node of slot.visited) {
+      const agents = this.#watchedBy.get(node);
+      agents?.delete(agentId);
+      if (agents?.size === 0) this.#watchedBy.delete(node);
+    }
+  }
+
+  #emit(agents: ReadonlySet<string>): void {
+    for (const l of [...this.#listeners]) l(agents);
   }
 
   #add(e: E): void {
