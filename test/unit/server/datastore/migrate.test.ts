@@ -6,6 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ManualClock } from "../../../../common/clock.js";
 import { parseSelector } from "../../../../common/selector.js";
 import { createSqliteDatastore, migrate, SQLITE_MIGRATIONS } from "../../../../server/datastore/index.js";
+import { NEW_DATABASE_PAGE_SIZE } from "../../../../server/datastore/sqlite-datastore.js";
 import { isSigilError } from "../../../../spiffe/errors.js";
 
 const T0 = new Date("2030-01-01T00:00:00Z");
@@ -42,6 +43,32 @@ describe("migrations", () => {
     await ds.close();
     expect(versions()).toEqual(SQLITE_MIGRATIONS.map((m) => m.version));
     expect(withRaw((db) => db.pragma("journal_mode", { simple: true }))).toBe("wal");
+  });
+
+  it("a new file gets 16 KiB pages; an existing file keeps its page size and its data", async () => {
+    const ds = await createSqliteDatastore({ path, clock });
+    await ds.close();
+    expect(withRaw((db) => db.pragma("page_size", { simple: true }))).toBe(NEW_DATABASE_PAGE_SIZE);
+
+    const old = join(dir, "old.sqlite3");
+    const raw = new Database(old);
+    raw.pragma("page_size = 4096");
+    raw.pragma("journal_mode = WAL");
+    migrate(raw, SQLITE_MIGRATIONS, T0);
+    raw.close();
+    const reopened = await createSqliteDatastore({ path: old, clock });
+    try {
+      await reopened.createEntry({ spiffeId: "spiffe://example.org/w", parentId: "spiffe://example.org/spire/agent/a", selectors: [parseSelector("unix:uid:1")] });
+      expect((await reopened.listEntries({})).items).toHaveLength(1);
+    } finally {
+      await reopened.close();
+    }
+    const db = new Database(old);
+    try {
+      expect(db.pragma("page_size", { simple: true })).toBe(4096);
+    } finally {
+      db.close();
+    }
   });
 
   it("migration 8 (bundle change events) keeps the events and the highest event ID ever given, and takes bundle events", async () => {
