@@ -66,7 +66,7 @@ export interface AgentApiListenerDeps {
   /** Agent records and bundles kept current by the change feed (the `agent-cache` and `bundle-cache` services). */
   readonly agents: Pick<FeedCache<AttestedAgent>, "get" | "reload">;
   readonly bundles: Pick<FeedCache<StoredBundle>, "get">;
-  /** The change feed: its agent events end the change streams of evicted and banned agents. */
+  /** The change feed: its agent events end the change streams of evicted and banned agents, and drop what the entry index cached for them. */
   readonly feed: Pick<ChangeFeed, "subscribe">;
   readonly serverSvid: { readonly certificates: MemoryCertificateProvider };
   /** Served beside the AgentAPI. */
@@ -140,9 +140,14 @@ export class AgentApiListener implements Service {
     const notifier = (this.#notifier = new ChangeNotifier({ index: d.entries.index, bundle: () => ca.bundle(), taint: () => canonicalTaint(taintedAuthorities()).key, now, log: d.log }));
     this.#unsubscribeFeed = d.feed.subscribe({
       onEvent: (e) => {
-        if (e.kind !== "agent" || !notifier.watching(e.objectId)) return;
+        const index = d.entries.index;
+        if (e.kind !== "agent" || (!notifier.watching(e.objectId) && !index.caches(e.objectId))) return;
         datastore.getAgent(e.objectId).then(
-          (record) => notifier.agentChanged(e.objectId, record),
+          (record) => {
+            // A deleted (evicted) or banned agent is asked for no more: the index drops what it cached for it.
+            if (!record || record.banned) index.forget(e.objectId);
+            notifier.agentChanged(e.objectId, record);
+          },
           (err: unknown) => d.log.warn({ err, agent_id: e.objectId }, "agent api: cannot read a changed agent for its change stream"),
         );
       },
