@@ -25,6 +25,7 @@ import { createHash } from "node:crypto";
 import type { Logger } from "../../common/log.js";
 import { formatSelector } from "../../common/selector.js";
 import { SigilError } from "../../spiffe/errors.js";
+import type { ChangeFeed } from "../datastore/change-feed.js";
 import type { AttestedAgent } from "../datastore/index.js";
 import type { EntryIndex } from "../registration/entry-index.js";
 import type { IndexedRecord } from "../registration/entry-index-feed.js";
@@ -264,4 +265,33 @@ export class ChangeNotifier {
     h.update(this.#taint);
     return h.digest("base64url").slice(0, 22);
   }
+}
+
+/**
+ * Follows the change feed's agent events: a watching agent's stream gets
+ * {@link ChangeNotifier.agentChanged} with the record read again, and the
+ * entry index forgets an agent it caches once its record is deleted
+ * (evicted) or banned, so agents that go away do not stay cached. Returns
+ * the unsubscribe function.
+ */
+export function followAgentEvents(deps: {
+  readonly feed: Pick<ChangeFeed, "subscribe">;
+  readonly getAgent: (id: string) => Promise<AttestedAgent | undefined>;
+  readonly notifier: Pick<ChangeNotifier, "watching" | "agentChanged">;
+  readonly index: Pick<EntryIndex<IndexedRecord>, "caches" | "forget">;
+  readonly log: Logger;
+}): () => void {
+  const { notifier, index } = deps;
+  return deps.feed.subscribe({
+    onEvent: (e) => {
+      if (e.kind !== "agent" || (!notifier.watching(e.objectId) && !index.caches(e.objectId))) return;
+      deps.getAgent(e.objectId).then(
+        (record) => {
+          if (!record || record.banned) index.forget(e.objectId);
+          notifier.agentChanged(e.objectId, record);
+        },
+        (err: unknown) => deps.log.warn({ err, agent_id: e.objectId }, "agent api: cannot read a changed agent for its change stream and the entry index"),
+      );
+    },
+  });
 }

@@ -5,7 +5,8 @@
  * a new stream saw the new bundle first).
  */
 import { describe, expect, it, vi } from "vitest";
-import { ChangeNotifier } from "../../../../server/api/change-notifier.js";
+import { ChangeNotifier, followAgentEvents } from "../../../../server/api/change-notifier.js";
+import type { ChangeFeedListener } from "../../../../server/datastore/change-feed.js";
 import type { AttestedAgent, RegistrationEntry } from "../../../../server/datastore/index.js";
 import { EntryIndex } from "../../../../server/registration/entry-index.js";
 import { toIndexed, type IndexedRecord } from "../../../../server/registration/entry-index-feed.js";
@@ -114,6 +115,30 @@ describe("ChangeNotifier recomputes only the agents a change concerns", () => {
     expect(count()).toEqual(Object.fromEntries(names.map((n) => [agent(n), 1])));
     expect(sent.other).toHaveLength(1);
     expect(sent["node-0"]).toHaveLength(3);
+    notifier.close();
+  });
+
+  it("agent events: a deleted or banned agent's stream ends and the index forgets it; a renewed one stays cached", async () => {
+    const { index, notifier, watch } = setup();
+    const records = new Map<string, AttestedAgent>();
+    let listener: ChangeFeedListener | undefined;
+    const log = createLogger({ level: "error", destination: { write: () => undefined } });
+    const off = followAgentEvents({ feed: { subscribe: (l) => ((listener = l), () => undefined) }, getAgent: async (id) => records.get(id), notifier, index, log });
+    const event = async (id: string) => {
+      listener?.onEvent({ eventId: 1, kind: "agent", objectId: id, op: "update", at: new Date() } as never);
+      await new Promise((r) => setImmediate(r));
+    };
+    watch("a");
+    index.authorizedEntries(agent("b"), []); // only asked for by the API, not watching
+    index.authorizedEntries(agent("c"), []);
+    records.set(agent("a"), { selectors: [], certSerial: "s1", banned: true } as unknown as AttestedAgent);
+    records.set(agent("c"), { selectors: [], certSerial: "s2" } as unknown as AttestedAgent);
+    await event(agent("a"));
+    await event(agent("b"));
+    await event(agent("c"));
+    expect(notifier.watching(agent("a"))).toBe(false);
+    expect([index.caches(agent("a")), index.caches(agent("b")), index.caches(agent("c"))]).toEqual([false, false, true]);
+    off();
     notifier.close();
   });
 });
