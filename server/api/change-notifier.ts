@@ -92,7 +92,7 @@ export class ChangeNotifier {
   constructor(deps: ChangeNotifierDeps) {
     this.#d = deps;
     this.#unsubscribe = deps.index.onInvalidate((agents) => {
-      // Only watchers: each computed its answer (so the index cached it) when it began watching and after each naming, so it is named on every change that concerns it.
+      // Only watchers: each computed its digest (so the index cached the agent) when it began watching and after each naming, so it is named on every change that concerns it.
       for (const a of agents) if (this.#watchers.has(a)) this.#changed.add(a);
     });
   }
