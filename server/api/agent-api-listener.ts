@@ -34,7 +34,7 @@ import type { IndexedRecord } from "../registration/entry-index-feed.js";
 import type { ChangeFeed } from "../datastore/change-feed.js";
 import { canonicalTaint, createAgentApi, type TaintedAuthorities } from "./agent-api.js";
 import { AgentSyncHistory } from "./agent-sync-history.js";
-import { ChangeNotifier } from "./change-notifier.js";
+import { ChangeNotifier, followAgentEvents } from "./change-notifier.js";
 import type { MemoryCertificateProvider } from "./cert-provider.js";
 import { rateLimitCharger, type AgentApiRateLimits } from "./rate-limit.js";
 import { createDownstreamApi } from "./downstream-api.js";
@@ -66,7 +66,7 @@ export interface AgentApiListenerDeps {
   /** Agent records and bundles kept current by the change feed (the `agent-cache` and `bundle-cache` services). */
   readonly agents: Pick<FeedCache<AttestedAgent>, "get" | "reload">;
   readonly bundles: Pick<FeedCache<StoredBundle>, "get">;
-  /** The change feed: its agent events end the change streams of evicted and banned agents. */
+  /** The change feed: its agent events end the change streams of evicted and banned agents, and drop what the entry index cached for them. */
   readonly feed: Pick<ChangeFeed, "subscribe">;
   readonly serverSvid: { readonly certificates: MemoryCertificateProvider };
   /** Served beside the AgentAPI. */
@@ -138,15 +138,7 @@ export class AgentApiListener implements Service {
     const issuer = new Issuer({ ca, datastore, metrics: d.metrics, now, defaultX509TtlMs: d.defaultX509TtlMs, defaultJwtTtlMs: d.defaultJwtTtlMs, transparencyLog: d.transparencyLog });
     const taintedAuthorities = (): TaintedAuthorities => ca.taintedAuthorities();
     const notifier = (this.#notifier = new ChangeNotifier({ index: d.entries.index, bundle: () => ca.bundle(), taint: () => canonicalTaint(taintedAuthorities()).key, now, log: d.log }));
-    this.#unsubscribeFeed = d.feed.subscribe({
-      onEvent: (e) => {
-        if (e.kind !== "agent" || !notifier.watching(e.objectId)) return;
-        datastore.getAgent(e.objectId).then(
-          (record) => notifier.agentChanged(e.objectId, record),
-          (err: unknown) => d.log.warn({ err, agent_id: e.objectId }, "agent api: cannot read a changed agent for its change stream"),
-        );
-      },
-    });
+    this.#unsubscribeFeed = followAgentEvents({ feed: d.feed, getAgent: (id) => datastore.getAgent(id), notifier, index: d.entries.index, log: d.log });
     const api = createAgentApi({
       trustDomain: d.trustDomain,
       datastore,

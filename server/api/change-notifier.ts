@@ -4,10 +4,11 @@
  * is bounded. The notifier collects the agents the entry index names as
  * changed (see {@link EntryIndex.onInvalidate}: only the agents a change can
  * concern), and compares the CA's bundle and the tainted authorities (both
- * cheap to compare), on a short tick. It then recomputes the digest of the
- * entries each named watching agent is authorized for (every watching agent
- * when the bundle or the taint moved), and pushes a notice only to the agents
- * whose digest changed. The agent then syncs at once; its periodic poll stays
+ * cheap to compare), on a short tick. It then recomputes the digest of each
+ * named watching agent (every watching agent when the bundle or the taint
+ * moved): a hash of the index's per-root digests of its entries
+ * ({@link EntryIndex.authorizedDigest}), the bundle's epoch and the taint, and
+ * pushes a notice only to the agents whose digest changed. The agent then syncs at once; its periodic poll stays
  * as the fallback (and is what carries federated bundle changes).
  *
  * Nothing here reads the datastore: the index follows the database's change
@@ -22,10 +23,12 @@
  */
 import { createHash } from "node:crypto";
 import type { Logger } from "../../common/log.js";
+import { formatSelector } from "../../common/selector.js";
 import { SigilError } from "../../spiffe/errors.js";
+import type { ChangeFeed } from "../datastore/change-feed.js";
 import type { AttestedAgent } from "../datastore/index.js";
 import type { EntryIndex } from "../registration/entry-index.js";
-import { authorizedEntries, type IndexedRecord } from "../registration/entry-index-feed.js";
+import type { IndexedRecord } from "../registration/entry-index-feed.js";
 
 /** How often the changed agents are recomputed and the bundle compared (ms). */
 export const NOTICE_TICK_MS = 50;
@@ -89,7 +92,7 @@ export class ChangeNotifier {
   constructor(deps: ChangeNotifierDeps) {
     this.#d = deps;
     this.#unsubscribe = deps.index.onInvalidate((agents) => {
-      // Only watchers: each computed its answer (so the index cached it) when it began watching and after each naming, so it is named on every change that concerns it.
+      // Only watchers: each computed its digest (so the index cached the agent) when it began watching and after each naming, so it is named on every change that concerns it.
       for (const a of agents) if (this.#watchers.has(a)) this.#changed.add(a);
     });
   }
@@ -249,11 +252,46 @@ export class ChangeNotifier {
     this.#timer.unref();
   }
 
+  /**
+   * A change detector only (the agent syncs on any notice): the index's key of
+   * the agent's entries (its roots' digests, cheap when agents share a node
+   * alias), the bundle's epoch and the taint. It does not follow an entry's
+   * expiry; the answer the agent then syncs filters expired entries.
+   */
   #digest(agentId: string, record: AttestedAgent): string {
     const h = createHash("sha256");
-    for (const e of authorizedEntries(this.#d.index, agentId, record, this.#d.now())) h.update(`${e.id}@${e.revision};`);
+    h.update(this.#d.index.authorizedDigest(agentId, record.selectors.map(formatSelector)));
     h.update(`b${this.#bundleEpoch}`);
     h.update(this.#taint);
     return h.digest("base64url").slice(0, 22);
   }
+}
+
+/**
+ * Follows the change feed's agent events: a watching agent's stream gets
+ * {@link ChangeNotifier.agentChanged} with the record read again, and the
+ * entry index forgets an agent it caches once its record is deleted
+ * (evicted) or banned, so agents that go away do not stay cached. Returns
+ * the unsubscribe function.
+ */
+export function followAgentEvents(deps: {
+  readonly feed: Pick<ChangeFeed, "subscribe">;
+  readonly getAgent: (id: string) => Promise<AttestedAgent | undefined>;
+  readonly notifier: Pick<ChangeNotifier, "watching" | "agentChanged">;
+  readonly index: Pick<EntryIndex<IndexedRecord>, "caches" | "forget">;
+  readonly log: Logger;
+}): () => void {
+  const { notifier, index } = deps;
+  return deps.feed.subscribe({
+    onEvent: (e) => {
+      if (e.kind !== "agent" || (!notifier.watching(e.objectId) && !index.caches(e.objectId))) return;
+      deps.getAgent(e.objectId).then(
+        (record) => {
+          if (!record || record.banned) index.forget(e.objectId);
+          notifier.agentChanged(e.objectId, record);
+        },
+        (err: unknown) => deps.log.warn({ err, agent_id: e.objectId }, "agent api: cannot read a changed agent for its change stream and the entry index"),
+      );
+    },
+  });
 }

@@ -121,7 +121,9 @@ export class EntryIndexFeed implements Service {
 
   constructor(deps: EntryIndexFeedDeps) {
     this.#d = deps;
-    this.index = new EntryIndex<IndexedRecord>(deps.serverId);
+    this.index = new EntryIndex<IndexedRecord>(deps.serverId, [], {
+      onListenerError: (err) => deps.log.error({ err }, "entry index: an invalidation listener threw; the index and the other listeners carried on"),
+    });
     const interval = deps.reconcileIntervalMs ?? 0;
     if (!Number.isFinite(interval) || interval < 0) throw new SigilError("ERR_INVALID_ARGUMENT", `entry index: reconcileIntervalMs must be a non-negative number of milliseconds, not ${interval}`);
     this.#reconciles = deps.metrics?.counter({

@@ -65,6 +65,31 @@ describe("EntryIndexFeed", () => {
     expect(listener).toBeUndefined();
   });
 
+  it("a throwing invalidation listener is logged: the event's change and a reconcile's whole batch are still applied", async () => {
+    const lines: string[] = [];
+    feed = new EntryIndexFeed({
+      datastore: { datastore: ds },
+      feed: { subscribe: (l) => ((listener = l), () => (listener = undefined)) },
+      serverId: "spiffe://example.org/spire/server",
+      log: createLogger({ level: "error", destination: { write: (line: string) => void lines.push(line) } }),
+    });
+    await feed.start();
+    feed.index.onInvalidate(() => {
+      throw new Error("listener boom");
+    });
+    feed.index.authorizedEntries(AGENT, []);
+    const made = await ds.createEntry(entry("made", 1));
+    listener?.onEvent(ev(made.id, "create"));
+    await feed.settled();
+    expect(feed.index.authorizedEntries(AGENT, []).map((e) => e.id)).toEqual([made.id]);
+    // Three entries whose events were missed: the reconcile applies all three although each upsert's listener throws.
+    const missed = [await ds.createEntry(entry("m1", 2)), await ds.createEntry(entry("m2", 3)), await ds.createEntry(entry("m3", 4))];
+    await feed.reconcile("periodic");
+    expect(feed.index.authorizedEntries(AGENT, []).map((e) => e.id).sort()).toEqual([made.id, ...missed.map((e) => e.id)].sort());
+    // Named (and thrown) once for the event and once for the batch's first upsert: the agent is not cached again until asked.
+    expect(lines.filter((l) => l.includes("an invalidation listener threw") && l.includes("listener boom"))).toHaveLength(2);
+  });
+
   it("settled() is undefined when no read is in flight, and resolves once every delivered event is applied", async () => {
     const gone = await ds.createEntry(entry("gone", 1));
     await feed.start();

@@ -1,4 +1,4 @@
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { EntryIndex, type IndexedEntry } from "../../../../server/registration/entry-index.js";
 
 const SERVER = "spiffe://td/spire/server";
@@ -214,5 +214,134 @@ describe("EntryIndex", () => {
     // The sequence exercised what it is meant to.
     expect(aliasChanges).toBeGreaterThan(10);
     expect(moves).toBeGreaterThan(20);
+  });
+  it("agents sharing a node alias share its traversal; a change under it names each of them, and each answer equals a fresh index's", () => {
+    const cluster = entry("spiffe://td/cluster/x", SERVER, ["k8s_psat:cluster:x"]);
+    const workloads = Array.from({ length: 50 }, (_, i) => entry(`spiffe://td/x/w${i}`, cluster.spiffeId));
+    const pinned = entry("spiffe://td/pinned", agentA);
+    const idx = new EntryIndex(SERVER, [cluster, ...workloads, pinned, entry("spiffe://td/y/w", "spiffe://td/cluster/y")]);
+    const agents = Array.from({ length: 40 }, (_, i) => `spiffe://td/spire/agent/k8s_psat/x/${i}`);
+    const named: string[][] = [];
+    idx.onInvalidate((a) => named.push([...a].sort()));
+    const first = agents.map((a) => idx.authorizedEntries(a, ["k8s_psat:cluster:x", `k8s_psat:node:${a}`]));
+    // No entry of their own: the alias's array itself, not a copy per agent.
+    for (const answer of first) expect(answer).toBe(first[0]);
+    expect(ids(idx.authorizedEntries(agentA, ["k8s_psat:cluster:x"]))).toEqual([pinned, ...workloads].map((e) => e.spiffeId).sort());
+    idx.authorizedEntries(agentB, ["k8s_psat:cluster:y"]);
+    idx.upsert({ ...workloads[7]!, revision: 1 });
+    expect(named).toEqual([[...agents, agentA].sort()]);
+    // A change under A's own ID names A alone; the alias's traversal stays cached.
+    idx.upsert(entry("spiffe://td/pinned2", agentA));
+    expect(named.at(-1)).toEqual([agentA]);
+    const expected = new EntryIndex(SERVER, idx.ids().map((id) => idx.get(id)!));
+    const key = (es: readonly IndexedEntry[]) => es.map((e) => `${e.id}@${e.revision}`).sort();
+    for (const a of [...agents, agentA]) {
+      expect(key(idx.authorizedEntries(a, ["k8s_psat:cluster:x"]))).toEqual(key(expected.authorizedEntries(a, ["k8s_psat:cluster:x"])));
+    }
+    // The alias re-selectored away from cluster x: every agent using it is named (their roots changed).
+    named.length = 0;
+    idx.upsert({ ...cluster, selectors: ["k8s_psat:cluster:z"], revision: 1 });
+    expect(named).toEqual([[...agents, agentA].sort()]);
+    expect(idx.authorizedEntries(agents[0]!, ["k8s_psat:cluster:x"])).toEqual([]);
+  });
+
+  it("a digest per agent that changes with its entries' IDs or revisions, and only the agent's", () => {
+    const cluster = entry("spiffe://td/cluster/x", SERVER, ["c:x"]);
+    const w = entry("spiffe://td/x/w", cluster.spiffeId);
+    const idx = new EntryIndex(SERVER, [cluster, w, entry("spiffe://td/a", agentA)]);
+    const dA = idx.authorizedDigest(agentA, ["c:x"]);
+    const dB = idx.authorizedDigest(agentB, ["c:x"]);
+    expect(dA).not.toBe(dB);
+    expect(idx.authorizedDigest(agentB, ["c:x"])).toBe(dB);
+    idx.upsert({ ...w, revision: 1 });
+    expect(idx.authorizedDigest(agentA, ["c:x"])).not.toBe(dA);
+    expect(idx.authorizedDigest(agentB, ["c:x"])).not.toBe(dB);
+    const dB2 = idx.authorizedDigest(agentB, ["c:x"]);
+    idx.upsert(entry("spiffe://td/a2", agentA));
+    expect(idx.authorizedDigest(agentB, ["c:x"])).toBe(dB2);
+    // Without the alias's selector B holds nothing: the empty answer's digest.
+    expect(idx.authorizedDigest(agentB, [])).toBe(idx.authorizedDigest("spiffe://td/spire/agent/none", []));
+  });
+
+  it("forget drops a gone agent: it is no longer named, and the alias traversal only it used is freed", () => {
+    const cluster = entry("spiffe://td/cluster/x", SERVER, ["c:x"]);
+    const idx = new EntryIndex(SERVER, [cluster]);
+    const named: string[] = [];
+    idx.onInvalidate((a) => named.push(...a));
+    idx.authorizedEntries(agentA, ["c:x"]);
+    expect(idx.caches(agentA)).toBe(true);
+    idx.forget(agentA);
+    expect(idx.caches(agentA)).toBe(false);
+    idx.upsert(entry("spiffe://td/x/w", cluster.spiffeId));
+    idx.upsert(entry("spiffe://td/a", agentA));
+    expect(named).toEqual([]);
+    // Asked again (it attested again): cached and followed again.
+    expect(ids(idx.authorizedEntries(agentA, ["c:x"]))).toEqual(["spiffe://td/a", "spiffe://td/x/w"]);
+    idx.upsert(entry("spiffe://td/x/w2", cluster.spiffeId));
+    expect(named).toEqual([agentA]);
+  });
+
+  it("a throwing listener is reported; the change, the answers and the other listeners are unaffected", () => {
+    const errors: unknown[] = [];
+    const web = entry("spiffe://td/web", agentA);
+    const idx = new EntryIndex(SERVER, [web], { onListenerError: (e) => errors.push(e) });
+    const seen: string[][] = [];
+    idx.onInvalidate(() => {
+      throw new Error("boom");
+    });
+    idx.onInvalidate((a) => seen.push([...a]));
+    expect(idx.authorizedEntries(agentA, [])).toEqual([web]);
+    expect(() => idx.delete(web.id)).not.toThrow();
+    expect(seen).toEqual([[agentA]]);
+    expect(errors.map(String)).toEqual(["Error: boom"]);
+    expect(idx.authorizedEntries(agentA, [])).toEqual([]);
+    expect(idx.authorizedEntries(agentA, ["t:x"])).toEqual([]);
+    expect(seen).toEqual([[agentA], [agentA]]);
+    // Without the option: a process warning naming the index.
+    const warn = vi.spyOn(process, "emitWarning").mockImplementation(() => undefined);
+    try {
+      const plain = new EntryIndex(SERVER, [web]);
+      plain.onInvalidate(() => {
+        throw new Error("boom");
+      });
+      plain.authorizedEntries(agentA, []);
+      plain.delete(web.id);
+      expect(warn).toHaveBeenCalledTimes(1);
+      expect(String(warn.mock.calls[0]?.[0])).toContain("entry index: an invalidation listener threw: boom");
+    } finally {
+      warn.mockRestore();
+    }
+  });
+
+  it("a listener calling back into the index sees it updated, and names it raises are delivered after the current round", () => {
+    const web = entry("spiffe://td/web", agentA);
+    const db = entry("spiffe://td/db", agentB);
+    const idx = new EntryIndex(SERVER, [web, db]);
+    const order: string[] = [];
+    const answers: string[][] = [];
+    idx.onInvalidate((a) => {
+      order.push(`1:${[...a].sort().join(",")}`);
+      if (a.has(agentA)) {
+        answers.push(ids(idx.authorizedEntries(agentA, [])));
+        // A change made from a listener: its names come after this round, not nested in it.
+        if (!idx.get("moved")) idx.upsert({ ...entry("spiffe://td/moved", agentB), id: "moved" });
+      }
+    });
+    idx.onInvalidate((a) => order.push(`2:${[...a].sort().join(",")}`));
+    idx.authorizedEntries(agentA, []);
+    idx.authorizedEntries(agentB, []);
+    idx.upsert({ ...web, spiffeId: "spiffe://td/web2", revision: 1 });
+    expect(answers).toEqual([["spiffe://td/web2"]]);
+    expect(order).toEqual([`1:${agentA}`, `2:${agentA}`, `1:${agentB}`, `2:${agentB}`]);
+  });
+
+  it("listeners that keep asking with other selectors stop after a bounded number of rounds, reported", () => {
+    const errors: unknown[] = [];
+    const idx = new EntryIndex(SERVER, [], { onListenerError: (e) => errors.push(e) });
+    idx.authorizedEntries(agentA, []);
+    idx.onInvalidate(() => void idx.authorizedEntries(agentA, []));
+    idx.onInvalidate(() => void idx.authorizedEntries(agentA, ["t:a"]));
+    expect(() => idx.authorizedEntries(agentA, ["t:a"])).not.toThrow();
+    expect(errors.map(String)).toEqual([expect.stringContaining("invalidation listeners kept changing the index")]);
   });
 });
