@@ -472,7 +472,7 @@ function put(out: Buffer, b: Uint8Array, at: number): number {
   return at + n;
 }
 
-/** Writes the decimal digits of a safe non-negative integer at `at` (by its string: arithmetic on numbers past 2^30 is floating-point); returns the end. */
+/** Writes the decimal digits of a safe non-negative integer at `at` (from `String(n)`, as the generic encoder spells it); returns the end. */
 function putUint(out: Buffer, n: number, at: number): number {
   const digits = String(n);
   for (let i = 0; i < digits.length; i++) out[at + i] = digits.charCodeAt(i);
