@@ -42,20 +42,44 @@ export interface PackedTlogEntries {
 
 const NO_ENTRIES: PackedTlogEntries = { keys: [], ends: [], bytes: new Uint8Array(0) };
 
-/** Packs entries for {@link WriterMessage.log} into a buffer of their own. */
+/**
+ * Packs entries for {@link WriterMessage.log} into a buffer of their own.
+ * Entries encoded together are adjacent views of one buffer
+ * (`encodeCredentialEntries`): each such run is copied at once.
+ */
 function packEntries(log: readonly TlogEntryInput[]): PackedTlogEntries {
   if (log.length === 0) return NO_ENTRIES;
   let total = 0;
   for (const e of log) total += e.entry.length;
-  const bytes = new Uint8Array(total);
-  const ends: number[] = [];
+  // Not pooled (its ArrayBuffer is transferred) and not zero-filled (every byte is written below).
+  const bytes = Buffer.allocUnsafeSlow(total);
+  const ends = new Array<number>(log.length);
+  const keys = new Array<string>(log.length);
   let at = 0;
-  for (const e of log) {
-    bytes.set(e.entry, at);
-    at += e.entry.length;
-    ends.push(at);
+  // The run of adjacent entries not copied yet: [runFrom, runTo) of runBuffer.
+  let runBuffer: ArrayBufferLike | undefined;
+  let runFrom = 0;
+  let runTo = 0;
+  const copyRun = (): void => {
+    if (runBuffer === undefined || runTo === runFrom) return;
+    bytes.set(new Uint8Array(runBuffer, runFrom, runTo - runFrom), at - (runTo - runFrom));
+  };
+  for (let i = 0; i < log.length; i++) {
+    const e = log[i] as TlogEntryInput;
+    const entry = e.entry;
+    if (entry.buffer !== runBuffer || entry.byteOffset !== runTo) {
+      copyRun();
+      runBuffer = entry.buffer;
+      runFrom = entry.byteOffset;
+      runTo = runFrom;
+    }
+    runTo += entry.length;
+    at += entry.length;
+    ends[i] = at;
+    keys[i] = e.lookupKey;
   }
-  return { keys: log.map((e) => e.lookupKey), ends, bytes };
+  copyRun();
+  return { keys, ends, bytes };
 }
 
 /** The entries of a {@link PackedTlogEntries}, as views into its buffer. */

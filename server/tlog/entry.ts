@@ -6,7 +6,7 @@
  * (spiffe/tlog/sigil-entry.ts), so an auditor decodes entries without server code.
  */
 import { hash } from "node:crypto";
-import { encodeCredentialEntry, encodeLogEntry, logLookupKey, type LogAuthorityEntry, type LogCredentialEntry, type LogCredentialFields, type LogCredentialKind, type SigilLogEntry } from "../../spiffe/tlog/sigil-entry.js";
+import { encodeCredentialEntries, encodeLogEntry, type CredentialEntryToEncode, logLookupKey, type LogAuthorityEntry, type LogCredentialEntry, type LogCredentialFields, type LogCredentialKind, type SigilLogEntry } from "../../spiffe/tlog/sigil-entry.js";
 import type { IssuanceInput, TlogEntryInput } from "../datastore/index.js";
 
 export { decodeLogEntry, encodeLogEntry } from "../../spiffe/tlog/sigil-entry.js";
@@ -75,16 +75,32 @@ function credentialFields(c: LoggedCredential): LogCredentialFields {
 }
 
 /**
- * An issued credential's entry as the datastore appends it: the same bytes
- * as `toTlogInput(credentialEntry(c))`, by the fast encoder for X.509 kinds
- * ({@link encodeCredentialEntry}, which takes the certificate as DER).
+ * Issued credentials' entries as the datastore appends them, in order: the
+ * same bytes as `toTlogInput(credentialEntry(c))`, by the fast encoder for
+ * X.509 kinds ({@link encodeCredentialEntries}, which takes the certificates
+ * as DER and lays the entries end to end in a few shared buffers).
  *
  * @throws SigilError `ERR_TLOG_MALFORMED` for an entry that is not valid or too large.
  */
-export function credentialLogInput(c: LoggedCredential): TlogEntryInput {
-  const fields = credentialFields(c);
-  if (fields.kind === "jwt-svid") return toTlogInput(fields);
-  return { lookupKey: logLookupKey(fields), entry: encodeCredentialEntry(fields, withCert(c) ? c.certDer : undefined) };
+export function credentialLogInputs(credentials: readonly LoggedCredential[]): TlogEntryInput[] {
+  const out = new Array<TlogEntryInput>(credentials.length);
+  const x509: CredentialEntryToEncode[] = [];
+  const at: number[] = [];
+  for (let i = 0; i < credentials.length; i++) {
+    const c = credentials[i] as LoggedCredential;
+    const fields = credentialFields(c);
+    if (fields.kind === "jwt-svid") {
+      out[i] = toTlogInput(fields);
+      continue;
+    }
+    x509.push({ fields, certDer: withCert(c) ? c.certDer : undefined });
+    at.push(i);
+  }
+  const bytes = encodeCredentialEntries(x509);
+  for (let j = 0; j < x509.length; j++) {
+    out[at[j] as number] = { lookupKey: logLookupKey((x509[j] as CredentialEntryToEncode).fields), entry: bytes[j] as Buffer };
+  }
+  return out;
 }
 
 /** The log entry of an authority event. */

@@ -33,7 +33,7 @@ import { bundlePrefix, encodeEntryBundle, parseTilePath, TILE_HEIGHT, TILE_WIDTH
 import type { Datastore, TlogEntryInput } from "../datastore/index.js";
 import type { KeyManager } from "../../plugins/keymanager/types.js";
 import { ByteLru } from "./byte-lru.js";
-import { authorityEntry, credentialLogInput, toTlogInput, type LoggedAuthorityEvent, type LoggedCredential } from "./entry.js";
+import { authorityEntry, credentialLogInputs, toTlogInput, type LoggedAuthorityEvent, type LoggedCredential } from "./entry.js";
 import type { TlogReadView, TlogResource } from "./types.js";
 
 /** Default seconds between checkpoints. */
@@ -150,7 +150,7 @@ export class TlogService implements TlogReadView, IssuanceLogSink {
   // ── writing ────────────────────────────────────────────────────────────
 
   credentialEntries(credentials: readonly LoggedCredential[]): TlogEntryInput[] {
-    return credentials.map(credentialLogInput);
+    return credentialLogInputs(credentials);
   }
 
   appended(count: number, run?: AppendedRun): void {

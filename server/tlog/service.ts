@@ -12,7 +12,7 @@ import type { Service } from "../../common/service.js";
 import { SigilError } from "../../spiffe/errors.js";
 import type { KeyManager } from "../../plugins/keymanager/types.js";
 import type { Datastore, TlogEntryInput } from "../datastore/index.js";
-import { authorityEntry, credentialLogInput, toTlogInput, type LoggedAuthorityEvent, type LoggedCredential } from "./entry.js";
+import { authorityEntry, credentialLogInputs, toTlogInput, type LoggedAuthorityEvent, type LoggedCredential } from "./entry.js";
 import { TlogService, type AppendedRun, type IssuanceLogSink } from "./log-service.js";
 import type { TlogReadView } from "./types.js";
 import { startWitnessing, type Witnessing, type WitnessingSettings } from "./witnessing.js";
@@ -97,7 +97,7 @@ export class TransparencyLogService implements Service, IssuanceLogSink {
   }
 
   credentialEntries(credentials: readonly LoggedCredential[]): TlogEntryInput[] {
-    return credentials.map(credentialLogInput);
+    return credentialLogInputs(credentials);
   }
 
   appended(count: number, run?: AppendedRun): void {

@@ -118,4 +118,19 @@ describe("transparency log written from the SQLite writer thread", () => {
       await ds.close();
     }
   });
+
+  it("stores entries that are views of shared buffers (adjacent, with gaps, out of order) as they are", async () => {
+    const ds = await createSqliteDatastore({ path: path.join(testTempDir("sigil-tlog-"), "d.sqlite3"), clock: systemClock, issuanceWorker: true });
+    try {
+      // The writer copies runs of adjacent views at once: runs must break at gaps, other buffers and going back.
+      const shared = Buffer.from('{"serial":"v1"}{"serial":"v2"}#{"serial":"v3"}');
+      const [v1, v2, v3] = [shared.subarray(0, 15), shared.subarray(15, 30), shared.subarray(31)];
+      const own = Buffer.from('{"serial":"o1"}');
+      const log = [v1, v2, own, v3, v2, v3].map((entry, i) => ({ lookupKey: `serial:x${i}`, entry }));
+      expect(await ds.recordIssuances([], log)).toBe(0);
+      expect((await ds.readTlogEntries(0, 10)).map((b) => Buffer.from(b).toString())).toEqual(["v1", "v2", "o1", "v3", "v2", "v3"].map((s) => `{"serial":"${s}"}`));
+    } finally {
+      await ds.close();
+    }
+  });
 });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { isSigilError } from "../../../../spiffe/errors.js";
-import { canonicalJson, credentialLookupKey, decodeLogEntry, deliveredLookupKey, encodeCredentialEntry, encodeLogEntry, logLookupKey, LOG_CREDENTIAL_KINDS, MAX_LOG_AUDIENCE_BYTES, MAX_LOG_AUDIENCES, type LogCredentialFields, type SigilLogEntry } from "../../../../spiffe/tlog/sigil-entry.js";
+import { canonicalJson, credentialLookupKey, decodeLogEntry, deliveredLookupKey, encodeCredentialEntries, encodeCredentialEntry, encodeLogEntry, logLookupKey, LOG_CREDENTIAL_KINDS, MAX_LOG_AUDIENCE_BYTES, MAX_LOG_AUDIENCES, type LogCredentialFields, type SigilLogEntry } from "../../../../spiffe/tlog/sigil-entry.js";
 
 const jwt: SigilLogEntry = {
   v: 1, kind: "jwt-svid", jwtSha256: "a".repeat(64), spiffeId: "spiffe://example.org/web", entryId: "e1", entryRevision: 3,
@@ -184,6 +184,22 @@ describe("encodeCredentialEntry (the fast encoder of credential entries)", () =>
     // Both kinds of case were exercised.
     expect(accepted).toBeGreaterThan(10_000);
     expect(accepted).toBeLessThan(20_000);
+  });
+
+  it("encodes a batch as the entries one by one, in buffers that later batches leave alone", () => {
+    const generic = ({ fields, der }: { fields: LogCredentialFields; der: Uint8Array | undefined }): Buffer =>
+      encodeLogEntry((der === undefined ? fields : { ...fields, cert: Buffer.from(der).toString("base64") }) as SigilLogEntry);
+    // Enough entries (about 1 KB each) to fill the scratch more than once, and a JWT entry (the generic path) among them.
+    const cases = Array.from({ length: 120 }, () => randomCase(false));
+    const batch = cases.map(({ fields, der }) => ({ fields, certDer: der }));
+    batch.splice(50, 0, { fields: jwt as LogCredentialFields, certDer: undefined });
+    const want = batch.map((b, i) => (i === 50 ? encodeLogEntry(jwt) : generic({ fields: b.fields, der: b.certDer })));
+    const got = encodeCredentialEntries(batch);
+    encodeCredentialEntries(batch.slice().reverse());
+    expect(got.map((b) => b.toString("hex"))).toEqual(want.map((b) => b.toString("hex")));
+    // An invalid entry in a batch is refused as it is alone.
+    const bad = { fields: { ...(cases[0] as { fields: LogCredentialFields }).fields, notAfter: -1 }, certDer: undefined };
+    expect(() => encodeCredentialEntries([batch[0] as (typeof batch)[number], bad])).toThrow(/notAfter must be a non-negative integer/);
   });
 
   it("hands a JWT entry to the generic encoder", () => {
