@@ -444,13 +444,24 @@ function quoted(v: unknown): Buffer | undefined {
   let q = quotedCache.get(v);
   if (q === undefined) {
     if (ANY_SURROGATE_RE.test(v)) return undefined;
-    q = Buffer.from(JSON.stringify(v), "utf8");
+    const json = JSON.stringify(v);
+    // A cached literal gets its own memory (not a slice of Node's shared pool, which a long-kept
+    // slice would pin whole, 8 KiB at a time); one used once may share the pool.
+    q = v.length <= 1024 ? copyOut(json) : Buffer.from(json, "utf8");
     if (v.length <= 1024) {
       if (quotedCache.size >= MAX_QUOTED_CACHE) quotedCache.clear();
       quotedCache.set(v, q);
     }
   }
   return q;
+}
+
+/** `json` as UTF-8 in a Buffer of its own (see {@link quoted}). */
+function copyOut(json: string): Buffer {
+  const n = Buffer.byteLength(json, "utf8");
+  const b = Buffer.allocUnsafeSlow(n);
+  b.write(json, 0, "utf8");
+  return b;
 }
 
 // Where the fast encoder writes entries before they are copied out (made on first
@@ -511,6 +522,8 @@ function fastCredentialBytes(out: Buffer, start: number, entry: LogCredentialFie
     switch (type) {
       case "base64": {
         const der = v as Uint8Array;
+        // An empty certificate is not valid base64 for the generic encoder; it decides (and refuses).
+        if (der.byteLength === 0) return -1;
         const b64 = Buffer.from(der.buffer, der.byteOffset, der.byteLength).toString("base64");
         if (at + b64.length + 2 > room) return -1;
         out[at++] = QUOTE;

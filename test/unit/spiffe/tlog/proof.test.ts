@@ -239,6 +239,23 @@ describe("proofs around tile boundaries", () => {
 });
 
 describe("MerkleTreeBuilder", () => {
+  it("keeps hashes in memory of its own, not slices of Node's shared buffer pool (a kept slice would pin 8 KiB of unrelated data)", () => {
+    const hashes = Array.from({ length: 600 }, (_, i) => leafHash(Buffer.from(`entry ${i}`)));
+    for (const [i, h] of hashes.entries()) {
+      expect(h.length).toBe(32);
+      expect(h.buffer.byteLength).not.toBe(Buffer.poolSize);
+      expect(Buffer.from(h)).toEqual(createHash("sha256").update(Buffer.concat([Buffer.from([0]), Buffer.from(`entry ${i}`)])).digest());
+    }
+    // Never handed out twice: no two hashes share bytes.
+    const offsetsByBuffer = new Map<ArrayBufferLike, Set<number>>();
+    for (const h of hashes) {
+      const seen = offsetsByBuffer.get(h.buffer) ?? new Set<number>();
+      expect(seen.has(h.byteOffset)).toBe(false);
+      seen.add(h.byteOffset);
+      offsetsByBuffer.set(h.buffer, seen);
+    }
+  });
+
   it("keeps one frontier hash per set bit of the size and restarts from it", () => {
     const leaves = leavesOf(300);
     const ref = new Reference(leaves);

@@ -205,4 +205,9 @@ describe("encodeCredentialEntry (the fast encoder of credential entries)", () =>
   it("hands a JWT entry to the generic encoder", () => {
     expect(encodeCredentialEntry(jwt as LogCredentialFields)).toEqual(encodeLogEntry(jwt));
   });
+
+  it("refuses an empty certificate as the generic encoder does (it is not valid base64 there)", () => {
+    const fields: LogCredentialFields = { v: 1, kind: "x509-svid", serial: "1", spiffeId: "spiffe://e/x", notBefore: 1, notAfter: 2, issuedAt: 3, authorityKeyId: "k", requestedBy: "admin:local" };
+    expect(() => encodeCredentialEntry(fields, new Uint8Array(0))).toThrow(/cert must be padded standard base64/);
+  });
 });
