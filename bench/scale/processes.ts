@@ -59,7 +59,9 @@ export async function startBenchServer(engine: ScaleEngine, url: string, timeout
     }),
   );
   const t0 = performance.now();
-  const child = spawn(process.execPath, [...nodeArgs, ...SERVER_CLI, "run", "--config", configPath], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+  // SIGIL_SERVER_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir /tmp/p") applies to every server of the run, as in the tests' server processes.
+  const envArgs = (process.env.SIGIL_SERVER_NODE_ARGS ?? "").split(" ").filter(Boolean);
+  const child = spawn(process.execPath, [...envArgs, ...nodeArgs, ...SERVER_CLI, "run", "--config", configPath], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
   const log = followJsonLog(child);
   const stop = async (): Promise<void> => {
     const kill = setTimeout(() => child.kill("SIGKILL"), 15_000);
