@@ -348,7 +348,14 @@ export async function runScale(o: ScaleOptions): Promise<boolean> {
         cleanups.push(() => s.stop());
         started.push(s);
       }
-      await Promise.all(started.map((s) => s.ready));
+      await Promise.all(started.map((s) => s.ready)).catch((e: unknown) => {
+        // What the servers said went wrong (a simulated agent's error names only its side).
+        servers.forEach((srv, i) => {
+          const bad = srv.log.logs.filter((r) => r.level === "warn" || r.level === "error" || r.level === "fatal").slice(-20);
+          log(`server ${i}: last ${bad.length} warning or error records of the stage:\n${bad.map((r) => JSON.stringify(r)).join("\n")}`);
+        });
+        throw e;
+      });
       sims.push(...started);
       have = n;
       log(`${n} simulated agents attested, synced, signed and watching in ${sims.length} processes (${((performance.now() - t0) / 1000).toFixed(1)} s for this stage)`);
