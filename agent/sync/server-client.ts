@@ -172,7 +172,7 @@ export interface ServerClient {
   setIdentity(svid: AgentSvid): void;
   /** Sets the X.509 roots the server is verified against (rebuilds the channel when they change). */
   setTrustBundle(roots: readonly Uint8Array[]): void;
-  /** Closes the channel. */
+  /** Closes the channel and cancels every call in flight; later calls fail at once (the agent is stopping). */
   close(): void;
 }
 
@@ -289,6 +289,8 @@ export class GrpcServerClient implements ServerClient {
   #api: UnaryClient<AgentMethods> | undefined;
   readonly #addresses: readonly string[];
   #current: number;
+  /** Aborted by {@link close}: cancels the calls in flight, so stopping the agent does not wait out their deadlines. */
+  readonly #closing = new AbortController();
 
   constructor(options: ServerClientOptions) {
     if (options.roots.length === 0 && options.insecureBootstrap !== true) {
@@ -334,6 +336,7 @@ export class GrpcServerClient implements ServerClient {
   }
 
   close(): void {
+    this.#closing.abort();
     this.#dropChannel();
   }
 
@@ -346,6 +349,7 @@ export class GrpcServerClient implements ServerClient {
     const payload = await attestor.payload();
     const client = new Client(this.currentAddress, this.#credentials(undefined), this.#channelOptions());
     let result: AttestAgentResponse["step"] & { case: "result" };
+    let onStop: (() => void) | undefined;
     try {
       result = await new Promise((resolve, reject) => {
         const def = this.#def.attestAgent;
@@ -381,6 +385,9 @@ export class GrpcServerClient implements ServerClient {
         });
         call.on("error", fail);
         call.on("end", () => fail(new SigilError("ERR_INTERNAL", "sync: AttestAgent: the server ended the stream without a result")));
+        onStop = () => fail(new SigilError("ERR_UNAVAILABLE", "sync: AttestAgent: the agent is stopping"));
+        if (this.#closing.signal.aborted) onStop();
+        else this.#closing.signal.addEventListener("abort", onStop, { once: true });
         call.write(
           create(AttestAgentRequestSchema, {
             step: { case: "params", value: { data: { type: attestor.name, payload }, csr: buildCsr(privateKey) } },
@@ -388,6 +395,7 @@ export class GrpcServerClient implements ServerClient {
         );
       });
     } finally {
+      if (onStop) this.#closing.signal.removeEventListener("abort", onStop);
       client.close();
     }
     const r = result.value;
@@ -400,7 +408,7 @@ export class GrpcServerClient implements ServerClient {
     const current = this.#identity;
     if (!current) throw new SigilError("ERR_UNAVAILABLE", "sync: RenewAgent: the agent has no SVID yet; attest first");
     const { privateKey } = generateKeyPair("ec-p256");
-    const res = await this.#call("RenewAgent", (api) => api.renewAgent({ csr: buildCsr(privateKey) }, { deadlineMs: this.#opts.deadlineMs ?? 30_000 }));
+    const res = await this.#call("RenewAgent", (api) => api.renewAgent({ csr: buildCsr(privateKey) }, { deadlineMs: this.#opts.deadlineMs ?? 30_000, signal: this.#closing.signal }));
     const svid = this.#checkedAgentSvid("RenewAgent", res.svid?.certChain ?? [], privateKey);
     if (svid.spiffeId !== current.spiffeId) {
       throw new SigilError("ERR_PERMISSION_DENIED", `sync: RenewAgent: the server renewed ${svid.spiffeId}, not ${current.spiffeId}`);
@@ -413,7 +421,7 @@ export class GrpcServerClient implements ServerClient {
       credential: "serial" in d.credential ? { case: "serial" as const, value: d.credential.serial } : { case: "jwtSha256" as const, value: d.credential.jwtSha256 },
       deliveredAt: BigInt(Math.floor(d.deliveredAt.getTime() / 1000)),
     }));
-    const res = await this.#call("SyncAuthorized", (api) => api.syncAuthorized({ knownRevision, acceptDelta, deliveries: wireDeliveries }, { deadlineMs: this.#opts.deadlineMs ?? 30_000 }));
+    const res = await this.#call("SyncAuthorized", (api) => api.syncAuthorized({ knownRevision, acceptDelta, deliveries: wireDeliveries }, { deadlineMs: this.#opts.deadlineMs ?? 30_000, signal: this.#closing.signal }));
     if (res.notModified) return { notModified: true, revision: res.revision, entries: [], bundles: [] };
     const taint = parseTaintSet(res.taintedX509Authorities, res.taintedJwtKeys);
     let entries: SyncedEntry[];
@@ -443,7 +451,7 @@ export class GrpcServerClient implements ServerClient {
     const res = await this.#call("BatchNewX509SVID", (api) =>
       api.batchNewX509SVID(
         { params: params.map((p) => ({ entryId: p.entryId, key: { case: "publicKey" as const, value: p.publicKey } })) },
-        { deadlineMs: this.#opts.deadlineMs ?? 30_000 },
+        { deadlineMs: this.#opts.deadlineMs ?? 30_000, signal: this.#closing.signal },
       ),
     );
     if (res.results.length !== params.length) {
@@ -457,7 +465,7 @@ export class GrpcServerClient implements ServerClient {
   }
 
   async newJwtSvid(entryId: string, audience: readonly string[]): Promise<MintedJwtSvid> {
-    const res = await this.#call("NewJWTSVID", (api) => api.newJWTSVID({ entryId, audience: [...audience] }, { deadlineMs: this.#opts.deadlineMs ?? 30_000 }));
+    const res = await this.#call("NewJWTSVID", (api) => api.newJWTSVID({ entryId, audience: [...audience] }, { deadlineMs: this.#opts.deadlineMs ?? 30_000, signal: this.#closing.signal }));
     return {
       spiffeId: res.spiffeId,
       token: res.token,

@@ -5,7 +5,8 @@
  * SVID current, fetches entries and bundles, and rotates workload SVIDs (see
  * `sync-loop.ts`). Beside the rounds it holds the server's change stream
  * (`change-watch.ts`): a pushed notice runs a round at once. Stopping closes
- * the stream and waits for a round in progress.
+ * the stream, cancels the server calls in flight and waits for the round in
+ * progress to end.
  *
  * Readiness: not ready before the cache holds the bundle and has synced once,
  * nor while the agent cannot keep its identities current on its own
@@ -120,6 +121,8 @@ export class SyncService implements Service {
 
   async stop(): Promise<void> {
     this.#watcher?.stop();
+    // A round waiting on a server that does not answer would hold the stop for the call's whole deadline.
+    if (this.#loop !== undefined) this.#d.server.client.close();
     await this.#loop?.stop();
   }
 
