@@ -171,6 +171,8 @@ export async function startServer(config: ServerConfig, options: StartServerOpti
     metrics,
     log: subsystemLogger(log, "ca_manager"),
     onAuthorityEvent: transparencyLog?.onAuthorityEvent,
+    // Bound late: the rotation job is built below, on the CA service.
+    onActiveExpired: () => rotation.runSoon(),
   });
   // Only with a Notifier configured: a server without one has no `notifiers` service.
   const notifiers =

@@ -47,7 +47,7 @@ import type { KeyManager } from "../../plugins/keymanager/types.js";
 import type { UpstreamAuthority } from "../../plugins/upstreamauthority/types.js";
 import type { Datastore } from "../datastore/index.js";
 import type { CaJournalRecord } from "../datastore/ca-journal.js";
-import { activateAt, rotationAction } from "./rotation.js";
+import { activateAt, prepareAt, rotationAction } from "./rotation.js";
 import { canonicalSerialHex } from "../../spiffe/x509/serial.js";
 
 /** Slot names, as in SPIRE. */
@@ -209,6 +209,8 @@ export interface CaDeps {
   readonly log?: { info(obj: object, msg: string): void; warn(obj: object, msg: string): void } | undefined;
   /** Called with CA expiry timestamps when they change (metrics). */
   readonly onAuthoritiesChanged?: ((x509: readonly X509Authority[], jwt: readonly JwtAuthority[]) => void) | undefined;
+  /** Called when a signing request finds the active authority expired (the rotation job should run now). */
+  readonly onActiveExpired?: (() => void) | undefined;
   /**
    * Called, and awaited, on each state change of one of this server's
    * authorities (and on a taint or revoke this server made of another's);
@@ -454,6 +456,32 @@ export class CaManager {
    */
   rotate(): Promise<void> {
     return this.#serial(() => this.#rotateStep());
+  }
+
+  /**
+   * The next instant a rotation step has something to do for this server's
+   * own authorities: a successor to prepare or activate, or an authority
+   * expiring (it leaves the bundle), as milliseconds from now on the
+   * manager's clock; undefined when nothing is scheduled. The rotation job
+   * wakes then rather than on its next fixed tick: with a short `ca_ttl` a
+   * tick late by a few seconds would activate the successor after the old
+   * authority expired, leaving nothing valid to sign with.
+   */
+  msUntilNextRotation(): number | undefined {
+    const now = this.#d.clock.now().getTime();
+    let next = Number.POSITIVE_INFINITY;
+    const consider = (t: number): void => {
+      if (t > now && t < next) next = t;
+    };
+    for (const list of [this.#x509, this.#jwt] as const) {
+      for (const a of list) consider(a.notAfter.getTime());
+      const active = list.find((a) => a.status === "active" && a.notAfter.getTime() > now);
+      if (active === undefined) continue;
+      const prepared = list.some((a) => a.status === "prepared" && a.notAfter.getTime() > now);
+      if (!prepared) consider(prepareAt(active.notBefore, active.notAfter).getTime());
+      consider(activateAt(active.notBefore, active.notAfter).getTime());
+    }
+    return Number.isFinite(next) ? next - now : undefined;
   }
 
   async #rotateStep(): Promise<void> {
@@ -1012,13 +1040,26 @@ export class CaManager {
   #activeX509(): X509Authority {
     const a = this.#x509.find((x) => x.status === "active");
     if (!a?.template) throw new SigilError("ERR_UNAVAILABLE", "ca: no active X.509 authority");
+    this.#refuseExpired("X.509", a);
     return a;
   }
 
   #activeJwt(): JwtAuthority {
     const a = this.#jwt.find((x) => x.status === "active");
     if (!a) throw new SigilError("ERR_UNAVAILABLE", "ca: no active JWT authority");
+    this.#refuseExpired("JWT", a);
     return a;
+  }
+
+  /**
+   * An active authority past its notAfter (the rotation step that replaces it
+   * has not run yet) signs nothing: what it signed would be expired on
+   * arrival. The caller retries; the rotation job is asked to run now.
+   */
+  #refuseExpired(what: string, a: X509Authority | JwtAuthority): void {
+    if (a.notAfter.getTime() > this.#d.clock.now().getTime()) return;
+    this.#d.onActiveExpired?.();
+    throw new SigilError("ERR_UNAVAILABLE", `ca: the active ${what} authority ${a.keyId} expired at ${a.notAfter.toISOString()}; its successor is being activated, retry shortly`);
   }
 
   /**

@@ -1,6 +1,9 @@
 /**
  * CA rotation as a service (`ca-rotation`): one {@link CaManager.rotate} step
  * every 10 seconds (prepare, activate, prune authorities; see rotation.ts),
+ * and sooner when the manager's next due instant comes first
+ * ({@link CaManager.msUntilNextRotation}), so a successor is activated when it is
+ * due rather than up to a tick later,
  * then `afterRotation` (the server re-issues its own SVID when the roots
  * changed or at half life). Steps never overlap; stop waits for the one
  * under way. A failed step (the database restarting, say) is reported
@@ -12,8 +15,11 @@ import type { Logger } from "../../common/log.js";
 import type { Service } from "../../common/service.js";
 import type { CaManager } from "./manager.js";
 
-/** How often the CA rotator runs. */
+/** How often the CA rotator runs at the latest. */
 export const ROTATE_INTERVAL_MS = 10_000;
+
+/** Slack after a due instant, so the step runs once it has passed (timers may fire a millisecond early). */
+const DUE_SLACK_MS = 20;
 
 /** Dependencies of the {@link CaRotationJob}. */
 export interface CaRotationJobDeps {
@@ -40,8 +46,35 @@ export class CaRotationJob implements Service {
     this.#d = deps;
   }
 
+  #stopped = false;
+  #soon = false;
+
   start(): void {
-    this.#timer = setInterval(() => void this.rotateNow(), ROTATE_INTERVAL_MS);
+    this.#schedule();
+  }
+
+  /** The delay to the next step: the next due instant, at most {@link ROTATE_INTERVAL_MS}. */
+  #delayMs(): number {
+    const due = this.#d.ca.manager.msUntilNextRotation();
+    return due === undefined ? ROTATE_INTERVAL_MS : Math.min(ROTATE_INTERVAL_MS, due + DUE_SLACK_MS);
+  }
+
+  #schedule(): void {
+    if (this.#stopped) return;
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      void this.rotateNow().then(() => this.#schedule());
+    }, this.#delayMs());
+  }
+
+  /** Runs a step as soon as the one under way (if any) is done; calls made meanwhile share it. */
+  runSoon(): void {
+    if (this.#soon || this.#stopped) return;
+    this.#soon = true;
+    void this.rotateNow().finally(() => {
+      this.#soon = false;
+    });
   }
 
   /** Runs one rotation step now, after any step under way; never rejects. */
@@ -61,12 +94,18 @@ export class CaRotationJob implements Service {
         this.#failing = true;
         this.#d.log.error({ err }, "ca: rotation failed");
         this.#d.onFailure(err);
+      })
+      .then(() => {
+        // A step run out of turn (an admin command, runSoon) may move the next due instant.
+        if (this.#timer !== undefined) this.#schedule();
       });
     return this.#rotating;
   }
 
   async stop(): Promise<void> {
-    clearInterval(this.#timer);
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
     await this.#rotating;
   }
 }

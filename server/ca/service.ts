@@ -58,6 +58,8 @@ export interface CaServiceDeps {
   readonly log: Logger;
   /** Told of every authority state change (the transparency log); unset: nobody is. */
   readonly onAuthorityEvent?: ((e: AuthorityEvent) => Promise<void>) | undefined;
+  /** A signing request found the active authority expired: the rotation job should run now. */
+  readonly onActiveExpired?: (() => void) | undefined;
 }
 
 /** How often the live-SVIDs-per-authority gauge is recomputed. */
@@ -108,6 +110,7 @@ export class CaService implements Service {
       upstream,
       log: this.#d.log,
       onAuthorityEvent: this.#d.onAuthorityEvent,
+      onActiveExpired: this.#d.onActiveExpired,
       // Revoke is refused while the inventory still counts live SVIDs under the key.
       countLiveSvids: async (caKeyId) => (await this.#d.datastore.datastore.issuanceInventory({ caKeyId, now: this.#d.clock.now(), limit: 0, countOnly: true })).live,
       onAuthoritiesChanged: (x509, jwt) => {

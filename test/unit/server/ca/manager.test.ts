@@ -14,6 +14,7 @@ import { createDiskKeyManager } from "../../../../plugins/keymanager/disk/index.
 import { createMemoryKeyManager } from "../../../../plugins/keymanager/memory/index.js";
 import { createDiskUpstreamAuthority } from "../../../../plugins/upstreamauthority/disk/index.js";
 import { CaManager } from "../../../../server/ca/manager.js";
+import { activateAt, prepareAt } from "../../../../server/ca/rotation.js";
 import { createSqliteDatastore } from "../../../../server/datastore/index.js";
 import { toX509Bundle } from "../../../../spiffe/bundle/spiffe-bundle.js";
 import { parseSpiffeId, parseTrustDomain } from "../../../../spiffe/id.js";
@@ -29,13 +30,13 @@ const td = parseTrustDomain("example.org");
 const web = parseSpiffeId("spiffe://example.org/web");
 const T0 = new Date("2026-06-01T00:00:00Z");
 
-async function setup(opts: { keysPath?: string; dir?: string; upstream?: ReturnType<typeof createDiskUpstreamAuthority>; caTtlMs?: number } = {}) {
+async function setup(opts: { keysPath?: string; dir?: string; upstream?: ReturnType<typeof createDiskUpstreamAuthority>; caTtlMs?: number; onActiveExpired?: () => void } = {}) {
   const dir = opts.dir ?? testTempDir("sigil-ca-");
   const clock = new ManualClock(T0);
   const store = await createSqliteDatastore({ path: path.join(dir, "ds.sqlite3"), clock });
   const ca = new CaManager(
     { trustDomain: td, caTtlMs: opts.caTtlMs ?? 24 * H, caKeyType: "ec-p256", jwtKeyType: "ec-p256" },
-    { keyManager: opts.keysPath ? createDiskKeyManager({ keys_path: opts.keysPath }) : createMemoryKeyManager(), store, clock, upstream: opts.upstream },
+    { keyManager: opts.keysPath ? createDiskKeyManager({ keys_path: opts.keysPath }) : createMemoryKeyManager(), store, clock, upstream: opts.upstream, onActiveExpired: opts.onActiveExpired },
   );
   await ca.start();
   return { dir, clock, store, ca };
@@ -124,6 +125,41 @@ describe("CA manager", () => {
     const jwt = ca.signJwtSvid({ spiffeId: web, audience: ["db"], ttlMs: 10 * H });
     const jwtNotAfter = ca.jwtAuthorities().find((a) => a.keyId === jwt.keyId)?.notAfter.getTime() ?? 0;
     expect(jwt.expiresAt.getTime()).toBeLessThanOrEqual(jwtNotAfter);
+    await store.close();
+  });
+
+  it("names when the next rotation step is due: the successor's preparation, then its activation, then the old authority's expiry", async () => {
+    const { ca, clock, store } = await setup({ caTtlMs: 60_000 });
+    const active = () => ca.x509Authorities().find((a) => a.status === "active");
+    const first = active();
+    if (first === undefined) throw new Error("no active CA");
+    const due = (t: Date) => t.getTime() - clock.now().getTime();
+    expect(ca.msUntilNextRotation()).toBe(due(prepareAt(first.notBefore, first.notAfter)));
+    clock.advance(ca.msUntilNextRotation() ?? 0);
+    await ca.rotate();
+    expect(ca.x509Authorities().map((a) => a.status).sort()).toEqual(["active", "prepared"]);
+    expect(ca.msUntilNextRotation()).toBe(due(activateAt(first.notBefore, first.notAfter)));
+    clock.advance(ca.msUntilNextRotation() ?? 0);
+    await ca.rotate();
+    const second = active();
+    if (second === undefined || second.keyId === first.keyId) throw new Error("the successor was not activated");
+    // Next: the new authority's own successor (a one-minute CA prepares it early) or the old one leaving the bundle.
+    expect(ca.msUntilNextRotation()).toBe(Math.min(due(prepareAt(second.notBefore, second.notAfter)), due(first.notAfter)));
+    await store.close();
+  });
+
+  it("an active authority past its notAfter (its replacement step not yet run) signs nothing, asks for a step, and the step activates a successor", async () => {
+    let asked = 0;
+    const { ca, clock, store } = await setup({ caTtlMs: 60_000, onActiveExpired: () => (asked += 1) });
+    clock.advance(61_000);
+    expect(() => ca.signX509Svid({ spiffeId: web, publicKeyDer: spki(), ttlMs: H })).toThrow(/active X\.509 authority x509-\S+ expired at .*retry shortly/);
+    expect(() => ca.signJwtSvid({ spiffeId: web, audience: ["db"], ttlMs: H })).toThrow(/active JWT authority .* expired/);
+    const batch = await ca.signX509SvidBatch([{ spiffeId: web, publicKeyDer: spki(), ttlMs: H }]);
+    expect(batch[0]).toMatchObject({ code: "ERR_UNAVAILABLE" });
+    expect(asked).toBe(3);
+    await ca.rotate();
+    const issued = ca.signX509Svid({ spiffeId: web, publicKeyDer: spki(), ttlMs: H });
+    expect(new Date(new X509Certificate(Buffer.from(issued.chain[0] as Uint8Array)).validTo).getTime()).toBeGreaterThan(clock.now().getTime());
     await store.close();
   });
 

@@ -3,8 +3,11 @@
  * database restarts marks the server unhealthy (`onFailure`), and the next
  * step that succeeds marks it healthy again (`onRecovery`) — once, not after
  * every later step. Steps are run with rotateNow(), never on the timer.
+ *
+ * On the timer (fake timers): a step runs when the manager's next due instant
+ * comes, not on the next 10 s tick, and at the latest every 10 s.
  */
-import { describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { createLogger } from "../../../../common/log.js";
 import { SigilError } from "../../../../spiffe/errors.js";
 import type { CaManager } from "../../../../server/ca/manager.js";
@@ -14,6 +17,7 @@ describe("CaRotationJob", () => {
   it("reports the first successful step after a failed one, so a transient database failure does not leave the server unhealthy", async () => {
     const outcomes = ["ok", "fail", "fail", "ok", "ok"];
     const manager = {
+      msUntilNextRotation: () => undefined,
       rotate: async () => {
         if (outcomes.shift() === "fail") throw new SigilError("ERR_UNAVAILABLE", "datastore: the database connection was lost");
       },
@@ -32,5 +36,54 @@ describe("CaRotationJob", () => {
     expect(calls).toEqual(["after", "failure", "failure", "after", "recovery", "after"]);
     expect(lines.map((l) => l.msg)).toEqual(["ca: rotation failed", "ca: rotation failed", "ca: rotation succeeded again"]);
     await job.stop();
+  });
+
+  describe("on the timer", () => {
+    afterEach(() => vi.useRealTimers());
+    const quietLog = createLogger({ level: "error", destination: { write: () => undefined } });
+
+    it("runs a step when the next instant is due (activation 300 ms away), not on the next 10 s tick, and every 10 s when nothing is due", async () => {
+      vi.useFakeTimers();
+      const dueIn: (number | undefined)[] = [300, undefined, undefined];
+      let steps = 0;
+      const manager = {
+        msUntilNextRotation: () => dueIn[steps],
+        rotate: async () => {
+          steps += 1;
+        },
+      } as unknown as CaManager;
+      const job = new CaRotationJob({ ca: { manager }, afterRotation: () => undefined, onFailure: () => undefined, log: quietLog });
+      job.start();
+      await vi.advanceTimersByTimeAsync(299);
+      expect(steps).toBe(0);
+      await vi.advanceTimersByTimeAsync(100);
+      expect(steps).toBe(1);
+      await vi.advanceTimersByTimeAsync(9_800);
+      expect(steps).toBe(1);
+      await vi.advanceTimersByTimeAsync(300);
+      expect(steps).toBe(2);
+      await job.stop();
+      await vi.advanceTimersByTimeAsync(30_000);
+      expect(steps).toBe(2);
+    });
+
+    it("runSoon (a signing request found the active authority expired) runs one step at once for any number of callers", async () => {
+      vi.useFakeTimers();
+      let steps = 0;
+      const manager = {
+        msUntilNextRotation: () => undefined,
+        rotate: async () => {
+          steps += 1;
+        },
+      } as unknown as CaManager;
+      const job = new CaRotationJob({ ca: { manager }, afterRotation: () => undefined, onFailure: () => undefined, log: quietLog });
+      job.start();
+      job.runSoon();
+      job.runSoon();
+      job.runSoon();
+      await vi.advanceTimersByTimeAsync(1);
+      expect(steps).toBe(1);
+      await job.stop();
+    });
   });
 });
