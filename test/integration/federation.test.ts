@@ -276,7 +276,9 @@ describe("FED-7: two trust domains federated through their https_spiffe bundle e
         const rotated = current !== "" && current !== firstRoot;
         const retiredAtA = !rootsOfB(sideA()).some((r) => r.fingerprint256 === firstRoot);
         if (rotated && retiredAtA) break;
-        if (Date.now() > deadline) throw new Error(`td-b's CA did not rotate and retire in time (rotated ${rotated}, retired at td-a ${retiredAtA})`);
+        if (Date.now() > deadline) {
+          throw new Error(`td-b's CA did not rotate and retire in time (rotated ${rotated}, retired at td-a ${retiredAtA})\n${diagnostics(sideB())}`);
+        }
         await new Promise((r) => setTimeout(r, 1000));
       }
       expect(failures).toEqual([]);
@@ -289,6 +291,15 @@ describe("FED-7: two trust domains federated through their https_spiffe bundle e
     }
   }, 200_000);
 });
+
+/** `td`'s server CA records and its server's and agent's warnings and errors (the last 40), for a failure message. */
+function diagnostics(td: TrustDomainUnderTest): string {
+  const pick = (who: string, logs: readonly Record<string, unknown>[]): string[] =>
+    logs
+      .filter((r) => (typeof r.msg === "string" && r.msg.startsWith("ca:")) || r.level === "warn" || r.level === "error" || (typeof r.level === "number" && r.level >= 40))
+      .map((r) => `${who} ${JSON.stringify(r)}`);
+  return [...pick(`${td.name} server`, td.srv.logs), ...pick(`${td.name} agent`, td.agent?.logs ?? [])].slice(-40).join("\n");
+}
 
 function collect(child: ChildProcess): { text: string } {
   const out = { text: "" };
