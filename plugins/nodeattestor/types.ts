@@ -21,6 +21,13 @@ export interface NodeAttestationResult {
    * token from the same TPM). Join tokens cannot: each is single-use.
    */
   readonly canReattest: boolean;
+  /**
+   * The join token this attestation spends (`join_token`), checked but not
+   * yet spent: node attestation spends it in the transaction that creates
+   * the agent record, so an attestation that fails before then leaves it
+   * usable. Omitted when the attestation spends nothing.
+   */
+  readonly joinToken?: string | undefined;
 }
 
 /** Server half of a node attestor. */

@@ -9,9 +9,17 @@
  * refused; an agent already on record attests again only when its attestor
  * allows re-attestation. The agent record names the new SVID's serial before
  * the SVID is recorded and handed out.
+ *
+ * A join token the attestor checked is spent only with the agent record: in
+ * the transaction that creates it (or, for an agent already on record, right
+ * before its update). An attestation that fails before then (the CA refusing
+ * to sign, a datastore error or timeout) leaves the token for the agent's
+ * retry; of two attestations racing with one token, exactly one creates an
+ * agent and the other is denied as a used token.
  */
 import { createHash } from "node:crypto";
 import { formatSelector, type Selector } from "../../common/selector.js";
+import { joinTokenRefusal } from "../../plugins/nodeattestor/join_token/server.js";
 import type { ChallengeFn, ServerNodeAttestor } from "../../plugins/nodeattestor/types.js";
 import { parseCsr } from "../../spiffe/csr.js";
 import { SigilError } from "../../spiffe/errors.js";
@@ -24,7 +32,7 @@ import { ALLOWED_KEY_TYPES, type Issuer } from "../issuance/issuer.js";
 export interface NodeAttestationDeps {
   /** The enabled server NodeAttestor plugins, by name. */
   readonly attestors: ReadonlyMap<string, ServerNodeAttestor>;
-  readonly datastore: Pick<Datastore, "getAgent" | "createAgent" | "updateAgent">;
+  readonly datastore: Pick<Datastore, "getAgent" | "createAgent" | "updateAgent" | "consumeJoinToken">;
   readonly issuer: Pick<Issuer, "agentSvid">;
   /** TTL of agent SVIDs. */
   readonly agentTtlMs: number;
@@ -59,7 +67,8 @@ export class NodeAttestation {
    * creates or updates the agent record and issues the agent's SVID.
    *
    * @throws SigilError `ERR_INVALID_ARGUMENT` for an unknown attestor or a bad CSR;
-   *   `ERR_PERMISSION_DENIED` for a banned agent or one that may not attest again;
+   *   `ERR_PERMISSION_DENIED` for a banned agent or one that may not attest again,
+   *   or a join token found used or expired when spent (`join_token: …`);
    *   whatever the attestor refuses with
    */
   async attest(params: AttestationParams, challenge: ChallengeFn): Promise<AttestedNode> {
@@ -91,8 +100,12 @@ export class NodeAttestation {
         newCertNotAfter: null,
         canReattest: result.canReattest,
       };
-      if (existing) await this.#d.datastore.updateAgent(agentId, record, ["attestationType", "selectors", "certSerial", "certNotAfter", "newCertSerial", "newCertNotAfter", "canReattest"]);
-      else await this.#d.datastore.createAgent({ spiffeId: agentId, ...record });
+      const { joinToken } = result;
+      if (existing) {
+        // With a token only for an operator-chosen ID of an agent attested before by an attestor allowing re-attestation.
+        if (joinToken !== undefined) await spending(joinToken, this.#d.datastore.consumeJoinToken(joinToken));
+        await this.#d.datastore.updateAgent(agentId, record, ["attestationType", "selectors", "certSerial", "certNotAfter", "newCertSerial", "newCertNotAfter", "canReattest"]);
+      } else await spending(joinToken, this.#d.datastore.createAgent({ spiffeId: agentId, ...record, joinToken }));
     });
     return { agentId, attestationType: attestor.name, selectors: result.selectors, svid };
   }
@@ -110,5 +123,14 @@ export class NodeAttestation {
     return this.#d.issuer.agentSvid(agentId, key.publicKeyDer, this.#d.agentTtlMs, { requestedBy: `agent:${id}` }, (issued) =>
       this.#d.datastore.updateAgent(id, { newCertSerial: issued.serial, newCertNotAfter: issued.notAfter }, ["newCertSerial", "newCertNotAfter"]),
     );
+  }
+}
+
+/** Awaits `write`, which spends `joinToken` when given: the store's refusal of the token is reported as the attestor reports it. */
+async function spending(joinToken: string | undefined, write: Promise<unknown>): Promise<void> {
+  try {
+    await write;
+  } catch (e) {
+    throw joinToken === undefined ? e : joinTokenRefusal(e);
   }
 }

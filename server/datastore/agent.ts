@@ -38,6 +38,13 @@ export interface AgentInput {
   readonly newCertSerial?: string | null;
   readonly newCertNotAfter?: Date | null;
   readonly canReattest?: boolean;
+  /**
+   * A join token to spend in the transaction that creates the record (the
+   * attestation's credential): a token already used, unknown or expired
+   * refuses the create, and a create that fails for any reason leaves it
+   * unspent. Create only.
+   */
+  readonly joinToken?: string | undefined;
 }
 
 /** Agent fields an update may change. */
@@ -64,7 +71,7 @@ export const AGENT_FIELDS: readonly AgentField[] = [
 ];
 
 /** New values for an agent update; which of them apply is decided by the field mask. */
-export type AgentChanges = Partial<Omit<AgentInput, "spiffeId">> & { readonly banned?: boolean };
+export type AgentChanges = Partial<Omit<AgentInput, "spiffeId" | "joinToken">> & { readonly banned?: boolean };
 
 /** Agent list filter; every given condition must hold. */
 export interface AgentFilter {

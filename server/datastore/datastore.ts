@@ -77,7 +77,18 @@ export interface Datastore {
 
   // ── Attested agents ──────────────────────────────────────────────────
 
-  /** Records an attested agent and its `create` event. @throws `ERR_ALREADY_EXISTS`. */
+  /**
+   * Records an attested agent and its `create` event. With `input.joinToken`,
+   * first spends that token in the same transaction, on the transaction's
+   * clock, as {@link Datastore.consumeJoinToken} would: the agent exists if
+   * and only if the token was spent, so of concurrent creates spending one
+   * token (whatever their agent IDs) exactly one succeeds, and a create that
+   * fails leaves the token usable.
+   *
+   * @throws `ERR_ALREADY_EXISTS`; with a token, `ERR_NOT_FOUND` "join token
+   * not found or already used" and `ERR_PERMISSION_DENIED` "join token
+   * expired" (no agent is created)
+   */
   createAgent(input: AgentInput): Promise<AttestedAgent>;
 
   /** The agent with this SPIFFE ID, or `undefined`. */
@@ -119,6 +130,13 @@ export interface Datastore {
    * pruned, so it keeps reporting as expired).
    */
   consumeJoinToken(token: string, now?: Date): Promise<ConsumedJoinToken>;
+
+  /**
+   * What {@link Datastore.consumeJoinToken} would return or throw, without
+   * spending the token (a read: a later spend may still find it used or
+   * expired). `now` defaults to the datastore's clock.
+   */
+  peekJoinToken(token: string, now?: Date): Promise<ConsumedJoinToken>;
 
   /**
    * True when an unexpired join token would give an agent this SPIFFE ID

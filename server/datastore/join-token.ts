@@ -13,7 +13,7 @@ export interface JoinTokenInput {
   readonly agentId?: string;
 }
 
-/** What consuming a token yields. */
+/** What consuming (or peeking at) a token yields. */
 export interface ConsumedJoinToken {
   readonly expiresAt: Date;
   readonly agentId?: string;

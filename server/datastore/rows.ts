@@ -13,6 +13,7 @@ import type { CaJournalRecord, CaKeyKind } from "./ca-journal.js";
 import type { RegistrationEntry } from "./entry.js";
 import type { FederationRelationship } from "./federation-relationship.js";
 import type { IssuanceKind, IssuanceRecord } from "./issuance.js";
+import type { ConsumedJoinToken } from "./join-token.js";
 import { invalid } from "./validate.js";
 
 /** A `registration_entries` row (the columns every engine has). */
@@ -222,6 +223,32 @@ export function toIssuance(r: IssuanceRow): IssuanceRecord {
     requestedBy: r.requested_by,
   };
   return r.kind === "jwt-svid" ? { ...record, jwtId: r.jwt_id, audience: JSON.parse(r.audience || "[]") as string[] } : record;
+}
+
+/** The refusal of a join token that is unknown or already used. */
+export function joinTokenNotFound(): SigilError {
+  return new SigilError("ERR_NOT_FOUND", "datastore: join token not found or already used");
+}
+
+/** The columns of a `join_tokens` row a token's use reads. */
+export interface JoinTokenRow {
+  expires_at: number;
+  agent_id: string | null;
+}
+
+/**
+ * The token a `join_tokens` row holds, if it is usable at `at` (Unix ms); the
+ * one refusal every engine and every use (peek, consume, spend on agent
+ * create) gives otherwise.
+ *
+ * @throws `ERR_NOT_FOUND` for no row; `ERR_PERMISSION_DENIED` when expired
+ */
+export function usableJoinToken(row: JoinTokenRow | undefined, at: number): ConsumedJoinToken {
+  if (row === undefined) throw joinTokenNotFound();
+  // Expiry is exclusive: at expiresAt the token is expired.
+  if (Number(row.expires_at) <= at) throw new SigilError("ERR_PERMISSION_DENIED", "datastore: join token expired");
+  const expiresAt = new Date(Number(row.expires_at));
+  return row.agent_id === null ? { expiresAt } : { expiresAt, agentId: row.agent_id };
 }
 
 /** Refuses a bundle delete mode other than `restrict` or `dissociate`. */

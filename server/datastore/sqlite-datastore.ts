@@ -66,12 +66,14 @@ import {
   toIssuance,
   toJournal,
   toRelationship,
+  usableJoinToken,
   type AgentRowBase,
   type BundleRow,
   type CaJournalRow,
   type EntryRowBase,
   type FederationRelationshipRow,
   type IssuanceRow,
+  type JoinTokenRow,
 } from "./rows.js";
 import { SQLITE_MIGRATIONS } from "./sqlite-migrations.js";
 import {
@@ -518,7 +520,10 @@ class SqliteDatastore implements Datastore {
 
   async createAgent(input: AgentInput): Promise<AttestedAgent> {
     const n = normalizeAgent(input);
+    const tokenKey = input.joinToken === undefined ? undefined : joinTokenKey(checkJoinToken(input.joinToken));
     return this.#write((now, events) => {
+      // Spent first: a refused token writes nothing, and a failure below puts it back (rollback).
+      if (tokenKey !== undefined) this.#spendJoinToken(tokenKey, now);
       if (this.#agentRow(n.spiffeId) !== undefined) throw new SigilError("ERR_ALREADY_EXISTS", `datastore: agent ${n.spiffeId} already exists`);
       const inserted = this.#get<{ row_id: number }>(
         `INSERT INTO attested_agents (spiffe_id, attestation_type, selector_count, cert_serial, cert_not_after, new_cert_serial,
@@ -627,19 +632,19 @@ class SqliteDatastore implements Datastore {
   async consumeJoinToken(token: string, now?: Date): Promise<ConsumedJoinToken> {
     const key = joinTokenKey(checkJoinToken(token));
     const at = now === undefined ? this.#clock.now().getTime() : checkTime("consume time", now);
-    const outcome = this.#write(() => {
-      // The DELETE is the claim: whichever transaction deletes the row owns the token.
-      const row = this.#get<{ expires_at: number; agent_id: string | null }>(
-        "DELETE FROM join_tokens WHERE token_hash = ? AND expires_at > ? RETURNING expires_at, agent_id",
-        key,
-        at,
-      );
-      if (row !== undefined) return row;
-      return this.#get("SELECT 1 AS one FROM join_tokens WHERE token_hash = ?", key) === undefined ? "missing" : "expired";
-    });
-    if (outcome === "missing") throw new SigilError("ERR_NOT_FOUND", "datastore: join token not found or already used");
-    if (outcome === "expired") throw new SigilError("ERR_PERMISSION_DENIED", "datastore: join token expired");
-    return outcome.agent_id === null ? { expiresAt: new Date(outcome.expires_at) } : { expiresAt: new Date(outcome.expires_at), agentId: outcome.agent_id };
+    return this.#write(() => this.#spendJoinToken(key, at));
+  }
+
+  async peekJoinToken(token: string, now?: Date): Promise<ConsumedJoinToken> {
+    const key = joinTokenKey(checkJoinToken(token));
+    const at = now === undefined ? this.#clock.now().getTime() : checkTime("peek time", now);
+    return this.#read(() => usableJoinToken(this.#get<JoinTokenRow>("SELECT expires_at, agent_id FROM join_tokens WHERE token_hash = ?", key), at));
+  }
+
+  /** Inside a write: deletes the token if usable at `at`, or throws (and the transaction's rollback keeps an expired one). */
+  #spendJoinToken(key: string, at: number): ConsumedJoinToken {
+    // The DELETE is the claim: whichever transaction deletes the row owns the token.
+    return usableJoinToken(this.#get<JoinTokenRow>("DELETE FROM join_tokens WHERE token_hash = ? RETURNING expires_at, agent_id", key), at);
   }
 
   async hasPendingJoinTokenFor(agentId: string, now?: Date): Promise<boolean> {

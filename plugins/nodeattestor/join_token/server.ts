@@ -1,7 +1,10 @@
 /**
  * Server half of the `join_token` node attestor. A join token is the one bearer
- * credential Sigil accepts: single-use, expiring, consumed atomically in the
- * datastore (two agents racing with one token: exactly one wins).
+ * credential Sigil accepts: single-use and expiring. The attestor only checks
+ * it (a read) and names it in its result; node attestation spends it in the
+ * transaction that creates the agent record, so an attestation that fails
+ * after this check (signing, a datastore error) leaves the token usable, and
+ * of two agents racing with one token exactly one gets a record.
  *
  * The agent's ID is the operator-chosen ID stored with the token, or
  * `spiffe://<td>/spire/agent/join_token/<token>` as in SPIRE.
@@ -21,10 +24,24 @@ const TOKEN_RE = /^[A-Za-z0-9._-]+$/;
 /** What the plugin needs from the datastore. */
 export interface JoinTokenStore {
   /**
-   * Deletes and returns the token in one atomic step; throws ERR_NOT_FOUND when
-   * unknown or already used and ERR_PERMISSION_DENIED (expired) when expired.
+   * Returns the token without spending it; throws ERR_NOT_FOUND when unknown
+   * or already used and ERR_PERMISSION_DENIED (expired) when expired.
    */
-  consumeJoinToken(token: string): Promise<{ readonly agentId?: string | undefined }>;
+  peekJoinToken(token: string): Promise<{ readonly agentId?: string | undefined }>;
+}
+
+/**
+ * A datastore refusal of a join token (ERR_NOT_FOUND: unknown or used;
+ * ERR_PERMISSION_DENIED: expired), whether checking or spending it, as the
+ * denied attestation the agent is told about (`join_token: …`); any other
+ * error unchanged.
+ */
+export function joinTokenRefusal(e: unknown): unknown {
+  // Any refusal of the credential is a denied attestation, whatever the store's reason.
+  if (isSigilError(e) && (e.code === "ERR_NOT_FOUND" || e.code === "ERR_PERMISSION_DENIED")) {
+    return new SigilError("ERR_PERMISSION_DENIED", `join_token: ${e.message.replace(/^datastore: /, "")}`, { cause: e });
+  }
+  return e;
 }
 
 /** Checks a join token's syntax (it becomes a SPIFFE ID path segment). */
@@ -52,13 +69,9 @@ export function createJoinTokenServerAttestor(deps: { trustDomain: TrustDomain; 
       checkJoinTokenSyntax(token);
       let record: { readonly agentId?: string | undefined };
       try {
-        record = await deps.store.consumeJoinToken(token);
+        record = await deps.store.peekJoinToken(token);
       } catch (e) {
-        // Any refusal of the credential is a denied attestation, whatever the store's reason.
-        if (isSigilError(e) && (e.code === "ERR_NOT_FOUND" || e.code === "ERR_PERMISSION_DENIED")) {
-          throw new SigilError("ERR_PERMISSION_DENIED", `join_token: ${e.message.replace(/^datastore: /, "")}`, { cause: e });
-        }
-        throw e;
+        throw joinTokenRefusal(e);
       }
       const agentId = parseSpiffeId(record.agentId ?? joinTokenAgentId(deps.trustDomain, token));
       if (!agentId.memberOf(deps.trustDomain)) {
@@ -66,7 +79,7 @@ export function createJoinTokenServerAttestor(deps: { trustDomain: TrustDomain; 
       }
       // A token chosen before agent IDs were confined to the agent namespace must not mint a workload's ID.
       if (!isAgentId(agentId)) throw new SigilError("ERR_PERMISSION_DENIED", `join_token: agent ID ${agentId} is not under ${AGENT_PATH_PREFIX}`);
-      return { agentId, selectors: [], canReattest: false };
+      return { agentId, selectors: [], canReattest: false, joinToken: token };
     },
   };
 }

@@ -71,6 +71,7 @@ import {
   applyMask,
   checkDeleteMode,
   groupByOwner,
+  joinTokenNotFound,
   notFound,
   relationshipChanged,
   resolveMask,
@@ -80,6 +81,7 @@ import {
   toIssuance,
   toJournal,
   toRelationship,
+  usableJoinToken,
   type IssuanceRow,
 } from "../rows.js";
 import { agentCondition, entryCondition, UNFILTERED, type SqlCondition } from "../sqlite-filters.js";
@@ -609,7 +611,10 @@ class SqlDatastore implements Datastore {
 
   async createAgent(input: AgentInput): Promise<AttestedAgent> {
     const n = normalizeAgent(input);
+    const tokenKey = input.joinToken === undefined ? undefined : joinTokenKey(checkJoinToken(input.joinToken));
     return this.#write(async (trx, now, events) => {
+      // Spent first: a refused token writes nothing, and a failure below puts it back (rollback).
+      if (tokenKey !== undefined) await this.#spendJoinToken(trx, tokenKey, now);
       if ((await this.#agentRow(trx, n.spiffeId)) !== undefined) throw new SigilError("ERR_ALREADY_EXISTS", `datastore: agent ${n.spiffeId} already exists`);
       const rowId = await this.#dialect.insertId(
         trx.insertInto("attested_agents").values({ spiffe_id: n.spiffeId, ...agentValues(n), banned: 0, created_at: now, updated_at: now }),
@@ -688,17 +693,22 @@ class SqlDatastore implements Datastore {
   async consumeJoinToken(token: string, now?: Date): Promise<ConsumedJoinToken> {
     const key = joinTokenKey(checkJoinToken(token));
     const at = now === undefined ? this.#clock.now().getTime() : checkTime("consume time", now);
-    const row = await this.#write(async (trx) => {
-      // Lock the row, then delete it: of two servers racing, the second finds no row (or conflicts and retries).
-      const found = await trx.selectFrom("join_tokens").select(["expires_at", "agent_id"]).where("token_hash", "=", key).forUpdate().executeTakeFirst();
-      if (found === undefined) throw new SigilError("ERR_NOT_FOUND", "datastore: join token not found or already used");
-      if (Number(found.expires_at) <= at) throw new SigilError("ERR_PERMISSION_DENIED", "datastore: join token expired");
-      const deleted = await trx.deleteFrom("join_tokens").where("token_hash", "=", key).executeTakeFirst();
-      if (Number(deleted.numDeletedRows) !== 1) throw new SigilError("ERR_NOT_FOUND", "datastore: join token not found or already used");
-      return found;
-    });
-    const expiresAt = new Date(Number(row.expires_at));
-    return row.agent_id === null ? { expiresAt } : { expiresAt, agentId: row.agent_id };
+    return this.#write((trx) => this.#spendJoinToken(trx, key, at));
+  }
+
+  async peekJoinToken(token: string, now?: Date): Promise<ConsumedJoinToken> {
+    const key = joinTokenKey(checkJoinToken(token));
+    const at = now === undefined ? this.#clock.now().getTime() : checkTime("peek time", now);
+    return this.#read(async (db) => usableJoinToken(await db.selectFrom("join_tokens").select(["expires_at", "agent_id"]).where("token_hash", "=", key).executeTakeFirst(), at));
+  }
+
+  /** Inside a write: deletes the token if usable at `at`, or throws. */
+  async #spendJoinToken(trx: Transaction<SqlSchema>, key: string, at: number): Promise<ConsumedJoinToken> {
+    // Lock the row, then delete it: of two servers racing, the second finds no row (or conflicts and retries).
+    const token = usableJoinToken(await trx.selectFrom("join_tokens").select(["expires_at", "agent_id"]).where("token_hash", "=", key).forUpdate().executeTakeFirst(), at);
+    const deleted = await trx.deleteFrom("join_tokens").where("token_hash", "=", key).executeTakeFirst();
+    if (Number(deleted.numDeletedRows) !== 1) throw joinTokenNotFound();
+    return token;
   }
 
   async hasPendingJoinTokenFor(agentId: string, now?: Date): Promise<boolean> {

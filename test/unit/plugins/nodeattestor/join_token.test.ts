@@ -9,15 +9,17 @@ const noChallenge = async (): Promise<Uint8Array> => {
   throw new Error("join_token never challenges");
 };
 
-function store(tokens: Record<string, { agentId?: string }>): JoinTokenStore & { used: string[] } {
-  const used: string[] = [];
+/** A token store whose tokens stay put (the attestor only checks them); `refuse` answers a token with that error. */
+function store(tokens: Record<string, { agentId?: string }>, refuse: Record<string, SigilError> = {}): JoinTokenStore & { peeked: string[] } {
+  const peeked: string[] = [];
   return {
-    used,
-    async consumeJoinToken(token: string) {
+    peeked,
+    async peekJoinToken(token: string) {
+      peeked.push(token);
+      const refusal = refuse[token];
+      if (refusal) throw refusal;
       const t = tokens[token];
       if (!t) throw new SigilError("ERR_NOT_FOUND", "datastore: join token not found or already used");
-      delete tokens[token];
-      used.push(token);
       return t;
     },
   };
@@ -31,7 +33,8 @@ describe("join_token node attestor", () => {
     const result = await server.attest(await agent.payload(), noChallenge);
     expect(result.agentId.toString()).toBe("spiffe://example.org/spire/agent/join_token/tok-1");
     expect(result.canReattest).toBe(false);
-    expect(s.used).toEqual(["tok-1"]);
+    expect(result.joinToken).toBe("tok-1");
+    expect(s.peeked).toEqual(["tok-1"]);
   });
 
   it("uses the operator-chosen agent ID stored with the token", async () => {
@@ -49,10 +52,26 @@ describe("join_token node attestor", () => {
     },
   );
 
-  it("a token is single-use", async () => {
+  it("checks the token without spending it: the attestation that creates the agent record spends the token it names", async () => {
     const server = createJoinTokenServerAttestor({ trustDomain: td, store: store({ t: {} }) });
-    await server.attest(Buffer.from("t"), noChallenge);
-    await expect(server.attest(Buffer.from("t"), noChallenge)).rejects.toThrow(/not found or already used/);
+    expect((await server.attest(Buffer.from("t"), noChallenge)).joinToken).toBe("t");
+    expect((await server.attest(Buffer.from("t"), noChallenge)).joinToken).toBe("t");
+  });
+
+  it.each([
+    ["unknown", new SigilError("ERR_NOT_FOUND", "datastore: join token not found or already used"), "join_token: join token not found or already used"],
+    ["expired", new SigilError("ERR_PERMISSION_DENIED", "datastore: join token expired"), "join_token: join token expired"],
+  ])("denies a token the store refuses (%s) as PERMISSION_DENIED", async (_what, refusal, message) => {
+    const server = createJoinTokenServerAttestor({ trustDomain: td, store: store({ t: {} }, { t: refusal }) });
+    const caught = await server.attest(Buffer.from("t"), noChallenge).catch((e: unknown) => e);
+    expect(isSigilError(caught, "ERR_PERMISSION_DENIED")).toBe(true);
+    expect((caught as Error).message).toBe(message);
+  });
+
+  it("passes on a store failure that is no refusal of the token", async () => {
+    const down = new SigilError("ERR_UNAVAILABLE", "datastore: closed");
+    const server = createJoinTokenServerAttestor({ trustDomain: td, store: store({ t: {} }, { t: down }) });
+    await expect(server.attest(Buffer.from("t"), noChallenge)).rejects.toBe(down);
   });
 
   it.each([
@@ -66,7 +85,7 @@ describe("join_token node attestor", () => {
     try { await server.attest(Buffer.from(token), noChallenge); } catch (e) { caught = e; }
     expect(isSigilError(caught, "ERR_INVALID_ARGUMENT")).toBe(true);
     expect((caught as Error).message).toMatch(msg);
-    expect(s.used).toEqual([]);
+    expect(s.peeked).toEqual([]);
   });
 
   it("refuses a stored agent ID from another trust domain", async () => {
