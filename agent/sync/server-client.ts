@@ -23,6 +23,7 @@
  * certificate.
  */
 import type { KeyObject } from "node:crypto";
+import { setMaxListeners } from "node:events";
 import type { PeerCertificate } from "node:tls";
 import { create } from "@bufbuild/protobuf";
 import { Client, credentials, InterceptingCall, Metadata, status, type ChannelCredentials, type Interceptor, type ChannelOptions, type ClientDuplexStream, type ClientReadableStream, type ServiceError } from "@grpc/grpc-js";
@@ -304,6 +305,8 @@ export class GrpcServerClient implements ServerClient {
     this.#serverId = serverSpiffeId(options.trustDomain).toString();
     this.#roots = [...options.roots];
     this.#rootsKey = rootsKey(this.#roots);
+    // Every call in flight listens on it (many at once when workloads mint JWT-SVIDs together): not a leak.
+    setMaxListeners(0, this.#closing.signal);
   }
 
   /** The address of the server calls go to now. */

@@ -102,7 +102,8 @@ async function startFakeServer(serverId: string, issuer = ca, tag = ""): Promise
       }));
     },
     batchNewX509SVID: unimplemented as Impl["batchNewX509SVID"],
-    newJWTSVID: unimplemented as Impl["newJWTSVID"],
+    // tag "hang": never answers (a frozen server).
+    newJWTSVID: (tag === "hang" ? () => undefined : unimplemented) as Impl["newJWTSVID"],
     // Pushes two notices: the opening one and one more, then holds the stream.
     watchChanges(call: ServerWritableStream<WatchChangesRequest, WatchChangesResponse>) {
       call.write(create(WatchChangesResponseSchema, { revision: `${tag}-1` }));
@@ -147,6 +148,27 @@ describe("GrpcServerClient", () => {
     const second = await c.attest(answering);
     c.setIdentity(second.svid);
     expect((await c.sync("")).revision).toBe(new X509Certificate(second.svid.chain[0]!).serialNumber);
+  });
+
+  it("close() cancels every call in flight on a server that does not answer (twenty at once, no listener-leak warning), and later calls fail at once", async () => {
+    const { address } = await startFakeServer("spiffe://example.org/spire/server", ca, "hang");
+    const c = client(address);
+    c.setIdentity((await c.attest(answering)).svid);
+    const warnings: Error[] = [];
+    const onWarning = (w: Error): void => void warnings.push(w);
+    process.on("warning", onWarning);
+    try {
+      const calls = Array.from({ length: 20 }, () => c.newJwtSvid("e1", ["db"]).then(() => "answered", (e: unknown) => e));
+      await new Promise((r) => setTimeout(r, 200));
+      c.close();
+      const outcomes = await Promise.all(calls);
+      for (const o of outcomes) expect(isSigilError(o, "ERR_UNAVAILABLE")).toBe(true);
+      await expect(c.newJwtSvid("e1", ["db"])).rejects.toThrow(/cancelled before it was sent/);
+      await new Promise((r) => setImmediate(r));
+      expect(warnings.map((w) => w.name)).not.toContain("MaxListenersExceededWarning");
+    } finally {
+      process.off("warning", onWarning);
+    }
   });
 
   it("refuses a server whose SVID is not spiffe://<td>/spire/server", async () => {
