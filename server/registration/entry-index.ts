@@ -28,6 +28,7 @@
  */
 
 import { createHash } from "node:crypto";
+import { StringSetMap } from "./string-set-map.js";
 
 /** The fields of a registration entry the index needs. */
 export interface IndexedEntry {
@@ -97,15 +98,15 @@ export class EntryIndex<E extends IndexedEntry = IndexedEntry> {
   readonly #onListenerError: (err: unknown) => void;
   readonly #entries = new Map<string, E>();
   readonly #byParent = new Map<string, Set<string>>();
-  readonly #bySpiffeId = new Map<string, Set<string>>();
+  readonly #bySpiffeId = new StringSetMap();
   readonly #aliasesBySelector = new Map<string, Set<string>>();
   readonly #agents = new Map<string, AgentSlot<E>>();
   /** Root ID -> its cached traversal (absent until an agent using it is asked for, and after a change dropped it). */
   readonly #roots = new Map<string, RootSlot<E>>();
   /** Node ID -> the roots whose cached traversal read that node's children. */
-  readonly #rootsByNode = new Map<string, Set<string>>();
+  readonly #rootsByNode = new StringSetMap();
   /** Root ID -> the agents whose roots include it. */
-  readonly #agentsByRoot = new Map<string, Set<string>>();
+  readonly #agentsByRoot = new StringSetMap();
   readonly #listeners = new Set<InvalidationListener>();
   /** Names raised and not yet delivered (delivery is under way while `#emitting`). */
   #pending = new Set<string>();
@@ -196,8 +197,7 @@ export class EntryIndex<E extends IndexedEntry = IndexedEntry> {
 
   /** Entries whose SPIFFE ID is `spiffeId` (any parent). */
   withSpiffeId(spiffeId: string): E[] {
-    const ids = this.#bySpiffeId.get(spiffeId);
-    return ids ? [...ids].map((id) => this.#entries.get(id) as E) : [];
+    return this.#bySpiffeId.get(spiffeId).map((id) => this.#entries.get(id) as E);
   }
 
   /** Entries directly parented by `parentId`. */
@@ -278,22 +278,12 @@ export class EntryIndex<E extends IndexedEntry = IndexedEntry> {
   }
 
   #link(agentId: string, roots: readonly string[]): void {
-    for (const r of roots) {
-      let agents = this.#agentsByRoot.get(r);
-      if (!agents) this.#agentsByRoot.set(r, (agents = new Set()));
-      agents.add(agentId);
-    }
+    for (const r of roots) this.#agentsByRoot.add(r, agentId);
   }
 
   /** Removes the agent from these roots; a root no agent uses any more loses its traversal. */
   #unlink(agentId: string, roots: readonly string[]): void {
-    for (const r of roots) {
-      const agents = this.#agentsByRoot.get(r);
-      agents?.delete(agentId);
-      if (agents?.size !== 0) continue;
-      this.#agentsByRoot.delete(r);
-      this.#dropRoot(r, undefined);
-    }
+    for (const r of roots) if (this.#agentsByRoot.delete(r, agentId)) this.#dropRoot(r, undefined);
   }
 
   /** The root's cached traversal, computed (and its visited nodes registered) if absent. */
@@ -318,11 +308,7 @@ export class EntryIndex<E extends IndexedEntry = IndexedEntry> {
     }
     const slot: RootSlot<E> = out.length === 0 ? { entries: NO_ENTRIES, visited: queue, digest: EMPTY_DIGEST } : { entries: out, visited: queue, digest: digestOf(out) };
     this.#roots.set(rootId, slot);
-    for (const node of queue) {
-      let roots = this.#rootsByNode.get(node);
-      if (!roots) this.#rootsByNode.set(node, (roots = new Set()));
-      roots.add(rootId);
-    }
+    for (const node of queue) this.#rootsByNode.add(node, rootId);
     return slot;
   }
 
@@ -347,12 +333,8 @@ export class EntryIndex<E extends IndexedEntry = IndexedEntry> {
     const slot = this.#roots.get(rootId);
     if (!slot) return;
     this.#roots.delete(rootId);
-    for (const node of slot.visited) {
-      const roots = this.#rootsByNode.get(node);
-      roots?.delete(rootId);
-      if (roots?.size === 0) this.#rootsByNode.delete(node);
-    }
-    for (const a of this.#agentsByRoot.get(rootId) ?? []) {
+    for (const node of slot.visited) this.#rootsByNode.delete(node, rootId);
+    for (const a of this.#agentsByRoot.get(rootId)) {
       const agent = this.#agents.get(a);
       if (!agent) continue;
       agent.entries = undefined;
@@ -370,8 +352,7 @@ export class EntryIndex<E extends IndexedEntry = IndexedEntry> {
     const named = this.#pending;
     for (const parent of [old?.parentId, now?.parentId]) {
       if (parent === undefined) continue;
-      const roots = this.#rootsByNode.get(parent);
-      if (roots) for (const r of [...roots]) this.#dropRoot(r, named);
+      for (const r of this.#rootsByNode.get(parent)) this.#dropRoot(r, named);
     }
     // A node alias decides which agents start from its SPIFFE ID: those whose selectors match it, before or after.
     const aliases = [old, now].filter((e): e is E => e !== undefined && e.parentId === this.#serverId && e.selectors.length > 0);
@@ -424,9 +405,7 @@ export class EntryIndex<E extends IndexedEntry = IndexedEntry> {
     let set = this.#byParent.get(e.parentId);
     if (!set) this.#byParent.set(e.parentId, (set = new Set()));
     set.add(e.id);
-    let same = this.#bySpiffeId.get(e.spiffeId);
-    if (!same) this.#bySpiffeId.set(e.spiffeId, (same = new Set()));
-    same.add(e.id);
+    this.#bySpiffeId.add(e.spiffeId, e.id);
     if (e.parentId === this.#serverId) {
       for (const s of e.selectors) {
         let ids = this.#aliasesBySelector.get(s);
@@ -443,9 +422,7 @@ export class EntryIndex<E extends IndexedEntry = IndexedEntry> {
     const set = this.#byParent.get(e.parentId);
     set?.delete(id);
     if (set?.size === 0) this.#byParent.delete(e.parentId);
-    const same = this.#bySpiffeId.get(e.spiffeId);
-    same?.delete(id);
-    if (same?.size === 0) this.#bySpiffeId.delete(e.spiffeId);
+    this.#bySpiffeId.delete(e.spiffeId, id);
     if (e.parentId === this.#serverId) {
       for (const s of e.selectors) {
         const ids = this.#aliasesBySelector.get(s);
