@@ -348,11 +348,12 @@ export class GrpcServerClient implements ServerClient {
   }
 
   async #attestOnce(attestor: AgentNodeAttestor): Promise<AttestResult> {
+    // Not cancelled by close() once sent: the server may spend a single-use token on it, so its answer is awaited.
+    this.#checkOpen("AttestAgent");
     const { privateKey } = generateKeyPair("ec-p256");
     const payload = await attestor.payload();
     const client = new Client(this.currentAddress, this.#credentials(undefined), this.#channelOptions());
     let result: AttestAgentResponse["step"] & { case: "result" };
-    let onStop: (() => void) | undefined;
     try {
       result = await new Promise((resolve, reject) => {
         const def = this.#def.attestAgent;
@@ -388,9 +389,6 @@ export class GrpcServerClient implements ServerClient {
         });
         call.on("error", fail);
         call.on("end", () => fail(new SigilError("ERR_INTERNAL", "sync: AttestAgent: the server ended the stream without a result")));
-        onStop = () => fail(new SigilError("ERR_UNAVAILABLE", "sync: AttestAgent: the agent is stopping"));
-        if (this.#closing.signal.aborted) onStop();
-        else this.#closing.signal.addEventListener("abort", onStop, { once: true });
         call.write(
           create(AttestAgentRequestSchema, {
             step: { case: "params", value: { data: { type: attestor.name, payload }, csr: buildCsr(privateKey) } },
@@ -398,7 +396,6 @@ export class GrpcServerClient implements ServerClient {
         );
       });
     } finally {
-      if (onStop) this.#closing.signal.removeEventListener("abort", onStop);
       client.close();
     }
     const r = result.value;
@@ -411,7 +408,7 @@ export class GrpcServerClient implements ServerClient {
     const current = this.#identity;
     if (!current) throw new SigilError("ERR_UNAVAILABLE", "sync: RenewAgent: the agent has no SVID yet; attest first");
     const { privateKey } = generateKeyPair("ec-p256");
-    const res = await this.#call("RenewAgent", (api) => api.renewAgent({ csr: buildCsr(privateKey) }, { deadlineMs: this.#opts.deadlineMs ?? 30_000, signal: this.#closing.signal }));
+    const res = await this.#call("RenewAgent", (api) => api.renewAgent({ csr: buildCsr(privateKey) }, this.#callOptions()));
     const svid = this.#checkedAgentSvid("RenewAgent", res.svid?.certChain ?? [], privateKey);
     if (svid.spiffeId !== current.spiffeId) {
       throw new SigilError("ERR_PERMISSION_DENIED", `sync: RenewAgent: the server renewed ${svid.spiffeId}, not ${current.spiffeId}`);
@@ -424,7 +421,7 @@ export class GrpcServerClient implements ServerClient {
       credential: "serial" in d.credential ? { case: "serial" as const, value: d.credential.serial } : { case: "jwtSha256" as const, value: d.credential.jwtSha256 },
       deliveredAt: BigInt(Math.floor(d.deliveredAt.getTime() / 1000)),
     }));
-    const res = await this.#call("SyncAuthorized", (api) => api.syncAuthorized({ knownRevision, acceptDelta, deliveries: wireDeliveries }, { deadlineMs: this.#opts.deadlineMs ?? 30_000, signal: this.#closing.signal }));
+    const res = await this.#call("SyncAuthorized", (api) => api.syncAuthorized({ knownRevision, acceptDelta, deliveries: wireDeliveries }, this.#callOptions()));
     if (res.notModified) return { notModified: true, revision: res.revision, entries: [], bundles: [] };
     const taint = parseTaintSet(res.taintedX509Authorities, res.taintedJwtKeys);
     let entries: SyncedEntry[];
@@ -454,7 +451,7 @@ export class GrpcServerClient implements ServerClient {
     const res = await this.#call("BatchNewX509SVID", (api) =>
       api.batchNewX509SVID(
         { params: params.map((p) => ({ entryId: p.entryId, key: { case: "publicKey" as const, value: p.publicKey } })) },
-        { deadlineMs: this.#opts.deadlineMs ?? 30_000, signal: this.#closing.signal },
+        this.#callOptions(),
       ),
     );
     if (res.results.length !== params.length) {
@@ -468,7 +465,7 @@ export class GrpcServerClient implements ServerClient {
   }
 
   async newJwtSvid(entryId: string, audience: readonly string[]): Promise<MintedJwtSvid> {
-    const res = await this.#call("NewJWTSVID", (api) => api.newJWTSVID({ entryId, audience: [...audience] }, { deadlineMs: this.#opts.deadlineMs ?? 30_000, signal: this.#closing.signal }));
+    const res = await this.#call("NewJWTSVID", (api) => api.newJWTSVID({ entryId, audience: [...audience] }, this.#callOptions()));
     return {
       spiffeId: res.spiffeId,
       token: res.token,
@@ -526,7 +523,7 @@ export class GrpcServerClient implements ServerClient {
       try {
         return await attempt();
       } catch (e) {
-        if (this.#addresses.length === 1 || !isSigilError(e, "ERR_UNAVAILABLE")) throw e;
+        if (this.#addresses.length === 1 || !isSigilError(e, "ERR_UNAVAILABLE") || this.#closing.signal.aborted) throw e;
         last = e;
         const from = this.currentAddress;
         this.#current = (this.#current + 1) % this.#addresses.length;
@@ -550,6 +547,16 @@ export class GrpcServerClient implements ServerClient {
     return svid;
   }
 
+  /** Options of every unary call: the deadline, and cancellation when the client closes. */
+  #callOptions(): { deadlineMs: number; signal: AbortSignal } {
+    return { deadlineMs: this.#opts.deadlineMs ?? 30_000, signal: this.#closing.signal };
+  }
+
+  /** Refuses work once the client is closed: the agent is stopping (not a server to fail over from). */
+  #checkOpen(rpc: string): void {
+    if (this.#closing.signal.aborted) throw new SigilError("ERR_UNAVAILABLE", `sync: ${rpc}: the agent is stopping`);
+  }
+
   #deadline(): Date {
     // grpc-js deadlines are wall-clock; the injected clock only drives certificate checks.
     return new Date(Date.now() + (this.#opts.deadlineMs ?? 30_000));
@@ -568,6 +575,7 @@ export class GrpcServerClient implements ServerClient {
   }
 
   #channel(): UnaryClient<AgentMethods> {
+    this.#checkOpen("call");
     if (!this.#identity) throw new SigilError("ERR_UNAVAILABLE", "sync: the agent has no SVID yet; attest first");
     if (this.#roots.length === 0) throw new SigilError("ERR_UNAVAILABLE", "sync: no trust bundle to verify the server with");
     if (!this.#api) {

@@ -286,7 +286,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
           const answer = await next();
           if (!answer || answer.step.case !== "challengeResponse") throw new SigilError("ERR_PERMISSION_DENIED", "attest: no answer to the challenge");
           return answer.step.value;
-        });
+        }, { abandoned: () => call.cancelled });
         const { agentId, svid: issued, attestationType } = attested;
         call.write(
           create(AttestAgentResponseSchema, {

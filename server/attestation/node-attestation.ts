@@ -14,8 +14,11 @@
  * the transaction that creates it (or, for an agent already on record, right
  * before its update). An attestation that fails before then (the CA refusing
  * to sign, a datastore error or timeout) leaves the token for the agent's
- * retry; of two attestations racing with one token, exactly one creates an
- * agent and the other is denied as a used token.
+ * retry; one that fails after the agent record was created (the issuance
+ * record's write) removes that record and puts the token back, so the retry
+ * works then too. Of two attestations racing with one token, exactly one
+ * creates an agent and the other is denied as a used token (both had their
+ * SVIDs signed; the loser's is neither recorded nor returned).
  */
 import { createHash } from "node:crypto";
 import { formatSelector, type Selector } from "../../common/selector.js";
@@ -26,13 +29,14 @@ import { SigilError } from "../../spiffe/errors.js";
 import type { SpiffeId } from "../../spiffe/id.js";
 import type { IssuedX509 } from "../ca/manager.js";
 import type { Datastore } from "../datastore/index.js";
+import type { ConsumedJoinToken } from "../datastore/join-token.js";
 import { ALLOWED_KEY_TYPES, type Issuer } from "../issuance/issuer.js";
 
 /** Dependencies of {@link NodeAttestation}. */
 export interface NodeAttestationDeps {
   /** The enabled server NodeAttestor plugins, by name. */
   readonly attestors: ReadonlyMap<string, ServerNodeAttestor>;
-  readonly datastore: Pick<Datastore, "getAgent" | "createAgent" | "updateAgent" | "consumeJoinToken">;
+  readonly datastore: Pick<Datastore, "getAgent" | "createAgent" | "updateAgent" | "deleteAgent" | "consumeJoinToken" | "peekJoinToken" | "createJoinToken">;
   readonly issuer: Pick<Issuer, "agentSvid">;
   /** TTL of agent SVIDs. */
   readonly agentTtlMs: number;
@@ -66,12 +70,15 @@ export class NodeAttestation {
    * Runs the attestor `params.type` (which may send `challenge`s), then
    * creates or updates the agent record and issues the agent's SVID.
    *
+   * `opts.abandoned` tells whether the caller has gone: checked right before
+   * the agent record is written (and a join token spent).
+   *
    * @throws SigilError `ERR_INVALID_ARGUMENT` for an unknown attestor or a bad CSR;
    *   `ERR_PERMISSION_DENIED` for a banned agent or one that may not attest again,
    *   or a join token found used or expired when spent (`join_token: …`);
    *   whatever the attestor refuses with
    */
-  async attest(params: AttestationParams, challenge: ChallengeFn): Promise<AttestedNode> {
+  async attest(params: AttestationParams, challenge: ChallengeFn, opts: { abandoned?: () => boolean } = {}): Promise<AttestedNode> {
     const attestor = this.#d.attestors.get(params.type);
     if (!attestor) {
       throw new SigilError("ERR_INVALID_ARGUMENT", `attest: unknown node attestor ${JSON.stringify(params.type)} (enabled: ${[...this.#d.attestors.keys()].join(", ") || "none"})`);
@@ -90,7 +97,11 @@ export class NodeAttestation {
       // What the attestor judged, as the transparency log records it (challenge responses are not included).
       evidenceSha256: createHash("sha256").update(params.payload).digest("hex"),
     };
-    const svid = await this.#d.issuer.agentSvid(result.agentId, csr.publicKeyDer, this.#d.agentTtlMs, origin, async (issued) => {
+    const { joinToken } = result;
+    // What it takes to put the token back should the issuance record fail after the agent record spent it.
+    const held = joinToken !== undefined && !existing ? await spending(joinToken, this.#d.datastore.peekJoinToken(joinToken)) : undefined;
+    let created = false;
+    const issuing = this.#d.issuer.agentSvid(result.agentId, csr.publicKeyDer, this.#d.agentTtlMs, origin, async (issued) => {
       const record = {
         attestationType: attestor.name,
         selectors: result.selectors,
@@ -100,14 +111,41 @@ export class NodeAttestation {
         newCertNotAfter: null,
         canReattest: result.canReattest,
       };
-      const { joinToken } = result;
+      // An agent that stopped waiting (its deadline passed while the server was busy) would never get this SVID:
+      // spending its single-use token now would leave it nothing to retry with.
+      if (opts.abandoned?.() === true) throw new SigilError("ERR_UNAVAILABLE", `attest: agent ${agentId} stopped waiting for its attestation (deadline or cancel); nothing was spent, it may retry`);
       if (existing) {
         // With a token only for an operator-chosen ID of an agent attested before by an attestor allowing re-attestation.
         if (joinToken !== undefined) await spending(joinToken, this.#d.datastore.consumeJoinToken(joinToken));
         await this.#d.datastore.updateAgent(agentId, record, ["attestationType", "selectors", "certSerial", "certNotAfter", "newCertSerial", "newCertNotAfter", "canReattest"]);
-      } else await spending(joinToken, this.#d.datastore.createAgent({ spiffeId: agentId, ...record, joinToken }));
+      } else {
+        await spending(joinToken, this.#d.datastore.createAgent({ spiffeId: agentId, ...record, joinToken }));
+        created = true;
+      }
     });
+    let svid: IssuedX509;
+    try {
+      svid = await issuing;
+    } catch (e) {
+      if (created && joinToken !== undefined && held !== undefined) await this.#restoreToken(agentId, joinToken, held, e);
+      throw e;
+    }
     return { agentId, attestationType: attestor.name, selectors: result.selectors, svid };
+  }
+
+  /**
+   * Undoes a join-token attestation whose agent record was created but whose
+   * SVID was not recorded: the record goes and the token comes back, as it
+   * was. If that fails too, `cause` is reported with why (the operator then
+   * evicts the agent and makes a new token).
+   */
+  async #restoreToken(agentId: string, token: string, held: ConsumedJoinToken, cause: unknown): Promise<void> {
+    try {
+      await this.#d.datastore.deleteAgent(agentId);
+      await this.#d.datastore.createJoinToken({ token, expiresAt: held.expiresAt, ...(held.agentId !== undefined ? { agentId: held.agentId } : {}) });
+    } catch (undo) {
+      if (cause instanceof Error) cause.message += `; the join token could not be put back (${(undo as Error).message}): evict ${agentId} and make a new token`;
+    }
   }
 
   /**
@@ -127,9 +165,9 @@ export class NodeAttestation {
 }
 
 /** Awaits `write`, which spends `joinToken` when given: the store's refusal of the token is reported as the attestor reports it. */
-async function spending(joinToken: string | undefined, write: Promise<unknown>): Promise<void> {
+async function spending<T>(joinToken: string | undefined, write: Promise<T>): Promise<T> {
   try {
-    await write;
+    return await write;
   } catch (e) {
     throw joinToken === undefined ? e : joinTokenRefusal(e);
   }

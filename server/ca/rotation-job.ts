@@ -18,8 +18,12 @@ import type { CaManager } from "./manager.js";
 /** How often the CA rotator runs at the latest. */
 export const ROTATE_INTERVAL_MS = 10_000;
 
-/** Slack after a due instant, so the step runs once it has passed (timers may fire a millisecond early). */
-const DUE_SLACK_MS = 20;
+/**
+ * Slack after a due instant, and so the shortest delay between steps: timers
+ * run on the monotonic clock while due instants are wall-clock (or a test's
+ * manual clock, which may never reach them).
+ */
+const DUE_SLACK_MS = 250;
 
 /** Dependencies of the {@link CaRotationJob}. */
 export interface CaRotationJobDeps {
@@ -41,13 +45,12 @@ export class CaRotationJob implements Service {
   #timer: NodeJS.Timeout | undefined;
   #rotating: Promise<void> = Promise.resolve();
   #failing = false;
+  #stopped = false;
+  #soon = false;
 
   constructor(deps: CaRotationJobDeps) {
     this.#d = deps;
   }
-
-  #stopped = false;
-  #soon = false;
 
   start(): void {
     this.#schedule();
@@ -68,9 +71,13 @@ export class CaRotationJob implements Service {
     }, this.#delayMs());
   }
 
-  /** Runs a step as soon as the one under way (if any) is done; calls made meanwhile share it. */
+  /**
+   * Runs a step as soon as the one under way (if any) is done; calls made
+   * meanwhile share it. Not while steps are failing (a key manager or upstream
+   * authority down): the timer retries then, not every signing request.
+   */
   runSoon(): void {
-    if (this.#soon || this.#stopped) return;
+    if (this.#soon || this.#stopped || this.#failing) return;
     this.#soon = true;
     void this.rotateNow().finally(() => {
       this.#soon = false;

@@ -13,6 +13,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { createServerClient, serverRpcError, type GrpcServerClient } from "../../../../agent/sync/server-client.js";
 import { loadBootstrapTrust, parseBootstrapBundle } from "../../../../agent/sync/trust-bootstrap.js";
 import { systemClock } from "../../../../common/clock.js";
+import type { Logger } from "../../../../common/log.js";
 import { MemoryCertificateProvider } from "../../../../server/api/cert-provider.js";
 import type { AgentNodeAttestor } from "../../../../plugins/nodeattestor/types.js";
 import {
@@ -163,12 +164,22 @@ describe("GrpcServerClient", () => {
       c.close();
       const outcomes = await Promise.all(calls);
       for (const o of outcomes) expect(isSigilError(o, "ERR_UNAVAILABLE")).toBe(true);
-      await expect(c.newJwtSvid("e1", ["db"])).rejects.toThrow(/cancelled before it was sent/);
+      await expect(c.newJwtSvid("e1", ["db"])).rejects.toThrow(/the agent is stopping/);
       await new Promise((r) => setImmediate(r));
       expect(warnings.map((w) => w.name)).not.toContain("MaxListenersExceededWarning");
     } finally {
       process.off("warning", onWarning);
     }
+  });
+
+  it("after close() an attestation fails at once with the agent stopping, without failing over through the other servers", async () => {
+    const warned: string[] = [];
+    const log = { warn: (_o: object, msg: string) => void warned.push(msg), info: () => undefined, error: () => undefined, debug: () => undefined } as unknown as Logger;
+    const c = createServerClient({ address: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], trustDomain: td, clock: systemClock, roots: [ca.der], log, random: () => 0 });
+    c.close();
+    await expect(c.attest(answering)).rejects.toThrow(/AttestAgent: the agent is stopping/);
+    expect(warned.filter((m) => m.includes("failing over"))).toEqual([]);
+    expect(c.currentAddress).toBe("127.0.0.1:1");
   });
 
   it("refuses a server whose SVID is not spiffe://<td>/spire/server", async () => {

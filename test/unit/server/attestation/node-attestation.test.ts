@@ -49,7 +49,15 @@ function setup() {
   const attestor: ServerNodeAttestor = { name: "test", attest: async () => ({ agentId: AGENT, selectors: [makeSelector("test", "node1")], canReattest: true }) };
   const attestation = new NodeAttestation({
     attestors: new Map([["test", attestor]]),
-    datastore: { getAgent: async () => undefined, createAgent: async () => undefined as never, updateAgent: async () => undefined as never, consumeJoinToken: async () => undefined as never },
+    datastore: {
+      getAgent: async () => undefined,
+      createAgent: async () => undefined as never,
+      updateAgent: async () => undefined as never,
+      deleteAgent: async () => undefined as never,
+      consumeJoinToken: async () => undefined as never,
+      peekJoinToken: async () => undefined as never,
+      createJoinToken: async () => undefined,
+    },
     issuer,
     agentTtlMs: 3_600_000,
   });
@@ -87,10 +95,12 @@ describe("node attestation with a join token", () => {
   /**
    * NodeAttestation over the real datastore and join_token attestor; `failSign`
    * makes the CA refuse the next signings, `beforeCreate` runs before each
-   * agent record is created (and may throw).
+   * agent record is created (and may throw), `failRecord` fails the next
+   * issuance records' writes.
    */
-  function attestation(hooks: { failSign?: number; beforeCreate?: (input: AgentInput) => Promise<void> } = {}) {
+  function attestation(hooks: { failSign?: number; beforeCreate?: (input: AgentInput) => Promise<void>; failRecord?: number } = {}) {
     let failSign = hooks.failSign ?? 0;
+    let failRecord = hooks.failRecord ?? 0;
     let serial = 0x20;
     const ca = {
       signX509Svid: (): IssuedX509 => {
@@ -107,15 +117,22 @@ describe("node attestation with a join token", () => {
         throw new Error("not used");
       },
     };
-    const issuer = new Issuer({ ca, datastore: { recordIssuances: async () => undefined }, now: () => T0, defaultX509TtlMs: 3_600_000, defaultJwtTtlMs: 300_000 });
-    const store: Pick<Datastore, "getAgent" | "createAgent" | "updateAgent" | "consumeJoinToken"> = {
+    const recordIssuances = async (): Promise<undefined> => {
+      if (failRecord-- > 0) throw new SigilError("ERR_UNAVAILABLE", "datastore: mysql unavailable: Lock wait timeout exceeded");
+      return undefined;
+    };
+    const issuer = new Issuer({ ca, datastore: { recordIssuances }, now: () => T0, defaultX509TtlMs: 3_600_000, defaultJwtTtlMs: 300_000 });
+    const store: Pick<Datastore, "getAgent" | "createAgent" | "updateAgent" | "deleteAgent" | "consumeJoinToken" | "peekJoinToken" | "createJoinToken"> = {
       getAgent: (id) => ds.getAgent(id),
       createAgent: async (input) => {
         await hooks.beforeCreate?.(input);
         return ds.createAgent(input);
       },
       updateAgent: (id, changes, mask) => ds.updateAgent(id, changes, mask),
+      deleteAgent: (id) => ds.deleteAgent(id),
       consumeJoinToken: (token, now) => ds.consumeJoinToken(token, now),
+      peekJoinToken: (token, now) => ds.peekJoinToken(token, now),
+      createJoinToken: (input) => ds.createJoinToken(input),
     };
     const attestor = createJoinTokenServerAttestor({ trustDomain: td, store: ds });
     return new NodeAttestation({ attestors: new Map([["join_token", attestor]]), datastore: store, issuer, agentTtlMs: 3_600_000 });
@@ -147,6 +164,29 @@ describe("node attestation with a join token", () => {
     expect(await ds.peekJoinToken("tok")).toBeDefined();
     expect((await nodes.attest(payload("tok"), noChallenge)).agentId).toBe(tokenAgent("tok"));
     await rejection(ds.peekJoinToken("tok"), "ERR_NOT_FOUND");
+  });
+
+  it("the issuance record's write failing after the agent record spent the token: the record goes, the token comes back with its expiry and agent ID, and the retry attests", async () => {
+    const expiresAt = new Date(T0.getTime() + 600_000);
+    const chosen = "spiffe://example.org/spire/agent/rack-7/node-1";
+    await ds.createJoinToken({ token: "tok", expiresAt, agentId: chosen });
+    const nodes = attestation({ failRecord: 1 });
+    await rejection(nodes.attest(payload("tok"), noChallenge), "ERR_UNAVAILABLE", "datastore: mysql unavailable");
+    expect(await ds.getAgent(chosen)).toBeUndefined();
+    expect(await ds.peekJoinToken("tok")).toEqual({ expiresAt, agentId: chosen });
+    const attested = await nodes.attest(payload("tok"), noChallenge);
+    expect(attested.agentId).toBe(chosen);
+    expect((await ds.getAgent(chosen))?.certSerial).toBe(attested.svid.serial);
+    await rejection(ds.peekJoinToken("tok"), "ERR_NOT_FOUND");
+  });
+
+  it("an agent that stopped waiting (its call cancelled or past its deadline) before its record is written spends nothing: its retry attests", async () => {
+    await ds.createJoinToken({ token: "tok", expiresAt: new Date(T0.getTime() + 600_000) });
+    const nodes = attestation();
+    const err = await rejection(nodes.attest(payload("tok"), noChallenge, { abandoned: () => true }), "ERR_UNAVAILABLE");
+    expect(err.message).toMatch(/stopped waiting for its attestation/);
+    expect(await ds.getAgent(tokenAgent("tok"))).toBeUndefined();
+    expect((await nodes.attest(payload("tok"), noChallenge, { abandoned: () => false })).agentId).toBe(tokenAgent("tok"));
   });
 
   it("a token spent elsewhere between the attestor's check and the agent record is denied as used, and no agent is created", async () => {

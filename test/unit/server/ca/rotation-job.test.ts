@@ -56,7 +56,8 @@ describe("CaRotationJob", () => {
       job.start();
       await vi.advanceTimersByTimeAsync(299);
       expect(steps).toBe(0);
-      await vi.advanceTimersByTimeAsync(100);
+      // Due at 300 ms, run 250 ms after (the slack between wall-clock instants and the timer's clock).
+      await vi.advanceTimersByTimeAsync(300);
       expect(steps).toBe(1);
       await vi.advanceTimersByTimeAsync(9_800);
       expect(steps).toBe(1);
@@ -65,6 +66,31 @@ describe("CaRotationJob", () => {
       await job.stop();
       await vi.advanceTimersByTimeAsync(30_000);
       expect(steps).toBe(2);
+    });
+
+    it("runSoon while steps fail (a key manager down) leaves the retry to the timer: one step per 10 s, not one per signing request", async () => {
+      vi.useFakeTimers();
+      let steps = 0;
+      const manager = {
+        msUntilNextRotation: () => undefined,
+        rotate: async () => {
+          steps += 1;
+          throw new SigilError("ERR_UNAVAILABLE", "keymanager: the KMS is unreachable");
+        },
+      } as unknown as CaManager;
+      const job = new CaRotationJob({ ca: { manager }, afterRotation: () => undefined, onFailure: () => undefined, log: quietLog });
+      job.start();
+      job.runSoon();
+      await vi.advanceTimersByTimeAsync(1);
+      expect(steps).toBe(1);
+      for (let i = 0; i < 20; i++) {
+        job.runSoon();
+        await vi.advanceTimersByTimeAsync(1);
+      }
+      expect(steps).toBe(1);
+      await vi.advanceTimersByTimeAsync(10_000);
+      expect(steps).toBe(2);
+      await job.stop();
     });
 
     it("runSoon (a signing request found the active authority expired) runs one step at once for any number of callers", async () => {
