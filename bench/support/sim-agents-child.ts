@@ -214,6 +214,7 @@ async function attestOne(t: string): Promise<void> {
     } catch (e) {
       a.client.close();
       count("errors");
+      process.stderr.write(`sim agents: attestation attempt ${attempt} with token ${t.slice(0, 8)}… failed: ${(e as Error).message}\n`);
       if (attempt >= 5) throw e;
       await new Promise((r) => setTimeout(r, 500 * attempt));
     }

@@ -15,8 +15,8 @@
  * before its update). An attestation that fails before then (the CA refusing
  * to sign, a datastore error or timeout) leaves the token for the agent's
  * retry; one that fails after the agent record was created (the issuance
- * record's write) removes that record and puts the token back, so the retry
- * works then too. Of two attestations racing with one token, exactly one
+ * record's write, or the agent gone by the time its SVID is recorded) removes
+ * that record and puts the token back, so the retry works then too. Of two attestations racing with one token, exactly one
  * creates an agent and the other is denied as a used token (both had their
  * SVIDs signed; the loser's is neither recorded nor returned).
  */
@@ -126,6 +126,10 @@ export class NodeAttestation {
     let svid: IssuedX509;
     try {
       svid = await issuing;
+      // Gone while the SVID was being recorded: it would never arrive, and the token is what the agent retries with.
+      if (created && joinToken !== undefined && opts.abandoned?.() === true) {
+        throw new SigilError("ERR_UNAVAILABLE", `attest: agent ${agentId} stopped waiting for its attestation (deadline or cancel); its SVID ${svid.serial} was recorded but not delivered, and its join token is left for its retry`);
+      }
     } catch (e) {
       if (created && joinToken !== undefined && held !== undefined) await this.#restoreToken(agentId, joinToken, held, e);
       throw e;

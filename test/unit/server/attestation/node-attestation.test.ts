@@ -189,6 +189,17 @@ describe("node attestation with a join token", () => {
     expect((await nodes.attest(payload("tok"), noChallenge, { abandoned: () => false })).agentId).toBe(tokenAgent("tok"));
   });
 
+  it("an agent gone by the time its SVID is recorded: the record goes, the token comes back, and the retry attests", async () => {
+    await ds.createJoinToken({ token: "tok", expiresAt: new Date(T0.getTime() + 600_000) });
+    const nodes = attestation();
+    let checks = 0;
+    // Still there when the record is written (first check), gone once the SVID is recorded (second).
+    const err = await rejection(nodes.attest(payload("tok"), noChallenge, { abandoned: () => ++checks > 1 }), "ERR_UNAVAILABLE");
+    expect(err.message).toMatch(/recorded but not delivered/);
+    expect(await ds.getAgent(tokenAgent("tok"))).toBeUndefined();
+    expect((await nodes.attest(payload("tok"), noChallenge)).agentId).toBe(tokenAgent("tok"));
+  });
+
   it("a token spent elsewhere between the attestor's check and the agent record is denied as used, and no agent is created", async () => {
     await ds.createJoinToken({ token: "tok", expiresAt: new Date(T0.getTime() + 600_000) });
     const nodes = attestation({ beforeCreate: async () => void (await ds.consumeJoinToken("tok")) });
