@@ -286,7 +286,7 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
           const answer = await next();
           if (!answer || answer.step.case !== "challengeResponse") throw new SigilError("ERR_PERMISSION_DENIED", "attest: no answer to the challenge");
           return answer.step.value;
-        }, { abandoned: () => call.cancelled });
+        }, { abandoned: () => call.cancelled || deadlinePassed(call.getDeadline()) });
         const { agentId, svid: issued, attestationType } = attested;
         call.write(
           create(AttestAgentResponseSchema, {
@@ -491,4 +491,12 @@ export function createAgentApi(deps: AgentApiDeps): GrpcServiceImplementation<Ag
   };
 }
 
-
+/**
+ * Whether a call's deadline has passed on this server's clock. A busy server
+ * learns of the client's cancel only when it reads the stream again; the
+ * deadline it was told at the start needs no reading.
+ */
+export function deadlinePassed(deadline: Date | number): boolean {
+  const t = deadline instanceof Date ? deadline.getTime() : deadline;
+  return Number.isFinite(t) && t <= Date.now();
+}
