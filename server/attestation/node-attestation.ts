@@ -139,8 +139,8 @@ export class NodeAttestation {
 
   /**
    * Undoes a join-token attestation whose agent record was created but whose
-   * SVID was not recorded: the record goes and the token comes back, as it
-   * was. If that fails too, `cause` is reported with why (the operator then
+   * SVID was not recorded, or will not be delivered (the agent has gone): the
+   * record goes and the token comes back, as it was. If that fails too, `cause` is reported with why (the operator then
    * evicts the agent and makes a new token).
    */
   async #restoreToken(agentId: string, token: string, held: ConsumedJoinToken, cause: unknown): Promise<void> {
