@@ -42,73 +42,64 @@ describe("CaRotationJob", () => {
     afterEach(() => vi.useRealTimers());
     const quietLog = createLogger({ level: "error", destination: { write: () => undefined } });
 
-    it("runs a step when the next instant is due (activation 300 ms away), not on the next 10 s tick, and every 10 s when nothing is due", async () => {
-      vi.useFakeTimers();
-      const dueIn: (number | undefined)[] = [300, undefined, undefined];
-      let steps = 0;
+    /** A job over a manager whose steps count themselves (and fail with `fail`), next due per `dueIn(steps)`. */
+    function countingJob(opts: { dueIn?: (steps: number) => number | undefined; fail?: boolean } = {}) {
+      const counted = { steps: 0 };
       const manager = {
-        msUntilNextRotation: () => dueIn[steps],
+        msUntilNextRotation: () => opts.dueIn?.(counted.steps),
         rotate: async () => {
-          steps += 1;
+          counted.steps += 1;
+          if (opts.fail === true) throw new SigilError("ERR_UNAVAILABLE", "keymanager: the KMS is unreachable");
         },
       } as unknown as CaManager;
       const job = new CaRotationJob({ ca: { manager }, afterRotation: () => undefined, onFailure: () => undefined, log: quietLog });
+      return { job, counted };
+    }
+
+    it("runs a step when the next instant is due (activation 300 ms away), not on the next 10 s tick, and every 10 s when nothing is due", async () => {
+      vi.useFakeTimers();
+      const { job, counted } = countingJob({ dueIn: (steps) => (steps === 0 ? 300 : undefined) });
       job.start();
       await vi.advanceTimersByTimeAsync(299);
-      expect(steps).toBe(0);
+      expect(counted.steps).toBe(0);
       // Due at 300 ms, run 250 ms after (the slack between wall-clock instants and the timer's clock).
       await vi.advanceTimersByTimeAsync(300);
-      expect(steps).toBe(1);
+      expect(counted.steps).toBe(1);
       await vi.advanceTimersByTimeAsync(9_800);
-      expect(steps).toBe(1);
+      expect(counted.steps).toBe(1);
       await vi.advanceTimersByTimeAsync(300);
-      expect(steps).toBe(2);
+      expect(counted.steps).toBe(2);
       await job.stop();
       await vi.advanceTimersByTimeAsync(30_000);
-      expect(steps).toBe(2);
+      expect(counted.steps).toBe(2);
     });
 
     it("runSoon while steps fail (a key manager down) leaves the retry to the timer: one step per 10 s, not one per signing request", async () => {
       vi.useFakeTimers();
-      let steps = 0;
-      const manager = {
-        msUntilNextRotation: () => undefined,
-        rotate: async () => {
-          steps += 1;
-          throw new SigilError("ERR_UNAVAILABLE", "keymanager: the KMS is unreachable");
-        },
-      } as unknown as CaManager;
-      const job = new CaRotationJob({ ca: { manager }, afterRotation: () => undefined, onFailure: () => undefined, log: quietLog });
+      const { job, counted } = countingJob({ fail: true });
       job.start();
       job.runSoon();
       await vi.advanceTimersByTimeAsync(1);
-      expect(steps).toBe(1);
+      expect(counted.steps).toBe(1);
       for (let i = 0; i < 20; i++) {
         job.runSoon();
         await vi.advanceTimersByTimeAsync(1);
       }
-      expect(steps).toBe(1);
+      expect(counted.steps).toBe(1);
       await vi.advanceTimersByTimeAsync(10_000);
-      expect(steps).toBe(2);
+      expect(counted.steps).toBe(2);
       await job.stop();
     });
 
     it("runSoon (a signing request found the active authority expired) runs one step at once for any number of callers", async () => {
       vi.useFakeTimers();
-      let steps = 0;
-      const manager = {
-        msUntilNextRotation: () => undefined,
-        rotate: async () => {
-          steps += 1;
-        },
-      } as unknown as CaManager;
-      const job = new CaRotationJob({ ca: { manager }, afterRotation: () => undefined, onFailure: () => undefined, log: quietLog });
+      const { job, counted } = countingJob();
       job.start();
       job.runSoon();
       job.runSoon();
       job.runSoon();
       await vi.advanceTimersByTimeAsync(1);
-      expect(steps).toBe(1);
+      expect(counted.steps).toBe(1);
       await job.stop();
     });
   });
