@@ -23,21 +23,18 @@ import { closeTempDatastore, openTempDatastore, rejection } from "../../../suppo
 const T0 = new Date("2030-01-01T00:00:00Z");
 const AGENT = parseSpiffeId("spiffe://example.org/spire/agent/test/node1");
 
+/** A CA that signs agent SVIDs with `signX509Svid` and nothing else. */
+function fakeCa(signX509Svid: () => IssuedX509) {
+  const unused = (): never => {
+    throw new Error("not used");
+  };
+  return { signX509Svid, signX509SvidBatch: unused, signJwtSvid: unused, signDownstreamX509Ca: unused };
+}
+
 function setup() {
   const logged: TlogEntryInput[] = [];
   let serial = 0x10;
-  const ca = {
-    signX509Svid: (): IssuedX509 => ({ chain: [Buffer.from([0x30, 0x00])], serial: (serial++).toString(16), notBefore: T0, notAfter: new Date(T0.getTime() + 3_600_000), caKeyId: "x509-A-1" }),
-    signX509SvidBatch: () => {
-      throw new Error("not used");
-    },
-    signJwtSvid: () => {
-      throw new Error("not used");
-    },
-    signDownstreamX509Ca: () => {
-      throw new Error("not used");
-    },
-  };
+  const ca = fakeCa((): IssuedX509 => ({ chain: [Buffer.from([0x30, 0x00])], serial: (serial++).toString(16), notBefore: T0, notAfter: new Date(T0.getTime() + 3_600_000), caKeyId: "x509-A-1" }));
   const issuer = new Issuer({
     ca,
     datastore: { recordIssuances: async (_records, entries) => void logged.push(...(entries ?? [])) },
@@ -102,21 +99,10 @@ describe("node attestation with a join token", () => {
     let failSign = hooks.failSign ?? 0;
     let failRecord = hooks.failRecord ?? 0;
     let serial = 0x20;
-    const ca = {
-      signX509Svid: (): IssuedX509 => {
-        if (failSign-- > 0) throw new SigilError("ERR_UNAVAILABLE", "ca: no active X.509 CA");
-        return { chain: [Buffer.from([0x30, 0x00])], serial: (serial++).toString(16), notBefore: T0, notAfter: new Date(T0.getTime() + 3_600_000), caKeyId: "x509-A-1" };
-      },
-      signX509SvidBatch: () => {
-        throw new Error("not used");
-      },
-      signJwtSvid: () => {
-        throw new Error("not used");
-      },
-      signDownstreamX509Ca: () => {
-        throw new Error("not used");
-      },
-    };
+    const ca = fakeCa((): IssuedX509 => {
+      if (failSign-- > 0) throw new SigilError("ERR_UNAVAILABLE", "ca: no active X.509 CA");
+      return { chain: [Buffer.from([0x30, 0x00])], serial: (serial++).toString(16), notBefore: T0, notAfter: new Date(T0.getTime() + 3_600_000), caKeyId: "x509-A-1" };
+    });
     const recordIssuances = async (): Promise<undefined> => {
       if (failRecord-- > 0) throw new SigilError("ERR_UNAVAILABLE", "datastore: mysql unavailable: Lock wait timeout exceeded");
       return undefined;
